@@ -1,0 +1,35 @@
+// The protocol-neutral request and reply that every stage after `front` sees.
+// The HTTP front (uWS) and later the gRPC front implement ReplySink; nothing
+// past `front` knows which protocol it is talking.
+
+export interface BrokerRequest {
+  readonly id: string;
+  readonly method: string;
+  /** Path without the query string. */
+  readonly path: string;
+  readonly query: string;
+  /** Lower-case header names. Read before the first await (uWS invalidates them). */
+  readonly headers: Readonly<Record<string, string>>;
+  readonly remoteAddress: string;
+  /** Milliseconds from performance.now() when the request arrived. */
+  readonly startedAt: number;
+}
+
+export interface ReplySink {
+  /** True once the client went away; writes after that are dropped. */
+  readonly aborted: boolean;
+  /** True once a status line was sent (streaming started or reply finished). */
+  readonly started: boolean;
+  /** Called once when the client disconnects before the reply ended. */
+  onAbort(cb: () => void): void;
+  /** Start a streamed reply. */
+  start(status: number, headers: Readonly<Record<string, string>>): void;
+  /** Write a chunk of a started reply; false means the client is slow: wait for onWritable before writing more. */
+  write(chunk: string | Uint8Array): boolean;
+  /** Called once when a backpressured sink can take more. */
+  onWritable(cb: () => void): void;
+  /** End a started reply, optionally with a last chunk. */
+  end(chunk?: string | Uint8Array): void;
+  /** Send a whole reply at once. */
+  send(status: number, headers: Readonly<Record<string, string>>, body: string | Uint8Array): void;
+}
