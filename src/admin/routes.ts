@@ -1,0 +1,92 @@
+// Admin API for the inference path: runtime config, warmup, promote.
+// Every route here needs the admin credential (checked by the front).
+import { BrokerError } from '../errors.ts';
+import type { Route } from '../front/http/router.ts';
+import type { InferService, RuntimeConfig } from '../infer/service.ts';
+import { shareOfB } from '../infer/arms.ts';
+
+const JSON_HEADERS = { 'content-type': 'application/json' };
+
+type Patch = Parameters<InferService['update']>[0];
+
+const FIELDS: Record<string, { key: keyof Patch; kind: 'weight' | 'bool' | 'percent' }> = {
+  ab_weight_a: { key: 'abWeightA', kind: 'weight' },
+  ab_weight_b: { key: 'abWeightB', kind: 'weight' },
+  shadow_enabled: { key: 'shadowEnabled', kind: 'bool' },
+  canary_enabled: { key: 'canaryEnabled', kind: 'bool' },
+  canary_percent: { key: 'canaryPercent', kind: 'percent' },
+};
+
+export function parseConfigPatch(body: Record<string, unknown>): Patch {
+  const patch: Record<string, number | boolean> = {};
+  for (const [name, value] of Object.entries(body)) {
+    const f = FIELDS[name];
+    if (f === undefined) throw invalid(name, `unknown field ${name}; allowed: ${Object.keys(FIELDS).join(', ')}`);
+    if (f.kind === 'bool') {
+      if (typeof value !== 'boolean') throw invalid(name, `${name} must be true or false`);
+    } else {
+      const max = f.kind === 'percent' ? 100 : 1e6;
+      if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > max) throw invalid(name, `${name} must be a number between 0 and ${max}`);
+    }
+    patch[f.key] = value;
+  }
+  if (Object.keys(patch).length === 0) throw invalid('body', `no field to update; allowed: ${Object.keys(FIELDS).join(', ')}`);
+  return patch as Patch;
+}
+
+function invalid(field: string, message: string): BrokerError {
+  return new BrokerError('invalid_request', message, { details: { field } });
+}
+
+function view(service: InferService, c: RuntimeConfig) {
+  const models = service.models;
+  const model = (m: typeof models.A) => ({ name: m.manifest.name, version: m.manifest.version, path: m.path });
+  return {
+    ab_weight_a: c.abWeightA,
+    ab_weight_b: c.abWeightB,
+    shadow_enabled: c.shadowEnabled,
+    canary_enabled: c.canaryEnabled,
+    canary_percent: c.canaryPercent,
+    canary_rollback: c.canaryRollback,
+    b_share: shareOfB(c),
+    models: { A: model(models.A), B: model(models.B) },
+    ready: service.ready,
+  };
+}
+
+export function adminRoutes(service: InferService): Route[] {
+  const json = (status: number, body: unknown) => [status, JSON_HEADERS, JSON.stringify(body)] as const;
+  return [
+    { method: 'GET', path: '/admin/config', admin: true, handle: ({ sink }) => sink.send(...json(200, view(service, service.runtimeConfig))) },
+    {
+      method: 'POST',
+      path: '/admin/config',
+      admin: true,
+      body: 'json',
+      handle({ body, sink }) {
+        const updated = service.update(parseConfigPatch(body as Record<string, unknown>));
+        sink.send(...json(200, view(service, updated)));
+      },
+    },
+    {
+      method: 'POST',
+      path: '/admin/warmup',
+      admin: true,
+      async handle({ sink }) {
+        const t0 = performance.now();
+        const runs = await service.warmup();
+        sink.send(...json(200, { warmed: true, runs, duration_ms: Math.round(performance.now() - t0) }));
+      },
+    },
+    {
+      method: 'POST',
+      path: '/admin/promote',
+      admin: true,
+      async handle({ sink }) {
+        const t0 = performance.now();
+        await service.promote();
+        sink.send(...json(200, { promoted: true, duration_ms: Math.round(performance.now() - t0), ...view(service, service.runtimeConfig) }));
+      },
+    },
+  ];
+}

@@ -1,0 +1,121 @@
+// Process configuration from the environment: parsed and validated once at
+// start-up, then frozen. A bad value throws ConfigError naming the variable, and
+// main.ts exits with that message.
+import { availableParallelism } from 'node:os';
+
+export class ConfigError extends Error {
+  constructor(readonly variable: string, message: string) {
+    super(`${variable}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface Config {
+  readonly port: number;
+  readonly host: string;
+  readonly maxBodyBytes: number;
+  /** 0 disables the rate limit. */
+  readonly rateLimitRps: number;
+  readonly rateLimitBurst: number;
+  readonly abWeightA: number;
+  readonly abWeightB: number;
+  readonly shadowEnabled: boolean;
+  readonly canaryEnabled: boolean;
+  readonly canaryPercent: number;
+  /** Window of the canary judge, and how much worse B may be than A before it is rolled back. */
+  readonly canaryWindowS: number;
+  readonly canaryMinRequests: number;
+  readonly canaryErrorMargin: number;
+  readonly canaryLatencyMargin: number;
+  readonly stickyCookie: string;
+  readonly adminToken: string | undefined;
+  readonly modelVaPath: string;
+  readonly modelVbPath: string;
+  readonly inferThreads: number;
+  readonly inferIntraOpThreads: number;
+  readonly inferMaxQueue: number;
+  /** Decoded pixels above which an image is refused (decompression bombs). */
+  readonly inferMaxPixels: number;
+  readonly logLevel: LogLevel;
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+function int(env: Env, name: string, def: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  if (!/^-?\d+$/.test(raw.trim())) throw new ConfigError(name, `must be an integer, got "${raw}"`);
+  const n = Number(raw);
+  if (n < min || n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+function num(env: Env, name: string, def: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  const n = Number(raw);
+  if (!Number.isFinite(n)) throw new ConfigError(name, `must be a number, got "${raw}"`);
+  if (n < min || n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+function bool(env: Env, name: string, def: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  const v = raw.trim().toLowerCase();
+  if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+  if (['0', 'false', 'no', 'off'].includes(v)) return false;
+  throw new ConfigError(name, `must be true or false, got "${raw}"`);
+}
+
+function str(env: Env, name: string, def: string): string {
+  const raw = env[name];
+  return raw === undefined || raw === '' ? def : raw;
+}
+
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+// RFC 6265 cookie-name token characters.
+const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+export function loadConfig(env: Env = process.env): Config {
+  const cores = availableParallelism();
+  const inferThreads = int(env, 'INFER_THREADS', cores, 1, 64);
+  const abWeightA = num(env, 'AB_WEIGHT_A', 1, 0, 1e6);
+  const abWeightB = num(env, 'AB_WEIGHT_B', 0, 0, 1e6);
+  if (abWeightA + abWeightB <= 0) throw new ConfigError('AB_WEIGHT_A', 'AB_WEIGHT_A + AB_WEIGHT_B must be greater than 0');
+  const stickyCookie = str(env, 'STICKY_COOKIE', 'eb_arm');
+  if (!COOKIE_NAME.test(stickyCookie)) throw new ConfigError('STICKY_COOKIE', `is not a valid cookie name: "${stickyCookie}"`);
+  const logLevel = str(env, 'LOG_LEVEL', 'info') as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError('LOG_LEVEL', `must be one of ${LOG_LEVELS.join(', ')}`);
+  const adminToken = env.ADMIN_TOKEN === undefined || env.ADMIN_TOKEN === '' ? undefined : env.ADMIN_TOKEN;
+  if (adminToken !== undefined && adminToken.length < 8) throw new ConfigError('ADMIN_TOKEN', 'must be at least 8 characters');
+
+  return Object.freeze({
+    port: int(env, 'PORT', 8080, 0, 65535),
+    host: str(env, 'HOST', '0.0.0.0'),
+    maxBodyBytes: int(env, 'MAX_BODY_BYTES', 8 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
+    rateLimitRps: num(env, 'RATE_LIMIT_RPS', 0, 0, 1e9),
+    rateLimitBurst: num(env, 'RATE_LIMIT_BURST', 0, 0, 1e9),
+    abWeightA,
+    abWeightB,
+    shadowEnabled: bool(env, 'SHADOW_ENABLED', false),
+    canaryEnabled: bool(env, 'CANARY_ENABLED', false),
+    canaryPercent: num(env, 'CANARY_PERCENT', 5, 0, 100),
+    canaryWindowS: num(env, 'CANARY_WINDOW_S', 60, 1, 86400),
+    canaryMinRequests: int(env, 'CANARY_MIN_REQUESTS', 20, 1, 1e6),
+    canaryErrorMargin: num(env, 'CANARY_ERROR_MARGIN', 0.05, 0, 1),
+    canaryLatencyMargin: num(env, 'CANARY_LATENCY_MARGIN', 0.5, 0, 100),
+    stickyCookie,
+    adminToken,
+    modelVaPath: str(env, 'MODEL_VA_PATH', 'models/vA.onnx'),
+    modelVbPath: str(env, 'MODEL_VB_PATH', 'models/vB.onnx'),
+    inferThreads,
+    // Workers x intra-op threads must not exceed the cores, or the workers fight each other.
+    inferIntraOpThreads: int(env, 'INFER_INTRA_OP_THREADS', Math.max(1, Math.floor(cores / inferThreads)), 1, 64),
+    inferMaxQueue: int(env, 'INFER_MAX_QUEUE', 256, 1, 1e6),
+    inferMaxPixels: int(env, 'INFER_MAX_PIXELS', 4096 * 4096, 1, 2 ** 31 - 1),
+    logLevel,
+  });
+}

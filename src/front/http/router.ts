@@ -1,0 +1,96 @@
+// Route table: exact paths in a map, `:param` paths matched by segments. Built once;
+// a lookup tells apart "no such path" (404) from "path exists, wrong method" (405).
+import type { BrokerRequest, ReplySink } from '../reply.ts';
+
+export type Method = 'GET' | 'POST' | 'PUT' | 'DELETE' | 'PATCH';
+
+export interface RouteContext {
+  readonly req: BrokerRequest;
+  readonly params: Readonly<Record<string, string>>;
+  /** Parsed JSON when the route asks `body: 'json'`, the raw bytes with `body: 'raw'`. */
+  readonly body: unknown;
+  readonly sink: ReplySink;
+}
+
+export interface Route {
+  readonly method: Method;
+  /** `/v1/infer` or `/api/x/:id`. */
+  readonly path: string;
+  /** Low-cardinality name for metrics and logs; defaults to the path pattern. */
+  readonly name?: string;
+  readonly body?: 'json' | 'raw' | 'none';
+  /** Needs the admin credential. */
+  readonly admin?: boolean;
+  /** Subject to the per-client rate limit. */
+  readonly rateLimited?: boolean;
+  /** How errors on this route are shaped (client APIs differ); default is the broker's. */
+  readonly errorShape?: ErrorShape;
+  handle(ctx: RouteContext): void | Promise<void>;
+}
+
+export type ErrorShape = (code: string, message: string, requestId: string, status: number) => unknown;
+
+export type Match =
+  | { kind: 'found'; route: Route; params: Record<string, string> }
+  | { kind: 'method_not_allowed'; allowed: string[] }
+  | { kind: 'not_found' };
+
+interface ParamRoute {
+  segments: string[];
+  route: Route;
+}
+
+export class Router {
+  private readonly exact = new Map<string, Map<string, Route>>();
+  private readonly patterns: ParamRoute[] = [];
+
+  add(route: Route): this {
+    if (route.path.includes('/:')) {
+      this.patterns.push({ segments: route.path.split('/'), route });
+      return this;
+    }
+    let byMethod = this.exact.get(route.path);
+    if (byMethod === undefined) this.exact.set(route.path, (byMethod = new Map()));
+    if (byMethod.has(route.method)) throw new Error(`duplicate route ${route.method} ${route.path}`);
+    byMethod.set(route.method, route);
+    return this;
+  }
+
+  match(method: string, path: string): Match {
+    const byMethod = this.exact.get(path);
+    if (byMethod !== undefined) {
+      const route = byMethod.get(method);
+      if (route !== undefined) return { kind: 'found', route, params: {} };
+      return { kind: 'method_not_allowed', allowed: [...byMethod.keys()] };
+    }
+    const segments = path.split('/');
+    const allowed: string[] = [];
+    for (const p of this.patterns) {
+      const params = matchSegments(p.segments, segments);
+      if (params === undefined) continue;
+      if (p.route.method === method) return { kind: 'found', route: p.route, params };
+      allowed.push(p.route.method);
+    }
+    return allowed.length > 0 ? { kind: 'method_not_allowed', allowed } : { kind: 'not_found' };
+  }
+}
+
+function matchSegments(pattern: string[], segments: string[]): Record<string, string> | undefined {
+  if (pattern.length !== segments.length) return undefined;
+  let params: Record<string, string> | undefined;
+  for (let i = 0; i < pattern.length; i++) {
+    const p = pattern[i]!;
+    const s = segments[i]!;
+    if (p.startsWith(':')) {
+      if (s === '') return undefined;
+      let value: string;
+      try {
+        value = decodeURIComponent(s);
+      } catch {
+        return undefined;
+      }
+      (params ??= {})[p.slice(1)] = value;
+    } else if (p !== s) return undefined;
+  }
+  return params ?? {};
+}

@@ -1,0 +1,89 @@
+// A model's manifest sits next to its .onnx file (vA.onnx -> vA.json) and says how
+// to turn an image into the model's input tensor. Validated at load, errors name the field.
+import { readFileSync } from 'node:fs';
+
+export interface ModelManifest {
+  readonly name: string;
+  readonly version: string;
+  readonly input: {
+    readonly name: string;
+    readonly layout: 'NCHW' | 'NHWC';
+    readonly channels: 1 | 3;
+    /** null: the model takes any size; img_size (or defaultSize) picks it. */
+    readonly height: number | null;
+    readonly width: number | null;
+    readonly defaultSize: number;
+    readonly maxSize: number;
+    readonly mean: readonly number[];
+    readonly std: readonly number[];
+  };
+  readonly output: { readonly name: string; readonly kind: 'logits' | 'probabilities' };
+  readonly labels: readonly string[];
+}
+
+export interface LoadedModel {
+  readonly path: string;
+  readonly manifest: ModelManifest;
+}
+
+export function manifestPathFor(modelPath: string): string {
+  return modelPath.replace(/\.onnx$/i, '') + '.json';
+}
+
+export function loadManifest(modelPath: string): LoadedModel {
+  const file = manifestPathFor(modelPath);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new Error(`model manifest ${file}: ${(err as Error).message}`);
+  }
+  return { path: modelPath, manifest: validateManifest(raw, file) };
+}
+
+export function validateManifest(raw: unknown, file: string): ModelManifest {
+  const fail = (field: string, why: string): never => {
+    throw new Error(`model manifest ${file}: ${field} ${why}`);
+  };
+  const obj = (v: unknown, field: string): Record<string, unknown> =>
+    v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : fail(field, 'must be an object');
+  const str = (v: unknown, field: string): string => (typeof v === 'string' && v !== '' ? v : fail(field, 'must be a non-empty string'));
+  const size = (v: unknown, field: string): number | null =>
+    v === null || v === undefined ? null : Number.isInteger(v) && (v as number) > 0 && (v as number) <= 8192 ? (v as number) : fail(field, 'must be a positive integer or null');
+
+  const m = obj(raw, 'manifest');
+  const input = obj(m.input, 'input');
+  const output = obj(m.output ?? { name: 'output', kind: 'logits' }, 'output');
+  const channels = input.channels ?? 3;
+  if (channels !== 1 && channels !== 3) fail('input.channels', 'must be 1 or 3');
+  const layout = input.layout ?? 'NCHW';
+  if (layout !== 'NCHW' && layout !== 'NHWC') fail('input.layout', 'must be NCHW or NHWC');
+  const nums = (v: unknown, field: string): number[] =>
+    Array.isArray(v) && v.length === channels && v.every((x) => typeof x === 'number' && Number.isFinite(x)) ? (v as number[]) : fail(field, `must be ${channels} numbers`);
+  const std = nums(input.std ?? Array(channels).fill(1), 'input.std');
+  if (std.some((s) => s === 0)) fail('input.std', 'must not contain 0');
+  const height = size(input.height, 'input.height');
+  const width = size(input.width, 'input.width');
+  if ((height === null) !== (width === null)) fail('input.height', 'and input.width must both be set or both be null');
+  const kind = output.kind ?? 'logits';
+  if (kind !== 'logits' && kind !== 'probabilities') fail('output.kind', 'must be logits or probabilities');
+  if (!Array.isArray(m.labels) || m.labels.length === 0 || !m.labels.every((l) => typeof l === 'string')) fail('labels', 'must be a non-empty array of strings');
+
+  return Object.freeze({
+    name: str(m.name, 'name'),
+    version: str(m.version, 'version'),
+    input: Object.freeze({
+      name: str(input.name, 'input.name'),
+      layout: layout as 'NCHW' | 'NHWC',
+      channels: channels as 1 | 3,
+      height,
+      width,
+      defaultSize: size(input.defaultSize, 'input.defaultSize') ?? height ?? 224,
+      maxSize: size(input.maxSize, 'input.maxSize') ?? 1024,
+      mean: nums(input.mean ?? Array(channels).fill(0), 'input.mean'),
+      std,
+    }),
+    output: Object.freeze({ name: str(output.name, 'output.name'), kind: kind as 'logits' | 'probabilities' }),
+    labels: Object.freeze([...(m.labels as string[])]),
+  });
+}

@@ -1,0 +1,62 @@
+// HTTP routes of the inference path: POST /v1/infer and the readiness probe.
+import { BrokerError } from '../errors.ts';
+import type { Route } from '../front/http/router.ts';
+import { readCookie } from './arms.ts';
+import type { InferService } from './service.ts';
+
+const JSON_HEADERS = { 'content-type': 'application/json' };
+const DATA_URL = /^data:image\/[a-z0-9.+-]+;base64,/i;
+
+export function inferRoutes(service: InferService, stickyCookie: string): Route[] {
+  return [
+    {
+      method: 'POST',
+      path: '/v1/infer',
+      body: 'json',
+      rateLimited: true,
+      async handle({ req, body, sink }) {
+        const b = body as Record<string, unknown>;
+        const image = decodeImage(b.image_b64);
+        const imgSize = optionalInt(b.img_size, 'img_size', 1, 100_000);
+        const topK = optionalInt(b.top_k, 'top_k', 1, 1000);
+        const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
+        const reply = await service.infer({ image, imgSize, topK, cookieArm });
+        sink.send(
+          200,
+          { ...JSON_HEADERS, 'set-cookie': `${stickyCookie}=${reply.arm}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly` },
+          JSON.stringify({ ...reply, trace_id: req.id }),
+        );
+      },
+    },
+    {
+      method: 'GET',
+      path: '/ready',
+      handle({ sink }) {
+        const ready = service.ready;
+        sink.send(ready ? 200 : 503, JSON_HEADERS, JSON.stringify({ ready, models_loaded: ready }));
+      },
+    },
+  ];
+}
+
+/** Base64 (standard or URL-safe, `data:` URL prefix allowed) to bytes; anything else is invalid_image. */
+export function decodeImage(value: unknown): Buffer {
+  if (typeof value !== 'string' || value.length === 0) throw new BrokerError('invalid_image', 'image_b64 is required and must be a base64 string');
+  let s = value;
+  const prefix = DATA_URL.exec(s);
+  if (prefix !== null) s = s.slice(prefix[0].length);
+  s = s.replace(/\s+/g, '');
+  // Buffer.from skips characters that are not base64; reject them instead of decoding garbage.
+  if (s.length === 0 || !/^[A-Za-z0-9+/_-]+={0,2}$/.test(s) || s.length % 4 === 1) {
+    throw new BrokerError('invalid_image', 'image_b64 is not valid base64');
+  }
+  return Buffer.from(s, 'base64');
+}
+
+function optionalInt(value: unknown, field: string, min: number, max: number): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new BrokerError(field === 'img_size' ? 'invalid_img_size' : 'invalid_request', `${field} must be an integer between ${min} and ${max}`);
+  }
+  return value;
+}

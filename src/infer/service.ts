@@ -1,0 +1,235 @@
+// The image inference service: A/B split, sticky arms, shadow, canary with automatic
+// rollback, warmup and promote, over a worker pool. Protocol-free: the HTTP (and
+// later gRPC) fronts call infer() and read the runtime config.
+import { performance } from 'node:perf_hooks';
+import { BrokerError } from '../errors.ts';
+import type { Logger } from '../obs/logger.ts';
+import type { Metrics } from '../obs/metrics.ts';
+import { chooseArm, shareOfB, type Arm, type SplitState } from './arms.ts';
+import { CanaryJudge, type CanaryThresholds } from './canary.ts';
+import type { LoadedModel } from './manifest.ts';
+import type { InferPool } from './pool.ts';
+import type { Prediction } from './protocol.ts';
+
+export interface RuntimeConfig extends SplitState {
+  readonly shadowEnabled: boolean;
+  /** Set when the canary rolled itself back: when and why. */
+  readonly canaryRollback: { readonly at: string; readonly reason: string } | null;
+}
+
+export interface InferInput {
+  /** Image bytes; transferred to a worker, unusable afterwards. */
+  readonly image: Buffer;
+  readonly imgSize: number | undefined;
+  readonly topK: number | undefined;
+  readonly cookieArm: string | undefined;
+}
+
+export interface InferReply {
+  readonly arm: Arm;
+  readonly model: string;
+  readonly version: string;
+  readonly predictions: Prediction[];
+  readonly timings: { decode_ms: number; queue_ms: number; infer_ms: number; total_ms: number };
+}
+
+export interface InferServiceDeps {
+  readonly initial: RuntimeConfig;
+  readonly canary: CanaryThresholds;
+  /** Builds a pool serving these models (A and B). */
+  readonly makePool: (models: { A: LoadedModel; B: LoadedModel }) => InferPool;
+  readonly models: { A: LoadedModel; B: LoadedModel };
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  readonly now?: () => number;
+  readonly random?: () => number;
+}
+
+const round = (ms: number): number => Math.round(ms * 1000) / 1000;
+
+export class InferService {
+  private config: RuntimeConfig;
+  private pool: InferPool;
+  private readonly judge: CanaryJudge;
+  private readonly now: () => number;
+  private readonly random: () => number;
+  private promoting: Promise<void> | undefined;
+
+  constructor(private readonly deps: InferServiceDeps) {
+    this.config = Object.freeze({ ...deps.initial });
+    this.pool = deps.makePool(deps.models);
+    this.judge = new CanaryJudge(deps.canary);
+    this.now = deps.now ?? Date.now;
+    this.random = deps.random ?? Math.random;
+  }
+
+  get runtimeConfig(): RuntimeConfig {
+    return this.config;
+  }
+
+  get models(): { A: LoadedModel; B: LoadedModel } {
+    return this.pool.models as { A: LoadedModel; B: LoadedModel };
+  }
+
+  get ready(): boolean {
+    return this.pool.ready;
+  }
+
+  get currentPool(): InferPool {
+    return this.pool;
+  }
+
+  waitReady(): Promise<void> {
+    return this.pool.waitReady();
+  }
+
+  /** Validated partial update from the admin API. */
+  update(patch: Partial<Pick<RuntimeConfig, 'abWeightA' | 'abWeightB' | 'shadowEnabled' | 'canaryEnabled' | 'canaryPercent'>>): RuntimeConfig {
+    const next = { ...this.config, ...patch };
+    if (next.abWeightA + next.abWeightB <= 0) throw new BrokerError('invalid_request', 'ab_weight_a + ab_weight_b must be greater than 0', { details: { field: 'ab_weight_a' } });
+    // Turning the canary on again, or giving it a share, starts a fresh judgement.
+    if (patch.canaryEnabled === true || patch.canaryPercent !== undefined) {
+      next.canaryRollback = null;
+      this.judge.reset();
+    }
+    this.config = Object.freeze(next);
+    this.deps.logger.info({ config: this.config }, 'runtime config updated');
+    return this.config;
+  }
+
+  async infer(input: InferInput): Promise<InferReply> {
+    const t0 = performance.now();
+    const { arm, reason } = chooseArm(this.config, input.cookieArm, this.random());
+    const pool = this.pool;
+    const model = (arm === 'A' ? pool.models.A : pool.models.B)!;
+    const { manifest } = model;
+    const size = checkSize(input.imgSize, model);
+    const topK = Math.min(input.topK ?? 5, manifest.labels.length);
+    const m = this.deps.metrics;
+    m.inferArm.labels(arm, reason).inc();
+
+    const shadowCopy = this.config.shadowEnabled && arm === 'A' ? Buffer.from(input.image) : undefined;
+    const image = transferable(input.image);
+    let result;
+    try {
+      result = await pool.run(arm, image, size, topK);
+    } catch (err) {
+      const e = err as BrokerError;
+      m.inferFailure.labels(manifest.name, manifest.version, arm, e.code ?? 'internal').inc();
+      // Client mistakes say nothing about the model; only server-side failures count against B.
+      if (e.status >= 500) this.observe(arm, false, performance.now() - t0);
+      throw err;
+    }
+    const total = performance.now() - t0;
+    m.inferSuccess.labels(manifest.name, manifest.version, arm).inc();
+    m.inferQueue.labels(manifest.name, arm).observe(result.queueMs / 1000);
+    m.inferDecode.labels(manifest.name, arm).observe(result.decodeMs / 1000);
+    m.inferCompute.labels(manifest.name, arm).observe(result.inferMs / 1000);
+    m.inferBatch.labels(manifest.name).observe(1);
+    this.observe(arm, true, total);
+    if (shadowCopy !== undefined) this.shadow(shadowCopy, size, result.predictions[0]?.index);
+
+    return {
+      arm,
+      model: manifest.name,
+      version: manifest.version,
+      predictions: result.predictions,
+      timings: { decode_ms: round(result.decodeMs), queue_ms: round(Math.max(0, result.queueMs)), infer_ms: round(result.inferMs), total_ms: round(total) },
+    };
+  }
+
+  /** B runs on a copy after A answered; its result only feeds metrics. */
+  private shadow(image: Buffer, size: number | undefined, topA: number | undefined): void {
+    const m = this.deps.metrics;
+    const pool = this.pool;
+    // Shadow traffic must never delay real traffic: skip it when requests are waiting.
+    if (pool.queueSize > 0) {
+      m.shadowRequests.labels('skipped').inc();
+      return;
+    }
+    const t0 = performance.now();
+    setImmediate(() => {
+      pool.run('B', transferable(image), size, 1).then(
+        (r) => {
+          m.shadowLatency.observe((performance.now() - t0) / 1000);
+          m.shadowRequests.labels('ok').inc();
+          if (r.predictions[0]?.index === topA) m.shadowAgreement.inc();
+          else m.shadowDisagreement.inc();
+        },
+        (err: BrokerError) => {
+          m.shadowRequests.labels('error').inc();
+          this.deps.logger.debug({ err: err.message }, 'shadow run failed');
+        },
+      );
+    });
+  }
+
+  private observe(arm: Arm, ok: boolean, ms: number): void {
+    if (!this.config.canaryEnabled || this.config.canaryRollback !== null) return;
+    const now = this.now();
+    this.judge.record(arm, ok, ms, now);
+    if (arm !== 'B') return;
+    const reason = this.judge.verdict(now);
+    if (reason === undefined) return;
+    this.config = Object.freeze({ ...this.config, canaryPercent: 0, canaryRollback: { at: new Date(now).toISOString(), reason } });
+    this.deps.metrics.canaryRollbacks.inc();
+    this.deps.logger.warn({ reason, b_share: shareOfB(this.config) }, 'canary rolled back: B gets no more traffic');
+  }
+
+  warmup(): Promise<number> {
+    return this.pool.warmup();
+  }
+
+  /**
+   * B's model becomes A. A new pool loads and warms the new pair while the old one
+   * keeps serving; then traffic switches and the old pool finishes what it started.
+   */
+  promote(): Promise<void> {
+    this.promoting ??= (async () => {
+      try {
+        const old = this.pool;
+        const b = old.models.B!;
+        const next = this.deps.makePool({ A: b, B: b });
+        try {
+          await next.waitReady();
+        } catch (err) {
+          await next.close();
+          throw err;
+        }
+        this.pool = next;
+        this.judge.reset();
+        this.config = Object.freeze({ ...this.config, canaryRollback: null });
+        this.deps.logger.info({ model: b.manifest.name, version: b.manifest.version }, 'promoted B to A');
+        await old.close();
+      } finally {
+        this.promoting = undefined;
+      }
+    })();
+    return this.promoting;
+  }
+
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
+
+function checkSize(imgSize: number | undefined, model: LoadedModel): number | undefined {
+  const { input, name } = model.manifest;
+  if (imgSize === undefined) return undefined;
+  if (input.height !== null) {
+    if (imgSize !== input.height || imgSize !== input.width) {
+      throw new BrokerError('invalid_img_size', `img_size must be ${input.height} for model ${name} (fixed ${input.height}x${input.width} input), got ${imgSize}`);
+    }
+    return undefined;
+  }
+  if (imgSize < 8 || imgSize > input.maxSize) throw new BrokerError('invalid_img_size', `img_size must be between 8 and ${input.maxSize} for model ${name}, got ${imgSize}`);
+  return imgSize;
+}
+
+/** An ArrayBuffer holding exactly these bytes that can be transferred without detaching anything shared. */
+function transferable(buf: Buffer): ArrayBuffer {
+  // Small Buffers live in Node's shared allocation pool; transferring that would detach
+  // other Buffers, so those are copied. Large ones own their ArrayBuffer and move as is.
+  if (buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength && buf.buffer instanceof ArrayBuffer) return buf.buffer;
+  return buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength) as ArrayBuffer;
+}

@@ -1,0 +1,121 @@
+// Every Prometheus metric of the broker, declared in one place so that names and
+// labels stay consistent. Stages receive this object; nothing registers globally.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+export function createMetrics() {
+  const registry = new Registry();
+  // Gauges read at scrape time from whoever owns the number.
+  const sources = { inferQueue: (): number => 0 };
+  collectDefaultMetrics({ register: registry });
+  const r = [registry];
+  return {
+    registry,
+    httpDuration: new Histogram({
+      name: 'http_request_duration_seconds',
+      help: 'HTTP request duration by route, method and status',
+      labelNames: ['route', 'method', 'status'] as const,
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    httpErrors: new Counter({
+      name: 'http_requests_errors_total',
+      help: 'HTTP requests that ended with a 4xx or 5xx, by route and error code',
+      labelNames: ['route', 'status', 'code'] as const,
+      registers: r,
+    }),
+    httpActive: new Gauge({ name: 'http_requests_active', help: 'HTTP requests in progress', registers: r }),
+    rateLimited: new Counter({
+      name: 'rate_limit_rejections_total',
+      help: 'Requests rejected by the per-client rate limit',
+      registers: r,
+    }),
+    // Inference metrics follow Triton's names (nv_inference_*), with the arm as an extra label.
+    inferSuccess: new Counter({
+      name: 'inference_request_success_total',
+      help: 'Successful inference requests by model, version and arm',
+      labelNames: ['model', 'version', 'arm'] as const,
+      registers: r,
+    }),
+    inferFailure: new Counter({
+      name: 'inference_request_failure_total',
+      help: 'Failed inference requests by model, version, arm and reason',
+      labelNames: ['model', 'version', 'arm', 'reason'] as const,
+      registers: r,
+    }),
+    inferQueue: new Histogram({
+      name: 'inference_queue_duration_seconds',
+      help: 'Time an inference task waited for a worker',
+      labelNames: ['model', 'arm'] as const,
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    inferDecode: new Histogram({
+      name: 'inference_decode_duration_seconds',
+      help: 'Image decode and preprocessing time in the worker',
+      labelNames: ['model', 'arm'] as const,
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    inferCompute: new Histogram({
+      name: 'inference_compute_duration_seconds',
+      help: 'Model execution time (session.run)',
+      labelNames: ['model', 'arm'] as const,
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    inferBatch: new Histogram({
+      name: 'inference_batch_size',
+      help: 'Batch size of executed inferences',
+      labelNames: ['model'] as const,
+      buckets: [1, 2, 4, 8, 16, 32],
+      registers: r,
+    }),
+    inferArm: new Counter({
+      name: 'inference_arm_assignments_total',
+      help: 'Requests assigned to an arm, by how they were assigned (sticky, weighted, canary)',
+      labelNames: ['arm', 'reason'] as const,
+      registers: r,
+    }),
+    shadowRequests: new Counter({
+      name: 'inference_shadow_requests_total',
+      help: 'Shadow runs of model B by outcome',
+      labelNames: ['outcome'] as const,
+      registers: r,
+    }),
+    shadowAgreement: new Counter({
+      name: 'inference_shadow_agreement_total',
+      help: 'Shadow runs whose top-1 label matched arm A',
+      registers: r,
+    }),
+    shadowDisagreement: new Counter({
+      name: 'inference_shadow_disagreement_total',
+      help: 'Shadow runs whose top-1 label differed from arm A',
+      registers: r,
+    }),
+    shadowLatency: new Histogram({
+      name: 'inference_shadow_duration_seconds',
+      help: 'Latency of shadow runs of model B',
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    canaryRollbacks: new Counter({
+      name: 'inference_canary_rollbacks_total',
+      help: 'Automatic canary rollbacks',
+      registers: r,
+    }),
+    sources,
+    inferPoolQueue: new Gauge({
+      name: 'inference_pool_queue_size',
+      help: 'Tasks waiting for an inference worker',
+      registers: r,
+      collect() {
+        this.set(sources.inferQueue());
+      },
+    }),
+    workerRestarts: new Counter({ name: 'inference_worker_failures_total', help: 'Inference workers that crashed or exited', registers: r }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;
