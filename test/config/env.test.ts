@@ -1,0 +1,36 @@
+import t from 'tap';
+import { ConfigError, loadConfig } from '../../src/config/env.ts';
+
+t.test('defaults', async (t) => {
+  const c = loadConfig({});
+  t.equal(c.port, 8080);
+  t.equal(c.maxBodyBytes, 8 * 1024 * 1024);
+  t.equal(c.modelVaPath, 'models/vA.onnx');
+  t.equal(c.modelVbPath, 'models/vB.onnx');
+  t.equal(c.adminToken, undefined);
+  t.ok(Object.isFrozen(c));
+  t.ok(c.inferThreads * c.inferIntraOpThreads >= 1);
+});
+
+t.test('bad values name the variable', async (t) => {
+  const cases: Record<string, string>[] = [
+    { PORT: 'eighty' },
+    { PORT: '70000' },
+    { MAX_BODY_BYTES: '-1' },
+    { RATE_LIMIT_RPS: 'fast' },
+    { AB_WEIGHT_A: '0', AB_WEIGHT_B: '0' },
+    { SHADOW_ENABLED: 'maybe' },
+    { CANARY_PERCENT: '120' },
+    { STICKY_COOKIE: 'a b' },
+    { LOG_LEVEL: 'loud' },
+    { INFER_THREADS: '0' },
+    { ADMIN_TOKEN: 'short' },
+  ];
+  for (const env of cases) {
+    const name = Object.keys(env)[0]!;
+    const err = t.throws(() => loadConfig(env)) as ConfigError;
+    t.ok(err instanceof ConfigError, name);
+    t.equal(err.variable, name);
+    t.match(err.message, name);
+  }
+});

@@ -1,0 +1,139 @@
+// The HTTP front and guards against a real broker: routes, errors, trace ids, body
+// limits, rate limit, admin credential, health, metrics.
+import t from 'tap';
+import { connect } from 'node:net';
+import { startTestBroker, postJson, metricValue, admin } from '../helpers/broker.ts';
+
+const tb = await startTestBroker({ MAX_BODY_BYTES: '4096', RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '5' });
+t.teardown(() => tb.close());
+
+t.test('health, liveness and readiness', async (t) => {
+  t.same(await (await fetch(`${tb.url}/healthz`)).json(), { ok: true });
+  t.same(await (await fetch(`${tb.url}/health`)).json(), { status: 'ok' });
+  const ready = await fetch(`${tb.url}/ready`);
+  t.equal(ready.status, 200);
+  t.same(await ready.json(), { ready: true, models_loaded: true });
+});
+
+t.test('unknown route 404, wrong method 405 with Allow, both in the error shape', async (t) => {
+  const r404 = await fetch(`${tb.url}/nope`);
+  t.equal(r404.status, 404);
+  const b404 = await r404.json();
+  t.equal(b404.error.code, 'not_found');
+  t.equal(b404.error.request_id, r404.headers.get('trace-id'));
+  const r405 = await fetch(`${tb.url}/v1/infer`);
+  t.equal(r405.status, 405);
+  t.equal(r405.headers.get('allow'), 'POST');
+  t.equal((await r405.json()).error.code, 'method_not_allowed');
+});
+
+t.test('Trace-Id: the client X-Request-ID when printable and short, else a fresh id', async (t) => {
+  const mine = await fetch(`${tb.url}/healthz`, { headers: { 'x-request-id': 'abc-123' } });
+  t.equal(mine.headers.get('trace-id'), 'abc-123');
+  const tooLong = await fetch(`${tb.url}/healthz`, { headers: { 'x-request-id': 'x'.repeat(129) } });
+  t.not(tooLong.headers.get('trace-id'), 'x'.repeat(129));
+  t.match(tooLong.headers.get('trace-id'), /^[0-9a-f]{20,}$/);
+  const a = (await fetch(`${tb.url}/healthz`)).headers.get('trace-id');
+  const b = (await fetch(`${tb.url}/healthz`)).headers.get('trace-id');
+  t.not(a, b, 'fresh ids differ');
+});
+
+t.test('body over MAX_BODY_BYTES: 413 from Content-Length, server keeps serving', async (t) => {
+  const res = await postJson(`${tb.url}/v1/infer`, { image_b64: 'A'.repeat(5000) });
+  t.equal(res.status, 413);
+  t.equal(res.body.error.code, 'payload_too_large');
+  t.match(res.body.error.message, /MAX_BODY_BYTES/);
+  t.equal((await fetch(`${tb.url}/healthz`)).status, 200);
+});
+
+t.test('body over MAX_BODY_BYTES sent chunked: 413 as the bytes pass the limit', async (t) => {
+  const port = tb.broker.port;
+  const reply = await new Promise<string>((resolve, reject) => {
+    const sock = connect(port, '127.0.0.1', () => {
+      sock.write('POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n');
+      const chunk = 'A'.repeat(1000);
+      for (let i = 0; i < 6; i++) sock.write(`${chunk.length.toString(16)}\r\n${chunk}\r\n`);
+    });
+    let data = '';
+    sock.on('data', (d) => (data += d.toString()));
+    sock.on('close', () => resolve(data));
+    sock.on('error', reject);
+    setTimeout(() => sock.destroy(), 3000);
+  });
+  t.match(reply, /^HTTP\/1.1 413/);
+  t.match(reply, /payload_too_large/);
+});
+
+t.test('logs: one JSON line per request with trace id, route, status, duration; no secrets', async (t) => {
+  await fetch(`${tb.url}/admin/config`, { headers: { ...admin, 'x-request-id': 'log-check-1' } });
+  const line = tb.logs.find((l) => l.trace_id === 'log-check-1');
+  t.ok(line, 'a line for the request');
+  t.equal(line!.route, '/admin/config');
+  t.equal(line!.status, 200);
+  t.type(line!.duration_ms, 'number');
+  t.notMatch(JSON.stringify(tb.logs), /test-admin-token/, 'the admin token never appears in logs');
+});
+
+t.test('admin routes: 401 without credential, 403 with a wrong one', async (t) => {
+  const none = await fetch(`${tb.url}/admin/config`);
+  t.equal(none.status, 401);
+  t.equal((await none.json()).error.code, 'unauthorized');
+  const wrong = await fetch(`${tb.url}/admin/config`, { headers: { authorization: 'Bearer nope-nope-nope' } });
+  t.equal(wrong.status, 403);
+  t.equal((await wrong.json()).error.code, 'forbidden');
+  t.equal((await fetch(`${tb.url}/admin/config`, { headers: admin })).status, 200);
+});
+
+t.test('POST /admin/config validates and names the bad field', async (t) => {
+  const bad = await postJson(`${tb.url}/admin/config`, { ab_weight_a: 'lots' }, admin);
+  t.equal(bad.status, 400);
+  t.match(bad.body.error.message, /ab_weight_a/);
+  const unknown = await postJson(`${tb.url}/admin/config`, { nope: 1 }, admin);
+  t.equal(unknown.status, 400);
+  t.match(unknown.body.error.message, /nope/);
+  const pct = await postJson(`${tb.url}/admin/config`, { canary_percent: 101 }, admin);
+  t.match(pct.body.error.message, /canary_percent/);
+  const ok = await postJson(`${tb.url}/admin/config`, { ab_weight_a: 0.5, ab_weight_b: 0.5, shadow_enabled: true }, admin);
+  t.equal(ok.status, 200);
+  t.equal(ok.body.ab_weight_b, 0.5);
+  t.equal(ok.body.shadow_enabled, true);
+  const read = await (await fetch(`${tb.url}/admin/config`, { headers: admin })).json();
+  t.equal(read.b_share, 0.5);
+  const warm = await fetch(`${tb.url}/admin/warmup`, { method: 'POST', headers: admin });
+  t.equal(warm.status, 200);
+  t.equal((await warm.json()).warmed, true);
+});
+
+t.test('rate limit per client: 429 rate_limited with Retry-After; another key has its own bucket', async (t) => {
+  const statuses: number[] = [];
+  let limited: Response | undefined;
+  for (let i = 0; i < 12; i++) {
+    const res = await fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'x-api-key': 'client-1' }, body: '{}' });
+    statuses.push(res.status);
+    if (res.status === 429) limited ??= res;
+    else await res.text();
+  }
+  t.ok(statuses.filter((s) => s === 429).length >= 5, `some were limited: ${statuses}`);
+  t.ok(limited);
+  t.equal(limited!.headers.get('retry-after'), '1');
+  t.equal((await limited!.json()).error.code, 'rate_limited');
+  const other = await fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'x-api-key': 'client-2' }, body: '{}' });
+  t.equal(other.status, 400, 'another client is not limited');
+  t.ok((await metricValue(tb.url, 'rate_limit_rejections_total')) >= 5);
+});
+
+t.test('metrics expose the http metrics', async (t) => {
+  const res = await fetch(`${tb.url}/metrics`);
+  t.match(res.headers.get('content-type'), /text\/plain/);
+  const text = await res.text();
+  for (const name of ['http_request_duration_seconds_bucket', 'http_requests_errors_total', 'http_requests_active', 'process_cpu_seconds_total']) t.match(text, name);
+});
+
+t.test('admin refused when ADMIN_TOKEN is not set, with a start-up warning', async (t) => {
+  const nb = await startTestBroker({ ADMIN_TOKEN: '' });
+  t.teardown(() => nb.close());
+  const res = await fetch(`${nb.url}/admin/config`, { headers: admin });
+  t.equal(res.status, 403);
+  t.equal((await res.json()).error.code, 'admin_disabled');
+  t.ok(nb.logs.some((l) => l.level === 40 && /ADMIN_TOKEN/.test(String(l.msg))));
+});

@@ -1,0 +1,113 @@
+// A/B split, sticky cookie, shadow, canary rollback and promote, end to end.
+import t from 'tap';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startTestBroker, postJson, metricValue, admin } from '../helpers/broker.ts';
+import { fashionPngs, mapLimit } from '../helpers/images.ts';
+
+const images = await fashionPngs(20);
+const img = (i: number) => images[i % images.length]!.b64;
+
+t.test('A/B 0.8/0.2 over 2,000 cookie-less requests, and sticky cookies', async (t) => {
+  const tb = await startTestBroker({ AB_WEIGHT_A: '0.8', AB_WEIGHT_B: '0.2' });
+  t.teardown(() => tb.close());
+  const { A, B } = tb.broker.infer.models;
+  t.not(A.manifest.name, B.manifest.name, 'two different models');
+  const arms = await mapLimit(Array.from({ length: 2000 }, (_, i) => i), 16, async (i) => {
+    const res = await postJson(`${tb.url}/v1/infer`, { image_b64: img(i), top_k: 1 });
+    t.equal(res.status, 200);
+    const expectedModel = res.body.arm === 'A' ? A.manifest.name : B.manifest.name;
+    if (res.body.model !== expectedModel) t.fail(`arm ${res.body.arm} answered with ${res.body.model}`);
+    return res.body.arm as string;
+  });
+  const shareB = arms.filter((a) => a === 'B').length / arms.length;
+  t.ok(Math.abs(shareB - 0.2) <= 0.05, `B share ${shareB} within 0.2 ± 0.05`);
+
+  for (const arm of ['A', 'B']) {
+    const seen = new Set<string>();
+    for (let i = 0; i < 40; i++) {
+      const res = await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) }, { cookie: `other=1; eb_arm=${arm}` });
+      seen.add(res.body.arm);
+      t.match(res.headers.get('set-cookie'), new RegExp(`^eb_arm=${arm};`));
+    }
+    t.same([...seen], [arm], `cookie ${arm} always gets arm ${arm}`);
+  }
+  t.ok((await metricValue(tb.url, 'inference_arm_assignments_total', { reason: 'sticky' })) >= 80);
+});
+
+t.test('shadow: client sees A, B runs on the same input, agreement is measured', async (t) => {
+  const tb = await startTestBroker({ AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'true' });
+  t.teardown(() => tb.close());
+  const { A } = tb.broker.infer.models;
+  for (let i = 0; i < 20; i++) {
+    const res = await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) });
+    t.equal(res.body.arm, 'A');
+    t.equal(res.body.model, A.manifest.name);
+  }
+  // Shadow runs finish after the replies; wait for them to land in the metrics.
+  let compared = 0;
+  for (let i = 0; i < 100 && compared < 20; i++) {
+    compared = (await metricValue(tb.url, 'inference_shadow_agreement_total')) + (await metricValue(tb.url, 'inference_shadow_disagreement_total'));
+    if (compared < 20) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.equal(compared, 20, 'every request was shadowed and compared');
+  t.ok((await metricValue(tb.url, 'inference_shadow_agreement_total')) >= 15, 'two good models mostly agree');
+  t.ok((await metricValue(tb.url, 'inference_shadow_duration_seconds_count')) >= 20);
+  t.equal(await metricValue(tb.url, 'inference_request_success_total', { arm: 'B' }), 0, 'shadow runs are not counted as B traffic');
+});
+
+t.test('canary rolls itself back when B fails', async (t) => {
+  // A "broken" B: its manifest claims 3 channels for a 1-channel model, so every run fails.
+  const dir = mkdtempSync(join(tmpdir(), 'eb-canary-'));
+  cpSync('models/vB.onnx', join(dir, 'vB.onnx'));
+  const manifest = JSON.parse(readFileSync('models/vB.json', 'utf8'));
+  manifest.input.channels = 3;
+  manifest.input.mean = [0.5, 0.5, 0.5];
+  manifest.input.std = [0.5, 0.5, 0.5];
+  writeFileSync(join(dir, 'vB.json'), JSON.stringify(manifest));
+  const tb = await startTestBroker({ MODEL_VB_PATH: join(dir, 'vB.onnx'), CANARY_ENABLED: 'true', CANARY_PERCENT: '30', CANARY_MIN_REQUESTS: '10' });
+  t.teardown(() => tb.close());
+
+  const statuses = await mapLimit(Array.from({ length: 300 }, (_, i) => i), 4, async (i) => {
+    const res = await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) });
+    return `${res.status}:${res.body.arm ?? res.body.error?.code}`;
+  });
+  t.ok(statuses.includes('500:internal'), 'B failed while it had traffic');
+  const cfg = await (await fetch(`${tb.url}/admin/config`, { headers: admin })).json();
+  t.equal(cfg.canary_percent, 0, 'B share set to 0');
+  t.equal(cfg.b_share, 0);
+  t.match(cfg.canary_rollback.reason, /error rate/);
+  t.equal(await metricValue(tb.url, 'inference_canary_rollbacks_total'), 1);
+  t.ok(tb.logs.some((l) => l.msg === 'canary rolled back: B gets no more traffic'), 'logged');
+  // After the rollback everything is served by A, even a client stuck to B.
+  for (let i = 0; i < 20; i++) {
+    const res = await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) }, { cookie: 'eb_arm=B' });
+    t.equal(res.status, 200);
+    t.equal(res.body.arm, 'A');
+  }
+});
+
+t.test('promote: arm A answers with B model, without failing in-flight requests', async (t) => {
+  const tb = await startTestBroker({ AB_WEIGHT_A: '1', AB_WEIGHT_B: '0' });
+  t.teardown(() => tb.close());
+  const { B } = tb.broker.infer.models;
+  let stop = false;
+  const background = (async () => {
+    const statuses: number[] = [];
+    for (let i = 0; !stop; i++) statuses.push((await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) })).status);
+    return statuses;
+  })();
+  const res = await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin });
+  t.equal(res.status, 200);
+  stop = true;
+  const statuses = await background;
+  t.ok(statuses.length > 0);
+  t.ok(statuses.every((s) => s === 200), 'no request failed during promote');
+  const after = await postJson(`${tb.url}/v1/infer`, { image_b64: img(0) });
+  t.equal(after.body.arm, 'A');
+  t.equal(after.body.model, B.manifest.name);
+  t.equal(after.body.version, B.manifest.version);
+  const cfg = await (await fetch(`${tb.url}/admin/config`, { headers: admin })).json();
+  t.equal(cfg.models.A.name, B.manifest.name);
+});

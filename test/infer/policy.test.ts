@@ -1,0 +1,73 @@
+// The pure parts of the inference path: arm choice, canary judge, manifest validation.
+import t from 'tap';
+import { chooseArm, readCookie, shareOfB } from '../../src/infer/arms.ts';
+import { CanaryJudge } from '../../src/infer/canary.ts';
+import { validateManifest } from '../../src/infer/manifest.ts';
+import { topK } from '../../src/infer/postprocess.ts';
+
+const split = { abWeightA: 0.8, abWeightB: 0.2, canaryEnabled: false, canaryPercent: 10 };
+
+t.test('arm choice: weights, canary share, sticky cookie', async (t) => {
+  t.equal(shareOfB(split), 0.2);
+  t.equal(shareOfB({ ...split, canaryEnabled: true }), 0.1);
+  t.same(chooseArm(split, undefined, 0.1), { arm: 'B', reason: 'weighted' });
+  t.same(chooseArm(split, undefined, 0.5), { arm: 'A', reason: 'weighted' });
+  t.same(chooseArm(split, 'B', 0.99), { arm: 'B', reason: 'sticky' });
+  t.same(chooseArm(split, 'A', 0.01), { arm: 'A', reason: 'sticky' });
+  t.same(chooseArm({ ...split, canaryEnabled: true }, undefined, 0.05), { arm: 'B', reason: 'canary' });
+  t.same(chooseArm({ ...split, abWeightB: 0 }, 'B', 0.01), { arm: 'A', reason: 'weighted' }, 'a cookie for an arm without traffic is ignored');
+  t.same(chooseArm(split, 'Z', 0.5), { arm: 'A', reason: 'weighted' }, 'garbage cookie ignored');
+});
+
+t.test('cookie parsing', async (t) => {
+  t.equal(readCookie('a=1; eb_arm=B; c=3', 'eb_arm'), 'B');
+  t.equal(readCookie('xeb_arm=B', 'eb_arm'), undefined);
+  t.equal(readCookie(undefined, 'eb_arm'), undefined);
+});
+
+t.test('canary judge: error rate and latency margins over a window', async (t) => {
+  const judge = new CanaryJudge({ windowMs: 1000, minRequests: 5, errorMargin: 0.1, latencyMargin: 0.5 });
+  for (let i = 0; i < 10; i++) judge.record('A', true, 10, i);
+  for (let i = 0; i < 4; i++) judge.record('B', false, 10, i);
+  t.equal(judge.verdict(10), undefined, 'too few B requests to judge');
+  judge.record('B', false, 10, 5);
+  t.match(judge.verdict(10), /error rate/);
+  t.equal(judge.verdict(5000), undefined, 'samples leave the window');
+
+  const slow = new CanaryJudge({ windowMs: 1000, minRequests: 5, errorMargin: 0.1, latencyMargin: 0.5 });
+  for (let i = 0; i < 10; i++) slow.record('A', true, 10, i);
+  for (let i = 0; i < 10; i++) slow.record('B', true, 14, i);
+  t.equal(slow.verdict(20), undefined, 'within 50 %');
+  for (let i = 0; i < 10; i++) slow.record('B', true, 40, i);
+  t.match(slow.verdict(20), /p99/);
+});
+
+t.test('manifest validation names the field', async (t) => {
+  const good = {
+    name: 'm',
+    version: '1',
+    input: { name: 'input', layout: 'NCHW', channels: 1, height: 28, width: 28, mean: [0.5], std: [0.5] },
+    output: { name: 'logits', kind: 'logits' },
+    labels: ['a', 'b'],
+  };
+  t.equal(validateManifest(good, 'f').input.defaultSize, 28);
+  const dyn = validateManifest({ ...good, input: { ...good.input, height: null, width: null, defaultSize: 64 } }, 'f');
+  t.equal(dyn.input.height, null);
+  t.equal(dyn.input.defaultSize, 64);
+  const bad: [unknown, RegExp][] = [
+    [{ ...good, input: { ...good.input, channels: 2 } }, /input.channels/],
+    [{ ...good, input: { ...good.input, std: [0] } }, /input.std/],
+    [{ ...good, input: { ...good.input, mean: [1, 2, 3] } }, /input.mean/],
+    [{ ...good, input: { ...good.input, layout: 'CHW' } }, /input.layout/],
+    [{ ...good, labels: [] }, /labels/],
+    [{ ...good, name: '' }, /name/],
+  ];
+  for (const [m, re] of bad) t.throws(() => validateManifest(m, 'f'), re);
+});
+
+t.test('topK applies softmax to logits and sorts', async (t) => {
+  const p = topK(new Float32Array([1, 3, 2]), ['a', 'b', 'c'], 2, true);
+  t.same(p.map((x) => x.label), ['b', 'c']);
+  const sum = topK(new Float32Array([1, 3, 2]), ['a', 'b', 'c'], 3, true).reduce((s, x) => s + x.score, 0);
+  t.ok(Math.abs(sum - 1) < 1e-9);
+});
