@@ -13,6 +13,9 @@ import { createInferPool } from './infer/pool.ts';
 import { InferService } from './infer/service.ts';
 import { inferRoutes } from './infer/routes.ts';
 import { adminRoutes } from './admin/routes.ts';
+import { loadBrokerConfigFile } from './config/broker-config.ts';
+import { LlmProxy } from './llm/proxy.ts';
+import { llmRoutes, ollamaFleet, staticFleet } from './llm/routes.ts';
 
 export interface Broker {
   readonly port: number;
@@ -29,6 +32,8 @@ export interface BrokerOptions {
 }
 
 export async function startBroker(config: Config, opts: BrokerOptions = {}): Promise<Broker> {
+  // A bad fleet file stops start-up before anything else is started.
+  const fleetConfig = config.brokerConfigPath === undefined ? undefined : loadBrokerConfigFile(config.brokerConfigPath);
   const logger = createLogger(config.logLevel, opts.logDestination);
   const metrics = createMetrics();
   if (config.adminToken === undefined) logger.warn('ADMIN_TOKEN is not set: admin routes are refused');
@@ -65,8 +70,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     logger,
   });
 
+  const fleet = fleetConfig !== undefined ? staticFleet(fleetConfig) : ollamaFleet(config.ollamaUrl, logger);
+  const proxy = new LlmProxy({ metrics, logger, instrument: true });
+
   const router = new Router();
-  for (const r of [...obsRoutes(metrics), ...inferRoutes(infer, config.stickyCookie), ...adminRoutes(infer)]) router.add(r);
+  for (const r of [...obsRoutes(metrics), ...inferRoutes(infer, config.stickyCookie), ...adminRoutes(infer), ...llmRoutes(fleet, proxy)]) router.add(r);
 
   let front: HttpFront;
   try {
@@ -81,11 +89,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       logger,
     });
   } catch (err) {
-    await infer.close();
+    await Promise.all([infer.close(), fleet.close()]);
     throw err;
   }
   metrics.sources.inferQueue = () => infer.currentPool.queueSize;
-  logger.info({ port: front.port, host: config.host, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads }, 'edge broker listening');
+  logger.info({ port: front.port, host: config.host, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads }, 'edge broker listening');
 
   return {
     port: front.port,
@@ -97,7 +105,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       front.stopListening();
       const deadline = Date.now() + graceMs;
       while (front.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-      await infer.close();
+      await Promise.all([infer.close(), fleet.close()]);
       logger.info({ unfinished: front.inFlight }, 'edge broker stopped');
     },
   };

@@ -1,6 +1,7 @@
 // Composition root for the process: config from env, start, graceful shutdown on signals.
 import { ConfigError, loadConfig } from './config/env.ts';
 import { startBroker } from './app.ts';
+import { BrokerConfigError } from './config/broker-config.ts';
 
 let config;
 try {
@@ -13,7 +14,16 @@ try {
   throw err;
 }
 
-const broker = await startBroker(config);
+let broker;
+try {
+  broker = await startBroker(config);
+} catch (err) {
+  if (err instanceof BrokerConfigError) {
+    process.stderr.write(`edge-broker: invalid BROKER_CONFIG (${config.brokerConfigPath}): ${err.message}\n`);
+    process.exit(2);
+  }
+  throw err;
+}
 let stopping = false;
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => {

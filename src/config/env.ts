@@ -39,6 +39,9 @@ export interface Config {
   /** Decoded pixels above which an image is refused (decompression bombs). */
   readonly inferMaxPixels: number;
   readonly logLevel: LogLevel;
+  /** JSON or YAML file with the LLM model groups; unset: discover a local Ollama. */
+  readonly brokerConfigPath: string | undefined;
+  readonly ollamaUrl: string;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -73,6 +76,17 @@ function bool(env: Env, name: string, def: boolean): boolean {
 function str(env: Env, name: string, def: string): string {
   const raw = env[name];
   return raw === undefined || raw === '' ? def : raw;
+}
+
+function url(env: Env, name: string, def: string): string {
+  const raw = str(env, name, def);
+  try {
+    const u = new URL(raw);
+    if (u.protocol === 'http:' || u.protocol === 'https:') return raw;
+  } catch {
+    // fall through
+  }
+  throw new ConfigError(name, `must be an http(s) URL, got "${raw}"`);
 }
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -117,5 +131,7 @@ export function loadConfig(env: Env = process.env): Config {
     inferMaxQueue: int(env, 'INFER_MAX_QUEUE', 256, 1, 1e6),
     inferMaxPixels: int(env, 'INFER_MAX_PIXELS', 4096 * 4096, 1, 2 ** 31 - 1),
     logLevel,
+    brokerConfigPath: env.BROKER_CONFIG === undefined || env.BROKER_CONFIG === '' ? undefined : env.BROKER_CONFIG,
+    ollamaUrl: url(env, 'OLLAMA_URL', 'http://127.0.0.1:11434'),
   });
 }

@@ -115,6 +115,65 @@ export function createMetrics() {
       },
     }),
     workerRestarts: new Counter({ name: 'inference_worker_failures_total', help: 'Inference workers that crashed or exited', registers: r }),
+    // LLM proxy. outcome: ok, client_error, upstream_error, midstream_error, aborted, timeout, no_deployment.
+    llmRequests: new Counter({
+      name: 'llm_requests_total',
+      help: 'LLM requests by model group, deployment and outcome',
+      labelNames: ['group', 'deployment', 'outcome'] as const,
+      registers: r,
+    }),
+    llmDuration: new Histogram({
+      name: 'llm_request_duration_seconds',
+      help: 'LLM request duration, from arrival to the last byte',
+      labelNames: ['group', 'deployment', 'stream'] as const,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers: r,
+    }),
+    llmTtft: new Histogram({
+      name: 'llm_ttft_seconds',
+      help: 'Time to first token of streamed LLM replies',
+      labelNames: ['group', 'deployment'] as const,
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    llmInterToken: new Histogram({
+      name: 'llm_inter_token_seconds',
+      help: 'Time between consecutive streamed chunks carrying tokens',
+      labelNames: ['group'] as const,
+      buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers: r,
+    }),
+    llmTokens: new Counter({
+      name: 'llm_tokens_total',
+      help: 'Tokens by direction (prompt, completion) and model group',
+      labelNames: ['group', 'direction'] as const,
+      registers: r,
+    }),
+    llmRateLimitHits: new Counter({
+      name: 'llm_rate_limit_hits_total',
+      help: 'Upstream 429 replies by deployment',
+      labelNames: ['deployment'] as const,
+      registers: r,
+    }),
+    llmRetries: new Counter({
+      name: 'llm_upstream_retries_total',
+      help: 'Requests retried on another deployment before the first byte',
+      labelNames: ['group', 'reason'] as const,
+      registers: r,
+    }),
+    llmMidstreamErrors: new Counter({
+      name: 'llm_midstream_errors_total',
+      help: 'Streams cut after tokens were sent, ended with an explicit error event',
+      labelNames: ['group', 'deployment', 'reason'] as const,
+      registers: r,
+    }),
+    brokerOverhead: new Histogram({
+      name: 'broker_overhead_seconds',
+      help: 'Time spent in the broker: total request time minus time waiting on the upstream',
+      labelNames: ['route'] as const,
+      buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1],
+      registers: r,
+    }),
   };
 }
 

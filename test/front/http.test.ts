@@ -2,29 +2,29 @@
 // limits, rate limit, admin credential, health, metrics.
 import t from 'tap';
 import { connect } from 'node:net';
-import { startTestBroker, postJson, metricValue, admin } from '../helpers/broker.ts';
+import { startTestBroker, postJson, metricValue, admin, json } from '../helpers/broker.ts';
 
 const tb = await startTestBroker({ MAX_BODY_BYTES: '4096', RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '5' });
 t.teardown(() => tb.close());
 
 t.test('health, liveness and readiness', async (t) => {
-  t.same(await (await fetch(`${tb.url}/healthz`)).json(), { ok: true });
-  t.same(await (await fetch(`${tb.url}/health`)).json(), { status: 'ok' });
+  t.same(await json(await fetch(`${tb.url}/healthz`)), { ok: true });
+  t.same(await json(await fetch(`${tb.url}/health`)), { status: 'ok' });
   const ready = await fetch(`${tb.url}/ready`);
   t.equal(ready.status, 200);
-  t.same(await ready.json(), { ready: true, models_loaded: true });
+  t.same(await json(ready), { ready: true, models_loaded: true });
 });
 
 t.test('unknown route 404, wrong method 405 with Allow, both in the error shape', async (t) => {
   const r404 = await fetch(`${tb.url}/nope`);
   t.equal(r404.status, 404);
-  const b404 = await r404.json();
+  const b404 = await json(r404);
   t.equal(b404.error.code, 'not_found');
   t.equal(b404.error.request_id, r404.headers.get('trace-id'));
   const r405 = await fetch(`${tb.url}/v1/infer`);
   t.equal(r405.status, 405);
   t.equal(r405.headers.get('allow'), 'POST');
-  t.equal((await r405.json()).error.code, 'method_not_allowed');
+  t.equal((await json(r405)).error.code, 'method_not_allowed');
 });
 
 t.test('Trace-Id: the client X-Request-ID when printable and short, else a fresh id', async (t) => {
@@ -77,10 +77,10 @@ t.test('logs: one JSON line per request with trace id, route, status, duration; 
 t.test('admin routes: 401 without credential, 403 with a wrong one', async (t) => {
   const none = await fetch(`${tb.url}/admin/config`);
   t.equal(none.status, 401);
-  t.equal((await none.json()).error.code, 'unauthorized');
+  t.equal((await json(none)).error.code, 'unauthorized');
   const wrong = await fetch(`${tb.url}/admin/config`, { headers: { authorization: 'Bearer nope-nope-nope' } });
   t.equal(wrong.status, 403);
-  t.equal((await wrong.json()).error.code, 'forbidden');
+  t.equal((await json(wrong)).error.code, 'forbidden');
   t.equal((await fetch(`${tb.url}/admin/config`, { headers: admin })).status, 200);
 });
 
@@ -97,11 +97,11 @@ t.test('POST /admin/config validates and names the bad field', async (t) => {
   t.equal(ok.status, 200);
   t.equal(ok.body.ab_weight_b, 0.5);
   t.equal(ok.body.shadow_enabled, true);
-  const read = await (await fetch(`${tb.url}/admin/config`, { headers: admin })).json();
+  const read = await json(await fetch(`${tb.url}/admin/config`, { headers: admin }));
   t.equal(read.b_share, 0.5);
   const warm = await fetch(`${tb.url}/admin/warmup`, { method: 'POST', headers: admin });
   t.equal(warm.status, 200);
-  t.equal((await warm.json()).warmed, true);
+  t.equal((await json(warm)).warmed, true);
 });
 
 t.test('rate limit per client: 429 rate_limited with Retry-After; another key has its own bucket', async (t) => {
@@ -116,7 +116,7 @@ t.test('rate limit per client: 429 rate_limited with Retry-After; another key ha
   t.ok(statuses.filter((s) => s === 429).length >= 5, `some were limited: ${statuses}`);
   t.ok(limited);
   t.equal(limited!.headers.get('retry-after'), '1');
-  t.equal((await limited!.json()).error.code, 'rate_limited');
+  t.equal((await json(limited!)).error.code, 'rate_limited');
   const other = await fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'x-api-key': 'client-2' }, body: '{}' });
   t.equal(other.status, 400, 'another client is not limited');
   t.ok((await metricValue(tb.url, 'rate_limit_rejections_total')) >= 5);
@@ -134,6 +134,6 @@ t.test('admin refused when ADMIN_TOKEN is not set, with a start-up warning', asy
   t.teardown(() => nb.close());
   const res = await fetch(`${nb.url}/admin/config`, { headers: admin });
   t.equal(res.status, 403);
-  t.equal((await res.json()).error.code, 'admin_disabled');
+  t.equal((await json(res)).error.code, 'admin_disabled');
   t.ok(nb.logs.some((l) => l.level === 40 && /ADMIN_TOKEN/.test(String(l.msg))));
 });

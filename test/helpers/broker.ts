@@ -55,3 +55,8 @@ export async function metricValue(url: string, name: string, labels: Record<stri
   }
   return sum;
 }
+
+/** A reply's JSON body, typed loosely: assertions check its shape. */
+export async function json(res: Response): Promise<any> {
+  return res.json();
+}

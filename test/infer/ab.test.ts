@@ -3,7 +3,7 @@ import t from 'tap';
 import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startTestBroker, postJson, metricValue, admin } from '../helpers/broker.ts';
+import { startTestBroker, postJson, metricValue, admin, json } from '../helpers/broker.ts';
 import { fashionPngs, mapLimit } from '../helpers/images.ts';
 
 const images = await fashionPngs(20);
@@ -74,7 +74,7 @@ t.test('canary rolls itself back when B fails', async (t) => {
     return `${res.status}:${res.body.arm ?? res.body.error?.code}`;
   });
   t.ok(statuses.includes('500:internal'), 'B failed while it had traffic');
-  const cfg = await (await fetch(`${tb.url}/admin/config`, { headers: admin })).json();
+  const cfg = await json(await fetch(`${tb.url}/admin/config`, { headers: admin }));
   t.equal(cfg.canary_percent, 0, 'B share set to 0');
   t.equal(cfg.b_share, 0);
   t.match(cfg.canary_rollback.reason, /error rate/);
@@ -108,6 +108,6 @@ t.test('promote: arm A answers with B model, without failing in-flight requests'
   t.equal(after.body.arm, 'A');
   t.equal(after.body.model, B.manifest.name);
   t.equal(after.body.version, B.manifest.version);
-  const cfg = await (await fetch(`${tb.url}/admin/config`, { headers: admin })).json();
+  const cfg = await json(await fetch(`${tb.url}/admin/config`, { headers: admin }));
   t.equal(cfg.models.A.name, B.manifest.name);
 });
