@@ -1,0 +1,62 @@
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BrokerConfigError, loadBrokerConfigFile, parseBrokerConfig } from '../../src/config/broker-config.ts';
+
+const good = {
+  upstream: { idleTimeoutMs: 1000 },
+  modelGroups: {
+    'chat-small': {
+      deployments: [
+        { id: 'ollama-1', provider: 'ollama', url: 'http://127.0.0.1:11434', model: 'llama3.2:1b', concurrencyLimit: 8, weight: 1 },
+        { id: 'openai-1', provider: 'openai', url: 'https://api.example.com/v1', model: 'gpt-x', apiKeyEnv: 'MY_KEY', connectTimeoutMs: 200 },
+      ],
+    },
+  },
+};
+
+t.test('a good config, with defaults and the key read from env', async (t) => {
+  const c = parseBrokerConfig(good, 'x', { MY_KEY: 'sk-1' });
+  const [a, b] = c.modelGroups.get('chat-small')!.deployments;
+  t.equal(a!.idleTimeoutMs, 1000, 'upstream defaults apply');
+  t.equal(b!.apiKey, 'sk-1');
+  t.equal(b!.connectTimeoutMs, 200, 'per-deployment override');
+  t.equal(b!.concurrencyLimit, 64);
+});
+
+t.test('errors name the path of the bad field', async (t) => {
+  const bad = (mutate: (c: any) => void): unknown => {
+    const c = structuredClone(good) as any;
+    mutate(c);
+    return c;
+  };
+  const cases: [unknown, string][] = [
+    [bad((c) => (c.modelGroups['chat-small'].deployments[0].url = 'ftp://x')), 'modelGroups.chat-small.deployments[0].url'],
+    [bad((c) => (c.modelGroups['chat-small'].deployments[1].provider = 'bedrock')), 'modelGroups.chat-small.deployments[1].provider'],
+    [bad((c) => (c.modelGroups['chat-small'].deployments[0].concurrencyLimit = 0)), 'modelGroups.chat-small.deployments[0].concurrencyLimit'],
+    [bad((c) => (c.modelGroups['chat-small'].deployments[0].colour = 'red')), 'modelGroups.chat-small.deployments[0].colour'],
+    [bad((c) => (c.modelGroups['chat-small'].deployments[1].id = 'ollama-1')), 'modelGroups.chat-small.deployments[1].id'],
+    [bad((c) => (c.modelGroups['chat-small'].deployments = [])), 'modelGroups.chat-small.deployments'],
+    [bad((c) => (c.upstream.idleTimeoutMs = -5)), 'upstream.idleTimeoutMs'],
+    [bad((c) => delete c.modelGroups), 'modelGroups'],
+  ];
+  for (const [config, path] of cases) {
+    const err = t.throws(() => parseBrokerConfig(config, 'x', { MY_KEY: 'k' })) as BrokerConfigError;
+    t.equal(err.path, path);
+  }
+  const noKey = t.throws(() => parseBrokerConfig(good, 'x', {})) as BrokerConfigError;
+  t.equal(noKey.path, 'modelGroups.chat-small.deployments[1].apiKeyEnv');
+  t.match(noKey.message, /MY_KEY/);
+});
+
+t.test('YAML and JSON files', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'eb-cfg-'));
+  writeFileSync(join(dir, 'a.yaml'), 'modelGroups:\n  g:\n    deployments:\n      - id: d\n        provider: ollama\n        url: http://127.0.0.1:1\n        model: m\n');
+  t.equal(loadBrokerConfigFile(join(dir, 'a.yaml')).modelGroups.get('g')!.deployments[0]!.model, 'm');
+  writeFileSync(join(dir, 'b.json'), '{"modelGroups": ');
+  t.throws(() => loadBrokerConfigFile(join(dir, 'b.json')), /not valid JSON/);
+  t.throws(() => loadBrokerConfigFile(join(dir, 'missing.yaml')), /cannot read/);
+  t.throws(() => loadBrokerConfigFile('config/broker.example.yaml', {}), /OPENAI_API_KEY/, 'the example names its key variable');
+  t.ok(loadBrokerConfigFile('config/broker.example.yaml', { OPENAI_API_KEY: 'sk' }).modelGroups.size >= 1, 'the example is valid');
+});

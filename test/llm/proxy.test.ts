@@ -1,0 +1,266 @@
+// The LLM proxy end to end: the official openai and ollama npm clients, unchanged,
+// against a real broker in front of real mock upstreams speaking the wire formats.
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import OpenAI from 'openai';
+import { Ollama } from 'ollama';
+import { stringify } from 'yaml';
+import { createMockUpstream, mockText, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import { startTestBroker, metricValue, postJson } from '../helpers/broker.ts';
+
+const mocks: MockUpstream[] = [];
+async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
+  const m = await createMockUpstream({ tokens: 8, ...opts });
+  mocks.push(m);
+  return m;
+}
+const okOpenai = await mock({});
+const okOllama = await mock({});
+const fail500 = await mock({ fail: 500 });
+const fail429 = await mock({ fail: 429 });
+const reset = await mock({ fail: 'reset', failAfter: 3 });
+const stall = await mock({ fail: 'stall', failAfter: 2 });
+const slow = await mock({ tokens: 10_000, tps: 50 });
+
+const dep = (id: string, provider: 'openai' | 'ollama', m: MockUpstream, extra: Record<string, unknown> = {}) => ({ id, provider, url: m.url, model: `${id}-upstream`, ...extra });
+const fleet = {
+  modelGroups: {
+    'chat-openai': { deployments: [dep('openai-1', 'openai', okOpenai)] },
+    'chat-ollama': { deployments: [dep('ollama-1', 'ollama', okOllama)] },
+    'retry-500': { deployments: [dep('broken-500', 'openai', fail500, { weight: 1000 }), dep('openai-2', 'openai', okOpenai)] },
+    'retry-429': { deployments: [dep('limited-429', 'ollama', fail429, { weight: 1000 }), dep('ollama-2', 'ollama', okOllama)] },
+    'all-down': { deployments: [dep('down-1', 'openai', fail500)] },
+    cut: { deployments: [dep('reset-1', 'openai', reset)] },
+    'cut-ollama': { deployments: [dep('reset-2', 'ollama', reset)] },
+    stalled: { deployments: [dep('stall-1', 'openai', stall, { idleTimeoutMs: 300 })] },
+    slow: { deployments: [dep('slow-1', 'ollama', slow)] },
+  },
+};
+const dir = mkdtempSync(join(tmpdir(), 'eb-llm-'));
+writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), MAX_BODY_BYTES: '65536' });
+t.teardown(async () => {
+  await tb.close();
+  await Promise.all(mocks.map((m) => m.close()));
+});
+
+const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
+const ollama = new Ollama({ host: tb.url });
+const messages = [{ role: 'user' as const, content: 'Say something.' }];
+
+t.test('OpenAI client, non-streaming, to an OpenAI and to an Ollama deployment', async (t) => {
+  for (const model of ['chat-openai', 'chat-ollama']) {
+    const { data, response } = await openai.chat.completions.create({ model, messages, max_tokens: 100 }).withResponse();
+    t.equal(data.choices[0]!.message.content, mockText(8), model);
+    t.equal(data.choices[0]!.finish_reason, 'stop');
+    t.equal(data.usage!.completion_tokens, 8);
+    t.ok(data.usage!.prompt_tokens > 0);
+    t.equal(response.headers.get('x-broker-deployment'), model === 'chat-openai' ? 'openai-1' : 'ollama-1');
+  }
+  const last = okOllama.stats.lastBody as Record<string, any>;
+  t.equal(last.model, 'ollama-1-upstream', 'the deployment model name goes upstream');
+  t.equal(last.options.num_predict, 100, 'max_tokens becomes num_predict');
+});
+
+t.test('OpenAI client, streaming with usage, both providers', async (t) => {
+  for (const model of ['chat-openai', 'chat-ollama']) {
+    const stream = await openai.chat.completions.create({ model, messages, stream: true, stream_options: { include_usage: true } });
+    let text = '';
+    let finish: string | null | undefined;
+    let usage: OpenAI.CompletionUsage | undefined | null;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? '';
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+      if (chunk.usage) usage = chunk.usage;
+    }
+    t.equal(text, mockText(8), model);
+    t.equal(finish, 'stop');
+    t.equal(usage?.completion_tokens, 8);
+  }
+});
+
+t.test('OpenAI client without include_usage gets no usage chunk', async (t) => {
+  const stream = await openai.chat.completions.create({ model: 'chat-openai', messages, stream: true });
+  const chunks = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  t.notOk(chunks.some((c) => c.usage), 'no usage chunk');
+  t.equal(chunks.map((c) => c.choices[0]?.delta.content ?? '').join(''), mockText(8));
+});
+
+t.test('OpenAI completions, streaming and not, to Ollama generate', async (t) => {
+  const whole = await openai.completions.create({ model: 'chat-ollama', prompt: 'Once upon a time' });
+  t.equal(whole.choices[0]!.text, mockText(8));
+  const stream = await openai.completions.create({ model: 'chat-ollama', prompt: 'Once', stream: true });
+  let text = '';
+  for await (const c of stream) text += c.choices[0]?.text ?? '';
+  t.equal(text, mockText(8));
+  t.equal(okOllama.stats.lastPath, '/api/generate');
+});
+
+t.test('Ollama client, chat and generate, streaming and not, both providers', async (t) => {
+  for (const model of ['chat-ollama', 'chat-openai']) {
+    const res = await ollama.chat({ model, messages, options: { num_predict: 50 } });
+    t.equal(res.message.content, mockText(8), model);
+    t.equal(res.done, true);
+    t.equal(res.eval_count, 8);
+    t.ok(res.prompt_eval_count > 0);
+    let text = '';
+    let done;
+    for await (const part of await ollama.chat({ model, messages, stream: true })) {
+      text += part.message.content;
+      if (part.done) done = part;
+    }
+    t.equal(text, mockText(8));
+    t.equal(done?.eval_count, 8);
+    const gen = await ollama.generate({ model, prompt: 'hi' });
+    t.equal(gen.response, mockText(8));
+    let gtext = '';
+    for await (const part of await ollama.generate({ model, prompt: 'hi', stream: true })) gtext += part.response;
+    t.equal(gtext, mockText(8));
+  }
+  const last = okOpenai.stats.lastBody as Record<string, any>;
+  t.equal(last.model, 'openai-1-upstream');
+});
+
+t.test('a 500 before the first byte is retried on another deployment', async (t) => {
+  const before = fail500.stats.total;
+  const { data, response } = await openai.chat.completions.create({ model: 'retry-500', messages }).withResponse();
+  t.equal(data.choices[0]!.message.content, mockText(8));
+  t.equal(response.headers.get('x-broker-deployment'), 'openai-2');
+  t.ok(fail500.stats.total > before, 'the broken deployment was tried first');
+});
+
+t.test('a 429 is retried on another deployment and counted', async (t) => {
+  const before = fail429.stats.total;
+  const res = await ollama.chat({ model: 'retry-429', messages });
+  t.equal(res.message.content, mockText(8));
+  t.ok(fail429.stats.total > before);
+  t.ok((await metricValue(tb.url, 'llm_rate_limit_hits_total', { deployment: 'limited-429' })) >= 1);
+});
+
+t.test('out of deployments: 502 with the upstream error, in the client API shape', async (t) => {
+  const err = await openai.chat.completions.create({ model: 'all-down', messages }).catch((e) => e);
+  t.ok(err instanceof OpenAI.APIError);
+  t.equal(err.status, 502);
+  t.equal(err.code, 'upstream_error');
+  const res = await postJson(`${tb.url}/api/chat`, { model: 'all-down', messages });
+  t.equal(res.status, 502);
+  t.type(res.body.error, 'string');
+});
+
+t.test('reset mid-stream: an explicit error event, never a silent end', async (t) => {
+  const res = await request(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'cut', messages, stream: true }) });
+  t.equal(res.statusCode, 200);
+  const text = await res.body.text();
+  const events = text.split('\n\n').filter(Boolean);
+  const last = JSON.parse(events.at(-1)!.slice('data: '.length));
+  t.equal(last.error.code, 'upstream_error');
+  t.notMatch(text, /\[DONE\]/, 'no [DONE] after a failure');
+  t.match(text, /tok2 /, 'the tokens before the cut were delivered');
+
+  // The official client surfaces it as an error, after the first tokens.
+  let got = '';
+  const err = await (async () => {
+    for await (const c of await openai.chat.completions.create({ model: 'cut', messages, stream: true })) got += c.choices[0]?.delta.content ?? '';
+  })().catch((e) => e);
+  t.ok(err instanceof Error, 'openai client throws');
+  t.equal(got, mockText(3));
+
+  const ores = await request(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'cut-ollama', messages }) });
+  const lines = (await ores.body.text()).trim().split('\n').map((l) => JSON.parse(l));
+  t.type(lines.at(-1).error, 'string', 'ollama clients get a final error line');
+  t.notOk(lines.some((l) => l.done === true), 'and no done line');
+  t.ok((await metricValue(tb.url, 'llm_midstream_errors_total', { group: 'cut' })) >= 2);
+});
+
+t.test('stall mid-stream: idle timeout ends the stream with upstream_timeout', async (t) => {
+  const res = await request(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stalled', messages, stream: true }) });
+  const text = await res.body.text();
+  const last = JSON.parse(text.split('\n\n').filter(Boolean).at(-1)!.slice('data: '.length));
+  t.equal(last.error.code, 'upstream_timeout');
+  t.match(text, /tok1 /);
+  t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'stalled', outcome: 'timeout' })) >= 1);
+});
+
+t.test('a client that goes away aborts the upstream request', async (t) => {
+  const before = slow.stats.clientClosed;
+  const ac = new AbortController();
+  const res = await request(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'slow', messages }), signal: ac.signal });
+  t.equal(res.statusCode, 200);
+  for await (const chunk of res.body) {
+    if (chunk.length > 0) break;
+  }
+  ac.abort();
+  await slow.idle(5000);
+  t.equal(slow.stats.clientClosed, before + 1, 'the mock saw its request closed');
+  t.equal(slow.stats.open, 0);
+  await t.resolves(async () => {
+    for (let i = 0; i < 50 && (await metricValue(tb.url, 'llm_requests_total', { group: 'slow', outcome: 'aborted' })) < 1; i++) await new Promise((r) => setTimeout(r, 20));
+  });
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'slow', outcome: 'aborted' }), 1);
+});
+
+t.test('unknown model: 404 model_not_found in each API shape', async (t) => {
+  const err = await openai.chat.completions.create({ model: 'nope', messages }).catch((e) => e);
+  t.equal(err.status, 404);
+  t.equal(err.code, 'model_not_found');
+  const o = await ollama.chat({ model: 'nope', messages }).catch((e) => e);
+  t.equal(o.status_code, 404);
+  t.match(o.error, /nope/);
+});
+
+t.test('bad JSON and oversized bodies', async (t) => {
+  const bad = await postJson(`${tb.url}/v1/chat/completions`, '{"model":');
+  t.equal(bad.status, 400);
+  t.equal(bad.body.error.code, 'invalid_json');
+  const badOllama = await postJson(`${tb.url}/api/chat`, '{"model":');
+  t.equal(badOllama.status, 400);
+  t.type(badOllama.body.error, 'string');
+  const big = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat-openai', messages: [{ role: 'user', content: 'x'.repeat(70_000) }] });
+  t.equal(big.status, 413);
+  t.equal(big.body.error.code, 'payload_too_large');
+  const noModel = await postJson(`${tb.url}/v1/chat/completions`, { messages });
+  t.equal(noModel.status, 400);
+});
+
+t.test('model lists', async (t) => {
+  const models = await openai.models.list();
+  t.ok(models.data.some((m) => m.id === 'chat-openai'));
+  const tags = await ollama.list();
+  t.ok(tags.models.some((m) => m.name === 'chat-ollama'));
+});
+
+t.test('LLM metrics', async (t) => {
+  t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'chat-openai', outcome: 'ok' })) >= 3);
+  t.ok((await metricValue(tb.url, 'llm_tokens_total', { group: 'chat-openai', direction: 'completion' })) >= 24);
+  t.ok((await metricValue(tb.url, 'llm_ttft_seconds_count', { group: 'chat-openai' })) >= 1);
+  t.ok((await metricValue(tb.url, 'llm_inter_token_seconds_count', { group: 'chat-openai' })) >= 7);
+  t.ok((await metricValue(tb.url, 'llm_request_duration_seconds_count')) >= 10);
+  t.ok((await metricValue(tb.url, 'broker_overhead_seconds_count')) >= 10);
+});
+
+t.test('without BROKER_CONFIG and no local Ollama: 503 saying how to configure one', async (t) => {
+  const nb = await startTestBroker({ OLLAMA_URL: 'http://127.0.0.1:9' });
+  t.teardown(() => nb.close());
+  const res = await postJson(`${nb.url}/v1/chat/completions`, { model: 'x', messages });
+  t.equal(res.status, 503);
+  t.equal(res.body.error.code, 'upstream_unavailable');
+  t.match(res.body.error.message, /BROKER_CONFIG/);
+  const o = await postJson(`${nb.url}/api/generate`, { model: 'x', prompt: 'hi' });
+  t.equal(o.status, 503);
+  t.match(o.body.error, /BROKER_CONFIG/);
+});
+
+t.test('without BROKER_CONFIG, a local Ollama (here the mock) is discovered', async (t) => {
+  const local = await mock({ models: ['llama-local'] });
+  const nb = await startTestBroker({ OLLAMA_URL: local.url });
+  t.teardown(() => nb.close());
+  const res = await ollama.chat({ model: 'nope', messages }).catch(() => undefined);
+  void res;
+  const o = new Ollama({ host: nb.url });
+  t.ok((await o.list()).models.some((m) => m.name === 'llama-local'));
+  t.equal((await o.chat({ model: 'llama-local', messages })).message.content, mockText(8));
+});
