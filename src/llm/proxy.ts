@@ -177,13 +177,15 @@ export class LlmProxy {
         t = performance.now();
       }
       waited += performance.now() - t;
+      // end() writes what is still owed: [DONE] or the done line, or the error event of a cut stream.
       const tail = s.end();
-      if (!s.stats.sawTerminal) {
+      if (s.truncated || s.stats.error !== null) {
         outcome = 'midstream_error';
-        m.llmMidstreamErrors.labels(group.name, dep.config.id, 'truncated').inc();
-        this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id }, 'upstream stream ended without its terminal event');
-        sink.end(concat(tail, s.fail('upstream closed the stream before it was complete', 'upstream_error')));
-      } else sink.end(tail ?? undefined);
+        const reason = s.truncated ? 'truncated' : s.stats.error!.code;
+        m.llmMidstreamErrors.labels(group.name, dep.config.id, reason).inc();
+        this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, reason }, 'upstream stream ended without completing');
+      }
+      sink.end(tail ?? undefined);
     } catch (err) {
       if (sink.aborted) outcome = 'aborted';
       else {
@@ -222,12 +224,6 @@ function drained(sink: ReplySink, signal: AbortSignal): Promise<void> {
     signal.addEventListener('abort', done);
     sink.onWritable(done);
   });
-}
-
-function concat(a: string | Uint8Array | null, b: string): string | Uint8Array {
-  if (a === null) return b;
-  if (typeof a === 'string') return a + b;
-  return Buffer.concat([a, Buffer.from(b)]);
 }
 
 function connectError(err: unknown, dep: DeploymentState): BrokerError {
