@@ -1,0 +1,59 @@
+// Command-line flags of `npm run mock-upstream`, kept apart from main.ts so tests can parse without starting a server.
+
+import { parseArgs } from 'node:util';
+import type { MockUpstreamOptions } from './server.ts';
+
+export const USAGE = `usage: npm run mock-upstream -- [flags]
+  --port N            port to listen on (default 0 = a free port)
+  --host H            address to bind (default 127.0.0.1)
+  --ttft-ms MS        delay before the first token (default 0)
+  --tps N             tokens per second after the first, 0 = as fast as possible (default 0)
+  --tokens N          output length in tokens (default 16)
+  --fail MODE         fail every request: none | 500 | 429 | <4xx/5xx> | reset | stall (default none)
+  --fail-after N      tokens written before a reset or stall (default 0)
+  --models A,B        models to list; the first answers requests that name none (default mock-model)
+  --keep-alive-ms MS  keep-alive timeout of idle connections (default 65000)
+Per request, the headers x-mock-ttft-ms, x-mock-tps, x-mock-tokens, x-mock-fail and
+x-mock-fail-after override the flags. Prints {"listening": <port>} once ready.`;
+
+function num(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = v.trim() === '' ? NaN : Number(v);
+  if (!Number.isFinite(n)) throw new RangeError(`--${name} must be a number, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+/** Parses the flags; throws on an unknown flag or a value that is not a number. `help` is true for --help. */
+export function parseMockUpstreamArgs(argv: readonly string[]): { help: boolean; options: MockUpstreamOptions } {
+  const { values } = parseArgs({
+    args: [...argv],
+    strict: true,
+    allowPositionals: false,
+    options: {
+      port: { type: 'string' },
+      host: { type: 'string' },
+      'ttft-ms': { type: 'string' },
+      tps: { type: 'string' },
+      tokens: { type: 'string' },
+      fail: { type: 'string' },
+      'fail-after': { type: 'string' },
+      models: { type: 'string' },
+      'keep-alive-ms': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  const options: MockUpstreamOptions = {};
+  const set = <K extends keyof MockUpstreamOptions>(key: K, v: MockUpstreamOptions[K] | undefined): void => {
+    if (v !== undefined) options[key] = v;
+  };
+  set('port', num('port', values.port));
+  set('host', values.host);
+  set('ttftMs', num('ttft-ms', values['ttft-ms']));
+  set('tps', num('tps', values.tps));
+  set('tokens', num('tokens', values.tokens));
+  set('fail', values.fail);
+  set('failAfter', num('fail-after', values['fail-after']));
+  set('models', values.models?.split(',').map((m) => m.trim()).filter((m) => m.length > 0));
+  set('keepAliveTimeoutMs', num('keep-alive-ms', values['keep-alive-ms']));
+  return { help: values.help === true, options };
+}
