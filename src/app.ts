@@ -16,6 +16,8 @@ import { adminRoutes } from './admin/routes.ts';
 import { loadBrokerConfigFile } from './config/broker-config.ts';
 import { LlmProxy } from './llm/proxy.ts';
 import { llmRoutes, ollamaFleet, staticFleet } from './llm/routes.ts';
+import { poolExecutor } from './llm/exec/pool.ts';
+import { threadExecutor } from './llm/exec/thread.ts';
 
 export interface Broker {
   readonly port: number;
@@ -71,7 +73,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   });
 
   const fleet = fleetConfig !== undefined ? staticFleet(fleetConfig) : ollamaFleet(config.ollamaUrl, logger);
-  const proxy = new LlmProxy({ metrics, logger, instrument: true });
+  const executor = config.llmExecution === 'pool' ? poolExecutor(config.llmPoolThreads) : threadExecutor();
+  const proxy = new LlmProxy({ metrics, logger, executor, instrument: true });
 
   const router = new Router();
   for (const r of [...obsRoutes(metrics), ...inferRoutes(infer, config.stickyCookie), ...adminRoutes(infer), ...llmRoutes(fleet, proxy)]) router.add(r);
@@ -89,11 +92,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       logger,
     });
   } catch (err) {
-    await Promise.all([infer.close(), fleet.close()]);
+    await Promise.all([infer.close(), executor.close()]);
     throw err;
   }
   metrics.sources.inferQueue = () => infer.currentPool.queueSize;
-  logger.info({ port: front.port, host: config.host, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads }, 'edge broker listening');
+  logger.info({ port: front.port, host: config.host, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, llm_execution: config.llmExecution, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads }, 'edge broker listening');
 
   return {
     port: front.port,
@@ -105,7 +108,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       front.stopListening();
       const deadline = Date.now() + graceMs;
       while (front.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-      await Promise.all([infer.close(), fleet.close()]);
+      await Promise.all([infer.close(), executor.close()]);
       logger.info({ unfinished: front.inFlight }, 'edge broker stopped');
     },
   };

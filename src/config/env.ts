@@ -42,6 +42,9 @@ export interface Config {
   /** JSON or YAML file with the LLM model groups; unset: discover a local Ollama. */
   readonly brokerConfigPath: string | undefined;
   readonly ollamaUrl: string;
+  /** Where LLM streams run: the main thread, or pool workers. */
+  readonly llmExecution: 'thread' | 'pool';
+  readonly llmPoolThreads: number;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -76,6 +79,12 @@ function bool(env: Env, name: string, def: boolean): boolean {
 function str(env: Env, name: string, def: string): string {
   const raw = env[name];
   return raw === undefined || raw === '' ? def : raw;
+}
+
+function oneOf<T extends string>(env: Env, name: string, values: readonly T[], def: T): T {
+  const raw = str(env, name, def);
+  if (!(values as readonly string[]).includes(raw)) throw new ConfigError(name, `must be one of ${values.join(', ')}, got "${raw}"`);
+  return raw as T;
 }
 
 function url(env: Env, name: string, def: string): string {
@@ -133,5 +142,7 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel,
     brokerConfigPath: env.BROKER_CONFIG === undefined || env.BROKER_CONFIG === '' ? undefined : env.BROKER_CONFIG,
     ollamaUrl: url(env, 'OLLAMA_URL', 'http://127.0.0.1:11434'),
+    llmExecution: oneOf(env, 'LLM_EXECUTION', ['thread', 'pool'] as const, 'thread'),
+    llmPoolThreads: int(env, 'LLM_POOL_THREADS', 1, 1, 64),
   });
 }

@@ -33,8 +33,9 @@ export interface InferPool {
   close(): Promise<void>;
 }
 
-// A JS entry that loads worker.ts through tsx (see worker-entry.mjs).
-const WORKER = new URL('./worker-entry.mjs', import.meta.url);
+// A JS entry that loads worker.ts through tsx (see ts-entry.mjs).
+const ENTRY = new URL('../workers/ts-entry.mjs', import.meta.url).href;
+const WORKER = new URL('./worker.ts', import.meta.url).href;
 
 export function createInferPool(opts: InferPoolOptions): InferPool {
   const readyCounter = new SharedArrayBuffer(4);
@@ -44,9 +45,10 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     intraOpThreads: opts.intraOpThreads,
     maxPixels: opts.maxPixels,
     readyCounter,
+    entry: WORKER,
   };
   const piscina = new Piscina({
-    filename: WORKER.href,
+    filename: ENTRY,
     minThreads: opts.threads,
     maxThreads: opts.threads,
     maxQueue: opts.maxQueue,

@@ -16,18 +16,19 @@ import type { ReplySink } from '../front/reply.ts';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
 import type { Fleet } from './fleet.ts';
 import type { DeploymentState } from './router.ts';
-import { compileChain } from './chain/compile.ts';
+import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
 import { streamContentType, translateRequest, translateResponse, upstreamError, type Api, type Kind } from './translate/index.ts';
 
 export interface ProxyDeps {
   readonly metrics: Metrics;
   readonly logger: Logger;
-  readonly now?: () => number;
+  readonly executor: Executor;
   /** Stream instrumentation (TTFT, inter-token) in the compiled chain. */
   readonly instrument: boolean;
+  readonly now?: () => number;
 }
 
-type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'aborted' | 'timeout' | 'no_deployment';
+type Outcome = 'ok' | 'client_error' | 'midstream_error' | 'aborted' | 'timeout';
 
 export class LlmProxy {
   private readonly now: () => number;
@@ -55,13 +56,25 @@ export class LlmProxy {
       const dep = fleet.state.choose(group, tried, this.now());
       if (dep === undefined) break;
       tried.add(dep.config.id);
-      const route = { client: api, provider: dep.config.provider, kind };
-      const up = translateRequest(route, body, dep.config.model);
+      const provider = dep.config.provider;
+      const up = translateRequest({ client: api, provider, kind }, body, dep.config.model);
       dep.inFlight++;
       const sentAt = performance.now();
-      let res;
+      let attempt: Attempt;
       try {
-        res = await fleet.upstreams.post(dep.config, kind, up.body, abort.signal);
+        attempt = await this.deps.executor.attempt(
+          {
+            deployment: dep.config,
+            kind,
+            body: up.body,
+            stream: up.stream,
+            chain: { client: api, provider, kind, instrument: this.deps.instrument, countTokens: true },
+            model,
+            id: requestId,
+            includeUsage: up.includeUsage,
+          },
+          abort.signal,
+        );
       } catch (err) {
         dep.inFlight--;
         waited += performance.now() - sentAt;
@@ -74,16 +87,16 @@ export class LlmProxy {
       }
       waited += performance.now() - sentAt;
 
-      if (res.statusCode >= 300) {
-        const text = await res.body.text().catch(() => '');
+      if (attempt.status >= 300) {
+        const text = await attempt.errorText().catch(() => '');
         dep.inFlight--;
-        const err = upstreamError(dep.config.provider, res.statusCode, text);
-        if (res.statusCode === 429 || res.statusCode >= 500) {
-          if (res.statusCode === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
+        const err = upstreamError(provider, attempt.status, text);
+        if (attempt.status === 429 || attempt.status >= 500) {
+          if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
           else fleet.state.failed(dep, this.now());
-          lastError = retryable(err, res.statusCode, res.headers['retry-after']);
-          m.llmRetries.labels(group.name, res.statusCode === 429 ? 'rate_limited' : 'upstream_5xx').inc();
-          this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, status: res.statusCode }, 'upstream refused before the first byte');
+          lastError = exhausted(err, attempt.status, attempt.retryAfter);
+          m.llmRetries.labels(group.name, attempt.status === 429 ? 'rate_limited' : 'upstream_5xx').inc();
+          this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, status: attempt.status }, 'upstream refused before the first byte');
           continue;
         }
         // The client's own mistake as the upstream saw it: pass it on, no retry.
@@ -93,11 +106,28 @@ export class LlmProxy {
 
       fleet.state.succeeded(dep);
       try {
-        const outcome = up.stream
-          ? await this.stream(api, route.provider, kind, group, dep, requestId, model, up.includeUsage, res.body, sink, abort.signal)
-          : await this.whole(route, model, requestId, dep, res.body, sink, group);
-        waited += outcome.waited;
-        this.finish(group, dep, outcome.outcome, startedAt, waited, up.stream);
+        let outcome: Outcome;
+        if (up.stream) {
+          sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id });
+          const r = await attempt.pump(targetOf(sink, abort.signal));
+          waited += r.waitedMs;
+          outcome = this.streamOutcome(r, group, dep, requestId);
+        } else {
+          const t0 = performance.now();
+          let bytes: Uint8Array;
+          try {
+            bytes = await attempt.bytes();
+          } catch (err) {
+            if (sink.aborted) return this.finish(group, dep, 'aborted', startedAt, waited, false);
+            throw new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
+          }
+          waited += performance.now() - t0;
+          const reply = translateResponse({ client: api, provider, kind }, bytes, { model, id: requestId });
+          if (reply.usage !== null) this.countTokens(group, reply.usage.promptTokens, reply.usage.completionTokens);
+          sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id }, reply.body);
+          outcome = 'ok';
+        }
+        this.finish(group, dep, outcome, startedAt, waited, up.stream);
       } finally {
         dep.inFlight--;
       }
@@ -108,96 +138,20 @@ export class LlmProxy {
     throw lastError ?? new BrokerError('upstream_unavailable', `no deployment of ${group.name} is available`);
   }
 
-  /** Non-streamed reply: read it whole, translate, send. */
-  private async whole(
-    route: { client: Api; provider: Api; kind: Kind },
-    model: string,
-    requestId: string,
-    dep: DeploymentState,
-    body: AsyncIterable<Uint8Array> & { bytes(): Promise<Uint8Array> },
-    sink: ReplySink,
-    group: ModelGroupConfig,
-  ): Promise<{ outcome: Outcome; waited: number }> {
-    const t0 = performance.now();
-    let bytes: Uint8Array;
-    try {
-      bytes = await body.bytes();
-    } catch (err) {
-      if (sink.aborted) return { outcome: 'aborted', waited: performance.now() - t0 };
-      throw bodyError(err);
-    }
-    const waited = performance.now() - t0;
-    const reply = translateResponse(route, bytes, { model, id: requestId });
-    if (reply.usage !== null) this.countTokens(group, reply.usage.promptTokens, reply.usage.completionTokens);
-    sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id }, reply.body);
-    return { outcome: 'ok', waited };
-  }
-
-  /** Streamed reply through the compiled chain, with backpressure and an explicit terminal error. */
-  private async stream(
-    api: Api,
-    provider: Api,
-    kind: Kind,
-    group: ModelGroupConfig,
-    dep: DeploymentState,
-    requestId: string,
-    model: string,
-    includeUsage: boolean,
-    body: AsyncIterable<Uint8Array>,
-    sink: ReplySink,
-    signal: AbortSignal,
-  ): Promise<{ outcome: Outcome; waited: number }> {
+  private streamOutcome(r: StreamResult, group: ModelGroupConfig, dep: DeploymentState, requestId: string): Outcome {
     const m = this.deps.metrics;
-    const chain = compileChain({ client: api, provider, kind, instrument: this.deps.instrument, countTokens: true });
-    const startedAt = performance.now();
-    let lastTokenAt = 0;
-    const ttft = m.llmTtft.labels(group.name, dep.config.id);
-    const interToken = m.llmInterToken.labels(group.name);
-    const s = chain.open({
-      model,
-      id: requestId,
-      includeUsage,
-      now: () => performance.now(),
-      onFirstToken: (at: number) => ttft.observe((at - startedAt) / 1000),
-      onToken: (at: number) => {
-        if (lastTokenAt !== 0) interToken.observe((at - lastTokenAt) / 1000);
-        lastTokenAt = at;
-      },
-    });
-    sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id });
-    let waited = 0;
-    let outcome: Outcome = 'ok';
-    let t = performance.now();
-    try {
-      for await (const chunk of body) {
-        const got = performance.now();
-        waited += got - t;
-        const out = s.push(chunk);
-        if (out !== null && !sink.write(out)) await drained(sink, signal);
-        t = performance.now();
-      }
-      waited += performance.now() - t;
-      // end() writes what is still owed: [DONE] or the done line, or the error event of a cut stream.
-      const tail = s.end();
-      if (s.truncated || s.stats.error !== null) {
-        outcome = 'midstream_error';
-        const reason = s.truncated ? 'truncated' : s.stats.error!.code;
-        m.llmMidstreamErrors.labels(group.name, dep.config.id, reason).inc();
-        this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, reason }, 'upstream stream ended without completing');
-      }
-      sink.end(tail ?? undefined);
-    } catch (err) {
-      if (sink.aborted) outcome = 'aborted';
-      else {
-        const e = bodyError(err);
-        outcome = e.code === 'upstream_timeout' ? 'timeout' : 'midstream_error';
-        m.llmMidstreamErrors.labels(group.name, dep.config.id, e.code).inc();
-        this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, err: e.message }, 'upstream failed mid-stream');
-        sink.end(s.fail(e.message, e.code));
-      }
+    this.countTokens(group, r.promptTokens, r.completionTokens);
+    if (this.deps.instrument) {
+      if (r.firstTokenMs !== null) m.llmTtft.labels(group.name, dep.config.id).observe(r.firstTokenMs / 1000);
+      const gaps = m.llmInterToken.labels(group.name);
+      for (const g of r.interTokenMs) gaps.observe(g / 1000);
     }
-    this.countTokens(group, s.stats.promptTokens, s.stats.completionTokens);
-    return { outcome, waited };
+    if (r.ended === 'complete') return 'ok';
+    if (r.ended === 'aborted') return 'aborted';
+    const reason = r.ended === 'truncated' ? 'truncated' : (r.errorCode ?? 'upstream_error');
+    m.llmMidstreamErrors.labels(group.name, dep.config.id, reason).inc();
+    this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, reason, err: r.errorMessage }, 'upstream stream failed after the first byte');
+    return reason === 'upstream_timeout' ? 'timeout' : 'midstream_error';
   }
 
   private countTokens(group: ModelGroupConfig, prompt: number, completion: number): void {
@@ -214,37 +168,36 @@ export class LlmProxy {
   }
 }
 
-function drained(sink: ReplySink, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = (): void => {
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    signal.addEventListener('abort', done);
-    sink.onWritable(done);
-  });
+/** The sink as a stream target: a slow client makes the pump wait for its socket to drain. */
+function targetOf(sink: ReplySink, signal: AbortSignal): StreamTarget {
+  return {
+    write: (chunk) => sink.write(chunk),
+    drained: () =>
+      new Promise((resolve) => {
+        if (signal.aborted) return resolve();
+        const done = (): void => {
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        signal.addEventListener('abort', done);
+        sink.onWritable(done);
+      }),
+  };
 }
 
 function connectError(err: unknown, dep: DeploymentState): BrokerError {
+  if (err instanceof BrokerError) return err;
   const e = err as Error & { code?: string };
-  if (e instanceof undiciErrors.HeadersTimeoutError || e instanceof undiciErrors.ConnectTimeoutError) {
+  if (e instanceof undiciErrors.HeadersTimeoutError || e instanceof undiciErrors.ConnectTimeoutError || e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_CONNECT_TIMEOUT') {
     return new BrokerError('upstream_timeout', `deployment ${dep.config.id} timed out (${e.code})`, { cause: err });
   }
   return new BrokerError('upstream_unavailable', `deployment ${dep.config.id} is unreachable: ${e.code ?? e.message}`, { cause: err });
 }
 
-function bodyError(err: unknown): BrokerError {
-  if (err instanceof BrokerError) return err;
-  if (err instanceof undiciErrors.BodyTimeoutError) return new BrokerError('upstream_timeout', 'upstream stopped sending (idle timeout)', { cause: err });
-  const e = err as Error & { code?: string };
-  return new BrokerError('upstream_error', `upstream connection failed: ${e.code ?? e.message}`, { cause: err });
-}
-
-function retryable(err: BrokerError, status: number, retryAfter: string | string[] | undefined): BrokerError {
+function exhausted(err: BrokerError, status: number, retryAfter: string | undefined): BrokerError {
   // After the last deployment this is what the client sees: 503 for an upstream 429
   // (with its Retry-After), 502 for an upstream 5xx.
-  const seconds = typeof retryAfter === 'string' && /^\d+$/.test(retryAfter) ? Number(retryAfter) : 1;
+  const seconds = retryAfter !== undefined && /^\d+$/.test(retryAfter) ? Number(retryAfter) : 1;
   return status === 429
     ? new BrokerError('upstream_unavailable', `every deployment is rate limited (last: ${err.message})`, { retryAfter: seconds })
     : new BrokerError('upstream_error', err.message);

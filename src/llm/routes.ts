@@ -17,13 +17,12 @@ export const ollamaErrorShape: ErrorShape = (code, message, requestId) => ({ err
 export interface FleetSource {
   /** The fleet to use now; undefined when no upstream is configured or discovered. */
   current(): Promise<Fleet | undefined>;
-  close(): Promise<void>;
 }
 
 /** A fixed fleet from BROKER_CONFIG. */
 export function staticFleet(config: BrokerConfig): FleetSource {
   const fleet = buildFleet(config);
-  return { current: async () => fleet, close: () => fleet.upstreams.close() };
+  return { current: async () => fleet };
 }
 
 /** Local Ollama discovery, retried at most every `retryMs` while nothing answers. */
@@ -46,7 +45,6 @@ export function ollamaFleet(url: string, logger: Logger, retryMs = 10_000): Flee
       pending ??= refresh().finally(() => (pending = undefined));
       return pending;
     },
-    close: async () => fleet?.upstreams.close(),
   };
 }
 

@@ -10,31 +10,43 @@ export interface UpstreamResponse {
   readonly body: Dispatcher.ResponseData['body'];
 }
 
-export class Upstreams {
-  private readonly pools = new Map<string, { pool: Pool; path: Record<string, string>; headers: Record<string, string> }>();
+interface Entry {
+  readonly url: string;
+  readonly pool: Pool;
+  readonly path: Record<string, string>;
+  readonly headers: Record<string, string>;
+}
 
-  constructor(deployments: Iterable<DeploymentConfig>) {
-    for (const d of deployments) {
-      const chat = upstreamTarget(d, 'chat');
-      const pool = new Pool(chat.origin, {
-        connections: Math.max(d.concurrencyLimit, 1) * 2,
-        connectTimeout: d.connectTimeoutMs,
-        headersTimeout: d.headersTimeoutMs,
-        bodyTimeout: d.idleTimeoutMs,
-        keepAliveTimeout: d.keepAliveTimeoutMs,
-        pipelining: 1,
-      });
-      this.pools.set(d.id, {
-        pool,
-        path: { chat: chat.path, completion: upstreamTarget(d, 'completion').path, models: upstreamTarget(d, 'models').path },
-        headers: { 'content-type': 'application/json', accept: '*/*', ...PROVIDERS[d.provider].headers(d) },
-      });
-    }
+/** Keep-alive pools by deployment, made on first use (a deployment whose URL changed gets a new one). */
+export class Upstreams {
+  private readonly pools = new Map<string, Entry>();
+
+  private entry(d: DeploymentConfig): Entry {
+    const e = this.pools.get(d.id);
+    if (e !== undefined && e.url === d.url) return e;
+    if (e !== undefined) void e.pool.close();
+    const chat = upstreamTarget(d, 'chat');
+    const pool = new Pool(chat.origin, {
+      connections: Math.max(d.concurrencyLimit, 1) * 2,
+      connectTimeout: d.connectTimeoutMs,
+      headersTimeout: d.headersTimeoutMs,
+      bodyTimeout: d.idleTimeoutMs,
+      keepAliveTimeout: d.keepAliveTimeoutMs,
+      pipelining: 1,
+    });
+    const created: Entry = {
+      url: d.url,
+      pool,
+      path: { chat: chat.path, completion: upstreamTarget(d, 'completion').path, models: upstreamTarget(d, 'models').path },
+      headers: { 'content-type': 'application/json', accept: '*/*', ...PROVIDERS[d.provider].headers(d) },
+    };
+    this.pools.set(d.id, created);
+    return created;
   }
 
   /** POST a JSON body; resolves when the upstream's headers arrive. */
   post(d: DeploymentConfig, kind: RequestKind, body: string, signal: AbortSignal, extraHeaders?: Record<string, string>): Promise<UpstreamResponse> {
-    const p = this.pools.get(d.id)!;
+    const p = this.entry(d);
     return p.pool.request({
       method: 'POST',
       path: p.path[kind]!,
@@ -42,16 +54,6 @@ export class Upstreams {
       body,
       signal,
     });
-  }
-
-  async getJson(d: DeploymentConfig, signal?: AbortSignal): Promise<unknown> {
-    const p = this.pools.get(d.id)!;
-    const res = await p.pool.request({ method: 'GET', path: p.path.models!, headers: p.headers, signal });
-    if (res.statusCode !== 200) {
-      await res.body.dump();
-      throw new Error(`HTTP ${res.statusCode}`);
-    }
-    return res.body.json();
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,447 @@
+// The stream chain built the naive way: one node:stream Transform per stage
+// (parse → instrument → count → translate → encode), objects between stages,
+// each stage parsing the JSON it needs on its own, a string buffer re-sliced
+// per chunk in the parser. It exists as the baseline for bench/chain.ts and as
+// an independent implementation the tests hold compile.ts to: the same client
+// bytes and the same stats for every route. Do not use it to serve traffic.
+
+import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
+import { SSE_DONE } from '../codec/sse.ts';
+import { finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
+import { streamErrorEvent, upstreamErrorMessage } from '../translate/errors.ts';
+import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
+import * as openaiToOllama from '../translate/openai_to_ollama.ts';
+import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
+import type { OllamaChatResponse, OllamaGenerateResponse, OpenAIChunk } from '../translate/types.ts';
+import type { ChainContext, ChainSpec, ChainStats } from './compile.ts';
+
+/** What the parse stage hands on. */
+interface Up {
+  /** event: has data; raw: a block or line without data (forward as is); cont: LF completing the previous block's CRLF. */
+  kind: 'event' | 'raw' | 'cont';
+  data: string;
+  event: string;
+  raw: Buffer;
+  terminated: boolean;
+}
+
+function parseObject(text: string): Record<string, unknown> | null {
+  try {
+    const v: unknown = JSON.parse(text);
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+type Look =
+  | { type: 'done'; json: Record<string, unknown> | null }
+  | { type: 'error'; message: string }
+  | { type: 'chunk'; json: Record<string, unknown> | null };
+
+/** What an upstream event is; every stage asks this again for itself. */
+function look(spec: ChainSpec, up: Up): Look {
+  const passthrough = spec.client === spec.provider;
+  if (spec.provider === 'openai') {
+    if (up.event === 'error') return { type: 'error', message: upstreamErrorMessage(parseObject(up.data)) ?? up.data };
+    if (up.data === '[DONE]') return { type: 'done', json: null };
+    const j = parseObject(up.data);
+    if (j === null) return passthrough ? { type: 'chunk', json: null } : { type: 'error', message: 'upstream sent an event that is not a JSON object' };
+    if (j['error'] !== undefined && j['choices'] === undefined) return { type: 'error', message: upstreamErrorMessage(j) ?? 'upstream error' };
+    return { type: 'chunk', json: j };
+  }
+  const j = parseObject(up.data);
+  if (j === null) return passthrough ? { type: 'chunk', json: null } : { type: 'error', message: 'upstream sent a line that is not a JSON object' };
+  if (j['error'] !== undefined) return { type: 'error', message: upstreamErrorMessage(j) ?? 'upstream error' };
+  if (j['done'] === true) return { type: 'done', json: j };
+  return { type: 'chunk', json: j };
+}
+
+function hasToken(spec: ChainSpec, json: Record<string, unknown> | null): boolean {
+  if (json === null) return false;
+  return spec.provider === 'openai' ? openaiChunkHasToken(json as unknown as OpenAIChunk) : ollamaHasToken(json as unknown as OllamaChatResponse);
+}
+
+// ---- parse ----
+
+class SseParse extends Transform {
+  private readonly dec = new StringDecoder('utf8');
+  private buf = '';
+  private pos = 0;
+  private first = true;
+  private skipLF: 'none' | 'in-block' | 'after-event' = 'none';
+  private data: string[] = [];
+  private event = '';
+
+  constructor() {
+    super({ readableObjectMode: true });
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    let text = this.dec.write(chunk);
+    if (text === '') return cb();
+    if (this.first) {
+      this.first = false;
+      if (text.charCodeAt(0) === 0xfeff) this.pos = 1;
+    }
+    if (this.skipLF !== 'none') {
+      const mode = this.skipLF;
+      this.skipLF = 'none';
+      if (text[0] === '\n') {
+        text = text.slice(1);
+        if (mode === 'after-event') this.push({ kind: 'cont', data: '', event: '', raw: Buffer.from('\n'), terminated: true } satisfies Up);
+        else {
+          this.buf += '\n';
+          this.pos = this.buf.length;
+        }
+      }
+    }
+    this.buf += text;
+    const re = /\r\n|\r|\n/g;
+    re.lastIndex = this.pos;
+    let m: RegExpExecArray | null;
+    while ((m = re.exec(this.buf)) !== null) {
+      const next = m.index + m[0].length;
+      const crAtEnd = m[0] === '\r' && next === this.buf.length;
+      const line = this.buf.slice(this.pos, m.index);
+      if (line === '') {
+        const raw = Buffer.from(this.buf.slice(0, next));
+        this.buf = this.buf.slice(next);
+        this.pos = 0;
+        re.lastIndex = 0;
+        const data = this.data;
+        const event = this.event;
+        this.data = [];
+        this.event = '';
+        this.push(
+          (data.length > 0
+            ? { kind: 'event', data: data.join('\n'), event, raw, terminated: true }
+            : { kind: 'raw', data: '', event, raw, terminated: true }) satisfies Up,
+        );
+        if (crAtEnd) this.skipLF = 'after-event';
+      } else {
+        this.field(line);
+        this.pos = next;
+        if (crAtEnd) this.skipLF = 'in-block';
+      }
+    }
+    cb();
+  }
+
+  private field(line: string): void {
+    if (line[0] === ':') return;
+    const c = line.indexOf(':');
+    const name = c === -1 ? line : line.slice(0, c);
+    let value = c === -1 ? '' : line.slice(c + 1);
+    if (value[0] === ' ') value = value.slice(1);
+    if (name === 'data') this.data.push(value);
+    else if (name === 'event') this.event = value;
+  }
+
+  override _flush(cb: TransformCallback): void {
+    // An unfinished block is dropped, as the SSE spec says.
+    cb();
+  }
+}
+
+function blank(text: string): boolean {
+  return text === '' || (text.charCodeAt(0) <= 32 && text.trim() === '');
+}
+
+class NdjsonParse extends Transform {
+  private readonly dec = new StringDecoder('utf8');
+  private buf = '';
+
+  constructor() {
+    super({ readableObjectMode: true });
+  }
+
+  private line(text: string, terminated: boolean): void {
+    const raw = Buffer.from(terminated ? text + '\n' : text);
+    const t = text.endsWith('\r') ? text.slice(0, -1) : text;
+    this.push((blank(t) ? { kind: 'raw', data: '', event: '', raw, terminated } : { kind: 'event', data: t, event: '', raw, terminated }) satisfies Up);
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.buf += this.dec.write(chunk);
+    const lines = this.buf.split('\n');
+    this.buf = lines.pop()!;
+    for (const l of lines) this.line(l, true);
+    cb();
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.buf += this.dec.end();
+    // A last line cut mid-JSON is dropped; the translate stage reports the truncation.
+    if (this.buf !== '' && (blank(this.buf) || parseObject(this.buf.endsWith('\r') ? this.buf.slice(0, -1) : this.buf) !== null)) this.line(this.buf, false);
+    cb();
+  }
+}
+
+// ---- instrument, count ----
+
+class InstrumentStage extends Transform {
+  private finishedUp = false;
+
+  constructor(
+    private readonly spec: ChainSpec,
+    private readonly ctx: ChainContext,
+    private readonly stats: ChainStats,
+  ) {
+    super({ objectMode: true });
+  }
+
+  override _transform(up: Up, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (up.kind === 'event' && !this.finishedUp) {
+      const l = look(this.spec, up);
+      if (l.type === 'error' || (l.type === 'done' && l.json === null)) this.finishedUp = true;
+      else {
+        if (hasToken(this.spec, l.json)) {
+          const t = this.ctx.now();
+          const prev = this.stats.lastTokenAt;
+          if (prev === null) {
+            this.stats.firstTokenAt = t;
+            this.ctx.onFirstToken?.(t);
+          }
+          this.stats.lastTokenAt = t;
+          this.ctx.onToken?.(t, prev);
+        }
+        if (l.type === 'done') this.finishedUp = true;
+      }
+    }
+    cb(null, up);
+  }
+}
+
+class CountStage extends Transform {
+  private finishedUp = false;
+
+  constructor(
+    private readonly spec: ChainSpec,
+    private readonly stats: ChainStats,
+  ) {
+    super({ objectMode: true });
+  }
+
+  override _transform(up: Up, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (up.kind === 'event' && !this.finishedUp) {
+      const l = look(this.spec, up);
+      if (l.type === 'error' || (l.type === 'done' && l.json === null)) this.finishedUp = true;
+      else {
+        const j = l.json;
+        const usage = j === null ? null : this.spec.provider === 'openai' ? usageFromOpenAI(j['usage'] as OpenAIChunk['usage']) : l.type === 'done' ? usageFromOllama(j) : null;
+        const s = this.stats;
+        if (usage !== null) {
+          s.promptTokens = usage.promptTokens;
+          s.completionTokens = usage.completionTokens;
+          s.usageFromUpstream = true;
+        } else if (hasToken(this.spec, j) && !s.usageFromUpstream) {
+          s.completionTokens++;
+        }
+        if (l.type === 'done') this.finishedUp = true;
+      }
+    }
+    cb(null, up);
+  }
+}
+
+// ---- translate ----
+
+const TRUNCATED = 'upstream stream ended before the response was complete';
+
+class TranslateStage extends Transform {
+  finishedUp = false;
+  truncated = false;
+  private lastKept = false;
+  private readonly sse: openaiToOllama.SseWriter;
+  private readonly nd: ollamaToOpenai.NdjsonWriter;
+
+  constructor(
+    private readonly spec: ChainSpec,
+    private readonly ctx: ChainContext,
+    private readonly stats: ChainStats,
+  ) {
+    super({ objectMode: true });
+    this.sse = openaiToOllama.sseWriter(ctx);
+    this.nd = ollamaToOpenai.ndjsonWriter(ctx);
+  }
+
+  private get passthrough(): boolean {
+    return this.spec.client === this.spec.provider;
+  }
+
+  private failWith(message: string, code: string): string {
+    this.finishedUp = true;
+    this.lastKept = false;
+    this.stats.error = { code, message };
+    return streamErrorEvent(this.spec.client, message, code, this.ctx.id);
+  }
+
+  private openaiDone(): string | Buffer {
+    if (this.spec.client === 'openai') return SSE_DONE;
+    return this.spec.kind === 'chat' ? ollamaToOpenai.chatDone(this.nd) : ollamaToOpenai.completionDone(this.nd);
+  }
+
+  override _transform(up: Up, _enc: BufferEncoding, cb: TransformCallback): void {
+    const spec = this.spec;
+    if (up.kind === 'cont') {
+      if (this.passthrough && this.lastKept) this.push(up.raw);
+      return cb();
+    }
+    if (this.finishedUp) return cb();
+    if (up.kind === 'raw') {
+      if (this.passthrough) {
+        this.push(up.raw);
+        this.lastKept = true;
+      }
+      return cb();
+    }
+    this.stats.chunks++;
+    const l = look(spec, up);
+    if (l.type === 'error') {
+      this.push(this.failWith(l.message, 'upstream_error'));
+      return cb();
+    }
+    if (spec.provider === 'openai') {
+      if (l.type === 'done') {
+        this.stats.sawTerminal = true;
+        this.finishedUp = true;
+        if (this.passthrough) {
+          this.push(up.raw);
+          this.lastKept = true;
+        } else this.push(this.openaiDone());
+        return cb();
+      }
+      const chunk = l.json as unknown as OpenAIChunk | null;
+      if (chunk !== null) {
+        const f = openaiChunkFinish(chunk);
+        if (f !== null) {
+          this.stats.finishReason = f;
+          this.stats.sawTerminal = true;
+        }
+      }
+      if (this.passthrough) {
+        if (chunk !== null && isUsageOnlyChunk(chunk) && !this.ctx.includeUsage) this.lastKept = false;
+        else {
+          this.push(up.raw);
+          this.lastKept = true;
+        }
+      } else {
+        const out = spec.kind === 'chat' ? ollamaToOpenai.chatChunk(this.nd, chunk!) : ollamaToOpenai.completionChunk(this.nd, chunk!);
+        if (out !== '') this.push(out);
+      }
+      return cb();
+    }
+    // Ollama provider
+    if (l.type === 'done') {
+      this.stats.sawTerminal = true;
+      this.stats.finishReason = finishFromOllama(l.json!['done_reason'] as string | undefined, false);
+      this.finishedUp = true;
+    }
+    if (this.passthrough) {
+      this.push(up.raw);
+      if (!up.terminated) this.push('\n');
+    } else {
+      const out =
+        spec.kind === 'chat'
+          ? openaiToOllama.chatLine(this.sse, l.json as unknown as OllamaChatResponse)
+          : openaiToOllama.generateLine(this.sse, l.json as unknown as OllamaGenerateResponse);
+      if (out !== '') this.push(out);
+    }
+    cb();
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (!this.finishedUp) {
+      if (this.stats.sawTerminal) this.push(this.openaiDone());
+      else {
+        this.truncated = true;
+        this.push(this.failWith(TRUNCATED, 'upstream_error'));
+      }
+      this.finishedUp = true;
+    }
+    cb();
+  }
+
+  fail(message: string, code: string): string {
+    if (this.finishedUp) return '';
+    return this.failWith(message, code);
+  }
+}
+
+// ---- encode ----
+
+class EncodeStage extends Transform {
+  constructor() {
+    super({ writableObjectMode: true });
+  }
+
+  override _transform(piece: string | Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    cb(null, typeof piece === 'string' ? Buffer.from(piece) : piece);
+  }
+}
+
+// ---- assembly ----
+
+export interface Pipeline {
+  /** Write upstream bytes here; end() it when the upstream ends. */
+  readonly input: Writable;
+  /** Client bytes come out here. */
+  readonly output: Readable;
+  readonly stats: ChainStats;
+  readonly truncated: boolean;
+  fail(message: string, code: string): string;
+}
+
+export function createPipeline(spec: ChainSpec, ctx: ChainContext): Pipeline {
+  const stats: ChainStats = {
+    promptTokens: 0,
+    completionTokens: 0,
+    finishReason: null,
+    firstTokenAt: null,
+    lastTokenAt: null,
+    chunks: 0,
+    sawTerminal: false,
+    usageFromUpstream: false,
+    error: null,
+  };
+  const parse = spec.provider === 'openai' ? new SseParse() : new NdjsonParse();
+  const translate = new TranslateStage(spec, ctx, stats);
+  const stages: Transform[] = [parse];
+  if (spec.instrument) stages.push(new InstrumentStage(spec, ctx, stats));
+  if (spec.countTokens) stages.push(new CountStage(spec, stats));
+  stages.push(translate, new EncodeStage());
+  for (let i = 0; i + 1 < stages.length; i++) stages[i]!.pipe(stages[i + 1]!);
+  return {
+    input: parse,
+    output: stages[stages.length - 1]!,
+    stats,
+    get truncated() {
+      return translate.truncated;
+    },
+    fail: (message, code) => translate.fail(message, code),
+  };
+}
+
+/** Feed `chunks` through a fresh pipeline (respecting backpressure) and collect everything it writes. */
+export async function runPipeline(
+  spec: ChainSpec,
+  ctx: ChainContext,
+  chunks: Iterable<Uint8Array>,
+): Promise<{ output: Buffer; stats: ChainStats; truncated: boolean }> {
+  const p = createPipeline(spec, ctx);
+  const parts: Buffer[] = [];
+  p.output.on('data', (b: Buffer) => parts.push(b));
+  const finished = new Promise<void>((resolve, reject) => {
+    p.output.once('end', resolve);
+    p.output.once('error', reject);
+  });
+  for (const c of chunks) {
+    if (!p.input.write(c)) await new Promise<void>((resolve) => p.input.once('drain', resolve));
+  }
+  p.input.end();
+  await finished;
+  return { output: Buffer.concat(parts), stats: p.stats, truncated: p.truncated };
+}
+

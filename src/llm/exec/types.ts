@@ -1,0 +1,62 @@
+// Where an upstream exchange runs. The proxy decides which deployment to try and
+// whether to retry; an Executor performs one attempt: send the request, report the
+// status, then deliver the reply (whole, or streamed through the compiled chain).
+// Two implementations: on the main thread (thread.ts), or in pool workers with the
+// client-ready chunks handed back over a MessagePort (pool.ts). LLM_EXECUTION picks.
+import type { DeploymentConfig } from '../../config/broker-config.ts';
+import type { ChainSpec } from '../chain/compile.ts';
+import type { RequestKind } from '../providers.ts';
+
+export interface AttemptRequest {
+  readonly deployment: DeploymentConfig;
+  readonly kind: RequestKind;
+  /** JSON body for the upstream, already translated. */
+  readonly body: string;
+  readonly stream: boolean;
+  readonly chain: ChainSpec;
+  /** For the chain: the model name the client asked for, the request id, usage wanted. */
+  readonly model: string;
+  readonly id: string;
+  readonly includeUsage: boolean;
+}
+
+/** How a streamed reply ended. */
+export interface StreamResult {
+  readonly ended: 'complete' | 'truncated' | 'upstream_error' | 'failed' | 'aborted';
+  /** For 'failed' (connection error, idle timeout after the first byte): the error code. */
+  readonly errorCode: string | null;
+  readonly errorMessage: string | null;
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  /** Milliseconds from the upstream's headers to the first token, when there was one. */
+  readonly firstTokenMs: number | null;
+  /** Gaps between consecutive token events, milliseconds. */
+  readonly interTokenMs: readonly number[];
+  /** Milliseconds spent waiting on the upstream while streaming. */
+  readonly waitedMs: number;
+}
+
+/** Where streamed output goes: write returns false when the client is slow. */
+export interface StreamTarget {
+  write(chunk: string | Uint8Array): boolean;
+  /** Resolves when the target can take more (or the request was aborted). */
+  drained(): Promise<void>;
+}
+
+export interface Attempt {
+  readonly status: number;
+  readonly retryAfter: string | undefined;
+  /** Non-2xx: the upstream's error body. */
+  errorText(): Promise<string>;
+  /** 2xx, not streamed: the whole upstream body. */
+  bytes(): Promise<Uint8Array>;
+  /** 2xx, streamed: pump the chain's output into the target until the stream ends. */
+  pump(target: StreamTarget): Promise<StreamResult>;
+}
+
+export interface Executor {
+  readonly mode: 'thread' | 'pool';
+  /** Resolves once the upstream's status is known; rejects on connect or header errors. */
+  attempt(req: AttemptRequest, signal: AbortSignal): Promise<Attempt>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,185 @@
+// Mappings shared by the translators: finish reasons, timestamps, images,
+// sampling options, and what counts as a generated token in either format.
+
+import { BrokerError } from '../../errors.ts';
+import type { OllamaChatResponse, OllamaGenerateResponse, OllamaOptions, OpenAIChunk, OpenAIUsage, Usage } from './types.ts';
+
+// ---- finish reasons ----
+
+/**
+ * Ollama done_reason → OpenAI finish_reason. Ollama says "stop" even when the
+ * model called a tool, so tool calls win; "load"/"unload" (no generation) read as "stop".
+ */
+export function finishFromOllama(doneReason: string | undefined, hadToolCalls: boolean): string {
+  if (hadToolCalls) return 'tool_calls';
+  return doneReason === 'length' ? 'length' : 'stop';
+}
+
+/** OpenAI finish_reason → Ollama done_reason: Ollama only knows "stop" and "length". */
+export function doneReasonFromOpenAI(finish: string | null): string {
+  return finish === 'length' ? 'length' : 'stop';
+}
+
+// ---- timestamps ----
+
+/** Ollama's RFC 3339 created_at (nanosecond fraction, any offset) → Unix seconds; 0 if unreadable. */
+export function unixFromIso(iso: unknown): number {
+  if (typeof iso !== 'string') return 0;
+  const ms = Date.parse(iso);
+  return Number.isFinite(ms) ? Math.floor(ms / 1000) : 0;
+}
+
+/** OpenAI `created` (Unix seconds) → RFC 3339 for Ollama's created_at. */
+export function isoFromUnix(seconds: unknown): string {
+  const s = typeof seconds === 'number' && Number.isFinite(seconds) ? seconds : 0;
+  return new Date(s * 1000).toISOString();
+}
+
+// ---- images ----
+
+const DATA_URL = /^data:([^;,]*)(?:;[^,]*)?,/;
+
+/** An OpenAI image_url → the bare base64 Ollama wants. Only data: URLs can be inlined. */
+export function base64FromImageUrl(url: string): string {
+  const m = DATA_URL.exec(url);
+  if (m === null) {
+    throw new BrokerError('invalid_request', 'image_url must be a data: URL (base64) when the model is served by Ollama');
+  }
+  return url.slice(m[0].length);
+}
+
+/** Ollama's bare base64 image → a data: URL, the MIME type sniffed from the first bytes. */
+export function imageUrlFromBase64(b64: string): string {
+  let mime = 'image/png';
+  if (b64.startsWith('/9j/')) mime = 'image/jpeg';
+  else if (b64.startsWith('UklGR')) mime = 'image/webp';
+  else if (b64.startsWith('R0lGOD')) mime = 'image/gif';
+  return `data:${mime};base64,${b64}`;
+}
+
+// ---- sampling options ----
+
+function num(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+}
+
+/** OpenAI sampling fields → Ollama `options` (max_tokens ↔ num_predict, stop as an array). */
+export function ollamaOptionsFromOpenAI(body: Record<string, unknown>): OllamaOptions | undefined {
+  const o: OllamaOptions = {};
+  const temperature = num(body['temperature']);
+  if (temperature !== undefined) o.temperature = temperature;
+  const topP = num(body['top_p']);
+  if (topP !== undefined) o.top_p = topP;
+  const max = num(body['max_completion_tokens']) ?? num(body['max_tokens']);
+  if (max !== undefined) o.num_predict = max;
+  const stop = body['stop'];
+  if (typeof stop === 'string') o.stop = [stop];
+  else if (Array.isArray(stop)) o.stop = stop.filter((s): s is string => typeof s === 'string');
+  const seed = num(body['seed']);
+  if (seed !== undefined) o.seed = seed;
+  const fp = num(body['frequency_penalty']);
+  if (fp !== undefined) o.frequency_penalty = fp;
+  const pp = num(body['presence_penalty']);
+  if (pp !== undefined) o.presence_penalty = pp;
+  return Object.keys(o).length > 0 ? o : undefined;
+}
+
+/** Ollama `options` → OpenAI sampling fields. num_predict < 0 (-1 unlimited, -2 fill context) means no max_tokens. */
+export function openaiSamplingFromOllama(options: unknown): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (options === null || typeof options !== 'object') return out;
+  const o = options as Record<string, unknown>;
+  const temperature = num(o['temperature']);
+  if (temperature !== undefined) out['temperature'] = temperature;
+  const topP = num(o['top_p']);
+  if (topP !== undefined) out['top_p'] = topP;
+  const max = num(o['num_predict']);
+  if (max !== undefined && max >= 0) out['max_tokens'] = max;
+  const stop = o['stop'];
+  if (typeof stop === 'string') out['stop'] = [stop];
+  else if (Array.isArray(stop) && stop.length > 0) out['stop'] = stop.filter((s): s is string => typeof s === 'string');
+  const seed = num(o['seed']);
+  if (seed !== undefined) out['seed'] = seed;
+  const fp = num(o['frequency_penalty']);
+  if (fp !== undefined) out['frequency_penalty'] = fp;
+  const pp = num(o['presence_penalty']);
+  if (pp !== undefined) out['presence_penalty'] = pp;
+  return out;
+}
+
+// ---- what counts as a token ----
+//
+// A "token event" is an upstream event carrying generated text: content,
+// completion text, reasoning/thinking, a refusal, or tool-call arguments. TTFT
+// is measured at the first one, and without upstream usage the completion is
+// counted as the number of them. chain/probe.ts answers the same question from
+// the raw JSON text for pass-through streams; the property test holds the two
+// to the same answers.
+
+function nonEmpty(v: unknown): boolean {
+  return typeof v === 'string' && v.length > 0;
+}
+
+export function openaiChunkHasToken(chunk: OpenAIChunk): boolean {
+  const choices = chunk.choices;
+  if (!Array.isArray(choices)) return false;
+  for (const c of choices) {
+    if (nonEmpty(c.text)) return true;
+    const d = c.delta;
+    if (d === undefined || d === null) continue;
+    if (nonEmpty(d.content) || nonEmpty(d.reasoning_content) || nonEmpty(d.reasoning) || nonEmpty(d.refusal)) return true;
+    if (Array.isArray(d.tool_calls)) {
+      for (const tc of d.tool_calls) if (nonEmpty(tc?.function?.arguments)) return true;
+    }
+  }
+  return false;
+}
+
+/** The first non-null finish_reason among the choices, or null. */
+export function openaiChunkFinish(chunk: OpenAIChunk): string | null {
+  const choices = chunk.choices;
+  if (!Array.isArray(choices)) return null;
+  for (const c of choices) if (typeof c.finish_reason === 'string') return c.finish_reason;
+  return null;
+}
+
+export function ollamaHasToken(line: OllamaChatResponse | OllamaGenerateResponse): boolean {
+  if (nonEmpty(line['response']) || nonEmpty(line['thinking'])) return true;
+  const m = (line as OllamaChatResponse).message;
+  if (m === undefined || m === null) return false;
+  return nonEmpty(m.content) || nonEmpty(m.thinking) || (Array.isArray(m.tool_calls) && m.tool_calls.length > 0);
+}
+
+// ---- usage ----
+
+export function usageFromOpenAI(u: OpenAIUsage | null | undefined): Usage | null {
+  if (u === null || u === undefined || typeof u !== 'object') return null;
+  return { promptTokens: num(u.prompt_tokens) ?? 0, completionTokens: num(u.completion_tokens) ?? 0 };
+}
+
+/** Ollama's counters from a done object; null when it has none (e.g. a model load). */
+export function usageFromOllama(r: { prompt_eval_count?: number; eval_count?: number }): Usage | null {
+  const p = num(r.prompt_eval_count);
+  const c = num(r.eval_count);
+  if (p === undefined && c === undefined) return null;
+  return { promptTokens: p ?? 0, completionTokens: c ?? 0 };
+}
+
+export function openaiUsage(u: Usage): OpenAIUsage {
+  return { prompt_tokens: u.promptTokens, completion_tokens: u.completionTokens, total_tokens: u.promptTokens + u.completionTokens };
+}
+
+// ---- request body checks ----
+
+export function requireObject(body: unknown): Record<string, unknown> {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw new BrokerError('invalid_request', 'request body must be a JSON object');
+  }
+  return body as Record<string, unknown>;
+}
+
+export function requireArray(body: Record<string, unknown>, field: string): unknown[] {
+  const v = body[field];
+  if (!Array.isArray(v)) throw new BrokerError('invalid_request', `${field} must be an array`);
+  return v;
+}

@@ -1,0 +1,88 @@
+// Errors in the client's API shape, and upstream errors back into BrokerError.
+//
+// OpenAI: {"error":{"message","type","code","param"}} (we add request_id inside
+// `error`, as errorBody() in src/errors.ts does). Mid-stream, an OpenAI client
+// gets that object as a last `data:` event and no `[DONE]`, which is what the
+// official SDKs check for before parsing a chunk.
+// Ollama: {"error":"message"}, also as the last NDJSON line of a stream.
+
+import { BrokerError, ERROR_TABLE, type ErrorCode } from '../../errors.ts';
+import type { Api, OllamaErrorBody, OpenAIErrorBody } from './types.ts';
+
+function statusOf(code: string): number {
+  return Object.hasOwn(ERROR_TABLE, code) ? ERROR_TABLE[code as ErrorCode].http : 500;
+}
+
+/** OpenAI's error `type` for one of our codes. */
+export function openaiErrorType(code: string): string {
+  if (code === 'quota_exceeded') return 'insufficient_quota';
+  const status = statusOf(code);
+  if (status === 401) return 'authentication_error';
+  if (status === 403) return 'permission_error';
+  if (status === 429) return 'rate_limit_error';
+  if (status < 500) return 'invalid_request_error';
+  return 'server_error';
+}
+
+export function openaiError(message: string, code: string, requestId: string): OpenAIErrorBody {
+  return { error: { message, type: openaiErrorType(code), code, param: null, request_id: requestId } };
+}
+
+export function ollamaError(message: string): OllamaErrorBody {
+  return { error: message };
+}
+
+/** The JSON body of an error reply in the client's API. */
+export function clientErrorBody(client: Api, err: BrokerError, requestId: string): string {
+  return JSON.stringify(client === 'openai' ? openaiError(err.message, err.code, requestId) : ollamaError(err.message));
+}
+
+/** The terminal event of a stream that failed mid-way, in the client's framing. */
+export function streamErrorEvent(client: Api, message: string, code: string, requestId: string): string {
+  return client === 'openai'
+    ? 'data: ' + JSON.stringify(openaiError(message, code, requestId)) + '\n\n'
+    : JSON.stringify(ollamaError(message)) + '\n';
+}
+
+/** The message of an upstream error object of either shape, or null if `body` is not one. */
+export function upstreamErrorMessage(body: unknown): string | null {
+  if (body === null || typeof body !== 'object') return null;
+  const e = (body as Record<string, unknown>)['error'];
+  if (typeof e === 'string') return e;
+  if (e !== null && typeof e === 'object') {
+    const m = (e as Record<string, unknown>)['message'];
+    return typeof m === 'string' ? m : JSON.stringify(e);
+  }
+  return null;
+}
+
+function codeForUpstreamStatus(status: number): ErrorCode {
+  if (status === 400 || status === 422) return 'invalid_request';
+  if (status === 404) return 'model_not_found';
+  if (status === 408 || status === 504) return 'upstream_timeout';
+  if (status === 413) return 'payload_too_large';
+  if (status === 429) return 'capacity_exhausted';
+  if (status === 503) return 'upstream_unavailable';
+  // 401/403 mean our credentials for the upstream are wrong: not the client's fault.
+  return 'upstream_error';
+}
+
+/**
+ * An upstream non-2xx reply → BrokerError. The client's mistakes (400, 404,
+ * 413) keep the upstream message; everything else says which upstream failed
+ * without leaking its body to the client (it stays in `details` for the log).
+ */
+export function upstreamError(provider: Api, status: number, body: string | Uint8Array): BrokerError {
+  const text = typeof body === 'string' ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8');
+  let parsed: unknown = null;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // not JSON: keep the text for the log only
+  }
+  const upstreamMessage = upstreamErrorMessage(parsed) ?? text.slice(0, 500);
+  const code = codeForUpstreamStatus(status);
+  const passOn = code === 'invalid_request' || code === 'model_not_found' || code === 'payload_too_large';
+  const message = passOn && upstreamMessage !== '' ? upstreamMessage : `${provider} upstream replied ${status}`;
+  return new BrokerError(code, message, { details: { provider, upstreamStatus: status, upstreamMessage } });
+}

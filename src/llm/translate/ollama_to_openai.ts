@@ -1,0 +1,288 @@
+// An Ollama client served by an OpenAI-compatible provider.
+//   request:  /api/chat body → /v1/chat/completions body, /api/generate body → /v1/completions body
+//   response: chat.completion → /api/chat reply, text_completion → /api/generate reply
+//   stream:   chat.completion.chunk / text_completion SSE events → /api/chat and /api/generate NDJSON lines
+
+import { BrokerError } from '../../errors.ts';
+import {
+  doneReasonFromOpenAI,
+  imageUrlFromBase64,
+  isoFromUnix,
+  openaiSamplingFromOllama,
+  requireArray,
+  requireObject,
+  usageFromOpenAI,
+} from './common.ts';
+import type {
+  OllamaChatResponse,
+  OllamaGenerateResponse,
+  OllamaMessage,
+  OllamaToolCall,
+  OpenAIChatCompletion,
+  OpenAIChatRequest,
+  OpenAIChunk,
+  OpenAICompletion,
+  OpenAICompletionRequest,
+  OpenAIContentPart,
+  OpenAIMessage,
+  OpenAIToolCall,
+  ReplyContext,
+  Usage,
+} from './types.ts';
+
+// ---- request ----
+
+function responseFormat(format: unknown): OpenAIChatRequest['response_format'] | undefined {
+  if (format === 'json') return { type: 'json_object' };
+  if (format !== null && typeof format === 'object') return { type: 'json_schema', json_schema: { name: 'response', schema: format } };
+  return undefined;
+}
+
+interface PendingCall {
+  name: string;
+  id: string;
+}
+
+function openaiMessage(m: unknown, index: number, pending: PendingCall[]): OpenAIMessage {
+  if (m === null || typeof m !== 'object') throw new BrokerError('invalid_request', 'messages[] must be objects');
+  const msg = m as OllamaMessage;
+  const role = String(msg.role);
+  const content = typeof msg.content === 'string' ? msg.content : '';
+  const out: OpenAIMessage = { role, content };
+  if (Array.isArray(msg.images) && msg.images.length > 0) {
+    const parts: OpenAIContentPart[] = [];
+    if (content !== '') parts.push({ type: 'text', text: content });
+    for (const img of msg.images) parts.push({ type: 'image_url', image_url: { url: imageUrlFromBase64(String(img)) } });
+    out.content = parts;
+  }
+  if (Array.isArray(msg.tool_calls) && msg.tool_calls.length > 0) {
+    out.tool_calls = msg.tool_calls.map((tc: OllamaToolCall, i): OpenAIToolCall => {
+      const name = String(tc.function?.name ?? '');
+      const id = typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${index}_${i}`;
+      pending.push({ name, id });
+      return { id, type: 'function', function: { name, arguments: JSON.stringify(tc.function?.arguments ?? {}) } };
+    });
+    if (content === '') out.content = null;
+  }
+  if (role === 'tool') {
+    // OpenAI pairs a tool result with its call by id; Ollama by tool name.
+    const name = typeof msg.tool_name === 'string' ? msg.tool_name : undefined;
+    const at = pending.findIndex((p) => name === undefined || p.name === name);
+    if (at === -1) throw new BrokerError('invalid_request', 'a tool message has no matching tool call before it');
+    out.tool_call_id = pending[at]!.id;
+    pending.splice(at, 1);
+  }
+  return out;
+}
+
+/** /api/chat body → /v1/chat/completions body for `upstreamModel`. Streaming asks for usage. */
+export function chatRequest(body: unknown, upstreamModel: string): OpenAIChatRequest {
+  const b = requireObject(body);
+  const messages = requireArray(b, 'messages');
+  const stream = b['stream'] !== false;
+  const pending: PendingCall[] = [];
+  const out: OpenAIChatRequest = {
+    model: upstreamModel,
+    messages: messages.map((m, i) => openaiMessage(m, i, pending)),
+    stream,
+    ...openaiSamplingFromOllama(b['options']),
+  };
+  if (stream) out.stream_options = { include_usage: true };
+  const rf = responseFormat(b['format']);
+  if (rf !== undefined) out.response_format = rf;
+  if (Array.isArray(b['tools']) && b['tools'].length > 0) out.tools = b['tools'];
+  return out;
+}
+
+/** /api/generate body → /v1/completions body for `upstreamModel`. `system` is put before the prompt. */
+export function completionRequest(body: unknown, upstreamModel: string): OpenAICompletionRequest {
+  const b = requireObject(body);
+  const prompt = b['prompt'] ?? '';
+  if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string');
+  if (Array.isArray(b['images']) && b['images'].length > 0) {
+    throw new BrokerError('invalid_request', 'images are not supported by this model on /api/generate; use /api/chat');
+  }
+  const system = typeof b['system'] === 'string' && b['system'] !== '' ? b['system'] + '\n\n' : '';
+  const stream = b['stream'] !== false;
+  const out: OpenAICompletionRequest = { model: upstreamModel, prompt: system + prompt, stream, ...openaiSamplingFromOllama(b['options']) };
+  if (typeof b['suffix'] === 'string' && b['suffix'] !== '') out.suffix = b['suffix'];
+  if (stream) out.stream_options = { include_usage: true };
+  return out;
+}
+
+// ---- non-streaming response ----
+
+function textOf(content: OpenAIMessage['content']): string {
+  if (typeof content === 'string') return content;
+  if (Array.isArray(content)) {
+    return content.map((p) => (p.type === 'text' && typeof p['text'] === 'string' ? p['text'] : '')).join('');
+  }
+  return '';
+}
+
+function toolArguments(args: string | undefined): Record<string, unknown> {
+  if (args === undefined || args === '') return {};
+  try {
+    const v: unknown = JSON.parse(args);
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // a model can emit broken JSON; keep the text rather than lose it
+  }
+  return { arguments: args };
+}
+
+function ollamaToolCalls(calls: OpenAIToolCall[] | undefined): OllamaToolCall[] | undefined {
+  if (!Array.isArray(calls) || calls.length === 0) return undefined;
+  return calls.map((tc) => ({ function: { name: tc.function?.name ?? '', arguments: toolArguments(tc.function?.arguments) } }));
+}
+
+function counters(u: Usage | null): { prompt_eval_count: number; eval_count: number } {
+  return { prompt_eval_count: u?.promptTokens ?? 0, eval_count: u?.completionTokens ?? 0 };
+}
+
+/** chat.completion → /api/chat reply. */
+export function chatResponse(res: OpenAIChatCompletion, ctx: ReplyContext): OllamaChatResponse {
+  const choice = Array.isArray(res.choices) ? res.choices[0] : undefined;
+  const m = choice?.message;
+  const message: OllamaMessage = { role: 'assistant', content: textOf(m?.content) };
+  const thinking = m?.reasoning_content ?? m?.reasoning;
+  if (typeof thinking === 'string' && thinking !== '') message.thinking = thinking;
+  const tools = ollamaToolCalls(m?.tool_calls);
+  if (tools !== undefined) message.tool_calls = tools;
+  return {
+    model: ctx.model,
+    created_at: isoFromUnix(res.created),
+    message,
+    done_reason: doneReasonFromOpenAI(choice?.finish_reason ?? null),
+    done: true,
+    ...counters(usageFromOpenAI(res.usage)),
+  };
+}
+
+/** text_completion → /api/generate reply. */
+export function completionResponse(res: OpenAICompletion, ctx: ReplyContext): OllamaGenerateResponse {
+  const choice = Array.isArray(res.choices) ? res.choices[0] : undefined;
+  return {
+    model: ctx.model,
+    created_at: isoFromUnix(res.created),
+    response: typeof choice?.text === 'string' ? choice.text : '',
+    done: true,
+    done_reason: doneReasonFromOpenAI(choice?.finish_reason ?? null),
+    ...counters(usageFromOpenAI(res.usage)),
+  };
+}
+
+// ---- streaming ----
+//
+// OpenAI streams tool-call arguments in fragments; Ollama sends whole calls, so
+// fragments are gathered and written as one line when the stream finishes.
+// finish_reason and usage arrive in separate chunks before [DONE], so the done
+// line is written at [DONE] (or at a clean end without it).
+
+export interface NdjsonWriter {
+  readonly model: string;
+  /** `{"model":...,"created_at":...,` built from the first chunk; '' until then. */
+  head: string;
+  finish: string | null;
+  usage: Usage | null;
+  /** Token events written: eval_count when the upstream sends no usage. */
+  tokens: number;
+  tools: Array<{ id: string; name: string; args: string }>;
+  done: boolean;
+}
+
+export function ndjsonWriter(ctx: ReplyContext): NdjsonWriter {
+  return { model: ctx.model, head: '', finish: null, usage: null, tokens: 0, tools: [], done: false };
+}
+
+function start(w: NdjsonWriter, created: unknown): void {
+  w.head = '{"model":' + JSON.stringify(w.model) + ',"created_at":"' + isoFromUnix(created) + '",';
+}
+
+function record(w: NdjsonWriter, chunk: OpenAIChunk): OpenAIChunk['choices'][number] | undefined {
+  if (w.head === '') start(w, chunk.created);
+  const u = usageFromOpenAI(chunk.usage);
+  if (u !== null) w.usage = u;
+  const choices = chunk.choices;
+  if (!Array.isArray(choices) || choices.length === 0) return undefined;
+  // Ollama has no `n`: the first choice is the reply.
+  const c = choices[0]!;
+  if (typeof c.finish_reason === 'string') w.finish = c.finish_reason;
+  return c;
+}
+
+/** One chat.completion.chunk → its /api/chat lines ('' for none). */
+export function chatChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
+  const c = record(w, chunk);
+  const d = c?.delta;
+  if (d === undefined || d === null) return '';
+  if (Array.isArray(d.tool_calls)) {
+    for (const tc of d.tool_calls) {
+      const i = typeof tc.index === 'number' ? tc.index : w.tools.length;
+      const slot = (w.tools[i] ??= { id: '', name: '', args: '' });
+      if (typeof tc.id === 'string') slot.id = tc.id;
+      if (typeof tc.function?.name === 'string') slot.name += tc.function.name;
+      if (typeof tc.function?.arguments === 'string') slot.args += tc.function.arguments;
+    }
+  }
+  const content = typeof d.content === 'string' ? d.content : '';
+  const r = d.reasoning_content ?? d.reasoning;
+  const thinking = typeof r === 'string' ? r : '';
+  if (content === '' && thinking === '') return '';
+  w.tokens++;
+  return (
+    w.head +
+    '"message":{"role":"assistant","content":' +
+    JSON.stringify(content) +
+    (thinking === '' ? '' : ',"thinking":' + JSON.stringify(thinking)) +
+    '},"done":false}\n'
+  );
+}
+
+/** One text_completion chunk → its /api/generate line ('' for none). */
+export function completionChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
+  const c = record(w, chunk);
+  const text = c?.text;
+  if (typeof text !== 'string' || text === '') return '';
+  w.tokens++;
+  return w.head + '"response":' + JSON.stringify(text) + ',"done":false}\n';
+}
+
+function counterFields(w: NdjsonWriter): string {
+  const u = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
+  return ',"prompt_eval_count":' + u.promptTokens + ',"eval_count":' + u.completionTokens + '}\n';
+}
+
+function ensureHead(w: NdjsonWriter): void {
+  // A stream that ended before its first chunk: date the reply now.
+  if (w.head === '') start(w, Date.now() / 1000);
+}
+
+/** The closing /api/chat lines: gathered tool calls, then the done line. Written once. */
+export function chatDone(w: NdjsonWriter): string {
+  if (w.done) return '';
+  w.done = true;
+  ensureHead(w);
+  let out = '';
+  const tools = w.tools.filter((t) => t !== undefined);
+  if (tools.length > 0) {
+    const calls: OllamaToolCall[] = tools.map((t) => ({ function: { name: t.name, arguments: toolArguments(t.args) } }));
+    out = w.head + '"message":{"role":"assistant","content":"","tool_calls":' + JSON.stringify(calls) + '},"done":false}\n';
+  }
+  return (
+    out +
+    w.head +
+    '"message":{"role":"assistant","content":""},"done_reason":"' +
+    doneReasonFromOpenAI(w.finish) +
+    '","done":true' +
+    counterFields(w)
+  );
+}
+
+/** The closing /api/generate line. Written once. */
+export function completionDone(w: NdjsonWriter): string {
+  if (w.done) return '';
+  w.done = true;
+  ensureHead(w);
+  return w.head + '"response":"","done":true,"done_reason":"' + doneReasonFromOpenAI(w.finish) + '"' + counterFields(w);
+}

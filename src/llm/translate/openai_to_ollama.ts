@@ -1,0 +1,279 @@
+// An OpenAI client served by an Ollama provider.
+//   request:  /v1/chat/completions body → /api/chat body, /v1/completions body → /api/generate body
+//   response: /api/chat reply → chat.completion, /api/generate reply → text_completion
+//   stream:   /api/chat and /api/generate NDJSON lines → chat.completion.chunk / text_completion SSE events
+
+import { BrokerError } from '../../errors.ts';
+import { SSE_DONE } from '../codec/sse.ts';
+import {
+  base64FromImageUrl,
+  finishFromOllama,
+  ollamaOptionsFromOpenAI,
+  openaiUsage,
+  requireArray,
+  requireObject,
+  unixFromIso,
+  usageFromOllama,
+} from './common.ts';
+import type {
+  OllamaChatRequest,
+  OllamaChatResponse,
+  OllamaFormat,
+  OllamaGenerateRequest,
+  OllamaGenerateResponse,
+  OllamaMessage,
+  OllamaToolCall,
+  OpenAIChatCompletion,
+  OpenAICompletion,
+  OpenAIMessage,
+  OpenAIToolCall,
+  ReplyContext,
+  Usage,
+} from './types.ts';
+
+// ---- request ----
+
+function rejectN(b: Record<string, unknown>): void {
+  const n = b['n'];
+  if (typeof n === 'number' && n > 1) throw new BrokerError('invalid_request', 'n > 1 is not supported by this model');
+}
+
+function formatFromResponseFormat(rf: unknown): OllamaFormat | undefined {
+  if (rf === null || typeof rf !== 'object') return undefined;
+  const r = rf as Record<string, unknown>;
+  if (r['type'] === 'json_object') return 'json';
+  if (r['type'] === 'json_schema') {
+    const js = r['json_schema'] as Record<string, unknown> | undefined;
+    const schema = js?.['schema'];
+    return schema !== null && typeof schema === 'object' ? (schema as Record<string, unknown>) : 'json';
+  }
+  return undefined;
+}
+
+function parseArguments(args: unknown): Record<string, unknown> {
+  if (args === undefined || args === null || args === '') return {};
+  if (typeof args === 'object') return args as Record<string, unknown>;
+  try {
+    const v: unknown = JSON.parse(String(args));
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // fall through
+  }
+  throw new BrokerError('invalid_request', 'tool_calls[].function.arguments must be a JSON object');
+}
+
+function ollamaMessage(m: unknown, toolNames: Map<string, string>): OllamaMessage {
+  if (m === null || typeof m !== 'object') throw new BrokerError('invalid_request', 'messages[] must be objects');
+  const msg = m as OpenAIMessage;
+  const role = msg.role === 'developer' ? 'system' : String(msg.role);
+  const out: OllamaMessage = { role, content: '' };
+  const c = msg.content;
+  if (typeof c === 'string') {
+    out.content = c;
+  } else if (Array.isArray(c)) {
+    const texts: string[] = [];
+    const images: string[] = [];
+    for (const part of c) {
+      if (part.type === 'text' && typeof part['text'] === 'string') texts.push(part['text']);
+      else if (part.type === 'image_url') {
+        const iu = part['image_url'] as string | { url?: unknown } | undefined;
+        const url = typeof iu === 'string' ? iu : iu?.url;
+        if (typeof url !== 'string') throw new BrokerError('invalid_request', 'image_url.url must be a string');
+        images.push(base64FromImageUrl(url));
+      }
+    }
+    out.content = texts.join('\n');
+    if (images.length > 0) out.images = images;
+  }
+  if (Array.isArray(msg.tool_calls) && msg.tool_calls.length > 0) {
+    out.tool_calls = msg.tool_calls.map((tc: OpenAIToolCall): OllamaToolCall => {
+      const name = String(tc.function?.name ?? '');
+      if (typeof tc.id === 'string') toolNames.set(tc.id, name);
+      return { function: { name, arguments: parseArguments(tc.function?.arguments) } };
+    });
+  }
+  if (role === 'tool') {
+    const name = typeof msg.name === 'string' ? msg.name : toolNames.get(String(msg.tool_call_id));
+    if (name !== undefined) out.tool_name = name;
+  }
+  const thinking = msg.reasoning_content ?? msg.reasoning;
+  if (typeof thinking === 'string' && thinking !== '') out.thinking = thinking;
+  return out;
+}
+
+/** /v1/chat/completions body → /api/chat body for `upstreamModel`. */
+export function chatRequest(body: unknown, upstreamModel: string): OllamaChatRequest {
+  const b = requireObject(body);
+  const messages = requireArray(b, 'messages');
+  rejectN(b);
+  const toolNames = new Map<string, string>();
+  const out: OllamaChatRequest = {
+    model: upstreamModel,
+    messages: messages.map((m) => ollamaMessage(m, toolNames)),
+    // Ollama streams by default; OpenAI does not.
+    stream: b['stream'] === true,
+  };
+  const options = ollamaOptionsFromOpenAI(b);
+  if (options !== undefined) out.options = options;
+  const format = formatFromResponseFormat(b['response_format']);
+  if (format !== undefined) out.format = format;
+  if (Array.isArray(b['tools']) && b['tools'].length > 0) out.tools = b['tools'];
+  return out;
+}
+
+/** /v1/completions body → /api/generate body for `upstreamModel`. */
+export function completionRequest(body: unknown, upstreamModel: string): OllamaGenerateRequest {
+  const b = requireObject(body);
+  rejectN(b);
+  let prompt = b['prompt'];
+  if (Array.isArray(prompt) && prompt.length === 1) prompt = prompt[0];
+  if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string (or an array of one string)');
+  const out: OllamaGenerateRequest = { model: upstreamModel, prompt, stream: b['stream'] === true };
+  if (typeof b['suffix'] === 'string' && b['suffix'] !== '') out.suffix = b['suffix'];
+  const options = ollamaOptionsFromOpenAI(b);
+  if (options !== undefined) out.options = options;
+  return out;
+}
+
+// ---- non-streaming response ----
+
+function openaiToolCalls(calls: OllamaToolCall[] | undefined, id: string, first: number): OpenAIToolCall[] | undefined {
+  if (!Array.isArray(calls) || calls.length === 0) return undefined;
+  return calls.map((tc, i) => ({
+    index: first + i,
+    id: typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${id}_${first + i}`,
+    type: 'function',
+    function: { name: tc.function?.name ?? '', arguments: JSON.stringify(tc.function?.arguments ?? {}) },
+  }));
+}
+
+function usageOf(r: OllamaChatResponse | OllamaGenerateResponse): Usage {
+  return usageFromOllama(r) ?? { promptTokens: 0, completionTokens: 0 };
+}
+
+/** /api/chat reply → chat.completion. */
+export function chatResponse(res: OllamaChatResponse, ctx: ReplyContext): OpenAIChatCompletion {
+  const m = res.message;
+  const toolCalls = openaiToolCalls(m?.tool_calls, ctx.id, 0);
+  const content = typeof m?.content === 'string' ? m.content : '';
+  const message: OpenAIMessage = { role: 'assistant', content: toolCalls !== undefined && content === '' ? null : content };
+  if (typeof m?.thinking === 'string' && m.thinking !== '') message.reasoning_content = m.thinking;
+  if (toolCalls !== undefined) message.tool_calls = toolCalls.map(({ index: _index, ...tc }) => tc);
+  return {
+    id: 'chatcmpl-' + ctx.id,
+    object: 'chat.completion',
+    created: unixFromIso(res.created_at),
+    model: ctx.model,
+    choices: [{ index: 0, message, logprobs: null, finish_reason: finishFromOllama(res.done_reason, toolCalls !== undefined) }],
+    usage: openaiUsage(usageOf(res)),
+  };
+}
+
+/** /api/generate reply → text_completion. */
+export function completionResponse(res: OllamaGenerateResponse, ctx: ReplyContext): OpenAICompletion {
+  return {
+    id: 'cmpl-' + ctx.id,
+    object: 'text_completion',
+    created: unixFromIso(res.created_at),
+    model: ctx.model,
+    choices: [{ text: typeof res.response === 'string' ? res.response : '', index: 0, logprobs: null, finish_reason: finishFromOllama(res.done_reason, false) }],
+    usage: openaiUsage(usageOf(res)),
+  };
+}
+
+// ---- streaming ----
+//
+// Chunks are written by hand around JSON.stringify of the one changing field:
+// the id/object/created/model prefix is built once per stream. Every chunk of a
+// stream shares the `created` of the first Ollama line, as OpenAI's do.
+
+export interface SseWriter {
+  readonly id: string;
+  readonly model: string;
+  readonly includeUsage: boolean;
+  /** `data: {...,"choices":[{"index":0,"delta":` (chat) or `...[{"text":` (completion); '' until the first line. */
+  head: string;
+  /** `data: {...,"choices":[],"usage":` for the usage chunk. */
+  usageHead: string;
+  roleSent: boolean;
+  /** Token events written: the completion count when Ollama gives none. */
+  tokens: number;
+  /** Tool calls written so far (their OpenAI `index`). */
+  toolCalls: number;
+}
+
+export interface StreamContext extends ReplyContext {
+  /** The client asked `stream_options.include_usage`: send a usage chunk before [DONE]. */
+  includeUsage: boolean;
+}
+
+export function sseWriter(ctx: StreamContext): SseWriter {
+  return { id: ctx.id, model: ctx.model, includeUsage: ctx.includeUsage, head: '', usageHead: '', roleSent: false, tokens: 0, toolCalls: 0 };
+}
+
+function start(w: SseWriter, createdAt: unknown, object: string, idPrefix: string, choiceOpen: string): void {
+  const base =
+    'data: {"id":' + JSON.stringify(idPrefix + w.id) + ',"object":"' + object + '","created":' + unixFromIso(createdAt) + ',"model":' + JSON.stringify(w.model) + ',"choices":[';
+  w.head = base + choiceOpen;
+  w.usageHead = base + '],"usage":';
+}
+
+const OPEN_TAIL = ',"logprobs":null,"finish_reason":null}]}\n\n';
+
+function finishTail(finish: string): string {
+  return ',"logprobs":null,"finish_reason":"' + finish + '"}]}\n\n';
+}
+
+function closing(w: SseWriter, line: OllamaChatResponse | OllamaGenerateResponse, finish: string, emptyDelta: string): string {
+  let out = w.head + emptyDelta + finishTail(finish);
+  if (w.includeUsage) {
+    const u = usageFromOllama(line) ?? { promptTokens: 0, completionTokens: w.tokens };
+    out += w.usageHead + JSON.stringify(openaiUsage(u)) + '}\n\n';
+  }
+  return out + SSE_DONE;
+}
+
+/** One /api/chat stream line → its chat.completion.chunk events; the done line also brings finish, usage and [DONE]. */
+export function chatLine(w: SseWriter, line: OllamaChatResponse): string {
+  if (w.head === '') start(w, line.created_at, 'chat.completion.chunk', 'chatcmpl-', '{"index":0,"delta":');
+  let out = '';
+  const m = line.message;
+  if (m !== undefined && m !== null) {
+    const content = m.content;
+    const hasContent = typeof content === 'string' && content !== '';
+    const hasThinking = typeof m.thinking === 'string' && m.thinking !== '';
+    const hasTools = Array.isArray(m.tool_calls) && m.tool_calls.length > 0;
+    if (hasContent && !hasThinking && !hasTools) {
+      out = w.head + (w.roleSent ? '{"content":' : '{"role":"assistant","content":') + JSON.stringify(content) + '}' + OPEN_TAIL;
+      w.roleSent = true;
+      w.tokens++;
+    } else if (hasContent || hasThinking || hasTools) {
+      const delta: Record<string, unknown> = {};
+      if (!w.roleSent) delta['role'] = 'assistant';
+      delta['content'] = hasContent ? content : null;
+      if (hasThinking) delta['reasoning_content'] = m.thinking;
+      if (hasTools) {
+        delta['tool_calls'] = openaiToolCalls(m.tool_calls, w.id, w.toolCalls);
+        w.toolCalls += m.tool_calls!.length;
+      }
+      out = w.head + JSON.stringify(delta) + OPEN_TAIL;
+      w.roleSent = true;
+      w.tokens++;
+    }
+  }
+  if (line.done === true) out += closing(w, line, finishFromOllama(line.done_reason, w.toolCalls > 0), '{}');
+  return out;
+}
+
+/** One /api/generate stream line → its text_completion events; the done line also brings finish, usage and [DONE]. */
+export function generateLine(w: SseWriter, line: OllamaGenerateResponse): string {
+  if (w.head === '') start(w, line.created_at, 'text_completion', 'cmpl-', '{"text":');
+  let out = '';
+  const text = line.response;
+  if (typeof text === 'string' && text !== '') {
+    out = w.head + JSON.stringify(text) + ',"index":0' + OPEN_TAIL;
+    w.tokens++;
+  }
+  if (line.done === true) out += closing(w, line, finishFromOllama(line.done_reason, false), '""' + ',"index":0');
+  return out;
+}

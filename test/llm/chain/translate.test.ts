@@ -1,0 +1,410 @@
+import t from 'tap';
+import { BrokerError } from '../../../src/errors.ts';
+import {
+  clientErrorBody,
+  clientStreams,
+  streamErrorEvent,
+  translateRequest,
+  translateResponse,
+  upstreamError,
+} from '../../../src/llm/translate/index.ts';
+
+const PNG = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==';
+const JPEG = '/9j/4AAQSkZJRgABAQ==';
+
+function body(x: { body: string }): Record<string, unknown> {
+  return JSON.parse(x.body) as Record<string, unknown>;
+}
+
+// ---- requests ----
+
+t.test('OpenAI chat → Ollama /api/chat', async (t) => {
+  const r = translateRequest(
+    { client: 'openai', provider: 'ollama', kind: 'chat' },
+    {
+      model: 'my-model',
+      messages: [
+        { role: 'developer', content: 'be brief' },
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'what is this?' },
+            { type: 'image_url', image_url: { url: `data:image/png;base64,${PNG}` } },
+          ],
+        },
+        { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] },
+        { role: 'tool', tool_call_id: 'call_1', content: '{"temp":21}' },
+      ],
+      temperature: 0.2,
+      top_p: 0.9,
+      max_tokens: 64,
+      stop: 'END',
+      seed: 7,
+      stream: true,
+      stream_options: { include_usage: true },
+      response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object' } } },
+      tools: [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object' } } }],
+      user: 'u-1',
+    },
+    'llama3.2:3b',
+  );
+  t.equal(r.stream, true);
+  t.equal(r.includeUsage, true);
+  t.same(body(r), {
+    model: 'llama3.2:3b',
+    messages: [
+      { role: 'system', content: 'be brief' },
+      { role: 'user', content: 'what is this?', images: [PNG] },
+      { role: 'assistant', content: '', tool_calls: [{ function: { name: 'get_weather', arguments: { city: 'Paris' } } }] },
+      { role: 'tool', content: '{"temp":21}', tool_name: 'get_weather' },
+    ],
+    stream: true,
+    options: { temperature: 0.2, top_p: 0.9, num_predict: 64, stop: ['END'], seed: 7 },
+    format: { type: 'object' },
+    tools: [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object' } } }],
+  });
+});
+
+t.test('OpenAI chat → Ollama: non-streaming is said explicitly (Ollama streams by default)', async (t) => {
+  const r = translateRequest({ client: 'openai', provider: 'ollama', kind: 'chat' }, { model: 'm', messages: [{ role: 'user', content: 'hi' }] }, 'up');
+  t.same(body(r), { model: 'up', messages: [{ role: 'user', content: 'hi' }], stream: false });
+  t.equal(r.stream, false);
+  t.equal(r.includeUsage, false);
+});
+
+t.test('OpenAI → Ollama rejects what Ollama cannot do', async (t) => {
+  const route = { client: 'openai', provider: 'ollama', kind: 'chat' } as const;
+  t.throws(() => translateRequest(route, { model: 'm', messages: [], n: 2 }, 'up'), { code: 'invalid_request' });
+  t.throws(
+    () =>
+      translateRequest(
+        route,
+        { model: 'm', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://x/y.png' } }] }] },
+        'up',
+      ),
+    { code: 'invalid_request', message: /data: URL/ },
+  );
+  t.throws(() => translateRequest(route, { model: 'm' }, 'up'), { code: 'invalid_request', message: 'messages must be an array' });
+  t.throws(() => translateRequest(route, [1], 'up'), { code: 'invalid_request' });
+});
+
+t.test('OpenAI completion → Ollama /api/generate', async (t) => {
+  const r = translateRequest(
+    { client: 'openai', provider: 'ollama', kind: 'completion' },
+    { model: 'm', prompt: ['def gcd(a, b):'], suffix: '    return r', max_completion_tokens: 32, stop: ['\n\n'], stream: true },
+    'codellama:code',
+  );
+  t.same(body(r), { model: 'codellama:code', prompt: 'def gcd(a, b):', stream: true, suffix: '    return r', options: { num_predict: 32, stop: ['\n\n'] } });
+  t.throws(() => translateRequest({ client: 'openai', provider: 'ollama', kind: 'completion' }, { model: 'm', prompt: ['a', 'b'] }, 'x'), {
+    code: 'invalid_request',
+  });
+});
+
+t.test('Ollama chat → OpenAI /v1/chat/completions', async (t) => {
+  const r = translateRequest(
+    { client: 'ollama', provider: 'openai', kind: 'chat' },
+    {
+      model: 'my-model',
+      messages: [
+        { role: 'system', content: 'be brief' },
+        { role: 'user', content: 'what is in these?', images: [PNG, JPEG] },
+        { role: 'assistant', content: '', tool_calls: [{ function: { name: 'get_weather', arguments: { city: 'Paris' } } }] },
+        { role: 'tool', content: '{"temp":21}', tool_name: 'get_weather' },
+      ],
+      options: { temperature: 0, top_p: 0.5, num_predict: 100, stop: ['user:'], seed: 42, num_ctx: 4096, top_k: 20 },
+      format: 'json',
+      keep_alive: '5m',
+    },
+    'gpt-4o-mini',
+  );
+  t.equal(r.stream, true, 'Ollama streams unless stream: false');
+  t.same(body(r), {
+    model: 'gpt-4o-mini',
+    messages: [
+      { role: 'system', content: 'be brief' },
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'what is in these?' },
+          { type: 'image_url', image_url: { url: `data:image/png;base64,${PNG}` } },
+          { type: 'image_url', image_url: { url: `data:image/jpeg;base64,${JPEG}` } },
+        ],
+      },
+      { role: 'assistant', content: null, tool_calls: [{ id: 'call_2_0', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] },
+      { role: 'tool', content: '{"temp":21}', tool_call_id: 'call_2_0' },
+    ],
+    stream: true,
+    temperature: 0,
+    top_p: 0.5,
+    max_tokens: 100,
+    stop: ['user:'],
+    seed: 42,
+    stream_options: { include_usage: true },
+    response_format: { type: 'json_object' },
+  });
+});
+
+t.test('Ollama chat → OpenAI: stream false, num_predict -1, schema format', async (t) => {
+  const r = translateRequest(
+    { client: 'ollama', provider: 'openai', kind: 'chat' },
+    { model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: false, options: { num_predict: -1 }, format: { type: 'object' } },
+    'up',
+  );
+  t.same(body(r), {
+    model: 'up',
+    messages: [{ role: 'user', content: 'hi' }],
+    stream: false,
+    response_format: { type: 'json_schema', json_schema: { name: 'response', schema: { type: 'object' } } },
+  });
+  t.equal(r.stream, false);
+});
+
+t.test('Ollama generate → OpenAI /v1/completions', async (t) => {
+  const r = translateRequest(
+    { client: 'ollama', provider: 'openai', kind: 'completion' },
+    { model: 'm', prompt: 'Why is the sky blue?', system: 'Answer in one line.', suffix: '', options: { num_predict: 20, temperature: 0.8 } },
+    'gpt-3.5-turbo-instruct',
+  );
+  t.same(body(r), {
+    model: 'gpt-3.5-turbo-instruct',
+    prompt: 'Answer in one line.\n\nWhy is the sky blue?',
+    stream: true,
+    temperature: 0.8,
+    max_tokens: 20,
+    stream_options: { include_usage: true },
+  });
+  t.throws(() => translateRequest({ client: 'ollama', provider: 'openai', kind: 'completion' }, { model: 'm', prompt: 'x', images: [PNG] }, 'up'), {
+    code: 'invalid_request',
+  });
+});
+
+t.test('OpenAI → OpenAI keeps every field, replaces model, asks usage when streaming', async (t) => {
+  const route = { client: 'openai', provider: 'openai', kind: 'chat' } as const;
+  const client = { model: 'my-model', messages: [{ role: 'user', content: 'hi' }], stream: true, logprobs: true, tool_choice: 'auto', stream_options: { foo: 1 } };
+  const r = translateRequest(route, client, 'gpt-4o-mini');
+  t.same(body(r), { ...client, model: 'gpt-4o-mini', stream_options: { foo: 1, include_usage: true } });
+  t.equal(r.includeUsage, false, 'the client did not ask for usage itself');
+  const plain = translateRequest(route, { model: 'm', messages: [], temperature: 1 }, 'up');
+  t.same(body(plain), { model: 'up', messages: [], temperature: 1 }, 'no stream_options without stream');
+  const c = translateRequest({ client: 'openai', provider: 'openai', kind: 'completion' }, { model: 'm', prompt: 'x', stream: true, stream_options: { include_usage: true } }, 'up');
+  t.equal(c.includeUsage, true);
+});
+
+t.test('Ollama → Ollama keeps every field, replaces model', async (t) => {
+  const client = { model: 'alias', messages: [{ role: 'user', content: 'hi' }], options: { num_ctx: 8192 }, keep_alive: 0, think: true };
+  const r = translateRequest({ client: 'ollama', provider: 'ollama', kind: 'chat' }, client, 'qwen3:8b');
+  t.same(body(r), { ...client, model: 'qwen3:8b' });
+  t.equal(r.stream, true);
+  const g = translateRequest({ client: 'ollama', provider: 'ollama', kind: 'completion' }, { model: 'a', prompt: 'p', stream: false }, 'b');
+  t.equal(g.stream, false);
+});
+
+t.test('paths and stream defaults', async (t) => {
+  t.equal(clientStreams('openai', {}), false);
+  t.equal(clientStreams('ollama', {}), true);
+  t.equal(clientStreams('ollama', { stream: false }), false);
+});
+
+// ---- non-streaming replies ----
+
+const ollamaChatReply = {
+  model: 'llama3.2:3b',
+  created_at: '2023-12-12T14:13:43.416799Z',
+  message: { role: 'assistant', content: 'Hello! How are you today?' },
+  done_reason: 'length',
+  done: true,
+  total_duration: 5191566416,
+  load_duration: 2154458,
+  prompt_eval_count: 26,
+  prompt_eval_duration: 383809000,
+  eval_count: 298,
+  eval_duration: 4799921000,
+};
+
+t.test('Ollama /api/chat reply → chat.completion', async (t) => {
+  const r = translateResponse({ client: 'openai', provider: 'ollama', kind: 'chat' }, JSON.stringify(ollamaChatReply), { model: 'my-model', id: 'r1' });
+  t.same(JSON.parse(r.body as string), {
+    id: 'chatcmpl-r1',
+    object: 'chat.completion',
+    created: 1702390423,
+    model: 'my-model',
+    choices: [{ index: 0, message: { role: 'assistant', content: 'Hello! How are you today?' }, logprobs: null, finish_reason: 'length' }],
+    usage: { prompt_tokens: 26, completion_tokens: 298, total_tokens: 324 },
+  });
+  t.same(r.usage, { promptTokens: 26, completionTokens: 298 });
+  t.equal(r.finishReason, 'length');
+});
+
+t.test('Ollama /api/chat reply with tool calls → finish_reason tool_calls', async (t) => {
+  const reply = {
+    ...ollamaChatReply,
+    done_reason: 'stop',
+    message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'get_current_weather', arguments: { format: 'celsius', location: 'Paris, FR' } } }] },
+  };
+  const r = translateResponse({ client: 'openai', provider: 'ollama', kind: 'chat' }, Buffer.from(JSON.stringify(reply)), { model: 'm', id: 'r2' });
+  const j = JSON.parse(r.body as string);
+  t.same(j.choices[0], {
+    index: 0,
+    message: {
+      role: 'assistant',
+      content: null,
+      tool_calls: [{ id: 'call_r2_0', type: 'function', function: { name: 'get_current_weather', arguments: '{"format":"celsius","location":"Paris, FR"}' } }],
+    },
+    logprobs: null,
+    finish_reason: 'tool_calls',
+  });
+  t.equal(r.finishReason, 'tool_calls');
+});
+
+t.test('Ollama /api/generate reply → text_completion', async (t) => {
+  const reply = {
+    model: 'llama3.2',
+    created_at: '2023-08-04T19:22:45.499127Z',
+    response: 'The sky is blue because it is the color of the sky.',
+    done: true,
+    context: [1, 2, 3],
+    total_duration: 5043500667,
+    load_duration: 5025959,
+    prompt_eval_count: 26,
+    prompt_eval_duration: 325953000,
+    eval_count: 290,
+    eval_duration: 4709213000,
+  };
+  const r = translateResponse({ client: 'openai', provider: 'ollama', kind: 'completion' }, JSON.stringify(reply), { model: 'my-model', id: 'r3' });
+  t.same(JSON.parse(r.body as string), {
+    id: 'cmpl-r3',
+    object: 'text_completion',
+    created: 1691176965,
+    model: 'my-model',
+    choices: [{ text: reply.response, index: 0, logprobs: null, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 26, completion_tokens: 290, total_tokens: 316 },
+  });
+});
+
+const openaiChatReply = {
+  id: 'chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT',
+  object: 'chat.completion',
+  created: 1741569952,
+  model: 'gpt-4.1-2025-04-14',
+  choices: [
+    {
+      index: 0,
+      message: { role: 'assistant', content: 'Hello! How can I assist you today?', refusal: null, annotations: [] },
+      logprobs: null,
+      finish_reason: 'stop',
+    },
+  ],
+  usage: { prompt_tokens: 19, completion_tokens: 10, total_tokens: 29, prompt_tokens_details: { cached_tokens: 0 } },
+  service_tier: 'default',
+};
+
+t.test('chat.completion → Ollama /api/chat reply', async (t) => {
+  const r = translateResponse({ client: 'ollama', provider: 'openai', kind: 'chat' }, JSON.stringify(openaiChatReply), { model: 'my-model', id: 'r4' });
+  t.same(JSON.parse(r.body as string), {
+    model: 'my-model',
+    created_at: '2025-03-10T01:25:52.000Z',
+    message: { role: 'assistant', content: 'Hello! How can I assist you today?' },
+    done_reason: 'stop',
+    done: true,
+    prompt_eval_count: 19,
+    eval_count: 10,
+  });
+  t.same(r.usage, { promptTokens: 19, completionTokens: 10 });
+});
+
+t.test('chat.completion with tool calls → Ollama tool_calls with object arguments', async (t) => {
+  const reply = structuredClone(openaiChatReply) as unknown as { choices: Array<Record<string, unknown>> };
+  reply.choices[0] = {
+    index: 0,
+    message: { role: 'assistant', content: null, tool_calls: [{ id: 'call_abc', type: 'function', function: { name: 'f', arguments: '{"x":1}' } }] },
+    finish_reason: 'tool_calls',
+  };
+  const r = translateResponse({ client: 'ollama', provider: 'openai', kind: 'chat' }, JSON.stringify(reply), { model: 'm', id: 'r5' });
+  t.same(JSON.parse(r.body as string).message, { role: 'assistant', content: '', tool_calls: [{ function: { name: 'f', arguments: { x: 1 } } }] });
+});
+
+t.test('text_completion → Ollama /api/generate reply', async (t) => {
+  const reply = {
+    id: 'cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7',
+    object: 'text_completion',
+    created: 1589478378,
+    model: 'gpt-3.5-turbo-instruct',
+    system_fingerprint: 'fp_44709d6fcb',
+    choices: [{ text: '\n\nThis is indeed a test', index: 0, logprobs: null, finish_reason: 'length' }],
+    usage: { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 },
+  };
+  const r = translateResponse({ client: 'ollama', provider: 'openai', kind: 'completion' }, JSON.stringify(reply), { model: 'my-model', id: 'r6' });
+  t.same(JSON.parse(r.body as string), {
+    model: 'my-model',
+    created_at: '2020-05-14T17:46:18.000Z',
+    response: '\n\nThis is indeed a test',
+    done: true,
+    done_reason: 'length',
+    prompt_eval_count: 5,
+    eval_count: 7,
+  });
+});
+
+t.test('same-API replies are the upstream bytes, only read for usage', async (t) => {
+  const bytes = Buffer.from(JSON.stringify(openaiChatReply));
+  const r = translateResponse({ client: 'openai', provider: 'openai', kind: 'chat' }, bytes, { model: 'm', id: 'x' });
+  t.equal(r.body, bytes, 'same object, not re-serialised');
+  t.same(r.usage, { promptTokens: 19, completionTokens: 10 });
+  t.equal(r.finishReason, 'stop');
+  const text = JSON.stringify(ollamaChatReply);
+  const o = translateResponse({ client: 'ollama', provider: 'ollama', kind: 'chat' }, text, { model: 'm', id: 'x' });
+  t.equal(o.body, text);
+  t.same(o.usage, { promptTokens: 26, completionTokens: 298 });
+});
+
+t.test('an error object or non-JSON with a 2xx is an upstream_error', async (t) => {
+  const route = { client: 'openai', provider: 'ollama', kind: 'chat' } as const;
+  t.throws(() => translateResponse(route, '{"error":"model runner has unexpectedly stopped"}', { model: 'm', id: 'x' }), {
+    code: 'upstream_error',
+    message: /unexpectedly stopped/,
+  });
+  t.throws(() => translateResponse(route, '<html>', { model: 'm', id: 'x' }), { code: 'upstream_error' });
+});
+
+// ---- errors ----
+
+t.test('BrokerError in the client error shape', async (t) => {
+  const err = new BrokerError('rate_limited', 'slow down', { retryAfter: 2 });
+  t.same(JSON.parse(clientErrorBody('openai', err, 'req-1')), {
+    error: { message: 'slow down', type: 'rate_limit_error', code: 'rate_limited', param: null, request_id: 'req-1' },
+  });
+  t.same(JSON.parse(clientErrorBody('ollama', err, 'req-1')), { error: 'slow down' });
+  const types = (['invalid_request', 'unauthorized', 'forbidden', 'model_not_found', 'quota_exceeded', 'internal', 'upstream_unavailable'] as const).map(
+    (c) => JSON.parse(clientErrorBody('openai', new BrokerError(c), 'r')).error.type,
+  );
+  t.same(types, ['invalid_request_error', 'authentication_error', 'permission_error', 'invalid_request_error', 'insufficient_quota', 'server_error', 'server_error']);
+});
+
+t.test('mid-stream terminal error events', async (t) => {
+  t.equal(
+    streamErrorEvent('openai', 'upstream timed out', 'upstream_timeout', 'req-9'),
+    'data: {"error":{"message":"upstream timed out","type":"server_error","code":"upstream_timeout","param":null,"request_id":"req-9"}}\n\n',
+  );
+  t.equal(streamErrorEvent('ollama', 'upstream timed out', 'upstream_timeout', 'req-9'), '{"error":"upstream timed out"}\n');
+});
+
+t.test('upstream errors → BrokerError', async (t) => {
+  const bad = upstreamError(
+    'openai',
+    400,
+    '{"error":{"message":"This model\'s maximum context length is 8192 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}',
+  );
+  t.equal(bad.code, 'invalid_request');
+  t.match(bad.message, /maximum context length/);
+  const missing = upstreamError('ollama', 404, Buffer.from('{"error":"model \\"llama9\\" not found, try pulling it first"}'));
+  t.equal(missing.code, 'model_not_found');
+  t.match(missing.message, /not found/);
+  const boom = upstreamError('openai', 500, '{"error":{"message":"internal secret detail","type":"server_error"}}');
+  t.equal(boom.code, 'upstream_error');
+  t.equal(boom.message, 'openai upstream replied 500', 'upstream internals stay in details');
+  t.equal(boom.details?.['upstreamMessage'], 'internal secret detail');
+  t.equal(upstreamError('ollama', 503, 'busy').code, 'upstream_unavailable');
+  t.equal(upstreamError('openai', 429, '{}').code, 'capacity_exhausted');
+  t.equal(upstreamError('openai', 504, '').code, 'upstream_timeout');
+  t.equal(upstreamError('openai', 401, '{"error":{"message":"bad key"}}').code, 'upstream_error');
+});
