@@ -25,12 +25,15 @@ export async function discoverOllama(url: string, timeoutMs = 1000): Promise<Bro
   for (const m of models) {
     const name = typeof m.name === 'string' ? m.name : typeof m.model === 'string' ? m.model : undefined;
     if (name === undefined || groups.has(name)) continue;
-    groups.set(name, {
+    const group: ModelGroupConfig = {
       name,
       deployments: [
         { id: `ollama-local/${name}`.replace(/[^A-Za-z0-9._:-]/g, '_'), provider: 'ollama', url: url.replace(/\/$/, ''), model: name, concurrencyLimit: 4, weight: 1, apiKeyEnv: undefined, apiKey: undefined, ...DEFAULT_TIMEOUTS },
       ],
-    });
+    };
+    groups.set(name, group);
+    // Ollama itself answers `llama3.2` for `llama3.2:latest`; so do we.
+    if (name.endsWith(':latest')) groups.set(name.slice(0, -':latest'.length), group);
   }
   if (groups.size === 0) return undefined;
   return { modelGroups: groups, router: DEFAULT_ROUTER, source: `ollama discovery at ${url}` };

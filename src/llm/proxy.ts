@@ -110,6 +110,7 @@ export class LlmProxy {
         if (up.stream) {
           sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id });
           const r = await attempt.pump(targetOf(sink, abort.signal));
+          sink.end();
           waited += r.waitedMs;
           outcome = this.streamOutcome(r, group, dep, requestId);
         } else {

@@ -2,7 +2,7 @@
 // Errors follow each client API's own shape.
 import { BrokerError } from '../errors.ts';
 import type { ErrorShape, Route } from '../front/http/router.ts';
-import type { BrokerConfig } from '../config/broker-config.ts';
+import type { BrokerConfig, ModelGroupConfig } from '../config/broker-config.ts';
 import type { Logger } from '../obs/logger.ts';
 import { buildFleet, type Fleet } from './fleet.ts';
 import { discoverOllama, HOW_TO_CONFIGURE } from './discovery.ts';
@@ -48,6 +48,11 @@ export function ollamaFleet(url: string, logger: Logger, retryMs = 10_000): Flee
   };
 }
 
+/** Groups once each (discovered Ollama models are also reachable without their `:latest` tag). */
+function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
+  return [...new Set(fleet?.groups.values() ?? [])];
+}
+
 export function llmRoutes(source: FleetSource, proxy: LlmProxy): Route[] {
   const completion = (api: Api, kind: Kind, path: string): Route => ({
     method: 'POST',
@@ -72,7 +77,7 @@ export function llmRoutes(source: FleetSource, proxy: LlmProxy): Route[] {
       path: '/v1/models',
       async handle({ sink }) {
         const fleet = await source.current();
-        const data = [...(fleet?.groups.keys() ?? [])].map((id) => ({ id, object: 'model', created: 0, owned_by: 'edge-broker' }));
+        const data = uniqueGroups(fleet).map((g) => ({ id: g.name, object: 'model', created: 0, owned_by: 'edge-broker' }));
         sink.send(200, JSON_HEADERS, JSON.stringify({ object: 'list', data }));
       },
     },
@@ -82,7 +87,7 @@ export function llmRoutes(source: FleetSource, proxy: LlmProxy): Route[] {
       errorShape: ollamaErrorShape,
       async handle({ sink }) {
         const fleet = await source.current();
-        const models = [...(fleet?.groups.values() ?? [])].map((g) => ({
+        const models = uniqueGroups(fleet).map((g) => ({
           name: g.name,
           model: g.name,
           modified_at: new Date(0).toISOString(),

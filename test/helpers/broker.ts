@@ -20,6 +20,9 @@ export async function startTestBroker(env: Record<string, string> = {}): Promise
     LOG_LEVEL: 'info',
     ADMIN_TOKEN,
     INFER_THREADS: '2',
+    // The suite can run against other models: MODEL_VA_PATH=... npm test
+    ...(process.env.MODEL_VA_PATH ? { MODEL_VA_PATH: process.env.MODEL_VA_PATH } : {}),
+    ...(process.env.MODEL_VB_PATH ? { MODEL_VB_PATH: process.env.MODEL_VB_PATH } : {}),
     ...env,
   });
   const logs: Record<string, unknown>[] = [];

@@ -2,7 +2,7 @@ import t from 'tap';
 import { chainKey, compileChain, type ChainSpec } from '../../../src/llm/chain/compile.ts';
 import { createPipeline, runPipeline } from '../../../src/llm/chain/pipeline.ts';
 import type { Api, Kind } from '../../../src/llm/translate/types.ts';
-import { ROUTES, clientText, ctxFor, openaiStream, ollamaStream, runChain, sseData, toBytes, upstreamStream } from './fixtures.ts';
+import { ROUTES, clientText, ctxFor, openaiStream, ollamaStream, runChain, sseData, toBytes, upstreamStream } from './fixtures.suite.ts';
 
 function spec(client: Api, provider: Api, kind: Kind, flags: Partial<ChainSpec> = {}): ChainSpec {
   return { client, provider, kind, instrument: true, countTokens: true, ...flags };

@@ -8,7 +8,7 @@ import { runPipeline } from '../../../src/llm/chain/pipeline.ts';
 import { NdjsonParser } from '../../../src/llm/codec/ndjson.ts';
 import { SseParser } from '../../../src/llm/codec/sse.ts';
 import type { Api } from '../../../src/llm/translate/types.ts';
-import { ROUTES, TOKENS, clientText, ctxFor, prng, runChain, splitRandom, tokenEvents, upstreamStream, type StreamShape } from './fixtures.ts';
+import { ROUTES, TOKENS, clientText, ctxFor, prng, runChain, splitRandom, tokenEvents, upstreamStream, type StreamShape } from './fixtures.suite.ts';
 
 const SEED = 0x5eed;
 const ITERATIONS = 400;

@@ -1,5 +1,6 @@
 // The LLM proxy end to end: the official openai and ollama npm clients, unchanged,
 // against a real broker in front of real mock upstreams speaking the wire formats.
+// Run once per execution mode (proxy-thread.test.ts, proxy-pool.test.ts).
 import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -41,7 +42,9 @@ const fleet = {
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-llm-'));
 writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
-const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), MAX_BODY_BYTES: '65536' });
+const LLM_EXECUTION = process.env.LLM_EXECUTION ?? 'thread';
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), MAX_BODY_BYTES: '65536', LLM_EXECUTION });
+t.equal(tb.broker.config.llmExecution, LLM_EXECUTION);
 t.teardown(async () => {
   await tb.close();
   await Promise.all(mocks.map((m) => m.close()));
@@ -259,6 +262,6 @@ t.test('without BROKER_CONFIG, a local Ollama (here the mock) is discovered', as
   const nb = await startTestBroker({ OLLAMA_URL: local.url });
   t.teardown(() => nb.close());
   const o = new Ollama({ host: nb.url });
-  t.ok((await o.list()).models.some((m) => m.name === 'llama-local'));
+  t.ok((await o.list()).models.some((m) => m.name === 'llama-local:latest'));
   t.equal((await o.chat({ model: 'llama-local', messages })).message.content, mockText(8));
 });

@@ -1,0 +1,2 @@
+process.env.LLM_EXECUTION = 'pool';
+await import('./proxy.suite.ts');

@@ -1,0 +1,2 @@
+process.env.LLM_EXECUTION = 'thread';
+await import('./proxy.suite.ts');
