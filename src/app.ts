@@ -13,7 +13,10 @@ import { createInferPool } from './infer/pool.ts';
 import { InferService } from './infer/service.ts';
 import { inferRoutes } from './infer/routes.ts';
 import { adminRoutes } from './admin/routes.ts';
-import { loadBrokerConfigFile } from './config/broker-config.ts';
+import { loadBrokerConfigFile, EMPTY_FLEET } from './config/broker-config.ts';
+import { FlagStore } from './config/flags.ts';
+import { Governance } from './sched/governance.ts';
+import { industrialRoutes } from './admin/industrial.ts';
 import { LlmProxy } from './llm/proxy.ts';
 import { llmRoutes, ollamaFleet, staticFleet } from './llm/routes.ts';
 import { poolExecutor } from './llm/exec/pool.ts';
@@ -72,12 +75,19 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     logger,
   });
 
-  const fleet = fleetConfig !== undefined ? staticFleet(fleetConfig) : ollamaFleet(config.ollamaUrl, logger);
+  const flags = new FlagStore(config.featureFlags);
+  const governance = new Governance({
+    config: fleetConfig ?? { ...EMPTY_FLEET, source: 'none' },
+    flags,
+    metrics,
+    stickyTtlMs: config.stickyTtlS * 1000,
+  });
+  const fleet = fleetConfig !== undefined ? staticFleet(fleetConfig) : ollamaFleet(config.ollamaUrl, logger, (found) => governance.adopt(found));
   const executor = config.llmExecution === 'pool' ? poolExecutor(config.llmPoolThreads) : threadExecutor();
-  const proxy = new LlmProxy({ metrics, logger, executor, instrument: true });
+  const proxy = new LlmProxy({ metrics, logger, executor, governance });
 
   const router = new Router();
-  for (const r of [...obsRoutes(metrics), ...inferRoutes(infer, config.stickyCookie), ...adminRoutes(infer), ...llmRoutes(fleet, proxy)]) router.add(r);
+  for (const r of [...obsRoutes(metrics), ...inferRoutes(infer, config.stickyCookie), ...adminRoutes(infer), ...llmRoutes(fleet, proxy), ...industrialRoutes(governance, logger)]) router.add(r);
 
   let front: HttpFront;
   try {

@@ -3,6 +3,8 @@
 // (`modelGroups.chat-small.deployments[0].url: must be an http(s) URL`).
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { DEFAULT_PERFORMANCE, type PerformanceThresholds } from '../policy/performance.ts';
+import { DEFAULT_QOS, type QosConfig, type QosTier } from '../policy/qos.ts';
 
 export type Provider = 'openai' | 'ollama';
 
@@ -29,6 +31,9 @@ export interface DeploymentConfig extends Timeouts {
   /** Name of the env var holding the upstream API key, and its value read at start-up. */
   readonly apiKeyEnv: string | undefined;
   readonly apiKey: string | undefined;
+  /** Quotas of this deployment (quota enforcement). */
+  readonly rpm: number | undefined;
+  readonly tpm: number | undefined;
 }
 
 export interface ModelGroupConfig {
@@ -42,9 +47,42 @@ export interface RouterConfig {
   readonly cooldownMs: number;
 }
 
+export interface SchedulerConfig {
+  /** Requests that may wait for capacity at once, over all groups. */
+  readonly maxQueue: number;
+  /** Longest wait for capacity when no QoS tier says otherwise. */
+  readonly maxWaitMs: number;
+  /** Priority aging: a waiting request gains one priority level per this many ms. */
+  readonly agingMs: number;
+  /** false: a request that finds its group full is rejected at once (429) instead of queued. */
+  readonly queueWhenFull: boolean;
+  /** Output tokens reserved when neither max_tokens nor a prediction says more. */
+  readonly defaultOutputTokens: number;
+}
+
+export interface ApiKeyPolicy {
+  readonly tier: string | undefined;
+  readonly priority: number | undefined;
+  readonly label: string | undefined;
+  readonly rpm: number | undefined;
+  readonly tpm: number | undefined;
+}
+
+export interface PtuConfig {
+  readonly name: string;
+  readonly capacityTpm: number;
+  readonly label: string | undefined;
+}
+
 export interface BrokerConfig {
   readonly modelGroups: ReadonlyMap<string, ModelGroupConfig>;
   readonly router: RouterConfig;
+  readonly scheduler: SchedulerConfig;
+  readonly performance: PerformanceThresholds;
+  readonly qos: QosConfig;
+  /** Policies by API key (the client's Bearer token or x-api-key). */
+  readonly apiKeys: ReadonlyMap<string, ApiKeyPolicy>;
+  readonly ptu: readonly PtuConfig[];
   /** Where the config came from: a file path, or 'default' (local Ollama discovery). */
   readonly source: string;
 }
@@ -65,6 +103,14 @@ export const DEFAULT_TIMEOUTS: Timeouts = Object.freeze({
 
 export const DEFAULT_ROUTER: RouterConfig = Object.freeze({ failureThreshold: 3, cooldownMs: 10_000 });
 
+export const DEFAULT_SCHEDULER: SchedulerConfig = Object.freeze({ maxQueue: 1_000, maxWaitMs: 30_000, agingMs: 1_000, queueWhenFull: true, defaultOutputTokens: 256 });
+
+/** The governance sections' defaults, for fleets that come without a file (Ollama discovery). */
+export const DEFAULT_GOVERNANCE = { scheduler: DEFAULT_SCHEDULER, performance: DEFAULT_PERFORMANCE, qos: DEFAULT_QOS, apiKeys: new Map<string, ApiKeyPolicy>(), ptu: [] as PtuConfig[] };
+
+/** No model groups yet (before discovery finds any). */
+export const EMPTY_FLEET: Omit<BrokerConfig, 'source'> = { modelGroups: new Map(), router: DEFAULT_ROUTER, ...DEFAULT_GOVERNANCE };
+
 type Obj = Record<string, unknown>;
 
 function isObj(v: unknown): v is Obj {
@@ -81,6 +127,115 @@ function posInt(v: unknown, path: string, def: number, min = 1): number {
   return v;
 }
 
+function optInt(v: unknown, path: string, min = 1): number | undefined {
+  return v === undefined ? undefined : posInt(v, path, 0, min);
+}
+
+function num(v: unknown, path: string, def: number, min: number, max: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw new BrokerConfigError(path, `must be a number between ${min} and ${max}`);
+  return v;
+}
+
+function section(raw: Obj, key: string, keys: readonly string[]): Obj {
+  const v = raw[key] ?? {};
+  if (!isObj(v)) throw new BrokerConfigError(key, 'must be an object');
+  allowOnly(v, key, keys);
+  return v;
+}
+
+function parseScheduler(raw: Obj): SchedulerConfig {
+  const o = section(raw, 'scheduler', ['maxQueue', 'maxWaitMs', 'agingMs', 'queueWhenFull', 'defaultOutputTokens']);
+  if (o.queueWhenFull !== undefined && typeof o.queueWhenFull !== 'boolean') throw new BrokerConfigError('scheduler.queueWhenFull', 'must be true or false');
+  return Object.freeze({
+    maxQueue: posInt(o.maxQueue, 'scheduler.maxQueue', DEFAULT_SCHEDULER.maxQueue, 0),
+    maxWaitMs: posInt(o.maxWaitMs, 'scheduler.maxWaitMs', DEFAULT_SCHEDULER.maxWaitMs),
+    agingMs: posInt(o.agingMs, 'scheduler.agingMs', DEFAULT_SCHEDULER.agingMs),
+    queueWhenFull: (o.queueWhenFull as boolean | undefined) ?? DEFAULT_SCHEDULER.queueWhenFull,
+    defaultOutputTokens: posInt(o.defaultOutputTokens, 'scheduler.defaultOutputTokens', DEFAULT_SCHEDULER.defaultOutputTokens),
+  });
+}
+
+function parsePerformance(raw: Obj): PerformanceThresholds {
+  const o = section(raw, 'performance', ['alpha', 'ttftDegradedMs', 'errorRateDegraded', 'minTokensPerSecond', 'minSamples', 'probeIntervalMs']);
+  const d = DEFAULT_PERFORMANCE;
+  return Object.freeze({
+    alpha: num(o.alpha, 'performance.alpha', d.alpha, 0.001, 1),
+    ttftDegradedMs: num(o.ttftDegradedMs, 'performance.ttftDegradedMs', d.ttftDegradedMs, 1, 3_600_000),
+    errorRateDegraded: num(o.errorRateDegraded, 'performance.errorRateDegraded', d.errorRateDegraded, 0, 1),
+    minTokensPerSecond: num(o.minTokensPerSecond, 'performance.minTokensPerSecond', d.minTokensPerSecond, 0, 1e9),
+    minSamples: posInt(o.minSamples, 'performance.minSamples', d.minSamples),
+    probeIntervalMs: posInt(o.probeIntervalMs, 'performance.probeIntervalMs', d.probeIntervalMs),
+  });
+}
+
+function parseQos(raw: Obj): QosConfig {
+  const o = section(raw, 'qos', ['defaultTier', 'tiers']);
+  if (o.tiers === undefined) {
+    if (o.defaultTier !== undefined && !DEFAULT_QOS.tiers.has(String(o.defaultTier))) throw new BrokerConfigError('qos.defaultTier', `must be one of ${[...DEFAULT_QOS.tiers.keys()].join(', ')}`);
+    return { defaultTier: (o.defaultTier as string | undefined) ?? DEFAULT_QOS.defaultTier, tiers: DEFAULT_QOS.tiers };
+  }
+  if (!isObj(o.tiers) || Object.keys(o.tiers).length === 0) throw new BrokerConfigError('qos.tiers', 'must be an object with at least one tier');
+  const tiers = new Map<string, QosTier>();
+  for (const [name, t] of Object.entries(o.tiers)) {
+    const p = `qos.tiers.${name}`;
+    if (!isObj(t)) throw new BrokerConfigError(p, 'must be an object');
+    allowOnly(t, p, ['maxQueueWaitMs', 'maxOutputTokens', 'allowedGroups', 'capacityShare', 'priority']);
+    const groups = t.allowedGroups ?? ['*'];
+    if (!Array.isArray(groups) || groups.length === 0 || !groups.every((g) => typeof g === 'string')) throw new BrokerConfigError(`${p}.allowedGroups`, 'must be a non-empty list of model group names (or "*")');
+    tiers.set(name, Object.freeze({
+      name,
+      maxQueueWaitMs: posInt(t.maxQueueWaitMs, `${p}.maxQueueWaitMs`, DEFAULT_SCHEDULER.maxWaitMs),
+      maxOutputTokens: optInt(t.maxOutputTokens, `${p}.maxOutputTokens`) ?? null,
+      allowedGroups: Object.freeze([...groups]),
+      capacityShare: num(t.capacityShare, `${p}.capacityShare`, 1, 0.01, 1),
+      priority: num(t.priority, `${p}.priority`, 5, 0, 9),
+    }));
+  }
+  const defaultTier = (o.defaultTier as string | undefined) ?? [...tiers.keys()][0]!;
+  if (!tiers.has(defaultTier)) throw new BrokerConfigError('qos.defaultTier', `must name one of the tiers (${[...tiers.keys()].join(', ')})`);
+  return { defaultTier, tiers };
+}
+
+function parseApiKeys(raw: Obj, qos: QosConfig, env: Readonly<Record<string, string | undefined>>): Map<string, ApiKeyPolicy> {
+  const o = section(raw, 'apiKeys', Object.keys(raw.apiKeys ?? {}));
+  const keys = new Map<string, ApiKeyPolicy>();
+  for (const [name, k] of Object.entries(o)) {
+    const p = `apiKeys.${name}`;
+    if (!isObj(k)) throw new BrokerConfigError(p, 'must be an object');
+    allowOnly(k, p, ['keyEnv', 'tier', 'priority', 'label', 'rpm', 'tpm']);
+    // The key itself comes from env (keyEnv) so that secrets stay out of the file; without keyEnv the name is the key.
+    let key = name;
+    if (k.keyEnv !== undefined) {
+      const v = typeof k.keyEnv === 'string' ? env[k.keyEnv] : undefined;
+      if (v === undefined || v === '') throw new BrokerConfigError(`${p}.keyEnv`, `env var ${String(k.keyEnv)} is not set`);
+      key = v;
+    }
+    if (k.tier !== undefined && !qos.tiers.has(String(k.tier))) throw new BrokerConfigError(`${p}.tier`, `must be one of ${[...qos.tiers.keys()].join(', ')}`);
+    if (k.label !== undefined && (typeof k.label !== 'string' || k.label === '')) throw new BrokerConfigError(`${p}.label`, 'must be a non-empty string');
+    keys.set(key, Object.freeze({
+      tier: k.tier as string | undefined,
+      priority: k.priority === undefined ? undefined : num(k.priority, `${p}.priority`, 5, 0, 9),
+      label: k.label as string | undefined,
+      rpm: optInt(k.rpm, `${p}.rpm`),
+      tpm: optInt(k.tpm, `${p}.tpm`),
+    }));
+  }
+  return keys;
+}
+
+function parsePtu(raw: Obj): PtuConfig[] {
+  const list = raw.ptu ?? [];
+  if (!Array.isArray(list)) throw new BrokerConfigError('ptu', 'must be a list');
+  return list.map((d: unknown, i: number) => {
+    const p = `ptu[${i}]`;
+    if (!isObj(d)) throw new BrokerConfigError(p, 'must be an object');
+    allowOnly(d, p, ['name', 'capacityTpm', 'label']);
+    if (typeof d.name !== 'string' || d.name === '') throw new BrokerConfigError(`${p}.name`, 'must be a non-empty string');
+    return Object.freeze({ name: d.name, capacityTpm: posInt(d.capacityTpm, `${p}.capacityTpm`, 0), label: d.label as string | undefined });
+  });
+}
+
 function timeouts(o: Obj, path: string, base: Timeouts): Timeouts {
   return {
     connectTimeoutMs: posInt(o.connectTimeoutMs, `${path}.connectTimeoutMs`, base.connectTimeoutMs),
@@ -91,11 +246,11 @@ function timeouts(o: Obj, path: string, base: Timeouts): Timeouts {
 }
 
 const TIMEOUT_KEYS = ['connectTimeoutMs', 'headersTimeoutMs', 'idleTimeoutMs', 'keepAliveTimeoutMs'];
-const DEPLOYMENT_KEYS = ['id', 'provider', 'url', 'model', 'concurrencyLimit', 'weight', 'apiKeyEnv', ...TIMEOUT_KEYS];
+const DEPLOYMENT_KEYS = ['id', 'provider', 'url', 'model', 'concurrencyLimit', 'weight', 'apiKeyEnv', 'rpm', 'tpm', ...TIMEOUT_KEYS];
 
 export function parseBrokerConfig(raw: unknown, source: string, env: Readonly<Record<string, string | undefined>> = process.env): BrokerConfig {
   if (!isObj(raw)) throw new BrokerConfigError('(root)', 'must be an object');
-  allowOnly(raw, '(root)', ['modelGroups', 'upstream', 'router']);
+  allowOnly(raw, '(root)', ['modelGroups', 'upstream', 'router', 'scheduler', 'performance', 'qos', 'apiKeys', 'ptu']);
   const upstream = raw.upstream ?? {};
   if (!isObj(upstream)) throw new BrokerConfigError('upstream', 'must be an object');
   allowOnly(upstream, 'upstream', TIMEOUT_KEYS);
@@ -149,12 +304,24 @@ export function parseBrokerConfig(raw: unknown, source: string, env: Readonly<Re
         weight,
         apiKeyEnv: d.apiKeyEnv as string | undefined,
         apiKey,
+        rpm: optInt(d.rpm, `${p}.rpm`),
+        tpm: optInt(d.tpm, `${p}.tpm`),
         ...timeouts(d, p, base),
       });
     });
     groups.set(name, Object.freeze({ name, deployments: Object.freeze(deployments) }));
   }
-  return Object.freeze({ modelGroups: groups, router: Object.freeze(router), source });
+  const qos = parseQos(raw);
+  return Object.freeze({
+    modelGroups: groups,
+    router: Object.freeze(router),
+    scheduler: parseScheduler(raw),
+    performance: parsePerformance(raw),
+    qos,
+    apiKeys: parseApiKeys(raw, qos, env),
+    ptu: parsePtu(raw),
+    source,
+  });
 }
 
 export function loadBrokerConfigFile(path: string, env?: Readonly<Record<string, string | undefined>>): BrokerConfig {

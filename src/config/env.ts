@@ -2,6 +2,7 @@
 // start-up, then frozen. A bad value throws ConfigError naming the variable, and
 // main.ts exits with that message.
 import { availableParallelism } from 'node:os';
+import { FLAG_NAMES, envName, type FlagName } from './flags.ts';
 
 export class ConfigError extends Error {
   constructor(readonly variable: string, message: string) {
@@ -45,6 +46,10 @@ export interface Config {
   /** Where LLM streams run: the main thread, or pool workers. */
   readonly llmExecution: 'thread' | 'pool';
   readonly llmPoolThreads: number;
+  /** Feature flags set by BROKER_FF_* (unset ones are absent and take their defaults). */
+  readonly featureFlags: Readonly<Partial<Record<FlagName, boolean>>>;
+  /** How long a sticky-routing pin lasts. */
+  readonly stickyTtlS: number;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -144,5 +149,7 @@ export function loadConfig(env: Env = process.env): Config {
     ollamaUrl: url(env, 'OLLAMA_URL', 'http://127.0.0.1:11434'),
     llmExecution: oneOf(env, 'LLM_EXECUTION', ['thread', 'pool'] as const, 'thread'),
     llmPoolThreads: int(env, 'LLM_POOL_THREADS', 1, 1, 64),
+    featureFlags: Object.freeze(Object.fromEntries(FLAG_NAMES.filter((f) => (env[envName(f)] ?? '') !== '').map((f) => [f, bool(env, envName(f), false)]))),
+    stickyTtlS: num(env, 'STICKY_TTL_S', 300, 1, 86_400),
   });
 }

@@ -1,7 +1,7 @@
 // Without BROKER_CONFIG the broker serves the models of a local Ollama: one model
 // group per model listed by its /api/tags, each with that one deployment.
 import { request } from 'undici';
-import { DEFAULT_ROUTER, DEFAULT_TIMEOUTS, type BrokerConfig, type ModelGroupConfig } from '../config/broker-config.ts';
+import { DEFAULT_GOVERNANCE, DEFAULT_ROUTER, DEFAULT_TIMEOUTS, type BrokerConfig, type ModelGroupConfig } from '../config/broker-config.ts';
 
 export const HOW_TO_CONFIGURE =
   'no LLM upstream is available: no local Ollama answered at OLLAMA_URL, and BROKER_CONFIG is not set. ' +
@@ -28,7 +28,7 @@ export async function discoverOllama(url: string, timeoutMs = 1000): Promise<Bro
     const group: ModelGroupConfig = {
       name,
       deployments: [
-        { id: `ollama-local/${name}`.replace(/[^A-Za-z0-9._:-]/g, '_'), provider: 'ollama', url: url.replace(/\/$/, ''), model: name, concurrencyLimit: 4, weight: 1, apiKeyEnv: undefined, apiKey: undefined, ...DEFAULT_TIMEOUTS },
+        { id: `ollama-local/${name}`.replace(/[^A-Za-z0-9._:-]/g, '_'), provider: 'ollama', url: url.replace(/\/$/, ''), model: name, concurrencyLimit: 4, weight: 1, apiKeyEnv: undefined, apiKey: undefined, rpm: undefined, tpm: undefined, ...DEFAULT_TIMEOUTS },
       ],
     };
     groups.set(name, group);
@@ -36,5 +36,5 @@ export async function discoverOllama(url: string, timeoutMs = 1000): Promise<Bro
     if (name.endsWith(':latest')) groups.set(name.slice(0, -':latest'.length), group);
   }
   if (groups.size === 0) return undefined;
-  return { modelGroups: groups, router: DEFAULT_ROUTER, source: `ollama discovery at ${url}` };
+  return { modelGroups: groups, router: DEFAULT_ROUTER, ...DEFAULT_GOVERNANCE, source: `ollama discovery at ${url}` };
 }

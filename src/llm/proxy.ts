@@ -14,8 +14,10 @@ import type { Logger } from '../obs/logger.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import type { ReplySink } from '../front/reply.ts';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
+import type { BrokerRequest } from '../front/reply.ts';
 import type { Fleet } from './fleet.ts';
-import type { DeploymentState } from './router.ts';
+import type { DeploymentState, Lease } from '../sched/scheduler.ts';
+import type { Governance } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
 import { streamContentType, translateRequest, translateResponse, upstreamError, type Api, type Kind } from './translate/index.ts';
 
@@ -23,27 +25,31 @@ export interface ProxyDeps {
   readonly metrics: Metrics;
   readonly logger: Logger;
   readonly executor: Executor;
-  /** Stream instrumentation (TTFT, inter-token) in the compiled chain. */
-  readonly instrument: boolean;
-  readonly now?: () => number;
+  readonly governance: Governance;
 }
 
 type Outcome = 'ok' | 'client_error' | 'midstream_error' | 'aborted' | 'timeout';
 
+interface Usage {
+  ok: boolean;
+  promptTokens: number;
+  completionTokens: number;
+  ttftMs: number | null;
+}
+
 export class LlmProxy {
-  private readonly now: () => number;
+  constructor(private readonly deps: ProxyDeps) {}
 
-  constructor(private readonly deps: ProxyDeps) {
-    this.now = deps.now ?? Date.now;
-  }
-
-  async handle(fleet: Fleet, api: Api, kind: Kind, requestId: string, startedAt: number, body: Record<string, unknown>, sink: ReplySink): Promise<void> {
-    const model = body.model;
+  async handle(fleet: Fleet, api: Api, kind: Kind, req: BrokerRequest, clientBody: Record<string, unknown>, sink: ReplySink): Promise<void> {
+    const model = clientBody.model;
     if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
     const group = fleet.groups.get(model);
     if (group === undefined) {
       throw new BrokerError('model_not_found', `model ${model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
     }
+    const gov = this.deps.governance;
+    const admitted = gov.admit(req.headers, clientBody, group, api, kind);
+    const { flags, body } = admitted;
     const abort = new AbortController();
     sink.onAbort(() => abort.abort());
     const m = this.deps.metrics;
@@ -51,99 +57,116 @@ export class LlmProxy {
     let lastError: BrokerError | undefined;
     // Time spent waiting on upstreams, subtracted from the total for broker_overhead_seconds.
     let waited = 0;
-
-    for (;;) {
-      const dep = fleet.state.choose(group, tried, this.now());
-      if (dep === undefined) break;
-      tried.add(dep.config.id);
-      const provider = dep.config.provider;
-      const up = translateRequest({ client: api, provider, kind }, body, dep.config.model);
-      dep.inFlight++;
-      const sentAt = performance.now();
-      let attempt: Attempt;
-      try {
-        attempt = await this.deps.executor.attempt(
-          {
-            deployment: dep.config,
-            kind,
-            body: up.body,
-            stream: up.stream,
-            chain: { client: api, provider, kind, instrument: this.deps.instrument, countTokens: true },
-            model,
-            id: requestId,
-            includeUsage: up.includeUsage,
-          },
-          abort.signal,
-        );
-      } catch (err) {
-        dep.inFlight--;
-        waited += performance.now() - sentAt;
-        if (sink.aborted) return this.finish(group, dep, 'aborted', startedAt, waited, up.stream);
-        lastError = connectError(err, dep);
-        fleet.state.failed(dep, this.now());
-        m.llmRetries.labels(group.name, lastError.code).inc();
-        this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, err: lastError.message }, 'upstream failed before the first byte');
-        continue;
-      }
-      waited += performance.now() - sentAt;
-
-      if (attempt.status >= 300) {
-        const text = await attempt.errorText().catch(() => '');
-        dep.inFlight--;
-        const err = upstreamError(provider, attempt.status, text);
-        if (attempt.status === 429 || attempt.status >= 500) {
-          if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
-          else fleet.state.failed(dep, this.now());
-          lastError = exhausted(err, attempt.status, attempt.retryAfter);
-          m.llmRetries.labels(group.name, attempt.status === 429 ? 'rate_limited' : 'upstream_5xx').inc();
-          this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, status: attempt.status }, 'upstream refused before the first byte');
+    let lease: Lease | null = null;
+    const usage: Usage = { ok: false, promptTokens: 0, completionTokens: 0, ttftMs: null };
+    try {
+      for (;;) {
+        try {
+          lease = await gov.acquire(admitted, group, tried, abort.signal);
+        } catch (err) {
+          if (sink.aborted) return;
+          // Out of deployments: the last upstream failure says more than "none left".
+          if ((err as BrokerError).code === 'upstream_unavailable' && lastError !== undefined) throw lastError;
+          throw err;
+        }
+        const dep = lease.dep;
+        tried.add(dep.config.id);
+        const provider = dep.config.provider;
+        const up = translateRequest({ client: api, provider, kind }, body, dep.config.model);
+        const sentAt = performance.now();
+        let attempt: Attempt;
+        try {
+          attempt = await this.deps.executor.attempt(
+            {
+              deployment: dep.config,
+              kind,
+              body: up.body,
+              stream: up.stream,
+              chain: { client: api, provider, kind, instrument: flags.stream_instrumentation, countTokens: true },
+              compiled: flags.compiled_chain,
+              model,
+              id: req.id,
+              includeUsage: up.includeUsage,
+            },
+            abort.signal,
+          );
+        } catch (err) {
+          waited += performance.now() - sentAt;
+          gov.attemptFailed(lease, !sink.aborted);
+          lease = null;
+          if (sink.aborted) return this.finish(group, dep, 'aborted', req.startedAt, waited, up.stream);
+          lastError = connectError(err, dep);
+          m.llmRetries.labels(group.name, lastError.code).inc();
+          this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, err: lastError.message }, 'upstream failed before the first byte');
           continue;
         }
-        // The client's own mistake as the upstream saw it: pass it on, no retry.
-        this.finish(group, dep, 'client_error', startedAt, waited, up.stream);
-        throw err;
-      }
+        const headersAt = performance.now();
+        waited += headersAt - sentAt;
 
-      fleet.state.succeeded(dep);
-      try {
+        if (attempt.status >= 300) {
+          const text = await attempt.errorText().catch(() => '');
+          const err = upstreamError(provider, attempt.status, text);
+          if (attempt.status === 429 || attempt.status >= 500) {
+            // A 429 says the deployment is busy, not broken: no health penalty.
+            gov.attemptFailed(lease, attempt.status >= 500);
+            lease = null;
+            if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
+            lastError = exhausted(err, attempt.status, attempt.retryAfter);
+            m.llmRetries.labels(group.name, attempt.status === 429 ? 'rate_limited' : 'upstream_5xx').inc();
+            this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, status: attempt.status }, 'upstream refused before the first byte');
+            continue;
+          }
+          // The client's own mistake as the upstream saw it: pass it on, no retry.
+          usage.ok = true;
+          this.finish(group, dep, 'client_error', req.startedAt, waited, up.stream);
+          throw err;
+        }
+
         let outcome: Outcome;
         if (up.stream) {
           sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id });
           const r = await attempt.pump(targetOf(sink, abort.signal));
           sink.end();
           waited += r.waitedMs;
-          outcome = this.streamOutcome(r, group, dep, requestId);
+          // Time to first token from when the request left for the upstream.
+          usage.ttftMs = r.firstTokenMs === null ? null : headersAt - sentAt + r.firstTokenMs;
+          outcome = this.streamOutcome(r, usage.ttftMs, group, dep, req.id, flags.stream_instrumentation);
+          usage.ok = outcome === 'ok';
+          usage.promptTokens = r.promptTokens;
+          usage.completionTokens = r.completionTokens;
         } else {
           const t0 = performance.now();
           let bytes: Uint8Array;
           try {
             bytes = await attempt.bytes();
           } catch (err) {
-            if (sink.aborted) return this.finish(group, dep, 'aborted', startedAt, waited, false);
+            if (sink.aborted) return this.finish(group, dep, 'aborted', req.startedAt, waited, false);
             throw new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
           }
           waited += performance.now() - t0;
-          const reply = translateResponse({ client: api, provider, kind }, bytes, { model, id: requestId });
-          if (reply.usage !== null) this.countTokens(group, reply.usage.promptTokens, reply.usage.completionTokens);
+          const reply = translateResponse({ client: api, provider, kind }, bytes, { model, id: req.id });
+          if (reply.usage !== null) {
+            this.countTokens(group, reply.usage.promptTokens, reply.usage.completionTokens);
+            usage.promptTokens = reply.usage.promptTokens;
+            usage.completionTokens = reply.usage.completionTokens;
+          }
           sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id }, reply.body);
           outcome = 'ok';
+          usage.ok = true;
         }
-        this.finish(group, dep, outcome, startedAt, waited, up.stream);
-      } finally {
-        dep.inFlight--;
+        this.finish(group, dep, outcome, req.startedAt, waited, up.stream);
+        return;
       }
-      return;
+    } finally {
+      gov.completed(admitted, lease, { ...usage, durationMs: performance.now() - req.startedAt });
     }
-
-    m.llmRequests.labels(group.name, 'none', 'no_deployment').inc();
-    throw lastError ?? new BrokerError('upstream_unavailable', `no deployment of ${group.name} is available`);
   }
 
-  private streamOutcome(r: StreamResult, group: ModelGroupConfig, dep: DeploymentState, requestId: string): Outcome {
+  private streamOutcome(r: StreamResult, ttftMs: number | null, group: ModelGroupConfig, dep: DeploymentState, requestId: string, instrument: boolean): Outcome {
     const m = this.deps.metrics;
     this.countTokens(group, r.promptTokens, r.completionTokens);
-    if (this.deps.instrument) {
-      if (r.firstTokenMs !== null) m.llmTtft.labels(group.name, dep.config.id).observe(r.firstTokenMs / 1000);
+    if (instrument) {
+      if (ttftMs !== null) m.llmTtft.labels(group.name, dep.config.id).observe(ttftMs / 1000);
       const gaps = m.llmInterToken.labels(group.name);
       for (const g of r.interTokenMs) gaps.observe(g / 1000);
     }

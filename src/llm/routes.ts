@@ -26,7 +26,7 @@ export function staticFleet(config: BrokerConfig): FleetSource {
 }
 
 /** Local Ollama discovery, retried at most every `retryMs` while nothing answers. */
-export function ollamaFleet(url: string, logger: Logger, retryMs = 10_000): FleetSource {
+export function ollamaFleet(url: string, logger: Logger, onFound: (config: BrokerConfig) => void, retryMs = 10_000): FleetSource {
   let fleet: Fleet | undefined;
   let checkedAt = -Infinity;
   let pending: Promise<Fleet | undefined> | undefined;
@@ -34,6 +34,7 @@ export function ollamaFleet(url: string, logger: Logger, retryMs = 10_000): Flee
     checkedAt = Date.now();
     const config = await discoverOllama(url);
     if (config !== undefined) {
+      onFound(config);
       fleet = buildFleet(config);
       logger.info({ models: [...config.modelGroups.keys()], url }, 'serving the models of the local Ollama');
     }
@@ -63,7 +64,7 @@ export function llmRoutes(source: FleetSource, proxy: LlmProxy): Route[] {
     async handle({ req, body, sink }) {
       const fleet = await source.current();
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
-      await proxy.handle(fleet, api, kind, req.id, req.startedAt, body as Record<string, unknown>, sink);
+      await proxy.handle(fleet, api, kind, req, body as Record<string, unknown>, sink);
     },
   });
 

@@ -7,7 +7,12 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 export function createMetrics() {
   const registry = new Registry();
   // Gauges read at scrape time from whoever owns the number.
-  const sources = { inferQueue: (): number => 0 };
+  const sources = {
+    inferQueue: (): number => 0,
+    capacity: (): { id: string; inFlight: number; concurrencyLimit: number }[] => [],
+    queueDepth: (): number => 0,
+    degraded: (): number => 0,
+  };
   collectDefaultMetrics({ register: registry });
   const r = [registry];
   return {
@@ -165,6 +170,73 @@ export function createMetrics() {
       name: 'llm_midstream_errors_total',
       help: 'Streams cut after tokens were sent, ended with an explicit error event',
       labelNames: ['group', 'deployment', 'reason'] as const,
+      registers: r,
+    }),
+    // Scheduler and policies.
+    capacityInFlight: new Gauge({
+      name: 'broker_capacity_in_flight',
+      help: 'In-flight requests per deployment (shared-memory counters)',
+      labelNames: ['deployment'] as const,
+      registers: r,
+      collect() {
+        this.reset();
+        for (const c of sources.capacity()) this.labels(c.id).set(c.inFlight);
+      },
+    }),
+    capacityLimit: new Gauge({
+      name: 'broker_capacity_limit',
+      help: 'Concurrency limit per deployment',
+      labelNames: ['deployment'] as const,
+      registers: r,
+      collect() {
+        this.reset();
+        for (const c of sources.capacity()) this.labels(c.id).set(c.concurrencyLimit);
+      },
+    }),
+    capacityRejections: new Counter({
+      name: 'broker_capacity_rejections_total',
+      help: 'Requests refused for capacity: queue full (capacity_exhausted) or waited too long (queue_timeout)',
+      labelNames: ['group', 'code'] as const,
+      registers: r,
+    }),
+    queueDepth: new Gauge({
+      name: 'broker_queue_depth',
+      help: 'Requests waiting for capacity',
+      registers: r,
+      collect() {
+        this.set(sources.queueDepth());
+      },
+    }),
+    degradedDeployments: new Gauge({
+      name: 'broker_degraded_deployments',
+      help: 'Deployments that performance routing currently avoids',
+      registers: r,
+      collect() {
+        this.set(sources.degraded());
+      },
+    }),
+    stickyLookups: new Counter({
+      name: 'broker_sticky_lookups_total',
+      help: 'Sticky routing lookups by result (hit, miss)',
+      labelNames: ['result'] as const,
+      registers: r,
+    }),
+    quotaRejections: new Counter({
+      name: 'broker_quota_rejections_total',
+      help: 'Requests refused with quota_exceeded, by the subject whose quota was spent',
+      labelNames: ['subject'] as const,
+      registers: r,
+    }),
+    predictionError: new Histogram({
+      name: 'broker_output_prediction_error_tokens',
+      help: 'Predicted minus actual output tokens (positive: over-reserved)',
+      buckets: [-4096, -1024, -256, -64, -16, 0, 16, 64, 256, 1024, 4096],
+      registers: r,
+    }),
+    flagChanges: new Counter({
+      name: 'broker_flag_changes_total',
+      help: 'Runtime feature flag changes',
+      labelNames: ['flag'] as const,
       registers: r,
     }),
     brokerOverhead: new Histogram({

@@ -2,7 +2,9 @@
 // undici, then for a streamed reply the compiled chain, chunk by chunk, into a target.
 import { performance } from 'node:perf_hooks';
 import { errors as undiciErrors } from 'undici';
-import { compileChain } from '../chain/compile.ts';
+import { once } from 'node:events';
+import { compileChain, type ChainContext, type ChainStats } from '../chain/compile.ts';
+import { createPipeline } from '../chain/pipeline.ts';
 import type { Upstreams, UpstreamResponse } from '../upstream.ts';
 import type { AttemptRequest, StreamResult, StreamTarget } from './types.ts';
 
@@ -15,12 +17,16 @@ export function retryAfterOf(res: UpstreamResponse): string | undefined {
   return typeof v === 'string' ? v : undefined;
 }
 
-/** Streams `body` through the request's compiled chain into `target`. Never throws. */
-export async function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortSignal): Promise<StreamResult> {
+/**
+ * Streams `body` through the request's chain into `target`. Never throws. With the
+ * compiled_chain flag the stages run fused in one function per chunk; without it,
+ * one node:stream Transform per stage (the baseline bench:chain compares against).
+ */
+export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortSignal): Promise<StreamResult> {
   const headersAt = performance.now();
   let firstTokenMs: number | null = null;
   const gaps: number[] = [];
-  const s = compileChain(req.chain).open({
+  const ctx: ChainContext = {
     model: req.model,
     id: req.id,
     includeUsage: req.includeUsage,
@@ -32,10 +38,8 @@ export async function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Ar
       // Bounded: a very long stream keeps the first gaps only.
       if (previousAt !== null && gaps.length < 4096) gaps.push(at - previousAt);
     },
-  });
-  let waited = 0;
-  let t = performance.now();
-  const result = (ended: StreamResult['ended'], errorCode: string | null = null, errorMessage: string | null = null): StreamResult => ({
+  };
+  const finish = (s: Finishable, waited: number, ended: StreamResult['ended'], errorCode: string | null = null, errorMessage: string | null = null): StreamResult => ({
     ended,
     errorCode,
     errorMessage,
@@ -45,6 +49,37 @@ export async function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Ar
     interTokenMs: gaps,
     waitedMs: waited,
   });
+  const run = req.compiled ? pumpCompiled : pumpPipeline;
+  return run(req, ctx, body, target, signal, finish);
+}
+
+interface Finishable {
+  readonly stats: ChainStats;
+  readonly truncated: boolean;
+  fail(message: string, code: string): string;
+}
+
+type Finish = (s: Finishable, waited: number, ended: StreamResult['ended'], errorCode?: string | null, errorMessage?: string | null) => StreamResult;
+
+/** How a stream that ran to its end (or failed) is reported. */
+function settle(s: Finishable, waited: number, finish: Finish): StreamResult {
+  if (s.truncated) return finish(s, waited, 'truncated', 'upstream_error', 'upstream closed the stream before it was complete');
+  if (s.stats.error !== null) return finish(s, waited, 'upstream_error', s.stats.error.code, s.stats.error.message);
+  return finish(s, waited, 'complete');
+}
+
+function failed(s: Finishable, err: unknown, waited: number, target: StreamTarget, signal: AbortSignal, finish: Finish): StreamResult {
+  if (signal.aborted) return finish(s, waited, 'aborted');
+  const { code, message } = describeBodyError(err);
+  const tail = s.fail(message, code);
+  if (tail !== '') target.write(tail);
+  return finish(s, waited, 'failed', code, message);
+}
+
+async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortSignal, finish: Finish): Promise<StreamResult> {
+  const s = compileChain(req.chain).open(ctx);
+  let waited = 0;
+  let t = performance.now();
   try {
     for await (const chunk of body) {
       waited += performance.now() - t;
@@ -56,15 +91,35 @@ export async function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Ar
     // end() returns what is still owed: [DONE] or the done line, or the error event of a cut stream.
     const tail = s.end();
     if (tail !== null) target.write(tail);
-    if (s.truncated) return result('truncated', 'upstream_error', 'upstream closed the stream before it was complete');
-    if (s.stats.error !== null) return result('upstream_error', s.stats.error.code, s.stats.error.message);
-    return result('complete');
+    return settle(s, waited, finish);
   } catch (err) {
-    if (signal.aborted) return result('aborted');
-    const { code, message } = describeBodyError(err);
-    const tail = s.fail(message, code);
-    if (tail !== '') target.write(tail);
-    return result('failed', code, message);
+    return failed(s, err, waited, target, signal, finish);
+  }
+}
+
+async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortSignal, finish: Finish): Promise<StreamResult> {
+  const p = createPipeline(req.chain, ctx);
+  p.output.on('data', (b: Buffer) => {
+    if (!target.write(b)) {
+      p.output.pause();
+      void target.drained().then(() => p.output.resume());
+    }
+  });
+  const ended = once(p.output, 'end');
+  let waited = 0;
+  let t = performance.now();
+  try {
+    for await (const chunk of body) {
+      waited += performance.now() - t;
+      if (!p.input.write(chunk)) await once(p.input, 'drain');
+      t = performance.now();
+    }
+    waited += performance.now() - t;
+    p.input.end();
+    await ended;
+    return settle(p, waited, finish);
+  } catch (err) {
+    return failed(p, err, waited, target, signal, finish);
   }
 }
 

@@ -14,6 +14,8 @@ export interface AttemptRequest {
   readonly body: string;
   readonly stream: boolean;
   readonly chain: ChainSpec;
+  /** The compiled_chain flag: fused chain, or one Transform per stage. */
+  readonly compiled: boolean;
   /** For the chain: the model name the client asked for, the request id, usage wanted. */
   readonly model: string;
   readonly id: string;

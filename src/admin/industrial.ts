@@ -1,0 +1,252 @@
+// /api/industrial/*: feature flags with runtime overrides and their audit trail,
+// capacity, performance, QoS, quotas, usage patterns, PTU advice and a combined
+// status. Every route needs the admin credential.
+import { BrokerError } from '../errors.ts';
+import type { Route, RouteContext } from '../front/http/router.ts';
+import { FLAG_NAMES, isFlagName, type FlagName } from '../config/flags.ts';
+import type { Logger } from '../obs/logger.ts';
+import type { Governance } from '../sched/governance.ts';
+import { resolveTier } from '../policy/qos.ts';
+
+const JSON_HEADERS = { 'content-type': 'application/json' };
+const P = '/api/industrial';
+
+function reply(ctx: RouteContext, body: unknown, status = 200): void {
+  ctx.sink.send(status, JSON_HEADERS, JSON.stringify(body));
+}
+
+/** Who made a change, for the audit trail: the x-actor header if sent, else the client address. */
+function actorOf(ctx: RouteContext): string {
+  const named = ctx.req.headers['x-actor'];
+  return named !== undefined && /^[\x20-\x7e]{1,64}$/.test(named) ? named : `admin@${ctx.req.remoteAddress}`;
+}
+
+function flagParam(ctx: RouteContext): FlagName {
+  const name = ctx.params.flag!;
+  if (!isFlagName(name)) throw new BrokerError('not_found', `unknown flag ${name}; flags: ${FLAG_NAMES.join(', ')}`);
+  return name;
+}
+
+function limitOf(body: unknown): number {
+  const v = (body as Record<string, unknown>).concurrencyLimit;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 1_000_000) {
+    throw new BrokerError('invalid_request', 'concurrencyLimit must be an integer between 0 and 1000000', { details: { field: 'concurrencyLimit' } });
+  }
+  return v;
+}
+
+export function industrialRoutes(gov: Governance, logger: Logger): Route[] {
+  const flags = gov.flags;
+  const change = (ctx: RouteContext, changes: [FlagName, boolean | null][]): void => {
+    const before = flags.describe();
+    flags.apply(changes, actorOf(ctx));
+    for (const [flag, enabled] of changes) {
+      logger.info({ audit: 'flag', actor: actorOf(ctx), flag, old: before[flag].enabled, new: flags.describe()[flag].enabled, action: enabled === null ? 'clear' : 'set', trace_id: ctx.req.id }, 'feature flag changed');
+    }
+  };
+  const capacityView = (id: string) => {
+    const c = gov.capacity.stats(id);
+    if (c === undefined) return undefined;
+    const d = gov.deployment(id);
+    return { ...c, group: d?.group ?? null, draining: d?.draining ?? false, coolingDown: d !== undefined && d.cooldownUntil > Date.now() };
+  };
+  const status = () => {
+    const f = flags.flags;
+    const totals = gov.capacity.totals();
+    const q = gov.queue.stats();
+    return {
+      flags: flags.describe(),
+      capacityGating: { enabled: f.capacity_gating, available: true, stats: { totalInFlight: totals.totalInFlight, totalRejected: totals.totalRejected, totalLimit: totals.totalLimit, deployments: totals.deployments, queued: q.size, queueTimeouts: q.timedOut, queueFullRejections: q.rejectedFull } },
+      performanceRouting: { enabled: f.performance_routing, available: true, stats: { tracked: gov.performance.all().length, degraded: gov.performance.degraded() } },
+      qosSwitching: { enabled: f.qos_switching, available: true, tiers: [...gov.qos.tiers.keys()], defaultTier: gov.qos.defaultTier },
+      priorityRouting: { enabled: f.priority_routing, available: true, queueDepth: q.size },
+      stickyRouting: { enabled: f.sticky_routing, available: true, stats: { pins: gov.sticky.size, hits: gov.sticky.hits, misses: gov.sticky.misses } },
+      quotaEnforcement: { enabled: f.quota_enforcement, available: true, subjects: Object.keys(gov.quota.snapshot()).length },
+      outputPrediction: { enabled: f.output_prediction, available: true, trackedLabels: gov.predictor.labels().length },
+      streamInstrumentation: { enabled: f.stream_instrumentation, available: true },
+      compiledChain: { enabled: f.compiled_chain, available: true },
+      usagePatterns: { enabled: true, available: true, trackedLabels: gov.usage.labels().length },
+      ptuAdvisory: { available: gov.ptu.list().length > 0, registeredDeployments: gov.ptu.list().length },
+    };
+  };
+
+  const routes: Route[] = [
+    { method: 'GET', path: `${P}/flags`, handle: (ctx) => reply(ctx, flags.describe()) },
+    { method: 'GET', path: `${P}/flags/audit`, handle: (ctx) => reply(ctx, { entries: flags.auditLog }) },
+    {
+      method: 'PUT',
+      path: `${P}/flags/:flag`,
+      body: 'json',
+      handle(ctx) {
+        const flag = flagParam(ctx);
+        const enabled = (ctx.body as Record<string, unknown>).enabled;
+        if (typeof enabled !== 'boolean') throw new BrokerError('invalid_request', 'enabled must be true or false', { details: { field: 'enabled' } });
+        change(ctx, [[flag, enabled]]);
+        reply(ctx, { [flag]: flags.describe()[flag] });
+      },
+    },
+    {
+      method: 'DELETE',
+      path: `${P}/flags/:flag`,
+      handle(ctx) {
+        const flag = flagParam(ctx);
+        change(ctx, [[flag, null]]);
+        reply(ctx, { [flag]: flags.describe()[flag] });
+      },
+    },
+    {
+      method: 'POST',
+      path: `${P}/flags/bulk`,
+      body: 'json',
+      handle(ctx) {
+        const changes: [FlagName, boolean | null][] = [];
+        for (const [name, v] of Object.entries(ctx.body as Record<string, unknown>)) {
+          if (!isFlagName(name)) throw new BrokerError('not_found', `unknown flag ${name}; flags: ${FLAG_NAMES.join(', ')}`);
+          if (typeof v !== 'boolean' && v !== null) throw new BrokerError('invalid_request', `${name} must be true, false or null (clear)`, { details: { field: name } });
+          changes.push([name, v]);
+        }
+        change(ctx, changes);
+        reply(ctx, flags.describe());
+      },
+    },
+    {
+      method: 'DELETE',
+      path: `${P}/flags`,
+      handle(ctx) {
+        const overridden = FLAG_NAMES.filter((f) => flags.describe()[f].source === 'override');
+        change(ctx, overridden.map((f) => [f, null]));
+        reply(ctx, flags.describe());
+      },
+    },
+
+    { method: 'GET', path: `${P}/capacity`, handle: (ctx) => reply(ctx, { ...gov.capacity.totals(), queue: gov.queue.stats(), deployments: gov.capacity.ids().map(capacityView) }) },
+    {
+      method: 'GET',
+      path: `${P}/capacity/:id`,
+      handle(ctx) {
+        const v = capacityView(ctx.params.id!);
+        if (v === undefined) throw new BrokerError('not_found', `no deployment ${ctx.params.id}`);
+        reply(ctx, v);
+      },
+    },
+    {
+      method: 'POST',
+      path: `${P}/capacity/:id/register`,
+      body: 'json',
+      handle(ctx) {
+        const id = ctx.params.id!;
+        const limit = limitOf(ctx.body);
+        if (!gov.scheduler.setLimit(id, limit)) gov.capacity.register(id, limit);
+        logger.info({ audit: 'capacity', actor: actorOf(ctx), deployment: id, concurrencyLimit: limit }, 'capacity registered');
+        reply(ctx, capacityView(id), 201);
+      },
+    },
+    {
+      method: 'PUT',
+      path: `${P}/capacity/:id/limits`,
+      body: 'json',
+      handle(ctx) {
+        const id = ctx.params.id!;
+        const limit = limitOf(ctx.body);
+        if (gov.capacity.stats(id) === undefined) throw new BrokerError('not_found', `no deployment ${id}; register it first`);
+        if (!gov.scheduler.setLimit(id, limit)) gov.capacity.register(id, limit);
+        logger.info({ audit: 'capacity', actor: actorOf(ctx), deployment: id, concurrencyLimit: limit }, 'capacity limit changed');
+        reply(ctx, capacityView(id));
+      },
+    },
+    {
+      method: 'POST',
+      path: `${P}/capacity/:id/drain`,
+      body: 'json',
+      handle(ctx) {
+        const id = ctx.params.id!;
+        const draining = (ctx.body as Record<string, unknown>).draining ?? true;
+        if (typeof draining !== 'boolean') throw new BrokerError('invalid_request', 'draining must be true or false', { details: { field: 'draining' } });
+        if (!gov.scheduler.setDraining(id, draining)) throw new BrokerError('not_found', `no deployment ${id}`);
+        logger.info({ audit: 'drain', actor: actorOf(ctx), deployment: id, draining }, draining ? 'deployment draining' : 'deployment back in service');
+        reply(ctx, capacityView(id));
+      },
+    },
+
+    { method: 'GET', path: `${P}/performance`, handle: (ctx) => reply(ctx, { deployments: gov.performance.all(), degraded: gov.performance.degraded() }) },
+    {
+      method: 'GET',
+      path: `${P}/performance/:id`,
+      handle(ctx) {
+        const s = gov.performance.snapshot(ctx.params.id!);
+        if (s === undefined) throw new BrokerError('not_found', `no performance data for ${ctx.params.id}`);
+        reply(ctx, s);
+      },
+    },
+
+    { method: 'GET', path: `${P}/usage`, handle: (ctx) => reply(ctx, { labels: gov.usage.summary() }) },
+    {
+      method: 'GET',
+      path: `${P}/usage/:label`,
+      handle(ctx) {
+        const p = gov.usage.profile(ctx.params.label!);
+        if (p === undefined) throw new BrokerError('not_found', `no usage recorded for label ${ctx.params.label}`);
+        reply(ctx, p);
+      },
+    },
+    { method: 'GET', path: `${P}/predictions`, handle: (ctx) => reply(ctx, { labels: gov.predictor.stats() }) },
+
+    { method: 'GET', path: `${P}/qos`, handle: (ctx) => reply(ctx, { enabled: flags.flags.qos_switching, defaultTier: gov.qos.defaultTier, tiers: [...gov.qos.tiers.values()] }) },
+    {
+      method: 'POST',
+      path: `${P}/qos/resolve`,
+      body: 'json',
+      handle(ctx) {
+        const b = ctx.body as Record<string, unknown>;
+        const str = (v: unknown, field: string): string | undefined => {
+          if (v === undefined) return undefined;
+          if (typeof v !== 'string') throw new BrokerError('invalid_request', `${field} must be a string`, { details: { field } });
+          return v;
+        };
+        const apiKey = str(b.apiKey, 'apiKey');
+        const policy = gov.keyPolicy(apiKey);
+        const r = resolveTier(gov.qos, { keyTier: policy?.tier, headerTier: str(b.tier, 'tier'), group: str(b.group, 'group') });
+        reply(ctx, { allowed: r.ok, tier: r.tier, source: r.source, reason: r.reason, apiKeyKnown: policy !== undefined, enabled: flags.flags.qos_switching });
+      },
+    },
+
+    { method: 'GET', path: `${P}/quota`, handle: (ctx) => reply(ctx, { enabled: flags.flags.quota_enforcement, subjects: gov.quota.snapshot() }) },
+    {
+      method: 'PUT',
+      path: `${P}/quota/:subject`,
+      body: 'json',
+      handle(ctx) {
+        const subject = ctx.params.subject!;
+        if (!/^(key|deployment):.+$/.test(subject)) throw new BrokerError('invalid_request', 'subject must be key:<api key> or deployment:<id>');
+        const b = ctx.body as Record<string, unknown>;
+        const lim = (v: unknown, field: string): number | undefined => {
+          if (v === undefined || v === null) return undefined;
+          if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new BrokerError('invalid_request', `${field} must be a non-negative integer`, { details: { field } });
+          return v;
+        };
+        gov.quota.setLimits(subject, { rpm: lim(b.rpm, 'rpm'), tpm: lim(b.tpm, 'tpm') });
+        logger.info({ audit: 'quota', actor: actorOf(ctx), subject, rpm: b.rpm, tpm: b.tpm }, 'quota limits changed');
+        reply(ctx, { subject, ...gov.quota.usage(subject) });
+      },
+    },
+
+    { method: 'GET', path: `${P}/ptu`, handle: (ctx) => reply(ctx, { deployments: gov.ptu.list() }) },
+    { method: 'GET', path: `${P}/ptu/recommendations`, handle: (ctx) => reply(ctx, { recommendations: gov.ptu.recommendations() }) },
+    {
+      method: 'GET',
+      path: `${P}/ptu/:name/headroom`,
+      handle(ctx) {
+        const q = new URLSearchParams(ctx.req.query);
+        const raw = q.get('currentTpm');
+        const current = raw === null ? NaN : Number(raw);
+        if (!Number.isFinite(current) || current < 0) throw new BrokerError('invalid_request', 'currentTpm query parameter must be a non-negative number', { details: { field: 'currentTpm' } });
+        const h = gov.ptu.headroom(ctx.params.name!, current);
+        if (h === undefined) throw new BrokerError('not_found', `no PTU deployment ${ctx.params.name}`);
+        reply(ctx, h);
+      },
+    },
+
+    { method: 'GET', path: `${P}/status`, handle: (ctx) => reply(ctx, status()) },
+  ];
+  return routes.map((r) => ({ ...r, admin: true }));
+}

@@ -1,0 +1,129 @@
+// Feature flags: a value from env at start-up (BROKER_FF_*), a runtime override on
+// top (ephemeral: gone on restart), and an audit trail of every change. Listeners
+// hear about every change, so that stages built per flag set can be rebuilt once
+// instead of checking flags per request.
+
+export const FLAGS = {
+  capacity_gating: true,
+  stream_instrumentation: true,
+  performance_routing: true,
+  qos_switching: false,
+  priority_routing: false,
+  sticky_routing: false,
+  quota_enforcement: false,
+  output_prediction: false,
+  compiled_chain: false,
+} as const satisfies Record<string, boolean>;
+
+export type FlagName = keyof typeof FLAGS;
+export type FlagSet = Readonly<Record<FlagName, boolean>>;
+export type FlagSource = 'env' | 'override' | 'default';
+
+export const FLAG_NAMES = Object.keys(FLAGS) as FlagName[];
+
+export function envName(flag: FlagName): string {
+  return `BROKER_FF_${flag.toUpperCase()}`;
+}
+
+export function isFlagName(name: string): name is FlagName {
+  return Object.hasOwn(FLAGS, name);
+}
+
+export interface AuditEntry {
+  readonly at: string;
+  readonly actor: string;
+  readonly flag: FlagName;
+  readonly action: 'set' | 'clear';
+  readonly old: boolean;
+  readonly new: boolean;
+}
+
+export class FlagStore {
+  private readonly base: Record<FlagName, { enabled: boolean; source: 'env' | 'default' }>;
+  private readonly overrides = new Map<FlagName, boolean>();
+  private readonly log: AuditEntry[] = [];
+  private readonly listeners: ((flags: FlagSet) => void)[] = [];
+  private current: FlagSet;
+
+  /** `fromEnv`: the flags set by BROKER_FF_* (validated by loadConfig); the rest take their defaults. */
+  constructor(
+    fromEnv: Readonly<Partial<Record<FlagName, boolean>>>,
+    private readonly now: () => number = Date.now,
+    private readonly maxAudit = 1000,
+  ) {
+    this.base = {} as typeof this.base;
+    for (const name of FLAG_NAMES) {
+      const v = fromEnv[name];
+      this.base[name] = v === undefined ? { enabled: FLAGS[name], source: 'default' } : { enabled: v, source: 'env' };
+    }
+    this.current = this.compute();
+  }
+
+  /** The effective flags, one frozen object per change: compare by identity. */
+  get flags(): FlagSet {
+    return this.current;
+  }
+
+  describe(): Record<FlagName, { enabled: boolean; source: FlagSource }> {
+    const out = {} as Record<FlagName, { enabled: boolean; source: FlagSource }>;
+    for (const name of FLAG_NAMES) {
+      const o = this.overrides.get(name);
+      out[name] = o === undefined ? { ...this.base[name] } : { enabled: o, source: 'override' };
+    }
+    return out;
+  }
+
+  set(flag: FlagName, enabled: boolean, actor: string): void {
+    this.apply([[flag, enabled]], actor);
+  }
+
+  /** Several overrides as one change: listeners hear about it once. */
+  apply(changes: readonly (readonly [FlagName, boolean | null])[], actor: string): void {
+    const at = new Date(this.now()).toISOString();
+    for (const [flag, enabled] of changes) {
+      const old = this.current[flag];
+      if (enabled === null) {
+        if (!this.overrides.delete(flag)) continue;
+        this.audit({ at, actor, flag, action: 'clear', old, new: this.base[flag].enabled });
+      } else {
+        this.overrides.set(flag, enabled);
+        this.audit({ at, actor, flag, action: 'set', old, new: enabled });
+      }
+    }
+    const next = this.compute();
+    if (FLAG_NAMES.some((f) => next[f] !== this.current[f])) {
+      this.current = next;
+      for (const l of this.listeners) l(next);
+    }
+  }
+
+  clear(flag: FlagName, actor: string): void {
+    this.apply([[flag, null]], actor);
+  }
+
+  clearAll(actor: string): void {
+    this.apply(
+      [...this.overrides.keys()].map((f) => [f, null] as const),
+      actor,
+    );
+  }
+
+  onChange(listener: (flags: FlagSet) => void): void {
+    this.listeners.push(listener);
+  }
+
+  get auditLog(): readonly AuditEntry[] {
+    return this.log;
+  }
+
+  private audit(e: AuditEntry): void {
+    this.log.push(e);
+    if (this.log.length > this.maxAudit) this.log.splice(0, this.log.length - this.maxAudit);
+  }
+
+  private compute(): FlagSet {
+    const out = {} as Record<FlagName, boolean>;
+    for (const name of FLAG_NAMES) out[name] = this.overrides.get(name) ?? this.base[name].enabled;
+    return Object.freeze(out);
+  }
+}

@@ -1,0 +1,129 @@
+// Performance routing: per deployment, EWMAs of time to first token, tokens per
+// second and error rate. A deployment past a threshold is degraded and avoided;
+// a degraded one still gets a probe request now and then, so that it can recover.
+// Among candidates, power of two choices on latency-weighted load. Pure: clock and
+// random numbers are injected.
+
+export interface PerformanceThresholds {
+  /** Weight of a new sample in the averages. */
+  readonly alpha: number;
+  readonly ttftDegradedMs: number;
+  readonly errorRateDegraded: number;
+  /** Below this many tokens per second a deployment is degraded (0 = no floor). */
+  readonly minTokensPerSecond: number;
+  /** Samples before a deployment can be judged. */
+  readonly minSamples: number;
+  /** A degraded deployment gets one probe request after this long without traffic. */
+  readonly probeIntervalMs: number;
+}
+
+export const DEFAULT_PERFORMANCE: PerformanceThresholds = Object.freeze({
+  alpha: 0.3,
+  ttftDegradedMs: 5_000,
+  errorRateDegraded: 0.5,
+  minTokensPerSecond: 0,
+  minSamples: 3,
+  probeIntervalMs: 2_000,
+});
+
+export interface DeploymentPerformance {
+  readonly id: string;
+  ttftMs: number | null;
+  tokensPerSecond: number | null;
+  errorRate: number;
+  samples: number;
+  lastRequestAt: number;
+  degraded: boolean;
+  degradedReason: string | null;
+}
+
+export class PerformanceTracker {
+  private readonly stats = new Map<string, DeploymentPerformance>();
+
+  constructor(
+    private readonly t: PerformanceThresholds = DEFAULT_PERFORMANCE,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  private get(id: string): DeploymentPerformance {
+    let s = this.stats.get(id);
+    if (s === undefined) {
+      s = { id, ttftMs: null, tokensPerSecond: null, errorRate: 0, samples: 0, lastRequestAt: 0, degraded: false, degradedReason: null };
+      this.stats.set(id, s);
+    }
+    return s;
+  }
+
+  private ewma(prev: number | null, x: number): number {
+    return prev === null ? x : this.t.alpha * x + (1 - this.t.alpha) * prev;
+  }
+
+  started(id: string): void {
+    this.get(id).lastRequestAt = this.now();
+  }
+
+  succeeded(id: string, ttftMs: number | null, tokensPerSecond: number | null): void {
+    const s = this.get(id);
+    if (ttftMs !== null) s.ttftMs = this.ewma(s.ttftMs, ttftMs);
+    if (tokensPerSecond !== null && Number.isFinite(tokensPerSecond)) s.tokensPerSecond = this.ewma(s.tokensPerSecond, tokensPerSecond);
+    s.errorRate = this.ewma(s.samples === 0 ? null : s.errorRate, 0);
+    s.samples++;
+    this.judge(s);
+  }
+
+  failed(id: string): void {
+    const s = this.get(id);
+    s.errorRate = this.ewma(s.samples === 0 ? null : s.errorRate, 1);
+    s.samples++;
+    this.judge(s);
+  }
+
+  private judge(s: DeploymentPerformance): void {
+    let reason: string | null = null;
+    if (s.samples >= this.t.minSamples) {
+      if (s.errorRate > this.t.errorRateDegraded) reason = `error rate ${s.errorRate.toFixed(2)} > ${this.t.errorRateDegraded}`;
+      else if (s.ttftMs !== null && s.ttftMs > this.t.ttftDegradedMs) reason = `ttft ${s.ttftMs.toFixed(0)} ms > ${this.t.ttftDegradedMs} ms`;
+      else if (this.t.minTokensPerSecond > 0 && s.tokensPerSecond !== null && s.tokensPerSecond < this.t.minTokensPerSecond) {
+        reason = `${s.tokensPerSecond.toFixed(1)} tokens/s < ${this.t.minTokensPerSecond}`;
+      }
+    }
+    s.degraded = reason !== null;
+    s.degradedReason = reason;
+  }
+
+  /** Degraded and not due for a probe. */
+  avoid(id: string): boolean {
+    const s = this.stats.get(id);
+    return s !== undefined && s.degraded && this.now() - s.lastRequestAt < this.t.probeIntervalMs;
+  }
+
+  /** Expected latency cost of one more request: in-flight load weighted by TTFT. */
+  cost(id: string, inFlight: number, weight: number): number {
+    const ttft = this.stats.get(id)?.ttftMs ?? 1;
+    return ((inFlight + 1) * Math.max(ttft, 0.001)) / weight;
+  }
+
+  snapshot(id: string): DeploymentPerformance | undefined {
+    const s = this.stats.get(id);
+    return s === undefined ? undefined : { ...s };
+  }
+
+  all(): DeploymentPerformance[] {
+    return [...this.stats.values()].map((s) => ({ ...s }));
+  }
+
+  degraded(): string[] {
+    return [...this.stats.values()].filter((s) => s.degraded).map((s) => s.id);
+  }
+}
+
+/** Power of two choices: two random candidates, the cheaper wins. */
+export function powerOfTwo<T>(candidates: readonly T[], cost: (c: T) => number, random: () => number): T {
+  if (candidates.length === 1) return candidates[0]!;
+  const i = Math.floor(random() * candidates.length);
+  let j = Math.floor(random() * (candidates.length - 1));
+  if (j >= i) j++;
+  const a = candidates[i]!;
+  const b = candidates[j]!;
+  return cost(b) < cost(a) ? b : a;
+}

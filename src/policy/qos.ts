@@ -1,0 +1,70 @@
+// QoS tiers: what a class of traffic may do (queue wait, output tokens, model groups,
+// share of each deployment's capacity) and how a request's tier is decided: its API
+// key's tier, else the x-broker-qos header, else the default. Pure.
+
+export interface QosTier {
+  readonly name: string;
+  /** Longest a request of this tier waits for capacity before 504 queue_timeout. */
+  readonly maxQueueWaitMs: number;
+  /** Output tokens are capped at this (max_tokens / num_predict lowered to it). */
+  readonly maxOutputTokens: number | null;
+  /** Model groups this tier may use; ['*'] for all. */
+  readonly allowedGroups: readonly string[];
+  /** Share of each deployment's concurrency limit this tier may fill (0-1]. */
+  readonly capacityShare: number;
+  /** Queue priority when priority routing is on (0-9, higher first). */
+  readonly priority: number;
+}
+
+export interface QosConfig {
+  readonly defaultTier: string;
+  readonly tiers: ReadonlyMap<string, QosTier>;
+}
+
+export const DEFAULT_QOS: QosConfig = {
+  defaultTier: 'standard',
+  tiers: new Map<string, QosTier>([
+    ['realtime', { name: 'realtime', maxQueueWaitMs: 2_000, maxOutputTokens: 2_048, allowedGroups: ['*'], capacityShare: 1, priority: 8 }],
+    ['standard', { name: 'standard', maxQueueWaitMs: 10_000, maxOutputTokens: null, allowedGroups: ['*'], capacityShare: 0.9, priority: 5 }],
+    ['batch', { name: 'batch', maxQueueWaitMs: 60_000, maxOutputTokens: null, allowedGroups: ['*'], capacityShare: 0.5, priority: 1 }],
+  ]),
+};
+
+export interface QosInput {
+  readonly keyTier?: string | undefined;
+  readonly headerTier?: string | undefined;
+  readonly group?: string | undefined;
+}
+
+export type QosResolution =
+  | { ok: true; tier: QosTier; source: 'api_key' | 'header' | 'default'; reason: string }
+  | { ok: false; tier: QosTier; source: 'api_key' | 'header' | 'default'; reason: string };
+
+export function resolveTier(cfg: QosConfig, input: QosInput): QosResolution {
+  let tier: QosTier | undefined;
+  let source: 'api_key' | 'header' | 'default';
+  let reason: string;
+  if (input.keyTier !== undefined && cfg.tiers.has(input.keyTier)) {
+    tier = cfg.tiers.get(input.keyTier)!;
+    source = 'api_key';
+    reason = `the API key is assigned tier ${tier.name}`;
+  } else if (input.headerTier !== undefined && cfg.tiers.has(input.headerTier)) {
+    tier = cfg.tiers.get(input.headerTier)!;
+    source = 'header';
+    reason = `x-broker-qos asked for tier ${tier.name}`;
+  } else {
+    tier = cfg.tiers.get(cfg.defaultTier)!;
+    source = 'default';
+    reason = input.headerTier !== undefined ? `unknown tier ${input.headerTier} in x-broker-qos; default tier ${tier.name}` : `default tier ${tier.name}`;
+  }
+  if (input.group !== undefined && !tier.allowedGroups.includes('*') && !tier.allowedGroups.includes(input.group)) {
+    return { ok: false, tier, source, reason: `tier ${tier.name} may not use model group ${input.group} (allowed: ${tier.allowedGroups.join(', ')})` };
+  }
+  return { ok: true, tier, source, reason };
+}
+
+/** The most slots of a deployment a tier may fill: its share of the limit, at least one. */
+export function tierCap(limit: number, tier: QosTier | null): number {
+  if (tier === null || tier.capacityShare >= 1) return limit;
+  return Math.max(1, Math.floor(limit * tier.capacityShare));
+}

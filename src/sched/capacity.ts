@@ -1,0 +1,106 @@
+// In-flight counters and limits per deployment in a SharedArrayBuffer, changed only
+// with Atomics: a slot is taken with compare-exchange (never past the limit) and
+// given back on every completion path. The main thread and workers can share the
+// buffer and read the same numbers without messages or locks.
+
+const FIELDS = 4; // inFlight, limit, rejected, acquired (per slot, Int32)
+const IN_FLIGHT = 0;
+const LIMIT = 1;
+const REJECTED = 2;
+const ACQUIRED = 3;
+
+export class CapacityCounters {
+  readonly buffer: SharedArrayBuffer;
+  private readonly cells: Int32Array;
+  private readonly slots = new Map<string, number>();
+
+  constructor(readonly maxDeployments = 4096, buffer?: SharedArrayBuffer) {
+    this.buffer = buffer ?? new SharedArrayBuffer(maxDeployments * FIELDS * 4);
+    this.cells = new Int32Array(this.buffer);
+  }
+
+  /** Registers a deployment (or updates its limit) and returns its slot. */
+  register(id: string, limit: number): number {
+    let slot = this.slots.get(id);
+    if (slot === undefined) {
+      slot = this.slots.size;
+      if (slot >= this.maxDeployments) throw new Error(`more than ${this.maxDeployments} deployments`);
+      this.slots.set(id, slot);
+    }
+    Atomics.store(this.cells, slot * FIELDS + LIMIT, limit);
+    return slot;
+  }
+
+  slotOf(id: string): number | undefined {
+    return this.slots.get(id);
+  }
+
+  /** Takes one slot unless the deployment is at its limit (or at `cap`, a tier's share of it). */
+  tryAcquire(slot: number, cap = Infinity): boolean {
+    const base = slot * FIELDS;
+    for (;;) {
+      const cur = Atomics.load(this.cells, base + IN_FLIGHT);
+      if (cur >= Math.min(cap, Atomics.load(this.cells, base + LIMIT))) return false;
+      if (Atomics.compareExchange(this.cells, base + IN_FLIGHT, cur, cur + 1) === cur) {
+        Atomics.add(this.cells, base + ACQUIRED, 1);
+        return true;
+      }
+    }
+  }
+
+  /** Counts a request without gating it (capacity gating off): stats stay true. */
+  acquireUngated(slot: number): void {
+    Atomics.add(this.cells, slot * FIELDS + IN_FLIGHT, 1);
+    Atomics.add(this.cells, slot * FIELDS + ACQUIRED, 1);
+  }
+
+  release(slot: number): void {
+    const after = Atomics.sub(this.cells, slot * FIELDS + IN_FLIGHT, 1) - 1;
+    // A release without its acquire is a bug; never let it hide as negative capacity.
+    if (after < 0) {
+      Atomics.add(this.cells, slot * FIELDS + IN_FLIGHT, 1);
+      throw new Error(`capacity released more often than acquired (slot ${slot})`);
+    }
+  }
+
+  countRejection(slot: number): void {
+    Atomics.add(this.cells, slot * FIELDS + REJECTED, 1);
+  }
+
+  inFlight(slot: number): number {
+    return Atomics.load(this.cells, slot * FIELDS + IN_FLIGHT);
+  }
+
+  limit(slot: number): number {
+    return Atomics.load(this.cells, slot * FIELDS + LIMIT);
+  }
+
+  hasRoom(slot: number): boolean {
+    return this.inFlight(slot) < this.limit(slot);
+  }
+
+  stats(id: string): { id: string; inFlight: number; concurrencyLimit: number; rejected: number; acquired: number; utilisation: number } | undefined {
+    const slot = this.slots.get(id);
+    if (slot === undefined) return undefined;
+    const b = slot * FIELDS;
+    const inFlight = Atomics.load(this.cells, b + IN_FLIGHT);
+    const limit = Atomics.load(this.cells, b + LIMIT);
+    return { id, inFlight, concurrencyLimit: limit, rejected: Atomics.load(this.cells, b + REJECTED), acquired: Atomics.load(this.cells, b + ACQUIRED), utilisation: limit > 0 ? inFlight / limit : 0 };
+  }
+
+  ids(): string[] {
+    return [...this.slots.keys()];
+  }
+
+  totals(): { totalInFlight: number; totalRejected: number; totalLimit: number; deployments: number } {
+    let totalInFlight = 0;
+    let totalRejected = 0;
+    let totalLimit = 0;
+    for (const slot of this.slots.values()) {
+      totalInFlight += Atomics.load(this.cells, slot * FIELDS + IN_FLIGHT);
+      totalRejected += Atomics.load(this.cells, slot * FIELDS + REJECTED);
+      totalLimit += Atomics.load(this.cells, slot * FIELDS + LIMIT);
+    }
+    return { totalInFlight, totalRejected, totalLimit, deployments: this.slots.size };
+  }
+}

@@ -1,0 +1,117 @@
+// Bounded wait queue for requests that found every deployment of their group full.
+// Served by priority with aging (so low priority cannot starve), or first-come when
+// priority routing is off. Nothing waits forever: each waiter has a deadline.
+import { BrokerError } from '../errors.ts';
+
+export interface Waiter {
+  readonly group: string;
+  readonly priority: number;
+  readonly enqueuedAt: number;
+  readonly seq: number;
+}
+
+/**
+ * Which waiter goes next: the highest priority after aging (one level per agingMs
+ * waited), ties to the oldest. Pure.
+ */
+export function pickNext<W extends Waiter>(waiters: readonly W[], now: number, agingMs: number, byPriority: boolean): number {
+  let best = -1;
+  let bestScore = -Infinity;
+  for (let i = 0; i < waiters.length; i++) {
+    const w = waiters[i]!;
+    const score = byPriority ? w.priority + (now - w.enqueuedAt) / agingMs : 0;
+    if (best === -1 || score > bestScore || (score === bestScore && w.seq < waiters[best]!.seq)) {
+      best = i;
+      bestScore = score;
+    }
+  }
+  return best;
+}
+
+interface Entry extends Waiter {
+  resolve(): void;
+  reject(err: BrokerError): void;
+  timer: NodeJS.Timeout;
+}
+
+export class WaitQueue {
+  private readonly byGroup = new Map<string, Entry[]>();
+  private seq = 0;
+  private total = 0;
+  private timedOut = 0;
+  private rejectedFull = 0;
+
+  constructor(
+    private readonly maxSize: number,
+    private readonly agingMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  get size(): number {
+    return this.total;
+  }
+
+  stats(): { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number } {
+    const byGroup: Record<string, number> = {};
+    for (const [g, list] of this.byGroup) if (list.length > 0) byGroup[g] = list.length;
+    return { size: this.total, byGroup, timedOut: this.timedOut, rejectedFull: this.rejectedFull };
+  }
+
+  /**
+   * Waits until woken for `group`; rejects on a full queue, at the deadline (epoch ms),
+   * or when the client leaves. A waiter that comes back after losing a race passes its
+   * first `since`, so it keeps its age.
+   */
+  wait(group: string, priority: number, deadline: number, since: number, signal: AbortSignal): Promise<void> {
+    if (this.total >= this.maxSize) {
+      this.rejectedFull++;
+      return Promise.reject(new BrokerError('capacity_exhausted', `every deployment of ${group} is at capacity and the queue is full (${this.maxSize})`, { retryAfter: 1 }));
+    }
+    return new Promise<void>((resolve, reject) => {
+      const list = this.byGroup.get(group) ?? [];
+      this.byGroup.set(group, list);
+      const leave = (): boolean => {
+        const i = list.indexOf(entry);
+        if (i < 0) return false;
+        list.splice(i, 1);
+        this.total--;
+        clearTimeout(entry.timer);
+        signal.removeEventListener('abort', onAbort);
+        return true;
+      };
+      const onAbort = (): void => {
+        if (leave()) reject(new BrokerError('internal', 'client went away while queued'));
+      };
+      const entry: Entry = {
+        group,
+        priority,
+        enqueuedAt: since,
+        seq: this.seq++,
+        resolve: () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        reject,
+        timer: setTimeout(() => {
+          if (!leave()) return;
+          this.timedOut++;
+          reject(new BrokerError('queue_timeout', `waited ${Math.round(this.now() - since)} ms for a free deployment of ${group}`));
+        }, Math.max(0, deadline - this.now())),
+      };
+      list.push(entry);
+      this.total++;
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** A slot of `group` was freed: the next waiter tries again. */
+  wake(group: string, byPriority: boolean): void {
+    const list = this.byGroup.get(group);
+    if (list === undefined || list.length === 0) return;
+    const i = pickNext(list, this.now(), this.agingMs, byPriority);
+    const [entry] = list.splice(i, 1);
+    this.total--;
+    clearTimeout(entry!.timer);
+    entry!.resolve();
+  }
+}
