@@ -5,7 +5,7 @@ export const HOURS_PER_WEEK = 168;
 const HOUR_MS = 3_600_000;
 const WEEK_MS = HOURS_PER_WEEK * HOUR_MS;
 // Epoch 0 was a Thursday; shifting by 3 days puts every Monday 00:00 UTC on a week boundary.
-const MONDAY_SHIFT_MS = 4 * 24 * HOUR_MS;
+const MONDAY_SHIFT_MS = 3 * 24 * HOUR_MS;
 // Weeks remembered per bucket to count distinct weeks exactly when records arrive out of order.
 const WEEK_MEMORY = 32;
 
