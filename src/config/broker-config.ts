@@ -157,7 +157,7 @@ function parseScheduler(raw: Obj): SchedulerConfig {
 }
 
 function parsePerformance(raw: Obj): PerformanceThresholds {
-  const o = section(raw, 'performance', ['alpha', 'ttftDegradedMs', 'errorRateDegraded', 'minTokensPerSecond', 'minSamples', 'probeIntervalMs']);
+  const o = section(raw, 'performance', ['alpha', 'ttftDegradedMs', 'errorRateDegraded', 'minTokensPerSecond', 'minSamples', 'probeIntervalMs', 'decayMs']);
   const d = DEFAULT_PERFORMANCE;
   return Object.freeze({
     alpha: num(o.alpha, 'performance.alpha', d.alpha, 0.001, 1),
@@ -166,6 +166,7 @@ function parsePerformance(raw: Obj): PerformanceThresholds {
     minTokensPerSecond: num(o.minTokensPerSecond, 'performance.minTokensPerSecond', d.minTokensPerSecond, 0, 1e9),
     minSamples: posInt(o.minSamples, 'performance.minSamples', d.minSamples),
     probeIntervalMs: posInt(o.probeIntervalMs, 'performance.probeIntervalMs', d.probeIntervalMs),
+    decayMs: posInt(o.decayMs, 'performance.decayMs', d.decayMs),
   });
 }
 

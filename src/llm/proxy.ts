@@ -28,7 +28,7 @@ export interface ProxyDeps {
   readonly governance: Governance;
 }
 
-type Outcome = 'ok' | 'client_error' | 'midstream_error' | 'aborted' | 'timeout';
+type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'aborted' | 'timeout';
 
 interface Usage {
   ok: boolean;
@@ -65,8 +65,10 @@ export class LlmProxy {
           lease = await gov.acquire(admitted, group, tried, abort.signal);
         } catch (err) {
           if (sink.aborted) return;
+          const code = (err as BrokerError).code;
+          m.llmRequests.labels(group.name, 'none', code === 'upstream_unavailable' ? 'no_deployment' : 'rejected').inc();
           // Out of deployments: the last upstream failure says more than "none left".
-          if ((err as BrokerError).code === 'upstream_unavailable' && lastError !== undefined) throw lastError;
+          if (code === 'upstream_unavailable' && lastError !== undefined) throw lastError;
           throw err;
         }
         const dep = lease.dep;
@@ -141,6 +143,7 @@ export class LlmProxy {
             bytes = await attempt.bytes();
           } catch (err) {
             if (sink.aborted) return this.finish(group, dep, 'aborted', req.startedAt, waited, false);
+            this.finish(group, dep, 'upstream_error', req.startedAt, waited, false);
             throw new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
           }
           waited += performance.now() - t0;

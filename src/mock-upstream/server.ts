@@ -65,6 +65,8 @@ export interface MockUpstream {
   readonly stats: Readonly<MockUpstreamStats>;
   /** The process-level knobs in effect. */
   readonly knobs: Knobs;
+  /** Changes the process-level knobs of a running mock (a deployment that slows down or recovers). */
+  setKnobs(change: Partial<Pick<MockUpstreamOptions, 'ttftMs' | 'tps' | 'tokens' | 'fail' | 'failAfter'>>): void;
   /** Zero the counters (except `open`) and forget the last request. */
   resetStats(): void;
   /** Resolves once no request is open, e.g. after a client abort has reached the mock. Rejects after timeoutMs (default 5000). */
@@ -169,7 +171,7 @@ function injectedFailure(api: Api, res: ServerResponse, status: number): void {
 }
 
 export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promise<MockUpstream> {
-  const defaults = knobsFromOptions(opts);
+  let defaults = knobsFromOptions(opts);
   const models = opts.models !== undefined && opts.models.length > 0 ? [...opts.models] : ['mock-model'];
   const defaultModel = models[0]!;
   const maxBody = opts.maxBodyBytes ?? 8 * 1024 * 1024;
@@ -316,7 +318,12 @@ export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promis
     port: addr.port,
     url: `http://${host}:${addr.port}`,
     stats,
-    knobs: defaults,
+    get knobs() {
+      return defaults;
+    },
+    setKnobs(change) {
+      defaults = knobsFromOptions({ ...opts, ...defaults, ...change });
+    },
     resetStats() {
       stats.total = 0;
       for (const k of Object.keys(stats.requests)) stats.requests[k] = 0;

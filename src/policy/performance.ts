@@ -15,6 +15,12 @@ export interface PerformanceThresholds {
   readonly minSamples: number;
   /** A degraded deployment gets one probe request after this long without traffic. */
   readonly probeIntervalMs: number;
+  /**
+   * The latency a deployment's cost is weighted by fades with the time since its last
+   * sample (time constant), so a deployment that was slow once and got no traffic
+   * since is tried again instead of being shunned forever.
+   */
+  readonly decayMs: number;
 }
 
 export const DEFAULT_PERFORMANCE: PerformanceThresholds = Object.freeze({
@@ -24,6 +30,7 @@ export const DEFAULT_PERFORMANCE: PerformanceThresholds = Object.freeze({
   minTokensPerSecond: 0,
   minSamples: 3,
   probeIntervalMs: 2_000,
+  decayMs: 30_000,
 });
 
 export interface DeploymentPerformance {
@@ -33,6 +40,7 @@ export interface DeploymentPerformance {
   errorRate: number;
   samples: number;
   lastRequestAt: number;
+  lastSampleAt: number;
   degraded: boolean;
   degradedReason: string | null;
 }
@@ -48,7 +56,7 @@ export class PerformanceTracker {
   private get(id: string): DeploymentPerformance {
     let s = this.stats.get(id);
     if (s === undefined) {
-      s = { id, ttftMs: null, tokensPerSecond: null, errorRate: 0, samples: 0, lastRequestAt: 0, degraded: false, degradedReason: null };
+      s = { id, ttftMs: null, tokensPerSecond: null, errorRate: 0, samples: 0, lastRequestAt: 0, lastSampleAt: 0, degraded: false, degradedReason: null };
       this.stats.set(id, s);
     }
     return s;
@@ -79,6 +87,7 @@ export class PerformanceTracker {
   }
 
   private judge(s: DeploymentPerformance): void {
+    s.lastSampleAt = this.now();
     let reason: string | null = null;
     if (s.samples >= this.t.minSamples) {
       if (s.errorRate > this.t.errorRateDegraded) reason = `error rate ${s.errorRate.toFixed(2)} > ${this.t.errorRateDegraded}`;
@@ -97,9 +106,17 @@ export class PerformanceTracker {
     return s !== undefined && s.degraded && this.now() - s.lastRequestAt < this.t.probeIntervalMs;
   }
 
+  /** Degraded and idle for a probe interval: the next request goes there to see if it recovered. */
+  probeDue(id: string): boolean {
+    const s = this.stats.get(id);
+    return s !== undefined && s.degraded && this.now() - s.lastRequestAt >= this.t.probeIntervalMs;
+  }
+
   /** Expected latency cost of one more request: in-flight load weighted by TTFT. */
   cost(id: string, inFlight: number, weight: number): number {
-    const ttft = this.stats.get(id)?.ttftMs ?? 1;
+    const s = this.stats.get(id);
+    let ttft = s?.ttftMs ?? 1;
+    if (s !== undefined && s.ttftMs !== null) ttft = 1 + (s.ttftMs - 1) * Math.exp(-(this.now() - s.lastSampleAt) / this.t.decayMs);
     return ((inFlight + 1) * Math.max(ttft, 0.001)) / weight;
   }
 

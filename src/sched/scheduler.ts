@@ -161,9 +161,13 @@ export class Scheduler {
     const choose = perf
       ? (c: DeploymentState[]): DeploymentState => powerOfTwo(c, (d) => perf.cost(d.config.id, capacity.inFlight(d.slot), d.config.weight), random)
       : (c: DeploymentState[]): DeploymentState => {
-          let best = c[0]!;
+          // Least in-flight per unit of weight; the scan starts at a random place so ties
+          // spread out instead of always going to the first deployment.
+          const start = Math.floor(random() * c.length);
+          let best = c[start]!;
           let bestScore = Infinity;
-          for (const d of c) {
+          for (let k = 0; k < c.length; k++) {
+            const d = c[(start + k) % c.length]!;
             const score = (capacity.inFlight(d.slot) + 1) / d.config.weight;
             if (score < bestScore) {
               bestScore = score;
@@ -223,6 +227,9 @@ export class Scheduler {
         if (pinned !== undefined && chosen === undefined) stickyOn.drop(a.stickyKey);
         onSticky?.(stickyHit);
       }
+
+      // A degraded deployment due for its probe gets this one request (one per interval).
+      if (chosen === undefined && perf !== null) chosen = open.find((d) => perf.probeDue(d.config.id));
 
       let pool = open;
       let quotaError: BrokerError | undefined;

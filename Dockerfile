@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+#
+# Edge Broker. The broker runs its TypeScript sources through tsx (`node --import tsx
+# src/main.ts`, and the worker threads load `tsx/esm/api`); tsx is a production
+# dependency, so `npm ci --omit=dev` is all the runtime needs.
+#
+#   docker build -t edge-broker .
+#   docker run --rm -p 8080:8080 edge-broker
+#
+# The same image runs the mock LLM upstream (see compose.yml):
+#   docker run --rm -p 9000:9000 edge-broker npm run mock-upstream -- --port 9000 --host 0.0.0.0
+
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# --- production dependencies (with install scripts: sharp, onnxruntime-node; .npmrc and
+#     ONNXRUNTIME_NODE_INSTALL tell onnxruntime-node not to download the CUDA provider)
+FROM ${NODE_IMAGE} AS prod-deps
+ENV ONNXRUNTIME_NODE_INSTALL=skip
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+RUN npm ci --omit=dev --no-audit --no-fund \
+    && npm cache clean --force
+
+# --- runtime
+FROM ${NODE_IMAGE}
+ENV NODE_ENV=production \
+    PORT=8080 \
+    HOST=0.0.0.0
+WORKDIR /app
+# Code and dependencies stay owned by root: the process (user node) can read them, not change them.
+COPY --from=prod-deps /app/node_modules ./node_modules
+COPY package.json package-lock.json tsconfig.json ./
+COPY src ./src
+COPY config ./config
+# The bundled models and their manifests (MODEL_VA_PATH / MODEL_VB_PATH default to models/vA.onnx, models/vB.onnx).
+COPY models ./models
+
+# Fail the build, not the first start, if tsx or a native module (uWebSockets.js, sharp) cannot load.
+RUN node --import tsx --input-type=module -e "await import('./src/app.ts'); await import('sharp'); await import('onnxruntime-node')"
+
+USER node
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+# No curl in the slim image: Node's fetch. The port follows PORT.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 8080) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+# node itself is PID 1 (not npm), so SIGTERM reaches main.ts's graceful shutdown.
+CMD ["node", "--import", "tsx", "src/main.ts"]

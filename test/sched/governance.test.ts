@@ -1,0 +1,370 @@
+// Scheduler and governance end to end: a real broker in front of mock upstreams.
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { stringify } from 'yaml';
+import { createMockUpstream, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import { startTestBroker, admin, json, metricValue, type TestBroker } from '../helpers/broker.ts';
+
+const mocks: MockUpstream[] = [];
+async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
+  const m = await createMockUpstream({ tokens: 4, ...opts });
+  mocks.push(m);
+  return m;
+}
+t.teardown(() => Promise.all(mocks.map((m) => m.close())));
+
+async function broker(fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> {
+  const dir = mkdtempSync(join(tmpdir(), 'eb-gov-'));
+  writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
+  const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_THREADS: '1', ...env });
+  t.teardown(() => tb.close());
+  return tb;
+}
+
+const messages = (content = 'hello') => [{ role: 'user', content }];
+
+async function chat(tb: TestBroker, model: string, opts: { stream?: boolean; headers?: Record<string, string>; content?: string; signal?: AbortSignal } = {}) {
+  const res = await request(`${tb.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...opts.headers },
+    body: JSON.stringify({ model, messages: messages(opts.content), stream: opts.stream ?? false }),
+    signal: opts.signal,
+  });
+  const text = await res.body.text();
+  return { status: res.statusCode, headers: res.headers, text, deployment: res.headers['x-broker-deployment'] as string | undefined };
+}
+
+async function get(tb: TestBroker, path: string): Promise<any> {
+  return json(await fetch(`${tb.url}${path}`, { headers: admin }));
+}
+
+async function send(tb: TestBroker, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${tb.url}${path}`, { method, headers: { ...admin, 'content-type': 'application/json', 'x-actor': 'tester' }, body: body === undefined ? undefined : JSON.stringify(body) });
+  return { status: res.status, body: await json(res) };
+}
+
+async function until(cond: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+t.test('capacity gating: limit 2, six concurrent streams, the rest queue, counters back to 0', async (t) => {
+  const slow = await mock({ tokens: 10, tps: 40 });
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'cap-1', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
+  const runs = Array.from({ length: 6 }, () => chat(tb, 'g', { stream: true }));
+  await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === 4, 'four queued');
+  const cap = await get(tb, '/api/industrial/capacity/cap-1');
+  t.equal(cap.inFlight, 2, 'two run');
+  t.equal(cap.concurrencyLimit, 2);
+  t.equal(slow.stats.open, 2, 'the upstream never sees more than the limit');
+  const results = await Promise.all(runs);
+  t.same(results.map((r) => r.status), [200, 200, 200, 200, 200, 200]);
+  t.ok(results.every((r) => r.text.includes('[DONE]')));
+  const after = await get(tb, '/api/industrial/capacity');
+  t.equal(after.totalInFlight, 0);
+  t.equal(after.queue.size, 0);
+  t.equal(await metricValue(tb.url, 'broker_capacity_in_flight', { deployment: 'cap-1' }), 0);
+});
+
+t.test('capacity gating without queueing: the extra streams get 429 capacity_exhausted', async (t) => {
+  const slow = await mock({ tokens: 10, tps: 40 });
+  const tb = await broker({ scheduler: { queueWhenFull: false }, modelGroups: { g: { deployments: [{ id: 'cap-2', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
+  const results = await Promise.all(Array.from({ length: 6 }, () => chat(tb, 'g', { stream: true })));
+  const statuses = results.map((r) => r.status).sort();
+  t.same(statuses, [200, 200, 429, 429, 429, 429]);
+  const rejected = results.find((r) => r.status === 429)!;
+  t.equal(JSON.parse(rejected.text).error.code, 'capacity_exhausted');
+  t.equal(rejected.headers['retry-after'], '1');
+  t.equal((await get(tb, '/api/industrial/status')).capacityGating.stats.totalInFlight, 0);
+});
+
+t.test('a queued request past its wait limit gets 504 queue_timeout', async (t) => {
+  const slow = await mock({ tokens: 20, tps: 20 });
+  const tb = await broker({ scheduler: { maxWaitMs: 100 }, modelGroups: { g: { deployments: [{ id: 'cap-3', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 1 }] } } });
+  const first = chat(tb, 'g', { stream: true });
+  await until(async () => (await get(tb, '/api/industrial/capacity/cap-3')).inFlight === 1, 'first running');
+  const second = await chat(tb, 'g');
+  t.equal(second.status, 504);
+  t.equal(JSON.parse(second.text).error.code, 'queue_timeout');
+  t.equal((await first).status, 200);
+  t.ok((await metricValue(tb.url, 'broker_capacity_rejections_total', { code: 'queue_timeout' })) >= 1);
+});
+
+t.test('priority routing: waiting requests are served by priority', async (t) => {
+  const m = await mock({ tokens: 3, tps: 30 });
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'prio-1', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 1 }] } } }, { BROKER_FF_PRIORITY_ROUTING: 'true' });
+  const blocker = chat(tb, 'g', { stream: true });
+  await until(async () => (await get(tb, '/api/industrial/capacity/prio-1')).inFlight === 1, 'blocker running');
+  const order: string[] = [];
+  const queued: Promise<unknown>[] = [];
+  for (const p of ['low', 'normal', 'high']) {
+    queued.push(chat(tb, 'g', { headers: { 'x-broker-priority': p } }).then(() => order.push(p)));
+    const n = queued.length;
+    await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === n, `${n} queued`);
+  }
+  await blocker;
+  await Promise.all(queued);
+  t.same(order, ['high', 'normal', 'low']);
+});
+
+t.test('performance routing: a slow deployment is avoided, and comes back when it recovers', async (t) => {
+  const fast = await mock({});
+  const slow = await mock({ ttftMs: 150 });
+  const tb = await broker({
+    performance: { ttftDegradedMs: 80, minSamples: 1, alpha: 1, probeIntervalMs: 300 },
+    modelGroups: { g: { deployments: [{ id: 'fast', provider: 'openai', url: fast.url, model: 'm' }, { id: 'slow', provider: 'openai', url: slow.url, model: 'm' }] } },
+  });
+  // Until both have answered once (the one without data looks cheapest, so both get tried).
+  await until(async () => (await chat(tb, 'g', { stream: true }), (await get(tb, '/api/industrial/performance')).deployments.length === 2), 'both measured');
+  const perf = await get(tb, '/api/industrial/performance');
+  t.same(perf.degraded, ['slow'], 'the slow one is degraded');
+  t.ok((await get(tb, '/api/industrial/performance/slow')).ttftMs > 80);
+  const used: string[] = [];
+  for (let i = 0; i < 10; i++) used.push((await chat(tb, 'g', { stream: true })).deployment!);
+  t.ok(used.filter((d) => d === 'fast').length >= 9, `traffic moved away: ${used}`);
+
+  slow.setKnobs({ ttftMs: 0 });
+  await until(async () => {
+    await new Promise((r) => setTimeout(r, 320));
+    await chat(tb, 'g', { stream: true });
+    return !(await get(tb, '/api/industrial/performance')).degraded.includes('slow');
+  }, 'slow to recover');
+  const back: string[] = [];
+  for (let i = 0; i < 20; i++) back.push((await chat(tb, 'g', { stream: true })).deployment!);
+  t.ok(back.includes('slow'), 'traffic comes back');
+  t.ok((await metricValue(tb.url, 'broker_degraded_deployments')) === 0);
+});
+
+t.test('sticky routing: the same prompt prefix lands on the same deployment, and moves when it drains', async (t) => {
+  const a = await mock({});
+  const b = await mock({});
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'st-a', provider: 'openai', url: a.url, model: 'm' }, { id: 'st-b', provider: 'openai', url: b.url, model: 'm' }] } } }, { BROKER_FF_STICKY_ROUTING: 'true', BROKER_FF_PERFORMANCE_ROUTING: 'false' });
+  const first = await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' });
+  const pinned = first.deployment!;
+  for (let i = 0; i < 10; i++) t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, pinned);
+  t.ok((await metricValue(tb.url, 'broker_sticky_lookups_total', { result: 'hit' })) >= 10);
+  const drained = await send(tb, 'POST', `/api/industrial/capacity/${pinned}/drain`, { draining: true });
+  t.equal(drained.body.draining, true);
+  const other = pinned === 'st-a' ? 'st-b' : 'st-a';
+  for (let i = 0; i < 5; i++) t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, other, 'moved off the drained one');
+  await send(tb, 'POST', `/api/industrial/capacity/${pinned}/drain`, { draining: false });
+  t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, other, 'the new pin holds');
+  const status = await get(tb, '/api/industrial/status');
+  t.equal(status.stickyRouting.enabled, true);
+  t.ok(status.stickyRouting.stats.hits >= 15);
+});
+
+t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After; flags switch it at once', async (t) => {
+  const m = await mock({ tokens: 5 });
+  const tb = await broker({
+    apiKeys: { 'sk-small': { tpm: 300, label: 'small-team' } },
+    modelGroups: { g: { deployments: [{ id: 'q-1', provider: 'openai', url: m.url, model: 'm', rpm: 3 }] }, h: { deployments: [{ id: 'q-2', provider: 'openai', url: m.url, model: 'm' }] } },
+  });
+  // Off by default: the RPM limit is not enforced.
+  for (let i = 0; i < 4; i++) t.equal((await chat(tb, 'g')).status, 200);
+  const on = await send(tb, 'PUT', '/api/industrial/flags/quota_enforcement', { enabled: true });
+  t.same(on.body.quota_enforcement, { enabled: true, source: 'override' });
+  const statuses: number[] = [];
+  let refused;
+  for (let i = 0; i < 4; i++) {
+    const r = await chat(tb, 'g');
+    statuses.push(r.status);
+    if (r.status === 429) refused = r;
+  }
+  t.same(statuses, [200, 200, 200, 429], 'three per minute');
+  const body = JSON.parse(refused!.text);
+  t.equal(body.error.code, 'quota_exceeded');
+  const retryAfter = Number(refused!.headers['retry-after']);
+  t.ok(retryAfter >= 55 && retryAfter <= 60, `Retry-After ${retryAfter} is when the window frees`);
+
+  // TPM per API key: each request reserves its prompt plus max_tokens.
+  const keyed = { authorization: 'Bearer sk-small' };
+  const big = async () =>
+    (
+      await request(`${tb.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...keyed },
+        body: JSON.stringify({ model: 'h', messages: messages(), max_tokens: 120 }),
+      })
+    );
+  const r1 = await big();
+  t.equal(r1.statusCode, 200);
+  await r1.body.text();
+  const r2 = await big();
+  t.equal(r2.statusCode, 200, 'reconciled down to real usage, so a second fits');
+  await r2.body.text();
+  const r3 = await big();
+  t.equal(r3.statusCode, 200);
+  await r3.body.text();
+  const usage = await get(tb, '/api/industrial/quota');
+  t.ok(usage.subjects['key:sk-small'].tpm < 300, 'real usage, not reservations, stays in the window');
+  await send(tb, 'PUT', '/api/industrial/quota/key:sk-small', { tpm: 10 });
+  const r4 = await big();
+  t.equal(r4.statusCode, 429);
+  t.equal(((await r4.body.json()) as any).error.code, 'quota_exceeded');
+
+  const off = await send(tb, 'DELETE', '/api/industrial/flags/quota_enforcement');
+  t.same(off.body.quota_enforcement, { enabled: false, source: 'default' });
+  t.equal((await chat(tb, 'g')).status, 200, 'reverted at once');
+  t.ok((await metricValue(tb.url, 'broker_quota_rejections_total')) >= 2);
+});
+
+t.test('flags API: list, override, bulk, clear, audit, validation, admin only', async (t) => {
+  const m = await mock({});
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'f-1', provider: 'openai', url: m.url, model: 'm' }] } } }, { BROKER_FF_QOS_SWITCHING: 'true' });
+  const flags = await get(tb, '/api/industrial/flags');
+  t.same(flags.qos_switching, { enabled: true, source: 'env' });
+  t.same(flags.capacity_gating, { enabled: true, source: 'default' });
+  t.same(flags.sticky_routing, { enabled: false, source: 'default' });
+  t.equal(Object.keys(flags).length, 9);
+  t.equal((await send(tb, 'PUT', '/api/industrial/flags/nope', { enabled: true })).status, 404);
+  t.equal((await send(tb, 'PUT', '/api/industrial/flags/sticky_routing', { enabled: 'yes' })).status, 400);
+  const bulk = await send(tb, 'POST', '/api/industrial/flags/bulk', { sticky_routing: true, qos_switching: false });
+  t.same(bulk.body.qos_switching, { enabled: false, source: 'override' });
+  const cleared = await send(tb, 'DELETE', '/api/industrial/flags');
+  t.same(cleared.body.qos_switching, { enabled: true, source: 'env' });
+  t.same(cleared.body.sticky_routing, { enabled: false, source: 'default' });
+  const audit = await get(tb, '/api/industrial/flags/audit');
+  t.same(audit.entries.map((e: any) => [e.actor, e.flag, e.action, e.old, e.new]), [
+    ['tester', 'sticky_routing', 'set', false, true],
+    ['tester', 'qos_switching', 'set', true, false],
+    ['tester', 'qos_switching', 'clear', false, true],
+    ['tester', 'sticky_routing', 'clear', true, false],
+  ]);
+  t.ok(tb.logs.some((l) => l.msg === 'feature flag changed' && l.actor === 'tester'), 'audited in the log');
+  t.equal((await fetch(`${tb.url}/api/industrial/flags`)).status, 401, 'admin credential needed');
+});
+
+t.test('QoS: tiers, resolve, header tier, group restriction, output cap', async (t) => {
+  const m = await mock({ tokens: 50 });
+  const tb = await broker(
+    {
+      qos: {
+        defaultTier: 'standard',
+        tiers: {
+          standard: { maxQueueWaitMs: 5000 },
+          batch: { maxQueueWaitMs: 60000, maxOutputTokens: 8, allowedGroups: ['cheap'], capacityShare: 0.5, priority: 1 },
+        },
+      },
+      apiKeys: { 'sk-batch': { tier: 'batch' } },
+      modelGroups: { cheap: { deployments: [{ id: 'c-1', provider: 'openai', url: m.url, model: 'm' }] }, premium: { deployments: [{ id: 'p-1', provider: 'openai', url: m.url, model: 'm' }] } },
+    },
+    { BROKER_FF_QOS_SWITCHING: 'true' },
+  );
+  const qos = await get(tb, '/api/industrial/qos');
+  t.same(qos.tiers.map((x: any) => x.name), ['standard', 'batch']);
+  const resolved = await send(tb, 'POST', '/api/industrial/qos/resolve', { apiKey: 'sk-batch', group: 'premium' });
+  t.equal(resolved.body.tier.name, 'batch');
+  t.equal(resolved.body.source, 'api_key');
+  t.equal(resolved.body.allowed, false);
+  t.match(resolved.body.reason, /premium/);
+  const denied = await chat(tb, 'premium', { headers: { authorization: 'Bearer sk-batch' } });
+  t.equal(denied.status, 403);
+  const capped = await chat(tb, 'cheap', { headers: { 'x-broker-qos': 'batch' } });
+  t.equal(capped.status, 200);
+  t.equal(JSON.parse(capped.text).usage.completion_tokens, 8, 'the tier caps output tokens');
+  t.equal((m.stats.lastBody as any).max_tokens, 8);
+  const std = await chat(tb, 'premium');
+  t.equal(JSON.parse(std.text).usage.completion_tokens, 50);
+});
+
+t.test('usage, prediction, PTU advice and the combined status', async (t) => {
+  const m = await mock({ tokens: 30 });
+  const tb = await broker(
+    { ptu: [{ name: 'ptu-east', capacityTpm: 100000, label: 'summaries' }], modelGroups: { g: { deployments: [{ id: 'u-1', provider: 'openai', url: m.url, model: 'm' }] } } },
+    { BROKER_FF_OUTPUT_PREDICTION: 'true' },
+  );
+  for (let i = 0; i < 12; i++) t.equal((await chat(tb, 'g', { headers: { 'x-broker-label': 'summaries' } })).status, 200);
+  const usage = await get(tb, '/api/industrial/usage');
+  const s = usage.labels.find((l: any) => l.label === 'summaries');
+  t.equal(s.requests, 12);
+  const profile = await get(tb, '/api/industrial/usage/summaries');
+  t.equal(profile.buckets.length, 168);
+  t.equal(profile.buckets.reduce((n: number, b: any) => n + b.requests, 0), 12);
+  t.equal((await fetch(`${tb.url}/api/industrial/usage/nobody`, { headers: admin })).status, 404);
+  const predictions = await get(tb, '/api/industrial/predictions');
+  const p = predictions.labels.find((l: any) => l.label === 'summaries');
+  t.equal(p.samples, 12);
+  t.equal(p.p90, 30, 'learned the output length');
+  t.ok((await metricValue(tb.url, 'broker_output_prediction_error_tokens_count')) >= 12);
+  const ptu = await get(tb, '/api/industrial/ptu');
+  t.equal(ptu.deployments[0].name, 'ptu-east');
+  const rec = await get(tb, '/api/industrial/ptu/recommendations');
+  t.equal(rec.recommendations[0].name, 'ptu-east');
+  t.type(rec.recommendations[0].action, 'string');
+  const head = await get(tb, '/api/industrial/ptu/ptu-east/headroom?currentTpm=50000');
+  t.equal(head.headroomTpm, 50000);
+  t.equal((await fetch(`${tb.url}/api/industrial/ptu/ptu-east/headroom`, { headers: admin })).status, 400);
+  const status = await get(tb, '/api/industrial/status');
+  t.equal(status.usagePatterns.trackedLabels, 1);
+  t.equal(status.ptuAdvisory.registeredDeployments, 1);
+  t.equal(status.capacityGating.enabled, true);
+  t.equal(status.capacityGating.stats.totalInFlight, 0);
+  t.equal(status.capacityGating.stats.totalRejected, 0);
+  t.same(status.flags.output_prediction, { enabled: true, source: 'env' });
+});
+
+t.test('10,000 requests with random outcomes: every counter returns to 0', async (t) => {
+  const ok = await mock({ tokens: 3 });
+  const err = await mock({ fail: 500 });
+  const cut = await mock({ tokens: 5, fail: 'reset', failAfter: 2 });
+  const stall = await mock({ tokens: 5, fail: 'stall', failAfter: 1 });
+  const slow = await mock({ tokens: 4, tps: 200 });
+  const d = (id: string, m: MockUpstream, extra: Record<string, unknown> = {}) => ({ id, provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 4, ...extra });
+  const tb = await broker(
+    {
+      scheduler: { maxQueue: 50, maxWaitMs: 200 },
+      modelGroups: {
+        ok: { deployments: [d('r-ok', ok)] },
+        err: { deployments: [d('r-err', err)] },
+        cut: { deployments: [d('r-cut', cut)] },
+        stall: { deployments: [d('r-stall', stall, { idleTimeoutMs: 30 })] },
+        slow: { deployments: [d('r-slow', slow)] },
+      },
+    },
+    { LOG_LEVEL: 'warn', BROKER_FF_COMPILED_CHAIN: 'true' },
+  );
+  // Seeded, so a failure can be replayed.
+  let seed = 42;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const groups = ['ok', 'ok', 'ok', 'err', 'cut', 'stall', 'slow', 'slow'];
+  const seen = new Map<string, number>();
+  let next = 0;
+  const N = 10_000;
+  await Promise.all(
+    Array.from({ length: 64 }, async () => {
+      while (next < N) {
+        next++;
+        const model = groups[Math.floor(rand() * groups.length)]!;
+        const abort = rand() < 0.1 ? new AbortController() : undefined;
+        if (abort) setTimeout(() => abort.abort(), Math.floor(rand() * 20));
+        const stream = rand() < 0.7;
+        let outcome: string;
+        try {
+          const r = await chat(tb, model, { stream, signal: abort?.signal });
+          outcome = r.status === 200 ? (/"error"/.test(r.text) ? 'midstream_error' : 'ok') : String(r.status);
+        } catch {
+          outcome = 'client_abort';
+        }
+        seen.set(outcome, (seen.get(outcome) ?? 0) + 1);
+      }
+    }),
+  );
+  t.ok(['ok', 'midstream_error', '502', 'client_abort'].every((o) => (seen.get(o) ?? 0) > 0), `every outcome happened: ${JSON.stringify([...seen])}`);
+  await until(async () => (await get(tb, '/api/industrial/capacity')).totalInFlight === 0, 'all slots released');
+  const cap = await get(tb, '/api/industrial/capacity');
+  t.equal(cap.totalInFlight, 0);
+  t.equal(cap.queue.size, 0);
+  for (const dep of cap.deployments) t.equal(dep.inFlight, 0, dep.id);
+  await until(async () => [ok, err, cut, stall, slow].every((m) => m.stats.open === 0), 'upstreams idle');
+  t.equal(await metricValue(tb.url, 'broker_queue_depth'), 0);
+  t.equal(await metricValue(tb.url, 'http_requests_active'), 1, 'only the scrape itself is active');
+  const requests = await metricValue(tb.url, 'llm_requests_total');
+  t.ok(requests > 0);
+});
