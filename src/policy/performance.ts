@@ -47,6 +47,8 @@ export interface DeploymentPerformance {
 
 export class PerformanceTracker {
   private readonly stats = new Map<string, DeploymentPerformance>();
+  /** Kept alongside the stats so the router can look at the degraded few without a scan. */
+  private readonly degradedSet = new Set<string>();
 
   constructor(
     private readonly t: PerformanceThresholds = DEFAULT_PERFORMANCE,
@@ -98,6 +100,8 @@ export class PerformanceTracker {
     }
     s.degraded = reason !== null;
     s.degradedReason = reason;
+    if (s.degraded) this.degradedSet.add(s.id);
+    else this.degradedSet.delete(s.id);
   }
 
   /** Degraded and not due for a probe. */
@@ -130,7 +134,11 @@ export class PerformanceTracker {
   }
 
   degraded(): string[] {
-    return [...this.stats.values()].filter((s) => s.degraded).map((s) => s.id);
+    return [...this.degradedSet];
+  }
+
+  get degradedIds(): ReadonlySet<string> {
+    return this.degradedSet;
   }
 }
 

@@ -49,6 +49,10 @@ export interface Lease {
 
 type Pick = { lease: Lease } | { full: true } | { none: BrokerError | undefined };
 
+/** Groups larger than this are routed by sampling instead of a scan. */
+const SAMPLE_ABOVE = 16;
+const SAMPLE_DRAWS = 8;
+
 export interface SchedulerDeps {
   readonly router: RouterConfig;
   readonly scheduler: SchedulerConfig;
@@ -64,6 +68,7 @@ export interface SchedulerDeps {
 
 export class Scheduler {
   private readonly deployments = new Map<string, DeploymentState>();
+  private readonly byGroup = new Map<ModelGroupConfig, DeploymentState[]>();
   private pick!: (a: Admission) => Pick;
   private flags!: FlagSet;
 
@@ -76,6 +81,7 @@ export class Scheduler {
 
   /** Adds (or updates) the deployments of these groups; capacity slots are kept by id. */
   register(groups: Iterable<ModelGroupConfig>): void {
+    this.byGroup.clear();
     for (const g of groups) {
       for (const d of g.deployments) {
         const slot = this.deps.capacity.register(d.id, d.concurrencyLimit);
@@ -84,6 +90,16 @@ export class Scheduler {
         if (d.rpm !== undefined || d.tpm !== undefined) this.deps.quota.setLimits(`deployment:${d.id}`, { rpm: d.rpm, tpm: d.tpm });
       }
     }
+  }
+
+  /** The group's deployment states in config order, cached per group object. */
+  private groupStates(group: ModelGroupConfig): readonly DeploymentState[] {
+    let states = this.byGroup.get(group);
+    if (states === undefined) {
+      states = group.deployments.map((c) => this.deployments.get(c.id)).filter((d): d is DeploymentState => d !== undefined);
+      this.byGroup.set(group, states);
+    }
+    return states;
   }
 
   get(id: string): DeploymentState | undefined {
@@ -193,15 +209,18 @@ export class Scheduler {
       };
     };
 
-    return (a) => {
-      const t = now();
-      // Healthy, not draining, not tried yet; a cooling-down deployment only as a last resort.
+    // Eligible right now: not tried, not draining, not cooling down, not avoided as
+    // degraded, and with a free slot for the request's tier.
+    const eligible = (d: DeploymentState, a: Admission, t: number): boolean =>
+      !a.tried.has(d.config.id) && !d.draining && d.cooldownUntil <= t && (perf === null || !perf.avoid(d.config.id)) && room(d, a.tier);
+
+    // The full scan, with its fallbacks: a cooling-down deployment as a last resort, and if
+    // every deployment is degraded, all of them (performance routing never routes nothing).
+    const scan = (a: Admission, states: readonly DeploymentState[], t: number): { open: DeploymentState[] } | { none: undefined } | { full: true } => {
       let candidates: DeploymentState[] = [];
       let cooling: DeploymentState | undefined;
-      for (const c of a.group.deployments) {
-        if (a.tried.has(c.id)) continue;
-        const d = this.deployments.get(c.id);
-        if (d === undefined || d.draining) continue;
+      for (const d of states) {
+        if (a.tried.has(d.config.id) || d.draining) continue;
         if (d.cooldownUntil > t) cooling ??= d;
         else candidates.push(d);
       }
@@ -210,32 +229,63 @@ export class Scheduler {
         candidates = [cooling];
       }
       if (perf !== null) {
-        // Avoid degraded deployments, but never route nothing: if all are degraded, keep them all.
         const good = candidates.filter((d) => !perf.avoid(d.config.id));
         if (good.length > 0) candidates = good;
       }
       const open = candidates.filter((d) => room(d, a.tier));
-      if (open.length === 0) return { full: true };
+      return open.length === 0 ? { full: true } : { open };
+    };
 
+    // Large groups: two random eligible deployments instead of a scan, so routing cost
+    // does not grow with the group (bench:sched compares 10 and 1,000 deployments).
+    const sample = (a: Admission, states: readonly DeploymentState[], t: number): DeploymentState[] | undefined => {
+      const found: DeploymentState[] = [];
+      for (let i = 0; i < SAMPLE_DRAWS && found.length < 2; i++) {
+        const d = states[Math.floor(random() * states.length)]!;
+        if (d !== found[0] && eligible(d, a, t)) found.push(d);
+      }
+      return found.length > 0 ? found : undefined;
+    };
+
+    return (a) => {
+      const t = now();
+      const states = this.groupStates(a.group);
       let chosen: DeploymentState | undefined;
       let stickyHit: boolean | null = null;
       if (stickyOn !== null && a.stickyKey !== undefined) {
         const pinned = stickyOn.get(a.stickyKey);
-        chosen = pinned === undefined ? undefined : open.find((d) => d.config.id === pinned);
+        const d = pinned === undefined ? undefined : this.deployments.get(pinned);
+        chosen = d !== undefined && d.group === a.group.name && eligible(d, a, t) ? d : undefined;
         stickyHit = chosen !== undefined;
         // A pin to a deployment that cannot take the request now is dropped.
         if (pinned !== undefined && chosen === undefined) stickyOn.drop(a.stickyKey);
         onSticky?.(stickyHit);
       }
-
       // A degraded deployment due for its probe gets this one request (one per interval).
-      if (chosen === undefined && perf !== null) chosen = open.find((d) => perf.probeDue(d.config.id));
+      if (chosen === undefined && perf !== null) {
+        for (const id of perf.degradedIds) {
+          const d = this.deployments.get(id);
+          if (d !== undefined && d.group === a.group.name && perf.probeDue(id) && !a.tried.has(id) && !d.draining && room(d, a.tier)) {
+            chosen = d;
+            break;
+          }
+        }
+      }
 
-      let pool = open;
+      let pool = chosen !== undefined ? [chosen] : states.length > SAMPLE_ABOVE ? sample(a, states, t) : undefined;
+      let scanned = false;
       let quotaError: BrokerError | undefined;
       for (;;) {
-        const d = chosen ?? choose(pool);
-        chosen = undefined;
+        if (pool === undefined || pool.length === 0) {
+          if (scanned) return quotaError !== undefined ? { none: quotaError } : { full: true };
+          scanned = true;
+          const r = scan(a, states, t);
+          if (!('open' in r)) return r;
+          pool = r.open;
+          if (chosen !== undefined) pool = pool.filter((x) => x !== chosen);
+          if (pool.length === 0) return quotaError !== undefined ? { none: quotaError } : { full: true };
+        }
+        const d = pool.length === 1 ? pool[0]! : choose(pool);
         let reservation: Reservation | null = null;
         if (quotaOn !== null && (d.config.rpm !== undefined || d.config.tpm !== undefined)) {
           try {
@@ -245,14 +295,12 @@ export class Scheduler {
             const e = err as BrokerError;
             if (quotaError === undefined || (e.retryAfter ?? 60) < (quotaError.retryAfter ?? 60)) quotaError = e;
             pool = pool.filter((x) => x !== d);
-            if (pool.length === 0) return { none: quotaError };
             continue;
           }
         }
         if (!take(d, a.tier)) {
           reservation?.release();
           pool = pool.filter((x) => x !== d);
-          if (pool.length === 0) return { full: true };
           continue;
         }
         if (stickyOn !== null && a.stickyKey !== undefined) stickyOn.pin(a.stickyKey, d.config.id);
