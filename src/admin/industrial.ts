@@ -41,6 +41,7 @@ export function industrialRoutes(gov: Governance, logger: Logger): Route[] {
     const before = flags.describe();
     flags.apply(changes, actorOf(ctx));
     for (const [flag, enabled] of changes) {
+      gov.metrics.flagChanges.labels(flag).inc();
       logger.info({ audit: 'flag', actor: actorOf(ctx), flag, old: before[flag].enabled, new: flags.describe()[flag].enabled, action: enabled === null ? 'clear' : 'set', trace_id: ctx.req.id }, 'feature flag changed');
     }
   };

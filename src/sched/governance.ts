@@ -61,7 +61,7 @@ export class Governance {
   readonly scheduler: Scheduler;
   private config: BrokerConfig;
   private readonly now: () => number;
-  private readonly metrics: Metrics;
+  readonly metrics: Metrics;
   private readonly prefixBytes: number;
 
   constructor(o: GovernanceOptions) {

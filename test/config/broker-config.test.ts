@@ -58,5 +58,10 @@ t.test('YAML and JSON files', async (t) => {
   t.throws(() => loadBrokerConfigFile(join(dir, 'b.json')), /not valid JSON/);
   t.throws(() => loadBrokerConfigFile(join(dir, 'missing.yaml')), /cannot read/);
   t.throws(() => loadBrokerConfigFile('config/broker.example.yaml', {}), /OPENAI_API_KEY/, 'the example names its key variable');
-  t.ok(loadBrokerConfigFile('config/broker.example.yaml', { OPENAI_API_KEY: 'sk' }).modelGroups.size >= 1, 'the example is valid');
+  const example = loadBrokerConfigFile('config/broker.example.yaml', { OPENAI_API_KEY: 'sk', TEAM_BATCH_KEY: 'sk-team' });
+  t.ok(example.modelGroups.size >= 1, 'the example is valid');
+  t.equal(example.apiKeys.get('sk-team')?.tier, 'batch', 'API keys come from their env var');
+  t.equal(example.qos.tiers.get('batch')?.capacityShare, 0.5);
+  t.equal(example.scheduler.maxQueue, 1000);
+  t.equal(example.ptu[0]?.capacityTpm, 100000);
 });
