@@ -115,12 +115,19 @@ export class Scheduler {
     this.pick = this.build(flags);
   }
 
+  /** A lease now, or undefined when every eligible deployment is full. Throws when none is eligible. */
+  tryAcquire(a: Admission): Lease | undefined {
+    const r = this.pick(a);
+    if ('lease' in r) return r.lease;
+    if ('none' in r) throw r.none ?? new BrokerError('upstream_unavailable', `no deployment of ${a.group.name} is available`);
+    return undefined;
+  }
+
   /** A deployment with a free slot for this request, waiting in the queue if every one is full. */
   async acquire(a: Admission): Promise<Lease> {
     for (;;) {
-      const r = this.pick(a);
-      if ('lease' in r) return r.lease;
-      if ('none' in r) throw r.none ?? new BrokerError('upstream_unavailable', `no deployment of ${a.group.name} is available`);
+      const lease = this.tryAcquire(a);
+      if (lease !== undefined) return lease;
       if (!this.deps.scheduler.queueWhenFull) throw new BrokerError('capacity_exhausted', `every deployment of ${a.group.name} is at capacity`, { retryAfter: 1 });
       const deadline = a.since + (a.tier?.maxQueueWaitMs ?? this.deps.scheduler.maxWaitMs);
       await this.deps.queue.wait(a.group.name, a.priority, deadline, a.since, a.signal);
