@@ -3,6 +3,9 @@
 // retires the old one, which also gives onnxruntime's native memory back
 // (sessions recreated inside a long-lived thread grow RSS: microsoft/onnxruntime#25325).
 import { Piscina } from 'piscina';
+// sharp is loaded on the main thread before any worker loads it: its native module must
+// not be first loaded (and unloaded) by a worker thread (lovell/sharp#2263).
+import 'sharp';
 import { performance } from 'node:perf_hooks';
 import { BrokerError } from '../errors.ts';
 import type { LoadedModel } from './manifest.ts';
