@@ -1,0 +1,332 @@
+// `npm run bench:infer`: the broker's POST /v1/infer against raw onnxruntime, in
+// one run, for the trained Fashion-MNIST model (vA) and the heavy 224x224 load model.
+//
+//   baseline  N worker threads, each with its own session, doing decode + preprocess
+//             + session.run + top-k in a closed loop (bench/lib/baseline.ts)
+//   broker    the broker in a child process with INFER_THREADS=N, autocannon on
+//             127.0.0.1: saturated (CONN_FACTOR x N connections) for throughput,
+//             then N connections for latency at the baseline's concurrency
+//
+// Baseline and saturated broker alternate in ROUNDS short rounds, so that other
+// load on the machine (a shared CI box, a colleague's tests) falls on both alike.
+// Goal: broker throughput >= 0.9 x baseline. Writes bench/results/infer.json.
+// On a small box the load generator takes CPU from the server: compare the ratios
+// within one run, not figures across machines.
+//
+// Knobs (env): BENCH_ROUNDS (3), BENCH_ROUND_S (4), BENCH_WARMUP_S (3),
+// BENCH_MATCHED_S (4), BENCH_CONN_FACTOR (3), BENCH_MODELS (vA,heavy),
+// INFER_THREADS / INFER_INTRA_OP_THREADS (as the broker's).
+import { performance } from 'node:perf_hooks';
+import { relative } from 'node:path';
+import { loadConfig } from '../src/config/env.ts';
+import type { LoadedModel } from '../src/infer/manifest.ts';
+import { startBaseline, type BaselineRun } from './lib/baseline.ts';
+import { ROOT, histogramTotals, scrapeMetrics, startBrokerProcess, type BrokerProcess } from './lib/broker-process.ts';
+import { fashionPng, syntheticJpeg } from './lib/images.ts';
+import { combine, fire, type LoadRun } from './lib/load.ts';
+import { VA_PATH, ensureLoadModel, waitForModel } from './lib/models.ts';
+import { cpuBetween, machineBusy, threadCpu, type CpuSplit } from './lib/proc.ts';
+import { machine, writeResults } from './lib/report.ts';
+import { round, summarize, table } from './lib/stats.ts';
+
+const GOAL = 0.9;
+/** Share of the machine's CPU used by other processes during a run above which the figures are flagged. */
+const NOISE = 0.05;
+const TOP_K = 5;
+
+function envNumber(name: string, def: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return def;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number, got "${raw}"`);
+  return n;
+}
+
+const rounds = Math.round(envNumber('BENCH_ROUNDS', 3));
+const roundS = envNumber('BENCH_ROUND_S', 4);
+const warmupS = envNumber('BENCH_WARMUP_S', 3);
+const matchedS = envNumber('BENCH_MATCHED_S', 4);
+const connFactor = envNumber('BENCH_CONN_FACTOR', 3);
+const only = new Set((process.env.BENCH_MODELS ?? 'vA,heavy').split(',').map((s) => s.trim()));
+
+// The broker's own defaults decide N and the intra-op threads; both sides get the same.
+const cfg = loadConfig({ INFER_THREADS: process.env.INFER_THREADS, INFER_INTRA_OP_THREADS: process.env.INFER_INTRA_OP_THREADS });
+const threads = cfg.inferThreads;
+const intraOp = cfg.inferIntraOpThreads;
+const connections = Math.max(threads + 1, Math.round(connFactor * threads));
+
+const log = (msg: string) => console.log(`[bench:infer] ${msg}`);
+
+interface Case {
+  readonly key: string;
+  readonly model: LoadedModel;
+  readonly image: Buffer;
+  readonly imageDesc: string;
+  /** The label a correct model gives this image, when known. */
+  readonly expectLabel?: string;
+}
+
+const SERVER_HISTOGRAMS = {
+  http: ['http_request_duration_seconds', 'route="/v1/infer"'],
+  queue: ['inference_queue_duration_seconds', ''],
+  decode: ['inference_decode_duration_seconds', ''],
+  compute: ['inference_compute_duration_seconds', ''],
+} as const;
+type ServerPart = keyof typeof SERVER_HISTOGRAMS;
+
+/** One saturated round against the broker, with what its /metrics and /proc say about it. */
+interface BrokerRound {
+  readonly load: LoadRun;
+  readonly server: Record<ServerPart, { sum: number; count: number }>;
+  readonly cpu: CpuSplit;
+  readonly loadgenS: number;
+  readonly foreignS: number;
+  readonly windowS: number;
+}
+
+async function brokerRound(broker: BrokerProcess, url: string, body: string): Promise<BrokerRound> {
+  const m0 = await scrapeMetrics(broker.url);
+  const cpu0 = threadCpu(broker.pid);
+  const self0 = process.cpuUsage();
+  const busy0 = machineBusy();
+  const t0 = performance.now();
+  const load = await fire({ url, body, connections, durationS: roundS });
+  const windowS = (performance.now() - t0) / 1000;
+  const self = process.cpuUsage(self0);
+  const busy = machineBusy() - busy0;
+  const cpu = cpuBetween(broker.pid, cpu0, threadCpu(broker.pid));
+  const m1 = await scrapeMetrics(broker.url);
+  const server = {} as Record<ServerPart, { sum: number; count: number }>;
+  for (const [part, [name, filter]] of Object.entries(SERVER_HISTOGRAMS) as [ServerPart, readonly [string, string]][]) {
+    const a = histogramTotals(m0, name, filter);
+    const b = histogramTotals(m1, name, filter);
+    server[part] = { sum: b.sum - a.sum, count: b.count - a.count };
+  }
+  const loadgenS = (self.user + self.system) / 1e6;
+  return { load, server, cpu, loadgenS, windowS, foreignS: Math.max(0, busy - cpu.main_s - cpu.other_threads_s - loadgenS) };
+}
+
+function addCpu(splits: readonly CpuSplit[]): { main_s: number; other_threads_s: number } {
+  return {
+    main_s: round(splits.reduce((a, c) => a + c.main_s, 0), 2),
+    other_threads_s: round(splits.reduce((a, c) => a + c.other_threads_s, 0), 2),
+  };
+}
+
+async function benchCase(c: Case, cpuCount: number) {
+  const broker = await startBrokerProcess({
+    MODEL_VA_PATH: c.model.path,
+    // B is loaded by every worker but gets no traffic (weight 0).
+    MODEL_VB_PATH: c.model.path,
+    INFER_THREADS: String(threads),
+    INFER_INTRA_OP_THREADS: String(intraOp),
+    RATE_LIMIT_RPS: '0',
+    AB_WEIGHT_A: '1',
+    AB_WEIGHT_B: '0',
+    SHADOW_ENABLED: 'false',
+    CANARY_ENABLED: 'false',
+    ADMIN_TOKEN: '',
+  });
+  const baseline = await startBaseline({
+    modelPath: c.model.path,
+    manifest: c.model.manifest,
+    intraOpThreads: intraOp,
+    maxPixels: cfg.inferMaxPixels,
+    image: c.image,
+    topK: TOP_K,
+    threads,
+  }).catch(async (err: unknown) => {
+    await broker.stop();
+    throw err;
+  });
+  try {
+    const url = `${broker.url}/v1/infer`;
+    const body = JSON.stringify({ image_b64: c.image.toString('base64'), top_k: TOP_K });
+
+    // One request first: a broken setup should fail loudly, not as a page of non-2xx.
+    const probe = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    const reply = (await probe.json()) as { predictions?: { label: string }[] };
+    if (probe.status !== 200) throw new Error(`probe request got ${probe.status}: ${JSON.stringify(reply)}`);
+    const top = reply.predictions?.[0]?.label;
+    if (c.expectLabel !== undefined && top !== c.expectLabel) log(`note: ${c.key} predicts "${top}" for an item labelled "${c.expectLabel}"`);
+
+    log(`${c.key}: warm-up ${warmupS}s each (baseline, then broker at ${connections} connections)`);
+    await baseline.run(warmupS * 1000);
+    await fire({ url, body, connections, durationS: warmupS });
+
+    const baseRuns: BaselineRun[] = [];
+    const brokerRuns: BrokerRound[] = [];
+    for (let r = 1; r <= rounds; r++) {
+      log(`${c.key}: round ${r}/${rounds}: baseline ${roundS}s, broker saturated ${roundS}s`);
+      baseRuns.push(await baseline.run(roundS * 1000));
+      brokerRuns.push(await brokerRound(broker, url, body));
+    }
+    log(`${c.key}: broker at ${threads} connections (the baseline's concurrency) ${matchedS}s`);
+    const matchedRun = await fire({ url, body, connections: threads, durationS: matchedS });
+
+    // Baseline, all rounds together.
+    const items = baseRuns.reduce((a, b) => a + b.latencies.length, 0);
+    const baseWindow = baseRuns.reduce((a, b) => a + b.window_s, 0);
+    const baseCpu = addCpu(baseRuns.map((b) => b.cpu));
+    const baseForeign = baseRuns.reduce((a, b) => a + b.foreign_cpu_s, 0);
+    const baseRps = baseRuns.reduce((a, b) => a + b.throughput_rps, 0) / baseRuns.length;
+    const baselineOut = {
+      threads,
+      throughput_rps: round(baseRps, 1),
+      latency: summarize(baseRuns.flatMap((b) => Array.from(b.latencies))),
+      decode_ms: round(baseRuns.reduce((a, b) => a + b.decode_ms_total, 0) / items),
+      compute_ms: round(baseRuns.reduce((a, b) => a + b.compute_ms_total, 0) / items),
+      cpu_s: baseCpu,
+      cpu_ms_per_request: round(((baseCpu.main_s + baseCpu.other_threads_s) * 1000) / items),
+      foreign_cpu_share: round(baseForeign / (cpuCount * baseWindow), 2),
+    };
+
+    // Broker, all saturated rounds together.
+    const saturated = combine(connections, brokerRuns.map((b) => b.load));
+    const matched = combine(threads, [matchedRun]);
+    const mean = (part: ServerPart) => {
+      const s = brokerRuns.reduce((a, b) => a + b.server[part].sum, 0);
+      const n = brokerRuns.reduce((a, b) => a + b.server[part].count, 0);
+      return n > 0 ? (s / n) * 1000 : NaN;
+    };
+    const [http, queue, decode, compute] = [mean('http'), mean('queue'), mean('decode'), mean('compute')];
+    const brokerCpu = addCpu(brokerRuns.map((b) => b.cpu));
+    const loadgenS = brokerRuns.reduce((a, b) => a + b.loadgenS, 0);
+    const brokerWindow = brokerRuns.reduce((a, b) => a + b.windowS, 0);
+    const brokerForeign = brokerRuns.reduce((a, b) => a + b.foreignS, 0);
+    const brokerOut = {
+      saturated,
+      matched,
+      server_ms: {
+        http: round(http),
+        queue: round(queue),
+        decode: round(decode),
+        compute: round(compute),
+        // Body read, JSON.parse, base64, dispatch, result message, reply: what the broker adds.
+        other: round(http - queue - decode - compute),
+      },
+      // Share of the N workers' time spent in decode + compute; the baseline's threads are
+      // at ~100% by construction, the rest is hand-off between main thread and workers.
+      worker_busy: round((saturated.throughput_rps * (decode + compute)) / 1000 / threads, 2),
+      cpu_s: { ...brokerCpu, load_generator: round(loadgenS, 2) },
+      // Over the broker's threads and the load generator (which the baseline does not need).
+      cpu_ms_per_request: round(((brokerCpu.main_s + brokerCpu.other_threads_s + loadgenS) * 1000) / saturated.ok),
+      main_thread_cpu_ms_per_request: round((brokerCpu.main_s * 1000) / saturated.ok),
+      foreign_cpu_share: round(brokerForeign / (cpuCount * brokerWindow), 2),
+    };
+
+    const roundRatios = baseRuns.map((b, i) => round(brokerRuns[i]!.load.ok / brokerRuns[i]!.load.durationS / b.throughput_rps));
+    return { baseline: baselineOut, broker: brokerOut, roundRatios };
+  } finally {
+    await baseline.close();
+    await broker.stop();
+  }
+}
+
+async function main(): Promise<void> {
+  const started = performance.now();
+  const info = machine();
+  log(`node ${info.node}, ${info.cpu_count} cpus (${info.cpu_model}), load average ${info.loadavg_1m_at_start}`);
+  log(`N=${threads} threads, intra-op ${intraOp}; ${rounds} rounds of ${roundS}s each side; broker saturated at ${connections} connections`);
+
+  const cases: Case[] = [];
+  if (only.has('vA')) {
+    const vA = await waitForModel(VA_PATH, 20 * 60_000, log);
+    const fashion = await fashionPng(0);
+    cases.push({
+      key: 'vA',
+      model: vA,
+      image: fashion.png,
+      imageDesc: `Fashion-MNIST t10k #0 as PNG, 28x28 gray, ${fashion.png.length} B`,
+      expectLabel: vA.manifest.labels[fashion.label],
+    });
+  }
+  if (only.has('heavy')) {
+    const heavy = ensureLoadModel(log);
+    const jpeg = await syntheticJpeg(256);
+    cases.push({ key: 'heavy', model: heavy, image: jpeg, imageDesc: `synthetic JPEG 256x256 RGB q85, ${jpeg.length} B (resized to 224)` });
+  }
+  if (cases.length === 0) throw new Error('BENCH_MODELS selects no model (vA, heavy)');
+
+  const out: Record<string, unknown> = {};
+  const rows: (string | number)[][] = [];
+  const ratioRows: (string | number)[][] = [];
+  const timeRows: (string | number)[][] = [];
+  let allMet = true;
+  let failures = 0;
+  let noisy = false;
+  for (const c of cases) {
+    const { baseline, broker, roundRatios } = await benchCase(c, info.cpu_count);
+    const s = broker.saturated;
+    const m = broker.matched;
+    const ratio = s.throughput_rps / baseline.throughput_rps;
+    const met = ratio >= GOAL && s.non_2xx === 0 && s.errors === 0;
+    allMet &&= met;
+    failures += s.non_2xx + s.errors + m.non_2xx + m.errors;
+    noisy ||= baseline.foreign_cpu_share > NOISE || broker.foreign_cpu_share > NOISE;
+    const ratios = {
+      throughput: round(ratio),
+      throughput_per_round: roundRatios,
+      // At equal concurrency (N in flight), broker latency over baseline latency.
+      p50_matched: round(m.latency.p50_ms / baseline.latency.p50_ms),
+      p99_matched: round(m.latency.p99_ms / baseline.latency.p99_ms),
+    };
+    out[c.key] = {
+      model: { name: c.model.manifest.name, version: c.model.manifest.version, path: relative(ROOT, c.model.path) },
+      image: c.imageDesc,
+      baseline,
+      broker,
+      ratio: ratios,
+      goal_met: met,
+    };
+    rows.push([c.key, `baseline, ${threads} threads`, threads, baseline.throughput_rps, baseline.latency.p50_ms, baseline.latency.p99_ms, '-']);
+    rows.push([c.key, 'broker, saturated', s.connections, s.throughput_rps, s.latency.p50_ms, s.latency.p99_ms, s.non_2xx + s.errors]);
+    rows.push([c.key, 'broker, N connections', m.connections, m.throughput_rps, m.latency.p50_ms, m.latency.p99_ms, m.non_2xx + m.errors]);
+    ratioRows.push([c.key, ratios.throughput, roundRatios.join(' '), ratios.p50_matched, ratios.p99_matched, met ? 'yes' : 'NO']);
+    const sm = broker.server_ms;
+    const pct = (x: number) => `${Math.round(100 * x)}%`;
+    timeRows.push([c.key, 'baseline', baseline.decode_ms, baseline.compute_ms, '-', '-', '100%', baseline.cpu_ms_per_request, '-', pct(baseline.foreign_cpu_share)]);
+    timeRows.push([c.key, 'broker, saturated', sm.decode, sm.compute, sm.queue, sm.other, pct(broker.worker_busy), broker.cpu_ms_per_request, broker.main_thread_cpu_ms_per_request, pct(broker.foreign_cpu_share)]);
+  }
+
+  const results = {
+    bench: 'infer',
+    ...info,
+    settings: {
+      threads,
+      intra_op_threads: intraOp,
+      saturated_connections: connections,
+      matched_connections: threads,
+      rounds,
+      round_s: roundS,
+      warmup_s: warmupS,
+      matched_s: matchedS,
+      top_k: TOP_K,
+      goal_throughput_ratio: GOAL,
+    },
+    models: out,
+    goal_met: allMet,
+    noisy,
+    wall_s: round((performance.now() - started) / 1000, 1),
+  };
+  const file = writeResults('infer', results);
+
+  console.log();
+  console.log(table(['model', 'run', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx+err'], rows));
+  console.log();
+  console.log(table(['model', 'broker/baseline req/s', 'per round', 'p50 ratio @N', 'p99 ratio @N', `>= ${GOAL}`], ratioRows));
+  console.log();
+  console.log('Where the time goes, mean ms per request. Broker figures from its /metrics; "other" = HTTP time');
+  console.log('minus queue, decode, compute; "workers busy" = share of the N threads\' time in decode + compute;');
+  console.log('the broker\'s CPU includes the load generator\'s.');
+  console.log(table(['model', 'run', 'decode', 'compute', 'queue', 'other', 'workers busy', 'CPU ms/req', 'main thread CPU ms/req', 'CPU of other processes'], timeRows));
+  console.log();
+  if (noisy) log(`other processes used more than ${NOISE * 100}% of the CPU during a run: the figures are noisy, run again on a quiet machine`);
+  if (failures > 0) {
+    log(`${failures} non-2xx replies or errors: the broker figures are not trustworthy`);
+    process.exitCode = 1;
+  }
+  log(`goal (broker >= ${GOAL} x baseline throughput, no errors): ${allMet ? 'met' : 'NOT met'}; wrote ${relative(ROOT, file)} in ${results.wall_s}s`);
+}
+
+await main();
