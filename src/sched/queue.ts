@@ -28,8 +28,23 @@ export function pickNext<W extends Waiter>(waiters: readonly W[], now: number, a
   return best;
 }
 
+/**
+ * One wake-up handed from waiter to waiter: a woken waiter that cannot use the freed slot
+ * (its tier's share is used up, say) declines, and the slot goes to the next waiter that
+ * has not declined yet, so a free slot never sits idle while someone could take it.
+ */
+export interface WakeRound {
+  readonly declined: Set<number>;
+}
+
+export interface Woken {
+  /** The waiter's place in line, kept when it waits again. */
+  readonly seq: number;
+  readonly round: WakeRound;
+}
+
 interface Entry extends Waiter {
-  resolve(): void;
+  resolve(round: WakeRound): void;
   reject(err: BrokerError): void;
   timer: NodeJS.Timeout;
 }
@@ -60,14 +75,15 @@ export class WaitQueue {
   /**
    * Waits until woken for `group`; rejects on a full queue, at the deadline (epoch ms),
    * or when the client leaves. A waiter that comes back after losing a race passes its
-   * first `since`, so it keeps its age.
+   * first `since` and `seq`, so it keeps its age and its place.
    */
-  wait(group: string, priority: number, deadline: number, since: number, signal: AbortSignal): Promise<void> {
+  wait(group: string, priority: number, deadline: number, since: number, signal: AbortSignal, seq?: number): Promise<Woken> {
+    if (signal.aborted) return Promise.reject(new BrokerError('internal', 'client went away before it was queued'));
     if (this.total >= this.maxSize) {
       this.rejectedFull++;
       return Promise.reject(new BrokerError('capacity_exhausted', `every deployment of ${group} is at capacity and the queue is full (${this.maxSize})`, { retryAfter: 1 }));
     }
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<Woken>((resolve, reject) => {
       const list = this.byGroup.get(group) ?? [];
       this.byGroup.set(group, list);
       const leave = (): boolean => {
@@ -86,10 +102,10 @@ export class WaitQueue {
         group,
         priority,
         enqueuedAt: since,
-        seq: this.seq++,
-        resolve: () => {
+        seq: seq ?? this.seq++,
+        resolve: (round) => {
           signal.removeEventListener('abort', onAbort);
-          resolve();
+          resolve({ seq: entry.seq, round });
         },
         reject,
         timer: setTimeout(() => {
@@ -104,14 +120,16 @@ export class WaitQueue {
     });
   }
 
-  /** A slot of `group` was freed: the next waiter tries again. */
-  wake(group: string, byPriority: boolean): void {
+  /** A slot of `group` was freed: the next waiter (that has not declined this round) tries again. */
+  wake(group: string, byPriority: boolean, round: WakeRound = { declined: new Set() }): void {
     const list = this.byGroup.get(group);
     if (list === undefined || list.length === 0) return;
-    const i = pickNext(list, this.now(), this.agingMs, byPriority);
-    const [entry] = list.splice(i, 1);
+    const open = round.declined.size === 0 ? list : list.filter((e) => !round.declined.has(e.seq));
+    if (open.length === 0) return;
+    const entry = open[pickNext(open, this.now(), this.agingMs, byPriority)]!;
+    list.splice(list.indexOf(entry), 1);
     this.total--;
-    clearTimeout(entry!.timer);
-    entry!.resolve();
+    clearTimeout(entry.timer);
+    entry.resolve(round);
   }
 }

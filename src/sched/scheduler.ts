@@ -9,7 +9,7 @@ import { BrokerError } from '../errors.ts';
 import type { DeploymentConfig, ModelGroupConfig, RouterConfig, SchedulerConfig } from '../config/broker-config.ts';
 import type { FlagSet } from '../config/flags.ts';
 import { CapacityCounters } from './capacity.ts';
-import { WaitQueue } from './queue.ts';
+import { WaitQueue, type Woken } from './queue.ts';
 import { PerformanceTracker, powerOfTwo } from '../policy/performance.ts';
 import { StickyPins } from '../policy/sticky.ts';
 import { tierCap, type QosTier } from '../policy/qos.ts';
@@ -125,12 +125,18 @@ export class Scheduler {
 
   /** A deployment with a free slot for this request, waiting in the queue if every one is full. */
   async acquire(a: Admission): Promise<Lease> {
+    let woken: Woken | undefined;
     for (;;) {
       const lease = this.tryAcquire(a);
       if (lease !== undefined) return lease;
       if (!this.deps.scheduler.queueWhenFull) throw new BrokerError('capacity_exhausted', `every deployment of ${a.group.name} is at capacity`, { retryAfter: 1 });
+      if (woken !== undefined) {
+        // Woken but the freed slot is no use to this request: hand it on, then wait again.
+        woken.round.declined.add(woken.seq);
+        this.deps.queue.wake(a.group.name, this.flags.priority_routing, woken.round);
+      }
       const deadline = a.since + (a.tier?.maxQueueWaitMs ?? this.deps.scheduler.maxWaitMs);
-      await this.deps.queue.wait(a.group.name, a.priority, deadline, a.since, a.signal);
+      woken = await this.deps.queue.wait(a.group.name, a.priority, deadline, a.since, a.signal, woken?.seq);
     }
   }
 
@@ -148,8 +154,8 @@ export class Scheduler {
     const d = this.deployments.get(id);
     if (d === undefined) return false;
     d.draining = draining;
-    // Undraining frees room: let waiters try again.
-    if (!draining) this.deps.queue.wake(d.group, this.flags.priority_routing);
+    // Undraining frees room: as many waiters try again as there are free slots.
+    if (!draining) this.wakeFree(d);
     return true;
   }
 
@@ -157,8 +163,13 @@ export class Scheduler {
     const d = this.deployments.get(id);
     if (d === undefined) return false;
     this.deps.capacity.register(id, limit);
-    for (let i = 0; i < limit; i++) this.deps.queue.wake(d.group, this.flags.priority_routing);
+    this.wakeFree(d);
     return true;
+  }
+
+  private wakeFree(d: DeploymentState): void {
+    const free = this.deps.capacity.limit(d.slot) - this.deps.capacity.inFlight(d.slot);
+    for (let i = 0; i < free; i++) this.deps.queue.wake(d.group, this.flags.priority_routing);
   }
 
   private build(flags: FlagSet): (a: Admission) => Pick {
@@ -272,7 +283,7 @@ export class Scheduler {
       if (chosen === undefined && perf !== null) {
         for (const id of perf.degradedIds) {
           const d = this.deployments.get(id);
-          if (d !== undefined && d.group === a.group.name && perf.probeDue(id) && !a.tried.has(id) && !d.draining && room(d, a.tier)) {
+          if (d !== undefined && d.group === a.group.name && perf.probeDue(id) && !a.tried.has(id) && !d.draining && d.cooldownUntil <= t && room(d, a.tier)) {
             chosen = d;
             break;
           }

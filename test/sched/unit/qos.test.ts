@@ -1,0 +1,70 @@
+import t from 'tap';
+import { resolveTier, tierCap, type QosConfig, type QosTier } from '../../../src/policy/qos.ts';
+
+const tier = (name: string, o: Partial<QosTier> = {}): QosTier => ({ name, maxQueueWaitMs: 1_000, maxOutputTokens: null, allowedGroups: ['*'], capacityShare: 1, priority: 5, ...o });
+
+const cfg: QosConfig = {
+  defaultTier: 'standard',
+  tiers: new Map([
+    ['gold', tier('gold', { priority: 9 })],
+    ['standard', tier('standard')],
+    ['cheap', tier('cheap', { allowedGroups: ['small', 'tiny'], capacityShare: 0.25 })],
+  ]),
+};
+
+t.test('source order: API key, then header, then default', async (t) => {
+  let r = resolveTier(cfg, { keyTier: 'gold', headerTier: 'cheap' });
+  t.equal(r.ok, true);
+  t.equal(r.tier.name, 'gold');
+  t.equal(r.source, 'api_key', 'the key wins over the header');
+  t.match(r.reason, /API key is assigned tier gold/);
+
+  r = resolveTier(cfg, { headerTier: 'gold' });
+  t.equal(r.tier.name, 'gold');
+  t.equal(r.source, 'header');
+  t.match(r.reason, /x-broker-qos asked for tier gold/);
+
+  r = resolveTier(cfg, {});
+  t.equal(r.tier.name, 'standard');
+  t.equal(r.source, 'default');
+  t.equal(r.reason, 'default tier standard');
+});
+
+t.test('an unknown tier falls through to the next source', async (t) => {
+  let r = resolveTier(cfg, { keyTier: 'platinum', headerTier: 'gold' });
+  t.equal(r.tier.name, 'gold', 'an unknown key tier does not block the header');
+  t.equal(r.source, 'header');
+
+  r = resolveTier(cfg, { headerTier: 'platinum' });
+  t.equal(r.ok, true);
+  t.equal(r.tier.name, 'standard');
+  t.equal(r.source, 'default');
+  t.match(r.reason, /unknown tier platinum in x-broker-qos; default tier standard/);
+});
+
+t.test('allowedGroups: a tier may be refused a group, whatever the source', async (t) => {
+  const denied = resolveTier(cfg, { headerTier: 'cheap', group: 'large' });
+  t.equal(denied.ok, false);
+  t.equal(denied.tier.name, 'cheap');
+  t.equal(denied.source, 'header');
+  t.match(denied.reason, /tier cheap may not use model group large \(allowed: small, tiny\)/);
+
+  t.equal(resolveTier(cfg, { keyTier: 'cheap', group: 'large' }).ok, false);
+  t.equal(resolveTier(cfg, { keyTier: 'cheap', group: 'tiny' }).ok, true);
+  t.equal(resolveTier(cfg, { keyTier: 'cheap' }).ok, true, 'no group asked: nothing to deny');
+  t.equal(resolveTier(cfg, { keyTier: 'gold', group: 'large' }).ok, true, "'*' allows every group");
+
+  const strictDefault: QosConfig = { defaultTier: 'cheap', tiers: cfg.tiers };
+  const r = resolveTier(strictDefault, { group: 'large' });
+  t.equal(r.ok, false, 'the default tier is checked too');
+  t.equal(r.source, 'default');
+});
+
+t.test('tierCap: share of the limit, floored, at least one', async (t) => {
+  t.equal(tierCap(10, null), 10, 'no tier: the limit');
+  t.equal(tierCap(10, tier('x', { capacityShare: 1 })), 10);
+  t.equal(tierCap(10, tier('x', { capacityShare: 0.5 })), 5);
+  t.equal(tierCap(10, tier('x', { capacityShare: 0.25 })), 2, 'floor of 2.5');
+  t.equal(tierCap(3, tier('x', { capacityShare: 0.1 })), 1, 'never below one');
+  t.equal(tierCap(0, tier('x', { capacityShare: 0.5 })), 1, 'even for a limit of 0 (capacity still gates at the limit)');
+});

@@ -1,0 +1,207 @@
+import t from 'tap';
+import { WaitQueue, pickNext, type Waiter } from '../../../src/sched/queue.ts';
+import { BrokerError } from '../../../src/errors.ts';
+import { fakeClock, settled, ticks } from './helpers.ts';
+
+const w = (seq: number, priority: number, enqueuedAt: number): Waiter => ({ group: 'g', seq, priority, enqueuedAt });
+
+t.test('pickNext: highest priority first', async (t) => {
+  const list = [w(0, 1, 1000), w(1, 8, 1000), w(2, 5, 1000)];
+  t.equal(pickNext(list, 1000, 1000, true), 1);
+  t.equal(pickNext([], 0, 1000, true), -1, 'nobody waiting');
+});
+
+t.test('pickNext: equal priority goes to the oldest (lowest seq), wherever it sits', async (t) => {
+  t.equal(pickNext([w(5, 3, 1000), w(2, 3, 1000), w(9, 3, 1000)], 1000, 1000, true), 1);
+  t.equal(pickNext([w(2, 3, 1000), w(5, 3, 1000)], 1000, 1000, true), 0);
+});
+
+t.test('pickNext: aging lets a long-waiting low priority overtake', async (t) => {
+  // Priority 1 since t=0 against priority 5: the old one needs more than 4 levels
+  // (4 s at agingMs 1000) of extra age to go first.
+  const now = 10_000;
+  const against = (newSince: number) => [w(1, 5, newSince), w(0, 1, 0)];
+  t.equal(pickNext(against(5_000), now, 1_000, true), 1, '5 s older: 1 + 10 beats 5 + 5');
+  t.equal(pickNext(against(3_000), now, 1_000, true), 0, '3 s older: 1 + 10 loses to 5 + 7');
+  t.equal(pickNext(against(4_000), now, 1_000, true), 1, 'exactly 4 s older: a tie, to the older');
+  t.equal(pickNext(against(5_000), now, 10_000, true), 0, 'slow aging (10 s a level): priority wins');
+  t.equal(pickNext([w(0, 1, 0), w(1, 5, 5_000)], now, 1_000, true), 0, 'the order in the list does not matter');
+});
+
+t.test('pickNext: without priority it is first come first served', async (t) => {
+  const list = [w(3, 9, 100), w(1, 0, 100), w(2, 9, 50)];
+  t.equal(pickNext(list, 10_000, 1_000, false), 1, 'lowest seq, priority ignored');
+});
+
+const err = async (p: Promise<unknown>): Promise<BrokerError> => {
+  try {
+    await p;
+  } catch (e) {
+    return e as BrokerError;
+  }
+  throw new Error('expected a rejection');
+};
+
+t.test('wait/wake: wake resolves the waiter pickNext chooses, one per wake', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(10, 1_000, clock.read);
+  const far = clock.now + 60_000;
+  const sig = new AbortController().signal;
+  const order: string[] = [];
+  const low = q.wait('g', 1, far, clock.now, sig).then(() => order.push('low'));
+  const high = q.wait('g', 8, far, clock.now, sig).then(() => order.push('high'));
+  const other = q.wait('h', 9, far, clock.now, sig).then(() => order.push('other'));
+  t.equal(q.size, 3);
+  t.same(q.stats(), { size: 3, byGroup: { g: 2, h: 1 }, timedOut: 0, rejectedFull: 0 });
+
+  q.wake('g', true);
+  await ticks();
+  t.same(order, ['high'], 'the higher priority of group g, not h');
+  t.equal(q.size, 2);
+  q.wake('g', true);
+  await ticks();
+  t.same(order, ['high', 'low']);
+  q.wake('g', true); // nobody left in g: no effect
+  q.wake('nobody', true);
+  await ticks();
+  t.same(order, ['high', 'low']);
+  t.same(q.stats().byGroup, { h: 1 }, 'empty groups are not listed');
+  q.wake('h', false);
+  await Promise.all([low, high, other]);
+  t.same(order, ['high', 'low', 'other']);
+  t.same(q.stats(), { size: 0, byGroup: {}, timedOut: 0, rejectedFull: 0 });
+});
+
+t.test('wake without priority is FIFO; with priority aging is measured on the injected clock', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(10, 1_000, clock.read);
+  const far = clock.now + 60_000;
+  const sig = new AbortController().signal;
+  const order: number[] = [];
+  const ps = [
+    q.wait('g', 1, far, clock.now - 5_000, sig).then(() => order.push(1)), // waited 5 s already (came back after a lost race)
+    q.wait('g', 5, far, clock.now, sig).then(() => order.push(5)),
+    q.wait('g', 9, far, clock.now, sig).then(() => order.push(9)),
+  ];
+  q.wake('g', false);
+  await ticks();
+  t.same(order, [1], 'first in, whatever its priority');
+  // Left: priority 5 and 9, both since now. Advance: no effect on their order (same age).
+  clock.advance(10_000);
+  q.wake('g', true);
+  await ticks();
+  t.same(order, [1, 9]);
+  q.wake('g', true);
+  await Promise.all(ps);
+  t.same(order, [1, 9, 5]);
+});
+
+t.test('an old low-priority waiter overtakes by aging (the since of a retry counts)', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(10, 1_000, clock.read);
+  const far = clock.now + 60_000;
+  const sig = new AbortController().signal;
+  const order: string[] = [];
+  const a = q.wait('g', 5, far, clock.now, sig).then(() => order.push('new-high'));
+  const b = q.wait('g', 1, far, clock.now - 6_000, sig).then(() => order.push('old-low'));
+  q.wake('g', true);
+  await ticks();
+  t.same(order, ['old-low'], '1 + 6 levels of age beat 5');
+  q.wake('g', true);
+  await Promise.all([a, b]);
+});
+
+t.test('a full queue rejects at once with capacity_exhausted and retryAfter', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(2, 1_000, clock.read);
+  const far = clock.now + 60_000;
+  const sig = new AbortController().signal;
+  const a = q.wait('g', 5, far, clock.now, sig);
+  const b = q.wait('h', 5, far, clock.now, sig);
+  const e = await err(q.wait('g', 5, far, clock.now, sig));
+  t.ok(e instanceof BrokerError);
+  t.equal(e.code, 'capacity_exhausted');
+  t.equal(e.status, 429);
+  t.equal(e.retryAfter, 1);
+  t.match(e.message, /queue is full \(2\)/);
+  t.equal(q.size, 2, 'the rejected one took no place');
+  t.equal(q.stats().rejectedFull, 1);
+  q.wake('g', false);
+  q.wake('h', false);
+  await Promise.all([a, b]);
+  // Room again after the wake.
+  const c = q.wait('g', 5, far, clock.now, sig);
+  t.equal(q.size, 1);
+  q.wake('g', false);
+  await c;
+});
+
+t.test('the deadline rejects with queue_timeout and frees the place (small real deadline)', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(10, 1_000, clock.read);
+  const sig = new AbortController().signal;
+  const keep = q.wait('g', 5, clock.now + 60_000, clock.now, sig);
+  const p = q.wait('g', 5, clock.now + 20, clock.now - 480, sig);
+  t.equal(q.size, 2);
+  t.notOk(await settled(p), 'not before its deadline');
+  // The fake clock says 500 ms have passed since the request arrived when the timer fires.
+  clock.advance(20);
+  const e = await err(p);
+  t.equal(e.code, 'queue_timeout');
+  t.equal(e.status, 504);
+  t.match(e.message, /waited 500 ms for a free deployment of g/);
+  t.equal(q.size, 1);
+  t.same(q.stats().timedOut, 1);
+  q.wake('g', false);
+  await keep;
+});
+
+t.test('a deadline already past rejects on the next timer turn', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(10, 1_000, clock.read);
+  const e = await err(q.wait('g', 5, clock.now - 1, clock.now, new AbortController().signal));
+  t.equal(e.code, 'queue_timeout');
+  t.equal(q.size, 0);
+});
+
+t.test('abort removes the waiter; a later wake goes to the next one', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(10, 1_000, clock.read);
+  const far = clock.now + 60_000;
+  const gone = new AbortController();
+  const stay = new AbortController();
+  const first = q.wait('g', 5, far, clock.now, gone.signal);
+  const second = q.wait('g', 5, far, clock.now, stay.signal);
+  gone.abort();
+  const e = await err(first);
+  t.equal(e.code, 'internal');
+  t.match(e.message, /went away/);
+  t.equal(q.size, 1);
+  t.same(q.stats().byGroup, { g: 1 });
+  q.wake('g', false);
+  t.ok(await settled(second), 'the wake went to the waiter still there');
+  await second;
+  t.equal(q.size, 0);
+  // Aborting after being woken has no effect.
+  stay.abort();
+  t.equal(q.size, 0);
+  t.equal(q.stats().timedOut, 0);
+});
+
+// Regression (was a bug): a waiter whose signal is already aborted when it calls wait() is queued anyway
+// and sits there until its deadline (holding a queue place, and taking a wake meant for
+// someone else), because addEventListener('abort') never fires for a signal that has
+// already aborted. Expected: reject at once, as for an abort while queued. Reachable from
+// LlmProxy: a retry after an upstream 429/5xx calls acquire() with abort.signal even if
+// the client left during the failed attempt.
+t.test('a signal aborted before wait() is rejected at once, not queued', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(10, 1_000, clock.read);
+  const ac = new AbortController();
+  ac.abort();
+  const p = q.wait('g', 5, clock.now + 50, clock.now, ac.signal);
+  const queued = q.size;
+  const e = await err(p);
+  t.equal(queued, 0, 'never takes a place in the queue');
+  t.equal(e.code, 'internal', 'rejected as a client that went away, not as a timeout');
+});
