@@ -13,7 +13,7 @@
 // On a small box the load generator takes CPU from the server: compare the ratios
 // within one run, not figures across machines.
 //
-// Knobs (env): BENCH_ROUNDS (3), BENCH_ROUND_S (4), BENCH_WARMUP_S (3),
+// Knobs (env): BENCH_ROUNDS (4), BENCH_ROUND_S (5), BENCH_WARMUP_S (3),
 // BENCH_MATCHED_S (4), BENCH_CONN_FACTOR (3), BENCH_MODELS (vA,heavy),
 // INFER_THREADS / INFER_INTRA_OP_THREADS (as the broker's).
 import { performance } from 'node:perf_hooks';
@@ -42,8 +42,8 @@ function envNumber(name: string, def: number): number {
   return n;
 }
 
-const rounds = Math.round(envNumber('BENCH_ROUNDS', 3));
-const roundS = envNumber('BENCH_ROUND_S', 4);
+const rounds = Math.round(envNumber('BENCH_ROUNDS', 4));
+const roundS = envNumber('BENCH_ROUND_S', 5);
 const warmupS = envNumber('BENCH_WARMUP_S', 3);
 const matchedS = envNumber('BENCH_MATCHED_S', 4);
 const connFactor = envNumber('BENCH_CONN_FACTOR', 3);
@@ -247,6 +247,13 @@ async function main(): Promise<void> {
     cases.push({ key: 'heavy', model: heavy, image: jpeg, imageDesc: `synthetic JPEG 256x256 RGB q85, ${jpeg.length} B (resized to 224)` });
   }
   if (cases.length === 0) throw new Error('BENCH_MODELS selects no model (vA, heavy)');
+
+  // Everything below is time-boxed (about 2 min with the defaults); a hang must not hold CI.
+  const budgetS = cases.length * (2 * warmupS + 2 * rounds * roundS + matchedS + 60);
+  setTimeout(() => {
+    log(`still running after ${budgetS}s: giving up (the broker child is killed on exit)`);
+    process.exit(1);
+  }, budgetS * 1000).unref();
 
   const out: Record<string, unknown> = {};
   const rows: (string | number)[][] = [];
