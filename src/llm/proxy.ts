@@ -31,7 +31,8 @@ export interface ProxyDeps {
 type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'aborted' | 'timeout';
 
 interface Usage {
-  ok: boolean;
+  /** null: the client went away, which says nothing about the deployment. */
+  ok: boolean | null;
   promptTokens: number;
   completionTokens: number;
   ttftMs: number | null;
@@ -133,7 +134,7 @@ export class LlmProxy {
           // Time to first token from when the request left for the upstream.
           usage.ttftMs = r.firstTokenMs === null ? null : headersAt - sentAt + r.firstTokenMs;
           outcome = this.streamOutcome(r, usage.ttftMs, group, dep, req.id, flags.stream_instrumentation);
-          usage.ok = outcome === 'ok';
+          usage.ok = outcome === 'aborted' ? null : outcome === 'ok';
           usage.promptTokens = r.promptTokens;
           usage.completionTokens = r.completionTokens;
         } else {
@@ -142,7 +143,10 @@ export class LlmProxy {
           try {
             bytes = await attempt.bytes();
           } catch (err) {
-            if (sink.aborted) return this.finish(group, dep, 'aborted', req.startedAt, waited, false);
+            if (sink.aborted) {
+              usage.ok = null;
+              return this.finish(group, dep, 'aborted', req.startedAt, waited, false);
+            }
             this.finish(group, dep, 'upstream_error', req.startedAt, waited, false);
             throw new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
           }
@@ -156,6 +160,8 @@ export class LlmProxy {
           sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id }, reply.body);
           outcome = 'ok';
           usage.ok = true;
+          // A whole reply's latency is the upstream's, not the time this request queued here.
+          usage.ttftMs = headersAt - sentAt;
         }
         this.finish(group, dep, outcome, req.startedAt, waited, up.stream);
         return;

@@ -185,7 +185,7 @@ export class Governance {
   }
 
   /** The request is over: release, reconcile, learn. Called exactly once per admitted request. */
-  completed(a: Admitted, lease: Lease | null, u: { ok: boolean; promptTokens: number; completionTokens: number; ttftMs: number | null; durationMs: number }): void {
+  completed(a: Admitted, lease: Lease | null, u: { ok: boolean | null; promptTokens: number; completionTokens: number; ttftMs: number | null; durationMs: number }): void {
     lease?.release();
     const used = u.promptTokens + u.completionTokens;
     const reconcile = (r: Reservation | null): void => {
@@ -201,12 +201,12 @@ export class Governance {
         const genMs = u.durationMs - (u.ttftMs ?? 0);
         this.performance.succeeded(id, u.ttftMs ?? u.durationMs, u.completionTokens > 0 && genMs > 0 ? (u.completionTokens * 1000) / genMs : null);
         this.scheduler.succeeded(lease.dep);
-      } else {
+      } else if (u.ok === false) {
         this.performance.failed(id);
       }
     }
     if (used > 0) this.usage.record(a.label, this.now(), { prompt: u.promptTokens, completion: u.completionTokens });
-    if (a.flags.output_prediction && u.ok && u.completionTokens > 0) {
+    if (a.flags.output_prediction && u.ok === true && u.completionTokens > 0) {
       this.predictor.observe(a.label, a.predictedOutput, u.completionTokens);
       this.metrics.predictionError.observe(a.predictedOutput - u.completionTokens);
     }
