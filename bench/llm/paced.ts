@@ -7,9 +7,9 @@
 // resets, then idles (lib/httpClient.js, reqsMadeThisSecond). At 2,000/s over 20
 // connections that is a burst of 2,000 requests at the top of every second, and what
 // it reports is the queueing of that burst, not the cost of a request at a steady rate:
-// in one bench:llm run, p50 0.67 ms direct and 1.5 ms through the broker with
-// autocannon, against 0.08 ms and 0.43 ms with this client. More connections make the
-// burst worse, not better. bench:llm records both; the overhead goals use this one.
+// in one bench:llm run at 2,000/s, p50 0.75 ms direct and 2.5 ms through the broker
+// with autocannon, against 0.08 ms and 0.51 ms with this client. More connections make
+// the burst worse, not better. bench:llm records both; the overhead goals use this one.
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { round, summarize, type Latency } from './stats.ts';

@@ -54,7 +54,10 @@ export class StreamClient {
     const u = new URL(url);
     this.path = u.pathname;
     this.body = body;
-    this.pool = new Pool(u.origin, { connections: maxConnections, pipelining: 1, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 30_000 });
+    // Idle connections are dropped after 4 s (undici's default), before the broker's uWS
+    // closes them after 10 s of silence: a POST sent on a connection the server is closing
+    // at that moment fails with ECONNRESET and is not retried (seen with 30 s here).
+    this.pool = new Pool(u.origin, { connections: maxConnections, pipelining: 1, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 4000, keepAliveMaxTimeout: 4000 });
   }
 
   private one(): Promise<One> {
