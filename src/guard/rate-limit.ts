@@ -1,6 +1,7 @@
 // Per-client rate limit: one token bucket per API key (if sent) or client address.
 import { BrokerError } from '../errors.ts';
 import { take, type Bucket, type BucketLimits } from './token-bucket.ts';
+import { apiKeyOf } from './api-key.ts';
 
 export interface RateLimiter {
   /** Throws rate_limited (with Retry-After) when the client is over its limit. */
@@ -41,9 +42,6 @@ export function createRateLimiter(rps: number, burst: number, now: () => number 
 
 /** API key if the client sent one (Authorization bearer or x-api-key), else its address. */
 export function clientKeyOf(headers: Readonly<Record<string, string>>, remoteAddress: string): string {
-  const key = headers['x-api-key'];
-  if (key) return `key:${key}`;
-  const auth = headers['authorization'];
-  if (auth !== undefined && auth.startsWith('Bearer ')) return `key:${auth.slice(7)}`;
-  return `ip:${remoteAddress}`;
+  const key = apiKeyOf(headers);
+  return key !== undefined ? `key:${key}` : `ip:${remoteAddress}`;
 }

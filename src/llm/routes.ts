@@ -8,11 +8,15 @@ import { buildFleet, type Fleet } from './fleet.ts';
 import { discoverOllama, HOW_TO_CONFIGURE } from './discovery.ts';
 import type { LlmProxy } from './proxy.ts';
 import type { Api, Kind } from './translate/index.ts';
+import { ollamaError, openaiError } from './translate/errors.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 
+/** The OpenAI error object, with OpenAI's error `type` for our code. */
+export const openaiErrorShape: ErrorShape = (code, message, requestId) => openaiError(message, code, requestId);
+
 /** Ollama clients read `error` as a string; the code and request id ride along. */
-export const ollamaErrorShape: ErrorShape = (code, message, requestId) => ({ error: message, code, request_id: requestId });
+export const ollamaErrorShape: ErrorShape = (code, message, requestId) => ({ ...ollamaError(message), code, request_id: requestId });
 
 export interface FleetSource {
   /** The fleet to use now; undefined when no upstream is configured or discovered. */
@@ -60,7 +64,7 @@ export function llmRoutes(source: FleetSource, proxy: LlmProxy): Route[] {
     path,
     body: 'json',
     rateLimited: true,
-    ...(api === 'ollama' ? { errorShape: ollamaErrorShape } : {}),
+    errorShape: api === 'ollama' ? ollamaErrorShape : openaiErrorShape,
     async handle({ req, body, sink }) {
       const fleet = await source.current();
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);

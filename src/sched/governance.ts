@@ -17,6 +17,7 @@ import { QuotaLedger, type Reservation } from '../policy/quota.ts';
 import { OutputPredictor } from '../policy/prediction.ts';
 import { UsageProfiles } from '../policy/usage.ts';
 import { PtuAdvisor } from '../policy/ptu.ts';
+import { apiKeyOf } from '../guard/api-key.ts';
 
 export interface GovernanceOptions {
   readonly config: BrokerConfig;
@@ -222,14 +223,6 @@ export class Governance {
     m.sources.queueDepth = () => this.queue.size;
     m.sources.degraded = () => this.performance.degraded().length;
   }
-}
-
-/** The client's API key: x-api-key, else the Authorization bearer token. */
-export function apiKeyOf(headers: Readonly<Record<string, string>>): string | undefined {
-  const k = headers['x-api-key'];
-  if (k) return k;
-  const auth = headers['authorization'];
-  return auth !== undefined && auth.startsWith('Bearer ') ? auth.slice(7) : undefined;
 }
 
 function priorityOf(h: string | undefined): number | undefined {

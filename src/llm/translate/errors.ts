@@ -32,11 +32,6 @@ export function ollamaError(message: string): OllamaErrorBody {
   return { error: message };
 }
 
-/** The JSON body of an error reply in the client's API. */
-export function clientErrorBody(client: Api, err: BrokerError, requestId: string): string {
-  return JSON.stringify(client === 'openai' ? openaiError(err.message, err.code, requestId) : ollamaError(err.message));
-}
-
 /** The terminal event of a stream that failed mid-way, in the client's framing. */
 export function streamErrorEvent(client: Api, message: string, code: string, requestId: string): string {
   return client === 'openai'

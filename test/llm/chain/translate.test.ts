@@ -1,7 +1,7 @@
 import t from 'tap';
+import { ollamaErrorShape, openaiErrorShape } from '../../../src/llm/routes.ts';
 import { BrokerError } from '../../../src/errors.ts';
 import {
-  clientErrorBody,
   clientStreams,
   streamErrorEvent,
   translateRequest,
@@ -370,12 +370,12 @@ t.test('an error object or non-JSON with a 2xx is an upstream_error', async (t) 
 
 t.test('BrokerError in the client error shape', async (t) => {
   const err = new BrokerError('rate_limited', 'slow down', { retryAfter: 2 });
-  t.same(JSON.parse(clientErrorBody('openai', err, 'req-1')), {
+  t.same(openaiErrorShape(err.code, err.message, 'req-1', err.status), {
     error: { message: 'slow down', type: 'rate_limit_error', code: 'rate_limited', param: null, request_id: 'req-1' },
   });
-  t.same(JSON.parse(clientErrorBody('ollama', err, 'req-1')), { error: 'slow down' });
+  t.same(ollamaErrorShape(err.code, err.message, 'req-1', err.status), { error: 'slow down', code: 'rate_limited', request_id: 'req-1' });
   const types = (['invalid_request', 'unauthorized', 'forbidden', 'model_not_found', 'quota_exceeded', 'internal', 'upstream_unavailable'] as const).map(
-    (c) => JSON.parse(clientErrorBody('openai', new BrokerError(c), 'r')).error.type,
+    (c) => (openaiErrorShape(c, 'm', 'r', 500) as { error: { type: string } }).error.type,
   );
   t.same(types, ['invalid_request_error', 'authentication_error', 'permission_error', 'invalid_request_error', 'insufficient_quota', 'server_error', 'server_error']);
 });
