@@ -21,7 +21,8 @@ import { relative } from 'node:path';
 import { loadConfig } from '../src/config/env.ts';
 import type { LoadedModel } from '../src/infer/manifest.ts';
 import { startBaseline, type BaselineRun } from './lib/baseline.ts';
-import { ROOT, histogramTotals, scrapeMetrics, startBrokerProcess, type BrokerProcess } from './lib/broker-process.ts';
+import { histogramTotals, scrapeMetrics } from './lib/metrics-text.ts';
+import { ROOT, startBroker, type Child } from './lib/process.ts';
 import { fashionPng, syntheticJpeg } from './lib/images.ts';
 import { combine, fire, type LoadRun } from './lib/load.ts';
 import { VA_PATH, ensureLoadModel, waitForModel } from './lib/models.ts';
@@ -84,7 +85,7 @@ interface BrokerRound {
   readonly windowS: number;
 }
 
-async function brokerRound(broker: BrokerProcess, url: string, body: string): Promise<BrokerRound> {
+async function brokerRound(broker: Child, url: string, body: string): Promise<BrokerRound> {
   const m0 = await scrapeMetrics(broker.url);
   const cpu0 = threadCpu(broker.pid);
   const self0 = process.cpuUsage();
@@ -114,7 +115,7 @@ function addCpu(splits: readonly CpuSplit[]): { main_s: number; other_threads_s:
 }
 
 async function benchCase(c: Case, cpuCount: number) {
-  const broker = await startBrokerProcess({
+  const broker = await startBroker('broker', {
     MODEL_VA_PATH: c.model.path,
     // B is loaded by every worker but gets no traffic (weight 0).
     MODEL_VB_PATH: c.model.path,
@@ -136,7 +137,7 @@ async function benchCase(c: Case, cpuCount: number) {
     topK: TOP_K,
     threads,
   }).catch(async (err: unknown) => {
-    await broker.stop();
+    await broker.stop(15_000);
     throw err;
   });
   try {
@@ -219,7 +220,7 @@ async function benchCase(c: Case, cpuCount: number) {
     return { baseline: baselineOut, broker: brokerOut, roundRatios };
   } finally {
     await baseline.close();
-    await broker.stop();
+    await broker.stop(15_000);
   }
 }
 

@@ -31,9 +31,11 @@ import { join, relative } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { cannon, type CannonResult } from './llm/cannon.ts';
 import { paced, type PacedResult } from './llm/paced.ts';
-import { ROOT, cpuAccount, rssMiB, rssPeak, sleep, startBroker, startFloorProxy, startMock, startPortkey, waitForQuietMachine, type Child, type CpuUse } from './llm/procs.ts';
+import { ROOT, startBroker, type Child } from './lib/process.ts';
+import { round, sleep, table } from './lib/stats.ts';
+import { cpuAccount, rssMiB, rssPeak, startFloorProxy, startMock, startPortkey, waitForQuietMachine, type CpuUse } from './llm/procs.ts';
 import { profileSummary } from './llm/profile.ts';
-import { bucketPercentile, histogramDelta, promHistogram, round, table, type PromHistogram } from './llm/stats.ts';
+import { bucketPercentile, histogramDelta, promHistogram, type PromHistogram } from './llm/stats.ts';
 import { StreamClient, type StreamRunResult } from './llm/streams.ts';
 
 const SCALE = Number(process.env.BENCH_LLM_SCALE ?? '1');

@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { relative, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { loadConfig } from '../src/config/env.ts';
-import { ROOT, startBrokerProcess, type BrokerProcess } from './lib/broker-process.ts';
+import { ROOT, startBroker, type Child } from './lib/process.ts';
 import { fashionPng } from './lib/images.ts';
 import { VA_PATH, waitForModel } from './lib/models.ts';
 import { memoryStatus, type MemoryStatus } from './lib/proc.ts';
@@ -34,7 +34,7 @@ interface Sample extends MemoryStatus {
   readonly promote_ms: number;
 }
 
-async function infer(broker: BrokerProcess, body: string, count: number, concurrency: number): Promise<void> {
+async function infer(broker: Child, body: string, count: number, concurrency: number): Promise<void> {
   let left = count;
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
@@ -59,7 +59,7 @@ async function main(): Promise<void> {
   const auth = { authorization: `Bearer ${token}` };
 
   log(`node ${info.node}, ${info.cpu_count} cpus; model ${relative(ROOT, modelPath)} as A and B, ${threads} inference threads`);
-  const broker = await startBrokerProcess({
+  const broker = await startBroker('broker', {
     MODEL_VA_PATH: modelPath,
     MODEL_VB_PATH: modelPath,
     ADMIN_TOKEN: token,
@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     console.error(broker.output());
     throw err;
   } finally {
-    await broker.stop();
+    await broker.stop(15_000);
   }
 
   const at = (n: number) => samples.find((s) => s.promote === n)!;

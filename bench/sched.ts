@@ -20,8 +20,9 @@ import { StickyPins } from '../src/policy/sticky.ts';
 import { QuotaLedger } from '../src/policy/quota.ts';
 import { cannon } from './llm/cannon.ts';
 import { paced } from './llm/paced.ts';
-import { startBroker, startMock, ROOT } from './llm/procs.ts';
-import { round, table } from './llm/stats.ts';
+import { ROOT, startBroker } from './lib/process.ts';
+import { round, table } from './lib/stats.ts';
+import { startMock } from './llm/procs.ts';
 
 const ALL_ON = Object.fromEntries(FLAG_NAMES.map((f) => [f, true])) as FlagSet;
 const ALL_OFF = Object.fromEntries(FLAG_NAMES.map((f) => [f, false])) as FlagSet;

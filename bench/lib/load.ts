@@ -2,14 +2,17 @@
 // latencies (autocannon's own histogram rounds to whole milliseconds, too coarse
 // for a 28x28 model).
 import autocannon from 'autocannon';
-import { round, summarize, type LatencySummary } from './stats.ts';
+import { round, summarize, type Latency } from './stats.ts';
 
 export interface LoadOptions {
   readonly url: string;
   readonly body: string;
   readonly connections: number;
   readonly durationS: number;
-  readonly headers?: Record<string, string>;
+  readonly headers?: Readonly<Record<string, string>>;
+  /** autocannon's overallRate: requests per second over all connections; unset = as fast as possible. */
+  readonly overallRate?: number;
+  readonly timeoutS?: number;
 }
 
 /** One autocannon run, raw. */
@@ -34,7 +37,7 @@ export interface LoadResult {
   readonly timeouts: number;
   /** 2xx replies per second. */
   readonly throughput_rps: number;
-  readonly latency: LatencySummary;
+  readonly latency: Latency;
   readonly status_codes: Record<string, number>;
 }
 
@@ -47,7 +50,8 @@ export async function fire(opts: LoadOptions): Promise<LoadRun> {
     body: opts.body,
     connections: opts.connections,
     duration: opts.durationS,
-    timeout: 30,
+    timeout: opts.timeoutS ?? 30,
+    ...(opts.overallRate !== undefined ? { overallRate: opts.overallRate } : {}),
   });
   instance.on('response', (_client, status, _bytes, ms) => {
     if (status >= 200 && status < 300) latencies.push(ms);

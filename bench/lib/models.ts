@@ -4,7 +4,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { loadManifest, type LoadedModel } from '../../src/infer/manifest.ts';
-import { ROOT } from './broker-process.ts';
+import { ROOT } from './process.ts';
 import { sleep } from './stats.ts';
 
 export const VA_PATH = join(ROOT, 'models', 'vA.onnx');

@@ -2,7 +2,7 @@
 import { cpus, availableParallelism, loadavg, totalmem } from 'node:os';
 import { renameSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT } from './broker-process.ts';
+import { ROOT } from './process.ts';
 
 export function machine() {
   const c = cpus();

@@ -1,34 +1,9 @@
-// autocannon (closed loop, or its overallRate) against one POST route, with exact
-// per-request latencies from its 'response' event (its own histogram rounds to whole ms).
-// Loaded through require with the few types used here, so this file needs no ambient
-// declaration of the module.
-import { createRequire } from 'node:module';
-import type { EventEmitter } from 'node:events';
-import { round, summarize, type Latency } from './stats.ts';
+// autocannon (closed loop, or its overallRate) against one POST route, in the result
+// shape bench:llm reports; the run itself is bench/lib/load.ts's fire().
+import { fire, type LoadOptions } from '../lib/load.ts';
+import { round, summarize, type Latency } from '../lib/stats.ts';
 
-interface AutocannonResult {
-  duration: number;
-  errors: number;
-  timeouts: number;
-  non2xx: number;
-  '2xx': number;
-}
-interface AutocannonInstance extends EventEmitter, PromiseLike<AutocannonResult> {
-  on(event: 'response', listener: (client: unknown, statusCode: number, resBytes: number, responseTimeMs: number) => void): this;
-}
-type Autocannon = (opts: Record<string, unknown>) => AutocannonInstance;
-
-const autocannon = createRequire(import.meta.url)('autocannon') as Autocannon;
-
-export interface CannonOptions {
-  readonly url: string;
-  readonly body: string;
-  readonly headers?: Readonly<Record<string, string>>;
-  readonly connections: number;
-  readonly durationS: number;
-  /** autocannon's overallRate: requests per second over all connections; unset = as fast as possible. */
-  readonly overallRate?: number;
-}
+export type CannonOptions = Omit<LoadOptions, 'timeoutS'>;
 
 export interface CannonResult {
   readonly connections: number;
@@ -45,30 +20,16 @@ export interface CannonResult {
 }
 
 export async function cannon(opts: CannonOptions): Promise<CannonResult> {
-  const lat: number[] = [];
-  const instance = autocannon({
-    url: opts.url,
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...opts.headers },
-    body: opts.body,
-    connections: opts.connections,
-    duration: opts.durationS,
-    timeout: 10,
-    ...(opts.overallRate !== undefined ? { overallRate: opts.overallRate } : {}),
-  });
-  instance.on('response', (_client, status, _bytes, ms) => {
-    if (status >= 200 && status < 300) lat.push(ms);
-  });
-  const r = await instance;
+  const r = await fire({ ...opts, timeoutS: 10 });
   return {
     connections: opts.connections,
-    duration_s: r.duration,
+    duration_s: r.durationS,
     overall_rate: opts.overallRate ?? null,
-    ok: r['2xx'],
+    ok: r.ok,
     non_2xx: r.non2xx,
     errors: r.errors,
     timeouts: r.timeouts,
-    rps: round(r['2xx'] / r.duration, 1),
-    latency: summarize(lat),
+    rps: round(r.ok / r.durationS, 1),
+    latency: summarize(r.latencies),
   };
 }

@@ -12,7 +12,7 @@
 // the burst worse, not better. bench:llm records both; the overhead goals use this one.
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { round, summarize, type Latency } from './stats.ts';
+import { round, summarize, type Latency } from '../lib/stats.ts';
 
 export interface PacedOptions {
   readonly url: string;

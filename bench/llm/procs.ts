@@ -1,114 +1,12 @@
 // The servers of bench:llm, each its own child process bound to 127.0.0.1: the mock
 // upstream, the broker (thread or pool mode) and the peer gateway (Portkey). The load
 // generator stays in the bench process, so no server shares an event loop with it.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
+import { sleep } from '../lib/stats.ts';
+import { answers, freePort, live, startChild, type Child } from '../lib/process.ts';
 
-export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const PORTKEY_ENTRY = 'node_modules/@portkey-ai/gateway/build/start-server.js';
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-// Children still running when the bench exits (an error, Ctrl-C) are killed with it.
-const live = new Set<ChildProcess>();
-process.once('exit', () => {
-  for (const c of live) c.kill('SIGKILL');
-});
-for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
-
-export interface Child {
-  readonly name: string;
-  readonly pid: number;
-  readonly port: number;
-  readonly url: string;
-  /** The last lines the child wrote (stdout and stderr), for error messages. */
-  output(): string;
-  /** How it exited (code or signal), or undefined while it runs. */
-  exited(): number | string | null | undefined;
-  /** SIGTERM, then SIGKILL after graceMs. */
-  stop(graceMs?: number): Promise<void>;
-}
-
-/** A port that was free a moment ago (the broker cannot report PORT=0's choice at LOG_LEVEL=warn). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-interface SpawnSpec {
-  readonly name: string;
-  readonly args: readonly string[];
-  readonly env?: Record<string, string>;
-  /** Resolves the port once the child is ready; throws to keep waiting. */
-  ready(out: () => string): Promise<number>;
-  readonly readyTimeoutMs: number;
-}
-
-async function start(spec: SpawnSpec): Promise<Child> {
-  const child = spawn(process.execPath, [...spec.args], {
-    cwd: ROOT,
-    env: { ...process.env, ...spec.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  live.add(child);
-  let tail = '';
-  const keep = (chunk: Buffer): void => {
-    tail = (tail + chunk.toString('utf8')).slice(-8000);
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  let exited: number | string | null | undefined;
-  let stopping = false;
-  const exit = new Promise<void>((resolve) => {
-    child.once('exit', (code, signal) => {
-      exited = code ?? signal;
-      live.delete(child);
-      resolve();
-    });
-  });
-  const stop = async (graceMs = 5000): Promise<void> => {
-    stopping = true;
-    if (exited !== undefined) return;
-    child.kill('SIGTERM');
-    const late = await Promise.race([exit.then(() => false), sleep(graceMs).then(() => true)]);
-    if (late) {
-      child.kill('SIGKILL');
-      await exit;
-    }
-  };
-  const deadline = Date.now() + spec.readyTimeoutMs;
-  for (;;) {
-    if (exited !== undefined) throw new Error(`${spec.name} exited (${exited}) before it was ready:\n${tail}`);
-    try {
-      const port = await spec.ready(() => tail);
-      // exited() stays undefined after our own stop(): only an exit nobody asked for counts.
-      return { name: spec.name, pid: child.pid!, port, url: `http://127.0.0.1:${port}`, output: () => tail, exited: () => (stopping ? undefined : exited), stop };
-    } catch {
-      // not ready yet
-    }
-    if (Date.now() > deadline) {
-      await stop(1000);
-      throw new Error(`${spec.name} not ready after ${spec.readyTimeoutMs} ms:\n${tail}`);
-    }
-    await sleep(100);
-  }
-}
-
-/** Any HTTP answer on the port means it is listening. */
-async function answers(url: string, okStatus?: number): Promise<void> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-  await res.arrayBuffer();
-  if (okStatus !== undefined && res.status !== okStatus) throw new Error(`status ${res.status}`);
-}
 
 export interface MockFlags {
   readonly tokens: number;
@@ -119,7 +17,7 @@ export interface MockFlags {
 /** `npm run mock-upstream` without npm in between, so the pid is the server's own. */
 export function startMock(name: string, f: MockFlags): Promise<Child> {
   const args = ['--import', 'tsx', 'src/mock-upstream/main.ts', '--port', '0', '--tokens', String(f.tokens), '--tps', String(f.tps), '--ttft-ms', String(f.ttftMs)];
-  return start({
+  return startChild({
     name,
     args,
     readyTimeoutMs: 30_000,
@@ -133,7 +31,7 @@ export function startMock(name: string, f: MockFlags): Promise<Child> {
 
 /** The minimal uWS + undici proxy (floor-proxy.ts) in front of an OpenAI-style upstream. */
 export function startFloorProxy(upstream: string, model: string): Promise<Child> {
-  return start({
+  return startChild({
     name: 'floor-proxy',
     args: ['--import', 'tsx', 'bench/llm/floor-proxy.ts', upstream, model],
     readyTimeoutMs: 30_000,
@@ -145,25 +43,10 @@ export function startFloorProxy(upstream: string, model: string): Promise<Child>
   });
 }
 
-/** The broker (src/main.ts) with these env vars on top of the bench's own; ready when /ready says 200. */
-export async function startBroker(name: string, env: Record<string, string>, nodeFlags: readonly string[] = []): Promise<Child> {
-  const port = await freePort();
-  return start({
-    name,
-    args: [...nodeFlags, '--import', 'tsx', 'src/main.ts'],
-    env: { HOST: '127.0.0.1', PORT: String(port), ...env },
-    readyTimeoutMs: 60_000,
-    async ready() {
-      await answers(`http://127.0.0.1:${port}/ready`, 200);
-      return port;
-    },
-  });
-}
-
 /** Portkey's gateway as PEERS.md starts it (`--port=` needs the `=`). */
 export async function startPortkey(): Promise<Child> {
   const port = await freePort();
-  return start({
+  return startChild({
     name: 'portkey',
     args: [PORTKEY_ENTRY, `--port=${port}`, '--headless'],
     readyTimeoutMs: 60_000,

@@ -3,8 +3,8 @@
 // (the event loop) is detailed, the others only totalled.
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT } from './procs.ts';
-import { round, table } from './stats.ts';
+import { ROOT } from '../lib/process.ts';
+import { round, table } from '../lib/stats.ts';
 
 interface CpuProfile {
   nodes: { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; hitCount?: number }[];

@@ -7,7 +7,7 @@
 // two cores with the servers, and must stay cheap.
 import { performance } from 'node:perf_hooks';
 import { Pool, type Dispatcher } from 'undici';
-import { round, summarize, type Latency } from './stats.ts';
+import { round, summarize, type Latency } from '../lib/stats.ts';
 
 /** A content delta with at least one character: `"content":"tok0 "`. */
 const CONTENT = /"content":"[^"]/;
