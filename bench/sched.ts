@@ -18,6 +18,7 @@ import { Scheduler, type Admission } from '../src/sched/scheduler.ts';
 import { DEFAULT_PERFORMANCE, PerformanceTracker } from '../src/policy/performance.ts';
 import { StickyPins } from '../src/policy/sticky.ts';
 import { QuotaLedger } from '../src/policy/quota.ts';
+import { mulberry32 } from '../scripts/train/prng.ts';
 import { cannon } from './llm/cannon.ts';
 import { paced } from './llm/paced.ts';
 import { ROOT, startBroker } from './lib/process.ts';
@@ -48,8 +49,7 @@ function group(n: number): ModelGroupConfig {
 }
 
 function routingCost(n: number, flags: FlagSet, iterations: number): number {
-  let seed = 7;
-  const random = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const random = mulberry32(7);
   const now = (): number => 1_000_000;
   const quota = new QuotaLedger(now);
   const performance_ = new PerformanceTracker(DEFAULT_PERFORMANCE, now);

@@ -199,7 +199,9 @@ function parseQos(raw: Obj): QosConfig {
 }
 
 function parseApiKeys(raw: Obj, qos: QosConfig, env: Readonly<Record<string, string | undefined>>): Map<string, ApiKeyPolicy> {
-  const o = section(raw, 'apiKeys', Object.keys(raw.apiKeys ?? {}));
+  // Any key name is allowed here (the names are the keys), so no allowOnly().
+  const o = raw.apiKeys ?? {};
+  if (!isObj(o)) throw new BrokerConfigError('apiKeys', 'must be an object');
   const keys = new Map<string, ApiKeyPolicy>();
   for (const [name, k] of Object.entries(o)) {
     const p = `apiKeys.${name}`;

@@ -38,7 +38,7 @@ export interface Admitted {
   readonly priority: number;
   readonly label: string;
   readonly stickyKey: string | undefined;
-  /** Estimated prompt tokens plus predicted (or requested) output tokens. */
+  /** Estimated prompt tokens plus predicted (or requested) output tokens; 0 without quota enforcement. */
   readonly reserveTokens: number;
   readonly predictedOutput: number;
   /** The client body, with max output tokens capped by the tier if needed. */
@@ -139,7 +139,8 @@ export class Governance {
     let predictedOutput: number;
     if (flags.output_prediction) predictedOutput = this.predictor.predict(label, maxTokens).tokens;
     else predictedOutput = maxTokens ?? this.config.scheduler.defaultOutputTokens;
-    const reserveTokens = promptTokensOf(body) + predictedOutput;
+    // Only quotas reserve tokens: without them, no need to walk the prompt.
+    const reserveTokens = flags.quota_enforcement ? promptTokensOf(body) + predictedOutput : 0;
     let keyReservation: Reservation | null = null;
     if (flags.quota_enforcement && apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined)) {
       try {

@@ -52,6 +52,8 @@ type Pick = { lease: Lease } | { full: true } | { none: BrokerError | undefined 
 /** Groups larger than this are routed by sampling instead of a scan. */
 const SAMPLE_ABOVE = 16;
 const SAMPLE_DRAWS = 8;
+/** TTFT differences below this many ms do not steer performance routing. */
+const LATENCY_NOISE_MS = 5;
 
 export interface SchedulerDeps {
   readonly router: RouterConfig;
@@ -193,7 +195,17 @@ export class Scheduler {
           return true;
         };
     const choose = perf
-      ? (c: DeploymentState[]): DeploymentState => powerOfTwo(c, (d) => perf.cost(d.config.id, capacity.inFlight(d.slot), d.config.weight), random)
+      ? (c: DeploymentState[]): DeploymentState =>
+          powerOfTwo(
+            c,
+            (d) => {
+              const inFlight = capacity.inFlight(d.slot);
+              // TTFTs a few ms apart are noise for LLM streams: treat them as equal, so a
+              // recovered deployment gets its share back instead of losing every close call.
+              return Math.max(perf.cost(d.config.id, inFlight, d.config.weight), ((inFlight + 1) * LATENCY_NOISE_MS) / d.config.weight);
+            },
+            random,
+          )
       : (c: DeploymentState[]): DeploymentState => {
           // Least in-flight per unit of weight; the scan starts at a random place so ties
           // spread out instead of always going to the first deployment.

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { stringify } from 'yaml';
 import { createMockUpstream, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import { mulberry32 } from '../../scripts/train/prng.ts';
 import { startTestBroker, admin, json, metricValue, type TestBroker } from '../helpers/broker.ts';
 
 const mocks: MockUpstream[] = [];
@@ -331,8 +332,7 @@ t.test('10,000 requests with random outcomes: every counter returns to 0', async
     { LOG_LEVEL: 'warn', BROKER_FF_COMPILED_CHAIN: 'true' },
   );
   // Seeded, so a failure can be replayed.
-  let seed = 42;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const rand = mulberry32(42);
   const groups = ['ok', 'ok', 'ok', 'err', 'cut', 'stall', 'slow', 'slow'];
   const seen = new Map<string, number>();
   let next = 0;

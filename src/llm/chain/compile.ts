@@ -86,6 +86,10 @@ export interface ChainStats {
   error: { code: string; message: string } | null;
 }
 
+export function newChainStats(): ChainStats {
+  return { promptTokens: 0, completionTokens: 0, finishReason: null, firstTokenAt: null, lastTokenAt: null, chunks: 0, sawTerminal: false, usageFromUpstream: false, error: null };
+}
+
 /** Bytes or text to write to the client now; null when there is nothing. */
 export type ChainOutput = Uint8Array | string | null;
 
@@ -135,17 +139,7 @@ const TRUNCATED = 'upstream stream ended before the response was complete';
 /** Per-stream state shared by the stage functions; the current event's facts live here too, so stages pass nothing. */
 class Run {
   readonly ctx: ChainContext;
-  readonly stats: ChainStats = {
-    promptTokens: 0,
-    completionTokens: 0,
-    finishReason: null,
-    firstTokenAt: null,
-    lastTokenAt: null,
-    chunks: 0,
-    sawTerminal: false,
-    usageFromUpstream: false,
-    error: null,
-  };
+  readonly stats: ChainStats = newChainStats();
   readonly onFirstToken: (at: number) => void;
   readonly onToken: (at: number, previousAt: number | null) => void;
   readonly dropUsage: boolean;

@@ -14,7 +14,7 @@ import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
 import type { OllamaChatResponse, OllamaGenerateResponse, OpenAIChunk } from '../translate/types.ts';
-import type { ChainContext, ChainSpec, ChainStats } from './compile.ts';
+import { newChainStats, type ChainContext, type ChainSpec, type ChainStats } from './compile.ts';
 
 /** What the parse stage hands on. */
 interface Up {
@@ -395,17 +395,7 @@ export interface Pipeline {
 }
 
 export function createPipeline(spec: ChainSpec, ctx: ChainContext): Pipeline {
-  const stats: ChainStats = {
-    promptTokens: 0,
-    completionTokens: 0,
-    finishReason: null,
-    firstTokenAt: null,
-    lastTokenAt: null,
-    chunks: 0,
-    sawTerminal: false,
-    usageFromUpstream: false,
-    error: null,
-  };
+  const stats = newChainStats();
   const parse = spec.provider === 'openai' ? new SseParse() : new NdjsonParse();
   const translate = new TranslateStage(spec, ctx, stats);
   const stages: Transform[] = [parse];

@@ -6,17 +6,8 @@
 import { compileChain, type ChainContext, type ChainSpec, type ChainStream } from '../../../src/llm/chain/compile.ts';
 import type { Api, Kind } from '../../../src/llm/translate/types.ts';
 
-/** mulberry32: small, seeded, good enough to pick split points. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded PRNG (the project's mulberry32): small, good enough to pick split points. */
+export { mulberry32 as prng } from '../../../scripts/train/prng.ts';
 
 export const TOKENS = ['héllo', ' 世界', ' 🎉', ' say "hi"', '\n', ' back\\slash', ' tab\t', ' ok', '', ' naïve', ' 日本語', ' 👩‍👩‍👧'];
 

@@ -18,17 +18,8 @@ export function fakeClock(start = 1_700_000_000_000): FakeClock {
   return c;
 }
 
-/** mulberry32: a small seeded PRNG, so runs are repeatable. Values in [0, 1). */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded PRNG (the project's mulberry32), so runs are repeatable. Values in [0, 1). */
+export { mulberry32 as seeded } from '../../../scripts/train/prng.ts';
 
 /** Lets every queued microtask and one macrotask turn run. */
 export function ticks(): Promise<void> {
