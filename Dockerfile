@@ -1,16 +1,25 @@
 # syntax=docker/dockerfile:1
 #
-# Edge Broker. The broker runs its TypeScript sources through tsx (`node --import tsx
-# src/main.ts`, and the worker threads load `tsx/esm/api`); tsx is a production
-# dependency, so `npm ci --omit=dev` is all the runtime needs.
+# Edge Broker. The broker runs compiled: a build stage turns src/ into dist/ with tsc
+# (`npm run build`), and the image runs `node dist/main.js` with the production
+# dependencies only (`npm ci --omit=dev`): no TypeScript, no tsx, no sources.
 #
 #   docker build -t edge-broker .
 #   docker run --rm -p 8080:8080 edge-broker
 #
 # The same image runs the mock LLM upstream (see compose.yml):
-#   docker run --rm -p 9000:9000 edge-broker npm run mock-upstream -- --port 9000 --host 0.0.0.0
+#   docker run --rm -p 9000:9000 edge-broker node dist/mock-upstream/main.js --port 9000 --host 0.0.0.0
 
 ARG NODE_IMAGE=node:20-bookworm-slim
+
+# --- build: all dependencies (TypeScript), no install scripts (tsc needs no native module)
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build
 
 # --- production dependencies (with install scripts: sharp, onnxruntime-node; .npmrc and
 #     ONNXRUNTIME_NODE_INSTALL tell onnxruntime-node not to download the CUDA provider)
@@ -29,14 +38,15 @@ ENV NODE_ENV=production \
 WORKDIR /app
 # Code and dependencies stay owned by root: the process (user node) can read them, not change them.
 COPY --from=prod-deps /app/node_modules ./node_modules
-COPY package.json package-lock.json tsconfig.json ./
-COPY src ./src
+COPY --from=build /app/dist ./dist
+COPY package.json package-lock.json ./
 COPY config ./config
 # The bundled models and their manifests (MODEL_VA_PATH / MODEL_VB_PATH default to models/vA.onnx, models/vB.onnx).
 COPY models ./models
 
-# Fail the build, not the first start, if tsx or a native module (uWebSockets.js, sharp) cannot load.
-RUN node --import tsx --input-type=module -e "await import('./src/app.ts'); await import('sharp'); await import('onnxruntime-node')"
+# Fail the build, not the first start, if a module (uWebSockets.js, sharp, onnxruntime-node, a
+# dependency left in devDependencies) cannot load.
+RUN node --input-type=module -e "await import('./dist/app.js'); await import('sharp'); await import('onnxruntime-node')"
 
 USER node
 EXPOSE 8080
@@ -44,5 +54,6 @@ STOPSIGNAL SIGTERM
 # No curl in the slim image: Node's fetch. The port follows PORT.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 8080) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
-# node itself is PID 1 (not npm), so SIGTERM reaches main.ts's graceful shutdown.
-CMD ["node", "--import", "tsx", "src/main.ts"]
+# `npm start` without npm (and its prestart build): node itself is PID 1, so SIGTERM reaches
+# main.ts's graceful shutdown.
+CMD ["node", "dist/main.js"]

@@ -1,34 +1,56 @@
 // Wiring: config in, a running broker out. main.ts calls this for the process; tests
 // call it to run a real broker on a free port in-process.
+//
+// The main thread is the control plane: configuration, admin APIs, the flag store,
+// the inference pool, metrics aggregation. With FRONT_THREADS > 0, data-plane threads
+// (src/plane/worker.ts) serve HTTP on the port and forward to it what is not theirs;
+// with FRONT_THREADS=0 the main thread serves everything itself.
+import { pino } from 'pino';
 import type { Config } from './config/env.ts';
 import { createLogger, type Logger } from './obs/logger.ts';
 import { createMetrics, type Metrics } from './obs/metrics.ts';
 import { obsRoutes } from './obs/routes.ts';
-import { createRateLimiter } from './guard/rate-limit.ts';
+import { createRateLimiter, rateLimitBuffer } from './guard/rate-limit.ts';
 import { createAdminCheck } from './guard/admin-auth.ts';
 import { Router } from './front/http/router.ts';
-import { startHttpFront, type HttpFront } from './front/http/server.ts';
+import { startHttpFront } from './front/http/server.ts';
 import { loadManifest } from './infer/manifest.ts';
 import { createInferPool } from './infer/pool.ts';
 import { InferService } from './infer/service.ts';
-import { inferRoutes } from './infer/routes.ts';
+import { disabledInference, inferRoutes, readyRoute } from './infer/routes.ts';
 import { adminRoutes } from './admin/routes.ts';
-import { loadBrokerConfigFile, EMPTY_FLEET } from './config/broker-config.ts';
+import { loadBrokerConfigFile, EMPTY_FLEET, type BrokerConfig } from './config/broker-config.ts';
 import { FlagStore } from './config/flags.ts';
+import { CapacityCounters } from './sched/capacity.ts';
 import { Governance } from './sched/governance.ts';
+import { waitBoardBuffer } from './sched/wait-board.ts';
+import { QuotaLedger } from './policy/quota.ts';
 import { industrialRoutes } from './admin/industrial.ts';
 import { LlmProxy } from './llm/proxy.ts';
 import { llmRoutes, ollamaFleet, staticFleet } from './llm/routes.ts';
 import { poolExecutor } from './llm/exec/pool.ts';
 import { threadExecutor } from './llm/exec/thread.ts';
+import { DataPlanes } from './plane/planes.ts';
+import { serveForwarded } from './plane/forwarded.ts';
+import type { Snapshot } from './plane/protocol.ts';
 
 export interface Broker {
   readonly port: number;
   readonly config: Config;
   readonly metrics: Metrics;
   readonly logger: Logger;
-  readonly infer: InferService;
-  /** Graceful: stop accepting, let in-flight requests finish (up to graceMs), stop workers. */
+  /** The inference service; undefined with INFER_ENABLED=false. */
+  readonly infer: InferService | undefined;
+  /** The LLM governance the admin APIs see (the control plane's). */
+  readonly governance: Governance;
+  /** The data-plane threads; undefined with FRONT_THREADS=0. */
+  readonly planes: DataPlanes | undefined;
+  /** Resolves once the inference models are loaded (at once without inference). */
+  waitReady(): Promise<void>;
+  /**
+   * Graceful: stop accepting on every thread, let in-flight requests and streams
+   * finish for up to graceMs, end the rest with an explicit error, stop the workers.
+   */
   close(graceMs?: number): Promise<void>;
 }
 
@@ -39,11 +61,165 @@ export interface BrokerOptions {
 export async function startBroker(config: Config, opts: BrokerOptions = {}): Promise<Broker> {
   // A bad fleet file stops start-up before anything else is started.
   const fleetConfig = config.brokerConfigPath === undefined ? undefined : loadBrokerConfigFile(config.brokerConfigPath);
-  const logger = createLogger(config.logLevel, opts.logDestination);
+  const destination: NodeJS.WritableStream = opts.logDestination ?? (pino.destination({ sync: false }) as unknown as NodeJS.WritableStream);
+  const logger = createLogger(config.logLevel, destination);
   const metrics = createMetrics();
   if (config.adminToken === undefined) logger.warn('ADMIN_TOKEN is not set: admin routes are refused');
 
-  const infer = new InferService({
+  const infer = config.inferEnabled ? startInference(config, metrics, logger) : undefined;
+  const threaded = config.frontThreads > 0;
+
+  // Fleet and governance. Threaded, this Governance is the control plane's: it owns
+  // the capacity slots and limits, learns from every thread, and the admin APIs read it.
+  const flags = new FlagStore(config.featureFlags);
+  const capacity = new CapacityCounters();
+  const quota = new QuotaLedger(Date.now);
+  const waiters = new SharedArrayBuffer(4);
+  const rateLimiter = createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: config.rateLimitRps > 0 ? rateLimitBuffer() : undefined });
+  let fleetNow: BrokerConfig | null = fleetConfig ?? null;
+  let fleetVersion = 0;
+  const governance = new Governance({
+    config: fleetConfig ?? { ...EMPTY_FLEET, source: 'none' },
+    flags,
+    metrics,
+    stickyTtlMs: config.stickyTtlS * 1000,
+    capacity,
+    quota,
+    waiters: new Int32Array(waiters),
+  });
+  let planes: DataPlanes | undefined;
+  const fleet =
+    fleetConfig !== undefined
+      ? staticFleet(fleetConfig)
+      : ollamaFleet(config.ollamaUrl, logger, (found) => {
+          governance.adopt(found);
+          fleetNow = found;
+          fleetVersion++;
+        });
+
+  let version = 0;
+  let last: Snapshot | undefined;
+  const snapshot = (): Snapshot => {
+    const draining = governance.scheduler.all().filter((d) => d.draining).map((d) => d.config.id);
+    const next = { flags: flags.flags, fleet: fleetNow, fleetVersion, slots: capacity.entries(), draining };
+    if (last !== undefined && sameSnapshot(last, next)) return last;
+    const made: Snapshot = Object.freeze({ version: ++version, ...next });
+    last = made;
+    return made;
+  };
+
+  const controlRoutes = [
+    ...obsRoutes(metrics, threaded ? async () => planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : undefined),
+    readyRoute(infer),
+    ...(infer !== undefined ? adminRoutes(infer) : []),
+    ...industrialRoutes(governance, logger, threaded ? { stats: () => planes!.stats() } : undefined),
+  ];
+  const guards = {
+    maxBodyBytes: config.maxBodyBytes,
+    rateLimiter,
+    adminCheck: createAdminCheck(config.adminToken),
+    metrics,
+  };
+  const shutdown = new AbortController();
+  const executor = !threaded && config.llmExecution === 'pool' ? poolExecutor(config.llmPoolThreads) : threadExecutor();
+
+  let port: number;
+  let stopListening: () => void;
+  let closeAll: () => void;
+  let inFlight: () => number;
+  try {
+    if (threaded) {
+      const controlRouter = new Router();
+      for (const r of controlRoutes) controlRouter.add(r);
+      const control = { ...guards, router: controlRouter, logger };
+      planes = new DataPlanes({
+        config,
+        threads: config.frontThreads,
+        logger,
+        metrics,
+        buffers: { capacity: capacity.buffer, waiters, board: waitBoardBuffer(), quota: quota.buffer, rateLimit: rateLimiter.buffer },
+        snapshot,
+        writeLog: (text) => destination.write(text),
+        async forward(req, body) {
+          const reply = await serveForwarded(control, req, body);
+          // A change made through the admin API is in force on every thread before it returns.
+          if (req.method !== 'GET' && req.method !== 'HEAD') await planes!.publish();
+          return reply;
+        },
+        infer(call) {
+          if (infer === undefined) return disabledInference.infer(call as never);
+          return infer.infer({ image: Buffer.from(call.image.buffer, call.image.byteOffset, call.image.byteLength), imgSize: call.imgSize, topK: call.topK, cookieArm: call.cookieArm });
+        },
+        async discover() {
+          const before = fleetVersion;
+          await fleet.current();
+          if (fleetVersion !== before) await planes!.publish();
+        },
+        learn(events) {
+          for (const e of events) governance.learn(e);
+        },
+      });
+      port = await planes.start();
+      stopListening = () => undefined;
+      closeAll = () => undefined;
+      inFlight = () => 0;
+    } else {
+      const proxy = new LlmProxy({ metrics, logger, executor, governance, shutdown: shutdown.signal });
+      const router = new Router();
+      for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, proxy)]) router.add(r);
+      const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger });
+      port = front.port;
+      stopListening = () => front.stopListening();
+      closeAll = () => front.closeAll();
+      inFlight = () => front.inFlight;
+    }
+  } catch (err) {
+    await Promise.all([infer?.close(), executor.close(), planes?.close(0)]);
+    throw err;
+  }
+  if (infer !== undefined) metrics.sources.inferQueue = () => infer.currentPool.queueSize;
+  metrics.planeThreads.set(planes?.count ?? 0);
+  logger.info(
+    { port, host: config.host, front_threads: config.frontThreads, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, inference: infer !== undefined, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads },
+    'edge broker listening',
+  );
+
+  let closed: Promise<void> | undefined;
+  return {
+    port,
+    config,
+    metrics,
+    logger,
+    infer,
+    governance,
+    planes,
+    waitReady: () => infer?.waitReady() ?? Promise.resolve(),
+    close(graceMs = config.shutdownGraceS * 1000) {
+      closed ??= (async () => {
+        let unfinished: number;
+        if (planes !== undefined) {
+          unfinished = await planes.close(graceMs);
+        } else {
+          stopListening();
+          const deadline = Date.now() + graceMs;
+          while (inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+          unfinished = inFlight();
+          // Streams still open end with an explicit shutting_down event.
+          shutdown.abort();
+          const hard = Date.now() + 1000;
+          while (inFlight() > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
+          closeAll();
+        }
+        await Promise.all([infer?.close(), executor.close()]);
+        logger.info({ unfinished }, 'edge broker stopped');
+      })();
+      return closed;
+    },
+  };
+}
+
+function startInference(config: Config, metrics: Metrics, logger: Logger): InferService {
+  return new InferService({
     initial: {
       abWeightA: config.abWeightA,
       abWeightB: config.abWeightB,
@@ -74,52 +250,15 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     metrics,
     logger,
   });
+}
 
-  const flags = new FlagStore(config.featureFlags);
-  const governance = new Governance({
-    config: fleetConfig ?? { ...EMPTY_FLEET, source: 'none' },
-    flags,
-    metrics,
-    stickyTtlMs: config.stickyTtlS * 1000,
-  });
-  const fleet = fleetConfig !== undefined ? staticFleet(fleetConfig) : ollamaFleet(config.ollamaUrl, logger, (found) => governance.adopt(found));
-  const executor = config.llmExecution === 'pool' ? poolExecutor(config.llmPoolThreads) : threadExecutor();
-  const proxy = new LlmProxy({ metrics, logger, executor, governance });
-
-  const router = new Router();
-  for (const r of [...obsRoutes(metrics), ...inferRoutes(infer, config.stickyCookie), ...adminRoutes(infer), ...llmRoutes(fleet, proxy), ...industrialRoutes(governance, logger)]) router.add(r);
-
-  let front: HttpFront;
-  try {
-    front = await startHttpFront({
-      host: config.host,
-      port: config.port,
-      maxBodyBytes: config.maxBodyBytes,
-      router,
-      rateLimiter: createRateLimiter(config.rateLimitRps, config.rateLimitBurst),
-      adminCheck: createAdminCheck(config.adminToken),
-      metrics,
-      logger,
-    });
-  } catch (err) {
-    await Promise.all([infer.close(), executor.close()]);
-    throw err;
-  }
-  metrics.sources.inferQueue = () => infer.currentPool.queueSize;
-  logger.info({ port: front.port, host: config.host, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, llm_execution: config.llmExecution, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads }, 'edge broker listening');
-
-  return {
-    port: front.port,
-    config,
-    metrics,
-    logger,
-    infer,
-    async close(graceMs = 10_000) {
-      front.stopListening();
-      const deadline = Date.now() + graceMs;
-      while (front.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-      await Promise.all([infer.close(), executor.close()]);
-      logger.info({ unfinished: front.inFlight }, 'edge broker stopped');
-    },
-  };
+function sameSnapshot(a: Omit<Snapshot, 'version'>, b: Omit<Snapshot, 'version'>): boolean {
+  return (
+    a.flags === b.flags &&
+    a.fleetVersion === b.fleetVersion &&
+    a.slots.length === b.slots.length &&
+    a.slots.every(([id, slot], i) => b.slots[i]![0] === id && b.slots[i]![1] === slot) &&
+    a.draining.length === b.draining.length &&
+    a.draining.every((id, i) => b.draining[i] === id)
+  );
 }

@@ -23,6 +23,8 @@ export const ERROR_TABLE = {
   upstream_error: { http: 502, grpc: 'UNAVAILABLE', message: 'upstream failed' },
   overloaded: { http: 503, grpc: 'UNAVAILABLE', message: 'server is overloaded' },
   not_ready: { http: 503, grpc: 'UNAVAILABLE', message: 'models are not loaded yet' },
+  inference_disabled: { http: 503, grpc: 'UNAVAILABLE', message: 'inference is turned off: INFER_ENABLED=false' },
+  shutting_down: { http: 503, grpc: 'UNAVAILABLE', message: 'the broker is shutting down' },
   upstream_unavailable: { http: 503, grpc: 'UNAVAILABLE', message: 'no upstream is available' },
   queue_timeout: { http: 504, grpc: 'DEADLINE_EXCEEDED', message: 'request waited too long in the queue' },
   upstream_timeout: { http: 504, grpc: 'DEADLINE_EXCEEDED', message: 'upstream timed out' },

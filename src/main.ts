@@ -1,6 +1,6 @@
 // Composition root for the process: config from env, start, graceful shutdown on signals.
 import { ConfigError, loadConfig } from './config/env.ts';
-import { startBroker } from './app.ts';
+import { startBroker, type Broker } from './app.ts';
 import { BrokerConfigError } from './config/broker-config.ts';
 
 let config;
@@ -14,7 +14,33 @@ try {
   throw err;
 }
 
-let broker;
+// Signals are handled from the start: data-plane threads may answer before startBroker
+// returns, and a signal then must still stop the broker gracefully. A repeat of the
+// signal within a second is the same request (Ctrl-C reaches npm and the broker both);
+// a later one forces the exit.
+let broker: Broker | undefined;
+let stopRequestedAt: number | undefined;
+let stopSignal: NodeJS.Signals | undefined;
+const stop = (): void => {
+  if (broker === undefined) return;
+  broker.logger.info({ signal: stopSignal }, 'shutting down');
+  // Exit once the last log lines are written: the destination is asynchronous.
+  const exit = (code: number) => () => broker!.logger.flush(() => process.exit(code));
+  broker.close().then(exit(0), exit(1));
+};
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => {
+    const now = Date.now();
+    if (stopRequestedAt !== undefined) {
+      if (now - stopRequestedAt > 1000) process.exit(1);
+      return;
+    }
+    stopRequestedAt = now;
+    stopSignal = signal;
+    stop();
+  });
+}
+
 try {
   broker = await startBroker(config);
 } catch (err) {
@@ -24,15 +50,4 @@ try {
   }
   throw err;
 }
-let stopping = false;
-for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  process.on(signal, () => {
-    if (stopping) process.exit(1);
-    stopping = true;
-    broker.logger.info({ signal }, 'shutting down');
-    broker.close().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  });
-}
+if (stopRequestedAt !== undefined) stop();

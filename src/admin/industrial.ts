@@ -7,6 +7,7 @@ import { FLAG_NAMES, isFlagName, type FlagName } from '../config/flags.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Governance } from '../sched/governance.ts';
 import { resolveTier } from '../policy/qos.ts';
+import type { PlaneStats } from '../plane/protocol.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 const P = '/api/industrial';
@@ -35,7 +36,30 @@ function limitOf(body: unknown): number {
   return v;
 }
 
-export function industrialRoutes(gov: Governance, logger: Logger): Route[] {
+/** The per-thread numbers (queue, sticky pins) of data-plane threads, when they serve. */
+export interface ThreadStats {
+  stats(): Promise<PlaneStats[]>;
+}
+
+type QueueStats = PlaneStats['queue'];
+
+/** This process's queue and sticky numbers: the control plane's own plus every thread's. */
+async function processStats(gov: Governance, threads: ThreadStats | undefined): Promise<{ queue: QueueStats; sticky: PlaneStats['sticky'] }> {
+  const queue = gov.queue.stats();
+  const sticky = { pins: gov.sticky.size, hits: gov.sticky.hits, misses: gov.sticky.misses };
+  for (const s of threads === undefined ? [] : await threads.stats()) {
+    queue.size += s.queue.size;
+    queue.timedOut += s.queue.timedOut;
+    queue.rejectedFull += s.queue.rejectedFull;
+    for (const [g, n] of Object.entries(s.queue.byGroup)) queue.byGroup[g] = (queue.byGroup[g] ?? 0) + n;
+    // Pins are copied to every thread and the control plane: its own count is the process's.
+    sticky.hits += s.sticky.hits;
+    sticky.misses += s.sticky.misses;
+  }
+  return { queue, sticky };
+}
+
+export function industrialRoutes(gov: Governance, logger: Logger, threads?: ThreadStats): Route[] {
   const flags = gov.flags;
   const change = (ctx: RouteContext, changes: [FlagName, boolean | null][]): void => {
     const before = flags.describe();
@@ -51,17 +75,17 @@ export function industrialRoutes(gov: Governance, logger: Logger): Route[] {
     const d = gov.deployment(id);
     return { ...c, group: d?.group ?? null, draining: d?.draining ?? false, coolingDown: d !== undefined && d.cooldownUntil > Date.now() };
   };
-  const status = () => {
+  const status = async () => {
     const f = flags.flags;
     const totals = gov.capacity.totals();
-    const q = gov.queue.stats();
+    const { queue: q, sticky } = await processStats(gov, threads);
     return {
       flags: flags.describe(),
       capacityGating: { enabled: f.capacity_gating, available: true, stats: { totalInFlight: totals.totalInFlight, totalRejected: totals.totalRejected, totalLimit: totals.totalLimit, deployments: totals.deployments, queued: q.size, queueTimeouts: q.timedOut, queueFullRejections: q.rejectedFull } },
       performanceRouting: { enabled: f.performance_routing, available: true, stats: { tracked: gov.performance.all().length, degraded: gov.performance.degraded() } },
       qosSwitching: { enabled: f.qos_switching, available: true, tiers: [...gov.qos.tiers.keys()], defaultTier: gov.qos.defaultTier },
       priorityRouting: { enabled: f.priority_routing, available: true, queueDepth: q.size },
-      stickyRouting: { enabled: f.sticky_routing, available: true, stats: { pins: gov.sticky.size, hits: gov.sticky.hits, misses: gov.sticky.misses } },
+      stickyRouting: { enabled: f.sticky_routing, available: true, stats: sticky },
       quotaEnforcement: { enabled: f.quota_enforcement, available: true, subjects: Object.keys(gov.quota.snapshot()).length },
       outputPrediction: { enabled: f.output_prediction, available: true, trackedLabels: gov.predictor.labels().length },
       streamInstrumentation: { enabled: f.stream_instrumentation, available: true },
@@ -120,7 +144,7 @@ export function industrialRoutes(gov: Governance, logger: Logger): Route[] {
       },
     },
 
-    { method: 'GET', path: `${P}/capacity`, handle: (ctx) => reply(ctx, { ...gov.capacity.totals(), queue: gov.queue.stats(), deployments: gov.capacity.ids().map(capacityView) }) },
+    { method: 'GET', path: `${P}/capacity`, handle: async (ctx) => reply(ctx, { ...gov.capacity.totals(), queue: (await processStats(gov, threads)).queue, deployments: gov.capacity.ids().map(capacityView) }) },
     {
       method: 'GET',
       path: `${P}/capacity/:id`,
@@ -247,7 +271,7 @@ export function industrialRoutes(gov: Governance, logger: Logger): Route[] {
       },
     },
 
-    { method: 'GET', path: `${P}/status`, handle: (ctx) => reply(ctx, status()) },
+    { method: 'GET', path: `${P}/status`, handle: async (ctx) => reply(ctx, await status()) },
   ];
   return routes.map((r) => ({ ...r, admin: true }));
 }

@@ -50,6 +50,12 @@ export interface Config {
   readonly featureFlags: Readonly<Partial<Record<FlagName, boolean>>>;
   /** How long a sticky-routing pin lasts. */
   readonly stickyTtlS: number;
+  /** Data-plane threads serving HTTP on the port; 0 serves on the main thread. */
+  readonly frontThreads: number;
+  /** Whether the inference pool starts (false: an LLM-only broker, /v1/infer answers 503). */
+  readonly inferEnabled: boolean;
+  /** How long in-flight requests and streams get to finish after SIGTERM/SIGINT. */
+  readonly shutdownGraceS: number;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -151,5 +157,8 @@ export function loadConfig(env: Env = process.env): Config {
     llmPoolThreads: int(env, 'LLM_POOL_THREADS', 1, 1, 64),
     featureFlags: Object.freeze(Object.fromEntries(FLAG_NAMES.filter((f) => (env[envName(f)] ?? '') !== '').map((f) => [f, bool(env, envName(f), false)]))),
     stickyTtlS: num(env, 'STICKY_TTL_S', 300, 1, 86_400),
+    frontThreads: int(env, 'FRONT_THREADS', Math.min(cores, 64), 0, 64),
+    inferEnabled: bool(env, 'INFER_ENABLED', true),
+    shutdownGraceS: num(env, 'SHUTDOWN_GRACE_S', 30, 0, 3600),
   });
 }

@@ -12,7 +12,8 @@ export const FLAGS = {
   sticky_routing: false,
   quota_enforcement: false,
   output_prediction: false,
-  compiled_chain: false,
+  // The staged pipeline (false) is the test oracle and bench baseline, not a way to serve.
+  compiled_chain: true,
 } as const satisfies Record<string, boolean>;
 
 export type FlagName = keyof typeof FLAGS;
@@ -95,6 +96,13 @@ export class FlagStore {
       this.current = next;
       for (const l of this.listeners) l(next);
     }
+  }
+
+  /** Takes the effective flags as the control plane computed them (a data-plane thread's copy). */
+  adopt(flags: FlagSet): void {
+    if (FLAG_NAMES.every((f) => flags[f] === this.current[f])) return;
+    this.current = Object.freeze({ ...flags });
+    for (const l of this.listeners) l(this.current);
   }
 
   clear(flag: FlagName, actor: string): void {

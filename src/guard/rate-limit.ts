@@ -1,42 +1,132 @@
 // Per-client rate limit: one token bucket per API key (if sent) or client address.
+//
+// The buckets live in a SharedArrayBuffer (a SharedTable, src/sched/shared-table.ts),
+// so every data-plane thread that holds the same buffer spends the same buckets:
+// two threads admit `burst` requests of one client in total, not `burst` each. The
+// main thread allocates the buffer with `rateLimitBuffer(maxClients)` and hands it
+// to the threads (`createRateLimiter(rps, burst, { buffer })`).
+//
+// Memory layout of the buffer (bytes):
+//   0 .. T      SharedTable of maxClients slots (layout in shared-table.ts), no key
+//               text, payload 16 bytes per slot:
+//                 +0 Float64 tokens   +8 Float64 at (ms of the last refill)
+//               both read and written only with the slot's lock held.
+//   T .. T+24   overflow bucket, shared by clients that found no slot:
+//                 +0 Int32 lock  +4 reserved  +8 Float64 tokens  +16 Float64 at
+//
+// The table is fixed-size and never swept: a new client's insert looks at most 16
+// slots and takes over one whose bucket has been idle longer than burst/rate
+// seconds (it would be full again, so forgetting it changes nothing). If none of
+// the 16 is idle, the client is counted in the overflow bucket, which all such
+// clients share: under a flood of distinct keys they are limited together
+// (fail closed) rather than not at all.
 import { BrokerError } from '../errors.ts';
 import { take, type Bucket, type BucketLimits } from './token-bucket.ts';
 import { apiKeyOf } from './api-key.ts';
+import { SharedTable, lockCell, unlockCell, type SlotHooks } from '../sched/shared-table.ts';
 
 export interface RateLimiter {
   /** Throws rate_limited (with Retry-After) when the client is over its limit. */
   check(clientKey: string): void;
+  /**
+   * Clients holding a bucket slot, across every thread sharing the buffer. Idle
+   * buckets are only reclaimed when a new client needs their slot, so this counts
+   * recently seen clients (an upper bound on active ones), not exactly the active ones.
+   */
   readonly size: number;
+  /** The shared buckets: hand it to other threads' `createRateLimiter(…, { buffer })`. Absent when rps is 0. */
+  readonly buffer?: SharedArrayBuffer;
+}
+
+export interface RateLimiterOptions {
+  /** Clock in epoch ms. Default Date.now. Threads sharing a buffer must share a clock source. */
+  now?: () => number;
+  /** Buckets shared with other threads (from `rateLimitBuffer`); a new one when absent. */
+  buffer?: SharedArrayBuffer;
+  /** Bucket slots when no buffer is given. Default 100 000. */
+  maxClients?: number;
 }
 
 const MAX_CLIENTS = 100_000;
+const TABLE_OPTS = { payloadBytes: 16, keyBytes: 0 } as const;
+const OVERFLOW_BYTES = 24;
 
-export function createRateLimiter(rps: number, burst: number, now: () => number = Date.now): RateLimiter {
+/** A buffer for `maxClients` buckets (~56 bytes each), to share between threads. */
+export function rateLimitBuffer(maxClients = MAX_CLIENTS): SharedArrayBuffer {
+  const end = SharedTable.byteLength(maxClients, TABLE_OPTS);
+  const buffer = new SharedArrayBuffer(end + OVERFLOW_BYTES);
+  new SharedTable(maxClients, buffer, TABLE_OPTS); // writes the header, so threads can attach knowing only the buffer
+  // The overflow bucket's last refill is "never", so its first take fills it to burst.
+  new Float64Array(buffer, end + 16, 1)[0] = -Infinity;
+  return buffer;
+}
+
+export function createRateLimiter(rps: number, burst: number, nowOrOpts?: (() => number) | RateLimiterOptions): RateLimiter {
+  const opts: RateLimiterOptions = typeof nowOrOpts === 'function' ? { now: nowOrOpts } : (nowOrOpts ?? {});
   if (rps <= 0) return { check() {}, size: 0 };
+  const now = opts.now ?? Date.now;
   const limits: BucketLimits = { rate: rps, burst: burst > 0 ? burst : Math.max(1, rps) };
-  const buckets = new Map<string, Bucket>();
   // A full bucket after this long idle is the same as no bucket: safe to forget.
   const idleMs = (limits.burst / limits.rate) * 1000;
 
-  function sweep(t: number): void {
-    for (const [key, b] of buckets) if (t - b.at > idleMs) buckets.delete(key);
+  const capacity = opts.buffer !== undefined ? SharedTable.capacityOf(opts.buffer) : (opts.maxClients ?? MAX_CLIENTS);
+  const buffer = opts.buffer ?? rateLimitBuffer(capacity);
+  const table = new SharedTable(capacity, buffer, TABLE_OPTS);
+  const f64 = new Float64Array(buffer);
+  const overflow = table.byteOffset + table.byteLength;
+  if (buffer.byteLength < overflow + OVERFLOW_BYTES) throw new RangeError('rate-limit buffer is too small: make it with rateLimitBuffer()');
+  const overflowLock = new Int32Array(buffer, overflow, 1);
+  const overflowTokens = (overflow + 8) >> 3;
+
+  // One scratch bucket per limiter: take() works on it between a load and a store, under the lock.
+  const scratch: Bucket = { tokens: 0, at: 0 };
+  let t = 0; // the current check's clock reading, for the hooks
+
+  const hooks: SlotHooks = {
+    init(slot) {
+      const i = table.payloadOffset(slot) >> 3;
+      f64[i] = limits.burst;
+      f64[i + 1] = t;
+    },
+    stale(slot) {
+      return t - f64[(table.payloadOffset(slot) >> 3) + 1]! > idleMs;
+    },
+  };
+
+  function spend(i: number): number {
+    scratch.tokens = f64[i]!;
+    scratch.at = f64[i + 1]!;
+    const wait = take(scratch, limits, t);
+    f64[i] = scratch.tokens;
+    f64[i + 1] = scratch.at;
+    return wait;
   }
 
   return {
     check(clientKey: string): void {
-      const t = now();
-      let b = buckets.get(clientKey);
-      if (b === undefined) {
-        if (buckets.size >= MAX_CLIENTS) sweep(t);
-        b = { tokens: limits.burst, at: t };
-        buckets.set(clientKey, b);
+      t = now();
+      let wait: number;
+      const slot = table.lockKey(clientKey, hooks);
+      if (slot >= 0) {
+        try {
+          wait = spend(table.payloadOffset(slot) >> 3);
+        } finally {
+          table.unlock(slot);
+        }
+      } else {
+        lockCell(overflowLock, 0);
+        try {
+          wait = spend(overflowTokens);
+        } finally {
+          unlockCell(overflowLock, 0);
+        }
       }
-      const wait = take(b, limits, t);
       if (wait > 0) throw new BrokerError('rate_limited', `rate limit of ${limits.rate} requests/s exceeded`, { retryAfter: Math.max(1, Math.ceil(wait)) });
     },
     get size() {
-      return buckets.size;
+      return table.size;
     },
+    buffer,
   };
 }
 

@@ -10,6 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { BrokerError } from '../errors.ts';
 import type { LoadedModel } from './manifest.ts';
 import type { InferOutcome, InferTask, WorkerData } from './protocol.ts';
+import { workerEntry } from '../workers/entry.ts';
 
 export interface InferPoolOptions {
   readonly models: Readonly<Record<string, LoadedModel>>;
@@ -36,22 +37,19 @@ export interface InferPool {
   close(): Promise<void>;
 }
 
-// A JS entry that loads worker.ts through tsx (see ts-entry.mjs).
-const ENTRY = new URL('../workers/ts-entry.mjs', import.meta.url).href;
-const WORKER = new URL('./worker.ts', import.meta.url).href;
-
 export function createInferPool(opts: InferPoolOptions): InferPool {
   const readyCounter = new SharedArrayBuffer(4);
   const ready = new Int32Array(readyCounter);
-  const workerData: WorkerData = {
+  const data: WorkerData = {
     models: Object.fromEntries(Object.entries(opts.models).map(([k, m]) => [k, { path: m.path, manifest: m.manifest }])),
     intraOpThreads: opts.intraOpThreads,
     maxPixels: opts.maxPixels,
     readyCounter,
-    entry: WORKER,
   };
+  // worker.js itself when compiled; from the sources, worker.ts through tsx (see workers/entry.ts).
+  const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, data);
   const piscina = new Piscina({
-    filename: ENTRY,
+    filename,
     minThreads: opts.threads,
     maxThreads: opts.threads,
     maxQueue: opts.maxQueue,

@@ -2,8 +2,6 @@
 import type { ModelManifest } from './manifest.ts';
 
 export interface WorkerData {
-  /** The TypeScript module the generic worker entry loads. */
-  readonly entry: string;
   readonly models: Readonly<Record<string, { path: string; manifest: ModelManifest }>>;
   readonly intraOpThreads: number;
   readonly maxPixels: number;

@@ -2,13 +2,23 @@
 import { BrokerError } from '../errors.ts';
 import type { Route } from '../front/http/router.ts';
 import { readCookie } from './arms.ts';
-import type { InferService } from './service.ts';
+import type { InferInput, InferReply } from './service.ts';
+
+/** Where /v1/infer sends its work: the service itself, or the control plane that owns it. */
+export interface InferBackend {
+  infer(input: InferInput): Promise<InferReply>;
+}
+
+/** With INFER_ENABLED=false: no pool, a clear 503. */
+export const disabledInference: InferBackend = {
+  infer: () => Promise.reject(new BrokerError('inference_disabled', 'inference is turned off on this broker (INFER_ENABLED=false)')),
+};
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 const DATA_URL = /^data:image\/[a-z0-9.+-]+;base64,/i;
 const BASE64 = /^[A-Za-z0-9+/_-]+={0,2}$/;
 
-export function inferRoutes(service: InferService, stickyCookie: string): Route[] {
+export function inferRoutes(service: InferBackend, stickyCookie: string): Route[] {
   return [
     {
       method: 'POST',
@@ -29,15 +39,20 @@ export function inferRoutes(service: InferService, stickyCookie: string): Route[
         );
       },
     },
-    {
-      method: 'GET',
-      path: '/ready',
-      handle({ sink }) {
-        const ready = service.ready;
-        sink.send(ready ? 200 : 503, JSON_HEADERS, JSON.stringify({ ready, models_loaded: ready }));
-      },
-    },
   ];
+}
+
+/** Readiness: the models are loaded (always ready when inference is turned off). */
+export function readyRoute(service: { readonly ready: boolean } | undefined): Route {
+  return {
+    method: 'GET',
+    path: '/ready',
+    handle({ sink }) {
+      if (service === undefined) return sink.send(200, JSON_HEADERS, JSON.stringify({ ready: true, models_loaded: false, inference: 'disabled' }));
+      const ready = service.ready;
+      sink.send(ready ? 200 : 503, JSON_HEADERS, JSON.stringify({ ready, models_loaded: ready }));
+    },
+  };
 }
 
 /** Base64 (standard or URL-safe, `data:` URL prefix allowed) to bytes; anything else is invalid_image. */

@@ -26,6 +26,8 @@ export interface ProxyDeps {
   readonly logger: Logger;
   readonly executor: Executor;
   readonly governance: Governance;
+  /** Aborted when the grace period of a shutdown is over: requests still running end with shutting_down. */
+  readonly shutdown?: AbortSignal;
 }
 
 type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'aborted' | 'timeout';
@@ -53,6 +55,9 @@ export class LlmProxy {
     const { flags, body } = admitted;
     const abort = new AbortController();
     sink.onAbort(() => abort.abort());
+    const shutdown = this.deps.shutdown;
+    const onShutdown = (): void => abort.abort(new BrokerError('shutting_down', 'the broker shut down before the reply was complete'));
+    shutdown?.addEventListener('abort', onShutdown);
     const m = this.deps.metrics;
     const tried = new Set<string>();
     let lastError: BrokerError | undefined;
@@ -66,6 +71,7 @@ export class LlmProxy {
           lease = await gov.acquire(admitted, group, tried, abort.signal);
         } catch (err) {
           if (sink.aborted) return;
+          if (shutdown?.aborted) throw abort.signal.reason;
           const code = (err as BrokerError).code;
           m.llmRequests.labels(group.name, 'none', code === 'upstream_unavailable' ? 'no_deployment' : 'rejected').inc();
           // Out of deployments: the last upstream failure says more than "none left".
@@ -98,6 +104,10 @@ export class LlmProxy {
           gov.attemptFailed(lease, !sink.aborted);
           lease = null;
           if (sink.aborted) return this.finish(group, dep, 'aborted', req.startedAt, waited, up.stream);
+          if (shutdown?.aborted) {
+            this.finish(group, dep, 'upstream_error', req.startedAt, waited, up.stream);
+            throw abort.signal.reason;
+          }
           lastError = connectError(err, dep);
           m.llmRetries.labels(group.name, lastError.code).inc();
           this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, err: lastError.message }, 'upstream failed before the first byte');
@@ -167,6 +177,7 @@ export class LlmProxy {
         return;
       }
     } finally {
+      shutdown?.removeEventListener('abort', onShutdown);
       gov.completed(admitted, lease, { ...usage, durationMs: performance.now() - req.startedAt });
     }
   }

@@ -4,7 +4,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
-export function createMetrics() {
+/** `defaults`: the process metrics (CPU, memory, GC): once per process, on the control plane. */
+export function createMetrics(opts: { defaults?: boolean } = {}) {
   const registry = new Registry();
   // Gauges read at scrape time from whoever owns the number.
   const sources = {
@@ -13,7 +14,7 @@ export function createMetrics() {
     queueDepth: (): number => 0,
     degraded: (): number => 0,
   };
-  collectDefaultMetrics({ register: registry });
+  if (opts.defaults ?? true) collectDefaultMetrics({ register: registry });
   const r = [registry];
   return {
     registry,
@@ -237,6 +238,16 @@ export function createMetrics() {
       name: 'broker_flag_changes_total',
       help: 'Runtime feature flag changes',
       labelNames: ['flag'] as const,
+      registers: r,
+    }),
+    planeRestarts: new Counter({
+      name: 'broker_data_plane_restarts_total',
+      help: 'Data-plane threads that died and were replaced',
+      registers: r,
+    }),
+    planeThreads: new Gauge({
+      name: 'broker_data_plane_threads',
+      help: 'Data-plane threads serving now (0: the main thread serves)',
       registers: r,
     }),
     brokerOverhead: new Histogram({

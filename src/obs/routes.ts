@@ -4,7 +4,8 @@ import type { Metrics } from './metrics.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 
-export function obsRoutes(metrics: Metrics): Route[] {
+/** `exposition`: the process's metrics text when other threads hold part of it (see plane/planes.ts). */
+export function obsRoutes(metrics: Metrics, exposition?: () => Promise<string>): Route[] {
   return [
     { method: 'GET', path: '/healthz', handle: ({ sink }) => sink.send(200, JSON_HEADERS, '{"ok":true}') },
     { method: 'GET', path: '/health', handle: ({ sink }) => sink.send(200, JSON_HEADERS, '{"status":"ok"}') },
@@ -12,7 +13,7 @@ export function obsRoutes(metrics: Metrics): Route[] {
       method: 'GET',
       path: '/metrics',
       async handle({ sink }) {
-        const text = await metrics.registry.metrics();
+        const text = exposition !== undefined ? await exposition() : await metrics.registry.metrics();
         sink.send(200, { 'content-type': metrics.registry.contentType }, text);
       },
     },

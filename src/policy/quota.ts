@@ -3,7 +3,34 @@
 // constant however busy the subject is. The price is granularity: a bucket
 // leaves the window as a whole, so an event late in second s stops counting at
 // (s + 60) s, up to 1 s early.
+//
+// The windows and the limits live in a SharedArrayBuffer, so every data-plane
+// thread holding the same buffer (`new QuotaLedger(now, { buffer })`) counts in the
+// same windows and sees a setLimits at once. A reserve locks the windows of all its
+// subjects (per-subject locks, taken in slot order so two reserves cannot deadlock),
+// checks every limit, then adds to every window: all-or-nothing across threads.
+//
+// Memory layout of the buffer (bytes):
+//   0..63        header: Int32 magic 0x514c4431 ("QLD1"), Int32 maxSubjects,
+//                Int32 maxLimits, Int32 generation counter (see below), rest reserved
+//   64..L        limits: SharedTable (src/sched/shared-table.ts) of 2 × maxLimits slots,
+//                120 bytes of key text, payload 16 bytes:
+//                  +0 Float64 rpm   +8 Float64 tpm   (NaN: no such limit)
+//   L..end       windows: SharedTable of maxSubjects slots, 120 bytes of key text,
+//                payload 1456 bytes (Float64 indexes from the payload start):
+//                  0 reservedTokens   1 generation (new each time the slot gets a subject)
+//                  2..61 secs[60] (absolute second held by each bucket, -Infinity: none)
+//                  62..121 reqs[60]   122..181 toks[60]
+// Payload fields are read and written only with their slot's lock held.
+//
+// Bounded memory: maxSubjects window slots, fixed at creation. A new subject takes
+// a free slot among the 16 its key probes; else one whose subject is idle (empty
+// window, nothing reserved); else the least recently used of those 16 (sampled LRU,
+// exact when maxSubjects <= 16), whose counts are then forgotten. Limits are kept
+// apart and are never evicted. Subject names longer than 120 bytes of UTF-8 are
+// listed truncated (ending in '…') by snapshot().
 import { BrokerError } from '../errors.ts';
+import { SharedTable, type SlotHooks } from '../sched/shared-table.ts';
 
 export interface QuotaLimits {
   /** Requests per 60 s window. 0 admits nothing (suspends the subject); omit for no limit. */
@@ -36,75 +63,113 @@ export interface QuotaUsage {
 
 export interface QuotaLedgerOptions {
   /**
-   * Subjects whose windows are kept (least recently used are forgotten beyond
-   * this). ~1.2 KB each. Only more than this many subjects active within one
-   * window could make a forgotten one lose counts.
+   * Subjects whose windows are kept: the slots of the window table, fixed at
+   * creation (~1.6 KB each). Beyond it an idle subject, else the least recently
+   * used among the 16 slots a new subject probes, is forgotten; size it about twice
+   * the subjects active within one minute so that active ones are not. Ignored
+   * with `buffer` (the buffer's own count applies).
    */
   maxSubjects?: number;
+  /** Subjects that can hold limits at once (the limits table has twice as many slots). Default 10 000. Ignored with `buffer`. */
+  maxLimits?: number;
+  /** A ledger another thread created (its `.buffer`): both then count in the same windows. */
+  buffer?: SharedArrayBuffer;
 }
 
 const WINDOW_S = 60;
+const MAGIC = 0x514c4431;
+const HEADER_BYTES = 64;
+const G_MAGIC = 0;
+const G_MAX_SUBJECTS = 1;
+const G_MAX_LIMITS = 2;
+const G_GENERATION = 3;
+
+// window payload, Float64 indexes from the slot's payload start
+const W_RESERVED = 0;
+const W_GEN = 1;
+const W_SECS = 2;
+const W_REQS = W_SECS + WINDOW_S;
+const W_TOKS = W_REQS + WINDOW_S;
+const W_FIELDS = W_TOKS + WINDOW_S;
+
+const LIMITS_OPTS = { payloadBytes: 16, keyBytes: 120 };
+const WINDOWS_OPTS = { payloadBytes: W_FIELDS * 8, keyBytes: 120 };
 
 function slotOf(sec: number): number {
   return ((sec % WINDOW_S) + WINDOW_S) % WINDOW_S;
 }
 
-class SubjectWindow {
-  /** Which absolute second each slot holds; a slot older than the window is stale and reads as zero. */
-  readonly secs = new Float64Array(WINDOW_S).fill(-Infinity);
-  readonly reqs = new Float64Array(WINDOW_S);
-  readonly toks = new Float64Array(WINDOW_S);
-  reservedTokens = 0;
+function layout(maxSubjects: number, maxLimits: number) {
+  const limitsCapacity = 2 * maxLimits;
+  const limitsBytes = SharedTable.byteLength(limitsCapacity, LIMITS_OPTS);
+  const windowsOffset = HEADER_BYTES + limitsBytes;
+  const byteLength = windowsOffset + SharedTable.byteLength(maxSubjects, WINDOWS_OPTS);
+  return { limitsCapacity, windowsOffset, byteLength };
+}
 
-  live(i: number, nowSec: number): boolean {
+/** A 60 s window in a slot's payload: `p` is the Float64 index of the payload start. Call with the slot locked. */
+class WindowView {
+  constructor(readonly f: Float64Array) {}
+
+  live(p: number, i: number, nowSec: number): boolean {
     // A slot from the future (clock stepped back) keeps counting: erring towards rejection is safe.
-    return this.secs[i]! > nowSec - WINDOW_S;
+    return this.f[p + W_SECS + i]! > nowSec - WINDOW_S;
   }
 
-  totals(nowSec: number): { reqs: number; toks: number } {
+  init(p: number, generation: number): void {
+    const f = this.f;
+    f[p + W_RESERVED] = 0;
+    f[p + W_GEN] = generation;
+    f.fill(-Infinity, p + W_SECS, p + W_SECS + WINDOW_S);
+    f.fill(0, p + W_REQS, p + W_FIELDS);
+  }
+
+  totals(p: number, nowSec: number): { reqs: number; toks: number } {
     let reqs = 0;
     let toks = 0;
     for (let i = 0; i < WINDOW_S; i++) {
-      if (!this.live(i, nowSec)) continue;
-      reqs += this.reqs[i]!;
-      toks += this.toks[i]!;
+      if (!this.live(p, i, nowSec)) continue;
+      reqs += this.f[p + W_REQS + i]!;
+      toks += this.f[p + W_TOKS + i]!;
     }
     return { reqs, toks };
   }
 
-  add(nowSec: number, reqs: number, toks: number): void {
+  add(p: number, nowSec: number, reqs: number, toks: number): void {
+    const f = this.f;
     const i = slotOf(nowSec);
-    if (this.secs[i] !== nowSec) {
-      this.secs[i] = nowSec;
-      this.reqs[i] = 0;
-      this.toks[i] = 0;
+    if (f[p + W_SECS + i] !== nowSec) {
+      f[p + W_SECS + i] = nowSec;
+      f[p + W_REQS + i] = 0;
+      f[p + W_TOKS + i] = 0;
     }
-    this.reqs[i]! += reqs;
-    this.toks[i]! += toks;
+    f[p + W_REQS + i]! += reqs;
+    f[p + W_TOKS + i]! += toks;
   }
 
   /** Adjusts the tokens of second `sec` if that second is still held; once it has left the window there is nothing to correct. */
-  adjust(sec: number, delta: number): void {
+  adjust(p: number, sec: number, delta: number): void {
     const i = slotOf(sec);
-    if (this.secs[i] === sec) this.toks[i] = Math.max(0, this.toks[i]! + delta);
+    if (this.f[p + W_SECS + i] === sec) this.f[p + W_TOKS + i] = Math.max(0, this.f[p + W_TOKS + i]! + delta);
   }
 
-  isIdle(nowSec: number): boolean {
-    if (this.reservedTokens > 0) return false;
-    for (let i = 0; i < WINDOW_S; i++) if (this.live(i, nowSec) && (this.reqs[i]! > 0 || this.toks[i]! > 0)) return false;
+  isIdle(p: number, nowSec: number): boolean {
+    if (this.f[p + W_RESERVED]! > 0) return false;
+    for (let i = 0; i < WINDOW_S; i++) if (this.live(p, i, nowSec) && (this.f[p + W_REQS + i]! > 0 || this.f[p + W_TOKS + i]! > 0)) return false;
     return true;
   }
 
-  /** Whole seconds until the oldest buckets holding at least `excess` of `field` have left the window. */
-  retryAfter(field: 'reqs' | 'toks', excess: number, nowMs: number): number {
+  /** Whole seconds until the oldest buckets holding at least `excess` of the field have left the window. */
+  retryAfter(p: number, field: number, excess: number, nowMs: number): number {
+    const f = this.f;
     const nowSec = Math.floor(nowMs / 1000);
     const live: number[] = [];
-    for (let i = 0; i < WINDOW_S; i++) if (this.live(i, nowSec) && this[field][i]! > 0) live.push(i);
-    live.sort((a, b) => this.secs[a]! - this.secs[b]!);
+    for (let i = 0; i < WINDOW_S; i++) if (this.live(p, i, nowSec) && f[p + field + i]! > 0) live.push(i);
+    live.sort((a, b) => f[p + W_SECS + a]! - f[p + W_SECS + b]!);
     let freed = 0;
     for (const i of live) {
-      freed += this[field][i]!;
-      if (freed >= excess) return Math.max(1, Math.ceil(((this.secs[i]! + WINDOW_S) * 1000 - nowMs) / 1000));
+      freed += f[p + field + i]!;
+      if (freed >= excess) return Math.max(1, Math.ceil(((f[p + W_SECS + i]! + WINDOW_S) * 1000 - nowMs) / 1000));
     }
     return WINDOW_S; // unreachable while excess <= what the window holds
   }
@@ -122,15 +187,20 @@ class QuotaReservation implements Reservation {
   readonly tokens: number;
   readonly at: number;
   readonly #sec: number;
-  readonly #windows: readonly SubjectWindow[];
+  readonly #ledger: QuotaLedger;
+  /** Window slot per subject (-1: not counted) and the slot's generation then, ascending by slot. */
+  readonly #slots: readonly number[];
+  readonly #gens: readonly number[];
   #settled = false;
 
-  constructor(subjects: readonly string[], tokens: number, at: number, sec: number, windows: readonly SubjectWindow[]) {
+  constructor(ledger: QuotaLedger, subjects: readonly string[], tokens: number, at: number, sec: number, slots: number[], gens: number[]) {
     this.subjects = subjects;
     this.tokens = tokens;
     this.at = at;
     this.#sec = sec;
-    this.#windows = windows;
+    this.#ledger = ledger;
+    this.#slots = slots;
+    this.#gens = gens;
   }
 
   reconcile(actualTokens: number): void {
@@ -146,11 +216,7 @@ class QuotaReservation implements Reservation {
   #settle(actual: number): void {
     if (this.#settled) return;
     this.#settled = true;
-    for (const w of this.#windows) {
-      w.reservedTokens = Math.max(0, w.reservedTokens - this.tokens);
-      // Same bucket as the reservation, so the window reflects when the request was admitted.
-      w.adjust(this.#sec, actual - this.tokens);
-    }
+    this.#ledger._settle(this.#slots, this.#gens, this.tokens, this.#sec, actual);
   }
 }
 
@@ -161,110 +227,248 @@ function checkLimit(name: string, v: number | undefined): void {
 }
 
 export class QuotaLedger {
+  /** Windows and limits, shared with every thread that passes it as `buffer`. */
+  readonly buffer: SharedArrayBuffer;
   readonly #now: () => number;
-  readonly #maxSubjects: number;
-  readonly #limits = new Map<string, QuotaLimits>();
-  /** Insertion order is recency: touched subjects are moved to the end. */
-  readonly #windows = new Map<string, SubjectWindow>();
+  readonly #header: Int32Array;
+  readonly #limits: SharedTable;
+  readonly #windows: SharedTable;
+  readonly #f: Float64Array;
+  readonly #w: WindowView;
+  readonly #windowHooks: SlotHooks;
+  readonly #limitHooks: SlotHooks;
+  /** The current call's second, for the stale hook. */
+  #nowSec = 0;
 
   constructor(now: () => number, opts: QuotaLedgerOptions = {}) {
     this.#now = now;
-    this.#maxSubjects = Math.max(1, opts.maxSubjects ?? 10_000);
+    let maxSubjects: number;
+    let maxLimits: number;
+    if (opts.buffer !== undefined) {
+      const h = new Int32Array(opts.buffer, 0, HEADER_BYTES >> 2);
+      if (Atomics.load(h, G_MAGIC) !== MAGIC) throw new RangeError('buffer is not a quota ledger buffer');
+      maxSubjects = Atomics.load(h, G_MAX_SUBJECTS);
+      maxLimits = Atomics.load(h, G_MAX_LIMITS);
+    } else {
+      maxSubjects = Math.max(1, Math.floor(opts.maxSubjects ?? 10_000));
+      maxLimits = Math.max(1, Math.floor(opts.maxLimits ?? 10_000));
+    }
+    const l = layout(maxSubjects, maxLimits);
+    this.buffer = opts.buffer ?? new SharedArrayBuffer(l.byteLength);
+    this.#header = new Int32Array(this.buffer, 0, HEADER_BYTES >> 2);
+    this.#limits = new SharedTable(l.limitsCapacity, this.buffer, { ...LIMITS_OPTS, byteOffset: HEADER_BYTES });
+    this.#windows = new SharedTable(maxSubjects, this.buffer, { ...WINDOWS_OPTS, byteOffset: l.windowsOffset });
+    if (opts.buffer === undefined) {
+      Atomics.store(this.#header, G_MAX_SUBJECTS, maxSubjects);
+      Atomics.store(this.#header, G_MAX_LIMITS, maxLimits);
+      Atomics.store(this.#header, G_MAGIC, MAGIC);
+    }
+    this.#f = new Float64Array(this.buffer);
+    this.#w = new WindowView(this.#f);
+    const w = this.#w;
+    const header = this.#header;
+    const windows = this.#windows;
+    const f = this.#f;
+    this.#windowHooks = {
+      init: (slot) => w.init(windows.payloadOffset(slot) >> 3, Atomics.add(header, G_GENERATION, 1) + 1),
+      stale: (slot) => w.isIdle(windows.payloadOffset(slot) >> 3, this.#nowSec),
+      evictLru: true,
+    };
+    const limits = this.#limits;
+    this.#limitHooks = {
+      init: (slot) => {
+        const p = limits.payloadOffset(slot) >> 3;
+        f[p] = NaN;
+        f[p + 1] = NaN;
+      },
+    };
   }
 
-  /** Sets (replaces) a subject's limits; limits with neither field remove them. */
+  /** Sets (replaces) a subject's limits; limits with neither field remove them. In force on every thread sharing the buffer. */
   setLimits(subject: string, limits: QuotaLimits): void {
     checkLimit('rpm', limits.rpm);
     checkLimit('tpm', limits.tpm);
     if (limits.rpm === undefined && limits.tpm === undefined) {
-      this.#limits.delete(subject);
+      this.clearLimits(subject);
       return;
     }
-    const copy: QuotaLimits = {};
-    if (limits.rpm !== undefined) copy.rpm = limits.rpm;
-    if (limits.tpm !== undefined) copy.tpm = limits.tpm;
-    this.#limits.set(subject, copy);
+    const slot = this.#limits.lockKey(subject, this.#limitHooks);
+    if (slot < 0) throw new BrokerError('invalid_request', `no room for the limits of ${subject}: the ledger holds limits for at most ${this.#limits.capacity / 2} subjects`);
+    const p = this.#limits.payloadOffset(slot) >> 3;
+    this.#f[p] = limits.rpm ?? NaN;
+    this.#f[p + 1] = limits.tpm ?? NaN;
+    this.#limits.unlock(slot);
   }
 
   clearLimits(subject: string): void {
-    this.#limits.delete(subject);
+    const slot = this.#limits.lockExisting(subject);
+    if (slot < 0) return;
+    this.#limits.release(slot);
+    this.#limits.unlock(slot);
   }
 
   limits(subject: string): QuotaLimits | undefined {
-    const l = this.#limits.get(subject);
-    return l === undefined ? undefined : { ...l };
+    const slot = this.#limits.lockExisting(subject);
+    if (slot < 0) return undefined;
+    try {
+      return this.#readLimits(slot);
+    } finally {
+      this.#limits.unlock(slot);
+    }
   }
 
   /**
    * Counts one request and `tokens` against every subject, or throws
    * quota_exceeded and counts nothing. retryAfter is the longest wait among
    * the subjects over their limits: the request fits only when all do.
+   * Atomic with respect to every thread sharing the buffer.
    */
   reserve(subjects: string[], tokens: number): Reservation {
     if (!(Number.isFinite(tokens) && tokens >= 0)) throw new RangeError(`tokens must be a finite number >= 0, got ${tokens}`);
     const nowMs = this.#now();
     const nowSec = Math.floor(nowMs / 1000);
     const unique = [...new Set(subjects)];
+    const limits = unique.map((s) => this.limits(s));
+    const windows = this.#windows;
 
-    let worst: Violation | undefined;
-    for (const subject of unique) {
-      const limits = this.#limits.get(subject);
-      if (limits === undefined) continue;
-      const v = this.#violation(subject, limits, tokens, nowMs, nowSec);
-      if (v !== undefined && (worst === undefined || v.retryAfter > worst.retryAfter)) worst = v;
+    // Lock the windows the subjects already have, check, add. A subject without a
+    // window has used nothing; its window is made only once the check has passed
+    // (so rejected requests make none), then everything is checked again under locks.
+    for (let attempt = 0; ; attempt++) {
+      this.#nowSec = nowSec;
+      const slots = unique.map((s) => windows.find(s));
+      const held = [...new Set(slots.filter((s) => s >= 0))].sort((a, b) => a - b);
+      for (const s of held) windows.lock(s);
+      let owned = true;
+      for (let k = 0; k < unique.length; k++) if (slots[k]! >= 0 && !windows.holds(slots[k]!, unique[k]!)) owned = false;
+      if (!owned) {
+        // A window was reclaimed between the lookup and the lock: look again.
+        for (const s of held) windows.unlock(s);
+        continue;
+      }
+      let worst: Violation | undefined;
+      for (let k = 0; k < unique.length; k++) {
+        const l = limits[k];
+        if (l === undefined) continue;
+        const v = this.#violation(unique[k]!, slots[k]!, l, tokens, nowMs, nowSec);
+        if (v !== undefined && (worst === undefined || v.retryAfter > worst.retryAfter)) worst = v;
+      }
+      if (worst !== undefined) {
+        for (const s of held) windows.unlock(s);
+        throw new BrokerError('quota_exceeded', worst.message, {
+          retryAfter: worst.retryAfter,
+          details: { subject: worst.subject, limit: worst.limit },
+        });
+      }
+      // After a few rounds (only when more subjects than window slots evict each
+      // other) the ones still without a window are not counted, as an evicted one.
+      if (attempt >= 3 || slots.every((s) => s >= 0)) {
+        const gens: number[] = [];
+        for (const s of held) {
+          const p = windows.payloadOffset(s) >> 3;
+          this.#w.add(p, nowSec, 1, tokens);
+          this.#f[p + W_RESERVED]! += tokens;
+          gens.push(this.#f[p + W_GEN]!);
+          windows.touch(s);
+        }
+        for (const s of held) windows.unlock(s);
+        return new QuotaReservation(this, unique, tokens, nowMs, nowSec, held, gens);
+      }
+      for (const s of held) windows.unlock(s);
+      for (let k = 0; k < unique.length; k++) if (slots[k]! < 0) windows.acquire(unique[k]!, this.#windowHooks);
     }
-    if (worst !== undefined) {
-      throw new BrokerError('quota_exceeded', worst.message, {
-        retryAfter: worst.retryAfter,
-        details: { subject: worst.subject, limit: worst.limit },
-      });
-    }
+  }
 
-    const windows = unique.map((subject) => {
-      const w = this.#touch(subject);
-      w.add(nowSec, 1, tokens);
-      w.reservedTokens += tokens;
-      return w;
-    });
-    this.#evict();
-    return new QuotaReservation(unique, tokens, nowMs, nowSec, windows);
+  /** @internal Settles a reservation: its slots ascending, each only if it still holds the same window. */
+  _settle(slots: readonly number[], gens: readonly number[], tokens: number, sec: number, actual: number): void {
+    const windows = this.#windows;
+    for (const s of slots) windows.lock(s);
+    for (let k = 0; k < slots.length; k++) {
+      const s = slots[k]!;
+      const p = windows.payloadOffset(s) >> 3;
+      // A window evicted (and the slot given to another subject) since has nothing to correct.
+      if (!windows.isLive(s) || this.#f[p + W_GEN] !== gens[k]) continue;
+      this.#f[p + W_RESERVED] = Math.max(0, this.#f[p + W_RESERVED]! - tokens);
+      // Same bucket as the reservation, so the window reflects when the request was admitted.
+      this.#w.adjust(p, sec, actual - tokens);
+    }
+    for (const s of slots) windows.unlock(s);
   }
 
   usage(subject: string): QuotaUsage {
-    const w = this.#windows.get(subject);
-    const t = w?.totals(Math.floor(this.#now() / 1000)) ?? { reqs: 0, toks: 0 };
-    return { rpm: t.reqs, tpm: t.toks, limits: { ...this.#limits.get(subject) }, reservedTokens: w?.reservedTokens ?? 0 };
+    const nowSec = Math.floor(this.#now() / 1000);
+    const limits = this.limits(subject) ?? {};
+    const slot = this.#windows.lockExisting(subject);
+    if (slot < 0) return { rpm: 0, tpm: 0, limits, reservedTokens: 0 };
+    try {
+      return this.#usageOf(slot, nowSec, limits);
+    } finally {
+      this.#windows.unlock(slot);
+    }
   }
 
-  /** Usage of every tracked subject and every subject with limits. */
+  /** Usage of every subject with a window and every subject with limits, whichever thread made them. */
   snapshot(): Record<string, QuotaUsage> {
+    const nowSec = Math.floor(this.#now() / 1000);
+    const limitsOf = new Map<string, QuotaLimits>();
+    for (const slot of this.#limits.liveSlots()) {
+      this.#limits.lock(slot);
+      const key = this.#limits.keyOfLocked(slot);
+      if (key !== undefined) limitsOf.set(key, this.#readLimits(slot));
+      this.#limits.unlock(slot);
+    }
     const out: Record<string, QuotaUsage> = {};
-    for (const s of this.#windows.keys()) out[s] = this.usage(s);
-    for (const s of this.#limits.keys()) out[s] ??= this.usage(s);
+    for (const slot of this.#windows.liveSlots()) {
+      this.#windows.lock(slot);
+      const key = this.#windows.keyOfLocked(slot);
+      if (key !== undefined) out[key] = this.#usageOf(slot, nowSec, limitsOf.get(key) ?? {});
+      this.#windows.unlock(slot);
+    }
+    for (const [key, limits] of limitsOf) out[key] ??= { rpm: 0, tpm: 0, limits, reservedTokens: 0 };
     return out;
   }
 
-  /** Forgets subjects with an empty window and nothing reserved (limits are kept). Returns how many. */
+  /** Forgets subjects with an empty window and nothing reserved (limits are kept). Returns how many. A sweep: for the control plane. */
   prune(): number {
     const nowSec = Math.floor(this.#now() / 1000);
+    const windows = this.#windows;
     let n = 0;
-    for (const [s, w] of this.#windows) {
-      if (w.isIdle(nowSec)) {
-        this.#windows.delete(s);
+    for (const slot of windows.liveSlots()) {
+      windows.lock(slot);
+      if (windows.isLive(slot) && this.#w.isIdle(windows.payloadOffset(slot) >> 3, nowSec)) {
+        windows.release(slot);
         n++;
       }
+      windows.unlock(slot);
     }
     return n;
   }
 
-  /** Subjects with a window held in memory. */
+  /** Subjects with a window held, across all threads sharing the buffer. */
   get size(): number {
     return this.#windows.size;
   }
 
-  #violation(subject: string, limits: QuotaLimits, tokens: number, nowMs: number, nowSec: number): Violation | undefined {
-    const w = this.#windows.get(subject);
-    const used = w?.totals(nowSec) ?? { reqs: 0, toks: 0 };
+  #readLimits(slot: number): QuotaLimits {
+    const p = this.#limits.payloadOffset(slot) >> 3;
+    const out: QuotaLimits = {};
+    const rpm = this.#f[p]!;
+    const tpm = this.#f[p + 1]!;
+    if (!Number.isNaN(rpm)) out.rpm = rpm;
+    if (!Number.isNaN(tpm)) out.tpm = tpm;
+    return out;
+  }
+
+  #usageOf(slot: number, nowSec: number, limits: QuotaLimits): QuotaUsage {
+    const p = this.#windows.payloadOffset(slot) >> 3;
+    const t = this.#w.totals(p, nowSec);
+    return { rpm: t.reqs, tpm: t.toks, limits: { ...limits }, reservedTokens: this.#f[p + W_RESERVED]! };
+  }
+
+  /** Call with the subject's window slot (if any) locked. */
+  #violation(subject: string, slot: number, limits: QuotaLimits, tokens: number, nowMs: number, nowSec: number): Violation | undefined {
+    const p = slot >= 0 ? this.#windows.payloadOffset(slot) >> 3 : -1;
+    const used = p >= 0 ? this.#w.totals(p, nowSec) : { reqs: 0, toks: 0 };
     let worst: Violation | undefined;
     const consider = (v: Violation) => {
       if (worst === undefined || v.retryAfter > worst.retryAfter) worst = v;
@@ -277,7 +481,7 @@ export class QuotaLedger {
         consider({
           subject,
           limit: 'rpm',
-          retryAfter: w!.retryAfter('reqs', used.reqs + 1 - rpm, nowMs),
+          retryAfter: this.#w.retryAfter(p, W_REQS, used.reqs + 1 - rpm, nowMs),
           message: `quota for ${subject}: rpm limit ${rpm} reached (${used.reqs} requests in the last 60 s)`,
         });
       }
@@ -289,26 +493,11 @@ export class QuotaLedger {
         consider({
           subject,
           limit: 'tpm',
-          retryAfter: w!.retryAfter('toks', used.toks + tokens - tpm, nowMs),
+          retryAfter: this.#w.retryAfter(p, W_TOKS, used.toks + tokens - tpm, nowMs),
           message: `quota for ${subject}: tpm limit ${tpm} exceeded (${used.toks} tokens in the last 60 s + ${tokens} requested)`,
         });
       }
     }
     return worst;
-  }
-
-  #touch(subject: string): SubjectWindow {
-    let w = this.#windows.get(subject);
-    if (w === undefined) w = new SubjectWindow();
-    else this.#windows.delete(subject);
-    this.#windows.set(subject, w);
-    return w;
-  }
-
-  #evict(): void {
-    for (const s of this.#windows.keys()) {
-      if (this.#windows.size <= this.#maxSubjects) break;
-      this.#windows.delete(s);
-    }
   }
 }

@@ -9,6 +9,7 @@ import { FlagStore, type FlagSet } from '../config/flags.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import { CapacityCounters } from './capacity.ts';
 import { WaitQueue } from './queue.ts';
+import { WaitBoard } from './wait-board.ts';
 import { Scheduler, type DeploymentState, type Lease } from './scheduler.ts';
 import { PerformanceTracker } from '../policy/performance.ts';
 import { StickyPins, prefixKey } from '../policy/sticky.ts';
@@ -27,7 +28,38 @@ export interface GovernanceOptions {
   readonly stickyPrefixBytes?: number;
   readonly now?: () => number;
   readonly random?: () => number;
+  /** Shared-memory counters from the control plane; a thread of its own otherwise. */
+  readonly capacity?: CapacityCounters;
+  readonly quota?: QuotaLedger;
+  /** Cell 0: waiters across every thread's queue (see WaitQueue). */
+  readonly waiters?: Int32Array;
+  /** A freed slot whose next waiter waits on another thread: hand the wake-up there. */
+  readonly wakeElsewhere?: (group: string, thread: number) => void;
+  /**
+   * Whether this instance owns what is shared (default true): it writes the quota
+   * limits of the config into the shared ledger and reports the process-wide gauges
+   * (capacity, degraded). One per process does: the control plane's, or the single
+   * one with FRONT_THREADS=0. Data-plane threads read what it wrote.
+   */
+  readonly owner?: boolean;
+  /** The shared wait board and this thread's row in it (data-plane threads). */
+  readonly board?: { readonly buffer: SharedArrayBuffer; readonly thread: number };
+  /** Hears what this thread learned from a request, to share it with the other threads. */
+  readonly onLearn?: (e: Learned) => void;
 }
+
+/**
+ * What a finished request or a failed attempt teaches the learning policies
+ * (performance, cool-down, usage, output prediction). Every thread learns from every
+ * thread's requests: the control plane relays these.
+ */
+export type Learned =
+  | { readonly k: 'done'; readonly dep: string | null; readonly label: string; readonly ok: boolean | null; readonly ttftMs: number | null; readonly durationMs: number; readonly prompt: number; readonly completion: number; readonly predicted: number; readonly predict: boolean }
+  | { readonly k: 'fail'; readonly dep: string }
+  /** A degraded deployment was probed: its probe interval starts again on every thread. */
+  | { readonly k: 'probe'; readonly dep: string }
+  /** A sticky pin set (dep) or dropped (null). */
+  | { readonly k: 'pin'; readonly key: string; readonly dep: string | null };
 
 /** What admission decided for one request. */
 export interface Admitted {
@@ -51,7 +83,7 @@ const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, cri
 
 export class Governance {
   readonly flags: FlagStore;
-  readonly capacity = new CapacityCounters();
+  readonly capacity: CapacityCounters;
   readonly queue: WaitQueue;
   readonly performance: PerformanceTracker;
   readonly sticky: StickyPins;
@@ -64,19 +96,27 @@ export class Governance {
   private readonly now: () => number;
   readonly metrics: Metrics;
   private readonly prefixBytes: number;
+  private readonly onLearn: ((e: Learned) => void) | undefined;
+  private readonly owner: boolean;
+  private readonly board: WaitBoard | undefined;
 
   constructor(o: GovernanceOptions) {
+    this.capacity = o.capacity ?? new CapacityCounters();
+    this.onLearn = o.onLearn;
     this.config = o.config;
     this.flags = o.flags;
     this.metrics = o.metrics;
     this.now = o.now ?? Date.now;
     this.prefixBytes = o.stickyPrefixBytes ?? 2048;
     const sched = o.config.scheduler;
-    this.queue = new WaitQueue(sched.maxQueue, sched.agingMs, this.now);
+    this.board = o.board === undefined ? undefined : new WaitBoard(o.board.buffer, o.board.thread, sched.agingMs);
+    this.board?.setGroups(o.config.modelGroups.keys());
+    this.queue = new WaitQueue(sched.maxQueue, sched.agingMs, this.now, o.waiters, this.board);
     this.performance = new PerformanceTracker(o.config.performance, this.now);
     this.sticky = new StickyPins(o.stickyTtlMs, 100_000, this.now);
-    this.quota = new QuotaLedger(this.now);
-    for (const [key, p] of o.config.apiKeys) if (p.rpm !== undefined || p.tpm !== undefined) this.quota.setLimits(`key:${key}`, { rpm: p.rpm, tpm: p.tpm });
+    this.quota = o.quota ?? new QuotaLedger(this.now);
+    this.owner = o.owner ?? true;
+    if (this.owner) for (const [key, p] of o.config.apiKeys) if (p.rpm !== undefined || p.tpm !== undefined) this.quota.setLimits(`key:${key}`, { rpm: p.rpm, tpm: p.tpm });
     this.ptu = new PtuAdvisor(this.usage);
     for (const d of o.config.ptu) this.ptu.register(d);
     this.scheduler = new Scheduler(
@@ -90,6 +130,10 @@ export class Governance {
         quota: this.quota,
         now: this.now,
         random: o.random ?? Math.random,
+        wakeElsewhere: o.wakeElsewhere,
+        setsQuotaLimits: o.owner ?? true,
+        onProbe: o.onLearn === undefined ? undefined : (dep) => o.onLearn!({ k: 'probe', dep }),
+        onPin: o.onLearn === undefined ? undefined : (key, dep) => o.onLearn!({ k: 'pin', key, dep }),
         onStickyLookup: (hit) => {
           if (hit) this.sticky.hits++;
           else this.sticky.misses++;
@@ -101,7 +145,7 @@ export class Governance {
     this.scheduler.register(o.config.modelGroups.values());
     // Stages are rebuilt once per flag change, never checked per request.
     o.flags.onChange((f) => this.scheduler.setFlags(f));
-    this.registerMetrics();
+    this.registerMetrics(this.owner);
   }
 
   get qos(): QosConfig {
@@ -111,7 +155,13 @@ export class Governance {
   /** Discovery found a new fleet: its deployments get slots and state (existing ids keep theirs). */
   adopt(config: BrokerConfig): void {
     this.config = config;
+    this.board?.setGroups(config.modelGroups.keys());
     this.scheduler.register(config.modelGroups.values());
+  }
+
+  /** Another thread freed a slot of `group` and handed the wake-up here. */
+  wake(group: string): void {
+    this.scheduler.handOff(group);
   }
 
   keyPolicy(apiKey: string | undefined): ApiKeyPolicy | undefined {
@@ -180,10 +230,7 @@ export class Governance {
   attemptFailed(lease: Lease, countsAgainstDeployment: boolean): void {
     lease.reservation?.release();
     lease.release();
-    if (countsAgainstDeployment) {
-      this.performance.failed(lease.dep.config.id);
-      this.scheduler.failed(lease.dep);
-    }
+    if (countsAgainstDeployment) this.learned({ k: 'fail', dep: lease.dep.config.id });
   }
 
   /** The request is over: release, reconcile, learn. Called exactly once per admitted request. */
@@ -197,31 +244,57 @@ export class Governance {
     };
     reconcile(a.keyReservation);
     reconcile(lease?.reservation ?? null);
-    if (lease !== null) {
-      const id = lease.dep.config.id;
-      if (u.ok) {
-        const genMs = u.durationMs - (u.ttftMs ?? 0);
-        this.performance.succeeded(id, u.ttftMs ?? u.durationMs, u.completionTokens > 0 && genMs > 0 ? (u.completionTokens * 1000) / genMs : null);
-        this.scheduler.succeeded(lease.dep);
-      } else if (u.ok === false) {
-        this.performance.failed(id);
+    const predict = a.flags.output_prediction && u.ok === true && u.completionTokens > 0;
+    if (predict) this.metrics.predictionError.observe(a.predictedOutput - u.completionTokens);
+    this.learned({ k: 'done', dep: lease?.dep.config.id ?? null, label: a.label, ok: u.ok, ttftMs: u.ttftMs, durationMs: u.durationMs, prompt: u.promptTokens, completion: u.completionTokens, predicted: a.predictedOutput, predict });
+  }
+
+  private learned(e: Learned): void {
+    this.learn(e);
+    this.onLearn?.(e);
+  }
+
+  /** Applies a lesson, this thread's or another's. */
+  learn(e: Learned): void {
+    if (e.k === 'probe') {
+      this.performance.started(e.dep);
+      return;
+    }
+    if (e.k === 'pin') {
+      if (e.dep === null) this.sticky.drop(e.key);
+      else this.sticky.pin(e.key, e.dep);
+      return;
+    }
+    if (e.k === 'fail') {
+      this.performance.failed(e.dep);
+      const d = this.scheduler.get(e.dep);
+      if (d !== undefined) this.scheduler.failed(d);
+      return;
+    }
+    if (e.dep !== null) {
+      if (e.ok) {
+        const genMs = e.durationMs - (e.ttftMs ?? 0);
+        this.performance.succeeded(e.dep, e.ttftMs ?? e.durationMs, e.completion > 0 && genMs > 0 ? (e.completion * 1000) / genMs : null);
+        const d = this.scheduler.get(e.dep);
+        if (d !== undefined) this.scheduler.succeeded(d);
+      } else if (e.ok === false) {
+        this.performance.failed(e.dep);
       }
     }
-    if (used > 0) this.usage.record(a.label, this.now(), { prompt: u.promptTokens, completion: u.completionTokens });
-    if (a.flags.output_prediction && u.ok === true && u.completionTokens > 0) {
-      this.predictor.observe(a.label, a.predictedOutput, u.completionTokens);
-      this.metrics.predictionError.observe(a.predictedOutput - u.completionTokens);
-    }
+    if (e.prompt + e.completion > 0) this.usage.record(e.label, this.now(), { prompt: e.prompt, completion: e.completion });
+    if (e.predict) this.predictor.observe(e.label, e.predicted, e.completion);
   }
 
   deployment(id: string): DeploymentState | undefined {
     return this.scheduler.get(id);
   }
 
-  private registerMetrics(): void {
+  private registerMetrics(processGauges: boolean): void {
     const m = this.metrics;
-    m.sources.capacity = () => this.capacity.ids().map((id) => this.capacity.stats(id)!);
+    // Each thread reports its own queue (the exposition sums them); the shared numbers once.
     m.sources.queueDepth = () => this.queue.size;
+    if (!processGauges) return;
+    m.sources.capacity = () => this.capacity.ids().map((id) => this.capacity.stats(id)!);
     m.sources.degraded = () => this.performance.degraded().length;
   }
 }

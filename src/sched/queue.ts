@@ -2,6 +2,7 @@
 // Served by priority with aging (so low priority cannot starve), or first-come when
 // priority routing is off. Nothing waits forever: each waiter has a deadline.
 import { BrokerError } from '../errors.ts';
+import { WaitBoard } from './wait-board.ts';
 
 export interface Waiter {
   readonly group: string;
@@ -56,14 +57,49 @@ export class WaitQueue {
   private timedOut = 0;
   private rejectedFull = 0;
 
+  /**
+   * `shared`: cell 0 counts the waiters of every thread's queue (Atomics). With it,
+   * maxSize bounds the process, not the thread, and a thread that frees a slot no
+   * waiter of its own wants can tell whether another thread has one.
+   */
   constructor(
     private readonly maxSize: number,
     private readonly agingMs: number,
     private readonly now: () => number = Date.now,
+    private readonly shared?: Int32Array,
+    private readonly board?: WaitBoard,
   ) {}
+
+  /**
+   * A slot of `group` was freed: wake the waiter that should go next, here or on
+   * another thread. Returns the other thread's index when its waiter goes first (the
+   * caller hands the wake-up over), true when a waiter here was woken, false if none.
+   */
+  release(group: string, byPriority: boolean): boolean | number {
+    if (this.board !== undefined && this.waitingElsewhere) {
+      const list = this.byGroup.get(group) ?? [];
+      const other = this.board.before(group, WaitBoard.best(list, this.agingMs), byPriority);
+      if (other !== undefined) return other;
+    }
+    return this.wake(group, byPriority);
+  }
+
+  private changed(group: string, list: readonly Waiter[]): void {
+    this.board?.publish(group, list);
+  }
 
   get size(): number {
     return this.total;
+  }
+
+  /** Whether another thread has requests waiting (never true without a shared counter). */
+  get waitingElsewhere(): boolean {
+    return this.shared !== undefined && Atomics.load(this.shared, 0) > this.total;
+  }
+
+  private count(delta: number): void {
+    this.total += delta;
+    if (this.shared !== undefined) Atomics.add(this.shared, 0, delta);
   }
 
   stats(): { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number } {
@@ -79,7 +115,7 @@ export class WaitQueue {
    */
   wait(group: string, priority: number, deadline: number, since: number, signal: AbortSignal, seq?: number): Promise<Woken> {
     if (signal.aborted) return Promise.reject(new BrokerError('internal', 'client went away before it was queued'));
-    if (this.total >= this.maxSize) {
+    if ((this.shared !== undefined ? Atomics.load(this.shared, 0) : this.total) >= this.maxSize) {
       this.rejectedFull++;
       return Promise.reject(new BrokerError('capacity_exhausted', `every deployment of ${group} is at capacity and the queue is full (${this.maxSize})`, { retryAfter: 1 }));
     }
@@ -90,7 +126,8 @@ export class WaitQueue {
         const i = list.indexOf(entry);
         if (i < 0) return false;
         list.splice(i, 1);
-        this.total--;
+        this.count(-1);
+        this.changed(group, list);
         clearTimeout(entry.timer);
         signal.removeEventListener('abort', onAbort);
         return true;
@@ -115,21 +152,27 @@ export class WaitQueue {
         }, Math.max(0, deadline - this.now())),
       };
       list.push(entry);
-      this.total++;
+      this.count(1);
+      this.changed(group, list);
       signal.addEventListener('abort', onAbort, { once: true });
     });
   }
 
-  /** A slot of `group` was freed: the next waiter (that has not declined this round) tries again. */
-  wake(group: string, byPriority: boolean, round: WakeRound = { declined: new Set() }): void {
+  /**
+   * A slot of `group` was freed: the next waiter (that has not declined this round)
+   * tries again. Returns false when this queue had no such waiter.
+   */
+  wake(group: string, byPriority: boolean, round: WakeRound = { declined: new Set() }): boolean {
     const list = this.byGroup.get(group);
-    if (list === undefined || list.length === 0) return;
+    if (list === undefined || list.length === 0) return false;
     const open = round.declined.size === 0 ? list : list.filter((e) => !round.declined.has(e.seq));
-    if (open.length === 0) return;
+    if (open.length === 0) return false;
     const entry = open[pickNext(open, this.now(), this.agingMs, byPriority)]!;
     list.splice(list.indexOf(entry), 1);
-    this.total--;
+    this.count(-1);
+    this.changed(group, list);
     clearTimeout(entry.timer);
     entry.resolve(round);
+    return true;
   }
 }

@@ -66,6 +66,14 @@ export interface SchedulerDeps {
   readonly now: () => number;
   readonly random: () => number;
   readonly onStickyLookup?: (hit: boolean) => void;
+  /** A freed slot whose next waiter is on another thread: hand the wake-up to that thread. */
+  readonly wakeElsewhere?: (group: string, thread: number) => void;
+  /** A degraded deployment got its probe request (for the other threads' probe clocks). */
+  readonly onProbe?: (id: string) => void;
+  /** Whether registering deployments writes their quota limits (the owner of the shared ledger does). */
+  readonly setsQuotaLimits?: boolean;
+  /** A sticky pin was set (or dropped: null), for the other threads' copies of the pins. */
+  readonly onPin?: (key: string, id: string | null) => void;
 }
 
 export class Scheduler {
@@ -89,7 +97,7 @@ export class Scheduler {
         const slot = this.deps.capacity.register(d.id, d.concurrencyLimit);
         const old = this.deployments.get(d.id);
         this.deployments.set(d.id, { config: d, group: g.name, slot, consecutiveFailures: old?.consecutiveFailures ?? 0, cooldownUntil: old?.cooldownUntil ?? 0, draining: old?.draining ?? false });
-        if (d.rpm !== undefined || d.tpm !== undefined) this.deps.quota.setLimits(`deployment:${d.id}`, { rpm: d.rpm, tpm: d.tpm });
+        if ((this.deps.setsQuotaLimits ?? true) && (d.rpm !== undefined || d.tpm !== undefined)) this.deps.quota.setLimits(`deployment:${d.id}`, { rpm: d.rpm, tpm: d.tpm });
       }
     }
   }
@@ -169,15 +177,20 @@ export class Scheduler {
     return true;
   }
 
+  /** A slot of `group` is free (here, or handed over by another thread): its next waiter, wherever it waits, tries. */
+  handOff(group: string): void {
+    const r = this.deps.queue.release(group, this.flags.priority_routing);
+    if (typeof r === 'number') this.deps.wakeElsewhere?.(group, r);
+  }
+
   private wakeFree(d: DeploymentState): void {
     const free = this.deps.capacity.limit(d.slot) - this.deps.capacity.inFlight(d.slot);
     for (let i = 0; i < free; i++) this.deps.queue.wake(d.group, this.flags.priority_routing);
   }
 
   private build(flags: FlagSet): (a: Admission) => Pick {
-    const { capacity, performance, sticky, quota, queue, now, random } = this.deps;
+    const { capacity, performance, sticky, quota, now, random } = this.deps;
     const gating = flags.capacity_gating;
-    const byPriority = flags.priority_routing;
     const perf = flags.performance_routing ? performance : null;
     const stickyOn = flags.sticky_routing ? sticky : null;
     const quotaOn = flags.quota_enforcement ? quota : null;
@@ -226,6 +239,8 @@ export class Scheduler {
     const lease = (d: DeploymentState, stickyHit: boolean | null, reservation: Reservation | null): Lease => {
       let released = false;
       perf?.started(d.config.id);
+      // A request to a degraded deployment is its probe: the other threads wait their interval too.
+      if (perf?.degradedIds.has(d.config.id)) this.deps.onProbe?.(d.config.id);
       return {
         dep: d,
         stickyHit,
@@ -234,7 +249,7 @@ export class Scheduler {
           if (released) return;
           released = true;
           capacity.release(d.slot);
-          queue.wake(d.group, byPriority);
+          this.handOff(d.group);
         },
       };
     };
@@ -288,7 +303,10 @@ export class Scheduler {
         chosen = d !== undefined && d.group === a.group.name && eligible(d, a, t) ? d : undefined;
         stickyHit = chosen !== undefined;
         // A pin to a deployment that cannot take the request now is dropped.
-        if (pinned !== undefined && chosen === undefined) stickyOn.drop(a.stickyKey);
+        if (pinned !== undefined && chosen === undefined) {
+          stickyOn.drop(a.stickyKey);
+          this.deps.onPin?.(a.stickyKey, null);
+        }
         onSticky?.(stickyHit);
       }
       // A degraded deployment due for its probe gets this one request (one per interval).
@@ -333,7 +351,10 @@ export class Scheduler {
           pool = pool.filter((x) => x !== d);
           continue;
         }
-        if (stickyOn !== null && a.stickyKey !== undefined) stickyOn.pin(a.stickyKey, d.config.id);
+        if (stickyOn !== null && a.stickyKey !== undefined) {
+          stickyOn.pin(a.stickyKey, d.config.id);
+          this.deps.onPin?.(a.stickyKey, d.config.id);
+        }
         return { lease: lease(d, stickyHit, reservation) };
       }
     };

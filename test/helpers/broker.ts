@@ -20,6 +20,8 @@ export async function startTestBroker(env: Record<string, string> = {}): Promise
     LOG_LEVEL: 'info',
     ADMIN_TOKEN,
     INFER_THREADS: '2',
+    // Data-plane threads: FRONT_THREADS=0 npm test runs the whole suite on the main thread.
+    FRONT_THREADS: process.env.FRONT_THREADS ?? '2',
     // The suite can run against other models: MODEL_VA_PATH=... npm test
     ...(process.env.MODEL_VA_PATH ? { MODEL_VA_PATH: process.env.MODEL_VA_PATH } : {}),
     ...(process.env.MODEL_VB_PATH ? { MODEL_VB_PATH: process.env.MODEL_VB_PATH } : {}),
@@ -33,7 +35,7 @@ export async function startTestBroker(env: Record<string, string> = {}): Promise
     },
   });
   const broker = await startBroker(config, { logDestination });
-  await broker.infer.waitReady();
+  await broker.waitReady();
   return { broker, url: `http://127.0.0.1:${broker.port}`, logs, close: () => broker.close(2000) };
 }
 

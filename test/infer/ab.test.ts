@@ -12,7 +12,7 @@ const img = (i: number) => images[i % images.length]!.b64;
 t.test('A/B 0.8/0.2 over 2,000 cookie-less requests, and sticky cookies', async (t) => {
   const tb = await startTestBroker({ AB_WEIGHT_A: '0.8', AB_WEIGHT_B: '0.2' });
   t.teardown(() => tb.close());
-  const { A, B } = tb.broker.infer.models;
+  const { A, B } = tb.broker.infer!.models;
   t.not(A.manifest.name, B.manifest.name, 'two different models');
   const arms = await mapLimit(Array.from({ length: 2000 }, (_, i) => i), 16, async (i) => {
     const res = await postJson(`${tb.url}/v1/infer`, { image_b64: img(i), top_k: 1 });
@@ -39,7 +39,7 @@ t.test('A/B 0.8/0.2 over 2,000 cookie-less requests, and sticky cookies', async 
 t.test('shadow: client sees A, B runs on the same input, agreement is measured', async (t) => {
   const tb = await startTestBroker({ AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'true' });
   t.teardown(() => tb.close());
-  const { A } = tb.broker.infer.models;
+  const { A } = tb.broker.infer!.models;
   for (let i = 0; i < 20; i++) {
     const res = await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) });
     t.equal(res.body.arm, 'A');
@@ -91,7 +91,7 @@ t.test('canary rolls itself back when B fails', async (t) => {
 t.test('promote: arm A answers with B model, without failing in-flight requests', async (t) => {
   const tb = await startTestBroker({ AB_WEIGHT_A: '1', AB_WEIGHT_B: '0' });
   t.teardown(() => tb.close());
-  const { B } = tb.broker.infer.models;
+  const { B } = tb.broker.infer!.models;
   let stop = false;
   const background = (async () => {
     const statuses: number[] = [];

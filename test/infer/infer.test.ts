@@ -13,8 +13,8 @@ t.test('classifies a real image and reports arm, model, timings, trace id', asyn
   const res = await postJson(url, { image_b64: sample!.b64, top_k: 3 }, { 'x-request-id': 'req-123' });
   t.equal(res.status, 200);
   t.equal(res.body.arm, 'A');
-  t.equal(res.body.model, tb.broker.infer.models.A.manifest.name);
-  t.equal(res.body.version, tb.broker.infer.models.A.manifest.version);
+  t.equal(res.body.model, tb.broker.infer!.models.A.manifest.name);
+  t.equal(res.body.version, tb.broker.infer!.models.A.manifest.version);
   t.equal(res.body.predictions.length, 3);
   const [top] = res.body.predictions;
   t.type(top.label, 'string');
@@ -89,7 +89,7 @@ t.test('accuracy through the HTTP path: 500 Fashion-MNIST PNGs', async (t) => {
 });
 
 t.test('inference metrics count successes and failures per model and arm', async (t) => {
-  const name = tb.broker.infer.models.A.manifest.name;
+  const name = tb.broker.infer!.models.A.manifest.name;
   const ok = await metricValue(tb.url, 'inference_request_success_total', { model: name, arm: 'A' });
   const failed = await metricValue(tb.url, 'inference_request_failure_total', { model: name, arm: 'A', reason: 'unsupported_image' });
   t.ok(ok >= 500);
@@ -103,7 +103,7 @@ t.test('inference metrics count successes and failures per model and arm', async
 });
 
 t.test('a killed worker fails its request with 500 and is replaced', async (t) => {
-  const pool = tb.broker.infer.currentPool;
+  const pool = tb.broker.infer!.currentPool;
   const before = await metricValue(tb.url, 'inference_worker_failures_total');
   // Keep both workers busy, then kill one under its task.
   const inflight = Array.from({ length: 8 }, () => postJson(url, { image_b64: sample!.b64 }));

@@ -4,7 +4,7 @@
 // metrics the broker declares (src/obs/metrics.ts), with their labels; the env vars given
 // to the broker exist and are documented; the fleet files pass the broker's own validator;
 // the pieces point at each other (service names, ports, mounts, anchors); the k6 scripts
-// only target a local BASE_URL; and the Dockerfile's way of keeping tsx works.
+// only target a local BASE_URL; and the image runs the compiled broker, without tsx.
 import t, { type Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -256,13 +256,17 @@ t.test('recording and alert rules', async (t) => {
   for (const a of alerts) for (const m of a.expr.matchAll(/job="([^"]+)"/g)) t.ok(jobs.includes(m[1]), `${a.name}: job ${m[1]} is scraped`);
 });
 
-/** How long the broker lets in-flight requests finish after SIGTERM: main.ts calls close() with the default of app.ts. */
-function drainSeconds(): number {
+/**
+ * How long the broker may take to stop after SIGTERM: SHUTDOWN_GRACE_S (as set in `env`,
+ * else its default in src/config/env.ts) for in-flight requests, then up to 1 s for open
+ * streams to end with their error event (src/app.ts, src/plane/worker.ts).
+ */
+function drainSeconds(env: Record<string, string>): number {
   const main = read('src/main.ts');
   if (!/broker\.close\(\)/.test(main)) throw new Error('src/main.ts no longer calls broker.close() with the default grace: update this test');
-  const ms = /close\(graceMs = ([\d_]+)\)/.exec(read('src/app.ts'))?.[1];
-  if (ms === undefined) throw new Error('src/app.ts: no close(graceMs = ...) default');
-  return Number(ms.replace(/_/g, '')) / 1000;
+  const def = /'SHUTDOWN_GRACE_S', (\d+)/.exec(read('src/config/env.ts'))?.[1];
+  if (def === undefined) throw new Error('src/config/env.ts: no SHUTDOWN_GRACE_S default');
+  return Number(env.SHUTDOWN_GRACE_S ?? def) + 1;
 }
 
 /** Env vars of the broker: read by src/config/env.ts and documented in the product docs. */
@@ -325,7 +329,7 @@ t.test('compose.yml', async (t) => {
   }
   checkBrokerEnv(t, 'compose broker', env);
   const grace = /^(\d+)s$/.exec(String(s.broker.stop_grace_period))?.[1];
-  t.ok(grace !== undefined && Number(grace) > drainSeconds(), `stop_grace_period ${s.broker.stop_grace_period} exceeds the broker's drain`);
+  t.ok(grace !== undefined && Number(grace) > drainSeconds(env), `stop_grace_period ${s.broker.stop_grace_period} exceeds the broker's drain`);
 
   // Host paths of bind mounts exist.
   for (const [name, svc] of Object.entries(s as Record<string, Doc>)) {
@@ -339,7 +343,7 @@ t.test('compose.yml', async (t) => {
   t.ok(mount, 'BROKER_CONFIG is a mounted file');
   const fleet = parseBrokerConfig(parse(read(mount![0]!)), mount![0]!, {});
   const mockCmd = (s['mock-upstream'].command as string[]).join(' ');
-  t.match(mockCmd, /^npm run mock-upstream -- --port 9000 --host 0\.0\.0\.0\b/);
+  t.match(mockCmd, /^node dist\/mock-upstream\/main\.js --port 9000 --host 0\.0\.0\.0\b/, 'the mock runs compiled (the image has no tsx)');
   const providers = new Set<string>();
   for (const g of fleet.modelGroups.values()) {
     for (const d of g.deployments) {
@@ -442,7 +446,7 @@ t.test('Kubernetes manifest', async (t) => {
   t.ok(c.resources.requests.cpu && c.resources.requests.memory && c.resources.limits.memory, 'resources are set');
   // Graceful termination: the preStop sleep plus the broker's drain fit in the grace period.
   const sleep = Number(c.lifecycle.preStop.exec.command[1]);
-  const drain = drainSeconds();
+  const drain = drainSeconds(env);
   t.ok(sleep > 0 && pod.terminationGracePeriodSeconds >= sleep + drain + 5, `terminationGracePeriodSeconds ${pod.terminationGracePeriodSeconds} covers preStop ${sleep} s + ${drain} s drain`);
 
   // BROKER_CONFIG is the ConfigMap's broker.yaml, mounted, and valid.
@@ -454,7 +458,7 @@ t.test('Kubernetes manifest', async (t) => {
   const key = env.BROKER_CONFIG!.slice(mount.mountPath.length + 1);
   t.ok(key in cm.data, `the ConfigMap has ${key}`);
   t.doesNotThrow(() => parseBrokerConfig(parse(cm.data[key]), key, {}), 'the fleet passes the broker validator');
-  // A read-only root filesystem needs a writable /tmp (tsx's cache).
+  // A read-only root filesystem still gets a writable /tmp.
   if (c.securityContext?.readOnlyRootFilesystem) t.ok((c.volumeMounts as Doc[]).some((m) => m.mountPath === '/tmp'), '/tmp is writable');
 });
 
@@ -503,13 +507,17 @@ t.test('Dockerfile', async (t) => {
   t.match(final, /^EXPOSE 8080$/m);
   t.match(final, /^HEALTHCHECK [\s\S]*\/healthz/m);
   t.match(final, /^COPY models \.\/models$/m);
-  // CMD is `npm start` without npm in between (PID 1 gets SIGTERM).
+  // CMD is `npm start` without npm (nor its prestart build) in between: PID 1 gets SIGTERM.
   const cmd = JSON.parse(/^CMD (\[.*\])$/m.exec(final)![1]!) as string[];
-  t.equal(cmd.join(' '), pkg.scripts.start, 'CMD is the start script');
-  t.equal(pkg.scripts['mock-upstream'].split(' ').slice(0, 3).join(' '), 'node --import tsx', 'the mock also runs through tsx');
-  // The broker runs through tsx: it must come with the production install.
-  t.ok(pkg.dependencies.tsx !== undefined, 'tsx is a production dependency');
+  t.equal(cmd.join(' '), pkg.scripts.start.replace(/^exec /, ''), 'CMD is the start script');
+  t.equal(cmd.join(' '), 'node dist/main.js', 'the compiled broker');
+  t.match(df, /^COPY --from=build \/app\/dist \.\/dist$/m, 'dist/ comes from the build stage');
+  t.match(df, /^RUN npm run build$/m, 'which runs the build script');
+  // The runtime stage has the production install only, and nothing in it needs tsx.
   t.match(df, /npm ci --omit=dev/);
+  t.equal(pkg.dependencies.tsx, undefined, 'tsx is not a production dependency');
+  t.equal(pkg.dependencies.typescript, undefined, 'nor is TypeScript');
+  t.notMatch(final, /tsx|src\//, 'the runtime stage neither runs tsx nor copies the sources');
 
   // Sources the build copies from the context exist and are not excluded by .dockerignore.
   const ignore = read('.dockerignore').split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));

@@ -1,7 +1,7 @@
 // The HTTP front on uWebSockets.js. It turns a uWS request into a BrokerRequest and
-// a ReplySink, runs the cheap guards (route, method, admin credential, rate limit,
-// body limit, JSON), then hands over to the route. It is the only module that
-// knows about uWS.
+// a ReplySink, then hands it to dispatch (guards, body, route) or, for a route this
+// thread does not serve, forwards it to the control plane. It is the only module
+// that knows about uWS.
 //
 // uWS rules followed here: headers are read before the first await (the request
 // object is stack-allocated); onAborted is registered before anything async;
@@ -9,48 +9,59 @@
 // backpressure, and onWritable resumes.
 import uWS from 'uWebSockets.js';
 import { performance } from 'node:perf_hooks';
-import { BrokerError, toBrokerError, type ErrorCode } from '../../errors.ts';
+import { toBrokerError, type BrokerError, type ErrorCode } from '../../errors.ts';
 import type { Logger } from '../../obs/logger.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import { requestIdFrom } from '../../obs/request-id.ts';
-import type { RateLimiter } from '../../guard/rate-limit.ts';
-import { clientKeyOf } from '../../guard/rate-limit.ts';
-import type { AdminCheck } from '../../guard/admin-auth.ts';
-import type { BrokerRequest, ReplySink } from '../reply.ts';
-import type { ErrorShape, Route, Router } from './router.ts';
+import type { BrokerRequest } from '../reply.ts';
+import type { ErrorShape, Router } from './router.ts';
 import { readBody } from './body.ts';
+import { defaultErrorShape, dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
 import { statusLine } from './status.ts';
 
-export interface HttpFrontOptions {
+export interface HttpFrontOptions extends Guards {
   readonly host: string;
   readonly port: number;
-  readonly maxBodyBytes: number;
   readonly router: Router;
-  readonly rateLimiter: RateLimiter;
-  readonly adminCheck: AdminCheck;
   readonly metrics: Metrics;
   readonly logger: Logger;
+  /** Requests for routes this thread does not serve go to the control plane. */
+  readonly forward?: Forward;
+}
+
+/** A request handed to the control plane, and its whole reply. */
+export type Forward = (req: BrokerRequest, body: Buffer | undefined) => Promise<ForwardedReply>;
+
+export interface ForwardedReply {
+  readonly status: number;
+  readonly headers: Record<string, string>;
+  readonly body: Uint8Array | string;
+  /** The route that served it, for this thread's metrics and log line. */
+  readonly route: string;
+  readonly errorCode?: ErrorCode;
 }
 
 export interface HttpFront {
   readonly port: number;
-  /** Stop accepting connections; in-flight requests go on. */
+  /** Stop accepting connections; in-flight requests go on, replies close their connection. */
   stopListening(): void;
   /** Requests that have not finished yet. */
   readonly inFlight: number;
+  /**
+   * Force-closes every connection and the listen socket. A worker thread must do this
+   * before it ends: uWS sockets left open abort the whole process (uWS.js#324).
+   */
+  closeAll(): void;
 }
 
-export const defaultErrorShape: ErrorShape = (code, message, requestId) => ({
-  // `type` and `param` make this the OpenAI error object too; `code` is ours.
-  error: { code, message, type: code, param: null, request_id: requestId },
-});
-
-const JSON_TYPE = 'application/json';
-
 export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
-  const { router, metrics, logger, rateLimiter, adminCheck, maxBodyBytes } = opts;
+  const { router, metrics, logger, forward } = opts;
   const app = uWS.App();
   let inFlight = 0;
+  let closing = false;
+  const done = (): void => {
+    inFlight--;
+  };
 
   app.any('/*', (res, ureq) => {
     const startedAt = performance.now();
@@ -73,51 +84,13 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     metrics.httpActive.inc();
     const match = router.match(method, path);
     const route = match.kind === 'found' ? match.route : undefined;
-    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? defaultErrorShape, () => {
-      inFlight--;
-    }, metrics, logger);
-
-    try {
-      if (match.kind === 'not_found') throw new BrokerError('not_found', `no route for ${path}`);
-      if (match.kind === 'method_not_allowed') {
-        sink.extraHeaders = { allow: match.allowed.join(', ') };
-        throw new BrokerError('method_not_allowed', `${method} is not allowed on ${path}; allowed: ${match.allowed.join(', ')}`);
-      }
-      const r = match.route;
-      if (r.admin) adminCheck(headers['authorization']);
-      if (r.rateLimited) {
-        try {
-          rateLimiter.check(clientKeyOf(headers, req.remoteAddress));
-        } catch (err) {
-          metrics.rateLimited.inc();
-          throw err;
-        }
-      }
-      if (r.body === 'json' || r.body === 'raw') {
-        const declared = headers['content-length'];
-        if (declared !== undefined && Number(declared) > maxBodyBytes) throw tooLarge(maxBodyBytes);
-        readBody(res, maxBodyBytes, declared === undefined ? undefined : Number(declared), (err, bytes) => {
-          if (sink.aborted) return;
-          if (err !== undefined) return sink.fail(err);
-          let body: unknown = bytes;
-          if (r.body === 'json') {
-            try {
-              body = JSON.parse(bytes!.toString('utf8'));
-            } catch {
-              return sink.fail(new BrokerError('invalid_json', 'request body is not valid JSON'));
-            }
-            if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-              return sink.fail(new BrokerError('invalid_json', 'request body must be a JSON object'));
-            }
-          }
-          run(r, match.params, body, req, sink);
-        });
-        return;
-      }
-      run(r, match.params, undefined, req, sink);
-    } catch (err) {
-      sink.fail(toBrokerError(err));
-    }
+    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? defaultErrorShape, done, metrics, logger);
+    if (closing) sink.closeConnection = true;
+    const declared = headers['content-length'];
+    const reader: BodyReader = (limit, cb) => readBody(res, limit, declared === undefined ? undefined : Number(declared), cb);
+    // Paths are served by one side only: a path this thread knows with another method is a 405 here.
+    if (match.kind === 'not_found' && forward !== undefined) return forwardRequest(opts, forward, req, reader, sink);
+    dispatch(opts, match, req, reader, sink);
   });
 
   return new Promise((resolve, reject) => {
@@ -127,55 +100,64 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       resolve({
         port: uWS.us_socket_local_port(listenSocket as unknown as uWS.us_socket),
         stopListening() {
+          closing = true;
           if (socket) uWS.us_listen_socket_close(socket);
           socket = null;
         },
         get inFlight() {
           return inFlight;
         },
+        closeAll() {
+          closing = true;
+          socket = null;
+          // In this build (20.30) but not in its typings.
+          (app as unknown as { close(): void }).close();
+        },
       });
     });
   });
 }
 
-function tooLarge(max: number): BrokerError {
-  return new BrokerError('payload_too_large', `request body is larger than MAX_BODY_BYTES (${max} bytes)`);
-}
-
-function run(route: Route, params: Record<string, string>, body: unknown, req: BrokerRequest, sink: UwsSink): void {
-  let result: void | Promise<void>;
-  try {
-    result = route.handle({ req, params, body, sink });
-  } catch (err) {
-    sink.fail(toBrokerError(err));
-    return;
-  }
-  if (result !== undefined) {
-    result.then(
-      () => {
-        // A handler that returns without replying is a bug; never leave the client hanging.
-        if (!sink.finished && !sink.started) sink.fail(new BrokerError('internal', 'handler sent no reply'));
+/** Hands a request this thread does not route to the control plane, body and all, and relays the reply. */
+function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBody: BodyReader, sink: UwsSink): void {
+  const relay = (body: Buffer | undefined): void => {
+    forward(req, body).then(
+      (reply) => {
+        sink.routeName = reply.route;
+        sink.errorCode = reply.errorCode;
+        sink.send(reply.status, reply.headers, reply.body);
       },
       (err: unknown) => sink.fail(toBrokerError(err)),
     );
-  }
+  };
+  const declared = req.headers['content-length'];
+  const hasBody = (declared !== undefined && declared !== '0') || req.headers['transfer-encoding'] !== undefined;
+  if (!hasBody) return relay(undefined);
+  if (declared !== undefined && Number(declared) > g.maxBodyBytes) return sink.fail(tooLarge(g.maxBodyBytes));
+  readBody(g.maxBodyBytes, (err, bytes) => {
+    if (sink.aborted) return;
+    if (err !== undefined) return sink.fail(err);
+    relay(bytes);
+  });
 }
 
 /** ReplySink over a uWS response. Records exactly one outcome per request: log line and metrics. */
-class UwsSink implements ReplySink {
+class UwsSink implements FrontSink {
   aborted = false;
   started = false;
   finished = false;
   extraHeaders: Record<string, string> | undefined;
+  /** Set while the front shuts down: every reply closes its connection. */
+  closeConnection = false;
+  errorCode: ErrorCode | undefined;
   private status = 0;
-  private errorCode: ErrorCode | undefined;
   private abortCbs: (() => void)[] | undefined;
   private writableCb: (() => void) | undefined;
 
   constructor(
     private readonly res: uWS.HttpResponse,
     private readonly req: BrokerRequest,
-    private readonly routeName: string,
+    public routeName: string,
     private readonly errorShape: ErrorShape,
     private readonly onDone: () => void,
     private readonly metrics: Metrics,
@@ -241,7 +223,7 @@ class UwsSink implements ReplySink {
     this.status = status;
     this.res.cork(() => {
       this.writeHead(status, headers);
-      this.res.end(body, closeConnection);
+      this.res.end(body, closeConnection || this.closeConnection);
     });
     this.record(status, false);
   }
@@ -251,7 +233,7 @@ class UwsSink implements ReplySink {
     if (err.code === 'internal') this.logger.error({ trace_id: this.req.id, err: err.cause ?? err }, 'internal error');
     this.errorCode = err.code;
     if (this.started) return this.end();
-    const headers: Record<string, string> = { 'content-type': JSON_TYPE, ...this.extraHeaders };
+    const headers: Record<string, string> = { 'content-type': 'application/json', ...this.extraHeaders };
     if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
     // A body we refused to read is still on the wire: close the connection instead of draining it.
     const close = err.code === 'payload_too_large';
@@ -261,6 +243,7 @@ class UwsSink implements ReplySink {
   private writeHead(status: number, headers: Readonly<Record<string, string>>): void {
     this.res.writeStatus(statusLine(status));
     this.res.writeHeader('trace-id', this.req.id);
+    if (this.closeConnection) this.res.writeHeader('connection', 'close');
     for (const k in headers) this.res.writeHeader(k, headers[k]!);
   }
 

@@ -3,6 +3,7 @@
 import { performance } from 'node:perf_hooks';
 import { errors as undiciErrors } from 'undici';
 import { once } from 'node:events';
+import { BrokerError } from '../../errors.ts';
 import { compileChain, type ChainContext, type ChainStats } from '../chain/compile.ts';
 import { createPipeline } from '../chain/pipeline.ts';
 import type { Upstreams, UpstreamResponse } from '../upstream.ts';
@@ -69,8 +70,9 @@ function settle(s: Finishable, waited: number, finish: Finish): StreamResult {
 }
 
 function failed(s: Finishable, err: unknown, waited: number, target: StreamTarget, signal: AbortSignal, finish: Finish): StreamResult {
-  if (signal.aborted) return finish(s, waited, 'aborted');
-  const { code, message } = describeBodyError(err);
+  // Aborted by the client: nobody to tell. Aborted by shutdown: the client gets the error event.
+  if (signal.aborted && !(signal.reason instanceof BrokerError)) return finish(s, waited, 'aborted');
+  const { code, message } = signal.aborted ? (signal.reason as BrokerError) : describeBodyError(err);
   const tail = s.fail(message, code);
   if (tail !== '') target.write(tail);
   return finish(s, waited, 'failed', code, message);

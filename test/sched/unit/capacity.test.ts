@@ -119,8 +119,11 @@ t.test('two instances over one buffer see the same numbers', async (t) => {
   const one = new CapacityCounters(4);
   const two = new CapacityCounters(4, one.buffer);
   const s1 = one.register('a', 2);
-  const s2 = two.register('a', 2);
+  t.throws(() => two.register('a', 2), /no capacity slot/, 'an attached instance does not assign slots');
+  two.bind('a', s1);
+  const s2 = two.register('a', 9);
   t.equal(s1, s2);
+  t.equal(one.limit(s1), 2, 'an attached instance does not write limits: the owner does');
   t.ok(one.tryAcquire(s1));
   t.ok(two.tryAcquire(s2));
   t.notOk(one.tryAcquire(s1), 'the other instance took the second slot');
@@ -139,6 +142,7 @@ const { workerData, parentPort } = require('node:worker_threads');
   const { tsImport } = await import(workerData.tsxApi);
   const { CapacityCounters } = await tsImport(workerData.entry, workerData.parentURL);
   const c = new CapacityCounters(workerData.maxDeployments, workerData.buffer);
+  c.bind('shared', workerData.slot);
   const slot = c.register('shared', workerData.limit);
   const ctl = new Int32Array(workerData.control); // [ready, held, maxHeld, contended]
   Atomics.add(ctl, 0, 1);
@@ -186,6 +190,7 @@ t.test('worker threads: concurrent tryAcquire/release never exceed the limit and
     parentURL: import.meta.url,
     buffer: main.buffer,
     maxDeployments: 4,
+    slot,
     control,
     limit: LIMIT,
     threads: THREADS,

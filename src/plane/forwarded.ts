@@ -1,0 +1,92 @@
+// The control plane's side of a forwarded request: a data-plane thread read it (and
+// its body) and the control plane serves it with its own routes (admin, metrics,
+// readiness), through the same dispatch as the HTTP front. The reply is buffered
+// whole: none of these routes streams.
+import { BrokerError, type ErrorCode } from '../errors.ts';
+import type { BrokerRequest } from '../front/reply.ts';
+import type { Logger } from '../obs/logger.ts';
+import { defaultErrorShape, dispatch, type FrontSink, type Guards } from '../front/http/dispatch.ts';
+import type { ErrorShape, Router } from '../front/http/router.ts';
+import type { ForwardedReply } from '../front/http/server.ts';
+
+export interface ControlFront extends Guards {
+  readonly router: Router;
+  readonly logger: Logger;
+}
+
+export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8Array | undefined): Promise<ForwardedReply> {
+  const match = f.router.match(req.method, req.path);
+  const route = match.kind === 'found' ? match.route : undefined;
+  const sink = new BufferSink(req.id, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? defaultErrorShape, f.logger);
+  const bytes = body === undefined ? Buffer.alloc(0) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  dispatch(f, match, req, (_limit, done) => done(undefined, bytes), sink);
+  return sink.reply;
+}
+
+class BufferSink implements FrontSink {
+  readonly aborted = false;
+  started = false;
+  finished = false;
+  extraHeaders: Record<string, string> | undefined;
+  readonly reply: Promise<ForwardedReply>;
+  private resolve!: (r: ForwardedReply) => void;
+  private status = 0;
+  private headers: Record<string, string> = {};
+  private readonly chunks: (string | Uint8Array)[] = [];
+  private errorCode: ErrorCode | undefined;
+
+  constructor(
+    private readonly requestId: string,
+    private readonly route: string,
+    private readonly errorShape: ErrorShape,
+    private readonly logger: Logger,
+  ) {
+    this.reply = new Promise((r) => (this.resolve = r));
+  }
+
+  onAbort(): void {}
+
+  onWritable(cb: () => void): void {
+    cb();
+  }
+
+  start(status: number, headers: Readonly<Record<string, string>>): void {
+    if (this.started) return;
+    this.started = true;
+    this.status = status;
+    this.headers = { ...headers };
+  }
+
+  write(chunk: string | Uint8Array): boolean {
+    if (!this.finished) this.chunks.push(chunk);
+    return true;
+  }
+
+  end(chunk?: string | Uint8Array): void {
+    if (this.finished) return;
+    if (chunk !== undefined) this.chunks.push(chunk);
+    this.finished = true;
+    const body = this.chunks.every((c) => typeof c === 'string') ? this.chunks.join('') : Buffer.concat(this.chunks.map((c) => (typeof c === 'string' ? Buffer.from(c) : c)));
+    this.resolve({ status: this.status, headers: this.headers, body, route: this.route, ...(this.errorCode !== undefined ? { errorCode: this.errorCode } : {}) });
+  }
+
+  send(status: number, headers: Readonly<Record<string, string>>, body: string | Uint8Array): void {
+    if (this.started) return;
+    this.start(status, headers);
+    this.end(body);
+  }
+
+  fail(err: BrokerError): void {
+    if (err.code === 'internal') this.logger.error({ trace_id: this.requestId, err: err.cause ?? err }, 'internal error');
+    this.errorCode = err.code;
+    if (this.started) return this.end();
+    const headers: Record<string, string> = { 'content-type': 'application/json', ...this.extraHeaders };
+    if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
+    this.send(err.status, headers, JSON.stringify(this.errorShape(err.code, err.message, this.requestId, err.status)));
+  }
+}
+
+/** A BrokerError from the other side of a port. */
+export function fromWire(e: { code: ErrorCode; message: string; retryAfter?: number }): BrokerError {
+  return new BrokerError(e.code, e.message, e.retryAfter === undefined ? {} : { retryAfter: e.retryAfter });
+}

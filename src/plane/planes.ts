@@ -1,0 +1,263 @@
+// The control plane's handle on the data-plane threads: starts FRONT_THREADS of
+// them on one port (SO_REUSEPORT: the kernel spreads connections), publishes
+// snapshots and waits for every thread to acknowledge, answers what they forward,
+// relays what they learn, replaces a thread that dies, and stops them on shutdown.
+import { Worker } from 'node:worker_threads';
+import { createServer } from 'node:net';
+import { workerEntry } from '../workers/entry.ts';
+import { AggregatorRegistry, type Registry } from 'prom-client';
+
+type MetricsJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>;
+import type { Config } from '../config/env.ts';
+import { toBrokerError } from '../errors.ts';
+import type { Logger } from '../obs/logger.ts';
+import type { Metrics } from '../obs/metrics.ts';
+import type { BrokerRequest } from '../front/reply.ts';
+import type { Learned } from '../sched/governance.ts';
+import type { ForwardedReply, InferCall, InferReply, PlaneStats, SharedBuffers, Snapshot, ToControl, ToPlane } from './protocol.ts';
+
+export interface PlanesDeps {
+  readonly config: Config;
+  readonly threads: number;
+  readonly logger: Logger;
+  readonly metrics: Metrics;
+  readonly buffers: SharedBuffers;
+  /** The snapshot to publish now (a new version when anything changed). */
+  snapshot(): Snapshot;
+  /** Lines logged by a thread, for the process's one log destination. */
+  writeLog(text: string): void;
+  forward(req: BrokerRequest, body: Uint8Array | undefined): Promise<ForwardedReply>;
+  infer(call: InferCall): Promise<InferReply>;
+  discover(): Promise<void>;
+  learn(events: readonly Learned[]): void;
+}
+
+interface Plane {
+  readonly index: number;
+  readonly worker: Worker;
+  acked: number;
+  onAck: (() => void)[];
+  stopped?: (unfinished: number) => void;
+  readonly calls: Map<number, (v: unknown) => void>;
+}
+
+const ACK_TIMEOUT_MS = 5000;
+
+export class DataPlanes {
+  private readonly planes: (Plane | undefined)[];
+  private port = 0;
+  private closing = false;
+  private nextCall = 1;
+
+  constructor(private readonly deps: PlanesDeps) {
+    this.planes = new Array<Plane | undefined>(deps.threads).fill(undefined);
+  }
+
+  get listeningPort(): number {
+    return this.port;
+  }
+
+  get count(): number {
+    return this.planes.filter((p) => p !== undefined).length;
+  }
+
+  /** Makes thread `index` fail as a bug would (tests, drills); resolves when it has exited. */
+  async fail(index: number): Promise<void> {
+    const p = this.planes[index];
+    if (p === undefined) return;
+    const exited = new Promise((r) => p.worker.once('exit', r));
+    this.send(p, { t: 'fail' });
+    await exited;
+  }
+
+  /**
+   * Starts every thread on PORT. uWS shares a port between sockets (SO_REUSEPORT)
+   * only when the port is named, not when the kernel picks it: for PORT=0 the
+   * control plane finds a free port first, and tries another if it was taken meanwhile.
+   */
+  async start(): Promise<number> {
+    for (let tries = 1; ; tries++) {
+      this.port = this.deps.config.port === 0 ? await freePort(this.deps.config.host) : this.deps.config.port;
+      try {
+        await this.spawn(0, this.port);
+        break;
+      } catch (err) {
+        if (this.deps.config.port !== 0 || tries >= 5) throw err;
+      }
+    }
+    await Promise.all(this.planes.map((_, i) => (i === 0 ? undefined : this.spawn(i, this.port))));
+    this.deps.metrics.planeThreads.set(this.count);
+    return this.port;
+  }
+
+  private spawn(index: number, port: number): Promise<number> {
+    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port };
+    const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { init });
+    const worker = new Worker(filename, { workerData, name: `data-plane-${index}` });
+    const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map() };
+    return new Promise<number>((resolve, reject) => {
+      let listening = false;
+      worker.on('message', (m: ToControl) => {
+        if (m.t === 'listening') {
+          listening = true;
+          this.planes[index] = plane;
+          // A snapshot published while this thread started may be newer than its init.
+          if (this.deps.snapshot().version !== plane.acked) this.send(plane, { t: 'snapshot', snapshot: this.deps.snapshot() });
+          return resolve(m.port);
+        }
+        this.onMessage(plane, m);
+      });
+      worker.on('error', (err) => {
+        this.deps.logger.error({ err, plane: index }, 'data-plane thread failed');
+        if (!listening) reject(err);
+      });
+      worker.on('exit', (code) => {
+        if (this.planes[index] === plane) this.planes[index] = undefined;
+        for (const cb of plane.onAck) cb();
+        for (const cb of plane.calls.values()) cb(undefined);
+        plane.stopped?.(0);
+        if (!listening) return reject(new Error(`data-plane thread ${index} exited with code ${code} before it listened`));
+        if (this.closing) return;
+        // Its requests are lost with it; the other threads carry on, and a new one takes its place.
+        this.deps.metrics.planeRestarts.inc();
+        this.deps.metrics.planeThreads.set(this.count);
+        this.deps.logger.error({ plane: index, code }, 'data-plane thread died; starting a replacement');
+        this.spawn(index, this.port).then(
+          () => this.deps.metrics.planeThreads.set(this.count),
+          (err) => this.deps.logger.error({ err, plane: index }, 'replacement data-plane thread did not start'),
+        );
+      });
+    });
+  }
+
+  private send(plane: Plane, m: ToPlane): void {
+    plane.worker.postMessage(m);
+  }
+
+  private reply(plane: Plane, id: number, work: Promise<unknown>): void {
+    work.then(
+      (value) => this.send(plane, { t: 'reply', id, value }),
+      (err: unknown) => {
+        const e = toBrokerError(err);
+        if (e.code === 'internal') this.deps.logger.error({ err: e.cause ?? e }, 'internal error serving a data-plane thread');
+        this.send(plane, { t: 'reply', id, error: { code: e.code, message: e.message, ...(e.retryAfter !== undefined ? { retryAfter: e.retryAfter } : {}) } });
+      },
+    );
+  }
+
+  private onMessage(plane: Plane, m: ToControl): void {
+    switch (m.t) {
+      case 'ack':
+        plane.acked = Math.max(plane.acked, m.version);
+        for (const cb of plane.onAck.splice(0)) cb();
+        return;
+      case 'forward':
+        return this.reply(plane, m.id, this.deps.forward(m.req, m.body));
+      case 'infer':
+        return this.reply(plane, m.id, this.deps.infer(m.call));
+      case 'discover':
+        return this.reply(plane, m.id, this.deps.discover());
+      case 'result': {
+        const cb = plane.calls.get(m.id);
+        plane.calls.delete(m.id);
+        return cb?.(m.value);
+      }
+      case 'log':
+        return this.deps.writeLog(m.text);
+      case 'learn':
+        this.deps.learn(m.events);
+        for (const p of this.planes) if (p !== undefined && p !== plane) this.send(p, { t: 'learn', events: m.events });
+        return;
+      case 'wake': {
+        // A slot freed on `plane` whose next waiter waits on another thread.
+        const to = this.planes[m.thread];
+        if (to !== undefined) this.send(to, { t: 'wake', group: m.group });
+        return;
+      }
+      case 'stopped':
+        return plane.stopped?.(m.unfinished);
+      case 'listening':
+        return;
+    }
+  }
+
+  /** Sends the current snapshot to every thread; resolves once each applied it. */
+  async publish(): Promise<void> {
+    const snapshot = this.deps.snapshot();
+    const waits: Promise<void>[] = [];
+    for (const p of this.planes) {
+      if (p === undefined) continue;
+      this.send(p, { t: 'snapshot', snapshot });
+      waits.push(
+        new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, ACK_TIMEOUT_MS);
+          const check = (): void => {
+            if (p.acked >= snapshot.version || this.planes[p.index] !== p) {
+              clearTimeout(timer);
+              resolve();
+            } else p.onAck.push(check);
+          };
+          check();
+        }),
+      );
+    }
+    await Promise.all(waits);
+  }
+
+  private callAll(name: 'metrics' | 'stats'): Promise<unknown[]> {
+    return Promise.all(
+      this.planes.flatMap((p) => {
+        if (p === undefined) return [];
+        const id = this.nextCall++;
+        return [
+          new Promise<unknown>((resolve) => {
+            p.calls.set(id, resolve);
+            this.send(p, { t: 'call', id, name });
+          }),
+        ];
+      }),
+    ).then((values) => values.filter((v) => v !== undefined));
+  }
+
+  /** One exposition for the process: the control plane's registry and every thread's, counters summed, histograms merged. */
+  async metricsText(own: MetricsJson): Promise<string> {
+    const parts = (await this.callAll('metrics')) as MetricsJson[];
+    return AggregatorRegistry.aggregate([own, ...parts] as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
+  }
+
+  async stats(): Promise<PlaneStats[]> {
+    return (await this.callAll('stats')) as PlaneStats[];
+  }
+
+  /** Stops accepting on every thread, gives in-flight requests graceMs, then stops the threads. */
+  async close(graceMs: number): Promise<number> {
+    this.closing = true;
+    const counts = await Promise.all(
+      this.planes.map((p) => {
+        if (p === undefined) return 0;
+        return new Promise<number>((resolve) => {
+          const timer = setTimeout(() => resolve(-1), graceMs + 3000);
+          p.stopped = (n) => {
+            clearTimeout(timer);
+            resolve(n);
+          };
+          this.send(p, { t: 'stop', graceMs });
+        });
+      }),
+    );
+    await Promise.all(this.planes.map((p) => p?.worker.terminate()));
+    this.deps.metrics.planeThreads.set(0);
+    return counts.reduce((a, n) => a + Math.max(0, n), 0);
+  }
+}
+
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, host, () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}

@@ -1,0 +1,91 @@
+// Messages between the control plane (main thread) and the data-plane threads.
+// Everything here crosses a MessagePort, so it is structured-cloneable: no
+// functions, no class instances (Maps and typed arrays are fine).
+import type { Config } from '../config/env.ts';
+import type { BrokerConfig } from '../config/broker-config.ts';
+import type { FlagSet } from '../config/flags.ts';
+import type { ErrorCode } from '../errors.ts';
+import type { Learned } from '../sched/governance.ts';
+import type { BrokerRequest } from '../front/reply.ts';
+import type { ForwardedReply } from '../front/http/server.ts';
+import type { InferReply } from '../infer/service.ts';
+
+/**
+ * What a data-plane thread serves from. Immutable: the control plane publishes a new
+ * one for every change, and every thread acknowledges it before an admin call returns.
+ */
+export interface Snapshot {
+  readonly version: number;
+  readonly flags: FlagSet;
+  /** The LLM fleet; replaced whole when discovery finds another (fleetVersion changes). */
+  readonly fleet: BrokerConfig | null;
+  readonly fleetVersion: number;
+  /** Capacity slots in the shared buffer, by deployment id, and which deployments drain. */
+  readonly slots: readonly (readonly [id: string, slot: number])[];
+  readonly draining: readonly string[];
+}
+
+/** Buffers every thread shares, created once by the control plane. */
+export interface SharedBuffers {
+  readonly capacity: SharedArrayBuffer;
+  /** One Int32: requests waiting in every thread's queue. */
+  readonly waiters: SharedArrayBuffer;
+  /** Each thread's best waiter per group (sched/wait-board.ts). */
+  readonly board: SharedArrayBuffer;
+  readonly quota: SharedArrayBuffer;
+  /** Absent when the rate limit is off. */
+  readonly rateLimit: SharedArrayBuffer | undefined;
+}
+
+export interface PlaneInit {
+  readonly config: Config;
+  readonly buffers: SharedBuffers;
+  readonly snapshot: Snapshot;
+  readonly index: number;
+}
+
+/** Inference input crossing to the control plane: the image's buffer is transferred. */
+export interface InferCall {
+  readonly image: Uint8Array;
+  readonly imgSize: number | undefined;
+  readonly topK: number | undefined;
+  readonly cookieArm: string | undefined;
+}
+
+/** A BrokerError, flattened for the trip back. */
+export interface WireError {
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly retryAfter?: number;
+}
+
+/** The queue and sticky numbers each thread keeps for itself, summed by the control plane. */
+export interface PlaneStats {
+  readonly queue: { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number };
+  readonly sticky: { pins: number; hits: number; misses: number };
+  readonly inFlight: number;
+}
+
+export type ToPlane =
+  | { readonly t: 'snapshot'; readonly snapshot: Snapshot }
+  | { readonly t: 'learn'; readonly events: readonly Learned[] }
+  | { readonly t: 'reply'; readonly id: number; readonly value?: unknown; readonly error?: WireError }
+  | { readonly t: 'call'; readonly id: number; readonly name: 'metrics' | 'stats' }
+  | { readonly t: 'wake'; readonly group: string }
+  | { readonly t: 'stop'; readonly graceMs: number }
+  /** Fault injection: the thread throws, as a bug would make it (tests and drills). */
+  | { readonly t: 'fail' };
+
+export type ToControl =
+  | { readonly t: 'listening'; readonly port: number }
+  | { readonly t: 'ack'; readonly version: number }
+  | { readonly t: 'forward'; readonly id: number; readonly req: BrokerRequest; readonly body: Uint8Array | undefined }
+  | { readonly t: 'infer'; readonly id: number; readonly call: InferCall }
+  | { readonly t: 'discover'; readonly id: number }
+  | { readonly t: 'result'; readonly id: number; readonly value: unknown }
+  | { readonly t: 'log'; readonly text: string }
+  | { readonly t: 'learn'; readonly events: readonly Learned[] }
+  | { readonly t: 'wake'; readonly group: string; readonly thread: number }
+  | { readonly t: 'stopped'; readonly unfinished: number };
+
+export type { ForwardedReply, InferReply };

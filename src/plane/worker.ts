@@ -1,0 +1,209 @@
+// A data-plane thread: its own uWS app on the shared port, serving the LLM path end
+// to end (guard, admission, scheduler, its own undici pools, the compiled chain) and
+// /v1/infer up to the image bytes, which go to the control plane's inference pool.
+// Anything else (admin, metrics, readiness) is forwarded to the control plane.
+//
+// It never waits on the control plane to serve: configuration arrives as immutable
+// snapshots, acknowledged once applied; exact counters are in shared memory.
+import { parentPort, workerData } from 'node:worker_threads';
+import { createLogger } from '../obs/logger.ts';
+import { createMetrics } from '../obs/metrics.ts';
+import { FlagStore } from '../config/flags.ts';
+import { EMPTY_FLEET } from '../config/broker-config.ts';
+import { CapacityCounters } from '../sched/capacity.ts';
+import { Governance, type Learned } from '../sched/governance.ts';
+import { QuotaLedger } from '../policy/quota.ts';
+import { LlmProxy } from '../llm/proxy.ts';
+import { llmRoutes, type FleetSource } from '../llm/routes.ts';
+import { buildFleet, type Fleet } from '../llm/fleet.ts';
+import { threadExecutor } from '../llm/exec/thread.ts';
+import { inferRoutes, type InferBackend } from '../infer/routes.ts';
+import type { InferReply } from '../infer/service.ts';
+import { Router } from '../front/http/router.ts';
+import { startHttpFront, type ForwardedReply } from '../front/http/server.ts';
+import { createRateLimiter } from '../guard/rate-limit.ts';
+import { createAdminCheck } from '../guard/admin-auth.ts';
+import { portLogStream } from './port-log.ts';
+import { fromWire } from './forwarded.ts';
+import type { PlaneInit, PlaneStats, Snapshot, ToControl, ToPlane, WireError } from './protocol.ts';
+
+const init = workerData.init as PlaneInit & { readonly port: number };
+const port = parentPort!;
+const { config } = init;
+const post = (m: ToControl, transfer?: ArrayBuffer[]): void => port.postMessage(m, transfer);
+
+const metrics = createMetrics({ defaults: false });
+const logStream = portLogStream((text) => post({ t: 'log', text }));
+const logger = createLogger(config.logLevel, logStream as unknown as NodeJS.WritableStream).child({ plane: init.index });
+
+// Calls to the control plane, answered by id.
+let nextId = 1;
+const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+function call<T>(make: (id: number) => ToControl, transfer?: ArrayBuffer[]): Promise<T> {
+  const id = nextId++;
+  return new Promise<T>((resolve, reject) => {
+    pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+    post(make(id), transfer);
+  });
+}
+
+// What this thread learns is batched per turn of the event loop and sent to the
+// control plane, which applies it and relays it to the other threads.
+let lessons: Learned[] = [];
+const sendLessons = (): void => {
+  const events = lessons;
+  lessons = [];
+  post({ t: 'learn', events });
+};
+
+let snapshot: Snapshot = init.snapshot;
+const capacity = new CapacityCounters(undefined, init.buffers.capacity);
+for (const [id, slot] of snapshot.slots) capacity.bind(id, slot);
+const flags = new FlagStore(config.featureFlags);
+flags.adopt(snapshot.flags);
+const gov = new Governance({
+  config: snapshot.fleet ?? { ...EMPTY_FLEET, source: 'none' },
+  flags,
+  metrics,
+  stickyTtlMs: config.stickyTtlS * 1000,
+  capacity,
+  quota: new QuotaLedger(Date.now, { buffer: init.buffers.quota }),
+  waiters: new Int32Array(init.buffers.waiters),
+  board: { buffer: init.buffers.board, thread: init.index },
+  wakeElsewhere: (group, thread) => post({ t: 'wake', group, thread }),
+  owner: false,
+  onLearn(e) {
+    if (lessons.length === 0) queueMicrotask(sendLessons);
+    lessons.push(e);
+  },
+});
+const limits = new Map<string, number>();
+for (const d of gov.scheduler.all()) limits.set(d.config.id, capacity.limit(d.slot));
+
+let fleet: Fleet | undefined = snapshot.fleet === null ? undefined : buildFleet(snapshot.fleet);
+const fleetSource: FleetSource = {
+  async current() {
+    // Discovery belongs to the control plane; the snapshot it publishes arrives before its answer.
+    if (fleet === undefined) await call((id) => ({ t: 'discover', id }));
+    return fleet;
+  },
+};
+
+function apply(s: Snapshot): void {
+  for (const [id, slot] of s.slots) if (capacity.slotOf(id) !== slot) capacity.bind(id, slot);
+  if (s.fleetVersion !== snapshot.fleetVersion && s.fleet !== null) {
+    gov.adopt(s.fleet);
+    fleet = buildFleet(s.fleet);
+  }
+  flags.adopt(s.flags);
+  const draining = new Set(s.draining);
+  for (const d of gov.scheduler.all()) {
+    const id = d.config.id;
+    if (d.draining !== draining.has(id)) gov.scheduler.setDraining(id, draining.has(id));
+    // Limits live in shared memory already; a changed one wakes this thread's waiters.
+    const limit = capacity.limit(d.slot);
+    if (limits.get(id) !== limit) {
+      limits.set(id, limit);
+      gov.scheduler.setLimit(id, limit);
+    }
+  }
+  snapshot = s;
+}
+
+const stopping = new AbortController();
+const executor = threadExecutor();
+const proxy = new LlmProxy({ metrics, logger, executor, governance: gov, shutdown: stopping.signal });
+
+const inference: InferBackend = {
+  infer(input) {
+    // Transfer the bytes when they own their buffer; small ones live in Node's shared pool.
+    const own = input.image.byteOffset === 0 && input.image.byteLength === input.image.buffer.byteLength;
+    const image = own ? input.image : Uint8Array.prototype.slice.call(input.image);
+    return call<InferReply>((id) => ({ t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm } }), [image.buffer as ArrayBuffer]);
+  },
+};
+
+const router = new Router();
+for (const r of [...inferRoutes(inference, config.stickyCookie), ...llmRoutes(fleetSource, proxy)]) router.add(r);
+
+const front = await startHttpFront({
+  host: config.host,
+  port: init.port,
+  maxBodyBytes: config.maxBodyBytes,
+  router,
+  rateLimiter: createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: init.buffers.rateLimit }),
+  adminCheck: createAdminCheck(config.adminToken),
+  metrics,
+  logger,
+  forward(req, body) {
+    const own = body !== undefined && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength;
+    return call<ForwardedReply>((id) => ({ t: 'forward', id, req, body }), own ? [body.buffer as ArrayBuffer] : undefined);
+  },
+});
+
+async function stop(graceMs: number): Promise<void> {
+  front.stopListening();
+  const deadline = Date.now() + graceMs;
+  while (front.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const unfinished = front.inFlight;
+  // Past the grace period: streams still open end with an explicit shutting_down event.
+  stopping.abort();
+  const hard = Date.now() + 1000;
+  while (front.inFlight > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
+  await executor.close().catch(() => undefined);
+  front.closeAll();
+  if (lessons.length > 0) sendLessons();
+  logStream.flush();
+  post({ t: 'stopped', unfinished });
+}
+
+function stats(): PlaneStats {
+  return { queue: gov.queue.stats(), sticky: { pins: gov.sticky.size, hits: gov.sticky.hits, misses: gov.sticky.misses }, inFlight: front.inFlight };
+}
+
+port.on('message', (m: ToPlane) => {
+  switch (m.t) {
+    case 'snapshot':
+      apply(m.snapshot);
+      post({ t: 'ack', version: m.snapshot.version });
+      return;
+    case 'learn':
+      for (const e of m.events) gov.learn(e);
+      return;
+    case 'wake':
+      gov.wake(m.group);
+      return;
+    case 'reply': {
+      const p = pending.get(m.id);
+      if (p === undefined) return;
+      pending.delete(m.id);
+      if (m.error !== undefined) p.reject(fromWire(m.error as WireError));
+      else p.resolve(m.value);
+      return;
+    }
+    case 'call':
+      if (m.name === 'metrics') void metrics.registry.getMetricsAsJSON().then((value) => post({ t: 'result', id: m.id, value }));
+      else post({ t: 'result', id: m.id, value: stats() });
+      return;
+    case 'stop':
+      void stop(m.graceMs);
+      return;
+    case 'fail':
+      // Fault injection (tests, drills): this thread dies as it would on a bug.
+      setImmediate(() => {
+        throw new Error('data-plane thread failure injected by the control plane');
+      });
+      return;
+  }
+});
+
+// A thread that throws dies: its connections are closed first (open uWS sockets would
+// abort the process), and the control plane starts a replacement.
+process.on('uncaughtException', (err) => {
+  logger.fatal({ err }, 'data-plane thread failed');
+  logStream.flush();
+  front.closeAll();
+  process.exit(1);
+});
+
+post({ t: 'listening', port: front.port });

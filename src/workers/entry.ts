@@ -1,0 +1,49 @@
+// Where a worker thread starts, for a Piscina pool or a plain node:worker_threads Worker.
+//
+// Compiled (`npm start` runs dist/), the worker is the compiled `.js` module itself and
+// nothing of tsx is loaded. Run from the TypeScript sources (tests, `node --import tsx`),
+// the thread starts in ts-entry.mjs, which loads the `.ts` worker named by
+// `workerData.entry` through tsx: Node 20 does not apply the parent's `--import tsx`
+// hooks inside worker threads. Which of the two is told by the caller's own module URL.
+//
+// Piscina:
+//   const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { models });
+//   new Piscina({ filename, workerData, ... });
+// worker_threads:
+//   const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { port });
+//   new Worker(filename, { workerData, transferList: [port] });
+// The worker reads its data from `workerData` of 'piscina' or 'node:worker_threads' as
+// usual; under tsx it also finds `entry` there, a name the caller's data must not use.
+import { fileURLToPath } from 'node:url';
+
+export interface WorkerEntry<D extends object> {
+  /** The module the thread starts with: an absolute path, for Piscina's `filename` or `new Worker(filename)`. */
+  readonly filename: string;
+  /** The caller's data (a shallow copy), plus `entry`, the worker's `.ts` URL, when it runs through ts-entry.mjs. */
+  readonly workerData: D & { readonly entry?: string };
+}
+
+const TS_ENTRY = fileURLToPath(new URL('./ts-entry.mjs', import.meta.url));
+
+/**
+ * The start of a worker thread whose module is `specifier` (relative, ending in `.ts`,
+ * as in an import) resolved against `base` (the caller's `import.meta.url`).
+ */
+export function workerEntry<D extends object = Record<never, never>>(specifier: string, base: string, workerData?: D): WorkerEntry<D> {
+  if (!/^\.\.?\//.test(specifier) || !specifier.endsWith('.ts')) {
+    throw new TypeError(`worker module must be a relative .ts specifier, got "${specifier}"`);
+  }
+  if (workerData !== undefined && 'entry' in workerData) {
+    throw new TypeError('workerData.entry is reserved for the worker entry');
+  }
+  const { pathname } = new URL(base);
+  if (pathname.endsWith('.ts')) {
+    const entry = new URL(specifier, base).href;
+    return { filename: TS_ENTRY, workerData: { ...(workerData as D), entry } };
+  }
+  if (pathname.endsWith('.js')) {
+    const compiled = new URL(specifier.slice(0, -'.ts'.length) + '.js', base);
+    return { filename: fileURLToPath(compiled), workerData: { ...(workerData as D) } };
+  }
+  throw new TypeError(`base must be the URL of a .ts or .js module, got "${base}"`);
+}

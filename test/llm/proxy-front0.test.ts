@@ -1,0 +1,3 @@
+// The LLM suite on the main thread (FRONT_THREADS=0).
+process.env.FRONT_THREADS = '0';
+await import('./proxy.suite.ts');

@@ -1,0 +1,3 @@
+// The LLM suite on two data-plane threads.
+process.env.FRONT_THREADS = '2';
+await import('./proxy.suite.ts');

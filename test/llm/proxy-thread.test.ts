@@ -1,2 +1,0 @@
-process.env.LLM_EXECUTION = 'thread';
-await import('./proxy.suite.ts');

@@ -1,0 +1,163 @@
+// Data-plane threads end to end (FRONT_THREADS=2): a real broker whose threads share
+// one port, in front of mock upstreams. Each test makes sure that both threads served
+// (the `plane` field of their request log lines) so that what it checks crossed threads.
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent, request } from 'undici';
+import { stringify } from 'yaml';
+import { createMockUpstream, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import { startTestBroker, admin, metricValue, type TestBroker } from '../helpers/broker.ts';
+
+const mocks: MockUpstream[] = [];
+async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
+  const m = await createMockUpstream({ tokens: 4, ...opts });
+  mocks.push(m);
+  return m;
+}
+t.teardown(() => Promise.all(mocks.map((m) => m.close())));
+
+async function broker(fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> {
+  const dir = mkdtempSync(join(tmpdir(), 'eb-plane-'));
+  writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
+  const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), FRONT_THREADS: '2', INFER_ENABLED: 'false', ...env });
+  t.teardown(() => tb.close());
+  return tb;
+}
+
+/** A request on a connection of its own, so that the kernel picks a thread for it. */
+async function fresh(tb: TestBroker, path: string, body?: unknown) {
+  const dispatcher = new Agent({ connections: 1 });
+  try {
+    const res = await request(`${tb.url}${path}`, {
+      dispatcher,
+      method: body === undefined ? 'GET' : 'POST',
+      headers: { 'content-type': 'application/json', ...admin },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.body.text();
+    return { status: res.statusCode, text, deployment: res.headers['x-broker-deployment'] as string | undefined };
+  } catch (err) {
+    return { status: 0, text: String(err), deployment: undefined };
+  } finally {
+    void dispatcher.close();
+  }
+}
+
+const chat = (tb: TestBroker, stream = true) => fresh(tb, '/v1/chat/completions', { model: 'g', stream, messages: [{ role: 'user', content: 'hi' }] });
+
+/** The data-plane threads whose request log lines name `route`. */
+function planesServing(tb: TestBroker, route: string): Set<unknown> {
+  return new Set(tb.logs.filter((l) => l.msg === 'request' && l.route === route).map((l) => l.plane));
+}
+
+async function until(cond: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Opens streams, two at a time, until both threads hold some. */
+async function streamsOnBothThreads(tb: TestBroker, upstream: MockUpstream): Promise<Promise<{ status: number; text: string }>[]> {
+  const streams: Promise<{ status: number; text: string }>[] = [];
+  await until(async () => {
+    streams.push(chat(tb), chat(tb));
+    await until(() => upstream.stats.open === streams.length, 'streams open');
+    const stats = await tb.broker.planes!.stats();
+    return stats.length === 2 && stats.every((s) => s.inFlight > 0);
+  }, 'streams on both threads');
+  return streams;
+}
+
+t.test('capacity limits hold across threads: limit 2, every extra stream refused, the upstream never sees 3', async (t) => {
+  const slow = await mock({ tokens: 12, tps: 40 });
+  const tb = await broker({ scheduler: { queueWhenFull: false }, modelGroups: { g: { deployments: [{ id: 'cap', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
+  let maxOpen = 0;
+  const sample = setInterval(() => (maxOpen = Math.max(maxOpen, slow.stats.open)), 1);
+  // Rounds until both threads have served in one round (each round: 10 connections).
+  for (let round = 0; round < 5; round++) {
+    const before = tb.logs.length;
+    const results = await Promise.all(Array.from({ length: 10 }, () => chat(tb)));
+    const ok = results.filter((r) => r.status === 200);
+    t.equal(ok.length, 2, `round ${round}: two streams admitted`);
+    t.ok(ok.every((r) => r.text.includes('[DONE]')));
+    t.equal(results.filter((r) => r.status === 429).length, 8, 'the rest refused with 429');
+    const planes = new Set(tb.logs.slice(before).filter((l) => l.route === '/v1/chat/completions').map((l) => l.plane));
+    if (planes.size === 2) break;
+  }
+  clearInterval(sample);
+  t.same([...planesServing(tb, '/v1/chat/completions')].sort(), [0, 1], 'both threads served');
+  t.ok(maxOpen <= 2, `the upstream saw at most 2 at once (${maxOpen})`);
+  t.equal(await metricValue(tb.url, 'broker_capacity_in_flight', { deployment: 'cap' }), 0, 'every slot given back');
+});
+
+t.test('/metrics is one exposition: N requests over both threads read as exactly N', async (t) => {
+  const m = await mock({});
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'm1', provider: 'openai', url: m.url, model: 'm' }] } } });
+  const N = 40;
+  const results = await Promise.all(Array.from({ length: N }, () => fresh(tb, '/v1/models')));
+  t.ok(results.every((r) => r.status === 200));
+  t.same([...planesServing(tb, '/v1/models')].sort(), [0, 1], 'both threads served');
+  t.equal(await metricValue(tb.url, 'http_request_duration_seconds_count', { route: '/v1/models' }), N);
+  const streams = await Promise.all(Array.from({ length: 12 }, () => chat(tb)));
+  t.ok(streams.every((r) => r.status === 200));
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { outcome: 'ok' }), 12, 'LLM outcomes summed over threads');
+  t.equal(await metricValue(tb.url, 'broker_data_plane_threads'), 2);
+  const text = await (await fetch(`${tb.url}/metrics`)).text();
+  t.equal(text.match(/^process_resident_memory_bytes /gm)?.length, 1, 'process metrics once, not once per thread');
+});
+
+t.test('a change through the admin API is in force on every thread when the call returns', async (t) => {
+  const a = await mock({});
+  const b = await mock({});
+  const tb = await broker({ scheduler: { maxWaitMs: 200 }, modelGroups: { g: { deployments: [{ id: 'a', provider: 'openai', url: a.url, model: 'm' }, { id: 'b', provider: 'openai', url: b.url, model: 'm' }] } } });
+  const drained = await fresh(tb, '/api/industrial/capacity/a/drain', { draining: true });
+  t.equal(drained.status, 200);
+  const after = await Promise.all(Array.from({ length: 20 }, () => chat(tb, false)));
+  t.same(new Set(after.map((r) => r.deployment)), new Set(['b']), 'no thread sends to the drained deployment');
+  t.same([...planesServing(tb, '/v1/chat/completions')].sort(), [0, 1], 'both threads served');
+
+  const limited = await fetch(`${tb.url}/api/industrial/capacity/b/limits`, { method: 'PUT', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ concurrencyLimit: 0 }) });
+  t.equal(limited.status, 200);
+  const refused = await Promise.all(Array.from({ length: 10 }, () => fresh(tb, '/v1/chat/completions', { model: 'g', messages: [{ role: 'user', content: 'x' }] })));
+  t.same(refused.map((r) => r.status), Array(10).fill(504), 'limit 0 and a drained twin: every thread queues, nothing is admitted');
+  t.equal(b.stats.total, 20, 'b saw only the requests from before its limit went to 0');
+});
+
+t.test('a data-plane thread that dies is replaced; the other carries on', async (t) => {
+  const slow = await mock({ tokens: 20, tps: 40 });
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 's', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 100 }] } } });
+  const running = await streamsOnBothThreads(tb, slow);
+  const onSurvivor = (await tb.broker.planes!.stats())[1]!.inFlight;
+  await tb.broker.planes!.fail(0);
+  const results = await Promise.all(running);
+  const done = results.filter((r) => r.status === 200 && r.text.includes('[DONE]'));
+  t.equal(done.length, onSurvivor, `the surviving thread's streams completed (${done.length} of ${results.length})`);
+  t.ok(done.length < results.length, "the dead thread's requests failed with it");
+  await until(async () => (await metricValue(tb.url, 'broker_data_plane_threads')) === 2, 'the replacement to start');
+  t.equal(await metricValue(tb.url, 'broker_data_plane_restarts_total'), 1, 'the death is counted');
+  t.ok(tb.logs.some((l) => l.msg === 'data-plane thread failed' && l.plane === 0), 'the failure is logged with its thread');
+  const after = await Promise.all(Array.from({ length: 12 }, () => chat(tb, false)));
+  t.same(after.map((r) => r.status), Array(12).fill(200), 'every request after the replacement succeeds');
+});
+
+t.test('shutdown with streams open on both threads: they get the grace period, then an explicit error event', async (t) => {
+  const slow = await mock({ tokens: 400, tps: 20 });
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'long', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 100 }] } } });
+  const streams = await streamsOnBothThreads(tb, slow);
+  const quick = fresh(tb, '/v1/chat/completions', { model: 'g', messages: [{ role: 'user', content: 'a short one' }], max_tokens: 1 });
+  await tb.broker.close(400);
+  const results = await Promise.all(streams);
+  t.ok(results.every((r) => r.status === 200), 'the streams had started');
+  for (const r of results) {
+    t.match(r.text, /"code":"shutting_down"/, 'an explicit error event ends the stream');
+    t.notMatch(r.text, /\[DONE\]/, 'never a clean end for a cut stream');
+  }
+  t.ok([200, 0].includes((await quick).status));
+  const refused = await fresh(tb, '/healthz');
+  t.equal(refused.status, 0, 'the port is closed');
+  t.ok(tb.logs.some((l) => l.msg === 'edge broker stopped'));
+});
