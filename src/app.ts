@@ -27,7 +27,8 @@ import { waitBoardBuffer } from './sched/wait-board.ts';
 import { QuotaLedger } from './policy/quota.ts';
 import { industrialRoutes } from './admin/industrial.ts';
 import { LlmProxy } from './llm/proxy.ts';
-import { llmRoutes, ollamaFleet, staticFleet } from './llm/routes.ts';
+import { llmRoutes } from './llm/routes.ts';
+import { ollamaFleet, staticFleet } from './fleet/fleet.ts';
 import { poolExecutor } from './llm/exec/pool.ts';
 import { threadExecutor } from './llm/exec/thread.ts';
 import { DataPlanes } from './plane/planes.ts';
@@ -164,9 +165,9 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       closeAll = () => undefined;
       inFlight = () => 0;
     } else {
-      const proxy = new LlmProxy({ metrics, logger, executor, governance, shutdown: shutdown.signal });
+      const proxy = new LlmProxy({ metrics, logger, executor, leases: governance, shutdown: shutdown.signal });
       const router = new Router();
-      for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, proxy)]) router.add(r);
+      for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, governance, proxy)]) router.add(r);
       const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger });
       port = front.port;
       stopListening = () => front.stopListening();

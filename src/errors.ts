@@ -1,34 +1,44 @@
 // One error type for the whole broker. Code matches on `err.code`, never on
-// classes; the table below is the single place that maps a code to an HTTP
-// status, a gRPC status and a log level.
+// classes; the table below is the single place that maps a code to its HTTP
+// status, its gRPC status name, OpenAI's error `type` and its default message.
+// How an error looks on the wire, per client API, is src/front/error-body.ts.
+
+/** OpenAI's error `type` values that our codes map to. */
+export type OpenAIErrorType =
+  | 'invalid_request_error'
+  | 'authentication_error'
+  | 'permission_error'
+  | 'rate_limit_error'
+  | 'insufficient_quota'
+  | 'server_error';
 
 export const ERROR_TABLE = {
-  invalid_json: { http: 400, grpc: 'INVALID_ARGUMENT', message: 'request body is not valid JSON' },
-  invalid_request: { http: 400, grpc: 'INVALID_ARGUMENT', message: 'request is invalid' },
-  invalid_image: { http: 400, grpc: 'INVALID_ARGUMENT', message: 'image_b64 is missing or not valid base64' },
-  invalid_img_size: { http: 400, grpc: 'INVALID_ARGUMENT', message: 'img_size does not fit the model' },
-  unauthorized: { http: 401, grpc: 'UNAUTHENTICATED', message: 'missing credentials' },
-  forbidden: { http: 403, grpc: 'PERMISSION_DENIED', message: 'credentials are not valid' },
-  admin_disabled: { http: 403, grpc: 'PERMISSION_DENIED', message: 'admin routes are disabled: set ADMIN_TOKEN' },
-  not_found: { http: 404, grpc: 'NOT_FOUND', message: 'no such route' },
-  model_not_found: { http: 404, grpc: 'NOT_FOUND', message: 'no such model' },
-  method_not_allowed: { http: 405, grpc: 'UNIMPLEMENTED', message: 'method not allowed on this route' },
-  payload_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', message: 'request body is too large' },
-  image_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', message: 'image has too many pixels' },
-  unsupported_image: { http: 415, grpc: 'INVALID_ARGUMENT', message: 'bytes are not a supported image (png, jpeg, webp)' },
-  rate_limited: { http: 429, grpc: 'RESOURCE_EXHAUSTED', message: 'rate limit exceeded' },
-  capacity_exhausted: { http: 429, grpc: 'RESOURCE_EXHAUSTED', message: 'every deployment is at capacity' },
-  quota_exceeded: { http: 429, grpc: 'RESOURCE_EXHAUSTED', message: 'quota exceeded' },
-  internal: { http: 500, grpc: 'INTERNAL', message: 'internal error' },
-  upstream_error: { http: 502, grpc: 'UNAVAILABLE', message: 'upstream failed' },
-  overloaded: { http: 503, grpc: 'UNAVAILABLE', message: 'server is overloaded' },
-  not_ready: { http: 503, grpc: 'UNAVAILABLE', message: 'models are not loaded yet' },
-  inference_disabled: { http: 503, grpc: 'UNAVAILABLE', message: 'inference is turned off: INFER_ENABLED=false' },
-  shutting_down: { http: 503, grpc: 'UNAVAILABLE', message: 'the broker is shutting down' },
-  upstream_unavailable: { http: 503, grpc: 'UNAVAILABLE', message: 'no upstream is available' },
-  queue_timeout: { http: 504, grpc: 'DEADLINE_EXCEEDED', message: 'request waited too long in the queue' },
-  upstream_timeout: { http: 504, grpc: 'DEADLINE_EXCEEDED', message: 'upstream timed out' },
-} as const satisfies Record<string, { http: number; grpc: string; message: string }>;
+  invalid_json: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'request body is not valid JSON' },
+  invalid_request: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'request is invalid' },
+  invalid_image: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'image_b64 is missing or not valid base64' },
+  invalid_img_size: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'img_size does not fit the model' },
+  unauthorized: { http: 401, grpc: 'UNAUTHENTICATED', openai: 'authentication_error', message: 'missing credentials' },
+  forbidden: { http: 403, grpc: 'PERMISSION_DENIED', openai: 'permission_error', message: 'credentials are not valid' },
+  admin_disabled: { http: 403, grpc: 'PERMISSION_DENIED', openai: 'permission_error', message: 'admin routes are disabled: set ADMIN_TOKEN' },
+  not_found: { http: 404, grpc: 'NOT_FOUND', openai: 'invalid_request_error', message: 'no such route' },
+  model_not_found: { http: 404, grpc: 'NOT_FOUND', openai: 'invalid_request_error', message: 'no such model' },
+  method_not_allowed: { http: 405, grpc: 'UNIMPLEMENTED', openai: 'invalid_request_error', message: 'method not allowed on this route' },
+  payload_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', openai: 'invalid_request_error', message: 'request body is too large' },
+  image_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', openai: 'invalid_request_error', message: 'image has too many pixels' },
+  unsupported_image: { http: 415, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'bytes are not a supported image (png, jpeg, webp)' },
+  rate_limited: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'rate_limit_error', message: 'rate limit exceeded' },
+  capacity_exhausted: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'rate_limit_error', message: 'every deployment is at capacity' },
+  quota_exceeded: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'insufficient_quota', message: 'quota exceeded' },
+  internal: { http: 500, grpc: 'INTERNAL', openai: 'server_error', message: 'internal error' },
+  upstream_error: { http: 502, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'upstream failed' },
+  overloaded: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'server is overloaded' },
+  not_ready: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'models are not loaded yet' },
+  inference_disabled: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'inference is turned off: INFER_ENABLED=false' },
+  shutting_down: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'the broker is shutting down' },
+  upstream_unavailable: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'no upstream is available' },
+  queue_timeout: { http: 504, grpc: 'DEADLINE_EXCEEDED', openai: 'server_error', message: 'request waited too long in the queue' },
+  upstream_timeout: { http: 504, grpc: 'DEADLINE_EXCEEDED', openai: 'server_error', message: 'upstream timed out' },
+} as const satisfies Record<string, { http: number; grpc: string; openai: OpenAIErrorType; message: string }>;
 
 export type ErrorCode = keyof typeof ERROR_TABLE;
 
@@ -53,8 +63,4 @@ export class BrokerError extends Error {
 export function toBrokerError(err: unknown): BrokerError {
   if (err instanceof BrokerError) return err;
   return new BrokerError('internal', undefined, { cause: err });
-}
-
-export function errorBody(err: BrokerError, requestId: string): { error: { code: ErrorCode; message: string; request_id: string } } {
-  return { error: { code: err.code, message: err.message, request_id: requestId } };
 }

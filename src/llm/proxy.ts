@@ -14,18 +14,17 @@ import type { Logger } from '../obs/logger.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import type { ReplySink } from '../front/reply.ts';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
-import type { BrokerRequest } from '../front/reply.ts';
-import type { Fleet } from './fleet.ts';
-import type { DeploymentState, Lease } from '../sched/scheduler.ts';
-import type { Governance } from '../sched/governance.ts';
+import type { Lease } from '../sched/scheduler.ts';
+import type { DeploymentState } from '../fleet/deployments.ts';
+import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
-import { streamContentType, translateRequest, translateResponse, upstreamError, type Api, type Kind } from './translate/index.ts';
+import { streamContentType, translateRequest, translateResponse, upstreamError } from './translate/index.ts';
 
 export interface ProxyDeps {
   readonly metrics: Metrics;
   readonly logger: Logger;
   readonly executor: Executor;
-  readonly governance: Governance;
+  readonly leases: Leases;
   /** Aborted when the grace period of a shutdown is over: requests still running end with shutting_down. */
   readonly shutdown?: AbortSignal;
 }
@@ -43,16 +42,12 @@ interface Usage {
 export class LlmProxy {
   constructor(private readonly deps: ProxyDeps) {}
 
-  async handle(fleet: Fleet, api: Api, kind: Kind, req: BrokerRequest, clientBody: Record<string, unknown>, sink: ReplySink): Promise<void> {
-    const model = clientBody.model;
-    if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
-    const group = fleet.groups.get(model);
-    if (group === undefined) {
-      throw new BrokerError('model_not_found', `model ${model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
-    }
-    const gov = this.deps.governance;
-    const admitted = gov.admit(req.headers, clientBody, group, api, kind);
+  /** Runs an admitted request: leases, attempts (retried before the first byte), the reply. */
+  async run(admitted: Admitted, group: ModelGroupConfig, sink: ReplySink): Promise<void> {
+    const gov = this.deps.leases;
     const { flags, body } = admitted;
+    const { api, kind, model } = admitted.request;
+    const req = admitted.request;
     const abort = new AbortController();
     sink.onAbort(() => abort.abort());
     const shutdown = this.deps.shutdown;

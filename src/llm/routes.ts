@@ -1,64 +1,29 @@
 // Client-facing LLM routes: OpenAI-compatible under /v1, Ollama-native under /api.
 // Errors follow each client API's own shape.
 import { BrokerError } from '../errors.ts';
-import type { ErrorShape, Route } from '../front/http/router.ts';
-import type { BrokerConfig, ModelGroupConfig } from '../config/broker-config.ts';
-import type { Logger } from '../obs/logger.ts';
-import { buildFleet, type Fleet } from './fleet.ts';
-import { discoverOllama, HOW_TO_CONFIGURE } from './discovery.ts';
+import { ollamaErrorShape, openaiErrorShape } from '../front/error-body.ts';
+import type { Route } from '../front/http/router.ts';
+import type { ModelGroupConfig } from '../config/broker-config.ts';
+import type { Fleet, FleetSource } from '../fleet/fleet.ts';
+import { HOW_TO_CONFIGURE } from '../fleet/discovery.ts';
 import type { LlmProxy } from './proxy.ts';
+import { readLlmRequest, type LlmRequest } from './request.ts';
+import type { Admitted } from '../sched/admission.ts';
 import type { Api, Kind } from './translate/index.ts';
-import { ollamaError, openaiError } from './translate/errors.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
-
-/** The OpenAI error object, with OpenAI's error `type` for our code. */
-export const openaiErrorShape: ErrorShape = (code, message, requestId) => openaiError(message, code, requestId);
-
-/** Ollama clients read `error` as a string; the code and request id ride along. */
-export const ollamaErrorShape: ErrorShape = (code, message, requestId) => ({ ...ollamaError(message), code, request_id: requestId });
-
-export interface FleetSource {
-  /** The fleet to use now; undefined when no upstream is configured or discovered. */
-  current(): Promise<Fleet | undefined>;
-}
-
-/** A fixed fleet from BROKER_CONFIG. */
-export function staticFleet(config: BrokerConfig): FleetSource {
-  const fleet = buildFleet(config);
-  return { current: async () => fleet };
-}
-
-/** Local Ollama discovery, retried at most every `retryMs` while nothing answers. */
-export function ollamaFleet(url: string, logger: Logger, onFound: (config: BrokerConfig) => void, retryMs = 10_000): FleetSource {
-  let fleet: Fleet | undefined;
-  let checkedAt = -Infinity;
-  let pending: Promise<Fleet | undefined> | undefined;
-  const refresh = async (): Promise<Fleet | undefined> => {
-    checkedAt = Date.now();
-    const config = await discoverOllama(url);
-    if (config !== undefined) {
-      onFound(config);
-      fleet = buildFleet(config);
-      logger.info({ models: [...config.modelGroups.keys()], url }, 'serving the models of the local Ollama');
-    }
-    return fleet;
-  };
-  return {
-    async current() {
-      if (fleet !== undefined || Date.now() - checkedAt < retryMs) return fleet;
-      pending ??= refresh().finally(() => (pending = undefined));
-      return pending;
-    },
-  };
-}
 
 /** Groups once each (discovered Ollama models are also reachable without their `:latest` tag). */
 function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
   return [...new Set(fleet?.groups.values() ?? [])];
 }
 
-export function llmRoutes(source: FleetSource, proxy: LlmProxy): Route[] {
+/** Admission, done before the proxy sees the request. */
+export interface Admission {
+  admit(r: LlmRequest, group: ModelGroupConfig): Admitted;
+}
+
+export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmProxy): Route[] {
   const completion = (api: Api, kind: Kind, path: string): Route => ({
     method: 'POST',
     path,
@@ -68,7 +33,11 @@ export function llmRoutes(source: FleetSource, proxy: LlmProxy): Route[] {
     async handle({ req, body, sink }) {
       const fleet = await source.current();
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
-      await proxy.handle(fleet, api, kind, req, body as Record<string, unknown>, sink);
+      // Read once, admitted, then proxied: the body is not parsed again past this point.
+      const r = readLlmRequest(req, api, kind, body as Record<string, unknown>);
+      const group = fleet.groups.get(r.model);
+      if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
+      await proxy.run(admission.admit(r, group), group, sink);
     },
   });
 

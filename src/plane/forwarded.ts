@@ -3,9 +3,10 @@
 // readiness), through the same dispatch as the HTTP front. The reply is buffered
 // whole: none of these routes streams.
 import { BrokerError, type ErrorCode } from '../errors.ts';
+import { brokerErrorShape, errorReply } from '../front/error-body.ts';
 import type { BrokerRequest } from '../front/reply.ts';
 import type { Logger } from '../obs/logger.ts';
-import { defaultErrorShape, dispatch, type FrontSink, type Guards } from '../front/http/dispatch.ts';
+import { dispatch, type FrontSink, type Guards } from '../front/http/dispatch.ts';
 import type { ErrorShape, Router } from '../front/http/router.ts';
 import type { ForwardedReply } from '../front/http/server.ts';
 
@@ -17,7 +18,7 @@ export interface ControlFront extends Guards {
 export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8Array | undefined): Promise<ForwardedReply> {
   const match = f.router.match(req.method, req.path);
   const route = match.kind === 'found' ? match.route : undefined;
-  const sink = new BufferSink(req.id, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? defaultErrorShape, f.logger);
+  const sink = new BufferSink(req.id, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, f.logger);
   const bytes = body === undefined ? Buffer.alloc(0) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   dispatch(f, match, req, (_limit, done) => done(undefined, bytes), sink);
   return sink.reply;
@@ -80,9 +81,8 @@ class BufferSink implements FrontSink {
     if (err.code === 'internal') this.logger.error({ trace_id: this.requestId, err: err.cause ?? err }, 'internal error');
     this.errorCode = err.code;
     if (this.started) return this.end();
-    const headers: Record<string, string> = { 'content-type': 'application/json', ...this.extraHeaders };
-    if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
-    this.send(err.status, headers, JSON.stringify(this.errorShape(err.code, err.message, this.requestId, err.status)));
+    const r = errorReply(err, this.requestId, this.errorShape, this.extraHeaders);
+    this.send(r.status, r.headers, r.body);
   }
 }
 

@@ -14,8 +14,8 @@ import { CapacityCounters } from '../sched/capacity.ts';
 import { Governance, type Learned } from '../sched/governance.ts';
 import { QuotaLedger } from '../policy/quota.ts';
 import { LlmProxy } from '../llm/proxy.ts';
-import { llmRoutes, type FleetSource } from '../llm/routes.ts';
-import { buildFleet, type Fleet } from '../llm/fleet.ts';
+import { llmRoutes } from '../llm/routes.ts';
+import { buildFleet, type Fleet, type FleetSource } from '../fleet/fleet.ts';
 import { threadExecutor } from '../llm/exec/thread.ts';
 import { inferRoutes, type InferBackend } from '../infer/routes.ts';
 import type { InferReply } from '../infer/service.ts';
@@ -112,7 +112,7 @@ function apply(s: Snapshot): void {
 
 const stopping = new AbortController();
 const executor = threadExecutor();
-const proxy = new LlmProxy({ metrics, logger, executor, governance: gov, shutdown: stopping.signal });
+const proxy = new LlmProxy({ metrics, logger, executor, leases: gov, shutdown: stopping.signal });
 
 const inference: InferBackend = {
   infer(input) {
@@ -124,7 +124,7 @@ const inference: InferBackend = {
 };
 
 const router = new Router();
-for (const r of [...inferRoutes(inference, config.stickyCookie), ...llmRoutes(fleetSource, proxy)]) router.add(r);
+for (const r of [...inferRoutes(inference, config.stickyCookie), ...llmRoutes(fleetSource, gov, proxy)]) router.add(r);
 
 const front = await startHttpFront({
   host: config.host,

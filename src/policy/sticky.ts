@@ -2,6 +2,7 @@
 // bounded bytes) pins a deployment for a TTL, so the upstream's prompt cache stays
 // warm. The caller drops a pin whose deployment cannot take the request.
 import { createHash } from 'node:crypto';
+import type { PromptParts } from '../llm/request.ts';
 
 export class StickyPins {
   private readonly pins = new Map<string, { id: string; expiresAt: number }>();
@@ -44,18 +45,17 @@ export class StickyPins {
 }
 
 /** The prompt prefix that decides affinity: system prompt and first messages, or the prompt, up to maxBytes. */
-export function prefixKey(body: Record<string, unknown>, group: string, maxBytes: number): string | undefined {
+export function prefixKey(r: PromptParts, group: string, maxBytes: number): string | undefined {
   let text = '';
-  const messages = body.messages;
-  if (Array.isArray(messages)) {
-    for (const m of messages.slice(0, 3)) {
+  if (r.messages !== undefined) {
+    for (const m of r.messages.slice(0, 3)) {
       const c = (m as { content?: unknown })?.content;
       text += typeof c === 'string' ? c : JSON.stringify(c ?? '');
       text += '\u0000';
       if (text.length >= maxBytes) break;
     }
-  } else if (typeof body.prompt === 'string') text = body.prompt;
-  if (typeof body.system === 'string') text = body.system + '\u0000' + text;
+  } else if (r.prompt !== undefined) text = r.prompt;
+  if (r.system !== undefined) text = r.system + '\u0000' + text;
   if (text === '') return undefined;
   return createHash('sha1').update(group).update('\u0000').update(Buffer.from(text).subarray(0, maxBytes)).digest('base64url');
 }

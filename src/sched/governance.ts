@@ -1,24 +1,27 @@
-// Governance of LLM requests: everything the scheduler and the policies need, in one
-// place, and the per-request admission that applies the enabled policies in order:
-// QoS tier → priority → label → output prediction → API-key quota. The scheduler
-// then picks a deployment; completion() gives back what the request took and feeds
-// what it used to the learning policies.
+// Governance of LLM requests on one thread: the policies (flags, capacity, queue,
+// performance, sticky, quota, prediction, usage, PTU) built from one fleet config, and
+// the three moments of a request: admission (sched/admission.ts), a lease from the
+// scheduler (again for a retry), and completion, which gives back what the request
+// took and feeds what it used to the learning policies, here and, relayed, on the
+// other threads.
 import { BrokerError } from '../errors.ts';
 import type { ApiKeyPolicy, BrokerConfig, ModelGroupConfig } from '../config/broker-config.ts';
-import { FlagStore, type FlagSet } from '../config/flags.ts';
+import { FlagStore } from '../config/flags.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import { CapacityCounters } from './capacity.ts';
 import { WaitQueue } from './queue.ts';
 import { WaitBoard } from './wait-board.ts';
-import { Scheduler, type DeploymentState, type Lease } from './scheduler.ts';
+import { Scheduler, type Lease } from './scheduler.ts';
+import type { DeploymentState } from '../fleet/deployments.ts';
 import { PerformanceTracker } from '../policy/performance.ts';
-import { StickyPins, prefixKey } from '../policy/sticky.ts';
-import { resolveTier, type QosConfig, type QosTier } from '../policy/qos.ts';
+import { StickyPins } from '../policy/sticky.ts';
+import { admit, type Admitted, type AdmissionPolicies } from './admission.ts';
+import type { LlmRequest } from '../llm/request.ts';
+import type { QosConfig } from '../policy/qos.ts';
 import { QuotaLedger, type Reservation } from '../policy/quota.ts';
 import { OutputPredictor } from '../policy/prediction.ts';
 import { UsageProfiles } from '../policy/usage.ts';
 import { PtuAdvisor } from '../policy/ptu.ts';
-import { apiKeyOf } from '../guard/api-key.ts';
 
 export interface GovernanceOptions {
   readonly config: BrokerConfig;
@@ -61,27 +64,28 @@ export type Learned =
   /** A sticky pin set (dep) or dropped (null). */
   | { readonly k: 'pin'; readonly key: string; readonly dep: string | null };
 
-/** What admission decided for one request. */
-export interface Admitted {
-  readonly flags: FlagSet;
-  readonly apiKey: string | undefined;
-  readonly tier: QosTier | null;
-  readonly tierSource: string | null;
-  readonly priority: number;
-  readonly label: string;
-  readonly stickyKey: string | undefined;
-  /** Estimated prompt tokens plus predicted (or requested) output tokens; 0 without quota enforcement. */
-  readonly reserveTokens: number;
-  readonly predictedOutput: number;
-  /** The client body, with max output tokens capped by the tier if needed. */
-  readonly body: Record<string, unknown>;
-  readonly keyReservation: Reservation | null;
-  readonly since: number;
+export type { Admitted } from './admission.ts';
+
+/** Usage of a finished request, for reconciliation and learning. */
+export interface RequestUsage {
+  /** null: the client went away, which says nothing about the deployment. */
+  readonly ok: boolean | null;
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  readonly ttftMs: number | null;
+  readonly durationMs: number;
 }
 
-const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };
+/** What the proxy needs once a request is admitted: leases, and their ends. */
+export interface Leases {
+  acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortSignal): Promise<Lease>;
+  /** An attempt failed before the first byte: what it took is given back; counts against the deployment unless the client left. */
+  attemptFailed(lease: Lease, countsAgainstDeployment: boolean): void;
+  /** The request is over. Called exactly once per admitted request. */
+  completed(a: Admitted, lease: Lease | null, u: RequestUsage): void;
+}
 
-export class Governance {
+export class Governance implements Leases {
   readonly flags: FlagStore;
   readonly capacity: CapacityCounters;
   readonly queue: WaitQueue;
@@ -146,7 +150,27 @@ export class Governance {
     // Stages are rebuilt once per flag change, never checked per request.
     o.flags.onChange((f) => this.scheduler.setFlags(f));
     this.registerMetrics(this.owner);
+    const gov = this;
+    this.admission = {
+      get flags() {
+        return gov.flags.flags;
+      },
+      get qos() {
+        return gov.config.qos;
+      },
+      keyPolicy: (apiKey) => this.keyPolicy(apiKey),
+      predictor: this.predictor,
+      quota: this.quota,
+      get defaultOutputTokens() {
+        return gov.config.scheduler.defaultOutputTokens;
+      },
+      stickyPrefixBytes: this.prefixBytes,
+      now: this.now,
+      onKeyQuotaRejection: () => this.metrics.quotaRejections.labels('api_key').inc(),
+    };
   }
+
+  private readonly admission: AdmissionPolicies;
 
   get qos(): QosConfig {
     return this.config.qos;
@@ -168,54 +192,12 @@ export class Governance {
     return apiKey === undefined ? undefined : this.config.apiKeys.get(apiKey);
   }
 
-  /** Applies the enabled admission policies. Throws forbidden (QoS) or quota_exceeded. */
-  admit(headers: Readonly<Record<string, string>>, body: Record<string, unknown>, group: ModelGroupConfig, api: 'openai' | 'ollama', kind: string): Admitted {
-    const flags = this.flags.flags;
-    const apiKey = apiKeyOf(headers);
-    const policy = this.keyPolicy(apiKey);
-    let tier: QosTier | null = null;
-    let tierSource: string | null = null;
-    if (flags.qos_switching) {
-      const r = resolveTier(this.config.qos, { keyTier: policy?.tier, headerTier: headers['x-broker-qos'], group: group.name });
-      if (!r.ok) throw new BrokerError('forbidden', r.reason);
-      tier = r.tier;
-      tierSource = r.source;
-      const cap = tier.maxOutputTokens;
-      if (cap !== null) body = capOutputTokens(body, cap, api);
-    }
-    const priority = flags.priority_routing ? priorityOf(headers['x-broker-priority']) ?? policy?.priority ?? tier?.priority ?? 5 : 5;
-    const label = headers['x-broker-label'] || policy?.label || (apiKey !== undefined ? `key:${apiKey.slice(0, 8)}` : `${api}:${kind}`);
-    const maxTokens = maxOutputTokensOf(body);
-    let predictedOutput: number;
-    if (flags.output_prediction) predictedOutput = this.predictor.predict(label, maxTokens).tokens;
-    else predictedOutput = maxTokens ?? this.config.scheduler.defaultOutputTokens;
-    // Only quotas reserve tokens: without them, no need to walk the prompt.
-    const reserveTokens = flags.quota_enforcement ? promptTokensOf(body) + predictedOutput : 0;
-    let keyReservation: Reservation | null = null;
-    if (flags.quota_enforcement && apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined)) {
-      try {
-        keyReservation = this.quota.reserve([`key:${apiKey}`], reserveTokens);
-      } catch (err) {
-        this.metrics.quotaRejections.labels('api_key').inc();
-        throw err;
-      }
-    }
-    return {
-      flags,
-      apiKey,
-      tier,
-      tierSource,
-      priority,
-      label,
-      stickyKey: flags.sticky_routing ? prefixKey(body, group.name, this.prefixBytes) : undefined,
-      reserveTokens,
-      predictedOutput,
-      body,
-      keyReservation,
-      since: this.now(),
-    };
+  /** Admission of one typed request (sched/admission.ts). Throws forbidden (QoS) or quota_exceeded. */
+  admit(r: LlmRequest, group: ModelGroupConfig): Admitted {
+    return admit(this.admission, r, group);
   }
 
+  /** A lease on a deployment of `group` for an admitted request, waiting in the queue if every one is full. */
   acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortSignal): Promise<Lease> {
     return this.scheduler
       .acquire({ group, tried, priority: a.priority, tier: a.tier, stickyKey: a.stickyKey, tokens: a.reserveTokens, since: a.since, signal })
@@ -234,7 +216,7 @@ export class Governance {
   }
 
   /** The request is over: release, reconcile, learn. Called exactly once per admitted request. */
-  completed(a: Admitted, lease: Lease | null, u: { ok: boolean | null; promptTokens: number; completionTokens: number; ttftMs: number | null; durationMs: number }): void {
+  completed(a: Admitted, lease: Lease | null, u: RequestUsage): void {
     lease?.release();
     const used = u.promptTokens + u.completionTokens;
     const reconcile = (r: Reservation | null): void => {
@@ -297,40 +279,4 @@ export class Governance {
     m.sources.capacity = () => this.capacity.ids().map((id) => this.capacity.stats(id)!);
     m.sources.degraded = () => this.performance.degraded().length;
   }
-}
-
-function priorityOf(h: string | undefined): number | undefined {
-  if (h === undefined) return undefined;
-  if (/^[0-9]$/.test(h)) return Number(h);
-  return PRIORITY_NAMES[h.toLowerCase()];
-}
-
-function maxOutputTokensOf(body: Record<string, unknown>): number | undefined {
-  const v = body.max_tokens ?? body.max_completion_tokens ?? (body.options as Record<string, unknown> | undefined)?.num_predict;
-  return typeof v === 'number' && v > 0 ? v : undefined;
-}
-
-/** Lowers the output-token limit in the field the client API uses (a copy: the client's body is left alone). */
-function capOutputTokens(body: Record<string, unknown>, cap: number, api: 'openai' | 'ollama'): Record<string, unknown> {
-  const max = maxOutputTokensOf(body);
-  if (max !== undefined && max <= cap) return body;
-  if (api === 'openai') {
-    const { max_completion_tokens: _dropped, ...rest } = body;
-    return { ...rest, max_tokens: cap };
-  }
-  return { ...body, options: { ...((body.options as Record<string, unknown> | undefined) ?? {}), num_predict: cap } };
-}
-
-/** Prompt tokens estimated as characters / 4 of the prompt text. */
-function promptTokensOf(body: Record<string, unknown>): number {
-  let chars = 0;
-  if (Array.isArray(body.messages)) {
-    for (const m of body.messages) {
-      const c = (m as { content?: unknown })?.content;
-      chars += typeof c === 'string' ? c.length : c === undefined ? 0 : JSON.stringify(c).length;
-    }
-  }
-  if (typeof body.prompt === 'string') chars += body.prompt.length;
-  if (typeof body.system === 'string') chars += body.system.length;
-  return Math.ceil(chars / 4);
 }

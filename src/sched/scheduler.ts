@@ -6,7 +6,8 @@
 // not in the function at all (see build()), so it costs nothing per request. The
 // function is rebuilt when a flag changes.
 import { BrokerError } from '../errors.ts';
-import type { DeploymentConfig, ModelGroupConfig, RouterConfig, SchedulerConfig } from '../config/broker-config.ts';
+import type { ModelGroupConfig, RouterConfig, SchedulerConfig } from '../config/broker-config.ts';
+import { Deployments, type DeploymentState } from '../fleet/deployments.ts';
 import type { FlagSet } from '../config/flags.ts';
 import { CapacityCounters } from './capacity.ts';
 import { WaitQueue, type Woken } from './queue.ts';
@@ -14,17 +15,6 @@ import { PerformanceTracker, powerOfTwo } from '../policy/performance.ts';
 import { StickyPins } from '../policy/sticky.ts';
 import { tierCap, type QosTier } from '../policy/qos.ts';
 import type { QuotaLedger, Reservation } from '../policy/quota.ts';
-
-export interface DeploymentState {
-  readonly config: DeploymentConfig;
-  readonly group: string;
-  readonly slot: number;
-  consecutiveFailures: number;
-  /** Epoch ms until which the deployment is skipped after consecutive failures. */
-  cooldownUntil: number;
-  /** Takes no new requests; in-flight ones finish. */
-  draining: boolean;
-}
 
 export interface Admission {
   readonly group: ModelGroupConfig;
@@ -77,8 +67,8 @@ export interface SchedulerDeps {
 }
 
 export class Scheduler {
-  private readonly deployments = new Map<string, DeploymentState>();
-  private readonly byGroup = new Map<ModelGroupConfig, DeploymentState[]>();
+  /** Deployment state (src/fleet/): slots, failures and cool-down, drain. */
+  readonly deployments: Deployments;
   private pick!: (a: Admission) => Pick;
   private flags!: FlagSet;
 
@@ -86,30 +76,15 @@ export class Scheduler {
     private readonly deps: SchedulerDeps,
     flags: FlagSet,
   ) {
+    this.deployments = new Deployments(deps.capacity, deps.router, deps.now);
     this.setFlags(flags);
   }
 
   /** Adds (or updates) the deployments of these groups; capacity slots are kept by id. */
   register(groups: Iterable<ModelGroupConfig>): void {
-    this.byGroup.clear();
-    for (const g of groups) {
-      for (const d of g.deployments) {
-        const slot = this.deps.capacity.register(d.id, d.concurrencyLimit);
-        const old = this.deployments.get(d.id);
-        this.deployments.set(d.id, { config: d, group: g.name, slot, consecutiveFailures: old?.consecutiveFailures ?? 0, cooldownUntil: old?.cooldownUntil ?? 0, draining: old?.draining ?? false });
-        if ((this.deps.setsQuotaLimits ?? true) && (d.rpm !== undefined || d.tpm !== undefined)) this.deps.quota.setLimits(`deployment:${d.id}`, { rpm: d.rpm, tpm: d.tpm });
-      }
+    for (const d of this.deployments.register(groups)) {
+      if ((this.deps.setsQuotaLimits ?? true) && (d.rpm !== undefined || d.tpm !== undefined)) this.deps.quota.setLimits(`deployment:${d.id}`, { rpm: d.rpm, tpm: d.tpm });
     }
-  }
-
-  /** The group's deployment states in config order, cached per group object. */
-  private groupStates(group: ModelGroupConfig): readonly DeploymentState[] {
-    let states = this.byGroup.get(group);
-    if (states === undefined) {
-      states = group.deployments.map((c) => this.deployments.get(c.id)).filter((d): d is DeploymentState => d !== undefined);
-      this.byGroup.set(group, states);
-    }
-    return states;
   }
 
   get(id: string): DeploymentState | undefined {
@@ -117,7 +92,7 @@ export class Scheduler {
   }
 
   all(): DeploymentState[] {
-    return [...this.deployments.values()];
+    return this.deployments.all();
   }
 
   setFlags(flags: FlagSet): void {
@@ -151,13 +126,11 @@ export class Scheduler {
   }
 
   succeeded(d: DeploymentState): void {
-    d.consecutiveFailures = 0;
-    d.cooldownUntil = 0;
+    this.deployments.succeeded(d);
   }
 
   failed(d: DeploymentState): void {
-    d.consecutiveFailures++;
-    if (d.consecutiveFailures >= this.deps.router.failureThreshold) d.cooldownUntil = this.deps.now() + this.deps.router.cooldownMs;
+    this.deployments.failed(d);
   }
 
   setDraining(id: string, draining: boolean): boolean {
@@ -294,7 +267,7 @@ export class Scheduler {
 
     return (a) => {
       const t = now();
-      const states = this.groupStates(a.group);
+      const states = this.deployments.ofGroup(a.group);
       let chosen: DeploymentState | undefined;
       let stickyHit: boolean | null = null;
       if (stickyOn !== null && a.stickyKey !== undefined) {

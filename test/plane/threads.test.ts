@@ -49,7 +49,16 @@ const chat = (tb: TestBroker, stream = true) => fresh(tb, '/v1/chat/completions'
 
 /** The data-plane threads whose request log lines name `route`. */
 function planesServing(tb: TestBroker, route: string): Set<unknown> {
-  return new Set(tb.logs.filter((l) => l.msg === 'request' && l.route === route).map((l) => l.plane));
+  return new Set(requestLines(tb, route).map((l) => l.plane));
+}
+
+function requestLines(tb: TestBroker, route: string): Record<string, unknown>[] {
+  return tb.logs.filter((l) => l.msg === 'request' && l.route === route);
+}
+
+/** Log lines travel from the threads to the one destination asynchronously: wait for `n` of them. */
+async function logged(tb: TestBroker, route: string, n: number): Promise<void> {
+  await until(() => requestLines(tb, route).length >= n, `${n} request lines for ${route}`);
 }
 
 async function until(cond: () => boolean | Promise<boolean>, what: string): Promise<void> {
@@ -81,6 +90,7 @@ t.test('capacity limits hold across threads: limit 2, every extra stream refused
   for (let round = 0; round < 5; round++) {
     const before = tb.logs.length;
     const results = await Promise.all(Array.from({ length: 10 }, () => chat(tb)));
+    await until(() => tb.logs.slice(before).filter((l) => l.route === '/v1/chat/completions').length === 10, 'ten request lines');
     const ok = results.filter((r) => r.status === 200);
     t.equal(ok.length, 2, `round ${round}: two streams admitted`);
     t.ok(ok.every((r) => r.text.includes('[DONE]')));
@@ -100,6 +110,7 @@ t.test('/metrics is one exposition: N requests over both threads read as exactly
   const N = 40;
   const results = await Promise.all(Array.from({ length: N }, () => fresh(tb, '/v1/models')));
   t.ok(results.every((r) => r.status === 200));
+  await logged(tb, '/v1/models', N);
   t.same([...planesServing(tb, '/v1/models')].sort(), [0, 1], 'both threads served');
   t.equal(await metricValue(tb.url, 'http_request_duration_seconds_count', { route: '/v1/models' }), N);
   const streams = await Promise.all(Array.from({ length: 12 }, () => chat(tb)));
@@ -118,6 +129,7 @@ t.test('a change through the admin API is in force on every thread when the call
   t.equal(drained.status, 200);
   const after = await Promise.all(Array.from({ length: 20 }, () => chat(tb, false)));
   t.same(new Set(after.map((r) => r.deployment)), new Set(['b']), 'no thread sends to the drained deployment');
+  await logged(tb, '/v1/chat/completions', 20);
   t.same([...planesServing(tb, '/v1/chat/completions')].sort(), [0, 1], 'both threads served');
 
   const limited = await fetch(`${tb.url}/api/industrial/capacity/b/limits`, { method: 'PUT', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ concurrencyLimit: 0 }) });

@@ -8,7 +8,7 @@ import type { RateLimiter } from '../../guard/rate-limit.ts';
 import { clientKeyOf } from '../../guard/rate-limit.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { BrokerRequest, ReplySink } from '../reply.ts';
-import type { ErrorShape, Match, Route } from './router.ts';
+import type { Match, Route } from './router.ts';
 
 export interface Guards {
   readonly maxBodyBytes: number;
@@ -26,11 +26,6 @@ export interface FrontSink extends ReplySink {
 
 /** Reads the body up to `limit` bytes, then calls `done` once. */
 export type BodyReader = (limit: number, done: (err: BrokerError | undefined, body?: Buffer) => void) => void;
-
-export const defaultErrorShape: ErrorShape = (code, message, requestId) => ({
-  // `type` and `param` make this the OpenAI error object too; `code` is ours.
-  error: { code, message, type: code, param: null, request_id: requestId },
-});
 
 export function tooLarge(max: number): BrokerError {
   return new BrokerError('payload_too_large', `request body is larger than MAX_BODY_BYTES (${max} bytes)`);

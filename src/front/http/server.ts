@@ -13,10 +13,11 @@ import { toBrokerError, type BrokerError, type ErrorCode } from '../../errors.ts
 import type { Logger } from '../../obs/logger.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import { requestIdFrom } from '../../obs/request-id.ts';
+import { brokerErrorShape, errorReply } from '../error-body.ts';
 import type { BrokerRequest } from '../reply.ts';
 import type { ErrorShape, Router } from './router.ts';
 import { readBody } from './body.ts';
-import { defaultErrorShape, dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
+import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
 import { statusLine } from './status.ts';
 
 export interface HttpFrontOptions extends Guards {
@@ -84,7 +85,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     metrics.httpActive.inc();
     const match = router.match(method, path);
     const route = match.kind === 'found' ? match.route : undefined;
-    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? defaultErrorShape, done, metrics, logger);
+    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, done, metrics, logger);
     if (closing) sink.closeConnection = true;
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => readBody(res, limit, declared === undefined ? undefined : Number(declared), cb);
@@ -233,11 +234,9 @@ class UwsSink implements FrontSink {
     if (err.code === 'internal') this.logger.error({ trace_id: this.req.id, err: err.cause ?? err }, 'internal error');
     this.errorCode = err.code;
     if (this.started) return this.end();
-    const headers: Record<string, string> = { 'content-type': 'application/json', ...this.extraHeaders };
-    if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
+    const r = errorReply(err, this.req.id, this.errorShape, this.extraHeaders);
     // A body we refused to read is still on the wire: close the connection instead of draining it.
-    const close = err.code === 'payload_too_large';
-    this.send(err.status, headers, JSON.stringify(this.errorShape(err.code, err.message, this.req.id, err.status)), close);
+    this.send(r.status, r.headers, r.body, err.code === 'payload_too_large');
   }
 
   private writeHead(status: number, headers: Readonly<Record<string, string>>): void {

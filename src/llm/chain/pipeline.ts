@@ -9,7 +9,8 @@ import { Transform, type Readable, type TransformCallback, type Writable } from 
 import { StringDecoder } from 'node:string_decoder';
 import { SSE_DONE } from '../codec/sse.ts';
 import { finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
-import { streamErrorEvent, upstreamErrorMessage } from '../translate/errors.ts';
+import { streamErrorEvent } from '../../front/error-body.ts';
+import { upstreamErrorMessage } from '../translate/errors.ts';
 import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';

@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import { BrokerError } from '../../errors.ts';
 import { compileChain, type ChainContext, type ChainStats } from '../chain/compile.ts';
 import { createPipeline } from '../chain/pipeline.ts';
-import type { Upstreams, UpstreamResponse } from '../upstream.ts';
+import type { Upstreams, UpstreamResponse } from '../../fleet/upstreams.ts';
 import type { AttemptRequest, StreamResult, StreamTarget } from './types.ts';
 
 export function send(upstreams: Upstreams, req: AttemptRequest, signal: AbortSignal): Promise<UpstreamResponse> {

@@ -1,6 +1,6 @@
 // Upstream attempts on the main thread: the default, and the faster mode measured
 // by bench:llm (see docs/benchmarks.md).
-import { Upstreams } from '../upstream.ts';
+import { Upstreams } from '../../fleet/upstreams.ts';
 import { pumpChain, retryAfterOf, send } from './run.ts';
 import type { Executor } from './types.ts';
 

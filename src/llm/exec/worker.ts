@@ -1,6 +1,6 @@
 // LLM pool worker: runs upstream attempts (undici + compiled chain) and hands the
 // client-ready chunks back over the attempt's MessagePort. Many attempts share a worker.
-import { Upstreams } from '../upstream.ts';
+import { Upstreams } from '../../fleet/upstreams.ts';
 import { pumpChain, retryAfterOf, send } from './run.ts';
 import type { FromWorker, PoolTask, ToWorker } from './protocol.ts';
 

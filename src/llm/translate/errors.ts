@@ -1,43 +1,8 @@
-// Errors in the client's API shape, and upstream errors back into BrokerError.
-//
-// OpenAI: {"error":{"message","type","code","param"}} (we add request_id inside
-// `error`, as errorBody() in src/errors.ts does). Mid-stream, an OpenAI client
-// gets that object as a last `data:` event and no `[DONE]`, which is what the
-// official SDKs check for before parsing a chunk.
-// Ollama: {"error":"message"}, also as the last NDJSON line of a stream.
+// Upstream errors back into BrokerError. Errors in the client's API shape (reply
+// bodies and mid-stream terminal events) are built in src/front/error-body.ts.
 
-import { BrokerError, ERROR_TABLE, type ErrorCode } from '../../errors.ts';
-import type { Api, OllamaErrorBody, OpenAIErrorBody } from './types.ts';
-
-function statusOf(code: string): number {
-  return Object.hasOwn(ERROR_TABLE, code) ? ERROR_TABLE[code as ErrorCode].http : 500;
-}
-
-/** OpenAI's error `type` for one of our codes. */
-export function openaiErrorType(code: string): string {
-  if (code === 'quota_exceeded') return 'insufficient_quota';
-  const status = statusOf(code);
-  if (status === 401) return 'authentication_error';
-  if (status === 403) return 'permission_error';
-  if (status === 429) return 'rate_limit_error';
-  if (status < 500) return 'invalid_request_error';
-  return 'server_error';
-}
-
-export function openaiError(message: string, code: string, requestId: string): OpenAIErrorBody {
-  return { error: { message, type: openaiErrorType(code), code, param: null, request_id: requestId } };
-}
-
-export function ollamaError(message: string): OllamaErrorBody {
-  return { error: message };
-}
-
-/** The terminal event of a stream that failed mid-way, in the client's framing. */
-export function streamErrorEvent(client: Api, message: string, code: string, requestId: string): string {
-  return client === 'openai'
-    ? 'data: ' + JSON.stringify(openaiError(message, code, requestId)) + '\n\n'
-    : JSON.stringify(ollamaError(message)) + '\n';
-}
+import { BrokerError, type ErrorCode } from '../../errors.ts';
+import type { Api } from './types.ts';
 
 /** The message of an upstream error object of either shape, or null if `body` is not one. */
 export function upstreamErrorMessage(body: unknown): string | null {

@@ -119,4 +119,4 @@ export function translateResponse(route: Route, upstreamBody: string | Uint8Arra
   return { body: JSON.stringify(out), usage, finishReason };
 }
 
-export { streamErrorEvent, upstreamError, openaiErrorType } from './errors.ts';
+export { upstreamError } from './errors.ts';

@@ -1,9 +1,8 @@
 import t from 'tap';
-import { ollamaErrorShape, openaiErrorShape } from '../../../src/llm/routes.ts';
+import { ollamaErrorShape, openaiErrorShape, streamErrorEvent } from '../../../src/front/error-body.ts';
 import { BrokerError } from '../../../src/errors.ts';
 import {
   clientStreams,
-  streamErrorEvent,
   translateRequest,
   translateResponse,
   upstreamError,

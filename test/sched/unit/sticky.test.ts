@@ -1,6 +1,10 @@
 import t from 'tap';
+import { promptParts } from '../../../src/llm/request.ts';
 import { StickyPins, prefixKey } from '../../../src/policy/sticky.ts';
 import { fakeClock } from './helpers.ts';
+
+/** The sticky key of a client body, read as the front reads it. */
+const key = (body: Record<string, unknown>, group: string, maxBytes: number) => prefixKey(promptParts(body), group, maxBytes);
 
 t.test('a pin lasts its TTL on the injected clock', async (t) => {
   const clock = fakeClock();
@@ -54,41 +58,41 @@ const chat = (system: string, user: string, more: string[] = []) => ({
 });
 
 t.test('prefixKey: same prefix, same key; different system prompt or group, different key', async (t) => {
-  const k = prefixKey(chat('You are terse.', 'hi'), 'g', 2048);
+  const k = key(chat('You are terse.', 'hi'), 'g', 2048);
   t.type(k, 'string');
-  t.equal(prefixKey(chat('You are terse.', 'hi'), 'g', 2048), k, 'stable');
-  t.equal(prefixKey({ ...chat('You are terse.', 'hi'), temperature: 0.2, model: 'x' }, 'g', 2048), k, 'other fields do not matter');
-  t.not(prefixKey(chat('You are verbose.', 'hi'), 'g', 2048), k, 'another system prompt');
-  t.not(prefixKey(chat('You are terse.', 'hi'), 'h', 2048), k, 'another group');
-  t.not(prefixKey(chat('You are terse.', 'hello'), 'g', 2048), k, 'another first user message');
+  t.equal(key(chat('You are terse.', 'hi'), 'g', 2048), k, 'stable');
+  t.equal(key({ ...chat('You are terse.', 'hi'), temperature: 0.2, model: 'x' }, 'g', 2048), k, 'other fields do not matter');
+  t.not(key(chat('You are verbose.', 'hi'), 'g', 2048), k, 'another system prompt');
+  t.not(key(chat('You are terse.', 'hi'), 'h', 2048), k, 'another group');
+  t.not(key(chat('You are terse.', 'hello'), 'g', 2048), k, 'another first user message');
   // Only the first three messages count: what comes later is the part that changes per turn.
-  t.equal(prefixKey(chat('s', 'u', ['third', 'fourth']), 'g', 2048), prefixKey(chat('s', 'u', ['third', 'other fourth']), 'g', 2048));
-  t.not(prefixKey(chat('s', 'u', ['third']), 'g', 2048), prefixKey(chat('s', 'u', ['other third']), 'g', 2048));
+  t.equal(key(chat('s', 'u', ['third', 'fourth']), 'g', 2048), key(chat('s', 'u', ['third', 'other fourth']), 'g', 2048));
+  t.not(key(chat('s', 'u', ['third']), 'g', 2048), key(chat('s', 'u', ['other third']), 'g', 2048));
   // Structured content counts by its JSON.
   const parts = (text: string) => ({ messages: [{ role: 'user', content: [{ type: 'text', text }] }] });
-  t.equal(prefixKey(parts('a'), 'g', 2048), prefixKey(parts('a'), 'g', 2048));
-  t.not(prefixKey(parts('a'), 'g', 2048), prefixKey(parts('b'), 'g', 2048));
+  t.equal(key(parts('a'), 'g', 2048), key(parts('a'), 'g', 2048));
+  t.not(key(parts('a'), 'g', 2048), key(parts('b'), 'g', 2048));
 });
 
 t.test('prefixKey: prompt and system of the Ollama generate API', async (t) => {
-  const k = prefixKey({ prompt: 'Once upon a time' }, 'g', 2048);
+  const k = key({ prompt: 'Once upon a time' }, 'g', 2048);
   t.type(k, 'string');
-  t.not(prefixKey({ prompt: 'Once upon a time', system: 'be brief' }, 'g', 2048), k, 'a system prompt changes it');
-  t.not(prefixKey({ prompt: 'Once upon a time', system: 'be brief' }, 'g', 2048), prefixKey({ prompt: 'Once upon a time', system: 'be long' }, 'g', 2048));
-  t.equal(prefixKey({}, 'g', 2048), undefined, 'nothing to key on');
-  t.equal(prefixKey({ messages: [] }, 'g', 2048), undefined);
-  t.equal(prefixKey({ prompt: '' }, 'g', 2048), undefined);
+  t.not(key({ prompt: 'Once upon a time', system: 'be brief' }, 'g', 2048), k, 'a system prompt changes it');
+  t.not(key({ prompt: 'Once upon a time', system: 'be brief' }, 'g', 2048), key({ prompt: 'Once upon a time', system: 'be long' }, 'g', 2048));
+  t.equal(key({}, 'g', 2048), undefined, 'nothing to key on');
+  t.equal(key({ messages: [] }, 'g', 2048), undefined);
+  t.equal(key({ prompt: '' }, 'g', 2048), undefined);
 });
 
 t.test('prefixKey: only the first maxBytes bytes count', async (t) => {
   const head = 'x'.repeat(100);
-  t.equal(prefixKey({ prompt: head + 'AAAA' }, 'g', 100), prefixKey({ prompt: head + 'BBBB' }, 'g', 100), 'differences past maxBytes are ignored');
-  t.not(prefixKey({ prompt: head + 'AAAA' }, 'g', 101), prefixKey({ prompt: head + 'BBBB' }, 'g', 101), 'one byte more and they differ');
+  t.equal(key({ prompt: head + 'AAAA' }, 'g', 100), key({ prompt: head + 'BBBB' }, 'g', 100), 'differences past maxBytes are ignored');
+  t.not(key({ prompt: head + 'AAAA' }, 'g', 101), key({ prompt: head + 'BBBB' }, 'g', 101), 'one byte more and they differ');
   // The bound is in bytes, not characters: 'é' is two bytes in UTF-8.
   const wide = 'é'.repeat(50); // 100 bytes
-  t.equal(prefixKey({ prompt: wide + 'A' }, 'g', 100), prefixKey({ prompt: wide + 'B' }, 'g', 100));
-  t.not(prefixKey({ prompt: 'é'.repeat(49) + 'A' }, 'g', 100), prefixKey({ prompt: 'é'.repeat(49) + 'B' }, 'g', 100));
+  t.equal(key({ prompt: wide + 'A' }, 'g', 100), key({ prompt: wide + 'B' }, 'g', 100));
+  t.not(key({ prompt: 'é'.repeat(49) + 'A' }, 'g', 100), key({ prompt: 'é'.repeat(49) + 'B' }, 'g', 100));
   // Long first messages: later messages past the bound do not count either.
   const long = chat('s'.repeat(500), 'first question');
-  t.equal(prefixKey(long, 'g', 64), prefixKey(chat('s'.repeat(500), 'second question'), 'g', 64));
+  t.equal(key(long, 'g', 64), key(chat('s'.repeat(500), 'second question'), 'g', 64));
 });

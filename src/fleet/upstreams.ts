@@ -2,7 +2,7 @@
 // deployment's connect, headers and idle timeouts.
 import { Pool, type Dispatcher } from 'undici';
 import type { DeploymentConfig } from '../config/broker-config.ts';
-import { PROVIDERS, upstreamTarget, type RequestKind } from './providers.ts';
+import { PROVIDERS, upstreamTarget, type RequestKind } from '../llm/providers.ts';
 
 export interface UpstreamResponse {
   readonly statusCode: number;

@@ -1,0 +1,91 @@
+// One LLM request, read once at the front from the client's body and headers: what
+// admission, the scheduler, the sticky and quota policies and the proxy need, typed.
+// Nothing after this reads the body again except the translators, which map it whole
+// to the provider's API.
+import { BrokerError } from '../errors.ts';
+import type { BrokerRequest } from '../front/reply.ts';
+import { apiKeyOf } from '../guard/api-key.ts';
+import type { Api, Kind } from './translate/index.ts';
+
+export interface LlmRequest {
+  readonly id: string;
+  /** performance.now() when the request arrived. */
+  readonly startedAt: number;
+  readonly api: Api;
+  readonly kind: Kind;
+  /** The model group the client asked for. */
+  readonly model: string;
+  /** The client's body, parsed once; the translators map it to the provider's API. */
+  readonly body: Readonly<Record<string, unknown>>;
+  /** Chat messages (chat) or the prompt (completion), and Ollama's `system`. */
+  readonly messages: readonly unknown[] | undefined;
+  readonly prompt: string | undefined;
+  readonly system: string | undefined;
+  /** max_tokens, max_completion_tokens or options.num_predict, when the client set one. */
+  readonly maxTokens: number | undefined;
+  readonly apiKey: string | undefined;
+  /** x-broker-label, x-broker-priority (a digit or low/normal/high/critical), x-broker-qos. */
+  readonly label: string | undefined;
+  readonly priority: number | undefined;
+  readonly tier: string | undefined;
+}
+
+const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };
+
+export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: Record<string, unknown>): LlmRequest {
+  const model = body.model;
+  if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
+  const h = req.headers;
+  return {
+    id: req.id,
+    startedAt: req.startedAt,
+    api,
+    kind,
+    model,
+    body,
+    ...promptParts(body),
+    maxTokens: maxOutputTokensOf(body),
+    apiKey: apiKeyOf(h),
+    label: h['x-broker-label'] || undefined,
+    priority: priorityOf(h['x-broker-priority']),
+    tier: h['x-broker-qos'],
+  };
+}
+
+/** The parts of a body that make the prompt: messages, prompt, system. */
+export interface PromptParts {
+  readonly messages: readonly unknown[] | undefined;
+  readonly prompt: string | undefined;
+  readonly system: string | undefined;
+}
+
+export function promptParts(body: Readonly<Record<string, unknown>>): PromptParts {
+  return {
+    messages: Array.isArray(body.messages) ? body.messages : undefined,
+    prompt: typeof body.prompt === 'string' ? body.prompt : undefined,
+    system: typeof body.system === 'string' ? body.system : undefined,
+  };
+}
+
+export function maxOutputTokensOf(body: Readonly<Record<string, unknown>>): number | undefined {
+  const v = body.max_tokens ?? body.max_completion_tokens ?? (body.options as Record<string, unknown> | undefined)?.num_predict;
+  return typeof v === 'number' && v > 0 ? v : undefined;
+}
+
+function priorityOf(h: string | undefined): number | undefined {
+  if (h === undefined) return undefined;
+  if (/^[0-9]$/.test(h)) return Number(h);
+  return PRIORITY_NAMES[h.toLowerCase()];
+}
+
+/** Prompt tokens estimated as characters / 4 of the prompt text. */
+export function promptTokensOf(r: PromptParts): number {
+  let chars = 0;
+  for (const m of r.messages ?? []) {
+    const c = (m as { content?: unknown })?.content;
+    chars += typeof c === 'string' ? c.length : c === undefined ? 0 : JSON.stringify(c).length;
+  }
+  if (r.prompt !== undefined) chars += r.prompt.length;
+  if (r.system !== undefined) chars += r.system.length;
+  return Math.ceil(chars / 4);
+}

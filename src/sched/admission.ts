@@ -1,0 +1,104 @@
+// Admission: the enabled policies applied to one typed request, in order: QoS tier →
+// priority → label → output prediction → API-key quota. It runs before any deployment
+// is chosen; the scheduler then finds the request a lease. Pure but for the quota
+// reservation it takes (given back by the lease source when the request ends).
+import { BrokerError } from '../errors.ts';
+import type { ApiKeyPolicy, ModelGroupConfig } from '../config/broker-config.ts';
+import type { FlagSet } from '../config/flags.ts';
+import type { LlmRequest } from '../llm/request.ts';
+import { promptTokensOf } from '../llm/request.ts';
+import { prefixKey } from '../policy/sticky.ts';
+import { resolveTier, type QosConfig, type QosTier } from '../policy/qos.ts';
+import type { QuotaLedger, Reservation } from '../policy/quota.ts';
+import type { OutputPredictor } from '../policy/prediction.ts';
+
+/** What admission decided for one request. */
+export interface Admitted {
+  readonly request: LlmRequest;
+  readonly flags: FlagSet;
+  readonly tier: QosTier | null;
+  readonly tierSource: string | null;
+  readonly priority: number;
+  readonly label: string;
+  readonly stickyKey: string | undefined;
+  /** Estimated prompt tokens plus predicted (or requested) output tokens; 0 without quota enforcement. */
+  readonly reserveTokens: number;
+  readonly predictedOutput: number;
+  /** The client body, with max output tokens capped by the tier if needed (a copy then). */
+  readonly body: Readonly<Record<string, unknown>>;
+  readonly keyReservation: Reservation | null;
+  /** Epoch ms of admission: queue age and deadline start here. */
+  readonly since: number;
+}
+
+/** What admission reads: the flags in force and the policies they enable. */
+export interface AdmissionPolicies {
+  readonly flags: FlagSet;
+  readonly qos: QosConfig;
+  keyPolicy(apiKey: string | undefined): ApiKeyPolicy | undefined;
+  readonly predictor: OutputPredictor;
+  readonly quota: QuotaLedger;
+  readonly defaultOutputTokens: number;
+  readonly stickyPrefixBytes: number;
+  readonly now: () => number;
+  /** Counts a refusal by the API key's quota. */
+  onKeyQuotaRejection(): void;
+}
+
+/** Applies the enabled admission policies. Throws forbidden (QoS) or quota_exceeded. */
+export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConfig): Admitted {
+  const flags = p.flags;
+  const policy = p.keyPolicy(r.apiKey);
+  let tier: QosTier | null = null;
+  let tierSource: string | null = null;
+  let body = r.body;
+  let maxTokens = r.maxTokens;
+  if (flags.qos_switching) {
+    const t = resolveTier(p.qos, { keyTier: policy?.tier, headerTier: r.tier, group: group.name });
+    if (!t.ok) throw new BrokerError('forbidden', t.reason);
+    tier = t.tier;
+    tierSource = t.source;
+    const cap = tier.maxOutputTokens;
+    if (cap !== null && (maxTokens === undefined || maxTokens > cap)) {
+      body = capOutputTokens(body, cap, r.api);
+      maxTokens = cap;
+    }
+  }
+  const priority = flags.priority_routing ? (r.priority ?? policy?.priority ?? tier?.priority ?? 5) : 5;
+  const label = r.label ?? policy?.label ?? (r.apiKey !== undefined ? `key:${r.apiKey.slice(0, 8)}` : `${r.api}:${r.kind}`);
+  const predictedOutput = flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
+  // Only quotas reserve tokens: without them, no need to walk the prompt.
+  const reserveTokens = flags.quota_enforcement ? promptTokensOf(r) + predictedOutput : 0;
+  let keyReservation: Reservation | null = null;
+  if (flags.quota_enforcement && r.apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined)) {
+    try {
+      keyReservation = p.quota.reserve([`key:${r.apiKey}`], reserveTokens);
+    } catch (err) {
+      p.onKeyQuotaRejection();
+      throw err;
+    }
+  }
+  return {
+    request: r,
+    flags,
+    tier,
+    tierSource,
+    priority,
+    label,
+    stickyKey: flags.sticky_routing ? prefixKey(r, group.name, p.stickyPrefixBytes) : undefined,
+    reserveTokens,
+    predictedOutput,
+    body,
+    keyReservation,
+    since: p.now(),
+  };
+}
+
+/** Lowers the output-token limit in the field the client API uses (a copy: the client's body is left alone). */
+function capOutputTokens(body: Readonly<Record<string, unknown>>, cap: number, api: 'openai' | 'ollama'): Record<string, unknown> {
+  if (api === 'openai') {
+    const { max_completion_tokens: _dropped, ...rest } = body;
+    return { ...rest, max_tokens: cap };
+  }
+  return { ...body, options: { ...((body.options as Record<string, unknown> | undefined) ?? {}), num_predict: cap } };
+}
