@@ -7,7 +7,7 @@
 // with FRONT_THREADS=0 the main thread serves everything itself.
 import { pino } from 'pino';
 import type { Config } from './config/env.ts';
-import { createLogger, type Logger } from './obs/logger.ts';
+import { createAccessLogger, createLogger, type Logger } from './obs/logger.ts';
 import { createMetrics, type Metrics } from './obs/metrics.ts';
 import { obsRoutes } from './obs/routes.ts';
 import { createRateLimiter, rateLimitBuffer } from './guard/rate-limit.ts';
@@ -121,10 +121,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     adminCheck: createAdminCheck(config.adminToken),
     metrics,
   };
-  const shutdown = new AbortController();
   const executor = !threaded && config.llmExecution === 'pool' ? poolExecutor(config.llmPoolThreads) : threadExecutor();
 
   let port: number;
+  let proxy: LlmProxy | undefined;
   let stopListening: () => void;
   let closeAll: () => void;
   let inFlight: () => number;
@@ -165,10 +165,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       closeAll = () => undefined;
       inFlight = () => 0;
     } else {
-      const proxy = new LlmProxy({ metrics, logger, executor, leases: governance, shutdown: shutdown.signal });
+      proxy = new LlmProxy({ metrics, logger, executor, leases: governance });
       const router = new Router();
       for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, governance, proxy)]) router.add(r);
-      const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger });
+      const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination) });
       port = front.port;
       stopListening = () => front.stopListening();
       closeAll = () => front.closeAll();
@@ -206,7 +206,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           while (inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
           unfinished = inFlight();
           // Streams still open end with an explicit shutting_down event.
-          shutdown.abort();
+          proxy?.abortAll();
           const hard = Date.now() + 1000;
           while (inFlight() > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
           closeAll();

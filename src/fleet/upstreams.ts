@@ -3,6 +3,7 @@
 import { Pool, type Dispatcher } from 'undici';
 import type { DeploymentConfig } from '../config/broker-config.ts';
 import { PROVIDERS, upstreamTarget, type RequestKind } from '../llm/providers.ts';
+import type { AbortLike } from '../abort.ts';
 
 export interface UpstreamResponse {
   readonly statusCode: number;
@@ -45,7 +46,7 @@ export class Upstreams {
   }
 
   /** POST a JSON body; resolves when the upstream's headers arrive. */
-  post(d: DeploymentConfig, kind: RequestKind, body: string, signal: AbortSignal, extraHeaders?: Record<string, string>): Promise<UpstreamResponse> {
+  post(d: DeploymentConfig, kind: RequestKind, body: string, signal: AbortLike, extraHeaders?: Record<string, string>): Promise<UpstreamResponse> {
     const p = this.entry(d);
     return p.pool.request({
       method: 'POST',

@@ -19,14 +19,13 @@ import type { DeploymentState } from '../fleet/deployments.ts';
 import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
 import { streamContentType, translateRequest, translateResponse, upstreamError } from './translate/index.ts';
+import { RequestAbort, type AbortLike } from '../abort.ts';
 
 export interface ProxyDeps {
   readonly metrics: Metrics;
   readonly logger: Logger;
   readonly executor: Executor;
   readonly leases: Leases;
-  /** Aborted when the grace period of a shutdown is over: requests still running end with shutting_down. */
-  readonly shutdown?: AbortSignal;
 }
 
 type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'aborted' | 'timeout';
@@ -40,7 +39,17 @@ interface Usage {
 }
 
 export class LlmProxy {
+  /** The aborts of the requests running now, for a shutdown past its grace period. */
+  private readonly running = new Set<RequestAbort>();
+  private stopped: BrokerError | undefined;
+
   constructor(private readonly deps: ProxyDeps) {}
+
+  /** Ends every running request with shutting_down (open streams get their error event) and refuses new ones. */
+  abortAll(): void {
+    this.stopped = new BrokerError('shutting_down', 'the broker shut down before the reply was complete');
+    for (const a of this.running) a.abort(this.stopped);
+  }
 
   /** Runs an admitted request: leases, attempts (retried before the first byte), the reply. */
   async run(admitted: Admitted, group: ModelGroupConfig, sink: ReplySink): Promise<void> {
@@ -48,11 +57,10 @@ export class LlmProxy {
     const { flags, body } = admitted;
     const { api, kind, model } = admitted.request;
     const req = admitted.request;
-    const abort = new AbortController();
+    if (this.stopped !== undefined) throw this.stopped;
+    const abort = new RequestAbort();
     sink.onAbort(() => abort.abort());
-    const shutdown = this.deps.shutdown;
-    const onShutdown = (): void => abort.abort(new BrokerError('shutting_down', 'the broker shut down before the reply was complete'));
-    shutdown?.addEventListener('abort', onShutdown);
+    this.running.add(abort);
     const m = this.deps.metrics;
     const tried = new Set<string>();
     let lastError: BrokerError | undefined;
@@ -63,10 +71,10 @@ export class LlmProxy {
     try {
       for (;;) {
         try {
-          lease = await gov.acquire(admitted, group, tried, abort.signal);
+          lease = await gov.acquire(admitted, group, tried, abort);
         } catch (err) {
           if (sink.aborted) return;
-          if (shutdown?.aborted) throw abort.signal.reason;
+          if (this.stopped !== undefined) throw this.stopped;
           const code = (err as BrokerError).code;
           m.llmRequests.labels(group.name, 'none', code === 'upstream_unavailable' ? 'no_deployment' : 'rejected').inc();
           // Out of deployments: the last upstream failure says more than "none left".
@@ -92,16 +100,16 @@ export class LlmProxy {
               id: req.id,
               includeUsage: up.includeUsage,
             },
-            abort.signal,
+            abort,
           );
         } catch (err) {
           waited += performance.now() - sentAt;
           gov.attemptFailed(lease, !sink.aborted);
           lease = null;
           if (sink.aborted) return this.finish(group, dep, 'aborted', req.startedAt, waited, up.stream);
-          if (shutdown?.aborted) {
+          if (this.stopped !== undefined) {
             this.finish(group, dep, 'upstream_error', req.startedAt, waited, up.stream);
-            throw abort.signal.reason;
+            throw this.stopped;
           }
           lastError = connectError(err, dep);
           m.llmRetries.labels(group.name, lastError.code).inc();
@@ -133,7 +141,7 @@ export class LlmProxy {
         let outcome: Outcome;
         if (up.stream) {
           sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id });
-          const r = await attempt.pump(targetOf(sink, abort.signal));
+          const r = await attempt.pump(targetOf(sink, abort));
           sink.end();
           waited += r.waitedMs;
           // Time to first token from when the request left for the upstream.
@@ -172,7 +180,7 @@ export class LlmProxy {
         return;
       }
     } finally {
-      shutdown?.removeEventListener('abort', onShutdown);
+      this.running.delete(abort);
       gov.completed(admitted, lease, { ...usage, durationMs: performance.now() - req.startedAt });
     }
   }
@@ -208,7 +216,7 @@ export class LlmProxy {
 }
 
 /** The sink as a stream target: a slow client makes the pump wait for its socket to drain. */
-function targetOf(sink: ReplySink, signal: AbortSignal): StreamTarget {
+function targetOf(sink: ReplySink, signal: AbortLike): StreamTarget {
   return {
     write: (chunk) => sink.write(chunk),
     drained: () =>

@@ -6,7 +6,7 @@
 // It never waits on the control plane to serve: configuration arrives as immutable
 // snapshots, acknowledged once applied; exact counters are in shared memory.
 import { parentPort, workerData } from 'node:worker_threads';
-import { createLogger } from '../obs/logger.ts';
+import { createAccessLogger, createLogger } from '../obs/logger.ts';
 import { createMetrics } from '../obs/metrics.ts';
 import { FlagStore } from '../config/flags.ts';
 import { EMPTY_FLEET } from '../config/broker-config.ts';
@@ -35,6 +35,7 @@ const post = (m: ToControl, transfer?: ArrayBuffer[]): void => port.postMessage(
 const metrics = createMetrics({ defaults: false });
 const logStream = portLogStream((text) => post({ t: 'log', text }));
 const logger = createLogger(config.logLevel, logStream as unknown as NodeJS.WritableStream).child({ plane: init.index });
+const accessLog = createAccessLogger(config.logLevel, logStream as unknown as NodeJS.WritableStream).child({ plane: init.index });
 
 // Calls to the control plane, answered by id.
 let nextId = 1;
@@ -110,9 +111,8 @@ function apply(s: Snapshot): void {
   snapshot = s;
 }
 
-const stopping = new AbortController();
 const executor = threadExecutor();
-const proxy = new LlmProxy({ metrics, logger, executor, leases: gov, shutdown: stopping.signal });
+const proxy = new LlmProxy({ metrics, logger, executor, leases: gov });
 
 const inference: InferBackend = {
   infer(input) {
@@ -135,6 +135,7 @@ const front = await startHttpFront({
   adminCheck: createAdminCheck(config.adminToken),
   metrics,
   logger,
+  accessLog,
   forward(req, body) {
     const own = body !== undefined && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength;
     return call<ForwardedReply>((id) => ({ t: 'forward', id, req, body }), own ? [body.buffer as ArrayBuffer] : undefined);
@@ -147,7 +148,7 @@ async function stop(graceMs: number): Promise<void> {
   while (front.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   const unfinished = front.inFlight;
   // Past the grace period: streams still open end with an explicit shutting_down event.
-  stopping.abort();
+  proxy.abortAll();
   const hard = Date.now() + 1000;
   while (front.inFlight > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
   await executor.close().catch(() => undefined);

@@ -22,6 +22,7 @@ import { QuotaLedger, type Reservation } from '../policy/quota.ts';
 import { OutputPredictor } from '../policy/prediction.ts';
 import { UsageProfiles } from '../policy/usage.ts';
 import { PtuAdvisor } from '../policy/ptu.ts';
+import type { AbortLike } from '../abort.ts';
 
 export interface GovernanceOptions {
   readonly config: BrokerConfig;
@@ -78,7 +79,7 @@ export interface RequestUsage {
 
 /** What the proxy needs once a request is admitted: leases, and their ends. */
 export interface Leases {
-  acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortSignal): Promise<Lease>;
+  acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortLike): Promise<Lease>;
   /** An attempt failed before the first byte: what it took is given back; counts against the deployment unless the client left. */
   attemptFailed(lease: Lease, countsAgainstDeployment: boolean): void;
   /** The request is over. Called exactly once per admitted request. */
@@ -198,7 +199,7 @@ export class Governance implements Leases {
   }
 
   /** A lease on a deployment of `group` for an admitted request, waiting in the queue if every one is full. */
-  acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortSignal): Promise<Lease> {
+  acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortLike): Promise<Lease> {
     return this.scheduler
       .acquire({ group, tried, priority: a.priority, tier: a.tier, stickyKey: a.stickyKey, tokens: a.reserveTokens, since: a.since, signal })
       .catch((err: BrokerError) => {

@@ -3,6 +3,7 @@
 // priority routing is off. Nothing waits forever: each waiter has a deadline.
 import { BrokerError } from '../errors.ts';
 import { WaitBoard } from './wait-board.ts';
+import type { AbortLike } from '../abort.ts';
 
 export interface Waiter {
   readonly group: string;
@@ -113,7 +114,7 @@ export class WaitQueue {
    * or when the client leaves. A waiter that comes back after losing a race passes its
    * first `since` and `seq`, so it keeps its age and its place.
    */
-  wait(group: string, priority: number, deadline: number, since: number, signal: AbortSignal, seq?: number): Promise<Woken> {
+  wait(group: string, priority: number, deadline: number, since: number, signal: AbortLike, seq?: number): Promise<Woken> {
     if (signal.aborted) return Promise.reject(new BrokerError('internal', 'client went away before it was queued'));
     if ((this.shared !== undefined ? Atomics.load(this.shared, 0) : this.total) >= this.maxSize) {
       this.rejectedFull++;

@@ -15,6 +15,7 @@ import { PerformanceTracker, powerOfTwo } from '../policy/performance.ts';
 import { StickyPins } from '../policy/sticky.ts';
 import { tierCap, type QosTier } from '../policy/qos.ts';
 import type { QuotaLedger, Reservation } from '../policy/quota.ts';
+import type { AbortLike } from '../abort.ts';
 
 export interface Admission {
   readonly group: ModelGroupConfig;
@@ -26,7 +27,7 @@ export interface Admission {
   readonly tokens: number;
   /** Epoch ms the request arrived: queue age and deadline start here. */
   readonly since: number;
-  readonly signal: AbortSignal;
+  readonly signal: AbortLike;
 }
 
 export interface Lease {

@@ -26,6 +26,8 @@ export interface HttpFrontOptions extends Guards {
   readonly router: Router;
   readonly metrics: Metrics;
   readonly logger: Logger;
+  /** Where the one line per request goes (obs/logger.ts createAccessLogger); default `logger`. */
+  readonly accessLog?: Logger;
   /** Requests for routes this thread does not serve go to the control plane. */
   readonly forward?: Forward;
 }
@@ -57,6 +59,7 @@ export interface HttpFront {
 
 export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const { router, metrics, logger, forward } = opts;
+  const accessLog = opts.accessLog ?? logger;
   const app = uWS.App();
   let inFlight = 0;
   let closing = false;
@@ -85,7 +88,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     metrics.httpActive.inc();
     const match = router.match(method, path);
     const route = match.kind === 'found' ? match.route : undefined;
-    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, done, metrics, logger);
+    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, done, metrics, logger, accessLog);
     if (closing) sink.closeConnection = true;
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => readBody(res, limit, declared === undefined ? undefined : Number(declared), cb);
@@ -163,6 +166,7 @@ class UwsSink implements FrontSink {
     private readonly onDone: () => void,
     private readonly metrics: Metrics,
     private readonly logger: Logger,
+    private readonly accessLog: Logger,
   ) {
     res.onAborted(() => {
       this.aborted = true;
@@ -255,7 +259,7 @@ class UwsSink implements FrontSink {
     m.httpActive.dec();
     m.httpDuration.labels(this.routeName, this.req.method, String(status)).observe(seconds);
     if (status >= 400) m.httpErrors.labels(this.routeName, String(status), this.errorCode ?? (aborted ? 'client_closed' : 'unknown')).inc();
-    this.logger.info(
+    this.accessLog.info(
       {
         trace_id: this.req.id,
         method: this.req.method,

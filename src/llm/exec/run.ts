@@ -8,8 +8,9 @@ import { compileChain, type ChainContext, type ChainStats } from '../chain/compi
 import { createPipeline } from '../chain/pipeline.ts';
 import type { Upstreams, UpstreamResponse } from '../../fleet/upstreams.ts';
 import type { AttemptRequest, StreamResult, StreamTarget } from './types.ts';
+import type { AbortLike } from '../../abort.ts';
 
-export function send(upstreams: Upstreams, req: AttemptRequest, signal: AbortSignal): Promise<UpstreamResponse> {
+export function send(upstreams: Upstreams, req: AttemptRequest, signal: AbortLike): Promise<UpstreamResponse> {
   return upstreams.post(req.deployment, req.kind, req.body, signal);
 }
 
@@ -23,7 +24,7 @@ export function retryAfterOf(res: UpstreamResponse): string | undefined {
  * compiled_chain flag the stages run fused in one function per chunk; without it,
  * one node:stream Transform per stage (the baseline bench:chain compares against).
  */
-export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortSignal): Promise<StreamResult> {
+export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike): Promise<StreamResult> {
   const headersAt = performance.now();
   let firstTokenMs: number | null = null;
   const gaps: number[] = [];
@@ -69,7 +70,7 @@ function settle(s: Finishable, waited: number, finish: Finish): StreamResult {
   return finish(s, waited, 'complete');
 }
 
-function failed(s: Finishable, err: unknown, waited: number, target: StreamTarget, signal: AbortSignal, finish: Finish): StreamResult {
+function failed(s: Finishable, err: unknown, waited: number, target: StreamTarget, signal: AbortLike, finish: Finish): StreamResult {
   // Aborted by the client: nobody to tell. Aborted by shutdown: the client gets the error event.
   if (signal.aborted && !(signal.reason instanceof BrokerError)) return finish(s, waited, 'aborted');
   const { code, message } = signal.aborted ? (signal.reason as BrokerError) : describeBodyError(err);
@@ -78,7 +79,7 @@ function failed(s: Finishable, err: unknown, waited: number, target: StreamTarge
   return finish(s, waited, 'failed', code, message);
 }
 
-async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortSignal, finish: Finish): Promise<StreamResult> {
+async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, finish: Finish): Promise<StreamResult> {
   const s = compileChain(req.chain).open(ctx);
   let waited = 0;
   let t = performance.now();
@@ -99,7 +100,7 @@ async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncI
   }
 }
 
-async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortSignal, finish: Finish): Promise<StreamResult> {
+async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, finish: Finish): Promise<StreamResult> {
   const p = createPipeline(req.chain, ctx);
   p.output.on('data', (b: Buffer) => {
     if (!target.write(b)) {

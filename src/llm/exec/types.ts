@@ -6,6 +6,7 @@
 import type { DeploymentConfig } from '../../config/broker-config.ts';
 import type { ChainSpec } from '../chain/compile.ts';
 import type { RequestKind } from '../providers.ts';
+import type { AbortLike } from '../../abort.ts';
 
 export interface AttemptRequest {
   readonly deployment: DeploymentConfig;
@@ -59,6 +60,6 @@ export interface Attempt {
 export interface Executor {
   readonly mode: 'thread' | 'pool';
   /** Resolves once the upstream's status is known; rejects on connect or header errors. */
-  attempt(req: AttemptRequest, signal: AbortSignal): Promise<Attempt>;
+  attempt(req: AttemptRequest, signal: AbortLike): Promise<Attempt>;
   close(): Promise<void>;
 }
