@@ -25,7 +25,7 @@ import { CapacityCounters } from './sched/capacity.ts';
 import { Governance } from './sched/governance.ts';
 import { waitBoardBuffer } from './sched/wait-board.ts';
 import { QuotaLedger } from './policy/quota.ts';
-import { industrialRoutes } from './admin/industrial.ts';
+import { governanceAdmin, industrialRoutes } from './admin/industrial.ts';
 import { LlmProxy } from './llm/proxy.ts';
 import { llmRoutes } from './llm/routes.ts';
 import { ollamaFleet, staticFleet } from './fleet/fleet.ts';
@@ -113,7 +113,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     ...obsRoutes(metrics, threaded ? async () => planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : undefined),
     readyRoute(infer),
     ...(infer !== undefined ? adminRoutes(infer) : []),
-    ...industrialRoutes(governance, logger, threaded ? { stats: () => planes!.stats() } : undefined),
+    ...industrialRoutes(governanceAdmin(governance, threaded ? { stats: () => planes!.stats() } : undefined), logger),
   ];
   const guards = {
     maxBodyBytes: config.maxBodyBytes,

@@ -3,10 +3,17 @@
 // status. Every route needs the admin credential.
 import { BrokerError } from '../errors.ts';
 import type { Route, RouteContext } from '../front/http/router.ts';
-import { FLAG_NAMES, isFlagName, type FlagName } from '../config/flags.ts';
+import { FLAG_NAMES, isFlagName, type FlagName, type FlagStore } from '../config/flags.ts';
+import type { ApiKeyPolicy } from '../config/broker-config.ts';
+import type { CapacityCounters } from '../sched/capacity.ts';
+import type { PerformanceTracker } from '../policy/performance.ts';
+import type { UsageProfiles } from '../policy/usage.ts';
+import type { OutputPredictor } from '../policy/prediction.ts';
+import type { QuotaLedger } from '../policy/quota.ts';
+import type { PtuAdvisor } from '../policy/ptu.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Governance } from '../sched/governance.ts';
-import { resolveTier } from '../policy/qos.ts';
+import { resolveTier, type QosConfig } from '../policy/qos.ts';
 import type { PlaneStats } from '../plane/protocol.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
@@ -36,36 +43,75 @@ function limitOf(body: unknown): number {
   return v;
 }
 
-/** The per-thread numbers (queue, sticky pins) of data-plane threads, when they serve. */
-export interface ThreadStats {
-  stats(): Promise<PlaneStats[]>;
+/**
+ * What these routes read and change of LLM governance, and nothing more: the flag store,
+ * capacity, deployment drain and limits, the learning policies' reports, quotas, PTU
+ * advice. `governanceAdmin` builds it from the control plane's Governance.
+ */
+export interface GovernanceAdmin {
+  readonly flags: Pick<FlagStore, 'flags' | 'describe' | 'apply' | 'auditLog'>;
+  readonly qos: QosConfig;
+  keyPolicy(apiKey: string | undefined): ApiKeyPolicy | undefined;
+  readonly capacity: Pick<CapacityCounters, 'totals' | 'ids' | 'stats'>;
+  deployment(id: string): { readonly group: string; readonly draining: boolean; readonly cooldownUntil: number } | undefined;
+  /** Registers the id with this limit, or changes its limit. */
+  setLimit(id: string, limit: number): void;
+  /** False when there is no such deployment. */
+  setDraining(id: string, draining: boolean): boolean;
+  readonly performance: Pick<PerformanceTracker, 'all' | 'degraded' | 'snapshot'>;
+  readonly usage: Pick<UsageProfiles, 'summary' | 'profile' | 'labels'>;
+  readonly predictor: Pick<OutputPredictor, 'stats' | 'labels'>;
+  readonly quota: Pick<QuotaLedger, 'snapshot' | 'setLimits' | 'usage'>;
+  readonly ptu: Pick<PtuAdvisor, 'list' | 'recommendations' | 'headroom'>;
+  /** The process's queue and sticky numbers, every data-plane thread's included. */
+  processStats(): Promise<{ queue: PlaneStats['queue']; sticky: PlaneStats['sticky'] }>;
+  countFlagChange(flag: FlagName): void;
 }
 
-type QueueStats = PlaneStats['queue'];
-
-/** This process's queue and sticky numbers: the control plane's own plus every thread's. */
-async function processStats(gov: Governance, threads: ThreadStats | undefined): Promise<{ queue: QueueStats; sticky: PlaneStats['sticky'] }> {
-  const queue = gov.queue.stats();
-  const sticky = { pins: gov.sticky.size, hits: gov.sticky.hits, misses: gov.sticky.misses };
-  for (const s of threads === undefined ? [] : await threads.stats()) {
-    queue.size += s.queue.size;
-    queue.timedOut += s.queue.timedOut;
-    queue.rejectedFull += s.queue.rejectedFull;
-    for (const [g, n] of Object.entries(s.queue.byGroup)) queue.byGroup[g] = (queue.byGroup[g] ?? 0) + n;
-    // Pins are copied to every thread and the control plane: its own count is the process's.
-    sticky.hits += s.sticky.hits;
-    sticky.misses += s.sticky.misses;
-  }
-  return { queue, sticky };
+/** The admin view of the control plane's Governance, with the threads' numbers when they serve. */
+export function governanceAdmin(gov: Governance, threads?: { stats(): Promise<PlaneStats[]> }): GovernanceAdmin {
+  return {
+    flags: gov.flags,
+    get qos() {
+      return gov.qos;
+    },
+    keyPolicy: (k) => gov.keyPolicy(k),
+    capacity: gov.capacity,
+    deployment: (id) => gov.deployment(id),
+    setLimit(id, limit) {
+      if (!gov.scheduler.setLimit(id, limit)) gov.capacity.register(id, limit);
+    },
+    setDraining: (id, draining) => gov.scheduler.setDraining(id, draining),
+    performance: gov.performance,
+    usage: gov.usage,
+    predictor: gov.predictor,
+    quota: gov.quota,
+    ptu: gov.ptu,
+    async processStats() {
+      const queue = gov.queue.stats();
+      // Pins are copied to every thread and the control plane: its own count is the process's.
+      const sticky = { pins: gov.sticky.size, hits: gov.sticky.hits, misses: gov.sticky.misses };
+      for (const s of threads === undefined ? [] : await threads.stats()) {
+        queue.size += s.queue.size;
+        queue.timedOut += s.queue.timedOut;
+        queue.rejectedFull += s.queue.rejectedFull;
+        for (const [g, n] of Object.entries(s.queue.byGroup)) queue.byGroup[g] = (queue.byGroup[g] ?? 0) + n;
+        sticky.hits += s.sticky.hits;
+        sticky.misses += s.sticky.misses;
+      }
+      return { queue, sticky };
+    },
+    countFlagChange: (flag) => gov.metrics.flagChanges.labels(flag).inc(),
+  };
 }
 
-export function industrialRoutes(gov: Governance, logger: Logger, threads?: ThreadStats): Route[] {
+export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] {
   const flags = gov.flags;
   const change = (ctx: RouteContext, changes: [FlagName, boolean | null][]): void => {
     const before = flags.describe();
     flags.apply(changes, actorOf(ctx));
     for (const [flag, enabled] of changes) {
-      gov.metrics.flagChanges.labels(flag).inc();
+      gov.countFlagChange(flag);
       logger.info({ audit: 'flag', actor: actorOf(ctx), flag, old: before[flag].enabled, new: flags.describe()[flag].enabled, action: enabled === null ? 'clear' : 'set', trace_id: ctx.req.id }, 'feature flag changed');
     }
   };
@@ -78,7 +124,7 @@ export function industrialRoutes(gov: Governance, logger: Logger, threads?: Thre
   const status = async () => {
     const f = flags.flags;
     const totals = gov.capacity.totals();
-    const { queue: q, sticky } = await processStats(gov, threads);
+    const { queue: q, sticky } = await gov.processStats();
     return {
       flags: flags.describe(),
       capacityGating: { enabled: f.capacity_gating, available: true, stats: { totalInFlight: totals.totalInFlight, totalRejected: totals.totalRejected, totalLimit: totals.totalLimit, deployments: totals.deployments, queued: q.size, queueTimeouts: q.timedOut, queueFullRejections: q.rejectedFull } },
@@ -144,7 +190,7 @@ export function industrialRoutes(gov: Governance, logger: Logger, threads?: Thre
       },
     },
 
-    { method: 'GET', path: `${P}/capacity`, handle: async (ctx) => reply(ctx, { ...gov.capacity.totals(), queue: (await processStats(gov, threads)).queue, deployments: gov.capacity.ids().map(capacityView) }) },
+    { method: 'GET', path: `${P}/capacity`, handle: async (ctx) => reply(ctx, { ...gov.capacity.totals(), queue: (await gov.processStats()).queue, deployments: gov.capacity.ids().map(capacityView) }) },
     {
       method: 'GET',
       path: `${P}/capacity/:id`,
@@ -161,7 +207,7 @@ export function industrialRoutes(gov: Governance, logger: Logger, threads?: Thre
       handle(ctx) {
         const id = ctx.params.id!;
         const limit = limitOf(ctx.body);
-        if (!gov.scheduler.setLimit(id, limit)) gov.capacity.register(id, limit);
+        gov.setLimit(id, limit);
         logger.info({ audit: 'capacity', actor: actorOf(ctx), deployment: id, concurrencyLimit: limit }, 'capacity registered');
         reply(ctx, capacityView(id), 201);
       },
@@ -174,7 +220,7 @@ export function industrialRoutes(gov: Governance, logger: Logger, threads?: Thre
         const id = ctx.params.id!;
         const limit = limitOf(ctx.body);
         if (gov.capacity.stats(id) === undefined) throw new BrokerError('not_found', `no deployment ${id}; register it first`);
-        if (!gov.scheduler.setLimit(id, limit)) gov.capacity.register(id, limit);
+        gov.setLimit(id, limit);
         logger.info({ audit: 'capacity', actor: actorOf(ctx), deployment: id, concurrencyLimit: limit }, 'capacity limit changed');
         reply(ctx, capacityView(id));
       },
@@ -187,7 +233,7 @@ export function industrialRoutes(gov: Governance, logger: Logger, threads?: Thre
         const id = ctx.params.id!;
         const draining = (ctx.body as Record<string, unknown>).draining ?? true;
         if (typeof draining !== 'boolean') throw new BrokerError('invalid_request', 'draining must be true or false', { details: { field: 'draining' } });
-        if (!gov.scheduler.setDraining(id, draining)) throw new BrokerError('not_found', `no deployment ${id}`);
+        if (!gov.setDraining(id, draining)) throw new BrokerError('not_found', `no deployment ${id}`);
         logger.info({ audit: 'drain', actor: actorOf(ctx), deployment: id, draining }, draining ? 'deployment draining' : 'deployment back in service');
         reply(ctx, capacityView(id));
       },

@@ -19,6 +19,22 @@ export interface ModelManifest {
   };
   readonly output: { readonly name: string; readonly kind: 'logits' | 'probabilities' };
   readonly labels: readonly string[];
+  /** Triton's dynamic_batching, in the manifest's `batching` block. */
+  readonly batching: {
+    /** 1: one image per session.run. Above 1 the model's first input dim must be dynamic. */
+    readonly maxBatchSize: number;
+    /** Batch sizes to aim for, ascending; empty: any size up to maxBatchSize. */
+    readonly preferredBatchSizes: readonly number[];
+    /** How long the oldest request may wait for a batch to fill, in microseconds. */
+    readonly maxQueueDelayUs: number;
+  };
+  /** Admission: Triton's default_queue_policy, in the manifest's `queue` block. */
+  readonly queue: {
+    /** Requests that may wait for this model; null: the broker's INFER_MAX_QUEUE. */
+    readonly maxSize: number | null;
+    /** A request that waited this long answers 504 queue_timeout. */
+    readonly timeoutMs: number;
+  };
 }
 
 export interface LoadedModel {
@@ -68,6 +84,16 @@ export function validateManifest(raw: unknown, file: string): ModelManifest {
   const kind = output.kind ?? 'logits';
   if (kind !== 'logits' && kind !== 'probabilities') fail('output.kind', 'must be logits or probabilities');
   if (!Array.isArray(m.labels) || m.labels.length === 0 || !m.labels.every((l) => typeof l === 'string')) fail('labels', 'must be a non-empty array of strings');
+  const int = (v: unknown, field: string, min: number, max: number, def: number): number =>
+    v === undefined ? def : Number.isInteger(v) && (v as number) >= min && (v as number) <= max ? (v as number) : fail(field, `must be an integer between ${min} and ${max}`);
+  const batching = obj(m.batching ?? {}, 'batching');
+  const maxBatchSize = int(batching.max_batch_size, 'batching.max_batch_size', 1, 256, 1);
+  const preferredRaw = batching.preferred_batch_sizes ?? [];
+  if (!Array.isArray(preferredRaw)) fail('batching.preferred_batch_sizes', 'must be an array of integers');
+  const preferred = (preferredRaw as unknown[]).map((v, i) => int(v, `batching.preferred_batch_sizes[${i}]`, 1, maxBatchSize, 1));
+  preferred.sort((a, b) => a - b);
+  const queue = obj(m.queue ?? {}, 'queue');
+  const maxQueueSize = queue.max_size === undefined || queue.max_size === null ? null : int(queue.max_size, 'queue.max_size', 1, 1_000_000, 1);
 
   return Object.freeze({
     name: str(m.name, 'name'),
@@ -85,5 +111,11 @@ export function validateManifest(raw: unknown, file: string): ModelManifest {
     }),
     output: Object.freeze({ name: str(output.name, 'output.name'), kind: kind as 'logits' | 'probabilities' }),
     labels: Object.freeze([...(m.labels as string[])]),
+    batching: Object.freeze({
+      maxBatchSize,
+      preferredBatchSizes: Object.freeze([...new Set(preferred)]),
+      maxQueueDelayUs: int(batching.max_queue_delay_us, 'batching.max_queue_delay_us', 0, 10_000_000, 0),
+    }),
+    queue: Object.freeze({ maxSize: maxQueueSize, timeoutMs: int(queue.timeout_ms, 'queue.timeout_ms', 1, 3_600_000, 10_000) }),
   });
 }

@@ -9,7 +9,18 @@ export type Preprocessed =
   | { ok: true; tensor: Float32Array; dims: number[] }
   | { ok: false; code: 'unsupported_image' | 'image_too_large'; message: string };
 
-export async function preprocess(bytes: Uint8Array, manifest: ModelManifest, size: number | undefined, maxPixels: number): Promise<Preprocessed> {
+/**
+ * `into`/`offset`: write the tensor there (one image's slot of a batch tensor) instead of
+ * a new array; the returned `tensor` is then that slot.
+ */
+export async function preprocess(
+  bytes: Uint8Array,
+  manifest: ModelManifest,
+  size: number | undefined,
+  maxPixels: number,
+  into?: Float32Array,
+  offset = 0,
+): Promise<Preprocessed> {
   const { input } = manifest;
   const height = input.height ?? size ?? input.defaultSize;
   const width = input.width ?? size ?? input.defaultSize;
@@ -38,7 +49,7 @@ export async function preprocess(bytes: Uint8Array, manifest: ModelManifest, siz
   // sharp's grayscale() may still hand back 3 channels for some inputs; read what it gave.
   const got = raw.length / (width * height);
   const plane = width * height;
-  const tensor = new Float32Array(c * plane);
+  const tensor = into !== undefined ? into.subarray(offset, offset + c * plane) : new Float32Array(c * plane);
   const scale = input.std.map((s) => 1 / (255 * s));
   const shift = input.mean.map((m, i) => m / input.std[i]!);
   if (input.layout === 'NCHW') {

@@ -9,16 +9,25 @@ export interface WorkerData {
   readonly readyCounter: SharedArrayBuffer;
 }
 
-export interface InferTask {
-  readonly kind: 'infer';
-  /** Key of the model in WorkerData.models ('A' or 'B'). */
-  readonly model: string;
+/** One image of a batch. */
+export interface BatchItem {
   /** Image bytes, transferred (not copied) to the worker. */
   readonly image: ArrayBuffer;
+  readonly topK: number;
+}
+
+/**
+ * Up to the model's max_batch_size images of one model and one size: decoded together
+ * (sharp runs them side by side on the libuv pool), then one session.run.
+ */
+export interface BatchTask {
+  readonly kind: 'batch';
+  /** Key of the model in WorkerData.models ('A' or 'B'). */
+  readonly model: string;
   /** Resize target for dynamic-size models, or undefined for the model's own size. */
   readonly size: number | undefined;
-  readonly topK: number;
-  /** Epoch milliseconds (timeOrigin + now) when the task was queued. */
+  readonly items: readonly BatchItem[];
+  /** Epoch milliseconds (timeOrigin + now) when the batch was handed to Piscina. */
   readonly submittedAt: number;
 }
 
@@ -32,6 +41,20 @@ export interface Prediction {
   readonly score: number;
 }
 
-export type InferOutcome =
-  | { ok: true; predictions: Prediction[]; queueMs: number; decodeMs: number; inferMs: number }
-  | { ok: false; code: 'unsupported_image' | 'image_too_large' | 'invalid_image' | 'internal'; message: string };
+export type ItemFailure = { ok: false; code: 'unsupported_image' | 'image_too_large' | 'invalid_image' | 'internal'; message: string };
+export type ItemOutcome = { ok: true; predictions: Prediction[] } | ItemFailure;
+
+export interface BatchOutcome {
+  /** One per item, in order. A bad image fails its own item only. */
+  readonly items: ItemOutcome[];
+  /** Wait between hand-off and the worker starting the batch. */
+  readonly handoffMs: number;
+  /** Decode + preprocess of the whole batch (images in parallel). */
+  readonly decodeMs: number;
+  /** session.run time, all executions of this batch. */
+  readonly inferMs: number;
+  /** session.run calls: 1, or one per image when the batched run failed and was retried singly. */
+  readonly executions: number;
+  /** Images in the batched run (the items that decoded). */
+  readonly executedBatch: number;
+}
