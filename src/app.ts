@@ -20,7 +20,7 @@ import { InferService } from './infer/service.ts';
 import { disabledInference, inferRoutes, readyRoute } from './infer/routes.ts';
 import { adminRoutes } from './admin/routes.ts';
 import { loadBrokerConfigFile, EMPTY_FLEET, type BrokerConfig } from './config/broker-config.ts';
-import { FlagStore } from './config/flags.ts';
+import { FlagStore, type FlagSet } from './config/flags.ts';
 import { CapacityCounters } from './sched/capacity.ts';
 import { Governance } from './sched/governance.ts';
 import { waitBoardBuffer } from './sched/wait-board.ts';
@@ -73,6 +73,14 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   // Fleet and governance. Threaded, this Governance is the control plane's: it owns
   // the capacity slots and limits, learns from every thread, and the admin APIs read it.
   const flags = new FlagStore(config.featureFlags);
+  // The staged pipeline is the test oracle and bench baseline; serving with it is a choice to see.
+  let compiled = true;
+  const checkChain = (f: FlagSet): void => {
+    if (!f.compiled_chain && compiled) logger.warn('compiled_chain is off: LLM streams run through the staged baseline pipeline, at 3-4x the CPU per stream');
+    compiled = f.compiled_chain;
+  };
+  checkChain(flags.flags);
+  flags.onChange(checkChain);
   const capacity = new CapacityCounters();
   const quota = new QuotaLedger(Date.now);
   const waiters = new SharedArrayBuffer(4);
@@ -149,7 +157,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         },
         infer(call) {
           if (infer === undefined) return disabledInference.infer(call as never);
-          return infer.infer({ image: Buffer.from(call.image.buffer, call.image.byteOffset, call.image.byteLength), imgSize: call.imgSize, topK: call.topK, cookieArm: call.cookieArm });
+          return infer.infer({ image: Buffer.from(call.image.buffer, call.image.byteOffset, call.image.byteLength), imgSize: call.imgSize, topK: call.topK, cookieArm: call.cookieArm, priority: call.priority });
         },
         async discover() {
           const before = fleetVersion;

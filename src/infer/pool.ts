@@ -1,7 +1,18 @@
 // The inference worker pool: a Piscina pool whose workers each hold one session per
-// model. A pool is immutable in what it serves; promote builds a new pool and
-// retires the old one, which also gives onnxruntime's native memory back
-// (sessions recreated inside a long-lived thread grow RSS: microsoft/onnxruntime#25325).
+// model, fed by a dynamic batcher (Triton's model). Requests wait in a bounded
+// per-model admission queue (admission.ts); whenever a worker slot is free, the
+// batcher takes the next batch from it: max_batch_size images at once, else the
+// largest preferred batch size that is waiting, else (once the oldest request has
+// waited max_queue_delay_us) whatever is waiting. One batch is one Piscina task.
+//
+// Each worker takes TASKS_PER_WORKER batches at a time, so that it decodes the next
+// batch (sharp, on the libuv pool) while the current one computes (onnxruntime) and
+// never waits on the main thread between tasks; see docs/benchmarks.md for the
+// measurement behind the default.
+//
+// A pool is immutable in what it serves; promote builds a new pool and retires the
+// old one, which also gives onnxruntime's native memory back (sessions recreated
+// inside a long-lived thread grow RSS: microsoft/onnxruntime#25325).
 import { Piscina } from 'piscina';
 // sharp is loaded on the main thread before any worker loads it: its native module must
 // not be first loaded (and unloaded) by a worker thread (lovell/sharp#2263).
@@ -9,32 +20,78 @@ import 'sharp';
 import { performance } from 'node:perf_hooks';
 import { BrokerError } from '../errors.ts';
 import type { LoadedModel } from './manifest.ts';
-import type { InferOutcome, InferTask, WorkerData } from './protocol.ts';
+import { AdmissionQueue, DEFAULT_PRIORITY, type Pending } from './admission.ts';
+import type { BatchOutcome, BatchTask, Prediction, WorkerData } from './protocol.ts';
 import { workerEntry } from '../workers/entry.ts';
+
+/** Batches each worker holds at once: one computing, one decoding. */
+export const DEFAULT_TASKS_PER_WORKER = 2;
 
 export interface InferPoolOptions {
   readonly models: Readonly<Record<string, LoadedModel>>;
   readonly threads: number;
   readonly intraOpThreads: number;
+  /** Queue bound of a model whose manifest sets no queue.max_size. */
   readonly maxQueue: number;
   readonly maxPixels: number;
+  /** Batches in flight per worker; default INFER_TASKS_PER_WORKER, else DEFAULT_TASKS_PER_WORKER. */
+  readonly tasksPerWorker?: number;
   /** Called when a worker dies outside of close(). */
   readonly onWorkerFailure?: () => void;
+}
+
+export interface RunResult {
+  readonly predictions: Prediction[];
+  /** Admission queue + batch fill + hand-off to the worker, ms. */
+  readonly queueMs: number;
+  readonly decodeMs: number;
+  readonly inferMs: number;
+  /** Images in the session.run that answered this request. */
+  readonly batchSize: number;
+}
+
+/** One batch executed, for metrics. */
+export interface ExecEvent {
+  readonly model: string;
+  /** Images executed (the batch minus images that failed to decode). */
+  readonly batchSize: number;
+  readonly executions: number;
+  /** How long the batch's oldest request waited before the batch left, ms. */
+  readonly batchWaitMs: number;
+  readonly decodeMs: number;
+  readonly inferMs: number;
 }
 
 export interface InferPool {
   readonly models: Readonly<Record<string, LoadedModel>>;
   /** Runs one image on one model; `image` is transferred and unusable afterwards. */
-  run(model: string, image: ArrayBuffer, size: number | undefined, topK: number): Promise<Extract<InferOutcome, { ok: true }>>;
+  run(model: string, image: ArrayBuffer, size: number | undefined, topK: number, priority?: number): Promise<RunResult>;
+  /** Every executed batch, after it ran. */
+  onExecute(listener: (e: ExecEvent) => void): void;
   /** Runs every model of every worker once more (after a cold spell, say). */
   warmup(): Promise<number>;
   readonly ready: boolean;
   waitReady(timeoutMs?: number): Promise<void>;
+  /** Requests waiting for a batch slot. */
   readonly queueSize: number;
   /** Worker threads, for tests that kill one. */
   readonly threads: readonly { terminate(): Promise<number> }[];
-  /** Waits for started tasks, then stops the workers. */
+  /** Serves what is queued, waits for started batches, then stops the workers. */
   close(): Promise<void>;
+}
+
+interface Waiting {
+  readonly image: ArrayBuffer;
+  readonly topK: number;
+  readonly resolve: (r: RunResult) => void;
+}
+
+function tasksPerWorkerFromEnv(): number {
+  const raw = process.env.INFER_TASKS_PER_WORKER;
+  if (raw === undefined || raw === '') return DEFAULT_TASKS_PER_WORKER;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 16) throw new Error(`INFER_TASKS_PER_WORKER must be an integer between 1 and 16, got "${raw}"`);
+  return n;
 }
 
 export function createInferPool(opts: InferPoolOptions): InferPool {
@@ -46,13 +103,16 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     maxPixels: opts.maxPixels,
     readyCounter,
   };
+  const tasksPerWorker = opts.tasksPerWorker ?? tasksPerWorkerFromEnv();
   // worker.js itself when compiled; from the sources, worker.ts through tsx (see workers/entry.ts).
   const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, data);
   const piscina = new Piscina({
     filename,
     minThreads: opts.threads,
     maxThreads: opts.threads,
-    maxQueue: opts.maxQueue,
+    concurrentTasksPerWorker: tasksPerWorker,
+    // The batcher never hands Piscina more than it can start: its own queue stays empty.
+    maxQueue: opts.threads * tasksPerWorker,
     idleTimeout: Infinity,
     workerData,
     recordTiming: false,
@@ -67,25 +127,125 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     if (!closing) opts.onWorkerFailure?.();
   });
 
+  const queues = new Map<string, AdmissionQueue<Waiting>>();
+  for (const [key, m] of Object.entries(opts.models)) {
+    queues.set(key, new AdmissionQueue<Waiting>(m.manifest.name, m.manifest.queue.maxSize ?? opts.maxQueue, m.manifest.queue.timeoutMs));
+  }
+  const capacity = opts.threads * tasksPerWorker;
+  let inFlight = 0;
+  let waiting = 0;
+  const listeners: ((e: ExecEvent) => void)[] = [];
+  let delayTimer: NodeJS.Timeout | undefined;
+  let delayDue = Infinity;
+  let drained: (() => void) | undefined;
+
+  // Timeouts are swept, not timed one by one: a timer per request would cost more than
+  // the batch it waits for. A request may so wait up to one sweep longer than its timeout.
+  const minTimeout = Math.min(...[...Object.values(opts.models)].map((m) => m.manifest.queue.timeoutMs));
+  const sweep = setInterval(() => {
+    if (waiting === 0) return;
+    const now = performance.now();
+    let expired = 0;
+    for (const q of queues.values()) expired += q.expire(now);
+    waiting -= expired;
+    if (expired > 0) pump();
+  }, Math.max(5, Math.min(100, minTimeout / 4)));
+  sweep.unref();
+
+  /** How many of the `count` waiting requests to send now, or 0 to wait for more. */
+  function batchSize(key: string, count: number, oldest: number, now: number): number {
+    const { maxBatchSize, preferredBatchSizes, maxQueueDelayUs } = opts.models[key]!.manifest.batching;
+    if (count >= maxBatchSize) return maxBatchSize;
+    for (let i = preferredBatchSizes.length - 1; i >= 0; i--) if (preferredBatchSizes[i]! <= count) return preferredBatchSizes[i]!;
+    const due = oldest + maxQueueDelayUs / 1000;
+    if (now >= due) return count;
+    if (due < delayDue) {
+      clearTimeout(delayTimer);
+      delayDue = due;
+      delayTimer = setTimeout(() => {
+        delayDue = Infinity;
+        pump();
+      }, Math.max(0, due - now));
+    }
+    return 0;
+  }
+
+  function pump(): void {
+    while (inFlight < capacity && waiting > 0) {
+      // The model whose next request has the highest priority, ties to the oldest.
+      const now = performance.now();
+      let sent = false;
+      const order = [...queues.entries()].filter(([, q]) => q.size > 0).sort(([, a], [, b]) => b.topPriority - a.topPriority || a.oldest - b.oldest);
+      for (const [key, q] of order) {
+        const next = q.nextGroup()!;
+        const n = batchSize(key, next.count, q.oldest, now);
+        if (n === 0) continue;
+        dispatch(key, q.take(n, next.size), next.size, now);
+        sent = true;
+        break;
+      }
+      if (!sent) break;
+    }
+    if (closing && waiting === 0 && inFlight === 0) drained?.();
+  }
+
+  function dispatch(key: string, batch: Pending<Waiting>[], size: number | undefined, now: number): void {
+    waiting -= batch.length;
+    inFlight++;
+    let batchWaitMs = 0;
+    for (const p of batch) batchWaitMs = Math.max(batchWaitMs, now - p.enqueuedAt);
+    const task: BatchTask = {
+      kind: 'batch',
+      model: key,
+      size,
+      items: batch.map((p) => ({ image: p.value.image, topK: p.value.topK })),
+      submittedAt: performance.timeOrigin + now,
+    };
+    piscina.run(task, { transferList: batch.map((p) => p.value.image) }).then(
+      (out: BatchOutcome) => {
+        inFlight--;
+        for (const [i, p] of batch.entries()) {
+          const r = out.items[i]!;
+          if (r.ok) {
+            p.value.resolve({
+              predictions: r.predictions,
+              queueMs: now - p.enqueuedAt + Math.max(0, out.handoffMs),
+              decodeMs: out.decodeMs,
+              inferMs: out.inferMs,
+              batchSize: out.executions === 1 ? out.executedBatch : 1,
+            });
+          } else p.reject(new BrokerError(r.code, r.message));
+        }
+        if (out.executions > 0) {
+          const e: ExecEvent = { model: key, batchSize: out.executedBatch, executions: out.executions, batchWaitMs, decodeMs: out.decodeMs, inferMs: out.inferMs };
+          for (const l of listeners) l(e);
+        }
+        pump();
+      },
+      (err: unknown) => {
+        inFlight--;
+        // The worker crashed or was terminated; Piscina starts a replacement. The images
+        // went with it (transferred), so the batch's requests fail; the queue goes on.
+        for (const p of batch) p.reject(new BrokerError('internal', 'inference worker failed', { cause: err }));
+        pump();
+      },
+    );
+  }
+
   return {
     models: opts.models,
-    async run(model, image, size, topK) {
-      if (piscina.queueSize >= opts.maxQueue) {
-        throw new BrokerError('overloaded', `inference queue is full (${opts.maxQueue} waiting)`, { retryAfter: 1 });
-      }
-      const task: InferTask = { kind: 'infer', model, image, size, topK, submittedAt: performance.timeOrigin + performance.now() };
-      let outcome: InferOutcome;
-      try {
-        outcome = await piscina.run(task, { transferList: [image] });
-      } catch (err) {
-        if ((err as Error).message === 'Task queue is at limit') {
-          throw new BrokerError('overloaded', `inference queue is full (${opts.maxQueue} waiting)`, { retryAfter: 1 });
-        }
-        // The worker crashed or was terminated; Piscina starts a replacement.
-        throw new BrokerError('internal', 'inference worker failed', { cause: err });
-      }
-      if (!outcome.ok) throw new BrokerError(outcome.code, outcome.message);
-      return outcome;
+    run(model, image, size, topK, priority = DEFAULT_PRIORITY) {
+      const q = queues.get(model);
+      if (q === undefined) return Promise.reject(new BrokerError('internal', `pool has no model ${model}`));
+      if (closing) return Promise.reject(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
+      return new Promise<RunResult>((resolve, reject) => {
+        q.push({ value: { image, topK, resolve }, size, priority, enqueuedAt: performance.now(), reject });
+        waiting++;
+        pump();
+      });
+    },
+    onExecute(listener) {
+      listeners.push(listener);
     },
     async warmup() {
       const n = opts.threads * 2;
@@ -103,13 +263,21 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       }
     },
     get queueSize() {
-      return piscina.queueSize;
+      return waiting;
     },
     get threads() {
       return piscina.threads;
     },
     async close() {
       closing = true;
+      if (waiting > 0 || inFlight > 0) {
+        await new Promise<void>((r) => {
+          drained = r;
+          pump();
+        });
+      }
+      clearInterval(sweep);
+      clearTimeout(delayTimer);
       await piscina.close();
     },
   };

@@ -8,6 +8,7 @@ import type { Metrics } from '../obs/metrics.ts';
 import { chooseArm, shareOfB, type Arm, type SplitState } from './arms.ts';
 import { CanaryJudge, type CanaryThresholds } from './canary.ts';
 import type { LoadedModel } from './manifest.ts';
+import { inferMetrics, type InferMetrics } from './metrics.ts';
 import type { InferPool } from './pool.ts';
 import type { Prediction } from './protocol.ts';
 
@@ -23,6 +24,8 @@ export interface InferInput {
   readonly imgSize: number | undefined;
   readonly topK: number | undefined;
   readonly cookieArm: string | undefined;
+  /** x-broker-priority, 0-9 (higher first in the admission queue); default 5. */
+  readonly priority?: number | undefined;
 }
 
 export interface InferReply {
@@ -30,7 +33,10 @@ export interface InferReply {
   readonly model: string;
   readonly version: string;
   readonly predictions: Prediction[];
+  /** queue_ms: admission queue + batch fill + hand-off; decode_ms and infer_ms are the batch's. */
   readonly timings: { decode_ms: number; queue_ms: number; infer_ms: number; total_ms: number };
+  /** Images in the session.run that answered. */
+  readonly batch_size: number;
 }
 
 export interface InferServiceDeps {
@@ -54,13 +60,32 @@ export class InferService {
   private readonly now: () => number;
   private readonly random: () => number;
   private promoting: Promise<void> | undefined;
+  private readonly im: InferMetrics;
 
   constructor(private readonly deps: InferServiceDeps) {
     this.config = Object.freeze({ ...deps.initial });
-    this.pool = deps.makePool(deps.models);
+    this.im = inferMetrics(deps.metrics);
+    this.pool = this.newPool(deps.models);
     this.judge = new CanaryJudge(deps.canary);
     this.now = deps.now ?? Date.now;
     this.random = deps.random ?? Math.random;
+  }
+
+  private newPool(models: { A: LoadedModel; B: LoadedModel }): InferPool {
+    const pool = this.deps.makePool(models);
+    const { inferBatch } = this.deps.metrics;
+    const im = this.im;
+    pool.onExecute((e) => {
+      const name = pool.models[e.model]!.manifest.name;
+      im.inferenceCount.labels(name).inc(e.batchSize);
+      im.execCount.labels(name).inc(e.executions);
+      if (e.executions === 1) inferBatch.labels(name).observe(e.batchSize);
+      else for (let i = 0; i < e.executions; i++) inferBatch.labels(name).observe(1);
+      im.batchWait.labels(name).observe(e.batchWaitMs / 1000);
+      im.execDuration.labels(name, 'decode').observe(e.decodeMs / 1000);
+      im.execDuration.labels(name, 'compute').observe(e.inferMs / 1000);
+    });
+    return pool;
   }
 
   get runtimeConfig(): RuntimeConfig {
@@ -112,9 +137,10 @@ export class InferService {
     const image = transferable(input.image);
     let result;
     try {
-      result = await pool.run(arm, image, size, topK);
+      result = await pool.run(arm, image, size, topK, input.priority);
     } catch (err) {
       const e = err as BrokerError;
+      if (e.code === 'overloaded' || e.code === 'queue_timeout') this.im.admissionRejected.labels(manifest.name, e.code === 'overloaded' ? 'full' : 'timeout').inc();
       m.inferFailure.labels(manifest.name, manifest.version, arm, e.code ?? 'internal').inc();
       // Client mistakes say nothing about the model; only server-side failures count against B.
       if (e.status >= 500) this.observe(arm, false, performance.now() - t0);
@@ -125,7 +151,6 @@ export class InferService {
     m.inferQueue.labels(manifest.name, arm).observe(result.queueMs / 1000);
     m.inferDecode.labels(manifest.name, arm).observe(result.decodeMs / 1000);
     m.inferCompute.labels(manifest.name, arm).observe(result.inferMs / 1000);
-    m.inferBatch.labels(manifest.name).observe(1);
     this.observe(arm, true, total);
     if (shadowCopy !== undefined) this.shadow(shadowCopy, size, result.predictions[0]?.index);
 
@@ -135,6 +160,7 @@ export class InferService {
       version: manifest.version,
       predictions: result.predictions,
       timings: { decode_ms: round(result.decodeMs), queue_ms: round(Math.max(0, result.queueMs)), infer_ms: round(result.inferMs), total_ms: round(total) },
+      batch_size: result.batchSize,
     };
   }
 
@@ -149,7 +175,8 @@ export class InferService {
     }
     const t0 = performance.now();
     setImmediate(() => {
-      pool.run('B', transferable(image), size, 1).then(
+      // Lowest priority: a shadow run never goes before a real request.
+      pool.run('B', transferable(image), size, 1, 0).then(
         (r) => {
           m.shadowLatency.observe((performance.now() - t0) / 1000);
           m.shadowRequests.labels('ok').inc();
@@ -189,7 +216,7 @@ export class InferService {
       try {
         const old = this.pool;
         const b = old.models.B!;
-        const next = this.deps.makePool({ A: b, B: b });
+        const next = this.newPool({ A: b, B: b });
         try {
           await next.waitReady();
         } catch (err) {

@@ -1,17 +1,27 @@
 // Inference worker (a Piscina thread). At start it opens one onnxruntime session per
-// model with an explicit thread count, warms each once, and counts itself ready in
-// shared memory. A task decodes the transferred image bytes with sharp, builds the
-// tensor and runs the model. Expected failures come back as values (error codes do
-// not survive the thread boundary as exceptions).
+// model with an explicit thread count, checks that a batched model's batch dimension
+// is dynamic, warms each (at batch 1 and at its largest batch), and counts itself
+// ready in shared memory. A task is a batch: the transferred images decode side by side straight into
+// their slots of one input tensor, then one session.run, and the scores are split
+// back per image. Expected failures come back as values (error codes do not survive
+// the thread boundary as exceptions), per image: a bad image fails itself only.
 import { workerData } from 'piscina';
 import * as ort from 'onnxruntime-node';
+import sharp from 'sharp';
 import { performance } from 'node:perf_hooks';
 import type { ModelManifest } from './manifest.ts';
 import { preprocess } from './preprocess.ts';
 import { topK } from './postprocess.ts';
-import type { InferTask, InferOutcome, WorkerData, WarmupTask } from './protocol.ts';
+import type { BatchOutcome, BatchTask, ItemOutcome, WorkerData, WarmupTask } from './protocol.ts';
 
 const data = workerData as WorkerData;
+
+// One libvips thread per image: the images of a batch (and of the next batch, decoding
+// while this one computes) run side by side on the libuv pool instead, and the cores
+// are shared by workers x (decode + intra-op) threads, not multiplied by libvips' own.
+sharp.concurrency(1);
+// sharp's operation cache only helps repeated pipelines on the same file.
+sharp.cache(false);
 
 interface Loaded {
   session: ort.InferenceSession;
@@ -35,19 +45,37 @@ for (const [key, m] of Object.entries(data.models)) models[key] = await open(m.p
 // the worker down with it: the other arm keeps serving and B's errors show in metrics.
 const broken: Record<string, string> = {};
 
+function dimsOf(manifest: ModelManifest, batch: number, height: number, width: number): number[] {
+  const c = manifest.input.channels;
+  return manifest.input.layout === 'NCHW' ? [batch, c, height, width] : [batch, height, width, c];
+}
+
 async function warm(): Promise<void> {
   for (const [key, { session, manifest }] of Object.entries(models)) {
-    const size = manifest.input.height ?? manifest.input.defaultSize;
-    const width = manifest.input.width ?? manifest.input.defaultSize;
-    const dims = manifest.input.layout === 'NCHW' ? [1, manifest.input.channels, size, width] : [1, size, width, manifest.input.channels];
-    const zeros = new Float32Array(dims.reduce((a, b) => a * b, 1));
+    const h = manifest.input.height ?? manifest.input.defaultSize;
+    const w = manifest.input.width ?? manifest.input.defaultSize;
+    const { maxBatchSize } = manifest.batching;
     try {
-      await session.run({ [manifest.input.name]: new ort.Tensor('float32', zeros, dims) });
+      const first = session.inputMetadata.find((m) => m.name === manifest.input.name);
+      const batchDim = first?.isTensor ? first.shape[0] : undefined;
+      if (maxBatchSize > 1 && typeof batchDim === 'number' && batchDim > 0) {
+        throw new Error(`batching.max_batch_size is ${maxBatchSize} but the input's batch dimension is fixed at ${batchDim}`);
+      }
+      await session.run({ [manifest.input.name]: zeros(manifest, 1, h, w) });
       delete broken[key];
     } catch (err) {
       broken[key] = `model ${manifest.name} failed its warm-up run: ${(err as Error).message}`;
+      continue;
     }
+    // Once at the largest batch too, so that the first full batch does not pay for the
+    // memory arena. A failure here is not fatal: such batches are retried one by one.
+    if (maxBatchSize > 1) await session.run({ [manifest.input.name]: zeros(manifest, maxBatchSize, h, w) }).catch(() => undefined);
   }
+}
+
+function zeros(manifest: ModelManifest, batch: number, h: number, w: number): ort.Tensor {
+  const dims = dimsOf(manifest, batch, h, w);
+  return new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
 }
 
 await warm();
@@ -57,37 +85,71 @@ function now(): number {
   return performance.timeOrigin + performance.now();
 }
 
-export default async function run(task: InferTask | WarmupTask): Promise<InferOutcome | { warmed: true }> {
+const failAll = (n: number, message: string): ItemOutcome[] => Array.from({ length: n }, () => ({ ok: false, code: 'internal', message }));
+
+export default async function run(task: BatchTask | WarmupTask): Promise<BatchOutcome | { warmed: true }> {
   if (task.kind === 'warmup') {
     await warm();
     return { warmed: true };
   }
   const startedAt = now();
+  const n = task.items.length;
+  const base = { handoffMs: startedAt - task.submittedAt, decodeMs: 0, inferMs: 0, executions: 0, executedBatch: 0 };
   const model = models[task.model];
-  if (model === undefined) return { ok: false, code: 'internal', message: `worker has no model ${task.model}` };
-  if (broken[task.model] !== undefined) return { ok: false, code: 'internal', message: broken[task.model]! };
+  if (model === undefined) return { ...base, items: failAll(n, `worker has no model ${task.model}`) };
+  if (broken[task.model] !== undefined) return { ...base, items: failAll(n, broken[task.model]!) };
   const { manifest, session } = model;
+  const h = manifest.input.height ?? task.size ?? manifest.input.defaultSize;
+  const w = manifest.input.width ?? task.size ?? manifest.input.defaultSize;
+  const per = manifest.input.channels * h * w;
 
-  const pre = await preprocess(new Uint8Array(task.image), manifest, task.size, data.maxPixels);
-  if (!pre.ok) return pre;
+  // Each image decodes into its own slot; a failed one leaves a hole that is closed below.
+  const batch = new Float32Array(n * per);
+  const pre = await Promise.all(task.items.map((it, i) => preprocess(new Uint8Array(it.image), manifest, task.size, data.maxPixels, batch, i * per)));
   const decodedAt = now();
-
-  const feeds = { [manifest.input.name]: new ort.Tensor('float32', pre.tensor, pre.dims) };
-  let out: ort.InferenceSession.OnnxValueMapType;
-  try {
-    out = await session.run(feeds);
-  } catch (err) {
-    return { ok: false, code: 'internal', message: `model ${manifest.name} failed: ${(err as Error).message}` };
+  const items: ItemOutcome[] = new Array(n);
+  const good: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const p = pre[i]!;
+    if (p.ok) good.push(i);
+    else items[i] = p;
   }
-  const doneAt = now();
-  const scores = out[manifest.output.name]?.data as Float32Array | undefined;
-  if (scores === undefined) return { ok: false, code: 'internal', message: `model has no output ${manifest.output.name}` };
+  let input = batch;
+  if (good.length < n && good.length > 0) {
+    input = new Float32Array(good.length * per);
+    good.forEach((src, dst) => input.set(batch.subarray(src * per, (src + 1) * per), dst * per));
+  }
 
-  return {
-    ok: true,
-    predictions: topK(scores, manifest.labels, task.topK, manifest.output.kind === 'logits'),
-    queueMs: startedAt - task.submittedAt,
-    decodeMs: decodedAt - startedAt,
-    inferMs: doneAt - decodedAt,
+  let executions = 0;
+  const runOn = async (x: Float32Array, b: number): Promise<Float32Array> => {
+    executions++;
+    const out = await session.run({ [manifest.input.name]: new ort.Tensor('float32', x, dimsOf(manifest, b, h, w)) });
+    const scores = out[manifest.output.name];
+    if (scores === undefined) throw new Error(`model has no output ${manifest.output.name}`);
+    return scores.data as Float32Array;
   };
+  const answer = (i: number, scores: Float32Array) => {
+    items[i] = { ok: true, predictions: topK(scores, manifest.labels, task.items[i]!.topK, manifest.output.kind === 'logits') };
+  };
+  if (good.length > 0) {
+    try {
+      const scores = await runOn(input, good.length);
+      const classes = scores.length / good.length;
+      good.forEach((i, r) => answer(i, scores.subarray(r * classes, (r + 1) * classes)));
+    } catch (err) {
+      // The batch failed as a whole: retry one image at a time, so that only the
+      // image(s) that make the model fail get an error.
+      if (good.length === 1) items[good[0]!] = { ok: false, code: 'internal', message: `model ${manifest.name} failed: ${(err as Error).message}` };
+      else {
+        for (const [r, i] of good.entries()) {
+          try {
+            answer(i, await runOn(input.slice(r * per, (r + 1) * per), 1));
+          } catch (e) {
+            items[i] = { ok: false, code: 'internal', message: `model ${manifest.name} failed: ${(e as Error).message}` };
+          }
+        }
+      }
+    }
+  }
+  return { ...base, items, decodeMs: decodedAt - startedAt, inferMs: now() - decodedAt, executions, executedBatch: good.length };
 }

@@ -50,6 +50,7 @@ export interface InferCall {
   readonly imgSize: number | undefined;
   readonly topK: number | undefined;
   readonly cookieArm: string | undefined;
+  readonly priority?: number | undefined;
 }
 
 /** A BrokerError, flattened for the trip back. */

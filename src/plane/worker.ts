@@ -119,7 +119,7 @@ const inference: InferBackend = {
     // Transfer the bytes when they own their buffer; small ones live in Node's shared pool.
     const own = input.image.byteOffset === 0 && input.image.byteLength === input.image.buffer.byteLength;
     const image = own ? input.image : Uint8Array.prototype.slice.call(input.image);
-    return call<InferReply>((id) => ({ t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm } }), [image.buffer as ArrayBuffer]);
+    return call<InferReply>((id) => ({ t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm, priority: input.priority } }), [image.buffer as ArrayBuffer]);
   },
 };
 

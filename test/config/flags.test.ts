@@ -206,3 +206,8 @@ t.test('audit is bounded by maxAudit: the oldest entries go', async (t) => {
     FLAG_NAMES.slice(-3),
   );
 });
+
+t.test('the compiled chain is on by default; BROKER_FF_COMPILED_CHAIN=false still turns it off', async (t) => {
+  t.equal(new FlagStore({}).flags.compiled_chain, true);
+  t.equal(new FlagStore({ compiled_chain: false }).flags.compiled_chain, false);
+});

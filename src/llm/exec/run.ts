@@ -5,7 +5,7 @@ import { errors as undiciErrors } from 'undici';
 import { once } from 'node:events';
 import { BrokerError } from '../../errors.ts';
 import { compileChain, type ChainContext, type ChainStats } from '../chain/compile.ts';
-import { createPipeline } from '../chain/pipeline.ts';
+import { createStagedBaseline } from '../chain/staged-baseline.ts';
 import type { Upstreams, UpstreamResponse } from '../../fleet/upstreams.ts';
 import type { AttemptRequest, StreamResult, StreamTarget } from './types.ts';
 import type { AbortLike } from '../../abort.ts';
@@ -101,7 +101,7 @@ async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncI
 }
 
 async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, finish: Finish): Promise<StreamResult> {
-  const p = createPipeline(req.chain, ctx);
+  const p = createStagedBaseline(req.chain, ctx);
   p.output.on('data', (b: Buffer) => {
     if (!target.write(b)) {
       p.output.pause();

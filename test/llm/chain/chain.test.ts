@@ -1,6 +1,6 @@
 import t from 'tap';
 import { chainKey, compileChain, type ChainSpec } from '../../../src/llm/chain/compile.ts';
-import { createPipeline, runPipeline } from '../../../src/llm/chain/pipeline.ts';
+import { createStagedBaseline, runPipeline } from '../../../src/llm/chain/staged-baseline.ts';
 import type { Api, Kind } from '../../../src/llm/translate/types.ts';
 import { ROUTES, clientText, ctxFor, openaiStream, ollamaStream, runChain, sseData, toBytes, upstreamStream } from './fixtures.suite.ts';
 
@@ -371,7 +371,7 @@ t.test('the pipeline agrees on truncation and fail()', async (t) => {
     const piped = await runPipeline({ ...r, instrument: true, countTokens: true }, ctxFor(), [up]);
     t.ok(piped.output.equals(compiled.bytes), `${r.client} <- ${r.provider}/${r.kind}: truncated output`);
     t.equal(piped.truncated, true);
-    const p = createPipeline({ ...r, instrument: false, countTokens: false }, ctxFor());
+    const p = createStagedBaseline({ ...r, instrument: false, countTokens: false }, ctxFor());
     const s = compileChain({ ...r, instrument: false, countTokens: false }).open(ctxFor());
     t.equal(p.fail('upstream timed out', 'upstream_timeout'), s.fail('upstream timed out', 'upstream_timeout'));
     t.equal(p.fail('again', 'internal'), '');

@@ -4,7 +4,7 @@
 
 import t from 'tap';
 import type { ChainSpec } from '../../../src/llm/chain/compile.ts';
-import { runPipeline } from '../../../src/llm/chain/pipeline.ts';
+import { runPipeline } from '../../../src/llm/chain/staged-baseline.ts';
 import { NdjsonParser } from '../../../src/llm/codec/ndjson.ts';
 import { SseParser } from '../../../src/llm/codec/sse.ts';
 import type { Api } from '../../../src/llm/translate/types.ts';

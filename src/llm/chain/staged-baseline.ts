@@ -1,9 +1,10 @@
-// The stream chain built the naive way: one node:stream Transform per stage
-// (parse → instrument → count → translate → encode), objects between stages,
-// each stage parsing the JSON it needs on its own, a string buffer re-sliced
-// per chunk in the parser. It exists as the baseline for bench/chain.ts and as
-// an independent implementation the tests hold compile.ts to: the same client
-// bytes and the same stats for every route. Do not use it to serve traffic.
+// The stream chain built the naive way, kept as the TEST ORACLE and BENCH BASELINE:
+// one node:stream Transform per stage (parse → instrument → count → translate →
+// encode), objects between stages, each stage parsing the JSON it needs on its own,
+// a string buffer re-sliced per chunk in the parser. bench/chain.ts measures the
+// compiled chain against it, and the tests hold compile.ts to the same client bytes
+// and stats for every route. It serves only when BROKER_FF_COMPILED_CHAIN=false,
+// which logs a warning: it costs 3-4x the CPU per stream.
 
 import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
@@ -395,7 +396,7 @@ export interface Pipeline {
   fail(message: string, code: string): string;
 }
 
-export function createPipeline(spec: ChainSpec, ctx: ChainContext): Pipeline {
+export function createStagedBaseline(spec: ChainSpec, ctx: ChainContext): Pipeline {
   const stats = newChainStats();
   const parse = spec.provider === 'openai' ? new SseParse() : new NdjsonParse();
   const translate = new TranslateStage(spec, ctx, stats);
@@ -421,7 +422,7 @@ export async function runPipeline(
   ctx: ChainContext,
   chunks: Iterable<Uint8Array>,
 ): Promise<{ output: Buffer; stats: ChainStats; truncated: boolean }> {
-  const p = createPipeline(spec, ctx);
+  const p = createStagedBaseline(spec, ctx);
   const parts: Buffer[] = [];
   p.output.on('data', (b: Buffer) => parts.push(b));
   const finished = new Promise<void>((resolve, reject) => {

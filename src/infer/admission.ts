@@ -1,0 +1,123 @@
+// Admission for inference, per model: a bounded queue with a wait timeout, served by
+// priority (x-broker-priority, 0-9, higher first) and first-come within a priority.
+// The batcher (pool.ts) takes its batches from here, so this queue is also where a
+// batch fills while the workers are busy. Full: 503 overloaded with Retry-After;
+// waited too long: 504 queue_timeout. Strict priority without aging: the timeout
+// bounds how long a low-priority request can be passed over.
+import { BrokerError } from '../errors.ts';
+
+export const PRIORITY_LEVELS = 10;
+export const DEFAULT_PRIORITY = 5;
+
+export interface Pending<T> {
+  readonly value: T;
+  /** Requests of one batch must share it (the resize target of dynamic-size models). */
+  readonly size: number | undefined;
+  readonly priority: number;
+  /** performance.now() at admission. */
+  readonly enqueuedAt: number;
+  readonly reject: (err: BrokerError) => void;
+}
+
+export class AdmissionQueue<T> {
+  // One FIFO per priority level; its head is its oldest.
+  private readonly levels: Pending<T>[][] = Array.from({ length: PRIORITY_LEVELS }, () => []);
+  private count = 0;
+  timedOut = 0;
+  rejectedFull = 0;
+
+  constructor(
+    readonly model: string,
+    private readonly maxSize: number,
+    private readonly timeoutMs: number,
+  ) {}
+
+  get size(): number {
+    return this.count;
+  }
+
+  /** Throws overloaded when full. */
+  push(p: Pending<T>): void {
+    if (this.count >= this.maxSize) {
+      this.rejectedFull++;
+      // A full queue drains in about its length over the throughput; a second is a fair guess at
+      // this queue's scale (256 waiting at a few hundred images/s) and what Retry-After can say.
+      throw new BrokerError('overloaded', `inference queue of model ${this.model} is full (${this.maxSize} waiting)`, { retryAfter: 1 });
+    }
+    this.levels[p.priority]!.push(p);
+    this.count++;
+  }
+
+  /** The highest priority waiting, or -1. */
+  get topPriority(): number {
+    for (let l = PRIORITY_LEVELS - 1; l >= 0; l--) if (this.levels[l]!.length > 0) return l;
+    return -1;
+  }
+
+  /** When the oldest waiter was admitted (Infinity when empty). */
+  get oldest(): number {
+    let t = Infinity;
+    for (const q of this.levels) if (q.length > 0 && q[0]!.enqueuedAt < t) t = q[0]!.enqueuedAt;
+    return t;
+  }
+
+  /** The size of the request that goes next, and how many waiting requests share it. */
+  nextGroup(): { size: number | undefined; count: number } | undefined {
+    const top = this.topPriority;
+    if (top < 0) return undefined;
+    const size = this.levels[top]![0]!.size;
+    let count = 0;
+    for (const q of this.levels) for (const p of q) if (p.size === size) count++;
+    return { size, count };
+  }
+
+  /** Takes up to `max` requests of this size, highest priority first, oldest first within one. */
+  take(max: number, size: number | undefined): Pending<T>[] {
+    const out: Pending<T>[] = [];
+    for (let l = PRIORITY_LEVELS - 1; l >= 0 && out.length < max; l--) {
+      const q = this.levels[l]!;
+      if (q.length === 0) continue;
+      if (q.every((p) => p.size === size)) {
+        out.push(...q.splice(0, max - out.length));
+        continue;
+      }
+      for (let i = 0; i < q.length && out.length < max; ) {
+        if (q[i]!.size === size) out.push(q.splice(i, 1)[0]!);
+        else i++;
+      }
+    }
+    this.count -= out.length;
+    return out;
+  }
+
+  /** Rejects the requests that waited timeoutMs or more; returns how many. */
+  expire(now: number): number {
+    let n = 0;
+    const limit = now - this.timeoutMs;
+    for (const q of this.levels) {
+      while (q.length > 0 && q[0]!.enqueuedAt <= limit) {
+        const p = q.shift()!;
+        n++;
+        p.reject(new BrokerError('queue_timeout', `inference request waited ${Math.round(now - p.enqueuedAt)} ms for model ${this.model} (queue.timeout_ms ${this.timeoutMs})`, { retryAfter: 1 }));
+      }
+    }
+    this.count -= n;
+    this.timedOut += n;
+    return n;
+  }
+
+  /** Rejects everything (the pool is gone). */
+  clear(err: BrokerError): void {
+    for (const q of this.levels) for (const p of q.splice(0)) p.reject(err);
+    this.count = 0;
+  }
+}
+
+const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };
+
+/** x-broker-priority as the LLM path reads it (src/llm/request.ts): a digit or low/normal/high/critical. */
+export function inferPriority(header: string | undefined): number | undefined {
+  if (header === undefined) return undefined;
+  if (/^[0-9]$/.test(header)) return Number(header);
+  return PRIORITY_NAMES[header.toLowerCase()];
+}
