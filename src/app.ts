@@ -128,6 +128,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     rateLimiter,
     adminCheck: createAdminCheck(config.adminToken),
     metrics,
+    knownKey: (key: string) => governance.keyPolicy(key) !== undefined,
   };
   const executor = !threaded && config.llmExecution === 'pool' ? poolExecutor(config.llmPoolThreads) : threadExecutor();
 

@@ -131,7 +131,9 @@ export function createRateLimiter(rps: number, burst: number, nowOrOpts?: (() =>
 }
 
 /** API key if the client sent one (Authorization bearer or x-api-key), else its address. */
-export function clientKeyOf(headers: Readonly<Record<string, string>>, remoteAddress: string): string {
+export function clientKeyOf(headers: Readonly<Record<string, string>>, remoteAddress: string, isKnown: (key: string) => boolean = () => false): string {
+  // Only a key the broker knows gets a bucket of its own: a made-up key per request
+  // would otherwise be a fresh bucket per request, and no limit at all.
   const key = apiKeyOf(headers);
-  return key !== undefined ? `key:${key}` : `ip:${remoteAddress}`;
+  return key !== undefined && isKnown(key) ? `key:${key}` : `ip:${remoteAddress}`;
 }

@@ -133,6 +133,7 @@ const front = await startHttpFront({
   router,
   rateLimiter: createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: init.buffers.rateLimit }),
   adminCheck: createAdminCheck(config.adminToken),
+  knownKey: (key) => gov.keyPolicy(key) !== undefined,
   metrics,
   logger,
   accessLog,

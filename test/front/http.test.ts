@@ -2,9 +2,15 @@
 // limits, rate limit, admin credential, health, metrics.
 import t from 'tap';
 import { connect } from 'node:net';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { startTestBroker, postJson, metricValue, admin, json } from '../helpers/broker.ts';
 
-const tb = await startTestBroker({ MAX_BODY_BYTES: '4096', RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '5' });
+// Two client keys the broker knows (each has its own rate-limit bucket); any other key counts as its address.
+const fleet = join(mkdtempSync(join(tmpdir(), 'eb-front-')), 'broker.json');
+writeFileSync(fleet, JSON.stringify({ modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: 'http://127.0.0.1:9', model: 'm' }] } }, apiKeys: { 'client-1': {}, 'client-2': {} } }));
+const tb = await startTestBroker({ MAX_BODY_BYTES: '4096', RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '5', BROKER_CONFIG: fleet });
 t.teardown(() => tb.close());
 
 t.test('health, liveness and readiness', async (t) => {
@@ -120,6 +126,18 @@ t.test('rate limit per client: 429 rate_limited with Retry-After; another key ha
   const other = await fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'x-api-key': 'client-2' }, body: '{}' });
   t.equal(other.status, 400, 'another client is not limited');
   t.ok((await metricValue(tb.url, 'rate_limit_rejections_total')) >= 5);
+});
+
+t.test('made-up API keys do not escape the limit: they count as the client address', async (t) => {
+  await new Promise((r) => setTimeout(r, 1100)); // the address bucket refills (5/s, burst 5)
+  const statuses: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    const res = await fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'x-api-key': `random-${i}-${Math.random()}` }, body: '{}' });
+    statuses.push(res.status);
+    await res.text();
+  }
+  t.ok(statuses.filter((s) => s !== 429).length <= 6, `at most the burst (and a refill) got through: ${statuses}`);
+  t.ok(statuses.includes(429));
 });
 
 t.test('metrics expose the http metrics', async (t) => {

@@ -44,7 +44,10 @@ t.test('rate limiter with rps 0 admits everything', async (t) => {
 });
 
 t.test('client key prefers the API key over the address', async (t) => {
-  t.equal(clientKeyOf({ 'x-api-key': 'k1' }, '1.2.3.4'), 'key:k1');
-  t.equal(clientKeyOf({ authorization: 'Bearer k2' }, '1.2.3.4'), 'key:k2');
-  t.equal(clientKeyOf({}, '1.2.3.4'), 'ip:1.2.3.4');
+  const known = (k: string) => k === 'k1' || k === 'k2';
+  t.equal(clientKeyOf({ 'x-api-key': 'k1' }, '1.2.3.4', known), 'key:k1');
+  t.equal(clientKeyOf({ authorization: 'Bearer k2' }, '1.2.3.4', known), 'key:k2');
+  t.equal(clientKeyOf({}, '1.2.3.4', known), 'ip:1.2.3.4');
+  t.equal(clientKeyOf({ 'x-api-key': 'made-up' }, '1.2.3.4', known), 'ip:1.2.3.4', 'an unknown key counts as its address');
+  t.equal(clientKeyOf({ 'x-api-key': 'k1' }, '1.2.3.4'), 'ip:1.2.3.4', 'no key is known unless said so');
 });

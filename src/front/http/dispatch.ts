@@ -15,6 +15,8 @@ export interface Guards {
   readonly rateLimiter: RateLimiter;
   readonly adminCheck: AdminCheck;
   readonly metrics: Metrics;
+  /** Whether an API key is one the broker knows (its own rate-limit bucket); others count by address. */
+  readonly knownKey?: (key: string) => boolean;
 }
 
 /** A sink the front can fail with a BrokerError: the error is shaped for the route's client API. */
@@ -43,7 +45,7 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
     if (r.admin) g.adminCheck(req.headers['authorization']);
     if (r.rateLimited) {
       try {
-        g.rateLimiter.check(clientKeyOf(req.headers, req.remoteAddress));
+        g.rateLimiter.check(clientKeyOf(req.headers, req.remoteAddress, g.knownKey));
       } catch (err) {
         g.metrics.rateLimited.inc();
         throw err;

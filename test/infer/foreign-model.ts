@@ -1,0 +1,70 @@
+// A small ONNX image classifier shaped unlike the Fashion-MNIST MLPs, written by the
+// tests with fixed (seeded) weights: NHWC, 3 channels, 32x32, its own mean/std, a
+// symbolic batch dimension. Conv inside, so that batching is tested on a kernel whose
+// batched and single runs could differ, not only on a Gemm.
+//
+//   input [batch,32,32,3] -> Transpose(0,3,1,2) -> Conv 3->8 k3 s2 p1 -> Relu
+//   -> GlobalAveragePool -> Flatten -> Gemm 8->5 -> logits [batch,5]
+//
+// `failsBatched`: a Reshape to [1, -1] before the Gemm, so that any batch of more than
+// one image makes session.run throw while single images work (the retry path).
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { mulberry32 } from '../../scripts/train/prng.ts';
+import { attr, encodeModel, type InitializerDef, type NodeDef } from '../../scripts/train/onnx.ts';
+
+export const FOREIGN = { size: 32, channels: 3, classes: 5, mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3], labels: ['ant', 'bee', 'cat', 'dog', 'eel'] } as const;
+
+export function writeForeignModel(opts: { failsBatched?: boolean; manifest?: Record<string, unknown> } = {}): string {
+  const rng = mulberry32(424242);
+  const rand = (n: number, scale: number) => Float32Array.from({ length: n }, () => (rng() - 0.5) * 2 * scale);
+  const F = 8;
+  const initializers: InitializerDef[] = [
+    { name: 'conv.w', dims: [F, 3, 3, 3], float32: rand(F * 27, 0.5) },
+    { name: 'conv.b', dims: [F], float32: rand(F, 0.1) },
+    { name: 'fc.w', dims: [FOREIGN.classes, F], float32: rand(FOREIGN.classes * F, 1) },
+    { name: 'fc.b', dims: [FOREIGN.classes], float32: rand(FOREIGN.classes, 0.1) },
+  ];
+  const nodes: NodeDef[] = [
+    { opType: 'Transpose', inputs: ['input'], outputs: ['nchw'], attributes: { perm: attr.ints([0, 3, 1, 2]) } },
+    { opType: 'Conv', inputs: ['nchw', 'conv.w', 'conv.b'], outputs: ['conv'], attributes: { kernel_shape: attr.ints([3, 3]), strides: attr.ints([2, 2]), pads: attr.ints([1, 1, 1, 1]) } },
+    { opType: 'Relu', inputs: ['conv'], outputs: ['relu'] },
+    { opType: 'GlobalAveragePool', inputs: ['relu'], outputs: ['gap'] },
+    { opType: 'Flatten', inputs: ['gap'], outputs: ['flat'] },
+  ];
+  let feat = 'flat';
+  if (opts.failsBatched === true) {
+    initializers.push({ name: 'shape', dims: [2], int64: [1n, -1n] });
+    nodes.push({ opType: 'Reshape', inputs: ['flat', 'shape'], outputs: ['one'] });
+    feat = 'one';
+  }
+  nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['scores'], attributes: { transB: attr.int(1) } });
+  const onnx = encodeModel({
+    producerName: 'edge-broker test',
+    graph: {
+      name: 'foreign',
+      nodes,
+      initializers,
+      inputs: [{ name: 'input', shape: ['batch', FOREIGN.size, FOREIGN.size, 3] }],
+      outputs: [{ name: 'scores', shape: ['batch', FOREIGN.classes] }],
+    },
+  });
+  const dir = mkdtempSync(join(tmpdir(), 'eb-foreign-'));
+  const path = join(dir, 'foreign.onnx');
+  writeFileSync(path, onnx);
+  writeFileSync(
+    join(dir, 'foreign.json'),
+    JSON.stringify({
+      name: 'foreign-nhwc',
+      version: '0.1.0',
+      input: { name: 'input', layout: 'NHWC', channels: 3, height: FOREIGN.size, width: FOREIGN.size, mean: FOREIGN.mean, std: FOREIGN.std },
+      output: { name: 'scores', kind: 'logits' },
+      labels: FOREIGN.labels,
+      batching: { max_batch_size: 8, preferred_batch_sizes: [4, 8], max_queue_delay_us: 2000 },
+      queue: { max_size: 64, timeout_ms: 10_000 },
+      ...opts.manifest,
+    }),
+  );
+  return path;
+}
