@@ -151,6 +151,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         snapshot,
         writeLog: (text) => destination.write(text),
         async forward(req, body) {
+          // What the threads learned from requests already answered is in what the admin reads.
+          if (req.path.startsWith('/api/industrial/')) await planes!.flush();
           const reply = await serveForwarded(control, req, body);
           // A change made through the admin API is in force on every thread before it returns.
           if (req.method !== 'GET' && req.method !== 'HEAD') await planes!.publish();

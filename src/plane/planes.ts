@@ -204,7 +204,15 @@ export class DataPlanes {
     await Promise.all(waits);
   }
 
-  private callAll(name: 'metrics' | 'stats'): Promise<unknown[]> {
+  /**
+   * Resolves once every thread's pending lessons have reached the control plane, so that
+   * an admin read (usage, predictions, performance) includes every request already answered.
+   */
+  async flush(): Promise<void> {
+    await this.callAll('flush');
+  }
+
+  private callAll(name: 'metrics' | 'stats' | 'flush'): Promise<unknown[]> {
     return Promise.all(
       this.planes.flatMap((p) => {
         if (p === undefined) return [];

@@ -71,7 +71,7 @@ export type ToPlane =
   | { readonly t: 'snapshot'; readonly snapshot: Snapshot }
   | { readonly t: 'learn'; readonly events: readonly Learned[] }
   | { readonly t: 'reply'; readonly id: number; readonly value?: unknown; readonly error?: WireError }
-  | { readonly t: 'call'; readonly id: number; readonly name: 'metrics' | 'stats' }
+  | { readonly t: 'call'; readonly id: number; readonly name: 'metrics' | 'stats' | 'flush' }
   | { readonly t: 'wake'; readonly group: string }
   | { readonly t: 'stop'; readonly graceMs: number }
   /** Fault injection: the thread throws, as a bug would make it (tests and drills). */

@@ -48,8 +48,9 @@ function call<T>(make: (id: number) => ToControl, transfer?: ArrayBuffer[]): Pro
   });
 }
 
-// What this thread learns is batched per turn of the event loop and sent to the
-// control plane, which applies it and relays it to the other threads.
+// What this thread learns is batched per turn of the event loop (one message for all
+// the requests that finished in it, not one per request) and sent to the control
+// plane, which applies it and relays it to the other threads.
 let lessons: Learned[] = [];
 const sendLessons = (): void => {
   const events = lessons;
@@ -74,7 +75,7 @@ const gov = new Governance({
   wakeElsewhere: (group, thread) => post({ t: 'wake', group, thread }),
   owner: false,
   onLearn(e) {
-    if (lessons.length === 0) queueMicrotask(sendLessons);
+    if (lessons.length === 0) setImmediate(sendLessons);
     lessons.push(e);
   },
 });
@@ -185,7 +186,12 @@ port.on('message', (m: ToPlane) => {
     }
     case 'call':
       if (m.name === 'metrics') void metrics.registry.getMetricsAsJSON().then((value) => post({ t: 'result', id: m.id, value }));
-      else post({ t: 'result', id: m.id, value: stats() });
+      else if (m.name === 'stats') post({ t: 'result', id: m.id, value: stats() });
+      else {
+        // The lessons go first on this port, so the control plane has them when the answer arrives.
+        if (lessons.length > 0) sendLessons();
+        post({ t: 'result', id: m.id, value: true });
+      }
       return;
     case 'stop':
       void stop(m.graceMs);
