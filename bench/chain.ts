@@ -14,7 +14,7 @@ import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compileChain, type ChainContext, type ChainSpec } from '../src/llm/chain/compile.ts';
-import { runPipeline } from '../src/llm/chain/pipeline.ts';
+import { runPipeline } from '../src/llm/chain/staged-baseline.ts';
 import type { Api } from '../src/llm/translate/types.ts';
 
 const CHUNKS = 10_000;

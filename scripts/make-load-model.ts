@@ -90,6 +90,9 @@ const manifest: ModelManifest = {
   },
   output: { name: 'logits', kind: 'logits' },
   labels: Array.from({ length: CLASSES }, (_, i) => `class_${i}`),
+  // The batch dimension is symbolic ('batch' above); settings measured with bench:infer.
+  batching: { max_batch_size: 8, preferred_batch_sizes: [], max_queue_delay_us: 0 },
+  queue: { max_size: null, timeout_ms: 10_000 },
   training: { seed: SEED, epochs: 0, test_accuracy: null, architecture },
 };
 

@@ -254,6 +254,7 @@ function startInference(config: Config, metrics: Metrics, logger: Logger): Infer
         intraOpThreads: config.inferIntraOpThreads,
         maxQueue: config.inferMaxQueue,
         maxPixels: config.inferMaxPixels,
+        tasksPerWorker: config.inferTasksPerWorker,
         onWorkerFailure: () => {
           metrics.workerRestarts.inc();
           logger.warn('inference worker exited; a replacement is starting');

@@ -134,6 +134,9 @@ async function main(): Promise<void> {
   if (a && b && !(b.ortAcc > a.ortAcc)) throw new Error(`vB (${b.ortAcc}) is not better than vA (${a.ortAcc})`);
 
   mkdirSync(MODELS_DIR, { recursive: true });
+  // Settings measured with bench:infer (docs/benchmarks.md, "Dynamic batching").
+  const BATCHING = { max_batch_size: 32, preferred_batch_sizes: [] as number[], max_queue_delay_us: 0 };
+  const QUEUE = { max_size: null, timeout_ms: 10_000 };
   for (const r of results) {
     const onnxPath = join(MODELS_DIR, `${r.spec.id}.onnx`);
     writeFileSync(onnxPath, r.onnx);
@@ -144,6 +147,9 @@ async function main(): Promise<void> {
       input: { name: INPUT.name, layout: 'NCHW', channels: INPUT.channels, height: INPUT.height, width: INPUT.width, mean: [MEAN], std: [STD] },
       output: { name: OUTPUT, kind: 'logits' },
       labels: [...LABELS],
+      // The graph's batch dimension is symbolic ('batch', see onnx.ts), so the server may batch.
+      batching: { ...BATCHING },
+      queue: { ...QUEUE },
       training: {
         seed: r.spec.train.seed,
         epochs: r.spec.train.epochs,

@@ -20,6 +20,10 @@ export interface ModelManifest {
   };
   output: { name: string; kind: 'logits' | 'probabilities' };
   labels: string[];
+  /** Dynamic batching (Triton's dynamic_batching); the model's first input dim must be dynamic. */
+  batching?: { max_batch_size: number; preferred_batch_sizes?: number[]; max_queue_delay_us: number };
+  /** Admission queue (Triton's default_queue_policy); max_size null = INFER_MAX_QUEUE. */
+  queue?: { max_size: number | null; timeout_ms: number };
   training: {
     seed: number;
     epochs: number;

@@ -37,6 +37,8 @@ export interface Config {
   readonly inferThreads: number;
   readonly inferIntraOpThreads: number;
   readonly inferMaxQueue: number;
+  /** Batches each inference worker holds at once (one computing while the next decodes). */
+  readonly inferTasksPerWorker: number;
   /** Decoded pixels above which an image is refused (decompression bombs). */
   readonly inferMaxPixels: number;
   readonly logLevel: LogLevel;
@@ -149,6 +151,7 @@ export function loadConfig(env: Env = process.env): Config {
     // Workers x intra-op threads must not exceed the cores, or the workers fight each other.
     inferIntraOpThreads: int(env, 'INFER_INTRA_OP_THREADS', Math.max(1, Math.floor(cores / inferThreads)), 1, 64),
     inferMaxQueue: int(env, 'INFER_MAX_QUEUE', 256, 1, 1e6),
+    inferTasksPerWorker: int(env, 'INFER_TASKS_PER_WORKER', 2, 1, 16),
     inferMaxPixels: int(env, 'INFER_MAX_PIXELS', 4096 * 4096, 1, 2 ** 31 - 1),
     logLevel,
     brokerConfigPath: env.BROKER_CONFIG === undefined || env.BROKER_CONFIG === '' ? undefined : env.BROKER_CONFIG,

@@ -34,7 +34,7 @@ export interface InferPoolOptions {
   /** Queue bound of a model whose manifest sets no queue.max_size. */
   readonly maxQueue: number;
   readonly maxPixels: number;
-  /** Batches in flight per worker; default INFER_TASKS_PER_WORKER, else DEFAULT_TASKS_PER_WORKER. */
+  /** Batches in flight per worker (INFER_TASKS_PER_WORKER); default DEFAULT_TASKS_PER_WORKER. */
   readonly tasksPerWorker?: number;
   /** Called when a worker dies outside of close(). */
   readonly onWorkerFailure?: () => void;
@@ -86,14 +86,6 @@ interface Waiting {
   readonly resolve: (r: RunResult) => void;
 }
 
-function tasksPerWorkerFromEnv(): number {
-  const raw = process.env.INFER_TASKS_PER_WORKER;
-  if (raw === undefined || raw === '') return DEFAULT_TASKS_PER_WORKER;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1 || n > 16) throw new Error(`INFER_TASKS_PER_WORKER must be an integer between 1 and 16, got "${raw}"`);
-  return n;
-}
-
 export function createInferPool(opts: InferPoolOptions): InferPool {
   const readyCounter = new SharedArrayBuffer(4);
   const ready = new Int32Array(readyCounter);
@@ -103,7 +95,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     maxPixels: opts.maxPixels,
     readyCounter,
   };
-  const tasksPerWorker = opts.tasksPerWorker ?? tasksPerWorkerFromEnv();
+  const tasksPerWorker = opts.tasksPerWorker ?? DEFAULT_TASKS_PER_WORKER;
   // worker.js itself when compiled; from the sources, worker.ts through tsx (see workers/entry.ts).
   const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, data);
   const piscina = new Piscina({
@@ -270,6 +262,11 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     },
     async close() {
       closing = true;
+      // Workers that never became ready would leave the queue to its timeouts: refuse it now.
+      if (Atomics.load(ready, 0) < opts.threads && waiting > 0) {
+        for (const q of queues.values()) q.clear(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
+        waiting = 0;
+      }
       if (waiting > 0 || inFlight > 0) {
         await new Promise<void>((r) => {
           drained = r;

@@ -96,7 +96,11 @@ t.test('inference metrics count successes and failures per model and arm', async
   t.ok(failed >= 1);
   t.ok((await metricValue(tb.url, 'inference_compute_duration_seconds_count', { arm: 'A' })) >= 500);
   t.ok((await metricValue(tb.url, 'inference_queue_duration_seconds_count', { arm: 'A' })) >= 500);
-  t.ok((await metricValue(tb.url, 'inference_batch_size_count')) >= 500);
+  // One batch-size observation per execution (Triton's way); their sum is the images.
+  const executions = await metricValue(tb.url, 'inference_batch_size_count');
+  t.ok(executions >= 1 && (await metricValue(tb.url, 'inference_batch_size_sum')) >= 500);
+  t.equal(await metricValue(tb.url, 'inference_exec_count_total', { model: name }), executions, 'execution count = batch-size observations');
+  t.ok((await metricValue(tb.url, 'inference_count_total', { model: name })) >= 500, 'inference count: every image');
   t.ok((await metricValue(tb.url, 'http_request_duration_seconds_count', { route: '/v1/infer', status: '200' })) >= 500);
   t.ok((await metricValue(tb.url, 'http_requests_errors_total', { route: '/v1/infer', code: 'invalid_image' })) >= 1);
   t.ok((await metricValue(tb.url, 'process_resident_memory_bytes')) > 0, 'process metrics');

@@ -27,7 +27,9 @@ for (const [id, want] of Object.entries(expected) as [keyof typeof expected, (ty
     const manifest = JSON.parse(readFileSync(join(MODELS, `${id}.json`), 'utf8')) as ModelManifest;
     manifests[id] = manifest;
 
-    t.same(Object.keys(manifest).sort(), ['description', 'input', 'labels', 'name', 'output', 'training', 'version']);
+    t.same(Object.keys(manifest).sort(), ['batching', 'description', 'input', 'labels', 'name', 'output', 'queue', 'training', 'version']);
+    // Issue 11: batched, which the graph's symbolic batch dimension allows (test/infer/batching.test.ts runs it).
+    t.ok(manifest.batching!.max_batch_size > 1, `max_batch_size ${manifest.batching!.max_batch_size}`);
     t.equal(manifest.name, want.name);
     t.equal(manifest.version, want.version);
     t.type(manifest.description, 'string');

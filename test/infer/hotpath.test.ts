@@ -1,0 +1,96 @@
+// Issue 11 §3 and §2: the worker hot path's pieces against their plain versions, and the
+// manifest's batch and queue settings.
+import t from 'tap';
+import { topK } from '../../src/infer/postprocess.ts';
+import { decodeImage } from '../../src/infer/routes.ts';
+import { validateManifest } from '../../src/infer/manifest.ts';
+import { inferPriority } from '../../src/infer/admission.ts';
+import { mulberry32 } from '../../scripts/train/prng.ts';
+
+/** The sort-everything version topK replaced. */
+function sortedTopK(scores: Float32Array, k: number, logits: boolean) {
+  const n = scores.length;
+  let probs: ArrayLike<number> = scores;
+  if (logits) {
+    let max = -Infinity;
+    for (let i = 0; i < n; i++) if (scores[i]! > max) max = scores[i]!;
+    const exps = new Float64Array(n);
+    let sum = 0;
+    for (let i = 0; i < n; i++) sum += exps[i] = Math.exp(scores[i]! - max);
+    for (let i = 0; i < n; i++) exps[i]! /= sum;
+    probs = exps;
+  }
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => probs[b]! - probs[a]!);
+  return order.slice(0, Math.min(k, n)).map((index) => ({ index, score: probs[index]! }));
+}
+
+t.test('topK as a partial selection equals sorting every class', async (t) => {
+  const rng = mulberry32(7);
+  let worst = 0;
+  for (let trial = 0; trial < 2000; trial++) {
+    const n = 1 + Math.floor(rng() * 1200);
+    // Few distinct values now and then, so that ties are exercised.
+    const levels = trial % 3 === 0 ? 4 : 0;
+    const scores = Float32Array.from({ length: n }, () => (levels ? Math.floor(rng() * levels) : (rng() - 0.5) * 20));
+    const k = 1 + Math.floor(rng() * 12);
+    const logits = trial % 2 === 0;
+    const got = topK(scores, [], k, logits);
+    const want = sortedTopK(scores, k, logits);
+    if (got.map((p) => p.index).join() !== want.map((p) => p.index).join()) {
+      t.fail(`trial ${trial}: ${got.map((p) => p.index)} vs ${want.map((p) => p.index)}`);
+      return;
+    }
+    for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]!.score - want[i]!.score));
+  }
+  t.ok(worst < 1e-12, `same indices in 2000 trials, max score difference ${worst}`);
+  t.same(topK(Float32Array.from([1, 2]), ['a', 'b'], 5, false).map((p) => p.label), ['b', 'a'], 'k above n gives n');
+});
+
+t.test('one-pass base64 accepts and refuses what the two-pass check did', async (t) => {
+  const rng = mulberry32(11);
+  for (let len = 1; len < 300; len += 7) {
+    const buf = Buffer.from(Array.from({ length: len }, () => Math.floor(rng() * 256)));
+    for (const enc of ['base64', 'base64url'] as const) t.ok(decodeImage(buf.toString(enc)).equals(buf), `${enc} ${len} bytes`);
+    const wrapped = buf.toString('base64').replace(/(.{76})/g, '$1\n');
+    t.ok(decodeImage(wrapped).equals(buf), `line-wrapped ${len}`);
+    t.ok(decodeImage(`data:image/png;base64,${buf.toString('base64')}`).equals(buf));
+  }
+  for (const bad of ['not base64 !!!', 'QUFB!', 'QUF', 'Q', 'QQ==QQ==', 'QUFBé', '====', 'QUFB\u0000']) {
+    if (bad === 'QUF') {
+      t.equal(decodeImage(bad).toString(), 'AA', 'unpadded is fine');
+      continue;
+    }
+    t.throws(() => decodeImage(bad), { code: 'invalid_image' }, JSON.stringify(bad));
+  }
+});
+
+t.test('manifest batching and queue settings: defaults, validation naming the field', async (t) => {
+  const good = {
+    name: 'm', version: '1', labels: ['a', 'b'],
+    input: { name: 'input', layout: 'NCHW', channels: 1, height: 28, width: 28, mean: [0], std: [1] },
+  };
+  const d = validateManifest(good, 'f');
+  t.same(d.batching, { maxBatchSize: 1, preferredBatchSizes: [], maxQueueDelayUs: 0 });
+  t.same(d.queue, { maxSize: null, timeoutMs: 10_000 });
+  const b = validateManifest({ ...good, batching: { max_batch_size: 16, preferred_batch_sizes: [8, 4, 8], max_queue_delay_us: 500 }, queue: { max_size: 32, timeout_ms: 250 } }, 'f');
+  t.same(b.batching, { maxBatchSize: 16, preferredBatchSizes: [4, 8], maxQueueDelayUs: 500 });
+  t.same(b.queue, { maxSize: 32, timeoutMs: 250 });
+  const bad: [object, RegExp][] = [
+    [{ batching: { max_batch_size: 0 } }, /batching\.max_batch_size/],
+    [{ batching: { max_batch_size: 4, preferred_batch_sizes: [8] } }, /batching\.preferred_batch_sizes\[0\]/],
+    [{ batching: { max_queue_delay_us: -1 } }, /batching\.max_queue_delay_us/],
+    [{ batching: 3 }, /batching must be an object/],
+    [{ queue: { max_size: 0 } }, /queue\.max_size/],
+    [{ queue: { timeout_ms: 1.5 } }, /queue\.timeout_ms/],
+  ];
+  for (const [patch, re] of bad) t.throws(() => validateManifest({ ...good, ...patch }, 'f'), re);
+});
+
+t.test('x-broker-priority reads as on the LLM path', async (t) => {
+  t.equal(inferPriority(undefined), undefined);
+  t.equal(inferPriority('7'), 7);
+  t.equal(inferPriority('HIGH'), 8);
+  t.equal(inferPriority('low'), 1);
+  t.equal(inferPriority('urgent'), undefined);
+  t.equal(inferPriority('10'), undefined);
+});
