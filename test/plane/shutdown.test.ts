@@ -1,0 +1,40 @@
+// Shutdown is bounded by its grace period whatever the upstreams do: a reply whose
+// upstream has not even sent its headers is aborted at the deadline and answered
+// 503 shutting_down, in both thread modes.
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { stringify } from 'yaml';
+import { createMockUpstream } from '../../src/mock-upstream/server.ts';
+import { startTestBroker } from '../helpers/broker.ts';
+
+for (const threads of ['0', '2']) {
+  t.test(`FRONT_THREADS=${threads}: a slow-headers upstream does not hold shutdown past the grace period`, async (t) => {
+    // Non-streamed: the mock sends its headers only with the whole reply, a minute from now.
+    const slow = await createMockUpstream({ ttftMs: 60_000, tokens: 4 });
+    t.teardown(() => slow.close());
+    const dir = mkdtempSync(join(tmpdir(), 'eb-stop-'));
+    writeFileSync(join(dir, 'broker.yaml'), stringify({ modelGroups: { g: { deployments: [{ id: 'slow', provider: 'openai', url: slow.url, model: 'm' }] } } }));
+    const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), FRONT_THREADS: threads, INFER_ENABLED: 'false' });
+    const pending = request(`${tb.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }),
+    }).then(async (r) => ({ status: r.statusCode, body: await r.body.json() as any }));
+    for (let i = 0; i < 200 && slow.stats.open === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    t.equal(slow.stats.open, 1, 'the request waits on the upstream');
+    const started = Date.now();
+    await tb.broker.close(300);
+    const took = Date.now() - started;
+    const res = await pending;
+    t.equal(res.status, 503);
+    t.equal(res.body.error.code, 'shutting_down');
+    // Not a timing assertion on the broker's speed: the bound is the grace period plus the
+    // 1 s given to cut requests, against the upstream's 60 s.
+    t.ok(took < 30_000, `close() returned without waiting for the upstream (${took} ms)`);
+    for (let i = 0; i < 200 && slow.stats.open > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    t.equal(slow.stats.open, 0, 'the upstream request was aborted');
+  });
+}
