@@ -46,7 +46,7 @@ export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: R
     ...promptParts(body),
     maxTokens: maxOutputTokensOf(body),
     apiKey: apiKeyOf(h),
-    label: h['x-broker-label'] || undefined,
+    label: labelOf(h['x-broker-label']),
     priority: priorityOf(h['x-broker-priority']),
     tier: h['x-broker-qos'],
   };
@@ -70,6 +70,15 @@ export function promptParts(body: Readonly<Record<string, unknown>>): PromptPart
 export function maxOutputTokensOf(body: Readonly<Record<string, unknown>>): number | undefined {
   const v = body.max_tokens ?? body.max_completion_tokens ?? (body.options as Record<string, unknown> | undefined)?.num_predict;
   return typeof v === 'number' && v > 0 ? v : undefined;
+}
+
+/** A label names a usage profile and a predictor: short and plain, or refused (it is kept in memory). */
+const LABEL = /^[A-Za-z0-9._:-]{1,64}$/;
+
+function labelOf(h: string | undefined): string | undefined {
+  if (h === undefined || h === '') return undefined;
+  if (!LABEL.test(h)) throw new BrokerError('invalid_request', 'x-broker-label must be 1 to 64 characters of A-Z a-z 0-9 . _ : -', { details: { field: 'x-broker-label' } });
+  return h;
 }
 
 function priorityOf(h: string | undefined): number | undefined {

@@ -1,0 +1,28 @@
+// The typed LLM request: read once from the body and headers, with the header values checked.
+import t from 'tap';
+import { readLlmRequest, promptTokensOf } from '../../src/llm/request.ts';
+import type { BrokerRequest } from '../../src/front/reply.ts';
+
+const req = (headers: Record<string, string> = {}): BrokerRequest => ({ id: 'r1', method: 'POST', path: '/v1/chat/completions', query: '', headers, remoteAddress: '127.0.0.1', startedAt: 0 });
+
+t.test('fields from the body and headers', async (t) => {
+  const r = readLlmRequest(req({ 'x-api-key': 'k', 'x-broker-label': 'nightly.summaries', 'x-broker-priority': 'high', 'x-broker-qos': 'batch' }), 'openai', 'chat', {
+    model: 'g',
+    max_completion_tokens: 64,
+    messages: [{ role: 'user', content: 'abcd' }],
+  });
+  t.same({ model: r.model, maxTokens: r.maxTokens, apiKey: r.apiKey, label: r.label, priority: r.priority, tier: r.tier }, { model: 'g', maxTokens: 64, apiKey: 'k', label: 'nightly.summaries', priority: 8, tier: 'batch' });
+  t.equal(promptTokensOf(r), 1);
+  const o = readLlmRequest(req(), 'ollama', 'completion', { model: 'g', prompt: 'x'.repeat(8), system: 'yyyy', options: { num_predict: 5 } });
+  t.same({ maxTokens: o.maxTokens, prompt: o.prompt, system: o.system, messages: o.messages }, { maxTokens: 5, prompt: 'xxxxxxxx', system: 'yyyy', messages: undefined });
+  t.equal(promptTokensOf(o), 3);
+});
+
+t.test('model is required; labels are short and plain', async (t) => {
+  t.throws(() => readLlmRequest(req(), 'openai', 'chat', {}), { code: 'invalid_request' });
+  t.throws(() => readLlmRequest(req(), 'openai', 'chat', { model: 7 }), { code: 'invalid_request' });
+  for (const bad of ['x'.repeat(65), 'has space', 'ünïcode', 'a/b', '{}']) {
+    t.throws(() => readLlmRequest(req({ 'x-broker-label': bad }), 'openai', 'chat', { model: 'g' }), { code: 'invalid_request' }, bad);
+  }
+  t.equal(readLlmRequest(req({ 'x-broker-label': 'x'.repeat(64) }), 'openai', 'chat', { model: 'g' }).label, 'x'.repeat(64));
+});
