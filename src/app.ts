@@ -29,7 +29,6 @@ import { governanceAdmin, industrialRoutes } from './admin/industrial.ts';
 import { LlmProxy } from './llm/proxy.ts';
 import { llmRoutes } from './llm/routes.ts';
 import { ollamaFleet, staticFleet } from './fleet/fleet.ts';
-import { poolExecutor } from './llm/exec/pool.ts';
 import { threadExecutor } from './llm/exec/thread.ts';
 import { DataPlanes } from './plane/planes.ts';
 import { serveForwarded } from './plane/forwarded.ts';
@@ -130,7 +129,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     metrics,
     knownKey: (key: string) => governance.keyPolicy(key) !== undefined,
   };
-  const executor = !threaded && config.llmExecution === 'pool' ? poolExecutor(config.llmPoolThreads) : threadExecutor();
+  const executor = threadExecutor();
 
   let port: number;
   let proxy: LlmProxy | undefined;

@@ -87,3 +87,22 @@ export function machineBusy(): number {
   const busy = f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!;
   return busy / clockTicks();
 }
+
+/** The name (comm) of each thread of a process, by thread id: what the OS knows of each thread. */
+export function threadNames(pid: number): Map<number, string> {
+  const out = new Map<number, string>();
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      out.set(Number(tid), readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim());
+    } catch {
+      // The thread exited between readdir and read.
+    }
+  }
+  return out;
+}

@@ -1,7 +1,7 @@
 // Child processes for the benches: every server runs as its own process bound to
 // 127.0.0.1, so the load generator never shares an event loop with it; children still
 // running when the bench exits are killed with it.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { sleep } from './stats.ts';
@@ -107,15 +107,41 @@ export async function answers(url: string, okStatus?: number): Promise<void> {
   if (okStatus !== undefined && res.status !== okStatus) throw new Error(`status ${res.status}`);
 }
 
+/** How a bench runs the broker: the TypeScript sources through tsx, or the compiled `dist/main.js`. */
+export type BrokerRuntime = 'tsx' | 'dist';
+
+/** The node arguments that start the broker (or another src/ entry, e.g. 'mock-upstream/main') in that runtime. */
+export function srcEntry(runtime: BrokerRuntime, entry = 'main'): string[] {
+  return runtime === 'dist' ? [`dist/${entry}.js`] : ['--import', 'tsx', `src/${entry}.ts`];
+}
+
 /**
- * The broker (src/main.ts) with these env vars on top of the bench's own; ready when
- * /ready says 200. `nodeArgs` go before the script: `--cpu-prof`, say (not allowed in NODE_OPTIONS).
+ * Brings dist/ up to date as `npm run build` does (incremental `tsc -b`, about a second when
+ * nothing changed), so a dist broker is never stale. Returns what happened, for the results.
  */
-export async function startBroker(name: string, env: Record<string, string>, nodeArgs: readonly string[] = [], readyTimeoutMs = 120_000): Promise<Child> {
+export function buildDist(): { ok: boolean; ms: number; message?: string } {
+  const t0 = Date.now();
+  try {
+    execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-b', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'pipe', encoding: 'utf8' });
+    return { ok: true, ms: Date.now() - t0 };
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string; message: string };
+    return { ok: false, ms: Date.now() - t0, message: `${e.stdout ?? ''}${e.stderr ?? ''}`.slice(0, 2000) || e.message };
+  }
+}
+
+/**
+ * The broker (src/main.ts, or dist/main.js with runtime 'dist') with these env vars on top
+ * of the bench's own; ready when /ready says 200. `nodeArgs` go before the script:
+ * `--cpu-prof`, say (not allowed in NODE_OPTIONS). The default runtime is tsx, as the
+ * benches always ran it; 'dist' spares the broker tsx's loader (and every worker thread
+ * its own tsx import), and is what `npm start` runs.
+ */
+export async function startBroker(name: string, env: Record<string, string>, nodeArgs: readonly string[] = [], readyTimeoutMs = 120_000, runtime: BrokerRuntime = 'tsx'): Promise<Child> {
   const port = await freePort();
   return startChild({
     name,
-    args: [...nodeArgs, '--import', 'tsx', 'src/main.ts'],
+    args: [...nodeArgs, ...srcEntry(runtime)],
     env: { HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', ...env },
     readyTimeoutMs,
     async ready() {

@@ -27,3 +27,21 @@ export function writeResults(name: string, results: unknown): string {
   renameSync(`${file}.tmp`, file);
   return file;
 }
+
+/** A GitHub-flavoured markdown table; numbers right-aligned, null prints as '–'. */
+export function mdTable(header: readonly string[], rows: readonly (readonly (string | number | null)[])[]): string {
+  const cell = (c: string | number | null): string => (c === null ? '–' : typeof c === 'number' ? fmt(c) : c);
+  const numeric = header.map((_, i) => rows.some((r) => typeof r[i] === 'number'));
+  return [
+    `| ${header.join(' | ')} |`,
+    `| ${numeric.map((n) => (n ? '---:' : '---')).join(' | ')} |`,
+    ...rows.map((r) => `| ${r.map(cell).join(' | ')} |`),
+  ].join('\n');
+}
+
+function fmt(n: number): string {
+  if (!Number.isFinite(n)) return String(n);
+  const a = Math.abs(n);
+  if (Number.isInteger(n)) return a >= 10_000 ? n.toLocaleString('en-US') : String(n);
+  return a >= 10_000 ? Math.round(n).toLocaleString('en-US') : a >= 100 ? n.toFixed(0) : a >= 10 ? n.toFixed(1) : a >= 1 ? n.toFixed(2) : n.toFixed(3);
+}

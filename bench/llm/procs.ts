@@ -1,10 +1,10 @@
 // The servers of bench:llm, each its own child process bound to 127.0.0.1: the mock
-// upstream, the broker (thread or pool mode) and the peer gateway (Portkey). The load
+// upstream, the broker and the peer gateway (Portkey). The load
 // generator stays in the bench process, so no server shares an event loop with it.
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { sleep } from '../lib/stats.ts';
-import { answers, freePort, live, startChild, type Child } from '../lib/process.ts';
+import { answers, freePort, live, srcEntry, startChild, type BrokerRuntime, type Child } from '../lib/process.ts';
 
 export const PORTKEY_ENTRY = 'node_modules/@portkey-ai/gateway/build/start-server.js';
 
@@ -14,9 +14,9 @@ export interface MockFlags {
   readonly ttftMs: number;
 }
 
-/** `npm run mock-upstream` without npm in between, so the pid is the server's own. */
-export function startMock(name: string, f: MockFlags): Promise<Child> {
-  const args = ['--import', 'tsx', 'src/mock-upstream/main.ts', '--port', '0', '--tokens', String(f.tokens), '--tps', String(f.tps), '--ttft-ms', String(f.ttftMs)];
+/** `npm run mock-upstream` without npm in between, so the pid is the server's own (from dist/ with runtime 'dist'). */
+export function startMock(name: string, f: MockFlags, runtime: BrokerRuntime = 'tsx'): Promise<Child> {
+  const args = [...srcEntry(runtime, 'mock-upstream/main'), '--port', '0', '--tokens', String(f.tokens), '--tps', String(f.tps), '--ttft-ms', String(f.ttftMs)];
   return startChild({
     name,
     args,
@@ -29,11 +29,11 @@ export function startMock(name: string, f: MockFlags): Promise<Child> {
   });
 }
 
-/** The minimal uWS + undici proxy (floor-proxy.ts) in front of an OpenAI-style upstream. */
-export function startFloorProxy(upstream: string, model: string): Promise<Child> {
+/** The minimal uWS + undici proxy (floor-proxy.ts) in front of OpenAI-style upstreams, chosen by the request's model. */
+export function startFloorProxy(model: string, routes: Readonly<Record<string, string>>): Promise<Child> {
   return startChild({
     name: 'floor-proxy',
-    args: ['--import', 'tsx', 'bench/llm/floor-proxy.ts', upstream, model],
+    args: ['--import', 'tsx', 'bench/llm/floor-proxy.ts', model, ...Object.entries(routes).map(([k, v]) => `${k}=${v}`)],
     readyTimeoutMs: 30_000,
     async ready(out) {
       const m = /\{"listening":(\d+)\}/.exec(out());

@@ -45,9 +45,6 @@ export interface Config {
   /** JSON or YAML file with the LLM model groups; unset: discover a local Ollama. */
   readonly brokerConfigPath: string | undefined;
   readonly ollamaUrl: string;
-  /** Where LLM streams run: the main thread, or pool workers. */
-  readonly llmExecution: 'thread' | 'pool';
-  readonly llmPoolThreads: number;
   /** Feature flags set by BROKER_FF_* (unset ones are absent and take their defaults). */
   readonly featureFlags: Readonly<Partial<Record<FlagName, boolean>>>;
   /** How long a sticky-routing pin lasts. */
@@ -92,12 +89,6 @@ function bool(env: Env, name: string, def: boolean): boolean {
 function str(env: Env, name: string, def: string): string {
   const raw = env[name];
   return raw === undefined || raw === '' ? def : raw;
-}
-
-function oneOf<T extends string>(env: Env, name: string, values: readonly T[], def: T): T {
-  const raw = str(env, name, def);
-  if (!(values as readonly string[]).includes(raw)) throw new ConfigError(name, `must be one of ${values.join(', ')}, got "${raw}"`);
-  return raw as T;
 }
 
 function url(env: Env, name: string, def: string): string {
@@ -156,8 +147,6 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel,
     brokerConfigPath: env.BROKER_CONFIG === undefined || env.BROKER_CONFIG === '' ? undefined : env.BROKER_CONFIG,
     ollamaUrl: url(env, 'OLLAMA_URL', 'http://127.0.0.1:11434'),
-    llmExecution: oneOf(env, 'LLM_EXECUTION', ['thread', 'pool'] as const, 'thread'),
-    llmPoolThreads: int(env, 'LLM_POOL_THREADS', 1, 1, 64),
     featureFlags: Object.freeze(Object.fromEntries(FLAG_NAMES.filter((f) => (env[envName(f)] ?? '') !== '').map((f) => [f, bool(env, envName(f), false)]))),
     stickyTtlS: num(env, 'STICKY_TTL_S', 300, 1, 86_400),
     frontThreads: int(env, 'FRONT_THREADS', Math.min(cores, 64), 0, 64),

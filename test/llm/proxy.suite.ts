@@ -42,10 +42,8 @@ const fleet = {
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-llm-'));
 writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
-const LLM_EXECUTION = process.env.LLM_EXECUTION ?? 'thread';
 const FRONT_THREADS = process.env.FRONT_THREADS ?? '2';
-const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), MAX_BODY_BYTES: '65536', LLM_EXECUTION, FRONT_THREADS });
-t.equal(tb.broker.config.llmExecution, LLM_EXECUTION);
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), MAX_BODY_BYTES: '65536', FRONT_THREADS });
 t.equal(tb.broker.planes?.count ?? 0, Number(FRONT_THREADS), `served by ${FRONT_THREADS} data-plane threads`);
 t.teardown(async () => {
   await tb.close();

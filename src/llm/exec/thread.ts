@@ -1,5 +1,4 @@
-// Upstream attempts on the main thread: the default, and the faster mode measured
-// by bench:llm (see docs/benchmarks.md).
+// Upstream attempts on the thread that serves the request, with its own undici pools.
 import { Upstreams } from '../../fleet/upstreams.ts';
 import { pumpChain, retryAfterOf, send } from './run.ts';
 import type { Executor } from './types.ts';
@@ -7,7 +6,6 @@ import type { Executor } from './types.ts';
 export function threadExecutor(): Executor {
   const upstreams = new Upstreams();
   return {
-    mode: 'thread',
     async attempt(req, signal) {
       const res = await send(upstreams, req, signal);
       return {

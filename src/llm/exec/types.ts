@@ -1,8 +1,9 @@
 // Where an upstream exchange runs. The proxy decides which deployment to try and
 // whether to retry; an Executor performs one attempt: send the request, report the
 // status, then deliver the reply (whole, or streamed through the compiled chain).
-// Two implementations: on the main thread (thread.ts), or in pool workers with the
-// client-ready chunks handed back over a MessagePort (pool.ts). LLM_EXECUTION picks.
+// It runs on the thread that serves the request (thread.ts): a data-plane thread, or
+// the main thread with FRONT_THREADS=0. (A Piscina pool of LLM workers, LLM_EXECUTION=pool,
+// was removed: bench:llm measured it losing 9 of 9 measures against FRONT_THREADS=2.)
 import type { DeploymentConfig } from '../../config/broker-config.ts';
 import type { ChainSpec } from '../chain/compile.ts';
 import type { RequestKind } from '../providers.ts';
@@ -58,7 +59,6 @@ export interface Attempt {
 }
 
 export interface Executor {
-  readonly mode: 'thread' | 'pool';
   /** Resolves once the upstream's status is known; rejects on connect or header errors. */
   attempt(req: AttemptRequest, signal: AbortLike): Promise<Attempt>;
   close(): Promise<void>;
