@@ -5,7 +5,7 @@ import { connect } from 'node:net';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startTestBroker, postJson, metricValue, admin, json } from '../helpers/broker.ts';
+import { startTestBroker, postJson, metricValue, admin, json, logLine } from '../helpers/broker.ts';
 
 // Two client keys the broker knows (each has its own rate-limit bucket); any other key counts as its address.
 const fleet = join(mkdtempSync(join(tmpdir(), 'eb-front-')), 'broker.json');
@@ -72,7 +72,7 @@ t.test('body over MAX_BODY_BYTES sent chunked: 413 as the bytes pass the limit',
 
 t.test('logs: one JSON line per request with trace id, route, status, duration; no secrets', async (t) => {
   await fetch(`${tb.url}/admin/config`, { headers: { ...admin, 'x-request-id': 'log-check-1' } });
-  const line = tb.logs.find((l) => l.trace_id === 'log-check-1');
+  const line = await logLine(tb, (l) => l.trace_id === 'log-check-1' && l.msg === 'request');
   t.ok(line, 'a line for the request');
   t.equal(line!.route, '/admin/config');
   t.equal(line!.status, 200);

@@ -39,6 +39,18 @@ export async function startTestBroker(env: Record<string, string> = {}): Promise
   return { broker, url: `http://127.0.0.1:${broker.port}`, logs, close: () => broker.close(2000) };
 }
 
+/**
+ * The first log line that matches, waiting up to `ms` for it: data-plane threads send their
+ * lines to the one destination in batches, a little after the reply.
+ */
+export async function logLine(tb: TestBroker, match: (l: Record<string, unknown>) => boolean, ms = 3000): Promise<Record<string, unknown> | undefined> {
+  for (const deadline = Date.now() + ms; ; ) {
+    const line = tb.logs.find(match);
+    if (line !== undefined || Date.now() > deadline) return line;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 export const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
 
 export async function postJson(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; body: any }> {
