@@ -129,7 +129,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     metrics,
     knownKey: (key: string) => governance.keyPolicy(key) !== undefined,
   };
-  const executor = threadExecutor();
+  const executor = threadExecutor(config.upstreamMaxBodyBytes);
 
   let port: number;
   let proxy: LlmProxy | undefined;

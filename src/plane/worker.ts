@@ -112,7 +112,7 @@ function apply(s: Snapshot): void {
   snapshot = s;
 }
 
-const executor = threadExecutor();
+const executor = threadExecutor(config.upstreamMaxBodyBytes);
 const proxy = new LlmProxy({ metrics, logger, executor, leases: gov });
 
 const inference: InferBackend = {

@@ -1,9 +1,16 @@
 // Upstream attempts on the thread that serves the request, with its own undici pools.
+// Whole bodies are read with a cap: an upstream must not be able to make the broker
+// buffer what it likes (a 64 MiB error body once took it from 190 to 390 MB).
+import { BrokerError } from '../../errors.ts';
 import { Upstreams } from '../../fleet/upstreams.ts';
 import { pumpChain, retryAfterOf, send } from './run.ts';
 import type { Executor } from './types.ts';
 
-export function threadExecutor(): Executor {
+/** An upstream's error text is read up to this much: enough for any message, and the rest is dropped. */
+export const ERROR_BODY_BYTES = 64 * 1024;
+
+/** `maxBodyBytes`: the largest non-streamed upstream reply (UPSTREAM_MAX_BODY_BYTES). */
+export function threadExecutor(maxBodyBytes: number): Executor {
   const upstreams = new Upstreams();
   return {
     async attempt(req, signal) {
@@ -11,11 +18,33 @@ export function threadExecutor(): Executor {
       return {
         status: res.statusCode,
         retryAfter: retryAfterOf(res),
-        errorText: () => res.body.text(),
-        bytes: async () => new Uint8Array(await res.body.arrayBuffer()),
+        errorText: async () => Buffer.from(await readCapped(res.body, ERROR_BODY_BYTES, false)).toString('utf8'),
+        bytes: () => readCapped(res.body, maxBodyBytes, true),
         pump: (target) => pumpChain(req, res.body, target, signal),
       };
     },
     close: () => upstreams.close(),
   };
+}
+
+/**
+ * Reads a body up to `max` bytes. Past it the body is destroyed (the connection is not
+ * worth draining) and, when `strict`, the read fails with upstream_error; otherwise what
+ * was read is returned, cut.
+ */
+async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown }, max: number, strict: boolean): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    if (size + chunk.byteLength > max) {
+      body.destroy();
+      if (strict) throw new BrokerError('upstream_error', `upstream reply is larger than UPSTREAM_MAX_BODY_BYTES (${max} bytes)`);
+      parts.push(chunk.subarray(0, max - size));
+      size = max;
+      break;
+    }
+    parts.push(chunk);
+    size += chunk.byteLength;
+  }
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
 }

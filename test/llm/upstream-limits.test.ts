@@ -1,0 +1,66 @@
+// An upstream cannot make the broker buffer what it likes: a non-streamed reply past
+// UPSTREAM_MAX_BODY_BYTES answers 502, and an error body is read up to 64 KB only.
+import t from 'tap';
+import { createServer, type Server } from 'node:http';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { startTestBroker, postJson } from '../helpers/broker.ts';
+
+const MiB = 1024 * 1024;
+let sent = 0;
+// /big/...: a 200 whose JSON body is 3 MiB; /bad/...: a 400 whose JSON error is 2 MiB.
+const upstream: Server = createServer((req, res) => {
+  req.resume();
+  req.on('end', () => {
+    if (req.url!.startsWith('/big/')) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const filler = 'x'.repeat(MiB);
+      res.write('{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"');
+      for (let i = 0; i < 3; i++) res.write(filler);
+      res.end('"},"finish_reason":"stop"}]}');
+      sent += 3 * MiB;
+    } else {
+      // An error object whose message is 2 MiB: passed on as is, it would reach the client whole.
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: { message: 'E'.repeat(2 * MiB), type: 'invalid_request_error' } }));
+      sent += 2 * MiB;
+    }
+  });
+});
+await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+t.teardown(() => new Promise<void>((r) => upstream.close(() => r())));
+const base = `http://127.0.0.1:${(upstream.address() as { port: number }).port}`;
+
+const dir = mkdtempSync(join(tmpdir(), 'eb-limits-'));
+writeFileSync(
+  join(dir, 'broker.yaml'),
+  stringify({
+    modelGroups: {
+      big: { deployments: [{ id: 'big-1', provider: 'openai', url: `${base}/big`, model: 'm' }] },
+      bad: { deployments: [{ id: 'bad-1', provider: 'openai', url: `${base}/bad`, model: 'm' }] },
+    },
+  }),
+);
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), UPSTREAM_MAX_BODY_BYTES: String(MiB), INFER_ENABLED: 'false' });
+t.teardown(() => tb.close());
+const chat = (model: string) => postJson(`${tb.url}/v1/chat/completions`, { model, messages: [{ role: 'user', content: 'hi' }] });
+
+t.test('a reply past UPSTREAM_MAX_BODY_BYTES: 502 naming the limit', async (t) => {
+  const res = await chat('big');
+  t.equal(res.status, 502);
+  t.equal(res.body.error.code, 'upstream_error');
+  t.match(res.body.error.message, /UPSTREAM_MAX_BODY_BYTES/);
+  t.ok(sent >= 3 * MiB, 'the upstream did send it');
+});
+
+t.test('a huge upstream error body reaches the client cut, not whole', async (t) => {
+  const res = await chat('bad');
+  t.equal(res.status, 400, "the upstream's status is kept");
+  t.ok(JSON.stringify(res.body).length < 70 * 1024, `the error the client gets is small (${JSON.stringify(res.body).length} bytes)`);
+});
+
+t.test('the broker keeps serving', async (t) => {
+  t.equal((await fetch(`${tb.url}/healthz`)).status, 200);
+});
