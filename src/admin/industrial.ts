@@ -14,6 +14,7 @@ import type { PtuAdvisor } from '../policy/ptu.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Governance } from '../sched/governance.ts';
 import { resolveTier, type QosConfig } from '../policy/qos.ts';
+import { isKeyId, keyId } from '../guard/api-key.ts';
 import type { PlaneStats } from '../plane/protocol.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
@@ -287,8 +288,10 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
       path: `${P}/quota/:subject`,
       body: 'json',
       handle(ctx) {
-        const subject = ctx.params.subject!;
-        if (!/^(key|deployment):.+$/.test(subject)) throw new BrokerError('invalid_request', 'subject must be key:<api key> or deployment:<id>');
+        let subject = ctx.params.subject!;
+        if (!/^(key|deployment):.+$/.test(subject)) throw new BrokerError('invalid_request', 'subject must be key:<key id>, key:<api key> or deployment:<id>');
+        // A key is named by its id everywhere: in the ledger, the reply and the audit line.
+        if (subject.startsWith('key:') && !isKeyId(subject.slice(4))) subject = `key:${keyId(subject.slice(4))}`;
         const b = ctx.body as Record<string, unknown>;
         const lim = (v: unknown, field: string): number | undefined => {
           if (v === undefined || v === null) return undefined;

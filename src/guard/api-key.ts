@@ -1,8 +1,47 @@
 // The client's API key: x-api-key, else the Authorization bearer token. Rate limits,
 // QoS tiers, priorities and quotas are all keyed by it.
+import { createHash } from 'node:crypto';
+
 export function apiKeyOf(headers: Readonly<Record<string, string>>): string | undefined {
   const k = headers['x-api-key'];
   if (k) return k;
   const auth = headers['authorization'];
   return auth !== undefined && auth.startsWith('Bearer ') ? auth.slice(7) : undefined;
+}
+
+const ids = new Map<string, string>();
+const KEY_ID = /^k_[0-9a-f]{12}$/;
+
+/**
+ * How the broker names an API key wherever it shows one (quota subjects, usage labels,
+ * admin replies, logs): `k_` and the first 12 hex digits of its SHA-256. Never the key.
+ */
+export function keyId(key: string): string {
+  let id = ids.get(key);
+  if (id === undefined) {
+    id = 'k_' + createHash('sha256').update(key).digest('hex').slice(0, 12);
+    // Only known keys get here per request; the bound keeps made-up ones from growing it.
+    if (ids.size >= 10_000) ids.clear();
+    ids.set(key, id);
+  }
+  return id;
+}
+
+export function isKeyId(s: string): boolean {
+  return KEY_ID.test(s);
+}
+
+/** A logged path with any API key in it (PUT /api/industrial/quota/key:<key>) replaced by its id. */
+export function redactPath(path: string): string {
+  const i = path.indexOf('/quota/key:');
+  if (i < 0) return path;
+  const start = i + '/quota/key:'.length;
+  const end = path.indexOf('/', start);
+  let raw = path.slice(start, end < 0 ? undefined : end);
+  try {
+    raw = decodeURIComponent(raw);
+  } catch {
+    // keep it as sent: it is hashed all the same
+  }
+  return path.slice(0, start) + (isKeyId(raw) ? raw : keyId(raw)) + (end < 0 ? '' : path.slice(end));
 }

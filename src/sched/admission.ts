@@ -8,6 +8,7 @@ import type { FlagSet } from '../config/flags.ts';
 import type { LlmRequest } from '../llm/request.ts';
 import { promptTokensOf } from '../llm/request.ts';
 import { prefixKey } from '../policy/sticky.ts';
+import { keyId } from '../guard/api-key.ts';
 import { resolveTier, type QosConfig, type QosTier } from '../policy/qos.ts';
 import type { QuotaLedger, Reservation } from '../policy/quota.ts';
 import type { OutputPredictor } from '../policy/prediction.ts';
@@ -65,14 +66,14 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     }
   }
   const priority = flags.priority_routing ? (r.priority ?? policy?.priority ?? tier?.priority ?? 5) : 5;
-  const label = r.label ?? policy?.label ?? (r.apiKey !== undefined ? `key:${r.apiKey.slice(0, 8)}` : `${r.api}:${r.kind}`);
+  const label = r.label ?? policy?.label ?? (r.apiKey !== undefined ? `key:${keyId(r.apiKey)}` : `${r.api}:${r.kind}`);
   const predictedOutput = flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
   // Only quotas reserve tokens: without them, no need to walk the prompt.
   const reserveTokens = flags.quota_enforcement ? promptTokensOf(r) + predictedOutput : 0;
   let keyReservation: Reservation | null = null;
   if (flags.quota_enforcement && r.apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined)) {
     try {
-      keyReservation = p.quota.reserve([`key:${r.apiKey}`], reserveTokens);
+      keyReservation = p.quota.reserve([`key:${keyId(r.apiKey)}`], reserveTokens);
     } catch (err) {
       p.onKeyQuotaRejection();
       throw err;

@@ -16,6 +16,7 @@ import type { DeploymentState } from '../fleet/deployments.ts';
 import { PerformanceTracker } from '../policy/performance.ts';
 import { StickyPins } from '../policy/sticky.ts';
 import { admit, type Admitted, type AdmissionPolicies } from './admission.ts';
+import { keyId } from '../guard/api-key.ts';
 import type { LlmRequest } from '../llm/request.ts';
 import type { QosConfig } from '../policy/qos.ts';
 import { QuotaLedger, type Reservation } from '../policy/quota.ts';
@@ -121,7 +122,7 @@ export class Governance implements Leases {
     this.sticky = new StickyPins(o.stickyTtlMs, 100_000, this.now);
     this.quota = o.quota ?? new QuotaLedger(this.now);
     this.owner = o.owner ?? true;
-    if (this.owner) for (const [key, p] of o.config.apiKeys) if (p.rpm !== undefined || p.tpm !== undefined) this.quota.setLimits(`key:${key}`, { rpm: p.rpm, tpm: p.tpm });
+    if (this.owner) for (const [key, p] of o.config.apiKeys) if (p.rpm !== undefined || p.tpm !== undefined) this.quota.setLimits(`key:${keyId(key)}`, { rpm: p.rpm, tpm: p.tpm });
     this.ptu = new PtuAdvisor(this.usage);
     for (const d of o.config.ptu) this.ptu.register(d);
     this.scheduler = new Scheduler(

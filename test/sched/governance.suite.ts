@@ -8,6 +8,7 @@ import { stringify } from 'yaml';
 import { createMockUpstream, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
 import { mulberry32 } from '../../scripts/train/prng.ts';
 import { startTestBroker, admin, json, metricValue, type TestBroker } from '../helpers/broker.ts';
+import { keyId } from '../../src/guard/api-key.ts';
 
 const mocks: MockUpstream[] = [];
 async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
@@ -204,8 +205,12 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
   t.equal(r3.statusCode, 200);
   await r3.body.text();
   const usage = await get(tb, '/api/industrial/quota');
-  t.ok(usage.subjects['key:sk-small'].tpm < 300, 'real usage, not reservations, stays in the window');
-  await send(tb, 'PUT', '/api/industrial/quota/key:sk-small', { tpm: 10 });
+  t.ok(usage.subjects[`key:${keyId('sk-small')}`].tpm < 300, 'real usage, not reservations, stays in the window');
+  t.notMatch(JSON.stringify(usage), /sk-small/, 'the key itself is never shown, only its id');
+  const put = await send(tb, 'PUT', '/api/industrial/quota/key:sk-small', { tpm: 10 });
+  t.equal(put.body.subject, `key:${keyId('sk-small')}`, 'addressed by the key, answered by its id');
+  await until(async () => tb.logs.some((l) => l.msg === 'request' && String(l.path).includes(keyId('sk-small'))), 'the access line');
+  t.notMatch(JSON.stringify(tb.logs), /sk-small/, 'neither the audit line nor the access log has the key');
   const r4 = await big();
   t.equal(r4.statusCode, 429);
   t.equal(((await r4.body.json()) as any).error.code, 'quota_exceeded');

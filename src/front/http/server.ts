@@ -17,6 +17,7 @@ import { brokerErrorShape, errorReply } from '../error-body.ts';
 import type { BrokerRequest } from '../reply.ts';
 import type { ErrorShape, Router } from './router.ts';
 import { readBody } from './body.ts';
+import { redactPath } from '../../guard/api-key.ts';
 import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
 import { statusLine } from './status.ts';
 
@@ -264,7 +265,7 @@ class UwsSink implements FrontSink {
         trace_id: this.req.id,
         method: this.req.method,
         route: this.routeName,
-        path: this.req.path,
+        path: redactPath(this.req.path),
         status,
         duration_ms: Math.round(seconds * 1e6) / 1e3,
         ...(this.errorCode !== undefined ? { error: this.errorCode } : {}),
