@@ -1,6 +1,7 @@
 // QoS tiers: what a class of traffic may do (queue wait, output tokens, model groups,
 // share of each deployment's capacity) and how a request's tier is decided: its API
-// key's tier, else the x-broker-qos header, else the default. Pure.
+// key's tier (a key the broker knows), else the default tier; the x-broker-qos header
+// may only lower it (to a tier of lower or equal priority), never raise it. Pure.
 
 export interface QosTier {
   readonly name: string;
@@ -41,21 +42,27 @@ export type QosResolution =
   | { ok: false; tier: QosTier; source: 'api_key' | 'header' | 'default'; reason: string };
 
 export function resolveTier(cfg: QosConfig, input: QosInput): QosResolution {
-  let tier: QosTier | undefined;
+  let tier: QosTier;
   let source: 'api_key' | 'header' | 'default';
   let reason: string;
   if (input.keyTier !== undefined && cfg.tiers.has(input.keyTier)) {
     tier = cfg.tiers.get(input.keyTier)!;
     source = 'api_key';
     reason = `the API key is assigned tier ${tier.name}`;
-  } else if (input.headerTier !== undefined && cfg.tiers.has(input.headerTier)) {
-    tier = cfg.tiers.get(input.headerTier)!;
-    source = 'header';
-    reason = `x-broker-qos asked for tier ${tier.name}`;
   } else {
     tier = cfg.tiers.get(cfg.defaultTier)!;
     source = 'default';
-    reason = input.headerTier !== undefined ? `unknown tier ${input.headerTier} in x-broker-qos; default tier ${tier.name}` : `default tier ${tier.name}`;
+    reason = `default tier ${tier.name}`;
+  }
+  if (input.headerTier !== undefined && input.headerTier !== tier.name) {
+    const asked = cfg.tiers.get(input.headerTier);
+    if (asked === undefined) reason = `unknown tier ${input.headerTier} in x-broker-qos; ${reason}`;
+    else if (asked.priority > tier.priority) reason = `x-broker-qos cannot raise the tier to ${asked.name}; ${reason}`;
+    else {
+      reason = `x-broker-qos lowered the tier from ${tier.name} to ${asked.name}`;
+      tier = asked;
+      source = 'header';
+    }
   }
   if (input.group !== undefined && !tier.allowedGroups.includes('*') && !tier.allowedGroups.includes(input.group)) {
     return { ok: false, tier, source, reason: `tier ${tier.name} may not use model group ${input.group} (allowed: ${tier.allowedGroups.join(', ')})` };

@@ -65,8 +65,10 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
       maxTokens = cap;
     }
   }
-  const priority = flags.priority_routing ? (r.priority ?? policy?.priority ?? tier?.priority ?? 5) : 5;
-  const label = r.label ?? policy?.label ?? (r.apiKey !== undefined ? `key:${keyId(r.apiKey)}` : `${r.api}:${r.kind}`);
+  // What a known key says wins over headers; a header may only lower the priority.
+  const basePriority = policy?.priority ?? tier?.priority ?? 5;
+  const priority = flags.priority_routing ? (r.priority !== undefined ? Math.min(r.priority, basePriority) : basePriority) : 5;
+  const label = policy?.label ?? r.label ?? (r.apiKey !== undefined ? `key:${keyId(r.apiKey)}` : `${r.api}:${r.kind}`);
   const predictedOutput = flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
   // Only quotas reserve tokens: without them, no need to walk the prompt.
   const reserveTokens = flags.quota_enforcement ? promptTokensOf(r) + predictedOutput : 0;

@@ -100,19 +100,48 @@ t.test('a queued request past its wait limit gets 504 queue_timeout', async (t) 
 
 t.test('priority routing: waiting requests are served by priority', async (t) => {
   const m = await mock({ tokens: 3, tps: 30 });
-  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'prio-1', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 1 }] } } }, { BROKER_FF_PRIORITY_ROUTING: 'true' });
+  // A key with priority 9; its requests lower it by header (a header may only lower it).
+  const tb = await broker({ apiKeys: { 'sk-prio': { priority: 9 } }, modelGroups: { g: { deployments: [{ id: 'prio-1', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 1 }] } } }, { BROKER_FF_PRIORITY_ROUTING: 'true' });
   const blocker = chat(tb, 'g', { stream: true });
   await until(async () => (await get(tb, '/api/industrial/capacity/prio-1')).inFlight === 1, 'blocker running');
   const order: string[] = [];
   const queued: Promise<unknown>[] = [];
   for (const p of ['low', 'normal', 'high']) {
-    queued.push(chat(tb, 'g', { headers: { 'x-broker-priority': p } }).then(() => order.push(p)));
+    queued.push(chat(tb, 'g', { headers: { 'x-api-key': 'sk-prio', 'x-broker-priority': p } }).then(() => order.push(p)));
     const n = queued.length;
     await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === n, `${n} queued`);
   }
   await blocker;
   await Promise.all(queued);
   t.same(order, ['high', 'normal', 'low']);
+});
+
+t.test('self-declared identity: headers cannot raise a priority or a tier, nor replace a known key\'s label', async (t) => {
+  const m = await mock({ tokens: 3, tps: 30 });
+  const tb = await broker(
+    {
+      apiKeys: { 'sk-low': { priority: 2, label: 'nightly' } },
+      modelGroups: { g: { deployments: [{ id: 'self-1', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 1 }] } },
+    },
+    { BROKER_FF_PRIORITY_ROUTING: 'true', BROKER_FF_QOS_SWITCHING: 'true' },
+  );
+  // A keyless client asking for realtime stays standard.
+  const r = await send(tb, 'POST', '/api/industrial/qos/resolve', { tier: 'realtime' });
+  t.equal(r.body.tier.name, 'standard');
+  t.match(r.body.reason, /cannot raise/);
+  // A low-priority key asking for critical waits behind a keyless normal request.
+  const blocker = chat(tb, 'g', { stream: true });
+  await until(async () => (await get(tb, '/api/industrial/capacity/self-1')).inFlight === 1, 'blocker running');
+  const order: string[] = [];
+  const lowKey = chat(tb, 'g', { headers: { 'x-api-key': 'sk-low', 'x-broker-priority': 'critical', 'x-broker-label': 'mine' } }).then(() => order.push('sk-low'));
+  await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === 1, 'one queued');
+  const keyless = chat(tb, 'g').then(() => order.push('keyless'));
+  await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === 2, 'two queued');
+  await Promise.all([blocker, lowKey, keyless]);
+  t.same(order, ['keyless', 'sk-low'], 'the key\'s priority 2 held against its header');
+  const usage = await get(tb, '/api/industrial/usage');
+  t.ok(usage.labels.some((l: any) => l.label === 'nightly'), "the key's label, not the header's");
+  t.notOk(usage.labels.some((l: any) => l.label === 'mine'));
 });
 
 t.test('performance routing: a slow deployment is avoided, and comes back when it recovers', async (t) => {

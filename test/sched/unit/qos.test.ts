@@ -12,17 +12,25 @@ const cfg: QosConfig = {
   ]),
 };
 
-t.test('source order: API key, then header, then default', async (t) => {
-  let r = resolveTier(cfg, { keyTier: 'gold', headerTier: 'cheap' });
+t.test("the key's tier, else the default; the header may only lower it", async (t) => {
+  let r = resolveTier(cfg, { keyTier: 'gold' });
   t.equal(r.ok, true);
   t.equal(r.tier.name, 'gold');
-  t.equal(r.source, 'api_key', 'the key wins over the header');
+  t.equal(r.source, 'api_key');
   t.match(r.reason, /API key is assigned tier gold/);
 
-  r = resolveTier(cfg, { headerTier: 'gold' });
-  t.equal(r.tier.name, 'gold');
+  r = resolveTier(cfg, { keyTier: 'gold', headerTier: 'cheap' });
+  t.equal(r.tier.name, 'cheap', 'a header may lower a key tier');
   t.equal(r.source, 'header');
-  t.match(r.reason, /x-broker-qos asked for tier gold/);
+  t.match(r.reason, /x-broker-qos lowered the tier from gold to cheap/);
+
+  r = resolveTier(cfg, { headerTier: 'gold' });
+  t.equal(r.tier.name, 'standard', 'a keyless client cannot pick a higher tier');
+  t.equal(r.source, 'default');
+  t.match(r.reason, /x-broker-qos cannot raise the tier to gold; default tier standard/);
+
+  r = resolveTier(cfg, { keyTier: 'cheap', headerTier: 'gold' });
+  t.equal(r.tier.name, 'cheap', 'nor can a key holder raise its own');
 
   r = resolveTier(cfg, {});
   t.equal(r.tier.name, 'standard');
@@ -30,10 +38,10 @@ t.test('source order: API key, then header, then default', async (t) => {
   t.equal(r.reason, 'default tier standard');
 });
 
-t.test('an unknown tier falls through to the next source', async (t) => {
+t.test('unknown tiers count for nothing', async (t) => {
   let r = resolveTier(cfg, { keyTier: 'platinum', headerTier: 'gold' });
-  t.equal(r.tier.name, 'gold', 'an unknown key tier does not block the header');
-  t.equal(r.source, 'header');
+  t.equal(r.tier.name, 'standard', 'an unknown key tier means the default, which the header cannot raise');
+  t.equal(r.source, 'default');
 
   r = resolveTier(cfg, { headerTier: 'platinum' });
   t.equal(r.ok, true);
