@@ -35,6 +35,8 @@ const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, cri
 export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: Record<string, unknown>): LlmRequest {
   const model = body.model;
   if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
+  checkDepth(body);
+  checkMessages(body.messages);
   const h = req.headers;
   return {
     id: req.id,
@@ -70,6 +72,41 @@ export function promptParts(body: Readonly<Record<string, unknown>>): PromptPart
 export function maxOutputTokensOf(body: Readonly<Record<string, unknown>>): number | undefined {
   const v = body.max_tokens ?? body.max_completion_tokens ?? (body.options as Record<string, unknown> | undefined)?.num_predict;
   return typeof v === 'number' && v > 0 ? v : undefined;
+}
+
+/** Deeper than this, a body is refused: translators and JSON.stringify recurse. */
+export const MAX_DEPTH = 32;
+
+function checkDepth(body: unknown): void {
+  const stack: [unknown, number][] = [[body, 1]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (d > MAX_DEPTH) throw new BrokerError('invalid_request', `request body nests deeper than ${MAX_DEPTH} levels`);
+    for (const k in v) stack.push([(v as Record<string, unknown>)[k], d + 1]);
+  }
+}
+
+/** The shape every translator relies on: objects with a string role, content a string, null or parts with a type. */
+function checkMessages(messages: unknown): void {
+  if (messages === undefined) return;
+  if (!Array.isArray(messages)) throw invalidField('messages', 'must be an array');
+  for (let i = 0; i < messages.length; i++) {
+    const m = messages[i] as Record<string, unknown> | null;
+    if (m === null || typeof m !== 'object' || Array.isArray(m)) throw invalidField(`messages[${i}]`, 'must be an object');
+    if (typeof m.role !== 'string') throw invalidField(`messages[${i}].role`, 'must be a string');
+    const c = m.content;
+    if (c === undefined || c === null || typeof c === 'string') continue;
+    if (!Array.isArray(c)) throw invalidField(`messages[${i}].content`, 'must be a string or an array of parts');
+    for (let j = 0; j < c.length; j++) {
+      const part = c[j] as Record<string, unknown> | null;
+      if (part === null || typeof part !== 'object' || typeof part.type !== 'string') throw invalidField(`messages[${i}].content[${j}]`, 'must be an object with a string type');
+    }
+  }
+}
+
+function invalidField(field: string, what: string): BrokerError {
+  return new BrokerError('invalid_request', `${field} ${what}`, { details: { field } });
 }
 
 /** A label names a usage profile and a predictor: short and plain, or refused (it is kept in memory). */

@@ -26,3 +26,16 @@ t.test('model is required; labels are short and plain', async (t) => {
   }
   t.equal(readLlmRequest(req({ 'x-broker-label': 'x'.repeat(64) }), 'openai', 'chat', { model: 'g' }).label, 'x'.repeat(64));
 });
+
+t.test('malformed bodies are refused at the front with the field named (400, never 500)', async (t) => {
+  const read = (body: Record<string, unknown>) => () => readLlmRequest(req(), 'openai', 'chat', { model: 'g', ...body });
+  let deep: unknown = 'x';
+  for (let i = 0; i < 100_000; i++) deep = [deep];
+  t.throws(read({ messages: [{ role: 'user', content: 'hi' }], extra: deep }), { code: 'invalid_request', message: /nests deeper than 32/ });
+  t.throws(read({ messages: [{ role: 'user', content: [null] }] }), { code: 'invalid_request', message: /messages\[0\]\.content\[0\]/ });
+  t.throws(read({ messages: [null] }), { code: 'invalid_request', message: /messages\[0\] must be an object/ });
+  t.throws(read({ messages: [{ content: 'no role' }] }), { code: 'invalid_request', message: /messages\[0\]\.role/ });
+  t.throws(read({ messages: 'hi' }), { code: 'invalid_request', message: /messages must be an array/ });
+  t.throws(read({ messages: [{ role: 'user', content: 7 }] }), { code: 'invalid_request', message: /content must be a string or an array/ });
+  t.doesNotThrow(read({ messages: [{ role: 'user', content: [{ type: 'text', text: 'a' }] }, { role: 'assistant', content: null, tool_calls: [] }] }));
+});

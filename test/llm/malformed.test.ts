@@ -1,0 +1,48 @@
+// Malformed LLM bodies get a 400 naming the field, on every client API and provider, and
+// the broker keeps serving (they used to reach the translators and give 500).
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { createMockUpstream } from '../../src/mock-upstream/server.ts';
+import { startTestBroker, postJson } from '../helpers/broker.ts';
+
+const mock = await createMockUpstream({ tokens: 3 });
+t.teardown(() => mock.close());
+const dir = mkdtempSync(join(tmpdir(), 'eb-bad-'));
+writeFileSync(
+  join(dir, 'broker.yaml'),
+  stringify({
+    modelGroups: {
+      oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: mock.url, model: 'm' }] },
+      ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: mock.url, model: 'm' }] },
+    },
+  }),
+);
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false' });
+t.teardown(() => tb.close());
+
+t.test('JSON nested 100,000 deep: 400', async (t) => {
+  const body = `{"model":"oa","messages":[{"role":"user","content":"hi"}],"x":${'['.repeat(100_000)}${']'.repeat(100_000)}}`;
+  const res = await postJson(`${tb.url}/v1/chat/completions`, body);
+  t.equal(res.status, 400);
+  t.equal(res.body.error.code, 'invalid_request');
+  t.match(res.body.error.message, /nests deeper/);
+});
+
+t.test('content: [null] to an Ollama group, and other bad messages: 400 naming the field', async (t) => {
+  for (const [api, path] of [['openai', '/v1/chat/completions'], ['ollama', '/api/chat']] as const) {
+    const res = await postJson(`${tb.url}${path}`, { model: 'ol', messages: [{ role: 'user', content: [null] }] });
+    t.equal(res.status, 400, api);
+    t.match(JSON.stringify(res.body), /messages\[0\]\.content\[0\]/);
+  }
+  const noRole = await postJson(`${tb.url}/v1/chat/completions`, { model: 'oa', messages: [{ content: 'x' }] });
+  t.equal(noRole.status, 400);
+  t.equal(mock.stats.total, 0, 'nothing reached the upstream');
+});
+
+t.test('the broker keeps serving', async (t) => {
+  const ok = await postJson(`${tb.url}/v1/chat/completions`, { model: 'ol', messages: [{ role: 'user', content: [{ type: 'text', text: 'hi' }] }] });
+  t.equal(ok.status, 200);
+});
