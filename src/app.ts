@@ -65,6 +65,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const logger = createLogger(config.logLevel, destination);
   const metrics = createMetrics();
   if (config.adminToken === undefined) logger.warn('ADMIN_TOKEN is not set: admin routes are refused');
+  else if (config.adminToken.length < 32) logger.warn({ length: config.adminToken.length }, 'ADMIN_TOKEN is shorter than 32 characters: use a long random token');
 
   const infer = config.inferEnabled ? startInference(config, metrics, logger) : undefined;
   const threaded = config.frontThreads > 0;

@@ -36,6 +36,13 @@ function flagParam(ctx: RouteContext): FlagName {
   return name;
 }
 
+/** Capacity ids follow the fleet file's deployment id rule. */
+function capacityId(ctx: RouteContext): string {
+  const id = ctx.params.id!;
+  if (!/^[A-Za-z0-9._:-]{1,64}$/.test(id)) throw new BrokerError('invalid_request', 'deployment id must be 1-64 characters of letters, digits, . _ : -', { details: { field: 'id' } });
+  return id;
+}
+
 function limitOf(body: unknown): number {
   const v = (body as Record<string, unknown>).concurrencyLimit;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 1_000_000) {
@@ -206,7 +213,7 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
       path: `${P}/capacity/:id/register`,
       body: 'json',
       handle(ctx) {
-        const id = ctx.params.id!;
+        const id = capacityId(ctx);
         const limit = limitOf(ctx.body);
         gov.setLimit(id, limit);
         logger.info({ audit: 'capacity', actor: actorOf(ctx), deployment: id, concurrencyLimit: limit }, 'capacity registered');

@@ -155,3 +155,44 @@ t.test('admin refused when ADMIN_TOKEN is not set, with a start-up warning', asy
   t.equal((await json(res)).error.code, 'admin_disabled');
   t.ok(nb.logs.some((l) => l.level === 40 && /ADMIN_TOKEN/.test(String(l.msg))));
 });
+
+t.test('a short ADMIN_TOKEN starts with a warning', async (t) => {
+  // The suite's token is 17 characters.
+  t.ok(tb.logs.some((l) => l.level === 40 && /ADMIN_TOKEN is shorter than 32/.test(String(l.msg))));
+});
+
+t.test('HEAD works wherever GET does: headers and length, no body', async (t) => {
+  for (const path of ['/healthz', '/ready', '/metrics', '/v1/models']) {
+    const get = await fetch(`${tb.url}${path}`);
+    const getBody = await get.text();
+    const head = await fetch(`${tb.url}${path}`, { method: 'HEAD' });
+    t.equal(head.status, get.status, `${path}: same status`);
+    t.equal(await head.text(), '', `${path}: no body`);
+    t.equal(head.headers.get('content-type'), get.headers.get('content-type'));
+    if (path !== '/metrics') t.equal(Number(head.headers.get('content-length')), Buffer.byteLength(getBody), `${path}: the GET body's length`);
+  }
+  const r405 = await fetch(`${tb.url}/healthz`, { method: 'DELETE' });
+  t.equal(r405.status, 405);
+  t.match(r405.headers.get('allow'), /HEAD/);
+});
+
+t.test('capacity ids follow the fleet id rule', async (t) => {
+  const bad = await fetch(`${tb.url}/api/industrial/capacity/${'x'.repeat(65)}/register`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: '{"concurrencyLimit":2}' });
+  t.equal(bad.status, 400);
+  t.equal((await json(bad)).error.code, 'invalid_request');
+  const ok = await fetch(`${tb.url}/api/industrial/capacity/dep.ok-1/register`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: '{"concurrencyLimit":2}' });
+  t.equal(ok.status, 201);
+});
+
+t.test('a body that stops arriving ends as 408 in the log and metrics, not 499', async (t) => {
+  const port = Number(new URL(tb.url).port);
+  await new Promise<void>((resolve) => {
+    const s = connect(port, '127.0.0.1', () => s.write('POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"image_b64":'));
+    s.on('close', () => resolve());
+    s.on('error', () => resolve());
+    s.resume();
+  });
+  const line = await logLine(tb, (l) => l.msg === 'request' && l.status === 408, 3000);
+  t.ok(line, 'logged as 408');
+  t.equal(line?.error, 'request_timeout');
+});

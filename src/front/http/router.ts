@@ -56,7 +56,15 @@ export class Router {
     return this;
   }
 
+  /** HEAD is answered wherever GET is (the front sends the headers without the body). */
   match(method: string, path: string): Match {
+    const m = this.matchExactly(method, path);
+    if (m.kind === 'method_not_allowed' && method === 'HEAD' && m.allowed.includes('GET')) return this.matchExactly('GET', path);
+    if (m.kind === 'method_not_allowed' && m.allowed.includes('GET')) m.allowed.push('HEAD');
+    return m;
+  }
+
+  private matchExactly(method: string, path: string): Match {
     const byMethod = this.exact.get(path);
     if (byMethod !== undefined) {
       const route = byMethod.get(method);

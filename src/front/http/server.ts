@@ -92,7 +92,13 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, done, metrics, logger, accessLog);
     if (closing) sink.closeConnection = true;
     const declared = headers['content-length'];
-    const reader: BodyReader = (limit, cb) => readBody(res, limit, declared === undefined ? undefined : Number(declared), cb);
+    const reader: BodyReader = (limit, cb) => {
+      sink.readingBody = true;
+      readBody(res, limit, declared === undefined ? undefined : Number(declared), (err, body) => {
+        sink.readingBody = false;
+        cb(err, body);
+      });
+    };
     // Paths are served by one side only: a path this thread knows with another method is a 405 here.
     if (match.kind === 'not_found' && forward !== undefined) return forwardRequest(opts, forward, req, reader, sink);
     dispatch(opts, match, req, reader, sink);
@@ -152,6 +158,8 @@ class UwsSink implements FrontSink {
   started = false;
   finished = false;
   extraHeaders: Record<string, string> | undefined;
+  /** True from the first byte of a body read until it is whole. */
+  readingBody = false;
   /** Set while the front shuts down: every reply closes its connection. */
   closeConnection = false;
   errorCode: ErrorCode | undefined;
@@ -174,8 +182,10 @@ class UwsSink implements FrontSink {
       const cbs = this.abortCbs;
       this.abortCbs = undefined;
       if (cbs) for (const cb of cbs) cb();
-      // 499 as nginx: the client closed the request before the reply ended.
-      this.record(this.status || 499, true);
+      // 408 when the body never finished arriving (uWS drops a connection idle for 10 s);
+      // else 499 as nginx: the client closed the request before the reply ended.
+      if (this.readingBody) this.errorCode = 'request_timeout';
+      this.record(this.status || (this.readingBody ? 408 : 499), true);
     });
   }
 
@@ -229,7 +239,9 @@ class UwsSink implements FrontSink {
     this.status = status;
     this.res.cork(() => {
       this.writeHead(status, headers);
-      this.res.end(body, closeConnection || this.closeConnection);
+      // HEAD: the GET reply's headers and length, without its body.
+      if (this.req.method === 'HEAD') this.res.endWithoutBody(typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength, closeConnection || this.closeConnection);
+      else this.res.end(body, closeConnection || this.closeConnection);
     });
     this.record(status, false);
   }
