@@ -121,7 +121,7 @@ export class LlmProxy {
 
         if (attempt.status >= 300) {
           const text = await attempt.errorText().catch(() => '');
-          const err = upstreamError(provider, attempt.status, text);
+          const err = upstreamError(provider, attempt.status, text, dep.config.apiKey === undefined ? [] : [dep.config.apiKey]);
           if (attempt.status === 429 || attempt.status >= 500) {
             // A 429 says the deployment is busy, not broken: no health penalty.
             gov.attemptFailed(lease, attempt.status >= 500);

@@ -23,6 +23,8 @@ export interface LlmRequest {
   readonly system: string | undefined;
   /** max_tokens, max_completion_tokens or options.num_predict, when the client set one. */
   readonly maxTokens: number | undefined;
+  /** OpenAI `n`: completions asked for (quotas reserve n × the output). */
+  readonly choices: number;
   readonly apiKey: string | undefined;
   /** x-broker-label, x-broker-priority (a digit or low/normal/high/critical), x-broker-qos. */
   readonly label: string | undefined;
@@ -37,6 +39,11 @@ export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: R
   if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
   checkDepth(body);
   checkMessages(body.messages);
+  checkInt(body.max_tokens, 'max_tokens', 1, MAX_OUTPUT_TOKENS);
+  checkInt(body.max_completion_tokens, 'max_completion_tokens', 1, MAX_OUTPUT_TOKENS);
+  const options = body.options as Record<string, unknown> | undefined;
+  if (options !== undefined && options !== null && typeof options === 'object') checkInt(options.num_predict, 'options.num_predict', -2, MAX_OUTPUT_TOKENS);
+  checkInt(body.n, 'n', 1, MAX_CHOICES);
   const h = req.headers;
   return {
     id: req.id,
@@ -47,6 +54,7 @@ export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: R
     body,
     ...promptParts(body),
     maxTokens: maxOutputTokensOf(body),
+    choices: typeof body.n === 'number' ? body.n : 1,
     apiKey: apiKeyOf(h),
     label: labelOf(h['x-broker-label']),
     priority: priorityOf(h['x-broker-priority']),
@@ -72,6 +80,15 @@ export function promptParts(body: Readonly<Record<string, unknown>>): PromptPart
 export function maxOutputTokensOf(body: Readonly<Record<string, unknown>>): number | undefined {
   const v = body.max_tokens ?? body.max_completion_tokens ?? (body.options as Record<string, unknown> | undefined)?.num_predict;
   return typeof v === 'number' && v > 0 ? v : undefined;
+}
+
+/** Bounds of what a client may ask for; beyond them the request is refused, not passed on. */
+export const MAX_OUTPUT_TOKENS = 1_000_000;
+export const MAX_CHOICES = 128;
+
+function checkInt(v: unknown, field: string, min: number, max: number): void {
+  if (v === undefined || v === null) return;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw invalidField(field, `must be an integer between ${min} and ${max}`);
 }
 
 /** Deeper than this, a body is refused: translators and JSON.stringify recurse. */

@@ -71,7 +71,8 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   const label = policy?.label ?? r.label ?? (r.apiKey !== undefined ? `key:${keyId(r.apiKey)}` : `${r.api}:${r.kind}`);
   const predictedOutput = flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
   // Only quotas reserve tokens: without them, no need to walk the prompt.
-  const reserveTokens = flags.quota_enforcement ? promptTokensOf(r) + predictedOutput : 0;
+  // Each of n choices is an output of its own.
+  const reserveTokens = flags.quota_enforcement ? promptTokensOf(r) + predictedOutput * r.choices : 0;
   let keyReservation: Reservation | null = null;
   if (flags.quota_enforcement && r.apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined)) {
     try {

@@ -39,3 +39,14 @@ t.test('malformed bodies are refused at the front with the field named (400, nev
   t.throws(read({ messages: [{ role: 'user', content: 7 }] }), { code: 'invalid_request', message: /content must be a string or an array/ });
   t.doesNotThrow(read({ messages: [{ role: 'user', content: [{ type: 'text', text: 'a' }] }, { role: 'assistant', content: null, tool_calls: [] }] }));
 });
+
+t.test('output limits and n are checked, not passed on unchecked', async (t) => {
+  const read = (body: Record<string, unknown>, api: 'openai' | 'ollama' = 'openai') => () => readLlmRequest(req(), api, 'chat', { model: 'g', ...body });
+  for (const bad of [1e308, -5, 0, 2.5, '10']) t.throws(read({ max_tokens: bad }), { code: 'invalid_request', message: /max_tokens must be an integer/ }, String(bad));
+  t.throws(read({ max_completion_tokens: -1 }), { code: 'invalid_request' });
+  t.throws(read({ n: 500 }), { code: 'invalid_request', message: /n must be an integer between 1 and 128/ });
+  t.throws(read({ options: { num_predict: 1e12 } }, 'ollama'), { code: 'invalid_request' });
+  t.equal(readLlmRequest(req(), 'ollama', 'chat', { model: 'g', options: { num_predict: -1 } }).maxTokens, undefined, "Ollama's -1 (no limit) is allowed");
+  t.equal(read({ n: 50 })().choices, 50);
+  t.equal(read({})().choices, 1);
+});

@@ -32,7 +32,16 @@ function codeForUpstreamStatus(status: number): ErrorCode {
  * 413) keep the upstream message; everything else says which upstream failed
  * without leaking its body to the client (it stays in `details` for the log).
  */
-export function upstreamError(provider: Api, status: number, body: string | Uint8Array): BrokerError {
+/** Longest upstream message passed on to a client. */
+export const UPSTREAM_MESSAGE_CHARS = 500;
+
+/**
+ * An upstream error body → BrokerError. The upstream's message reaches the client only
+ * for the client's own mistakes (400, 404, 413), cut to UPSTREAM_MESSAGE_CHARS and with
+ * `secrets` (what the broker sent upstream: the deployment's API key) masked, since an
+ * upstream may echo the request's headers.
+ */
+export function upstreamError(provider: Api, status: number, body: string | Uint8Array, secrets: readonly string[] = []): BrokerError {
   const text = typeof body === 'string' ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8');
   let parsed: unknown = null;
   try {
@@ -40,7 +49,8 @@ export function upstreamError(provider: Api, status: number, body: string | Uint
   } catch {
     // not JSON: keep the text for the log only
   }
-  const upstreamMessage = upstreamErrorMessage(parsed) ?? text.slice(0, 500);
+  let upstreamMessage = (upstreamErrorMessage(parsed) ?? text).slice(0, UPSTREAM_MESSAGE_CHARS);
+  for (const s of secrets) if (s !== '') upstreamMessage = upstreamMessage.split(s).join('[redacted]');
   const code = codeForUpstreamStatus(status);
   const passOn = code === 'invalid_request' || code === 'model_not_found' || code === 'payload_too_large';
   const message = passOn && upstreamMessage !== '' ? upstreamMessage : `${provider} upstream replied ${status}`;

@@ -407,3 +407,12 @@ t.test('upstream errors → BrokerError', async (t) => {
   t.equal(upstreamError('openai', 504, '').code, 'upstream_timeout');
   t.equal(upstreamError('openai', 401, '{"error":{"message":"bad key"}}').code, 'upstream_error');
 });
+
+t.test('an upstream message passed on is cut and never carries what the broker sent upstream', async (t) => {
+  const echo = upstreamError('openai', 400, JSON.stringify({ error: { message: `bad request; you sent Authorization: Bearer sk-upstream-secret and ${'x'.repeat(2000)}` } }), ['sk-upstream-secret']);
+  t.equal(echo.code, 'invalid_request');
+  t.notMatch(echo.message, /sk-upstream-secret/);
+  t.match(echo.message, /Bearer \[redacted\]/);
+  t.ok(echo.message.length <= 500, `cut (${echo.message.length})`);
+  t.notMatch(JSON.stringify(echo.details), /sk-upstream-secret/, 'nor in the details that reach the log');
+});

@@ -1,0 +1,42 @@
+// Admission on its own: the policies it applies to one typed request, with a fake clock.
+import t from 'tap';
+import { admit, type AdmissionPolicies } from '../../../src/sched/admission.ts';
+import { readLlmRequest } from '../../../src/llm/request.ts';
+import { QuotaLedger } from '../../../src/policy/quota.ts';
+import { OutputPredictor } from '../../../src/policy/prediction.ts';
+import type { ModelGroupConfig } from '../../../src/config/broker-config.ts';
+import { DEFAULT_QOS } from '../../../src/policy/qos.ts';
+import { FLAGS, type FlagSet } from '../../../src/config/flags.ts';
+import { keyId } from '../../../src/guard/api-key.ts';
+
+const group: ModelGroupConfig = { name: 'g', deployments: [] };
+const flags: FlagSet = { ...FLAGS, quota_enforcement: true };
+const now = () => 1_000_000;
+
+function policies(quota: QuotaLedger): AdmissionPolicies {
+  return {
+    flags,
+    qos: DEFAULT_QOS,
+    keyPolicy: (k) => (k === 'sk-a' ? { tier: undefined, priority: undefined, label: undefined, rpm: undefined, tpm: 1000 } : undefined),
+    predictor: new OutputPredictor(),
+    quota,
+    defaultOutputTokens: 256,
+    stickyPrefixBytes: 2048,
+    now,
+    onKeyQuotaRejection() {},
+  };
+}
+
+const request = (body: Record<string, unknown>) =>
+  readLlmRequest({ id: 'r', method: 'POST', path: '/v1/chat/completions', query: '', headers: { 'x-api-key': 'sk-a' }, remoteAddress: '127.0.0.1', startedAt: 0 }, 'openai', 'chat', { model: 'g', messages: [{ role: 'user', content: 'abcd' }], ...body });
+
+t.test('quotas reserve n × the output, and the key is named by its id', async (t) => {
+  const quota = new QuotaLedger(now);
+  quota.setLimits(`key:${keyId('sk-a')}`, { tpm: 1000 });
+  const one = admit(policies(quota), request({ max_tokens: 100 }), group);
+  t.equal(one.reserveTokens, 1 + 100);
+  const five = admit(policies(quota), request({ max_tokens: 100, n: 5 }), group);
+  t.equal(five.reserveTokens, 1 + 500);
+  t.equal(quota.usage(`key:${keyId('sk-a')}`).tpm, 101 + 501, 'both reserved against the key id');
+  t.throws(() => admit(policies(quota), request({ max_tokens: 100, n: 4 }), group), { code: 'quota_exceeded' }, 'n × max_tokens no longer fits');
+});
