@@ -206,7 +206,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
               inferMs: out.inferMs,
               batchSize: out.executions === 1 ? out.executedBatch : 1,
             });
-          } else p.reject(new BrokerError(r.code, r.message));
+          } else p.reject(new BrokerError(r.code, r.message, r.detail === undefined ? {} : { details: { decoder: r.detail } }));
         }
         if (out.executions > 0) {
           const e: ExecEvent = { model: key, batchSize: out.executedBatch, executions: out.executions, batchWaitMs, decodeMs: out.decodeMs, inferMs: out.inferMs };

@@ -14,7 +14,7 @@ export function sniff(b: Uint8Array): 'png' | 'jpeg' | 'webp' | undefined {
 
 export type Preprocessed =
   | { ok: true; tensor: Float32Array; dims: number[] }
-  | { ok: false; code: 'unsupported_image' | 'image_too_large'; message: string };
+  | { ok: false; code: 'unsupported_image' | 'image_too_large'; message: string; detail?: string };
 
 /**
  * `into`/`offset`: write the tensor there (one image's slot of a batch tensor) instead of
@@ -49,7 +49,8 @@ export async function preprocess(
   } catch (err) {
     const message = (err as Error).message;
     if (/pixel limit/i.test(message)) return { ok: false, code: 'image_too_large', message: `image has more than ${maxPixels} pixels` };
-    return { ok: false, code: 'unsupported_image', message: `bytes are not a supported ${format} image: ${message}` };
+    // The decoder's own words (`vipspng: ...`) are for the log, not the client.
+    return { ok: false, code: 'unsupported_image', message: `bytes are not a valid ${format} image`, detail: message };
   }
 
   // sharp's grayscale() may still hand back 3 channels for some inputs; read what it gave.

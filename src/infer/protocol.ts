@@ -41,7 +41,7 @@ export interface Prediction {
   readonly score: number;
 }
 
-export type ItemFailure = { ok: false; code: 'unsupported_image' | 'image_too_large' | 'invalid_image' | 'internal'; message: string };
+export type ItemFailure = { ok: false; code: 'unsupported_image' | 'image_too_large' | 'invalid_image' | 'internal'; message: string; /** For the log only: never sent to the client. */ detail?: string };
 export type ItemOutcome = { ok: true; predictions: Prediction[] } | ItemFailure;
 
 export interface BatchOutcome {

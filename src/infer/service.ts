@@ -142,6 +142,7 @@ export class InferService {
       const e = err as BrokerError;
       if (e.code === 'overloaded' || e.code === 'queue_timeout') this.im.admissionRejected.labels(manifest.name, e.code === 'overloaded' ? 'full' : 'timeout').inc();
       m.inferFailure.labels(manifest.name, manifest.version, arm, e.code ?? 'internal').inc();
+      if (e.details?.['decoder'] !== undefined) this.deps.logger.warn({ decoder: e.details['decoder'], model: manifest.name, arm }, 'image decoder refused the bytes');
       // Client mistakes say nothing about the model; only server-side failures count against B.
       if (e.status >= 500) this.observe(arm, false, performance.now() - t0);
       throw err;

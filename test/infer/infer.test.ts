@@ -70,6 +70,17 @@ t.test('a gif is refused as unsupported', async (t) => {
   t.equal(res.body.error.code, 'unsupported_image');
 });
 
+t.test('a corrupt PNG: 415 with our message, the decoder internals only in the log', async (t) => {
+  const png = Buffer.from(sample!.b64, 'base64');
+  const corrupt = Buffer.concat([png.subarray(0, 40), Buffer.alloc(64, 0xab)]);
+  const res = await postJson(url, { image_b64: corrupt.toString('base64') });
+  t.equal(res.status, 415);
+  t.equal(res.body.error.code, 'unsupported_image');
+  t.equal(res.body.error.message, 'bytes are not a valid png image');
+  t.notMatch(res.body.error.message, /vips|glib|png:|spng/i, 'no decoder internals');
+  t.ok(tb.logs.some((l) => l.msg === 'image decoder refused the bytes' && typeof l.decoder === 'string'), 'the decoder message is logged');
+});
+
 t.test('too many pixels is 413 before decoding', async (t) => {
   const big = await sharp({ create: { width: 3000, height: 3000, channels: 3, background: '#000' } }).grayscale().png().toBuffer();
   t.ok(big.length < 1_000_000, 'a small file that decodes to 9 MP');
