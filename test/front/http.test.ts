@@ -196,3 +196,17 @@ t.test('a body that stops arriving ends as 408 in the log and metrics, not 499',
   t.ok(line, 'logged as 408');
   t.equal(line?.error, 'request_timeout');
 });
+
+t.test("a large refused upload: Node's fetch reads the 413 (lingering close), not EPIPE", async (t) => {
+  // 40 MiB against MAX_BODY_BYTES=4096: the client is still writing when the broker answers.
+  let status: number | string;
+  try {
+    const res = await fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: 'x'.repeat(40 * 1024 * 1024) });
+    status = res.status;
+    t.equal((await json(res)).error.code, 'payload_too_large');
+  } catch (err) {
+    status = String((err as Error & { cause?: Error }).cause?.message ?? err);
+  }
+  t.equal(status, 413);
+  t.equal((await fetch(`${tb.url}/healthz`)).status, 200);
+});

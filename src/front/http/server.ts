@@ -152,6 +152,14 @@ function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBod
   });
 }
 
+/** How much of a refused body is read and dropped so that the client can read its 413. */
+export const LINGER_BYTES = 64 * 1024 * 1024;
+
+function lingers(contentLength: string | undefined): boolean {
+  if (contentLength === undefined || !/^\d+$/.test(contentLength)) return false;
+  return Number(contentLength) <= LINGER_BYTES;
+}
+
 /** ReplySink over a uWS response. Records exactly one outcome per request: log line and metrics. */
 class UwsSink implements FrontSink {
   aborted = false;
@@ -252,8 +260,10 @@ class UwsSink implements FrontSink {
     this.errorCode = err.code;
     if (this.started) return this.end();
     const r = errorReply(err, this.req.id, this.errorShape, this.extraHeaders);
-    // A body we refused to read is still on the wire: close the connection instead of draining it.
-    this.send(r.status, r.headers, r.body, err.code === 'payload_too_large');
+    // A body we refused is still on the wire. Up to LINGER_BYTES of declared length the
+    // connection stays open and uWS reads and drops the rest (nginx's lingering close), so
+    // a client still writing reads the 413 instead of EPIPE; beyond that, or chunked, close.
+    this.send(r.status, r.headers, r.body, err.code === 'payload_too_large' && !lingers(this.req.headers['content-length']));
   }
 
   private writeHead(status: number, headers: Readonly<Record<string, string>>): void {
