@@ -2,29 +2,13 @@
 // one port, in front of mock upstreams. Each test makes sure that both threads served
 // (the `plane` field of their request log lines) so that what it checks crossed threads.
 import t from 'tap';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Agent, request } from 'undici';
-import { stringify } from 'yaml';
-import { createMockUpstream, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
-import { startTestBroker, admin, metricValue, type TestBroker } from '../helpers/broker.ts';
+import type { MockUpstream, MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import { startFleetBroker, startMock } from '../helpers/fleet.ts';
+import { admin, metricValue, type TestBroker } from '../helpers/broker.ts';
 
-const mocks: MockUpstream[] = [];
-async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
-  const m = await createMockUpstream({ tokens: 4, ...opts });
-  mocks.push(m);
-  return m;
-}
-t.teardown(() => Promise.all(mocks.map((m) => m.close())));
-
-async function broker(fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> {
-  const dir = mkdtempSync(join(tmpdir(), 'eb-plane-'));
-  writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
-  const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), FRONT_THREADS: '2', INFER_ENABLED: 'false', ...env });
-  t.teardown(() => tb.close());
-  return tb;
-}
+const mock = (opts: MockUpstreamOptions): Promise<MockUpstream> => startMock(t, opts);
+const broker = (fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> => startFleetBroker(t, fleet, { FRONT_THREADS: '2', INFER_ENABLED: 'false', ...env });
 
 /** A request on a connection of its own, so that the kernel picks a thread for it. */
 async function fresh(tb: TestBroker, path: string, body?: unknown) {

@@ -1,30 +1,14 @@
 // Scheduler and governance end to end: a real broker in front of mock upstreams.
 import t from 'tap';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { request } from 'undici';
-import { stringify } from 'yaml';
-import { createMockUpstream, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import type { MockUpstream, MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 import { mulberry32 } from '../../scripts/train/prng.ts';
-import { startTestBroker, admin, json, metricValue, type TestBroker } from '../helpers/broker.ts';
+import { admin, json, metricValue, type TestBroker } from '../helpers/broker.ts';
 import { keyId } from '../../src/guard/api-key.ts';
 
-const mocks: MockUpstream[] = [];
-async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
-  const m = await createMockUpstream({ tokens: 4, ...opts });
-  mocks.push(m);
-  return m;
-}
-t.teardown(() => Promise.all(mocks.map((m) => m.close())));
-
-async function broker(fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> {
-  const dir = mkdtempSync(join(tmpdir(), 'eb-gov-'));
-  writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
-  const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_THREADS: '1', ...env });
-  t.teardown(() => tb.close());
-  return tb;
-}
+const mock = (opts: MockUpstreamOptions): Promise<MockUpstream> => startMock(t, opts);
+const broker = (fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> => startFleetBroker(t, fleet, { INFER_THREADS: '1', ...env });
 
 const messages = (content = 'hello') => [{ role: 'user', content }];
 
