@@ -178,7 +178,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     } else {
       proxy = new LlmProxy({ metrics, logger, executor, leases: governance });
       const router = new Router();
-      for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, governance, proxy)]) router.add(r);
+      for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
       const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination) });
       port = front.port;
       stopListening = () => front.stopListening();

@@ -49,6 +49,9 @@ export interface Config {
   readonly featureFlags: Readonly<Partial<Record<FlagName, boolean>>>;
   /** How long a sticky-routing pin lasts. */
   readonly stickyTtlS: number;
+  /** Largest LLM prompt accepted: messages, and characters of prompt text (400 past them). */
+  readonly llmMaxMessages: number;
+  readonly llmMaxPromptChars: number;
   /** Largest non-streamed upstream reply the broker reads; past it the client gets 502. */
   readonly upstreamMaxBodyBytes: number;
   /** Data-plane threads serving HTTP on the port; 0 serves on the main thread. */
@@ -151,6 +154,8 @@ export function loadConfig(env: Env = process.env): Config {
     ollamaUrl: url(env, 'OLLAMA_URL', 'http://127.0.0.1:11434'),
     featureFlags: Object.freeze(Object.fromEntries(FLAG_NAMES.filter((f) => (env[envName(f)] ?? '') !== '').map((f) => [f, bool(env, envName(f), false)]))),
     stickyTtlS: num(env, 'STICKY_TTL_S', 300, 1, 86_400),
+    llmMaxMessages: int(env, 'LLM_MAX_MESSAGES', 4096, 1, 1_000_000),
+    llmMaxPromptChars: int(env, 'LLM_MAX_PROMPT_CHARS', 4_000_000, 1, 1_000_000_000),
     upstreamMaxBodyBytes: int(env, 'UPSTREAM_MAX_BODY_BYTES', 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     frontThreads: int(env, 'FRONT_THREADS', Math.min(cores, 64), 0, 64),
     inferEnabled: bool(env, 'INFER_ENABLED', true),

@@ -34,11 +34,20 @@ export interface LlmRequest {
 
 const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };
 
-export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: Record<string, unknown>): LlmRequest {
+/** How large a prompt may be (LLM_MAX_MESSAGES, LLM_MAX_PROMPT_CHARS): a huge body would hold a thread for its translation. */
+export interface PromptLimits {
+  readonly maxMessages: number;
+  readonly maxPromptChars: number;
+}
+
+export const DEFAULT_PROMPT_LIMITS: PromptLimits = Object.freeze({ maxMessages: 4096, maxPromptChars: 4_000_000 });
+
+export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: Record<string, unknown>, limits: PromptLimits = DEFAULT_PROMPT_LIMITS): LlmRequest {
   const model = body.model;
   if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
   checkDepth(body);
   checkMessages(body.messages);
+  checkSize(body, limits);
   checkInt(body.max_tokens, 'max_tokens', 1, MAX_OUTPUT_TOKENS);
   checkInt(body.max_completion_tokens, 'max_completion_tokens', 1, MAX_OUTPUT_TOKENS);
   const options = body.options as Record<string, unknown> | undefined;
@@ -122,6 +131,13 @@ function checkMessages(messages: unknown): void {
   }
 }
 
+function checkSize(body: Readonly<Record<string, unknown>>, limits: PromptLimits): void {
+  const messages = Array.isArray(body.messages) ? body.messages : [];
+  if (messages.length > limits.maxMessages) throw invalidField('messages', `has ${messages.length} messages; at most ${limits.maxMessages} (LLM_MAX_MESSAGES)`);
+  const chars = promptCharsOf(promptParts(body));
+  if (chars > limits.maxPromptChars) throw invalidField(Array.isArray(body.messages) ? 'messages' : 'prompt', `holds ${chars} characters of prompt; at most ${limits.maxPromptChars} (LLM_MAX_PROMPT_CHARS)`);
+}
+
 function invalidField(field: string, what: string): BrokerError {
   return new BrokerError('invalid_request', `${field} ${what}`, { details: { field } });
 }
@@ -141,14 +157,19 @@ function priorityOf(h: string | undefined): number | undefined {
   return PRIORITY_NAMES[h.toLowerCase()];
 }
 
-/** Prompt tokens estimated as characters / 4 of the prompt text. */
-export function promptTokensOf(r: PromptParts): number {
+/** Characters of prompt text: message contents (parts as JSON), prompt, system. */
+export function promptCharsOf(r: PromptParts): number {
   let chars = 0;
   for (const m of r.messages ?? []) {
     const c = (m as { content?: unknown })?.content;
-    chars += typeof c === 'string' ? c.length : c === undefined ? 0 : JSON.stringify(c).length;
+    chars += typeof c === 'string' ? c.length : c === undefined || c === null ? 0 : JSON.stringify(c).length;
   }
   if (r.prompt !== undefined) chars += r.prompt.length;
   if (r.system !== undefined) chars += r.system.length;
-  return Math.ceil(chars / 4);
+  return chars;
+}
+
+/** Prompt tokens estimated as characters / 4 of the prompt text. */
+export function promptTokensOf(r: PromptParts): number {
+  return Math.ceil(promptCharsOf(r) / 4);
 }

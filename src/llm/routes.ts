@@ -7,7 +7,7 @@ import type { ModelGroupConfig } from '../config/broker-config.ts';
 import type { Fleet, FleetSource } from '../fleet/fleet.ts';
 import { HOW_TO_CONFIGURE } from '../fleet/discovery.ts';
 import type { LlmProxy } from './proxy.ts';
-import { readLlmRequest, type LlmRequest } from './request.ts';
+import { readLlmRequest, type LlmRequest, type PromptLimits } from './request.ts';
 import type { Admitted } from '../sched/admission.ts';
 import type { Api, Kind } from './translate/index.ts';
 
@@ -23,7 +23,7 @@ export interface Admission {
   admit(r: LlmRequest, group: ModelGroupConfig): Admitted;
 }
 
-export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmProxy): Route[] {
+export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmProxy, limits?: PromptLimits): Route[] {
   const completion = (api: Api, kind: Kind, path: string): Route => ({
     method: 'POST',
     path,
@@ -34,7 +34,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       const fleet = await source.current();
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
       // Read once, admitted, then proxied: the body is not parsed again past this point.
-      const r = readLlmRequest(req, api, kind, body as Record<string, unknown>);
+      const r = readLlmRequest(req, api, kind, body as Record<string, unknown>, limits);
       const group = fleet.groups.get(r.model);
       if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
       await proxy.run(admission.admit(r, group), group, sink);

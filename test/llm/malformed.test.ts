@@ -46,3 +46,16 @@ t.test('the broker keeps serving', async (t) => {
   const ok = await postJson(`${tb.url}/v1/chat/completions`, { model: 'ol', messages: [{ role: 'user', content: [{ type: 'text', text: 'hi' }] }] });
   t.equal(ok.status, 200);
 });
+
+t.test('LLM_MAX_MESSAGES and LLM_MAX_PROMPT_CHARS refuse oversized prompts before any work', async (t) => {
+  const small = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', LLM_MAX_MESSAGES: '2', LLM_MAX_PROMPT_CHARS: '100' });
+  t.teardown(() => small.close());
+  const before = mock.stats.total;
+  const many = await postJson(`${small.url}/v1/chat/completions`, { model: 'oa', messages: [1, 2, 3].map(() => ({ role: 'user', content: 'x' })) });
+  t.equal(many.status, 400);
+  t.match(many.body.error.message, /LLM_MAX_MESSAGES/);
+  const long = await postJson(`${small.url}/api/generate`, { model: 'oa', prompt: 'y'.repeat(101) });
+  t.equal(long.status, 400);
+  t.match(long.body.error, /LLM_MAX_PROMPT_CHARS/);
+  t.equal(mock.stats.total, before, 'nothing reached the upstream');
+});

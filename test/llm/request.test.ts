@@ -50,3 +50,13 @@ t.test('output limits and n are checked, not passed on unchecked', async (t) => 
   t.equal(read({ n: 50 })().choices, 50);
   t.equal(read({})().choices, 1);
 });
+
+t.test('prompt size limits: message count and characters (LLM_MAX_MESSAGES, LLM_MAX_PROMPT_CHARS)', async (t) => {
+  const limits = { maxMessages: 3, maxPromptChars: 10 };
+  const read = (body: Record<string, unknown>) => () => readLlmRequest(req(), 'openai', 'chat', { model: 'g', ...body }, limits);
+  const msg = (content: string) => ({ role: 'user', content });
+  t.throws(read({ messages: [msg('a'), msg('b'), msg('c'), msg('d')] }), { code: 'invalid_request', message: /at most 3 \(LLM_MAX_MESSAGES\)/ });
+  t.throws(read({ messages: [msg('12345'), msg('678901')] }), { code: 'invalid_request', message: /holds 11 characters of prompt; at most 10/ });
+  t.doesNotThrow(read({ messages: [msg('12345'), msg('67890')] }));
+  t.throws(() => readLlmRequest(req(), 'ollama', 'completion', { model: 'g', prompt: 'x'.repeat(11) }, limits), { message: /^prompt holds 11/ });
+});
