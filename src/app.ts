@@ -130,10 +130,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     metrics,
     knownKey: (key: string) => governance.keyPolicy(key) !== undefined,
   };
-  const executor = threadExecutor(config.upstreamMaxBodyBytes);
 
   let port: number;
   let proxy: LlmProxy | undefined;
+  // Upstream pools live where requests are served: here only with FRONT_THREADS=0.
+  const executor = threaded ? undefined : threadExecutor(config.upstreamMaxBodyBytes);
   let stopListening: () => void;
   let closeAll: () => void;
   let inFlight: () => number;
@@ -176,7 +177,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       closeAll = () => undefined;
       inFlight = () => 0;
     } else {
-      proxy = new LlmProxy({ metrics, logger, executor, leases: governance });
+      proxy = new LlmProxy({ metrics, logger, executor: executor!, leases: governance });
       const router = new Router();
       for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
       const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination) });
@@ -186,7 +187,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       inFlight = () => front.inFlight;
     }
   } catch (err) {
-    await Promise.all([infer?.close(), executor.close(), planes?.close(0)]);
+    await Promise.all([infer?.close(), executor?.close(), planes?.close(0)]);
     throw err;
   }
   if (infer !== undefined) metrics.sources.inferQueue = () => infer.currentPool.queueSize;
@@ -222,7 +223,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           while (inFlight() > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
           closeAll();
         }
-        await Promise.all([infer?.close(), executor.close()]);
+        await Promise.all([infer?.close(), executor?.close()]);
         logger.info({ unfinished }, 'edge broker stopped');
       })();
       return closed;

@@ -33,10 +33,9 @@ function clockTicks(): number {
   return ticks;
 }
 
-/** CPU seconds (user + system) of each thread of a process, by thread id. */
-export function threadCpu(pid: number): Map<number, number> {
-  const out = new Map<number, number>();
-  const hz = clockTicks();
+/** One value per thread of a process, by thread id, read from /proc/<pid>/task/<tid>/<file>. */
+function perThread<T>(pid: number, file: string, parse: (text: string) => T): Map<number, T> {
+  const out = new Map<number, T>();
   let tids: string[];
   try {
     tids = readdirSync(`/proc/${pid}/task`);
@@ -45,15 +44,22 @@ export function threadCpu(pid: number): Map<number, number> {
   }
   for (const tid of tids) {
     try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      // The command name is in parentheses and may hold spaces: split after the last ')'.
-      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      out.set(Number(tid), (Number(rest[11]) + Number(rest[12])) / hz);
+      out.set(Number(tid), parse(readFileSync(`/proc/${pid}/task/${tid}/${file}`, 'utf8')));
     } catch {
       // The thread exited between readdir and read.
     }
   }
   return out;
+}
+
+/** CPU seconds (user + system) of each thread of a process, by thread id. */
+export function threadCpu(pid: number): Map<number, number> {
+  const hz = clockTicks();
+  return perThread(pid, 'stat', (stat) => {
+    // The command name is in parentheses and may hold spaces: split after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(rest[11]) + Number(rest[12])) / hz;
+  });
 }
 
 export interface CpuSplit {
@@ -90,19 +96,5 @@ export function machineBusy(): number {
 
 /** The name (comm) of each thread of a process, by thread id: what the OS knows of each thread. */
 export function threadNames(pid: number): Map<number, string> {
-  const out = new Map<number, string>();
-  let tids: string[];
-  try {
-    tids = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return out;
-  }
-  for (const tid of tids) {
-    try {
-      out.set(Number(tid), readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim());
-    } catch {
-      // The thread exited between readdir and read.
-    }
-  }
-  return out;
+  return perThread(pid, 'comm', (text) => text.trim());
 }

@@ -23,6 +23,8 @@ export interface LlmRequest {
   readonly system: string | undefined;
   /** max_tokens, max_completion_tokens or options.num_predict, when the client set one. */
   readonly maxTokens: number | undefined;
+  /** Characters of prompt text (messages, prompt, system), counted once at the front. */
+  readonly promptChars: number;
   /** OpenAI `n`: completions asked for (quotas reserve n × the output). */
   readonly choices: number;
   readonly apiKey: string | undefined;
@@ -47,7 +49,8 @@ export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: R
   if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
   checkDepth(body);
   checkMessages(body.messages);
-  checkSize(body, limits);
+  const parts = promptParts(body);
+  const promptChars = checkSize(parts, limits);
   checkInt(body.max_tokens, 'max_tokens', 1, MAX_OUTPUT_TOKENS);
   checkInt(body.max_completion_tokens, 'max_completion_tokens', 1, MAX_OUTPUT_TOKENS);
   const options = body.options as Record<string, unknown> | undefined;
@@ -61,7 +64,8 @@ export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: R
     kind,
     model,
     body,
-    ...promptParts(body),
+    ...parts,
+    promptChars,
     maxTokens: maxOutputTokensOf(body),
     choices: typeof body.n === 'number' ? body.n : 1,
     apiKey: apiKeyOf(h),
@@ -131,11 +135,13 @@ function checkMessages(messages: unknown): void {
   }
 }
 
-function checkSize(body: Readonly<Record<string, unknown>>, limits: PromptLimits): void {
-  const messages = Array.isArray(body.messages) ? body.messages : [];
-  if (messages.length > limits.maxMessages) throw invalidField('messages', `has ${messages.length} messages; at most ${limits.maxMessages} (LLM_MAX_MESSAGES)`);
-  const chars = promptCharsOf(promptParts(body));
-  if (chars > limits.maxPromptChars) throw invalidField(Array.isArray(body.messages) ? 'messages' : 'prompt', `holds ${chars} characters of prompt; at most ${limits.maxPromptChars} (LLM_MAX_PROMPT_CHARS)`);
+/** Refuses a prompt past the limits; returns its characters. */
+function checkSize(parts: PromptParts, limits: PromptLimits): number {
+  const count = parts.messages?.length ?? 0;
+  if (count > limits.maxMessages) throw invalidField('messages', `has ${count} messages; at most ${limits.maxMessages} (LLM_MAX_MESSAGES)`);
+  const chars = promptCharsOf(parts);
+  if (chars > limits.maxPromptChars) throw invalidField(parts.messages !== undefined ? 'messages' : 'prompt', `holds ${chars} characters of prompt; at most ${limits.maxPromptChars} (LLM_MAX_PROMPT_CHARS)`);
+  return chars;
 }
 
 function invalidField(field: string, what: string): BrokerError {
@@ -169,7 +175,11 @@ export function promptCharsOf(r: PromptParts): number {
   return chars;
 }
 
-/** Prompt tokens estimated as characters / 4 of the prompt text. */
+/** Tokens estimated from characters of prompt text (4 per token). */
+export function tokensOfChars(chars: number): number {
+  return Math.ceil(chars / 4);
+}
+
 export function promptTokensOf(r: PromptParts): number {
-  return Math.ceil(promptCharsOf(r) / 4);
+  return tokensOfChars(promptCharsOf(r));
 }

@@ -5,8 +5,7 @@
 import { BrokerError } from '../errors.ts';
 import type { ApiKeyPolicy, ModelGroupConfig } from '../config/broker-config.ts';
 import type { FlagSet } from '../config/flags.ts';
-import type { LlmRequest } from '../llm/request.ts';
-import { promptTokensOf } from '../llm/request.ts';
+import { tokensOfChars, type LlmRequest } from '../llm/request.ts';
 import { prefixKey } from '../policy/sticky.ts';
 import { keyId } from '../guard/api-key.ts';
 import { resolveTier, type QosConfig, type QosTier } from '../policy/qos.ts';
@@ -72,7 +71,7 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   const predictedOutput = flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
   // Only quotas reserve tokens: without them, no need to walk the prompt.
   // Each of n choices is an output of its own.
-  const reserveTokens = flags.quota_enforcement ? promptTokensOf(r) + predictedOutput * r.choices : 0;
+  const reserveTokens = flags.quota_enforcement ? tokensOfChars(r.promptChars) + predictedOutput * r.choices : 0;
   let keyReservation: Reservation | null = null;
   if (flags.quota_enforcement && r.apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined)) {
     try {
