@@ -34,6 +34,7 @@ const DEFAULTS = { ...FLAGS } as FlagSet;
 function group(n: number): ModelGroupConfig {
   const deployments: DeploymentConfig[] = Array.from({ length: n }, (_, i) => ({
     id: `d${i}`,
+    server: `d${i}`,
     provider: 'openai',
     url: `http://127.0.0.1:${10000 + i}`,
     model: 'm',

@@ -28,7 +28,9 @@ import { QuotaLedger } from './policy/quota.ts';
 import { governanceAdmin, industrialRoutes } from './admin/industrial.ts';
 import { LlmProxy } from './llm/proxy.ts';
 import { llmRoutes } from './llm/routes.ts';
-import { ollamaFleet, staticFleet } from './fleet/fleet.ts';
+import { buildFleet, ollamaFleet, type Fleet, type FleetSource } from './fleet/fleet.ts';
+import { FleetManager } from './fleet/manager.ts';
+import { orchestratorRoutes } from './admin/orchestrator.ts';
 import { threadExecutor } from './llm/exec/thread.ts';
 import { DataPlanes } from './plane/planes.ts';
 import { serveForwarded } from './plane/forwarded.ts';
@@ -87,6 +89,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const rateLimiter = createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: config.rateLimitRps > 0 ? rateLimitBuffer() : undefined });
   let fleetNow: BrokerConfig | null = fleetConfig ?? null;
   let fleetVersion = 0;
+  let routesVersion = 0;
+  let fleetManager: FleetManager | undefined;
   const governance = new Governance({
     config: fleetConfig ?? { ...EMPTY_FLEET, source: 'none' },
     flags,
@@ -95,33 +99,68 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     capacity,
     quota,
     waiters: new Int32Array(waiters),
+    // On the main thread alone, its own requests' outcomes feed the breakers here.
+    onLearn: threaded ? undefined : (e) => fleetManager?.observe(e),
   });
   let planes: DataPlanes | undefined;
-  const fleet =
-    fleetConfig !== undefined
-      ? staticFleet(fleetConfig)
-      : ollamaFleet(config.ollamaUrl, logger, (found) => {
-          governance.adopt(found);
-          fleetNow = found;
-          fleetVersion++;
-        });
+  // Changes the control plane makes on its own (health checks, breakers, discovery) reach the threads too.
+  const publish = (): void => void planes?.publish().catch(() => undefined);
+  // The fleet model: servers, health, breakers, bans, drain and maintenance, the running config.
+  fleetManager = new FleetManager(
+    {
+      governance,
+      metrics,
+      logger,
+      configPath: config.brokerConfigPath,
+      healthChecks: config.fleetHealthChecks,
+      onConfig(next) {
+        fleetNow = next;
+        fleetVersion++;
+        publish();
+      },
+      onRoutable() {
+        routesVersion++;
+        publish();
+      },
+    },
+    governance.current,
+  );
+  const manager = fleetManager;
+  const discovery = fleetConfig === undefined ? ollamaFleet(config.ollamaUrl, logger, (found) => manager.replace(found)) : undefined;
+  let served: { config: BrokerConfig; fleet: Fleet } | undefined;
+  const fleet: FleetSource = {
+    async current() {
+      if (discovery !== undefined && manager.current.modelGroups.size === 0) await discovery.current();
+      const c = manager.current;
+      if (c.modelGroups.size === 0) return undefined;
+      if (served?.config !== c) served = { config: c, fleet: buildFleet(c) };
+      return served.fleet;
+    },
+  };
 
   let version = 0;
   let last: Snapshot | undefined;
   const snapshot = (): Snapshot => {
-    const draining = governance.scheduler.all().filter((d) => d.draining).map((d) => d.config.id);
-    const next = { flags: flags.flags, fleet: fleetNow, fleetVersion, slots: capacity.entries(), draining };
+    const next = { flags: flags.flags, fleet: fleetNow, fleetVersion, slots: capacity.entries(), routesVersion, queuePaused: manager.queuePaused };
     if (last !== undefined && sameSnapshot(last, next)) return last;
     const made: Snapshot = Object.freeze({ version: ++version, ...next });
     last = made;
     return made;
   };
 
+  const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
   const controlRoutes = [
     ...obsRoutes(metrics, threaded ? async () => planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : undefined),
     readyRoute(infer),
     ...(infer !== undefined ? adminRoutes(infer) : []),
-    ...industrialRoutes(governanceAdmin(governance, threaded ? { stats: () => planes!.stats() } : undefined), logger),
+    ...industrialRoutes(admin, logger),
+    ...orchestratorRoutes({
+      fleet: manager,
+      logger,
+      queueStats: async () => (await admin.processStats()).queue,
+      inFlight: () => capacity.ids().map((id) => capacity.stats(id)!),
+      metricsText: async () => ({ contentType: metrics.registry.contentType, text: threaded ? await planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : await metrics.registry.metrics() }),
+    }),
   ];
   const guards = {
     maxBodyBytes: config.maxBodyBytes,
@@ -169,7 +208,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           if (fleetVersion !== before) await planes!.publish();
         },
         learn(events) {
-          for (const e of events) governance.learn(e);
+          for (const e of events) {
+            governance.learn(e);
+            manager.observe(e);
+          }
         },
       });
       port = await planes.start();
@@ -187,9 +229,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       inFlight = () => front.inFlight;
     }
   } catch (err) {
+    manager.stop();
     await Promise.all([infer?.close(), executor?.close(), planes?.close(0)]);
     throw err;
   }
+  manager.start();
   if (infer !== undefined) metrics.sources.inferQueue = () => infer.currentPool.queueSize;
   metrics.planeThreads.set(planes?.count ?? 0);
   logger.info(
@@ -209,6 +253,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     waitReady: () => infer?.waitReady() ?? Promise.resolve(),
     close(graceMs = config.shutdownGraceS * 1000) {
       closed ??= (async () => {
+        manager.stop();
         let unfinished: number;
         if (planes !== undefined) {
           unfinished = await planes.close(graceMs);
@@ -272,7 +317,7 @@ function sameSnapshot(a: Omit<Snapshot, 'version'>, b: Omit<Snapshot, 'version'>
     a.fleetVersion === b.fleetVersion &&
     a.slots.length === b.slots.length &&
     a.slots.every(([id, slot], i) => b.slots[i]![0] === id && b.slots[i]![1] === slot) &&
-    a.draining.length === b.draining.length &&
-    a.draining.every((id, i) => b.draining[i] === id)
+    a.routesVersion === b.routesVersion &&
+    a.queuePaused === b.queuePaused
   );
 }

@@ -22,6 +22,7 @@ export const ERROR_TABLE = {
   admin_disabled: { http: 403, grpc: 'PERMISSION_DENIED', openai: 'permission_error', message: 'admin routes are disabled: set ADMIN_TOKEN' },
   not_found: { http: 404, grpc: 'NOT_FOUND', openai: 'invalid_request_error', message: 'no such route' },
   model_not_found: { http: 404, grpc: 'NOT_FOUND', openai: 'invalid_request_error', message: 'no such model' },
+  config_conflict: { http: 409, grpc: 'ABORTED', openai: 'invalid_request_error', message: 'the config changed since it was read: read it again (If-Match)' },
   request_timeout: { http: 408, grpc: 'DEADLINE_EXCEEDED', openai: 'invalid_request_error', message: 'the request body did not arrive in time' },
   method_not_allowed: { http: 405, grpc: 'UNIMPLEMENTED', openai: 'invalid_request_error', message: 'method not allowed on this route' },
   payload_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', openai: 'invalid_request_error', message: 'request body is too large' },

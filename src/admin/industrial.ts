@@ -1,6 +1,8 @@
 // /api/industrial/*: feature flags with runtime overrides and their audit trail,
 // capacity, performance, QoS, quotas, usage patterns, PTU advice and a combined
 // status. Every route needs the admin credential.
+import type { FleetManager } from '../fleet/manager.ts';
+import { COLD, describeBits } from '../fleet/route-bits.ts';
 import { BrokerError } from '../errors.ts';
 import type { Route, RouteContext } from '../front/http/router.ts';
 import { FLAG_NAMES, isFlagName, type FlagName, type FlagStore } from '../config/flags.ts';
@@ -61,7 +63,8 @@ export interface GovernanceAdmin {
   readonly qos: QosConfig;
   keyPolicy(apiKey: string | undefined): ApiKeyPolicy | undefined;
   readonly capacity: Pick<CapacityCounters, 'totals' | 'ids' | 'stats'>;
-  deployment(id: string): { readonly group: string; readonly draining: boolean; readonly cooldownUntil: number } | undefined;
+  /** Its group, whether it drains, and what keeps it from new requests (health, bans, breaker...), '' when nothing. */
+  deployment(id: string): { readonly group: string; readonly draining: boolean; readonly blockedBy: string } | undefined;
   /** Registers the id with this limit, or changes its limit. */
   setLimit(id: string, limit: number): void;
   /** False when there is no such deployment. */
@@ -77,7 +80,7 @@ export interface GovernanceAdmin {
 }
 
 /** The admin view of the control plane's Governance, with the threads' numbers when they serve. */
-export function governanceAdmin(gov: Governance, threads?: { stats(): Promise<PlaneStats[]> }): GovernanceAdmin {
+export function governanceAdmin(gov: Governance, fleet: Pick<FleetManager, 'drainDeployment' | 'isDrained'>, threads?: { stats(): Promise<PlaneStats[]> }): GovernanceAdmin {
   return {
     flags: gov.flags,
     get qos() {
@@ -85,11 +88,15 @@ export function governanceAdmin(gov: Governance, threads?: { stats(): Promise<Pl
     },
     keyPolicy: (k) => gov.keyPolicy(k),
     capacity: gov.capacity,
-    deployment: (id) => gov.deployment(id),
+    deployment(id) {
+      const d = gov.deployment(id);
+      return d === undefined ? undefined : { group: d.group, draining: fleet.isDrained(id), blockedBy: describeBits(gov.capacity.route(d.slot) & ~COLD) };
+    },
     setLimit(id, limit) {
       if (!gov.scheduler.setLimit(id, limit)) gov.capacity.register(id, limit);
     },
-    setDraining: (id, draining) => gov.scheduler.setDraining(id, draining),
+    // One drain for both admin faces: the fleet manager's.
+    setDraining: (id, draining) => fleet.drainDeployment(id, draining),
     performance: gov.performance,
     usage: gov.usage,
     predictor: gov.predictor,
@@ -103,6 +110,7 @@ export function governanceAdmin(gov: Governance, threads?: { stats(): Promise<Pl
         queue.size += s.queue.size;
         queue.timedOut += s.queue.timedOut;
         queue.rejectedFull += s.queue.rejectedFull;
+        queue.oldestWaitMs = Math.max(queue.oldestWaitMs, s.queue.oldestWaitMs);
         for (const [g, n] of Object.entries(s.queue.byGroup)) queue.byGroup[g] = (queue.byGroup[g] ?? 0) + n;
         sticky.hits += s.sticky.hits;
         sticky.misses += s.sticky.misses;
@@ -127,7 +135,7 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
     const c = gov.capacity.stats(id);
     if (c === undefined) return undefined;
     const d = gov.deployment(id);
-    return { ...c, group: d?.group ?? null, draining: d?.draining ?? false, coolingDown: d !== undefined && d.cooldownUntil > Date.now() };
+    return { ...c, group: d?.group ?? null, draining: d?.draining ?? false, routable: d !== undefined && d.blockedBy === '', blockedBy: d?.blockedBy || null };
   };
   const status = async () => {
     const f = flags.flags;

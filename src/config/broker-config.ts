@@ -1,8 +1,13 @@
-// The LLM fleet configuration: BROKER_CONFIG names a JSON or YAML file. Validated
-// once at start-up; an error names the path of the bad field
-// (`modelGroups.chat-small.deployments[0].url: must be an http(s) URL`).
+// The LLM fleet configuration: BROKER_CONFIG names a JSON or YAML file. Its shape is
+// the zod schema in schema.ts; this file applies defaults and the cross-field rules.
+// An error names the path of the bad field
+// (`modelGroups.chat-small.deployments[0].url: must be an http(s) URL`). The same
+// parse runs on every runtime change (/api/orchestrator/config), so a change that
+// would not load from a file is refused the same way.
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { brokerConfigSchema, firstIssue, type RawBrokerConfig } from './schema.ts';
+import { DEFAULT_BREAKER, type BreakerSettings } from '../fleet/breaker.ts';
 import { DEFAULT_PERFORMANCE, type PerformanceThresholds } from '../policy/performance.ts';
 import { DEFAULT_QOS, type QosConfig, type QosTier } from '../policy/qos.ts';
 
@@ -21,6 +26,8 @@ export interface Timeouts {
 
 export interface DeploymentConfig extends Timeouts {
   readonly id: string;
+  /** The server it runs on (a deployment without one is its own server, of the same id). */
+  readonly server: string;
   readonly provider: Provider;
   /** Base URL, without the API path: http://127.0.0.1:11434 or https://api.example.com (an OpenAI base may end in /v1). */
   readonly url: string;
@@ -34,6 +41,33 @@ export interface DeploymentConfig extends Timeouts {
   /** Quotas of this deployment (quota enforcement). */
   readonly rpm: number | undefined;
   readonly tpm: number | undefined;
+}
+
+/** An upstream server: one process (an Ollama, a vLLM) that serves one or more models. */
+export interface ServerConfig extends Timeouts {
+  readonly id: string;
+  readonly provider: Provider;
+  readonly url: string;
+  readonly maxConcurrency: number;
+  readonly apiKeyEnv: string | undefined;
+  readonly apiKey: string | undefined;
+  /** Declared in `servers` (true), or implied by a deployment with its own url (false). */
+  readonly declared: boolean;
+}
+
+export interface HealthCheckConfig {
+  readonly enabled: boolean;
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  readonly unhealthyThreshold: number;
+  readonly healthyThreshold: number;
+}
+
+export interface FleetSettings {
+  readonly healthCheck: HealthCheckConfig;
+  readonly breaker: BreakerSettings;
+  readonly recoveryHistory: number;
+  readonly historyWindowMinutes: number;
 }
 
 export interface ModelGroupConfig {
@@ -83,6 +117,10 @@ export interface BrokerConfig {
   /** Policies by API key (the client's Bearer token or x-api-key). */
   readonly apiKeys: ReadonlyMap<string, ApiKeyPolicy>;
   readonly ptu: readonly PtuConfig[];
+  readonly servers: ReadonlyMap<string, ServerConfig>;
+  readonly fleet: FleetSettings;
+  /** The document as written, validated (GET /api/orchestrator/config, /config/save). */
+  readonly raw: RawBrokerConfig;
   /** Where the config came from: a file path, or 'default' (local Ollama discovery). */
   readonly source: string;
 }
@@ -105,229 +143,198 @@ export const DEFAULT_ROUTER: RouterConfig = Object.freeze({ failureThreshold: 3,
 
 export const DEFAULT_SCHEDULER: SchedulerConfig = Object.freeze({ maxQueue: 1_000, maxWaitMs: 30_000, agingMs: 1_000, queueWhenFull: true, defaultOutputTokens: 256 });
 
+export const DEFAULT_HEALTH_CHECK: HealthCheckConfig = Object.freeze({ enabled: true, intervalMs: 10_000, timeoutMs: 2_000, unhealthyThreshold: 2, healthyThreshold: 2 });
+
+export const DEFAULT_FLEET: FleetSettings = Object.freeze({ healthCheck: DEFAULT_HEALTH_CHECK, breaker: DEFAULT_BREAKER, recoveryHistory: 100, historyWindowMinutes: 60 });
+
 /** The governance sections' defaults, for fleets that come without a file (Ollama discovery). */
-export const DEFAULT_GOVERNANCE = { scheduler: DEFAULT_SCHEDULER, performance: DEFAULT_PERFORMANCE, qos: DEFAULT_QOS, apiKeys: new Map<string, ApiKeyPolicy>(), ptu: [] as PtuConfig[] };
+export const DEFAULT_GOVERNANCE = { scheduler: DEFAULT_SCHEDULER, performance: DEFAULT_PERFORMANCE, qos: DEFAULT_QOS, apiKeys: new Map<string, ApiKeyPolicy>(), ptu: [] as PtuConfig[], fleet: DEFAULT_FLEET };
 
 /** No model groups yet (before discovery finds any). */
-export const EMPTY_FLEET: Omit<BrokerConfig, 'source'> = { modelGroups: new Map(), router: DEFAULT_ROUTER, ...DEFAULT_GOVERNANCE };
+export const EMPTY_FLEET: Omit<BrokerConfig, 'source'> = { modelGroups: new Map(), router: DEFAULT_ROUTER, servers: new Map(), raw: {}, ...DEFAULT_GOVERNANCE };
 
-type Obj = Record<string, unknown>;
 
-function isObj(v: unknown): v is Obj {
-  return v !== null && typeof v === 'object' && !Array.isArray(v);
+type Env = Readonly<Record<string, string | undefined>>;
+
+function timeoutsOf(o: Partial<Timeouts>, base: Timeouts): Timeouts {
+  return {
+    connectTimeoutMs: o.connectTimeoutMs ?? base.connectTimeoutMs,
+    headersTimeoutMs: o.headersTimeoutMs ?? base.headersTimeoutMs,
+    idleTimeoutMs: o.idleTimeoutMs ?? base.idleTimeoutMs,
+    keepAliveTimeoutMs: o.keepAliveTimeoutMs ?? base.keepAliveTimeoutMs,
+  };
 }
 
-function allowOnly(o: Obj, path: string, keys: readonly string[]): void {
-  for (const k of Object.keys(o)) if (!keys.includes(k)) throw new BrokerConfigError(`${path}.${k}`, `unknown field; allowed: ${keys.join(', ')}`);
-}
-
-function posInt(v: unknown, path: string, def: number, min = 1): number {
-  if (v === undefined) return def;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) throw new BrokerConfigError(path, `must be an integer >= ${min}`);
+function apiKeyOf(name: string | undefined, path: string, env: Env): string | undefined {
+  if (name === undefined) return undefined;
+  const v = env[name];
+  if (v === undefined || v === '') throw new BrokerConfigError(path, `env var ${name} is not set`);
   return v;
 }
 
-function optInt(v: unknown, path: string, min = 1): number | undefined {
-  return v === undefined ? undefined : posInt(v, path, 0, min);
+function normalUrl(u: string): string {
+  return new URL(u).href.replace(/\/$/, '');
 }
 
-function num(v: unknown, path: string, def: number, min: number, max: number): number {
-  if (v === undefined) return def;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw new BrokerConfigError(path, `must be a number between ${min} and ${max}`);
-  return v;
-}
-
-function section(raw: Obj, key: string, keys: readonly string[]): Obj {
-  const v = raw[key] ?? {};
-  if (!isObj(v)) throw new BrokerConfigError(key, 'must be an object');
-  allowOnly(v, key, keys);
-  return v;
-}
-
-function parseScheduler(raw: Obj): SchedulerConfig {
-  const o = section(raw, 'scheduler', ['maxQueue', 'maxWaitMs', 'agingMs', 'queueWhenFull', 'defaultOutputTokens']);
-  if (o.queueWhenFull !== undefined && typeof o.queueWhenFull !== 'boolean') throw new BrokerConfigError('scheduler.queueWhenFull', 'must be true or false');
-  return Object.freeze({
-    maxQueue: posInt(o.maxQueue, 'scheduler.maxQueue', DEFAULT_SCHEDULER.maxQueue, 0),
-    maxWaitMs: posInt(o.maxWaitMs, 'scheduler.maxWaitMs', DEFAULT_SCHEDULER.maxWaitMs),
-    agingMs: posInt(o.agingMs, 'scheduler.agingMs', DEFAULT_SCHEDULER.agingMs),
-    queueWhenFull: (o.queueWhenFull as boolean | undefined) ?? DEFAULT_SCHEDULER.queueWhenFull,
-    defaultOutputTokens: posInt(o.defaultOutputTokens, 'scheduler.defaultOutputTokens', DEFAULT_SCHEDULER.defaultOutputTokens),
-  });
-}
-
-function parsePerformance(raw: Obj): PerformanceThresholds {
-  const o = section(raw, 'performance', ['alpha', 'ttftDegradedMs', 'errorRateDegraded', 'minTokensPerSecond', 'minSamples', 'probeIntervalMs', 'decayMs']);
-  const d = DEFAULT_PERFORMANCE;
-  return Object.freeze({
-    alpha: num(o.alpha, 'performance.alpha', d.alpha, 0.001, 1),
-    ttftDegradedMs: num(o.ttftDegradedMs, 'performance.ttftDegradedMs', d.ttftDegradedMs, 1, 3_600_000),
-    errorRateDegraded: num(o.errorRateDegraded, 'performance.errorRateDegraded', d.errorRateDegraded, 0, 1),
-    minTokensPerSecond: num(o.minTokensPerSecond, 'performance.minTokensPerSecond', d.minTokensPerSecond, 0, 1e9),
-    minSamples: posInt(o.minSamples, 'performance.minSamples', d.minSamples),
-    probeIntervalMs: posInt(o.probeIntervalMs, 'performance.probeIntervalMs', d.probeIntervalMs),
-    decayMs: posInt(o.decayMs, 'performance.decayMs', d.decayMs),
-  });
-}
-
-function parseQos(raw: Obj): QosConfig {
-  const o = section(raw, 'qos', ['defaultTier', 'tiers']);
+function parseQos(raw: RawBrokerConfig): QosConfig {
+  const o = raw.qos ?? {};
   if (o.tiers === undefined) {
-    if (o.defaultTier !== undefined && !DEFAULT_QOS.tiers.has(String(o.defaultTier))) throw new BrokerConfigError('qos.defaultTier', `must be one of ${[...DEFAULT_QOS.tiers.keys()].join(', ')}`);
-    return { defaultTier: (o.defaultTier as string | undefined) ?? DEFAULT_QOS.defaultTier, tiers: DEFAULT_QOS.tiers };
+    if (o.defaultTier !== undefined && !DEFAULT_QOS.tiers.has(o.defaultTier)) throw new BrokerConfigError('qos.defaultTier', `must be one of ${[...DEFAULT_QOS.tiers.keys()].join(', ')}`);
+    return { defaultTier: o.defaultTier ?? DEFAULT_QOS.defaultTier, tiers: DEFAULT_QOS.tiers };
   }
-  if (!isObj(o.tiers) || Object.keys(o.tiers).length === 0) throw new BrokerConfigError('qos.tiers', 'must be an object with at least one tier');
+  if (Object.keys(o.tiers).length === 0) throw new BrokerConfigError('qos.tiers', 'must be an object with at least one tier');
   const tiers = new Map<string, QosTier>();
   for (const [name, t] of Object.entries(o.tiers)) {
-    const p = `qos.tiers.${name}`;
-    if (!isObj(t)) throw new BrokerConfigError(p, 'must be an object');
-    allowOnly(t, p, ['maxQueueWaitMs', 'maxOutputTokens', 'allowedGroups', 'capacityShare', 'priority']);
-    const groups = t.allowedGroups ?? ['*'];
-    if (!Array.isArray(groups) || groups.length === 0 || !groups.every((g) => typeof g === 'string')) throw new BrokerConfigError(`${p}.allowedGroups`, 'must be a non-empty list of model group names (or "*")');
     tiers.set(name, Object.freeze({
       name,
-      maxQueueWaitMs: posInt(t.maxQueueWaitMs, `${p}.maxQueueWaitMs`, DEFAULT_SCHEDULER.maxWaitMs),
-      maxOutputTokens: optInt(t.maxOutputTokens, `${p}.maxOutputTokens`) ?? null,
-      allowedGroups: Object.freeze([...groups]),
-      capacityShare: num(t.capacityShare, `${p}.capacityShare`, 1, 0.01, 1),
-      priority: num(t.priority, `${p}.priority`, 5, 0, 9),
+      maxQueueWaitMs: t.maxQueueWaitMs ?? DEFAULT_SCHEDULER.maxWaitMs,
+      maxOutputTokens: t.maxOutputTokens ?? null,
+      allowedGroups: Object.freeze([...(t.allowedGroups ?? ['*'])]),
+      capacityShare: t.capacityShare ?? 1,
+      priority: t.priority ?? 5,
     }));
   }
-  const defaultTier = (o.defaultTier as string | undefined) ?? [...tiers.keys()][0]!;
+  const defaultTier = o.defaultTier ?? [...tiers.keys()][0]!;
   if (!tiers.has(defaultTier)) throw new BrokerConfigError('qos.defaultTier', `must name one of the tiers (${[...tiers.keys()].join(', ')})`);
   return { defaultTier, tiers };
 }
 
-function parseApiKeys(raw: Obj, qos: QosConfig, env: Readonly<Record<string, string | undefined>>): Map<string, ApiKeyPolicy> {
-  // Any key name is allowed here (the names are the keys), so no allowOnly().
-  const o = raw.apiKeys ?? {};
-  if (!isObj(o)) throw new BrokerConfigError('apiKeys', 'must be an object');
+function parseApiKeys(raw: RawBrokerConfig, qos: QosConfig, env: Env): Map<string, ApiKeyPolicy> {
   const keys = new Map<string, ApiKeyPolicy>();
-  for (const [name, k] of Object.entries(o)) {
+  for (const [name, k] of Object.entries(raw.apiKeys ?? {})) {
     const p = `apiKeys.${name}`;
-    if (!isObj(k)) throw new BrokerConfigError(p, 'must be an object');
-    allowOnly(k, p, ['keyEnv', 'tier', 'priority', 'label', 'rpm', 'tpm']);
     // The key itself comes from env (keyEnv) so that secrets stay out of the file; without keyEnv the name is the key.
-    let key = name;
-    if (k.keyEnv !== undefined) {
-      const v = typeof k.keyEnv === 'string' ? env[k.keyEnv] : undefined;
-      if (v === undefined || v === '') throw new BrokerConfigError(`${p}.keyEnv`, `env var ${String(k.keyEnv)} is not set`);
-      key = v;
-    }
-    if (k.tier !== undefined && !qos.tiers.has(String(k.tier))) throw new BrokerConfigError(`${p}.tier`, `must be one of ${[...qos.tiers.keys()].join(', ')}`);
-    if (k.label !== undefined && (typeof k.label !== 'string' || k.label === '')) throw new BrokerConfigError(`${p}.label`, 'must be a non-empty string');
-    keys.set(key, Object.freeze({
-      tier: k.tier as string | undefined,
-      priority: k.priority === undefined ? undefined : num(k.priority, `${p}.priority`, 5, 0, 9),
-      label: k.label as string | undefined,
-      rpm: optInt(k.rpm, `${p}.rpm`),
-      tpm: optInt(k.tpm, `${p}.tpm`),
-    }));
+    const key = k.keyEnv === undefined ? name : apiKeyOf(k.keyEnv, `${p}.keyEnv`, env)!;
+    if (k.tier !== undefined && !qos.tiers.has(k.tier)) throw new BrokerConfigError(`${p}.tier`, `must be one of ${[...qos.tiers.keys()].join(', ')}`);
+    keys.set(key, Object.freeze({ tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm }));
   }
   return keys;
 }
 
-function parsePtu(raw: Obj): PtuConfig[] {
-  const list = raw.ptu ?? [];
-  if (!Array.isArray(list)) throw new BrokerConfigError('ptu', 'must be a list');
-  return list.map((d: unknown, i: number) => {
-    const p = `ptu[${i}]`;
-    if (!isObj(d)) throw new BrokerConfigError(p, 'must be an object');
-    allowOnly(d, p, ['name', 'capacityTpm', 'label']);
-    if (typeof d.name !== 'string' || d.name === '') throw new BrokerConfigError(`${p}.name`, 'must be a non-empty string');
-    return Object.freeze({ name: d.name, capacityTpm: posInt(d.capacityTpm, `${p}.capacityTpm`, 0), label: d.label as string | undefined });
+function parseFleet(raw: RawBrokerConfig, router: RouterConfig): FleetSettings {
+  const f = raw.fleet ?? {};
+  const h = { ...DEFAULT_HEALTH_CHECK, ...f.healthCheck };
+  const b = { ...DEFAULT_BREAKER, failureThreshold: router.failureThreshold, openMs: router.cooldownMs, ...f.breaker };
+  if (b.maxOpenMs < b.openMs) throw new BrokerConfigError('fleet.breaker.maxOpenMs', `must be >= openMs (${b.openMs})`);
+  return Object.freeze({ healthCheck: Object.freeze(h), breaker: Object.freeze(b), recoveryHistory: f.recoveryHistory ?? DEFAULT_FLEET.recoveryHistory, historyWindowMinutes: raw.metrics?.historyWindowMinutes ?? DEFAULT_FLEET.historyWindowMinutes });
+}
+
+/**
+ * Validates a fleet document and applies its defaults. `discovered`: the models each
+ * declared server's health checks listed, for servers whose `models` the file leaves
+ * out; every model of a declared server joins the group of the same name, unless a
+ * group already routes to that server × model.
+ */
+export function parseBrokerConfig(doc: unknown, source: string, env: Env = process.env, discovered: ReadonlyMap<string, readonly string[]> = new Map()): BrokerConfig {
+  const issue = firstIssue(brokerConfigSchema, doc);
+  if (issue !== undefined) throw new BrokerConfigError(issue.path, issue.message);
+  const raw = doc as RawBrokerConfig;
+  const base = timeoutsOf(raw.upstream ?? {}, DEFAULT_TIMEOUTS);
+  const router: RouterConfig = Object.freeze({ ...DEFAULT_ROUTER, ...raw.router });
+
+  const servers = new Map<string, ServerConfig>();
+  (raw.servers ?? []).forEach((s, i) => {
+    const p = `servers[${i}]`;
+    if (servers.has(s.id)) throw new BrokerConfigError(`${p}.id`, `duplicate server id ${s.id}`);
+    servers.set(s.id, Object.freeze({ id: s.id, provider: s.provider, url: normalUrl(s.url), maxConcurrency: s.maxConcurrency ?? 64, apiKeyEnv: s.apiKeyEnv, apiKey: apiKeyOf(s.apiKeyEnv, `${p}.apiKeyEnv`, env), declared: true, ...timeoutsOf(s, base) }));
   });
-}
+  if (raw.modelGroups === undefined && servers.size === 0) throw new BrokerConfigError('modelGroups', 'must be an object with at least one model group (or list servers)');
+  if (raw.modelGroups !== undefined && Object.keys(raw.modelGroups).length === 0) throw new BrokerConfigError('modelGroups', 'must be an object with at least one model group');
 
-function timeouts(o: Obj, path: string, base: Timeouts): Timeouts {
-  return {
-    connectTimeoutMs: posInt(o.connectTimeoutMs, `${path}.connectTimeoutMs`, base.connectTimeoutMs),
-    headersTimeoutMs: posInt(o.headersTimeoutMs, `${path}.headersTimeoutMs`, base.headersTimeoutMs),
-    idleTimeoutMs: posInt(o.idleTimeoutMs, `${path}.idleTimeoutMs`, base.idleTimeoutMs),
-    keepAliveTimeoutMs: posInt(o.keepAliveTimeoutMs, `${path}.keepAliveTimeoutMs`, base.keepAliveTimeoutMs),
-  };
-}
-
-const TIMEOUT_KEYS = ['connectTimeoutMs', 'headersTimeoutMs', 'idleTimeoutMs', 'keepAliveTimeoutMs'];
-const DEPLOYMENT_KEYS = ['id', 'provider', 'url', 'model', 'concurrencyLimit', 'weight', 'apiKeyEnv', 'rpm', 'tpm', ...TIMEOUT_KEYS];
-
-export function parseBrokerConfig(raw: unknown, source: string, env: Readonly<Record<string, string | undefined>> = process.env): BrokerConfig {
-  if (!isObj(raw)) throw new BrokerConfigError('(root)', 'must be an object');
-  allowOnly(raw, '(root)', ['modelGroups', 'upstream', 'router', 'scheduler', 'performance', 'qos', 'apiKeys', 'ptu']);
-  const upstream = raw.upstream ?? {};
-  if (!isObj(upstream)) throw new BrokerConfigError('upstream', 'must be an object');
-  allowOnly(upstream, 'upstream', TIMEOUT_KEYS);
-  const base = timeouts(upstream, 'upstream', DEFAULT_TIMEOUTS);
-  const routerRaw = raw.router ?? {};
-  if (!isObj(routerRaw)) throw new BrokerConfigError('router', 'must be an object');
-  allowOnly(routerRaw, 'router', ['failureThreshold', 'cooldownMs']);
-  const router: RouterConfig = {
-    failureThreshold: posInt(routerRaw.failureThreshold, 'router.failureThreshold', DEFAULT_ROUTER.failureThreshold),
-    cooldownMs: posInt(routerRaw.cooldownMs, 'router.cooldownMs', DEFAULT_ROUTER.cooldownMs, 0),
-  };
-
-  if (!isObj(raw.modelGroups) || Object.keys(raw.modelGroups).length === 0) throw new BrokerConfigError('modelGroups', 'must be an object with at least one model group');
-  const groups = new Map<string, ModelGroupConfig>();
   const ids = new Set<string>();
-  for (const [name, g] of Object.entries(raw.modelGroups)) {
+  const routed = new Set<string>(); // server × model pairs a group names
+  const groups = new Map<string, DeploymentConfig[]>();
+  for (const [name, g] of Object.entries(raw.modelGroups ?? {})) {
     const gp = `modelGroups.${name}`;
-    if (!isObj(g)) throw new BrokerConfigError(gp, 'must be an object');
-    allowOnly(g, gp, ['deployments']);
-    if (!Array.isArray(g.deployments) || g.deployments.length === 0) throw new BrokerConfigError(`${gp}.deployments`, 'must be a non-empty list');
-    const deployments = g.deployments.map((d: unknown, i: number): DeploymentConfig => {
+    const deployments = g.deployments.map((d, i): DeploymentConfig => {
       const p = `${gp}.deployments[${i}]`;
-      if (!isObj(d)) throw new BrokerConfigError(p, 'must be an object');
-      allowOnly(d, p, DEPLOYMENT_KEYS);
-      if (typeof d.id !== 'string' || !/^[A-Za-z0-9._:-]{1,64}$/.test(d.id)) throw new BrokerConfigError(`${p}.id`, 'must be 1-64 characters of letters, digits, . _ : -');
-      if (ids.has(d.id)) throw new BrokerConfigError(`${p}.id`, `duplicate deployment id ${d.id}`);
-      ids.add(d.id);
-      if (d.provider !== 'openai' && d.provider !== 'ollama') throw new BrokerConfigError(`${p}.provider`, 'must be openai or ollama');
-      let url: URL;
-      try {
-        url = new URL(String(d.url));
-      } catch {
-        throw new BrokerConfigError(`${p}.url`, 'must be an http(s) URL');
+      let server: ServerConfig;
+      if (d.server !== undefined) {
+        const s = servers.get(d.server);
+        if (s === undefined) throw new BrokerConfigError(`${p}.server`, `no server ${d.server} in servers`);
+        if (d.url !== undefined || d.provider !== undefined || d.apiKeyEnv !== undefined) throw new BrokerConfigError(`${p}.server`, 'a deployment on a server takes its url, provider and apiKeyEnv from the server');
+        server = s;
+      } else {
+        if (d.id === undefined) throw new BrokerConfigError(`${p}.id`, 'must be 1-64 characters of letters, digits, . _ : -');
+        if (d.provider === undefined) throw new BrokerConfigError(`${p}.provider`, 'must be openai or ollama');
+        if (d.url === undefined) throw new BrokerConfigError(`${p}.url`, 'must be an http(s) URL');
+        if (servers.has(d.id)) throw new BrokerConfigError(`${p}.id`, `${d.id} is also a server id`);
+        server = { id: d.id, provider: d.provider, url: normalUrl(d.url), maxConcurrency: d.concurrencyLimit ?? 64, apiKeyEnv: d.apiKeyEnv, apiKey: apiKeyOf(d.apiKeyEnv, `${p}.apiKeyEnv`, env), declared: false, ...timeoutsOf(d, base) };
+        servers.set(server.id, Object.freeze(server));
       }
-      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new BrokerConfigError(`${p}.url`, 'must be an http(s) URL');
-      if (typeof d.model !== 'string' || d.model === '') throw new BrokerConfigError(`${p}.model`, 'must be a non-empty string');
-      const weight = d.weight ?? 1;
-      if (typeof weight !== 'number' || !(weight > 0)) throw new BrokerConfigError(`${p}.weight`, 'must be a number > 0');
-      let apiKey: string | undefined;
-      if (d.apiKeyEnv !== undefined) {
-        if (typeof d.apiKeyEnv !== 'string' || d.apiKeyEnv === '') throw new BrokerConfigError(`${p}.apiKeyEnv`, 'must be the name of an env var');
-        apiKey = env[d.apiKeyEnv];
-        if (apiKey === undefined || apiKey === '') throw new BrokerConfigError(`${p}.apiKeyEnv`, `env var ${d.apiKeyEnv} is not set`);
-      }
-      return Object.freeze({
-        id: d.id,
-        provider: d.provider,
-        url: url.href.replace(/\/$/, ''),
-        model: d.model,
-        concurrencyLimit: posInt(d.concurrencyLimit, `${p}.concurrencyLimit`, 64),
-        weight,
-        apiKeyEnv: d.apiKeyEnv as string | undefined,
-        apiKey,
-        rpm: optInt(d.rpm, `${p}.rpm`),
-        tpm: optInt(d.tpm, `${p}.tpm`),
-        ...timeouts(d, p, base),
-      });
+      const id = d.id ?? `${server.id}:${d.model}`;
+      if (ids.has(id)) throw new BrokerConfigError(`${p}.id`, `duplicate deployment id ${id}`);
+      ids.add(id);
+      routed.add(`${server.id}\u0000${d.model}`);
+      return deploymentOn(server, id, d.model, { ...d, ...timeoutsOf(d, server) });
     });
-    groups.set(name, Object.freeze({ name, deployments: Object.freeze(deployments) }));
+    groups.set(name, deployments);
   }
+  // A declared server's models (listed, or found by its health checks) join the group of
+  // the same name: the Ollama way, where clients ask for a model by its own name.
+  const declared = raw.servers ?? [];
+  for (const s of declared) {
+    const server = servers.get(s.id)!;
+    for (const model of s.models ?? discovered.get(s.id) ?? []) {
+      if (routed.has(`${s.id}\u0000${model}`)) continue;
+      const id = `${s.id}:${model}`;
+      if (ids.has(id)) continue;
+      ids.add(id);
+      const list = groups.get(model) ?? [];
+      list.push(deploymentOn(server, id, model, {}));
+      groups.set(model, list);
+    }
+  }
+
+  const modelGroups = new Map<string, ModelGroupConfig>();
+  for (const [name, deployments] of groups) modelGroups.set(name, Object.freeze({ name, deployments: Object.freeze(deployments) }));
+  // Ollama itself answers `llama3.2` for `llama3.2:latest`; so do we, where no group has that name.
+  for (const [name, g] of [...modelGroups]) {
+    const short = name.endsWith(':latest') ? name.slice(0, -':latest'.length) : undefined;
+    if (short !== undefined && !modelGroups.has(short) && g.deployments.every((d) => d.provider === 'ollama')) modelGroups.set(short, g);
+  }
+
   const qos = parseQos(raw);
+  const s = raw.scheduler ?? {};
+  const perf = raw.performance ?? {};
   return Object.freeze({
-    modelGroups: groups,
-    router: Object.freeze(router),
-    scheduler: parseScheduler(raw),
-    performance: parsePerformance(raw),
+    modelGroups,
+    router,
+    scheduler: Object.freeze({ ...DEFAULT_SCHEDULER, ...s }),
+    performance: Object.freeze({ ...DEFAULT_PERFORMANCE, ...perf }),
     qos,
     apiKeys: parseApiKeys(raw, qos, env),
-    ptu: parsePtu(raw),
+    ptu: (raw.ptu ?? []).map((d) => Object.freeze({ name: d.name, capacityTpm: d.capacityTpm, label: d.label })),
+    servers,
+    fleet: parseFleet(raw, router),
+    raw,
     source,
   });
 }
 
-export function loadBrokerConfigFile(path: string, env?: Readonly<Record<string, string | undefined>>): BrokerConfig {
+function deploymentOn(server: ServerConfig, id: string, model: string, d: { concurrencyLimit?: number; weight?: number; rpm?: number; tpm?: number } & Partial<Timeouts>): DeploymentConfig {
+  return Object.freeze({
+    id,
+    server: server.id,
+    provider: server.provider,
+    url: server.url,
+    model,
+    concurrencyLimit: d.concurrencyLimit ?? server.maxConcurrency,
+    weight: d.weight ?? 1,
+    apiKeyEnv: server.apiKeyEnv,
+    apiKey: server.apiKey,
+    rpm: d.rpm,
+    tpm: d.tpm,
+    ...timeoutsOf(d, server),
+  });
+}
+
+export function loadBrokerConfigFile(path: string, env?: Readonly<Record<string, string | undefined>>, discovered?: ReadonlyMap<string, readonly string[]>): BrokerConfig {
+  return parseBrokerConfig(readBrokerConfigDocument(path), path, env, discovered);
+}
+
+/** The file's document, parsed as YAML or JSON but not yet validated. */
+export function readBrokerConfigDocument(path: string): unknown {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -340,5 +347,5 @@ export function loadBrokerConfigFile(path: string, env?: Readonly<Record<string,
   } catch (err) {
     throw new BrokerConfigError('BROKER_CONFIG', `${path} is not valid ${/\.ya?ml$/i.test(path) ? 'YAML' : 'JSON'}: ${(err as Error).message}`);
   }
-  return parseBrokerConfig(raw, path, env);
+  return raw;
 }

@@ -60,6 +60,8 @@ export interface Config {
   readonly inferEnabled: boolean;
   /** How long in-flight requests and streams get to finish after SIGTERM/SIGINT. */
   readonly shutdownGraceS: number;
+  /** FLEET_HEALTH_CHECKS: overrides the fleet file's healthCheck.enabled (undefined: the file decides). */
+  readonly fleetHealthChecks: boolean | undefined;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -159,6 +161,7 @@ export function loadConfig(env: Env = process.env): Config {
     upstreamMaxBodyBytes: int(env, 'UPSTREAM_MAX_BODY_BYTES', 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     frontThreads: int(env, 'FRONT_THREADS', Math.min(cores, 64), 0, 64),
     inferEnabled: bool(env, 'INFER_ENABLED', true),
+    fleetHealthChecks: env.FLEET_HEALTH_CHECKS === undefined || env.FLEET_HEALTH_CHECKS === '' ? undefined : bool(env, 'FLEET_HEALTH_CHECKS', true),
     shutdownGraceS: num(env, 'SHUTDOWN_GRACE_S', 30, 0, 3600),
   });
 }

@@ -10,6 +10,8 @@ export const FLAGS = {
   qos_switching: false,
   priority_routing: false,
   sticky_routing: false,
+  // Among eligible deployments, those whose server has the model loaded go first.
+  warm_first_routing: true,
   quota_enforcement: false,
   output_prediction: false,
   // The staged pipeline (false) is the test oracle and bench baseline, not a way to serve.

@@ -1,40 +1,41 @@
-// The state of each upstream deployment as this thread knows it: its capacity slot,
-// consecutive failures and the cool-down they trigger, and whether it drains. The
-// scheduler routes over it; failures and successes come from finished attempts (this
-// thread's and, relayed, the other threads').
-import type { DeploymentConfig, ModelGroupConfig, RouterConfig } from '../config/broker-config.ts';
+// The deployments this thread routes over, by id and by group: each with its capacity
+// slot and, when it shares a server with other deployments, the server's slot. Whether
+// one may take requests (health, bans, breaker, drain, maintenance) is not kept here:
+// it is in the shared route bits of its slot, written by the control plane's fleet
+// manager (src/fleet/manager.ts) and read by every thread's scheduler.
+import type { DeploymentConfig, ModelGroupConfig, ServerConfig } from '../config/broker-config.ts';
 import type { CapacityCounters } from '../sched/capacity.ts';
 
 export interface DeploymentState {
   readonly config: DeploymentConfig;
   readonly group: string;
   readonly slot: number;
-  consecutiveFailures: number;
-  /** Epoch ms until which the deployment is skipped after consecutive failures. */
-  cooldownUntil: number;
-  /** Takes no new requests; in-flight ones finish. */
-  draining: boolean;
+  /** The capacity slot of its server (maxConcurrency over all its models); -1 when the deployment is its own server. */
+  readonly serverSlot: number;
+}
+
+/** The capacity id of a server's own slot. */
+export function serverSlotId(server: string): string {
+  return `server:${server}`;
 }
 
 export class Deployments {
   private readonly byId = new Map<string, DeploymentState>();
   private readonly byGroup = new Map<ModelGroupConfig, DeploymentState[]>();
 
-  constructor(
-    private readonly capacity: CapacityCounters,
-    private readonly router: RouterConfig,
-    private readonly now: () => number,
-  ) {}
+  constructor(private readonly capacity: CapacityCounters) {}
 
-  /** Adds (or updates) the deployments of these groups; slots and state are kept by id. */
-  register(groups: Iterable<ModelGroupConfig>): DeploymentConfig[] {
+  /** Adds (or updates) the deployments of these groups; slots are kept by id. */
+  register(groups: Iterable<ModelGroupConfig>, servers?: ReadonlyMap<string, ServerConfig>): DeploymentConfig[] {
     this.byGroup.clear();
     const configs: DeploymentConfig[] = [];
     for (const g of groups) {
       for (const d of g.deployments) {
         const slot = this.capacity.register(d.id, d.concurrencyLimit);
-        const old = this.byId.get(d.id);
-        this.byId.set(d.id, { config: d, group: g.name, slot, consecutiveFailures: old?.consecutiveFailures ?? 0, cooldownUntil: old?.cooldownUntil ?? 0, draining: old?.draining ?? false });
+        const server = servers?.get(d.server);
+        // A server with models of its own caps them together; a deployment that is its own server is capped by its slot.
+        const serverSlot = server !== undefined && server.declared ? this.capacity.register(serverSlotId(server.id), server.maxConcurrency) : -1;
+        this.byId.set(d.id, { config: d, group: g.name, slot, serverSlot });
         configs.push(d);
       }
     }
@@ -57,16 +58,5 @@ export class Deployments {
       this.byGroup.set(group, states);
     }
     return states;
-  }
-
-  succeeded(d: DeploymentState): void {
-    d.consecutiveFailures = 0;
-    d.cooldownUntil = 0;
-  }
-
-  /** Counts a failure; past the threshold the deployment cools down. */
-  failed(d: DeploymentState): void {
-    d.consecutiveFailures++;
-    if (d.consecutiveFailures >= this.router.failureThreshold) d.cooldownUntil = this.now() + this.router.cooldownMs;
   }
 }

@@ -1,7 +1,7 @@
 // Without BROKER_CONFIG the broker serves the models of a local Ollama: one model
 // group per model listed by its /api/tags, each with that one deployment.
 import { request } from 'undici';
-import { DEFAULT_GOVERNANCE, DEFAULT_ROUTER, DEFAULT_TIMEOUTS, type BrokerConfig, type ModelGroupConfig } from '../config/broker-config.ts';
+import { parseBrokerConfig, type BrokerConfig } from '../config/broker-config.ts';
 
 export const HOW_TO_CONFIGURE =
   'no LLM upstream is available: no local Ollama answered at OLLAMA_URL, and BROKER_CONFIG is not set. ' +
@@ -21,20 +21,20 @@ export async function discoverOllama(url: string, timeoutMs = 1000): Promise<Bro
   }
   const models = (tags as { models?: { name?: unknown; model?: unknown }[] }).models;
   if (!Array.isArray(models)) return undefined;
-  const groups = new Map<string, ModelGroupConfig>();
+  const names: string[] = [];
   for (const m of models) {
     const name = typeof m.name === 'string' ? m.name : typeof m.model === 'string' ? m.model : undefined;
-    if (name === undefined || groups.has(name)) continue;
-    const group: ModelGroupConfig = {
-      name,
-      deployments: [
-        { id: `ollama-local/${name}`.replace(/[^A-Za-z0-9._:-]/g, '_'), provider: 'ollama', url: url.replace(/\/$/, ''), model: name, concurrencyLimit: 4, weight: 1, apiKeyEnv: undefined, apiKey: undefined, rpm: undefined, tpm: undefined, ...DEFAULT_TIMEOUTS },
-      ],
-    };
-    groups.set(name, group);
-    // Ollama itself answers `llama3.2` for `llama3.2:latest`; so do we.
-    if (name.endsWith(':latest')) groups.set(name.slice(0, -':latest'.length), group);
+    if (name !== undefined && !names.includes(name)) names.push(name);
   }
-  if (groups.size === 0) return undefined;
-  return { modelGroups: groups, router: DEFAULT_ROUTER, ...DEFAULT_GOVERNANCE, source: `ollama discovery at ${url}` };
+  if (names.length === 0) return undefined;
+  return discoveredFleet(url, names);
+}
+
+/**
+ * The fleet of one local Ollama: a declared server `ollama-local` whose models (from
+ * /api/tags, refreshed by its health checks) each get a group of their own name.
+ */
+export function discoveredFleet(url: string, models: readonly string[]): BrokerConfig {
+  const doc = { servers: [{ id: 'ollama-local', provider: 'ollama' as const, url, maxConcurrency: 4 }] };
+  return parseBrokerConfig(doc, `ollama discovery at ${url}`, {}, new Map([['ollama-local', models]]));
 }

@@ -18,11 +18,11 @@ import { ERROR_TABLE, type BrokerError, type ErrorCode, type OpenAIErrorType } f
 import type { ErrorShape } from './http/router.ts';
 
 export interface BrokerErrorBody {
-  error: { code: string; message: string; type: string; param: null; request_id: string };
+  error: { code: string; message: string; type: string; param: string | null; request_id: string };
 }
 
 export interface OpenAIErrorReplyBody {
-  error: { message: string; type: OpenAIErrorType; code: string; param: null; request_id: string };
+  error: { message: string; type: OpenAIErrorType; code: string; param: string | null; request_id: string };
 }
 
 export interface OllamaErrorReplyBody {
@@ -36,12 +36,13 @@ export function openaiErrorType(code: string): OpenAIErrorType {
   return Object.hasOwn(ERROR_TABLE, code) ? ERROR_TABLE[code as ErrorCode].openai : 'server_error';
 }
 
-export function brokerErrorBody(code: string, message: string, requestId: string): BrokerErrorBody {
-  return { error: { code, message, type: code, param: null, request_id: requestId } };
+/** `param`: the request field at fault, where one is (OpenAI's error objects name it the same way). */
+export function brokerErrorBody(code: string, message: string, requestId: string, param: string | null = null): BrokerErrorBody {
+  return { error: { code, message, type: code, param, request_id: requestId } };
 }
 
-export function openaiErrorBody(code: string, message: string, requestId: string): OpenAIErrorReplyBody {
-  return { error: { message, type: openaiErrorType(code), code, param: null, request_id: requestId } };
+export function openaiErrorBody(code: string, message: string, requestId: string, param: string | null = null): OpenAIErrorReplyBody {
+  return { error: { message, type: openaiErrorType(code), code, param, request_id: requestId } };
 }
 
 export function ollamaErrorBody(code: string, message: string, requestId: string): OllamaErrorReplyBody {
@@ -49,8 +50,8 @@ export function ollamaErrorBody(code: string, message: string, requestId: string
 }
 
 /** The per-route selectors (Route.errorShape). The broker's is the default. */
-export const brokerErrorShape: ErrorShape = (code, message, requestId) => brokerErrorBody(code, message, requestId);
-export const openaiErrorShape: ErrorShape = (code, message, requestId) => openaiErrorBody(code, message, requestId);
+export const brokerErrorShape: ErrorShape = (code, message, requestId, _status, param) => brokerErrorBody(code, message, requestId, param);
+export const openaiErrorShape: ErrorShape = (code, message, requestId, _status, param) => openaiErrorBody(code, message, requestId, param);
 export const ollamaErrorShape: ErrorShape = (code, message, requestId) => ollamaErrorBody(code, message, requestId);
 
 /** OpenAI stream terminal event: one SSE `data:` event with the error object. */
@@ -87,5 +88,6 @@ export function errorReply(
 ): ErrorReply {
   const headers: Record<string, string> = { 'content-type': 'application/json', ...extraHeaders };
   if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
-  return { status: err.status, headers, body: JSON.stringify(shape(err.code, err.message, requestId, err.status)) };
+  const field = err.details?.field;
+  return { status: err.status, headers, body: JSON.stringify(shape(err.code, err.message, requestId, err.status, typeof field === 'string' ? field : null)) };
 }

@@ -2,7 +2,7 @@
 // authenticated. Adding a provider is filling this table, not writing a handler.
 import type { DeploymentConfig, Provider } from '../config/broker-config.ts';
 
-function bearer(d: DeploymentConfig): Record<string, string> {
+function bearer(d: Pick<DeploymentConfig, 'apiKey'>): Record<string, string> {
   return d.apiKey !== undefined ? { authorization: `Bearer ${d.apiKey}` } : {};
 }
 
@@ -10,7 +10,7 @@ export type RequestKind = 'chat' | 'completion';
 
 interface ProviderSpec {
   readonly paths: Readonly<Record<RequestKind | 'models', string>>;
-  headers(d: DeploymentConfig): Record<string, string>;
+  headers(d: Pick<DeploymentConfig, 'apiKey'>): Record<string, string>;
 }
 
 export const PROVIDERS: Readonly<Record<Provider, ProviderSpec>> = {
@@ -25,7 +25,7 @@ export const PROVIDERS: Readonly<Record<Provider, ProviderSpec>> = {
 };
 
 /** Origin and path for a request: an OpenAI base URL may already end in /v1. */
-export function upstreamTarget(d: DeploymentConfig, kind: RequestKind | 'models'): { origin: string; path: string } {
+export function upstreamTarget(d: Pick<DeploymentConfig, 'url' | 'provider'>, kind: RequestKind | 'models'): { origin: string; path: string } {
   const u = new URL(d.url);
   let base = u.pathname.replace(/\/$/, '');
   const path = PROVIDERS[d.provider].paths[kind];

@@ -33,6 +33,8 @@ export interface MockUpstreamOptions {
   failAfter?: number;
   /** Models listed by /v1/models, /api/tags and /api/ps; the first is used when a request names none. Default ['mock-model']. */
   models?: readonly string[];
+  /** Models /api/ps reports as loaded now (warm). Default: all of `models`. Changeable with setKnobs. */
+  loaded?: readonly string[];
   /** Keep-alive timeout of idle connections, ms. Default 65000. */
   keepAliveTimeoutMs?: number;
   /** Largest accepted request body, bytes. Default 8 MiB. */
@@ -66,7 +68,7 @@ export interface MockUpstream {
   /** The process-level knobs in effect. */
   readonly knobs: Knobs;
   /** Changes the process-level knobs of a running mock (a deployment that slows down or recovers). */
-  setKnobs(change: Partial<Pick<MockUpstreamOptions, 'ttftMs' | 'tps' | 'tokens' | 'fail' | 'failAfter'>>): void;
+  setKnobs(change: Partial<Pick<MockUpstreamOptions, 'ttftMs' | 'tps' | 'tokens' | 'fail' | 'failAfter' | 'loaded'>>): void;
   /** Zero the counters (except `open`) and forget the last request. */
   resetStats(): void;
   /** Resolves once no request is open, e.g. after a client abort has reached the mock. Rejects after timeoutMs (default 5000). */
@@ -174,6 +176,7 @@ export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promis
   let defaults = knobsFromOptions(opts);
   const models = opts.models !== undefined && opts.models.length > 0 ? [...opts.models] : ['mock-model'];
   const defaultModel = models[0]!;
+  let loaded: readonly string[] = opts.loaded ?? models;
   const maxBody = opts.maxBodyBytes ?? 8 * 1024 * 1024;
   const bootedAt = new Date();
 
@@ -186,7 +189,7 @@ export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promis
     ['/api/chat', { method: 'POST', api: 'ollama', generate: ollamaChat }],
     ['/api/generate', { method: 'POST', api: 'ollama', generate: ollamaGenerate }],
     ['/api/tags', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: tags }) }],
-    ['/api/ps', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: psBody(models) }) }],
+    ['/api/ps', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: psBody(loaded) }) }],
     ['/api/version', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: VERSION_BODY }) }],
     ['/', { method: 'GET', api: 'ollama', get: () => ({ contentType: 'text/plain; charset=utf-8', body: 'Ollama is running' }) }],
   ]);
@@ -322,6 +325,7 @@ export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promis
       return defaults;
     },
     setKnobs(change) {
+      if (change.loaded !== undefined) loaded = change.loaded;
       defaults = knobsFromOptions({ ...opts, ...defaults, ...change });
     },
     resetStats() {

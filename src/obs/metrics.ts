@@ -2,6 +2,15 @@
 // labels stay consistent. Stages receive this object; nothing registers globally.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
+/** What the fleet manager reports at scrape time (control plane only). */
+export interface FleetGauges {
+  readonly breakers: readonly { readonly server: string; readonly model: string; readonly state: 0 | 1 | 2 }[];
+  readonly servers: Readonly<Record<'healthy' | 'unhealthy' | 'draining' | 'maintenance', number>>;
+  readonly bans: number;
+  readonly queueMax: number;
+  readonly queuePaused: boolean;
+}
+
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** `defaults`: the process metrics (CPU, memory, GC): once per process, on the control plane. */
@@ -13,6 +22,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     capacity: (): { id: string; inFlight: number; concurrencyLimit: number }[] => [],
     queueDepth: (): number => 0,
     degraded: (): number => 0,
+    fleet: (): FleetGauges | undefined => undefined,
   };
   if (opts.defaults ?? true) collectDefaultMetrics({ register: registry });
   const r = [registry];
@@ -249,6 +259,69 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       name: 'broker_data_plane_threads',
       help: 'Data-plane threads serving now (0: the main thread serves)',
       registers: r,
+    }),
+    // Fleet management: the Ollama Orchestrator runbook's names.
+    breakerState: new Gauge({
+      name: 'circuit_breaker_state',
+      help: 'Circuit breaker per server and model: 0 closed, 1 half-open, 2 open',
+      labelNames: ['server', 'model'] as const,
+      registers: r,
+      collect() {
+        const f = sources.fleet();
+        if (f === undefined) return;
+        this.reset();
+        for (const b of f.breakers) this.labels(b.server, b.model).set(b.state);
+      },
+    }),
+    breakerTransitions: new Counter({
+      name: 'circuit_breaker_transitions_total',
+      help: 'Circuit breaker state changes, by server, model and the state entered',
+      labelNames: ['server', 'model', 'to'] as const,
+      registers: r,
+    }),
+    fleetServers: new Gauge({
+      name: 'fleet_servers',
+      help: 'Upstream servers by state (healthy, unhealthy, draining, maintenance)',
+      labelNames: ['state'] as const,
+      registers: r,
+      collect() {
+        const f = sources.fleet();
+        if (f === undefined) return;
+        for (const [state, n] of Object.entries(f.servers)) this.labels(state).set(n);
+      },
+    }),
+    healthCheckFailures: new Counter({
+      name: 'fleet_health_check_failures_total',
+      help: 'Failed active health checks, by server',
+      labelNames: ['server'] as const,
+      registers: r,
+    }),
+    fleetBans: new Gauge({
+      name: 'fleet_bans',
+      help: 'Active bans (server, model, or server x model)',
+      registers: r,
+      collect() {
+        const f = sources.fleet();
+        if (f !== undefined) this.set(f.bans);
+      },
+    }),
+    queueMaxSize: new Gauge({
+      name: 'queue_max_size',
+      help: 'Requests that may wait for capacity at once (scheduler.maxQueue)',
+      registers: r,
+      collect() {
+        const f = sources.fleet();
+        if (f !== undefined) this.set(f.queueMax);
+      },
+    }),
+    queuePaused: new Gauge({
+      name: 'queue_paused',
+      help: '1 while the queue is paused (new LLM requests wait)',
+      registers: r,
+      collect() {
+        const f = sources.fleet();
+        if (f !== undefined) this.set(f.queuePaused ? 1 : 0);
+      },
     }),
     brokerOverhead: new Histogram({
       name: 'broker_overhead_seconds',

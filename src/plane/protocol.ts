@@ -20,9 +20,15 @@ export interface Snapshot {
   /** The LLM fleet; replaced whole when discovery finds another (fleetVersion changes). */
   readonly fleet: BrokerConfig | null;
   readonly fleetVersion: number;
-  /** Capacity slots in the shared buffer, by deployment id, and which deployments drain. */
+  /** Capacity slots in the shared buffer, by deployment id (and `server:<id>` for servers' own). */
   readonly slots: readonly (readonly [id: string, slot: number])[];
-  readonly draining: readonly string[];
+  /**
+   * Bumped when a deployment became routable again (route bits live in the capacity
+   * buffer, read directly): each thread's waiters try again.
+   */
+  readonly routesVersion: number;
+  /** The orchestrator's queue pause: new LLM requests wait. */
+  readonly queuePaused: boolean;
 }
 
 /** Buffers every thread shares, created once by the control plane. */
@@ -62,7 +68,7 @@ export interface WireError {
 
 /** The queue and sticky numbers each thread keeps for itself, summed by the control plane. */
 export interface PlaneStats {
-  readonly queue: { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number };
+  readonly queue: { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number; oldestWaitMs: number };
   readonly sticky: { pins: number; hits: number; misses: number };
   readonly inFlight: number;
 }

@@ -98,10 +98,10 @@ function apply(s: Snapshot): void {
     fleet = buildFleet(s.fleet);
   }
   flags.adopt(s.flags);
-  const draining = new Set(s.draining);
+  gov.scheduler.setPaused(s.queuePaused);
+  if (s.routesVersion !== snapshot.routesVersion) gov.scheduler.wakeAll();
   for (const d of gov.scheduler.all()) {
     const id = d.config.id;
-    if (d.draining !== draining.has(id)) gov.scheduler.setDraining(id, draining.has(id));
     // Limits live in shared memory already; a changed one wakes this thread's waiters.
     const limit = capacity.limit(d.slot);
     if (limits.get(id) !== limit) {

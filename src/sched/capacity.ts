@@ -4,7 +4,8 @@
 // share the buffer and read the same numbers without messages or locks.
 //
 // Memory layout: one 128-byte block per deployment slot (Int32 cells):
-//   +0 inFlight   +4 limit   +8 rejected   +12 acquired   +16..+127 padding
+//   +0 inFlight   +4 limit   +8 rejected   +12 acquired
+//   +16 route bits (src/fleet/route-bits.ts)   +20 half-open trial permits left   +24..+127 padding
 // The padding keeps two deployments off one cache line: bench:contention measured
 // neighbouring counters hammered by 2 threads at 3.7x the cost of padded ones
 // (33.5 vs 9.0 ns per Atomics.add; 16-byte slots were as slow as adjacent ones).
@@ -14,6 +15,8 @@ const IN_FLIGHT = 0;
 const LIMIT = 1;
 const REJECTED = 2;
 const ACQUIRED = 3;
+const ROUTE = 4;
+const TRIALS = 5;
 
 export class CapacityCounters {
   readonly buffer: SharedArrayBuffer;
@@ -101,6 +104,45 @@ export class CapacityCounters {
     }
   }
 
+  /** Why the deployment may not take new requests (route-bits.ts); 0 when it may. */
+  route(slot: number): number {
+    return Atomics.load(this.cells, slot * FIELDS + ROUTE);
+  }
+
+  /** Sets (on) or clears route bits; each bit has one writer, and or/and never clobber the others. */
+  setRoute(slot: number, bits: number, on: boolean): void {
+    if (on) Atomics.or(this.cells, slot * FIELDS + ROUTE, bits);
+    else Atomics.and(this.cells, slot * FIELDS + ROUTE, ~bits);
+  }
+
+  /** Writes every route bit at once (the fleet manager, their one writer on the control plane). */
+  setRouteWord(slot: number, bits: number): void {
+    Atomics.store(this.cells, slot * FIELDS + ROUTE, bits);
+  }
+
+  /** Half-open: how many trial requests may still go (the breaker's owner sets them). */
+  setTrials(slot: number, n: number): void {
+    Atomics.store(this.cells, slot * FIELDS + TRIALS, n);
+  }
+
+  trials(slot: number): number {
+    return Atomics.load(this.cells, slot * FIELDS + TRIALS);
+  }
+
+  /** Takes one trial permit, never below 0. */
+  takeTrial(slot: number): boolean {
+    const i = slot * FIELDS + TRIALS;
+    for (;;) {
+      const cur = Atomics.load(this.cells, i);
+      if (cur <= 0) return false;
+      if (Atomics.compareExchange(this.cells, i, cur, cur - 1) === cur) return true;
+    }
+  }
+
+  returnTrial(slot: number): void {
+    Atomics.add(this.cells, slot * FIELDS + TRIALS, 1);
+  }
+
   countRejection(slot: number): void {
     Atomics.add(this.cells, slot * FIELDS + REJECTED, 1);
   }
@@ -126,19 +168,21 @@ export class CapacityCounters {
     return { id, inFlight, concurrencyLimit: limit, rejected: Atomics.load(this.cells, b + REJECTED), acquired: Atomics.load(this.cells, b + ACQUIRED), utilisation: limit > 0 ? inFlight / limit : 0 };
   }
 
+  /** Deployment ids (the servers' own slots, `server:<id>`, are left out). */
   ids(): string[] {
-    return [...this.slots.keys()];
+    return [...this.slots.keys()].filter((id) => !id.startsWith('server:'));
   }
 
   totals(): { totalInFlight: number; totalRejected: number; totalLimit: number; deployments: number } {
     let totalInFlight = 0;
     let totalRejected = 0;
     let totalLimit = 0;
-    for (const slot of this.slots.values()) {
+    for (const [id, slot] of this.slots) {
+      if (id.startsWith('server:')) continue;
       totalInFlight += Atomics.load(this.cells, slot * FIELDS + IN_FLIGHT);
       totalRejected += Atomics.load(this.cells, slot * FIELDS + REJECTED);
       totalLimit += Atomics.load(this.cells, slot * FIELDS + LIMIT);
     }
-    return { totalInFlight, totalRejected, totalLimit, deployments: this.slots.size };
+    return { totalInFlight, totalRejected, totalLimit, deployments: this.ids().length };
   }
 }

@@ -148,7 +148,7 @@ export class Governance implements Leases {
       },
       o.flags.flags,
     );
-    this.scheduler.register(o.config.modelGroups.values());
+    this.scheduler.register(o.config.modelGroups.values(), o.config.servers);
     // Stages are rebuilt once per flag change, never checked per request.
     o.flags.onChange((f) => this.scheduler.setFlags(f));
     this.registerMetrics(this.owner);
@@ -178,11 +178,17 @@ export class Governance implements Leases {
     return this.config.qos;
   }
 
-  /** Discovery found a new fleet: its deployments get slots and state (existing ids keep theirs). */
+  get current(): BrokerConfig {
+    return this.config;
+  }
+
+  /** A new fleet (discovery, or a runtime change): its deployments get slots (existing ids keep theirs). */
   adopt(config: BrokerConfig): void {
     this.config = config;
     this.board?.setGroups(config.modelGroups.keys());
-    this.scheduler.register(config.modelGroups.values());
+    this.scheduler.register(config.modelGroups.values(), config.servers);
+    this.scheduler.configure(config.scheduler);
+    this.queue.setMaxSize(config.scheduler.maxQueue);
   }
 
   /** Another thread freed a slot of `group` and handed the wake-up here. */
@@ -249,18 +255,15 @@ export class Governance implements Leases {
       else this.sticky.pin(e.key, e.dep);
       return;
     }
+    // Breakers are the fleet manager's (control plane), fed the same lessons.
     if (e.k === 'fail') {
       this.performance.failed(e.dep);
-      const d = this.scheduler.get(e.dep);
-      if (d !== undefined) this.scheduler.failed(d);
       return;
     }
     if (e.dep !== null) {
       if (e.ok) {
         const genMs = e.durationMs - (e.ttftMs ?? 0);
         this.performance.succeeded(e.dep, e.ttftMs ?? e.durationMs, e.completion > 0 && genMs > 0 ? (e.completion * 1000) / genMs : null);
-        const d = this.scheduler.get(e.dep);
-        if (d !== undefined) this.scheduler.succeeded(d);
       } else if (e.ok === false) {
         this.performance.failed(e.dep);
       }

@@ -64,7 +64,7 @@ export class WaitQueue {
    * waiter of its own wants can tell whether another thread has one.
    */
   constructor(
-    private readonly maxSize: number,
+    private maxSize: number,
     private readonly agingMs: number,
     private readonly now: () => number = Date.now,
     private readonly shared?: Int32Array,
@@ -103,10 +103,23 @@ export class WaitQueue {
     if (this.shared !== undefined) Atomics.add(this.shared, 0, delta);
   }
 
-  stats(): { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number } {
+  /** The orchestrator's PATCH /config/queue: takes effect for the next request that would wait. */
+  setMaxSize(n: number): void {
+    this.maxSize = n;
+  }
+
+  get max(): number {
+    return this.maxSize;
+  }
+
+  stats(): { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number; oldestWaitMs: number } {
     const byGroup: Record<string, number> = {};
-    for (const [g, list] of this.byGroup) if (list.length > 0) byGroup[g] = list.length;
-    return { size: this.total, byGroup, timedOut: this.timedOut, rejectedFull: this.rejectedFull };
+    let oldest = Infinity;
+    for (const [g, list] of this.byGroup) {
+      if (list.length > 0) byGroup[g] = list.length;
+      for (const w of list) if (w.enqueuedAt < oldest) oldest = w.enqueuedAt;
+    }
+    return { size: this.total, byGroup, timedOut: this.timedOut, rejectedFull: this.rejectedFull, oldestWaitMs: oldest === Infinity ? 0 : Math.max(0, this.now() - oldest) };
   }
 
   /**

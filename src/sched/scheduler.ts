@@ -6,8 +6,9 @@
 // not in the function at all (see build()), so it costs nothing per request. The
 // function is rebuilt when a flag changes.
 import { BrokerError } from '../errors.ts';
-import type { ModelGroupConfig, RouterConfig, SchedulerConfig } from '../config/broker-config.ts';
+import type { ModelGroupConfig, RouterConfig, SchedulerConfig, ServerConfig } from '../config/broker-config.ts';
 import { Deployments, type DeploymentState } from '../fleet/deployments.ts';
+import { BLOCKED, COLD, DRAINING, HALF_OPEN, describeBits } from '../fleet/route-bits.ts';
 import type { FlagSet } from '../config/flags.ts';
 import { CapacityCounters } from './capacity.ts';
 import { WaitQueue, type Woken } from './queue.ts';
@@ -74,16 +75,16 @@ export class Scheduler {
   private flags!: FlagSet;
 
   constructor(
-    private readonly deps: SchedulerDeps,
+    private deps: SchedulerDeps,
     flags: FlagSet,
   ) {
-    this.deployments = new Deployments(deps.capacity, deps.router, deps.now);
+    this.deployments = new Deployments(deps.capacity);
     this.setFlags(flags);
   }
 
   /** Adds (or updates) the deployments of these groups; capacity slots are kept by id. */
-  register(groups: Iterable<ModelGroupConfig>): void {
-    for (const d of this.deployments.register(groups)) {
+  register(groups: Iterable<ModelGroupConfig>, servers?: ReadonlyMap<string, ServerConfig>): void {
+    for (const d of this.deployments.register(groups, servers)) {
       if ((this.deps.setsQuotaLimits ?? true) && (d.rpm !== undefined || d.tpm !== undefined)) this.deps.quota.setLimits(`deployment:${d.id}`, { rpm: d.rpm, tpm: d.tpm });
     }
   }
@@ -101,11 +102,25 @@ export class Scheduler {
     this.pick = this.build(flags);
   }
 
+  /** A changed scheduler section (runtime config): wait limits and queueing apply to new waits. */
+  configure(scheduler: SchedulerConfig): void {
+    this.deps = { ...this.deps, scheduler };
+  }
+
+  /** Paused (the orchestrator's queue pause): new requests wait in the queue, up to their wait limit. */
+  paused = false;
+
+  setPaused(paused: boolean): void {
+    const was = this.paused;
+    this.paused = paused;
+    if (was && !paused) this.wakeAll();
+  }
+
   /** A lease now, or undefined when every eligible deployment is full. Throws when none is eligible. */
   tryAcquire(a: Admission): Lease | undefined {
     const r = this.pick(a);
     if ('lease' in r) return r.lease;
-    if ('none' in r) throw r.none ?? new BrokerError('upstream_unavailable', `no deployment of ${a.group.name} is available`);
+    if ('none' in r) throw r.none ?? new BrokerError('upstream_unavailable', `no deployment of ${a.group.name} is available${this.why(a)}`);
     return undefined;
   }
 
@@ -113,9 +128,9 @@ export class Scheduler {
   async acquire(a: Admission): Promise<Lease> {
     let woken: Woken | undefined;
     for (;;) {
-      const lease = this.tryAcquire(a);
+      const lease = this.paused ? undefined : this.tryAcquire(a);
       if (lease !== undefined) return lease;
-      if (!this.deps.scheduler.queueWhenFull) throw new BrokerError('capacity_exhausted', `every deployment of ${a.group.name} is at capacity`, { retryAfter: 1 });
+      if (!this.paused && !this.deps.scheduler.queueWhenFull) throw new BrokerError('capacity_exhausted', `every deployment of ${a.group.name} is at capacity`, { retryAfter: 1 });
       if (woken !== undefined) {
         // Woken but the freed slot is no use to this request: hand it on, then wait again.
         woken.round.declined.add(woken.seq);
@@ -126,21 +141,30 @@ export class Scheduler {
     }
   }
 
-  succeeded(d: DeploymentState): void {
-    this.deployments.succeeded(d);
+  /** ": a (unhealthy), b (breaker open)": why nothing of the group could be chosen. */
+  private why(a: Admission): string {
+    const parts: string[] = [];
+    for (const d of this.deployments.ofGroup(a.group)) {
+      const bits = this.deps.capacity.route(d.slot);
+      if (a.tried.has(d.config.id)) parts.push(`${d.config.id} (tried)`);
+      else if (bits !== 0) parts.push(`${d.config.id} (${describeBits(bits & ~COLD) || 'available'})`);
+    }
+    return parts.length > 0 ? `: ${parts.join(', ')}` : '';
   }
 
-  failed(d: DeploymentState): void {
-    this.deployments.failed(d);
-  }
-
+  /** Drains a deployment (route bit DRAINING) or brings it back; in-flight requests finish either way. */
   setDraining(id: string, draining: boolean): boolean {
     const d = this.deployments.get(id);
     if (d === undefined) return false;
-    d.draining = draining;
+    this.deps.capacity.setRoute(d.slot, DRAINING, draining);
     // Undraining frees room: as many waiters try again as there are free slots.
     if (!draining) this.wakeFree(d);
     return true;
+  }
+
+  /** Something became routable (a recovery, an undrain, a lifted ban on any thread): waiters try again. */
+  wakeAll(): void {
+    for (const d of this.deployments.all()) this.wakeFree(d);
   }
 
   setLimit(id: string, limit: number): boolean {
@@ -163,22 +187,39 @@ export class Scheduler {
   }
 
   private build(flags: FlagSet): (a: Admission) => Pick {
-    const { capacity, performance, sticky, quota, now, random } = this.deps;
+    const { capacity, performance, sticky, quota, random } = this.deps;
     const gating = flags.capacity_gating;
     const perf = flags.performance_routing ? performance : null;
     const stickyOn = flags.sticky_routing ? sticky : null;
     const quotaOn = flags.quota_enforcement ? quota : null;
     const onSticky = this.deps.onStickyLookup;
 
-    const room = gating ? (d: DeploymentState, tier: QosTier | null): boolean => capacity.inFlight(d.slot) < tierCap(capacity.limit(d.slot), tier) : (): boolean => true;
+    const warmFirst = flags.warm_first_routing;
+    const serverRoom = (d: DeploymentState): boolean => d.serverSlot < 0 || capacity.hasRoom(d.serverSlot);
+    const room = gating ? (d: DeploymentState, tier: QosTier | null): boolean => capacity.inFlight(d.slot) < tierCap(capacity.limit(d.slot), tier) && serverRoom(d) : (): boolean => true;
+    // Routable now: nothing blocks it, and if its breaker is half-open a trial is left.
+    const routable = (d: DeploymentState): boolean => {
+      const bits = capacity.route(d.slot);
+      return (bits & BLOCKED) === 0 && ((bits & HALF_OPEN) === 0 || capacity.trials(d.slot) > 0);
+    };
+    // A half-open breaker's trial permit is taken with the slot, and given back if the slot is not had.
+    const trial = (d: DeploymentState): boolean | null => ((capacity.route(d.slot) & HALF_OPEN) === 0 ? null : capacity.takeTrial(d.slot));
     const take = gating
       ? (d: DeploymentState, tier: QosTier | null): boolean => {
-          if (capacity.tryAcquire(d.slot, tierCap(capacity.limit(d.slot), tier))) return true;
+          const t = trial(d);
+          if (t === false) return false;
+          if (capacity.tryAcquire(d.slot, tierCap(capacity.limit(d.slot), tier))) {
+            if (d.serverSlot < 0 || capacity.tryAcquire(d.serverSlot)) return true;
+            capacity.release(d.slot);
+          }
+          if (t === true) capacity.returnTrial(d.slot);
           capacity.countRejection(d.slot);
           return false;
         }
       : (d: DeploymentState): boolean => {
+          if (trial(d) === false) return false;
           capacity.acquireUngated(d.slot);
+          if (d.serverSlot >= 0) capacity.acquireUngated(d.serverSlot);
           return true;
         };
     const choose = perf
@@ -223,58 +264,55 @@ export class Scheduler {
           if (released) return;
           released = true;
           capacity.release(d.slot);
+          if (d.serverSlot >= 0) capacity.release(d.serverSlot);
           this.handOff(d.group);
         },
       };
     };
 
-    // Eligible right now: not tried, not draining, not cooling down, not avoided as
-    // degraded, and with a free slot for the request's tier.
-    const eligible = (d: DeploymentState, a: Admission, t: number): boolean =>
-      !a.tried.has(d.config.id) && !d.draining && d.cooldownUntil <= t && (perf === null || !perf.avoid(d.config.id)) && room(d, a.tier);
+    // Eligible right now: not tried, routable (healthy, not banned, breaker closed or a
+    // trial left, not draining, not in maintenance), not avoided as degraded, and with a
+    // free slot for the request's tier.
+    const eligible = (d: DeploymentState, a: Admission): boolean => !a.tried.has(d.config.id) && routable(d) && (perf === null || !perf.avoid(d.config.id)) && room(d, a.tier);
 
-    // The full scan, with its fallbacks: a cooling-down deployment as a last resort, and if
-    // every deployment is degraded, all of them (performance routing never routes nothing).
-    const scan = (a: Admission, states: readonly DeploymentState[], t: number): { open: DeploymentState[] } | { none: undefined } | { full: true } => {
+    // The full scan, with its fallbacks: if every deployment is degraded, all of them
+    // (performance routing never routes nothing). Warm-first: where the servers say
+    // which models are loaded, the deployments whose model is warm go first.
+    const scan = (a: Admission, states: readonly DeploymentState[]): { open: DeploymentState[] } | { none: undefined } | { full: true } => {
       let candidates: DeploymentState[] = [];
-      let cooling: DeploymentState | undefined;
-      for (const d of states) {
-        if (a.tried.has(d.config.id) || d.draining) continue;
-        if (d.cooldownUntil > t) cooling ??= d;
-        else candidates.push(d);
-      }
-      if (candidates.length === 0) {
-        if (cooling === undefined || a.tried.size > 0) return { none: undefined };
-        candidates = [cooling];
-      }
+      for (const d of states) if (!a.tried.has(d.config.id) && routable(d)) candidates.push(d);
+      if (candidates.length === 0) return { none: undefined };
       if (perf !== null) {
         const good = candidates.filter((d) => !perf.avoid(d.config.id));
         if (good.length > 0) candidates = good;
       }
-      const open = candidates.filter((d) => room(d, a.tier));
+      let open = candidates.filter((d) => room(d, a.tier));
+      if (warmFirst && open.length > 1) {
+        const warm = open.filter((d) => (capacity.route(d.slot) & COLD) === 0);
+        if (warm.length > 0) open = warm;
+      }
       return open.length === 0 ? { full: true } : { open };
     };
 
     // Large groups: two random eligible deployments instead of a scan, so routing cost
     // does not grow with the group (bench:sched compares 10 and 1,000 deployments).
-    const sample = (a: Admission, states: readonly DeploymentState[], t: number): DeploymentState[] | undefined => {
+    const sample = (a: Admission, states: readonly DeploymentState[]): DeploymentState[] | undefined => {
       const found: DeploymentState[] = [];
       for (let i = 0; i < SAMPLE_DRAWS && found.length < 2; i++) {
         const d = states[Math.floor(random() * states.length)]!;
-        if (d !== found[0] && eligible(d, a, t)) found.push(d);
+        if (d !== found[0] && eligible(d, a)) found.push(d);
       }
       return found.length > 0 ? found : undefined;
     };
 
     return (a) => {
-      const t = now();
       const states = this.deployments.ofGroup(a.group);
       let chosen: DeploymentState | undefined;
       let stickyHit: boolean | null = null;
       if (stickyOn !== null && a.stickyKey !== undefined) {
         const pinned = stickyOn.get(a.stickyKey);
         const d = pinned === undefined ? undefined : this.deployments.get(pinned);
-        chosen = d !== undefined && d.group === a.group.name && eligible(d, a, t) ? d : undefined;
+        chosen = d !== undefined && d.group === a.group.name && eligible(d, a) ? d : undefined;
         stickyHit = chosen !== undefined;
         // A pin to a deployment that cannot take the request now is dropped.
         if (pinned !== undefined && chosen === undefined) {
@@ -287,21 +325,21 @@ export class Scheduler {
       if (chosen === undefined && perf !== null) {
         for (const id of perf.degradedIds) {
           const d = this.deployments.get(id);
-          if (d !== undefined && d.group === a.group.name && perf.probeDue(id) && !a.tried.has(id) && !d.draining && d.cooldownUntil <= t && room(d, a.tier)) {
+          if (d !== undefined && d.group === a.group.name && perf.probeDue(id) && !a.tried.has(id) && routable(d) && room(d, a.tier)) {
             chosen = d;
             break;
           }
         }
       }
 
-      let pool = chosen !== undefined ? [chosen] : states.length > SAMPLE_ABOVE ? sample(a, states, t) : undefined;
+      let pool = chosen !== undefined ? [chosen] : states.length > SAMPLE_ABOVE ? sample(a, states) : undefined;
       let scanned = false;
       let quotaError: BrokerError | undefined;
       for (;;) {
         if (pool === undefined || pool.length === 0) {
           if (scanned) return quotaError !== undefined ? { none: quotaError } : { full: true };
           scanned = true;
-          const r = scan(a, states, t);
+          const r = scan(a, states);
           if (!('open' in r)) return r;
           pool = r.open;
           if (chosen !== undefined) pool = pool.filter((x) => x !== chosen);

@@ -22,6 +22,8 @@ export async function startTestBroker(env: Record<string, string> = {}): Promise
     INFER_THREADS: '2',
     // Data-plane threads: FRONT_THREADS=0 npm test runs the whole suite on the main thread.
     FRONT_THREADS: process.env.FRONT_THREADS ?? '2',
+    // Active health checks would add GETs to every mock's request counts; the fleet tests turn them on.
+    FLEET_HEALTH_CHECKS: 'false',
     // The suite can run against other models: MODEL_VA_PATH=... npm test
     ...(process.env.MODEL_VA_PATH ? { MODEL_VA_PATH: process.env.MODEL_VA_PATH } : {}),
     ...(process.env.MODEL_VB_PATH ? { MODEL_VB_PATH: process.env.MODEL_VB_PATH } : {}),

@@ -1,5 +1,7 @@
 // Mock LLM upstreams and a broker in front of them, from a fleet object, for a test file.
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -24,4 +26,51 @@ export async function startFleetBroker(t: Teardown, fleet: unknown, env: Record<
   const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), ...env });
   t.teardown(() => tb.close());
   return tb;
+}
+
+export interface MockProcess {
+  readonly port: number;
+  readonly url: string;
+  /** SIGKILL: the server is gone, its connections reset. */
+  kill(): Promise<void>;
+  /** A new process on the same port. */
+  restart(): Promise<void>;
+}
+
+/** A mock upstream in a process of its own (`npm run mock-upstream`), for tests that kill servers. */
+export async function spawnMock(t: Teardown, args: string[] = []): Promise<MockProcess> {
+  const main = fileURLToPath(new URL('../../src/mock-upstream/main.ts', import.meta.url));
+  let child: ChildProcess | undefined;
+  const start = async (port: number): Promise<number> => {
+    const c = spawn(process.execPath, ['--import', 'tsx', main, '--port', String(port), '--tokens', '4', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child = c;
+    const line = await new Promise<string>((resolve, reject) => {
+      let buf = '';
+      c.stdout!.on('data', (d: Buffer) => {
+        buf += d.toString();
+        if (buf.includes('\n')) resolve(buf.split('\n')[0]!);
+      });
+      c.once('exit', (code) => reject(new Error(`mock-upstream exited with ${code}`)));
+    });
+    return (JSON.parse(line) as { listening: number }).listening;
+  };
+  const port = await start(0);
+  const stop = async (): Promise<void> => {
+    const c = child;
+    if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
+    await new Promise<void>((resolve) => {
+      c.once('exit', () => resolve());
+      c.kill('SIGKILL');
+    });
+  };
+  t.teardown(stop);
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    kill: stop,
+    async restart() {
+      await stop();
+      await start(port);
+    },
+  };
 }

@@ -242,7 +242,7 @@ t.test('flags API: list, override, bulk, clear, audit, validation, admin only', 
   t.same(flags.qos_switching, { enabled: true, source: 'env' });
   t.same(flags.capacity_gating, { enabled: true, source: 'default' });
   t.same(flags.sticky_routing, { enabled: false, source: 'default' });
-  t.equal(Object.keys(flags).length, 9);
+  t.equal(Object.keys(flags).length, 10);
   t.equal((await send(tb, 'PUT', '/api/industrial/flags/nope', { enabled: true })).status, 404);
   t.equal((await send(tb, 'PUT', '/api/industrial/flags/sticky_routing', { enabled: 'yes' })).status, 400);
   const bulk = await send(tb, 'POST', '/api/industrial/flags/bulk', { sticky_routing: true, qos_switching: false });

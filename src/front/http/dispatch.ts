@@ -51,14 +51,15 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
         throw err;
       }
     }
-    if (r.body !== 'json' && r.body !== 'raw') return run(r, match.params, undefined, req, sink);
+    if (r.body !== 'json' && r.body !== 'json?' && r.body !== 'raw') return run(r, match.params, undefined, req, sink);
     const declared = req.headers['content-length'];
     if (declared !== undefined && Number(declared) > g.maxBodyBytes) throw tooLarge(g.maxBodyBytes);
     readBody(g.maxBodyBytes, (err, bytes) => {
       if (sink.aborted) return;
       if (err !== undefined) return sink.fail(err);
       let body: unknown = bytes;
-      if (r.body === 'json') {
+      if (r.body === 'json?' && bytes!.length === 0) body = {};
+      else if (r.body !== 'raw') {
         try {
           body = JSON.parse(bytes!.toString('utf8'));
         } catch {

@@ -18,7 +18,8 @@ export interface Route {
   readonly path: string;
   /** Low-cardinality name for metrics and logs; defaults to the path pattern. */
   readonly name?: string;
-  readonly body?: 'json' | 'raw' | 'none';
+  /** 'json?': a JSON object, or nothing (read as {}): admin actions whose body is optional. */
+  readonly body?: 'json' | 'json?' | 'raw' | 'none';
   /** Needs the admin credential. */
   readonly admin?: boolean;
   /** Subject to the per-client rate limit. */
@@ -28,7 +29,8 @@ export interface Route {
   handle(ctx: RouteContext): void | Promise<void>;
 }
 
-export type ErrorShape = (code: string, message: string, requestId: string, status: number) => unknown;
+/** `param`: the request field at fault, when the error names one (BrokerError details.field). */
+export type ErrorShape = (code: string, message: string, requestId: string, status: number, param?: string | null) => unknown;
 
 export type Match =
   | { kind: 'found'; route: Route; params: Record<string, string> }

@@ -52,7 +52,9 @@ t.test('wait/wake: wake resolves the waiter pickNext chooses, one per wake', asy
   const high = q.wait('g', 8, far, clock.now, sig).then(() => order.push('high'));
   const other = q.wait('h', 9, far, clock.now, sig).then(() => order.push('other'));
   t.equal(q.size, 3);
-  t.same(q.stats(), { size: 3, byGroup: { g: 2, h: 1 }, timedOut: 0, rejectedFull: 0 });
+  t.same(q.stats(), { size: 3, byGroup: { g: 2, h: 1 }, timedOut: 0, rejectedFull: 0, oldestWaitMs: 0 }, 'the oldest waiter arrived just now');
+  clock.advance(250);
+  t.equal(q.stats().oldestWaitMs, 250, 'the oldest waiter has waited 250 ms');
 
   q.wake('g', true);
   await ticks();
@@ -69,7 +71,7 @@ t.test('wait/wake: wake resolves the waiter pickNext chooses, one per wake', asy
   q.wake('h', false);
   await Promise.all([low, high, other]);
   t.same(order, ['high', 'low', 'other']);
-  t.same(q.stats(), { size: 0, byGroup: {}, timedOut: 0, rejectedFull: 0 });
+  t.same(q.stats(), { size: 0, byGroup: {}, timedOut: 0, rejectedFull: 0, oldestWaitMs: 0 });
 });
 
 t.test('wake without priority is FIFO; with priority aging is measured on the injected clock', async (t) => {

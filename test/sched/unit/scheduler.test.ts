@@ -13,13 +13,14 @@ import { FLAGS, type FlagName, type FlagSet } from '../../../src/config/flags.ts
 import { DEFAULT_ROUTER, DEFAULT_SCHEDULER, DEFAULT_TIMEOUTS, type DeploymentConfig, type ModelGroupConfig, type RouterConfig, type SchedulerConfig } from '../../../src/config/broker-config.ts';
 import type { BrokerError } from '../../../src/errors.ts';
 import { fakeClock, seeded, settled, ticks } from './helpers.ts';
+import { BANNED, BREAKER_OPEN, COLD, DRAINING, HALF_OPEN, MAINTENANCE, UNHEALTHY, describeBits } from '../../../src/fleet/route-bits.ts';
 
 const flagSet = (o: Partial<Record<FlagName, boolean>> = {}): FlagSet => Object.freeze({ ...FLAGS, ...o });
 /** Least-loaded choice (no performance routing) unless a test says otherwise. */
 const PLAIN = { performance_routing: false } as const;
 
 function dep(id: string, o: Partial<DeploymentConfig> = {}): DeploymentConfig {
-  return { ...DEFAULT_TIMEOUTS, id, provider: 'openai', url: `http://127.0.0.1:1/${id}`, model: 'm', concurrencyLimit: 10, weight: 1, apiKeyEnv: undefined, apiKey: undefined, rpm: undefined, tpm: undefined, ...o };
+  return { ...DEFAULT_TIMEOUTS, id, server: id, provider: 'openai', url: `http://127.0.0.1:1/${id}`, model: 'm', concurrencyLimit: 10, weight: 1, apiKeyEnv: undefined, apiKey: undefined, rpm: undefined, tpm: undefined, ...o };
 }
 
 const group = (name: string, deployments: DeploymentConfig[]): ModelGroupConfig => ({ name, deployments });
@@ -278,30 +279,35 @@ t.test('draining deployments take no new requests; undraining brings them back',
   await h.finish(t);
 });
 
-t.test('cooldown after failureThreshold consecutive failures; a cooling deployment only as a last resort', async (t) => {
+t.test('route bits: a blocked deployment is never chosen, half-open lets its trial permits through, warm-first prefers loaded', async (t) => {
   const g = group('g', [dep('a'), dep('b')]);
-  const h = harness([g], { flags: PLAIN, router: { failureThreshold: 2, cooldownMs: 5_000 } });
+  const h = harness([g], { flags: PLAIN });
   const a = h.s.get('a')!;
-  h.s.failed(a);
-  t.ok((count(await h.sequential(g, 40)).a ?? 0) > 0, 'one failure: still used');
-  h.s.failed(a);
-  t.equal(a.cooldownUntil, h.clock.now + 5_000);
-  t.same(count(await h.sequential(g, 40)), { b: 40 }, 'cooling down: skipped');
-  h.s.setDraining('b', true);
-  t.same(count(await h.sequential(g, 3)), { a: 3 }, 'nothing else left: the cooling one is used');
-  t.equal((await rejection(h.acquire(g, { tried: new Set(['b']) }))).code, 'upstream_unavailable', 'but not for a retry of a failed attempt');
-  h.s.setDraining('b', false);
-  h.clock.advance(4_999);
-  t.same(count(await h.sequential(g, 20)), { b: 20 }, 'still cooling 1 ms before the end');
-  h.clock.advance(1);
-  t.ok((count(await h.sequential(g, 40)).a ?? 0) > 0, 'back after the cool-down');
+  for (const bit of [UNHEALTHY, BANNED, BREAKER_OPEN, DRAINING, MAINTENANCE]) {
+    h.capacity.setRouteWord(a.slot, bit);
+    t.same(count(await h.sequential(g, 20)), { b: 20 }, `${describeBits(bit)}: skipped`);
+  }
+  h.capacity.setRouteWord(h.s.get('b')!.slot, DRAINING);
+  const none = await rejection(h.acquire(g));
+  t.equal(none.code, 'upstream_unavailable', 'nothing routable: 503 at once, not queued');
+  t.match(none.message, /a \(maintenance\), b \(draining\)/, 'the message says why');
+  h.capacity.setRouteWord(h.s.get('b')!.slot, 0);
 
-  // A success resets the count: two more failures are needed.
-  h.s.failed(a);
-  h.s.succeeded(a);
-  h.s.failed(a);
-  t.equal(a.cooldownUntil, 0);
-  t.ok((count(await h.sequential(g, 40)).a ?? 0) > 0);
+  // Half-open with 2 permits: exactly two requests reach a while b is full.
+  h.capacity.setRouteWord(a.slot, HALF_OPEN);
+  h.capacity.setTrials(a.slot, 2);
+  const held = [];
+  for (let i = 0; i < 10; i++) held.push(await h.acquire(g));
+  t.equal(held.filter((l) => l.dep.config.id === 'a').length, 2, 'two trials, no more');
+  t.equal(h.capacity.trials(a.slot), 0);
+  for (const l of held) l.release();
+
+  // Warm-first: b is cold, so a (warm) takes every request while it has room.
+  h.capacity.setRouteWord(a.slot, 0);
+  h.capacity.setRouteWord(h.s.get('b')!.slot, COLD);
+  t.same(count(await h.sequential(g, 20)), { a: 20 }, 'the warm one first');
+  h.s.setFlags({ ...FLAGS, ...PLAIN, warm_first_routing: false });
+  t.ok((count(await h.sequential(g, 40)).b ?? 0) > 0, 'flag off: the cold one gets its share');
   await h.finish(t);
 });
 
@@ -340,28 +346,21 @@ t.test('a degraded deployment gets one probe request per probe interval', async 
   await h.finish(t);
 });
 
-// Regression (was a bug): the probe of a degraded deployment ignores its cool-down. A deployment that
-// failed failureThreshold times in a row (Governance.attemptFailed records the failure
-// in both the scheduler and the performance tracker) is cooling down for cooldownMs
-// (10 s by default) and is also degraded (error rate 1 after minSamples 3). The probe
-// loop in Scheduler.build checks tried, draining and room but not cooldownUntil, so
-// after probeIntervalMs (2 s by default) it sends a request to the cooling deployment
-// while a healthy one is free.
-t.test('a deployment cooling down is not probed before its cool-down ends', async (t) => {
+// Regression (was a bug): the probe of a degraded deployment ignored its cool-down, so a
+// deployment that had just failed several times in a row got a probe request while a
+// healthy one was free. Now the breaker (fleet manager) marks it open in the route bits.
+t.test('a deployment whose breaker is open is not probed', async (t) => {
   const g = group('g', [dep('a'), dep('b')]);
   const h = harness([g]);
   for (let i = 0; i < 3; i++) h.performance.succeeded('b', 10, null);
   const a = h.s.get('a')!;
   h.performance.started('a');
-  for (let i = 0; i < DEFAULT_ROUTER.failureThreshold; i++) {
-    h.performance.failed('a');
-    h.s.failed(a);
-  }
-  t.ok(a.cooldownUntil > h.clock.now, 'a is cooling down');
+  for (let i = 0; i < 3; i++) h.performance.failed('a');
+  h.capacity.setRouteWord(a.slot, BREAKER_OPEN);
   h.clock.advance(DEFAULT_PERFORMANCE.probeIntervalMs);
-  t.ok(h.clock.now < a.cooldownUntil, 'still within the cool-down');
+  t.ok(h.performance.probeDue('a'), 'a probe is due');
   const l = await h.acquire(g);
-  t.equal(l.dep.config.id, 'b', 'the healthy deployment, not the one cooling down');
+  t.equal(l.dep.config.id, 'b', 'the healthy deployment, not the one whose breaker is open');
   await h.finish(t);
 });
 

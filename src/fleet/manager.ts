@@ -1,0 +1,732 @@
+// The fleet manager: the control plane's one model of the upstream servers. It owns
+// their health (active checks), the circuit breakers per server × model, bans, drain
+// and maintenance, recovery tests, the analytics window, the queue pause, and the
+// running config with its version. Whatever it decides about routing it writes as
+// route bits into the shared capacity buffer (route-bits.ts), where every thread's
+// scheduler reads it on the next pick; config changes go out as a new fleet in the
+// data-plane snapshot (onConfig). Both admin faces (/api/orchestrator/* and the drain
+// and limits of /api/industrial/capacity/*) act on this one model.
+import { copyFileSync, existsSync, realpathSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname, resolve, sep } from 'node:path';
+import { stringify as toYaml } from 'yaml';
+import { BrokerError } from '../errors.ts';
+import { parseBrokerConfig, readBrokerConfigDocument, BrokerConfigError, type BrokerConfig, type DeploymentConfig, type ServerConfig } from '../config/broker-config.ts';
+import type { RawBrokerConfig, RawServer } from '../config/schema.ts';
+import type { Governance, Learned } from '../sched/governance.ts';
+import type { Logger } from '../obs/logger.ts';
+import type { FleetGauges, Metrics } from '../obs/metrics.ts';
+import { CircuitBreaker, type BreakerState, type BreakerView } from './breaker.ts';
+import { Bans, type Ban, type BanScope } from './bans.ts';
+import { checkServer, type CheckResult } from './health.ts';
+import { RecoveryRecord, recoveryTest, type RecoveryResult } from './recovery.ts';
+import { FleetAnalytics } from './analytics.ts';
+import { BANNED, BREAKER_OPEN, COLD, DRAINING, HALF_OPEN, MAINTENANCE, UNHEALTHY } from './route-bits.ts';
+
+export type ServerHealth = 'healthy' | 'unhealthy';
+
+interface ServerState {
+  config: ServerConfig;
+  health: ServerHealth;
+  okStreak: number;
+  failStreak: number;
+  lastCheckAt: number;
+  lastError: string | null;
+  /** What its last good check listed; null before one. */
+  models: readonly string[] | null;
+  /** Loaded now (Ollama /api/ps); null when the server does not say. */
+  loaded: readonly string[] | null;
+  draining: boolean;
+  maintenance: { reason: string; since: number } | null;
+  checking: Promise<void> | undefined;
+}
+
+export interface FleetManagerDeps {
+  readonly governance: Governance;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  /** BROKER_CONFIG: what /config/reload may read and /config/save writes; undefined with discovery. */
+  readonly configPath: string | undefined;
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  readonly now?: () => number;
+  /** A new fleet config is in force on the control plane: publish it to the threads. */
+  readonly onConfig: (config: BrokerConfig) => void;
+  /** Something became routable again: every thread's waiters should try again. */
+  readonly onRoutable: () => void;
+  /** Checks off (tests of routing alone); default from the config. */
+  readonly healthChecks?: boolean;
+}
+
+const pairKey = (server: string, model: string): string => `${server}\u0000${model}`;
+const STATE_NUM: Record<BreakerState, 0 | 1 | 2> = { closed: 0, half_open: 1, open: 2 };
+/** Ollama answers `llama3.2` for `llama3.2:latest`. */
+const sameModel = (a: string, b: string): boolean => a === b || a === `${b}:latest` || b === `${a}:latest`;
+
+export class FleetManager {
+  private config: BrokerConfig;
+  /** Bumped by every change to the config; clients send it back in If-Match. */
+  version = 1;
+  private readonly servers = new Map<string, ServerState>();
+  private readonly breakers = new Map<string, CircuitBreaker>();
+  readonly bans: Bans;
+  private readonly recovery = new Map<string, RecoveryRecord>();
+  readonly analytics: FleetAnalytics;
+  private readonly drained = new Set<string>();
+  private readonly words = new Map<number, number>();
+  private paused = false;
+  private readonly now: () => number;
+  private readonly startedAt: number;
+  private healthTimer: NodeJS.Timeout | undefined;
+  private tickTimer: NodeJS.Timeout | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly deps: FleetManagerDeps,
+    initial: BrokerConfig,
+  ) {
+    this.now = deps.now ?? Date.now;
+    this.startedAt = this.now();
+    this.config = initial;
+    this.bans = new Bans(this.now);
+    this.analytics = new FleetAnalytics(initial.fleet.historyWindowMinutes, this.now);
+    this.syncServers();
+    this.applyRoutes();
+    deps.metrics.sources.fleet = () => this.gauges();
+  }
+
+  get current(): BrokerConfig {
+    return this.config;
+  }
+
+  get etag(): string {
+    return `"${this.version}"`;
+  }
+
+  /** Starts the health checks (a first round at once) and the breaker and ban clock. */
+  start(): void {
+    this.tickTimer = setInterval(() => this.tick(), 250);
+    this.tickTimer.unref();
+    this.scheduleChecks();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearInterval(this.tickTimer);
+    clearTimeout(this.healthTimer);
+  }
+
+  private scheduleChecks(): void {
+    const h = this.config.fleet.healthCheck;
+    if (this.stopped || !(this.deps.healthChecks ?? h.enabled)) return;
+    void this.checkAll().finally(() => {
+      if (this.stopped) return;
+      this.healthTimer = setTimeout(() => this.scheduleChecks(), this.config.fleet.healthCheck.intervalMs);
+      this.healthTimer.unref();
+    });
+  }
+
+  /** One round of health checks over every server, concurrently. */
+  async checkAll(): Promise<void> {
+    await Promise.all([...this.servers.values()].map((s) => this.check(s)));
+  }
+
+  private check(s: ServerState): Promise<void> {
+    s.checking ??= checkServer(s.config, this.config.fleet.healthCheck.timeoutMs)
+      .then((r) => this.checked(s, r))
+      .finally(() => (s.checking = undefined));
+    return s.checking;
+  }
+
+  private checked(s: ServerState, r: CheckResult): void {
+    if (this.servers.get(s.config.id) !== s) return; // removed meanwhile
+    const h = this.config.fleet.healthCheck;
+    s.lastCheckAt = this.now();
+    let routesChanged = false;
+    if (r.ok) {
+      s.failStreak = 0;
+      s.okStreak++;
+      s.lastError = null;
+      if (s.health === 'unhealthy' && s.okStreak >= h.healthyThreshold) {
+        s.health = 'healthy';
+        routesChanged = true;
+        this.deps.logger.info({ server: s.config.id }, 'server healthy again');
+      }
+      const modelsChanged = s.models === null || s.models.join('\n') !== r.models.join('\n');
+      const loadedChanged = (s.loaded ?? []).join('\n') !== (r.loaded ?? []).join('\n') || (s.loaded === null) !== (r.loaded === null);
+      s.models = r.models;
+      s.loaded = r.loaded;
+      routesChanged ||= loadedChanged;
+      // A declared server without a models list serves what it lists: a change re-forms the groups.
+      if (modelsChanged && s.config.declared && this.rawServer(s.config.id)?.models === undefined) this.refreshDiscovered();
+    } else {
+      s.okStreak = 0;
+      s.failStreak++;
+      s.lastError = r.error;
+      this.deps.metrics.healthCheckFailures.labels(s.config.id).inc();
+      if (s.health === 'healthy' && s.failStreak >= h.unhealthyThreshold) {
+        s.health = 'unhealthy';
+        routesChanged = true;
+        this.deps.logger.warn({ server: s.config.id, err: r.error, failures: s.failStreak }, 'server unhealthy: no new requests until it passes its checks');
+      }
+    }
+    if (routesChanged) this.applyRoutes();
+  }
+
+  // ---- outcomes from every thread ----
+
+  /** A lesson from a finished request or a failed attempt (this thread's or relayed). */
+  observe(e: Learned): void {
+    if (e.k !== 'fail' && e.k !== 'done') return;
+    if (e.dep === null) return;
+    const d = this.deployment(e.dep);
+    if (d === undefined) return;
+    const b = this.breakerOf(d.server, d.model);
+    if (e.k === 'fail') {
+      this.analytics.attemptFailed(d.server, d.model);
+      if (b.record(false, 'failed before the first byte')) this.transitioned(d.server, d.model, b);
+      return;
+    }
+    if (e.ok === null) {
+      // A client that left says nothing about the server; a trial it held is given back.
+      if (b.state === 'half_open') this.returnTrial(d);
+      return;
+    }
+    this.analytics.finished(d.server, d.model, e.ok, e.ttftMs, e.durationMs, e.prompt + e.completion);
+    if (b.record(e.ok, e.ok ? undefined : 'failed after the first byte')) this.transitioned(d.server, d.model, b);
+  }
+
+  private returnTrial(d: DeploymentConfig): void {
+    const slot = this.deps.governance.deployment(d.id)?.slot;
+    if (slot !== undefined) this.deps.governance.capacity.returnTrial(slot);
+  }
+
+  private deployment(id: string): DeploymentConfig | undefined {
+    return this.deps.governance.deployment(id)?.config;
+  }
+
+  private breakerOf(server: string, model: string): CircuitBreaker {
+    const key = pairKey(server, model);
+    let b = this.breakers.get(key);
+    if (b === undefined) this.breakers.set(key, (b = new CircuitBreaker(this.config.fleet.breaker, this.now)));
+    return b;
+  }
+
+  private transitioned(server: string, model: string, b: CircuitBreaker): void {
+    this.deps.metrics.breakerTransitions.labels(server, model, b.state).inc();
+    const log = b.state === 'open' ? 'warn' : 'info';
+    this.deps.logger[log]({ server, model, state: b.state, trips: b.trips, err: b.lastError }, `circuit breaker ${b.state.replace('_', '-')}`);
+    this.applyRoutes();
+  }
+
+  /** The clock: open breakers whose time is up turn half-open, bans lapse, lost trial permits come back. */
+  tick(): void {
+    let changed = this.bans.expire();
+    for (const [key, b] of this.breakers) {
+      if (b.tick()) {
+        const [server, model] = key.split('\u0000') as [string, string];
+        this.deps.metrics.breakerTransitions.labels(server, model, b.state).inc();
+        this.deps.logger.info({ server, model }, 'circuit breaker half-open: trial requests go through');
+        changed = true;
+      }
+    }
+    if (changed) this.applyRoutes();
+    // Trial permits taken by requests that ended without an outcome (a 429): given back once nothing is in flight.
+    const cap = this.deps.governance.capacity;
+    for (const d of this.deps.governance.scheduler.all()) {
+      const b = this.breakers.get(pairKey(d.config.server, d.config.model));
+      if (b?.state === 'half_open' && cap.trials(d.slot) === 0 && cap.inFlight(d.slot) === 0) cap.setTrials(d.slot, b.trialsNeeded);
+    }
+  }
+
+  // ---- route bits ----
+
+  /** Recomputes every deployment's route bits and writes the changed ones. */
+  applyRoutes(): void {
+    const gov = this.deps.governance;
+    let freed = false;
+    for (const d of gov.scheduler.all()) {
+      const c = d.config;
+      const s = this.servers.get(c.server);
+      let bits = 0;
+      if (s === undefined) bits |= DRAINING; // removed: in-flight requests finish
+      else {
+        if (s.health === 'unhealthy') bits |= UNHEALTHY;
+        if (s.draining) bits |= DRAINING;
+        if (s.maintenance !== null) bits |= MAINTENANCE;
+        // Cold only when the server lists the model but has not loaded it.
+        if (s.loaded !== null && s.models?.some((m) => sameModel(m, c.model)) && !s.loaded.some((m) => sameModel(m, c.model))) bits |= COLD;
+      }
+      if (this.drained.has(c.id)) bits |= DRAINING;
+      if (this.bans.find(c.server, c.model) !== undefined) bits |= BANNED;
+      const b = this.breakers.get(pairKey(c.server, c.model));
+      if (b?.state === 'open') bits |= BREAKER_OPEN;
+      if (b?.state === 'half_open') bits |= HALF_OPEN;
+      const before = this.words.get(d.slot) ?? 0;
+      if (bits === before) continue;
+      if ((bits & HALF_OPEN) !== 0 && (before & HALF_OPEN) === 0) gov.capacity.setTrials(d.slot, b!.trialsNeeded);
+      gov.capacity.setRouteWord(d.slot, bits);
+      this.words.set(d.slot, bits);
+      const blocking = UNHEALTHY | BANNED | BREAKER_OPEN | DRAINING | MAINTENANCE;
+      if ((before & blocking & ~bits) !== 0 || (bits & HALF_OPEN) !== 0) freed = true;
+    }
+    if (freed) {
+      gov.scheduler.wakeAll();
+      this.deps.onRoutable();
+    }
+  }
+
+  // ---- servers ----
+
+  /** Server states follow the config: new ones start healthy, removed ones go. */
+  private syncServers(): void {
+    const seen = new Set<string>();
+    for (const c of this.config.servers.values()) {
+      seen.add(c.id);
+      const s = this.servers.get(c.id);
+      if (s !== undefined) s.config = c;
+      else this.servers.set(c.id, { config: c, health: 'healthy', okStreak: 0, failStreak: 0, lastCheckAt: 0, lastError: null, models: null, loaded: null, draining: false, maintenance: null, checking: undefined });
+    }
+    for (const id of [...this.servers.keys()]) if (!seen.has(id)) this.servers.delete(id);
+    for (const b of this.breakers.values()) b.configure(this.config.fleet.breaker);
+    this.analytics.setWindow(this.config.fleet.historyWindowMinutes);
+  }
+
+  serverState(id: string): ServerState {
+    const s = this.servers.get(id);
+    if (s === undefined) throw new BrokerError('not_found', `no server ${id}; servers: ${[...this.servers.keys()].join(', ') || 'none'}`);
+    return s;
+  }
+
+  private modelsOf(s: ServerState): string[] {
+    const configured = [...this.config.modelGroups.values()].flatMap((g) => g.deployments.filter((d) => d.server === s.config.id).map((d) => d.model));
+    return [...new Set([...configured, ...(s.models ?? [])])];
+  }
+
+  serverView(s: ServerState): Record<string, unknown> {
+    const cap = this.deps.governance.capacity;
+    const deployments = this.deps.governance.scheduler.all().filter((d) => d.config.server === s.config.id && this.inConfig(d.config.id));
+    const inFlight = deployments.reduce((n, d) => n + cap.inFlight(d.slot), 0);
+    const state = s.maintenance !== null ? 'maintenance' : s.draining ? 'draining' : s.health;
+    return {
+      id: s.config.id,
+      url: s.config.url,
+      provider: s.config.provider,
+      maxConcurrency: s.config.maxConcurrency,
+      state,
+      healthy: s.health === 'healthy',
+      draining: s.draining,
+      maintenance: s.maintenance === null ? { enabled: false } : { enabled: true, reason: s.maintenance.reason, since: new Date(s.maintenance.since).toISOString() },
+      inFlight,
+      models: this.modelsOf(s),
+      loadedModels: s.loaded,
+      lastCheck: s.lastCheckAt > 0 ? new Date(s.lastCheckAt).toISOString() : null,
+      lastError: s.lastError,
+      consecutiveFailures: s.failStreak,
+      deployments: deployments.map((d) => d.config.id),
+    };
+  }
+
+  listServers(): Record<string, unknown>[] {
+    return [...this.servers.values()].map((s) => this.serverView(s));
+  }
+
+  private inConfig(deploymentId: string): boolean {
+    for (const g of this.config.modelGroups.values()) if (g.deployments.some((d) => d.id === deploymentId)) return true;
+    return false;
+  }
+
+  setDraining(id: string, draining: boolean): Record<string, unknown> {
+    const s = this.serverState(id);
+    s.draining = draining;
+    this.applyRoutes();
+    return this.serverView(s);
+  }
+
+  setMaintenance(id: string, enabled: boolean, reason: string | undefined): Record<string, unknown> {
+    const s = this.serverState(id);
+    s.maintenance = enabled ? { reason: reason ?? 'maintenance', since: s.maintenance?.since ?? this.now() } : null;
+    this.applyRoutes();
+    return this.serverView(s);
+  }
+
+  /** The drain of /api/industrial/capacity/{id}/drain: one deployment. */
+  drainDeployment(id: string, draining: boolean): boolean {
+    if (this.deps.governance.deployment(id) === undefined) return false;
+    if (draining) this.drained.add(id);
+    else this.drained.delete(id);
+    this.applyRoutes();
+    return true;
+  }
+
+  isDrained(id: string): boolean {
+    const slot = this.deps.governance.deployment(id)?.slot;
+    return slot !== undefined && ((this.words.get(slot) ?? 0) & DRAINING) !== 0;
+  }
+
+  /** Adds a server (its models listed, or found by a first health check before this returns). */
+  async addServer(body: RawServer): Promise<Record<string, unknown>> {
+    if (this.config.servers.has(body.id)) throw new BrokerError('invalid_request', `server ${body.id} exists already`, { details: { field: 'id' } });
+    const raw = structuredClone(this.config.raw);
+    raw.servers = [...(raw.servers ?? []), body];
+    this.commit(raw, undefined);
+    const s = this.serverState(body.id);
+    await this.check(s);
+    return this.serverView(s);
+  }
+
+  /** Removes a server: no new requests; its in-flight streams finish on their own. */
+  removeServer(id: string): { removed: string; inFlight: number } {
+    const s = this.serverState(id);
+    const inFlight = this.serverView(s).inFlight as number;
+    const raw = structuredClone(this.config.raw);
+    raw.servers = (raw.servers ?? []).filter((x) => x.id !== id);
+    if (raw.servers.length === 0) delete raw.servers;
+    // Deployments on it (or that are it) leave their groups; a group left empty goes.
+    const groups = raw.modelGroups ?? {};
+    for (const [name, g] of Object.entries(groups)) {
+      g.deployments = g.deployments.filter((d) => d.server !== id && d.id !== id);
+      if (g.deployments.length === 0) delete groups[name];
+    }
+    if (raw.modelGroups !== undefined && Object.keys(groups).length === 0) delete raw.modelGroups;
+    if (raw.modelGroups === undefined && raw.servers === undefined) throw new BrokerError('invalid_request', `server ${id} is the last one: add another before removing it`);
+    this.commit(raw, undefined);
+    for (const key of [...this.breakers.keys()]) if (key.startsWith(`${id}\u0000`)) this.breakers.delete(key);
+    return { removed: id, inFlight };
+  }
+
+  // ---- breakers ----
+
+  breakerViews(): ({ server: string; model: string } & BreakerView)[] {
+    const out: ({ server: string; model: string } & BreakerView)[] = [];
+    for (const [server, model] of this.pairs()) out.push({ server, model, ...this.breakerOf(server, model).view() });
+    return out;
+  }
+
+  /** Every server × model the config routes to. */
+  private pairs(): [string, string][] {
+    const seen = new Map<string, [string, string]>();
+    for (const g of this.config.modelGroups.values()) for (const d of g.deployments) seen.set(pairKey(d.server, d.model), [d.server, d.model]);
+    return [...seen.values()];
+  }
+
+  private knownPair(server: string, model: string): void {
+    this.serverState(server);
+    if (!this.pairs().some(([s, m]) => s === server && m === model)) throw new BrokerError('model_not_found', `server ${server} serves no model ${model}; it serves: ${this.pairs().filter(([s]) => s === server).map(([, m]) => m).join(', ') || 'none'}`);
+  }
+
+  breakerView(server: string, model: string): { server: string; model: string } & BreakerView {
+    this.knownPair(server, model);
+    return { server, model, ...this.breakerOf(server, model).view() };
+  }
+
+  forceBreaker(server: string, model: string, state: BreakerState | 'reset'): { server: string; model: string } & BreakerView {
+    this.knownPair(server, model);
+    const b = this.breakerOf(server, model);
+    const changed = state === 'reset' ? b.reset() : b.force(state);
+    if (changed) this.transitioned(server, model, b);
+    else this.applyRoutes();
+    this.deps.logger.info({ audit: 'breaker', server, model, action: state }, 'circuit breaker set by an operator');
+    return { server, model, ...b.view() };
+  }
+
+  resetServerBreakers(server: string): { server: string; reset: number } {
+    this.serverState(server);
+    let n = 0;
+    for (const [s, m] of this.pairs()) {
+      if (s !== server) continue;
+      const b = this.breakerOf(s, m);
+      if (b.reset()) this.deps.metrics.breakerTransitions.labels(s, m, 'closed').inc();
+      n++;
+    }
+    this.applyRoutes();
+    return { server, reset: n };
+  }
+
+  // ---- bans ----
+
+  ban(scope: BanScope, server: string | null, model: string | null, reason: string, ttlMs: number | null): Ban {
+    if (server !== null) this.serverState(server);
+    if (model !== null && !this.pairs().some(([s, m]) => m === model && (server === null || s === server))) throw new BrokerError('model_not_found', `no server serves model ${model}${server === null ? '' : ` on ${server}`}`);
+    const b = this.bans.add(scope, server, model, reason, ttlMs);
+    this.applyRoutes();
+    return b;
+  }
+
+  unban(match: (b: Ban) => boolean): number {
+    const n = this.bans.remove(match);
+    this.applyRoutes();
+    return n;
+  }
+
+  // ---- recovery ----
+
+  async runRecoveryTest(server: string, model: string): Promise<RecoveryResult & { breaker: BreakerView }> {
+    this.knownPair(server, model);
+    const s = this.serverState(server);
+    const r = await recoveryTest(s.config, model, Math.max(this.config.fleet.healthCheck.timeoutMs, s.config.headersTimeoutMs > 30_000 ? 30_000 : s.config.headersTimeoutMs));
+    this.recordOf(server).add(model, r, this.now());
+    const b = this.breakerOf(server, model);
+    // A good test of an open breaker lets trial traffic through at once; a failed one counts as a failure.
+    if (r.ok && b.state === 'open' && !b.forced) {
+      b.force('half_open');
+      this.transitioned(server, model, b);
+    } else if (!r.ok && r.kind !== 'http_429' && r.kind !== 'http_4xx') {
+      if (b.record(false, r.error)) this.transitioned(server, model, b);
+    }
+    return { ...r, breaker: b.view() };
+  }
+
+  recordOf(server: string): RecoveryRecord {
+    let r = this.recovery.get(server);
+    if (r === undefined) this.recovery.set(server, (r = new RecoveryRecord(this.config.fleet.recoveryHistory)));
+    return r;
+  }
+
+  recoverySummary(): Record<string, unknown>[] {
+    return [...this.recovery].map(([server, r]) => ({ server, tests: r.tests, failures: r.failures, lastFailureAt: r.lastFailureAt > 0 ? new Date(r.lastFailureAt).toISOString() : null, lastSuccessAt: r.lastSuccessAt > 0 ? new Date(r.lastSuccessAt).toISOString() : null }));
+  }
+
+  recoveryStats(server: string): Record<string, unknown> {
+    this.serverState(server);
+    const r = this.recordOf(server);
+    return { server, tests: r.tests, failures: r.failures, failureRate: r.tests > 0 ? r.failures / r.tests : 0, ...r.analysis(this.now()) };
+  }
+
+  recoveryAnalysis(server: string): Record<string, unknown> {
+    this.serverState(server);
+    const r = this.recordOf(server);
+    const a = r.analysis(this.now());
+    const s = this.serverState(server);
+    const advice =
+      r.failures === 0 ? 'no failed recovery tests'
+      : a.mostCommon === 'connect' ? 'the server does not accept connections: is it running, and is the URL right?'
+      : a.mostCommon === 'timeout' ? 'the server accepts but does not answer in time: it may be loading the model or overloaded'
+      : a.mostCommon === 'http_5xx' ? 'the server answers with errors: check its logs'
+      : a.mostCommon === 'http_4xx' ? 'the server refuses the request: is the model name right, and the API key?'
+      : 'see the history';
+    return { server, health: s.health, ...a, failures: r.failures, tests: r.tests, advice };
+  }
+
+  breakerImpact(server: string): Record<string, unknown> {
+    this.serverState(server);
+    const breakers = this.breakerViews().filter((b) => b.server === server);
+    return {
+      server,
+      breakers: breakers.map((b) => ({ model: b.model, state: b.state, trips: b.trips, forced: b.forced, openedAt: b.openedAt, halfOpenAt: b.halfOpenAt, blockedRouting: b.state !== 'closed' })),
+      open: breakers.filter((b) => b.state === 'open').length,
+      halfOpen: breakers.filter((b) => b.state === 'half_open').length,
+      recoveryFailures: this.recordOf(server).failures,
+    };
+  }
+
+  resetRecovery(server: string): { server: string; reset: true } {
+    this.serverState(server);
+    this.recovery.delete(server);
+    return { server, reset: true };
+  }
+
+  // ---- queue ----
+
+  get queuePaused(): boolean {
+    return this.paused;
+  }
+
+  setPaused(paused: boolean): void {
+    this.paused = paused;
+    this.deps.governance.scheduler.setPaused(paused);
+    this.deps.logger.info({ audit: 'queue', paused }, paused ? 'queue paused: new LLM requests wait' : 'queue resumed');
+  }
+
+  // ---- config ----
+
+  /** Checks an If-Match against the current version: a stale writer gets 409. */
+  private expect(ifMatch: string | undefined): void {
+    if (ifMatch === undefined || ifMatch === '*') return;
+    const tags = ifMatch.split(',').map((t) => t.trim().replace(/^W\//, ''));
+    if (!tags.includes(this.etag) && !tags.includes(String(this.version))) throw new BrokerError('config_conflict', `the config is at version ${this.version}, not ${ifMatch}: GET it again and reapply your change`, { details: { version: this.version } });
+  }
+
+  /** Validates a whole document and puts it in force; nothing changes when it is invalid. */
+  private commit(raw: RawBrokerConfig, ifMatch: string | undefined, source = this.config.source): BrokerConfig {
+    this.expect(ifMatch);
+    let next: BrokerConfig;
+    try {
+      next = parseBrokerConfig(raw, source, this.deps.env ?? process.env, this.discovered());
+    } catch (err) {
+      if (err instanceof BrokerConfigError) throw new BrokerError('invalid_request', err.message, { details: { field: err.path } });
+      throw err;
+    }
+    this.adopt(next);
+    return next;
+  }
+
+  private adopt(next: BrokerConfig): void {
+    const intervalBefore = this.config.fleet.healthCheck.intervalMs;
+    this.config = next;
+    this.version++;
+    this.deps.governance.adopt(next);
+    this.syncServers();
+    this.applyRoutes();
+    this.deps.onConfig(next);
+    if (next.fleet.healthCheck.intervalMs !== intervalBefore && this.healthTimer !== undefined) {
+      clearTimeout(this.healthTimer);
+      this.scheduleChecks();
+    }
+  }
+
+  /** Models found by health checks of declared servers that do not list theirs. */
+  private discovered(): Map<string, readonly string[]> {
+    const out = new Map<string, readonly string[]>();
+    for (const s of this.servers.values()) if (s.models !== null) out.set(s.config.id, s.models);
+    return out;
+  }
+
+  private rawServer(id: string): RawServer | undefined {
+    return this.config.raw.servers?.find((s) => s.id === id);
+  }
+
+  private refreshDiscovered(): void {
+    try {
+      const next = parseBrokerConfig(this.config.raw, this.config.source, this.deps.env ?? process.env, this.discovered());
+      this.adopt(next);
+    } catch (err) {
+      this.deps.logger.warn({ err: (err as Error).message }, 'models found by health checks do not fit the config; kept the previous fleet');
+    }
+  }
+
+  /** Discovery found a fleet: it replaces the (empty) one, as is. */
+  replace(next: BrokerConfig): void {
+    this.adopt(next);
+  }
+
+  configView(): RawBrokerConfig {
+    return this.config.raw;
+  }
+
+  restore(doc: unknown, ifMatch: string | undefined): BrokerConfig {
+    return this.commit(doc as RawBrokerConfig, ifMatch);
+  }
+
+  /** PATCH one section: `scheduler`-backed queue settings, or the analytics window. */
+  patch(section: 'queue' | 'metrics', body: Record<string, unknown>, ifMatch: string | undefined): BrokerConfig {
+    const raw = structuredClone(this.config.raw);
+    const allowed = section === 'queue' ? ['maxSize', 'timeout', 'maxWaitMs'] : ['historyWindowMinutes'];
+    for (const k of Object.keys(body)) if (!allowed.includes(k)) throw new BrokerError('invalid_request', `unknown field ${k}; allowed: ${allowed.join(', ')}`, { details: { field: k } });
+    if (Object.keys(body).length === 0) throw new BrokerError('invalid_request', `nothing to change; fields: ${allowed.join(', ')}`);
+    if (section === 'queue') {
+      const s: Record<string, unknown> = { ...raw.scheduler };
+      if (body.maxSize !== undefined) s.maxQueue = body.maxSize;
+      const wait = body.maxWaitMs ?? body.timeout;
+      if (wait !== undefined) s.maxWaitMs = wait;
+      raw.scheduler = s as RawBrokerConfig['scheduler'];
+    } else {
+      raw.metrics = { ...raw.metrics, ...(body as RawBrokerConfig['metrics']) };
+    }
+    try {
+      return this.commit(raw, ifMatch);
+    } catch (err) {
+      // Name the field as the caller sent it.
+      const e = err as BrokerError;
+      if (e.code === 'invalid_request' && section === 'queue') {
+        const field = String((e.details as { field?: string } | undefined)?.field ?? '');
+        const sent = field.endsWith('maxQueue') ? 'maxSize' : field.endsWith('maxWaitMs') ? (body.maxWaitMs !== undefined ? 'maxWaitMs' : 'timeout') : field;
+        throw new BrokerError('invalid_request', `${sent}: ${e.message.replace(/^[^:]*: /, '')}`, { details: { field: sent } });
+      }
+      throw err;
+    }
+  }
+
+  /** Reloads the configured file, or another inside its directory; nothing else may be read. */
+  reload(path: string | undefined, ifMatch: string | undefined): { path: string; version: number } {
+    const configured = this.deps.configPath;
+    if (configured === undefined) throw new BrokerError('invalid_request', 'no config file: the broker runs on discovery (set BROKER_CONFIG to reload from a file)');
+    const target = resolve(dirname(configured), path ?? configured);
+    const dir = realpathSync(dirname(resolve(configured)));
+    let real: string;
+    try {
+      real = realpathSync(target);
+    } catch {
+      throw new BrokerError('invalid_request', `cannot read ${path}: no such file`, { details: { field: 'configPath' } });
+    }
+    if (dirname(real) !== dir && !real.startsWith(dir + sep)) throw new BrokerError('invalid_request', `configPath must be the configured file or inside ${dir}`, { details: { field: 'configPath' } });
+    let doc: unknown;
+    try {
+      doc = readBrokerConfigDocument(real);
+    } catch (err) {
+      throw new BrokerError('invalid_request', (err as Error).message, { details: { field: 'configPath' } });
+    }
+    this.commit(doc as RawBrokerConfig, ifMatch, real);
+    return { path: real, version: this.version };
+  }
+
+  /** Writes the running config to the configured file: a temp file renamed over it, the old one kept as .bak. */
+  save(): { path: string; backup: string | null; version: number } {
+    const path = this.deps.configPath;
+    if (path === undefined) throw new BrokerError('invalid_request', 'no config file to save to: the broker runs on discovery (set BROKER_CONFIG)');
+    const text = /\.ya?ml$/i.test(path) ? toYaml(this.config.raw) : `${JSON.stringify(this.config.raw, null, 2)}\n`;
+    const tmp = `${path}.tmp-${process.pid}`;
+    writeFileSync(tmp, text, { mode: 0o640 });
+    let backup: string | null = null;
+    if (existsSync(path)) {
+      backup = `${path}.bak`;
+      copyFileSync(path, backup);
+    }
+    renameSync(tmp, path);
+    this.deps.logger.info({ audit: 'config_save', path, version: this.version }, 'config saved');
+    return { path, backup, version: this.version };
+  }
+
+  // ---- status ----
+
+  health(queue: { size: number }): Record<string, unknown> {
+    const servers = [...this.servers.values()];
+    const healthy = servers.filter((s) => s.health === 'healthy' && s.maintenance === null).length;
+    const inService = servers.filter((s) => s.maintenance === null);
+    return {
+      status: inService.length === 0 || healthy > 0 ? 'healthy' : 'unhealthy',
+      uptime: Math.round((this.now() - this.startedAt) / 1000),
+      version: process.env.npm_package_version ?? '0.1.0',
+      servers: { healthy, total: servers.length },
+      queue: { size: queue.size, maxSize: this.config.scheduler.maxQueue, paused: this.paused },
+    };
+  }
+
+  modelsStatus(): Record<string, unknown>[] {
+    const byModel = new Map<string, { servers: Set<string>; loadedOn: Set<string>; groups: Set<string> }>();
+    // One entry per model, `llama3` and `llama3:latest` alike.
+    const entry = (name: string) => {
+      const m = name.endsWith(':latest') ? name.slice(0, -':latest'.length) : name;
+      let e = byModel.get(m);
+      if (e === undefined) byModel.set(m, (e = { servers: new Set(), loadedOn: new Set(), groups: new Set() }));
+      return e;
+    };
+    for (const g of this.config.modelGroups.values()) {
+      for (const d of g.deployments) {
+        entry(d.model).groups.add(g.name);
+        entry(d.model).servers.add(d.server);
+      }
+    }
+    for (const s of this.servers.values()) {
+      for (const m of s.models ?? []) entry(m).servers.add(s.config.id);
+      for (const m of s.loaded ?? []) entry(m).loadedOn.add(s.config.id);
+    }
+    return [...byModel].map(([model, e]) => ({
+      model,
+      groups: [...e.groups],
+      servers: [...e.servers],
+      loadedOn: [...e.loadedOn],
+      healthyServers: [...e.servers].filter((id) => this.servers.get(id)?.health === 'healthy').length,
+    }));
+  }
+
+  private gauges(): FleetGauges {
+    const servers = { healthy: 0, unhealthy: 0, draining: 0, maintenance: 0 };
+    for (const s of this.servers.values()) servers[s.maintenance !== null ? 'maintenance' : s.draining ? 'draining' : s.health]++;
+    return {
+      breakers: this.pairs().map(([server, model]) => ({ server, model, state: STATE_NUM[this.breakers.get(pairKey(server, model))?.state ?? 'closed'] })),
+      servers,
+      bans: this.bans.list().length,
+      queueMax: this.config.scheduler.maxQueue,
+      queuePaused: this.paused,
+    };
+  }
+}
