@@ -160,7 +160,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           if (req.path.startsWith('/api/industrial/')) await planes!.flush();
           const reply = await serveForwarded(control, req, body);
           // A change made through the admin API is in force on every thread before it returns.
-          if (req.method !== 'GET' && req.method !== 'HEAD') await planes!.publish();
+          // v2 inference changes nothing: a snapshot round trip per request would double its main-thread CPU.
+          if (req.method !== 'GET' && req.method !== 'HEAD' && !req.path.startsWith('/v2/')) await planes!.publish();
           return reply;
         },
         infer(call) {
