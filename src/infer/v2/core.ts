@@ -30,7 +30,7 @@ const DATATYPES: Record<string, string> = {
   float16: 'FP16', float32: 'FP32', float64: 'FP64', string: 'BYTES',
 };
 
-/** The model name, version and arm(s) a request reaches. */
+/** What a model name and version reach. */
 interface Target {
   /** The arm the client named through its version; undefined: the A/B policy picks. */
   readonly named: Arm | undefined;
