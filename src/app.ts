@@ -18,6 +18,8 @@ import { loadManifest } from './infer/manifest.ts';
 import { createInferPool } from './infer/pool.ts';
 import { InferService } from './infer/service.ts';
 import { disabledInference, inferRoutes, readyRoute } from './infer/routes.ts';
+import { V2Core } from './infer/v2/core.ts';
+import { v2Routes } from './infer/v2/rest.ts';
 import { adminRoutes } from './admin/routes.ts';
 import { loadBrokerConfigFile, EMPTY_FLEET, type BrokerConfig } from './config/broker-config.ts';
 import { FlagStore, type FlagSet } from './config/flags.ts';
@@ -152,6 +154,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const controlRoutes = [
     ...obsRoutes(metrics, threaded ? async () => planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : undefined),
     readyRoute(infer),
+    // Open Inference Protocol (KServe v2): served here, where the models live; data-plane threads forward /v2 (docs/oip.md).
+    ...v2Routes(new V2Core(infer), config.stickyCookie),
     ...(infer !== undefined ? adminRoutes(infer) : []),
     ...industrialRoutes(admin, logger),
     ...orchestratorRoutes({
@@ -195,7 +199,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           if (req.path.startsWith('/api/industrial/')) await planes!.flush();
           const reply = await serveForwarded(control, req, body);
           // A change made through the admin API is in force on every thread before it returns.
-          if (req.method !== 'GET' && req.method !== 'HEAD') await planes!.publish();
+          // v2 inference changes nothing: a snapshot round trip per request would double its main-thread CPU.
+          if (req.method !== 'GET' && req.method !== 'HEAD' && !req.path.startsWith('/v2/')) await planes!.publish();
           return reply;
         },
         infer(call) {

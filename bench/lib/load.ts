@@ -6,7 +6,7 @@ import { round, summarize, type Latency } from './stats.ts';
 
 export interface LoadOptions {
   readonly url: string;
-  readonly body: string;
+  readonly body: string | Buffer;
   readonly connections: number;
   readonly durationS: number;
   readonly headers?: Readonly<Record<string, string>>;

@@ -9,6 +9,8 @@
 //   is OpenAI's error type for the code, request_id is our addition.
 // - Ollama: {"error":"message","code","request_id"}; Ollama clients read `error`
 //   as a string, the code and request id ride along.
+// - Open Inference Protocol (KServe v2, /v2/*): {"error":"message","code","request_id"},
+//   the v2 spec's `{"error": $string}` with the same two extra fields as Ollama's.
 //
 // Mid-stream, a failed reply ends with one terminal event in the client's framing:
 // for OpenAI the error object as a last SSE `data:` event and no `[DONE]` (what the
@@ -53,6 +55,7 @@ export function ollamaErrorBody(code: string, message: string, requestId: string
 export const brokerErrorShape: ErrorShape = (code, message, requestId, _status, param) => brokerErrorBody(code, message, requestId, param);
 export const openaiErrorShape: ErrorShape = (code, message, requestId, _status, param) => openaiErrorBody(code, message, requestId, param);
 export const ollamaErrorShape: ErrorShape = (code, message, requestId) => ollamaErrorBody(code, message, requestId);
+export const v2ErrorShape: ErrorShape = (code, message, requestId) => ({ error: message, code, request_id: requestId });
 
 /** OpenAI stream terminal event: one SSE `data:` event with the error object. */
 export function openaiStreamErrorEvent(code: string, message: string, requestId: string): string {

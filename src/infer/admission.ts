@@ -17,12 +17,16 @@ export interface Pending<T> {
   /** performance.now() at admission. */
   readonly enqueuedAt: number;
   readonly reject: (err: BrokerError) => void;
+  /** performance.now() past which this request times out, when it asked for less than the model's timeout (v2 schedule policy). */
+  readonly deadline?: number;
 }
 
 export class AdmissionQueue<T> {
   // One FIFO per priority level; its head is its oldest.
   private readonly levels: Pending<T>[][] = Array.from({ length: PRIORITY_LEVELS }, () => []);
   private count = 0;
+  /** Requests admitted with their own deadline: while there are any, expire() looks past each level's head. */
+  private withDeadline = 0;
   timedOut = 0;
   rejectedFull = 0;
 
@@ -46,6 +50,7 @@ export class AdmissionQueue<T> {
     }
     this.levels[p.priority]!.push(p);
     this.count++;
+    if (p.deadline !== undefined) this.withDeadline++;
   }
 
   /** The highest priority waiting, or -1. */
@@ -100,6 +105,25 @@ export class AdmissionQueue<T> {
         n++;
         p.reject(new BrokerError('queue_timeout', `inference request waited ${Math.round(now - p.enqueuedAt)} ms for model ${this.model} (queue.timeout_ms ${this.timeoutMs})`, { retryAfter: 1 }));
       }
+    }
+    // Own deadlines are not in admission order: scan the whole queue (at most max_size, once a sweep).
+    if (this.withDeadline > 0) {
+      let left = 0;
+      for (const q of this.levels) {
+        for (let i = 0; i < q.length; ) {
+          const p = q[i]!;
+          if (p.deadline === undefined) i++;
+          else if (p.deadline <= now) {
+            q.splice(i, 1);
+            n++;
+            p.reject(new BrokerError('queue_timeout', `inference request waited ${Math.round(now - p.enqueuedAt)} ms for model ${this.model} (its own timeout ${Math.round(p.deadline - p.enqueuedAt)} ms)`, { retryAfter: 1 }));
+          } else {
+            left++;
+            i++;
+          }
+        }
+      }
+      this.withDeadline = left;
     }
     this.count -= n;
     this.timedOut += n;

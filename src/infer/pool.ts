@@ -21,7 +21,7 @@ import { performance } from 'node:perf_hooks';
 import { BrokerError } from '../errors.ts';
 import type { LoadedModel } from './manifest.ts';
 import { AdmissionQueue, DEFAULT_PRIORITY, type Pending } from './admission.ts';
-import type { BatchOutcome, BatchTask, Prediction, WorkerData } from './protocol.ts';
+import type { BatchOutcome, BatchTask, Prediction, SessionsMetadata, WorkerData } from './protocol.ts';
 import { workerEntry } from '../workers/entry.ts';
 
 /** Batches each worker holds at once: one computing, one decoding. */
@@ -40,8 +40,20 @@ export interface InferPoolOptions {
   readonly onWorkerFailure?: () => void;
 }
 
+/** How one item goes in and what comes back, beyond the image and top-k of /v1/infer. */
+export interface RunOptions {
+  /** The bytes are one item of the model's float32 input: no decode, no preprocess. */
+  readonly tensor?: boolean;
+  /** Return the raw output row as `scores`. */
+  readonly scores?: boolean;
+  /** Reject with queue_timeout after waiting this long, when shorter than the model's queue.timeout_ms. */
+  readonly timeoutMs?: number;
+}
+
 export interface RunResult {
   readonly predictions: Prediction[];
+  /** The raw output row, with RunOptions.scores. */
+  readonly scores?: Float32Array;
   /** Admission queue + batch fill + hand-off to the worker, ms. */
   readonly queueMs: number;
   readonly decodeMs: number;
@@ -65,7 +77,9 @@ export interface ExecEvent {
 export interface InferPool {
   readonly models: Readonly<Record<string, LoadedModel>>;
   /** Runs one image on one model; `image` is transferred and unusable afterwards. */
-  run(model: string, image: ArrayBuffer, size: number | undefined, topK: number, priority?: number): Promise<RunResult>;
+  run(model: string, image: ArrayBuffer, size: number | undefined, topK: number, priority?: number, opts?: RunOptions): Promise<RunResult>;
+  /** Input and output names, types and shapes of each model, from a loaded session (cached). */
+  metadata(): Promise<SessionsMetadata>;
   /** Every executed batch, after it ran. */
   onExecute(listener: (e: ExecEvent) => void): void;
   /** Runs every model of every worker once more (after a cold spell, say). */
@@ -83,6 +97,7 @@ export interface InferPool {
 interface Waiting {
   readonly image: ArrayBuffer;
   readonly topK: number;
+  readonly opts: RunOptions | undefined;
   readonly resolve: (r: RunResult) => void;
 }
 
@@ -130,6 +145,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
   let delayTimer: NodeJS.Timeout | undefined;
   let delayDue = Infinity;
   let drained: (() => void) | undefined;
+  let metadataCache: Promise<SessionsMetadata> | undefined;
 
   // Timeouts are swept, not timed one by one: a timer per request would cost more than
   // the batch it waits for. A request may so wait up to one sweep longer than its timeout.
@@ -190,7 +206,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       kind: 'batch',
       model: key,
       size,
-      items: batch.map((p) => ({ image: p.value.image, topK: p.value.topK })),
+      items: batch.map((p) => ({ image: p.value.image, topK: p.value.topK, ...(p.value.opts?.tensor ? { tensor: true } : {}), ...(p.value.opts?.scores ? { scores: true } : {}) })),
       submittedAt: performance.timeOrigin + now,
     };
     piscina.run(task, { transferList: batch.map((p) => p.value.image) }).then(
@@ -201,6 +217,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
           if (r.ok) {
             p.value.resolve({
               predictions: r.predictions,
+              ...(r.scores !== undefined ? { scores: r.scores } : {}),
               queueMs: now - p.enqueuedAt + Math.max(0, out.handoffMs),
               decodeMs: out.decodeMs,
               inferMs: out.inferMs,
@@ -226,15 +243,34 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
 
   return {
     models: opts.models,
-    run(model, image, size, topK, priority = DEFAULT_PRIORITY) {
+    run(model, image, size, topK, priority = DEFAULT_PRIORITY, runOpts) {
       const q = queues.get(model);
       if (q === undefined) return Promise.reject(new BrokerError('internal', `pool has no model ${model}`));
       if (closing) return Promise.reject(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
       return new Promise<RunResult>((resolve, reject) => {
-        q.push({ value: { image, topK, resolve }, size, priority, enqueuedAt: performance.now(), reject });
+        const enqueuedAt = performance.now();
+        const deadline = runOpts?.timeoutMs !== undefined ? enqueuedAt + runOpts.timeoutMs : undefined;
+        q.push({ value: { image, topK, opts: runOpts, resolve }, size, priority, enqueuedAt, reject, ...(deadline !== undefined ? { deadline } : {}) });
         waiting++;
         pump();
       });
+    },
+    metadata() {
+      // One task, counted as a batch so that the batcher never overfills Piscina's queue;
+      // a failure (a worker died) is not cached.
+      metadataCache ??= (async () => {
+        inFlight++;
+        try {
+          return (await piscina.run({ kind: 'metadata' })) as SessionsMetadata;
+        } finally {
+          inFlight--;
+          pump();
+        }
+      })().catch((err: unknown) => {
+        metadataCache = undefined;
+        throw new BrokerError('internal', 'model metadata unavailable', { cause: err });
+      });
+      return metadataCache;
     },
     onExecute(listener) {
       listeners.push(listener);

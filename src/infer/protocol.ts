@@ -11,9 +11,13 @@ export interface WorkerData {
 
 /** One image of a batch. */
 export interface BatchItem {
-  /** Image bytes, transferred (not copied) to the worker. */
+  /** Image bytes, transferred (not copied) to the worker; with `tensor`, the model input's own values. */
   readonly image: ArrayBuffer;
   readonly topK: number;
+  /** `image` holds one item of the model's float32 input, laid out as the model takes it: no decode, no preprocess (v2). */
+  readonly tensor?: boolean;
+  /** Also send back the item's raw output row (v2 returns the model's output tensor). */
+  readonly scores?: boolean;
 }
 
 /**
@@ -35,6 +39,22 @@ export interface WarmupTask {
   readonly kind: 'warmup';
 }
 
+/** What the loaded sessions say about their inputs and outputs (v2 model metadata). */
+export interface MetadataTask {
+  readonly kind: 'metadata';
+}
+
+export interface TensorMeta {
+  readonly name: string;
+  /** onnxruntime's element type (`float32`, ...). */
+  readonly type: string;
+  /** Symbolic or unknown dimensions are -1. */
+  readonly shape: readonly number[];
+}
+
+/** By model key ('A', 'B'). */
+export type SessionsMetadata = Readonly<Record<string, { readonly inputs: readonly TensorMeta[]; readonly outputs: readonly TensorMeta[] }>>;
+
 export interface Prediction {
   readonly label: string;
   readonly index: number;
@@ -42,7 +62,7 @@ export interface Prediction {
 }
 
 export type ItemFailure = { ok: false; code: 'unsupported_image' | 'image_too_large' | 'invalid_image' | 'internal'; message: string; /** For the log only: never sent to the client. */ detail?: string };
-export type ItemOutcome = { ok: true; predictions: Prediction[] } | ItemFailure;
+export type ItemOutcome = { ok: true; predictions: Prediction[]; /** With BatchItem.scores. */ scores?: Float32Array } | ItemFailure;
 
 export interface BatchOutcome {
   /** One per item, in order. A bad image fails its own item only. */

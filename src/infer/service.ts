@@ -9,7 +9,7 @@ import { chooseArm, shareOfB, type Arm, type SplitState } from './arms.ts';
 import { CanaryJudge, type CanaryThresholds } from './canary.ts';
 import type { LoadedModel } from './manifest.ts';
 import { inferMetrics, type InferMetrics } from './metrics.ts';
-import type { InferPool } from './pool.ts';
+import type { InferPool, RunResult } from './pool.ts';
 import type { Prediction } from './protocol.ts';
 
 export interface RuntimeConfig extends SplitState {
@@ -37,6 +37,36 @@ export interface InferReply {
   readonly timings: { decode_ms: number; queue_ms: number; infer_ms: number; total_ms: number };
   /** Images in the session.run that answered. */
   readonly batch_size: number;
+}
+
+/** The arm that serves one request, with the pool and model it runs on (pinned across a promote). */
+export interface ArmChoice {
+  readonly arm: Arm;
+  /** 'version': the client named the arm's version (v2), so no split, sticky cookie or shadow. */
+  readonly reason: 'sticky' | 'canary' | 'weighted' | 'version';
+  readonly pool: InferPool;
+  readonly model: LoadedModel;
+}
+
+/** Items of one request, all on the chosen arm (v2 sends N images or N tensor rows at once). */
+export interface ItemsInput {
+  /** Per item: encoded image bytes, or with `tensor` one item of the model's float32 input. Transferred. */
+  readonly items: readonly Buffer[];
+  readonly tensor: boolean;
+  /** Resize target (images) or spatial size (tensors) of a dynamic-size model; undefined: the model's own. */
+  readonly size: number | undefined;
+  /** Top-k predictions per item (0: none). */
+  readonly topK: number;
+  /** Return each item's raw output row. */
+  readonly scores: boolean;
+  readonly priority?: number | undefined;
+  /** The request's own queue timeout (v2 schedule policy), when shorter than the model's. */
+  readonly timeoutMs?: number | undefined;
+}
+
+export interface ItemsReply {
+  readonly results: RunResult[];
+  readonly totalMs: number;
 }
 
 export interface InferServiceDeps {
@@ -123,21 +153,50 @@ export class InferService {
   }
 
   async infer(input: InferInput): Promise<InferReply> {
-    const t0 = performance.now();
-    const { arm, reason } = chooseArm(this.config, input.cookieArm, this.random());
-    const pool = this.pool;
-    const model = (arm === 'A' ? pool.models.A : pool.models.B)!;
-    const { manifest } = model;
-    const size = checkSize(input.imgSize, model);
+    const choice = this.choose(input.cookieArm);
+    const { manifest } = choice.model;
+    const size = checkSize(input.imgSize, choice.model);
     const topK = Math.min(input.topK ?? 5, manifest.labels.length);
-    const m = this.deps.metrics;
-    m.inferArm.labels(arm, reason).inc();
+    const { results, totalMs } = await this.run(choice, { items: [input.image], tensor: false, size, topK, scores: false, priority: input.priority });
+    const result = results[0]!;
+    return {
+      arm: choice.arm,
+      model: manifest.name,
+      version: manifest.version,
+      predictions: result.predictions,
+      timings: { decode_ms: round(result.decodeMs), queue_ms: round(Math.max(0, result.queueMs)), infer_ms: round(result.inferMs), total_ms: round(totalMs) },
+      batch_size: result.batchSize,
+    };
+  }
 
-    const shadowCopy = this.config.shadowEnabled && arm === 'A' ? Buffer.from(input.image) : undefined;
-    const image = transferable(input.image);
-    let result;
+  /**
+   * Which arm serves a request: `named` when the client named it (v2 versions), else the
+   * A/B policy (sticky cookie, weights, canary). Nothing is counted until run().
+   */
+  choose(cookieArm: string | undefined, named?: Arm): ArmChoice {
+    const pool = this.pool;
+    const { arm, reason } = named !== undefined ? { arm: named, reason: 'version' as const } : chooseArm(this.config, cookieArm, this.random());
+    return { arm, reason, pool, model: (arm === 'A' ? pool.models.A : pool.models.B)! };
+  }
+
+  /**
+   * Runs the items of one request on the chosen arm, each through the admission queue and
+   * batcher; the first failure fails the request. One request in the metrics and the canary
+   * judge whatever its item count; B shadows A's items when the split chose A.
+   */
+  async run(choice: ArmChoice, input: ItemsInput): Promise<ItemsReply> {
+    const t0 = performance.now();
+    const { arm, pool } = choice;
+    const { manifest } = choice.model;
+    const m = this.deps.metrics;
+    m.inferArm.labels(arm, choice.reason).inc();
+
+    const shadowing = this.config.shadowEnabled && arm === 'A' && choice.reason !== 'version' && (!input.tensor || sameInput(pool));
+    const shadowCopies = shadowing ? input.items.map((b) => Buffer.from(b)) : undefined;
+    const opts = { tensor: input.tensor, scores: input.scores, ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}) };
+    let results: RunResult[];
     try {
-      result = await pool.run(arm, image, size, topK, input.priority);
+      results = await Promise.all(input.items.map((item) => pool.run(arm, transferable(item), input.size, input.topK, input.priority, opts)));
     } catch (err) {
       const e = err as BrokerError;
       if (e.code === 'overloaded' || e.code === 'queue_timeout') this.im.admissionRejected.labels(manifest.name, e.code === 'overloaded' ? 'full' : 'timeout').inc();
@@ -148,25 +207,21 @@ export class InferService {
       throw err;
     }
     const total = performance.now() - t0;
+    // The slowest item stands for the request.
+    const worst = results.reduce((a, r) => (r.queueMs + r.decodeMs + r.inferMs > a.queueMs + a.decodeMs + a.inferMs ? r : a));
     m.inferSuccess.labels(manifest.name, manifest.version, arm).inc();
-    m.inferQueue.labels(manifest.name, arm).observe(result.queueMs / 1000);
-    m.inferDecode.labels(manifest.name, arm).observe(result.decodeMs / 1000);
-    m.inferCompute.labels(manifest.name, arm).observe(result.inferMs / 1000);
+    m.inferQueue.labels(manifest.name, arm).observe(worst.queueMs / 1000);
+    m.inferDecode.labels(manifest.name, arm).observe(worst.decodeMs / 1000);
+    m.inferCompute.labels(manifest.name, arm).observe(worst.inferMs / 1000);
     this.observe(arm, true, total);
-    if (shadowCopy !== undefined) this.shadow(shadowCopy, size, result.predictions[0]?.index);
-
-    return {
-      arm,
-      model: manifest.name,
-      version: manifest.version,
-      predictions: result.predictions,
-      timings: { decode_ms: round(result.decodeMs), queue_ms: round(Math.max(0, result.queueMs)), infer_ms: round(result.inferMs), total_ms: round(total) },
-      batch_size: result.batchSize,
-    };
+    if (shadowCopies !== undefined) {
+      for (const [i, copy] of shadowCopies.entries()) this.shadow(copy, input.size, input.tensor, topIndex(results[i]!));
+    }
+    return { results, totalMs: total };
   }
 
   /** B runs on a copy after A answered; its result only feeds metrics. */
-  private shadow(image: Buffer, size: number | undefined, topA: number | undefined): void {
+  private shadow(image: Buffer, size: number | undefined, tensor: boolean, topA: number | undefined): void {
     const m = this.deps.metrics;
     const pool = this.pool;
     // Shadow traffic must never delay real traffic: skip it when requests are waiting.
@@ -177,7 +232,7 @@ export class InferService {
     const t0 = performance.now();
     setImmediate(() => {
       // Lowest priority: a shadow run never goes before a real request.
-      pool.run('B', transferable(image), size, 1, 0).then(
+      pool.run('B', transferable(image), size, 1, 0, tensor ? { tensor } : undefined).then(
         (r) => {
           m.shadowLatency.observe((performance.now() - t0) / 1000);
           m.shadowRequests.labels('ok').inc();
@@ -252,6 +307,20 @@ function checkSize(imgSize: number | undefined, model: LoadedModel): number | un
   }
   if (imgSize < 8 || imgSize > input.maxSize) throw new BrokerError('invalid_img_size', `img_size must be between 8 and ${input.maxSize} for model ${name}, got ${imgSize}`);
   return imgSize;
+}
+
+/** A's top-1 class: its first prediction, or the largest of its raw scores (v2 asks for no predictions). */
+function topIndex(r: RunResult): number | undefined {
+  if (r.predictions[0] !== undefined) return r.predictions[0].index;
+  if (r.scores === undefined || r.scores.length === 0) return undefined;
+  let best = 0;
+  for (let i = 1; i < r.scores.length; i++) if (r.scores[i]! > r.scores[best]!) best = i;
+  return best;
+}
+
+/** A tensor made for A's input is fit for B only when B takes the same input (size, layout, normalisation). */
+function sameInput(pool: InferPool): boolean {
+  return JSON.stringify(pool.models.A!.manifest.input) === JSON.stringify(pool.models.B!.manifest.input);
 }
 
 /** An ArrayBuffer holding exactly these bytes that can be transferred without detaching anything shared. */

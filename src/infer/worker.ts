@@ -12,7 +12,7 @@ import { performance } from 'node:perf_hooks';
 import type { ModelManifest } from './manifest.ts';
 import { preprocess } from './preprocess.ts';
 import { topK } from './postprocess.ts';
-import type { BatchOutcome, BatchTask, ItemOutcome, WorkerData, WarmupTask } from './protocol.ts';
+import type { BatchOutcome, BatchTask, ItemOutcome, MetadataTask, SessionsMetadata, TensorMeta, WorkerData, WarmupTask } from './protocol.ts';
 
 const data = workerData as WorkerData;
 
@@ -87,10 +87,17 @@ function now(): number {
 
 const failAll = (n: number, message: string): ItemOutcome[] => Array.from({ length: n }, () => ({ ok: false, code: 'internal', message }));
 
-export default async function run(task: BatchTask | WarmupTask): Promise<BatchOutcome | { warmed: true }> {
+function describe(list: readonly ort.InferenceSession.ValueMetadata[]): TensorMeta[] {
+  return list.map((m) => (m.isTensor ? { name: m.name, type: m.type, shape: m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : -1)) } : { name: m.name, type: 'non-tensor', shape: [] }));
+}
+
+export default async function run(task: BatchTask | WarmupTask | MetadataTask): Promise<BatchOutcome | SessionsMetadata | { warmed: true }> {
   if (task.kind === 'warmup') {
     await warm();
     return { warmed: true };
+  }
+  if (task.kind === 'metadata') {
+    return Object.fromEntries(Object.entries(models).map(([key, { session }]) => [key, { inputs: describe(session.inputMetadata), outputs: describe(session.outputMetadata) }]));
   }
   const startedAt = now();
   const n = task.items.length;
@@ -105,7 +112,7 @@ export default async function run(task: BatchTask | WarmupTask): Promise<BatchOu
 
   // Each image decodes into its own slot; a failed one leaves a hole that is closed below.
   const batch = new Float32Array(n * per);
-  const pre = await Promise.all(task.items.map((it, i) => preprocess(new Uint8Array(it.image), manifest, task.size, data.maxPixels, batch, i * per)));
+  const pre = await Promise.all(task.items.map((it, i) => (it.tensor ? place(it.image, batch, i * per, per) : preprocess(new Uint8Array(it.image), manifest, task.size, data.maxPixels, batch, i * per))));
   const decodedAt = now();
   const items: ItemOutcome[] = new Array(n);
   const good: number[] = [];
@@ -129,7 +136,9 @@ export default async function run(task: BatchTask | WarmupTask): Promise<BatchOu
     return scores.data as Float32Array;
   };
   const answer = (i: number, scores: Float32Array) => {
-    items[i] = { ok: true, predictions: topK(scores, manifest.labels, task.items[i]!.topK, manifest.output.kind === 'logits') };
+    const it = task.items[i]!;
+    const predictions = topK(scores, manifest.labels, it.topK, manifest.output.kind === 'logits');
+    items[i] = it.scores ? { ok: true, predictions, scores: scores.slice() } : { ok: true, predictions };
   };
   if (good.length > 0) {
     try {
@@ -152,4 +161,11 @@ export default async function run(task: BatchTask | WarmupTask): Promise<BatchOu
     }
   }
   return { ...base, items, decodeMs: decodedAt - startedAt, inferMs: now() - decodedAt, executions, executedBatch: good.length };
+}
+
+/** A tensor item (v2): its float32 values go to their slot as they are; the front checked the shape. */
+function place(values: ArrayBuffer, batch: Float32Array, offset: number, per: number): { ok: true } | ItemOutcome {
+  if (values.byteLength !== per * 4) return { ok: false, code: 'internal', message: `tensor item has ${values.byteLength / 4} values, the model takes ${per}` };
+  batch.set(new Float32Array(values), offset);
+  return { ok: true };
 }

@@ -1,0 +1,253 @@
+// The Open Inference Protocol's semantics, once, for every transport: which arm a model
+// name and version reach, readiness, metadata from the sessions and manifests, and
+// inference: a request's tensors checked against the model, run through the same
+// service as /v1/infer (A/B, sticky, shadow, canary, admission queue, batcher, metrics),
+// and the model's output returned as a tensor or as classification strings.
+//
+// Names and versions (docs/oip.md): the broker serves one v2 model, named after arm A's
+// manifest `name` (B's manifest name is accepted as an alias); its versions are the
+// manifest versions of A and B. A version reaches the arm(s) carrying it; no version
+// follows the A/B policy. After a promote (A = B) the model is B's name and version.
+import { readFileSync } from 'node:fs';
+import { BrokerError } from '../../errors.ts';
+import { PRIORITY_LEVELS } from '../admission.ts';
+import type { Arm } from '../arms.ts';
+import type { ModelManifest } from '../manifest.ts';
+import { topK } from '../postprocess.ts';
+import { decodeImage } from '../routes.ts';
+import type { InferService } from '../service.ts';
+import type { InferRequest, InferResponse, InputTensor, MetadataTensor, ModelMetadata, OutputTensor, RequestedOutput, ServerMetadata, CallContext } from './types.ts';
+
+/** What the broker implements of Triton's protocol extensions (GET /v2 lists exactly these). */
+export const EXTENSIONS = ['binary_tensor_data', 'classification', 'schedule_policy'] as const;
+
+const PACKAGE = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { name: string; version: string };
+
+/** onnxruntime element types to v2 datatypes. */
+const DATATYPES: Record<string, string> = {
+  bool: 'BOOL', uint8: 'UINT8', uint16: 'UINT16', uint32: 'UINT32', uint64: 'UINT64',
+  int8: 'INT8', int16: 'INT16', int32: 'INT32', int64: 'INT64',
+  float16: 'FP16', float32: 'FP32', float64: 'FP64', string: 'BYTES',
+};
+
+/** What a model name and version reach. */
+interface Target {
+  /** The arm the client named through its version; undefined: the A/B policy picks. */
+  readonly named: Arm | undefined;
+}
+
+export class V2Core {
+  constructor(private readonly service: InferService | undefined) {}
+
+  serverMetadata(): ServerMetadata {
+    return { name: PACKAGE.name, version: PACKAGE.version, extensions: [...EXTENSIONS] };
+  }
+
+  /** The process answers: live. */
+  live(): boolean {
+    return true;
+  }
+
+  /** Every inference worker loaded and warmed its models (false with inference turned off). */
+  ready(): boolean {
+    return this.service?.ready ?? false;
+  }
+
+  /** Throws model_not_found for a name or version the broker does not serve. */
+  modelReady(name: string, version: string | undefined): boolean {
+    this.resolve(name, version);
+    return this.ready();
+  }
+
+  async modelMetadata(name: string, version: string | undefined): Promise<ModelMetadata> {
+    const { named } = this.resolve(name, version);
+    const service = this.service!;
+    const models = service.models;
+    const arm = named ?? 'A';
+    const manifest = models[arm].manifest;
+    if (!service.ready) throw new BrokerError('not_ready', 'inference workers are still loading the models');
+    const sessions = (await service.currentPool.metadata())[arm];
+    if (sessions === undefined) throw new BrokerError('internal', `no session metadata for arm ${arm}`);
+    const tensor = (t: { name: string; type: string; shape: readonly number[] }): MetadataTensor => ({ name: t.name, datatype: DATATYPES[t.type] ?? t.type.toUpperCase(), shape: t.shape });
+    return {
+      name,
+      versions: versionsOf(models.A.manifest, models.B.manifest),
+      platform: 'onnxruntime_onnx',
+      inputs: sessions.inputs.map(tensor),
+      // The manifest's output first: it is the one a request gets when it names none.
+      outputs: [...sessions.outputs].sort((a, b) => Number(b.name === manifest.output.name) - Number(a.name === manifest.output.name)).map(tensor),
+    };
+  }
+
+  async infer(name: string, version: string | undefined, req: InferRequest, ctx: CallContext = {}): Promise<InferResponse> {
+    const { named } = this.resolve(name, version);
+    const service = this.service!;
+    if (!service.ready) throw new BrokerError('not_ready', 'inference workers are still loading the models');
+    const priority = schedulePriority(req.parameters['priority']) ?? ctx.headerPriority;
+    const timeoutMs = scheduleTimeout(req.parameters['timeout']);
+
+    const choice = service.choose(ctx.cookieArm, named);
+    const manifest = choice.model.manifest;
+    if (req.inputs.length !== 1) throw bad(`model ${name} takes one input, ${manifest.input.name}; the request has ${req.inputs.length}`);
+    const input = req.inputs[0]!;
+    if (input.name !== manifest.input.name) throw bad(`model ${name} has no input ${input.name}; its input is ${manifest.input.name}`);
+    const wanted = outputsOf(req.outputs, manifest);
+    const items = input.datatype === 'BYTES' ? imageItems(input) : input.datatype === 'FP32' ? tensorItems(input, manifest) : undefined;
+    if (items === undefined) throw bad(`input ${input.name} has datatype ${input.datatype}; the model takes FP32 ${shapeText(manifest)} or BYTES [N] encoded images`);
+
+    const { results } = await service.run(choice, { items: items.buffers, tensor: input.datatype === 'FP32', size: items.size, topK: 0, scores: true, priority, timeoutMs });
+    const n = results.length;
+    const classes = results[0]!.scores!.length;
+    const outputs: OutputTensor[] = wanted.map((o) => {
+      const k = classificationOf(o, classes);
+      if (k === undefined) {
+        const data = new Float32Array(n * classes);
+        results.forEach((r, i) => data.set(r.scores!, i * classes));
+        return { name: manifest.output.name, datatype: 'FP32', shape: [n, classes], data, requested: o };
+      }
+      // Triton's classification: the output's own values (not probabilities), best first.
+      const data = results.flatMap((r) => topK(r.scores!, manifest.labels, k, false).map((p) => `${p.score}:${p.index}:${p.label}`));
+      return { name: manifest.output.name, datatype: 'BYTES', shape: [n, k], data, requested: o };
+    });
+    return {
+      model_name: name,
+      model_version: manifest.version,
+      ...(req.id !== undefined ? { id: req.id } : {}),
+      outputs,
+      arm: choice.arm,
+      named: choice.reason === 'version',
+    };
+  }
+
+  private resolve(name: string, version: string | undefined): Target {
+    if (this.service === undefined) throw new BrokerError('inference_disabled', 'inference is turned off on this broker (INFER_ENABLED=false)');
+    const { A, B } = this.service.models;
+    if (name !== A.manifest.name && name !== B.manifest.name) throw new BrokerError('model_not_found', `model ${name} is not served; the model is ${A.manifest.name}`);
+    if (version === undefined) return { named: undefined };
+    const arms = (['A', 'B'] as const).filter((arm) => this.service!.models[arm].manifest.version === version);
+    if (arms.length === 0) throw new BrokerError('model_not_found', `model ${name} has no version ${version}; versions: ${versionsOf(A.manifest, B.manifest).join(', ')}`);
+    // Both arms carry this version (after a promote, say): it is one model, the policy picks.
+    return { named: arms.length === 1 ? arms[0] : undefined };
+  }
+}
+
+function versionsOf(a: ModelManifest, b: ModelManifest): string[] {
+  return a.version === b.version ? [a.version] : [a.version, b.version];
+}
+
+function bad(message: string): BrokerError {
+  return new BrokerError('invalid_request', message);
+}
+
+function shapeText(m: ModelManifest): string {
+  const { channels: c, height, width, layout } = m.input;
+  const h = height ?? 'S';
+  const w = width ?? 'S';
+  return layout === 'NCHW' ? `[N,${c},${h},${w}]` : `[N,${h},${w},${c}]`;
+}
+
+/** Triton's priority: 0 or absent is the model's default, 1 the highest, larger is lower. Ours: 0-9, higher first. */
+function schedulePriority(value: unknown): number | undefined {
+  if (value === undefined || value === null || value === 0) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > PRIORITY_LEVELS) {
+    throw bad(`parameters.priority must be an integer from 0 (default) to ${PRIORITY_LEVELS} (1 is the highest)`);
+  }
+  return PRIORITY_LEVELS - value;
+}
+
+/** Microseconds; 0 or absent: the model's queue.timeout_ms. */
+function scheduleTimeout(value: unknown): number | undefined {
+  if (value === undefined || value === null || value === 0) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) throw bad('parameters.timeout must be a non-negative integer (microseconds)');
+  return value / 1000;
+}
+
+function outputsOf(requested: readonly RequestedOutput[] | undefined, manifest: ModelManifest): (RequestedOutput | undefined)[] {
+  if (requested === undefined || requested.length === 0) return [undefined];
+  for (const o of requested) {
+    if (o.name !== manifest.output.name) throw bad(`model ${manifest.name} serves output ${manifest.output.name}, not ${o.name}`);
+  }
+  return [...requested];
+}
+
+function classificationOf(o: RequestedOutput | undefined, classes: number): number | undefined {
+  const k = o?.parameters['classification'];
+  if (k === undefined || k === null) return undefined;
+  if (typeof k !== 'number' || !Number.isInteger(k) || k < 1 || k > classes) throw bad(`parameters.classification of output ${o!.name} must be an integer from 1 to ${classes}`);
+  return k;
+}
+
+/** BYTES [N] (or [N,1]): N encoded images, decoded and preprocessed as on /v1/infer. */
+function imageItems(input: InputTensor): { buffers: Buffer[]; size: undefined } {
+  const { shape, name } = input;
+  if (!(shape.length === 1 || (shape.length === 2 && shape[1] === 1)) || !(shape[0]! >= 1)) throw bad(`BYTES input ${name} must have shape [N] or [N,1] with N >= 1, got [${shape.join(',')}]`);
+  const n = shape[0]!;
+  let buffers: Buffer[];
+  const d = input.data;
+  if (d.kind === 'elements') buffers = [...d.elements];
+  else if (d.kind === 'raw') buffers = splitBytes(d.bytes, name);
+  else {
+    const values = Array.isArray(d.values) ? d.values.flat(2) : undefined;
+    if (values === undefined || !values.every((v) => typeof v === 'string')) throw bad(`BYTES input ${name}: data must be an array of base64 strings (one encoded image each)`);
+    buffers = (values as string[]).map((v, i) => {
+      try {
+        return decodeImage(v);
+      } catch {
+        throw new BrokerError('invalid_image', `BYTES input ${name}, element ${i}: not valid base64`);
+      }
+    });
+  }
+  if (buffers.length !== n) throw bad(`BYTES input ${name} has shape [${shape.join(',')}] but ${buffers.length} elements`);
+  buffers.forEach((b, i) => {
+    if (b.length === 0) throw new BrokerError('invalid_image', `BYTES input ${name}, element ${i}: empty`);
+  });
+  return { buffers, size: undefined };
+}
+
+/** Triton's BYTES serialisation: each element a 4-byte little-endian length, then its bytes. */
+export function splitBytes(raw: Buffer, name: string): Buffer[] {
+  const out: Buffer[] = [];
+  for (let off = 0; off < raw.length; ) {
+    if (off + 4 > raw.length) throw bad(`BYTES input ${name}: truncated element length at byte ${off}`);
+    const len = raw.readUInt32LE(off);
+    off += 4;
+    if (off + len > raw.length) throw bad(`BYTES input ${name}: element of ${len} bytes runs past the data`);
+    out.push(raw.subarray(off, off + len));
+    off += len;
+  }
+  return out;
+}
+
+/** FP32 in the model's own layout: each item's values as one buffer, after the shape is checked. */
+function tensorItems(input: InputTensor, manifest: ModelManifest): { buffers: Buffer[]; size: number | undefined } {
+  const { shape, name } = input;
+  const { channels: c, height, width, layout, maxSize } = manifest.input;
+  const ok = shape.length === 4 && shape.every((d) => Number.isInteger(d) && d >= 1);
+  const [n, h, w, ch] = ok ? (layout === 'NCHW' ? [shape[0]!, shape[2]!, shape[3]!, shape[1]!] : [shape[0]!, shape[1]!, shape[2]!, shape[3]!]) : [0, 0, 0, 0];
+  const fits = ok && ch === c && (height !== null ? h === height && w === width : h === w && h >= 8 && h <= maxSize);
+  if (!fits) throw bad(`FP32 input ${name} must have shape ${shapeText(manifest)}${height === null ? ` with S from 8 to ${maxSize}` : ''}, got [${shape.join(',')}]`);
+  const per = c * h * w;
+  const total = n * per;
+  const buffers: Buffer[] = [];
+  const d = input.data;
+  if (d.kind === 'raw') {
+    if (d.bytes.length !== total * 4) throw bad(`FP32 input ${name} of shape [${shape.join(',')}] needs ${total * 4} bytes, got ${d.bytes.length}`);
+    // Copied once into ArrayBuffers of their own: aligned for Float32Array, and transferred
+    // to a worker as they are (Buffer.from(buffer) would land small ones in Node's shared pool).
+    const base = d.bytes.byteOffset;
+    for (let i = 0; i < n; i++) buffers.push(Buffer.from(d.bytes.buffer.slice(base + i * per * 4, base + (i + 1) * per * 4) as ArrayBuffer));
+  } else if (d.kind === 'json') {
+    const values = Array.isArray(d.values) ? (d.values as unknown[]).flat(4) : [];
+    if (values.length !== total) throw bad(`FP32 input ${name} of shape [${shape.join(',')}] needs ${total} values, got ${values.length}`);
+    for (let i = 0; i < n; i++) {
+      const item = new Float32Array(per);
+      for (let j = 0; j < per; j++) {
+        const v = values[i * per + j];
+        if (typeof v !== 'number') throw bad(`FP32 input ${name}: value ${i * per + j} is not a number`);
+        item[j] = v;
+      }
+      buffers.push(Buffer.from(item.buffer));
+    }
+  } else throw bad(`FP32 input ${name}: no numeric contents`);
+  return { buffers, size: height === null ? h : undefined };
+}

@@ -1,0 +1,151 @@
+// The v2 core and codec without a broker: the schedule policy parameters reach the
+// scheduler as its priority and deadline, a request's own deadline expires it in the
+// admission queue, and the binary framing round-trips.
+import t from 'tap';
+import { AdmissionQueue, type Pending } from '../../src/infer/admission.ts';
+import { loadManifest } from '../../src/infer/manifest.ts';
+import type { ArmChoice, InferService, ItemsInput } from '../../src/infer/service.ts';
+import { V2Core, splitBytes } from '../../src/infer/v2/core.ts';
+import { encodeInferResponse, parseInferRequest, serializeBytes } from '../../src/infer/v2/rest.ts';
+import type { InferRequest } from '../../src/infer/v2/types.ts';
+import type { BrokerError } from '../../src/errors.ts';
+
+const A = loadManifest('models/vA.onnx');
+const B = loadManifest('models/vB.onnx');
+
+/** A service that records what the core asks of it and answers zeros. */
+function fakeService() {
+  const runs: { choice: ArmChoice; input: ItemsInput }[] = [];
+  const service = {
+    ready: true,
+    models: { A, B },
+    choose(_cookie: string | undefined, named?: 'A' | 'B'): ArmChoice {
+      const arm = named ?? 'A';
+      return { arm, reason: named ? 'version' : 'weighted', pool: undefined as never, model: arm === 'A' ? A : B };
+    },
+    async run(choice: ArmChoice, input: ItemsInput) {
+      runs.push({ choice, input });
+      return { results: input.items.map(() => ({ predictions: [], scores: new Float32Array(10), queueMs: 0, decodeMs: 0, inferMs: 0, batchSize: 1 })), totalMs: 0 };
+    },
+  };
+  return { service: service as unknown as InferService, runs };
+}
+
+const tensor = (parameters: Record<string, unknown>): InferRequest => ({
+  inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], data: { kind: 'raw', bytes: Buffer.alloc(784 * 4) } }],
+  parameters,
+});
+
+t.test('schedule policy: Triton priority (1 highest) and timeout (µs) reach the scheduler', async (t) => {
+  const { service, runs } = fakeService();
+  const core = new V2Core(service);
+  const cases: [Record<string, unknown>, number | undefined, number | undefined, number | undefined][] = [
+    // parameters, x-broker-priority, expected priority (ours: 0-9, higher first), expected timeout ms
+    [{ priority: 1 }, undefined, 9, undefined],
+    [{ priority: 10 }, undefined, 0, undefined],
+    [{ priority: 5 }, 9, 5, undefined],
+    [{ priority: 0 }, 3, 3, undefined],
+    [{}, undefined, undefined, undefined],
+    [{ timeout: 2500 }, undefined, undefined, 2.5],
+    [{ timeout: 0 }, undefined, undefined, undefined],
+  ];
+  for (const [parameters, header, priority, timeoutMs] of cases) {
+    await core.infer(A.manifest.name, undefined, tensor(parameters), { headerPriority: header });
+    const { input } = runs.at(-1)!;
+    t.equal(input.priority, priority, `${JSON.stringify(parameters)} with header ${header}: priority ${priority}`);
+    t.equal(input.timeoutMs, timeoutMs, `${JSON.stringify(parameters)}: timeout ${timeoutMs} ms`);
+    t.equal(input.tensor, true);
+  }
+  for (const bad of [{ priority: 11 }, { priority: -1 }, { priority: 1.5 }, { priority: 'high' }, { timeout: -1 }, { timeout: 'soon' }]) {
+    await t.rejects(core.infer(A.manifest.name, undefined, tensor(bad)), { code: 'invalid_request' }, JSON.stringify(bad));
+  }
+});
+
+t.test('versions: a named version is that arm, none is the policy, both arms alike is the policy', async (t) => {
+  const { service, runs } = fakeService();
+  const core = new V2Core(service);
+  await core.infer(A.manifest.name, B.manifest.version, tensor({}));
+  t.equal(runs.at(-1)!.choice.arm, 'B');
+  t.equal(runs.at(-1)!.choice.reason, 'version');
+  await core.infer(A.manifest.name, undefined, tensor({}));
+  t.equal(runs.at(-1)!.choice.reason, 'weighted');
+  const same = fakeService();
+  (same.service as unknown as { models: unknown }).models = { A: B, B };
+  const promoted = new V2Core(same.service);
+  await promoted.infer(B.manifest.name, B.manifest.version, tensor({}));
+  t.equal(same.runs.at(-1)!.choice.reason, 'weighted', 'after a promote both arms carry the version: the policy picks');
+  await t.rejects(promoted.infer(A.manifest.name, undefined, tensor({})), { code: 'model_not_found' }, "A's old name is gone after a promote");
+});
+
+t.test("admission: a request's own deadline expires it even behind an older request", (t) => {
+  const q = new AdmissionQueue<string>('m', 10, 10_000);
+  const rejected: string[] = [];
+  const pending = (value: string, enqueuedAt: number, deadline?: number): Pending<string> => ({
+    value,
+    size: undefined,
+    priority: 5,
+    enqueuedAt,
+    reject: (e: BrokerError) => rejected.push(`${value}:${e.code}`),
+    ...(deadline !== undefined ? { deadline } : {}),
+  });
+  q.push(pending('old', 0));
+  q.push(pending('short', 1, 6));
+  q.push(pending('long', 2, 100));
+  t.equal(q.expire(5), 0, 'nothing due at 5 ms');
+  t.equal(q.expire(7), 1);
+  t.same(rejected, ['short:queue_timeout']);
+  t.equal(q.size, 2);
+  t.same(q.take(10, undefined).map((p) => p.value), ['old', 'long']);
+  t.end();
+});
+
+t.test('binary framing: BYTES elements round-trip; bad framing is invalid_request', (t) => {
+  const elements = [Buffer.from('abc'), Buffer.alloc(0), Buffer.from([0, 1, 2, 255])];
+  t.same(splitBytes(serializeBytes(elements), 'x').map((b) => [...b]), elements.map((b) => [...b]));
+  t.throws(() => splitBytes(Buffer.from([5, 0, 0, 0, 1]), 'x'), { code: 'invalid_request' });
+  t.throws(() => splitBytes(Buffer.from([5, 0]), 'x'), { code: 'invalid_request' });
+
+  const data = serializeBytes([Buffer.from('img')]);
+  const head = Buffer.from(JSON.stringify({ id: '7', inputs: [{ name: 'input', shape: [1], datatype: 'BYTES', parameters: { binary_data_size: data.length } }], parameters: { binary_data_output: true } }));
+  const req = parseInferRequest(Buffer.concat([head, data]), String(head.length));
+  t.equal(req.id, '7');
+  t.equal(req.parameters['binary_data_output'], true);
+  const d = req.inputs[0]!.data;
+  t.equal(d.kind, 'raw');
+  t.same(d.kind === 'raw' ? [...d.bytes] : [], [...data]);
+  for (const [body, header] of [
+    [head, 'abc'],
+    [head, String(head.length + 1)],
+    [Buffer.concat([head, data, Buffer.from('x')]), String(head.length)],
+  ] as const) {
+    t.throws(() => parseInferRequest(body, header), { code: 'invalid_request' }, `header ${header}, body of ${body.length}`);
+  }
+  t.throws(() => parseInferRequest(Buffer.from('[1]'), undefined), { code: 'invalid_json' });
+  t.end();
+});
+
+t.test('responses: binary outputs follow the JSON header, its length in Inference-Header-Content-Length', (t) => {
+  const scores = Float32Array.from([1.5, -2.25, 3]);
+  const reply = {
+    model_name: 'm',
+    model_version: '1',
+    outputs: [
+      { name: 'logits', datatype: 'FP32' as const, shape: [1, 3], data: scores, requested: undefined },
+      { name: 'logits', datatype: 'BYTES' as const, shape: [1, 1], data: ['3:2:c'], requested: { name: 'logits', parameters: { binary_data: false } } },
+    ],
+    arm: 'A' as const,
+    named: false,
+  };
+  const { headers, body } = encodeInferResponse(reply, true);
+  t.equal(headers['content-type'], 'application/octet-stream');
+  const buf = body as Buffer;
+  const hl = Number(headers['inference-header-content-length']);
+  const head = JSON.parse(buf.toString('utf8', 0, hl));
+  t.same(head.outputs[0], { name: 'logits', datatype: 'FP32', shape: [1, 3], parameters: { binary_data_size: 12 } });
+  t.same(head.outputs[1].data, ['3:2:c'], 'binary_data: false on the output beats binary_data_output');
+  t.same([...new Float32Array(buf.buffer.slice(buf.byteOffset + hl, buf.byteOffset + hl + 12))], [...scores]);
+  const plain = encodeInferResponse(reply, false);
+  t.equal(plain.headers['content-type'], 'application/json');
+  t.same(JSON.parse(plain.body as string).outputs[0].data, [1.5, -2.25, 3]);
+  t.end();
+});

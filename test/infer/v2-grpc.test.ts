@@ -1,0 +1,111 @@
+// inference.GRPCInferenceService (KServe's grpc_predict_v2.proto) on its own grpc.Server,
+// over a real broker's inference service, called by a grpc-js client built from the
+// proto: metadata, readiness, inference with raw contents and typed contents, the same
+// outputs as REST binary, a named version, and the error statuses from the table.
+import t from 'tap';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import sharp from 'sharp';
+import { loadSplit } from '../../scripts/train/idx.ts';
+import { startTestBroker } from '../helpers/broker.ts';
+import { V2Client, lengthPrefixed } from '../helpers/v2-client.ts';
+import { V2Core } from '../../src/infer/v2/core.ts';
+import { V2_PROTO, addV2GrpcService } from '../../src/infer/v2/grpc.ts';
+
+const IMAGES = 40;
+const tb = await startTestBroker({ AB_WEIGHT_A: '1', AB_WEIGHT_B: '0' });
+t.teardown(() => tb.close());
+const server = new grpc.Server();
+addV2GrpcService(server, { core: new V2Core(tb.broker.infer) });
+const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+t.teardown(() => new Promise<void>((r) => server.tryShutdown(() => r())));
+
+// The client: the proto as published, loaded on its own (not the server's definition).
+const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(V2_PROTO, { keepCase: true, longs: Number, defaults: true, oneofs: true })) as any;
+const client = new pkg.inference.GRPCInferenceService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+t.teardown(() => client.close());
+const rpc = (method: string, req: object): Promise<any> => new Promise((resolve, reject) => client[method](req, (err: grpc.ServiceError | null, res: unknown) => (err ? reject(err) : resolve(res))));
+
+const { A, B } = tb.broker.infer!.models;
+const MODEL = A.manifest.name;
+const split = loadSplit('t10k', IMAGES);
+const pngs: Buffer[] = [];
+for (let i = 0; i < IMAGES; i++) pngs.push(await sharp(Buffer.from(split.images.subarray(i * 784, (i + 1) * 784)), { raw: { width: 28, height: 28, channels: 1 } }).png().toBuffer());
+const rest = await new V2Client(tb.url, 'binary').infer(MODEL, { inputs: [{ name: 'input', datatype: 'BYTES', shape: [4], data: pngs.slice(0, 4) }] });
+const restLogits = rest.outputs![0]!.data as Float32Array;
+
+const floats = (b: Buffer): Float32Array => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+const argmax = (row: Float32Array): number => row.reduce((best, v, i) => (v > row[best]! ? i : best), 0);
+
+t.test('health and metadata', async (t) => {
+  t.same(await rpc('ServerLive', {}), { live: true });
+  t.same(await rpc('ServerReady', {}), { ready: true });
+  t.same(await rpc('ModelReady', { name: MODEL, version: '' }), { ready: true });
+  const server = await rpc('ServerMetadata', {});
+  t.equal(server.name, 'edge-broker');
+  t.same([...server.extensions].sort(), ['binary_tensor_data', 'classification', 'schedule_policy']);
+  const meta = await rpc('ModelMetadata', { name: MODEL, version: '' });
+  const restMeta = (await new V2Client(tb.url, 'json').get(`/v2/models/${MODEL}`)).json;
+  t.same(meta, restMeta, 'the same metadata as REST');
+});
+
+t.test(`${IMAGES} images as raw BYTES: accuracy, and the same logits as REST binary`, async (t) => {
+  const res = await rpc('ModelInfer', {
+    model_name: MODEL,
+    id: 'g1',
+    inputs: [{ name: 'input', datatype: 'BYTES', shape: [IMAGES] }],
+    raw_input_contents: [lengthPrefixed(pngs)],
+  });
+  t.equal(res.model_name, MODEL);
+  t.equal(res.model_version, A.manifest.version);
+  t.equal(res.id, 'g1');
+  t.same(res.outputs, [{ name: 'logits', datatype: 'FP32', shape: [IMAGES, 10], parameters: {}, contents: null }]);
+  const logits = floats(res.raw_output_contents[0]);
+  let right = 0;
+  for (let i = 0; i < IMAGES; i++) if (argmax(logits.subarray(i * 10, (i + 1) * 10)) === split.labels[i]) right++;
+  t.ok(right / IMAGES >= 0.85, `accuracy ${right / IMAGES}`);
+  t.same(Array.from(logits.subarray(0, 40)), Array.from(restLogits), 'identical to REST binary for the first 4');
+});
+
+t.test('typed contents (bytes_contents, fp32_contents), classification, a named version', async (t) => {
+  const typed = await rpc('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'BYTES', shape: [4], contents: { bytes_contents: pngs.slice(0, 4) } }] });
+  t.same(Array.from(floats(typed.raw_output_contents[0])), Array.from(restLogits), 'bytes_contents');
+  const mean = A.manifest.input.mean[0]!;
+  const std = A.manifest.input.std[0]!;
+  const pixels = Array.from(split.images.subarray(0, 784), (p) => p / (255 * std) - mean / std);
+  const fp32 = await rpc('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], contents: { fp32_contents: pixels } }] });
+  t.equal(argmax(floats(fp32.raw_output_contents[0])), argmax(restLogits.subarray(0, 10)), 'fp32_contents: same top-1');
+
+  const cls = await rpc('ModelInfer', {
+    model_name: MODEL,
+    inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }],
+    outputs: [{ name: 'logits', parameters: { classification: { int64_param: 2 } } }],
+    raw_input_contents: [lengthPrefixed([pngs[0]!])],
+  });
+  t.equal(cls.outputs[0].datatype, 'BYTES');
+  const raw: Buffer = cls.raw_output_contents[0];
+  const first = raw.toString('utf8', 4, 4 + raw.readUInt32LE(0));
+  t.match(first, new RegExp(`^-?[\\d.e+-]+:${argmax(restLogits.subarray(0, 10))}:${A.manifest.labels[argmax(restLogits.subarray(0, 10))]}$`));
+
+  const named = await rpc('ModelInfer', { model_name: MODEL, model_version: B.manifest.version, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [lengthPrefixed([pngs[0]!])] });
+  t.equal(named.model_version, B.manifest.version, 'a named version reaches B');
+});
+
+t.test('errors carry the status of their code in the table', async (t) => {
+  const fails = async (method: string, req: object, code: grpc.status, what: string) => {
+    const err = await rpc(method, req).then(
+      () => undefined,
+      (e: grpc.ServiceError) => e,
+    );
+    t.equal(err?.code, code, `${what}: ${grpc.status[code]}`);
+    t.ok((err?.details ?? '').length > 0);
+  };
+  await fails('ModelMetadata', { name: 'nope' }, grpc.status.NOT_FOUND, 'unknown model');
+  await fails('ModelReady', { name: MODEL, version: '9' }, grpc.status.NOT_FOUND, 'unknown version');
+  await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'pixels', datatype: 'BYTES', shape: [1] }], raw_input_contents: [lengthPrefixed([pngs[0]!])] }, grpc.status.INVALID_ARGUMENT, 'wrong input name');
+  await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28] }], raw_input_contents: [Buffer.alloc(10)] }, grpc.status.INVALID_ARGUMENT, 'raw contents short of the shape');
+  await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [] }, grpc.status.INVALID_ARGUMENT, 'no contents');
+  await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], contents: { bytes_contents: [Buffer.from('text')] } }] }, grpc.status.INVALID_ARGUMENT, 'not an image (unsupported_image)');
+  const ok = await rpc('ServerLive', {});
+  t.equal(ok.live, true, 'still serving');
+});
