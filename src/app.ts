@@ -196,7 +196,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         writeLog: (text) => destination.write(text),
         async forward(req, body) {
           // What the threads learned from requests already answered is in what the admin reads.
-          if (req.path.startsWith('/api/industrial/')) await planes!.flush();
+          if (req.path.startsWith('/api/industrial/') || req.path.startsWith('/api/orchestrator/')) await planes!.flush();
           const reply = await serveForwarded(control, req, body);
           // A change made through the admin API is in force on every thread before it returns.
           // v2 inference changes nothing: a snapshot round trip per request would double its main-thread CPU.
