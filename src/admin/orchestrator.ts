@@ -182,7 +182,7 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
     post('/bans/:id/:model', addBan('pair')),
     post('/bans/:id/:model', (ctx) => {
       const n = fleet.unban((b) => b.scope === 'pair' && b.server === ctx.params.id && b.model === ctx.params.model);
-      if (n === 0) throw new BrokerError('not_found', `no ban on ${ctx.params.id} × ${ctx.params.model}`);
+      fleet.serverState(ctx.params.id!);
       audit(ctx, 'unban', { scope: 'pair', server: ctx.params.id, model: ctx.params.model, removed: n });
       return { removed: n };
     }, 'DELETE'),

@@ -1,5 +1,7 @@
 // Every Prometheus metric of the broker, declared in one place so that names and
 // labels stay consistent. Stages receive this object; nothing registers globally.
+import { readFileSync } from 'node:fs';
+import { totalmem } from 'node:os';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** What the fleet manager reports at scrape time (control plane only). */
@@ -9,6 +11,23 @@ export interface FleetGauges {
   readonly bans: number;
   readonly queueMax: number;
   readonly queuePaused: boolean;
+}
+
+let memoryLimit: number | undefined;
+/** The cgroup v2 (or v1) memory limit, read once; the machine's memory when unlimited. */
+function memoryLimitBytes(): number {
+  if (memoryLimit !== undefined) return memoryLimit;
+  memoryLimit = totalmem();
+  for (const path of ['/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes']) {
+    try {
+      const v = Number(readFileSync(path, 'utf8').trim());
+      if (Number.isFinite(v) && v > 0 && v < memoryLimit) memoryLimit = v;
+      break;
+    } catch {
+      // not this cgroup version
+    }
+  }
+  return memoryLimit;
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -321,6 +340,16 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       collect() {
         const f = sources.fleet();
         if (f !== undefined) this.set(f.queuePaused ? 1 : 0);
+      },
+    }),
+    memoryLimit: new Gauge({
+      name: 'broker_memory_limit_bytes',
+      help: 'Memory this process may use: the cgroup limit (memory.max) when there is one, else the machine total',
+      registers: r,
+      // Every thread's registry reports it; the process has one limit, not one per thread.
+      aggregator: 'max',
+      collect() {
+        this.set(memoryLimitBytes());
       },
     }),
     brokerOverhead: new Histogram({

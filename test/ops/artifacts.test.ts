@@ -227,7 +227,7 @@ t.test('PromQL in rules and dashboards names only declared metrics, with their l
 });
 
 t.test('recording and alert rules', async (t) => {
-  t.same(ruleFiles, ['prometheus/recording_rules.yml', 'prometheus/alert_rules.yml']);
+  t.same(ruleFiles, ['prometheus/recording_rules.yml', 'prometheus/alert_rules.yml', 'prometheus/fleet_rules.yml']);
   const names = rules.map((r) => r.name);
   t.same([...new Set(names)].sort(), [...names].sort(), 'rule names are unique');
   for (const want of [
@@ -239,16 +239,18 @@ t.test('recording and alert rules', async (t) => {
     'route:broker_overhead_seconds:p99_5m',
   ]) t.ok(recorded.has(want), `records ${want}`);
   const alerts = rules.filter((r) => r.kind === 'alert');
-  for (const want of ['EdgeBrokerDown', 'EdgeBrokerHigh5xxRatio', 'EdgeBrokerHighLatencyP99', 'EdgeBrokerCanaryRolledBack', 'EdgeBrokerInferenceWorkerFailures', 'EdgeBrokerLlmMidstreamErrors', 'EdgeBrokerLlmUpstreamRateLimited']) {
+  for (const want of ['AllServersUnhealthy', 'ServerUnhealthy', 'QueueFull', 'CircuitBreakerStuckOpen', 'HighMemoryUsage', 'EdgeBrokerDown', 'EdgeBrokerHigh5xxRatio', 'EdgeBrokerHighLatencyP99', 'EdgeBrokerCanaryRolledBack', 'EdgeBrokerInferenceWorkerFailures', 'EdgeBrokerLlmMidstreamErrors', 'EdgeBrokerLlmUpstreamRateLimited']) {
     t.ok(alerts.some((a) => a.name === want), `alert ${want}`);
   }
-  const slugs = new Set([...operations.matchAll(/^#{1,6}\s+(.+)$/gm)].map((m) => m[1]!.trim().toLowerCase().replace(/[^\w\- ]/g, '').replace(/ /g, '-')));
+  const slugsOf = (text: string): Set<string> => new Set([...text.matchAll(/^#{1,6}\s+(.+)$/gm)].map((m) => m[1]!.trim().toLowerCase().replace(/[^\w\- ]/g, '').replace(/ /g, '-')));
   for (const a of alerts) {
     t.match(a.rule.labels?.severity, /^(critical|warning)$/, `${a.name} has a severity`);
     t.type(a.rule.annotations?.summary, 'string', `${a.name} has a summary`);
-    const anchor = /^docs\/operations\.md#(.+)$/.exec(a.rule.annotations?.runbook ?? '')?.[1];
-    t.ok(anchor !== undefined && slugs.has(anchor), `${a.name}'s runbook points at a heading of docs/operations.md (${a.rule.annotations?.runbook})`);
-    t.ok(operations.includes(a.name), `docs/operations.md says what to do about ${a.name}`);
+    // The runbook is a heading of docs/operations.md, or of docs/fleet.md for the fleet's alerts.
+    const [, doc, anchor] = /^(docs\/(?:operations|fleet)\.md)#(.+)$/.exec(a.rule.annotations?.runbook ?? '') ?? [];
+    const text = doc === undefined ? '' : doc === 'docs/operations.md' ? operations : read(doc);
+    t.ok(anchor !== undefined && slugsOf(text).has(anchor), `${a.name}'s runbook points at a heading of its doc (${a.rule.annotations?.runbook})`);
+    t.ok(text.includes(a.name), `${doc} says what to do about ${a.name}`);
     if (a.rule.for !== undefined) t.match(String(a.rule.for), /^\d+[smh]$/, `${a.name}: for is a duration`);
   }
   // The job the alerts select is the job Prometheus scrapes.
