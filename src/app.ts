@@ -11,7 +11,14 @@ import { createAccessLogger, createLogger, type Logger } from './obs/logger.ts';
 import { createMetrics, type Metrics } from './obs/metrics.ts';
 import { obsRoutes } from './obs/routes.ts';
 import { createRateLimiter, rateLimitBuffer } from './guard/rate-limit.ts';
-import { createAdminCheck } from './guard/admin-auth.ts';
+import { createJwtVerifier } from './guard/jwt.ts';
+import { Identity } from './guard/identity.ts';
+import { createClientAuth } from './guard/client-auth.ts';
+import { MemoryStore, type StateStore } from './state/store.ts';
+import { RedisStore } from './state/redis.ts';
+import { SharedState } from './state/sync.ts';
+import { auditTrail } from './obs/audit.ts';
+import { authRoutes } from './admin/auth.ts';
 import { Router } from './front/http/router.ts';
 import { startHttpFront } from './front/http/server.ts';
 import { loadManifest } from './infer/manifest.ts';
@@ -71,6 +78,16 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   if (config.adminToken === undefined) logger.warn('ADMIN_TOKEN is not set: admin routes are refused');
   else if (config.adminToken.length < 32) logger.warn({ length: config.adminToken.length }, 'ADMIN_TOKEN is shorter than 32 characters: use a long random token');
 
+  // The cluster scope: Redis shared by the replicas, or memory for this process alone.
+  let store: StateStore;
+  if (config.redisUrl !== undefined) {
+    const redis = new RedisStore({ url: config.redisUrl, replica: config.replicaId, logger, onUp: (up) => metrics.redisUp.set(up ? 1 : 0) });
+    metrics.redisUp.set(0);
+    await redis.connect();
+    if (!redis.up) logger.warn('redis is unreachable at start: serving from local state, retrying in the background');
+    store = redis;
+  } else store = new MemoryStore();
+
   const infer = config.inferEnabled ? startInference(config, metrics, logger) : undefined;
   const threaded = config.frontThreads > 0;
 
@@ -124,10 +141,34 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         routesVersion++;
         publish();
       },
+      onOperatorChange: () => shared?.fleetChanged(),
     },
     governance.current,
   );
   const manager = fleetManager;
+  // Identity: admin callers (ADMIN_TOKEN, JWTs, sessions, API keys) and the client routes' AUTH_MODE.
+  const jwt = createJwtVerifier(config.jwt);
+  let keysVersion = 0;
+  let shared: SharedState | undefined;
+  const identity = new Identity({
+    adminToken: config.adminToken,
+    jwt,
+    store,
+    sessionTtlMs: config.sessionTtlS * 1000,
+    failMode: config.authRedisFailMode,
+    metrics,
+    logger,
+    onKeys(keys) {
+      governance.setRuntimeKeys(keys);
+      runtimeKeys = keys.map((k) => ({ hash: k.hash, id: k.id, tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm }));
+      keysVersion++;
+      publish();
+    },
+  });
+  let runtimeKeys: Snapshot['keys'] = [];
+  await identity.reloadKeys().catch((err: Error) => logger.warn({ err: err.message }, 'API keys could not be read from the store; retrying when it is back'));
+  shared = new SharedState({ store, flags, fleet: manager, identity, logger, metrics, replica: config.replicaId });
+  const sharedState = shared;
   const discovery = fleetConfig === undefined ? ollamaFleet(config.ollamaUrl, logger, (found) => manager.replace(found)) : undefined;
   let served: { config: BrokerConfig; fleet: Fleet } | undefined;
   const fleet: FleetSource = {
@@ -143,7 +184,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   let version = 0;
   let last: Snapshot | undefined;
   const snapshot = (): Snapshot => {
-    const next = { flags: flags.flags, fleet: fleetNow, fleetVersion, slots: capacity.entries(), routesVersion, queuePaused: manager.queuePaused };
+    const next = { flags: flags.flags, fleet: fleetNow, fleetVersion, slots: capacity.entries(), routesVersion, queuePaused: manager.queuePaused, keys: runtimeKeys, keysVersion };
     if (last !== undefined && sameSnapshot(last, next)) return last;
     const made: Snapshot = Object.freeze({ version: ++version, ...next });
     last = made;
@@ -158,6 +199,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     ...v2Routes(new V2Core(infer), config.stickyCookie),
     ...(infer !== undefined ? adminRoutes(infer) : []),
     ...industrialRoutes(admin, logger),
+    ...authRoutes({ identity, store, qos: () => governance.qos, keyPolicy: (k) => governance.keyPolicy(k), keysChanged: () => sharedState.keysChanged(), ready: () => infer?.ready ?? true, replica: config.replicaId }),
     ...orchestratorRoutes({
       fleet: manager,
       logger,
@@ -169,7 +211,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const guards = {
     maxBodyBytes: config.maxBodyBytes,
     rateLimiter,
-    adminCheck: createAdminCheck(config.adminToken),
+    admin: (req: { headers: Readonly<Record<string, string>> }) => identity.principal(req.headers['authorization']),
+    // Threaded, the client routes are the threads'; this one serves them with FRONT_THREADS=0.
+    client: createClientAuth({ mode: config.authMode, knownKey: (k) => governance.keyPolicy(k) !== undefined, jwt, session: async (id) => sessionRoles(await identity.session(id)), metrics }),
+    audit: auditTrail(store, logger, config.replicaId),
     metrics,
     knownKey: (key: string) => governance.keyPolicy(key) !== undefined,
   };
@@ -212,6 +257,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           await fleet.current();
           if (fleetVersion !== before) await planes!.publish();
         },
+        session: async (id) => sessionRoles(await identity.session(id)),
         learn(events) {
           for (const e of events) {
             governance.learn(e);
@@ -235,7 +281,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     }
   } catch (err) {
     manager.stop();
-    await Promise.all([infer?.close(), executor?.close(), planes?.close(0)]);
+    sharedState.close();
+    await Promise.all([infer?.close(), executor?.close(), planes?.close(0), store.close()]);
     throw err;
   }
   manager.start();
@@ -259,6 +306,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     close(graceMs = config.shutdownGraceS * 1000) {
       closed ??= (async () => {
         manager.stop();
+        sharedState.close();
         let unfinished: number;
         if (planes !== undefined) {
           unfinished = await planes.close(graceMs);
@@ -273,7 +321,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           while (inFlight() > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
           closeAll();
         }
-        await Promise.all([infer?.close(), executor?.close()]);
+        await Promise.all([infer?.close(), executor?.close(), store.close()]);
         logger.info({ unfinished }, 'edge broker stopped');
       })();
       return closed;
@@ -316,6 +364,10 @@ function startInference(config: Config, metrics: Metrics, logger: Logger): Infer
   });
 }
 
+function sessionRoles(s: { roles: readonly string[] } | undefined): { roles: readonly string[] } | null {
+  return s === undefined ? null : { roles: s.roles };
+}
+
 function sameSnapshot(a: Omit<Snapshot, 'version'>, b: Omit<Snapshot, 'version'>): boolean {
   return (
     a.flags === b.flags &&
@@ -323,6 +375,7 @@ function sameSnapshot(a: Omit<Snapshot, 'version'>, b: Omit<Snapshot, 'version'>
     a.slots.length === b.slots.length &&
     a.slots.every(([id, slot], i) => b.slots[i]![0] === id && b.slots[i]![1] === slot) &&
     a.routesVersion === b.routesVersion &&
+    a.keysVersion === b.keysVersion &&
     a.queuePaused === b.queuePaused
   );
 }

@@ -1,7 +1,7 @@
 // Process configuration from the environment: parsed and validated once at
 // start-up, then frozen. A bad value throws ConfigError naming the variable, and
 // main.ts exits with that message.
-import { availableParallelism } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { FLAG_NAMES, envName, type FlagName } from './flags.ts';
 
 export class ConfigError extends Error {
@@ -62,6 +62,23 @@ export interface Config {
   readonly shutdownGraceS: number;
   /** FLEET_HEALTH_CHECKS: overrides the fleet file's healthCheck.enabled (undefined: the file decides). */
   readonly fleetHealthChecks: boolean | undefined;
+  /** Client routes (LLM, inference): open to all, or a known API key / session, or a JWT / session. */
+  readonly authMode: 'open' | 'keys' | 'jwt';
+  readonly jwt: {
+    readonly secret: string | undefined;
+    readonly publicKey: string | undefined;
+    readonly jwksUrl: string | undefined;
+    readonly issuer: string | undefined;
+    readonly audience: string | undefined;
+    readonly clockSkewS: number;
+  };
+  readonly sessionTtlS: number;
+  /** The state store shared by replicas; undefined: in memory, this process alone. */
+  readonly redisUrl: string | undefined;
+  /** With Redis unreachable: sessions refused (closed) or those last seen valid accepted (open). */
+  readonly authRedisFailMode: 'closed' | 'open';
+  /** This replica's name in the audit trail and pub/sub. */
+  readonly replicaId: string;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -113,6 +130,17 @@ const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debu
 // RFC 6265 cookie-name token characters.
 const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
+function opt(env: Env, name: string): string | undefined {
+  const raw = env[name];
+  return raw === undefined || raw === '' ? undefined : raw;
+}
+
+function oneOf<T extends string>(env: Env, name: string, def: T, values: readonly T[]): T {
+  const v = str(env, name, def) as T;
+  if (!values.includes(v)) throw new ConfigError(name, `must be one of ${values.join(', ')}, got "${v}"`);
+  return v;
+}
+
 export function loadConfig(env: Env = process.env): Config {
   const cores = availableParallelism();
   const inferThreads = int(env, 'INFER_THREADS', cores, 1, 64);
@@ -163,5 +191,32 @@ export function loadConfig(env: Env = process.env): Config {
     inferEnabled: bool(env, 'INFER_ENABLED', true),
     fleetHealthChecks: env.FLEET_HEALTH_CHECKS === undefined || env.FLEET_HEALTH_CHECKS === '' ? undefined : bool(env, 'FLEET_HEALTH_CHECKS', true),
     shutdownGraceS: num(env, 'SHUTDOWN_GRACE_S', 30, 0, 3600),
+    ...identity(env),
   });
+}
+
+function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | 'redisUrl' | 'authRedisFailMode' | 'replicaId'> {
+  const jwt = {
+    secret: opt(env, 'JWT_SECRET'),
+    publicKey: opt(env, 'JWT_PUBLIC_KEY'),
+    jwksUrl: opt(env, 'JWT_JWKS_URL'),
+    issuer: opt(env, 'JWT_ISSUER'),
+    audience: opt(env, 'JWT_AUDIENCE'),
+    clockSkewS: int(env, 'JWT_CLOCK_SKEW_S', 30, 0, 3600),
+  };
+  if (jwt.secret !== undefined && jwt.secret.length < 32) throw new ConfigError('JWT_SECRET', 'must be at least 32 characters (HS256 needs 256 bits)');
+  if ([jwt.secret, jwt.publicKey, jwt.jwksUrl].filter((x) => x !== undefined).length > 1) throw new ConfigError('JWT_SECRET', 'set one of JWT_SECRET, JWT_PUBLIC_KEY and JWT_JWKS_URL');
+  if (jwt.jwksUrl !== undefined) url(env, 'JWT_JWKS_URL', jwt.jwksUrl);
+  const authMode = oneOf(env, 'AUTH_MODE', 'open', ['open', 'keys', 'jwt'] as const);
+  if (authMode === 'jwt' && jwt.secret === undefined && jwt.publicKey === undefined && jwt.jwksUrl === undefined) throw new ConfigError('AUTH_MODE', 'jwt needs JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL');
+  const redisUrl = opt(env, 'REDIS_URL');
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ConfigError('REDIS_URL', 'must be a redis:// or rediss:// URL');
+  return {
+    authMode,
+    jwt: Object.freeze(jwt),
+    sessionTtlS: int(env, 'SESSION_TTL_S', 3600, 1, 30 * 86_400),
+    redisUrl,
+    authRedisFailMode: oneOf(env, 'AUTH_REDIS_FAIL_MODE', 'closed', ['closed', 'open'] as const),
+    replicaId: str(env, 'REPLICA_ID', `${hostname()}:${process.pid}`),
+  };
 }

@@ -107,6 +107,22 @@ export class FlagStore {
     for (const l of this.listeners) l(this.current);
   }
 
+  /** The runtime overrides, for the replicas that share them (src/state/sync.ts). */
+  overrideMap(): Partial<Record<FlagName, boolean>> {
+    return Object.fromEntries(this.overrides);
+  }
+
+  /** Makes the overrides exactly `map` (another replica's), as one change. */
+  replaceOverrides(map: Readonly<Partial<Record<string, boolean>>>, actor: string): void {
+    const changes: [FlagName, boolean | null][] = [];
+    for (const f of FLAG_NAMES) {
+      const want = typeof map[f] === 'boolean' ? map[f]! : null;
+      const have = this.overrides.get(f) ?? null;
+      if (want !== have) changes.push([f, want]);
+    }
+    if (changes.length > 0) this.apply(changes, actor);
+  }
+
   clear(flag: FlagName, actor: string): void {
     this.apply([[flag, null]], actor);
   }

@@ -53,6 +53,13 @@ export class Bans {
     return n;
   }
 
+  /** Exactly these bans (another replica's list); expired ones are left out. */
+  replace(list: readonly Ban[]): void {
+    this.bans.clear();
+    const t = this.now();
+    for (const b of list) if (b.until === null || b.until > t) this.bans.set(keyOf(b.scope, b.server, b.model), b);
+  }
+
   /** Drops expired bans; true when any lapsed (routing must be recomputed). */
   expire(): boolean {
     const t = this.now();

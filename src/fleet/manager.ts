@@ -54,6 +54,22 @@ export interface FleetManagerDeps {
   readonly onRoutable: () => void;
   /** Checks off (tests of routing alone); default from the config. */
   readonly healthChecks?: boolean;
+  /** An operator changed something replicas share (drain, maintenance, bans, forced breakers, pause, config). */
+  readonly onOperatorChange?: () => void;
+}
+
+/** What replicas share of the fleet (src/state/sync.ts): operator decisions, not what each one measured. */
+export interface OperatorState {
+  /** Changes with every config change, so that replicas apply a config once. */
+  readonly rev: string;
+  readonly raw: RawBrokerConfig;
+  readonly draining: readonly string[];
+  readonly maintenance: readonly { readonly server: string; readonly reason: string; readonly since: number }[];
+  readonly drainedDeployments: readonly string[];
+  readonly bans: readonly Ban[];
+  /** Breakers an operator forced open: [server, model]. */
+  readonly forcedOpen: readonly (readonly [string, string])[];
+  readonly paused: boolean;
 }
 
 const pairKey = (server: string, model: string): string => `${server}\u0000${model}`;
@@ -73,6 +89,8 @@ export class FleetManager {
   private readonly drained = new Set<string>();
   private readonly words = new Map<number, number>();
   private paused = false;
+  /** The config revision replicas agree on (a fresh one per change). */
+  private rev = 'initial';
   private readonly now: () => number;
   private readonly startedAt: number;
   private healthTimer: NodeJS.Timeout | undefined;
@@ -338,6 +356,7 @@ export class FleetManager {
     const s = this.serverState(id);
     s.draining = draining;
     this.applyRoutes();
+    this.changed();
     return this.serverView(s);
   }
 
@@ -345,6 +364,7 @@ export class FleetManager {
     const s = this.serverState(id);
     s.maintenance = enabled ? { reason: reason ?? 'maintenance', since: s.maintenance?.since ?? this.now() } : null;
     this.applyRoutes();
+    this.changed();
     return this.serverView(s);
   }
 
@@ -354,6 +374,7 @@ export class FleetManager {
     if (draining) this.drained.add(id);
     else this.drained.delete(id);
     this.applyRoutes();
+    this.changed();
     return true;
   }
 
@@ -424,6 +445,7 @@ export class FleetManager {
     const changed = state === 'reset' ? b.reset() : b.force(state);
     if (changed) this.transitioned(server, model, b);
     else this.applyRoutes();
+    this.changed();
     this.deps.logger.info({ audit: 'breaker', server, model, action: state }, 'circuit breaker set by an operator');
     return { server, model, ...b.view() };
   }
@@ -438,6 +460,7 @@ export class FleetManager {
       n++;
     }
     this.applyRoutes();
+    this.changed();
     return { server, reset: n };
   }
 
@@ -448,12 +471,14 @@ export class FleetManager {
     if (model !== null && !this.pairs().some(([s, m]) => m === model && (server === null || s === server))) throw new BrokerError('model_not_found', `no server serves model ${model}${server === null ? '' : ` on ${server}`}`);
     const b = this.bans.add(scope, server, model, reason, ttlMs);
     this.applyRoutes();
+    this.changed();
     return b;
   }
 
   unban(match: (b: Ban) => boolean): number {
     const n = this.bans.remove(match);
     this.applyRoutes();
+    this.changed();
     return n;
   }
 
@@ -533,6 +558,7 @@ export class FleetManager {
   setPaused(paused: boolean): void {
     this.paused = paused;
     this.deps.governance.scheduler.setPaused(paused);
+    this.changed();
     this.deps.logger.info({ audit: 'queue', paused }, paused ? 'queue paused: new LLM requests wait' : 'queue resumed');
   }
 
@@ -555,8 +581,65 @@ export class FleetManager {
       if (err instanceof BrokerConfigError) throw new BrokerError('invalid_request', err.message, { details: { field: err.path } });
       throw err;
     }
+    this.rev = `${this.deps.env?.REPLICA_ID ?? process.pid}-${this.version}-${Math.random().toString(36).slice(2, 8)}`;
     this.adopt(next);
+    this.changed();
     return next;
+  }
+
+  private changed(): void {
+    this.deps.onOperatorChange?.();
+  }
+
+  /** What the other replicas need to do as this one does. */
+  exportOperatorState(): OperatorState {
+    const servers = [...this.servers.values()];
+    return {
+      rev: this.rev,
+      raw: this.config.raw,
+      draining: servers.filter((s) => s.draining).map((s) => s.config.id),
+      maintenance: servers.filter((s) => s.maintenance !== null).map((s) => ({ server: s.config.id, reason: s.maintenance!.reason, since: s.maintenance!.since })),
+      drainedDeployments: [...this.drained],
+      bans: this.bans.list(),
+      forcedOpen: [...this.breakers].filter(([, b]) => b.forced && b.state === 'open').map(([k]) => k.split('\u0000') as [string, string]),
+      paused: this.paused,
+    };
+  }
+
+  /** Another replica's operator state: in force here, without telling the others again. */
+  importOperatorState(o: OperatorState): void {
+    if (o.rev !== this.rev && o.rev !== 'initial') {
+      try {
+        const next = parseBrokerConfig(o.raw, this.config.source, this.deps.env ?? process.env, this.discovered());
+        this.rev = o.rev;
+        this.adopt(next);
+      } catch (err) {
+        this.deps.logger.warn({ err: (err as Error).message }, 'a config from another replica does not load here; kept ours');
+      }
+    }
+    const draining = new Set(o.draining);
+    const maintenance = new Map(o.maintenance.map((m) => [m.server, m]));
+    for (const s of this.servers.values()) {
+      s.draining = draining.has(s.config.id);
+      const m = maintenance.get(s.config.id);
+      s.maintenance = m === undefined ? null : { reason: m.reason, since: m.since };
+    }
+    this.drained.clear();
+    for (const id of o.drainedDeployments) this.drained.add(id);
+    this.bans.replace(o.bans);
+    const forced = new Set(o.forcedOpen.map(([s, m]) => pairKey(s, m)));
+    for (const [key, b] of this.breakers) if (b.forced && !forced.has(key)) b.reset();
+    for (const key of forced) {
+      const [server, model] = key.split('\u0000') as [string, string];
+      const b = this.breakerOf(server, model);
+      if (!(b.forced && b.state === 'open')) b.force('open');
+    }
+    if (o.paused !== this.paused) {
+      this.paused = o.paused;
+      this.deps.governance.scheduler.setPaused(o.paused);
+    }
+    this.applyRoutes();
+    this.deps.onRoutable();
   }
 
   private adopt(next: BrokerConfig): void {

@@ -342,6 +342,25 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
         if (f !== undefined) this.set(f.queuePaused ? 1 : 0);
       },
     }),
+    // Identity and shared state.
+    authFailures: new Counter({
+      name: 'auth_failures_total',
+      help: 'Refused credentials, by reason (missing, invalid, expired, signature, claim, session, role, ...)',
+      labelNames: ['reason'] as const,
+      registers: r,
+    }),
+    redisUp: new Gauge({
+      name: 'redis_up',
+      help: '1 while the state store (REDIS_URL) is reachable; absent without REDIS_URL',
+      registers: r,
+      aggregator: 'max',
+    }),
+    stateSyncLag: new Gauge({
+      name: 'state_sync_lag_seconds',
+      help: 'Age of the shared state this replica last read from Redis (time since its last successful sync)',
+      registers: r,
+      aggregator: 'max',
+    }),
     memoryLimit: new Gauge({
       name: 'broker_memory_limit_bytes',
       help: 'Memory this process may use: the cgroup limit (memory.max) when there is one, else the machine total',

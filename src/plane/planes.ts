@@ -29,6 +29,8 @@ export interface PlanesDeps {
   forward(req: BrokerRequest, body: Uint8Array | undefined): Promise<ForwardedReply>;
   infer(call: InferCall): Promise<InferReply>;
   discover(): Promise<void>;
+  /** A session's roles, or null when it is not live. */
+  session(id: string): Promise<{ roles: readonly string[] } | null>;
   learn(events: readonly Learned[]): void;
 }
 
@@ -157,6 +159,8 @@ export class DataPlanes {
         return this.reply(plane, m.id, this.deps.infer(m.call));
       case 'discover':
         return this.reply(plane, m.id, this.deps.discover());
+      case 'session':
+        return this.reply(plane, m.id, this.deps.session(m.session));
       case 'result': {
         const cb = plane.calls.get(m.id);
         plane.calls.delete(m.id);

@@ -29,6 +29,9 @@ export interface Snapshot {
   readonly routesVersion: number;
   /** The orchestrator's queue pause: new LLM requests wait. */
   readonly queuePaused: boolean;
+  /** API keys made through /api/auth/keys (their SHA-256 and policy, never the key); keysVersion bumps on change. */
+  readonly keys: readonly { readonly hash: string; readonly id: string; readonly tier: string | undefined; readonly priority: number | undefined; readonly label: string | undefined; readonly rpm: number | undefined; readonly tpm: number | undefined }[];
+  readonly keysVersion: number;
 }
 
 /** Buffers every thread shares, created once by the control plane. */
@@ -89,6 +92,8 @@ export type ToControl =
   | { readonly t: 'forward'; readonly id: number; readonly req: BrokerRequest; readonly body: Uint8Array | undefined }
   | { readonly t: 'infer'; readonly id: number; readonly call: InferCall }
   | { readonly t: 'discover'; readonly id: number }
+  /** Is this session live, and with which roles (AUTH_MODE on the client routes)? */
+  | { readonly t: 'session'; readonly id: number; readonly session: string }
   | { readonly t: 'result'; readonly id: number; readonly value: unknown }
   | { readonly t: 'log'; readonly text: string }
   | { readonly t: 'learn'; readonly events: readonly Learned[] }

@@ -22,7 +22,9 @@ import type { InferReply } from '../infer/service.ts';
 import { Router } from '../front/http/router.ts';
 import { startHttpFront, type ForwardedReply } from '../front/http/server.ts';
 import { createRateLimiter } from '../guard/rate-limit.ts';
-import { createAdminCheck } from '../guard/admin-auth.ts';
+import { BrokerError } from '../errors.ts';
+import { createClientAuth } from '../guard/client-auth.ts';
+import { createJwtVerifier } from '../guard/jwt.ts';
 import { portLogStream } from './port-log.ts';
 import { fromWire } from './forwarded.ts';
 import type { PlaneInit, PlaneStats, Snapshot, ToControl, ToPlane, WireError } from './protocol.ts';
@@ -79,6 +81,7 @@ const gov = new Governance({
     lessons.push(e);
   },
 });
+gov.setRuntimeKeys(snapshot.keys);
 const limits = new Map<string, number>();
 for (const d of gov.scheduler.all()) limits.set(d.config.id, capacity.limit(d.slot));
 
@@ -99,6 +102,7 @@ function apply(s: Snapshot): void {
   }
   flags.adopt(s.flags);
   gov.scheduler.setPaused(s.queuePaused);
+  if (s.keysVersion !== snapshot.keysVersion) gov.setRuntimeKeys(s.keys);
   if (s.routesVersion !== snapshot.routesVersion) gov.scheduler.wakeAll();
   for (const d of gov.scheduler.all()) {
     const id = d.config.id;
@@ -133,7 +137,17 @@ const front = await startHttpFront({
   maxBodyBytes: config.maxBodyBytes,
   router,
   rateLimiter: createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: init.buffers.rateLimit }),
-  adminCheck: createAdminCheck(config.adminToken),
+  // Admin routes are the control plane's: forwarded there whole, never matched here.
+  admin: () => {
+    throw new BrokerError('internal', 'admin routes are served by the control plane');
+  },
+  client: createClientAuth({
+    mode: config.authMode,
+    knownKey: (key) => gov.keyPolicy(key) !== undefined,
+    jwt: createJwtVerifier(config.jwt),
+    session: (session) => call<{ roles: readonly string[] } | null>((id) => ({ t: 'session', id, session })),
+    metrics,
+  }),
   knownKey: (key) => gov.keyPolicy(key) !== undefined,
   metrics,
   logger,

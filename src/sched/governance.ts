@@ -17,6 +17,7 @@ import { PerformanceTracker } from '../policy/performance.ts';
 import { StickyPins } from '../policy/sticky.ts';
 import { admit, type Admitted, type AdmissionPolicies } from './admission.ts';
 import { keyId } from '../guard/api-key.ts';
+import { keyHash } from '../guard/identity.ts';
 import type { LlmRequest } from '../llm/request.ts';
 import type { QosConfig } from '../policy/qos.ts';
 import { QuotaLedger, type Reservation } from '../policy/quota.ts';
@@ -197,7 +198,16 @@ export class Governance implements Leases {
   }
 
   keyPolicy(apiKey: string | undefined): ApiKeyPolicy | undefined {
-    return apiKey === undefined ? undefined : this.config.apiKeys.get(apiKey);
+    if (apiKey === undefined) return undefined;
+    return this.config.apiKeys.get(apiKey) ?? (this.runtimeKeys.size === 0 ? undefined : this.runtimeKeys.get(keyHash(apiKey)));
+  }
+
+  /** Keys made through /api/auth/keys, by SHA-256: known keys like the file's, with their tier, label and quotas. */
+  private runtimeKeys = new Map<string, ApiKeyPolicy>();
+
+  setRuntimeKeys(keys: readonly { hash: string; id: string; tier: string | undefined; priority: number | undefined; label: string | undefined; rpm: number | undefined; tpm: number | undefined }[]): void {
+    this.runtimeKeys = new Map(keys.map((k) => [k.hash, Object.freeze({ tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm })]));
+    if (this.owner) for (const k of keys) if (k.rpm !== undefined || k.tpm !== undefined) this.quota.setLimits(`key:${k.id}`, { rpm: k.rpm, tpm: k.tpm });
   }
 
   /** Admission of one typed request (sched/admission.ts). Throws forbidden (QoS) or quota_exceeded. */

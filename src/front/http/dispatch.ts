@@ -3,20 +3,32 @@
 // then the handler. The uWS front calls it for the routes a thread serves itself;
 // the control plane calls it for the requests a data-plane thread forwards to it.
 import { BrokerError, toBrokerError } from '../../errors.ts';
-import type { AdminCheck } from '../../guard/admin-auth.ts';
+import { authorize, type Principal } from '../../guard/rbac.ts';
 import type { RateLimiter } from '../../guard/rate-limit.ts';
 import { clientKeyOf } from '../../guard/rate-limit.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { BrokerRequest, ReplySink } from '../reply.ts';
-import type { Match, Route } from './router.ts';
+import type { AuditNote, Match, Route } from './router.ts';
 
 export interface Guards {
   readonly maxBodyBytes: number;
   readonly rateLimiter: RateLimiter;
-  readonly adminCheck: AdminCheck;
+  /** Who calls an admin route (401/403 otherwise); the RBAC table is checked after it. */
+  readonly admin: (req: BrokerRequest) => Principal | Promise<Principal>;
+  /** AUTH_MODE on the client routes (the rate-limited ones); undefined when open. */
+  readonly client?: (req: BrokerRequest) => void | Promise<void>;
+  /** A change through an admin route succeeded: its audit entry. */
+  readonly audit?: (change: AdminChange) => void;
   readonly metrics: Metrics;
   /** Whether an API key is one the broker knows (its own rate-limit bucket); others count by address. */
   readonly knownKey?: (key: string) => boolean;
+}
+
+export interface AdminChange {
+  readonly principal: Principal;
+  readonly req: BrokerRequest;
+  readonly params: Readonly<Record<string, string>>;
+  readonly note: AuditNote;
 }
 
 /** A sink the front can fail with a BrokerError: the error is shaped for the route's client API. */
@@ -42,7 +54,35 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
       throw new BrokerError('method_not_allowed', `${req.method} is not allowed on ${req.path}; allowed: ${match.allowed.join(', ')}`);
     }
     const r = match.route;
-    if (r.admin) g.adminCheck(req.headers['authorization']);
+    const params = match.params;
+    // Credentials first: an admin route's caller and role, a client route's key or token.
+    const who = r.admin ? g.admin(req) : r.rateLimited && g.client !== undefined ? g.client(req) : undefined;
+    if (who instanceof Promise) {
+      who.then(
+        (p) => {
+          if (!sink.aborted) guarded(g, r, params, req, readBody, sink, p ?? undefined);
+        },
+        (err: unknown) => sink.fail(toBrokerError(err)),
+      );
+      return;
+    }
+    guarded(g, r, params, req, readBody, sink, who ?? undefined);
+  } catch (err) {
+    sink.fail(toBrokerError(err));
+  }
+}
+
+/** After the credentials: the role, the rate limit, the body, the handler. */
+function guarded(g: Guards, r: Route, params: Record<string, string>, req: BrokerRequest, readBody: BodyReader, sink: FrontSink, principal: Principal | undefined): void {
+  try {
+    if (r.admin) {
+      try {
+        authorize(principal!, req.method === 'HEAD' ? 'GET' : req.method, req.path);
+      } catch (err) {
+        g.metrics.authFailures.labels('role').inc();
+        throw err;
+      }
+    }
     if (r.rateLimited) {
       try {
         g.rateLimiter.check(clientKeyOf(req.headers, req.remoteAddress, g.knownKey));
@@ -51,7 +91,7 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
         throw err;
       }
     }
-    if (r.body !== 'json' && r.body !== 'json?' && r.body !== 'raw') return run(r, match.params, undefined, req, sink);
+    if (r.body !== 'json' && r.body !== 'json?' && r.body !== 'raw') return run(g, r, params, undefined, req, sink, principal);
     const declared = req.headers['content-length'];
     if (declared !== undefined && Number(declared) > g.maxBodyBytes) throw tooLarge(g.maxBodyBytes);
     readBody(g.maxBodyBytes, (err, bytes) => {
@@ -69,28 +109,34 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
           return sink.fail(new BrokerError('invalid_json', 'request body must be a JSON object'));
         }
       }
-      run(r, match.params, body, req, sink);
+      run(g, r, params, body, req, sink, principal);
     });
   } catch (err) {
     sink.fail(toBrokerError(err));
   }
 }
 
-function run(route: Route, params: Record<string, string>, body: unknown, req: BrokerRequest, sink: FrontSink): void {
+function run(g: Guards, route: Route, params: Record<string, string>, body: unknown, req: BrokerRequest, sink: FrontSink, principal: Principal | undefined): void {
+  const note: AuditNote = {};
+  // Every change through an admin route that succeeds goes to the audit trail.
+  const audited = route.admin && principal !== undefined && req.method !== 'GET' && req.method !== 'HEAD' && g.audit !== undefined;
+  const done = (): void => {
+    if (audited) g.audit!({ principal: principal!, req, params, note });
+  };
   let result: void | Promise<void>;
   try {
-    result = route.handle({ req, params, body, sink });
+    result = route.handle({ req, params, body, sink, principal, note });
   } catch (err) {
     sink.fail(toBrokerError(err));
     return;
   }
-  if (result !== undefined) {
-    result.then(
-      () => {
-        // A handler that returns without replying is a bug; never leave the client hanging.
-        if (!sink.finished && !sink.started) sink.fail(new BrokerError('internal', 'handler sent no reply'));
-      },
-      (err: unknown) => sink.fail(toBrokerError(err)),
-    );
-  }
+  if (result === undefined) return done();
+  result.then(
+    () => {
+      // A handler that returns without replying is a bug; never leave the client hanging.
+      if (!sink.finished && !sink.started) return sink.fail(new BrokerError('internal', 'handler sent no reply'));
+      done();
+    },
+    (err: unknown) => sink.fail(toBrokerError(err)),
+  );
 }

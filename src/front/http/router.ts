@@ -1,11 +1,23 @@
 // Route table: exact paths in a map, `:param` paths matched by segments. Built once;
 // a lookup tells apart "no such path" (404) from "path exists, wrong method" (405).
 import type { BrokerRequest, ReplySink } from '../reply.ts';
+import type { Principal } from '../../guard/rbac.ts';
 
 export type Method = 'GET' | 'POST' | 'PUT' | 'DELETE' | 'PATCH';
 
+/** What an admin change tells the audit trail beyond who and which route: its target, before and after. */
+export interface AuditNote {
+  target?: string;
+  before?: unknown;
+  after?: unknown;
+}
+
 export interface RouteContext {
   readonly req: BrokerRequest;
+  /** The caller of an admin route (or of a client route under AUTH_MODE jwt). */
+  readonly principal?: Principal;
+  /** Admin changes fill it in for the audit trail. */
+  readonly note?: AuditNote;
   readonly params: Readonly<Record<string, string>>;
   /** Parsed JSON when the route asks `body: 'json'`, the raw bytes with `body: 'raw'`. */
   readonly body: unknown;

@@ -1,0 +1,71 @@
+// AUTH_MODE on the client routes (LLM and inference), where they are served: on each
+// data-plane thread. `keys`: a known API key (the fleet file's, or one made through
+// /api/auth/keys) or a session; `jwt`: a valid JWT with a client role, or a session.
+// Sessions are looked up on the control plane and cached here for at most a second, so
+// that a revocation is in force everywhere within one. An unknown or revoked credential
+// gets 401 in the client API's own error shape.
+import { BrokerError } from '../errors.ts';
+import type { Metrics } from '../obs/metrics.ts';
+import type { BrokerRequest } from '../front/reply.ts';
+import { apiKeyOf } from './api-key.ts';
+import { isJwt, type JwtVerifier } from './jwt.ts';
+import { CLIENT_ROLES, isRole } from './rbac.ts';
+
+export type AuthMode = 'open' | 'keys' | 'jwt';
+
+/** What a session lookup returns to a thread: its roles, or null when it is not live. */
+export type SessionLookup = (id: string) => Promise<{ roles: readonly string[] } | null>;
+
+export interface ClientAuthOptions {
+  readonly mode: AuthMode;
+  readonly knownKey: (key: string) => boolean;
+  readonly jwt: JwtVerifier | undefined;
+  readonly session: SessionLookup;
+  readonly metrics: Metrics;
+  readonly now?: () => number;
+  /** How long a thread trusts a session lookup, ms (default 1000). */
+  readonly cacheMs?: number;
+}
+
+const CACHE_MAX = 50_000;
+
+export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) => void | Promise<void>) | undefined {
+  if (o.mode === 'open') return undefined;
+  const now = o.now ?? Date.now;
+  const cacheMs = o.cacheMs ?? 1000;
+  const cache = new Map<string, { ok: boolean; at: number }>();
+  const refuse = (reason: string, message: string): never => {
+    o.metrics.authFailures.labels(reason).inc();
+    throw new BrokerError('unauthorized', message);
+  };
+  const clientRole = (roles: readonly string[]): boolean => roles.some((r) => isRole(r) && CLIENT_ROLES.includes(r));
+
+  const bySession = async (id: string): Promise<void> => {
+    const hit = cache.get(id);
+    let ok: boolean;
+    if (hit !== undefined && now() - hit.at < cacheMs) ok = hit.ok;
+    else {
+      const s = await o.session(id);
+      ok = s !== null && clientRole(s.roles);
+      if (cache.size >= CACHE_MAX) cache.clear();
+      cache.set(id, { ok, at: now() });
+    }
+    if (!ok) refuse('session', 'the session is unknown, expired or revoked');
+  };
+
+  return (req) => {
+    const credential = apiKeyOf(req.headers);
+    if (credential === undefined) return refuse('missing', `this broker needs credentials (AUTH_MODE=${o.mode}): Authorization: Bearer <${o.mode === 'jwt' ? 'JWT' : 'API key'} or session>, or x-api-key`);
+    if (credential.startsWith('sess_')) return bySession(credential);
+    if (isJwt(credential) && o.jwt !== undefined) {
+      return o.jwt.verify(credential).then(
+        (p) => {
+          if (!clientRole(p.roles)) refuse('role', `the token's roles (${p.roles.join(', ') || 'none'}) may not call the client APIs; one of ${CLIENT_ROLES.join(', ')} is needed`);
+        },
+        (err: BrokerError) => refuse(String(err.details?.reason ?? 'invalid_token'), err.message),
+      );
+    }
+    if (o.mode === 'keys' && o.knownKey(credential)) return;
+    return refuse('invalid', o.mode === 'keys' ? 'the API key is unknown or revoked' : 'a JWT or a session is needed (AUTH_MODE=jwt)');
+  };
+}

@@ -1,0 +1,177 @@
+// Identity on the control plane: who calls an admin route (ADMIN_TOKEN as break glass,
+// a JWT, a session, or an API key made through the admin API), the API keys themselves
+// (stored hashed, shown once), and sessions (a key or JWT exchanged for an opaque id
+// with a TTL, revocable one by one or per subject). The state lives in the store: in
+// memory, or in Redis shared by the replicas.
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { BrokerError } from '../errors.ts';
+import type { Metrics } from '../obs/metrics.ts';
+import type { Logger } from '../obs/logger.ts';
+import type { KeyRecord, SessionRecord, StateStore } from '../state/store.ts';
+import { isJwt, type JwtVerifier } from './jwt.ts';
+import { isRole, type Principal, type Role } from './rbac.ts';
+
+const hashes = new Map<string, string>();
+
+/** SHA-256 hex of an API key (cached: the same keys come back on every request). */
+export function keyHash(key: string): string {
+  let h = hashes.get(key);
+  if (h === undefined) {
+    h = createHash('sha256').update(key).digest('hex');
+    if (hashes.size >= 10_000) hashes.clear();
+    hashes.set(key, h);
+  }
+  return h;
+}
+
+export type FailMode = 'closed' | 'open';
+
+export interface IdentityOptions {
+  readonly adminToken: string | undefined;
+  readonly jwt: JwtVerifier | undefined;
+  readonly store: StateStore;
+  readonly sessionTtlMs: number;
+  /** AUTH_REDIS_FAIL_MODE: with the store down, closed refuses sessions, open accepts those last seen valid. */
+  readonly failMode: FailMode;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  readonly now?: () => number;
+  /** The runtime keys changed: tell the threads (and, through the store, the other replicas). */
+  readonly onKeys?: (keys: readonly KeyRecord[]) => void;
+}
+
+export class Identity {
+  private readonly adminHash: Buffer | undefined;
+  private readonly now: () => number;
+  /** Runtime API keys by SHA-256, as last read from the store. */
+  private keys = new Map<string, KeyRecord>();
+  /** Sessions seen valid, for AUTH_REDIS_FAIL_MODE=open while the store is down. */
+  private readonly lastKnown = new Map<string, SessionRecord>();
+
+  constructor(private readonly o: IdentityOptions) {
+    this.adminHash = o.adminToken === undefined ? undefined : createHash('sha256').update(o.adminToken).digest();
+    this.now = o.now ?? Date.now;
+  }
+
+  private fail(reason: string, err: BrokerError): never {
+    this.o.metrics.authFailures.labels(reason).inc();
+    throw err;
+  }
+
+  /** The caller of an admin route, or 401/403. */
+  async principal(authorization: string | undefined): Promise<Principal> {
+    if (authorization === undefined || !authorization.startsWith('Bearer ') || authorization.length === 7) {
+      if (this.adminHash === undefined && this.o.jwt === undefined) this.fail('disabled', new BrokerError('admin_disabled'));
+      this.fail('missing', new BrokerError('unauthorized', 'admin routes need Authorization: Bearer <token> (ADMIN_TOKEN, a JWT, a session or an API key)'));
+    }
+    const token = authorization.slice(7);
+    if (this.adminHash !== undefined && timingSafeEqual(createHash('sha256').update(token).digest(), this.adminHash)) return { subject: 'admin-token', roles: ['admin'], via: 'admin_token' };
+    if (isJwt(token)) {
+      if (this.o.jwt === undefined) this.fail('jwt_disabled', new BrokerError('unauthorized', 'JWTs are not accepted here: no JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL'));
+      try {
+        return await this.o.jwt.verify(token);
+      } catch (err) {
+        this.fail(String((err as BrokerError).details?.reason ?? 'invalid_token'), err as BrokerError);
+      }
+    }
+    if (token.startsWith('sess_')) {
+      const s = await this.session(token);
+      if (s === undefined) this.fail('session', new BrokerError('unauthorized', 'the session is unknown, expired or revoked'));
+      return { subject: s.subject, roles: s.roles.filter(isRole), via: 'session', session: token };
+    }
+    const k = this.keys.get(keyHash(token));
+    if (k !== undefined && isRole(k.role)) return { subject: k.name, roles: [k.role], via: 'api_key' };
+    if (this.adminHash === undefined && this.o.jwt === undefined) this.fail('disabled', new BrokerError('admin_disabled', 'admin routes are disabled: set ADMIN_TOKEN, or JWT_SECRET / JWT_PUBLIC_KEY / JWT_JWKS_URL'));
+    return this.fail('invalid', new BrokerError('forbidden', 'credentials are not valid'));
+  }
+
+  // ---- sessions ----
+
+  /** A session for a credential: an API key (config or runtime) or a JWT. */
+  async createSession(credential: string, keyPolicy: (key: string) => { tier: string | undefined } | undefined): Promise<{ id: string; session: SessionRecord }> {
+    let subject: string;
+    let roles: readonly Role[];
+    let tier: string | undefined;
+    let keyId: string | undefined;
+    if (isJwt(credential) && this.o.jwt !== undefined) {
+      const p = await this.o.jwt.verify(credential).catch((err: BrokerError) => this.fail(String(err.details?.reason ?? 'invalid_token'), err));
+      subject = p.subject;
+      roles = p.roles;
+      tier = p.tier;
+    } else {
+      const runtime = this.keys.get(keyHash(credential));
+      const fromFile = keyPolicy(credential);
+      if (runtime === undefined && fromFile === undefined) this.fail('invalid', new BrokerError('unauthorized', 'the API key is unknown or revoked'));
+      keyId = 'k_' + keyHash(credential).slice(0, 12);
+      subject = runtime?.name ?? keyId;
+      roles = runtime !== undefined && isRole(runtime.role) ? [runtime.role] : ['agent'];
+      tier = runtime?.tier ?? fromFile?.tier;
+    }
+    const id = 'sess_' + randomBytes(24).toString('base64url');
+    const t = this.now();
+    const session: SessionRecord = { subject, roles, tier, keyId, createdAt: t, expiresAt: t + this.o.sessionTtlMs };
+    await this.o.store.putSession(id, session).catch((err) => this.fail('store', new BrokerError('overloaded', `the session store is unavailable: ${(err as Error).message}`, { retryAfter: 1 })));
+    return { id, session };
+  }
+
+  /** A live session, or undefined. With the store down: AUTH_REDIS_FAIL_MODE decides. */
+  async session(id: string): Promise<SessionRecord | undefined> {
+    try {
+      const s = await this.o.store.getSession(id);
+      if (s === undefined || s.expiresAt <= this.now()) {
+        this.lastKnown.delete(id);
+        return undefined;
+      }
+      if (this.lastKnown.size >= 100_000) this.lastKnown.clear();
+      this.lastKnown.set(id, s);
+      return s;
+    } catch {
+      if (this.o.failMode === 'closed') return undefined;
+      const s = this.lastKnown.get(id);
+      return s !== undefined && s.expiresAt > this.now() ? s : undefined;
+    }
+  }
+
+  async revokeSession(id: string): Promise<boolean> {
+    this.lastKnown.delete(id);
+    return this.o.store.deleteSession(id);
+  }
+
+  async revokeSubject(subject: string): Promise<number> {
+    for (const [id, s] of this.lastKnown) if (s.subject === subject) this.lastKnown.delete(id);
+    return this.o.store.deleteSubjectSessions(subject);
+  }
+
+  // ---- API keys ----
+
+  /** Re-reads the runtime keys from the store (at start, and when another replica changed them). */
+  async reloadKeys(): Promise<void> {
+    const list = await this.o.store.listKeys();
+    this.keys = new Map(list.map((k) => [k.hash, k]));
+    this.o.onKeys?.(list);
+  }
+
+  get runtimeKeys(): readonly KeyRecord[] {
+    return [...this.keys.values()];
+  }
+
+  /** Makes a key: returned once, stored as its SHA-256. */
+  async createKey(o: { name: string; role: Role; tier?: string; label?: string; priority?: number; rpm?: number; tpm?: number }, by: string): Promise<{ key: string; record: KeyRecord }> {
+    const key = 'sk-eb-' + randomBytes(24).toString('base64url');
+    const hash = keyHash(key);
+    const record: KeyRecord = { hash, id: 'k_' + hash.slice(0, 12), name: o.name, role: o.role, tier: o.tier, label: o.label, priority: o.priority, rpm: o.rpm, tpm: o.tpm, createdAt: this.now(), createdBy: by };
+    await this.o.store.putKey(record);
+    this.keys.set(hash, record);
+    this.o.onKeys?.(this.runtimeKeys);
+    return { key, record };
+  }
+
+  async revokeKey(id: string): Promise<KeyRecord | undefined> {
+    const k = [...this.keys.values()].find((x) => x.id === id);
+    const removed = await this.o.store.deleteKey(id);
+    if (k !== undefined) this.keys.delete(k.hash);
+    if (!removed && k === undefined) return undefined;
+    this.o.onKeys?.(this.runtimeKeys);
+    return k;
+  }
+}

@@ -1,0 +1,27 @@
+// The audit trail: every change made through an admin route, with who (subject and
+// role), what (route and target), before and after where the route says, when and on
+// which replica. Written to the state store (a capped Redis stream, or memory) and to
+// the log. Request bodies are not copied: a route puts what matters in its note.
+import type { AdminChange } from '../front/http/dispatch.ts';
+import { redactPath } from '../guard/api-key.ts';
+import type { Logger } from './logger.ts';
+import type { AuditEntry, StateStore } from '../state/store.ts';
+
+export function auditTrail(store: StateStore, logger: Logger, replica: string): (c: AdminChange) => void {
+  return (c) => {
+    const path = redactPath(c.req.path);
+    const entry: AuditEntry = {
+      at: new Date().toISOString(),
+      replica,
+      subject: c.principal.subject,
+      role: c.principal.roles.join(','),
+      action: `${c.req.method} ${path}`,
+      route: path,
+      target: c.note.target ?? (Object.values(c.params).join('/') || null),
+      before: c.note.before ?? null,
+      after: c.note.after ?? null,
+    };
+    logger.info({ audit: 'admin_change', trace_id: c.req.id, ...entry }, 'admin change');
+    store.appendAudit(entry).catch((err: Error) => logger.warn({ err: err.message }, 'audit: the store is unreachable; this change is in the log only'));
+  };
+}

@@ -1,0 +1,162 @@
+// The state store in Redis (REDIS_URL), shared by every replica:
+//   eb:session:<id>          session JSON, with its TTL (PX)
+//   eb:subject:<subject>     set of that subject's session ids (revoke all)
+//   eb:keys                  hash: key id → key record JSON (the SHA-256, never the key)
+//   eb:audit                 stream, capped (MAXLEN ~ 10000): the audit trail
+//   eb:doc                   hash: doc kind → JSON (flag overrides, fleet operator state, keys version)
+//   eb:changes               pub/sub channel: {kind, replica} after every doc write
+// A replica that reconnects re-reads every doc (versions, not replay): onChange fires
+// for each kind. Commands fail fast while Redis is down (no offline queue), so callers
+// see the failure and apply their documented fail mode.
+import { Redis } from 'ioredis';
+import type { Logger } from '../obs/logger.ts';
+import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyRecord, type SessionRecord, type StateStore } from './store.ts';
+
+const KINDS: readonly DocKind[] = ['flags', 'fleet', 'keys'];
+const CHANNEL = 'eb:changes';
+
+export interface RedisStoreOptions {
+  readonly url: string;
+  readonly replica: string;
+  readonly logger: Logger;
+  /** Called with the store's state: up or down (metrics redis_up). */
+  readonly onUp?: (up: boolean) => void;
+}
+
+export class RedisStore implements StateStore {
+  readonly kind = 'redis' as const;
+  up = false;
+  private readonly cmd: Redis;
+  private readonly sub: Redis;
+  private readonly listeners: ((kind: DocKind) => void)[] = [];
+  private closed = false;
+
+  constructor(private readonly o: RedisStoreOptions) {
+    const common = {
+      // Fail fast while Redis is away: no command waits for a reconnect.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      connectTimeout: 2_000,
+      retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
+      lazyConnect: true,
+    };
+    this.cmd = new Redis(o.url, common);
+    this.sub = new Redis(o.url, { ...common, enableOfflineQueue: true });
+    this.cmd.on('ready', () => this.setUp(true));
+    this.cmd.on('end', () => this.setUp(false));
+    this.cmd.on('close', () => this.setUp(false));
+    this.cmd.on('error', (err) => {
+      if (this.up) o.logger.warn({ err: err.message }, 'redis: connection lost; shared state keeps its last known values');
+    });
+    this.sub.on('error', () => undefined);
+    this.sub.on('message', (_channel, message) => {
+      try {
+        const m = JSON.parse(message) as { kind: DocKind; replica: string };
+        if (m.replica !== o.replica && KINDS.includes(m.kind)) this.emit(m.kind);
+      } catch {
+        // not ours
+      }
+    });
+    // Every (re)subscription: re-read everything, since changes may have been missed.
+    this.sub.on('ready', () => {
+      void this.sub.subscribe(CHANNEL).then(() => {
+        for (const k of KINDS) this.emit(k);
+      }, () => undefined);
+    });
+  }
+
+  /** Connects; resolves even when Redis is down at start (the broker serves on, and retries). */
+  async connect(): Promise<void> {
+    await Promise.all([this.cmd.connect().catch(() => undefined), this.sub.connect().catch(() => undefined)]);
+  }
+
+  private setUp(up: boolean): void {
+    if (this.closed || this.up === up) return;
+    this.up = up;
+    this.o.onUp?.(up);
+    if (up) this.o.logger.info({ url: redact(this.o.url) }, 'redis: connected');
+  }
+
+  private emit(kind: DocKind): void {
+    for (const l of this.listeners) l(kind);
+  }
+
+  onChange(cb: (kind: DocKind) => void): void {
+    this.listeners.push(cb);
+  }
+
+  async putSession(id: string, s: SessionRecord): Promise<void> {
+    const ttl = Math.max(1, s.expiresAt - Date.now());
+    await this.cmd.multi().set(`eb:session:${id}`, JSON.stringify(s), 'PX', ttl).sadd(`eb:subject:${s.subject}`, id).pexpire(`eb:subject:${s.subject}`, ttl).exec();
+  }
+
+  async getSession(id: string): Promise<SessionRecord | undefined> {
+    const v = await this.cmd.get(`eb:session:${id}`);
+    return v === null ? undefined : (JSON.parse(v) as SessionRecord);
+  }
+
+  async deleteSession(id: string): Promise<boolean> {
+    const v = await this.getSession(id);
+    const n = await this.cmd.del(`eb:session:${id}`);
+    if (v !== undefined) await this.cmd.srem(`eb:subject:${v.subject}`, id);
+    return n > 0;
+  }
+
+  async deleteSubjectSessions(subject: string): Promise<number> {
+    const ids = await this.cmd.smembers(`eb:subject:${subject}`);
+    if (ids.length === 0) return 0;
+    const n = await this.cmd.del(...ids.map((id) => `eb:session:${id}`));
+    await this.cmd.del(`eb:subject:${subject}`);
+    return n;
+  }
+
+  async putKey(k: KeyRecord): Promise<void> {
+    await this.cmd.hset('eb:keys', k.id, JSON.stringify(k));
+  }
+
+  async deleteKey(id: string): Promise<boolean> {
+    return (await this.cmd.hdel('eb:keys', id)) > 0;
+  }
+
+  async listKeys(): Promise<KeyRecord[]> {
+    return Object.values(await this.cmd.hgetall('eb:keys')).map((v) => JSON.parse(v) as KeyRecord);
+  }
+
+  async appendAudit(e: AuditEntry): Promise<void> {
+    await this.cmd.xadd('eb:audit', 'MAXLEN', '~', '10000', '*', 'e', JSON.stringify(e));
+  }
+
+  async readAudit(f: AuditFilter): Promise<AuditEntry[]> {
+    // Newest first; read a bounded window and filter here (the stream is capped).
+    const rows = await this.cmd.xrevrange('eb:audit', '+', '-', 'COUNT', Math.min(10_000, f.limit * 20));
+    const entries = rows.map(([, fields]) => JSON.parse(fields[1]!) as AuditEntry).reverse();
+    return filterAudit(entries, f);
+  }
+
+  async putDoc(kind: DocKind, doc: unknown): Promise<void> {
+    await this.cmd.hset('eb:doc', kind, JSON.stringify(doc));
+    await this.cmd.publish(CHANNEL, JSON.stringify({ kind, replica: this.o.replica }));
+  }
+
+  async getDoc(kind: DocKind): Promise<unknown> {
+    const v = await this.cmd.hget('eb:doc', kind);
+    return v === null ? undefined : JSON.parse(v);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.cmd.disconnect();
+    this.sub.disconnect();
+  }
+}
+
+/** redis://user:secret@host → redis://user:***@host, for logs. */
+export function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== '') u.password = '***';
+    return u.href;
+  } catch {
+    return 'redis://(unparsable url)';
+  }
+}

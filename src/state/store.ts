@@ -1,0 +1,160 @@
+// The cluster scope of state: what replicas share. In memory without REDIS_URL (one
+// replica), in Redis with it (src/state/redis.ts). Only the control plane talks to it,
+// never per request on a data-plane thread: sessions are cached on the threads for at
+// most a second, keys and shared admin state reach them in snapshots.
+
+/** A session: a key or JWT exchanged for an opaque id with a TTL (POST /api/auth/sessions). */
+export interface SessionRecord {
+  readonly subject: string;
+  readonly roles: readonly string[];
+  readonly tier: string | undefined;
+  /** The API key's id (k_…) when the session came from a key. */
+  readonly keyId: string | undefined;
+  readonly createdAt: number;
+  readonly expiresAt: number;
+}
+
+/** An API key made through the admin API: stored by the SHA-256 of the key, never the key. */
+export interface KeyRecord {
+  /** SHA-256 hex of the key. */
+  readonly hash: string;
+  /** k_ + 12 hex: how the broker names the key everywhere. */
+  readonly id: string;
+  readonly name: string;
+  readonly role: string;
+  readonly tier: string | undefined;
+  readonly label: string | undefined;
+  readonly priority: number | undefined;
+  readonly rpm: number | undefined;
+  readonly tpm: number | undefined;
+  readonly createdAt: number;
+  readonly createdBy: string;
+}
+
+export interface AuditEntry {
+  readonly at: string;
+  readonly replica: string;
+  readonly subject: string;
+  readonly role: string;
+  readonly action: string;
+  readonly route: string;
+  readonly target: string | null;
+  readonly before: unknown;
+  readonly after: unknown;
+}
+
+export interface AuditFilter {
+  readonly subject?: string;
+  readonly action?: string;
+  readonly since?: number;
+  readonly limit: number;
+}
+
+/** Shared admin state documents: each replaced whole, read back whole on a change or a reconnect. */
+export type DocKind = 'flags' | 'fleet' | 'keys';
+
+export interface StateStore {
+  readonly kind: 'memory' | 'redis';
+  /** False while Redis is unreachable (always true in memory). */
+  readonly up: boolean;
+  putSession(id: string, s: SessionRecord): Promise<void>;
+  getSession(id: string): Promise<SessionRecord | undefined>;
+  deleteSession(id: string): Promise<boolean>;
+  deleteSubjectSessions(subject: string): Promise<number>;
+  putKey(k: KeyRecord): Promise<void>;
+  deleteKey(id: string): Promise<boolean>;
+  listKeys(): Promise<KeyRecord[]>;
+  appendAudit(e: AuditEntry): Promise<void>;
+  readAudit(f: AuditFilter): Promise<AuditEntry[]>;
+  putDoc(kind: DocKind, doc: unknown): Promise<void>;
+  getDoc(kind: DocKind): Promise<unknown>;
+  /** Another replica changed a doc (or this one reconnected: every kind). */
+  onChange(cb: (kind: DocKind) => void): void;
+  close(): Promise<void>;
+}
+
+const AUDIT_CAP = 10_000;
+
+export class MemoryStore implements StateStore {
+  readonly kind = 'memory' as const;
+  readonly up = true;
+  private readonly sessions = new Map<string, SessionRecord>();
+  private readonly keys = new Map<string, KeyRecord>();
+  private readonly audit: AuditEntry[] = [];
+  private readonly docs = new Map<DocKind, unknown>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  async putSession(id: string, s: SessionRecord): Promise<void> {
+    this.sessions.set(id, s);
+    // Expired ones go as new ones come, so the map stays bounded by the live sessions.
+    if (this.sessions.size % 256 === 0) for (const [k, v] of this.sessions) if (v.expiresAt <= this.now()) this.sessions.delete(k);
+  }
+
+  async getSession(id: string): Promise<SessionRecord | undefined> {
+    const s = this.sessions.get(id);
+    if (s !== undefined && s.expiresAt <= this.now()) {
+      this.sessions.delete(id);
+      return undefined;
+    }
+    return s;
+  }
+
+  async deleteSession(id: string): Promise<boolean> {
+    return this.sessions.delete(id);
+  }
+
+  async deleteSubjectSessions(subject: string): Promise<number> {
+    let n = 0;
+    for (const [id, s] of this.sessions) if (s.subject === subject) (this.sessions.delete(id), n++);
+    return n;
+  }
+
+  async putKey(k: KeyRecord): Promise<void> {
+    this.keys.set(k.id, k);
+  }
+
+  async deleteKey(id: string): Promise<boolean> {
+    return this.keys.delete(id);
+  }
+
+  async listKeys(): Promise<KeyRecord[]> {
+    return [...this.keys.values()];
+  }
+
+  async appendAudit(e: AuditEntry): Promise<void> {
+    this.audit.push(e);
+    if (this.audit.length > AUDIT_CAP) this.audit.splice(0, this.audit.length - AUDIT_CAP);
+  }
+
+  async readAudit(f: AuditFilter): Promise<AuditEntry[]> {
+    return filterAudit(this.audit, f);
+  }
+
+  async putDoc(kind: DocKind, doc: unknown): Promise<void> {
+    this.docs.set(kind, doc);
+  }
+
+  async getDoc(kind: DocKind): Promise<unknown> {
+    return this.docs.get(kind);
+  }
+
+  onChange(): void {
+    // One replica: nobody else changes anything.
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** Newest first, filtered, at most f.limit. */
+export function filterAudit(list: readonly AuditEntry[], f: AuditFilter): AuditEntry[] {
+  const out: AuditEntry[] = [];
+  for (let i = list.length - 1; i >= 0 && out.length < f.limit; i--) {
+    const e = list[i]!;
+    if (f.subject !== undefined && e.subject !== f.subject) continue;
+    if (f.action !== undefined && e.action !== f.action) continue;
+    if (f.since !== undefined && Date.parse(e.at) < f.since) continue;
+    out.push(e);
+  }
+  return out;
+}
