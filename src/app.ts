@@ -30,7 +30,9 @@ import { LlmProxy } from './llm/proxy.ts';
 import { llmRoutes } from './llm/routes.ts';
 import { ollamaFleet, staticFleet } from './fleet/fleet.ts';
 import { threadExecutor } from './llm/exec/thread.ts';
-import { DataPlanes } from './plane/planes.ts';
+import { CONTROL_PLANE_ROW, DataPlanes } from './plane/planes.ts';
+import { startGrpcFront, type GrpcFront, type GrpcService } from './front/grpc/server.ts';
+import type { Learned } from './sched/governance.ts';
 import { serveForwarded } from './plane/forwarded.ts';
 import type { Snapshot } from './plane/protocol.ts';
 
@@ -45,6 +47,8 @@ export interface Broker {
   readonly governance: Governance;
   /** The data-plane threads; undefined with FRONT_THREADS=0. */
   readonly planes: DataPlanes | undefined;
+  /** The gRPC port (0: GRPC_PORT=0, no gRPC front). */
+  readonly grpcPort: number;
   /** Resolves once the inference models are loaded (at once without inference). */
   waitReady(): Promise<void>;
   /**
@@ -56,6 +60,8 @@ export interface Broker {
 
 export interface BrokerOptions {
   readonly logDestination?: NodeJS.WritableStream;
+  /** More gRPC services on the gRPC front (src/front/grpc/server.ts, GrpcService). */
+  readonly grpcServices?: readonly GrpcService[];
 }
 
 export async function startBroker(config: Config, opts: BrokerOptions = {}): Promise<Broker> {
@@ -87,6 +93,13 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const rateLimiter = createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: config.rateLimitRps > 0 ? rateLimitBuffer() : undefined });
   let fleetNow: BrokerConfig | null = fleetConfig ?? null;
   let fleetVersion = 0;
+  let planes: DataPlanes | undefined;
+  // Threaded, the control plane queues only its own gRPC requests; it takes a row of the
+  // wait board so that slots freed on either side wake the waiter that should go next,
+  // and what its requests teach is relayed to the threads.
+  const board = waitBoardBuffer();
+  const controlRow = threaded && config.grpcPort !== 0 && config.frontThreads <= CONTROL_PLANE_ROW;
+  let lessons: Learned[] = [];
   const governance = new Governance({
     config: fleetConfig ?? { ...EMPTY_FLEET, source: 'none' },
     flags,
@@ -95,8 +108,22 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     capacity,
     quota,
     waiters: new Int32Array(waiters),
+    ...(controlRow
+      ? {
+          board: { buffer: board, thread: CONTROL_PLANE_ROW },
+          wakeElsewhere: (group: string, thread: number) => planes?.wake(thread, group),
+          onLearn: (e: Learned) => {
+            if (lessons.length === 0)
+              setImmediate(() => {
+                const batch = lessons;
+                lessons = [];
+                planes?.relay(batch);
+              });
+            lessons.push(e);
+          },
+        }
+      : {}),
   });
-  let planes: DataPlanes | undefined;
   const fleet =
     fleetConfig !== undefined
       ? staticFleet(fleetConfig)
@@ -148,7 +175,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         threads: config.frontThreads,
         logger,
         metrics,
-        buffers: { capacity: capacity.buffer, waiters, board: waitBoardBuffer(), quota: quota.buffer, rateLimit: rateLimiter.buffer },
+        buffers: { capacity: capacity.buffer, waiters, board, quota: quota.buffer, rateLimit: rateLimiter.buffer },
         snapshot,
         writeLog: (text) => destination.write(text),
         async forward(req, body) {
@@ -171,6 +198,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         learn(events) {
           for (const e of events) governance.learn(e);
         },
+        wakeControl: (group) => governance.wake(group),
       });
       port = await planes.start();
       stopListening = () => undefined;
@@ -190,6 +218,51 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     await Promise.all([infer?.close(), executor?.close(), planes?.close(0)]);
     throw err;
   }
+
+  // The gRPC front, on this thread (the control plane). Threaded, this thread has no LLM
+  // proxy for HTTP: gRPC gets its own, with its own upstream pools, leasing from the
+  // control plane's Governance (the same shared capacity, quotas and wait queue).
+  let grpc: GrpcFront | undefined;
+  const grpcExecutor = config.grpcPort !== 0 && proxy === undefined ? threadExecutor(config.upstreamMaxBodyBytes) : undefined;
+  const grpcProxy = proxy ?? (grpcExecutor !== undefined ? new LlmProxy({ metrics, logger, executor: grpcExecutor, leases: governance }) : undefined);
+  if (config.grpcPort !== 0) {
+    try {
+      grpc = await startGrpcFront({
+        host: config.host,
+        port: config.grpcPort,
+        tls: config.grpcTls,
+        maxMessageBytes: config.maxBodyBytes,
+        keepaliveTimeMs: config.grpcKeepaliveTimeMs,
+        keepaliveTimeoutMs: config.grpcKeepaliveTimeoutMs,
+        metrics,
+        logger,
+        accessLog: createAccessLogger(config.logLevel, destination),
+        rateLimiter,
+        knownKey: guards.knownKey,
+        // A fleet found by discovery here reaches the threads too.
+        source: threaded
+          ? {
+              async current() {
+                const before = fleetVersion;
+                const f = await fleet.current();
+                if (fleetVersion !== before) await planes!.publish();
+                return f;
+              },
+            }
+          : fleet,
+        admission: governance,
+        proxy: grpcProxy!,
+        limits: { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars },
+        inferService: infer,
+        infer: infer ?? disabledInference,
+        services: opts.grpcServices,
+      });
+    } catch (err) {
+      await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close(), planes?.close(0)]);
+      closeAll();
+      throw err;
+    }
+  }
   if (infer !== undefined) metrics.sources.inferQueue = () => infer.currentPool.queueSize;
   metrics.planeThreads.set(planes?.count ?? 0);
   logger.info(
@@ -206,9 +279,12 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     infer,
     governance,
     planes,
+    grpcPort: grpc?.port ?? 0,
     waitReady: () => infer?.waitReady() ?? Promise.resolve(),
     close(graceMs = config.shutdownGraceS * 1000) {
       closed ??= (async () => {
+        // gRPC: health NOT_SERVING, no new calls, graceMs for open ones, then UNAVAILABLE.
+        const grpcClosed = grpc?.close(graceMs) ?? Promise.resolve(0);
         let unfinished: number;
         if (planes !== undefined) {
           unfinished = await planes.close(graceMs);
@@ -223,7 +299,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           while (inFlight() > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
           closeAll();
         }
-        await Promise.all([infer?.close(), executor?.close()]);
+        unfinished += await grpcClosed;
+        await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close()]);
         logger.info({ unfinished }, 'edge broker stopped');
       })();
       return closed;

@@ -1,0 +1,35 @@
+// ChatService over gRPC against the mock upstream, through both provider kinds.
+import t from 'tap';
+import { startMock } from '../helpers/fleet.ts';
+import { clients, md, serverStream, startGrpcFleetBroker, textOf } from '../helpers/grpc.ts';
+import { mockText } from '../../src/mock-upstream/server.ts';
+
+t.test('Chat and Complete stream deltas then a final message, through openai and ollama deployments', async (t) => {
+  const m = await startMock(t, { tokens: 6 });
+  const tb = await startGrpcFleetBroker(t, {
+    modelGroups: {
+      oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: m.url, model: 'mock-model' }] },
+      ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: m.url, model: 'mock-model' }] },
+    },
+  });
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  for (const group of ['oa', 'ol']) {
+    const r = await serverStream(c.chat, 'Chat', { model: group, messages: [{ role: 'user', content: 'hello' }] }, md({ 'x-request-id': `chat-${group}` }));
+    t.equal(r.status.code, 0, `${group}: OK`);
+    t.equal(r.metadata?.get('trace-id')[0], `chat-${group}`, `${group}: trace-id in the initial metadata`);
+    t.equal(r.status.metadata.get('x-broker-deployment')[0], `${group}-1`, `${group}: deployment in the trailers`);
+    const last = r.messages.at(-1);
+    t.equal(last.event, 'final', `${group}: the last message is the final one`);
+    t.equal(r.messages.filter((x) => x.event === 'final').length, 1, `${group}: exactly one final`);
+    t.equal(last.final.finish_reason, 'stop');
+    t.equal(last.final.usage.completion_tokens, 6);
+    t.equal(last.final.usage.total_tokens, last.final.usage.prompt_tokens + 6);
+    t.equal(r.messages[0].delta.role, 'assistant', `${group}: the first delta names the role`);
+    t.equal(textOf(r.messages), mockText(6), `${group}: the deltas are the upstream text`);
+    const p = await serverStream(c.chat, 'Complete', { model: group, prompt: 'once upon a time' });
+    t.equal(p.status.code, 0, `${group}: Complete OK`);
+    t.equal(textOf(p.messages), mockText(6), `${group}: Complete text`);
+    t.equal(p.messages.at(-1).final.usage.completion_tokens, 6);
+  }
+});
