@@ -115,7 +115,42 @@ interface Teardown {
   teardown(fn: () => unknown): void;
 }
 
-/** A broker serving `fleet` with a gRPC front on a free port, closed when `t` ends. */
+/** A broker serving `fleet` with a gRPC front on a free port (and no inference pool unless asked), closed when `t` ends. */
 export async function startGrpcFleetBroker(t: Teardown, fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> {
-  return startFleetBroker(t, fleet, { GRPC_PORT: String(await freePort()), ...env });
+  return startFleetBroker(t, fleet, { GRPC_PORT: String(await freePort()), INFER_ENABLED: 'false', ...env });
+}
+
+const decoders = (() => {
+  let d: Record<string, { requestDeserialize: (b: Buffer) => any }> | undefined;
+  return () => {
+    d ??= protoLoader.loadSync('status.proto', { ...CLIENT_OPTIONS, includeDirs: [new URL('../grpc/fixtures/', import.meta.url).pathname] })['testing.rpc.Decode'] as any;
+    return d!;
+  };
+})();
+
+export interface StatusDetails {
+  readonly code: number;
+  readonly message: string;
+  /** ErrorInfo.reason: the broker's error code. */
+  readonly reason: string | undefined;
+  /** RetryInfo.retry_delay in seconds, when present. */
+  readonly retryDelayS: number | undefined;
+}
+
+/** grpc-status-details-bin of an error's trailers, decoded (google.rpc.Status with ErrorInfo and RetryInfo). */
+export function statusDetailsOf(trailers: grpc.Metadata | undefined): StatusDetails | undefined {
+  const bin = trailers?.get('grpc-status-details-bin')[0];
+  if (!(bin instanceof Buffer)) return undefined;
+  const d = decoders();
+  const s = d['Status']!.requestDeserialize(bin);
+  let reason: string | undefined;
+  let retryDelayS: number | undefined;
+  for (const a of s.details) {
+    if (a.type_url === 'type.googleapis.com/google.rpc.ErrorInfo') reason = d['ErrorInfo']!.requestDeserialize(a.value).reason;
+    if (a.type_url === 'type.googleapis.com/google.rpc.RetryInfo') {
+      const r = d['RetryInfo']!.requestDeserialize(a.value).retry_delay;
+      retryDelayS = Number(r.seconds) + r.nanos / 1e9;
+    }
+  }
+  return { code: s.code, message: s.message, reason, retryDelayS };
 }

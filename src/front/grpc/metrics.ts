@@ -15,6 +15,8 @@ import { codeLabel } from './status.ts';
 // Prometheus' DefBuckets, which go-grpc-prometheus uses when histograms are turned on.
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
+const DEADLINE_SLACK_MS = 20;
+
 export interface GrpcMetrics {
   readonly interceptor: ServerInterceptor;
 }
@@ -78,9 +80,12 @@ export function grpcMetrics(registry: Registry): GrpcMetrics {
             nextMessage(message);
           },
           onCancel() {
-            // grpc-js ends a call past its deadline itself, without a status through here.
+            // grpc-js ends a call past its deadline itself, without a status through here;
+            // and the client's own deadline timer may cancel first. Either way, a cancel
+            // within a few ms of the deadline is the deadline (timers fire up to a ms early).
             const deadline = call.getDeadline();
-            const late = deadline instanceof Date ? deadline.getTime() <= Date.now() : Number.isFinite(deadline) && deadline <= Date.now();
+            const at = deadline instanceof Date ? deadline.getTime() : deadline;
+            const late = Number.isFinite(at) && at <= Date.now() + DEADLINE_SLACK_MS;
             finish(late ? Status.DEADLINE_EXCEEDED : Status.CANCELLED);
           },
         });
