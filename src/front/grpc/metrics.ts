@@ -1,25 +1,20 @@
-// gRPC server metrics with go-grpc-prometheus's names and labels, so that dashboards
-// and alerts written for Go gRPC servers work unchanged:
+// gRPC server metrics with go-grpc-prometheus's names and labels (declared in
+// src/obs/metrics.ts with the others), so that dashboards and alerts written for Go
+// gRPC servers work unchanged:
 //   grpc_server_started_total{grpc_type,grpc_service,grpc_method}
 //   grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
 //   grpc_server_msg_received_total{grpc_type,grpc_service,grpc_method}
 //   grpc_server_msg_sent_total{grpc_type,grpc_service,grpc_method}
 //   grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method} (histogram)
-// grpc_code is Go's code name (OK, Canceled, ResourceExhausted, ...). Measured by a
-// server interceptor, so every service on the server is counted: ours, health,
-// reflection, and any added later. On the main registry (the process's /metrics).
-import { Counter, Histogram, type Registry } from 'prom-client';
+// grpc_code is Go's code name (OK, Canceled, ResourceExhausted, ...). Counted by a
+// server interceptor, so every service on the server is: ours, health, reflection,
+// and any added later.
+import type { Counter, Histogram } from 'prom-client';
 import { ServerInterceptingCall, status as Status, type ServerInterceptor } from '@grpc/grpc-js';
+import type { Metrics } from '../../obs/metrics.ts';
 import { codeLabel } from './status.ts';
 
-// Prometheus' DefBuckets, which go-grpc-prometheus uses when histograms are turned on.
-const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
-
 const DEADLINE_SLACK_MS = 20;
-
-export interface GrpcMetrics {
-  readonly interceptor: ServerInterceptor;
-}
 
 interface MethodMetrics {
   readonly started: Counter.Internal;
@@ -30,15 +25,9 @@ interface MethodMetrics {
   readonly labels: readonly [string, string, string];
 }
 
-export function grpcMetrics(registry: Registry): GrpcMetrics {
-  const labelNames = ['grpc_type', 'grpc_service', 'grpc_method'] as const;
-  const registers = [registry];
-  const started = new Counter({ name: 'grpc_server_started_total', help: 'Total number of RPCs started on the server.', labelNames, registers });
-  const handled = new Counter({ name: 'grpc_server_handled_total', help: 'Total number of RPCs completed on the server, regardless of success or failure.', labelNames: [...labelNames, 'grpc_code'] as const, registers });
-  const received = new Counter({ name: 'grpc_server_msg_received_total', help: 'Total number of RPC stream messages received on the server.', labelNames, registers });
-  const sent = new Counter({ name: 'grpc_server_msg_sent_total', help: 'Total number of gRPC stream messages sent by the server.', labelNames, registers });
-  const seconds = new Histogram({ name: 'grpc_server_handling_seconds', help: 'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.', labelNames, buckets: BUCKETS, registers });
-
+/** The interceptor that counts every call of the server. */
+export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
+  const { grpcStarted: started, grpcHandled: handled, grpcReceived: received, grpcSent: sent, grpcHandling: seconds } = metrics;
   // Label children bound once per method: a call costs no label lookups.
   const byPath = new Map<string, MethodMetrics>();
   const forMethod = (path: string, requestStream: boolean, responseStream: boolean): MethodMetrics => {
@@ -100,5 +89,5 @@ export function grpcMetrics(registry: Registry): GrpcMetrics {
       },
     });
   };
-  return { interceptor };
+  return interceptor;
 }

@@ -24,7 +24,7 @@ import { ActiveCalls } from './active.ts';
 import { chatService } from './chat.ts';
 import { HealthStatus, NOT_SERVING, SERVING } from './health.ts';
 import { inferenceService } from './inference.ts';
-import { grpcMetrics } from './metrics.ts';
+import { metricsInterceptor } from './metrics.ts';
 import { modelService } from './models.ts';
 import { packageDefinition, SERVICES } from './protos.ts';
 
@@ -81,7 +81,6 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
   const defs = packageDefinition();
   const loaded = grpc.loadPackageDefinition(defs) as unknown as Record<string, Record<string, Record<string, { service: grpc.ServiceDefinition }>>>;
   const v1 = loaded['edge_broker']!['v1']!;
-  const m = grpcMetrics(o.metrics.registry);
   const server = new grpc.Server({
     'grpc.max_receive_message_length': o.maxMessageBytes,
     'grpc.keepalive_time_ms': o.keepaliveTimeMs,
@@ -89,7 +88,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
     // Clients may ping as often as the server does, calls or not, without being sent GOAWAY.
     'grpc.keepalive_permit_without_calls': 1,
     'grpc.http2.min_ping_interval_without_data_ms': Math.min(o.keepaliveTimeMs, 10_000),
-    interceptors: [m.interceptor],
+    interceptors: [metricsInterceptor(o.metrics)],
   });
   const health = new HealthStatus();
   const calls = new ActiveCalls();
