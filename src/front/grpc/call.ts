@@ -24,19 +24,38 @@ interface AnyCall {
   sendMetadata(md: Metadata): void;
 }
 
-/** The call as a BrokerRequest; sends the trace-id at once (initial metadata), so even an error carries it early. */
-export function brokerRequestOf(call: AnyCall): BrokerRequest {
+/**
+ * The call as a BrokerRequest. `early`: send the trace-id (initial metadata) at once, as a
+ * stream does; a unary call sends it with its reply (sendTraceId), in the same write.
+ */
+export function brokerRequestOf(call: AnyCall, early = true): BrokerRequest {
   const headers: Record<string, string> = {};
   for (const k of READ) {
     const v = call.metadata.get(k)[0];
     if (typeof v === 'string') headers[k] = v;
   }
   const id = requestIdFrom(headers['x-request-id']);
+  if (early) sendTraceId(call, id);
+  const startedAt = performance.now();
+  let remote: string | undefined;
+  return {
+    id,
+    method: 'POST',
+    path: call.getPath(),
+    query: '',
+    headers,
+    // Read only by the rate limit (an anonymous client's bucket): getPeer formats the address each call.
+    get remoteAddress() {
+      return (remote ??= addressOf(call.getPeer()));
+    },
+    startedAt,
+  };
+}
+
+export function sendTraceId(call: Pick<AnyCall, 'sendMetadata'>, id: string): void {
   const md = new Metadata();
   md.set('trace-id', id);
   call.sendMetadata(md);
-  const peer = call.getPeer();
-  return { id, method: 'POST', path: call.getPath(), query: '', headers, remoteAddress: addressOf(peer), startedAt: performance.now() };
 }
 
 /** "ipv4:127.0.0.1:5000" / "127.0.0.1:5000" / "[::1]:5000" → the address. */

@@ -12,7 +12,7 @@ import type { InferBackend } from '../../infer/routes.ts';
 import type { InferReply } from '../../infer/service.ts';
 import type { BrokerRequest } from '../reply.ts';
 import type { ActiveCalls } from './active.ts';
-import { brokerRequestOf, checkRate, logCall, type CallGuards } from './call.ts';
+import { brokerRequestOf, checkRate, logCall, sendTraceId, type CallGuards } from './call.ts';
 import { grpcCodeOf, grpcStatusOf } from './status.ts';
 
 /** Images of one InferStream being worked on at once (enough to fill batches, bounded per stream). */
@@ -53,7 +53,7 @@ function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequestMsg): 
 export function inferenceService(deps: InferenceDeps): UntypedServiceImplementation {
   return {
     Infer: (call: ServerUnaryCall<InferRequestMsg, InferResponseMsg>, callback: sendUnaryData<InferResponseMsg>) => {
-      const req = brokerRequestOf(call);
+      const req = brokerRequestOf(call, false);
       let done = false;
       const untrack = deps.calls.track(() => finish(new BrokerError('shutting_down', 'the broker shut down before the reply was ready')));
       const finish = (err: BrokerError | undefined, reply?: InferResponseMsg): void => {
@@ -62,6 +62,7 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         untrack();
         if (call.cancelled) return logCall(deps.accessLog, req, undefined, true);
         logCall(deps.accessLog, req, err);
+        sendTraceId(call, req.id);
         if (err !== undefined) callback(grpcStatusOf(err, req.id));
         else callback(null, reply);
       };

@@ -4,7 +4,7 @@ import { toBrokerError } from '../../errors.ts';
 import type { FleetSource } from '../../fleet/fleet.ts';
 import type { Logger } from '../../obs/logger.ts';
 import type { InferService } from '../../infer/service.ts';
-import { brokerRequestOf, logCall } from './call.ts';
+import { brokerRequestOf, logCall, sendTraceId } from './call.ts';
 import { grpcStatusOf } from './status.ts';
 
 interface ModelMsg {
@@ -23,7 +23,7 @@ export interface ModelDeps {
 export function modelService(deps: ModelDeps): UntypedServiceImplementation {
   return {
     ListModels: (call: ServerUnaryCall<unknown, { models: ModelMsg[] }>, callback: sendUnaryData<{ models: ModelMsg[] }>) => {
-      const req = brokerRequestOf(call);
+      const req = brokerRequestOf(call, false);
       deps.source.current().then(
         (fleet) => {
           const models: ModelMsg[] = [...new Set(fleet?.groups.values() ?? [])].map((g) => ({ id: g.name, kind: 'llm', version: '', arm: '' }));
@@ -33,11 +33,13 @@ export function modelService(deps: ModelDeps): UntypedServiceImplementation {
             models.push({ id: B.manifest.name, kind: 'image_classifier', version: B.manifest.version, arm: 'B' });
           }
           logCall(deps.accessLog, req, undefined);
+          sendTraceId(call, req.id);
           callback(null, { models });
         },
         (err: unknown) => {
           const e = toBrokerError(err);
           logCall(deps.accessLog, req, e);
+          sendTraceId(call, req.id);
           callback(grpcStatusOf(e, req.id));
         },
       );
