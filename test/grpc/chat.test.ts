@@ -3,7 +3,7 @@ import t from 'tap';
 import { startMock } from '../helpers/fleet.ts';
 import { clients, md, serverStream, startGrpcFleetBroker, textOf } from '../helpers/grpc.ts';
 import { mockText } from '../../src/mock-upstream/server.ts';
-import { metricValue } from '../helpers/broker.ts';
+import { logLine, metricValue } from '../helpers/broker.ts';
 
 for (const threads of ['0', '2'])
 t.test(`FRONT_THREADS=${threads}: Chat and Complete stream deltas then a final message, through openai and ollama deployments`, async (t) => {
@@ -38,6 +38,8 @@ t.test(`FRONT_THREADS=${threads}: Chat and Complete stream deltas then a final m
     t.equal(textOf(p.messages), mockText(6), `${group}: Complete text`);
     t.equal(p.messages.at(-1).final.usage.completion_tokens, 6);
   }
+  const line = await logLine(tb, (l) => l.trace_id === 'chat-oa' && l.method === 'gRPC');
+  t.match(line, { route: '/edge_broker.v1.ChatService/Chat', status: 'OK', duration_ms: Number }, 'one access-log line per call');
 });
 
 t.test('HTTP and gRPC share one capacity: a gRPC waiter is woken by a slot freed on a data-plane thread', async (t) => {

@@ -68,6 +68,13 @@ t.test('InferStream answers in the order the images were sent, a bad image inclu
   t.equal(mismatched, 0, 'every result belongs to the image at its position');
 });
 
+t.test('a message larger than MAX_BODY_BYTES is refused with RESOURCE_EXHAUSTED', async (t) => {
+  const r = await unary(c.inference, 'Infer', { image: Buffer.alloc(tb.broker.config.maxBodyBytes + 1024, 1) });
+  t.equal(r.error?.code, Status.RESOURCE_EXHAUSTED);
+  const ok = await unary(c.inference, 'Infer', { image: images[0]!.png });
+  t.equal(ok.error, null, 'still serving');
+});
+
 t.test('ListModels: LLM groups and the image models', async (t) => {
   const r = await unary(c.models, 'ListModels', {});
   t.equal(r.error, null);

@@ -96,7 +96,13 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         else call.emit('error', grpcStatusOf(err, req.id));
       };
       const untrack = deps.calls.track(() => end(new BrokerError('shutting_down', 'the broker shut down before the stream was complete')));
-      call.on('cancelled', () => end(undefined));
+      // A write waiting for 'drain' when the call is cancelled must not wait forever.
+      let onCancelled: () => void = () => undefined;
+      const cancelled = new Promise<void>((r) => (onCancelled = r));
+      call.on('cancelled', () => {
+        onCancelled();
+        end(undefined);
+      });
       call.on('data', (m: InferRequestMsg) => {
         if (over) return;
         const i = index++;
@@ -121,7 +127,7 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         tail = tail.then(async () => {
           const out = await outcome;
           if (over) return;
-          if (!call.write(out)) await once(call, 'drain');
+          if (!call.write(out)) await Promise.race([once(call, 'drain'), cancelled]);
           inFlight--;
           if (paused && inFlight < WINDOW / 2) {
             paused = false;
