@@ -43,6 +43,8 @@ COPY package.json package-lock.json ./
 COPY config ./config
 # The bundled models and their manifests (MODEL_VA_PATH / MODEL_VB_PATH default to models/vA.onnx, models/vB.onnx).
 COPY models ./models
+# The gRPC contract: the server loads it at start (and serves it by reflection).
+COPY proto ./proto
 
 # Fail the build, not the first start, if a module (uWebSockets.js, sharp, onnxruntime-node, a
 # dependency left in devDependencies) cannot load.
@@ -50,6 +52,8 @@ RUN node --input-type=module -e "await import('./dist/app.js'); await import('sh
 
 USER node
 EXPOSE 8080
+# gRPC (GRPC_PORT)
+EXPOSE 50051
 STOPSIGNAL SIGTERM
 # No curl in the slim image: Node's fetch. The port follows PORT.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

@@ -27,6 +27,7 @@ import { InferService } from './infer/service.ts';
 import { disabledInference, inferRoutes, readyRoute } from './infer/routes.ts';
 import { V2Core } from './infer/v2/core.ts';
 import { v2Routes } from './infer/v2/rest.ts';
+import { addV2GrpcService, v2PackageDefinition, V2_SERVICE } from './infer/v2/grpc.ts';
 import { adminRoutes } from './admin/routes.ts';
 import { loadBrokerConfigFile, EMPTY_FLEET, type BrokerConfig } from './config/broker-config.ts';
 import { FlagStore, type FlagSet } from './config/flags.ts';
@@ -41,7 +42,9 @@ import { buildFleet, ollamaFleet, type Fleet, type FleetSource } from './fleet/f
 import { FleetManager } from './fleet/manager.ts';
 import { orchestratorRoutes } from './admin/orchestrator.ts';
 import { threadExecutor } from './llm/exec/thread.ts';
-import { DataPlanes } from './plane/planes.ts';
+import { CONTROL_PLANE_ROW, DataPlanes } from './plane/planes.ts';
+import { startGrpcFront, type GrpcFront, type GrpcService } from './front/grpc/server.ts';
+import type { Learned } from './sched/governance.ts';
 import { serveForwarded } from './plane/forwarded.ts';
 import type { Snapshot } from './plane/protocol.ts';
 
@@ -56,6 +59,8 @@ export interface Broker {
   readonly governance: Governance;
   /** The data-plane threads; undefined with FRONT_THREADS=0. */
   readonly planes: DataPlanes | undefined;
+  /** The gRPC port (0: GRPC_PORT=0, no gRPC front). */
+  readonly grpcPort: number;
   /** Resolves once the inference models are loaded (at once without inference). */
   waitReady(): Promise<void>;
   /**
@@ -67,6 +72,8 @@ export interface Broker {
 
 export interface BrokerOptions {
   readonly logDestination?: NodeJS.WritableStream;
+  /** More gRPC services on the gRPC front (src/front/grpc/server.ts, GrpcService). */
+  readonly grpcServices?: readonly GrpcService[];
 }
 
 export async function startBroker(config: Config, opts: BrokerOptions = {}): Promise<Broker> {
@@ -110,6 +117,13 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   let fleetVersion = 0;
   let routesVersion = 0;
   let fleetManager: FleetManager | undefined;
+  let planes: DataPlanes | undefined;
+  // Threaded, the control plane queues only its own gRPC requests; it takes a row of the
+  // wait board so that slots freed on either side wake the waiter that should go next,
+  // and what its requests teach is relayed to the threads.
+  const board = waitBoardBuffer();
+  const controlRow = threaded && config.grpcPort !== 0 && config.frontThreads <= CONTROL_PLANE_ROW;
+  let lessons: Learned[] = [];
   const governance = new Governance({
     config: fleetConfig ?? { ...EMPTY_FLEET, source: 'none' },
     flags,
@@ -118,10 +132,26 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     capacity,
     quota,
     waiters: new Int32Array(waiters),
-    // On the main thread alone, its own requests' outcomes feed the breakers here.
-    onLearn: threaded ? undefined : (e) => fleetManager?.observe(e),
+    ...(controlRow
+      ? {
+          board: { buffer: board, thread: CONTROL_PLANE_ROW },
+          wakeElsewhere: (group: string, thread: number) => planes?.wake(thread, group),
+        }
+      : {}),
+    // What the control plane's own requests (gRPC, or everything with FRONT_THREADS=0) teach:
+    // the breakers here, and, threaded, the threads' policies too.
+    onLearn: (e: Learned) => {
+      fleetManager?.observe(e);
+      if (!controlRow) return;
+      if (lessons.length === 0)
+        setImmediate(() => {
+          const batch = lessons;
+          lessons = [];
+          planes?.relay(batch);
+        });
+      lessons.push(e);
+    },
   });
-  let planes: DataPlanes | undefined;
   // Changes the control plane makes on its own (health checks, breakers, discovery) reach the threads too.
   const publish = (): void => void planes?.publish().catch(() => undefined);
   // The fleet model: servers, health, breakers, bans, drain and maintenance, the running config.
@@ -191,12 +221,13 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     return made;
   };
 
+  const v2Core = new V2Core(infer);
   const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
   const controlRoutes = [
     ...obsRoutes(metrics, threaded ? async () => planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : undefined),
     readyRoute(infer),
     // Open Inference Protocol (KServe v2): served here, where the models live; data-plane threads forward /v2 (docs/oip.md).
-    ...v2Routes(new V2Core(infer), config.stickyCookie),
+    ...v2Routes(v2Core, config.stickyCookie),
     ...(infer !== undefined ? adminRoutes(infer) : []),
     ...industrialRoutes(admin, logger),
     ...authRoutes({ identity, store, qos: () => governance.qos, keyPolicy: (k) => governance.keyPolicy(k), keysChanged: () => sharedState.keysChanged(), ready: () => infer?.ready ?? true, replica: config.replicaId }),
@@ -236,7 +267,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         threads: config.frontThreads,
         logger,
         metrics,
-        buffers: { capacity: capacity.buffer, waiters, board: waitBoardBuffer(), quota: quota.buffer, rateLimit: rateLimiter.buffer },
+        buffers: { capacity: capacity.buffer, waiters, board, quota: quota.buffer, rateLimit: rateLimiter.buffer },
         snapshot,
         writeLog: (text) => destination.write(text),
         async forward(req, body) {
@@ -264,6 +295,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
             manager.observe(e);
           }
         },
+        wakeControl: (group) => governance.wake(group),
       });
       port = await planes.start();
       stopListening = () => undefined;
@@ -286,6 +318,53 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     throw err;
   }
   manager.start();
+
+  // The gRPC front, on this thread (the control plane). Threaded, this thread has no LLM
+  // proxy for HTTP: gRPC gets its own, with its own upstream pools, leasing from the
+  // control plane's Governance (the same shared capacity, quotas and wait queue).
+  let grpc: GrpcFront | undefined;
+  const grpcExecutor = config.grpcPort !== 0 && proxy === undefined ? threadExecutor(config.upstreamMaxBodyBytes) : undefined;
+  const grpcProxy = proxy ?? (grpcExecutor !== undefined ? new LlmProxy({ metrics, logger, executor: grpcExecutor, leases: governance }) : undefined);
+  if (config.grpcPort !== 0) {
+    try {
+      grpc = await startGrpcFront({
+        host: config.host,
+        port: config.grpcPort,
+        tls: config.grpcTls,
+        maxMessageBytes: config.maxBodyBytes,
+        keepaliveTimeMs: config.grpcKeepaliveTimeMs,
+        keepaliveTimeoutMs: config.grpcKeepaliveTimeoutMs,
+        metrics,
+        logger,
+        accessLog: createAccessLogger(config.logLevel, destination),
+        rateLimiter,
+        knownKey: guards.knownKey,
+        client: guards.client,
+        // A fleet found by discovery here reaches the threads too.
+        source: threaded
+          ? {
+              async current() {
+                const before = fleetVersion;
+                const f = await fleet.current();
+                if (fleetVersion !== before) await planes!.publish();
+                return f;
+              },
+            }
+          : fleet,
+        admission: governance,
+        proxy: grpcProxy!,
+        limits: { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars },
+        inferService: infer,
+        infer: infer ?? disabledInference,
+        // KServe v2 (GRPCInferenceService) on the same server as ours, on the same V2Core as REST.
+        services: [{ definition: v2PackageDefinition(), names: [V2_SERVICE], register: (server) => addV2GrpcService(server, { core: v2Core }) }, ...(opts.grpcServices ?? [])],
+      });
+    } catch (err) {
+      await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close(), planes?.close(0)]);
+      closeAll();
+      throw err;
+    }
+  }
   if (infer !== undefined) metrics.sources.inferQueue = () => infer.currentPool.queueSize;
   metrics.planeThreads.set(planes?.count ?? 0);
   logger.info(
@@ -302,11 +381,14 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     infer,
     governance,
     planes,
+    grpcPort: grpc?.port ?? 0,
     waitReady: () => infer?.waitReady() ?? Promise.resolve(),
     close(graceMs = config.shutdownGraceS * 1000) {
       closed ??= (async () => {
         manager.stop();
         sharedState.close();
+        // gRPC: health NOT_SERVING, no new calls, graceMs for open ones, then UNAVAILABLE.
+        const grpcClosed = grpc?.close(graceMs) ?? Promise.resolve(0);
         let unfinished: number;
         if (planes !== undefined) {
           unfinished = await planes.close(graceMs);
@@ -321,7 +403,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           while (inFlight() > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
           closeAll();
         }
-        await Promise.all([infer?.close(), executor?.close(), store.close()]);
+        unfinished += await grpcClosed;
+        await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close(), store.close()]);
         logger.info({ unfinished }, 'edge broker stopped');
       })();
       return closed;

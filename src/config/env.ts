@@ -79,6 +79,11 @@ export interface Config {
   readonly authRedisFailMode: 'closed' | 'open';
   /** This replica's name in the audit trail and pub/sub. */
   readonly replicaId: string;
+  /** gRPC front (src/front/grpc): its port (0: off), TLS files (both or neither), keep-alive pings. */
+  readonly grpcPort: number;
+  readonly grpcTls: { readonly certPath: string; readonly keyPath: string } | undefined;
+  readonly grpcKeepaliveTimeMs: number;
+  readonly grpcKeepaliveTimeoutMs: number;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -151,6 +156,9 @@ export function loadConfig(env: Env = process.env): Config {
   if (!COOKIE_NAME.test(stickyCookie)) throw new ConfigError('STICKY_COOKIE', `is not a valid cookie name: "${stickyCookie}"`);
   const logLevel = str(env, 'LOG_LEVEL', 'info') as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError('LOG_LEVEL', `must be one of ${LOG_LEVELS.join(', ')}`);
+  const grpcCert = str(env, 'GRPC_TLS_CERT', '');
+  const grpcKey = str(env, 'GRPC_TLS_KEY', '');
+  if ((grpcCert === '') !== (grpcKey === '')) throw new ConfigError(grpcCert === '' ? 'GRPC_TLS_CERT' : 'GRPC_TLS_KEY', 'GRPC_TLS_CERT and GRPC_TLS_KEY go together: set both or neither');
   const adminToken = env.ADMIN_TOKEN === undefined || env.ADMIN_TOKEN === '' ? undefined : env.ADMIN_TOKEN;
   if (adminToken !== undefined && adminToken.length < 8) throw new ConfigError('ADMIN_TOKEN', 'must be at least 8 characters');
 
@@ -192,6 +200,10 @@ export function loadConfig(env: Env = process.env): Config {
     fleetHealthChecks: env.FLEET_HEALTH_CHECKS === undefined || env.FLEET_HEALTH_CHECKS === '' ? undefined : bool(env, 'FLEET_HEALTH_CHECKS', true),
     shutdownGraceS: num(env, 'SHUTDOWN_GRACE_S', 30, 0, 3600),
     ...identity(env),
+    grpcPort: int(env, 'GRPC_PORT', 50051, 0, 65535),
+    grpcTls: grpcCert === '' ? undefined : Object.freeze({ certPath: grpcCert, keyPath: grpcKey }),
+    grpcKeepaliveTimeMs: int(env, 'GRPC_KEEPALIVE_TIME_MS', 60_000, 1000, 86_400_000),
+    grpcKeepaliveTimeoutMs: int(env, 'GRPC_KEEPALIVE_TIMEOUT_MS', 20_000, 100, 3_600_000),
   });
 }
 

@@ -1,6 +1,7 @@
 // The protocol-neutral request and reply that every stage after `front` sees.
 // The HTTP front (uWS) and later the gRPC front implement ReplySink; nothing
 // past `front` knows which protocol it is talking.
+import type { BrokerError } from '../errors.ts';
 
 export interface BrokerRequest {
   readonly id: string;
@@ -30,6 +31,12 @@ export interface ReplySink {
   onWritable(cb: () => void): void;
   /** End a started reply, optionally with a last chunk. */
   end(chunk?: string | Uint8Array): void;
+  /**
+   * End a started stream that failed after it began. Only fronts whose protocol has an
+   * out-of-band status implement it (gRPC: a non-OK status after the messages sent);
+   * over HTTP the error event is written into the stream and end() is called.
+   */
+  endWithError?(err: BrokerError): void;
   /** Send a whole reply at once. */
   send(status: number, headers: Readonly<Record<string, string>>, body: string | Uint8Array): void;
 }

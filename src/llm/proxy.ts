@@ -9,7 +9,7 @@
 // - A stream cut after tokens were sent ends with an explicit error event.
 import { performance } from 'node:perf_hooks';
 import { errors as undiciErrors } from 'undici';
-import { BrokerError } from '../errors.ts';
+import { BrokerError, type ErrorCode } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import type { ReplySink } from '../front/reply.ts';
@@ -94,7 +94,7 @@ export class LlmProxy {
               kind,
               body: up.body,
               stream: up.stream,
-              chain: { client: api, provider, kind, instrument: flags.stream_instrumentation, countTokens: true },
+              chain: { client: api, provider, kind, instrument: flags.stream_instrumentation, countTokens: true, encoder: req.encoder },
               compiled: flags.compiled_chain,
               model,
               id: req.id,
@@ -142,7 +142,13 @@ export class LlmProxy {
         if (up.stream) {
           sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id });
           const r = await attempt.pump(targetOf(sink, abort));
-          sink.end();
+          // A front with an out-of-band status (gRPC) ends a failed stream with it; over
+          // HTTP the chain already wrote the error event into the stream.
+          if (sink.endWithError !== undefined && r.ended !== 'complete' && r.ended !== 'aborted') {
+            sink.endWithError(new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? 'upstream stream failed'));
+          } else {
+            sink.end();
+          }
           waited += r.waitedMs;
           // Time to first token from when the request left for the upstream.
           usage.ttftMs = r.firstTokenMs === null ? null : headersAt - sentAt + r.firstTokenMs;

@@ -32,6 +32,8 @@ export interface LlmRequest {
   readonly label: string | undefined;
   readonly priority: number | undefined;
   readonly tier: string | undefined;
+  /** 'grpc': the reply is gRPC messages (the compiled chain's gRPC encoder), not `api`'s wire format. */
+  readonly encoder?: 'grpc';
 }
 
 const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };

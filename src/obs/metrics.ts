@@ -371,6 +371,24 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
         this.set(memoryLimitBytes());
       },
     }),
+    // gRPC front (src/front/grpc/metrics.ts counts them): go-grpc-prometheus's names and labels.
+    grpcStarted: new Counter({ name: 'grpc_server_started_total', help: 'Total number of RPCs started on the server.', labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const, registers: r }),
+    grpcHandled: new Counter({
+      name: 'grpc_server_handled_total',
+      help: 'Total number of RPCs completed on the server, regardless of success or failure.',
+      labelNames: ['grpc_type', 'grpc_service', 'grpc_method', 'grpc_code'] as const,
+      registers: r,
+    }),
+    grpcReceived: new Counter({ name: 'grpc_server_msg_received_total', help: 'Total number of RPC stream messages received on the server.', labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const, registers: r }),
+    grpcSent: new Counter({ name: 'grpc_server_msg_sent_total', help: 'Total number of gRPC stream messages sent by the server.', labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const, registers: r }),
+    grpcHandling: new Histogram({
+      name: 'grpc_server_handling_seconds',
+      help: 'Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.',
+      labelNames: ['grpc_type', 'grpc_service', 'grpc_method'] as const,
+      // Prometheus' DefBuckets, as go-grpc-prometheus uses.
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: r,
+    }),
     brokerOverhead: new Histogram({
       name: 'broker_overhead_seconds',
       help: 'Time spent in the broker: total request time minus time waiting on the upstream',

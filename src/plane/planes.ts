@@ -14,6 +14,7 @@ import type { Logger } from '../obs/logger.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import type { BrokerRequest } from '../front/reply.ts';
 import type { Learned } from '../sched/governance.ts';
+import { MAX_THREADS } from '../sched/wait-board.ts';
 import type { ForwardedReply, InferCall, InferReply, PlaneStats, SharedBuffers, Snapshot, ToControl, ToPlane } from './protocol.ts';
 
 export interface PlanesDeps {
@@ -32,7 +33,12 @@ export interface PlanesDeps {
   /** A session's roles, or null when it is not live. */
   session(id: string): Promise<{ roles: readonly string[] } | null>;
   learn(events: readonly Learned[]): void;
+  /** A slot freed on a thread whose next waiter waits on the control plane (its gRPC requests, row CONTROL_PLANE_ROW of the wait board). */
+  wakeControl?(group: string): void;
 }
+
+/** The wait-board row of the control plane's own queue (gRPC requests), when FRONT_THREADS leaves it free. */
+export const CONTROL_PLANE_ROW = MAX_THREADS - 1;
 
 interface Plane {
   readonly index: number;
@@ -173,7 +179,8 @@ export class DataPlanes {
         for (const p of this.planes) if (p !== undefined && p !== plane) this.send(p, { t: 'learn', events: m.events });
         return;
       case 'wake': {
-        // A slot freed on `plane` whose next waiter waits on another thread.
+        // A slot freed on `plane` whose next waiter waits on another thread, or on the control plane.
+        if (m.thread === CONTROL_PLANE_ROW && this.deps.threads <= CONTROL_PLANE_ROW) return this.deps.wakeControl?.(m.group);
         const to = this.planes[m.thread];
         if (to !== undefined) this.send(to, { t: 'wake', group: m.group });
         return;
@@ -183,6 +190,17 @@ export class DataPlanes {
       case 'listening':
         return;
     }
+  }
+
+  /** What the control plane learned from its own requests (gRPC), for every thread. */
+  relay(events: readonly Learned[]): void {
+    for (const p of this.planes) if (p !== undefined) this.send(p, { t: 'learn', events });
+  }
+
+  /** A slot freed on the control plane whose next waiter waits on `thread`. */
+  wake(thread: number, group: string): void {
+    const to = this.planes[thread];
+    if (to !== undefined) this.send(to, { t: 'wake', group });
   }
 
   /** Sends the current snapshot to every thread; resolves once each applied it. */

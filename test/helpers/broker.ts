@@ -20,6 +20,8 @@ export async function startTestBroker(env: Record<string, string> = {}): Promise
     LOG_LEVEL: 'info',
     ADMIN_TOKEN,
     INFER_THREADS: '2',
+    // No gRPC front unless a test asks for one (with a free port: test/helpers/grpc.ts).
+    GRPC_PORT: '0',
     // Data-plane threads: FRONT_THREADS=0 npm test runs the whole suite on the main thread.
     FRONT_THREADS: process.env.FRONT_THREADS ?? '2',
     // Active health checks would add GETs to every mock's request counts; the fleet tests turn them on.

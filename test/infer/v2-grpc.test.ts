@@ -7,18 +7,15 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import sharp from 'sharp';
 import { loadSplit } from '../../scripts/train/idx.ts';
-import { startTestBroker } from '../helpers/broker.ts';
+import { startGrpcBroker } from '../helpers/grpc.ts';
 import { V2Client, lengthPrefixed } from '../helpers/v2-client.ts';
-import { V2Core } from '../../src/infer/v2/core.ts';
-import { V2_PROTO, addV2GrpcService } from '../../src/infer/v2/grpc.ts';
+import { V2_PROTO } from '../../src/infer/v2/grpc.ts';
 
 const IMAGES = 40;
-const tb = await startTestBroker({ AB_WEIGHT_A: '1', AB_WEIGHT_B: '0' });
+// The broker's own gRPC server (GRPC_PORT), where the v2 service sits beside ours.
+const tb = await startGrpcBroker({ AB_WEIGHT_A: '1', AB_WEIGHT_B: '0' });
 t.teardown(() => tb.close());
-const server = new grpc.Server();
-addV2GrpcService(server, { core: new V2Core(tb.broker.infer) });
-const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
-t.teardown(() => new Promise<void>((r) => server.tryShutdown(() => r())));
+const port = tb.broker.grpcPort;
 
 // The client: the proto as published, loaded on its own (not the server's definition).
 const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(V2_PROTO, { keepCase: true, longs: Number, defaults: true, oneofs: true })) as any;

@@ -86,7 +86,7 @@ async function startAndStop(t: Test, signal: 'SIGTERM' | 'SIGINT'): Promise<void
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   // The test runner's own loaders (NODE_OPTIONS, tap's variables) must not reach the broker.
-  const env: Record<string, string | undefined> = { ...process.env, PORT: String(port), HOST: '127.0.0.1', INFER_THREADS: '1', LOG_LEVEL: 'info' };
+  const env: Record<string, string | undefined> = { ...process.env, PORT: String(port), HOST: '127.0.0.1', INFER_THREADS: '1', LOG_LEVEL: 'info', GRPC_PORT: String(await freePort()) };
   for (const k of Object.keys(env)) if (k === 'NODE_OPTIONS' || /^_?TAP/i.test(k)) delete env[k];
   // The README's command. Its own process group, so that a failing test can clean up everything.
   const npm = spawn('npm', ['start'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
@@ -126,6 +126,7 @@ async function startAndStop(t: Test, signal: 'SIGTERM' | 'SIGINT'): Promise<void
   for (const b of brokers) t.notOk(running(b.pid), `the broker (pid ${b.pid}) is gone`);
   t.equal(await answers(`${base}/healthz`), undefined, 'the port no longer answers');
   t.match(output, new RegExp(`"signal":"${signal}"[^\\n]*"msg":"shutting down"`), 'the broker logged the signal and shut down');
+  t.match(output, /"msg":"gRPC listening"/, 'the compiled broker found the .proto files and served gRPC');
 }
 
 t.test('SIGTERM to npm start', (t) => startAndStop(t, 'SIGTERM'));

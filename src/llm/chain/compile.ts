@@ -21,6 +21,13 @@
 // gets `data: [DONE]` exactly once on success, or a final
 // `data: {"error":{...}}` and no [DONE] on failure; an Ollama client gets the
 // done line, or a final `{"error":"..."}` line.
+//
+// gRPC encoder (spec.encoder 'grpc', the gRPC front's Chat and Complete): the last
+// stage writes protobuf GenerateResponse messages instead of the client API's text:
+// the text of one upstream chunk as one Delta, then at the upstream's terminal event
+// one Final with finish reason and usage (src/front/grpc/wire.ts). Each event is
+// parsed as on a cross-API route. Errors are not written in-band: stats.error holds
+// them and the gRPC front ends the call with their status.
 
 import { BrokerError } from '../../errors.ts';
 import { EMPTY } from '../codec/bytes.ts';
@@ -28,6 +35,7 @@ import { NdjsonParser, type NdjsonLine } from '../codec/ndjson.ts';
 import { SSE_DONE, SseParser, type SseEvent } from '../codec/sse.ts';
 import { finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
 import { streamErrorEvent } from '../../front/error-body.ts';
+import { deltaMessage, finalMessage } from '../../front/grpc/wire.ts';
 import { upstreamErrorMessage } from '../translate/errors.ts';
 import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
@@ -51,6 +59,11 @@ export interface ChainSpec {
   readonly instrument: boolean;
   /** Fill stats.promptTokens/completionTokens: upstream usage when sent, else one per token event. */
   readonly countTokens: boolean;
+  /**
+   * 'grpc': the output is delimited protobuf GenerateResponse messages for the gRPC
+   * front, not `client`'s text (which then only says how the request was translated).
+   */
+  readonly encoder?: 'grpc';
 }
 
 export interface ChainContext {
@@ -165,6 +178,11 @@ class Run {
   out = '';
   /** SSE pass-through: the last block was forwarded (so is the LF that completes its CRLF). */
   lastKept = false;
+  // gRPC encoder: the delta text and role gathered from this chunk, and whether the final is owed.
+  gText = '';
+  gRole = '';
+  gRoleSent = false;
+  gFinal = false;
 
   constructor(ctx: ChainContext) {
     this.ctx = ctx;
@@ -264,19 +282,39 @@ function errorMessageOf(text: string): string {
 
 function build(spec: ChainSpec, key: string): ChainFactory {
   const { client, provider, kind } = spec;
-  const passthrough = client === provider;
+  const grpc = spec.encoder === 'grpc';
+  const passthrough = client === provider && !grpc;
   const wantTokens = spec.instrument || spec.countTokens;
 
-  // Output: pass-through collects byte views, translation builds a string.
+  // Output: pass-through collects byte views, translation builds a string, gRPC
+  // encodes messages in take(); its errors are statuses, never text in the stream.
   const bytesOut = passthrough;
-  const emitText = bytesOut
+  const emitText = grpc
+    ? noop
+    : bytesOut
     ? (r: Run, s: string): void => {
         r.parts.push(Buffer.from(s));
       }
     : (r: Run, s: string): void => {
         r.out += s;
       };
-  const take = bytesOut
+  const take = grpc
+    ? (r: Run): ChainOutput => {
+        let out: Buffer | null = null;
+        if (r.gText !== '' || r.gRole !== '') {
+          out = deltaMessage(r.gRole, r.gText);
+          r.gText = '';
+          r.gRole = '';
+        }
+        if (r.gFinal) {
+          r.gFinal = false;
+          const s = r.stats;
+          const f = finalMessage(s.finishReason ?? '', s.promptTokens, s.completionTokens);
+          out = out === null ? f : Buffer.concat([out, f]);
+        }
+        return out;
+      }
+    : bytesOut
     ? (r: Run): ChainOutput => {
         const p = r.parts;
         if (p.length === 0) return null;
@@ -383,16 +421,36 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       tokenStage = (r) => {
         r.isToken = openaiChunkHasToken(r.json as unknown as OpenAIChunk);
       };
-      const toLines = kind === 'chat' ? ollamaToOpenai.chatChunk : ollamaToOpenai.completionChunk;
-      const done = kind === 'chat' ? ollamaToOpenai.chatDone : ollamaToOpenai.completionDone;
-      emit = (r) => {
-        r.out += toLines(r.w as ollamaToOpenai.NdjsonWriter, r.json as unknown as OpenAIChunk);
-      };
-      onDone = (r) => {
-        r.out += done(r.w as ollamaToOpenai.NdjsonWriter);
-      };
+      if (grpc) {
+        emit = (r) => {
+          const c = (r.json as unknown as OpenAIChunk).choices?.[0];
+          if (c === undefined) return;
+          const d = c.delta;
+          if (d !== undefined) {
+            if (typeof d.role === 'string' && !r.gRoleSent) {
+              r.gRole = d.role;
+              r.gRoleSent = true;
+            }
+            if (typeof d.content === 'string') r.gText += d.content;
+          } else if (typeof c.text === 'string') {
+            r.gText += c.text;
+          }
+        };
+        onDone = (r) => {
+          r.gFinal = true;
+        };
+      } else {
+        const toLines = kind === 'chat' ? ollamaToOpenai.chatChunk : ollamaToOpenai.completionChunk;
+        const done = kind === 'chat' ? ollamaToOpenai.chatDone : ollamaToOpenai.completionDone;
+        emit = (r) => {
+          r.out += toLines(r.w as ollamaToOpenai.NdjsonWriter, r.json as unknown as OpenAIChunk);
+        };
+        onDone = (r) => {
+          r.out += done(r.w as ollamaToOpenai.NdjsonWriter);
+        };
+        newWriter = (ctx) => ollamaToOpenai.ndjsonWriter(ctx);
+      }
       closeAtEnd = onDone;
-      newWriter = (ctx) => ollamaToOpenai.ndjsonWriter(ctx);
     }
   } else {
     const markDone = (r: Run, j: Record<string, unknown>): void => {
@@ -450,15 +508,35 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       tokenStage = (r) => {
         r.isToken = ollamaHasToken(r.json as unknown as OllamaChatResponse);
       };
-      emit =
-        kind === 'chat'
-          ? (r) => {
-              r.out += openaiToOllama.chatLine(r.w as openaiToOllama.SseWriter, r.json as unknown as OllamaChatResponse);
+      if (grpc) {
+        emit = (r) => {
+          const j = r.json!;
+          if (kind === 'chat') {
+            const m = (j as unknown as OllamaChatResponse).message;
+            if (m !== undefined) {
+              if (typeof m.role === 'string' && !r.gRoleSent) {
+                r.gRole = m.role;
+                r.gRoleSent = true;
+              }
+              if (typeof m.content === 'string') r.gText += m.content;
             }
-          : (r) => {
-              r.out += openaiToOllama.generateLine(r.w as openaiToOllama.SseWriter, r.json as unknown as OllamaGenerateResponse);
-            };
-      newWriter = (ctx) => openaiToOllama.sseWriter(ctx);
+          } else {
+            const t = (j as unknown as OllamaGenerateResponse).response;
+            if (typeof t === 'string') r.gText += t;
+          }
+          if (j['done'] === true) r.gFinal = true;
+        };
+      } else {
+        emit =
+          kind === 'chat'
+            ? (r) => {
+                r.out += openaiToOllama.chatLine(r.w as openaiToOllama.SseWriter, r.json as unknown as OllamaChatResponse);
+              }
+            : (r) => {
+                r.out += openaiToOllama.generateLine(r.w as openaiToOllama.SseWriter, r.json as unknown as OllamaGenerateResponse);
+              };
+        newWriter = (ctx) => openaiToOllama.sseWriter(ctx);
+      }
     }
   }
 
@@ -586,14 +664,14 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       if (r.closed) return '';
       r.closed = true;
       r.stats.error = { code, message };
-      return streamErrorEvent(client, message, code, r.ctx.id);
+      return grpc ? '' : streamErrorEvent(client, message, code, r.ctx.id);
     }
   }
 
   return Object.freeze({
     spec: Object.freeze({ ...spec }),
     key,
-    contentType: client === 'openai' ? 'text/event-stream' : 'application/x-ndjson',
+    contentType: grpc ? 'application/grpc' : client === 'openai' ? 'text/event-stream' : 'application/x-ndjson',
     open: (ctx: ChainContext): ChainStream => new CompiledStream(ctx),
   });
 }
@@ -602,7 +680,7 @@ const APIS: readonly string[] = ['openai', 'ollama'];
 const KINDS: readonly string[] = ['chat', 'completion'];
 
 export function chainKey(spec: ChainSpec): string {
-  return `${spec.client}>${spec.provider}/${spec.kind}${spec.instrument ? '+instrument' : ''}${spec.countTokens ? '+count' : ''}`;
+  return `${spec.client}>${spec.provider}/${spec.kind}${spec.instrument ? '+instrument' : ''}${spec.countTokens ? '+count' : ''}${spec.encoder === 'grpc' ? '+grpc' : ''}`;
 }
 
 const compiled = new Map<string, ChainFactory>();

@@ -51,7 +51,8 @@ export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, 
     interTokenMs: gaps,
     waitedMs: waited,
   });
-  const run = req.compiled ? pumpCompiled : pumpPipeline;
+  // The staged baseline has no gRPC encoder: gRPC streams always run the compiled chain.
+  const run = req.compiled || req.chain.encoder === 'grpc' ? pumpCompiled : pumpPipeline;
   return run(req, ctx, body, target, signal, finish);
 }
 

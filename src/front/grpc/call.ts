@@ -1,0 +1,199 @@
+// What every gRPC call shares: its metadata read into the protocol-neutral
+// BrokerRequest (src/front/reply.ts), the trace-id sent as initial metadata, the
+// guards HTTP runs before a handler (rate limit), and the sink a Chat/Complete stream
+// replies through.
+import { performance } from 'node:perf_hooks';
+import { Metadata, type ServerWritableStream } from '@grpc/grpc-js';
+import { BrokerError, toBrokerError } from '../../errors.ts';
+import { requestIdFrom } from '../../obs/request-id.ts';
+import type { RateLimiter } from '../../guard/rate-limit.ts';
+import { clientKeyOf } from '../../guard/rate-limit.ts';
+import type { Metrics } from '../../obs/metrics.ts';
+import type { Logger } from '../../obs/logger.ts';
+import type { BrokerRequest, ReplySink } from '../reply.ts';
+import { codeLabel, grpcCodeOf, grpcStatusOf } from './status.ts';
+import { forEachDelimited } from './wire.ts';
+
+/** The request metadata the broker reads; everything else is ignored. */
+const READ = ['authorization', 'x-api-key', 'x-broker-priority', 'x-broker-label', 'x-broker-qos', 'x-request-id'] as const;
+
+interface AnyCall {
+  readonly metadata: Metadata;
+  getPeer(): string;
+  getPath(): string;
+  sendMetadata(md: Metadata): void;
+}
+
+/**
+ * The call as a BrokerRequest. `early`: send the trace-id (initial metadata) at once, as a
+ * stream does; a unary call sends it with its reply (sendTraceId), in the same write.
+ */
+export function brokerRequestOf(call: AnyCall, early = true): BrokerRequest {
+  const headers: Record<string, string> = {};
+  for (const k of READ) {
+    const v = call.metadata.get(k)[0];
+    if (typeof v === 'string') headers[k] = v;
+  }
+  const id = requestIdFrom(headers['x-request-id']);
+  if (early) sendTraceId(call, id);
+  const startedAt = performance.now();
+  let remote: string | undefined;
+  return {
+    id,
+    method: 'POST',
+    path: call.getPath(),
+    query: '',
+    headers,
+    // Read only by the rate limit (an anonymous client's bucket): getPeer formats the address each call.
+    get remoteAddress() {
+      return (remote ??= addressOf(call.getPeer()));
+    },
+    startedAt,
+  };
+}
+
+export function sendTraceId(call: Pick<AnyCall, 'sendMetadata'>, id: string): void {
+  const md = new Metadata();
+  md.set('trace-id', id);
+  call.sendMetadata(md);
+}
+
+/** "ipv4:127.0.0.1:5000" / "127.0.0.1:5000" / "[::1]:5000" → the address. */
+function addressOf(peer: string): string {
+  const p = peer.replace(/^ipv[46]:/, '');
+  const m = /^\[([^\]]+)\]:\d+$/.exec(p) ?? /^([^:]+):\d+$/.exec(p);
+  return m?.[1] ?? p;
+}
+
+/** One access-log line per call, as the HTTP front writes per request (status: the gRPC code name). */
+export function logCall(log: Logger, req: BrokerRequest, err: BrokerError | undefined, aborted = false): void {
+  log.info(
+    {
+      trace_id: req.id,
+      method: 'gRPC',
+      route: req.path,
+      status: aborted ? 'Canceled' : err === undefined ? 'OK' : codeLabel(grpcCodeOf(err.code)),
+      duration_ms: Math.round((performance.now() - req.startedAt) * 1e3) / 1e3,
+      ...(err !== undefined ? { error: err.code } : {}),
+      ...(aborted ? { aborted: true } : {}),
+    },
+    'request',
+  );
+}
+
+export interface CallGuards {
+  readonly rateLimiter: RateLimiter;
+  readonly metrics: Metrics;
+  readonly knownKey: (key: string) => boolean;
+  /** AUTH_MODE, as on the HTTP client routes (metadata authorization or x-api-key); undefined when open. */
+  readonly client?: (req: BrokerRequest) => void | Promise<void>;
+}
+
+/** AUTH_MODE, then the per-client rate limit, as on HTTP routes: throws unauthorized or rate_limited. */
+export async function checkCall(g: CallGuards, req: BrokerRequest): Promise<void> {
+  if (g.client !== undefined) await g.client(req);
+  checkRate(g, req);
+}
+
+/** The per-client rate limit, as on HTTP routes (RATE_LIMIT_RPS): throws rate_limited with its retry time. */
+export function checkRate(g: CallGuards, req: BrokerRequest): void {
+  try {
+    g.rateLimiter.check(clientKeyOf(req.headers, req.remoteAddress, g.knownKey));
+  } catch (err) {
+    g.metrics.rateLimited.inc();
+    throw err;
+  }
+}
+
+/**
+ * A server stream as a ReplySink. The compiled chain's gRPC encoder writes delimited
+ * GenerateResponse messages; each goes out as one gRPC message, pre-serialized (the
+ * method's serializer passes bytes through). call.write returning false (the client
+ * reads slowly: HTTP/2 flow control, then grpc-js's buffer) pauses the upstream read
+ * until 'drain'. Ends with status OK and the x-broker-deployment trailer, or with the
+ * error's status after whatever was sent.
+ */
+export class GrpcStreamSink implements ReplySink {
+  aborted = false;
+  started = false;
+  private ended = false;
+  private deployment: string | undefined;
+  private abortCbs: (() => void)[] | undefined;
+
+  constructor(
+    private readonly call: ServerWritableStream<unknown, Uint8Array>,
+    private readonly req: BrokerRequest,
+    private readonly log: Logger,
+  ) {
+    call.on('cancelled', () => this.cancelled());
+  }
+
+  /** The client cancelled, its deadline passed, or shutdown ended the call: stop the work behind it. */
+  cancelled(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    if (!this.ended) logCall(this.log, this.req, undefined, true);
+    const cbs = this.abortCbs;
+    this.abortCbs = undefined;
+    if (cbs !== undefined) for (const cb of cbs) cb();
+  }
+
+  get finished(): boolean {
+    return this.ended;
+  }
+
+  onAbort(cb: () => void): void {
+    if (this.aborted) cb();
+    else (this.abortCbs ??= []).push(cb);
+  }
+
+  start(_status: number, headers: Readonly<Record<string, string>>): void {
+    this.started = true;
+    this.deployment = headers['x-broker-deployment'];
+  }
+
+  write(chunk: string | Uint8Array): boolean {
+    if (this.aborted || this.ended) return true;
+    if (typeof chunk === 'string') throw new BrokerError('internal', 'a gRPC stream takes encoded messages, not text');
+    let ok = true;
+    forEachDelimited(chunk, (m) => {
+      ok = this.call.write(m);
+    });
+    return ok;
+  }
+
+  onWritable(cb: () => void): void {
+    this.call.once('drain', cb);
+  }
+
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.aborted) return;
+    logCall(this.log, this.req, undefined);
+    this.call.end(this.trailers());
+  }
+
+  endWithError(err: BrokerError): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.aborted) return;
+    logCall(this.log, this.req, err);
+    this.call.emit('error', grpcStatusOf(err, this.req.id, this.trailers()));
+  }
+
+  /** Fails a call that has not replied yet (or one cut by shutdown). */
+  fail(err: unknown): void {
+    this.endWithError(toBrokerError(err));
+  }
+
+  send(): void {
+    throw new BrokerError('internal', 'a gRPC stream replies with messages, not a whole body');
+  }
+
+  private trailers(): Metadata {
+    const md = new Metadata();
+    if (this.deployment !== undefined) md.set('x-broker-deployment', this.deployment);
+    return md;
+  }
+}

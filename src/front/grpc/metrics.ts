@@ -1,0 +1,93 @@
+// gRPC server metrics with go-grpc-prometheus's names and labels (declared in
+// src/obs/metrics.ts with the others), so that dashboards and alerts written for Go
+// gRPC servers work unchanged:
+//   grpc_server_started_total{grpc_type,grpc_service,grpc_method}
+//   grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
+//   grpc_server_msg_received_total{grpc_type,grpc_service,grpc_method}
+//   grpc_server_msg_sent_total{grpc_type,grpc_service,grpc_method}
+//   grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method} (histogram)
+// grpc_code is Go's code name (OK, Canceled, ResourceExhausted, ...). Counted by a
+// server interceptor, so every service on the server is: ours, health, reflection,
+// and any added later.
+import type { Counter, Histogram } from 'prom-client';
+import { ServerInterceptingCall, status as Status, type ServerInterceptor } from '@grpc/grpc-js';
+import type { Metrics } from '../../obs/metrics.ts';
+import { codeLabel } from './status.ts';
+
+const DEADLINE_SLACK_MS = 20;
+
+interface MethodMetrics {
+  readonly started: Counter.Internal;
+  readonly received: Counter.Internal;
+  readonly sent: Counter.Internal;
+  readonly seconds: Histogram.Internal<string>;
+  readonly handled: Map<number, Counter.Internal>;
+  readonly labels: readonly [string, string, string];
+}
+
+/** The interceptor that counts every call of the server. */
+export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
+  const { grpcStarted: started, grpcHandled: handled, grpcReceived: received, grpcSent: sent, grpcHandling: seconds } = metrics;
+  // Label children bound once per method: a call costs no label lookups.
+  const byPath = new Map<string, MethodMetrics>();
+  const forMethod = (path: string, requestStream: boolean, responseStream: boolean): MethodMetrics => {
+    let m = byPath.get(path);
+    if (m === undefined) {
+      const slash = path.lastIndexOf('/');
+      const type = requestStream ? (responseStream ? 'bidi_stream' : 'client_stream') : responseStream ? 'server_stream' : 'unary';
+      const labels = [type, path.slice(1, slash), path.slice(slash + 1)] as const;
+      m = { started: started.labels(...labels), received: received.labels(...labels), sent: sent.labels(...labels), seconds: seconds.labels(...labels), handled: new Map(), labels };
+      byPath.set(path, m);
+    }
+    return m;
+  };
+  const countHandled = (m: MethodMetrics, code: number): void => {
+    let c = m.handled.get(code);
+    if (c === undefined) {
+      c = handled.labels(...m.labels, codeLabel(code));
+      m.handled.set(code, c);
+    }
+    c.inc();
+  };
+
+  const interceptor: ServerInterceptor = (method, call) => {
+    const m = forMethod(method.path, method.requestStream, method.responseStream);
+    m.started.inc();
+    const t0 = performance.now();
+    let done = false;
+    const finish = (code: number): void => {
+      if (done) return;
+      done = true;
+      countHandled(m, code);
+      m.seconds.observe((performance.now() - t0) / 1000);
+    };
+    return new ServerInterceptingCall(call, {
+      start(next) {
+        next({
+          onReceiveMessage(message, nextMessage) {
+            m.received.inc();
+            nextMessage(message);
+          },
+          onCancel() {
+            // grpc-js ends a call past its deadline itself, without a status through here;
+            // and the client's own deadline timer may cancel first. Either way, a cancel
+            // within a few ms of the deadline is the deadline (timers fire up to a ms early).
+            const deadline = call.getDeadline();
+            const at = deadline instanceof Date ? deadline.getTime() : deadline;
+            const late = Number.isFinite(at) && at <= Date.now() + DEADLINE_SLACK_MS;
+            finish(late ? Status.DEADLINE_EXCEEDED : Status.CANCELLED);
+          },
+        });
+      },
+      sendMessage(message, next) {
+        m.sent.inc();
+        next(message);
+      },
+      sendStatus(status, next) {
+        finish(status.code);
+        next(status);
+      },
+    });
+  };
+  return interceptor;
+}

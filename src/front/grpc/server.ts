@@ -1,0 +1,164 @@
+// The gRPC front: a grpc-js server on GRPC_PORT, on the main thread (the control
+// plane, next to the inference pool). It serves edge_broker.v1 (inference, chat,
+// models), grpc.health.v1 and server reflection (v1 and v1alpha), counts every call
+// with go-grpc-prometheus's metrics, and shuts down gracefully.
+//
+// Adding a service (e.g. KServe v2's GRPCInferenceService): pass a GrpcService in
+// `services`: its package definition (so reflection lists it) and a register function
+// that adds its implementation to the server. Its calls are counted by the same
+// interceptor, and its name gets a health status (SERVING once registered).
+import { readFileSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import type { PackageDefinition } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import type { Logger } from '../../obs/logger.ts';
+import type { Metrics } from '../../obs/metrics.ts';
+import type { RateLimiter } from '../../guard/rate-limit.ts';
+import type { BrokerRequest } from '../reply.ts';
+import type { FleetSource } from '../../fleet/fleet.ts';
+import type { LlmProxy } from '../../llm/proxy.ts';
+import type { Admission } from '../../llm/routes.ts';
+import type { PromptLimits } from '../../llm/request.ts';
+import type { InferBackend } from '../../infer/routes.ts';
+import type { InferService } from '../../infer/service.ts';
+import { ActiveCalls } from './active.ts';
+import { chatService } from './chat.ts';
+import { HealthStatus, NOT_SERVING, SERVING } from './health.ts';
+import { inferenceService } from './inference.ts';
+import { metricsInterceptor } from './metrics.ts';
+import { modelService } from './models.ts';
+import { packageDefinition, SERVICES } from './protos.ts';
+
+/** A service to serve next to the broker's own. */
+export interface GrpcService {
+  /** Its .proto package definition (@grpc/proto-loader), served by reflection too. */
+  readonly definition: PackageDefinition;
+  /** Fully-qualified names of its services: each gets a health status. */
+  readonly names: readonly string[];
+  /** Adds its implementations to the server. `calls` ends its open calls after shutdown's grace period. */
+  register(server: grpc.Server, ctx: { readonly calls: ActiveCalls; readonly health: HealthStatus }): void;
+}
+
+export interface GrpcFrontOptions {
+  readonly host: string;
+  readonly port: number;
+  /** PEM files; both or neither. */
+  readonly tls?: { readonly certPath: string; readonly keyPath: string };
+  /** Largest message received (MAX_BODY_BYTES). */
+  readonly maxMessageBytes: number;
+  readonly keepaliveTimeMs: number;
+  readonly keepaliveTimeoutMs: number;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  readonly accessLog: Logger;
+  readonly rateLimiter: RateLimiter;
+  readonly knownKey: (key: string) => boolean;
+  /** AUTH_MODE for the client services (src/guard/client-auth.ts); undefined when open. */
+  readonly client?: (req: BrokerRequest) => void | Promise<void>;
+  readonly source: FleetSource;
+  readonly admission: Admission;
+  readonly proxy: LlmProxy;
+  readonly limits: PromptLimits;
+  /** The inference service (undefined with INFER_ENABLED=false) and what Infer calls. */
+  readonly inferService: InferService | undefined;
+  readonly infer: InferBackend;
+  readonly services?: readonly GrpcService[];
+}
+
+export interface GrpcFront {
+  readonly port: number;
+  readonly health: HealthStatus;
+  /** Calls in progress. */
+  readonly active: number;
+  /**
+   * Health NOT_SERVING, then no new calls while open ones get up to graceMs to finish;
+   * those still open then end with UNAVAILABLE. Resolves with how many were cut.
+   */
+  close(graceMs: number): Promise<number>;
+}
+
+/** Chat and Complete send messages the compiled chain already encoded: bytes pass through. */
+const preEncoded = (b: Uint8Array): Buffer => (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+
+export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
+  const defs = packageDefinition();
+  const loaded = grpc.loadPackageDefinition(defs) as unknown as Record<string, Record<string, Record<string, { service: grpc.ServiceDefinition }>>>;
+  const v1 = loaded['edge_broker']!['v1']!;
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': o.maxMessageBytes,
+    'grpc.keepalive_time_ms': o.keepaliveTimeMs,
+    'grpc.keepalive_timeout_ms': o.keepaliveTimeoutMs,
+    // Clients may ping as often as the server does, calls or not, without being sent GOAWAY.
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.http2.min_ping_interval_without_data_ms': Math.min(o.keepaliveTimeMs, 10_000),
+    interceptors: [metricsInterceptor(o.metrics)],
+  });
+  const health = new HealthStatus();
+  const calls = new ActiveCalls();
+  const guards = { rateLimiter: o.rateLimiter, metrics: o.metrics, knownKey: o.knownKey, client: o.client };
+
+  const chatBase = v1['ChatService']!.service;
+  const chatDef: grpc.ServiceDefinition = Object.fromEntries(Object.entries(chatBase).map(([name, d]) => [name, { ...d, responseSerialize: preEncoded }]));
+  server.addService(chatDef, chatService({ ...guards, source: o.source, admission: o.admission, proxy: o.proxy, limits: o.limits, accessLog: o.accessLog, calls }));
+  server.addService(v1['InferenceService']!.service, inferenceService({ ...guards, infer: o.infer, accessLog: o.accessLog, calls }));
+  server.addService(v1['ModelService']!.service, modelService({ source: o.source, infer: o.inferService, accessLog: o.accessLog }));
+  const healthDef = (loaded['grpc'] as unknown as Record<string, Record<string, Record<string, { service: grpc.ServiceDefinition }>>>)['health']!['v1']!['Health']!.service;
+  server.addService(healthDef, health.implementation());
+
+  let reflected: PackageDefinition = defs;
+  for (const s of o.services ?? []) {
+    s.register(server, { calls, health });
+    for (const n of s.names) health.set(n, SERVING);
+    reflected = { ...reflected, ...s.definition };
+  }
+  new ReflectionService(reflected).addToServer(server);
+
+  // Readiness: the broker ("") and inference once the models are loaded; chat and models at once.
+  health.set(SERVICES.chat, SERVING);
+  health.set(SERVICES.models, SERVING);
+  const infer = o.inferService;
+  health.set('', infer === undefined || infer.ready ? SERVING : NOT_SERVING);
+  health.set(SERVICES.inference, infer !== undefined && infer.ready ? SERVING : NOT_SERVING);
+  if (infer !== undefined && !infer.ready) {
+    infer.waitReady().then(
+      () => {
+        health.set('', SERVING);
+        health.set(SERVICES.inference, SERVING);
+      },
+      (err: unknown) => o.logger.error({ err }, 'inference models failed to load: gRPC health stays NOT_SERVING'),
+    );
+  }
+
+  const credentials =
+    o.tls === undefined ? grpc.ServerCredentials.createInsecure() : grpc.ServerCredentials.createSsl(null, [{ cert_chain: readFileSync(o.tls.certPath), private_key: readFileSync(o.tls.keyPath) }], false);
+  const port = await new Promise<number>((resolve, reject) => {
+    const host = o.host.includes(':') ? `[${o.host}]` : o.host;
+    server.bindAsync(`${host}:${o.port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
+  });
+  o.logger.info({ grpc_port: port, tls: o.tls !== undefined }, 'gRPC listening');
+
+  let closing: Promise<number> | undefined;
+  return {
+    port,
+    health,
+    get active() {
+      return calls.size;
+    },
+    close(graceMs) {
+      closing ??= (async () => {
+        health.shutdown();
+        const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+        let timer: NodeJS.Timeout | undefined;
+        const late = await Promise.race([drained.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs)))]);
+        clearTimeout(timer);
+        if (!late) return 0;
+        // Streams still open end with UNAVAILABLE (shutting_down) after what they sent.
+        const cut = calls.stopAll();
+        await Promise.race([drained, new Promise((r) => setTimeout(r, 1000).unref())]);
+        server.forceShutdown();
+        return cut;
+      })();
+      return closing;
+    },
+  };
+}

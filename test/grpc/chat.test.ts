@@ -1,0 +1,64 @@
+// ChatService over gRPC against the mock upstream, through both provider kinds.
+import t from 'tap';
+import { startMock } from '../helpers/fleet.ts';
+import { clients, md, serverStream, startGrpcFleetBroker, textOf } from '../helpers/grpc.ts';
+import { mockText } from '../../src/mock-upstream/server.ts';
+import { logLine, metricValue } from '../helpers/broker.ts';
+
+for (const threads of ['0', '2'])
+t.test(`FRONT_THREADS=${threads}: Chat and Complete stream deltas then a final message, through openai and ollama deployments`, async (t) => {
+  const m = await startMock(t, { tokens: 6 });
+  const tb = await startGrpcFleetBroker(
+    t,
+    {
+      modelGroups: {
+        oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: m.url, model: 'mock-model' }] },
+        ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: m.url, model: 'mock-model' }] },
+      },
+    },
+    { FRONT_THREADS: threads },
+  );
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  for (const group of ['oa', 'ol']) {
+    const r = await serverStream(c.chat, 'Chat', { model: group, messages: [{ role: 'user', content: 'hello' }] }, md({ 'x-request-id': `chat-${group}` }));
+    t.equal(r.status.code, 0, `${group}: OK`);
+    t.equal(r.metadata?.get('trace-id')[0], `chat-${group}`, `${group}: trace-id in the initial metadata`);
+    t.equal(r.status.metadata.get('x-broker-deployment')[0], `${group}-1`, `${group}: deployment in the trailers`);
+    const last = r.messages.at(-1);
+    t.equal(last.event, 'final', `${group}: the last message is the final one`);
+    t.equal(r.messages.filter((x) => x.event === 'final').length, 1, `${group}: exactly one final`);
+    t.equal(last.final.finish_reason, 'stop');
+    t.equal(last.final.usage.completion_tokens, 6);
+    t.equal(last.final.usage.total_tokens, last.final.usage.prompt_tokens + 6);
+    t.equal(r.messages[0].delta.role, 'assistant', `${group}: the first delta names the role`);
+    t.equal(textOf(r.messages), mockText(6), `${group}: the deltas are the upstream text`);
+    const p = await serverStream(c.chat, 'Complete', { model: group, prompt: 'once upon a time' });
+    t.equal(p.status.code, 0, `${group}: Complete OK`);
+    t.equal(textOf(p.messages), mockText(6), `${group}: Complete text`);
+    t.equal(p.messages.at(-1).final.usage.completion_tokens, 6);
+  }
+  const line = await logLine(tb, (l) => l.trace_id === 'chat-oa' && l.method === 'gRPC');
+  t.match(line, { route: '/edge_broker.v1.ChatService/Chat', status: 'OK', duration_ms: Number }, 'one access-log line per call');
+});
+
+t.test('HTTP and gRPC share one capacity: a gRPC waiter is woken by a slot freed on a data-plane thread', async (t) => {
+  const m = await startMock(t, { tokens: 1000, tps: 50 });
+  const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'shared-1', provider: 'openai', url: m.url, model: 'mock-model', concurrencyLimit: 1 }] } } }, { FRONT_THREADS: '2' });
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  // HTTP holds the one slot (on a data-plane thread).
+  const ctl = new AbortController();
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', signal: ctl.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', stream: true, messages: [{ role: 'user', content: 'hi' }] }) });
+  const reader = res.body!.getReader();
+  await reader.read();
+  // gRPC waits in the control plane's queue; the HTTP stream ends; the slot must reach it.
+  const waiting = serverStream(c.chat, 'Chat', { model: 'g', messages: [{ role: 'user', content: 'hi' }] });
+  for (let i = 0; i < 500 && (await metricValue(tb.url, 'broker_queue_depth')) !== 1; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(await metricValue(tb.url, 'broker_queue_depth'), 1, 'the gRPC request is queued');
+  m.setKnobs({ tps: 0, tokens: 5 });
+  ctl.abort();
+  const r = await waiting;
+  t.equal(r.status.code, 0, 'the queued gRPC stream ran');
+  t.equal(textOf(r.messages), mockText(5));
+});
