@@ -126,6 +126,14 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
   const change = (ctx: RouteContext, changes: [FlagName, boolean | null][]): void => {
     const before = flags.describe();
     flags.apply(changes, actorOf(ctx));
+    // The audit trail: one flag's value before and after, or all of them for a bulk change.
+    if (ctx.note !== undefined) {
+      const after = flags.describe();
+      const one = changes.length === 1 ? changes[0]![0] : undefined;
+      ctx.note.target = one ?? changes.map(([f]) => f).join(',');
+      ctx.note.before = one !== undefined ? before[one].enabled : Object.fromEntries(changes.map(([f]) => [f, before[f].enabled]));
+      ctx.note.after = one !== undefined ? after[one].enabled : Object.fromEntries(changes.map(([f]) => [f, after[f].enabled]));
+    }
     for (const [flag, enabled] of changes) {
       gov.countFlagChange(flag);
       logger.info({ audit: 'flag', actor: actorOf(ctx), flag, old: before[flag].enabled, new: flags.describe()[flag].enabled, action: enabled === null ? 'clear' : 'set', trace_id: ctx.req.id }, 'feature flag changed');

@@ -58,9 +58,18 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
     // Credentials first: an admin route's caller and role, a client route's key or token.
     const who = r.admin ? g.admin(req) : r.rateLimited && g.client !== undefined ? g.client(req) : undefined;
     if (who instanceof Promise) {
+      // The body is read while the credential is checked: a front like uWS hands it over
+      // only to a reader attached now, not after an await.
+      let read = readBody;
+      if (r.body === 'json' || r.body === 'json?' || r.body === 'raw') {
+        const declared = req.headers['content-length'];
+        if (declared !== undefined && Number(declared) > g.maxBodyBytes) throw tooLarge(g.maxBodyBytes);
+        const body = new Promise<[BrokerError | undefined, Buffer | undefined]>((resolve) => readBody(g.maxBodyBytes, (err, bytes) => resolve([err, bytes])));
+        read = (_limit, done) => void body.then(([err, bytes]) => done(err, bytes));
+      }
       who.then(
         (p) => {
-          if (!sink.aborted) guarded(g, r, params, req, readBody, sink, p ?? undefined);
+          if (!sink.aborted) guarded(g, r, params, req, read, sink, p ?? undefined);
         },
         (err: unknown) => sink.fail(toBrokerError(err)),
       );
