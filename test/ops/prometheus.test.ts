@@ -82,7 +82,7 @@ t.test('every dashboard query and recording rule returns data from a real Promet
     await sleep(100);
   }
 
-  // Small mixed load for ~8 s: inference (valid and invalid images), LLM streams and whole
+  // Small mixed load for ~6 s: inference (valid and invalid images), LLM streams and whole
   // replies over both client APIs, and every failure the fleet can produce.
   const images = await fashionPngs(4);
   const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
@@ -96,7 +96,7 @@ t.test('every dashboard query and recording rule returns data from a real Promet
   // A flag changed at run time (broker_flag_changes_total), then set back.
   const put = (path: string, body: unknown) => fetch(`${tb.url}${path}`, { method: 'PUT', headers: { 'content-type': 'application/json', ...admin }, body: JSON.stringify(body) }).then((r) => r.text().then(() => r.status));
   note('flag')(await put('/api/industrial/flags/performance_routing', { enabled: false }));
-  const until = Date.now() + 8000;
+  const until = Date.now() + 6000;
   for (let round = 0; Date.now() < until; round++) {
     const img = images[round % images.length]!;
     await Promise.all([
