@@ -184,7 +184,7 @@ function mangle(g: Gen, path: string, tags: string[]): string {
     case 6: return path + '/' + 'a'.repeat(g.int(100, 9000));
     case 7: return `http://127.0.0.1${path}`;
     case 8: return '*';
-    case 9: return path.replace(/\//g, '%2F');
+    case 9: return '/' + path.slice(1).replace(/\//g, '%2F');
     case 10: return '/v1/' + [...Buffer.from(g.text(10))].map((c) => (c > 0x20 && c < 0x7f && c !== 0x25 ? String.fromCharCode(c) : `%${c.toString(16).padStart(2, '0')}`)).join('');
     default: return path + '#frag';
   }
@@ -223,7 +223,7 @@ export function* fuzzCases(seed: number, count: number, ctx: FuzzContext): Gener
       const auth = g.int(0, 4);
       tags.push(`auth${auth}`);
       if (auth === 1 && !write) headers.push(['authorization', `Bearer ${ctx.adminToken}`]);
-      else if (auth === 2) headers.push(['authorization', `Bearer ${g.text(40)}`.replace(/[\r\n\x00]/g, '')]);
+      else if (auth === 2) headers.push(['authorization', `Bearer ${g.text(40)}`.replace(/[\x00-\x1f\x7f]/g, '')]);
       else if (auth === 3) headers.push(['authorization', g.pick(['Basic abc', 'Bearer', 'bearer  x', 'Bearer ' + 'x'.repeat(5000)])]);
     } else if (familyRoll < 0.92) {
       family = 'obs';
