@@ -169,6 +169,12 @@ const at = (s: number): number => rssSeries.reduce((best, p) => (Math.abs(p.t_s 
 const rssMinute2 = minutes >= 3 ? at(120) : rssSeries[0]?.rss_kb ?? NaN;
 const rssEnd = rssSeries.at(-1)?.rss_kb ?? NaN;
 const growthPct = round(((rssEnd - rssMinute2) / rssMinute2) * 100, 2);
+// A step (heaps resized once) and a leak both miss the 5 %; the slope of the second half tells them apart.
+const half = rssSeries.filter((p) => p.t_s >= (minutes * 60) / 2);
+const mx = half.reduce((a, p) => a + p.t_s, 0) / half.length;
+const my = half.reduce((a, p) => a + p.rss_kb, 0) / half.length;
+const slope = half.reduce((a, p) => a + (p.t_s - mx) * (p.rss_kb - my), 0) / half.reduce((a, p) => a + (p.t_s - mx) ** 2, 0);
+const slopeMibPerMin = round((slope * 60) / 1024, 2);
 const results = {
   minutes,
   duration_s: round(seconds, 1),
@@ -186,14 +192,14 @@ const results = {
     return { minute: w.minute, requests: w.requests, errors: w.errors, p50_ms: round(percentile(s, 50), 1), p99_ms: round(percentile(s, 99), 1), rss_mb: Math.round((w.rss_kb.at(-1) ?? NaN) / 1024) };
   }),
   rss_kb: rssSeries,
-  rss_growth: { from_minute_2_kb: rssMinute2, end_kb: rssEnd, pct: growthPct, goal_pct: 5 },
+  rss_growth: { from_minute_2_kb: rssMinute2, end_kb: rssEnd, pct: growthPct, goal_pct: 5, second_half_slope_mib_per_min: slopeMibPerMin },
   pass: errors === 0 && growthPct <= 5,
   machine: machine(),
 };
 const file = writeResults('soak', results);
 for (const m of results.per_minute) console.log(`minute ${m.minute}: ${m.requests} requests, ${m.errors} errors, p50 ${m.p50_ms} ms, p99 ${m.p99_ms} ms, RSS ${m.rss_mb} MiB`);
 console.log(`\n${sent} requests in ${round(seconds, 0)} s at ${results.achieved_rps} req/s (target ${results.target_rps}), ${errors} errors, max in flight ${maxInFlight}`);
-console.log(`RSS ${Math.round(rssMinute2 / 1024)} MiB at minute 2, ${Math.round(rssEnd / 1024)} MiB at the end: ${growthPct} % (goal <= 5 %)`);
+console.log(`RSS ${Math.round(rssMinute2 / 1024)} MiB at minute 2, ${Math.round(rssEnd / 1024)} MiB at the end: ${growthPct} % (goal <= 5 %); second half: ${slopeMibPerMin} MiB/min`);
 if (errorExamples.length > 0) console.log('errors:', errorExamples.slice(0, 5));
 console.log(results.pass ? 'PASS' : 'FAIL', `results: ${file}`);
 await broker.stop(30_000);
