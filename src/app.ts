@@ -365,7 +365,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       throw err;
     }
   }
-  if (infer !== undefined) metrics.sources.inferQueue = () => infer.currentPool.queueSize;
+  if (infer !== undefined) {
+    metrics.sources.inferQueue = () => infer.currentPool.queueSize;
+    metrics.sources.inferWorkers = () => infer.currentPool.threads.length;
+  }
   metrics.planeThreads.set(planes?.count ?? 0);
   logger.info(
     { port, host: config.host, front_threads: config.frontThreads, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, inference: infer !== undefined, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads },

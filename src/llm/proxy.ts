@@ -30,6 +30,12 @@ export interface ProxyDeps {
 
 type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'aborted' | 'timeout';
 
+/** llm_requests_total's coarse outcome (seed 001's error-rate query reads outcome="error"); the fine one is its reason. */
+function coarse(reason: string): 'ok' | 'error' | 'client_error' | 'aborted' {
+  if (reason === 'ok' || reason === 'client_error' || reason === 'aborted') return reason;
+  return reason === 'quota_exceeded' ? 'client_error' : 'error';
+}
+
 interface Usage {
   /** null: the client went away, which says nothing about the deployment. */
   ok: boolean | null;
@@ -76,7 +82,8 @@ export class LlmProxy {
           if (sink.aborted) return;
           if (this.stopped !== undefined) throw this.stopped;
           const code = (err as BrokerError).code;
-          m.llmRequests.labels(group.name, 'none', code === 'upstream_unavailable' ? 'no_deployment' : 'rejected').inc();
+          const reason = code === 'upstream_unavailable' ? 'no_deployment' : code;
+          m.llmRequests.labels(group.name, 'none', coarse(reason), reason).inc();
           // Out of deployments: the last upstream failure says more than "none left".
           if (code === 'upstream_unavailable' && lastError !== undefined) throw lastError;
           throw err;
@@ -215,7 +222,7 @@ export class LlmProxy {
   private finish(group: ModelGroupConfig, dep: DeploymentState, outcome: Outcome, startedAt: number, waited: number, stream: boolean): void {
     const m = this.deps.metrics;
     const total = performance.now() - startedAt;
-    m.llmRequests.labels(group.name, dep.config.id, outcome).inc();
+    m.llmRequests.labels(group.name, dep.config.id, coarse(outcome), outcome).inc();
     m.llmDuration.labels(group.name, dep.config.id, stream ? 'true' : 'false').observe(total / 1000);
     m.brokerOverhead.labels(stream ? 'llm_stream' : 'llm').observe(Math.max(0, total - waited) / 1000);
   }

@@ -38,6 +38,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
   // Gauges read at scrape time from whoever owns the number.
   const sources = {
     inferQueue: (): number => 0,
+    inferWorkers: (): number => 0,
     capacity: (): { id: string; inFlight: number; concurrencyLimit: number }[] => [],
     queueDepth: (): number => 0,
     degraded: (): number => 0,
@@ -149,12 +150,23 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
         this.set(sources.inferQueue());
       },
     }),
+    inferWorkers: new Gauge({
+      name: 'inference_workers',
+      help: 'Inference worker threads alive in the current pool',
+      registers: r,
+      collect() {
+        this.set(sources.inferWorkers());
+      },
+    }),
     workerRestarts: new Counter({ name: 'inference_worker_failures_total', help: 'Inference workers that crashed or exited', registers: r }),
-    // LLM proxy. outcome: ok, client_error, upstream_error, midstream_error, aborted, timeout, no_deployment.
+    // LLM proxy. outcome is the operations model's (seed 001): ok, error (the broker's or an
+    // upstream's fault: counts against availability), client_error, aborted. reason is the
+    // finer cause: ok, client_error, aborted, upstream_error, midstream_error, timeout,
+    // no_deployment, capacity_exhausted, queue_timeout, quota_exceeded (a client_error).
     llmRequests: new Counter({
       name: 'llm_requests_total',
-      help: 'LLM requests by model group, deployment and outcome',
-      labelNames: ['group', 'deployment', 'outcome'] as const,
+      help: 'LLM requests by model group, deployment, outcome (ok, error, client_error, aborted) and reason',
+      labelNames: ['group', 'deployment', 'outcome', 'reason'] as const,
       registers: r,
     }),
     llmDuration: new Histogram({

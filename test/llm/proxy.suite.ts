@@ -185,7 +185,7 @@ t.test('stall mid-stream: idle timeout ends the stream with upstream_timeout', a
   const last = JSON.parse(text.split('\n\n').filter(Boolean).at(-1)!.slice('data: '.length));
   t.equal(last.error.code, 'upstream_timeout');
   t.match(text, /tok1 /);
-  t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'stalled', outcome: 'timeout' })) >= 1);
+  t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'stalled', outcome: 'error', reason: 'timeout' })) >= 1);
 });
 
 t.test('a client that goes away aborts the upstream request', async (t) => {

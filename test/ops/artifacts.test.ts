@@ -176,8 +176,14 @@ t.test('every YAML and JSON artifact parses', async (t) => {
   const yamls = ['compose.yml', ...walk('prometheus', /\.ya?ml$/), ...walk('deploy', /\.ya?ml$/), ...walk('grafana', /\.ya?ml$/)];
   t.ok(yamls.length >= 8, `found ${yamls.length} YAML files`);
   for (const f of yamls) t.doesNotThrow(() => t.ok(yamlDocs(f).length > 0, `${f} has a document`), f);
-  t.same(dashboardFiles, ['grafana/dashboards/edge-broker-inference.json', 'grafana/dashboards/edge-broker-llm.json', 'grafana/dashboards/edge-broker-operations.json']);
-  t.equal(k8sDocs.length, 7, 'the k8s file has its seven documents');
+  t.same(dashboardFiles, [
+    'grafana/dashboards/edge-broker-executive.json',
+    'grafana/dashboards/edge-broker-inference.json',
+    'grafana/dashboards/edge-broker-infrastructure.json',
+    'grafana/dashboards/edge-broker-llm.json',
+    'grafana/dashboards/edge-broker-operations.json',
+  ]);
+  t.equal(k8sDocs.length, 8, 'the k8s file has its eight documents');
 });
 
 t.test('PromQL in rules and dashboards names only declared metrics, with their labels', async (t) => {
@@ -198,7 +204,7 @@ t.test('PromQL in rules and dashboards names only declared metrics, with their l
   const used = new Set<string>();
   for (const { where, expr } of exprs) {
     const names = promqlMetricNames(expr);
-    t.ok(names.length > 0, `${where}: selects a metric: ${expr}`);
+    t.ok(names.length > 0 || /^vector\([\d.]+\)$/.test(expr.trim()), `${where}: selects a metric (or is a constant objective): ${expr}`);
     for (const name of names) {
       if (recorded.has(name)) continue;
       const k = known(name);
@@ -239,6 +245,25 @@ t.test('recording and alert rules', async (t) => {
     'route:broker_overhead_seconds:p99_5m',
   ]) t.ok(recorded.has(want), `records ${want}`);
   const alerts = rules.filter((r) => r.kind === 'alert');
+  // Seed 001's operations model: 99.9 % availability and latency SLOs, their multi-window
+  // burn-rate alerts, LLMLatencyHigh; each of those alerts is fired by a promtool unit test.
+  for (const want of ['slo:availability:objective', 'slo:latency:objective', 'group:llm_requests_errors:ratio_rate5m']) t.ok(recorded.has(want), `records ${want}`);
+  for (const w of ['5m', '30m', '1h', '2h', '6h', '1d', '3d']) {
+    t.ok(recorded.has(`job:slo_availability_errors:ratio_rate${w}`), `availability SLI over ${w}`);
+    t.ok(recorded.has(`job:slo_latency_errors:ratio_rate${w}`), `latency SLI over ${w}`);
+  }
+  const sloAlerts = ['EdgeBrokerAvailabilityBudgetBurnFast', 'EdgeBrokerAvailabilityBudgetBurnSlow', 'EdgeBrokerLatencyBudgetBurnFast', 'EdgeBrokerLatencyBudgetBurnSlow', 'LLMLatencyHigh'];
+  const unitTests = walk('prometheus/tests', /\.ya?ml$/).flatMap((f) => (parse(read(f)) as Doc).tests as Doc[]);
+  for (const name of sloAlerts) {
+    const a = alerts.find((r) => r.name === name);
+    t.ok(a, `alert ${name}`);
+    const fired = unitTests.some((u) => (u.alert_rule_test ?? []).some((x: Doc) => x.alertname === name && (x.exp_alerts ?? []).length > 0));
+    t.ok(fired, `a promtool unit test in prometheus/tests fires ${name}`);
+  }
+  for (const name of sloAlerts.slice(0, 4)) {
+    const expr = alerts.find((r) => r.name === name)?.expr ?? '';
+    t.ok(/ratio_rate(1h|1d)[\s\S]*and[\s\S]*ratio_rate(5m|2h)[\s\S]*or[\s\S]*ratio_rate(6h|3d)[\s\S]*and[\s\S]*ratio_rate(30m|6h)/.test(expr), `${name} pairs a long and a short window, twice`);
+  }
   for (const want of ['AllServersUnhealthy', 'ServerUnhealthy', 'QueueFull', 'CircuitBreakerStuckOpen', 'HighMemoryUsage', 'EdgeBrokerDown', 'EdgeBrokerHigh5xxRatio', 'EdgeBrokerHighLatencyP99', 'EdgeBrokerCanaryRolledBack', 'EdgeBrokerInferenceWorkerFailures', 'EdgeBrokerLlmMidstreamErrors', 'EdgeBrokerLlmUpstreamRateLimited']) {
     t.ok(alerts.some((a) => a.name === want), `alert ${want}`);
   }
@@ -284,8 +309,8 @@ function checkBrokerEnv(t: Test, where: string, env: Record<string, string>): vo
   t.doesNotThrow(() => loadConfig(env), `${where}: the values pass the broker's own validation`);
 }
 
-// promtool (from Prometheus; Debian: apt-get install prometheus) parses PromQL for real and
-// runs the rule unit tests. Where it is not installed, these checks are skipped.
+// promtool (from Prometheus; Debian: apt-get install prometheus, which .ci/run does) parses
+// PromQL for real and runs the rule unit tests. It is required: without it this test fails.
 const promtool = (() => {
   try {
     execFileSync('promtool', ['--version'], { stdio: 'pipe' });
@@ -295,7 +320,8 @@ const promtool = (() => {
   }
 })();
 
-t.test('promtool: config, rule unit tests, dashboard queries', { skip: promtool ? false : 'promtool is not installed' }, async (t) => {
+t.test('promtool: config, rule unit tests, dashboard queries', async (t) => {
+  if (!promtool) return t.fail('promtool is not installed: apt-get install prometheus (.ci/run installs it)');
   const run = (args: string[]): string => execFileSync('promtool', args, { cwd: ROOT, encoding: 'utf8', stdio: 'pipe' });
   t.doesNotThrow(() => run(['check', 'config', 'prometheus/prometheus.yml']), 'promtool check config');
   t.doesNotThrow(() => run(['test', 'rules', ...walk('prometheus/tests', /\.ya?ml$/)]), 'promtool test rules');
@@ -409,7 +435,7 @@ t.test('Grafana dashboards', async (t) => {
 
 t.test('Kubernetes manifest', async (t) => {
   const byKind = new Map<string, Doc>(k8sDocs.map((d) => [d.kind, d]));
-  t.same([...byKind.keys()].sort(), ['ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Namespace', 'PodDisruptionBudget', 'Secret', 'Service']);
+  t.same([...byKind.keys()].sort(), ['ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Namespace', 'NetworkPolicy', 'PodDisruptionBudget', 'Secret', 'Service']);
   const ns = byKind.get('Namespace').metadata.name;
   for (const d of k8sDocs) if (d.kind !== 'Namespace') t.equal(d.metadata.namespace, ns, `${d.kind} is in namespace ${ns}`);
 
@@ -460,6 +486,23 @@ t.test('Kubernetes manifest', async (t) => {
   const key = env.BROKER_CONFIG!.slice(mount.mountPath.length + 1);
   t.ok(key in cm.data, `the ConfigMap has ${key}`);
   t.doesNotThrow(() => parseBrokerConfig(parse(cm.data[key]), key, {}), 'the fleet passes the broker validator');
+  // NetworkPolicy: it selects the pods, restricts both directions, lets clients and
+  // Prometheus reach the HTTP port, and lets the pods resolve names and reach every upstream.
+  const np = byKind.get('NetworkPolicy').spec;
+  t.ok(matches(np.podSelector.matchLabels), 'the NetworkPolicy selects the pods');
+  t.same([...np.policyTypes].sort(), ['Egress', 'Ingress'], 'the NetworkPolicy restricts ingress and egress');
+  const portName = c.ports[0].name;
+  t.ok((np.ingress as Doc[]).some((r) => r.from === undefined && (r.ports as Doc[]).some((p) => p.port === portName || String(p.port) === String(c.ports[0].containerPort))), 'ingress is open on the HTTP port (clients, Prometheus)');
+  t.notOk((np.ingress as Doc[]).some((r) => r.ports === undefined), 'no ingress rule opens every port');
+  const egressPorts = (proto: string) => (np.egress as Doc[]).flatMap((r) => (r.ports as Doc[]).filter((p) => (p.protocol ?? 'TCP') === proto).map((p) => Number(p.port)));
+  t.ok(egressPorts('UDP').includes(53) && egressPorts('TCP').includes(53), 'egress allows DNS');
+  for (const g of parseBrokerConfig(parse(cm.data[key]), key, {}).modelGroups.values()) {
+    for (const d of g.deployments) {
+      const u = new URL(d.url);
+      const port = Number(u.port || (u.protocol === 'https:' ? 443 : 80));
+      t.ok(egressPorts('TCP').includes(port), `egress allows ${d.id}'s upstream port ${port}`);
+    }
+  }
   // A read-only root filesystem still gets a writable /tmp.
   if (c.securityContext?.readOnlyRootFilesystem) t.ok((c.volumeMounts as Doc[]).some((m) => m.mountPath === '/tmp'), '/tmp is writable');
 });
