@@ -1,0 +1,108 @@
+// Two brokers, one Redis (a real redis-server this test starts, kills and restarts):
+// operator changes, API keys, sessions and the audit trail made on one replica are in
+// force on the other; with Redis gone each kind behaves as documented (docs/auth.md),
+// and both resync once it is back, with no broker restart.
+import t from 'tap';
+import { ADMIN_TOKEN, json, metricValue, type TestBroker } from '../helpers/broker.ts';
+import { startFleetBroker, startMock } from '../helpers/fleet.ts';
+import { startRedis } from '../helpers/redis.ts';
+
+const redis = await startRedis(t);
+const up1 = await startMock(t);
+const up2 = await startMock(t);
+const fleet = { modelGroups: { g: { deployments: [{ id: 'd1', provider: 'openai', url: up1.url, model: 'm' }, { id: 'd2', provider: 'openai', url: up2.url, model: 'm' }] } } };
+const env = { INFER_ENABLED: 'false', REDIS_URL: redis.url, AUTH_MODE: 'keys' };
+const a: TestBroker = await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'replica-a' });
+const b: TestBroker = await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'replica-b' });
+
+async function call(tb: TestBroker, method: string, path: string, body?: unknown, token = ADMIN_TOKEN): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${tb.url}${path}`, { method, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+  return { status: res.status, body: await json(res) };
+}
+
+const chat = async (tb: TestBroker, key: string): Promise<{ status: number; deployment: string | null }> => {
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+  await res.arrayBuffer();
+  return { status: res.status, deployment: res.headers.get('x-broker-deployment') };
+};
+
+/** Polls until `cond` holds; returns how long it took (reported, never asserted). */
+async function until(cond: () => Promise<boolean>, what: string, ms = 5000): Promise<number> {
+  const start = Date.now();
+  while (Date.now() - start < ms) {
+    if (await cond()) return Date.now() - start;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+t.test('both replicas see Redis', async (t) => {
+  await until(async () => (await metricValue(a.url, 'redis_up')) === 1 && (await metricValue(b.url, 'redis_up')) === 1, 'redis_up');
+  t.same((await call(b, 'GET', '/api/health')).body.store, 'redis');
+});
+
+t.test('a flag override, a ban and a drain made on A are in force on B', async (t) => {
+  t.equal((await call(a, 'PUT', '/api/industrial/flags/sticky_routing', { enabled: true })).status, 200);
+  const ms = await until(async () => JSON.stringify((await call(b, 'GET', '/api/industrial/flags')).body).includes('"sticky_routing":{"enabled":true'), 'the flag on B');
+  t.pass(`flag override on B after ${ms} ms`);
+
+  t.equal((await call(a, 'POST', '/api/orchestrator/bans/server/d1', { reason: 'shared ban' })).status, 200);
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/bans')).body.bans.some((x: any) => x.server === 'd1' && x.reason === 'shared ban'), 'the ban on B');
+  const made = await call(a, 'POST', '/api/auth/keys', { name: 'replicas' });
+  await until(async () => (await chat(b, made.body.key)).status === 200, 'the key made on A to work on B');
+  const routes = await Promise.all(Array.from({ length: 10 }, () => chat(b, made.body.key)));
+  t.same(new Set(routes.map((r) => r.deployment)), new Set(['d2']), "A's ban keeps B's traffic off d1");
+  t.equal((await call(a, 'DELETE', '/api/orchestrator/bans')).status, 200);
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/bans')).body.bans.length === 0, 'the unban on B');
+
+  t.equal((await call(a, 'POST', '/api/orchestrator/servers/d2/drain')).status, 200);
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/servers')).body.servers.find((s: any) => s.id === 'd2').state === 'draining', 'the drain on B');
+  const drained = await Promise.all(Array.from({ length: 10 }, () => chat(b, made.body.key)));
+  t.same(new Set(drained.map((r) => r.deployment)), new Set(['d1']));
+  await call(a, 'POST', '/api/orchestrator/servers/d2/undrain');
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/servers')).body.servers.find((s: any) => s.id === 'd2').state === 'healthy', 'the undrain on B');
+
+  // The audit trail is one for both.
+  const trail = await call(b, 'GET', '/api/audit?limit=50');
+  t.ok(trail.body.entries.some((e: any) => e.replica === 'replica-a' && e.action === 'POST /api/orchestrator/bans/server/d1'), "B's audit shows A's ban, with its replica");
+});
+
+t.test('a session made on A works on B; revoked on A, it is refused on B', async (t) => {
+  const made = await call(a, 'POST', '/api/auth/keys', { name: 'sessions' });
+  const s = await call(a, 'POST', '/api/auth/sessions', { api_key: made.body.key });
+  t.equal(s.status, 201);
+  await until(async () => (await chat(b, s.body.session)).status === 200, 'the session on B');
+  t.equal((await call(a, 'DELETE', `/api/auth/sessions/${s.body.session}`)).status, 200);
+  const ms = await until(async () => (await chat(b, s.body.session)).status === 401, 'the revocation on B');
+  t.pass(`refused on B ${ms} ms after the revocation on A`);
+  // A revoked key too.
+  t.equal((await call(a, 'DELETE', `/api/auth/keys/${made.body.id}`)).status, 200);
+  await until(async () => (await chat(b, made.body.key)).status === 401, 'the revoked key on B');
+  t.pass('a key revoked on A is refused on B');
+});
+
+t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with no restart', async (t) => {
+  const made = await call(a, 'POST', '/api/auth/keys', { name: 'outage' });
+  await until(async () => (await chat(b, made.body.key)).status === 200, 'the key on B');
+  const s = (await call(a, 'POST', '/api/auth/sessions', { api_key: made.body.key })).body.session;
+  await redis.kill();
+  await until(async () => (await metricValue(b.url, 'redis_up')) === 0, 'redis_up 0 on B');
+  // Keys and overrides already read keep working: limits and routing never wait on Redis.
+  t.equal((await chat(b, made.body.key)).status, 200, 'a known key still works');
+  const flags = (await call(b, 'GET', '/api/industrial/flags')).body;
+  t.ok(JSON.stringify(flags).includes('"sticky_routing":{"enabled":true'), 'the shared override holds');
+  // AUTH_REDIS_FAIL_MODE=closed (the default): sessions cannot be checked, so they are refused.
+  await until(async () => (await chat(b, s)).status === 401, 'the session refused while Redis is down');
+  t.pass('sessions fail closed');
+  // A change made meanwhile stays local (logged), and the replica keeps serving.
+  t.equal((await call(a, 'POST', '/api/orchestrator/bans/server/d1', { reason: 'during outage' })).status, 200);
+  t.ok((await metricValue(b.url, 'state_sync_lag_seconds')) >= 0);
+
+  await redis.restart();
+  await until(async () => (await metricValue(a.url, 'redis_up')) === 1 && (await metricValue(b.url, 'redis_up')) === 1, 'both reconnected', 15000);
+  // The fresh Redis is empty: replicas write their state back; a new change flows again.
+  t.equal((await call(b, 'POST', '/api/orchestrator/bans/model/m', { reason: 'after the outage', ttlSeconds: 60 })).status, 200);
+  await until(async () => (await call(a, 'GET', '/api/orchestrator/bans')).body.bans.some((x: any) => x.reason === 'after the outage'), 'a change on B reaches A after the restart', 10000);
+  t.pass('resynced with no broker restart');
+  await call(b, 'DELETE', '/api/orchestrator/bans');
+});
