@@ -15,6 +15,8 @@ import { startTestBroker, admin } from '../helpers/broker.ts';
 import { fashionPngs } from '../helpers/images.ts';
 import { startOpsFleet } from '../../bench/lib/ops-fleet.ts';
 import { freePort } from '../../bench/lib/process.ts';
+import { startRedis } from '../helpers/redis.ts';
+import { clients } from '../helpers/grpc.ts';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- parsed YAML/JSON
 type Doc = any;
@@ -39,8 +41,14 @@ function dashboardExprs(node: Doc, out: string[] = []): string[] {
 t.test('every dashboard query and recording rule returns data from a real Prometheus', async (t) => {
   const fleet = await startOpsFleet({ slowTtftMs: 300 });
   t.teardown(() => fleet.close());
+  // Replicated (Redis) and with gRPC: their panels need data too. (Periodic health checks stay
+  // off: they would rightly take the failing mocks out of routing, and their error series with them.)
+  const redis = await startRedis(t);
+  const grpcPort = await freePort();
   const tb = await startTestBroker({
     BROKER_CONFIG: fleet.path,
+    REDIS_URL: redis.url,
+    GRPC_PORT: String(grpcPort),
     SHADOW_ENABLED: 'true',
     BROKER_FF_STICKY_ROUTING: 'true',
     BROKER_FF_QUOTA_ENFORCEMENT: 'true',
@@ -56,7 +64,7 @@ t.test('every dashboard query and recording rule returns data from a real Promet
     join(dir, 'prometheus.yml'),
     JSON.stringify({
       global: { scrape_interval: '1s', scrape_timeout: '900ms', evaluation_interval: '1s' },
-      rule_files: [join(ROOT, 'prometheus/recording_rules.yml'), join(ROOT, 'prometheus/alert_rules.yml')],
+      rule_files: [join(ROOT, 'prometheus/recording_rules.yml'), join(ROOT, 'prometheus/alert_rules.yml'), join(ROOT, 'prometheus/fleet_rules.yml')],
       scrape_configs: [{ job_name: 'edge-broker', static_configs: [{ targets: [`127.0.0.1:${tb.broker.port}`] }] }],
     }),
   );
@@ -96,6 +104,17 @@ t.test('every dashboard query and recording rule returns data from a real Promet
   // A flag changed at run time (broker_flag_changes_total), then set back.
   const put = (path: string, body: unknown) => fetch(`${tb.url}${path}`, { method: 'PUT', headers: { 'content-type': 'application/json', ...admin }, body: JSON.stringify(body) }).then((r) => r.text().then(() => r.status));
   note('flag')(await put('/api/industrial/flags/performance_routing', { enabled: false }));
+  // Fleet: a server that fails its health check, a breaker forced open and reset; a refused
+  // credential; gRPC calls.
+  const orchestrate = (path: string, body?: unknown) => fetch(`${tb.url}/api/orchestrator${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...admin }, body: body === undefined ? undefined : JSON.stringify(body) }).then((r) => r.text().then(() => r.status));
+  note('fleet')(await orchestrate('/servers/add', { id: 'dead', provider: 'openai', url: 'http://127.0.0.1:9', models: ['x'] }));
+  note('fleet')(await orchestrate('/circuit-breakers/good-openai/mock-model/open'));
+  note('fleet')(await orchestrate('/circuit-breakers/good-openai/mock-model/reset'));
+  note('auth')(await fetch(`${tb.url}/api/orchestrator/health`).then((r) => r.status));
+  const rpc = clients(grpcPort);
+  t.teardown(() => rpc.close());
+  const grpcCalls = () =>
+    Promise.all([new Promise((r) => rpc.models.ListModels({}, () => r(undefined))), new Promise((r) => rpc.inference.Infer({ image: Buffer.alloc(0) }, () => r(undefined)))]); // OK, INVALID_ARGUMENT
   const until = Date.now() + 6000;
   for (let round = 0; Date.now() < until; round++) {
     const img = images[round % images.length]!;
@@ -113,6 +132,7 @@ t.test('every dashboard query and recording rule returns data from a real Promet
       chat('quota', false).then(note('quota')),
       chat('no-such-model', false).then(note('unknown-model')),
       fetch(`${tb.url}/no/such/path`).then((r) => r.text().then(() => r.status)).then(note('404')),
+      grpcCalls(),
     ]);
   }
   note('flag')(await put('/api/industrial/flags/performance_routing', { enabled: true }));
@@ -121,6 +141,8 @@ t.test('every dashboard query and recording rule returns data from a real Promet
   t.ok(statuses.get('tight')!.has(504), `the tight group timed out in its queue: ${[...statuses.get('tight')!]}`);
   t.ok(statuses.get('quota')!.has(429), 'the quota group refused');
   t.same([...statuses.get('flag')!], [200], 'flag changes accepted');
+  t.same([...statuses.get('fleet')!], [200], 'fleet changes accepted');
+  t.same([...statuses.get('auth')!], [401], 'a refused credential');
   // Three more scrapes, so that every series that appeared late has two samples to rate.
   await sleep(3500);
 
