@@ -124,7 +124,6 @@ export function authRoutes(d: AuthRoutesDeps): Route[] {
         if (!own && !p.roles.some((r) => r === 'admin' || r === 'manager')) throw new BrokerError('forbidden', 'only the session itself, a manager or an admin may revoke it');
         const removed = await identity.revokeSession(ctx.params.id!);
         if (!removed) throw new BrokerError('not_found', 'no such session (expired or revoked already)');
-        ctx.note!.target = ctx.params.id!.slice(0, 12) + '…';
         reply(ctx, { revoked: true });
       },
     },

@@ -27,12 +27,21 @@ export function keyId(key: string): string {
   return id;
 }
 
+/** A route parameter as logs may show it: `key:<key>` by the key's id, a session id masked. */
+export function redactParam(v: string): string {
+  if (v.startsWith('key:')) return 'key:' + (isKeyId(v.slice(4)) ? v.slice(4) : keyId(v.slice(4)));
+  if (v.startsWith('sess_')) return 'sess_…';
+  return v;
+}
+
 export function isKeyId(s: string): boolean {
   return KEY_ID.test(s);
 }
 
 /** A logged path with any API key in it (PUT /api/industrial/quota/key:<key>) replaced by its id. */
 export function redactPath(path: string): string {
+  // Session ids are credentials too (DELETE /api/auth/sessions/sess_…).
+  if (path.includes('sess_')) path = path.replace(/sess_[A-Za-z0-9_-]+/g, 'sess_…');
   const i = path.indexOf('/quota/key:');
   if (i < 0) return path;
   const start = i + '/quota/key:'.length;

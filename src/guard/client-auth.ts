@@ -34,23 +34,41 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
   const now = o.now ?? Date.now;
   const cacheMs = o.cacheMs ?? 1000;
   const cache = new Map<string, { ok: boolean; at: number }>();
+  // One lookup per session at a time: requests that come while it runs wait for it.
+  const pending = new Map<string, Promise<boolean>>();
   const refuse = (reason: string, message: string): never => {
     o.metrics.authFailures.labels(reason).inc();
     throw new BrokerError('unauthorized', message);
   };
   const clientRole = (roles: readonly string[]): boolean => roles.some((r) => isRole(r) && CLIENT_ROLES.includes(r));
 
-  const bySession = async (id: string): Promise<void> => {
-    const hit = cache.get(id);
-    let ok: boolean;
-    if (hit !== undefined && now() - hit.at < cacheMs) ok = hit.ok;
-    else {
-      const s = await o.session(id);
-      ok = s !== null && clientRole(s.roles);
-      if (cache.size >= CACHE_MAX) cache.clear();
-      cache.set(id, { ok, at: now() });
+  const lookup = (id: string): Promise<boolean> => {
+    let p = pending.get(id);
+    if (p === undefined) {
+      p = o.session(id).then(
+        (s) => {
+          const ok = s !== null && clientRole(s.roles);
+          if (cache.size >= CACHE_MAX) cache.clear();
+          cache.set(id, { ok, at: now() });
+          return ok;
+        },
+        () => false,
+      );
+      pending.set(id, p);
+      void p.finally(() => pending.delete(id));
     }
-    if (!ok) refuse('session', 'the session is unknown, expired or revoked');
+    return p;
+  };
+  // A cached answer is given at once (no promise, no async path in dispatch).
+  const bySession = (id: string): void | Promise<void> => {
+    const hit = cache.get(id);
+    if (hit !== undefined && now() - hit.at < cacheMs) {
+      if (!hit.ok) refuse('session', 'the session is unknown, expired or revoked');
+      return;
+    }
+    return lookup(id).then((ok) => {
+      if (!ok) refuse('session', 'the session is unknown, expired or revoked');
+    });
   };
 
   return (req) => {

@@ -26,6 +26,11 @@ export function keyHash(key: string): string {
 
 export type FailMode = 'closed' | 'open';
 
+/** A store call that failed (Redis unreachable): 503 with Retry-After, not a 500. */
+function storeDown(err: Error): never {
+  throw new BrokerError('overloaded', `the state store is unreachable (${err.message}); try again shortly`, { retryAfter: 1 });
+}
+
 export interface IdentityOptions {
   readonly adminToken: string | undefined;
   readonly jwt: JwtVerifier | undefined;
@@ -110,7 +115,7 @@ export class Identity {
     const id = 'sess_' + randomBytes(24).toString('base64url');
     const t = this.now();
     const session: SessionRecord = { subject, roles, tier, keyId, createdAt: t, expiresAt: t + this.o.sessionTtlMs };
-    await this.o.store.putSession(id, session).catch((err) => this.fail('store', new BrokerError('overloaded', `the session store is unavailable: ${(err as Error).message}`, { retryAfter: 1 })));
+    await this.o.store.putSession(id, session).catch(storeDown);
     return { id, session };
   }
 
@@ -134,12 +139,12 @@ export class Identity {
 
   async revokeSession(id: string): Promise<boolean> {
     this.lastKnown.delete(id);
-    return this.o.store.deleteSession(id);
+    return this.o.store.deleteSession(id).catch(storeDown);
   }
 
   async revokeSubject(subject: string): Promise<number> {
     for (const [id, s] of this.lastKnown) if (s.subject === subject) this.lastKnown.delete(id);
-    return this.o.store.deleteSubjectSessions(subject);
+    return this.o.store.deleteSubjectSessions(subject).catch(storeDown);
   }
 
   // ---- API keys ----
@@ -160,7 +165,7 @@ export class Identity {
     const key = 'sk-eb-' + randomBytes(24).toString('base64url');
     const hash = keyHash(key);
     const record: KeyRecord = { hash, id: 'k_' + hash.slice(0, 12), name: o.name, role: o.role, tier: o.tier, label: o.label, priority: o.priority, rpm: o.rpm, tpm: o.tpm, createdAt: this.now(), createdBy: by };
-    await this.o.store.putKey(record);
+    await this.o.store.putKey(record).catch(storeDown);
     this.keys.set(hash, record);
     this.o.onKeys?.(this.runtimeKeys);
     return { key, record };
@@ -168,7 +173,7 @@ export class Identity {
 
   async revokeKey(id: string): Promise<KeyRecord | undefined> {
     const k = [...this.keys.values()].find((x) => x.id === id);
-    const removed = await this.o.store.deleteKey(id);
+    const removed = await this.o.store.deleteKey(id).catch(storeDown);
     if (k !== undefined) this.keys.delete(k.hash);
     if (!removed && k === undefined) return undefined;
     this.o.onKeys?.(this.runtimeKeys);

@@ -3,7 +3,7 @@
 // which replica. Written to the state store (a capped Redis stream, or memory) and to
 // the log. Request bodies are not copied: a route puts what matters in its note.
 import type { AdminChange } from '../front/http/dispatch.ts';
-import { redactPath } from '../guard/api-key.ts';
+import { redactParam, redactPath } from '../guard/api-key.ts';
 import type { Logger } from './logger.ts';
 import type { AuditEntry, StateStore } from '../state/store.ts';
 
@@ -17,7 +17,7 @@ export function auditTrail(store: StateStore, logger: Logger, replica: string): 
       role: c.principal.roles.join(','),
       action: `${c.req.method} ${path}`,
       route: path,
-      target: c.note.target ?? (Object.values(c.params).join('/') || null),
+      target: c.note.target ?? (Object.values(c.params).map(redactParam).join('/') || null),
       before: c.note.before ?? null,
       after: c.note.after ?? null,
     };

@@ -43,7 +43,12 @@ export interface AdmissionPolicies {
   readonly now: () => number;
   /** Counts a refusal by the API key's quota. */
   onKeyQuotaRejection(): void;
+  /** Labels the operator configured (known keys' labels, PTU labels): the only ones a keyless request may name. */
+  admittedLabel(label: string): boolean;
 }
+
+/** Where requests whose label is not admitted are counted (usage profiles and predictors stay bounded). */
+export const OTHER_LABEL = 'other';
 
 /** Applies the enabled admission policies. Throws forbidden (QoS) or quota_exceeded. */
 export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConfig): Admitted {
@@ -67,7 +72,12 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   // What a known key says wins over headers; a header may only lower the priority.
   const basePriority = policy?.priority ?? tier?.priority ?? 5;
   const priority = flags.priority_routing ? (r.priority !== undefined ? Math.min(r.priority, basePriority) : basePriority) : 5;
-  const label = policy?.label ?? r.label ?? (r.apiKey !== undefined ? `key:${keyId(r.apiKey)}` : `${r.api}:${r.kind}`);
+  // Labels name usage profiles and predictors, kept in memory: a known key's label, a label
+  // a known key sends, or one the operator configured; any other label counts as `other`,
+  // and an unknown key gets no profile of its own.
+  const label =
+    policy?.label ??
+    (r.label !== undefined ? (policy !== undefined || p.admittedLabel(r.label) ? r.label : OTHER_LABEL) : policy !== undefined ? `key:${keyId(r.apiKey!)}` : `${r.api}:${r.kind}`);
   const predictedOutput = flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
   // Only quotas reserve tokens: without them, no need to walk the prompt.
   // Each of n choices is an output of its own.

@@ -170,10 +170,22 @@ export class Governance implements Leases {
       stickyPrefixBytes: this.prefixBytes,
       now: this.now,
       onKeyQuotaRejection: () => this.metrics.quotaRejections.labels('api_key').inc(),
+      admittedLabel: (label) => this.labels.has(label),
     };
   }
 
   private readonly admission: AdmissionPolicies;
+
+  /** Labels the config names (keys' and PTU deployments'), and runtime keys' labels. */
+  private labels = new Set<string>();
+
+  private refreshLabels(): void {
+    const labels = new Set<string>();
+    for (const p of this.config.apiKeys.values()) if (p.label !== undefined) labels.add(p.label);
+    for (const p of this.runtimeKeys.values()) if (p.label !== undefined) labels.add(p.label);
+    for (const d of this.config.ptu) if (d.label !== undefined) labels.add(d.label);
+    this.labels = labels;
+  }
 
   get qos(): QosConfig {
     return this.config.qos;
@@ -189,6 +201,7 @@ export class Governance implements Leases {
     this.board?.setGroups(config.modelGroups.keys());
     this.scheduler.register(config.modelGroups.values(), config.servers);
     this.scheduler.configure(config.scheduler);
+    this.refreshLabels();
     this.queue.setMaxSize(config.scheduler.maxQueue);
   }
 
@@ -208,6 +221,7 @@ export class Governance implements Leases {
   setRuntimeKeys(keys: readonly { hash: string; id: string; tier: string | undefined; priority: number | undefined; label: string | undefined; rpm: number | undefined; tpm: number | undefined }[]): void {
     this.runtimeKeys = new Map(keys.map((k) => [k.hash, Object.freeze({ tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm })]));
     if (this.owner) for (const k of keys) if (k.rpm !== undefined || k.tpm !== undefined) this.quota.setLimits(`key:${k.id}`, { rpm: k.rpm, tpm: k.tpm });
+    this.refreshLabels();
   }
 
   /** Admission of one typed request (sched/admission.ts). Throws forbidden (QoS) or quota_exceeded. */

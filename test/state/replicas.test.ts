@@ -94,6 +94,9 @@ t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with
   // AUTH_REDIS_FAIL_MODE=closed (the default): sessions cannot be checked, so they are refused.
   await until(async () => (await chat(b, s)).status === 401, 'the session refused while Redis is down');
   t.pass('sessions fail closed');
+  // What needs the store answers 503 with Retry-After, never a 500.
+  const noStore = await call(a, 'POST', '/api/auth/keys', { name: 'during-outage' });
+  t.same([noStore.status, noStore.body.error.code], [503, 'overloaded']);
   // A change made meanwhile stays local (logged), and the replica keeps serving.
   t.equal((await call(a, 'POST', '/api/orchestrator/bans/server/d1', { reason: 'during outage' })).status, 200);
   t.ok((await metricValue(b.url, 'state_sync_lag_seconds')) >= 0);

@@ -24,6 +24,7 @@ function policies(quota: QuotaLedger): AdmissionPolicies {
     stickyPrefixBytes: 2048,
     now,
     onKeyQuotaRejection() {},
+    admittedLabel: (l) => l === 'nightly',
   };
 }
 
@@ -39,4 +40,15 @@ t.test('quotas reserve n × the output, and the key is named by its id', async (
   t.equal(five.reserveTokens, 1 + 500);
   t.equal(quota.usage(`key:${keyId('sk-a')}`).tpm, 101 + 501, 'both reserved against the key id');
   t.throws(() => admit(policies(quota), request({ max_tokens: 100, n: 4 }), group), { code: 'quota_exceeded' }, 'n × max_tokens no longer fits');
+});
+
+t.test('labels: a known key may name one, a keyless request only a configured one; others count as other', async (t) => {
+  const p = policies(new QuotaLedger(now));
+  const req = (headers: Record<string, string>) => ({ id: 'r', method: 'POST', path: '/v1/chat/completions', query: '', headers, remoteAddress: '127.0.0.1', startedAt: 0 });
+  const label = (headers: Record<string, string>) => admit(p, readLlmRequest(req(headers), 'openai', 'chat', { model: 'g', messages: [{ role: 'user', content: 'x' }] }), group).label;
+  t.equal(label({ 'x-broker-label': 'nightly' }), 'nightly', 'configured: admitted');
+  t.equal(label({ 'x-broker-label': 'made-up-1' }), 'other', 'keyless, not configured: other');
+  t.equal(label({ 'x-broker-label': 'made-up-2', 'x-api-key': 'sk-a' }), 'made-up-2', 'a known key may name its own');
+  t.equal(label({ 'x-api-key': 'sk-a' }), `key:${keyId('sk-a')}`, 'a known key without a label: its id');
+  t.equal(label({ 'x-api-key': 'sk-random-123' }), 'openai:chat', 'an unknown key gets no profile of its own');
 });
