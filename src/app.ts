@@ -14,6 +14,8 @@ import { createRateLimiter, rateLimitBuffer } from './guard/rate-limit.ts';
 import { createJwtVerifier } from './guard/jwt.ts';
 import { Identity } from './guard/identity.ts';
 import { createClientAuth } from './guard/client-auth.ts';
+import { AuthThrottle } from './guard/auth-throttle.ts';
+import type { BrokerError } from './errors.ts';
 import { MemoryStore, type StateStore } from './state/store.ts';
 import { RedisStore } from './state/redis.ts';
 import { SharedState } from './state/sync.ts';
@@ -222,6 +224,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   };
 
   const v2Core = new V2Core(infer);
+  const authThrottle = new AuthThrottle(config.adminAuthMaxFailures > 0 ? config.adminAuthMaxFailures : Infinity);
   const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
   const controlRoutes = [
     ...obsRoutes(metrics, threaded ? async () => planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : undefined),
@@ -242,7 +245,17 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const guards = {
     maxBodyBytes: config.maxBodyBytes,
     rateLimiter,
-    admin: (req: { headers: Readonly<Record<string, string>> }) => identity.principal(req.headers['authorization']),
+    // A failed credential counts against its address: past ADMIN_AUTH_MAX_FAILURES a minute, 429.
+    async admin(req: { headers: Readonly<Record<string, string>>; remoteAddress: string }) {
+      authThrottle.check(req.remoteAddress);
+      try {
+        return await identity.principal(req.headers['authorization']);
+      } catch (err) {
+        const code = (err as BrokerError).code;
+        if (code === 'unauthorized' || code === 'forbidden') authThrottle.failed(req.remoteAddress);
+        throw err;
+      }
+    },
     // Threaded, the client routes are the threads'; this one serves them with FRONT_THREADS=0.
     client: createClientAuth({ mode: config.authMode, knownKey: (k) => governance.keyPolicy(k) !== undefined, jwt, session: async (id) => sessionRoles(await identity.session(id)), metrics }),
     audit: auditTrail(store, logger, config.replicaId),

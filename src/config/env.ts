@@ -79,6 +79,8 @@ export interface Config {
   readonly authRedisFailMode: 'closed' | 'open';
   /** This replica's name in the audit trail and pub/sub. */
   readonly replicaId: string;
+  /** Failed admin credentials per client address per minute before 429 (0: no limit). */
+  readonly adminAuthMaxFailures: number;
   /** gRPC front (src/front/grpc): its port (0: off), TLS files (both or neither), keep-alive pings. */
   readonly grpcPort: number;
   readonly grpcTls: { readonly certPath: string; readonly keyPath: string } | undefined;
@@ -207,7 +209,7 @@ export function loadConfig(env: Env = process.env): Config {
   });
 }
 
-function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | 'redisUrl' | 'authRedisFailMode' | 'replicaId'> {
+function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | 'redisUrl' | 'authRedisFailMode' | 'replicaId' | 'adminAuthMaxFailures'> {
   const jwt = {
     secret: opt(env, 'JWT_SECRET'),
     publicKey: opt(env, 'JWT_PUBLIC_KEY'),
@@ -230,5 +232,6 @@ function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | '
     redisUrl,
     authRedisFailMode: oneOf(env, 'AUTH_REDIS_FAIL_MODE', 'closed', ['closed', 'open'] as const),
     replicaId: str(env, 'REPLICA_ID', `${hostname()}:${process.pid}`),
+    adminAuthMaxFailures: int(env, 'ADMIN_AUTH_MAX_FAILURES', 20, 0, 1_000_000),
   };
 }

@@ -170,3 +170,14 @@ t.test('/api/health and /api/ready', async (t) => {
   t.equal((await call('GET', '/api/ready', undefined)).status, 200);
   t.ok(admin.authorization.length > 0);
 });
+
+t.test('failed admin credentials are throttled per address', async (t) => {
+  const nb = await startFleetBroker(t, fleetFile, { INFER_ENABLED: 'false', ADMIN_AUTH_MAX_FAILURES: '5' });
+  const status = async (token: string) => (await fetch(`${nb.url}/api/industrial/status`, { headers: { authorization: `Bearer ${token}` } })).status;
+  for (let i = 0; i < 5; i++) t.equal(await status(`guess-${i}`), 403);
+  const res = await fetch(`${nb.url}/api/industrial/status`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  t.equal(res.status, 429, 'past 5 failures even the right token waits');
+  t.ok(Number(res.headers.get('retry-after')) > 0, 'with Retry-After');
+  t.equal((await json(res)).error.code, 'rate_limited');
+  t.equal((await fetch(`${nb.url}/health`)).status, 200, 'the rest of the broker serves on');
+});

@@ -26,6 +26,8 @@ export async function startTestBroker(env: Record<string, string> = {}): Promise
     FRONT_THREADS: process.env.FRONT_THREADS ?? '2',
     // Active health checks would add GETs to every mock's request counts; the fleet tests turn them on.
     FLEET_HEALTH_CHECKS: 'false',
+    // Suites send many refused credentials from one address; test/guard/identity.test.ts checks the throttle.
+    ADMIN_AUTH_MAX_FAILURES: '0',
     // The suite can run against other models: MODEL_VA_PATH=... npm test
     ...(process.env.MODEL_VA_PATH ? { MODEL_VA_PATH: process.env.MODEL_VA_PATH } : {}),
     ...(process.env.MODEL_VB_PATH ? { MODEL_VB_PATH: process.env.MODEL_VB_PATH } : {}),
