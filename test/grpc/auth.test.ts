@@ -1,0 +1,25 @@
+// AUTH_MODE on the gRPC client services: a missing or unknown credential is
+// UNAUTHENTICATED, a known API key or a session passes, as on the HTTP client routes.
+import t from 'tap';
+import { status as Status } from '@grpc/grpc-js';
+import { startMock } from '../helpers/fleet.ts';
+import { clients, md, serverStream, startGrpcFleetBroker, textOf, unary } from '../helpers/grpc.ts';
+
+t.test('AUTH_MODE=keys: UNAUTHENTICATED without a known key; a file key and a session pass', async (t) => {
+  const m = await startMock(t, { tokens: 3 });
+  const tb = await startGrpcFleetBroker(t, { apiKeys: { 'sk-grpc-1': { tier: 'standard' } }, modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: m.url, model: 'm' }] } } }, { AUTH_MODE: 'keys' });
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  const hello = { model: 'g', messages: [{ role: 'user', content: 'hello' }] };
+  const none = await serverStream(c.chat, 'Chat', hello);
+  t.equal(none.status.code, Status.UNAUTHENTICATED, 'no credential');
+  t.same(none.status.metadata.get('x-broker-error-code'), ['unauthorized']);
+  t.equal((await serverStream(c.chat, 'Chat', hello, md({ 'x-api-key': 'sk-made-up' }))).status.code, Status.UNAUTHENTICATED, 'an unknown key');
+  t.equal(m.stats.requests['/v1/chat/completions'], 0, 'nothing reached the upstream');
+  const ok = await serverStream(c.chat, 'Chat', hello, md({ authorization: 'Bearer sk-grpc-1' }));
+  t.equal(ok.status.code, Status.OK);
+  t.ok(textOf(ok.messages).length > 0);
+  const session = (await (await fetch(`${tb.url}/api/auth/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ api_key: 'sk-grpc-1' }) })).json()) as { session: string };
+  t.equal((await serverStream(c.chat, 'Chat', hello, md({ 'x-api-key': session.session }))).status.code, Status.OK, 'a session');
+  t.equal((await unary(c.inference, 'Infer', { image: Buffer.from([1, 2, 3]) })).error?.code, Status.UNAUTHENTICATED, 'Infer too');
+});
