@@ -62,6 +62,17 @@ export interface Config {
   readonly shutdownGraceS: number;
   /** FLEET_HEALTH_CHECKS: overrides the fleet file's healthCheck.enabled (undefined: the file decides). */
   readonly fleetHealthChecks: boolean | undefined;
+  /** OpenTelemetry traces (src/obs/trace/, docs/tracing.md). */
+  readonly otel: OtelConfig;
+}
+
+export interface OtelConfig {
+  readonly enabled: boolean;
+  /** Where spans are POSTed: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces. */
+  readonly tracesUrl: string;
+  readonly serviceName: string;
+  /** Share of new traces recorded (parent-based: a sampled incoming traceparent always is). */
+  readonly sampleRatio: number;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -163,5 +174,18 @@ export function loadConfig(env: Env = process.env): Config {
     inferEnabled: bool(env, 'INFER_ENABLED', true),
     fleetHealthChecks: env.FLEET_HEALTH_CHECKS === undefined || env.FLEET_HEALTH_CHECKS === '' ? undefined : bool(env, 'FLEET_HEALTH_CHECKS', true),
     shutdownGraceS: num(env, 'SHUTDOWN_GRACE_S', 30, 0, 3600),
+    otel: otelConfig(env),
+  });
+}
+
+function otelConfig(env: Env): OtelConfig {
+  // The OTel spec's defaults: OTLP/HTTP on localhost:4318, traces at the signal path /v1/traces.
+  const base = url(env, 'OTEL_EXPORTER_OTLP_ENDPOINT', 'http://localhost:4318').replace(/\/+$/, '');
+  const full = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
+  return Object.freeze({
+    enabled: bool(env, 'OTEL_ENABLED', false),
+    tracesUrl: full === undefined || full === '' ? `${base}/v1/traces` : url(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', ''),
+    serviceName: str(env, 'OTEL_SERVICE_NAME', 'edge-broker'),
+    sampleRatio: num(env, 'OTEL_TRACES_SAMPLER_ARG', 1, 0, 1),
   });
 }

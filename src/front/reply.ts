@@ -1,6 +1,7 @@
 // The protocol-neutral request and reply that every stage after `front` sees.
 // The HTTP front (uWS) and later the gRPC front implement ReplySink; nothing
 // past `front` knows which protocol it is talking.
+import type { Span } from '../obs/trace/span.ts';
 
 export interface BrokerRequest {
   readonly id: string;
@@ -13,6 +14,8 @@ export interface BrokerRequest {
   readonly remoteAddress: string;
   /** Milliseconds from performance.now() when the request arrived. */
   readonly startedAt: number;
+  /** The request's server span when it is traced (OTEL_ENABLED and sampled); undefined otherwise. Never crosses a thread. */
+  readonly span?: Span | undefined;
 }
 
 export interface ReplySink {

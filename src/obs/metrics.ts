@@ -352,6 +352,12 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
         this.set(memoryLimitBytes());
       },
     }),
+    otelSpans: new Counter({
+      name: 'otel_spans_total',
+      help: 'OpenTelemetry spans by outcome: exported, dropped_queue_full (the export queue was full), dropped_export_failed (the OTLP endpoint failed or was too slow)',
+      labelNames: ['outcome'] as const,
+      registers: r,
+    }),
     brokerOverhead: new Histogram({
       name: 'broker_overhead_seconds',
       help: 'Time spent in the broker: total request time minus time waiting on the upstream',
