@@ -1,0 +1,205 @@
+// `npm run bench:otel`: does tracing cost anything when it is off, and what does it cost on?
+// The broker (compiled dist/main.js, INFER_ENABLED=false) proxies non-streaming
+// POST /v1/chat/completions to the mock upstream, in three settings, each its own process:
+//
+//   off       OTEL_ENABLED=false (the default)
+//   on 1.0    OTEL_ENABLED=true, OTEL_TRACES_SAMPLER_ARG=1: every request traced (5 spans)
+//   on 0.01   OTEL_ENABLED=true, OTEL_TRACES_SAMPLER_ARG=0.01
+//
+// The traced brokers export to an OTLP/HTTP receiver in this process (it counts spans).
+// Settings run in turn, `--rounds` times (interleaved, so drift of a shared machine hits
+// each alike), `--seconds` each at max rate (autocannon, 16 connections). Reported per
+// setting: req/s and the broker's CPU per request (utime + stime of its process / 2xx
+// replies). Only differences within one run count. Writes bench/results/otel.json.
+//
+//   npm run bench:otel -- [--rounds 2] [--seconds 5] [--front-threads 0]
+import { createServer } from 'node:http';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cannon } from './llm/cannon.ts';
+import { buildDist, startBroker, type Child } from './lib/process.ts';
+import { processCpuS, startMock } from './llm/procs.ts';
+import { machine, mdTable, writeResults } from './lib/report.ts';
+import { round, sleep } from './lib/stats.ts';
+import { performance } from 'node:perf_hooks';
+import { Tracer } from '../src/obs/trace/tracer.ts';
+import { encodeTraces, otlpObject } from '../src/obs/trace/otlp.ts';
+import { endRequestSpan, startRequestSpan } from '../src/obs/trace/http.ts';
+import { attemptSpan, queueWaitSpan } from '../src/obs/trace/llm.ts';
+import type { SpanData } from '../src/obs/trace/span.ts';
+import type { DeploymentConfig } from '../src/config/broker-config.ts';
+
+const arg = (name: string, def: number): number => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i < 0 ? def : Number(process.argv[i + 1]);
+};
+/**
+ * In this process, no HTTP: what the spans of one traced LLM request cost to make (request,
+ * admission, queue wait, upstream attempt, as the broker makes them), and what a span costs
+ * to encode, by hand (otlp.ts) and as objects through JSON.stringify (the reference).
+ */
+function micro(): { make_4_spans_us: number; encode_per_span_us: number; encode_per_span_objects_us: number; bytes_per_span: number } {
+  const kept: SpanData[] = [];
+  const tracer = new Tracer({ serviceName: 'bench', url: 'http://127.0.0.1:9/v1/traces', sampleRatio: 1, thread: 'main' });
+  // The exporter is replaced by a sink that keeps one batch: the figure is the making, not the queue.
+  (tracer as unknown as { sink: { push(s: SpanData): void } }).sink = { push: (s) => void (kept.length < 512 && kept.push(s)) };
+  const dep = { id: 'mock-1', url: 'http://127.0.0.1:1234', provider: 'openai', model: 'm' } as DeploymentConfig;
+  const headers = { 'content-type': 'application/json' };
+  const one = (): string => {
+    const s = startRequestSpan(tracer, headers, 'POST', 'abc123', '127.0.0.1', performance.now())!;
+    s.child('llm.admission').set('llm.model_group', 'bench').set('llm.priority', 5).end();
+    queueWaitSpan(s, 'bench', 0).set('llm.deployment', 'mock-1').end();
+    const u = attemptSpan(s, dep, 'bench', 0, false);
+    const tp = u.traceparent;
+    u.set('http.response.status_code', 200).set('llm.ttft_ms', 1.234).set('gen_ai.usage.input_tokens', 10).set('gen_ai.usage.output_tokens', 16).end();
+    endRequestSpan(s, '/v1/chat/completions', '/v1/chat/completions', 200, undefined, false);
+    return tp;
+  };
+  const N = 50_000;
+  for (let i = 0; i < N / 5; i++) one();
+  let t0 = performance.now();
+  for (let i = 0; i < N; i++) one();
+  const make = ((performance.now() - t0) / N) * 1000;
+  const resource = { 'service.name': 'bench' };
+  const scope = { name: 'edge-broker', version: '0' };
+  const R = 100;
+  for (let i = 0; i < R / 5; i++) encodeTraces(resource, scope, kept);
+  t0 = performance.now();
+  let bytes = 0;
+  for (let i = 0; i < R; i++) bytes = encodeTraces(resource, scope, kept).length;
+  const hand = ((performance.now() - t0) / (R * kept.length)) * 1000;
+  t0 = performance.now();
+  for (let i = 0; i < R; i++) JSON.stringify(otlpObject(resource, scope, kept));
+  const objects = ((performance.now() - t0) / (R * kept.length)) * 1000;
+  void tracer.shutdown(0);
+  return { make_4_spans_us: round(make, 2), encode_per_span_us: round(hand, 2), encode_per_span_objects_us: round(objects, 2), bytes_per_span: Math.round(bytes / kept.length) };
+}
+
+const microFigures = micro();
+console.log('micro (in-process):', microFigures);
+
+const ROUNDS = arg('rounds', 2);
+const SECONDS = arg('seconds', 5);
+const FRONT_THREADS = arg('front-threads', 0);
+const CONNECTIONS = 16;
+
+const SETTINGS = {
+  off: { OTEL_ENABLED: 'false' },
+  'on 1.0': { OTEL_ENABLED: 'true', OTEL_TRACES_SAMPLER_ARG: '1' },
+  'on 0.01': { OTEL_ENABLED: 'true', OTEL_TRACES_SAMPLER_ARG: '0.01' },
+} as const;
+type Setting = keyof typeof SETTINGS;
+const NAMES = Object.keys(SETTINGS) as Setting[];
+
+// The OTLP receiver: counts spans, answers 200 at once.
+let spansReceived = 0;
+const receiver = createServer((req, res) => {
+  const chunks: Buffer[] = [];
+  req.on('data', (c: Buffer) => chunks.push(c));
+  req.on('end', () => {
+    const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { resourceSpans: { scopeSpans: { spans: unknown[] }[] }[] };
+    for (const rs of body.resourceSpans) for (const ss of rs.scopeSpans) spansReceived += ss.spans.length;
+    res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+  });
+});
+await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+const otlpUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}`;
+
+const build = buildDist();
+if (!build.ok) throw new Error(`build failed: ${build.message}`);
+const mock = await startMock('mock', { tokens: 16, tps: 0, ttftMs: 0 }, 'dist');
+const dir = mkdtempSync(join(tmpdir(), 'eb-bench-otel-'));
+const fleetFile = join(dir, 'fleet.json');
+writeFileSync(fleetFile, JSON.stringify({ modelGroups: { bench: { deployments: [{ id: 'mock-1', provider: 'openai', url: mock.url, model: 'm', concurrencyLimit: 256 }] } } }));
+
+const brokers = {} as Record<Setting, Child>;
+for (const name of NAMES) {
+  brokers[name] = await startBroker(
+    `broker ${name}`,
+    { BROKER_CONFIG: fleetFile, INFER_ENABLED: 'false', FRONT_THREADS: String(FRONT_THREADS), FLEET_HEALTH_CHECKS: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: otlpUrl, ...SETTINGS[name] },
+    [],
+    60_000,
+    'dist',
+  );
+}
+
+const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: 'Say something.' }], max_tokens: 16 });
+interface Run {
+  readonly rps: number;
+  readonly ok: number;
+  readonly errors: number;
+  readonly cpu_s: number;
+  readonly cpu_us_per_req: number;
+  readonly p50_ms: number;
+  readonly p99_ms: number;
+}
+const runs: Record<Setting, Run[]> = { off: [], 'on 1.0': [], 'on 0.01': [] };
+const spans: Record<Setting, number> = { off: 0, 'on 1.0': 0, 'on 0.01': 0 };
+
+// Warm-up: JIT, keep-alive pools.
+for (const name of NAMES) await cannon({ url: `${brokers[name].url}/v1/chat/completions`, body, connections: CONNECTIONS, durationS: 1 });
+await sleep(1500);
+for (let r = 0; r < ROUNDS; r++) {
+  for (const name of NAMES) {
+    const b = brokers[name];
+    const spans0 = spansReceived;
+    const cpu0 = processCpuS(b.pid);
+    const res = await cannon({ url: `${b.url}/v1/chat/completions`, body, connections: CONNECTIONS, durationS: SECONDS });
+    const cpu = processCpuS(b.pid) - cpu0;
+    // Spans of this window arrive within the exporter's 1 s interval.
+    await sleep(1300);
+    spans[name] += spansReceived - spans0;
+    runs[name].push({ rps: res.rps, ok: res.ok, errors: res.errors + res.non_2xx, cpu_s: round(cpu, 2), cpu_us_per_req: round((cpu / Math.max(1, res.ok)) * 1e6, 1), p50_ms: res.latency.p50_ms, p99_ms: res.latency.p99_ms });
+    console.log(`round ${r + 1} ${name}: ${res.rps} req/s, ${round((cpu / Math.max(1, res.ok)) * 1e6, 1)} µs CPU/request`);
+  }
+}
+
+const dropped: Record<string, number> = {};
+for (const name of NAMES) {
+  const text = await (await fetch(`${brokers[name].url}/metrics`)).text();
+  dropped[name] = [...text.matchAll(/^otel_spans_total\{outcome="dropped_[a-z_]+"\} (\d+)/gm)].reduce((a, m) => a + Number(m[1]), 0);
+}
+await Promise.all([...Object.values(brokers).map((b) => b.stop()), mock.stop()]);
+receiver.close();
+
+const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+const summary = Object.fromEntries(
+  NAMES.map((name) => {
+    const rs = runs[name];
+    const ok = rs.reduce((a, x) => a + x.ok, 0);
+    return [
+      name,
+      {
+        rps_mean: round(mean(rs.map((x) => x.rps)), 1),
+        cpu_us_per_req: round((rs.reduce((a, x) => a + x.cpu_s, 0) / Math.max(1, ok)) * 1e6, 1),
+        p50_ms_mean: round(mean(rs.map((x) => x.p50_ms)), 2),
+        p99_ms_mean: round(mean(rs.map((x) => x.p99_ms)), 2),
+        requests: ok,
+        errors: rs.reduce((a, x) => a + x.errors, 0),
+        spans_received: spans[name],
+        spans_per_request: round(spans[name] / Math.max(1, ok), 3),
+        spans_dropped: dropped[name],
+      },
+    ];
+  }),
+) as Record<Setting, { rps_mean: number; cpu_us_per_req: number; p50_ms_mean: number; p99_ms_mean: number; requests: number; errors: number; spans_received: number; spans_per_request: number; spans_dropped: number }>;
+
+const off = summary.off;
+const results = {
+  bench: 'otel',
+  ...machine(),
+  settings: { rounds: ROUNDS, seconds: SECONDS, connections: CONNECTIONS, front_threads: FRONT_THREADS, route: 'POST /v1/chat/completions (non-streaming, 16 tokens)', runtime: 'node dist/main.js' },
+  summary,
+  micro: microFigures,
+  vs_off: Object.fromEntries(NAMES.filter((n) => n !== 'off').map((n) => [n, { rps_ratio: round(summary[n].rps_mean / off.rps_mean, 3), cpu_per_req_ratio: round(summary[n].cpu_us_per_req / off.cpu_us_per_req, 3) }])),
+  runs,
+};
+const file = writeResults('otel', results);
+console.log(
+  mdTable(
+    ['setting', 'req/s', 'CPU µs/request', 'p50 ms', 'p99 ms', 'spans/request', 'spans dropped'],
+    NAMES.map((n) => [n, summary[n].rps_mean, summary[n].cpu_us_per_req, summary[n].p50_ms_mean, summary[n].p99_ms_mean, summary[n].spans_per_request, summary[n].spans_dropped]),
+  ),
+);
+console.log(`\nwrote ${file}`);
