@@ -6,20 +6,31 @@
 //   on 1.0    OTEL_ENABLED=true, OTEL_TRACES_SAMPLER_ARG=1: every request traced (5 spans)
 //   on 0.01   OTEL_ENABLED=true, OTEL_TRACES_SAMPLER_ARG=0.01
 //
-// The traced brokers export to an OTLP/HTTP receiver in this process (it counts spans).
+// The traced brokers export to an OTLP/HTTP receiver in this process, which drains and
+// answers 200 without parsing: parsing every span here took CPU from the load generator in
+// the same process, and the traced brokers' req/s fell for it (a first version did). Spans
+// are counted by the brokers' own otel_spans_total.
 // Settings run in turn, `--rounds` times (interleaved, so drift of a shared machine hits
 // each alike), `--seconds` each at max rate (autocannon, 16 connections). Reported per
 // setting: req/s and the broker's CPU per request (utime + stime of its process / 2xx
-// replies). Only differences within one run count. Writes bench/results/otel.json.
+// replies). Only differences within one run count: on a shared 2-core box, process CPU per
+// request moves by 2x from one window to the next. So, last, the off and on-1.0 brokers run
+// once more under --cpu-prof (`--seconds` of load each), and the profile says which share of
+// the busy CPU the tracing modules (dist/obs/trace/) and the garbage collector took: a
+// figure that load elsewhere on the machine does not move. And first, in this process (no
+// HTTP): what making the spans of one request and encoding a span cost (`micro`).
+// Writes bench/results/otel.json.
 //
 //   npm run bench:otel -- [--rounds 2] [--seconds 5] [--front-threads 0]
 import { createServer } from 'node:http';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cannon } from './llm/cannon.ts';
 import { buildDist, startBroker, type Child } from './lib/process.ts';
 import { processCpuS, startMock } from './llm/procs.ts';
+import { profileSummary } from './llm/profile.ts';
 import { machine, mdTable, writeResults } from './lib/report.ts';
 import { round, sleep } from './lib/stats.ts';
 import { performance } from 'node:perf_hooks';
@@ -76,6 +87,14 @@ function micro(): { make_4_spans_us: number; encode_per_span_us: number; encode_
   return { make_4_spans_us: round(make, 2), encode_per_span_us: round(hand, 2), encode_per_span_objects_us: round(objects, 2), bytes_per_span: Math.round(bytes / kept.length) };
 }
 
+const HZ = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+/** User and system CPU seconds of a process (all its threads: the GC's helpers and the kernel's share of its sockets too). */
+function cpuUserSys(pid: number): { user: number; sys: number } {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return { user: Number(fields[11]) / HZ, sys: Number(fields[12]) / HZ };
+}
+
 const microFigures = micro();
 console.log('micro (in-process):', microFigures);
 
@@ -92,17 +111,17 @@ const SETTINGS = {
 type Setting = keyof typeof SETTINGS;
 const NAMES = Object.keys(SETTINGS) as Setting[];
 
-// The OTLP receiver: counts spans, answers 200 at once.
-let spansReceived = 0;
+// The OTLP receiver: drains the body, answers 200.
 const receiver = createServer((req, res) => {
-  const chunks: Buffer[] = [];
-  req.on('data', (c: Buffer) => chunks.push(c));
-  req.on('end', () => {
-    const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { resourceSpans: { scopeSpans: { spans: unknown[] }[] }[] };
-    for (const rs of body.resourceSpans) for (const ss of rs.scopeSpans) spansReceived += ss.spans.length;
-    res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-  });
+  req.resume();
+  req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end('{}'));
 });
+/** Spans a broker exported so far, and dropped (its otel_spans_total). */
+async function spanCounts(url: string): Promise<{ exported: number; dropped: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const sum = (re: RegExp): number => [...text.matchAll(re)].reduce((a, m) => a + Number(m[1]), 0);
+  return { exported: sum(/^otel_spans_total\{outcome="exported"\} (\d+)/gm), dropped: sum(/^otel_spans_total\{outcome="dropped_[a-z_]+"\} (\d+)/gm) };
+}
 await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
 const otlpUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}`;
 
@@ -131,6 +150,8 @@ interface Run {
   readonly errors: number;
   readonly cpu_s: number;
   readonly cpu_us_per_req: number;
+  readonly user_us_per_req: number;
+  readonly sys_us_per_req: number;
   readonly p50_ms: number;
   readonly p99_ms: number;
 }
@@ -143,24 +164,39 @@ await sleep(1500);
 for (let r = 0; r < ROUNDS; r++) {
   for (const name of NAMES) {
     const b = brokers[name];
-    const spans0 = spansReceived;
+    const spans0 = (await spanCounts(b.url)).exported;
     const cpu0 = processCpuS(b.pid);
+    const split0 = cpuUserSys(b.pid);
     const res = await cannon({ url: `${b.url}/v1/chat/completions`, body, connections: CONNECTIONS, durationS: SECONDS });
     const cpu = processCpuS(b.pid) - cpu0;
+    const split1 = cpuUserSys(b.pid);
+    const perReq = (s: number): number => round((s / Math.max(1, res.ok)) * 1e6, 1);
     // Spans of this window arrive within the exporter's 1 s interval.
     await sleep(1300);
-    spans[name] += spansReceived - spans0;
-    runs[name].push({ rps: res.rps, ok: res.ok, errors: res.errors + res.non_2xx, cpu_s: round(cpu, 2), cpu_us_per_req: round((cpu / Math.max(1, res.ok)) * 1e6, 1), p50_ms: res.latency.p50_ms, p99_ms: res.latency.p99_ms });
+    spans[name] += (await spanCounts(b.url)).exported - spans0;
+    runs[name].push({ rps: res.rps, ok: res.ok, errors: res.errors + res.non_2xx, cpu_s: round(cpu, 2), cpu_us_per_req: perReq(cpu), user_us_per_req: perReq(split1.user - split0.user), sys_us_per_req: perReq(split1.sys - split0.sys), p50_ms: res.latency.p50_ms, p99_ms: res.latency.p99_ms });
     console.log(`round ${r + 1} ${name}: ${res.rps} req/s, ${round((cpu / Math.max(1, res.ok)) * 1e6, 1)} µs CPU/request`);
   }
 }
 
 const dropped: Record<string, number> = {};
-for (const name of NAMES) {
-  const text = await (await fetch(`${brokers[name].url}/metrics`)).text();
-  dropped[name] = [...text.matchAll(/^otel_spans_total\{outcome="dropped_[a-z_]+"\} (\d+)/gm)].reduce((a, m) => a + Number(m[1]), 0);
+for (const name of NAMES) dropped[name] = (await spanCounts(brokers[name].url)).dropped;
+await Promise.all(Object.values(brokers).map((b) => b.stop()));
+
+/** Share (%) of the profiled broker's busy CPU in the tracing modules and in the GC, from profileSummary's tables. */
+async function profiled(name: 'off' | 'on 1.0'): Promise<{ rps: number; trace_modules_pct: number; gc_pct: number; top: string }> {
+  const profDir = join(dir, `prof-${name.replace(/\W+/g, '')}`);
+  const b = await startBroker(`profiled ${name}`, { BROKER_CONFIG: fleetFile, INFER_ENABLED: 'false', FRONT_THREADS: String(FRONT_THREADS), FLEET_HEALTH_CHECKS: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: otlpUrl, ...SETTINGS[name] }, ['--cpu-prof', `--cpu-prof-dir=${profDir}`], 60_000, 'dist');
+  await cannon({ url: `${b.url}/v1/chat/completions`, body, connections: CONNECTIONS, durationS: 1 });
+  const res = await cannon({ url: `${b.url}/v1/chat/completions`, body, connections: CONNECTIONS, durationS: SECONDS });
+  await b.stop(15_000);
+  const text = profileSummary(profDir, 15);
+  const share = (re: RegExp): number => round([...text.matchAll(re)].reduce((a, m) => a + Number(m[1]), 0), 1);
+  return { rps: res.rps, trace_modules_pct: share(/^dist\/obs\/trace\/\S+\s+[\d.]+\s+([\d.]+)%/gm), gc_pct: share(/^\(garbage collector\)\s+\S+ \S+ \S+\s+[\d.]+\s+([\d.]+)%/gm), top: text };
 }
-await Promise.all([...Object.values(brokers).map((b) => b.stop()), mock.stop()]);
+const profile = { off: await profiled('off'), 'on 1.0': await profiled('on 1.0') };
+for (const [name, p] of Object.entries(profile)) console.log(`profiled ${name}: ${p.rps} req/s, tracing modules ${p.trace_modules_pct}% and GC ${p.gc_pct}% of busy CPU`);
+await mock.stop();
 receiver.close();
 
 const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -173,17 +209,19 @@ const summary = Object.fromEntries(
       {
         rps_mean: round(mean(rs.map((x) => x.rps)), 1),
         cpu_us_per_req: round((rs.reduce((a, x) => a + x.cpu_s, 0) / Math.max(1, ok)) * 1e6, 1),
+        user_us_per_req: round(mean(rs.map((x) => x.user_us_per_req)), 1),
+        sys_us_per_req: round(mean(rs.map((x) => x.sys_us_per_req)), 1),
         p50_ms_mean: round(mean(rs.map((x) => x.p50_ms)), 2),
         p99_ms_mean: round(mean(rs.map((x) => x.p99_ms)), 2),
         requests: ok,
         errors: rs.reduce((a, x) => a + x.errors, 0),
-        spans_received: spans[name],
+        spans_exported: spans[name],
         spans_per_request: round(spans[name] / Math.max(1, ok), 3),
         spans_dropped: dropped[name],
       },
     ];
   }),
-) as Record<Setting, { rps_mean: number; cpu_us_per_req: number; p50_ms_mean: number; p99_ms_mean: number; requests: number; errors: number; spans_received: number; spans_per_request: number; spans_dropped: number }>;
+) as Record<Setting, { rps_mean: number; cpu_us_per_req: number; user_us_per_req: number; sys_us_per_req: number; p50_ms_mean: number; p99_ms_mean: number; requests: number; errors: number; spans_exported: number; spans_per_request: number; spans_dropped: number }>;
 
 const off = summary.off;
 const results = {
@@ -192,14 +230,15 @@ const results = {
   settings: { rounds: ROUNDS, seconds: SECONDS, connections: CONNECTIONS, front_threads: FRONT_THREADS, route: 'POST /v1/chat/completions (non-streaming, 16 tokens)', runtime: 'node dist/main.js' },
   summary,
   micro: microFigures,
+  profile: Object.fromEntries(Object.entries(profile).map(([k, p]) => [k, { rps: p.rps, trace_modules_pct: p.trace_modules_pct, gc_pct: p.gc_pct, summary: p.top.split('\n') }])),
   vs_off: Object.fromEntries(NAMES.filter((n) => n !== 'off').map((n) => [n, { rps_ratio: round(summary[n].rps_mean / off.rps_mean, 3), cpu_per_req_ratio: round(summary[n].cpu_us_per_req / off.cpu_us_per_req, 3) }])),
   runs,
 };
 const file = writeResults('otel', results);
 console.log(
   mdTable(
-    ['setting', 'req/s', 'CPU µs/request', 'p50 ms', 'p99 ms', 'spans/request', 'spans dropped'],
-    NAMES.map((n) => [n, summary[n].rps_mean, summary[n].cpu_us_per_req, summary[n].p50_ms_mean, summary[n].p99_ms_mean, summary[n].spans_per_request, summary[n].spans_dropped]),
+    ['setting', 'req/s', 'CPU µs/request', 'user', 'sys', 'p50 ms', 'p99 ms', 'spans/request', 'spans dropped'],
+    NAMES.map((n) => [n, summary[n].rps_mean, summary[n].cpu_us_per_req, summary[n].user_us_per_req, summary[n].sys_us_per_req, summary[n].p50_ms_mean, summary[n].p99_ms_mean, summary[n].spans_per_request, summary[n].spans_dropped]),
   ),
 );
 console.log(`\nwrote ${file}`);

@@ -43,24 +43,29 @@ export interface Scope {
 }
 
 /**
- * The ExportTraceServiceRequest for one batch, as JSON text, written by hand: building the
- * same objects (attributes as {key, value: {…}} lists) and JSON.stringify took 2-2.7x as
- * long per span (3.1-3.6 µs against 1.3-1.6 µs on the loaded 2-core box; `npm run
- * bench:otel`, its `micro` figures in bench/results/otel.json). Ids are
- * hex the broker made or validated (context.ts), times digits: only names and string
- * values need escaping. Equal to JSON.stringify(otlpObject(…)) (test/obs/trace.test.ts).
+ * OTLP JSON written by hand: building the objects (attributes as {key, value: {…}} lists)
+ * and JSON.stringify took 2-2.7x as long per span (3.1-3.6 µs against 1.3-1.6 µs on the
+ * loaded 2-core box; `npm run bench:otel`, its `micro` figures in bench/results/otel.json).
+ * Ids are hex the broker made or validated (context.ts), times digits: only names and
+ * string values need escaping. encodeTraces(…) equals JSON.stringify(otlpObject(…)) byte
+ * for byte (test/obs/trace.test.ts).
  */
+export function encodeSpan(s: SpanData): string {
+  const parent = s.parentSpanId !== undefined ? `,"parentSpanId":"${s.parentSpanId}"` : '';
+  const status = s.statusMessage !== undefined ? `{"code":${s.status},"message":${JSON.stringify(s.statusMessage)}}` : `{"code":${s.status}}`;
+  return `{"traceId":"${s.traceId}","spanId":"${s.spanId}"${parent},"name":${JSON.stringify(s.name)},"kind":${s.kind},"startTimeUnixNano":"${unixNanos(s.startMs)}","endTimeUnixNano":"${unixNanos(s.endMs)}","attributes":${encodeAttributes(s.attributes)},"status":${status}}`;
+}
+
+/** What comes before the spans of a request: resource and scope; `TRACES_SUFFIX` closes it. */
+export function tracesPrefix(resource: Readonly<Record<string, AttrValue>>, scope: Scope): string {
+  return `{"resourceSpans":[{"resource":{"attributes":${encodeAttributes(resource)}},"scopeSpans":[{"scope":{"name":${JSON.stringify(scope.name)},"version":${JSON.stringify(scope.version)}},"spans":[`;
+}
+
+export const TRACES_SUFFIX = ']}]}]}';
+
+/** The ExportTraceServiceRequest for one batch, as JSON text. */
 export function encodeTraces(resource: Readonly<Record<string, AttrValue>>, scope: Scope, spans: readonly SpanData[]): string {
-  let out = `{"resourceSpans":[{"resource":{"attributes":${encodeAttributes(resource)}},"scopeSpans":[{"scope":{"name":${JSON.stringify(scope.name)},"version":${JSON.stringify(scope.version)}},"spans":[`;
-  for (let i = 0; i < spans.length; i++) {
-    const s = spans[i]!;
-    if (i > 0) out += ',';
-    out += `{"traceId":"${s.traceId}","spanId":"${s.spanId}"`;
-    if (s.parentSpanId !== undefined) out += `,"parentSpanId":"${s.parentSpanId}"`;
-    out += `,"name":${JSON.stringify(s.name)},"kind":${s.kind},"startTimeUnixNano":"${unixNanos(s.startMs)}","endTimeUnixNano":"${unixNanos(s.endMs)}","attributes":${encodeAttributes(s.attributes)},"status":{"code":${s.status}`;
-    out += s.statusMessage !== undefined ? `,"message":${JSON.stringify(s.statusMessage)}}}` : '}}';
-  }
-  return `${out}]}]}]}`;
+  return `${tracesPrefix(resource, scope)}${spans.map(encodeSpan).join(',')}${TRACES_SUFFIX}`;
 }
 
 function encodeAttributes(a: Readonly<Record<string, AttrValue>>): string {
