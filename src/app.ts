@@ -49,6 +49,7 @@ import { startGrpcFront, type GrpcFront, type GrpcService } from './front/grpc/s
 import type { Learned } from './sched/governance.ts';
 import { serveForwarded } from './plane/forwarded.ts';
 import type { Snapshot } from './plane/protocol.ts';
+import { createTracer, type Tracer } from './obs/trace/tracer.ts';
 
 export interface Broker {
   readonly port: number;
@@ -97,7 +98,12 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     store = redis;
   } else store = new MemoryStore();
 
-  const infer = config.inferEnabled ? startInference(config, metrics, logger) : undefined;
+  // OpenTelemetry: the control plane's spans (its requests with FRONT_THREADS=0, inference); each data-plane thread has its own.
+  const tracer = createTracer(config, 'main', {
+    onOutcome: (outcome, n) => metrics.otelSpans.labels(outcome).inc(n),
+    onError: (err) => logger.warn({ err: err.message }, 'OTLP trace export failed (spans dropped; logged at most once a minute)'),
+  });
+  const infer = config.inferEnabled ? startInference(config, metrics, logger, tracer) : undefined;
   const threaded = config.frontThreads > 0;
 
   // Fleet and governance. Threaded, this Governance is the control plane's: it owns
@@ -294,7 +300,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         },
         infer(call) {
           if (infer === undefined) return disabledInference.infer(call as never);
-          return infer.infer({ image: Buffer.from(call.image.buffer, call.image.byteOffset, call.image.byteLength), imgSize: call.imgSize, topK: call.topK, cookieArm: call.cookieArm, priority: call.priority });
+          return infer.infer({ image: Buffer.from(call.image.buffer, call.image.byteOffset, call.image.byteLength), imgSize: call.imgSize, topK: call.topK, cookieArm: call.cookieArm, priority: call.priority, trace: call.trace });
         },
         async discover() {
           const before = fleetVersion;
@@ -318,7 +324,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       proxy = new LlmProxy({ metrics, logger, executor: executor!, leases: governance });
       const router = new Router();
       for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
-      const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination) });
+      const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination), tracer });
       port = front.port;
       stopListening = () => front.stopListening();
       closeAll = () => front.closeAll();
@@ -327,7 +333,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   } catch (err) {
     manager.stop();
     sharedState.close();
-    await Promise.all([infer?.close(), executor?.close(), planes?.close(0), store.close()]);
+    await Promise.all([infer?.close(), executor?.close(), planes?.close(0), store.close(), tracer.shutdown(0)]);
     throw err;
   }
   manager.start();
@@ -421,14 +427,16 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         }
         unfinished += await grpcClosed;
         await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close(), store.close()]);
-        logger.info({ unfinished }, 'edge broker stopped');
+        // The last spans (inference ones included) leave after the work that made them ended.
+        await tracer.shutdown(2000);
+        logger.info({ unfinished, ...(tracer.counts !== undefined ? { spans: tracer.counts } : {}) }, 'edge broker stopped');
       })();
       return closed;
     },
   };
 }
 
-function startInference(config: Config, metrics: Metrics, logger: Logger): InferService {
+function startInference(config: Config, metrics: Metrics, logger: Logger, tracer: Tracer): InferService {
   return new InferService({
     initial: {
       abWeightA: config.abWeightA,
@@ -453,6 +461,7 @@ function startInference(config: Config, metrics: Metrics, logger: Logger): Infer
         maxQueue: config.inferMaxQueue,
         maxPixels: config.inferMaxPixels,
         tasksPerWorker: config.inferTasksPerWorker,
+        tracer,
         onWorkerFailure: () => {
           metrics.workerRestarts.inc();
           logger.warn('inference worker exited; a replacement is starting');

@@ -86,6 +86,17 @@ export interface Config {
   readonly grpcTls: { readonly certPath: string; readonly keyPath: string } | undefined;
   readonly grpcKeepaliveTimeMs: number;
   readonly grpcKeepaliveTimeoutMs: number;
+  /** OpenTelemetry traces (src/obs/trace/, docs/tracing.md). */
+  readonly otel: OtelConfig;
+}
+
+export interface OtelConfig {
+  readonly enabled: boolean;
+  /** Where spans are POSTed: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces. */
+  readonly tracesUrl: string;
+  readonly serviceName: string;
+  /** Share of new traces recorded (parent-based: a sampled incoming traceparent always is). */
+  readonly sampleRatio: number;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -206,6 +217,19 @@ export function loadConfig(env: Env = process.env): Config {
     grpcTls: grpcCert === '' ? undefined : Object.freeze({ certPath: grpcCert, keyPath: grpcKey }),
     grpcKeepaliveTimeMs: int(env, 'GRPC_KEEPALIVE_TIME_MS', 60_000, 1000, 86_400_000),
     grpcKeepaliveTimeoutMs: int(env, 'GRPC_KEEPALIVE_TIMEOUT_MS', 20_000, 100, 3_600_000),
+    otel: otelConfig(env),
+  });
+}
+
+function otelConfig(env: Env): OtelConfig {
+  // The OTel spec's defaults: OTLP/HTTP on localhost:4318, traces at the signal path /v1/traces.
+  const base = url(env, 'OTEL_EXPORTER_OTLP_ENDPOINT', 'http://localhost:4318').replace(/\/+$/, '');
+  const full = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
+  return Object.freeze({
+    enabled: bool(env, 'OTEL_ENABLED', false),
+    tracesUrl: full === undefined || full === '' ? `${base}/v1/traces` : url(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', ''),
+    serviceName: str(env, 'OTEL_SERVICE_NAME', 'edge-broker'),
+    sampleRatio: num(env, 'OTEL_TRACES_SAMPLER_ARG', 1, 0, 1),
   });
 }
 

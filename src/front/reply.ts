@@ -2,6 +2,7 @@
 // The HTTP front (uWS) and later the gRPC front implement ReplySink; nothing
 // past `front` knows which protocol it is talking.
 import type { BrokerError } from '../errors.ts';
+import type { Span } from '../obs/trace/span.ts';
 
 export interface BrokerRequest {
   readonly id: string;
@@ -14,6 +15,8 @@ export interface BrokerRequest {
   readonly remoteAddress: string;
   /** Milliseconds from performance.now() when the request arrived. */
   readonly startedAt: number;
+  /** The request's server span when it is traced (OTEL_ENABLED and sampled); undefined otherwise. Never crosses a thread. */
+  readonly span?: Span | undefined;
 }
 
 export interface ReplySink {

@@ -23,6 +23,9 @@ import type { LoadedModel } from './manifest.ts';
 import { AdmissionQueue, DEFAULT_PRIORITY, type Pending } from './admission.ts';
 import type { BatchOutcome, BatchTask, Prediction, SessionsMetadata, WorkerData } from './protocol.ts';
 import { workerEntry } from '../workers/entry.ts';
+import type { TraceContext } from '../obs/trace/context.ts';
+import type { Tracer } from '../obs/trace/tracer.ts';
+import { queueSpan } from '../obs/trace/infer.ts';
 
 /** Batches each worker holds at once: one computing, one decoding. */
 export const DEFAULT_TASKS_PER_WORKER = 2;
@@ -38,6 +41,8 @@ export interface InferPoolOptions {
   readonly tasksPerWorker?: number;
   /** Called when a worker dies outside of close(). */
   readonly onWorkerFailure?: () => void;
+  /** Exports the inference spans of traced requests (queue here, decode and compute from the workers). */
+  readonly tracer?: Tracer;
 }
 
 /** How one item goes in and what comes back, beyond the image and top-k of /v1/infer. */
@@ -48,6 +53,8 @@ export interface RunOptions {
   readonly scores?: boolean;
   /** Reject with queue_timeout after waiting this long, when shorter than the model's queue.timeout_ms. */
   readonly timeoutMs?: number;
+  /** The request's span context, when it is traced. */
+  readonly trace?: TraceContext | undefined;
 }
 
 export interface RunResult {
@@ -99,6 +106,18 @@ interface Waiting {
   readonly topK: number;
   readonly opts: RunOptions | undefined;
   readonly resolve: (r: RunResult) => void;
+}
+
+/** The queue span of each traced request of a batch that ran, and the worker's decode and compute spans. */
+function traceBatch(tracer: Tracer, batch: readonly Pending<Waiting>[], out: BatchOutcome, submittedAt: number, model: LoadedModel): void {
+  const workerStartedAt = submittedAt + Math.max(0, out.handoffMs);
+  for (const p of batch) {
+    const ctx = p.value.opts?.trace;
+    if (ctx === undefined) continue;
+    const attributes = { 'infer.model': model.manifest.name, 'infer.model_version': model.manifest.version, 'infer.batch_size': batch.length };
+    tracer.record([queueSpan(ctx, performance.timeOrigin + p.enqueuedAt, workerStartedAt, attributes)]);
+  }
+  if (out.spans !== undefined) tracer.record(out.spans);
 }
 
 export function createInferPool(opts: InferPoolOptions): InferPool {
@@ -206,12 +225,13 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       kind: 'batch',
       model: key,
       size,
-      items: batch.map((p) => ({ image: p.value.image, topK: p.value.topK, ...(p.value.opts?.tensor ? { tensor: true } : {}), ...(p.value.opts?.scores ? { scores: true } : {}) })),
+      items: batch.map((p) => ({ image: p.value.image, topK: p.value.topK, ...(p.value.opts?.tensor ? { tensor: true } : {}), ...(p.value.opts?.scores ? { scores: true } : {}), ...(p.value.opts?.trace ? { trace: p.value.opts.trace } : {}) })),
       submittedAt: performance.timeOrigin + now,
     };
     piscina.run(task, { transferList: batch.map((p) => p.value.image) }).then(
       (out: BatchOutcome) => {
         inFlight--;
+        if (opts.tracer?.enabled) traceBatch(opts.tracer, batch, out, task.submittedAt, opts.models[key]!);
         for (const [i, p] of batch.entries()) {
           const r = out.items[i]!;
           if (r.ok) {

@@ -1,5 +1,7 @@
 // Messages between the main thread and inference workers.
 import type { ModelManifest } from './manifest.ts';
+import type { TraceContext } from '../obs/trace/context.ts';
+import type { SpanData } from '../obs/trace/span.ts';
 
 export interface WorkerData {
   readonly models: Readonly<Record<string, { path: string; manifest: ModelManifest }>>;
@@ -18,6 +20,8 @@ export interface BatchItem {
   readonly tensor?: boolean;
   /** Also send back the item's raw output row (v2 returns the model's output tensor). */
   readonly scores?: boolean;
+  /** The request's span context when it is traced: the worker's decode and compute spans go under it. */
+  readonly trace?: TraceContext;
 }
 
 /**
@@ -77,4 +81,6 @@ export interface BatchOutcome {
   readonly executions: number;
   /** Images in the batched run (the items that decoded). */
   readonly executedBatch: number;
+  /** Decode and compute spans of the traced items (obs/trace/infer.ts). */
+  readonly spans?: SpanData[];
 }

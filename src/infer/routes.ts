@@ -33,7 +33,7 @@ export function inferRoutes(service: InferBackend, stickyCookie: string): Route[
         const topK = optionalInt(b.top_k, 'top_k', 1, 1000);
         const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
         const priority = inferPriority(req.headers['x-broker-priority']);
-        const reply = await service.infer({ image, imgSize, topK, cookieArm, priority });
+        const reply = await service.infer({ image, imgSize, topK, cookieArm, priority, trace: req.span?.context() });
         sink.send(
           200,
           { ...JSON_HEADERS, 'set-cookie': `${stickyCookie}=${reply.arm}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly` },

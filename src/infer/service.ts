@@ -11,6 +11,7 @@ import type { LoadedModel } from './manifest.ts';
 import { inferMetrics, type InferMetrics } from './metrics.ts';
 import type { InferPool, RunResult } from './pool.ts';
 import type { Prediction } from './protocol.ts';
+import type { TraceContext } from '../obs/trace/context.ts';
 
 export interface RuntimeConfig extends SplitState {
   readonly shadowEnabled: boolean;
@@ -26,6 +27,8 @@ export interface InferInput {
   readonly cookieArm: string | undefined;
   /** x-broker-priority, 0-9 (higher first in the admission queue); default 5. */
   readonly priority?: number | undefined;
+  /** The request's span context when it is traced: the inference spans go under it. */
+  readonly trace?: TraceContext | undefined;
 }
 
 export interface InferReply {
@@ -62,6 +65,7 @@ export interface ItemsInput {
   readonly priority?: number | undefined;
   /** The request's own queue timeout (v2 schedule policy), when shorter than the model's. */
   readonly timeoutMs?: number | undefined;
+  readonly trace?: TraceContext | undefined;
 }
 
 export interface ItemsReply {
@@ -157,7 +161,7 @@ export class InferService {
     const { manifest } = choice.model;
     const size = checkSize(input.imgSize, choice.model);
     const topK = Math.min(input.topK ?? 5, manifest.labels.length);
-    const { results, totalMs } = await this.run(choice, { items: [input.image], tensor: false, size, topK, scores: false, priority: input.priority });
+    const { results, totalMs } = await this.run(choice, { items: [input.image], tensor: false, size, topK, scores: false, priority: input.priority, trace: input.trace });
     const result = results[0]!;
     return {
       arm: choice.arm,
@@ -193,7 +197,7 @@ export class InferService {
 
     const shadowing = this.config.shadowEnabled && arm === 'A' && choice.reason !== 'version' && (!input.tensor || sameInput(pool));
     const shadowCopies = shadowing ? input.items.map((b) => Buffer.from(b)) : undefined;
-    const opts = { tensor: input.tensor, scores: input.scores, ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}) };
+    const opts = { tensor: input.tensor, scores: input.scores, trace: input.trace, ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}) };
     let results: RunResult[];
     try {
       results = await Promise.all(input.items.map((item) => pool.run(arm, transferable(item), input.size, input.topK, input.priority, opts)));

@@ -12,6 +12,8 @@ import { performance } from 'node:perf_hooks';
 import type { ModelManifest } from './manifest.ts';
 import { preprocess } from './preprocess.ts';
 import { topK } from './postprocess.ts';
+import { workerSpans } from '../obs/trace/infer.ts';
+import type { SpanData } from '../obs/trace/span.ts';
 import type { BatchOutcome, BatchTask, ItemOutcome, MetadataTask, SessionsMetadata, TensorMeta, WorkerData, WarmupTask } from './protocol.ts';
 
 const data = workerData as WorkerData;
@@ -160,7 +162,22 @@ export default async function run(task: BatchTask | WarmupTask | MetadataTask): 
       }
     }
   }
-  return { ...base, items, decodeMs: decodedAt - startedAt, inferMs: now() - decodedAt, executions, executedBatch: good.length };
+  const endedAt = now();
+  const spans = traced(task, items, pre, { startedAt, decodedAt, endedAt }, manifest, executions, good.length);
+  return { ...base, items, decodeMs: decodedAt - startedAt, inferMs: endedAt - decodedAt, executions, executedBatch: good.length, ...(spans !== undefined ? { spans } : {}) };
+}
+
+/** Decode and compute spans for the items whose request is traced (the parent ids came in the task); undefined when none is. */
+function traced(task: BatchTask, items: ItemOutcome[], pre: readonly { ok: boolean }[], times: { startedAt: number; decodedAt: number; endedAt: number }, manifest: ModelManifest, executions: number, executed: number): SpanData[] | undefined {
+  let spans: SpanData[] | undefined;
+  for (const [i, it] of task.items.entries()) {
+    if (it.trace === undefined) continue;
+    const attributes = { 'infer.model': manifest.name, 'infer.model_version': manifest.version, 'infer.batch_size': executed, 'infer.executions': executions };
+    const out = items[i]!;
+    const failed = out.ok ? undefined : { code: out.code, in: pre[i]!.ok ? ('compute' as const) : ('decode' as const) };
+    (spans ??= []).push(...workerSpans(it.trace, times, attributes, failed));
+  }
+  return spans;
 }
 
 /** A tensor item (v2): its float32 values go to their slot as they are; the front checked the shape. */

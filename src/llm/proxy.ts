@@ -20,6 +20,8 @@ import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
 import { streamContentType, translateRequest, translateResponse, upstreamError } from './translate/index.ts';
 import { RequestAbort, type AbortLike } from '../abort.ts';
+import type { Span } from '../obs/trace/span.ts';
+import { attemptSpan, queueWaitSpan } from '../obs/trace/llm.ts';
 
 export interface ProxyDeps {
   readonly metrics: Metrics;
@@ -57,8 +59,8 @@ export class LlmProxy {
     for (const a of this.running) a.abort(this.stopped);
   }
 
-  /** Runs an admitted request: leases, attempts (retried before the first byte), the reply. */
-  async run(admitted: Admitted, group: ModelGroupConfig, sink: ReplySink): Promise<void> {
+  /** Runs an admitted request: leases, attempts (retried before the first byte), the reply. `span`: the request's, when traced. */
+  async run(admitted: Admitted, group: ModelGroupConfig, sink: ReplySink, span?: Span): Promise<void> {
     const gov = this.deps.leases;
     const { flags, body } = admitted;
     const { api, kind, model } = admitted.request;
@@ -76,12 +78,15 @@ export class LlmProxy {
     const usage: Usage = { ok: false, promptTokens: 0, completionTokens: 0, ttftMs: null };
     try {
       for (;;) {
+        const retry = tried.size;
+        const waitSpan = span === undefined ? undefined : queueWaitSpan(span, group.name, retry);
         try {
           lease = await gov.acquire(admitted, group, tried, abort);
         } catch (err) {
+          const code = (err as BrokerError).code;
+          waitSpan?.fail(sink.aborted ? 'client_closed' : (code ?? 'internal'), (err as Error).message).end();
           if (sink.aborted) return;
           if (this.stopped !== undefined) throw this.stopped;
-          const code = (err as BrokerError).code;
           const reason = code === 'upstream_unavailable' ? 'no_deployment' : code;
           m.llmRequests.labels(group.name, 'none', coarse(reason), reason).inc();
           // Out of deployments: the last upstream failure says more than "none left".
@@ -89,9 +94,11 @@ export class LlmProxy {
           throw err;
         }
         const dep = lease.dep;
+        waitSpan?.set('llm.deployment', dep.config.id).end();
         tried.add(dep.config.id);
         const provider = dep.config.provider;
         const up = translateRequest({ client: api, provider, kind }, body, dep.config.model);
+        const upSpan = span === undefined ? undefined : attemptSpan(span, dep.config, group.name, retry, up.stream);
         const sentAt = performance.now();
         let attempt: Attempt;
         try {
@@ -106,6 +113,9 @@ export class LlmProxy {
               model,
               id: req.id,
               includeUsage: up.includeUsage,
+              // W3C Trace Context for the upstream: this attempt is its parent.
+              traceparent: upSpan?.traceparent,
+              tracestate: upSpan?.tracestate,
             },
             abort,
           );
@@ -113,22 +123,29 @@ export class LlmProxy {
           waited += performance.now() - sentAt;
           gov.attemptFailed(lease, !sink.aborted);
           lease = null;
-          if (sink.aborted) return this.finish(group, dep, 'aborted', req.startedAt, waited, up.stream);
+          if (sink.aborted) {
+            upSpan?.fail('client_closed').end();
+            return this.finish(group, dep, 'aborted', req.startedAt, waited, up.stream);
+          }
           if (this.stopped !== undefined) {
+            upSpan?.fail('shutting_down').end();
             this.finish(group, dep, 'upstream_error', req.startedAt, waited, up.stream);
             throw this.stopped;
           }
           lastError = connectError(err, dep);
+          upSpan?.fail(lastError.code, lastError.message).end();
           m.llmRetries.labels(group.name, lastError.code).inc();
           this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, err: lastError.message }, 'upstream failed before the first byte');
           continue;
         }
         const headersAt = performance.now();
         waited += headersAt - sentAt;
+        upSpan?.set('http.response.status_code', attempt.status);
 
         if (attempt.status >= 300) {
           const text = await attempt.errorText().catch(() => '');
           const err = upstreamError(provider, attempt.status, text, dep.config.apiKey === undefined ? [] : [dep.config.apiKey]);
+          upSpan?.fail(String(attempt.status), err.message).end();
           if (attempt.status === 429 || attempt.status >= 500) {
             // A 429 says the deployment is busy, not broken: no health penalty.
             gov.attemptFailed(lease, attempt.status >= 500);
@@ -149,6 +166,13 @@ export class LlmProxy {
         if (up.stream) {
           sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id });
           const r = await attempt.pump(targetOf(sink, abort));
+          // Time to first token from when the request left for the upstream.
+          usage.ttftMs = r.firstTokenMs === null ? null : headersAt - sentAt + r.firstTokenMs;
+          // The attempt's span ends within the request's, which ends with the reply.
+          if (upSpan !== undefined) {
+            if (r.ended !== 'complete') upSpan.fail(r.errorCode ?? r.ended, r.errorMessage ?? undefined);
+            endAttempt(upSpan, usage.ttftMs, r.promptTokens, r.completionTokens);
+          }
           // A front with an out-of-band status (gRPC) ends a failed stream with it; over
           // HTTP the chain already wrote the error event into the stream.
           if (sink.endWithError !== undefined && r.ended !== 'complete' && r.ended !== 'aborted') {
@@ -157,8 +181,6 @@ export class LlmProxy {
             sink.end();
           }
           waited += r.waitedMs;
-          // Time to first token from when the request left for the upstream.
-          usage.ttftMs = r.firstTokenMs === null ? null : headersAt - sentAt + r.firstTokenMs;
           outcome = this.streamOutcome(r, usage.ttftMs, group, dep, req.id, flags.stream_instrumentation);
           usage.ok = outcome === 'aborted' ? null : outcome === 'ok';
           usage.promptTokens = r.promptTokens;
@@ -171,8 +193,10 @@ export class LlmProxy {
           } catch (err) {
             if (sink.aborted) {
               usage.ok = null;
+              upSpan?.fail('client_closed').end();
               return this.finish(group, dep, 'aborted', req.startedAt, waited, false);
             }
+            upSpan?.fail('upstream_error', (err as Error).message).end();
             this.finish(group, dep, 'upstream_error', req.startedAt, waited, false);
             throw new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
           }
@@ -183,11 +207,12 @@ export class LlmProxy {
             usage.promptTokens = reply.usage.promptTokens;
             usage.completionTokens = reply.usage.completionTokens;
           }
+          // A whole reply's latency is the upstream's, not the time this request queued here.
+          usage.ttftMs = headersAt - sentAt;
+          if (upSpan !== undefined) endAttempt(upSpan, usage.ttftMs, usage.promptTokens, usage.completionTokens);
           sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id }, reply.body);
           outcome = 'ok';
           usage.ok = true;
-          // A whole reply's latency is the upstream's, not the time this request queued here.
-          usage.ttftMs = headersAt - sentAt;
         }
         this.finish(group, dep, outcome, req.startedAt, waited, up.stream);
         return;
@@ -226,6 +251,12 @@ export class LlmProxy {
     m.llmDuration.labels(group.name, dep.config.id, stream ? 'true' : 'false').observe(total / 1000);
     m.brokerOverhead.labels(stream ? 'llm_stream' : 'llm').observe(Math.max(0, total - waited) / 1000);
   }
+}
+
+/** An attempt that got its reply: TTFT (from the request leaving) and the tokens it used. */
+function endAttempt(span: Span, ttftMs: number | null, promptTokens: number, completionTokens: number): void {
+  if (ttftMs !== null) span.set('llm.ttft_ms', Math.round(ttftMs * 1000) / 1000);
+  span.set('gen_ai.usage.input_tokens', promptTokens).set('gen_ai.usage.output_tokens', completionTokens).end();
 }
 
 /** The sink as a stream target: a slow client makes the pump wait for its socket to drain. */

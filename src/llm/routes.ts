@@ -1,6 +1,6 @@
 // Client-facing LLM routes: OpenAI-compatible under /v1, Ollama-native under /api.
 // Errors follow each client API's own shape.
-import { BrokerError } from '../errors.ts';
+import { BrokerError, toBrokerError } from '../errors.ts';
 import { ollamaErrorShape, openaiErrorShape } from '../front/error-body.ts';
 import type { Route } from '../front/http/router.ts';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
@@ -33,11 +33,25 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     async handle({ req, body, sink }) {
       const fleet = await source.current();
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
-      // Read once, admitted, then proxied: the body is not parsed again past this point.
-      const r = readLlmRequest(req, api, kind, body as Record<string, unknown>, limits);
-      const group = fleet.groups.get(r.model);
-      if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
-      await proxy.run(admission.admit(r, group), group, sink);
+      const span = req.span;
+      const admitSpan = span?.child('llm.admission');
+      let admitted: Admitted;
+      let group: ModelGroupConfig | undefined;
+      try {
+        // Read once, admitted, then proxied: the body is not parsed again past this point.
+        const r = readLlmRequest(req, api, kind, body as Record<string, unknown>, limits);
+        group = fleet.groups.get(r.model);
+        if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
+        admitted = admission.admit(r, group);
+      } catch (err) {
+        if (admitSpan !== undefined) {
+          const e = toBrokerError(err);
+          admitSpan.fail(e.code, e.message).end();
+        }
+        throw err;
+      }
+      admitSpan?.set('llm.model_group', group.name).set('llm.priority', admitted.priority).set('llm.qos_tier', admitted.tier?.name).end();
+      await proxy.run(admitted, group, sink, span);
     },
   });
 

@@ -401,6 +401,12 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: r,
     }),
+    otelSpans: new Counter({
+      name: 'otel_spans_total',
+      help: 'OpenTelemetry spans by outcome: exported, dropped_queue_full (the export queue was full), dropped_export_failed (the OTLP endpoint failed or was too slow)',
+      labelNames: ['outcome'] as const,
+      registers: r,
+    }),
     brokerOverhead: new Histogram({
       name: 'broker_overhead_seconds',
       help: 'Time spent in the broker: total request time minus time waiting on the upstream',

@@ -9,6 +9,7 @@ import type { Learned } from '../sched/governance.ts';
 import type { BrokerRequest } from '../front/reply.ts';
 import type { ForwardedReply } from '../front/http/server.ts';
 import type { InferReply } from '../infer/service.ts';
+import type { TraceContext } from '../obs/trace/context.ts';
 
 /**
  * What a data-plane thread serves from. Immutable: the control plane publishes a new
@@ -60,6 +61,8 @@ export interface InferCall {
   readonly topK: number | undefined;
   readonly cookieArm: string | undefined;
   readonly priority?: number | undefined;
+  /** The request's span context when it is traced: the inference spans (made on the control plane) go under it. */
+  readonly trace?: TraceContext | undefined;
 }
 
 /** A BrokerError, flattened for the trip back. */

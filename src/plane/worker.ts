@@ -26,6 +26,7 @@ import { BrokerError } from '../errors.ts';
 import { createClientAuth } from '../guard/client-auth.ts';
 import { createJwtVerifier } from '../guard/jwt.ts';
 import { portLogStream } from './port-log.ts';
+import { createTracer } from '../obs/trace/tracer.ts';
 import { fromWire } from './forwarded.ts';
 import type { PlaneInit, PlaneStats, Snapshot, ToControl, ToPlane, WireError } from './protocol.ts';
 
@@ -38,6 +39,11 @@ const metrics = createMetrics({ defaults: false });
 const logStream = portLogStream((text) => post({ t: 'log', text }));
 const logger = createLogger(config.logLevel, logStream as unknown as NodeJS.WritableStream).child({ plane: init.index });
 const accessLog = createAccessLogger(config.logLevel, logStream as unknown as NodeJS.WritableStream).child({ plane: init.index });
+// Each thread exports its own spans (docs/tracing.md: why not relay them to the control plane).
+const tracer = createTracer(config, `plane-${init.index}`, {
+  onOutcome: (outcome, n) => metrics.otelSpans.labels(outcome).inc(n),
+  onError: (err) => logger.warn({ err: err.message }, 'OTLP trace export failed (spans dropped; logged at most once a minute)'),
+});
 
 // Calls to the control plane, answered by id.
 let nextId = 1;
@@ -124,7 +130,7 @@ const inference: InferBackend = {
     // Transfer the bytes when they own their buffer; small ones live in Node's shared pool.
     const own = input.image.byteOffset === 0 && input.image.byteLength === input.image.buffer.byteLength;
     const image = own ? input.image : Uint8Array.prototype.slice.call(input.image);
-    return call<InferReply>((id) => ({ t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm, priority: input.priority } }), [image.buffer as ArrayBuffer]);
+    return call<InferReply>((id) => ({ t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm, priority: input.priority, trace: input.trace } }), [image.buffer as ArrayBuffer]);
   },
 };
 
@@ -152,9 +158,12 @@ const front = await startHttpFront({
   metrics,
   logger,
   accessLog,
+  tracer,
   forward(req, body) {
     const own = body !== undefined && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength;
-    return call<ForwardedReply>((id) => ({ t: 'forward', id, req, body }), own ? [body.buffer as ArrayBuffer] : undefined);
+    // A span stays on its thread; the forwarded request is recorded by this thread's span.
+    const sent = req.span === undefined ? req : { ...req, span: undefined };
+    return call<ForwardedReply>((id) => ({ t: 'forward', id, req: sent, body }), own ? [body.buffer as ArrayBuffer] : undefined);
   },
 });
 
@@ -169,6 +178,8 @@ async function stop(graceMs: number): Promise<void> {
   while (front.inFlight > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
   await executor.close().catch(() => undefined);
   front.closeAll();
+  // This thread's last spans leave before it stops (bounded: the control plane waits graceMs + 3 s).
+  await tracer.shutdown(1000);
   if (lessons.length > 0) sendLessons();
   logStream.flush();
   post({ t: 'stopped', unfinished });

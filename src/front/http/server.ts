@@ -20,6 +20,8 @@ import { readBody } from './body.ts';
 import { redactPath } from '../../guard/api-key.ts';
 import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
 import { statusLine } from './status.ts';
+import { TRACING_OFF, type Tracer } from '../../obs/trace/tracer.ts';
+import { endRequestSpan, startRequestSpan } from '../../obs/trace/http.ts';
 
 export interface HttpFrontOptions extends Guards {
   readonly host: string;
@@ -31,6 +33,8 @@ export interface HttpFrontOptions extends Guards {
   readonly accessLog?: Logger;
   /** Requests for routes this thread does not serve go to the control plane. */
   readonly forward?: Forward;
+  /** OpenTelemetry traces: the request's server span starts and ends here (default: off). */
+  readonly tracer?: Tracer;
 }
 
 /** A request handed to the control plane, and its whole reply. */
@@ -61,6 +65,7 @@ export interface HttpFront {
 export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const { router, metrics, logger, forward } = opts;
   const accessLog = opts.accessLog ?? logger;
+  const tracer = opts.tracer ?? TRACING_OFF;
   const app = uWS.App();
   let inFlight = 0;
   let closing = false;
@@ -76,14 +81,18 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     });
     const method = ureq.getCaseSensitiveMethod().toUpperCase();
     const path = ureq.getUrl();
+    const id = requestIdFrom(headers['x-request-id']);
+    const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
     const req: BrokerRequest = {
-      id: requestIdFrom(headers['x-request-id']),
+      id,
       method,
       path,
       query: ureq.getQuery() ?? '',
       headers,
-      remoteAddress: Buffer.from(res.getRemoteAddressAsText()).toString(),
+      remoteAddress,
       startedAt,
+      // Tracing off: this one check, and no span anywhere down the line.
+      span: tracer.enabled ? startRequestSpan(tracer, headers, method, id, remoteAddress, startedAt) : undefined,
     };
     inFlight++;
     metrics.httpActive.inc();
@@ -278,22 +287,27 @@ class UwsSink implements FrontSink {
     this.finished = true;
     this.onDone();
     const seconds = (performance.now() - this.req.startedAt) / 1000;
+    const span = this.req.span;
+    if (span !== undefined) endRequestSpan(span, this.req.path, this.routeName, status, this.errorCode, aborted);
     const m = this.metrics;
     m.httpActive.dec();
     m.httpDuration.labels(this.routeName, this.req.method, String(status)).observe(seconds);
     if (status >= 400) m.httpErrors.labels(this.routeName, String(status), this.errorCode ?? (aborted ? 'client_closed' : 'unknown')).inc();
-    this.accessLog.info(
-      {
-        trace_id: this.req.id,
-        method: this.req.method,
-        route: this.routeName,
-        path: redactPath(this.req.path),
-        status,
-        duration_ms: Math.round(seconds * 1e6) / 1e3,
-        ...(this.errorCode !== undefined ? { error: this.errorCode } : {}),
-        ...(aborted ? { aborted: true } : {}),
-      },
-      'request',
-    );
+    const line: Record<string, unknown> = {
+      trace_id: this.req.id,
+      method: this.req.method,
+      route: this.routeName,
+      path: redactPath(this.req.path),
+      status,
+      duration_ms: Math.round(seconds * 1e6) / 1e3,
+      ...(this.errorCode !== undefined ? { error: this.errorCode } : {}),
+      ...(aborted ? { aborted: true } : {}),
+    };
+    // The OpenTelemetry ids, so that a log line leads to its trace and back (trace_id stays the request id).
+    if (span !== undefined) {
+      line.otel_trace_id = span.traceId;
+      line.otel_span_id = span.spanId;
+    }
+    this.accessLog.info(line, 'request');
   }
 }

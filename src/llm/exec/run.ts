@@ -11,7 +11,11 @@ import type { AttemptRequest, StreamResult, StreamTarget } from './types.ts';
 import type { AbortLike } from '../../abort.ts';
 
 export function send(upstreams: Upstreams, req: AttemptRequest, signal: AbortLike): Promise<UpstreamResponse> {
-  return upstreams.post(req.deployment, req.kind, req.body, signal);
+  return upstreams.post(req.deployment, req.kind, req.body, signal, req.traceparent === undefined ? undefined : traceHeaders(req.traceparent, req.tracestate));
+}
+
+function traceHeaders(traceparent: string, tracestate: string | undefined): Record<string, string> {
+  return tracestate === undefined ? { traceparent } : { traceparent, tracestate };
 }
 
 export function retryAfterOf(res: UpstreamResponse): string | undefined {

@@ -22,6 +22,9 @@ export interface AttemptRequest {
   readonly model: string;
   readonly id: string;
   readonly includeUsage: boolean;
+  /** W3C Trace Context sent upstream when the request is traced (the attempt's span is the parent). */
+  readonly traceparent?: string | undefined;
+  readonly tracestate?: string | undefined;
 }
 
 /** How a streamed reply ended. */

@@ -1,0 +1,30 @@
+// The server span of an HTTP request, named and labelled after OpenTelemetry's HTTP
+// semantic conventions (`{method} {route}`, http.request.method, http.route,
+// http.response.status_code, url.path, client.address), plus the broker's request id
+// (the `Trace-Id` header and the logs' trace_id), so a trace leads to its log lines.
+import { redactPath } from '../../guard/api-key.ts';
+import type { ErrorCode } from '../../errors.ts';
+import { epochOf, StatusCode, type Span } from './span.ts';
+import type { Tracer } from './tracer.ts';
+
+/** Starts the request's span from its `traceparent`, or undefined when the trace is not recorded. */
+export function startRequestSpan(tracer: Tracer, headers: Readonly<Record<string, string>>, method: string, requestId: string, remoteAddress: string, startedAt: number): Span | undefined {
+  return tracer.startServer(method, headers['traceparent'], headers['tracestate'], epochOf(startedAt), {
+    'http.request.method': method,
+    'client.address': remoteAddress,
+    'broker.request_id': requestId,
+  });
+}
+
+/** Ends it with what the reply was. 5xx is an error; 4xx (and 499, the client left) is the client's: status unset, as the conventions say. */
+export function endRequestSpan(span: Span, path: string, route: string, status: number, errorCode: ErrorCode | undefined, aborted: boolean): void {
+  span.name = `${span.attributes['http.request.method']} ${route}`;
+  span.set('http.route', route).set('url.path', redactPath(path)).set('http.response.status_code', status);
+  if (errorCode !== undefined) span.set('error.type', errorCode);
+  if (aborted) span.set('broker.aborted', true);
+  if (status >= 500) {
+    span.status = StatusCode.ERROR;
+    span.statusMessage = errorCode;
+  }
+  span.end();
+}

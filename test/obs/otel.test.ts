@@ -1,0 +1,185 @@
+// OpenTelemetry traces end to end: a broker with OTEL_ENABLED=true exports to a real
+// OTLP/HTTP receiver run here (test/helpers/otlp.ts), in front of mock LLM upstreams that
+// record the headers they get. Checked: span names, parent/child links, attributes, an
+// incoming traceparent's trace id kept, the traceparent sent upstream naming the attempt
+// span, inference spans under the request span across the worker boundary; once with
+// data-plane threads (FRONT_THREADS=2) and once on the main thread alone (FRONT_THREADS=0).
+import t from 'tap';
+import { startFleetBroker, startMock } from '../helpers/fleet.ts';
+import { logLine, metricValue, postJson } from '../helpers/broker.ts';
+import { fashionPngs } from '../helpers/images.ts';
+import { startOtlpReceiver, type ReceivedSpan } from '../helpers/otlp.ts';
+import { newSpanId, newTraceId } from '../../src/obs/trace/ids.ts';
+
+const SERVER = 2;
+const CLIENT = 3;
+const messages = [{ role: 'user', content: 'Say something.' }];
+const images = await fashionPngs(2);
+
+const byTrace = (spans: ReceivedSpan[], traceId: string): ReceivedSpan[] => spans.filter((s) => s.traceId === traceId);
+const named = (spans: ReceivedSpan[], name: string): ReceivedSpan[] => spans.filter((s) => s.name === name);
+const one = (spans: ReceivedSpan[], name: string): ReceivedSpan => {
+  const found = named(spans, name);
+  if (found.length !== 1) throw new Error(`expected one ${name}, got ${found.length}: ${spans.map((s) => s.name).join(', ')}`);
+  return found[0]!;
+};
+const ns = (s: string): bigint => BigInt(s);
+
+for (const FRONT_THREADS of ['2', '0']) {
+  t.test(`FRONT_THREADS=${FRONT_THREADS}`, async (t) => {
+    const otlp = await startOtlpReceiver();
+    t.teardown(() => otlp.close());
+    const ok = await startMock(t);
+    const broken = await startMock(t, { fail: 500 });
+    const dep = (id: string, url: string, extra: Record<string, unknown> = {}) => ({ id, provider: 'openai', url, model: `${id}-upstream`, ...extra });
+    const tb = await startFleetBroker(
+      t,
+      { modelGroups: { chat: { deployments: [dep('ok-1', ok.url)] }, retry: { deployments: [dep('broken-1', broken.url, { weight: 1000 }), dep('ok-2', ok.url)] } } },
+      { FRONT_THREADS, INFER_THREADS: '1', OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: `${otlp.url}/`, OTEL_SERVICE_NAME: 'eb-otel-test' },
+    );
+    t.equal(tb.broker.planes?.count ?? 0, Number(FRONT_THREADS));
+
+    t.test('a streamed chat completion: request, admission, queue wait, upstream attempt; the incoming trace id kept', async (t) => {
+      const traceId = newTraceId();
+      const callerSpan = newSpanId();
+      const res = await fetch(`${tb.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', traceparent: `00-${traceId}-${callerSpan}-01`, tracestate: 'vendor=abc' },
+        body: JSON.stringify({ model: 'chat', messages, stream: true }),
+      });
+      t.equal(res.status, 200);
+      t.match(await res.text(), /\[DONE\]/);
+      const requestId = res.headers.get('trace-id')!;
+
+      const spans = byTrace(await otlp.waitFor((s) => byTrace(s, traceId).length >= 4), traceId);
+      const server = one(spans, 'POST /v1/chat/completions');
+      t.equal(server.kind, SERVER);
+      t.equal(server.parentSpanId, callerSpan, "the request span's parent is the caller's span");
+      t.match(server.attributes, { 'http.request.method': 'POST', 'http.route': '/v1/chat/completions', 'http.response.status_code': 200, 'url.path': '/v1/chat/completions' });
+      t.equal(server.attributes['broker.request_id'], requestId, 'the broker request id (Trace-Id) is on the span');
+      t.equal(server.resource['service.name'], 'eb-otel-test');
+      t.equal(server.resource['broker.thread'], FRONT_THREADS === '0' ? 'main' : server.resource['broker.thread']);
+      if (FRONT_THREADS !== '0') t.match(server.resource['broker.thread'], /^plane-\d$/, 'exported by the data-plane thread that served it');
+
+      const admission = one(spans, 'llm.admission');
+      t.equal(admission.parentSpanId, server.spanId);
+      t.match(admission.attributes, { 'llm.model_group': 'chat', 'llm.priority': 5 });
+      const wait = one(spans, 'llm.queue_wait');
+      t.equal(wait.parentSpanId, server.spanId);
+      t.match(wait.attributes, { 'llm.deployment': 'ok-1', 'llm.retry_index': 0 });
+      const attempt = one(spans, 'llm.upstream');
+      t.equal(attempt.kind, CLIENT);
+      t.equal(attempt.parentSpanId, server.spanId);
+      t.match(attempt.attributes, {
+        'llm.deployment': 'ok-1',
+        'server.address': '127.0.0.1',
+        'server.port': ok.port,
+        'http.response.status_code': 200,
+        'llm.retry_index': 0,
+        'llm.stream': true,
+        'gen_ai.request.model': 'ok-1-upstream',
+        'gen_ai.usage.output_tokens': 4,
+      });
+      t.type(attempt.attributes['llm.ttft_ms'], 'number', 'TTFT recorded');
+      t.notOk(attempt.status.code === 2, 'the attempt succeeded');
+
+      // The upstream got a traceparent on the same trace, naming the attempt span as its parent.
+      t.equal(ok.stats.lastHeaders?.traceparent, `00-${traceId}-${attempt.spanId}-01`);
+      t.equal(ok.stats.lastHeaders?.tracestate, 'vendor=abc', 'tracestate passed on unchanged');
+
+      // Children sit inside the request span; times are nanosecond strings.
+      for (const s of [server, admission, wait, attempt]) {
+        t.match(s.startTimeUnixNano, /^\d{19}$/);
+        t.ok(ns(s.endTimeUnixNano) >= ns(s.startTimeUnixNano), `${s.name} ends after it starts`);
+      }
+      t.ok(ns(attempt.startTimeUnixNano) >= ns(server.startTimeUnixNano) && ns(attempt.endTimeUnixNano) <= ns(server.endTimeUnixNano), 'the attempt is within the request');
+
+      const line = await logLine(tb, (l) => l.msg === 'request' && l.trace_id === requestId);
+      t.equal(line?.otel_trace_id, traceId, 'the access log line names the trace');
+      t.equal(line?.otel_span_id, server.spanId);
+    });
+
+    t.test('a retry: one attempt span per upstream tried, with its retry index and status', async (t) => {
+      const traceId = newTraceId();
+      const res = await postJson(`${tb.url}/v1/chat/completions`, { model: 'retry', messages }, { traceparent: `00-${traceId}-${newSpanId()}-01` });
+      t.equal(res.status, 200);
+      const spans = byTrace(await otlp.waitFor((s) => named(byTrace(s, traceId), 'llm.upstream').length >= 2 && named(byTrace(s, traceId), 'POST /v1/chat/completions').length === 1), traceId);
+      const attempts = named(spans, 'llm.upstream').sort((a, b) => Number(a.attributes['llm.retry_index']) - Number(b.attributes['llm.retry_index']));
+      t.match(attempts[0]!.attributes, { 'llm.deployment': 'broken-1', 'llm.retry_index': 0, 'http.response.status_code': 500, 'error.type': '500' });
+      t.equal(attempts[0]!.status.code, 2, 'the failed attempt is an error');
+      t.match(attempts[1]!.attributes, { 'llm.deployment': 'ok-2', 'llm.retry_index': 1, 'http.response.status_code': 200, 'llm.stream': false });
+      t.equal(named(spans, 'llm.queue_wait').length, 2, 'a lease per attempt');
+      t.equal(broken.stats.lastHeaders?.traceparent, `00-${traceId}-${attempts[0]!.spanId}-01`, 'each attempt sends its own span as parent');
+      t.equal(ok.stats.lastHeaders?.traceparent, `00-${traceId}-${attempts[1]!.spanId}-01`);
+    });
+
+    t.test('no traceparent (or an invalid one): a new trace; an unsampled one: nothing recorded, nothing sent on', async (t) => {
+      const unsampled = newTraceId();
+      const r0 = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { traceparent: `00-${unsampled}-${newSpanId()}-00` });
+      t.equal(r0.status, 200);
+      t.equal(ok.stats.lastHeaders?.traceparent, undefined, 'parent-based: a caller that does not sample is followed');
+
+      const fresh = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { 'x-request-id': 'otel-fresh-1' });
+      t.equal(fresh.status, 200);
+      const sent = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/.exec(String(ok.stats.lastHeaders?.traceparent));
+      t.ok(sent, 'a new sampled trace goes upstream');
+      const invalid = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { 'x-request-id': 'otel-invalid-1', traceparent: `00-${'0'.repeat(32)}-${newSpanId()}-01` });
+      t.equal(invalid.status, 200);
+
+      const spans = await otlp.waitFor((s) => s.some((x) => x.attributes['broker.request_id'] === 'otel-fresh-1') && s.some((x) => x.attributes['broker.request_id'] === 'otel-invalid-1'));
+      for (const id of ['otel-fresh-1', 'otel-invalid-1']) {
+        const server = spans.find((x) => x.attributes['broker.request_id'] === id)!;
+        t.equal(server.parentSpanId ?? '', '', `${id}: a root span`);
+        t.match(server.traceId, /^[0-9a-f]{32}$/);
+        t.not(server.traceId, '0'.repeat(32));
+      }
+      const freshServer = spans.find((x) => x.attributes['broker.request_id'] === 'otel-fresh-1')!;
+      t.equal(sent?.[1], freshServer.traceId, 'the upstream is on the new trace');
+      t.equal(byTrace(spans, unsampled).length, 0, 'no span of the unsampled trace');
+    });
+
+    t.test('/v1/infer: queue, decode and compute spans under the request span, across the worker boundary', async (t) => {
+      const traceId = newTraceId();
+      const res = await postJson(`${tb.url}/v1/infer`, { image_b64: images[0]!.b64, top_k: 1 }, { traceparent: `00-${traceId}-${newSpanId()}-01` });
+      t.equal(res.status, 200);
+      const spans = byTrace(await otlp.waitFor((s) => byTrace(s, traceId).length >= 4), traceId);
+      const server = one(spans, 'POST /v1/infer');
+      const model = tb.broker.infer!.models.A.manifest;
+      for (const name of ['infer.queue', 'infer.decode', 'infer.compute']) {
+        const s = one(spans, name);
+        t.equal(s.parentSpanId, server.spanId, `${name} is a child of the request span`);
+        t.match(s.attributes, { 'infer.model': model.name, 'infer.model_version': model.version, 'infer.batch_size': 1 }, name);
+        t.ok(ns(s.endTimeUnixNano) >= ns(s.startTimeUnixNano));
+      }
+      // decode and compute come from the worker's own clock, in order.
+      t.ok(ns(one(spans, 'infer.decode').endTimeUnixNano) <= ns(one(spans, 'infer.compute').startTimeUnixNano) + 1n, 'compute follows decode');
+      t.equal(one(spans, 'infer.decode').resource['broker.thread'], 'main', 'inference spans are exported by the control plane, which owns the pool');
+    });
+
+    t.test('the OTLP requests are ExportTraceServiceRequests; spans are counted in /metrics', async (t) => {
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      const body = otlp.requests[0] as any;
+      t.ok(Array.isArray(body.resourceSpans));
+      const span = body.resourceSpans[0].scopeSpans[0].spans[0];
+      t.equal(body.resourceSpans[0].scopeSpans[0].scope.name, 'edge-broker');
+      t.type(span.startTimeUnixNano, 'string');
+      t.type(span.kind, 'number');
+      t.equal(otlp.refused, 0, 'spans were POSTed to /v1/traces as JSON (the trailing slash of the endpoint is dropped)');
+      const exported = await metricValue(tb.url, 'otel_spans_total', { outcome: 'exported' });
+      t.ok(exported >= 4, `otel_spans_total{outcome="exported"} = ${exported}`);
+      t.equal(await metricValue(tb.url, 'otel_spans_total', { outcome: 'dropped_queue_full' }), 0);
+    });
+  });
+}
+
+t.test('OTEL_ENABLED=false: no traceparent upstream, nothing exported', async (t) => {
+  const otlp = await startOtlpReceiver();
+  t.teardown(() => otlp.close());
+  const ok = await startMock(t);
+  const tb = await startFleetBroker(t, { modelGroups: { chat: { deployments: [{ id: 'ok-1', provider: 'openai', url: ok.url, model: 'm' }] } } }, { INFER_ENABLED: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url });
+  const res = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { traceparent: `00-${newTraceId()}-${newSpanId()}-01` });
+  t.equal(res.status, 200);
+  t.equal(ok.stats.lastHeaders?.traceparent, undefined);
+  await tb.close();
+  t.equal(otlp.requests.length, 0, 'nothing reached the receiver, even at shutdown');
+});

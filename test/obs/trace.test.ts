@@ -1,0 +1,133 @@
+// The tracer's parts alone: W3C traceparent parsing, OTLP time encoding, the sampler, the
+// exporter's bounded queue and failure counting, and the OTEL_* settings.
+import t from 'tap';
+import { createServer } from 'node:http';
+import { formatTraceparent, parseTraceparent } from '../../src/obs/trace/context.ts';
+import { encodeTraces, otlpObject, unixNanos } from '../../src/obs/trace/otlp.ts';
+import { BatchExporter } from '../../src/obs/trace/exporter.ts';
+import { Tracer, TRACING_OFF } from '../../src/obs/trace/tracer.ts';
+import { SpanKind, type SpanData } from '../../src/obs/trace/span.ts';
+import { loadConfig, ConfigError } from '../../src/config/env.ts';
+import { startOtlpReceiver } from '../helpers/otlp.ts';
+
+const TID = '4bf92f3577b34da6a3ce929d0e0e4736';
+const SID = '00f067aa0ba902b7';
+
+t.test('traceparent: the spec examples parse; malformed ones start a new trace', async (t) => {
+  t.same(parseTraceparent(`00-${TID}-${SID}-01`), { traceId: TID, spanId: SID, sampled: true });
+  t.same(parseTraceparent(`00-${TID}-${SID}-00`), { traceId: TID, spanId: SID, sampled: false });
+  t.same(parseTraceparent(` 00-${TID}-${SID}-09 `), { traceId: TID, spanId: SID, sampled: true }, 'other flag bits ignored, spaces trimmed');
+  t.same(parseTraceparent(`01-${TID}-${SID}-01-future`), { traceId: TID, spanId: SID, sampled: true }, 'a later version with more fields');
+  for (const bad of [
+    undefined,
+    '',
+    `00-${TID}-${SID}-01-extra`, // version 00 has exactly four fields
+    `ff-${TID}-${SID}-01`,
+    `00-${TID.toUpperCase()}-${SID}-01`,
+    `00-${'0'.repeat(32)}-${SID}-01`,
+    `00-${TID}-${'0'.repeat(16)}-01`,
+    `00-${TID.slice(1)}-${SID}-01`,
+    `00_${TID}_${SID}_01`,
+    `00-${TID}-${SID}-0g`,
+    `01-${TID}-${SID}-01x`,
+  ]) {
+    t.equal(parseTraceparent(bad), undefined, String(bad));
+  }
+  t.equal(formatTraceparent({ traceId: TID, spanId: SID }), `00-${TID}-${SID}-01`);
+});
+
+t.test('OTLP times: epoch ms floats as exact nanosecond strings', async (t) => {
+  t.equal(unixNanos(1_700_000_000_000), '1700000000000000000');
+  t.equal(unixNanos(1_700_000_000_000.5), '1700000000000500000');
+  t.equal(unixNanos(1_700_000_000_123.25), '1700000000123250000');
+  t.equal(unixNanos(12.000_25), '12000250', 'sub-microsecond where the double holds it');
+  t.equal(unixNanos(1_700_000_000_000.999_999_9), '1700000000001000000', 'rounding up carries into the milliseconds');
+});
+
+t.test('the hand-written OTLP encoding is the JSON of the reference objects, escapes included', async (t) => {
+  const spans: SpanData[] = [
+    { traceId: TID, spanId: SID, parentSpanId: undefined, name: 'POST /v1/"odd"\\route\n', kind: 2, startMs: 1_700_000_000_000.25, endMs: 1_700_000_000_001.5, attributes: { s: 'ünï\u2028"q"', i: 42, neg: -7, d: 0.5, b: false, nan: NaN, inf: Infinity, big: 2 ** 60 }, status: 2, statusMessage: 'bad "thing"' },
+    { traceId: TID, spanId: '1111111111111111', parentSpanId: SID, name: 'child', kind: 3, startMs: 1, endMs: 2, attributes: {}, status: 0, statusMessage: undefined },
+  ];
+  const resource = { 'service.name': 'svc "x"', 'broker.thread': 'main' };
+  const text = encodeTraces(resource, { name: 'edge-broker', version: '0.1.0' }, spans);
+  t.same(JSON.parse(text), JSON.parse(JSON.stringify(otlpObject(resource, { name: 'edge-broker', version: '0.1.0' }, spans))));
+  t.equal(text, JSON.stringify(otlpObject(resource, { name: 'edge-broker', version: '0.1.0' }, spans)), 'byte for byte');
+  t.equal(encodeTraces({}, { name: 'x', version: '0' }, []), JSON.stringify(otlpObject({}, { name: 'x', version: '0' }, [])));
+});
+
+t.test('sampling: parent-based, ratio for new traces', async (t) => {
+  const none = new Tracer({ serviceName: 's', url: 'http://127.0.0.1:9/v1/traces', sampleRatio: 0, thread: 'main' });
+  t.teardown(() => none.shutdown(0));
+  t.equal(none.startServer('GET', undefined, undefined, Date.now()), undefined, 'ratio 0: no new trace is recorded');
+  const child = none.startServer('GET', `00-${TID}-${SID}-01`, 'a=1', Date.now());
+  t.ok(child, 'a sampled parent is followed whatever the ratio');
+  t.equal(child!.traceId, TID);
+  t.equal(child!.parentSpanId, SID);
+  t.equal(child!.kind, SpanKind.SERVER);
+  t.equal(child!.tracestate, 'a=1');
+  t.equal(none.startServer('GET', `00-${TID}-${SID}-00`, undefined, Date.now()), undefined, 'an unsampled parent is followed too');
+  const grand = child!.child('x');
+  t.equal(grand.traceId, TID);
+  t.equal(grand.parentSpanId, child!.spanId);
+  t.equal(grand.traceparent, `00-${TID}-${grand.spanId}-01`);
+  t.equal(TRACING_OFF.enabled, false);
+  t.equal(TRACING_OFF.startServer('GET', `00-${TID}-${SID}-01`, undefined, 0), undefined, 'off: nothing, even for a sampled parent');
+});
+
+const span = (i: number): SpanData => ({ traceId: TID, spanId: SID, parentSpanId: undefined, name: `s${i}`, kind: 1, startMs: 1, endMs: 2, attributes: { i }, status: 0, statusMessage: undefined });
+
+t.test('exporter: a full queue drops and counts; a failing endpoint drops its batch and counts', async (t) => {
+  // An endpoint that never answers: the first batch stays in flight, the queue fills.
+  const hung = createServer(() => undefined);
+  await new Promise<void>((r) => hung.listen(0, '127.0.0.1', r));
+  t.teardown(() => {
+    hung.closeAllConnections();
+    hung.close();
+  });
+  const outcomes: Record<string, number> = {};
+  const errors: string[] = [];
+  const e = new BatchExporter({
+    url: `http://127.0.0.1:${(hung.address() as { port: number }).port}/v1/traces`,
+    resource: {},
+    scope: { name: 'x', version: '0' },
+    maxQueue: 3,
+    maxBatch: 2,
+    intervalMs: 60_000,
+    timeoutMs: 300,
+    onOutcome: (o, n) => (outcomes[o] = (outcomes[o] ?? 0) + n),
+    onError: (err) => errors.push(err.message),
+  });
+  for (let i = 0; i < 5; i++) e.push(span(i));
+  t.equal(outcomes.dropped_queue_full, 2, 'past maxQueue, spans are dropped and counted');
+  await e.flush();
+  t.equal(outcomes.dropped_export_failed, 3, 'batches the endpoint did not take in time are dropped and counted');
+  t.equal(errors.length, 1, 'one log line for the failures, not one per batch');
+  await e.shutdown(100);
+  e.push(span(9));
+  t.equal(outcomes.dropped_queue_full, 3, 'after shutdown nothing is taken');
+});
+
+t.test('exporter: batches of maxBatch, everything sent by shutdown', async (t) => {
+  const otlp = await startOtlpReceiver();
+  t.teardown(() => otlp.close());
+  const e = new BatchExporter({ url: `${otlp.url}/v1/traces`, resource: { 'service.name': 'unit' }, scope: { name: 'x', version: '0' }, maxQueue: 100, maxBatch: 4, intervalMs: 60_000, timeoutMs: 2000 });
+  for (let i = 0; i < 10; i++) e.push(span(i));
+  await e.shutdown(2000);
+  t.equal(otlp.spans.length, 10);
+  t.same(otlp.requests.map((r) => (r as { resourceSpans: { scopeSpans: { spans: unknown[] }[] }[] }).resourceSpans[0]!.scopeSpans[0]!.spans.length), [4, 4, 2]);
+  t.same(e.counts, { exported: 10, dropped_queue_full: 0, dropped_export_failed: 0 });
+  t.equal(otlp.spans[3]!.attributes.i, 3);
+  t.equal(otlp.spans[0]!.resource['service.name'], 'unit');
+});
+
+t.test('settings: OTEL_* variables', async (t) => {
+  const d = loadConfig({}).otel;
+  t.same(d, { enabled: false, tracesUrl: 'http://localhost:4318/v1/traces', serviceName: 'edge-broker', sampleRatio: 1 });
+  const c = loadConfig({ OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/', OTEL_SERVICE_NAME: 'edge-1', OTEL_TRACES_SAMPLER_ARG: '0.25' }).otel;
+  t.same(c, { enabled: true, tracesUrl: 'http://collector:4318/v1/traces', serviceName: 'edge-1', sampleRatio: 0.25 });
+  t.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:1', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'https://b/custom/path' }).otel.tracesUrl, 'https://b/custom/path', 'the traces endpoint is a full URL');
+  t.throws(() => loadConfig({ OTEL_TRACES_SAMPLER_ARG: '1.5' }), ConfigError);
+  t.throws(() => loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'grpc://x:4317' }), ConfigError);
+  t.throws(() => loadConfig({ OTEL_ENABLED: 'maybe' }), ConfigError);
+});
