@@ -21,11 +21,20 @@
 // once more under --cpu-prof (`--seconds` of load each), and the profile says which share of
 // the busy CPU the tracing modules (dist/obs/trace/) and the garbage collector took: a
 // figure that load elsewhere on the machine does not move. And first, in this process (no
-// HTTP): what making the spans of one request and encoding a span cost (`micro`).
+// HTTP): what making the spans of one request and encoding a span cost (`micro`); then an
+// A/B in this one process (`in_process`): a broker with tracing off and one with every
+// request traced, FRONT_THREADS=0, the mock upstream and the load generator in-process too,
+// alternated, process CPU per request: both sides pay the same client and mock, so the
+// difference is tracing's, and load elsewhere on the machine moves both alike.
 // Writes bench/results/otel.json.
 //
-//   npm run bench:otel -- [--rounds 2] [--seconds 5] [--paced 1500] [--front-threads 0] [--micro]
+//   npm run bench:otel -- [--rounds 2] [--seconds 5] [--paced 1500] [--front-threads 0] [--micro] [--in-process] [--in-process-rounds 6]
 import { createServer } from 'node:http';
+import { Writable } from 'node:stream';
+import { Pool } from 'undici';
+import { loadConfig } from '../src/config/env.ts';
+import { startBroker as startBrokerInProcess } from '../src/app.ts';
+import { createMockUpstream } from '../src/mock-upstream/server.ts';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -110,10 +119,66 @@ console.log('micro (in-process):', microFigures);
 // `-- --micro`: only these figures, no servers, no results file.
 if (process.argv.includes('--micro')) process.exit(0);
 
+/** Tracing off and fully on, alternated in this process (see the header). */
+async function inProcess(rounds: number, requests: number): Promise<Record<'off' | 'on 1.0' | 'on 0.01', { us_per_req: number[]; median: number }>> {
+  const recv = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(200).end('{}'));
+  });
+  await new Promise<void>((r) => recv.listen(0, '127.0.0.1', r));
+  const mock = await createMockUpstream({ tokens: 16 });
+  const d = mkdtempSync(join(tmpdir(), 'eb-bench-otel-ip-'));
+  writeFileSync(join(d, 'fleet.json'), JSON.stringify({ modelGroups: { bench: { deployments: [{ id: 'mock-1', provider: 'openai', url: mock.url, model: 'm', concurrencyLimit: 256 }] } } }));
+  const quiet = new Writable({ write: (_c, _e, cb) => cb() });
+  const start = (env: Record<string, string>) =>
+    startBrokerInProcess(loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'warn', FRONT_THREADS: '0', INFER_ENABLED: 'false', FLEET_HEALTH_CHECKS: 'false', BROKER_CONFIG: join(d, 'fleet.json'), OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(recv.address() as { port: number }).port}`, ...env }), { logDestination: quiet });
+  const body1 = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: 'Say something.' }], max_tokens: 16 });
+  const load = async (port: number, n: number): Promise<void> => {
+    const pool = new Pool(`http://127.0.0.1:${port}`, { connections: CONNECTIONS });
+    let left = n;
+    await Promise.all(
+      Array.from({ length: CONNECTIONS }, async () => {
+        while (left-- > 0) await (await pool.request({ method: 'POST', path: '/v1/chat/completions', headers: { 'content-type': 'application/json' }, body: body1 })).body.text();
+      }),
+    );
+    await pool.close();
+  };
+  const names = ['off', 'on 1.0', 'on 0.01'] as const;
+  const brokers = { off: await start({ OTEL_ENABLED: 'false' }), 'on 1.0': await start({ OTEL_ENABLED: 'true' }), 'on 0.01': await start({ OTEL_ENABLED: 'true', OTEL_TRACES_SAMPLER_ARG: '0.01' }) };
+  for (const n of names) await load(brokers[n].port, 2000);
+  const out = { off: [] as number[], 'on 1.0': [] as number[], 'on 0.01': [] as number[] };
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < names.length; i++) {
+      const name = names[(i + r) % names.length]!;
+      const c0 = process.cpuUsage();
+      await load(brokers[name].port, requests);
+      // Every window waits the same, so that a traced broker's export (within its 1 s interval) is counted in its own.
+      await sleep(1100);
+      const c = process.cpuUsage(c0);
+      out[name].push(round((c.user + c.system) / requests, 1));
+    }
+  }
+  await Promise.all(names.map((n) => brokers[n].close(100)));
+  await mock.close();
+  recv.close();
+  return Object.fromEntries(names.map((n) => [n, { us_per_req: out[n], median: median(out[n]) }])) as Record<(typeof names)[number], { us_per_req: number[]; median: number }>;
+}
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : round((s[m - 1]! + s[m]!) / 2, 1);
+}
+
 const ROUNDS = arg('rounds', 2);
 const SECONDS = arg('seconds', 5);
 const FRONT_THREADS = arg('front-threads', 0);
 const CONNECTIONS = 16;
+
+const inProcessFigures = await inProcess(arg('in-process-rounds', 6), 4000);
+console.log('in-process A/B, process CPU µs per request:', inProcessFigures);
+// `-- --in-process`: only the figures so far, no results file.
+if (process.argv.includes('--in-process')) process.exit(0);
 
 const SETTINGS = {
   off: { OTEL_ENABLED: 'false' },
@@ -240,6 +305,8 @@ const summary = Object.fromEntries(
       name,
       {
         rps_mean: round(mean(rs.map((x) => x.rps)), 1),
+        rps_median: median(rs.map((x) => x.rps)),
+        cpu_us_per_req_median: median(rs.map((x) => x.cpu_us_per_req)),
         cpu_us_per_req: round((rs.reduce((a, x) => a + x.cpu_s, 0) / Math.max(1, ok)) * 1e6, 1),
         user_us_per_req: round(mean(rs.map((x) => x.user_us_per_req)), 1),
         sys_us_per_req: round(mean(rs.map((x) => x.sys_us_per_req)), 1),
@@ -253,13 +320,13 @@ const summary = Object.fromEntries(
       },
     ];
   }),
-) as Record<Setting, { rps_mean: number; cpu_us_per_req: number; user_us_per_req: number; sys_us_per_req: number; p50_ms_mean: number; p99_ms_mean: number; requests: number; errors: number; spans_exported: number; spans_per_request: number; spans_dropped: number }>;
+) as Record<Setting, { rps_mean: number; rps_median: number; cpu_us_per_req_median: number; cpu_us_per_req: number; user_us_per_req: number; sys_us_per_req: number; p50_ms_mean: number; p99_ms_mean: number; requests: number; errors: number; spans_exported: number; spans_per_request: number; spans_dropped: number }>;
 
 const off = summary.off;
-const pacedSummary = byName(() => ({ rps_mean: 0, cpu_us_per_req: 0, user_us_per_req: 0, sys_us_per_req: 0, main_thread_us_per_req: 0, other_threads_us_per_req: 0 }));
+const pacedSummary = byName(() => ({ rps_mean: 0, cpu_us_per_req_median: 0, cpu_us_per_req: 0, user_us_per_req: 0, sys_us_per_req: 0, main_thread_us_per_req: 0, other_threads_us_per_req: 0 }));
 for (const n of NAMES) {
   const ps = paced[n];
-  pacedSummary[n] = { rps_mean: round(mean(ps.map((x) => x.rps)), 1), cpu_us_per_req: round(mean(ps.map((x) => x.cpu_us_per_req)), 1), user_us_per_req: round(mean(ps.map((x) => x.user_us_per_req)), 1), sys_us_per_req: round(mean(ps.map((x) => x.sys_us_per_req)), 1), main_thread_us_per_req: round(mean(ps.map((x) => x.main_thread_us_per_req)), 1), other_threads_us_per_req: round(mean(ps.map((x) => x.other_threads_us_per_req)), 1) };
+  pacedSummary[n] = { rps_mean: round(mean(ps.map((x) => x.rps)), 1), cpu_us_per_req_median: median(ps.map((x) => x.cpu_us_per_req)), cpu_us_per_req: round(mean(ps.map((x) => x.cpu_us_per_req)), 1), user_us_per_req: round(mean(ps.map((x) => x.user_us_per_req)), 1), sys_us_per_req: round(mean(ps.map((x) => x.sys_us_per_req)), 1), main_thread_us_per_req: round(mean(ps.map((x) => x.main_thread_us_per_req)), 1), other_threads_us_per_req: round(mean(ps.map((x) => x.other_threads_us_per_req)), 1) };
 }
 const results = {
   bench: 'otel',
@@ -267,6 +334,7 @@ const results = {
   settings: { rounds: ROUNDS, seconds: SECONDS, connections: CONNECTIONS, front_threads: FRONT_THREADS, route: 'POST /v1/chat/completions (non-streaming, 16 tokens)', runtime: 'node dist/main.js' },
   summary,
   micro: microFigures,
+  in_process: inProcessFigures,
   paced: {
     rate: PACED,
     summary: pacedSummary,
@@ -284,10 +352,10 @@ const results = {
 const file = writeResults('otel', results);
 console.log(
   mdTable(
-    ['setting', 'req/s', 'CPU µs/request', 'user', 'sys', 'p50 ms', 'p99 ms', 'spans/request', 'spans dropped'],
-    NAMES.map((n) => [n, summary[n].rps_mean, summary[n].cpu_us_per_req, summary[n].user_us_per_req, summary[n].sys_us_per_req, summary[n].p50_ms_mean, summary[n].p99_ms_mean, summary[n].spans_per_request, summary[n].spans_dropped]),
+    ['setting', 'req/s', 'req/s median', 'CPU µs/request', 'median', 'user', 'sys', 'p50 ms', 'p99 ms', 'spans/request', 'spans dropped'],
+    NAMES.map((n) => [n, summary[n].rps_mean, summary[n].rps_median, summary[n].cpu_us_per_req, summary[n].cpu_us_per_req_median, summary[n].user_us_per_req, summary[n].sys_us_per_req, summary[n].p50_ms_mean, summary[n].p99_ms_mean, summary[n].spans_per_request, summary[n].spans_dropped]),
   ),
 );
 console.log(`\nAt ${PACED} req/s for each:`);
-console.log(mdTable(['setting', 'req/s', 'CPU µs/request', 'user', 'sys', 'main thread', 'other threads'], NAMES.map((n) => [n, pacedSummary[n].rps_mean, pacedSummary[n].cpu_us_per_req, pacedSummary[n].user_us_per_req, pacedSummary[n].sys_us_per_req, pacedSummary[n].main_thread_us_per_req, pacedSummary[n].other_threads_us_per_req])));
+console.log(mdTable(['setting', 'req/s', 'CPU µs/request', 'median', 'user', 'sys', 'main thread', 'other threads'], NAMES.map((n) => [n, pacedSummary[n].rps_mean, pacedSummary[n].cpu_us_per_req, pacedSummary[n].cpu_us_per_req_median, pacedSummary[n].user_us_per_req, pacedSummary[n].sys_us_per_req, pacedSummary[n].main_thread_us_per_req, pacedSummary[n].other_threads_us_per_req])));
 console.log(`\nwrote ${file}`);

@@ -9,11 +9,9 @@ import type { Tracer } from './tracer.ts';
 
 /** Starts the request's span from its `traceparent`, or undefined when the trace is not recorded. */
 export function startRequestSpan(tracer: Tracer, headers: Readonly<Record<string, string>>, method: string, requestId: string, remoteAddress: string, startedAt: number): Span | undefined {
-  return tracer.startServer(method, headers['traceparent'], headers['tracestate'], epochOf(startedAt), {
-    'http.request.method': method,
-    'client.address': remoteAddress,
-    'broker.request_id': requestId,
-  });
+  // Attributes only once the request is sampled: at a low ratio most are not.
+  const span = tracer.startServer(method, headers['traceparent'], headers['tracestate'], epochOf(startedAt));
+  return span?.set('http.request.method', method).set('client.address', remoteAddress).set('broker.request_id', requestId);
 }
 
 /** Ends it with what the reply was. 5xx is an error; 4xx (and 499, the client left) is the client's: status unset, as the conventions say. */
