@@ -1,0 +1,95 @@
+// Fleet management end to end: the running config (get, patch, schema, restore, reload,
+// save, If-Match), the admin credential on every route, and recovery tests.
+import t from 'tap';
+import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { admin, metricValue, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { startMock } from '../helpers/fleet.ts';
+import { broker as fleetBroker, chat, get, send } from './helpers.ts';
+
+const broker = (fleet: Record<string, unknown>, env: Record<string, string> = {}): Promise<TestBroker> => fleetBroker(t, fleet, env);
+
+t.test('config: get with a version, patch, schema, invalid and stale changes refused, save and reload', async (t) => {
+  const m = await startMock(t);
+  const dir = mkdtempSync(join(tmpdir(), 'eb-cfg-'));
+  const file = join(dir, 'broker.yaml');
+  writeFileSync(file, stringify({ modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: m.url, model: 'm' }] } } }));
+  const tb = await startTestBroker({ BROKER_CONFIG: file, INFER_ENABLED: 'false' });
+  t.teardown(() => tb.close());
+  const res = await fetch(`${tb.url}/api/orchestrator/config`, { headers: admin });
+  const etag = res.headers.get('etag')!;
+  t.match(etag, /^"\d+"$/);
+  t.same(((await res.json()) as any).modelGroups.g.deployments[0].id, 'd');
+  const schema = await get(tb, '/api/orchestrator/config/schema');
+  t.equal(schema.type, 'object');
+  t.ok(schema.properties.modelGroups && schema.properties.servers && schema.properties.fleet, 'the schema covers the file');
+
+  const patched = await send(tb, 'PATCH', '/api/orchestrator/config/queue', { maxSize: 2000 }, { 'if-match': etag });
+  t.equal(patched.status, 200);
+  t.equal(patched.body.config.scheduler.maxQueue, 2000);
+  t.equal(await metricValue(tb.url, 'queue_max_size'), 2000);
+  t.equal((await get(tb, '/api/orchestrator/queue')).maxSize, 2000);
+  const stale = await send(tb, 'PATCH', '/api/orchestrator/config/queue', { maxSize: 5 }, { 'if-match': etag });
+  t.equal(stale.status, 409, 'a stale If-Match');
+  t.equal(stale.body.error.code, 'config_conflict');
+  const bad = await send(tb, 'PATCH', '/api/orchestrator/config/queue', { maxSize: -1 });
+  t.equal(bad.status, 400);
+  t.equal(bad.body.error.param, 'maxSize', 'the error names the field');
+  t.equal((await send(tb, 'PATCH', '/api/orchestrator/config/queue', { colour: 1 })).status, 400);
+  t.equal((await send(tb, 'PATCH', '/api/orchestrator/config/metrics', { historyWindowMinutes: 30 })).status, 200);
+  t.equal((await get(tb, '/api/orchestrator/analytics/summary')).windowMinutes, 30);
+  const restoreBad = await send(tb, 'POST', '/api/orchestrator/config', { modelGroups: { g: { deployments: [{ id: 'd', provider: 'bedrock', url: m.url, model: 'm' }] } } });
+  t.equal(restoreBad.body.error.param, 'modelGroups.g.deployments[0].provider');
+  t.equal((await get(tb, '/api/orchestrator/config')).scheduler.maxQueue, 2000, 'nothing changed by the invalid ones');
+  t.equal((await chat(tb, 'g')).status, 200);
+
+  const saved = await send(tb, 'POST', '/api/orchestrator/config/save');
+  t.equal(saved.status, 200);
+  t.match(readFileSync(file, 'utf8'), /maxQueue: 2000/, 'written to the configured file');
+  t.ok(existsSync(`${file}.bak`), 'the previous file kept as .bak');
+  t.notMatch(readFileSync(`${file}.bak`, 'utf8'), /maxQueue/);
+
+  // Edit the file by hand, reload it: in force.
+  writeFileSync(file, readFileSync(file, 'utf8').replace('maxQueue: 2000', 'maxQueue: 77'));
+  t.equal((await send(tb, 'POST', '/api/orchestrator/config/reload')).status, 200);
+  t.equal((await get(tb, '/api/orchestrator/queue')).maxSize, 77);
+  const other = join(dir, 'other.json');
+  writeFileSync(other, JSON.stringify({ modelGroups: { h: { deployments: [{ id: 'h', provider: 'openai', url: m.url, model: 'm' }] } } }));
+  t.equal((await send(tb, 'POST', '/api/orchestrator/config/reload', { configPath: other })).status, 200, 'another file in the same directory');
+  t.equal((await chat(tb, 'h')).status, 200, 'its group is served on every thread');
+  t.equal((await chat(tb, 'g')).status, 404, 'and the old one is gone');
+  const outside = await send(tb, 'POST', '/api/orchestrator/config/reload', { configPath: '/etc/passwd' });
+  t.equal(outside.status, 400, 'a file outside the config directory');
+  t.match(outside.body.error.message, /inside/);
+  t.equal((await send(tb, 'POST', '/api/orchestrator/config/reload', { configPath: '../../etc/hosts' })).status, 400);
+});
+
+t.test('every route needs the admin credential; recovery tests keep their failures with an analysis', async (t) => {
+  const m = await startMock(t);
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'r', provider: 'openai', url: m.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  for (const path of ['/health', '/servers', '/circuit-breakers', '/bans', '/queue', '/config', '/metrics', '/recovery-failures']) {
+    const r = await fetch(`${tb.url}/api/orchestrator${path}`);
+    t.equal(r.status, 401, `${path} without credentials`);
+  }
+  const ok = await send(tb, 'POST', '/api/orchestrator/servers/r/models/m/recovery-test');
+  t.equal(ok.body.ok, true);
+  m.setKnobs({ fail: '500' });
+  const failed = await send(tb, 'POST', '/api/orchestrator/servers/r/models/m/recovery-test');
+  t.equal(failed.body.ok, false);
+  t.equal(failed.body.kind, 'http_5xx');
+  const history = await get(tb, '/api/orchestrator/recovery-failures/r/history');
+  t.equal(history.history.length, 1);
+  const analysis = await get(tb, '/api/orchestrator/recovery-failures/r/analysis');
+  t.same(analysis.byKind, { http_5xx: 1 });
+  t.ok(analysis.msSinceLastSuccess >= 0);
+  const impact = await get(tb, '/api/orchestrator/recovery-failures/r/circuit-breaker-impact');
+  t.equal(impact.breakers[0].model, 'm');
+  t.equal((await get(tb, '/api/orchestrator/recovery-failures/r')).failures, 1);
+  t.equal((await send(tb, 'POST', '/api/orchestrator/recovery-failures/r/reset')).body.reset, true);
+  t.equal((await get(tb, '/api/orchestrator/recovery-failures/r')).failures, 0);
+  t.equal((await send(tb, 'POST', '/api/orchestrator/servers/r/models/nope/recovery-test')).status, 404);
+  const text = await (await fetch(`${tb.url}/api/orchestrator/metrics`, { headers: admin })).text();
+  t.match(text, /circuit_breaker_state\{server="r",model="m"\}/);
+});
