@@ -1,7 +1,6 @@
 // The batching span exporter. An ended span is encoded to OTLP JSON at once and its bytes
 // appended to the batch being filled, so the span object dies young: queued Span objects
-// lived until their POST, survived the scavenges, went to old space and cost GC (bench:otel
-// measured tracing every request at +43 % CPU per request that way; see docs/tracing.md).
+// would live until their POST (up to a second), survive the scavenges and go to old space.
 // A batch leaves as one OTLP/HTTP JSON POST when it holds `maxBatch` spans or every
 // `intervalMs`, one POST at a time. A full queue drops the span and counts it, never blocks
 // a request; an export that fails (collector down, non-2xx, timeout) drops its batch and
