@@ -16,6 +16,7 @@ import { fashionPngs } from '../helpers/images.ts';
 import { startOpsFleet } from '../../bench/lib/ops-fleet.ts';
 import { freePort } from '../../bench/lib/process.ts';
 import { startRedis } from '../helpers/redis.ts';
+import { startOtlpReceiver } from '../helpers/otlp.ts';
 import { clients } from '../helpers/grpc.ts';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- parsed YAML/JSON
@@ -45,10 +46,15 @@ t.test('every dashboard query and recording rule returns data from a real Promet
   // off: they would rightly take the failing mocks out of routing, and their error series with them.)
   const redis = await startRedis(t);
   const grpcPort = await freePort();
+  // Traces on, to a receiver: the span counter has its panel too.
+  const otlp = await startOtlpReceiver();
+  t.teardown(() => otlp.close());
   const tb = await startTestBroker({
     BROKER_CONFIG: fleet.path,
     REDIS_URL: redis.url,
     GRPC_PORT: String(grpcPort),
+    OTEL_ENABLED: 'true',
+    OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
     SHADOW_ENABLED: 'true',
     BROKER_FF_STICKY_ROUTING: 'true',
     BROKER_FF_QUOTA_ENFORCEMENT: 'true',
