@@ -276,10 +276,12 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       if (!readyAfter) failures.push('the broker is not ready after the run');
       servingAfter = await valid(b.url, pngB64);
       if (servingAfter.chat_stream !== 200 || servingAfter.infer !== 200) failures.push(`the broker no longer serves well-formed requests: ${JSON.stringify(servingAfter)}`);
-      // Every LLM request ended: the shared capacity counters are back to 0.
+      // Every LLM request ended: the shared capacity counters are back to 0. Read from
+      // /metrics: the fuzz's refused admin credentials get its address throttled on admin
+      // routes (ADMIN_AUTH_MAX_FAILURES), as they should.
       for (let i = 0; i < 50; i++) {
-        const cap = JSON.parse((await get(`${b.url}/api/industrial/capacity`, { authorization: `Bearer ${ADMIN_TOKEN}` })).body) as { totalInFlight: number };
-        inFlight = cap.totalInFlight;
+        const text = (await get(`${b.url}/metrics`)).body;
+        inFlight = [...text.matchAll(/^broker_capacity_in_flight\{[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
         if (inFlight === 0) break;
         await sleep(100);
       }
