@@ -2,13 +2,15 @@
 // one port, in front of mock upstreams. Each test makes sure that both threads served
 // (the `plane` field of their request log lines) so that what it checks crossed threads.
 import t from 'tap';
+type Tap = { teardown(fn: () => unknown): void };
 import { Agent, request } from 'undici';
 import type { MockUpstream, MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 import { admin, metricValue, type TestBroker } from '../helpers/broker.ts';
 
-const mock = (opts: MockUpstreamOptions): Promise<MockUpstream> => startMock(t, opts);
-const broker = (fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> => startFleetBroker(t, fleet, { FRONT_THREADS: '2', INFER_ENABLED: 'false', ...env });
+// Each subtest owns its upstreams and broker: they close when it ends, not with the file.
+const mock = (t: Tap, opts: MockUpstreamOptions): Promise<MockUpstream> => startMock(t, opts);
+const broker = (t: Tap, fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> => startFleetBroker(t, fleet, { FRONT_THREADS: '2', INFER_ENABLED: 'false', ...env });
 
 /** A request on a connection of its own, so that the kernel picks a thread for it. */
 async function fresh(tb: TestBroker, path: string, body?: unknown) {
@@ -66,8 +68,8 @@ async function streamsOnBothThreads(tb: TestBroker, upstream: MockUpstream): Pro
 }
 
 t.test('capacity limits hold across threads: limit 2, every extra stream refused, the upstream never sees 3', async (t) => {
-  const slow = await mock({ tokens: 12, tps: 40 });
-  const tb = await broker({ scheduler: { queueWhenFull: false }, modelGroups: { g: { deployments: [{ id: 'cap', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
+  const slow = await mock(t, { tokens: 12, tps: 40 });
+  const tb = await broker(t, { scheduler: { queueWhenFull: false }, modelGroups: { g: { deployments: [{ id: 'cap', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
   let maxOpen = 0;
   const sample = setInterval(() => (maxOpen = Math.max(maxOpen, slow.stats.open)), 1);
   // Rounds until both threads have served in one round (each round: 10 connections).
@@ -89,8 +91,8 @@ t.test('capacity limits hold across threads: limit 2, every extra stream refused
 });
 
 t.test('/metrics is one exposition: N requests over both threads read as exactly N', async (t) => {
-  const m = await mock({});
-  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'm1', provider: 'openai', url: m.url, model: 'm' }] } } });
+  const m = await mock(t, {});
+  const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 'm1', provider: 'openai', url: m.url, model: 'm' }] } } });
   const N = 40;
   const results = await Promise.all(Array.from({ length: N }, () => fresh(tb, '/v1/models')));
   t.ok(results.every((r) => r.status === 200));
@@ -106,9 +108,9 @@ t.test('/metrics is one exposition: N requests over both threads read as exactly
 });
 
 t.test('a change through the admin API is in force on every thread when the call returns', async (t) => {
-  const a = await mock({});
-  const b = await mock({});
-  const tb = await broker({ scheduler: { maxWaitMs: 200 }, modelGroups: { g: { deployments: [{ id: 'a', provider: 'openai', url: a.url, model: 'm' }, { id: 'b', provider: 'openai', url: b.url, model: 'm' }] } } });
+  const a = await mock(t, {});
+  const b = await mock(t, {});
+  const tb = await broker(t, { scheduler: { maxWaitMs: 200 }, modelGroups: { g: { deployments: [{ id: 'a', provider: 'openai', url: a.url, model: 'm' }, { id: 'b', provider: 'openai', url: b.url, model: 'm' }] } } });
   const drained = await fresh(tb, '/api/industrial/capacity/a/drain', { draining: true });
   t.equal(drained.status, 200);
   const after = await Promise.all(Array.from({ length: 20 }, () => chat(tb, false)));
@@ -124,8 +126,8 @@ t.test('a change through the admin API is in force on every thread when the call
 });
 
 t.test('a data-plane thread that dies is replaced; the other carries on', async (t) => {
-  const slow = await mock({ tokens: 20, tps: 40 });
-  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 's', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 100 }] } } });
+  const slow = await mock(t, { tokens: 20, tps: 40 });
+  const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 's', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 100 }] } } });
   const running = await streamsOnBothThreads(tb, slow);
   const onSurvivor = (await tb.broker.planes!.stats())[1]!.inFlight;
   await tb.broker.planes!.fail(0);
@@ -141,8 +143,8 @@ t.test('a data-plane thread that dies is replaced; the other carries on', async 
 });
 
 t.test('shutdown with streams open on both threads: they get the grace period, then an explicit error event', async (t) => {
-  const slow = await mock({ tokens: 400, tps: 20 });
-  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'long', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 100 }] } } });
+  const slow = await mock(t, { tokens: 400, tps: 20 });
+  const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 'long', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 100 }] } } });
   const streams = await streamsOnBothThreads(tb, slow);
   const quick = fresh(tb, '/v1/chat/completions', { model: 'g', messages: [{ role: 'user', content: 'a short one' }], max_tokens: 1 });
   await tb.broker.close(400);

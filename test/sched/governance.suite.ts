@@ -1,5 +1,6 @@
 // Scheduler and governance end to end: a real broker in front of mock upstreams.
 import t from 'tap';
+type Tap = { teardown(fn: () => unknown): void };
 import { request } from 'undici';
 import type { MockUpstream, MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
@@ -7,16 +8,17 @@ import { mulberry32 } from '../../scripts/train/prng.ts';
 import { admin, json, metricValue, type TestBroker } from '../helpers/broker.ts';
 import { keyId } from '../../src/guard/api-key.ts';
 
-const mock = (opts: MockUpstreamOptions): Promise<MockUpstream> => startMock(t, opts);
-const broker = (fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> => startFleetBroker(t, fleet, { INFER_THREADS: '1', ...env });
+// Each subtest owns its upstreams and broker: they close when it ends, not with the file.
+const mock = (t: Tap, opts: MockUpstreamOptions): Promise<MockUpstream> => startMock(t, opts);
+const broker = (t: Tap, fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> => startFleetBroker(t, fleet, { INFER_THREADS: '1', ...env });
 
 const messages = (content = 'hello') => [{ role: 'user', content }];
 
-async function chat(tb: TestBroker, model: string, opts: { stream?: boolean; headers?: Record<string, string>; content?: string; signal?: AbortSignal } = {}) {
+async function chat(tb: TestBroker, model: string, opts: { stream?: boolean; headers?: Record<string, string>; content?: string; signal?: AbortSignal; maxTokens?: number } = {}) {
   const res = await request(`${tb.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...opts.headers },
-    body: JSON.stringify({ model, messages: messages(opts.content), stream: opts.stream ?? false }),
+    body: JSON.stringify({ model, messages: messages(opts.content), stream: opts.stream ?? false, ...(opts.maxTokens ? { max_tokens: opts.maxTokens } : {}) }),
     signal: opts.signal,
   });
   const text = await res.body.text();
@@ -41,8 +43,8 @@ async function until(cond: () => Promise<boolean>, what: string): Promise<void> 
 }
 
 t.test('capacity gating: limit 2, six concurrent streams, the rest queue, counters back to 0', async (t) => {
-  const slow = await mock({ tokens: 10, tps: 40 });
-  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'cap-1', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
+  const slow = await mock(t, { tokens: 10, tps: 40 });
+  const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 'cap-1', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
   const runs = Array.from({ length: 6 }, () => chat(tb, 'g', { stream: true }));
   await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === 4, 'four queued');
   const cap = await get(tb, '/api/industrial/capacity/cap-1');
@@ -59,8 +61,8 @@ t.test('capacity gating: limit 2, six concurrent streams, the rest queue, counte
 });
 
 t.test('capacity gating without queueing: the extra streams get 429 capacity_exhausted', async (t) => {
-  const slow = await mock({ tokens: 10, tps: 40 });
-  const tb = await broker({ scheduler: { queueWhenFull: false }, modelGroups: { g: { deployments: [{ id: 'cap-2', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
+  const slow = await mock(t, { tokens: 10, tps: 40 });
+  const tb = await broker(t, { scheduler: { queueWhenFull: false }, modelGroups: { g: { deployments: [{ id: 'cap-2', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
   const results = await Promise.all(Array.from({ length: 6 }, () => chat(tb, 'g', { stream: true })));
   const statuses = results.map((r) => r.status).sort();
   t.same(statuses, [200, 200, 429, 429, 429, 429]);
@@ -71,8 +73,8 @@ t.test('capacity gating without queueing: the extra streams get 429 capacity_exh
 });
 
 t.test('a queued request past its wait limit gets 504 queue_timeout', async (t) => {
-  const slow = await mock({ tokens: 20, tps: 20 });
-  const tb = await broker({ scheduler: { maxWaitMs: 100 }, modelGroups: { g: { deployments: [{ id: 'cap-3', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 1 }] } } });
+  const slow = await mock(t, { tokens: 20, tps: 20 });
+  const tb = await broker(t, { scheduler: { maxWaitMs: 100 }, modelGroups: { g: { deployments: [{ id: 'cap-3', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 1 }] } } });
   const first = chat(tb, 'g', { stream: true });
   await until(async () => (await get(tb, '/api/industrial/capacity/cap-3')).inFlight === 1, 'first running');
   const second = await chat(tb, 'g');
@@ -83,26 +85,29 @@ t.test('a queued request past its wait limit gets 504 queue_timeout', async (t) 
 });
 
 t.test('priority routing: waiting requests are served by priority', async (t) => {
-  const m = await mock({ tokens: 3, tps: 30 });
+  // The blocker streams until the test lets go of it (however slow the machine); the queued ones are short.
+  const m = await mock(t, { tokens: 1000, tps: 30 });
   // A key with priority 9; its requests lower it by header (a header may only lower it).
-  const tb = await broker({ apiKeys: { 'sk-prio': { priority: 9 } }, modelGroups: { g: { deployments: [{ id: 'prio-1', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 1 }] } } }, { BROKER_FF_PRIORITY_ROUTING: 'true' });
-  const blocker = chat(tb, 'g', { stream: true });
+  const tb = await broker(t, { apiKeys: { 'sk-prio': { priority: 9 } }, modelGroups: { g: { deployments: [{ id: 'prio-1', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 1 }] } } }, { BROKER_FF_PRIORITY_ROUTING: 'true' });
+  const release = new AbortController();
+  const blocker = chat(tb, 'g', { stream: true, signal: release.signal }).catch(() => 'released');
   await until(async () => (await get(tb, '/api/industrial/capacity/prio-1')).inFlight === 1, 'blocker running');
   const order: string[] = [];
   const queued: Promise<unknown>[] = [];
   for (const p of ['low', 'normal', 'high']) {
-    queued.push(chat(tb, 'g', { headers: { 'x-api-key': 'sk-prio', 'x-broker-priority': p } }).then(() => order.push(p)));
+    queued.push(chat(tb, 'g', { maxTokens: 2, headers: { 'x-api-key': 'sk-prio', 'x-broker-priority': p } }).then(() => order.push(p)));
     const n = queued.length;
     await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === n, `${n} queued`);
   }
-  await blocker;
+  release.abort();
+  t.equal(await blocker, 'released');
   await Promise.all(queued);
   t.same(order, ['high', 'normal', 'low']);
 });
 
 t.test('self-declared identity: headers cannot raise a priority or a tier, nor replace a known key\'s label', async (t) => {
-  const m = await mock({ tokens: 3, tps: 30 });
-  const tb = await broker(
+  const m = await mock(t, { tokens: 1000, tps: 30 });
+  const tb = await broker(t,
     {
       apiKeys: { 'sk-low': { priority: 2, label: 'nightly' } },
       modelGroups: { g: { deployments: [{ id: 'self-1', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 1 }] } },
@@ -114,13 +119,15 @@ t.test('self-declared identity: headers cannot raise a priority or a tier, nor r
   t.equal(r.body.tier.name, 'standard');
   t.match(r.body.reason, /cannot raise/);
   // A low-priority key asking for critical waits behind a keyless normal request.
-  const blocker = chat(tb, 'g', { stream: true });
+  const release = new AbortController();
+  const blocker = chat(tb, 'g', { stream: true, signal: release.signal }).catch(() => 'released');
   await until(async () => (await get(tb, '/api/industrial/capacity/self-1')).inFlight === 1, 'blocker running');
   const order: string[] = [];
-  const lowKey = chat(tb, 'g', { headers: { 'x-api-key': 'sk-low', 'x-broker-priority': 'critical', 'x-broker-label': 'mine' } }).then(() => order.push('sk-low'));
+  const lowKey = chat(tb, 'g', { maxTokens: 2, headers: { 'x-api-key': 'sk-low', 'x-broker-priority': 'critical', 'x-broker-label': 'mine' } }).then(() => order.push('sk-low'));
   await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === 1, 'one queued');
-  const keyless = chat(tb, 'g').then(() => order.push('keyless'));
+  const keyless = chat(tb, 'g', { maxTokens: 2 }).then(() => order.push('keyless'));
   await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === 2, 'two queued');
+  release.abort();
   await Promise.all([blocker, lowKey, keyless]);
   t.same(order, ['keyless', 'sk-low'], 'the key\'s priority 2 held against its header');
   const usage = await get(tb, '/api/industrial/usage');
@@ -129,9 +136,9 @@ t.test('self-declared identity: headers cannot raise a priority or a tier, nor r
 });
 
 t.test('performance routing: a slow deployment is avoided, and comes back when it recovers', async (t) => {
-  const fast = await mock({});
-  const slow = await mock({ ttftMs: 150 });
-  const tb = await broker({
+  const fast = await mock(t, {});
+  const slow = await mock(t, { ttftMs: 150 });
+  const tb = await broker(t, {
     performance: { ttftDegradedMs: 80, minSamples: 1, alpha: 1, probeIntervalMs: 300 },
     modelGroups: { g: { deployments: [{ id: 'fast', provider: 'openai', url: fast.url, model: 'm' }, { id: 'slow', provider: 'openai', url: slow.url, model: 'm' }] } },
   });
@@ -158,9 +165,9 @@ t.test('performance routing: a slow deployment is avoided, and comes back when i
 });
 
 t.test('sticky routing: the same prompt prefix lands on the same deployment, and moves when it drains', async (t) => {
-  const a = await mock({});
-  const b = await mock({});
-  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'st-a', provider: 'openai', url: a.url, model: 'm' }, { id: 'st-b', provider: 'openai', url: b.url, model: 'm' }] } } }, { BROKER_FF_STICKY_ROUTING: 'true', BROKER_FF_PERFORMANCE_ROUTING: 'false' });
+  const a = await mock(t, {});
+  const b = await mock(t, {});
+  const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 'st-a', provider: 'openai', url: a.url, model: 'm' }, { id: 'st-b', provider: 'openai', url: b.url, model: 'm' }] } } }, { BROKER_FF_STICKY_ROUTING: 'true', BROKER_FF_PERFORMANCE_ROUTING: 'false' });
   const first = await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' });
   const pinned = first.deployment!;
   for (let i = 0; i < 10; i++) t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, pinned);
@@ -177,8 +184,8 @@ t.test('sticky routing: the same prompt prefix lands on the same deployment, and
 });
 
 t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After; flags switch it at once', async (t) => {
-  const m = await mock({ tokens: 5 });
-  const tb = await broker({
+  const m = await mock(t, { tokens: 5 });
+  const tb = await broker(t, {
     apiKeys: { 'sk-small': { tpm: 300, label: 'small-team' } },
     modelGroups: { g: { deployments: [{ id: 'q-1', provider: 'openai', url: m.url, model: 'm', rpm: 3 }] }, h: { deployments: [{ id: 'q-2', provider: 'openai', url: m.url, model: 'm' }] } },
   });
@@ -236,8 +243,8 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
 });
 
 t.test('flags API: list, override, bulk, clear, audit, validation, admin only', async (t) => {
-  const m = await mock({});
-  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'f-1', provider: 'openai', url: m.url, model: 'm' }] } } }, { BROKER_FF_QOS_SWITCHING: 'true' });
+  const m = await mock(t, {});
+  const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 'f-1', provider: 'openai', url: m.url, model: 'm' }] } } }, { BROKER_FF_QOS_SWITCHING: 'true' });
   const flags = await get(tb, '/api/industrial/flags');
   t.same(flags.qos_switching, { enabled: true, source: 'env' });
   t.same(flags.capacity_gating, { enabled: true, source: 'default' });
@@ -262,8 +269,8 @@ t.test('flags API: list, override, bulk, clear, audit, validation, admin only', 
 });
 
 t.test('QoS: tiers, resolve, header tier, group restriction, output cap', async (t) => {
-  const m = await mock({ tokens: 50 });
-  const tb = await broker(
+  const m = await mock(t, { tokens: 50 });
+  const tb = await broker(t, 
     {
       qos: {
         defaultTier: 'standard',
@@ -295,8 +302,8 @@ t.test('QoS: tiers, resolve, header tier, group restriction, output cap', async 
 });
 
 t.test('usage, prediction, PTU advice and the combined status', async (t) => {
-  const m = await mock({ tokens: 30 });
-  const tb = await broker(
+  const m = await mock(t, { tokens: 30 });
+  const tb = await broker(t, 
     { ptu: [{ name: 'ptu-east', capacityTpm: 100000, label: 'summaries' }], modelGroups: { g: { deployments: [{ id: 'u-1', provider: 'openai', url: m.url, model: 'm' }] } } },
     { BROKER_FF_OUTPUT_PREDICTION: 'true' },
   );
@@ -331,13 +338,13 @@ t.test('usage, prediction, PTU advice and the combined status', async (t) => {
 });
 
 t.test('10,000 requests with random outcomes: every counter returns to 0', async (t) => {
-  const ok = await mock({ tokens: 3 });
-  const err = await mock({ fail: 500 });
-  const cut = await mock({ tokens: 5, fail: 'reset', failAfter: 2 });
-  const stall = await mock({ tokens: 5, fail: 'stall', failAfter: 1 });
-  const slow = await mock({ tokens: 4, tps: 200 });
+  const ok = await mock(t, { tokens: 3 });
+  const err = await mock(t, { fail: 500 });
+  const cut = await mock(t, { tokens: 5, fail: 'reset', failAfter: 2 });
+  const stall = await mock(t, { tokens: 5, fail: 'stall', failAfter: 1 });
+  const slow = await mock(t, { tokens: 4, tps: 200 });
   const d = (id: string, m: MockUpstream, extra: Record<string, unknown> = {}) => ({ id, provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 4, ...extra });
-  const tb = await broker(
+  const tb = await broker(t, 
     {
       scheduler: { maxQueue: 50, maxWaitMs: 200 },
       modelGroups: {
