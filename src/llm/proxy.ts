@@ -226,6 +226,10 @@ export class LlmProxy {
   private streamOutcome(r: StreamResult, ttftMs: number | null, group: ModelGroupConfig, dep: DeploymentState, requestId: string, instrument: boolean): Outcome {
     const m = this.deps.metrics;
     this.countTokens(group, r.promptTokens, r.completionTokens);
+    if (r.malformed > 0) {
+      m.llmUpstreamMalformed.labels(dep.config.id).inc(r.malformed);
+      this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, events: r.malformed }, 'upstream sent events that are not JSON objects: dropped');
+    }
     if (instrument) {
       if (ttftMs !== null) m.llmTtft.labels(group.name, dep.config.id).observe(ttftMs / 1000);
       const gaps = m.llmInterToken.labels(group.name);

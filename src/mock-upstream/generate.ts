@@ -9,8 +9,11 @@ import type { ServerResponse } from 'node:http';
 /** Raw header list for writeHead: name, value, name, value... */
 export type RawHeaders = readonly string[];
 
-/** `'none'`, `'reset'`, `'stall'` or an HTTP status to answer with before any byte. */
-export type FailMode = 'none' | 'reset' | 'stall' | number;
+/**
+ * `'none'`, `'reset'`, `'stall'`, `'garbage'` (one event that is not JSON after `failAfter`
+ * tokens, then the rest of a good stream) or an HTTP status to answer with before any byte.
+ */
+export type FailMode = 'none' | 'reset' | 'stall' | 'garbage' | number;
 
 /** The behaviour knobs, per process (options/CLI) and per request (x-mock-* headers). */
 export interface Knobs {
@@ -89,11 +92,17 @@ export function streamAnswer(ex: Exchange, plan: Plan, headers: RawHeaders, enc:
   const limit = cut ? Math.min(k.failAfter, n) : n;
   const firstAt = startedAt + k.ttftMs;
 
+  // What a broken proxy in front of a model server might inject: not an event of the API.
+  const junk = k.fail !== 'garbage' ? '' : headers.includes('text/event-stream') ? 'data: upstream hiccup\n\n' : 'upstream hiccup\n';
+  const junkAt = junk === '' ? -1 : Math.min(k.failAfter, n);
+  const tokens = (from: number, to: number): string =>
+    junkAt >= from && junkAt < to ? enc.tokens(from, junkAt) + junk + enc.tokens(junkAt, to) : enc.tokens(from, to);
+
   res.writeHead(200, headers as string[]);
   if (!cut && k.ttftMs <= 0 && interval === 0) {
     // The benchmark baseline: headers and the whole body in one write.
     const now = performance.now();
-    res.end(enc.head() + enc.tokens(0, n) + enc.tail(Math.min(firstAt, now), now));
+    res.end(enc.head() + tokens(0, n) + (junkAt === n ? junk : '') + enc.tail(Math.min(firstAt, now), now));
     return;
   }
   res.flushHeaders();
@@ -111,12 +120,12 @@ export function streamAnswer(ex: Exchange, plan: Plan, headers: RawHeaders, enc:
     }
     const due = interval === 0 ? limit : Math.min(limit, Math.floor((now - firstAt) / interval) + 1);
     if (due > sent) {
-      chunk += enc.tokens(sent, due);
+      chunk += tokens(sent, due);
       sent = due;
     }
     if (sent >= limit) {
       if (!cut) {
-        res.end(chunk + enc.tail(firstTokenAt, now));
+        res.end(chunk + (junkAt === n ? junk : '') + enc.tail(firstTokenAt, now));
       } else if (k.fail === 'reset') {
         ex.selfDestroyed = true;
         if (chunk.length > 0) res.write(chunk, () => resetConnection(ex));

@@ -95,7 +95,7 @@ export function parseFail(v: string | number): FailMode | undefined {
   if (typeof v === 'number') return Number.isInteger(v) && v >= 400 && v <= 599 ? v : undefined;
   const s = v.trim().toLowerCase();
   if (s === '' || s === 'none') return 'none';
-  if (s === 'reset' || s === 'stall') return s;
+  if (s === 'reset' || s === 'stall' || s === 'garbage') return s;
   return /^[45]\d\d$/.test(s) ? Number(s) : undefined;
 }
 

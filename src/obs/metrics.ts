@@ -214,6 +214,12 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['group', 'deployment', 'reason'] as const,
       registers: r,
     }),
+    llmUpstreamMalformed: new Counter({
+      name: 'llm_upstream_malformed_events_total',
+      help: 'Streamed upstream events that were not JSON objects: dropped, never forwarded',
+      labelNames: ['deployment'] as const,
+      registers: r,
+    }),
     // Scheduler and policies.
     capacityInFlight: new Gauge({
       name: 'broker_capacity_in_flight',

@@ -25,6 +25,7 @@ const fail429 = await mock({ fail: 429 });
 const reset = await mock({ fail: 'reset', failAfter: 3 });
 const stall = await mock({ fail: 'stall', failAfter: 2 });
 const slow = await mock({ tokens: 10_000, tps: 50 });
+const junk = await mock({ fail: 'garbage', failAfter: 2 });
 
 const dep = (id: string, provider: 'openai' | 'ollama', m: MockUpstream, extra: Record<string, unknown> = {}) => ({ id, provider, url: m.url, model: `${id}-upstream`, ...extra });
 const fleet = {
@@ -38,6 +39,8 @@ const fleet = {
     'cut-ollama': { deployments: [dep('reset-2', 'ollama', reset)] },
     stalled: { deployments: [dep('stall-1', 'openai', stall, { idleTimeoutMs: 300 })] },
     slow: { deployments: [dep('slow-1', 'ollama', slow)] },
+    junk: { deployments: [dep('junk-1', 'openai', junk)] },
+    'junk-ollama': { deployments: [dep('junk-2', 'ollama', junk)] },
   },
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-llm-'));
@@ -177,6 +180,26 @@ t.test('reset mid-stream: an explicit error event, never a silent end', async (t
   t.type(lines.at(-1).error, 'string', 'ollama clients get a final error line');
   t.notOk(lines.some((l) => l.done === true), 'and no done line');
   t.ok((await metricValue(tb.url, 'llm_midstream_errors_total', { group: 'cut' })) >= 2);
+});
+
+t.test('an upstream event that is not JSON is dropped and counted, never forwarded: pass-through and translated', async (t) => {
+  // Pass-through (OpenAI to OpenAI) and translated (OpenAI client to Ollama), through the official client.
+  for (const model of ['junk', 'junk-ollama']) {
+    let got = '';
+    for await (const c of await openai.chat.completions.create({ model, messages, stream: true })) got += c.choices[0]?.delta.content ?? '';
+    t.equal(got, mockText(8), `${model}: the whole answer, no error`);
+    const raw = await (await request(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, messages, stream: true }) })).body.text();
+    t.notMatch(raw, /hiccup/, `${model}: the junk never reaches the client`);
+    t.match(raw, /data: \[DONE\]\n\n$/);
+  }
+  // Ollama clients: pass-through and translated.
+  for (const model of ['junk-ollama', 'junk']) {
+    let got = '';
+    for await (const c of await ollama.chat({ model, messages, stream: true })) got += c.message.content;
+    t.equal(got, mockText(8), `ollama client, ${model}`);
+  }
+  t.equal(await metricValue(tb.url, 'llm_upstream_malformed_events_total', { deployment: 'junk-1' }), 3);
+  t.equal(await metricValue(tb.url, 'llm_upstream_malformed_events_total', { deployment: 'junk-2' }), 3);
 });
 
 t.test('stall mid-stream: idle timeout ends the stream with upstream_timeout', async (t) => {

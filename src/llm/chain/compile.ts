@@ -49,6 +49,9 @@ import {
   OPENAI_TOKEN_PROBE,
   OPENAI_USAGE_PROBE,
   tryParse,
+  looksLikeObject,
+  MALFORMED_RUN_LIMIT,
+  MALFORMED_RUN_MESSAGE,
 } from './probe.ts';
 
 export interface ChainSpec {
@@ -98,10 +101,12 @@ export interface ChainStats {
   usageFromUpstream: boolean;
   /** Set when the stream ended in an error event: an upstream error, a truncation, or fail(). */
   error: { code: string; message: string } | null;
+  /** Upstream events that were not JSON objects: dropped, never forwarded (see MALFORMED_RUN_LIMIT). */
+  malformed: number;
 }
 
 export function newChainStats(): ChainStats {
-  return { promptTokens: 0, completionTokens: 0, finishReason: null, firstTokenAt: null, lastTokenAt: null, chunks: 0, sawTerminal: false, usageFromUpstream: false, error: null };
+  return { promptTokens: 0, completionTokens: 0, finishReason: null, firstTokenAt: null, lastTokenAt: null, chunks: 0, sawTerminal: false, usageFromUpstream: false, error: null, malformed: 0 };
 }
 
 /** Bytes or text to write to the client now; null when there is nothing. */
@@ -178,6 +183,8 @@ class Run {
   out = '';
   /** SSE pass-through: the last block was forwarded (so is the LF that completes its CRLF). */
   lastKept = false;
+  /** Malformed upstream events in a row. */
+  malformedRun = 0;
   // gRPC encoder: the delta text and role gathered from this chunk, and whether the final is owed.
   gText = '';
   gRole = '';
@@ -276,6 +283,17 @@ function upstreamFailure(r: Run, emitText: (r: Run, s: string) => void, client: 
   r.lastKept = false;
 }
 
+/**
+ * A garbage event is dropped and counted, never forwarded: a client's SDK would choke on it.
+ * The stream goes on, unless the upstream sends nothing else (MALFORMED_RUN_LIMIT in a row).
+ */
+function malformed(r: Run, emitText: (r: Run, s: string) => void, client: Api): false {
+  r.stats.malformed++;
+  r.lastKept = false;
+  if (++r.malformedRun >= MALFORMED_RUN_LIMIT) upstreamFailure(r, emitText, client, MALFORMED_RUN_MESSAGE);
+  return false;
+}
+
 function errorMessageOf(text: string): string {
   return upstreamErrorMessage(tryParse(text)) ?? text;
 }
@@ -335,6 +353,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       };
 
   const fail = (r: Run, message: string): void => upstreamFailure(r, emitText, client, message);
+  const drop = (r: Run): false => malformed(r, emitText, client);
 
   // classify: the gate that reads the event and may end the stream.
   let classify: Gate;
@@ -353,6 +372,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
     if (passthrough) {
       classify = (r) => {
         const d = r.data;
+        if (!looksLikeObject(d)) return drop(r);
+        r.malformedRun = 0;
         if (ERROR_PROBE.test(d)) {
           const j = tryParse(d);
           const msg = upstreamErrorMessage(j);
@@ -398,10 +419,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
     } else {
       classify = (r) => {
         const j = tryParse(r.data);
-        if (j === null) {
-          fail(r, 'upstream sent an event that is not a JSON object');
-          return false;
-        }
+        if (j === null) return drop(r);
+        r.malformedRun = 0;
         if (j['error'] !== undefined && j['choices'] === undefined) {
           fail(r, upstreamErrorMessage(j) ?? 'upstream error');
           return false;
@@ -463,6 +482,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
     if (passthrough) {
       classify = (r) => {
         const d = r.data;
+        if (!looksLikeObject(d)) return drop(r);
+        r.malformedRun = 0;
         if (ERROR_PROBE.test(d)) {
           const msg = upstreamErrorMessage(tryParse(d));
           if (msg !== null) {
@@ -492,10 +513,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
     } else {
       classify = (r) => {
         const j = tryParse(r.data);
-        if (j === null) {
-          fail(r, 'upstream sent a line that is not a JSON object');
-          return false;
-        }
+        if (j === null) return drop(r);
+        r.malformedRun = 0;
         if (j['error'] !== undefined) {
           fail(r, upstreamErrorMessage(j) ?? 'upstream error');
           return false;

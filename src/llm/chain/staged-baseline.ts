@@ -17,6 +17,7 @@ import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
 import type { OllamaChatResponse, OllamaGenerateResponse, OpenAIChunk } from '../translate/types.ts';
 import { newChainStats, type ChainContext, type ChainSpec, type ChainStats } from './compile.ts';
+import { looksLikeObject, MALFORMED_RUN_LIMIT, MALFORMED_RUN_MESSAGE } from './probe.ts';
 
 /** What the parse stage hands on. */
 interface Up {
@@ -40,24 +41,41 @@ function parseObject(text: string): Record<string, unknown> | null {
 type Look =
   | { type: 'done'; json: Record<string, unknown> | null }
   | { type: 'error'; message: string }
+  | { type: 'malformed' }
   | { type: 'chunk'; json: Record<string, unknown> | null };
 
 /** What an upstream event is; every stage asks this again for itself. */
 function look(spec: ChainSpec, up: Up): Look {
+  // Pass-through tests the shape only (looksLikeObject), as the compiled chain does.
   const passthrough = spec.client === spec.provider;
   if (spec.provider === 'openai') {
     if (up.event === 'error') return { type: 'error', message: upstreamErrorMessage(parseObject(up.data)) ?? up.data };
     if (up.data === '[DONE]') return { type: 'done', json: null };
+    if (passthrough && !looksLikeObject(up.data)) return { type: 'malformed' };
     const j = parseObject(up.data);
-    if (j === null) return passthrough ? { type: 'chunk', json: null } : { type: 'error', message: 'upstream sent an event that is not a JSON object' };
+    if (j === null) return passthrough ? { type: 'chunk', json: null } : { type: 'malformed' };
     if (j['error'] !== undefined && j['choices'] === undefined) return { type: 'error', message: upstreamErrorMessage(j) ?? 'upstream error' };
     return { type: 'chunk', json: j };
   }
+  if (passthrough && !looksLikeObject(up.data)) return { type: 'malformed' };
   const j = parseObject(up.data);
-  if (j === null) return passthrough ? { type: 'chunk', json: null } : { type: 'error', message: 'upstream sent a line that is not a JSON object' };
+  if (j === null) return passthrough ? { type: 'chunk', json: null } : { type: 'malformed' };
   if (j['error'] !== undefined) return { type: 'error', message: upstreamErrorMessage(j) ?? 'upstream error' };
   if (j['done'] === true) return { type: 'done', json: j };
   return { type: 'chunk', json: j };
+}
+
+/** Malformed events in a row; each stage keeps its own, and stops where the chain gives up. */
+class MalformedRun {
+  private n = 0;
+  /** Counts `l`; true once the run reaches the limit. */
+  over(l: Look): boolean {
+    if (l.type !== 'malformed') {
+      this.n = 0;
+      return false;
+    }
+    return ++this.n >= MALFORMED_RUN_LIMIT;
+  }
 }
 
 function hasToken(spec: ChainSpec, json: Record<string, unknown> | null): boolean {
@@ -185,6 +203,7 @@ class NdjsonParse extends Transform {
 
 class InstrumentStage extends Transform {
   private finishedUp = false;
+  private readonly bad = new MalformedRun();
 
   constructor(
     private readonly spec: ChainSpec,
@@ -197,8 +216,8 @@ class InstrumentStage extends Transform {
   override _transform(up: Up, _enc: BufferEncoding, cb: TransformCallback): void {
     if (up.kind === 'event' && !this.finishedUp) {
       const l = look(this.spec, up);
-      if (l.type === 'error' || (l.type === 'done' && l.json === null)) this.finishedUp = true;
-      else {
+      if (this.bad.over(l) || l.type === 'error' || (l.type === 'done' && l.json === null)) this.finishedUp = true;
+      else if (l.type !== 'malformed') {
         if (hasToken(this.spec, l.json)) {
           const t = this.ctx.now();
           const prev = this.stats.lastTokenAt;
@@ -218,6 +237,7 @@ class InstrumentStage extends Transform {
 
 class CountStage extends Transform {
   private finishedUp = false;
+  private readonly bad = new MalformedRun();
 
   constructor(
     private readonly spec: ChainSpec,
@@ -229,8 +249,8 @@ class CountStage extends Transform {
   override _transform(up: Up, _enc: BufferEncoding, cb: TransformCallback): void {
     if (up.kind === 'event' && !this.finishedUp) {
       const l = look(this.spec, up);
-      if (l.type === 'error' || (l.type === 'done' && l.json === null)) this.finishedUp = true;
-      else {
+      if (this.bad.over(l) || l.type === 'error' || (l.type === 'done' && l.json === null)) this.finishedUp = true;
+      else if (l.type !== 'malformed') {
         const j = l.json;
         const usage = j === null ? null : this.spec.provider === 'openai' ? usageFromOpenAI(j['usage'] as OpenAIChunk['usage']) : l.type === 'done' ? usageFromOllama(j) : null;
         const s = this.stats;
@@ -256,6 +276,7 @@ class TranslateStage extends Transform {
   finishedUp = false;
   truncated = false;
   private lastKept = false;
+  private readonly bad = new MalformedRun();
   private readonly sse: openaiToOllama.SseWriter;
   private readonly nd: ollamaToOpenai.NdjsonWriter;
 
@@ -301,6 +322,14 @@ class TranslateStage extends Transform {
     }
     this.stats.chunks++;
     const l = look(spec, up);
+    if (l.type === 'malformed') {
+      // Dropped and counted, never forwarded; a run of them ends the stream.
+      this.stats.malformed++;
+      this.lastKept = false;
+      if (this.bad.over(l)) this.push(this.failWith(MALFORMED_RUN_MESSAGE, 'upstream_error'));
+      return cb();
+    }
+    this.bad.over(l);
     if (l.type === 'error') {
       this.push(this.failWith(l.message, 'upstream_error'));
       return cb();

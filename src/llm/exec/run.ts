@@ -54,6 +54,7 @@ export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, 
     firstTokenMs,
     interTokenMs: gaps,
     waitedMs: waited,
+    malformed: s.stats.malformed,
   });
   // The staged baseline has no gRPC encoder: gRPC streams always run the compiled chain.
   const run = req.compiled || req.chain.encoder === 'grpc' ? pumpCompiled : pumpPipeline;

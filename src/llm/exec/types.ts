@@ -41,6 +41,8 @@ export interface StreamResult {
   readonly interTokenMs: readonly number[];
   /** Milliseconds spent waiting on the upstream while streaming. */
   readonly waitedMs: number;
+  /** Upstream events that were not JSON objects, dropped. */
+  readonly malformed: number;
 }
 
 /** Where streamed output goes: write returns false when the client is slow. */

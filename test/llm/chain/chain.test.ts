@@ -2,7 +2,8 @@ import t from 'tap';
 import { chainKey, compileChain, type ChainSpec } from '../../../src/llm/chain/compile.ts';
 import { createStagedBaseline, runPipeline } from '../../../src/llm/chain/staged-baseline.ts';
 import type { Api, Kind } from '../../../src/llm/translate/types.ts';
-import { ROUTES, clientText, ctxFor, openaiStream, ollamaStream, runChain, sseData, toBytes, upstreamStream } from './fixtures.suite.ts';
+import { GARBAGE, ROUTES, clientText, ctxFor, openaiStream, ollamaStream, runChain, sseData, toBytes, upstreamStream } from './fixtures.suite.ts';
+import { MALFORMED_RUN_LIMIT, MALFORMED_RUN_MESSAGE } from '../../../src/llm/chain/probe.ts';
 
 function spec(client: Api, provider: Api, kind: Kind, flags: Partial<ChainSpec> = {}): ChainSpec {
   return { client, provider, kind, instrument: true, countTokens: true, ...flags };
@@ -38,6 +39,7 @@ t.test('Ollama /api/chat stream → OpenAI chat.completion.chunk events', async 
     sawTerminal: true,
     usageFromUpstream: true,
     error: null,
+    malformed: 0,
   });
   t.equal(stream.truncated, false);
 });
@@ -270,10 +272,21 @@ t.test('an SSE `event: error` block is an upstream error too', async (t) => {
   t.same(stream.stats.error, { code: 'upstream_error', message: 'overloaded' });
 });
 
-t.test('cross-API: an event that is not JSON fails the stream', async (t) => {
-  const { bytes, stream } = runChain(spec('ollama', 'openai', 'chat'), ctxFor(), [Buffer.from('data: {"id":\n\n')]);
-  t.equal(stream.stats.error?.code, 'upstream_error');
-  t.match(bytes.toString(), /^\{"error":"upstream sent an event that is not a JSON object"\}\n$/);
+t.test('garbage frames are dropped and counted on every route, never forwarded; a run of them ends the stream', async (t) => {
+  for (const route of ROUTES) {
+    const label = `${route.client}<-${route.provider}/${route.kind}`;
+    const s = spec(route.client, route.provider, route.kind);
+    const few = upstreamStream(route.provider, route.kind, { tokens: ['a', 'b'], garbage: { at: 1, n: 3 } });
+    const { bytes, stream } = runChain(s, ctxFor(), [few]);
+    t.equal(stream.stats.malformed, 3, `${label}: counted`);
+    t.equal(stream.stats.error, null, `${label}: the stream goes on`);
+    t.equal(clientText(route.client, route.kind, bytes), 'ab', label);
+    for (const g of GARBAGE) t.notOk(bytes.includes(g), `${label}: never forwarded`);
+    const run = upstreamStream(route.provider, route.kind, { tokens: ['a', 'b'], garbage: { at: 1, n: MALFORMED_RUN_LIMIT } });
+    const ended = runChain(s, ctxFor(), [run]);
+    t.same(ended.stream.stats.error, { code: 'upstream_error', message: MALFORMED_RUN_MESSAGE }, label);
+    t.match(ended.bytes.toString(), /"error"/, `${label}: an explicit error event`);
+  }
 });
 
 // ---- tool calls through the stream ----

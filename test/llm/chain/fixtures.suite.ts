@@ -27,6 +27,18 @@ export interface StreamShape {
   promptTokens?: number;
   /** Chat only: two reasoning/thinking tokens first and a tool call last (finish tool_calls on OpenAI). */
   extras?: boolean;
+  /** `n` events that are not JSON objects, before token `at` (or at the end of the tokens). */
+  garbage?: { at: number; n: number };
+}
+
+/** Upstream garbage: data that is not a JSON object (a cut object, text, an array). */
+export const GARBAGE = ['{"id":"chatcmpl-9xYz","choices":[', 'upstream hiccup', '[1,2]', '<html>502 Bad Gateway</html>'];
+
+function garbageAt(s: StreamShape, i: number, frame: (data: string) => string): string {
+  if (s.garbage === undefined || s.garbage.at !== i) return '';
+  let out = '';
+  for (let k = 0; k < s.garbage.n; k++) out += frame(GARBAGE[k % GARBAGE.length]!);
+  return out;
 }
 
 /** Token events the upstream stream carries (what the chain counts without usage). */
@@ -80,9 +92,11 @@ export function openaiStream(kind: Kind, s: StreamShape): string {
   if (kind === 'chat') out += ev(oaChat({ role: 'assistant', content: '', refusal: null }, null));
   if (extras) out += ev(oaChat({ reasoning_content: 'Let me think' }, null)) + ev(oaChat({ reasoning_content: ' about 世界.' }, null));
   s.tokens.forEach((t, i) => {
+    out += garbageAt(s, i, ev);
     out += ev(kind === 'chat' ? oaChat({ content: t }, null) : oaText(t, null));
     if (s.comments === true && i % 3 === 1) out += ': keep-alive' + eol + eol;
   });
+  out += garbageAt(s, s.tokens.length, ev);
   if (extras) {
     out += ev(oaChat({ tool_calls: [{ index: 0, id: 'call_Qx1', type: 'function', function: { name: 'get_weather', arguments: '' } }] }, null));
     out += ev(oaChat({ tool_calls: [{ index: 0, function: { arguments: '{"city":' } }] }, null));
@@ -110,12 +124,14 @@ export function ollamaStream(kind: Kind, s: StreamShape): string {
     }
   }
   s.tokens.forEach((t, i) => {
+    out += garbageAt(s, i, (d) => d + '\n');
     const line =
       kind === 'chat'
         ? { model: 'llama3.2:3b', created_at: olTime(i), message: { role: 'assistant', content: t }, done: false }
         : { model: 'llama3.2:3b', created_at: olTime(i), response: t, done: false };
     out += JSON.stringify(line) + '\n';
   });
+  out += garbageAt(s, s.tokens.length, (d) => d + '\n');
   if (extras) {
     // Sometimes with a nested "content" key in the arguments, which a text probe must not mistake for message content.
     const args = s.tokens.length % 2 === 1 ? { city: 'Zürich', content: 'nested "content" key' } : { city: 'Zürich' };

@@ -8,7 +8,8 @@ import { runPipeline } from '../../../src/llm/chain/staged-baseline.ts';
 import { NdjsonParser } from '../../../src/llm/codec/ndjson.ts';
 import { SseParser } from '../../../src/llm/codec/sse.ts';
 import type { Api } from '../../../src/llm/translate/types.ts';
-import { ROUTES, TOKENS, clientText, ctxFor, prng, runChain, splitRandom, tokenEvents, upstreamStream, type StreamShape } from './fixtures.suite.ts';
+import { MALFORMED_RUN_LIMIT, MALFORMED_RUN_MESSAGE } from '../../../src/llm/chain/probe.ts';
+import { GARBAGE, ROUTES, TOKENS, clientText, ctxFor, prng, runChain, splitRandom, tokenEvents, upstreamStream, type StreamShape } from './fixtures.suite.ts';
 
 const SEED = 0x5eed;
 const ITERATIONS = 400;
@@ -43,6 +44,8 @@ t.test(`random splits, ${ITERATIONS} iterations (seed ${SEED})`, async (t) => {
       noDone: rnd() < 0.1,
       promptTokens: Math.floor(rnd() * 500),
       extras: rnd() < 0.3,
+      // Sometimes garbage frames: a few are dropped, a run of 8 or more ends the stream.
+      garbage: rnd() < 0.25 ? { at: Math.floor(rnd() * (tokens.length + 1)), n: 1 + Math.floor(rnd() * 9) } : undefined,
     };
     let up = upstreamStream(route.provider, route.kind, shape);
     const cut = rnd() < 0.2;
@@ -70,7 +73,15 @@ t.test(`random splits, ${ITERATIONS} iterations (seed ${SEED})`, async (t) => {
     t.same(piped.stats, whole.stream.stats, `${label}: pipeline stats`);
     t.equal(piped.truncated, whole.stream.truncated, `${label}: pipeline truncated`);
 
-    if (!cut) {
+    for (const g of GARBAGE) t.notOk(whole.bytes.includes(g), `${label}: garbage never reaches the client`);
+    const gaveUp = shape.garbage !== undefined && shape.garbage.n >= MALFORMED_RUN_LIMIT;
+    if (!cut && gaveUp) {
+      t.equal(whole.stream.stats.error?.message, MALFORMED_RUN_MESSAGE, `${label}: a run of garbage ends the stream`);
+      t.equal(whole.stream.stats.malformed, MALFORMED_RUN_LIMIT);
+      t.equal(clientText(route.client, route.kind, Buffer.from(whole.bytes.toString().replace(/(data: )?\{"error".*\n\n?$/, ''))), tokens.slice(0, shape.garbage!.at).join(''), `${label}: the text before it`);
+    }
+    if (!cut && !gaveUp) {
+      t.equal(whole.stream.stats.malformed, shape.garbage?.n ?? 0, `${label}: garbage counted`);
       t.equal(clientText(route.client, route.kind, whole.bytes), tokens.join(''), `${label}: the client sees the generated text`);
       t.equal(whole.stream.truncated, false, `${label}: not truncated`);
       if (spec.countTokens) t.equal(whole.stream.stats.completionTokens, tokenEvents(route.provider, route.kind, shape), `${label}: tokens`);
