@@ -19,6 +19,7 @@ import type { BrokerError } from './errors.ts';
 import { MemoryStore, type StateStore } from './state/store.ts';
 import { RedisStore } from './state/redis.ts';
 import { SharedState } from './state/sync.ts';
+import { LeaseKeeper } from './state/leases.ts';
 import { auditTrail } from './obs/audit.ts';
 import { authRoutes } from './admin/auth.ts';
 import { Router } from './front/http/router.ts';
@@ -337,6 +338,25 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     throw err;
   }
   manager.start();
+  // Replicas sharing Redis spend cluster quotas from leases (src/state/leases.ts).
+  let leases: LeaseKeeper | undefined;
+  if (store instanceof RedisStore) {
+    let lastError = 0;
+    leases = new LeaseKeeper({
+      ledger: quota,
+      backend: store,
+      active: () => flags.flags.quota_enforcement,
+      onLease: (source) => metrics.quotaLeases.labels(source).inc(),
+      onReplicas: (n) => metrics.replicasSeen.set(n),
+      onError: (err) => {
+        if (Date.now() - lastError < 60_000) return;
+        lastError = Date.now();
+        logger.warn({ err: err.message }, 'quota lease from redis failed: spending a local share of the limits (logged at most once a minute)');
+      },
+    });
+    leases.start();
+    await leases.tick();
+  }
 
   // The gRPC front, on this thread (the control plane). Threaded, this thread has no LLM
   // proxy for HTTP: gRPC gets its own, with its own upstream pools, leasing from the
@@ -426,6 +446,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           closeAll();
         }
         unfinished += await grpcClosed;
+        // Unspent leases go back to the cluster before the store closes.
+        await leases?.close().catch(() => undefined);
         await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close(), store.close()]);
         // The last spans (inference ones included) leave after the work that made them ended.
         await tracer.shutdown(2000);

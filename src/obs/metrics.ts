@@ -379,6 +379,18 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       registers: r,
       aggregator: 'max',
     }),
+    replicasSeen: new Gauge({
+      name: 'state_replicas_seen',
+      help: 'Replicas seen in the Redis heartbeats of the last 15 s: with Redis away, each spends limit / this of a cluster quota',
+      registers: r,
+      aggregator: 'max',
+    }),
+    quotaLeases: new Counter({
+      name: 'quota_leases_total',
+      help: 'Cluster quota leases this replica took, by source: redis, or local_share while Redis is away',
+      labelNames: ['source'] as const,
+      registers: r,
+    }),
     memoryLimit: new Gauge({
       name: 'broker_memory_limit_bytes',
       help: 'Memory this process may use: the cgroup limit (memory.max) when there is one, else the machine total',

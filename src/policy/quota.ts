@@ -12,10 +12,19 @@
 //
 // Memory layout of the buffer (bytes):
 //   0..63        header: Int32 magic 0x514c4431 ("QLD1"), Int32 maxSubjects,
-//                Int32 maxLimits, Int32 generation counter (see below), rest reserved
+//                Int32 maxLimits, Int32 generation counter (see below), Int32 cluster
+//                (1: limits are shared by replicas, spent from leases), rest reserved
 //   64..L        limits: SharedTable (src/sched/shared-table.ts) of 2 × maxLimits slots,
-//                120 bytes of key text, payload 16 bytes:
-//                  +0 Float64 rpm   +8 Float64 tpm   (NaN: no such limit)
+//                120 bytes of key text, payload 88 bytes (Float64 indexes L_*):
+//                  rpm, tpm (NaN: no such limit), then the cluster lease: its window
+//                  (epoch minute), requests and tokens left, the next window's lease,
+//                  when a request last asked it, whether it runs low, and the window in
+//                  which the cluster had nothing more to lease (NaN: none)
+//
+// Cluster mode (replicas sharing Redis, src/state/leases.ts): a subject with limits is
+// also spent from a lease, a block of the cluster's budget for one minute that the
+// control plane takes from Redis ahead of need. The check here stays local and
+// synchronous: no request waits on the network; an empty lease refuses like a limit.
 //   L..end       windows: SharedTable of maxSubjects slots, 120 bytes of key text,
 //                payload 1456 bytes (Float64 indexes from the payload start):
 //                  0 reservedTokens   1 generation (new each time the slot gets a subject)
@@ -83,6 +92,23 @@ const G_MAGIC = 0;
 const G_MAX_SUBJECTS = 1;
 const G_MAX_LIMITS = 2;
 const G_GENERATION = 3;
+const G_CLUSTER = 4;
+
+// limits payload, Float64 indexes from the slot's payload start
+const L_RPM = 0;
+const L_TPM = 1;
+const L_WIN = 2;
+const L_RLEFT = 3;
+const L_TLEFT = 4;
+const L_NEXT_WIN = 5;
+const L_NEXT_R = 6;
+const L_NEXT_T = 7;
+const L_ASKED_AT = 8;
+const L_LOW = 9;
+const L_DRY_WIN = 10;
+const L_FIELDS = 11;
+/** A lease below this share of its block asks the control plane for more. */
+const LOW_SHARE = 0.5;
 
 // window payload, Float64 indexes from the slot's payload start
 const W_RESERVED = 0;
@@ -92,7 +118,7 @@ const W_REQS = W_SECS + WINDOW_S;
 const W_TOKS = W_REQS + WINDOW_S;
 const W_FIELDS = W_TOKS + WINDOW_S;
 
-const LIMITS_OPTS = { payloadBytes: 16, keyBytes: 120 };
+const LIMITS_OPTS = { payloadBytes: L_FIELDS * 8, keyBytes: 120 };
 const WINDOWS_OPTS = { payloadBytes: W_FIELDS * 8, keyBytes: 120 };
 
 function slotOf(sec: number): number {
@@ -182,6 +208,25 @@ interface Violation {
   message: string;
 }
 
+/** A subject's cluster lease, as the control plane sees it (LeaseKeeper). */
+export interface LeaseState {
+  readonly limits: QuotaLimits;
+  /** The epoch minute the lease is for; NaN: none yet. */
+  readonly window: number;
+  readonly requestsLeft: number;
+  readonly tokensLeft: number;
+  /** The next minute's lease, taken ahead so that a new minute starts with budget. */
+  readonly nextWindow: number;
+  /** Epoch ms of the last request that asked the lease, served or not (0: never). */
+  readonly askedAt: number;
+  /** The lease ran low or dry: it wants a top-up. */
+  readonly low: boolean;
+  /** The minute in which the cluster had nothing more to lease; NaN: none. */
+  readonly dryWindow: number;
+}
+
+const minuteOf = (ms: number): number => Math.floor(ms / 60_000);
+
 class QuotaReservation implements Reservation {
   readonly subjects: readonly string[];
   readonly tokens: number;
@@ -217,6 +262,7 @@ class QuotaReservation implements Reservation {
     if (this.#settled) return;
     this.#settled = true;
     this.#ledger._settle(this.#slots, this.#gens, this.tokens, this.#sec, actual);
+    if (actual !== this.tokens) this.#ledger._settleLeases(this.subjects, this.at, this.tokens - actual);
   }
 }
 
@@ -278,8 +324,12 @@ export class QuotaLedger {
     this.#limitHooks = {
       init: (slot) => {
         const p = limits.payloadOffset(slot) >> 3;
-        f[p] = NaN;
-        f[p + 1] = NaN;
+        f.fill(0, p, p + L_FIELDS);
+        f[p + L_RPM] = NaN;
+        f[p + L_TPM] = NaN;
+        f[p + L_WIN] = NaN;
+        f[p + L_NEXT_WIN] = NaN;
+        f[p + L_DRY_WIN] = NaN;
       },
     };
   }
@@ -295,8 +345,8 @@ export class QuotaLedger {
     const slot = this.#limits.lockKey(subject, this.#limitHooks);
     if (slot < 0) throw new BrokerError('invalid_request', `no room for the limits of ${subject}: the ledger holds limits for at most ${this.#limits.capacity / 2} subjects`);
     const p = this.#limits.payloadOffset(slot) >> 3;
-    this.#f[p] = limits.rpm ?? NaN;
-    this.#f[p + 1] = limits.tpm ?? NaN;
+    this.#f[p + L_RPM] = limits.rpm ?? NaN;
+    this.#f[p + L_TPM] = limits.tpm ?? NaN;
     this.#limits.unlock(slot);
   }
 
@@ -363,6 +413,13 @@ export class QuotaLedger {
       // After a few rounds (only when more subjects than window slots evict each
       // other) the ones still without a window are not counted, as an evicted one.
       if (attempt >= 3 || slots.every((s) => s >= 0)) {
+        if (Atomics.load(this.#header, G_CLUSTER) === 1) {
+          const dry = this.#spendLeases(unique, limits, tokens, nowMs);
+          if (dry !== undefined) {
+            for (const s of held) windows.unlock(s);
+            throw new BrokerError('quota_exceeded', dry.message, { retryAfter: dry.retryAfter, details: { subject: dry.subject, limit: dry.limit } });
+          }
+        }
         const gens: number[] = [];
         for (const s of held) {
           const p = windows.payloadOffset(s) >> 3;
@@ -393,6 +450,173 @@ export class QuotaLedger {
       this.#w.adjust(p, sec, actual - tokens);
     }
     for (const s of slots) windows.unlock(s);
+  }
+
+  // ---- cluster leases (replicas sharing Redis) ----
+
+  /** Cluster mode on: subjects with limits are spent from leases as well (every thread sharing the buffer). */
+  setCluster(on: boolean): void {
+    Atomics.store(this.#header, G_CLUSTER, on ? 1 : 0);
+  }
+
+  get cluster(): boolean {
+    return Atomics.load(this.#header, G_CLUSTER) === 1;
+  }
+
+  /** Subjects with limits, for the control plane's lease keeping. */
+  limitedSubjects(): string[] {
+    const out: string[] = [];
+    for (const slot of this.#limits.liveSlots()) {
+      const key = this.#limits.keyOf(slot);
+      if (key !== undefined) out.push(key);
+    }
+    return out;
+  }
+
+  leaseState(subject: string): LeaseState | undefined {
+    const slot = this.#limits.lockExisting(subject);
+    if (slot < 0) return undefined;
+    try {
+      const p = this.#limits.payloadOffset(slot) >> 3;
+      const f = this.#f;
+      this.#promote(p, minuteOf(this.#now()));
+      return {
+        limits: this.#readLimits(slot),
+        window: f[p + L_WIN]!,
+        requestsLeft: f[p + L_RLEFT]!,
+        tokensLeft: f[p + L_TLEFT]!,
+        nextWindow: f[p + L_NEXT_WIN]!,
+        askedAt: f[p + L_ASKED_AT]!,
+        low: f[p + L_LOW] === 1,
+        dryWindow: f[p + L_DRY_WIN]!,
+      };
+    } finally {
+      this.#limits.unlock(slot);
+    }
+  }
+
+  /**
+   * Adds a lease granted for `window` (this minute or the next). `dry`: the cluster had
+   * less than was asked, so requests past it wait for the next minute.
+   */
+  grantLease(subject: string, window: number, requests: number, tokens: number, dry: boolean): void {
+    const slot = this.#limits.lockExisting(subject);
+    if (slot < 0) return;
+    const p = this.#limits.payloadOffset(slot) >> 3;
+    const f = this.#f;
+    const current = minuteOf(this.#now());
+    this.#promote(p, current);
+    if (window === current) {
+      if (f[p + L_WIN] !== current) {
+        f[p + L_WIN] = current;
+        f[p + L_RLEFT] = 0;
+        f[p + L_TLEFT] = 0;
+      }
+      f[p + L_RLEFT]! += requests;
+      f[p + L_TLEFT]! += tokens;
+      f[p + L_LOW] = 0;
+    } else if (window === current + 1) {
+      if (f[p + L_NEXT_WIN] !== window) {
+        f[p + L_NEXT_WIN] = window;
+        f[p + L_NEXT_R] = 0;
+        f[p + L_NEXT_T] = 0;
+      }
+      f[p + L_NEXT_R]! += requests;
+      f[p + L_NEXT_T]! += tokens;
+    }
+    if (dry) f[p + L_DRY_WIN] = window;
+    this.#limits.unlock(slot);
+  }
+
+  /** Takes back what is left of this minute's lease (to return it to the cluster). */
+  takeUnused(subject: string): { window: number; requests: number; tokens: number } | undefined {
+    const slot = this.#limits.lockExisting(subject);
+    if (slot < 0) return undefined;
+    const p = this.#limits.payloadOffset(slot) >> 3;
+    const f = this.#f;
+    this.#promote(p, minuteOf(this.#now()));
+    const out = { window: f[p + L_WIN]!, requests: Math.max(0, f[p + L_RLEFT]!), tokens: Math.max(0, f[p + L_TLEFT]!) };
+    f[p + L_RLEFT] = Math.min(0, f[p + L_RLEFT]!);
+    f[p + L_TLEFT] = Math.min(0, f[p + L_TLEFT]!);
+    this.#limits.unlock(slot);
+    return out;
+  }
+
+  /** Call with the limit slot locked: a new minute starts from the lease taken ahead for it, or from nothing. */
+  #promote(p: number, minute: number): void {
+    const f = this.#f;
+    if (f[p + L_WIN] === minute) return;
+    f[p + L_WIN] = minute;
+    if (f[p + L_NEXT_WIN] === minute) {
+      f[p + L_RLEFT] = f[p + L_NEXT_R]!;
+      f[p + L_TLEFT] = f[p + L_NEXT_T]!;
+    } else {
+      f[p + L_RLEFT] = 0;
+      f[p + L_TLEFT] = 0;
+    }
+    f[p + L_NEXT_WIN] = NaN;
+    f[p + L_LOW] = 1;
+  }
+
+  /**
+   * Spends one request and `tokens` from the leases of every limited subject, or
+   * spends nothing and says which lease is dry. Limit slots are locked in slot order
+   * (after the windows, as everywhere), so concurrent reserves cannot deadlock.
+   */
+  #spendLeases(subjects: readonly string[], limits: readonly (QuotaLimits | undefined)[], tokens: number, nowMs: number): Violation | undefined {
+    const table = this.#limits;
+    const f = this.#f;
+    const minute = minuteOf(nowMs);
+    const slots: number[] = [];
+    for (let k = 0; k < subjects.length; k++) {
+      if (limits[k] === undefined) continue;
+      const s = table.find(subjects[k]!);
+      if (s >= 0) slots.push(s);
+    }
+    slots.sort((a, b) => a - b);
+    for (const s of slots) table.lock(s);
+    try {
+      for (const s of slots) {
+        const p = table.payloadOffset(s) >> 3;
+        this.#promote(p, minute);
+        const rpm = f[p + L_RPM]!;
+        const tpm = f[p + L_TPM]!;
+        const short: 'rpm' | 'tpm' | undefined = !Number.isNaN(rpm) && f[p + L_RLEFT]! < 1 ? 'rpm' : !Number.isNaN(tpm) && tokens > 0 && f[p + L_TLEFT]! < tokens ? 'tpm' : undefined;
+        if (short === undefined) continue;
+        f[p + L_LOW] = 1;
+        f[p + L_ASKED_AT] = nowMs;
+        const subject = table.keyOfLocked(s) ?? '?';
+        // Dry for this minute across the cluster: wait for the next; else a top-up is on its way.
+        const retryAfter = f[p + L_DRY_WIN] === minute ? Math.max(1, Math.ceil(((minute + 1) * 60_000 - nowMs) / 1000)) : 1;
+        return { subject, limit: short, retryAfter, message: `quota for ${subject}: ${short} limit ${short === 'rpm' ? rpm : tpm} reached across the replicas` };
+      }
+      for (const s of slots) {
+        const p = table.payloadOffset(s) >> 3;
+        if (!Number.isNaN(f[p + L_RPM]!)) f[p + L_RLEFT]! -= 1;
+        if (!Number.isNaN(f[p + L_TPM]!)) f[p + L_TLEFT]! -= tokens;
+        f[p + L_ASKED_AT] = nowMs;
+        const lowR = !Number.isNaN(f[p + L_RPM]!) && f[p + L_RLEFT]! < leaseBlock(f[p + L_RPM]!) * LOW_SHARE;
+        const lowT = !Number.isNaN(f[p + L_TPM]!) && f[p + L_TLEFT]! < leaseBlock(f[p + L_TPM]!) * LOW_SHARE;
+        if (lowR || lowT) f[p + L_LOW] = 1;
+      }
+      return undefined;
+    } finally {
+      for (const s of slots) table.unlock(s);
+    }
+  }
+
+  /** @internal A reservation settled with `delta` fewer tokens than it took: its leases get them back, if still the same minute. */
+  _settleLeases(subjects: readonly string[], at: number, delta: number): void {
+    if (Atomics.load(this.#header, G_CLUSTER) !== 1) return;
+    const table = this.#limits;
+    const minute = minuteOf(at);
+    for (const subject of subjects) {
+      const s = table.lockExisting(subject);
+      if (s < 0) continue;
+      const p = table.payloadOffset(s) >> 3;
+      if (this.#f[p + L_WIN] === minute && !Number.isNaN(this.#f[p + L_TPM]!)) this.#f[p + L_TLEFT]! += delta;
+      table.unlock(s);
+    }
   }
 
   usage(subject: string): QuotaUsage {
@@ -452,8 +676,8 @@ export class QuotaLedger {
   #readLimits(slot: number): QuotaLimits {
     const p = this.#limits.payloadOffset(slot) >> 3;
     const out: QuotaLimits = {};
-    const rpm = this.#f[p]!;
-    const tpm = this.#f[p + 1]!;
+    const rpm = this.#f[p + L_RPM]!;
+    const tpm = this.#f[p + L_TPM]!;
     if (!Number.isNaN(rpm)) out.rpm = rpm;
     if (!Number.isNaN(tpm)) out.tpm = tpm;
     return out;
@@ -501,3 +725,14 @@ export class QuotaLedger {
     return worst;
   }
 }
+
+/**
+ * The block a replica leases at a time: a tenth of the limit (at least 1). Smaller
+ * blocks waste less when replicas go idle; larger ones ask Redis less often. The
+ * overshoot across R replicas is bounded by R blocks (docs/auth.md).
+ */
+export function leaseBlock(limit: number): number {
+  return Math.max(1, Math.ceil(limit * LEASE_SHARE));
+}
+
+const LEASE_SHARE = 0.1;

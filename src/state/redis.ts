@@ -5,12 +5,41 @@
 //   eb:audit                 stream, capped (MAXLEN ~ 10000): the audit trail
 //   eb:doc                   hash: doc kind → JSON (flag overrides, fleet operator state, keys version)
 //   eb:changes               pub/sub channel: {kind, replica} after every doc write
+//   eb:lease:<subject>:<minute>:r|t  requests | tokens leased in that minute (src/state/leases.ts), 2 min TTL
+//   eb:replicas              sorted set: replica → last heartbeat (epoch ms)
 // A replica that reconnects re-reads every doc (versions, not replay): onChange fires
 // for each kind. Commands fail fast while Redis is down (no offline queue), so callers
 // see the failure and apply their documented fail mode.
 import { Redis } from 'ioredis';
 import type { Logger } from '../obs/logger.ts';
 import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyRecord, type SessionRecord, type StateStore } from './store.ts';
+import type { LeaseAmounts, LeaseBackend } from './leases.ts';
+
+// One round trip per lease, atomic: grant what is left of the limit, up to the ask.
+const TAKE_LEASE = `
+local function take(key, want, limit, ttl)
+  if want <= 0 then return 0 end
+  local used = tonumber(redis.call('GET', key) or '0')
+  local grant = math.min(want, limit - used)
+  if grant <= 0 then return 0 end
+  redis.call('INCRBY', key, grant)
+  redis.call('PEXPIRE', key, ttl)
+  return grant
+end
+return { take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[5]), take(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]) }`;
+
+const RETURN_LEASE = `
+for i = 1, 2 do
+  local n = tonumber(ARGV[i])
+  if n > 0 and redis.call('EXISTS', KEYS[i]) == 1 then
+    if redis.call('DECRBY', KEYS[i], n) < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
+  end
+end
+return 0`;
+
+/** Replicas whose heartbeat is older than this are gone. */
+const REPLICA_TTL_MS = 15_000;
+const LEASE_TTL_MS = 120_000;
 
 const KINDS: readonly DocKind[] = ['flags', 'fleet', 'keys'];
 const CHANNEL = 'eb:changes';
@@ -23,7 +52,7 @@ export interface RedisStoreOptions {
   readonly onUp?: (up: boolean) => void;
 }
 
-export class RedisStore implements StateStore {
+export class RedisStore implements StateStore, LeaseBackend {
   readonly kind = 'redis' as const;
   up = false;
   private readonly cmd: Redis;
@@ -141,6 +170,23 @@ export class RedisStore implements StateStore {
   async getDoc(kind: DocKind): Promise<unknown> {
     const v = await this.cmd.hget('eb:doc', kind);
     return v === null ? undefined : JSON.parse(v);
+  }
+
+  async takeLease(subject: string, window: number, want: LeaseAmounts, limit: LeaseAmounts): Promise<LeaseAmounts> {
+    const k = `eb:lease:${subject}:${window}`;
+    const [r, t] = (await this.cmd.eval(TAKE_LEASE, 2, `${k}:r`, `${k}:t`, Math.ceil(want.requests), Math.floor(limit.requests), Math.ceil(want.tokens), Math.floor(limit.tokens), LEASE_TTL_MS)) as [number, number];
+    return { requests: r, tokens: t };
+  }
+
+  async returnLease(subject: string, window: number, amounts: LeaseAmounts): Promise<void> {
+    const k = `eb:lease:${subject}:${window}`;
+    await this.cmd.eval(RETURN_LEASE, 2, `${k}:r`, `${k}:t`, Math.floor(amounts.requests), Math.floor(amounts.tokens));
+  }
+
+  async heartbeat(): Promise<number> {
+    const now = Date.now();
+    const res = await this.cmd.multi().zadd('eb:replicas', now, this.o.replica).zremrangebyscore('eb:replicas', '-inf', now - REPLICA_TTL_MS).zcard('eb:replicas').exec();
+    return Number(res?.[2]?.[1] ?? 1);
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,180 @@
+// Cluster limits spent from leases. The control plane keeps, for every subject with
+// an RPM or TPM limit, a block of this minute's cluster budget in the shared-memory
+// ledger (src/policy/quota.ts), where every data-plane thread spends it with no
+// network on the request path. Blocks come from Redis, one Lua script per lease, so
+// the replicas together never take more than the limit per minute; the next minute's
+// block is taken a few seconds ahead, by replicas that spent in the last seconds, so that a
+// new minute starts with budget. A block lapses with its minute; a replica that shuts
+// down gives back what it has not spent. Giving back an idle replica's block earlier
+// would save budget, but its next request would then find nothing and be refused.
+//
+// Redis away: each replica spends a local share, the limit ÷ the replicas seen in the
+// last heartbeats, until it is back.
+import type { QuotaLedger } from '../policy/quota.ts';
+import { leaseBlock } from '../policy/quota.ts';
+
+/** Where leases come from: Redis (RedisStore), one atomic script per call. */
+export interface LeaseBackend {
+  readonly up: boolean;
+  /** Takes up to `want` of `limit` for `subject`'s `kind` in `window`; answers what it got. */
+  takeLease(subject: string, window: number, want: LeaseAmounts, limit: LeaseAmounts): Promise<LeaseAmounts>;
+  /** Gives back what was not spent. */
+  returnLease(subject: string, window: number, amounts: LeaseAmounts): Promise<void>;
+  /** Says this replica is alive; answers how many replicas were seen recently (itself included). */
+  heartbeat(): Promise<number>;
+}
+
+export interface LeaseAmounts {
+  readonly requests: number;
+  readonly tokens: number;
+}
+
+export interface LeaseKeeperOptions {
+  readonly ledger: QuotaLedger;
+  readonly backend: LeaseBackend;
+  readonly now?: () => number;
+  /** How often the leases are looked at. */
+  readonly tickMs?: number;
+  /** A subject asked within this long is active: its next minute is leased ahead. */
+  readonly activeMs?: number;
+  readonly onError?: (err: Error) => void;
+  /** Whether limits are enforced now (the quota_enforcement flag): no leases are taken while they are not. */
+  readonly active?: () => boolean;
+  /** A lease was taken: from Redis, or from the local share while it is away. */
+  readonly onLease?: (source: 'redis' | 'local_share') => void;
+  /** The replica count from the heartbeats changed. */
+  readonly onReplicas?: (n: number) => void;
+}
+
+/** Seconds before a minute ends when its successor's lease is taken. */
+const AHEAD_S = 5;
+const HEARTBEAT_MS = 5_000;
+
+export class LeaseKeeper {
+  private readonly ledger: QuotaLedger;
+  private readonly backend: LeaseBackend;
+  private readonly now: () => number;
+  private readonly activeMs: number;
+  private readonly pending = new Set<string>();
+  /** Per subject: the window and what the local share has granted in it (Redis away). */
+  private readonly local = new Map<string, { window: number; requests: number; tokens: number }>();
+  private replicas = 1;
+  private timer: NodeJS.Timeout | undefined;
+  private beat: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: LeaseKeeperOptions) {
+    this.ledger = o.ledger;
+    this.backend = o.backend;
+    this.now = o.now ?? Date.now;
+    this.activeMs = o.activeMs ?? 10_000;
+  }
+
+  /** Replicas seen in the last heartbeats (1 until the first answer). */
+  get replicasSeen(): number {
+    return this.replicas;
+  }
+
+  start(): void {
+    this.ledger.setCluster(true);
+    void this.heartbeat();
+    this.timer = setInterval(() => void this.tick(), this.o.tickMs ?? 50);
+    this.beat = setInterval(() => void this.heartbeat(), HEARTBEAT_MS);
+    this.timer.unref();
+    this.beat.unref();
+  }
+
+  async heartbeat(): Promise<void> {
+    if (!this.backend.up) return;
+    try {
+      this.replicas = Math.max(1, await this.backend.heartbeat());
+      this.o.onReplicas?.(this.replicas);
+    } catch (err) {
+      this.o.onError?.(err as Error);
+    }
+  }
+
+  /** One look at every limited subject: top up, or take the next minute ahead. Returns when the leases it asked for are in. */
+  async tick(): Promise<void> {
+    if (this.o.active !== undefined && !this.o.active()) return;
+    const now = this.now();
+    const minute = Math.floor(now / 60_000);
+    const late = now - minute * 60_000 >= (60 - AHEAD_S) * 1000;
+    const work: Promise<void>[] = [];
+    for (const subject of this.ledger.limitedSubjects()) {
+      if (this.pending.has(subject)) continue;
+      const s = this.ledger.leaseState(subject);
+      if (s === undefined || (s.limits.rpm === undefined && s.limits.tpm === undefined)) continue;
+      const want = { requests: s.limits.rpm === undefined ? 0 : leaseBlock(s.limits.rpm), tokens: s.limits.tpm === undefined ? 0 : leaseBlock(s.limits.tpm) };
+      if (s.low && s.dryWindow !== minute) {
+        // Owed tokens (usage above the estimate) are taken on top of the block.
+        work.push(this.take(subject, minute, { requests: want.requests, tokens: want.tokens + Math.max(0, -s.tokensLeft) }, s.limits));
+      } else if (late && s.nextWindow !== minute + 1 && s.askedAt > now - this.activeMs) {
+        work.push(this.take(subject, minute + 1, want, s.limits));
+      }
+    }
+    await Promise.all(work);
+  }
+
+  private async take(subject: string, window: number, want: LeaseAmounts, limits: { rpm?: number; tpm?: number }): Promise<void> {
+    this.pending.add(subject);
+    try {
+      const limit = { requests: limits.rpm ?? 0, tokens: limits.tpm ?? 0 };
+      const ask = { requests: limits.rpm === undefined ? 0 : want.requests, tokens: limits.tpm === undefined ? 0 : want.tokens };
+      let got: LeaseAmounts | undefined;
+      if (this.backend.up) {
+        try {
+          got = await this.backend.takeLease(subject, window, ask, limit);
+          this.o.onLease?.('redis');
+        } catch (err) {
+          this.o.onError?.(err as Error);
+        }
+      }
+      if (got === undefined) {
+        got = this.fromLocalShare(subject, window, ask, limit);
+        this.o.onLease?.('local_share');
+      }
+      const dry = (ask.requests > 0 && got.requests < ask.requests) || (ask.tokens > 0 && got.tokens < ask.tokens);
+      this.ledger.grantLease(subject, window, got.requests, got.tokens, dry);
+    } finally {
+      this.pending.delete(subject);
+    }
+  }
+
+  /** Redis away: this replica's share of the limit for the window, limit ÷ replicas seen. */
+  private fromLocalShare(subject: string, window: number, ask: LeaseAmounts, limit: LeaseAmounts): LeaseAmounts {
+    let used = this.local.get(subject);
+    if (used === undefined || used.window !== window) {
+      used = { window, requests: 0, tokens: 0 };
+      this.local.set(subject, used);
+    }
+    const shareR = Math.floor(limit.requests / this.replicas);
+    const shareT = Math.floor(limit.tokens / this.replicas);
+    const requests = Math.max(0, Math.min(ask.requests, shareR - used.requests));
+    const tokens = Math.max(0, Math.min(ask.tokens, shareT - used.tokens));
+    used.requests += requests;
+    used.tokens += tokens;
+    return { requests, tokens };
+  }
+
+  private async giveBack(subject: string): Promise<void> {
+    const u = this.ledger.takeUnused(subject);
+    if (u === undefined || (u.requests === 0 && u.tokens === 0)) return;
+    if (!this.backend.up) return; // a local share needs no giving back
+    this.pending.add(subject);
+    try {
+      await this.backend.returnLease(subject, u.window, { requests: u.requests, tokens: u.tokens });
+    } catch (err) {
+      this.o.onError?.(err as Error);
+    } finally {
+      this.pending.delete(subject);
+    }
+  }
+
+  /** Stops, and gives back every unspent lease (shutdown). */
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    clearInterval(this.beat);
+    if (!this.backend.up) return;
+    await Promise.all(this.ledger.limitedSubjects().map((s) => this.giveBack(s)));
+  }
+}

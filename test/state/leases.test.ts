@@ -1,0 +1,139 @@
+// Cluster quotas spent from leases (src/state/leases.ts), against a real redis-server:
+// two replicas (each its own shared-memory ledger, Redis connection and lease keeper)
+// never admit more than the limit per minute between them; with Redis gone each spends
+// its share, limit ÷ replicas seen; with Redis back they lease from it again. Then two
+// real brokers: an RPM quota of N over both holds at most N plus one lease per replica.
+import t from 'tap';
+import { QuotaLedger, leaseBlock, type Reservation } from '../../src/policy/quota.ts';
+import { LeaseKeeper } from '../../src/state/leases.ts';
+import { RedisStore } from '../../src/state/redis.ts';
+import { createLogger } from '../../src/obs/logger.ts';
+import { ADMIN_TOKEN, json, type TestBroker } from '../helpers/broker.ts';
+import { startFleetBroker, startMock } from '../helpers/fleet.ts';
+import { startRedis } from '../helpers/redis.ts';
+
+const redis = await startRedis(t);
+const MINUTE = 60_000;
+// The clock every replica reads: ten seconds into a minute, moved by the test.
+let now = Math.floor(Date.now() / MINUTE) * MINUTE + 1000 * MINUTE + 10_000;
+const clock = () => now;
+
+interface Replica {
+  ledger: QuotaLedger;
+  keeper: LeaseKeeper;
+  store: RedisStore;
+}
+
+async function replica(name: string): Promise<Replica> {
+  const store = new RedisStore({ url: redis.url, replica: name, logger: createLogger('silent') });
+  await store.connect();
+  const ledger = new QuotaLedger(clock);
+  const keeper = new LeaseKeeper({ ledger, backend: store, now: clock });
+  ledger.setCluster(true);
+  await keeper.heartbeat();
+  t.teardown(() => store.close());
+  return { ledger, keeper, store };
+}
+
+const a = await replica('a');
+const b = await replica('b');
+const RPM = 50;
+for (const r of [a, b]) r.ledger.setLimits('key:x', { rpm: RPM, tpm: 10_000 });
+
+/** Alternates requests over the replicas, each topping up its lease when it runs dry; counts admissions per replica. */
+async function drive(reps: Replica[], attempts: number, tokens = 0, actual?: number): Promise<number[]> {
+  const admitted = reps.map(() => 0);
+  for (let i = 0; i < attempts; i++) {
+    const k = i % reps.length;
+    let res: Reservation | undefined;
+    try {
+      res = reps[k]!.ledger.reserve(['key:x'], tokens);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
+    }
+    if (res !== undefined) {
+      admitted[k]!++;
+      res.reconcile(actual ?? tokens);
+    }
+    await reps[k]!.keeper.tick();
+  }
+  return admitted;
+}
+
+t.test('two replicas, one Redis: the RPM limit holds across both, exactly', async (t) => {
+  const admitted = await drive([a, b], 4 * RPM);
+  const total = admitted[0]! + admitted[1]!;
+  t.equal(total, RPM, `admitted ${admitted.join(' + ')} of ${4 * RPM}`);
+  t.ok(admitted[0]! > 0 && admitted[1]! > 0, 'both replicas served');
+  t.ok(total <= RPM + 2 * leaseBlock(RPM), 'within N plus one lease per replica');
+});
+
+t.test('a new minute brings a new budget, leased ahead by the active replicas', async (t) => {
+  now += 48_000; // 58 s into the minute: the next one is leased ahead for the replicas still asked
+  t.throws(() => a.ledger.reserve(['key:x'], 0), { code: 'quota_exceeded' });
+  t.throws(() => b.ledger.reserve(['key:x'], 0), { code: 'quota_exceeded' });
+  await a.keeper.tick();
+  await b.keeper.tick();
+  now += 3_000; // 1 s into the next minute
+  const first = a.ledger.reserve(['key:x'], 0);
+  t.ok(first, 'the first request of the minute finds budget, with no wait');
+  first.release();
+  const admitted = await drive([a, b], 4 * RPM);
+  t.equal(1 + admitted[0]! + admitted[1]!, RPM);
+});
+
+t.test('TPM: a lease is spent by the estimate and gets back what the request did not use', async (t) => {
+  now += MINUTE;
+  const ledgerA = a.ledger;
+  ledgerA.setLimits('key:x', { tpm: 1000 });
+  b.ledger.setLimits('key:x', { tpm: 1000 });
+  // Each request reserves 100 tokens and uses 40: about 25 fit in 1000, not 10.
+  const admitted = await drive([a, b], 100, 100, 40);
+  const total = admitted[0]! + admitted[1]!;
+  t.ok(total > 10, `the unused part of each estimate went back to the lease (${total} admitted)`);
+  t.ok(total * 40 <= 1000 + 2 * leaseBlock(1000), `${total * 40} tokens used, within the limit plus one lease per replica`);
+  for (const r of [a, b]) r.ledger.setLimits('key:x', { rpm: RPM, tpm: 10_000 });
+});
+
+t.test('Redis gone: each replica spends limit ÷ replicas seen; Redis back: leases from it again', async (t) => {
+  await a.keeper.heartbeat();
+  t.equal(a.keeper.replicasSeen, 2, 'the heartbeats saw two replicas');
+  await redis.kill();
+  for (let i = 0; i < 100 && (a.store.up || b.store.up); i++) await new Promise((r) => setTimeout(r, 20));
+  t.notOk(a.store.up, 'redis is down');
+  now += MINUTE;
+  const admitted = await drive([a, b], 4 * RPM);
+  t.same(admitted, [RPM / 2, RPM / 2], 'each its share of the limit');
+  await redis.restart();
+  for (let i = 0; i < 250 && !(a.store.up && b.store.up); i++) await new Promise((r) => setTimeout(r, 20));
+  t.ok(a.store.up && b.store.up, 'both reconnected, no restart');
+  now += MINUTE;
+  const again = await drive([a, b], 4 * RPM);
+  t.equal(again[0]! + again[1]!, RPM, 'the cluster limit again, from Redis');
+});
+
+t.test('two brokers, one Redis: an RPM quota of N over both admits at most N plus one lease per replica', async (t) => {
+  // Not across a minute boundary: a new minute is a new budget.
+  while (Date.now() % MINUTE > 45_000) await new Promise((r) => setTimeout(r, 250));
+  const up = await startMock(t, { tokens: 2 });
+  const N = 20;
+  const fleet = { modelGroups: { g: { deployments: [{ id: 'q1', provider: 'openai', url: up.url, model: 'm', rpm: N }] } } };
+  const env = { INFER_ENABLED: 'false', REDIS_URL: redis.url, BROKER_FF_QUOTA_ENFORCEMENT: 'true' };
+  const brokers: TestBroker[] = [await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'broker-a' }), await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'broker-b' })];
+  const statuses: number[][] = [[], []];
+  for (let i = 0; i < 3 * N; i++) {
+    const k = i % 2;
+    const res = await fetch(`${brokers[k]!.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+    const body = await json(res);
+    statuses[k]!.push(res.status);
+    if (res.status === 429) t.equal(body.error.code, 'quota_exceeded');
+    // Give the control plane a moment to top the lease up, as real traffic spreads over time.
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const ok = statuses.flat().filter((s) => s === 200).length;
+  t.ok(ok <= N + 2 * leaseBlock(N), `${ok} admitted over both brokers, limit ${N}`);
+  t.ok(ok >= N - 2 * leaseBlock(N), `${ok}: the budget was used, not lost`);
+  t.ok(statuses.every((s) => s.includes(429)), 'both brokers refused past the limit');
+  const m = await (await fetch(`${brokers[0]!.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text();
+  t.match(m, /quota_leases_total\{source="redis"\} [1-9]/);
+});
