@@ -231,7 +231,7 @@ export function* fuzzCases(seed: number, count: number, ctx: FuzzContext): Gener
       method = 'GET';
     } else {
       family = 'unknown';
-      path = g.pick(['/', '/v2/infer', '/api/pull', '/admin', '/api/industrial', '/v1/embeddings', '/.env', '/favicon.ico']);
+      path = g.pick(['/', '/v2/infer', '/api/pull', '/admin', '/api/industrial', '/v1/audio/speech', '/.env', '/favicon.ico']);
       method = 'GET';
     }
     // Another method than the route's.

@@ -41,6 +41,8 @@ export interface DeploymentConfig extends Timeouts {
   /** Quotas of this deployment (quota enforcement). */
   readonly rpm: number | undefined;
   readonly tpm: number | undefined;
+  /** The upstream serves the OpenAI Responses API: /v1/responses is passed through (OpenAI provider only). */
+  readonly responses?: boolean;
 }
 
 /** An upstream server: one process (an Ollama, a vLLM) that serves one or more models. */
@@ -312,7 +314,7 @@ export function parseBrokerConfig(doc: unknown, source: string, env: Env = proce
   });
 }
 
-function deploymentOn(server: ServerConfig, id: string, model: string, d: { concurrencyLimit?: number; weight?: number; rpm?: number; tpm?: number } & Partial<Timeouts>): DeploymentConfig {
+function deploymentOn(server: ServerConfig, id: string, model: string, d: { concurrencyLimit?: number; weight?: number; rpm?: number; tpm?: number; responses?: boolean } & Partial<Timeouts>): DeploymentConfig {
   return Object.freeze({
     id,
     server: server.id,
@@ -325,6 +327,7 @@ function deploymentOn(server: ServerConfig, id: string, model: string, d: { conc
     apiKey: server.apiKey,
     rpm: d.rpm,
     tpm: d.tpm,
+    responses: d.responses === true && server.provider === 'openai',
     ...timeoutsOf(d, server),
   });
 }

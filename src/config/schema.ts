@@ -58,6 +58,8 @@ export const deploymentSchema = z.strictObject({
   apiKeyEnv: envName.optional(),
   rpm: int(1).optional(),
   tpm: int(1).optional(),
+  /** An OpenAI deployment that serves the Responses API itself: /v1/responses is passed through to it, not translated to chat. */
+  responses: z.boolean('must be true or false').optional(),
   ...timeouts,
 });
 

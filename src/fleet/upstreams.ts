@@ -38,7 +38,7 @@ export class Upstreams {
     const created: Entry = {
       url: d.url,
       pool,
-      path: { chat: chat.path, completion: upstreamTarget(d, 'completion').path, models: upstreamTarget(d, 'models').path },
+      path: { chat: chat.path, completion: upstreamTarget(d, 'completion').path, embed: upstreamTarget(d, 'embed').path, responses: upstreamTarget(d, 'responses').path, models: upstreamTarget(d, 'models').path },
       headers: { 'content-type': 'application/json', accept: '*/*', ...PROVIDERS[d.provider].headers(d) },
     };
     this.pools.set(d.id, created);

@@ -9,13 +9,17 @@
 //   is OpenAI's error type for the code, request_id is our addition.
 // - Ollama: {"error":"message","code","request_id"}; Ollama clients read `error`
 //   as a string, the code and request id ride along.
+// - Anthropic (/v1/messages): {"type":"error","error":{"type","message"},"request_id"},
+//   `type` Anthropic's error type for the code's HTTP status; the code rides along.
 // - Open Inference Protocol (KServe v2, /v2/*): {"error":"message","code","request_id"},
 //   the v2 spec's `{"error": $string}` with the same two extra fields as Ollama's.
 //
 // Mid-stream, a failed reply ends with one terminal event in the client's framing:
 // for OpenAI the error object as a last SSE `data:` event and no `[DONE]` (what the
 // official SDKs check for before parsing a chunk); for Ollama a last NDJSON line
-// {"error":"message"}.
+// {"error":"message"}; for Anthropic an `error` event with the error body. (The
+// Responses API's terminal response.failed needs the stream's sequence number: the
+// chain's writer builds it, translate/responses_to_chat.ts.)
 import { ERROR_TABLE, type BrokerError, type ErrorCode, type OpenAIErrorType } from '../errors.ts';
 import type { ErrorShape } from './http/router.ts';
 
@@ -31,6 +35,45 @@ export interface OllamaErrorReplyBody {
   error: string;
   code: string;
   request_id: string;
+}
+
+export interface AnthropicErrorReplyBody {
+  type: 'error';
+  error: { type: string; message: string; code: string };
+  request_id: string;
+}
+
+/** Anthropic's error `type` for one of our codes, by the code's HTTP status. */
+export function anthropicErrorType(code: string): string {
+  const status = Object.hasOwn(ERROR_TABLE, code) ? ERROR_TABLE[code as ErrorCode].http : 500;
+  switch (status) {
+    case 400:
+    case 405:
+    case 409:
+    case 415:
+      return 'invalid_request_error';
+    case 401:
+      return 'authentication_error';
+    case 403:
+      return 'permission_error';
+    case 404:
+      return 'not_found_error';
+    case 408:
+    case 504:
+      return 'timeout_error';
+    case 413:
+      return 'request_too_large';
+    case 429:
+      return 'rate_limit_error';
+    case 503:
+      return 'overloaded_error';
+    default:
+      return 'api_error';
+  }
+}
+
+export function anthropicErrorBody(code: string, message: string, requestId: string): AnthropicErrorReplyBody {
+  return { type: 'error', error: { type: anthropicErrorType(code), message, code }, request_id: requestId };
 }
 
 /** OpenAI's error `type` for one of our codes; a code not in the table is a server error. */
@@ -55,6 +98,7 @@ export function ollamaErrorBody(code: string, message: string, requestId: string
 export const brokerErrorShape: ErrorShape = (code, message, requestId, _status, param) => brokerErrorBody(code, message, requestId, param);
 export const openaiErrorShape: ErrorShape = (code, message, requestId, _status, param) => openaiErrorBody(code, message, requestId, param);
 export const ollamaErrorShape: ErrorShape = (code, message, requestId) => ollamaErrorBody(code, message, requestId);
+export const anthropicErrorShape: ErrorShape = (code, message, requestId) => anthropicErrorBody(code, message, requestId);
 export const v2ErrorShape: ErrorShape = (code, message, requestId) => ({ error: message, code, request_id: requestId });
 
 /** OpenAI stream terminal event: one SSE `data:` event with the error object. */
@@ -67,8 +111,14 @@ export function ollamaStreamErrorEvent(message: string): string {
   return JSON.stringify({ error: message }) + '\n';
 }
 
-/** The terminal event of a stream that failed mid-way, in the client's framing. */
-export function streamErrorEvent(client: 'openai' | 'ollama', message: string, code: string, requestId: string): string {
+/** Anthropic stream terminal event: an `error` event with the error body (the SDKs throw it as an APIError). */
+export function anthropicStreamErrorEvent(code: string, message: string, requestId: string): string {
+  return 'event: error\ndata: ' + JSON.stringify(anthropicErrorBody(code, message, requestId)) + '\n\n';
+}
+
+/** The terminal event of a stream that failed mid-way, in the client's framing (Responses: see above). */
+export function streamErrorEvent(client: 'openai' | 'ollama' | 'anthropic', message: string, code: string, requestId: string): string {
+  if (client === 'anthropic') return anthropicStreamErrorEvent(code, message, requestId);
   return client === 'openai' ? openaiStreamErrorEvent(code, message, requestId) : ollamaStreamErrorEvent(message);
 }
 

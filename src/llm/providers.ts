@@ -6,7 +6,7 @@ function bearer(d: Pick<DeploymentConfig, 'apiKey'>): Record<string, string> {
   return d.apiKey !== undefined ? { authorization: `Bearer ${d.apiKey}` } : {};
 }
 
-export type RequestKind = 'chat' | 'completion';
+export type RequestKind = 'chat' | 'completion' | 'embed' | 'responses';
 
 interface ProviderSpec {
   readonly paths: Readonly<Record<RequestKind | 'models', string>>;
@@ -15,11 +15,12 @@ interface ProviderSpec {
 
 export const PROVIDERS: Readonly<Record<Provider, ProviderSpec>> = {
   openai: {
-    paths: { chat: '/v1/chat/completions', completion: '/v1/completions', models: '/v1/models' },
+    paths: { chat: '/v1/chat/completions', completion: '/v1/completions', embed: '/v1/embeddings', responses: '/v1/responses', models: '/v1/models' },
     headers: bearer,
   },
   ollama: {
-    paths: { chat: '/api/chat', completion: '/api/generate', models: '/api/tags' },
+    // Ollama serves no Responses API: upstreamRoute never asks it for one.
+    paths: { chat: '/api/chat', completion: '/api/generate', embed: '/api/embed', responses: '/v1/responses', models: '/api/tags' },
     headers: bearer,
   },
 };

@@ -18,7 +18,7 @@ import type { Lease } from '../sched/scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
-import { streamContentType, translateRequest, translateResponse, upstreamError } from './translate/index.ts';
+import { streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute } from './translate/index.ts';
 import { RequestAbort, type AbortLike } from '../abort.ts';
 import type { Span } from '../obs/trace/span.ts';
 import { attemptSpan, queueWaitSpan } from '../obs/trace/llm.ts';
@@ -97,7 +97,9 @@ export class LlmProxy {
         waitSpan?.set('llm.deployment', dep.config.id).end();
         tried.add(dep.config.id);
         const provider = dep.config.provider;
-        const up = translateRequest({ client: api, provider, kind }, body, dep.config.model);
+        // The (client API, provider, upstream kind) of this attempt: one compiled chain each.
+        const route = upstreamRoute(api, kind, dep.config);
+        const up = translateRequest(route, body, dep.config.model);
         const upSpan = span === undefined ? undefined : attemptSpan(span, dep.config, group.name, retry, up.stream);
         const sentAt = performance.now();
         let attempt: Attempt;
@@ -105,10 +107,10 @@ export class LlmProxy {
           attempt = await this.deps.executor.attempt(
             {
               deployment: dep.config,
-              kind,
+              kind: route.kind,
               body: up.body,
               stream: up.stream,
-              chain: { client: api, provider, kind, instrument: flags.stream_instrumentation, countTokens: true, encoder: req.encoder },
+              chain: { ...route, instrument: flags.stream_instrumentation, countTokens: true, encoder: req.encoder },
               compiled: flags.compiled_chain,
               model,
               id: req.id,
@@ -201,7 +203,7 @@ export class LlmProxy {
             throw new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
           }
           waited += performance.now() - t0;
-          const reply = translateResponse({ client: api, provider, kind }, bytes, { model, id: req.id });
+          const reply = translateResponse(route, bytes, { model, id: req.id, request: body });
           if (reply.usage !== null) {
             this.countTokens(group, reply.usage.promptTokens, reply.usage.completionTokens);
             usage.promptTokens = reply.usage.promptTokens;

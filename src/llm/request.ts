@@ -5,19 +5,23 @@
 import { BrokerError } from '../errors.ts';
 import type { BrokerRequest } from '../front/reply.ts';
 import { apiKeyOf } from '../guard/api-key.ts';
-import type { Api, Kind } from './translate/index.ts';
+import type { ClientApi, Kind } from './translate/index.ts';
 
 export interface LlmRequest {
   readonly id: string;
   /** performance.now() when the request arrived. */
   readonly startedAt: number;
-  readonly api: Api;
+  readonly api: ClientApi;
   readonly kind: Kind;
   /** The model group the client asked for. */
   readonly model: string;
   /** The client's body, parsed once; the translators map it to the provider's API. */
   readonly body: Readonly<Record<string, unknown>>;
-  /** Chat messages (chat) or the prompt (completion), and Ollama's `system`. */
+  /**
+   * Chat messages (chat; a Responses client's input items) or the prompt (completion; a
+   * Responses input string; embeddings' inputs joined), and the system text (Ollama's
+   * `system`, Anthropic's `system`, Responses' `instructions`).
+   */
   readonly messages: readonly unknown[] | undefined;
   readonly prompt: string | undefined;
   readonly system: string | undefined;
@@ -46,13 +50,18 @@ export interface PromptLimits {
 
 export const DEFAULT_PROMPT_LIMITS: PromptLimits = Object.freeze({ maxMessages: 4096, maxPromptChars: 4_000_000 });
 
-export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: Record<string, unknown>, limits: PromptLimits = DEFAULT_PROMPT_LIMITS): LlmRequest {
+export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, body: Record<string, unknown>, limits: PromptLimits = DEFAULT_PROMPT_LIMITS): LlmRequest {
   const model = body.model;
   if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
   checkDepth(body);
+  if (api === 'anthropic' && !Array.isArray(body.messages)) throw invalidField('messages', 'must be an array');
   checkMessages(body.messages);
-  const parts = promptParts(body);
+  const parts = kind === 'embed' ? embedParts(body, limits) : api === 'responses' ? responsesParts(body) : api === 'anthropic' ? anthropicParts(body) : promptParts(body);
   const promptChars = checkSize(parts, limits);
+  if (api === 'anthropic' && body.stop_sequences !== undefined && !(Array.isArray(body.stop_sequences) && body.stop_sequences.every((x) => typeof x === 'string'))) {
+    throw invalidField('stop_sequences', 'must be an array of strings');
+  }
+  checkInt(body.max_output_tokens, 'max_output_tokens', 1, MAX_OUTPUT_TOKENS);
   checkInt(body.max_tokens, 'max_tokens', 1, MAX_OUTPUT_TOKENS);
   checkInt(body.max_completion_tokens, 'max_completion_tokens', 1, MAX_OUTPUT_TOKENS);
   const options = body.options as Record<string, unknown> | undefined;
@@ -92,8 +101,52 @@ export function promptParts(body: Readonly<Record<string, unknown>>): PromptPart
   };
 }
 
+/** A Responses body: `input` (a string, or items whose text counts as messages), `instructions`. */
+function responsesParts(body: Readonly<Record<string, unknown>>): PromptParts {
+  const input = body.input;
+  if (typeof input !== 'string' && !Array.isArray(input)) throw invalidField('input', 'is required: a string or an array of items');
+  if (Array.isArray(input)) {
+    for (let i = 0; i < input.length; i++) {
+      const it = input[i] as unknown;
+      if (it === null || typeof it !== 'object' || Array.isArray(it)) throw invalidField(`input[${i}]`, 'must be an object');
+    }
+  }
+  if (body.instructions !== undefined && body.instructions !== null && typeof body.instructions !== 'string') throw invalidField('instructions', 'must be a string');
+  return {
+    messages: Array.isArray(input) ? input : undefined,
+    prompt: typeof input === 'string' ? input : undefined,
+    system: typeof body.instructions === 'string' ? body.instructions : undefined,
+  };
+}
+
+/** An Anthropic body: `messages`, and `system` as a string or text blocks. */
+function anthropicParts(body: Readonly<Record<string, unknown>>): PromptParts {
+  const sys = body.system;
+  let system: string | undefined;
+  if (typeof sys === 'string') system = sys;
+  else if (Array.isArray(sys)) system = sys.map((b) => (typeof (b as { text?: unknown })?.text === 'string' ? (b as { text: string }).text : '')).join('\n');
+  else if (sys !== undefined && sys !== null) throw invalidField('system', 'must be a string or an array of text blocks');
+  return { messages: body.messages as unknown[], prompt: undefined, system };
+}
+
+/** An embeddings body: `input`, a string or a batch (strings, or token arrays for an OpenAI upstream); a batch is bounded like messages. */
+function embedParts(body: Readonly<Record<string, unknown>>, limits: PromptLimits): PromptParts {
+  const input = body.input;
+  if (typeof input === 'string') return { messages: undefined, prompt: input, system: undefined };
+  if (!Array.isArray(input) || input.length === 0) throw invalidField('input', 'is required: a string or a non-empty array');
+  if (input.length > limits.maxMessages) throw invalidField('input', `has ${input.length} inputs; at most ${limits.maxMessages} (LLM_MAX_MESSAGES)`);
+  let text = '';
+  for (let i = 0; i < input.length; i++) {
+    const v = input[i] as unknown;
+    if (typeof v === 'string') text += v;
+    else if (typeof v === 'number' || (Array.isArray(v) && v.every((x) => typeof x === 'number'))) text += ' '.repeat(4 * (typeof v === 'number' ? 1 : v.length));
+    else throw invalidField(`input[${i}]`, 'must be a string (or an array of token ids)');
+  }
+  return { messages: undefined, prompt: text, system: undefined };
+}
+
 export function maxOutputTokensOf(body: Readonly<Record<string, unknown>>): number | undefined {
-  const v = body.max_tokens ?? body.max_completion_tokens ?? (body.options as Record<string, unknown> | undefined)?.num_predict;
+  const v = body.max_tokens ?? body.max_completion_tokens ?? body.max_output_tokens ?? (body.options as Record<string, unknown> | undefined)?.num_predict;
   return typeof v === 'number' && v > 0 ? v : undefined;
 }
 

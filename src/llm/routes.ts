@@ -1,7 +1,9 @@
-// Client-facing LLM routes: OpenAI-compatible under /v1, Ollama-native under /api.
-// Errors follow each client API's own shape.
+// Client-facing LLM routes: OpenAI-compatible under /v1 (chat, completions, embeddings,
+// the Responses API), Anthropic's Messages API at /v1/messages, Ollama-native under /api.
+// Errors follow each client API's own shape. Every one goes through the same reading,
+// admission, scheduling and proxy: only the translators and the chain differ.
 import { BrokerError, toBrokerError } from '../errors.ts';
-import { ollamaErrorShape, openaiErrorShape } from '../front/error-body.ts';
+import { anthropicErrorShape, ollamaErrorShape, openaiErrorShape } from '../front/error-body.ts';
 import type { Route } from '../front/http/router.ts';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
 import type { Fleet, FleetSource } from '../fleet/fleet.ts';
@@ -9,7 +11,7 @@ import { HOW_TO_CONFIGURE } from '../fleet/discovery.ts';
 import type { LlmProxy } from './proxy.ts';
 import { readLlmRequest, type LlmRequest, type PromptLimits } from './request.ts';
 import type { Admitted } from '../sched/admission.ts';
-import type { Api, Kind } from './translate/index.ts';
+import type { ClientApi, Kind } from './translate/index.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 
@@ -24,12 +26,12 @@ export interface Admission {
 }
 
 export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmProxy, limits?: PromptLimits): Route[] {
-  const completion = (api: Api, kind: Kind, path: string): Route => ({
+  const completion = (api: ClientApi, kind: Kind, path: string): Route => ({
     method: 'POST',
     path,
     body: 'json',
     rateLimited: true,
-    errorShape: api === 'ollama' ? ollamaErrorShape : openaiErrorShape,
+    errorShape: api === 'ollama' ? ollamaErrorShape : api === 'anthropic' ? anthropicErrorShape : openaiErrorShape,
     async handle({ req, body, sink }) {
       const fleet = await source.current();
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
@@ -60,6 +62,10 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     completion('openai', 'completion', '/v1/completions'),
     completion('ollama', 'chat', '/api/chat'),
     completion('ollama', 'completion', '/api/generate'),
+    completion('responses', 'chat', '/v1/responses'),
+    completion('anthropic', 'chat', '/v1/messages'),
+    completion('openai', 'embed', '/v1/embeddings'),
+    completion('ollama', 'embed', '/api/embed'),
     {
       method: 'GET',
       path: '/v1/models',

@@ -11,11 +11,12 @@ export const USAGE = `usage: npm run mock-upstream -- [flags]
   --tokens N          output length in tokens (default 16)
   --fail MODE         fail every request: none | 500 | 429 | <4xx/5xx> | reset | stall (default none)
   --fail-after N      tokens written before a reset or stall (default 0)
+  --tool-calls N      chat answers are N tool calls instead of text (default 0)
   --models A,B        models to list; the first answers requests that name none (default mock-model)
   --loaded A          models /api/ps reports as loaded (default: all of --models)
   --keep-alive-ms MS  keep-alive timeout of idle connections (default 65000)
-Per request, the headers x-mock-ttft-ms, x-mock-tps, x-mock-tokens, x-mock-fail and
-x-mock-fail-after override the flags. Prints {"listening": <port>} once ready.`;
+Per request, the headers x-mock-ttft-ms, x-mock-tps, x-mock-tokens, x-mock-fail,
+x-mock-fail-after and x-mock-tool-calls override the flags. Prints {"listening": <port>} once ready.`;
 
 function num(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -38,6 +39,7 @@ export function parseMockUpstreamArgs(argv: readonly string[]): { help: boolean;
       tokens: { type: 'string' },
       fail: { type: 'string' },
       'fail-after': { type: 'string' },
+      'tool-calls': { type: 'string' },
       models: { type: 'string' },
       loaded: { type: 'string' },
       'keep-alive-ms': { type: 'string' },
@@ -55,6 +57,7 @@ export function parseMockUpstreamArgs(argv: readonly string[]): { help: boolean;
   set('tokens', num('tokens', values.tokens));
   set('fail', values.fail);
   set('failAfter', num('fail-after', values['fail-after']));
+  set('toolCalls', num('tool-calls', values['tool-calls']));
   set('models', values.models?.split(',').map((m) => m.trim()).filter((m) => m.length > 0));
   set('loaded', values.loaded?.split(',').map((m) => m.trim()).filter((m) => m.length > 0));
   set('keepAliveTimeoutMs', num('keep-alive-ms', values['keep-alive-ms']));

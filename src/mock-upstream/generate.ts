@@ -26,6 +26,8 @@ export interface Knobs {
   readonly fail: FailMode;
   /** For `reset` and `stall`: content tokens written before the cut. */
   readonly failAfter: number;
+  /** Chat answers are this many tool calls instead of text (0: text). See tools.ts. */
+  readonly toolCalls: number;
 }
 
 /** One request in flight. The server flips `closed` and clears `timer` when the response closes. */

@@ -5,6 +5,7 @@ import type { ServerResponse } from 'node:http';
 import { sendBody, streamAnswer, unaryAnswer, type Exchange, type Knobs, type RawHeaders, type StreamEncoder } from './generate.ts';
 import { capTokens, modelJson, pickModel } from './openai.ts';
 import { contentChars, estimateTokens, messagesChars, mockTextJson, tokenJson } from './tokens.ts';
+import { mockToolArguments, mockToolName } from './tools.ts';
 
 export const OLLAMA_JSON = 'application/json; charset=utf-8';
 const NDJSON_HEADERS: RawHeaders = ['content-type', 'application/x-ndjson'];
@@ -79,6 +80,54 @@ class OllamaStream implements StreamEncoder {
   }
 }
 
+/** A chat answer of tool calls: each streamed "token" is one whole call, as Ollama sends them. */
+class ToolCallStream implements StreamEncoder {
+  private readonly model: string;
+  constructor(
+    model: string,
+    private readonly body: Body,
+    private readonly startedAt: number,
+    private readonly prompt: number,
+    private readonly n: number,
+  ) {
+    this.model = '{"model":' + modelJson(model) + ',"created_at":"';
+  }
+  head(): string {
+    return '';
+  }
+  tokens(from: number, to: number): string {
+    let s = '';
+    for (let c = from; c < to; c++) {
+      s += this.model + new Date().toISOString() + '","message":{"role":"assistant","content":"","tool_calls":[' + toolCallJson(this.body, c, this.n) + ']},"done":false}\n';
+    }
+    return s;
+  }
+  tail(firstTokenAt: number, endedAt: number): string {
+    return this.model + new Date().toISOString() + '","message":{"role":"assistant","content":""},"done_reason":"stop","done":true,' + doneStats(this.startedAt, firstTokenAt, endedAt, this.prompt, this.n) + '\n';
+  }
+}
+
+function toolCallJson(body: Body, c: number, n: number): string {
+  return '{"function":{"index":' + c + ',"name":' + JSON.stringify(mockToolName(body, c)) + ',"arguments":' + mockToolArguments(c, n) + '}}';
+}
+
+function toolAnswer(ex: Exchange, body: Body, knobs: Knobs, model: string, prompt: number): void {
+  const n = capTokens(knobs.tokens, numPredict(body));
+  const calls = knobs.toolCalls;
+  if (body.stream !== false) {
+    // One paced "token" per call; failAfter counts calls.
+    streamAnswer(ex, { n: calls, knobs }, NDJSON_HEADERS, new ToolCallStream(model, body, ex.startedAt, prompt, n));
+    return;
+  }
+  const list: string[] = [];
+  for (let c = 0; c < calls; c++) list.push(toolCallJson(body, c, n));
+  const startedAt = ex.startedAt;
+  unaryAnswer(ex, { n, knobs }, OLLAMA_JSON, (firstTokenAt, endedAt) =>
+    `{"model":${modelJson(model)},"created_at":"${new Date().toISOString()}","message":{"role":"assistant","content":"","tool_calls":[${list.join(',')}]},` +
+    `"done_reason":"stop","done":true,` + doneStats(startedAt, firstTokenAt, endedAt, prompt, n),
+  );
+}
+
 const CHAT_OPEN = '"message":{"role":"assistant","content":';
 const GENERATE_OPEN = '"response":';
 
@@ -109,7 +158,9 @@ export function ollamaChat(ex: Exchange, body: Body, knobs: Knobs, defaultModel:
     ollamaError(ex.res, 400, 'messages must be an array');
     return;
   }
-  answer(ex, body, knobs, pickModel(body, defaultModel), estimateTokens(messagesChars(messages)), CHAT_OPEN, '}');
+  const prompt = estimateTokens(messagesChars(messages));
+  if (knobs.toolCalls > 0) return toolAnswer(ex, body, knobs, pickModel(body, defaultModel), prompt);
+  answer(ex, body, knobs, pickModel(body, defaultModel), prompt, CHAT_OPEN, '}');
 }
 
 /** POST /api/generate */

@@ -3,6 +3,7 @@
 import type { ServerResponse } from 'node:http';
 import { sendBody, streamAnswer, unaryAnswer, type Exchange, type Knobs, type RawHeaders, type StreamEncoder } from './generate.ts';
 import { contentChars, estimateTokens, messagesChars, mockTextJson, tokenJson } from './tokens.ts';
+import { fragmentJson, fragmentsPerCall, mockToolArguments, mockToolName } from './tools.ts';
 
 export const OPENAI_JSON = 'application/json';
 const SSE_HEADERS: RawHeaders = ['content-type', 'text/event-stream', 'cache-control', 'no-cache'];
@@ -51,7 +52,7 @@ export function capTokens(tokens: number, cap: unknown): number {
   return typeof cap === 'number' && cap >= 0 && cap < tokens ? Math.floor(cap) : tokens;
 }
 
-function usageJson(prompt: number, completion: number): string {
+export function usageJson(prompt: number, completion: number): string {
   return `{"prompt_tokens":${prompt},"completion_tokens":${completion},"total_tokens":${prompt + completion}}`;
 }
 
@@ -91,6 +92,49 @@ class ChatStream implements StreamEncoder {
     if (this.usage !== undefined) s += this.head0 + '],"usage":' + this.usage + '}\n\n';
     return s + DONE;
   }
+}
+
+/** A chat answer of tool calls: each streamed "token" is one argument fragment of one call. */
+class ToolCallStream implements StreamEncoder {
+  private readonly pre: string;
+  private readonly post: string;
+  constructor(
+    private readonly head0: string,
+    private readonly usage: string | undefined,
+    private readonly body: Body,
+    private readonly n: number,
+    private readonly seq: number,
+  ) {
+    this.pre = head0 + '{"index":0,"delta":{';
+    this.post = '},"logprobs":null,"finish_reason":null}]' + (usage === undefined ? '' : ',"usage":null') + '}\n\n';
+  }
+  head(): string {
+    return this.pre + '"role":"assistant","content":null' + this.post;
+  }
+  tokens(from: number, to: number): string {
+    const per = fragmentsPerCall(this.n);
+    let s = '';
+    for (let f = from; f < to; f++) {
+      const c = Math.floor(f / per);
+      const k = f % per;
+      const call = k === 0
+        ? `{"index":${c},"id":"call_mock_${this.seq}_${c}","type":"function","function":{"name":${JSON.stringify(mockToolName(this.body, c))},"arguments":${fragmentJson(c, k, this.n)}}}`
+        : `{"index":${c},"function":{"arguments":${fragmentJson(c, k, this.n)}}}`;
+      s += this.pre + '"tool_calls":[' + call + ']' + this.post;
+    }
+    return s;
+  }
+  tail(): string {
+    let s = this.pre + '},"logprobs":null,"finish_reason":"tool_calls"}]' + (this.usage === undefined ? '}\n\n' : ',"usage":null}\n\n');
+    if (this.usage !== undefined) s += this.head0 + '],"usage":' + this.usage + '}\n\n';
+    return s + DONE;
+  }
+}
+
+function toolCallsJson(body: Body, calls: number, n: number, seq: number): string {
+  const list = [];
+  for (let c = 0; c < calls; c++) list.push({ id: `call_mock_${seq}_${c}`, type: 'function', function: { name: mockToolName(body, c), arguments: mockToolArguments(c, n) } });
+  return JSON.stringify(list);
 }
 
 class CompletionStream implements StreamEncoder {
@@ -133,6 +177,22 @@ export function chatCompletions(ex: Exchange, body: Body, knobs: Knobs, defaultM
   const id = 'chatcmpl-mock-' + ex.seq;
   const created = Math.floor(Date.now() / 1000);
   const plan = { n, knobs };
+
+  const calls = knobs.toolCalls;
+  if (calls > 0) {
+    if (body.stream === true) {
+      const usage = includeUsage(body) ? usageJson(prompt, n) : undefined;
+      // One paced "token" per argument fragment; failAfter counts fragments.
+      streamAnswer(ex, { n: calls * fragmentsPerCall(n), knobs }, SSE_HEADERS, new ToolCallStream(chunkHead(id, 'chat.completion.chunk', created, model), usage, body, n, ex.seq));
+      return;
+    }
+    unaryAnswer(ex, plan, OPENAI_JSON, () =>
+      `{"id":"${id}","object":"chat.completion","created":${created},"model":${modelJson(model)},${FINGERPRINT},` +
+      `"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":${toolCallsJson(body, calls, n, ex.seq)}},"logprobs":null,"finish_reason":"tool_calls"}],` +
+      `"usage":${usageJson(prompt, n)}}`,
+    );
+    return;
+  }
 
   if (body.stream === true) {
     const usage = includeUsage(body) ? usageJson(prompt, n) : undefined;

@@ -12,9 +12,13 @@ import type { AddressInfo, Socket } from 'node:net';
 import { Exchange, resetConnection, sendBody, type FailMode, type Knobs, type RawHeaders } from './generate.ts';
 import { OLLAMA_JSON, VERSION_BODY, ollamaChat, ollamaError, ollamaGenerate, psBody, tagsBody } from './ollama.ts';
 import { OPENAI_JSON, chatCompletions, completions, modelsListBody, openaiError } from './openai.ts';
+import { ollamaEmbed, openaiEmbeddings } from './embeddings.ts';
+import { responses } from './responses.ts';
 
 export type { FailMode, Knobs } from './generate.ts';
 export { mockText } from './tokens.ts';
+export { mockToolArguments, mockToolName } from './tools.ts';
+export { mockEmbedding } from './embeddings.ts';
 
 export interface MockUpstreamOptions {
   /** 0 (default) picks a free port. */
@@ -31,6 +35,8 @@ export interface MockUpstreamOptions {
   fail?: FailMode | string;
   /** For 'reset' and 'stall': content tokens written before the cut. Default 0. Header: x-mock-fail-after. */
   failAfter?: number;
+  /** Chat answers are this many tool calls instead of text, in each API's wire format. Default 0. Header: x-mock-tool-calls. */
+  toolCalls?: number;
   /** Models listed by /v1/models, /api/tags and /api/ps; the first is used when a request names none. Default ['mock-model']. */
   models?: readonly string[];
   /** Models /api/ps reports as loaded now (warm). Default: all of `models`. Changeable with setKnobs. */
@@ -68,7 +74,7 @@ export interface MockUpstream {
   /** The process-level knobs in effect. */
   readonly knobs: Knobs;
   /** Changes the process-level knobs of a running mock (a deployment that slows down or recovers). */
-  setKnobs(change: Partial<Pick<MockUpstreamOptions, 'ttftMs' | 'tps' | 'tokens' | 'fail' | 'failAfter' | 'loaded'>>): void;
+  setKnobs(change: Partial<Pick<MockUpstreamOptions, 'ttftMs' | 'tps' | 'tokens' | 'fail' | 'failAfter' | 'toolCalls' | 'loaded'>>): void;
   /** Zero the counters (except `open`) and forget the last request. */
   resetStats(): void;
   /** Resolves once no request is open, e.g. after a client abort has reached the mock. Rejects after timeoutMs (default 5000). */
@@ -78,6 +84,7 @@ export interface MockUpstream {
 }
 
 const MAX_TOKENS = 1_000_000;
+const MAX_TOOL_CALLS = 64;
 const RETRY_AFTER: RawHeaders = ['retry-after', '1'];
 const CONNECTION_CLOSE: RawHeaders = ['connection', 'close'];
 
@@ -121,6 +128,7 @@ function knobsFromOptions(o: MockUpstreamOptions): Knobs {
     tokens: check('tokens', o.tokens, 16, true, MAX_TOKENS),
     fail,
     failAfter: check('failAfter', o.failAfter, 0, true),
+    toolCalls: check('toolCalls', o.toolCalls, 0, true, MAX_TOOL_CALLS),
   };
 }
 
@@ -136,12 +144,14 @@ function requestKnobs(h: IncomingHttpHeaders, d: Knobs): Knobs | string {
   const tokens = header(h, 'x-mock-tokens');
   const fail = header(h, 'x-mock-fail');
   const failAfter = header(h, 'x-mock-fail-after');
-  if (ttft === undefined && tps === undefined && tokens === undefined && fail === undefined && failAfter === undefined) return d;
+  const toolCalls = header(h, 'x-mock-tool-calls');
+  if (ttft === undefined && tps === undefined && tokens === undefined && fail === undefined && failAfter === undefined && toolCalls === undefined) return d;
   const k = { ...d } as { -readonly [P in keyof Knobs]: Knobs[P] };
   if (ttft !== undefined && Number.isNaN((k.ttftMs = knobNumber(ttft, false)))) return `invalid x-mock-ttft-ms header: ${ttft}`;
   if (tps !== undefined && Number.isNaN((k.tps = knobNumber(tps, false)))) return `invalid x-mock-tps header: ${tps}`;
   if (tokens !== undefined && Number.isNaN((k.tokens = knobNumber(tokens, true, MAX_TOKENS)))) return `invalid x-mock-tokens header: ${tokens}`;
   if (failAfter !== undefined && Number.isNaN((k.failAfter = knobNumber(failAfter, true)))) return `invalid x-mock-fail-after header: ${failAfter}`;
+  if (toolCalls !== undefined && Number.isNaN((k.toolCalls = knobNumber(toolCalls, true, MAX_TOOL_CALLS)))) return `invalid x-mock-tool-calls header: ${toolCalls}`;
   if (fail !== undefined) {
     const f = parseFail(fail);
     if (f === undefined) return `invalid x-mock-fail header: ${fail}`;
@@ -185,9 +195,12 @@ export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promis
   const routes = new Map<string, Route>([
     ['/v1/chat/completions', { method: 'POST', api: 'openai', generate: chatCompletions }],
     ['/v1/completions', { method: 'POST', api: 'openai', generate: completions }],
+    ['/v1/embeddings', { method: 'POST', api: 'openai', generate: openaiEmbeddings }],
+    ['/v1/responses', { method: 'POST', api: 'openai', generate: responses }],
     ['/v1/models', { method: 'GET', api: 'openai', get: () => ({ contentType: OPENAI_JSON, body: modelsBody }) }],
     ['/api/chat', { method: 'POST', api: 'ollama', generate: ollamaChat }],
     ['/api/generate', { method: 'POST', api: 'ollama', generate: ollamaGenerate }],
+    ['/api/embed', { method: 'POST', api: 'ollama', generate: ollamaEmbed }],
     ['/api/tags', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: tags }) }],
     ['/api/ps', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: psBody(loaded) }) }],
     ['/api/version', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: VERSION_BODY }) }],

@@ -108,7 +108,9 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
 }
 
 /** Lowers the output-token limit in the field the client API uses (a copy: the client's body is left alone). */
-function capOutputTokens(body: Readonly<Record<string, unknown>>, cap: number, api: 'openai' | 'ollama'): Record<string, unknown> {
+function capOutputTokens(body: Readonly<Record<string, unknown>>, cap: number, api: LlmRequest['api']): Record<string, unknown> {
+  if (api === 'responses') return { ...body, max_output_tokens: cap };
+  if (api === 'anthropic') return { ...body, max_tokens: cap };
   if (api === 'openai') {
     const { max_completion_tokens: _dropped, ...rest } = body;
     return { ...rest, max_tokens: cap };

@@ -26,9 +26,9 @@ t.test('url and port', async (t) => {
 });
 
 t.test('unknown paths are 404 in the API shape of their prefix', async (t) => {
-  const openai = await post('/v1/embeddings', { input: 'x' });
+  const openai = await post('/v1/audio/speech', { input: 'x' });
   t.equal(openai.status, 404);
-  t.same(await json(openai), { error: { message: 'Invalid URL (POST /v1/embeddings)', type: 'invalid_request_error', param: null, code: null } });
+  t.same(await json(openai), { error: { message: 'Invalid URL (POST /v1/audio/speech)', type: 'invalid_request_error', param: null, code: null } });
 
   const ollama = await fetch(mock.url + '/api/show');
   t.equal(ollama.status, 404);

@@ -22,6 +22,15 @@
 // `data: {"error":{...}}` and no [DONE] on failure; an Ollama client gets the
 // done line, or a final `{"error":"..."}` line.
 //
+// Responses and Messages clients (translate/responses_to_chat.ts, anthropic_to_chat.ts):
+// each upstream event, parsed as on any cross-API route, becomes a provider-neutral
+// Delta (translate/deltas.ts) that the client's writer turns into its events; its
+// terminal events are written at the upstream's end ([DONE] or the done line), where
+// the usage is known. A failure ends a Responses stream with response.failed, a
+// Messages stream with an `error` event. A Responses client on a deployment with
+// `responses: true` (kind 'responses') gets the upstream's events as they are, read
+// for tokens, usage and the terminal event (response.completed, .incomplete, .failed).
+//
 // gRPC encoder (spec.encoder 'grpc', the gRPC front's Chat and Complete): the last
 // stage writes protobuf GenerateResponse messages instead of the client API's text:
 // the text of one upstream chunk as one Delta, then at the upstream's terminal event
@@ -40,7 +49,10 @@ import { upstreamErrorMessage } from '../translate/errors.ts';
 import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
-import type { Api, Kind, OllamaChatResponse, OllamaGenerateResponse, OpenAIChunk } from '../translate/types.ts';
+import type { Api, ClientApi, Kind, OllamaChatResponse, OllamaGenerateResponse, OpenAIChunk, ReplyContext } from '../translate/types.ts';
+import { deltaFromOllama, deltaFromOpenAI, type Delta, type OllamaToolState } from '../translate/deltas.ts';
+import { responsesDelta, responsesDone, responsesFailed, responsesUsage, responsesWriter } from '../translate/responses_to_chat.ts';
+import { anthropicDelta, anthropicDone, anthropicWriter } from '../translate/anthropic_to_chat.ts';
 import {
   ERROR_PROBE,
   OLLAMA_DONE_PROBE,
@@ -55,7 +67,7 @@ import {
 } from './probe.ts';
 
 export interface ChainSpec {
-  readonly client: Api;
+  readonly client: ClientApi;
   readonly provider: Api;
   readonly kind: Kind;
   /** Time the first and every token (TTFT, inter-token gaps). */
@@ -190,6 +202,8 @@ class Run {
   gRole = '';
   gRoleSent = false;
   gFinal = false;
+  /** Ollama tool calls seen, for a Responses or Messages client (their indexes and ids). */
+  ot: OllamaToolState | null = null;
 
   constructor(ctx: ChainContext) {
     this.ctx = ctx;
@@ -276,9 +290,12 @@ function setUsage(r: Run, prompt: number, completion: number): void {
 
 // ---- the compiler ----
 
-function upstreamFailure(r: Run, emitText: (r: Run, s: string) => void, client: Api, message: string): void {
+/** A stream's terminal error event in the client's framing ('' for gRPC, whose errors are statuses). */
+type ErrorText = (r: Run, message: string, code: string) => string;
+
+function upstreamFailure(r: Run, emitText: (r: Run, s: string) => void, errorText: ErrorText, message: string): void {
   r.stats.error = { code: 'upstream_error', message };
-  emitText(r, streamErrorEvent(client, message, 'upstream_error', r.ctx.id));
+  emitText(r, errorText(r, message, 'upstream_error'));
   r.closed = true;
   r.lastKept = false;
 }
@@ -287,10 +304,10 @@ function upstreamFailure(r: Run, emitText: (r: Run, s: string) => void, client: 
  * A garbage event is dropped and counted, never forwarded: a client's SDK would choke on it.
  * The stream goes on, unless the upstream sends nothing else (MALFORMED_RUN_LIMIT in a row).
  */
-function malformed(r: Run, emitText: (r: Run, s: string) => void, client: Api): false {
+function malformed(r: Run, emitText: (r: Run, s: string) => void, errorText: ErrorText): false {
   r.stats.malformed++;
   r.lastKept = false;
-  if (++r.malformedRun >= MALFORMED_RUN_LIMIT) upstreamFailure(r, emitText, client, MALFORMED_RUN_MESSAGE);
+  if (++r.malformedRun >= MALFORMED_RUN_LIMIT) upstreamFailure(r, emitText, errorText, MALFORMED_RUN_MESSAGE);
   return false;
 }
 
@@ -298,15 +315,30 @@ function errorMessageOf(text: string): string {
   return upstreamErrorMessage(tryParse(text)) ?? text;
 }
 
+/** How a Responses or Messages client's events are written from deltas. */
+interface EventWriter {
+  open(ctx: ReplyContext): unknown;
+  delta(w: unknown, d: Delta): string;
+  done(w: unknown): string;
+}
+
+const EVENT_WRITERS: Readonly<Record<'responses' | 'anthropic', EventWriter>> = {
+  responses: { open: responsesWriter, delta: responsesDelta as EventWriter['delta'], done: responsesDone as EventWriter['done'] },
+  anthropic: { open: anthropicWriter, delta: anthropicDelta as EventWriter['delta'], done: anthropicDone as EventWriter['done'] },
+};
+
 function build(spec: ChainSpec, key: string): ChainFactory {
   const { client, provider, kind } = spec;
   const grpc = spec.encoder === 'grpc';
   const passthrough = client === provider && !grpc;
+  // A Responses client on a Responses deployment: its events pass through.
+  const responsesPass = kind === 'responses';
+  const events = !grpc && (client === 'responses' || client === 'anthropic') && !responsesPass ? EVENT_WRITERS[client] : null;
   const wantTokens = spec.instrument || spec.countTokens;
 
   // Output: pass-through collects byte views, translation builds a string, gRPC
   // encodes messages in take(); its errors are statuses, never text in the stream.
-  const bytesOut = passthrough;
+  const bytesOut = passthrough || responsesPass;
   const emitText = grpc
     ? noop
     : bytesOut
@@ -352,8 +384,15 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         return o;
       };
 
-  const fail = (r: Run, message: string): void => upstreamFailure(r, emitText, client, message);
-  const drop = (r: Run): false => malformed(r, emitText, client);
+  // A Responses stream's failure event carries the next sequence number: the writer's
+  // (translated) or one past the upstream's last (passed through, r.w is { seq }).
+  const errorText: ErrorText = grpc
+    ? () => ''
+    : client === 'responses'
+    ? (r, message, code) => responsesFailed(r.w as { seq: number }, r.ctx.id, r.ctx.model, code, message)
+    : (r, message, code) => streamErrorEvent(client as 'openai' | 'ollama' | 'anthropic', message, code, r.ctx.id);
+  const fail = (r: Run, message: string): void => upstreamFailure(r, emitText, errorText, message);
+  const drop = (r: Run): false => malformed(r, emitText, errorText);
 
   // classify: the gate that reads the event and may end the stream.
   let classify: Gate;
@@ -368,7 +407,44 @@ function build(spec: ChainSpec, key: string): ChainFactory {
   // translator state for cross-API routes
   let newWriter: (ctx: ChainContext) => unknown = () => null;
 
-  if (provider === 'openai') {
+  if (responsesPass) {
+    classify = (r) => {
+      const j = tryParse(r.data);
+      if (j === null) {
+        fail(r, 'upstream sent an event that is not a JSON object');
+        return false;
+      }
+      r.json = j;
+      r.hasUsage = false;
+      if (typeof j['sequence_number'] === 'number') (r.w as { seq: number }).seq = j['sequence_number'] + 1;
+      const type = j['type'];
+      if (type === 'response.completed' || type === 'response.incomplete') {
+        r.stats.sawTerminal = true;
+        r.stats.finishReason = type === 'response.incomplete' ? 'length' : 'stop';
+        r.closed = true;
+        const u = responsesUsage(j['response'] as Record<string, unknown> | undefined);
+        if (u !== null) setUsage(r, u.promptTokens, u.completionTokens);
+      } else if (type === 'response.failed' || type === 'error') {
+        // The upstream's own failure event reaches the client as it is.
+        const e = type === 'error' ? j : (j['response'] as Record<string, unknown> | undefined)?.['error'];
+        const m = (e as Record<string, unknown> | null | undefined)?.['message'];
+        r.stats.error = { code: 'upstream_error', message: typeof m === 'string' ? m : 'upstream response failed' };
+        r.closed = true;
+      }
+      return true;
+    };
+    tokenStage = (r) => {
+      const j = r.json!;
+      const t = j['type'];
+      const d = j['delta'];
+      r.isToken = typeof t === 'string' && t.endsWith('.delta') && typeof d === 'string' && d !== '';
+    };
+    emit = (r) => {
+      r.parts.push(r.raw);
+      r.lastKept = true;
+    };
+    newWriter = () => ({ seq: 0 });
+  } else if (provider === 'openai') {
     if (passthrough) {
       classify = (r) => {
         const d = r.data;
@@ -458,6 +534,14 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         onDone = (r) => {
           r.gFinal = true;
         };
+      } else if (events !== null) {
+        emit = (r) => {
+          r.out += events.delta(r.w, deltaFromOpenAI(r.json as unknown as OpenAIChunk));
+        };
+        onDone = (r) => {
+          r.out += events.done(r.w);
+        };
+        newWriter = events.open;
       } else {
         const toLines = kind === 'chat' ? ollamaToOpenai.chatChunk : ollamaToOpenai.completionChunk;
         const done = kind === 'chat' ? ollamaToOpenai.chatDone : ollamaToOpenai.completionDone;
@@ -545,6 +629,13 @@ function build(spec: ChainSpec, key: string): ChainFactory {
           }
           if (j['done'] === true) r.gFinal = true;
         };
+      } else if (events !== null) {
+        emit = (r) => {
+          const j = r.json!;
+          r.out += events.delta(r.w, deltaFromOllama(j as unknown as OllamaChatResponse, (r.ot ??= { toolCalls: 0, id: r.ctx.id })));
+          if (j['done'] === true) r.out += events.done(r.w);
+        };
+        newWriter = events.open;
       } else {
         emit =
           kind === 'chat'
@@ -569,7 +660,25 @@ function build(spec: ChainSpec, key: string): ChainFactory {
 
   // Framing: the SSE or NDJSON shell around `step`.
   let framer: (r: Run) => Framer;
-  if (provider === 'openai') {
+  if (responsesPass) {
+    const onEvent = (r: Run, ev: SseEvent): void => {
+      if (ev.continuation) {
+        if (r.lastKept) r.parts.push(ev.raw);
+        return;
+      }
+      if (r.closed) return;
+      if (ev.data === null) {
+        r.parts.push(ev.raw);
+        r.lastKept = true;
+        return;
+      }
+      r.stats.chunks++;
+      r.data = ev.data;
+      r.raw = ev.raw;
+      step(r);
+    };
+    framer = (r) => new SseParser((ev) => onEvent(r, ev));
+  } else if (provider === 'openai') {
     const onEvent: (r: Run, ev: SseEvent) => void = passthrough
       ? (r, ev) => {
           if (ev.continuation) {
@@ -670,7 +779,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         } else {
           r.truncated = true;
           r.stats.error = { code: 'upstream_error', message: TRUNCATED };
-          emitText(r, streamErrorEvent(client, TRUNCATED, 'upstream_error', r.ctx.id));
+          emitText(r, errorText(r, TRUNCATED, 'upstream_error'));
         }
         r.closed = true;
       }
@@ -683,20 +792,21 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       if (r.closed) return '';
       r.closed = true;
       r.stats.error = { code, message };
-      return grpc ? '' : streamErrorEvent(client, message, code, r.ctx.id);
+      return errorText(r, message, code);
     }
   }
 
   return Object.freeze({
     spec: Object.freeze({ ...spec }),
     key,
-    contentType: grpc ? 'application/grpc' : client === 'openai' ? 'text/event-stream' : 'application/x-ndjson',
+    contentType: grpc ? 'application/grpc' : client === 'ollama' ? 'application/x-ndjson' : 'text/event-stream',
     open: (ctx: ChainContext): ChainStream => new CompiledStream(ctx),
   });
 }
 
 const APIS: readonly string[] = ['openai', 'ollama'];
-const KINDS: readonly string[] = ['chat', 'completion'];
+const CLIENTS: readonly string[] = ['openai', 'ollama', 'responses', 'anthropic'];
+const KINDS: readonly string[] = ['chat', 'completion', 'responses'];
 
 export function chainKey(spec: ChainSpec): string {
   return `${spec.client}>${spec.provider}/${spec.kind}${spec.instrument ? '+instrument' : ''}${spec.countTokens ? '+count' : ''}${spec.encoder === 'grpc' ? '+grpc' : ''}`;
@@ -712,9 +822,11 @@ export function compileChain(spec: ChainSpec): ChainFactory {
   const key = chainKey(spec);
   let f = compiled.get(key);
   if (f === undefined) {
-    if (!APIS.includes(spec.client)) throw new BrokerError('internal', `compileChain: spec.client must be openai or ollama, got ${String(spec.client)}`);
+    if (!CLIENTS.includes(spec.client)) throw new BrokerError('internal', `compileChain: spec.client must be openai, ollama, responses or anthropic, got ${String(spec.client)}`);
     if (!APIS.includes(spec.provider)) throw new BrokerError('internal', `compileChain: spec.provider must be openai or ollama, got ${String(spec.provider)}`);
-    if (!KINDS.includes(spec.kind)) throw new BrokerError('internal', `compileChain: spec.kind must be chat or completion, got ${String(spec.kind)}`);
+    if (!KINDS.includes(spec.kind)) throw new BrokerError('internal', `compileChain: spec.kind must be chat, completion or responses, got ${String(spec.kind)}`);
+    if (spec.kind === 'responses' && (spec.client !== 'responses' || spec.provider !== 'openai')) throw new BrokerError('internal', 'compileChain: kind responses is a Responses client on an OpenAI deployment');
+    if ((spec.client === 'responses' || spec.client === 'anthropic') && spec.kind === 'completion') throw new BrokerError('internal', `compileChain: a ${spec.client} client has no completion kind`);
     f = build(spec, key);
     compiled.set(key, f);
   }

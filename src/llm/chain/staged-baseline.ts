@@ -11,6 +11,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { SSE_DONE } from '../codec/sse.ts';
 import { finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
 import { streamErrorEvent } from '../../front/error-body.ts';
+import { BrokerError } from '../../errors.ts';
 import { upstreamErrorMessage } from '../translate/errors.ts';
 import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
@@ -298,7 +299,7 @@ class TranslateStage extends Transform {
     this.finishedUp = true;
     this.lastKept = false;
     this.stats.error = { code, message };
-    return streamErrorEvent(this.spec.client, message, code, this.ctx.id);
+    return streamErrorEvent(this.spec.client as 'openai' | 'ollama', message, code, this.ctx.id);
   }
 
   private openaiDone(): string | Buffer {
@@ -426,6 +427,8 @@ export interface Pipeline {
 }
 
 export function createStagedBaseline(spec: ChainSpec, ctx: ChainContext): Pipeline {
+  // The baseline bench:chain compares against knows the two original client APIs only.
+  if (spec.client !== 'openai' && spec.client !== 'ollama') throw new BrokerError('internal', `the staged baseline has no ${spec.client} client: use the compiled chain`);
   const stats = newChainStats();
   const parse = spec.provider === 'openai' ? new SseParse() : new NdjsonParse();
   const translate = new TranslateStage(spec, ctx, stats);

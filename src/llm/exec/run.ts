@@ -56,8 +56,10 @@ export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, 
     waitedMs: waited,
     malformed: s.stats.malformed,
   });
-  // The staged baseline has no gRPC encoder: gRPC streams always run the compiled chain.
-  const run = req.compiled || req.chain.encoder === 'grpc' ? pumpCompiled : pumpPipeline;
+  // The staged baseline has no gRPC encoder and knows only the OpenAI and Ollama clients:
+  // gRPC, Responses and Messages streams always run the compiled chain.
+  const c = req.chain.client;
+  const run = req.compiled || req.chain.encoder === 'grpc' || (c !== 'openai' && c !== 'ollama') ? pumpCompiled : pumpPipeline;
   return run(req, ctx, body, target, signal, finish);
 }
 

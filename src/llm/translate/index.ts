@@ -1,6 +1,9 @@
-// The translator table: any client API to any provider, chat or completion.
-// Files are named <client>_to_<provider>.ts; each one holds the request,
-// reply and stream mappings of its pair. This module picks the right one.
+// The translator table: any client API to any provider, chat, completion or
+// embeddings. Files are named <client>_to_<provider>.ts; each one holds the request,
+// reply and stream mappings of its pair. The Responses and Messages APIs map to a
+// chat body (responses_to_chat.ts, anthropic_to_chat.ts), which then goes to either
+// provider as an OpenAI chat body would; their replies are read through deltas.ts.
+// This module picks the right one.
 
 import { BrokerError } from '../../errors.ts';
 import { finishFromOllama, openaiChunkFinish, usageFromOllama, usageFromOpenAI } from './common.ts';
@@ -9,9 +12,15 @@ import * as ollamaToOllama from './ollama_to_ollama.ts';
 import * as ollamaToOpenai from './ollama_to_openai.ts';
 import * as openaiToOllama from './openai_to_ollama.ts';
 import * as openaiToOpenai from './openai_to_openai.ts';
+import * as anthropicToChat from './anthropic_to_chat.ts';
+import * as responsesToChat from './responses_to_chat.ts';
+import * as embeddings from './embeddings.ts';
+import { replyFromOllama, replyFromOpenAI } from './deltas.ts';
+import type { DeploymentConfig } from '../../config/broker-config.ts';
 import type {
   Api,
   Kind,
+  ClientApi,
   OllamaChatResponse,
   OllamaGenerateResponse,
   OpenAIChatCompletion,
@@ -21,23 +30,35 @@ import type {
   Usage,
 } from './types.ts';
 
-export type { Api, Kind, ReplyContext, Usage } from './types.ts';
+export type { Api, ClientApi, Kind, ReplyContext, Usage } from './types.ts';
 
+/** One exchange: the client's API, the provider's wire format, what the upstream is asked for. */
 export interface Route {
-  client: Api;
+  client: ClientApi;
   provider: Api;
   kind: Kind;
 }
 
-/** Content type of a streamed reply in the client's API. */
-export function streamContentType(client: Api): string {
-  return client === 'openai' ? 'text/event-stream' : 'application/x-ndjson';
+/**
+ * The route of one attempt: the client's API and request kind on this deployment.
+ * A Responses request goes to /v1/responses as it is on a deployment that declares
+ * `responses: true`, else to chat.
+ */
+export function upstreamRoute(client: ClientApi, kind: Kind, d: Pick<DeploymentConfig, 'provider' | 'responses'>): Route {
+  if (client === 'responses') return { client, provider: d.provider, kind: d.provider === 'openai' && d.responses ? 'responses' : 'chat' };
+  return { client, provider: d.provider, kind };
 }
 
-/** Whether the client asked for a stream: OpenAI streams only with `stream: true`, Ollama unless `stream: false`. */
-export function clientStreams(client: Api, body: unknown): boolean {
+/** Content type of a streamed reply in the client's API. */
+export function streamContentType(client: ClientApi): string {
+  return client === 'ollama' ? 'application/x-ndjson' : 'text/event-stream';
+}
+
+/** Whether the client asked for a stream: Ollama streams unless `stream: false`, the others only with `stream: true`; embeddings never. */
+export function clientStreams(client: ClientApi, body: unknown, kind?: Kind): boolean {
+  if (kind === 'embed') return false;
   const s = body !== null && typeof body === 'object' ? (body as Record<string, unknown>)['stream'] : undefined;
-  return client === 'openai' ? s === true : s !== false;
+  return client === 'ollama' ? s !== false : s === true;
 }
 
 export interface UpstreamRequest {
@@ -57,6 +78,20 @@ export interface UpstreamRequest {
 export function translateRequest(route: Route, body: unknown, upstreamModel: string): UpstreamRequest {
   const { client, provider, kind } = route;
   let out: unknown;
+  if (kind === 'embed') {
+    out = client === provider ? embeddings.passRequest(body, upstreamModel) : provider === 'ollama' ? embeddings.ollamaRequest(body, upstreamModel) : embeddings.openaiRequest(body, upstreamModel);
+    return { body: JSON.stringify(out), stream: false, includeUsage: false };
+  }
+  if (client === 'responses' || client === 'anthropic') {
+    const stream = clientStreams(client, body);
+    if (kind === 'responses') out = { ...(body as Record<string, unknown>), model: upstreamModel };
+    else {
+      // The client's API as an OpenAI chat body, then on to the provider as one.
+      const chat = client === 'responses' ? responsesToChat.chatRequest(body) : anthropicToChat.chatRequest(body);
+      out = provider === 'openai' ? openaiToOpenai.chatRequest(chat, upstreamModel) : openaiToOllama.chatRequest(chat, upstreamModel);
+    }
+    return { body: JSON.stringify(out), stream, includeUsage: false };
+  }
   if (client === 'openai') {
     const t = provider === 'openai' ? openaiToOpenai : openaiToOllama;
     out = kind === 'chat' ? t.chatRequest(body, upstreamModel) : t.completionRequest(body, upstreamModel);
@@ -66,7 +101,7 @@ export function translateRequest(route: Route, body: unknown, upstreamModel: str
   }
   return {
     body: JSON.stringify(out),
-    stream: clientStreams(client, body),
+    stream: clientStreams(client, body, kind),
     includeUsage: client === 'openai' && openaiToOpenai.clientWantsUsage(body),
   };
 }
@@ -90,7 +125,7 @@ function parseUpstream(provider: Api, body: string | Uint8Array): Record<string,
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new BrokerError('upstream_error', `${provider} upstream sent an unexpected reply`);
   const r = v as Record<string, unknown>;
   const message = upstreamErrorMessage(r);
-  if (message !== null && r['choices'] === undefined && r['done'] === undefined) {
+  if (message !== null && r['choices'] === undefined && r['done'] === undefined && r['object'] !== 'response') {
     throw new BrokerError('upstream_error', `${provider} upstream failed: ${message}`, { details: { upstreamMessage: message } });
   }
   return r;
@@ -103,6 +138,24 @@ function parseUpstream(provider: Api, body: string | Uint8Array): Record<string,
 export function translateResponse(route: Route, upstreamBody: string | Uint8Array, ctx: ReplyContext): ClientReply {
   const { client, provider, kind } = route;
   const r = parseUpstream(provider, upstreamBody);
+  if (kind === 'embed') {
+    const usage = embeddings.embedUsage(r);
+    // An OpenAI client's reply passes through only when its encoding is what the upstream sent.
+    if (client === provider) return { body: upstreamBody, usage, finishReason: null };
+    const out = client === 'openai' ? embeddings.openaiReply(r, ctx) : embeddings.ollamaReply(r, ctx);
+    return { body: JSON.stringify(out), usage, finishReason: null };
+  }
+  if (kind === 'responses') {
+    // A Responses deployment answered a Responses client: the bytes as sent.
+    const failed = r['status'] === 'failed';
+    if (failed) throw new BrokerError('upstream_error', `openai upstream failed: ${upstreamErrorMessage(r) ?? 'response failed'}`);
+    return { body: upstreamBody, usage: responsesToChat.responsesUsage(r), finishReason: r['status'] === 'incomplete' ? 'length' : 'stop' };
+  }
+  if (client === 'responses' || client === 'anthropic') {
+    const reply = provider === 'openai' ? replyFromOpenAI(r as unknown as OpenAIChatCompletion) : replyFromOllama(r as unknown as OllamaChatResponse, ctx.id);
+    const out = client === 'responses' ? responsesToChat.response(reply, ctx) : anthropicToChat.message(reply, ctx);
+    return { body: JSON.stringify(out), usage: reply.usage, finishReason: reply.finish };
+  }
   if (provider === 'openai') {
     const usage = usageFromOpenAI(r['usage'] as OpenAIChatCompletion['usage']);
     const finishReason = openaiChunkFinish(r as unknown as OpenAIChunk);

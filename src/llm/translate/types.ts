@@ -7,10 +7,16 @@
 // Ollama: /api/chat and /api/generate, NDJSON streams whose last line has
 // `"done": true` with done_reason and the prompt_eval_count/eval_count counters.
 
-/** Which API a client speaks or a provider serves. */
+/** Which API a provider serves (and a client of chat, completions or embeddings speaks). */
 export type Api = 'openai' | 'ollama';
-/** Chat (messages) or completion (prompt): /v1/chat/completions + /api/chat, /v1/completions + /api/generate. */
-export type Kind = 'chat' | 'completion';
+/** Which API a client speaks: those two, the OpenAI Responses API (/v1/responses) or Anthropic's Messages API (/v1/messages). */
+export type ClientApi = Api | 'responses' | 'anthropic';
+/**
+ * What the upstream is asked for: chat (messages), completion (prompt), embed
+ * (/v1/embeddings, /api/embed), or responses (/v1/responses, only on an OpenAI
+ * deployment that declares `responses: true`).
+ */
+export type Kind = 'chat' | 'completion' | 'embed' | 'responses';
 
 // ---- OpenAI ----
 
@@ -232,6 +238,8 @@ export interface OllamaErrorBody {
 export interface ReplyContext {
   model: string;
   id: string;
+  /** The client's body, for reply fields that depend on it (an embeddings encoding_format). */
+  request?: Readonly<Record<string, unknown>>;
 }
 
 /** Token usage in API-neutral form. */

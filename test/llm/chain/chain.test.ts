@@ -346,7 +346,7 @@ t.test('compileChain caches one factory per spec key', async (t) => {
   t.equal(a.contentType, 'text/event-stream');
   t.equal(compileChain(spec('ollama', 'openai', 'chat')).contentType, 'application/x-ndjson');
   t.ok(Object.isFrozen(a));
-  t.throws(() => compileChain({ ...spec('openai', 'ollama', 'chat'), client: 'anthropic' as Api }), { code: 'internal' });
+  t.throws(() => compileChain({ ...spec('openai', 'ollama', 'chat'), client: 'soap' as Api }), { code: 'internal' });
 });
 
 t.test('push after end is ignored; end is idempotent', async (t) => {

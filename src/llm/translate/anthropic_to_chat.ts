@@ -1,0 +1,261 @@
+// An Anthropic Messages API client (POST /v1/messages) served by a chat upstream,
+// OpenAI-compatible or Ollama (the chat body is then mapped on by openai_to_ollama).
+//   request:  system, messages with text (and image, tool_use, tool_result) blocks,
+//             max_tokens, stop_sequences, tools → a chat body
+//   response: a whole chat reply (deltas.ts WholeReply) → a Message
+//   stream:   deltas → message_start, ping, content_block_start / _delta / _stop per
+//             block (text, then tool_use), message_delta (stop_reason, usage), message_stop.
+//             A failure after the first byte ends with an `error` event, as Anthropic's own.
+//
+// Blocks are written one at a time, as Anthropic does: a tool call closes the text
+// block before it. Reasoning text from the upstream is dropped (a thinking block needs
+// a signature the upstream cannot give).
+
+import { BrokerError } from '../../errors.ts';
+import { requireObject } from './common.ts';
+import type { Delta, WholeReply } from './deltas.ts';
+import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
+
+// ---- request ----
+
+function invalid(field: string, what: string): BrokerError {
+  return new BrokerError('invalid_request', `${field} ${what}`, { details: { field } });
+}
+
+function textOfBlocks(v: unknown, field: string): string {
+  if (typeof v === 'string') return v;
+  if (!Array.isArray(v)) throw invalid(field, 'must be a string or an array of text blocks');
+  return v
+    .map((b, i) => {
+      const o = b as Record<string, unknown> | null;
+      if (o?.['type'] !== 'text' || typeof o['text'] !== 'string') throw invalid(`${field}[${i}]`, 'must be a text block');
+      return o['text'];
+    })
+    .join('\n');
+}
+
+/** One Anthropic message → its chat messages (a user turn with tool results becomes tool messages first). */
+function chatMessages(m: unknown, i: number): OpenAIMessage[] {
+  const msg = m as Record<string, unknown>;
+  const role = msg['role'];
+  if (role !== 'user' && role !== 'assistant') throw invalid(`messages[${i}].role`, 'must be user or assistant');
+  const content = msg['content'];
+  if (typeof content === 'string') return [{ role, content }];
+  if (!Array.isArray(content)) throw invalid(`messages[${i}].content`, 'must be a string or an array of content blocks');
+  const out: OpenAIMessage[] = [];
+  const parts: Array<{ type: string; [k: string]: unknown }> = [];
+  const calls: OpenAIToolCall[] = [];
+  let image = false;
+  for (let j = 0; j < content.length; j++) {
+    const b = content[j] as Record<string, unknown>;
+    const field = `messages[${i}].content[${j}]`;
+    switch (b['type']) {
+      case 'text':
+        if (typeof b['text'] !== 'string') throw invalid(`${field}.text`, 'must be a string');
+        parts.push({ type: 'text', text: b['text'] });
+        break;
+      case 'image': {
+        const src = b['source'] as Record<string, unknown> | undefined;
+        if (src?.['type'] === 'base64' && typeof src['data'] === 'string') parts.push({ type: 'image_url', image_url: { url: `data:${String(src['media_type'] ?? 'image/png')};base64,${src['data']}` } });
+        else if (src?.['type'] === 'url' && typeof src['url'] === 'string') parts.push({ type: 'image_url', image_url: { url: src['url'] } });
+        else throw invalid(`${field}.source`, 'must be a base64 or url image source');
+        image = true;
+        break;
+      }
+      case 'tool_use':
+        calls.push({ id: String(b['id'] ?? ''), type: 'function', function: { name: String(b['name'] ?? ''), arguments: JSON.stringify(b['input'] ?? {}) } });
+        break;
+      case 'tool_result': {
+        const c = b['content'];
+        const text = c === undefined ? '' : typeof c === 'string' ? c : textOfBlocks(c, `${field}.content`);
+        out.push({ role: 'tool', tool_call_id: String(b['tool_use_id'] ?? ''), content: text });
+        break;
+      }
+      case 'thinking':
+      case 'redacted_thinking':
+        break;
+      default:
+        throw invalid(`${field}.type`, `${String(b['type'])} is not supported (text, image, tool_use, tool_result)`);
+    }
+  }
+  if (parts.length > 0 || calls.length > 0) {
+    const text = image ? parts : parts.map((p) => p['text'] as string).join('');
+    const turn: OpenAIMessage = { role, content: calls.length > 0 && text === '' ? null : text };
+    if (calls.length > 0) turn.tool_calls = calls;
+    out.push(turn);
+  }
+  return out;
+}
+
+function toolsOf(tools: unknown): unknown[] | undefined {
+  if (tools === undefined || tools === null) return undefined;
+  if (!Array.isArray(tools)) throw invalid('tools', 'must be an array');
+  return tools.map((t, i) => {
+    const o = t as Record<string, unknown> | null;
+    if (o === null || typeof o['name'] !== 'string' || o['input_schema'] === undefined) throw invalid(`tools[${i}]`, 'must be a custom tool with a name and an input_schema (server tools are not served here)');
+    const fn: Record<string, unknown> = { name: o['name'], parameters: o['input_schema'] };
+    if (typeof o['description'] === 'string') fn['description'] = o['description'];
+    return { type: 'function', function: fn };
+  });
+}
+
+function toolChoiceOf(tc: unknown): unknown {
+  const o = tc as Record<string, unknown> | null | undefined;
+  if (o === null || o === undefined || typeof o !== 'object') return undefined;
+  if (o['type'] === 'any') return 'required';
+  if (o['type'] === 'tool') return { type: 'function', function: { name: o['name'] } };
+  if (o['type'] === 'none') return 'none';
+  return 'auto';
+}
+
+/** A Messages body → an OpenAI chat body (model left as sent; the provider translator sets it). */
+export function chatRequest(body: unknown): OpenAIChatRequest {
+  const b = requireObject(body);
+  if (!Array.isArray(b['messages'])) throw invalid('messages', 'must be an array');
+  const messages: OpenAIMessage[] = [];
+  if (b['system'] !== undefined && b['system'] !== null) {
+    const system = textOfBlocks(b['system'], 'system');
+    if (system !== '') messages.push({ role: 'system', content: system });
+  }
+  b['messages'].forEach((m, i) => messages.push(...chatMessages(m, i)));
+  const out: OpenAIChatRequest = { model: String(b['model']), messages, stream: b['stream'] === true };
+  if (typeof b['max_tokens'] === 'number') out.max_tokens = b['max_tokens'];
+  if (Array.isArray(b['stop_sequences']) && b['stop_sequences'].length > 0) out.stop = b['stop_sequences'].filter((s): s is string => typeof s === 'string');
+  for (const k of ['temperature', 'top_p'] as const) if (typeof b[k] === 'number') out[k] = b[k];
+  const tools = toolsOf(b['tools']);
+  if (tools !== undefined && tools.length > 0) {
+    out.tools = tools;
+    const choice = toolChoiceOf(b['tool_choice']);
+    if (choice !== undefined) out['tool_choice'] = choice;
+  }
+  const user = (b['metadata'] as Record<string, unknown> | undefined)?.['user_id'];
+  if (typeof user === 'string') out['user'] = user;
+  return out;
+}
+
+// ---- the Message ----
+
+/** OpenAI finish reasons → Anthropic stop reasons. */
+export function stopReason(finish: string): string {
+  if (finish === 'length') return 'max_tokens';
+  if (finish === 'tool_calls') return 'tool_use';
+  if (finish === 'content_filter') return 'refusal';
+  return 'end_turn';
+}
+
+function usageObject(u: Usage): Record<string, number> {
+  return { input_tokens: u.promptTokens, output_tokens: u.completionTokens };
+}
+
+function parsedInput(args: string): unknown {
+  try {
+    const v: unknown = JSON.parse(args === '' ? '{}' : args);
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v;
+  } catch {
+    // a model can write broken JSON; keep its text rather than lose it
+  }
+  return { arguments: args };
+}
+
+/** A whole chat reply → the Message. */
+export function message(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
+  const content: unknown[] = [];
+  if (reply.text !== '' || reply.tools.length === 0) content.push({ type: 'text', text: reply.text });
+  for (const t of reply.tools) content.push({ type: 'tool_use', id: t.id, name: t.name, input: parsedInput(t.arguments) });
+  return {
+    id: 'msg_' + ctx.id,
+    type: 'message',
+    role: 'assistant',
+    model: ctx.model,
+    content,
+    stop_reason: stopReason(reply.finish),
+    stop_sequence: null,
+    usage: usageObject(reply.usage),
+  };
+}
+
+// ---- streaming ----
+
+export interface AnthropicWriter {
+  readonly id: string;
+  readonly model: string;
+  started: boolean;
+  /** Index of the block being written, -1 for none; 'text' or the tool call's index. */
+  block: number;
+  open: 'text' | number | null;
+  /** Tool call index → its block index, once started. */
+  toolBlocks: Map<number, number>;
+  finish: string | null;
+  usage: Usage | null;
+  tokens: number;
+  done: boolean;
+}
+
+export function anthropicWriter(ctx: ReplyContext): AnthropicWriter {
+  return { id: ctx.id, model: ctx.model, started: false, block: -1, open: null, toolBlocks: new Map(), finish: null, usage: null, tokens: 0, done: false };
+}
+
+function event(type: string, data: Record<string, unknown>): string {
+  return 'event: ' + type + '\ndata: ' + JSON.stringify({ type, ...data }) + '\n\n';
+}
+
+function start(w: AnthropicWriter): string {
+  if (w.started) return '';
+  w.started = true;
+  const msg = { id: 'msg_' + w.id, type: 'message', role: 'assistant', model: w.model, content: [], stop_reason: null, stop_sequence: null, usage: { input_tokens: 0, output_tokens: 0 } };
+  return event('message_start', { message: msg }) + event('ping', {});
+}
+
+function closeBlock(w: AnthropicWriter): string {
+  if (w.open === null) return '';
+  w.open = null;
+  return event('content_block_stop', { index: w.block });
+}
+
+/** One upstream event → its Messages events. */
+export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
+  if (w.done) return '';
+  let out = start(w);
+  if (d.text !== '') {
+    if (w.open !== 'text') {
+      out += closeBlock(w);
+      w.open = 'text';
+      w.block++;
+      out += event('content_block_start', { index: w.block, content_block: { type: 'text', text: '' } });
+    }
+    w.tokens++;
+    out += event('content_block_delta', { index: w.block, delta: { type: 'text_delta', text: d.text } });
+  }
+  if (d.tools !== null) {
+    for (const t of d.tools) {
+      let index = w.toolBlocks.get(t.index);
+      if (index === undefined) {
+        out += closeBlock(w);
+        index = ++w.block;
+        w.toolBlocks.set(t.index, index);
+        w.open = t.index;
+        out += event('content_block_start', { index, content_block: { type: 'tool_use', id: t.id ?? `toolu_${w.id}_${t.index}`, name: t.name ?? '', input: {} } });
+      }
+      // A fragment of a call whose block is already closed cannot be written (blocks are sequential); OpenAI upstreams send calls one after the other.
+      if (t.arguments !== undefined && t.arguments !== '' && w.open === t.index) {
+        w.tokens++;
+        out += event('content_block_delta', { index, delta: { type: 'input_json_delta', partial_json: t.arguments } });
+      }
+    }
+  }
+  if (d.finish !== null) w.finish = d.finish;
+  if (d.usage !== null) w.usage = d.usage;
+  return out;
+}
+
+/** The upstream finished: close the open block, then message_delta with stop reason and usage, and message_stop. */
+export function anthropicDone(w: AnthropicWriter): string {
+  if (w.done) return '';
+  let out = start(w);
+  w.done = true;
+  out += closeBlock(w);
+  const finish = w.finish ?? (w.toolBlocks.size > 0 ? 'tool_calls' : 'stop');
+  const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
+  out += event('message_delta', { delta: { stop_reason: stopReason(finish), stop_sequence: null }, usage: usageObject(usage) });
+  return out + event('message_stop', {});
+}

@@ -1,0 +1,126 @@
+// What the Responses and Messages writers read: one provider-neutral shape for a
+// streamed event and for a whole reply, made from an OpenAI chunk or reply, or an
+// Ollama line or reply. Each new client API then needs one writer, not one per
+// provider: the chain still parses each upstream event once and writes the
+// client's events directly, so a (client, provider) pair is one compiled chain.
+//
+// Tool calls: OpenAI streams a call as indexed fragments (the first with id and
+// name, then argument pieces); Ollama sends each call whole, its arguments an
+// object. Both become indexed ToolDeltas; an Ollama call gets the next free index,
+// a generated id, and its arguments as one JSON fragment.
+
+import { finishFromOllama, usageFromOllama, usageFromOpenAI } from './common.ts';
+import type { OllamaChatResponse, OllamaGenerateResponse, OpenAIChatCompletion, OpenAIChunk, OpenAICompletion, Usage } from './types.ts';
+
+export interface ToolDelta {
+  readonly index: number;
+  readonly id?: string;
+  readonly name?: string;
+  /** A fragment of the arguments' JSON text. */
+  readonly arguments?: string;
+}
+
+export interface Delta {
+  /** Generated text in this event ('' for none). */
+  text: string;
+  /** Reasoning text ('' for none). */
+  thinking: string;
+  tools: ToolDelta[] | null;
+  /** OpenAI words: stop, length, tool_calls, content_filter; null until the upstream says. */
+  finish: string | null;
+  usage: Usage | null;
+}
+
+export interface ToolCall {
+  readonly id: string;
+  readonly name: string;
+  /** JSON text. */
+  readonly arguments: string;
+}
+
+export interface WholeReply {
+  readonly text: string;
+  readonly thinking: string;
+  readonly tools: readonly ToolCall[];
+  readonly finish: string;
+  readonly usage: Usage;
+}
+
+function str(v: unknown): string {
+  return typeof v === 'string' ? v : '';
+}
+
+/** One chat.completion.chunk or text_completion chunk; the first choice is the reply. */
+export function deltaFromOpenAI(chunk: OpenAIChunk): Delta {
+  const c = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+  const d = c?.delta;
+  let tools: ToolDelta[] | null = null;
+  if (d !== undefined && d !== null && Array.isArray(d.tool_calls) && d.tool_calls.length > 0) {
+    tools = [];
+    for (let i = 0; i < d.tool_calls.length; i++) {
+      const tc = d.tool_calls[i]!;
+      const td: { -readonly [K in keyof ToolDelta]: ToolDelta[K] } = { index: typeof tc.index === 'number' ? tc.index : i };
+      if (typeof tc.id === 'string') td.id = tc.id;
+      if (typeof tc.function?.name === 'string') td.name = tc.function.name;
+      if (typeof tc.function?.arguments === 'string') td.arguments = tc.function.arguments;
+      tools.push(td);
+    }
+  }
+  return {
+    text: d !== undefined && d !== null ? str(d.content) : str(c?.text),
+    thinking: d !== undefined && d !== null ? str(d.reasoning_content ?? d.reasoning) : '',
+    tools,
+    finish: typeof c?.finish_reason === 'string' ? c.finish_reason : null,
+    usage: usageFromOpenAI(chunk.usage),
+  };
+}
+
+/** Ollama tool calls seen so far in a stream: their indexes continue across lines. */
+export interface OllamaToolState {
+  toolCalls: number;
+  readonly id: string;
+}
+
+/** One /api/chat or /api/generate line; the done line carries finish and usage. */
+export function deltaFromOllama(line: OllamaChatResponse | OllamaGenerateResponse, st: OllamaToolState): Delta {
+  const m = (line as OllamaChatResponse).message;
+  let tools: ToolDelta[] | null = null;
+  if (m !== undefined && m !== null && Array.isArray(m.tool_calls) && m.tool_calls.length > 0) {
+    tools = m.tool_calls.map((tc) => {
+      const index = st.toolCalls++;
+      return { index, id: typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${st.id}_${index}`, name: str(tc.function?.name), arguments: JSON.stringify(tc.function?.arguments ?? {}) };
+    });
+  }
+  const done = line.done === true;
+  return {
+    text: m !== undefined && m !== null ? str(m.content) : str((line as OllamaGenerateResponse).response),
+    thinking: m !== undefined && m !== null ? str(m.thinking) : str((line as OllamaGenerateResponse).thinking),
+    tools,
+    finish: done ? finishFromOllama(line.done_reason, st.toolCalls > 0) : null,
+    usage: done ? usageFromOllama(line) : null,
+  };
+}
+
+const NO_USAGE: Usage = { promptTokens: 0, completionTokens: 0 };
+
+/** A whole chat.completion (or text_completion) reply. */
+export function replyFromOpenAI(r: OpenAIChatCompletion | OpenAICompletion): WholeReply {
+  const c = Array.isArray(r.choices) ? (r.choices[0] as unknown as Record<string, unknown> | undefined) : undefined;
+  const m = c?.['message'] as OpenAIChatCompletion['choices'][number]['message'] | undefined;
+  let text = '';
+  if (m !== undefined) {
+    if (typeof m.content === 'string') text = m.content;
+    else if (Array.isArray(m.content)) text = m.content.map((p) => (p.type === 'text' ? str((p as { text?: unknown }).text) : '')).join('');
+  } else text = str(c?.['text']);
+  const tools = (m?.tool_calls ?? []).map((tc, i) => ({ id: str(tc.id) || `call_${i}`, name: str(tc.function?.name), arguments: str(tc.function?.arguments) || '{}' }));
+  const finish = typeof c?.['finish_reason'] === 'string' ? (c['finish_reason'] as string) : 'stop';
+  return { text, thinking: str(m?.reasoning_content ?? m?.reasoning), tools, finish, usage: usageFromOpenAI(r.usage) ?? NO_USAGE };
+}
+
+/** A whole /api/chat (or /api/generate) reply. */
+export function replyFromOllama(r: OllamaChatResponse | OllamaGenerateResponse, id: string): WholeReply {
+  const st: OllamaToolState = { toolCalls: 0, id };
+  const d = deltaFromOllama({ ...r, done: true }, st);
+  const tools = (d.tools ?? []).map((t) => ({ id: t.id!, name: t.name ?? '', arguments: t.arguments ?? '{}' }));
+  return { text: d.text, thinking: d.thinking, tools, finish: d.finish ?? 'stop', usage: d.usage ?? NO_USAGE };
+}

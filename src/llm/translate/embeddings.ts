@@ -1,0 +1,87 @@
+// Embeddings, both ways: OpenAI POST /v1/embeddings ⇄ Ollama POST /api/embed.
+//   request:  {model, input: string | string[], dimensions} ⇄ {model, input, dimensions, truncate, options}
+//   response: {object:list, data:[{object:embedding, index, embedding}], usage} ⇄ {model, embeddings:[[…]], prompt_eval_count}
+// Batches keep their order. An OpenAI client that asks encoding_format "base64" (the
+// official SDK's default; it decodes the floats itself) gets each vector as the
+// base64 of its little-endian float32s, whatever the upstream sent.
+
+import { BrokerError } from '../../errors.ts';
+import { requireObject } from './common.ts';
+import type { ReplyContext, Usage } from './types.ts';
+
+function invalid(field: string, what: string): BrokerError {
+  return new BrokerError('invalid_request', `${field} ${what}`, { details: { field } });
+}
+
+/** The texts of `input`: a string or an array of strings (token arrays only reach an OpenAI upstream). */
+function texts(input: unknown): string | string[] {
+  if (typeof input === 'string') return input;
+  if (Array.isArray(input) && input.every((s) => typeof s === 'string')) return input as string[];
+  throw invalid('input', 'must be a string or an array of strings for this model');
+}
+
+/** /v1/embeddings body → /api/embed body. */
+export function ollamaRequest(body: unknown, upstreamModel: string): Record<string, unknown> {
+  const b = requireObject(body);
+  const out: Record<string, unknown> = { model: upstreamModel, input: texts(b['input']) };
+  if (typeof b['dimensions'] === 'number') out['dimensions'] = b['dimensions'];
+  return out;
+}
+
+/** /api/embed body → /v1/embeddings body; floats, since the broker reads them. */
+export function openaiRequest(body: unknown, upstreamModel: string): Record<string, unknown> {
+  const b = requireObject(body);
+  const out: Record<string, unknown> = { model: upstreamModel, input: texts(b['input']), encoding_format: 'float' };
+  if (typeof b['dimensions'] === 'number') out['dimensions'] = b['dimensions'];
+  return out;
+}
+
+/** Same API: the body with the deployment's model name; an OpenAI client's encoding_format is kept (the reply passes through). */
+export function passRequest(body: unknown, upstreamModel: string): Record<string, unknown> {
+  return { ...requireObject(body), model: upstreamModel };
+}
+
+function vectors(v: unknown): number[][] {
+  if (!Array.isArray(v) || !v.every((e) => Array.isArray(e))) throw new BrokerError('upstream_error', 'ollama upstream sent embeddings that are not an array of vectors');
+  return v as number[][];
+}
+
+export function base64OfFloats(vec: readonly number[]): string {
+  const f = new Float32Array(vec);
+  return Buffer.from(f.buffer, f.byteOffset, f.byteLength).toString('base64');
+}
+
+function floatsOfBase64(s: string): number[] {
+  const b = Buffer.from(s, 'base64');
+  return Array.from(new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength - (b.byteLength % 4))));
+}
+
+/** /api/embed reply → /v1/embeddings reply, in the encoding the client asked for. */
+export function openaiReply(r: Record<string, unknown>, ctx: ReplyContext): Record<string, unknown> {
+  const base64 = ctx.request?.['encoding_format'] === 'base64';
+  const prompt = typeof r['prompt_eval_count'] === 'number' ? r['prompt_eval_count'] : 0;
+  return {
+    object: 'list',
+    data: vectors(r['embeddings']).map((embedding, index) => ({ object: 'embedding', index, embedding: base64 ? base64OfFloats(embedding) : embedding })),
+    model: ctx.model,
+    usage: { prompt_tokens: prompt, total_tokens: prompt },
+  };
+}
+
+/** /v1/embeddings reply → /api/embed reply (data in index order). */
+export function ollamaReply(r: Record<string, unknown>, ctx: ReplyContext): Record<string, unknown> {
+  const data = r['data'];
+  if (!Array.isArray(data)) throw new BrokerError('upstream_error', 'openai upstream sent an embeddings reply without data');
+  const sorted = [...(data as Array<Record<string, unknown>>)].sort((a, b) => Number(a['index'] ?? 0) - Number(b['index'] ?? 0));
+  const embeddings = sorted.map((d) => (typeof d['embedding'] === 'string' ? floatsOfBase64(d['embedding']) : (d['embedding'] as number[])));
+  const u = embedUsage(r);
+  return { model: ctx.model, embeddings, total_duration: 0, load_duration: 0, prompt_eval_count: u?.promptTokens ?? 0 };
+}
+
+/** Tokens an embeddings reply reports, in either shape. */
+export function embedUsage(r: Record<string, unknown>): Usage | null {
+  const u = r['usage'] as Record<string, unknown> | undefined;
+  if (u !== undefined && u !== null && typeof u['prompt_tokens'] === 'number') return { promptTokens: u['prompt_tokens'], completionTokens: 0 };
+  if (typeof r['prompt_eval_count'] === 'number') return { promptTokens: r['prompt_eval_count'], completionTokens: 0 };
+  return null;
+}

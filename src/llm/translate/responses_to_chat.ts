@@ -1,0 +1,304 @@
+// An OpenAI Responses API client (POST /v1/responses) served by a chat upstream,
+// OpenAI-compatible or Ollama (the chat body is then mapped on by openai_to_ollama).
+//   request:  input (a string or items), instructions, max_output_tokens, tools → a chat body
+//   response: a whole chat reply (deltas.ts WholeReply) → a Response object
+//   stream:   deltas → Responses events: response.created, response.in_progress,
+//             output_item.added, content_part.added, output_text.delta …, then
+//             response.completed (or response.incomplete at max_output_tokens) with usage.
+//             A failure after the first byte ends with response.failed.
+// A deployment that declares `responses: true` is sent the client's body as is
+// (see responsesUsage for what the broker reads from its replies).
+//
+// The API is stateless here: previous_response_id and conversation need the server to
+// keep responses, which the broker does not, so they answer 400.
+
+import { BrokerError } from '../../errors.ts';
+import { requireObject } from './common.ts';
+import type { Delta, WholeReply } from './deltas.ts';
+import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
+
+// ---- request ----
+
+function invalid(field: string, what: string): BrokerError {
+  return new BrokerError('invalid_request', `${field} ${what}`, { details: { field } });
+}
+
+/** A message item's content → chat content (parts kept when there is an image). */
+function chatContent(content: unknown, field: string): OpenAIMessage['content'] {
+  if (typeof content === 'string') return content;
+  if (!Array.isArray(content)) throw invalid(field, 'must be a string or an array of content parts');
+  const parts: Array<{ type: string; [k: string]: unknown }> = [];
+  let image = false;
+  for (let i = 0; i < content.length; i++) {
+    const p = content[i] as Record<string, unknown> | null;
+    const t = p?.['type'];
+    if ((t === 'input_text' || t === 'output_text' || t === 'text') && typeof p!['text'] === 'string') parts.push({ type: 'text', text: p!['text'] });
+    else if (t === 'input_image' && typeof p!['image_url'] === 'string') {
+      parts.push({ type: 'image_url', image_url: { url: p!['image_url'] } });
+      image = true;
+    } else if (t === 'refusal' && typeof p!['refusal'] === 'string') parts.push({ type: 'text', text: p!['refusal'] });
+    else throw invalid(`${field}[${i}]`, 'must be an input_text, output_text or input_image (URL) part');
+  }
+  return image ? parts : parts.map((p) => p['text'] as string).join('');
+}
+
+function stringOf(v: unknown): string {
+  return typeof v === 'string' ? v : JSON.stringify(v ?? '');
+}
+
+/** Responses `input` → chat messages: message items, function_call items (merged into one assistant turn) and their outputs. */
+function messagesOf(input: unknown): OpenAIMessage[] {
+  if (typeof input === 'string') return [{ role: 'user', content: input }];
+  if (!Array.isArray(input)) throw invalid('input', 'must be a string or an array of items');
+  const out: OpenAIMessage[] = [];
+  for (let i = 0; i < input.length; i++) {
+    const it = input[i] as Record<string, unknown> | null;
+    if (it === null || typeof it !== 'object') throw invalid(`input[${i}]`, 'must be an object');
+    const type = it['type'] ?? 'message';
+    if (type === 'message') {
+      if (typeof it['role'] !== 'string') throw invalid(`input[${i}].role`, 'must be a string');
+      out.push({ role: it['role'], content: chatContent(it['content'], `input[${i}].content`) });
+    } else if (type === 'function_call') {
+      const call: OpenAIToolCall = { id: String(it['call_id'] ?? ''), type: 'function', function: { name: String(it['name'] ?? ''), arguments: stringOf(it['arguments']) } };
+      const last = out[out.length - 1];
+      // Parallel calls are one assistant turn in chat.
+      if (last !== undefined && last.role === 'assistant' && Array.isArray(last.tool_calls)) last.tool_calls.push(call);
+      else out.push({ role: 'assistant', content: null, tool_calls: [call] });
+    } else if (type === 'function_call_output') {
+      out.push({ role: 'tool', tool_call_id: String(it['call_id'] ?? ''), content: stringOf(it['output']) });
+    } else if (type === 'reasoning') {
+      // The model's own reasoning from an earlier turn: chat upstreams take none.
+    } else {
+      throw invalid(`input[${i}].type`, `${String(type)} is not supported (message, function_call, function_call_output)`);
+    }
+  }
+  return out;
+}
+
+/** Responses tools ({type:function, name, parameters}) → chat tools. Built-in tools have no chat equivalent. */
+function toolsOf(tools: unknown): unknown[] | undefined {
+  if (tools === undefined || tools === null) return undefined;
+  if (!Array.isArray(tools)) throw invalid('tools', 'must be an array');
+  return tools.map((t, i) => {
+    const o = t as Record<string, unknown> | null;
+    if (o?.['type'] !== 'function' || typeof o['name'] !== 'string') throw invalid(`tools[${i}]`, 'must be a function tool with a name (built-in tools are not served here)');
+    const fn: Record<string, unknown> = { name: o['name'] };
+    if (typeof o['description'] === 'string') fn['description'] = o['description'];
+    if (o['parameters'] !== undefined) fn['parameters'] = o['parameters'];
+    if (typeof o['strict'] === 'boolean') fn['strict'] = o['strict'];
+    return { type: 'function', function: fn };
+  });
+}
+
+function toolChoiceOf(tc: unknown): unknown {
+  if (typeof tc === 'string') return tc;
+  if (tc !== null && typeof tc === 'object' && (tc as Record<string, unknown>)['type'] === 'function') return { type: 'function', function: { name: (tc as Record<string, unknown>)['name'] } };
+  return undefined;
+}
+
+/** A Responses body → an OpenAI chat body (model left as the client sent it; the provider translator sets it). */
+export function chatRequest(body: unknown): OpenAIChatRequest {
+  const b = requireObject(body);
+  if (b['previous_response_id'] !== undefined && b['previous_response_id'] !== null) throw invalid('previous_response_id', 'is not supported: the broker keeps no responses; send the whole conversation as input');
+  if (b['conversation'] !== undefined && b['conversation'] !== null) throw invalid('conversation', 'is not supported: the broker keeps no conversations');
+  const messages = messagesOf(b['input']);
+  if (typeof b['instructions'] === 'string' && b['instructions'] !== '') messages.unshift({ role: 'system', content: b['instructions'] });
+  const out: OpenAIChatRequest = { model: String(b['model']), messages, stream: b['stream'] === true };
+  if (typeof b['max_output_tokens'] === 'number') out.max_tokens = b['max_output_tokens'];
+  for (const k of ['temperature', 'top_p', 'parallel_tool_calls', 'user']) if (b[k] !== undefined && b[k] !== null) out[k] = b[k];
+  const tools = toolsOf(b['tools']);
+  if (tools !== undefined && tools.length > 0) out.tools = tools;
+  const choice = toolChoiceOf(b['tool_choice']);
+  if (choice !== undefined && out.tools !== undefined) out['tool_choice'] = choice;
+  const format = (b['text'] as Record<string, unknown> | undefined)?.['format'] as Record<string, unknown> | undefined;
+  if (format?.['type'] === 'json_object') out.response_format = { type: 'json_object' };
+  else if (format?.['type'] === 'json_schema') out.response_format = { type: 'json_schema', json_schema: { name: String(format['name'] ?? 'response'), schema: format['schema'], strict: format['strict'] } };
+  return out;
+}
+
+// ---- the Response object ----
+
+function usageObject(u: Usage): Record<string, unknown> {
+  return {
+    input_tokens: u.promptTokens,
+    input_tokens_details: { cached_tokens: 0 },
+    output_tokens: u.completionTokens,
+    output_tokens_details: { reasoning_tokens: 0 },
+    total_tokens: u.promptTokens + u.completionTokens,
+  };
+}
+
+/** Usage of a Response object (a passed-through reply, or the `response` of a terminal event). */
+export function responsesUsage(r: Record<string, unknown> | null | undefined): Usage | null {
+  const u = r?.['usage'] as Record<string, unknown> | null | undefined;
+  if (u === null || u === undefined || typeof u !== 'object') return null;
+  const p = u['input_tokens'];
+  const c = u['output_tokens'];
+  return { promptTokens: typeof p === 'number' ? p : 0, completionTokens: typeof c === 'number' ? c : 0 };
+}
+
+type Status = 'in_progress' | 'completed' | 'incomplete' | 'failed';
+
+function responseShell(id: string, model: string, createdAt: number, status: Status, output: unknown[], usage: Usage | null, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    id: 'resp_' + id,
+    object: 'response',
+    created_at: createdAt,
+    status,
+    error: null,
+    incomplete_details: status === 'incomplete' ? { reason: 'max_output_tokens' } : null,
+    instructions: null,
+    max_output_tokens: null,
+    model,
+    output,
+    parallel_tool_calls: true,
+    previous_response_id: null,
+    store: false,
+    temperature: null,
+    text: { format: { type: 'text' } },
+    tool_choice: 'auto',
+    tools: [],
+    top_p: null,
+    truncation: 'disabled',
+    usage: usage === null ? null : usageObject(usage),
+    metadata: {},
+    ...extra,
+  };
+}
+
+function messageItem(id: string, text: string, status: 'in_progress' | 'completed'): Record<string, unknown> {
+  return { type: 'message', id: 'msg_' + id, status, role: 'assistant', content: status === 'in_progress' ? [] : [textPart(text)] };
+}
+
+function textPart(text: string): Record<string, unknown> {
+  return { type: 'output_text', text, annotations: [], logprobs: [] };
+}
+
+function callItem(id: string, t: { id: string; name: string; arguments: string }, status: 'in_progress' | 'completed'): Record<string, unknown> {
+  return { type: 'function_call', id: 'fc_' + id, call_id: t.id, name: t.name, arguments: t.arguments, status };
+}
+
+const statusOf = (finish: string): Status => (finish === 'length' ? 'incomplete' : 'completed');
+
+/** A whole chat reply → the Response object. */
+export function response(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
+  const output: unknown[] = [];
+  if (reply.text !== '' || reply.tools.length === 0) output.push(messageItem(ctx.id, reply.text, 'completed'));
+  reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, 'completed')));
+  return responseShell(ctx.id, ctx.model, Math.floor(Date.now() / 1000), statusOf(reply.finish), output, reply.usage);
+}
+
+// ---- streaming ----
+
+interface ToolSlot {
+  outputIndex: number;
+  itemId: string;
+  id: string;
+  name: string;
+  arguments: string;
+}
+
+export interface ResponsesWriter {
+  readonly id: string;
+  readonly model: string;
+  readonly createdAt: number;
+  seq: number;
+  started: boolean;
+  /** The message item: its output_index once text arrived, else -1. */
+  messageIndex: number;
+  text: string;
+  tools: ToolSlot[];
+  outputs: number;
+  finish: string | null;
+  usage: Usage | null;
+  /** Token events: the output count when the upstream sends no usage. */
+  tokens: number;
+  done: boolean;
+}
+
+export function responsesWriter(ctx: ReplyContext): ResponsesWriter {
+  return { id: ctx.id, model: ctx.model, createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', tools: [], outputs: 0, finish: null, usage: null, tokens: 0, done: false };
+}
+
+function event(w: { seq: number }, type: string, fields: Record<string, unknown>): string {
+  return 'event: ' + type + '\ndata: ' + JSON.stringify({ type, sequence_number: w.seq++, ...fields }) + '\n\n';
+}
+
+function open(w: ResponsesWriter): string {
+  if (w.started) return '';
+  w.started = true;
+  const shell = responseShell(w.id, w.model, w.createdAt, 'in_progress', [], null);
+  return event(w, 'response.created', { response: shell }) + event(w, 'response.in_progress', { response: shell });
+}
+
+/** One upstream event → its Responses events. */
+export function responsesDelta(w: ResponsesWriter, d: Delta): string {
+  if (w.done) return '';
+  let out = open(w);
+  if (d.text !== '') {
+    if (w.messageIndex === -1) {
+      w.messageIndex = w.outputs++;
+      out += event(w, 'response.output_item.added', { output_index: w.messageIndex, item: messageItem(w.id, '', 'in_progress') });
+      out += event(w, 'response.content_part.added', { item_id: 'msg_' + w.id, output_index: w.messageIndex, content_index: 0, part: textPart('') });
+    }
+    w.text += d.text;
+    w.tokens++;
+    out += event(w, 'response.output_text.delta', { item_id: 'msg_' + w.id, output_index: w.messageIndex, content_index: 0, delta: d.text, logprobs: [] });
+  }
+  if (d.tools !== null) {
+    for (const t of d.tools) {
+      let slot = w.tools[t.index];
+      if (slot === undefined) {
+        slot = w.tools[t.index] = { outputIndex: w.outputs++, itemId: 'fc_' + w.id + '_' + t.index, id: t.id ?? `call_${w.id}_${t.index}`, name: t.name ?? '', arguments: '' };
+        out += event(w, 'response.output_item.added', { output_index: slot.outputIndex, item: { ...callItem('', slot, 'in_progress'), id: slot.itemId } });
+      } else if (t.name !== undefined && slot.arguments === '') slot.name += t.name;
+      if (t.arguments !== undefined && t.arguments !== '') {
+        slot.arguments += t.arguments;
+        w.tokens++;
+        out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
+      }
+    }
+  }
+  if (d.finish !== null) w.finish = d.finish;
+  if (d.usage !== null) w.usage = d.usage;
+  return out;
+}
+
+function outputItems(w: ResponsesWriter): Array<[number, Record<string, unknown>]> {
+  const items: Array<[number, Record<string, unknown>]> = [];
+  if (w.messageIndex !== -1) items.push([w.messageIndex, messageItem(w.id, w.text, 'completed')]);
+  for (const s of w.tools) if (s !== undefined) items.push([s.outputIndex, { ...callItem('', s, 'completed'), id: s.itemId }]);
+  return items.sort((a, b) => a[0] - b[0]);
+}
+
+/** The upstream finished: close the items, then response.completed (or .incomplete) with usage. */
+export function responsesDone(w: ResponsesWriter): string {
+  if (w.done) return '';
+  let out = open(w);
+  w.done = true;
+  for (const [index, item] of outputItems(w)) {
+    if (item['type'] === 'message') {
+      const ids = { item_id: 'msg_' + w.id, output_index: index, content_index: 0 };
+      out += event(w, 'response.output_text.done', { ...ids, text: w.text, logprobs: [] });
+      out += event(w, 'response.content_part.done', { ...ids, part: textPart(w.text) });
+    } else {
+      out += event(w, 'response.function_call_arguments.done', { item_id: item['id'], output_index: index, name: item['name'], arguments: item['arguments'] });
+    }
+    out += event(w, 'response.output_item.done', { output_index: index, item });
+  }
+  const finish = w.finish ?? (w.tools.length > 0 ? 'tool_calls' : 'stop');
+  const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
+  const status = statusOf(finish);
+  const shell = responseShell(w.id, w.model, w.createdAt, status, outputItems(w).map(([, item]) => item), usage);
+  return out + event(w, status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: shell });
+}
+
+/**
+ * A stream that failed after it began: response.failed, whose response carries the
+ * error (our code, e.g. upstream_error or upstream_timeout, and the message). The
+ * Response so far is not repeated.
+ */
+export function responsesFailed(w: { seq: number }, id: string, model: string, code: string, message: string): string {
+  const shell = responseShell(id, model, Math.floor(Date.now() / 1000), 'failed', [], null, { error: { code, message } });
+  return event(w, 'response.failed', { response: shell });
+}

@@ -1,0 +1,3 @@
+// The newer client APIs on two data-plane threads.
+process.env.FRONT_THREADS = '2';
+await import('./apis.suite.ts');

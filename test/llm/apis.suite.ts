@@ -1,0 +1,391 @@
+// The newer client APIs end to end, each with its vendor's official client, unchanged:
+// the OpenAI Responses API (openai's client.responses), Anthropic's Messages API
+// (@anthropic-ai/sdk), embeddings (openai and ollama), and tool calls both ways,
+// streamed and not, against a real broker (AUTH_MODE=keys: every client sends its key
+// its own way) in front of mock upstreams speaking the real wire formats.
+// Run once per execution mode (apis-front0.test.ts, apis-front2.test.ts).
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import Anthropic from '@anthropic-ai/sdk';
+import { Ollama } from 'ollama';
+import { stringify } from 'yaml';
+import { createMockUpstream, mockEmbedding, mockText, mockToolArguments, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import { metricValue, startTestBroker } from '../helpers/broker.ts';
+
+const mocks: MockUpstream[] = [];
+async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
+  const m = await createMockUpstream({ tokens: 8, ...opts });
+  mocks.push(m);
+  return m;
+}
+const okOpenai = await mock({});
+const okOllama = await mock({});
+const native = await mock({});
+const reset = await mock({ fail: 'reset', failAfter: 3 });
+const toolsOpenai = await mock({ toolCalls: 2 });
+const toolsOllama = await mock({ toolCalls: 2 });
+
+const KEY = 'sk-apis-test';
+const dep = (id: string, provider: 'openai' | 'ollama', m: MockUpstream, extra: Record<string, unknown> = {}) => ({ id, provider, url: m.url, model: `${id}-upstream`, ...extra });
+const fleet = {
+  apiKeys: { [KEY]: {} },
+  modelGroups: {
+    'chat-openai': { deployments: [dep('openai-1', 'openai', okOpenai)] },
+    'chat-ollama': { deployments: [dep('ollama-1', 'ollama', okOllama)] },
+    'resp-native': { deployments: [dep('native-1', 'openai', native, { responses: true })] },
+    'cut-openai': { deployments: [dep('reset-1', 'openai', reset)] },
+    'cut-ollama': { deployments: [dep('reset-2', 'ollama', reset)] },
+    'cut-native': { deployments: [dep('reset-3', 'openai', reset, { responses: true })] },
+    'tools-openai': { deployments: [dep('tools-1', 'openai', toolsOpenai)] },
+    'tools-ollama': { deployments: [dep('tools-2', 'ollama', toolsOllama)] },
+  },
+};
+const dir = mkdtempSync(join(tmpdir(), 'eb-apis-'));
+writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
+const FRONT_THREADS = process.env.FRONT_THREADS ?? '2';
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), FRONT_THREADS, INFER_ENABLED: 'false', AUTH_MODE: 'keys' });
+t.equal(tb.broker.planes?.count ?? 0, Number(FRONT_THREADS), `served by ${FRONT_THREADS} data-plane threads`);
+t.teardown(async () => {
+  await tb.close();
+  await Promise.all(mocks.map((m) => m.close()));
+});
+
+// Each client sends the key its own way: Bearer (openai), x-api-key (Anthropic), a header we give (ollama).
+const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: KEY, maxRetries: 0 });
+const anthropic = new Anthropic({ baseURL: tb.url, apiKey: KEY, maxRetries: 0 });
+const ollama = new Ollama({ host: tb.url, headers: { authorization: `Bearer ${KEY}` } });
+const TOOLS_OPENAI: Array<{ type: 'function'; function: { name: string; description?: string; parameters: { type: string; properties: Record<string, { type: string }> } } }> = [
+  { type: 'function', function: { name: 'get_weather', description: 'weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } } },
+  { type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: {} } } },
+];
+
+t.test('Responses API, not streamed: chat on OpenAI and Ollama deployments, passed through on a responses: true one', async (t) => {
+  for (const [model, upstream, path] of [
+    ['chat-openai', okOpenai, '/v1/chat/completions'],
+    ['chat-ollama', okOllama, '/api/chat'],
+    ['resp-native', native, '/v1/responses'],
+  ] as const) {
+    const { data: r, response } = await openai.responses.create({ model, input: 'Say something.', instructions: 'Be brief.', max_output_tokens: 100 }).withResponse();
+    t.equal(r.object, 'response', model);
+    t.equal(r.status, 'completed');
+    t.equal(r.output_text, mockText(8), `${model}: the SDK's output_text`);
+    t.equal(r.usage?.output_tokens, 8);
+    t.ok((r.usage?.input_tokens ?? 0) > 0, 'input tokens counted');
+    t.equal(response.headers.get('x-broker-deployment'), fleet.modelGroups[model].deployments[0]!.id);
+    t.equal(upstream.stats.lastPath, path, `${model}: upstream ${path}`);
+    const up = upstream.stats.lastBody as Record<string, any>;
+    t.equal(up.model, `${fleet.modelGroups[model].deployments[0]!.id}-upstream`, 'the deployment model name goes upstream');
+    if (path === '/v1/chat/completions') {
+      t.same(up.messages, [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Say something.' }], 'instructions become the system message');
+      t.equal(up.max_tokens, 100, 'max_output_tokens becomes max_tokens');
+    } else if (path === '/api/chat') {
+      t.equal(up.options.num_predict, 100, 'max_output_tokens becomes num_predict');
+      t.equal(up.messages[0].role, 'system');
+    } else {
+      t.equal(up.instructions, 'Be brief.', 'passed through as the client sent it');
+      t.equal(up.max_output_tokens, 100);
+    }
+  }
+  const short = await openai.responses.create({ model: 'chat-ollama', input: [{ role: 'user', content: [{ type: 'input_text', text: 'Hi' }] }], max_output_tokens: 3 });
+  t.equal(short.status, 'incomplete', 'cut by max_output_tokens');
+  t.same(short.incomplete_details, { reason: 'max_output_tokens' });
+  t.equal(short.output_text, mockText(3));
+});
+
+t.test('Responses API, streamed: events in order with usage, every provider', async (t) => {
+  for (const model of ['chat-openai', 'chat-ollama', 'resp-native']) {
+    const stream = await openai.responses.create({ model, input: 'Say something.', stream: true });
+    const types: string[] = [];
+    const seqs: number[] = [];
+    let text = '';
+    let completed: OpenAI.Responses.Response | undefined;
+    for await (const ev of stream) {
+      types.push(ev.type);
+      seqs.push(ev.sequence_number);
+      if (ev.type === 'response.output_text.delta') text += ev.delta;
+      if (ev.type === 'response.completed') completed = ev.response;
+    }
+    t.equal(types[0], 'response.created', model);
+    t.equal(types.at(-1), 'response.completed');
+    t.ok(types.includes('response.output_item.added') && types.includes('response.output_text.done') && types.includes('response.output_item.done'), 'item events');
+    t.same(seqs, seqs.map((_, i) => i), 'sequence numbers count from 0');
+    t.equal(text, mockText(8));
+    t.equal(completed?.usage?.output_tokens, 8, 'usage on response.completed');
+    t.ok((completed?.usage?.input_tokens ?? 0) > 0);
+    t.equal((completed?.output[0] as OpenAI.Responses.ResponseOutputMessage).content[0]!.type, 'output_text');
+  }
+});
+
+t.test('Responses API: a stream cut mid-way ends with response.failed, never response.completed', async (t) => {
+  for (const model of ['cut-openai', 'cut-ollama', 'cut-native']) {
+    const before = await metricValue(tb.url, 'llm_midstream_errors_total', { group: model });
+    const stream = await openai.responses.create({ model, input: 'Say something.', stream: true });
+    const events: OpenAI.Responses.ResponseStreamEvent[] = [];
+    for await (const ev of stream) events.push(ev);
+    const last = events.at(-1)!;
+    t.equal(last.type, 'response.failed', model);
+    t.equal(events[0]!.type, 'response.created');
+    t.notOk(events.some((e) => e.type === 'response.completed'));
+    if (last.type === 'response.failed') {
+      t.equal(last.response.status, 'failed');
+      t.equal(last.response.error?.code, 'upstream_error');
+    }
+    t.same(events.map((e) => e.sequence_number), events.map((_, i) => i), 'the failure continues the sequence');
+    t.equal(events.filter((e) => e.type === 'response.output_text.delta').length, 3, 'the 3 tokens sent before the cut');
+    t.equal(await metricValue(tb.url, 'llm_midstream_errors_total', { group: model }), before + 1, 'counted');
+  }
+});
+
+t.test('Responses API: bad input is a 400 in OpenAI shape naming the field', async (t) => {
+  const err = await openai.responses.create({ model: 'chat-openai', input: 42 as unknown as string }).catch((e: unknown) => e);
+  t.ok(err instanceof OpenAI.BadRequestError);
+  t.match((err as InstanceType<typeof OpenAI.BadRequestError>).error, { code: 'invalid_request', param: 'input', type: 'invalid_request_error' });
+  const stateful = await openai.responses.create({ model: 'chat-openai', input: 'x', previous_response_id: 'resp_1' }).catch((e: unknown) => e);
+  t.ok(stateful instanceof OpenAI.BadRequestError, 'previous_response_id needs stored responses: refused');
+  const missing = await openai.responses.create({ model: 'nope', input: 'x' }).catch((e: unknown) => e);
+  t.ok(missing instanceof OpenAI.NotFoundError);
+});
+
+t.test('Messages API, not streamed: system, stop_sequences, max_tokens, both providers', async (t) => {
+  for (const [model, upstream] of [
+    ['chat-openai', okOpenai],
+    ['chat-ollama', okOllama],
+  ] as const) {
+    const msg = await anthropic.messages.create({
+      model,
+      max_tokens: 100,
+      system: [{ type: 'text', text: 'Be brief.' }],
+      stop_sequences: ['END'],
+      messages: [{ role: 'user', content: [{ type: 'text', text: 'Say something.' }] }],
+    });
+    t.equal(msg.type, 'message', model);
+    t.equal(msg.role, 'assistant');
+    t.same(msg.content, [{ type: 'text', text: mockText(8) }]);
+    t.equal(msg.stop_reason, 'end_turn');
+    t.equal(msg.usage.output_tokens, 8);
+    t.ok(msg.usage.input_tokens > 0);
+    const up = upstream.stats.lastBody as Record<string, any>;
+    t.same(up.messages[0], { role: 'system', content: 'Be brief.' }, 'system becomes the system message');
+    if (model === 'chat-openai') {
+      t.same(up.stop, ['END'], 'stop_sequences become stop');
+      t.equal(up.max_tokens, 100);
+    } else {
+      t.same(up.options.stop, ['END']);
+      t.equal(up.options.num_predict, 100);
+    }
+  }
+  const short = await anthropic.messages.create({ model: 'chat-openai', max_tokens: 3, messages: [{ role: 'user', content: 'Hi' }] });
+  t.equal(short.stop_reason, 'max_tokens');
+  t.same(short.content, [{ type: 'text', text: mockText(3) }]);
+});
+
+t.test('Messages API, streamed: message_start … message_stop with usage, both providers', async (t) => {
+  for (const model of ['chat-openai', 'chat-ollama']) {
+    const stream = await anthropic.messages.create({ model, max_tokens: 100, stream: true, messages: [{ role: 'user', content: 'Say something.' }] });
+    const types: string[] = [];
+    let text = '';
+    let delta: Anthropic.MessageDeltaEvent | undefined;
+    for await (const ev of stream) {
+      types.push(ev.type);
+      if (ev.type === 'content_block_delta' && ev.delta.type === 'text_delta') text += ev.delta.text;
+      if (ev.type === 'message_delta') delta = ev;
+    }
+    t.same(
+      types,
+      ['message_start', 'content_block_start', ...Array(8).fill('content_block_delta'), 'content_block_stop', 'message_delta', 'message_stop'],
+      `${model}: the event sequence (ping is skipped by the SDK)`,
+    );
+    t.equal(text, mockText(8));
+    t.equal(delta?.delta.stop_reason, 'end_turn');
+    t.equal(delta?.usage.output_tokens, 8, 'usage on message_delta');
+    // The SDK's own accumulator reads the same stream into a whole Message.
+    const final = await anthropic.messages.stream({ model, max_tokens: 100, messages: [{ role: 'user', content: 'Hi' }] }).finalMessage();
+    t.same(final.content, [{ type: 'text', text: mockText(8) }]);
+    t.equal(final.usage.output_tokens, 8);
+  }
+  const raw = await fetch(`${tb.url}/v1/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-api-key': KEY },
+    body: JSON.stringify({ model: 'chat-openai', max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'Hi' }] }),
+  });
+  t.equal(raw.headers.get('content-type'), 'text/event-stream');
+  const body = await raw.text();
+  t.match(body, /^event: message_start\ndata: /, 'named SSE events');
+  t.match(body, /event: ping\ndata: \{"type":"ping"\}/, 'a ping after message_start, as Anthropic sends');
+});
+
+t.test('Messages API: a stream cut mid-way ends with an error event; the SDK throws', async (t) => {
+  for (const model of ['cut-openai', 'cut-ollama']) {
+    const stream = await anthropic.messages.create({ model, max_tokens: 100, stream: true, messages: [{ role: 'user', content: 'Hi' }] });
+    const types: string[] = [];
+    const err = await (async () => {
+      for await (const ev of stream) types.push(ev.type);
+    })().catch((e: unknown) => e);
+    t.ok(err instanceof Anthropic.APIError, `${model}: thrown as an APIError`);
+    t.equal((err as InstanceType<typeof Anthropic.APIError>).type, 'api_error');
+    t.notOk(types.includes('message_stop'), 'no message_stop');
+    t.equal(types.filter((x) => x === 'content_block_delta').length, 3);
+  }
+  const res = await fetch(`${tb.url}/v1/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-api-key': KEY },
+    body: JSON.stringify({ model: 'cut-openai', max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'Hi' }] }),
+  });
+  const text = await res.text();
+  t.match(text, /event: error\ndata: \{"type":"error","error":\{"type":"api_error","message":"[^"]+","code":"upstream_error"\},"request_id":"[^"]+"\}\n\n$/, 'the last event');
+});
+
+t.test('Messages API: errors in Anthropic shape', async (t) => {
+  const missing = await anthropic.messages.create({ model: 'nope', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }] }).catch((e: unknown) => e);
+  t.ok(missing instanceof Anthropic.NotFoundError);
+  t.match((missing as InstanceType<typeof Anthropic.NotFoundError>).error, { type: 'error', error: { type: 'not_found_error', code: 'model_not_found' } });
+  const bad = await anthropic.messages.create({ model: 'chat-openai', max_tokens: 5, messages: [{ role: 'robot' as 'user', content: 'Hi' }] }).catch((e: unknown) => e);
+  t.ok(bad instanceof Anthropic.BadRequestError, 'a role Anthropic does not know');
+  t.match((bad as InstanceType<typeof Anthropic.BadRequestError>).error, { error: { type: 'invalid_request_error', message: /messages\[0\]\.role/ } });
+});
+
+t.test('AUTH_MODE=keys: a request without its key gets 401 in each API\'s own shape', async (t) => {
+  const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+    fetch(`${tb.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+  const messages = [{ role: 'user', content: 'Hi' }];
+  const r1 = await post('/v1/responses', { model: 'chat-openai', input: 'Hi' });
+  t.equal(r1.status, 401);
+  t.match(await r1.json(), { error: { type: 'authentication_error', code: 'unauthorized' } }, 'Responses: OpenAI shape');
+  const r2 = await post('/v1/messages', { model: 'chat-openai', max_tokens: 5, messages });
+  t.equal(r2.status, 401);
+  t.match(await r2.json(), { type: 'error', error: { type: 'authentication_error', code: 'unauthorized' } }, 'Messages: Anthropic shape');
+  const r3 = await post('/v1/embeddings', { model: 'chat-openai', input: 'Hi' });
+  t.equal(r3.status, 401);
+  t.match(await r3.json(), { error: { type: 'authentication_error' } });
+  const r4 = await post('/api/embed', { model: 'chat-ollama', input: 'Hi' });
+  t.equal(r4.status, 401);
+  const b4 = (await r4.json()) as Record<string, unknown>;
+  t.equal(typeof b4.error, 'string', 'Ollama shape');
+  const wrong = await new Anthropic({ baseURL: tb.url, apiKey: 'sk-wrong', maxRetries: 0 }).messages.create({ model: 'chat-openai', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }] }).catch((e: unknown) => e);
+  t.ok(wrong instanceof Anthropic.APIError && (wrong.status === 401 || wrong.status === 403), 'an unknown x-api-key is refused');
+  t.equal((wrong as InstanceType<typeof Anthropic.APIError>).type, wrong instanceof Anthropic.APIError && wrong.status === 401 ? 'authentication_error' : 'permission_error');
+});
+
+t.test('Embeddings: batched, both clients, both providers, order kept', async (t) => {
+  const input = ['alpha', 'beta', 'gamma'];
+  const want = input.map((s) => mockEmbedding(s));
+  for (const [model, upstream, path] of [
+    ['chat-openai', okOpenai, '/v1/embeddings'],
+    ['chat-ollama', okOllama, '/api/embed'],
+  ] as const) {
+    // The SDK asks base64 by default and decodes it; the broker encodes when the upstream sent floats.
+    const r = await openai.embeddings.create({ model, input });
+    t.equal(upstream.stats.lastPath, path, `${model}: upstream ${path}`);
+    t.same(r.data.map((d) => d.index), [0, 1, 2], model);
+    t.same(r.data.map((d) => d.embedding), want, 'the vectors, in order');
+    t.ok(r.usage.prompt_tokens > 0);
+    const floats = await openai.embeddings.create({ model, input: 'alpha', encoding_format: 'float' });
+    t.same(floats.data[0]!.embedding, want[0]);
+    const e = await ollama.embed({ model, input });
+    t.same(e.embeddings, want, `ollama client → ${model}`);
+    t.ok(e.prompt_eval_count > 0);
+  }
+  const bad = await openai.embeddings.create({ model: 'chat-openai', input: [] }).catch((e: unknown) => e);
+  t.ok(bad instanceof OpenAI.BadRequestError, 'an empty batch is refused');
+  t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'chat-ollama', outcome: 'ok' })) > 0, 'counted as LLM requests');
+});
+
+/** Tool calls gathered from OpenAI chat chunks by index. */
+function gather(chunks: OpenAI.Chat.Completions.ChatCompletionChunk[]): Array<{ id: string; name: string; args: string }> {
+  const calls: Array<{ id: string; name: string; args: string }> = [];
+  for (const c of chunks) {
+    for (const tc of c.choices[0]?.delta.tool_calls ?? []) {
+      const slot = (calls[tc.index] ??= { id: '', name: '', args: '' });
+      if (tc.id) slot.id = tc.id;
+      if (tc.function?.name) slot.name += tc.function.name;
+      if (tc.function?.arguments) slot.args += tc.function.arguments;
+    }
+  }
+  return calls;
+}
+
+t.test('Tool calls, OpenAI client: streamed with indexed deltas and not, from both providers', async (t) => {
+  for (const model of ['tools-openai', 'tools-ollama']) {
+    const messages = [{ role: 'user' as const, content: 'Weather and time?' }];
+    const whole = await openai.chat.completions.create({ model, messages, tools: TOOLS_OPENAI });
+    const m = whole.choices[0]!;
+    t.equal(m.finish_reason, 'tool_calls', model);
+    t.same(m.message.tool_calls?.map((c) => c.type === 'function' && [c.function.name, c.function.arguments]), [
+      ['get_weather', mockToolArguments(0, 8)],
+      ['get_time', mockToolArguments(1, 8)],
+    ]);
+    t.equal(new Set(m.message.tool_calls?.map((c) => c.id)).size, 2, 'distinct ids');
+    const chunks = [];
+    let finish: string | null | undefined;
+    for await (const c of await openai.chat.completions.create({ model, messages, tools: TOOLS_OPENAI, stream: true })) {
+      chunks.push(c);
+      finish = c.choices[0]?.finish_reason ?? finish;
+    }
+    const calls = gather(chunks);
+    t.same(calls.map((c) => [c.name, c.args]), [
+      ['get_weather', mockToolArguments(0, 8)],
+      ['get_time', mockToolArguments(1, 8)],
+    ], `${model}: streamed calls assemble`);
+    t.ok(calls.every((c) => c.id !== ''), 'each call has an id');
+    t.equal(finish, 'tool_calls', 'finish_reason tool_calls, not stop');
+    t.notOk(chunks.some((c) => (c.choices[0]?.delta.content ?? '') !== ''), 'no call leaks as text');
+  }
+  const up = toolsOllama.stats.lastBody as Record<string, any>;
+  t.same(up.tools, TOOLS_OPENAI, 'tools reach Ollama');
+});
+
+t.test('Tool calls, Ollama client: message.tool_calls streamed and not, from both providers', async (t) => {
+  const want = [
+    { function: { name: 'get_weather', arguments: JSON.parse(mockToolArguments(0, 8)) } },
+    { function: { name: 'get_time', arguments: JSON.parse(mockToolArguments(1, 8)) } },
+  ];
+  for (const model of ['tools-ollama', 'tools-openai']) {
+    const messages = [{ role: 'user', content: 'Weather and time?' }];
+    const r = await ollama.chat({ model, messages, tools: TOOLS_OPENAI, stream: false });
+    t.match(r.message.tool_calls, want, model);
+    t.equal(r.done_reason, 'stop');
+    const calls = [];
+    let done = false;
+    for await (const part of await ollama.chat({ model, messages, tools: TOOLS_OPENAI, stream: true })) {
+      calls.push(...(part.message.tool_calls ?? []));
+      done ||= part.done;
+    }
+    t.match(calls, want, `${model}: streamed`);
+    t.equal(calls.length, 2);
+    t.ok(done);
+  }
+  const up = toolsOpenai.stats.lastBody as Record<string, any>;
+  t.same(up.tools, TOOLS_OPENAI, 'tools reach the OpenAI upstream');
+});
+
+t.test('Tool calls through the Responses and Messages APIs', async (t) => {
+  for (const model of ['tools-openai', 'tools-ollama']) {
+    const tools = [{ type: 'function' as const, name: 'get_weather', parameters: { type: 'object', properties: {} }, strict: false }];
+    const r = await openai.responses.create({ model, input: 'Weather?', tools });
+    const fc = r.output.filter((o) => o.type === 'function_call');
+    t.same(fc.map((o) => [o.name, o.arguments]), [
+      ['get_weather', mockToolArguments(0, 8)],
+      ['get_weather', mockToolArguments(1, 8)],
+    ], `Responses ← ${model}`);
+    let args = '';
+    const types: string[] = [];
+    for await (const ev of await openai.responses.create({ model, input: 'Weather?', tools, stream: true })) {
+      types.push(ev.type);
+      if (ev.type === 'response.function_call_arguments.delta' && ev.output_index === 0) args += ev.delta;
+    }
+    t.equal(args, mockToolArguments(0, 8), 'streamed arguments');
+    t.equal(types.at(-1), 'response.completed');
+    const msg = await anthropic.messages.create({ model, max_tokens: 100, tools: [{ name: 'get_weather', input_schema: { type: 'object' } }], messages: [{ role: 'user', content: 'Weather?' }] });
+    t.equal(msg.stop_reason, 'tool_use', `Messages ← ${model}`);
+    t.same(msg.content.map((b) => b.type === 'tool_use' && [b.name, b.input]), [
+      ['get_weather', JSON.parse(mockToolArguments(0, 8))],
+      ['get_weather', JSON.parse(mockToolArguments(1, 8))],
+    ]);
+    const final = await anthropic.messages.stream({ model, max_tokens: 100, tools: [{ name: 'get_weather', input_schema: { type: 'object' } }], messages: [{ role: 'user', content: 'Weather?' }] }).finalMessage();
+    t.equal(final.stop_reason, 'tool_use');
+    t.same(final.content.map((b) => b.type === 'tool_use' && b.input), [JSON.parse(mockToolArguments(0, 8)), JSON.parse(mockToolArguments(1, 8))], 'the SDK parses the streamed input_json_delta');
+  }
+});

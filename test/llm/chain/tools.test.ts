@@ -1,0 +1,157 @@
+// Property: streamed tool calls survive translation whatever the split of the upstream
+// bytes. The upstream streams are the mock's own (OpenAI: indexed argument fragments;
+// Ollama: whole calls), with tool names in several scripts so that splits land inside
+// UTF-8 sequences. For every client API × provider, the chain's output is the same at
+// every single split point and at fast-check's random multi-splits, and what the client
+// assembles is the calls the mock made, with the right finish reason.
+
+import t from 'tap';
+import fc from 'fast-check';
+import type { ChainSpec } from '../../../src/llm/chain/compile.ts';
+import { createMockUpstream, mockToolArguments } from '../../../src/mock-upstream/server.ts';
+import type { Api, ClientApi } from '../../../src/llm/translate/types.ts';
+import { ctxFor, runChain } from './fixtures.suite.ts';
+
+const mock = await createMockUpstream();
+
+interface Case {
+  readonly calls: number;
+  readonly tokens: number;
+  readonly names: readonly string[];
+}
+const CASES: readonly Case[] = [
+  { calls: 1, tokens: 0, names: ['f'] },
+  { calls: 2, tokens: 3, names: ['météo_ü', '日本語'] },
+  { calls: 3, tokens: 2, names: ['🎉tool'] },
+];
+
+async function upstreamBytes(provider: Api, c: Case): Promise<Buffer> {
+  const tools = c.names.map((name) => ({ type: 'function', function: { name, parameters: { type: 'object' } } }));
+  const messages = [{ role: 'user', content: 'go' }];
+  const body = provider === 'openai' ? { model: 'm', messages, tools, stream: true, stream_options: { include_usage: true } } : { model: 'm', messages, tools };
+  const res = await fetch(`${mock.url}${provider === 'openai' ? '/v1/chat/completions' : '/api/chat'}`, {
+    method: 'POST',
+    headers: { 'x-mock-tool-calls': String(c.calls), 'x-mock-tokens': String(c.tokens) },
+    body: JSON.stringify(body),
+  });
+  return Buffer.from(await res.arrayBuffer());
+}
+
+interface Call {
+  name: string;
+  args: string;
+}
+
+/** The SSE events of a body as [event name, parsed data], independent of the broker's parser. */
+function sse(body: string): Array<[string | null, any]> {
+  return body
+    .split('\n\n')
+    .filter((b) => b !== '')
+    .map((b) => {
+      const lines = b.split('\n');
+      const ev = lines.find((l) => l.startsWith('event: '))?.slice(7) ?? null;
+      const data = lines.find((l) => l.startsWith('data: '))!.slice(6);
+      return [ev, data === '[DONE]' ? '[DONE]' : JSON.parse(data)];
+    });
+}
+
+/** What a client of `api` assembles from the output: the calls, the finish reason in that API's words. */
+function assemble(api: ClientApi, out: string): { calls: Call[]; finish: unknown; text: string } {
+  const calls: Call[] = [];
+  let finish: unknown = null;
+  let text = '';
+  if (api === 'ollama') {
+    for (const line of out.split('\n').filter((l) => l !== '')) {
+      const j = JSON.parse(line);
+      text += j.message?.content ?? '';
+      for (const tc of j.message?.tool_calls ?? []) calls.push({ name: tc.function.name, args: JSON.stringify(tc.function.arguments) });
+      if (j.done) finish = j.done_reason;
+    }
+  } else if (api === 'openai') {
+    for (const [, d] of sse(out)) {
+      if (d === '[DONE]') continue;
+      const c = d.choices?.[0];
+      text += c?.delta?.content ?? '';
+      for (const tc of c?.delta?.tool_calls ?? []) {
+        const slot = (calls[tc.index] ??= { name: '', args: '' });
+        slot.name += tc.function?.name ?? '';
+        slot.args += tc.function?.arguments ?? '';
+      }
+      finish = c?.finish_reason ?? finish;
+    }
+  } else if (api === 'responses') {
+    const byItem = new Map<string, Call>();
+    for (const [ev, d] of sse(out)) {
+      if (ev !== d.type) throw new Error(`event ${ev} carries ${d.type}`);
+      if (d.type === 'response.output_item.added' && d.item.type === 'function_call') byItem.set(d.item.id, { name: d.item.name, args: '' });
+      if (d.type === 'response.function_call_arguments.delta') byItem.get(d.item_id)!.args += d.delta;
+      if (d.type === 'response.output_text.delta') text += d.delta;
+      if (d.type === 'response.completed') {
+        finish = d.response.status;
+        // The terminal Response holds the same calls as the deltas.
+        const final = d.response.output.filter((o: any) => o.type === 'function_call').map((o: any) => ({ name: o.name, args: o.arguments }));
+        if (JSON.stringify(final) !== JSON.stringify([...byItem.values()])) throw new Error('response.completed disagrees with the deltas');
+      }
+    }
+    calls.push(...byItem.values());
+  } else {
+    const blocks: Array<Call | null> = [];
+    for (const [ev, d] of sse(out)) {
+      if (ev !== d.type) throw new Error(`event ${ev} carries ${d.type}`);
+      if (d.type === 'content_block_start') blocks[d.index] = d.content_block.type === 'tool_use' ? { name: d.content_block.name, args: '' } : null;
+      if (d.type === 'content_block_delta' && d.delta.type === 'input_json_delta') blocks[d.index]!.args += d.delta.partial_json;
+      if (d.type === 'content_block_delta' && d.delta.type === 'text_delta') text += d.delta.text;
+      if (d.type === 'message_delta') finish = d.delta.stop_reason;
+    }
+    for (const b of blocks) if (b !== null && b !== undefined) calls.push(b);
+  }
+  return { calls, finish, text };
+}
+
+const FINISH: Record<ClientApi, unknown> = { openai: 'tool_calls', ollama: 'stop', responses: 'completed', anthropic: 'tool_use' };
+const CLIENTS: readonly ClientApi[] = ['openai', 'ollama', 'responses', 'anthropic'];
+// Wall-clock stamps (a Response's created_at) may differ between two runs.
+const stable = (b: Buffer): string => b.toString('utf8').replace(/"created_at":\d+/g, '"created_at":0');
+
+// Every upstream stream first: the mock is closed before the subtests run.
+const streams = new Map<string, Buffer>();
+for (const provider of ['openai', 'ollama'] as const) for (const c of CASES) streams.set(`${provider}/${c.calls}`, await upstreamBytes(provider, c));
+await mock.close();
+
+for (const provider of ['openai', 'ollama'] as const) {
+  for (const c of CASES) {
+    const up = streams.get(`${provider}/${c.calls}`)!;
+    for (const client of CLIENTS) {
+      const spec: ChainSpec = { client, provider, kind: 'chat', instrument: true, countTokens: true };
+      const label = `${client} <- ${provider}, ${c.calls} call(s) of ${c.tokens} token(s)`;
+      t.test(label, async (t) => {
+        const whole = runChain(spec, ctxFor(), [up]);
+        const want = stable(whole.bytes);
+        const got = assemble(client, want);
+        t.same(
+          got.calls,
+          Array.from({ length: c.calls }, (_, i) => ({ name: c.names[i % c.names.length], args: mockToolArguments(i, c.tokens) })),
+          'the calls the upstream made',
+        );
+        t.equal(got.finish, FINISH[client], 'finish reason');
+        t.equal(got.text, '', 'no call arrives as text');
+        t.equal(whole.stream.stats.error, null, 'a clean stream');
+        // Every single split point, each byte boundary, UTF-8 sequences included.
+        let differ = -1;
+        for (let i = 1; i < up.length && differ === -1; i++) {
+          if (stable(runChain(spec, ctxFor(), [up.subarray(0, i), up.subarray(i)]).bytes) !== want) differ = i;
+        }
+        t.equal(differ, -1, `the same output at all ${up.length - 1} split points`);
+        // And random multi-way splits.
+        fc.assert(
+          fc.property(fc.uniqueArray(fc.integer({ min: 1, max: up.length - 1 }), { maxLength: 24 }), (cuts) => {
+            const at = [0, ...cuts.sort((a, b) => a - b), up.length];
+            const chunks = at.slice(1).map((end, k) => up.subarray(at[k], end));
+            return stable(runChain(spec, ctxFor(), chunks).bytes) === want;
+          }),
+          { numRuns: 60, seed: 0x7001 },
+        );
+      });
+    }
+  }
+}
