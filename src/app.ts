@@ -20,6 +20,7 @@ import { MemoryStore, type StateStore } from './state/store.ts';
 import { RedisStore } from './state/redis.ts';
 import { SharedState } from './state/sync.ts';
 import { LeaseKeeper } from './state/leases.ts';
+import { PinShare } from './state/pin-share.ts';
 import { auditTrail } from './obs/audit.ts';
 import { authRoutes } from './admin/auth.ts';
 import { Router } from './front/http/router.ts';
@@ -133,6 +134,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const board = waitBoardBuffer();
   const controlRow = threaded && config.grpcPort !== 0 && config.frontThreads <= CONTROL_PLANE_ROW;
   let lessons: Learned[] = [];
+  // Sticky pins made here reach the other replicas (set below, with Redis).
+  let pinShare: PinShare | undefined;
   const governance = new Governance({
     config: fleetConfig ?? { ...EMPTY_FLEET, source: 'none' },
     flags,
@@ -151,6 +154,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     // the breakers here, and, threaded, the threads' policies too.
     onLearn: (e: Learned) => {
       fleetManager?.observe(e);
+      if (e.k === 'pin') pinShare?.add(e.key, e.dep);
       if (!controlRow) return;
       if (lessons.length === 0)
         setImmediate(() => {
@@ -313,6 +317,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           for (const e of events) {
             governance.learn(e);
             manager.observe(e);
+            if (e.k === 'pin') pinShare?.add(e.key, e.dep);
           }
         },
         wakeControl: (group) => governance.wake(group),
@@ -338,9 +343,14 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     throw err;
   }
   manager.start();
-  // Replicas sharing Redis spend cluster quotas from leases (src/state/leases.ts).
+  // Replicas sharing Redis spend cluster quotas from leases (src/state/leases.ts), and share sticky pins.
   let leases: LeaseKeeper | undefined;
   if (store instanceof RedisStore) {
+    pinShare = new PinShare(store, (pins) => {
+      const events: Learned[] = pins.map(([key, dep]) => ({ k: 'pin', key, dep }));
+      for (const e of events) governance.learn(e);
+      planes?.relay(events);
+    });
     let lastError = 0;
     leases = new LeaseKeeper({
       ledger: quota,
@@ -447,6 +457,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         }
         unfinished += await grpcClosed;
         // Unspent leases go back to the cluster before the store closes.
+        pinShare?.close();
         await leases?.close().catch(() => undefined);
         await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close(), store.close()]);
         // The last spans (inference ones included) leave after the work that made them ended.

@@ -7,6 +7,7 @@
 //   eb:changes               pub/sub channel: {kind, replica} after every doc write
 //   eb:lease:<subject>:<minute>:r|t  requests | tokens leased in that minute (src/state/leases.ts), 2 min TTL
 //   eb:replicas              sorted set: replica → last heartbeat (epoch ms)
+//   eb:pins                  pub/sub channel: {replica, pins: [[prefix key, deployment|null]]} (src/state/pin-share.ts)
 // A replica that reconnects re-reads every doc (versions, not replay): onChange fires
 // for each kind. Commands fail fast while Redis is down (no offline queue), so callers
 // see the failure and apply their documented fail mode.
@@ -14,6 +15,7 @@ import { Redis } from 'ioredis';
 import type { Logger } from '../obs/logger.ts';
 import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyRecord, type SessionRecord, type StateStore } from './store.ts';
 import type { LeaseAmounts, LeaseBackend } from './leases.ts';
+import type { Pin, PinChannel } from './pin-share.ts';
 
 // One round trip per lease, atomic: grant what is left of the limit, up to the ask.
 const TAKE_LEASE = `
@@ -43,6 +45,7 @@ const LEASE_TTL_MS = 120_000;
 
 const KINDS: readonly DocKind[] = ['flags', 'fleet', 'keys'];
 const CHANNEL = 'eb:changes';
+const PINS = 'eb:pins';
 
 export interface RedisStoreOptions {
   readonly url: string;
@@ -52,12 +55,13 @@ export interface RedisStoreOptions {
   readonly onUp?: (up: boolean) => void;
 }
 
-export class RedisStore implements StateStore, LeaseBackend {
+export class RedisStore implements StateStore, LeaseBackend, PinChannel {
   readonly kind = 'redis' as const;
   up = false;
   private readonly cmd: Redis;
   private readonly sub: Redis;
   private readonly listeners: ((kind: DocKind) => void)[] = [];
+  private readonly pinListeners: ((pins: readonly Pin[]) => void)[] = [];
   private closed = false;
 
   constructor(private readonly o: RedisStoreOptions) {
@@ -78,7 +82,8 @@ export class RedisStore implements StateStore, LeaseBackend {
       if (this.up) o.logger.warn({ err: err.message }, 'redis: connection lost; shared state keeps its last known values');
     });
     this.sub.on('error', () => undefined);
-    this.sub.on('message', (_channel, message) => {
+    this.sub.on('message', (channel, message) => {
+      if (channel === PINS) return this.pinsFrom(message);
       try {
         const m = JSON.parse(message) as { kind: DocKind; replica: string };
         if (m.replica !== o.replica && KINDS.includes(m.kind)) this.emit(m.kind);
@@ -88,7 +93,7 @@ export class RedisStore implements StateStore, LeaseBackend {
     });
     // Every (re)subscription: re-read everything, since changes may have been missed.
     this.sub.on('ready', () => {
-      void this.sub.subscribe(CHANNEL).then(() => {
+      void this.sub.subscribe(CHANNEL, PINS).then(() => {
         for (const k of KINDS) this.emit(k);
       }, () => undefined);
     });
@@ -112,6 +117,26 @@ export class RedisStore implements StateStore, LeaseBackend {
 
   onChange(cb: (kind: DocKind) => void): void {
     this.listeners.push(cb);
+  }
+
+  async publishPins(pins: readonly Pin[]): Promise<void> {
+    await this.cmd.publish(PINS, JSON.stringify({ replica: this.o.replica, pins }));
+  }
+
+  onPins(cb: (pins: readonly Pin[]) => void): void {
+    this.pinListeners.push(cb);
+  }
+
+  private pinsFrom(message: string): void {
+    let m: { replica?: unknown; pins?: unknown };
+    try {
+      m = JSON.parse(message) as typeof m;
+    } catch {
+      return;
+    }
+    if (m.replica === this.o.replica || !Array.isArray(m.pins)) return;
+    const pins = m.pins.filter((p): p is Pin => Array.isArray(p) && typeof p[0] === 'string' && (typeof p[1] === 'string' || p[1] === null));
+    for (const l of this.pinListeners) l(pins);
   }
 
   async putSession(id: string, s: SessionRecord): Promise<void> {

@@ -20,8 +20,8 @@ async function call(tb: TestBroker, method: string, path: string, body?: unknown
   return { status: res.status, body: await json(res) };
 }
 
-const chat = async (tb: TestBroker, key: string): Promise<{ status: number; deployment: string | null }> => {
-  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+const chat = async (tb: TestBroker, key: string, content = 'hi'): Promise<{ status: number; deployment: string | null }> => {
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content }] }) });
   await res.arrayBuffer();
   return { status: res.status, deployment: res.headers.get('x-broker-deployment') };
 };
@@ -65,6 +65,19 @@ t.test('a flag override, a ban and a drain made on A are in force on B', async (
   // The audit trail is one for both.
   const trail = await call(b, 'GET', '/api/audit?limit=50');
   t.ok(trail.body.entries.some((e: any) => e.replica === 'replica-a' && e.action === 'POST /api/orchestrator/bans/server/d1'), "B's audit shows A's ban, with its replica");
+});
+
+t.test('a sticky pin made on A routes the same prompt on B', async (t) => {
+  t.equal((await call(a, 'PUT', '/api/industrial/flags/sticky_routing', { enabled: true })).status, 200);
+  await until(async () => JSON.stringify((await call(b, 'GET', '/api/industrial/flags')).body).includes('"sticky_routing":{"enabled":true'), 'the flag on B');
+  const made = await call(a, 'POST', '/api/auth/keys', { name: 'pins' });
+  await until(async () => (await chat(b, made.body.key)).status === 200, 'the key on B');
+  // Eight prompts: by chance alone, B would pick A's deployment for all eight 1 time in 256.
+  const pinned: Record<string, string> = {};
+  for (let i = 0; i < 8; i++) pinned[`pin prompt ${i}`] = (await chat(a, made.body.key, `pin prompt ${i}`)).deployment!;
+  t.ok(new Set(Object.values(pinned)).size >= 1);
+  await new Promise((r) => setTimeout(r, 300)); // a pub/sub batch goes every 50 ms
+  for (const [prompt, dep] of Object.entries(pinned)) t.equal((await chat(b, made.body.key, prompt)).deployment, dep, `B follows A's pin for "${prompt}"`);
 });
 
 t.test('a session made on A works on B; revoked on A, it is refused on B', async (t) => {
