@@ -18,6 +18,7 @@ import type { Governance } from '../sched/governance.ts';
 import { resolveTier, type QosConfig } from '../policy/qos.ts';
 import { isKeyId, keyId } from '../guard/api-key.ts';
 import type { PlaneStats } from '../plane/protocol.ts';
+import { actorOf } from './actor.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 const P = '/api/industrial';
@@ -27,11 +28,6 @@ function reply(ctx: RouteContext, body: unknown, status = 200): void {
 }
 
 /** Who made a change, for the audit trail: the x-actor header if sent, else the client address. */
-function actorOf(ctx: RouteContext): string {
-  const named = ctx.req.headers['x-actor'];
-  return named !== undefined && /^[\x20-\x7e]{1,64}$/.test(named) ? named : `admin@${ctx.req.remoteAddress}`;
-}
-
 function flagParam(ctx: RouteContext): FlagName {
   const name = ctx.params.flag!;
   if (!isFlagName(name)) throw new BrokerError('not_found', `unknown flag ${name}; flags: ${FLAG_NAMES.join(', ')}`);

@@ -9,17 +9,13 @@ import type { BanScope } from '../fleet/bans.ts';
 import type { Logger } from '../obs/logger.ts';
 import { brokerConfigJsonSchema, serverSchema, firstIssue } from '../config/schema.ts';
 import type { PlaneStats } from '../plane/protocol.ts';
+import { actorOf } from './actor.ts';
 
 const P = '/api/orchestrator';
 const JSON_HEADERS = { 'content-type': 'application/json' };
 
 function reply(ctx: RouteContext, body: unknown, status = 200, headers: Record<string, string> = {}): void {
   ctx.sink.send(status, { ...JSON_HEADERS, ...headers }, JSON.stringify(body));
-}
-
-function actorOf(ctx: RouteContext): string {
-  const named = ctx.req.headers['x-actor'];
-  return named !== undefined && /^[\x20-\x7e]{1,64}$/.test(named) ? named : `admin@${ctx.req.remoteAddress}`;
 }
 
 function field<T>(body: unknown, name: string, check: (v: unknown) => v is T, what: string): T | undefined {

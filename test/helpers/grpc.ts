@@ -1,23 +1,13 @@
 // gRPC clients for tests: built from the broker's .proto files with @grpc/grpc-js, as
 // a consumer would build them, against a broker started with a gRPC port.
-import { createServer } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { PROTO_FILES, PROTO_ROOT } from '../../src/front/grpc/protos.ts';
 import { startTestBroker, type TestBroker } from './broker.ts';
 import { startFleetBroker } from './fleet.ts';
+import { freePort } from '../../bench/lib/process.ts';
 
-/** A port free right now (the gRPC front needs a fixed one: GRPC_PORT=0 turns it off). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 // What a client sees: defaults filled in (as most generated clients do), enums as names.
 const CLIENT_OPTIONS: protoLoader.Options = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [PROTO_ROOT] };

@@ -2,9 +2,9 @@
 // redis-server package; .ci/run installs it), killed and restarted by it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '../../bench/lib/process.ts';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
@@ -17,17 +17,6 @@ export interface RedisProcess {
   kill(): Promise<void>;
   /** A fresh redis-server on the same port (empty: no persistence). */
   restart(): Promise<void>;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 export async function startRedis(t: Teardown): Promise<RedisProcess> {

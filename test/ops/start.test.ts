@@ -5,19 +5,10 @@
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { freePort } from '../../bench/lib/process.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-
-/** A port nobody listens on right now. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** pid -> [parent pid, command line], from /proc (no /proc/<pid>/task/<tid>/children on every kernel). */
 function processTable(): Map<number, { ppid: number; cmd: string }> {
