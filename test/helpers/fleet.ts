@@ -1,5 +1,6 @@
 // Mock LLM upstreams and a broker in front of them, from a fleet object, for a test file.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { sigkill, spawnReady } from './child.ts';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
@@ -42,27 +43,14 @@ export async function spawnMock(t: Teardown, args: string[] = []): Promise<MockP
   const main = fileURLToPath(new URL('../../src/mock-upstream/main.ts', import.meta.url));
   let child: ChildProcess | undefined;
   const start = async (port: number): Promise<number> => {
-    const c = spawn(process.execPath, ['--import', 'tsx', main, '--port', String(port), '--tokens', '4', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-    child = c;
-    const line = await new Promise<string>((resolve, reject) => {
-      let buf = '';
-      c.stdout!.on('data', (d: Buffer) => {
-        buf += d.toString();
-        if (buf.includes('\n')) resolve(buf.split('\n')[0]!);
-      });
-      c.once('exit', (code) => reject(new Error(`mock-upstream exited with ${code}`)));
-    });
-    return (JSON.parse(line) as { listening: number }).listening;
+    // Its first stdout line says where it listens.
+    const firstLine = (out: string): number | undefined => (out.includes('\n') ? (JSON.parse(out.split('\n')[0]!) as { listening: number }).listening : undefined);
+    const s = await spawnReady(process.execPath, ['--import', 'tsx', main, '--port', String(port), '--tokens', '4', ...args], firstLine);
+    child = s.child;
+    return s.value;
   };
   const port = await start(0);
-  const stop = async (): Promise<void> => {
-    const c = child;
-    if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
-    await new Promise<void>((resolve) => {
-      c.once('exit', () => resolve());
-      c.kill('SIGKILL');
-    });
-  };
+  const stop = (): Promise<void> => sigkill(child);
   t.teardown(stop);
   return {
     port,

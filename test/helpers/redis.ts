@@ -1,6 +1,7 @@
 // A real redis-server on a free port, for a test file: started by the test (Debian's
 // redis-server package; .ci/run installs it), killed and restarted by it.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { sigkill, spawnReady } from './child.ts';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,25 +25,10 @@ export async function startRedis(t: Teardown): Promise<RedisProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'eb-redis-'));
   let child: ChildProcess | undefined;
   const start = async (): Promise<void> => {
-    const c = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
-    child = c;
-    await new Promise<void>((resolve, reject) => {
-      let buf = '';
-      c.stdout!.on('data', (d: Buffer) => {
-        buf += d.toString();
-        if (buf.includes('Ready to accept connections')) resolve();
-      });
-      c.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${buf.slice(-500)}`)));
-    });
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+    child = (await spawnReady('redis-server', args, (out) => (out.includes('Ready to accept connections') ? true : undefined))).child;
   };
-  const stop = async (): Promise<void> => {
-    const c = child;
-    if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
-    await new Promise<void>((resolve) => {
-      c.once('exit', () => resolve());
-      c.kill('SIGKILL');
-    });
-  };
+  const stop = (): Promise<void> => sigkill(child);
   await start();
   t.teardown(stop);
   return {
