@@ -45,6 +45,14 @@ export function tooLarge(max: number): BrokerError {
   return new BrokerError('payload_too_large', `request body is larger than MAX_BODY_BYTES (${max} bytes)`);
 }
 
+const readsBody = (r: Route): boolean => r.body === 'json' || r.body === 'json?' || r.body === 'raw';
+
+/** A declared Content-Length past the limit is refused before a byte is read. */
+function checkDeclaredLength(req: BrokerRequest, max: number): void {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > max) throw tooLarge(max);
+}
+
 /** Answers 404/405 for a miss; for a match runs the guards, reads the body and calls the route. */
 export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: BodyReader, sink: FrontSink): void {
   try {
@@ -61,9 +69,8 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
       // The body is read while the credential is checked: a front like uWS hands it over
       // only to a reader attached now, not after an await.
       let read = readBody;
-      if (r.body === 'json' || r.body === 'json?' || r.body === 'raw') {
-        const declared = req.headers['content-length'];
-        if (declared !== undefined && Number(declared) > g.maxBodyBytes) throw tooLarge(g.maxBodyBytes);
+      if (readsBody(r)) {
+        checkDeclaredLength(req, g.maxBodyBytes);
         const body = new Promise<[BrokerError | undefined, Buffer | undefined]>((resolve) => readBody(g.maxBodyBytes, (err, bytes) => resolve([err, bytes])));
         read = (_limit, done) => void body.then(([err, bytes]) => done(err, bytes));
       }
@@ -100,9 +107,8 @@ function guarded(g: Guards, r: Route, params: Record<string, string>, req: Broke
         throw err;
       }
     }
-    if (r.body !== 'json' && r.body !== 'json?' && r.body !== 'raw') return run(g, r, params, undefined, req, sink, principal);
-    const declared = req.headers['content-length'];
-    if (declared !== undefined && Number(declared) > g.maxBodyBytes) throw tooLarge(g.maxBodyBytes);
+    if (!readsBody(r)) return run(g, r, params, undefined, req, sink, principal);
+    checkDeclaredLength(req, g.maxBodyBytes);
     readBody(g.maxBodyBytes, (err, bytes) => {
       if (sink.aborted) return;
       if (err !== undefined) return sink.fail(err);
