@@ -7,6 +7,10 @@
 //   redis          REDIS_URL, AUTH_MODE=open
 //   redis-key      REDIS_URL, AUTH_MODE=keys, an API key made through POST /api/auth/keys
 //   redis-session  REDIS_URL, AUTH_MODE=keys, a session id from POST /api/auth/sessions
+//   keys-quota     no REDIS_URL, AUTH_MODE=keys, quota_enforcement on, the key with RPM and
+//                  TPM limits: the replica's own shared-memory ledger
+//   redis-quota    the same with REDIS_URL: the limits are the cluster's, spent from leases
+//                  (src/state/leases.ts); keys-quota is its baseline
 //
 // Each Redis broker has its own redis-server (no persistence, a free port), so the
 // commands counted in a window are that broker's alone, and a key made on one broker
@@ -42,14 +46,19 @@ const RATE = num('BENCH_REDIS_RATE', 2000);
 const WINDOW_S = num('BENCH_REDIS_WINDOW_S', 5);
 const ROUNDS = Math.round(num('BENCH_REDIS_ROUNDS', 2));
 
-const CONFIGS = ['open', 'redis', 'redis-key', 'redis-session'] as const;
+const CONFIGS = ['open', 'redis', 'redis-key', 'redis-session', 'keys-quota', 'redis-quota'] as const;
 type Config = (typeof CONFIGS)[number];
 const LABEL: Record<Config, string> = {
   open: '1. no Redis, AUTH_MODE=open',
   redis: '2. REDIS_URL, AUTH_MODE=open',
   'redis-key': '3. REDIS_URL, AUTH_MODE=keys, API key',
   'redis-session': '4. REDIS_URL, AUTH_MODE=keys, session',
+  'keys-quota': '5. no Redis, API key with RPM/TPM quota',
+  'redis-quota': '6. REDIS_URL, API key with RPM/TPM quota (leases)',
 };
+/** The quota configs' key limits: twice the bench's rate, so that nothing is refused and leases (a tenth each) are taken every few seconds. */
+const KEY_LIMITS = { rpm: Math.round(RATE * 60 * 2), tpm: Math.round(RATE * 60 * 2 * 64) };
+const withQuota = (c: Config): boolean => c === 'keys-quota' || c === 'redis-quota';
 const ADMIN_TOKEN = 'bench-redis-admin-token-of-32-characters';
 
 const SETTINGS = Object.freeze({
@@ -68,6 +77,8 @@ const SETTINGS = Object.freeze({
     redis: { AUTH_MODE: 'open', REDIS_URL: 'redis://127.0.0.1:<own port>' },
     'redis-key': { AUTH_MODE: 'keys', REDIS_URL: 'redis://127.0.0.1:<own port>', credential: 'Authorization: Bearer <key from POST /api/auth/keys>' },
     'redis-session': { AUTH_MODE: 'keys', REDIS_URL: 'redis://127.0.0.1:<own port>', credential: 'Authorization: Bearer <sess_ from POST /api/auth/sessions>' },
+    'keys-quota': { AUTH_MODE: 'keys', BROKER_FF_QUOTA_ENFORCEMENT: 'true', credential: `Authorization: Bearer <key with rpm ${KEY_LIMITS.rpm}, tpm ${KEY_LIMITS.tpm}>` },
+    'redis-quota': { AUTH_MODE: 'keys', BROKER_FF_QUOTA_ENFORCEMENT: 'true', REDIS_URL: 'redis://127.0.0.1:<own port>', credential: `Authorization: Bearer <key with rpm ${KEY_LIMITS.rpm}, tpm ${KEY_LIMITS.tpm}>` },
   } as Record<Config, Record<string, string>>,
   mock: { tokens: 16, tps: 0, ttftMs: 0 },
   deployment_concurrency_limit: 256,
@@ -188,10 +199,10 @@ async function post(url: string, body: unknown, headers: Record<string, string> 
 /** The credential the load sends to a config, made through the admin API where it needs one. */
 async function credential(c: Config, b: Child): Promise<Record<string, string>> {
   if (c === 'open' || c === 'redis') return {};
-  const made = await post(`${b.url}/api/auth/keys`, { name: 'bench-redis', role: 'integration' }, { authorization: `Bearer ${ADMIN_TOKEN}` });
+  const made = await post(`${b.url}/api/auth/keys`, { name: 'bench-redis', role: 'integration', ...(withQuota(c) ? KEY_LIMITS : {}) }, { authorization: `Bearer ${ADMIN_TOKEN}` });
   const key = String(made.key);
   if (!key.startsWith('sk-')) throw new Error(`POST /api/auth/keys returned no key: ${JSON.stringify(made).slice(0, 200)}`);
-  if (c === 'redis-key') return { authorization: `Bearer ${key}` };
+  if (c !== 'redis-session') return { authorization: `Bearer ${key}` };
   const s = await post(`${b.url}/api/auth/sessions`, { api_key: key });
   const id = String(s.session);
   if (!id.startsWith('sess_')) throw new Error(`POST /api/auth/sessions returned no session: ${JSON.stringify(s).slice(0, 200)}`);
@@ -233,7 +244,7 @@ async function main(): Promise<void> {
 
     const redis: Partial<Record<Config, RedisServer>> = {};
     for (const c of CONFIGS) {
-      if (c === 'open') continue;
+      if (c === 'open' || c === 'keys-quota') continue;
       redis[c] = await startRedis();
       children.push(redis[c]);
     }
@@ -244,6 +255,7 @@ async function main(): Promise<void> {
     for (const c of CONFIGS) {
       const env: Record<string, string> = { BROKER_CONFIG: configFile, ...common, ADMIN_TOKEN, AUTH_MODE: SETTINGS.broker_env[c].AUTH_MODE! };
       if (redis[c] !== undefined) env.REDIS_URL = redis[c].url;
+      if (withQuota(c)) env.BROKER_FF_QUOTA_ENFORCEMENT = 'true';
       // Each its own gRPC port (the default 50051 would clash), kept on as by default.
       env.GRPC_PORT = String(await freePort());
       brokers[c] = await startBroker(c, env, [], 120_000, 'dist');
@@ -378,6 +390,18 @@ async function main(): Promise<void> {
       met: vsBase.redis!.added_overhead_p50_ms !== null && vsBase.redis!.added_overhead_p50_ms <= SETTINGS.goal_added_overhead_p50_ms,
     };
 
+    // The cluster quota's own cost: the same key and limits, with and without Redis (leases).
+    const dq = (a: number | null, b0: number | null) => (a === null || b0 === null ? null : round(a - b0, 4));
+    const leaseGoal = {
+      what: `cluster quotas from leases (config 6) add at most ${SETTINGS.goal_added_overhead_p50_ms} ms to the p50 broker overhead of the same quota without Redis (config 5)`,
+      added_overhead_p50_ms: dq(summary['redis-quota'].overhead.p50_ms, summary['keys-quota'].overhead.p50_ms),
+      added_overhead_mean_ms: dq(summary['redis-quota'].overhead.mean_ms, summary['keys-quota'].overhead.mean_ms),
+      added_client_p50_ms: dq(summary['redis-quota'].client_p50_ms, summary['keys-quota'].client_p50_ms),
+      redis_commands_per_request: summary['redis-quota'].redis_commands_per_request,
+      met: false,
+    };
+    leaseGoal.met = leaseGoal.added_overhead_p50_ms !== null && leaseGoal.added_overhead_p50_ms <= SETTINGS.goal_added_overhead_p50_ms;
+
     const results = {
       bench: 'redis',
       ...info,
@@ -390,6 +414,7 @@ async function main(): Promise<void> {
       summary,
       vs_config_1: vsBase,
       goal,
+      lease_goal: leaseGoal,
       windows,
       wall_s: round((performance.now() - started) / 1000, 1),
     };
@@ -415,6 +440,7 @@ async function main(): Promise<void> {
       mdTable(['config', 'req/s', 'client p50 ms', 'client p99 ms', 'overhead mean ms', 'overhead p50 ms (interp.)', 'overhead p99 ms', 'broker CPU µs/req', 'Redis cmds', 'Redis cmds/req', 'vs 1: p50 / overhead / CPU'], rows),
     );
     console.log(`\ngoal: ${goal.what}: added p50 ${goal.added_overhead_p50_ms} ms (mean ${goal.added_overhead_mean_ms} ms): ${goal.met ? 'met' : 'NOT met'}`);
+    console.log(`goal: ${leaseGoal.what}: added p50 ${leaseGoal.added_overhead_p50_ms} ms (mean ${leaseGoal.added_overhead_mean_ms} ms), ${leaseGoal.redis_commands_per_request} Redis commands per request: ${leaseGoal.met ? 'met' : 'NOT met'}`);
     for (const c of CONFIGS) if (summary[c].redis_commands_total) console.log(`${c}: Redis commands ${JSON.stringify(summary[c].redis_commands)} (${summary[c].redis_commands_per_s}/s)`);
     if (noisy.length > 0) log(`disturbed windows:\n  ${noisy.join('\n  ')}`);
     if (problems.length > 0) log(`problems:\n  ${problems.join('\n  ')}`);

@@ -22,6 +22,9 @@ import { RecoveryRecord, recoveryTest, type RecoveryResult } from './recovery.ts
 import { FleetAnalytics } from './analytics.ts';
 import { BANNED, BREAKER_OPEN, COLD, DRAINING, HALF_OPEN, MAINTENANCE, UNHEALTHY } from './route-bits.ts';
 
+/** Server × model pairs per config object. */
+const pairsOf = new WeakMap<BrokerConfig, readonly (readonly [string, string])[]>();
+
 export type ServerHealth = 'healthy' | 'unhealthy';
 
 interface ServerState {
@@ -422,11 +425,16 @@ export class FleetManager {
     return out;
   }
 
-  /** Every server × model the config routes to. */
-  private pairs(): [string, string][] {
-    const seen = new Map<string, [string, string]>();
-    for (const g of this.config.modelGroups.values()) for (const d of g.deployments) seen.set(pairKey(d.server, d.model), [d.server, d.model]);
-    return [...seen.values()];
+  /** Every server × model the config routes to: built once per config (a reload makes a new one). */
+  private pairs(): readonly (readonly [string, string])[] {
+    let p = pairsOf.get(this.config);
+    if (p === undefined) {
+      const seen = new Map<string, [string, string]>();
+      for (const g of this.config.modelGroups.values()) for (const d of g.deployments) seen.set(pairKey(d.server, d.model), [d.server, d.model]);
+      p = [...seen.values()];
+      pairsOf.set(this.config, p);
+    }
+    return p;
   }
 
   private knownPair(server: string, model: string): void {
