@@ -10,7 +10,7 @@ import type { Config } from './config/env.ts';
 import { createAccessLogger, createLogger, type Logger } from './obs/logger.ts';
 import { createMetrics, type Metrics } from './obs/metrics.ts';
 import { obsRoutes } from './obs/routes.ts';
-import { createRateLimiter, rateLimitBuffer } from './guard/rate-limit.ts';
+import { createRateLimiter, rateLimitBuffer, setRateLimitShare } from './guard/rate-limit.ts';
 import { createJwtVerifier } from './guard/jwt.ts';
 import { Identity } from './guard/identity.ts';
 import { createClientAuth } from './guard/client-auth.ts';
@@ -357,7 +357,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       backend: store,
       active: () => flags.flags.quota_enforcement,
       onLease: (source) => metrics.quotaLeases.labels(source).inc(),
-      onReplicas: (n) => metrics.replicasSeen.set(n),
+      onReplicas: (n) => {
+        metrics.replicasSeen.set(n);
+        if (rateLimiter.buffer !== undefined) setRateLimitShare(rateLimiter.buffer, n);
+      },
       onError: (err) => {
         if (Date.now() - lastError < 60_000) return;
         lastError = Date.now();

@@ -11,8 +11,10 @@
 //               text, payload 16 bytes per slot:
 //                 +0 Float64 tokens   +8 Float64 at (ms of the last refill)
 //               both read and written only with the slot's lock held.
-//   T .. T+24   overflow bucket, shared by clients that found no slot:
+//   T .. T+32   overflow bucket, shared by clients that found no slot:
 //                 +0 Int32 lock  +4 reserved  +8 Float64 tokens  +16 Float64 at
+//               then +24 Int32 share: the replicas the limit is divided among (0 or 1:
+//               this replica alone), set by the control plane from the Redis heartbeats
 //
 // The table is fixed-size and never swept: a new client's insert looks at most 16
 // slots and takes over one whose bucket has been idle longer than burst/rate
@@ -49,7 +51,8 @@ export interface RateLimiterOptions {
 
 const MAX_CLIENTS = 100_000;
 const TABLE_OPTS = { payloadBytes: 16, keyBytes: 0 } as const;
-const OVERFLOW_BYTES = 24;
+const OVERFLOW_BYTES = 32;
+const SHARE_OFFSET = 24;
 
 /** A buffer for `maxClients` buckets (~56 bytes each), to share between threads. */
 export function rateLimitBuffer(maxClients = MAX_CLIENTS): SharedArrayBuffer {
@@ -61,13 +64,24 @@ export function rateLimitBuffer(maxClients = MAX_CLIENTS): SharedArrayBuffer {
   return buffer;
 }
 
+/**
+ * Divides every client's rate and burst among `replicas` (every thread sharing the
+ * buffer sees it at once). Replicas behind one balancer each admit their share, so the
+ * limit holds across them without a network call per client; a balancer that sends one
+ * client to one replica only gives that client its share.
+ */
+export function setRateLimitShare(buffer: SharedArrayBuffer, replicas: number): void {
+  const end = buffer.byteLength - OVERFLOW_BYTES;
+  Atomics.store(new Int32Array(buffer, end + SHARE_OFFSET, 1), 0, Math.max(1, Math.floor(replicas)));
+}
+
 export function createRateLimiter(rps: number, burst: number, nowOrOpts?: (() => number) | RateLimiterOptions): RateLimiter {
   const opts: RateLimiterOptions = typeof nowOrOpts === 'function' ? { now: nowOrOpts } : (nowOrOpts ?? {});
   if (rps <= 0) return { check() {}, size: 0 };
   const now = opts.now ?? Date.now;
-  const limits: BucketLimits = { rate: rps, burst: burst > 0 ? burst : Math.max(1, rps) };
-  // A full bucket after this long idle is the same as no bucket: safe to forget.
-  const idleMs = (limits.burst / limits.rate) * 1000;
+  const full: BucketLimits = { rate: rps, burst: burst > 0 ? burst : Math.max(1, rps) };
+  // A full bucket after this long idle is the same as no bucket: safe to forget (also when shared).
+  const idleMs = (full.burst / full.rate) * 1000;
 
   const capacity = opts.buffer !== undefined ? SharedTable.capacityOf(opts.buffer) : (opts.maxClients ?? MAX_CLIENTS);
   const buffer = opts.buffer ?? rateLimitBuffer(capacity);
@@ -77,6 +91,18 @@ export function createRateLimiter(rps: number, burst: number, nowOrOpts?: (() =>
   if (buffer.byteLength < overflow + OVERFLOW_BYTES) throw new RangeError('rate-limit buffer is too small: make it with rateLimitBuffer()');
   const overflowLock = new Int32Array(buffer, overflow, 1);
   const overflowTokens = (overflow + 8) >> 3;
+  const shareCell = new Int32Array(buffer, overflow + SHARE_OFFSET, 1);
+  // This replica's part of the limit: recomputed only when the replica count changes.
+  let share = 1;
+  let limits = full;
+  const current = (): BucketLimits => {
+    const n = Math.max(1, Atomics.load(shareCell, 0));
+    if (n !== share) {
+      share = n;
+      limits = n === 1 ? full : { rate: full.rate / n, burst: Math.max(1, full.burst / n) };
+    }
+    return limits;
+  };
 
   // One scratch bucket per limiter: take() works on it between a load and a store, under the lock.
   const scratch: Bucket = { tokens: 0, at: 0 };
@@ -105,6 +131,7 @@ export function createRateLimiter(rps: number, burst: number, nowOrOpts?: (() =>
   return {
     check(clientKey: string): void {
       t = now();
+      current();
       let wait: number;
       const slot = table.lockKey(clientKey, hooks);
       if (slot >= 0) {
@@ -121,7 +148,10 @@ export function createRateLimiter(rps: number, burst: number, nowOrOpts?: (() =>
           unlockCell(overflowLock, 0);
         }
       }
-      if (wait > 0) throw new BrokerError('rate_limited', `rate limit of ${limits.rate} requests/s exceeded`, { retryAfter: Math.max(1, Math.ceil(wait)) });
+      if (wait > 0) {
+        const where = share === 1 ? '' : ` (${limits.rate} on this replica, one of ${share})`;
+        throw new BrokerError('rate_limited', `rate limit of ${full.rate} requests/s exceeded${where}`, { retryAfter: Math.max(1, Math.ceil(wait)) });
+      }
     },
     get size() {
       return table.size;

@@ -1,7 +1,7 @@
 // The rate limiter's shared buckets on one thread: two limiters on one buffer stand
 // in for two threads (real threads: test/sched/unit/cross-thread.test.ts).
 import t from 'tap';
-import { createRateLimiter, rateLimitBuffer } from '../../src/guard/rate-limit.ts';
+import { createRateLimiter, rateLimitBuffer, setRateLimitShare } from '../../src/guard/rate-limit.ts';
 import { BrokerError } from '../../src/errors.ts';
 
 function admitted(check: () => void): boolean {
@@ -73,4 +73,32 @@ t.test('old positional clock and options clock agree; Retry-After in whole secon
 
 t.test('a buffer from another layout is refused', async (t) => {
   t.throws(() => createRateLimiter(1, 1, { buffer: new SharedArrayBuffer(1024) }), /no shared table/);
+});
+
+t.test('replicas sharing Redis: each admits its share of the rate and burst, on every thread at once', async (t) => {
+  let now = 1_700_000_000_000;
+  const buffer = rateLimitBuffer(1000);
+  const a = createRateLimiter(4, 8, { now: () => now, buffer });
+  const b = createRateLimiter(4, 8, { now: () => now, buffer });
+  setRateLimitShare(buffer, 2);
+  let n = 0;
+  for (let i = 0; i < 20; i++) if (admitted(() => (i % 2 === 0 ? a : b).check('k'))) n++;
+  t.equal(n, 4, 'burst 8 over two replicas: 4 here');
+  const err = (() => {
+    try {
+      a.check('k');
+    } catch (e) {
+      return e as BrokerError;
+    }
+  })();
+  t.match(err?.message, /rate limit of 4 requests\/s exceeded \(2 on this replica, one of 2\)/);
+  now += 1000;
+  n = 0;
+  for (let i = 0; i < 20; i++) if (admitted(() => a.check('k'))) n++;
+  t.equal(n, 2, 'refills at 2/s, half the rate');
+  setRateLimitShare(buffer, 1);
+  now += 10_000;
+  n = 0;
+  for (let i = 0; i < 20; i++) if (admitted(() => b.check('k'))) n++;
+  t.equal(n, 8, 'alone again: the whole burst');
 });

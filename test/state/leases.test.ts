@@ -8,7 +8,7 @@ import { QuotaLedger, leaseBlock, type Reservation } from '../../src/policy/quot
 import { LeaseKeeper } from '../../src/state/leases.ts';
 import { RedisStore } from '../../src/state/redis.ts';
 import { createLogger } from '../../src/obs/logger.ts';
-import { ADMIN_TOKEN, json, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN_TOKEN, json, metricValue, type TestBroker } from '../helpers/broker.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 import { startRedis } from '../helpers/redis.ts';
 
@@ -136,4 +136,27 @@ t.test('two brokers, one Redis: an RPM quota of N over both admits at most N plu
   t.ok(statuses.every((s) => s.includes(429)), 'both brokers refused past the limit');
   const m = await (await fetch(`${brokers[0]!.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text();
   t.match(m, /quota_leases_total\{source="redis"\} [1-9]/);
+});
+
+t.test('two brokers, one Redis: a client rate limit is divided among the replicas seen', async (t) => {
+  const up = await startMock(t, { tokens: 2 });
+  const fleet = { modelGroups: { g: { deployments: [{ id: 'r1', provider: 'openai', url: up.url, model: 'm' }] } } };
+  const env = { INFER_ENABLED: 'false', REDIS_URL: redis.url, RATE_LIMIT_RPS: '1', RATE_LIMIT_BURST: '6' };
+  const brokers: TestBroker[] = [await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'rate-a' }), await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'rate-b' })];
+  // Heartbeats go every 5 s: wait until both have seen both (the other tests' replicas are gone by now).
+  for (let i = 0; i < 150; i++) {
+    const seen = await Promise.all(brokers.map(async (b) => metricValue(b.url, 'state_replicas_seen')));
+    if (seen.every((n) => n === 2)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const statuses: number[] = [];
+  for (let i = 0; i < 12; i++) {
+    const res = await fetch(`${brokers[i % 2]!.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+    await res.arrayBuffer();
+    statuses.push(res.status);
+  }
+  const ok = statuses.filter((s) => s === 200).length;
+  // Burst 6 over two replicas: 3 each; a second of refill at 1/s over both adds at most 1.
+  t.ok(ok >= 6 && ok <= 7, `${ok} of 12 admitted over both (burst 6), not 12`);
+  t.ok(statuses.includes(429));
 });
