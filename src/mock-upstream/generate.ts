@@ -10,7 +10,14 @@ import type { ServerResponse } from 'node:http';
 export type RawHeaders = readonly string[];
 
 /** `'none'`, `'reset'`, `'stall'` or an HTTP status to answer with before any byte. */
-export type FailMode = 'none' | 'reset' | 'stall' | number;
+/**
+ * A status answers with the generic body of that status; `context`, `ratelimit`, `overloaded`
+ * and `badrequest` answer with the error body the real server sends for that case (per
+ * `flavor` on the OpenAI routes: api.openai.com or vLLM).
+ */
+export type FailMode = 'none' | 'reset' | 'stall' | ErrorCase | number;
+export type ErrorCase = 'context' | 'ratelimit' | 'overloaded' | 'badrequest';
+export const ERROR_CASES: readonly string[] = ['context', 'ratelimit', 'overloaded', 'badrequest'];
 
 /** The behaviour knobs, per process (options/CLI) and per request (x-mock-* headers). */
 export interface Knobs {
@@ -23,6 +30,8 @@ export interface Knobs {
   readonly fail: FailMode;
   /** For `reset` and `stall`: content tokens written before the cut. */
   readonly failAfter: number;
+  /** Whose error bodies the OpenAI routes send: api.openai.com's or vLLM's. */
+  readonly flavor: 'openai' | 'vllm';
 }
 
 /** One request in flight. The server flips `closed` and clears `timer` when the response closes. */
