@@ -24,6 +24,8 @@ export interface ReplySink {
   readonly aborted: boolean;
   /** True once a status line was sent (streaming started or reply finished). */
   readonly started: boolean;
+  /** Headers an error reply carries too (HTTP fronts; x-broker-cache, x-broker-fallback). */
+  extraHeaders?: Record<string, string> | undefined;
   /** Called once when the client disconnects before the reply ended. */
   onAbort(cb: () => void): void;
   /** Start a streamed reply. */
