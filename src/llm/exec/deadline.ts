@@ -42,7 +42,13 @@ export class AttemptDeadline {
 
   /** A body chunk arrived. */
   chunk(): void {
+    const first = this.lastAt < 0;
     this.lastAt = this.now();
+    // The first phase's timer may be far later than the idle deadline: arm for the idle one.
+    if (first && this.timer !== undefined) {
+      clearTimeout(this.timer);
+      this.arm();
+    }
   }
 
   /** The attempt is over: no timer left behind. */
