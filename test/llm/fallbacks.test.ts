@@ -110,7 +110,7 @@ t.test('a context-length error goes to contextFallbacks, for each provider', asy
 
 t.test('without contextFallbacks a context-length error is the client\'s 400, with the upstream message; plain fallbacks do not take it', async (t) => {
   const before = ok.stats.total;
-  const err = await openai.chat.completions.create({ model: 'small-alone', messages }).catch((e: unknown) => e as InstanceType<typeof OpenAI.APIError>);
+  const err = (await openai.chat.completions.create({ model: 'small-alone', messages }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
   t.equal(err.status, 400);
   t.match(err.message, /maximum context length is 8192 tokens/);
   t.equal(ok.stats.total, before, 'big was not asked');
@@ -149,12 +149,12 @@ t.test('overloaded and rate-limited groups fall back, streamed and not, OpenAI a
 
 t.test('a bad request is passed on, never retried nor fallen back', async (t) => {
   const before = ok.stats.total;
-  const err = await openai.chat.completions.create({ model: 'bad-openai', messages }).catch((e: unknown) => e as InstanceType<typeof OpenAI.APIError>);
+  const err = (await openai.chat.completions.create({ model: 'bad-openai', messages }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
   t.equal(err.status, 400);
   t.match(err.message, /Invalid value for 'temperature'/);
   const res = await fetch(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'bad-ollama', messages, stream: false }) });
   t.equal(res.status, 400);
-  t.match((await res.json()).error, /cannot unmarshal/);
+  t.match(((await res.json()) as { error: string }).error, /cannot unmarshal/);
   t.equal(ok.stats.total, before, 'no fallback');
   t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { class: 'bad_request' }), 2);
 });
@@ -186,7 +186,7 @@ t.test('first-token timeout: before the first byte it falls back; alone it is a 
   t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'cold-1', phase: 'first_byte' }), 1);
   const res = await fetch(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'cold-alone', messages }) });
   t.equal(res.status, 504);
-  t.match((await res.json()).error, /firstTokenTimeoutMs \(150 ms\)/);
+  t.match(((await res.json()) as { error: string }).error, /firstTokenTimeoutMs \(150 ms\)/);
 });
 
 t.test('idle-chunk timeout after the first byte: the stream ends with an explicit error event', async (t) => {
