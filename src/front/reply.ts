@@ -32,6 +32,8 @@ export interface ReplySink {
   start(status: number, headers: Readonly<Record<string, string>>): void;
   /** Write a chunk of a started reply; false means the client is slow: wait for onWritable before writing more. */
   write(chunk: string | Uint8Array): boolean;
+  /** Runs fn with the socket corked: what it writes leaves in one packet (the status line with the first chunk). */
+  cork?(fn: () => void): void;
   /** Called once when a backpressured sink can take more. */
   onWritable(cb: () => void): void;
   /** End a started reply, optionally with a last chunk. */

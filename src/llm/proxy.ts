@@ -259,7 +259,7 @@ export class LlmProxy {
           const start = (): void => {
             if (started) return;
             started = true;
-            timeline.upstream(sentAt, attempt.timing.firstByteAt < 0 ? performance.now() : attempt.timing.firstByteAt);
+            timeline.upstream(writtenAt(attempt, sentAt), attempt.timing.firstByteAt < 0 ? performance.now() : attempt.timing.firstByteAt);
             timeline.firstByteAt = attempt.timing.firstByteAt;
             const overhead = timeline.clientFirstByte();
             sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) });
@@ -336,7 +336,7 @@ export class LlmProxy {
             continue;
           }
           const doneAt = performance.now();
-          timeline.upstream(sentAt, attempt.timing.firstByteAt < 0 ? doneAt : attempt.timing.firstByteAt);
+          timeline.upstream(writtenAt(attempt, sentAt), attempt.timing.firstByteAt < 0 ? doneAt : attempt.timing.firstByteAt);
           // The whole body arriving is the upstream's time too.
           if (attempt.timing.firstByteAt >= 0) timeline.upstream(attempt.timing.firstByteAt, doneAt);
           timeline.firstByteAt = doneAt;
@@ -374,12 +374,8 @@ export class LlmProxy {
     headers['x-broker-cache'] = 'hit';
     const r = replay(req.api, req.kind, stream, hit, { model: req.model, id: req.id, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now() });
     const overhead = overheadHeader(timeline.clientFirstByte());
-    if (stream) {
-      sink.start(200, { 'content-type': r.contentType, 'cache-control': 'no-cache', ...headers, 'x-broker-overhead-ms': overhead });
-      sink.end(r.body);
-    } else {
-      sink.send(200, { 'content-type': r.contentType, ...headers, 'x-broker-overhead-ms': overhead }, r.body);
-    }
+    // A replayed stream is complete at once: one write, with its length, like a whole reply.
+    sink.send(200, { 'content-type': r.contentType, ...(stream ? { 'cache-control': 'no-cache' } : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);
     timeline.observe(this.deps.metrics, stream);
     const m = this.deps.metrics;
     m.llmRequests.labels(group.name, 'cache', 'ok', 'cache_hit').inc();
@@ -427,6 +423,11 @@ function endAttempt(span: Span, ttftMs: number | null, promptTokens: number, com
   span.set('gen_ai.usage.input_tokens', promptTokens).set('gen_ai.usage.output_tokens', completionTokens).end();
 }
 
+/** When the attempt's request reached the socket; before undici said so, when we called it. */
+function writtenAt(attempt: Attempt, sentAt: number): number {
+  return attempt.timing.writtenAt >= 0 ? attempt.timing.writtenAt : sentAt;
+}
+
 /** The next fallback group: the first of `queue` not tried yet, known, and large enough for the prompt. */
 function nextGroup(queue: string[], visited: Set<string>, fits: (g: ModelGroupConfig) => boolean, groups: ReadonlyMap<string, ModelGroupConfig> | undefined): ModelGroupConfig | undefined {
   while (queue.length > 0) {
@@ -470,11 +471,21 @@ function targetOf(sink: ReplySink, signal: AbortLike, start: () => void, capture
   let started = false;
   return {
     write: (chunk) => {
+      capture?.push(chunk);
       if (!started) {
         started = true;
-        start();
+        // The status line and the first chunk in one packet: the client's first byte comes with its headers.
+        if (sink.cork === undefined) {
+          start();
+          return sink.write(chunk);
+        }
+        let ok = true;
+        sink.cork(() => {
+          start();
+          ok = sink.write(chunk);
+        });
+        return ok;
       }
-      capture?.push(chunk);
       return sink.write(chunk);
     },
     committed: () => started,

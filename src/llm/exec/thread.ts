@@ -6,6 +6,7 @@ import { Upstreams } from '../../fleet/upstreams.ts';
 import { performance } from 'node:perf_hooks';
 import { pumpChain, retryAfterOf, send } from './run.ts';
 import { AttemptDeadline } from './deadline.ts';
+import { timed } from './wire-timing.ts';
 import type { AttemptTiming, Executor } from './types.ts';
 
 /** An upstream's error text is read up to this much: enough for any message, and the rest is dropped. */
@@ -18,20 +19,20 @@ export function threadExecutor(maxBodyBytes: number): Executor {
     async attempt(req, signal) {
       // The attempt's own signal: the request's abort, or a phase that ran over (deadline.ts).
       const deadline = new AttemptDeadline(req.deployment, req.stream, signal);
-      const timing: AttemptTiming = { firstByteAt: -1 };
+      const timing: AttemptTiming = { writtenAt: -1, headersAt: -1, wireFirstByteAt: -1, firstByteAt: -1 };
       const onChunk = (): void => {
         deadline.chunk();
-        if (timing.firstByteAt < 0) timing.firstByteAt = performance.now();
+        if (timing.firstByteAt < 0) timing.firstByteAt = timing.wireFirstByteAt >= 0 ? timing.wireFirstByteAt : performance.now();
       };
       let res;
       try {
-        res = await send(upstreams, req, deadline.signal);
+        res = await timed(timing, () => send(upstreams, req, deadline.signal));
       } catch (err) {
         deadline.done();
         throw deadline.expired !== null ? deadline.signal.reason : err;
       }
       deadline.headers();
-      if (!req.stream) timing.firstByteAt = performance.now();
+      if (!req.stream) timing.firstByteAt = timing.headersAt >= 0 ? timing.headersAt : performance.now();
       const settle = <T>(p: Promise<T>): Promise<T> =>
         p.then(
           (v) => {

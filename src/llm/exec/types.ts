@@ -54,7 +54,13 @@ export interface StreamTarget {
 
 /** When the attempt's bytes came (performance.now() ms), filled in by the executor as they arrive. */
 export interface AttemptTiming {
-  /** The upstream's first body byte (streamed) or its headers (whole reply); -1 before. */
+  /** The request was written to the socket (undici's bodySent); -1 when unknown. */
+  writtenAt: number;
+  /** The response headers were parsed; -1 before. */
+  headersAt: number;
+  /** The first body chunk was parsed off the socket; -1 before. */
+  wireFirstByteAt: number;
+  /** The upstream's first byte as the proxy counts it: the first body chunk (streamed) or the headers (whole reply); -1 before. */
   firstByteAt: number;
 }
 
