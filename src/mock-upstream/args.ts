@@ -9,13 +9,15 @@ export const USAGE = `usage: npm run mock-upstream -- [flags]
   --ttft-ms MS        delay before the first token (default 0)
   --tps N             tokens per second after the first, 0 = as fast as possible (default 0)
   --tokens N          output length in tokens (default 16)
-  --fail MODE         fail every request: none | 500 | 429 | <4xx/5xx> | reset | stall (default none)
+  --fail MODE         fail every request: none | 500 | 429 | <4xx/5xx> | reset | stall, or answer
+                      as the real servers do: context | ratelimit | overloaded | badrequest (default none)
   --fail-after N      tokens written before a reset or stall (default 0)
+  --flavor F          whose error bodies the OpenAI routes send: openai | vllm (default openai)
   --models A,B        models to list; the first answers requests that name none (default mock-model)
   --loaded A          models /api/ps reports as loaded (default: all of --models)
   --keep-alive-ms MS  keep-alive timeout of idle connections (default 65000)
-Per request, the headers x-mock-ttft-ms, x-mock-tps, x-mock-tokens, x-mock-fail and
-x-mock-fail-after override the flags. Prints {"listening": <port>} once ready.`;
+Per request, the headers x-mock-ttft-ms, x-mock-tps, x-mock-tokens, x-mock-fail,
+x-mock-fail-after and x-mock-flavor override the flags. Prints {"listening": <port>} once ready.`;
 
 function num(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -38,6 +40,7 @@ export function parseMockUpstreamArgs(argv: readonly string[]): { help: boolean;
       tokens: { type: 'string' },
       fail: { type: 'string' },
       'fail-after': { type: 'string' },
+      flavor: { type: 'string' },
       models: { type: 'string' },
       loaded: { type: 'string' },
       'keep-alive-ms': { type: 'string' },
@@ -55,6 +58,7 @@ export function parseMockUpstreamArgs(argv: readonly string[]): { help: boolean;
   set('tokens', num('tokens', values.tokens));
   set('fail', values.fail);
   set('failAfter', num('fail-after', values['fail-after']));
+  set('flavor', values.flavor as MockUpstreamOptions['flavor']);
   set('models', values.models?.split(',').map((m) => m.trim()).filter((m) => m.length > 0));
   set('loaded', values.loaded?.split(',').map((m) => m.trim()).filter((m) => m.length > 0));
   set('keepAliveTimeoutMs', num('keep-alive-ms', values['keep-alive-ms']));

@@ -460,7 +460,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     }),
     brokerOverhead: new Histogram({
       name: 'broker_overhead_seconds',
-      help: 'Time spent in the broker: total request time minus time waiting on the upstream',
+      help: 'The broker own time of an LLM request up to the client first byte, the upstream own time left out (as x-broker-overhead-ms)',
       labelNames: ['route'] as const,
       buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1],
       registers: r,
