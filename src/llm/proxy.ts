@@ -2,8 +2,11 @@
 // upstream reply translated into the client's API.
 //
 // Rules that matter to clients:
+// - The response cache answers first when the group and request allow it (cache/).
 // - Retry on another deployment only before the first byte reached the client
-//   (connect error, 5xx, 429); never after.
+//   (connect error, timeout, 5xx, 429), then on the group's fallbacks (context errors
+//   on its contextFallbacks); never after. The status line leaves with the first chunk,
+//   so a stream that fails before sending anything can still go elsewhere.
 // - A client that goes away aborts the upstream request at once.
 // - A slow client pauses the upstream read (we wait for the sink to drain).
 // - A stream cut after tokens were sent ends with an explicit error event.
