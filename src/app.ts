@@ -166,6 +166,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   // all joined by one BroadcastChannel so that a reply stored on one is a hit on every one.
   const cacheChannel = `eb-llm-cache-${randomUUID()}`;
   const responseCache = new ResponseCache({ settings: (fleetConfig ?? governance.current).cache, metrics, logger, redisUrl: config.redisUrl, channel: threaded ? cacheChannel : undefined });
+  await responseCache.connect();
   // Changes the control plane makes on its own (health checks, breakers, discovery) reach the threads too.
   const publish = (): void => void planes?.publish().catch(() => undefined);
   // The fleet model: servers, health, breakers, bans, drain and maintenance, the running config.

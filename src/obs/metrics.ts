@@ -252,6 +252,11 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['group'] as const,
       registers: r,
     }),
+    llmCacheReceived: new Counter({
+      name: 'llm_cache_received_total',
+      help: 'Response cache entries received from another thread of this process',
+      registers: r,
+    }),
     llmCacheEvictions: new Counter({
       name: 'llm_cache_evictions_total',
       help: 'Entries the in-memory response cache dropped to stay within its byte bound',

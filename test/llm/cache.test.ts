@@ -172,10 +172,12 @@ t.test('a cut stream is never stored; an error reply carries x-broker-cache too'
 
 t.test('threads share entries: a repeat hits on any thread, on a new connection each time', async (t) => {
   const messages = fresh();
+  const received = await metricValue(tb.url, 'llm_cache_received_total');
   await streamed('det', messages);
   const before = up.stats.total;
-  // Stores reach the other thread by message: give it a moment, then open new connections.
-  await new Promise((r) => setTimeout(r, 100));
+  // Stores reach the other threads by message (the other data-plane thread and the control
+  // plane's gRPC side): wait until both have it, then open new connections.
+  for (let i = 0; i < 200 && (await metricValue(tb.url, 'llm_cache_received_total')) < received + 2; i++) await new Promise((r) => setTimeout(r, 10));
   const results: string[] = [];
   for (let i = 0; i < 8; i++) {
     const agent = new Agent({ pipelining: 0 });

@@ -98,6 +98,7 @@ export class ResponseCache {
   private lru: LRUCache<string, CachedReply> | null;
   private readonly bus: BroadcastChannel | undefined;
   private redis: Redis | undefined;
+  private connecting: Promise<void> = Promise.resolve();
   private redisWarned = false;
 
   constructor(private readonly o: ResponseCacheOptions) {
@@ -107,7 +108,10 @@ export class ResponseCache {
       const bus = new BroadcastChannel(o.channel);
       bus.onmessage = (ev) => {
         const m = (ev as MessageEvent).data as { key?: unknown; entry?: unknown };
-        if (typeof m?.key === 'string' && isCachedReply(m.entry)) this.remember(m.key, m.entry);
+        if (typeof m?.key === 'string' && isCachedReply(m.entry)) {
+          this.remember(m.key, m.entry);
+          o.metrics.llmCacheReceived.inc();
+        }
       };
       bus.unref();
       this.bus = bus;
@@ -185,9 +189,14 @@ export class ResponseCache {
         lazyConnect: true,
       });
       this.redis.on('error', (err: Error) => this.redisFailed(err));
-      this.redis.connect().catch(() => undefined);
+      this.connecting = this.redis.connect().catch(() => undefined);
     }
     return this.redis;
+  }
+
+  /** Resolves once Redis answered or failed to (then lookups miss until it is back): awaited at start-up. */
+  connect(): Promise<void> {
+    return this.connecting;
   }
 
   private async fromRedis(key: string): Promise<CachedReply | undefined> {
