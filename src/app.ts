@@ -5,6 +5,7 @@
 // the inference pool, metrics aggregation. With FRONT_THREADS > 0, data-plane threads
 // (src/plane/worker.ts) serve HTTP on the port and forward to it what is not theirs;
 // with FRONT_THREADS=0 the main thread serves everything itself.
+import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import type { Config } from './config/env.ts';
 import { createAccessLogger, createLogger, type Logger } from './obs/logger.ts';
@@ -41,6 +42,7 @@ import { waitBoardBuffer } from './sched/wait-board.ts';
 import { QuotaLedger } from './policy/quota.ts';
 import { governanceAdmin, industrialRoutes } from './admin/industrial.ts';
 import { LlmProxy } from './llm/proxy.ts';
+import { ResponseCache } from './llm/cache/cache.ts';
 import { llmRoutes } from './llm/routes.ts';
 import { buildFleet, ollamaFleet, type Fleet, type FleetSource } from './fleet/fleet.ts';
 import { FleetManager } from './fleet/manager.ts';
@@ -165,6 +167,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       lessons.push(e);
     },
   });
+  // The response cache of this thread (FRONT_THREADS=0, and the gRPC proxy); threads have theirs,
+  // all joined by one BroadcastChannel so that a reply stored on one is a hit on every one.
+  const cacheChannel = `eb-llm-cache-${randomUUID()}`;
+  const responseCache = new ResponseCache({ settings: (fleetConfig ?? governance.current).cache, metrics, logger, redisUrl: config.redisUrl, channel: threaded ? cacheChannel : undefined });
+  await responseCache.connect();
   // Changes the control plane makes on its own (health checks, breakers, discovery) reach the threads too.
   const publish = (): void => void planes?.publish().catch(() => undefined);
   // The fleet model: servers, health, breakers, bans, drain and maintenance, the running config.
@@ -177,6 +184,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       healthChecks: config.fleetHealthChecks,
       onConfig(next) {
         fleetNow = next;
+        responseCache.adopt(next.cache);
         fleetVersion++;
         publish();
       },
@@ -292,6 +300,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         logger,
         metrics,
         buffers: { capacity: capacity.buffer, waiters, board, quota: quota.buffer, rateLimit: rateLimiter.buffer },
+        cacheChannel,
         snapshot,
         writeLog: (text) => destination.write(text),
         async forward(req, body) {
@@ -327,7 +336,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       closeAll = () => undefined;
       inFlight = () => 0;
     } else {
-      proxy = new LlmProxy({ metrics, logger, executor: executor!, leases: governance });
+      proxy = new LlmProxy({ metrics, logger, executor: executor!, leases: governance, cache: responseCache });
       const router = new Router();
       for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
       const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination), tracer });
@@ -339,6 +348,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   } catch (err) {
     manager.stop();
     sharedState.close();
+    responseCache.close();
     await Promise.all([infer?.close(), executor?.close(), planes?.close(0), store.close(), tracer.shutdown(0)]);
     throw err;
   }
@@ -376,7 +386,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   // control plane's Governance (the same shared capacity, quotas and wait queue).
   let grpc: GrpcFront | undefined;
   const grpcExecutor = config.grpcPort !== 0 && proxy === undefined ? threadExecutor(config.upstreamMaxBodyBytes) : undefined;
-  const grpcProxy = proxy ?? (grpcExecutor !== undefined ? new LlmProxy({ metrics, logger, executor: grpcExecutor, leases: governance }) : undefined);
+  const grpcProxy = proxy ?? (grpcExecutor !== undefined ? new LlmProxy({ metrics, logger, executor: grpcExecutor, leases: governance, cache: responseCache }) : undefined);
   if (config.grpcPort !== 0) {
     try {
       grpc = await startGrpcFront({
@@ -459,6 +469,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           closeAll();
         }
         unfinished += await grpcClosed;
+        responseCache.close();
         // Unspent leases go back to the cluster before the store closes.
         pinShare?.close();
         await leases?.close().catch(() => undefined);

@@ -16,10 +16,16 @@ export type Provider = 'openai' | 'ollama';
 export interface Timeouts {
   /** TCP connect. */
   readonly connectTimeoutMs: number;
-  /** Until the upstream's response headers. */
+  /** Until the upstream's response headers (undici's own bound; firstTokenTimeoutMs is usually the tighter one). */
   readonly headersTimeoutMs: number;
-  /** Longest silence between two body chunks: a stalled stream ends with upstream_timeout. */
+  /** From the request written to the reply's first body byte: long, for cold model loads. */
+  readonly firstTokenTimeoutMs: number;
+  /** Longest silence between two body chunks after the first: a stalled stream ends with upstream_timeout. */
+  readonly idleChunkTimeoutMs: number;
+  /** The older name of idleChunkTimeoutMs (the same value). */
   readonly idleTimeoutMs: number;
+  /** The whole attempt, from the request written to the last byte; 0 = no limit. */
+  readonly totalTimeoutMs: number;
   /** How long an unused keep-alive connection stays open. */
   readonly keepAliveTimeoutMs: number;
 }
@@ -72,10 +78,29 @@ export interface FleetSettings {
   readonly historyWindowMinutes: number;
 }
 
+export type CacheMode = 'off' | 'deterministic' | 'on';
+
 export interface ModelGroupConfig {
   readonly name: string;
   readonly deployments: readonly DeploymentConfig[];
+  /** Groups tried in order when every deployment failed before the first byte (5xx, 429, connect error, timeout, none available). */
+  readonly fallbacks?: readonly string[];
+  /** Groups tried when the prompt does not fit the context window. */
+  readonly contextFallbacks?: readonly string[];
+  /** Context window: a request whose estimated prompt + max_tokens exceeds it skips the group. */
+  readonly maxContextTokens?: number;
+  /** Response cache mode (the file's cache.mode when the group does not say). */
+  readonly cache?: CacheMode;
 }
+
+export interface CacheSettings {
+  readonly mode: CacheMode;
+  readonly maxBytes: number;
+  readonly ttlSeconds: number;
+  readonly maxEntryBytes: number;
+}
+
+export const DEFAULT_CACHE: CacheSettings = Object.freeze({ mode: 'off', maxBytes: 64 * 1024 * 1024, ttlSeconds: 3600, maxEntryBytes: 1024 * 1024 });
 
 export interface RouterConfig {
   /** Consecutive failures after which a deployment is skipped for the cool-down. */
@@ -121,6 +146,8 @@ export interface BrokerConfig {
   readonly ptu: readonly PtuConfig[];
   readonly servers: ReadonlyMap<string, ServerConfig>;
   readonly fleet: FleetSettings;
+  /** The response cache: default mode and storage bounds. */
+  readonly cache: CacheSettings;
   /** The document as written, validated (GET /api/orchestrator/config, /config/save). */
   readonly raw: RawBrokerConfig;
   /** Where the config came from: a file path, or 'default' (local Ollama discovery). */
@@ -137,7 +164,10 @@ export class BrokerConfigError extends Error {
 export const DEFAULT_TIMEOUTS: Timeouts = Object.freeze({
   connectTimeoutMs: 5_000,
   headersTimeoutMs: 60_000,
+  firstTokenTimeoutMs: 60_000,
+  idleChunkTimeoutMs: 30_000,
   idleTimeoutMs: 30_000,
+  totalTimeoutMs: 600_000,
   keepAliveTimeoutMs: 30_000,
 });
 
@@ -150,7 +180,7 @@ export const DEFAULT_HEALTH_CHECK: HealthCheckConfig = Object.freeze({ enabled: 
 export const DEFAULT_FLEET: FleetSettings = Object.freeze({ healthCheck: DEFAULT_HEALTH_CHECK, breaker: DEFAULT_BREAKER, recoveryHistory: 100, historyWindowMinutes: 60 });
 
 /** The governance sections' defaults, for fleets that come without a file (Ollama discovery). */
-export const DEFAULT_GOVERNANCE = { scheduler: DEFAULT_SCHEDULER, performance: DEFAULT_PERFORMANCE, qos: DEFAULT_QOS, apiKeys: new Map<string, ApiKeyPolicy>(), ptu: [] as PtuConfig[], fleet: DEFAULT_FLEET };
+export const DEFAULT_GOVERNANCE = { scheduler: DEFAULT_SCHEDULER, performance: DEFAULT_PERFORMANCE, qos: DEFAULT_QOS, apiKeys: new Map<string, ApiKeyPolicy>(), ptu: [] as PtuConfig[], fleet: DEFAULT_FLEET, cache: DEFAULT_CACHE };
 
 /** No model groups yet (before discovery finds any). */
 export const EMPTY_FLEET: Omit<BrokerConfig, 'source'> = { modelGroups: new Map(), router: DEFAULT_ROUTER, servers: new Map(), raw: {}, ...DEFAULT_GOVERNANCE };
@@ -159,10 +189,15 @@ export const EMPTY_FLEET: Omit<BrokerConfig, 'source'> = { modelGroups: new Map(
 type Env = Readonly<Record<string, string | undefined>>;
 
 function timeoutsOf(o: Partial<Timeouts>, base: Timeouts): Timeouts {
+  // idleTimeoutMs is the older name of idleChunkTimeoutMs: either sets both.
+  const idle = o.idleChunkTimeoutMs ?? o.idleTimeoutMs ?? base.idleChunkTimeoutMs;
   return {
     connectTimeoutMs: o.connectTimeoutMs ?? base.connectTimeoutMs,
     headersTimeoutMs: o.headersTimeoutMs ?? base.headersTimeoutMs,
-    idleTimeoutMs: o.idleTimeoutMs ?? base.idleTimeoutMs,
+    firstTokenTimeoutMs: o.firstTokenTimeoutMs ?? base.firstTokenTimeoutMs,
+    idleChunkTimeoutMs: idle,
+    idleTimeoutMs: idle,
+    totalTimeoutMs: o.totalTimeoutMs ?? base.totalTimeoutMs,
     keepAliveTimeoutMs: o.keepAliveTimeoutMs ?? base.keepAliveTimeoutMs,
   };
 }
@@ -289,7 +324,26 @@ export function parseBrokerConfig(doc: unknown, source: string, env: Env = proce
   }
 
   const modelGroups = new Map<string, ModelGroupConfig>();
-  for (const [name, deployments] of groups) modelGroups.set(name, Object.freeze({ name, deployments: Object.freeze(deployments) }));
+  for (const [name, deployments] of groups) {
+    const g = raw.modelGroups?.[name];
+    modelGroups.set(name, Object.freeze({
+      name,
+      deployments: Object.freeze(deployments),
+      ...(g?.fallbacks === undefined ? {} : { fallbacks: Object.freeze([...g.fallbacks]) }),
+      ...(g?.contextFallbacks === undefined ? {} : { contextFallbacks: Object.freeze([...g.contextFallbacks]) }),
+      ...(g?.maxContextTokens === undefined ? {} : { maxContextTokens: g.maxContextTokens }),
+      ...(g?.cache === undefined ? {} : { cache: g.cache }),
+    }));
+  }
+  // Fallbacks name groups of this file (or of its servers' models), never the group itself.
+  for (const [name, g] of Object.entries(raw.modelGroups ?? {})) {
+    for (const field of ['fallbacks', 'contextFallbacks'] as const) {
+      (g[field] ?? []).forEach((f, i) => {
+        if (f === name) throw new BrokerConfigError(`modelGroups.${name}.${field}[${i}]`, 'a group cannot fall back to itself');
+        if (!modelGroups.has(f)) throw new BrokerConfigError(`modelGroups.${name}.${field}[${i}]`, `no model group ${f}`);
+      });
+    }
+  }
   // Ollama itself answers `llama3.2` for `llama3.2:latest`; so do we, where no group has that name.
   for (const [name, g] of [...modelGroups]) {
     const short = name.endsWith(':latest') ? name.slice(0, -':latest'.length) : undefined;
@@ -309,6 +363,7 @@ export function parseBrokerConfig(doc: unknown, source: string, env: Env = proce
     ptu: (raw.ptu ?? []).map((d) => Object.freeze({ name: d.name, capacityTpm: d.capacityTpm, label: d.label })),
     servers,
     fleet: parseFleet(raw, router),
+    cache: Object.freeze({ ...DEFAULT_CACHE, ...raw.cache }),
     raw,
     source,
   });

@@ -26,8 +26,14 @@ const timeouts = {
   connectTimeoutMs: int(1).optional(),
   /** Until the upstream's response headers, ms. */
   headersTimeoutMs: int(1).optional(),
-  /** Longest silence between two streamed chunks, ms. */
+  /** Longest wait from the request written to the reply's first body byte (a cold model loads here), ms. */
+  firstTokenTimeoutMs: int(1).optional(),
+  /** Longest silence between two body chunks after the first, ms. */
+  idleChunkTimeoutMs: int(1).optional(),
+  /** The older name of idleChunkTimeoutMs, still read. */
   idleTimeoutMs: int(1).optional(),
+  /** Longest attempt, from the request written to the reply's last byte; 0 = no limit, ms. */
+  totalTimeoutMs: int(0).optional(),
   /** How long an unused keep-alive connection stays open, ms. */
   keepAliveTimeoutMs: int(1).optional(),
 };
@@ -107,6 +113,31 @@ export const fleetSchema = z.strictObject({
   recoveryHistory: int(1, 10_000).optional(),
 });
 
+const cacheMode = z.enum(['off', 'deterministic', 'on'], 'must be off, deterministic or on');
+
+/** The response cache (docs/llm.md#response-cache): the default mode of every group, and its storage. */
+export const cacheSchema = z.strictObject({
+  mode: cacheMode.optional(),
+  /** Bytes of replies the in-memory LRU keeps (per thread). */
+  maxBytes: int(0).optional(),
+  /** How long an entry lives, seconds (in memory and in Redis). */
+  ttlSeconds: int(1).optional(),
+  /** Largest reply stored, bytes. */
+  maxEntryBytes: int(1).optional(),
+});
+
+const modelGroupSchema = z.strictObject({
+  deployments: z.array(deploymentSchema, 'must be a non-empty list').min(1, 'must be a non-empty list'),
+  /** Groups tried in order when every deployment of this one failed before the first byte. */
+  fallbacks: z.array(name, 'must be a list of model group names').optional(),
+  /** Groups tried when the upstream said the prompt is too long for its context window. */
+  contextFallbacks: z.array(name, 'must be a list of model group names').optional(),
+  /** Context window of the group's models: a request whose estimated prompt + max_tokens is larger skips it. */
+  maxContextTokens: int(1).optional(),
+  /** This group's response cache mode (default: cache.mode). */
+  cache: cacheMode.optional(),
+});
+
 export const metricsSchema = z.strictObject({
   /** How far back /api/orchestrator/analytics/* look, minutes. */
   historyWindowMinutes: int(1, 1440).optional(),
@@ -120,7 +151,8 @@ export const brokerConfigSchema = z.strictObject({
   fleet: fleetSchema.optional(),
   metrics: metricsSchema.optional(),
   /** Client model names → server × model pairs. Optional when `servers` list their models. */
-  modelGroups: z.record(z.string(), z.strictObject({ deployments: z.array(deploymentSchema, 'must be a non-empty list').min(1, 'must be a non-empty list') }), 'must be an object with at least one model group').optional(),
+  modelGroups: z.record(z.string(), modelGroupSchema, 'must be an object with at least one model group').optional(),
+  cache: cacheSchema.optional(),
   scheduler: queueSchema.optional(),
   performance: z
     .strictObject({

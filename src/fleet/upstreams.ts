@@ -30,8 +30,9 @@ export class Upstreams {
     const pool = new Pool(chat.origin, {
       connections: Math.max(d.concurrencyLimit, 1) * 2,
       connectTimeout: d.connectTimeoutMs,
+      // Requests of the proxy set their own (0: the attempt's deadline times them); these bound the rest (health checks).
       headersTimeout: d.headersTimeoutMs,
-      bodyTimeout: d.idleTimeoutMs,
+      bodyTimeout: d.idleChunkTimeoutMs,
       keepAliveTimeout: d.keepAliveTimeoutMs,
       pipelining: 1,
     });
@@ -54,6 +55,9 @@ export class Upstreams {
       headers: extraHeaders === undefined ? p.headers : { ...p.headers, ...extraHeaders },
       body,
       signal,
+      // The first-byte, idle and total timeouts are the attempt's (src/llm/exec/deadline.ts).
+      headersTimeout: 0,
+      bodyTimeout: 0,
     });
   }
 

@@ -24,12 +24,16 @@ export interface ReplySink {
   readonly aborted: boolean;
   /** True once a status line was sent (streaming started or reply finished). */
   readonly started: boolean;
+  /** Headers an error reply carries too (HTTP fronts; x-broker-cache, x-broker-fallback). */
+  extraHeaders?: Record<string, string> | undefined;
   /** Called once when the client disconnects before the reply ended. */
   onAbort(cb: () => void): void;
   /** Start a streamed reply. */
   start(status: number, headers: Readonly<Record<string, string>>): void;
   /** Write a chunk of a started reply; false means the client is slow: wait for onWritable before writing more. */
   write(chunk: string | Uint8Array): boolean;
+  /** Runs fn with the socket corked: what it writes leaves in one packet (the status line with the first chunk). */
+  cork?(fn: () => void): void;
   /** Called once when a backpressured sink can take more. */
   onWritable(cb: () => void): void;
   /** End a started reply, optionally with a last chunk. */

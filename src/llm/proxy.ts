@@ -2,8 +2,11 @@
 // upstream reply translated into the client's API.
 //
 // Rules that matter to clients:
+// - The response cache answers first when the group and request allow it (cache/).
 // - Retry on another deployment only before the first byte reached the client
-//   (connect error, 5xx, 429); never after.
+//   (connect error, timeout, 5xx, 429), then on the group's fallbacks (context errors
+//   on its contextFallbacks); never after. The status line leaves with the first chunk,
+//   so a stream that fails before sending anything can still go elsewhere.
 // - A client that goes away aborts the upstream request at once.
 // - A slow client pauses the upstream read (we wait for the sink to drain).
 // - A stream cut after tokens were sent ends with an explicit error event.
@@ -18,7 +21,14 @@ import type { Lease } from '../sched/scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
-import { streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute } from './translate/index.ts';
+import { clientStreams, streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute, type Api, type Kind } from './translate/index.ts';
+import { clientWantsUsage } from './translate/openai_to_openai.ts';
+import { classifyUpstreamError } from './upstream-class.ts';
+import { Timeline, overheadHeader } from './phases.ts';
+import { tokensOfChars, type LlmRequest } from './request.ts';
+import { cachePlan, type ResponseCache } from './cache/cache.ts';
+import { captureStream, captureWhole, type CachedReply } from './cache/entry.ts';
+import { replay } from './cache/replay.ts';
 import { RequestAbort, type AbortLike } from '../abort.ts';
 import type { Span } from '../obs/trace/span.ts';
 import { attemptSpan, queueWaitSpan } from '../obs/trace/llm.ts';
@@ -28,6 +38,8 @@ export interface ProxyDeps {
   readonly logger: Logger;
   readonly executor: Executor;
   readonly leases: Leases;
+  /** The response cache; absent: no cache (and no x-broker-cache header). */
+  readonly cache?: ResponseCache | undefined;
 }
 
 type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'aborted' | 'timeout';
@@ -59,8 +71,12 @@ export class LlmProxy {
     for (const a of this.running) a.abort(this.stopped);
   }
 
-  /** Runs an admitted request: leases, attempts (retried before the first byte), the reply. `span`: the request's, when traced. */
-  async run(admitted: Admitted, group: ModelGroupConfig, sink: ReplySink, span?: Span): Promise<void> {
+  /**
+   * Runs an admitted request: the cache, then leases and attempts (retried on another
+   * deployment, then on the fallback groups, before the first byte), then the reply.
+   * `span`: the request's, when traced. `groups`: the fleet's, to find fallbacks by name.
+   */
+  async run(admitted: Admitted, group: ModelGroupConfig, sink: ReplySink, span?: Span, groups?: ReadonlyMap<string, ModelGroupConfig>): Promise<void> {
     const gov = this.deps.leases;
     const { flags, body } = admitted;
     const { api, kind, model } = admitted.request;
@@ -70,25 +86,81 @@ export class LlmProxy {
     sink.onAbort(() => abort.abort());
     this.running.add(abort);
     const m = this.deps.metrics;
+    const timeline = new Timeline(req.startedAt);
     const tried = new Set<string>();
     let lastError: BrokerError | undefined;
-    // Time spent waiting on upstreams, subtracted from the total for broker_overhead_seconds.
-    let waited = 0;
     let lease: Lease | null = null;
     const usage: Usage = { ok: false, promptTokens: 0, completionTokens: 0, ttftMs: null };
+    // Reply headers this request adds (x-broker-cache, x-broker-fallback), error replies included.
+    const headers: Record<string, string> = {};
+    sink.extraHeaders = sink.extraHeaders === undefined ? headers : Object.assign(headers, sink.extraHeaders);
+    const cache = req.encoder === 'grpc' ? undefined : this.deps.cache;
+    const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, group.name);
+    if (cache !== undefined) headers['x-broker-cache'] = 'miss';
+    const clientStream = clientStreams(api, body);
     try {
+      if (plan !== null && plan.lookup) {
+        const hit = await cache!.get(plan, group.name);
+        if (sink.aborted) {
+          usage.ok = null;
+          return;
+        }
+        if (hit !== undefined) {
+          usage.ok = null; // nothing learned about any deployment, and quotas are not charged
+          this.replayHit(hit, req, group, sink, headers, timeline, clientStream);
+          return;
+        }
+      }
+      const estimate = tokensOfChars(req.promptChars) + (req.maxTokens ?? 0);
+      const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
+      // The fallback groups still to try, by name, and why the request is moving.
+      let queue: string[] = [];
+      let why: 'failure' | 'context_length' | 'context_window' = 'failure';
+      let g = group;
+      const visited = new Set<string>([group.name]);
+      let moveOn = false;
+      if (!fits(group)) {
+        lastError = new BrokerError('invalid_request', `the prompt (about ${estimate} tokens with max_tokens) does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: 'messages' } });
+        queue = [...(group.contextFallbacks ?? [])];
+        why = 'context_window';
+        moveOn = true;
+      }
       for (;;) {
+        if (moveOn) {
+          const next = nextGroup(queue, visited, fits, groups);
+          if (next === undefined) {
+            m.llmRequests.labels(g.name, 'none', coarse(lastError!.code === 'invalid_request' ? 'client_error' : 'no_deployment'), lastError!.code === 'invalid_request' ? 'client_error' : 'no_deployment').inc();
+            throw lastError!;
+          }
+          m.llmFallbacks.labels(g.name, next.name, why).inc();
+          this.deps.logger.warn({ trace_id: req.id, from: g.name, to: next.name, reason: why }, 'falling back to another model group');
+          g = next;
+          visited.add(g.name);
+          headers['x-broker-fallback'] = g.name;
+          moveOn = false;
+        }
         const retry = tried.size;
-        const waitSpan = span === undefined ? undefined : queueWaitSpan(span, group.name, retry);
+        const waitSpan = span === undefined ? undefined : queueWaitSpan(span, g.name, retry);
+        const waitFrom = performance.now();
         try {
-          lease = await gov.acquire(admitted, group, tried, abort);
+          lease = await gov.acquire(admitted, g, tried, abort);
+          timeline.queueMs += performance.now() - waitFrom;
         } catch (err) {
+          timeline.queueMs += performance.now() - waitFrom;
           const code = (err as BrokerError).code;
           waitSpan?.fail(sink.aborted ? 'client_closed' : (code ?? 'internal'), (err as Error).message).end();
           if (sink.aborted) return;
           if (this.stopped !== undefined) throw this.stopped;
+          // Every deployment of the group failed or none can take it: the fallback groups.
+          if ((code === 'upstream_unavailable' || code === 'capacity_exhausted') && (queue.length > 0 || (g.fallbacks?.length ?? 0) > 0)) {
+            if (lastError === undefined || lastError.code === 'invalid_request') lastError = err as BrokerError;
+            queue = [...(g.fallbacks ?? []), ...queue];
+            why = 'failure';
+            moveOn = true;
+            continue;
+          }
           const reason = code === 'upstream_unavailable' ? 'no_deployment' : code;
-          m.llmRequests.labels(group.name, 'none', coarse(reason), reason).inc();
+          m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
           // Out of deployments: the last upstream failure says more than "none left".
           if (code === 'upstream_unavailable' && lastError !== undefined) throw lastError;
           throw err;
@@ -100,7 +172,7 @@ export class LlmProxy {
         // The (client API, provider, upstream kind) of this attempt: one compiled chain each.
         const route = upstreamRoute(api, kind, dep.config);
         const up = translateRequest(route, body, dep.config.model);
-        const upSpan = span === undefined ? undefined : attemptSpan(span, dep.config, group.name, retry, up.stream);
+        const upSpan = span === undefined ? undefined : attemptSpan(span, dep.config, g.name, retry, up.stream);
         const sentAt = performance.now();
         let attempt: Attempt;
         try {
@@ -122,52 +194,99 @@ export class LlmProxy {
             abort,
           );
         } catch (err) {
-          waited += performance.now() - sentAt;
+          timeline.upstream(sentAt, performance.now());
           gov.attemptFailed(lease, !sink.aborted);
           lease = null;
           if (sink.aborted) {
             upSpan?.fail('client_closed').end();
-            return this.finish(group, dep, 'aborted', req.startedAt, waited, up.stream);
+            return this.finish(g, dep, 'aborted', req.startedAt, up.stream);
           }
           if (this.stopped !== undefined) {
             upSpan?.fail('shutting_down').end();
-            this.finish(group, dep, 'upstream_error', req.startedAt, waited, up.stream);
+            this.finish(g, dep, 'upstream_error', req.startedAt, up.stream);
             throw this.stopped;
           }
           lastError = connectError(err, dep);
+          this.countTimeout(dep, lastError);
           upSpan?.fail(lastError.code, lastError.message).end();
-          m.llmRetries.labels(group.name, lastError.code).inc();
+          m.llmRetries.labels(g.name, lastError.code).inc();
           this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, err: lastError.message }, 'upstream failed before the first byte');
           continue;
         }
         const headersAt = performance.now();
-        waited += headersAt - sentAt;
         upSpan?.set('http.response.status_code', attempt.status);
 
         if (attempt.status >= 300) {
           const text = await attempt.errorText().catch(() => '');
+          timeline.upstream(sentAt, performance.now());
           const err = upstreamError(provider, attempt.status, text, dep.config.apiKey === undefined ? [] : [dep.config.apiKey]);
+          const cls = classifyUpstreamError(provider, attempt.status, text);
+          m.llmUpstreamErrors.labels(dep.config.id, cls).inc();
           upSpan?.fail(String(attempt.status), err.message).end();
+          if (cls === 'context_length') {
+            // The prompt is too long for this group's models: a larger group may take it.
+            gov.attemptFailed(lease, false);
+            lease = null;
+            const passOn = new BrokerError('invalid_request', (err.details?.['upstreamMessage'] as string | undefined) || err.message, { details: { ...err.details, class: cls } });
+            if ((g.contextFallbacks?.length ?? 0) > 0 || queue.length > 0) {
+              lastError = passOn;
+              queue = [...(g.contextFallbacks ?? []), ...queue];
+              why = 'context_length';
+              moveOn = true;
+              continue;
+            }
+            usage.ok = true;
+            this.finish(g, dep, 'client_error', req.startedAt, up.stream);
+            throw passOn;
+          }
           if (attempt.status === 429 || attempt.status >= 500) {
             // A 429 says the deployment is busy, not broken: no health penalty.
             gov.attemptFailed(lease, attempt.status >= 500);
             lease = null;
             if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
             lastError = exhausted(err, attempt.status, attempt.retryAfter);
-            m.llmRetries.labels(group.name, attempt.status === 429 ? 'rate_limited' : 'upstream_5xx').inc();
-            this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, status: attempt.status }, 'upstream refused before the first byte');
+            m.llmRetries.labels(g.name, attempt.status === 429 ? 'rate_limited' : 'upstream_5xx').inc();
+            this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, status: attempt.status, class: cls }, 'upstream refused before the first byte');
             continue;
           }
           // The client's own mistake as the upstream saw it: pass it on, no retry.
           usage.ok = true;
-          this.finish(group, dep, 'client_error', req.startedAt, waited, up.stream);
+          this.finish(g, dep, 'client_error', req.startedAt, up.stream);
           throw err;
         }
 
         let outcome: Outcome;
         if (up.stream) {
-          sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id });
-          const r = await attempt.pump(targetOf(sink, abort));
+          // The status line goes out with the first chunk: until then a failed attempt
+          // (a first-byte timeout, a reset) can still be retried elsewhere.
+          const capture = plan !== null && headers['x-broker-fallback'] === undefined ? new Capture(cache!.maxEntryBytes) : undefined;
+          let started = false;
+          const start = (): void => {
+            if (started) return;
+            started = true;
+            timeline.upstream(writtenAt(attempt, sentAt), attempt.timing.firstByteAt < 0 ? performance.now() : attempt.timing.firstByteAt);
+            timeline.firstByteAt = attempt.timing.firstByteAt;
+            const overhead = timeline.clientFirstByte();
+            sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) });
+          };
+          const r = await attempt.pump(targetOf(sink, abort, start, capture));
+          if (!started && r.ended === 'failed' && !sink.aborted) {
+            // Nothing reached the client: as a failure before the first byte.
+            timeline.upstream(sentAt, performance.now());
+            gov.attemptFailed(lease, true);
+            lease = null;
+            lastError = new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? 'upstream stream failed');
+            this.countTimeout(dep, lastError, attempt.expired());
+            upSpan?.fail(lastError.code, lastError.message).end();
+            if (this.stopped !== undefined) {
+              this.finish(g, dep, 'upstream_error', req.startedAt, true);
+              throw this.stopped;
+            }
+            m.llmRetries.labels(g.name, lastError.code).inc();
+            this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, err: lastError.message }, 'upstream stream failed before the first byte');
+            continue;
+          }
+          if (!started && !sink.aborted) start();
           // Time to first token from when the request left for the upstream.
           usage.ttftMs = r.firstTokenMs === null ? null : headersAt - sentAt + r.firstTokenMs;
           // The attempt's span ends within the request's, which ends with the reply.
@@ -182,47 +301,99 @@ export class LlmProxy {
           } else {
             sink.end();
           }
-          waited += r.waitedMs;
-          outcome = this.streamOutcome(r, usage.ttftMs, group, dep, req.id, flags.stream_instrumentation);
+          if (r.ended === 'failed') this.countTimeout(dep, new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? ''), attempt.expired());
+          outcome = this.streamOutcome(r, usage.ttftMs, g, dep, req.id, flags.stream_instrumentation);
           usage.ok = outcome === 'aborted' ? null : outcome === 'ok';
           usage.promptTokens = r.promptTokens;
           usage.completionTokens = r.completionTokens;
+          // Only a stream that completed cleanly is stored; a cut one never is.
+          // capture exists only with a plan, and plans only for the APIs replay speaks: OpenAI and Ollama.
+          if (capture !== undefined && r.ended === 'complete') {
+            const e = capture.entry(api as Api, kind, r.promptTokens, r.completionTokens);
+            if (e !== null) cache!.put(plan!, group.name, e);
+          }
         } else {
-          const t0 = performance.now();
           let bytes: Uint8Array;
           try {
             bytes = await attempt.bytes();
           } catch (err) {
+            timeline.upstream(sentAt, performance.now());
             if (sink.aborted) {
               usage.ok = null;
               upSpan?.fail('client_closed').end();
-              return this.finish(group, dep, 'aborted', req.startedAt, waited, false);
+              return this.finish(g, dep, 'aborted', req.startedAt, false);
             }
-            upSpan?.fail('upstream_error', (err as Error).message).end();
-            this.finish(group, dep, 'upstream_error', req.startedAt, waited, false);
-            throw new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
+            // Nothing was sent to the client yet: a timeout or a cut body may go elsewhere.
+            const e = err instanceof BrokerError ? err : new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
+            upSpan?.fail(e.code, e.message).end();
+            if (this.stopped !== undefined) {
+              this.finish(g, dep, 'upstream_error', req.startedAt, false);
+              throw this.stopped;
+            }
+            if (e.message.includes('UPSTREAM_MAX_BODY_BYTES')) {
+              this.finish(g, dep, 'upstream_error', req.startedAt, false);
+              throw e;
+            }
+            gov.attemptFailed(lease, true);
+            lease = null;
+            lastError = e;
+            this.countTimeout(dep, e, attempt.expired());
+            m.llmRetries.labels(g.name, e.code).inc();
+            continue;
           }
-          waited += performance.now() - t0;
+          const doneAt = performance.now();
+          timeline.upstream(writtenAt(attempt, sentAt), attempt.timing.firstByteAt < 0 ? doneAt : attempt.timing.firstByteAt);
+          // The whole body arriving is the upstream's time too.
+          if (attempt.timing.firstByteAt >= 0) timeline.upstream(attempt.timing.firstByteAt, doneAt);
+          timeline.firstByteAt = doneAt;
           const reply = translateResponse(route, bytes, { model, id: req.id, request: body });
           if (reply.usage !== null) {
-            this.countTokens(group, reply.usage.promptTokens, reply.usage.completionTokens);
+            this.countTokens(g, reply.usage.promptTokens, reply.usage.completionTokens);
             usage.promptTokens = reply.usage.promptTokens;
             usage.completionTokens = reply.usage.completionTokens;
           }
           // A whole reply's latency is the upstream's, not the time this request queued here.
           usage.ttftMs = headersAt - sentAt;
           if (upSpan !== undefined) endAttempt(upSpan, usage.ttftMs, usage.promptTokens, usage.completionTokens);
-          sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id }, reply.body);
+          const overhead = timeline.clientFirstByte();
+          sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) }, reply.body);
           outcome = 'ok';
           usage.ok = true;
+          if (plan !== null && headers['x-broker-fallback'] === undefined) {
+            const text = typeof reply.body === 'string' ? reply.body : Buffer.from(reply.body.buffer, reply.body.byteOffset, reply.body.byteLength).toString('utf8');
+            // A plan exists only for the APIs replay speaks (cachePlan): OpenAI and Ollama.
+            const e = captureWhole(api as Api, kind, text);
+            if (e !== null) cache!.put(plan, group.name, e);
+          }
         }
-        this.finish(group, dep, outcome, req.startedAt, waited, up.stream);
+        timeline.observe(m, up.stream);
+        this.finish(g, dep, outcome, req.startedAt, up.stream);
         return;
       }
     } finally {
       this.running.delete(abort);
       gov.completed(admitted, lease, { ...usage, durationMs: performance.now() - req.startedAt });
     }
+  }
+
+  /** A cache hit, replayed in the client's API and mode; no upstream, no lease. */
+  private replayHit(hit: CachedReply, req: LlmRequest, group: ModelGroupConfig, sink: ReplySink, headers: Record<string, string>, timeline: Timeline, stream: boolean): void {
+    headers['x-broker-cache'] = 'hit';
+    // Hits exist only for the APIs replay speaks (cachePlan): OpenAI and Ollama.
+    const r = replay(req.api as Api, req.kind, stream, hit, { model: req.model, id: req.id, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now() });
+    const overhead = overheadHeader(timeline.clientFirstByte());
+    // A replayed stream is complete at once: one write, with its length, like a whole reply.
+    sink.send(200, { 'content-type': r.contentType, ...(stream ? { 'cache-control': 'no-cache' } : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);
+    timeline.observe(this.deps.metrics, stream);
+    const m = this.deps.metrics;
+    m.llmRequests.labels(group.name, 'cache', 'ok', 'cache_hit').inc();
+    m.llmDuration.labels(group.name, 'cache', stream ? 'true' : 'false').observe((performance.now() - req.startedAt) / 1000);
+  }
+
+  private countTimeout(dep: DeploymentState, err: BrokerError, phase?: 'first_byte' | 'idle' | 'total' | null): void {
+    if (err.code !== 'upstream_timeout') return;
+    const p = phase ?? (err.details?.['phase'] as string | undefined) ?? 'connect';
+    this.deps.metrics.llmTimeouts.labels(dep.config.id, p).inc();
   }
 
   private streamOutcome(r: StreamResult, ttftMs: number | null, group: ModelGroupConfig, dep: DeploymentState, requestId: string, instrument: boolean): Outcome {
@@ -250,12 +421,11 @@ export class LlmProxy {
     if (completion > 0) this.deps.metrics.llmTokens.labels(group.name, 'completion').inc(completion);
   }
 
-  private finish(group: ModelGroupConfig, dep: DeploymentState, outcome: Outcome, startedAt: number, waited: number, stream: boolean): void {
+  private finish(group: ModelGroupConfig, dep: DeploymentState, outcome: Outcome, startedAt: number, stream: boolean): void {
     const m = this.deps.metrics;
     const total = performance.now() - startedAt;
     m.llmRequests.labels(group.name, dep.config.id, coarse(outcome), outcome).inc();
     m.llmDuration.labels(group.name, dep.config.id, stream ? 'true' : 'false').observe(total / 1000);
-    m.brokerOverhead.labels(stream ? 'llm_stream' : 'llm').observe(Math.max(0, total - waited) / 1000);
   }
 }
 
@@ -265,10 +435,72 @@ function endAttempt(span: Span, ttftMs: number | null, promptTokens: number, com
   span.set('gen_ai.usage.input_tokens', promptTokens).set('gen_ai.usage.output_tokens', completionTokens).end();
 }
 
-/** The sink as a stream target: a slow client makes the pump wait for its socket to drain. */
-function targetOf(sink: ReplySink, signal: AbortLike): StreamTarget {
+/** When the attempt's request reached the socket; before undici said so, when we called it. */
+function writtenAt(attempt: Attempt, sentAt: number): number {
+  return attempt.timing.writtenAt >= 0 ? attempt.timing.writtenAt : sentAt;
+}
+
+/** The next fallback group: the first of `queue` not tried yet, known, and large enough for the prompt. */
+function nextGroup(queue: string[], visited: Set<string>, fits: (g: ModelGroupConfig) => boolean, groups: ReadonlyMap<string, ModelGroupConfig> | undefined): ModelGroupConfig | undefined {
+  while (queue.length > 0) {
+    const name = queue.shift()!;
+    if (visited.has(name)) continue;
+    const g = groups?.get(name);
+    if (g === undefined) continue;
+    visited.add(name);
+    if (fits(g)) return g;
+  }
+  return undefined;
+}
+
+/** The client's stream as it went out, for the cache: bounded, dropped past the entry bound. */
+class Capture {
+  private parts: (string | Uint8Array)[] | null = [];
+  private size = 0;
+
+  constructor(private readonly max: number) {}
+
+  push(chunk: string | Uint8Array): void {
+    if (this.parts === null) return;
+    this.size += typeof chunk === 'string' ? chunk.length : chunk.byteLength;
+    if (this.size > this.max) {
+      this.parts = null;
+      return;
+    }
+    // Pass-through chunks may be views of undici's buffers: copy.
+    this.parts.push(typeof chunk === 'string' ? chunk : Buffer.from(chunk));
+  }
+
+  entry(api: Api, kind: Kind, prompt: number, completion: number): CachedReply | null {
+    if (this.parts === null) return null;
+    const text = this.parts.map((p) => (typeof p === 'string' ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength).toString('utf8'))).join('');
+    return captureStream(api, kind, text, { prompt, completion });
+  }
+}
+
+/** The sink as a stream target: a slow client makes the pump wait for its socket to drain. `start` runs before the first write. */
+function targetOf(sink: ReplySink, signal: AbortLike, start: () => void, capture: Capture | undefined): StreamTarget {
+  let started = false;
   return {
-    write: (chunk) => sink.write(chunk),
+    write: (chunk) => {
+      capture?.push(chunk);
+      if (!started) {
+        started = true;
+        // The status line and the first chunk in one packet: the client's first byte comes with its headers.
+        if (sink.cork === undefined) {
+          start();
+          return sink.write(chunk);
+        }
+        let ok = true;
+        sink.cork(() => {
+          start();
+          ok = sink.write(chunk);
+        });
+        return ok;
+      }
+      return sink.write(chunk);
+    },
+    committed: () => started,
     drained: () =>
       new Promise((resolve) => {
         if (signal.aborted) return resolve();

@@ -6,6 +6,7 @@ import { BrokerError } from '../errors.ts';
 import type { BrokerRequest } from '../front/reply.ts';
 import { apiKeyOf } from '../guard/api-key.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
+import { cacheDirectiveOf, type CacheDirective } from './cache/cache.ts';
 
 export interface LlmRequest {
   readonly id: string;
@@ -36,6 +37,8 @@ export interface LlmRequest {
   readonly label: string | undefined;
   readonly priority: number | undefined;
   readonly tier: string | undefined;
+  /** x-broker-cache: use, bypass or refresh (llm/cache/cache.ts). */
+  readonly cache?: CacheDirective | undefined;
   /** 'grpc': the reply is gRPC messages (the compiled chain's gRPC encoder), not `api`'s wire format. */
   readonly encoder?: 'grpc';
 }
@@ -83,6 +86,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     label: labelOf(h['x-broker-label']),
     priority: priorityOf(h['x-broker-priority']),
     tier: h['x-broker-qos'],
+    cache: cacheDirectiveOf(h['x-broker-cache']),
   };
 }
 

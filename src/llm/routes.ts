@@ -53,7 +53,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         throw err;
       }
       admitSpan?.set('llm.model_group', group.name).set('llm.priority', admitted.priority).set('llm.qos_tier', admitted.tier?.name).end();
-      await proxy.run(admitted, group, sink, span);
+      await proxy.run(admitted, group, sink, span, fleet.groups);
     },
   });
 

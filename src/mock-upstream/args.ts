@@ -9,14 +9,16 @@ export const USAGE = `usage: npm run mock-upstream -- [flags]
   --ttft-ms MS        delay before the first token (default 0)
   --tps N             tokens per second after the first, 0 = as fast as possible (default 0)
   --tokens N          output length in tokens (default 16)
-  --fail MODE         fail every request: none | 500 | 429 | <4xx/5xx> | reset | stall (default none)
+  --fail MODE         fail every request: none | 500 | 429 | <4xx/5xx> | reset | stall, or answer
+                      as the real servers do: context | ratelimit | overloaded | badrequest (default none)
   --fail-after N      tokens written before a reset or stall (default 0)
   --tool-calls N      chat answers are N tool calls instead of text (default 0)
+  --flavor F          whose error bodies the OpenAI routes send: openai | vllm (default openai)
   --models A,B        models to list; the first answers requests that name none (default mock-model)
   --loaded A          models /api/ps reports as loaded (default: all of --models)
   --keep-alive-ms MS  keep-alive timeout of idle connections (default 65000)
 Per request, the headers x-mock-ttft-ms, x-mock-tps, x-mock-tokens, x-mock-fail,
-x-mock-fail-after and x-mock-tool-calls override the flags. Prints {"listening": <port>} once ready.`;
+x-mock-fail-after, x-mock-tool-calls and x-mock-flavor override the flags. Prints {"listening": <port>} once ready.`;
 
 function num(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -40,6 +42,7 @@ export function parseMockUpstreamArgs(argv: readonly string[]): { help: boolean;
       fail: { type: 'string' },
       'fail-after': { type: 'string' },
       'tool-calls': { type: 'string' },
+      flavor: { type: 'string' },
       models: { type: 'string' },
       loaded: { type: 'string' },
       'keep-alive-ms': { type: 'string' },
@@ -58,6 +61,7 @@ export function parseMockUpstreamArgs(argv: readonly string[]): { help: boolean;
   set('fail', values.fail);
   set('failAfter', num('fail-after', values['fail-after']));
   set('toolCalls', num('tool-calls', values['tool-calls']));
+  set('flavor', values.flavor as MockUpstreamOptions['flavor']);
   set('models', values.models?.split(',').map((m) => m.trim()).filter((m) => m.length > 0));
   set('loaded', values.loaded?.split(',').map((m) => m.trim()).filter((m) => m.length > 0));
   set('keepAliveTimeoutMs', num('keep-alive-ms', values['keep-alive-ms']));

@@ -12,8 +12,13 @@ export type RawHeaders = readonly string[];
 /**
  * `'none'`, `'reset'`, `'stall'`, `'garbage'` (one event that is not JSON after `failAfter`
  * tokens, then the rest of a good stream) or an HTTP status to answer with before any byte.
+ * A status answers with the generic body of that status; `context`, `ratelimit`, `overloaded`
+ * and `badrequest` answer with the error body the real server sends for that case (per
+ * `flavor` on the OpenAI routes: api.openai.com or vLLM).
  */
-export type FailMode = 'none' | 'reset' | 'stall' | 'garbage' | number;
+export type FailMode = 'none' | 'reset' | 'stall' | 'garbage' | ErrorCase | number;
+export type ErrorCase = 'context' | 'ratelimit' | 'overloaded' | 'badrequest';
+export const ERROR_CASES: readonly string[] = ['context', 'ratelimit', 'overloaded', 'badrequest'];
 
 /** The behaviour knobs, per process (options/CLI) and per request (x-mock-* headers). */
 export interface Knobs {
@@ -28,6 +33,8 @@ export interface Knobs {
   readonly failAfter: number;
   /** Chat answers are this many tool calls instead of text (0: text). See tools.ts. */
   readonly toolCalls: number;
+  /** Whose error bodies the OpenAI routes send: api.openai.com's or vLLM's. */
+  readonly flavor: 'openai' | 'vllm';
 }
 
 /** One request in flight. The server flips `closed` and clears `timer` when the response closes. */

@@ -9,7 +9,7 @@
 
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { Exchange, resetConnection, sendBody, type FailMode, type Knobs, type RawHeaders } from './generate.ts';
+import { ERROR_CASES, Exchange, resetConnection, sendBody, type ErrorCase, type FailMode, type Knobs, type RawHeaders } from './generate.ts';
 import { OLLAMA_JSON, VERSION_BODY, ollamaChat, ollamaError, ollamaGenerate, psBody, tagsBody } from './ollama.ts';
 import { OPENAI_JSON, chatCompletions, completions, modelsListBody, openaiError } from './openai.ts';
 import { ollamaEmbed, openaiEmbeddings } from './embeddings.ts';
@@ -37,6 +37,8 @@ export interface MockUpstreamOptions {
   failAfter?: number;
   /** Chat answers are this many tool calls instead of text, in each API's wire format. Default 0. Header: x-mock-tool-calls. */
   toolCalls?: number;
+  /** Whose error bodies the OpenAI routes send for context/ratelimit/overloaded/badrequest: 'openai' (default) or 'vllm'. Header: x-mock-flavor. */
+  flavor?: 'openai' | 'vllm';
   /** Models listed by /v1/models, /api/tags and /api/ps; the first is used when a request names none. Default ['mock-model']. */
   models?: readonly string[];
   /** Models /api/ps reports as loaded now (warm). Default: all of `models`. Changeable with setKnobs. */
@@ -74,7 +76,7 @@ export interface MockUpstream {
   /** The process-level knobs in effect. */
   readonly knobs: Knobs;
   /** Changes the process-level knobs of a running mock (a deployment that slows down or recovers). */
-  setKnobs(change: Partial<Pick<MockUpstreamOptions, 'ttftMs' | 'tps' | 'tokens' | 'fail' | 'failAfter' | 'toolCalls' | 'loaded'>>): void;
+  setKnobs(change: Partial<Pick<MockUpstreamOptions, 'ttftMs' | 'tps' | 'tokens' | 'fail' | 'failAfter' | 'toolCalls' | 'loaded' | 'flavor'>>): void;
   /** Zero the counters (except `open`) and forget the last request. */
   resetStats(): void;
   /** Resolves once no request is open, e.g. after a client abort has reached the mock. Rejects after timeoutMs (default 5000). */
@@ -103,6 +105,7 @@ export function parseFail(v: string | number): FailMode | undefined {
   const s = v.trim().toLowerCase();
   if (s === '' || s === 'none') return 'none';
   if (s === 'reset' || s === 'stall' || s === 'garbage') return s;
+  if (ERROR_CASES.includes(s)) return s as ErrorCase;
   return /^[45]\d\d$/.test(s) ? Number(s) : undefined;
 }
 
@@ -121,7 +124,8 @@ function knobsFromOptions(o: MockUpstreamOptions): Knobs {
     return n;
   };
   const fail = o.fail === undefined ? 'none' : parseFail(o.fail);
-  if (fail === undefined) throw new RangeError(`mock-upstream: fail must be none, reset, stall or an HTTP status 400-599, got ${String(o.fail)}`);
+  if (fail === undefined) throw new RangeError(`mock-upstream: fail must be none, reset, stall, context, ratelimit, overloaded, badrequest or an HTTP status 400-599, got ${String(o.fail)}`);
+  if (o.flavor !== undefined && o.flavor !== 'openai' && o.flavor !== 'vllm') throw new RangeError(`mock-upstream: flavor must be openai or vllm, got ${String(o.flavor)}`);
   return {
     ttftMs: check('ttftMs', o.ttftMs, 0, false),
     tps: check('tps', o.tps, 0, false),
@@ -129,6 +133,7 @@ function knobsFromOptions(o: MockUpstreamOptions): Knobs {
     fail,
     failAfter: check('failAfter', o.failAfter, 0, true),
     toolCalls: check('toolCalls', o.toolCalls, 0, true, MAX_TOOL_CALLS),
+    flavor: o.flavor ?? 'openai',
   };
 }
 
@@ -145,13 +150,18 @@ function requestKnobs(h: IncomingHttpHeaders, d: Knobs): Knobs | string {
   const fail = header(h, 'x-mock-fail');
   const failAfter = header(h, 'x-mock-fail-after');
   const toolCalls = header(h, 'x-mock-tool-calls');
-  if (ttft === undefined && tps === undefined && tokens === undefined && fail === undefined && failAfter === undefined && toolCalls === undefined) return d;
+  const flavor = header(h, 'x-mock-flavor');
+  if (ttft === undefined && tps === undefined && tokens === undefined && fail === undefined && failAfter === undefined && toolCalls === undefined && flavor === undefined) return d;
   const k = { ...d } as { -readonly [P in keyof Knobs]: Knobs[P] };
   if (ttft !== undefined && Number.isNaN((k.ttftMs = knobNumber(ttft, false)))) return `invalid x-mock-ttft-ms header: ${ttft}`;
   if (tps !== undefined && Number.isNaN((k.tps = knobNumber(tps, false)))) return `invalid x-mock-tps header: ${tps}`;
   if (tokens !== undefined && Number.isNaN((k.tokens = knobNumber(tokens, true, MAX_TOKENS)))) return `invalid x-mock-tokens header: ${tokens}`;
   if (failAfter !== undefined && Number.isNaN((k.failAfter = knobNumber(failAfter, true)))) return `invalid x-mock-fail-after header: ${failAfter}`;
   if (toolCalls !== undefined && Number.isNaN((k.toolCalls = knobNumber(toolCalls, true, MAX_TOOL_CALLS)))) return `invalid x-mock-tool-calls header: ${toolCalls}`;
+  if (flavor !== undefined) {
+    if (flavor !== 'openai' && flavor !== 'vllm') return `invalid x-mock-flavor header: ${flavor}`;
+    k.flavor = flavor;
+  }
   if (fail !== undefined) {
     const f = parseFail(fail);
     if (f === undefined) return `invalid x-mock-fail header: ${fail}`;
@@ -180,6 +190,30 @@ function injectedFailure(api: Api, res: ServerResponse, status: number): void {
     message = `mock-upstream: injected failure ${status}`;
   }
   apiError(api, res, status, message, status === 429 || status === 503 ? RETRY_AFTER : undefined);
+}
+
+/** What the real servers answer in each error case (the broker classifies these bodies: src/llm/upstream-class.ts). */
+function errorCase(api: Api, flavor: 'openai' | 'vllm', res: ServerResponse, c: ErrorCase): void {
+  const json = (status: number, body: unknown, extra?: RawHeaders): void => sendBody(res, status, api === 'openai' ? OPENAI_JSON : OLLAMA_JSON, JSON.stringify(body), extra);
+  if (api === 'ollama') {
+    if (c === 'context') return json(400, { error: 'the input length exceeds the context length' });
+    if (c === 'ratelimit') return json(429, { error: 'rate limit exceeded, please try again later' }, RETRY_AFTER);
+    if (c === 'overloaded') return json(503, { error: 'server busy, please try again.  maximum pending requests exceeded' });
+    return json(400, { error: 'json: cannot unmarshal string into Go struct field ChatRequest.messages of type []api.Message' });
+  }
+  if (flavor === 'vllm') {
+    // vLLM's ErrorResponse: top-level object "error" (0.10+ nests the same under "error"; the broker reads both).
+    const err = (status: number, type: string, message: string): void => json(status, { object: 'error', message, type, param: null, code: status });
+    if (c === 'context') return err(400, 'BadRequestError', "This model's maximum context length is 4096 tokens. However, you requested 5120 tokens (4096 in the messages, 1024 in the completion). Please reduce the length of the messages or completion.");
+    if (c === 'ratelimit') return err(429, 'TooManyRequestsError', 'Too many requests, please retry later.');
+    if (c === 'overloaded') return err(503, 'ServiceUnavailableError', 'The server is overloaded and cannot take more requests now.');
+    return err(400, 'BadRequestError', "[{'type': 'missing', 'loc': ('body', 'messages'), 'msg': 'Field required'}]");
+  }
+  const err = (status: number, message: string, type: string, code: string | null, param: string | null = null, extra?: RawHeaders): void => json(status, { error: { message, type, param, code } }, extra);
+  if (c === 'context') return err(400, "This model's maximum context length is 8192 tokens. However, your messages resulted in 9013 tokens. Please reduce the length of the messages.", 'invalid_request_error', 'context_length_exceeded', 'messages');
+  if (c === 'ratelimit') return err(429, 'Rate limit reached for gpt-4o in organization org-mock on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.', 'requests', 'rate_limit_exceeded', null, RETRY_AFTER);
+  if (c === 'overloaded') return err(503, 'The engine is currently overloaded, please try again later.', 'server_error', null);
+  return err(400, "Invalid value for 'temperature': must be a number between 0 and 2.", 'invalid_request_error', 'invalid_value', 'temperature');
 }
 
 export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promise<MockUpstream> {
@@ -269,6 +303,7 @@ export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promis
 
     if (route.get !== undefined) {
       if (typeof knobs.fail === 'number') injectedFailure(route.api, res, knobs.fail);
+      else if (ERROR_CASES.includes(knobs.fail)) errorCase(route.api, knobs.flavor, res, knobs.fail as ErrorCase);
       else if (knobs.fail === 'reset') resetConnection(ex);
       else if (knobs.fail !== 'stall') {
         const r = route.get();
@@ -301,6 +336,8 @@ export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promis
       }
       if (typeof knobs.fail === 'number') {
         injectedFailure(route.api, res, knobs.fail);
+      } else if (ERROR_CASES.includes(knobs.fail)) {
+        errorCase(route.api, knobs.flavor, res, knobs.fail as ErrorCase);
       } else if (parseError !== undefined) {
         apiError(route.api, res, 400,
           route.api === 'openai'

@@ -37,6 +37,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
   const registry = new Registry();
   // Gauges read at scrape time from whoever owns the number.
   const sources = {
+    cacheBytes: (): number => 0,
     inferQueue: (): number => 0,
     inferWorkers: (): number => 0,
     capacity: (): { id: string; inFlight: number; concurrencyLimit: number }[] => [],
@@ -219,6 +220,61 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       help: 'Streamed upstream events that were not JSON objects: dropped, never forwarded',
       labelNames: ['deployment'] as const,
       registers: r,
+    }),
+    llmFallbacks: new Counter({
+      name: 'llm_fallbacks_total',
+      help: 'Requests moved to a fallback model group before the first byte, by reason (failure, context_window, context_length)',
+      labelNames: ['from', 'to', 'reason'] as const,
+      registers: r,
+    }),
+    llmUpstreamErrors: new Counter({
+      name: 'llm_upstream_errors_total',
+      help: 'Upstream error replies by deployment and class (context_length, rate_limited, overloaded, bad_request, server_error)',
+      labelNames: ['deployment', 'class'] as const,
+      registers: r,
+    }),
+    llmTimeouts: new Counter({
+      name: 'llm_upstream_timeouts_total',
+      help: 'Upstream attempts ended by a timeout, by deployment and phase (connect, first_byte, idle, total)',
+      labelNames: ['deployment', 'phase'] as const,
+      registers: r,
+    }),
+    llmPhase: new Histogram({
+      name: 'llm_phase_seconds',
+      help: 'Time of each phase of an LLM request up to the client first byte: admission, queue, dispatch, upstream (the upstream itself), relay; overhead is the sum without upstream',
+      labelNames: ['phase', 'stream'] as const,
+      buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: r,
+    }),
+    llmCacheLookups: new Counter({
+      name: 'llm_cache_lookups_total',
+      help: 'Response cache lookups by model group and result (hit, miss)',
+      labelNames: ['group', 'result'] as const,
+      registers: r,
+    }),
+    llmCacheStores: new Counter({
+      name: 'llm_cache_stores_total',
+      help: 'Replies stored in the response cache, by model group',
+      labelNames: ['group'] as const,
+      registers: r,
+    }),
+    llmCacheReceived: new Counter({
+      name: 'llm_cache_received_total',
+      help: 'Response cache entries received from another thread of this process',
+      registers: r,
+    }),
+    llmCacheEvictions: new Counter({
+      name: 'llm_cache_evictions_total',
+      help: 'Entries the in-memory response cache dropped to stay within its byte bound',
+      registers: r,
+    }),
+    llmCacheBytes: new Gauge({
+      name: 'llm_cache_bytes',
+      help: 'Bytes held by the in-memory response cache (summed over threads: each thread keeps a copy)',
+      registers: r,
+      collect() {
+        this.set(sources.cacheBytes());
+      },
     }),
     // Scheduler and policies.
     capacityInFlight: new Gauge({
@@ -427,7 +483,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     }),
     brokerOverhead: new Histogram({
       name: 'broker_overhead_seconds',
-      help: 'Time spent in the broker: total request time minus time waiting on the upstream',
+      help: 'The broker own time of an LLM request up to the client first byte, the upstream own time left out (as x-broker-overhead-ms)',
       labelNames: ['route'] as const,
       buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1],
       registers: r,

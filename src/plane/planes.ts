@@ -23,6 +23,8 @@ export interface PlanesDeps {
   readonly logger: Logger;
   readonly metrics: Metrics;
   readonly buffers: SharedBuffers;
+  /** The response cache's BroadcastChannel name, handed to every thread. */
+  readonly cacheChannel?: string;
   /** The snapshot to publish now (a new version when anything changed). */
   snapshot(): Snapshot;
   /** Lines logged by a thread, for the process's one log destination. */
@@ -99,7 +101,7 @@ export class DataPlanes {
   }
 
   private spawn(index: number, port: number): Promise<number> {
-    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port };
+    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel };
     const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { init });
     const worker = new Worker(filename, { workerData, name: `data-plane-${index}` });
     const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map() };

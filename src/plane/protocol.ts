@@ -52,6 +52,8 @@ export interface PlaneInit {
   readonly buffers: SharedBuffers;
   readonly snapshot: Snapshot;
   readonly index: number;
+  /** The BroadcastChannel of the response cache: a reply stored on one thread reaches the others. */
+  readonly cacheChannel?: string;
 }
 
 /** Inference input crossing to the control plane: the image's buffer is transferred. */

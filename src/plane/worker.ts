@@ -14,6 +14,7 @@ import { CapacityCounters } from '../sched/capacity.ts';
 import { Governance, type Learned } from '../sched/governance.ts';
 import { QuotaLedger } from '../policy/quota.ts';
 import { LlmProxy } from '../llm/proxy.ts';
+import { ResponseCache } from '../llm/cache/cache.ts';
 import { llmRoutes } from '../llm/routes.ts';
 import { buildFleet, type Fleet, type FleetSource } from '../fleet/fleet.ts';
 import { threadExecutor } from '../llm/exec/thread.ts';
@@ -104,6 +105,7 @@ function apply(s: Snapshot): void {
   for (const [id, slot] of s.slots) if (capacity.slotOf(id) !== slot) capacity.bind(id, slot);
   if (s.fleetVersion !== snapshot.fleetVersion && s.fleet !== null) {
     gov.adopt(s.fleet);
+    cache?.adopt(s.fleet.cache);
     fleet = buildFleet(s.fleet);
   }
   flags.adopt(s.flags);
@@ -123,7 +125,10 @@ function apply(s: Snapshot): void {
 }
 
 const executor = threadExecutor(config.upstreamMaxBodyBytes);
-const proxy = new LlmProxy({ metrics, logger, executor, leases: gov });
+const cache = new ResponseCache({ settings: (snapshot.fleet ?? EMPTY_FLEET).cache, metrics, logger, redisUrl: config.redisUrl, channel: init.cacheChannel });
+const proxy = new LlmProxy({ metrics, logger, executor, leases: gov, cache });
+// Shared entries are there from the first request (bounded by the connect timeout; down: misses).
+await cache.connect();
 
 const inference: InferBackend = {
   infer(input) {
@@ -177,6 +182,7 @@ async function stop(graceMs: number): Promise<void> {
   const hard = Date.now() + 1000;
   while (front.inFlight > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
   await executor.close().catch(() => undefined);
+  cache.close();
   front.closeAll();
   // This thread's last spans leave before it stops (bounded: the control plane waits graceMs + 3 s).
   await tracer.shutdown(1000);

@@ -65,3 +65,38 @@ t.test('YAML and JSON files', async (t) => {
   t.equal(example.scheduler.maxQueue, 1000);
   t.equal(example.ptu[0]?.capacityTpm, 100000);
 });
+
+t.test('fallbacks, context windows, cache modes and the per-phase timeouts', async (t) => {
+  const base = (extra: Record<string, unknown>, group: Record<string, unknown> = {}) => ({
+    ...extra,
+    modelGroups: {
+      small: { deployments: [{ id: 's', provider: 'ollama', url: 'http://127.0.0.1:1', model: 'm' }], ...group },
+      large: { deployments: [{ id: 'l', provider: 'ollama', url: 'http://127.0.0.1:2', model: 'm', idleTimeoutMs: 700 }] },
+    },
+  });
+  const c = parseBrokerConfig(base({ upstream: { firstTokenTimeoutMs: 90_000, idleChunkTimeoutMs: 5_000 }, cache: { mode: 'deterministic', maxBytes: 1000 } }, { fallbacks: ['large'], contextFallbacks: ['large'], maxContextTokens: 4096, cache: 'on' }), 'x', {});
+  const small = c.modelGroups.get('small')!;
+  t.same(small.fallbacks, ['large']);
+  t.same(small.contextFallbacks, ['large']);
+  t.equal(small.maxContextTokens, 4096);
+  t.equal(small.cache, 'on');
+  t.equal(c.modelGroups.get('large')!.cache, undefined, 'no mode of its own: the file default applies');
+  t.same(c.cache, { mode: 'deterministic', maxBytes: 1000, ttlSeconds: 3600, maxEntryBytes: 1024 * 1024 });
+  const s = small.deployments[0]!;
+  t.equal(s.firstTokenTimeoutMs, 90_000);
+  t.equal(s.idleChunkTimeoutMs, 5_000);
+  t.equal(s.idleTimeoutMs, 5_000, 'the older name reads the same value');
+  t.equal(s.totalTimeoutMs, 600_000, 'default total');
+  const l = c.modelGroups.get('large')!.deployments[0]!;
+  t.equal(l.idleChunkTimeoutMs, 700, 'idleTimeoutMs, the older name, still sets the idle-chunk timeout');
+  t.equal(parseBrokerConfig(base({}), 'x', {}).cache.mode, 'off', 'the cache is off unless the file says');
+  const unknown = t.throws(() => parseBrokerConfig(base({}, { fallbacks: ['nope'] }), 'x', {})) as BrokerConfigError;
+  t.equal(unknown.path, 'modelGroups.small.fallbacks[0]');
+  t.match(unknown.message, /no model group nope/);
+  const self = t.throws(() => parseBrokerConfig(base({}, { contextFallbacks: ['large', 'small'] }), 'x', {})) as BrokerConfigError;
+  t.equal(self.path, 'modelGroups.small.contextFallbacks[1]');
+  const mode = t.throws(() => parseBrokerConfig(base({}, { cache: 'sometimes' }), 'x', {})) as BrokerConfigError;
+  t.equal(mode.path, 'modelGroups.small.cache');
+  const example = loadBrokerConfigFile('config/broker.example.yaml', { OPENAI_API_KEY: 'sk', TEAM_BATCH_KEY: 'sk-team' });
+  t.same(example.modelGroups.get('chat-small')!.fallbacks, ['chat-large'], 'the example shows fallbacks');
+});

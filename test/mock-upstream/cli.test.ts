@@ -78,7 +78,7 @@ t.test('bad flags exit 2 with the usage', async (t) => {
 t.test('bad option values exit 1', async (t) => {
   const { code, stderr } = await output(run(['--fail', 'sometimes']));
   t.equal(code, 1);
-  t.match(stderr, /fail must be none, reset, stall or an HTTP status/);
+  t.match(stderr, /fail must be none, reset, stall, context, ratelimit, overloaded, badrequest or an HTTP status/);
 });
 
 t.test('--help prints the usage', async (t) => {

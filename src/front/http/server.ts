@@ -206,6 +206,11 @@ class UwsSink implements FrontSink {
     });
   }
 
+  cork(fn: () => void): void {
+    if (this.aborted) return fn();
+    this.res.cork(fn);
+  }
+
   onAbort(cb: () => void): void {
     if (this.aborted) return cb();
     (this.abortCbs ??= []).push(cb);

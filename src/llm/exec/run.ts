@@ -10,6 +10,11 @@ import type { Upstreams, UpstreamResponse } from '../../fleet/upstreams.ts';
 import type { AttemptRequest, StreamResult, StreamTarget } from './types.ts';
 import type { AbortLike } from '../../abort.ts';
 
+/** Called with every upstream body chunk as it arrives (the attempt's deadline and timing). */
+export type OnChunk = () => void;
+
+function noop(): void {}
+
 export function send(upstreams: Upstreams, req: AttemptRequest, signal: AbortLike): Promise<UpstreamResponse> {
   return upstreams.post(req.deployment, req.kind, req.body, signal, req.traceparent === undefined ? undefined : traceHeaders(req.traceparent, req.tracestate));
 }
@@ -28,7 +33,7 @@ export function retryAfterOf(res: UpstreamResponse): string | undefined {
  * compiled_chain flag the stages run fused in one function per chunk; without it,
  * one node:stream Transform per stage (the baseline bench:chain compares against).
  */
-export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike): Promise<StreamResult> {
+export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, onChunk: OnChunk = noop): Promise<StreamResult> {
   const headersAt = performance.now();
   let firstTokenMs: number | null = null;
   const gaps: number[] = [];
@@ -60,7 +65,7 @@ export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, 
   // gRPC, Responses and Messages streams always run the compiled chain.
   const c = req.chain.client;
   const run = req.compiled || req.chain.encoder === 'grpc' || (c !== 'openai' && c !== 'ollama') ? pumpCompiled : pumpPipeline;
-  return run(req, ctx, body, target, signal, finish);
+  return run(req, ctx, body, target, signal, finish, onChunk);
 }
 
 interface Finishable {
@@ -79,20 +84,26 @@ function settle(s: Finishable, waited: number, finish: Finish): StreamResult {
 }
 
 function failed(s: Finishable, err: unknown, waited: number, target: StreamTarget, signal: AbortLike, finish: Finish): StreamResult {
-  // Aborted by the client: nobody to tell. Aborted by shutdown: the client gets the error event.
+  // Aborted by the client: nobody to tell. Aborted by shutdown or a timeout: the client gets the error event.
   if (signal.aborted && !(signal.reason instanceof BrokerError)) return finish(s, waited, 'aborted');
   const { code, message } = signal.aborted ? (signal.reason as BrokerError) : describeBodyError(err);
+  // Nothing reached the client yet: the proxy may still try elsewhere, so no error event.
+  if (target.committed?.() === false) {
+    s.fail(message, code);
+    return finish(s, waited, 'failed', code, message);
+  }
   const tail = s.fail(message, code);
   if (tail !== '') target.write(tail);
   return finish(s, waited, 'failed', code, message);
 }
 
-async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, finish: Finish): Promise<StreamResult> {
+async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, finish: Finish, onChunk: OnChunk): Promise<StreamResult> {
   const s = compileChain(req.chain).open(ctx);
   let waited = 0;
   let t = performance.now();
   try {
     for await (const chunk of body) {
+      onChunk();
       waited += performance.now() - t;
       const out = s.push(chunk);
       if (out !== null && !target.write(out)) await target.drained();
@@ -108,7 +119,7 @@ async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncI
   }
 }
 
-async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, finish: Finish): Promise<StreamResult> {
+async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, finish: Finish, onChunk: OnChunk): Promise<StreamResult> {
   const p = createStagedBaseline(req.chain, ctx);
   p.output.on('data', (b: Buffer) => {
     if (!target.write(b)) {
@@ -121,6 +132,7 @@ async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncI
   let t = performance.now();
   try {
     for await (const chunk of body) {
+      onChunk();
       waited += performance.now() - t;
       if (!p.input.write(chunk)) await once(p.input, 'drain');
       t = performance.now();
@@ -135,6 +147,7 @@ async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncI
 }
 
 export function describeBodyError(err: unknown): { code: string; message: string } {
+  if (err instanceof BrokerError) return { code: err.code, message: err.message };
   if (err instanceof undiciErrors.BodyTimeoutError) return { code: 'upstream_timeout', message: 'upstream stopped sending (idle timeout)' };
   const e = err as Error & { code?: string };
   return { code: 'upstream_error', message: `upstream connection failed: ${e.code ?? e.message}` };

@@ -3,8 +3,11 @@
 // buffer what it likes (a 64 MiB error body once took it from 190 to 390 MB).
 import { BrokerError } from '../../errors.ts';
 import { Upstreams } from '../../fleet/upstreams.ts';
+import { performance } from 'node:perf_hooks';
 import { pumpChain, retryAfterOf, send } from './run.ts';
-import type { Executor } from './types.ts';
+import { AttemptDeadline } from './deadline.ts';
+import { timed } from './wire-timing.ts';
+import type { AttemptTiming, Executor } from './types.ts';
 
 /** An upstream's error text is read up to this much: enough for any message, and the rest is dropped. */
 export const ERROR_BODY_BYTES = 64 * 1024;
@@ -14,13 +17,41 @@ export function threadExecutor(maxBodyBytes: number): Executor {
   const upstreams = new Upstreams();
   return {
     async attempt(req, signal) {
-      const res = await send(upstreams, req, signal);
+      // The attempt's own signal: the request's abort, or a phase that ran over (deadline.ts).
+      const deadline = new AttemptDeadline(req.deployment, req.stream, signal);
+      const timing: AttemptTiming = { writtenAt: -1, headersAt: -1, wireFirstByteAt: -1, firstByteAt: -1 };
+      const onChunk = (): void => {
+        deadline.chunk();
+        if (timing.firstByteAt < 0) timing.firstByteAt = timing.wireFirstByteAt >= 0 ? timing.wireFirstByteAt : performance.now();
+      };
+      let res;
+      try {
+        res = await timed(timing, () => send(upstreams, req, deadline.signal));
+      } catch (err) {
+        deadline.done();
+        throw deadline.expired !== null ? deadline.signal.reason : err;
+      }
+      deadline.headers();
+      if (!req.stream) timing.firstByteAt = timing.headersAt >= 0 ? timing.headersAt : performance.now();
+      const settle = <T>(p: Promise<T>): Promise<T> =>
+        p.then(
+          (v) => {
+            deadline.done();
+            return v;
+          },
+          (err: unknown) => {
+            deadline.done();
+            throw deadline.expired !== null ? deadline.signal.reason : err;
+          },
+        );
       return {
         status: res.statusCode,
+        timing,
+        expired: () => deadline.expired,
         retryAfter: retryAfterOf(res),
-        errorText: async () => Buffer.from(await readCapped(res.body, ERROR_BODY_BYTES, false)).toString('utf8'),
-        bytes: () => readCapped(res.body, maxBodyBytes, true),
-        pump: (target) => pumpChain(req, res.body, target, signal),
+        errorText: () => settle(readCapped(res.body, ERROR_BODY_BYTES, false, onChunk).then((b) => Buffer.from(b).toString('utf8'))),
+        bytes: () => settle(readCapped(res.body, maxBodyBytes, true, onChunk)),
+        pump: (target) => settle(pumpChain(req, res.body, target, deadline.signal, onChunk)),
       };
     },
     close: () => upstreams.close(),
@@ -32,10 +63,11 @@ export function threadExecutor(maxBodyBytes: number): Executor {
  * worth draining) and, when `strict`, the read fails with upstream_error; otherwise what
  * was read is returned, cut.
  */
-async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown }, max: number, strict: boolean): Promise<Uint8Array> {
+async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown }, max: number, strict: boolean, onChunk: () => void): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   let size = 0;
   for await (const chunk of body) {
+    onChunk();
     if (size + chunk.byteLength > max) {
       body.destroy();
       if (strict) throw new BrokerError('upstream_error', `upstream reply is larger than UPSTREAM_MAX_BODY_BYTES (${max} bytes)`);

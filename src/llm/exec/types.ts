@@ -50,10 +50,27 @@ export interface StreamTarget {
   write(chunk: string | Uint8Array): boolean;
   /** Resolves when the target can take more (or the request was aborted). */
   drained(): Promise<void>;
+  /** Whether anything reached the client yet; a stream that fails before does not write its error event (the proxy may retry). */
+  committed?(): boolean;
+}
+
+/** When the attempt's bytes came (performance.now() ms), filled in by the executor as they arrive. */
+export interface AttemptTiming {
+  /** The request was written to the socket (undici's bodySent); -1 when unknown. */
+  writtenAt: number;
+  /** The response headers were parsed; -1 before. */
+  headersAt: number;
+  /** The first body chunk was parsed off the socket; -1 before. */
+  wireFirstByteAt: number;
+  /** The upstream's first byte as the proxy counts it: the first body chunk (streamed) or the headers (whole reply); -1 before. */
+  firstByteAt: number;
 }
 
 export interface Attempt {
   readonly status: number;
+  readonly timing: AttemptTiming;
+  /** The phase whose timeout ended the attempt, once one did. */
+  readonly expired: () => 'first_byte' | 'idle' | 'total' | null;
   readonly retryAfter: string | undefined;
   /** Non-2xx: the upstream's error body. */
   errorText(): Promise<string>;

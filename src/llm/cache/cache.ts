@@ -1,0 +1,230 @@
+// The response cache (docs/llm.md#response-cache): exact match on the normalised
+// request, replayed in the client's API and mode.
+//
+// Storage, in two tiers:
+// - memory: an LRU bounded in bytes (lru-cache), one per serving thread. A store is
+//   sent to the other threads of the process over a BroadcastChannel, so a repeat
+//   hits whichever thread its connection landed on, and a lookup never leaves the
+//   thread. The price is one copy per thread (maxBytes each).
+// - Redis, when REDIS_URL is set: shared by every replica, with the entry's TTL. Read
+//   only on a memory miss, with a short command timeout: a slow or absent Redis is a
+//   miss, never an error.
+import { createHash } from 'node:crypto';
+import { BroadcastChannel } from 'node:worker_threads';
+import { LRUCache } from 'lru-cache';
+import { Redis } from 'ioredis';
+import { BrokerError } from '../../errors.ts';
+import type { CacheMode, CacheSettings, ModelGroupConfig } from '../../config/broker-config.ts';
+import type { Logger } from '../../obs/logger.ts';
+import type { Metrics } from '../../obs/metrics.ts';
+import type { LlmRequest } from '../request.ts';
+import { entryBytes, isCachedReply, type CachedReply } from './entry.ts';
+
+/** The client's word on the cache: x-broker-cache. */
+export type CacheDirective = 'use' | 'bypass' | 'refresh';
+
+export function cacheDirectiveOf(h: string | undefined): CacheDirective | undefined {
+  if (h === undefined || h === '') return undefined;
+  const v = h.trim().toLowerCase();
+  if (v === 'use' || v === 'bypass' || v === 'refresh') return v;
+  throw new BrokerError('invalid_request', 'x-broker-cache must be use, bypass or refresh', { details: { field: 'x-broker-cache' } });
+}
+
+/** What the cache does for one request. */
+export interface CachePlan {
+  readonly key: string;
+  /** Look it up first (not on refresh). */
+  readonly lookup: boolean;
+  /** Store a clean reply. */
+  readonly store: boolean;
+}
+
+/** Fields that do not change the output: left out of the key. `stream` above all (a stored stream answers a whole request). */
+const NOT_IN_KEY = new Set(['model', 'stream', 'stream_options', 'user', 'keep_alive', 'metadata', 'store', 'service_tier']);
+
+/** JSON with sorted object keys: the same request in another key order is the same entry. */
+function canonical(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
+  if (Array.isArray(v)) return '[' + v.map(canonical).join(',') + ']';
+  const o = v as Record<string, unknown>;
+  const keys = Object.keys(o).filter((k) => o[k] !== undefined).sort();
+  return '{' + keys.map((k) => JSON.stringify(k) + ':' + canonical(o[k])).join(',') + '}';
+}
+
+/** The key of a request: group, client API and kind, and every field that changes the output. */
+export function cacheKey(group: string, r: Pick<LlmRequest, 'api' | 'kind' | 'body'>): string {
+  const h = createHash('sha256');
+  h.update(`v1\0${group}\0${r.api}\0${r.kind}\0`);
+  const body = r.body;
+  const keys = Object.keys(body).filter((k) => !NOT_IN_KEY.has(k) && body[k] !== undefined).sort();
+  for (const k of keys) h.update(JSON.stringify(k) + ':' + canonical(body[k]) + ',');
+  return h.digest('base64url');
+}
+
+const REPLAYABLE = new Set(['openai/chat', 'openai/completion', 'ollama/chat', 'ollama/completion']);
+
+/** temperature (OpenAI) or options.temperature (Ollama), when the client set it. */
+function temperatureOf(body: Readonly<Record<string, unknown>>): unknown {
+  if (body.temperature !== undefined) return body.temperature;
+  const o = body.options as Record<string, unknown> | undefined;
+  return o !== null && typeof o === 'object' ? o.temperature : undefined;
+}
+
+/**
+ * Whether and how the cache serves a request. off: never. deterministic: when the
+ * client sets temperature 0 or sends x-broker-cache: use. on: every request. bypass
+ * skips the cache both ways; refresh skips the lookup and stores the new reply.
+ * Several choices (n > 1) are never cached: a replay has one.
+ */
+export function cachePlan(mode: CacheMode, r: LlmRequest, group: string): CachePlan | null {
+  // Replay (replay.ts) speaks the OpenAI and Ollama chat and completion APIs; other routes are not cached.
+  if (!REPLAYABLE.has(`${r.api}/${r.kind}`)) return null;
+  const d = r.cache;
+  if (mode === 'off' || d === 'bypass' || r.choices > 1) return null;
+  if (mode === 'deterministic' && d === undefined && temperatureOf(r.body) !== 0) return null;
+  return { key: cacheKey(group, r), lookup: d !== 'refresh', store: true };
+}
+
+export interface ResponseCacheOptions {
+  readonly settings: CacheSettings;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  /** Shared by every replica when set. */
+  readonly redisUrl?: string | undefined;
+  /** The BroadcastChannel every thread of this process joins: a store reaches all their LRUs. */
+  readonly channel?: string | undefined;
+}
+
+const REDIS_PREFIX = 'eb:cache:';
+
+export class ResponseCache {
+  private settings: CacheSettings;
+  private lru: LRUCache<string, CachedReply> | null;
+  private readonly bus: BroadcastChannel | undefined;
+  private redis: Redis | undefined;
+  private connecting: Promise<void> = Promise.resolve();
+  private redisWarned = false;
+
+  constructor(private readonly o: ResponseCacheOptions) {
+    this.settings = o.settings;
+    this.lru = this.makeLru(o.settings);
+    if (o.channel !== undefined) {
+      const bus = new BroadcastChannel(o.channel);
+      bus.onmessage = (ev) => {
+        const m = (ev as MessageEvent).data as { key?: unknown; entry?: unknown };
+        if (typeof m?.key === 'string' && isCachedReply(m.entry)) {
+          this.remember(m.key, m.entry);
+          o.metrics.llmCacheReceived.inc();
+        }
+      };
+      bus.unref();
+      this.bus = bus;
+    }
+    o.metrics.sources.cacheBytes = () => this.lru?.calculatedSize ?? 0;
+    if (o.redisUrl !== undefined) this.client();
+  }
+
+  private makeLru(s: CacheSettings): LRUCache<string, CachedReply> | null {
+    if (s.maxBytes <= 0) return null;
+    return new LRUCache<string, CachedReply>({
+      maxSize: s.maxBytes,
+      maxEntrySize: Math.min(s.maxEntryBytes, s.maxBytes),
+      sizeCalculation: entryBytes,
+      ttl: s.ttlSeconds * 1000,
+      dispose: (_v, _k, reason) => {
+        if (reason === 'evict') this.o.metrics.llmCacheEvictions.inc();
+      },
+    });
+  }
+
+  /** Largest reply stored, bytes (a capture past it is dropped). */
+  get maxEntryBytes(): number {
+    return this.settings.maxEntryBytes;
+  }
+
+  /** The mode of a group: its own, or the file's default. */
+  modeOf(group: ModelGroupConfig): CacheMode {
+    return group.cache ?? this.settings.mode;
+  }
+
+  /** A new fleet file: new bounds start an empty LRU; the same ones keep it. */
+  adopt(s: CacheSettings): void {
+    const old = this.settings;
+    this.settings = s;
+    if (old.maxBytes !== s.maxBytes || old.ttlSeconds !== s.ttlSeconds || old.maxEntryBytes !== s.maxEntryBytes) this.lru = this.makeLru(s);
+  }
+
+  /** The stored reply, from memory or Redis; counts the hit or miss. */
+  async get(plan: CachePlan, group: string): Promise<CachedReply | undefined> {
+    let e = this.lru?.get(plan.key);
+    if (e === undefined && this.o.redisUrl !== undefined) {
+      e = await this.fromRedis(plan.key);
+      if (e !== undefined) this.lru?.set(plan.key, e);
+    }
+    this.o.metrics.llmCacheLookups.labels(group, e === undefined ? 'miss' : 'hit').inc();
+    return e;
+  }
+
+  /** Stores a cleanly completed reply here, on the other threads, and in Redis. */
+  put(plan: CachePlan, group: string, e: CachedReply): void {
+    if (entryBytes(e) > this.settings.maxEntryBytes) return;
+    this.remember(plan.key, e);
+    this.bus?.postMessage({ key: plan.key, entry: e });
+    this.o.metrics.llmCacheStores.labels(group).inc();
+    if (this.o.redisUrl !== undefined) {
+      const r = this.client();
+      r.set(REDIS_PREFIX + plan.key, JSON.stringify(e), 'EX', this.settings.ttlSeconds).catch((err: Error) => this.redisFailed(err));
+    }
+  }
+
+  private remember(key: string, e: CachedReply): void {
+    this.lru?.set(key, e);
+  }
+
+  private client(): Redis {
+    if (this.redis === undefined) {
+      this.redis = new Redis(this.o.redisUrl!, {
+        // A lookup must not hold a request: fail fast, and a slow answer is a miss.
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 0,
+        commandTimeout: 250,
+        connectTimeout: 2_000,
+        retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
+        lazyConnect: true,
+      });
+      this.redis.on('error', (err: Error) => this.redisFailed(err));
+      this.connecting = this.redis.connect().catch(() => undefined);
+    }
+    return this.redis;
+  }
+
+  /** Resolves once Redis answered or failed to (then lookups miss until it is back): awaited at start-up. */
+  connect(): Promise<void> {
+    return this.connecting;
+  }
+
+  private async fromRedis(key: string): Promise<CachedReply | undefined> {
+    try {
+      const r = this.client();
+      if (r.status !== 'ready') return undefined;
+      const text = await r.get(REDIS_PREFIX + key);
+      if (text === null) return undefined;
+      const v = JSON.parse(text) as unknown;
+      return isCachedReply(v) ? v : undefined;
+    } catch (err) {
+      this.redisFailed(err as Error);
+      return undefined;
+    }
+  }
+
+  private redisFailed(err: Error): void {
+    if (this.redisWarned) return;
+    this.redisWarned = true;
+    this.o.logger.warn({ err: err.message }, 'response cache: redis failed; lookups miss until it is back (logged once)');
+  }
+
+  close(): void {
+    this.bus?.close();
+    this.redis?.disconnect();
+  }
+}

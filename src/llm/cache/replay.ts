@@ -1,0 +1,61 @@
+// A cached reply written in the API and mode of the request it answers: a stream
+// keeps the stored chunking (one event per stored chunk) but not the upstream's
+// timing, since every event is written at once; a whole reply joins the chunks.
+// Usage reports the stored counts; OpenAI's also says the prompt was cached
+// (prompt_tokens_details.cached_tokens), as OpenAI does for its own prompt cache.
+import type { Api, Kind } from '../translate/index.ts';
+import type { CachedReply } from './entry.ts';
+
+export interface ReplayContext {
+  /** The model name the client asked for. */
+  readonly model: string;
+  /** The request id: completion ids are `chatcmpl-<id>` / `cmpl-<id>`, as on a live reply. */
+  readonly id: string;
+  /** The OpenAI client asked for the usage chunk (stream_options.include_usage). */
+  readonly includeUsage: boolean;
+  /** Epoch ms. */
+  readonly now: number;
+}
+
+export interface Replay {
+  readonly contentType: string;
+  readonly body: string;
+}
+
+function openaiUsage(e: CachedReply): Record<string, unknown> {
+  return { prompt_tokens: e.promptTokens, completion_tokens: e.completionTokens, total_tokens: e.promptTokens + e.completionTokens, prompt_tokens_details: { cached_tokens: e.promptTokens } };
+}
+
+export function replay(api: Api, kind: Kind, stream: boolean, e: CachedReply, ctx: ReplayContext): Replay {
+  const text = e.chunks.join('');
+  const created = Math.floor(ctx.now / 1000);
+  if (api === 'openai') {
+    const chat = kind === 'chat';
+    const id = (chat ? 'chatcmpl-' : 'cmpl-') + ctx.id;
+    if (!stream) {
+      const choice = chat
+        ? { index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: e.finish }
+        : { index: 0, text, logprobs: null, finish_reason: e.finish };
+      return { contentType: 'application/json', body: JSON.stringify({ id, object: chat ? 'chat.completion' : 'text_completion', created, model: ctx.model, choices: [choice], usage: openaiUsage(e) }) };
+    }
+    const object = chat ? 'chat.completion.chunk' : 'text_completion';
+    const head = 'data: {"id":' + JSON.stringify(id) + ',"object":"' + object + '","created":' + created + ',"model":' + JSON.stringify(ctx.model) + ',"choices":';
+    let out = '';
+    if (chat) out += head + '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n';
+    for (const c of e.chunks) {
+      out += head + (chat ? '[{"index":0,"delta":{"content":' + JSON.stringify(c) + '},"logprobs":null,"finish_reason":null}]}\n\n' : '[{"index":0,"text":' + JSON.stringify(c) + ',"logprobs":null,"finish_reason":null}]}\n\n');
+    }
+    out += head + (chat ? '[{"index":0,"delta":{},"logprobs":null,"finish_reason":' : '[{"index":0,"text":"","logprobs":null,"finish_reason":') + JSON.stringify(e.finish) + '}]}\n\n';
+    if (ctx.includeUsage) out += head + '[],"usage":' + JSON.stringify(openaiUsage(e)) + '}\n\n';
+    return { contentType: 'text/event-stream', body: out + 'data: [DONE]\n\n' };
+  }
+  const at = new Date(ctx.now).toISOString();
+  const head = '{"model":' + JSON.stringify(ctx.model) + ',"created_at":"' + at + '",';
+  const piece = (c: string): string => (kind === 'chat' ? '"message":{"role":"assistant","content":' + JSON.stringify(c) + '},' : '"response":' + JSON.stringify(c) + ',');
+  const doneReason = e.finish === 'length' ? 'length' : 'stop';
+  const tail = '"done_reason":"' + doneReason + '","done":true,"total_duration":0,"load_duration":0,"prompt_eval_count":' + e.promptTokens + ',"prompt_eval_duration":0,"eval_count":' + e.completionTokens + ',"eval_duration":0}';
+  if (!stream) return { contentType: 'application/json', body: head + piece(text) + tail };
+  let out = '';
+  for (const c of e.chunks) out += head + piece(c) + '"done":false}\n';
+  return { contentType: 'application/x-ndjson', body: out + head + piece('') + tail + '\n' };
+}

@@ -1,0 +1,97 @@
+// The timeouts of one upstream attempt, per phase (docs/llm.md#timeouts):
+//   connect     TCP connect (undici's connectTimeout, set on the deployment's pool);
+//   first byte  from the request written to the reply's first body byte when streamed
+//               (firstTokenTimeoutMs: long, a cold Ollama loads its model here), to the
+//               headers when not (headersTimeoutMs: a whole reply comes at its end);
+//   idle        between two body chunks after the first (idleChunkTimeoutMs);
+//   total       the whole attempt (totalTimeoutMs, 0 = none).
+// One timer per attempt, re-armed lazily: a chunk only notes its time, so the per-chunk
+// cost is one performance.now(). An expired phase aborts the attempt's own signal with
+// upstream_timeout: before the first byte to the client the proxy may try elsewhere,
+// after it the chain ends the stream with an error event.
+import { performance } from 'node:perf_hooks';
+import { BrokerError } from '../../errors.ts';
+import type { Timeouts } from '../../config/broker-config.ts';
+import { RequestAbort, type AbortLike } from '../../abort.ts';
+
+export type Phase = 'first_byte' | 'idle' | 'total';
+
+export class AttemptDeadline {
+  /** The attempt's signal: aborted with the request's reason, or with upstream_timeout. */
+  readonly signal = new RequestAbort();
+  /** The phase that ran over, once one did. */
+  expired: Phase | null = null;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly startedAt = performance.now();
+  private lastAt = -1;
+  private readonly firstMs: number;
+  private readonly onParent: () => void;
+
+  constructor(private readonly t: Timeouts & { readonly id: string }, private readonly stream: boolean, private readonly parent: AbortLike, private readonly now: () => number = () => performance.now()) {
+    this.firstMs = stream ? t.firstTokenTimeoutMs : t.headersTimeoutMs;
+    this.onParent = () => this.stop(parent.reason);
+    if (parent.aborted) this.signal.abort(parent.reason);
+    else parent.addEventListener('abort', this.onParent);
+    this.arm();
+  }
+
+  /** The headers arrived: for a whole reply its first phase is over. */
+  headers(): void {
+    if (!this.stream && this.lastAt < 0) this.chunk();
+  }
+
+  /** A body chunk arrived. */
+  chunk(): void {
+    const first = this.lastAt < 0;
+    this.lastAt = this.now();
+    // The first phase's timer may be far later than the idle deadline: arm for the idle one.
+    if (first && this.timer !== undefined) {
+      clearTimeout(this.timer);
+      this.arm();
+    }
+  }
+
+  /** The attempt is over: no timer left behind. */
+  done(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.parent.removeEventListener('abort', this.onParent);
+  }
+
+  private stop(reason: unknown): void {
+    this.done();
+    this.signal.abort(reason);
+  }
+
+  /** The next moment a phase could end, from now. */
+  private due(): { phase: Phase; inMs: number } {
+    const now = this.now();
+    const t = this.t;
+    const phase: Phase = this.lastAt < 0 ? 'first_byte' : 'idle';
+    const phaseEnd = this.lastAt < 0 ? this.startedAt + this.firstMs : this.lastAt + t.idleChunkTimeoutMs;
+    const totalEnd = t.totalTimeoutMs > 0 ? this.startedAt + t.totalTimeoutMs : Infinity;
+    return totalEnd <= phaseEnd ? { phase: 'total', inMs: totalEnd - now } : { phase, inMs: phaseEnd - now };
+  }
+
+  private arm(): void {
+    const { inMs } = this.due();
+    this.timer = setTimeout(() => this.check(), Math.max(1, Math.ceil(inMs)));
+    this.timer.unref?.();
+  }
+
+  private check(): void {
+    this.timer = undefined;
+    if (this.signal.aborted) return;
+    const { phase, inMs } = this.due();
+    if (inMs > 0) return this.arm();
+    this.expired = phase;
+    this.stop(new BrokerError('upstream_timeout', timeoutMessage(this.t, phase, this.stream), { details: { phase } }));
+  }
+}
+
+function timeoutMessage(t: Timeouts & { readonly id: string }, phase: Phase, stream: boolean): string {
+  if (phase === 'total') return `deployment ${t.id} did not finish within totalTimeoutMs (${t.totalTimeoutMs} ms)`;
+  if (phase === 'idle') return `deployment ${t.id} sent nothing for idleChunkTimeoutMs (${t.idleChunkTimeoutMs} ms)`;
+  if (!stream) return `deployment ${t.id} sent no reply headers within headersTimeoutMs (${t.headersTimeoutMs} ms)`;
+  return `deployment ${t.id} sent no first byte within firstTokenTimeoutMs (${t.firstTokenTimeoutMs} ms)`;
+}

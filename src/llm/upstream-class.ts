@@ -1,0 +1,63 @@
+// What an upstream's error reply means for routing, per provider. The status alone
+// misleads: vLLM and OpenAI answer a prompt too long for the context window with a
+// 400 (a client error, not worth retrying on the same group, but worth a larger
+// model), Ollama answers a full queue with a 503 and OpenAI an overloaded engine with
+// a 503 or 529. The bodies tell them apart:
+//   OpenAI   {"error":{"message":"This model's maximum context length is 8192 tokens...","code":"context_length_exceeded"}}
+//            {"error":{"message":"Rate limit reached for ...","code":"rate_limit_exceeded"}} (429)
+//   vLLM     {"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested ...","type":"BadRequestError","code":400}
+//            (vLLM 0.10+ nests the same fields under "error")
+//   Ollama   {"error":"the input length exceeds the context length"} (400)
+//            {"error":"server busy, please try again.  maximum pending requests exceeded"} (503)
+import type { Api } from './translate/index.ts';
+
+export type UpstreamErrorClass =
+  /** The prompt (plus max_tokens) does not fit the model's context window: contextFallbacks. */
+  | 'context_length'
+  /** 429: the deployment is busy; another one (or a fallback group) may not be. */
+  | 'rate_limited'
+  /** The server cannot take more now (503, 529, Ollama's full queue). */
+  | 'overloaded'
+  /** The request itself is wrong: passed on to the client, never retried. */
+  | 'bad_request'
+  /** Any other 5xx (and our credentials refused, 401/403): the deployment failed. */
+  | 'server_error';
+
+const CONTEXT = /context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long|exceeds? (the )?(max(imum)? )?(context|token)|input length exceeds/i;
+const RATE = /rate[ _-]?limit|too many requests|quota/i;
+const BUSY = /overloaded|server busy|maximum pending requests|try again later|capacity/i;
+
+/** The upstream's error code and message, from any of the shapes above. */
+export function upstreamErrorFields(body: unknown): { message: string | null; code: string | null } {
+  if (body === null || typeof body !== 'object') return { message: null, code: null };
+  const b = body as Record<string, unknown>;
+  const e = b['error'];
+  if (typeof e === 'string') return { message: e, code: null };
+  const o = e !== null && typeof e === 'object' ? (e as Record<string, unknown>) : b['object'] === 'error' ? b : null;
+  if (o === null) return { message: null, code: null };
+  const m = o['message'];
+  const c = o['code'] ?? o['type'];
+  return { message: typeof m === 'string' ? m : null, code: typeof c === 'string' ? c : null };
+}
+
+/** Classifies an upstream non-2xx reply. `provider` picks nothing yet but the reading: both OpenAI-compatible shapes and Ollama's are tried. */
+export function classifyUpstreamError(_provider: Api, status: number, text: string): UpstreamErrorClass {
+  let parsed: unknown = null;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // a plain-text body (a proxy's HTML page): the status decides
+  }
+  const { message, code } = upstreamErrorFields(parsed);
+  const said = `${code ?? ''} ${message ?? (parsed === null ? text.slice(0, 500) : '')}`;
+  if (code === 'context_length_exceeded' || ((status === 400 || status === 413 || status === 422 || status === 500) && CONTEXT.test(said))) return 'context_length';
+  if (status === 429) return BUSY.test(said) && !RATE.test(said) ? 'overloaded' : 'rate_limited';
+  if (status === 503 || status === 529) return 'overloaded';
+  if (status >= 500 || status === 401 || status === 403 || status === 408) return 'server_error';
+  return 'bad_request';
+}
+
+/** Whether a class lets the request move on (another deployment, then the fallback groups). */
+export function retriable(c: UpstreamErrorClass): boolean {
+  return c === 'rate_limited' || c === 'overloaded' || c === 'server_error';
+}

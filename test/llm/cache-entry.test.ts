@@ -1,0 +1,71 @@
+// The response cache's pure parts: the key, the plan, and capture ⇄ replay in every
+// client API, kind and mode.
+import t from 'tap';
+import { cacheKey, cachePlan, cacheDirectiveOf } from '../../src/llm/cache/cache.ts';
+import { captureStream, captureWhole, type CachedReply } from '../../src/llm/cache/entry.ts';
+import { replay } from '../../src/llm/cache/replay.ts';
+import type { LlmRequest } from '../../src/llm/request.ts';
+
+const req = (body: Record<string, unknown>, extra: Partial<LlmRequest> = {}): LlmRequest =>
+  ({ api: 'openai', kind: 'chat', body, choices: 1, cache: undefined, ...extra }) as unknown as LlmRequest;
+
+t.test('the key: exact match on what changes the output, not on stream or key order', async (t) => {
+  const a = { model: 'g', messages: [{ role: 'user', content: 'hi' }], temperature: 0, max_tokens: 5 };
+  const k = cacheKey('g', req(a));
+  t.equal(cacheKey('g', req({ max_tokens: 5, temperature: 0, messages: [{ content: 'hi', role: 'user' }], model: 'g', stream: true, stream_options: { include_usage: true } })), k, 'stream, key order and stream_options do not matter');
+  t.not(cacheKey('g', req({ ...a, max_tokens: 6 })), k, 'max_tokens does');
+  t.not(cacheKey('g', req({ ...a, messages: [{ role: 'user', content: 'hi!' }] })), k, 'the prompt does');
+  t.not(cacheKey('other', req(a)), k, 'the group does');
+  t.not(cacheKey('g', req(a, { api: 'ollama' } as Partial<LlmRequest>)), k, 'the client API does');
+  t.not(cacheKey('g', req(a, { kind: 'completion' } as Partial<LlmRequest>)), k, 'the kind does');
+});
+
+t.test('the plan: modes, temperature, directives, n', async (t) => {
+  const cold = { messages: [], temperature: 0 };
+  const warm = { messages: [], temperature: 0.7 };
+  t.equal(cachePlan('off', req(cold), 'g'), null);
+  t.ok(cachePlan('deterministic', req(cold), 'g'));
+  t.ok(cachePlan('deterministic', req({ messages: [], options: { temperature: 0 } }, { api: 'ollama' } as Partial<LlmRequest>), 'g'), "Ollama's options.temperature");
+  t.equal(cachePlan('deterministic', req(warm), 'g'), null);
+  t.equal(cachePlan('deterministic', req({ messages: [] }), 'g'), null, 'no temperature is not 0');
+  t.ok(cachePlan('deterministic', req(warm, { cache: 'use' }), 'g'));
+  t.ok(cachePlan('on', req(warm), 'g'));
+  t.equal(cachePlan('on', req(cold, { cache: 'bypass' }), 'g'), null);
+  t.same(cachePlan('on', req(cold, { cache: 'refresh' }), 'g')?.lookup, false);
+  t.equal(cachePlan('on', req(cold, { choices: 2 }), 'g'), null, 'several choices are never cached');
+  t.equal(cacheDirectiveOf(' Use '), 'use');
+  t.throws(() => cacheDirectiveOf('always'), /x-broker-cache must be/);
+});
+
+const entry: CachedReply = { v: 1, kind: 'chat', chunks: ['Hel', 'lo "w"', '\n!'], finish: 'stop', promptTokens: 7, completionTokens: 3 };
+const ctx = { model: 'g', id: 'r1', includeUsage: true, now: Date.UTC(2026, 0, 1) };
+
+t.test('capture ⇄ replay: every API, kind and mode gives back the same entry', async (t) => {
+  for (const api of ['openai', 'ollama'] as const) {
+    for (const kind of ['chat', 'completion'] as const) {
+      const e = { ...entry, kind };
+      const s = replay(api, kind, true, e, ctx);
+      t.same(captureStream(api, kind, s.body, { prompt: 0, completion: 0 }), e, `${api} ${kind} stream keeps the chunks`);
+      const w = replay(api, kind, false, e, ctx);
+      t.same(captureWhole(api, kind, w.body), { ...e, chunks: [e.chunks.join('')] }, `${api} ${kind} whole joins them`);
+      t.equal(s.contentType, api === 'openai' ? 'text/event-stream' : 'application/x-ndjson');
+    }
+  }
+  const whole = JSON.parse(replay('openai', 'chat', false, entry, ctx).body);
+  t.equal(whole.id, 'chatcmpl-r1');
+  t.equal(whole.usage.prompt_tokens_details.cached_tokens, 7);
+  const noUsage = replay('openai', 'chat', true, entry, { ...ctx, includeUsage: false }).body;
+  t.notMatch(noUsage, /"usage"/, 'no usage chunk unless asked');
+});
+
+t.test('what is not stored: cut streams, errors, tool calls, several choices', async (t) => {
+  const ok = replay('openai', 'chat', true, entry, ctx).body;
+  t.equal(captureStream('openai', 'chat', ok.replace('data: [DONE]\n\n', ''), { prompt: 0, completion: 0 }), null, 'no [DONE]');
+  t.equal(captureStream('openai', 'chat', ok.replace('data: [DONE]', 'data: {"error":{"message":"x"}}'), { prompt: 0, completion: 0 }), null);
+  const tool = 'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{}"}}]},"finish_reason":null}]}\n\ndata: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\ndata: [DONE]\n\n';
+  t.equal(captureStream('openai', 'chat', tool, { prompt: 0, completion: 0 }), null);
+  t.equal(captureWhole('openai', 'chat', JSON.stringify({ choices: [{ index: 0, message: { content: 'a' }, finish_reason: 'stop' }, { index: 1, message: { content: 'b' }, finish_reason: 'stop' }] })), null);
+  const ndjson = replay('ollama', 'chat', true, entry, ctx).body;
+  t.equal(captureStream('ollama', 'chat', ndjson.split('\n').slice(0, 2).join('\n'), { prompt: 0, completion: 0 }), null, 'no done line');
+  t.equal(captureWhole('ollama', 'chat', JSON.stringify({ message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'f', arguments: {} } }] }, done: true })), null);
+});

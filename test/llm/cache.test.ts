@@ -1,0 +1,225 @@
+// The response cache: exact match, replay in the client's API and mode, the client's
+// directives, per-group modes, clean replies only, shared by the threads of a process
+// (FRONT_THREADS=2) and by replicas through Redis, quotas not charged on a hit.
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent, request } from 'undici';
+import { Redis } from 'ioredis';
+import OpenAI from 'openai';
+import { Ollama } from 'ollama';
+import { stringify } from 'yaml';
+import { createMockUpstream, mockText, type MockUpstream } from '../../src/mock-upstream/server.ts';
+import { parseSse } from '../../src/mock-upstream/wire.ts';
+import { startTestBroker, metricValue } from '../helpers/broker.ts';
+import { startRedis } from '../helpers/redis.ts';
+
+const redis = await startRedis(t);
+const mocks: MockUpstream[] = [];
+const mock = async (o: Parameters<typeof createMockUpstream>[0] = {}) => {
+  const m = await createMockUpstream({ tokens: 8, ...o });
+  mocks.push(m);
+  return m;
+};
+const up = await mock();
+const upOllama = await mock();
+const upOff = await mock();
+const upOn = await mock();
+const cut = await mock({ fail: 'reset', failAfter: 3 });
+const down = await mock({ fail: 500 });
+const d = (id: string, provider: 'openai' | 'ollama', m: MockUpstream) => ({ id, provider, url: m.url, model: `${id}-up` });
+const fleet = {
+  cache: { mode: 'deterministic', maxBytes: 1_000_000, ttlSeconds: 600 },
+  apiKeys: { 'sk-quota': { tpm: 200 } },
+  modelGroups: {
+    det: { deployments: [d('det-1', 'openai', up)] },
+    llama: { deployments: [d('llama-1', 'ollama', upOllama)] },
+    off: { deployments: [d('off-1', 'openai', upOff)], cache: 'off' },
+    on: { deployments: [d('on-1', 'openai', upOn)], cache: 'on' },
+    cut: { deployments: [d('cut-1', 'openai', cut)], cache: 'on' },
+    down: { deployments: [d('down-1', 'openai', down)], cache: 'on' },
+  },
+};
+const dir = mkdtempSync(join(tmpdir(), 'eb-cache-'));
+writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
+const env = { BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', REDIS_URL: redis.url, BROKER_FF_QUOTA_ENFORCEMENT: 'true' };
+const tb = await startTestBroker({ ...env, FRONT_THREADS: '2' });
+t.teardown(async () => {
+  await tb.close();
+  await Promise.all(mocks.map((m) => m.close()));
+});
+
+const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
+const ollama = new Ollama({ host: tb.url });
+let n = 0;
+/** A prompt no other test uses: entries do not leak between tests. */
+const fresh = () => [{ role: 'user' as const, content: `question ${++n} ${Date.now()}` }];
+
+async function streamed(model: string, messages: { role: 'user'; content: string }[], extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ model, messages, stream: true, temperature: 0, ...extra }) });
+  const { events, done } = parseSse(await res.text());
+  const deltas = (events as { choices?: { delta?: { content?: string } }[] }[]).map((e) => e.choices?.[0]?.delta?.content).filter((c): c is string => typeof c === 'string' && c !== '');
+  return { status: res.status, cache: res.headers.get('x-broker-cache'), deltas, done, events };
+}
+
+t.test('a stream at temperature 0 is stored, then replayed with its chunking, streamed and whole', async (t) => {
+  const messages = fresh();
+  const before = up.stats.total;
+  const first = await streamed('det', messages);
+  t.equal(first.cache, 'miss');
+  t.equal(first.deltas.join(''), mockText(8));
+  const again = await streamed('det', messages);
+  t.equal(again.cache, 'hit');
+  t.same(again.deltas, first.deltas, 'the same chunks, one event each');
+  t.ok(again.done, '[DONE] at the end');
+  t.equal(up.stats.total, before + 1, 'the upstream was called once');
+  // The stored stream answers a whole request, in the client's API.
+  const { data, response } = await openai.chat.completions.create({ model: 'det', messages, temperature: 0 }).withResponse();
+  t.equal(response.headers.get('x-broker-cache'), 'hit');
+  t.equal(data.choices[0]!.message.content, mockText(8));
+  t.equal(data.choices[0]!.finish_reason, 'stop');
+  t.equal(data.usage!.completion_tokens, 8, 'usage reports the cached tokens');
+  t.equal(data.usage!.prompt_tokens_details?.cached_tokens, data.usage!.prompt_tokens, 'and says the prompt came from the cache');
+  // include_usage on a replayed stream gets the usage chunk.
+  const withUsage = await streamed('det', messages, { stream_options: { include_usage: true } });
+  t.equal(withUsage.cache, 'hit');
+  t.ok((withUsage.events as { usage?: { completion_tokens: number } }[]).some((e) => e.usage?.completion_tokens === 8));
+  t.equal(up.stats.total, before + 1);
+});
+
+t.test('a whole reply is stored and answers a stream in one chunk', async (t) => {
+  const messages = fresh();
+  const first = await openai.chat.completions.create({ model: 'det', messages, temperature: 0 }).withResponse();
+  t.equal(first.response.headers.get('x-broker-cache'), 'miss');
+  const again = await streamed('det', messages);
+  t.equal(again.cache, 'hit');
+  t.same(again.deltas, [mockText(8)]);
+});
+
+t.test('Ollama client: stored stream replayed as NDJSON and whole, chunking kept', async (t) => {
+  const messages = fresh();
+  const before = upOllama.stats.total;
+  const parts: string[] = [];
+  for await (const p of await ollama.chat({ model: 'llama', messages, stream: true, options: { temperature: 0 } })) if (p.message.content !== '') parts.push(p.message.content);
+  const replayed: string[] = [];
+  let last;
+  for await (const p of await ollama.chat({ model: 'llama', messages, stream: true, options: { temperature: 0 } })) {
+    if (p.message.content !== '') replayed.push(p.message.content);
+    last = p;
+  }
+  t.same(replayed, parts);
+  t.equal(last?.done, true);
+  t.equal(last?.eval_count, 8);
+  const whole = await ollama.chat({ model: 'llama', messages, options: { temperature: 0 } });
+  t.equal(whole.message.content, mockText(8));
+  t.equal(upOllama.stats.total, before + 1);
+  // Another API is another entry: an OpenAI client asking the same is a miss.
+  const other = await streamed('llama', messages);
+  t.equal(other.cache, 'miss');
+});
+
+t.test('deterministic mode: other temperatures go upstream unless the client says use', async (t) => {
+  const messages = fresh();
+  const before = up.stats.total;
+  t.equal((await streamed('det', messages, { temperature: 0.7 })).cache, 'miss');
+  t.equal((await streamed('det', messages, { temperature: 0.7 })).cache, 'miss');
+  t.equal(up.stats.total, before + 2);
+  t.equal((await streamed('det', messages, { temperature: 0.7 }, { 'x-broker-cache': 'use' })).cache, 'miss');
+  t.equal((await streamed('det', messages, { temperature: 0.7 }, { 'x-broker-cache': 'use' })).cache, 'hit');
+  t.equal(up.stats.total, before + 3);
+  // A parameter that changes the output is another entry.
+  t.equal((await streamed('det', messages, { temperature: 0.7, max_tokens: 4 }, { 'x-broker-cache': 'use' })).cache, 'miss');
+});
+
+t.test('bypass skips the cache, refresh fetches again and stores', async (t) => {
+  const messages = fresh();
+  await streamed('det', messages);
+  const before = up.stats.total;
+  t.equal((await streamed('det', messages, {}, { 'x-broker-cache': 'bypass' })).cache, 'miss');
+  t.equal((await streamed('det', messages, {}, { 'x-broker-cache': 'refresh' })).cache, 'miss');
+  t.equal(up.stats.total, before + 2);
+  t.equal((await streamed('det', messages)).cache, 'hit');
+  t.equal(up.stats.total, before + 2);
+  const bad = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'x-broker-cache': 'always' }, body: JSON.stringify({ model: 'det', messages }) });
+  t.equal(bad.status, 400);
+  t.equal(((await bad.json()) as { error: { code: string } }).error.code, 'invalid_request');
+});
+
+t.test('per group: off never caches, on caches any temperature', async (t) => {
+  const messages = fresh();
+  await streamed('off', messages);
+  t.equal((await streamed('off', messages)).cache, 'miss');
+  t.equal((await streamed('off', messages, {}, { 'x-broker-cache': 'use' })).cache, 'miss');
+  t.equal(upOff.stats.total, 3);
+  await streamed('on', messages, { temperature: 1 });
+  t.equal((await streamed('on', messages, { temperature: 1 })).cache, 'hit');
+  t.equal(upOn.stats.total, 1);
+});
+
+t.test('a cut stream is never stored; an error reply carries x-broker-cache too', async (t) => {
+  const messages = fresh();
+  const a = await streamed('cut', messages);
+  t.notOk(a.done);
+  const b = await streamed('cut', messages);
+  t.equal(b.cache, 'miss');
+  t.equal(cut.stats.total, 2);
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'down', messages }) });
+  t.equal(res.status, 502);
+  t.equal(res.headers.get('x-broker-cache'), 'miss');
+  t.equal((await streamed('down', messages)).cache, 'miss', 'an error is not stored either');
+});
+
+t.test('threads share entries: a repeat hits on any thread, on a new connection each time', async (t) => {
+  const messages = fresh();
+  const received = await metricValue(tb.url, 'llm_cache_received_total');
+  await streamed('det', messages);
+  const before = up.stats.total;
+  // Stores reach the other threads by message (the other data-plane thread and the control
+  // plane's gRPC side): wait until both have it, then open new connections.
+  for (let i = 0; i < 200 && (await metricValue(tb.url, 'llm_cache_received_total')) < received + 2; i++) await new Promise((r) => setTimeout(r, 10));
+  const results: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    const agent = new Agent({ pipelining: 0 });
+    const res = await request(`${tb.url}/v1/chat/completions`, { method: 'POST', dispatcher: agent, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'det', messages, temperature: 0 }) });
+    await res.body.text();
+    results.push(String(res.headers['x-broker-cache']));
+    await agent.close();
+  }
+  t.same(results, Array(8).fill('hit'));
+  t.equal(up.stats.total, before);
+});
+
+t.test('replicas share entries through Redis, with a TTL', async (t) => {
+  const messages = fresh();
+  await streamed('det', messages);
+  const other = await startTestBroker({ ...env, FRONT_THREADS: '0' });
+  t.teardown(() => other.close());
+  const before = up.stats.total;
+  const res = await fetch(`${other.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'det', messages, temperature: 0 }) });
+  t.equal(res.headers.get('x-broker-cache'), 'hit', 'the other replica never saw it');
+  t.equal(((await res.json()) as { choices: { message: { content: string } }[] }).choices[0]!.message.content, mockText(8));
+  t.equal(up.stats.total, before);
+  const r = new Redis(redis.url);
+  t.teardown(() => r.disconnect());
+  const keys = await r.keys('eb:cache:*');
+  t.ok(keys.length > 0);
+  const ttl = await r.ttl(keys[0]!);
+  t.ok(ttl > 0 && ttl <= 600, `TTL ${ttl} s`);
+});
+
+t.test('a hit charges no quota; metrics count hits, misses, stores and bytes', async (t) => {
+  const messages = fresh();
+  const keyed = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-quota', maxRetries: 0 });
+  await keyed.chat.completions.create({ model: 'det', messages, temperature: 0, max_tokens: 20 });
+  // About 15 tokens each: charged, 30 hits would be ~450 tokens of a 200 TPM key.
+  for (let i = 0; i < 30; i++) {
+    const { response } = await keyed.chat.completions.create({ model: 'det', messages, temperature: 0, max_tokens: 20 }).withResponse();
+    t.equal(response.headers.get('x-broker-cache'), 'hit');
+  }
+  t.ok((await metricValue(tb.url, 'llm_cache_lookups_total', { group: 'det', result: 'hit' })) >= 30);
+  t.ok((await metricValue(tb.url, 'llm_cache_lookups_total', { group: 'det', result: 'miss' })) > 0);
+  t.ok((await metricValue(tb.url, 'llm_cache_stores_total', { group: 'det' })) > 0);
+  t.ok((await metricValue(tb.url, 'llm_cache_bytes')) > 0);
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { deployment: 'cache', reason: 'cache_hit' }) >= 30, true);
+});

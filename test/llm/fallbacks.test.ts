@@ -1,0 +1,219 @@
+// Fallbacks between model groups, upstream error classes per provider, and the
+// per-phase timeouts, against a real broker and real mock upstreams that answer
+// with each provider's own error bodies.
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import { Ollama } from 'ollama';
+import { stringify } from 'yaml';
+import { createMockUpstream, mockText, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import { createBlackhole } from '../../src/mock-upstream/blackhole.ts';
+import { parseSse } from '../../src/mock-upstream/wire.ts';
+import { classifyUpstreamError } from '../../src/llm/upstream-class.ts';
+import { startTestBroker, metricValue } from '../helpers/broker.ts';
+
+const mocks: MockUpstream[] = [];
+async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
+  const m = await createMockUpstream({ tokens: 8, ...opts });
+  mocks.push(m);
+  return m;
+}
+
+t.test('upstream errors are classified per provider, from the bodies the real servers send', async (t) => {
+  const cases = [
+    ['context', 'context_length'],
+    ['ratelimit', 'rate_limited'],
+    ['overloaded', 'overloaded'],
+    ['badrequest', 'bad_request'],
+  ] as const;
+  for (const [fail, cls] of cases) {
+    for (const [provider, flavor, path] of [['openai', 'openai', '/v1/chat/completions'], ['openai', 'vllm', '/v1/chat/completions'], ['ollama', 'openai', '/api/chat']] as const) {
+      const m = await mock({ fail, flavor });
+      const res = await fetch(m.url + path, { method: 'POST', body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] }) });
+      const text = await res.text();
+      t.equal(classifyUpstreamError(provider, res.status, text), cls, `${flavor === 'vllm' ? 'vllm' : provider} ${fail} (${res.status}) → ${cls}`);
+    }
+  }
+  t.equal(classifyUpstreamError('openai', 500, 'Internal Server Error'), 'server_error', 'a plain-text 500');
+  t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { message: 'x', code: 'context_length_exceeded' } })), 'context_length', 'OpenAI code alone');
+  t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { message: "This model's maximum context length is 4096 tokens.", type: 'BadRequestError', code: 400 } })), 'context_length', 'vLLM 0.10+ nested shape');
+});
+
+const ok = await mock({});
+const ok2 = await mock({});
+const ctxOpenai = await mock({ fail: 'context' });
+const ctxVllm = await mock({ fail: 'context', flavor: 'vllm' });
+const ctxOllama = await mock({ fail: 'context' });
+const overOpenai = await mock({ fail: 'overloaded' });
+const overOllama = await mock({ fail: 'overloaded' });
+const rateVllm = await mock({ fail: 'ratelimit', flavor: 'vllm' });
+const badOpenai = await mock({ fail: 'badrequest' });
+const badOllama = await mock({ fail: 'badrequest' });
+const fail500 = await mock({ fail: 500 });
+const reset = await mock({ fail: 'reset', failAfter: 3 });
+const coldStart = await mock({ ttftMs: 5_000 });
+const stall = await mock({ fail: 'stall', failAfter: 2 });
+const slow = await mock({ tokens: 1_000, tps: 20 });
+const blackhole = await createBlackhole();
+t.teardown(() => blackhole.close());
+
+const d = (id: string, provider: 'openai' | 'ollama', m: { url: string }, extra: Record<string, unknown> = {}) => ({ id, provider, url: m.url, model: `${id}-up`, ...extra });
+const fleet = {
+  modelGroups: {
+    big: { deployments: [d('big-1', 'openai', ok)] },
+    'small-openai': { deployments: [d('ctx-openai', 'openai', ctxOpenai)], contextFallbacks: ['big'] },
+    'small-vllm': { deployments: [d('ctx-vllm', 'openai', ctxVllm)], contextFallbacks: ['big'] },
+    'small-ollama': { deployments: [d('ctx-ollama', 'ollama', ctxOllama)], contextFallbacks: ['big'] },
+    'small-alone': { deployments: [d('ctx-alone', 'openai', ctxOpenai)], fallbacks: ['big'] },
+    tiny: { deployments: [d('tiny-1', 'openai', ok2)], maxContextTokens: 20, contextFallbacks: ['big'] },
+    'over-openai': { deployments: [d('over-openai', 'openai', overOpenai)], fallbacks: ['big'] },
+    'over-ollama': { deployments: [d('over-ollama', 'ollama', overOllama)], fallbacks: ['big'] },
+    'rate-vllm': { deployments: [d('rate-vllm', 'openai', rateVllm)], fallbacks: ['big'] },
+    'bad-openai': { deployments: [d('bad-openai', 'openai', badOpenai)], fallbacks: ['big'] },
+    'bad-ollama': { deployments: [d('bad-ollama', 'ollama', badOllama)], fallbacks: ['big'] },
+    // The chain skips a group whose context window is too small for the prompt.
+    down: { deployments: [d('down-1', 'openai', fail500)], fallbacks: ['tiny', 'big'] },
+    cut: { deployments: [d('cut-1', 'openai', reset)], fallbacks: ['big'] },
+    unreachable: { deployments: [d('hole-1', 'openai', blackhole, { connectTimeoutMs: 200 })], fallbacks: ['big'] },
+    cold: { deployments: [d('cold-1', 'openai', coldStart, { firstTokenTimeoutMs: 150 })], fallbacks: ['big'] },
+    'cold-alone': { deployments: [d('cold-2', 'ollama', coldStart, { firstTokenTimeoutMs: 150 })] },
+    stalled: { deployments: [d('stall-1', 'openai', stall, { idleChunkTimeoutMs: 200 })], fallbacks: ['big'] },
+    endless: { deployments: [d('slow-1', 'ollama', slow, { totalTimeoutMs: 400 })], fallbacks: ['big'] },
+  },
+};
+const dir = mkdtempSync(join(tmpdir(), 'eb-fallback-'));
+writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', FRONT_THREADS: process.env.FRONT_THREADS ?? '0' });
+t.teardown(async () => {
+  await tb.close();
+  await Promise.all(mocks.map((m) => m.close()));
+});
+
+const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
+const ollama = new Ollama({ host: tb.url });
+const messages = [{ role: 'user' as const, content: 'Say something.' }];
+
+t.test('a context-length error goes to contextFallbacks, for each provider', async (t) => {
+  for (const [model, up] of [['small-openai', ctxOpenai], ['small-vllm', ctxVllm], ['small-ollama', ctxOllama]] as const) {
+    const before = up.stats.total;
+    const { data, response } = await openai.chat.completions.create({ model, messages }).withResponse();
+    t.equal(data.choices[0]!.message.content, mockText(8), model);
+    t.equal(response.headers.get('x-broker-fallback'), 'big', `${model}: the reply names the group that answered`);
+    t.equal(response.headers.get('x-broker-deployment'), 'big-1');
+    t.equal(up.stats.total, before + 1, `${model}: the small group was tried first`);
+  }
+  t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'small-vllm', to: 'big', reason: 'context_length' }), 1, 'counted, with its reason');
+  t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'ctx-ollama', class: 'context_length' }), 1);
+});
+
+t.test('without contextFallbacks a context-length error is the client\'s 400, with the upstream message; plain fallbacks do not take it', async (t) => {
+  const before = ok.stats.total;
+  const err = (await openai.chat.completions.create({ model: 'small-alone', messages }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
+  t.equal(err.status, 400);
+  t.match(err.message, /maximum context length is 8192 tokens/);
+  t.equal(ok.stats.total, before, 'big was not asked');
+});
+
+t.test('a group whose maxContextTokens is below prompt + max_tokens is skipped without a call', async (t) => {
+  const before = ok2.stats.total;
+  const { data, response } = await openai.chat.completions.create({ model: 'tiny', messages, max_tokens: 50 }).withResponse();
+  t.equal(data.choices[0]!.message.content, mockText(8));
+  t.equal(response.headers.get('x-broker-fallback'), 'big');
+  t.equal(ok2.stats.total, before, "tiny's upstream was never called");
+  // A prompt that fits stays on tiny.
+  const small = await openai.chat.completions.create({ model: 'tiny', messages, max_tokens: 5 }).withResponse();
+  t.equal(small.response.headers.get('x-broker-fallback'), null, 'no fallback header when the group itself answered');
+  t.equal(ok2.stats.total, before + 1);
+  // In a fallback chain, too small is skipped: down → (tiny skipped) → big.
+  const chain = await openai.chat.completions.create({ model: 'down', messages, max_tokens: 50 }).withResponse();
+  t.equal(chain.response.headers.get('x-broker-fallback'), 'big');
+  t.equal(ok2.stats.total, before + 1, 'tiny skipped in the chain');
+  t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'tiny', to: 'big', reason: 'context_window' }), 1);
+  t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'down', to: 'big', reason: 'failure' }), 1);
+});
+
+t.test('overloaded and rate-limited groups fall back, streamed and not, OpenAI and Ollama clients', async (t) => {
+  for (const model of ['over-openai', 'over-ollama', 'rate-vllm']) {
+    const { data, response } = await openai.chat.completions.create({ model, messages }).withResponse();
+    t.equal(data.choices[0]!.message.content, mockText(8), model);
+    t.equal(response.headers.get('x-broker-fallback'), 'big');
+  }
+  let text = '';
+  for await (const part of await ollama.chat({ model: 'over-ollama', messages, stream: true })) text += part.message.content;
+  t.equal(text, mockText(8), 'streamed fallback, Ollama client');
+  t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'over-ollama', class: 'overloaded' }), 2);
+  t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'rate-vllm', class: 'rate_limited' }), 1);
+});
+
+t.test('a bad request is passed on, never retried nor fallen back', async (t) => {
+  const before = ok.stats.total;
+  const err = (await openai.chat.completions.create({ model: 'bad-openai', messages }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
+  t.equal(err.status, 400);
+  t.match(err.message, /Invalid value for 'temperature'/);
+  const res = await fetch(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'bad-ollama', messages, stream: false }) });
+  t.equal(res.status, 400);
+  t.match(((await res.json()) as { error: string }).error, /cannot unmarshal/);
+  t.equal(ok.stats.total, before, 'no fallback');
+  t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { class: 'bad_request' }), 2);
+});
+
+t.test('never after the first byte: a stream cut mid-way ends with an error event, no fallback', async (t) => {
+  const before = ok.stats.total;
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'cut', messages, stream: true }) });
+  t.equal(res.status, 200);
+  const { events, done } = parseSse(await res.text());
+  t.notOk(done);
+  t.match(JSON.stringify(events.at(-1)), /error/);
+  t.equal(res.headers.get('x-broker-fallback'), null);
+  t.equal(ok.stats.total, before, 'big was not asked');
+});
+
+t.test('connect timeout: the deployment never accepts, the request falls back', async (t) => {
+  const { data, response } = await openai.chat.completions.create({ model: 'unreachable', messages }).withResponse();
+  t.equal(data.choices[0]!.message.content, mockText(8));
+  t.equal(response.headers.get('x-broker-fallback'), 'big');
+  t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'hole-1', phase: 'connect' }), 1);
+});
+
+t.test('first-token timeout: before the first byte it falls back; alone it is a 504', async (t) => {
+  const stream = await openai.chat.completions.create({ model: 'cold', messages, stream: true }).withResponse();
+  let text = '';
+  for await (const c of stream.data) text += c.choices[0]?.delta.content ?? '';
+  t.equal(text, mockText(8));
+  t.equal(stream.response.headers.get('x-broker-fallback'), 'big', 'the cold deployment sent headers but no token: still before the first byte');
+  t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'cold-1', phase: 'first_byte' }), 1);
+  const res = await fetch(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'cold-alone', messages }) });
+  t.equal(res.status, 504);
+  t.match(((await res.json()) as { error: string }).error, /firstTokenTimeoutMs \(150 ms\)/);
+});
+
+t.test('idle-chunk timeout after the first byte: the stream ends with an explicit error event', async (t) => {
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'stalled', messages, stream: true }) });
+  t.equal(res.status, 200);
+  const { events, done } = parseSse(await res.text());
+  t.notOk(done, 'no [DONE]');
+  const last = events.at(-1) as { error?: { code?: string; message?: string } };
+  t.equal(last.error?.code, 'upstream_timeout');
+  t.match(last.error?.message, /idleChunkTimeoutMs \(200 ms\)/);
+  t.equal(res.headers.get('x-broker-fallback'), null);
+  t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'stall-1', phase: 'idle' }), 1);
+});
+
+t.test('total timeout: a stream still going ends with an error event', async (t) => {
+  const lines: Record<string, unknown>[] = [];
+  const res = await fetch(`${tb.url}/api/generate`, { method: 'POST', body: JSON.stringify({ model: 'endless', prompt: 'go' }) });
+  for (const l of (await res.text()).split('\n')) if (l) lines.push(JSON.parse(l));
+  t.ok(lines.length > 1, 'tokens came first');
+  t.match(lines.at(-1)!.error, /totalTimeoutMs \(400 ms\)/);
+  t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'slow-1', phase: 'total' }), 1);
+});
+
+t.test('x-broker-overhead-ms on replies, and the phases as histograms', async (t) => {
+  const { response } = await openai.chat.completions.create({ model: 'big', messages }).withResponse();
+  const v = Number(response.headers.get('x-broker-overhead-ms'));
+  t.ok(Number.isFinite(v) && v >= 0, `a number of ms: ${response.headers.get('x-broker-overhead-ms')}`);
+  for (const phase of ['admission', 'queue', 'dispatch', 'upstream', 'relay']) t.ok((await metricValue(tb.url, 'llm_phase_seconds_count', { phase })) > 0, phase);
+  t.ok((await metricValue(tb.url, 'broker_overhead_seconds_count', { route: 'llm' })) > 0);
+});
