@@ -562,6 +562,12 @@ export class QuotaLedger {
    * Spends one request and `tokens` from the leases of every limited subject, or
    * spends nothing and says which lease is dry. Limit slots are locked in slot order
    * (after the windows, as everywhere), so concurrent reserves cannot deadlock.
+   *
+   * A lease that is short but not in debt, in a minute the cluster has not run dry, lends
+   * this one request: the control plane's next lease covers the debt. So no request is
+   * refused only because a top-up is on its way (a key just made, the flag just turned on,
+   * a request larger than a block); the most a replica can overshoot is one request, in
+   * the minute the cluster turns out to be dry.
    */
   #spendLeases(subjects: readonly string[], limits: readonly (QuotaLimits | undefined)[], tokens: number, nowMs: number): Violation | undefined {
     const table = this.#limits;
@@ -581,7 +587,11 @@ export class QuotaLedger {
         this.#promote(p, minute);
         const rpm = f[p + L_RPM]!;
         const tpm = f[p + L_TPM]!;
-        const short: 'rpm' | 'tpm' | undefined = !Number.isNaN(rpm) && f[p + L_RLEFT]! < 1 ? 'rpm' : !Number.isNaN(tpm) && tokens > 0 && f[p + L_TLEFT]! < tokens ? 'tpm' : undefined;
+        const rLeft = f[p + L_RLEFT]!;
+        const tLeft = f[p + L_TLEFT]!;
+        const lends = f[p + L_DRY_WIN] !== minute;
+        const short: 'rpm' | 'tpm' | undefined =
+          !Number.isNaN(rpm) && rLeft < 1 && !(lends && rLeft >= 0) ? 'rpm' : !Number.isNaN(tpm) && tokens > 0 && tLeft < tokens && !(lends && tLeft >= 0) ? 'tpm' : undefined;
         if (short === undefined) continue;
         f[p + L_LOW] = 1;
         f[p + L_ASKED_AT] = nowMs;

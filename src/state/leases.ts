@@ -106,8 +106,8 @@ export class LeaseKeeper {
       if (s === undefined || (s.limits.rpm === undefined && s.limits.tpm === undefined)) continue;
       const want = { requests: s.limits.rpm === undefined ? 0 : leaseBlock(s.limits.rpm), tokens: s.limits.tpm === undefined ? 0 : leaseBlock(s.limits.tpm) };
       if (s.low && s.dryWindow !== minute) {
-        // Owed tokens (usage above the estimate) are taken on top of the block.
-        work.push(this.take(subject, minute, { requests: want.requests, tokens: want.tokens + Math.max(0, -s.tokensLeft) }, s.limits));
+        // A debt (a request lent ahead of its lease, usage above the estimate) is taken on top of the block.
+        work.push(this.take(subject, minute, { requests: want.requests + Math.max(0, -s.requestsLeft), tokens: want.tokens + Math.max(0, -s.tokensLeft) }, s.limits));
       } else if (late && s.nextWindow !== minute + 1 && s.askedAt > now - this.activeMs) {
         work.push(this.take(subject, minute + 1, want, s.limits));
       }
