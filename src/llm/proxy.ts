@@ -22,6 +22,7 @@ import { streamContentType, translateRequest, translateResponse, upstreamError }
 import { RequestAbort, type AbortLike } from '../abort.ts';
 import type { Span } from '../obs/trace/span.ts';
 import { attemptSpan, queueWaitSpan } from '../obs/trace/llm.ts';
+import type { RequestFacts } from '../track/facts.ts';
 
 export interface ProxyDeps {
   readonly metrics: Metrics;
@@ -76,19 +77,29 @@ export class LlmProxy {
     let waited = 0;
     let lease: Lease | null = null;
     const usage: Usage = { ok: false, promptTokens: 0, completionTokens: 0, ttftMs: null };
+    // Request tracking's record, filled in as the request goes (undefined: not tracked).
+    const facts = req.facts;
     try {
       for (;;) {
         const retry = tried.size;
         const waitSpan = span === undefined ? undefined : queueWaitSpan(span, group.name, retry);
+        const askedAt = performance.now();
         try {
           lease = await gov.acquire(admitted, group, tried, abort);
+          if (facts !== undefined) {
+            facts.queueMs = (facts.queueMs ?? 0) + (performance.now() - askedAt);
+            facts.deployment = lease.dep.config.id;
+            facts.retries = retry;
+          }
         } catch (err) {
           const code = (err as BrokerError).code;
+          if (facts !== undefined) facts.queueMs = (facts.queueMs ?? 0) + (performance.now() - askedAt);
           waitSpan?.fail(sink.aborted ? 'client_closed' : (code ?? 'internal'), (err as Error).message).end();
           if (sink.aborted) return;
           if (this.stopped !== undefined) throw this.stopped;
           const reason = code === 'upstream_unavailable' ? 'no_deployment' : code;
           m.llmRequests.labels(group.name, 'none', coarse(reason), reason).inc();
+          if (facts !== undefined) facts.outcome = reason;
           // Out of deployments: the last upstream failure says more than "none left".
           if (code === 'upstream_unavailable' && lastError !== undefined) throw lastError;
           throw err;
@@ -125,11 +136,11 @@ export class LlmProxy {
           lease = null;
           if (sink.aborted) {
             upSpan?.fail('client_closed').end();
-            return this.finish(group, dep, 'aborted', req.startedAt, waited, up.stream);
+            return this.finish(facts, group, dep, 'aborted', req.startedAt, waited, up.stream);
           }
           if (this.stopped !== undefined) {
             upSpan?.fail('shutting_down').end();
-            this.finish(group, dep, 'upstream_error', req.startedAt, waited, up.stream);
+            this.finish(facts, group, dep, 'upstream_error', req.startedAt, waited, up.stream);
             throw this.stopped;
           }
           lastError = connectError(err, dep);
@@ -158,7 +169,7 @@ export class LlmProxy {
           }
           // The client's own mistake as the upstream saw it: pass it on, no retry.
           usage.ok = true;
-          this.finish(group, dep, 'client_error', req.startedAt, waited, up.stream);
+          this.finish(facts, group, dep, 'client_error', req.startedAt, waited, up.stream);
           throw err;
         }
 
@@ -194,10 +205,10 @@ export class LlmProxy {
             if (sink.aborted) {
               usage.ok = null;
               upSpan?.fail('client_closed').end();
-              return this.finish(group, dep, 'aborted', req.startedAt, waited, false);
+              return this.finish(facts, group, dep, 'aborted', req.startedAt, waited, false);
             }
             upSpan?.fail('upstream_error', (err as Error).message).end();
-            this.finish(group, dep, 'upstream_error', req.startedAt, waited, false);
+            this.finish(facts, group, dep, 'upstream_error', req.startedAt, waited, false);
             throw new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
           }
           waited += performance.now() - t0;
@@ -214,10 +225,16 @@ export class LlmProxy {
           outcome = 'ok';
           usage.ok = true;
         }
-        this.finish(group, dep, outcome, req.startedAt, waited, up.stream);
+        this.finish(facts, group, dep, outcome, req.startedAt, waited, up.stream);
         return;
       }
     } finally {
+      if (facts !== undefined) {
+        facts.promptTokens = usage.promptTokens;
+        facts.completionTokens = usage.completionTokens;
+        facts.ttftMs = usage.ttftMs ?? undefined;
+        facts.upstreamMs = waited;
+      }
       this.running.delete(abort);
       gov.completed(admitted, lease, { ...usage, durationMs: performance.now() - req.startedAt });
     }
@@ -244,8 +261,9 @@ export class LlmProxy {
     if (completion > 0) this.deps.metrics.llmTokens.labels(group.name, 'completion').inc(completion);
   }
 
-  private finish(group: ModelGroupConfig, dep: DeploymentState, outcome: Outcome, startedAt: number, waited: number, stream: boolean): void {
+  private finish(facts: RequestFacts | undefined, group: ModelGroupConfig, dep: DeploymentState, outcome: Outcome, startedAt: number, waited: number, stream: boolean): void {
     const m = this.deps.metrics;
+    if (facts !== undefined) facts.outcome = outcome;
     const total = performance.now() - startedAt;
     m.llmRequests.labels(group.name, dep.config.id, coarse(outcome), outcome).inc();
     m.llmDuration.labels(group.name, dep.config.id, stream ? 'true' : 'false').observe(total / 1000);

@@ -4,7 +4,9 @@
 // to the provider's API.
 import { BrokerError } from '../errors.ts';
 import type { BrokerRequest } from '../front/reply.ts';
-import { apiKeyOf } from '../guard/api-key.ts';
+import { apiKeyOf, keyId } from '../guard/api-key.ts';
+import { isJwt } from '../guard/jwt.ts';
+import type { RequestFacts } from '../track/facts.ts';
 import type { Api, Kind } from './translate/index.ts';
 
 export interface LlmRequest {
@@ -34,6 +36,8 @@ export interface LlmRequest {
   readonly tier: string | undefined;
   /** 'grpc': the reply is gRPC messages (the compiled chain's gRPC encoder), not `api`'s wire format. */
   readonly encoder?: 'grpc';
+  /** Request tracking's record of it (the front's), when tracked. */
+  readonly facts?: RequestFacts | undefined;
 }
 
 const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };
@@ -59,6 +63,13 @@ export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: R
   if (options !== undefined && options !== null && typeof options === 'object') checkInt(options.num_predict, 'options.num_predict', -2, MAX_OUTPUT_TOKENS);
   checkInt(body.n, 'n', 1, MAX_CHOICES);
   const h = req.headers;
+  const apiKey = apiKeyOf(h);
+  const facts = req.facts;
+  if (facts !== undefined) {
+    facts.model = model;
+    // The key's id, never the key; a JWT or a session is no API key.
+    if (apiKey !== undefined && !apiKey.startsWith('sess_') && !isJwt(apiKey)) facts.keyId = keyId(apiKey);
+  }
   return {
     id: req.id,
     startedAt: req.startedAt,
@@ -70,10 +81,11 @@ export function readLlmRequest(req: BrokerRequest, api: Api, kind: Kind, body: R
     promptChars,
     maxTokens: maxOutputTokensOf(body),
     choices: typeof body.n === 'number' ? body.n : 1,
-    apiKey: apiKeyOf(h),
+    apiKey,
     label: labelOf(h['x-broker-label']),
     priority: priorityOf(h['x-broker-priority']),
     tier: h['x-broker-qos'],
+    facts,
   };
 }
 

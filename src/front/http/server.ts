@@ -22,6 +22,7 @@ import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from
 import { statusLine } from './status.ts';
 import { TRACING_OFF, type Tracer } from '../../obs/trace/tracer.ts';
 import { endRequestSpan, startRequestSpan } from '../../obs/trace/http.ts';
+import { RECORDER_OFF, type Recorder } from '../../track/recorder.ts';
 
 export interface HttpFrontOptions extends Guards {
   readonly host: string;
@@ -35,6 +36,8 @@ export interface HttpFrontOptions extends Guards {
   readonly forward?: Forward;
   /** OpenTelemetry traces: the request's server span starts and ends here (default: off). */
   readonly tracer?: Tracer;
+  /** Request tracking: one row per request on a tracked route (default: off). */
+  readonly recorder?: Recorder;
 }
 
 /** A request handed to the control plane, and its whole reply. */
@@ -66,6 +69,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const { router, metrics, logger, forward } = opts;
   const accessLog = opts.accessLog ?? logger;
   const tracer = opts.tracer ?? TRACING_OFF;
+  const recorder = opts.recorder ?? RECORDER_OFF;
   const app = uWS.App();
   let inFlight = 0;
   let closing = false;
@@ -83,6 +87,8 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     const path = ureq.getUrl();
     const id = requestIdFrom(headers['x-request-id']);
     const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
+    const match = router.match(method, path);
+    const route = match.kind === 'found' ? match.route : undefined;
     const req: BrokerRequest = {
       id,
       method,
@@ -93,12 +99,12 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       startedAt,
       // Tracing off: this one check, and no span anywhere down the line.
       span: tracer.enabled ? startRequestSpan(tracer, headers, method, id, remoteAddress, startedAt) : undefined,
+      // Tracking off or an untracked route: no facts, and no stage fills any in.
+      facts: route?.track === undefined ? undefined : recorder.start(route.track),
     };
     inFlight++;
     metrics.httpActive.inc();
-    const match = router.match(method, path);
-    const route = match.kind === 'found' ? match.route : undefined;
-    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, done, metrics, logger, accessLog);
+    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, done, metrics, logger, accessLog, recorder);
     if (closing) sink.closeConnection = true;
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
@@ -193,6 +199,7 @@ class UwsSink implements FrontSink {
     private readonly metrics: Metrics,
     private readonly logger: Logger,
     private readonly accessLog: Logger,
+    private readonly recorder: Recorder,
   ) {
     res.onAborted(() => {
       this.aborted = true;
@@ -289,6 +296,8 @@ class UwsSink implements FrontSink {
     const seconds = (performance.now() - this.req.startedAt) / 1000;
     const span = this.req.span;
     if (span !== undefined) endRequestSpan(span, this.req.path, this.routeName, status, this.errorCode, aborted);
+    const facts = this.req.facts;
+    if (facts !== undefined) this.recorder.end(facts, this.req.id, this.req.startedAt, 'http', this.routeName, status, this.errorCode, aborted);
     const m = this.metrics;
     m.httpActive.dec();
     m.httpDuration.labels(this.routeName, this.req.method, String(status)).observe(seconds);
