@@ -19,7 +19,7 @@ export interface PostgresProcess {
   readonly url: string;
   /** A fresh, empty database on this cluster: its URL. */
   createDatabase(name: string): Promise<string>;
-  /** Stops the server at once (immediate mode: connections are cut). */
+  /** Stops the server (fast mode: connections are cut, committed rows kept; immediate mode would lose the last commits, as synchronous_commit is off). */
   stop(): Promise<void>;
   /** Starts it again on the same port, with its data. */
   start(): Promise<void>;
@@ -78,7 +78,7 @@ export async function startPostgres(t: Teardown): Promise<PostgresProcess> {
   const stop = async (): Promise<void> => {
     if (!running) return;
     running = false;
-    run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']);
+    run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']);
   };
   await start();
   t.teardown(async () => {
