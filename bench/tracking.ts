@@ -16,8 +16,15 @@
 //    Reported: client p50/p99 per setting (median over rounds), and the rows written and
 //    dropped by the tracked broker. Writes bench/results/tracking.json.
 //
-//   npm run bench:tracking -- [--rounds 2] [--seconds 8] [--rate 2000] [--rows 200000] [--front-threads 1]
+// Also (0.) the hot path's own cost in-process: the recorder per request, a row's clone
+// through a port, and an in-process A/B of process CPU per request, tracking off and on.
+//
+//   npm run bench:tracking -- [--rounds 2] [--seconds 8] [--rate 2000] [--rows 200000] [--front-threads 1] [--in-process-rounds 6]
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { Writable } from 'node:stream';
+import { Pool as UndiciPool } from 'undici';
+import { startBroker as startBrokerInProcess } from '../src/app.ts';
+import { createMockUpstream } from '../src/mock-upstream/server.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -30,6 +37,7 @@ import { COPY_SQL, copyLines, INSERT_SQL, insertParams, type StoredRow } from '.
 import { migrate, maintainPartitions } from '../src/track/migrate.ts';
 import { rowOf } from '../src/track/facts.ts';
 import { TrackingWriter } from '../src/track/writer.ts';
+import { RowRecorder } from '../src/track/recorder.ts';
 import { createMetrics } from '../src/obs/metrics.ts';
 import { createLogger } from '../src/obs/logger.ts';
 import { loadConfig } from '../src/config/env.ts';
@@ -61,9 +69,102 @@ function metricSum(text: string, name: string): number {
   return sum;
 }
 
+/**
+ * 0. In this process, no HTTP: the hot path's own cost per request, which load elsewhere on
+ * the machine moves far less than a latency percentile: RowRecorder.end (what the front calls
+ * when a request ends) plus the end-of-turn row build and hand-over, and the structured clone
+ * of a thread's batch through a MessagePort (50 rows a message), per row. Best of 15 trials.
+ */
+async function micro(): Promise<{ recorder_us_per_request: number; port_clone_us_per_row: number }> {
+  const { MessageChannel } = await import('node:worker_threads');
+  let handed = 0;
+  const rec = new RowRecorder({ hand: (r) => (handed += r.length), maxRows: 1_000_000, dropped: () => undefined });
+  let best = Infinity;
+  for (let trial = 0; trial < 15; trial++) {
+    const N = 20_000;
+    const t0 = performance.now();
+    for (let i = 0; i < N; i++) {
+      const f = rec.start('openai.chat')!;
+      f.model = 'bench';
+      f.deployment = 'mock-1';
+      f.label = 'bench';
+      f.promptTokens = 12;
+      f.completionTokens = 16;
+      rec.end(f, 'abc123', t0, 'http', '/v1/chat/completions', 200, undefined, false);
+    }
+    rec.flush();
+    best = Math.min(best, ((performance.now() - t0) / N) * 1000);
+  }
+  const batch = Array.from({ length: 50 }, (_, i) => rowOf({ api: 'openai.chat', model: 'bench', deployment: 'mock-1', label: 'bench', promptTokens: 12, completionTokens: 16 }, `req-${i}`, 'http', '/v1/chat/completions', 200, undefined, false, 2.5, Date.now()));
+  const { port1, port2 } = new MessageChannel();
+  let got = 0;
+  port2.on('message', (m: unknown[]) => (got += m.length));
+  let bestClone = Infinity;
+  for (let trial = 0; trial < 15; trial++) {
+    const M = 400;
+    got = 0;
+    const t0 = performance.now();
+    for (let i = 0; i < M; i++) port1.postMessage(batch);
+    while (got < M * batch.length) await new Promise((r) => setImmediate(r));
+    bestClone = Math.min(bestClone, ((performance.now() - t0) / (M * batch.length)) * 1000);
+  }
+  port1.close();
+  port2.close();
+  return { recorder_us_per_request: round(best, 3), port_clone_us_per_row: round(bestClone, 3) };
+}
+const microFigures = await micro();
+console.log('hot path, in-process:', microFigures);
+
+/**
+ * 0b. An A/B in this one process: a broker with tracking off and one with it on
+ * (FRONT_THREADS=0, the mock upstream and the load generator in-process too), alternated,
+ * process CPU per request. Both sides pay the same client and mock, so the difference is
+ * tracking's own (recorder, writer, COPY encoding and the pg client; PostgreSQL's own CPU
+ * is another process, not counted); load elsewhere on the machine moves both alike.
+ */
+async function inProcess(pgUrl: string, rounds: number, requests: number): Promise<Record<'off' | 'on', { us_per_req: number[]; median: number }>> {
+  const mock = await createMockUpstream({ tokens: 16 });
+  const d = mkdtempSync(join(tmpdir(), 'eb-bench-tracking-ip-'));
+  writeFileSync(join(d, 'fleet.json'), JSON.stringify({ modelGroups: { bench: { deployments: [{ id: 'mock-1', provider: 'openai', url: mock.url, model: 'm', concurrencyLimit: 256 }] } }, prices: { models: { bench: { inputPer1M: 1, outputPer1M: 2 } } } }));
+  const quiet = new Writable({ write: (_c, _e, cb) => cb() });
+  const start = (env: Record<string, string>) =>
+    startBrokerInProcess(loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'warn', FRONT_THREADS: '0', GRPC_PORT: '0', INFER_ENABLED: 'false', FLEET_HEALTH_CHECKS: 'false', BROKER_CONFIG: join(d, 'fleet.json'), ...env }), { logDestination: quiet });
+  const body1 = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: 'Say something.' }], max_tokens: 16 });
+  const load = async (port: number, n: number): Promise<void> => {
+    const pool = new UndiciPool(`http://127.0.0.1:${port}`, { connections: 16 });
+    let left = n;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (left-- > 0) await (await pool.request({ method: 'POST', path: '/v1/chat/completions', headers: { 'content-type': 'application/json' }, body: body1 })).body.text();
+      }),
+    );
+    await pool.close();
+  };
+  const brokers = { off: await start({}), on: await start({ DATABASE_URL: pgUrl }) };
+  for (const n of ['off', 'on'] as const) await load(brokers[n].port, 2000);
+  const out = { off: [] as number[], on: [] as number[] };
+  for (let r = 0; r < rounds; r++) {
+    for (const name of r % 2 === 0 ? (['off', 'on'] as const) : (['on', 'off'] as const)) {
+      const c0 = process.cpuUsage();
+      await load(brokers[name].port, requests);
+      // Both wait the same, so that the tracked broker's last flush is counted in its own window.
+      await new Promise((res) => setTimeout(res, 400));
+      const c = process.cpuUsage(c0);
+      out[name].push(round((c.user + c.system) / requests, 1));
+    }
+  }
+  await Promise.all([brokers.off.close(100), brokers.on.close(2000)]);
+  await mock.close();
+  const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+  return { off: { us_per_req: out.off, median: med(out.off) }, on: { us_per_req: out.on, median: med(out.on) } };
+}
+
 const teardowns: (() => unknown)[] = [];
 const pgc = await startPostgres({ teardown: (fn) => teardowns.push(fn) });
 try {
+  const inProcessFigures = await inProcess(await pgc.createDatabase('in_process'), arg('in-process-rounds', 6), 4000);
+  console.log('in-process A/B, process CPU µs per request:', inProcessFigures);
+
   // ---------------------------------------------------------------- 1. writer throughput
   const now = Date.now();
   const rows: StoredRow[] = Array.from({ length: 2000 }, (_, i) => ({
@@ -155,6 +256,8 @@ try {
   const results = {
     machine: machine(),
     settings: { rounds: ROUNDS, seconds: SECONDS, rate: RATE, rows: ROWS, front_threads: FRONT_THREADS, connections: CONNECTIONS },
+    hot_path_micro: microFigures,
+    in_process_cpu_us_per_request: inProcessFigures,
     writer_rows_per_s: { direct_one_connection: direct, tracking_writer: writerFigures },
     hot_path: { runs, summary, on_minus_off_p50_ms: round(summary.on.p50_ms - summary.off.p50_ms), control_minus_off_p50_ms: round(summary['off (control)'].p50_ms - summary.off.p50_ms), on_minus_off_p99_ms: round(summary.on.p99_ms - summary.off.p99_ms), control_minus_off_p99_ms: round(summary['off (control)'].p99_ms - summary.off.p99_ms) },
   };

@@ -65,6 +65,8 @@ export class TrackingWriter {
     this.pool.on('error', (err) => this.warn(err, 'tracking database connection lost'));
     this.ring = new RowRing(c.bufferRows);
     this.ledger = new SpendLedger(d.budgets, this.now);
+    // Both reasons exist from the start at 0: a rate over them, and the alert, see a series.
+    for (const reason of ['overflow', 'shutdown']) d.metrics.trackingDropped.labels(reason).inc(0);
     d.metrics.sources.trackingBuffer = () => this.ring.size;
     d.metrics.sources.trackingPool = () => ({ active: this.pool.totalCount - this.pool.idleCount, idle: this.pool.idleCount, waiting: this.pool.waitingCount });
     d.metrics.sources.budgets = () =>
