@@ -39,6 +39,16 @@ function text(q: URLSearchParams, name: string): string | undefined {
   return v;
 }
 
+/** The database unreachable or failing: 503 with Retry-After, not a 500 (as identity does for its store). */
+async function read<T>(work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (err) {
+    if (err instanceof BrokerError) throw err;
+    throw new BrokerError('overloaded', `the tracking database did not answer (${(err as Error).message}); try again shortly`, { retryAfter: 1, cause: err });
+  }
+}
+
 export function trackingRoutes(pool: () => pg.Pool | undefined, now: () => number = Date.now): Route[] {
   const db = (): pg.Pool => {
     const p = pool();
@@ -56,7 +66,7 @@ export function trackingRoutes(pool: () => pg.Pool | undefined, now: () => numbe
         const limitRaw = q.get('limit');
         const limit = limitRaw === null ? 100 : Number(limitRaw);
         if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw invalid('limit', `must be an integer between 1 and ${MAX_PAGE}`);
-        reply(ctx, await listRequests(db(), { ...window(q, now()), label: text(q, 'label'), key: text(q, 'key'), model: text(q, 'model'), deployment: text(q, 'deployment'), outcome: text(q, 'outcome'), limit, cursor: text(q, 'cursor') }));
+        reply(ctx, await read(listRequests(db(), { ...window(q, now()), label: text(q, 'label'), key: text(q, 'key'), model: text(q, 'model'), deployment: text(q, 'deployment'), outcome: text(q, 'outcome'), limit, cursor: text(q, 'cursor') })));
       },
     },
     {
@@ -64,7 +74,7 @@ export function trackingRoutes(pool: () => pg.Pool | undefined, now: () => numbe
       path: '/api/tracking/requests/:id',
       admin: true,
       async handle(ctx) {
-        const rows = await getRequest(db(), ctx.params.id!);
+        const rows = await read(getRequest(db(), ctx.params.id!));
         if (rows.length === 0) throw new BrokerError('not_found', `no tracked request ${ctx.params.id}`);
         reply(ctx, { request: rows[0], ...(rows.length > 1 ? { others: rows.slice(1) } : {}) });
       },
@@ -80,7 +90,7 @@ export function trackingRoutes(pool: () => pg.Pool | undefined, now: () => numbe
         const bucket = q.get('bucket') ?? 'hour';
         if (bucket !== 'hour' && bucket !== 'day') throw invalid('bucket', 'must be hour or day');
         const w = window(q, now());
-        reply(ctx, { group_by: groupBy, bucket, from: w.from.toISOString(), to: w.to.toISOString(), usage: await usage(db(), { ...w, groupBy, bucket }) });
+        reply(ctx, { group_by: groupBy, bucket, from: w.from.toISOString(), to: w.to.toISOString(), usage: await read(usage(db(), { ...w, groupBy, bucket })) });
       },
     },
   ];

@@ -215,7 +215,10 @@ export class TrackingWriter {
   async close(deadline: number): Promise<void> {
     this.closing = true;
     for (const t of this.timers) clearInterval(t);
-    await this.startPromise?.catch(() => undefined);
+    // A start-up still retrying (the database down all along) is not waited on past the deadline.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.startPromise?.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - this.now()))))]);
+    clearTimeout(timer);
     while (this.ready && this.ring.size > 0 && this.now() < deadline) {
       await this.flushing;
       if (this.ring.size === 0) break;

@@ -96,6 +96,9 @@ t.test('the database stopped: clients see no error, drops are counted; restarted
     await until(async () => (await metricValue(tb.url, 'tracking_rows_dropped_total', { reason: 'overflow' })) === 50, 'the overflow counted');
     t.equal(await metricValue(tb.url, 'tracking_buffer_rows'), 100, 'the buffer holds its bound');
     t.ok((await metricValue(tb.url, 'tracking_flush_failures_total')) > 0, 'failed flushes are counted');
+    const read = await fetch(`${tb.url}/api/tracking/requests`, { headers: admin });
+    t.equal(read.status, 503, 'the admin API answers 503 while the database is down');
+    t.equal((await json(read)).error.code, 'overloaded');
   } finally {
     await pgc.start();
   }
