@@ -317,7 +317,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     if (threaded) {
       const controlRouter = new Router();
       for (const r of controlRoutes) controlRouter.add(r);
-      const control = { ...guards, router: controlRouter, logger };
+      const control = { ...guards, router: controlRouter, logger, recorder };
       planes = new DataPlanes({
         config,
         threads: config.frontThreads,

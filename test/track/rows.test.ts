@@ -1,6 +1,7 @@
 // Request tracking against a real PostgreSQL (test/helpers/postgres.ts): the rows match
 // the requests sent (counts, tokens, outcomes, labels, keys, cost) for inference and LLM,
-// streamed and not, over HTTP and gRPC, with FRONT_THREADS=0 and 2. The writer is told
+// streamed and not, over HTTP (the Open Inference Protocol too) and gRPC, with
+// FRONT_THREADS=0 and 2. The writer is told
 // to flush only on a full batch or every minute, so nothing reaches the table before
 // shutdown: the rows found after close() are the ones shutdown flushed.
 import t from 'tap';
@@ -14,6 +15,7 @@ import { clients, freePort } from '../helpers/grpc.ts';
 import { fashionPngs } from '../helpers/images.ts';
 import { startPostgres } from '../helpers/postgres.ts';
 import { keyId } from '../../src/guard/api-key.ts';
+import { V2Client } from '../helpers/v2-client.ts';
 
 const pgc = await startPostgres(t);
 const openaiUp = await startMock(t, { tokens: 4 });
@@ -91,6 +93,10 @@ for (const threads of ['0', '2']) {
     const inf = await postJson(`${tb.url}/v1/infer`, { image_b64: image!.b64 }, { 'x-request-id': id('infer\\x') });
     t.equal(inf.status, 200);
 
+    // Open Inference Protocol over REST (served by the control plane; threaded, a forwarded request).
+    const v2 = await new V2Client(tb.url, 'json').infer(inf.body.model, { inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], data: [Buffer.from(image!.b64, 'base64')] }], headers: { 'x-request-id': id('oip') } });
+    t.equal(v2.status, 200);
+
     // gRPC: a Chat stream and a unary Infer.
     const c = clients(grpcPort);
     t.teardown(() => c.close());
@@ -113,7 +119,7 @@ for (const threads of ['0', '2']) {
     await tb.close();
     const rows = await rowsOf(db);
     const byId = new Map(rows.map((r) => [r.broker_request_id, r]));
-    t.equal(rows.length, 10, 'one row per request, every one flushed at shutdown');
+    t.equal(rows.length, 11, 'one row per request, every one flushed at shutdown');
 
     for (const s of seen) {
       const r = byId.get(s.id);
@@ -149,6 +155,7 @@ for (const threads of ['0', '2']) {
     t.match(gchat, { api: 'grpc.chat', protocol: 'grpc', status: 0, outcome: 'ok', model: 'g', deployment: 'oa', completion_tokens: 4, api_key_id: keyId(KEY), semantic_label: 'team-a' });
     t.ok(gchat.prompt_tokens > 0);
     t.match(byId.get(id('grpc-infer')), { api: 'grpc.infer', protocol: 'grpc', status: 0, outcome: 'ok', model: reply.model, arm: reply.arm });
+    t.match(byId.get(id('oip')), { api: 'oip.infer', protocol: 'http', status: 200, outcome: 'ok', model: inf.body.model, arm: 'A', route: '/v2/models/:model/infer' });
     t.ok(rows.every((r) => r.replica === tb.broker.config.replicaId), 'each row names its replica');
   });
 }

@@ -23,6 +23,7 @@ import { statusLine } from './status.ts';
 import { TRACING_OFF, type Tracer } from '../../obs/trace/tracer.ts';
 import { endRequestSpan, startRequestSpan } from '../../obs/trace/http.ts';
 import { RECORDER_OFF, type Recorder } from '../../track/recorder.ts';
+import type { RequestFacts } from '../../track/facts.ts';
 
 export interface HttpFrontOptions extends Guards {
   readonly host: string;
@@ -50,6 +51,8 @@ export interface ForwardedReply {
   /** The route that served it, for this thread's metrics and log line. */
   readonly route: string;
   readonly errorCode?: ErrorCode;
+  /** Request tracking's facts of a tracked route the control plane served (its /v2 inference). */
+  readonly facts?: RequestFacts | undefined;
 }
 
 export interface HttpFront {
@@ -151,6 +154,8 @@ function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBod
       (reply) => {
         sink.routeName = reply.route;
         sink.errorCode = reply.errorCode;
+        // The control plane opened the facts (it knows the route); this thread records the row, as for its own routes.
+        if (reply.facts !== undefined) sink.facts = reply.facts;
         sink.send(reply.status, reply.headers, reply.body);
       },
       (err: unknown) => sink.fail(toBrokerError(err)),
@@ -186,6 +191,8 @@ class UwsSink implements FrontSink {
   /** Set while the front shuts down: every reply closes its connection. */
   closeConnection = false;
   errorCode: ErrorCode | undefined;
+  /** Request tracking's facts: the request's own, or those of a forwarded reply. */
+  facts: RequestFacts | undefined;
   private status = 0;
   private abortCbs: (() => void)[] | undefined;
   private writableCb: (() => void) | undefined;
@@ -201,6 +208,7 @@ class UwsSink implements FrontSink {
     private readonly accessLog: Logger,
     private readonly recorder: Recorder,
   ) {
+    this.facts = req.facts;
     res.onAborted(() => {
       this.aborted = true;
       const cbs = this.abortCbs;
@@ -296,7 +304,7 @@ class UwsSink implements FrontSink {
     const seconds = (performance.now() - this.req.startedAt) / 1000;
     const span = this.req.span;
     if (span !== undefined) endRequestSpan(span, this.req.path, this.routeName, status, this.errorCode, aborted);
-    const facts = this.req.facts;
+    const facts = this.facts;
     if (facts !== undefined) this.recorder.end(facts, this.req.id, this.req.startedAt, 'http', this.routeName, status, this.errorCode, aborted);
     const m = this.metrics;
     m.httpActive.dec();
