@@ -45,6 +45,8 @@ COPY config ./config
 COPY models ./models
 # The gRPC contract: the server loads it at start (and serves it by reflection).
 COPY proto ./proto
+# Request tracking's SQL migrations (applied at start-up when DATABASE_URL is set).
+COPY migrations ./migrations
 
 # Fail the build, not the first start, if a module (uWebSockets.js, sharp, onnxruntime-node, a
 # dependency left in devDependencies) cannot load.

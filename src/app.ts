@@ -54,6 +54,11 @@ import type { Learned } from './sched/governance.ts';
 import { serveForwarded } from './plane/forwarded.ts';
 import type { Snapshot } from './plane/protocol.ts';
 import { createTracer, type Tracer } from './obs/trace/tracer.ts';
+import { TrackingWriter } from './track/writer.ts';
+import { RowRecorder } from './track/recorder.ts';
+import { BudgetGate, type Budget } from './track/budget.ts';
+import { trackingRoutes } from './admin/tracking.ts';
+import { keyId } from './guard/api-key.ts';
 
 export interface Broker {
   readonly port: number;
@@ -66,6 +71,8 @@ export interface Broker {
   readonly governance: Governance;
   /** The data-plane threads; undefined with FRONT_THREADS=0. */
   readonly planes: DataPlanes | undefined;
+  /** Request tracking's writer; undefined without DATABASE_URL. */
+  readonly tracking: TrackingWriter | undefined;
   /** The gRPC port (0: GRPC_PORT=0, no gRPC front). */
   readonly grpcPort: number;
   /** Resolves once the inference models are loaded (at once without inference). */
@@ -138,7 +145,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   let lessons: Learned[] = [];
   // Sticky pins made here reach the other replicas (set below, with Redis).
   let pinShare: PinShare | undefined;
-  const governance = new Governance({
+  // Budgets per API key: admission here checks this gate; the threads get the same totals by message.
+  const budgetGate = config.tracking === undefined ? undefined : new BudgetGate(Date.now, () => governance.current.prices.currency);
+  const governance: Governance = new Governance({
+    ...(budgetGate !== undefined ? { budgets: budgetGate } : {}),
     config: fleetConfig ?? { ...EMPTY_FLEET, source: 'none' },
     flags,
     metrics,
@@ -242,6 +252,32 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     return made;
   };
 
+  // Request tracking (docs/tracking.md): the one writer, here on the control plane.
+  const tracking =
+    config.tracking === undefined
+      ? undefined
+      : new TrackingWriter({
+          config: config.tracking,
+          replica: config.replicaId,
+          logger,
+          metrics,
+          prices: () => governance.current.prices,
+          budgets: () => budgetsOf(governance.current),
+          onSpend(entries) {
+            budgetGate?.update(entries);
+            planes?.spend(entries);
+          },
+        });
+  // The control plane's own requests (gRPC; everything with FRONT_THREADS=0) hand their rows to it directly.
+  const recorder = tracking === undefined ? undefined : new RowRecorder({ hand: (rows) => tracking.accept(rows), maxRows: 10_000, dropped: (n) => metrics.trackingDropped.labels('overflow').inc(n) });
+  if (tracking === undefined) logger.info('request tracking is off: set DATABASE_URL=postgres://… to record every request in PostgreSQL (docs/tracking.md)');
+  else {
+    // Migrations and partitions before serving, as far as the database lets: one that is down does not hold start-up (rows are buffered meanwhile).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([tracking.start(), new Promise((r) => (timer = setTimeout(r, 5000)))]);
+    clearTimeout(timer);
+  }
+
   const v2Core = new V2Core(infer);
   const authThrottle = new AuthThrottle(config.adminAuthMaxFailures > 0 ? config.adminAuthMaxFailures : Infinity);
   const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
@@ -252,6 +288,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     ...v2Routes(v2Core, config.stickyCookie),
     ...(infer !== undefined ? adminRoutes(infer) : []),
     ...industrialRoutes(admin, logger),
+    ...trackingRoutes(() => tracking?.pool),
     ...authRoutes({ identity, store, qos: () => governance.qos, keyPolicy: (k) => governance.keyPolicy(k), keysChanged: () => sharedState.keysChanged(), ready: () => infer?.ready ?? true, replica: config.replicaId }),
     ...orchestratorRoutes({
       fleet: manager,
@@ -293,7 +330,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     if (threaded) {
       const controlRouter = new Router();
       for (const r of controlRoutes) controlRouter.add(r);
-      const control = { ...guards, router: controlRouter, logger };
+      const control = { ...guards, router: controlRouter, logger, recorder };
       planes = new DataPlanes({
         config,
         threads: config.frontThreads,
@@ -322,6 +359,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           if (fleetVersion !== before) await planes!.publish();
         },
         session: async (id) => sessionRoles(await identity.session(id)),
+        ...(tracking !== undefined ? { track: (rows: Parameters<TrackingWriter['accept']>[0]) => tracking.accept(rows) } : {}),
         learn(events) {
           for (const e of events) {
             governance.learn(e);
@@ -332,6 +370,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         wakeControl: (group) => governance.wake(group),
       });
       port = await planes.start();
+      if (tracking !== undefined) planes.spend(tracking.ledger.entries());
       stopListening = () => undefined;
       closeAll = () => undefined;
       inFlight = () => 0;
@@ -339,7 +378,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       proxy = new LlmProxy({ metrics, logger, executor: executor!, leases: governance, cache: responseCache });
       const router = new Router();
       for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
-      const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination), tracer });
+      const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination), tracer, recorder });
       port = front.port;
       stopListening = () => front.stopListening();
       closeAll = () => front.closeAll();
@@ -349,7 +388,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     manager.stop();
     sharedState.close();
     responseCache.close();
-    await Promise.all([infer?.close(), executor?.close(), planes?.close(0), store.close(), tracer.shutdown(0)]);
+    await Promise.all([infer?.close(), executor?.close(), planes?.close(0), store.close(), tracer.shutdown(0), tracking?.close(0)]);
     throw err;
   }
   manager.start();
@@ -419,6 +458,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         inferService: infer,
         infer: infer ?? disabledInference,
         // KServe v2 (GRPCInferenceService) on the same server as ours, on the same V2Core as REST.
+        recorder,
         services: [{ definition: v2PackageDefinition(), names: [V2_SERVICE], register: (server) => addV2GrpcService(server, { core: v2Core }) }, ...(opts.grpcServices ?? [])],
       });
     } catch (err) {
@@ -446,10 +486,12 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     infer,
     governance,
     planes,
+    tracking,
     grpcPort: grpc?.port ?? 0,
     waitReady: () => infer?.waitReady() ?? Promise.resolve(),
     close(graceMs = config.shutdownGraceS * 1000) {
       closed ??= (async () => {
+        const closeStarted = Date.now();
         manager.stop();
         sharedState.close();
         // gRPC: health NOT_SERVING, no new calls, graceMs for open ones, then UNAVAILABLE.
@@ -469,6 +511,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           closeAll();
         }
         unfinished += await grpcClosed;
+        // Every request has ended: the last rows (the threads sent theirs before stopping) are
+        // written within what is left of the grace period, at least a second.
+        recorder?.flush();
+        await tracking?.close(Math.max(closeStarted + graceMs, Date.now() + 1000));
         responseCache.close();
         // Unspent leases go back to the cluster before the store closes.
         pinShare?.close();
@@ -533,4 +579,18 @@ function sameSnapshot(a: Omit<Snapshot, 'version'>, b: Omit<Snapshot, 'version'>
     a.keysVersion === b.keysVersion &&
     a.queuePaused === b.queuePaused
   );
+}
+
+const budgetCache = new WeakMap<BrokerConfig, ReadonlyMap<string, Budget>>();
+
+/** The fleet file's keys that have a budget, by key id (computed once per config). */
+function budgetsOf(config: BrokerConfig): ReadonlyMap<string, Budget> {
+  let m = budgetCache.get(config);
+  if (m === undefined) {
+    const out = new Map<string, Budget>();
+    for (const [key, p] of config.apiKeys) if (p.budget !== undefined) out.set(keyId(key), p.budget);
+    m = out;
+    budgetCache.set(config, m);
+  }
+  return m;
 }

@@ -127,6 +127,14 @@ export interface ApiKeyPolicy {
   readonly label: string | undefined;
   readonly rpm: number | undefined;
   readonly tpm: number | undefined;
+  /** Spend limit per UTC day or month (request tracking checks it at admission). */
+  readonly budget?: { readonly limit: number; readonly period: 'day' | 'month' } | undefined;
+}
+
+/** Price per 1M tokens, by deployment id or model group name. */
+export interface PriceTable {
+  readonly currency: string;
+  readonly models: ReadonlyMap<string, { readonly inputPer1M: number; readonly outputPer1M: number }>;
 }
 
 export interface PtuConfig {
@@ -144,6 +152,7 @@ export interface BrokerConfig {
   /** Policies by API key (the client's Bearer token or x-api-key). */
   readonly apiKeys: ReadonlyMap<string, ApiKeyPolicy>;
   readonly ptu: readonly PtuConfig[];
+  readonly prices: PriceTable;
   readonly servers: ReadonlyMap<string, ServerConfig>;
   readonly fleet: FleetSettings;
   /** The response cache: default mode and storage bounds. */
@@ -180,7 +189,9 @@ export const DEFAULT_HEALTH_CHECK: HealthCheckConfig = Object.freeze({ enabled: 
 export const DEFAULT_FLEET: FleetSettings = Object.freeze({ healthCheck: DEFAULT_HEALTH_CHECK, breaker: DEFAULT_BREAKER, recoveryHistory: 100, historyWindowMinutes: 60 });
 
 /** The governance sections' defaults, for fleets that come without a file (Ollama discovery). */
-export const DEFAULT_GOVERNANCE = { scheduler: DEFAULT_SCHEDULER, performance: DEFAULT_PERFORMANCE, qos: DEFAULT_QOS, apiKeys: new Map<string, ApiKeyPolicy>(), ptu: [] as PtuConfig[], fleet: DEFAULT_FLEET, cache: DEFAULT_CACHE };
+export const NO_PRICES: PriceTable = Object.freeze({ currency: 'USD', models: new Map() });
+
+export const DEFAULT_GOVERNANCE = { scheduler: DEFAULT_SCHEDULER, performance: DEFAULT_PERFORMANCE, qos: DEFAULT_QOS, apiKeys: new Map<string, ApiKeyPolicy>(), ptu: [] as PtuConfig[], prices: NO_PRICES, fleet: DEFAULT_FLEET, cache: DEFAULT_CACHE };
 
 /** No model groups yet (before discovery finds any). */
 export const EMPTY_FLEET: Omit<BrokerConfig, 'source'> = { modelGroups: new Map(), router: DEFAULT_ROUTER, servers: new Map(), raw: {}, ...DEFAULT_GOVERNANCE };
@@ -243,7 +254,7 @@ function parseApiKeys(raw: RawBrokerConfig, qos: QosConfig, env: Env): Map<strin
     // The key itself comes from env (keyEnv) so that secrets stay out of the file; without keyEnv the name is the key.
     const key = k.keyEnv === undefined ? name : apiKeyOf(k.keyEnv, `${p}.keyEnv`, env)!;
     if (k.tier !== undefined && !qos.tiers.has(k.tier)) throw new BrokerConfigError(`${p}.tier`, `must be one of ${[...qos.tiers.keys()].join(', ')}`);
-    keys.set(key, Object.freeze({ tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm }));
+    keys.set(key, Object.freeze({ tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm, budget: k.budget === undefined ? undefined : Object.freeze({ ...k.budget }) }));
   }
   return keys;
 }
@@ -361,6 +372,7 @@ export function parseBrokerConfig(doc: unknown, source: string, env: Env = proce
     qos,
     apiKeys: parseApiKeys(raw, qos, env),
     ptu: (raw.ptu ?? []).map((d) => Object.freeze({ name: d.name, capacityTpm: d.capacityTpm, label: d.label })),
+    prices: Object.freeze({ currency: raw.prices?.currency ?? 'USD', models: new Map(Object.entries(raw.prices?.models ?? {}).map(([k, v]) => [k, Object.freeze({ ...v })])) }),
     servers,
     fleet: parseFleet(raw, router),
     cache: Object.freeze({ ...DEFAULT_CACHE, ...raw.cache }),

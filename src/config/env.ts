@@ -88,6 +88,8 @@ export interface Config {
   readonly grpcKeepaliveTimeoutMs: number;
   /** OpenTelemetry traces (src/obs/trace/, docs/tracing.md). */
   readonly otel: OtelConfig;
+  /** Request tracking in PostgreSQL (docs/tracking.md); undefined when DATABASE_URL is unset. */
+  readonly tracking: TrackingConfig | undefined;
 }
 
 export interface OtelConfig {
@@ -218,6 +220,38 @@ export function loadConfig(env: Env = process.env): Config {
     grpcKeepaliveTimeMs: int(env, 'GRPC_KEEPALIVE_TIME_MS', 60_000, 1000, 86_400_000),
     grpcKeepaliveTimeoutMs: int(env, 'GRPC_KEEPALIVE_TIMEOUT_MS', 20_000, 100, 3_600_000),
     otel: otelConfig(env),
+    tracking: trackingConfig(env),
+  });
+}
+
+export interface TrackingConfig {
+  readonly databaseUrl: string;
+  /** Rows the control plane's buffer holds; beyond, the oldest are dropped (and counted). */
+  readonly bufferRows: number;
+  /** A flush starts when this many rows wait, or every flushMs. */
+  readonly batchRows: number;
+  readonly flushMs: number;
+  /** Whole days of rows kept; older day partitions are dropped. */
+  readonly retentionDays: number;
+  /** Day partitions created ahead of today. */
+  readonly partitionsAhead: number;
+  readonly poolMax: number;
+  readonly writeMode: 'copy' | 'insert';
+}
+
+function trackingConfig(env: Env): TrackingConfig | undefined {
+  const databaseUrl = opt(env, 'DATABASE_URL');
+  if (databaseUrl === undefined) return undefined;
+  if (!/^postgres(ql)?:\/\//.test(databaseUrl)) throw new ConfigError('DATABASE_URL', 'must be a postgres:// or postgresql:// URL');
+  return Object.freeze({
+    databaseUrl,
+    bufferRows: int(env, 'TRACKING_BUFFER_ROWS', 100_000, 100, 10_000_000),
+    batchRows: int(env, 'TRACKING_BATCH_ROWS', 1000, 1, 100_000),
+    flushMs: int(env, 'TRACKING_FLUSH_MS', 250, 10, 60_000),
+    retentionDays: int(env, 'TRACKING_RETENTION_DAYS', 30, 1, 3650),
+    partitionsAhead: int(env, 'TRACKING_PARTITIONS_AHEAD', 3, 1, 60),
+    poolMax: int(env, 'TRACKING_POOL_MAX', 4, 2, 100),
+    writeMode: oneOf(env, 'TRACKING_WRITE_MODE', 'copy', ['copy', 'insert'] as const),
   });
 }
 

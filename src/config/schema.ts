@@ -177,8 +177,20 @@ export const brokerConfigSchema = z.strictObject({
         label: name.optional(),
         rpm: int(1).optional(),
         tpm: int(1).optional(),
+        /** A spend limit per UTC day or month, in the price table's currency (needs request tracking). */
+        budget: z.strictObject({ limit: num(0, 1e12), period: z.enum(['day', 'month'], 'must be day or month') }).optional(),
       }),
     )
+    .optional(),
+  /**
+   * The price table: by deployment id or model group name (a deployment's own price wins),
+   * input and output price per 1M tokens; request tracking costs each request with it.
+   */
+  prices: z
+    .strictObject({
+      currency: z.string().regex(/^[A-Z]{3}$/, 'must be a 3-letter currency code').optional(),
+      models: z.record(z.string(), z.strictObject({ inputPer1M: num(0, 1e9), outputPer1M: num(0, 1e9) })).optional(),
+    })
     .optional(),
   ptu: z.array(z.strictObject({ name, capacityTpm: int(0), label: z.string().optional() }), 'must be a list').optional(),
 });

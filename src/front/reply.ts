@@ -3,6 +3,7 @@
 // past `front` knows which protocol it is talking.
 import type { BrokerError } from '../errors.ts';
 import type { Span } from '../obs/trace/span.ts';
+import type { RequestFacts } from '../track/facts.ts';
 
 export interface BrokerRequest {
   readonly id: string;
@@ -17,6 +18,8 @@ export interface BrokerRequest {
   readonly startedAt: number;
   /** The request's server span when it is traced (OTEL_ENABLED and sampled); undefined otherwise. Never crosses a thread. */
   readonly span?: Span | undefined;
+  /** What request tracking records of it, filled in by the stages; undefined when tracking is off or the route is not tracked. */
+  readonly facts?: RequestFacts | undefined;
 }
 
 export interface ReplySink {

@@ -78,6 +78,8 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
     if (isJwt(credential) && o.jwt !== undefined) {
       return o.jwt.verify(credential).then(
         (p) => {
+          // Request tracking records who called (the token's subject), never the token.
+          if (req.facts !== undefined) req.facts.subject = p.subject;
           if (!clientRole(p.roles)) refuse('role', `the token's roles (${p.roles.join(', ') || 'none'}) may not call the client APIs; one of ${CLIENT_ROLES.join(', ')} is needed`);
         },
         (err: BrokerError) => refuse(String(err.details?.reason ?? 'invalid_token'), err.message),

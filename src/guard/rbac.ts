@@ -51,6 +51,7 @@ export const RBAC_TABLE: readonly Row[] = [
   // Readers: status, usage, analytics, audit, metrics, config reads.
   { methods: GET, path: /^\/api\/(industrial|orchestrator)\//, roles: READERS, what: 'status, usage, analytics, breakers, bans, queue, config' },
   { methods: GET, path: /^\/api\/audit$/, roles: READERS, what: 'the audit trail' },
+  { methods: GET, path: /^\/api\/tracking\//, roles: READERS, what: 'tracked requests, usage and cost (docs/tracking.md)' },
   { methods: GET, path: /^\/admin\//, roles: READERS, what: 'inference config and status' },
 ];
 

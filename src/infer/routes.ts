@@ -4,6 +4,7 @@ import type { Route } from '../front/http/router.ts';
 import { inferPriority } from './admission.ts';
 import { readCookie } from './arms.ts';
 import type { InferInput, InferReply } from './service.ts';
+import type { RequestFacts } from '../track/facts.ts';
 
 /** Where /v1/infer sends its work: the service itself, or the control plane that owns it. */
 export interface InferBackend {
@@ -26,6 +27,7 @@ export function inferRoutes(service: InferBackend, stickyCookie: string): Route[
       path: '/v1/infer',
       body: 'json',
       rateLimited: true,
+      track: 'infer',
       async handle({ req, body, sink }) {
         const b = body as Record<string, unknown>;
         const image = decodeImage(b.image_b64);
@@ -34,6 +36,7 @@ export function inferRoutes(service: InferBackend, stickyCookie: string): Route[
         const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
         const priority = inferPriority(req.headers['x-broker-priority']);
         const reply = await service.infer({ image, imgSize, topK, cookieArm, priority, trace: req.span?.context() });
+        noteInference(req.facts, reply);
         sink.send(
           200,
           { ...JSON_HEADERS, 'set-cookie': `${stickyCookie}=${reply.arm}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly` },
@@ -101,4 +104,12 @@ function optionalInt(value: unknown, field: string, min: number, max: number): n
     throw new BrokerError(field === 'img_size' ? 'invalid_img_size' : 'invalid_request', `${field} must be an integer between ${min} and ${max}`);
   }
   return value;
+}
+
+/** What request tracking records of an inference: model and arm, the queue time. */
+export function noteInference(facts: RequestFacts | undefined, reply: InferReply): void {
+  if (facts === undefined) return;
+  facts.model = reply.model;
+  facts.arm = reply.arm;
+  facts.queueMs = reply.timings.queue_ms;
 }

@@ -32,6 +32,7 @@ import { replay } from './cache/replay.ts';
 import { RequestAbort, type AbortLike } from '../abort.ts';
 import type { Span } from '../obs/trace/span.ts';
 import { attemptSpan, queueWaitSpan } from '../obs/trace/llm.ts';
+import type { RequestFacts } from '../track/facts.ts';
 
 export interface ProxyDeps {
   readonly metrics: Metrics;
@@ -87,6 +88,8 @@ export class LlmProxy {
     this.running.add(abort);
     const m = this.deps.metrics;
     const timeline = new Timeline(req.startedAt);
+    // Time a stream spent waiting on its upstream after the first byte (the timeline has the time before), for tracking.
+    let streamWaitMs = 0;
     const tried = new Set<string>();
     let lastError: BrokerError | undefined;
     let lease: Lease | null = null;
@@ -98,6 +101,8 @@ export class LlmProxy {
     const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, group.name);
     if (cache !== undefined) headers['x-broker-cache'] = 'miss';
     const clientStream = clientStreams(api, body);
+    // Request tracking's record, filled in as the request goes (undefined: not tracked).
+    const facts = req.facts;
     try {
       if (plan !== null && plan.lookup) {
         const hit = await cache!.get(plan, group.name);
@@ -145,9 +150,15 @@ export class LlmProxy {
         try {
           lease = await gov.acquire(admitted, g, tried, abort);
           timeline.queueMs += performance.now() - waitFrom;
+          if (facts !== undefined) {
+            facts.queueMs = (facts.queueMs ?? 0) + (performance.now() - waitFrom);
+            facts.deployment = lease.dep.config.id;
+            facts.retries = retry;
+          }
         } catch (err) {
           timeline.queueMs += performance.now() - waitFrom;
           const code = (err as BrokerError).code;
+          if (facts !== undefined) facts.queueMs = (facts.queueMs ?? 0) + (performance.now() - waitFrom);
           waitSpan?.fail(sink.aborted ? 'client_closed' : (code ?? 'internal'), (err as Error).message).end();
           if (sink.aborted) return;
           if (this.stopped !== undefined) throw this.stopped;
@@ -161,6 +172,7 @@ export class LlmProxy {
           }
           const reason = code === 'upstream_unavailable' ? 'no_deployment' : code;
           m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
+          if (facts !== undefined) facts.outcome = reason;
           // Out of deployments: the last upstream failure says more than "none left".
           if (code === 'upstream_unavailable' && lastError !== undefined) throw lastError;
           throw err;
@@ -199,11 +211,11 @@ export class LlmProxy {
           lease = null;
           if (sink.aborted) {
             upSpan?.fail('client_closed').end();
-            return this.finish(g, dep, 'aborted', req.startedAt, up.stream);
+            return this.finish(facts, g, dep, 'aborted', req.startedAt, up.stream);
           }
           if (this.stopped !== undefined) {
             upSpan?.fail('shutting_down').end();
-            this.finish(g, dep, 'upstream_error', req.startedAt, up.stream);
+            this.finish(facts, g, dep, 'upstream_error', req.startedAt, up.stream);
             throw this.stopped;
           }
           lastError = connectError(err, dep);
@@ -236,7 +248,7 @@ export class LlmProxy {
               continue;
             }
             usage.ok = true;
-            this.finish(g, dep, 'client_error', req.startedAt, up.stream);
+            this.finish(facts, g, dep, 'client_error', req.startedAt, up.stream);
             throw passOn;
           }
           if (attempt.status === 429 || attempt.status >= 500) {
@@ -251,7 +263,7 @@ export class LlmProxy {
           }
           // The client's own mistake as the upstream saw it: pass it on, no retry.
           usage.ok = true;
-          this.finish(g, dep, 'client_error', req.startedAt, up.stream);
+          this.finish(facts, g, dep, 'client_error', req.startedAt, up.stream);
           throw err;
         }
 
@@ -270,6 +282,7 @@ export class LlmProxy {
             sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) });
           };
           const r = await attempt.pump(targetOf(sink, abort, start, capture));
+          streamWaitMs = r.waitedMs;
           if (!started && r.ended === 'failed' && !sink.aborted) {
             // Nothing reached the client: as a failure before the first byte.
             timeline.upstream(sentAt, performance.now());
@@ -279,7 +292,7 @@ export class LlmProxy {
             this.countTimeout(dep, lastError, attempt.expired());
             upSpan?.fail(lastError.code, lastError.message).end();
             if (this.stopped !== undefined) {
-              this.finish(g, dep, 'upstream_error', req.startedAt, true);
+              this.finish(facts, g, dep, 'upstream_error', req.startedAt, true);
               throw this.stopped;
             }
             m.llmRetries.labels(g.name, lastError.code).inc();
@@ -321,17 +334,17 @@ export class LlmProxy {
             if (sink.aborted) {
               usage.ok = null;
               upSpan?.fail('client_closed').end();
-              return this.finish(g, dep, 'aborted', req.startedAt, false);
+              return this.finish(facts, g, dep, 'aborted', req.startedAt, false);
             }
             // Nothing was sent to the client yet: a timeout or a cut body may go elsewhere.
             const e = err instanceof BrokerError ? err : new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
             upSpan?.fail(e.code, e.message).end();
             if (this.stopped !== undefined) {
-              this.finish(g, dep, 'upstream_error', req.startedAt, false);
+              this.finish(facts, g, dep, 'upstream_error', req.startedAt, false);
               throw this.stopped;
             }
             if (e.message.includes('UPSTREAM_MAX_BODY_BYTES')) {
-              this.finish(g, dep, 'upstream_error', req.startedAt, false);
+              this.finish(facts, g, dep, 'upstream_error', req.startedAt, false);
               throw e;
             }
             gov.attemptFailed(lease, true);
@@ -367,10 +380,16 @@ export class LlmProxy {
           }
         }
         timeline.observe(m, up.stream);
-        this.finish(g, dep, outcome, req.startedAt, up.stream);
+        this.finish(facts, g, dep, outcome, req.startedAt, up.stream);
         return;
       }
     } finally {
+      if (facts !== undefined) {
+        facts.promptTokens = usage.promptTokens;
+        facts.completionTokens = usage.completionTokens;
+        facts.ttftMs = usage.ttftMs ?? undefined;
+        facts.upstreamMs = timeline.upstreamMs + streamWaitMs;
+      }
       this.running.delete(abort);
       gov.completed(admitted, lease, { ...usage, durationMs: performance.now() - req.startedAt });
     }
@@ -388,6 +407,13 @@ export class LlmProxy {
     const m = this.deps.metrics;
     m.llmRequests.labels(group.name, 'cache', 'ok', 'cache_hit').inc();
     m.llmDuration.labels(group.name, 'cache', stream ? 'true' : 'false').observe((performance.now() - req.startedAt) / 1000);
+    // Tracked as a hit with no tokens: like quotas, cost and budgets are not charged for it.
+    if (req.facts !== undefined) {
+      req.facts.outcome = 'cache_hit';
+      req.facts.deployment = 'cache';
+      req.facts.promptTokens = 0;
+      req.facts.completionTokens = 0;
+    }
   }
 
   private countTimeout(dep: DeploymentState, err: BrokerError, phase?: 'first_byte' | 'idle' | 'total' | null): void {
@@ -421,8 +447,9 @@ export class LlmProxy {
     if (completion > 0) this.deps.metrics.llmTokens.labels(group.name, 'completion').inc(completion);
   }
 
-  private finish(group: ModelGroupConfig, dep: DeploymentState, outcome: Outcome, startedAt: number, stream: boolean): void {
+  private finish(facts: RequestFacts | undefined, group: ModelGroupConfig, dep: DeploymentState, outcome: Outcome, startedAt: number, stream: boolean): void {
     const m = this.deps.metrics;
+    if (facts !== undefined) facts.outcome = outcome;
     const total = performance.now() - startedAt;
     m.llmRequests.labels(group.name, dep.config.id, coarse(outcome), outcome).inc();
     m.llmDuration.labels(group.name, dep.config.id, stream ? 'true' : 'false').observe(total / 1000);

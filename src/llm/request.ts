@@ -4,7 +4,9 @@
 // to the provider's API.
 import { BrokerError } from '../errors.ts';
 import type { BrokerRequest } from '../front/reply.ts';
-import { apiKeyOf } from '../guard/api-key.ts';
+import { apiKeyOf, keyId } from '../guard/api-key.ts';
+import { isJwt } from '../guard/jwt.ts';
+import type { RequestFacts } from '../track/facts.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
 import { cacheDirectiveOf, type CacheDirective } from './cache/cache.ts';
 
@@ -41,6 +43,8 @@ export interface LlmRequest {
   readonly cache?: CacheDirective | undefined;
   /** 'grpc': the reply is gRPC messages (the compiled chain's gRPC encoder), not `api`'s wire format. */
   readonly encoder?: 'grpc';
+  /** Request tracking's record of it (the front's), when tracked. */
+  readonly facts?: RequestFacts | undefined;
 }
 
 const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };
@@ -71,6 +75,13 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   if (options !== undefined && options !== null && typeof options === 'object') checkInt(options.num_predict, 'options.num_predict', -2, MAX_OUTPUT_TOKENS);
   checkInt(body.n, 'n', 1, MAX_CHOICES);
   const h = req.headers;
+  const apiKey = apiKeyOf(h);
+  const facts = req.facts;
+  if (facts !== undefined) {
+    facts.model = model;
+    // The key's id, never the key; a JWT or a session is no API key.
+    if (apiKey !== undefined && !apiKey.startsWith('sess_') && !isJwt(apiKey)) facts.keyId = keyId(apiKey);
+  }
   return {
     id: req.id,
     startedAt: req.startedAt,
@@ -82,11 +93,12 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     promptChars,
     maxTokens: maxOutputTokensOf(body),
     choices: typeof body.n === 'number' ? body.n : 1,
-    apiKey: apiKeyOf(h),
+    apiKey,
     label: labelOf(h['x-broker-label']),
     priority: priorityOf(h['x-broker-priority']),
     tier: h['x-broker-qos'],
     cache: cacheDirectiveOf(h['x-broker-cache']),
+    facts,
   };
 }
 

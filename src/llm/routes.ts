@@ -31,6 +31,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     path,
     body: 'json',
     rateLimited: true,
+    track: `${api}.${api === 'ollama' ? (kind === 'chat' ? 'chat' : 'generate') : kind}`,
     errorShape: api === 'ollama' ? ollamaErrorShape : api === 'anthropic' ? anthropicErrorShape : openaiErrorShape,
     async handle({ req, body, sink }) {
       const fleet = await source.current();

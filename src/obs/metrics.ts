@@ -44,6 +44,9 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     queueDepth: (): number => 0,
     degraded: (): number => 0,
     fleet: (): FleetGauges | undefined => undefined,
+    trackingBuffer: (): number => 0,
+    trackingPool: (): { active: number; idle: number; waiting: number } | undefined => undefined,
+    budgets: (): readonly { key: string; ratio: number }[] => [],
   };
   if (opts.defaults ?? true) collectDefaultMetrics({ register: registry });
   const r = [registry];
@@ -480,6 +483,53 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       help: 'OpenTelemetry spans by outcome: exported, dropped_queue_full (the export queue was full), dropped_export_failed (the OTLP endpoint failed or was too slow)',
       labelNames: ['outcome'] as const,
       registers: r,
+    }),
+    // Request tracking (src/track/, docs/tracking.md): the control plane's writer; a
+    // thread counts only the rows it dropped before handing them over.
+    trackingBufferRows: new Gauge({
+      name: 'tracking_buffer_rows',
+      help: 'Tracking rows waiting in the writer buffer',
+      registers: r,
+      collect() {
+        this.set(sources.trackingBuffer());
+      },
+    }),
+    trackingWritten: new Counter({ name: 'tracking_rows_written_total', help: 'Tracking rows written to PostgreSQL', registers: r }),
+    trackingDropped: new Counter({
+      name: 'tracking_rows_dropped_total',
+      help: 'Tracking rows dropped: overflow (the buffer was full, the oldest went), shutdown (still buffered when the grace period ended)',
+      labelNames: ['reason'] as const,
+      registers: r,
+    }),
+    trackingFlush: new Histogram({
+      name: 'tracking_flush_seconds',
+      help: 'Time to write one batch of tracking rows',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: r,
+    }),
+    trackingFlushFailures: new Counter({ name: 'tracking_flush_failures_total', help: 'Batches of tracking rows that failed to write (kept and retried with backoff)', registers: r }),
+    trackingPool: new Gauge({
+      name: 'tracking_db_pool_connections',
+      help: 'Connections of the tracking database pool: active (checked out), idle, waiting (callers waiting for one)',
+      labelNames: ['state'] as const,
+      registers: r,
+      collect() {
+        const p = sources.trackingPool();
+        if (p === undefined) return;
+        this.labels('active').set(p.active);
+        this.labels('idle').set(p.idle);
+        this.labels('waiting').set(p.waiting);
+      },
+    }),
+    budgetSpendRatio: new Gauge({
+      name: 'budget_spend_ratio',
+      help: 'Spend of an API key in its budget period over its limit, for keys with a budget',
+      labelNames: ['key'] as const,
+      registers: r,
+      collect() {
+        this.reset();
+        for (const b of sources.budgets()) this.labels(b.key).set(b.ratio);
+      },
     }),
     brokerOverhead: new Histogram({
       name: 'broker_overhead_seconds',

@@ -9,10 +9,13 @@ import type { Logger } from '../obs/logger.ts';
 import { dispatch, type FrontSink, type Guards } from '../front/http/dispatch.ts';
 import type { ErrorShape, Router } from '../front/http/router.ts';
 import type { ForwardedReply } from '../front/http/server.ts';
+import type { Recorder } from '../track/recorder.ts';
 
 export interface ControlFront extends Guards {
   readonly router: Router;
   readonly logger: Logger;
+  /** Request tracking: facts for a tracked route served here, handed back with the reply. */
+  readonly recorder?: Recorder | undefined;
 }
 
 export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8Array | undefined): Promise<ForwardedReply> {
@@ -20,8 +23,9 @@ export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8A
   const route = match.kind === 'found' ? match.route : undefined;
   const sink = new BufferSink(req.id, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, f.logger);
   const bytes = body === undefined ? Buffer.alloc(0) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  dispatch(f, match, req, (_limit, done) => done(undefined, bytes), sink);
-  return sink.reply;
+  const facts = route?.track === undefined ? undefined : f.recorder?.start(route.track);
+  dispatch(f, match, facts === undefined ? req : { ...req, facts }, (_limit, done) => done(undefined, bytes), sink);
+  return facts === undefined ? sink.reply : sink.reply.then((r) => ({ ...r, facts }));
 }
 
 class BufferSink implements FrontSink {

@@ -15,6 +15,8 @@ import type { Metrics } from '../obs/metrics.ts';
 import type { BrokerRequest } from '../front/reply.ts';
 import type { Learned } from '../sched/governance.ts';
 import { MAX_THREADS } from '../sched/wait-board.ts';
+import type { TrackRow } from '../track/facts.ts';
+import type { SpendEntry } from '../track/budget.ts';
 import type { ForwardedReply, InferCall, InferReply, PlaneStats, SharedBuffers, Snapshot, ToControl, ToPlane } from './protocol.ts';
 
 export interface PlanesDeps {
@@ -35,6 +37,8 @@ export interface PlanesDeps {
   /** A session's roles, or null when it is not live. */
   session(id: string): Promise<{ roles: readonly string[] } | null>;
   learn(events: readonly Learned[]): void;
+  /** Request tracking's rows from a thread (absent: tracking is off). */
+  track?(rows: readonly TrackRow[]): void;
   /** A slot freed on a thread whose next waiter waits on the control plane (its gRPC requests, row CONTROL_PLANE_ROW of the wait board). */
   wakeControl?(group: string): void;
 }
@@ -176,6 +180,8 @@ export class DataPlanes {
       }
       case 'log':
         return this.deps.writeLog(m.text);
+      case 'track':
+        return this.deps.track?.(m.rows);
       case 'learn':
         this.deps.learn(m.events);
         for (const p of this.planes) if (p !== undefined && p !== plane) this.send(p, { t: 'learn', events: m.events });
@@ -197,6 +203,11 @@ export class DataPlanes {
   /** What the control plane learned from its own requests (gRPC), for every thread. */
   relay(events: readonly Learned[]): void {
     for (const p of this.planes) if (p !== undefined) this.send(p, { t: 'learn', events });
+  }
+
+  /** The budgets' running totals, for every thread's admission. */
+  spend(entries: readonly SpendEntry[]): void {
+    for (const p of this.planes) if (p !== undefined) this.send(p, { t: 'spend', entries });
   }
 
   /** A slot freed on the control plane whose next waiter waits on `thread`. */

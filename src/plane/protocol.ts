@@ -10,6 +10,8 @@ import type { BrokerRequest } from '../front/reply.ts';
 import type { ForwardedReply } from '../front/http/server.ts';
 import type { InferReply } from '../infer/service.ts';
 import type { TraceContext } from '../obs/trace/context.ts';
+import type { TrackRow } from '../track/facts.ts';
+import type { SpendEntry } from '../track/budget.ts';
 
 /**
  * What a data-plane thread serves from. Immutable: the control plane publishes a new
@@ -87,6 +89,8 @@ export type ToPlane =
   | { readonly t: 'reply'; readonly id: number; readonly value?: unknown; readonly error?: WireError }
   | { readonly t: 'call'; readonly id: number; readonly name: 'metrics' | 'stats' | 'flush' }
   | { readonly t: 'wake'; readonly group: string }
+  /** The budgets' running totals (request tracking): what admission checks keys against. */
+  | { readonly t: 'spend'; readonly entries: readonly SpendEntry[] }
   | { readonly t: 'stop'; readonly graceMs: number }
   /** Fault injection: the thread throws, as a bug would make it (tests and drills). */
   | { readonly t: 'fail' };
@@ -102,6 +106,8 @@ export type ToControl =
   | { readonly t: 'result'; readonly id: number; readonly value: unknown }
   | { readonly t: 'log'; readonly text: string }
   | { readonly t: 'learn'; readonly events: readonly Learned[] }
+  /** Request tracking: the rows of the requests that ended in one turn of the thread's loop, for the one writer. */
+  | { readonly t: 'track'; readonly rows: readonly TrackRow[] }
   | { readonly t: 'wake'; readonly group: string; readonly thread: number }
   | { readonly t: 'stopped'; readonly unfinished: number };
 

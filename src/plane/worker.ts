@@ -29,6 +29,8 @@ import { createJwtVerifier } from '../guard/jwt.ts';
 import { portLogStream } from './port-log.ts';
 import { createTracer } from '../obs/trace/tracer.ts';
 import { fromWire } from './forwarded.ts';
+import { RowRecorder } from '../track/recorder.ts';
+import { BudgetGate } from '../track/budget.ts';
 import type { PlaneInit, PlaneStats, Snapshot, ToControl, ToPlane, WireError } from './protocol.ts';
 
 const init = workerData.init as PlaneInit & { readonly port: number };
@@ -67,6 +69,14 @@ const sendLessons = (): void => {
   post({ t: 'learn', events });
 };
 
+// Request tracking: rows of the requests that end in one turn go to the control plane's
+// writer in one message (the lessons' way); budgets are checked against the totals it sends.
+const recorder =
+  config.tracking === undefined
+    ? undefined
+    : new RowRecorder({ hand: (rows) => post({ t: 'track', rows }), maxRows: 10_000, dropped: (n) => metrics.trackingDropped.labels('overflow').inc(n) });
+const budgets = config.tracking === undefined ? undefined : new BudgetGate(Date.now, () => snapshot.fleet?.prices.currency ?? 'USD');
+
 let snapshot: Snapshot = init.snapshot;
 const capacity = new CapacityCounters(undefined, init.buffers.capacity);
 for (const [id, slot] of snapshot.slots) capacity.bind(id, slot);
@@ -83,6 +93,7 @@ const gov = new Governance({
   board: { buffer: init.buffers.board, thread: init.index },
   wakeElsewhere: (group, thread) => post({ t: 'wake', group, thread }),
   owner: false,
+  ...(budgets !== undefined ? { budgets } : {}),
   onLearn(e) {
     if (lessons.length === 0) setImmediate(sendLessons);
     lessons.push(e);
@@ -164,6 +175,7 @@ const front = await startHttpFront({
   logger,
   accessLog,
   tracer,
+  recorder,
   forward(req, body) {
     const own = body !== undefined && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength;
     // A span stays on its thread; the forwarded request is recorded by this thread's span.
@@ -187,6 +199,8 @@ async function stop(graceMs: number): Promise<void> {
   // This thread's last spans leave before it stops (bounded: the control plane waits graceMs + 3 s).
   await tracer.shutdown(1000);
   if (lessons.length > 0) sendLessons();
+  // The last rows go before 'stopped': the control plane's writer flushes them at shutdown.
+  recorder?.flush();
   logStream.flush();
   post({ t: 'stopped', unfinished });
 }
@@ -206,6 +220,9 @@ port.on('message', (m: ToPlane) => {
       return;
     case 'wake':
       gov.wake(m.group);
+      return;
+    case 'spend':
+      budgets?.update(m.entries);
       return;
     case 'reply': {
       const p = pending.get(m.id);

@@ -11,6 +11,7 @@ import { keyId } from '../guard/api-key.ts';
 import { resolveTier, type QosConfig, type QosTier } from '../policy/qos.ts';
 import type { QuotaLedger, Reservation } from '../policy/quota.ts';
 import type { OutputPredictor } from '../policy/prediction.ts';
+import type { BudgetGate } from '../track/budget.ts';
 
 /** What admission decided for one request. */
 export interface Admitted {
@@ -45,6 +46,8 @@ export interface AdmissionPolicies {
   onKeyQuotaRejection(): void;
   /** Labels the operator configured (known keys' labels, PTU labels): the only ones a keyless request may name. */
   admittedLabel(label: string): boolean;
+  /** Budgets per API key (request tracking on): the cached spend, checked here. */
+  readonly budgets?: BudgetGate | undefined;
 }
 
 /** Where requests whose label is not admitted are counted (usage profiles and predictors stay bounded). */
@@ -79,6 +82,15 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     policy?.label ??
     (r.label !== undefined ? (policy !== undefined || p.admittedLabel(r.label) ? r.label : OTHER_LABEL) : policy !== undefined ? `key:${keyId(r.apiKey!)}` : `${r.api}:${r.kind}`);
   const predictedOutput = flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
+  const facts = r.facts;
+  if (facts !== undefined) {
+    facts.label = label;
+    facts.priority = priority;
+    facts.tier = tier?.name ?? policy?.tier;
+    if (flags.output_prediction) facts.predictedTokens = predictedOutput;
+  }
+  // Over its budget, a key is refused before it takes any quota or capacity.
+  if (policy?.budget !== undefined && p.budgets !== undefined) p.budgets.check(keyId(r.apiKey!), policy.budget);
   // Only quotas reserve tokens: without them, no need to walk the prompt.
   // Each of n choices is an output of its own.
   const reserveTokens = flags.quota_enforcement ? tokensOfChars(r.promptChars) + predictedOutput * r.choices : 0;

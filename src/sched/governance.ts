@@ -25,6 +25,7 @@ import { OutputPredictor } from '../policy/prediction.ts';
 import { UsageProfiles } from '../policy/usage.ts';
 import { PtuAdvisor } from '../policy/ptu.ts';
 import type { AbortLike } from '../abort.ts';
+import type { BudgetGate } from '../track/budget.ts';
 
 export interface GovernanceOptions {
   readonly config: BrokerConfig;
@@ -52,6 +53,8 @@ export interface GovernanceOptions {
   readonly board?: { readonly buffer: SharedArrayBuffer; readonly thread: number };
   /** Hears what this thread learned from a request, to share it with the other threads. */
   readonly onLearn?: (e: Learned) => void;
+  /** Budgets per API key (request tracking on): admission refuses a key over its budget. */
+  readonly budgets?: BudgetGate;
 }
 
 /**
@@ -171,6 +174,7 @@ export class Governance implements Leases {
       now: this.now,
       onKeyQuotaRejection: () => this.metrics.quotaRejections.labels('api_key').inc(),
       admittedLabel: (label) => this.labels.has(label),
+      budgets: o.budgets,
     };
   }
 

@@ -18,6 +18,8 @@ import { freePort } from '../../bench/lib/process.ts';
 import { startRedis } from '../helpers/redis.ts';
 import { startOtlpReceiver } from '../helpers/otlp.ts';
 import { clients } from '../helpers/grpc.ts';
+import { startPostgres } from '../helpers/postgres.ts';
+import { stringify } from 'yaml';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- parsed YAML/JSON
 type Doc = any;
@@ -49,12 +51,20 @@ t.test('every dashboard query and recording rule returns data from a real Promet
   // Traces on, to a receiver: the span counter has its panel too.
   const otlp = await startOtlpReceiver();
   t.teardown(() => otlp.close());
+  // Request tracking on, with a priced group and a key with a budget: its panels need data too.
+  const pgc = await startPostgres(t);
+  const fleetDoc = parse(readFileSync(fleet.path, 'utf8')) as Doc;
+  fleetDoc.prices = { models: { chat: { inputPer1M: 1, outputPer1M: 2 } } };
+  fleetDoc.apiKeys = { 'ops-budget-key': { budget: { limit: 100, period: 'day' } } };
+  writeFileSync(fleet.path, stringify(fleetDoc));
   const tb = await startTestBroker({
     BROKER_CONFIG: fleet.path,
     REDIS_URL: redis.url,
     GRPC_PORT: String(grpcPort),
     OTEL_ENABLED: 'true',
     OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+    DATABASE_URL: await pgc.createDatabase('ops'),
+    TRACKING_FLUSH_MS: '100',
     SHADOW_ENABLED: 'true',
     BROKER_FF_STICKY_ROUTING: 'true',
     BROKER_FF_QUOTA_ENFORCEMENT: 'true',
@@ -129,6 +139,7 @@ t.test('every dashboard query and recording rule returns data from a real Promet
       post('/v1/infer', { image_b64: 'not an image' }).then(note('infer-bad')),
       chat('chat', true, 'the same prompt for sticky routing').then(note('chat-stream')),
       chat('chat', false).then(note('chat')),
+      post('/v1/chat/completions', { model: 'chat', messages: [{ role: 'user', content: 'spend' }] }, { 'x-api-key': 'ops-budget-key' }).then(note('budgeted')),
       post('/api/chat', { model: 'chat', messages: [{ role: 'user', content: 'hi' }] }).then(note('ollama-chat')),
       post('/api/generate', { model: 'chat', prompt: 'hi', stream: false }).then(note('ollama-generate')),
       chat('flaky', true).then(note('flaky')),

@@ -13,6 +13,7 @@ import type { Logger } from '../../obs/logger.ts';
 import type { BrokerRequest, ReplySink } from '../reply.ts';
 import { codeLabel, grpcCodeOf, grpcStatusOf } from './status.ts';
 import { forEachDelimited } from './wire.ts';
+import type { Recorder } from '../../track/recorder.ts';
 
 /** The request metadata the broker reads; everything else is ignored. */
 const READ = ['authorization', 'x-api-key', 'x-broker-priority', 'x-broker-label', 'x-broker-qos', 'x-request-id'] as const;
@@ -28,7 +29,7 @@ interface AnyCall {
  * The call as a BrokerRequest. `early`: send the trace-id (initial metadata) at once, as a
  * stream does; a unary call sends it with its reply (sendTraceId), in the same write.
  */
-export function brokerRequestOf(call: AnyCall, early = true): BrokerRequest {
+export function brokerRequestOf(call: AnyCall, early = true, track?: { readonly recorder?: Recorder | undefined; readonly api: string }): BrokerRequest {
   const headers: Record<string, string> = {};
   for (const k of READ) {
     const v = call.metadata.get(k)[0];
@@ -49,6 +50,7 @@ export function brokerRequestOf(call: AnyCall, early = true): BrokerRequest {
       return (remote ??= addressOf(call.getPeer()));
     },
     startedAt,
+    facts: track?.recorder?.start(track.api),
   };
 }
 
@@ -66,7 +68,9 @@ function addressOf(peer: string): string {
 }
 
 /** One access-log line per call, as the HTTP front writes per request (status: the gRPC code name). */
-export function logCall(log: Logger, req: BrokerRequest, err: BrokerError | undefined, aborted = false): void {
+export function logCall(log: Logger, req: BrokerRequest, err: BrokerError | undefined, aborted = false, recorder?: Recorder): void {
+  // Request tracking's row of a tracked call: status is the gRPC code (1 CANCELLED when the client went away).
+  if (req.facts !== undefined) recorder?.end(req.facts, req.id, req.startedAt, 'grpc', req.path, aborted ? 1 : err === undefined ? 0 : grpcCodeOf(err.code), err?.code, aborted);
   log.info(
     {
       trace_id: req.id,
@@ -87,6 +91,8 @@ export interface CallGuards {
   readonly knownKey: (key: string) => boolean;
   /** AUTH_MODE, as on the HTTP client routes (metadata authorization or x-api-key); undefined when open. */
   readonly client?: (req: BrokerRequest) => void | Promise<void>;
+  /** Request tracking (undefined: off). */
+  readonly recorder?: Recorder | undefined;
 }
 
 /** AUTH_MODE, then the per-client rate limit, as on HTTP routes: throws unauthorized or rate_limited. */
@@ -124,6 +130,7 @@ export class GrpcStreamSink implements ReplySink {
     private readonly call: ServerWritableStream<unknown, Uint8Array>,
     private readonly req: BrokerRequest,
     private readonly log: Logger,
+    private readonly recorder?: Recorder,
   ) {
     call.on('cancelled', () => this.cancelled());
   }
@@ -132,7 +139,7 @@ export class GrpcStreamSink implements ReplySink {
   cancelled(): void {
     if (this.aborted) return;
     this.aborted = true;
-    if (!this.ended) logCall(this.log, this.req, undefined, true);
+    if (!this.ended) logCall(this.log, this.req, undefined, true, this.recorder);
     const cbs = this.abortCbs;
     this.abortCbs = undefined;
     if (cbs !== undefined) for (const cb of cbs) cb();
@@ -170,7 +177,7 @@ export class GrpcStreamSink implements ReplySink {
     if (this.ended) return;
     this.ended = true;
     if (this.aborted) return;
-    logCall(this.log, this.req, undefined);
+    logCall(this.log, this.req, undefined, false, this.recorder);
     this.call.end(this.trailers());
   }
 
@@ -178,7 +185,7 @@ export class GrpcStreamSink implements ReplySink {
     if (this.ended) return;
     this.ended = true;
     if (this.aborted) return;
-    logCall(this.log, this.req, err);
+    logCall(this.log, this.req, err, false, this.recorder);
     this.call.emit('error', grpcStatusOf(err, this.req.id, this.trailers()));
   }
 

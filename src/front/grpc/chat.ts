@@ -102,8 +102,8 @@ export function completeBody(m: CompleteRequestMsg): Record<string, unknown> {
 
 export function chatService(deps: ChatDeps): UntypedServiceImplementation {
   const serve = async (call: ServerWritableStream<ChatRequestMsg & CompleteRequestMsg, Uint8Array>, kind: 'chat' | 'completion'): Promise<void> => {
-    const req = brokerRequestOf(call);
-    const sink = new GrpcStreamSink(call as ServerWritableStream<unknown, Uint8Array>, req, deps.accessLog);
+    const req = brokerRequestOf(call, true, { recorder: deps.recorder, api: kind === 'chat' ? 'grpc.chat' : 'grpc.completion' });
+    const sink = new GrpcStreamSink(call as ServerWritableStream<unknown, Uint8Array>, req, deps.accessLog, deps.recorder);
     // Past shutdown's grace period: UNAVAILABLE after what was sent, and the upstream request aborted.
     const untrack = deps.calls.track(() => {
       sink.endWithError(new BrokerError('shutting_down', 'the broker shut down before the reply was complete'));

@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import { BrokerError, toBrokerError } from '../../errors.ts';
 import type { Logger } from '../../obs/logger.ts';
 import { inferPriority } from '../../infer/admission.ts';
-import type { InferBackend } from '../../infer/routes.ts';
+import { noteInference, type InferBackend } from '../../infer/routes.ts';
 import type { InferReply } from '../../infer/service.ts';
 import type { BrokerRequest } from '../reply.ts';
 import type { ActiveCalls } from './active.ts';
@@ -47,21 +47,24 @@ async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequest
   const topK = optionalInt(m.top_k, 'top_k', 1, 1000);
   const arm = m.arm ?? '';
   if (arm !== '' && arm !== 'A' && arm !== 'B') throw new BrokerError('invalid_request', 'arm must be "A", "B" or empty', { details: { field: 'arm' } });
-  return deps.infer.infer({ image, imgSize, topK, cookieArm: arm === '' ? undefined : arm, priority: inferPriority(req.headers['x-broker-priority']) }).then((r) => ({ ...r, trace_id: req.id }));
+  return deps.infer.infer({ image, imgSize, topK, cookieArm: arm === '' ? undefined : arm, priority: inferPriority(req.headers['x-broker-priority']) }).then((r) => {
+    noteInference(req.facts, r);
+    return { ...r, trace_id: req.id };
+  });
 }
 
 export function inferenceService(deps: InferenceDeps): UntypedServiceImplementation {
   return {
     Infer: (call: ServerUnaryCall<InferRequestMsg, InferResponseMsg>, callback: sendUnaryData<InferResponseMsg>) => {
-      const req = brokerRequestOf(call, false);
+      const req = brokerRequestOf(call, false, { recorder: deps.recorder, api: 'grpc.infer' });
       let done = false;
       const untrack = deps.calls.track(() => finish(new BrokerError('shutting_down', 'the broker shut down before the reply was ready')));
       const finish = (err: BrokerError | undefined, reply?: InferResponseMsg): void => {
         if (done) return;
         done = true;
         untrack();
-        if (call.cancelled) return logCall(deps.accessLog, req, undefined, true);
-        logCall(deps.accessLog, req, err);
+        if (call.cancelled) return logCall(deps.accessLog, req, undefined, true, deps.recorder);
+        logCall(deps.accessLog, req, err, false, deps.recorder);
         sendTraceId(call, req.id);
         if (err !== undefined) callback(grpcStatusOf(err, req.id));
         else callback(null, reply);
@@ -79,7 +82,7 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
     },
 
     InferStream: (call: ServerDuplexStream<InferRequestMsg, unknown>) => {
-      const req = brokerRequestOf(call);
+      const req = brokerRequestOf(call, true, { recorder: deps.recorder, api: 'grpc.infer_stream' });
       let index = 0;
       let inFlight = 0;
       let paused = false;
@@ -90,8 +93,8 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         if (over) return;
         over = true;
         untrack();
-        if (call.cancelled) return logCall(deps.accessLog, req, undefined, true);
-        logCall(deps.accessLog, req, err);
+        if (call.cancelled) return logCall(deps.accessLog, req, undefined, true, deps.recorder);
+        logCall(deps.accessLog, req, err, false, deps.recorder);
         if (err === undefined) call.end();
         else call.emit('error', grpcStatusOf(err, req.id));
       };

@@ -23,6 +23,7 @@ import type { InferBackend } from '../../infer/routes.ts';
 import type { InferService } from '../../infer/service.ts';
 import { ActiveCalls } from './active.ts';
 import { chatService } from './chat.ts';
+import type { Recorder } from '../../track/recorder.ts';
 import { HealthStatus, NOT_SERVING, SERVING } from './health.ts';
 import { inferenceService } from './inference.ts';
 import { metricsInterceptor } from './metrics.ts';
@@ -63,6 +64,8 @@ export interface GrpcFrontOptions {
   readonly inferService: InferService | undefined;
   readonly infer: InferBackend;
   readonly services?: readonly GrpcService[];
+  /** Request tracking: one row per Chat, Complete, Infer and InferStream call (default: off). */
+  readonly recorder?: Recorder;
 }
 
 export interface GrpcFront {
@@ -95,7 +98,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
   });
   const health = new HealthStatus();
   const calls = new ActiveCalls();
-  const guards = { rateLimiter: o.rateLimiter, metrics: o.metrics, knownKey: o.knownKey, client: o.client };
+  const guards = { rateLimiter: o.rateLimiter, metrics: o.metrics, knownKey: o.knownKey, client: o.client, recorder: o.recorder };
 
   const chatBase = v1['ChatService']!.service;
   const chatDef: grpc.ServiceDefinition = Object.fromEntries(Object.entries(chatBase).map(([name, d]) => [name, { ...d, responseSerialize: preEncoded }]));

@@ -36,6 +36,8 @@ export interface Route {
   readonly admin?: boolean;
   /** Subject to the per-client rate limit. */
   readonly rateLimited?: boolean;
+  /** Request tracking records this route's requests under this API name (docs/tracking.md). */
+  readonly track?: string;
   /** How errors on this route are shaped (client APIs differ); default is the broker's. */
   readonly errorShape?: ErrorShape;
   handle(ctx: RouteContext): void | Promise<void>;

@@ -22,6 +22,8 @@ import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from
 import { statusLine } from './status.ts';
 import { TRACING_OFF, type Tracer } from '../../obs/trace/tracer.ts';
 import { endRequestSpan, startRequestSpan } from '../../obs/trace/http.ts';
+import { RECORDER_OFF, type Recorder } from '../../track/recorder.ts';
+import type { RequestFacts } from '../../track/facts.ts';
 
 export interface HttpFrontOptions extends Guards {
   readonly host: string;
@@ -35,6 +37,8 @@ export interface HttpFrontOptions extends Guards {
   readonly forward?: Forward;
   /** OpenTelemetry traces: the request's server span starts and ends here (default: off). */
   readonly tracer?: Tracer;
+  /** Request tracking: one row per request on a tracked route (default: off). */
+  readonly recorder?: Recorder;
 }
 
 /** A request handed to the control plane, and its whole reply. */
@@ -47,6 +51,8 @@ export interface ForwardedReply {
   /** The route that served it, for this thread's metrics and log line. */
   readonly route: string;
   readonly errorCode?: ErrorCode;
+  /** Request tracking's facts of a tracked route the control plane served (its /v2 inference). */
+  readonly facts?: RequestFacts | undefined;
 }
 
 export interface HttpFront {
@@ -66,6 +72,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const { router, metrics, logger, forward } = opts;
   const accessLog = opts.accessLog ?? logger;
   const tracer = opts.tracer ?? TRACING_OFF;
+  const recorder = opts.recorder ?? RECORDER_OFF;
   const app = uWS.App();
   let inFlight = 0;
   let closing = false;
@@ -83,6 +90,8 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     const path = ureq.getUrl();
     const id = requestIdFrom(headers['x-request-id']);
     const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
+    const match = router.match(method, path);
+    const route = match.kind === 'found' ? match.route : undefined;
     const req: BrokerRequest = {
       id,
       method,
@@ -93,12 +102,12 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       startedAt,
       // Tracing off: this one check, and no span anywhere down the line.
       span: tracer.enabled ? startRequestSpan(tracer, headers, method, id, remoteAddress, startedAt) : undefined,
+      // Tracking off or an untracked route: no facts, and no stage fills any in.
+      facts: route?.track === undefined ? undefined : recorder.start(route.track),
     };
     inFlight++;
     metrics.httpActive.inc();
-    const match = router.match(method, path);
-    const route = match.kind === 'found' ? match.route : undefined;
-    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, done, metrics, logger, accessLog);
+    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, done, metrics, logger, accessLog, recorder);
     if (closing) sink.closeConnection = true;
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
@@ -145,6 +154,8 @@ function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBod
       (reply) => {
         sink.routeName = reply.route;
         sink.errorCode = reply.errorCode;
+        // The control plane opened the facts (it knows the route); this thread records the row, as for its own routes.
+        if (reply.facts !== undefined) sink.facts = reply.facts;
         sink.send(reply.status, reply.headers, reply.body);
       },
       (err: unknown) => sink.fail(toBrokerError(err)),
@@ -180,6 +191,8 @@ class UwsSink implements FrontSink {
   /** Set while the front shuts down: every reply closes its connection. */
   closeConnection = false;
   errorCode: ErrorCode | undefined;
+  /** Request tracking's facts: the request's own, or those of a forwarded reply. */
+  facts: RequestFacts | undefined;
   private status = 0;
   private abortCbs: (() => void)[] | undefined;
   private writableCb: (() => void) | undefined;
@@ -193,7 +206,9 @@ class UwsSink implements FrontSink {
     private readonly metrics: Metrics,
     private readonly logger: Logger,
     private readonly accessLog: Logger,
+    private readonly recorder: Recorder,
   ) {
+    this.facts = req.facts;
     res.onAborted(() => {
       this.aborted = true;
       const cbs = this.abortCbs;
@@ -294,6 +309,8 @@ class UwsSink implements FrontSink {
     const seconds = (performance.now() - this.req.startedAt) / 1000;
     const span = this.req.span;
     if (span !== undefined) endRequestSpan(span, this.req.path, this.routeName, status, this.errorCode, aborted);
+    const facts = this.facts;
+    if (facts !== undefined) this.recorder.end(facts, this.req.id, this.req.startedAt, 'http', this.routeName, status, this.errorCode, aborted);
     const m = this.metrics;
     m.httpActive.dec();
     m.httpDuration.labels(this.routeName, this.req.method, String(status)).observe(seconds);

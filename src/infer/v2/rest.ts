@@ -32,13 +32,15 @@ export function v2Routes(core: V2Core, stickyCookie: string): Route[] {
     const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
     const headerPriority = inferPriority(req.headers['x-broker-priority']);
     const request = parseInferRequest(ctx.body as Buffer, req.headers[HEADER_LENGTH]);
+    if (req.facts !== undefined) req.facts.model = ctx.params['model'];
     const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority });
+    if (req.facts !== undefined) req.facts.arm = reply.arm;
     const { headers, body } = encodeInferResponse(reply, request.parameters['binary_data_output'] === true);
     // Traffic the A/B policy placed keeps its arm, as on /v1/infer; a named version is the client's choice.
     if (!reply.named) headers['set-cookie'] = `${stickyCookie}=${reply.arm}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly`;
     ctx.sink.send(200, headers, body);
   };
-  const post = (path: string): Route => ({ method: 'POST', path, body: 'raw', rateLimited: true, errorShape: v2ErrorShape, handle: infer });
+  const post = (path: string): Route => ({ method: 'POST', path, body: 'raw', rateLimited: true, errorShape: v2ErrorShape, track: 'oip.infer', handle: infer });
 
   return [
     get('/v2', (ctx) => json(ctx, 200, core.serverMetadata())),
