@@ -4,6 +4,7 @@ import t from 'tap';
 import { topK } from '../../src/infer/postprocess.ts';
 import { decodeImage } from '../../src/infer/routes.ts';
 import { validateManifest } from '../../src/infer/manifest.ts';
+import { toTensor } from '../../src/infer/preprocess.ts';
 import { inferPriority } from '../../src/infer/admission.ts';
 import { mulberry32 } from '../../scripts/train/prng.ts';
 
@@ -44,6 +45,39 @@ t.test('topK as a partial selection equals sorting every class', async (t) => {
   }
   t.ok(worst < 1e-12, `same indices in 2000 trials, max score difference ${worst}`);
   t.same(topK(Float32Array.from([1, 2]), ['a', 'b'], 5, false).map((p) => p.label), ['b', 'a'], 'k above n gives n');
+});
+
+/** The per-channel multiply-add toTensor's tables replaced. */
+function arithmetic(raw: Uint8Array, got: number, c: number, layout: string, mean: number[], std: number[], plane: number): Float32Array {
+  const out = new Float32Array(c * plane);
+  for (let ch = 0; ch < c; ch++) {
+    const k = 1 / (255 * std[ch]!);
+    const b = mean[ch]! / std[ch]!;
+    for (let i = 0; i < plane; i++) out[layout === 'NCHW' ? ch * plane + i : i * c + ch] = raw[i * got + ch]! * k - b;
+  }
+  return out;
+}
+
+t.test('pixel conversion by table is bit-identical to the multiply-add, every layout and byte value', async (t) => {
+  const base = { name: 'm', version: '1', labels: ['a'] };
+  const cases = [
+    { layout: 'NCHW', channels: 3, got: 3, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
+    { layout: 'NHWC', channels: 3, got: 3, mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3] },
+    { layout: 'NCHW', channels: 3, got: 4, mean: [0, 0, 0], std: [1, 1, 1] },
+    { layout: 'NCHW', channels: 1, got: 1, mean: [0.286], std: [0.353] },
+    { layout: 'NHWC', channels: 1, got: 3, mean: [0.1], std: [0.7] },
+  ];
+  for (const k of cases) {
+    const m = validateManifest({ ...base, input: { name: 'input', layout: k.layout, channels: k.channels, height: 16, width: 16, mean: k.mean, std: k.std } }, 'f');
+    const plane = 16 * 16;
+    // Every byte value on every channel, shifted per channel so channels differ.
+    const raw = Uint8Array.from({ length: plane * k.got }, (_, i) => (i * 7 + (i % k.got) * 85) & 255);
+    const got = new Float32Array(k.channels * plane + 8).fill(NaN);
+    toTensor(raw, k.got, m, plane, got.subarray(4, 4 + k.channels * plane));
+    const want = arithmetic(raw, k.got, k.channels, k.layout, k.mean, k.std, plane);
+    t.same(Array.from(got.subarray(4, 4 + k.channels * plane)), Array.from(want), `${k.layout} ${k.channels}ch from ${k.got} bytes per pixel`);
+    t.ok(Number.isNaN(got[3]!) && Number.isNaN(got[4 + k.channels * plane]!), 'writes its slot only');
+  }
 });
 
 t.test('one-pass base64 accepts and refuses what the two-pass check did', async (t) => {
