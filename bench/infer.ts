@@ -36,6 +36,7 @@ import { VA_PATH, ensureLoadModel, waitForModel } from './lib/models.ts';
 import { cpuBetween, machineBusy, threadCpu, type CpuSplit } from './lib/proc.ts';
 import { machine, writeResults } from './lib/report.ts';
 import { round, summarize, table } from './lib/stats.ts';
+import { measureStages, type StageFigures } from './lib/stages.ts';
 
 const GOAL = 1.0;
 const P99_GOAL = 1.3;
@@ -280,6 +281,20 @@ async function main(): Promise<void> {
   }
   if (cases.length === 0) throw new Error('BENCH_MODELS selects no model (vA, heavy, heavy-b1)');
 
+  // Stage by stage on one thread, before the load: what batching (compute per image by
+  // batch size) and a native conversion stage (issue 11 §4) could give at most.
+  const stages: Record<string, StageFigures> = {};
+  const stageRows: (string | number)[][] = [];
+  for (const c of cases) {
+    if (c.key === 'heavy-b1') continue;
+    log(`${c.key}: CPU per image by stage (one thread, about 8 s)`);
+    const f = await measureStages(c.model, c.image, cfg.inferMaxPixels, 1000);
+    stages[c.key] = f;
+    const by = f.compute_ms_by_batch;
+    const largest = Math.max(...Object.keys(by).map(Number));
+    stageRows.push([c.key, f.sharp_ms, f.convert_ms, f.preprocess_ms, by['1']!, `${by[String(largest)]} (${largest})`, f.topk_ms, f.batching_ceiling, f.native_ceiling]);
+  }
+
   // Everything below is time-boxed (about 2 min with the defaults); a hang must not hold CI.
   const budgetS = cases.length * (2 * warmupS + 2 * rounds * roundS + matchedS + 60);
   setTimeout(() => {
@@ -369,6 +384,7 @@ async function main(): Promise<void> {
     },
     models: out,
     physical_limit: limits,
+    stages,
     heavy_batching_vs_batch_1: batching,
     goal_met: allMet,
     noisy,
@@ -380,6 +396,10 @@ async function main(): Promise<void> {
   console.log(table(['model', 'run', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx+err'], rows));
   console.log();
   console.log(table(['model', 'broker/baseline req/s', 'per round', 'p50 ratio @N', 'p99 ratio @N', `>= ${GOAL}, p99 <= ${P99_GOAL}`], ratioRows));
+  console.log();
+  console.log('CPU ms per image by stage, one thread; ceilings: whole-image CPU at batch 1 over at the largest batch (batching),');
+  console.log('and over itself without the conversion (an infinitely fast native stage).');
+  console.log(table(['model', 'sharp', 'convert', 'preprocess', 'compute b1', 'compute/image (batch)', 'top-k', 'batching ceiling', 'native ceiling'], stageRows));
   console.log();
   console.log('Physical limit: all cores in decode + compute at the baseline\'s CPU ms per image.');
   console.log(table(['model', 'CPU ms/image', 'limit req/s', 'baseline', 'broker'], limitRows));

@@ -128,3 +128,12 @@ t.test('x-broker-priority reads as on the LLM path', async (t) => {
   t.equal(inferPriority('urgent'), undefined);
   t.equal(inferPriority('10'), undefined);
 });
+
+t.test("libuv's pool against the batches the inference workers hold", async (t) => {
+  const { libuvPoolSizing } = await import('../../src/infer/pool.ts');
+  t.same(libuvPoolSizing(2, 2, undefined), { size: 4, wanted: 4, ok: true }, '2 cores: the default 4 is enough');
+  t.same(libuvPoolSizing(8, 2, undefined), { size: 4, wanted: 16, ok: false }, '8 cores: 4 would cap decoding at 4 cores');
+  t.same(libuvPoolSizing(8, 2, '16'), { size: 16, wanted: 16, ok: true });
+  t.same(libuvPoolSizing(1, 1, 'lots'), { size: 4, wanted: 4, ok: true }, 'invalid reads as libuv reads it: 4');
+  t.same(libuvPoolSizing(64, 16, '5000'), { size: 1024, wanted: 1024, ok: true }, 'clamped to 1024 as libuv does');
+});
