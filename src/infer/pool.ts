@@ -215,15 +215,15 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
 
   function pump(): void {
     while (inFlight < capacity && waiting > 0) {
-      // The model whose next request has the highest priority, ties to the oldest.
+      // The model whose next request has the highest aged priority, ties to the oldest.
       const now = performance.now();
       let sent = false;
-      const order = [...queues.entries()].filter(([, q]) => q.size > 0).sort(([, a], [, b]) => b.topPriority - a.topPriority || a.oldest - b.oldest);
+      const order = [...queues.entries()].filter(([, q]) => q.size > 0).sort(([, a], [, b]) => b.topScore(now) - a.topScore(now) || a.oldest - b.oldest);
       for (const [key, q] of order) {
-        const next = q.nextGroup()!;
+        const next = q.nextGroup(now)!;
         const n = batchSize(key, next.count, q.oldest, now);
         if (n === 0) continue;
-        dispatch(key, q.take(n, next.size), next.size, now);
+        dispatch(key, q.take(n, next.size, now), next.size, now);
         sent = true;
         break;
       }

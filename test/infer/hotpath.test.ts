@@ -137,3 +137,31 @@ t.test("libuv's pool against the batches the inference workers hold", async (t) 
   t.same(libuvPoolSizing(1, 1, 'lots'), { size: 4, wanted: 4, ok: true }, 'invalid reads as libuv reads it: 4');
   t.same(libuvPoolSizing(64, 16, '5000'), { size: 1024, wanted: 1024, ok: true }, 'clamped to 1024 as libuv does');
 });
+
+t.test('admission order: priority after aging (one level per agingMs), ties to the oldest, by size', async (t) => {
+  const { AdmissionQueue } = await import('../../src/infer/admission.ts');
+  const q = new AdmissionQueue<string>('m', 10, 60_000, 1000);
+  const push = (value: string, priority: number, enqueuedAt: number, size?: number) =>
+    q.push({ value, size, priority, enqueuedAt, reject: () => t.fail(`${value} rejected`) });
+  push('low-old', 1, 0);
+  push('normal', 5, 3_000);
+  push('high', 8, 3_500);
+  push('normal-later', 5, 3_600);
+  // At 4 s: low-old has aged to 1 + 4 = 5, normal to 5 + 1 = 6, high to 8.5.
+  t.equal(q.topScore(4_000), 8.5);
+  t.same(q.take(2, undefined, 4_000).map((p) => p.value), ['high', 'normal']);
+  // At 5 s: low-old 6, normal-later 6.4: the later one still goes first.
+  t.same(q.take(1, undefined, 5_000).map((p) => p.value), ['normal-later']);
+  push('fresh-normal', 5, 6_000);
+  // At 6 s: low-old has waited 6 s (score 7) and now overtakes a fresh priority 5: no starvation.
+  t.same(q.take(2, undefined, 6_000).map((p) => p.value), ['low-old', 'fresh-normal']);
+  t.equal(q.size, 0);
+
+  // Equal scores go to the oldest; a batch takes only requests of the chosen size.
+  push('a', 5, 1_000, 32);
+  push('b', 6, 2_000, 64);
+  push('c', 5, 1_500, 32);
+  t.same(q.nextGroup(2_000), { size: 32, count: 2 }, 'a (5 + 1) ties b (6 + 0) and is older');
+  t.same(q.take(8, 32, 2_000).map((p) => p.value), ['a', 'c']);
+  t.same(q.take(8, 64, 2_000).map((p) => p.value), ['b']);
+});

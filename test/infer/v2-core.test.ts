@@ -95,7 +95,7 @@ t.test("admission: a request's own deadline expires it even behind an older requ
   t.equal(q.expire(7), 1);
   t.same(rejected, ['short:queue_timeout']);
   t.equal(q.size, 2);
-  t.same(q.take(10, undefined).map((p) => p.value), ['old', 'long']);
+  t.same(q.take(10, undefined, 7).map((p) => p.value), ['old', 'long']);
   t.end();
 });
 
