@@ -61,11 +61,12 @@ export class AdmissionQueue<T> {
   }
 
   /**
-   * Where the request that goes next is: per level the first of `size` (any size when
-   * undefined) is that level's oldest of it and so its best after aging; the best of those
-   * across levels, ties to the oldest. Undefined when none waits.
+   * Where the request that goes next is: per level the first of `size` (null: of any size;
+   * undefined is the size of fixed-size models) is that level's oldest of it and so its
+   * best after aging; the best of those across levels, ties to the oldest. Undefined when
+   * none waits.
    */
-  private best(now: number, size?: number | null): { level: number; index: number; score: number } | undefined {
+  private best(now: number, size: number | undefined | null): { level: number; index: number; score: number } | undefined {
     let out: { level: number; index: number; score: number } | undefined;
     for (let l = PRIORITY_LEVELS - 1; l >= 0; l--) {
       const q = this.levels[l]!;
