@@ -14,9 +14,11 @@
 // heavy-b1: the same model file under a manifest with max_batch_size 1), at equal or
 // better p99. The same comparison runs on the wide load model (wide, wide-b1), a
 // memory-bound MLP on which batching can pay on a CPU, at BATCH_CONN_FACTOR x N
-// connections so that batches can form; it is reported, not a goal of the issue. Also reported: the physical limit, cores x 1000 / the baseline's CPU ms
-// per image (decode + compute), and how far each run is from it. Writes
-// bench/results/infer.json.
+// connections so that batches can form; it is reported, not a goal of the issue. Also
+// reported: the physical limit, cores x 1000 / the baseline's CPU ms per image (decode +
+// compute), and how far each run is from it; and, measured first on one thread, the CPU
+// per image of each stage with the most batching and a native conversion could give
+// (bench/lib/stages.ts). Writes bench/results/infer.json.
 // On a small box the load generator takes CPU from the server: compare the ratios
 // within one run, not figures across machines.
 //
