@@ -12,14 +12,19 @@
 // Goal (issue 11): broker throughput >= 1.0 x baseline; p99 at N connections <= 1.3 x
 // the baseline's; the heavy model batched >= 1.5 x itself at batch size 1 (case
 // heavy-b1: the same model file under a manifest with max_batch_size 1), at equal or
-// better p99. Also reported: the physical limit, cores x 1000 / the baseline's CPU ms
-// per image (decode + compute), and how far each run is from it. Writes
-// bench/results/infer.json.
+// better p99. The same comparison runs on the wide load model (wide, wide-b1), a
+// memory-bound MLP on which batching can pay on a CPU, at BATCH_CONN_FACTOR x N
+// connections so that batches can form; it is reported, not a goal of the issue. Also
+// reported: the physical limit, cores x 1000 / the baseline's CPU ms per image (decode +
+// compute), and how far each run is from it; and, measured first on one thread, the CPU
+// per image of each stage with the most batching and a native conversion could give
+// (bench/lib/stages.ts). Writes bench/results/infer.json.
 // On a small box the load generator takes CPU from the server: compare the ratios
 // within one run, not figures across machines.
 //
 // Knobs (env): BENCH_ROUNDS (4), BENCH_ROUND_S (5), BENCH_WARMUP_S (3),
-// BENCH_MATCHED_S (4), BENCH_CONN_FACTOR (3), BENCH_MODELS (vA,heavy,heavy-b1),
+// BENCH_MATCHED_S (4), BENCH_CONN_FACTOR (3), BENCH_BATCH_CONN_FACTOR (8, the wide cases),
+// BENCH_MODELS (vA,heavy,heavy-b1,wide,wide-b1),
 // INFER_THREADS / INFER_INTRA_OP_THREADS / INFER_TASKS_PER_WORKER (as the broker's).
 import { performance } from 'node:perf_hooks';
 import { relative } from 'node:path';
@@ -32,10 +37,11 @@ import { histogramTotals, scrapeMetrics } from './lib/metrics-text.ts';
 import { ROOT, startBroker, type Child } from './lib/process.ts';
 import { fashionPng, syntheticJpeg } from './lib/images.ts';
 import { combine, fire, type LoadRun } from './lib/load.ts';
-import { VA_PATH, ensureLoadModel, waitForModel } from './lib/models.ts';
+import { VA_PATH, WIDE_PATH, ensureLoadModel, waitForModel } from './lib/models.ts';
 import { cpuBetween, machineBusy, threadCpu, type CpuSplit } from './lib/proc.ts';
 import { machine, writeResults } from './lib/report.ts';
 import { round, summarize, table } from './lib/stats.ts';
+import { measureStages, type StageFigures } from './lib/stages.ts';
 
 const GOAL = 1.0;
 const P99_GOAL = 1.3;
@@ -57,7 +63,8 @@ const roundS = envNumber('BENCH_ROUND_S', 5);
 const warmupS = envNumber('BENCH_WARMUP_S', 3);
 const matchedS = envNumber('BENCH_MATCHED_S', 4);
 const connFactor = envNumber('BENCH_CONN_FACTOR', 3);
-const only = new Set((process.env.BENCH_MODELS ?? 'vA,heavy,heavy-b1').split(',').map((s) => s.trim()));
+const batchConnFactor = envNumber('BENCH_BATCH_CONN_FACTOR', 8);
+const only = new Set((process.env.BENCH_MODELS ?? 'vA,heavy,heavy-b1,wide,wide-b1').split(',').map((s) => s.trim()));
 
 // The broker's own defaults decide N and the intra-op threads; both sides get the same.
 const cfg = loadConfig({ INFER_THREADS: process.env.INFER_THREADS, INFER_INTRA_OP_THREADS: process.env.INFER_INTRA_OP_THREADS });
@@ -74,6 +81,8 @@ interface Case {
   readonly imageDesc: string;
   /** The label a correct model gives this image, when known. */
   readonly expectLabel?: string;
+  /** Saturated connections, when not CONN_FACTOR x N. */
+  readonly connections?: number;
 }
 
 const SERVER_HISTOGRAMS = {
@@ -98,7 +107,7 @@ interface BrokerRound {
   readonly windowS: number;
 }
 
-async function brokerRound(broker: Child, url: string, body: string): Promise<BrokerRound> {
+async function brokerRound(broker: Child, url: string, body: string, connections: number): Promise<BrokerRound> {
   const m0 = await scrapeMetrics(broker.url);
   const cpu0 = threadCpu(broker.pid);
   const self0 = process.cpuUsage();
@@ -128,6 +137,7 @@ function addCpu(splits: readonly CpuSplit[]): { main_s: number; other_threads_s:
 }
 
 async function benchCase(c: Case, cpuCount: number) {
+  const conns = c.connections ?? connections;
   const broker = await startBroker('broker', {
     MODEL_VA_PATH: c.model.path,
     // B is loaded by every worker but gets no traffic (weight 0).
@@ -164,16 +174,16 @@ async function benchCase(c: Case, cpuCount: number) {
     const top = reply.predictions?.[0]?.label;
     if (c.expectLabel !== undefined && top !== c.expectLabel) log(`note: ${c.key} predicts "${top}" for an item labelled "${c.expectLabel}"`);
 
-    log(`${c.key}: warm-up ${warmupS}s each (baseline, then broker at ${connections} connections)`);
+    log(`${c.key}: warm-up ${warmupS}s each (baseline, then broker at ${conns} connections)`);
     await baseline.run(warmupS * 1000);
-    await fire({ url, body, connections, durationS: warmupS });
+    await fire({ url, body, connections: conns, durationS: warmupS });
 
     const baseRuns: BaselineRun[] = [];
     const brokerRuns: BrokerRound[] = [];
     for (let r = 1; r <= rounds; r++) {
       log(`${c.key}: round ${r}/${rounds}: baseline ${roundS}s, broker saturated ${roundS}s`);
       baseRuns.push(await baseline.run(roundS * 1000));
-      brokerRuns.push(await brokerRound(broker, url, body));
+      brokerRuns.push(await brokerRound(broker, url, body, conns));
     }
     log(`${c.key}: broker at ${threads} connections (the baseline's concurrency) ${matchedS}s`);
     const matchedRun = await fire({ url, body, connections: threads, durationS: matchedS });
@@ -196,7 +206,7 @@ async function benchCase(c: Case, cpuCount: number) {
     };
 
     // Broker, all saturated rounds together.
-    const saturated = combine(connections, brokerRuns.map((b) => b.load));
+    const saturated = combine(conns, brokerRuns.map((b) => b.load));
     const matched = combine(threads, [matchedRun]);
     const mean = (part: ServerPart) => {
       const s = brokerRuns.reduce((a, b) => a + b.server[part].sum, 0);
@@ -245,6 +255,24 @@ async function benchCase(c: Case, cpuCount: number) {
   }
 }
 
+interface BatchingFigures {
+  readonly throughput_ratio: number;
+  readonly throughput_ratio_vs_own_baseline: number;
+  readonly p99_ms: { readonly batched: number; readonly batch_1: number };
+  readonly mean_batch: number;
+  readonly connections: number;
+  readonly goal_met: boolean;
+}
+
+/** The same model file under a manifest that turns batching off: what batching buys. */
+function batchSize1(m: LoadedModel): LoadedModel {
+  const path = m.path.replace(/\.onnx$/, '-b1.onnx');
+  copyFileSync(m.path, path);
+  const raw = JSON.parse(readFileSync(m.path.replace(/\.onnx$/, '.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(path.replace(/\.onnx$/, '.json'), JSON.stringify({ ...raw, batching: { max_batch_size: 1, preferred_batch_sizes: [], max_queue_delay_us: 0 } }));
+  return loadManifest(path);
+}
+
 async function main(): Promise<void> {
   const started = performance.now();
   const info = machine();
@@ -269,16 +297,32 @@ async function main(): Promise<void> {
     cases.push({ key: 'heavy', model: heavy, image: jpeg, imageDesc: `synthetic JPEG 256x256 RGB q85, ${jpeg.length} B (resized to 224)` });
   }
   if (only.has('heavy-b1')) {
-    // The same model file under a manifest that turns batching off: what batching buys.
-    const heavy = ensureLoadModel(log);
-    const path = heavy.path.replace(/\.onnx$/, '-b1.onnx');
-    copyFileSync(heavy.path, path);
-    const raw = JSON.parse(readFileSync(heavy.path.replace(/\.onnx$/, '.json'), 'utf8')) as Record<string, unknown>;
-    writeFileSync(path.replace(/\.onnx$/, '.json'), JSON.stringify({ ...raw, batching: { max_batch_size: 1, preferred_batch_sizes: [], max_queue_delay_us: 0 } }));
     const jpeg = await syntheticJpeg(256);
-    cases.push({ key: 'heavy-b1', model: loadManifest(path), image: jpeg, imageDesc: `as heavy, max_batch_size 1` });
+    cases.push({ key: 'heavy-b1', model: batchSize1(ensureLoadModel(log)), image: jpeg, imageDesc: `as heavy, max_batch_size 1` });
   }
-  if (cases.length === 0) throw new Error('BENCH_MODELS selects no model (vA, heavy, heavy-b1)');
+  const batchConns = Math.max(connections, Math.round(batchConnFactor * threads));
+  if (only.has('wide') || only.has('wide-b1')) {
+    const wide = ensureLoadModel(log, WIDE_PATH);
+    const fashion = await fashionPng(0);
+    const desc = `Fashion-MNIST t10k #0 as PNG, 28x28 gray, ${fashion.png.length} B`;
+    if (only.has('wide')) cases.push({ key: 'wide', model: wide, image: fashion.png, imageDesc: desc, connections: batchConns });
+    if (only.has('wide-b1')) cases.push({ key: 'wide-b1', model: batchSize1(wide), image: fashion.png, imageDesc: `${desc}, max_batch_size 1`, connections: batchConns });
+  }
+  if (cases.length === 0) throw new Error('BENCH_MODELS selects no model (vA, heavy, heavy-b1, wide, wide-b1)');
+
+  // Stage by stage on one thread, before the load: what batching (compute per image by
+  // batch size) and a native conversion stage (issue 11 §4) could give at most.
+  const stages: Record<string, StageFigures> = {};
+  const stageRows: (string | number)[][] = [];
+  for (const c of cases) {
+    if (c.key.endsWith('-b1')) continue;
+    log(`${c.key}: CPU per image by stage (one thread, about 8 s)`);
+    const f = await measureStages(c.model, c.image, cfg.inferMaxPixels, 1000);
+    stages[c.key] = f;
+    const by = f.compute_ms_by_batch;
+    const largest = Math.max(...Object.keys(by).map(Number));
+    stageRows.push([c.key, f.sharp_ms, f.convert_ms, f.preprocess_ms, by['1']!, `${by[String(largest)]} (${largest})`, f.topk_ms, f.batching_ceiling, f.native_ceiling]);
+  }
 
   // Everything below is time-boxed (about 2 min with the defaults); a hang must not hold CI.
   const budgetS = cases.length * (2 * warmupS + 2 * rounds * roundS + matchedS + 60);
@@ -294,7 +338,7 @@ async function main(): Promise<void> {
   const pct = (x: number) => `${Math.round(100 * x)}%`;
   const limits: Record<string, unknown> = {};
   const limitRows: (string | number)[][] = [];
-  const byKey: Record<string, { rps: number; p99: number; baseRps: number; batch: number }> = {};
+  const byKey: Record<string, { rps: number; p99: number; baseRps: number; batch: number; connections: number }> = {};
   let allMet = true;
   let failures = 0;
   let noisy = false;
@@ -331,23 +375,26 @@ async function main(): Promise<void> {
     rows.push([c.key, 'broker, saturated', s.connections, s.throughput_rps, s.latency.p50_ms, s.latency.p99_ms, s.non_2xx + s.errors]);
     rows.push([c.key, 'broker, N connections', m.connections, m.throughput_rps, m.latency.p50_ms, m.latency.p99_ms, m.non_2xx + m.errors]);
     ratioRows.push([c.key, ratios.throughput, roundRatios.join(' '), ratios.p50_matched, ratios.p99_matched, met ? 'yes' : 'NO']);
-    byKey[c.key] = { rps: s.throughput_rps, p99: s.latency.p99_ms, baseRps: baseline.throughput_rps, batch: broker.mean_batch };
+    byKey[c.key] = { rps: s.throughput_rps, p99: s.latency.p99_ms, baseRps: baseline.throughput_rps, batch: broker.mean_batch, connections: s.connections };
     const sm = broker.server_ms;
     timeRows.push([c.key, 'baseline', baseline.decode_ms, baseline.compute_ms, '-', '-', '100%', baseline.cpu_ms_per_request, '-', pct(baseline.foreign_cpu_share)]);
     timeRows.push([c.key, 'broker, saturated', sm.decode, sm.compute, sm.queue, sm.other, pct(broker.worker_busy), broker.cpu_ms_per_request, broker.main_thread_cpu_ms_per_request, pct(broker.foreign_cpu_share)]);
   }
   // Batching against batch size 1 at saturation, raw and against each run's own baseline
   // (the two brokers ran minutes apart; the baseline absorbs a change in machine load).
-  let batching: Record<string, unknown> | undefined;
-  const hb = byKey['heavy'];
-  const h1 = byKey['heavy-b1'];
-  if (hb !== undefined && h1 !== undefined) {
+  const batchingVs1: Record<string, BatchingFigures> = {};
+  for (const key of ['heavy', 'wide']) {
+    const hb = byKey[key];
+    const h1 = byKey[`${key}-b1`];
+    if (hb === undefined || h1 === undefined) continue;
     const raw = hb.rps / h1.rps;
     const normalised = hb.rps / hb.baseRps / (h1.rps / h1.baseRps);
     const met = Math.min(raw, normalised) >= BATCH_GOAL && hb.p99 <= h1.p99;
-    batching = { throughput_ratio: round(raw), throughput_ratio_vs_own_baseline: round(normalised), p99_ms: { batched: hb.p99, batch_1: h1.p99 }, mean_batch: hb.batch, goal_met: met };
-    allMet &&= met;
+    batchingVs1[key] = { throughput_ratio: round(raw), throughput_ratio_vs_own_baseline: round(normalised), p99_ms: { batched: hb.p99, batch_1: h1.p99 }, mean_batch: hb.batch, connections: hb.connections, goal_met: met };
+    // The issue's goal is on heavy; wide shows what batching does where compute dominates.
+    if (key === 'heavy') allMet &&= met;
   }
+  const batching = batchingVs1['heavy'];
 
   const results = {
     bench: 'infer',
@@ -356,6 +403,7 @@ async function main(): Promise<void> {
       threads,
       intra_op_threads: intraOp,
       saturated_connections: connections,
+      saturated_connections_wide: batchConns,
       matched_connections: threads,
       rounds,
       round_s: roundS,
@@ -369,7 +417,9 @@ async function main(): Promise<void> {
     },
     models: out,
     physical_limit: limits,
+    stages,
     heavy_batching_vs_batch_1: batching,
+    wide_batching_vs_batch_1: batchingVs1['wide'],
     goal_met: allMet,
     noisy,
     wall_s: round((performance.now() - started) / 1000, 1),
@@ -381,12 +431,15 @@ async function main(): Promise<void> {
   console.log();
   console.log(table(['model', 'broker/baseline req/s', 'per round', 'p50 ratio @N', 'p99 ratio @N', `>= ${GOAL}, p99 <= ${P99_GOAL}`], ratioRows));
   console.log();
+  console.log('CPU ms per image by stage, one thread; ceilings: whole-image CPU at batch 1 over at the largest batch (batching),');
+  console.log('and over itself without the conversion (an infinitely fast native stage).');
+  console.log(table(['model', 'sharp', 'convert', 'preprocess', 'compute b1', 'compute/image (batch)', 'top-k', 'batching ceiling', 'native ceiling'], stageRows));
+  console.log();
   console.log('Physical limit: all cores in decode + compute at the baseline\'s CPU ms per image.');
   console.log(table(['model', 'CPU ms/image', 'limit req/s', 'baseline', 'broker'], limitRows));
-  if (batching !== undefined) {
+  for (const [key, b] of Object.entries(batchingVs1)) {
     console.log();
-    const b = batching as { throughput_ratio: number; throughput_ratio_vs_own_baseline: number; p99_ms: { batched: number; batch_1: number }; mean_batch: number; goal_met: boolean };
-    log(`heavy, batching vs batch size 1 at saturation: ${b.throughput_ratio}x req/s (${b.throughput_ratio_vs_own_baseline}x against each run's baseline), p99 ${b.p99_ms.batched} vs ${b.p99_ms.batch_1} ms, mean batch ${b.mean_batch}; goal >= ${BATCH_GOAL}x at equal or better p99: ${b.goal_met ? 'met' : 'NOT met'}`);
+    log(`${key}, batching vs batch size 1 at saturation (${b.connections} connections): ${b.throughput_ratio}x req/s (${b.throughput_ratio_vs_own_baseline}x against each run's baseline), p99 ${b.p99_ms.batched} vs ${b.p99_ms.batch_1} ms, mean batch ${b.mean_batch}; >= ${BATCH_GOAL}x at equal or better p99: ${b.goal_met ? 'met' : 'NOT met'}${key === 'heavy' ? '' : ' (reported, not a goal)'}`);
   }
   console.log();
   console.log('Where the time goes, mean ms per request. Broker figures from its /metrics; "other" = HTTP time');

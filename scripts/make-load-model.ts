@@ -1,8 +1,10 @@
-// `npm run make-load-model`: writes models/load/heavy.onnx + heavy.json, a
-// convolutional classifier with fixed pseudo-random weights, for benchmarks
-// only. It is much heavier per request than the Fashion-MNIST MLPs (224x224x3
-// input, ~35M multiply-adds per image) and its predictions are meaningless.
-// models/load/ is gitignored: run this before a benchmark that needs it.
+// `npm run make-load-model`: writes two load models with fixed pseudo-random
+// weights, for benchmarks only; their predictions are meaningless. models/load/
+// is gitignored: run this before a benchmark that needs it.
+//
+// models/load/heavy.onnx + heavy.json: a convolutional classifier, much heavier
+// per request than the Fashion-MNIST MLPs (224x224x3 input, ~35M multiply-adds
+// per image), where decoding the JPEG costs about 5x the compute.
 //
 //   input [batch,3,224,224]
 //   Conv 3->16  k3 s2 p1 + Relu   -> [batch,16,112,112]
@@ -120,3 +122,58 @@ for (const v of data) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
 if (!(hi > lo)) throw new Error('constant logits');
 await session.release();
 console.log(`wrote ${onnxPath} (${onnx.length} bytes) and heavy.json; ONNX Runtime ran a batch of ${batch} in ${ms.toFixed(1)} ms, logits in [${lo.toFixed(3)}, ${hi.toFixed(3)}]`);
+
+// models/load/wide.onnx + wide.json: an MLP 784-2048-2048-10 on the 28x28 gray
+// Fashion-MNIST input. Its 5.8M weights (23 MB) do not fit in any cache, so at batch
+// size 1 every image streams all of them from memory (a matrix-vector product, about
+// 1 ms of CPU), while a batch of 8 shares one pass (0.2 ms per image): the model on
+// which dynamic batching pays on a CPU, as a bench case next to heavy, on which it
+// cannot (docs/benchmarks.md).
+const WIDE = [784, 2048, 2048, 10];
+const wideNodes: NodeDef[] = [{ opType: 'Flatten', name: 'flatten', inputs: ['input'], outputs: ['x0'], attributes: { axis: attr.int(1) } }];
+const wideInits: InitializerDef[] = [];
+for (let i = 0; i + 1 < WIDE.length; i++) {
+  const fanIn = WIDE[i]!, out = WIDE[i + 1]!;
+  const last = i + 2 === WIDE.length;
+  wideInits.push({ name: `fc${i + 1}.weight`, dims: [out, fanIn], float32: heNormal(out * fanIn, fanIn) });
+  wideInits.push({ name: `fc${i + 1}.bias`, dims: [out], float32: smallBias(out) });
+  wideNodes.push({
+    opType: 'Gemm', name: `fc${i + 1}`, inputs: [`x${i}`, `fc${i + 1}.weight`, `fc${i + 1}.bias`], outputs: [last ? 'logits' : `fc${i + 1}`],
+    attributes: { alpha: attr.float(1), beta: attr.float(1), transB: attr.int(1) },
+  });
+  if (!last) wideNodes.push({ opType: 'Relu', name: `relu${i + 1}`, inputs: [`fc${i + 1}`], outputs: [`x${i + 1}`] });
+}
+const wideDescription = 'LOAD MODEL for benchmarks only: random (seeded) weights, predictions are meaningless. 28x28 gray MLP 784-2048-2048-10, 5.8M weights (23 MB): memory-bound at batch size 1.';
+const wideOnnx = encodeModel({
+  producerName: 'edge-broker scripts/make-load-model',
+  producerVersion: '1.0.0',
+  docString: wideDescription,
+  graph: {
+    name: 'load-wide',
+    nodes: wideNodes,
+    initializers: wideInits,
+    inputs: [{ name: 'input', shape: ['batch', 1, 28, 28] }],
+    outputs: [{ name: 'logits', shape: ['batch', 10] }],
+  },
+  metadata: { purpose: 'load-test', seed: String(SEED) },
+});
+const wideManifest: ModelManifest = {
+  name: 'load-wide',
+  version: '0.0.1',
+  description: wideDescription,
+  input: { name: 'input', layout: 'NCHW', channels: 1, height: 28, width: 28, mean: [0.286], std: [0.353] },
+  output: { name: 'logits', kind: 'logits' },
+  labels: Array.from({ length: 10 }, (_, i) => `class_${i}`),
+  batching: { max_batch_size: 16, preferred_batch_sizes: [], max_queue_delay_us: 0 },
+  queue: { max_size: null, timeout_ms: 10_000 },
+  training: { seed: SEED, epochs: 0, test_accuracy: null, architecture: WIDE.join('-') },
+};
+const widePath = join(OUT_DIR, 'wide.onnx');
+writeFileSync(widePath, wideOnnx);
+writeFileSync(join(OUT_DIR, 'wide.json'), formatManifest(wideManifest));
+const wide = await ort.InferenceSession.create(widePath);
+const wx = new Float32Array(2 * 784).map(() => normal());
+const { logits: wl } = await wide.run({ input: new ort.Tensor('float32', wx, [2, 1, 28, 28]) });
+if (!wl || wl.dims.join(',') !== '2,10' || !(wl.data as Float32Array).every(Number.isFinite)) throw new Error(`wide: unexpected output ${wl?.dims}`);
+await wide.release();
+console.log(`wrote ${widePath} (${wideOnnx.length} bytes) and wide.json`);

@@ -27,7 +27,7 @@ import { authRoutes } from './admin/auth.ts';
 import { Router } from './front/http/router.ts';
 import { startHttpFront } from './front/http/server.ts';
 import { loadManifest } from './infer/manifest.ts';
-import { createInferPool } from './infer/pool.ts';
+import { createInferPool, libuvPoolSizing } from './infer/pool.ts';
 import { InferService } from './infer/service.ts';
 import { disabledInference, inferRoutes, readyRoute } from './infer/routes.ts';
 import { V2Core } from './infer/v2/core.ts';
@@ -530,6 +530,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
 }
 
 function startInference(config: Config, metrics: Metrics, logger: Logger, tracer: Tracer): InferService {
+  const uv = libuvPoolSizing(config.inferThreads, config.inferTasksPerWorker, process.env.UV_THREADPOOL_SIZE);
+  if (!uv.ok) logger.warn({ uv_threadpool_size: uv.size, wanted: uv.wanted }, `libuv's thread pool (UV_THREADPOOL_SIZE=${uv.size}) decodes fewer images at once than the inference workers hold batches: set UV_THREADPOOL_SIZE=${uv.wanted} in the environment (docs/benchmarks.md, thread sizing rule)`);
   return new InferService({
     initial: {
       abWeightA: config.abWeightA,

@@ -9,6 +9,7 @@ import { sleep } from './stats.ts';
 
 export const VA_PATH = join(ROOT, 'models', 'vA.onnx');
 export const HEAVY_PATH = join(ROOT, 'models', 'load', 'heavy.onnx');
+export const WIDE_PATH = join(ROOT, 'models', 'load', 'wide.onnx');
 
 /**
  * Waits until `modelPath` and its manifest exist and have stopped changing (a
@@ -34,17 +35,17 @@ export async function waitForModel(modelPath: string, timeoutMs = 20 * 60_000, l
   }
 }
 
-/** models/load/heavy.onnx is gitignored: make it with `npm run make-load-model` when it is missing. */
-export function ensureLoadModel(log: (msg: string) => void = console.log): LoadedModel {
-  if (!existsSync(HEAVY_PATH) || !existsSync(HEAVY_PATH.replace(/\.onnx$/, '.json'))) {
+/** models/load/ (heavy.onnx, wide.onnx) is gitignored: make it with `npm run make-load-model` when a file is missing. */
+export function ensureLoadModel(log: (msg: string) => void = console.log, path: string = HEAVY_PATH): LoadedModel {
+  if ([HEAVY_PATH, WIDE_PATH].some((p) => !existsSync(p) || !existsSync(p.replace(/\.onnx$/, '.json')))) {
     const scripts = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts?: Record<string, string> }).scripts ?? {};
     const [cmd, args] =
       scripts['make-load-model'] !== undefined
         ? ['npm', ['run', '--silent', 'make-load-model']]
         : [process.execPath, ['--import', 'tsx', 'scripts/make-load-model.ts']];
-    log(`${HEAVY_PATH} is missing: running ${cmd === 'npm' ? 'npm run make-load-model' : 'scripts/make-load-model.ts'}`);
+    log(`${path} is missing: running ${cmd === 'npm' ? 'npm run make-load-model' : 'scripts/make-load-model.ts'}`);
     const r = spawnSync(cmd, args, { cwd: ROOT, stdio: 'inherit' });
     if (r.status !== 0) throw new Error(`make-load-model failed (${r.status ?? r.signal})`);
   }
-  return loadManifest(HEAVY_PATH);
+  return loadManifest(path);
 }

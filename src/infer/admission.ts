@@ -1,10 +1,11 @@
-// Admission for inference, per model: a bounded queue with a wait timeout, served by
-// priority (x-broker-priority, 0-9, higher first) and first-come within a priority.
-// The batcher (pool.ts) takes its batches from here, so this queue is also where a
-// batch fills while the workers are busy. Full: 503 overloaded with Retry-After;
-// waited too long: 504 queue_timeout. Strict priority without aging: the timeout
-// bounds how long a low-priority request can be passed over.
+// Admission for inference, per model: a bounded queue with a wait timeout, served as the
+// LLM scheduler serves its queue (sched/queue.ts pickNext): the highest priority
+// (x-broker-priority, 0-9) after aging, one level per agingMs waited, ties to the oldest,
+// so a low priority cannot starve. The batcher (pool.ts) takes its batches from here, so
+// this queue is also where a batch fills while the workers are busy. Full: 503 overloaded
+// with Retry-After; waited too long: 504 queue_timeout.
 import { BrokerError } from '../errors.ts';
+import { DEFAULT_SCHEDULER } from '../config/broker-config.ts';
 
 export const PRIORITY_LEVELS = 10;
 export const DEFAULT_PRIORITY = 5;
@@ -34,6 +35,8 @@ export class AdmissionQueue<T> {
     readonly model: string,
     private readonly maxSize: number,
     private readonly timeoutMs: number,
+    /** One priority level gained per this many ms waited: the LLM scheduler's default. */
+    private readonly agingMs: number = DEFAULT_SCHEDULER.agingMs,
   ) {}
 
   get size(): number {
@@ -53,10 +56,31 @@ export class AdmissionQueue<T> {
     if (p.deadline !== undefined) this.withDeadline++;
   }
 
-  /** The highest priority waiting, or -1. */
-  get topPriority(): number {
-    for (let l = PRIORITY_LEVELS - 1; l >= 0; l--) if (this.levels[l]!.length > 0) return l;
-    return -1;
+  private score(p: Pending<T>, now: number): number {
+    return p.priority + (now - p.enqueuedAt) / this.agingMs;
+  }
+
+  /**
+   * Where the request that goes next is: per level the first of `size` (null: of any size;
+   * undefined is the size of fixed-size models) is that level's oldest of it and so its
+   * best after aging; the best of those across levels, ties to the oldest. Undefined when
+   * none waits.
+   */
+  private best(now: number, size: number | undefined | null): { level: number; index: number; score: number } | undefined {
+    let out: { level: number; index: number; score: number } | undefined;
+    for (let l = PRIORITY_LEVELS - 1; l >= 0; l--) {
+      const q = this.levels[l]!;
+      const i = size === null ? (q.length > 0 ? 0 : -1) : q.findIndex((p) => p.size === size);
+      if (i < 0) continue;
+      const sc = this.score(q[i]!, now);
+      if (out === undefined || sc > out.score || (sc === out.score && q[i]!.enqueuedAt < this.levels[out.level]![out.index]!.enqueuedAt)) out = { level: l, index: i, score: sc };
+    }
+    return out;
+  }
+
+  /** The aged priority of the request that goes next, or -Infinity. */
+  topScore(now: number): number {
+    return this.best(now, null)?.score ?? -Infinity;
   }
 
   /** When the oldest waiter was admitted (Infinity when empty). */
@@ -67,29 +91,22 @@ export class AdmissionQueue<T> {
   }
 
   /** The size of the request that goes next, and how many waiting requests share it. */
-  nextGroup(): { size: number | undefined; count: number } | undefined {
-    const top = this.topPriority;
-    if (top < 0) return undefined;
-    const size = this.levels[top]![0]!.size;
+  nextGroup(now: number): { size: number | undefined; count: number } | undefined {
+    const b = this.best(now, null);
+    if (b === undefined) return undefined;
+    const size = this.levels[b.level]![b.index]!.size;
     let count = 0;
     for (const q of this.levels) for (const p of q) if (p.size === size) count++;
     return { size, count };
   }
 
-  /** Takes up to `max` requests of this size, highest priority first, oldest first within one. */
-  take(max: number, size: number | undefined): Pending<T>[] {
+  /** Takes up to `max` requests of this size, in the order they go (aged priority, then age). */
+  take(max: number, size: number | undefined, now: number): Pending<T>[] {
     const out: Pending<T>[] = [];
-    for (let l = PRIORITY_LEVELS - 1; l >= 0 && out.length < max; l--) {
-      const q = this.levels[l]!;
-      if (q.length === 0) continue;
-      if (q.every((p) => p.size === size)) {
-        out.push(...q.splice(0, max - out.length));
-        continue;
-      }
-      for (let i = 0; i < q.length && out.length < max; ) {
-        if (q[i]!.size === size) out.push(q.splice(i, 1)[0]!);
-        else i++;
-      }
+    while (out.length < max) {
+      const b = this.best(now, size);
+      if (b === undefined) break;
+      out.push(this.levels[b.level]!.splice(b.index, 1)[0]!);
     }
     this.count -= out.length;
     return out;

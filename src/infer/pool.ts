@@ -30,6 +30,22 @@ import { queueSpan } from '../obs/trace/infer.ts';
 /** Batches each worker holds at once: one computing, one decoding. */
 export const DEFAULT_TASKS_PER_WORKER = 2;
 
+/**
+ * libuv's thread pool against what the inference pool needs. sharp decodes on that pool
+ * (one process-wide pool, shared by every worker thread), so it bounds how many images
+ * decode at once: it needs a thread per batch in flight (threads x tasks per worker),
+ * else a box with more than 4 cores decodes on 4 of them at most. The size is read by
+ * libuv when the pool first starts, which an ES module entry has already done by the
+ * time any of its code runs: it can only be set in the environment of the process.
+ */
+export function libuvPoolSizing(threads: number, tasksPerWorker: number, env: string | undefined): { size: number; wanted: number; ok: boolean } {
+  // libuv's own reading: unset or invalid is 4, then clamped to 1..1024.
+  const n = Number.parseInt(env ?? '', 10);
+  const size = Number.isFinite(n) && n > 0 ? Math.min(n, 1024) : 4;
+  const wanted = Math.min(1024, Math.max(4, threads * tasksPerWorker));
+  return { size, wanted, ok: size >= wanted };
+}
+
 export interface InferPoolOptions {
   readonly models: Readonly<Record<string, LoadedModel>>;
   readonly threads: number;
@@ -199,15 +215,15 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
 
   function pump(): void {
     while (inFlight < capacity && waiting > 0) {
-      // The model whose next request has the highest priority, ties to the oldest.
+      // The model whose next request has the highest aged priority, ties to the oldest.
       const now = performance.now();
       let sent = false;
-      const order = [...queues.entries()].filter(([, q]) => q.size > 0).sort(([, a], [, b]) => b.topPriority - a.topPriority || a.oldest - b.oldest);
+      const order = [...queues.entries()].filter(([, q]) => q.size > 0).sort(([, a], [, b]) => b.topScore(now) - a.topScore(now) || a.oldest - b.oldest);
       for (const [key, q] of order) {
-        const next = q.nextGroup()!;
+        const next = q.nextGroup(now)!;
         const n = batchSize(key, next.count, q.oldest, now);
         if (n === 0) continue;
-        dispatch(key, q.take(n, next.size), next.size, now);
+        dispatch(key, q.take(n, next.size, now), next.size, now);
         sent = true;
         break;
       }

@@ -235,7 +235,8 @@ export class InferService {
     }
     const t0 = performance.now();
     setImmediate(() => {
-      // Lowest priority: a shadow run never goes before a real request.
+      // Lowest priority: a shadow run goes after real requests (unless it waited a second per
+      // level, the admission queue's aging; it was sent only because nothing was waiting).
       pool.run('B', transferable(image), size, 1, 0, tensor ? { tensor } : undefined).then(
         (r) => {
           m.shadowLatency.observe((performance.now() - t0) / 1000);

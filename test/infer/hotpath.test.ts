@@ -4,6 +4,7 @@ import t from 'tap';
 import { topK } from '../../src/infer/postprocess.ts';
 import { decodeImage } from '../../src/infer/routes.ts';
 import { validateManifest } from '../../src/infer/manifest.ts';
+import { toTensor } from '../../src/infer/preprocess.ts';
 import { inferPriority } from '../../src/infer/admission.ts';
 import { mulberry32 } from '../../scripts/train/prng.ts';
 
@@ -44,6 +45,39 @@ t.test('topK as a partial selection equals sorting every class', async (t) => {
   }
   t.ok(worst < 1e-12, `same indices in 2000 trials, max score difference ${worst}`);
   t.same(topK(Float32Array.from([1, 2]), ['a', 'b'], 5, false).map((p) => p.label), ['b', 'a'], 'k above n gives n');
+});
+
+/** The per-channel multiply-add toTensor's tables replaced. */
+function arithmetic(raw: Uint8Array, got: number, c: number, layout: string, mean: number[], std: number[], plane: number): Float32Array {
+  const out = new Float32Array(c * plane);
+  for (let ch = 0; ch < c; ch++) {
+    const k = 1 / (255 * std[ch]!);
+    const b = mean[ch]! / std[ch]!;
+    for (let i = 0; i < plane; i++) out[layout === 'NCHW' ? ch * plane + i : i * c + ch] = raw[i * got + ch]! * k - b;
+  }
+  return out;
+}
+
+t.test('pixel conversion by table is bit-identical to the multiply-add, every layout and byte value', async (t) => {
+  const base = { name: 'm', version: '1', labels: ['a'] };
+  const cases = [
+    { layout: 'NCHW', channels: 3, got: 3, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
+    { layout: 'NHWC', channels: 3, got: 3, mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3] },
+    { layout: 'NCHW', channels: 3, got: 4, mean: [0, 0, 0], std: [1, 1, 1] },
+    { layout: 'NCHW', channels: 1, got: 1, mean: [0.286], std: [0.353] },
+    { layout: 'NHWC', channels: 1, got: 3, mean: [0.1], std: [0.7] },
+  ];
+  for (const k of cases) {
+    const m = validateManifest({ ...base, input: { name: 'input', layout: k.layout, channels: k.channels, height: 16, width: 16, mean: k.mean, std: k.std } }, 'f');
+    const plane = 16 * 16;
+    // Every byte value on every channel, shifted per channel so channels differ.
+    const raw = Uint8Array.from({ length: plane * k.got }, (_, i) => (i * 7 + (i % k.got) * 85) & 255);
+    const got = new Float32Array(k.channels * plane + 8).fill(NaN);
+    toTensor(raw, k.got, m, plane, got.subarray(4, 4 + k.channels * plane));
+    const want = arithmetic(raw, k.got, k.channels, k.layout, k.mean, k.std, plane);
+    t.same(Array.from(got.subarray(4, 4 + k.channels * plane)), Array.from(want), `${k.layout} ${k.channels}ch from ${k.got} bytes per pixel`);
+    t.ok(Number.isNaN(got[3]!) && Number.isNaN(got[4 + k.channels * plane]!), 'writes its slot only');
+  }
 });
 
 t.test('one-pass base64 accepts and refuses what the two-pass check did', async (t) => {
@@ -93,4 +127,41 @@ t.test('x-broker-priority reads as on the LLM path', async (t) => {
   t.equal(inferPriority('low'), 1);
   t.equal(inferPriority('urgent'), undefined);
   t.equal(inferPriority('10'), undefined);
+});
+
+t.test("libuv's pool against the batches the inference workers hold", async (t) => {
+  const { libuvPoolSizing } = await import('../../src/infer/pool.ts');
+  t.same(libuvPoolSizing(2, 2, undefined), { size: 4, wanted: 4, ok: true }, '2 cores: the default 4 is enough');
+  t.same(libuvPoolSizing(8, 2, undefined), { size: 4, wanted: 16, ok: false }, '8 cores: 4 would cap decoding at 4 cores');
+  t.same(libuvPoolSizing(8, 2, '16'), { size: 16, wanted: 16, ok: true });
+  t.same(libuvPoolSizing(1, 1, 'lots'), { size: 4, wanted: 4, ok: true }, 'invalid reads as libuv reads it: 4');
+  t.same(libuvPoolSizing(64, 16, '5000'), { size: 1024, wanted: 1024, ok: true }, 'clamped to 1024 as libuv does');
+});
+
+t.test('admission order: priority after aging (one level per agingMs), ties to the oldest, by size', async (t) => {
+  const { AdmissionQueue } = await import('../../src/infer/admission.ts');
+  const q = new AdmissionQueue<string>('m', 10, 60_000, 1000);
+  const push = (value: string, priority: number, enqueuedAt: number, size?: number) =>
+    q.push({ value, size, priority, enqueuedAt, reject: () => t.fail(`${value} rejected`) });
+  push('low-old', 1, 0);
+  push('normal', 5, 3_000);
+  push('high', 8, 3_500);
+  push('normal-later', 5, 3_600);
+  // At 4 s: low-old has aged to 1 + 4 = 5, normal to 5 + 1 = 6, high to 8.5.
+  t.equal(q.topScore(4_000), 8.5);
+  t.same(q.take(2, undefined, 4_000).map((p) => p.value), ['high', 'normal']);
+  // At 5 s: low-old 6, normal-later 6.4: the later one still goes first.
+  t.same(q.take(1, undefined, 5_000).map((p) => p.value), ['normal-later']);
+  push('fresh-normal', 5, 6_000);
+  // At 6 s: low-old has waited 6 s (score 7) and now overtakes a fresh priority 5: no starvation.
+  t.same(q.take(2, undefined, 6_000).map((p) => p.value), ['low-old', 'fresh-normal']);
+  t.equal(q.size, 0);
+
+  // Equal scores go to the oldest; a batch takes only requests of the chosen size.
+  push('a', 5, 1_000, 32);
+  push('b', 6, 2_000, 64);
+  push('c', 5, 1_500, 32);
+  t.same(q.nextGroup(2_000), { size: 32, count: 2 }, 'a (5 + 1) ties b (6 + 0) and is older');
+  t.same(q.take(8, 32, 2_000).map((p) => p.value), ['a', 'c']);
+  t.same(q.take(8, 64, 2_000).map((p) => p.value), ['b']);
 });

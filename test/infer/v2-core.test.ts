@@ -25,7 +25,7 @@ function fakeService() {
     },
     async run(choice: ArmChoice, input: ItemsInput) {
       runs.push({ choice, input });
-      return { results: input.items.map(() => ({ predictions: [], scores: new Float32Array(10), queueMs: 0, decodeMs: 0, inferMs: 0, batchSize: 1 })), totalMs: 0 };
+      return { results: input.items.map((_, i) => ({ predictions: [], scores: new Float32Array(10), queueMs: 1 + i, decodeMs: 0.5, inferMs: 0.25, batchSize: 1 + i })), totalMs: 0 };
     },
   };
   return { service: service as unknown as InferService, runs };
@@ -56,6 +56,10 @@ t.test('schedule policy: Triton priority (1 highest) and timeout (µs) reach the
     t.equal(input.timeoutMs, timeoutMs, `${JSON.stringify(parameters)}: timeout ${timeoutMs} ms`);
     t.equal(input.tensor, true);
   }
+  // Three items: the slowest (the third, 3 ms in the queue) stands for the request in the reply.
+  const three: InferRequest = { inputs: [{ name: 'input', datatype: 'FP32', shape: [3, 1, 28, 28], data: { kind: 'raw', bytes: Buffer.alloc(3 * 784 * 4) } }], parameters: {} };
+  const reply = await core.infer(A.manifest.name, undefined, three);
+  t.same(reply.parameters, { queue_us: 3000, decode_us: 500, infer_us: 250, batch_size: 3 }, 'queue time in the reply, in µs');
   for (const bad of [{ priority: 11 }, { priority: -1 }, { priority: 1.5 }, { priority: 'high' }, { timeout: -1 }, { timeout: 'soon' }]) {
     await t.rejects(core.infer(A.manifest.name, undefined, tensor(bad)), { code: 'invalid_request' }, JSON.stringify(bad));
   }
@@ -95,7 +99,7 @@ t.test("admission: a request's own deadline expires it even behind an older requ
   t.equal(q.expire(7), 1);
   t.same(rejected, ['short:queue_timeout']);
   t.equal(q.size, 2);
-  t.same(q.take(10, undefined).map((p) => p.value), ['old', 'long']);
+  t.same(q.take(10, undefined, 7).map((p) => p.value), ['old', 'long']);
   t.end();
 });
 
@@ -133,6 +137,7 @@ t.test('responses: binary outputs follow the JSON header, its length in Inferenc
       { name: 'logits', datatype: 'FP32' as const, shape: [1, 3], data: scores, requested: undefined },
       { name: 'logits', datatype: 'BYTES' as const, shape: [1, 1], data: ['3:2:c'], requested: { name: 'logits', parameters: { binary_data: false } } },
     ],
+    parameters: { queue_us: 120, decode_us: 900, infer_us: 40, batch_size: 3 },
     arm: 'A' as const,
     named: false,
   };
@@ -143,6 +148,7 @@ t.test('responses: binary outputs follow the JSON header, its length in Inferenc
   const head = JSON.parse(buf.toString('utf8', 0, hl));
   t.same(head.outputs[0], { name: 'logits', datatype: 'FP32', shape: [1, 3], parameters: { binary_data_size: 12 } });
   t.same(head.outputs[1].data, ['3:2:c'], 'binary_data: false on the output beats binary_data_output');
+  t.same(head.parameters, { queue_us: 120, decode_us: 900, infer_us: 40, batch_size: 3 }, 'queue, decode and compute time in the response parameters');
   t.same([...new Float32Array(buf.buffer.slice(buf.byteOffset + hl, buf.byteOffset + hl + 12))], [...scores]);
   const plain = encodeInferResponse(reply, false);
   t.equal(plain.headers['content-type'], 'application/json');

@@ -56,6 +56,8 @@ t.test(`${IMAGES} images as raw BYTES: accuracy, and the same logits as REST bin
   t.equal(res.model_name, MODEL);
   t.equal(res.model_version, A.manifest.version);
   t.equal(res.id, 'g1');
+  const p = res.parameters as Record<string, { int64_param: number }>;
+  t.ok(p.queue_us!.int64_param >= 0 && p.decode_us!.int64_param > 0 && p.batch_size!.int64_param >= 1, `queue and decode time in the response parameters: ${JSON.stringify(p)}`);
   t.same(res.outputs, [{ name: 'logits', datatype: 'FP32', shape: [IMAGES, 10], parameters: {}, contents: null }]);
   const logits = floats(res.raw_output_contents[0]);
   let right = 0;

@@ -112,6 +112,8 @@ for (const mode of ['json', 'binary'] as Mode[]) {
       t.equal(r.model_name, MODEL);
       t.equal(r.model_version, A.manifest.version);
       t.equal(r.id, `b-${starts[i]}`, 'the id comes back');
+      const q = r.json.parameters;
+      t.ok(Number.isInteger(q.queue_us) && q.queue_us >= 0 && Number.isInteger(q.decode_us) && q.decode_us > 0 && q.batch_size >= 1, `queue and decode time in the response parameters: ${JSON.stringify(q)}`);
       t.same(r.outputs![0]!.shape, [PER, classes]);
       all.set(fp32(r.outputs![0]), starts[i]! * classes);
     }

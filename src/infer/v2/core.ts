@@ -109,11 +109,15 @@ export class V2Core {
       const data = results.flatMap((r) => topK(r.scores!, manifest.labels, k, false).map((p) => `${p.score}:${p.index}:${p.label}`));
       return { name: manifest.output.name, datatype: 'BYTES', shape: [n, k], data, requested: o };
     });
+    // The slowest item stands for the request, as on /v1/infer.
+    const worst = results.reduce((a, r) => (r.queueMs + r.decodeMs + r.inferMs > a.queueMs + a.decodeMs + a.inferMs ? r : a));
+    const us = (ms: number) => Math.max(0, Math.round(ms * 1000));
     return {
       model_name: name,
       model_version: manifest.version,
       ...(req.id !== undefined ? { id: req.id } : {}),
       outputs,
+      parameters: { queue_us: us(worst.queueMs), decode_us: us(worst.decodeMs), infer_us: us(worst.inferMs), batch_size: worst.batchSize },
       arm: choice.arm,
       named: choice.reason === 'version',
     };

@@ -113,6 +113,7 @@ export function addV2GrpcService(server: grpc.Server, deps: V2GrpcDeps): void {
         model_name: reply.model_name,
         model_version: reply.model_version,
         id: reply.id ?? '',
+        parameters: Object.fromEntries(Object.entries(reply.parameters).map(([k, v]) => [k, { int64_param: v }])),
         outputs: reply.outputs.map((o) => ({ name: o.name, datatype: o.datatype, shape: o.shape })),
         raw_output_contents: reply.outputs.map((o) => (o.datatype === 'FP32' ? Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength) : serializeBytes(o.data))),
       };

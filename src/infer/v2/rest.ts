@@ -135,7 +135,7 @@ export function encodeInferResponse(reply: InferResponse, binaryByDefault: boole
     chunks.push(bytes);
     return { ...head, parameters: { binary_data_size: bytes.length } };
   });
-  const header = JSON.stringify({ model_name: reply.model_name, model_version: reply.model_version, ...(reply.id !== undefined ? { id: reply.id } : {}), outputs });
+  const header = JSON.stringify({ model_name: reply.model_name, model_version: reply.model_version, ...(reply.id !== undefined ? { id: reply.id } : {}), parameters: reply.parameters, outputs });
   if (chunks.length === 0) return { headers: { ...JSON_HEADERS }, body: header };
   const head = Buffer.from(header);
   return {

@@ -49,6 +49,12 @@ export interface InferResponse {
   readonly model_version: string;
   readonly id?: string;
   readonly outputs: readonly OutputTensor[];
+  /**
+   * The response's `parameters` (integers, as the gRPC InferParameter carries them): the
+   * slowest item's admission queue, decode and compute time in microseconds and its
+   * batch size, as /v1/infer's `timings` and `batch_size`.
+   */
+  readonly parameters: Readonly<Record<'queue_us' | 'decode_us' | 'infer_us' | 'batch_size', number>>;
   /** Which arm answered, and whether the client named it (for the sticky cookie; not on the wire). */
   readonly arm: 'A' | 'B';
   readonly named: boolean;
