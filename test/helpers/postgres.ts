@@ -4,10 +4,10 @@
 // cluster runs as the `postgres` user (runuser), which owns the temp dir.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { freePort } from '../../bench/lib/process.ts';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
@@ -38,17 +38,6 @@ export function postgresBinDir(): string | undefined {
   return versions[0] === undefined ? undefined : join(root, versions[0], 'bin');
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 export async function startPostgres(t: Teardown): Promise<PostgresProcess> {
   const bin = postgresBinDir();
   if (bin === undefined) throw new Error('PostgreSQL is not installed: apt-get install postgresql (.ci/run installs it)');
@@ -56,6 +45,8 @@ export async function startPostgres(t: Teardown): Promise<PostgresProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'eb-pg-'));
   const data = join(dir, 'data');
   if (root) {
+    // The postgresql package makes this user; a PostgreSQL built from source may not have.
+    if (spawnSync('id', ['-u', 'postgres']).status !== 0) execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', 'postgres']);
     const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
     const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim());
     chownSync(dir, uid, gid);

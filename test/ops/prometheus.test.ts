@@ -147,6 +147,11 @@ t.test('every dashboard query and recording rule returns data from a real Promet
       chat('tight', false).then(note('tight')),
       chat('tight', false).then(note('tight')),
       chat('quota', false).then(note('quota')),
+      // The same deterministic request: a miss, then hits (the cached group's mode is on).
+      chat('cached', round % 2 === 0, 'always the same').then(note('cached')),
+      chat('fallback', false).then(note('fallback')),
+      chat('junk', true).then(note('junk')),
+      chat('stalled', true).then(note('stalled')),
       chat('no-such-model', false).then(note('unknown-model')),
       fetch(`${tb.url}/no/such/path`).then((r) => r.text().then(() => r.status)).then(note('404')),
       grpcCalls(),
@@ -157,6 +162,8 @@ t.test('every dashboard query and recording rule returns data from a real Promet
   t.ok(statuses.get('cut')!.has(200), 'cut streams started with 200');
   t.ok(statuses.get('tight')!.has(504), `the tight group timed out in its queue: ${[...statuses.get('tight')!]}`);
   t.ok(statuses.get('quota')!.has(429), 'the quota group refused');
+  t.same([...statuses.get('fallback')!], [200], 'the fallback group answered from chat');
+  t.same([...statuses.get('junk')!], [200], 'garbage dropped, the stream went on');
   t.same([...statuses.get('flag')!], [200], 'flag changes accepted');
   t.same([...statuses.get('fleet')!], [200], 'fleet changes accepted');
   t.same([...statuses.get('auth')!], [401], 'a refused credential');
