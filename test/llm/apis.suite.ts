@@ -5,22 +5,14 @@
 // its own way) in front of mock upstreams speaking the real wire formats.
 // Run once per execution mode (apis-front0.test.ts, apis-front2.test.ts).
 import t from 'tap';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import { Ollama } from 'ollama';
-import { stringify } from 'yaml';
-import { createMockUpstream, mockEmbedding, mockText, mockToolArguments, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
-import { metricValue, startTestBroker } from '../helpers/broker.ts';
+import { mockEmbedding, mockText, mockToolArguments, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
+import { metricValue } from '../helpers/broker.ts';
+import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 
-const mocks: MockUpstream[] = [];
-async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
-  const m = await createMockUpstream({ tokens: 8, ...opts });
-  mocks.push(m);
-  return m;
-}
+const mock = (opts: MockUpstreamOptions): Promise<MockUpstream> => startMock(t, { tokens: 8, ...opts });
 const okOpenai = await mock({});
 const okOllama = await mock({});
 const native = await mock({});
@@ -43,15 +35,9 @@ const fleet = {
     'tools-ollama': { deployments: [dep('tools-2', 'ollama', toolsOllama)] },
   },
 };
-const dir = mkdtempSync(join(tmpdir(), 'eb-apis-'));
-writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
 const FRONT_THREADS = process.env.FRONT_THREADS ?? '2';
-const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), FRONT_THREADS, INFER_ENABLED: 'false', AUTH_MODE: 'keys' });
+const tb = await startFleetBroker(t, fleet, { FRONT_THREADS, INFER_ENABLED: 'false', AUTH_MODE: 'keys' });
 t.equal(tb.broker.planes?.count ?? 0, Number(FRONT_THREADS), `served by ${FRONT_THREADS} data-plane threads`);
-t.teardown(async () => {
-  await tb.close();
-  await Promise.all(mocks.map((m) => m.close()));
-});
 
 // Each client sends the key its own way: Bearer (openai), x-api-key (Anthropic), a header we give (ollama).
 const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: KEY, maxRetries: 0 });
