@@ -505,13 +505,9 @@ export class QuotaLedger {
     const p = this.#limits.payloadOffset(slot) >> 3;
     const f = this.#f;
     const current = minuteOf(this.#now());
+    // After #promote the slot holds this minute's lease.
     this.#promote(p, current);
     if (window === current) {
-      if (f[p + L_WIN] !== current) {
-        f[p + L_WIN] = current;
-        f[p + L_RLEFT] = 0;
-        f[p + L_TLEFT] = 0;
-      }
       f[p + L_RLEFT]! += requests;
       f[p + L_TLEFT]! += tokens;
       f[p + L_LOW] = 0;

@@ -119,7 +119,8 @@ export class LeaseKeeper {
     this.pending.add(subject);
     try {
       const limit = { requests: limits.rpm ?? 0, tokens: limits.tpm ?? 0 };
-      const ask = { requests: limits.rpm === undefined ? 0 : want.requests, tokens: limits.tpm === undefined ? 0 : want.tokens };
+      // tick() asks nothing of a kind without a limit.
+      const ask = want;
       let got: LeaseAmounts | undefined;
       if (this.backend.up) {
         try {
