@@ -1,4 +1,4 @@
-// npm run soak -- [--minutes N] [--measure-s S] [--share F]
+// npm run soak -- [--minutes N] [--measure-s S] [--share F] [--tsx]
 //
 // A broker child (data-plane threads, real models) in front of a streaming mock LLM
 // upstream, under mixed traffic: /v1/infer with a real image, and LLM streams over the
@@ -11,7 +11,7 @@
 import { parseArgs } from 'node:util';
 import { Agent, setGlobalDispatcher } from 'undici';
 import { createMockUpstream } from '../src/mock-upstream/server.ts';
-import { startBroker } from './lib/process.ts';
+import { buildDist, startBroker, type BrokerRuntime } from './lib/process.ts';
 import { memoryStatus } from './lib/proc.ts';
 import { fashionPng } from './lib/images.ts';
 import { machine, writeResults } from './lib/report.ts';
@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 
 const { values } = parseArgs({
-  options: { minutes: { type: 'string', default: '10' }, 'measure-s': { type: 'string', default: '15' }, share: { type: 'string', default: '0.7' }, concurrency: { type: 'string', default: '32' } },
+  options: { tsx: { type: 'boolean', default: false }, minutes: { type: 'string', default: '10' }, 'measure-s': { type: 'string', default: '15' }, share: { type: 'string', default: '0.7' }, concurrency: { type: 'string', default: '32' } },
 });
 const minutes = Number(values.minutes);
 const measureS = Number(values['measure-s']);
@@ -48,7 +48,13 @@ writeFileSync(
     },
   }),
 );
-const broker = await startBroker('broker', { BROKER_CONFIG: join(dir, 'broker.yaml'), FRONT_THREADS: '2', LOG_LEVEL: 'warn', INFER_MAX_QUEUE: '1024' });
+// The broker as `npm start` runs it (dist/main.js, built first); `--tsx` runs the sources.
+const runtime: BrokerRuntime = values.tsx ? 'tsx' : 'dist';
+if (runtime === 'dist') {
+  const b = buildDist();
+  if (!b.ok) throw new Error(`build failed: ${b.message}`);
+}
+const broker = await startBroker('broker', { BROKER_CONFIG: join(dir, 'broker.yaml'), FRONT_THREADS: '2', LOG_LEVEL: 'warn', INFER_MAX_QUEUE: '1024' }, [], 120_000, runtime);
 const { png } = await fashionPng(3);
 const inferBody = JSON.stringify({ image_b64: png.toString('base64'), top_k: 3 });
 const openaiBody = JSON.stringify({ model: 'chat', stream: true, messages: [{ role: 'user', content: 'soak' }] });
@@ -178,6 +184,7 @@ const slopeMibPerMin = round((slope * 60) / 1024, 2);
 const results = {
   minutes,
   duration_s: round(seconds, 1),
+  runtime,
   mix: 'half /v1/infer (Fashion-MNIST PNG), a quarter OpenAI streams, a quarter Ollama streams (32 tokens at 400 tokens/s from the mock)',
   max: { rps: round(maxRps, 1), closed_loop_clients: closedConcurrency, seconds: measureS, errors: measureErrors },
   target_rps: round(targetRps, 1),

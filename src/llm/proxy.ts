@@ -29,6 +29,7 @@ import { tokensOfChars, type LlmRequest } from './request.ts';
 import { cachePlan, type ResponseCache } from './cache/cache.ts';
 import { captureStream, captureWhole, type CachedReply } from './cache/entry.ts';
 import { replay } from './cache/replay.ts';
+import { tierAllows } from '../policy/qos.ts';
 import { RequestAbort, type AbortLike } from '../abort.ts';
 import type { Span } from '../obs/trace/span.ts';
 import { attemptSpan, queueWaitSpan } from '../obs/trace/llm.ts';
@@ -118,6 +119,8 @@ export class LlmProxy {
       }
       const estimate = tokensOfChars(req.promptChars) + (req.maxTokens ?? 0);
       const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
+      // A fallback group is one more group the request uses: its QoS tier must allow it too.
+      const usable = (g: ModelGroupConfig): boolean => fits(g) && tierAllows(admitted.tier, g.name);
       // The fallback groups still to try, by name, and why the request is moving.
       let queue: string[] = [];
       let why: 'failure' | 'context_length' | 'context_window' = 'failure';
@@ -132,7 +135,7 @@ export class LlmProxy {
       }
       for (;;) {
         if (moveOn) {
-          const next = nextGroup(queue, visited, fits, groups);
+          const next = nextGroup(queue, visited, usable, groups);
           if (next === undefined) {
             m.llmRequests.labels(g.name, 'none', coarse(lastError!.code === 'invalid_request' ? 'client_error' : 'no_deployment'), lastError!.code === 'invalid_request' ? 'client_error' : 'no_deployment').inc();
             throw lastError!;
@@ -468,14 +471,14 @@ function writtenAt(attempt: Attempt, sentAt: number): number {
 }
 
 /** The next fallback group: the first of `queue` not tried yet, known, and large enough for the prompt. */
-function nextGroup(queue: string[], visited: Set<string>, fits: (g: ModelGroupConfig) => boolean, groups: ReadonlyMap<string, ModelGroupConfig> | undefined): ModelGroupConfig | undefined {
+function nextGroup(queue: string[], visited: Set<string>, usable: (g: ModelGroupConfig) => boolean, groups: ReadonlyMap<string, ModelGroupConfig> | undefined): ModelGroupConfig | undefined {
   while (queue.length > 0) {
     const name = queue.shift()!;
     if (visited.has(name)) continue;
     const g = groups?.get(name);
     if (g === undefined) continue;
     visited.add(name);
-    if (fits(g)) return g;
+    if (usable(g)) return g;
   }
   return undefined;
 }

@@ -64,10 +64,15 @@ export function resolveTier(cfg: QosConfig, input: QosInput): QosResolution {
       source = 'header';
     }
   }
-  if (input.group !== undefined && !tier.allowedGroups.includes('*') && !tier.allowedGroups.includes(input.group)) {
+  if (input.group !== undefined && !tierAllows(tier, input.group)) {
     return { ok: false, tier, source, reason: `tier ${tier.name} may not use model group ${input.group} (allowed: ${tier.allowedGroups.join(', ')})` };
   }
   return { ok: true, tier, source, reason };
+}
+
+/** Whether a tier may use a model group: the requested one, and every fallback group too. */
+export function tierAllows(tier: QosTier | null, group: string): boolean {
+  return tier === null || tier.allowedGroups.includes('*') || tier.allowedGroups.includes(group);
 }
 
 /** The most slots of a deployment a tier may fill: its share of the limit, at least one. */

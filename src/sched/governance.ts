@@ -264,6 +264,9 @@ export class Governance implements Leases {
     reconcile(lease?.reservation ?? null);
     const predict = a.flags.output_prediction && u.ok === true && u.completionTokens > 0;
     if (predict) this.metrics.predictionError.observe(a.predictedOutput - u.completionTokens);
+    // A request that reached no deployment and used no tokens (a cache hit, a refusal) teaches
+    // nothing anywhere: no lesson, and no message to the control plane and the other threads.
+    if (lease === null && used === 0) return;
     this.learned({ k: 'done', dep: lease?.dep.config.id ?? null, label: a.label, ok: u.ok, ttftMs: u.ttftMs, durationMs: u.durationMs, prompt: u.promptTokens, completion: u.completionTokens, predicted: a.predictedOutput, predict });
   }
 

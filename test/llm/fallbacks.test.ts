@@ -81,11 +81,14 @@ const fleet = {
     'cold-alone': { deployments: [d('cold-2', 'ollama', coldStart, { firstTokenTimeoutMs: 150 })] },
     stalled: { deployments: [d('stall-1', 'openai', stall, { idleChunkTimeoutMs: 200 })], fallbacks: ['big'] },
     endless: { deployments: [d('slow-1', 'ollama', slow, { totalTimeoutMs: 400 })], fallbacks: ['big'] },
+    // QoS tier `narrow` may use this group only, not its fallback.
+    'over-narrow': { deployments: [d('over-narrow', 'openai', overOpenai)], fallbacks: ['big'] },
   },
+  qos: { defaultTier: 'standard', tiers: { standard: {}, narrow: { allowedGroups: ['over-narrow'], priority: 1 } } },
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-fallback-'));
 writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
-const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', FRONT_THREADS: process.env.FRONT_THREADS ?? '0' });
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', FRONT_THREADS: process.env.FRONT_THREADS ?? '0', BROKER_FF_QOS_SWITCHING: 'true' });
 t.teardown(async () => {
   await tb.close();
   await Promise.all(mocks.map((m) => m.close()));
@@ -145,6 +148,19 @@ t.test('overloaded and rate-limited groups fall back, streamed and not, OpenAI a
   t.equal(text, mockText(8), 'streamed fallback, Ollama client');
   t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'over-ollama', class: 'overloaded' }), 2);
   t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'rate-vllm', class: 'rate_limited' }), 1);
+});
+
+t.test("a fallback group must be allowed by the request's QoS tier too", async (t) => {
+  const before = ok.stats.total;
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'x-broker-qos': 'narrow' }, body: JSON.stringify({ model: 'over-narrow', messages }) });
+  t.equal(res.status, 502, 'the group\'s own upstream failure, not an answer from a group the tier may not use');
+  t.match(await res.json(), { error: { code: 'upstream_error' } });
+  t.equal(res.headers.get('x-broker-fallback'), null);
+  t.equal(ok.stats.total, before, 'big was not asked');
+  // The default tier may use every group: the same request falls back.
+  const { response } = await openai.chat.completions.create({ model: 'over-narrow', messages }).withResponse();
+  t.equal(response.headers.get('x-broker-fallback'), 'big');
+  t.equal(ok.stats.total, before + 1);
 });
 
 t.test('a bad request is passed on, never retried nor fallen back', async (t) => {
