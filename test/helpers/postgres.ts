@@ -17,6 +17,8 @@ export interface PostgresProcess {
   readonly port: number;
   /** postgres://postgres@127.0.0.1:<port>/postgres */
   readonly url: string;
+  /** The cluster's data directory (its postmaster.pid names the server's process). */
+  readonly dataDir: string;
   /** A fresh, empty database on this cluster: its URL. */
   createDatabase(name: string): Promise<string>;
   /** Stops the server (fast mode: connections are cut, committed rows kept; immediate mode would lose the last commits, as synchronous_commit is off). */
@@ -80,6 +82,7 @@ export async function startPostgres(t: Teardown): Promise<PostgresProcess> {
   return {
     port,
     url,
+    dataDir: data,
     async createDatabase(name) {
       const c = new pg.Client({ connectionString: url });
       await c.connect();
