@@ -47,7 +47,7 @@ import { createMetrics } from '../src/obs/metrics.ts';
 import { createLogger } from '../src/obs/logger.ts';
 import { loadConfig } from '../src/config/env.ts';
 import { NO_PRICES } from '../src/config/broker-config.ts';
-import { cannon } from './llm/cannon.ts';
+import { paced } from './llm/paced.ts';
 import { buildDist, startBroker } from './lib/process.ts';
 import { startMock } from './llm/procs.ts';
 import { machine, mdTable, writeResults } from './lib/report.ts';
@@ -62,7 +62,7 @@ const SECONDS = arg('seconds', 8);
 const RATE = arg('rate', 2000);
 const ROWS = arg('rows', 200_000);
 const FRONT_THREADS = arg('front-threads', 1);
-const CONNECTIONS = 32;
+const MAX_CONNECTIONS = 256;
 
 /** Sum of a metric's samples in /metrics text. */
 function metricSum(text: string, name: string): number {
@@ -244,19 +244,22 @@ try {
       reniceCluster(pgc.dataDir, name === 'on, db nice 19' ? 19 : 0);
       const b = await startBroker(`broker ${name}`, { BROKER_CONFIG: fleetFile, INFER_ENABLED: 'false', FRONT_THREADS: String(FRONT_THREADS), FLEET_HEALTH_CHECKS: 'false', GRPC_PORT: '0', ...(db !== undefined ? { DATABASE_URL: db } : {}) }, [], 60_000, 'dist');
       try {
-        await cannon({ url: `${b.url}/v1/chat/completions`, body, connections: CONNECTIONS, durationS: 1, overallRate: RATE });
-        const res = await cannon({ url: `${b.url}/v1/chat/completions`, body, connections: CONNECTIONS, durationS: SECONDS, overallRate: RATE });
+        // The open-loop paced client of bench:llm (autocannon's overallRate sends each second's
+        // requests in one burst and measures that burst's queueing, bench/llm/paced.ts).
+        const load = (durationS: number) => paced({ url: `${b.url}/v1/chat/completions`, body, rate: RATE, durationS, maxConnections: MAX_CONNECTIONS, timeoutMs: 5000 });
+        await load(1);
+        const res = await load(SECONDS);
         // The last rows are flushed within TRACKING_FLUSH_MS (250 ms by default).
         await new Promise((res) => setTimeout(res, 600));
         const text = await (await fetch(`${b.url}/metrics`)).text();
         runs[name].push({
           p50_ms: res.latency.p50_ms,
           p99_ms: res.latency.p99_ms,
-          rps: res.rps,
+          rps: res.achieved_rps,
           non_2xx: res.non_2xx,
           ...(db !== undefined ? { rows_written: metricSum(text, 'tracking_rows_written_total'), rows_dropped: metricSum(text, 'tracking_rows_dropped_total') } : {}),
         });
-        console.log(`round ${r + 1} ${name}: p50 ${res.latency.p50_ms} ms, p99 ${res.latency.p99_ms} ms, ${res.rps} req/s`);
+        console.log(`round ${r + 1} ${name}: p50 ${res.latency.p50_ms} ms, p99 ${res.latency.p99_ms} ms, ${res.achieved_rps} req/s`);
       } finally {
         await b.stop(15_000);
       }
@@ -270,7 +273,7 @@ try {
   const summary = Object.fromEntries(SETTINGS.map((n) => [n, { p50_ms: med(runs[n].map((x) => x.p50_ms)), p99_ms: med(runs[n].map((x) => x.p99_ms)), rps: med(runs[n].map((x) => x.rps)) }])) as Record<Setting, { p50_ms: number; p99_ms: number; rps: number }>;
   const results = {
     machine: machine(),
-    settings: { rounds: ROUNDS, seconds: SECONDS, rate: RATE, rows: ROWS, front_threads: FRONT_THREADS, connections: CONNECTIONS },
+    settings: { rounds: ROUNDS, seconds: SECONDS, rate: RATE, rows: ROWS, front_threads: FRONT_THREADS, max_connections: MAX_CONNECTIONS, client: 'bench/llm/paced.ts (open loop)' },
     hot_path_micro: microFigures,
     in_process_cpu_us_per_request: inProcessFigures,
     writer_rows_per_s: { direct_one_connection: direct, tracking_writer: writerFigures },
