@@ -459,7 +459,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         infer: infer ?? disabledInference,
         // KServe v2 (GRPCInferenceService) on the same server as ours, on the same V2Core as REST.
         recorder,
-        services: [{ definition: v2PackageDefinition(), names: [V2_SERVICE], register: (server) => addV2GrpcService(server, { core: v2Core }) }, ...(opts.grpcServices ?? [])],
+        services: [{ definition: v2PackageDefinition(), names: [V2_SERVICE], register: (server, ctx) => addV2GrpcService(server, { core: v2Core, ...ctx }) }, ...(opts.grpcServices ?? [])],
       });
     } catch (err) {
       await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close(), planes?.close(0)]);

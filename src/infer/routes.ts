@@ -5,6 +5,7 @@ import { inferPriority } from './admission.ts';
 import { readCookie } from './arms.ts';
 import type { InferInput, InferReply } from './service.ts';
 import type { RequestFacts } from '../track/facts.ts';
+import type { InferResponse } from './v2/types.ts';
 
 /** Where /v1/infer sends its work: the service itself, or the control plane that owns it. */
 export interface InferBackend {
@@ -112,4 +113,11 @@ export function noteInference(facts: RequestFacts | undefined, reply: InferReply
   facts.model = reply.model;
   facts.arm = reply.arm;
   facts.queueMs = reply.timings.queue_ms;
+}
+
+/** The same of an Open Inference Protocol reply (REST and gRPC): its arm, the queue time of its slowest item. */
+export function noteV2Inference(facts: RequestFacts | undefined, reply: InferResponse): void {
+  if (facts === undefined) return;
+  facts.arm = reply.arm;
+  facts.queueMs = reply.parameters.queue_us / 1000;
 }

@@ -6,7 +6,7 @@
 
 /** Filled in along the request path; every field optional (a request refused early knows little). */
 export interface RequestFacts {
-  /** What was called: `openai.chat`, `openai.completion`, `ollama.chat`, `ollama.generate`, `infer`. */
+  /** What was called: `openai.chat`, `openai.completion`, `ollama.chat`, `ollama.generate`, `infer`, `oip.infer`, `grpc.*` (docs/tracking.md). */
   api: string;
   /** Model group (LLM) or inference model. */
   model?: string | undefined;
@@ -61,11 +61,11 @@ export interface TrackRow {
   readonly retries: number;
 }
 
-/** The outcome of a row: the stage's own when it named one, else from how the request ended. */
-export function outcomeOf(facts: RequestFacts, status: number, errorCode: string | undefined, aborted: boolean): string {
+/** The outcome of a row: the stage's own when it named one, else from how the request ended (gRPC: any code but 0 OK failed). */
+export function outcomeOf(facts: RequestFacts, status: number, errorCode: string | undefined, aborted: boolean, protocol: 'http' | 'grpc' = 'http'): string {
   if (facts.outcome !== undefined) return facts.outcome;
   if (aborted) return 'aborted';
-  if (status < 400) return 'ok';
+  if (protocol === 'grpc' ? status === 0 : status < 400) return 'ok';
   return errorCode ?? 'error';
 }
 
@@ -85,7 +85,7 @@ export function rowOf(facts: RequestFacts, id: string, protocol: 'http' | 'grpc'
     tier: facts.tier ?? null,
     label: facts.label ?? null,
     priority: facts.priority ?? null,
-    outcome: outcomeOf(facts, status, errorCode, aborted),
+    outcome: outcomeOf(facts, status, errorCode, aborted, protocol),
     status,
     errorCode: errorCode ?? null,
     promptTokens: facts.promptTokens ?? null,

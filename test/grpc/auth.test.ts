@@ -1,7 +1,11 @@
 // AUTH_MODE on the gRPC client services: a missing or unknown credential is
-// UNAUTHENTICATED, a known API key or a session passes, as on the HTTP client routes.
+// UNAUTHENTICATED, a known API key or a session passes, as on the HTTP client routes;
+// KServe v2's ModelInfer as the broker's own Infer.
 import t from 'tap';
+import * as grpc from '@grpc/grpc-js';
 import { status as Status } from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { V2_PROTO } from '../../src/infer/v2/grpc.ts';
 import { startMock } from '../helpers/fleet.ts';
 import { clients, md, serverStream, startGrpcFleetBroker, textOf, unary } from '../helpers/grpc.ts';
 
@@ -22,4 +26,11 @@ t.test('AUTH_MODE=keys: UNAUTHENTICATED without a known key; a file key and a se
   const session = (await (await fetch(`${tb.url}/api/auth/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ api_key: 'sk-grpc-1' }) })).json()) as { session: string };
   t.equal((await serverStream(c.chat, 'Chat', hello, md({ 'x-api-key': session.session }))).status.code, Status.OK, 'a session');
   t.equal((await unary(c.inference, 'Infer', { image: Buffer.from([1, 2, 3]) })).error?.code, Status.UNAUTHENTICATED, 'Infer too');
+  // KServe v2's ModelInfer too; with a key it passes, to inference (turned off here).
+  const v2 = new (grpc.loadPackageDefinition(protoLoader.loadSync(V2_PROTO, { keepCase: true, longs: Number, defaults: true, oneofs: true })) as any).inference.GRPCInferenceService(c.address, grpc.credentials.createInsecure());
+  t.teardown(() => v2.close());
+  const infer = { model_name: 'm', inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [Buffer.from([0, 0, 0, 0])] };
+  t.equal((await unary(v2, 'ModelInfer', infer)).error?.code, Status.UNAUTHENTICATED, 'ModelInfer without a key');
+  const keyed = await unary(v2, 'ModelInfer', infer, md({ 'x-api-key': 'sk-grpc-1' }));
+  t.same([keyed.error?.code, keyed.error?.metadata.get('x-broker-error-code')], [Status.UNAVAILABLE, ['inference_disabled']], 'ModelInfer with a key');
 });

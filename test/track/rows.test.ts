@@ -1,6 +1,6 @@
 // Request tracking against a real PostgreSQL (test/helpers/postgres.ts): the rows match
 // the requests sent (counts, tokens, outcomes, labels, keys, cost) for inference and LLM,
-// streamed and not, over HTTP (the Open Inference Protocol too) and gRPC, with
+// streamed and not, over HTTP and gRPC (the Open Inference Protocol on both), with
 // FRONT_THREADS=0 and 2. The writer is told
 // to flush only on a full batch or every minute, so nothing reaches the table before
 // shutdown: the rows found after close() are the ones shutdown flushed.
@@ -9,13 +9,15 @@ import pg from 'pg';
 import OpenAI from 'openai';
 import { Ollama } from 'ollama';
 import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import { postJson, type TestBroker } from '../helpers/broker.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
-import { clients, freePort } from '../helpers/grpc.ts';
+import { clients, freePort, md as metadata } from '../helpers/grpc.ts';
 import { fashionPngs } from '../helpers/images.ts';
 import { startPostgres } from '../helpers/postgres.ts';
 import { keyId } from '../../src/guard/api-key.ts';
-import { V2Client } from '../helpers/v2-client.ts';
+import { V2Client, lengthPrefixed } from '../helpers/v2-client.ts';
+import { V2_PROTO } from '../../src/infer/v2/grpc.ts';
 
 const pgc = await startPostgres(t);
 const openaiUp = await startMock(t, { tokens: 4 });
@@ -114,12 +116,26 @@ for (const threads of ['0', '2']) {
     const reply: any = await new Promise((resolve, reject) => c.inference.Infer({ image: Buffer.from(image!.b64, 'base64') }, md2, (err: Error | null, r: unknown) => (err ? reject(err) : resolve(r))));
     t.ok(reply.model);
 
+    // KServe v2 over gRPC (ModelInfer, a client built from the proto as published): an image as raw BYTES, and an unknown model.
+    const v2pkg = grpc.loadPackageDefinition(protoLoader.loadSync(V2_PROTO, { keepCase: true, longs: Number, defaults: true, oneofs: true })) as any;
+    const kserve = new v2pkg.inference.GRPCInferenceService(`127.0.0.1:${grpcPort}`, grpc.credentials.createInsecure());
+    t.teardown(() => kserve.close());
+    const modelInfer = (req: object, rid: string): Promise<{ err: grpc.ServiceError | null; res: any }> =>
+      new Promise((resolve) => kserve.ModelInfer(req, metadata({ 'x-request-id': rid }), (err: grpc.ServiceError | null, res: unknown) => resolve({ err, res })));
+    const png = Buffer.from(image!.b64, 'base64');
+    const kOk = await modelInfer({ model_name: inf.body.model, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [lengthPrefixed([png])] }, id('kserve'));
+    t.equal(kOk.err, null, 'ModelInfer served');
+    t.equal(kOk.res?.model_name, inf.body.model);
+    const kMissing = await modelInfer({ model_name: 'nope', inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [lengthPrefixed([png])] }, id('kserve-missing'));
+    t.equal(kMissing.err?.code, grpc.status.NOT_FOUND, 'an unknown model is NOT_FOUND');
+    t.same(kMissing.err?.metadata.get('trace-id'), [id('kserve-missing')], 'its trailers carry the trace id');
+
     // Nothing written yet: the batch is not full and the timer is a minute away.
     t.equal((await rowsOf(db)).length, 0, 'no row reaches the table before shutdown (flush by size or time only)');
     await tb.close();
     const rows = await rowsOf(db);
     const byId = new Map(rows.map((r) => [r.broker_request_id, r]));
-    t.equal(rows.length, 11, 'one row per request, every one flushed at shutdown');
+    t.equal(rows.length, 13, 'one row per request, every one flushed at shutdown');
 
     for (const s of seen) {
       const r = byId.get(s.id);
@@ -155,7 +171,13 @@ for (const threads of ['0', '2']) {
     t.match(gchat, { api: 'grpc.chat', protocol: 'grpc', status: 0, outcome: 'ok', model: 'g', deployment: 'oa', completion_tokens: 4, api_key_id: keyId(KEY), semantic_label: 'team-a' });
     t.ok(gchat.prompt_tokens > 0);
     t.match(byId.get(id('grpc-infer')), { api: 'grpc.infer', protocol: 'grpc', status: 0, outcome: 'ok', model: reply.model, arm: reply.arm });
-    t.match(byId.get(id('oip')), { api: 'oip.infer', protocol: 'http', status: 200, outcome: 'ok', model: inf.body.model, arm: 'A', route: '/v2/models/:model/infer' });
+    const oip = byId.get(id('oip'));
+    t.match(oip, { api: 'oip.infer', protocol: 'http', status: 200, outcome: 'ok', model: inf.body.model, arm: 'A', route: '/v2/models/:model/infer' });
+    t.ok(typeof oip?.queue_ms === 'number' && oip.queue_ms >= 0, 'oip: queue ms');
+    const kRow = byId.get(id('kserve'));
+    t.match(kRow, { api: 'grpc.oip.infer', protocol: 'grpc', status: 0, outcome: 'ok', error_code: null, model: inf.body.model, arm: 'A', route: '/inference.GRPCInferenceService/ModelInfer', cost: null });
+    t.ok(typeof kRow?.queue_ms === 'number' && kRow.queue_ms >= 0 && kRow.total_ms > 0, 'ModelInfer: queue and total ms');
+    t.match(byId.get(id('kserve-missing')), { api: 'grpc.oip.infer', protocol: 'grpc', status: grpc.status.NOT_FOUND, outcome: 'model_not_found', error_code: 'model_not_found', model: 'nope', arm: null });
     t.ok(rows.every((r) => r.replica === tb.broker.config.replicaId), 'each row names its replica');
   });
 }

@@ -114,6 +114,10 @@ t.test('outcome: the stage names it, else aborted, ok or the error code', async 
   t.equal(outcomeOf({ api: 'x' }, 499, undefined, true), 'aborted');
   t.equal(outcomeOf({ api: 'x' }, 200, undefined, false), 'ok');
   t.equal(outcomeOf({ api: 'x' }, 429, 'rate_limited', false), 'rate_limited');
+  // gRPC: the status is the code, 0 OK; 5 NOT_FOUND is an error, not a status under 400.
+  t.equal(outcomeOf({ api: 'x' }, 0, undefined, false, 'grpc'), 'ok');
+  t.equal(outcomeOf({ api: 'x' }, 5, 'model_not_found', false, 'grpc'), 'model_not_found');
+  t.equal(outcomeOf({ api: 'x' }, 1, undefined, true, 'grpc'), 'aborted');
   const r: TrackRow = base();
   t.equal(r.createdAt, Date.parse('2026-01-02T03:04:05.678Z') - 12.5);
 });

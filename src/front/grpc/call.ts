@@ -1,9 +1,9 @@
 // What every gRPC call shares: its metadata read into the protocol-neutral
 // BrokerRequest (src/front/reply.ts), the trace-id sent as initial metadata, the
-// guards HTTP runs before a handler (rate limit), and the sink a Chat/Complete stream
-// replies through.
+// guards HTTP runs before a handler (rate limit), a tracked unary call's one ending
+// (serveUnary), and the sink a Chat/Complete stream replies through.
 import { performance } from 'node:perf_hooks';
-import { Metadata, type ServerWritableStream } from '@grpc/grpc-js';
+import { Metadata, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { BrokerError, toBrokerError } from '../../errors.ts';
 import { requestIdFrom } from '../../obs/request-id.ts';
 import type { RateLimiter } from '../../guard/rate-limit.ts';
@@ -11,6 +11,7 @@ import { clientKeyOf } from '../../guard/rate-limit.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { Logger } from '../../obs/logger.ts';
 import type { BrokerRequest, ReplySink } from '../reply.ts';
+import type { ActiveCalls } from './active.ts';
 import { codeLabel, grpcCodeOf, grpcStatusOf } from './status.ts';
 import { forEachDelimited } from './wire.ts';
 import type { Recorder } from '../../track/recorder.ts';
@@ -109,6 +110,44 @@ export function checkRate(g: CallGuards, req: BrokerRequest): void {
     g.metrics.rateLimited.inc();
     throw err;
   }
+}
+
+export interface UnaryDeps {
+  readonly accessLog: Logger;
+  readonly calls: ActiveCalls;
+  /** Request tracking (undefined: off). */
+  readonly recorder?: Recorder | undefined;
+}
+
+/**
+ * A unary call with one ending, whatever comes first: the reply, the error (its table
+ * status, trace id in the trailers), the client gone (logged and tracked as cancelled,
+ * status 1), or shutdown cutting it (UNAVAILABLE). `api` names its tracking row.
+ */
+export function serveUnary<Req, Res>(d: UnaryDeps, call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>, api: string, work: (req: BrokerRequest) => Promise<Res>): void {
+  const req = brokerRequestOf(call, false, { recorder: d.recorder, api });
+  let done = false;
+  const finish = (err: BrokerError | undefined, reply?: Res): void => {
+    if (done) return;
+    done = true;
+    untrack();
+    if (call.cancelled) return logCall(d.accessLog, req, undefined, true, d.recorder);
+    logCall(d.accessLog, req, err, false, d.recorder);
+    sendTraceId(call, req.id);
+    if (err !== undefined) callback(grpcStatusOf(err, req.id));
+    else callback(null, reply);
+  };
+  const untrack = d.calls.track(() => finish(new BrokerError('shutting_down', 'the broker shut down before the reply was ready')));
+  let p: Promise<Res>;
+  try {
+    p = work(req);
+  } catch (err) {
+    return finish(toBrokerError(err));
+  }
+  p.then(
+    (reply) => finish(undefined, reply),
+    (err: unknown) => finish(toBrokerError(err)),
+  );
 }
 
 /**

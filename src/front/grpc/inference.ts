@@ -12,7 +12,7 @@ import { noteInference, type InferBackend } from '../../infer/routes.ts';
 import type { InferReply } from '../../infer/service.ts';
 import type { BrokerRequest } from '../reply.ts';
 import type { ActiveCalls } from './active.ts';
-import { brokerRequestOf, checkCall, logCall, sendTraceId, type CallGuards } from './call.ts';
+import { brokerRequestOf, checkCall, logCall, serveUnary, type CallGuards } from './call.ts';
 import { grpcCodeOf, grpcStatusOf } from './status.ts';
 
 /** Images of one InferStream being worked on at once (enough to fill batches, bounded per stream). */
@@ -55,31 +55,7 @@ async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequest
 
 export function inferenceService(deps: InferenceDeps): UntypedServiceImplementation {
   return {
-    Infer: (call: ServerUnaryCall<InferRequestMsg, InferResponseMsg>, callback: sendUnaryData<InferResponseMsg>) => {
-      const req = brokerRequestOf(call, false, { recorder: deps.recorder, api: 'grpc.infer' });
-      let done = false;
-      const untrack = deps.calls.track(() => finish(new BrokerError('shutting_down', 'the broker shut down before the reply was ready')));
-      const finish = (err: BrokerError | undefined, reply?: InferResponseMsg): void => {
-        if (done) return;
-        done = true;
-        untrack();
-        if (call.cancelled) return logCall(deps.accessLog, req, undefined, true, deps.recorder);
-        logCall(deps.accessLog, req, err, false, deps.recorder);
-        sendTraceId(call, req.id);
-        if (err !== undefined) callback(grpcStatusOf(err, req.id));
-        else callback(null, reply);
-      };
-      let p: Promise<InferResponseMsg>;
-      try {
-        p = inferOne(deps, req, call.request);
-      } catch (err) {
-        return finish(toBrokerError(err));
-      }
-      p.then(
-        (reply) => finish(undefined, reply),
-        (err: unknown) => finish(toBrokerError(err)),
-      );
-    },
+    Infer: (call: ServerUnaryCall<InferRequestMsg, InferResponseMsg>, callback: sendUnaryData<InferResponseMsg>) => serveUnary(deps, call, callback, 'grpc.infer', (req) => inferOne(deps, req, call.request)),
 
     InferStream: (call: ServerDuplexStream<InferRequestMsg, unknown>) => {
       const req = brokerRequestOf(call, true, { recorder: deps.recorder, api: 'grpc.infer_stream' });

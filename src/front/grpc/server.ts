@@ -22,6 +22,7 @@ import type { PromptLimits } from '../../llm/request.ts';
 import type { InferBackend } from '../../infer/routes.ts';
 import type { InferService } from '../../infer/service.ts';
 import { ActiveCalls } from './active.ts';
+import type { CallGuards } from './call.ts';
 import { chatService } from './chat.ts';
 import type { Recorder } from '../../track/recorder.ts';
 import { HealthStatus, NOT_SERVING, SERVING } from './health.ts';
@@ -36,8 +37,12 @@ export interface GrpcService {
   readonly definition: PackageDefinition;
   /** Fully-qualified names of its services: each gets a health status. */
   readonly names: readonly string[];
-  /** Adds its implementations to the server. `calls` ends its open calls after shutdown's grace period. */
-  register(server: grpc.Server, ctx: { readonly calls: ActiveCalls; readonly health: HealthStatus }): void;
+  /**
+   * Adds its implementations to the server. `calls` ends its open calls after shutdown's
+   * grace period; `guards` (AUTH_MODE, rate limit, request tracking) and `accessLog` are
+   * the broker's own services', for client calls served like theirs (serveUnary in call.ts).
+   */
+  register(server: grpc.Server, ctx: { readonly calls: ActiveCalls; readonly health: HealthStatus; readonly guards: CallGuards; readonly accessLog: Logger }): void;
 }
 
 export interface GrpcFrontOptions {
@@ -64,7 +69,7 @@ export interface GrpcFrontOptions {
   readonly inferService: InferService | undefined;
   readonly infer: InferBackend;
   readonly services?: readonly GrpcService[];
-  /** Request tracking: one row per Chat, Complete, Infer and InferStream call (default: off). */
+  /** Request tracking: one row per Chat, Complete, Infer and InferStream call, and a registered service's that serve like them (default: off). */
   readonly recorder?: Recorder;
 }
 
@@ -98,7 +103,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
   });
   const health = new HealthStatus();
   const calls = new ActiveCalls();
-  const guards = { rateLimiter: o.rateLimiter, metrics: o.metrics, knownKey: o.knownKey, client: o.client, recorder: o.recorder };
+  const guards: CallGuards = { rateLimiter: o.rateLimiter, metrics: o.metrics, knownKey: o.knownKey, client: o.client, recorder: o.recorder };
 
   const chatBase = v1['ChatService']!.service;
   const chatDef: grpc.ServiceDefinition = Object.fromEntries(Object.entries(chatBase).map(([name, d]) => [name, { ...d, responseSerialize: preEncoded }]));
@@ -110,7 +115,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
 
   let reflected: PackageDefinition = defs;
   for (const s of o.services ?? []) {
-    s.register(server, { calls, health });
+    s.register(server, { calls, health, guards, accessLog: o.accessLog });
     for (const n of s.names) health.set(n, SERVING);
     reflected = { ...reflected, ...s.definition };
   }

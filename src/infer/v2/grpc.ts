@@ -4,14 +4,22 @@
 // raw_input_contents / raw_output_contents (the typed `contents` are read too: fp32_contents
 // and bytes_contents); BYTES in raw form are 4-byte little-endian lengths and bytes, as
 // Triton sends them. Errors carry the gRPC status of their code in the one error table.
+// ModelInfer is a client call like the broker's own Infer (src/front/grpc/call.ts):
+// AUTH_MODE and the rate limit, an access-log line, a tracking row (`grpc.oip.infer`),
+// the trace id, and an end at shutdown.
 //
-// The broker's gRPC server (issue 8) calls addV2GrpcService(server, { core }) and lists
-// the service in reflection with v2PackageDefinition().
+// The broker's gRPC server registers it (a GrpcService, src/app.ts) with
+// addV2GrpcService(server, { core, guards, accessLog, calls }) and lists the service in
+// reflection with v2PackageDefinition().
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
 import { BrokerError, ERROR_TABLE, toBrokerError } from '../../errors.ts';
+import type { ActiveCalls } from '../../front/grpc/active.ts';
+import { checkCall, serveUnary, type CallGuards } from '../../front/grpc/call.ts';
+import type { Logger } from '../../obs/logger.ts';
 import { inferPriority } from '../admission.ts';
+import { noteV2Inference } from '../routes.ts';
 import type { V2Core } from './core.ts';
 import { serializeBytes } from './rest.ts';
 import type { InferRequest, InputTensor, RequestedOutput, TensorData } from './types.ts';
@@ -30,6 +38,10 @@ export function v2PackageDefinition(): protoLoader.PackageDefinition {
 
 export interface V2GrpcDeps {
   readonly core: V2Core;
+  /** What the gRPC front hands a registered service: its guards (and recorder), access log and open calls. */
+  readonly guards: CallGuards;
+  readonly accessLog: Logger;
+  readonly calls: ActiveCalls;
 }
 
 // Messages as proto-loader hands them over (keepCase, defaults, oneofs).
@@ -106,17 +118,21 @@ export function addV2GrpcService(server: grpc.Server, deps: V2GrpcDeps): void {
     ModelReady: unary((r: { name: string; version: string }) => ({ ready: core.modelReady(r.name, version(r.version)) })),
     ServerMetadata: unary(() => core.serverMetadata()),
     ModelMetadata: unary((r: { name: string; version: string }) => core.modelMetadata(r.name, version(r.version))),
-    ModelInfer: unary(async (r: ModelInferRequest, call) => {
-      const priority = call.metadata.get('x-broker-priority')[0];
-      const reply = await core.infer(r.model_name, version(r.model_version), toInferRequest(r), { headerPriority: inferPriority(typeof priority === 'string' ? priority : undefined) });
-      return {
-        model_name: reply.model_name,
-        model_version: reply.model_version,
-        id: reply.id ?? '',
-        parameters: Object.fromEntries(Object.entries(reply.parameters).map(([k, v]) => [k, { int64_param: v }])),
-        outputs: reply.outputs.map((o) => ({ name: o.name, datatype: o.datatype, shape: o.shape })),
-        raw_output_contents: reply.outputs.map((o) => (o.datatype === 'FP32' ? Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength) : serializeBytes(o.data))),
-      };
-    }),
+    ModelInfer: (call: grpc.ServerUnaryCall<ModelInferRequest, unknown>, callback: grpc.sendUnaryData<unknown>) =>
+      serveUnary({ accessLog: deps.accessLog, calls: deps.calls, recorder: deps.guards.recorder }, call, callback, 'grpc.oip.infer', async (req) => {
+        await checkCall(deps.guards, req);
+        const r = call.request;
+        if (req.facts !== undefined) req.facts.model = r.model_name;
+        const reply = await core.infer(r.model_name, version(r.model_version), toInferRequest(r), { headerPriority: inferPriority(req.headers['x-broker-priority']) });
+        noteV2Inference(req.facts, reply);
+        return {
+          model_name: reply.model_name,
+          model_version: reply.model_version,
+          id: reply.id ?? '',
+          parameters: Object.fromEntries(Object.entries(reply.parameters).map(([k, v]) => [k, { int64_param: v }])),
+          outputs: reply.outputs.map((o) => ({ name: o.name, datatype: o.datatype, shape: o.shape })),
+          raw_output_contents: reply.outputs.map((o) => (o.datatype === 'FP32' ? Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength) : serializeBytes(o.data))),
+        };
+      }),
   });
 }

@@ -9,6 +9,7 @@ import { v2ErrorShape } from '../../front/error-body.ts';
 import type { Route, RouteContext } from '../../front/http/router.ts';
 import { inferPriority } from '../admission.ts';
 import { readCookie } from '../arms.ts';
+import { noteV2Inference } from '../routes.ts';
 import type { V2Core } from './core.ts';
 import type { InferRequest, InferResponse, InputTensor, RequestedOutput, TensorData } from './types.ts';
 
@@ -34,7 +35,7 @@ export function v2Routes(core: V2Core, stickyCookie: string): Route[] {
     const request = parseInferRequest(ctx.body as Buffer, req.headers[HEADER_LENGTH]);
     if (req.facts !== undefined) req.facts.model = ctx.params['model'];
     const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority });
-    if (req.facts !== undefined) req.facts.arm = reply.arm;
+    noteV2Inference(req.facts, reply);
     const { headers, body } = encodeInferResponse(reply, request.parameters['binary_data_output'] === true);
     // Traffic the A/B policy placed keeps its arm, as on /v1/infer; a named version is the client's choice.
     if (!reply.named) headers['set-cookie'] = `${stickyCookie}=${reply.arm}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly`;
