@@ -36,6 +36,7 @@ export const ERROR_TABLE = {
   upstream_error: { http: 502, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'upstream failed' },
   overloaded: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'server is overloaded' },
   not_ready: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'models are not loaded yet' },
+  inference_worker_lost: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'the inference worker running the request died; retry' },
   inference_disabled: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'inference is turned off: INFER_ENABLED=false' },
   tracking_disabled: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'request tracking is off: set DATABASE_URL' },
   shutting_down: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'the broker is shutting down' },

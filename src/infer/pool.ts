@@ -136,6 +136,11 @@ function traceBatch(tracer: Tracer, batch: readonly Pending<Waiting>[], out: Bat
   if (out.spans !== undefined) tracer.record(out.spans);
 }
 
+/** A task's worker died under it: 503 with Retry-After, for the replacement or another worker. The cause (Piscina's) is for the log. */
+function workerLost(what: string, cause: unknown): BrokerError {
+  return new BrokerError('inference_worker_lost', `the inference worker running ${what} died; retry`, { retryAfter: 1, cause });
+}
+
 export function createInferPool(opts: InferPoolOptions): InferPool {
   const readyCounter = new SharedArrayBuffer(4);
   const ready = new Int32Array(readyCounter);
@@ -269,9 +274,11 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       },
       (err: unknown) => {
         inFlight--;
-        // The worker crashed or was terminated; Piscina starts a replacement. The images
-        // went with it (transferred), so the batch's requests fail; the queue goes on.
-        for (const p of batch) p.reject(new BrokerError('internal', 'inference worker failed', { cause: err }));
+        // The worker died (worker.ts answers every failure of a batch as a value, so a
+        // rejection is the thread gone); Piscina starts a replacement. The images went
+        // with it (transferred), so the batch's requests fail, as retryable: the other
+        // workers and the replacement serve the retry. The queue goes on.
+        for (const p of batch) p.reject(workerLost(`model ${opts.models[key]!.manifest.name}`, err));
         pump();
       },
     );
@@ -304,7 +311,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
         }
       })().catch((err: unknown) => {
         metadataCache = undefined;
-        throw new BrokerError('internal', 'model metadata unavailable', { cause: err });
+        throw workerLost('model metadata', err);
       });
       return metadataCache;
     },

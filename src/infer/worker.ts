@@ -102,8 +102,18 @@ export default async function run(task: BatchTask | WarmupTask | MetadataTask): 
     return Object.fromEntries(Object.entries(models).map(([key, { session }]) => [key, { inputs: describe(session.inputMetadata), outputs: describe(session.outputMetadata) }]));
   }
   const startedAt = now();
-  const n = task.items.length;
   const base = { handoffMs: startedAt - task.submittedAt, decodeMs: 0, inferMs: 0, executions: 0, executedBatch: 0 };
+  try {
+    return await runBatch(task, startedAt, base);
+  } catch (err) {
+    // Even an unexpected failure comes back as a value: the pool reads a rejected task as
+    // this thread having died (503 inference_worker_lost), which this is not.
+    return { ...base, items: failAll(task.items.length, `inference failed: ${(err as Error).message}`) };
+  }
+}
+
+async function runBatch(task: BatchTask, startedAt: number, base: Omit<BatchOutcome, 'items'>): Promise<BatchOutcome> {
+  const n = task.items.length;
   const model = models[task.model];
   if (model === undefined) return { ...base, items: failAll(n, `worker has no model ${task.model}`) };
   if (broken[task.model] !== undefined) return { ...base, items: failAll(n, broken[task.model]!) };

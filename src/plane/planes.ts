@@ -265,7 +265,7 @@ export class DataPlanes {
   /** One exposition for the process: the control plane's registry and every thread's, counters summed, histograms merged. */
   async metricsText(own: MetricsJson): Promise<string> {
     const parts = (await this.callAll('metrics')) as MetricsJson[];
-    return AggregatorRegistry.aggregate([own, ...parts] as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
+    return AggregatorRegistry.aggregate([ownFirst(own), ...parts] as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
   }
 
   async stats(): Promise<PlaneStats[]> {
@@ -292,6 +292,16 @@ export class DataPlanes {
     this.deps.metrics.planeThreads.set(0);
     return counts.reduce((a, n) => a + Math.max(0, n), 0);
   }
+}
+
+/**
+ * prom-client marks process_start_time_seconds `omit` (cluster workers are processes
+ * with start times of their own), so the aggregate would drop it. Here the process
+ * metrics come from the control plane alone (threads have no defaults): its value is
+ * the process's, and `first` keeps it (the control plane's list comes first).
+ */
+function ownFirst(own: MetricsJson): MetricsJson {
+  return own.map((m) => (m.aggregator === 'omit' ? { ...m, aggregator: 'first' as const } : m));
 }
 
 function freePort(host: string): Promise<number> {

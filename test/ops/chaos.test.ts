@@ -1,13 +1,21 @@
-// Chaos: an upstream killed mid-stream, an inference worker killed under load, and the
-// broker closed (what SIGTERM does) with 200 streams open. In each, every request must end
-// with exactly one terminal outcome (a whole reply, or one explicit error: an HTTP error
-// status, or for a started stream one final error event and no [DONE]), the broker must
-// count each request once, and the in-flight counters must come back to 0.
+// Chaos: an upstream killed mid-stream, an inference worker killed under load (over HTTP,
+// v2 REST and gRPC), and the broker closed (what SIGTERM does) with 200 streams open. In
+// each, every request must end with exactly one terminal outcome (a whole reply, or one
+// explicit error: an HTTP error status, or for a started stream one final error event and
+// no [DONE]), the broker must count each request once, and the in-flight counters must
+// come back to 0. A request lost with its inference worker is retryable: 503 (gRPC
+// UNAVAILABLE) inference_worker_lost with a retry time.
 import t from 'tap';
 import { startMock, startFleetBroker } from '../helpers/fleet.ts';
 import { createMockUpstream } from '../../src/mock-upstream/server.ts';
 import { metricValue, admin } from '../helpers/broker.ts';
 import { fashionPngs, mapLimit } from '../helpers/images.ts';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { clients, md, startGrpcBroker, statusDetailsOf, unary } from '../helpers/grpc.ts';
+import { V2Client, lengthPrefixed } from '../helpers/v2-client.ts';
+import { V2_PROTO } from '../../src/infer/v2/grpc.ts';
+import type { InferPool } from '../../src/infer/pool.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -105,39 +113,116 @@ t.test('an upstream killed mid-stream: every stream ends with one error event, c
   t.equal(await metricValue(tb.url, 'llm_midstream_errors_total', { deployment: 'doomed' }), n);
 });
 
-t.test('an inference worker killed under load: one answer per request, the pool recovers', async (t) => {
+/**
+ * Kills every worker of the pool at a moment when one surely holds a batch: a batch has
+ * just finished while requests wait, so the batcher is handing the next batch to a worker
+ * (the pool calls its listeners before it does; the microtask runs after). A non-empty
+ * queue alone is not enough: the workers may have finished their batches, and results
+ * posted before the kill still arrive. The workers must be ready: Piscina stops replacing
+ * workers once one dies while loading.
+ */
+function killWorkersUnderLoad(pool: InferPool): { readonly fired: () => boolean; readonly done: Promise<void> } {
+  let armed = true;
+  let killed!: () => void;
+  const done = new Promise<void>((r) => (killed = r));
+  pool.onExecute(() => {
+    if (!armed || pool.queueSize === 0) return;
+    armed = false;
+    queueMicrotask(() => void Promise.all(pool.threads.map((w) => w.terminate())).then(() => killed()));
+  });
+  return { fired: () => !armed, done };
+}
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+t.test('inference workers killed under load: one answer per request, the lost ones 503 inference_worker_lost, the pool recovers', async (t) => {
   const mock = await startMock(t);
   const tb = await startFleetBroker(t, { modelGroups: { chat: { deployments: [{ id: 'd', provider: 'openai', url: mock.url, model: 'm' }] } } }, { INFER_THREADS: '2' });
   const images = await fashionPngs(8);
   const infer = tb.broker.infer!;
   const n = 60;
-  let sent = 0;
-  const statuses = mapLimit(Array.from({ length: n }, (_, i) => images[i % images.length]!), 12, async (img) => {
-    sent++;
-    const res = await fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image_b64: img.b64 }) });
-    const body = (await res.json()) as { error?: { code: string } };
-    return { status: res.status, code: body.error?.code };
+  const kill = killWorkersUnderLoad(infer.currentPool);
+  const results = await mapLimit(range(n), 12, async (i) => {
+    const res = await fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': `chaos-${i}` }, body: JSON.stringify({ image_b64: images[i % images.length]!.b64 }) });
+    const body = (await res.json()) as { error?: { code: string; message: string; request_id: string } };
+    return { status: res.status, code: body.error?.code, message: body.error?.message, requestId: body.error?.request_id, sentId: `chaos-${i}`, retryAfter: res.headers.get('retry-after') };
   });
-  while (sent < 15) await sleep(5);
-  const killed = infer.currentPool.threads[0]!;
-  await killed.terminate();
-  const results = await statuses;
+  t.ok(kill.fired(), 'the workers were killed under load');
+  await kill.done;
   t.equal(results.length, n, 'every request got exactly one HTTP answer');
   const failed = results.filter((r) => r.status !== 200);
-  t.ok(failed.every((r) => r.status >= 500 && r.code !== undefined), `failures are explicit 5xx with a code: ${JSON.stringify(failed.slice(0, 3))}`);
+  t.ok(failed.length >= 1, 'the batch in a worker when it died failed');
+  const retryable = (r: (typeof results)[number]) => r.status === 503 && r.code === 'inference_worker_lost' && Number(r.retryAfter) >= 1 && r.requestId === r.sentId && /worker .* died/.test(r.message ?? '');
+  t.same(failed.filter((r) => !retryable(r)), [], `each failure is 503 inference_worker_lost with Retry-After, its request id and a message: ${JSON.stringify(failed.slice(0, 2))}`);
   t.ok(results.filter((r) => r.status === 200).length >= n - 24, `most requests still succeeded (${results.filter((r) => r.status === 200).length}/${n})`);
   // Each request counted once, success or failure (client mistakes: none here).
   const success = () => metricValue(tb.url, 'inference_request_success_total');
   const failure = () => metricValue(tb.url, 'inference_request_failure_total');
   t.equal((await success()) + (await failure()), n, 'successes + failures = requests');
   t.equal(await success(), n - failed.length, 'successes match the 200s');
-  t.ok((await metricValue(tb.url, 'inference_worker_failures_total')) >= 1, 'the crash is counted');
+  t.equal(await metricValue(tb.url, 'inference_request_failure_total', { reason: 'inference_worker_lost' }), failed.length, 'failures counted with their code as reason');
+  t.ok((await metricValue(tb.url, 'inference_worker_failures_total')) >= 2, 'the crashes are counted');
   t.equal(await settles(() => metricValue(tb.url, 'inference_workers'), 2), 2, 'the pool is back to 2 workers');
   t.equal(await metricValue(tb.url, 'inference_pool_queue_size'), 0, 'nothing left queued');
   // A request of the data plane forwarded to the control plane counts as active itself, on its thread.
   t.ok((await metricValue(tb.url, 'http_requests_active')) <= 1, 'no request left active');
   const after = await mapLimit(images, 4, async (img) => (await fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image_b64: img.b64 }) })).status);
   t.same([...new Set(after)], [200], 'inference works after the crash');
+});
+
+t.test('the worker killed under v2 REST, KServe gRPC and gRPC Infer load: 503 / UNAVAILABLE inference_worker_lost with a retry time', async (t) => {
+  // One worker: each round kills it, and a request served afterwards shows its replacement ready for the next.
+  const tb = await startGrpcBroker({ INFER_THREADS: '1' });
+  t.teardown(() => tb.close());
+  const infer = tb.broker.infer!;
+  const model = infer.models.A.manifest.name;
+  const pngs = (await fashionPngs(8)).map((i) => Buffer.from(i.b64, 'base64'));
+  const port = tb.broker.grpcPort;
+  const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(V2_PROTO, { keepCase: true, longs: Number, defaults: true, oneofs: true })) as any;
+  const kserve = new pkg.inference.GRPCInferenceService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const c = clients(port);
+  t.teardown(() => {
+    kserve.close();
+    c.close();
+  });
+
+  /** 60 requests, 12 at a time, with the worker killed under them; then inference serves again. */
+  const round = async <R>(name: string, send: (i: number) => Promise<R>): Promise<R[]> => {
+    const kill = killWorkersUnderLoad(infer.currentPool);
+    const results = await mapLimit(range(60), 12, send);
+    t.ok(kill.fired(), `${name}: the worker was killed under load`);
+    await kill.done;
+    const served = await settles(async () => (await unary(c.inference, 'Infer', { image: pngs[0] })).error?.code ?? 0, 0, 30_000);
+    t.equal(served, 0, `${name}: served again`);
+    return results;
+  };
+
+  // v2 REST (binary tensors): the spec's error body, with the broker's code and request id.
+  const v2 = new V2Client(tb.url, 'binary');
+  const rest = await round('v2 REST', async (i) => {
+    const r = await v2.infer(model, { inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], data: [pngs[i % pngs.length]!] }], headers: { 'x-request-id': `v2-${i}` } });
+    return { status: r.status, code: r.json?.code as string | undefined, error: r.error, requestId: r.json?.request_id as string | undefined, sentId: `v2-${i}`, retryAfter: r.headers.get('retry-after') };
+  });
+  const restFailed = rest.filter((r) => r.status !== 200);
+  t.ok(restFailed.length >= 1, 'v2 REST: the batch in the worker failed');
+  t.same(restFailed.filter((r) => !(r.status === 503 && r.code === 'inference_worker_lost' && Number(r.retryAfter) >= 1 && r.requestId === r.sentId && /worker .* died/.test(r.error ?? ''))), [], `v2 REST: each failure is 503 inference_worker_lost with Retry-After: ${JSON.stringify(restFailed.slice(0, 2))}`);
+
+  // gRPC: UNAVAILABLE, the broker's code in the trailers and RetryInfo (and the request id, as trace-id, on the broker's own service).
+  const unavailable = (e: grpc.ServiceError, requestId?: string): boolean => {
+    const d = statusDetailsOf(e.metadata);
+    const traced = requestId === undefined || e.metadata.get('trace-id')[0] === requestId;
+    return e.code === grpc.status.UNAVAILABLE && e.metadata.get('x-broker-error-code')[0] === 'inference_worker_lost' && d?.reason === 'inference_worker_lost' && (d.retryDelayS ?? 0) >= 1 && traced && /worker .* died/.test(e.details);
+  };
+  const described = (e: grpc.ServiceError) => ({ code: e.code, details: e.details, trailers: e.metadata.getMap() });
+  const kserveCalls = await round('KServe ModelInfer', async (i) => (await unary(kserve, 'ModelInfer', { model_name: model, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [lengthPrefixed([pngs[i % pngs.length]!])] })).error);
+  const kserveFailed = kserveCalls.filter((e): e is grpc.ServiceError => e !== null);
+  t.ok(kserveFailed.length >= 1, 'KServe ModelInfer: the batch in the worker failed');
+  t.same(kserveFailed.filter((e) => !unavailable(e)).map(described), [], 'KServe ModelInfer: each failure is UNAVAILABLE inference_worker_lost with RetryInfo');
+  const inferCalls = await round('Infer', async (i) => ({ sentId: `g-${i}`, error: (await unary(c.inference, 'Infer', { image: pngs[i % pngs.length] }, md({ 'x-request-id': `g-${i}` }))).error }));
+  const inferFailed = inferCalls.filter((r) => r.error !== null);
+  t.ok(inferFailed.length >= 1, 'Infer: the batch in the worker failed');
+  t.same(inferFailed.filter((r) => !unavailable(r.error!, r.sentId)).map((r) => described(r.error!)), [], 'Infer: each failure is UNAVAILABLE inference_worker_lost with RetryInfo and its trace-id');
+  t.equal(await metricValue(tb.url, 'inference_workers'), 1, 'the pool is back to its worker');
 });
 
 t.test('Broker.close (SIGTERM) with 200 open streams: each ends with one shutting_down event', async (t) => {

@@ -107,6 +107,19 @@ t.test('/metrics is one exposition: N requests over both threads read as exactly
   t.equal(text.match(/^process_resident_memory_bytes /gm)?.length, 1, 'process metrics once, not once per thread');
 });
 
+t.test('/metrics with threads has process_start_time_seconds once: the process\'s, from the control plane', async (t) => {
+  // The broker runs in this process (FRONT_THREADS=2): the value is this process's start.
+  const processStarted = Date.now() / 1000 - process.uptime();
+  const m = await mock(t, {});
+  const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 'm1', provider: 'openai', url: m.url, model: 'm' }] } } });
+  const text = await (await fetch(`${tb.url}/metrics`)).text();
+  const samples = text.match(/^process_start_time_seconds .*$/gm) ?? [];
+  t.equal(samples.length, 1, `one sample: ${JSON.stringify(samples)}`);
+  const value = Number(samples[0]?.split(' ')[1]);
+  t.ok(value <= Date.now() / 1000, `${value} is not in the future`);
+  t.ok(value >= processStarted - 5, `${value} is this process's start (${processStarted}), give or take rounding`);
+});
+
 t.test('a change through the admin API is in force on every thread when the call returns', async (t) => {
   const a = await mock(t, {});
   const b = await mock(t, {});

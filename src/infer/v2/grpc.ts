@@ -3,7 +3,8 @@
 // names, versions, arms, checks and extensions are the same. Tensors travel in
 // raw_input_contents / raw_output_contents (the typed `contents` are read too: fp32_contents
 // and bytes_contents); BYTES in raw form are 4-byte little-endian lengths and bytes, as
-// Triton sends them. Errors carry the gRPC status of their code in the one error table.
+// Triton sends them. Errors carry the gRPC status of their code in the one error table,
+// with the broker's code and RetryInfo in the trailers (front/grpc/status.ts).
 // ModelInfer is a client call like the broker's own Infer (src/front/grpc/call.ts):
 // AUTH_MODE and the rate limit, an access-log line, a tracking row (`grpc.oip.infer`),
 // the trace id, and an end at shutdown.
@@ -23,6 +24,7 @@ import { noteV2Inference } from '../routes.ts';
 import type { V2Core } from './core.ts';
 import { serializeBytes } from './rest.ts';
 import type { InferRequest, InputTensor, RequestedOutput, TensorData } from './types.ts';
+import { statusDetails } from '../../front/grpc/wire.ts';
 
 export const V2_PROTO = fileURLToPath(new URL('../../../proto/inference/grpc_predict_v2.proto', import.meta.url));
 export const V2_SERVICE = 'inference.GRPCInferenceService';
@@ -91,9 +93,14 @@ function toInferRequest(r: ModelInferRequest): InferRequest {
   return { id: r.id === '' ? undefined : r.id, inputs, outputs: outputs.length > 0 ? outputs : undefined, parameters: plain(r.parameters) };
 }
 
+/** The table's status, and in the trailers the broker's code and google.rpc.Status (ErrorInfo, RetryInfo when the error says when to retry), as the broker's own services send them. */
 function grpcError(err: unknown): Partial<grpc.StatusObject> {
   const e = toBrokerError(err);
-  return { code: grpc.status[ERROR_TABLE[e.code].grpc as keyof typeof grpc.status] as grpc.status, details: e.message };
+  const code = grpc.status[ERROR_TABLE[e.code].grpc as keyof typeof grpc.status] as grpc.status;
+  const metadata = new grpc.Metadata();
+  metadata.set('x-broker-error-code', e.code);
+  metadata.set('grpc-status-details-bin', statusDetails(code, e.message, e.code, e.retryAfter));
+  return { code, details: e.message, metadata };
 }
 
 /** A unary handler: the value, or the error with its table status. */
