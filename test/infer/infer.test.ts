@@ -117,15 +117,20 @@ t.test('inference metrics count successes and failures per model and arm', async
   t.ok((await metricValue(tb.url, 'process_resident_memory_bytes')) > 0, 'process metrics');
 });
 
-t.test('a killed worker fails its request with 500 and is replaced', async (t) => {
+t.test('a killed worker fails its requests with a retryable 503 and is replaced', async (t) => {
   const pool = tb.broker.infer!.currentPool;
   const before = await metricValue(tb.url, 'inference_worker_failures_total');
   // Keep both workers busy, then kill one under its task.
   const inflight = Array.from({ length: 8 }, () => postJson(url, { image_b64: sample!.b64 }));
   await new Promise((r) => setTimeout(r, 5));
   await pool.threads[0]!.terminate();
-  const statuses = (await Promise.all(inflight)).map((r) => r.status);
-  t.ok(statuses.every((s) => s === 200 || s === 500), `only 200 or 500: ${statuses}`);
+  const replies = await Promise.all(inflight);
+  const statuses = replies.map((r) => r.status);
+  t.ok(statuses.every((s) => s === 200 || s === 503), `only 200 or 503: ${statuses}`);
+  for (const r of replies.filter((x) => x.status === 503)) {
+    t.equal(r.body.error.code, 'inference_worker_lost', 'the lost request says why');
+    t.equal(r.headers.get('retry-after'), '1', 'and when to retry');
+  }
   for (let i = 0; i < 10; i++) t.equal((await postJson(url, { image_b64: sample!.b64 })).status, 200, 'next requests succeed');
   t.ok((await metricValue(tb.url, 'inference_worker_failures_total')) > before, 'the failure is counted');
   t.equal(pool.threads.length, 2, 'the pool is back to full size');
