@@ -108,7 +108,9 @@ export default async function run(task: BatchTask | WarmupTask | MetadataTask): 
   } catch (err) {
     // Even an unexpected failure comes back as a value: the pool reads a rejected task as
     // this thread having died (503 inference_worker_lost), which this is not.
-    return { ...base, items: failAll(task.items.length, `inference failed: ${(err as Error).message}`) };
+    // The library's words go to the log only (detail), never to the client.
+    const detail = (err as Error).message;
+    return { ...base, items: failAll(task.items.length, 'inference failed').map((f) => ({ ...f, detail })) };
   }
 }
 
