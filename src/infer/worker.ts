@@ -87,7 +87,7 @@ function now(): number {
   return performance.timeOrigin + performance.now();
 }
 
-const failAll = (n: number, message: string): ItemOutcome[] => Array.from({ length: n }, () => ({ ok: false, code: 'internal', message }));
+const failAll = (n: number, message: string, detail?: string): ItemOutcome[] => Array.from({ length: n }, () => ({ ok: false, code: 'internal', message, ...(detail !== undefined ? { detail } : {}) }));
 
 function describe(list: readonly ort.InferenceSession.ValueMetadata[]): TensorMeta[] {
   return list.map((m) => (m.isTensor ? { name: m.name, type: m.type, shape: m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : -1)) } : { name: m.name, type: 'non-tensor', shape: [] }));
@@ -109,8 +109,7 @@ export default async function run(task: BatchTask | WarmupTask | MetadataTask): 
     // Even an unexpected failure comes back as a value: the pool reads a rejected task as
     // this thread having died (503 inference_worker_lost), which this is not.
     // The library's words go to the log only (detail), never to the client.
-    const detail = (err as Error).message;
-    return { ...base, items: failAll(task.items.length, 'inference failed').map((f) => ({ ...f, detail })) };
+    return { ...base, items: failAll(task.items.length, 'inference failed', (err as Error).message) };
   }
 }
 

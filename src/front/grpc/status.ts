@@ -14,9 +14,9 @@ export function grpcCodeOf(code: string): Status {
 }
 
 /** The status object grpc-js sends for `err` (callback(err), call.emit('error', err)). */
-export function grpcStatusOf(err: BrokerError, traceId: string, trailers: Metadata = new Metadata()): Partial<StatusObject> {
+export function grpcStatusOf(err: BrokerError, traceId?: string, trailers: Metadata = new Metadata()): Partial<StatusObject> {
   const code = grpcCodeOf(err.code);
-  trailers.set('trace-id', traceId);
+  if (traceId !== undefined) trailers.set('trace-id', traceId);
   trailers.set('x-broker-error-code', err.code);
   trailers.set('grpc-status-details-bin', statusDetails(code, err.message, err.code, err.retryAfter));
   return { code, details: err.message, metadata: trailers };

@@ -15,7 +15,7 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
-import { BrokerError, ERROR_TABLE, toBrokerError } from '../../errors.ts';
+import { BrokerError, toBrokerError } from '../../errors.ts';
 import type { ActiveCalls } from '../../front/grpc/active.ts';
 import { checkCall, serveUnary, type CallGuards } from '../../front/grpc/call.ts';
 import type { Logger } from '../../obs/logger.ts';
@@ -24,7 +24,7 @@ import { noteV2Inference } from '../routes.ts';
 import type { V2Core } from './core.ts';
 import { serializeBytes } from './rest.ts';
 import type { InferRequest, InputTensor, RequestedOutput, TensorData } from './types.ts';
-import { statusDetails } from '../../front/grpc/wire.ts';
+import { grpcStatusOf } from '../../front/grpc/status.ts';
 
 export const V2_PROTO = fileURLToPath(new URL('../../../proto/inference/grpc_predict_v2.proto', import.meta.url));
 export const V2_SERVICE = 'inference.GRPCInferenceService';
@@ -93,14 +93,9 @@ function toInferRequest(r: ModelInferRequest): InferRequest {
   return { id: r.id === '' ? undefined : r.id, inputs, outputs: outputs.length > 0 ? outputs : undefined, parameters: plain(r.parameters) };
 }
 
-/** The table's status, and in the trailers the broker's code and google.rpc.Status (ErrorInfo, RetryInfo when the error says when to retry), as the broker's own services send them. */
+/** The table's status, with the broker's code and RetryInfo in the trailers, as its own services send them. */
 function grpcError(err: unknown): Partial<grpc.StatusObject> {
-  const e = toBrokerError(err);
-  const code = grpc.status[ERROR_TABLE[e.code].grpc as keyof typeof grpc.status] as grpc.status;
-  const metadata = new grpc.Metadata();
-  metadata.set('x-broker-error-code', e.code);
-  metadata.set('grpc-status-details-bin', statusDetails(code, e.message, e.code, e.retryAfter));
-  return { code, details: e.message, metadata };
+  return grpcStatusOf(toBrokerError(err));
 }
 
 /** A unary handler: the value, or the error with its table status. */
