@@ -49,6 +49,7 @@ import { loadConfig } from '../src/config/env.ts';
 import { NO_PRICES } from '../src/config/broker-config.ts';
 import { paced } from './llm/paced.ts';
 import { buildDist, startBroker } from './lib/process.ts';
+import { cpuBetween, threadCpu } from './lib/proc.ts';
 import { startMock } from './llm/procs.ts';
 import { machine, mdTable, writeResults } from './lib/report.ts';
 import { round } from './lib/stats.ts';
@@ -235,7 +236,7 @@ try {
   const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: 'Say something.' }], max_tokens: 16 });
   const SETTINGS = ['off', 'off (control)', 'on', 'on, db nice 19'] as const;
   type Setting = (typeof SETTINGS)[number];
-  const runs: Record<Setting, { p50_ms: number; p99_ms: number; rps: number; non_2xx: number; rows_written?: number; rows_dropped?: number }[]> = { off: [], 'off (control)': [], on: [], 'on, db nice 19': [] };
+  const runs: Record<Setting, { p50_ms: number; p99_ms: number; rps: number; non_2xx: number; cpu_us_per_req: number; control_plane_us_per_req: number; rows_written?: number; rows_dropped?: number }[]> = { off: [], 'off (control)': [], on: [], 'on, db nice 19': [] };
   for (let r = 0; r < ROUNDS; r++) {
     for (let i = 0; i < SETTINGS.length; i++) {
       const name = SETTINGS[(i + r) % SETTINGS.length]!;
@@ -248,7 +249,10 @@ try {
         // requests in one burst and measures that burst's queueing, bench/llm/paced.ts).
         const load = (durationS: number) => paced({ url: `${b.url}/v1/chat/completions`, body, rate: RATE, durationS, maxConnections: MAX_CONNECTIONS, timeoutMs: 5000 });
         await load(1);
+        const cpu0 = threadCpu(b.pid);
         const res = await load(SECONDS);
+        const cpu = cpuBetween(b.pid, cpu0, threadCpu(b.pid));
+        const served = res.achieved_rps * SECONDS;
         // The last rows are flushed within TRACKING_FLUSH_MS (250 ms by default).
         await new Promise((res) => setTimeout(res, 600));
         const text = await (await fetch(`${b.url}/metrics`)).text();
@@ -257,9 +261,15 @@ try {
           p99_ms: res.latency.p99_ms,
           rps: res.achieved_rps,
           non_2xx: res.non_2xx,
+          // The broker's CPU per request over the window: the whole process, and its main
+          // thread (the control plane, where the writer runs). Steadier than latency on a
+          // shared machine.
+          cpu_us_per_req: round(((cpu.main_s + cpu.other_threads_s) * 1e6) / served),
+          control_plane_us_per_req: round((cpu.main_s * 1e6) / served),
           ...(db !== undefined ? { rows_written: metricSum(text, 'tracking_rows_written_total'), rows_dropped: metricSum(text, 'tracking_rows_dropped_total') } : {}),
         });
-        console.log(`round ${r + 1} ${name}: p50 ${res.latency.p50_ms} ms, p99 ${res.latency.p99_ms} ms, ${res.achieved_rps} req/s`);
+        const last = runs[name].at(-1)!;
+        console.log(`round ${r + 1} ${name}: p50 ${res.latency.p50_ms} ms, p99 ${res.latency.p99_ms} ms, ${res.achieved_rps} req/s, broker CPU ${last.cpu_us_per_req} µs/req (control plane ${last.control_plane_us_per_req})`);
       } finally {
         await b.stop(15_000);
       }
@@ -270,7 +280,7 @@ try {
     const s = [...xs].sort((a, b) => a - b);
     return s.length % 2 === 1 ? s[s.length >> 1]! : round((s[s.length / 2 - 1]! + s[s.length / 2]!) / 2);
   };
-  const summary = Object.fromEntries(SETTINGS.map((n) => [n, { p50_ms: med(runs[n].map((x) => x.p50_ms)), p99_ms: med(runs[n].map((x) => x.p99_ms)), rps: med(runs[n].map((x) => x.rps)) }])) as Record<Setting, { p50_ms: number; p99_ms: number; rps: number }>;
+  const summary = Object.fromEntries(SETTINGS.map((n) => [n, { p50_ms: med(runs[n].map((x) => x.p50_ms)), p99_ms: med(runs[n].map((x) => x.p99_ms)), rps: med(runs[n].map((x) => x.rps)), cpu_us_per_req: med(runs[n].map((x) => x.cpu_us_per_req)), control_plane_us_per_req: med(runs[n].map((x) => x.control_plane_us_per_req)) }])) as Record<Setting, { p50_ms: number; p99_ms: number; rps: number; cpu_us_per_req: number; control_plane_us_per_req: number }>;
   const results = {
     machine: machine(),
     settings: { rounds: ROUNDS, seconds: SECONDS, rate: RATE, rows: ROWS, front_threads: FRONT_THREADS, max_connections: MAX_CONNECTIONS, client: 'bench/llm/paced.ts (open loop)' },
@@ -281,7 +291,7 @@ try {
   };
   console.log('\n' + mdTable(['write path', 'rows/s'], Object.entries(direct).map(([k, v]) => [k, v])));
   console.log('\n' + mdTable(['TrackingWriter', 'rows/s'], Object.entries(writerFigures).map(([k, v]) => [k, v])));
-  console.log('\n' + mdTable(['setting', 'p50 ms', 'p99 ms', 'req/s'], SETTINGS.map((n) => [n, summary[n].p50_ms, summary[n].p99_ms, summary[n].rps])));
+  console.log('\n' + mdTable(['setting', 'p50 ms', 'p99 ms', 'req/s', 'broker CPU µs/req', 'of which control plane'], SETTINGS.map((n) => [n, summary[n].p50_ms, summary[n].p99_ms, summary[n].rps, summary[n].cpu_us_per_req, summary[n].control_plane_us_per_req])));
   console.log(`\nwrote ${writeResults('tracking', results)}`);
 } finally {
   for (const fn of teardowns.reverse()) await fn();
