@@ -142,7 +142,9 @@ export async function startBroker(name: string, env: Record<string, string>, nod
   return startChild({
     name,
     args: [...nodeArgs, ...srcEntry(runtime)],
-    env: { HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', ...env },
+    // gRPC off unless asked for: two brokers on one machine (a bench beside a soak) would
+    // both take the default 50051, and the second would exit after its HTTP front came up.
+    env: { HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', GRPC_PORT: '0', ...env },
     readyTimeoutMs,
     async ready() {
       await answers(`http://127.0.0.1:${port}/ready`, 200);
