@@ -48,6 +48,8 @@ try {
     process.stderr.write(`edge-broker: invalid BROKER_CONFIG (${config.brokerConfigPath}): ${err.message}\n`);
     process.exit(2);
   }
-  throw err;
+  // A port in use, a model that does not load: one line that says what, not a stack trace.
+  process.stderr.write(`edge-broker: cannot start: ${(err as Error).message}\n`);
+  process.exit(1);
 }
 if (stopRequestedAt !== undefined) stop();

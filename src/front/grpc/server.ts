@@ -141,7 +141,8 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
     o.tls === undefined ? grpc.ServerCredentials.createInsecure() : grpc.ServerCredentials.createSsl(null, [{ cert_chain: readFileSync(o.tls.certPath), private_key: readFileSync(o.tls.keyPath) }], false);
   const port = await new Promise<number>((resolve, reject) => {
     const host = o.host.includes(':') ? `[${o.host}]` : o.host;
-    server.bindAsync(`${host}:${o.port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
+    // grpc-js words a taken port as "No address added out of total 1 resolved errors: [listen EADDRINUSE ...]".
+    server.bindAsync(`${host}:${o.port}`, credentials, (err, bound) => (err ? reject(new Error(`gRPC cannot listen on ${host}:${o.port} (GRPC_PORT; 0 turns gRPC off): ${/\[(.*)\]/.exec(err.message)?.[1] ?? err.message}`)) : resolve(bound)));
   });
   o.logger.info({ grpc_port: port, tls: o.tls !== undefined }, 'gRPC listening');
 

@@ -124,7 +124,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
 
   return new Promise((resolve, reject) => {
     app.listen(opts.host, opts.port, (listenSocket) => {
-      if (!listenSocket) return reject(new Error(`cannot listen on ${opts.host}:${opts.port}`));
+      if (!listenSocket) return reject(new Error(`HTTP cannot listen on ${opts.host}:${opts.port} (HOST, PORT): in use, or not an address of this machine`));
       let socket: uWS.us_listen_socket | null = listenSocket;
       resolve({
         port: uWS.us_socket_local_port(listenSocket as unknown as uWS.us_socket),
