@@ -15,7 +15,7 @@ function run(env: Record<string, string>): Promise<{ code: number | null; stderr
   return new Promise((resolve) => child.once('exit', (code) => (clearTimeout(timer), resolve({ code, stderr }))));
 }
 
-async function holdPort(t: Tap.Test): Promise<number> {
+async function holdPort(t: { teardown(fn: () => unknown): void }): Promise<number> {
   const server: Server = createServer();
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   t.teardown(() => new Promise<void>((r) => server.close(() => r())));
