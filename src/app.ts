@@ -561,6 +561,7 @@ function startInference(config: Config, metrics: Metrics, logger: Logger, tracer
           metrics.workerRestarts.inc();
           logger.warn('inference worker exited; a replacement is starting');
         },
+        onRestart: (live, wanted) => logger.warn({ live, wanted }, 'inference workers were not all replaced (one died while starting); starting the pool anew'),
       }),
     metrics,
     logger,

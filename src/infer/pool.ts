@@ -57,6 +57,10 @@ export interface InferPoolOptions {
   readonly tasksPerWorker?: number;
   /** Called when a worker dies outside of close(). */
   readonly onWorkerFailure?: () => void;
+  /** Called when the pool, short of workers, starts its workers anew (see supervise()). */
+  readonly onRestart?: (live: number, wanted: number) => void;
+  /** How long after a worker's death the pool checks that it was replaced; default 1 s. */
+  readonly superviseMs?: number;
   /** Exports the inference spans of traced requests (queue here, decode and compute from the workers). */
   readonly tracer?: Tracer;
 }
@@ -141,9 +145,25 @@ function workerLost(what: string, cause: unknown): BrokerError {
   return new BrokerError('inference_worker_lost', `the inference worker running ${what} died; retry`, { retryAfter: 1, cause });
 }
 
+/** Slots of the ready register: its count, then a ring of the thread ids of ready workers. */
+const READY_SLOTS = 1024;
+const SUPERVISE_MAX_MS = 30_000;
+
 export function createInferPool(opts: InferPoolOptions): InferPool {
-  const readyCounter = new SharedArrayBuffer(4);
-  const ready = new Int32Array(readyCounter);
+  // A worker that has loaded and warmed its models writes its thread id here (worker.ts).
+  // Ready means that many of the live workers wrote theirs: a dead one no longer counts.
+  const readyCounter = new SharedArrayBuffer(4 * READY_SLOTS);
+  const register = new Int32Array(readyCounter);
+  const readyIds = new Set<number>();
+  let registered = 0;
+  let started = false;
+  const readyWorkers = (): number => {
+    const n = Atomics.load(register, 0);
+    for (; registered < n; registered++) readyIds.add(Atomics.load(register, 1 + (registered % (READY_SLOTS - 1))));
+    let live = 0;
+    for (const w of piscina.threads) if (readyIds.has(w.threadId)) live++;
+    return live;
+  };
   const data: WorkerData = {
     models: Object.fromEntries(Object.entries(opts.models).map(([k, m]) => [k, { path: m.path, manifest: m.manifest }])),
     intraOpThreads: opts.intraOpThreads,
@@ -153,26 +173,66 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
   const tasksPerWorker = opts.tasksPerWorker ?? DEFAULT_TASKS_PER_WORKER;
   // worker.js itself when compiled; from the sources, worker.ts through tsx (see workers/entry.ts).
   const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, data);
-  const piscina = new Piscina({
-    filename,
-    minThreads: opts.threads,
-    maxThreads: opts.threads,
-    concurrentTasksPerWorker: tasksPerWorker,
-    // The batcher never hands Piscina more than it can start: its own queue stays empty.
-    maxQueue: opts.threads * tasksPerWorker,
-    idleTimeout: Infinity,
-    workerData,
-    recordTiming: false,
-  });
   let closing = false;
-  piscina.on('workerDestroy', () => {
-    if (!closing) opts.onWorkerFailure?.();
-  });
   let lastError: Error | undefined;
-  piscina.on('error', (err: Error) => {
-    lastError = err;
-    if (!closing) opts.onWorkerFailure?.();
-  });
+  const makePiscina = (): Piscina => {
+    const p = new Piscina({
+      filename,
+      minThreads: opts.threads,
+      maxThreads: opts.threads,
+      concurrentTasksPerWorker: tasksPerWorker,
+      // The batcher never hands Piscina more than it can start: its own queue stays empty.
+      maxQueue: opts.threads * tasksPerWorker,
+      idleTimeout: Infinity,
+      workerData,
+      recordTiming: false,
+    });
+    p.on('workerDestroy', () => {
+      if (closing || p !== piscina) return;
+      opts.onWorkerFailure?.();
+      supervise();
+    });
+    p.on('error', (err: Error) => {
+      lastError = err;
+      if (closing || p !== piscina) return;
+      opts.onWorkerFailure?.();
+      supervise();
+    });
+    return p;
+  };
+  let piscina = makePiscina();
+
+  // Piscina replaces a dead worker, except once any worker died before it was ready: from
+  // then on it never starts another (its guard against a worker that cannot start), and
+  // the pool would shrink for good with each death, to none. So after a death the pool
+  // checks that it is whole again; if not, it starts a new Piscina of full size (the old
+  // one finishes the batches its live workers hold, then closes), checking again with
+  // backoff until the workers stay up.
+  const superviseMs = opts.superviseMs ?? 1000;
+  let superviseTimer: NodeJS.Timeout | undefined;
+  let backoffMs = superviseMs;
+  function supervise(delayMs = superviseMs): void {
+    if (superviseTimer !== undefined || closing) return;
+    superviseTimer = setTimeout(() => {
+      superviseTimer = undefined;
+      if (closing) return;
+      const live = piscina.threads.length;
+      if (live >= opts.threads) {
+        if (readyWorkers() >= opts.threads) backoffMs = superviseMs;
+        else supervise(backoffMs); // replacements still loading: look again
+        return;
+      }
+      opts.onRestart?.(live, opts.threads);
+      const old = piscina;
+      piscina = makePiscina();
+      void old.close().catch(() => undefined);
+      const wait = backoffMs;
+      backoffMs = Math.min(backoffMs * 2, SUPERVISE_MAX_MS);
+      supervise(wait);
+      pump();
+    }, delayMs);
+    superviseTimer.unref();
+  }
 
   const queues = new Map<string, AdmissionQueue<Waiting>>();
   for (const [key, m] of Object.entries(opts.models)) {
@@ -323,15 +383,19 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       await Promise.all(Array.from({ length: n }, () => piscina.run({ kind: 'warmup' })));
       return n;
     },
+    // Ready once every worker has loaded the models. A death later costs capacity until
+    // its replacement is up, not readiness: requests wait in the queue for it.
     get ready() {
-      return Atomics.load(ready, 0) >= opts.threads;
+      if (!started) started = readyWorkers() >= opts.threads;
+      return started;
     },
     async waitReady(timeoutMs = 120_000) {
       const deadline = Date.now() + timeoutMs;
-      while (Atomics.load(ready, 0) < opts.threads) {
+      while (readyWorkers() < opts.threads) {
         if (Date.now() > deadline) throw new Error(`inference workers not ready after ${timeoutMs} ms${lastError ? `: ${lastError.message}` : ''}`);
         await new Promise((r) => setTimeout(r, 20));
       }
+      started = true;
     },
     get queueSize() {
       return waiting;
@@ -342,7 +406,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     async close() {
       closing = true;
       // Workers that never became ready would leave the queue to its timeouts: refuse it now.
-      if (Atomics.load(ready, 0) < opts.threads && waiting > 0) {
+      if (!started && readyWorkers() < opts.threads && waiting > 0) {
         for (const q of queues.values()) q.clear(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
         waiting = 0;
       }
@@ -354,6 +418,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       }
       clearInterval(sweep);
       clearTimeout(delayTimer);
+      clearTimeout(superviseTimer);
       await piscina.close();
     },
   };

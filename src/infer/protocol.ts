@@ -7,7 +7,7 @@ export interface WorkerData {
   readonly models: Readonly<Record<string, { path: string; manifest: ModelManifest }>>;
   readonly intraOpThreads: number;
   readonly maxPixels: number;
-  /** Int32 slot 0: workers that have loaded and warmed their models. */
+  /** Int32 slot 0: how many workers loaded and warmed their models; then a ring of their thread ids. */
   readonly readyCounter: SharedArrayBuffer;
 }
 

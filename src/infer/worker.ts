@@ -6,6 +6,7 @@
 // back per image. Expected failures come back as values (error codes do not survive
 // the thread boundary as exceptions), per image: a bad image fails itself only.
 import { workerData } from 'piscina';
+import { threadId } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { performance } from 'node:perf_hooks';
@@ -81,7 +82,12 @@ function zeros(manifest: ModelManifest, batch: number, h: number, w: number): or
 }
 
 await warm();
-Atomics.add(new Int32Array(data.readyCounter), 0, 1);
+// Ready: this thread's id into the pool's register (pool.ts counts the live ones).
+{
+  const register = new Int32Array(data.readyCounter);
+  const at = Atomics.add(register, 0, 1);
+  Atomics.store(register, 1 + (at % (register.length - 1)), threadId);
+}
 
 function now(): number {
   return performance.timeOrigin + performance.now();

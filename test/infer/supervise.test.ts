@@ -1,0 +1,51 @@
+// The inference pool stays whole when workers die, even one that dies while starting:
+// Piscina then stops replacing workers for good, and the pool starts itself anew.
+import t from 'tap';
+import { loadManifest } from '../../src/infer/manifest.ts';
+import { createInferPool } from '../../src/infer/pool.ts';
+import { fashionPngs } from '../helpers/images.ts';
+
+const until = async (what: string, ok: () => boolean, timeoutMs = 30_000): Promise<void> => {
+  const deadline = Date.now() + timeoutMs;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting: ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+t.test('a replacement worker killed while it loads: the pool starts anew, is whole and serves again', async (t) => {
+  let failures = 0;
+  const restarts: [number, number][] = [];
+  const pool = createInferPool({
+    models: { A: loadManifest('models/vA.onnx') },
+    threads: 2,
+    intraOpThreads: 1,
+    maxQueue: 64,
+    maxPixels: 4096 * 4096,
+    superviseMs: 200,
+    onWorkerFailure: () => failures++,
+    onRestart: (live, wanted) => restarts.push([live, wanted]),
+  });
+  t.teardown(() => pool.close());
+  await pool.waitReady();
+  const images = (await fashionPngs(8)).map((i) => Buffer.from(i.b64, 'base64'));
+  const run = () => Promise.all(images.map((png) => pool.run('A', new Uint8Array(png).buffer, undefined, 1)));
+  t.equal((await run()).length, 8, 'serves before');
+
+  const first = new Set(pool.threads);
+  await pool.threads[0]!.terminate();
+  // Piscina starts a replacement at once; it dies before it has loaded the models.
+  await until('a replacement thread', () => pool.threads.some((w) => !first.has(w)));
+  const replacement = pool.threads.find((w) => !first.has(w))!;
+  await replacement.terminate();
+  t.ok(pool.ready, 'still ready: one live worker serves');
+
+  await until('the pool whole again', () => restarts.length > 0 && pool.threads.length === 2 && pool.ready);
+  t.same(restarts[0], [1, 2], 'one live worker of two: the pool started anew');
+  t.ok(failures >= 2, `both deaths reported (${failures})`);
+  const after = await run();
+  t.equal(after.length, 8, 'serves again');
+  t.ok(after.every((r) => r.predictions.length === 1));
+  await until('two ready workers', () => pool.threads.length === 2);
+  t.equal(pool.threads.length, 2, 'two workers, as configured');
+});
