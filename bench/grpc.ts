@@ -9,7 +9,8 @@
 //    p50/p99, HTTP SSE (/v1/chat/completions) vs gRPC ChatService/Chat.
 // 2. Chat, 1,000 concurrent streams (128 tokens at 30/s, bench:llm's "realistic" settings),
 //    kept open and replaced as they end: TTFT p50/p99, and broker CPU per completed stream
-//    (the broker process's CPU over the run / streams completed).
+//    (the broker process's CPU over the run / streams completed). Then 1,000 again, 500 of
+//    each protocol at the same time: the added TTFT p99 is judged there (see 2b below).
 // 3. Unary inference, closed loop at 16 in flight: HTTP POST /v1/infer (base64 JSON) vs
 //    gRPC InferenceService/Infer (raw bytes): req/s, p50, p99.
 //
@@ -256,6 +257,16 @@ try {
   log(`${c.concurrency} streams: gRPC`);
   const many_grpc = await withCpu(broker.pid, () => grpcSteady(chatClients, 'bench-real', { concurrency: c.concurrency, durationS: c.duration_s, rampMs: c.ramp_ms, drainTimeoutMs: c.drain_timeout_ms }));
 
+  // 2b. The same 1,000 streams, half of them HTTP SSE and half gRPC, at the same time: at
+  // this load the 2 cores are saturated and TTFT is mostly the wait for them, which shifts
+  // by hundreds of ms between two runs one after the other. Side by side, both protocols
+  // meet the same queue, and the difference between their TTFTs is the protocol's own.
+  log(`${c.concurrency} streams, half HTTP SSE and half gRPC at once`);
+  const half = { concurrency: c.concurrency / 2, durationS: c.duration_s, rampMs: c.ramp_ms, drainTimeoutMs: c.drain_timeout_ms };
+  const httpHalf = new StreamClient(`${broker.url}/v1/chat/completions`, sseBody('real'), c.http_connections / 2, 60_000);
+  const [mixed_http, mixed_grpc] = await Promise.all([httpHalf.steady(half), grpcSteady(chatClients, 'bench-real', half)]);
+  await httpHalf.close();
+
   // 3. Unary inference.
   const { png } = await fashionPng(0);
   const b64 = JSON.stringify({ image_b64: png.toString('base64') });
@@ -283,13 +294,16 @@ try {
     concurrent_ttft_ms: { http: { p50: many_http.ttft.p50_ms, p99: many_http.ttft.p99_ms }, grpc: { p50: many_grpc.ttft.p50_ms, p99: many_grpc.ttft.p99_ms } },
     concurrent_cpu_ms_per_stream: { http: cpuHttp, grpc: cpuGrpc, ratio: round(cpuGrpc / cpuHttp, 3) },
     added_ttft_p99_ms_at_1000: round(many_grpc.ttft.p99_ms - many_http.ttft.p99_ms, 2),
+    mixed_ttft_ms: { http: { p50: mixed_http.ttft.p50_ms, p99: mixed_http.ttft.p99_ms, completed: mixed_http.completed }, grpc: { p50: mixed_grpc.ttft.p50_ms, p99: mixed_grpc.ttft.p99_ms, completed: mixed_grpc.completed } },
+    added_ttft_p99_ms_mixed: round(mixed_grpc.ttft.p99_ms - mixed_http.ttft.p99_ms, 2),
     goals: {
       'gRPC CPU per stream within 1.2x of HTTP': cpuGrpc <= 1.2 * cpuHttp,
-      'added TTFT p99 <= 5 ms at 1,000 streams': many_grpc.ttft.p99_ms - many_http.ttft.p99_ms <= 5,
+      // Judged side by side (2b): one after the other, the saturated machine's queue differs between the two runs by more than the goal.
+      'added TTFT p99 <= 5 ms at 1,000 streams (side by side)': mixed_grpc.ttft.p99_ms - mixed_http.ttft.p99_ms <= 5,
     },
     infer: { http: { rps: infer_http.rps, p50: infer_http.latency.p50_ms, p99: infer_http.latency.p99_ms }, grpc: { rps: infer_grpc.rps, p50: infer_grpc.latency.p50_ms, p99: infer_grpc.latency.p99_ms } },
   };
-  const file = writeResults('grpc', { machine: machine(), settings: SETTINGS, summary, single: { http: single_http, grpc: single_grpc }, concurrent: { http: many_http, grpc: many_grpc }, infer: { http: infer_http, grpc: infer_grpc } });
+  const file = writeResults('grpc', { machine: machine(), settings: SETTINGS, summary, single: { http: single_http, grpc: single_grpc }, concurrent: { http: many_http, grpc: many_grpc }, mixed: { http: mixed_http, grpc: mixed_grpc }, infer: { http: infer_http, grpc: infer_grpc } });
 
   console.log('\n### Chat: one stream at a time (TTFT, ms)\n');
   console.log(mdTable(['protocol', 'streams', 'p50', 'p99'], [['HTTP SSE', single_http.completed, single_http.ttft.p50_ms, single_http.ttft.p99_ms], ['gRPC', single_grpc.completed, single_grpc.ttft.p50_ms, single_grpc.ttft.p99_ms]]));
@@ -303,6 +317,8 @@ try {
       ],
     ),
   );
+  console.log(`\n### Chat: ${c.concurrency} streams at once, half HTTP SSE and half gRPC (TTFT, ms)\n`);
+  console.log(mdTable(['protocol', 'completed', 'TTFT p50', 'TTFT p99'], [['HTTP SSE', mixed_http.completed, mixed_http.ttft.p50_ms, mixed_http.ttft.p99_ms], ['gRPC', mixed_grpc.completed, mixed_grpc.ttft.p50_ms, mixed_grpc.ttft.p99_ms]]));
   console.log(`\n### Unary inference (${SETTINGS.infer.concurrency} in flight)\n`);
   console.log(mdTable(['protocol', 'req/s', 'p50 ms', 'p99 ms', 'failed'], [['HTTP /v1/infer', infer_http.rps, infer_http.latency.p50_ms, infer_http.latency.p99_ms, infer_http.failed], ['gRPC Infer', infer_grpc.rps, infer_grpc.latency.p50_ms, infer_grpc.latency.p99_ms, infer_grpc.failed]]));
   console.log(`\n${JSON.stringify(summary.goals)}\nwrote ${file}`);
