@@ -186,7 +186,17 @@ export class LlmProxy {
         const provider = dep.config.provider;
         // The (client API, provider, upstream kind) of this attempt: one compiled chain each.
         const route = upstreamRoute(api, kind, dep.config);
-        const up = translateRequest(route, body, dep.config.model);
+        let up: ReturnType<typeof translateRequest>;
+        try {
+          up = translateRequest(route, body, dep.config.model);
+        } catch (err) {
+          // The request cannot be written for this upstream (e.g. a content block it has no
+          // word for): the client's mistake, which must not count against the deployment
+          // (its breaker would open for everyone).
+          usage.ok = null;
+          this.finish(facts, g, dep, 'client_error', req.startedAt, clientStream);
+          throw err;
+        }
         const upSpan = span === undefined ? undefined : attemptSpan(span, dep.config, g.name, retry, up.stream);
         const sentAt = performance.now();
         let attempt: Attempt;

@@ -9,7 +9,7 @@ import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import { Ollama } from 'ollama';
 import { mockEmbedding, mockText, mockToolArguments, type MockUpstream, type MockUpstreamOptions } from '../../src/mock-upstream/server.ts';
-import { metricValue } from '../helpers/broker.ts';
+import { admin, metricValue } from '../helpers/broker.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 
 const mock = (opts: MockUpstreamOptions): Promise<MockUpstream> => startMock(t, { tokens: 8, ...opts });
@@ -33,6 +33,7 @@ const fleet = {
     'cut-native': { deployments: [dep('reset-3', 'openai', reset, { responses: true })] },
     'tools-openai': { deployments: [dep('tools-1', 'openai', toolsOpenai)] },
     'tools-ollama': { deployments: [dep('tools-2', 'ollama', toolsOllama)] },
+    strict: { deployments: [dep('strict-1', 'ollama', okOllama)] },
   },
 };
 const FRONT_THREADS = process.env.FRONT_THREADS ?? '2';
@@ -231,6 +232,30 @@ t.test('Messages API: errors in Anthropic shape', async (t) => {
   const bad = await anthropic.messages.create({ model: 'chat-openai', max_tokens: 5, messages: [{ role: 'robot' as 'user', content: 'Hi' }] }).catch((e: unknown) => e);
   t.ok(bad instanceof Anthropic.BadRequestError, 'a role Anthropic does not know');
   t.match((bad as InstanceType<typeof Anthropic.BadRequestError>).error, { error: { type: 'invalid_request_error', message: /messages\[0\]\.role/ } });
+});
+
+t.test('Messages API: a block the upstream API has no word for is the client\'s 400, never a failure of the deployment', async (t) => {
+  // Refused while writing the upstream request, after a deployment was chosen: it must not
+  // feed that deployment's breaker (3 such requests opened it: every client got 503).
+  const doc = { type: 'document', source: { type: 'text', media_type: 'text/plain', data: 'x' } } as unknown as Anthropic.TextBlockParam;
+  for (let i = 0; i < 4; i++) {
+    const err = await anthropic.messages.create({ model: 'strict', max_tokens: 5, messages: [{ role: 'user', content: [doc] }] }).catch((e: unknown) => e);
+    t.ok(err instanceof Anthropic.BadRequestError, `request ${i}: 400`);
+    t.match((err as InstanceType<typeof Anthropic.BadRequestError>).error, { error: { type: 'invalid_request_error', message: /document is not supported/ } });
+  }
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'strict', deployment: 'strict-1', reason: 'client_error' }), 4, 'counted as client errors');
+  const ok = await anthropic.messages.create({ model: 'strict', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }] });
+  t.equal(ok.stop_reason, 'max_tokens', 'the deployment still serves');
+  // The good request's lesson reached the breaker (after the bad ones' on the same connection).
+  let view: any;
+  for (let i = 0; i < 400; i++) {
+    view = await (await fetch(`${tb.url}/api/orchestrator/circuit-breakers/strict-1/strict-1-upstream`, { headers: admin })).json();
+    if (view.window.requests >= 1) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  t.equal(view.state, 'closed');
+  t.equal(view.window.failures, 0, 'no failure recorded against the deployment');
+  t.equal(view.consecutiveFailures, 0);
 });
 
 t.test('AUTH_MODE=keys: a request without its key gets 401 in each API\'s own shape', async (t) => {
