@@ -26,6 +26,7 @@ import { auditTrail } from './obs/audit.ts';
 import { authRoutes } from './admin/auth.ts';
 import { Router } from './front/http/router.ts';
 import { startHttpFront } from './front/http/server.ts';
+import { assertPortFree } from './front/http/port-free.ts';
 import { loadManifest } from './infer/manifest.ts';
 import { createInferPool, libuvPoolSizing } from './infer/pool.ts';
 import { InferService } from './infer/service.ts';
@@ -93,6 +94,8 @@ export interface BrokerOptions {
 export async function startBroker(config: Config, opts: BrokerOptions = {}): Promise<Broker> {
   // A bad fleet file stops start-up before anything else is started.
   const fleetConfig = config.brokerConfigPath === undefined ? undefined : loadBrokerConfigFile(config.brokerConfigPath);
+  // So does a port another process serves (uWS would share it with that process, silently).
+  await assertPortFree(config.host, config.port);
   const destination: NodeJS.WritableStream = opts.logDestination ?? (pino.destination({ sync: false }) as unknown as NodeJS.WritableStream);
   const logger = createLogger(config.logLevel, destination);
   const metrics = createMetrics();

@@ -1,18 +1,22 @@
 // `npm start` failing to start says why in one line and exits non-zero: a bad setting
 // (exit 2), a port another process holds (exit 1), never a stack trace.
 import t from 'tap';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
 function run(env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { cwd: root, env: { ...process.env, HOST: '127.0.0.1', INFER_ENABLED: 'false', FRONT_THREADS: '0', LOG_LEVEL: 'error', ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = start(env);
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
   return new Promise((resolve) => child.once('exit', (code) => (clearTimeout(timer), resolve({ code, stderr }))));
+}
+
+function start(env: Record<string, string>): ChildProcess {
+  return spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { cwd: root, env: { ...process.env, HOST: '127.0.0.1', INFER_ENABLED: 'false', FRONT_THREADS: '0', LOG_LEVEL: 'error', ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
 async function holdPort(t: { teardown(fn: () => unknown): void }): Promise<number> {
@@ -45,4 +49,32 @@ for (const threads of ['0', '2']) {
     t.match(r.stderr, new RegExp(`^edge-broker: cannot start: HTTP cannot listen on 127\\.0\\.0\\.1:${port}`, 'm'));
     t.notMatch(r.stderr, /\n\s+at /, 'no stack trace');
   });
+}
+
+t.test('PORT already served by another broker: the second exits 1 instead of sharing the port (uWS listens with SO_REUSEPORT)', async (t) => {
+  const port = await freePort();
+  const first = start({ PORT: String(port), GRPC_PORT: '0', FRONT_THREADS: '2' });
+  t.teardown(() => void first.kill('SIGKILL'));
+  await until(async () => (await fetch(`http://127.0.0.1:${port}/ready`)).status === 200);
+  const second = await run({ PORT: String(port), GRPC_PORT: '0', FRONT_THREADS: '2' });
+  t.equal(second.code, 1);
+  t.match(second.stderr, new RegExp(`^edge-broker: cannot start: HTTP cannot listen on 127\\.0\\.0\\.1:${port} \\(HOST, PORT\\): another process listens on it`, 'm'));
+  t.equal((await fetch(`http://127.0.0.1:${port}/ready`)).status, 200, 'the first broker still serves');
+});
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as { port: number };
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+async function until(ok: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await ok().catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
