@@ -400,3 +400,12 @@ t.test('Tool calls through the Responses and Messages APIs', async (t) => {
     t.same(final.content.map((b) => b.type === 'tool_use' && b.input), [JSON.parse(mockToolArguments(0, 8)), JSON.parse(mockToolArguments(1, 8))], 'the SDK parses the streamed input_json_delta');
   }
 });
+
+t.test('the request id reaches the SDKs: x-request-id (OpenAI _request_id), request-id on /v1/messages (Anthropic _request_id)', async (t) => {
+  const r = await openai.chat.completions.create({ model: 'chat-openai', messages: [{ role: 'user', content: 'Hi' }] }, { headers: { 'x-request-id': 'sdk-openai-1' } });
+  t.equal(r._request_id, 'sdk-openai-1');
+  const m = await anthropic.messages.create({ model: 'chat-openai', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }] }, { headers: { 'x-request-id': 'sdk-anthropic-1' } });
+  t.equal(m._request_id, 'sdk-anthropic-1');
+  const err = (await anthropic.messages.create({ model: 'no-such-model', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }] }, { headers: { 'x-request-id': 'sdk-anthropic-2' } }).catch((e: unknown) => e)) as { requestID?: string; request_id?: string };
+  t.equal(err.requestID ?? err.request_id, 'sdk-anthropic-2', 'and on an error the SDK throws');
+});

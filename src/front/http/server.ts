@@ -297,7 +297,11 @@ class UwsSink implements FrontSink {
 
   private writeHead(status: number, headers: Readonly<Record<string, string>>): void {
     this.res.writeStatus(statusLine(status));
+    // The request id under the names clients read: the OpenAI SDKs' `_request_id` is
+    // x-request-id, the Anthropic SDKs' `request-id`.
     this.res.writeHeader('trace-id', this.req.id);
+    this.res.writeHeader('x-request-id', this.req.id);
+    if (this.routeName === '/v1/messages') this.res.writeHeader('request-id', this.req.id);
     if (this.closeConnection) this.res.writeHeader('connection', 'close');
     for (const k in headers) this.res.writeHeader(k, headers[k]!);
   }
