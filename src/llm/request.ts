@@ -61,7 +61,11 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   const model = body.model;
   if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
   checkDepth(body);
-  if (api === 'anthropic' && !Array.isArray(body.messages)) throw invalidField('messages', 'must be an array');
+  if (api === 'anthropic') {
+    // As Anthropic's API: both are required there, and a client relying on that learns it here too.
+    if (!Array.isArray(body.messages) || body.messages.length === 0) throw invalidField('messages', 'must be a non-empty array');
+    if (body.max_tokens === undefined) throw invalidField('max_tokens', 'is required');
+  }
   checkMessages(body.messages);
   const parts = kind === 'embed' ? embedParts(body, limits) : api === 'responses' ? responsesParts(body) : api === 'anthropic' ? anthropicParts(body) : promptParts(body);
   const promptChars = checkSize(parts, limits);

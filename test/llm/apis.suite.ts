@@ -409,3 +409,13 @@ t.test('the request id reaches the SDKs: x-request-id (OpenAI _request_id), requ
   const err = (await anthropic.messages.create({ model: 'no-such-model', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }] }, { headers: { 'x-request-id': 'sdk-anthropic-2' } }).catch((e: unknown) => e)) as { requestID?: string; request_id?: string };
   t.equal(err.requestID ?? err.request_id, 'sdk-anthropic-2', 'and on an error the SDK throws');
 });
+
+t.test('Messages API: max_tokens and a non-empty messages list are required, as on Anthropic', async (t) => {
+  const noMax = (await anthropic.messages.create({ model: 'chat-openai', messages: [{ role: 'user', content: 'Hi' }] } as never).catch((e: unknown) => e)) as { status?: number; error?: { error?: { type?: string; message?: string } } };
+  t.equal(noMax.status, 400);
+  t.equal(noMax.error?.error?.type, 'invalid_request_error');
+  t.match(noMax.error?.error?.message, /max_tokens/);
+  const empty = (await anthropic.messages.create({ model: 'chat-openai', max_tokens: 5, messages: [] }).catch((e: unknown) => e)) as { status?: number; error?: { error?: { message?: string } } };
+  t.equal(empty.status, 400);
+  t.match(empty.error?.error?.message, /messages/);
+});
