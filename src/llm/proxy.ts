@@ -21,7 +21,7 @@ import type { Lease } from '../sched/scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
-import { clientStreams, streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute, type Api, type Kind } from './translate/index.ts';
+import { clientStreams, streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute, type ClientApi, type Kind } from './translate/index.ts';
 import { clientWantsUsage } from './translate/openai_to_openai.ts';
 import { classifyUpstreamError } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
@@ -333,9 +333,8 @@ export class LlmProxy {
           usage.promptTokens = r.promptTokens;
           usage.completionTokens = r.completionTokens;
           // Only a stream that completed cleanly is stored; a cut one never is.
-          // capture exists only with a plan, and plans only for the APIs replay speaks: OpenAI and Ollama.
           if (capture !== undefined && r.ended === 'complete') {
-            const e = capture.entry(api as Api, kind, r.promptTokens, r.completionTokens);
+            const e = capture.entry(api, kind, r.promptTokens, r.completionTokens);
             if (e !== null) cache!.put(plan!, group.name, e);
           }
         } else {
@@ -387,8 +386,7 @@ export class LlmProxy {
           usage.ok = true;
           if (plan !== null && headers['x-broker-fallback'] === undefined) {
             const text = typeof reply.body === 'string' ? reply.body : Buffer.from(reply.body.buffer, reply.body.byteOffset, reply.body.byteLength).toString('utf8');
-            // A plan exists only for the APIs replay speaks (cachePlan): OpenAI and Ollama.
-            const e = captureWhole(api as Api, kind, text);
+            const e = captureWhole(api, kind, text);
             if (e !== null) cache!.put(plan, group.name, e);
           }
         }
@@ -411,8 +409,7 @@ export class LlmProxy {
   /** A cache hit, replayed in the client's API and mode; no upstream, no lease. */
   private replayHit(hit: CachedReply, req: LlmRequest, group: ModelGroupConfig, sink: ReplySink, headers: Record<string, string>, timeline: Timeline, stream: boolean): void {
     headers['x-broker-cache'] = 'hit';
-    // Hits exist only for the APIs replay speaks (cachePlan): OpenAI and Ollama.
-    const r = replay(req.api as Api, req.kind, stream, hit, { model: req.model, id: req.id, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now() });
+    const r = replay(req.api, req.kind, stream, hit, { model: req.model, id: req.id, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now() });
     const overhead = overheadHeader(timeline.clientFirstByte());
     // A replayed stream is complete at once: one write, with its length, like a whole reply.
     sink.send(200, { 'content-type': r.contentType, ...(stream ? { 'cache-control': 'no-cache' } : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);
@@ -511,7 +508,7 @@ class Capture {
     this.parts.push(typeof chunk === 'string' ? chunk : Buffer.from(chunk));
   }
 
-  entry(api: Api, kind: Kind, prompt: number, completion: number): CachedReply | null {
+  entry(api: ClientApi, kind: Kind, prompt: number, completion: number): CachedReply | null {
     if (this.parts === null) return null;
     const text = this.parts.map((p) => (typeof p === 'string' ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength).toString('utf8'))).join('');
     return captureStream(api, kind, text, { prompt, completion });

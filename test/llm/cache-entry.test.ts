@@ -69,3 +69,56 @@ t.test('what is not stored: cut streams, errors, tool calls, several choices', a
   t.equal(captureStream('ollama', 'chat', ndjson.split('\n').slice(0, 2).join('\n'), { prompt: 0, completion: 0 }), null, 'no done line');
   t.equal(captureWhole('ollama', 'chat', JSON.stringify({ message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'f', arguments: {} } }] }, done: true })), null);
 });
+
+t.test('capture ⇄ replay: Responses and Messages, streamed and whole, usage says the prompt was cached', async (t) => {
+  for (const api of ['responses', 'anthropic'] as const) {
+    for (const e of [entry, { ...entry, finish: 'length' }]) {
+      const s = replay(api, 'chat', true, e, ctx);
+      t.equal(s.contentType, 'text/event-stream');
+      t.same(captureStream(api, 'chat', s.body, { prompt: 0, completion: 0 }), e, `${api} ${e.finish} stream keeps the chunks`);
+      const w = replay(api, 'chat', false, e, ctx);
+      t.same(captureWhole(api, 'chat', w.body), { ...e, chunks: [e.chunks.join('')] }, `${api} ${e.finish} whole joins them`);
+    }
+  }
+  const r = JSON.parse(replay('responses', 'chat', false, entry, ctx).body);
+  t.equal(r.id, 'resp_r1');
+  t.same([r.usage.input_tokens, r.usage.input_tokens_details.cached_tokens, r.usage.output_tokens], [7, 7, 3]);
+  const types = (body: string) => [...body.matchAll(/^event: (.+)$/gm)].map((m) => m[1]);
+  t.same(types(replay('responses', 'chat', true, entry, ctx).body), [
+    'response.created', 'response.in_progress', 'response.output_item.added', 'response.content_part.added',
+    'response.output_text.delta', 'response.output_text.delta', 'response.output_text.delta',
+    'response.output_text.done', 'response.content_part.done', 'response.output_item.done', 'response.completed',
+  ]);
+  t.match(replay('responses', 'chat', true, { ...entry, finish: 'length' }, ctx).body, /event: response\.incomplete\n/);
+  const m = JSON.parse(replay('anthropic', 'chat', false, entry, ctx).body);
+  t.equal(m.id, 'msg_r1');
+  t.same(m.usage, { input_tokens: 0, cache_creation_input_tokens: 0, cache_read_input_tokens: 7, output_tokens: 3 }, 'Anthropic counts cache reads apart from input_tokens');
+  t.same(types(replay('anthropic', 'chat', true, entry, ctx).body), [
+    'message_start', 'ping', 'content_block_start', 'content_block_delta', 'content_block_delta', 'content_block_delta', 'content_block_stop', 'message_delta', 'message_stop',
+  ]);
+});
+
+t.test('Responses and Messages: what is not stored', async (t) => {
+  const z = { prompt: 0, completion: 0 };
+  const rs = replay('responses', 'chat', true, entry, ctx).body;
+  t.equal(captureStream('responses', 'chat', rs.slice(0, rs.indexOf('event: response.completed')), z), null, 'no response.completed: cut');
+  const failed = rs.slice(0, rs.indexOf('event: response.output_text.done')) + 'event: response.failed\ndata: {"type":"response.failed","response":{"status":"failed","error":{"code":"upstream_error","message":"x"}}}\n\n';
+  t.equal(captureStream('responses', 'chat', failed, z), null, 'response.failed');
+  const call = 'event: response.output_item.added\ndata: {"type":"response.output_item.added","output_index":0,"item":{"type":"function_call","name":"f","arguments":""}}\n\n';
+  t.equal(captureStream('responses', 'chat', call + rs, z), null, 'a function call');
+  const whole = JSON.parse(replay('responses', 'chat', false, entry, ctx).body);
+  t.ok(captureWhole('responses', 'chat', JSON.stringify(whole)));
+  t.equal(captureWhole('responses', 'chat', JSON.stringify({ ...whole, output: [...whole.output, { type: 'function_call', name: 'f', arguments: '{}' }] })), null, 'several outputs');
+  t.equal(captureWhole('responses', 'chat', JSON.stringify({ ...whole, output: [{ type: 'reasoning', summary: [] }] })), null, 'reasoning');
+  t.equal(captureWhole('responses', 'chat', JSON.stringify({ ...whole, output: [{ ...whole.output[0], content: [{ type: 'output_text', text: 'a', annotations: [{ type: 'url_citation' }] }] }] })), null, 'annotations');
+  t.equal(captureWhole('responses', 'chat', JSON.stringify({ ...whole, status: 'failed' })), null);
+  const as = replay('anthropic', 'chat', true, entry, ctx).body;
+  t.equal(captureStream('anthropic', 'chat', as.replace(/event: message_stop\n.*\n\n$/, ''), z), null, 'no message_stop: cut');
+  t.equal(captureStream('anthropic', 'chat', as.replace(/event: message_delta[^]*$/, 'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"x"}}\n\n'), z), null, 'an error event');
+  const tool = as.replace('"type":"content_block_stop","index":0}\n\n', '"type":"content_block_stop","index":0}\n\nevent: content_block_start\ndata: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}\n\n');
+  t.equal(captureStream('anthropic', 'chat', tool, z), null, 'a tool_use block');
+  const msg = JSON.parse(replay('anthropic', 'chat', false, entry, ctx).body);
+  t.equal(captureWhole('anthropic', 'chat', JSON.stringify({ ...msg, content: [...msg.content, { type: 'tool_use', id: 't', name: 'f', input: {} }], stop_reason: 'tool_use' })), null);
+  t.equal(captureWhole('anthropic', 'chat', JSON.stringify({ ...msg, stop_reason: 'tool_use' })), null);
+  t.equal(captureWhole('anthropic', 'chat', JSON.stringify({ type: 'error', error: { type: 'api_error', message: 'x' } })), null);
+});

@@ -1,6 +1,7 @@
 // The response cache: exact match, replay in the client's API and mode, the client's
 // directives, per-group modes, clean replies only, shared by the threads of a process
-// (FRONT_THREADS=2) and by replicas through Redis, quotas not charged on a hit.
+// (FRONT_THREADS=2) and by replicas through Redis, quotas not charged on a hit; the
+// Responses and Messages APIs with their vendors' clients (openai, @anthropic-ai/sdk).
 import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -8,6 +9,7 @@ import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
+import Anthropic from '@anthropic-ai/sdk';
 import { Ollama } from 'ollama';
 import { stringify } from 'yaml';
 import { createMockUpstream, mockText, type MockUpstream } from '../../src/mock-upstream/server.ts';
@@ -28,6 +30,10 @@ const upOff = await mock();
 const upOn = await mock();
 const cut = await mock({ fail: 'reset', failAfter: 3 });
 const down = await mock({ fail: 500 });
+const upApis = await mock();
+const upNative = await mock();
+const upTools = await mock({ toolCalls: 2 });
+const cutApis = await mock({ fail: 'reset', failAfter: 3 });
 const d = (id: string, provider: 'openai' | 'ollama', m: MockUpstream) => ({ id, provider, url: m.url, model: `${id}-up` });
 const fleet = {
   cache: { mode: 'deterministic', maxBytes: 1_000_000, ttlSeconds: 600 },
@@ -39,6 +45,10 @@ const fleet = {
     on: { deployments: [d('on-1', 'openai', upOn)], cache: 'on' },
     cut: { deployments: [d('cut-1', 'openai', cut)], cache: 'on' },
     down: { deployments: [d('down-1', 'openai', down)], cache: 'on' },
+    apis: { deployments: [d('apis-1', 'openai', upApis)], cache: 'on' },
+    native: { deployments: [{ ...d('native-1', 'openai', upNative), responses: true }], cache: 'on' },
+    'apis-tools': { deployments: [d('tools-1', 'openai', upTools)], cache: 'on' },
+    'apis-cut': { deployments: [d('apis-cut-1', 'openai', cutApis)], cache: 'on' },
   },
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-cache-'));
@@ -52,6 +62,7 @@ t.teardown(async () => {
 
 const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
 const ollama = new Ollama({ host: tb.url });
+const anthropic = new Anthropic({ baseURL: tb.url, apiKey: 'sk-test', maxRetries: 0 });
 let n = 0;
 /** A prompt no other test uses: entries do not leak between tests. */
 const fresh = () => [{ role: 'user' as const, content: `question ${++n} ${Date.now()}` }];
@@ -222,4 +233,128 @@ t.test('a hit charges no quota; metrics count hits, misses, stores and bytes', a
   t.ok((await metricValue(tb.url, 'llm_cache_stores_total', { group: 'det' })) > 0);
   t.ok((await metricValue(tb.url, 'llm_cache_bytes')) > 0);
   t.equal(await metricValue(tb.url, 'llm_requests_total', { deployment: 'cache', reason: 'cache_hit' }) >= 30, true);
+});
+
+/** A Responses or Messages request as raw SSE: the event names as sent (ping included, which the SDK skips). */
+async function sse(path: '/v1/responses' | '/v1/messages', body: Record<string, unknown>, headers: Record<string, string> = {}) {
+  const res = await fetch(`${tb.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ ...body, stream: true }) });
+  const text = await res.text();
+  const types = [...text.matchAll(/^event: (.+)$/gm)].map((m) => m[1]!);
+  const data = [...text.matchAll(/^data: (.+)$/gm)].map((m) => JSON.parse(m[1]!) as { type: string; delta?: unknown });
+  const deltas = data.map((e) => (e.type === 'response.output_text.delta' ? e.delta : e.type === 'content_block_delta' ? (e.delta as { text?: string }).text : undefined)).filter((x): x is string => typeof x === 'string');
+  return { status: res.status, cache: res.headers.get('x-broker-cache'), types, deltas };
+}
+const question = () => fresh()[0]!.content;
+
+t.test('Responses API: a stream is stored and replayed event for event; it answers a whole request', async (t) => {
+  for (const [model, m] of [['apis', upApis], ['native', upNative]] as const) {
+    const input = question();
+    const before = m.stats.total;
+    const first = await sse('/v1/responses', { model, input });
+    t.equal(first.cache, 'miss');
+    t.equal(first.deltas.join(''), mockText(8));
+    const again = await sse('/v1/responses', { model, input });
+    t.equal(again.cache, 'hit', `${model}: a hit`);
+    t.same(again.types, first.types, `${model}: the same events in the same order (${first.types.length})`);
+    t.same(again.deltas, first.deltas, 'the same chunks');
+    // The official client reads the replayed stream.
+    const { data: stream, response } = await openai.responses.create({ model, input, stream: true }).withResponse();
+    t.equal(response.headers.get('x-broker-cache'), 'hit');
+    let text = '';
+    let done: OpenAI.Responses.Response | undefined;
+    for await (const ev of stream) {
+      if (ev.type === 'response.output_text.delta') text += ev.delta;
+      if (ev.type === 'response.completed') done = ev.response;
+    }
+    t.equal(text, mockText(8));
+    t.equal(done?.usage?.output_tokens, 8, 'usage reports the stored tokens');
+    t.ok((done?.usage?.input_tokens ?? 0) > 0);
+    t.equal(done?.usage?.input_tokens_details.cached_tokens, done?.usage?.input_tokens, 'and says the prompt came from the cache');
+    // The stored stream answers a whole request.
+    const whole = await openai.responses.create({ model, input }).withResponse();
+    t.equal(whole.response.headers.get('x-broker-cache'), 'hit');
+    t.equal(whole.data.output_text, mockText(8));
+    t.equal(whole.data.status, 'completed');
+    t.equal(whole.data.usage?.input_tokens_details.cached_tokens, whole.data.usage?.input_tokens);
+    t.equal(m.stats.total, before + 1, `${model}: the upstream was called once`);
+  }
+});
+
+t.test('Responses API: a whole reply answers a stream; deterministic mode and the directives apply', async (t) => {
+  const input = question();
+  const first = await openai.responses.create({ model: 'apis', input, max_output_tokens: 50 }).withResponse();
+  t.equal(first.response.headers.get('x-broker-cache'), 'miss');
+  const again = await sse('/v1/responses', { model: 'apis', input, max_output_tokens: 50 });
+  t.equal(again.cache, 'hit');
+  t.same(again.deltas, [mockText(8)], 'one chunk');
+  t.equal((await sse('/v1/responses', { model: 'apis', input, max_output_tokens: 51 })).cache, 'miss', 'another parameter is another entry');
+  t.equal((await sse('/v1/responses', { model: 'apis', input, max_output_tokens: 50 }, { 'x-broker-cache': 'bypass' })).cache, 'miss');
+  // det is deterministic: temperature 0 or x-broker-cache: use.
+  const q = question();
+  await sse('/v1/responses', { model: 'det', input: q, temperature: 0.5 });
+  t.equal((await sse('/v1/responses', { model: 'det', input: q, temperature: 0.5 })).cache, 'miss');
+  await sse('/v1/responses', { model: 'det', input: q, temperature: 0 });
+  t.equal((await sse('/v1/responses', { model: 'det', input: q, temperature: 0 })).cache, 'hit');
+});
+
+t.test('Messages API: a stream is stored and replayed event for event; it answers a whole request and messages.stream', async (t) => {
+  const messages = fresh();
+  const body = { model: 'apis', max_tokens: 100, messages };
+  const before = upApis.stats.total;
+  const first = await sse('/v1/messages', body);
+  t.equal(first.cache, 'miss');
+  const again = await sse('/v1/messages', body);
+  t.equal(again.cache, 'hit');
+  t.same(again.types, first.types, `the same events in the same order, ping included (${first.types.join(' ')})`);
+  t.same(again.deltas, first.deltas);
+  t.equal(again.deltas.join(''), mockText(8));
+  const { data: stream, response } = await anthropic.messages.stream(body).withResponse();
+  t.equal(response.headers.get('x-broker-cache'), 'hit');
+  const final = await stream.finalMessage();
+  t.same(final.content, [{ type: 'text', text: mockText(8) }]);
+  t.equal(final.stop_reason, 'end_turn');
+  t.equal(final.usage.output_tokens, 8, 'usage reports the stored tokens');
+  t.equal(final.usage.input_tokens, 0, 'the prompt is counted as read from the cache');
+  t.ok((final.usage.cache_read_input_tokens ?? 0) > 0);
+  const whole = await anthropic.messages.create(body).withResponse();
+  t.equal(whole.response.headers.get('x-broker-cache'), 'hit');
+  t.same(whole.data.content, [{ type: 'text', text: mockText(8) }]);
+  t.equal(whole.data.usage.cache_read_input_tokens, final.usage.cache_read_input_tokens);
+  t.equal(upApis.stats.total, before + 1, 'the upstream was called once');
+  // A whole reply answers a stream, in one chunk.
+  const other = { ...body, messages: fresh() };
+  t.equal((await anthropic.messages.create(other).withResponse()).response.headers.get('x-broker-cache'), 'miss');
+  const s = await sse('/v1/messages', other);
+  t.equal(s.cache, 'hit');
+  t.same(s.deltas, [mockText(8)]);
+});
+
+t.test('Responses and Messages: cut streams and tool calls are not stored', async (t) => {
+  const input = question();
+  const cutR = await sse('/v1/responses', { model: 'apis-cut', input });
+  t.equal(cutR.types.at(-1), 'response.failed');
+  t.equal((await sse('/v1/responses', { model: 'apis-cut', input })).cache, 'miss');
+  const messages = fresh();
+  const cutM = await sse('/v1/messages', { model: 'apis-cut', max_tokens: 100, messages });
+  t.equal(cutM.types.at(-1), 'error');
+  t.equal((await sse('/v1/messages', { model: 'apis-cut', max_tokens: 100, messages })).cache, 'miss');
+  t.equal(cutApis.stats.total, 4);
+
+  const before = upTools.stats.total;
+  const rTools = [{ type: 'function' as const, name: 'get_weather', parameters: { type: 'object', properties: {} }, strict: false }];
+  for (let i = 0; i < 2; i++) {
+    const r = await openai.responses.create({ model: 'apis-tools', input, tools: rTools }).withResponse();
+    t.equal(r.response.headers.get('x-broker-cache'), 'miss');
+    t.equal(r.data.output[0]?.type, 'function_call');
+    t.equal((await sse('/v1/responses', { model: 'apis-tools', input, tools: rTools })).cache, 'miss');
+  }
+  const mTools = [{ name: 'get_weather', input_schema: { type: 'object' as const } }];
+  for (let i = 0; i < 2; i++) {
+    const m = await anthropic.messages.create({ model: 'apis-tools', max_tokens: 100, tools: mTools, messages }).withResponse();
+    t.equal(m.response.headers.get('x-broker-cache'), 'miss');
+    t.equal(m.data.stop_reason, 'tool_use');
+    const final = await anthropic.messages.stream({ model: 'apis-tools', max_tokens: 100, tools: mTools, messages }).finalMessage();
+    t.equal(final.content[0]?.type, 'tool_use');
+  }
+  t.equal(upTools.stats.total, before + 8, 'every tool-call request went upstream');
 });

@@ -61,9 +61,9 @@ export function cacheKey(group: string, r: Pick<LlmRequest, 'api' | 'kind' | 'bo
   return h.digest('base64url');
 }
 
-const REPLAYABLE = new Set(['openai/chat', 'openai/completion', 'ollama/chat', 'ollama/completion']);
+const REPLAYABLE = new Set(['openai/chat', 'openai/completion', 'ollama/chat', 'ollama/completion', 'responses/chat', 'anthropic/chat']);
 
-/** temperature (OpenAI) or options.temperature (Ollama), when the client set it. */
+/** temperature (OpenAI, Responses, Anthropic) or options.temperature (Ollama), when the client set it. */
 function temperatureOf(body: Readonly<Record<string, unknown>>): unknown {
   if (body.temperature !== undefined) return body.temperature;
   const o = body.options as Record<string, unknown> | undefined;
@@ -77,7 +77,7 @@ function temperatureOf(body: Readonly<Record<string, unknown>>): unknown {
  * Several choices (n > 1) are never cached: a replay has one.
  */
 export function cachePlan(mode: CacheMode, r: LlmRequest, group: string): CachePlan | null {
-  // Replay (replay.ts) speaks the OpenAI and Ollama chat and completion APIs; other routes are not cached.
+  // Replay (replay.ts) speaks the OpenAI and Ollama chat and completion APIs, Responses and Messages; embeddings are not cached.
   if (!REPLAYABLE.has(`${r.api}/${r.kind}`)) return null;
   const d = r.cache;
   if (mode === 'off' || d === 'bypass' || r.choices > 1) return null;

@@ -2,7 +2,12 @@
 // received it chunk by chunk (one chunk for a whole reply), the finish reason and the
 // usage. Read back from the bytes the client was sent (capture*), written again in
 // the client's API and mode of a later request (replay.ts).
-import type { Api, Kind } from '../translate/index.ts';
+//
+// Capture takes only what replay writes again: one text output, a finish it has a
+// word for, no tool calls, reasoning, refusals, annotations or logprobs. For the
+// Responses and Messages APIs any event outside that set (an allowlist) means the
+// reply is not stored.
+import type { ClientApi, Kind } from '../translate/index.ts';
 
 export interface CachedReply {
   readonly v: 1;
@@ -67,7 +72,9 @@ function ollamaFinish(reason: unknown): string {
  * replay could not reproduce. `tokens`: the chain's counts, used when the client's
  * stream carried no usage.
  */
-export function captureStream(api: Api, kind: Kind, text: string, tokens: { prompt: number; completion: number }): CachedReply | null {
+export function captureStream(api: ClientApi, kind: Kind, text: string, tokens: { prompt: number; completion: number }): CachedReply | null {
+  if (api === 'responses') return responsesStream(kind, text, tokens);
+  if (api === 'anthropic') return anthropicStream(kind, text, tokens);
   const chunks: string[] = [];
   let finish: string | null = null;
   let prompt = tokens.prompt;
@@ -123,9 +130,12 @@ export function captureStream(api: Api, kind: Kind, text: string, tokens: { prom
 }
 
 /** A whole reply as the client received it → an entry; null when a replay could not reproduce it. */
-export function captureWhole(api: Api, kind: Kind, text: string): CachedReply | null {
+export function captureWhole(api: ClientApi, kind: Kind, text: string): CachedReply | null {
   const j = parse(text);
-  if (j === null || j['error'] !== undefined) return null;
+  if (j === null) return null;
+  if (api === 'responses') return j['object'] === 'response' ? fromResponse(kind, j, null, { prompt: 0, completion: 0 }) : null;
+  if (api === 'anthropic') return anthropicWhole(kind, j);
+  if (j['error'] !== undefined) return null;
   if (api === 'openai') {
     const choices = j['choices'] as Json[] | undefined;
     if (!Array.isArray(choices) || choices.length !== 1 || !openaiChoiceReplayable(choices[0])) return null;
@@ -144,6 +154,145 @@ export function captureWhole(api: Api, kind: Kind, text: string): CachedReply | 
 
 function num(v: unknown): number {
   return typeof v === 'number' && Number.isFinite(v) ? v : 0;
+}
+
+/** The JSON of every `data:` line of an SSE stream; null for a line that is not a JSON object. */
+function sseData(text: string): (Json | null)[] {
+  const out: (Json | null)[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('data:')) continue;
+    out.push(parse(line.slice(line.charCodeAt(5) === 32 ? 6 : 5).trim()));
+  }
+  return out;
+}
+
+const empty = (v: unknown): boolean => v === undefined || v === null || (Array.isArray(v) && v.length === 0);
+
+// ---- Responses ----
+
+/** An output_text part replay writes again: no annotations, no logprobs. */
+function plainTextPart(p: unknown): p is Json {
+  const o = p as Json | null;
+  return o !== null && typeof o === 'object' && o['type'] === 'output_text' && typeof o['text'] === 'string' && empty(o['annotations']) && empty(o['logprobs']);
+}
+
+/**
+ * The terminal Response (response.completed / .incomplete, or a whole reply) → an
+ * entry: at most one output, an assistant message with one plain text part.
+ * `chunks`: the stream's deltas (checked against the final text), null for a whole reply.
+ */
+function fromResponse(kind: Kind, r: Json | undefined, chunks: string[] | null, tokens: { prompt: number; completion: number }): CachedReply | null {
+  if (r === undefined || r === null || typeof r !== 'object') return null;
+  const status = r['status'];
+  const reason = (r['incomplete_details'] as Json | null | undefined)?.['reason'];
+  const finish = status === 'completed' ? 'stop' : status === 'incomplete' && reason === 'max_output_tokens' ? 'length' : null;
+  if (finish === null || !empty(r['error'])) return null;
+  const output = r['output'];
+  if (!Array.isArray(output) || output.length > 1) return null;
+  let text = '';
+  if (output.length === 1) {
+    const m = output[0] as Json;
+    const content = m?.['content'];
+    if (m?.['type'] !== 'message' || m['role'] !== 'assistant' || !Array.isArray(content) || content.length !== 1 || !plainTextPart(content[0])) return null;
+    text = content[0]['text'] as string;
+  }
+  if (chunks !== null && chunks.join('') !== text) return null;
+  const u = r['usage'] as Json | null | undefined;
+  const prompt = typeof u?.['input_tokens'] === 'number' ? u['input_tokens'] : tokens.prompt;
+  const completion = typeof u?.['output_tokens'] === 'number' ? u['output_tokens'] : tokens.completion;
+  return { v: 1, kind, chunks: chunks ?? [text], finish, promptTokens: prompt, completionTokens: completion };
+}
+
+/** Events of a plain text Responses stream; any other (a function call's, reasoning, a refusal, an annotation) is not replayable. */
+const RESPONSES_EVENTS = new Set(['response.created', 'response.in_progress', 'response.output_item.added', 'response.content_part.added', 'response.output_text.delta', 'response.output_text.done', 'response.content_part.done', 'response.output_item.done', 'response.completed', 'response.incomplete']);
+
+function responsesStream(kind: Kind, text: string, tokens: { prompt: number; completion: number }): CachedReply | null {
+  const chunks: string[] = [];
+  let end: Json | undefined;
+  for (const j of sseData(text)) {
+    const type = j?.['type'];
+    if (j === null || typeof type !== 'string' || !RESPONSES_EVENTS.has(type) || end !== undefined) return null;
+    if (type === 'response.output_item.added' && (j['output_index'] !== 0 || (j['item'] as Json | undefined)?.['type'] !== 'message')) return null;
+    if (type === 'response.content_part.added' && (j['content_index'] !== 0 || !plainTextPart(j['part']))) return null;
+    if (type === 'response.output_text.delta') {
+      if (typeof j['delta'] !== 'string' || !empty(j['logprobs'])) return null;
+      if (j['delta'] !== '') chunks.push(j['delta']);
+    }
+    if (type === 'response.completed' || type === 'response.incomplete') end = j['response'] as Json;
+  }
+  // No terminal event: the stream was cut (a response.failed or error event is outside the set).
+  return end === undefined ? null : fromResponse(kind, end, chunks, tokens);
+}
+
+// ---- Anthropic Messages ----
+
+/** Anthropic stop reasons → OpenAI words; null for those replay cannot say (tool_use, stop_sequence, pause_turn). */
+function anthropicFinish(r: unknown): string | null {
+  return r === 'end_turn' ? 'stop' : r === 'max_tokens' ? 'length' : r === 'refusal' ? 'content_filter' : null;
+}
+
+/** The whole prompt: Anthropic counts cache reads and writes apart from input_tokens. */
+function anthropicPrompt(u: Json | null | undefined): number | undefined {
+  if (u === null || u === undefined || typeof u['input_tokens'] !== 'number') return undefined;
+  return u['input_tokens'] + num(u['cache_read_input_tokens']) + num(u['cache_creation_input_tokens']);
+}
+
+function anthropicWhole(kind: Kind, j: Json): CachedReply | null {
+  if (j['type'] !== 'message' || j['role'] !== 'assistant') return null;
+  const content = j['content'];
+  const finish = anthropicFinish(j['stop_reason']);
+  if (!Array.isArray(content) || content.length > 1 || finish === null) return null;
+  const b = content[0] as Json | undefined;
+  if (b !== undefined && (b['type'] !== 'text' || typeof b['text'] !== 'string' || !empty(b['citations']))) return null;
+  const u = j['usage'] as Json | undefined;
+  return { v: 1, kind, chunks: [(b?.['text'] as string | undefined) ?? ''], finish, promptTokens: anthropicPrompt(u) ?? 0, completionTokens: num(u?.['output_tokens']) };
+}
+
+function anthropicStream(kind: Kind, text: string, tokens: { prompt: number; completion: number }): CachedReply | null {
+  const chunks: string[] = [];
+  let blocks = 0;
+  let finish: string | null = null;
+  let prompt: number | undefined;
+  let completion: number | undefined;
+  let stopped = false;
+  for (const j of sseData(text)) {
+    if (j === null || stopped) return null;
+    switch (j['type']) {
+      case 'message_start':
+        prompt = anthropicPrompt((j['message'] as Json | undefined)?.['usage'] as Json | undefined);
+        break;
+      case 'ping':
+      case 'content_block_stop':
+        break;
+      case 'content_block_start': {
+        const b = j['content_block'] as Json | undefined;
+        if (++blocks > 1 || b?.['type'] !== 'text' || !empty(b['citations'])) return null;
+        break;
+      }
+      case 'content_block_delta': {
+        const d = j['delta'] as Json | undefined;
+        if (d?.['type'] !== 'text_delta' || typeof d['text'] !== 'string') return null;
+        if (d['text'] !== '') chunks.push(d['text']);
+        break;
+      }
+      case 'message_delta': {
+        finish = anthropicFinish((j['delta'] as Json | undefined)?.['stop_reason']);
+        if (finish === null) return null;
+        const u = j['usage'] as Json | undefined;
+        prompt = anthropicPrompt(u) ?? prompt;
+        if (typeof u?.['output_tokens'] === 'number') completion = u['output_tokens'];
+        break;
+      }
+      case 'message_stop':
+        stopped = true;
+        break;
+      default:
+        // error (a cut stream), or an event replay does not write.
+        return null;
+    }
+  }
+  if (!stopped || finish === null) return null;
+  return { v: 1, kind, chunks, finish, promptTokens: prompt ?? tokens.prompt, completionTokens: completion ?? tokens.completion };
 }
 
 /** An entry read back from storage (Redis, another thread): checked, since it crossed a boundary. */

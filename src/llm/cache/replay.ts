@@ -3,13 +3,20 @@
 // timing, since every event is written at once; a whole reply joins the chunks.
 // Usage reports the stored counts; OpenAI's also says the prompt was cached
 // (prompt_tokens_details.cached_tokens), as OpenAI does for its own prompt cache.
-import type { Api, Kind } from '../translate/index.ts';
+// The Responses and Messages APIs are written by the live reply's own writers, fed
+// the stored chunks as deltas: the same events in the same order as a live reply;
+// their usage says the prompt was cached in each API's words (cached_tokens,
+// cache_read_input_tokens).
+import type { ClientApi, Kind } from '../translate/index.ts';
+import type { Delta } from '../translate/deltas.ts';
+import { response, responsesDelta, responsesDone, responsesWriter } from '../translate/responses_to_chat.ts';
+import { anthropicDelta, anthropicDone, anthropicWriter, message } from '../translate/anthropic_to_chat.ts';
 import type { CachedReply } from './entry.ts';
 
 export interface ReplayContext {
   /** The model name the client asked for. */
   readonly model: string;
-  /** The request id: completion ids are `chatcmpl-<id>` / `cmpl-<id>`, as on a live reply. */
+  /** The request id: completion ids are `chatcmpl-<id>` / `cmpl-<id>` (`resp_`, `msg_` for Responses, Messages), as on a live reply. */
   readonly id: string;
   /** The OpenAI client asked for the usage chunk (stream_options.include_usage). */
   readonly includeUsage: boolean;
@@ -26,7 +33,30 @@ function openaiUsage(e: CachedReply): Record<string, unknown> {
   return { prompt_tokens: e.promptTokens, completion_tokens: e.completionTokens, total_tokens: e.promptTokens + e.completionTokens, prompt_tokens_details: { cached_tokens: e.promptTokens } };
 }
 
-export function replay(api: Api, kind: Kind, stream: boolean, e: CachedReply, ctx: ReplayContext): Replay {
+/** A Responses or Messages reply, by the writers a live reply goes through (translate/). */
+function replayEvents(api: 'responses' | 'anthropic', stream: boolean, e: CachedReply, ctx: ReplayContext): Replay {
+  const usage = { promptTokens: e.promptTokens, completionTokens: e.completionTokens, cachedTokens: e.promptTokens };
+  const rc = { model: ctx.model, id: ctx.id };
+  if (!stream) {
+    const whole = { text: e.chunks.join(''), thinking: '', tools: [], finish: e.finish, usage };
+    return { contentType: 'application/json', body: JSON.stringify(api === 'responses' ? response(whole, rc) : message(whole, rc)) };
+  }
+  const piece = (text: string): Delta => ({ text, thinking: '', tools: null, finish: null, usage: null });
+  let out = '';
+  if (api === 'responses') {
+    const w = responsesWriter(rc);
+    for (const c of e.chunks) out += responsesDelta(w, piece(c));
+    out += responsesDelta(w, { ...piece(''), finish: e.finish, usage }) + responsesDone(w);
+  } else {
+    const w = anthropicWriter(rc);
+    for (const c of e.chunks) out += anthropicDelta(w, piece(c));
+    out += anthropicDelta(w, { ...piece(''), finish: e.finish, usage }) + anthropicDone(w);
+  }
+  return { contentType: 'text/event-stream', body: out };
+}
+
+export function replay(api: ClientApi, kind: Kind, stream: boolean, e: CachedReply, ctx: ReplayContext): Replay {
+  if (api === 'responses' || api === 'anthropic') return replayEvents(api, stream, e, ctx);
   const text = e.chunks.join('');
   const created = Math.floor(ctx.now / 1000);
   if (api === 'openai') {

@@ -143,8 +143,10 @@ export function stopReason(finish: string): string {
   return 'end_turn';
 }
 
+/** Anthropic counts cache reads apart from input_tokens (the prompt is their sum), unlike OpenAI's cached_tokens, a part of it. */
 function usageObject(u: Usage): Record<string, number> {
-  return { input_tokens: u.promptTokens, output_tokens: u.completionTokens };
+  if (u.cachedTokens === undefined) return { input_tokens: u.promptTokens, output_tokens: u.completionTokens };
+  return { input_tokens: u.promptTokens - u.cachedTokens, cache_creation_input_tokens: 0, cache_read_input_tokens: u.cachedTokens, output_tokens: u.completionTokens };
 }
 
 function parsedInput(args: string): unknown {

@@ -121,7 +121,7 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
 function usageObject(u: Usage): Record<string, unknown> {
   return {
     input_tokens: u.promptTokens,
-    input_tokens_details: { cached_tokens: 0 },
+    input_tokens_details: { cached_tokens: u.cachedTokens ?? 0 },
     output_tokens: u.completionTokens,
     output_tokens_details: { reasoning_tokens: 0 },
     total_tokens: u.promptTokens + u.completionTokens,

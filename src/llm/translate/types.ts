@@ -246,4 +246,6 @@ export interface ReplyContext {
 export interface Usage {
   promptTokens: number;
   completionTokens: number;
+  /** Of promptTokens, how many a cache served (a response-cache replay: all of them); absent: none. */
+  cachedTokens?: number;
 }
