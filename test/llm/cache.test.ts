@@ -6,7 +6,7 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request } from 'undici';
+import { Agent, request, setGlobalDispatcher } from 'undici';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
@@ -16,6 +16,11 @@ import { createMockUpstream, mockText, type MockUpstream } from '../../src/mock-
 import { parseSse } from '../../src/mock-upstream/wire.ts';
 import { startTestBroker, metricValue } from '../helpers/broker.ts';
 import { startRedis } from '../helpers/redis.ts';
+
+// One connection per origin for fetch and the SDKs: a repeat then reaches the thread that
+// stored the entry. Any other thread has it a message later (tested on its own below, with
+// that wait); back to back on a busy machine, a repeat on a new connection could beat it.
+setGlobalDispatcher(new Agent({ connections: 1 }));
 
 const redis = await startRedis(t);
 const mocks: MockUpstream[] = [];
