@@ -2,6 +2,7 @@
 import { ConfigError, loadConfig } from './config/env.ts';
 import { startBroker, type Broker } from './app.ts';
 import { BrokerConfigError } from './config/broker-config.ts';
+import { setFlagsFromString } from 'node:v8';
 
 let config;
 try {
@@ -40,6 +41,12 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     stop();
   });
 }
+
+// Worker threads (data planes, inference) start with V8's 1 MiB semi-space, which grows to
+// 16 MiB under load and shrinks again at the first full GCs (about 100 s into a busy run),
+// then regrows: a 40 MiB RSS swing the soak read as growth (operations.md §10). Read by
+// every isolate created after this line; the main thread's own heap is sized already.
+if (config.threadSemiSpaceMb > 0) setFlagsFromString(`--min-semi-space-size=${config.threadSemiSpaceMb}`);
 
 try {
   broker = await startBroker(config);

@@ -56,6 +56,8 @@ export interface Config {
   readonly upstreamMaxBodyBytes: number;
   /** Data-plane threads serving HTTP on the port; 0 serves on the main thread. */
   readonly frontThreads: number;
+  /** V8 young-generation semi-space of every worker thread from its start, MiB; 0: V8's own sizing (1 MiB, grown under load). */
+  readonly threadSemiSpaceMb: number;
   /** Whether the inference pool starts (false: an LLM-only broker, /v1/infer answers 503). */
   readonly inferEnabled: boolean;
   /** How long in-flight requests and streams get to finish after SIGTERM/SIGINT. */
@@ -211,6 +213,7 @@ export function loadConfig(env: Env = process.env): Config {
     llmMaxPromptChars: int(env, 'LLM_MAX_PROMPT_CHARS', 4_000_000, 1, 1_000_000_000),
     upstreamMaxBodyBytes: int(env, 'UPSTREAM_MAX_BODY_BYTES', 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     frontThreads: int(env, 'FRONT_THREADS', Math.min(cores, 64), 0, 64),
+    threadSemiSpaceMb: int(env, 'THREAD_SEMI_SPACE_MB', 16, 0, 256),
     inferEnabled: bool(env, 'INFER_ENABLED', true),
     fleetHealthChecks: env.FLEET_HEALTH_CHECKS === undefined || env.FLEET_HEALTH_CHECKS === '' ? undefined : bool(env, 'FLEET_HEALTH_CHECKS', true),
     shutdownGraceS: num(env, 'SHUTDOWN_GRACE_S', 30, 0, 3600),

@@ -10,6 +10,9 @@ t.test('defaults', async (t) => {
   t.equal(c.adminToken, undefined);
   t.ok(Object.isFrozen(c));
   t.ok(c.inferThreads * c.inferIntraOpThreads >= 1);
+  // Worker threads' young generation is pinned at V8's 16 MiB maximum (main.ts): no shrink-and-regrow under load.
+  t.equal(c.threadSemiSpaceMb, 16);
+  t.equal(loadConfig({ THREAD_SEMI_SPACE_MB: '0' }).threadSemiSpaceMb, 0);
 });
 
 t.test('bad values name the variable', async (t) => {
@@ -24,6 +27,7 @@ t.test('bad values name the variable', async (t) => {
     { STICKY_COOKIE: 'a b' },
     { LOG_LEVEL: 'loud' },
     { INFER_THREADS: '0' },
+    { THREAD_SEMI_SPACE_MB: '-1' },
     { ADMIN_TOKEN: 'short' },
   ];
   for (const env of cases) {
