@@ -209,6 +209,16 @@ t.test('admin API: filters, keyset pages, one request, usage; analyst or higher'
   t.equal((await get('/api/tracking/usage', {})).status, 401);
 });
 
+t.test('usage: a response-cache hit is a request, not an error', async (t) => {
+  const db = await pgc.createDatabase('cache_hits');
+  const tb = await startFleetBroker(t, { ...fleet, cache: { mode: 'on' } }, { ...env, DATABASE_URL: db, TRACKING_FLUSH_MS: '20' });
+  for (let i = 0; i < 3; i++) t.equal((await chat(tb, { 'x-request-id': `c-${i}` })).status, 200);
+  await until(async () => (await metricValue(tb.url, 'tracking_rows_written_total')) === 3, 'rows written');
+  t.same((await query(db, 'SELECT outcome FROM brk_tracking.completion_request ORDER BY broker_request_id')).map((r) => r.outcome), ['ok', 'cache_hit', 'cache_hit']);
+  const res = await fetch(`${tb.url}/api/tracking/usage?group_by=model`, { headers: admin });
+  t.match((await json(res)).usage, [{ group: 'g', requests: 3, errors: 0 }]);
+});
+
 t.test('without DATABASE_URL: one start-up line, and the admin API says tracking is off', async (t) => {
   const tb = await startTestBroker({ INFER_ENABLED: 'false', FRONT_THREADS: '0' });
   t.teardown(() => tb.close());
