@@ -183,3 +183,17 @@ for (const threads of ['0', '2']) {
   });
 }
 
+t.test('a stream whose upstream sends its headers before its first token: upstream_ms within total_ms', async (t) => {
+  // Its wait for the first token was counted twice (written → first byte, and again by the pump from the headers on).
+  const slowUp = await startMock(t, { tokens: 3, ttftMs: 150 });
+  const db = await pgc.createDatabase('upstream_ms');
+  const tb = await startFleetBroker(t, { modelGroups: { s: { deployments: [{ id: 'sd', provider: 'openai', url: slowUp.url, model: 'm' }] } } }, { FRONT_THREADS: '0', INFER_ENABLED: 'false', DATABASE_URL: db });
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': 'slow-stream' }, body: JSON.stringify({ model: 's', stream: true, messages: [{ role: 'user', content: 'hi' }] }) });
+  t.equal(res.status, 200);
+  await res.text();
+  await tb.close();
+  const [row] = await rowsOf(db);
+  t.match(row, { broker_request_id: 'slow-stream', outcome: 'ok', completion_tokens: 3 });
+  t.ok(row!.ttft_ms > 0 && row!.upstream_ms >= row!.ttft_ms * 0.5, 'the wait for the first token is upstream time');
+  t.ok(row!.upstream_ms <= row!.total_ms, `upstream_ms (${row!.upstream_ms}) is part of total_ms (${row!.total_ms})`);
+});
