@@ -4,8 +4,7 @@
 // to the provider's API.
 import { BrokerError } from '../errors.ts';
 import type { BrokerRequest } from '../front/reply.ts';
-import { apiKeyOf, keyId } from '../guard/api-key.ts';
-import { isJwt } from '../guard/jwt.ts';
+import { apiKeyOf } from '../guard/api-key.ts';
 import type { RequestFacts } from '../track/facts.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
 import { cacheDirectiveOf, type CacheDirective } from './cache/cache.ts';
@@ -81,11 +80,8 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   const h = req.headers;
   const apiKey = apiKeyOf(h);
   const facts = req.facts;
-  if (facts !== undefined) {
-    facts.model = model;
-    // The key's id, never the key; a JWT or a session is no API key.
-    if (apiKey !== undefined && !apiKey.startsWith('sess_') && !isJwt(apiKey)) facts.keyId = keyId(apiKey);
-  }
+  // The key's id is the front's (RowRecorder.start).
+  if (facts !== undefined) facts.model = model;
   return {
     id: req.id,
     startedAt: req.startedAt,

@@ -23,7 +23,7 @@ export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8A
   const route = match.kind === 'found' ? match.route : undefined;
   const sink = new BufferSink(req.id, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, f.logger);
   const bytes = body === undefined ? Buffer.alloc(0) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  const facts = route?.track === undefined ? undefined : f.recorder?.start(route.track);
+  const facts = route?.track === undefined ? undefined : f.recorder?.start(route.track, req.headers);
   dispatch(f, match, facts === undefined ? req : { ...req, facts }, (_limit, done) => done(undefined, bytes), sink);
   return facts === undefined ? sink.reply : sink.reply.then((r) => ({ ...r, facts }));
 }

@@ -77,6 +77,8 @@ interface Tally {
 /** The control plane's totals per budgeted key: own spend counted here, the other replicas' read from the database. */
 export class SpendLedger {
   private readonly own = new Map<string, Tally>();
+  /** This replica's rows already in the database at start-up: apart from `own`, which counts rows accepted while that read waited (the database down or slow). */
+  private readonly earlier = new Map<string, Tally>();
   private readonly others = new Map<string, Tally>();
 
   constructor(
@@ -99,7 +101,7 @@ export class SpendLedger {
 
   /** What the database says for a key's current period (own: at start-up; others: every refresh). */
   set(which: 'own' | 'others', keyId: string, periodStart: number, spent: number): void {
-    (which === 'own' ? this.own : this.others).set(keyId, { periodStart, spent });
+    (which === 'own' ? this.earlier : this.others).set(keyId, { periodStart, spent });
   }
 
   /** Totals for every budgeted key, in its current period. */
@@ -108,9 +110,11 @@ export class SpendLedger {
     const out: SpendEntry[] = [];
     for (const [keyId, b] of this.budgets()) {
       const start = periodBounds(now, b.period).start;
-      const own = this.own.get(keyId);
-      const others = this.others.get(keyId);
-      const spent = (own?.periodStart === start ? own.spent : 0) + (others?.periodStart === start ? others.spent : 0);
+      let spent = 0;
+      for (const m of [this.own, this.earlier, this.others]) {
+        const t = m.get(keyId);
+        if (t?.periodStart === start) spent += t.spent;
+      }
       out.push({ keyId, periodStart: start, spent });
     }
     return out;

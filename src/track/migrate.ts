@@ -105,7 +105,19 @@ export async function maintainPartitions(pool: pg.Pool, now: number, ahead: numb
     for (let d = today - DAY; d <= today + ahead * DAY; d += DAY) {
       const name = partitionName(d);
       if (existing.has(name)) continue;
+      // Rows of this day in the default partition (a replica's clock days ahead) would fail the
+      // new partition's constraint, and with it every upkeep and start-up from then on: they move in.
+      const day = `created_at >= '${pgTime(d)}' AND created_at < '${pgTime(d + DAY)}'`;
+      const stray = (await client.query(`SELECT 1 FROM brk_tracking.completion_request_default WHERE ${day} LIMIT 1`)).rowCount! > 0;
+      if (stray) {
+        await client.query('CREATE TEMP TABLE completion_request_stray (LIKE brk_tracking.completion_request)');
+        await client.query(`WITH moved AS (DELETE FROM brk_tracking.completion_request_default WHERE ${day} RETURNING *) INSERT INTO completion_request_stray SELECT * FROM moved`);
+      }
       await client.query(`CREATE TABLE brk_tracking.${name} PARTITION OF brk_tracking.completion_request FOR VALUES FROM ('${pgTime(d)}') TO ('${pgTime(d + DAY)}')`);
+      if (stray) {
+        await client.query('INSERT INTO brk_tracking.completion_request SELECT * FROM completion_request_stray');
+        await client.query('DROP TABLE completion_request_stray');
+      }
       created.push(name);
     }
     const dropped: string[] = [];

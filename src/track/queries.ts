@@ -102,7 +102,7 @@ export async function usage(pool: pg.Pool, q: UsageQuery): Promise<UsageRow[]> {
   const col = GROUP_BY[q.groupBy];
   const r = await pool.query<{ bucket: Date; grp: string | null; requests: string; errors: string; prompt: string; completion: string; cost: number; p: (number | null)[] }>(
     `SELECT date_trunc($3, created_at, 'UTC') AS bucket, ${col} AS grp,
-            count(*) AS requests, count(*) FILTER (WHERE outcome <> 'ok') AS errors,
+            count(*) AS requests, count(*) FILTER (WHERE outcome NOT IN ('ok', 'cache_hit')) AS errors,
             coalesce(sum(prompt_tokens), 0) AS prompt, coalesce(sum(completion_tokens), 0) AS completion,
             coalesce(sum(cost), 0)::float8 AS cost,
             percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_ms) AS p

@@ -5,11 +5,13 @@
 // the control plane gives its own to the writer at the end of the turn. Nothing here
 // waits, and nothing here can fail a request.
 import { performance } from 'node:perf_hooks';
+import { apiKeyOf, keyId } from '../guard/api-key.ts';
+import { isJwt } from '../guard/jwt.ts';
 import { rowOf, type RequestFacts, type TrackRow } from './facts.ts';
 
 export interface Recorder {
-  /** Facts for a new request on a tracked route; undefined when tracking is off. */
-  start(api: string): RequestFacts | undefined;
+  /** Facts for a new request on a tracked route (its headers name the caller's key); undefined when tracking is off. */
+  start(api: string, headers?: Readonly<Record<string, string>>): RequestFacts | undefined;
   /** The request's one terminal outcome (called once per request, by its front). */
   end(facts: RequestFacts, id: string, startedAt: number, protocol: 'http' | 'grpc', route: string, status: number, errorCode: string | undefined, aborted: boolean): void;
 }
@@ -54,8 +56,10 @@ export class RowRecorder implements Recorder {
     this.now = o.now ?? Date.now;
   }
 
-  start(api: string): RequestFacts {
-    return { api };
+  start(api: string, headers?: Readonly<Record<string, string>>): RequestFacts {
+    // The caller's key id (never the key) on every tracked route, inference and refusals too; a JWT or a session is no API key.
+    const key = headers === undefined ? undefined : apiKeyOf(headers);
+    return key === undefined || key.startsWith('sess_') || isJwt(key) ? { api } : { api, keyId: keyId(key) };
   }
 
   end(facts: RequestFacts, id: string, startedAt: number, protocol: 'http' | 'grpc', route: string, status: number, errorCode: string | undefined, aborted: boolean): void {

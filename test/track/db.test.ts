@@ -80,6 +80,23 @@ t.test('partitions are made ahead; retention drops whole partitions past TRACKIN
   t.same((await maintainPartitions(pool, now, 3, 30)).dropped, [], 'nothing more to drop');
 });
 
+t.test("a row of a day ahead in the default partition (a clock days ahead) moves into that day's partition when it is made", async (t) => {
+  const db = await pgc.createDatabase('stray');
+  const pool = new pg.Pool({ connectionString: db });
+  t.teardown(() => pool.end());
+  await migrate(pool);
+  const now = Date.parse('2026-06-15T12:00:00Z');
+  await maintainPartitions(pool, now, 3, 30);
+  await pool.query(`INSERT INTO brk_tracking.completion_request (broker_request_id, created_at, finished_at, replica, protocol, api, route, outcome, status, total_ms) VALUES ('ahead', $1, $1, 'r', 'http', 'infer', '/v1/infer', 'ok', 200, 1)`, [new Date(now + 10 * DAY)]);
+  t.equal((await pool.query('SELECT count(*)::int AS n FROM brk_tracking.completion_request_default')).rows[0].n, 1, 'no partition for its day: the default one took it');
+  // A week later the upkeep makes that day's partition: it failed on the default partition's row, and with it every later upkeep.
+  const r = await maintainPartitions(pool, now + 7 * DAY, 3, 30);
+  t.ok(r.created.includes(partitionName(now + 10 * DAY)), "that day's partition is made");
+  t.same((await pool.query(`SELECT broker_request_id AS id FROM brk_tracking.${partitionName(now + 10 * DAY)}`)).rows, [{ id: 'ahead' }], 'the row moved into it');
+  t.equal((await pool.query('SELECT count(*)::int AS n FROM brk_tracking.completion_request_default')).rows[0].n, 0);
+  t.same((await maintainPartitions(pool, now + 8 * DAY, 3, 30)).created, [partitionName(now + 11 * DAY)], 'the next upkeep goes on');
+});
+
 t.test('the database stopped: clients see no error, drops are counted; restarted, writing resumes', async (t) => {
   const db = await pgc.createDatabase('outage');
   const tb = await startFleetBroker(t, fleet, { ...env, DATABASE_URL: db, TRACKING_FLUSH_MS: '20', TRACKING_BUFFER_ROWS: '100', TRACKING_BATCH_ROWS: '50', TRACKING_WRITE_MODE: 'insert' });
@@ -207,6 +224,16 @@ t.test('admin API: filters, keyset pages, one request, usage; analyst or higher'
   t.equal((await get('/api/tracking/usage', { authorization: `Bearer ${await token('agent')}` })).status, 403);
   t.equal((await get('/api/tracking/usage', { authorization: `Bearer ${await token('manager')}` })).status, 200);
   t.equal((await get('/api/tracking/usage', {})).status, 401);
+});
+
+t.test('usage: a response-cache hit is a request, not an error', async (t) => {
+  const db = await pgc.createDatabase('cache_hits');
+  const tb = await startFleetBroker(t, { ...fleet, cache: { mode: 'on' } }, { ...env, DATABASE_URL: db, TRACKING_FLUSH_MS: '20' });
+  for (let i = 0; i < 3; i++) t.equal((await chat(tb, { 'x-request-id': `c-${i}` })).status, 200);
+  await until(async () => (await metricValue(tb.url, 'tracking_rows_written_total')) === 3, 'rows written');
+  t.same((await query(db, 'SELECT outcome FROM brk_tracking.completion_request ORDER BY broker_request_id')).map((r) => r.outcome), ['ok', 'cache_hit', 'cache_hit']);
+  const res = await fetch(`${tb.url}/api/tracking/usage?group_by=model`, { headers: admin });
+  t.match((await json(res)).usage, [{ group: 'g', requests: 3, errors: 0 }]);
 });
 
 t.test('without DATABASE_URL: one start-up line, and the admin API says tracking is off', async (t) => {

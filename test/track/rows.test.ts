@@ -92,7 +92,7 @@ for (const threads of ['0', '2']) {
     t.equal(bad.status, 400);
 
     // Inference over HTTP; a request id with a backslash and a tab-free oddity survives COPY's escaping.
-    const inf = await postJson(`${tb.url}/v1/infer`, { image_b64: image!.b64 }, { 'x-request-id': id('infer\\x') });
+    const inf = await postJson(`${tb.url}/v1/infer`, { image_b64: image!.b64 }, { 'x-request-id': id('infer\\x'), 'x-api-key': KEY });
     t.equal(inf.status, 200);
 
     // Open Inference Protocol over REST (served by the control plane; threaded, a forwarded request).
@@ -113,6 +113,7 @@ for (const threads of ['0', '2']) {
     });
     const md2 = new grpc.Metadata();
     md2.set('x-request-id', id('grpc-infer'));
+    md2.set('x-api-key', KEY);
     const reply: any = await new Promise((resolve, reject) => c.inference.Infer({ image: Buffer.from(image!.b64, 'base64') }, md2, (err: Error | null, r: unknown) => (err ? reject(err) : resolve(r))));
     t.ok(reply.model);
 
@@ -165,12 +166,12 @@ for (const threads of ['0', '2']) {
     t.match(byId.get(id('bad')), { outcome: 'invalid_request', status: 400, error_code: 'invalid_request' });
     const infer = byId.get(id('infer\\x'));
     t.ok(infer, 'the backslash survived COPY');
-    t.match(infer, { api: 'infer', outcome: 'ok', status: 200, arm: 'A', model: inf.body.model, route: '/v1/infer', cost: null });
+    t.match(infer, { api: 'infer', outcome: 'ok', status: 200, arm: 'A', model: inf.body.model, route: '/v1/infer', cost: null, api_key_id: keyId(KEY) }, 'an inference names its key id too');
     t.ok(infer?.queue_ms >= 0);
     const gchat = byId.get(id('grpc-chat'))!;
     t.match(gchat, { api: 'grpc.chat', protocol: 'grpc', status: 0, outcome: 'ok', model: 'g', deployment: 'oa', completion_tokens: 4, api_key_id: keyId(KEY), semantic_label: 'team-a' });
     t.ok(gchat.prompt_tokens > 0);
-    t.match(byId.get(id('grpc-infer')), { api: 'grpc.infer', protocol: 'grpc', status: 0, outcome: 'ok', model: reply.model, arm: reply.arm });
+    t.match(byId.get(id('grpc-infer')), { api: 'grpc.infer', protocol: 'grpc', status: 0, outcome: 'ok', model: reply.model, arm: reply.arm, api_key_id: keyId(KEY) });
     const oip = byId.get(id('oip'));
     t.match(oip, { api: 'oip.infer', protocol: 'http', status: 200, outcome: 'ok', model: inf.body.model, arm: 'A', route: '/v2/models/:model/infer' });
     t.ok(typeof oip?.queue_ms === 'number' && oip.queue_ms >= 0, 'oip: queue ms');
@@ -181,3 +182,18 @@ for (const threads of ['0', '2']) {
     t.ok(rows.every((r) => r.replica === tb.broker.config.replicaId), 'each row names its replica');
   });
 }
+
+t.test('a stream whose upstream sends its headers before its first token: upstream_ms within total_ms', async (t) => {
+  // Its wait for the first token was counted twice (written → first byte, and again by the pump from the headers on).
+  const slowUp = await startMock(t, { tokens: 3, ttftMs: 150 });
+  const db = await pgc.createDatabase('upstream_ms');
+  const tb = await startFleetBroker(t, { modelGroups: { s: { deployments: [{ id: 'sd', provider: 'openai', url: slowUp.url, model: 'm' }] } } }, { FRONT_THREADS: '0', INFER_ENABLED: 'false', DATABASE_URL: db });
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': 'slow-stream' }, body: JSON.stringify({ model: 's', stream: true, messages: [{ role: 'user', content: 'hi' }] }) });
+  t.equal(res.status, 200);
+  await res.text();
+  await tb.close();
+  const [row] = await rowsOf(db);
+  t.match(row, { broker_request_id: 'slow-stream', outcome: 'ok', completion_tokens: 3 });
+  t.ok(row!.ttft_ms > 0 && row!.upstream_ms >= row!.ttft_ms * 0.5, 'the wait for the first token is upstream time');
+  t.ok(row!.upstream_ms <= row!.total_ms, `upstream_ms (${row!.upstream_ms}) is part of total_ms (${row!.total_ms})`);
+});

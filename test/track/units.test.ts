@@ -90,6 +90,9 @@ t.test('spend ledger: own plus other replicas, per period, rolled over', async (
   );
   l.add('k_d', 0.3, now);
   t.equal(l.entries()[0]!.spent, 0.3);
+  // The database down at start-up: rows counted meanwhile are not yet in it, so what it says of this replica's earlier rows adds to them.
+  l.set('own', 'k_d', periodBounds(now, 'day').start, 0.2);
+  t.equal(l.entries()[0]!.spent, 0.5, "this replica's earlier spend adds to what it counted before reading it");
 });
 
 const base = (over: Partial<StoredRow> = {}): StoredRow => ({

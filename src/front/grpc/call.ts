@@ -51,7 +51,7 @@ export function brokerRequestOf(call: AnyCall, early = true, track?: { readonly 
       return (remote ??= addressOf(call.getPeer()));
     },
     startedAt,
-    facts: track?.recorder?.start(track.api),
+    facts: track?.recorder?.start(track.api, headers),
   };
 }
 

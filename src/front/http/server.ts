@@ -103,7 +103,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       // Tracing off: this one check, and no span anywhere down the line.
       span: tracer.enabled ? startRequestSpan(tracer, headers, method, id, remoteAddress, startedAt) : undefined,
       // Tracking off or an untracked route: no facts, and no stage fills any in.
-      facts: route?.track === undefined ? undefined : recorder.start(route.track),
+      facts: route?.track === undefined ? undefined : recorder.start(route.track, headers),
     };
     inFlight++;
     metrics.httpActive.inc();

@@ -99,17 +99,18 @@ function failed(s: Finishable, err: unknown, waited: number, target: StreamTarge
 
 async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, finish: Finish, onChunk: OnChunk): Promise<StreamResult> {
   const s = compileChain(req.chain).open(ctx);
+  // The wait for the first chunk is the timeline's (written → first byte): counted from then on.
   let waited = 0;
-  let t = performance.now();
+  let t = -1;
   try {
     for await (const chunk of body) {
       onChunk();
-      waited += performance.now() - t;
+      if (t >= 0) waited += performance.now() - t;
       const out = s.push(chunk);
       if (out !== null && !target.write(out)) await target.drained();
       t = performance.now();
     }
-    waited += performance.now() - t;
+    if (t >= 0) waited += performance.now() - t;
     // end() returns what is still owed: [DONE] or the done line, or the error event of a cut stream.
     const tail = s.end();
     if (tail !== null) target.write(tail);
@@ -129,15 +130,15 @@ async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncI
   });
   const ended = once(p.output, 'end');
   let waited = 0;
-  let t = performance.now();
+  let t = -1;
   try {
     for await (const chunk of body) {
       onChunk();
-      waited += performance.now() - t;
+      if (t >= 0) waited += performance.now() - t;
       if (!p.input.write(chunk)) await once(p.input, 'drain');
       t = performance.now();
     }
-    waited += performance.now() - t;
+    if (t >= 0) waited += performance.now() - t;
     p.input.end();
     await ended;
     return settle(p, waited, finish);

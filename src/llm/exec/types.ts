@@ -39,7 +39,7 @@ export interface StreamResult {
   readonly firstTokenMs: number | null;
   /** Gaps between consecutive token events, milliseconds. */
   readonly interTokenMs: readonly number[];
-  /** Milliseconds spent waiting on the upstream while streaming. */
+  /** Milliseconds spent waiting on the upstream while streaming, after its first chunk (the wait before it is the timeline's). */
   readonly waitedMs: number;
   /** Upstream events that were not JSON objects, dropped. */
   readonly malformed: number;
