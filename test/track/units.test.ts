@@ -161,14 +161,16 @@ t.test('recorder: one hand-over per turn, rows made at the end of the turn, boun
 });
 
 t.test('recorder with handEveryMs: the rows of several turns in one hand-over; flush() hands at once and cancels the timer', async (t) => {
+  // An interval far longer than the three turns take, even on a loaded machine.
+  const every = 1000;
   const handed: TrackRow[][] = [];
-  const rec = new RowRecorder({ hand: (rows) => handed.push(rows), maxRows: 100, handEveryMs: 30, dropped: () => undefined, now: () => 1_000_000 });
+  const rec = new RowRecorder({ hand: (rows) => handed.push(rows), maxRows: 100, handEveryMs: every, dropped: () => undefined, now: () => 1_000_000 });
   for (let turn = 0; turn < 3; turn++) {
     rec.end(rec.start('infer'), `t${turn}`, 0, 'http', '/v1/infer', 200, undefined, false);
     await new Promise((r) => setImmediate(r));
   }
   t.equal(handed.length, 0, 'held across turns until the interval ends');
-  await new Promise((r) => setTimeout(r, 60));
+  for (let waited = 0; handed.length === 0 && waited < 10 * every; waited += 20) await new Promise((r) => setTimeout(r, 20));
   t.same(
     handed.map((b) => b.map((r) => r.id)),
     [['t0', 't1', 't2']],
@@ -177,6 +179,6 @@ t.test('recorder with handEveryMs: the rows of several turns in one hand-over; f
   rec.end(rec.start('infer'), 'last', 0, 'http', '/v1/infer', 200, undefined, false);
   rec.flush();
   t.same(handed.at(-1)!.map((r) => r.id), ['last'], 'flush hands what is held now (a stopping thread)');
-  await new Promise((r) => setTimeout(r, 60));
+  await new Promise((r) => setTimeout(r, every + 200));
   t.equal(handed.length, 2, 'and the timer it cancelled hands nothing more');
 });
