@@ -87,7 +87,7 @@ function queueLesson(e: Learned): void {
 
 // Request tracking: the rows of the requests that end within TRACK_HAND_MS go to the
 // control plane's writer in one message; budgets are checked against the totals it sends.
-const TRACK_HAND_MS = 50;
+const TRACK_HAND_MS = 20;
 const recorder =
   config.tracking === undefined
     ? undefined
