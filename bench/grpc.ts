@@ -15,8 +15,9 @@
 //    gRPC InferenceService/Infer (raw bytes): req/s, p50, p99.
 //
 // Writes bench/results/grpc.json and prints markdown tables. BENCH_GRPC_SCALE (default 1)
-// scales the durations; BENCH_GRPC_CHANNELS (default 8) is how many gRPC connections carry
-// the concurrent streams (HTTP uses one per stream).
+// scales the durations; BENCH_GRPC_CHANNELS (default 2) is how many gRPC connections carry
+// the concurrent streams (a gRPC client multiplexes its streams over a channel; HTTP/1.1
+// needs a connection per open stream).
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,7 +44,7 @@ const SETTINGS = Object.freeze({
   single: { mock: 'short', streams: Math.round(150 * SCALE) + 10, warmup: 10 },
   // As bench:llm's realistic run: 1,000 streams started over one stream's lifetime (4.3 s),
   // replaced as they end; streams started after the ramp are recorded.
-  concurrent: { mock: 'real', concurrency: 1000, ramp_ms: 4300, duration_s: s(10), drain_timeout_ms: 30_000, http_connections: 1100, grpc_channels: Number(process.env.BENCH_GRPC_CHANNELS ?? '8') },
+  concurrent: { mock: 'real', concurrency: 1000, ramp_ms: 4300, duration_s: s(10), drain_timeout_ms: 30_000, http_connections: 1100, grpc_channels: Number(process.env.BENCH_GRPC_CHANNELS ?? '2') },
   infer: { concurrency: 16, duration_s: s(8), warmup_s: 2, image: 'Fashion-MNIST t10k #0 as PNG' },
 });
 
