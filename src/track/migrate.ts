@@ -130,6 +130,9 @@ export async function maintainPartitions(pool: pg.Pool, now: number, ahead: numb
       await client.query(`DROP TABLE brk_tracking.${name}`);
       dropped.push(name);
     }
+    // Rows of days with no partition of their own (a clock days off) wait in the default
+    // partition: past retention they go too, row by row.
+    await client.query(`DELETE FROM brk_tracking.completion_request_default WHERE created_at < '${pgTime(oldestKept)}'`);
     await client.query('COMMIT');
     return { created, dropped };
   } catch (err) {

@@ -97,6 +97,21 @@ t.test("a row of a day ahead in the default partition (a clock days ahead) moves
   t.same((await maintainPartitions(pool, now + 8 * DAY, 3, 30)).created, [partitionName(now + 11 * DAY)], 'the next upkeep goes on');
 });
 
+t.test('retention also removes rows past it from the default partition (days with no partition of their own)', async (t) => {
+  const db = await pgc.createDatabase('stray_old');
+  const pool = new pg.Pool({ connectionString: db });
+  t.teardown(() => pool.end());
+  await migrate(pool);
+  const now = Date.parse('2026-06-15T12:00:00Z');
+  await maintainPartitions(pool, now, 3, 30);
+  for (const [id, daysAgo] of [['old-40', 40], ['kept-20', 20]] as const) {
+    await pool.query(`INSERT INTO brk_tracking.completion_request (broker_request_id, created_at, finished_at, replica, protocol, api, route, outcome, status, total_ms) VALUES ($1, $2, $2, 'r', 'http', 'infer', '/v1/infer', 'ok', 200, 1)`, [id, new Date(now - daysAgo * DAY)]);
+  }
+  t.equal((await pool.query('SELECT count(*)::int AS n FROM brk_tracking.completion_request_default')).rows[0].n, 2, 'no partition for their days: the default one took them');
+  await maintainPartitions(pool, now, 3, 30);
+  t.same((await pool.query('SELECT broker_request_id AS id FROM brk_tracking.completion_request_default')).rows, [{ id: 'kept-20' }], 'the row past 30 days is gone, the other kept');
+});
+
 t.test('the database stopped: clients see no error, drops are counted; restarted, writing resumes', async (t) => {
   const db = await pgc.createDatabase('outage');
   const tb = await startFleetBroker(t, fleet, { ...env, DATABASE_URL: db, TRACKING_FLUSH_MS: '20', TRACKING_BUFFER_ROWS: '100', TRACKING_BATCH_ROWS: '50', TRACKING_WRITE_MODE: 'insert' });
