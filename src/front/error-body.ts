@@ -101,6 +101,18 @@ export const ollamaErrorShape: ErrorShape = (code, message, requestId) => ollama
 export const anthropicErrorShape: ErrorShape = (code, message, requestId) => anthropicErrorBody(code, message, requestId);
 export const v2ErrorShape: ErrorShape = (code, message, requestId) => ({ error: message, code, request_id: requestId });
 
+/** The broker's own routes under /api/ (admin, auth, health); the rest of /api/ is Ollama's. */
+const BROKER_API = /^\/api\/(industrial|orchestrator|tracking|auth|audit|health|ready)(\/|$)/;
+
+/**
+ * The shape of an error on a path no route serves (or not with that method): Ollama's
+ * under its /api/ (its clients print `error` as a string: the broker's object showed as
+ * "[object Object]"), the broker's elsewhere.
+ */
+export function unmatchedErrorShape(path: string): ErrorShape {
+  return path.startsWith('/api/') && !BROKER_API.test(path) ? ollamaErrorShape : brokerErrorShape;
+}
+
 /** OpenAI stream terminal event: one SSE `data:` event with the error object. */
 export function openaiStreamErrorEvent(code: string, message: string, requestId: string): string {
   return 'data: ' + JSON.stringify(openaiErrorBody(code, message, requestId)) + '\n\n';

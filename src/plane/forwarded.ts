@@ -3,7 +3,7 @@
 // readiness), through the same dispatch as the HTTP front. The reply is buffered
 // whole: none of these routes streams.
 import { BrokerError, type ErrorCode } from '../errors.ts';
-import { brokerErrorShape, errorReply } from '../front/error-body.ts';
+import { errorReply, unmatchedErrorShape } from '../front/error-body.ts';
 import type { BrokerRequest } from '../front/reply.ts';
 import type { Logger } from '../obs/logger.ts';
 import { dispatch, type FrontSink, type Guards } from '../front/http/dispatch.ts';
@@ -21,7 +21,7 @@ export interface ControlFront extends Guards {
 export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8Array | undefined): Promise<ForwardedReply> {
   const match = f.router.match(req.method, req.path);
   const route = match.kind === 'found' ? match.route : undefined;
-  const sink = new BufferSink(req.id, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, f.logger);
+  const sink = new BufferSink(req.id, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(req.path), f.logger);
   const bytes = body === undefined ? Buffer.alloc(0) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   const facts = route?.track === undefined ? undefined : f.recorder?.start(route.track, req.headers);
   dispatch(f, match, facts === undefined ? req : { ...req, facts }, (_limit, done) => done(undefined, bytes), sink);

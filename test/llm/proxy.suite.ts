@@ -288,3 +288,12 @@ t.test('without BROKER_CONFIG, a local Ollama (here the mock) is discovered', as
   t.ok((await o.list()).models.some((m) => m.name === 'llama-local:latest'));
   t.equal((await o.chat({ model: 'llama-local', messages })).message.content, mockText(8));
 });
+
+t.test("an Ollama endpoint the broker does not serve: 404 in Ollama's shape, which the Ollama client reads; the broker's own /api/ routes keep its shape", async (t) => {
+  const err = (await ollama.show({ model: 'chat' }).catch((e: unknown) => e)) as { status_code?: number; error?: string; message?: string };
+  t.equal(err.status_code, 404);
+  t.match(err.error ?? err.message, /no route for \/api\/show/, 'a message, not [object Object]');
+  const own = await fetch(`${tb.url}/api/industrial/no-such-thing`);
+  const body = (await own.json()) as { error: { code?: string } };
+  t.equal(typeof body.error, 'object', 'admin routes: the broker shape');
+});

@@ -13,7 +13,7 @@ import { toBrokerError, type BrokerError, type ErrorCode } from '../../errors.ts
 import type { Logger } from '../../obs/logger.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import { requestIdFrom } from '../../obs/request-id.ts';
-import { brokerErrorShape, errorReply } from '../error-body.ts';
+import { errorReply, unmatchedErrorShape } from '../error-body.ts';
 import type { BrokerRequest } from '../reply.ts';
 import type { ErrorShape, Router } from './router.ts';
 import { readBody } from './body.ts';
@@ -107,7 +107,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     };
     inFlight++;
     metrics.httpActive.inc();
-    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? brokerErrorShape, done, metrics, logger, accessLog, recorder);
+    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
     if (closing) sink.closeConnection = true;
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
