@@ -79,7 +79,7 @@ function chatMessages(m: unknown, i: number): OpenAIMessage[] {
     }
   }
   if (parts.length > 0 || calls.length > 0) {
-    const text = image ? parts : parts.map((p) => p['text'] as string).join('');
+    const text = image ? parts : parts.map((p) => p['text'] as string).join('\n');
     const turn: OpenAIMessage = { role, content: calls.length > 0 && text === '' ? null : text };
     if (calls.length > 0) turn.tool_calls = calls;
     out.push(turn);
