@@ -1,12 +1,14 @@
 // Status codes of the gRPC front, from the one error table: each one the issue names,
 // with its trailers (trace-id, x-broker-error-code, grpc-status-details-bin).
 import t from 'tap';
+import * as grpc from '@grpc/grpc-js';
 import { status as Status } from '@grpc/grpc-js';
 import { startMock } from '../helpers/fleet.ts';
 import { clients, md, serverStream, startGrpcFleetBroker, statusDetailsOf, textOf, freePort } from '../helpers/grpc.ts';
 import { grpcCodeOf, codeLabel } from '../../src/front/grpc/status.ts';
 import { ERROR_TABLE } from '../../src/errors.ts';
 import { mockText } from '../../src/mock-upstream/server.ts';
+import { metricValue } from '../helpers/broker.ts';
 
 const hello = (model: string) => ({ model, messages: [{ role: 'user', content: 'hello' }] });
 
@@ -89,4 +91,18 @@ t.test('an upstream failure after tokens ends the stream UNAVAILABLE after those
     t.notOk(r.messages.some((x) => x.event === 'final'), `${provider}: no final message`);
     t.equal(r.status.metadata.get('x-broker-deployment')[0], `cut-${provider}`, `${provider}: the deployment is named in the trailers`);
   }
+});
+
+t.test('calls that grpc-js ends itself (a request that fails to decode, a message over MAX_BODY_BYTES) are counted by their code, not as Canceled', async (t) => {
+  const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: 'http://127.0.0.1:9', model: 'm' }] } } }, { MAX_BODY_BYTES: '2000' });
+  const raw = new grpc.Client(`127.0.0.1:${tb.broker.grpcPort}`, grpc.credentials.createInsecure());
+  t.teardown(() => raw.close());
+  const send = (body: Buffer) =>
+    new Promise<grpc.ServiceError>((resolve) => raw.makeUnaryRequest('/edge_broker.v1.ModelService/ListModels', (x: Buffer) => x, (x: Buffer) => x, body, (e) => resolve(e!)));
+  t.equal((await send(Buffer.from([0xff, 0xff]))).code, Status.INTERNAL, 'bytes that are not a ListModelsRequest');
+  t.equal((await send(Buffer.alloc(4000))).code, Status.RESOURCE_EXHAUSTED, 'a message over MAX_BODY_BYTES');
+  const handled = (code: string) => metricValue(tb.url, 'grpc_server_handled_total', { grpc_method: 'ListModels', grpc_code: code });
+  t.equal(await handled('Internal'), 1);
+  t.equal(await handled('ResourceExhausted'), 1);
+  t.equal(await handled('Canceled'), 0);
 });

@@ -61,6 +61,14 @@ export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
       countHandled(m, code);
       m.seconds.observe((performance.now() - t0) / 1000);
     };
+    // grpc-js ends some calls itself, on the call under this interceptor: a request that
+    // fails to decode (INTERNAL), a message over the size limit (RESOURCE_EXHAUSTED), the
+    // deadline. Count those by their code, not as the cancel that follows them.
+    const sendStatus = call.sendStatus.bind(call);
+    call.sendStatus = (status) => {
+      finish(status.code);
+      sendStatus(status);
+    };
     return new ServerInterceptingCall(call, {
       start(next) {
         next({
