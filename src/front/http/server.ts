@@ -68,6 +68,10 @@ export interface HttpFront {
   closeAll(): void;
 }
 
+const READINESS_PATHS = new Set(['/ready', '/api/ready', '/v2/health/ready']);
+const READY_HEADERS = { 'content-type': 'application/json' };
+const NOT_READY_BODY = JSON.stringify({ ready: false, shutting_down: true });
+
 export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const { router, metrics, logger, forward } = opts;
   const accessLog = opts.accessLog ?? logger;
@@ -108,7 +112,12 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     inFlight++;
     metrics.httpActive.inc();
     const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
-    if (closing) sink.closeConnection = true;
+    if (closing) {
+      sink.closeConnection = true;
+      // Shutting down is not ready, whatever the models say: the balancer must stop sending work
+      // now (a probe on a kept-alive connection still reaches this thread).
+      if (READINESS_PATHS.has(path) && (method === 'GET' || method === 'HEAD')) return sink.send(503, READY_HEADERS, NOT_READY_BODY);
+    }
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
       sink.readingBody = true;
