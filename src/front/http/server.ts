@@ -16,7 +16,7 @@ import { requestIdFrom } from '../../obs/request-id.ts';
 import { errorReply, unmatchedErrorShape } from '../error-body.ts';
 import type { BrokerRequest } from '../reply.ts';
 import type { ErrorShape, Router } from './router.ts';
-import { readBody } from './body.ts';
+import { LINGER_BYTES, readBody } from './body.ts';
 import { redactPath } from '../../guard/api-key.ts';
 import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
 import { statusLine } from './status.ts';
@@ -181,8 +181,7 @@ function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBod
   });
 }
 
-/** How much of a refused body is read and dropped so that the client can read its 413. */
-export const LINGER_BYTES = 64 * 1024 * 1024;
+export { LINGER_BYTES };
 
 function lingers(contentLength: string | undefined): boolean {
   if (contentLength === undefined || !/^\d+$/.test(contentLength)) return false;
@@ -300,7 +299,8 @@ class UwsSink implements FrontSink {
     const r = errorReply(err, this.req.id, this.errorShape, this.extraHeaders);
     // A body we refused is still on the wire. Up to LINGER_BYTES of declared length the
     // connection stays open and uWS reads and drops the rest (nginx's lingering close), so
-    // a client still writing reads the 413 instead of EPIPE; beyond that, or chunked, close.
+    // a client still writing reads the 413 instead of EPIPE; beyond that, close. A chunked
+    // body was read to its end first (readBody), so closing does not cut the client off.
     this.send(r.status, r.headers, r.body, err.code === 'payload_too_large' && !lingers(this.req.headers['content-length']));
   }
 
