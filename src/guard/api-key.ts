@@ -38,13 +38,16 @@ export function isKeyId(s: string): boolean {
   return KEY_ID.test(s);
 }
 
+const QUOTA_KEY = /\/quota\/+(?:k|%6b)(?:e|%65)(?:y|%79)(?::|%3a)/i;
+
 /** A logged path with any API key in it (PUT /api/industrial/quota/key:<key>) replaced by its id. */
 export function redactPath(path: string): string {
   // Session ids are credentials too (DELETE /api/auth/sessions/sess_…).
   if (path.includes('sess_')) path = path.replace(/sess_[A-Za-z0-9_-]+/g, 'sess_…');
-  const i = path.indexOf('/quota/key:');
-  if (i < 0) return path;
-  const start = i + '/quota/key:'.length;
+  // Any spelling the router (or a 404) may see: `key%3A`, `%6Bey:`, `KEY:`, `quota//key:`.
+  const m = QUOTA_KEY.exec(path);
+  if (m === null) return path;
+  const start = m.index + m[0].length;
   const end = path.indexOf('/', start);
   let raw = path.slice(start, end < 0 ? undefined : end);
   try {

@@ -16,6 +16,11 @@ t.test('logged paths carry the id, never the key', async (t) => {
   t.equal(redactPath('/api/industrial/quota/key:sk-live-123'), `/api/industrial/quota/key:${id}`);
   t.equal(redactPath('/api/industrial/quota/key:sk%2Dlive%2D123'), `/api/industrial/quota/key:${id}`, 'percent-encoded too');
   t.equal(redactPath(`/api/industrial/quota/key:${id}`), `/api/industrial/quota/key:${id}`, 'an id stays');
+  // These reached the route (or a 404) and were logged with the key in them.
+  for (const p of ['/api/industrial/quota/key%3Ask-live-123', '/api/industrial/quota/%6Bey:sk-live-123', '/api/industrial/quota/KEY:sk-live-123', '/api/industrial/quota//key:sk-live-123/']) {
+    t.notMatch(redactPath(p), /sk-live|sk%2Dlive/, p);
+    t.match(redactPath(p), id, p);
+  }
   t.equal(redactPath('/api/industrial/quota/deployment:d1'), '/api/industrial/quota/deployment:d1');
   t.equal(redactPath('/v1/chat/completions'), '/v1/chat/completions');
 });

@@ -5,6 +5,7 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect } from 'node:net';
 import { request } from 'undici';
 import { stringify } from 'yaml';
 import { createMockUpstream } from '../../src/mock-upstream/server.ts';
@@ -36,5 +37,50 @@ for (const threads of ['0', '2']) {
     t.ok(took < 30_000, `close() returned without waiting for the upstream (${took} ms)`);
     for (let i = 0; i < 200 && slow.stats.open > 0; i++) await new Promise((r) => setTimeout(r, 10));
     t.equal(slow.stats.open, 0, 'the upstream request was aborted');
+  });
+}
+
+for (const threads of ['0', '2']) {
+  t.test(`FRONT_THREADS=${threads}: once shutdown starts, readiness says 503 on a kept-alive connection too`, async (t) => {
+    // A long stream keeps the broker in its grace period while the probe asks.
+    const slow = await createMockUpstream({ tokens: 1000, tps: 5 });
+    t.teardown(() => slow.close());
+    const dir = mkdtempSync(join(tmpdir(), 'eb-stop-'));
+    writeFileSync(join(dir, 'broker.yaml'), stringify({ modelGroups: { g: { deployments: [{ id: 'slow', provider: 'openai', url: slow.url, model: 'm' }] } } }));
+    const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), FRONT_THREADS: threads, INFER_ENABLED: 'false' });
+    const port = Number(new URL(tb.url).port);
+    const stream = request(`${tb.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'g', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
+    }).then((r) => r.body.text());
+    for (let i = 0; i < 200 && slow.stats.open === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const sock = connect(port, '127.0.0.1');
+    let got = '';
+    sock.on('data', (d) => (got += d));
+    const reply = async (): Promise<string> => {
+      for (let i = 0; i < 500 && !/\r\n\r\n\{[^]*\}$/.test(got); i++) await new Promise((r) => setTimeout(r, 10));
+      const out = got;
+      got = '';
+      return out;
+    };
+    sock.write('GET /ready HTTP/1.1\r\nHost: x\r\n\r\n');
+    t.match(await reply(), /^HTTP\/1\.1 200/, 'ready before');
+    const closed = tb.broker.close(2000);
+    // Ask on the kept-alive connection until its thread knows it is closing (its replies then
+    // carry Connection: close): that reply must say not ready.
+    let after = '';
+    for (let i = 0; i < 500; i++) {
+      sock.write('GET /ready HTTP/1.1\r\nHost: x\r\n\r\n');
+      after = await reply();
+      if (/connection: close/i.test(after)) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    t.match(after, /connection: close/i);
+    t.match(after, /^HTTP\/1\.1 503/, 'not ready once shutting down');
+    t.match(after, /"shutting_down":true/);
+    sock.destroy();
+    await closed;
+    t.match(await stream, /shutting_down/);
   });
 }

@@ -3,6 +3,9 @@
 import type { HttpResponse } from 'uWebSockets.js';
 import { BrokerError } from '../../errors.ts';
 
+/** How much of a refused body is read and dropped so that the client can read its 413. */
+export const LINGER_BYTES = 64 * 1024 * 1024;
+
 export function readBody(
   res: HttpResponse,
   maxBytes: number,
@@ -14,12 +17,30 @@ export function readBody(
   const parts: Buffer[] = [];
   let received = 0;
   let failed = false;
+  // A chunked body past the limit is read to its end and dropped (up to LINGER_BYTES) before
+  // the 413: answered mid-upload, the close made a fetch client still writing see EPIPE.
+  let dropping = false;
+  const tooLarge = (): void => done(new BrokerError('payload_too_large', `request body is larger than MAX_BODY_BYTES (${maxBytes} bytes)`));
   res.onData((chunk, isLast) => {
     if (failed) return;
     const n = chunk.byteLength;
+    if (dropping) {
+      received += n;
+      if (isLast || received > LINGER_BYTES) {
+        failed = true;
+        tooLarge();
+      }
+      return;
+    }
     if (received + n > maxBytes || (exact !== undefined && received + n > exact.length)) {
+      if (exact === undefined && !isLast && received + n <= LINGER_BYTES) {
+        dropping = true;
+        parts.length = 0;
+        received += n;
+        return;
+      }
       failed = true;
-      return done(new BrokerError('payload_too_large', `request body is larger than MAX_BODY_BYTES (${maxBytes} bytes)`));
+      return tooLarge();
     }
     const view = new Uint8Array(chunk);
     if (exact !== undefined) exact.set(view, received);

@@ -16,7 +16,7 @@ import { requestIdFrom } from '../../obs/request-id.ts';
 import { errorReply, unmatchedErrorShape } from '../error-body.ts';
 import type { BrokerRequest } from '../reply.ts';
 import type { ErrorShape, Router } from './router.ts';
-import { readBody } from './body.ts';
+import { LINGER_BYTES, readBody } from './body.ts';
 import { redactPath } from '../../guard/api-key.ts';
 import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
 import { statusLine } from './status.ts';
@@ -68,6 +68,10 @@ export interface HttpFront {
   closeAll(): void;
 }
 
+const READINESS_PATHS = new Set(['/ready', '/api/ready', '/v2/health/ready']);
+const READY_HEADERS = { 'content-type': 'application/json' };
+const NOT_READY_BODY = JSON.stringify({ ready: false, shutting_down: true });
+
 export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const { router, metrics, logger, forward } = opts;
   const accessLog = opts.accessLog ?? logger;
@@ -108,7 +112,12 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     inFlight++;
     metrics.httpActive.inc();
     const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
-    if (closing) sink.closeConnection = true;
+    if (closing) {
+      sink.closeConnection = true;
+      // Shutting down is not ready, whatever the models say: the balancer must stop sending work
+      // now (a probe on a kept-alive connection still reaches this thread).
+      if (READINESS_PATHS.has(path) && (method === 'GET' || method === 'HEAD')) return sink.send(503, READY_HEADERS, NOT_READY_BODY);
+    }
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
       sink.readingBody = true;
@@ -172,8 +181,7 @@ function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBod
   });
 }
 
-/** How much of a refused body is read and dropped so that the client can read its 413. */
-export const LINGER_BYTES = 64 * 1024 * 1024;
+export { LINGER_BYTES };
 
 function lingers(contentLength: string | undefined): boolean {
   if (contentLength === undefined || !/^\d+$/.test(contentLength)) return false;
@@ -291,7 +299,8 @@ class UwsSink implements FrontSink {
     const r = errorReply(err, this.req.id, this.errorShape, this.extraHeaders);
     // A body we refused is still on the wire. Up to LINGER_BYTES of declared length the
     // connection stays open and uWS reads and drops the rest (nginx's lingering close), so
-    // a client still writing reads the 413 instead of EPIPE; beyond that, or chunked, close.
+    // a client still writing reads the 413 instead of EPIPE; beyond that, close. A chunked
+    // body was read to its end first (readBody), so closing does not cut the client off.
     this.send(r.status, r.headers, r.body, err.code === 'payload_too_large' && !lingers(this.req.headers['content-length']));
   }
 

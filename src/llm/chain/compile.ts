@@ -41,7 +41,7 @@
 import { BrokerError } from '../../errors.ts';
 import { EMPTY } from '../codec/bytes.ts';
 import { NdjsonParser, type NdjsonLine } from '../codec/ndjson.ts';
-import { SSE_DONE, SseParser, type SseEvent } from '../codec/sse.ts';
+import { SSE_DONE, SseParser, isPlainBlock, type SseEvent } from '../codec/sse.ts';
 import { finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
 import { streamErrorEvent } from '../../front/error-body.ts';
 import { deltaMessage, finalMessage } from '../../front/grpc/wire.ts';
@@ -668,6 +668,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       }
       if (r.closed) return;
       if (ev.data === null) {
+        if (!isPlainBlock(ev.raw)) return void drop(r);
         r.parts.push(ev.raw);
         r.lastKept = true;
         return;
@@ -688,7 +689,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
           if (r.closed) return;
           const data = ev.data;
           if (data === null) {
-            // comment or keep-alive: forwarded as is
+            // comment or keep-alive: forwarded as is; a line of garbage without data is not
+            if (!isPlainBlock(ev.raw)) return void drop(r);
             r.parts.push(ev.raw);
             r.lastKept = true;
             return;

@@ -8,7 +8,7 @@
 
 import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
-import { SSE_DONE } from '../codec/sse.ts';
+import { SSE_DONE, isPlainBlock } from '../codec/sse.ts';
 import { finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
 import { streamErrorEvent } from '../../front/error-body.ts';
 import { BrokerError } from '../../errors.ts';
@@ -315,6 +315,13 @@ class TranslateStage extends Transform {
     }
     if (this.finishedUp) return cb();
     if (up.kind === 'raw') {
+      // An SSE block without data that is not a comment or field is garbage (NDJSON blank lines are not).
+      if (this.passthrough && this.spec.provider === 'openai' && !isPlainBlock(up.raw)) {
+        this.stats.malformed++;
+        this.lastKept = false;
+        if (this.bad.over({ type: 'malformed' })) this.push(this.failWith(MALFORMED_RUN_MESSAGE, 'upstream_error'));
+        return cb();
+      }
       if (this.passthrough) {
         this.push(up.raw);
         this.lastKept = true;

@@ -255,3 +255,12 @@ export function encodeSseEvent(data: string, opts: { event?: string; id?: string
 export function encodeSseComment(text = ''): string {
   return ':' + (text === '' ? '' : ' ' + text.replace(/\r\n|\r|\n/g, ' ')) + '\n\n';
 }
+
+// A block a pass-through may forward without data: blank lines, comments (`:` keep-alives)
+// and the event/id/retry fields. Anything else (text, HTML, binary) is upstream garbage.
+const PLAIN_BLOCK = /^(?:(?::[^\r\n]*|(?:event|id|retry)(?:[: ][^\r\n]*)?)?(?:\r\n|\r|\n))*(?:\r\n|\r|\n)?$/;
+
+/** True when a data-less block's bytes are only comments, blank lines and event/id/retry fields. */
+export function isPlainBlock(raw: Uint8Array): boolean {
+  return PLAIN_BLOCK.test(Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('latin1'));
+}

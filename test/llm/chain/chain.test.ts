@@ -289,6 +289,23 @@ t.test('garbage frames are dropped and counted on every route, never forwarded; 
   }
 });
 
+t.test('pass-through: an SSE block without data that is not a comment or field is garbage too, never forwarded', async (t) => {
+  // It used to go out as it came ("comment or keep-alive"): text, HTML, raw bytes.
+  const junk = [Buffer.from('upstream hiccup\n\n'), Buffer.from([0xff, 0xfe, 0x00, 0x01, 0x0a, 0x0a]), Buffer.from('<html>502</html>\n\n')];
+  const up = openaiStream('chat', { tokens: ['a', 'b'] });
+  const cut = up.indexOf('\n\n') + 2;
+  const chunks = [Buffer.from(up.slice(0, cut)), ...junk, Buffer.from(': keep-alive\n\nevent: ping\n\n'), Buffer.from(up.slice(cut))];
+  const s = spec('openai', 'openai', 'chat');
+  const { bytes, stream } = runChain(s, ctxFor(), chunks);
+  const base = await runPipeline(s, ctxFor(), chunks);
+  for (const [name, out, malformed] of [['compiled', bytes, stream.stats.malformed], ['baseline', base.output, base.stats.malformed]] as const) {
+    t.equal(malformed, 3, `${name}: counted`);
+    t.notOk(out.includes('hiccup') || out.includes('<html>') || out.includes(Buffer.from([0xff, 0xfe])), `${name}: never forwarded`);
+    t.ok(out.includes(': keep-alive\n\nevent: ping\n\n'), `${name}: comments and fields still are`);
+    t.equal(clientText('openai', 'chat', out), 'ab', name);
+  }
+});
+
 // ---- tool calls through the stream ----
 
 t.test('OpenAI streamed tool-call fragments → one Ollama tool_calls line', async (t) => {
