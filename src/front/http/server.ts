@@ -181,8 +181,6 @@ function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBod
   });
 }
 
-export { LINGER_BYTES };
-
 function lingers(contentLength: string | undefined): boolean {
   if (contentLength === undefined || !/^\d+$/.test(contentLength)) return false;
   return Number(contentLength) <= LINGER_BYTES;

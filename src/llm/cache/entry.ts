@@ -81,9 +81,7 @@ export function captureStream(api: ClientApi, kind: Kind, text: string, tokens: 
   let completion = tokens.completion;
   if (api === 'openai') {
     let done = false;
-    for (const line of text.split('\n')) {
-      if (!line.startsWith('data:')) continue;
-      const data = line.slice(line.charCodeAt(5) === 32 ? 6 : 5).trim();
+    for (const data of sseData(text)) {
       if (data === '[DONE]') {
         done = true;
         continue;
@@ -156,15 +154,17 @@ function num(v: unknown): number {
   return typeof v === 'number' && Number.isFinite(v) ? v : 0;
 }
 
-/** The JSON of every `data:` line of an SSE stream; null for a line that is not a JSON object. */
-function sseData(text: string): (Json | null)[] {
-  const out: (Json | null)[] = [];
+/** The payload of every `data:` line of an SSE stream, as the client received it. */
+function sseData(text: string): string[] {
+  const out: string[] = [];
   for (const line of text.split('\n')) {
-    if (!line.startsWith('data:')) continue;
-    out.push(parse(line.slice(line.charCodeAt(5) === 32 ? 6 : 5).trim()));
+    if (line.startsWith('data:')) out.push(line.slice(line.charCodeAt(5) === 32 ? 6 : 5).trim());
   }
   return out;
 }
+
+/** The JSON of every `data:` line; null for one that is not a JSON object. */
+const sseJson = (text: string): (Json | null)[] => sseData(text).map(parse);
 
 const empty = (v: unknown): boolean => v === undefined || v === null || (Array.isArray(v) && v.length === 0);
 
@@ -209,7 +209,7 @@ const RESPONSES_EVENTS = new Set(['response.created', 'response.in_progress', 'r
 function responsesStream(kind: Kind, text: string, tokens: { prompt: number; completion: number }): CachedReply | null {
   const chunks: string[] = [];
   let end: Json | undefined;
-  for (const j of sseData(text)) {
+  for (const j of sseJson(text)) {
     const type = j?.['type'];
     if (j === null || typeof type !== 'string' || !RESPONSES_EVENTS.has(type) || end !== undefined) return null;
     if (type === 'response.output_item.added' && (j['output_index'] !== 0 || (j['item'] as Json | undefined)?.['type'] !== 'message')) return null;
@@ -255,7 +255,7 @@ function anthropicStream(kind: Kind, text: string, tokens: { prompt: number; com
   let prompt: number | undefined;
   let completion: number | undefined;
   let stopped = false;
-  for (const j of sseData(text)) {
+  for (const j of sseJson(text)) {
     if (j === null || stopped) return null;
     switch (j['type']) {
       case 'message_start':
