@@ -26,7 +26,7 @@ import { clientWantsUsage } from './translate/openai_to_openai.ts';
 import { classifyUpstreamError } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
 import { tokensOfChars, type LlmRequest } from './request.ts';
-import { cachePlan, type ResponseCache } from './cache/cache.ts';
+import { cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
 import { captureStream, captureWhole, type CachedReply } from './cache/entry.ts';
 import { replay } from './cache/replay.ts';
 import { tierAllows } from '../policy/qos.ts';
@@ -79,44 +79,60 @@ export class LlmProxy {
    * `span`: the request's, when traced. `groups`: the fleet's, to find fallbacks by name.
    */
   async run(admitted: Admitted, group: ModelGroupConfig, sink: ReplySink, span?: Span, groups?: ReadonlyMap<string, ModelGroupConfig>): Promise<void> {
-    const gov = this.deps.leases;
-    const { flags, body } = admitted;
-    const { api, kind, model } = admitted.request;
-    const req = admitted.request;
     if (this.stopped !== undefined) throw this.stopped;
-    const abort = new RequestAbort();
-    sink.onAbort(() => abort.abort());
-    this.running.add(abort);
-    const m = this.deps.metrics;
+    const req = admitted.request;
     const timeline = new Timeline(req.startedAt);
-    // Time a stream spent waiting on its upstream after the first byte (the timeline has the time before), for tracking.
-    let streamWaitMs = 0;
-    const tried = new Set<string>();
-    let lastError: BrokerError | undefined;
-    let lease: Lease | null = null;
-    const usage: Usage = { ok: false, promptTokens: 0, completionTokens: 0, ttftMs: null };
     // Reply headers this request adds (x-broker-cache, x-broker-fallback), error replies included.
     const headers: Record<string, string> = {};
     sink.extraHeaders = sink.extraHeaders === undefined ? headers : Object.assign(headers, sink.extraHeaders);
     const cache = req.encoder === 'grpc' ? undefined : this.deps.cache;
     const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, group.name);
     if (cache !== undefined) headers['x-broker-cache'] = 'miss';
+    if (plan !== null && plan.lookup) {
+      // A hit is answered here, before any of an upstream request's bookkeeping is set up.
+      const found = cache!.get(plan, group.name);
+      const hit = found instanceof Promise ? await found : found;
+      if (hit !== undefined || sink.aborted) {
+        try {
+          if (!sink.aborted) this.replayHit(hit!, req, group, sink, headers, timeline, clientStreams(req.api, admitted.body));
+        } finally {
+          const facts = req.facts;
+          if (facts !== undefined) {
+            facts.promptTokens = 0;
+            facts.completionTokens = 0;
+            facts.ttftMs = undefined;
+            facts.upstreamMs = 0;
+          }
+          // Nothing learned about any deployment, and quotas are not charged.
+          this.deps.leases.completed(admitted, null, { ok: null, promptTokens: 0, completionTokens: 0, ttftMs: null, durationMs: performance.now() - req.startedAt });
+        }
+        return;
+      }
+    }
+    return this.proxy(admitted, group, sink, timeline, headers, plan, span, groups);
+  }
+
+  /** A request the cache did not answer: leases, attempts, fallbacks, the reply, and its capture for the cache. */
+  private async proxy(admitted: Admitted, group: ModelGroupConfig, sink: ReplySink, timeline: Timeline, headers: Record<string, string>, plan: CachePlan | null, span?: Span, groups?: ReadonlyMap<string, ModelGroupConfig>): Promise<void> {
+    const gov = this.deps.leases;
+    const { flags, body } = admitted;
+    const { api, kind, model } = admitted.request;
+    const req = admitted.request;
+    const cache = this.deps.cache;
+    const abort = new RequestAbort();
+    sink.onAbort(() => abort.abort());
+    this.running.add(abort);
+    const m = this.deps.metrics;
+    // Time a stream spent waiting on its upstream after the first byte (the timeline has the time before), for tracking.
+    let streamWaitMs = 0;
+    const tried = new Set<string>();
+    let lastError: BrokerError | undefined;
+    let lease: Lease | null = null;
+    const usage: Usage = { ok: false, promptTokens: 0, completionTokens: 0, ttftMs: null };
     const clientStream = clientStreams(api, body);
     // Request tracking's record, filled in as the request goes (undefined: not tracked).
     const facts = req.facts;
     try {
-      if (plan !== null && plan.lookup) {
-        const hit = await cache!.get(plan, group.name);
-        if (sink.aborted) {
-          usage.ok = null;
-          return;
-        }
-        if (hit !== undefined) {
-          usage.ok = null; // nothing learned about any deployment, and quotas are not charged
-          this.replayHit(hit, req, group, sink, headers, timeline, clientStream);
-          return;
-        }
-      }
       const estimate = tokensOfChars(req.promptChars) + (req.maxTokens ?? 0);
       const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
       // A fallback group is one more group the request uses: its QoS tier must allow it too.

@@ -178,14 +178,12 @@ function checkInt(v: unknown, field: string, min: number, max: number): void {
 /** Deeper than this, a body is refused: translators and JSON.stringify recurse. */
 export const MAX_DEPTH = 32;
 
-function checkDepth(body: unknown): void {
-  const stack: [unknown, number][] = [[body, 1]];
-  while (stack.length > 0) {
-    const [v, d] = stack.pop()!;
-    if (v === null || typeof v !== 'object') continue;
-    if (d > MAX_DEPTH) throw new BrokerError('invalid_request', `request body nests deeper than ${MAX_DEPTH} levels`);
-    for (const k in v) stack.push([(v as Record<string, unknown>)[k], d + 1]);
-  }
+function checkDepth(v: unknown, d = 1): void {
+  // Recursive, without a stack of pairs to allocate: the recursion stops at MAX_DEPTH + 1.
+  if (v === null || typeof v !== 'object') return;
+  if (d > MAX_DEPTH) throw new BrokerError('invalid_request', `request body nests deeper than ${MAX_DEPTH} levels`);
+  if (Array.isArray(v)) for (let i = 0; i < v.length; i++) checkDepth(v[i], d + 1);
+  else for (const k in v) checkDepth((v as Record<string, unknown>)[k], d + 1);
 }
 
 /** The shape every translator relies on: objects with a string role, content a string, null or parts with a type. */

@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { fastLabels } from './fast-labels.ts';
 
 /** What the fleet manager reports at scrape time (control plane only). */
 export interface FleetGauges {
@@ -50,7 +51,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
   };
   if (opts.defaults ?? true) collectDefaultMetrics({ register: registry });
   const r = [registry];
-  return {
+  return withFastLabels({
     registry,
     httpDuration: new Histogram({
       name: 'http_request_duration_seconds',
@@ -538,7 +539,15 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1],
       registers: r,
     }),
-  };
+  });
+}
+
+/** Every labelled histogram and counter gets cached children (fast-labels.ts): the request path calls labels() several times a request. */
+function withFastLabels<T extends Record<string, unknown>>(metrics: T): T {
+  for (const v of Object.values(metrics)) {
+    if ((v instanceof Histogram || v instanceof Counter) && (v as unknown as { labelNames: readonly string[] }).labelNames.length > 0) fastLabels(v);
+  }
+  return metrics;
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

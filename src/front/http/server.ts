@@ -326,6 +326,8 @@ class UwsSink implements FrontSink {
     m.httpActive.dec();
     m.httpDuration.labels(this.routeName, this.req.method, String(status)).observe(seconds);
     if (status >= 400) m.httpErrors.labels(this.routeName, String(status), this.errorCode ?? (aborted ? 'client_closed' : 'unknown')).inc();
+    // Below info (LOG_LEVEL=warn) there is no access line: do not build one.
+    if (!this.accessLog.isLevelEnabled('info')) return;
     const line: Record<string, unknown> = {
       trace_id: this.req.id,
       method: this.req.method,

@@ -9,7 +9,7 @@
 // - Redis, when REDIS_URL is set: shared by every replica, with the entry's TTL. Read
 //   only on a memory miss, with a short command timeout: a slow or absent Redis is a
 //   miss, never an error.
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { BroadcastChannel } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
 import { Redis } from 'ioredis';
@@ -51,14 +51,20 @@ function canonical(v: unknown): string {
   return '{' + keys.map((k) => JSON.stringify(k) + ':' + canonical(o[k])).join(',') + '}';
 }
 
-/** The key of a request: group, client API and kind, and every field that changes the output. */
+/** The key of a request, its canonical form: group, client API and kind, and every field that changes the output. */
 export function cacheKey(group: string, r: Pick<LlmRequest, 'api' | 'kind' | 'body'>): string {
-  const h = createHash('sha256');
-  h.update(`v1\0${group}\0${r.api}\0${r.kind}\0`);
+  let s = `v1\0${group}\0${r.api}\0${r.kind}\0`;
   const body = r.body;
   const keys = Object.keys(body).filter((k) => !NOT_IN_KEY.has(k) && body[k] !== undefined).sort();
-  for (const k of keys) h.update(JSON.stringify(k) + ':' + canonical(body[k]) + ',');
-  return h.digest('base64url');
+  for (const k of keys) s += JSON.stringify(k) + ':' + canonical(body[k]) + ',';
+  return s;
+}
+
+const REDIS_PREFIX = 'eb:cache:';
+
+/** The Redis key of an entry: the canonical form's digest (memory compares the whole form, so nothing there can collide). */
+function redisKey(key: string): string {
+  return REDIS_PREFIX + hash('sha256', key, 'base64url');
 }
 
 const REPLAYABLE = new Set(['openai/chat', 'openai/completion', 'ollama/chat', 'ollama/completion', 'responses/chat', 'anthropic/chat']);
@@ -95,7 +101,6 @@ export interface ResponseCacheOptions {
   readonly channel?: string | undefined;
 }
 
-const REDIS_PREFIX = 'eb:cache:';
 
 export class ResponseCache {
   private settings: CacheSettings;
@@ -129,7 +134,8 @@ export class ResponseCache {
     return new LRUCache<string, CachedReply>({
       maxSize: s.maxBytes,
       maxEntrySize: Math.min(s.maxEntryBytes, s.maxBytes),
-      sizeCalculation: entryBytes,
+      // The key is the request's canonical form: it counts too.
+      sizeCalculation: (e, key) => entryBytes(e) + key.length,
       ttl: s.ttlSeconds * 1000,
       dispose: (_v, _k, reason) => {
         if (reason === 'evict') this.o.metrics.llmCacheEvictions.inc();
@@ -154,13 +160,17 @@ export class ResponseCache {
     if (old.maxBytes !== s.maxBytes || old.ttlSeconds !== s.ttlSeconds || old.maxEntryBytes !== s.maxEntryBytes) this.lru = this.makeLru(s);
   }
 
-  /** The stored reply, from memory or Redis; counts the hit or miss. */
-  async get(plan: CachePlan, group: string): Promise<CachedReply | undefined> {
-    let e = this.lru?.get(plan.key);
-    if (e === undefined && this.o.redisUrl !== undefined) {
-      e = await this.fromRedis(plan.key);
-      if (e !== undefined) this.lru?.set(plan.key, e);
-    }
+  /** The stored reply, from memory or Redis; counts the hit or miss. A memory hit (or a miss without Redis) comes back at once, not as a promise: a hit's whole path stays in one turn. */
+  get(plan: CachePlan, group: string): CachedReply | undefined | Promise<CachedReply | undefined> {
+    const e = this.lru?.get(plan.key);
+    if (e !== undefined || this.o.redisUrl === undefined) return this.counted(group, e);
+    return this.fromRedis(plan.key).then((r) => {
+      if (r !== undefined) this.lru?.set(plan.key, r);
+      return this.counted(group, r);
+    });
+  }
+
+  private counted(group: string, e: CachedReply | undefined): CachedReply | undefined {
     this.o.metrics.llmCacheLookups.labels(group, e === undefined ? 'miss' : 'hit').inc();
     return e;
   }
@@ -173,7 +183,7 @@ export class ResponseCache {
     this.o.metrics.llmCacheStores.labels(group).inc();
     if (this.o.redisUrl !== undefined) {
       const r = this.client();
-      r.set(REDIS_PREFIX + plan.key, JSON.stringify(e), 'EX', this.settings.ttlSeconds).catch((err: Error) => this.redisFailed(err));
+      r.set(redisKey(plan.key), JSON.stringify(e), 'EX', this.settings.ttlSeconds).catch((err: Error) => this.redisFailed(err));
     }
   }
 
@@ -207,7 +217,7 @@ export class ResponseCache {
     try {
       const r = this.client();
       if (r.status !== 'ready') return undefined;
-      const text = await r.get(REDIS_PREFIX + key);
+      const text = await r.get(redisKey(key));
       if (text === null) return undefined;
       const v = JSON.parse(text) as unknown;
       return isCachedReply(v) ? v : undefined;
