@@ -42,13 +42,25 @@ export interface CachePlan {
 /** Fields that do not change the output: left out of the key. `stream` above all (a stored stream answers a whole request). */
 const NOT_IN_KEY = new Set(['model', 'stream', 'stream_options', 'user', 'keep_alive', 'metadata', 'store', 'service_tier']);
 
-/** JSON with sorted object keys: the same request in another key order is the same entry. */
+/** JSON with sorted object keys: the same request in another key order is the same entry. Loops, not map/join: it runs on every cached request. */
 function canonical(v: unknown): string {
-  if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
-  if (Array.isArray(v)) return '[' + v.map(canonical).join(',') + ']';
+  if (v === null || typeof v !== 'object') return typeof v === 'string' ? JSON.stringify(v) : (JSON.stringify(v) ?? 'null');
+  if (Array.isArray(v)) {
+    let s = '[';
+    for (let i = 0; i < v.length; i++) s += (i === 0 ? '' : ',') + canonical(v[i]);
+    return s + ']';
+  }
   const o = v as Record<string, unknown>;
-  const keys = Object.keys(o).filter((k) => o[k] !== undefined).sort();
-  return '{' + keys.map((k) => JSON.stringify(k) + ':' + canonical(o[k])).join(',') + '}';
+  const keys = Object.keys(o).sort();
+  let s = '{';
+  let first = true;
+  for (const k of keys) {
+    const x = o[k];
+    if (x === undefined) continue;
+    s += (first ? '' : ',') + JSON.stringify(k) + ':' + canonical(x);
+    first = false;
+  }
+  return s + '}';
 }
 
 /** The key of a request, its canonical form: group, client API and kind, and every field that changes the output. */
@@ -137,6 +149,8 @@ export class ResponseCache {
       // The key is the request's canonical form: it counts too.
       sizeCalculation: (e, key) => entryBytes(e) + key.length,
       ttl: s.ttlSeconds * 1000,
+      // lru-cache's default (1 ms) caches the clock behind a setTimeout set on a lookup: a timer per hit.
+      ttlResolution: 0,
       dispose: (_v, _k, reason) => {
         if (reason === 'evict') this.o.metrics.llmCacheEvictions.inc();
       },

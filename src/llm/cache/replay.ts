@@ -55,6 +55,15 @@ function replayEvents(api: 'responses' | 'anthropic', stream: boolean, e: Cached
   return { contentType: 'text/event-stream', body: out };
 }
 
+// Each stored chunk as a JSON string literal, made once per entry: a hit replays the same
+// entry many times, and escaping its chunks was most of a replay's cost.
+const quoted = new WeakMap<CachedReply, readonly string[]>();
+function quotedChunks(e: CachedReply): readonly string[] {
+  let q = quoted.get(e);
+  if (q === undefined) quoted.set(e, (q = e.chunks.map((c) => JSON.stringify(c))));
+  return q;
+}
+
 export function replay(api: ClientApi, kind: Kind, stream: boolean, e: CachedReply, ctx: ReplayContext): Replay {
   if (api === 'responses' || api === 'anthropic') return replayEvents(api, stream, e, ctx);
   const text = e.chunks.join('');
@@ -72,8 +81,8 @@ export function replay(api: ClientApi, kind: Kind, stream: boolean, e: CachedRep
     const head = 'data: {"id":' + JSON.stringify(id) + ',"object":"' + object + '","created":' + created + ',"model":' + JSON.stringify(ctx.model) + ',"choices":';
     let out = '';
     if (chat) out += head + '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n';
-    for (const c of e.chunks) {
-      out += head + (chat ? '[{"index":0,"delta":{"content":' + JSON.stringify(c) + '},"logprobs":null,"finish_reason":null}]}\n\n' : '[{"index":0,"text":' + JSON.stringify(c) + ',"logprobs":null,"finish_reason":null}]}\n\n');
+    for (const c of quotedChunks(e)) {
+      out += head + (chat ? '[{"index":0,"delta":{"content":' + c + '},"logprobs":null,"finish_reason":null}]}\n\n' : '[{"index":0,"text":' + c + ',"logprobs":null,"finish_reason":null}]}\n\n');
     }
     out += head + (chat ? '[{"index":0,"delta":{},"logprobs":null,"finish_reason":' : '[{"index":0,"text":"","logprobs":null,"finish_reason":') + JSON.stringify(e.finish) + '}]}\n\n';
     if (ctx.includeUsage) out += head + '[],"usage":' + JSON.stringify(openaiUsage(e)) + '}\n\n';
@@ -81,11 +90,11 @@ export function replay(api: ClientApi, kind: Kind, stream: boolean, e: CachedRep
   }
   const at = new Date(ctx.now).toISOString();
   const head = '{"model":' + JSON.stringify(ctx.model) + ',"created_at":"' + at + '",';
-  const piece = (c: string): string => (kind === 'chat' ? '"message":{"role":"assistant","content":' + JSON.stringify(c) + '},' : '"response":' + JSON.stringify(c) + ',');
+  const piece = (q: string): string => (kind === 'chat' ? '"message":{"role":"assistant","content":' + q + '},' : '"response":' + q + ',');
   const doneReason = e.finish === 'length' ? 'length' : 'stop';
   const tail = '"done_reason":"' + doneReason + '","done":true,"total_duration":0,"load_duration":0,"prompt_eval_count":' + e.promptTokens + ',"prompt_eval_duration":0,"eval_count":' + e.completionTokens + ',"eval_duration":0}';
-  if (!stream) return { contentType: 'application/json', body: head + piece(text) + tail };
+  if (!stream) return { contentType: 'application/json', body: head + piece(JSON.stringify(text)) + tail };
   let out = '';
-  for (const c of e.chunks) out += head + piece(c) + '"done":false}\n';
-  return { contentType: 'application/x-ndjson', body: out + head + piece('') + tail + '\n' };
+  for (const q of quotedChunks(e)) out += head + piece(q) + '"done":false}\n';
+  return { contentType: 'application/x-ndjson', body: out + head + piece('""') + tail + '\n' };
 }
