@@ -108,19 +108,33 @@ class CounterChild {
 /** Makes `labels(...)` of these histograms and counters return cached fast children. Returns its argument. */
 export function fastLabels<T extends Histogram | Counter>(metric: T): T {
   const m = metric as unknown as Store<unknown> & { labels(...v: (string | number)[]): unknown; upperBounds?: readonly number[] };
-  const children = new Map<string, unknown>();
   const isHistogram = (metric as { type?: string }).type === 'histogram';
   const slow = m.labels.bind(m);
+  const depth = m.labelNames.length;
+  // A map per label position, the child at the last: no key string to build and hash per call.
+  let root = new Map<unknown, unknown>();
+  let size = 0;
   m.labels = (...values: (string | number)[]): unknown => {
     if (typeof values[0] === 'object') return slow(...values);
-    const key = values.length === 1 ? String(values[0]) : values.join('\u0000');
-    let child = children.get(key);
+    if (values.length !== depth) throw new Error(`expected ${depth} label values, got ${values.length}`);
+    let node = root;
+    for (let i = 0; i < depth - 1; i++) {
+      let next = node.get(values[i]) as Map<unknown, unknown> | undefined;
+      if (next === undefined) node.set(values[i], (next = new Map()));
+      node = next;
+    }
+    let child = node.get(values[depth - 1]);
     if (child === undefined) {
+      // Label values are bounded (routes, groups, deployments, codes); a runaway set still stays bounded here.
+      if (size >= 10_000) {
+        root = new Map();
+        size = 0;
+        return m.labels(...values);
+      }
       const labels = labelsOf(m.labelNames, values);
       child = isHistogram ? new HistogramChild(m as never, labels) : new CounterChild(m as never, labels);
-      // Label values are bounded (routes, groups, deployments, codes); a runaway set still stays bounded here.
-      if (children.size >= 10_000) children.clear();
-      children.set(key, child);
+      node.set(values[depth - 1], child);
+      size++;
     }
     return child;
   };
