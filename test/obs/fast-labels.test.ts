@@ -47,12 +47,14 @@ t.test('the same observations give the same exposition', async (t) => {
   t.equal(await agg(fast.registry), await agg(slow.registry));
 });
 
-t.test('an object argument and observe(labels, v) still take prom-client\'s own path', async (t) => {
+t.test('an object argument, observe(labels, v) and an undefined value give what prom-client gives', async (t) => {
   const { slow, fast } = pair();
   for (const s of [slow, fast]) {
     s.h.labels({ route: '/x', status: '200' }).observe(0.02);
     s.h.observe({ route: '/x', status: '200' }, 0.2);
     s.h.labels('/x', '200').observe(0.002);
+    s.c.labels('/y', undefined as never).inc();
+    s.c.labels('/y', undefined as never).inc(2);
   }
   t.equal(await fast.registry.metrics(), await slow.registry.metrics());
 });
