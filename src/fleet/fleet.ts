@@ -15,14 +15,14 @@ export function buildFleet(config: BrokerConfig): Fleet {
 }
 
 export interface FleetSource {
-  /** The fleet to use now; undefined when no upstream is configured or discovered. */
-  current(): Promise<Fleet | undefined>;
+  /** The fleet to use now; undefined when no upstream is configured or discovered. A known fleet comes back at once, not as a promise: a cache hit's path stays in one turn. */
+  current(): Fleet | undefined | Promise<Fleet | undefined>;
 }
 
 /** A fixed fleet from BROKER_CONFIG. */
 export function staticFleet(config: BrokerConfig): FleetSource {
   const fleet = buildFleet(config);
-  return { current: async () => fleet };
+  return { current: () => fleet };
 }
 
 /** Local Ollama discovery, retried at most every `retryMs` while nothing answers. */
@@ -41,7 +41,7 @@ export function ollamaFleet(url: string, logger: Logger, onFound: (config: Broke
     return fleet;
   };
   return {
-    async current() {
+    current() {
       if (fleet !== undefined || Date.now() - checkedAt < retryMs) return fleet;
       pending ??= refresh().finally(() => (pending = undefined));
       return pending;

@@ -34,7 +34,8 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     track: `${api}.${api === 'ollama' ? (kind === 'chat' ? 'chat' : 'generate') : kind}`,
     errorShape: api === 'ollama' ? ollamaErrorShape : api === 'anthropic' ? anthropicErrorShape : openaiErrorShape,
     async handle({ req, body, sink }) {
-      const fleet = await source.current();
+      const known = source.current();
+      const fleet = known instanceof Promise ? await known : known;
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
       const span = req.span;
       const admitSpan = span?.child('llm.admission');

@@ -119,10 +119,10 @@ for (const d of gov.scheduler.all()) limits.set(d.config.id, capacity.limit(d.sl
 
 let fleet: Fleet | undefined = snapshot.fleet === null ? undefined : buildFleet(snapshot.fleet);
 const fleetSource: FleetSource = {
-  async current() {
+  current() {
+    if (fleet !== undefined) return fleet;
     // Discovery belongs to the control plane; the snapshot it publishes arrives before its answer.
-    if (fleet === undefined) await call((id) => ({ t: 'discover', id }));
-    return fleet;
+    return call((id) => ({ t: 'discover', id })).then(() => fleet);
   },
 };
 

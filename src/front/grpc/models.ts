@@ -24,7 +24,7 @@ export function modelService(deps: ModelDeps): UntypedServiceImplementation {
   return {
     ListModels: (call: ServerUnaryCall<unknown, { models: ModelMsg[] }>, callback: sendUnaryData<{ models: ModelMsg[] }>) => {
       const req = brokerRequestOf(call, false);
-      deps.source.current().then(
+      Promise.resolve(deps.source.current()).then(
         (fleet) => {
           const models: ModelMsg[] = [...new Set(fleet?.groups.values() ?? [])].map((g) => ({ id: g.name, kind: 'llm', version: '', arm: '' }));
           if (deps.infer !== undefined) {
