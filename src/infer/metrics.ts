@@ -4,6 +4,7 @@
 // batch took to form, and admission rejections. Registered once per registry.
 import { Counter, Histogram } from 'prom-client';
 import type { Metrics } from '../obs/metrics.ts';
+import { withFastLabels } from '../obs/fast-labels.ts';
 
 const WAIT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
@@ -43,6 +44,6 @@ const byMetrics = new WeakMap<Metrics, InferMetrics>();
 
 export function inferMetrics(m: Metrics): InferMetrics {
   let im = byMetrics.get(m);
-  if (im === undefined) byMetrics.set(m, (im = create(m)));
+  if (im === undefined) byMetrics.set(m, (im = withFastLabels(create(m))));
   return im;
 }

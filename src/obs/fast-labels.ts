@@ -13,7 +13,7 @@
 // `upperBounds`); test/obs/fast-labels.test.ts compares the exposition with
 // prom-client's own path, so an upgrade that changes them fails there.
 import { createRequire } from 'node:module';
-import type { Counter, Histogram } from 'prom-client';
+import { Counter, Histogram } from 'prom-client';
 
 const { hashObject } = createRequire(import.meta.url)('prom-client/lib/util.js') as {
   hashObject(labels: Record<string, string>, labelNames?: readonly string[]): string;
@@ -139,4 +139,12 @@ export function fastLabels<T extends Histogram | Counter>(metric: T): T {
     return child;
   };
   return metric;
+}
+
+/** fastLabels on every labelled histogram and counter of a set of metrics (createMetrics, inferMetrics). Returns its argument. */
+export function withFastLabels<T extends Record<string, unknown>>(metrics: T): T {
+  for (const v of Object.values(metrics)) {
+    if ((v instanceof Histogram || v instanceof Counter) && (v as unknown as Store<unknown>).labelNames.length > 0) fastLabels(v);
+  }
+  return metrics;
 }

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { fastLabels } from './fast-labels.ts';
+import { withFastLabels } from './fast-labels.ts';
 
 /** What the fleet manager reports at scrape time (control plane only). */
 export interface FleetGauges {
@@ -540,14 +540,6 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       registers: r,
     }),
   });
-}
-
-/** Every labelled histogram and counter gets cached children (fast-labels.ts): the request path calls labels() several times a request. */
-function withFastLabels<T extends Record<string, unknown>>(metrics: T): T {
-  for (const v of Object.values(metrics)) {
-    if ((v instanceof Histogram || v instanceof Counter) && (v as unknown as { labelNames: readonly string[] }).labelNames.length > 0) fastLabels(v);
-  }
-  return metrics;
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
