@@ -1,17 +1,38 @@
 // One baseline thread: the broker worker's per-request work (src/infer/worker.ts)
 // without the broker around it. Its own onnxruntime session with the broker's
 // session options, then decode + preprocess + session.run + top-k in a closed loop
-// for as long as each 'run' command says.
+// for as long as each 'run' command says. Decode is either the broker's own
+// (preprocess(), which skips sharp for a PNG at the model's size) or plain sharp for
+// every image, as a hand-written loop does (issue 11's "plain sharp + onnxruntime loop").
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
-import { preprocess } from '../../src/infer/preprocess.ts';
+import sharp from 'sharp';
+import { preprocess, toTensor, type Preprocessed } from '../../src/infer/preprocess.ts';
 import { topK } from '../../src/infer/postprocess.ts';
 import type { BaselineWorkerData, BaselineMessage, BaselineCommand } from './baseline.ts';
 
 const data = workerData as BaselineWorkerData;
 const port = parentPort!;
 const { manifest } = data;
+// As the broker's workers: one libvips thread per image.
+sharp.concurrency(1);
+sharp.cache(false);
+
+/** Decode, resize, colour and normalise with sharp alone, as a plain loop would. */
+async function plainSharp(bytes: Uint8Array): Promise<Preprocessed> {
+  const { input } = manifest;
+  const height = input.height ?? input.defaultSize;
+  const width = input.width ?? input.defaultSize;
+  let p = sharp(bytes, { limitInputPixels: data.maxPixels, failOn: 'error' }).resize(width, height, { fit: 'cover' });
+  p = input.channels === 1 ? p.grayscale() : p.removeAlpha().toColourspace('srgb');
+  const raw = await p.raw().toBuffer();
+  const plane = width * height;
+  const tensor = new Float32Array(input.channels * plane);
+  toTensor(raw, raw.length / plane, manifest, plane, tensor);
+  return { ok: true, tensor, dims: input.layout === 'NCHW' ? [1, input.channels, height, width] : [1, height, width, input.channels] };
+}
+const decode = data.decoder === 'sharp' ? plainSharp : (b: Uint8Array) => preprocess(b, manifest, undefined, data.maxPixels);
 
 // Same options as open() in src/infer/worker.ts.
 const session = await ort.InferenceSession.create(data.modelPath, {
@@ -28,7 +49,7 @@ let computeMs = 0;
 
 async function once(): Promise<void> {
   const t0 = performance.now();
-  const pre = await preprocess(data.image, manifest, undefined, data.maxPixels);
+  const pre = await decode(data.image);
   if (!pre.ok) throw new Error(`baseline preprocess failed: ${pre.message}`);
   const t1 = performance.now();
   const out = await session.run({ [manifest.input.name]: new ort.Tensor('float32', pre.tensor, pre.dims) });

@@ -14,6 +14,8 @@ export interface BaselineWorkerData {
   readonly maxPixels: number;
   readonly image: Uint8Array;
   readonly topK: number;
+  /** 'broker': the broker's own preprocess(); 'sharp': sharp for every image. */
+  readonly decoder: 'broker' | 'sharp';
 }
 
 export type BaselineCommand = { readonly type: 'run'; readonly durationMs: number } | { readonly type: 'stop' };

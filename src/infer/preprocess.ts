@@ -2,6 +2,7 @@
 // scale to [0, 1], normalise by mean/std, lay out as NCHW or NHWC.
 import sharp from 'sharp';
 import type { ModelManifest } from './manifest.ts';
+import { decodeSimplePng } from './png.ts';
 
 /** png, jpeg or webp by their signatures; anything else (gif, text...) is refused before sharp sees it. */
 export function sniff(b: Uint8Array): 'png' | 'jpeg' | 'webp' | undefined {
@@ -37,6 +38,10 @@ export async function preprocess(
   if (format === undefined) {
     return { ok: false, code: 'unsupported_image', message: 'image format is not supported (png, jpeg, webp)' };
   }
+  const plane = width * height;
+  const tensor = into !== undefined ? into.subarray(offset, offset + c * plane) : new Float32Array(c * plane);
+  const dims = input.layout === 'NCHW' ? [1, c, height, width] : [1, height, width, c];
+  if (format === 'png' && plane <= maxPixels && pngTensor(bytes, manifest, width, height, tensor)) return { ok: true, tensor, dims };
   let raw: Buffer;
   try {
     // limitInputPixels guards against decompression bombs: sharp refuses while reading the
@@ -54,10 +59,28 @@ export async function preprocess(
   }
 
   // sharp's grayscale() may still hand back 3 channels for some inputs; read what it gave.
-  const plane = width * height;
-  const tensor = into !== undefined ? into.subarray(offset, offset + c * plane) : new Float32Array(c * plane);
   toTensor(raw, raw.length / plane, manifest, plane, tensor);
-  return { ok: true, tensor, dims: input.layout === 'NCHW' ? [1, c, height, width] : [1, height, width, c] };
+  return { ok: true, tensor, dims };
+}
+
+/**
+ * A PNG already at the input size, into `tensor` without sharp, when its pixels need no
+ * colour conversion: gray (or RGB with R = G = B, which sharp's grayscale() leaves as
+ * it is) for a 1-channel model, RGB(A) for a 3-channel one. False: sharp's to do.
+ * See png.ts; test/infer/png.test.ts holds the result to sharp's, bit for bit.
+ */
+export function pngTensor(bytes: Uint8Array, manifest: ModelManifest, width: number, height: number, tensor: Float32Array): boolean {
+  const png = decodeSimplePng(bytes, width, height);
+  if (png === undefined) return false;
+  const { pixels, channels } = png;
+  if (manifest.input.channels === 1 ? channels >= 3 && !allGray(pixels, channels) : channels < 3) return false;
+  toTensor(pixels, channels, manifest, width * height, tensor);
+  return true;
+}
+
+function allGray(px: Uint8Array, channels: number): boolean {
+  for (let i = 0; i < px.length; i += channels) if (px[i] !== px[i + 1] || px[i] !== px[i + 2]) return false;
+  return true;
 }
 
 // Per manifest, per channel: the float32 each of the 256 byte values becomes.
