@@ -145,6 +145,67 @@ t.test('damaged files go to sharp, which refuses them as before', async (t) => {
   t.ok(decodeSimplePng(ok, 28, 28), 'the same file built right decodes (the builder is sound)');
 });
 
+t.test('property: on any PNG-like input, preprocess answers as sharp alone does (same tensor, or the same error code)', async (t) => {
+  const rng = mulberry32(23);
+  const int = (n: number) => Math.floor(rng() * n);
+  const m = manifest(1, 16);
+  const m3 = manifest(3, 16);
+  /** preprocess's answer without the path that skips sharp: sharp's pipeline, or its error code. */
+  const sharpAnswer = async (bytes: Buffer, mm: ModelManifest): Promise<Float32Array | string> => {
+    try {
+      return await viaSharp(bytes, mm, 16);
+    } catch {
+      return 'unsupported_image';
+    }
+  };
+  let fast = 0;
+  let mismatches = 0;
+  const cases = 400;
+  for (let i = 0; i < cases; i++) {
+    // Rows with random filter types (now and then one PNG does not define) over random
+    // pixels, deflated, with valid CRCs: the decoder's arithmetic is what is tested, not
+    // only its checks. Then, for a third of the cases, one random byte flipped after the
+    // signature, its chunk's CRC recomputed or not.
+    const colour = [0, 2, 4, 6][int(4)]!;
+    const channels = { 0: 1, 2: 3, 4: 2, 6: 4 }[colour]!;
+    const rows = Buffer.alloc((16 * channels + 1) * 16);
+    for (let y = 0; y < 16; y++) {
+      rows[y * (16 * channels + 1)] = rng() < 0.02 ? 5 + int(250) : int(5);
+      for (let x = 1; x <= 16 * channels; x++) rows[y * (16 * channels + 1) + x] = int(256);
+    }
+    let png = pngOf(16, 16, colour, deflateSync(rows, { level: int(10) }));
+    if (i % 3 === 0) {
+      png = Buffer.from(png);
+      const at = 8 + int(png.length - 8);
+      png[at]! ^= 1 + int(255);
+      if (rng() < 0.5) png = recrc(png);
+    }
+    const mm = colour === 0 || colour === 4 ? m : m3;
+    if (fastPath(png, mm, 16)) fast++;
+    const got = await preprocess(png, mm, undefined, 1e8);
+    const want = await sharpAnswer(png, mm);
+    const same_ = got.ok ? want instanceof Float32Array && same(got.tensor, want) : got.code === want;
+    if (!same_) {
+      mismatches++;
+      if (mismatches <= 3) t.fail(`case ${i}: colour ${colour}, ${got.ok ? 'decoded' : got.code} here, ${typeof want === 'string' ? want : 'decoded'} by sharp`);
+    }
+  }
+  t.equal(mismatches, 0, `${cases} inputs, the same answer as sharp's`);
+  t.ok(fast > cases / 3, `a good share took the path without sharp (${fast})`);
+});
+
+/** Every chunk's CRC made right again (after a flipped byte). */
+function recrc(png: Buffer): Buffer {
+  const out = Buffer.from(png);
+  for (let at = 8; at + 12 <= out.length; ) {
+    const len = out.readUInt32BE(at);
+    if (at + 12 + len > out.length) break;
+    out.writeUInt32BE(crc32(out.subarray(at + 4, at + 8 + len)), at + 8 + len);
+    at += 12 + len;
+  }
+  return out;
+}
+
 function chunk(type: string, data: Buffer): Buffer {
   const head = Buffer.alloc(8);
   head.writeUInt32BE(data.length, 0);
