@@ -6,6 +6,8 @@ import sharp from 'sharp';
 import * as ort from 'onnxruntime-node';
 import { startTestBroker, postJson, metricValue } from '../helpers/broker.ts';
 import { FOREIGN, writeForeignModel } from './foreign-model.ts';
+import { pngTensor } from '../../src/infer/preprocess.ts';
+import { loadManifest } from '../../src/infer/manifest.ts';
 
 const modelPath = writeForeignModel({ manifest: { queue: { max_size: 4, timeout_ms: 10_000 } } });
 const tb = await startTestBroker({ MODEL_VA_PATH: modelPath, MODEL_VB_PATH: modelPath, AB_WEIGHT_A: '1', AB_WEIGHT_B: '0' });
@@ -54,6 +56,24 @@ t.test('NHWC 3x32x32 model: /v1/infer equals a direct onnxruntime run', async (t
     for (const p of res.body.predictions as { index: number; score: number }[]) worst = Math.max(worst, Math.abs(p.score - want[p.index]!));
   }
   t.ok(worst <= 1e-6, `max probability difference ${worst}`);
+});
+
+t.test('a PNG already 32x32 (RGB and RGBA, decoded without sharp) through /v1/infer equals a direct onnxruntime run', async (t) => {
+  const session = await ort.InferenceSession.create(modelPath);
+  t.teardown(() => session.release());
+  for (const channels of [3, 4] as const) {
+    const px = Buffer.alloc(32 * 32 * channels);
+    for (let p = 0; p < px.length; p++) px[p] = (p * 29 + ((p / 5) | 0) * 3) & 255;
+    const png = await sharp(px, { raw: { width: 32, height: 32, channels } }).png().toBuffer();
+    t.ok(pngTensor(png, loadManifest(modelPath).manifest, 32, 32, new Float32Array(32 * 32 * 3)), `the ${channels}-channel PNG takes the path without sharp`);
+    const res = await postJson(url, { image_b64: png.toString('base64'), top_k: 5 });
+    t.equal(res.status, 200);
+    const want = await direct(session, png);
+    let worst = 0;
+    for (const p of res.body.predictions as { index: number; score: number }[]) worst = Math.max(worst, Math.abs(p.score - want[p.index]!));
+    t.same(res.body.predictions.map((p: { label: string }) => p.label), [...want.keys()].sort((a, b) => want[b]! - want[a]!).slice(0, 5).map((k) => FOREIGN.labels[k]), 'same order');
+    t.ok(worst <= 1e-6, `max probability difference ${worst}`);
+  }
 });
 
 t.test('admission over HTTP: a full queue answers 503 overloaded with Retry-After, the rest 200', async (t) => {
