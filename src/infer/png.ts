@@ -35,25 +35,29 @@ export function decodeSimplePng(b: Uint8Array, width: number, height: number): {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const idat: Uint8Array[] = [];
   let idatBytes = 0;
+  let idatDone = false;
   let ended = false;
   for (let at = 8; at < b.length; ) {
     if (at + 12 > b.length) return undefined;
     const len = v.getUint32(at);
     const end = at + 12 + len;
     if (len > 0x7fffffff || end > b.length) return undefined;
+    for (let i = at + 4; i < at + 8; i++) if (!isLetter(b[i]!)) return undefined;
     const type = te.decode(b.subarray(at + 4, at + 8));
     if (crc32(b.subarray(at + 4, at + 8 + len)) !== v.getUint32(at + 8 + len)) return undefined;
     if (type === 'IDAT') {
+      // IDAT chunks must follow one another (libpng refuses a split stream).
+      if (idatDone) return undefined;
       idat.push(b.subarray(at + 8, at + 8 + len));
       idatBytes += len;
     } else if (type === 'IEND') {
       ended = true;
-      at = end;
       break;
-    } else if (type !== 'IHDR' && (type === 'tRNS' || type === 'iCCP' || type === 'PLTE' || (type.charCodeAt(0) & 0x20) === 0)) {
-      // Transparency and colour profiles change sharp's output; an unknown critical
-      // chunk is sharp's to refuse.
-      return undefined;
+    } else {
+      if (idat.length > 0) idatDone = true;
+      // A second IHDR and an unknown critical chunk are sharp's to refuse; transparency
+      // and colour profiles change its output.
+      if ((type === 'IHDR' && at !== 8) || type === 'tRNS' || type === 'iCCP' || type === 'PLTE' || (type !== 'IHDR' && (type.charCodeAt(0) & 0x20) === 0)) return undefined;
     }
     at = end;
   }
@@ -71,6 +75,11 @@ export function decodeSimplePng(b: Uint8Array, width: number, height: number): {
   if (raw.length !== expected) return undefined;
   const pixels = new Uint8Array(stride * height);
   return unfilter(raw, pixels, stride, height, channels) ? { pixels, channels } : undefined;
+}
+
+/** Chunk type bytes are ASCII letters; anything else is a damaged file, for sharp to refuse. */
+function isLetter(c: number): boolean {
+  return (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a);
 }
 
 /** Undoes the per-row filters (PNG spec §9) of `raw` into `out`; false on an unknown filter type. */

@@ -143,6 +143,23 @@ t.test('damaged files go to sharp, which refuses them as before', async (t) => {
   t.equal(decodeSimplePng(pngOf(28, 28, 0, deflateSync(filter)), 28, 28), undefined, 'an unknown row filter');
   const ok = pngOf(28, 28, 0, deflateSync(Buffer.alloc(29 * 28)));
   t.ok(decodeSimplePng(ok, 28, 28), 'the same file built right decodes (the builder is sound)');
+  // Chunk order and names libpng refuses: refused here too, so sharp says so.
+  const z = deflateSync(Buffer.alloc(29 * 28));
+  const ihdr = ok.subarray(8, 33);
+  const iend = chunk('IEND', Buffer.alloc(0));
+  const sig = ok.subarray(0, 8);
+  const odd: [string, Buffer][] = [
+    ['a second IHDR', Buffer.concat([sig, ihdr, ihdr, chunk('IDAT', z), iend])],
+    ['IDAT chunks with another chunk between them', Buffer.concat([sig, ihdr, chunk('IDAT', z.subarray(0, 5)), chunk('tEXt', Buffer.from('a\0b')), chunk('IDAT', z.subarray(5)), iend])],
+    ['a chunk type that is not letters', Buffer.concat([sig, ihdr, chunk('a1b2', Buffer.alloc(2)), chunk('IDAT', z), iend])],
+  ];
+  for (const [what, bytes] of odd) {
+    t.equal(decodeSimplePng(bytes, 28, 28), undefined, `${what}: left to sharp`);
+    const got = await preprocess(bytes, m, undefined, 1e8);
+    t.equal(got.ok ? 'ok' : got.code, 'unsupported_image', `${what}: sharp refuses it`);
+  }
+  const consecutive = Buffer.concat([sig, ihdr, chunk('IDAT', z.subarray(0, 5)), chunk('IDAT', z.subarray(5)), chunk('tEXt', Buffer.from('a\0b')), iend]);
+  t.ok(decodeSimplePng(consecutive, 28, 28), 'consecutive IDAT chunks, then a text chunk: decoded here');
 });
 
 t.test('property: on any PNG-like input, preprocess answers as sharp alone does (same tensor, or the same error code)', async (t) => {
