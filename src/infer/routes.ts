@@ -18,6 +18,12 @@ export const disabledInference: InferBackend = {
 };
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
+/**
+ * Bodies that are the image itself (`curl --data-binary @cat.jpg -H 'content-type: image/jpeg'`),
+ * with top_k and img_size in the query: no base64 (a third fewer bytes) and no JSON to parse.
+ * Any other content type is read as the JSON body, as before.
+ */
+export const RAW_IMAGE_TYPES: ReadonlySet<string> = new Set(['image/png', 'image/jpeg', 'image/webp', 'application/octet-stream']);
 const DATA_URL = /^data:image\/[a-z0-9.+-]+;base64,/i;
 const BASE64 = /^[A-Za-z0-9+/_-]+={0,2}$/;
 
@@ -27,13 +33,11 @@ export function inferRoutes(service: InferBackend, stickyCookie: string): Route[
       method: 'POST',
       path: '/v1/infer',
       body: 'json',
+      rawTypes: RAW_IMAGE_TYPES,
       rateLimited: true,
       track: 'infer',
       async handle({ req, body, sink }) {
-        const b = body as Record<string, unknown>;
-        const image = decodeImage(b.image_b64);
-        const imgSize = optionalInt(b.img_size, 'img_size', 1, 100_000);
-        const topK = optionalInt(b.top_k, 'top_k', 1, 1000);
+        const { image, imgSize, topK } = Buffer.isBuffer(body) ? rawInput(body, req.query) : jsonInput(body as Record<string, unknown>);
         const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
         const priority = inferPriority(req.headers['x-broker-priority']);
         const reply = await service.infer({ image, imgSize, topK, cookieArm, priority, trace: req.span?.context() });
@@ -46,6 +50,23 @@ export function inferRoutes(service: InferBackend, stickyCookie: string): Route[
       },
     },
   ];
+}
+
+function jsonInput(b: Record<string, unknown>): { image: Buffer; imgSize: number | undefined; topK: number | undefined } {
+  return { image: decodeImage(b.image_b64), imgSize: optionalInt(b.img_size, 'img_size', 1, 100_000), topK: optionalInt(b.top_k, 'top_k', 1, 1000) };
+}
+
+/** An image body: the bytes as they came, top_k and img_size from the query string. */
+function rawInput(body: Buffer, query: string): { image: Buffer; imgSize: number | undefined; topK: number | undefined } {
+  if (body.length === 0) throw new BrokerError('invalid_image', 'the request body is empty: send the image bytes (or JSON with image_b64)');
+  const q = new URLSearchParams(query);
+  return { image: body, imgSize: queryInt(q.get('img_size'), 'img_size', 1, 100_000), topK: queryInt(q.get('top_k'), 'top_k', 1, 1000) };
+}
+
+/** A query parameter as optionalInt reads a JSON field: a decimal integer in range, or absent. */
+function queryInt(value: string | null, field: string, min: number, max: number): number | undefined {
+  if (value === null) return undefined;
+  return optionalInt(/^[0-9]{1,9}$/.test(value) ? Number(value) : value, field, min, max);
 }
 
 /** Readiness: the models are loaded (always ready when inference is turned off). */

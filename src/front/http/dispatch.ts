@@ -47,6 +47,14 @@ export function tooLarge(max: number): BrokerError {
 
 const readsBody = (r: Route): boolean => r.body === 'json' || r.body === 'json?' || r.body === 'raw';
 
+/** The request's media type is one the route takes raw (`rawTypes`): no JSON parse. */
+function sendsRaw(r: Route, req: BrokerRequest): boolean {
+  const type = req.headers['content-type'];
+  if (r.rawTypes === undefined || type === undefined) return false;
+  const end = type.indexOf(';');
+  return r.rawTypes.has((end < 0 ? type : type.slice(0, end)).trim().toLowerCase());
+}
+
 /** A declared Content-Length past the limit is refused before a byte is read. */
 function checkDeclaredLength(req: BrokerRequest, max: number): void {
   const declared = req.headers['content-length'];
@@ -114,7 +122,7 @@ function guarded(g: Guards, r: Route, params: Record<string, string>, req: Broke
       if (err !== undefined) return sink.fail(err);
       let body: unknown = bytes;
       if (r.body === 'json?' && bytes!.length === 0) body = {};
-      else if (r.body !== 'raw') {
+      else if (r.body !== 'raw' && !sendsRaw(r, req)) {
         try {
           body = JSON.parse(bytes!.toString('utf8'));
         } catch {

@@ -32,6 +32,8 @@ export interface Route {
   readonly name?: string;
   /** 'json?': a JSON object, or nothing (read as {}): admin actions whose body is optional. */
   readonly body?: 'json' | 'json?' | 'raw' | 'none';
+  /** Media types (lower case, no parameters) whose body is handed over raw (a Buffer), whatever `body` says. */
+  readonly rawTypes?: ReadonlySet<string>;
   /** Needs the admin credential. */
   readonly admin?: boolean;
   /** Subject to the per-client rate limit. */
