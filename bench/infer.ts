@@ -28,7 +28,7 @@
 //
 // Knobs (env): BENCH_ROUNDS (4), BENCH_ROUND_S (5), BENCH_WARMUP_S (3),
 // BENCH_MATCHED_S (4), BENCH_CONN_FACTOR (3), BENCH_BATCH_CONN_FACTOR (8, the wide cases),
-// BENCH_MODELS (vA,heavy,heavy-b1,wide,wide-b1),
+// BENCH_MODELS (vA,heavy,heavy-b1,wide,wide-b1), BENCH_BODY (json; raw: the image as the body),
 // INFER_THREADS / INFER_INTRA_OP_THREADS / INFER_TASKS_PER_WORKER (as the broker's).
 import { performance } from 'node:perf_hooks';
 import { relative } from 'node:path';
@@ -69,6 +69,7 @@ const warmupS = envNumber('BENCH_WARMUP_S', 3);
 const matchedS = envNumber('BENCH_MATCHED_S', 4);
 const connFactor = envNumber('BENCH_CONN_FACTOR', 3);
 const batchConnFactor = envNumber('BENCH_BATCH_CONN_FACTOR', 8);
+const rawBody = process.env.BENCH_BODY === 'raw';
 const only = new Set((process.env.BENCH_MODELS ?? 'vA,heavy,heavy-b1,wide,wide-b1').split(',').map((s) => s.trim()));
 
 // The broker's own defaults decide N and the intra-op threads; both sides get the same.
@@ -112,13 +113,13 @@ interface BrokerRound {
   readonly windowS: number;
 }
 
-async function brokerRound(broker: Child, url: string, body: string, connections: number): Promise<BrokerRound> {
+async function brokerRound(broker: Child, url: string, body: string | Buffer, headers: Record<string, string>, connections: number): Promise<BrokerRound> {
   const m0 = await scrapeMetrics(broker.url);
   const cpu0 = threadCpu(broker.pid);
   const self0 = process.cpuUsage();
   const busy0 = machineBusy();
   const t0 = performance.now();
-  const load = await fire({ url, body, connections, durationS: roundS });
+  const load = await fire({ url, body, headers, connections, durationS: roundS });
   const windowS = (performance.now() - t0) / 1000;
   const self = process.cpuUsage(self0);
   const busy = machineBusy() - busy0;
@@ -192,11 +193,13 @@ async function benchCase(c: Case, cpuCount: number) {
   }
   const [baseline, own] = loops as [Baseline, Baseline | undefined];
   try {
-    const url = `${broker.url}/v1/infer`;
-    const body = JSON.stringify({ image_b64: c.image.toString('base64'), top_k: TOP_K });
+    // BENCH_BODY=raw: the image as the body (README, POST /v1/infer), top_k in the query.
+    const url = rawBody ? `${broker.url}/v1/infer?top_k=${TOP_K}` : `${broker.url}/v1/infer`;
+    const body = rawBody ? c.image : JSON.stringify({ image_b64: c.image.toString('base64'), top_k: TOP_K });
+    const headers = { 'content-type': rawBody ? 'application/octet-stream' : 'application/json' };
 
     // One request first: a broken setup should fail loudly, not as a page of non-2xx.
-    const probe = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    const probe = await fetch(url, { method: 'POST', headers, body });
     const reply = (await probe.json()) as { predictions?: { label: string }[] };
     if (probe.status !== 200) throw new Error(`probe request got ${probe.status}: ${JSON.stringify(reply)}`);
     const top = reply.predictions?.[0]?.label;
@@ -205,7 +208,7 @@ async function benchCase(c: Case, cpuCount: number) {
     log(`${c.key}: warm-up ${warmupS}s each (baseline, then broker at ${conns} connections)`);
     await baseline.run(warmupS * 1000);
     await own?.run(warmupS * 1000);
-    await fire({ url, body, connections: conns, durationS: warmupS });
+    await fire({ url, body, headers, connections: conns, durationS: warmupS });
 
     const baseRuns: BaselineRun[] = [];
     const ownRuns: BaselineRun[] = [];
@@ -214,10 +217,10 @@ async function benchCase(c: Case, cpuCount: number) {
       log(`${c.key}: round ${r}/${rounds}: baseline ${roundS}s,${own ? ` loop with the broker's decode ${roundS}s,` : ''} broker saturated ${roundS}s`);
       baseRuns.push(await baseline.run(roundS * 1000));
       if (own) ownRuns.push(await own.run(roundS * 1000));
-      brokerRuns.push(await brokerRound(broker, url, body, conns));
+      brokerRuns.push(await brokerRound(broker, url, body, headers, conns));
     }
     log(`${c.key}: broker at ${threads} connections (the baseline's concurrency) ${matchedS}s`);
-    const matchedRun = await fire({ url, body, connections: threads, durationS: matchedS });
+    const matchedRun = await fire({ url, body, headers, connections: threads, durationS: matchedS });
 
     const baselineOut = baselineFigures(baseRuns, cpuCount);
     const ownOut = own ? baselineFigures(ownRuns, cpuCount) : undefined;
@@ -294,7 +297,7 @@ async function main(): Promise<void> {
   const started = performance.now();
   const info = machine();
   log(`node ${info.node}, ${info.cpu_count} cpus (${info.cpu_model}), load average ${info.loadavg_1m_at_start}`);
-  log(`N=${threads} threads, intra-op ${intraOp}; ${rounds} rounds of ${roundS}s each side; broker saturated at ${connections} connections`);
+  log(`N=${threads} threads, intra-op ${intraOp}; ${rounds} rounds of ${roundS}s each side; broker saturated at ${connections} connections; ${rawBody ? 'the image as the body' : 'JSON bodies (image_b64)'}`);
 
   const cases: Case[] = [];
   if (only.has('vA')) {
@@ -438,6 +441,7 @@ async function main(): Promise<void> {
       goal_p99_ratio: P99_GOAL,
       goal_batching_ratio: BATCH_GOAL,
       tasks_per_worker: process.env.INFER_TASKS_PER_WORKER ?? 'default',
+      body: rawBody ? 'raw image' : 'JSON with image_b64',
     },
     models: out,
     physical_limit: limits,
