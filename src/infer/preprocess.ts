@@ -41,7 +41,7 @@ export async function preprocess(
   const plane = width * height;
   const tensor = into !== undefined ? into.subarray(offset, offset + c * plane) : new Float32Array(c * plane);
   const dims = input.layout === 'NCHW' ? [1, c, height, width] : [1, height, width, c];
-  if (format === 'png' && plane <= maxPixels && pngTensor(bytes, manifest, width, height, tensor)) return { ok: true, tensor, dims };
+  if (format === 'png' && plane <= Math.min(maxPixels, PNG_PATH_MAX_PIXELS) && pngTensor(bytes, manifest, width, height, tensor)) return { ok: true, tensor, dims };
   let raw: Buffer;
   try {
     // limitInputPixels guards against decompression bombs: sharp refuses while reading the
@@ -62,6 +62,14 @@ export async function preprocess(
   toTensor(raw, raw.length / plane, manifest, plane, tensor);
   return { ok: true, tensor, dims };
 }
+
+/**
+ * Up to this size a PNG at the input size decodes here: on a 28x28 image 40x cheaper than
+ * sharp, on 224x224 about even (1.40 ms here with the conversion against 1.46 ms for
+ * sharp's decode alone), and it runs on the worker's own thread, where sharp's runs on
+ * libuv's pool beside the other batch's compute. So larger images stay with sharp.
+ */
+export const PNG_PATH_MAX_PIXELS = 256 * 256;
 
 /**
  * A PNG already at the input size, into `tensor` without sharp, when its pixels need no
