@@ -1,8 +1,9 @@
 // A PNG that is already the model's input size needs no resize, and a plain 8-bit
 // one decodes in JavaScript (node:zlib inflates) far faster than a libvips pipeline:
 // sharp's fixed cost per image, not its per-pixel work, is most of a small image's
-// CPU (28x28 gray: ~0.8 ms against ~0.02 ms here; docs/benchmarks.md, "PNG at the
-// model's size"). Anything outside the simple case returns undefined and goes to
+// CPU (28x28 gray: ~0.8 ms against ~0.02 ms here; docs/benchmarks.md, "Session 8: a PNG
+// at the model's size skips sharp"; preprocess.ts takes this path up to 256x256).
+// Anything outside the simple case returns undefined and goes to
 // sharp, which then decides (and words any error) exactly as before: interlaced,
 // palette, 16-bit, transparency chunks, an ICC profile, a bad CRC, a short or long
 // stream. test/infer/png.test.ts checks the pixels against sharp's.
