@@ -22,12 +22,19 @@ COPY src ./src
 RUN npm run build
 
 # --- production dependencies (with install scripts: sharp, onnxruntime-node; .npmrc and
-#     ONNXRUNTIME_NODE_INSTALL tell onnxruntime-node not to download the CUDA provider)
+#     ONNXRUNTIME_NODE_INSTALL tell onnxruntime-node not to download the CUDA provider),
+#     and native/'s addon, built by our own install script (scripts/build-native.mjs) with
+#     the compiler this stage installs and node's own headers
 FROM ${NODE_IMAGE} AS prod-deps
 ENV ONNXRUNTIME_NODE_INSTALL=skip
+RUN apt-get update && apt-get install -y --no-install-recommends g++ make python3 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
+COPY scripts/build-native.mjs ./scripts/
+COPY native ./native
 RUN npm ci --omit=dev --no-audit --no-fund \
+    && test -f native/build/Release/edge_native.node \
     && npm cache clean --force
 
 # --- runtime
@@ -38,6 +45,7 @@ ENV NODE_ENV=production \
 WORKDIR /app
 # Code and dependencies stay owned by root: the process (user node) can read them, not change them.
 COPY --from=prod-deps /app/node_modules ./node_modules
+COPY --from=prod-deps /app/native/build/Release/edge_native.node ./native/build/Release/
 COPY --from=build /app/dist ./dist
 COPY package.json package-lock.json ./
 COPY config ./config
@@ -50,7 +58,7 @@ COPY migrations ./migrations
 
 # Fail the build, not the first start, if a module (uWebSockets.js, sharp, onnxruntime-node, a
 # dependency left in devDependencies) cannot load.
-RUN node --input-type=module -e "await import('./dist/app.js'); await import('sharp'); await import('onnxruntime-node')"
+RUN node --input-type=module -e "await import('./dist/app.js'); await import('sharp'); await import('onnxruntime-node'); const { describeConversion } = await import('./dist/infer/native.js'); const d = describeConversion('auto'); if (d.path !== 'native') throw new Error(d.reason)"
 
 USER node
 EXPOSE 8080

@@ -28,7 +28,7 @@
 //
 // Knobs (env): BENCH_ROUNDS (4), BENCH_ROUND_S (5), BENCH_WARMUP_S (3),
 // BENCH_MATCHED_S (4), BENCH_CONN_FACTOR (3), BENCH_BATCH_CONN_FACTOR (8, the wide cases),
-// BENCH_MODELS (vA,heavy,heavy-b1,wide,wide-b1), BENCH_BODY (json; raw: the image as the body),
+// BENCH_MODELS (vA,heavy,heavy-js,heavy-b1,wide,wide-b1), BENCH_BODY (json; raw: the image as the body),
 // INFER_THREADS / INFER_INTRA_OP_THREADS / INFER_TASKS_PER_WORKER (as the broker's).
 import { performance } from 'node:perf_hooks';
 import { relative } from 'node:path';
@@ -70,7 +70,7 @@ const matchedS = envNumber('BENCH_MATCHED_S', 4);
 const connFactor = envNumber('BENCH_CONN_FACTOR', 3);
 const batchConnFactor = envNumber('BENCH_BATCH_CONN_FACTOR', 8);
 const rawBody = process.env.BENCH_BODY === 'raw';
-const only = new Set((process.env.BENCH_MODELS ?? 'vA,heavy,heavy-b1,wide,wide-b1').split(',').map((s) => s.trim()));
+const only = new Set((process.env.BENCH_MODELS ?? 'vA,heavy,heavy-js,heavy-b1,wide,wide-b1').split(',').map((s) => s.trim()));
 
 // The broker's own defaults decide N and the intra-op threads; both sides get the same.
 const cfg = loadConfig({ INFER_THREADS: process.env.INFER_THREADS, INFER_INTRA_OP_THREADS: process.env.INFER_INTRA_OP_THREADS });
@@ -89,6 +89,8 @@ interface Case {
   readonly expectLabel?: string;
   /** Saturated connections, when not CONN_FACTOR x N. */
   readonly connections?: number;
+  /** More of the broker's env (heavy-js: INFER_NATIVE=off). */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 const SERVER_HISTOGRAMS = {
@@ -176,6 +178,7 @@ async function benchCase(c: Case, cpuCount: number) {
     SHADOW_ENABLED: 'false',
     CANARY_ENABLED: 'false',
     ADMIN_TOKEN: '',
+    ...c.env,
   });
   const baselineOf = (decoder: 'sharp' | 'broker') =>
     startBaseline({ modelPath: c.model.path, manifest: c.model.manifest, intraOpThreads: intraOp, maxPixels: cfg.inferMaxPixels, image: c.image, topK: TOP_K, threads, decoder });
@@ -316,6 +319,11 @@ async function main(): Promise<void> {
     const jpeg = await syntheticJpeg(256);
     cases.push({ key: 'heavy', model: heavy, image: jpeg, imageDesc: `synthetic JPEG 256x256 RGB q85, ${jpeg.length} B (resized to 224)` });
   }
+  if (only.has('heavy-js')) {
+    // The broker converting pixels in JavaScript (INFER_NATIVE=off): what native/ gives end to end.
+    const jpeg = await syntheticJpeg(256);
+    cases.push({ key: 'heavy-js', model: ensureLoadModel(log), image: jpeg, imageDesc: 'as heavy, INFER_NATIVE=off', env: { INFER_NATIVE: 'off' } });
+  }
   if (only.has('heavy-b1')) {
     const jpeg = await syntheticJpeg(256);
     cases.push({ key: 'heavy-b1', model: batchSize1(ensureLoadModel(log)), image: jpeg, imageDesc: `as heavy, max_batch_size 1` });
@@ -328,20 +336,20 @@ async function main(): Promise<void> {
     if (only.has('wide')) cases.push({ key: 'wide', model: wide, image: fashion.png, imageDesc: desc, connections: batchConns });
     if (only.has('wide-b1')) cases.push({ key: 'wide-b1', model: batchSize1(wide), image: fashion.png, imageDesc: `${desc}, max_batch_size 1`, connections: batchConns });
   }
-  if (cases.length === 0) throw new Error('BENCH_MODELS selects no model (vA, heavy, heavy-b1, wide, wide-b1)');
+  if (cases.length === 0) throw new Error('BENCH_MODELS selects no model (vA, heavy, heavy-js, heavy-b1, wide, wide-b1)');
 
   // Stage by stage on one thread, before the load: what batching (compute per image by
   // batch size) and a native conversion stage (issue 11 §4) could give at most.
   const stages: Record<string, StageFigures> = {};
   const stageRows: (string | number)[][] = [];
   for (const c of cases) {
-    if (c.key.endsWith('-b1')) continue;
+    if (c.key.endsWith('-b1') || c.key.endsWith('-js')) continue;
     log(`${c.key}: CPU per image by stage (one thread, about 8 s)`);
     const f = await measureStages(c.model, c.image, cfg.inferMaxPixels, 1000);
     stages[c.key] = f;
     const by = f.compute_ms_by_batch;
     const largest = Math.max(...Object.keys(by).map(Number));
-    stageRows.push([c.key, f.sharp_ms, f.convert_ms, f.preprocess_ms, by['1']!, `${by[String(largest)]} (${largest})`, f.topk_ms, f.batching_ceiling, f.native_ceiling]);
+    stageRows.push([c.key, f.sharp_ms, f.convert_ms, f.convert_native_ms ?? 'not built', f.native_stage_gain ?? '-', f.preprocess_ms, by['1']!, `${by[String(largest)]} (${largest})`, f.topk_ms, f.batching_ceiling, f.native_ceiling]);
   }
 
   // Everything below is time-boxed (about 2 min with the defaults); a hang must not hold CI.
@@ -422,6 +430,10 @@ async function main(): Promise<void> {
     if (key === 'heavy') allMet &&= met;
   }
   const batching = batchingVs1['heavy'];
+  // native/ end to end (issue 11 §4): heavy against heavy-js, raw and against each run's baseline.
+  const hn = byKey['heavy'];
+  const hj = byKey['heavy-js'];
+  const nativeVsJs = hn !== undefined && hj !== undefined ? { throughput_ratio: round(hn.rps / hj.rps), throughput_ratio_vs_own_baseline: round(hn.rps / hn.baseRps / (hj.rps / hj.baseRps)), p99_ms: { native: hn.p99, js: hj.p99 } } : undefined;
 
   const results = {
     bench: 'infer',
@@ -448,6 +460,7 @@ async function main(): Promise<void> {
     stages,
     heavy_batching_vs_batch_1: batching,
     wide_batching_vs_batch_1: batchingVs1['wide'],
+    heavy_native_vs_js: nativeVsJs,
     goal_met: allMet,
     noisy,
     wall_s: round((performance.now() - started) / 1000, 1),
@@ -461,13 +474,17 @@ async function main(): Promise<void> {
   console.log();
   console.log('CPU ms per image by stage, one thread; ceilings: whole-image CPU at batch 1 over at the largest batch (batching),');
   console.log('and over itself without the conversion (an infinitely fast native stage).');
-  console.log(table(['model', 'sharp', 'convert', 'preprocess', 'compute b1', 'compute/image (batch)', 'top-k', 'batching ceiling', 'native ceiling'], stageRows));
+  console.log(table(['model', 'sharp', 'convert (JS)', 'convert (native)', 'native stage gain', 'preprocess', 'compute b1', 'compute/image (batch)', 'top-k', 'batching ceiling', 'native ceiling'], stageRows));
   console.log();
   console.log('Physical limit: all cores in decode + compute at the CPU ms per image of the loop doing the broker\'s own decode.');
   console.log(table(['model', 'CPU ms/image', 'limit req/s', 'baseline', 'broker'], limitRows));
   for (const [key, b] of Object.entries(batchingVs1)) {
     console.log();
     log(`${key}, batching vs batch size 1 at saturation (${b.connections} connections): ${b.throughput_ratio}x req/s (${b.throughput_ratio_vs_own_baseline}x against each run's baseline), p99 ${b.p99_ms.batched} vs ${b.p99_ms.batch_1} ms, mean batch ${b.mean_batch}; >= ${BATCH_GOAL}x at equal or better p99: ${b.goal_met ? 'met' : 'NOT met'}${key === 'heavy' ? '' : ' (reported, not a goal)'}`);
+  }
+  if (nativeVsJs !== undefined) {
+    console.log();
+    log(`heavy, native conversion vs JavaScript (heavy-js) at saturation: ${nativeVsJs.throughput_ratio}x req/s (${nativeVsJs.throughput_ratio_vs_own_baseline}x against each run's baseline), p99 ${nativeVsJs.p99_ms.native} vs ${nativeVsJs.p99_ms.js} ms`);
   }
   console.log();
   console.log('Where the time goes, mean ms per request. Broker figures from its /metrics; "other" = HTTP time');

@@ -29,6 +29,7 @@ import { startHttpFront } from './front/http/server.ts';
 import { assertPortFree } from './front/http/port-free.ts';
 import { loadManifest } from './infer/manifest.ts';
 import { createInferPool, libuvPoolSizing } from './infer/pool.ts';
+import { describeConversion } from './infer/native.ts';
 import { InferService } from './infer/service.ts';
 import { disabledInference, inferRoutes, readyRoute } from './infer/routes.ts';
 import { V2Core } from './infer/v2/core.ts';
@@ -476,7 +477,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   }
   metrics.planeThreads.set(planes?.count ?? 0);
   logger.info(
-    { port, host: config.host, front_threads: config.frontThreads, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, inference: infer !== undefined, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads },
+    { port, host: config.host, front_threads: config.frontThreads, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, inference: infer !== undefined, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads, ...(infer !== undefined ? pixelConversion(config.inferNative) : {}) },
     'edge broker listening',
   );
 
@@ -558,6 +559,7 @@ function startInference(config: Config, metrics: Metrics, logger: Logger, tracer
         intraOpThreads: config.inferIntraOpThreads,
         maxQueue: config.inferMaxQueue,
         maxPixels: config.inferMaxPixels,
+        native: config.inferNative,
         tasksPerWorker: config.inferTasksPerWorker,
         tracer,
         onWorkerFailure: () => {
@@ -599,4 +601,10 @@ function budgetsOf(config: BrokerConfig): ReadonlyMap<string, Budget> {
     budgetCache.set(config, m);
   }
   return m;
+}
+
+/** The start-up log's word on the inference workers' pixel conversion: native/'s addon or JavaScript, and why. */
+function pixelConversion(mode: 'auto' | 'off'): { pixel_conversion: 'native' | 'js'; pixel_conversion_reason: string } {
+  const d = describeConversion(mode);
+  return { pixel_conversion: d.path, pixel_conversion_reason: d.reason };
 }

@@ -8,7 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
-import { preprocess, toTensor, type Preprocessed } from '../../src/infer/preprocess.ts';
+import { preprocess, toTensorJs, type Preprocessed } from '../../src/infer/preprocess.ts';
 import { topK } from '../../src/infer/postprocess.ts';
 import type { BaselineWorkerData, BaselineMessage, BaselineCommand } from './baseline.ts';
 
@@ -29,7 +29,7 @@ async function plainSharp(bytes: Uint8Array): Promise<Preprocessed> {
   const raw = await p.raw().toBuffer();
   const plane = width * height;
   const tensor = new Float32Array(input.channels * plane);
-  toTensor(raw, raw.length / plane, manifest, plane, tensor);
+  toTensorJs(raw, raw.length / plane, manifest, plane, tensor);
   return { ok: true, tensor, dims: input.layout === 'NCHW' ? [1, input.channels, height, width] : [1, height, width, input.channels] };
 }
 const decode = data.decoder === 'sharp' ? plainSharp : (b: Uint8Array) => preprocess(b, manifest, undefined, data.maxPixels);

@@ -9,15 +9,20 @@ import sharp from 'sharp';
 import * as ort from 'onnxruntime-node';
 import { performance } from 'node:perf_hooks';
 import type { LoadedModel } from '../../src/infer/manifest.ts';
-import { preprocess, toTensor } from '../../src/infer/preprocess.ts';
+import { preprocess, toTensorJs, toTensor } from '../../src/infer/preprocess.ts';
+import { conversionAddon } from '../../src/infer/native.ts';
 import { topK } from '../../src/infer/postprocess.ts';
 
 export interface StageFigures {
   readonly model: string;
   /** CPU ms per image. */
   readonly sharp_ms: number;
+  /** The JavaScript conversion. */
   readonly convert_ms: number;
-  /** preprocess() as the worker calls it: sharp + convert. */
+  /** native/'s addon doing the same (null: not built); and JavaScript's time over it. */
+  readonly convert_native_ms: number | null;
+  readonly native_stage_gain: number | null;
+  /** preprocess() as the worker calls it: sharp + convert (native when built). */
   readonly preprocess_ms: number;
   /** session.run CPU ms per image, by batch size. */
   readonly compute_ms_by_batch: Record<string, number>;
@@ -67,8 +72,8 @@ export async function measureStages(model: LoadedModel, image: Buffer, maxPixels
   const sharpMs = await perCall(sharpOnly, minMs);
   const out = new Float32Array(per);
   // The conversion of preprocess(), on the raw pixels it gets from sharp.
-  const convert = () => toTensor(raw, raw.length / (w * h), manifest, w * h, out);
-  const convertMs = await perCall(convert, minMs);
+  const convertMs = await perCall(() => toTensorJs(raw, raw.length / (w * h), manifest, w * h, out), minMs);
+  const nativeMs = conversionAddon() === undefined ? null : await perCall(() => toTensor(raw, raw.length / (w * h), manifest, w * h, out), minMs);
   const preMs = await perCall(() => preprocess(image, manifest, undefined, maxPixels), minMs);
 
   const session = await ort.InferenceSession.create(model.path, { intraOpNumThreads: 1, interOpNumThreads: 1, executionMode: 'sequential', graphOptimizationLevel: 'all' });
@@ -96,6 +101,8 @@ export async function measureStages(model: LoadedModel, image: Buffer, maxPixels
     model: manifest.name,
     sharp_ms: r3(sharpMs),
     convert_ms: r3(convertMs),
+    convert_native_ms: nativeMs === null ? null : r3(nativeMs),
+    native_stage_gain: nativeMs === null ? null : Math.round((convertMs / nativeMs) * 100) / 100,
     preprocess_ms: r3(preMs),
     compute_ms_by_batch: Object.fromEntries(Object.entries(byBatch).map(([k, v]) => [k, r3(v)])),
     topk_ms: r3(topkMs),

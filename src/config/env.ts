@@ -41,6 +41,8 @@ export interface Config {
   readonly inferTasksPerWorker: number;
   /** Decoded pixels above which an image is refused (decompression bombs). */
   readonly inferMaxPixels: number;
+  /** INFER_NATIVE: 'auto' converts pixels with native/'s addon when it is built, 'off' never. */
+  readonly inferNative: 'auto' | 'off';
   readonly logLevel: LogLevel;
   /** JSON or YAML file with the LLM model groups; unset: discover a local Ollama. */
   readonly brokerConfigPath: string | undefined;
@@ -204,6 +206,7 @@ export function loadConfig(env: Env = process.env): Config {
     inferMaxQueue: int(env, 'INFER_MAX_QUEUE', 256, 1, 1e6),
     inferTasksPerWorker: int(env, 'INFER_TASKS_PER_WORKER', 2, 1, 16),
     inferMaxPixels: int(env, 'INFER_MAX_PIXELS', 4096 * 4096, 1, 2 ** 31 - 1),
+    inferNative: oneOf(env, 'INFER_NATIVE', 'auto', ['auto', 'off'] as const),
     logLevel,
     brokerConfigPath: env.BROKER_CONFIG === undefined || env.BROKER_CONFIG === '' ? undefined : env.BROKER_CONFIG,
     ollamaUrl: url(env, 'OLLAMA_URL', 'http://127.0.0.1:11434'),

@@ -53,6 +53,8 @@ export interface InferPoolOptions {
   /** Queue bound of a model whose manifest sets no queue.max_size. */
   readonly maxQueue: number;
   readonly maxPixels: number;
+  /** INFER_NATIVE (default 'auto'). */
+  readonly native?: 'auto' | 'off';
   /** Batches in flight per worker (INFER_TASKS_PER_WORKER); default DEFAULT_TASKS_PER_WORKER. */
   readonly tasksPerWorker?: number;
   /** Called when a worker dies outside of close(). */
@@ -168,6 +170,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     models: Object.fromEntries(Object.entries(opts.models).map(([k, m]) => [k, { path: m.path, manifest: m.manifest }])),
     intraOpThreads: opts.intraOpThreads,
     maxPixels: opts.maxPixels,
+    native: opts.native ?? 'auto',
     readyCounter,
   };
   const tasksPerWorker = opts.tasksPerWorker ?? DEFAULT_TASKS_PER_WORKER;

@@ -3,6 +3,7 @@
 import sharp from 'sharp';
 import type { ModelManifest } from './manifest.ts';
 import { decodeSimplePng } from './png.ts';
+import { conversionAddon } from './native.ts';
 
 /** png, jpeg or webp by their signatures; anything else (gif, text...) is refused before sharp sees it. */
 export function sniff(b: Uint8Array): 'png' | 'jpeg' | 'webp' | undefined {
@@ -91,20 +92,24 @@ function allGray(px: Uint8Array, channels: number): boolean {
   return true;
 }
 
-// Per manifest, per channel: the float32 each of the 256 byte values becomes.
-const tables = new WeakMap<ModelManifest, Float32Array[]>();
+// Per manifest, per channel: the float32 each of the 256 byte values becomes; and the
+// same tables end to end in one array, as the native addon takes them.
+const tables = new WeakMap<ModelManifest, { perChannel: Float32Array[]; joined: Float32Array }>();
 
-function tablesFor(manifest: ModelManifest): Float32Array[] {
+function tablesFor(manifest: ModelManifest): { perChannel: Float32Array[]; joined: Float32Array } {
   let t = tables.get(manifest);
   if (t === undefined) {
     const { mean, std } = manifest.input;
-    t = mean.map((m, ch) => {
+    const perChannel = mean.map((m, ch) => {
       // The same double expression as the arithmetic version, rounded to float32 once:
       // the table gives bit-identical values (test/infer/hotpath.test.ts).
       const k = 1 / (255 * std[ch]!);
       const b = m / std[ch]!;
       return Float32Array.from({ length: 256 }, (_, v) => v * k - b);
     });
+    const joined = new Float32Array(256 * perChannel.length);
+    perChannel.forEach((row, ch) => joined.set(row, ch * 256));
+    t = { perChannel, joined };
     tables.set(manifest, t);
   }
   return t;
@@ -113,12 +118,23 @@ function tablesFor(manifest: ModelManifest): Float32Array[] {
 /**
  * uint8 pixels (`got` bytes each, interleaved) -> the model's float32 input, scaled to
  * [0, 1] and normalised by mean/std, NCHW or NHWC. A 256-entry table per channel and one
- * pass over the pixels: 0.22-0.25 ms for 224x224x3 instead of 0.38-0.39 ms for a
- * multiply-add per channel plane (docs/benchmarks.md, issue 11 §4: the stage a native
- * addon would take).
+ * pass over the pixels. For a 224x224x3 image the JavaScript loop takes 0.46 ms and the
+ * native addon 0.06 ms, with the same tables and the same floats (docs/benchmarks.md,
+ * "native/").
  */
 export function toTensor(raw: Uint8Array, got: number, manifest: ModelManifest, plane: number, tensor: Float32Array): void {
-  const t = tablesFor(manifest);
+  const c = manifest.input.channels;
+  const addon = conversionAddon();
+  if (addon !== undefined && got >= c && (c === 1 || c === 3)) {
+    addon.toTensor(raw, got, plane, manifest.input.layout === 'NHWC', tablesFor(manifest).joined, tensor);
+    return;
+  }
+  toTensorJs(raw, got, manifest, plane, tensor);
+}
+
+/** toTensor without the addon: what runs when native/ is not built or INFER_NATIVE=off. */
+export function toTensorJs(raw: Uint8Array, got: number, manifest: ModelManifest, plane: number, tensor: Float32Array): void {
+  const t = tablesFor(manifest).perChannel;
   const c = manifest.input.channels;
   if (c === 1) {
     const t0 = t[0]!;

@@ -7,6 +7,8 @@ export interface WorkerData {
   readonly models: Readonly<Record<string, { path: string; manifest: ModelManifest }>>;
   readonly intraOpThreads: number;
   readonly maxPixels: number;
+  /** INFER_NATIVE: whether the worker may convert pixels with native/'s addon. */
+  readonly native: 'auto' | 'off';
   /** Int32 slot 0: how many workers loaded and warmed their models; then a ring of their thread ids. */
   readonly readyCounter: SharedArrayBuffer;
 }

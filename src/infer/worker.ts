@@ -12,6 +12,7 @@ import sharp from 'sharp';
 import { performance } from 'node:perf_hooks';
 import type { ModelManifest } from './manifest.ts';
 import { preprocess } from './preprocess.ts';
+import { setConversionMode } from './native.ts';
 import { topK } from './postprocess.ts';
 import { workerSpans } from '../obs/trace/infer.ts';
 import type { SpanData } from '../obs/trace/span.ts';
@@ -25,6 +26,7 @@ const data = workerData as WorkerData;
 sharp.concurrency(1);
 // sharp's operation cache only helps repeated pipelines on the same file.
 sharp.cache(false);
+setConversionMode(data.native);
 
 interface Loaded {
   session: ort.InferenceSession;
@@ -124,13 +126,22 @@ async function runBatch(task: BatchTask, startedAt: number, base: Omit<BatchOutc
   const model = models[task.model];
   if (model === undefined) return { ...base, items: failAll(n, `worker has no model ${task.model}`) };
   if (broken[task.model] !== undefined) return { ...base, items: failAll(n, broken[task.model]!) };
-  const { manifest, session } = model;
+  const { manifest } = model;
   const h = manifest.input.height ?? task.size ?? manifest.input.defaultSize;
   const w = manifest.input.width ?? task.size ?? manifest.input.defaultSize;
   const per = manifest.input.channels * h * w;
 
   // Each image decodes into its own slot; a failed one leaves a hole that is closed below.
-  const batch = new Float32Array(n * per);
+  const batch = takeInput(n * per);
+  try {
+    return await decodeAndRun(task, startedAt, base, model, batch, h, w, per);
+  } finally {
+    giveInput(batch);
+  }
+}
+
+async function decodeAndRun(task: BatchTask, startedAt: number, base: Omit<BatchOutcome, 'items'>, { manifest, session }: Loaded, batch: Float32Array, h: number, w: number, per: number): Promise<BatchOutcome> {
+  const n = task.items.length;
   const pre = await Promise.all(task.items.map((it, i) => (it.tensor ? place(it.image, batch, i * per, per) : preprocess(new Uint8Array(it.image), manifest, task.size, data.maxPixels, batch, i * per))));
   const decodedAt = now();
   const items: ItemOutcome[] = new Array(n);
@@ -195,6 +206,32 @@ function traced(task: BatchTask, items: ItemOutcome[], pre: readonly { ok: boole
     (spans ??= []).push(...workerSpans(it.trace, times, attributes, failed));
   }
   return spans;
+}
+
+// Input tensors are reused, not allocated per batch: a new Float32Array of a 224x224x3
+// image (600 KB) cost 0.2-0.4 ms in zero-filling, page faults and GC, as much as its
+// conversion (docs/benchmarks.md, "native/"). Every slot that reaches session.run is
+// written whole by its decode, so stale values never do. A few per size, bounded in
+// bytes, since img_size lets a dynamic model take many sizes.
+const spareInputs = new Map<number, Float32Array[]>();
+const SPARE_INPUT_BYTES = 64 * 1024 * 1024;
+const SPARE_PER_SIZE = 4;
+let spareBytes = 0;
+
+function takeInput(length: number): Float32Array {
+  const a = spareInputs.get(length)?.pop();
+  if (a === undefined) return new Float32Array(length);
+  spareBytes -= a.byteLength;
+  return a;
+}
+
+function giveInput(a: Float32Array): void {
+  if (spareBytes + a.byteLength > SPARE_INPUT_BYTES) return;
+  let list = spareInputs.get(a.length);
+  if (list === undefined) spareInputs.set(a.length, (list = []));
+  if (list.length >= SPARE_PER_SIZE) return;
+  list.push(a);
+  spareBytes += a.byteLength;
 }
 
 /** A tensor item (v2): its float32 values go to their slot as they are; the front checked the shape. */
