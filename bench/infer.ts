@@ -22,7 +22,9 @@
 // reported: the physical limit, cores x 1000 / the baseline's CPU ms per image (decode +
 // compute), and how far each run is from it; and, measured first on one thread, the CPU
 // per image of each stage with the most batching and a native conversion could give
-// (bench/lib/stages.ts). Writes bench/results/infer.json.
+// (bench/lib/stages.ts), and native/'s addon end to end: heavy-js, a twin of heavy's broker
+// with INFER_NATIVE=off, saturated in the same rounds, turn about. Writes
+// bench/results/infer.json.
 // On a small box the load generator takes CPU from the server: compare the ratios
 // within one run, not figures across machines.
 //
@@ -89,8 +91,11 @@ interface Case {
   readonly expectLabel?: string;
   /** Saturated connections, when not CONN_FACTOR x N. */
   readonly connections?: number;
-  /** More of the broker's env (heavy-js: INFER_NATIVE=off). */
-  readonly env?: Readonly<Record<string, string>>;
+  /**
+   * A second broker that differs by its env, run in the same rounds, turn about with the
+   * first: heavy-js (INFER_NATIVE=off) beside heavy, what native/ gives end to end.
+   */
+  readonly twin?: { readonly key: string; readonly env: Readonly<Record<string, string>> };
 }
 
 const SERVER_HISTOGRAMS = {
@@ -166,7 +171,7 @@ function baselineFigures(runs: readonly BaselineRun[], cpuCount: number) {
 
 async function benchCase(c: Case, cpuCount: number) {
   const conns = c.connections ?? connections;
-  const broker = await startBroker('broker', {
+  const brokerEnv = {
     MODEL_VA_PATH: c.model.path,
     // B is loaded by every worker but gets no traffic (weight 0).
     MODEL_VB_PATH: c.model.path,
@@ -178,8 +183,9 @@ async function benchCase(c: Case, cpuCount: number) {
     SHADOW_ENABLED: 'false',
     CANARY_ENABLED: 'false',
     ADMIN_TOKEN: '',
-    ...c.env,
-  });
+  };
+  const broker = await startBroker('broker', brokerEnv);
+  const twin = c.twin === undefined ? undefined : await startBroker(c.twin.key, { ...brokerEnv, ...c.twin.env });
   const baselineOf = (decoder: 'sharp' | 'broker') =>
     startBaseline({ modelPath: c.model.path, manifest: c.model.manifest, intraOpThreads: intraOp, maxPixels: cfg.inferMaxPixels, image: c.image, topK: TOP_K, threads, decoder });
   const { manifest } = c.model;
@@ -191,7 +197,7 @@ async function benchCase(c: Case, cpuCount: number) {
     if (ownDecode) loops.push(await baselineOf('broker'));
   } catch (err) {
     await Promise.all(loops.map((l) => l.close()));
-    await broker.stop(15_000);
+    await Promise.all([broker.stop(15_000), twin?.stop(15_000)]);
     throw err;
   }
   const [baseline, own] = loops as [Baseline, Baseline | undefined];
@@ -212,15 +218,21 @@ async function benchCase(c: Case, cpuCount: number) {
     await baseline.run(warmupS * 1000);
     await own?.run(warmupS * 1000);
     await fire({ url, body, headers, connections: conns, durationS: warmupS });
+    const twinUrl = twin === undefined ? undefined : url.replace(broker.url, twin.url);
+    if (twinUrl !== undefined) await fire({ url: twinUrl, body, headers, connections: conns, durationS: warmupS });
 
     const baseRuns: BaselineRun[] = [];
     const ownRuns: BaselineRun[] = [];
     const brokerRuns: BrokerRound[] = [];
+    const twinRuns: BrokerRound[] = [];
     for (let r = 1; r <= rounds; r++) {
-      log(`${c.key}: round ${r}/${rounds}: baseline ${roundS}s,${own ? ` loop with the broker's decode ${roundS}s,` : ''} broker saturated ${roundS}s`);
+      log(`${c.key}: round ${r}/${rounds}: baseline ${roundS}s,${own ? ` loop with the broker's decode ${roundS}s,` : ''} broker saturated ${roundS}s${twin ? `, ${c.twin!.key} ${roundS}s` : ''}`);
       baseRuns.push(await baseline.run(roundS * 1000));
       if (own) ownRuns.push(await own.run(roundS * 1000));
+      // The twin goes first every other round: neither broker always follows the other.
+      if (twin && r % 2 === 0) twinRuns.push(await brokerRound(twin, twinUrl!, body, headers, conns));
       brokerRuns.push(await brokerRound(broker, url, body, headers, conns));
+      if (twin && r % 2 === 1) twinRuns.push(await brokerRound(twin, twinUrl!, body, headers, conns));
     }
     log(`${c.key}: broker at ${threads} connections (the baseline's concurrency) ${matchedS}s`);
     const matchedRun = await fire({ url, body, headers, connections: threads, durationS: matchedS });
@@ -271,11 +283,29 @@ async function benchCase(c: Case, cpuCount: number) {
     };
 
     const roundRatios = baseRuns.map((b, i) => round(brokerRuns[i]!.load.ok / brokerRuns[i]!.load.durationS / b.throughput_rps));
-    return { baseline: baselineOut, ownDecode: ownOut, broker: brokerOut, roundRatios };
+    const twinOut = twin === undefined ? undefined : twinFigures(c.twin!.key, conns, brokerRuns, twinRuns);
+    return { baseline: baselineOut, ownDecode: ownOut, broker: brokerOut, roundRatios, twin: twinOut };
   } finally {
     await Promise.all(loops.map((l) => l.close()));
-    await broker.stop(15_000);
+    await Promise.all([broker.stop(15_000), twin?.stop(15_000)]);
   }
+}
+
+/** The twin against the case's broker, over the same rounds. */
+function twinFigures(key: string, conns: number, brokerRuns: readonly BrokerRound[], twinRuns: readonly BrokerRound[]) {
+  const cpuMsPerRequest = (runs: readonly BrokerRound[]) =>
+    round((runs.reduce((a, b) => a + b.cpu.main_s + b.cpu.other_threads_s + b.loadgenS, 0) * 1000) / runs.reduce((a, b) => a + b.load.ok, 0));
+  const saturated = combine(conns, twinRuns.map((b) => b.load));
+  const rps = (b: BrokerRound) => b.load.ok / b.load.durationS;
+  return {
+    key,
+    saturated,
+    cpu_ms_per_request: cpuMsPerRequest(twinRuns),
+    // Case broker over twin, round by round, and over all rounds.
+    throughput_ratio_per_round: brokerRuns.map((b, i) => round(rps(b) / rps(twinRuns[i]!))),
+    throughput_ratio: round(combine(conns, brokerRuns.map((b) => b.load)).throughput_rps / saturated.throughput_rps),
+    cpu_ratio: round(cpuMsPerRequest(brokerRuns) / cpuMsPerRequest(twinRuns)),
+  };
 }
 
 interface BatchingFigures {
@@ -317,12 +347,9 @@ async function main(): Promise<void> {
   if (only.has('heavy')) {
     const heavy = ensureLoadModel(log);
     const jpeg = await syntheticJpeg(256);
-    cases.push({ key: 'heavy', model: heavy, image: jpeg, imageDesc: `synthetic JPEG 256x256 RGB q85, ${jpeg.length} B (resized to 224)` });
-  }
-  if (only.has('heavy-js')) {
-    // The broker converting pixels in JavaScript (INFER_NATIVE=off): what native/ gives end to end.
-    const jpeg = await syntheticJpeg(256);
-    cases.push({ key: 'heavy-js', model: ensureLoadModel(log), image: jpeg, imageDesc: 'as heavy, INFER_NATIVE=off', env: { INFER_NATIVE: 'off' } });
+    // heavy-js: a twin broker converting pixels in JavaScript (INFER_NATIVE=off), turn about in the same rounds.
+    const twin = only.has('heavy-js') ? { key: 'heavy-js', env: { INFER_NATIVE: 'off' } } : undefined;
+    cases.push({ key: 'heavy', model: heavy, image: jpeg, imageDesc: `synthetic JPEG 256x256 RGB q85, ${jpeg.length} B (resized to 224)`, ...(twin ? { twin } : {}) });
   }
   if (only.has('heavy-b1')) {
     const jpeg = await syntheticJpeg(256);
@@ -343,7 +370,7 @@ async function main(): Promise<void> {
   const stages: Record<string, StageFigures> = {};
   const stageRows: (string | number)[][] = [];
   for (const c of cases) {
-    if (c.key.endsWith('-b1') || c.key.endsWith('-js')) continue;
+    if (c.key.endsWith('-b1')) continue;
     log(`${c.key}: CPU per image by stage (one thread, about 8 s)`);
     const f = await measureStages(c.model, c.image, cfg.inferMaxPixels, 1000);
     stages[c.key] = f;
@@ -353,7 +380,7 @@ async function main(): Promise<void> {
   }
 
   // Everything below is time-boxed (about 2 min with the defaults); a hang must not hold CI.
-  const budgetS = cases.length * (3 * warmupS + 3 * rounds * roundS + matchedS + 60);
+  const budgetS = cases.reduce((a, c) => a + 3 * warmupS + 3 * rounds * roundS + matchedS + 60 + (c.twin ? warmupS + rounds * roundS : 0), 0);
   setTimeout(() => {
     log(`still running after ${budgetS}s: giving up (the broker child is killed on exit)`);
     process.exit(1);
@@ -368,10 +395,12 @@ async function main(): Promise<void> {
   const limitRows: (string | number)[][] = [];
   const byKey: Record<string, { rps: number; p99: number; baseRps: number; batch: number; connections: number }> = {};
   let allMet = true;
+  const twins: Record<string, NonNullable<Awaited<ReturnType<typeof benchCase>>['twin']>> = {};
   let failures = 0;
   let noisy = false;
   for (const c of cases) {
-    const { baseline, ownDecode, broker, roundRatios } = await benchCase(c, info.cpu_count);
+    const { baseline, ownDecode, broker, roundRatios, twin } = await benchCase(c, info.cpu_count);
+    if (twin !== undefined) twins[c.key] = twin;
     const s = broker.saturated;
     const m = broker.matched;
     const ratio = s.throughput_rps / baseline.throughput_rps;
@@ -401,6 +430,7 @@ async function main(): Promise<void> {
       baseline,
       ...(ownDecode ? { loop_with_broker_decode: ownDecode } : {}),
       broker,
+      ...(twin ? { twin } : {}),
       ratio: ratios,
       goal_met: met,
     };
@@ -408,6 +438,7 @@ async function main(): Promise<void> {
     if (ownDecode) rows.push([c.key, "loop, broker's decode", threads, ownDecode.throughput_rps, ownDecode.latency.p50_ms, ownDecode.latency.p99_ms, '-']);
     rows.push([c.key, 'broker, saturated', s.connections, s.throughput_rps, s.latency.p50_ms, s.latency.p99_ms, s.non_2xx + s.errors]);
     rows.push([c.key, 'broker, N connections', m.connections, m.throughput_rps, m.latency.p50_ms, m.latency.p99_ms, m.non_2xx + m.errors]);
+    if (twin) rows.push([c.key, `${twin.key} broker, saturated`, twin.saturated.connections, twin.saturated.throughput_rps, twin.saturated.latency.p50_ms, twin.saturated.latency.p99_ms, twin.saturated.non_2xx + twin.saturated.errors]);
     ratioRows.push([c.key, ratios.throughput, roundRatios.join(' '), ratios.p50_matched, ratios.p99_matched, met ? 'yes' : 'NO', ownDecode ? round(s.throughput_rps / ownDecode.throughput_rps) : '-']);
     byKey[c.key] = { rps: s.throughput_rps, p99: s.latency.p99_ms, baseRps: baseline.throughput_rps, batch: broker.mean_batch, connections: s.connections };
     const sm = broker.server_ms;
@@ -430,10 +461,8 @@ async function main(): Promise<void> {
     if (key === 'heavy') allMet &&= met;
   }
   const batching = batchingVs1['heavy'];
-  // native/ end to end (issue 11 §4): heavy against heavy-js, raw and against each run's baseline.
-  const hn = byKey['heavy'];
-  const hj = byKey['heavy-js'];
-  const nativeVsJs = hn !== undefined && hj !== undefined ? { throughput_ratio: round(hn.rps / hj.rps), throughput_ratio_vs_own_baseline: round(hn.rps / hn.baseRps / (hj.rps / hj.baseRps)), p99_ms: { native: hn.p99, js: hj.p99 } } : undefined;
+  // native/ end to end (issue 11 §4): heavy against its twin heavy-js, in the same rounds.
+  const nativeVsJs = twins['heavy'];
 
   const results = {
     bench: 'infer',
@@ -484,7 +513,7 @@ async function main(): Promise<void> {
   }
   if (nativeVsJs !== undefined) {
     console.log();
-    log(`heavy, native conversion vs JavaScript (heavy-js) at saturation: ${nativeVsJs.throughput_ratio}x req/s (${nativeVsJs.throughput_ratio_vs_own_baseline}x against each run's baseline), p99 ${nativeVsJs.p99_ms.native} vs ${nativeVsJs.p99_ms.js} ms`);
+    log(`heavy, native conversion vs JavaScript (heavy-js, same rounds, turn about) at saturation: ${nativeVsJs.throughput_ratio}x req/s (per round ${nativeVsJs.throughput_ratio_per_round.join(' ')}), CPU per request ${nativeVsJs.cpu_ratio}x`);
   }
   console.log();
   console.log('Where the time goes, mean ms per request. Broker figures from its /metrics; "other" = HTTP time');

@@ -219,8 +219,10 @@ const SPARE_PER_SIZE = 4;
 let spareBytes = 0;
 
 function takeInput(length: number): Float32Array {
-  const a = spareInputs.get(length)?.pop();
+  const list = spareInputs.get(length);
+  const a = list?.pop();
   if (a === undefined) return new Float32Array(length);
+  if (list!.length === 0) spareInputs.delete(length);
   spareBytes -= a.byteLength;
   return a;
 }
