@@ -16,6 +16,8 @@ const built = join(dir, 'build', 'Release', 'edge_native.node');
 const say = (msg) => console.log(`[native] ${msg}`);
 
 function skip(why) {
+  // An addon from an earlier build would still load; "not built" must mean not there.
+  rmSync(join(dir, 'build'), { recursive: true, force: true });
   say(`not built (${why}): the broker converts pixels in JavaScript`);
   process.exit(0);
 }
@@ -35,14 +37,12 @@ if (spawnSync(process.env.CXX ?? 'c++', ['--version'], { stdio: 'ignore' }).stat
 
 const r = spawnSync(process.execPath, [gyp, 'rebuild', `--nodedir=${nodedir}`, '--loglevel=warn'], { cwd: dir, stdio: 'inherit', timeout: 300_000 });
 if (r.status !== 0) {
-  rmSync(join(dir, 'build'), { recursive: true, force: true });
   skip(`node-gyp exited ${r.status ?? r.signal}`);
 }
 try {
   const addon = createRequire(import.meta.url)(built);
   if (typeof addon.toTensor !== 'function') throw new Error('no toTensor export');
 } catch (err) {
-  rmSync(join(dir, 'build'), { recursive: true, force: true });
   skip(`the built addon does not load: ${err.message.split('\n')[0]}`);
 }
 say(`built ${built.slice(root.length + 1)}`);
