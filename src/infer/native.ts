@@ -5,6 +5,7 @@
 // INFER_NATIVE=off, the JavaScript path runs and gives the same floats bit for bit
 // (the tables come from JavaScript either way; test/infer/native.test.ts).
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
 export interface NativeAddon {
   /** raw (`got` bytes a pixel) -> out, through `tables` (channels x 256 floats); throws on sizes that do not fit. */
@@ -21,7 +22,7 @@ export type Loaded = { ok: true; addon: NativeAddon } | { ok: false; reason: str
 /** Loads an addon file; any failure (not built, wrong ABI, missing export) is a reason, not an exception. */
 export function loadAddon(path: URL | string = ADDON_PATH): Loaded {
   try {
-    const mod = createRequire(import.meta.url)(typeof path === 'string' ? path : path.pathname) as Partial<NativeAddon>;
+    const mod = createRequire(import.meta.url)(typeof path === 'string' ? path : fileURLToPath(path)) as Partial<NativeAddon>;
     if (typeof mod.toTensor !== 'function') return { ok: false, reason: 'the addon has no toTensor' };
     return { ok: true, addon: mod as NativeAddon };
   } catch (err) {

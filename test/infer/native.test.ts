@@ -14,6 +14,7 @@ import type { ModelManifest } from '../../src/infer/manifest.ts';
 import { startTestBroker, postJson } from '../helpers/broker.ts';
 import { FOREIGN, writeForeignModel } from './foreign-model.ts';
 import { mulberry32 } from '../../scripts/train/prng.ts';
+import { loadConfig } from '../../src/config/env.ts';
 
 const withoutAddon = process.env.EDGE_NATIVE_BUILD === 'skip';
 
@@ -39,6 +40,12 @@ t.test('the addon is built and loads, or the build was skipped on purpose', asyn
   t.equal(d.path, 'native', `npm ci should have built native/ (${d.reason}); without a C++ toolchain run with EDGE_NATIVE_BUILD=skip`);
   t.ok(conversionAddon(), 'the auto mode converts with the addon');
   t.same(describeConversion('off'), { path: 'js', reason: 'INFER_NATIVE=off' });
+});
+
+t.test('INFER_NATIVE takes auto or off', async (t) => {
+  t.equal(loadConfig({}).inferNative, 'auto');
+  t.equal(loadConfig({ INFER_NATIVE: 'off' }).inferNative, 'off');
+  t.throws(() => loadConfig({ INFER_NATIVE: 'on' }), /INFER_NATIVE/);
 });
 
 t.test('a missing or foreign addon file is a reason, not a crash', async (t) => {
