@@ -6,6 +6,9 @@
 // them); EDGE_NATIVE_BUILD=skip npm ci && EDGE_NATIVE_BUILD=skip npm test checks the
 // broker without it instead.
 import t from 'tap';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import sharp from 'sharp';
 import * as ort from 'onnxruntime-node';
 import { conversionAddon, describeConversion, loadAddon, setConversionMode } from '../../src/infer/native.ts';
@@ -52,9 +55,14 @@ t.test('a missing or foreign addon file is a reason, not a crash', async (t) => 
   const missing = loadAddon('/nonexistent/edge_native.node');
   t.equal(missing.ok, false);
   t.match(!missing.ok && missing.reason, /not built/);
-  // A file that is not an addon at all.
-  const bogus = loadAddon(new URL('./native.test.ts', import.meta.url));
+  // A file named like an addon that is not one (a failed or foreign build).
+  const dir = mkdtempSync(join(tmpdir(), 'eb-native-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bogusPath = join(dir, 'edge_native.node');
+  writeFileSync(bogusPath, 'not a shared object');
+  const bogus = loadAddon(bogusPath);
   t.equal(bogus.ok, false);
+  t.ok(!bogus.ok && bogus.reason.length > 0, `reason: ${!bogus.ok && bogus.reason}`);
 });
 
 t.test('native and JavaScript give the same floats, bit for bit', { skip: withoutAddon && 'EDGE_NATIVE_BUILD=skip' }, async (t) => {
@@ -139,10 +147,9 @@ t.test('preprocess of real images: the same tensor on both paths', async (t) => 
 t.test('a broker on each path answers the same, request after request', async (t) => {
   const modelPath = writeForeignModel();
   const env = { MODEL_VA_PATH: modelPath, MODEL_VB_PATH: modelPath, AB_WEIGHT_A: '1', AB_WEIGHT_B: '0' };
-  const native = await startTestBroker(env);
-  t.teardown(() => native.close());
-  const js = await startTestBroker({ ...env, INFER_NATIVE: 'off' });
-  t.teardown(() => js.close());
+  // Started side by side; the JavaScript one serves HTTP on its main thread (what differs is in the workers).
+  const [native, js] = await Promise.all([startTestBroker(env), startTestBroker({ ...env, INFER_NATIVE: 'off', FRONT_THREADS: '0' })]);
+  t.teardown(() => Promise.all([native.close(), js.close()]));
   const started = (tb: typeof native) => tb.logs.find((l) => l.msg === 'edge broker listening')!;
   t.equal(started(js).pixel_conversion, 'js');
   t.equal(started(js).pixel_conversion_reason, 'INFER_NATIVE=off');
