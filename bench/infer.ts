@@ -9,7 +9,8 @@
 //             beside it, so that what the broker adds around the same work stays in view
 //   broker    the broker in a child process with INFER_THREADS=N, autocannon on
 //             127.0.0.1: saturated (CONN_FACTOR x N connections) for throughput,
-//             then N connections for latency at the baseline's concurrency
+//             then N connections for latency at the baseline's concurrency, in every
+//             round, so that both latencies come from the same stretches of time
 //
 // Baseline and saturated broker alternate in ROUNDS short rounds, so that other
 // load on the machine (a shared CI box, a colleague's tests) falls on both alike.
@@ -29,7 +30,7 @@
 // within one run, not figures across machines.
 //
 // Knobs (env): BENCH_ROUNDS (4), BENCH_ROUND_S (5), BENCH_WARMUP_S (3),
-// BENCH_MATCHED_S (4), BENCH_CONN_FACTOR (3), BENCH_BATCH_CONN_FACTOR (8, the wide cases),
+// BENCH_MATCHED_S (2, per round), BENCH_CONN_FACTOR (3), BENCH_BATCH_CONN_FACTOR (8, the wide cases),
 // BENCH_MODELS (vA,heavy,heavy-js,heavy-b1,wide,wide-b1), BENCH_BODY (json; raw: the image as the body),
 // INFER_THREADS / INFER_INTRA_OP_THREADS / INFER_TASKS_PER_WORKER (as the broker's).
 import { performance } from 'node:perf_hooks';
@@ -68,7 +69,8 @@ function envNumber(name: string, def: number): number {
 const rounds = Math.round(envNumber('BENCH_ROUNDS', 4));
 const roundS = envNumber('BENCH_ROUND_S', 5);
 const warmupS = envNumber('BENCH_WARMUP_S', 3);
-const matchedS = envNumber('BENCH_MATCHED_S', 4);
+// Per round: the broker at N connections runs in every round, beside the loop it is compared with.
+const matchedS = envNumber('BENCH_MATCHED_S', 2);
 const connFactor = envNumber('BENCH_CONN_FACTOR', 3);
 const batchConnFactor = envNumber('BENCH_BATCH_CONN_FACTOR', 8);
 const rawBody = process.env.BENCH_BODY === 'raw';
@@ -225,24 +227,25 @@ async function benchCase(c: Case, cpuCount: number) {
     const ownRuns: BaselineRun[] = [];
     const brokerRuns: BrokerRound[] = [];
     const twinRuns: BrokerRound[] = [];
+    const matchedRuns: LoadRun[] = [];
     for (let r = 1; r <= rounds; r++) {
-      log(`${c.key}: round ${r}/${rounds}: baseline ${roundS}s,${own ? ` loop with the broker's decode ${roundS}s,` : ''} broker saturated ${roundS}s${twin ? `, ${c.twin!.key} ${roundS}s` : ''}`);
+      log(`${c.key}: round ${r}/${rounds}: baseline ${roundS}s,${own ? ` loop with the broker's decode ${roundS}s,` : ''} broker saturated ${roundS}s${twin ? `, ${c.twin!.key} ${roundS}s` : ''}, broker at ${threads} connections ${matchedS}s`);
       baseRuns.push(await baseline.run(roundS * 1000));
       if (own) ownRuns.push(await own.run(roundS * 1000));
       // The twin goes first every other round: neither broker always follows the other.
       if (twin && r % 2 === 0) twinRuns.push(await brokerRound(twin, twinUrl!, body, headers, conns));
       brokerRuns.push(await brokerRound(broker, url, body, headers, conns));
       if (twin && r % 2 === 1) twinRuns.push(await brokerRound(twin, twinUrl!, body, headers, conns));
+      // At the baseline's concurrency: the latencies to compare with the loop's.
+      matchedRuns.push(await fire({ url, body, headers, connections: threads, durationS: matchedS }));
     }
-    log(`${c.key}: broker at ${threads} connections (the baseline's concurrency) ${matchedS}s`);
-    const matchedRun = await fire({ url, body, headers, connections: threads, durationS: matchedS });
 
     const baselineOut = baselineFigures(baseRuns, cpuCount);
     const ownOut = own ? baselineFigures(ownRuns, cpuCount) : undefined;
 
     // Broker, all saturated rounds together.
     const saturated = combine(conns, brokerRuns.map((b) => b.load));
-    const matched = combine(threads, [matchedRun]);
+    const matched = combine(threads, matchedRuns);
     const mean = (part: ServerPart) => {
       const s = brokerRuns.reduce((a, b) => a + b.server[part].sum, 0);
       const n = brokerRuns.reduce((a, b) => a + b.server[part].count, 0);
@@ -380,7 +383,7 @@ async function main(): Promise<void> {
   }
 
   // Everything below is time-boxed (about 2 min with the defaults); a hang must not hold CI.
-  const budgetS = cases.reduce((a, c) => a + 3 * warmupS + 3 * rounds * roundS + matchedS + 60 + (c.twin ? warmupS + rounds * roundS : 0), 0);
+  const budgetS = cases.reduce((a, c) => a + 3 * warmupS + 3 * rounds * roundS + rounds * matchedS + 60 + (c.twin ? warmupS + rounds * roundS : 0), 0);
   setTimeout(() => {
     log(`still running after ${budgetS}s: giving up (the broker child is killed on exit)`);
     process.exit(1);
