@@ -29,7 +29,7 @@ import { startHttpFront } from './front/http/server.ts';
 import { assertPortFree } from './front/http/port-free.ts';
 import { loadManifest } from './infer/manifest.ts';
 import { createInferPool, libuvPoolSizing } from './infer/pool.ts';
-import { describeConversion } from './infer/native.ts';
+import { describeConversion, type ConversionMode } from './infer/native.ts';
 import { InferService } from './infer/service.ts';
 import { disabledInference, inferRoutes, readyRoute } from './infer/routes.ts';
 import { V2Core } from './infer/v2/core.ts';
@@ -604,7 +604,7 @@ function budgetsOf(config: BrokerConfig): ReadonlyMap<string, Budget> {
 }
 
 /** The start-up log's word on the inference workers' pixel conversion: native/'s addon or JavaScript, and why. */
-function pixelConversion(mode: 'auto' | 'off'): { pixel_conversion: 'native' | 'js'; pixel_conversion_reason: string } {
+function pixelConversion(mode: ConversionMode): { pixel_conversion: 'native' | 'js'; pixel_conversion_reason: string } {
   const d = describeConversion(mode);
   return { pixel_conversion: d.path, pixel_conversion_reason: d.reason };
 }

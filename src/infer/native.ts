@@ -38,16 +38,21 @@ export function setConversionMode(m: ConversionMode): void {
   mode = m;
 }
 
+/** The addon at ADDON_PATH, loaded once per thread. */
+function addon(): Loaded {
+  return (loaded ??= loadAddon());
+}
+
 /** The addon this thread converts with, or undefined for the JavaScript path. */
 export function conversionAddon(): NativeAddon | undefined {
   if (mode === 'off') return undefined;
-  loaded ??= loadAddon();
-  return loaded.ok ? loaded.addon : undefined;
+  const a = addon();
+  return a.ok ? a.addon : undefined;
 }
 
 /** For the start-up log: which path a thread in mode `m` converts pixels with, and why. */
 export function describeConversion(m: ConversionMode = mode): { path: 'native' | 'js'; reason: string } {
   if (m === 'off') return { path: 'js', reason: 'INFER_NATIVE=off' };
-  loaded ??= loadAddon();
+  const loaded = addon();
   return loaded.ok ? { path: 'native', reason: 'native/build/Release/edge_native.node' } : { path: 'js', reason: loaded.reason };
 }

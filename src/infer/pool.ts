@@ -26,6 +26,7 @@ import { workerEntry } from '../workers/entry.ts';
 import type { TraceContext } from '../obs/trace/context.ts';
 import type { Tracer } from '../obs/trace/tracer.ts';
 import { queueSpan } from '../obs/trace/infer.ts';
+import type { ConversionMode } from './native.ts';
 
 /** Batches each worker holds at once: one computing, one decoding. */
 export const DEFAULT_TASKS_PER_WORKER = 2;
@@ -54,7 +55,7 @@ export interface InferPoolOptions {
   readonly maxQueue: number;
   readonly maxPixels: number;
   /** INFER_NATIVE (default 'auto'). */
-  readonly native?: 'auto' | 'off';
+  readonly native?: ConversionMode;
   /** Batches in flight per worker (INFER_TASKS_PER_WORKER); default DEFAULT_TASKS_PER_WORKER. */
   readonly tasksPerWorker?: number;
   /** Called when a worker dies outside of close(). */

@@ -92,23 +92,24 @@ function allGray(px: Uint8Array, channels: number): boolean {
   return true;
 }
 
-// Per manifest, per channel: the float32 each of the 256 byte values becomes; and the
-// same tables end to end in one array, as the native addon takes them.
+// Per manifest: the float32 each of the 256 byte values becomes, channel after channel in
+// one array (as the native addon takes them), and each channel's 256 as a view of it.
 const tables = new WeakMap<ModelManifest, { perChannel: Float32Array[]; joined: Float32Array }>();
 
 function tablesFor(manifest: ModelManifest): { perChannel: Float32Array[]; joined: Float32Array } {
   let t = tables.get(manifest);
   if (t === undefined) {
     const { mean, std } = manifest.input;
+    const joined = new Float32Array(256 * mean.length);
     const perChannel = mean.map((m, ch) => {
       // The same double expression as the arithmetic version, rounded to float32 once:
       // the table gives bit-identical values (test/infer/hotpath.test.ts).
       const k = 1 / (255 * std[ch]!);
       const b = m / std[ch]!;
-      return Float32Array.from({ length: 256 }, (_, v) => v * k - b);
+      const row = joined.subarray(ch * 256, (ch + 1) * 256);
+      for (let v = 0; v < 256; v++) row[v] = v * k - b;
+      return row;
     });
-    const joined = new Float32Array(256 * perChannel.length);
-    perChannel.forEach((row, ch) => joined.set(row, ch * 256));
     t = { perChannel, joined };
     tables.set(manifest, t);
   }

@@ -2,13 +2,14 @@
 import type { ModelManifest } from './manifest.ts';
 import type { TraceContext } from '../obs/trace/context.ts';
 import type { SpanData } from '../obs/trace/span.ts';
+import type { ConversionMode } from './native.ts';
 
 export interface WorkerData {
   readonly models: Readonly<Record<string, { path: string; manifest: ModelManifest }>>;
   readonly intraOpThreads: number;
   readonly maxPixels: number;
   /** INFER_NATIVE: whether the worker may convert pixels with native/'s addon. */
-  readonly native: 'auto' | 'off';
+  readonly native: ConversionMode;
   /** Int32 slot 0: how many workers loaded and warmed their models; then a ring of their thread ids. */
   readonly readyCounter: SharedArrayBuffer;
 }
