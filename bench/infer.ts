@@ -29,6 +29,10 @@
 // On a small box the load generator takes CPU from the server: compare the ratios
 // within one run, not figures across machines.
 //
+// The broker runs compiled (dist/main.js, built first), as `npm start` runs it; `--tsx`
+// runs it from the sources instead, which was slower in every round measured (every
+// thread of the broker imports tsx): docs/benchmarks.md.
+//
 // Knobs (env): BENCH_ROUNDS (4), BENCH_ROUND_S (5), BENCH_WARMUP_S (3),
 // BENCH_MATCHED_S (2, per round), BENCH_CONN_FACTOR (3), BENCH_BATCH_CONN_FACTOR (8, the wide cases),
 // BENCH_MODELS (vA,heavy,heavy-js,heavy-b1,wide,wide-b1), BENCH_BODY (json; raw: the image as the body),
@@ -42,7 +46,7 @@ import type { LoadedModel } from '../src/infer/manifest.ts';
 import { startBaseline, type Baseline, type BaselineRun } from './lib/baseline.ts';
 import { pngTensor, sniff } from '../src/infer/preprocess.ts';
 import { histogramTotals, scrapeMetrics } from './lib/metrics-text.ts';
-import { ROOT, startBroker, type Child } from './lib/process.ts';
+import { ROOT, buildDist, startBroker, type BrokerRuntime, type Child } from './lib/process.ts';
 import { fashionPng, syntheticJpeg } from './lib/images.ts';
 import { combine, fire, type LoadRun } from './lib/load.ts';
 import { VA_PATH, WIDE_PATH, ensureLoadModel, waitForModel } from './lib/models.ts';
@@ -74,6 +78,7 @@ const matchedS = envNumber('BENCH_MATCHED_S', 2);
 const connFactor = envNumber('BENCH_CONN_FACTOR', 3);
 const batchConnFactor = envNumber('BENCH_BATCH_CONN_FACTOR', 8);
 const rawBody = process.env.BENCH_BODY === 'raw';
+const RUNTIME: BrokerRuntime = process.argv.includes('--tsx') ? 'tsx' : 'dist';
 const only = new Set((process.env.BENCH_MODELS ?? 'vA,heavy,heavy-js,heavy-b1,wide,wide-b1').split(',').map((s) => s.trim()));
 
 // The broker's own defaults decide N and the intra-op threads; both sides get the same.
@@ -186,8 +191,8 @@ async function benchCase(c: Case, cpuCount: number) {
     CANARY_ENABLED: 'false',
     ADMIN_TOKEN: '',
   };
-  const broker = await startBroker('broker', brokerEnv);
-  const twin = c.twin === undefined ? undefined : await startBroker(c.twin.key, { ...brokerEnv, ...c.twin.env });
+  const broker = await startBroker('broker', brokerEnv, [], 120_000, RUNTIME);
+  const twin = c.twin === undefined ? undefined : await startBroker(c.twin.key, { ...brokerEnv, ...c.twin.env }, [], 120_000, RUNTIME);
   const baselineOf = (decoder: 'sharp' | 'broker') =>
     startBaseline({ modelPath: c.model.path, manifest: c.model.manifest, intraOpThreads: intraOp, maxPixels: cfg.inferMaxPixels, image: c.image, topK: TOP_K, threads, decoder });
   const { manifest } = c.model;
@@ -334,6 +339,11 @@ async function main(): Promise<void> {
   const info = machine();
   log(`node ${info.node}, ${info.cpu_count} cpus (${info.cpu_model}), load average ${info.loadavg_1m_at_start}`);
   log(`N=${threads} threads, intra-op ${intraOp}; ${rounds} rounds of ${roundS}s each side; broker saturated at ${connections} connections; ${rawBody ? 'the image as the body' : 'JSON bodies (image_b64)'}`);
+  if (RUNTIME === 'dist') {
+    const b = buildDist();
+    if (!b.ok) throw new Error(`npm run build failed, so the compiled broker cannot run (--tsx runs it from the sources):\n${b.message}`);
+    log(`broker: dist/main.js, built in ${b.ms} ms`);
+  } else log('broker: from the sources (tsx)');
 
   const cases: Case[] = [];
   if (only.has('vA')) {
@@ -486,6 +496,7 @@ async function main(): Promise<void> {
       goal_batching_ratio: BATCH_GOAL,
       tasks_per_worker: process.env.INFER_TASKS_PER_WORKER ?? 'default',
       body: rawBody ? 'raw image' : 'JSON with image_b64',
+      broker_runtime: RUNTIME === 'dist' ? 'node dist/main.js (compiled; built first with tsc -b tsconfig.build.json)' : 'node --import tsx src/main.ts',
     },
     models: out,
     physical_limit: limits,
