@@ -1,6 +1,6 @@
 // bench:cache: the response cache and the broker's overhead, side by side in one run.
 //
-//   npm run bench:cache [-- --requests 1500 --dist]
+//   npm run bench:cache [-- --requests 1500 --tsx]
 //
 // Three ways to one streamed answer (16 tokens, from the mock upstream at ttft 0, tps 0:
 // the hardest case for a cache, since the upstream answers at once), one request at a
@@ -13,6 +13,8 @@
 // Overhead check (issue 14 §5): the external measure, p50(proxied) − p50(direct), against
 // what the broker reports for the same requests: the x-broker-overhead-ms header (p50)
 // and broker_overhead_seconds{route="llm_stream"} (mean). Goal: within 20 %.
+// The broker and the mock run compiled (dist/, built first), as `npm start` does; --tsx
+// runs them from the sources (--dist, the old switch, is still accepted).
 // Figures go to bench/results/cache.json.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -32,7 +34,7 @@ const arg = (name: string, dflt: number): number => {
 };
 const REQUESTS = arg('requests', 1500);
 const WARMUP = 200;
-const RUNTIME: BrokerRuntime = process.argv.includes('--dist') ? 'dist' : 'tsx';
+const RUNTIME: BrokerRuntime = process.argv.includes('--tsx') ? 'tsx' : 'dist';
 const TOKENS = 16;
 // --pace-ms N spaces the requests so that each finds the broker idle. Back to back (the
 // default), a request may also wait for the previous one's bookkeeping after its last byte
