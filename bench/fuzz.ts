@@ -4,7 +4,8 @@
 // broker (a child process with data-plane threads, the real models and a mock LLM fleet;
 // bench/lib/fuzz.ts) and checks it survives them: no crash, no 5xx but the documented ones
 // (DOCUMENTED_5XX), still ready and serving, capacity counters back to 0, RSS at the end
-// within 10 % of RSS half way through the run. Prints a summary, writes bench/results/fuzz.json, exits 1 when the run fails.
+// within 10 % of RSS half way through the run. Prints a summary, writes
+// bench/results/fuzz.json, exits 1 when the run fails.
 // The same seed gives the same requests (bench/lib/fuzz-gen.ts).
 import { parseArgs } from 'node:util';
 import { runFuzz } from './lib/fuzz.ts';

@@ -244,38 +244,38 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
             if (next.done) return;
             taken++;
             const c = next.value;
-          const t1 = performance.now();
-          const r = await send(b.port, c);
-          if (process.env.FUZZ_DEBUG && performance.now() - t1 > 1000) log(`slow ${Math.round(performance.now() - t1)} ms: ${c.method} ${c.path} ${c.tags.join(',')} -> ${r.status} ${r.code ?? ''} ${JSON.stringify(r.head.slice(0, 80))}`);
-          const key = String(r.status);
-          outcomes[key] = (outcomes[key] ?? 0) + 1;
-          (byFamily[c.family] ??= {})[key] = (byFamily[c.family]![key] ?? 0) + 1;
-          if (r.code !== undefined) errorCodes[r.code] = (errorCodes[r.code] ?? 0) + 1;
-          if (c.partial) partial++;
-          const ms = performance.now() - t1;
-          const detail = { index: c.index, method: c.method, path: c.path, tags: c.tags, status: r.status, code: r.code ?? null, head: r.head, ms: Math.round(ms) };
-          if (typeof r.status === 'number' && r.status >= 500) {
-            const k = `${r.status} ${r.code ?? 'no code'}`;
-            fiveXx[k] = (fiveXx[k] ?? 0) + 1;
-            if (r.code === undefined || !(r.code in DOCUMENTED_5XX)) unexpected.push(detail);
+            const t1 = performance.now();
+            const r = await send(b.port, c);
+            if (process.env.FUZZ_DEBUG && performance.now() - t1 > 1000) log(`slow ${Math.round(performance.now() - t1)} ms: ${c.method} ${c.path} ${c.tags.join(',')} -> ${r.status} ${r.code ?? ''} ${JSON.stringify(r.head.slice(0, 80))}`);
+            const key = String(r.status);
+            outcomes[key] = (outcomes[key] ?? 0) + 1;
+            (byFamily[c.family] ??= {})[key] = (byFamily[c.family]![key] ?? 0) + 1;
+            if (r.code !== undefined) errorCodes[r.code] = (errorCodes[r.code] ?? 0) + 1;
+            if (c.partial) partial++;
+            const ms = performance.now() - t1;
+            const detail = { index: c.index, method: c.method, path: c.path, tags: c.tags, status: r.status, code: r.code ?? null, head: r.head, ms: Math.round(ms) };
+            if (typeof r.status === 'number' && r.status >= 500) {
+              const k = `${r.status} ${r.code ?? 'no code'}`;
+              fiveXx[k] = (fiveXx[k] ?? 0) + 1;
+              if (r.code === undefined || !(r.code in DOCUMENTED_5XX)) unexpected.push(detail);
+            }
+            // A well-formed request is owed a reply; only incomplete or unparsable ones may go without.
+            // A large body answered before it was read (404, 405, 401...) on a `connection: close`
+            // request: the broker closes while the client still writes, and the kernel's reset
+            // can drop the reply before the client reads it. Counted apart (see docs/operations.md).
+            const bodyBytes = c.pieces.reduce((n, p) => n + p.length, 0);
+            if (r.status === 'closed' && bodyBytes > 65_536 && ms < 2000 && !c.partial && !c.unparsable) resets.push(detail);
+            else if ((r.status === 'no_reply' || r.status === 'closed') && !c.partial && !c.unparsable) hung.push(detail);
+            if (c.unparsable) unparsable++;
+            if (++done % 500 === 0) {
+              const e = b.exited();
+              if (e !== undefined) exited = String(e);
+              else rssPeak = Math.max(rssPeak, rss(b));
+              log(`${done}/${o.count} (${Math.round(done / ((performance.now() - t0 - pausedMs) / 1000))}/s) RSS ${(rss(b) / 1024).toFixed(0)} MiB`);
+            }
           }
-          // A well-formed request is owed a reply; only incomplete or unparsable ones may go without.
-          // A large body answered before it was read (404, 405, 401...) on a `connection: close`
-          // request: the broker closes while the client still writes, and the kernel's reset
-          // can drop the reply before the client reads it. Counted apart (see docs/operations.md).
-          const bodyBytes = c.pieces.reduce((n, p) => n + p.length, 0);
-          if (r.status === 'closed' && bodyBytes > 65_536 && ms < 2000 && !c.partial && !c.unparsable) resets.push(detail);
-          else if ((r.status === 'no_reply' || r.status === 'closed') && !c.partial && !c.unparsable) hung.push(detail);
-          if (c.unparsable) unparsable++;
-          if (++done % 500 === 0) {
-            const e = b.exited();
-            if (e !== undefined) exited = String(e);
-            else rssPeak = Math.max(rssPeak, rss(b));
-            log(`${done}/${o.count} (${Math.round(done / ((performance.now() - t0 - pausedMs) / 1000))}/s) RSS ${(rss(b) / 1024).toFixed(0)} MiB`);
-          }
-        }
-      }),
-    );
+        }),
+      );
     t0 = performance.now();
     // Half way, RSS once more: the first half grows every thread's V8 heap (its young
     // generation above all) to its working size under this load, which V8 gives back only
