@@ -28,6 +28,7 @@ export const ERROR_TABLE = {
   payload_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', openai: 'invalid_request_error', message: 'request body is too large' },
   image_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', openai: 'invalid_request_error', message: 'image has too many pixels' },
   unsupported_image: { http: 415, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'bytes are not a supported image (png, jpeg, webp)' },
+  unsupported_encoding: { http: 415, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'request bodies are read as sent: send them without a content-encoding (gzip, deflate, br)' },
   rate_limited: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'rate_limit_error', message: 'rate limit exceeded' },
   capacity_exhausted: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'rate_limit_error', message: 'every deployment is at capacity' },
   budget_exceeded: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'rate_limit_error', message: 'the API key spent its budget for this period' },

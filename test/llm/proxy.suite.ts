@@ -4,6 +4,7 @@
 import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { brotliCompressSync, gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { request } from 'undici';
 import OpenAI from 'openai';
@@ -250,6 +251,30 @@ t.test('bad JSON and oversized bodies', async (t) => {
   t.equal(big.body.error.code, 'payload_too_large');
   const noModel = await postJson(`${tb.url}/v1/chat/completions`, { messages });
   t.equal(noModel.status, 400);
+});
+
+t.test('a compressed body: 415 unsupported_encoding before it is read, in the client API shape', async (t) => {
+  const json = JSON.stringify({ model: 'chat-openai', messages });
+  const res = await fetch(`${tb.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'content-encoding': 'gzip', 'x-request-id': 'gzip-body-1' },
+    body: gzipSync(json),
+  });
+  t.equal(res.status, 415);
+  t.equal(res.headers.get('accept-encoding'), 'identity', 'says which coding it takes');
+  const body = (await res.json()) as { error: { code: string; message: string; request_id: string; param: string | null } };
+  t.equal(body.error.code, 'unsupported_encoding');
+  t.match(body.error.message, /gzip/);
+  t.equal(body.error.request_id, 'gzip-body-1');
+  t.equal(body.error.param, 'content-encoding');
+  // The Ollama routes answer in Ollama's shape.
+  const o = await fetch(`${tb.url}/api/chat`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': 'br' }, body: brotliCompressSync(json) });
+  t.equal(o.status, 415);
+  t.match(((await o.json()) as { error: string }).error, /br/);
+  // identity is no coding at all; and the broker still serves after the refusals.
+  const plain = await postJson(`${tb.url}/v1/chat/completions`, json, { 'content-encoding': 'identity' });
+  t.equal(plain.status, 200);
+  t.equal(plain.body.choices[0].message.content, mockText(8));
 });
 
 t.test('model lists', async (t) => {

@@ -55,6 +55,21 @@ function sendsRaw(r: Route, req: BrokerRequest): boolean {
   return r.rawTypes.has((end < 0 ? type : type.slice(0, end)).trim().toLowerCase());
 }
 
+/**
+ * A body in a content coding (gzip, deflate, br...) is refused before it is read: the
+ * broker parses bodies as sent, and a compressed one would otherwise fail as bad JSON or a
+ * bad image, which says nothing of the cause. 415 with Accept-Encoding, as RFC 9110
+ * §15.5.16 asks. `identity` (no coding) is fine.
+ */
+function checkEncoding(req: BrokerRequest, sink: FrontSink): void {
+  const coding = req.headers['content-encoding'];
+  if (coding === undefined) return;
+  const c = coding.trim().toLowerCase();
+  if (c === '' || c === 'identity') return;
+  sink.extraHeaders = { ...sink.extraHeaders, 'accept-encoding': 'identity' };
+  throw new BrokerError('unsupported_encoding', `content-encoding "${coding.slice(0, 64)}" is not supported: send the body uncompressed`, { details: { field: 'content-encoding' } });
+}
+
 /** A declared Content-Length past the limit is refused before a byte is read. */
 function checkDeclaredLength(req: BrokerRequest, max: number): void {
   const declared = req.headers['content-length'];
@@ -116,6 +131,7 @@ function guarded(g: Guards, r: Route, params: Record<string, string>, req: Broke
       }
     }
     if (!readsBody(r)) return run(g, r, params, undefined, req, sink, principal);
+    checkEncoding(req, sink);
     checkDeclaredLength(req, g.maxBodyBytes);
     readBody(g.maxBodyBytes, (err, bytes) => {
       if (sink.aborted) return;
