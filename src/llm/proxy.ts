@@ -346,7 +346,10 @@ export class LlmProxy {
           if (r.ended === 'failed') this.countTimeout(dep, new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? ''), attempt.expired());
           outcome = this.streamOutcome(r, usage.ttftMs, g, dep, req.id, flags.stream_instrumentation);
           usage.ok = outcome === 'aborted' ? null : outcome === 'ok';
-          usage.promptTokens = r.promptTokens;
+          // Cut, aborted, or from an upstream that sends no usage: the upstream still read the
+          // whole prompt, so quotas, budgets and the tracking row count admission's estimate
+          // of it (4 characters a token), not 0.
+          usage.promptTokens = r.usageFromUpstream ? r.promptTokens : tokensOfChars(req.promptChars);
           usage.completionTokens = r.completionTokens;
           // Only a stream that completed cleanly is stored; a cut one never is.
           if (capture !== undefined && r.ended === 'complete') {
@@ -392,6 +395,9 @@ export class LlmProxy {
             this.countTokens(g, reply.usage.promptTokens, reply.usage.completionTokens);
             usage.promptTokens = reply.usage.promptTokens;
             usage.completionTokens = reply.usage.completionTokens;
+          } else {
+            // An upstream that reports no usage: the prompt's estimate, as for a stream.
+            usage.promptTokens = tokensOfChars(req.promptChars);
           }
           // A whole reply's latency is the upstream's, not the time this request queued here.
           usage.ttftMs = headersAt - sentAt;

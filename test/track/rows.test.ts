@@ -197,3 +197,31 @@ t.test('a stream whose upstream sends its headers before its first token: upstre
   t.ok(row!.ttft_ms > 0 && row!.upstream_ms >= row!.ttft_ms * 0.5, 'the wait for the first token is upstream time');
   t.ok(row!.upstream_ms <= row!.total_ms, `upstream_ms (${row!.upstream_ms}) is part of total_ms (${row!.total_ms})`);
 });
+
+t.test('a stream the client aborts before the upstream sent its usage: the prompt is counted by its estimate, not as 0', async (t) => {
+  // The upstream read the whole prompt before the client left: quotas, budgets and the row
+  // count admission's estimate of it (4 characters a token), as they would have reserved.
+  const slowUp = await startMock(t, { tokens: 200, tps: 20 });
+  const db = await pgc.createDatabase('aborted_prompt');
+  const tb = await startFleetBroker(t, { modelGroups: { s: { deployments: [{ id: 'sd', provider: 'openai', url: slowUp.url, model: 'm' }] } } }, { FRONT_THREADS: '2', INFER_ENABLED: 'false', DATABASE_URL: db });
+  const ac = new AbortController();
+  const res = await fetch(`${tb.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-request-id': 'aborted-stream' },
+    body: JSON.stringify({ model: 's', stream: true, messages: [{ role: 'system', content: 's'.repeat(40) }, { role: 'user', content: 'u'.repeat(400) }] }),
+    signal: ac.signal,
+  });
+  t.equal(res.status, 200);
+  const reader = res.body!.getReader();
+  let text = '';
+  while (!text.includes('"content"')) text += Buffer.from((await reader.read()).value!).toString();
+  ac.abort();
+  await reader.cancel().catch(() => undefined);
+  // The broker notices the close and ends the request before shutdown flushes its row.
+  for (let i = 0; i < 100 && slowUp.stats.open > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  await tb.close();
+  const [row] = await rowsOf(db);
+  t.match(row, { broker_request_id: 'aborted-stream', outcome: 'aborted' });
+  t.equal(row!.prompt_tokens, Math.ceil(440 / 4), 'the prompt by its estimate');
+  t.ok(row!.completion_tokens >= 1 && row!.completion_tokens < 200, `the tokens streamed before the abort (${row!.completion_tokens})`);
+});

@@ -35,6 +35,8 @@ export interface StreamResult {
   readonly errorMessage: string | null;
   readonly promptTokens: number;
   readonly completionTokens: number;
+  /** The token counts are the upstream's usage; else promptTokens is 0 and completionTokens the token events counted. */
+  readonly usageFromUpstream: boolean;
   /** Milliseconds from the upstream's headers to the first token, when there was one. */
   readonly firstTokenMs: number | null;
   /** Gaps between consecutive token events, milliseconds. */
