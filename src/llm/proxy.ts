@@ -133,7 +133,9 @@ export class LlmProxy {
     // Request tracking's record, filled in as the request goes (undefined: not tracked).
     const facts = req.facts;
     try {
-      const estimate = tokensOfChars(req.promptChars) + (req.maxTokens ?? 0);
+      // The prompt's tokens as admission estimated them (characters / 4): what a request with no usage from its upstream is charged.
+      const promptEstimate = tokensOfChars(req.promptChars);
+      const estimate = promptEstimate + (req.maxTokens ?? 0);
       const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
       // A fallback group is one more group the request uses: its QoS tier must allow it too.
       const usable = (g: ModelGroupConfig): boolean => fits(g) && tierAllows(admitted.tier, g.name);
@@ -349,7 +351,7 @@ export class LlmProxy {
           // Cut, aborted, or from an upstream that sends no usage: the upstream still read the
           // whole prompt, so quotas, budgets and the tracking row count admission's estimate
           // of it (4 characters a token), not 0.
-          usage.promptTokens = r.usageFromUpstream ? r.promptTokens : tokensOfChars(req.promptChars);
+          usage.promptTokens = r.usageFromUpstream ? r.promptTokens : promptEstimate;
           usage.completionTokens = r.completionTokens;
           // Only a stream that completed cleanly is stored; a cut one never is.
           if (capture !== undefined && r.ended === 'complete') {
@@ -397,7 +399,7 @@ export class LlmProxy {
             usage.completionTokens = reply.usage.completionTokens;
           } else {
             // An upstream that reports no usage: the prompt's estimate, as for a stream.
-            usage.promptTokens = tokensOfChars(req.promptChars);
+            usage.promptTokens = promptEstimate;
           }
           // A whole reply's latency is the upstream's, not the time this request queued here.
           usage.ttftMs = headersAt - sentAt;
