@@ -86,7 +86,8 @@ export class LlmProxy {
     const headers: Record<string, string> = {};
     sink.extraHeaders = sink.extraHeaders === undefined ? headers : Object.assign(headers, sink.extraHeaders);
     const cache = req.encoder === 'grpc' ? undefined : this.deps.cache;
-    const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, group.name);
+    // Keyed on the body that goes upstream: a QoS tier may have capped its max tokens.
+    const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, group.name, admitted.body);
     if (cache !== undefined) headers['x-broker-cache'] = 'miss';
     if (plan !== null && plan.lookup) {
       // A hit is answered here, before any of an upstream request's bookkeeping is set up.
@@ -104,7 +105,7 @@ export class LlmProxy {
             facts.upstreamMs = 0;
           }
           // Nothing learned about any deployment, and quotas are not charged.
-          this.deps.leases.completed(admitted, null, { ok: null, promptTokens: 0, completionTokens: 0, ttftMs: null, durationMs: performance.now() - req.startedAt });
+          this.deps.leases.completed(admitted, null, { ok: null, promptTokens: 0, completionTokens: 0, ttftMs: null, durationMs: performance.now() - req.startedAt, cached: hit !== undefined });
         }
         return;
       }
@@ -139,15 +140,16 @@ export class LlmProxy {
       const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
       // A fallback group is one more group the request uses: its QoS tier must allow it too.
       const usable = (g: ModelGroupConfig): boolean => fits(g) && tierAllows(admitted.tier, g.name);
-      // The fallback groups still to try, by name, and why the request is moving.
-      let queue: string[] = [];
+      // The fallback groups still to try, by name, each marked by the list it came from
+      // (a context error may only go to contextFallbacks), and why the request is moving.
+      let queue: Fallback[] = [];
       let why: 'failure' | 'context_length' | 'context_window' = 'failure';
       let g = group;
       const visited = new Set<string>([group.name]);
       let moveOn = false;
       if (!fits(group)) {
         lastError = new BrokerError('invalid_request', `the prompt (about ${estimate} tokens with max_tokens) does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: 'messages' } });
-        queue = [...(group.contextFallbacks ?? [])];
+        queue = fallbacksOf(group.contextFallbacks, true);
         why = 'context_window';
         moveOn = true;
       }
@@ -186,7 +188,7 @@ export class LlmProxy {
           // Every deployment of the group failed or none can take it: the fallback groups.
           if ((code === 'upstream_unavailable' || code === 'capacity_exhausted') && (queue.length > 0 || (g.fallbacks?.length ?? 0) > 0)) {
             if (lastError === undefined || lastError.code === 'invalid_request') lastError = err as BrokerError;
-            queue = [...(g.fallbacks ?? []), ...queue];
+            queue = [...fallbacksOf(g.fallbacks, false), ...queue];
             why = 'failure';
             moveOn = true;
             continue;
@@ -271,9 +273,11 @@ export class LlmProxy {
             gov.attemptFailed(lease, false);
             lease = null;
             const passOn = new BrokerError('invalid_request', (err.details?.['upstreamMessage'] as string | undefined) || err.message, { details: { ...err.details, class: cls } });
-            if ((g.contextFallbacks?.length ?? 0) > 0 || queue.length > 0) {
+            // Plain fallbacks still queued (from a failure before) do not take it.
+            const larger = [...fallbacksOf(g.contextFallbacks, true), ...queue.filter((f) => f.context)];
+            if (larger.length > 0) {
               lastError = passOn;
-              queue = [...(g.contextFallbacks ?? []), ...queue];
+              queue = larger;
               why = 'context_length';
               moveOn = true;
               continue;
@@ -501,10 +505,20 @@ function writtenAt(attempt: Attempt, sentAt: number): number {
   return attempt.timing.writtenAt >= 0 ? attempt.timing.writtenAt : sentAt;
 }
 
+/** A fallback group still to try; `context`: it came from a contextFallbacks list. */
+interface Fallback {
+  readonly name: string;
+  readonly context: boolean;
+}
+
+function fallbacksOf(names: readonly string[] | undefined, context: boolean): Fallback[] {
+  return names === undefined ? [] : names.map((name) => ({ name, context }));
+}
+
 /** The next fallback group: the first of `queue` not tried yet, known, and large enough for the prompt. */
-function nextGroup(queue: string[], visited: Set<string>, usable: (g: ModelGroupConfig) => boolean, groups: ReadonlyMap<string, ModelGroupConfig> | undefined): ModelGroupConfig | undefined {
+function nextGroup(queue: Fallback[], visited: Set<string>, usable: (g: ModelGroupConfig) => boolean, groups: ReadonlyMap<string, ModelGroupConfig> | undefined): ModelGroupConfig | undefined {
   while (queue.length > 0) {
-    const name = queue.shift()!;
+    const { name } = queue.shift()!;
     if (visited.has(name)) continue;
     const g = groups?.get(name);
     if (g === undefined) continue;

@@ -56,8 +56,10 @@ export interface Reservation {
   readonly at: number;
   /** Replaces the reserved tokens with the real usage. Only the first reconcile/release has an effect. */
   reconcile(actualTokens: number): void;
-  /** Gives the tokens back; the request still counts for RPM. Only the first reconcile/release has an effect. */
+  /** Gives the tokens back; the request still counts for RPM. Only the first reconcile/release/cancel has an effect. */
   release(): void;
+  /** Gives the tokens and the request back, as if it had never been counted (a cache hit). Only the first reconcile/release/cancel has an effect. */
+  cancel(): void;
 }
 
 export interface QuotaUsage {
@@ -173,10 +175,12 @@ class WindowView {
     f[p + W_TOKS + i]! += toks;
   }
 
-  /** Adjusts the tokens of second `sec` if that second is still held; once it has left the window there is nothing to correct. */
-  adjust(p: number, sec: number, delta: number): void {
+  /** Adjusts the tokens (and requests) of second `sec` if that second is still held; once it has left the window there is nothing to correct. */
+  adjust(p: number, sec: number, delta: number, reqs = 0): void {
     const i = slotOf(sec);
-    if (this.f[p + W_SECS + i] === sec) this.f[p + W_TOKS + i] = Math.max(0, this.f[p + W_TOKS + i]! + delta);
+    if (this.f[p + W_SECS + i] !== sec) return;
+    this.f[p + W_TOKS + i] = Math.max(0, this.f[p + W_TOKS + i]! + delta);
+    if (reqs !== 0) this.f[p + W_REQS + i] = Math.max(0, this.f[p + W_REQS + i]! + reqs);
   }
 
   isIdle(p: number, nowSec: number): boolean {
@@ -255,14 +259,18 @@ class QuotaReservation implements Reservation {
   }
 
   release(): void {
-    this.#settle(0);
+    this.#settle(0, false);
   }
 
-  #settle(actual: number): void {
+  cancel(): void {
+    this.#settle(0, true);
+  }
+
+  #settle(actual: number, uncount = false): void {
     if (this.#settled) return;
     this.#settled = true;
-    this.#ledger._settle(this.#slots, this.#gens, this.tokens, this.#sec, actual);
-    if (actual !== this.tokens) this.#ledger._settleLeases(this.subjects, this.at, this.tokens - actual);
+    this.#ledger._settle(this.#slots, this.#gens, this.tokens, this.#sec, actual, uncount ? -1 : 0);
+    if (actual !== this.tokens || uncount) this.#ledger._settleLeases(this.subjects, this.at, this.tokens - actual, uncount ? 1 : 0);
   }
 }
 
@@ -437,7 +445,7 @@ export class QuotaLedger {
   }
 
   /** @internal Settles a reservation: its slots ascending, each only if it still holds the same window. */
-  _settle(slots: readonly number[], gens: readonly number[], tokens: number, sec: number, actual: number): void {
+  _settle(slots: readonly number[], gens: readonly number[], tokens: number, sec: number, actual: number, requests = 0): void {
     const windows = this.#windows;
     for (const s of slots) windows.lock(s);
     for (let k = 0; k < slots.length; k++) {
@@ -447,7 +455,7 @@ export class QuotaLedger {
       if (!windows.isLive(s) || this.#f[p + W_GEN] !== gens[k]) continue;
       this.#f[p + W_RESERVED] = Math.max(0, this.#f[p + W_RESERVED]! - tokens);
       // Same bucket as the reservation, so the window reflects when the request was admitted.
-      this.#w.adjust(p, sec, actual - tokens);
+      this.#w.adjust(p, sec, actual - tokens, requests);
     }
     for (const s of slots) windows.unlock(s);
   }
@@ -611,8 +619,8 @@ export class QuotaLedger {
     }
   }
 
-  /** @internal A reservation settled with `delta` fewer tokens than it took: its leases get them back, if still the same minute. */
-  _settleLeases(subjects: readonly string[], at: number, delta: number): void {
+  /** @internal A reservation settled with `delta` fewer tokens (and `requests` fewer requests) than it took: its leases get them back, if still the same minute. */
+  _settleLeases(subjects: readonly string[], at: number, delta: number, requests = 0): void {
     if (Atomics.load(this.#header, G_CLUSTER) !== 1) return;
     const table = this.#limits;
     const minute = minuteOf(at);
@@ -620,7 +628,10 @@ export class QuotaLedger {
       const s = table.lockExisting(subject);
       if (s < 0) continue;
       const p = table.payloadOffset(s) >> 3;
-      if (this.#f[p + L_WIN] === minute && !Number.isNaN(this.#f[p + L_TPM]!)) this.#f[p + L_TLEFT]! += delta;
+      if (this.#f[p + L_WIN] === minute) {
+        if (!Number.isNaN(this.#f[p + L_TPM]!)) this.#f[p + L_TLEFT]! += delta;
+        if (!Number.isNaN(this.#f[p + L_RPM]!)) this.#f[p + L_RLEFT]! += requests;
+      }
       table.unlock(s);
     }
   }

@@ -80,6 +80,8 @@ export interface RequestUsage {
   readonly completionTokens: number;
   readonly ttftMs: number | null;
   readonly durationMs: number;
+  /** Answered by the response cache: the key's quota gets the request back as well as its tokens (docs/governance.md). */
+  readonly cached?: boolean;
 }
 
 /** What the proxy needs once a request is admitted: leases, and their ends. */
@@ -257,7 +259,8 @@ export class Governance implements Leases {
     const used = u.promptTokens + u.completionTokens;
     const reconcile = (r: Reservation | null): void => {
       if (r === null) return;
-      if (used > 0) r.reconcile(used);
+      if (u.cached === true) r.cancel();
+      else if (used > 0) r.reconcile(used);
       else r.release();
     };
     reconcile(a.keyReservation);

@@ -42,7 +42,9 @@ const cutApis = await mock({ fail: 'reset', failAfter: 3 });
 const d = (id: string, provider: 'openai' | 'ollama', m: MockUpstream) => ({ id, provider, url: m.url, model: `${id}-up` });
 const fleet = {
   cache: { mode: 'deterministic', maxBytes: 1_000_000, ttlSeconds: 600 },
-  apiKeys: { 'sk-quota': { tpm: 200 } },
+  apiKeys: { 'sk-quota': { tpm: 200 }, 'sk-rpm': { rpm: 3 } },
+  // A tier that caps output: its replies are keyed apart from the uncapped ones.
+  qos: { defaultTier: 'standard', tiers: { standard: {}, short: { maxOutputTokens: 3 } } },
   modelGroups: {
     det: { deployments: [d('det-1', 'openai', up)] },
     llama: { deployments: [d('llama-1', 'ollama', upOllama)] },
@@ -58,7 +60,7 @@ const fleet = {
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-cache-'));
 writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
-const env = { BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', REDIS_URL: redis.url, BROKER_FF_QUOTA_ENFORCEMENT: 'true' };
+const env = { BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', REDIS_URL: redis.url, BROKER_FF_QUOTA_ENFORCEMENT: 'true', BROKER_FF_QOS_SWITCHING: 'true' };
 const tb = await startTestBroker({ ...env, FRONT_THREADS: '2' });
 t.teardown(async () => {
   await tb.close();
@@ -238,6 +240,38 @@ t.test('a hit charges no quota; metrics count hits, misses, stores and bytes', a
   t.ok((await metricValue(tb.url, 'llm_cache_stores_total', { group: 'det' })) > 0);
   t.ok((await metricValue(tb.url, 'llm_cache_bytes')) > 0);
   t.equal(await metricValue(tb.url, 'llm_requests_total', { deployment: 'cache', reason: 'cache_hit' }) >= 30, true);
+});
+
+t.test('a hit gives the request back to an RPM quota too', async (t) => {
+  const messages = fresh();
+  const keyed = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-rpm', maxRetries: 0 });
+  await keyed.chat.completions.create({ model: 'det', messages, temperature: 0 });
+  // rpm 3: charged, the third hit would be refused with 429.
+  for (let i = 0; i < 6; i++) {
+    const { response } = await keyed.chat.completions.create({ model: 'det', messages, temperature: 0 }).withResponse();
+    t.equal(response.headers.get('x-broker-cache'), 'hit', `hit ${i + 1} of 6 answered`);
+  }
+  // Misses still count: two more fill the minute, the next is refused.
+  await keyed.chat.completions.create({ model: 'det', messages: fresh(), temperature: 0 });
+  await keyed.chat.completions.create({ model: 'det', messages: fresh(), temperature: 0 });
+  const err = (await keyed.chat.completions.create({ model: 'det', messages: fresh(), temperature: 0 }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
+  t.equal(err?.status, 429, 'the fourth upstream request of the minute is over rpm 3');
+});
+
+t.test("a QoS tier's capped reply does not answer another tier, nor the other way round", async (t) => {
+  const messages = fresh();
+  const short = await streamed('on', messages, {}, { 'x-broker-qos': 'short' });
+  t.equal(short.cache, 'miss');
+  t.equal(short.deltas.join(''), mockText(3), 'the tier caps the output at 3 tokens');
+  const full = await streamed('on', messages);
+  t.equal(full.cache, 'miss', 'the standard tier is not answered by the capped reply');
+  t.equal(full.deltas.join(''), mockText(8));
+  const again = await streamed('on', messages, {}, { 'x-broker-qos': 'short' });
+  t.equal(again.cache, 'hit', 'each tier hits its own entry');
+  t.equal(again.deltas.join(''), mockText(3));
+  // A client that asks for the capped size itself gets the same upstream request: one entry.
+  const same = await streamed('on', messages, { max_tokens: 3 });
+  t.equal(same.cache, 'hit');
 });
 
 /** A Responses or Messages request as raw SSE: the event names as sent (ping included, which the SDK skips). */

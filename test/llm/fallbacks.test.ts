@@ -83,6 +83,8 @@ const fleet = {
     endless: { deployments: [d('slow-1', 'ollama', slow, { totalTimeoutMs: 400 })], fallbacks: ['big'] },
     // QoS tier `narrow` may use this group only, not its fallback.
     'over-narrow': { deployments: [d('over-narrow', 'openai', overOpenai)], fallbacks: ['big'] },
+    // Fails, falls back to small-alone, whose context error must not go on to big (a plain fallback still queued).
+    'down-then-small': { deployments: [d('down-2', 'openai', fail500)], fallbacks: ['small-alone', 'big'] },
   },
   qos: { defaultTier: 'standard', tiers: { standard: {}, narrow: { allowedGroups: ['over-narrow'], priority: 1 } } },
 };
@@ -117,6 +119,16 @@ t.test('without contextFallbacks a context-length error is the client\'s 400, wi
   t.equal(err.status, 400);
   t.match(err.message, /maximum context length is 8192 tokens/);
   t.equal(ok.stats.total, before, 'big was not asked');
+});
+
+t.test('a context-length error met on a fallback group is not taken by the plain fallbacks still queued', async (t) => {
+  const before = ok.stats.total;
+  const err = (await openai.chat.completions.create({ model: 'down-then-small', messages }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
+  t.equal(err.status, 400, 'the context error, not an answer from big');
+  t.match(err.message, /maximum context length is 8192 tokens/);
+  t.equal(err.headers?.get('x-broker-fallback'), 'small-alone', 'the group that gave the error');
+  t.equal(ok.stats.total, before, 'big was not asked');
+  t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'small-alone', to: 'big', reason: 'context_length' }), 0);
 });
 
 t.test('a group whose maxContextTokens is below prompt + max_tokens is skipped without a call', async (t) => {

@@ -35,6 +35,19 @@ t.test('rpm: window slides, retryAfter counts down to the oldest bucket leaving'
   t.equal(q.usage('key:a').rpm, 1, 'the t=0 requests left the window');
 });
 
+t.test('cancel gives back the request as well as the tokens; release keeps the request', async (t) => {
+  const { q } = ledger();
+  q.setLimits('key:a', { rpm: 2, tpm: 100 });
+  q.reserve(['key:a'], 40).cancel();
+  t.same([q.usage('key:a').rpm, q.usage('key:a').tpm, q.usage('key:a').reservedTokens], [0, 0, 0], 'as if never counted');
+  const r = q.reserve(['key:a'], 40);
+  r.release();
+  r.cancel();
+  t.same([q.usage('key:a').rpm, q.usage('key:a').tpm], [1, 0], 'released: the request still counts; a second settle does nothing');
+  q.reserve(['key:a'], 0);
+  rejected(t, () => q.reserve(['key:a'], 0));
+});
+
 t.test('rpm: retryAfter waits for enough of the window, not just the oldest bucket', async (t) => {
   const { clock, q } = ledger();
   q.setLimits('s', { rpm: 3 });

@@ -92,15 +92,17 @@ function temperatureOf(body: Readonly<Record<string, unknown>>): unknown {
  * Whether and how the cache serves a request. off: never. deterministic: when the
  * client sets temperature 0 or sends x-broker-cache: use. on: every request. bypass
  * skips the cache both ways; refresh skips the lookup and stores the new reply.
- * Several choices (n > 1) are never cached: a replay has one.
+ * Several choices (n > 1) are never cached: a replay has one. `sent`: the body that goes
+ * upstream, which the key is made of (admission may have capped its output tokens for
+ * the client's QoS tier: the reply of one tier must not answer another).
  */
-export function cachePlan(mode: CacheMode, r: LlmRequest, group: string): CachePlan | null {
+export function cachePlan(mode: CacheMode, r: LlmRequest, group: string, sent: Readonly<Record<string, unknown>> = r.body): CachePlan | null {
   // Replay (replay.ts) speaks the OpenAI and Ollama chat and completion APIs, Responses and Messages; embeddings are not cached.
   if (!REPLAYABLE.has(`${r.api}/${r.kind}`)) return null;
   const d = r.cache;
   if (mode === 'off' || d === 'bypass' || r.choices > 1) return null;
   if (mode === 'deterministic' && d === undefined && temperatureOf(r.body) !== 0) return null;
-  return { key: cacheKey(group, r), lookup: d !== 'refresh', store: true };
+  return { key: cacheKey(group, { api: r.api, kind: r.kind, body: sent }), lookup: d !== 'refresh', store: true };
 }
 
 export interface ResponseCacheOptions {
