@@ -2,6 +2,7 @@
 import { ConfigError, loadConfig } from './config/env.ts';
 import { startBroker, type Broker } from './app.ts';
 import { BrokerConfigError } from './config/broker-config.ts';
+import { BrokerError } from './errors.ts';
 import { setFlagsFromString } from 'node:v8';
 
 let config;
@@ -60,3 +61,10 @@ try {
   process.exit(1);
 }
 if (stopRequestedAt !== undefined) stop();
+// The serving model (A) that does not fit its manifest cannot answer anything: say why and stop,
+// rather than run a broker whose every inference fails. (B's problem is logged; A serves.)
+broker.waitReady().catch((err: unknown) => {
+  if (!(err instanceof BrokerError && err.code === 'model_unavailable')) return;
+  process.stderr.write(`edge-broker: cannot start: ${err.message}\n`);
+  broker!.logger.flush(() => process.exit(1));
+});

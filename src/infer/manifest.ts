@@ -92,6 +92,10 @@ export function validateManifest(raw: unknown, file: string): ModelManifest {
   if (!Array.isArray(preferredRaw)) fail('batching.preferred_batch_sizes', 'must be an array of integers');
   const preferred = (preferredRaw as unknown[]).map((v, i) => int(v, `batching.preferred_batch_sizes[${i}]`, 1, maxBatchSize, 1));
   preferred.sort((a, b) => a - b);
+  const defaultSize = size(input.defaultSize, 'input.defaultSize') ?? height ?? 224;
+  const maxSize = size(input.maxSize, 'input.maxSize') ?? 1024;
+  // A dynamic-size model is resized to defaultSize when a request names no img_size, which must be a size it could name.
+  if (height === null && (defaultSize < 8 || defaultSize > maxSize)) fail('input.defaultSize', `must be between 8 and input.maxSize (${maxSize}), got ${defaultSize}`);
   const queue = obj(m.queue ?? {}, 'queue');
   const maxQueueSize = queue.max_size === undefined || queue.max_size === null ? null : int(queue.max_size, 'queue.max_size', 1, 1_000_000, 1);
 
@@ -104,8 +108,8 @@ export function validateManifest(raw: unknown, file: string): ModelManifest {
       channels: channels as 1 | 3,
       height,
       width,
-      defaultSize: size(input.defaultSize, 'input.defaultSize') ?? height ?? 224,
-      maxSize: size(input.maxSize, 'input.maxSize') ?? 1024,
+      defaultSize,
+      maxSize,
       mean: nums(input.mean ?? Array(channels).fill(0), 'input.mean'),
       std,
     }),

@@ -21,7 +21,7 @@ import { performance } from 'node:perf_hooks';
 import { BrokerError } from '../errors.ts';
 import type { LoadedModel } from './manifest.ts';
 import { AdmissionQueue, DEFAULT_PRIORITY, type Pending } from './admission.ts';
-import type { BatchOutcome, BatchTask, Prediction, SessionsMetadata, WorkerData } from './protocol.ts';
+import type { BatchOutcome, BatchTask, ModelProblems, Prediction, SessionsMetadata, WorkerData } from './protocol.ts';
 import { workerEntry } from '../workers/entry.ts';
 import type { TraceContext } from '../obs/trace/context.ts';
 import type { Tracer } from '../obs/trace/tracer.ts';
@@ -110,6 +110,8 @@ export interface InferPool {
   run(model: string, image: ArrayBuffer, size: number | undefined, topK: number, priority?: number, opts?: RunOptions): Promise<RunResult>;
   /** Input and output names, types and shapes of each model, from a loaded session (cached). */
   metadata(): Promise<SessionsMetadata>;
+  /** Models that cannot run, and why (graph-check.ts), as a worker found them at warm-up. */
+  problems(): Promise<ModelProblems>;
   /** Every executed batch, after it ran. */
   onExecute(listener: (e: ExecEvent) => void): void;
   /** Runs every model of every worker once more (after a cold spell, say). */
@@ -378,6 +380,17 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
         throw workerLost('model metadata', err);
       });
       return metadataCache;
+    },
+    async problems() {
+      inFlight++;
+      try {
+        return (await piscina.run({ kind: 'problems' })) as ModelProblems;
+      } catch (err) {
+        throw workerLost('the model check', err);
+      } finally {
+        inFlight--;
+        pump();
+      }
     },
     onExecute(listener) {
       listeners.push(listener);

@@ -51,6 +51,13 @@ export interface MetadataTask {
   readonly kind: 'metadata';
 }
 
+/** Why each broken model cannot run, by model key; empty: every model fits its manifest and ran its warm-up. */
+export interface ProblemsTask {
+  readonly kind: 'problems';
+}
+
+export type ModelProblems = Readonly<Record<string, { readonly message: string; readonly detail?: string }>>;
+
 export interface TensorMeta {
   readonly name: string;
   /** onnxruntime's element type (`float32`, ...). */
@@ -68,7 +75,7 @@ export interface Prediction {
   readonly score: number;
 }
 
-export type ItemFailure = { ok: false; code: 'unsupported_image' | 'image_too_large' | 'invalid_image' | 'internal'; message: string; /** For the log only: never sent to the client. */ detail?: string };
+export type ItemFailure = { ok: false; code: 'unsupported_image' | 'image_too_large' | 'invalid_image' | 'internal' | 'model_unavailable'; message: string; /** For the log only: never sent to the client. */ detail?: string };
 export type ItemOutcome = { ok: true; predictions: Prediction[]; /** With BatchItem.scores. */ scores?: Float32Array } | ItemFailure;
 
 export interface BatchOutcome {

@@ -70,14 +70,17 @@ function queryInt(value: string | null, field: string, min: number, max: number)
 }
 
 /** Readiness: the models are loaded (always ready when inference is turned off). */
-export function readyRoute(service: { readonly ready: boolean } | undefined): Route {
+export function readyRoute(service: { readonly ready: boolean; readonly modelProblems?: Readonly<Record<string, string>> } | undefined): Route {
   return {
     method: 'GET',
     path: '/ready',
     handle({ sink }) {
       if (service === undefined) return sink.send(200, JSON_HEADERS, JSON.stringify({ ready: true, models_loaded: false, inference: 'disabled' }));
       const ready = service.ready;
-      sink.send(ready ? 200 : 503, JSON_HEADERS, JSON.stringify({ ready, models_loaded: ready }));
+      // A model that does not fit its manifest says why (B's keeps the broker ready: A serves).
+      const problems = service.modelProblems;
+      const said = problems !== undefined && Object.keys(problems).length > 0 ? { model_problems: problems } : {};
+      sink.send(ready ? 200 : 503, JSON_HEADERS, JSON.stringify({ ready, models_loaded: ready, ...said }));
     },
   };
 }

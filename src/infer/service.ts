@@ -10,7 +10,7 @@ import { CanaryJudge, type CanaryThresholds } from './canary.ts';
 import type { LoadedModel } from './manifest.ts';
 import { inferMetrics, type InferMetrics } from './metrics.ts';
 import type { InferPool, RunResult } from './pool.ts';
-import type { Prediction } from './protocol.ts';
+import type { ModelProblems, Prediction } from './protocol.ts';
 import type { TraceContext } from '../obs/trace/context.ts';
 
 export interface RuntimeConfig extends SplitState {
@@ -95,11 +95,22 @@ export class InferService {
   private readonly random: () => number;
   private promoting: Promise<void> | undefined;
   private readonly im: InferMetrics;
+  /** Models of the current pool that cannot run, and why; null until the workers have checked them. */
+  private problems: ModelProblems | null = null;
+  /** The first pool's check: resolves once it is ready and checked. */
+  private readonly checked: Promise<ModelProblems>;
 
   constructor(private readonly deps: InferServiceDeps) {
     this.config = Object.freeze({ ...deps.initial });
     this.im = inferMetrics(deps.metrics);
     this.pool = this.newPool(deps.models);
+    const first = this.pool;
+    this.checked = this.check(first).then((p) => {
+      if (this.pool === first) this.problems = p;
+      return p;
+    });
+    // Read through waitReady(); a pool that never gets ready is reported there.
+    this.checked.catch(() => undefined);
     this.judge = new CanaryJudge(deps.canary);
     this.now = deps.now ?? Date.now;
     this.random = deps.random ?? Math.random;
@@ -113,8 +124,10 @@ export class InferService {
       const name = pool.models[e.model]!.manifest.name;
       im.inferenceCount.labels(name).inc(e.batchSize);
       im.execCount.labels(name).inc(e.executions);
-      if (e.executions === 1) inferBatch.labels(name).observe(e.batchSize);
-      else for (let i = 0; i < e.executions; i++) inferBatch.labels(name).observe(1);
+      // Every session.run by its size: a batch that failed whole ran once at its size, then
+      // once per image (executions - 1 runs of 1).
+      if (e.executions > 0) inferBatch.labels(name).observe(e.batchSize);
+      for (let i = 1; i < e.executions; i++) inferBatch.labels(name).observe(1);
       im.batchWait.labels(name).observe(e.batchWaitMs / 1000);
       im.execDuration.labels(name, 'decode').observe(e.decodeMs / 1000);
       im.execDuration.labels(name, 'compute').observe(e.inferMs / 1000);
@@ -130,16 +143,43 @@ export class InferService {
     return this.pool.models as { A: LoadedModel; B: LoadedModel };
   }
 
+  /** The workers loaded the models, and A (the model that serves) fits its manifest. */
   get ready(): boolean {
-    return this.pool.ready;
+    return this.pool.ready && this.problems !== null && this.problems['A'] === undefined;
+  }
+
+  /** Why a model cannot run, by arm (for /ready); empty when every model runs or before the check. */
+  get modelProblems(): Readonly<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const [arm, p] of Object.entries(this.problems ?? {})) out[arm] = p.message;
+    return out;
+  }
+
+  /**
+   * Waits for the pool, then asks a worker which models could not run (graph-check.ts)
+   * and logs each: a manifest that does not fit its graph is said once, at start, not
+   * in every request's 500.
+   */
+  private async check(pool: InferPool): Promise<ModelProblems> {
+    await pool.waitReady();
+    const problems = await pool.problems();
+    for (const [arm, p] of Object.entries(problems)) {
+      const { manifest, path } = pool.models[arm]!;
+      this.deps.logger.error({ arm, model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `${p.message}: its requests answer 503 model_unavailable`);
+    }
+    return problems;
   }
 
   get currentPool(): InferPool {
     return this.pool;
   }
 
-  waitReady(): Promise<void> {
-    return this.pool.waitReady();
+  /** Resolves once the models are loaded and checked; rejects with model_unavailable when A cannot run. */
+  async waitReady(): Promise<void> {
+    const problems = await this.checked;
+    const a = problems['A'];
+    if (a !== undefined && this.problems === problems) throw new BrokerError('model_unavailable', `${a.message} (${this.deps.models.A.path})`);
+    await this.pool.waitReady();
   }
 
   /** Validated partial update from the admin API. */
@@ -278,13 +318,18 @@ export class InferService {
         const old = this.pool;
         const b = old.models.B!;
         const next = this.newPool({ A: b, B: b });
+        let problems: ModelProblems;
         try {
-          await next.waitReady();
+          problems = await this.check(next);
+          // B's model is about to serve everything: it must run.
+          const p = problems['A'];
+          if (p !== undefined) throw new BrokerError('model_unavailable', `B cannot be promoted: ${p.message}`);
         } catch (err) {
           await next.close();
           throw err;
         }
         this.pool = next;
+        this.problems = problems;
         this.judge.reset();
         this.config = Object.freeze({ ...this.config, canaryRollback: null });
         this.deps.logger.info({ model: b.manifest.name, version: b.manifest.version }, 'promoted B to A');

@@ -11,12 +11,13 @@ import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { performance } from 'node:perf_hooks';
 import type { ModelManifest } from './manifest.ts';
+import { graphProblem, outputProblem } from './graph-check.ts';
 import { preprocess } from './preprocess.ts';
 import { setConversionMode } from './native.ts';
 import { topK } from './postprocess.ts';
 import { workerSpans } from '../obs/trace/infer.ts';
 import type { SpanData } from '../obs/trace/span.ts';
-import type { BatchOutcome, BatchTask, ItemOutcome, MetadataTask, SessionsMetadata, TensorMeta, WorkerData, WarmupTask } from './protocol.ts';
+import type { BatchOutcome, BatchTask, ItemOutcome, MetadataTask, ModelProblems, ProblemsTask, SessionsMetadata, TensorMeta, WorkerData, WarmupTask } from './protocol.ts';
 
 const data = workerData as WorkerData;
 
@@ -46,9 +47,10 @@ async function open(path: string, manifest: ModelManifest): Promise<Loaded> {
 const models: Record<string, Loaded> = {};
 for (const [key, m] of Object.entries(data.models)) models[key] = await open(m.path, m.manifest);
 
-// A model that cannot run (wrong manifest, say) is marked broken instead of taking
-// the worker down with it: the other arm keeps serving and B's errors show in metrics.
-const broken: Record<string, string> = {};
+// A model that cannot run (a manifest that does not fit its graph, say) is marked broken
+// instead of taking the worker down with it: the pool reads why (a 'problems' task), the
+// service logs it and refuses the model, and the other arm keeps serving.
+const broken: Record<string, { readonly message: string; readonly detail?: string }> = {};
 
 function dimsOf(manifest: ModelManifest, batch: number, height: number, width: number): number[] {
   const c = manifest.input.channels;
@@ -60,16 +62,23 @@ async function warm(): Promise<void> {
     const h = manifest.input.height ?? manifest.input.defaultSize;
     const w = manifest.input.width ?? manifest.input.defaultSize;
     const { maxBatchSize } = manifest.batching;
+    const misfit = graphProblem(manifest, session.inputMetadata, session.outputMetadata);
+    if (misfit !== null) {
+      broken[key] = { message: `model ${manifest.name} does not fit its manifest: ${misfit}` };
+      continue;
+    }
     try {
-      const first = session.inputMetadata.find((m) => m.name === manifest.input.name);
-      const batchDim = first?.isTensor ? first.shape[0] : undefined;
-      if (maxBatchSize > 1 && typeof batchDim === 'number' && batchDim > 0) {
-        throw new Error(`batching.max_batch_size is ${maxBatchSize} but the input's batch dimension is fixed at ${batchDim}`);
+      const out = await session.run({ [manifest.input.name]: zeros(manifest, 1, h, w) });
+      const scores = out[manifest.output.name];
+      const bad = scores === undefined ? `no output '${manifest.output.name}'` : outputProblem(manifest, scores.dims, 1);
+      if (bad !== null) {
+        broken[key] = { message: `model ${manifest.name} does not fit its manifest: ${bad}` };
+        continue;
       }
-      await session.run({ [manifest.input.name]: zeros(manifest, 1, h, w) });
       delete broken[key];
     } catch (err) {
-      broken[key] = `model ${manifest.name} failed its warm-up run: ${(err as Error).message}`;
+      // The runtime's own words go to the log (detail), not to clients.
+      broken[key] = { message: `model ${manifest.name} failed its warm-up run`, detail: (err as Error).message };
       continue;
     }
     // Once at the largest batch too, so that the first full batch does not pay for the
@@ -95,17 +104,18 @@ function now(): number {
   return performance.timeOrigin + performance.now();
 }
 
-const failAll = (n: number, message: string, detail?: string): ItemOutcome[] => Array.from({ length: n }, () => ({ ok: false, code: 'internal', message, ...(detail !== undefined ? { detail } : {}) }));
+const failAll = (n: number, message: string, detail?: string, code: 'internal' | 'model_unavailable' = 'internal'): ItemOutcome[] => Array.from({ length: n }, () => ({ ok: false, code, message, ...(detail !== undefined ? { detail } : {}) }));
 
 function describe(list: readonly ort.InferenceSession.ValueMetadata[]): TensorMeta[] {
   return list.map((m) => (m.isTensor ? { name: m.name, type: m.type, shape: m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : -1)) } : { name: m.name, type: 'non-tensor', shape: [] }));
 }
 
-export default async function run(task: BatchTask | WarmupTask | MetadataTask): Promise<BatchOutcome | SessionsMetadata | { warmed: true }> {
+export default async function run(task: BatchTask | WarmupTask | MetadataTask | ProblemsTask): Promise<BatchOutcome | SessionsMetadata | ModelProblems | { warmed: true }> {
   if (task.kind === 'warmup') {
     await warm();
     return { warmed: true };
   }
+  if (task.kind === 'problems') return { ...broken };
   if (task.kind === 'metadata') {
     return Object.fromEntries(Object.entries(models).map(([key, { session }]) => [key, { inputs: describe(session.inputMetadata), outputs: describe(session.outputMetadata) }]));
   }
@@ -125,7 +135,8 @@ async function runBatch(task: BatchTask, startedAt: number, base: Omit<BatchOutc
   const n = task.items.length;
   const model = models[task.model];
   if (model === undefined) return { ...base, items: failAll(n, `worker has no model ${task.model}`) };
-  if (broken[task.model] !== undefined) return { ...base, items: failAll(n, broken[task.model]!) };
+  const why = broken[task.model];
+  if (why !== undefined) return { ...base, items: failAll(n, why.message, why.detail, 'model_unavailable') };
   const { manifest } = model;
   const h = manifest.input.height ?? task.size ?? manifest.input.defaultSize;
   const w = manifest.input.width ?? task.size ?? manifest.input.defaultSize;
@@ -178,13 +189,13 @@ async function decodeAndRun(task: BatchTask, startedAt: number, base: Omit<Batch
     } catch (err) {
       // The batch failed as a whole: retry one image at a time, so that only the
       // image(s) that make the model fail get an error.
-      if (good.length === 1) items[good[0]!] = { ok: false, code: 'internal', message: `model ${manifest.name} failed: ${(err as Error).message}` };
+      if (good.length === 1) items[good[0]!] = { ok: false, code: 'internal', message: `model ${manifest.name} failed to run`, detail: (err as Error).message };
       else {
         for (const [r, i] of good.entries()) {
           try {
             answer(i, await runOn(input.slice(r * per, (r + 1) * per), 1));
           } catch (e) {
-            items[i] = { ok: false, code: 'internal', message: `model ${manifest.name} failed: ${(e as Error).message}` };
+            items[i] = { ok: false, code: 'internal', message: `model ${manifest.name} failed to run`, detail: (e as Error).message };
           }
         }
       }

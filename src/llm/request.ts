@@ -194,6 +194,17 @@ function checkMessages(messages: unknown): void {
     const m = messages[i] as Record<string, unknown> | null;
     if (m === null || typeof m !== 'object' || Array.isArray(m)) throw invalidField(`messages[${i}]`, 'must be an object');
     if (typeof m.role !== 'string') throw invalidField(`messages[${i}].role`, 'must be a string');
+    // An assistant turn's tool calls (OpenAI and Ollama): the translations read each one's function.
+    const calls = m.tool_calls;
+    if (calls !== undefined && calls !== null) {
+      if (!Array.isArray(calls)) throw invalidField(`messages[${i}].tool_calls`, 'must be an array');
+      for (let j = 0; j < calls.length; j++) {
+        const call = calls[j] as Record<string, unknown> | null;
+        if (call === null || typeof call !== 'object' || Array.isArray(call)) throw invalidField(`messages[${i}].tool_calls[${j}]`, 'must be an object');
+        const fn = call.function;
+        if (fn !== undefined && (fn === null || typeof fn !== 'object' || Array.isArray(fn))) throw invalidField(`messages[${i}].tool_calls[${j}].function`, 'must be an object');
+      }
+    }
     const c = m.content;
     if (c === undefined || c === null || typeof c === 'string') continue;
     if (!Array.isArray(c)) throw invalidField(`messages[${i}].content`, 'must be a string or an array of parts');

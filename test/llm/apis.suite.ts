@@ -372,6 +372,24 @@ t.test('Tool calls, Ollama client: message.tool_calls streamed and not, from bot
   t.same(up.tools, TOOLS_OPENAI, 'tools reach the OpenAI upstream');
 });
 
+t.test('a tool call that is not an object is the client\'s 400 naming it, through a translation or not', async (t) => {
+  const cases = [
+    ['/v1/chat/completions', 'tools-ollama', [null]],
+    ['/api/chat', 'tools-openai', [null]],
+    ['/v1/chat/completions', 'tools-openai', 'call'],
+    ['/api/chat', 'tools-ollama', [{ function: 'get_weather' }]],
+  ] as const;
+  for (const [path, model, calls] of cases) {
+    const res = await fetch(`${tb.url}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+      body: JSON.stringify({ model, stream: false, messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: '', tool_calls: calls }] }),
+    });
+    t.equal(res.status, 400, `${path} → ${model}: ${JSON.stringify(calls)}`);
+    t.match(JSON.stringify(await res.json()), /messages\[1\]\.tool_calls/);
+  }
+});
+
 t.test('Tool calls through the Responses and Messages APIs', async (t) => {
   for (const model of ['tools-openai', 'tools-ollama']) {
     const tools = [{ type: 'function' as const, name: 'get_weather', parameters: { type: 'object', properties: {} }, strict: false }];

@@ -187,6 +187,13 @@ export interface AnthropicWriter {
   open: 'text' | number | null;
   /** Tool call index → its block index, once started. */
   toolBlocks: Map<number, number>;
+  /**
+   * What arrives once a tool block is open but belongs elsewhere: other calls (an upstream
+   * may interleave their fragments) and text. A block cannot be reopened once closed, so
+   * these are written whole at the end instead of being lost.
+   */
+  lateTools: Map<number, { id: string | undefined; name: string; args: string }>;
+  lateText: string;
   finish: string | null;
   usage: Usage | null;
   tokens: number;
@@ -194,7 +201,7 @@ export interface AnthropicWriter {
 }
 
 export function anthropicWriter(ctx: ReplyContext): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, started: false, block: -1, open: null, toolBlocks: new Map(), finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, started: false, block: -1, open: null, toolBlocks: new Map(), lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
 }
 
 function event(type: string, data: Record<string, unknown>): string {
@@ -218,7 +225,10 @@ function closeBlock(w: AnthropicWriter): string {
 export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (w.done) return '';
   let out = start(w);
-  if (d.text !== '') {
+  if (d.text !== '' && w.toolBlocks.size > 0) {
+    w.tokens++;
+    w.lateText += d.text;
+  } else if (d.text !== '') {
     if (w.open !== 'text') {
       out += closeBlock(w);
       w.open = 'text';
@@ -231,6 +241,19 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (d.tools !== null) {
     for (const t of d.tools) {
       let index = w.toolBlocks.get(t.index);
+      // Only one tool block is streamed: the first call. The others stream into lateTools,
+      // since the first call's block must stay open until no fragment of it can follow.
+      if (index === undefined && (w.toolBlocks.size > 0 || w.lateTools.has(t.index))) {
+        let late = w.lateTools.get(t.index);
+        if (late === undefined) w.lateTools.set(t.index, (late = { id: t.id, name: t.name ?? '', args: '' }));
+        if (t.id !== undefined) late.id ??= t.id;
+        if (t.name !== undefined && late.name === '') late.name = t.name;
+        if (t.arguments !== undefined && t.arguments !== '') {
+          w.tokens++;
+          late.args += t.arguments;
+        }
+        continue;
+      }
       if (index === undefined) {
         out += closeBlock(w);
         index = ++w.block;
@@ -238,8 +261,7 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
         w.open = t.index;
         out += event('content_block_start', { index, content_block: { type: 'tool_use', id: t.id ?? `toolu_${w.id}_${t.index}`, name: t.name ?? '', input: {} } });
       }
-      // A fragment of a call whose block is already closed cannot be written (blocks are sequential); OpenAI upstreams send calls one after the other.
-      if (t.arguments !== undefined && t.arguments !== '' && w.open === t.index) {
+      if (t.arguments !== undefined && t.arguments !== '') {
         w.tokens++;
         out += event('content_block_delta', { index, delta: { type: 'input_json_delta', partial_json: t.arguments } });
       }
@@ -256,6 +278,20 @@ export function anthropicDone(w: AnthropicWriter): string {
   let out = start(w);
   w.done = true;
   out += closeBlock(w);
+  // The calls (and text) that came while the first call's block was open, each a whole block.
+  for (const [i, late] of [...w.lateTools].sort((a, b) => a[0] - b[0])) {
+    const index = ++w.block;
+    w.toolBlocks.set(i, index);
+    out += event('content_block_start', { index, content_block: { type: 'tool_use', id: late.id ?? `toolu_${w.id}_${i}`, name: late.name, input: {} } });
+    if (late.args !== '') out += event('content_block_delta', { index, delta: { type: 'input_json_delta', partial_json: late.args } });
+    out += event('content_block_stop', { index });
+  }
+  if (w.lateText !== '') {
+    const index = ++w.block;
+    out += event('content_block_start', { index, content_block: { type: 'text', text: '' } });
+    out += event('content_block_delta', { index, delta: { type: 'text_delta', text: w.lateText } });
+    out += event('content_block_stop', { index });
+  }
   const finish = w.finish ?? (w.toolBlocks.size > 0 ? 'tool_calls' : 'stop');
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
   out += event('message_delta', { delta: { stop_reason: stopReason(finish), stop_sequence: null }, usage: usageObject(usage) });

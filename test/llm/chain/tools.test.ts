@@ -155,3 +155,26 @@ for (const provider of ['openai', 'ollama'] as const) {
     }
   }
 }
+
+// An OpenAI-compatible upstream may interleave the fragments of parallel calls. A Messages
+// block cannot be reopened once closed: the first call streams, the others come whole at
+// the end, none loses a fragment (before, call 0's last fragment was dropped: input {}).
+t.test('interleaved call fragments from an OpenAI upstream reach every client API whole', async (t) => {
+  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\n\n';
+  const fn = (index: number, args: string, name?: string) => ({ index, ...(name !== undefined ? { id: `call_${index}`, type: 'function', function: { name, arguments: args } } : { function: { arguments: args } }) });
+  const up = Buffer.from(
+    chunk({ role: 'assistant', tool_calls: [fn(0, '{"a"', 'f1'), fn(1, '{"b"', 'f2')] }) +
+      chunk({ tool_calls: [fn(1, ':2}')] }) +
+      chunk({ tool_calls: [fn(0, ':1}')] }) +
+      chunk({}, 'tool_calls') +
+      'data: [DONE]\n\n',
+  );
+  for (const client of CLIENTS) {
+    const out = runChain({ client, provider: 'openai', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [up]);
+    const got = assemble(client, out.bytes.toString('utf8'));
+    const args = got.calls.map((c) => JSON.parse(c.args));
+    t.same(got.calls.map((c) => c.name), ['f1', 'f2'], `${client}: both calls`);
+    t.same(args, [{ a: 1 }, { b: 2 }], `${client}: every fragment in its call`);
+    t.equal(got.finish, FINISH[client], `${client}: finish reason`);
+  }
+});

@@ -1,0 +1,55 @@
+// Does a model's graph take what its manifest says it does? Checked by each worker when
+// it loads the model, from the session's input and output metadata, and once more on the
+// warm-up run's output. A model that fails is refused with the reason (the start-up log,
+// /ready, a promote's answer), instead of answering 500 to every request with the
+// runtime's words. Pure: the metadata is passed in, as onnxruntime-node reports it.
+import type { ModelManifest } from './manifest.ts';
+
+/** One input or output as onnxruntime-node's session.inputMetadata / outputMetadata gives it. */
+export interface GraphValue {
+  readonly name: string;
+  readonly isTensor: boolean;
+  /** The element type, e.g. 'float32'; absent when not a tensor. */
+  readonly type?: string;
+  /** Numbers for fixed dimensions; a string (symbolic) or a negative number for dynamic ones. */
+  readonly shape?: readonly (number | string)[];
+}
+
+const fixed = (d: number | string | undefined): d is number => typeof d === 'number' && d > 0;
+const names = (list: readonly GraphValue[]): string => list.map((v) => `'${v.name}'`).join(', ') || 'none';
+
+/** Why the graph does not fit the manifest, or null when it does. */
+export function graphProblem(manifest: ModelManifest, inputs: readonly GraphValue[], outputs: readonly GraphValue[]): string | null {
+  const { input, output, labels } = manifest;
+  const inp = inputs.find((v) => v.name === input.name);
+  if (inp === undefined) return `input.name is '${input.name}' but the graph's inputs are ${names(inputs)}`;
+  if (!inp.isTensor) return `input '${input.name}' is not a tensor`;
+  if (inp.type !== undefined && inp.type !== 'float32') return `input '${input.name}' takes ${inp.type}; the broker feeds float32`;
+  const shape = inp.shape;
+  if (shape !== undefined) {
+    if (shape.length !== 4) return `input '${input.name}' has ${shape.length} dimensions; an image model takes 4 (${input.layout})`;
+    const [c, h, w] = input.layout === 'NCHW' ? [shape[1], shape[2], shape[3]] : [shape[3], shape[1], shape[2]];
+    const dims = `[${shape.join(', ')}]`;
+    if (fixed(c) && c !== input.channels) return `input '${input.name}' is ${dims}: ${c} channels in ${input.layout}, the manifest says ${input.channels} (check input.channels and input.layout)`;
+    if (input.height === null) {
+      if (fixed(h) || fixed(w)) return `input '${input.name}' is ${dims}: a fixed size, but the manifest's input.height and input.width are null (any size)`;
+    } else if ((fixed(h) && h !== input.height) || (fixed(w) && w !== input.width)) {
+      return `input '${input.name}' is ${dims}: not ${input.height}x${input.width} in ${input.layout} as the manifest says`;
+    }
+    const b = shape[0];
+    if (manifest.batching.maxBatchSize > 1 && fixed(b)) return `batching.max_batch_size is ${manifest.batching.maxBatchSize} but the input's batch dimension is fixed at ${b}`;
+  }
+  const out = outputs.find((v) => v.name === output.name);
+  if (out === undefined) return `output.name is '${output.name}' but the graph's outputs are ${names(outputs)}`;
+  if (!out.isTensor) return `output '${output.name}' is not a tensor`;
+  const classes = out.shape?.[out.shape.length - 1];
+  if (fixed(classes) && classes !== labels.length) return `output '${output.name}' has ${classes} classes but the manifest has ${labels.length} labels`;
+  return null;
+}
+
+/** The warm-up run's output (dims as run): one row of labels.length scores per image, or why not. */
+export function outputProblem(manifest: ModelManifest, dims: readonly number[], batch: number): string | null {
+  const total = dims.reduce((a, b) => a * b, 1);
+  if (total !== batch * manifest.labels.length) return `output '${manifest.output.name}' came out [${dims.join(', ')}] for ${batch} image(s); the manifest's ${manifest.labels.length} labels need ${batch * manifest.labels.length} scores`;
+  return null;
+}

@@ -1,0 +1,110 @@
+// A manifest that does not fit its model's graph (input name, channels, layout, size,
+// output name, label count) is found when the workers load the model, said once with the
+// reason, and refused: B's requests answer 503 model_unavailable and B cannot be
+// promoted while A keeps serving; an A that does not fit stops the broker at start with
+// the reason. Before, such a broker said it was ready and answered 500 to every request.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { graphProblem, outputProblem, type GraphValue } from '../../src/infer/graph-check.ts';
+import { validateManifest } from '../../src/infer/manifest.ts';
+import { startBroker } from '../../src/app.ts';
+import { loadConfig } from '../../src/config/env.ts';
+import { startTestBroker, postJson, admin, logLine } from '../helpers/broker.ts';
+import { FOREIGN, writeForeignModel } from './foreign-model.ts';
+import { fashionPngs } from '../helpers/images.ts';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+const base = {
+  name: 'm',
+  version: '1',
+  input: { name: 'input', layout: 'NHWC', channels: 3, height: 32, width: 32 },
+  output: { name: 'scores' },
+  labels: [...FOREIGN.labels],
+  batching: { max_batch_size: 8 },
+};
+const graphIn: GraphValue[] = [{ name: 'input', isTensor: true, type: 'float32', shape: ['batch', 32, 32, 3] }];
+const graphOut: GraphValue[] = [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 5] }];
+const problem = (m: Record<string, unknown>, inputs = graphIn, outputs = graphOut) => graphProblem(validateManifest({ ...base, ...m }, 'm.json'), inputs, outputs);
+
+t.test('graphProblem names what does not fit', async (t) => {
+  t.equal(problem({}), null, 'the foreign model fits its manifest');
+  t.match(problem({ input: { ...base.input, name: 'x' } }), /input.name is 'x' but the graph's inputs are 'input'/);
+  t.match(problem({ input: { ...base.input, channels: 1, mean: [0], std: [1] } }), /3 channels in NHWC, the manifest says 1/);
+  t.match(problem({ input: { ...base.input, layout: 'NCHW' } }), /32 channels in NCHW, the manifest says 3/, 'the wrong layout reads the wrong dimension');
+  t.match(problem({ input: { ...base.input, height: 28, width: 28 } }), /not 28x28 in NHWC/);
+  t.match(problem({ input: { ...base.input, height: null, width: null, defaultSize: 32, maxSize: 64 } }), /a fixed size, but the manifest's input.height and input.width are null/);
+  t.equal(problem({ input: { ...base.input, height: null, width: null, defaultSize: 32 } }, [{ name: 'input', isTensor: true, type: 'float32', shape: ['b', 'h', 'w', 3] }]), null, 'a dynamic graph takes any size');
+  t.match(problem({}, [{ name: 'input', isTensor: true, type: 'float32', shape: [1, 32, 32, 3] }]), /batch dimension is fixed at 1/);
+  t.equal(problem({ batching: { max_batch_size: 1 } }, [{ name: 'input', isTensor: true, type: 'float32', shape: [1, 32, 32, 3] }]), null, 'batch 1 without batching');
+  t.match(problem({}, [{ name: 'input', isTensor: true, type: 'uint8', shape: ['b', 32, 32, 3] }]), /takes uint8; the broker feeds float32/);
+  t.match(problem({}, [{ name: 'input', isTensor: true, type: 'float32', shape: ['b', 3, 32] }]), /has 3 dimensions/);
+  t.match(problem({ output: { name: 'logits' } }), /output.name is 'logits' but the graph's outputs are 'scores'/);
+  t.match(problem({ labels: ['a', 'b'] }), /output 'scores' has 5 classes but the manifest has 2 labels/);
+  const m = validateManifest(base, 'm.json');
+  t.equal(outputProblem(m, [2, 5], 2), null);
+  t.match(outputProblem(m, [1, 10], 1), /came out \[1, 10\] for 1 image\(s\); the manifest's 5 labels need 5 scores/);
+});
+
+t.test("a dynamic-size manifest's defaultSize must be a size a request could name", async (t) => {
+  const dyn = (defaultSize: number, maxSize: number) => () => validateManifest({ ...base, input: { ...base.input, height: null, width: null, defaultSize, maxSize } }, 'm.json');
+  t.throws(dyn(600, 64), /input.defaultSize must be between 8 and input.maxSize \(64\), got 600/);
+  t.throws(dyn(4, 64), /input.defaultSize/);
+  t.doesNotThrow(dyn(64, 64));
+});
+
+const good = writeForeignModel();
+const wrongChannels = writeForeignModel({ manifest: { input: { name: 'input', layout: 'NHWC', channels: 1, height: 32, width: 32, mean: [0], std: [1] } } });
+const wrongLabels = writeForeignModel({ manifest: { labels: ['a', 'b'] } });
+const png = (await fashionPngs(1))[0]!.b64;
+
+t.test('B does not fit: said at start and in /ready, its requests answer 503 model_unavailable, A serves, B cannot be promoted', async (t) => {
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: wrongChannels, AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  t.teardown(() => tb.close());
+  const line = await logLine(tb, (l) => l['arm'] === 'B' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('does not fit its manifest'));
+  t.match(line?.['msg'], /3 channels in NHWC, the manifest says 1/, 'the start-up log says why');
+  t.equal(line?.['path'], wrongChannels);
+  const ready = await fetch(`${tb.url}/ready`);
+  t.equal(ready.status, 200, 'A serves: the broker is ready');
+  t.match(await ready.json(), { ready: true, model_problems: { B: /does not fit its manifest/ } });
+
+  const toB = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=B' });
+  t.equal(toB.status, 503);
+  t.equal(toB.body.error.code, 'model_unavailable');
+  t.match(toB.body.error.message, /does not fit its manifest: input 'input' is \[batch, 32, 32, 3\]/);
+  t.ok(toB.body.error.request_id ?? toB.headers.get('x-request-id'), 'with the request id');
+  const toA = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' });
+  t.equal(toA.status, 200, 'A answers');
+
+  const promote = await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin });
+  t.equal(promote.status, 503, 'promote refused');
+  t.match(await promote.json(), { error: { code: 'model_unavailable', message: /B cannot be promoted: model .* does not fit its manifest/ } });
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A still serves after the refused promote');
+});
+
+t.test('A does not fit: not ready, and waitReady says why', async (t) => {
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', GRPC_PORT: '0', FRONT_THREADS: '0', INFER_THREADS: '1', MODEL_VA_PATH: wrongLabels, MODEL_VB_PATH: good });
+  const broker = await startBroker(config);
+  t.teardown(() => broker.close(2000));
+  const err = await broker.waitReady().then(() => undefined, (e: unknown) => e as { code?: string; message: string });
+  t.equal(err?.code, 'model_unavailable');
+  t.match(err?.message, /output 'scores' has 5 classes but the manifest has 2 labels/);
+  const ready = await fetch(`http://127.0.0.1:${broker.port}/ready`);
+  t.equal(ready.status, 503);
+  t.match(await ready.json(), { ready: false, model_problems: { A: /2 labels/ } });
+});
+
+t.test('npm start with an A that does not fit: exit 1, one line with the reason', async (t) => {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: root,
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', GRPC_PORT: '0', FRONT_THREADS: '0', INFER_THREADS: '1', LOG_LEVEL: 'fatal', MODEL_VA_PATH: wrongChannels, MODEL_VB_PATH: good },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  const code = await new Promise<number | null>((r) => child.once('exit', (c) => (clearTimeout(timer), r(c))));
+  t.equal(code, 1);
+  t.match(stderr, /^edge-broker: cannot start: model foreign-nhwc does not fit its manifest: input 'input' is \[batch, 32, 32, 3\]: 3 channels in NHWC, the manifest says 1 .*foreign\.onnx\)/m);
+  t.notMatch(stderr, /\n\s+at /, 'no stack trace');
+});
