@@ -22,6 +22,8 @@ export interface ReplayContext {
   readonly includeUsage: boolean;
   /** Epoch ms. */
   readonly now: number;
+  /** The client's body: a Response echoes some of its fields. */
+  readonly request?: Readonly<Record<string, unknown>>;
 }
 
 export interface Replay {
@@ -36,7 +38,7 @@ function openaiUsage(e: CachedReply): Record<string, unknown> {
 /** A Responses or Messages reply, by the writers a live reply goes through (translate/). */
 function replayEvents(api: 'responses' | 'anthropic', stream: boolean, e: CachedReply, ctx: ReplayContext): Replay {
   const usage = { promptTokens: e.promptTokens, completionTokens: e.completionTokens, cachedTokens: e.promptTokens };
-  const rc = { model: ctx.model, id: ctx.id };
+  const rc = { model: ctx.model, id: ctx.id, ...(ctx.request !== undefined ? { request: ctx.request } : {}) };
   if (!stream) {
     const whole = { text: e.chunks.join(''), thinking: '', tools: [], finish: e.finish, usage };
     return { contentType: 'application/json', body: JSON.stringify(api === 'responses' ? response(whole, rc) : message(whole, rc)) };

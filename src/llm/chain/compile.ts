@@ -88,6 +88,8 @@ export interface ChainContext {
   id: string;
   /** The OpenAI client asked `stream_options.include_usage` (UpstreamRequest.includeUsage). */
   includeUsage: boolean;
+  /** The client's body, when its reply echoes request fields (Responses). */
+  request?: Readonly<Record<string, unknown>>;
   /** Milliseconds, e.g. `() => performance.now()`; read only when instrumenting. */
   now: () => number;
   onFirstToken?: (at: number) => void;

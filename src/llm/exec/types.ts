@@ -22,6 +22,8 @@ export interface AttemptRequest {
   readonly model: string;
   readonly id: string;
   readonly includeUsage: boolean;
+  /** The client's body, for reply fields that echo it (a Response's instructions, tools, …); Responses clients only. */
+  readonly request?: Readonly<Record<string, unknown>> | undefined;
   /** W3C Trace Context sent upstream when the request is traced (the attempt's span is the parent). */
   readonly traceparent?: string | undefined;
   readonly tracestate?: string | undefined;

@@ -139,14 +139,29 @@ export function responsesUsage(r: Record<string, unknown> | null | undefined): U
 
 type Status = 'in_progress' | 'completed' | 'incomplete' | 'failed';
 
-function responseShell(id: string, model: string, createdAt: number, status: Status, output: unknown[], usage: Usage | null, extra: Record<string, unknown> = {}): Record<string, unknown> {
+/** Request fields a Response repeats, as OpenAI's does: what the client sent, else the defaults in responseShell. */
+const ECHOED = ['instructions', 'max_output_tokens', 'metadata', 'parallel_tool_calls', 'previous_response_id', 'temperature', 'text', 'tool_choice', 'tools', 'top_p', 'truncation'] as const;
+
+export function echoOf(request: Readonly<Record<string, unknown>> | undefined): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (request === undefined) return out;
+  for (const k of ECHOED) if (request[k] !== undefined && request[k] !== null) out[k] = request[k];
+  return out;
+}
+
+/** Why a Response is incomplete, from the chat finish reason; null: it is not. */
+function incompleteOf(finish: string): string | null {
+  return finish === 'length' ? 'max_output_tokens' : finish === 'content_filter' ? 'content_filter' : null;
+}
+
+function responseShell(id: string, model: string, createdAt: number, status: Status, output: unknown[], usage: Usage | null, extra: Record<string, unknown> = {}, echo: Record<string, unknown> = {}, finish = 'length'): Record<string, unknown> {
   return {
     id: 'resp_' + id,
     object: 'response',
     created_at: createdAt,
     status,
     error: null,
-    incomplete_details: status === 'incomplete' ? { reason: 'max_output_tokens' } : null,
+    incomplete_details: status === 'incomplete' ? { reason: incompleteOf(finish) ?? 'max_output_tokens' } : null,
     instructions: null,
     max_output_tokens: null,
     model,
@@ -162,6 +177,7 @@ function responseShell(id: string, model: string, createdAt: number, status: Sta
     truncation: 'disabled',
     usage: usage === null ? null : usageObject(usage),
     metadata: {},
+    ...echo,
     ...extra,
   };
 }
@@ -178,14 +194,14 @@ function callItem(id: string, t: { id: string; name: string; arguments: string }
   return { type: 'function_call', id: 'fc_' + id, call_id: t.id, name: t.name, arguments: t.arguments, status };
 }
 
-const statusOf = (finish: string): Status => (finish === 'length' ? 'incomplete' : 'completed');
+const statusOf = (finish: string): Status => (incompleteOf(finish) !== null ? 'incomplete' : 'completed');
 
 /** A whole chat reply → the Response object. */
 export function response(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
   const output: unknown[] = [];
   if (reply.text !== '' || reply.tools.length === 0) output.push(messageItem(ctx.id, reply.text, 'completed'));
   reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, 'completed')));
-  return responseShell(ctx.id, ctx.model, Math.floor(Date.now() / 1000), statusOf(reply.finish), output, reply.usage);
+  return responseShell(ctx.id, ctx.model, Math.floor(Date.now() / 1000), statusOf(reply.finish), output, reply.usage, {}, echoOf(ctx.request), reply.finish);
 }
 
 // ---- streaming ----
@@ -201,6 +217,8 @@ interface ToolSlot {
 export interface ResponsesWriter {
   readonly id: string;
   readonly model: string;
+  /** Request fields the Response repeats (echoOf). */
+  readonly echo: Record<string, unknown>;
   readonly createdAt: number;
   seq: number;
   started: boolean;
@@ -217,7 +235,7 @@ export interface ResponsesWriter {
 }
 
 export function responsesWriter(ctx: ReplyContext): ResponsesWriter {
-  return { id: ctx.id, model: ctx.model, createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', tools: [], outputs: 0, finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', tools: [], outputs: 0, finish: null, usage: null, tokens: 0, done: false };
 }
 
 function event(w: { seq: number }, type: string, fields: Record<string, unknown>): string {
@@ -227,7 +245,7 @@ function event(w: { seq: number }, type: string, fields: Record<string, unknown>
 function open(w: ResponsesWriter): string {
   if (w.started) return '';
   w.started = true;
-  const shell = responseShell(w.id, w.model, w.createdAt, 'in_progress', [], null);
+  const shell = responseShell(w.id, w.model, w.createdAt, 'in_progress', [], null, {}, w.echo);
   return event(w, 'response.created', { response: shell }) + event(w, 'response.in_progress', { response: shell });
 }
 
@@ -276,6 +294,12 @@ export function responsesDone(w: ResponsesWriter): string {
   if (w.done) return '';
   let out = open(w);
   w.done = true;
+  // A call without arguments says {} (as a whole reply does), in a delta too so that deltas add up to it.
+  for (const s of w.tools) {
+    if (s === undefined || s.arguments !== '') continue;
+    s.arguments = '{}';
+    out += event(w, 'response.function_call_arguments.delta', { item_id: s.itemId, output_index: s.outputIndex, delta: '{}' });
+  }
   for (const [index, item] of outputItems(w)) {
     if (item['type'] === 'message') {
       const ids = { item_id: 'msg_' + w.id, output_index: index, content_index: 0 };
@@ -289,7 +313,7 @@ export function responsesDone(w: ResponsesWriter): string {
   const finish = w.finish ?? (w.tools.length > 0 ? 'tool_calls' : 'stop');
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
   const status = statusOf(finish);
-  const shell = responseShell(w.id, w.model, w.createdAt, status, outputItems(w).map(([, item]) => item), usage);
+  const shell = responseShell(w.id, w.model, w.createdAt, status, outputItems(w).map(([, item]) => item), usage, {}, w.echo, finish);
   return out + event(w, status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: shell });
 }
 

@@ -1,0 +1,59 @@
+// The Response object a Responses client gets from a chat upstream, streamed and not:
+// it repeats the request's fields as OpenAI's does, says why it is incomplete (length or
+// content filter), and a call without arguments says {} in both modes.
+import t from 'tap';
+import { response, responsesDelta, responsesDone, responsesWriter } from '../../src/llm/translate/responses_to_chat.ts';
+import type { Delta } from '../../src/llm/translate/deltas.ts';
+
+const request = {
+  model: 'g',
+  input: 'hi',
+  instructions: 'Be brief.',
+  max_output_tokens: 64,
+  temperature: 0.2,
+  top_p: 0.9,
+  tools: [{ type: 'function', name: 'f', parameters: { type: 'object' } }],
+  tool_choice: 'required',
+  parallel_tool_calls: false,
+  metadata: { run: '7' },
+};
+const usage = { promptTokens: 3, completionTokens: 2 };
+const ctx = { model: 'g', id: 'r1', request };
+const delta = (d: Partial<Delta>): Delta => ({ text: '', thinking: '', tools: null, finish: null, usage: null, ...d });
+
+/** The Responses events of a stream, parsed. */
+function events(body: string): Array<{ type: string; [k: string]: any }> {
+  return [...body.matchAll(/^data: (.+)$/gm)].map((m) => JSON.parse(m[1]!));
+}
+
+function streamed(deltas: Delta[]) {
+  const w = responsesWriter(ctx);
+  let out = '';
+  for (const d of deltas) out += responsesDelta(w, d);
+  return events(out + responsesDone(w));
+}
+
+t.test('the request fields come back in the Response, streamed and not', async (t) => {
+  const echoed = { instructions: 'Be brief.', max_output_tokens: 64, temperature: 0.2, top_p: 0.9, tools: request.tools, tool_choice: 'required', parallel_tool_calls: false, metadata: { run: '7' } };
+  t.match(response({ text: 'ok', thinking: '', tools: [], finish: 'stop', usage }, ctx), { status: 'completed', ...echoed });
+  const evs = streamed([delta({ text: 'ok' }), delta({ finish: 'stop', usage })]);
+  t.match(evs[0], { type: 'response.created', response: echoed });
+  t.match(evs.at(-1), { type: 'response.completed', response: { status: 'completed', ...echoed } });
+  const bare = response({ text: 'ok', thinking: '', tools: [], finish: 'stop', usage }, { model: 'g', id: 'r2' });
+  t.match(bare, { instructions: null, tools: [], tool_choice: 'auto', temperature: null }, "without the request: the API's defaults");
+});
+
+t.test('incomplete says why: max_output_tokens or content_filter', async (t) => {
+  for (const [finish, reason] of [['length', 'max_output_tokens'], ['content_filter', 'content_filter']] as const) {
+    t.match(response({ text: 'x', thinking: '', tools: [], finish, usage }, ctx), { status: 'incomplete', incomplete_details: { reason } }, `${finish}, whole`);
+    t.match(streamed([delta({ text: 'x' }), delta({ finish, usage })]).at(-1), { type: 'response.incomplete', response: { status: 'incomplete', incomplete_details: { reason } } }, `${finish}, streamed`);
+  }
+});
+
+t.test('a call without arguments says {} streamed as in a whole reply', async (t) => {
+  const evs = streamed([delta({ tools: [{ index: 0, id: 'call_1', name: 'f' }] }), delta({ finish: 'tool_calls', usage })]);
+  const args = evs.filter((e) => e.type === 'response.function_call_arguments.delta').map((e) => e.delta).join('');
+  t.equal(args, '{}', 'the deltas add up to {}');
+  t.match(evs.find((e) => e.type === 'response.function_call_arguments.done'), { arguments: '{}' });
+  t.match(evs.at(-1), { response: { output: [{ type: 'function_call', arguments: '{}' }] } });
+});
