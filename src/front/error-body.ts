@@ -107,9 +107,11 @@ const BROKER_API = /^\/api\/(industrial|orchestrator|tracking|auth|audit|health|
 /**
  * The shape of an error on a path no route serves (or not with that method): Ollama's
  * under its /api/ (its clients print `error` as a string: the broker's object showed as
- * "[object Object]"), the broker's elsewhere.
+ * "[object Object]"), Anthropic's under /v1/messages (count_tokens, batches: the SDK reads
+ * its shape), the broker's elsewhere.
  */
 export function unmatchedErrorShape(path: string): ErrorShape {
+  if (path.startsWith('/v1/messages/')) return anthropicErrorShape;
   return path.startsWith('/api/') && !BROKER_API.test(path) ? ollamaErrorShape : brokerErrorShape;
 }
 

@@ -234,6 +234,43 @@ t.test('Messages API: errors in Anthropic shape', async (t) => {
   t.match((bad as InstanceType<typeof Anthropic.BadRequestError>).error, { error: { type: 'invalid_request_error', message: /messages\[0\]\.role/ } });
 });
 
+t.test('Messages API: a tool_result with an image (a screenshot tool) and is_error reaches either upstream', async (t) => {
+  const png = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==';
+  const messages: Anthropic.MessageParam[] = [
+    { role: 'user', content: 'Take a screenshot.' },
+    { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 'screenshot', input: {} }] },
+    {
+      role: 'user',
+      content: [
+        { type: 'tool_result', tool_use_id: 'toolu_1', is_error: true, content: [{ type: 'text', text: 'partial capture' }, { type: 'image', source: { type: 'base64', media_type: 'image/png', data: png } }] },
+      ],
+    },
+  ];
+  const tools: Anthropic.Tool[] = [{ name: 'screenshot', input_schema: { type: 'object', properties: {} } }];
+  for (const [model, up] of [['chat-openai', okOpenai], ['chat-ollama', okOllama]] as const) {
+    const r = await anthropic.messages.create({ model, max_tokens: 8, messages, tools, tool_choice: { type: 'auto', disable_parallel_tool_use: true } });
+    t.equal(r.stop_reason, 'end_turn', `${model}: answered`);
+    const sent = up.stats.lastBody as Record<string, any>;
+    const tool = sent.messages.find((m: any) => m.role === 'tool');
+    t.equal(tool.content, 'Error: partial capture', `${model}: the error flag in the tool's text`);
+    const after = sent.messages[sent.messages.indexOf(tool) + 1];
+    if (model === 'chat-openai') {
+      t.match(after, { role: 'user', content: [{ type: 'image_url', image_url: { url: `data:image/png;base64,${png}` } }] }, 'the image follows in the user turn');
+      t.equal(sent.parallel_tool_calls, false, 'disable_parallel_tool_use');
+    } else t.same(after.images, [png], 'Ollama: the image on the user turn');
+  }
+});
+
+t.test('tool_choice none to an Ollama upstream offers no tools; an unserved /v1/messages path answers in Anthropic\'s shape', async (t) => {
+  await openai.chat.completions.create({ model: 'chat-ollama', messages: [{ role: 'user', content: 'Hi' }], tools: TOOLS_OPENAI, tool_choice: 'none' });
+  t.equal((okOllama.stats.lastBody as Record<string, unknown>).tools, undefined, 'Ollama has no tool_choice: the tools are left out');
+  await openai.chat.completions.create({ model: 'chat-ollama', messages: [{ role: 'user', content: 'Hi' }], tools: TOOLS_OPENAI });
+  t.ok((okOllama.stats.lastBody as Record<string, unknown>).tools, 'offered otherwise');
+  const err = await anthropic.messages.countTokens({ model: 'chat-openai', messages: [{ role: 'user', content: 'Hi' }] }).catch((e: unknown) => e);
+  t.ok(err instanceof Anthropic.NotFoundError);
+  t.match((err as InstanceType<typeof Anthropic.NotFoundError>).error, { type: 'error', error: { type: 'not_found_error', code: 'not_found' } });
+});
+
 t.test('Messages API: a block the upstream API has no word for is the client\'s 400, never a failure of the deployment', async (t) => {
   // Refused while writing the upstream request, after a deployment was chosen: it must not
   // feed that deployment's breaker (3 such requests opened it: every client got 503).

@@ -34,6 +34,33 @@ function textOfBlocks(v: unknown, field: string): string {
     .join('\n');
 }
 
+/** An image block → an image_url part (a data URL for base64 sources). */
+function imagePart(b: Record<string, unknown>, field: string): { type: string; [k: string]: unknown } {
+  const src = b['source'] as Record<string, unknown> | undefined;
+  if (src?.['type'] === 'base64' && typeof src['data'] === 'string') return { type: 'image_url', image_url: { url: `data:${String(src['media_type'] ?? 'image/png')};base64,${src['data']}` } };
+  if (src?.['type'] === 'url' && typeof src['url'] === 'string') return { type: 'image_url', image_url: { url: src['url'] } };
+  throw invalid(`${field}.source`, 'must be a base64 or url image source');
+}
+
+/**
+ * A tool_result's content: its text for the tool message, and its images (a screenshot
+ * tool's, say), which a chat tool message cannot carry: they follow in the user turn.
+ */
+function toolResultOf(c: unknown, field: string): { text: string; images: Array<{ type: string; [k: string]: unknown }> } {
+  if (c === undefined || c === null) return { text: '', images: [] };
+  if (typeof c === 'string') return { text: c, images: [] };
+  if (!Array.isArray(c)) throw invalid(field, 'must be a string or an array of text and image blocks');
+  const texts: string[] = [];
+  const images: Array<{ type: string; [k: string]: unknown }> = [];
+  c.forEach((b, i) => {
+    const o = b as Record<string, unknown> | null;
+    if (o?.['type'] === 'text' && typeof o['text'] === 'string') texts.push(o['text']);
+    else if (o?.['type'] === 'image') images.push(imagePart(o, `${field}[${i}]`));
+    else throw invalid(`${field}[${i}]`, 'must be a text or image block');
+  });
+  return { text: texts.join('\n'), images };
+}
+
 /** One Anthropic message → its chat messages (a user turn with tool results becomes tool messages first). */
 function chatMessages(m: unknown, i: number): OpenAIMessage[] {
   const msg = m as Record<string, unknown>;
@@ -54,21 +81,22 @@ function chatMessages(m: unknown, i: number): OpenAIMessage[] {
         if (typeof b['text'] !== 'string') throw invalid(`${field}.text`, 'must be a string');
         parts.push({ type: 'text', text: b['text'] });
         break;
-      case 'image': {
-        const src = b['source'] as Record<string, unknown> | undefined;
-        if (src?.['type'] === 'base64' && typeof src['data'] === 'string') parts.push({ type: 'image_url', image_url: { url: `data:${String(src['media_type'] ?? 'image/png')};base64,${src['data']}` } });
-        else if (src?.['type'] === 'url' && typeof src['url'] === 'string') parts.push({ type: 'image_url', image_url: { url: src['url'] } });
-        else throw invalid(`${field}.source`, 'must be a base64 or url image source');
+      case 'image':
+        parts.push(imagePart(b, field));
         image = true;
         break;
-      }
       case 'tool_use':
         calls.push({ id: String(b['id'] ?? ''), type: 'function', function: { name: String(b['name'] ?? ''), arguments: JSON.stringify(b['input'] ?? {}) } });
         break;
       case 'tool_result': {
-        const c = b['content'];
-        const text = c === undefined ? '' : typeof c === 'string' ? c : textOfBlocks(c, `${field}.content`);
+        const r = toolResultOf(b['content'], `${field}.content`);
+        // Chat has no error flag on a tool result: the model reads it in the text.
+        const text = b['is_error'] === true ? `Error: ${r.text}` : r.text;
         out.push({ role: 'tool', tool_call_id: String(b['tool_use_id'] ?? ''), content: text });
+        if (r.images.length > 0) {
+          parts.push(...r.images);
+          image = true;
+        }
         break;
       }
       case 'thinking':
@@ -99,6 +127,11 @@ function toolsOf(tools: unknown): unknown[] | undefined {
   });
 }
 
+/** disable_parallel_tool_use: chat's parallel_tool_calls false. */
+function noParallel(tc: unknown): boolean {
+  return tc !== null && typeof tc === 'object' && (tc as Record<string, unknown>)['disable_parallel_tool_use'] === true;
+}
+
 function toolChoiceOf(tc: unknown): unknown {
   const o = tc as Record<string, unknown> | null | undefined;
   if (o === null || o === undefined || typeof o !== 'object') return undefined;
@@ -127,6 +160,7 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
     out.tools = tools;
     const choice = toolChoiceOf(b['tool_choice']);
     if (choice !== undefined) out['tool_choice'] = choice;
+    if (noParallel(b['tool_choice'])) out['parallel_tool_calls'] = false;
   }
   const user = (b['metadata'] as Record<string, unknown> | undefined)?.['user_id'];
   if (typeof user === 'string') out['user'] = user;
