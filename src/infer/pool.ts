@@ -284,7 +284,26 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     return 0;
   }
 
+  // Tasks other than batches (a warm-up, the metadata, the model check) take a slot as a
+  // batch does, waiting for one when all are taken: Piscina's queue is only as deep as the
+  // batcher's capacity. Before, an admin warm-up under load overfilled it, and the batches
+  // Piscina refused failed as if their worker had died.
+  const controlWaiters: Array<() => void> = [];
+  function control<T>(task: unknown): Promise<T> {
+    const start = (): Promise<T> => {
+      inFlight++;
+      return (piscina.run(task) as Promise<T>).finally(() => {
+        inFlight--;
+        pump();
+      });
+    };
+    if (inFlight < capacity) return start();
+    return new Promise<T>((resolve, reject) => controlWaiters.push(() => void start().then(resolve, reject)));
+  }
+
   function pump(): void {
+    // Waiting control tasks first: there are few, and an operator is waiting on them.
+    while (inFlight < capacity && controlWaiters.length > 0) controlWaiters.shift()!();
     while (inFlight < capacity && waiting > 0) {
       // The model whose next request has the highest aged priority, ties to the oldest.
       const now = performance.now();
@@ -343,8 +362,10 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
         // The worker died (worker.ts answers every failure of a batch as a value, so a
         // rejection is the thread gone); Piscina starts a replacement. The images went
         // with it (transferred), so the batch's requests fail, as retryable: the other
-        // workers and the replacement serve the retry. The queue goes on.
-        for (const p of batch) p.reject(workerLost(`model ${opts.models[key]!.manifest.name}`, err));
+        // workers and the replacement serve the retry. The queue goes on. Piscina's own
+        // refusal (its queue full: the slot accounting above should never allow it) is not a death.
+        const refused = err instanceof Error && /queue is at limit/i.test(err.message);
+        for (const p of batch) p.reject(refused ? new BrokerError('overloaded', 'inference workers are busy', { retryAfter: 1, cause: err }) : workerLost(`model ${opts.models[key]!.manifest.name}`, err));
         pump();
       },
     );
@@ -367,37 +388,23 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     metadata() {
       // One task, counted as a batch so that the batcher never overfills Piscina's queue;
       // a failure (a worker died) is not cached.
-      metadataCache ??= (async () => {
-        inFlight++;
-        try {
-          return (await piscina.run({ kind: 'metadata' })) as SessionsMetadata;
-        } finally {
-          inFlight--;
-          pump();
-        }
-      })().catch((err: unknown) => {
+      metadataCache ??= control<SessionsMetadata>({ kind: 'metadata' }).catch((err: unknown) => {
         metadataCache = undefined;
         throw workerLost('model metadata', err);
       });
       return metadataCache;
     },
-    async problems() {
-      inFlight++;
-      try {
-        return (await piscina.run({ kind: 'problems' })) as ModelProblems;
-      } catch (err) {
+    problems() {
+      return control<ModelProblems>({ kind: 'problems' }).catch((err: unknown) => {
         throw workerLost('the model check', err);
-      } finally {
-        inFlight--;
-        pump();
-      }
+      });
     },
     onExecute(listener) {
       listeners.push(listener);
     },
     async warmup() {
       const n = opts.threads * 2;
-      await Promise.all(Array.from({ length: n }, () => piscina.run({ kind: 'warmup' })));
+      await Promise.all(Array.from({ length: n }, () => control({ kind: 'warmup' })));
       return n;
     },
     // Ready once every worker has loaded the models. A death later costs capacity until

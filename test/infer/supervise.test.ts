@@ -49,3 +49,21 @@ t.test('a replacement worker killed while it loads: the pool starts anew, is who
   await until('two ready workers', () => pool.threads.length === 2);
   t.equal(pool.threads.length, 2, 'two workers, as configured');
 });
+
+// Warm-ups, the metadata and the model check take a slot as a batch does: with one worker
+// holding one task, three warm-ups at once under load once overfilled Piscina's queue; the
+// warm-ups failed, and so did live batches, as 503 inference_worker_lost though no worker died.
+t.test('warm-ups and metadata under load wait for a slot: every request and every warm-up succeeds', async (t) => {
+  let failures = 0;
+  const pool = createInferPool({ models: { A: loadManifest('models/vA.onnx') }, threads: 1, tasksPerWorker: 1, intraOpThreads: 1, maxQueue: 1024, maxPixels: 4096 * 4096, onWorkerFailure: () => failures++ });
+  t.teardown(() => pool.close());
+  await pool.waitReady();
+  const images = (await fashionPngs(16)).map((i) => Buffer.from(i.b64, 'base64'));
+  const requests = Array.from({ length: 12 }, () => Promise.all(images.map((png) => pool.run('A', new Uint8Array(png).buffer, undefined, 1))));
+  const control = [pool.warmup(), pool.warmup(), pool.warmup(), pool.metadata(), pool.problems()];
+  const [served, done] = await Promise.all([Promise.allSettled(requests), Promise.allSettled(control)]);
+  t.same(served.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'no request failed');
+  t.same(done.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'no warm-up, metadata or check failed');
+  t.equal(failures, 0, 'no worker died');
+  t.equal(pool.queueSize, 0);
+});
