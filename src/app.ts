@@ -496,6 +496,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     close(graceMs = config.shutdownGraceS * 1000) {
       closed ??= (async () => {
         const closeStarted = Date.now();
+        // At the end of the grace period, images still queued answer 503 shutting_down while
+        // their connections are open (the fronts close a second later), not after them.
+        const inferDeadline = setTimeout(() => infer?.abortQueued(), graceMs);
+        inferDeadline.unref();
         manager.stop();
         sharedState.close();
         // gRPC: health NOT_SERVING, no new calls, graceMs for open ones, then UNAVAILABLE.
@@ -523,6 +527,9 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         // Unspent leases go back to the cluster before the store closes.
         pinShare?.close();
         await leases?.close().catch(() => undefined);
+        clearTimeout(inferDeadline);
+        // Nobody is left to answer: what is still queued is not worth running.
+        infer?.abortQueued();
         await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close(), store.close()]);
         // The last spans (inference ones included) leave after the work that made them ended.
         await tracer.shutdown(2000);

@@ -122,6 +122,8 @@ export interface InferPool {
   readonly queueSize: number;
   /** Worker threads, for tests that kill one. */
   readonly threads: readonly { terminate(): Promise<number> }[];
+  /** Fails every request still waiting for a batch, and every later one, with `err` (shutdown past its grace period); started batches finish. */
+  abortQueued(err: BrokerError): void;
   /** Serves what is queued, waits for started batches, then stops the workers. */
   close(): Promise<void>;
 }
@@ -252,6 +254,8 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
   let delayDue = Infinity;
   let drained: (() => void) | undefined;
   let metadataCache: Promise<SessionsMetadata> | undefined;
+  /** Set by abortQueued: later requests get it at once (a shutdown past its grace period). */
+  let refusal: BrokerError | undefined;
 
   // Timeouts are swept, not timed one by one: a timer per request would cost more than
   // the batch it waits for. A request may so wait up to one sweep longer than its timeout.
@@ -376,6 +380,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     run(model, image, size, topK, priority = DEFAULT_PRIORITY, runOpts) {
       const q = queues.get(model);
       if (q === undefined) return Promise.reject(new BrokerError('internal', `pool has no model ${model}`));
+      if (refusal !== undefined) return Promise.reject(refusal);
       if (closing) return Promise.reject(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
       return new Promise<RunResult>((resolve, reject) => {
         const enqueuedAt = performance.now();
@@ -426,6 +431,12 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     },
     get threads() {
       return piscina.threads;
+    },
+    abortQueued(err) {
+      refusal = err;
+      for (const q of queues.values()) q.clear(err);
+      waiting = 0;
+      pump();
     },
     async close() {
       closing = true;

@@ -341,6 +341,11 @@ export class InferService {
     return this.promoting;
   }
 
+  /** Shutdown past its grace period: requests still queued answer 503 shutting_down instead of a closed connection. */
+  abortQueued(): void {
+    this.pool.abortQueued(new BrokerError('shutting_down', 'the broker shut down before the image was served'));
+  }
+
   close(): Promise<void> {
     return this.pool.close();
   }

@@ -2,7 +2,7 @@
 // upstream has not even sent its headers is aborted at the deadline and answered
 // 503 shutting_down, in both thread modes.
 import t from 'tap';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from 'node:net';
@@ -95,5 +95,38 @@ for (const threads of ['0', '2']) {
     sock.destroy();
     await closed;
     t.match(await stream, /shutting_down/);
+  });
+}
+
+// Images still queued at the end of the grace period answer 503 shutting_down while their
+// connections are open; before, the pool went on with its whole queue after the fronts
+// had closed: every one of those clients saw its connection cut, and close() overran.
+for (const threads of ['0', '2']) {
+  t.test(`FRONT_THREADS=${threads}: inference requests still queued at the deadline get 503 shutting_down, none is cut`, async (t) => {
+    const sharp = (await import('sharp')).default;
+    // Big images that are small to send (a gradient PNG): cheap for the fronts, slow to
+    // decode on one worker holding one batch, so that a queue builds.
+    const big = (await sharp({ create: { width: 3000, height: 3000, channels: 3, background: { r: 40, g: 90, b: 160 } } }).png().toBuffer()).toString('base64');
+    // vA in batches of 2: the batch running at the deadline ends well within the second the fronts give it.
+    const dir = mkdtempSync(join(tmpdir(), 'eb-stop-infer-'));
+    copyFileSync('models/vA.onnx', join(dir, 'vA.onnx'));
+    const manifest = JSON.parse(readFileSync('models/vA.json', 'utf8'));
+    manifest.batching = { max_batch_size: 2 };
+    writeFileSync(join(dir, 'vA.json'), JSON.stringify(manifest));
+    const tb = await startTestBroker({ FRONT_THREADS: threads, INFER_THREADS: '1', INFER_TASKS_PER_WORKER: '1', INFER_MAX_QUEUE: '1000', MODEL_VA_PATH: join(dir, 'vA.onnx'), MODEL_VB_PATH: join(dir, 'vA.onnx') });
+    const replies = Array.from({ length: 60 }, () =>
+      request(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image_b64: big }) }).then(
+        async (r) => ({ status: r.statusCode, code: ((await r.body.json()) as any).error?.code as string | undefined }),
+        (err: Error) => ({ status: 0, code: `cut: ${err.message}` }),
+      ),
+    );
+    for (let i = 0; i < 500 && tb.broker.infer!.currentPool.queueSize < 20; i++) await new Promise((r) => setTimeout(r, 10));
+    t.ok(tb.broker.infer!.currentPool.queueSize >= 20, `a queue to cut short (${tb.broker.infer!.currentPool.queueSize})`);
+    await tb.broker.close(200);
+    const out = await Promise.all(replies);
+    const cut = out.filter((r) => r.status === 0);
+    t.same(cut, [], 'no connection cut');
+    t.ok(out.some((r) => r.status === 503 && r.code === 'shutting_down'), `the queued ones: 503 shutting_down (${JSON.stringify(out.map((r) => r.status))})`);
+    t.same(out.filter((r) => !(r.status === 200 || (r.status === 503 && r.code === 'shutting_down'))), [], 'every request: its answer or shutting_down');
   });
 }
