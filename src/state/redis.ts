@@ -78,8 +78,9 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     this.cmd.on('ready', () => this.setUp(true));
     this.cmd.on('end', () => this.setUp(false));
     this.cmd.on('close', () => this.setUp(false));
+    // The loss itself is logged once by setUp(false), with the last error if any.
     this.cmd.on('error', (err) => {
-      if (this.up) o.logger.warn({ err: err.message }, 'redis: connection lost; shared state keeps its last known values');
+      this.lastError = err.message;
     });
     this.sub.on('error', () => undefined);
     this.sub.on('message', (channel, message) => {
@@ -104,11 +105,16 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     await Promise.all([this.cmd.connect().catch(() => undefined), this.sub.connect().catch(() => undefined)]);
   }
 
+  private lastError: string | undefined;
+
   private setUp(up: boolean): void {
     if (this.closed || this.up === up) return;
     this.up = up;
     this.o.onUp?.(up);
     if (up) this.o.logger.info({ url: redact(this.o.url) }, 'redis: connected');
+    // Every outage, a clean shutdown of Redis included (its 'close' comes before any 'error').
+    else this.o.logger.warn({ url: redact(this.o.url), ...(this.lastError !== undefined ? { err: this.lastError } : {}) }, 'redis: connection lost; shared state keeps its last known values, and reconnects');
+    this.lastError = undefined;
   }
 
   private emit(kind: DocKind): void {

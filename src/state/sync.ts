@@ -33,7 +33,11 @@ export class SharedState {
     o.flags.onChange(() => {
       if (!this.applying) void this.push('flags', { overrides: o.flags.overrideMap(), replica: o.replica });
     });
-    this.timer = setInterval(() => o.metrics.stateSyncLag.set(o.store.up ? 0 : (Date.now() - this.lastSync) / 1000), 1000);
+    // While Redis is up the state is in sync as of now: the lag counts from the last second it was.
+    this.timer = setInterval(() => {
+      if (o.store.up) this.lastSync = Date.now();
+      o.metrics.stateSyncLag.set(o.store.up ? 0 : (Date.now() - this.lastSync) / 1000);
+    }, 1000);
     this.timer.unref();
   }
 

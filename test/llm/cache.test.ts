@@ -243,17 +243,26 @@ t.test('a hit charges no quota; metrics count hits, misses, stores and bytes', a
 });
 
 t.test('a hit gives the request back to an RPM quota too', async (t) => {
+  // One minute's window: start well inside one. Requests that count are spaced by more than
+  // the lease keeper's tick (REDIS_URL: the key's budget comes in leased blocks, topped up every 50 ms).
+  const left = 60_000 - (Date.now() % 60_000);
+  if (left < 5_000) await new Promise((r) => setTimeout(r, left + 100));
+  const settle = () => new Promise((r) => setTimeout(r, 200));
   const messages = fresh();
   const keyed = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-rpm', maxRetries: 0 });
   await keyed.chat.completions.create({ model: 'det', messages, temperature: 0 });
+  await settle();
   // rpm 3: charged, the third hit would be refused with 429.
   for (let i = 0; i < 6; i++) {
     const { response } = await keyed.chat.completions.create({ model: 'det', messages, temperature: 0 }).withResponse();
     t.equal(response.headers.get('x-broker-cache'), 'hit', `hit ${i + 1} of 6 answered`);
   }
   // Misses still count: two more fill the minute, the next is refused.
+  await settle();
   await keyed.chat.completions.create({ model: 'det', messages: fresh(), temperature: 0 });
+  await settle();
   await keyed.chat.completions.create({ model: 'det', messages: fresh(), temperature: 0 });
+  await settle();
   const err = (await keyed.chat.completions.create({ model: 'det', messages: fresh(), temperature: 0 }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
   t.equal(err?.status, 429, 'the fourth upstream request of the minute is over rpm 3');
 });
@@ -398,4 +407,43 @@ t.test('Responses and Messages: cut streams and tool calls are not stored', asyn
     t.equal(final.content[0]?.type, 'tool_use');
   }
   t.equal(upTools.stats.total, before + 8, 'every tool-call request went upstream');
+});
+
+// Last: a second replica on the same Redis splits the keys' quota leases (the quota tests above).
+t.test('across replicas: a refresh on one reaches the other, and an entry read from Redis keeps only the time it had left', async (t) => {
+  const other = await startTestBroker({ ...env, FRONT_THREADS: '0' });
+  t.teardown(() => other.close());
+  const r = new Redis(redis.url);
+  t.teardown(() => r.disconnect());
+  const ask = async (url: string, messages: { role: 'user'; content: string }[], headers: Record<string, string> = {}) => {
+    const res = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ model: 'on', messages }) });
+    return { cache: res.headers.get('x-broker-cache'), text: ((await res.json()) as { choices: { message: { content: string } }[] }).choices[0]!.message.content };
+  };
+  // Refresh: the other replica held the old reply in memory; it must serve the new one.
+  const messages = fresh();
+  t.equal((await ask(tb.url, messages)).cache, 'miss');
+  t.same(await ask(other.url, messages), { cache: 'hit', text: mockText(8) }, 'the other replica reads it from Redis');
+  upOn.setKnobs({ tokens: 5 });
+  t.teardown(() => upOn.setKnobs({ tokens: 8 }));
+  t.same(await ask(tb.url, messages, { 'x-broker-cache': 'refresh' }), { cache: 'miss', text: mockText(5) }, 'refreshed here');
+  let seen = await ask(other.url, messages);
+  for (let i = 0; i < 100 && seen.text !== mockText(5); i++) {
+    await new Promise((res) => setTimeout(res, 20));
+    seen = await ask(other.url, messages);
+  }
+  t.same(seen, { cache: 'hit', text: mockText(5) }, 'the other replica serves the refreshed reply, not its old copy');
+  // TTL: the key expires in Redis soon; the copy read from it must not outlive it.
+  const later = fresh();
+  const before = new Set(await r.keys('eb:cache:*'));
+  await ask(tb.url, later);
+  let key: string | undefined;
+  for (let i = 0; i < 100 && key === undefined; i++) {
+    key = (await r.keys('eb:cache:*')).find((k) => !before.has(k));
+    if (key === undefined) await new Promise((res) => setTimeout(res, 10));
+  }
+  t.ok(key, 'stored in Redis');
+  await r.pexpire(key!, 400);
+  t.equal((await ask(other.url, later)).cache, 'hit', 'read from Redis with 400 ms left');
+  await new Promise((res) => setTimeout(res, 600));
+  t.equal((await ask(other.url, later)).cache, 'miss', 'gone from memory when it left Redis (not a whole TTL later)');
 });

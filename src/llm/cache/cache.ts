@@ -9,7 +9,7 @@
 // - Redis, when REDIS_URL is set: shared by every replica, with the entry's TTL. Read
 //   only on a memory miss, with a short command timeout: a slow or absent Redis is a
 //   miss, never an error.
-import { hash } from 'node:crypto';
+import { hash, randomUUID } from 'node:crypto';
 import { BroadcastChannel } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
 import { Redis } from 'ioredis';
@@ -73,6 +73,9 @@ export function cacheKey(group: string, r: Pick<LlmRequest, 'api' | 'kind' | 'bo
 }
 
 const REDIS_PREFIX = 'eb:cache:';
+/** Channel of refreshed keys: the other replicas drop their memory copy and read the new entry from Redis. */
+const REFRESH_CHANNEL = 'eb:cache-refresh';
+
 
 /** The Redis key of an entry: the canonical form's digest (memory compares the whole form, so nothing there can collide). */
 function redisKey(key: string): string {
@@ -121,11 +124,16 @@ export class ResponseCache {
   private lru: LRUCache<string, CachedReply> | null;
   private readonly bus: BroadcastChannel | undefined;
   private redis: Redis | undefined;
+  /** Subscribed to REFRESH_CHANNEL. */
+  private sub: Redis | undefined;
+  /** This broker: its threads share the channel name, and a refreshed entry over it already. */
+  private readonly origin: string;
   private connecting: Promise<void> = Promise.resolve();
   private redisWarned = false;
 
   constructor(private readonly o: ResponseCacheOptions) {
     this.settings = o.settings;
+    this.origin = o.channel ?? randomUUID();
     this.lru = this.makeLru(o.settings);
     if (o.channel !== undefined) {
       const bus = new BroadcastChannel(o.channel);
@@ -181,8 +189,10 @@ export class ResponseCache {
     const e = this.lru?.get(plan.key);
     if (e !== undefined || this.o.redisUrl === undefined) return this.counted(group, e);
     return this.fromRedis(plan.key).then((r) => {
-      if (r !== undefined) this.lru?.set(plan.key, r);
-      return this.counted(group, r);
+      if (r === undefined) return this.counted(group, undefined);
+      // Kept in memory for what is left of its time in Redis, not a whole TTL more.
+      if (r.ttlMs > 0) this.lru?.set(plan.key, r.entry, { ttl: r.ttlMs });
+      return this.counted(group, r.entry);
     });
   }
 
@@ -191,7 +201,11 @@ export class ResponseCache {
     return e;
   }
 
-  /** Stores a cleanly completed reply here, on the other threads, and in Redis. */
+  /**
+   * Stores a cleanly completed reply here, on the other threads, and in Redis. A refresh
+   * (plan.lookup false) also tells the other replicas, which drop the copy they may hold
+   * in memory: else each would serve its old one until its TTL ran out.
+   */
   put(plan: CachePlan, group: string, e: CachedReply): void {
     if (entryBytes(e) > this.settings.maxEntryBytes) return;
     this.remember(plan.key, e);
@@ -199,7 +213,9 @@ export class ResponseCache {
     this.o.metrics.llmCacheStores.labels(group).inc();
     if (this.o.redisUrl !== undefined) {
       const r = this.client();
-      r.set(redisKey(plan.key), JSON.stringify(e), 'EX', this.settings.ttlSeconds).catch((err: Error) => this.redisFailed(err));
+      const stored = r.set(redisKey(plan.key), JSON.stringify(e), 'EX', this.settings.ttlSeconds);
+      const told = plan.lookup ? stored : stored.then(() => r.publish(REFRESH_CHANNEL, JSON.stringify({ origin: this.origin, key: plan.key })));
+      told.catch((err: Error) => this.redisFailed(err));
     }
   }
 
@@ -219,7 +235,22 @@ export class ResponseCache {
         lazyConnect: true,
       });
       this.redis.on('error', (err: Error) => this.redisFailed(err));
+      this.redis.on('ready', () => {
+        this.redisWarned = false;
+      });
       this.connecting = this.redis.connect().catch(() => undefined);
+      this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000), lazyConnect: true });
+      this.sub.on('error', () => undefined);
+      this.sub.on('message', (_channel: string, message: string) => {
+        try {
+          const m = JSON.parse(message) as { origin?: unknown; key?: unknown };
+          if (m.origin !== this.origin && typeof m.key === 'string') this.lru?.delete(m.key);
+        } catch {
+          // not ours
+        }
+      });
+      this.sub.on('ready', () => void this.sub?.subscribe(REFRESH_CHANNEL).catch(() => undefined));
+      void this.sub.connect().catch(() => undefined);
     }
     return this.redis;
   }
@@ -229,14 +260,17 @@ export class ResponseCache {
     return this.connecting;
   }
 
-  private async fromRedis(key: string): Promise<CachedReply | undefined> {
+  /** The entry and the ms it has left in Redis (one round trip: the two commands go together). */
+  private async fromRedis(key: string): Promise<{ entry: CachedReply; ttlMs: number } | undefined> {
     try {
       const r = this.client();
       if (r.status !== 'ready') return undefined;
-      const text = await r.get(redisKey(key));
+      const k = redisKey(key);
+      const [text, ttlMs] = await Promise.all([r.get(k), r.pttl(k)]);
       if (text === null) return undefined;
       const v = JSON.parse(text) as unknown;
-      return isCachedReply(v) ? v : undefined;
+      // -1: no expiry (a key not set by us): the configured TTL.
+      return isCachedReply(v) ? { entry: v, ttlMs: ttlMs === -1 ? this.settings.ttlSeconds * 1000 : ttlMs } : undefined;
     } catch (err) {
       this.redisFailed(err as Error);
       return undefined;
@@ -246,11 +280,12 @@ export class ResponseCache {
   private redisFailed(err: Error): void {
     if (this.redisWarned) return;
     this.redisWarned = true;
-    this.o.logger.warn({ err: err.message }, 'response cache: redis failed; lookups miss until it is back (logged once)');
+    this.o.logger.warn({ err: err.message }, 'response cache: redis failed; lookups miss until it is back (logged once per outage)');
   }
 
   close(): void {
     this.bus?.close();
     this.redis?.disconnect();
+    this.sub?.disconnect();
   }
 }
