@@ -20,22 +20,25 @@ const url = z.string('must be an http(s) URL').refine((v) => {
 }, 'must be an http(s) URL');
 const provider = z.enum(['openai', 'ollama'], 'must be openai or ollama');
 const envName = z.string('must be the name of an env var').min(1, 'must be the name of an env var');
+/** A duration in ms that becomes a timer: Node fires a larger one after 1 ms (TimeoutOverflowWarning). */
+const MAX_TIMER_MS = 2_147_483_647;
+const ms = (min: number) => int(min, MAX_TIMER_MS);
 
 const timeouts = {
   /** TCP connect, ms. */
-  connectTimeoutMs: int(1).optional(),
+  connectTimeoutMs: ms(1).optional(),
   /** Until the upstream's response headers, ms. */
-  headersTimeoutMs: int(1).optional(),
+  headersTimeoutMs: ms(1).optional(),
   /** Longest wait from the request written to the reply's first body byte (a cold model loads here), ms. */
-  firstTokenTimeoutMs: int(1).optional(),
+  firstTokenTimeoutMs: ms(1).optional(),
   /** Longest silence between two body chunks after the first, ms. */
-  idleChunkTimeoutMs: int(1).optional(),
+  idleChunkTimeoutMs: ms(1).optional(),
   /** The older name of idleChunkTimeoutMs, still read. */
-  idleTimeoutMs: int(1).optional(),
+  idleTimeoutMs: ms(1).optional(),
   /** Longest attempt, from the request written to the reply's last byte; 0 = no limit, ms. */
-  totalTimeoutMs: int(0).optional(),
+  totalTimeoutMs: ms(0).optional(),
   /** How long an unused keep-alive connection stays open, ms. */
-  keepAliveTimeoutMs: int(1).optional(),
+  keepAliveTimeoutMs: ms(1).optional(),
 };
 
 export const serverSchema = z.strictObject({
@@ -70,7 +73,7 @@ export const deploymentSchema = z.strictObject({
 });
 
 const tierSchema = z.strictObject({
-  maxQueueWaitMs: int(1).optional(),
+  maxQueueWaitMs: ms(1).optional(),
   maxOutputTokens: int(1).optional(),
   allowedGroups: z.array(z.string(), 'must be a non-empty list of model group names (or "*")').min(1, 'must be a non-empty list of model group names (or "*")').optional(),
   capacityShare: num(0.01, 1).optional(),
@@ -80,8 +83,8 @@ const tierSchema = z.strictObject({
 export const queueSchema = z.strictObject({
   /** Requests that may wait at once, over all groups; beyond: 429. */
   maxQueue: int(0).optional(),
-  maxWaitMs: int(1).optional(),
-  agingMs: int(1).optional(),
+  maxWaitMs: ms(1).optional(),
+  agingMs: ms(1).optional(),
   queueWhenFull: z.boolean('must be true or false').optional(),
   defaultOutputTokens: int(1).optional(),
 });
@@ -90,8 +93,8 @@ export const fleetSchema = z.strictObject({
   healthCheck: z
     .strictObject({
       enabled: z.boolean('must be true or false').optional(),
-      intervalMs: int(100).optional(),
-      timeoutMs: int(10).optional(),
+      intervalMs: ms(100).optional(),
+      timeoutMs: ms(10).optional(),
       /** Consecutive failed checks before a server is unhealthy. */
       unhealthyThreshold: int(1).optional(),
       /** Consecutive good checks before it is healthy again. */
@@ -102,10 +105,10 @@ export const fleetSchema = z.strictObject({
     .strictObject({
       failureThreshold: int(1).optional(),
       failureRatio: num(0.01, 1).optional(),
-      windowMs: int(100).optional(),
+      windowMs: ms(100).optional(),
       minRequests: int(1).optional(),
-      openMs: int(0).optional(),
-      maxOpenMs: int(0).optional(),
+      openMs: ms(0).optional(),
+      maxOpenMs: ms(0).optional(),
       halfOpenTrials: int(1).optional(),
     })
     .optional(),
@@ -146,7 +149,7 @@ export const metricsSchema = z.strictObject({
 export const brokerConfigSchema = z.strictObject({
   upstream: z.strictObject(timeouts).optional(),
   /** Kept for older files: failureThreshold and cooldownMs seed fleet.breaker's failureThreshold and openMs. */
-  router: z.strictObject({ failureThreshold: int(1).optional(), cooldownMs: int(0).optional() }).optional(),
+  router: z.strictObject({ failureThreshold: int(1).optional(), cooldownMs: ms(0).optional() }).optional(),
   servers: z.array(serverSchema, 'must be a list').optional(),
   fleet: fleetSchema.optional(),
   metrics: metricsSchema.optional(),
@@ -161,8 +164,8 @@ export const brokerConfigSchema = z.strictObject({
       errorRateDegraded: num(0, 1).optional(),
       minTokensPerSecond: num(0, 1e9).optional(),
       minSamples: int(1).optional(),
-      probeIntervalMs: int(1).optional(),
-      decayMs: int(1).optional(),
+      probeIntervalMs: ms(1).optional(),
+      decayMs: ms(1).optional(),
     })
     .optional(),
   qos: z.strictObject({ defaultTier: z.string().optional(), tiers: z.record(z.string(), tierSchema).optional() }).optional(),

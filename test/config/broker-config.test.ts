@@ -97,6 +97,11 @@ t.test('fallbacks, context windows, cache modes and the per-phase timeouts', asy
   t.equal(self.path, 'modelGroups.small.contextFallbacks[1]');
   const mode = t.throws(() => parseBrokerConfig(base({}, { cache: 'sometimes' }), 'x', {})) as BrokerConfigError;
   t.equal(mode.path, 'modelGroups.small.cache');
+  // Past 2^31 - 1 ms Node fires a timer after 1 ms: refused, not a timeout that fires at once.
+  const huge = t.throws(() => parseBrokerConfig(base({ upstream: { firstTokenTimeoutMs: 3_000_000_000 } }), 'x', {})) as BrokerConfigError;
+  t.equal(huge.path, 'upstream.firstTokenTimeoutMs');
+  t.match(huge.message, /<= 2147483647/);
+  t.equal(parseBrokerConfig(base({ upstream: { totalTimeoutMs: 2_147_483_647 } }), 'x', {}).modelGroups.get('small')!.deployments[0]!.totalTimeoutMs, 2_147_483_647, 'the largest timer is accepted');
   const example = loadBrokerConfigFile('config/broker.example.yaml', { OPENAI_API_KEY: 'sk', TEAM_BATCH_KEY: 'sk-team' });
   t.same(example.modelGroups.get('chat-small')!.fallbacks, ['chat-large'], 'the example shows fallbacks');
 });

@@ -91,4 +91,22 @@ t.test('health follows model loading; an added service is served, reflected, hea
   const text = await metrics.registry.metrics();
   t.match(text, /grpc_server_handled_total\{grpc_type="unary",grpc_service="testing.rpc.Decode",grpc_method="Status",grpc_code="OK"\} 1/, 'counted with the others');
   t.match(text, /grpc_server_started_total\{grpc_type="server_stream",grpc_service="grpc.health.v1.Health",grpc_method="Watch"\} 1/);
+
+  // A unary call whose stream ends before its request message (a client that cancelled
+  // as it sent): grpc-js answers UNIMPLEMENTED itself; dashboards must see a cancel.
+  const { connect } = await import('node:http2');
+  const session = connect(`http://${c.address}`);
+  t.teardown(() => session.close());
+  const stream = session.request({ ':method': 'POST', ':path': '/testing.rpc.Decode/Status', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: true });
+  const trailers = await new Promise<Record<string, unknown>>((resolve) => {
+    stream.on('trailers', (h) => resolve(h));
+    stream.on('response', (h) => {
+      if (h['grpc-status'] !== undefined) resolve(h);
+    });
+    stream.resume();
+  });
+  t.equal(Number(trailers['grpc-status']), grpc.status.UNIMPLEMENTED, 'what grpc-js answers');
+  const after = await metrics.registry.metrics();
+  t.match(after, /grpc_server_handled_total\{grpc_type="unary",grpc_service="testing.rpc.Decode",grpc_method="Status",grpc_code="Canceled"\} 1/, 'counted as Canceled');
+  t.notMatch(after, /grpc_method="Status",grpc_code="Unimplemented"/);
 });

@@ -25,6 +25,16 @@ interface MethodMetrics {
   readonly labels: readonly [string, string, string];
 }
 
+/**
+ * The code a call is counted under. A unary or server-streaming call whose client
+ * cancelled before its request message had arrived: grpc-js sees the stream end without
+ * one and answers UNIMPLEMENTED ("Received no request message …") itself, before any
+ * cancel reaches onCancel. Dashboards should see the cancel.
+ */
+function codeOf(status: { code: number; details?: string }): number {
+  return status.code === Status.UNIMPLEMENTED && status.details?.startsWith('Received no request message') === true ? Status.CANCELLED : status.code;
+}
+
 /** The interceptor that counts every call of the server. */
 export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
   const { grpcStarted: started, grpcHandled: handled, grpcReceived: received, grpcSent: sent, grpcHandling: seconds } = metrics;
@@ -66,7 +76,7 @@ export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
     // deadline. Count those by their code, not as the cancel that follows them.
     const sendStatus = call.sendStatus.bind(call);
     call.sendStatus = (status) => {
-      finish(status.code);
+      finish(codeOf(status));
       sendStatus(status);
     };
     return new ServerInterceptingCall(call, {
@@ -92,7 +102,7 @@ export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
         next(message);
       },
       sendStatus(status, next) {
-        finish(status.code);
+        finish(codeOf(status));
         next(status);
       },
     });
