@@ -108,7 +108,7 @@ async function main(): Promise<void> {
     }
     const s1 = await scrape();
     const after = s1.overhead;
-    // Mean of each phase over the measured streams (hits have no upstream and no relay).
+    // Mean of each phase over the measured streams (hits are observed in admission and dispatch only).
     const phaseMeans = Object.fromEntries(PHASES.map((p) => {
       const c = s1.phases[p]!.count - s0.phases[p]!.count;
       return [p, c > 0 ? round(((s1.phases[p]!.sum - s0.phases[p]!.sum) / c) * 1000, 4) : null];

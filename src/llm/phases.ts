@@ -39,8 +39,12 @@ export class Timeline {
     return Math.max(0, this.clientAt - this.receivedAt - this.upstreamMs);
   }
 
-  /** Exports the phases once the client's first byte went out. */
-  observe(m: Metrics, stream: boolean): void {
+  /**
+   * Exports the phases once the client's first byte went out. A cache hit has no queue,
+   * upstream or relay: only its admission and dispatch (the lookup and the replay) are
+   * observed, so that those phases' histograms hold only requests that had them.
+   */
+  observe(m: Metrics, stream: boolean, hit = false): void {
     if (this.clientAt < 0) return;
     const admission = Math.max(0, this.admittedAt - this.receivedAt);
     const relay = this.firstByteAt < 0 ? 0 : Math.max(0, this.clientAt - this.firstByteAt);
@@ -48,10 +52,12 @@ export class Timeline {
     const dispatch = Math.max(0, total - admission - this.queueMs - this.upstreamMs - relay);
     const s = stream ? 'true' : 'false';
     m.llmPhase.labels('admission', s).observe(admission / 1000);
-    m.llmPhase.labels('queue', s).observe(this.queueMs / 1000);
     m.llmPhase.labels('dispatch', s).observe(dispatch / 1000);
-    m.llmPhase.labels('upstream', s).observe(this.upstreamMs / 1000);
-    m.llmPhase.labels('relay', s).observe(relay / 1000);
+    if (!hit) {
+      m.llmPhase.labels('queue', s).observe(this.queueMs / 1000);
+      m.llmPhase.labels('upstream', s).observe(this.upstreamMs / 1000);
+      m.llmPhase.labels('relay', s).observe(relay / 1000);
+    }
     m.brokerOverhead.labels(stream ? 'llm_stream' : 'llm').observe(this.overheadMs() / 1000);
   }
 }

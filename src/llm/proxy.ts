@@ -442,7 +442,7 @@ export class LlmProxy {
     const overhead = overheadHeader(timeline.clientFirstByte());
     // A replayed stream is complete at once: one write, with its length, like a whole reply.
     sink.send(200, { 'content-type': r.contentType, ...(stream ? { 'cache-control': 'no-cache' } : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);
-    timeline.observe(this.deps.metrics, stream);
+    timeline.observe(this.deps.metrics, stream, true);
     const m = this.deps.metrics;
     m.llmRequests.labels(group.name, 'cache', 'ok', 'cache_hit').inc();
     m.llmDuration.labels(group.name, 'cache', stream ? 'true' : 'false').observe((performance.now() - req.startedAt) / 1000);

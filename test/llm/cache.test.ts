@@ -230,6 +230,8 @@ t.test('a hit charges no quota; metrics count hits, misses, stores and bytes', a
   const messages = fresh();
   const keyed = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-quota', maxRetries: 0 });
   await keyed.chat.completions.create({ model: 'det', messages, temperature: 0, max_tokens: 20 });
+  const phase = (p: string) => metricValue(tb.url, 'llm_phase_seconds_count', { phase: p, stream: 'false' });
+  const [upstream0, dispatch0] = [await phase('upstream'), await phase('dispatch')];
   // About 15 tokens each: charged, 30 hits would be ~450 tokens of a 200 TPM key.
   for (let i = 0; i < 30; i++) {
     const { response } = await keyed.chat.completions.create({ model: 'det', messages, temperature: 0, max_tokens: 20 }).withResponse();
@@ -240,6 +242,8 @@ t.test('a hit charges no quota; metrics count hits, misses, stores and bytes', a
   t.ok((await metricValue(tb.url, 'llm_cache_stores_total', { group: 'det' })) > 0);
   t.ok((await metricValue(tb.url, 'llm_cache_bytes')) > 0);
   t.equal(await metricValue(tb.url, 'llm_requests_total', { deployment: 'cache', reason: 'cache_hit' }) >= 30, true);
+  t.equal((await phase('dispatch')) - dispatch0, 30, 'each hit in the dispatch phase');
+  t.equal((await phase('upstream')) - upstream0, 0, 'no hit in the upstream phase: it had none');
 });
 
 t.test('a hit gives the request back to an RPM quota too', async (t) => {
