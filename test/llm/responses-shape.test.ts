@@ -57,3 +57,34 @@ t.test('a call without arguments says {} streamed as in a whole reply', async (t
   t.match(evs.find((e) => e.type === 'response.function_call_arguments.done'), { arguments: '{}' });
   t.match(evs.at(-1), { response: { output: [{ type: 'function_call', arguments: '{}' }] } });
 });
+
+t.test("items close in order, as OpenAI's: the message before a function call opens; later text is an item of its own", async (t) => {
+  const evs = streamed([
+    delta({ text: 'Let me ' }),
+    delta({ text: 'check.' }),
+    delta({ tools: [{ index: 0, id: 'call_1', name: 'f', arguments: '{"a"' }] }),
+    delta({ tools: [{ index: 0, arguments: ':1}' }] }),
+    delta({ text: 'Done.' }),
+    delta({ finish: 'tool_calls', usage }),
+  ]);
+  const at = (pred: (e: any) => boolean) => evs.findIndex(pred);
+  const messageDone = at((e) => e.type === 'response.output_item.done' && e.item.type === 'message');
+  const callAdded = at((e) => e.type === 'response.output_item.added' && e.item.type === 'function_call');
+  t.ok(messageDone >= 0 && messageDone < callAdded, 'the message item is done before the function call is added');
+  t.ok(at((e) => e.type === 'response.output_text.done') < callAdded);
+  const seqs = evs.map((e) => e.sequence_number);
+  t.same(seqs, seqs.map((_, i) => i), 'sequence numbers run on');
+  const final = evs.at(-1)!.response;
+  t.same(final.output.map((o: any) => o.type), ['message', 'function_call', 'message'], 'the text after the call is a second message item');
+  t.equal(final.output[0].content[0].text, 'Let me check.');
+  t.equal(final.output[2].content[0].text, 'Done.');
+  t.equal(final.output[1].arguments, '{"a":1}');
+  // Every item added is done once, and each item's deltas add up to its final text.
+  const added = evs.filter((e) => e.type === 'response.output_item.added').map((e) => e.item.id);
+  const done = evs.filter((e) => e.type === 'response.output_item.done').map((e) => e.item.id);
+  t.same([...done].sort(), [...added].sort());
+  for (const item of final.output.filter((o: any) => o.type === 'message')) {
+    const text = evs.filter((e) => e.type === 'response.output_text.delta' && e.item_id === item.id).map((e) => e.delta).join('');
+    t.equal(text, item.content[0].text, `${item.id}: deltas add up`);
+  }
+});

@@ -225,6 +225,11 @@ export interface ResponsesWriter {
   /** The message item: its output_index once text arrived, else -1. */
   messageIndex: number;
   text: string;
+  /** The message item was closed (a function call began after it, as OpenAI closes each item before the next). */
+  messageDone: boolean;
+  /** Text after that: a second message item, written whole at the end (an item cannot reopen). */
+  lateText: string;
+  lateIndex: number;
   tools: ToolSlot[];
   outputs: number;
   finish: string | null;
@@ -235,7 +240,7 @@ export interface ResponsesWriter {
 }
 
 export function responsesWriter(ctx: ReplyContext): ResponsesWriter {
-  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', tools: [], outputs: 0, finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, done: false };
 }
 
 function event(w: { seq: number }, type: string, fields: Record<string, unknown>): string {
@@ -249,11 +254,22 @@ function open(w: ResponsesWriter): string {
   return event(w, 'response.created', { response: shell }) + event(w, 'response.in_progress', { response: shell });
 }
 
+/** The message item's closing events: its text, its part, the item. */
+function closeMessage(w: ResponsesWriter, itemId: string, index: number, text: string): string {
+  const ids = { item_id: itemId, output_index: index, content_index: 0 };
+  let out = event(w, 'response.output_text.done', { ...ids, text, logprobs: [] });
+  out += event(w, 'response.content_part.done', { ...ids, part: textPart(text) });
+  return out + event(w, 'response.output_item.done', { output_index: index, item: { ...messageItem(w.id, text, 'completed'), id: itemId } });
+}
+
 /** One upstream event → its Responses events. */
 export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   if (w.done) return '';
   let out = open(w);
-  if (d.text !== '') {
+  if (d.text !== '' && w.messageDone) {
+    w.lateText += d.text;
+    w.tokens++;
+  } else if (d.text !== '') {
     if (w.messageIndex === -1) {
       w.messageIndex = w.outputs++;
       out += event(w, 'response.output_item.added', { output_index: w.messageIndex, item: messageItem(w.id, '', 'in_progress') });
@@ -267,6 +283,10 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
     for (const t of d.tools) {
       let slot = w.tools[t.index];
       if (slot === undefined) {
+        if (w.messageIndex !== -1 && !w.messageDone) {
+          out += closeMessage(w, 'msg_' + w.id, w.messageIndex, w.text);
+          w.messageDone = true;
+        }
         slot = w.tools[t.index] = { outputIndex: w.outputs++, itemId: 'fc_' + w.id + '_' + t.index, id: t.id ?? `call_${w.id}_${t.index}`, name: t.name ?? '', arguments: '' };
         out += event(w, 'response.output_item.added', { output_index: slot.outputIndex, item: { ...callItem('', slot, 'in_progress'), id: slot.itemId } });
       } else if (t.name !== undefined && slot.arguments === '') slot.name += t.name;
@@ -285,6 +305,7 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
 function outputItems(w: ResponsesWriter): Array<[number, Record<string, unknown>]> {
   const items: Array<[number, Record<string, unknown>]> = [];
   if (w.messageIndex !== -1) items.push([w.messageIndex, messageItem(w.id, w.text, 'completed')]);
+  if (w.lateIndex !== -1) items.push([w.lateIndex, { ...messageItem(w.id, w.lateText, 'completed'), id: 'msg_' + w.id + '_late' }]);
   for (const s of w.tools) if (s !== undefined) items.push([s.outputIndex, { ...callItem('', s, 'completed'), id: s.itemId }]);
   return items.sort((a, b) => a[0] - b[0]);
 }
@@ -302,13 +323,20 @@ export function responsesDone(w: ResponsesWriter): string {
   }
   for (const [index, item] of outputItems(w)) {
     if (item['type'] === 'message') {
-      const ids = { item_id: 'msg_' + w.id, output_index: index, content_index: 0 };
-      out += event(w, 'response.output_text.done', { ...ids, text: w.text, logprobs: [] });
-      out += event(w, 'response.content_part.done', { ...ids, part: textPart(w.text) });
-    } else {
-      out += event(w, 'response.function_call_arguments.done', { item_id: item['id'], output_index: index, name: item['name'], arguments: item['arguments'] });
+      if (index === w.messageIndex && !w.messageDone) out += closeMessage(w, 'msg_' + w.id, index, w.text);
+      continue;
     }
+    out += event(w, 'response.function_call_arguments.done', { item_id: item['id'], output_index: index, name: item['name'], arguments: item['arguments'] });
     out += event(w, 'response.output_item.done', { output_index: index, item });
+  }
+  // Text that came after a function call: its own message item, whole.
+  if (w.lateText !== '') {
+    w.lateIndex = w.outputs++;
+    const itemId = 'msg_' + w.id + '_late';
+    out += event(w, 'response.output_item.added', { output_index: w.lateIndex, item: { ...messageItem(w.id, '', 'in_progress'), id: itemId } });
+    out += event(w, 'response.content_part.added', { item_id: itemId, output_index: w.lateIndex, content_index: 0, part: textPart('') });
+    out += event(w, 'response.output_text.delta', { item_id: itemId, output_index: w.lateIndex, content_index: 0, delta: w.lateText, logprobs: [] });
+    out += closeMessage(w, itemId, w.lateIndex, w.lateText);
   }
   const finish = w.finish ?? (w.tools.length > 0 ? 'tool_calls' : 'stop');
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
