@@ -67,6 +67,12 @@ export class LlmProxy {
 
   constructor(private readonly deps: ProxyDeps) {}
 
+  /** A request admission refused (a key's quota or budget, its QoS tier): counted in llm_requests_total, deployment none. */
+  refused(group: string, err: BrokerError): void {
+    const reason = err.code === 'quota_exceeded' ? 'quota_exceeded' : err.status < 500 ? 'client_error' : err.code;
+    this.deps.metrics.llmRequests.labels(group, 'none', coarse(reason), reason).inc();
+  }
+
   /** Ends every running request with shutting_down (open streams get their error event) and refuses new ones. */
   abortAll(): void {
     this.stopped = new BrokerError('shutting_down', 'the broker shut down before the reply was complete');
@@ -193,7 +199,8 @@ export class LlmProxy {
             moveOn = true;
             continue;
           }
-          const reason = code === 'upstream_unavailable' ? 'no_deployment' : code;
+          // Out of deployments after they failed: the reason is how the last one failed.
+          const reason = code === 'upstream_unavailable' ? (lastError?.code === 'upstream_timeout' ? 'timeout' : lastError !== undefined && lastError.code !== 'invalid_request' ? 'upstream_error' : 'no_deployment') : code;
           m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
           if (facts !== undefined) facts.outcome = reason;
           // Out of deployments: the last upstream failure says more than "none left".
@@ -244,6 +251,8 @@ export class LlmProxy {
           gov.attemptFailed(lease, !sink.aborted);
           lease = null;
           if (sink.aborted) {
+            // The request went upstream: its prompt is charged, as a stream's is when cut.
+            usage.promptTokens = promptEstimate;
             upSpan?.fail('client_closed').end();
             return this.finish(facts, g, dep, 'aborted', req.startedAt, up.stream);
           }
@@ -371,6 +380,7 @@ export class LlmProxy {
             timeline.upstream(sentAt, performance.now());
             if (sink.aborted) {
               usage.ok = null;
+              usage.promptTokens = promptEstimate;
               upSpan?.fail('client_closed').end();
               return this.finish(facts, g, dep, 'aborted', req.startedAt, false);
             }

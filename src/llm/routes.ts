@@ -31,7 +31,8 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     path,
     body: 'json',
     rateLimited: true,
-    track: `${api}.${api === 'ollama' ? (kind === 'chat' ? 'chat' : 'generate') : kind}`,
+    // Ollama's words for its routes: /api/chat, /api/generate, /api/embed.
+    track: `${api}.${api === 'ollama' && kind === 'completion' ? 'generate' : kind}`,
     errorShape: api === 'ollama' ? ollamaErrorShape : api === 'anthropic' ? anthropicErrorShape : openaiErrorShape,
     async handle({ req, body, sink }) {
       const known = source.current();
@@ -46,7 +47,13 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         const r = readLlmRequest(req, api, kind, body as Record<string, unknown>, limits);
         group = fleet.groups.get(r.model);
         if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
-        admitted = admission.admit(r, group);
+        try {
+          admitted = admission.admit(r, group);
+        } catch (err) {
+          // Refused by admission (the key's quota or budget, its tier): counted with the group's requests.
+          proxy.refused(group.name, toBrokerError(err));
+          throw err;
+        }
       } catch (err) {
         if (admitSpan !== undefined) {
           const e = toBrokerError(err);

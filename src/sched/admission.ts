@@ -67,7 +67,8 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     tier = t.tier;
     tierSource = t.source;
     const cap = tier.maxOutputTokens;
-    if (cap !== null && (maxTokens === undefined || maxTokens > cap)) {
+    // Embeddings have no output to cap: their body goes upstream as sent.
+    if (cap !== null && r.kind !== 'embed' && (maxTokens === undefined || maxTokens > cap)) {
       body = capOutputTokens(body, cap, r.api);
       maxTokens = cap;
     }
@@ -81,7 +82,8 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   const label =
     policy?.label ??
     (r.label !== undefined ? (policy !== undefined || p.admittedLabel(r.label) ? r.label : OTHER_LABEL) : policy !== undefined ? `key:${keyId(r.apiKey!)}` : `${r.api}:${r.kind}`);
-  const predictedOutput = flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
+  // Embeddings produce no tokens: only their input is reserved.
+  const predictedOutput = r.kind === 'embed' ? 0 : flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
   const facts = r.facts;
   if (facts !== undefined) {
     facts.label = label;

@@ -269,6 +269,17 @@ t.test('a hit gives the request back to an RPM quota too', async (t) => {
   await settle();
   const err = (await keyed.chat.completions.create({ model: 'det', messages: fresh(), temperature: 0 }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
   t.equal(err?.status, 429, 'the fourth upstream request of the minute is over rpm 3');
+  t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'det', deployment: 'none', outcome: 'client_error', reason: 'quota_exceeded' })) >= 1, "the key's refusal is in llm_requests_total");
+});
+
+t.test('embeddings reserve no output tokens and get no output cap', async (t) => {
+  // A 200 TPM key: with 256 output tokens reserved, an embedding could never fit.
+  const keyed = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-quota', maxRetries: 0 });
+  const r = await keyed.embeddings.create({ model: 'det', input: ['a short text'] });
+  t.equal(r.data.length, 1, 'served within a 200 TPM quota');
+  await keyed.embeddings.create({ model: 'det', input: ['a short text'] }, { headers: { 'x-broker-qos': 'short' } });
+  const sent = up.stats.lastBody as Record<string, unknown>;
+  t.equal(sent['max_tokens'], undefined, "the tier's output cap is not written into an embeddings body");
 });
 
 t.test("a QoS tier's capped reply does not answer another tier, nor the other way round", async (t) => {

@@ -10,7 +10,7 @@ import OpenAI from 'openai';
 import { Ollama } from 'ollama';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { postJson, type TestBroker } from '../helpers/broker.ts';
+import { metricValue, postJson, type TestBroker } from '../helpers/broker.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 import { clients, freePort, md as metadata } from '../helpers/grpc.ts';
 import { fashionPngs } from '../helpers/images.ts';
@@ -224,4 +224,35 @@ t.test('a stream the client aborts before the upstream sent its usage: the promp
   t.match(row, { broker_request_id: 'aborted-stream', outcome: 'aborted' });
   t.equal(row!.prompt_tokens, Math.ceil(440 / 4), 'the prompt by its estimate');
   t.ok(row!.completion_tokens >= 1 && row!.completion_tokens < 200, `the tokens streamed before the abort (${row!.completion_tokens})`);
+});
+
+t.test('rows of a whole reply the client aborts, of /api/embed, and of a group whose deployments all timed out', async (t) => {
+  const slowUp = await startMock(t, { tokens: 3, ttftMs: 3_000 });
+  const up = await startMock(t, { tokens: 3 });
+  const db = await pgc.createDatabase('aborted_whole');
+  const fleet = {
+    modelGroups: {
+      s: { deployments: [{ id: 'sd', provider: 'openai', url: slowUp.url, model: 'm' }] },
+      e: { deployments: [{ id: 'ed', provider: 'ollama', url: up.url, model: 'm' }] },
+      t: { deployments: [{ id: 'td', provider: 'openai', url: slowUp.url, model: 'm', firstTokenTimeoutMs: 100 }] },
+    },
+  };
+  const tb = await startFleetBroker(t, fleet, { FRONT_THREADS: '2', INFER_ENABLED: 'false', DATABASE_URL: db });
+  const post = (path: string, id: string, body: unknown, signal?: AbortSignal) => fetch(`${tb.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': id }, body: JSON.stringify(body), signal });
+  // Aborted while the upstream works on a whole reply: its prompt was sent, and is charged.
+  const ac = new AbortController();
+  const pending = post('/v1/chat/completions', 'aborted-whole', { model: 's', messages: [{ role: 'user', content: 'u'.repeat(400) }] }, ac.signal).catch(() => undefined);
+  for (let i = 0; i < 200 && slowUp.stats.open === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  ac.abort();
+  await pending;
+  for (let i = 0; i < 200 && slowUp.stats.open > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal((await post('/api/embed', 'embed', { model: 'e', input: ['a', 'b'] })).status, 200);
+  const timedOut = await post('/v1/chat/completions', 'timed-out', { model: 't', stream: true, messages: [{ role: 'user', content: 'hi' }] });
+  t.equal(timedOut.status, 504);
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 't', reason: 'timeout' }), 1, 'counted as a timeout, not no_deployment');
+  await tb.close();
+  const byId = new Map((await rowsOf(db)).map((r) => [r.broker_request_id, r]));
+  t.match(byId.get('aborted-whole'), { outcome: 'aborted', prompt_tokens: 100 }, 'the prompt by its estimate, not 0');
+  t.match(byId.get('embed'), { api: 'ollama.embed', outcome: 'ok' });
+  t.match(byId.get('timed-out'), { outcome: 'timeout', status: 504, error_code: 'upstream_timeout' });
 });
