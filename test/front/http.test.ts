@@ -185,6 +185,35 @@ t.test('capacity ids follow the fleet id rule', async (t) => {
   t.equal(ok.status, 201);
 });
 
+t.test('Content-Length twice: 400 and the connection closed, so a request hidden in the body is never served', async (t) => {
+  const port = Number(new URL(tb.url).port);
+  const inner = 'GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Request-ID: smuggled-req\r\nConnection: close\r\n\r\n';
+  for (const [first, second] of [[0, inner.length], [inner.length, 0]]) {
+    const text = await new Promise<string>((resolve) => {
+      let out = '';
+      const s = connect(port, '127.0.0.1', () => s.write(`DELETE /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${first}\r\nContent-Length: ${second}\r\n\r\n${inner}`));
+      s.on('data', (d) => (out += d.toString('latin1')));
+      s.on('close', () => resolve(out));
+      s.on('error', () => resolve(out));
+      setTimeout(() => s.destroy(), 5000).unref();
+    });
+    // With bytes after it the connection closes at once (uWS); alone, the 400 says why.
+    t.notMatch(text, /HTTP\/1\.1 200/, `Content-Length ${first} then ${second}: nothing served`);
+    t.notMatch(text, /smuggled-req/, 'the hidden request was not served');
+  }
+  const alone = await new Promise<string>((resolve) => {
+    let out = '';
+    const s = connect(port, '127.0.0.1', () => s.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}'));
+    s.on('data', (d) => (out += d.toString('latin1')));
+    s.on('close', () => resolve(out));
+    s.on('error', () => resolve(out));
+    setTimeout(() => s.destroy(), 5000).unref();
+  });
+  t.same(alone.match(/HTTP\/1\.1 \d+/g), ['HTTP/1.1 400'], 'no bytes after it: a 400, then the connection closes');
+  t.match(alone, /"code":"invalid_request"/);
+  t.match(alone, /Content-Length appears more than once/);
+});
+
 t.test('a body that stops arriving ends as 408 in the log and metrics, not 499', async (t) => {
   const port = Number(new URL(tb.url).port);
   await new Promise<void>((resolve) => {

@@ -9,7 +9,7 @@
 // backpressure, and onWritable resumes.
 import uWS from 'uWebSockets.js';
 import { performance } from 'node:perf_hooks';
-import { toBrokerError, type BrokerError, type ErrorCode } from '../../errors.ts';
+import { BrokerError, toBrokerError, type ErrorCode } from '../../errors.ts';
 import type { Logger } from '../../obs/logger.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import { requestIdFrom } from '../../obs/request-id.ts';
@@ -87,7 +87,11 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   app.any('/*', (res, ureq) => {
     const startedAt = performance.now();
     const headers: Record<string, string> = {};
+    // Content-Length twice: uWS frames the request by the first, a proxy in front may by the
+    // last, and the difference is a request smuggled in the body (RFC 9112 §6.3: refuse, close).
+    let lengths = 0;
     ureq.forEach((k, v) => {
+      if (k === 'content-length') lengths++;
       headers[k] = v;
     });
     const method = ureq.getCaseSensitiveMethod().toUpperCase();
@@ -117,6 +121,16 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       // Shutting down is not ready, whatever the models say: the balancer must stop sending work
       // now (a probe on a kept-alive connection still reaches this thread).
       if (READINESS_PATHS.has(path) && (method === 'GET' || method === 'HEAD')) return sink.send(503, READY_HEADERS, NOT_READY_BODY);
+    }
+    if (lengths > 1) {
+      // Answered a turn later, not now: uWS goes on parsing the bytes after this request in the
+      // same read, and a reply already sent would let it serve what they hide. With this one
+      // pending, uWS closes the connection at the next request instead (no reply then).
+      sink.closeConnection = true;
+      setImmediate(() => {
+        if (!sink.aborted) sink.fail(new BrokerError('invalid_request', 'Content-Length appears more than once', { details: { field: 'content-length' } }));
+      });
+      return;
     }
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
