@@ -5,8 +5,13 @@ import { createHash } from 'node:crypto';
 export function apiKeyOf(headers: Readonly<Record<string, string>>): string | undefined {
   const k = headers['x-api-key'];
   if (k) return k;
-  const auth = headers['authorization'];
-  return auth !== undefined && auth.startsWith('Bearer ') ? auth.slice(7) : undefined;
+  return bearerToken(headers['authorization']);
+}
+
+/** The token of `Authorization: Bearer <token>`; the scheme's case does not matter (RFC 9110 §11.1). */
+export function bearerToken(authorization: string | undefined): string | undefined {
+  if (authorization === undefined || authorization.length <= 7 || authorization.charCodeAt(6) !== 32) return undefined;
+  return authorization.slice(0, 6).toLowerCase() === 'bearer' ? authorization.slice(7) : undefined;
 }
 
 const ids = new Map<string, string>();

@@ -10,6 +10,7 @@ import type { Logger } from '../obs/logger.ts';
 import type { KeyRecord, SessionRecord, StateStore } from '../state/store.ts';
 import { isJwt, type JwtVerifier } from './jwt.ts';
 import { isRole, type Principal, type Role } from './rbac.ts';
+import { bearerToken } from './api-key.ts';
 
 const hashes = new Map<string, string>();
 
@@ -65,11 +66,11 @@ export class Identity {
 
   /** The caller of an admin route, or 401/403. */
   async principal(authorization: string | undefined): Promise<Principal> {
-    if (authorization === undefined || !authorization.startsWith('Bearer ') || authorization.length === 7) {
+    const token = bearerToken(authorization);
+    if (token === undefined) {
       if (this.adminHash === undefined && this.o.jwt === undefined) this.fail('disabled', new BrokerError('admin_disabled'));
       this.fail('missing', new BrokerError('unauthorized', 'admin routes need Authorization: Bearer <token> (ADMIN_TOKEN, a JWT, a session or an API key)'));
     }
-    const token = authorization.slice(7);
     if (this.adminHash !== undefined && timingSafeEqual(createHash('sha256').update(token).digest(), this.adminHash)) return { subject: 'admin-token', roles: ['admin'], via: 'admin_token' };
     if (isJwt(token)) {
       if (this.o.jwt === undefined) this.fail('jwt_disabled', new BrokerError('unauthorized', 'JWTs are not accepted here: no JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL'));

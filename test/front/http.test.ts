@@ -13,6 +13,11 @@ writeFileSync(fleet, JSON.stringify({ modelGroups: { g: { deployments: [{ id: 'g
 const tb = await startTestBroker({ MAX_BODY_BYTES: '4096', RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '5', BROKER_CONFIG: fleet });
 t.teardown(() => tb.close());
 
+t.test("admin credentials with the scheme in lower case: 'bearer' is 'Bearer'", async (t) => {
+  const res = await fetch(`${tb.url}/admin/config`, { headers: { authorization: admin.authorization.replace('Bearer', 'bearer') } });
+  t.equal(res.status, 200);
+});
+
 t.test('health, liveness and readiness', async (t) => {
   t.same(await json(await fetch(`${tb.url}/healthz`)), { ok: true });
   t.same(await json(await fetch(`${tb.url}/health`)), { status: 'ok' });
