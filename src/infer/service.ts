@@ -109,8 +109,8 @@ export class InferService {
       if (this.pool === first) this.problems = p;
       return p;
     });
-    // Read through waitReady(); a pool that never gets ready is reported there.
-    this.checked.catch(() => undefined);
+    // Read through waitReady() too; a check that could not run is said here (the models then serve unchecked).
+    this.checked.catch((err: unknown) => deps.logger.error({ err }, 'inference: the model check did not run'));
     this.judge = new CanaryJudge(deps.canary);
     this.now = deps.now ?? Date.now;
     this.random = deps.random ?? Math.random;
@@ -143,9 +143,13 @@ export class InferService {
     return this.pool.models as { A: LoadedModel; B: LoadedModel };
   }
 
-  /** The workers loaded the models, and A (the model that serves) fits its manifest. */
+  /**
+   * The workers loaded the models, and A (the model that serves) is not known not to fit
+   * its manifest. Readiness does not wait for the check's answer (a task behind the pool's
+   * own start): a misfit A is said a moment later, and stops `npm start` (main.ts).
+   */
   get ready(): boolean {
-    return this.pool.ready && this.problems !== null && this.problems['A'] === undefined;
+    return this.pool.ready && this.problems?.['A'] === undefined;
   }
 
   /** Why a model cannot run, by arm (for /ready); empty when every model runs or before the check. */
@@ -162,7 +166,16 @@ export class InferService {
    */
   private async check(pool: InferPool): Promise<ModelProblems> {
     await pool.waitReady();
-    const problems = await pool.problems();
+    let problems: ModelProblems | undefined;
+    // A worker lost while answering (it is replaced): ask again, a few times.
+    for (let attempt = 0; problems === undefined; attempt++) {
+      try {
+        problems = await pool.problems();
+      } catch (err) {
+        if (attempt >= 4) throw err;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
     for (const [arm, p] of Object.entries(problems)) {
       const { manifest, path } = pool.models[arm]!;
       this.deps.logger.error({ arm, model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `${p.message}: its requests answer 503 model_unavailable`);
@@ -176,8 +189,9 @@ export class InferService {
 
   /** Resolves once the models are loaded and checked; rejects with model_unavailable when A cannot run. */
   async waitReady(): Promise<void> {
-    const problems = await this.checked;
-    const a = problems['A'];
+    // A check that could not run was logged (constructor): the pool's own readiness decides.
+    const problems = await this.checked.catch(() => undefined);
+    const a = problems?.['A'];
     if (a !== undefined && this.problems === problems) throw new BrokerError('model_unavailable', `${a.message} (${this.deps.models.A.path})`);
     await this.pool.waitReady();
   }
