@@ -96,7 +96,8 @@ async function startAndStop(t: Test, signal: 'SIGTERM' | 'SIGINT'): Promise<void
     // The build (prestart: a full tsc run on a fresh clone, well under a second after), then the broker.
     await until('/healthz', 60_000, async () => (await answers(`${base}/healthz`)) === 200, npm);
     // The inference workers have loaded their models (a running broker, not one still starting).
-    await until('/ready', 30_000, async () => (await answers(`${base}/ready`)) === 200, npm);
+    // A bound, not a speed: the suite runs two test files at once on a 2-core box.
+    await until('/ready', 90_000, async () => (await answers(`${base}/ready`)) === 200, npm);
   } catch (err) {
     t.fail(String(err), { output });
     return;
