@@ -199,8 +199,7 @@ export class LlmProxy {
             moveOn = true;
             continue;
           }
-          // Out of deployments after they failed: the reason is how the last one failed.
-          const reason = code === 'upstream_unavailable' ? (lastError?.code === 'upstream_timeout' ? 'timeout' : lastError !== undefined && lastError.code !== 'invalid_request' ? 'upstream_error' : 'no_deployment') : code;
+          const reason = code === 'upstream_unavailable' ? exhaustedReason(lastError) : code;
           m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
           if (facts !== undefined) facts.outcome = reason;
           // Out of deployments: the last upstream failure says more than "none left".
@@ -514,6 +513,12 @@ function endAttempt(span: Span, ttftMs: number | null, promptTokens: number, com
 /** When the attempt's request reached the socket; before undici said so, when we called it. */
 function writtenAt(attempt: Attempt, sentAt: number): number {
   return attempt.timing.writtenAt >= 0 ? attempt.timing.writtenAt : sentAt;
+}
+
+/** Why a request ran out of deployments: how the last one failed (none tried, or only a group too small: no_deployment). */
+function exhaustedReason(last: BrokerError | undefined): string {
+  if (last === undefined || last.code === 'invalid_request') return 'no_deployment';
+  return last.code === 'upstream_timeout' ? 'timeout' : 'upstream_error';
 }
 
 /** A fallback group still to try; `context`: it came from a contextFallbacks list. */

@@ -75,7 +75,8 @@ export function cacheKey(group: string, r: Pick<LlmRequest, 'api' | 'kind' | 'bo
 const REDIS_PREFIX = 'eb:cache:';
 /** Channel of refreshed keys: the other replicas drop their memory copy and read the new entry from Redis. */
 const REFRESH_CHANNEL = 'eb:cache-refresh';
-
+/** Reconnects after a lost connection: quickly at first, then every 2 s. */
+const retryStrategy = (times: number): number => Math.min(100 * 2 ** Math.min(times, 5), 2_000);
 
 /** The Redis key of an entry: the canonical form's digest (memory compares the whole form, so nothing there can collide). */
 function redisKey(key: string): string {
@@ -231,7 +232,7 @@ export class ResponseCache {
         maxRetriesPerRequest: 0,
         commandTimeout: 250,
         connectTimeout: 2_000,
-        retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
+        retryStrategy,
         lazyConnect: true,
       });
       this.redis.on('error', (err: Error) => this.redisFailed(err));
@@ -239,7 +240,7 @@ export class ResponseCache {
         this.redisWarned = false;
       });
       this.connecting = this.redis.connect().catch(() => undefined);
-      this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000), lazyConnect: true });
+      this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true });
       this.sub.on('error', () => undefined);
       this.sub.on('message', (_channel: string, message: string) => {
         try {

@@ -306,6 +306,13 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   return out;
 }
 
+/** A block written at once: its start, its one delta (if any), its stop. */
+function wholeBlock(w: AnthropicWriter, block: Record<string, unknown>, delta: Record<string, unknown> | null): string {
+  const index = ++w.block;
+  const out = event('content_block_start', { index, content_block: block });
+  return out + (delta === null ? '' : event('content_block_delta', { index, delta })) + event('content_block_stop', { index });
+}
+
 /** The upstream finished: close the open block, then message_delta with stop reason and usage, and message_stop. */
 export function anthropicDone(w: AnthropicWriter): string {
   if (w.done) return '';
@@ -314,18 +321,11 @@ export function anthropicDone(w: AnthropicWriter): string {
   out += closeBlock(w);
   // The calls (and text) that came while the first call's block was open, each a whole block.
   for (const [i, late] of [...w.lateTools].sort((a, b) => a[0] - b[0])) {
-    const index = ++w.block;
-    w.toolBlocks.set(i, index);
-    out += event('content_block_start', { index, content_block: { type: 'tool_use', id: late.id ?? `toolu_${w.id}_${i}`, name: late.name, input: {} } });
-    if (late.args !== '') out += event('content_block_delta', { index, delta: { type: 'input_json_delta', partial_json: late.args } });
-    out += event('content_block_stop', { index });
+    w.toolBlocks.set(i, w.block + 1);
+    const block = { type: 'tool_use', id: late.id ?? `toolu_${w.id}_${i}`, name: late.name, input: {} };
+    out += wholeBlock(w, block, late.args === '' ? null : { type: 'input_json_delta', partial_json: late.args });
   }
-  if (w.lateText !== '') {
-    const index = ++w.block;
-    out += event('content_block_start', { index, content_block: { type: 'text', text: '' } });
-    out += event('content_block_delta', { index, delta: { type: 'text_delta', text: w.lateText } });
-    out += event('content_block_stop', { index });
-  }
+  if (w.lateText !== '') out += wholeBlock(w, { type: 'text', text: '' }, { type: 'text_delta', text: w.lateText });
   const finish = w.finish ?? (w.toolBlocks.size > 0 ? 'tool_calls' : 'stop');
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
   out += event('message_delta', { delta: { stop_reason: stopReason(finish), stop_sequence: null }, usage: usageObject(usage) });

@@ -142,7 +142,7 @@ type Status = 'in_progress' | 'completed' | 'incomplete' | 'failed';
 /** Request fields a Response repeats, as OpenAI's does: what the client sent, else the defaults in responseShell. */
 const ECHOED = ['instructions', 'max_output_tokens', 'metadata', 'parallel_tool_calls', 'previous_response_id', 'temperature', 'text', 'tool_choice', 'tools', 'top_p', 'truncation'] as const;
 
-export function echoOf(request: Readonly<Record<string, unknown>> | undefined): Record<string, unknown> {
+function echoOf(request: Readonly<Record<string, unknown>> | undefined): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   if (request === undefined) return out;
   for (const k of ECHOED) if (request[k] !== undefined && request[k] !== null) out[k] = request[k];
@@ -154,14 +154,21 @@ function incompleteOf(finish: string): string | null {
   return finish === 'length' ? 'max_output_tokens' : finish === 'content_filter' ? 'content_filter' : null;
 }
 
-function responseShell(id: string, model: string, createdAt: number, status: Status, output: unknown[], usage: Usage | null, extra: Record<string, unknown> = {}, echo: Record<string, unknown> = {}, finish = 'length'): Record<string, unknown> {
+/** The finished Response's status and incomplete_details, from the chat finish reason. */
+function ending(finish: string): { status: Status; incomplete_details: { reason: string } | null } {
+  const reason = incompleteOf(finish);
+  return { status: reason === null ? 'completed' : 'incomplete', incomplete_details: reason === null ? null : { reason } };
+}
+
+/** A Response object; `extra` (the echoed request fields, the ending, an error) overrides the defaults. */
+function responseShell(id: string, model: string, createdAt: number, status: Status, output: unknown[], usage: Usage | null, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     id: 'resp_' + id,
     object: 'response',
     created_at: createdAt,
     status,
     error: null,
-    incomplete_details: status === 'incomplete' ? { reason: incompleteOf(finish) ?? 'max_output_tokens' } : null,
+    incomplete_details: null,
     instructions: null,
     max_output_tokens: null,
     model,
@@ -177,7 +184,6 @@ function responseShell(id: string, model: string, createdAt: number, status: Sta
     truncation: 'disabled',
     usage: usage === null ? null : usageObject(usage),
     metadata: {},
-    ...echo,
     ...extra,
   };
 }
@@ -194,14 +200,14 @@ function callItem(id: string, t: { id: string; name: string; arguments: string }
   return { type: 'function_call', id: 'fc_' + id, call_id: t.id, name: t.name, arguments: t.arguments, status };
 }
 
-const statusOf = (finish: string): Status => (incompleteOf(finish) !== null ? 'incomplete' : 'completed');
 
 /** A whole chat reply → the Response object. */
 export function response(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
   const output: unknown[] = [];
   if (reply.text !== '' || reply.tools.length === 0) output.push(messageItem(ctx.id, reply.text, 'completed'));
   reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, 'completed')));
-  return responseShell(ctx.id, ctx.model, Math.floor(Date.now() / 1000), statusOf(reply.finish), output, reply.usage, {}, echoOf(ctx.request), reply.finish);
+  const end = ending(reply.finish);
+  return responseShell(ctx.id, ctx.model, Math.floor(Date.now() / 1000), end.status, output, reply.usage, { ...echoOf(ctx.request), ...end });
 }
 
 // ---- streaming ----
@@ -250,7 +256,7 @@ function event(w: { seq: number }, type: string, fields: Record<string, unknown>
 function open(w: ResponsesWriter): string {
   if (w.started) return '';
   w.started = true;
-  const shell = responseShell(w.id, w.model, w.createdAt, 'in_progress', [], null, {}, w.echo);
+  const shell = responseShell(w.id, w.model, w.createdAt, 'in_progress', [], null, w.echo);
   return event(w, 'response.created', { response: shell }) + event(w, 'response.in_progress', { response: shell });
 }
 
@@ -340,9 +346,9 @@ export function responsesDone(w: ResponsesWriter): string {
   }
   const finish = w.finish ?? (w.tools.length > 0 ? 'tool_calls' : 'stop');
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
-  const status = statusOf(finish);
-  const shell = responseShell(w.id, w.model, w.createdAt, status, outputItems(w).map(([, item]) => item), usage, {}, w.echo, finish);
-  return out + event(w, status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: shell });
+  const end = ending(finish);
+  const shell = responseShell(w.id, w.model, w.createdAt, end.status, outputItems(w).map(([, item]) => item), usage, { ...w.echo, ...end });
+  return out + event(w, end.status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: shell });
 }
 
 /**
