@@ -436,7 +436,10 @@ t.test('across replicas: a refresh on one reaches the other, and an entry read f
   };
   // Refresh: the other replica held the old reply in memory; it must serve the new one.
   const messages = fresh();
+  const stored = new Set(await r.keys('eb:cache:*'));
   t.equal((await ask(tb.url, messages)).cache, 'miss');
+  // The entry reaches Redis once the reply has ended: a moment after the client read it.
+  for (let i = 0; i < 100 && (await r.keys('eb:cache:*')).every((k) => stored.has(k)); i++) await new Promise((res) => setTimeout(res, 10));
   t.same(await ask(other.url, messages), { cache: 'hit', text: mockText(8) }, 'the other replica reads it from Redis');
   upOn.setKnobs({ tokens: 5 });
   t.teardown(() => upOn.setKnobs({ tokens: 8 }));
