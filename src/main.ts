@@ -66,5 +66,8 @@ if (stopRequestedAt !== undefined) stop();
 broker.waitReady().catch((err: unknown) => {
   if (!(err instanceof BrokerError && err.code === 'model_unavailable')) return;
   process.stderr.write(`edge-broker: cannot start: ${err.message}\n`);
-  broker!.logger.flush(() => process.exit(1));
+  // The data-plane threads hold uWS sockets: exiting under them aborts the process (exit 134),
+  // so they are closed first, with no grace (nothing was served).
+  const exit = (): void => broker!.logger.flush(() => process.exit(1));
+  broker!.close(0).then(exit, exit);
 });

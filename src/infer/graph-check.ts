@@ -42,7 +42,11 @@ export function graphProblem(manifest: ModelManifest, inputs: readonly GraphValu
   const out = outputs.find((v) => v.name === output.name);
   if (out === undefined) return `output.name is '${output.name}' but the graph's outputs are ${names(outputs)}`;
   if (!out.isTensor) return `output '${output.name}' is not a tensor`;
-  const classes = out.shape?.[out.shape.length - 1];
+  const os = out.shape;
+  if (manifest.batching.maxBatchSize > 1 && os !== undefined && (os.length < 2 || fixed(os[0]))) {
+    return `batching.max_batch_size is ${manifest.batching.maxBatchSize} but output '${output.name}' is [${os.join(', ')}]: no batch dimension to split a batch's scores by`;
+  }
+  const classes = os?.[os.length - 1];
   if (fixed(classes) && classes !== labels.length) return `output '${output.name}' has ${classes} classes but the manifest has ${labels.length} labels`;
   return null;
 }

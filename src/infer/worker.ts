@@ -83,7 +83,14 @@ async function warm(): Promise<void> {
     }
     // Once at the largest batch too, so that the first full batch does not pay for the
     // memory arena. A failure here is not fatal: such batches are retried one by one.
-    if (maxBatchSize > 1) await session.run({ [manifest.input.name]: zeros(manifest, maxBatchSize, h, w) }).catch(() => undefined);
+    // Its output must still be one row per image: a graph whose output has a fixed batch of 1
+    // (a reduction over the batch, say) would give wrong answers to batched requests.
+    if (maxBatchSize > 1) {
+      const out = await session.run({ [manifest.input.name]: zeros(manifest, maxBatchSize, h, w) }).catch(() => undefined);
+      const scores = out?.[manifest.output.name];
+      const bad = scores === undefined ? null : outputProblem(manifest, scores.dims, maxBatchSize);
+      if (bad !== null) broken[key] = { message: `model ${manifest.name} does not fit its manifest: ${bad} (batching.max_batch_size is ${maxBatchSize}; a graph that cannot batch needs 1)` };
+    }
   }
 }
 
@@ -174,6 +181,10 @@ async function decodeAndRun(task: BatchTask, startedAt: number, base: Omit<Batch
     const out = await session.run({ [manifest.input.name]: new ort.Tensor('float32', x, dimsOf(manifest, b, h, w)) });
     const scores = out[manifest.output.name];
     if (scores === undefined) throw new Error(`model has no output ${manifest.output.name}`);
+    // Never split a batch's output by a wrong row length (an answer for the wrong image):
+    // a mismatch fails the batch, and the images are retried one by one.
+    const bad = outputProblem(manifest, scores.dims, b);
+    if (bad !== null) throw new Error(bad);
     return scores.data as Float32Array;
   };
   const answer = (i: number, scores: Float32Array) => {

@@ -8,6 +8,9 @@
 //
 // `failsBatched`: a Reshape to [1, -1] before the Gemm, so that any batch of more than
 // one image makes session.run throw while single images work (the retry path).
+// `reducesBatch`: the first row only (a Slice, which onnxruntime's metadata still reports
+// as [batch,5]): a batch runs without error but gives one row for all its images, which
+// only the warm-up run at the largest batch can see.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +19,7 @@ import { attr, encodeModel, type InitializerDef, type NodeDef } from '../../scri
 
 export const FOREIGN = { size: 32, channels: 3, classes: 5, mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3], labels: ['ant', 'bee', 'cat', 'dog', 'eel'] } as const;
 
-export function writeForeignModel(opts: { failsBatched?: boolean; manifest?: Record<string, unknown> } = {}): string {
+export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; manifest?: Record<string, unknown> } = {}): string {
   const rng = mulberry32(424242);
   const rand = (n: number, scale: number) => Float32Array.from({ length: n }, () => (rng() - 0.5) * 2 * scale);
   const F = 8;
@@ -39,7 +42,11 @@ export function writeForeignModel(opts: { failsBatched?: boolean; manifest?: Rec
     nodes.push({ opType: 'Reshape', inputs: ['flat', 'shape'], outputs: ['one'] });
     feat = 'one';
   }
-  nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['scores'], attributes: { transB: attr.int(1) } });
+  if (opts.reducesBatch === true) {
+    nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['rows'], attributes: { transB: attr.int(1) } });
+    initializers.push({ name: 'first', dims: [1], int64: [0n] }, { name: 'one', dims: [1], int64: [1n] });
+    nodes.push({ opType: 'Slice', inputs: ['rows', 'first', 'one', 'first'], outputs: ['scores'] });
+  } else nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['scores'], attributes: { transB: attr.int(1) } });
   const onnx = encodeModel({
     producerName: 'edge-broker test',
     graph: {

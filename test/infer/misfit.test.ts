@@ -41,6 +41,8 @@ t.test('graphProblem names what does not fit', async (t) => {
   t.match(problem({}, [{ name: 'input', isTensor: true, type: 'float32', shape: ['b', 3, 32] }]), /has 3 dimensions/);
   t.match(problem({ output: { name: 'logits' } }), /output.name is 'logits' but the graph's outputs are 'scores'/);
   t.match(problem({ labels: ['a', 'b'] }), /output 'scores' has 5 classes but the manifest has 2 labels/);
+  t.match(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: [1, 5] }]), /max_batch_size is 8 but output 'scores' is \[1, 5\]: no batch dimension/, "an output with a fixed batch cannot be split by image");
+  t.equal(problem({ batching: { max_batch_size: 1 } }, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: [1, 5] }]), null, 'without batching it can');
   const m = validateManifest(base, 'm.json');
   t.equal(outputProblem(m, [2, 5], 2), null);
   t.match(outputProblem(m, [1, 10], 1), /came out \[1, 10\] for 1 image\(s\); the manifest's 5 labels need 5 scores/);
@@ -82,6 +84,16 @@ t.test('B does not fit: said at start and in /ready, its requests answer 503 mod
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A still serves after the refused promote');
 });
 
+t.test('B whose output does not follow the batch (declared [batch, 5], one row per batch in fact): refused at warm-up, never a wrong 200', async (t) => {
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ reducesBatch: true }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  t.teardown(() => tb.close());
+  const line = await logLine(tb, (l) => l['arm'] === 'B' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('does not fit its manifest'));
+  t.match(line?.['msg'], /came out \[1, 5\] for 8 image\(s\).*a graph that cannot batch needs 1/);
+  const replies = await Promise.all(Array.from({ length: 8 }, () => postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=B' })));
+  t.same(replies.map((r) => r.status), Array(8).fill(503), 'every request to B is refused');
+  t.ok(replies.every((r) => r.body.error.code === 'model_unavailable'));
+});
+
 t.test('A does not fit: not ready, and waitReady says why', async (t) => {
   const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', GRPC_PORT: '0', FRONT_THREADS: '0', INFER_THREADS: '1', MODEL_VA_PATH: wrongLabels, MODEL_VB_PATH: good });
   const broker = await startBroker(config);
@@ -94,10 +106,11 @@ t.test('A does not fit: not ready, and waitReady says why', async (t) => {
   t.match(await ready.json(), { ready: false, model_problems: { A: /2 labels/ } });
 });
 
-t.test('npm start with an A that does not fit: exit 1, one line with the reason', async (t) => {
+// With data-plane threads too: exiting under their uWS sockets aborted the process (exit 134).
+for (const threads of ['0', '1']) t.test(`npm start with an A that does not fit, FRONT_THREADS=${threads}: exit 1, one line with the reason`, async (t) => {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
     cwd: root,
-    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', GRPC_PORT: '0', FRONT_THREADS: '0', INFER_THREADS: '1', LOG_LEVEL: 'fatal', MODEL_VA_PATH: wrongChannels, MODEL_VB_PATH: good },
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', GRPC_PORT: '0', FRONT_THREADS: threads, INFER_THREADS: '1', LOG_LEVEL: 'fatal', MODEL_VA_PATH: wrongChannels, MODEL_VB_PATH: good },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
