@@ -283,13 +283,15 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   }
 
   const v2Core = new V2Core(infer);
+  // An inference request's priority may only be lower than its API key's (as an LLM request's).
+  const ceiling = (apiKey: string | undefined): number => governance.priorityCeiling(apiKey);
   const authThrottle = new AuthThrottle(config.adminAuthMaxFailures > 0 ? config.adminAuthMaxFailures : Infinity);
   const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
   const controlRoutes = [
     ...obsRoutes(metrics, threaded ? async () => planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : undefined),
     readyRoute(infer),
     // Open Inference Protocol (KServe v2): served here, where the models live; data-plane threads forward /v2 (docs/oip.md).
-    ...v2Routes(v2Core, config.stickyCookie),
+    ...v2Routes(v2Core, config.stickyCookie, ceiling),
     ...(infer !== undefined ? adminRoutes(infer) : []),
     ...industrialRoutes(admin, logger),
     ...trackingRoutes(() => tracking?.pool),
@@ -381,7 +383,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     } else {
       proxy = new LlmProxy({ metrics, logger, executor: executor!, leases: governance, cache: responseCache });
       const router = new Router();
-      for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
+      for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie, ceiling), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
       const front = await startHttpFront({ ...guards, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination), tracer, recorder });
       port = front.port;
       stopListening = () => front.stopListening();
@@ -463,6 +465,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         infer: infer ?? disabledInference,
         // KServe v2 (GRPCInferenceService) on the same server as ours, on the same V2Core as REST.
         recorder,
+        priorityCeiling: ceiling,
         services: [{ definition: v2PackageDefinition(), names: [V2_SERVICE], register: (server, ctx) => addV2GrpcService(server, { core: v2Core, ...ctx }) }, ...(opts.grpcServices ?? [])],
       });
     } catch (err) {

@@ -4,6 +4,7 @@
 // so a low priority cannot starve. The batcher (pool.ts) takes its batches from here, so
 // this queue is also where a batch fills while the workers are busy. Full: 503 overloaded
 // with Retry-After; waited too long: 504 queue_timeout.
+import { apiKeyOf } from '../guard/api-key.ts';
 import { BrokerError } from '../errors.ts';
 import { DEFAULT_SCHEDULER } from '../config/broker-config.ts';
 
@@ -155,6 +156,27 @@ export class AdmissionQueue<T> {
 }
 
 const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };
+
+/**
+ * The highest priority a caller may have: its API key's (or its QoS tier's, else 5), as the
+ * LLM admission gives it (sched/governance.ts priorityCeiling).
+ */
+export type PriorityCeiling = (apiKey: string | undefined) => number;
+
+/**
+ * A request's admission priority: what it asks for (x-broker-priority, or a protocol's own
+ * parameter) may only lower what its key gives it, as on the LLM routes; asking for nothing
+ * gets the key's. Without a ceiling (a bare service in tests), what it asks for.
+ */
+export function cappedPriority(asked: number | undefined, ceiling: number | undefined): number | undefined {
+  if (ceiling === undefined) return asked;
+  return asked === undefined ? ceiling : Math.min(asked, ceiling);
+}
+
+/** x-broker-priority capped by the caller's key: the priority of an inference request. */
+export function requestPriority(headers: Readonly<Record<string, string>>, ceiling: PriorityCeiling | undefined): number | undefined {
+  return cappedPriority(inferPriority(headers['x-broker-priority']), ceiling?.(apiKeyOf(headers)));
+}
 
 /** x-broker-priority as the LLM path reads it (src/llm/request.ts): a digit or low/normal/high/critical. */
 export function inferPriority(header: string | undefined): number | undefined {

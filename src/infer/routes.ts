@@ -1,7 +1,7 @@
 // HTTP routes of the inference path: POST /v1/infer and the readiness probe.
 import { BrokerError } from '../errors.ts';
 import type { Route } from '../front/http/router.ts';
-import { inferPriority } from './admission.ts';
+import { requestPriority, type PriorityCeiling } from './admission.ts';
 import { readCookie } from './arms.ts';
 import type { InferInput, InferReply } from './service.ts';
 import type { RequestFacts } from '../track/facts.ts';
@@ -27,7 +27,8 @@ export const RAW_IMAGE_TYPES: ReadonlySet<string> = new Set(['image/png', 'image
 const DATA_URL = /^data:image\/[a-z0-9.+-]+;base64,/i;
 const BASE64 = /^[A-Za-z0-9+/_-]+={0,2}$/;
 
-export function inferRoutes(service: InferBackend, stickyCookie: string): Route[] {
+/** `ceiling`: what a caller's API key allows it (x-broker-priority may only lower it); none in bare tests. */
+export function inferRoutes(service: InferBackend, stickyCookie: string, ceiling?: PriorityCeiling): Route[] {
   return [
     {
       method: 'POST',
@@ -39,7 +40,7 @@ export function inferRoutes(service: InferBackend, stickyCookie: string): Route[
       async handle({ req, body, sink }) {
         const { image, imgSize, topK } = Buffer.isBuffer(body) ? rawInput(body, req.query) : jsonInput(body as Record<string, unknown>);
         const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
-        const priority = inferPriority(req.headers['x-broker-priority']);
+        const priority = requestPriority(req.headers, ceiling);
         const reply = await service.infer({ image, imgSize, topK, cookieArm, priority, trace: req.span?.context() });
         noteInference(req.facts, reply);
         sink.send(

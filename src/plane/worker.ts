@@ -165,7 +165,7 @@ const inference: InferBackend = {
 };
 
 const router = new Router();
-for (const r of [...inferRoutes(inference, config.stickyCookie), ...llmRoutes(fleetSource, gov, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
+for (const r of [...inferRoutes(inference, config.stickyCookie, (k) => gov.priorityCeiling(k)), ...llmRoutes(fleetSource, gov, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
 
 const front = await startHttpFront({
   host: config.host,

@@ -19,7 +19,7 @@ import { admit, type Admitted, type AdmissionPolicies } from './admission.ts';
 import { keyId } from '../guard/api-key.ts';
 import { keyHash } from '../guard/identity.ts';
 import type { LlmRequest } from '../llm/request.ts';
-import type { QosConfig } from '../policy/qos.ts';
+import { resolveTier, type QosConfig } from '../policy/qos.ts';
 import { QuotaLedger, type Reservation } from '../policy/quota.ts';
 import { OutputPredictor } from '../policy/prediction.ts';
 import { UsageProfiles } from '../policy/usage.ts';
@@ -219,6 +219,18 @@ export class Governance implements Leases {
   keyPolicy(apiKey: string | undefined): ApiKeyPolicy | undefined {
     if (apiKey === undefined) return undefined;
     return this.config.apiKeys.get(apiKey) ?? (this.runtimeKeys.size === 0 ? undefined : this.runtimeKeys.get(keyHash(apiKey)));
+  }
+
+  /**
+   * The highest priority an inference request with this key may have (infer/admission.ts):
+   * the key's priority, else its QoS tier's (with qos_switching), else 5, as admit() gives
+   * an LLM request; x-broker-priority may only lower it.
+   */
+  priorityCeiling(apiKey: string | undefined): number {
+    const policy = this.keyPolicy(apiKey);
+    if (policy?.priority !== undefined) return policy.priority;
+    if (this.admission.flags.qos_switching) return resolveTier(this.config.qos, { keyTier: policy?.tier }).tier.priority;
+    return 5;
   }
 
   /** Keys made through /api/auth/keys, by SHA-256: known keys like the file's, with their tier, label and quotas. */

@@ -38,8 +38,16 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
   ];
   let feat = 'flat';
   if (opts.failsBatched === true) {
-    initializers.push({ name: 'shape', dims: [2], int64: [1n, -1n] });
-    nodes.push({ opType: 'Reshape', inputs: ['flat', 'shape'], outputs: ['one'] });
+    // The 1 is computed (batch / batch), so that onnxruntime's shape inference cannot see it:
+    // the output's metadata keeps a batch dimension, as a model that fails at run time would.
+    initializers.push({ name: 'zero', dims: [1], int64: [0n] }, { name: 'uno', dims: [1], int64: [1n] }, { name: 'rest', dims: [1], int64: [-1n] });
+    nodes.push(
+      { opType: 'Shape', inputs: ['flat'], outputs: ['flat.shape'] },
+      { opType: 'Slice', inputs: ['flat.shape', 'zero', 'uno', 'zero'], outputs: ['flat.batch'] },
+      { opType: 'Div', inputs: ['flat.batch', 'flat.batch'], outputs: ['flat.one'] },
+      { opType: 'Concat', inputs: ['flat.one', 'rest'], outputs: ['shape'], attributes: { axis: attr.int(0) } },
+      { opType: 'Reshape', inputs: ['flat', 'shape'], outputs: ['one'] },
+    );
     feat = 'one';
   }
   if (opts.reducesBatch === true) {

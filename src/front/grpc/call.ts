@@ -2,6 +2,7 @@
 // BrokerRequest (src/front/reply.ts), the trace-id sent as initial metadata, the
 // guards HTTP runs before a handler (rate limit), a tracked unary call's one ending
 // (serveUnary), and the sink a Chat/Complete stream replies through.
+import type { PriorityCeiling } from '../../infer/admission.ts';
 import { performance } from 'node:perf_hooks';
 import { Metadata, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { BrokerError, toBrokerError } from '../../errors.ts';
@@ -94,6 +95,8 @@ export interface CallGuards {
   readonly client?: (req: BrokerRequest) => void | Promise<void>;
   /** Request tracking (undefined: off). */
   readonly recorder?: Recorder | undefined;
+  /** What a caller's API key allows its inference requests (x-broker-priority may only lower it). */
+  readonly priorityCeiling?: PriorityCeiling | undefined;
 }
 
 /** AUTH_MODE, then the per-client rate limit, as on HTTP routes: throws unauthorized or rate_limited. */

@@ -7,7 +7,7 @@ import type { ServerDuplexStream, ServerUnaryCall, UntypedServiceImplementation,
 import { once } from 'node:events';
 import { BrokerError, toBrokerError } from '../../errors.ts';
 import type { Logger } from '../../obs/logger.ts';
-import { inferPriority } from '../../infer/admission.ts';
+import { requestPriority } from '../../infer/admission.ts';
 import { noteInference, type InferBackend } from '../../infer/routes.ts';
 import type { InferReply } from '../../infer/service.ts';
 import type { BrokerRequest } from '../reply.ts';
@@ -47,7 +47,7 @@ async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequest
   const topK = optionalInt(m.top_k, 'top_k', 1, 1000);
   const arm = m.arm ?? '';
   if (arm !== '' && arm !== 'A' && arm !== 'B') throw new BrokerError('invalid_request', 'arm must be "A", "B" or empty', { details: { field: 'arm' } });
-  return deps.infer.infer({ image, imgSize, topK, cookieArm: arm === '' ? undefined : arm, priority: inferPriority(req.headers['x-broker-priority']) }).then((r) => {
+  return deps.infer.infer({ image, imgSize, topK, cookieArm: arm === '' ? undefined : arm, priority: requestPriority(req.headers, deps.priorityCeiling) }).then((r) => {
     noteInference(req.facts, r);
     return { ...r, trace_id: req.id };
   });

@@ -7,6 +7,7 @@
 // `services`: its package definition (so reflection lists it) and a register function
 // that adds its implementation to the server. Its calls are counted by the same
 // interceptor, and its name gets a health status (SERVING once registered).
+import type { PriorityCeiling } from '../../infer/admission.ts';
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import type { PackageDefinition } from '@grpc/proto-loader';
@@ -71,6 +72,8 @@ export interface GrpcFrontOptions {
   readonly services?: readonly GrpcService[];
   /** Request tracking: one row per Chat, Complete, Infer and InferStream call, and a registered service's that serve like them (default: off). */
   readonly recorder?: Recorder;
+  /** What a caller's API key allows its inference requests (infer/admission.ts). */
+  readonly priorityCeiling?: PriorityCeiling;
 }
 
 export interface GrpcFront {
@@ -103,7 +106,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
   });
   const health = new HealthStatus();
   const calls = new ActiveCalls();
-  const guards: CallGuards = { rateLimiter: o.rateLimiter, metrics: o.metrics, knownKey: o.knownKey, client: o.client, recorder: o.recorder };
+  const guards: CallGuards = { rateLimiter: o.rateLimiter, metrics: o.metrics, knownKey: o.knownKey, client: o.client, recorder: o.recorder, priorityCeiling: o.priorityCeiling };
 
   const chatBase = v1['ChatService']!.service;
   const chatDef: grpc.ServiceDefinition = Object.fromEntries(Object.entries(chatBase).map(([name, d]) => [name, { ...d, responseSerialize: preEncoded }]));

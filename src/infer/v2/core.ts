@@ -10,7 +10,7 @@
 // follows the A/B policy. After a promote (A = B) the model is B's name and version.
 import { readFileSync } from 'node:fs';
 import { BrokerError } from '../../errors.ts';
-import { PRIORITY_LEVELS } from '../admission.ts';
+import { PRIORITY_LEVELS, cappedPriority } from '../admission.ts';
 import type { Arm } from '../arms.ts';
 import type { ModelManifest } from '../manifest.ts';
 import { topK } from '../postprocess.ts';
@@ -83,7 +83,7 @@ export class V2Core {
     const { named } = this.resolve(name, version);
     const service = this.service!;
     if (!service.ready) throw new BrokerError('not_ready', 'inference workers are still loading the models');
-    const priority = schedulePriority(req.parameters['priority']) ?? ctx.headerPriority;
+    const priority = cappedPriority(schedulePriority(req.parameters['priority']) ?? ctx.headerPriority, ctx.priorityCeiling);
     const timeoutMs = scheduleTimeout(req.parameters['timeout']);
 
     const choice = service.choose(ctx.cookieArm, named);

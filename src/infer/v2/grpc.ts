@@ -12,6 +12,7 @@
 // The broker's gRPC server registers it (a GrpcService, src/app.ts) with
 // addV2GrpcService(server, { core, guards, accessLog, calls }) and lists the service in
 // reflection with v2PackageDefinition().
+import { apiKeyOf } from '../../guard/api-key.ts';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
@@ -125,7 +126,7 @@ export function addV2GrpcService(server: grpc.Server, deps: V2GrpcDeps): void {
         await checkCall(deps.guards, req);
         const r = call.request;
         if (req.facts !== undefined) req.facts.model = r.model_name;
-        const reply = await core.infer(r.model_name, version(r.model_version), toInferRequest(r), { headerPriority: inferPriority(req.headers['x-broker-priority']) });
+        const reply = await core.infer(r.model_name, version(r.model_version), toInferRequest(r), { headerPriority: inferPriority(req.headers['x-broker-priority']), priorityCeiling: deps.guards.priorityCeiling?.(apiKeyOf(req.headers)) });
         noteV2Inference(req.facts, reply);
         return {
           model_name: reply.model_name,

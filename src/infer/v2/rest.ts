@@ -4,10 +4,11 @@
 // Errors are {"error": "message"} (v2ErrorShape) with the status of their code in
 // the one error table. These are control-plane routes: data-plane threads forward /v2
 // requests to the main thread, which owns the models (docs/oip.md says why).
+import { apiKeyOf } from '../../guard/api-key.ts';
 import { BrokerError } from '../../errors.ts';
 import { v2ErrorShape } from '../../front/error-body.ts';
 import type { Route, RouteContext } from '../../front/http/router.ts';
-import { inferPriority } from '../admission.ts';
+import { inferPriority, type PriorityCeiling } from '../admission.ts';
 import { readCookie } from '../arms.ts';
 import { noteV2Inference } from '../routes.ts';
 import type { V2Core } from './core.ts';
@@ -16,7 +17,8 @@ import type { InferRequest, InferResponse, InputTensor, RequestedOutput, TensorD
 const JSON_HEADERS = { 'content-type': 'application/json' };
 export const HEADER_LENGTH = 'inference-header-content-length';
 
-export function v2Routes(core: V2Core, stickyCookie: string): Route[] {
+/** `ceiling`: what a caller's API key allows it (infer/admission.ts); none in bare tests. */
+export function v2Routes(core: V2Core, stickyCookie: string, ceiling?: PriorityCeiling): Route[] {
   const json = (ctx: RouteContext, status: number, body: unknown): void => ctx.sink.send(status, JSON_HEADERS, JSON.stringify(body));
   const get = (path: string, handle: (ctx: RouteContext) => void | Promise<void>): Route => ({ method: 'GET', path, errorShape: v2ErrorShape, handle });
   const version = (ctx: RouteContext): string | undefined => ctx.params['version'];
@@ -32,9 +34,10 @@ export function v2Routes(core: V2Core, stickyCookie: string): Route[] {
     // Headers are read before the first await.
     const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
     const headerPriority = inferPriority(req.headers['x-broker-priority']);
+    const priorityCeiling = ceiling?.(apiKeyOf(req.headers));
     const request = parseInferRequest(ctx.body as Buffer, req.headers[HEADER_LENGTH]);
     if (req.facts !== undefined) req.facts.model = ctx.params['model'];
-    const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority });
+    const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority, priorityCeiling });
     noteV2Inference(req.facts, reply);
     const { headers, body } = encodeInferResponse(reply, request.parameters['binary_data_output'] === true);
     // Traffic the A/B policy placed keeps its arm, as on /v1/infer; a named version is the client's choice.

@@ -37,6 +37,8 @@ export interface InferRequest {
 export interface CallContext {
   readonly cookieArm?: string | undefined;
   readonly headerPriority?: number | undefined;
+  /** What the caller's API key allows (infer/admission.ts): the request's priority may only be lower. */
+  readonly priorityCeiling?: number | undefined;
 }
 
 export type OutputTensor =
