@@ -10,6 +10,7 @@ import { copyFileSync, existsSync, realpathSync, renameSync, writeFileSync } fro
 import { dirname, resolve, sep } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { BrokerError } from '../errors.ts';
+import { isKeyId, keyId } from '../guard/api-key.ts';
 import { parseBrokerConfig, readBrokerConfigDocument, BrokerConfigError, type BrokerConfig, type DeploymentConfig, type ServerConfig } from '../config/broker-config.ts';
 import type { RawBrokerConfig, RawServer } from '../config/schema.ts';
 import type { Governance, Learned } from '../sched/governance.ts';
@@ -689,12 +690,14 @@ export class FleetManager {
     this.adopt(next);
   }
 
+  /** The running config as GET /config shows it: an API key written in the file shows as its id. */
   configView(): RawBrokerConfig {
-    return this.config.raw;
+    return withKeyIds(this.config.raw);
   }
 
+  /** POST /config: a backup of configView() names its keys by id, which stand for the running keys. */
   restore(doc: unknown, ifMatch: string | undefined): BrokerConfig {
-    return this.commit(doc as RawBrokerConfig, ifMatch);
+    return this.commit(withRunningKeys(doc as RawBrokerConfig, this.config.raw), ifMatch);
   }
 
   /** PATCH one section: `scheduler`-backed queue settings, or the analytics window. */
@@ -820,4 +823,28 @@ export class FleetManager {
       queuePaused: this.paused,
     };
   }
+}
+
+// API keys written in the fleet file are the names of `apiKeys` (without keyEnv). The config's
+// admin view, and so its backups, name them by id (`k_…`, guard/api-key.ts) instead; a restore
+// maps an id back to the running key it stands for. A key given in clear is taken as it is; an id
+// that names no running key is refused (taken as a key, anyone who read the id could use it).
+function withKeyIds(raw: RawBrokerConfig): RawBrokerConfig {
+  if (raw.apiKeys === undefined) return raw;
+  const apiKeys = Object.fromEntries(Object.entries(raw.apiKeys).map(([name, k]) => [k.keyEnv === undefined ? keyId(name) : name, k]));
+  return { ...raw, apiKeys };
+}
+
+function withRunningKeys(doc: RawBrokerConfig, running: RawBrokerConfig): RawBrokerConfig {
+  if (typeof doc !== 'object' || doc === null || typeof doc.apiKeys !== 'object' || doc.apiKeys === null) return doc;
+  const byId = new Map(Object.entries(running.apiKeys ?? {}).filter(([, k]) => k.keyEnv === undefined).map(([name]) => [keyId(name), name]));
+  const apiKeys = Object.fromEntries(
+    Object.entries(doc.apiKeys).map(([name, k]) => {
+      if (!isKeyId(name) || (k as { keyEnv?: string }).keyEnv !== undefined) return [name, k];
+      const key = byId.get(name);
+      if (key === undefined) throw new BrokerError('invalid_request', `apiKeys.${name} is a key id that names no running key: give the key itself, or keyEnv`, { details: { field: `apiKeys.${name}` } });
+      return [key, k];
+    }),
+  );
+  return { ...doc, apiKeys };
 }

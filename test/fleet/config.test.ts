@@ -93,3 +93,24 @@ t.test('every route needs the admin credential; recovery tests keep their failur
   const text = await (await fetch(`${tb.url}/api/orchestrator/metrics`, { headers: admin })).text();
   t.match(text, /circuit_breaker_state\{server="r",model="m"\}/);
 });
+
+t.test("config: a key written in the fleet file shows by its id, a backup restores it, and an id that names no key is refused", async (t) => {
+  const m = await startMock(t);
+  const tb = await broker({ apiKeys: { 'sk-inline-secret-1': { rpm: 100 } }, modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: m.url, model: 'm' }] } } });
+  const res = await fetch(`${tb.url}/api/orchestrator/config`, { headers: admin });
+  const text = await res.text();
+  t.notMatch(text, /sk-inline-secret-1/, 'the key is not in the view');
+  const backup = JSON.parse(text) as { apiKeys: Record<string, unknown> };
+  const [id] = Object.keys(backup.apiKeys);
+  t.match(id, /^k_[0-9a-f]{12}$/, 'named by its id');
+  const restored = await send(tb, 'POST', '/api/orchestrator/config', backup);
+  t.equal(restored.status, 200, 'the backup restores');
+  t.notMatch(JSON.stringify(restored.body), /sk-inline-secret-1/);
+  // The running key still works, and its policy is the restored one.
+  const ok = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: 'Bearer sk-inline-secret-1' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+  t.equal(ok.status, 200);
+  t.same((await get(tb, '/api/orchestrator/config')).apiKeys, { [id!]: { rpm: 100 } }, 'the same key, under the same id');
+  const stray = await send(tb, 'POST', '/api/orchestrator/config', { ...backup, apiKeys: { k_0123456789ab: { rpm: 5 } } });
+  t.equal(stray.status, 400, 'an id that names no running key');
+  t.equal(stray.body.error.param, 'apiKeys.k_0123456789ab');
+});
