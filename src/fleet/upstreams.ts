@@ -4,6 +4,7 @@ import { Pool, type Dispatcher } from 'undici';
 import type { DeploymentConfig } from '../config/broker-config.ts';
 import { PROVIDERS, upstreamTarget, type RequestKind } from '../llm/providers.ts';
 import type { AbortLike } from '../abort.ts';
+import { connectorWithTimeout } from './connect-timeout.ts';
 
 export interface UpstreamResponse {
   readonly statusCode: number;
@@ -29,7 +30,7 @@ export class Upstreams {
     const chat = upstreamTarget(d, 'chat');
     const pool = new Pool(chat.origin, {
       connections: Math.max(d.concurrencyLimit, 1) * 2,
-      connectTimeout: d.connectTimeoutMs,
+      connect: connectorWithTimeout(d.connectTimeoutMs),
       // Requests of the proxy set their own (0: the attempt's deadline times them); these bound the rest (health checks).
       headersTimeout: d.headersTimeoutMs,
       bodyTimeout: d.idleChunkTimeoutMs,

@@ -44,7 +44,9 @@ export interface ProxyDeps {
   readonly cache?: ResponseCache | undefined;
 }
 
-type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'aborted' | 'timeout';
+// A stream cut after its 200 is midstream_*: the availability SLO counts those, while the
+// failures before the first byte (timeout, upstream_error) it counts by their 5xx.
+type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'midstream_timeout' | 'aborted' | 'timeout';
 
 /** llm_requests_total's coarse outcome (seed 001's error-rate query reads outcome="error"); the fine one is its reason. */
 function coarse(reason: string): 'ok' | 'error' | 'client_error' | 'aborted' {
@@ -163,7 +165,10 @@ export class LlmProxy {
         if (moveOn) {
           const next = nextGroup(queue, visited, usable, groups);
           if (next === undefined) {
-            m.llmRequests.labels(g.name, 'none', coarse(lastError!.code === 'invalid_request' ? 'client_error' : 'no_deployment'), lastError!.code === 'invalid_request' ? 'client_error' : 'no_deployment').inc();
+            // Out of groups (a cycle of fallbacks ends here too): counted as the last failure.
+            const reason = lastError!.code === 'invalid_request' ? 'client_error' : exhaustedReason(lastError, tried.size > 0);
+            m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
+            if (facts !== undefined) facts.outcome = reason;
             throw lastError!;
           }
           m.llmFallbacks.labels(g.name, next.name, why).inc();
@@ -199,7 +204,7 @@ export class LlmProxy {
             moveOn = true;
             continue;
           }
-          const reason = code === 'upstream_unavailable' ? exhaustedReason(lastError) : code;
+          const reason = code === 'upstream_unavailable' ? exhaustedReason(lastError, tried.size > 0) : code;
           m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
           if (facts !== undefined) facts.outcome = reason;
           // Out of deployments: the last upstream failure says more than "none left".
@@ -487,7 +492,7 @@ export class LlmProxy {
     const reason = r.ended === 'truncated' ? 'truncated' : (r.errorCode ?? 'upstream_error');
     m.llmMidstreamErrors.labels(group.name, dep.config.id, reason).inc();
     this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, reason, err: r.errorMessage }, 'upstream stream failed after the first byte');
-    return reason === 'upstream_timeout' ? 'timeout' : 'midstream_error';
+    return reason === 'upstream_timeout' ? 'midstream_timeout' : 'midstream_error';
   }
 
   private countTokens(group: ModelGroupConfig, prompt: number, completion: number): void {
@@ -516,8 +521,8 @@ function writtenAt(attempt: Attempt, sentAt: number): number {
 }
 
 /** Why a request ran out of deployments: how the last one failed (none tried, or only a group too small: no_deployment). */
-function exhaustedReason(last: BrokerError | undefined): string {
-  if (last === undefined || last.code === 'invalid_request') return 'no_deployment';
+function exhaustedReason(last: BrokerError | undefined, attempted: boolean): string {
+  if (!attempted || last === undefined || last.code === 'invalid_request') return 'no_deployment';
   return last.code === 'upstream_timeout' ? 'timeout' : 'upstream_error';
 }
 
@@ -608,7 +613,10 @@ function targetOf(sink: ReplySink, signal: AbortLike, start: () => void, capture
 function connectError(err: unknown, dep: DeploymentState): BrokerError {
   if (err instanceof BrokerError) return err;
   const e = err as Error & { code?: string };
-  if (e instanceof undiciErrors.HeadersTimeoutError || e instanceof undiciErrors.ConnectTimeoutError || e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_CONNECT_TIMEOUT') {
+  if (e instanceof undiciErrors.ConnectTimeoutError || e.code === 'UND_ERR_CONNECT_TIMEOUT') {
+    return new BrokerError('upstream_timeout', `deployment ${dep.config.id} did not accept a connection within connectTimeoutMs (${dep.config.connectTimeoutMs} ms)`, { cause: err, details: { phase: 'connect' } });
+  }
+  if (e instanceof undiciErrors.HeadersTimeoutError || e.code === 'UND_ERR_HEADERS_TIMEOUT') {
     return new BrokerError('upstream_timeout', `deployment ${dep.config.id} timed out (${e.code})`, { cause: err });
   }
   return new BrokerError('upstream_unavailable', `deployment ${dep.config.id} is unreachable: ${e.code ?? e.message}`, { cause: err });

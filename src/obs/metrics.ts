@@ -166,7 +166,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     workerRestarts: new Counter({ name: 'inference_worker_failures_total', help: 'Inference workers that crashed or exited', registers: r }),
     // LLM proxy. outcome is the operations model's (seed 001): ok, error (the broker's or an
     // upstream's fault: counts against availability), client_error, aborted. reason is the
-    // finer cause: ok, client_error, aborted, upstream_error, midstream_error, timeout,
+    // finer cause: ok, client_error, aborted, upstream_error, midstream_error, midstream_timeout, timeout,
     // no_deployment, capacity_exhausted, queue_timeout, quota_exceeded (a client_error).
     llmRequests: new Counter({
       name: 'llm_requests_total',

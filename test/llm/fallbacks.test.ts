@@ -77,6 +77,7 @@ const fleet = {
     down: { deployments: [d('down-1', 'openai', fail500)], fallbacks: ['tiny', 'big'] },
     cut: { deployments: [d('cut-1', 'openai', reset)], fallbacks: ['big'] },
     unreachable: { deployments: [d('hole-1', 'openai', blackhole, { connectTimeoutMs: 200 })], fallbacks: ['big'] },
+    'unreachable-alone': { deployments: [d('hole-2', 'openai', blackhole, { connectTimeoutMs: 150 })] },
     cold: { deployments: [d('cold-1', 'openai', coldStart, { firstTokenTimeoutMs: 150 })], fallbacks: ['big'] },
     'cold-alone': { deployments: [d('cold-2', 'ollama', coldStart, { firstTokenTimeoutMs: 150 })] },
     stalled: { deployments: [d('stall-1', 'openai', stall, { idleChunkTimeoutMs: 200 })], fallbacks: ['big'] },
@@ -85,6 +86,9 @@ const fleet = {
     'over-narrow': { deployments: [d('over-narrow', 'openai', overOpenai)], fallbacks: ['big'] },
     // Fails, falls back to small-alone, whose context error must not go on to big (a plain fallback still queued).
     'down-then-small': { deployments: [d('down-2', 'openai', fail500)], fallbacks: ['small-alone', 'big'] },
+    // Two failing groups that name each other: each tried once.
+    'cyc-a': { deployments: [d('cyc-a', 'openai', fail500)], fallbacks: ['cyc-b'] },
+    'cyc-b': { deployments: [d('cyc-b', 'openai', fail500)], fallbacks: ['cyc-a'] },
   },
   qos: { defaultTier: 'standard', tiers: { standard: {}, narrow: { allowedGroups: ['over-narrow'], priority: 1 } } },
 };
@@ -162,6 +166,15 @@ t.test('overloaded and rate-limited groups fall back, streamed and not, OpenAI a
   t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'rate-vllm', class: 'rate_limited' }), 1);
 });
 
+t.test('a cycle of fallbacks tries each group once, and counts as the last failure, not no_deployment', async (t) => {
+  const err = await openai.chat.completions.create({ model: 'cyc-a', messages }).then(() => undefined, (e: unknown) => e as { status: number });
+  t.equal(err?.status, 502);
+  t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'cyc-a' }), 1);
+  t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'cyc-b' }), 1);
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'cyc-b', reason: 'upstream_error' }), 1);
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'cyc-b', reason: 'no_deployment' }), 0);
+});
+
 t.test("a fallback group must be allowed by the request's QoS tier too", async (t) => {
   const before = ok.stats.total;
   const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'x-broker-qos': 'narrow' }, body: JSON.stringify({ model: 'over-narrow', messages }) });
@@ -203,6 +216,9 @@ t.test('connect timeout: the deployment never accepts, the request falls back', 
   t.equal(data.choices[0]!.message.content, mockText(8));
   t.equal(response.headers.get('x-broker-fallback'), 'big');
   t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'hole-1', phase: 'connect' }), 1);
+  const alone = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'unreachable-alone', messages }) });
+  t.equal(alone.status, 504);
+  t.match(((await alone.json()) as { error: { message: string } }).error.message, /hole-2 did not accept a connection within connectTimeoutMs \(150 ms\)/, 'the phase and its limit named');
 });
 
 t.test('first-token timeout: before the first byte it falls back; alone it is a 504', async (t) => {

@@ -209,7 +209,9 @@ t.test('stall mid-stream: idle timeout ends the stream with upstream_timeout', a
   const last = JSON.parse(text.split('\n\n').filter(Boolean).at(-1)!.slice('data: '.length));
   t.equal(last.error.code, 'upstream_timeout');
   t.match(text, /tok1 /);
-  t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'stalled', outcome: 'error', reason: 'timeout' })) >= 1);
+  t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'stalled', outcome: 'error', reason: 'midstream_timeout' })) >= 1);
+  // `timeout` is a failure before the first byte, a 504 the availability SLO counts as a 5xx already.
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'stalled', outcome: 'error', reason: 'timeout' }), 0, 'not counted as a timeout before the first byte');
 });
 
 t.test('a client that goes away aborts the upstream request', async (t) => {
