@@ -62,3 +62,23 @@ t.test('HTTP and gRPC share one capacity: a gRPC waiter is woken by a slot freed
   t.equal(r.status.code, 0, 'the queued gRPC stream ran');
   t.equal(textOf(r.messages), mockText(5));
 });
+
+t.test('a fallback reply names the group that answered in the trailers, as HTTP does in x-broker-fallback', async (t) => {
+  const ok = await startMock(t, { tokens: 4 });
+  const down = await startMock(t, { fail: 500 });
+  const tb = await startGrpcFleetBroker(t, {
+    modelGroups: {
+      down: { deployments: [{ id: 'down-1', provider: 'openai', url: down.url, model: 'mock-model' }], fallbacks: ['up'] },
+      up: { deployments: [{ id: 'up-1', provider: 'ollama', url: ok.url, model: 'mock-model' }] },
+    },
+  });
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  const r = await serverStream(c.chat, 'Chat', { model: 'down', messages: [{ role: 'user', content: 'hello' }] });
+  t.equal(r.status.code, 0);
+  t.equal(textOf(r.messages), mockText(4));
+  t.same(r.status.metadata.get('x-broker-fallback'), ['up']);
+  t.same(r.status.metadata.get('x-broker-deployment'), ['up-1']);
+  const direct = await serverStream(c.chat, 'Chat', { model: 'up', messages: [{ role: 'user', content: 'hello' }] });
+  t.same(direct.status.metadata.get('x-broker-fallback'), [], 'no fallback, no trailer');
+});

@@ -166,6 +166,7 @@ export class GrpcStreamSink implements ReplySink {
   started = false;
   private ended = false;
   private deployment: string | undefined;
+  private fallback: string | undefined;
   private abortCbs: (() => void)[] | undefined;
 
   constructor(
@@ -199,6 +200,7 @@ export class GrpcStreamSink implements ReplySink {
   start(_status: number, headers: Readonly<Record<string, string>>): void {
     this.started = true;
     this.deployment = headers['x-broker-deployment'];
+    this.fallback = headers['x-broker-fallback'];
   }
 
   write(chunk: string | Uint8Array): boolean {
@@ -243,6 +245,8 @@ export class GrpcStreamSink implements ReplySink {
   private trailers(): Metadata {
     const md = new Metadata();
     if (this.deployment !== undefined) md.set('x-broker-deployment', this.deployment);
+    // The group that answered when it is not the one asked for, as HTTP's x-broker-fallback.
+    if (this.fallback !== undefined) md.set('x-broker-fallback', this.fallback);
     return md;
   }
 }
