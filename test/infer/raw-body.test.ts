@@ -71,3 +71,15 @@ t.test('JSON bodies are read as before, whatever their content type', async (t) 
   const res = await postRaw('', 'application/octet-stream', Buffer.from(JSON.stringify({ image_b64: samples[1]!.b64 })));
   t.equal(res.status, 415);
 });
+
+t.test('an image type the route does not take (image/gif, image/bmp) is 415 unsupported_image naming the types, not bad JSON', async (t) => {
+  const gif = Buffer.from('R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7', 'base64');
+  for (const type of ['image/gif', 'IMAGE/BMP; x=1']) {
+    const res = await postRaw('', type, gif, { 'x-request-id': 'gif' });
+    t.equal(res.status, 415, type);
+    t.equal(res.body.error.code, 'unsupported_image');
+    t.match(res.body.error.message, /image\/png, image\/jpeg, image\/webp/);
+    t.equal(res.headers.get('x-request-id'), 'gif');
+  }
+  t.equal((await postRaw('', 'image/png', samples[0]!.png)).status, 200, 'still serving');
+});

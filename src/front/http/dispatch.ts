@@ -47,12 +47,29 @@ export function tooLarge(max: number): BrokerError {
 
 const readsBody = (r: Route): boolean => r.body === 'json' || r.body === 'json?' || r.body === 'raw';
 
+function mediaType(req: BrokerRequest): string | undefined {
+  const type = req.headers['content-type'];
+  if (type === undefined) return undefined;
+  const end = type.indexOf(';');
+  return (end < 0 ? type : type.slice(0, end)).trim().toLowerCase();
+}
+
 /** The request's media type is one the route takes raw (`rawTypes`): no JSON parse. */
 function sendsRaw(r: Route, req: BrokerRequest): boolean {
-  const type = req.headers['content-type'];
-  if (r.rawTypes === undefined || type === undefined) return false;
-  const end = type.indexOf(';');
-  return r.rawTypes.has((end < 0 ? type : type.slice(0, end)).trim().toLowerCase());
+  const type = mediaType(req);
+  return r.rawTypes !== undefined && type !== undefined && r.rawTypes.has(type);
+}
+
+/**
+ * An image type a route that takes images raw does not (image/gif, say): 415 naming the
+ * types it takes, rather than reading the image as JSON and calling it bad JSON.
+ */
+function checkImageType(r: Route, req: BrokerRequest): void {
+  if (r.rawTypes === undefined) return;
+  const type = mediaType(req);
+  if (type === undefined || !type.startsWith('image/') || r.rawTypes.has(type)) return;
+  const taken = [...r.rawTypes].filter((t) => t.startsWith('image/')).join(', ');
+  throw new BrokerError('unsupported_image', `content-type ${type.slice(0, 64)} is not an image type this route takes (${taken}, application/octet-stream, or JSON with the image base64)`, { details: { field: 'content-type' } });
 }
 
 /**
@@ -132,6 +149,7 @@ function guarded(g: Guards, r: Route, params: Record<string, string>, req: Broke
     }
     if (!readsBody(r)) return run(g, r, params, undefined, req, sink, principal);
     checkEncoding(req, sink);
+    checkImageType(r, req);
     checkDeclaredLength(req, g.maxBodyBytes);
     readBody(g.maxBodyBytes, (err, bytes) => {
       if (sink.aborted) return;
