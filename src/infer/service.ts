@@ -249,7 +249,8 @@ export class InferService {
     const m = this.deps.metrics;
     m.inferArm.labels(arm, choice.reason).inc();
 
-    const shadowing = this.config.shadowEnabled && arm === 'A' && choice.reason !== 'version' && (!input.tensor || sameInput(pool));
+    // After a promote A and B are the same model: a shadow run would only run it twice.
+    const shadowing = this.config.shadowEnabled && arm === 'A' && choice.reason !== 'version' && !sameModel(pool) && (!input.tensor || sameInput(pool));
     const shadowCopies = shadowing ? input.items.map((b) => Buffer.from(b)) : undefined;
     const opts = { tensor: input.tensor, scores: input.scores, trace: input.trace, ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}) };
     let results: RunResult[];
@@ -388,6 +389,10 @@ function topIndex(r: RunResult): number | undefined {
 }
 
 /** A tensor made for A's input is fit for B only when B takes the same input (size, layout, normalisation). */
+function sameModel(pool: InferPool): boolean {
+  return pool.models.A!.path === pool.models.B!.path;
+}
+
 function sameInput(pool: InferPool): boolean {
   return JSON.stringify(pool.models.A!.manifest.input) === JSON.stringify(pool.models.B!.manifest.input);
 }

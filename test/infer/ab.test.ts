@@ -55,6 +55,15 @@ t.test('shadow: client sees A, B runs on the same input, agreement is measured',
   t.ok((await metricValue(tb.url, 'inference_shadow_agreement_total')) >= 15, 'two good models mostly agree');
   t.ok((await metricValue(tb.url, 'inference_shadow_duration_seconds_count')) >= 20);
   t.equal(await metricValue(tb.url, 'inference_request_success_total', { arm: 'B' }), 0, 'shadow runs are not counted as B traffic');
+
+  // After a promote A and B are one model: no shadow run (it would only run it twice).
+  t.equal((await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin })).status, 200);
+  const before = await metricValue(tb.url, 'inference_shadow_duration_seconds_count');
+  const count = await metricValue(tb.url, 'inference_count_total');
+  for (let i = 0; i < 10; i++) t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) })).status, 200);
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(await metricValue(tb.url, 'inference_shadow_duration_seconds_count'), before, 'no shadow run after the promote');
+  t.equal((await metricValue(tb.url, 'inference_count_total')) - count, 10, 'each image ran once');
 });
 
 t.test('canary rolls itself back when B fails', async (t) => {
