@@ -465,3 +465,21 @@ t.test('across replicas: a refresh on one reaches the other, and an entry read f
   await new Promise((res) => setTimeout(res, 600));
   t.equal((await ask(other.url, later)).cache, 'miss', 'gone from memory when it left Redis (not a whole TTL later)');
 });
+
+t.test('llm_cache_bytes drops when entries expire, without a lookup to find them', async (t) => {
+  const file = join(dir, 'short-ttl.yaml');
+  writeFileSync(file, stringify({ cache: { mode: 'on', maxBytes: 1_000_000, ttlSeconds: 1 }, modelGroups: { on: { deployments: [d('short-1', 'openai', upOn)] } } }));
+  const short = await startTestBroker({ BROKER_CONFIG: file, INFER_ENABLED: 'false', FRONT_THREADS: '0' });
+  t.teardown(() => short.close());
+  const res = await fetch(`${short.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'on', messages: fresh() }) });
+  t.equal(res.headers.get('x-broker-cache'), 'miss');
+  await res.text();
+  let bytes = 0;
+  for (let i = 0; i < 50 && bytes === 0; i++) {
+    bytes = await metricValue(short.url, 'llm_cache_bytes');
+    if (bytes === 0) await new Promise((r) => setTimeout(r, 10));
+  }
+  t.ok(bytes > 0, `stored: ${bytes} bytes`);
+  await new Promise((r) => setTimeout(r, 1300));
+  t.equal(await metricValue(short.url, 'llm_cache_bytes'), 0, 'expired: nothing live is counted');
+});

@@ -148,7 +148,12 @@ export class ResponseCache {
       bus.unref();
       this.bus = bus;
     }
-    o.metrics.sources.cacheBytes = () => this.lru?.calculatedSize ?? 0;
+    // Expired entries leave lru-cache only when looked up; a scrape drops them first, so the
+    // gauge is what is live (no timer per entry: ttlAutopurge would arm one on every store).
+    o.metrics.sources.cacheBytes = () => {
+      this.lru?.purgeStale();
+      return this.lru?.calculatedSize ?? 0;
+    };
     if (o.redisUrl !== undefined) this.client();
   }
 
