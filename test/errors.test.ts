@@ -138,11 +138,11 @@ t.test('OpenAI stream terminal event parses as the official SDKs do', async (t) 
   t.equal(parsed.error?.type, 'server_error');
 });
 
-t.test('Ollama stream terminal event is one NDJSON line with an `error` string', async (t) => {
+t.test('Ollama stream terminal event is one NDJSON line with an `error` string, the code and the request id', async (t) => {
   const msg = 'upstream\nfailed "mid-way"';
-  const ev = ollamaStreamErrorEvent(msg);
+  const ev = ollamaStreamErrorEvent(msg, 'upstream_error', 'req-9');
   t.equal(ev, streamErrorEvent('ollama', msg, 'upstream_error', 'req-9'));
-  t.equal(streamErrorEvent('ollama', 'upstream timed out', 'upstream_timeout', 'req-9'), '{"error":"upstream timed out"}\n');
+  t.equal(streamErrorEvent('ollama', 'upstream timed out', 'upstream_timeout', 'req-9'), '{"error":"upstream timed out","code":"upstream_timeout","request_id":"req-9"}\n');
   // ollama-python / ollama-js: split on '\n', JSON.parse each line, raise on `error`.
   t.ok(ev.endsWith('\n'));
   const lines = ev.split('\n').filter((l) => l !== '');

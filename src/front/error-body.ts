@@ -17,7 +17,7 @@
 // Mid-stream, a failed reply ends with one terminal event in the client's framing:
 // for OpenAI the error object as a last SSE `data:` event and no `[DONE]` (what the
 // official SDKs check for before parsing a chunk); for Ollama a last NDJSON line
-// {"error":"message"}; for Anthropic an `error` event with the error body. (The
+// {"error":"message","code","request_id"}; for Anthropic an `error` event with the error body. (The
 // Responses API's terminal response.failed needs the stream's sequence number: the
 // chain's writer builds it, translate/responses_to_chat.ts.)
 import { ERROR_TABLE, type BrokerError, type ErrorCode, type OpenAIErrorType } from '../errors.ts';
@@ -108,10 +108,10 @@ const BROKER_API = /^\/api\/(industrial|orchestrator|tracking|auth|audit|health|
  * The shape of an error on a path no route serves (or not with that method): Ollama's
  * under its /api/ (its clients print `error` as a string: the broker's object showed as
  * "[object Object]"), Anthropic's under /v1/messages (count_tokens, batches: the SDK reads
- * its shape), the broker's elsewhere.
+ * its shape; /v1/messages itself with another method than POST), the broker's elsewhere.
  */
 export function unmatchedErrorShape(path: string): ErrorShape {
-  if (path.startsWith('/v1/messages/')) return anthropicErrorShape;
+  if (path === '/v1/messages' || path.startsWith('/v1/messages/')) return anthropicErrorShape;
   return path.startsWith('/api/') && !BROKER_API.test(path) ? ollamaErrorShape : brokerErrorShape;
 }
 
@@ -120,9 +120,9 @@ export function openaiStreamErrorEvent(code: string, message: string, requestId:
   return 'data: ' + JSON.stringify(openaiErrorBody(code, message, requestId)) + '\n\n';
 }
 
-/** Ollama stream terminal event: one NDJSON line whose `error` is the message. */
-export function ollamaStreamErrorEvent(message: string): string {
-  return JSON.stringify({ error: message }) + '\n';
+/** Ollama stream terminal event: one NDJSON line whose `error` is the message, with our code (and request id) as in a reply body. */
+export function ollamaStreamErrorEvent(message: string, code?: string, requestId?: string): string {
+  return JSON.stringify({ error: message, code, request_id: requestId }) + '\n';
 }
 
 /** Anthropic stream terminal event: an `error` event with the error body (the SDKs throw it as an APIError). */
@@ -133,7 +133,7 @@ export function anthropicStreamErrorEvent(code: string, message: string, request
 /** The terminal event of a stream that failed mid-way, in the client's framing (Responses: see above). */
 export function streamErrorEvent(client: 'openai' | 'ollama' | 'anthropic', message: string, code: string, requestId: string): string {
   if (client === 'anthropic') return anthropicStreamErrorEvent(code, message, requestId);
-  return client === 'openai' ? openaiStreamErrorEvent(code, message, requestId) : ollamaStreamErrorEvent(message);
+  return client === 'openai' ? openaiStreamErrorEvent(code, message, requestId) : ollamaStreamErrorEvent(message, code, requestId);
 }
 
 export interface ErrorReply {

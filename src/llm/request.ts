@@ -66,8 +66,11 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     if (body.max_tokens === undefined) throw invalidField('max_tokens', 'is required');
   }
   checkMessages(body.messages);
+  if (api === 'anthropic') checkToolResults(body.messages as unknown[]);
   const parts = kind === 'embed' ? embedParts(body, limits) : api === 'responses' ? responsesParts(body) : api === 'anthropic' ? anthropicParts(body) : promptParts(body);
-  const promptChars = checkSize(parts, limits);
+  const promptChars = checkSize(parts, limits, api === 'anthropic' ? upstreamMessageCount(body.messages as unknown[]) : (parts.messages?.length ?? 0), api === 'responses' || kind === 'embed' ? 'input' : undefined);
+  checkNumber(body.temperature, 'temperature');
+  checkNumber(body.top_p, 'top_p');
   if (api === 'anthropic' && body.stop_sequences !== undefined && !(Array.isArray(body.stop_sequences) && body.stop_sequences.every((x) => typeof x === 'string'))) {
     throw invalidField('stop_sequences', 'must be an array of strings');
   }
@@ -125,6 +128,7 @@ function responsesParts(body: Readonly<Record<string, unknown>>): PromptParts {
     for (let i = 0; i < input.length; i++) {
       const it = input[i] as unknown;
       if (it === null || typeof it !== 'object' || Array.isArray(it)) throw invalidField(`input[${i}]`, 'must be an object');
+      checkItem(it as Record<string, unknown>, i);
     }
   }
   if (body.instructions !== undefined && body.instructions !== null && typeof body.instructions !== 'string') throw invalidField('instructions', 'must be a string');
@@ -133,6 +137,43 @@ function responsesParts(body: Readonly<Record<string, unknown>>): PromptParts {
     prompt: typeof input === 'string' ? input : undefined,
     system: typeof body.instructions === 'string' ? body.instructions : undefined,
   };
+}
+
+/** What OpenAI requires of a function call and its output (it answers 400 without them); sent on, they would be ''. */
+function checkItem(it: Record<string, unknown>, i: number): void {
+  const type = it.type;
+  if (type !== 'function_call' && type !== 'function_call_output') return;
+  if (typeof it.call_id !== 'string' || it.call_id === '') throw invalidField(`input[${i}].call_id`, `is required in a ${type} item: a string`);
+  if (type === 'function_call' && (typeof it.name !== 'string' || it.name === '')) throw invalidField(`input[${i}].name`, 'is required in a function_call item: a string');
+  if (type === 'function_call_output' && typeof it.output !== 'string' && !Array.isArray(it.output)) throw invalidField(`input[${i}].output`, 'is required in a function_call_output item: a string or an array of content parts');
+}
+
+/** Each tool_result names the call it answers, as Anthropic requires (400 there). */
+function checkToolResults(messages: unknown[]): void {
+  for (let i = 0; i < messages.length; i++) {
+    const c = (messages[i] as { content?: unknown }).content;
+    if (!Array.isArray(c)) continue;
+    for (let j = 0; j < c.length; j++) {
+      const b = c[j] as Record<string, unknown>;
+      if (b.type === 'tool_result' && (typeof b.tool_use_id !== 'string' || b.tool_use_id === '')) throw invalidField(`messages[${i}].content[${j}].tool_use_id`, 'is required in a tool_result block: a string');
+    }
+  }
+}
+
+/** Chat messages an Anthropic conversation becomes upstream: each tool_result is a message of its own. */
+function upstreamMessageCount(messages: unknown[]): number {
+  let n = 0;
+  for (const m of messages) {
+    const c = (m as { content?: unknown }).content;
+    if (!Array.isArray(c)) {
+      n++;
+      continue;
+    }
+    let results = 0;
+    for (const b of c) if ((b as { type?: unknown }).type === 'tool_result') results++;
+    n += results + (results < c.length || results === 0 ? 1 : 0);
+  }
+  return n;
 }
 
 /** An Anthropic body: `messages`, and `system` as a string or text blocks. */
@@ -169,6 +210,12 @@ export function maxOutputTokensOf(body: Readonly<Record<string, unknown>>): numb
 /** Bounds of what a client may ask for; beyond them the request is refused, not passed on. */
 export const MAX_OUTPUT_TOKENS = 1_000_000;
 export const MAX_CHOICES = 128;
+
+/** A sampling number (both vendors answer 400 to `"temperature": "hot"`); null is the API's default. */
+function checkNumber(v: unknown, field: string): void {
+  if (v === undefined || v === null) return;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw invalidField(field, 'must be a number');
+}
 
 function checkInt(v: unknown, field: string, min: number, max: number): void {
   if (v === undefined || v === null) return;
@@ -215,12 +262,15 @@ function checkMessages(messages: unknown): void {
   }
 }
 
-/** Refuses a prompt past the limits; returns its characters. */
-function checkSize(parts: PromptParts, limits: PromptLimits): number {
-  const count = parts.messages?.length ?? 0;
-  if (count > limits.maxMessages) throw invalidField('messages', `has ${count} messages; at most ${limits.maxMessages} (LLM_MAX_MESSAGES)`);
+/**
+ * Refuses a prompt past the limits; returns its characters. `count`: the messages sent
+ * upstream; `field`: the client's name for the prompt when it has one (Responses' and
+ * embeddings' `input`), else messages or prompt.
+ */
+function checkSize(parts: PromptParts, limits: PromptLimits, count: number, field?: string): number {
+  if (count > limits.maxMessages) throw invalidField(field ?? 'messages', `has ${count} messages; at most ${limits.maxMessages} (LLM_MAX_MESSAGES)`);
   const chars = promptCharsOf(parts);
-  if (chars > limits.maxPromptChars) throw invalidField(parts.messages !== undefined ? 'messages' : 'prompt', `holds ${chars} characters of prompt; at most ${limits.maxPromptChars} (LLM_MAX_PROMPT_CHARS)`);
+  if (chars > limits.maxPromptChars) throw invalidField(field ?? (parts.messages !== undefined ? 'messages' : 'prompt'), `holds ${chars} characters of prompt; at most ${limits.maxPromptChars} (LLM_MAX_PROMPT_CHARS)`);
   return chars;
 }
 
@@ -243,12 +293,21 @@ function priorityOf(h: string | undefined): number | undefined {
   return PRIORITY_NAMES[h.toLowerCase()];
 }
 
-/** Characters of prompt text: message contents (parts as JSON), prompt, system. */
+/** Characters of a field: a string's, else its JSON's (parts, blocks, tool calls); none when absent. */
+function charsOf(v: unknown): number {
+  return typeof v === 'string' ? v.length : v === undefined || v === null ? 0 : JSON.stringify(v).length;
+}
+
+/**
+ * Characters of prompt text: message contents (parts as JSON), an assistant turn's tool
+ * calls, Responses' function_call arguments and function_call_output, prompt, system.
+ */
 export function promptCharsOf(r: PromptParts): number {
   let chars = 0;
   for (const m of r.messages ?? []) {
-    const c = (m as { content?: unknown })?.content;
-    chars += typeof c === 'string' ? c.length : c === undefined || c === null ? 0 : JSON.stringify(c).length;
+    const o = m as { content?: unknown; tool_calls?: unknown; arguments?: unknown; output?: unknown } | null;
+    if (o === null || typeof o !== 'object') continue;
+    chars += charsOf(o.content) + charsOf(o.tool_calls) + charsOf(o.arguments) + charsOf(o.output);
   }
   if (r.prompt !== undefined) chars += r.prompt.length;
   if (r.system !== undefined) chars += r.system.length;

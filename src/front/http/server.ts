@@ -13,7 +13,7 @@ import { BrokerError, toBrokerError, type ErrorCode } from '../../errors.ts';
 import type { Logger } from '../../obs/logger.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import { requestIdFrom } from '../../obs/request-id.ts';
-import { errorReply, unmatchedErrorShape } from '../error-body.ts';
+import { anthropicErrorShape, errorReply, unmatchedErrorShape } from '../error-body.ts';
 import type { BrokerRequest } from '../reply.ts';
 import type { ErrorShape, Router } from './router.ts';
 import { LINGER_BYTES, readBody } from './body.ts';
@@ -322,7 +322,7 @@ class UwsSink implements FrontSink {
     // x-request-id, the Anthropic SDKs' `request-id`.
     this.res.writeHeader('trace-id', this.req.id);
     this.res.writeHeader('x-request-id', this.req.id);
-    if (this.routeName === '/v1/messages') this.res.writeHeader('request-id', this.req.id);
+    if (this.routeName === '/v1/messages' || this.errorShape === anthropicErrorShape) this.res.writeHeader('request-id', this.req.id);
     if (this.closeConnection) this.res.writeHeader('connection', 'close');
     for (const k in headers) this.res.writeHeader(k, headers[k]!);
   }

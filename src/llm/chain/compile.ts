@@ -51,7 +51,7 @@ import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
 import type { Api, ClientApi, Kind, OllamaChatResponse, OllamaGenerateResponse, OpenAIChunk, ReplyContext } from '../translate/types.ts';
 import { deltaFromOllama, deltaFromOpenAI, type Delta, type OllamaToolState } from '../translate/deltas.ts';
-import { responsesDelta, responsesDone, responsesFailed, responsesUsage, responsesWriter } from '../translate/responses_to_chat.ts';
+import { responsesDelta, responsesDone, responsesFailed, responsesUsage, responsesWriter, type ResponseIdentity } from '../translate/responses_to_chat.ts';
 import { anthropicDelta, anthropicDone, anthropicWriter } from '../translate/anthropic_to_chat.ts';
 import {
   ERROR_PROBE,
@@ -317,6 +317,23 @@ function errorMessageOf(text: string): string {
   return upstreamErrorMessage(tryParse(text)) ?? text;
 }
 
+/** A passed-through Responses stream's state: the upstream's last sequence number + 1, and its response's identity. */
+interface PassedThrough {
+  seq: number;
+  response: ResponseIdentity | null;
+}
+
+/** The id, model and created_at of the upstream's Response (its response.created), when it sent them. */
+function responseIdentity(v: unknown): ResponseIdentity | null {
+  if (v === null || typeof v !== 'object') return null;
+  const o = v as Record<string, unknown>;
+  if (typeof o['id'] !== 'string') return null;
+  const out: ResponseIdentity = { id: o['id'] };
+  if (typeof o['model'] === 'string') out.model = o['model'];
+  if (typeof o['created_at'] === 'number') out.created_at = o['created_at'];
+  return out;
+}
+
 /** How a Responses or Messages client's events are written from deltas. */
 interface EventWriter {
   open(ctx: ReplyContext): unknown;
@@ -387,11 +404,12 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       };
 
   // A Responses stream's failure event carries the next sequence number: the writer's
-  // (translated) or one past the upstream's last (passed through, r.w is { seq }).
+  // (translated) or one past the upstream's last (passed through, r.w is PassedThrough),
+  // and, passed through, the upstream's response id and model (the client saw them in response.created).
   const errorText: ErrorText = grpc
     ? () => ''
     : client === 'responses'
-    ? (r, message, code) => responsesFailed(r.w as { seq: number }, r.ctx.id, r.ctx.model, code, message)
+    ? (r, message, code) => responsesFailed(r.w as Parameters<typeof responsesFailed>[0], r.ctx.id, r.ctx.model, code, message)
     : (r, message, code) => streamErrorEvent(client as 'openai' | 'ollama' | 'anthropic', message, code, r.ctx.id);
   const fail = (r: Run, message: string): void => upstreamFailure(r, emitText, errorText, message);
   const drop = (r: Run): false => malformed(r, emitText, errorText);
@@ -412,14 +430,14 @@ function build(spec: ChainSpec, key: string): ChainFactory {
   if (responsesPass) {
     classify = (r) => {
       const j = tryParse(r.data);
-      if (j === null) {
-        fail(r, 'upstream sent an event that is not a JSON object');
-        return false;
-      }
+      if (j === null) return drop(r);
+      r.malformedRun = 0;
       r.json = j;
       r.hasUsage = false;
-      if (typeof j['sequence_number'] === 'number') (r.w as { seq: number }).seq = j['sequence_number'] + 1;
+      const w = r.w as PassedThrough;
+      if (typeof j['sequence_number'] === 'number') w.seq = j['sequence_number'] + 1;
       const type = j['type'];
+      if (type === 'response.created') w.response = responseIdentity(j['response']);
       if (type === 'response.completed' || type === 'response.incomplete') {
         r.stats.sawTerminal = true;
         r.stats.finishReason = type === 'response.incomplete' ? 'length' : 'stop';
@@ -445,7 +463,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       r.parts.push(r.raw);
       r.lastKept = true;
     };
-    newWriter = () => ({ seq: 0 });
+    newWriter = (): PassedThrough => ({ seq: 0, response: null });
   } else if (provider === 'openai') {
     if (passthrough) {
       classify = (r) => {

@@ -8,8 +8,10 @@
 //             A failure after the first byte ends with an `error` event, as Anthropic's own.
 //
 // Blocks are written one at a time, as Anthropic does: a tool call closes the text
-// block before it. Reasoning text from the upstream is dropped (a thinking block needs
-// a signature the upstream cannot give).
+// block before it. A tool call's input is written as one input_json_delta when its
+// block closes, always a JSON object (the same `input` as a whole reply's). Reasoning
+// text from the upstream is dropped (a thinking block needs a signature the upstream
+// cannot give).
 
 import { BrokerError } from '../../errors.ts';
 import { requireObject } from './common.ts';
@@ -193,6 +195,17 @@ function parsedInput(args: string): unknown {
   return { arguments: args };
 }
 
+/**
+ * A streamed call's input_json_delta text: the upstream's arguments when they are a JSON
+ * object, else the JSON of what a whole reply says (parsedInput), so that the deltas
+ * always add up to the same object as `input` in a whole reply ('' for none: input {}).
+ */
+function inputJson(args: string): string {
+  if (args === '') return '';
+  const v = parsedInput(args);
+  return (v as { arguments?: unknown }).arguments === args ? JSON.stringify(v) : args;
+}
+
 /** A whole chat reply → the Message. */
 export function message(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
   const content: unknown[] = [];
@@ -222,6 +235,12 @@ export interface AnthropicWriter {
   /** Tool call index → its block index, once started. */
   toolBlocks: Map<number, number>;
   /**
+   * The open tool block's arguments so far: written as one input_json_delta when it closes,
+   * since only then is it known whether they are a JSON object (a model can write broken
+   * JSON, and the SDKs throw on deltas that do not add up to one).
+   */
+  args: string;
+  /**
    * What arrives once a tool block is open but belongs elsewhere: other calls (an upstream
    * may interleave their fragments) and text. A block cannot be reopened once closed, so
    * these are written whole at the end instead of being lost.
@@ -235,7 +254,7 @@ export interface AnthropicWriter {
 }
 
 export function anthropicWriter(ctx: ReplyContext): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, started: false, block: -1, open: null, toolBlocks: new Map(), lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
 }
 
 function event(type: string, data: Record<string, unknown>): string {
@@ -251,8 +270,11 @@ function start(w: AnthropicWriter): string {
 
 function closeBlock(w: AnthropicWriter): string {
   if (w.open === null) return '';
+  const json = w.open === 'text' ? '' : inputJson(w.args);
   w.open = null;
-  return event('content_block_stop', { index: w.block });
+  w.args = '';
+  const delta = json === '' ? '' : event('content_block_delta', { index: w.block, delta: { type: 'input_json_delta', partial_json: json } });
+  return delta + event('content_block_stop', { index: w.block });
 }
 
 /** One upstream event → its Messages events. */
@@ -297,7 +319,7 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
       }
       if (t.arguments !== undefined && t.arguments !== '') {
         w.tokens++;
-        out += event('content_block_delta', { index, delta: { type: 'input_json_delta', partial_json: t.arguments } });
+        w.args += t.arguments;
       }
     }
   }
@@ -323,9 +345,12 @@ export function anthropicDone(w: AnthropicWriter): string {
   for (const [i, late] of [...w.lateTools].sort((a, b) => a[0] - b[0])) {
     w.toolBlocks.set(i, w.block + 1);
     const block = { type: 'tool_use', id: late.id ?? `toolu_${w.id}_${i}`, name: late.name, input: {} };
-    out += wholeBlock(w, block, late.args === '' ? null : { type: 'input_json_delta', partial_json: late.args });
+    const json = inputJson(late.args);
+    out += wholeBlock(w, block, json === '' ? null : { type: 'input_json_delta', partial_json: json });
   }
   if (w.lateText !== '') out += wholeBlock(w, { type: 'text', text: '' }, { type: 'text_delta', text: w.lateText });
+  // An empty reply is one empty text block, as a whole reply's content (and Anthropic's stream) has.
+  if (w.block === -1) out += wholeBlock(w, { type: 'text', text: '' }, null);
   const finish = w.finish ?? (w.toolBlocks.size > 0 ? 'tool_calls' : 'stop');
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
   out += event('message_delta', { delta: { stop_reason: stopReason(finish), stop_sequence: null }, usage: usageObject(usage) });

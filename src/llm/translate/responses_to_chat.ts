@@ -46,6 +46,18 @@ function stringOf(v: unknown): string {
   return typeof v === 'string' ? v : JSON.stringify(v ?? '');
 }
 
+/** A function_call_output's output: a string, or content parts whose text a chat tool message carries (as Messages' tool_result). */
+function outputText(output: unknown, field: string): string {
+  if (!Array.isArray(output)) return stringOf(output);
+  return output
+    .map((p, i) => {
+      const o = p as Record<string, unknown> | null;
+      if ((o?.['type'] === 'input_text' || o?.['type'] === 'output_text') && typeof o['text'] === 'string') return o['text'];
+      throw invalid(`${field}[${i}]`, 'must be an input_text part (a chat upstream takes text only in a tool result)');
+    })
+    .join('');
+}
+
 /** Responses `input` → chat messages: message items, function_call items (merged into one assistant turn) and their outputs. */
 function messagesOf(input: unknown): OpenAIMessage[] {
   if (typeof input === 'string') return [{ role: 'user', content: input }];
@@ -65,7 +77,7 @@ function messagesOf(input: unknown): OpenAIMessage[] {
       if (last !== undefined && last.role === 'assistant' && Array.isArray(last.tool_calls)) last.tool_calls.push(call);
       else out.push({ role: 'assistant', content: null, tool_calls: [call] });
     } else if (type === 'function_call_output') {
-      out.push({ role: 'tool', tool_call_id: String(it['call_id'] ?? ''), content: stringOf(it['output']) });
+      out.push({ role: 'tool', tool_call_id: String(it['call_id'] ?? ''), content: outputText(it['output'], `input[${i}].output`) });
     } else if (type === 'reasoning') {
       // The model's own reasoning from an earlier turn: chat upstreams take none.
     } else {
@@ -268,6 +280,13 @@ function closeMessage(w: ResponsesWriter, itemId: string, index: number, text: s
   return out + event(w, 'response.output_item.done', { output_index: index, item: { ...messageItem(w.id, text, 'completed'), id: itemId } });
 }
 
+/** The message item's opening events: the item, its text part. */
+function openMessage(w: ResponsesWriter): string {
+  w.messageIndex = w.outputs++;
+  const out = event(w, 'response.output_item.added', { output_index: w.messageIndex, item: messageItem(w.id, '', 'in_progress') });
+  return out + event(w, 'response.content_part.added', { item_id: 'msg_' + w.id, output_index: w.messageIndex, content_index: 0, part: textPart('') });
+}
+
 /** One upstream event → its Responses events. */
 export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   if (w.done) return '';
@@ -276,11 +295,7 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
     w.lateText += d.text;
     w.tokens++;
   } else if (d.text !== '') {
-    if (w.messageIndex === -1) {
-      w.messageIndex = w.outputs++;
-      out += event(w, 'response.output_item.added', { output_index: w.messageIndex, item: messageItem(w.id, '', 'in_progress') });
-      out += event(w, 'response.content_part.added', { item_id: 'msg_' + w.id, output_index: w.messageIndex, content_index: 0, part: textPart('') });
-    }
+    if (w.messageIndex === -1) out += openMessage(w);
     w.text += d.text;
     w.tokens++;
     out += event(w, 'response.output_text.delta', { item_id: 'msg_' + w.id, output_index: w.messageIndex, content_index: 0, delta: d.text, logprobs: [] });
@@ -321,6 +336,8 @@ export function responsesDone(w: ResponsesWriter): string {
   if (w.done) return '';
   let out = open(w);
   w.done = true;
+  // An empty reply is one message item with an empty text, as a whole Response's output.
+  if (w.messageIndex === -1 && w.tools.length === 0 && w.lateText === '') out += openMessage(w);
   // A call without arguments says {} (as a whole reply does), in a delta too so that deltas add up to it.
   for (const s of w.tools) {
     if (s === undefined || s.arguments !== '') continue;
@@ -351,12 +368,20 @@ export function responsesDone(w: ResponsesWriter): string {
   return out + event(w, end.status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: shell });
 }
 
+/** What identifies a Response that is not ours (a passed-through upstream's): overrides responseShell's. */
+export interface ResponseIdentity {
+  id: string;
+  model?: string;
+  created_at?: number;
+}
+
 /**
  * A stream that failed after it began: response.failed, whose response carries the
  * error (our code, e.g. upstream_error or upstream_timeout, and the message). The
  * Response so far is not repeated.
  */
-export function responsesFailed(w: { seq: number }, id: string, model: string, code: string, message: string): string {
-  const shell = responseShell(id, model, Math.floor(Date.now() / 1000), 'failed', [], null, { error: { code, message } });
+export function responsesFailed(w: { seq: number; response?: ResponseIdentity | null }, id: string, model: string, code: string, message: string): string {
+  // Passed through, the Response is the upstream's: its id and model, not ours.
+  const shell = responseShell(id, model, Math.floor(Date.now() / 1000), 'failed', [], null, { ...w.response, error: { code, message } });
   return event(w, 'response.failed', { response: shell });
 }

@@ -200,7 +200,7 @@ t.test('an upstream cut before its terminal event ends with the error event, and
           error: { message: 'upstream stream ended before the response was complete', type: 'server_error', code: 'upstream_error', param: null, request_id: 'req-42' },
         });
       } else {
-        t.equal(text.split('\n').at(-2), '{"error":"upstream stream ended before the response was complete"}');
+        t.equal(text.split('\n').at(-2), '{"error":"upstream stream ended before the response was complete","code":"upstream_error","request_id":"req-42"}');
         t.notOk(text.includes('"done":true'));
       }
       t.equal(clientText(client, 'chat', Buffer.from(text.replace(/.*"error".*\n\n?$/, ''))), TOKENS.slice(0, -1).join(''), 'the whole events before the cut arrived');
@@ -231,7 +231,7 @@ t.test('fail() mid-stream: OpenAI client gets the error event and no [DONE]; Oll
 
   const o = compileChain(spec('ollama', 'ollama', 'chat')).open(ctxFor());
   o.push(up);
-  t.equal(o.fail('upstream timed out', 'upstream_timeout'), '{"error":"upstream timed out"}\n');
+  t.equal(o.fail('upstream timed out', 'upstream_timeout'), '{"error":"upstream timed out","code":"upstream_timeout","request_id":"req-42"}\n');
 });
 
 t.test('fail() after a complete stream writes nothing', async (t) => {
@@ -259,7 +259,7 @@ t.test('an upstream error event mid-stream becomes the client error event', asyn
         t.notOk(text.includes('[DONE]'), 'no [DONE] after an error');
         t.same(JSON.parse(sseData(text).at(-1)!).error, { message, type: 'server_error', code: 'upstream_error', param: null, request_id: 'req-42' });
       } else {
-        t.equal(text.split('\n').at(-2), JSON.stringify({ error: message }));
+        t.equal(text.split('\n').at(-2), JSON.stringify({ error: message, code: 'upstream_error', request_id: 'req-42' }));
       }
       t.equal(clientText(client, 'chat', Buffer.from(text.replace(/(data: )?\{"error".*\n\n?$/, ''))), 'a');
     }

@@ -384,7 +384,7 @@ t.test('mid-stream terminal error events', async (t) => {
     streamErrorEvent('openai', 'upstream timed out', 'upstream_timeout', 'req-9'),
     'data: {"error":{"message":"upstream timed out","type":"server_error","code":"upstream_timeout","param":null,"request_id":"req-9"}}\n\n',
   );
-  t.equal(streamErrorEvent('ollama', 'upstream timed out', 'upstream_timeout', 'req-9'), '{"error":"upstream timed out"}\n');
+  t.equal(streamErrorEvent('ollama', 'upstream timed out', 'upstream_timeout', 'req-9'), '{"error":"upstream timed out","code":"upstream_timeout","request_id":"req-9"}\n');
 });
 
 t.test('upstream errors → BrokerError', async (t) => {

@@ -1,0 +1,287 @@
+// What the Responses, Messages and Ollama clients get matches what their vendors (and
+// docs/llm.md) promise, on edges a probe found: a malformed event in a passed-through
+// Responses stream, tool-call arguments that are not a JSON object, every part of the
+// prompt counted, required fields checked, empty replies, the route errors' shape.
+// The upstream is a scripted HTTP server: each test says what it answers.
+import t from 'tap';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import OpenAI from 'openai';
+import Anthropic from '@anthropic-ai/sdk';
+import { startTestBroker, postJson } from '../helpers/broker.ts';
+
+// ---- the scripted upstream ----
+
+type Handler = (path: string, body: any, res: ServerResponse) => void;
+let handler: Handler = (_p, _b, res) => void res.writeHead(500).end();
+const seen: Array<{ path: string; body: any }> = [];
+const upstream = createServer((req, res) => {
+  let text = '';
+  req.on('data', (c: Buffer) => (text += c.toString('utf8')));
+  req.on('end', () => {
+    const body = text === '' ? {} : JSON.parse(text);
+    seen.push({ path: req.url ?? '', body });
+    handler(req.url ?? '', body, res);
+  });
+});
+await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+t.teardown(() => upstream.close());
+const upUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+
+function sse(res: ServerResponse, blocks: string[], end = true): void {
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  for (const b of blocks) res.write(b);
+  // A cut: the connection reset once the client has read what came before.
+  if (end) res.end();
+  else setTimeout(() => res.destroy(), 100);
+}
+
+const responsesEvent = (type: string, fields: Record<string, unknown>, seq: number): string => `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: seq, ...fields })}\n\n`;
+
+interface Call {
+  id: string;
+  name: string;
+  /** Argument fragments as the upstream streams them. */
+  args: string[];
+}
+
+/** An OpenAI chat upstream's reply, whole or streamed as the request asks. */
+function chatReply(body: any, res: ServerResponse, content: string, calls: Call[] = []): void {
+  const finish = calls.length > 0 ? 'tool_calls' : 'stop';
+  const usage = { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 };
+  if (body.stream !== true) {
+    const tool_calls = calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.args.join('') } }));
+    const message = { role: 'assistant', content: calls.length > 0 && content === '' ? null : content, ...(calls.length > 0 ? { tool_calls } : {}) };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ id: 'c1', object: 'chat.completion', created: 1, model: 'm', choices: [{ index: 0, message, finish_reason: finish }], usage }));
+    return;
+  }
+  const chunk = (delta: unknown, finishReason: string | null = null): string =>
+    `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finishReason }] })}\n\n`;
+  const blocks = [chunk({ role: 'assistant', content: '' })];
+  if (content !== '') blocks.push(chunk({ content }));
+  calls.forEach((c, index) => {
+    c.args.forEach((a, i) => blocks.push(chunk({ tool_calls: [i === 0 ? { index, id: c.id, type: 'function', function: { name: c.name, arguments: a } } : { index, function: { arguments: a } }] })));
+  });
+  blocks.push(chunk({}, finish), `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [], usage })}\n\n`, 'data: [DONE]\n\n');
+  sse(res, blocks);
+}
+
+function ollamaReply(body: any, res: ServerResponse, content: string): void {
+  res.writeHead(200, { 'content-type': body.stream === false ? 'application/json' : 'application/x-ndjson' });
+  res.end(JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content }, done: true, done_reason: 'stop', prompt_eval_count: 3, eval_count: 2 }) + '\n');
+}
+
+// ---- the broker ----
+
+const dir = mkdtempSync(join(tmpdir(), 'eb-fidelity-'));
+writeFileSync(
+  join(dir, 'broker.yaml'),
+  stringify({
+    modelGroups: {
+      oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: upUrl, model: 'm' }] },
+      ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: upUrl, model: 'm' }] },
+      rp: { deployments: [{ id: 'rp-1', provider: 'openai', url: upUrl, model: 'm', responses: true }] },
+    },
+  }),
+);
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', LLM_MAX_MESSAGES: '50', LLM_MAX_PROMPT_CHARS: '1000' });
+t.teardown(() => tb.close());
+const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'x', maxRetries: 0 });
+const anthropic = new Anthropic({ baseURL: tb.url, apiKey: 'x', maxRetries: 0 });
+
+/** The data of each SSE event, parsed. */
+async function events(res: Response): Promise<any[]> {
+  return [...(await res.text()).matchAll(/^data: (.+)$/gm)].map((m) => JSON.parse(m[1]!));
+}
+
+const post = (path: string, body: unknown): Promise<Response> => fetch(`${tb.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+// ---- 1, 4: passed-through Responses streams ----
+
+t.test('passed-through Responses stream: one malformed event is dropped and the stream goes on', async (t) => {
+  handler = (_p, _b, res) => {
+    const created = { id: 'resp_up_1', object: 'response', status: 'in_progress', model: 'up-model', output: [] };
+    sse(res, [
+      responsesEvent('response.created', { response: created }, 0),
+      'data: upstream hiccup\n\n',
+      responsesEvent('response.output_text.delta', { item_id: 'msg_1', output_index: 0, content_index: 0, delta: 'Hi' }, 1),
+      responsesEvent('response.completed', { response: { ...created, status: 'completed', usage: { input_tokens: 1, output_tokens: 1, total_tokens: 2 } } }, 2),
+    ]);
+  };
+  const evs = await events(await post('/v1/responses', { model: 'rp', input: 'Hi', stream: true }));
+  t.same(evs.map((e) => e.type), ['response.created', 'response.output_text.delta', 'response.completed'], 'the garbage is not forwarded, nothing fails');
+});
+
+t.test("passed-through Responses stream cut mid-way: response.failed names the upstream's response and model", async (t) => {
+  handler = (_p, _b, res) => {
+    const created = { id: 'resp_up_2', object: 'response', created_at: 1700000000, status: 'in_progress', model: 'up-model', output: [] };
+    sse(res, [responsesEvent('response.created', { response: created }, 0), responsesEvent('response.output_text.delta', { item_id: 'msg_1', output_index: 0, content_index: 0, delta: 'Hi' }, 1)], false);
+  };
+  const evs = await events(await post('/v1/responses', { model: 'rp', input: 'Hi', stream: true }));
+  const failed = evs.at(-1);
+  t.equal(failed.type, 'response.failed');
+  t.match(failed.response, { id: 'resp_up_2', model: 'up-model', created_at: 1700000000, status: 'failed', error: { code: 'upstream_error' } });
+  t.equal(failed.sequence_number, 2, 'the sequence runs on from the upstream');
+});
+
+// ---- 2: tool-call arguments that are not a JSON object, streamed to a Messages client ----
+
+t.test('Messages: streamed tool input always adds up to the same object as a whole reply', async (t) => {
+  const tools = [{ name: 'f1', input_schema: { type: 'object' as const } }];
+  const body = { model: 'oa', max_tokens: 50, messages: [{ role: 'user' as const, content: 'x' }], tools };
+  const cases: Array<[string, string[], unknown]> = [
+    ['broken JSON', ['{bad', ' json'], { arguments: '{bad json' }],
+    ['an array', ['[1,', '2]'], { arguments: '[1,2]' }],
+    ['an object in fragments', ['{"city"', ':"Paris"}'], { city: 'Paris' }],
+  ];
+  for (const [label, args, input] of cases) {
+    handler = (_p, b, res) => chatReply(b, res, '', [{ id: 'call_A', name: 'f1', args }, { id: 'call_B', name: 'f1', args }]);
+    const whole = await anthropic.messages.create(body);
+    t.same(whole.content.map((c) => c.type === 'tool_use' && c.input), [input, input], `${label}: whole`);
+    const stream = anthropic.messages.stream(body);
+    const final = await stream.finalMessage();
+    t.same(final.content.map((c) => c.type === 'tool_use' && c.input), [input, input], `${label}: streamed, the SDK parses it (the first call and a later one)`);
+  }
+});
+
+// ---- 3: every part of the prompt counts ----
+
+t.test('Responses: function_call_output and function_call arguments count against LLM_MAX_PROMPT_CHARS; limit errors name input', async (t) => {
+  handler = (_p, b, res) => chatReply(b, res, 'ok');
+  const before = seen.length;
+  const output = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ type: 'function_call_output', call_id: 'c', output: 'a'.repeat(1001) }] });
+  t.equal(output.status, 400);
+  t.match(output.body.error, { code: 'invalid_request', param: 'input', message: /LLM_MAX_PROMPT_CHARS/ });
+  const args = await postJson(`${tb.url}/v1/responses`, { model: 'rp', input: [{ type: 'function_call', call_id: 'c', name: 'f', arguments: JSON.stringify({ a: 'b'.repeat(1001) }) }] });
+  t.equal(args.status, 400);
+  t.match(args.body.error, { param: 'input', message: /LLM_MAX_PROMPT_CHARS/ });
+  const text = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: 'x'.repeat(1001) });
+  t.match(text.body.error, { param: 'input', message: /LLM_MAX_PROMPT_CHARS/ }, 'an input string too');
+  const many = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: Array.from({ length: 51 }, () => ({ role: 'user', content: 'x' })) });
+  t.match(many.body.error, { param: 'input', message: /LLM_MAX_MESSAGES/ });
+  t.equal(seen.length, before, 'nothing reached the upstream');
+});
+
+t.test('Messages: a user turn of tool_result blocks counts as the messages it becomes (LLM_MAX_MESSAGES)', async (t) => {
+  handler = (_p, b, res) => chatReply(b, res, 'ok');
+  const turn = (n: number) => [{ role: 'user', content: Array.from({ length: n }, (_, i) => ({ type: 'tool_result', tool_use_id: `t${i}`, content: 'x' })) }];
+  const few = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', LLM_MAX_MESSAGES: '3' });
+  t.teardown(() => few.close());
+  const before = seen.length;
+  const many = await postJson(`${few.url}/v1/messages`, { model: 'oa', max_tokens: 5, messages: turn(4) });
+  t.equal(many.status, 400);
+  t.match(many.body, { type: 'error', error: { type: 'invalid_request_error', message: /^messages has 4 messages; at most 3 \(LLM_MAX_MESSAGES\)/ } });
+  const mixed = [{ role: 'user', content: [...turn(3)[0]!.content, { type: 'text', text: 'and?' }] }];
+  t.match((await postJson(`${few.url}/v1/messages`, { model: 'oa', max_tokens: 5, messages: mixed })).body, { error: { message: /has 4 messages/ } }, 'three results and a text: four');
+  t.equal(seen.length, before, 'nothing reached the upstream');
+  const fits = await postJson(`${few.url}/v1/messages`, { model: 'oa', max_tokens: 5, messages: turn(3) });
+  t.equal(fits.status, 200, 'three tool results are three messages');
+});
+
+// ---- 5: function_call_output as content parts ----
+
+t.test('Responses: a function_call_output given as content parts reaches the upstream as its text', async (t) => {
+  const input = [
+    { type: 'function_call', call_id: 'c', name: 'f', arguments: '{}' },
+    { type: 'function_call_output', call_id: 'c', output: [{ type: 'input_text', text: 'sunny, ' }, { type: 'input_text', text: '20C' }] },
+  ];
+  for (const model of ['oa', 'ol']) {
+    handler = (_p, b, res) => (model === 'oa' ? chatReply(b, res, 'ok') : ollamaReply(b, res, 'ok'));
+    const r = await postJson(`${tb.url}/v1/responses`, { model, input });
+    t.equal(r.status, 200, model);
+    const tool = seen.at(-1)!.body.messages.find((m: any) => m.role === 'tool');
+    t.equal(tool.content, 'sunny, 20C', `${model}: the tool message's text`);
+  }
+  const image = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [input[0], { ...input[1], output: [{ type: 'input_image', image_url: 'https://x/y.png' }] }] });
+  t.equal(image.status, 400, 'an image part is refused, not sent as JSON text');
+  t.match(image.body.error, { param: 'input[1].output[0]' });
+});
+
+// ---- 6: required fields and types ----
+
+t.test('required fields and sampling types: 400 in the client API shape, naming the field, nothing forwarded', async (t) => {
+  handler = (_p, b, res) => chatReply(b, res, 'ok');
+  const before = seen.length;
+  const responses: Array<[unknown, string]> = [
+    [{ model: 'oa', input: [{ type: 'function_call_output', output: 'x' }] }, 'input[0].call_id'],
+    [{ model: 'rp', input: [{ type: 'function_call_output', output: 'x' }] }, 'input[0].call_id'],
+    [{ model: 'oa', input: [{ type: 'function_call', call_id: 'c', arguments: '{}' }] }, 'input[0].name'],
+    [{ model: 'oa', input: [{ type: 'function_call_output', call_id: 'c' }] }, 'input[0].output'],
+    [{ model: 'oa', input: 'x', temperature: 'hot' }, 'temperature'],
+    [{ model: 'rp', input: 'x', top_p: '1' }, 'top_p'],
+  ];
+  for (const [body, param] of responses) {
+    const r = await postJson(`${tb.url}/v1/responses`, body);
+    t.equal(r.status, 400, param);
+    t.match(r.body.error, { code: 'invalid_request', type: 'invalid_request_error', param, message: new RegExp(`^${param.replace(/[[\].]/g, '\\$&')} `) });
+  }
+  const messages: Array<[unknown, string]> = [
+    [{ model: 'oa', max_tokens: 5, messages: [{ role: 'user', content: [{ type: 'tool_result', content: 'r' }] }] }, 'messages[0].content[0].tool_use_id'],
+    [{ model: 'oa', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], temperature: 'hot' }, 'temperature'],
+  ];
+  for (const [body, field] of messages) {
+    const r = await postJson(`${tb.url}/v1/messages`, body);
+    t.equal(r.status, 400, field);
+    t.match(r.body, { type: 'error', error: { type: 'invalid_request_error', code: 'invalid_request', message: new RegExp(`^${field.replace(/[[\].]/g, '\\$&')} `) } });
+  }
+  const chat = await postJson(`${tb.url}/v1/chat/completions`, { model: 'oa', messages: [{ role: 'user', content: 'x' }], temperature: 'hot' });
+  t.match(chat.body.error, { param: 'temperature' }, 'chat completions too');
+  t.equal(seen.length, before, 'nothing reached the upstream');
+  const err: any = await openai.responses.create({ model: 'oa', input: [{ type: 'function_call_output', output: 'x' } as any] }).catch((e: unknown) => e);
+  t.match({ status: err.status, param: err.param }, { status: 400, param: 'input[0].call_id' }, 'the SDK reads it');
+});
+
+// ---- 7: an empty reply, streamed and not ----
+
+t.test('an empty reply is the same streamed and not: one empty text (Responses message item, Messages text block)', async (t) => {
+  handler = (_p, b, res) => chatReply(b, res, '');
+  const whole = await openai.responses.create({ model: 'oa', input: 'Hi' });
+  const shape = (output: any[]) => output.map((o) => [o.type, o.content.map((c: any) => [c.type, c.text])]);
+  t.same(shape(whole.output), [['message', [['output_text', '']]]], 'Responses, whole');
+  const evs = await events(await post('/v1/responses', { model: 'oa', input: 'Hi', stream: true }));
+  t.same(shape(evs.at(-1).response.output), shape(whole.output), 'Responses, streamed: response.completed');
+  t.same(
+    evs.map((e) => e.type),
+    ['response.created', 'response.in_progress', 'response.output_item.added', 'response.content_part.added', 'response.output_text.done', 'response.content_part.done', 'response.output_item.done', 'response.completed'],
+    'the message item opens and closes',
+  );
+  t.same(evs.map((e) => e.sequence_number), evs.map((_, i) => i));
+  const body = { model: 'oa', max_tokens: 5, messages: [{ role: 'user' as const, content: 'Hi' }] };
+  const msg = await anthropic.messages.create(body);
+  t.same(msg.content, [{ type: 'text', text: '' }], 'Messages, whole');
+  const final = await anthropic.messages.stream(body).finalMessage();
+  t.same(final.content.map((c) => c.type === 'text' && c.text), [''], 'Messages, streamed: one empty text block');
+});
+
+// ---- 8: errors on /v1/messages paths ----
+
+t.test('GET /v1/messages and /v1/messages/count_tokens: Anthropic error shape and request-id', async (t) => {
+  const get = await fetch(`${tb.url}/v1/messages`, { headers: { 'x-request-id': 'fid-1' } });
+  t.equal(get.status, 405);
+  t.match(await get.json(), { type: 'error', error: { type: 'invalid_request_error' }, request_id: 'fid-1' });
+  t.equal(get.headers.get('request-id'), 'fid-1');
+  const count = await fetch(`${tb.url}/v1/messages/count_tokens`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': 'fid-2' }, body: '{}' });
+  t.equal(count.status, 404);
+  t.equal(count.headers.get('request-id'), 'fid-2');
+  const err: any = await anthropic.messages.countTokens({ model: 'oa', messages: [{ role: 'user', content: 'x' }] }, { headers: { 'x-request-id': 'fid-3' } }).catch((e: unknown) => e);
+  t.equal(err.status, 404);
+  t.equal(err.requestID ?? err.request_id, 'fid-3', "the SDK's request id");
+});
+
+// ---- 9: Ollama mid-stream errors carry the code ----
+
+t.test('Ollama stream cut mid-way: the error line carries code (and the request id)', async (t) => {
+  handler = (_p, _b, res) => {
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    // A clean end without the done line: the broker reports the truncation.
+    res.end(JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: 'a' }, done: false }) + '\n');
+  };
+  const res = await fetch(`${tb.url}/api/chat`, { method: 'POST', headers: { 'x-request-id': 'fid-9' }, body: JSON.stringify({ model: 'ol', messages: [{ role: 'user', content: 'x' }] }) });
+  const lines = (await res.text()).trim().split('\n').map((l) => JSON.parse(l));
+  t.match(lines.at(-1), { error: /ended before/, code: 'upstream_error', request_id: 'fid-9' });
+});
