@@ -67,6 +67,7 @@ const fleet = {
     'small-vllm': { deployments: [d('ctx-vllm', 'openai', ctxVllm)], contextFallbacks: ['big'] },
     'small-ollama': { deployments: [d('ctx-ollama', 'ollama', ctxOllama)], contextFallbacks: ['big'] },
     'small-alone': { deployments: [d('ctx-alone', 'openai', ctxOpenai)], fallbacks: ['big'] },
+    'small-vllm-alone': { deployments: [d('ctx-vllm-alone', 'openai', ctxVllm)] },
     tiny: { deployments: [d('tiny-1', 'openai', ok2)], maxContextTokens: 20, contextFallbacks: ['big'] },
     'over-openai': { deployments: [d('over-openai', 'openai', overOpenai)], fallbacks: ['big'] },
     'over-ollama': { deployments: [d('over-ollama', 'ollama', overOllama)], fallbacks: ['big'] },
@@ -123,6 +124,11 @@ t.test('without contextFallbacks a context-length error is the client\'s 400, wi
   t.equal(err.status, 400);
   t.match(err.message, /maximum context length is 8192 tokens/);
   t.equal(ok.stats.total, before, 'big was not asked');
+  // vLLM's error body is flat ({"object":"error","message":...}): its message, not the JSON.
+  const vllm = (await openai.chat.completions.create({ model: 'small-vllm-alone', messages }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
+  t.equal(vllm.status, 400);
+  t.match(vllm.message, /^400 This model's maximum context length is \d+ tokens/);
+  t.notMatch(vllm.message, /"object"/);
 });
 
 t.test('a context-length error met on a fallback group is not taken by the plain fallbacks still queued', async (t) => {

@@ -13,6 +13,9 @@ export function upstreamErrorMessage(body: unknown): string | null {
     const m = (e as Record<string, unknown>)['message'];
     return typeof m === 'string' ? m : JSON.stringify(e);
   }
+  // vLLM's (and FastChat's) shape: {"object":"error","message":...} at the top level.
+  const o = body as Record<string, unknown>;
+  if (o['object'] === 'error' && typeof o['message'] === 'string') return o['message'];
   return null;
 }
 
