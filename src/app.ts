@@ -283,13 +283,15 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   }
 
   const v2Core = new V2Core(infer);
+  // The gRPC front starts after the HTTP one: not ready until it listens too.
+  let grpcListening = false;
   // An inference request's priority may only be lower than its API key's (as an LLM request's).
   const ceiling = (apiKey: string | undefined): number => governance.priorityCeiling(apiKey);
   const authThrottle = new AuthThrottle(config.adminAuthMaxFailures > 0 ? config.adminAuthMaxFailures : Infinity);
   const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
   const controlRoutes = [
     ...obsRoutes(metrics, threaded ? async () => planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : undefined),
-    readyRoute(infer),
+    readyRoute(infer, () => config.grpcPort === 0 || grpcListening),
     // Open Inference Protocol (KServe v2): served here, where the models live; data-plane threads forward /v2 (docs/oip.md).
     ...v2Routes(v2Core, config.stickyCookie, ceiling),
     ...(infer !== undefined ? adminRoutes(infer) : []),
@@ -468,6 +470,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         priorityCeiling: ceiling,
         services: [{ definition: v2PackageDefinition(), names: [V2_SERVICE], register: (server, ctx) => addV2GrpcService(server, { core: v2Core, ...ctx }) }, ...(opts.grpcServices ?? [])],
       });
+      grpcListening = true;
     } catch (err) {
       await Promise.all([infer?.close(), executor?.close(), grpcExecutor?.close(), planes?.close(0)]);
       closeAll();

@@ -42,9 +42,9 @@ export interface ReplySink {
   /** End a started reply, optionally with a last chunk. */
   end(chunk?: string | Uint8Array): void;
   /**
-   * End a started stream that failed after it began. Only fronts whose protocol has an
-   * out-of-band status implement it (gRPC: a non-OK status after the messages sent);
-   * over HTTP the error event is written into the stream and end() is called.
+   * End a started stream that failed after it began. A front whose protocol has an
+   * out-of-band status sends it (gRPC: a non-OK status after the messages sent); over HTTP
+   * the error event is in the stream already, and the front only records the failure.
    */
   endWithError?(err: BrokerError): void;
   /** Send a whole reply at once. */

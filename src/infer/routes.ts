@@ -70,12 +70,16 @@ function queryInt(value: string | null, field: string, min: number, max: number)
   return optionalInt(/^[0-9]{1,9}$/.test(value) ? Number(value) : value, field, min, max);
 }
 
-/** Readiness: the models are loaded (always ready when inference is turned off). */
-export function readyRoute(service: { readonly ready: boolean; readonly modelProblems?: Readonly<Record<string, string>> } | undefined): Route {
+/**
+ * Readiness: the models are loaded (always, when inference is turned off) and every other
+ * front listens (`fronts`: the gRPC port, which starts after the HTTP one).
+ */
+export function readyRoute(service: { readonly ready: boolean; readonly modelProblems?: Readonly<Record<string, string>> } | undefined, fronts: () => boolean = () => true): Route {
   return {
     method: 'GET',
     path: '/ready',
     handle({ sink }) {
+      if (!fronts()) return sink.send(503, JSON_HEADERS, JSON.stringify({ ready: false, fronts_listening: false }));
       if (service === undefined) return sink.send(200, JSON_HEADERS, JSON.stringify({ ready: true, models_loaded: false, inference: 'disabled' }));
       const ready = service.ready;
       // A model that does not fit its manifest says why (B's keeps the broker ready: A serves).

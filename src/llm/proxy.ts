@@ -356,8 +356,8 @@ export class LlmProxy {
             if (r.ended !== 'complete') upSpan.fail(r.errorCode ?? r.ended, r.errorMessage ?? undefined);
             endAttempt(upSpan, usage.ttftMs, r.promptTokens, r.completionTokens);
           }
-          // A front with an out-of-band status (gRPC) ends a failed stream with it; over
-          // HTTP the chain already wrote the error event into the stream.
+          // A failed stream ends with its error: gRPC's status, or over HTTP (where the chain
+          // wrote the error event into the stream already) only in the front's records.
           if (sink.endWithError !== undefined && r.ended !== 'complete' && r.ended !== 'aborted') {
             sink.endWithError(new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? 'upstream stream failed'));
           } else {

@@ -66,6 +66,14 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['route', 'status', 'code'] as const,
       registers: r,
     }),
+    // A stream that began with 200 and was cut by an error (its error event is in the stream):
+    // what the availability SLO counts beside the 5xx, for HTTP (gRPC has its status code).
+    httpStreamsCut: new Counter({
+      name: 'http_streams_cut_total',
+      help: 'HTTP replies that began with 200 and ended with an error event, by route and error code',
+      labelNames: ['route', 'code'] as const,
+      registers: r,
+    }),
     httpActive: new Gauge({ name: 'http_requests_active', help: 'HTTP requests in progress', registers: r }),
     rateLimited: new Counter({
       name: 'rate_limit_rejections_total',

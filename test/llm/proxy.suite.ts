@@ -212,6 +212,8 @@ t.test('stall mid-stream: idle timeout ends the stream with upstream_timeout', a
   t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'stalled', outcome: 'error', reason: 'midstream_timeout' })) >= 1);
   // `timeout` is a failure before the first byte, a 504 the availability SLO counts as a 5xx already.
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'stalled', outcome: 'error', reason: 'timeout' }), 0, 'not counted as a timeout before the first byte');
+  // The availability SLO's HTTP term for a stream cut after its 200.
+  t.ok((await metricValue(tb.url, 'http_streams_cut_total', { route: '/v1/chat/completions', code: 'upstream_timeout' })) >= 1, 'counted as a cut stream');
 });
 
 t.test('a client that goes away aborts the upstream request', async (t) => {

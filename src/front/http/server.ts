@@ -290,6 +290,13 @@ class UwsSink implements FrontSink {
     this.record(this.status, false);
   }
 
+  /** A started stream cut by an error: its error event is written already; recorded as cut (access log, http_streams_cut_total). */
+  endWithError(err: BrokerError): void {
+    if (this.aborted || this.finished) return;
+    this.errorCode = err.code;
+    this.end();
+  }
+
   send(status: number, headers: Readonly<Record<string, string>>, body: string | Uint8Array, closeConnection = false): void {
     if (this.aborted || this.finished || this.started) return;
     this.started = true;
@@ -340,6 +347,7 @@ class UwsSink implements FrontSink {
     m.httpActive.dec();
     m.httpDuration.labels(this.routeName, this.req.method, String(status)).observe(seconds);
     if (status >= 400) m.httpErrors.labels(this.routeName, String(status), this.errorCode ?? (aborted ? 'client_closed' : 'unknown')).inc();
+    else if (this.errorCode !== undefined && !aborted) m.httpStreamsCut.labels(this.routeName, this.errorCode).inc();
     // Below info (LOG_LEVEL=warn) there is no access line: do not build one.
     if (!this.accessLog.isLevelEnabled('info')) return;
     const line: Record<string, unknown> = {
