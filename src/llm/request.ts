@@ -71,6 +71,8 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   const promptChars = checkSize(parts, limits, api === 'anthropic' ? upstreamMessageCount(body.messages as unknown[]) : (parts.messages?.length ?? 0), api === 'responses' || kind === 'embed' ? 'input' : undefined);
   checkNumber(body.temperature, 'temperature');
   checkNumber(body.top_p, 'top_p');
+  // "stream": "yes" read as not streamed would surprise its sender: say so instead (both vendors answer 400).
+  if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw invalidField('stream', 'must be a boolean');
   if (api === 'anthropic' && body.stop_sequences !== undefined && !(Array.isArray(body.stop_sequences) && body.stop_sequences.every((x) => typeof x === 'string'))) {
     throw invalidField('stop_sequences', 'must be an array of strings');
   }

@@ -347,9 +347,11 @@ export class Scheduler {
         }
         const d = pool.length === 1 ? pool[0]! : choose(pool);
         let reservation: Reservation | null = null;
-        if (quotaOn !== null && (d.config.rpm !== undefined || d.config.tpm !== undefined)) {
+        // A deployment's quota: the fleet file's, or one set at run time (PUT /api/industrial/quota).
+        const subject = quotaOn === null ? '' : `deployment:${d.config.id}`;
+        if (quotaOn !== null && (d.config.rpm !== undefined || d.config.tpm !== undefined || quotaOn.limits(subject) !== undefined)) {
           try {
-            reservation = quotaOn.reserve([`deployment:${d.config.id}`], a.tokens);
+            reservation = quotaOn.reserve([subject], a.tokens);
           } catch (err) {
             // This deployment's quota is spent: try the others, and report the soonest retry.
             const e = err as BrokerError;

@@ -38,6 +38,11 @@ t.test('malformed bodies are refused at the front with the field named (400, nev
   t.throws(read({ messages: 'hi' }), { code: 'invalid_request', message: /messages must be an array/ });
   t.throws(read({ messages: [{ role: 'user', content: 7 }] }), { code: 'invalid_request', message: /content must be a string or an array/ });
   t.doesNotThrow(read({ messages: [{ role: 'user', content: [{ type: 'text', text: 'a' }] }, { role: 'assistant', content: null, tool_calls: [] }] }));
+  // A stream flag that is not a boolean is said, not read as "not streamed"; a temperature past a double's range (1e309: Infinity) too.
+  for (const stream of ['yes', 1, 'true']) t.throws(read({ messages: [{ role: 'user', content: 'hi' }], stream }), { code: 'invalid_request', message: /stream must be a boolean/ }, String(stream));
+  t.doesNotThrow(read({ messages: [{ role: 'user', content: 'hi' }], stream: false }));
+  t.doesNotThrow(read({ messages: [{ role: 'user', content: 'hi' }], stream: null }));
+  t.throws(read({ messages: [{ role: 'user', content: 'hi' }], temperature: JSON.parse('1e309') }), { code: 'invalid_request', message: /temperature must be a number/ });
 });
 
 t.test('output limits and n are checked, not passed on unchecked', async (t) => {

@@ -251,6 +251,13 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
   t.equal(r4.statusCode, 429);
   t.equal(((await r4.body.json()) as any).error.code, 'quota_exceeded');
 
+  // A deployment without a quota in the fleet file gets one at run time: in force at once.
+  t.equal((await chat(tb, 'h')).status, 200);
+  t.equal((await send(tb, 'PUT', '/api/industrial/quota/deployment:q-2', { rpm: 1 })).status, 200);
+  const runtime: number[] = [];
+  for (let i = 0; i < 3; i++) runtime.push((await chat(tb, 'h')).status);
+  t.same(runtime, [200, 429, 429], 'the run-time RPM limit holds');
+
   const off = await send(tb, 'DELETE', '/api/industrial/flags/quota_enforcement');
   t.same(off.body.quota_enforcement, { enabled: false, source: 'default' });
   t.equal((await chat(tb, 'g')).status, 200, 'reverted at once');
