@@ -188,6 +188,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   await responseCache.connect();
   // Changes the control plane makes on its own (health checks, breakers, discovery) reach the threads too.
   const publish = (): void => void planes?.publish().catch(() => undefined);
+  // A flag changed by another replica (through the store) is in force on this one's threads too.
+  flags.onChange(() => publish());
   // The fleet model: servers, health, breakers, bans, drain and maintenance, the running config.
   fleetManager = new FleetManager(
     {

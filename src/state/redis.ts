@@ -95,8 +95,12 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     // Every (re)subscription: re-read everything, since changes may have been missed.
     this.sub.on('ready', () => {
       void this.sub.subscribe(CHANNEL, PINS).then(() => {
+        this.subscribed = true;
         for (const k of KINDS) this.emit(k);
       }, () => undefined);
+    });
+    this.sub.on('close', () => {
+      this.subscribed = false;
     });
   }
 
@@ -106,6 +110,8 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
   }
 
   private lastError: string | undefined;
+  /** Subscribed to the change channel: the re-read of every doc has been announced. */
+  private subscribed = false;
 
   private setUp(up: boolean): void {
     if (this.closed || this.up === up) return;
@@ -123,6 +129,12 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
 
   onChange(cb: (kind: DocKind) => void): void {
     this.listeners.push(cb);
+    // A listener that comes after the first re-read (a replica's shared state is wired once
+    // the store has connected) gets its own: else a replica started while Redis holds flags,
+    // bans or drains would never adopt them.
+    if (this.subscribed) queueMicrotask(() => {
+      for (const k of KINDS) cb(k);
+    });
   }
 
   async publishPins(pins: readonly Pin[]): Promise<void> {

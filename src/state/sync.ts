@@ -73,6 +73,7 @@ export class SharedState {
       // Nothing shared yet: this replica's state is the first, so share it.
       if (kind === 'fleet') this.fleetChanged();
       if (kind === 'flags' && Object.keys(this.o.flags.overrideMap()).length > 0) void this.push('flags', { overrides: this.o.flags.overrideMap(), replica: this.o.replica });
+      if (kind === 'keys') await this.restoreKeys();
       return;
     }
     this.applying = true;
@@ -85,6 +86,24 @@ export class SharedState {
     } finally {
       this.applying = false;
     }
+  }
+
+  /**
+   * A store with no keys doc has never seen a key change: a Redis that came back empty. The
+   * keys this replica knows are written back before anyone adds one, or the first key made
+   * there would become the whole list on every replica. (An empty key list with the doc
+   * present is revocations, and stays empty.)
+   */
+  private async restoreKeys(): Promise<void> {
+    const keys = this.o.identity.runtimeKeys;
+    if (keys.length === 0) return;
+    try {
+      for (const k of keys) await this.o.store.putKey(k);
+    } catch {
+      return;
+    }
+    this.o.logger.warn({ keys: keys.length }, 'state: the store had no API keys; this replica wrote back the ones it knows');
+    await this.push('keys', { at: Date.now(), replica: this.o.replica });
   }
 
   close(): void {

@@ -121,4 +121,35 @@ t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with
   await until(async () => (await call(a, 'GET', '/api/orchestrator/bans')).body.bans.some((x: any) => x.reason === 'after the outage'), 'a change on B reaches A after the restart', 10000);
   t.pass('resynced with no broker restart');
   await call(b, 'DELETE', '/api/orchestrator/bans');
+  // Keys: the first key made on the empty Redis must not become the whole list.
+  const after = await call(b, 'POST', '/api/auth/keys', { name: 'after-restart' });
+  t.equal(after.status, 201);
+  await until(async () => (await chat(a, after.body.key)).status === 200, 'the new key on A');
+  t.equal((await chat(a, made.body.key)).status, 200, 'a key made before the restart still works on A');
+  t.equal((await chat(b, made.body.key)).status, 200, 'and on B');
+});
+
+t.test("a flag changed on A is in force on B's data-plane threads, with nothing else changing", async (t) => {
+  const made = await call(a, 'POST', '/api/auth/keys', { name: 'flag-threads', rpm: 1 });
+  await until(async () => (await chat(b, made.body.key)).status === 200, 'the key on B');
+  // Quota enforcement off: the rpm 1 key is not limited yet.
+  t.equal((await chat(b, made.body.key)).status, 200);
+  t.equal((await call(a, 'PUT', '/api/industrial/flags/quota_enforcement', { enabled: true })).status, 200);
+  await until(async () => JSON.stringify((await call(b, 'GET', '/api/industrial/flags')).body).includes('"quota_enforcement":{"enabled":true'), 'the flag on B');
+  const statuses: number[] = [];
+  for (let i = 0; i < 4; i++) statuses.push((await chat(b, made.body.key)).status);
+  t.ok(statuses.includes(429), `B's threads enforce the quota A turned on: ${statuses}`);
+  await call(a, 'DELETE', '/api/industrial/flags/quota_enforcement');
+});
+
+t.test('a replica started after the others adopts the shared flags and operator state', async (t) => {
+  t.equal((await call(a, 'PUT', '/api/industrial/flags/priority_routing', { enabled: true })).status, 200);
+  t.equal((await call(a, 'POST', '/api/orchestrator/bans/server/d1', { reason: 'before C' })).status, 200);
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/bans')).body.bans.some((x: any) => x.reason === 'before C'), 'the ban on B');
+  const c = await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'replica-c' });
+  await until(async () => (await call(c, 'GET', '/api/orchestrator/bans')).body.bans.some((x: any) => x.reason === 'before C'), 'the ban on C');
+  await until(async () => JSON.stringify((await call(c, 'GET', '/api/industrial/flags')).body).includes('"priority_routing":{"enabled":true'), 'the flag on C');
+  t.pass('C adopted the ban and the flag');
+  await call(a, 'DELETE', '/api/orchestrator/bans');
+  await call(a, 'DELETE', '/api/industrial/flags/priority_routing');
 });
