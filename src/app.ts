@@ -318,7 +318,9 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         return await identity.principal(req.headers['authorization']);
       } catch (err) {
         const code = (err as BrokerError).code;
-        if (code === 'unauthorized' || code === 'forbidden') authThrottle.failed(req.remoteAddress);
+        // A session the store could not check (Redis away) is no wrong credential: else a
+        // dashboard polling through an outage would lock the address, ADMIN_TOKEN included.
+        if ((code === 'unauthorized' || code === 'forbidden') && (err as BrokerError).details?.['reason'] !== 'store_unavailable') authThrottle.failed(req.remoteAddress);
         throw err;
       }
     },

@@ -82,6 +82,11 @@ export class Identity {
     }
     if (token.startsWith('sess_')) {
       const s = await this.session(token);
+      // Not the caller's mistake: the store is away (and sessions fail closed). Said apart, so
+      // that it does not count as a failed credential against the address (auth throttle).
+      if (s === undefined && !this.o.store.up && this.o.failMode === 'closed') {
+        this.fail('store_unavailable', new BrokerError('unauthorized', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)', { details: { reason: 'store_unavailable' } }));
+      }
       if (s === undefined) this.fail('session', new BrokerError('unauthorized', 'the session is unknown, expired or revoked'));
       return { subject: s.subject, roles: s.roles.filter(isRole), via: 'session', session: token };
     }
