@@ -104,6 +104,7 @@ export class Identity {
     let roles: readonly Role[];
     let tier: string | undefined;
     let keyId: string | undefined;
+    let runtimeKey = false;
     if (isJwt(credential) && this.o.jwt !== undefined) {
       const p = await this.o.jwt.verify(credential).catch((err: BrokerError) => this.fail(String(err.details?.reason ?? 'invalid_token'), err));
       subject = p.subject;
@@ -117,10 +118,11 @@ export class Identity {
       subject = runtime?.name ?? keyId;
       roles = runtime !== undefined && isRole(runtime.role) ? [runtime.role] : ['agent'];
       tier = runtime?.tier ?? fromFile?.tier;
+      runtimeKey = runtime !== undefined;
     }
     const id = 'sess_' + randomBytes(24).toString('base64url');
     const t = this.now();
-    const session: SessionRecord = { subject, roles, tier, keyId, createdAt: t, expiresAt: t + this.o.sessionTtlMs };
+    const session: SessionRecord = { subject, roles, tier, keyId, ...(runtimeKey ? { runtimeKey } : {}), createdAt: t, expiresAt: t + this.o.sessionTtlMs };
     await this.o.store.putSession(id, session).catch(storeDown);
     return { id, session };
   }
@@ -129,7 +131,8 @@ export class Identity {
   async session(id: string): Promise<SessionRecord | undefined> {
     try {
       const s = await this.o.store.getSession(id);
-      if (s === undefined || s.expiresAt <= this.now()) {
+      // A session made from a key that has since been revoked ends with it.
+      if (s === undefined || s.expiresAt <= this.now() || (s.runtimeKey === true && !this.keyAlive(s.keyId))) {
         this.lastKnown.delete(id);
         return undefined;
       }
@@ -139,8 +142,13 @@ export class Identity {
     } catch {
       if (this.o.failMode === 'closed') return undefined;
       const s = this.lastKnown.get(id);
-      return s !== undefined && s.expiresAt > this.now() ? s : undefined;
+      return s !== undefined && s.expiresAt > this.now() && !(s.runtimeKey === true && !this.keyAlive(s.keyId)) ? s : undefined;
     }
+  }
+
+  private keyAlive(id: string | undefined): boolean {
+    for (const k of this.keys.values()) if (k.id === id) return true;
+    return false;
   }
 
   async revokeSession(id: string): Promise<boolean> {

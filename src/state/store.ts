@@ -10,6 +10,8 @@ export interface SessionRecord {
   readonly tier: string | undefined;
   /** The API key's id (k_…) when the session came from a key. */
   readonly keyId: string | undefined;
+  /** The key was one made through /api/auth/keys: revoking it ends the session too. */
+  readonly runtimeKey?: boolean;
   readonly createdAt: number;
   readonly expiresAt: number;
 }

@@ -88,10 +88,14 @@ t.test('a session made on A works on B; revoked on A, it is refused on B', async
   t.equal((await call(a, 'DELETE', `/api/auth/sessions/${s.body.session}`)).status, 200);
   const ms = await until(async () => (await chat(b, s.body.session)).status === 401, 'the revocation on B');
   t.pass(`refused on B ${ms} ms after the revocation on A`);
-  // A revoked key too.
+  // A revoked key too, and the sessions made from it.
+  const fromKey = await call(a, 'POST', '/api/auth/sessions', { api_key: made.body.key });
+  await until(async () => (await chat(b, fromKey.body.session)).status === 200, 'the second session on B');
   t.equal((await call(a, 'DELETE', `/api/auth/keys/${made.body.id}`)).status, 200);
   await until(async () => (await chat(b, made.body.key)).status === 401, 'the revoked key on B');
   t.pass('a key revoked on A is refused on B');
+  await until(async () => (await chat(b, fromKey.body.session)).status === 401, "the revoked key's session on B");
+  t.equal((await chat(a, fromKey.body.session)).status, 401, "and on A: a session ends with the key it was made from");
 });
 
 t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with no restart', async (t) => {
