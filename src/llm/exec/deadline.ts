@@ -3,7 +3,9 @@
 //   first byte  from the request written to the reply's first body byte when streamed
 //               (firstTokenTimeoutMs: long, a cold Ollama loads its model here), to the
 //               headers when not (headersTimeoutMs: a whole reply comes at its end);
-//   idle        between two body chunks after the first (idleChunkTimeoutMs);
+//   idle        between two body chunks after the first (idleChunkTimeoutMs), not counting
+//               the time the broker itself stops reading while a slow client drains
+//               (pause/resume): that silence is the client's, not the upstream's;
 //   total       the whole attempt (totalTimeoutMs, 0 = none).
 // One timer per attempt, re-armed lazily: a chunk only notes its time, so the per-chunk
 // cost is one performance.now(). An expired phase aborts the attempt's own signal with
@@ -24,6 +26,8 @@ export class AttemptDeadline {
   private timer: NodeJS.Timeout | undefined;
   private readonly startedAt = performance.now();
   private lastAt = -1;
+  /** The broker stopped reading (backpressure): the idle phase does not run. */
+  private paused = false;
   private readonly firstMs: number;
   private readonly onParent: () => void;
 
@@ -51,6 +55,19 @@ export class AttemptDeadline {
     }
   }
 
+  /** The broker stops reading from the upstream until the client drains: the idle phase waits. */
+  pause(): void {
+    this.paused = true;
+  }
+
+  /** Reading again: the idle phase starts over from now. */
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (this.lastAt >= 0) this.lastAt = this.now();
+    if (this.timer === undefined && !this.signal.aborted) this.arm();
+  }
+
   /** The attempt is over: no timer left behind. */
   done(): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
@@ -68,13 +85,15 @@ export class AttemptDeadline {
     const now = this.now();
     const t = this.t;
     const phase: Phase = this.lastAt < 0 ? 'first_byte' : 'idle';
-    const phaseEnd = this.lastAt < 0 ? this.startedAt + this.firstMs : this.lastAt + t.idleChunkTimeoutMs;
+    const phaseEnd = this.lastAt < 0 ? this.startedAt + this.firstMs : this.paused ? Infinity : this.lastAt + t.idleChunkTimeoutMs;
     const totalEnd = t.totalTimeoutMs > 0 ? this.startedAt + t.totalTimeoutMs : Infinity;
     return totalEnd <= phaseEnd ? { phase: 'total', inMs: totalEnd - now } : { phase, inMs: phaseEnd - now };
   }
 
   private arm(): void {
     const { inMs } = this.due();
+    // Paused with no total limit: nothing can expire until resume() arms again.
+    if (inMs === Infinity) return;
     this.timer = setTimeout(() => this.check(), Math.max(1, Math.ceil(inMs)));
     this.timer.unref?.();
   }

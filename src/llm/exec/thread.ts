@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { pumpChain, retryAfterOf, send } from './run.ts';
 import { AttemptDeadline } from './deadline.ts';
 import { timed } from './wire-timing.ts';
-import type { AttemptTiming, Executor } from './types.ts';
+import type { AttemptTiming, Executor, StreamTarget } from './types.ts';
 
 /** An upstream's error text is read up to this much: enough for any message, and the rest is dropped. */
 export const ERROR_BODY_BYTES = 64 * 1024;
@@ -51,7 +51,7 @@ export function threadExecutor(maxBodyBytes: number): Executor {
         retryAfter: retryAfterOf(res),
         errorText: () => settle(readCapped(res.body, ERROR_BODY_BYTES, false, onChunk).then((b) => Buffer.from(b).toString('utf8'))),
         bytes: () => settle(readCapped(res.body, maxBodyBytes, true, onChunk)),
-        pump: (target) => settle(pumpChain(req, res.body, target, deadline.signal, onChunk)),
+        pump: (target) => settle(pumpChain(req, res.body, paused(target, deadline), deadline.signal, onChunk)),
       };
     },
     close: () => upstreams.close(),
@@ -79,4 +79,16 @@ async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Erro
     size += chunk.byteLength;
   }
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+}
+
+/** The target with the idle timeout paused while it drains: a slow client's wait is not the upstream's silence. */
+function paused(target: StreamTarget, deadline: AttemptDeadline): StreamTarget {
+  return {
+    write: (chunk) => target.write(chunk),
+    drained: () => {
+      deadline.pause();
+      return target.drained().finally(() => deadline.resume());
+    },
+    ...(target.committed !== undefined ? { committed: () => target.committed!() } : {}),
+  };
 }

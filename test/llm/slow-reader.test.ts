@@ -1,0 +1,41 @@
+// A client that stops reading makes the broker stop reading the upstream (backpressure).
+// That silence is the client's: it must not count as the upstream's idle time. Before, a
+// pause longer than idleChunkTimeoutMs ended the stream with upstream_timeout and blamed
+// a healthy deployment.
+import t from 'tap';
+import { connect } from 'node:net';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { createMockUpstream } from '../../src/mock-upstream/server.ts';
+import { metricValue, startTestBroker } from '../helpers/broker.ts';
+
+const mock = await createMockUpstream({ tokens: 150_000, tps: 0 });
+const dir = mkdtempSync(join(tmpdir(), 'eb-slow-reader-'));
+writeFileSync(join(dir, 'broker.yaml'), stringify({ modelGroups: { g: { deployments: [{ id: 'big-1', provider: 'openai', url: mock.url, model: 'm', idleChunkTimeoutMs: 300 }] } } }));
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false' });
+t.teardown(async () => {
+  await tb.close();
+  await mock.close();
+});
+
+t.test('a client that pauses longer than idleChunkTimeoutMs still gets the whole stream', async (t) => {
+  const port = Number(new URL(tb.url).port);
+  const body = JSON.stringify({ model: 'g', stream: true, messages: [{ role: 'user', content: 'a long answer' }] });
+  const socket = connect(port, '127.0.0.1');
+  await new Promise((r) => socket.once('connect', r));
+  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  // Read the first bytes, then stop reading for well over the idle timeout.
+  await new Promise((r) => socket.once('data', r));
+  socket.pause();
+  await new Promise((r) => setTimeout(r, 1200));
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  socket.resume();
+  await new Promise((r) => socket.once('close', r));
+  const text = Buffer.concat(chunks).toString('utf8');
+  t.notMatch(text, /upstream_timeout/, 'no idle timeout blamed on the upstream');
+  t.match(text, /data: \[DONE\]/, 'the stream ended cleanly');
+  t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'big-1' }), 0);
+});
