@@ -472,7 +472,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         // KServe v2 (GRPCInferenceService) on the same server as ours, on the same V2Core as REST.
         recorder,
         priorityCeiling: ceiling,
-        services: [{ definition: v2PackageDefinition(), names: [V2_SERVICE], register: (server, ctx) => addV2GrpcService(server, { core: v2Core, ...ctx }) }, ...(opts.grpcServices ?? [])],
+        services: [{ definition: v2PackageDefinition(), names: [V2_SERVICE], inference: true, register: (server, ctx) => addV2GrpcService(server, { core: v2Core, ...ctx }) }, ...(opts.grpcServices ?? [])],
       });
       grpcListening = true;
     } catch (err) {

@@ -26,6 +26,19 @@ t.test('AUTH_MODE=keys: UNAUTHENTICATED without a known key; a file key and a se
   const session = (await (await fetch(`${tb.url}/api/auth/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ api_key: 'sk-grpc-1' }) })).json()) as { session: string };
   t.equal((await serverStream(c.chat, 'Chat', hello, md({ 'x-api-key': session.session }))).status.code, Status.OK, 'a session');
   t.equal((await unary(c.inference, 'Infer', { image: Buffer.from([1, 2, 3]) })).error?.code, Status.UNAUTHENTICATED, 'Infer too');
+  // InferStream: the stream's credential is refused as a whole, not image by image under an OK status.
+  const stream = c.inference.InferStream() as grpc.ClientDuplexStream<unknown, unknown>;
+  const got: unknown[] = [];
+  stream.on('data', (m) => got.push(m));
+  const ended = new Promise<grpc.ServiceError | undefined>((r) => {
+    stream.on('error', (e: grpc.ServiceError) => r(e));
+    stream.on('end', () => r(undefined));
+  });
+  stream.write({ image: Buffer.from([1, 2, 3]) });
+  stream.end();
+  const err = await ended;
+  t.equal(err?.code, Status.UNAUTHENTICATED, 'InferStream without a key fails UNAUTHENTICATED');
+  t.same(err?.metadata.get('x-broker-error-code'), ['unauthorized']);
   // KServe v2's ModelInfer too; with a key it passes, to inference (turned off here).
   const v2 = new (grpc.loadPackageDefinition(protoLoader.loadSync(V2_PROTO, { keepCase: true, longs: Number, defaults: true, oneofs: true })) as any).inference.GRPCInferenceService(c.address, grpc.credentials.createInsecure());
   t.teardown(() => v2.close());

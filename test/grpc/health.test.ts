@@ -88,6 +88,7 @@ t.test('health Check and Watch; shutdown: NOT_SERVING, streams finish within the
   t.equal(await check('edge_broker.v1.ChatService'), 'SERVING');
   t.equal(await check('edge_broker.v1.ModelService'), 'SERVING');
   t.equal(await check('edge_broker.v1.InferenceService'), 'NOT_SERVING', 'inference is turned off here');
+  t.equal(await check('inference.GRPCInferenceService'), 'NOT_SERVING', "so is KServe v2's, which serves the same models");
   t.equal((await unary(c.health, 'Check', { service: 'no.such.Service' })).error?.code, grpc.status.NOT_FOUND, 'unknown service: NOT_FOUND');
 
   const watch = c.health.Watch({ service: 'edge_broker.v1.ChatService' });

@@ -267,6 +267,11 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
   const get = await json.get(`/v2/models/${MODEL}/infer`);
   t.equal(get.status, 405);
   t.equal(get.headers.get('allow'), 'POST');
+  // In the v2 shape too (with data-plane threads the 405 is the thread's), and a /v2 path no route serves.
+  expectError(get, 405, 'method_not_allowed', 'GET on infer');
+  expectError(await json.get('/v2/models'), 404, 'not_found', 'an unserved /v2 path');
+  const big = await fetch(`${tb.url}/v2/models/${MODEL}/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: Buffer.alloc(9 * 1024 * 1024, 32) });
+  expectError({ status: big.status, json: await big.json() }, 413, 'payload_too_large', 'a body over MAX_BODY_BYTES');
 
   // 503: more items in one request than the model's queue holds. The first items go to
   // the workers at once (2 threads x 2 tasks), the queue takes QUEUE more, the rest is refused.

@@ -82,6 +82,13 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         onCancelled();
         end(undefined);
       });
+      // The credentials are the stream's (its metadata): refused, the whole stream fails with
+      // UNAUTHENTICATED, as an Infer call does, not each image with an OK status at the end.
+      if (deps.client !== undefined) {
+        void Promise.resolve()
+          .then(() => deps.client!(req))
+          .catch((err: unknown) => end(toBrokerError(err)));
+      }
       call.on('data', (m: InferRequestMsg) => {
         if (over) return;
         const i = index++;

@@ -38,6 +38,8 @@ export interface GrpcService {
   readonly definition: PackageDefinition;
   /** Fully-qualified names of its services: each gets a health status. */
   readonly names: readonly string[];
+  /** It serves inference: its health follows the models' readiness (NOT_SERVING with inference off). */
+  readonly inference?: boolean;
   /**
    * Adds its implementations to the server. `calls` ends its open calls after shutdown's
    * grace period; `guards` (AUTH_MODE, rate limit, request tracking) and `accessLog` are
@@ -117,9 +119,11 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
   server.addService(healthDef, health.implementation());
 
   let reflected: PackageDefinition = defs;
+  const inferenceNames: string[] = [SERVICES.inference];
   for (const s of o.services ?? []) {
     s.register(server, { calls, health, guards, accessLog: o.accessLog });
-    for (const n of s.names) health.set(n, SERVING);
+    if (s.inference === true) inferenceNames.push(...s.names);
+    else for (const n of s.names) health.set(n, SERVING);
     reflected = { ...reflected, ...s.definition };
   }
   new ReflectionService(reflected).addToServer(server);
@@ -129,12 +133,12 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
   health.set(SERVICES.models, SERVING);
   const infer = o.inferService;
   health.set('', infer === undefined || infer.ready ? SERVING : NOT_SERVING);
-  health.set(SERVICES.inference, infer !== undefined && infer.ready ? SERVING : NOT_SERVING);
+  for (const n of inferenceNames) health.set(n, infer !== undefined && infer.ready ? SERVING : NOT_SERVING);
   if (infer !== undefined && !infer.ready) {
     infer.waitReady().then(
       () => {
         health.set('', SERVING);
-        health.set(SERVICES.inference, SERVING);
+        for (const n of inferenceNames) health.set(n, SERVING);
       },
       (err: unknown) => o.logger.error({ err }, 'inference models failed to load: gRPC health stays NOT_SERVING'),
     );
