@@ -11,7 +11,7 @@ import type { CapacityCounters } from '../sched/capacity.ts';
 import type { PerformanceTracker } from '../policy/performance.ts';
 import type { UsageProfiles } from '../policy/usage.ts';
 import type { OutputPredictor } from '../policy/prediction.ts';
-import type { QuotaLedger } from '../policy/quota.ts';
+import type { QuotaLedger, QuotaLimits } from '../policy/quota.ts';
 import type { PtuAdvisor } from '../policy/ptu.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Governance } from '../sched/governance.ts';
@@ -68,7 +68,9 @@ export interface GovernanceAdmin {
   readonly performance: Pick<PerformanceTracker, 'all' | 'degraded' | 'snapshot'>;
   readonly usage: Pick<UsageProfiles, 'summary' | 'profile' | 'labels'>;
   readonly predictor: Pick<OutputPredictor, 'stats' | 'labels'>;
-  readonly quota: Pick<QuotaLedger, 'snapshot' | 'setLimits' | 'usage'>;
+  readonly quota: Pick<QuotaLedger, 'snapshot' | 'usage'>;
+  /** An operator's limits for a subject: in force at once, on every replica, and kept over a key record's. */
+  setQuota(subject: string, limits: QuotaLimits): void;
   readonly ptu: Pick<PtuAdvisor, 'list' | 'recommendations' | 'headroom'>;
   /** The process's queue and sticky numbers, every data-plane thread's included. */
   processStats(): Promise<{ queue: PlaneStats['queue']; sticky: PlaneStats['sticky'] }>;
@@ -76,7 +78,7 @@ export interface GovernanceAdmin {
 }
 
 /** The admin view of the control plane's Governance, with the threads' numbers when they serve. */
-export function governanceAdmin(gov: Governance, fleet: Pick<FleetManager, 'drainDeployment' | 'isDrained'>, threads?: { stats(): Promise<PlaneStats[]> }): GovernanceAdmin {
+export function governanceAdmin(gov: Governance, fleet: Pick<FleetManager, 'drainDeployment' | 'isDrained' | 'quotaChanged'>, threads?: { stats(): Promise<PlaneStats[]> }): GovernanceAdmin {
   return {
     flags: gov.flags,
     get qos() {
@@ -97,6 +99,10 @@ export function governanceAdmin(gov: Governance, fleet: Pick<FleetManager, 'drai
     usage: gov.usage,
     predictor: gov.predictor,
     quota: gov.quota,
+    setQuota(subject, limits) {
+      gov.setOperatorQuota(subject, limits);
+      fleet.quotaChanged();
+    },
     ptu: gov.ptu,
     async processStats() {
       const queue = gov.queue.stats();
@@ -317,7 +323,13 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
           if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new BrokerError('invalid_request', `${field} must be a non-negative integer`, { details: { field } });
           return v;
         };
-        gov.quota.setLimits(subject, { rpm: lim(b.rpm, 'rpm'), tpm: lim(b.tpm, 'tpm') });
+        const before = gov.quota.usage(subject).limits;
+        gov.setQuota(subject, { rpm: lim(b.rpm, 'rpm'), tpm: lim(b.tpm, 'tpm') });
+        if (ctx.note !== undefined) {
+          ctx.note.target = subject;
+          ctx.note.before = before;
+          ctx.note.after = gov.quota.usage(subject).limits;
+        }
         logger.info({ audit: 'quota', actor: actorOf(ctx), subject, rpm: b.rpm, tpm: b.tpm }, 'quota limits changed');
         reply(ctx, { subject, ...gov.quota.usage(subject) });
       },

@@ -14,6 +14,7 @@ import { isKeyId, keyId } from '../guard/api-key.ts';
 import { parseBrokerConfig, readBrokerConfigDocument, BrokerConfigError, type BrokerConfig, type DeploymentConfig, type ServerConfig } from '../config/broker-config.ts';
 import type { RawBrokerConfig, RawServer } from '../config/schema.ts';
 import type { Governance, Learned } from '../sched/governance.ts';
+import type { QuotaLimits } from '../policy/quota.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { FleetGauges, Metrics } from '../obs/metrics.ts';
 import { CircuitBreaker, type BreakerState, type BreakerView } from './breaker.ts';
@@ -74,6 +75,8 @@ export interface OperatorState {
   /** Breakers an operator forced open: [server, model]. */
   readonly forcedOpen: readonly (readonly [string, string])[];
   readonly paused: boolean;
+  /** Quota limits an operator set at run time: [subject, limits] (absent from older replicas). */
+  readonly quotas?: readonly (readonly [string, QuotaLimits])[];
 }
 
 const pairKey = (server: string, model: string): string => `${server}\u0000${model}`;
@@ -612,7 +615,13 @@ export class FleetManager {
       bans: this.bans.list(),
       forcedOpen: [...this.breakers].filter(([, b]) => b.forced && b.state === 'open').map(([k]) => k.split('\u0000') as [string, string]),
       paused: this.paused,
+      quotas: this.deps.governance.operatorQuotas(),
     };
+  }
+
+  /** An operator set quota limits here: the other replicas apply them too. */
+  quotaChanged(): void {
+    this.changed();
   }
 
   /** Another replica's operator state: in force here, without telling the others again. */
@@ -636,6 +645,7 @@ export class FleetManager {
     this.drained.clear();
     for (const id of o.drainedDeployments) this.drained.add(id);
     this.bans.replace(o.bans);
+    if (o.quotas !== undefined) this.deps.governance.replaceOperatorQuotas(o.quotas);
     const forced = new Set(o.forcedOpen.map(([s, m]) => pairKey(s, m)));
     for (const [key, b] of this.breakers) if (b.forced && !forced.has(key)) b.reset();
     for (const key of forced) {

@@ -20,7 +20,7 @@ import { keyId } from '../guard/api-key.ts';
 import { keyHash } from '../guard/identity.ts';
 import type { LlmRequest } from '../llm/request.ts';
 import { resolveTier, type QosConfig } from '../policy/qos.ts';
-import { QuotaLedger, type Reservation } from '../policy/quota.ts';
+import { QuotaLedger, type QuotaLimits, type Reservation } from '../policy/quota.ts';
 import { OutputPredictor } from '../policy/prediction.ts';
 import { UsageProfiles } from '../policy/usage.ts';
 import { PtuAdvisor } from '../policy/ptu.ts';
@@ -209,7 +209,49 @@ export class Governance implements Leases {
     this.scheduler.configure(config.scheduler);
     this.refreshLabels();
     this.queue.setMaxSize(config.scheduler.maxQueue);
+    // The fleet file's deployment limits were set again: an operator's stay on top.
+    if (this.owner) for (const [subject, limits] of this.operatorQuota) this.quota.setLimits(subject, limits);
   }
+
+  /**
+   * Limits an operator set at run time (PUT /api/industrial/quota/:subject), by subject. They
+   * win over the fleet file's and a key record's until replaced, and travel to the other
+   * replicas with the fleet's operator state (fleet/manager.ts).
+   */
+  private readonly operatorQuota = new Map<string, QuotaLimits>();
+
+  setOperatorQuota(subject: string, limits: QuotaLimits): void {
+    if (limits.rpm === undefined && limits.tpm === undefined) this.operatorQuota.delete(subject);
+    else this.operatorQuota.set(subject, { rpm: limits.rpm, tpm: limits.tpm });
+    this.quota.setLimits(subject, limits);
+  }
+
+  operatorQuotas(): [string, QuotaLimits][] {
+    return [...this.operatorQuota];
+  }
+
+  /** Another replica's operator limits: in force here; a subject they no longer name gets its own limits back. */
+  replaceOperatorQuotas(list: readonly (readonly [string, QuotaLimits])[]): void {
+    const next = new Map(list.map(([s, l]) => [s, l] as const));
+    for (const subject of this.operatorQuota.keys()) if (!next.has(subject)) this.quota.setLimits(subject, this.ownLimits(subject));
+    this.operatorQuota.clear();
+    for (const [subject, limits] of next) this.setOperatorQuota(subject, limits);
+  }
+
+  /** A subject's limits from the fleet file or its key record, without an operator's. */
+  private ownLimits(subject: string): QuotaLimits {
+    if (subject.startsWith('deployment:')) {
+      const d = this.scheduler.get(subject.slice('deployment:'.length));
+      return { rpm: d?.config.rpm, tpm: d?.config.tpm };
+    }
+    const id = subject.slice('key:'.length);
+    for (const [key, p] of this.config.apiKeys) if (keyId(key) === id) return { rpm: p.rpm, tpm: p.tpm };
+    const k = this.runtimeKeyLimits.get(id);
+    return k ?? {};
+  }
+
+  /** Runtime keys' own limits, by key id (ownLimits). */
+  private runtimeKeyLimits = new Map<string, QuotaLimits>();
 
   /** Another thread freed a slot of `group` and handed the wake-up here. */
   wake(group: string): void {
@@ -238,7 +280,9 @@ export class Governance implements Leases {
 
   setRuntimeKeys(keys: readonly { hash: string; id: string; tier: string | undefined; priority: number | undefined; label: string | undefined; rpm: number | undefined; tpm: number | undefined }[]): void {
     this.runtimeKeys = new Map(keys.map((k) => [k.hash, Object.freeze({ tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm })]));
-    if (this.owner) for (const k of keys) if (k.rpm !== undefined || k.tpm !== undefined) this.quota.setLimits(`key:${k.id}`, { rpm: k.rpm, tpm: k.tpm });
+    this.runtimeKeyLimits = new Map(keys.map((k) => [k.id, { rpm: k.rpm, tpm: k.tpm }]));
+    // A key's own limits, unless an operator set others since (a key change elsewhere re-reads them all).
+    if (this.owner) for (const k of keys) if ((k.rpm !== undefined || k.tpm !== undefined) && !this.operatorQuota.has(`key:${k.id}`)) this.quota.setLimits(`key:${k.id}`, { rpm: k.rpm, tpm: k.tpm });
     this.refreshLabels();
   }
 

@@ -157,3 +157,21 @@ t.test('a replica started after the others adopts the shared flags and operator 
   await call(a, 'DELETE', '/api/orchestrator/bans');
   await call(a, 'DELETE', '/api/industrial/flags/priority_routing');
 });
+
+t.test('quota limits an operator sets on A are in force on B, and survive a key change anywhere', async (t) => {
+  const made = await call(a, 'POST', '/api/auth/keys', { name: 'operator-quota', rpm: 20 });
+  await until(async () => (await chat(b, made.body.key)).status === 200, 'the key on B');
+  const subject = `key:${made.body.id}`;
+  const put = await call(a, 'PUT', `/api/industrial/quota/${subject}`, { rpm: 2 });
+  t.equal(put.status, 200);
+  const limitsOn = async (tb: TestBroker) => (await call(tb, 'GET', '/api/industrial/quota')).body.subjects[subject]?.limits;
+  await until(async () => (await limitsOn(b))?.rpm === 2, 'the limit on B');
+  // An unrelated key made on B: every replica re-reads the keys; the operator's limit stays.
+  t.equal((await call(b, 'POST', '/api/auth/keys', { name: 'unrelated' })).status, 201);
+  await new Promise((r) => setTimeout(r, 300));
+  t.same(await limitsOn(a), { rpm: 2 }, "A keeps the operator's limit");
+  t.same(await limitsOn(b), { rpm: 2 }, 'so does B');
+  const trail = await call(a, 'GET', '/api/audit?limit=20');
+  const entry = trail.body.entries.find((e: any) => e.action === `PUT /api/industrial/quota/${subject}`);
+  t.same([entry?.before, entry?.after], [{ rpm: 20 }, { rpm: 2 }], 'the audit entry says what changed');
+});
