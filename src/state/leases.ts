@@ -2,7 +2,8 @@
 // an RPM or TPM limit, a block of this minute's cluster budget in the shared-memory
 // ledger (src/policy/quota.ts), where every data-plane thread spends it with no
 // network on the request path. Blocks come from Redis, one Lua script per lease, so
-// the replicas together never take more than the limit per minute; the next minute's
+// the replicas together never take more than the limit per minute, and only for subjects
+// asked on this replica in the last `activeMs`; the next minute's
 // block is taken a few seconds ahead, by replicas that spent in the last seconds, so that a
 // new minute starts with budget. A block lapses with its minute; a replica that shuts
 // down gives back what it has not spent. Giving back an idle replica's block earlier
@@ -105,10 +106,15 @@ export class LeaseKeeper {
       const s = this.ledger.leaseState(subject);
       if (s === undefined || (s.limits.rpm === undefined && s.limits.tpm === undefined)) continue;
       const want = { requests: s.limits.rpm === undefined ? 0 : leaseBlock(s.limits.rpm), tokens: s.limits.tpm === undefined ? 0 : leaseBlock(s.limits.tpm) };
-      if (s.low && s.dryWindow !== minute) {
+      // Only for a subject asked here lately: an idle replica that took a block of every limited
+      // subject each minute held budget it never spent (a 3-rpm key got 1 a minute on the replica
+      // its client used, with 4 others idle). Its first request lends itself one (quota.ts), and
+      // the lease taken then covers that debt.
+      const active = s.askedAt > now - this.activeMs;
+      if (s.low && s.dryWindow !== minute && active) {
         // A debt (a request lent ahead of its lease, usage above the estimate) is taken on top of the block.
         work.push(this.take(subject, minute, { requests: want.requests + Math.max(0, -s.requestsLeft), tokens: want.tokens + Math.max(0, -s.tokensLeft) }, s.limits));
-      } else if (late && s.nextWindow !== minute + 1 && s.askedAt > now - this.activeMs) {
+      } else if (late && s.nextWindow !== minute + 1 && active) {
         work.push(this.take(subject, minute + 1, want, s.limits));
       }
     }

@@ -25,13 +25,14 @@ interface Replica {
   store: RedisStore;
 }
 
-async function replica(name: string): Promise<Replica> {
+/** `beat`: says it is alive (the heartbeats count replicas: the Redis-gone test expects two). */
+async function replica(name: string, beat = true): Promise<Replica> {
   const store = new RedisStore({ url: redis.url, replica: name, logger: createLogger('silent') });
   await store.connect();
   const ledger = new QuotaLedger(clock);
   const keeper = new LeaseKeeper({ ledger, backend: store, now: clock });
   ledger.setCluster(true);
-  await keeper.heartbeat();
+  if (beat) await keeper.heartbeat();
   t.teardown(() => store.close());
   return { ledger, keeper, store };
 }
@@ -83,6 +84,26 @@ t.test('a new minute brings a new budget, leased ahead by the active replicas', 
   const admitted = await drive([a, b], 4 * RPM);
   const total = 1 + admitted[0]! + admitted[1]!;
   t.ok(total >= RPM && total <= RPM + 2, `${total}: a new budget of ${RPM}`);
+});
+
+t.test('an idle replica takes no lease: a client on one replica of several gets the whole limit', async (t) => {
+  now += MINUTE;
+  const idle = [await replica('idle-1', false), await replica('idle-2', false), await replica('idle-3', false)];
+  for (const r of [a, ...idle]) r.ledger.setLimits('key:small', { rpm: 3 });
+  // Every replica looks at its leases (as every 50 ms); only A's client asks.
+  for (const r of [a, ...idle]) await r.keeper.tick();
+  let admitted = 0;
+  for (let i = 0; i < 10; i++) {
+    try {
+      a.ledger.reserve(['key:small'], 0);
+      admitted++;
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
+    }
+    for (const r of [a, ...idle]) await r.keeper.tick();
+  }
+  t.ok(admitted >= 3 && admitted <= 4, `A admitted ${admitted} of its 3 a minute (one may be lent ahead)`);
+  for (const r of idle) t.equal(r.ledger.usage('key:small').rpm, 0, 'the idle replicas spent nothing');
 });
 
 t.test('TPM: a lease is spent by the estimate and gets back what the request did not use', async (t) => {
