@@ -175,10 +175,27 @@ export class Scheduler {
     return true;
   }
 
-  /** A slot of `group` is free (here, or handed over by another thread): its next waiter, wherever it waits, tries. */
-  handOff(group: string): void {
+  /** A slot of `group` is free (here, or handed over by another thread): its next waiter, wherever it waits, tries. Whether one did. */
+  handOff(group: string): boolean {
     const r = this.deps.queue.release(group, this.flags.priority_routing);
     if (typeof r === 'number') this.deps.wakeElsewhere?.(group, r);
+    return r !== false;
+  }
+
+  /**
+   * A server's slot is free (maxConcurrency over all its models) and no waiter of the group
+   * that freed it wants it: a waiter of another group served on the same server may. Else a
+   * request for one model waited out its queue time beside an idle server.
+   */
+  private handOffServer(d: DeploymentState): void {
+    const q = this.deps.queue;
+    if (q.size === 0 && !q.waitingElsewhere) return;
+    const seen = new Set([d.group]);
+    for (const o of this.deployments.all()) {
+      if (o.serverSlot !== d.serverSlot || seen.has(o.group)) continue;
+      seen.add(o.group);
+      if (this.handOff(o.group)) return;
+    }
   }
 
   private wakeFree(d: DeploymentState): void {
@@ -265,7 +282,7 @@ export class Scheduler {
           released = true;
           capacity.release(d.slot);
           if (d.serverSlot >= 0) capacity.release(d.serverSlot);
-          this.handOff(d.group);
+          if (!this.handOff(d.group) && d.serverSlot >= 0) this.handOffServer(d);
         },
       };
     };
