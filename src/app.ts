@@ -351,6 +351,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         buffers: { capacity: capacity.buffer, waiters, board, quota: quota.buffer, rateLimit: rateLimiter.buffer },
         cacheChannel,
         snapshot,
+        ...(tracking !== undefined ? { spend: () => tracking.ledger.entries() } : {}),
         writeLog: (text) => destination.write(text),
         async forward(req, body) {
           // What the threads learned from requests already answered is in what the admin reads.

@@ -39,6 +39,8 @@ export interface PlanesDeps {
   learn(events: readonly Learned[]): void;
   /** Request tracking's rows from a thread (absent: tracking is off). */
   track?(rows: readonly TrackRow[]): void;
+  /** The budgets' running totals now, for a thread that starts (absent: tracking is off). */
+  spend?(): readonly SpendEntry[];
   /** A slot freed on a thread whose next waiter waits on the control plane (its gRPC requests, row CONTROL_PLANE_ROW of the wait board). */
   wakeControl?(group: string): void;
 }
@@ -105,7 +107,7 @@ export class DataPlanes {
   }
 
   private spawn(index: number, port: number): Promise<number> {
-    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel };
+    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel, spend: this.deps.spend?.() };
     const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { init });
     const worker = new Worker(filename, { workerData, name: `data-plane-${index}` });
     const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map() };

@@ -56,6 +56,8 @@ export interface PlaneInit {
   readonly index: number;
   /** The BroadcastChannel of the response cache: a reply stored on one thread reaches the others. */
   readonly cacheChannel?: string;
+  /** The budgets' running totals as of the thread's start: in force before it serves its first request. */
+  readonly spend?: readonly SpendEntry[];
 }
 
 /** Inference input crossing to the control plane: the image's buffer is transferred. */

@@ -93,6 +93,8 @@ const recorder =
     ? undefined
     : new RowRecorder({ hand: (rows) => post({ t: 'track', rows }), maxRows: 10_000, handEveryMs: TRACK_HAND_MS, dropped: (n) => metrics.trackingDropped.labels('overflow').inc(n) });
 const budgets = config.tracking === undefined ? undefined : new BudgetGate(Date.now, () => snapshot.fleet?.prices.currency ?? 'USD');
+// The totals as of this thread's start, before it serves: a key over its budget is refused from the first request.
+if (init.spend !== undefined) budgets?.update(init.spend);
 
 let snapshot: Snapshot = init.snapshot;
 const capacity = new CapacityCounters(undefined, init.buffers.capacity);

@@ -3,6 +3,13 @@
 // error, drops counted, writing resumes), budgets per key enforced at admission, and
 // the admin API (filters, keyset pages, one request, usage) behind the RBAC table.
 import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { startBroker } from '../../src/app.ts';
+import { loadConfig } from '../../src/config/env.ts';
+import { freePort } from '../../bench/lib/process.ts';
 import pg from 'pg';
 import { SignJWT } from 'jose';
 import { admin, json, metricValue, postJson, startTestBroker, type TestBroker } from '../helpers/broker.ts';
@@ -182,6 +189,22 @@ t.test('a budget per API key is enforced at admission, with its reset time', asy
     { ...env, DATABASE_URL: db },
   );
   t.equal((await chat(again, { 'x-api-key': KEY })).status, 429, 'the spend survives a restart (read back from the database)');
+  await again.close();
+  // With data-plane threads, asked while the broker is still starting (the first thread serves
+  // while the others start): each thread starts with the totals, so its first requests are refused too.
+  const dir = mkdtempSync(join(tmpdir(), 'eb-budget-'));
+  writeFileSync(join(dir, 'broker.yaml'), stringify({ ...fleet, apiKeys: { [KEY]: { budget: { limit: 0.025, period: 'day' } } }, prices: { models: { g: { inputPer1M: 0, outputPer1M: 2500 } } } }));
+  const port = await freePort();
+  const starting = startBroker(loadConfig({ ...env, HOST: '127.0.0.1', PORT: String(port), GRPC_PORT: '0', LOG_LEVEL: 'silent', FRONT_THREADS: '4', DATABASE_URL: db, BROKER_CONFIG: join(dir, 'broker.yaml') }));
+  const early: number[] = [];
+  for (let i = 0; i < 2000 && early.length < 20; i++) {
+    const r = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': KEY }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) }).then((res) => res.status, () => 0);
+    if (r !== 0) early.push(r);
+    else await new Promise((res) => setTimeout(res, 5));
+  }
+  const broker = await starting;
+  await broker.close(2000);
+  t.same(early, Array(20).fill(429), 'refused from the first request the broker answers');
 });
 
 t.test('admin API: filters, keyset pages, one request, usage; analyst or higher', async (t) => {
