@@ -2,6 +2,7 @@
 // the fleet manager (src/fleet/manager.ts): status, servers, drain and maintenance,
 // circuit breakers, bans, recovery tests and their analysis, analytics, the queue and
 // the running config. Every route needs the admin credential.
+import { modelKey } from '../fleet/bans.ts';
 import { BrokerError } from '../errors.ts';
 import type { Route, RouteContext } from '../front/http/router.ts';
 import type { FleetManager } from '../fleet/manager.ts';
@@ -171,13 +172,13 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
     }, 'DELETE'),
     post('/bans/model/:model', addBan('model')),
     post('/bans/model/:model', (ctx) => {
-      const n = fleet.unban((b) => b.model === ctx.params.model);
+      const n = fleet.unban((b) => b.model !== null && modelKey(b.model) === modelKey(ctx.params.model!));
       audit(ctx, 'unban', { scope: 'model', model: ctx.params.model, removed: n });
       return { removed: n };
     }, 'DELETE'),
     post('/bans/:id/:model', addBan('pair')),
     post('/bans/:id/:model', (ctx) => {
-      const n = fleet.unban((b) => b.scope === 'pair' && b.server === ctx.params.id && b.model === ctx.params.model);
+      const n = fleet.unban((b) => b.scope === 'pair' && b.server === ctx.params.id && b.model !== null && modelKey(b.model) === modelKey(ctx.params.model!));
       fleet.serverState(ctx.params.id!);
       audit(ctx, 'unban', { scope: 'pair', server: ctx.params.id, model: ctx.params.model, removed: n });
       return { removed: n };

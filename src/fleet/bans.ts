@@ -14,8 +14,16 @@ export interface Ban {
   readonly until: number | null;
 }
 
+/**
+ * One model under either of Ollama's names: `llama3` is `llama3:latest`. A ban on one holds
+ * for the other (a client asking for `llama3` reached a banned `llama3:latest`).
+ */
+export function modelKey(model: string): string {
+  return model.includes(':') ? model : `${model}:latest`;
+}
+
 function keyOf(scope: BanScope, server: string | null, model: string | null): string {
-  return `${scope}\u0000${server ?? ''}\u0000${model ?? ''}`;
+  return `${scope}\u0000${server ?? ''}\u0000${model === null ? '' : modelKey(model)}`;
 }
 
 export class Bans {

@@ -18,7 +18,7 @@ import type { QuotaLimits } from '../policy/quota.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { FleetGauges, Metrics } from '../obs/metrics.ts';
 import { CircuitBreaker, type BreakerState, type BreakerView } from './breaker.ts';
-import { Bans, type Ban, type BanScope } from './bans.ts';
+import { Bans, modelKey, type Ban, type BanScope } from './bans.ts';
 import { checkServer, type CheckResult } from './health.ts';
 import { RecoveryRecord, recoveryTest, type RecoveryResult } from './recovery.ts';
 import { FleetAnalytics } from './analytics.ts';
@@ -79,7 +79,8 @@ export interface OperatorState {
   readonly quotas?: readonly (readonly [string, QuotaLimits])[];
 }
 
-const pairKey = (server: string, model: string): string => `${server}\u0000${model}`;
+// A breaker per server × model, whichever of Ollama's names the model goes by (bans.ts modelKey).
+const pairKey = (server: string, model: string): string => `${server}\u0000${modelKey(model)}`;
 const STATE_NUM: Record<BreakerState, 0 | 1 | 2> = { closed: 0, half_open: 1, open: 2 };
 /** Ollama answers `llama3.2` for `llama3.2:latest`. */
 const sameModel = (a: string, b: string): boolean => a === b || a === `${b}:latest` || b === `${a}:latest`;
@@ -443,7 +444,7 @@ export class FleetManager {
 
   private knownPair(server: string, model: string): void {
     this.serverState(server);
-    if (!this.pairs().some(([s, m]) => s === server && m === model)) throw new BrokerError('model_not_found', `server ${server} serves no model ${model}; it serves: ${this.pairs().filter(([s]) => s === server).map(([, m]) => m).join(', ') || 'none'}`);
+    if (!this.pairs().some(([s, m]) => s === server && modelKey(m) === modelKey(model))) throw new BrokerError('model_not_found', `server ${server} serves no model ${model}; it serves: ${this.pairs().filter(([s]) => s === server).map(([, m]) => m).join(', ') || 'none'}`);
   }
 
   breakerView(server: string, model: string): { server: string; model: string } & BreakerView {
@@ -480,7 +481,7 @@ export class FleetManager {
 
   ban(scope: BanScope, server: string | null, model: string | null, reason: string, ttlMs: number | null): Ban {
     if (server !== null) this.serverState(server);
-    if (model !== null && !this.pairs().some(([s, m]) => m === model && (server === null || s === server))) throw new BrokerError('model_not_found', `no server serves model ${model}${server === null ? '' : ` on ${server}`}`);
+    if (model !== null && !this.pairs().some(([s, m]) => modelKey(m) === modelKey(model) && (server === null || s === server))) throw new BrokerError('model_not_found', `no server serves model ${model}${server === null ? '' : ` on ${server}`}`);
     const b = this.bans.add(scope, server, model, reason, ttlMs);
     this.applyRoutes();
     this.changed();
