@@ -399,6 +399,13 @@ export class FleetManager {
     this.commit(raw, undefined);
     const s = this.serverState(body.id);
     await this.check(s);
+    // A server that fails its first check gets no traffic until it passes its checks: it was
+    // reported healthy, beside the connection error, and sent requests.
+    if (s.failStreak > 0 && s.health === 'healthy') {
+      s.health = 'unhealthy';
+      this.applyRoutes();
+      this.deps.logger.warn({ server: s.config.id, err: s.lastError }, 'added server failed its first health check: no requests until it passes its checks');
+    }
     return this.serverView(s);
   }
 

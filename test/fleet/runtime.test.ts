@@ -23,6 +23,12 @@ t.test('a server added at run time gets traffic (models from its health check); 
   await until(async () => (await used(tb, 'llama3', 10)).includes('second:llama3:latest'), 'second shares llama3');
   t.equal((await send(tb, 'POST', '/api/orchestrator/servers/add', { id: 'second', url: added.url })).status, 400, 'a duplicate id');
   t.equal((await send(tb, 'POST', '/api/orchestrator/servers/add', { id: 'x', url: 'ftp://nope' })).body.error.param, 'url');
+  // One nobody answers: added, but not reported healthy nor sent requests until it passes its checks.
+  const dead = await send(tb, 'POST', '/api/orchestrator/servers/add', { id: 'dead', url: 'http://127.0.0.1:9', models: ['llama3:latest'] });
+  t.equal(dead.status, 200);
+  t.same([dead.body.state, dead.body.healthy], ['unhealthy', false], 'a failed first check: unhealthy at once');
+  t.notOk((await used(tb, 'llama3', 10)).includes('dead:llama3:latest'), 'no request goes to it');
+  t.equal((await send(tb, 'DELETE', '/api/orchestrator/servers/dead')).status, 200);
 
   // Removing first while it streams: the stream finishes, new requests go to second.
   await send(tb, 'POST', '/api/orchestrator/servers/second/drain');
