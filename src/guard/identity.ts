@@ -105,11 +105,14 @@ export class Identity {
     let tier: string | undefined;
     let keyId: string | undefined;
     let runtimeKey = false;
+    // A session made from a JWT ends when the token does, if that is sooner: it must not extend it.
+    let until = Infinity;
     if (isJwt(credential) && this.o.jwt !== undefined) {
       const p = await this.o.jwt.verify(credential).catch((err: BrokerError) => this.fail(String(err.details?.reason ?? 'invalid_token'), err));
       subject = p.subject;
       roles = p.roles;
       tier = p.tier;
+      if (p.expiresAt !== undefined) until = p.expiresAt;
     } else {
       const runtime = this.keys.get(keyHash(credential));
       const fromFile = keyPolicy(credential);
@@ -122,7 +125,7 @@ export class Identity {
     }
     const id = 'sess_' + randomBytes(24).toString('base64url');
     const t = this.now();
-    const session: SessionRecord = { subject, roles, tier, keyId, ...(runtimeKey ? { runtimeKey } : {}), createdAt: t, expiresAt: t + this.o.sessionTtlMs };
+    const session: SessionRecord = { subject, roles, tier, keyId, ...(runtimeKey ? { runtimeKey } : {}), createdAt: t, expiresAt: Math.min(t + this.o.sessionTtlMs, until) };
     await this.o.store.putSession(id, session).catch(storeDown);
     return { id, session };
   }

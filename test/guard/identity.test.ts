@@ -114,6 +114,11 @@ t.test('sessions: a key or a JWT for a session id; a revoked session is refused 
   t.equal(viaJwt.status, 201);
   t.equal((await call('GET', '/api/industrial/status', viaJwt.body.session)).status, 200, "a session carries its JWT's roles");
   t.equal((await call('PUT', '/api/industrial/flags/sticky_routing', viaJwt.body.session, { enabled: true })).status, 403);
+  // A session lives no longer than the JWT it was made from (SESSION_TTL_S is an hour here).
+  const exp = Math.floor(Date.now() / 1000) + 120;
+  const short = await call('POST', '/api/auth/sessions', await jwt({ sub: 'analyst-8', roles: ['analyst'], exp }));
+  t.equal(short.status, 201);
+  t.equal(Date.parse(short.body.expiresAt), exp * 1000, "the session ends with its token");
   // A session revokes itself.
   t.equal((await call('DELETE', `/api/auth/sessions/${s.body.session}`, s.body.session)).status, 200);
   let refused = false;
