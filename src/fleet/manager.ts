@@ -82,8 +82,8 @@ export interface OperatorState {
 // A breaker per server × model, whichever of Ollama's names the model goes by (bans.ts modelKey).
 const pairKey = (server: string, model: string): string => `${server}\u0000${modelKey(model)}`;
 const STATE_NUM: Record<BreakerState, 0 | 1 | 2> = { closed: 0, half_open: 1, open: 2 };
-/** Ollama answers `llama3.2` for `llama3.2:latest`. */
-const sameModel = (a: string, b: string): boolean => a === b || a === `${b}:latest` || b === `${a}:latest`;
+/** Ollama answers `llama3.2` for `llama3.2:latest` (bans.ts modelKey, as bans and breakers compare). */
+const sameModel = (a: string, b: string): boolean => modelKey(a) === modelKey(b);
 
 export class FleetManager {
   private config: BrokerConfig;

@@ -149,9 +149,13 @@ export class Identity {
     }
   }
 
+  private keyById(id: string | undefined): KeyRecord | undefined {
+    for (const k of this.keys.values()) if (k.id === id) return k;
+    return undefined;
+  }
+
   private keyAlive(id: string | undefined): boolean {
-    for (const k of this.keys.values()) if (k.id === id) return true;
-    return false;
+    return this.keyById(id) !== undefined;
   }
 
   async revokeSession(id: string): Promise<boolean> {
@@ -189,7 +193,7 @@ export class Identity {
   }
 
   async revokeKey(id: string): Promise<KeyRecord | undefined> {
-    const k = [...this.keys.values()].find((x) => x.id === id);
+    const k = this.keyById(id);
     const removed = await this.o.store.deleteKey(id).catch(storeDown);
     if (k !== undefined) this.keys.delete(k.hash);
     if (!removed && k === undefined) return undefined;
