@@ -22,7 +22,8 @@ function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
 
 /** Admission, done before the proxy sees the request. */
 export interface Admission {
-  admit(r: LlmRequest, group: ModelGroupConfig): Admitted;
+  /** A promise only while a key's quota lease is being topped up. */
+  admit(r: LlmRequest, group: ModelGroupConfig): Admitted | Promise<Admitted>;
 }
 
 export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmProxy, limits?: PromptLimits): Route[] {
@@ -48,7 +49,8 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         group = fleet.groups.get(r.model);
         if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
         try {
-          admitted = admission.admit(r, group);
+          const a = admission.admit(r, group);
+          admitted = a instanceof Promise ? await a : a;
         } catch (err) {
           // Refused by admission (the key's quota or budget, its tier): counted with the group's requests.
           proxy.refused(group.name, toBrokerError(err));

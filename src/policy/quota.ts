@@ -210,6 +210,8 @@ interface Violation {
   limit: 'rpm' | 'tpm';
   retryAfter: number;
   message: string;
+  /** A short lease whose top-up is on its way (the cluster is not dry this minute): worth a short wait. */
+  topUpPending?: boolean;
 }
 
 /** A subject's cluster lease, as the control plane sees it (LeaseKeeper). */
@@ -425,7 +427,7 @@ export class QuotaLedger {
           const dry = this.#spendLeases(unique, limits, tokens, nowMs);
           if (dry !== undefined) {
             for (const s of held) windows.unlock(s);
-            throw new BrokerError('quota_exceeded', dry.message, { retryAfter: dry.retryAfter, details: { subject: dry.subject, limit: dry.limit } });
+            throw new BrokerError('quota_exceeded', dry.message, { retryAfter: dry.retryAfter, details: { subject: dry.subject, limit: dry.limit, topUpPending: dry.topUpPending === true } });
           }
         }
         const gens: number[] = [];
@@ -601,8 +603,9 @@ export class QuotaLedger {
         f[p + L_ASKED_AT] = nowMs;
         const subject = table.keyOfLocked(s) ?? '?';
         // Dry for this minute across the cluster: wait for the next; else a top-up is on its way.
-        const retryAfter = f[p + L_DRY_WIN] === minute ? Math.max(1, Math.ceil(((minute + 1) * 60_000 - nowMs) / 1000)) : 1;
-        return { subject, limit: short, retryAfter, message: `quota for ${subject}: ${short} limit ${short === 'rpm' ? rpm : tpm} reached across the replicas` };
+        const dry = f[p + L_DRY_WIN] === minute;
+        const retryAfter = dry ? Math.max(1, Math.ceil(((minute + 1) * 60_000 - nowMs) / 1000)) : 1;
+        return { subject, limit: short, retryAfter, topUpPending: !dry, message: `quota for ${subject}: ${short} limit ${short === 'rpm' ? rpm : tpm} reached across the replicas` };
       }
       for (const s of slots) {
         const p = table.payloadOffset(s) >> 3;
@@ -741,6 +744,11 @@ export class QuotaLedger {
     }
     return worst;
   }
+}
+
+/** A refusal by a short lease whose top-up is on its way: a retry within a tick or two finds the budget. */
+export function awaitsTopUp(err: unknown): boolean {
+  return err instanceof BrokerError && err.code === 'quota_exceeded' && err.details?.['topUpPending'] === true;
 }
 
 /**

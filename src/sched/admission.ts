@@ -9,7 +9,7 @@ import { tokensOfChars, type LlmRequest } from '../llm/request.ts';
 import { prefixKey } from '../policy/sticky.ts';
 import { keyId } from '../guard/api-key.ts';
 import { resolveTier, type QosConfig, type QosTier } from '../policy/qos.ts';
-import type { QuotaLedger, Reservation } from '../policy/quota.ts';
+import { awaitsTopUp, type QuotaLedger, type Reservation } from '../policy/quota.ts';
 import type { OutputPredictor } from '../policy/prediction.ts';
 import type { BudgetGate } from '../track/budget.ts';
 
@@ -48,13 +48,18 @@ export interface AdmissionPolicies {
   admittedLabel(label: string): boolean;
   /** Budgets per API key (request tracking on): the cached spend, checked here. */
   readonly budgets?: BudgetGate | undefined;
+  /** How long a request may wait for its key's lease top-up (replicas sharing Redis) before 429; 0: not at all. Default 250 ms. */
+  readonly leaseWaitMs?: number;
 }
 
 /** Where requests whose label is not admitted are counted (usage profiles and predictors stay bounded). */
 export const OTHER_LABEL = 'other';
 
-/** Applies the enabled admission policies. Throws forbidden (QoS) or quota_exceeded. */
-export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConfig): Admitted {
+/**
+ * Applies the enabled admission policies. Throws forbidden (QoS) or quota_exceeded. A promise
+ * only when the key's lease is being topped up (see reserveWhenTopped); else at once.
+ */
+export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConfig): Admitted | Promise<Admitted> {
   const flags = p.flags;
   const policy = p.keyPolicy(r.apiKey);
   let tier: QosTier | null = null;
@@ -96,16 +101,7 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   // Only quotas reserve tokens: without them, no need to walk the prompt.
   // Each of n choices is an output of its own.
   const reserveTokens = flags.quota_enforcement ? tokensOfChars(r.promptChars) + predictedOutput * r.choices : 0;
-  let keyReservation: Reservation | null = null;
-  if (flags.quota_enforcement && r.apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined)) {
-    try {
-      keyReservation = p.quota.reserve([`key:${keyId(r.apiKey)}`], reserveTokens);
-    } catch (err) {
-      p.onKeyQuotaRejection();
-      throw err;
-    }
-  }
-  return {
+  const admitted = (keyReservation: Reservation | null): Admitted => ({
     request: r,
     flags,
     tier,
@@ -118,8 +114,40 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     body,
     keyReservation,
     since: p.now(),
-  };
+  });
+  if (!(flags.quota_enforcement && r.apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined))) return admitted(null);
+  const subject = `key:${keyId(r.apiKey)}`;
+  try {
+    return admitted(p.quota.reserve([subject], reserveTokens));
+  } catch (err) {
+    // With replicas, a key's budget comes in leases the control plane tops up every tick: a
+    // request right behind another (a key idle until now, a burst) may find the lease spent
+    // with the next one on its way. It waits for it, briefly, rather than be refused.
+    if (awaitsTopUp(err) && (p.leaseWaitMs ?? LEASE_WAIT_MS) > 0) return reserveWhenTopped(p, subject, reserveTokens, err).then(admitted);
+    p.onKeyQuotaRejection();
+    throw err;
+  }
 }
+
+/** Polls the key's lease until its top-up lands or `leaseWaitMs` runs out; a refusal then is the last one. */
+async function reserveWhenTopped(p: AdmissionPolicies, subject: string, tokens: number, first: unknown): Promise<Reservation> {
+  let last = first;
+  for (let polls = Math.ceil((p.leaseWaitMs ?? LEASE_WAIT_MS) / LEASE_POLL_MS); polls > 0; polls--) {
+    await new Promise((resolve) => setTimeout(resolve, LEASE_POLL_MS));
+    try {
+      return p.quota.reserve([subject], tokens);
+    } catch (err) {
+      last = err;
+      if (!awaitsTopUp(err)) break;
+    }
+  }
+  p.onKeyQuotaRejection();
+  throw last;
+}
+
+/** How often a request waiting for its key's lease looks again (the lease keeper looks every 50 ms), and for how long. */
+const LEASE_POLL_MS = 20;
+const LEASE_WAIT_MS = 250;
 
 /** Lowers the output-token limit in the field the client API uses (a copy: the client's body is left alone). */
 function capOutputTokens(body: Readonly<Record<string, unknown>>, cap: number, api: LlmRequest['api']): Record<string, unknown> {

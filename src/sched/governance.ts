@@ -287,7 +287,7 @@ export class Governance implements Leases {
   }
 
   /** Admission of one typed request (sched/admission.ts). Throws forbidden (QoS) or quota_exceeded. */
-  admit(r: LlmRequest, group: ModelGroupConfig): Admitted {
+  admit(r: LlmRequest, group: ModelGroupConfig): Admitted | Promise<Admitted> {
     return admit(this.admission, r, group);
   }
 

@@ -163,6 +163,26 @@ t.test('two brokers, one Redis: an RPM quota of N over both admits at most N plu
   t.match(m, /quota_leases_total\{source="redis"\} [1-9]/);
 });
 
+t.test("a burst on a key's fresh lease waits for the top-up: served, not 429 (a key with budget left)", async (t) => {
+  while (Date.now() % MINUTE > 50_000) await new Promise((r) => setTimeout(r, 250));
+  const up = await startMock(t, { tokens: 2 });
+  // Each request reserves about 300 tokens of 2,000: three fit. The lease is 200 at a time,
+  // the first request is lent its 300, and the next two find the lease in debt until the
+  // control plane's tick (every 50 ms) has topped it up.
+  const fleet = { apiKeys: { 'sk-burst': { tpm: 2000 } }, modelGroups: { g: { deployments: [{ id: 'b1', provider: 'openai', url: up.url, model: 'm' }] } } };
+  const broker = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', REDIS_URL: redis.url, BROKER_FF_QUOTA_ENFORCEMENT: 'true', REPLICA_ID: 'burst' });
+  const ask = () =>
+    fetch(`${broker.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer sk-burst' },
+      body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }], max_tokens: 290 }),
+    });
+  const replies = await Promise.all([ask(), ask(), ask()]);
+  const bodies = await Promise.all(replies.map((r) => r.text()));
+  t.same(replies.map((r) => r.status), [200, 200, 200], `all served: ${bodies.filter((b) => b.includes('error')).join(' ')}`);
+  t.equal(await metricValue(broker.url, 'broker_quota_rejections_total', { subject: 'api_key' }), 0, 'no refusal counted');
+});
+
 t.test('two brokers, one Redis: a client rate limit is divided among the replicas seen', async (t) => {
   const up = await startMock(t, { tokens: 2 });
   const fleet = { modelGroups: { g: { deployments: [{ id: 'r1', provider: 'openai', url: up.url, model: 'm' }] } } };

@@ -118,7 +118,13 @@ export function chatService(deps: ChatDeps): UntypedServiceImplementation {
       const group = fleet.groups.get(r.model);
       if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
       if (sink.aborted) return;
-      await deps.proxy.run(deps.admission.admit(r, group), group, sink, undefined, fleet.groups);
+      const a = deps.admission.admit(r, group);
+      const admitted = a instanceof Promise ? await a : a;
+      if (sink.aborted) {
+        admitted.keyReservation?.cancel();
+        return;
+      }
+      await deps.proxy.run(admitted, group, sink, undefined, fleet.groups);
       // A run that returns without replying is a bug; never leave the client hanging.
       if (!sink.finished && !sink.aborted) sink.fail(new BrokerError('internal', 'the request ended without a reply'));
     } catch (err) {

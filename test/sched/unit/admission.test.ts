@@ -1,6 +1,6 @@
 // Admission on its own: the policies it applies to one typed request, with a fake clock.
 import t from 'tap';
-import { admit, type AdmissionPolicies } from '../../../src/sched/admission.ts';
+import { admit as admitAny, type Admitted, type AdmissionPolicies } from '../../../src/sched/admission.ts';
 import { readLlmRequest } from '../../../src/llm/request.ts';
 import { QuotaLedger } from '../../../src/policy/quota.ts';
 import { OutputPredictor } from '../../../src/policy/prediction.ts';
@@ -10,6 +10,12 @@ import { FLAGS, type FlagSet } from '../../../src/config/flags.ts';
 import { keyId } from '../../../src/guard/api-key.ts';
 
 const group: ModelGroupConfig = { name: 'g', deployments: [] };
+/** Admission without a lease to wait for answers at once. */
+const admit = (...a: Parameters<typeof admitAny>): Admitted => {
+  const r = admitAny(...a);
+  if (r instanceof Promise) throw new Error('admission waited with no lease to wait for');
+  return r;
+};
 const flags: FlagSet = { ...FLAGS, quota_enforcement: true };
 const now = () => 1_000_000;
 
@@ -51,4 +57,35 @@ t.test('labels: a known key may name one, a keyless request only a configured on
   t.equal(label({ 'x-broker-label': 'made-up-2', 'x-api-key': 'sk-a' }), 'made-up-2', 'a known key may name its own');
   t.equal(label({ 'x-api-key': 'sk-a' }), `key:${keyId('sk-a')}`, 'a known key without a label: its id');
   t.equal(label({ 'x-api-key': 'sk-random-123' }), 'openai:chat', 'an unknown key gets no profile of its own');
+});
+
+t.test('with leases (replicas): a request behind a spent lease waits for its top-up instead of a 429; a dry cluster refuses at once', async (t) => {
+  const minute = Math.floor(now() / 60_000);
+  const quota = new QuotaLedger(now);
+  quota.setCluster(true);
+  const subject = `key:${keyId('sk-a')}`;
+  quota.setLimits(subject, { tpm: 1000 });
+  let refused = 0;
+  const p = { ...policies(quota), onKeyQuotaRejection: () => refused++ };
+  // The first request of a key with no lease yet is lent its budget: the lease is in debt.
+  const first = admit(p, request({ max_tokens: 100 }), group);
+  t.equal(first.reserveTokens, 101);
+  const second = admitAny(p, request({ max_tokens: 100 }), group);
+  t.ok(second instanceof Promise, 'the second waits: a top-up is on its way');
+  // The control plane's tick: the debt (101) and two blocks (200).
+  setTimeout(() => quota.grantLease(subject, minute, 0, 301, false), 30);
+  t.equal((await second).reserveTokens, 101, 'admitted once the lease landed');
+  t.equal(refused, 0);
+
+  // No top-up comes: refused after the wait, counted once.
+  const third = admitAny(p, request({ max_tokens: 100 }), group);
+  const fourth = admitAny(p, request({ max_tokens: 100 }), group);
+  t.ok(!(third instanceof Promise), '99 left: the third is lent the rest at once');
+  await t.rejects(Promise.resolve(fourth), { code: 'quota_exceeded' });
+  t.equal(refused, 1, 'one refusal, counted once');
+
+  // The cluster is dry this minute: no top-up will come, so no wait.
+  quota.grantLease(subject, minute, 0, 0, true);
+  t.throws(() => admitAny(p, request({ max_tokens: 100 }), group), { code: 'quota_exceeded' }, 'dry: refused at once');
+  t.equal(refused, 2);
 });
