@@ -619,6 +619,10 @@ function connectError(err: unknown, dep: DeploymentState): BrokerError {
   if (e instanceof undiciErrors.HeadersTimeoutError || e.code === 'UND_ERR_HEADERS_TIMEOUT') {
     return new BrokerError('upstream_timeout', `deployment ${dep.config.id} timed out (${e.code})`, { cause: err });
   }
+  // Connected, then cut before the reply's headers: the upstream failed (502), it was not unreachable (503).
+  if (e.code === 'UND_ERR_SOCKET' || e.code === 'ECONNRESET' || e.code === 'EPIPE') {
+    return new BrokerError('upstream_error', `deployment ${dep.config.id} closed the connection before replying: ${e.code}`, { cause: err });
+  }
   return new BrokerError('upstream_unavailable', `deployment ${dep.config.id} is unreachable: ${e.code ?? e.message}`, { cause: err });
 }
 

@@ -273,6 +273,18 @@ t.test('GET /v1/messages and /v1/messages/count_tokens: Anthropic error shape an
   t.equal(err.requestID ?? err.request_id, 'fid-3', "the SDK's request id");
 });
 
+t.test("OpenAI's paths the broker does not serve, and a wrong method on its routes: OpenAI's error types", async (t) => {
+  const err: any = await openai.models.retrieve('oa').catch((e: unknown) => e);
+  t.equal(err.status, 404);
+  t.equal(err.type, 'invalid_request_error', 'models.retrieve: 404 typed as OpenAI types it');
+  t.equal(err.code, 'not_found');
+  const get = await fetch(`${tb.url}/v1/chat/completions`);
+  t.equal(get.status, 405);
+  t.match(await get.json(), { error: { type: 'invalid_request_error', code: 'method_not_allowed' } });
+  const infer = await fetch(`${tb.url}/v1/infer/nothing`);
+  t.match(await infer.json(), { error: { type: 'not_found', code: 'not_found' } }, "the broker's own /v1/infer keeps its shape");
+});
+
 // ---- 9: Ollama mid-stream errors carry the code ----
 
 t.test('Ollama stream cut mid-way: the error line carries code (and the request id)', async (t) => {

@@ -183,6 +183,15 @@ t.test('reset mid-stream: an explicit error event, never a silent end', async (t
   t.ok((await metricValue(tb.url, 'llm_midstream_errors_total', { group: 'cut' })) >= 2);
 });
 
+t.test('a whole reply the upstream cuts after taking the request: 502 upstream_error, not 503 unreachable', async (t) => {
+  for (const model of ['cut', 'cut-ollama']) {
+    const res = await postJson(`${tb.url}/v1/chat/completions`, { model, messages });
+    t.equal(res.status, 502, model);
+    t.equal(res.body.error.code, 'upstream_error');
+    t.match(res.body.error.message, /closed the connection before replying/);
+  }
+});
+
 t.test('an upstream event that is not JSON is dropped and counted, never forwarded: pass-through and translated', async (t) => {
   // Pass-through (OpenAI to OpenAI) and translated (OpenAI client to Ollama), through the official client.
   for (const model of ['junk', 'junk-ollama']) {

@@ -88,3 +88,21 @@ t.test("items close in order, as OpenAI's: the message before a function call op
     t.equal(text, item.content[0].text, `${item.id}: deltas add up`);
   }
 });
+
+t.test('a function call first, then text: the call item is done before the message item is added', async (t) => {
+  const evs = streamed([
+    delta({ tools: [{ index: 0, id: 'call_1', name: 'f', arguments: '{"a":1}' }] }),
+    delta({ text: 'Calling ' }),
+    delta({ text: 'f.' }),
+    delta({ finish: 'tool_calls', usage }),
+  ]);
+  const at = (pred: (e: any) => boolean) => evs.findIndex(pred);
+  const callDone = at((e) => e.type === 'response.output_item.done' && e.item.type === 'function_call');
+  const messageAdded = at((e) => e.type === 'response.output_item.added' && e.item.type === 'message');
+  const firstText = at((e) => e.type === 'response.output_text.delta');
+  t.ok(callDone >= 0 && callDone < messageAdded && messageAdded < firstText, 'no item streams while another is open');
+  const final = evs.at(-1)!.response;
+  t.same(final.output.map((o: any) => o.type), ['function_call', 'message']);
+  t.equal(final.output[1].content[0].text, 'Calling f.');
+  t.same(final.output.map((o: any) => o.id), evs.filter((e) => e.type === 'response.output_item.done').map((e) => e.item.id), 'done in output order');
+});

@@ -154,7 +154,13 @@ export function ollamaHasToken(line: OllamaChatResponse | OllamaGenerateResponse
 
 export function usageFromOpenAI(u: OpenAIUsage | null | undefined): Usage | null {
   if (u === null || u === undefined || typeof u !== 'object') return null;
-  return { promptTokens: num(u.prompt_tokens) ?? 0, completionTokens: num(u.completion_tokens) ?? 0 };
+  const out: Usage = { promptTokens: num(u.prompt_tokens) ?? 0, completionTokens: num(u.completion_tokens) ?? 0 };
+  // The details other APIs have fields for: Responses' cached and reasoning tokens, Messages' cache reads.
+  const cached = num((u.prompt_tokens_details as { cached_tokens?: unknown } | null | undefined)?.cached_tokens);
+  const reasoning = num((u.completion_tokens_details as { reasoning_tokens?: unknown } | null | undefined)?.reasoning_tokens);
+  if (cached !== undefined && cached > 0) out.cachedTokens = Math.min(cached, out.promptTokens);
+  if (reasoning !== undefined && reasoning > 0) out.reasoningTokens = reasoning;
+  return out;
 }
 
 /** Ollama's counters from a done object; null when it has none (e.g. a model load). */

@@ -106,6 +106,10 @@ export function completionRequest(body: unknown, upstreamModel: string): OpenAIC
   const stream = b['stream'] !== false;
   const out: OpenAICompletionRequest = { model: upstreamModel, prompt: system + prompt, stream, ...openaiSamplingFromOllama(b['options']) };
   if (typeof b['suffix'] === 'string' && b['suffix'] !== '') out.suffix = b['suffix'];
+  // Not in OpenAI's own /v1/completions, but the servers an Ollama client reaches through it (vLLM,
+  // llama.cpp) take it there too: dropped, the client's JSON would silently not be asked for.
+  const rf = responseFormat(b['format']);
+  if (rf !== undefined) out['response_format'] = rf;
   if (stream) out.stream_options = { include_usage: true };
   return out;
 }

@@ -52,14 +52,19 @@ function formatFromResponseFormat(rf: unknown): OllamaFormat | undefined {
 
 function parseArguments(args: unknown): Record<string, unknown> {
   if (args === undefined || args === null || args === '') return {};
-  if (typeof args === 'object') return args as Record<string, unknown>;
-  try {
-    const v: unknown = JSON.parse(String(args));
-    if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch {
-    // fall through
+  if (typeof args === 'object' && !Array.isArray(args)) return args as Record<string, unknown>;
+  if (typeof args === 'string') {
+    try {
+      const v: unknown = JSON.parse(args);
+      if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+    } catch {
+      // fall through
+    }
+    // A model can write arguments that are not a JSON object, and a client sends them back in
+    // the history as it got them: kept as text (as Messages' tool_use input does), not refused.
+    return { arguments: args };
   }
-  throw new BrokerError('invalid_request', 'tool_calls[].function.arguments must be a JSON object');
+  throw new BrokerError('invalid_request', 'tool_calls[].function.arguments must be a JSON object or a string');
 }
 
 function ollamaMessage(m: unknown, toolNames: Map<string, string>): OllamaMessage {

@@ -118,6 +118,8 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
   const out: OpenAIChatRequest = { model: String(b['model']), messages, stream: b['stream'] === true };
   if (typeof b['max_output_tokens'] === 'number') out.max_tokens = b['max_output_tokens'];
   for (const k of ['temperature', 'top_p', 'parallel_tool_calls', 'user']) if (b[k] !== undefined && b[k] !== null) out[k] = b[k];
+  const effort = (b['reasoning'] as Record<string, unknown> | null | undefined)?.['effort'];
+  if (typeof effort === 'string') out['reasoning_effort'] = effort;
   const tools = toolsOf(b['tools']);
   if (tools !== undefined && tools.length > 0) out.tools = tools;
   const choice = toolChoiceOf(b['tool_choice']);
@@ -135,7 +137,7 @@ function usageObject(u: Usage): Record<string, unknown> {
     input_tokens: u.promptTokens,
     input_tokens_details: { cached_tokens: u.cachedTokens ?? 0 },
     output_tokens: u.completionTokens,
-    output_tokens_details: { reasoning_tokens: 0 },
+    output_tokens_details: { reasoning_tokens: u.reasoningTokens ?? 0 },
     total_tokens: u.promptTokens + u.completionTokens,
   };
 }
@@ -291,7 +293,7 @@ function openMessage(w: ResponsesWriter): string {
 export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   if (w.done) return '';
   let out = open(w);
-  if (d.text !== '' && w.messageDone) {
+  if (d.text !== '' && (w.messageDone || w.tools.length > 0)) {
     w.lateText += d.text;
     w.tokens++;
   } else if (d.text !== '') {

@@ -246,6 +246,8 @@ export interface ReplyContext {
 export interface Usage {
   promptTokens: number;
   completionTokens: number;
-  /** Of promptTokens, how many a cache served (a response-cache replay: all of them); absent: none. */
+  /** Of promptTokens, how many a cache served (the upstream's prompt cache; a response-cache replay: all of them); absent: none. */
   cachedTokens?: number;
+  /** Of completionTokens, how many the model spent reasoning (an OpenAI upstream's usage details); absent: not said. */
+  reasoningTokens?: number;
 }

@@ -87,6 +87,16 @@ t.test('OpenAI → Ollama rejects what Ollama cannot do', async (t) => {
   t.throws(() => translateRequest(route, [1], 'up'), { code: 'invalid_request' });
 });
 
+t.test("OpenAI → Ollama: a tool call's arguments that are not a JSON object, as a model wrote them, go back as text", async (t) => {
+  const route = { client: 'openai', provider: 'ollama', kind: 'chat' } as const;
+  const call = (args: unknown) => ({ model: 'm', messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'f', arguments: args } }] }, { role: 'tool', tool_call_id: 'c1', content: 'ok' }] });
+  const sent = (args: unknown) => (body(translateRequest(route, call(args), 'up')).messages as { tool_calls?: { function: { arguments: unknown } }[] }[])[1]!.tool_calls![0]!.function.arguments;
+  t.same(sent('{"a":1}'), { a: 1 });
+  t.same(sent('not json'), { arguments: 'not json' }, 'as Messages keeps a tool_use input it cannot parse');
+  t.same(sent('[1,2]'), { arguments: '[1,2]' });
+  t.throws(() => translateRequest(route, call(42), 'up'), { code: 'invalid_request' });
+});
+
 t.test('OpenAI completion → Ollama /api/generate', async (t) => {
   const r = translateRequest(
     { client: 'openai', provider: 'ollama', kind: 'completion' },
@@ -175,6 +185,17 @@ t.test('Ollama generate → OpenAI /v1/completions', async (t) => {
   t.throws(() => translateRequest({ client: 'ollama', provider: 'openai', kind: 'completion' }, { model: 'm', prompt: 'x', images: [PNG] }, 'up'), {
     code: 'invalid_request',
   });
+  // format, as /api/chat maps it: not dropped.
+  const json = body(translateRequest({ client: 'ollama', provider: 'openai', kind: 'completion' }, { model: 'm', prompt: 'x', format: 'json' }, 'up'));
+  t.same(json.response_format, { type: 'json_object' });
+  const schema = body(translateRequest({ client: 'ollama', provider: 'openai', kind: 'completion' }, { model: 'm', prompt: 'x', format: { type: 'object' } }, 'up'));
+  t.same(schema.response_format, { type: 'json_schema', json_schema: { name: 'response', schema: { type: 'object' } } });
+});
+
+t.test("Responses → chat: reasoning.effort is chat's reasoning_effort", async (t) => {
+  const chat = body(translateRequest({ client: 'responses', provider: 'openai', kind: 'chat' }, { model: 'm', input: 'hi', reasoning: { effort: 'low' } }, 'up'));
+  t.equal(chat.reasoning_effort, 'low');
+  t.equal(chat.reasoning, undefined);
 });
 
 t.test('OpenAI → OpenAI keeps every field, replaces model, asks usage when streaming', async (t) => {
@@ -415,4 +436,20 @@ t.test('an upstream message passed on is cut and never carries what the broker s
   t.match(echo.message, /Bearer \[redacted\]/);
   t.ok(echo.message.length <= 500, `cut (${echo.message.length})`);
   t.notMatch(JSON.stringify(echo.details), /sk-upstream-secret/, 'nor in the details that reach the log');
+});
+
+t.test("an OpenAI upstream's usage details reach Responses and Messages clients: cached and reasoning tokens", async (t) => {
+  const reply = {
+    id: 'c1',
+    object: 'chat.completion',
+    created: 1,
+    model: 'up',
+    choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, prompt_tokens_details: { cached_tokens: 4 }, completion_tokens_details: { reasoning_tokens: 2 } },
+  };
+  const responses = JSON.parse(String(translateResponse({ client: 'responses', provider: 'openai', kind: 'chat' }, JSON.stringify(reply), { model: 'g', id: 'r1', request: { model: 'g', input: 'x' } }).body));
+  t.same(responses.usage.input_tokens_details, { cached_tokens: 4 });
+  t.same(responses.usage.output_tokens_details, { reasoning_tokens: 2 });
+  const messages = JSON.parse(String(translateResponse({ client: 'anthropic', provider: 'openai', kind: 'chat' }, JSON.stringify(reply), { model: 'g', id: 'r2', request: { model: 'g', max_tokens: 8, messages: [] } }).body));
+  t.match(messages.usage, { input_tokens: 6, cache_read_input_tokens: 4, output_tokens: 5 }, "Anthropic's input_tokens leave out the cache reads");
 });
