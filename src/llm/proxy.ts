@@ -373,7 +373,7 @@ export class LlmProxy {
           usage.completionTokens = r.completionTokens;
           // Only a stream that completed cleanly is stored; a cut one never is.
           if (capture !== undefined && r.ended === 'complete') {
-            const e = capture.entry(api, kind, r.promptTokens, r.completionTokens);
+            const e = capture.entry(api, kind, usage.promptTokens, r.completionTokens);
             if (e !== null) cache!.put(plan!, group.name, e);
           }
         } else {
@@ -549,12 +549,21 @@ function nextGroup(queue: Fallback[], visited: Set<string>, usable: (g: ModelGro
   return undefined;
 }
 
-/** The client's stream as it went out, for the cache: bounded, dropped past the entry bound. */
+/**
+ * The client's stream as it went out, for the cache: bounded, dropped past WIRE_PER_ENTRY_BYTE
+ * times the entry bound. The entry itself (its text, far smaller than the events that carried
+ * it: ~25 bytes a token against ~200 in OpenAI's SSE and more in Responses') is held to the
+ * entry bound when stored (ResponseCache.put), so a reply is stored or not whatever the API and
+ * mode of the request that brought it.
+ */
 class Capture {
   private parts: (string | Uint8Array)[] | null = [];
   private size = 0;
+  private readonly max: number;
 
-  constructor(private readonly max: number) {}
+  constructor(maxEntryBytes: number) {
+    this.max = maxEntryBytes * WIRE_PER_ENTRY_BYTE;
+  }
 
   push(chunk: string | Uint8Array): void {
     if (this.parts === null) return;
@@ -573,6 +582,8 @@ class Capture {
     return captureStream(api, kind, text, { prompt, completion });
   }
 }
+
+const WIRE_PER_ENTRY_BYTE = 20;
 
 /** The sink as a stream target: a slow client makes the pump wait for its socket to drain. `start` runs before the first write. */
 function targetOf(sink: ReplySink, signal: AbortLike, start: () => void, capture: Capture | undefined): StreamTarget {

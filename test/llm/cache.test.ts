@@ -4,6 +4,8 @@
 // Responses and Messages APIs with their vendors' clients (openai, @anthropic-ai/sdk).
 import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request, setGlobalDispatcher } from 'undici';
@@ -305,7 +307,7 @@ async function sse(path: '/v1/responses' | '/v1/messages', body: Record<string, 
   const types = [...text.matchAll(/^event: (.+)$/gm)].map((m) => m[1]!);
   const data = [...text.matchAll(/^data: (.+)$/gm)].map((m) => JSON.parse(m[1]!) as { type: string; delta?: unknown });
   const deltas = data.map((e) => (e.type === 'response.output_text.delta' ? e.delta : e.type === 'content_block_delta' ? (e.delta as { text?: string }).text : undefined)).filter((x): x is string => typeof x === 'string');
-  return { status: res.status, cache: res.headers.get('x-broker-cache'), types, deltas };
+  return { status: res.status, cache: res.headers.get('x-broker-cache'), types, deltas, data };
 }
 const question = () => fresh()[0]!.content;
 
@@ -371,6 +373,8 @@ t.test('Messages API: a stream is stored and replayed event for event; it answer
   t.same(again.types, first.types, `the same events in the same order, ping included (${first.types.join(' ')})`);
   t.same(again.deltas, first.deltas);
   t.equal(again.deltas.join(''), mockText(8));
+  const started = again.data.find((e) => e.type === 'message_start') as unknown as { message: { usage: Record<string, number> } };
+  t.ok(started.message.usage['cache_read_input_tokens']! > 0, "a replay's message_start says the prompt, read from the cache, as Anthropic's does");
   const { data: stream, response } = await anthropic.messages.stream(body).withResponse();
   t.equal(response.headers.get('x-broker-cache'), 'hit');
   const final = await stream.finalMessage();
@@ -482,4 +486,54 @@ t.test('llm_cache_bytes drops when entries expire, without a lookup to find them
   t.ok(bytes > 0, `stored: ${bytes} bytes`);
   await new Promise((r) => setTimeout(r, 1300));
   t.equal(await metricValue(short.url, 'llm_cache_bytes'), 0, 'expired: nothing live is counted');
+});
+
+t.test('the entry bound counts the entry, not the events that carried it; a refused entry is not counted as stored', async (t) => {
+  // An upstream that streams without usage, as some OpenAI-compatible servers do.
+  const bare = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      for (const w of ['Hello', ' there']) res.write(`data: ${JSON.stringify({ id: 'x', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { content: w }, finish_reason: null }] })}\n\n`);
+      res.end(`data: ${JSON.stringify({ id: 'x', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] })}\n\ndata: [DONE]\n\n`);
+    });
+  });
+  await new Promise<void>((r) => bare.listen(0, '127.0.0.1', r));
+  t.teardown(() => bare.close());
+  const long = await mock({ tokens: 100 });
+  const file = join(dir, 'entry-bound.yaml');
+  writeFileSync(
+    file,
+    stringify({
+      cache: { mode: 'on', maxBytes: 1_000_000, ttlSeconds: 600, maxEntryBytes: 4000 },
+      modelGroups: {
+        long: { deployments: [d('long-1', 'openai', long)] },
+        bare: { deployments: [{ id: 'bare-1', provider: 'openai', url: `http://127.0.0.1:${(bare.address() as AddressInfo).port}`, model: 'm' }] },
+      },
+    }),
+  );
+  const b = await startTestBroker({ BROKER_CONFIG: file, INFER_ENABLED: 'false', FRONT_THREADS: '0' });
+  t.teardown(() => b.close());
+  const ask = async (model: string, content: string, stream: boolean) => {
+    const res = await fetch(`${b.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, messages: [{ role: 'user', content }], stream }) });
+    return { cache: res.headers.get('x-broker-cache'), text: await res.text() };
+  };
+  // 100 tokens: ~15 KB of SSE, an entry of ~2 KB. Stored from the stream as from a whole reply.
+  const q = `long ${Date.now()}`;
+  const wire = await ask('long', q, true);
+  t.ok(wire.text.length > 4000, `the stream was ${wire.text.length} bytes on the wire`);
+  t.equal((await ask('long', q, false)).cache, 'hit', 'a stream past the bound on the wire, under it as an entry, is stored');
+  // A prompt that alone passes the bound: never stored, and not counted as stored.
+  const stores = await metricValue(b.url, 'llm_cache_stores_total');
+  const big = 'b'.repeat(3900);
+  t.equal((await ask('long', big, false)).cache, 'miss');
+  t.equal((await ask('long', big, false)).cache, 'miss');
+  t.equal(await metricValue(b.url, 'llm_cache_stores_total'), stores, 'nothing counted as stored');
+  // An upstream that sent no usage: the hit reports the prompt as the broker estimated it, not 0.
+  const p = `bare ${Date.now()} ${'x'.repeat(80)}`;
+  await ask('bare', p, true);
+  const hit = await ask('bare', p, false);
+  t.equal(hit.cache, 'hit');
+  const usage = (JSON.parse(hit.text) as { usage: { prompt_tokens: number; completion_tokens: number } }).usage;
+  t.ok(usage.prompt_tokens > 0, `prompt_tokens ${usage.prompt_tokens}`);
 });

@@ -213,7 +213,11 @@ export class ResponseCache {
    * in memory: else each would serve its old one until its TTL ran out.
    */
   put(plan: CachePlan, group: string, e: CachedReply): void {
-    if (entryBytes(e) > this.settings.maxEntryBytes) return;
+    // What the memory LRU counts (the key too): past its bounds it would drop the entry unsaid,
+    // and a store counted here would then never hit.
+    const size = entryBytes(e) + plan.key.length;
+    if (size > this.settings.maxEntryBytes) return;
+    if (this.o.redisUrl === undefined && size > this.settings.maxBytes) return;
     this.remember(plan.key, e);
     this.bus?.postMessage({ key: plan.key, entry: e });
     this.o.metrics.llmCacheStores.labels(group).inc();

@@ -50,7 +50,7 @@ function replayEvents(api: 'responses' | 'anthropic', stream: boolean, e: Cached
     for (const c of e.chunks) out += responsesDelta(w, piece(c));
     out += responsesDelta(w, { ...piece(''), finish: e.finish, usage }) + responsesDone(w);
   } else {
-    const w = anthropicWriter(rc);
+    const w = anthropicWriter(rc, usage);
     for (const c of e.chunks) out += anthropicDelta(w, piece(c));
     out += anthropicDelta(w, { ...piece(''), finish: e.finish, usage }) + anthropicDone(w);
   }

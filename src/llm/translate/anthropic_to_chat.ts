@@ -228,6 +228,8 @@ export function message(reply: WholeReply, ctx: ReplyContext): Record<string, un
 export interface AnthropicWriter {
   readonly id: string;
   readonly model: string;
+  /** The prompt's usage when known before the reply (a cache replay): message_start says it, as Anthropic's does. */
+  readonly known: Usage | null;
   started: boolean;
   /** Index of the block being written, -1 for none; 'text' or the tool call's index. */
   block: number;
@@ -253,8 +255,8 @@ export interface AnthropicWriter {
   done: boolean;
 }
 
-export function anthropicWriter(ctx: ReplyContext): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
+export function anthropicWriter(ctx: ReplyContext, known: Usage | null = null): AnthropicWriter {
+  return { id: ctx.id, model: ctx.model, known, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
 }
 
 function event(type: string, data: Record<string, unknown>): string {
@@ -264,7 +266,7 @@ function event(type: string, data: Record<string, unknown>): string {
 function start(w: AnthropicWriter): string {
   if (w.started) return '';
   w.started = true;
-  const msg = { id: 'msg_' + w.id, type: 'message', role: 'assistant', model: w.model, content: [], stop_reason: null, stop_sequence: null, usage: { input_tokens: 0, output_tokens: 0 } };
+  const msg = { id: 'msg_' + w.id, type: 'message', role: 'assistant', model: w.model, content: [], stop_reason: null, stop_sequence: null, usage: w.known === null ? { input_tokens: 0, output_tokens: 0 } : usageObject({ ...w.known, completionTokens: 0 }) };
   return event('message_start', { message: msg }) + event('ping', {});
 }
 
