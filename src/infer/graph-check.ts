@@ -18,6 +18,9 @@ export interface GraphValue {
 const fixed = (d: number | string | undefined): d is number => typeof d === 'number' && d > 0;
 const names = (list: readonly GraphValue[]): string => list.map((v) => `'${v.name}'`).join(', ') || 'none';
 
+/** Output element types read as scores (float64 and float16 are converted to float32). */
+export const SCORE_TYPES: ReadonlySet<string> = new Set(['float32', 'float64', 'float16']);
+
 /** Why the graph does not fit the manifest, or null when it does. */
 export function graphProblem(manifest: ModelManifest, inputs: readonly GraphValue[], outputs: readonly GraphValue[]): string | null {
   const { input, output, labels } = manifest;
@@ -42,12 +45,16 @@ export function graphProblem(manifest: ModelManifest, inputs: readonly GraphValu
   const out = outputs.find((v) => v.name === output.name);
   if (out === undefined) return `output.name is '${output.name}' but the graph's outputs are ${names(outputs)}`;
   if (!out.isTensor) return `output '${output.name}' is not a tensor`;
+  if (out.type !== undefined && !SCORE_TYPES.has(out.type)) return `output '${output.name}' is ${out.type}; the broker reads scores as float32, float64 or float16`;
   const os = out.shape;
   if (manifest.batching.maxBatchSize > 1 && os !== undefined && (os.length < 2 || fixed(os[0]))) {
     return `batching.max_batch_size is ${manifest.batching.maxBatchSize} but output '${output.name}' is [${os.join(', ')}]: no batch dimension to split a batch's scores by`;
   }
-  const classes = os?.[os.length - 1];
-  if (fixed(classes) && classes !== labels.length) return `output '${output.name}' has ${classes} classes but the manifest has ${labels.length} labels`;
+  // One row of scores per image: [batch, K], or K spread over fixed dimensions ([batch, K, 1, 1]
+  // from a convolutional head, [batch, 1, K]), which the workers split by size alike.
+  const rest = os === undefined ? [] : os.length > 1 ? os.slice(1) : os;
+  const classes = rest.length > 0 && rest.every(fixed) ? rest.reduce((a, b) => a * b, 1) : os?.[os.length - 1];
+  if (fixed(classes) && classes !== labels.length) return `output '${output.name}' is [${os!.join(', ')}]: ${classes} classes per image but the manifest has ${labels.length} labels`;
   return null;
 }
 

@@ -41,3 +41,29 @@ export function topK(scores: Float32Array, labels: readonly string[], k: number,
   }
   return out;
 }
+
+/**
+ * A model's output as float32 scores. float16 comes from onnxruntime-node as the raw half-float
+ * bits in a Uint16Array (read as numbers they would rank the classes wrongly); float64 is narrowed.
+ * Other types are refused when the model loads (graph-check.ts SCORE_TYPES).
+ */
+export function asFloat32(type: string, data: unknown): Float32Array {
+  if (data instanceof Float32Array) return data;
+  if (type === 'float16' && data instanceof Uint16Array) {
+    const out = new Float32Array(data.length);
+    for (let i = 0; i < data.length; i++) out[i] = halfToFloat(data[i]!);
+    return out;
+  }
+  if (type === 'float64' || type === 'float16') return Float32Array.from(data as ArrayLike<number>);
+  throw new Error(`output type ${type} is not read as scores`);
+}
+
+/** IEEE 754 binary16 bits → the number. */
+export function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * 2 ** -14 * (frac / 1024);
+  if (exp === 31) return frac === 0 ? sign * Infinity : NaN;
+  return sign * 2 ** (exp - 15) * (1 + frac / 1024);
+}

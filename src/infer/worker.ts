@@ -14,7 +14,7 @@ import type { ModelManifest } from './manifest.ts';
 import { graphProblem, outputProblem } from './graph-check.ts';
 import { preprocess } from './preprocess.ts';
 import { setConversionMode } from './native.ts';
-import { topK } from './postprocess.ts';
+import { asFloat32, topK } from './postprocess.ts';
 import { workerSpans } from '../obs/trace/infer.ts';
 import type { SpanData } from '../obs/trace/span.ts';
 import type { BatchOutcome, BatchTask, ItemOutcome, MetadataTask, ModelProblems, ProblemsTask, SessionsMetadata, TensorMeta, WorkerData, WarmupTask } from './protocol.ts';
@@ -185,7 +185,7 @@ async function decodeAndRun(task: BatchTask, startedAt: number, base: Omit<Batch
     // a mismatch fails the batch, and the images are retried one by one.
     const bad = outputProblem(manifest, scores.dims, b);
     if (bad !== null) throw new Error(bad);
-    return scores.data as Float32Array;
+    return asFloat32(scores.type, scores.data);
   };
   const answer = (i: number, scores: Float32Array) => {
     const it = task.items[i]!;

@@ -19,7 +19,10 @@ import { attr, encodeModel, type InitializerDef, type NodeDef } from '../../scri
 
 export const FOREIGN = { size: 32, channels: 3, classes: 5, mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3], labels: ['ant', 'bee', 'cat', 'dog', 'eel'] } as const;
 
-export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; manifest?: Record<string, unknown> } = {}): string {
+/** ONNX element types a test may give the scores output (a Cast after the Gemm). */
+const ELEM = { float16: 10, int64: 7 } as const;
+
+export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; outputType?: keyof typeof ELEM; manifest?: Record<string, unknown> } = {}): string {
   const rng = mulberry32(424242);
   const rand = (n: number, scale: number) => Float32Array.from({ length: n }, () => (rng() - 0.5) * 2 * scale);
   const F = 8;
@@ -54,6 +57,9 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
     nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['rows'], attributes: { transB: attr.int(1) } });
     initializers.push({ name: 'first', dims: [1], int64: [0n] }, { name: 'one', dims: [1], int64: [1n] });
     nodes.push({ opType: 'Slice', inputs: ['rows', 'first', 'one', 'first'], outputs: ['scores'] });
+  } else if (opts.outputType !== undefined) {
+    nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['scores32'], attributes: { transB: attr.int(1) } });
+    nodes.push({ opType: 'Cast', inputs: ['scores32'], outputs: ['scores'], attributes: { to: attr.int(ELEM[opts.outputType]) } });
   } else nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['scores'], attributes: { transB: attr.int(1) } });
   const onnx = encodeModel({
     producerName: 'edge-broker test',
@@ -62,7 +68,7 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
       nodes,
       initializers,
       inputs: [{ name: 'input', shape: ['batch', FOREIGN.size, FOREIGN.size, 3] }],
-      outputs: [{ name: 'scores', shape: ['batch', FOREIGN.classes] }],
+      outputs: [{ name: 'scores', shape: ['batch', FOREIGN.classes], ...(opts.outputType !== undefined ? { elemType: ELEM[opts.outputType] } : {}) }],
     },
   });
   const dir = mkdtempSync(join(tmpdir(), 'eb-foreign-'));

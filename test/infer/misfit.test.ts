@@ -40,9 +40,14 @@ t.test('graphProblem names what does not fit', async (t) => {
   t.match(problem({}, [{ name: 'input', isTensor: true, type: 'uint8', shape: ['b', 32, 32, 3] }]), /takes uint8; the broker feeds float32/);
   t.match(problem({}, [{ name: 'input', isTensor: true, type: 'float32', shape: ['b', 3, 32] }]), /has 3 dimensions/);
   t.match(problem({ output: { name: 'logits' } }), /output.name is 'logits' but the graph's outputs are 'scores'/);
-  t.match(problem({ labels: ['a', 'b'] }), /output 'scores' has 5 classes but the manifest has 2 labels/);
+  t.match(problem({ labels: ['a', 'b'] }), /output 'scores' is \[batch, 5\]: 5 classes per image but the manifest has 2 labels/);
+  t.equal(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 5, 1, 1] }]), null, "a convolutional head's [batch, K, 1, 1]");
+  t.equal(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 1, 5] }]), null);
+  t.match(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 5, 2, 1] }]), /10 classes per image/);
   t.match(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: [1, 5] }]), /max_batch_size is 8 but output 'scores' is \[1, 5\]: no batch dimension/, "an output with a fixed batch cannot be split by image");
   t.equal(problem({ batching: { max_batch_size: 1 } }, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: [1, 5] }]), null, 'without batching it can');
+  t.match(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'int64', shape: ['batch', 5] }]), /output 'scores' is int64; the broker reads scores as float32, float64 or float16/);
+  for (const type of ['float16', 'float64']) t.equal(problem({}, graphIn, [{ name: 'scores', isTensor: true, type, shape: ['batch', 5] }]), null, `${type} scores are read`);
   const m = validateManifest(base, 'm.json');
   t.equal(outputProblem(m, [2, 5], 2), null);
   t.match(outputProblem(m, [1, 10], 1), /came out \[1, 10\] for 1 image\(s\); the manifest's 5 labels need 5 scores/);
@@ -100,7 +105,7 @@ t.test('A does not fit: not ready, and waitReady says why', async (t) => {
   t.teardown(() => broker.close(2000));
   const err = await broker.waitReady().then(() => undefined, (e: unknown) => e as { code?: string; message: string });
   t.equal(err?.code, 'model_unavailable');
-  t.match(err?.message, /output 'scores' has 5 classes but the manifest has 2 labels/);
+  t.match(err?.message, /output 'scores' is \[batch, 5\]: 5 classes per image but the manifest has 2 labels/);
   const ready = await fetch(`http://127.0.0.1:${broker.port}/ready`);
   t.equal(ready.status, 503);
   t.match(await ready.json(), { ready: false, model_problems: { A: /2 labels/ } });
@@ -120,4 +125,33 @@ for (const threads of ['0', '1']) t.test(`npm start with an A that does not fit,
   t.equal(code, 1);
   t.match(stderr, /^edge-broker: cannot start: model foreign-nhwc does not fit its manifest: input 'input' is \[batch, 32, 32, 3\]: 3 channels in NHWC, the manifest says 1 .*foreign\.onnx\)/m);
   t.notMatch(stderr, /\n\s+at /, 'no stack trace');
+});
+
+t.test('float16 scores are read as numbers, not as their bits; an int64 output is refused when the model loads', async (t) => {
+  const { halfToFloat, asFloat32 } = await import('../../src/infer/postprocess.ts');
+  t.equal(halfToFloat(0x3c00), 1);
+  t.equal(halfToFloat(0xc000), -2);
+  t.equal(halfToFloat(0x7bff), 65504);
+  t.equal(halfToFloat(0x0001), 2 ** -24, 'subnormal');
+  t.equal(halfToFloat(0xfc00), -Infinity);
+  t.ok(Number.isNaN(halfToFloat(0x7e00)));
+  t.same(Array.from(asFloat32('float16', Uint16Array.of(0x3800, 0xb400))), [0.5, -0.25]);
+  t.same(Array.from(asFloat32('float64', Float64Array.of(0.5, 2))), [0.5, 2]);
+
+  const fp32 = writeForeignModel({ manifest: { batching: { max_batch_size: 1 } } });
+  const fp16 = writeForeignModel({ outputType: 'float16', manifest: { version: '0.2.0', batching: { max_batch_size: 1 } } });
+  const int64 = writeForeignModel({ outputType: 'int64', manifest: { version: '0.2.0', batching: { max_batch_size: 1 } } });
+  const tb = await startTestBroker({ MODEL_VA_PATH: fp32, MODEL_VB_PATH: fp16, AB_WEIGHT_A: '0.5', AB_WEIGHT_B: '0.5', FRONT_THREADS: '0' });
+  t.teardown(() => tb.close());
+  const ask = async (arm: string) => (await postJson(`${tb.url}/v1/infer?top_k=5`, { image_b64: png }, { cookie: `eb_arm=${arm}` })).body;
+  const a = await ask('A');
+  const b = await ask('B');
+  t.equal(b.arm, 'B', JSON.stringify(b));
+  t.same(b.predictions.map((p: { label: string }) => p.label), a.predictions.map((p: { label: string }) => p.label), 'the same ranking as the float32 twin');
+  for (let i = 0; i < 5; i++) t.ok(Math.abs(b.predictions[i].score - a.predictions[i].score) < 5e-3, `score ${i} within float16 precision`);
+
+  const bad = await startTestBroker({ MODEL_VA_PATH: fp32, MODEL_VB_PATH: int64, FRONT_THREADS: '0' });
+  t.teardown(() => bad.close());
+  const ready = await fetch(`${bad.url}/ready`);
+  t.match(await ready.text(), /is int64; the broker reads scores as float32, float64 or float16/, "/ready says why B is refused");
 });

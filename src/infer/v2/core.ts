@@ -75,7 +75,10 @@ export class V2Core {
       platform: 'onnxruntime_onnx',
       inputs: sessions.inputs.map(tensor),
       // The manifest's output first: it is the one a request gets when it names none.
-      outputs: [...sessions.outputs].sort((a, b) => Number(b.name === manifest.output.name) - Number(a.name === manifest.output.name)).map(tensor),
+      // The manifest's output is served as FP32 whatever the graph's float type (postprocess.ts asFloat32).
+      outputs: [...sessions.outputs]
+        .sort((a, b) => Number(b.name === manifest.output.name) - Number(a.name === manifest.output.name))
+        .map((t) => (t.name === manifest.output.name ? { ...tensor(t), datatype: 'FP32' } : tensor(t))),
     };
   }
 
