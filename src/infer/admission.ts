@@ -7,6 +7,7 @@
 import { apiKeyOf } from '../guard/api-key.ts';
 import { BrokerError } from '../errors.ts';
 import { DEFAULT_SCHEDULER } from '../config/broker-config.ts';
+import { headerPriority } from '../policy/priority.ts';
 
 export const PRIORITY_LEVELS = 10;
 export const DEFAULT_PRIORITY = 5;
@@ -155,7 +156,6 @@ export class AdmissionQueue<T> {
   }
 }
 
-const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };
 
 /**
  * The highest priority a caller may have: its API key's (or its QoS tier's, else 5), as the
@@ -178,9 +178,5 @@ export function requestPriority(headers: Readonly<Record<string, string>>, ceili
   return cappedPriority(inferPriority(headers['x-broker-priority']), ceiling?.(apiKeyOf(headers)));
 }
 
-/** x-broker-priority as the LLM path reads it (src/llm/request.ts): a digit or low/normal/high/critical. */
-export function inferPriority(header: string | undefined): number | undefined {
-  if (header === undefined) return undefined;
-  if (/^[0-9]$/.test(header)) return Number(header);
-  return PRIORITY_NAMES[header.toLowerCase()];
-}
+/** x-broker-priority as the LLM path reads it (src/policy/priority.ts). */
+export const inferPriority = headerPriority;

@@ -8,6 +8,7 @@ import { apiKeyOf } from '../guard/api-key.ts';
 import type { RequestFacts } from '../track/facts.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
 import { cacheDirectiveOf, type CacheDirective } from './cache/cache.ts';
+import { headerPriority } from '../policy/priority.ts';
 
 export interface LlmRequest {
   readonly id: string;
@@ -46,7 +47,6 @@ export interface LlmRequest {
   readonly facts?: RequestFacts | undefined;
 }
 
-const PRIORITY_NAMES: Record<string, number> = { low: 1, normal: 5, high: 8, critical: 9 };
 
 /** How large a prompt may be (LLM_MAX_MESSAGES, LLM_MAX_PROMPT_CHARS): a huge body would hold a thread for its translation. */
 export interface PromptLimits {
@@ -96,11 +96,11 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     body,
     ...parts,
     promptChars,
-    maxTokens: maxOutputTokensOf(body),
+    maxTokens: maxOutputTokensOf(body, api),
     choices: typeof body.n === 'number' ? body.n : 1,
     apiKey,
     label: labelOf(h['x-broker-label']),
-    priority: priorityOf(h['x-broker-priority']),
+    priority: headerPriority(h['x-broker-priority']),
     tier: h['x-broker-qos'],
     cache: cacheDirectiveOf(h['x-broker-cache']),
     facts,
@@ -204,9 +204,18 @@ function embedParts(body: Readonly<Record<string, unknown>>, limits: PromptLimit
   return { messages: undefined, prompt: text, system: undefined };
 }
 
-export function maxOutputTokensOf(body: Readonly<Record<string, unknown>>): number | undefined {
-  const v = body.max_tokens ?? body.max_completion_tokens ?? body.max_output_tokens ?? (body.options as Record<string, unknown> | undefined)?.num_predict;
-  return typeof v === 'number' && v > 0 ? v : undefined;
+export function maxOutputTokensOf(body: Readonly<Record<string, unknown>>, api: ClientApi): number | undefined {
+  // The fields the client API's translators and upstreams read, the largest if several: a decoy
+  // max_tokens of 1 beside max_completion_tokens of 64 (which vLLM and Ollama's translation
+  // prefer) must not pass under a QoS tier's output cap, nor reserve 1 token of a quota.
+  const fields =
+    api === 'responses' ? [body.max_output_tokens]
+    : api === 'anthropic' ? [body.max_tokens]
+    : api === 'ollama' ? [(body.options as Record<string, unknown> | null | undefined)?.num_predict]
+    : [body.max_tokens, body.max_completion_tokens];
+  let most: number | undefined;
+  for (const v of fields) if (typeof v === 'number' && v > 0 && (most === undefined || v > most)) most = v;
+  return most;
 }
 
 /** Bounds of what a client may ask for; beyond them the request is refused, not passed on. */
@@ -289,11 +298,6 @@ function labelOf(h: string | undefined): string | undefined {
   return h;
 }
 
-function priorityOf(h: string | undefined): number | undefined {
-  if (h === undefined) return undefined;
-  if (/^[0-9]$/.test(h)) return Number(h);
-  return PRIORITY_NAMES[h.toLowerCase()];
-}
 
 /** Characters of a field: a string's, else its JSON's (parts, blocks, tool calls); none when absent. */
 function charsOf(v: unknown): number {

@@ -65,3 +65,23 @@ t.test('prompt size limits: message count and characters (LLM_MAX_MESSAGES, LLM_
   t.doesNotThrow(read({ messages: [msg('12345'), msg('67890')] }));
   t.throws(() => readLlmRequest(req(), 'ollama', 'completion', { model: 'g', prompt: 'x'.repeat(11) }, limits), { message: /^prompt holds 11/ });
 });
+
+t.test("the output limit is read from the fields the client API's upstreams read, the largest of them (no decoy under a tier's cap)", async (t) => {
+  const max = (api: 'openai' | 'ollama' | 'responses' | 'anthropic', body: Record<string, unknown>) =>
+    readLlmRequest(req(), api, 'chat', { model: 'g', messages: [{ role: 'user', content: 'x' }], input: 'x', ...body }).maxTokens;
+  t.equal(max('openai', { max_tokens: 1, max_completion_tokens: 64 }), 64, 'vLLM and the Ollama translation read max_completion_tokens');
+  t.equal(max('openai', { max_tokens: 64, max_completion_tokens: 1 }), 64);
+  t.equal(max('openai', { max_tokens: 1, max_output_tokens: 64 }), 1, 'not a chat field');
+  t.equal(max('responses', { max_tokens: 1, max_output_tokens: 64 }), 64, 'Responses reads max_output_tokens only');
+  t.equal(max('ollama', { max_tokens: 1, options: { num_predict: 64 } }), 64, 'Ollama reads options.num_predict only');
+  t.equal(max('ollama', { max_output_tokens: 1 }), undefined, 'no limit an Ollama server reads');
+  t.equal(max('anthropic', { max_tokens: 64, max_completion_tokens: 1 }), 64);
+});
+
+t.test('x-broker-priority: digits and the four names only; names of Object (constructor, __proto__) are not priorities', async (t) => {
+  const p = (h: string) => readLlmRequest(req({ 'x-broker-priority': h }), 'openai', 'chat', { model: 'g' }).priority;
+  t.equal(p('critical'), 9);
+  t.equal(p('LOW'), 1);
+  t.equal(p('7'), 7);
+  for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty', 'valueOf']) t.equal(p(name), undefined, name);
+});
