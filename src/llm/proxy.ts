@@ -104,6 +104,11 @@ export class LlmProxy {
       if (hit !== undefined || sink.aborted) {
         try {
           if (!sink.aborted) this.replayHit(hit!, req, group, sink, headers, timeline, clientStreams(req.api, admitted.body));
+          else {
+            // Gone while Redis was asked: counted, as a request gone anywhere else.
+            this.deps.metrics.llmRequests.labels(group.name, 'none', 'aborted', 'aborted').inc();
+            if (req.facts !== undefined) req.facts.outcome = 'aborted';
+          }
         } finally {
           const facts = req.facts;
           if (facts !== undefined) {
@@ -181,8 +186,11 @@ export class LlmProxy {
         const retry = tried.size;
         const waitSpan = span === undefined ? undefined : queueWaitSpan(span, g.name, retry);
         const waitFrom = performance.now();
+        // A full group with a fallback still to try sends the request there rather than queue it
+        // (docs/llm.md: "none available ... at capacity"); the last group of the chain queues.
+        const fallbackLeft = ((g.fallbacks?.length ?? 0) > 0 || queue.length > 0) && nextGroup([...fallbacksOf(g.fallbacks, false), ...queue], new Set(visited), usable, groups) !== undefined;
         try {
-          lease = await gov.acquire(admitted, g, tried, abort);
+          lease = await gov.acquire(admitted, g, tried, abort, !fallbackLeft);
           timeline.queueMs += performance.now() - waitFrom;
           if (facts !== undefined) {
             facts.queueMs = (facts.queueMs ?? 0) + (performance.now() - waitFrom);
@@ -194,7 +202,12 @@ export class LlmProxy {
           const code = (err as BrokerError).code;
           if (facts !== undefined) facts.queueMs = (facts.queueMs ?? 0) + (performance.now() - waitFrom);
           waitSpan?.fail(sink.aborted ? 'client_closed' : (code ?? 'internal'), (err as Error).message).end();
-          if (sink.aborted) return;
+          if (sink.aborted) {
+            // Gone while queued for a lease (or waiting to fall back): one outcome, as any other.
+            m.llmRequests.labels(g.name, 'none', 'aborted', 'aborted').inc();
+            if (facts !== undefined) facts.outcome = 'aborted';
+            return;
+          }
           if (this.stopped !== undefined) throw this.stopped;
           // Every deployment of the group failed or none can take it: the fallback groups.
           if ((code === 'upstream_unavailable' || code === 'capacity_exhausted') && (queue.length > 0 || (g.fallbacks?.length ?? 0) > 0)) {

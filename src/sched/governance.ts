@@ -86,7 +86,8 @@ export interface RequestUsage {
 
 /** What the proxy needs once a request is admitted: leases, and their ends. */
 export interface Leases {
-  acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortLike): Promise<Lease>;
+  /** `queue` false: no wait when the group is full (capacity_exhausted at once: the request has a fallback). */
+  acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortLike, queue?: boolean): Promise<Lease>;
   /** An attempt failed before the first byte: what it took is given back; counts against the deployment unless the client left. */
   attemptFailed(lease: Lease, countsAgainstDeployment: boolean): void;
   /** The request is over. Called exactly once per admitted request. */
@@ -292,9 +293,9 @@ export class Governance implements Leases {
   }
 
   /** A lease on a deployment of `group` for an admitted request, waiting in the queue if every one is full. */
-  acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortLike): Promise<Lease> {
+  acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortLike, queue = true): Promise<Lease> {
     return this.scheduler
-      .acquire({ group, tried, priority: a.priority, tier: a.tier, stickyKey: a.stickyKey, tokens: a.reserveTokens, since: a.since, signal })
+      .acquire({ group, tried, priority: a.priority, tier: a.tier, stickyKey: a.stickyKey, tokens: a.reserveTokens, since: a.since, signal, queue })
       .catch((err: BrokerError) => {
         if (err.code === 'capacity_exhausted' || err.code === 'queue_timeout') this.metrics.capacityRejections.labels(group.name, err.code).inc();
         if (err.code === 'quota_exceeded') this.metrics.quotaRejections.labels('deployment').inc();

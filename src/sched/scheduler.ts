@@ -29,6 +29,8 @@ export interface Admission {
   /** Epoch ms the request arrived: queue age and deadline start here. */
   readonly since: number;
   readonly signal: AbortLike;
+  /** false: a full group answers capacity_exhausted at once, without queueing (the request has a fallback group to go to). */
+  readonly queue?: boolean;
 }
 
 export interface Lease {
@@ -130,7 +132,7 @@ export class Scheduler {
     for (;;) {
       const lease = this.paused ? undefined : this.tryAcquire(a);
       if (lease !== undefined) return lease;
-      if (!this.paused && !this.deps.scheduler.queueWhenFull) throw new BrokerError('capacity_exhausted', `every deployment of ${a.group.name} is at capacity`, { retryAfter: 1 });
+      if (!this.paused && (!this.deps.scheduler.queueWhenFull || a.queue === false)) throw new BrokerError('capacity_exhausted', `every deployment of ${a.group.name} is at capacity`, { retryAfter: 1 });
       if (woken !== undefined) {
         // Woken but the freed slot is no use to this request: hand it on, then wait again.
         woken.round.declined.add(woken.seq);

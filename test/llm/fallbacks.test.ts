@@ -12,7 +12,7 @@ import { createMockUpstream, mockText, type MockUpstream, type MockUpstreamOptio
 import { createBlackhole } from '../../src/mock-upstream/blackhole.ts';
 import { parseSse } from '../../src/mock-upstream/wire.ts';
 import { classifyUpstreamError } from '../../src/llm/upstream-class.ts';
-import { startTestBroker, metricValue } from '../helpers/broker.ts';
+import { startTestBroker, metricValue, admin } from '../helpers/broker.ts';
 
 const mocks: MockUpstream[] = [];
 async function mock(opts: MockUpstreamOptions): Promise<MockUpstream> {
@@ -90,6 +90,9 @@ const fleet = {
     // Two failing groups that name each other: each tried once.
     'cyc-a': { deployments: [d('cyc-a', 'openai', fail500)], fallbacks: ['cyc-b'] },
     'cyc-b': { deployments: [d('cyc-b', 'openai', fail500)], fallbacks: ['cyc-a'] },
+    // One slot each: a second request finds the group full.
+    busy: { deployments: [d('busy-1', 'openai', slow, { concurrencyLimit: 1 })], fallbacks: ['big'] },
+    'busy-alone': { deployments: [d('busy-2', 'openai', slow, { concurrencyLimit: 1 })] },
   },
   qos: { defaultTier: 'standard', tiers: { standard: {}, narrow: { allowedGroups: ['over-narrow'], priority: 1 } } },
 };
@@ -266,4 +269,44 @@ t.test('x-broker-overhead-ms on replies, and the phases as histograms', async (t
   t.ok(Number.isFinite(v) && v >= 0, `a number of ms: ${response.headers.get('x-broker-overhead-ms')}`);
   for (const phase of ['admission', 'queue', 'dispatch', 'upstream', 'relay']) t.ok((await metricValue(tb.url, 'llm_phase_seconds_count', { phase })) > 0, phase);
   t.ok((await metricValue(tb.url, 'broker_overhead_seconds_count', { route: 'llm' })) > 0);
+});
+
+/** A stream that holds its group's only slot until `stop` is called. */
+async function holdSlot(model: string): Promise<{ stop: () => void }> {
+  const ctl = new AbortController();
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, messages, stream: true }), signal: ctl.signal });
+  const reader = res.body!.getReader();
+  await reader.read();
+  return { stop: () => ctl.abort() };
+}
+
+t.test('a full group falls back rather than queue (at capacity is a reason to fall back); without a fallback it queues', async (t) => {
+  const hold = await holdSlot('busy');
+  t.teardown(() => hold.stop());
+  const replies = await Promise.all([1, 2].map(() => openai.chat.completions.create({ model: 'busy', messages }).withResponse()));
+  for (const r of replies) {
+    t.equal(r.response.headers.get('x-broker-fallback'), 'big', 'served by the fallback at once');
+    t.equal(r.data.choices[0]!.message.content, mockText(8));
+  }
+});
+
+t.test('a request that leaves while queued for capacity is counted once, as aborted', async (t) => {
+  const hold = await holdSlot('busy-alone');
+  const before = await metricValue(tb.url, 'llm_requests_total', { group: 'busy-alone', reason: 'aborted' });
+  const ctl = new AbortController();
+  const queued = fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'busy-alone', messages }), signal: ctl.signal }).catch(() => undefined);
+  for (let i = 0; i < 200; i++) {
+    const cap = (await (await fetch(`${tb.url}/api/industrial/capacity`, { headers: admin })).json()) as { queue: { size: number } };
+    if (cap.queue.size === 1) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  ctl.abort();
+  await queued;
+  let after = before;
+  for (let i = 0; i < 100 && after === before; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    after = await metricValue(tb.url, 'llm_requests_total', { group: 'busy-alone', reason: 'aborted' });
+  }
+  t.equal(after - before, 1, 'the queued request, counted when it left');
+  hold.stop();
 });
