@@ -102,8 +102,13 @@ export class AdmissionQueue<T> {
     return { size, count };
   }
 
-  /** Takes up to `max` requests of this size, in the order they go (aged priority, then age). */
+  /**
+   * Takes up to `max` requests of this size, in the order they go (aged priority, then age).
+   * Those past their timeout are rejected first, never sent: the sweep that times them out runs
+   * only every few ms, and a worker freed in between would otherwise run them and answer 200.
+   */
   take(max: number, size: number | undefined, now: number): Pending<T>[] {
+    this.expire(now);
     const out: Pending<T>[] = [];
     while (out.length < max) {
       const b = this.best(now, size);

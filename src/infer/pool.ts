@@ -317,7 +317,15 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
         const next = q.nextGroup(now)!;
         const n = batchSize(key, next.count, q.oldest, now);
         if (n === 0) continue;
-        dispatch(key, q.take(n, next.size, now), next.size, now);
+        const before = q.size;
+        const batch = q.take(n, next.size, now);
+        // take() rejects what timed out since the last sweep: no longer waiting either.
+        waiting -= before - q.size - batch.length;
+        if (batch.length === 0) {
+          sent = waiting > 0;
+          break;
+        }
+        dispatch(key, batch, next.size, now);
         sent = true;
         break;
       }
@@ -353,7 +361,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
               inferMs: out.inferMs,
               batchSize: out.executions === 1 ? out.executedBatch : 1,
             });
-          } else p.reject(new BrokerError(r.code, r.message, r.detail === undefined ? {} : { details: { decoder: r.detail } }));
+          } else p.reject(new BrokerError(r.code, r.message, r.detail === undefined ? {} : { details: { [r.code === 'internal' || r.code === 'model_unavailable' ? 'runtime' : 'decoder']: r.detail } }));
         }
         if (out.executions > 0) {
           const e: ExecEvent = { model: key, batchSize: out.executedBatch, executions: out.executions, batchWaitMs, decodeMs: out.decodeMs, inferMs: out.inferMs };

@@ -261,6 +261,8 @@ export class InferService {
       if (e.code === 'overloaded' || e.code === 'queue_timeout') this.im.admissionRejected.labels(manifest.name, e.code === 'overloaded' ? 'full' : 'timeout').inc();
       m.inferFailure.labels(manifest.name, manifest.version, arm, e.code ?? 'internal').inc();
       if (e.details?.['decoder'] !== undefined) this.deps.logger.warn({ decoder: e.details['decoder'], model: manifest.name, arm }, 'image decoder refused the bytes');
+      // A model refused at load (model_unavailable) was said once then; a run that fails is said each time.
+      else if (e.details?.['runtime'] !== undefined && e.code === 'internal') this.deps.logger.error({ runtime: e.details['runtime'], model: manifest.name, arm }, 'the model failed to run');
       // Client mistakes say nothing about the model; only server-side failures count against B.
       if (e.status >= 500) this.observe(arm, false, performance.now() - t0);
       throw err;
@@ -366,11 +368,14 @@ export class InferService {
   }
 }
 
-function checkSize(imgSize: number | undefined, model: LoadedModel): number | undefined {
+export function checkSize(imgSize: number | undefined, model: Pick<LoadedModel, 'manifest'>): number | undefined {
   const { input, name } = model.manifest;
   if (imgSize === undefined) return undefined;
   if (input.height !== null) {
-    if (imgSize !== input.height || imgSize !== input.width) {
+    if (input.height !== input.width) {
+      throw new BrokerError('invalid_img_size', `model ${name} takes a fixed ${input.height}x${input.width} input (height x width), which no square img_size names: leave img_size out, got ${imgSize}`);
+    }
+    if (imgSize !== input.height) {
       throw new BrokerError('invalid_img_size', `img_size must be ${input.height} for model ${name} (fixed ${input.height}x${input.width} input), got ${imgSize}`);
     }
     return undefined;

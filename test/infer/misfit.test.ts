@@ -61,7 +61,7 @@ t.test("a dynamic-size manifest's defaultSize must be a size a request could nam
 });
 
 const good = writeForeignModel();
-const wrongChannels = writeForeignModel({ manifest: { input: { name: 'input', layout: 'NHWC', channels: 1, height: 32, width: 32, mean: [0], std: [1] } } });
+const wrongChannels = writeForeignModel({ manifest: { version: '0.2.0', input: { name: 'input', layout: 'NHWC', channels: 1, height: 32, width: 32, mean: [0], std: [1] } } });
 const wrongLabels = writeForeignModel({ manifest: { labels: ['a', 'b'] } });
 const png = (await fashionPngs(1))[0]!.b64;
 
@@ -74,6 +74,10 @@ t.test('B does not fit: said at start and in /ready, its requests answer 503 mod
   const ready = await fetch(`${tb.url}/ready`);
   t.equal(ready.status, 200, 'A serves: the broker is ready');
   t.match(await ready.json(), { ready: true, model_problems: { B: /does not fit its manifest/ } });
+  const readyB = await fetch(`${tb.url}/v2/models/foreign-nhwc/versions/0.2.0/ready`);
+  t.equal(readyB.status, 503, "v2: B's version is not ready");
+  t.match(await readyB.json(), { ready: false });
+  t.equal((await fetch(`${tb.url}/v2/models/foreign-nhwc/versions/0.1.0/ready`)).status, 200, "v2: A's is");
 
   const toB = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=B' });
   t.equal(toB.status, 503);
@@ -154,4 +158,14 @@ t.test('float16 scores are read as numbers, not as their bits; an int64 output i
   t.teardown(() => bad.close());
   const ready = await fetch(`${bad.url}/ready`);
   t.match(await ready.text(), /is int64; the broker reads scores as float32, float64 or float16/, "/ready says why B is refused");
+});
+
+t.test('img_size on a fixed-size model: the size itself, and none can name a non-square input', async (t) => {
+  const { checkSize } = await import('../../src/infer/service.ts');
+  const square = { manifest: validateManifest(base, 'm.json') };
+  t.equal(checkSize(undefined, square), undefined);
+  t.equal(checkSize(32, square), undefined, 'its own size: accepted');
+  t.throws(() => checkSize(28, square), { code: 'invalid_img_size', message: /img_size must be 32 for model m \(fixed 32x32 input\), got 28/ });
+  const rect = { manifest: validateManifest({ ...base, input: { ...base.input, height: 24, width: 40 } }, 'm.json') };
+  t.throws(() => checkSize(24, rect), { code: 'invalid_img_size', message: /fixed 24x40 input \(height x width\), which no square img_size names: leave img_size out/ });
 });

@@ -103,6 +103,26 @@ t.test("admission: a request's own deadline expires it even behind an older requ
   t.end();
 });
 
+t.test('admission: a request past its timeout is never taken for a batch, even before the sweep saw it', (t) => {
+  const q = new AdmissionQueue<string>('m', 10, 50);
+  const rejected: string[] = [];
+  const pending = (value: string, enqueuedAt: number, deadline?: number): Pending<string> => ({
+    value,
+    size: undefined,
+    priority: 5,
+    enqueuedAt,
+    reject: (e: BrokerError) => rejected.push(`${value}:${e.code}`),
+    ...(deadline !== undefined ? { deadline } : {}),
+  });
+  q.push(pending('late', 0));
+  q.push(pending('own', 30, 40));
+  q.push(pending('fresh', 30));
+  t.same(q.take(10, undefined, 60).map((p) => p.value), ['fresh'], 'a worker freed between sweeps gets only the request still in time');
+  t.same(rejected, ['late:queue_timeout', 'own:queue_timeout']);
+  t.equal(q.size, 0);
+  t.end();
+});
+
 t.test('binary framing: BYTES elements round-trip; bad framing is invalid_request', (t) => {
   const elements = [Buffer.from('abc'), Buffer.alloc(0), Buffer.from([0, 1, 2, 255])];
   t.same(splitBytes(serializeBytes(elements), 'x').map((b) => [...b]), elements.map((b) => [...b]));

@@ -55,7 +55,9 @@ export class V2Core {
 
   /** Throws model_not_found for a name or version the broker does not serve. */
   modelReady(name: string, version: string | undefined): boolean {
-    this.resolve(name, version);
+    const { named } = this.resolve(name, version);
+    // A version that names an arm is ready when that arm's model runs (B may be refused while A serves).
+    if (named !== undefined && this.service?.modelProblems[named] !== undefined) return false;
     return this.ready();
   }
 
