@@ -91,6 +91,8 @@ export class FleetManager {
   version = 1;
   private readonly servers = new Map<string, ServerState>();
   private readonly breakers = new Map<string, CircuitBreaker>();
+  /** A breaker's server and model as first named (its key folds Ollama's `:latest`): one label set per breaker in the metrics and logs. */
+  private readonly breakerNames = new Map<string, readonly [string, string]>();
   readonly bans: Bans;
   private readonly recovery = new Map<string, RecoveryRecord>();
   readonly analytics: FleetAnalytics;
@@ -232,11 +234,15 @@ export class FleetManager {
   private breakerOf(server: string, model: string): CircuitBreaker {
     const key = pairKey(server, model);
     let b = this.breakers.get(key);
-    if (b === undefined) this.breakers.set(key, (b = new CircuitBreaker(this.config.fleet.breaker, this.now)));
+    if (b === undefined) {
+      this.breakers.set(key, (b = new CircuitBreaker(this.config.fleet.breaker, this.now)));
+      this.breakerNames.set(key, [server, model]);
+    }
     return b;
   }
 
   private transitioned(server: string, model: string, b: CircuitBreaker): void {
+    [server, model] = this.breakerNames.get(pairKey(server, model)) ?? [server, model];
     this.deps.metrics.breakerTransitions.labels(server, model, b.state).inc();
     const log = b.state === 'open' ? 'warn' : 'info';
     this.deps.logger[log]({ server, model, state: b.state, trips: b.trips, err: b.lastError }, `circuit breaker ${b.state.replace('_', '-')}`);
@@ -248,7 +254,7 @@ export class FleetManager {
     let changed = this.bans.expire();
     for (const [key, b] of this.breakers) {
       if (b.tick()) {
-        const [server, model] = key.split('\u0000') as [string, string];
+        const [server, model] = this.breakerNames.get(key) ?? (key.split('\u0000') as [string, string]);
         this.deps.metrics.breakerTransitions.labels(server, model, b.state).inc();
         this.deps.logger.info({ server, model }, 'circuit breaker half-open: trial requests go through');
         changed = true;
@@ -425,7 +431,11 @@ export class FleetManager {
     if (raw.modelGroups !== undefined && Object.keys(groups).length === 0) delete raw.modelGroups;
     if (raw.modelGroups === undefined && raw.servers === undefined) throw new BrokerError('invalid_request', `server ${id} is the last one: add another before removing it`);
     this.commit(raw, undefined);
-    for (const key of [...this.breakers.keys()]) if (key.startsWith(`${id}\u0000`)) this.breakers.delete(key);
+    for (const key of [...this.breakers.keys()]) {
+      if (!key.startsWith(`${id}\u0000`)) continue;
+      this.breakers.delete(key);
+      this.breakerNames.delete(key);
+    }
     return { removed: id, inFlight };
   }
 

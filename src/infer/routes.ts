@@ -99,7 +99,7 @@ export function readyRoute(service: { readonly ready: boolean; readonly modelPro
  * for the heavy bench image's 28 KB of base64, now 2.3 µs (docs/benchmarks.md, issue 11).
  */
 export function decodeImage(value: unknown): Buffer {
-  if (typeof value !== 'string' || value.length === 0) throw new BrokerError('invalid_image', 'image_b64 is required and must be a base64 string');
+  if (typeof value !== 'string' || value.length === 0) throw new BrokerError('invalid_image', 'image_b64 is required and must be a base64 string', { details: { field: 'image_b64' } });
   let start = 0;
   if (value.charCodeAt(0) === 100 /* d */) {
     const prefix = DATA_URL.exec(value);
@@ -109,7 +109,7 @@ export function decodeImage(value: unknown): Buffer {
   if (bytes.length === expectedBytes(value, start)) return bytes;
   // Whitespace (line-wrapped base64) is allowed, and only then costs more passes.
   const s = value.slice(start).replace(/\s+/g, '');
-  if (!BASE64.test(s) || s.length % 4 === 1) throw new BrokerError('invalid_image', 'image_b64 is not valid base64');
+  if (!BASE64.test(s) || s.length % 4 === 1) throw new BrokerError('invalid_image', 'image_b64 is not valid base64', { details: { field: 'image_b64' } });
   return Buffer.from(s, 'base64');
 }
 
@@ -131,7 +131,7 @@ function expectedBytes(value: string, start: number): number {
 function optionalInt(value: unknown, field: string, min: number, max: number): number | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw new BrokerError(field === 'img_size' ? 'invalid_img_size' : 'invalid_request', `${field} must be an integer between ${min} and ${max}`);
+    throw new BrokerError(field === 'img_size' ? 'invalid_img_size' : 'invalid_request', `${field} must be an integer between ${min} and ${max}`, { details: { field } });
   }
   return value;
 }

@@ -373,14 +373,14 @@ export function checkSize(imgSize: number | undefined, model: Pick<LoadedModel, 
   if (imgSize === undefined) return undefined;
   if (input.height !== null) {
     if (input.height !== input.width) {
-      throw new BrokerError('invalid_img_size', `model ${name} takes a fixed ${input.height}x${input.width} input (height x width), which no square img_size names: leave img_size out, got ${imgSize}`);
+      throw new BrokerError('invalid_img_size', `model ${name} takes a fixed ${input.height}x${input.width} input (height x width), which no square img_size names: leave img_size out, got ${imgSize}`, { details: { field: 'img_size' } });
     }
     if (imgSize !== input.height) {
-      throw new BrokerError('invalid_img_size', `img_size must be ${input.height} for model ${name} (fixed ${input.height}x${input.width} input), got ${imgSize}`);
+      throw new BrokerError('invalid_img_size', `img_size must be ${input.height} for model ${name} (fixed ${input.height}x${input.width} input), got ${imgSize}`, { details: { field: 'img_size' } });
     }
     return undefined;
   }
-  if (imgSize < 8 || imgSize > input.maxSize) throw new BrokerError('invalid_img_size', `img_size must be between 8 and ${input.maxSize} for model ${name}, got ${imgSize}`);
+  if (imgSize < 8 || imgSize > input.maxSize) throw new BrokerError('invalid_img_size', `img_size must be between 8 and ${input.maxSize} for model ${name}, got ${imgSize}`, { details: { field: 'img_size' } });
   return imgSize;
 }
 

@@ -181,6 +181,7 @@ export class LlmProxy {
           g = next;
           visited.add(g.name);
           headers['x-broker-fallback'] = g.name;
+          if (facts !== undefined) facts.servedGroup = g.name;
           moveOn = false;
         }
         const retry = tried.size;

@@ -10,6 +10,7 @@ import { dispatch, type FrontSink, type Guards } from '../front/http/dispatch.ts
 import type { ErrorShape, Router } from '../front/http/router.ts';
 import type { ForwardedReply } from '../front/http/server.ts';
 import type { Recorder } from '../track/recorder.ts';
+import type { WireError } from './protocol.ts';
 
 export interface ControlFront extends Guards {
   readonly router: Router;
@@ -91,6 +92,7 @@ class BufferSink implements FrontSink {
 }
 
 /** A BrokerError from the other side of a port. */
-export function fromWire(e: { code: ErrorCode; message: string; retryAfter?: number }): BrokerError {
-  return new BrokerError(e.code, e.message, e.retryAfter === undefined ? {} : { retryAfter: e.retryAfter });
+export function fromWire(e: WireError): BrokerError {
+  // The field at fault crosses too: the reply's `param` names it.
+  return new BrokerError(e.code, e.message, { ...(e.retryAfter === undefined ? {} : { retryAfter: e.retryAfter }), ...(e.field === undefined ? {} : { details: { field: e.field } }) });
 }

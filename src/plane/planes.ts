@@ -156,7 +156,7 @@ export class DataPlanes {
       (err: unknown) => {
         const e = toBrokerError(err);
         if (e.code === 'internal') this.deps.logger.error({ err: e.cause ?? e }, 'internal error serving a data-plane thread');
-        this.send(plane, { t: 'reply', id, error: { code: e.code, message: e.message, ...(e.retryAfter !== undefined ? { retryAfter: e.retryAfter } : {}) } });
+        this.send(plane, { t: 'reply', id, error: { code: e.code, message: e.message, ...(e.retryAfter !== undefined ? { retryAfter: e.retryAfter } : {}), ...(typeof e.details?.['field'] === 'string' ? { field: e.details['field'] } : {}) } });
       },
     );
   }

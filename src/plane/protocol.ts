@@ -76,6 +76,8 @@ export interface WireError {
   readonly code: ErrorCode;
   readonly message: string;
   readonly retryAfter?: number;
+  /** The request field at fault (details.field): the reply's `param`. */
+  readonly field?: string;
 }
 
 /** The queue and sticky numbers each thread keeps for itself, summed by the control plane. */

@@ -14,6 +14,8 @@ export interface RequestFacts {
   arm?: string | undefined;
   /** LLM deployment that served the last attempt. */
   deployment?: string | undefined;
+  /** The model group whose deployment that is, when a fallback group served it (`model` stays the group asked for): its price. */
+  servedGroup?: string | undefined;
   keyId?: string | undefined;
   subject?: string | undefined;
   tier?: string | undefined;
@@ -43,6 +45,8 @@ export interface TrackRow {
   readonly model: string | null;
   readonly arm: string | null;
   readonly deployment: string | null;
+  /** Not a column: the fallback group that served the request, priced in its stead (costOf). */
+  readonly servedGroup: string | null;
   readonly keyId: string | null;
   readonly subject: string | null;
   readonly tier: string | null;
@@ -80,6 +84,7 @@ export function rowOf(facts: RequestFacts, id: string, protocol: 'http' | 'grpc'
     model: facts.model ?? null,
     arm: facts.arm ?? null,
     deployment: facts.deployment ?? null,
+    servedGroup: facts.servedGroup ?? null,
     keyId: facts.keyId ?? null,
     subject: facts.subject ?? null,
     tier: facts.tier ?? null,
@@ -99,9 +104,10 @@ export function rowOf(facts: RequestFacts, id: string, protocol: 'http' | 'grpc'
   };
 }
 
-/** Price per 1M tokens of a deployment, else of its model group; null when the table names neither. */
-export function costOf(prices: ReadonlyMap<string, { readonly inputPer1M: number; readonly outputPer1M: number }>, row: Pick<TrackRow, 'deployment' | 'model' | 'promptTokens' | 'completionTokens'>): number | null {
-  const p = (row.deployment !== null ? prices.get(row.deployment) : undefined) ?? (row.model !== null ? prices.get(row.model) : undefined);
+/** Price per 1M tokens of a deployment, else of its model group (the fallback group that served it, if one did); null when the table names neither. */
+export function costOf(prices: ReadonlyMap<string, { readonly inputPer1M: number; readonly outputPer1M: number }>, row: Pick<TrackRow, 'deployment' | 'model' | 'promptTokens' | 'completionTokens'> & { readonly servedGroup?: string | null }): number | null {
+  const group = row.servedGroup ?? row.model;
+  const p = (row.deployment !== null ? prices.get(row.deployment) : undefined) ?? (group !== null ? prices.get(group) : undefined);
   if (p === undefined) return null;
   return ((row.promptTokens ?? 0) * p.inputPer1M + (row.completionTokens ?? 0) * p.outputPer1M) / 1e6;
 }

@@ -33,6 +33,9 @@ t.test('breakers: trip on failures, a half-open trial closes them once the upstr
   }, 'the half-open trial to close it');
   t.ok(bad.stats.requests['/v1/chat/completions']! > before, 'the trial reached the upstream');
   t.equal(await metricValue(tb.url, 'circuit_breaker_state', { server: 'bad', model: 'm' }), 0);
+  const m = await (await fetch(`${tb.url}/metrics`)).text();
+  t.match(m, /circuit_breaker_transitions_total\{server="bad",model="m",to="half_open"\} [1-9]/, 'every transition under the model name the state gauge uses');
+  t.notMatch(m, /circuit_breaker_transitions_total\{[^}]*model="m:latest"/);
 
   // Forced open: no traffic, even after openMs, until reset.
   const forced = await send(tb, 'POST', '/api/orchestrator/circuit-breakers/bad/m/open');

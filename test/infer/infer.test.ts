@@ -41,20 +41,22 @@ t.test('accepts jpeg and webp, resizing to the model size', async (t) => {
 });
 
 t.test('bad input gets a clear 4xx and the server keeps serving', async (t) => {
-  const cases: [unknown, number, string][] = [
-    [{}, 400, 'invalid_image'],
-    [{ image_b64: 42 }, 400, 'invalid_image'],
-    [{ image_b64: 'not base64 !!!' }, 400, 'invalid_image'],
-    [{ image_b64: Buffer.from('hello, this is text').toString('base64') }, 415, 'unsupported_image'],
-    [{ image_b64: sample!.b64, img_size: 224 }, 400, 'invalid_img_size'],
-    [{ image_b64: sample!.b64, top_k: 0 }, 400, 'invalid_request'],
-    ['[1,2]', 400, 'invalid_json'],
-    ['{"image_b64": ', 400, 'invalid_json'],
+  // The field at fault, as `param` (null when the body as a whole is).
+  const cases: [unknown, number, string, string | null][] = [
+    [{}, 400, 'invalid_image', 'image_b64'],
+    [{ image_b64: 42 }, 400, 'invalid_image', 'image_b64'],
+    [{ image_b64: 'not base64 !!!' }, 400, 'invalid_image', 'image_b64'],
+    [{ image_b64: Buffer.from('hello, this is text').toString('base64') }, 415, 'unsupported_image', null],
+    [{ image_b64: sample!.b64, img_size: 224 }, 400, 'invalid_img_size', 'img_size'],
+    [{ image_b64: sample!.b64, top_k: 0 }, 400, 'invalid_request', 'top_k'],
+    ['[1,2]', 400, 'invalid_json', null],
+    ['{"image_b64": ', 400, 'invalid_json', null],
   ];
-  for (const [body, status, code] of cases) {
+  for (const [body, status, code, param] of cases) {
     const res = await postJson(url, body);
     t.equal(res.status, status, `${JSON.stringify(body).slice(0, 40)} -> ${status}`);
     t.equal(res.body.error.code, code);
+    t.equal(res.body.error.param, param, `param ${param}`);
     t.type(res.body.error.message, 'string');
     t.equal(res.body.error.request_id, res.headers.get('trace-id'));
   }

@@ -110,6 +110,7 @@ t.test('cost: the deployment price wins over the model group, per 1M tokens; non
   t.equal(costOf(prices, base()), (10 * 100 + 20 * 200) / 1e6);
   t.equal(costOf(prices, base({ deployment: 'other' })), (10 * 1 + 20 * 2) / 1e6);
   t.equal(costOf(prices, base({ deployment: null, model: 'x' })), null);
+  t.equal(costOf(prices, { ...base({ deployment: 'other', model: 'unpriced' }), servedGroup: 'g' }), (10 * 1 + 20 * 2) / 1e6, 'a fallback group that served it is priced: no free spend through an unpriced group');
 });
 
 t.test('outcome: the stage names it, else aborted, ok or the error code', async (t) => {

@@ -35,7 +35,7 @@ type InferResponseMsg = InferReply & { trace_id: string };
 
 function optionalInt(v: number | undefined, field: string, min: number, max: number): number | undefined {
   if (v === undefined) return undefined;
-  if (!Number.isInteger(v) || v < min || v > max) throw new BrokerError(field === 'img_size' ? 'invalid_img_size' : 'invalid_request', `${field} must be an integer between ${min} and ${max}`);
+  if (!Number.isInteger(v) || v < min || v > max) throw new BrokerError(field === 'img_size' ? 'invalid_img_size' : 'invalid_request', `${field} must be an integer between ${min} and ${max}`, { details: { field } });
   return v;
 }
 
