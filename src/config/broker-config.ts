@@ -346,21 +346,21 @@ export function parseBrokerConfig(doc: unknown, source: string, env: Env = proce
       ...(g?.cache === undefined ? {} : { cache: g.cache }),
     }));
   }
-  // Fallbacks name groups of this file (or of its servers' models), never the group itself.
-  for (const [name, g] of Object.entries(raw.modelGroups ?? {})) {
-    for (const field of ['fallbacks', 'contextFallbacks'] as const) {
-      (g[field] ?? []).forEach((f, i) => {
-        if (f === name) throw new BrokerConfigError(`modelGroups.${name}.${field}[${i}]`, 'a group cannot fall back to itself');
-        if (!modelGroups.has(f)) throw new BrokerConfigError(`modelGroups.${name}.${field}[${i}]`, `no model group ${f}`);
-      });
-    }
-  }
   // Ollama itself answers `llama3.2` for `llama3.2:latest`; so do we, where no group has that name.
   for (const [name, g] of [...modelGroups]) {
     const short = name.endsWith(':latest') ? name.slice(0, -':latest'.length) : undefined;
     if (short !== undefined && !modelGroups.has(short) && g.deployments.every((d) => d.provider === 'ollama')) modelGroups.set(short, g);
   }
 
+  // Fallbacks name groups of this file (or of its servers' models, or an alias clients use), never the group itself.
+  for (const [name, g] of Object.entries(raw.modelGroups ?? {})) {
+    for (const field of ['fallbacks', 'contextFallbacks'] as const) {
+      (g[field] ?? []).forEach((f, i) => {
+        if (f === name || (modelGroups.has(f) && modelGroups.get(f) === modelGroups.get(name))) throw new BrokerConfigError(`modelGroups.${name}.${field}[${i}]`, 'a group cannot fall back to itself');
+        if (!modelGroups.has(f)) throw new BrokerConfigError(`modelGroups.${name}.${field}[${i}]`, `no model group ${f}`);
+      });
+    }
+  }
   const qos = parseQos(raw);
   const s = raw.scheduler ?? {};
   const perf = raw.performance ?? {};

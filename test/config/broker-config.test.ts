@@ -95,6 +95,11 @@ t.test('fallbacks, context windows, cache modes and the per-phase timeouts', asy
   t.match(unknown.message, /no model group nope/);
   const self = t.throws(() => parseBrokerConfig(base({}, { contextFallbacks: ['large', 'small'] }), 'x', {})) as BrokerConfigError;
   t.equal(self.path, 'modelGroups.small.contextFallbacks[1]');
+  // An alias clients use (an Ollama group's name without :latest) may be named as a fallback, not as the group's own.
+  const aliased = { modelGroups: { 'llama3.2:latest': { deployments: [{ id: 'o1', provider: 'ollama', url: 'http://127.0.0.1:1', model: 'llama3.2' }] }, x: { deployments: [{ id: 'x1', provider: 'openai', url: 'http://127.0.0.1:1', model: 'm' }], fallbacks: ['llama3.2'] } } };
+  t.same(parseBrokerConfig(aliased, 'x', {}).modelGroups.get('x')!.fallbacks, ['llama3.2']);
+  const selfAlias = { modelGroups: { 'llama3.2:latest': { deployments: [{ id: 'o1', provider: 'ollama', url: 'http://127.0.0.1:1', model: 'llama3.2' }], fallbacks: ['llama3.2'] } } };
+  t.throws(() => parseBrokerConfig(selfAlias, 'x', {}), { message: /cannot fall back to itself/ });
   const mode = t.throws(() => parseBrokerConfig(base({}, { cache: 'sometimes' }), 'x', {})) as BrokerConfigError;
   t.equal(mode.path, 'modelGroups.small.cache');
   // Past 2^31 - 1 ms Node fires a timer after 1 ms: refused, not a timeout that fires at once.
