@@ -67,7 +67,8 @@ export function deltaFromOpenAI(chunk: OpenAIChunk): Delta {
     }
   }
   return {
-    text: d !== undefined && d !== null ? str(d.content) : str(c?.text),
+    // A refusal (OpenAI's structured outputs) is the model's answer too: as text, not lost, in APIs that have no field for it.
+    text: d !== undefined && d !== null ? str(d.content) + str((d as { refusal?: unknown }).refusal) : str(c?.text),
     thinking: d !== undefined && d !== null ? str(d.reasoning_content ?? d.reasoning) : '',
     tools,
     finish: typeof c?.finish_reason === 'string' ? c.finish_reason : null,
@@ -111,6 +112,7 @@ export function replyFromOpenAI(r: OpenAIChatCompletion | OpenAICompletion): Who
   if (m !== undefined) {
     if (typeof m.content === 'string') text = m.content;
     else if (Array.isArray(m.content)) text = m.content.map((p) => (p.type === 'text' ? str((p as { text?: unknown }).text) : '')).join('');
+    text += str((m as { refusal?: unknown }).refusal);
   } else text = str(c?.['text']);
   const tools = (m?.tool_calls ?? []).map((tc, i) => ({ id: str(tc.id) || `call_${i}`, name: str(tc.function?.name), arguments: str(tc.function?.arguments) || '{}' }));
   const finish = typeof c?.['finish_reason'] === 'string' ? (c['finish_reason'] as string) : 'stop';

@@ -453,3 +453,14 @@ t.test("an OpenAI upstream's usage details reach Responses and Messages clients:
   const messages = JSON.parse(String(translateResponse({ client: 'anthropic', provider: 'openai', kind: 'chat' }, JSON.stringify(reply), { model: 'g', id: 'r2', request: { model: 'g', max_tokens: 8, messages: [] } }).body));
   t.match(messages.usage, { input_tokens: 6, cache_read_input_tokens: 4, output_tokens: 5 }, "Anthropic's input_tokens leave out the cache reads");
 });
+
+t.test("an OpenAI model's refusal reaches Responses and Messages clients as its text, whole and streamed", async (t) => {
+  const { deltaFromOpenAI } = await import('../../../src/llm/translate/deltas.ts');
+  const reply = { id: 'c1', object: 'chat.completion', created: 1, model: 'up', choices: [{ index: 0, message: { role: 'assistant', content: null, refusal: "I can't help with that." }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 6, total_tokens: 9 } };
+  const responses = JSON.parse(String(translateResponse({ client: 'responses', provider: 'openai', kind: 'chat' }, JSON.stringify(reply), { model: 'g', id: 'r1', request: { model: 'g', input: 'x' } }).body));
+  t.equal(responses.output[0].content[0].text, "I can't help with that.");
+  const messages = JSON.parse(String(translateResponse({ client: 'anthropic', provider: 'openai', kind: 'chat' }, JSON.stringify(reply), { model: 'g', id: 'r2', request: { model: 'g', max_tokens: 8, messages: [] } }).body));
+  t.equal(messages.content[0].text, "I can't help with that.");
+  const chunk = { id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'up', choices: [{ index: 0, delta: { refusal: "I can't" }, finish_reason: null }] };
+  t.equal(deltaFromOpenAI(chunk as never).text, "I can't");
+});
