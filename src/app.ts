@@ -521,7 +521,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         } else {
           stopListening();
           const deadline = Date.now() + graceMs;
-          while (inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+          // gRPC shares this thread's proxy: its calls get the grace period too, not only HTTP's.
+          let grpcDone = false;
+          void grpcClosed.then(() => (grpcDone = true));
+          while ((inFlight() > 0 || !grpcDone) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
           unfinished = inFlight();
           // Streams still open end with an explicit shutting_down event.
           proxy?.abortAll();

@@ -71,7 +71,8 @@ t.test('reflection lists the services (v1 and v1alpha); a client built only from
   t.equal(r.messages.at(-1).final.finish_reason, 'stop');
 });
 
-t.test('health Check and Watch; shutdown: NOT_SERVING, streams finish within the grace period, the rest end UNAVAILABLE', async (t) => {
+// With data-plane threads, and on one thread, where gRPC shares the HTTP proxy (its streams were cut as soon as HTTP was idle).
+for (const threads of ['2', '0']) t.test(`health Check and Watch; shutdown: NOT_SERVING, streams finish within the grace period, the rest end UNAVAILABLE (FRONT_THREADS=${threads})`, async (t) => {
   const fast = await startMock(t, { tokens: 10, tps: 20 });
   const slow = await startMock(t, { tokens: 100_000, tps: 50 });
   const tb = await startGrpcFleetBroker(t, {
@@ -79,7 +80,7 @@ t.test('health Check and Watch; shutdown: NOT_SERVING, streams finish within the
       short: { deployments: [{ id: 'short-1', provider: 'openai', url: fast.url, model: 'mock-model' }] },
       long: { deployments: [{ id: 'long-1', provider: 'ollama', url: slow.url, model: 'mock-model' }] },
     },
-  });
+  }, { FRONT_THREADS: threads });
   const c = clients(tb.broker.grpcPort);
   t.teardown(() => c.close());
 
