@@ -55,6 +55,9 @@ t.test('capacity: a full queue answers RESOURCE_EXHAUSTED with RetryInfo; a dead
   await m.idle();
   t.equal(m.stats.total, requests, 'the expired request never reached the upstream');
   t.ok((await metricValue(tb.url, 'grpc_server_handled_total', { grpc_method: 'Chat', grpc_code: 'DeadlineExceeded' })) >= 1, 'counted as DeadlineExceeded');
+  const logged = tb.logs.filter((l) => l['method'] === 'gRPC' && l['aborted'] === true).map((l) => l['status']);
+  t.ok(logged.includes('DeadlineExceeded'), `the access log says DeadlineExceeded too, as the metrics (${logged.join(', ')})`);
+  t.ok(logged.includes('Canceled'), 'and Canceled for the calls the client cancelled');
   t.ok((await metricValue(tb.url, 'grpc_server_handled_total', { grpc_method: 'Chat', grpc_code: 'ResourceExhausted' })) >= 1, 'counted as ResourceExhausted');
 });
 

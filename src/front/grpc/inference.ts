@@ -14,6 +14,7 @@ import type { BrokerRequest } from '../reply.ts';
 import type { ActiveCalls } from './active.ts';
 import { brokerRequestOf, checkCall, logCall, serveUnary, type CallGuards } from './call.ts';
 import { grpcCodeOf, grpcStatusOf } from './status.ts';
+import { pastDeadline } from './metrics.ts';
 
 /** Images of one InferStream being worked on at once (enough to fill batches, bounded per stream). */
 export const WINDOW = 64;
@@ -69,7 +70,7 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         if (over) return;
         over = true;
         untrack();
-        if (call.cancelled) return logCall(deps.accessLog, req, undefined, true, deps.recorder);
+        if (call.cancelled) return logCall(deps.accessLog, req, undefined, true, deps.recorder, pastDeadline(call.getDeadline()));
         logCall(deps.accessLog, req, err, false, deps.recorder);
         if (err === undefined) call.end();
         else call.emit('error', grpcStatusOf(err, req.id));

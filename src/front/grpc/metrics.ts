@@ -16,6 +16,17 @@ import { codeLabel } from './status.ts';
 
 const DEADLINE_SLACK_MS = 20;
 
+/**
+ * Whether a cancelled call ended by its deadline rather than by its client. grpc-js ends a call
+ * past its deadline itself, without a status through the interceptor; and the client's own
+ * deadline timer may cancel first. Either way, a cancel within a few ms of the deadline is the
+ * deadline (timers fire up to a ms early). The metrics, the access log and tracking all ask here.
+ */
+export function pastDeadline(deadline: Date | number): boolean {
+  const at = deadline instanceof Date ? deadline.getTime() : deadline;
+  return Number.isFinite(at) && at <= Date.now() + DEADLINE_SLACK_MS;
+}
+
 interface MethodMetrics {
   readonly started: Counter.Internal;
   readonly received: Counter.Internal;
@@ -87,13 +98,7 @@ export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
             nextMessage(message);
           },
           onCancel() {
-            // grpc-js ends a call past its deadline itself, without a status through here;
-            // and the client's own deadline timer may cancel first. Either way, a cancel
-            // within a few ms of the deadline is the deadline (timers fire up to a ms early).
-            const deadline = call.getDeadline();
-            const at = deadline instanceof Date ? deadline.getTime() : deadline;
-            const late = Number.isFinite(at) && at <= Date.now() + DEADLINE_SLACK_MS;
-            finish(late ? Status.DEADLINE_EXCEEDED : Status.CANCELLED);
+            finish(pastDeadline(call.getDeadline()) ? Status.DEADLINE_EXCEEDED : Status.CANCELLED);
           },
         });
       },
