@@ -22,6 +22,8 @@ export function auditTrail(store: StateStore, logger: Logger, replica: string): 
       after: c.note.after ?? null,
     };
     logger.info({ audit: 'admin_change', trace_id: c.req.id, ...entry }, 'admin change');
-    store.appendAudit(entry).catch((err: Error) => logger.warn({ err: err.message }, 'audit: the store is unreachable; this change is in the log only'));
+    // The warning carries the entry: at LOG_LEVEL=warn the info line above is not written, and
+    // the log is then the change's only record.
+    store.appendAudit(entry).catch((err: Error) => logger.warn({ err: err.message, audit: 'admin_change', trace_id: c.req.id, ...entry }, 'audit: the store is unreachable; this change is in the log only'));
   };
 }

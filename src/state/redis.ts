@@ -17,6 +17,12 @@ import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyR
 import type { LeaseAmounts, LeaseBackend } from './leases.ts';
 import type { Pin, PinChannel } from './pin-share.ts';
 
+/** Audit entries read from the stream at a time. */
+const AUDIT_PAGE = 500;
+
+/** PEXPIRE only to lengthen a key's life (Redis 7's GT, for any version; no TTL counts as shorter). */
+const EXTEND_TTL = "local t = redis.call('PTTL', KEYS[1]) if t < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return t";
+
 // One round trip per lease, atomic: grant what is left of the limit, up to the ask.
 const TAKE_LEASE = `
 local function take(key, want, limit, ttl)
@@ -159,7 +165,9 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
 
   async putSession(id: string, s: SessionRecord): Promise<void> {
     const ttl = Math.max(1, s.expiresAt - Date.now());
-    await this.cmd.multi().set(`eb:session:${id}`, JSON.stringify(s), 'PX', ttl).sadd(`eb:subject:${s.subject}`, id).pexpire(`eb:subject:${s.subject}`, ttl).exec();
+    // The subject's set lives as long as its longest session: a shorter one made later must not cut
+    // it short (its live sessions would then escape a revocation of the subject).
+    await this.cmd.multi().set(`eb:session:${id}`, JSON.stringify(s), 'PX', ttl).sadd(`eb:subject:${s.subject}`, id).eval(EXTEND_TTL, 1, `eb:subject:${s.subject}`, ttl).exec();
   }
 
   async getSession(id: string): Promise<SessionRecord | undefined> {
@@ -199,10 +207,18 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
   }
 
   async readAudit(f: AuditFilter): Promise<AuditEntry[]> {
-    // Newest first; read a bounded window and filter here (the stream is capped).
-    const rows = await this.cmd.xrevrange('eb:audit', '+', '-', 'COUNT', Math.min(10_000, f.limit * 20));
-    const entries = rows.map(([, fields]) => JSON.parse(fields[1]!) as AuditEntry).reverse();
-    return filterAudit(entries, f);
+    // Newest first, a page at a time, filtered here, until the limit is met or the stream (capped
+    // at ~10,000) ends: a filter that matches an old entry finds it whatever the limit.
+    const out: AuditEntry[] = [];
+    let end = '+';
+    for (;;) {
+      const rows = await this.cmd.xrevrange('eb:audit', end, '-', 'COUNT', AUDIT_PAGE);
+      const page = rows.filter(([id]) => id !== end).map(([, fields]) => JSON.parse(fields[1]!) as AuditEntry);
+      out.push(...filterAudit(page.reverse(), { ...f, limit: f.limit - out.length }));
+      const oldest = page[0];
+      if (out.length >= f.limit || rows.length < AUDIT_PAGE || (f.since !== undefined && oldest !== undefined && Date.parse(oldest.at) < f.since)) return out;
+      end = rows.at(-1)![0];
+    }
   }
 
   async putDoc(kind: DocKind, doc: unknown): Promise<void> {
