@@ -29,52 +29,58 @@ export interface ClientAuthOptions {
 
 const CACHE_MAX = 50_000;
 
+/** A session as a thread last heard of it: live with a client role, live without one, or not live. */
+type SessionState = 'ok' | 'role' | 'dead';
+
 export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) => void | Promise<void>) | undefined {
   if (o.mode === 'open') return undefined;
   const now = o.now ?? Date.now;
   const cacheMs = o.cacheMs ?? 1000;
-  const cache = new Map<string, { ok: boolean; at: number }>();
+  const cache = new Map<string, { state: SessionState; at: number }>();
   // One lookup per session at a time: requests that come while it runs wait for it.
-  const pending = new Map<string, Promise<boolean>>();
+  const pending = new Map<string, Promise<SessionState>>();
+  // A credential the broker does not take: 401; one it takes whose roles may not call the client APIs: 403.
   const refuse = (reason: string, message: string): never => {
     o.metrics.authFailures.labels(reason).inc();
-    throw new BrokerError('unauthorized', message);
+    throw new BrokerError(reason === 'role' ? 'forbidden' : 'unauthorized', message, { details: { reason } });
   };
   const clientRole = (roles: readonly string[]): boolean => roles.some((r) => isRole(r) && CLIENT_ROLES.includes(r));
+  const ROLE_MESSAGE = `the session's roles may not call the client APIs; one of ${CLIENT_ROLES.join(', ')} is needed`;
 
-  const lookup = (id: string): Promise<boolean> => {
+  const lookup = (id: string): Promise<SessionState> => {
     let p = pending.get(id);
     if (p === undefined) {
       p = o.session(id).then(
-        (s) => {
-          const ok = s !== null && clientRole(s.roles);
+        (s): SessionState => {
+          const state: SessionState = s === null ? 'dead' : clientRole(s.roles) ? 'ok' : 'role';
           if (cache.size >= CACHE_MAX) cache.clear();
-          cache.set(id, { ok, at: now() });
-          return ok;
+          cache.set(id, { state, at: now() });
+          return state;
         },
-        () => false,
+        (): SessionState => 'dead',
       );
       pending.set(id, p);
       void p.finally(() => pending.delete(id));
     }
     return p;
   };
+  const judge = (state: SessionState): void => {
+    if (state === 'dead') refuse('session', 'the session is unknown, expired or revoked');
+    if (state === 'role') refuse('role', ROLE_MESSAGE);
+  };
   // A cached answer is given at once (no promise, no async path in dispatch).
   const bySession = (id: string): void | Promise<void> => {
     const hit = cache.get(id);
-    if (hit !== undefined && now() - hit.at < cacheMs) {
-      if (!hit.ok) refuse('session', 'the session is unknown, expired or revoked');
-      return;
-    }
-    return lookup(id).then((ok) => {
-      if (!ok) refuse('session', 'the session is unknown, expired or revoked');
-    });
+    if (hit !== undefined && now() - hit.at < cacheMs) return judge(hit.state);
+    return lookup(id).then(judge);
   };
 
   return (req) => {
     const credential = apiKeyOf(req.headers);
     if (credential === undefined) return refuse('missing', `this broker needs credentials (AUTH_MODE=${o.mode}): Authorization: Bearer <${o.mode === 'jwt' ? 'JWT' : 'API key'} or session>, or x-api-key`);
     if (credential.startsWith('sess_')) return bySession(credential);
+    // A known key first: a key may have the shape of a JWT (`team.prod.key1`).
+    if (o.mode === 'keys' && o.knownKey(credential)) return;
     if (isJwt(credential) && o.jwt !== undefined) {
       return o.jwt.verify(credential).then(
         (p) => {
@@ -85,7 +91,6 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
         (err: BrokerError) => refuse(String(err.details?.reason ?? 'invalid_token'), err.message),
       );
     }
-    if (o.mode === 'keys' && o.knownKey(credential)) return;
     return refuse('invalid', o.mode === 'keys' ? 'the API key is unknown or revoked' : 'a JWT or a session is needed (AUTH_MODE=jwt)');
   };
 }

@@ -16,7 +16,7 @@ const jwt = (o: { sub?: string; roles?: string[]; aud?: string; iss?: string; ex
 };
 
 const m = await startMock(t);
-const fleetFile = { modelGroups: { g: { deployments: [{ id: 'd1', provider: 'openai', url: m.url, model: 'm' }] } }, apiKeys: { 'file-key-123': { tier: 'standard' } } };
+const fleetFile = { modelGroups: { g: { deployments: [{ id: 'd1', provider: 'openai', url: m.url, model: 'm' }] } }, apiKeys: { 'file-key-123': { tier: 'standard' }, 'team.prod.key1': {} } };
 const tb: TestBroker = await startFleetBroker(t, fleetFile, { INFER_ENABLED: 'false', AUTH_MODE: 'keys', JWT_SECRET: SECRET, JWT_ISSUER: 'idp.test', JWT_AUDIENCE: 'edge-broker' });
 
 async function call(method: string, path: string, token: string | undefined, body?: unknown): Promise<{ status: number; body: any }> {
@@ -114,6 +114,18 @@ t.test('sessions: a key or a JWT for a session id; a revoked session is refused 
   t.equal(viaJwt.status, 201);
   t.equal((await call('GET', '/api/industrial/status', viaJwt.body.session)).status, 200, "a session carries its JWT's roles");
   t.equal((await call('PUT', '/api/industrial/flags/sticky_routing', viaJwt.body.session, { enabled: true })).status, 403);
+  // A live credential whose roles may not call the client APIs: 403 forbidden (reason role), not a 401 that says it is dead.
+  const analystChat = await chat(viaJwt.body.session);
+  t.same([analystChat.status, analystChat.body.error.code], [403, 'forbidden'], "an analyst's session on a client route");
+  t.match(analystChat.body.error.message, /roles may not call the client APIs/);
+  const analystJwt = await chat(await jwt({ sub: 'analyst-9', roles: ['analyst'] }));
+  t.same([analystJwt.status, analystJwt.body.error.code], [403, 'forbidden'], "an analyst's JWT on a client route");
+  t.equal((await chat('team.prod.key1')).status, 200, 'an API key shaped like a JWT is the key it is');
+  t.equal((await call('POST', '/api/auth/sessions', undefined, { api_key: 'team.prod.key1' })).status, 201, 'and makes a session as a key');
+  // A token past its exp but within the clock skew the verifier allows: no session dead on arrival.
+  const stale = await call('POST', '/api/auth/sessions', await jwt({ sub: 'late', roles: ['agent'], exp: Math.floor(Date.now() / 1000) - 5 }));
+  t.same([stale.status, stale.body.error.code], [401, 'unauthorized']);
+  t.match(stale.body.error.message, /expired/);
   // A session lives no longer than the JWT it was made from (SESSION_TTL_S is an hour here).
   const exp = Math.floor(Date.now() / 1000) + 120;
   const short = await call('POST', '/api/auth/sessions', await jwt({ sub: 'analyst-8', roles: ['analyst'], exp }));
