@@ -17,6 +17,9 @@ import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyR
 import type { LeaseAmounts, LeaseBackend } from './leases.ts';
 import type { Pin, PinChannel } from './pin-share.ts';
 
+/** HSET only if the field still holds ARGV[2] ('' for none): the compare and set of updateDoc. */
+const SET_DOC_IF = "local c = redis.call('HGET', KEYS[1], ARGV[1]) if (c or '') ~= ARGV[2] then return 0 end redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1";
+
 /** Audit entries read from the stream at a time. */
 const AUDIT_PAGE = 500;
 
@@ -229,6 +232,20 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
   async getDoc(kind: DocKind): Promise<unknown> {
     const v = await this.cmd.hget('eb:doc', kind);
     return v === null ? undefined : JSON.parse(v);
+  }
+
+  async updateDoc(kind: DocKind, update: (current: unknown) => unknown): Promise<unknown> {
+    for (let attempt = 0; ; attempt++) {
+      const cur = await this.cmd.hget('eb:doc', kind);
+      const next = JSON.stringify(update(cur === null ? undefined : JSON.parse(cur)));
+      const ok = (await this.cmd.eval(SET_DOC_IF, 1, 'eb:doc', kind, cur ?? '', next)) === 1;
+      if (ok || attempt >= 20) {
+        // Twenty races in a row: written anyway, as before merges (the last writer wins).
+        if (!ok) await this.cmd.hset('eb:doc', kind, next);
+        await this.cmd.publish(CHANNEL, JSON.stringify({ kind, replica: this.o.replica }));
+        return JSON.parse(next);
+      }
+    }
   }
 
   async takeLease(subject: string, window: number, want: LeaseAmounts, limit: LeaseAmounts): Promise<LeaseAmounts> {

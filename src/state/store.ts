@@ -70,6 +70,12 @@ export interface StateStore {
   readAudit(f: AuditFilter): Promise<AuditEntry[]>;
   putDoc(kind: DocKind, doc: unknown): Promise<void>;
   getDoc(kind: DocKind): Promise<unknown>;
+  /**
+   * Writes `update(current)` only if the doc is still `current` when written (compare and set,
+   * retried on a race): a replica's change merged with what the store holds, never written over
+   * another replica's concurrent one. Returns what was written.
+   */
+  updateDoc(kind: DocKind, update: (current: unknown) => unknown): Promise<unknown>;
   /** Another replica changed a doc (or this one reconnected: every kind). */
   onChange(cb: (kind: DocKind) => void): void;
   close(): Promise<void>;
@@ -139,6 +145,12 @@ export class MemoryStore implements StateStore {
 
   async getDoc(kind: DocKind): Promise<unknown> {
     return this.docs.get(kind);
+  }
+
+  async updateDoc(kind: DocKind, update: (current: unknown) => unknown): Promise<unknown> {
+    const next = update(this.docs.get(kind));
+    this.docs.set(kind, next);
+    return next;
   }
 
   onChange(): void {

@@ -1,16 +1,19 @@
 // What replicas share through the store, besides sessions, keys and the audit trail:
 // flag overrides and the fleet's operator state (drain, maintenance, bans, forced
-// breakers, queue pause, the running config). A local change is written whole to its
-// doc and announced; another replica re-reads the doc and puts it in force without
-// announcing it again. A replica that (re)connects re-reads every doc. While the store
-// is down, changes stay local and the last known state holds; the next change or the
-// reconnect writes or reads it again.
+// breakers, queue pause, the running config). A local change is merged into its doc,
+// entry by entry (merge.ts: what changed here since the doc last seen, on top of what the
+// store holds now), written with a compare and set, and announced; another replica
+// re-reads the doc and puts it in force without announcing it again. Two operators
+// changing different things on two replicas at once both keep their change. A replica
+// that (re)connects re-reads every doc. While the store is down, changes stay local and
+// the last known state holds; the reconnect merges them back the same way.
 import type { FlagStore } from '../config/flags.ts';
 import type { FleetManager, OperatorState } from '../fleet/manager.ts';
 import type { Identity } from '../guard/identity.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import type { DocKind, StateStore } from './store.ts';
+import { canonical, mergeFlags, mergeOperatorState, type FlagsDoc } from './merge.ts';
 
 export interface SharedStateOptions {
   readonly store: StateStore;
@@ -22,16 +25,25 @@ export interface SharedStateOptions {
   readonly replica: string;
 }
 
+/** The three-way merge of a doc kind (merge.ts): `local`'s changes since `base`, on top of `remote`. */
+function merge3(kind: DocKind, base: unknown, local: unknown, remote: unknown): unknown {
+  return kind === 'flags' ? mergeFlags(base as FlagsDoc | undefined, local as FlagsDoc, remote as FlagsDoc | undefined) : mergeOperatorState(base as OperatorState | undefined, local as OperatorState, remote as OperatorState | undefined);
+}
+
 export class SharedState {
   /** True while a doc from another replica is being applied: its changes are not ours to announce. */
   private applying = false;
   private lastSync = Date.now();
   private readonly timer: NodeJS.Timeout;
+  /** Per doc, the shared state this replica last read or wrote: what its own changes are measured from. */
+  private readonly base = new Map<DocKind, unknown>();
+  private readonly queue = new Map<DocKind, Promise<void>>();
+  private closed = false;
 
   constructor(private readonly o: SharedStateOptions) {
     o.store.onChange((kind) => void this.pull(kind));
     o.flags.onChange(() => {
-      if (!this.applying) void this.push('flags', { overrides: o.flags.overrideMap(), replica: o.replica });
+      if (!this.applying) void this.push('flags');
     });
     // While Redis is up the state is in sync as of now: the lag counts from the last second it was.
     this.timer = setInterval(() => {
@@ -43,49 +55,111 @@ export class SharedState {
 
   /** The fleet manager's hook: an operator changed something here. */
   fleetChanged(): void {
-    if (!this.applying) void this.push('fleet', this.o.fleet.exportOperatorState());
+    if (!this.applying) void this.push('fleet');
   }
 
   /** API keys made or revoked here: the others re-read them. */
   keysChanged(): void {
-    void this.push('keys', { at: Date.now(), replica: this.o.replica });
+    void this.push('keys');
   }
 
-  private async push(kind: DocKind, doc: unknown): Promise<void> {
+  private snapshot(kind: 'flags' | 'fleet'): FlagsDoc | OperatorState;
+  private snapshot(kind: DocKind): unknown;
+  private snapshot(kind: DocKind): unknown {
+    return kind === 'flags' ? this.localFlags() : this.o.fleet.exportOperatorState();
+  }
+
+  private localFlags(): FlagsDoc {
+    return { overrides: this.o.flags.overrideMap(), replica: this.o.replica };
+  }
+
+  /**
+   * One read or write of a doc at a time, in order: a re-read that started before this
+   * replica's own write ended would otherwise put the older doc back in force over it.
+   */
+  private serial(kind: DocKind, work: () => Promise<void>): Promise<void> {
+    const next = (this.queue.get(kind) ?? Promise.resolve()).then(work, work);
+    this.queue.set(kind, next);
+    return next;
+  }
+
+  /** Shares this replica's state of `kind`, as it is when the write's turn comes (not when asked: a re-read before it may have changed it). */
+  private push(kind: DocKind): Promise<void> {
+    return this.serial(kind, () => this.write(kind, kind === 'keys' ? { at: Date.now(), replica: this.o.replica } : this.snapshot(kind)));
+  }
+
+  private async write(kind: DocKind, doc: unknown): Promise<void> {
     try {
-      await this.o.store.putDoc(kind, doc);
+      if (kind === 'keys') {
+        await this.o.store.putDoc(kind, doc);
+      } else {
+        const written = await this.o.store.updateDoc(kind, (remote) => merge3(kind, this.base.get(kind), doc, remote));
+        if (canonical(written) === canonical(doc)) {
+          // The base is what was written, not this replica's state now: a change made here
+          // while the write was on its way is still to be shared by its own write.
+          this.base.set(kind, doc);
+        } else {
+          // Another replica's concurrent change came in with the merge: in force here too, the
+          // base read right after it. A change made here meanwhile goes back on top; its own
+          // write (queued behind this one) shares it.
+          const meanwhile = this.snapshot(kind);
+          this.apply(kind, written);
+          this.base.set(kind, this.snapshot(kind));
+          if (canonical(meanwhile) !== canonical(doc)) this.apply(kind, merge3(kind, doc, meanwhile, this.base.get(kind)));
+        }
+      }
       this.lastSync = Date.now();
     } catch (err) {
       this.o.logger.warn({ kind, err: (err as Error).message }, 'state: change kept on this replica only (the store is unreachable)');
     }
   }
 
-  /** Re-reads one doc and puts it in force here. */
-  async pull(kind: DocKind): Promise<void> {
-    let doc: unknown;
-    try {
-      doc = await this.o.store.getDoc(kind);
-      this.lastSync = Date.now();
-    } catch {
-      return;
-    }
-    if (doc === undefined) {
-      // Nothing shared yet: this replica's state is the first, so share it.
-      if (kind === 'fleet') this.fleetChanged();
-      if (kind === 'flags' && Object.keys(this.o.flags.overrideMap()).length > 0) void this.push('flags', { overrides: this.o.flags.overrideMap(), replica: this.o.replica });
-      if (kind === 'keys') await this.restoreKeys();
-      return;
-    }
+  private apply(kind: DocKind, doc: unknown): void {
     this.applying = true;
     try {
-      if (kind === 'flags') this.o.flags.replaceOverrides((doc as { overrides: Record<string, boolean> }).overrides, `replica:${(doc as { replica?: string }).replica ?? '?'}`);
+      if (kind === 'flags') this.o.flags.replaceOverrides((doc as FlagsDoc).overrides, `replica:${(doc as FlagsDoc).replica ?? '?'}`);
       else if (kind === 'fleet') this.o.fleet.importOperatorState(doc as OperatorState);
-      else if (kind === 'keys') await this.o.identity.reloadKeys();
     } catch (err) {
       this.o.logger.warn({ kind, err: (err as Error).message }, 'state: a shared change could not be applied here');
     } finally {
       this.applying = false;
     }
+  }
+
+  /** Re-reads one doc and puts it in force here. */
+  pull(kind: DocKind, retries = 5): Promise<void> {
+    return this.serial(kind, () => this.read(kind, retries));
+  }
+
+  private async read(kind: DocKind, retries: number): Promise<void> {
+    let doc: unknown;
+    try {
+      doc = await this.o.store.getDoc(kind);
+      this.lastSync = Date.now();
+    } catch {
+      // The store's subscriber may be back before its command connection: look again shortly.
+      if (retries > 0 && !this.closed) setTimeout(() => void this.pull(kind, retries - 1), 1000).unref();
+      return;
+    }
+    if (kind === 'keys') {
+      if (doc === undefined) await this.restoreKeys();
+      else await this.o.identity.reloadKeys().catch((err: Error) => this.o.logger.warn({ kind, err: err.message }, 'state: a shared change could not be applied here'));
+      return;
+    }
+    // What changed here since the doc last seen (during an outage, say) is merged back in; a
+    // replica that changed nothing takes the store's doc as it is.
+    const local = this.snapshot(kind);
+    const base = this.base.get(kind);
+    const changedHere = base === undefined ? doc === undefined : canonical(base) !== canonical(local);
+    if (doc !== undefined && !changedHere) {
+      this.apply(kind, doc);
+      // The base is this replica's own view of the doc, so that only real changes differ from it.
+      this.base.set(kind, this.snapshot(kind));
+      return;
+    }
+    // Nothing shared yet (this replica's state is the first), or changes of ours to merge.
+    if (kind === 'flags' && doc === undefined && Object.keys(this.o.flags.overrideMap()).length === 0) return;
+    await this.write(kind, local);
   }
 
   /**
@@ -103,10 +177,11 @@ export class SharedState {
       return;
     }
     this.o.logger.warn({ keys: keys.length }, 'state: the store had no API keys; this replica wrote back the ones it knows');
-    await this.push('keys', { at: Date.now(), replica: this.o.replica });
+    await this.write('keys', { at: Date.now(), replica: this.o.replica });
   }
 
   close(): void {
+    this.closed = true;
     clearInterval(this.timer);
   }
 }

@@ -67,6 +67,31 @@ t.test('a flag override, a ban and a drain made on A are in force on B', async (
   t.ok(trail.body.entries.some((e: any) => e.replica === 'replica-a' && e.action === 'POST /api/orchestrator/bans/server/d1'), "B's audit shows A's ban, with its replica");
 });
 
+t.test('two operators at once, one on each replica: a drain on A and a ban on B, two flags; every change holds on both', async (t) => {
+  for (let round = 0; round < 3; round++) {
+    const [drain, ban] = await Promise.all([call(a, 'POST', '/api/orchestrator/servers/d1/drain'), call(b, 'POST', '/api/orchestrator/bans/server/d2', { reason: `round ${round}` })]);
+    t.same([drain.status, ban.status], [200, 200]);
+    const [f1, f2] = await Promise.all([call(a, 'PUT', '/api/industrial/flags/sticky_routing', { enabled: round % 2 === 0 }), call(b, 'PUT', '/api/industrial/flags/priority_routing', { enabled: round % 2 === 0 })]);
+    t.same([f1.status, f2.status], [200, 200]);
+    for (const tb of [a, b]) {
+      await until(async () => {
+        const servers = (await call(tb, 'GET', '/api/orchestrator/servers')).body.servers;
+        const bans = (await call(tb, 'GET', '/api/orchestrator/bans')).body.bans;
+        const flags = JSON.stringify((await call(tb, 'GET', '/api/industrial/flags')).body);
+        const want = round % 2 === 0;
+        return servers.find((x: any) => x.id === 'd1').state === 'draining' && bans.some((x: any) => x.server === 'd2') && flags.includes(`"sticky_routing":{"enabled":${want}`) && flags.includes(`"priority_routing":{"enabled":${want}`);
+      }, `round ${round}: both changes on ${tb === a ? 'A' : 'B'}`);
+    }
+    t.pass(`round ${round}: the drain, the ban and both flags hold on both replicas`);
+    await call(a, 'POST', '/api/orchestrator/servers/d1/undrain');
+    await call(b, 'DELETE', '/api/orchestrator/bans');
+    for (const tb of [a, b]) {
+      await until(async () => (await call(tb, 'GET', '/api/orchestrator/bans')).body.bans.length === 0 && (await call(tb, 'GET', '/api/orchestrator/servers')).body.servers.find((x: any) => x.id === 'd1').state !== 'draining', 'the undrain and unban');
+    }
+  }
+  for (const flag of ['sticky_routing', 'priority_routing']) await call(a, 'DELETE', `/api/industrial/flags/${flag}`);
+});
+
 t.test('a sticky pin made on A routes the same prompt on B', async (t) => {
   t.equal((await call(a, 'PUT', '/api/industrial/flags/sticky_routing', { enabled: true })).status, 200);
   await until(async () => JSON.stringify((await call(b, 'GET', '/api/industrial/flags')).body).includes('"sticky_routing":{"enabled":true'), 'the flag on B');

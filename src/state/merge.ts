@@ -1,0 +1,70 @@
+// Three-way merges of the docs replicas share (sync.ts): what this replica changed since the
+// doc it last saw (base → local) is applied on top of what the store holds now (remote), entry
+// by entry. Two operators changing different things on two replicas at once both keep their
+// change; the same entry changed on both: the later write wins. Pure.
+import type { OperatorState } from '../fleet/manager.ts';
+
+type Keyed<T> = ReadonlyMap<string, T>;
+
+/** JSON with object keys sorted: the same state reads the same whichever replica wrote it. */
+export function canonical(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) => (x !== null && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : x));
+}
+
+const same = (a: unknown, b: unknown): boolean => canonical(a) === canonical(b);
+
+/** Per key: local's value where local changed it since base (a removal included), else remote's. */
+function mergeMaps<T>(base: Keyed<T>, local: Keyed<T>, remote: Keyed<T>): Map<string, T> {
+  const out = new Map<string, T>();
+  for (const k of new Set([...base.keys(), ...local.keys(), ...remote.keys()])) {
+    const changedHere = !same(base.get(k), local.get(k));
+    const v = changedHere ? local.get(k) : remote.get(k);
+    if (v !== undefined) out.set(k, v);
+  }
+  return out;
+}
+
+function byKey<T>(list: readonly T[] | undefined, key: (x: T) => string): Map<string, T> {
+  return new Map((list ?? []).map((x) => [key(x), x]));
+}
+
+function mergeLists<T>(base: readonly T[] | undefined, local: readonly T[] | undefined, remote: readonly T[] | undefined, key: (x: T) => string = canonical): T[] {
+  return [...mergeMaps(byKey(base, key), byKey(local, key), byKey(remote, key)).values()];
+}
+
+/** A field as a whole: local's if it changed here, else remote's. */
+function mergeValue<T>(base: T, local: T, remote: T): T {
+  return same(base, local) ? remote : local;
+}
+
+/** The fleet's operator state. With no base (nothing seen from the store yet), local's changes are all of it. */
+export function mergeOperatorState(base: OperatorState | undefined, local: OperatorState, remote: OperatorState | undefined): OperatorState {
+  if (remote === undefined) return local;
+  const b = base ?? remote;
+  // The running config goes with its revision: one config, not a mix of two.
+  const config = mergeValue({ rev: b.rev, raw: b.raw }, { rev: local.rev, raw: local.raw }, { rev: remote.rev, raw: remote.raw });
+  return {
+    rev: config.rev,
+    raw: config.raw,
+    draining: mergeLists(b.draining, local.draining, remote.draining),
+    maintenance: mergeLists(b.maintenance, local.maintenance, remote.maintenance, (m) => m.server),
+    drainedDeployments: mergeLists(b.drainedDeployments, local.drainedDeployments, remote.drainedDeployments),
+    bans: mergeLists(b.bans, local.bans, remote.bans, (x) => `${x.scope}\u0000${x.server ?? ''}\u0000${x.model ?? ''}`),
+    forcedOpen: mergeLists(b.forcedOpen, local.forcedOpen, remote.forcedOpen),
+    paused: mergeValue(b.paused, local.paused, remote.paused),
+    quotas: mergeLists(b.quotas, local.quotas, remote.quotas, ([subject]) => subject),
+  };
+}
+
+export interface FlagsDoc {
+  readonly overrides: Readonly<Record<string, boolean>>;
+  readonly replica?: string;
+}
+
+/** Flag overrides, flag by flag. */
+export function mergeFlags(base: FlagsDoc | undefined, local: FlagsDoc, remote: FlagsDoc | undefined): FlagsDoc {
+  if (remote === undefined) return local;
+  const m = (d: FlagsDoc | undefined) => new Map(Object.entries(d?.overrides ?? {}));
+  const overrides = mergeMaps(m(base ?? remote), m(local), m(remote));
+  return { overrides: Object.fromEntries(overrides), replica: local.replica };
+}

@@ -1,0 +1,44 @@
+// Three-way merges of the shared docs: what one replica changed lands on top of what another wrote meanwhile.
+import t from 'tap';
+import { canonical, mergeFlags, mergeOperatorState } from '../../src/state/merge.ts';
+import type { OperatorState } from '../../src/fleet/manager.ts';
+
+const state = (o: Partial<OperatorState> = {}): OperatorState => ({ rev: '1', raw: { modelGroups: {} } as OperatorState['raw'], draining: [], maintenance: [], drainedDeployments: [], bans: [], forcedOpen: [], paused: false, quotas: [], ...o });
+const ban = (server: string) => ({ scope: 'server' as const, server, model: null, reason: 'x', since: 1, until: null });
+
+t.test('operator state: changes to different entries on two replicas both survive; the same entry: the later write', async (t) => {
+  const base = state({ draining: ['a'] });
+  const mine = state({ draining: ['a', 'm1'] }); // drained m1 here
+  const theirs = state({ draining: ['a'], bans: [ban('m2')], paused: true }); // banned m2 and paused there
+  const merged = mergeOperatorState(base, mine, theirs);
+  t.same([...merged.draining].sort(), ['a', 'm1']);
+  t.same(merged.bans, [ban('m2')]);
+  t.equal(merged.paused, true, 'a field changed only there');
+  // Removed here (undrain a), kept there: the removal wins, as a change of this replica.
+  t.same(mergeOperatorState(base, state(), theirs).draining, []);
+  // Removed there, untouched here: gone.
+  t.same(mergeOperatorState(base, base, state()).draining, []);
+  // The same ban changed on both: the writer's (local) version.
+  const b2 = { ...ban('m2'), reason: 'mine' };
+  t.same(mergeOperatorState(state({ bans: [ban('m2')] }), state({ bans: [b2] }), state({ bans: [{ ...ban('m2'), reason: 'theirs' }] })).bans, [b2]);
+  // Quotas by subject.
+  const q = mergeOperatorState(state(), state({ quotas: [['key:a', { rpm: 1 }]] }), state({ quotas: [['key:b', { tpm: 9 }]] }));
+  t.same(new Map(q.quotas), new Map([['key:a', { rpm: 1 }], ['key:b', { tpm: 9 }]]));
+  // The running config goes with its revision, whole.
+  const cfg = mergeOperatorState(state(), state(), state({ rev: '2', raw: { modelGroups: { g: { deployments: [] } } } as unknown as OperatorState['raw'] }));
+  t.equal(cfg.rev, '2');
+  t.same(cfg.raw, { modelGroups: { g: { deployments: [] } } });
+  t.same(mergeOperatorState(undefined, mine, undefined), mine, 'nothing shared yet: ours');
+});
+
+t.test('flags: flag by flag', async (t) => {
+  const base = { overrides: { a: true } };
+  const merged = mergeFlags(base, { overrides: { a: true, sticky_routing: true }, replica: 'r1' }, { overrides: { a: true, priority_routing: true }, replica: 'r2' });
+  t.same(merged.overrides, { a: true, sticky_routing: true, priority_routing: true });
+  t.equal(merged.replica, 'r1');
+  t.same(mergeFlags(base, { overrides: {} }, { overrides: { a: true, b: false } }).overrides, { b: false }, 'a cleared here, b set there');
+});
+
+t.test('canonical: the same state whatever the key order', async (t) => {
+  t.equal(canonical({ b: 1, a: { d: 2, c: [{ y: 1, x: 2 }] } }), canonical({ a: { c: [{ x: 2, y: 1 }], d: 2 }, b: 1 }));
+});
