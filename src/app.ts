@@ -299,7 +299,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     ...(infer !== undefined ? adminRoutes(infer) : []),
     ...industrialRoutes(admin, logger),
     ...trackingRoutes(() => tracking?.pool),
-    ...authRoutes({ identity, store, qos: () => governance.qos, keyPolicy: (k) => governance.keyPolicy(k), keysChanged: () => sharedState.keysChanged(), ready: () => infer?.ready ?? true, replica: config.replicaId }),
+    ...authRoutes({ identity, store, qos: () => governance.qos, keyPolicy: (k) => governance.keyPolicy(k), keysChanged: () => sharedState.keysChanged(), ready: () => infer?.ready ?? true, replica: config.replicaId, throttle: authThrottle }),
     ...orchestratorRoutes({
       fleet: manager,
       logger,

@@ -35,6 +35,8 @@ export interface AuthRoutesDeps {
   readonly keysChanged: () => void;
   readonly ready: () => boolean;
   readonly replica: string;
+  /** Refused credentials per address (ADMIN_AUTH_MAX_FAILURES): a session from an admin key is an admin credential. */
+  readonly throttle?: { check(address: string): void; failed(address: string): void };
 }
 
 export function authRoutes(d: AuthRoutesDeps): Route[] {
@@ -99,7 +101,12 @@ export function authRoutes(d: AuthRoutesDeps): Route[] {
         const b = ctx.body as Record<string, unknown>;
         const given = b.api_key ?? b.token ?? apiKeyOf(ctx.req.headers);
         if (typeof given !== 'string' || given === '') throw new BrokerError('unauthorized', 'send an API key or a JWT: {"api_key": "..."} or {"token": "..."}, or as Authorization: Bearer');
-        const { id, session } = await identity.createSession(given, d.keyPolicy);
+        // Guessing keys here is guessing admin credentials: throttled as on the admin routes.
+        d.throttle?.check(ctx.req.remoteAddress);
+        const { id, session } = await identity.createSession(given, d.keyPolicy).catch((err: BrokerError) => {
+          if (err.code === 'unauthorized' || err.code === 'forbidden') d.throttle?.failed(ctx.req.remoteAddress);
+          throw err;
+        });
         reply(ctx, { session: id, subject: session.subject, roles: session.roles, tier: session.tier ?? null, expiresAt: new Date(session.expiresAt).toISOString() }, 201);
       },
     },

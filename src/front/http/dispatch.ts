@@ -104,7 +104,16 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
     const r = match.route;
     const params = match.params;
     // Credentials first: an admin route's caller and role, a client route's key or token.
-    const who = r.admin ? g.admin(req) : r.rateLimited && g.client !== undefined ? g.client(req) : undefined;
+    let who: ReturnType<Guards['admin']> | ReturnType<NonNullable<Guards['client']>> | undefined;
+    if (r.admin) who = g.admin(req);
+    else if (r.rateLimited && g.client !== undefined) {
+      try {
+        who = g.client(req);
+      } catch (err) {
+        refusedCredential(g, req, err);
+      }
+      if (who instanceof Promise) who = who.catch((err: unknown) => refusedCredential(g, req, err));
+    }
     if (who instanceof Promise) {
       // The body is read while the credential is checked: a front like uWS hands it over
       // only to a reader attached now, not after an await.
@@ -126,6 +135,24 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
   } catch (err) {
     sink.fail(toBrokerError(err));
   }
+}
+
+/**
+ * A client route's refused credential takes a token of its address's rate limit, as a request
+ * without a key does: else guessing keys would go at any speed (a wrong key has no bucket). Past
+ * the limit the answer is 429, not 401, which says nothing of the key tried.
+ */
+function refusedCredential(g: Guards, req: BrokerRequest, err: unknown): never {
+  const e = toBrokerError(err);
+  if (e.code === 'unauthorized' || e.code === 'forbidden') {
+    try {
+      g.rateLimiter.check(`ip:${req.remoteAddress}`);
+    } catch (limited) {
+      g.metrics.rateLimited.inc();
+      throw limited;
+    }
+  }
+  throw e;
 }
 
 /** After the credentials: the role, the rate limit, the body, the handler. */
