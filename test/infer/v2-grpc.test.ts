@@ -108,3 +108,23 @@ t.test('errors carry the status of their code in the table', async (t) => {
   const ok = await rpc('ServerLive', {});
   t.equal(ok.live, true, 'still serving');
 });
+
+t.test('every call, not only ModelInfer, carries its trace id and writes one access-log line', async (t) => {
+  const withMeta = (method: string, req: object): Promise<{ err: grpc.ServiceError | null; meta: grpc.Metadata | undefined }> =>
+    new Promise((resolve) => {
+      let meta: grpc.Metadata | undefined;
+      const md = new grpc.Metadata();
+      md.set('x-request-id', `v2-${method}`);
+      const call = client[method](req, md, (err: grpc.ServiceError | null) => resolve({ err, meta: meta ?? err?.metadata }));
+      call.on('metadata', (m: grpc.Metadata) => (meta = m));
+    });
+  const ok = await withMeta('ModelMetadata', { name: MODEL, version: '' });
+  t.equal(ok.err, null);
+  t.equal(ok.meta?.get('trace-id')[0], 'v2-ModelMetadata');
+  const bad = await withMeta('ModelMetadata', { name: 'nope', version: '' });
+  t.equal(bad.err?.code, grpc.status.NOT_FOUND);
+  t.equal(bad.err?.metadata.get('trace-id')[0], 'v2-ModelMetadata', 'in the error trailers too');
+  await withMeta('ServerLive', {});
+  await new Promise((r) => setTimeout(r, 200));
+  for (const id of ['v2-ModelMetadata', 'v2-ServerLive']) t.ok(tb.logs.some((l) => l['method'] === 'gRPC' && l['trace_id'] === id), `an access-log line for ${id}`);
+});

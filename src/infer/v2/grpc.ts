@@ -16,7 +16,7 @@ import { apiKeyOf } from '../../guard/api-key.ts';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
-import { BrokerError, toBrokerError } from '../../errors.ts';
+import { BrokerError } from '../../errors.ts';
 import type { ActiveCalls } from '../../front/grpc/active.ts';
 import { checkCall, serveUnary, type CallGuards } from '../../front/grpc/call.ts';
 import type { Logger } from '../../obs/logger.ts';
@@ -25,7 +25,6 @@ import { noteV2Inference } from '../routes.ts';
 import type { V2Core } from './core.ts';
 import { serializeBytes } from './rest.ts';
 import type { InferRequest, InputTensor, RequestedOutput, TensorData } from './types.ts';
-import { grpcStatusOf } from '../../front/grpc/status.ts';
 
 export const V2_PROTO = fileURLToPath(new URL('../../../proto/inference/grpc_predict_v2.proto', import.meta.url));
 export const V2_SERVICE = 'inference.GRPCInferenceService';
@@ -94,25 +93,14 @@ function toInferRequest(r: ModelInferRequest): InferRequest {
   return { id: r.id === '' ? undefined : r.id, inputs, outputs: outputs.length > 0 ? outputs : undefined, parameters: plain(r.parameters) };
 }
 
-/** The table's status, with the broker's code and RetryInfo in the trailers, as its own services send them. */
-function grpcError(err: unknown): Partial<grpc.StatusObject> {
-  return grpcStatusOf(toBrokerError(err));
-}
-
-/** A unary handler: the value, or the error with its table status. */
-function unary<Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
-  return (call, callback) => {
-    Promise.resolve()
-      .then(() => fn(call.request, call))
-      .then(
-        (res) => callback(null, res),
-        (err: unknown) => callback(grpcError(err) as grpc.ServiceError),
-      );
-  };
-}
-
 export function addV2GrpcService(server: grpc.Server, deps: V2GrpcDeps): void {
   const { core } = deps;
+  // Every call as ModelInfer's: trace id in the metadata (and error trailers), one access-log
+  // line, the table's status; only inference is a tracked request.
+  const unary =
+    <Req, Res>(fn: (req: Req) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+    (call, callback) =>
+      serveUnary({ accessLog: deps.accessLog, calls: deps.calls }, call, callback, 'grpc.oip', async () => fn(call.request));
   const pkg = grpc.loadPackageDefinition(v2PackageDefinition()) as unknown as { inference: { GRPCInferenceService: grpc.ServiceClientConstructor } };
   const version = (v: string): string | undefined => (v === '' ? undefined : v);
   server.addService(pkg.inference.GRPCInferenceService.service, {
