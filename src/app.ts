@@ -16,7 +16,7 @@ import { createJwtVerifier } from './guard/jwt.ts';
 import { Identity } from './guard/identity.ts';
 import { createClientAuth } from './guard/client-auth.ts';
 import { AuthThrottle } from './guard/auth-throttle.ts';
-import type { BrokerError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 import { MemoryStore, type StateStore } from './state/store.ts';
 import { RedisStore } from './state/redis.ts';
 import { SharedState } from './state/sync.ts';
@@ -289,6 +289,13 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   let grpcListening = false;
   // An inference request's priority may only be lower than its API key's (as an LLM request's).
   const ceiling = (apiKey: string | undefined): number => governance.priorityCeiling(apiKey);
+  // A client route's session: its roles, null when it is not live; a rejection when the store
+  // cannot say (sessions fail closed), which the client gets as such, not as a dead session.
+  const clientSession = async (id: string): Promise<{ roles: readonly string[] } | null> => {
+    const s = await identity.session(id);
+    if (s === undefined && !store.up && config.authRedisFailMode === 'closed') throw new BrokerError('unauthorized', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)', { details: { reason: 'store_unavailable' } });
+    return sessionRoles(s);
+  };
   const authThrottle = new AuthThrottle(config.adminAuthMaxFailures > 0 ? config.adminAuthMaxFailures : Infinity);
   const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
   const controlRoutes = [
@@ -325,7 +332,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       }
     },
     // Threaded, the client routes are the threads'; this one serves them with FRONT_THREADS=0.
-    client: createClientAuth({ mode: config.authMode, knownKey: (k) => governance.keyPolicy(k) !== undefined, jwt, session: async (id) => sessionRoles(await identity.session(id)), metrics }),
+    client: createClientAuth({ mode: config.authMode, knownKey: (k) => governance.keyPolicy(k) !== undefined, jwt, session: clientSession, metrics }),
     audit: auditTrail(store, logger, config.replicaId),
     metrics,
     knownKey: (key: string) => governance.keyPolicy(key) !== undefined,
@@ -371,7 +378,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           await fleet.current();
           if (fleetVersion !== before) await planes!.publish();
         },
-        session: async (id) => sessionRoles(await identity.session(id)),
+        session: clientSession,
         ...(tracking !== undefined ? { track: (rows: Parameters<TrackingWriter['accept']>[0]) => tracking.accept(rows) } : {}),
         learn(events) {
           for (const e of events) {

@@ -30,7 +30,7 @@ export interface ClientAuthOptions {
 const CACHE_MAX = 50_000;
 
 /** A session as a thread last heard of it: live with a client role, live without one, or not live. */
-type SessionState = 'ok' | 'role' | 'dead';
+type SessionState = 'ok' | 'role' | 'dead' | 'unknowable';
 
 export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) => void | Promise<void>) | undefined {
   if (o.mode === 'open') return undefined;
@@ -57,7 +57,8 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
           cache.set(id, { state, at: now() });
           return state;
         },
-        (): SessionState => 'dead',
+        // The store could not say (it is away, sessions fail closed): not cached, not a dead session.
+        (): SessionState => 'unknowable',
       );
       pending.set(id, p);
       void p.finally(() => pending.delete(id));
@@ -67,6 +68,7 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
   const judge = (state: SessionState): void => {
     if (state === 'dead') refuse('session', 'the session is unknown, expired or revoked');
     if (state === 'role') refuse('role', ROLE_MESSAGE);
+    if (state === 'unknowable') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)');
   };
   // A cached answer is given at once (no promise, no async path in dispatch).
   const bySession = (id: string): void | Promise<void> => {

@@ -136,6 +136,8 @@ t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with
   // AUTH_REDIS_FAIL_MODE=closed (the default): sessions cannot be checked, so they are refused.
   await until(async () => (await chat(b, s)).status === 401, 'the session refused while Redis is down');
   t.pass('sessions fail closed');
+  const refused = await fetch(`${b.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${s}`, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+  t.match(((await refused.json()) as { error: { message: string } }).error.message, /cannot be checked while the shared store is unreachable/, 'saying why, not that the session is dead');
   // What needs the store answers 503 with Retry-After, never a 500.
   const noStore = await call(a, 'POST', '/api/auth/keys', { name: 'during-outage' });
   t.same([noStore.status, noStore.body.error.code], [503, 'overloaded']);
@@ -145,7 +147,9 @@ t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with
 
   await redis.restart();
   await until(async () => (await metricValue(a.url, 'redis_up')) === 1 && (await metricValue(b.url, 'redis_up')) === 1, 'both reconnected', 15000);
-  // The fresh Redis is empty: replicas write their state back; a new change flows again.
+  // The fresh Redis is empty: replicas write their state back, merged: A's ban made during the outage reaches B.
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/bans')).body.bans.some((x: any) => x.reason === 'during outage'), "A's change made during the outage on B", 10000);
+  // And a new change flows again.
   t.equal((await call(b, 'POST', '/api/orchestrator/bans/model/m', { reason: 'after the outage', ttlSeconds: 60 })).status, 200);
   await until(async () => (await call(a, 'GET', '/api/orchestrator/bans')).body.bans.some((x: any) => x.reason === 'after the outage'), 'a change on B reaches A after the restart', 10000);
   t.pass('resynced with no broker restart');
