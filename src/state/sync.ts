@@ -63,8 +63,7 @@ export class SharedState {
     void this.push('keys');
   }
 
-  private snapshot(kind: 'flags' | 'fleet'): FlagsDoc | OperatorState;
-  private snapshot(kind: DocKind): unknown;
+  /** This replica's own state of a doc kind, in the doc's form. */
   private snapshot(kind: DocKind): unknown {
     return kind === 'flags' ? this.localFlags() : this.o.fleet.exportOperatorState();
   }
