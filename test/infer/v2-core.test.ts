@@ -81,8 +81,9 @@ t.test('versions: a named version is that arm, none is the policy, both arms ali
   await t.rejects(promoted.infer(A.manifest.name, undefined, tensor({})), { code: 'model_not_found' }, "A's old name is gone after a promote");
 });
 
-t.test("admission: a request's own deadline expires it even behind an older request", (t) => {
-  const q = new AdmissionQueue<string>('m', 10, 10_000);
+/** A queue with timeout `timeoutMs`, its pending-request maker, and the rejections it records. */
+function admissionQueue(timeoutMs: number) {
+  const q = new AdmissionQueue<string>('m', 10, timeoutMs);
   const rejected: string[] = [];
   const pending = (value: string, enqueuedAt: number, deadline?: number): Pending<string> => ({
     value,
@@ -92,6 +93,11 @@ t.test("admission: a request's own deadline expires it even behind an older requ
     reject: (e: BrokerError) => rejected.push(`${value}:${e.code}`),
     ...(deadline !== undefined ? { deadline } : {}),
   });
+  return { q, rejected, pending };
+}
+
+t.test("admission: a request's own deadline expires it even behind an older request", (t) => {
+  const { q, rejected, pending } = admissionQueue(10_000);
   q.push(pending('old', 0));
   q.push(pending('short', 1, 6));
   q.push(pending('long', 2, 100));
@@ -104,16 +110,7 @@ t.test("admission: a request's own deadline expires it even behind an older requ
 });
 
 t.test('admission: a request past its timeout is never taken for a batch, even before the sweep saw it', (t) => {
-  const q = new AdmissionQueue<string>('m', 10, 50);
-  const rejected: string[] = [];
-  const pending = (value: string, enqueuedAt: number, deadline?: number): Pending<string> => ({
-    value,
-    size: undefined,
-    priority: 5,
-    enqueuedAt,
-    reject: (e: BrokerError) => rejected.push(`${value}:${e.code}`),
-    ...(deadline !== undefined ? { deadline } : {}),
-  });
+  const { q, rejected, pending } = admissionQueue(50);
   q.push(pending('late', 0));
   q.push(pending('own', 30, 40));
   q.push(pending('fresh', 30));
