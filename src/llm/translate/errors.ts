@@ -57,5 +57,8 @@ export function upstreamError(provider: Api, status: number, body: string | Uint
   const code = codeForUpstreamStatus(status);
   const passOn = code === 'invalid_request' || code === 'model_not_found' || code === 'payload_too_large';
   const message = passOn && upstreamMessage !== '' ? upstreamMessage : `${provider} upstream replied ${status}`;
-  return new BrokerError(code, message, { details: { provider, upstreamStatus: status, upstreamMessage } });
+  // The field the upstream blamed goes on as the reply's `param` (an OpenAI SDK user reads it) with the message.
+  const e = (parsed as { error?: { param?: unknown } } | null)?.error;
+  const field = passOn && e !== null && typeof e === 'object' && typeof e.param === 'string' && e.param !== '' ? e.param.slice(0, 100) : undefined;
+  return new BrokerError(code, message, { details: { provider, upstreamStatus: status, upstreamMessage, ...(field !== undefined ? { field } : {}) } });
 }

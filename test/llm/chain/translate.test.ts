@@ -408,6 +408,9 @@ t.test('mid-stream terminal error events', async (t) => {
   t.equal(streamErrorEvent('ollama', 'upstream timed out', 'upstream_timeout', 'req-9'), '{"error":"upstream timed out","code":"upstream_timeout","request_id":"req-9"}\n');
 });
 
+/** A 500's param stays upstream: nothing of a server error is the client's. */
+const boomField = () => upstreamError('openai', 500, '{"error":{"message":"x","param":"secret_field"}}').details?.['field'];
+
 t.test('upstream errors → BrokerError', async (t) => {
   const bad = upstreamError(
     'openai',
@@ -416,6 +419,8 @@ t.test('upstream errors → BrokerError', async (t) => {
   );
   t.equal(bad.code, 'invalid_request');
   t.match(bad.message, /maximum context length/);
+  t.equal(bad.details?.['field'], 'messages', "the upstream's param goes on as the reply's");
+  t.equal(boomField(), undefined);
   const missing = upstreamError('ollama', 404, Buffer.from('{"error":"model \\"llama9\\" not found, try pulling it first"}'));
   t.equal(missing.code, 'model_not_found');
   t.match(missing.message, /not found/);
