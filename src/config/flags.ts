@@ -83,21 +83,34 @@ export class FlagStore {
   /** Several overrides as one change: listeners hear about it once. */
   apply(changes: readonly (readonly [FlagName, boolean | null])[], actor: string): void {
     const at = new Date(this.now()).toISOString();
+    let overridden = false;
     for (const [flag, enabled] of changes) {
       const old = this.current[flag];
       if (enabled === null) {
         if (!this.overrides.delete(flag)) continue;
         this.audit({ at, actor, flag, action: 'clear', old, new: this.base[flag].enabled });
       } else {
+        if (this.overrides.get(flag) !== enabled) overridden = true;
         this.overrides.set(flag, enabled);
         this.audit({ at, actor, flag, action: 'set', old, new: enabled });
+        continue;
       }
+      overridden = true;
     }
     const next = this.compute();
     if (FLAG_NAMES.some((f) => next[f] !== this.current[f])) {
       this.current = next;
       for (const l of this.listeners) l(next);
     }
+    // An override is shared even when it changes no effective value (one equal to the default).
+    if (overridden) for (const l of this.overrideListeners) l();
+  }
+
+  private readonly overrideListeners: (() => void)[] = [];
+
+  /** The runtime overrides changed (whether or not an effective value did): what replicas share. */
+  onOverridesChange(listener: () => void): void {
+    this.overrideListeners.push(listener);
   }
 
   /** Takes the effective flags as the control plane computed them (a data-plane thread's copy). */

@@ -3,6 +3,7 @@
 // by entry. Two operators changing different things on two replicas at once both keep their
 // change; the same entry changed on both: the later write wins. Pure.
 import type { OperatorState } from '../fleet/manager.ts';
+import { modelKey } from '../fleet/bans.ts';
 
 type Keyed<T> = ReadonlyMap<string, T>;
 
@@ -49,7 +50,8 @@ export function mergeOperatorState(base: OperatorState | undefined, local: Opera
     draining: mergeLists(b.draining, local.draining, remote.draining),
     maintenance: mergeLists(b.maintenance, local.maintenance, remote.maintenance, (m) => m.server),
     drainedDeployments: mergeLists(b.drainedDeployments, local.drainedDeployments, remote.drainedDeployments),
-    bans: mergeLists(b.bans, local.bans, remote.bans, (x) => `${x.scope}\u0000${x.server ?? ''}\u0000${x.model ?? ''}`),
+    // One ban per target, whichever of Ollama's two names it was made under (as bans.ts compares them).
+    bans: mergeLists(b.bans, local.bans, remote.bans, (x) => `${x.scope}\u0000${x.server ?? ''}\u0000${x.model === null ? '' : modelKey(x.model)}`),
     forcedOpen: mergeLists(b.forcedOpen, local.forcedOpen, remote.forcedOpen),
     paused: mergeValue(b.paused, local.paused, remote.paused),
     quotas: mergeLists(b.quotas, local.quotas, remote.quotas, ([subject]) => subject),

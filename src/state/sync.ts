@@ -25,6 +25,12 @@ export interface SharedStateOptions {
   readonly replica: string;
 }
 
+/** A doc's version: one more each write; 0 for none (or one written before versions). */
+function versionOf(doc: unknown): number {
+  const v = (doc as { v?: unknown } | undefined)?.v;
+  return typeof v === 'number' ? v : 0;
+}
+
 /** The three-way merge of a doc kind (merge.ts): `local`'s changes since `base`, on top of `remote`. */
 function merge3(kind: DocKind, base: unknown, local: unknown, remote: unknown): unknown {
   return kind === 'flags' ? mergeFlags(base as FlagsDoc | undefined, local as FlagsDoc, remote as FlagsDoc | undefined) : mergeOperatorState(base as OperatorState | undefined, local as OperatorState, remote as OperatorState | undefined);
@@ -38,11 +44,18 @@ export class SharedState {
   /** Per doc, the shared state this replica last read or wrote: what its own changes are measured from. */
   private readonly base = new Map<DocKind, unknown>();
   private readonly queue = new Map<DocKind, Promise<void>>();
+  /** Per doc, the highest version (`v`, one more each write) this replica read or wrote: a store holding less lost what it had. */
+  private readonly seen = new Map<DocKind, number>();
   private closed = false;
 
   constructor(private readonly o: SharedStateOptions) {
+    // The state as it starts (the fleet file's, no overrides): what this replica's changes are
+    // measured from until it reads the store, so that changes made before (Redis away at start)
+    // are merged in then, not dropped.
+    this.base.set('flags', this.snapshot('flags'));
+    this.base.set('fleet', this.snapshot('fleet'));
     o.store.onChange((kind) => void this.pull(kind));
-    o.flags.onChange(() => {
+    o.flags.onOverridesChange(() => {
       if (!this.applying) void this.push('flags');
     });
     // While Redis is up the state is in sync as of now: the lag counts from the last second it was.
@@ -92,7 +105,16 @@ export class SharedState {
       if (kind === 'keys') {
         await this.o.store.putDoc(kind, doc);
       } else {
-        const written = await this.o.store.updateDoc(kind, (remote) => merge3(kind, this.base.get(kind), doc, remote));
+        const seen = this.seen.get(kind) ?? 0;
+        const versioned = await this.o.store.updateDoc(kind, (remote) => {
+          const rv = versionOf(remote);
+          // A store behind this replica (back empty, or from an older dump) lost changes every
+          // replica had: ours is written back whole; the others then merge theirs on top.
+          const next = rv < seen ? doc : merge3(kind, this.base.get(kind), doc, remote);
+          return { ...(next as object), v: Math.max(rv, seen) + 1 };
+        });
+        this.seen.set(kind, versionOf(versioned));
+        const { v: _v, ...written } = versioned as { v?: number };
         if (canonical(written) === canonical(doc)) {
           // The base is what was written, not this replica's state now: a change made here
           // while the write was on its way is still to be shared by its own write.
@@ -145,6 +167,14 @@ export class SharedState {
       else await this.o.identity.reloadKeys().catch((err: Error) => this.o.logger.warn({ kind, err: err.message }, 'state: a shared change could not be applied here'));
       return;
     }
+    if (versionOf(doc) < (this.seen.get(kind) ?? 0)) {
+      this.o.logger.warn({ kind, store: versionOf(doc), seen: this.seen.get(kind) }, 'state: the store holds an older doc than this replica saw (Redis back empty or from an older dump); writing ours back');
+      await this.write(kind, this.snapshot(kind));
+      return;
+    }
+    if (doc !== undefined) this.seen.set(kind, versionOf(doc));
+    const { v: _v, ...unversioned } = (doc ?? {}) as { v?: number };
+    if (doc !== undefined) doc = unversioned;
     // What changed here since the doc last seen (during an outage, say) is merged back in; a
     // replica that changed nothing takes the store's doc as it is.
     const local = this.snapshot(kind);

@@ -31,6 +31,14 @@ t.test('operator state: changes to different entries on two replicas both surviv
   t.same(mergeOperatorState(undefined, mine, undefined), mine, 'nothing shared yet: ours');
 });
 
+t.test("bans: one per target, whichever of Ollama's two names it was made under", async (t) => {
+  const ban = (model: string) => ({ scope: 'model' as const, server: null, model, reason: 'x', since: 1, until: null });
+  const merged = mergeOperatorState(state(), state({ bans: [ban('llama3')] }), state({ bans: [ban('llama3:latest')] }));
+  t.equal(merged.bans.length, 1, 'banned under both names at once: one ban');
+  // Lifted here (under either name): gone, not kept under the other.
+  t.same(mergeOperatorState(state({ bans: [ban('llama3:latest')] }), state(), state({ bans: [ban('llama3:latest')] })).bans, []);
+});
+
 t.test('flags: flag by flag', async (t) => {
   const base = { overrides: { a: true } };
   const merged = mergeFlags(base, { overrides: { a: true, sticky_routing: true }, replica: 'r1' }, { overrides: { a: true, priority_routing: true }, replica: 'r2' });

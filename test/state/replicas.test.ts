@@ -3,6 +3,7 @@
 // force on the other; with Redis gone each kind behaves as documented (docs/auth.md),
 // and both resync once it is back, with no broker restart.
 import t from 'tap';
+import { Redis } from 'ioredis';
 import { ADMIN_TOKEN, json, metricValue, type TestBroker } from '../helpers/broker.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 import { startRedis } from '../helpers/redis.ts';
@@ -160,6 +161,32 @@ t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with
   await until(async () => (await chat(a, after.body.key)).status === 200, 'the new key on A');
   t.equal((await chat(a, made.body.key)).status, 200, 'a key made before the restart still works on A');
   t.equal((await chat(b, made.body.key)).status, 200, 'and on B');
+});
+
+t.test('a Redis restored from an older dump: the replicas write back what they hold, not take the older doc', async (t) => {
+  t.equal((await call(a, 'POST', '/api/orchestrator/servers/d1/drain')).status, 200);
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/servers')).body.servers.find((x: any) => x.id === 'd1').state === 'draining', 'the drain on B');
+  const r = new Redis(redis.url);
+  t.teardown(() => r.disconnect());
+  const now = JSON.parse((await r.hget('eb:doc', 'fleet'))!);
+  // The doc as it was before the drain (an older version), as a restore from a dump would leave it.
+  const older = { ...now, draining: [], v: Math.max(0, (now.v ?? 1) - 1) };
+  await r.hset('eb:doc', 'fleet', JSON.stringify(older));
+  await r.publish('eb:changes', JSON.stringify({ kind: 'fleet', replica: 'dump' }));
+  await until(async () => ((JSON.parse((await r.hget('eb:doc', 'fleet'))!) as { draining: string[] }).draining.includes('d1')), 'the drain written back');
+  for (const tb of [a, b]) t.equal((await call(tb, 'GET', '/api/orchestrator/servers')).body.servers.find((x: any) => x.id === 'd1').state, 'draining', 'the drain holds');
+  await call(b, 'POST', '/api/orchestrator/servers/d1/undrain');
+  await until(async () => (await call(a, 'GET', '/api/orchestrator/servers')).body.servers.find((x: any) => x.id === 'd1').state !== 'draining', 'the undrain on A');
+});
+
+t.test("a flag override equal to the flag's default is shared too", async (t) => {
+  t.equal((await call(a, 'PUT', '/api/industrial/flags/compiled_chain', { enabled: true })).status, 200);
+  await until(async () => (await call(b, 'GET', '/api/industrial/flags')).body.compiled_chain?.source === 'override', 'the override on B');
+  t.equal((await call(b, 'PUT', '/api/industrial/flags/compiled_chain', { enabled: false })).status, 200);
+  await until(async () => (await call(a, 'GET', '/api/industrial/flags')).body.compiled_chain?.enabled === false, "B's later change on A");
+  await new Promise((r) => setTimeout(r, 300));
+  for (const tb of [a, b]) t.equal((await call(tb, 'GET', '/api/industrial/flags')).body.compiled_chain.enabled, false, 'the later change holds');
+  await call(a, 'DELETE', '/api/industrial/flags/compiled_chain');
 });
 
 t.test("a flag changed on A is in force on B's data-plane threads, with nothing else changing", async (t) => {
