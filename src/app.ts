@@ -227,7 +227,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     logger,
     onKeys(keys) {
       governance.setRuntimeKeys(keys);
-      runtimeKeys = keys.map((k) => ({ hash: k.hash, id: k.id, tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm }));
+      runtimeKeys = keys.map((k) => ({ hash: k.hash, id: k.id, role: k.role, tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm }));
       keysVersion++;
       publish();
     },
@@ -332,7 +332,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       }
     },
     // Threaded, the client routes are the threads'; this one serves them with FRONT_THREADS=0.
-    client: createClientAuth({ mode: config.authMode, knownKey: (k) => governance.keyPolicy(k) !== undefined, jwt, session: clientSession, metrics }),
+    client: createClientAuth({ mode: config.authMode, knownKey: (k) => governance.keyPolicy(k) !== undefined, keyRole: (k) => governance.keyPolicy(k)?.role, jwt, session: clientSession, metrics }),
     audit: auditTrail(store, logger, config.replicaId),
     metrics,
     knownKey: (key: string) => governance.keyPolicy(key) !== undefined,

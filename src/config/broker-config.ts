@@ -129,6 +129,8 @@ export interface ApiKeyPolicy {
   readonly tpm: number | undefined;
   /** Spend limit per UTC day or month (request tracking checks it at admission). */
   readonly budget?: { readonly limit: number; readonly period: 'day' | 'month' } | undefined;
+  /** A key made through /api/auth/keys: its role (the fleet file's keys have none: client keys). */
+  readonly role?: string | undefined;
 }
 
 /** Price per 1M tokens, by deployment id or model group name. */

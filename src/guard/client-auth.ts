@@ -19,6 +19,8 @@ export type SessionLookup = (id: string) => Promise<{ roles: readonly string[] }
 export interface ClientAuthOptions {
   readonly mode: AuthMode;
   readonly knownKey: (key: string) => boolean;
+  /** A known key's role, when it has one (made through /api/auth/keys); the fleet file's keys are client keys. */
+  readonly keyRole?: (key: string) => string | undefined;
   readonly jwt: JwtVerifier | undefined;
   readonly session: SessionLookup;
   readonly metrics: Metrics;
@@ -82,7 +84,12 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
     if (credential === undefined) return refuse('missing', `this broker needs credentials (AUTH_MODE=${o.mode}): Authorization: Bearer <${o.mode === 'jwt' ? 'JWT' : 'API key'} or session>, or x-api-key`);
     if (credential.startsWith('sess_')) return bySession(credential);
     // A known key first: a key may have the shape of a JWT (`team.prod.key1`).
-    if (o.mode === 'keys' && o.knownKey(credential)) return;
+    if (o.mode === 'keys' && o.knownKey(credential)) {
+      const role = o.keyRole?.(credential);
+      // A key made for an admin API role (an analyst's) is no client credential, as its session is not.
+      if (role !== undefined && !clientRole([role])) refuse('role', `the API key's role (${role}) may not call the client APIs; one of ${CLIENT_ROLES.join(', ')} is needed`);
+      return;
+    }
     if (isJwt(credential) && o.jwt !== undefined) {
       return o.jwt.verify(credential).then(
         (p) => {

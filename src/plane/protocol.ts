@@ -33,7 +33,7 @@ export interface Snapshot {
   /** The orchestrator's queue pause: new LLM requests wait. */
   readonly queuePaused: boolean;
   /** API keys made through /api/auth/keys (their SHA-256 and policy, never the key); keysVersion bumps on change. */
-  readonly keys: readonly { readonly hash: string; readonly id: string; readonly tier: string | undefined; readonly priority: number | undefined; readonly label: string | undefined; readonly rpm: number | undefined; readonly tpm: number | undefined }[];
+  readonly keys: readonly { readonly hash: string; readonly id: string; readonly role?: string | undefined; readonly tier: string | undefined; readonly priority: number | undefined; readonly label: string | undefined; readonly rpm: number | undefined; readonly tpm: number | undefined }[];
   readonly keysVersion: number;
 }
 

@@ -182,6 +182,7 @@ const front = await startHttpFront({
   client: createClientAuth({
     mode: config.authMode,
     knownKey: (key) => gov.keyPolicy(key) !== undefined,
+    keyRole: (key) => gov.keyPolicy(key)?.role,
     jwt: createJwtVerifier(config.jwt),
     session: (session) => call<{ roles: readonly string[] } | null>((id) => ({ t: 'session', id, session })),
     metrics,

@@ -279,8 +279,8 @@ export class Governance implements Leases {
   /** Keys made through /api/auth/keys, by SHA-256: known keys like the file's, with their tier, label and quotas. */
   private runtimeKeys = new Map<string, ApiKeyPolicy>();
 
-  setRuntimeKeys(keys: readonly { hash: string; id: string; tier: string | undefined; priority: number | undefined; label: string | undefined; rpm: number | undefined; tpm: number | undefined }[]): void {
-    this.runtimeKeys = new Map(keys.map((k) => [k.hash, Object.freeze({ tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm })]));
+  setRuntimeKeys(keys: readonly { hash: string; id: string; role?: string | undefined; tier: string | undefined; priority: number | undefined; label: string | undefined; rpm: number | undefined; tpm: number | undefined }[]): void {
+    this.runtimeKeys = new Map(keys.map((k) => [k.hash, Object.freeze({ role: k.role, tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm })]));
     this.runtimeKeyLimits = new Map(keys.map((k) => [k.id, { rpm: k.rpm, tpm: k.tpm }]));
     // A key's own limits, unless an operator set others since (a key change elsewhere re-reads them all).
     if (this.owner) for (const k of keys) if ((k.rpm !== undefined || k.tpm !== undefined) && !this.operatorQuota.has(`key:${k.id}`)) this.quota.setLimits(`key:${k.id}`, { rpm: k.rpm, tpm: k.tpm });

@@ -91,6 +91,12 @@ t.test('API keys: made by an admin, shown once, used by a client, revoked: 401 i
   t.ok(listed.body.keys.some((k: any) => k.id === made.body.id && k.name === 'ci-bot'));
   const ok = await chat(made.body.key);
   t.equal(ok.status, 200, 'the new key works on every thread at once');
+  // A key made for an admin API role is no client credential, as its session is not.
+  const analyst = await call('POST', '/api/auth/keys', ADMIN_TOKEN, { name: 'dash', role: 'analyst' });
+  const byAnalyst = await chat(analyst.body.key);
+  t.same([byAnalyst.status, byAnalyst.body.error.code], [403, 'forbidden'], "an analyst's key on a client route");
+  t.match(byAnalyst.body.error.message, /role \(analyst\) may not call the client APIs/);
+  t.equal((await call('GET', '/api/industrial/status', analyst.body.key)).status, 200, 'and still reads the admin APIs');
   t.equal((await call('DELETE', `/api/auth/keys/${made.body.id}`, ADMIN_TOKEN)).status, 200);
   const revoked = await chat(made.body.key);
   t.equal(revoked.status, 401);
