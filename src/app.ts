@@ -16,7 +16,7 @@ import { createJwtVerifier } from './guard/jwt.ts';
 import { Identity } from './guard/identity.ts';
 import { createClientAuth } from './guard/client-auth.ts';
 import { AuthThrottle } from './guard/auth-throttle.ts';
-import { BrokerError } from './errors.ts';
+import type { BrokerError } from './errors.ts';
 import { MemoryStore, type StateStore } from './state/store.ts';
 import { RedisStore } from './state/redis.ts';
 import { SharedState } from './state/sync.ts';
@@ -291,11 +291,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const ceiling = (apiKey: string | undefined): number => governance.priorityCeiling(apiKey);
   // A client route's session: its roles, null when it is not live; a rejection when the store
   // cannot say (sessions fail closed), which the client gets as such, not as a dead session.
-  const clientSession = async (id: string): Promise<{ roles: readonly string[] } | null> => {
-    const s = await identity.session(id);
-    if (s === undefined && !store.up && config.authRedisFailMode === 'closed') throw new BrokerError('unauthorized', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)', { details: { reason: 'store_unavailable' } });
-    return sessionRoles(s);
-  };
+  const clientSession = async (id: string): Promise<{ roles: readonly string[] } | null> => sessionRoles(await identity.liveSession(id));
   const authThrottle = new AuthThrottle(config.adminAuthMaxFailures > 0 ? config.adminAuthMaxFailures : Infinity);
   const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
   const controlRoutes = [

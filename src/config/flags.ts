@@ -46,6 +46,7 @@ export class FlagStore {
   private readonly overrides = new Map<FlagName, boolean>();
   private readonly log: AuditEntry[] = [];
   private readonly listeners: ((flags: FlagSet) => void)[] = [];
+  private readonly overrideListeners: (() => void)[] = [];
   private current: FlagSet;
 
   /** `fromEnv`: the flags set by BROKER_FF_* (validated by loadConfig); the rest take their defaults. */
@@ -86,16 +87,16 @@ export class FlagStore {
     let overridden = false;
     for (const [flag, enabled] of changes) {
       const old = this.current[flag];
+      const had = this.overrides.get(flag);
       if (enabled === null) {
-        if (!this.overrides.delete(flag)) continue;
+        if (had === undefined) continue;
+        this.overrides.delete(flag);
         this.audit({ at, actor, flag, action: 'clear', old, new: this.base[flag].enabled });
       } else {
-        if (this.overrides.get(flag) !== enabled) overridden = true;
         this.overrides.set(flag, enabled);
         this.audit({ at, actor, flag, action: 'set', old, new: enabled });
-        continue;
       }
-      overridden = true;
+      if (had !== (enabled ?? undefined)) overridden = true;
     }
     const next = this.compute();
     if (FLAG_NAMES.some((f) => next[f] !== this.current[f])) {
@@ -105,8 +106,6 @@ export class FlagStore {
     // An override is shared even when it changes no effective value (one equal to the default).
     if (overridden) for (const l of this.overrideListeners) l();
   }
-
-  private readonly overrideListeners: (() => void)[] = [];
 
   /** The runtime overrides changed (whether or not an effective value did): what replicas share. */
   onOverridesChange(listener: () => void): void {

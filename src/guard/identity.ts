@@ -81,12 +81,7 @@ export class Identity {
       }
     }
     if (token.startsWith('sess_')) {
-      const s = await this.session(token);
-      // Not the caller's mistake: the store is away (and sessions fail closed). Said apart, so
-      // that it does not count as a failed credential against the address (auth throttle).
-      if (s === undefined && !this.o.store.up && this.o.failMode === 'closed') {
-        this.fail('store_unavailable', new BrokerError('unauthorized', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)', { details: { reason: 'store_unavailable' } }));
-      }
+      const s = await this.liveSession(token).catch((err: BrokerError) => this.fail('store_unavailable', err));
       if (s === undefined) this.fail('session', new BrokerError('unauthorized', 'the session is unknown, expired or revoked'));
       return { subject: s.subject, roles: s.roles.filter(isRole), via: 'session', session: token };
     }
@@ -132,6 +127,19 @@ export class Identity {
     const session: SessionRecord = { subject, roles, tier, keyId, ...(runtimeKey ? { runtimeKey } : {}), createdAt: t, expiresAt: Math.min(t + this.o.sessionTtlMs, until) };
     await this.o.store.putSession(id, session).catch(storeDown);
     return { id, session };
+  }
+
+  /**
+   * A live session, or undefined; with the store away and sessions failing closed, a refusal
+   * that says so (reason store_unavailable): not the caller's mistake, so not counted against
+   * its address (auth throttle), and not "revoked" to the client.
+   */
+  async liveSession(id: string): Promise<SessionRecord | undefined> {
+    const s = await this.session(id);
+    if (s === undefined && !this.o.store.up && this.o.failMode === 'closed') {
+      throw new BrokerError('unauthorized', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)', { details: { reason: 'store_unavailable' } });
+    }
+    return s;
   }
 
   /** A live session, or undefined. With the store down: AUTH_REDIS_FAIL_MODE decides. */

@@ -161,7 +161,6 @@ export class AdmissionQueue<T> {
   }
 }
 
-
 /**
  * The highest priority a caller may have: its API key's (or its QoS tier's, else 5), as the
  * LLM admission gives it (sched/governance.ts priorityCeiling).
@@ -180,8 +179,5 @@ export function cappedPriority(asked: number | undefined, ceiling: number | unde
 
 /** x-broker-priority capped by the caller's key: the priority of an inference request. */
 export function requestPriority(headers: Readonly<Record<string, string>>, ceiling: PriorityCeiling | undefined): number | undefined {
-  return cappedPriority(inferPriority(headers['x-broker-priority']), ceiling?.(apiKeyOf(headers)));
+  return cappedPriority(headerPriority(headers['x-broker-priority']), ceiling?.(apiKeyOf(headers)));
 }
-
-/** x-broker-priority as the LLM path reads it (src/policy/priority.ts). */
-export const inferPriority = headerPriority;

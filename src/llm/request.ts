@@ -47,7 +47,6 @@ export interface LlmRequest {
   readonly facts?: RequestFacts | undefined;
 }
 
-
 /** How large a prompt may be (LLM_MAX_MESSAGES, LLM_MAX_PROMPT_CHARS): a huge body would hold a thread for its translation. */
 export interface PromptLimits {
   readonly maxMessages: number;
@@ -297,7 +296,6 @@ function labelOf(h: string | undefined): string | undefined {
   if (!LABEL.test(h)) throw new BrokerError('invalid_request', 'x-broker-label must be 1 to 64 characters of A-Z a-z 0-9 . _ : -', { details: { field: 'x-broker-label' } });
   return h;
 }
-
 
 /** Characters of a field: a string's, else its JSON's (parts, blocks, tool calls); none when absent. */
 function charsOf(v: unknown): number {

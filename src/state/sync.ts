@@ -31,6 +31,13 @@ function versionOf(doc: unknown): number {
   return typeof v === 'number' ? v : 0;
 }
 
+/** The doc without its version: the state it carries. */
+function unversioned(doc: unknown): unknown {
+  if (doc === undefined) return undefined;
+  const { v: _v, ...rest } = doc as { v?: number };
+  return rest;
+}
+
 /** The three-way merge of a doc kind (merge.ts): `local`'s changes since `base`, on top of `remote`. */
 function merge3(kind: DocKind, base: unknown, local: unknown, remote: unknown): unknown {
   return kind === 'flags' ? mergeFlags(base as FlagsDoc | undefined, local as FlagsDoc, remote as FlagsDoc | undefined) : mergeOperatorState(base as OperatorState | undefined, local as OperatorState, remote as OperatorState | undefined);
@@ -114,7 +121,7 @@ export class SharedState {
           return { ...(next as object), v: Math.max(rv, seen) + 1 };
         });
         this.seen.set(kind, versionOf(versioned));
-        const { v: _v, ...written } = versioned as { v?: number };
+        const written = unversioned(versioned);
         if (canonical(written) === canonical(doc)) {
           // The base is what was written, not this replica's state now: a change made here
           // while the write was on its way is still to be shared by its own write.
@@ -173,13 +180,12 @@ export class SharedState {
       return;
     }
     if (doc !== undefined) this.seen.set(kind, versionOf(doc));
-    const { v: _v, ...unversioned } = (doc ?? {}) as { v?: number };
-    if (doc !== undefined) doc = unversioned;
+    doc = unversioned(doc);
     // What changed here since the doc last seen (during an outage, say) is merged back in; a
     // replica that changed nothing takes the store's doc as it is.
     const local = this.snapshot(kind);
-    const base = this.base.get(kind);
-    const changedHere = base === undefined ? doc === undefined : canonical(base) !== canonical(local);
+    // The base is set from the start (the constructor), so it is always there to compare with.
+    const changedHere = canonical(this.base.get(kind)) !== canonical(local);
     if (doc !== undefined && !changedHere) {
       this.apply(kind, doc);
       // The base is this replica's own view of the doc, so that only real changes differ from it.

@@ -5,7 +5,7 @@ import { topK } from '../../src/infer/postprocess.ts';
 import { decodeImage } from '../../src/infer/routes.ts';
 import { validateManifest } from '../../src/infer/manifest.ts';
 import { toTensor } from '../../src/infer/preprocess.ts';
-import { inferPriority } from '../../src/infer/admission.ts';
+import { headerPriority } from '../../src/policy/priority.ts';
 import { mulberry32 } from '../../scripts/train/prng.ts';
 
 /** The sort-everything version topK replaced. */
@@ -121,12 +121,12 @@ t.test('manifest batching and queue settings: defaults, validation naming the fi
 });
 
 t.test('x-broker-priority reads as on the LLM path', async (t) => {
-  t.equal(inferPriority(undefined), undefined);
-  t.equal(inferPriority('7'), 7);
-  t.equal(inferPriority('HIGH'), 8);
-  t.equal(inferPriority('low'), 1);
-  t.equal(inferPriority('urgent'), undefined);
-  t.equal(inferPriority('10'), undefined);
+  t.equal(headerPriority(undefined), undefined);
+  t.equal(headerPriority('7'), 7);
+  t.equal(headerPriority('HIGH'), 8);
+  t.equal(headerPriority('low'), 1);
+  t.equal(headerPriority('urgent'), undefined);
+  t.equal(headerPriority('10'), undefined);
 });
 
 t.test("libuv's pool against the batches the inference workers hold", async (t) => {

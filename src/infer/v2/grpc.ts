@@ -20,7 +20,7 @@ import { BrokerError } from '../../errors.ts';
 import type { ActiveCalls } from '../../front/grpc/active.ts';
 import { checkCall, serveUnary, type CallGuards } from '../../front/grpc/call.ts';
 import type { Logger } from '../../obs/logger.ts';
-import { inferPriority } from '../admission.ts';
+import { headerPriority } from '../../policy/priority.ts';
 import { noteV2Inference } from '../routes.ts';
 import type { V2Core } from './core.ts';
 import { serializeBytes } from './rest.ts';
@@ -114,7 +114,7 @@ export function addV2GrpcService(server: grpc.Server, deps: V2GrpcDeps): void {
         await checkCall(deps.guards, req);
         const r = call.request;
         if (req.facts !== undefined) req.facts.model = r.model_name;
-        const reply = await core.infer(r.model_name, version(r.model_version), toInferRequest(r), { headerPriority: inferPriority(req.headers['x-broker-priority']), priorityCeiling: deps.guards.priorityCeiling?.(apiKeyOf(req.headers)) });
+        const reply = await core.infer(r.model_name, version(r.model_version), toInferRequest(r), { headerPriority: headerPriority(req.headers['x-broker-priority']), priorityCeiling: deps.guards.priorityCeiling?.(apiKeyOf(req.headers)) });
         noteV2Inference(req.facts, reply);
         return {
           model_name: reply.model_name,

@@ -8,7 +8,8 @@ import { apiKeyOf } from '../../guard/api-key.ts';
 import { BrokerError } from '../../errors.ts';
 import { v2ErrorShape } from '../../front/error-body.ts';
 import type { Route, RouteContext } from '../../front/http/router.ts';
-import { inferPriority, type PriorityCeiling } from '../admission.ts';
+import type { PriorityCeiling } from '../admission.ts';
+import { headerPriority } from '../../policy/priority.ts';
 import { readCookie } from '../arms.ts';
 import { noteV2Inference } from '../routes.ts';
 import type { V2Core } from './core.ts';
@@ -33,11 +34,11 @@ export function v2Routes(core: V2Core, stickyCookie: string, ceiling?: PriorityC
     const { req } = ctx;
     // Headers are read before the first await.
     const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
-    const headerPriority = inferPriority(req.headers['x-broker-priority']);
+    const priority = headerPriority(req.headers['x-broker-priority']);
     const priorityCeiling = ceiling?.(apiKeyOf(req.headers));
     const request = parseInferRequest(ctx.body as Buffer, req.headers[HEADER_LENGTH]);
     if (req.facts !== undefined) req.facts.model = ctx.params['model'];
-    const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority, priorityCeiling });
+    const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority: priority, priorityCeiling });
     noteV2Inference(req.facts, reply);
     const { headers, body } = encodeInferResponse(reply, request.parameters['binary_data_output'] === true);
     // Traffic the A/B policy placed keeps its arm, as on /v1/infer; a named version is the client's choice.
