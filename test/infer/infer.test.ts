@@ -122,9 +122,14 @@ t.test('inference metrics count successes and failures per model and arm', async
 t.test('a killed worker fails its requests with a retryable 503 and is replaced', async (t) => {
   const pool = tb.broker.infer!.currentPool;
   const before = await metricValue(tb.url, 'inference_worker_failures_total');
-  // Keep both workers busy, then kill one under its task.
-  const inflight = Array.from({ length: 8 }, () => postJson(url, { image_b64: sample!.b64 }));
-  await new Promise((r) => setTimeout(r, 5));
+  // Keep both workers busy, then kill one under its task. The images are large PNGs that
+  // sharp decodes off the worker's JS thread (tens of ms each), so the kill lands while the
+  // worker awaits them: terminating a worker inside onnxruntime-node's synchronous
+  // session.run aborts the whole process (a Napi::Error thrown while V8 terminates), a
+  // hazard of the test's kill, not of the broker, which drains its workers before closing.
+  const big = (await sharp({ create: { width: 1900, height: 1900, channels: 3, background: '#5a7' } }).png({ compressionLevel: 1 }).toBuffer()).toString('base64');
+  const inflight = Array.from({ length: 8 }, () => postJson(url, { image_b64: big }));
+  await new Promise((r) => setTimeout(r, 15));
   await pool.threads[0]!.terminate();
   const replies = await Promise.all(inflight);
   const statuses = replies.map((r) => r.status);
