@@ -22,6 +22,11 @@ export interface Pending<T> {
   readonly reject: (err: BrokerError) => void;
   /** performance.now() past which this request times out, when it asked for less than the model's timeout (v2 schedule policy). */
   readonly deadline?: number;
+  /**
+   * True once the request this item belongs to has failed (a sibling item of a v2 request was
+   * refused): the item is dropped unsent, without a reply of its own, when the queue next looks at it.
+   */
+  readonly cancelled?: () => boolean;
 }
 
 export class AdmissionQueue<T> {
@@ -30,6 +35,8 @@ export class AdmissionQueue<T> {
   private count = 0;
   /** Requests admitted with their own deadline: while there are any, expire() looks past each level's head. */
   private withDeadline = 0;
+  /** Requests cancelled since the last dropCancelled(): while any, it scans the queue. */
+  private cancelledCount = 0;
   timedOut = 0;
   rejectedFull = 0;
 
@@ -43,6 +50,18 @@ export class AdmissionQueue<T> {
 
   get size(): number {
     return this.count;
+  }
+
+  /** Free places: a request of several items is admitted whole or not at all. */
+  get room(): number {
+    return Math.max(0, this.maxSize - this.count);
+  }
+
+  /** Throws overloaded unless `n` more fit (counted as one refusal). */
+  reserve(n: number): void {
+    if (n <= this.room) return;
+    this.rejectedFull++;
+    throw new BrokerError('overloaded', `inference queue of model ${this.model} has room for ${this.room} of the request's ${n} items (${this.maxSize} places)`, { retryAfter: 1 });
   }
 
   /** Throws overloaded when full. */
@@ -107,8 +126,8 @@ export class AdmissionQueue<T> {
    * Those past their timeout are rejected first, never sent: the sweep that times them out runs
    * only every few ms, and a worker freed in between would otherwise run them and answer 200.
    */
-  take(max: number, size: number | undefined, now: number): Pending<T>[] {
-    this.expire(now);
+  take(max: number, size: number | undefined, now: number, fresh?: ReadonlySet<Pending<T>>): Pending<T>[] {
+    this.expire(now, fresh);
     const out: Pending<T>[] = [];
     while (out.length < max) {
       const b = this.best(now, size);
@@ -119,8 +138,38 @@ export class AdmissionQueue<T> {
     return out;
   }
 
-  /** Rejects the requests that waited timeoutMs or more; returns how many. */
-  expire(now: number): number {
+  /** Removes the items of failed requests (no reply: their request has one); returns how many. */
+  dropCancelled(): number {
+    if (this.cancelledCount === 0) return 0;
+    let n = 0;
+    for (const q of this.levels) {
+      for (let i = 0; i < q.length; ) {
+        const p = q[i]!;
+        if (p.cancelled?.() === true) {
+          q.splice(i, 1);
+          if (p.deadline !== undefined) this.withDeadline--;
+          n++;
+        } else i++;
+      }
+    }
+    this.count -= n;
+    this.cancelledCount = 0;
+    return n;
+  }
+
+  /** Told when a request's items were cancelled, so that take() and the sweep look for them. */
+  noteCancelled(): void {
+    this.cancelledCount++;
+  }
+
+  /**
+   * Rejects the requests that waited timeoutMs or more, or past their own deadline, and drops
+   * cancelled ones; returns how many left the queue. `fresh`: requests pushed in this same turn,
+   * about to be taken; they never waited, so a deadline shorter than the turn (a v2 timeout of
+   * a few µs: "do not queue") does not expire them.
+   */
+  expire(now: number, fresh?: ReadonlySet<Pending<T>>): number {
+    const dropped = this.dropCancelled();
     let n = 0;
     const limit = now - this.timeoutMs;
     for (const q of this.levels) {
@@ -136,11 +185,13 @@ export class AdmissionQueue<T> {
       for (const q of this.levels) {
         for (let i = 0; i < q.length; ) {
           const p = q[i]!;
-          if (p.deadline === undefined) i++;
-          else if (p.deadline <= now) {
+          if (p.deadline === undefined || fresh?.has(p) === true) {
+            if (p.deadline !== undefined) left++;
+            i++;
+          } else if (p.deadline <= now) {
             q.splice(i, 1);
             n++;
-            p.reject(new BrokerError('queue_timeout', `inference request waited ${Math.round(now - p.enqueuedAt)} ms for model ${this.model} (its own timeout ${Math.round(p.deadline - p.enqueuedAt)} ms)`, { retryAfter: 1 }));
+            p.reject(new BrokerError('queue_timeout', `inference request waited ${msText(now - p.enqueuedAt)} ms for model ${this.model} (its own timeout ${msText(p.deadline - p.enqueuedAt)} ms)`, { retryAfter: 1 }));
           } else {
             left++;
             i++;
@@ -151,7 +202,7 @@ export class AdmissionQueue<T> {
     }
     this.count -= n;
     this.timedOut += n;
-    return n;
+    return n + dropped;
   }
 
   /** Rejects everything (the pool is gone). */
@@ -159,6 +210,11 @@ export class AdmissionQueue<T> {
     for (const q of this.levels) for (const p of q.splice(0)) p.reject(err);
     this.count = 0;
   }
+}
+
+/** Milliseconds for a message: whole above 10, else to the µs (a v2 timeout may be a few µs). */
+function msText(ms: number): string {
+  return ms >= 10 ? String(Math.round(ms)) : String(Math.round(ms * 1000) / 1000);
 }
 
 /**

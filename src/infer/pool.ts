@@ -108,6 +108,11 @@ export interface InferPool {
   readonly models: Readonly<Record<string, LoadedModel>>;
   /** Runs one image on one model; `image` is transferred and unusable afterwards. */
   run(model: string, image: ArrayBuffer, size: number | undefined, topK: number, priority?: number, opts?: RunOptions): Promise<RunResult>;
+  /**
+   * Runs the images of one request (a v2 batch): admitted whole or refused whole (overloaded),
+   * and the first failure fails the request and withdraws its items still queued.
+   */
+  runAll(model: string, images: readonly ArrayBuffer[], size: number | undefined, topK: number, priority?: number, opts?: RunOptions): Promise<RunResult[]>;
   /** Input and output names, types and shapes of each model, from a loaded session (cached). */
   metadata(): Promise<SessionsMetadata>;
   /** Models that cannot run, and why (graph-check.ts), as a worker found them at warm-up. */
@@ -305,7 +310,8 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     return new Promise<T>((resolve, reject) => controlWaiters.push(() => void start().then(resolve, reject)));
   }
 
-  function pump(): void {
+  /** `fresh`: the requests just pushed by the caller, in this same turn (AdmissionQueue.expire). */
+  function pump(fresh?: ReadonlySet<Pending<Waiting>>): void {
     // Waiting control tasks first: there are few, and an operator is waiting on them.
     while (inFlight < capacity && controlWaiters.length > 0) controlWaiters.shift()!();
     while (inFlight < capacity && waiting > 0) {
@@ -318,7 +324,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
         const n = batchSize(key, next.count, q.oldest, now);
         if (n === 0) continue;
         const before = q.size;
-        const batch = q.take(n, next.size, now);
+        const batch = q.take(n, next.size, now, fresh);
         // take() rejects what timed out since the last sweep: no longer waiting either.
         waiting -= before - q.size - batch.length;
         if (batch.length === 0) {
@@ -393,9 +399,50 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       return new Promise<RunResult>((resolve, reject) => {
         const enqueuedAt = performance.now();
         const deadline = runOpts?.timeoutMs !== undefined ? enqueuedAt + runOpts.timeoutMs : undefined;
-        q.push({ value: { image, topK, opts: runOpts, resolve }, size, priority, enqueuedAt, reject, ...(deadline !== undefined ? { deadline } : {}) });
+        const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve }, size, priority, enqueuedAt, reject, ...(deadline !== undefined ? { deadline } : {}) };
+        q.push(p);
         waiting++;
-        pump();
+        pump(new Set([p]));
+      });
+    },
+    runAll(model, images, size, topK, priority = DEFAULT_PRIORITY, runOpts) {
+      const q = queues.get(model);
+      if (q === undefined) return Promise.reject(new BrokerError('internal', `pool has no model ${model}`));
+      if (refusal !== undefined) return Promise.reject(refusal);
+      if (closing) return Promise.reject(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
+      if (images.length === 0) return Promise.resolve([]);
+      try {
+        q.reserve(images.length);
+      } catch (err) {
+        return Promise.reject(err as BrokerError);
+      }
+      return new Promise<RunResult[]>((resolve, reject) => {
+        const enqueuedAt = performance.now();
+        const deadline = runOpts?.timeoutMs !== undefined ? enqueuedAt + runOpts.timeoutMs : undefined;
+        const results: RunResult[] = new Array<RunResult>(images.length);
+        let left = images.length;
+        let failed = false;
+        const cancelled = (): boolean => failed;
+        const fail = (err: BrokerError): void => {
+          if (failed) return;
+          failed = true;
+          // Its items still queued are dropped unsent at the queue's next look (take or sweep).
+          q.noteCancelled();
+          reject(err);
+        };
+        const fresh = new Set<Pending<Waiting>>();
+        images.forEach((image, i) => {
+          const done = (r: RunResult): void => {
+            if (failed) return;
+            results[i] = r;
+            if (--left === 0) resolve(results);
+          };
+          const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve: done }, size, priority, enqueuedAt, reject: fail, cancelled, ...(deadline !== undefined ? { deadline } : {}) };
+          q.push(p);
+          fresh.add(p);
+          waiting++;
+        });
+        pump(fresh);
       });
     },
     metadata() {

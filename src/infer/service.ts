@@ -255,7 +255,10 @@ export class InferService {
     const opts = { tensor: input.tensor, scores: input.scores, trace: input.trace, ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}) };
     let results: RunResult[];
     try {
-      results = await Promise.all(input.items.map((item) => pool.run(arm, transferable(item), input.size, input.topK, input.priority, opts)));
+      // Several items (a v2 batch) are admitted whole or not at all, and fail as one.
+      results = input.items.length === 1
+        ? [await pool.run(arm, transferable(input.items[0]!), input.size, input.topK, input.priority, opts)]
+        : await pool.runAll(arm, input.items.map(transferable), input.size, input.topK, input.priority, opts);
     } catch (err) {
       const e = err as BrokerError;
       if (e.code === 'overloaded' || e.code === 'queue_timeout') this.im.admissionRejected.labels(manifest.name, e.code === 'overloaded' ? 'full' : 'timeout').inc();

@@ -120,6 +120,42 @@ t.test('admission: a request past its timeout is never taken for a batch, even b
   t.end();
 });
 
+t.test('admission: a request of several items fits whole or is refused whole', (t) => {
+  const { q, pending } = admissionQueue(10_000);
+  for (let i = 0; i < 7; i++) q.push(pending(`w${i}`, 0));
+  t.equal(q.room, 3);
+  t.doesNotThrow(() => q.reserve(3));
+  t.throws(() => q.reserve(4), { code: 'overloaded' }, 'four items, three places: refused before any is queued');
+  t.equal(q.size, 7, 'nothing was queued by the refusal');
+  t.equal(q.rejectedFull, 1);
+  t.end();
+});
+
+t.test("admission: a failed request's items still queued are dropped unsent, without replies of their own", (t) => {
+  const { q, rejected, pending } = admissionQueue(10_000);
+  let failed = false;
+  const item = (v: string): Pending<string> => ({ ...pending(v, 0), cancelled: () => failed });
+  q.push(item('a1'));
+  q.push(pending('other', 1));
+  q.push(item('a2'));
+  failed = true;
+  q.noteCancelled();
+  t.same(q.take(10, undefined, 2).map((p) => p.value), ['other'], 'only the live request is taken');
+  t.same(rejected, [], 'the dropped items answer nothing: their request already failed');
+  t.equal(q.size, 0);
+  t.end();
+});
+
+t.test('admission: an own deadline shorter than the turn does not expire a request taken in the turn it came', (t) => {
+  const { q, rejected, pending } = admissionQueue(10_000);
+  const now = pending('now', 10, 10.001);
+  q.push(now);
+  q.push(pending('waited', 0, 0.001));
+  t.same(q.take(10, undefined, 10.05, new Set([now])).map((p) => p.value), ['now'], 'a 1 µs timeout on an idle worker is served');
+  t.same(rejected, ['waited:queue_timeout'], 'one that did wait still times out');
+  t.end();
+});
+
 t.test('binary framing: BYTES elements round-trip; bad framing is invalid_request', (t) => {
   const elements = [Buffer.from('abc'), Buffer.alloc(0), Buffer.from([0, 1, 2, 255])];
   t.same(splitBytes(serializeBytes(elements), 'x').map((b) => [...b]), elements.map((b) => [...b]));
@@ -171,4 +207,29 @@ t.test('responses: binary outputs follow the JSON header, its length in Inferenc
   t.equal(plain.headers['content-type'], 'application/json');
   t.same(JSON.parse(plain.body as string).outputs[0].data, [1.5, -2.25, 3]);
   t.end();
+});
+
+t.test('no version, A and B with differently named inputs: a request goes to the arm its input fits', async (t) => {
+  const { service, runs } = fakeService();
+  const B2 = { ...B, manifest: { ...B.manifest, input: { ...B.manifest.input, name: 'pixels' } } };
+  Object.assign(service, {
+    models: { A, B: B2 },
+    modelProblems: {},
+    choose: (_cookie: string | undefined, named?: 'A' | 'B'): ArmChoice => ({ arm: named ?? 'A', reason: named ? 'version' : 'weighted', pool: undefined as never, model: named === 'B' ? B2 : A }),
+  });
+  const core = new V2Core(service);
+  const req = (name: string): InferRequest => ({ inputs: [{ name, datatype: 'FP32', shape: [1, 1, 28, 28], data: { kind: 'raw', bytes: Buffer.alloc(784 * 4) } }], parameters: {} });
+  // The split (the fake's choose) always picks A.
+  const toB = await core.infer(A.manifest.name, undefined, req('pixels'));
+  t.equal(toB.arm, 'B', "B's input name reaches B");
+  t.equal(toB.named, true, 'pinned like a named version: no sticky cookie for it');
+  t.equal(runs.at(-1)!.choice.arm, 'B');
+  const toA = await core.infer(A.manifest.name, undefined, req('input'));
+  t.equal(toA.arm, 'A', "A's own input stays with the split's choice");
+  t.equal(toA.named, false);
+  // Named version A with B's input name is still the client's mistake.
+  await t.rejects(core.infer(A.manifest.name, A.manifest.version, req('pixels')), { code: 'invalid_request' });
+  // B refused at load: nowhere to go, the mismatch is reported against A.
+  Object.assign(service, { modelProblems: { B: 'refused' } });
+  await t.rejects(core.infer(A.manifest.name, undefined, req('pixels')), { code: 'invalid_request' });
 });

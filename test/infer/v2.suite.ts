@@ -273,11 +273,18 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
   const big = await fetch(`${tb.url}/v2/models/${MODEL}/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: Buffer.alloc(9 * 1024 * 1024, 32) });
   expectError({ status: big.status, json: await big.json() }, 413, 'payload_too_large', 'a body over MAX_BODY_BYTES');
 
-  // 503: more items in one request than the model's queue holds. The first items go to
-  // the workers at once (2 threads x 2 tasks), the queue takes QUEUE more, the rest is refused.
+  // 503: more items in one request than the model's queue holds: refused whole, before any
+  // item is queued, so none of them is computed for a request that already failed.
+  const computed = () => metricValue(tb.url, 'inference_count_total', { model: MODEL });
+  const before = await computed();
   const many = await new V2Client(tb.url, 'binary').infer(MODEL, { inputs: [{ name: 'input', datatype: 'FP32', shape: [64, 1, 28, 28], data: tensorOf(0, 64) }] });
   expectError(many, 503, 'overloaded', 'queue full');
   t.equal(many.headers.get('retry-after'), '1');
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(await computed(), before, 'no item of the refused request was run');
+  // A timeout of 1 µs ("do not queue") on an idle model is served: its items never waited.
+  const now = await json.infer(MODEL, { inputs: [img], parameters: { timeout: 1 } });
+  t.equal(now.status, 200, now.error ?? '');
 
   // Still serving once the admitted items are done (until then the queue may rightly be full).
   let after = await json.infer(MODEL, { inputs: [img] });

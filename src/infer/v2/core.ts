@@ -91,7 +91,15 @@ export class V2Core {
     const priority = cappedPriority(schedulePriority(req.parameters['priority']) ?? ctx.headerPriority, ctx.priorityCeiling);
     const timeoutMs = scheduleTimeout(req.parameters['timeout']);
 
-    const choice = service.choose(ctx.cookieArm, named);
+    let choice = service.choose(ctx.cookieArm, named);
+    // No version, and A and B take differently named inputs (a split between two models):
+    // the unversioned metadata describes A, so a request the split sent to the arm it does
+    // not fit goes to the one it fits, pinned as if it named its version (no cookie, no shadow).
+    const other: Arm = choice.arm === 'A' ? 'B' : 'A';
+    const inputName = req.inputs[0]?.name;
+    if (named === undefined && req.inputs.length === 1 && inputName !== choice.model.manifest.input.name && inputName === service.models[other].manifest.input.name && service.modelProblems[other] === undefined) {
+      choice = service.choose(undefined, other);
+    }
     const manifest = choice.model.manifest;
     if (req.inputs.length !== 1) throw bad(`model ${name} takes one input, ${manifest.input.name}; the request has ${req.inputs.length}`);
     const input = req.inputs[0]!;
