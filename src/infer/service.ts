@@ -164,7 +164,8 @@ export class InferService {
    * and logs each: a manifest that does not fit its graph is said once, at start, not
    * in every request's 500.
    */
-  private async check(pool: InferPool): Promise<ModelProblems> {
+  /** The pool's model problems, logged as live ones, or (`candidate`) as a promote's, which never served. */
+  private async check(pool: InferPool, candidate = false): Promise<ModelProblems> {
     await pool.waitReady();
     let problems: ModelProblems | undefined;
     // A worker lost while answering (it is replaced): ask again, a few times.
@@ -175,6 +176,15 @@ export class InferService {
         if (attempt >= 4) throw err;
         await new Promise((r) => setTimeout(r, 250));
       }
+    }
+    // A promote's pool holds B's model as both arms: one problem, said once, about the promote.
+    if (candidate) {
+      const p = problems['A'];
+      if (p !== undefined) {
+        const { manifest, path } = pool.models['A']!;
+        this.deps.logger.error({ model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `promote refused, A keeps serving: ${p.message}`);
+      }
+      return problems;
     }
     for (const [arm, p] of Object.entries(problems)) {
       const { manifest, path } = pool.models[arm]!;
@@ -340,7 +350,7 @@ export class InferService {
         const next = this.newPool({ A: b, B: b });
         let problems: ModelProblems;
         try {
-          problems = await this.check(next);
+          problems = await this.check(next, true);
           // B's model is about to serve everything: it must run.
           const p = problems['A'];
           if (p !== undefined) throw new BrokerError('model_unavailable', `B cannot be promoted: ${p.message}`);

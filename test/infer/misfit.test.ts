@@ -91,6 +91,9 @@ t.test('B does not fit: said at start and in /ready, its requests answer 503 mod
   t.equal(promote.status, 503, 'promote refused');
   t.match(await promote.json(), { error: { code: 'model_unavailable', message: /B cannot be promoted: model .* does not fit its manifest/ } });
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A still serves after the refused promote');
+  // The log says the promote was refused, not that A's requests now fail.
+  t.ok(tb.logs.some((l) => typeof l['msg'] === 'string' && (l['msg'] as string).startsWith('promote refused, A keeps serving: ')), 'the refusal is logged as a promote');
+  t.notOk(tb.logs.some((l) => l['arm'] === 'A' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('answer 503 model_unavailable')), 'no line says A answers 503');
 });
 
 t.test('B whose output does not follow the batch (declared [batch, 5], one row per batch in fact): refused at warm-up, never a wrong 200', async (t) => {
