@@ -123,7 +123,18 @@ export class LlmProxy {
         return;
       }
     }
-    return this.proxy(admitted, group, sink, timeline, headers, plan, span, groups);
+    // Missed (or not cacheable): now the key's quota, which a hit does not take.
+    let reserved = admitted;
+    if (admitted.quotaDue !== undefined) {
+      try {
+        const r = this.deps.leases.reserveQuota(admitted);
+        reserved = r instanceof Promise ? await r : r;
+      } catch (err) {
+        this.refused(group.name, err as BrokerError);
+        throw err;
+      }
+    }
+    return this.proxy(reserved, group, sink, timeline, headers, plan, span, groups);
   }
 
   /** A request the cache did not answer: leases, attempts, fallbacks, the reply, and its capture for the cache. */

@@ -28,6 +28,11 @@ export interface Admitted {
   /** The client body, with max output tokens capped by the tier if needed (a copy then). */
   readonly body: Readonly<Record<string, unknown>>;
   readonly keyReservation: Reservation | null;
+  /**
+   * The key's quota still to reserve (admit() with deferQuota): the proxy reserves it with
+   * reserveQuota() once the response cache missed, so that a hit takes none of it.
+   */
+  readonly quotaDue?: { readonly subject: string; readonly tokens: number } | undefined;
   /** Epoch ms of admission: queue age and deadline start here. */
   readonly since: number;
 }
@@ -59,7 +64,7 @@ export const OTHER_LABEL = 'other';
  * Applies the enabled admission policies. Throws forbidden (QoS) or quota_exceeded. A promise
  * only when the key's lease is being topped up (see reserveWhenTopped); else at once.
  */
-export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConfig): Admitted | Promise<Admitted> {
+export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConfig, opts?: { readonly deferQuota?: boolean }): Admitted | Promise<Admitted> {
   const flags = p.flags;
   const policy = p.keyPolicy(r.apiKey);
   let tier: QosTier | null = null;
@@ -101,7 +106,7 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   // Only quotas reserve tokens: without them, no need to walk the prompt.
   // Each of n choices is an output of its own.
   const reserveTokens = flags.quota_enforcement ? tokensOfChars(r.promptChars) + predictedOutput * r.choices : 0;
-  const admitted = (keyReservation: Reservation | null): Admitted => ({
+  const admitted = (keyReservation: Reservation | null, quotaDue?: Admitted['quotaDue']): Admitted => ({
     request: r,
     flags,
     tier,
@@ -113,10 +118,26 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     predictedOutput,
     body,
     keyReservation,
+    ...(quotaDue !== undefined ? { quotaDue } : {}),
     since: p.now(),
   });
   if (!(flags.quota_enforcement && r.apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined))) return admitted(null);
   const subject = `key:${keyId(r.apiKey)}`;
+  if (opts?.deferQuota === true) return admitted(null, { subject, tokens: reserveTokens });
+  return reserveFor(p, subject, reserveTokens, admitted);
+}
+
+/**
+ * Reserves what admit() deferred (the response cache missed); throws quota_exceeded. A
+ * promise only while the key's lease is being topped up.
+ */
+export function reserveQuota(p: AdmissionPolicies, a: Admitted): Admitted | Promise<Admitted> {
+  const due = a.quotaDue;
+  if (due === undefined) return a;
+  return reserveFor(p, due.subject, due.tokens, (keyReservation) => ({ ...a, keyReservation, quotaDue: undefined }));
+}
+
+function reserveFor(p: AdmissionPolicies, subject: string, reserveTokens: number, admitted: (r: Reservation) => Admitted): Admitted | Promise<Admitted> {
   try {
     return admitted(p.quota.reserve([subject], reserveTokens));
   } catch (err) {

@@ -15,7 +15,7 @@ import { Scheduler, type Lease } from './scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import { PerformanceTracker } from '../policy/performance.ts';
 import { StickyPins } from '../policy/sticky.ts';
-import { admit, type Admitted, type AdmissionPolicies } from './admission.ts';
+import { admit, reserveQuota, type Admitted, type AdmissionPolicies } from './admission.ts';
 import { keyId } from '../guard/api-key.ts';
 import { keyHash } from '../guard/identity.ts';
 import type { LlmRequest } from '../llm/request.ts';
@@ -92,6 +92,8 @@ export interface Leases {
   attemptFailed(lease: Lease, countsAgainstDeployment: boolean): void;
   /** The request is over. Called exactly once per admitted request. */
   completed(a: Admitted, lease: Lease | null, u: RequestUsage): void;
+  /** Reserves the key's quota admission deferred (the cache missed); throws quota_exceeded. A promise only while the key's lease is topped up. */
+  reserveQuota(a: Admitted): Admitted | Promise<Admitted>;
 }
 
 export class Governance implements Leases {
@@ -287,9 +289,14 @@ export class Governance implements Leases {
     this.refreshLabels();
   }
 
-  /** Admission of one typed request (sched/admission.ts). Throws forbidden (QoS) or quota_exceeded. */
+  /** Admission of one typed request (sched/admission.ts), its key's quota deferred to reserveQuota(). Throws forbidden (QoS) or budget_exceeded. */
   admit(r: LlmRequest, group: ModelGroupConfig): Admitted | Promise<Admitted> {
-    return admit(this.admission, r, group);
+    // The key's quota is reserved by the proxy after the response cache missed: a hit takes none.
+    return admit(this.admission, r, group, { deferQuota: true });
+  }
+
+  reserveQuota(a: Admitted): Admitted | Promise<Admitted> {
+    return reserveQuota(this.admission, a);
   }
 
   /** A lease on a deployment of `group` for an admitted request, waiting in the queue if every one is full. */

@@ -272,6 +272,10 @@ t.test('a hit gives the request back to an RPM quota too', async (t) => {
   const err = (await keyed.chat.completions.create({ model: 'det', messages: fresh(), temperature: 0 }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
   t.equal(err?.status, 429, 'the fourth upstream request of the minute is over rpm 3');
   t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'det', deployment: 'none', outcome: 'client_error', reason: 'quota_exceeded' })) >= 1, "the key's refusal is in llm_requests_total");
+  // The minute is spent, but a hit takes no quota: it is still answered (the quota is
+  // reserved only once the cache missed), and takes no budget from the other replicas' share.
+  const { response } = await keyed.chat.completions.create({ model: 'det', messages, temperature: 0 }).withResponse();
+  t.equal(response.headers.get('x-broker-cache'), 'hit', 'a hit is answered with the quota spent');
 });
 
 t.test('embeddings reserve no output tokens and get no output cap', async (t) => {
