@@ -42,7 +42,7 @@ import { BrokerError } from '../../errors.ts';
 import { EMPTY } from '../codec/bytes.ts';
 import { NdjsonParser, type NdjsonLine } from '../codec/ndjson.ts';
 import { SSE_DONE, SseParser, isPlainBlock, type SseEvent } from '../codec/sse.ts';
-import { finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
+import { choiceZero, finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
 import { streamErrorEvent } from '../../front/error-body.ts';
 import { deltaMessage, finalMessage } from '../../front/grpc/wire.ts';
 import { upstreamErrorMessage } from '../translate/errors.ts';
@@ -538,7 +538,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       };
       if (grpc) {
         emit = (r) => {
-          const c = (r.json as unknown as OpenAIChunk).choices?.[0];
+          const c = choiceZero((r.json as unknown as OpenAIChunk).choices);
           if (c === undefined) return;
           const d = c.delta;
           if (d !== undefined) {

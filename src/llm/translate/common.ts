@@ -116,6 +116,17 @@ export function openaiSamplingFromOllama(options: unknown): Record<string, unkno
 // the raw JSON text for pass-through streams; the property test holds the two
 // to the same answers.
 
+/**
+ * Choice 0 of a reply or a chunk: the reply, for client APIs without `n`. With n > 1 a chunk
+ * may carry another choice's delta only: then none (its text is not choice 0's).
+ */
+export function choiceZero<T extends { index?: unknown }>(choices: readonly T[] | null | undefined): T | undefined {
+  if (!Array.isArray(choices) || choices.length === 0) return undefined;
+  const first = choices[0];
+  if (first !== undefined && first !== null && (first.index === undefined || first.index === 0)) return first;
+  return choices.find((c) => c !== null && c !== undefined && c.index === 0);
+}
+
 function nonEmpty(v: unknown): boolean {
   return typeof v === 'string' && v.length > 0;
 }

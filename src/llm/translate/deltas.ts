@@ -9,7 +9,7 @@
 // object. Both become indexed ToolDeltas; an Ollama call gets the next free index,
 // a generated id, and its arguments as one JSON fragment.
 
-import { finishFromOllama, usageFromOllama, usageFromOpenAI } from './common.ts';
+import { choiceZero, finishFromOllama, usageFromOllama, usageFromOpenAI } from './common.ts';
 import type { OllamaChatResponse, OllamaGenerateResponse, OpenAIChatCompletion, OpenAIChunk, OpenAICompletion, Usage } from './types.ts';
 
 export interface ToolDelta {
@@ -52,7 +52,7 @@ function str(v: unknown): string {
 
 /** One chat.completion.chunk or text_completion chunk; the first choice is the reply. */
 export function deltaFromOpenAI(chunk: OpenAIChunk): Delta {
-  const c = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+  const c = choiceZero(chunk.choices);
   const d = c?.delta;
   let tools: ToolDelta[] | null = null;
   if (d !== undefined && d !== null && Array.isArray(d.tool_calls) && d.tool_calls.length > 0) {
@@ -106,7 +106,7 @@ const NO_USAGE: Usage = { promptTokens: 0, completionTokens: 0 };
 
 /** A whole chat.completion (or text_completion) reply. */
 export function replyFromOpenAI(r: OpenAIChatCompletion | OpenAICompletion): WholeReply {
-  const c = Array.isArray(r.choices) ? (r.choices[0] as unknown as Record<string, unknown> | undefined) : undefined;
+  const c = choiceZero(r.choices as readonly { index?: unknown }[]) as Record<string, unknown> | undefined;
   const m = c?.['message'] as OpenAIChatCompletion['choices'][number]['message'] | undefined;
   let text = '';
   if (m !== undefined) {

@@ -5,6 +5,7 @@
 
 import { BrokerError } from '../../errors.ts';
 import {
+  choiceZero,
   doneReasonFromOpenAI,
   imageUrlFromBase64,
   isoFromUnix,
@@ -146,9 +147,11 @@ function counters(u: Usage | null): { prompt_eval_count: number; eval_count: num
 
 /** chat.completion → /api/chat reply. */
 export function chatResponse(res: OpenAIChatCompletion, ctx: ReplyContext): OllamaChatResponse {
-  const choice = Array.isArray(res.choices) ? res.choices[0] : undefined;
+  const choice = choiceZero(res.choices);
   const m = choice?.message;
-  const message: OllamaMessage = { role: 'assistant', content: textOf(m?.content) };
+  // A refusal (OpenAI's structured outputs) is the model's answer: as text, Ollama has no field for it.
+  const refusal = (m as { refusal?: unknown } | undefined)?.refusal;
+  const message: OllamaMessage = { role: 'assistant', content: textOf(m?.content) + (typeof refusal === 'string' ? refusal : '') };
   const thinking = m?.reasoning_content ?? m?.reasoning;
   if (typeof thinking === 'string' && thinking !== '') message.thinking = thinking;
   const tools = ollamaToolCalls(m?.tool_calls);
@@ -165,7 +168,7 @@ export function chatResponse(res: OpenAIChatCompletion, ctx: ReplyContext): Olla
 
 /** text_completion → /api/generate reply. */
 export function completionResponse(res: OpenAICompletion, ctx: ReplyContext): OllamaGenerateResponse {
-  const choice = Array.isArray(res.choices) ? res.choices[0] : undefined;
+  const choice = choiceZero(res.choices);
   return {
     model: ctx.model,
     created_at: isoFromUnix(res.created),
@@ -207,10 +210,9 @@ function record(w: NdjsonWriter, chunk: OpenAIChunk): OpenAIChunk['choices'][num
   if (w.head === '') start(w, chunk.created);
   const u = usageFromOpenAI(chunk.usage);
   if (u !== null) w.usage = u;
-  const choices = chunk.choices;
-  if (!Array.isArray(choices) || choices.length === 0) return undefined;
-  // Ollama has no `n`: the first choice is the reply.
-  const c = choices[0]!;
+  // Ollama has no `n`: choice 0 is the reply.
+  const c = choiceZero(chunk.choices);
+  if (c === undefined) return undefined;
   if (typeof c.finish_reason === 'string') w.finish = c.finish_reason;
   return c;
 }
@@ -229,7 +231,7 @@ export function chatChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
       if (typeof tc.function?.arguments === 'string') slot.args += tc.function.arguments;
     }
   }
-  const content = typeof d.content === 'string' ? d.content : '';
+  const content = (typeof d.content === 'string' ? d.content : '') + (typeof d.refusal === 'string' ? d.refusal : '');
   const r = d.reasoning_content ?? d.reasoning;
   const thinking = typeof r === 'string' ? r : '';
   if (content === '' && thinking === '') return '';

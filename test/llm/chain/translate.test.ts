@@ -469,3 +469,27 @@ t.test("an OpenAI model's refusal reaches Responses and Messages clients as its 
   const chunk = { id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'up', choices: [{ index: 0, delta: { refusal: "I can't" }, finish_reason: null }] };
   t.equal(deltaFromOpenAI(chunk as never).text, "I can't");
 });
+
+t.test("an OpenAI model's refusal reaches an Ollama client as its content, whole and streamed", async (t) => {
+  const { ndjsonWriter, chatChunk } = await import('../../../src/llm/translate/ollama_to_openai.ts');
+  const reply = { id: 'c1', object: 'chat.completion', created: 1, model: 'up', choices: [{ index: 0, message: { role: 'assistant', content: null, refusal: "I can't help with that." }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 6, total_tokens: 9 } };
+  const ollama = JSON.parse(String(translateResponse({ client: 'ollama', provider: 'openai', kind: 'chat' }, JSON.stringify(reply), { model: 'g', id: 'r3', request: { model: 'g', messages: [] } }).body));
+  t.equal(ollama.message.content, "I can't help with that.");
+  const w = ndjsonWriter({ model: 'g', id: 'r4', request: {} } as never);
+  const line = chatChunk(w, { id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'up', choices: [{ index: 0, delta: { refusal: "I can't" }, finish_reason: null }] } as never);
+  t.equal(JSON.parse(line).message.content, "I can't", 'a streamed refusal is a content line');
+});
+
+t.test('n > 1 upstream: a chunk carrying only choice 1 adds nothing to the one-choice APIs (Responses, Messages, Ollama)', async (t) => {
+  const { deltaFromOpenAI, replyFromOpenAI } = await import('../../../src/llm/translate/deltas.ts');
+  const { ndjsonWriter, chatChunk } = await import('../../../src/llm/translate/ollama_to_openai.ts');
+  const chunk = (index: number, content: string) => ({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'up', choices: [{ index, delta: { content }, finish_reason: null }] });
+  t.equal(deltaFromOpenAI(chunk(0, 'A0') as never).text, 'A0');
+  t.equal(deltaFromOpenAI(chunk(1, 'B1') as never).text, '', "choice 1's text is not choice 0's");
+  const w = ndjsonWriter({ model: 'g', id: 'r', request: {} } as never);
+  t.equal(chatChunk(w, chunk(1, 'B1') as never), '', 'no Ollama line for choice 1');
+  t.equal(JSON.parse(chatChunk(w, chunk(0, 'A1') as never)).message.content, 'A1');
+  // A whole reply whose choices come out of order: choice 0 is still the reply.
+  const whole = { id: 'c', object: 'chat.completion', created: 1, model: 'up', choices: [{ index: 1, message: { role: 'assistant', content: 'B' }, finish_reason: 'stop' }, { index: 0, message: { role: 'assistant', content: 'A' }, finish_reason: 'stop' }] };
+  t.equal(replyFromOpenAI(whole as never).text, 'A');
+});
