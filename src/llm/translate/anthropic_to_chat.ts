@@ -64,11 +64,19 @@ function toolResultOf(c: unknown, field: string): { text: string; images: Array<
 }
 
 /** One Anthropic message → its chat messages (a user turn with tool results becomes tool messages first). */
-function chatMessages(m: unknown, i: number): OpenAIMessage[] {
+function chatMessages(m: unknown, i: number, last: boolean): OpenAIMessage[] {
   const msg = m as Record<string, unknown>;
   const role = msg['role'];
   if (role !== 'user' && role !== 'assistant') throw invalid(`messages[${i}].role`, 'must be user or assistant');
   const content = msg['content'];
+  // Anthropic's rule: every message has content but an optional final assistant one (a
+  // prefill, here with nothing to prefill: dropped). Forwarded, an empty turn became a
+  // chat request with no prompt, answered 200.
+  const empty = content === '' || (Array.isArray(content) && content.length === 0);
+  if (empty) {
+    if (last && role === 'assistant') return [];
+    throw invalid(`messages[${i}].content`, 'must not be empty: all messages must have non-empty content except for the optional final assistant message');
+  }
   if (typeof content === 'string') return [{ role, content }];
   if (!Array.isArray(content)) throw invalid(`messages[${i}].content`, 'must be a string or an array of content blocks');
   const out: OpenAIMessage[] = [];
@@ -81,6 +89,7 @@ function chatMessages(m: unknown, i: number): OpenAIMessage[] {
     switch (b['type']) {
       case 'text':
         if (typeof b['text'] !== 'string') throw invalid(`${field}.text`, 'must be a string');
+        if (b['text'] === '') throw invalid(`${field}.text`, 'text content blocks must be non-empty');
         parts.push({ type: 'text', text: b['text'] });
         break;
       case 'image':
@@ -152,7 +161,7 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
     const system = textOfBlocks(b['system'], 'system');
     if (system !== '') messages.push({ role: 'system', content: system });
   }
-  b['messages'].forEach((m, i) => messages.push(...chatMessages(m, i)));
+  b['messages'].forEach((m, i, all) => messages.push(...chatMessages(m, i, i === all.length - 1)));
   const out: OpenAIChatRequest = { model: String(b['model']), messages, stream: b['stream'] === true };
   if (typeof b['max_tokens'] === 'number') out.max_tokens = b['max_tokens'];
   if (Array.isArray(b['stop_sequences']) && b['stop_sequences'].length > 0) out.stop = b['stop_sequences'].filter((s): s is string => typeof s === 'string');

@@ -14,3 +14,13 @@ t.test('several text blocks of one turn stay apart (one per line), as the system
     { role: 'user', content: 'Hi\nthere' },
   ]);
 });
+
+t.test("empty turns are refused as Anthropic refuses them; an empty final assistant turn is dropped", async (t) => {
+  const req = (messages: unknown[]) => () => chatRequest({ model: 'm', max_tokens: 5, messages });
+  t.throws(req([{ role: 'user', content: [] }]), { code: 'invalid_request', details: { field: 'messages[0].content' } }, 'no blocks');
+  t.throws(req([{ role: 'user', content: '' }]), { code: 'invalid_request', details: { field: 'messages[0].content' } }, 'an empty string');
+  t.throws(req([{ role: 'user', content: [{ type: 'text', text: '' }] }]), { code: 'invalid_request', details: { field: 'messages[0].content[0].text' } }, 'an empty text block');
+  t.throws(req([{ role: 'assistant', content: '' }, { role: 'user', content: 'Hi' }]), { code: 'invalid_request' }, 'an empty assistant turn before the last');
+  const r = chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: '' }] });
+  t.same(r.messages, [{ role: 'user', content: 'Hi' }], 'a final empty assistant turn (nothing to prefill) is dropped');
+});
