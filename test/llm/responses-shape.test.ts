@@ -48,6 +48,12 @@ t.test('incomplete says why: max_output_tokens or content_filter', async (t) => 
     t.match(response({ text: 'x', thinking: '', tools: [], finish, usage }, ctx), { status: 'incomplete', incomplete_details: { reason } }, `${finish}, whole`);
     t.match(streamed([delta({ text: 'x' }), delta({ finish, usage })]).at(-1), { type: 'response.incomplete', response: { status: 'incomplete', incomplete_details: { reason } } }, `${finish}, streamed`);
   }
+  // The cut message item says so too, as OpenAI's does: in the whole reply, its done event and the final Response.
+  t.match(response({ text: 'x', thinking: '', tools: [], finish: 'length', usage }, ctx), { output: [{ type: 'message', status: 'incomplete' }] });
+  const evs = streamed([delta({ text: 'x' }), delta({ finish: 'length', usage })]);
+  t.match(evs.find((e) => e.type === 'response.output_item.done'), { item: { type: 'message', status: 'incomplete' } });
+  t.match(evs.at(-1), { response: { output: [{ type: 'message', status: 'incomplete' }] } });
+  t.match(streamed([delta({ text: 'x' }), delta({ finish: 'stop', usage })]).at(-1), { response: { output: [{ type: 'message', status: 'completed' }] } }, 'a whole reply stays completed');
 });
 
 t.test('a call without arguments says {} streamed as in a whole reply', async (t) => {

@@ -202,7 +202,10 @@ function responseShell(id: string, model: string, createdAt: number, status: Sta
   };
 }
 
-function messageItem(id: string, text: string, status: 'in_progress' | 'completed'): Record<string, unknown> {
+/** A message item; 'incomplete' is the last one of a Response cut at max_output_tokens (OpenAI's). */
+type ItemStatus = 'in_progress' | 'completed' | 'incomplete';
+
+function messageItem(id: string, text: string, status: ItemStatus): Record<string, unknown> {
   return { type: 'message', id: 'msg_' + id, status, role: 'assistant', content: status === 'in_progress' ? [] : [textPart(text)] };
 }
 
@@ -218,9 +221,9 @@ function callItem(id: string, t: { id: string; name: string; arguments: string }
 /** A whole chat reply → the Response object. */
 export function response(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
   const output: unknown[] = [];
-  if (reply.text !== '' || reply.tools.length === 0) output.push(messageItem(ctx.id, reply.text, 'completed'));
-  reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, 'completed')));
   const end = ending(reply.finish);
+  if (reply.text !== '' || reply.tools.length === 0) output.push(messageItem(ctx.id, reply.text, end.status === 'incomplete' ? 'incomplete' : 'completed'));
+  reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, 'completed')));
   return responseShell(ctx.id, ctx.model, Math.floor(Date.now() / 1000), end.status, output, reply.usage, { ...echoOf(ctx.request), ...end });
 }
 
@@ -275,11 +278,11 @@ function open(w: ResponsesWriter): string {
 }
 
 /** The message item's closing events: its text, its part, the item. */
-function closeMessage(w: ResponsesWriter, itemId: string, index: number, text: string): string {
+function closeMessage(w: ResponsesWriter, itemId: string, index: number, text: string, status: ItemStatus = 'completed'): string {
   const ids = { item_id: itemId, output_index: index, content_index: 0 };
   let out = event(w, 'response.output_text.done', { ...ids, text, logprobs: [] });
   out += event(w, 'response.content_part.done', { ...ids, part: textPart(text) });
-  return out + event(w, 'response.output_item.done', { output_index: index, item: { ...messageItem(w.id, text, 'completed'), id: itemId } });
+  return out + event(w, 'response.output_item.done', { output_index: index, item: { ...messageItem(w.id, text, status), id: itemId } });
 }
 
 /** The message item's opening events: the item, its text part. */
@@ -325,10 +328,12 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   return out;
 }
 
-function outputItems(w: ResponsesWriter): Array<[number, Record<string, unknown>]> {
+/** `last`: the status of the message items closed at the end (incomplete when the Response is). */
+function outputItems(w: ResponsesWriter, last: ItemStatus): Array<[number, Record<string, unknown>]> {
   const items: Array<[number, Record<string, unknown>]> = [];
-  if (w.messageIndex !== -1) items.push([w.messageIndex, messageItem(w.id, w.text, 'completed')]);
-  if (w.lateIndex !== -1) items.push([w.lateIndex, { ...messageItem(w.id, w.lateText, 'completed'), id: 'msg_' + w.id + '_late' }]);
+  // The message closed early (a function call followed it) was whole.
+  if (w.messageIndex !== -1) items.push([w.messageIndex, messageItem(w.id, w.text, w.messageDone ? 'completed' : last)]);
+  if (w.lateIndex !== -1) items.push([w.lateIndex, { ...messageItem(w.id, w.lateText, last), id: 'msg_' + w.id + '_late' }]);
   for (const s of w.tools) if (s !== undefined) items.push([s.outputIndex, { ...callItem('', s, 'completed'), id: s.itemId }]);
   return items.sort((a, b) => a[0] - b[0]);
 }
@@ -337,6 +342,9 @@ function outputItems(w: ResponsesWriter): Array<[number, Record<string, unknown>
 export function responsesDone(w: ResponsesWriter): string {
   if (w.done) return '';
   let out = open(w);
+  const finish = w.finish ?? (w.tools.length > 0 ? 'tool_calls' : 'stop');
+  const end = ending(finish);
+  const last: ItemStatus = end.status === 'incomplete' ? 'incomplete' : 'completed';
   w.done = true;
   // An empty reply is one message item with an empty text, as a whole Response's output.
   if (w.messageIndex === -1 && w.tools.length === 0 && w.lateText === '') out += openMessage(w);
@@ -346,9 +354,9 @@ export function responsesDone(w: ResponsesWriter): string {
     s.arguments = '{}';
     out += event(w, 'response.function_call_arguments.delta', { item_id: s.itemId, output_index: s.outputIndex, delta: '{}' });
   }
-  for (const [index, item] of outputItems(w)) {
+  for (const [index, item] of outputItems(w, last)) {
     if (item['type'] === 'message') {
-      if (index === w.messageIndex && !w.messageDone) out += closeMessage(w, 'msg_' + w.id, index, w.text);
+      if (index === w.messageIndex && !w.messageDone) out += closeMessage(w, 'msg_' + w.id, index, w.text, last);
       continue;
     }
     out += event(w, 'response.function_call_arguments.done', { item_id: item['id'], output_index: index, name: item['name'], arguments: item['arguments'] });
@@ -361,12 +369,10 @@ export function responsesDone(w: ResponsesWriter): string {
     out += event(w, 'response.output_item.added', { output_index: w.lateIndex, item: { ...messageItem(w.id, '', 'in_progress'), id: itemId } });
     out += event(w, 'response.content_part.added', { item_id: itemId, output_index: w.lateIndex, content_index: 0, part: textPart('') });
     out += event(w, 'response.output_text.delta', { item_id: itemId, output_index: w.lateIndex, content_index: 0, delta: w.lateText, logprobs: [] });
-    out += closeMessage(w, itemId, w.lateIndex, w.lateText);
+    out += closeMessage(w, itemId, w.lateIndex, w.lateText, last);
   }
-  const finish = w.finish ?? (w.tools.length > 0 ? 'tool_calls' : 'stop');
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
-  const end = ending(finish);
-  const shell = responseShell(w.id, w.model, w.createdAt, end.status, outputItems(w).map(([, item]) => item), usage, { ...w.echo, ...end });
+  const shell = responseShell(w.id, w.model, w.createdAt, end.status, outputItems(w, last).map(([, item]) => item), usage, { ...w.echo, ...end });
   return out + event(w, end.status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: shell });
 }
 
