@@ -477,7 +477,7 @@ export class LlmProxy {
   /** A cache hit, replayed in the client's API and mode; no upstream, no lease. */
   private replayHit(hit: CachedReply, req: LlmRequest, group: ModelGroupConfig, sink: ReplySink, headers: Record<string, string>, timeline: Timeline, stream: boolean): void {
     headers['x-broker-cache'] = 'hit';
-    const r = replay(req.api, req.kind, stream, hit, { model: req.model, id: req.id, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now(), request: req.body });
+    const r = replay(req.api, req.kind, stream, hit, { model: req.model, id: req.id, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now(), elapsedMs: performance.now() - req.startedAt, request: req.body });
     const overhead = overheadHeader(timeline.clientFirstByte());
     // A replayed stream is complete at once: one write, with its length, like a whole reply.
     sink.send(200, { 'content-type': r.contentType, ...(stream ? { 'cache-control': 'no-cache' } : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);

@@ -56,6 +56,15 @@ t.test('capture ⇄ replay: every API, kind and mode gives back the same entry',
   t.equal(whole.usage.prompt_tokens_details.cached_tokens, 7);
   const noUsage = replay('openai', 'chat', true, entry, { ...ctx, includeUsage: false }).body;
   t.notMatch(noUsage, /"usage"/, 'no usage chunk unless asked');
+  // Ollama clients divide eval_count by eval_duration: a replay's durations are the hit's time, never 0.
+  for (const stream of [false, true]) {
+    const last = JSON.parse(replay('ollama', 'chat', stream, entry, { ...ctx, elapsedMs: 0.05 }).body.trim().split('\n').at(-1)!);
+    t.equal(last.total_duration, 50_000, `total_duration is the hit's 50 µs (stream ${stream})`);
+    t.ok(last.eval_duration > 0 && last.prompt_eval_duration > 0, 'no zero duration');
+    t.ok(Number.isFinite(last.eval_count / (last.eval_duration / 1e9)), 'tokens per second is a number');
+  }
+  const bare = JSON.parse(replay('ollama', 'completion', false, { ...entry, kind: 'completion' }, ctx).body);
+  t.ok(bare.eval_duration >= 1, 'without a time, still at least 1 ns');
 });
 
 t.test('what is not stored: cut streams, errors, tool calls, several choices', async (t) => {

@@ -22,6 +22,8 @@ export interface ReplayContext {
   readonly includeUsage: boolean;
   /** Epoch ms. */
   readonly now: number;
+  /** How long the broker took to answer, ms: an Ollama reply's durations (clients divide by them). */
+  readonly elapsedMs?: number;
   /** The client's body: a Response echoes some of its fields. */
   readonly request?: Readonly<Record<string, unknown>>;
 }
@@ -94,7 +96,10 @@ export function replay(api: ClientApi, kind: Kind, stream: boolean, e: CachedRep
   const head = '{"model":' + JSON.stringify(ctx.model) + ',"created_at":"' + at + '",';
   const piece = (q: string): string => (kind === 'chat' ? '"message":{"role":"assistant","content":' + q + '},' : '"response":' + q + ',');
   const doneReason = e.finish === 'length' ? 'length' : 'stop';
-  const tail = '"done_reason":"' + doneReason + '","done":true,"total_duration":0,"load_duration":0,"prompt_eval_count":' + e.promptTokens + ',"prompt_eval_duration":0,"eval_count":' + e.completionTokens + ',"eval_duration":0}';
+  // The time the hit took, at least 2 ns: nothing was evaluated (1 ns), the rest is eval.
+  // Ollama clients compute tokens/s as eval_count / eval_duration: never 0.
+  const total = Math.max(2, Math.round((ctx.elapsedMs ?? 0) * 1e6));
+  const tail = '"done_reason":"' + doneReason + '","done":true,"total_duration":' + total + ',"load_duration":0,"prompt_eval_count":' + e.promptTokens + ',"prompt_eval_duration":1,"eval_count":' + e.completionTokens + ',"eval_duration":' + (total - 1) + '}';
   if (!stream) return { contentType: 'application/json', body: head + piece(JSON.stringify(text)) + tail };
   let out = '';
   for (const q of quotedChunks(e)) out += head + piece(q) + '"done":false}\n';
