@@ -12,8 +12,11 @@ import type { LlmProxy } from './proxy.ts';
 import { readLlmRequest, type LlmRequest, type PromptLimits } from './request.ts';
 import type { Admitted } from '../sched/admission.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
+import type { ReplySink } from '../front/reply.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
+/** The Ollama API release whose routes and fields the broker serves (thinking, tools, /api/embed). */
+const OLLAMA_VERSION_BODY = JSON.stringify({ version: '0.9.0' });
 
 /** Groups once each (discovered Ollama models are also reachable without their `:latest` tag). */
 function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
@@ -26,16 +29,58 @@ export interface Admission {
   admit(r: LlmRequest, group: ModelGroupConfig): Admitted | Promise<Admitted>;
 }
 
+/** A route's own shape around a standard one (Ollama's legacy /api/embeddings around /api/embed). */
+interface Legacy {
+  readonly track: string;
+  /** The client's body → the standard route's. */
+  request(body: Record<string, unknown>): Record<string, unknown>;
+  /** The standard route's 200 body → the client's. */
+  reply(body: string | Uint8Array): string;
+}
+
+/** Ollama's legacy /api/embeddings: `prompt` in, one `embedding` out (ollama-js `embeddings()`, older clients). */
+const LEGACY_EMBEDDINGS: Legacy = {
+  track: 'ollama.embeddings',
+  request(body) {
+    const { prompt, ...rest } = body;
+    if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string', { details: { field: 'prompt' } });
+    return { ...rest, input: prompt };
+  },
+  reply(body) {
+    const text = typeof body === 'string' ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8');
+    const r = JSON.parse(text) as { embeddings?: unknown[] };
+    return JSON.stringify({ embedding: Array.isArray(r.embeddings) ? (r.embeddings[0] ?? []) : [] });
+  },
+};
+
+/** `sink` with its 200 replies reshaped; everything else (state, aborts, errors) is the sink's own. */
+function reshaped(sink: ReplySink, reply: (body: string | Uint8Array) => string): ReplySink {
+  return new Proxy(sink, {
+    get(target, prop) {
+      if (prop === 'send') {
+        return (status: number, headers: Readonly<Record<string, string>>, body: string | Uint8Array) => target.send(status, headers, status === 200 ? reply(body) : body);
+      }
+      const v = Reflect.get(target, prop, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+    set(target, prop, value) {
+      return Reflect.set(target, prop, value, target);
+    },
+  });
+}
+
 export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmProxy, limits?: PromptLimits): Route[] {
-  const completion = (api: ClientApi, kind: Kind, path: string): Route => ({
+  const completion = (api: ClientApi, kind: Kind, path: string, legacy?: Legacy): Route => ({
     method: 'POST',
     path,
     body: 'json',
     rateLimited: true,
     // Ollama's words for its routes: /api/chat, /api/generate, /api/embed.
-    track: `${api}.${api === 'ollama' && kind === 'completion' ? 'generate' : kind}`,
+    track: legacy?.track ?? `${api}.${api === 'ollama' && kind === 'completion' ? 'generate' : kind}`,
     errorShape: api === 'ollama' ? ollamaErrorShape : api === 'anthropic' ? anthropicErrorShape : openaiErrorShape,
-    async handle({ req, body, sink }) {
+    async handle({ req, body: clientBody, sink: clientSink }) {
+      const body = legacy === undefined ? clientBody : legacy.request(clientBody as Record<string, unknown>);
+      const sink = legacy === undefined ? clientSink : reshaped(clientSink, legacy.reply);
       const known = source.current();
       const fleet = known instanceof Promise ? await known : known;
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
@@ -77,6 +122,16 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     completion('anthropic', 'chat', '/v1/messages'),
     completion('openai', 'embed', '/v1/embeddings'),
     completion('ollama', 'embed', '/api/embed'),
+    completion('ollama', 'embed', '/api/embeddings', LEGACY_EMBEDDINGS),
+    {
+      // What Ollama clients ask first (Open WebUI, ollama-js): the Ollama API version spoken here.
+      method: 'GET',
+      path: '/api/version',
+      errorShape: ollamaErrorShape,
+      handle({ sink }) {
+        sink.send(200, JSON_HEADERS, OLLAMA_VERSION_BODY);
+      },
+    },
     {
       method: 'GET',
       path: '/v1/models',

@@ -335,7 +335,13 @@ t.test('Embeddings: batched, both clients, both providers, order kept', async (t
     const e = await ollama.embed({ model, input });
     t.same(e.embeddings, want, `ollama client → ${model}`);
     t.ok(e.prompt_eval_count > 0);
+    // The legacy call (older clients): one prompt, one vector.
+    const legacy = await ollama.embeddings({ model, prompt: 'alpha' });
+    t.same(legacy.embedding, want[0], `ollama client embeddings() → ${model}`);
   }
+  const noPrompt = await ollama.embeddings({ model: 'chat-ollama' } as never).catch((e: unknown) => e as { status_code?: number; error?: string });
+  t.equal((noPrompt as { status_code?: number }).status_code, 400, 'the legacy call without a prompt is a 400 in Ollama words');
+  t.match((await ollama.version()).version, /^\d+\.\d+\.\d+$/, 'ollama client version()');
   const bad = await openai.embeddings.create({ model: 'chat-openai', input: [] }).catch((e: unknown) => e);
   t.ok(bad instanceof OpenAI.BadRequestError, 'an empty batch is refused');
   t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'chat-ollama', outcome: 'ok' })) > 0, 'counted as LLM requests');
