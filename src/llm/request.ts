@@ -66,6 +66,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   }
   checkMessages(body.messages);
   if (api === 'anthropic') checkToolResults(body.messages as unknown[]);
+  if (kind === 'embed' && api === 'openai') checkOpenAIEmbed(body);
   const parts = kind === 'embed' ? embedParts(body, limits) : api === 'responses' ? responsesParts(body) : api === 'anthropic' ? anthropicParts(body) : promptParts(body);
   const promptChars = checkSize(parts, limits, api === 'anthropic' ? upstreamMessageCount(body.messages as unknown[]) : (parts.messages?.length ?? 0), api === 'responses' || kind === 'embed' ? 'input' : undefined);
   checkNumber(body.temperature, 'temperature');
@@ -185,6 +186,18 @@ function anthropicParts(body: Readonly<Record<string, unknown>>): PromptParts {
   else if (Array.isArray(sys)) system = sys.map((b) => (typeof (b as { text?: unknown })?.text === 'string' ? (b as { text: string }).text : '')).join('\n');
   else if (sys !== undefined && sys !== null) throw invalidField('system', 'must be a string or an array of text blocks');
   return { messages: body.messages as unknown[], prompt: undefined, system };
+}
+
+/** What OpenAI's embeddings endpoint refuses with a 400 and an upstream might not: empty inputs, an unknown encoding. */
+function checkOpenAIEmbed(body: Readonly<Record<string, unknown>>): void {
+  const input = body.input;
+  if (input === '') throw invalidField('input', 'must not be an empty string');
+  if (Array.isArray(input)) {
+    const i = input.findIndex((v) => v === '' || (Array.isArray(v) && v.length === 0));
+    if (i >= 0) throw invalidField(`input[${i}]`, 'must not be empty');
+  }
+  const f = body.encoding_format;
+  if (f !== undefined && f !== null && f !== 'float' && f !== 'base64') throw invalidField('encoding_format', "must be 'float' or 'base64'");
 }
 
 /** An embeddings body: `input`, a string or a batch (strings, or token arrays for an OpenAI upstream); a batch is bounded like messages. */

@@ -85,3 +85,15 @@ t.test('x-broker-priority: digits and the four names only; names of Object (cons
   t.equal(p('7'), 7);
   for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty', 'valueOf']) t.equal(p(name), undefined, name);
 });
+
+t.test("OpenAI embeddings: what OpenAI refuses is a 400 naming the field (empty inputs, an unknown encoding)", async (t) => {
+  const read = (body: Record<string, unknown>) => () => readLlmRequest(req(), 'openai', 'embed', { model: 'g', ...body });
+  t.throws(read({ input: '' }), { code: 'invalid_request', details: { field: 'input' } });
+  t.throws(read({ input: ['a', ''] }), { code: 'invalid_request', details: { field: 'input[1]' } });
+  t.throws(read({ input: [[1, 2], []] }), { code: 'invalid_request', details: { field: 'input[1]' } });
+  t.throws(read({ input: 'a', encoding_format: 'hex' }), { code: 'invalid_request', details: { field: 'encoding_format' } });
+  t.doesNotThrow(read({ input: 'a', encoding_format: 'base64' }));
+  t.doesNotThrow(read({ input: ['a'], encoding_format: 'float' }));
+  // Ollama's /api/embed is not OpenAI's: its own rules.
+  t.doesNotThrow(() => readLlmRequest(req(), 'ollama', 'embed', { model: 'g', input: '' }));
+});

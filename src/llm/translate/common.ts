@@ -197,6 +197,6 @@ export function requireObject(body: unknown): Record<string, unknown> {
 
 export function requireArray(body: Record<string, unknown>, field: string): unknown[] {
   const v = body[field];
-  if (!Array.isArray(v)) throw new BrokerError('invalid_request', `${field} must be an array`);
+  if (!Array.isArray(v)) throw new BrokerError('invalid_request', `${field} must be an array`, { details: { field } });
   return v;
 }

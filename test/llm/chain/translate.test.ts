@@ -493,3 +493,9 @@ t.test('n > 1 upstream: a chunk carrying only choice 1 adds nothing to the one-c
   const whole = { id: 'c', object: 'chat.completion', created: 1, model: 'up', choices: [{ index: 1, message: { role: 'assistant', content: 'B' }, finish_reason: 'stop' }, { index: 0, message: { role: 'assistant', content: 'A' }, finish_reason: 'stop' }] };
   t.equal(replyFromOpenAI(whole as never).text, 'A');
 });
+
+t.test('a chat request without messages names the field (param "messages" in the OpenAI error)', async (t) => {
+  for (const [client, provider] of [['openai', 'openai'], ['openai', 'ollama'], ['ollama', 'ollama'], ['ollama', 'openai']] as const) {
+    t.throws(() => translateRequest({ client, provider, kind: 'chat' }, { model: 'g' }, 'up'), { code: 'invalid_request', details: { field: 'messages' } }, `${client} → ${provider}`);
+  }
+});
