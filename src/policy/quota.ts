@@ -108,7 +108,9 @@ const L_NEXT_T = 7;
 const L_ASKED_AT = 8;
 const L_LOW = 9;
 const L_DRY_WIN = 10;
-const L_FIELDS = 11;
+/** The minute of the last lease granted for that minute: after one, a short lease waits for its top-up instead of lending. */
+const L_GRANT_WIN = 11;
+const L_FIELDS = 12;
 /** A lease below this share of its block asks the control plane for more. */
 const LOW_SHARE = 0.5;
 
@@ -340,6 +342,7 @@ export class QuotaLedger {
         f[p + L_WIN] = NaN;
         f[p + L_NEXT_WIN] = NaN;
         f[p + L_DRY_WIN] = NaN;
+        f[p + L_GRANT_WIN] = NaN;
       },
     };
   }
@@ -521,6 +524,7 @@ export class QuotaLedger {
       f[p + L_RLEFT]! += requests;
       f[p + L_TLEFT]! += tokens;
       f[p + L_LOW] = 0;
+      f[p + L_GRANT_WIN] = current;
     } else if (window === current + 1) {
       if (f[p + L_NEXT_WIN] !== window) {
         f[p + L_NEXT_WIN] = window;
@@ -556,6 +560,7 @@ export class QuotaLedger {
     if (f[p + L_NEXT_WIN] === minute) {
       f[p + L_RLEFT] = f[p + L_NEXT_R]!;
       f[p + L_TLEFT] = f[p + L_NEXT_T]!;
+      f[p + L_GRANT_WIN] = minute;
     } else {
       f[p + L_RLEFT] = 0;
       f[p + L_TLEFT] = 0;
@@ -572,8 +577,10 @@ export class QuotaLedger {
    * A lease that is short but not in debt, in a minute the cluster has not run dry, lends
    * this one request: the control plane's next lease covers the debt. So no request is
    * refused only because a top-up is on its way (a key just made, the flag just turned on,
-   * a request larger than a block); the most a replica can overshoot is one request, in
-   * the minute the cluster turns out to be dry.
+   * a request larger than a token block). For RPM only before the minute's first lease
+   * (then a shortfall waits for its top-up, admission's reserveWhenTopped): a replica
+   * overshoots by at most one request, and one request's tokens, in the minute the
+   * cluster turns out to be dry.
    */
   #spendLeases(subjects: readonly string[], limits: readonly (QuotaLimits | undefined)[], tokens: number, nowMs: number): Violation | undefined {
     const table = this.#limits;
@@ -596,8 +603,13 @@ export class QuotaLedger {
         const rLeft = f[p + L_RLEFT]!;
         const tLeft = f[p + L_TLEFT]!;
         const lends = f[p + L_DRY_WIN] !== minute;
+        // A request is lent only before the minute's first lease: after it, a top-up of one
+        // block always covers the next request, and lending again overshot the limit by one
+        // request per replica each minute the cluster ran out (Redis away, every replica on
+        // its local share). Tokens still lend: a request larger than a block fits no top-up.
+        const lendsRequest = lends && f[p + L_GRANT_WIN] !== minute;
         const short: 'rpm' | 'tpm' | undefined =
-          !Number.isNaN(rpm) && rLeft < 1 && !(lends && rLeft >= 0) ? 'rpm' : !Number.isNaN(tpm) && tokens > 0 && tLeft < tokens && !(lends && tLeft >= 0) ? 'tpm' : undefined;
+          !Number.isNaN(rpm) && rLeft < 1 && !(lendsRequest && rLeft >= 0) ? 'rpm' : !Number.isNaN(tpm) && tokens > 0 && tLeft < tokens && !(lends && tLeft >= 0) ? 'tpm' : undefined;
         if (short === undefined) continue;
         f[p + L_LOW] = 1;
         f[p + L_ASKED_AT] = nowMs;

@@ -128,6 +128,27 @@ t.test('Redis gone: each replica spends limit ÷ replicas seen; Redis back: leas
   now += MINUTE;
   const admitted = await drive([a, b], 4 * RPM);
   t.same(admitted, [RPM / 2, RPM / 2], 'each its share of the limit');
+  // A small limit, two requests between ticks: once a replica's lease came, a request short
+  // of it waits for the next top-up instead of being lent one (RPM 4 gave 3 + 3).
+  for (const r of [a, b]) r.ledger.setLimits('key:small', { rpm: 4 });
+  const attempt = (r: Replica): number => {
+    try {
+      r.ledger.reserve(['key:small'], 0);
+      return 1;
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
+      return 0;
+    }
+  };
+  const small = [0, 0];
+  for (const [k, r] of [a, b].entries()) {
+    small[k]! += attempt(r); // no lease yet: lent
+    await r.keeper.tick(); // the lease covers the debt, and one more
+    small[k]! += attempt(r) + attempt(r);
+    await r.keeper.tick();
+    small[k]! += attempt(r);
+  }
+  t.same(small, [2, 2], 'RPM 4 over two replicas on their local shares: 2 each, not one more lent');
   await redis.restart();
   for (let i = 0; i < 250 && !(a.store.up && b.store.up); i++) await new Promise((r) => setTimeout(r, 20));
   t.ok(a.store.up && b.store.up, 'both reconnected, no restart');
