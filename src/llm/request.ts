@@ -80,7 +80,16 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   checkInt(body.max_tokens, 'max_tokens', 1, MAX_OUTPUT_TOKENS);
   checkInt(body.max_completion_tokens, 'max_completion_tokens', 1, MAX_OUTPUT_TOKENS);
   const options = body.options as Record<string, unknown> | undefined;
+  // Ollama refuses options that are not an object; passed on, an upstream would have ignored them or failed with a 500.
+  if (api === 'ollama' && options !== undefined && options !== null && (typeof options !== 'object' || Array.isArray(options))) throw invalidField('options', 'must be an object');
   if (options !== undefined && options !== null && typeof options === 'object') checkInt(options.num_predict, 'options.num_predict', -2, MAX_OUTPUT_TOKENS);
+  if (api === 'openai' && kind !== 'embed') {
+    // As OpenAI answers them: a stop that is not a string or strings, stream_options that are not an object.
+    const stop = body.stop;
+    if (stop !== undefined && stop !== null && typeof stop !== 'string' && !(Array.isArray(stop) && stop.every((x) => typeof x === 'string'))) throw invalidField('stop', 'must be a string or an array of strings');
+    const so = body.stream_options;
+    if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalidField('stream_options', 'must be an object');
+  }
   checkInt(body.n, 'n', 1, MAX_CHOICES);
   const h = req.headers;
   const apiKey = apiKeyOf(h);

@@ -97,3 +97,18 @@ t.test("OpenAI embeddings: what OpenAI refuses is a 400 naming the field (empty 
   // Ollama's /api/embed is not OpenAI's: its own rules.
   t.doesNotThrow(() => readLlmRequest(req(), 'ollama', 'embed', { model: 'g', input: '' }));
 });
+
+t.test('stop, stream_options and Ollama options of the wrong type are a 400 naming the field, as the vendors answer', async (t) => {
+  const chat = (body: Record<string, unknown>) => () => readLlmRequest(req(), 'openai', 'chat', { model: 'g', messages: [{ role: 'user', content: 'hi' }], ...body });
+  t.throws(chat({ stop: 5 }), { code: 'invalid_request', details: { field: 'stop' } });
+  t.throws(chat({ stop: ['a', 1] }), { code: 'invalid_request', details: { field: 'stop' } });
+  t.doesNotThrow(chat({ stop: 'x' }));
+  t.doesNotThrow(chat({ stop: ['x', 'y'] }));
+  t.doesNotThrow(chat({ stop: null }));
+  t.throws(chat({ stream: true, stream_options: 5 }), { code: 'invalid_request', details: { field: 'stream_options' } });
+  t.doesNotThrow(chat({ stream: true, stream_options: { include_usage: true } }));
+  const ollama = (options: unknown) => () => readLlmRequest(req(), 'ollama', 'chat', { model: 'g', messages: [{ role: 'user', content: 'hi' }], options });
+  t.throws(ollama('x'), { code: 'invalid_request', details: { field: 'options' } });
+  t.throws(ollama([1]), { code: 'invalid_request', details: { field: 'options' } });
+  t.doesNotThrow(ollama({ temperature: 0 }));
+});
