@@ -153,5 +153,7 @@ export function describeBodyError(err: unknown): { code: string; message: string
   if (err instanceof BrokerError) return { code: err.code, message: err.message };
   if (err instanceof undiciErrors.BodyTimeoutError) return { code: 'upstream_timeout', message: 'upstream stopped sending (idle timeout)' };
   const e = err as Error & { code?: string };
+  // One cut, one message: undici says UND_ERR_SOCKET or ECONNRESET for the same reset, by timing.
+  if (e.code === 'UND_ERR_SOCKET' || e.code === 'ECONNRESET' || e.code === 'EPIPE') return { code: 'upstream_error', message: 'upstream closed the connection mid-stream' };
   return { code: 'upstream_error', message: `upstream connection failed: ${e.code ?? e.message}` };
 }

@@ -499,3 +499,11 @@ t.test('a chat request without messages names the field (param "messages" in the
     t.throws(() => translateRequest({ client, provider, kind: 'chat' }, { model: 'g' }, 'up'), { code: 'invalid_request', details: { field: 'messages' } }, `${client} → ${provider}`);
   }
 });
+
+t.test('a connection cut mid-stream is one message whatever undici calls it (UND_ERR_SOCKET, ECONNRESET)', async (t) => {
+  const { describeBodyError } = await import('../../../src/llm/exec/run.ts');
+  const cut = (code: string) => describeBodyError(Object.assign(new Error('other side closed'), { code }));
+  t.same(cut('UND_ERR_SOCKET'), cut('ECONNRESET'));
+  t.same(cut('ECONNRESET'), { code: 'upstream_error', message: 'upstream closed the connection mid-stream' });
+  t.match(cut('EHOSTUNREACH').message, /EHOSTUNREACH/, 'other failures keep their code');
+});
