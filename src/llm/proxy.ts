@@ -27,7 +27,7 @@ import { classifyUpstreamError } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
 import { tokensOfChars, type LlmRequest } from './request.ts';
 import { cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
-import { captureStream, captureWhole, type CachedReply } from './cache/entry.ts';
+import { captureStream, captureWhole, withModel, type CachedReply } from './cache/entry.ts';
 import { replay } from './cache/replay.ts';
 import { tierAllows } from '../policy/qos.ts';
 import { RequestAbort, type AbortLike } from '../abort.ts';
@@ -454,7 +454,7 @@ export class LlmProxy {
           usage.ok = true;
           if (plan !== null && headers['x-broker-fallback'] === undefined) {
             const text = typeof reply.body === 'string' ? reply.body : Buffer.from(reply.body.buffer, reply.body.byteOffset, reply.body.byteLength).toString('utf8');
-            const e = captureWhole(api, kind, text);
+            const e = withModel(captureWhole(api, kind, text), text);
             if (e !== null) cache!.put(plan, group.name, e);
           }
         }
@@ -477,7 +477,8 @@ export class LlmProxy {
   /** A cache hit, replayed in the client's API and mode; no upstream, no lease. */
   private replayHit(hit: CachedReply, req: LlmRequest, group: ModelGroupConfig, sink: ReplySink, headers: Record<string, string>, timeline: Timeline, stream: boolean): void {
     headers['x-broker-cache'] = 'hit';
-    const r = replay(req.api, req.kind, stream, hit, { model: req.model, id: req.id, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now(), elapsedMs: performance.now() - req.startedAt, request: req.body });
+    // The model name the stored reply gave its client: a hit answers as the miss did.
+    const r = replay(req.api, req.kind, stream, hit, { model: hit.model ?? req.model, id: req.id, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now(), elapsedMs: performance.now() - req.startedAt, request: req.body });
     const overhead = overheadHeader(timeline.clientFirstByte());
     // A replayed stream is complete at once: one write, with its length, like a whole reply.
     sink.send(200, { 'content-type': r.contentType, ...(stream ? { 'cache-control': 'no-cache' } : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);
@@ -604,7 +605,7 @@ class Capture {
   entry(api: ClientApi, kind: Kind, prompt: number, completion: number): CachedReply | null {
     if (this.parts === null) return null;
     const text = this.parts.map((p) => (typeof p === 'string' ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength).toString('utf8'))).join('');
-    return captureStream(api, kind, text, { prompt, completion });
+    return withModel(captureStream(api, kind, text, { prompt, completion }), text);
   }
 }
 

@@ -92,6 +92,8 @@ t.test('a stream at temperature 0 is stored, then replayed with its chunking, st
   const again = await streamed('det', messages);
   t.equal(again.cache, 'hit');
   t.same(again.deltas, first.deltas, 'the same chunks, one event each');
+  const modelOf = (events: unknown[]) => (events[0] as { model?: string }).model;
+  t.equal(modelOf(again.events), modelOf(first.events), 'the model name the miss gave (the upstream passed through), not another');
   t.ok(again.done, '[DONE] at the end');
   t.equal(up.stats.total, before + 1, 'the upstream was called once');
   // The stored stream answers a whole request, in the client's API.
@@ -121,7 +123,11 @@ t.test('Ollama client: stored stream replayed as NDJSON and whole, chunking kept
   const messages = fresh();
   const before = upOllama.stats.total;
   const parts: string[] = [];
-  for await (const p of await ollama.chat({ model: 'llama', messages, stream: true, options: { temperature: 0 } })) if (p.message.content !== '') parts.push(p.message.content);
+  let missModel = '';
+  for await (const p of await ollama.chat({ model: 'llama', messages, stream: true, options: { temperature: 0 } })) {
+    if (p.message.content !== '') parts.push(p.message.content);
+    missModel = p.model;
+  }
   const replayed: string[] = [];
   let last;
   for await (const p of await ollama.chat({ model: 'llama', messages, stream: true, options: { temperature: 0 } })) {
@@ -133,6 +139,8 @@ t.test('Ollama client: stored stream replayed as NDJSON and whole, chunking kept
   t.equal(last?.eval_count, 8);
   const whole = await ollama.chat({ model: 'llama', messages, options: { temperature: 0 } });
   t.equal(whole.message.content, mockText(8));
+  t.equal(last?.model, missModel, 'a streamed hit names the model the miss did');
+  t.equal(whole.model, missModel, 'so does a whole one');
   t.equal(upOllama.stats.total, before + 1);
   // Another API is another entry: an OpenAI client asking the same is a miss.
   const other = await streamed('llama', messages);

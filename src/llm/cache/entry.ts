@@ -18,11 +18,17 @@ export interface CachedReply {
   readonly finish: string;
   readonly promptTokens: number;
   readonly completionTokens: number;
+  /**
+   * The model name the client was answered with (an upstream's own name when passed through,
+   * the group's when translated): a hit says the same as the miss it replays. Absent in
+   * entries stored before it was kept: the group's name then.
+   */
+  readonly model?: string;
 }
 
 /** Approximate bytes an entry holds (what the LRU's byte bound counts). */
 export function entryBytes(e: CachedReply): number {
-  let n = 64;
+  let n = 64 + (e.model?.length ?? 0) * 2;
   for (const c of e.chunks) n += 16 + c.length * 2;
   return n;
 }
@@ -295,9 +301,25 @@ function anthropicStream(kind: Kind, text: string, tokens: { prompt: number; com
   return { v: 1, kind, chunks, finish, promptTokens: prompt ?? tokens.prompt, completionTokens: completion ?? tokens.completion };
 }
 
+// The first "model" key of a reply as the client received it: every API writes the top-level
+// model before any content (and text inside content is escaped, so it cannot match).
+const MODEL_FIELD = /"model":"((?:[^"\\]|\\.)*)"/;
+
+/** `e` with the model name the client saw in `text`, when there is one. */
+export function withModel(e: CachedReply | null, text: string): CachedReply | null {
+  if (e === null) return null;
+  const m = MODEL_FIELD.exec(text.length > 4096 ? text.slice(0, 4096) : text);
+  if (m === null) return e;
+  try {
+    return { ...e, model: JSON.parse('"' + m[1] + '"') as string };
+  } catch {
+    return e;
+  }
+}
+
 /** An entry read back from storage (Redis, another thread): checked, since it crossed a boundary. */
 export function isCachedReply(v: unknown): v is CachedReply {
   if (v === null || typeof v !== 'object') return false;
   const e = v as Record<string, unknown>;
-  return e['v'] === 1 && (e['kind'] === 'chat' || e['kind'] === 'completion') && Array.isArray(e['chunks']) && e['chunks'].every((c) => typeof c === 'string') && typeof e['finish'] === 'string' && typeof e['promptTokens'] === 'number' && typeof e['completionTokens'] === 'number';
+  return e['v'] === 1 && (e['kind'] === 'chat' || e['kind'] === 'completion') && Array.isArray(e['chunks']) && e['chunks'].every((c) => typeof c === 'string') && typeof e['finish'] === 'string' && typeof e['promptTokens'] === 'number' && typeof e['completionTokens'] === 'number' && (e['model'] === undefined || typeof e['model'] === 'string');
 }
