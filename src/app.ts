@@ -90,6 +90,12 @@ export interface BrokerOptions {
   readonly logDestination?: NodeJS.WritableStream;
   /** More gRPC services on the gRPC front (src/front/grpc/server.ts, GrpcService). */
   readonly grpcServices?: readonly GrpcService[];
+  /**
+   * Aborted when the process is told to stop while it is still starting: the HTTP front stops
+   * accepting as soon as it is up (its threads answer before startBroker returns), rather than
+   * serve until the rest has started and close() can run.
+   */
+  readonly stopSignal?: AbortSignal;
 }
 
 export async function startBroker(config: Config, opts: BrokerOptions = {}): Promise<Broker> {
@@ -407,6 +413,13 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     await Promise.all([infer?.close(), executor?.close(), planes?.close(0), store.close(), tracer.shutdown(0), tracking?.close(0)]);
     throw err;
   }
+  // Told to stop while starting: stop accepting now; close() (called once this returns) drains.
+  const stopEarly = (): void => {
+    if (planes !== undefined) void planes.close(config.shutdownGraceS * 1000);
+    else stopListening();
+  };
+  if (opts.stopSignal?.aborted === true) stopEarly();
+  else opts.stopSignal?.addEventListener('abort', stopEarly, { once: true });
   manager.start();
   // Replicas sharing Redis spend cluster quotas from leases (src/state/leases.ts), and share sticky pins.
   let leases: LeaseKeeper | undefined;

@@ -23,8 +23,13 @@ try {
 let broker: Broker | undefined;
 let stopRequestedAt: number | undefined;
 let stopSignal: NodeJS.Signals | undefined;
+// A signal while starting: the front stops accepting as soon as it is up (startBroker's stopSignal).
+const starting = new AbortController();
 const stop = (): void => {
-  if (broker === undefined) return;
+  if (broker === undefined) {
+    starting.abort();
+    return;
+  }
   broker.logger.info({ signal: stopSignal }, 'shutting down');
   // Exit once the last log lines are written: the destination is asynchronous.
   const exit = (code: number) => () => broker!.logger.flush(() => process.exit(code));
@@ -50,7 +55,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
 if (config.threadSemiSpaceMb > 0) setFlagsFromString(`--min-semi-space-size=${config.threadSemiSpaceMb}`);
 
 try {
-  broker = await startBroker(config);
+  broker = await startBroker(config, { stopSignal: starting.signal });
 } catch (err) {
   if (err instanceof BrokerConfigError) {
     process.stderr.write(`edge-broker: invalid BROKER_CONFIG (${config.brokerConfigPath}): ${err.message}\n`);

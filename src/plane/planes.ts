@@ -274,8 +274,15 @@ export class DataPlanes {
     return (await this.callAll('stats')) as PlaneStats[];
   }
 
-  /** Stops accepting on every thread, gives in-flight requests graceMs, then stops the threads. */
-  async close(graceMs: number): Promise<number> {
+  /** Stops accepting on every thread, gives in-flight requests graceMs, then stops the threads. Once: a second call gets the first's result. */
+  close(graceMs: number): Promise<number> {
+    this.closed ??= this.closeOnce(graceMs);
+    return this.closed;
+  }
+
+  private closed: Promise<number> | undefined;
+
+  private async closeOnce(graceMs: number): Promise<number> {
     this.closing = true;
     const counts = await Promise.all(
       this.planes.map((p) => {

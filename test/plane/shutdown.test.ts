@@ -130,3 +130,25 @@ for (const threads of ['0', '2']) {
     t.same(out.filter((r) => !(r.status === 200 || (r.status === 503 && r.code === 'shutting_down'))), [], 'every request: its answer or shutting_down');
   });
 }
+
+for (const threads of ['0', '2']) {
+  t.test(`FRONT_THREADS=${threads}: a stop asked while starting stops the front accepting as soon as it is up, before startBroker returns`, async (t) => {
+    const { loadConfig } = await import('../../src/config/env.ts');
+    const { startBroker } = await import('../../src/app.ts');
+    const { Writable } = await import('node:stream');
+    const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'warn', GRPC_PORT: '0', FRONT_THREADS: threads, INFER_ENABLED: 'false', FLEET_HEALTH_CHECKS: 'false' });
+    // SIGTERM came while the broker was starting (main.ts aborts this): with threads, they
+    // answered /ready 200 for the second the rest of start-up took.
+    const stopping = new AbortController();
+    stopping.abort();
+    const broker = await startBroker(config, { stopSignal: stopping.signal, logDestination: new Writable({ write: (_c, _e, cb) => cb() }) });
+    t.teardown(() => broker.close(0));
+    let outcome = '';
+    for (let i = 0; i < 50; i++) {
+      outcome = await fetch(`http://127.0.0.1:${broker.port}/ready`).then((r) => String(r.status), () => 'refused');
+      if (outcome !== '200') break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    t.ok(outcome === 'refused' || outcome === '503', `a new connection is not served as ready (${outcome})`);
+  });
+}
