@@ -50,8 +50,10 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
   const breakerAction = (action: 'open' | 'close' | 'half-open' | 'reset'): Route =>
     post(`/circuit-breakers/:server/:model/${action}`, (ctx) => {
       const state = action === 'close' ? 'closed' : action === 'half-open' ? 'half_open' : action;
+      // Audited once done: a refused action (an unknown server, 404) leaves no audit line.
+      const r = fleet.forceBreaker(ctx.params.server!, ctx.params.model!, state);
       audit(ctx, 'breaker', { server: ctx.params.server, model: ctx.params.model, action });
-      return fleet.forceBreaker(ctx.params.server!, ctx.params.model!, state);
+      return r;
     });
 
   const addBan = (scope: BanScope) => (ctx: RouteContext) => {
@@ -108,19 +110,22 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
       return r;
     }, 'DELETE'),
     post('/servers/:id/drain', (ctx) => {
+      const r = fleet.setDraining(ctx.params.id!, true);
       audit(ctx, 'drain', { server: ctx.params.id, draining: true });
-      return fleet.setDraining(ctx.params.id!, true);
+      return r;
     }),
     post('/servers/:id/undrain', (ctx) => {
+      const r = fleet.setDraining(ctx.params.id!, false);
       audit(ctx, 'drain', { server: ctx.params.id, draining: false });
-      return fleet.setDraining(ctx.params.id!, false);
+      return r;
     }),
     post('/servers/:id/maintenance', (ctx) => {
       const enabled = field(ctx.body, 'enabled', isBool, 'true or false');
       if (enabled === undefined) throw new BrokerError('invalid_request', 'enabled (true or false) is required', { details: { field: 'enabled' } });
       const reason = field(ctx.body, 'reason', isReason, 'a string of at most 500 characters');
+      const r = fleet.setMaintenance(ctx.params.id!, enabled, reason);
       audit(ctx, 'maintenance', { server: ctx.params.id, enabled, reason: reason ?? null });
-      return fleet.setMaintenance(ctx.params.id!, enabled, reason);
+      return r;
     }),
     post('/servers/:id/models/:model/recovery-test', async (ctx) => {
       const r = await fleet.runRecoveryTest(ctx.params.id!, ctx.params.model!);
@@ -147,8 +152,9 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
     // ---- circuit breakers ----
     get('/circuit-breakers', () => ({ breakers: fleet.breakerViews() })),
     post('/circuit-breakers/:server/reset', (ctx) => {
+      const r = fleet.resetServerBreakers(ctx.params.server!);
       audit(ctx, 'breaker', { server: ctx.params.server, action: 'reset_all' });
-      return fleet.resetServerBreakers(ctx.params.server!);
+      return r;
     }),
     get('/circuit-breakers/:server/:model', (ctx) => fleet.breakerView(ctx.params.server!, ctx.params.model!)),
     breakerAction('open'),
@@ -191,8 +197,9 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
     get('/recovery-failures/:id/analysis', (ctx) => fleet.recoveryAnalysis(ctx.params.id!)),
     get('/recovery-failures/:id/circuit-breaker-impact', (ctx) => fleet.breakerImpact(ctx.params.id!)),
     post('/recovery-failures/:id/reset', (ctx) => {
+      const r = fleet.resetRecovery(ctx.params.id!);
       audit(ctx, 'recovery_reset', { server: ctx.params.id });
-      return fleet.resetRecovery(ctx.params.id!);
+      return r;
     }),
 
     // ---- queue ----

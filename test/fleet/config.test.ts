@@ -114,3 +114,20 @@ t.test("config: a key written in the fleet file shows by its id, a backup restor
   t.equal(stray.status, 400, 'an id that names no running key');
   t.equal(stray.body.error.param, 'apiKeys.k_0123456789ab');
 });
+
+t.test('an action refused (an unknown server, 404) leaves no audit line; a done one leaves one', async (t) => {
+  const m = await startMock(t);
+  const tb = await fleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'r', provider: 'openai', url: m.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  const audits = () => tb.logs.filter((l) => typeof l['audit'] === 'string').map((l) => `${l['audit']}:${String(l['server'])}`);
+  for (const [path, body] of [
+    ['/servers/ghost/drain', undefined],
+    ['/servers/ghost/undrain', undefined],
+    ['/servers/ghost/maintenance', { enabled: true }],
+    ['/circuit-breakers/ghost/m/open', undefined],
+    ['/circuit-breakers/ghost/reset', undefined],
+    ['/recovery-failures/ghost/reset', undefined],
+  ] as const) t.equal((await send(tb, 'POST', `/api/orchestrator${path}`, body)).status, 404, path);
+  t.same(audits().filter((a) => a.endsWith(':ghost')), [], 'no audit line for what was not done');
+  t.equal((await send(tb, 'POST', '/api/orchestrator/servers/r/drain')).status, 200);
+  t.ok(audits().includes('drain:r'), 'the drain that was done is audited');
+});
