@@ -763,13 +763,19 @@ export class FleetManager {
     if (configured === undefined) throw new BrokerError('invalid_request', 'no config file: the broker runs on discovery (set BROKER_CONFIG to reload from a file)');
     const target = resolve(dirname(configured), path ?? configured);
     const dir = realpathSync(dirname(resolve(configured)));
+    const outsideOf = (d: string, p: string): boolean => dirname(p) !== d && !p.startsWith(d + sep);
+    const outside = (p: string): boolean => outsideOf(dir, p);
+    // The path as written is checked before the file is looked for ("no such file" for a path
+    // outside would tell an admin which files exist anywhere on the machine); the real path
+    // after, so that a link cannot lead out.
+    if (outsideOf(dirname(resolve(configured)), target) && outside(target)) throw new BrokerError('invalid_request', `configPath must be the configured file or inside ${dir}`, { details: { field: 'configPath' } });
     let real: string;
     try {
       real = realpathSync(target);
     } catch {
       throw new BrokerError('invalid_request', `cannot read ${path}: no such file`, { details: { field: 'configPath' } });
     }
-    if (dirname(real) !== dir && !real.startsWith(dir + sep)) throw new BrokerError('invalid_request', `configPath must be the configured file or inside ${dir}`, { details: { field: 'configPath' } });
+    if (outside(real)) throw new BrokerError('invalid_request', `configPath must be the configured file or inside ${dir}`, { details: { field: 'configPath' } });
     let doc: unknown;
     try {
       doc = readBrokerConfigDocument(real);

@@ -64,6 +64,10 @@ t.test('config: get with a version, patch, schema, invalid and stale changes ref
   t.equal(outside.status, 400, 'a file outside the config directory');
   t.match(outside.body.error.message, /inside/);
   t.equal((await send(tb, 'POST', '/api/orchestrator/config/reload', { configPath: '../../etc/hosts' })).status, 400);
+  // Outside, a file that exists and one that does not get the same answer: no oracle of the machine's files.
+  const missing = await send(tb, 'POST', '/api/orchestrator/config/reload', { configPath: '/etc/no-such-file-here' });
+  t.equal(missing.status, 400);
+  t.equal(missing.body.error.message, outside.body.error.message, 'the same refusal whether it exists or not');
 });
 
 t.test('every route needs the admin credential; recovery tests keep their failures with an analysis', async (t) => {
