@@ -1,6 +1,7 @@
 // Process configuration from the environment: parsed and validated once at
 // start-up, then frozen. A bad value throws ConfigError naming the variable, and
 // main.ts exits with that message.
+import { accessSync, constants, statSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { FLAG_NAMES, envName, type FlagName } from './flags.ts';
 
@@ -134,6 +135,15 @@ function bool(env: Env, name: string, def: boolean): boolean {
   throw new ConfigError(name, `must be true or false, got "${raw}"`);
 }
 
+function readable(path: string): boolean {
+  try {
+    accessSync(path, constants.R_OK);
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
 function str(env: Env, name: string, def: string): string {
   const raw = env[name];
   return raw === undefined || raw === '' ? def : raw;
@@ -178,6 +188,10 @@ export function loadConfig(env: Env = process.env): Config {
   const grpcCert = str(env, 'GRPC_TLS_CERT', '');
   const grpcKey = str(env, 'GRPC_TLS_KEY', '');
   if ((grpcCert === '') !== (grpcKey === '')) throw new ConfigError(grpcCert === '' ? 'GRPC_TLS_CERT' : 'GRPC_TLS_KEY', 'GRPC_TLS_CERT and GRPC_TLS_KEY go together: set both or neither');
+  // Read at the gRPC front's start: a missing file is said here, by its variable, not as a bare ENOENT.
+  for (const [name, path] of [['GRPC_TLS_CERT', grpcCert], ['GRPC_TLS_KEY', grpcKey]] as const) {
+    if (path !== '' && !readable(path)) throw new ConfigError(name, `${path} is not a readable file`);
+  }
   const adminToken = env.ADMIN_TOKEN === undefined || env.ADMIN_TOKEN === '' ? undefined : env.ADMIN_TOKEN;
   if (adminToken !== undefined && adminToken.length < 8) throw new ConfigError('ADMIN_TOKEN', 'must be at least 8 characters');
 

@@ -29,6 +29,8 @@ t.test('bad values name the variable', async (t) => {
     { INFER_THREADS: '0' },
     { THREAD_SEMI_SPACE_MB: '-1' },
     { ADMIN_TOKEN: 'short' },
+    { GRPC_TLS_CERT: '/nonexistent/cert.pem', GRPC_TLS_KEY: '/nonexistent/key.pem' },
+    { GRPC_TLS_KEY: '/etc', GRPC_TLS_CERT: 'package.json' },
   ];
   for (const env of cases) {
     const name = Object.keys(env)[0]!;
