@@ -11,9 +11,25 @@ import { startTestBroker, postJson } from '../helpers/broker.ts';
 const MiB = 1024 * 1024;
 let sent = 0;
 // /big/...: a 200 whose JSON body is 3 MiB; /bad/...: a 400 whose JSON error is 2 MiB.
+// /endless/...: a stream whose second event never ends: 64 MiB without a newline, unless cut.
+let endlessSent = 0;
+let endlessCut = false;
 const upstream: Server = createServer((req, res) => {
   req.resume();
-  req.on('end', () => {
+  req.on('end', async () => {
+    if (req.url!.startsWith('/endless/')) {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write('data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}\n\n');
+      res.write('data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"');
+      res.on('close', () => (endlessCut = !res.writableFinished));
+      const filler = 'x'.repeat(MiB);
+      for (let i = 0; i < 64 && !res.destroyed; i++) {
+        endlessSent += MiB;
+        if (!res.write(filler)) await new Promise((r) => { res.once('drain', r); res.once('close', r); });
+      }
+      if (!res.destroyed) res.end('"}}]}\n\ndata: [DONE]\n\n');
+      return;
+    }
     if (req.url!.startsWith('/big/')) {
       res.writeHead(200, { 'content-type': 'application/json' });
       const filler = 'x'.repeat(MiB);
@@ -40,6 +56,7 @@ writeFileSync(
     modelGroups: {
       big: { deployments: [{ id: 'big-1', provider: 'openai', url: `${base}/big`, model: 'm' }] },
       bad: { deployments: [{ id: 'bad-1', provider: 'openai', url: `${base}/bad`, model: 'm' }] },
+      endless: { deployments: [{ id: 'endless-1', provider: 'openai', url: `${base}/endless`, model: 'm' }] },
     },
   }),
 );
@@ -63,4 +80,17 @@ t.test('a huge upstream error body reaches the client cut, not whole', async (t)
 
 t.test('the broker keeps serving', async (t) => {
   t.equal((await fetch(`${tb.url}/healthz`)).status, 200);
+});
+
+t.test('a streamed event that never ends: cut past 16 MiB with an error event, the upstream connection closed', async (t) => {
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'endless', stream: true, messages: [{ role: 'user', content: 'hi' }] }) });
+  t.equal(res.status, 200, 'the first event was sent');
+  const text = await res.text();
+  t.match(text, /"content":"Hi"/);
+  t.match(text, /upstream_error/, 'the stream ends with the error event');
+  t.match(text, /more than 16777216 bytes without its end/);
+  t.notMatch(text, /xxxxxxxx/, 'none of the unfinished event reaches the client');
+  for (let i = 0; i < 200 && !endlessCut; i++) await new Promise((r) => setTimeout(r, 10));
+  t.ok(endlessCut, 'the broker closed the upstream connection');
+  t.ok(endlessSent < 64 * MiB, `the upstream did not get to send it all (${endlessSent / MiB} MiB)`);
 });

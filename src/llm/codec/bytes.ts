@@ -7,7 +7,17 @@
 // 200 ns per event either way, but only complete lines are ever decoded, so no
 // code point can be split).
 
+import { BrokerError } from '../../errors.ts';
+
 export const EMPTY = Buffer.alloc(0);
+
+/**
+ * The most an incomplete event (an SSE block, an NDJSON line) may hold: an upstream that never
+ * ends its line (broken, or hostile) would otherwise grow one request's memory without bound
+ * (1 GB in a probe). LLM events are a few hundred bytes; the non-streamed bound is
+ * UPSTREAM_MAX_BODY_BYTES, 16 MiB by default.
+ */
+export const MAX_EVENT_BYTES = 16 * 1024 * 1024;
 
 /** A Buffer view over the same memory; no copy. */
 export function asBuffer(chunk: Uint8Array): Buffer {
@@ -23,10 +33,17 @@ export class Carry {
   buf: Buffer = EMPTY;
   len = 0;
 
+  constructor(private readonly max: number = MAX_EVENT_BYTES) {}
+
+  /** Throws upstream_error past `max` bytes (the chain ends the stream with its error event, the upstream is cut). */
   append(src: Buffer, from: number, to: number): void {
     const n = to - from;
     if (n <= 0) return;
     const need = this.len + n;
+    if (need > this.max) {
+      this.clear();
+      throw new BrokerError('upstream_error', `upstream sent an event of more than ${this.max} bytes without its end`);
+    }
     if (need > this.buf.length) {
       const next = Buffer.allocUnsafe(Math.max(need, this.buf.length * 2, 256));
       if (this.len > 0) this.buf.copy(next, 0, 0, this.len);

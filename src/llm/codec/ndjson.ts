@@ -28,10 +28,12 @@ export type NdjsonListener = (line: NdjsonLine) => void;
 export class NdjsonParser {
   private readonly listener: NdjsonListener;
   private readonly line: NdjsonLine = { text: '', raw: new Uint8Array(0), terminated: true };
-  private readonly carry = new Carry();
+  private readonly carry: Carry;
 
-  constructor(listener: NdjsonListener) {
+  /** `maxLineBytes`: an incomplete line past it throws upstream_error (bytes.ts MAX_EVENT_BYTES). */
+  constructor(listener: NdjsonListener, maxLineBytes?: number) {
     this.listener = listener;
+    this.carry = new Carry(maxLineBytes);
   }
 
   /** Bytes held for an incomplete line. */

@@ -50,7 +50,7 @@ export class SseParser {
   private readonly listener: SseListener;
   private readonly ev: SseEvent = { data: null, event: '', id: null, raw: new Uint8Array(0), continuation: false };
   /** Bytes of the current block received in earlier chunks. */
-  private readonly carry = new Carry();
+  private readonly carry: Carry;
   /** Offset in `carry` where the unterminated line starts (== carry.len when none). */
   private lineStart = 0;
   private skipLF = SKIP_NONE;
@@ -61,8 +61,10 @@ export class SseParser {
   private eventType = '';
   private id: string | null = null;
 
-  constructor(listener: SseListener) {
+  /** `maxEventBytes`: an incomplete block past it throws upstream_error (bytes.ts MAX_EVENT_BYTES). */
+  constructor(listener: SseListener, maxEventBytes?: number) {
     this.listener = listener;
+    this.carry = new Carry(maxEventBytes);
   }
 
   /** Bytes held for an incomplete block. */

@@ -73,3 +73,14 @@ t.test('parseNdjson and encodeNdjson', async (t) => {
   t.equal(encodeNdjson({ error: 'boom' }), '{"error":"boom"}\n');
   t.same(parseNdjson(encodeNdjson({ a: 'é' }) + '\n  \n' + encodeNdjson([1])), [{ a: 'é' }, [1]]);
 });
+
+t.test('a line that never ends is refused past the bound, whatever the chunking', async (t) => {
+  const lines: string[] = [];
+  const p = new NdjsonParser((l) => void lines.push(l.text), 64);
+  p.push(Buffer.from('{"a":1}\n'));
+  t.same(lines, ['{"a":1}']);
+  p.push(Buffer.from('{"b":"' + 'x'.repeat(40)));
+  t.throws(() => p.push(Buffer.from('x'.repeat(40))), { code: 'upstream_error', message: /more than 64 bytes/ });
+  t.equal(p.pending, 0);
+  t.throws(() => new NdjsonParser(() => undefined, 64).push(Buffer.from('y'.repeat(100))), { code: 'upstream_error' }, 'in one chunk');
+});

@@ -165,3 +165,17 @@ t.test('encoders', async (t) => {
     { data: '[DONE]', event: '', id: null },
   ]);
 });
+
+t.test('an event that never ends is refused past the bound, whatever the chunking', async (t) => {
+  const events: string[] = [];
+  const p = new SseParser((ev) => void (ev.data !== null && events.push(ev.data)), 64);
+  p.push(Buffer.from('data: ok\n\n'));
+  t.same(events, ['ok'], 'a normal event passes');
+  p.push(Buffer.from('data: ' + 'x'.repeat(40)));
+  t.throws(() => p.push(Buffer.from('x'.repeat(40))), { code: 'upstream_error', message: /more than 64 bytes/ }, 'cut across chunks');
+  t.equal(p.pending, 0, 'and nothing is held after');
+  const q = new SseParser(() => undefined, 64);
+  t.throws(() => q.push(Buffer.from('data: ' + 'y'.repeat(100))), { code: 'upstream_error' }, 'in one chunk');
+  const lines = new SseParser(() => undefined, 64);
+  t.throws(() => { for (let i = 0; i < 20; i++) lines.push(Buffer.from('data: z\n')); }, { code: 'upstream_error' }, 'a block of many lines without its blank line');
+});
