@@ -24,6 +24,8 @@ export const ERROR_TABLE = {
   model_not_found: { http: 404, grpc: 'NOT_FOUND', openai: 'invalid_request_error', message: 'no such model' },
   config_conflict: { http: 409, grpc: 'ABORTED', openai: 'invalid_request_error', message: 'the config changed since it was read: read it again (If-Match)' },
   request_timeout: { http: 408, grpc: 'DEADLINE_EXCEEDED', openai: 'invalid_request_error', message: 'the request body did not arrive in time' },
+  // Never a reply (the connection is gone): how a reply cut for a client that read nothing for 10 s is recorded.
+  client_too_slow: { http: 408, grpc: 'DEADLINE_EXCEEDED', openai: 'invalid_request_error', message: 'the client read nothing of the reply for 10 s' },
   method_not_allowed: { http: 405, grpc: 'UNIMPLEMENTED', openai: 'invalid_request_error', message: 'method not allowed on this route' },
   payload_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', openai: 'invalid_request_error', message: 'request body is too large' },
   image_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', openai: 'invalid_request_error', message: 'image has too many pixels' },

@@ -39,3 +39,26 @@ t.test('a client that pauses longer than idleChunkTimeoutMs still gets the whole
   t.match(text, /data: \[DONE\]/, 'the stream ended cleanly');
   t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'big-1' }), 0);
 });
+
+t.test('a client that reads nothing for 10 s is cut by the front (uWS idle timeout) and counted as the broker cutting a slow client, not as the client leaving', async (t) => {
+  const port = Number(new URL(tb.url).port);
+  const body = JSON.stringify({ model: 'g', stream: true, messages: [{ role: 'user', content: 'a long answer' }] });
+  const before = await metricValue(tb.url, 'http_streams_cut_total', { code: 'client_too_slow' });
+  const socket = connect(port, '127.0.0.1');
+  await new Promise((r) => socket.once('connect', r));
+  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  await new Promise((r) => socket.once('data', r));
+  socket.pause();
+  // Never read again: the front's buffers fill, the reply waits to drain, uWS closes it after 10 s.
+  const closed = new Promise((r) => socket.once('close', r));
+  socket.on('error', () => undefined);
+  await new Promise((r) => setTimeout(r, 12_500));
+  socket.destroy();
+  await closed;
+  let cut = before;
+  for (let i = 0; i < 100 && cut === before; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    cut = await metricValue(tb.url, 'http_streams_cut_total', { code: 'client_too_slow' });
+  }
+  t.equal(cut, before + 1, 'http_streams_cut_total{code="client_too_slow"}');
+});

@@ -235,8 +235,11 @@ class UwsSink implements FrontSink {
       this.abortCbs = undefined;
       if (cbs) for (const cb of cbs) cb();
       // 408 when the body never finished arriving (uWS drops a connection idle for 10 s);
-      // else 499 as nginx: the client closed the request before the reply ended.
+      // else 499 as nginx: the client closed the request before the reply ended. A reply
+      // waiting to be drained is cut by that same timeout when the client reads nothing of it
+      // for 10 s: the broker's cut (client_too_slow, in http_streams_cut_total), not the client's.
       if (this.readingBody) this.errorCode = 'request_timeout';
+      else if (this.started && this.writableCb !== undefined) this.errorCode = 'client_too_slow';
       this.record(this.status || (this.readingBody ? 408 : 499), true);
     });
   }
@@ -347,7 +350,7 @@ class UwsSink implements FrontSink {
     m.httpActive.dec();
     m.httpDuration.labels(this.routeName, this.req.method, String(status)).observe(seconds);
     if (status >= 400) m.httpErrors.labels(this.routeName, String(status), this.errorCode ?? (aborted ? 'client_closed' : 'unknown')).inc();
-    else if (this.errorCode !== undefined && !aborted) m.httpStreamsCut.labels(this.routeName, this.errorCode).inc();
+    else if (this.errorCode !== undefined && (!aborted || this.errorCode === 'client_too_slow')) m.httpStreamsCut.labels(this.routeName, this.errorCode).inc();
     // Below info (LOG_LEVEL=warn) there is no access line: do not build one.
     if (!this.accessLog.isLevelEnabled('info')) return;
     const line: Record<string, unknown> = {
