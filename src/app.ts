@@ -371,9 +371,9 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           if (req.method !== 'GET' && req.method !== 'HEAD' && !req.path.startsWith('/v2/')) await planes!.publish();
           return reply;
         },
-        infer(call) {
+        infer(call, signal) {
           if (infer === undefined) return disabledInference.infer(call as never);
-          return infer.infer({ image: Buffer.from(call.image.buffer, call.image.byteOffset, call.image.byteLength), imgSize: call.imgSize, topK: call.topK, cookieArm: call.cookieArm, priority: call.priority, trace: call.trace });
+          return infer.infer({ image: Buffer.from(call.image.buffer, call.image.byteOffset, call.image.byteLength), imgSize: call.imgSize, topK: call.topK, cookieArm: call.cookieArm, priority: call.priority, trace: call.trace, signal });
         },
         async discover() {
           const before = fleetVersion;

@@ -26,6 +26,8 @@ export const ERROR_TABLE = {
   request_timeout: { http: 408, grpc: 'DEADLINE_EXCEEDED', openai: 'invalid_request_error', message: 'the request body did not arrive in time' },
   // Never a reply (the connection is gone): how a reply cut for a client that read nothing for 10 s is recorded.
   client_too_slow: { http: 408, grpc: 'DEADLINE_EXCEEDED', openai: 'invalid_request_error', message: 'the client read nothing of the reply for 10 s' },
+  // Never a reply either: the client is gone. What a request it abandoned ends with inside the broker.
+  client_closed: { http: 499, grpc: 'CANCELLED', openai: 'invalid_request_error', message: 'the client closed the request' },
   method_not_allowed: { http: 405, grpc: 'UNIMPLEMENTED', openai: 'invalid_request_error', message: 'method not allowed on this route' },
   payload_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', openai: 'invalid_request_error', message: 'request body is too large' },
   image_too_large: { http: 413, grpc: 'RESOURCE_EXHAUSTED', openai: 'invalid_request_error', message: 'image has too many pixels' },

@@ -24,6 +24,7 @@ import { AdmissionQueue, DEFAULT_PRIORITY, type Pending } from './admission.ts';
 import type { BatchOutcome, BatchTask, ModelProblems, Prediction, SessionsMetadata, WorkerData } from './protocol.ts';
 import { workerEntry } from '../workers/entry.ts';
 import type { TraceContext } from '../obs/trace/context.ts';
+import type { AbortLike } from '../abort.ts';
 import type { Tracer } from '../obs/trace/tracer.ts';
 import { queueSpan } from '../obs/trace/infer.ts';
 import type { ConversionMode } from './native.ts';
@@ -78,6 +79,13 @@ export interface RunOptions {
   readonly timeoutMs?: number;
   /** The request's span context, when it is traced. */
   readonly trace?: TraceContext | undefined;
+  /** Aborted when the client goes: a queued item is dropped unsent, and the run rejects with client_closed. Never sent to a worker. */
+  readonly signal?: AbortLike | undefined;
+}
+
+/** What a run whose client went away rejects with: nothing answers it, nothing counts it as a failure. */
+export function clientGone(): BrokerError {
+  return new BrokerError('client_closed', 'the client closed the request before its image was served');
 }
 
 export interface RunResult {
@@ -396,12 +404,20 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       if (q === undefined) return Promise.reject(new BrokerError('internal', `pool has no model ${model}`));
       if (refusal !== undefined) return Promise.reject(refusal);
       if (closing) return Promise.reject(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
+      const signal = runOpts?.signal;
+      if (signal?.aborted === true) return Promise.reject(clientGone());
       return new Promise<RunResult>((resolve, reject) => {
         const enqueuedAt = performance.now();
         const deadline = runOpts?.timeoutMs !== undefined ? enqueuedAt + runOpts.timeoutMs : undefined;
-        const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve }, size, priority, enqueuedAt, reject, ...(deadline !== undefined ? { deadline } : {}) };
+        const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve }, size, priority, enqueuedAt, reject, ...(deadline !== undefined ? { deadline } : {}), ...(signal !== undefined ? { cancelled: () => signal.aborted } : {}) };
         q.push(p);
         waiting++;
+        // The client gone: still queued, the item is dropped at the queue's next look; already
+        // running, its result is not waited for.
+        signal?.addEventListener('abort', () => {
+          q.noteCancelled();
+          reject(clientGone());
+        });
         pump(new Set([p]));
       });
     },
@@ -411,6 +427,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       if (refusal !== undefined) return Promise.reject(refusal);
       if (closing) return Promise.reject(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
       if (images.length === 0) return Promise.resolve([]);
+      if (runOpts?.signal?.aborted === true) return Promise.reject(clientGone());
       try {
         q.reserve(images.length);
       } catch (err) {
@@ -422,7 +439,8 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
         const results: RunResult[] = new Array<RunResult>(images.length);
         let left = images.length;
         let failed = false;
-        const cancelled = (): boolean => failed;
+        const signal = runOpts?.signal;
+        const cancelled = (): boolean => failed || signal?.aborted === true;
         const fail = (err: BrokerError): void => {
           if (failed) return;
           failed = true;
@@ -442,6 +460,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
           fresh.add(p);
           waiting++;
         });
+        signal?.addEventListener('abort', () => fail(clientGone()));
         pump(fresh);
       });
     },

@@ -1,4 +1,5 @@
 // HTTP routes of the inference path: POST /v1/infer and the readiness probe.
+import { RequestAbort } from '../abort.ts';
 import { BrokerError } from '../errors.ts';
 import type { Route } from '../front/http/router.ts';
 import { requestPriority, type PriorityCeiling } from './admission.ts';
@@ -41,7 +42,10 @@ export function inferRoutes(service: InferBackend, stickyCookie: string, ceiling
         const { image, imgSize, topK } = Buffer.isBuffer(body) ? rawInput(body, req.query) : jsonInput(body as Record<string, unknown>);
         const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
         const priority = requestPriority(req.headers, ceiling);
-        const reply = await service.infer({ image, imgSize, topK, cookieArm, priority, trace: req.span?.context() });
+        // A client gone while its image waits: the image leaves the queue, nobody computes it for nothing.
+        const signal = new RequestAbort();
+        sink.onAbort(() => signal.abort());
+        const reply = await service.infer({ image, imgSize, topK, cookieArm, priority, trace: req.span?.context(), signal });
         noteInference(req.facts, reply);
         sink.send(
           200,

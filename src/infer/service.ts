@@ -9,7 +9,8 @@ import { chooseArm, shareOfB, type Arm, type SplitState } from './arms.ts';
 import { CanaryJudge, type CanaryThresholds } from './canary.ts';
 import type { LoadedModel } from './manifest.ts';
 import { inferMetrics, type InferMetrics } from './metrics.ts';
-import type { InferPool, RunResult } from './pool.ts';
+import { clientGone, type InferPool, type RunResult } from './pool.ts';
+import type { AbortLike } from '../abort.ts';
 import type { ModelProblems, Prediction } from './protocol.ts';
 import type { TraceContext } from '../obs/trace/context.ts';
 
@@ -29,6 +30,8 @@ export interface InferInput {
   readonly priority?: number | undefined;
   /** The request's span context when it is traced: the inference spans go under it. */
   readonly trace?: TraceContext | undefined;
+  /** Aborted when the client goes: the image leaves the queue, and the request counts as neither success nor failure. */
+  readonly signal?: AbortLike | undefined;
 }
 
 export interface InferReply {
@@ -66,6 +69,7 @@ export interface ItemsInput {
   /** The request's own queue timeout (v2 schedule policy), when shorter than the model's. */
   readonly timeoutMs?: number | undefined;
   readonly trace?: TraceContext | undefined;
+  readonly signal?: AbortLike | undefined;
 }
 
 export interface ItemsReply {
@@ -225,7 +229,7 @@ export class InferService {
     const { manifest } = choice.model;
     const size = checkSize(input.imgSize, choice.model);
     const topK = Math.min(input.topK ?? 5, manifest.labels.length);
-    const { results, totalMs } = await this.run(choice, { items: [input.image], tensor: false, size, topK, scores: false, priority: input.priority, trace: input.trace });
+    const { results, totalMs } = await this.run(choice, { items: [input.image], tensor: false, size, topK, scores: false, priority: input.priority, trace: input.trace, signal: input.signal });
     const result = results[0]!;
     return {
       arm: choice.arm,
@@ -262,7 +266,7 @@ export class InferService {
     // After a promote A and B are the same model: a shadow run would only run it twice.
     const shadowing = this.config.shadowEnabled && arm === 'A' && choice.reason !== 'version' && !sameModel(pool) && (!input.tensor || sameInput(pool));
     const shadowCopies = shadowing ? input.items.map((b) => Buffer.from(b)) : undefined;
-    const opts = { tensor: input.tensor, scores: input.scores, trace: input.trace, ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}) };
+    const opts = { tensor: input.tensor, scores: input.scores, trace: input.trace, signal: input.signal, ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}) };
     let results: RunResult[];
     try {
       // Several items (a v2 batch) are admitted whole or not at all, and fail as one.
@@ -271,6 +275,8 @@ export class InferService {
         : await pool.runAll(arm, input.items.map(transferable), input.size, input.topK, input.priority, opts);
     } catch (err) {
       const e = err as BrokerError;
+      // The client left: one outcome, its own (499 at the front); not a failure of the model.
+      if (input.signal?.aborted === true) throw err;
       if (e.code === 'overloaded' || e.code === 'queue_timeout') this.im.admissionRejected.labels(manifest.name, e.code === 'overloaded' ? 'full' : 'timeout').inc();
       m.inferFailure.labels(manifest.name, manifest.version, arm, e.code ?? 'internal').inc();
       if (e.details?.['decoder'] !== undefined) this.deps.logger.warn({ decoder: e.details['decoder'], model: manifest.name, arm }, 'image decoder refused the bytes');
@@ -281,6 +287,8 @@ export class InferService {
       throw err;
     }
     const total = performance.now() - t0;
+    // Computed, but the client left meanwhile: not a success either.
+    if (input.signal?.aborted === true) throw clientGone();
     // The slowest item stands for the request.
     const worst = results.reduce((a, r) => (r.queueMs + r.decodeMs + r.inferMs > a.queueMs + a.decodeMs + a.inferMs ? r : a));
     m.inferSuccess.labels(manifest.name, manifest.version, arm).inc();

@@ -10,6 +10,7 @@ import { AggregatorRegistry, type Registry } from 'prom-client';
 type MetricsJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>;
 import type { Config } from '../config/env.ts';
 import { toBrokerError } from '../errors.ts';
+import { RequestAbort, type AbortLike } from '../abort.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import type { BrokerRequest } from '../front/reply.ts';
@@ -32,7 +33,8 @@ export interface PlanesDeps {
   /** Lines logged by a thread, for the process's one log destination. */
   writeLog(text: string): void;
   forward(req: BrokerRequest, body: Uint8Array | undefined): Promise<ForwardedReply>;
-  infer(call: InferCall): Promise<InferReply>;
+  /** `signal`: aborted when the thread says the client went away. */
+  infer(call: InferCall, signal: AbortLike): Promise<InferReply>;
   discover(): Promise<void>;
   /** A session's roles, or null when it is not live. */
   session(id: string): Promise<{ roles: readonly string[] } | null>;
@@ -55,6 +57,8 @@ interface Plane {
   onAck: (() => void)[];
   stopped?: (unfinished: number) => void;
   readonly calls: Map<number, (v: unknown) => void>;
+  /** The thread's infer calls in flight: aborted by its infer_abort. */
+  readonly inferring: Map<number, RequestAbort>;
 }
 
 const ACK_TIMEOUT_MS = 5000;
@@ -110,7 +114,7 @@ export class DataPlanes {
     const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel, spend: this.deps.spend?.() };
     const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { init });
     const worker = new Worker(filename, { workerData, name: `data-plane-${index}` });
-    const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map() };
+    const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map(), inferring: new Map() };
     return new Promise<number>((resolve, reject) => {
       let listening = false;
       worker.on('message', (m: ToControl) => {
@@ -169,8 +173,18 @@ export class DataPlanes {
         return;
       case 'forward':
         return this.reply(plane, m.id, this.deps.forward(m.req, m.body));
-      case 'infer':
-        return this.reply(plane, m.id, this.deps.infer(m.call));
+      case 'infer': {
+        const abort = new RequestAbort();
+        plane.inferring.set(m.id, abort);
+        const done = this.deps.infer(m.call, abort);
+        void done.then(
+          () => plane.inferring.delete(m.id),
+          () => plane.inferring.delete(m.id),
+        );
+        return this.reply(plane, m.id, done);
+      }
+      case 'infer_abort':
+        return plane.inferring.get(m.id)?.abort();
       case 'discover':
         return this.reply(plane, m.id, this.deps.discover());
       case 'session':

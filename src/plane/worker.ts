@@ -162,7 +162,14 @@ const inference: InferBackend = {
     // Transfer the bytes when they own their buffer; small ones live in Node's shared pool.
     const own = input.image.byteOffset === 0 && input.image.byteLength === input.image.buffer.byteLength;
     const image = own ? input.image : Uint8Array.prototype.slice.call(input.image);
-    return call<InferReply>((id) => ({ t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm, priority: input.priority, trace: input.trace } }), [image.buffer as ArrayBuffer]);
+    let callId = 0;
+    const reply = call<InferReply>((id) => {
+      callId = id;
+      return { t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm, priority: input.priority, trace: input.trace } };
+    }, [image.buffer as ArrayBuffer]);
+    // The client gone: the control plane takes its image out of the queue.
+    input.signal?.addEventListener('abort', () => post({ t: 'infer_abort', id: callId }));
+    return reply;
   },
 };
 

@@ -1,0 +1,44 @@
+// A client that goes away while its image waits: the image leaves the queue unsent, and the
+// request has one outcome, the client's (499), never also a success or failure of the model.
+// With data-plane threads (the default) the abort crosses to the control plane's queue.
+import t from 'tap';
+import sharp from 'sharp';
+import { startTestBroker, metricValue } from '../helpers/broker.ts';
+
+for (const threads of ['2', '0']) {
+  t.test(`FRONT_THREADS=${threads}: aborted while queued, an image is not computed nor counted`, async (t) => {
+    const tb = await startTestBroker({ FRONT_THREADS: threads, INFER_THREADS: '1', INFER_MAX_PIXELS: String(2000 * 2000), AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'false' });
+    t.teardown(() => tb.close());
+    const model = tb.broker.infer!.models.A.manifest.name;
+    // Large PNGs: tens of ms of decode each, so one worker leaves most of them queued.
+    const big = (await sharp({ create: { width: 1900, height: 1900, channels: 3, background: '#5a7' } }).png({ compressionLevel: 1 }).toBuffer()).toString('base64');
+    const success0 = await metricValue(tb.url, 'inference_request_success_total');
+    const failure0 = await metricValue(tb.url, 'inference_request_failure_total');
+    const computed0 = await metricValue(tb.url, 'inference_count_total', { model });
+    const N = 16;
+    const aborts = Array.from({ length: N }, () => new AbortController());
+    const sent = aborts.map((a) =>
+      fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image_b64: big }), signal: a.signal }).then(
+        (r) => r.status,
+        () => 'aborted',
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 150));
+    // Keep the first two; the others' clients leave.
+    for (const a of aborts.slice(2)) a.abort();
+    const outcomes = await Promise.all(sent);
+    const ok = outcomes.filter((o) => o === 200).length;
+    // Let the worker finish what it had started, and the counters settle.
+    let computed = -1;
+    for (let i = 0; i < 100; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      const c = await metricValue(tb.url, 'inference_count_total', { model });
+      if (c === computed && tb.broker.infer!.currentPool.queueSize === 0) break;
+      computed = c;
+    }
+    t.equal((await metricValue(tb.url, 'inference_request_success_total')) - success0, ok, 'successes are the 200s the clients got, no more');
+    t.equal((await metricValue(tb.url, 'inference_request_failure_total')) - failure0, 0, 'a client leaving is no failure of the model');
+    t.ok(computed - computed0 < N, `images computed: ${computed - computed0} of ${N} (the queued ones of gone clients were dropped)`);
+    t.equal(tb.broker.infer!.currentPool.queueSize, 0, 'nothing left queued');
+  });
+}
