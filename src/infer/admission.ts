@@ -23,8 +23,9 @@ export interface Pending<T> {
   /** performance.now() past which this request times out, when it asked for less than the model's timeout (v2 schedule policy). */
   readonly deadline?: number;
   /**
-   * True once the request this item belongs to has failed (a sibling item of a v2 request was
-   * refused): the item is dropped unsent, without a reply of its own, when the queue next looks at it.
+   * True once the request this item belongs to has ended (a sibling item of a v2 request was
+   * refused, or the client went away): the item is dropped unsent, without a reply of its own,
+   * when the queue next looks at it.
    */
   readonly cancelled?: () => boolean;
 }
