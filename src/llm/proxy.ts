@@ -229,11 +229,14 @@ export class LlmProxy {
             moveOn = true;
             continue;
           }
-          const reason = code === 'upstream_unavailable' ? exhaustedReason(lastError, tried.size > 0) : code;
+          // A retry that finds no lease (none left, the group full, or the request's queue wait
+          // spent by the attempt that failed): the last upstream failure says what happened, not
+          // "none left" or "waited 5013 ms for a free deployment".
+          const afterFailure = tried.size > 0 && lastError !== undefined && lastError.code !== 'invalid_request' && (code === 'queue_timeout' || code === 'capacity_exhausted');
+          const reason = code === 'upstream_unavailable' || afterFailure ? exhaustedReason(lastError, tried.size > 0) : code;
           m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
           if (facts !== undefined) facts.outcome = reason;
-          // Out of deployments: the last upstream failure says more than "none left".
-          if (code === 'upstream_unavailable' && lastError !== undefined) throw lastError;
+          if ((code === 'upstream_unavailable' || afterFailure) && lastError !== undefined) throw lastError;
           throw err;
         }
         const dep = lease.dep;

@@ -53,6 +53,9 @@ export interface PromptLimits {
   readonly maxPromptChars: number;
 }
 
+/** Stop sequences a request may name (`stop`, `stop_sequences`, Ollama's `options.stop`). */
+export const MAX_STOP_SEQUENCES = 64;
+
 export const DEFAULT_PROMPT_LIMITS: PromptLimits = Object.freeze({ maxMessages: 4096, maxPromptChars: 4_000_000 });
 
 export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, body: Record<string, unknown>, limits: PromptLimits = DEFAULT_PROMPT_LIMITS): LlmRequest {
@@ -76,17 +79,23 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   if (api === 'anthropic' && body.stop_sequences !== undefined && !(Array.isArray(body.stop_sequences) && body.stop_sequences.every((x) => typeof x === 'string'))) {
     throw invalidField('stop_sequences', 'must be an array of strings');
   }
+  if (api === 'anthropic' && Array.isArray(body.stop_sequences) && body.stop_sequences.length > MAX_STOP_SEQUENCES) throw invalidField('stop_sequences', `has ${body.stop_sequences.length} sequences; at most ${MAX_STOP_SEQUENCES}`);
   checkInt(body.max_output_tokens, 'max_output_tokens', 1, MAX_OUTPUT_TOKENS);
   checkInt(body.max_tokens, 'max_tokens', 1, MAX_OUTPUT_TOKENS);
   checkInt(body.max_completion_tokens, 'max_completion_tokens', 1, MAX_OUTPUT_TOKENS);
   const options = body.options as Record<string, unknown> | undefined;
   // Ollama refuses options that are not an object; passed on, an upstream would have ignored them or failed with a 500.
   if (api === 'ollama' && options !== undefined && options !== null && (typeof options !== 'object' || Array.isArray(options))) throw invalidField('options', 'must be an object');
-  if (options !== undefined && options !== null && typeof options === 'object') checkInt(options.num_predict, 'options.num_predict', -2, MAX_OUTPUT_TOKENS);
+  if (options !== undefined && options !== null && typeof options === 'object') {
+    checkInt(options.num_predict, 'options.num_predict', -2, MAX_OUTPUT_TOKENS);
+    if (Array.isArray(options.stop) && options.stop.length > MAX_STOP_SEQUENCES) throw invalidField('options.stop', `has ${options.stop.length} sequences; at most ${MAX_STOP_SEQUENCES}`);
+  }
   if (api === 'openai' && kind !== 'embed') {
     // As OpenAI answers them: a stop that is not a string or strings, stream_options that are not an object.
     const stop = body.stop;
     if (stop !== undefined && stop !== null && typeof stop !== 'string' && !(Array.isArray(stop) && stop.every((x) => typeof x === 'string'))) throw invalidField('stop', 'must be a string or an array of strings');
+    // OpenAI takes 4; vLLM and Ollama more. Bounded, so that half a million stop strings are not sent on.
+    if (Array.isArray(stop) && stop.length > MAX_STOP_SEQUENCES) throw invalidField('stop', `has ${stop.length} sequences; at most ${MAX_STOP_SEQUENCES}`);
     const so = body.stream_options;
     if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalidField('stream_options', 'must be an object');
   }

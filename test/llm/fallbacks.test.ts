@@ -93,8 +93,10 @@ const fleet = {
     // One slot each: a second request finds the group full.
     busy: { deployments: [d('busy-1', 'openai', slow, { concurrencyLimit: 1 })], fallbacks: ['big'] },
     'busy-alone': { deployments: [d('busy-2', 'openai', slow, { concurrencyLimit: 1 })] },
+    // A cold deployment and a full one: the retry after the cold one's timeout finds no slot in time.
+    'cold-then-busy': { deployments: [d('cold-3', 'openai', coldStart, { firstTokenTimeoutMs: 150 }), d('busy-3', 'openai', slow, { concurrencyLimit: 1 })] },
   },
-  qos: { defaultTier: 'standard', tiers: { standard: {}, narrow: { allowedGroups: ['over-narrow'], priority: 1 } } },
+  qos: { defaultTier: 'standard', tiers: { standard: {}, narrow: { allowedGroups: ['over-narrow'], priority: 1 }, hasty: { maxQueueWaitMs: 100 } } },
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-fallback-'));
 writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
@@ -309,4 +311,15 @@ t.test('a request that leaves while queued for capacity is counted once, as abor
   }
   t.equal(after - before, 1, 'the queued request, counted when it left');
   hold.stop();
+});
+
+t.test("a retry that finds no slot in what is left of the request's wait answers the failure that made it retry, not queue_timeout", async (t) => {
+  const hold = await holdSlot('cold-then-busy');
+  t.teardown(() => hold.stop());
+  // The tier lets it wait 100 ms for a slot; the cold deployment alone takes 150 ms to fail.
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-broker-qos': 'hasty' }, body: JSON.stringify({ model: 'cold-then-busy', messages, stream: true }) });
+  const body = (await res.json()) as { error: { code: string; message: string } };
+  t.equal(res.status, 504);
+  t.equal(body.error.code, 'upstream_timeout', 'the cold deployment timed out: that is the answer');
+  t.match(body.error.message, /firstTokenTimeoutMs/);
 });

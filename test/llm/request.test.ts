@@ -111,4 +111,10 @@ t.test('stop, stream_options and Ollama options of the wrong type are a 400 nami
   t.throws(ollama('x'), { code: 'invalid_request', details: { field: 'options' } });
   t.throws(ollama([1]), { code: 'invalid_request', details: { field: 'options' } });
   t.doesNotThrow(ollama({ temperature: 0 }));
+  // At most 64 stop sequences, in each API's field.
+  const many = Array.from({ length: 65 }, (_, i) => `s${i}`);
+  t.throws(chat({ stop: many }), { code: 'invalid_request', details: { field: 'stop' } });
+  t.doesNotThrow(chat({ stop: many.slice(0, 64) }));
+  t.throws(ollama({ stop: many }), { code: 'invalid_request', details: { field: 'options.stop' } });
+  t.throws(() => readLlmRequest(req(), 'anthropic', 'chat', { model: 'g', max_tokens: 5, messages: [{ role: 'user', content: 'hi' }], stop_sequences: many }), { code: 'invalid_request', details: { field: 'stop_sequences' } });
 });
