@@ -319,6 +319,16 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
   }
 
   /** `fresh`: the requests just pushed by the caller, in this same turn (AdmissionQueue.expire). */
+  /** The model's queue, or why a run cannot go in it (no such model, shut down, the client gone). */
+  function queueFor(model: string, runOpts: RunOptions | undefined): AdmissionQueue<Waiting> | BrokerError {
+    const q = queues.get(model);
+    if (q === undefined) return new BrokerError('internal', `pool has no model ${model}`);
+    if (refusal !== undefined) return refusal;
+    if (closing) return new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 });
+    if (runOpts?.signal?.aborted === true) return clientGone();
+    return q;
+  }
+
   function pump(fresh?: ReadonlySet<Pending<Waiting>>): void {
     // Waiting control tasks first: there are few, and an operator is waiting on them.
     while (inFlight < capacity && controlWaiters.length > 0) controlWaiters.shift()!();
@@ -400,12 +410,9 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
   return {
     models: opts.models,
     run(model, image, size, topK, priority = DEFAULT_PRIORITY, runOpts) {
-      const q = queues.get(model);
-      if (q === undefined) return Promise.reject(new BrokerError('internal', `pool has no model ${model}`));
-      if (refusal !== undefined) return Promise.reject(refusal);
-      if (closing) return Promise.reject(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
+      const q = queueFor(model, runOpts);
+      if (q instanceof BrokerError) return Promise.reject(q);
       const signal = runOpts?.signal;
-      if (signal?.aborted === true) return Promise.reject(clientGone());
       return new Promise<RunResult>((resolve, reject) => {
         const enqueuedAt = performance.now();
         const deadline = runOpts?.timeoutMs !== undefined ? enqueuedAt + runOpts.timeoutMs : undefined;
@@ -418,16 +425,14 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
           q.noteCancelled();
           reject(clientGone());
         });
-        pump(new Set([p]));
+        // Only an own deadline can expire a request in the turn it came (AdmissionQueue.expire).
+        pump(deadline !== undefined ? new Set([p]) : undefined);
       });
     },
     runAll(model, images, size, topK, priority = DEFAULT_PRIORITY, runOpts) {
-      const q = queues.get(model);
-      if (q === undefined) return Promise.reject(new BrokerError('internal', `pool has no model ${model}`));
-      if (refusal !== undefined) return Promise.reject(refusal);
-      if (closing) return Promise.reject(new BrokerError('overloaded', 'inference pool is shutting down', { retryAfter: 1 }));
+      const q = queueFor(model, runOpts);
+      if (q instanceof BrokerError) return Promise.reject(q);
       if (images.length === 0) return Promise.resolve([]);
-      if (runOpts?.signal?.aborted === true) return Promise.reject(clientGone());
       try {
         q.reserve(images.length);
       } catch (err) {
