@@ -362,10 +362,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         snapshot,
         ...(tracking !== undefined ? { spend: () => tracking.ledger.entries() } : {}),
         writeLog: (text) => destination.write(text),
-        async forward(req, body) {
+        async forward(req, body, signal) {
           // What the threads learned from requests already answered is in what the admin reads.
           if (req.path.startsWith('/api/industrial/') || req.path.startsWith('/api/orchestrator/')) await planes!.flush();
-          const reply = await serveForwarded(control, req, body);
+          const reply = await serveForwarded(control, req, body, signal);
           // A change made through the admin API is in force on every thread before it returns.
           // v2 inference changes nothing: a snapshot round trip per request would double its main-thread CPU.
           if (req.method !== 'GET' && req.method !== 'HEAD' && !req.path.startsWith('/v2/')) await planes!.publish();

@@ -58,9 +58,11 @@ export class AdmissionQueue<T> {
     return Math.max(0, this.maxSize - this.count);
   }
 
-  /** Throws overloaded unless `n` more fit (counted as one refusal). */
+  /** Throws overloaded unless `n` more fit (counted as one refusal); invalid_request when they never could. */
   reserve(n: number): void {
     if (n <= this.room) return;
+    // No retry would help (a 503 with Retry-After would say one might): the client must split it.
+    if (n > this.maxSize) throw new BrokerError('invalid_request', `the request has ${n} items; the inference queue of model ${this.model} holds at most ${this.maxSize}: send them in requests of at most ${this.maxSize}`);
     this.rejectedFull++;
     throw new BrokerError('overloaded', `inference queue of model ${this.model} has room for ${this.room} of the request's ${n} items (${this.maxSize} places)`, { retryAfter: 1 });
   }

@@ -2,6 +2,7 @@
 // its body) and the control plane serves it with its own routes (admin, metrics,
 // readiness), through the same dispatch as the HTTP front. The reply is buffered
 // whole: none of these routes streams.
+import type { AbortLike } from '../abort.ts';
 import { BrokerError, type ErrorCode } from '../errors.ts';
 import { errorReply, unmatchedErrorShape } from '../front/error-body.ts';
 import type { BrokerRequest } from '../front/reply.ts';
@@ -19,10 +20,12 @@ export interface ControlFront extends Guards {
   readonly recorder?: Recorder | undefined;
 }
 
-export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8Array | undefined): Promise<ForwardedReply> {
+/** `signal`: the client went away (the thread says so); the route sees it as its sink's abort. */
+export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8Array | undefined, signal?: AbortLike): Promise<ForwardedReply> {
   const match = f.router.match(req.method, req.path);
   const route = match.kind === 'found' ? match.route : undefined;
   const sink = new BufferSink(req.id, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(req.path), f.logger);
+  signal?.addEventListener('abort', () => sink.abort());
   const bytes = body === undefined ? Buffer.alloc(0) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   const facts = route?.track === undefined ? undefined : f.recorder?.start(route.track, req.headers);
   dispatch(f, match, facts === undefined ? req : { ...req, facts }, (_limit, done) => done(undefined, bytes), sink);
@@ -30,7 +33,7 @@ export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8A
 }
 
 class BufferSink implements FrontSink {
-  readonly aborted = false;
+  aborted = false;
   started = false;
   finished = false;
   extraHeaders: Record<string, string> | undefined;
@@ -50,7 +53,26 @@ class BufferSink implements FrontSink {
     this.reply = new Promise((r) => (this.resolve = r));
   }
 
-  onAbort(): void {}
+  private abortCbs: (() => void)[] | undefined;
+
+  onAbort(cb: () => void): void {
+    if (this.aborted) return cb();
+    (this.abortCbs ??= []).push(cb);
+  }
+
+  /** The client went away: the route's abort callbacks run (the reply still resolves, for the thread's record). */
+  abort(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    const cbs = this.abortCbs;
+    this.abortCbs = undefined;
+    if (cbs !== undefined) for (const cb of cbs) cb();
+    // Answered now, whatever the route still does: the thread records the request when this
+    // comes, and a route that stops at the abort (dispatch does, mid-credential) never would.
+    if (this.finished) return;
+    this.started = this.finished = true;
+    this.resolve({ status: 499, headers: {}, body: '', route: this.route, errorCode: 'client_closed' });
+  }
 
   onWritable(cb: () => void): void {
     cb();

@@ -32,7 +32,8 @@ export interface PlanesDeps {
   snapshot(): Snapshot;
   /** Lines logged by a thread, for the process's one log destination. */
   writeLog(text: string): void;
-  forward(req: BrokerRequest, body: Uint8Array | undefined): Promise<ForwardedReply>;
+  /** `signal`: aborted when the thread says the client went away. */
+  forward(req: BrokerRequest, body: Uint8Array | undefined, signal: AbortLike): Promise<ForwardedReply>;
   /** `signal`: aborted when the thread says the client went away. */
   infer(call: InferCall, signal: AbortLike): Promise<InferReply>;
   discover(): Promise<void>;
@@ -57,7 +58,7 @@ interface Plane {
   onAck: (() => void)[];
   stopped?: (unfinished: number) => void;
   readonly calls: Map<number, (v: unknown) => void>;
-  /** The thread's infer calls in flight: aborted by its infer_abort. */
+  /** The thread's infer and forward calls in flight: aborted by its infer_abort. */
   readonly inferring: Map<number, RequestAbort>;
 }
 
@@ -165,6 +166,16 @@ export class DataPlanes {
     );
   }
 
+  /** A call the thread may abort (its client gone) until it is answered. */
+  private abortable<T>(plane: Plane, id: number, run: (abort: RequestAbort) => Promise<T>): Promise<T> {
+    const abort = new RequestAbort();
+    plane.inferring.set(id, abort);
+    const done = run(abort);
+    const forget = (): void => void plane.inferring.delete(id);
+    void done.then(forget, forget);
+    return done;
+  }
+
   private onMessage(plane: Plane, m: ToControl): void {
     switch (m.t) {
       case 'ack':
@@ -172,17 +183,9 @@ export class DataPlanes {
         for (const cb of plane.onAck.splice(0)) cb();
         return;
       case 'forward':
-        return this.reply(plane, m.id, this.deps.forward(m.req, m.body));
-      case 'infer': {
-        const abort = new RequestAbort();
-        plane.inferring.set(m.id, abort);
-        const done = this.deps.infer(m.call, abort);
-        void done.then(
-          () => plane.inferring.delete(m.id),
-          () => plane.inferring.delete(m.id),
-        );
-        return this.reply(plane, m.id, done);
-      }
+        return this.reply(plane, m.id, this.abortable(plane, m.id, (abort) => this.deps.forward(m.req, m.body, abort)));
+      case 'infer':
+        return this.reply(plane, m.id, this.abortable(plane, m.id, (abort) => this.deps.infer(m.call, abort)));
       case 'infer_abort':
         return plane.inferring.get(m.id)?.abort();
       case 'discover':

@@ -104,7 +104,7 @@ export type ToControl =
   | { readonly t: 'ack'; readonly version: number }
   | { readonly t: 'forward'; readonly id: number; readonly req: BrokerRequest; readonly body: Uint8Array | undefined }
   | { readonly t: 'infer'; readonly id: number; readonly call: InferCall }
-  /** The client of infer call `id` went away: its image leaves the queue. */
+  /** The client of infer or forward call `id` went away: its image leaves the queue, its route's work stops. */
   | { readonly t: 'infer_abort'; readonly id: number }
   | { readonly t: 'discover'; readonly id: number }
   /** Is this session live, and with which roles (AUTH_MODE on the client routes)? */

@@ -200,11 +200,18 @@ const front = await startHttpFront({
   accessLog,
   tracer,
   recorder,
-  forward(req, body) {
+  forward(req, body, onAbort) {
     const own = body !== undefined && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength;
     // A span stays on its thread; the forwarded request is recorded by this thread's span.
     const sent = req.span === undefined ? req : { ...req, span: undefined };
-    return call<ForwardedReply>((id) => ({ t: 'forward', id, req: sent, body }), own ? [body.buffer as ArrayBuffer] : undefined);
+    let callId = 0;
+    const reply = call<ForwardedReply>((id) => {
+      callId = id;
+      return { t: 'forward', id, req: sent, body };
+    }, own ? [body.buffer as ArrayBuffer] : undefined);
+    // The client gone: the control plane's route stops its work (a v2 request's items leave the queue).
+    onAbort(() => post({ t: 'infer_abort', id: callId }));
+    return reply;
   },
 });
 

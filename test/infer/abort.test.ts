@@ -9,8 +9,9 @@ import { writeForeignModel } from './foreign-model.ts';
 // One image per batch: a worker's two slots hold two images, the rest wait in the queue.
 const modelPath = writeForeignModel({ manifest: { batching: { max_batch_size: 1 } } });
 
-for (const threads of ['2', '0']) {
-  t.test(`FRONT_THREADS=${threads}: aborted while queued, an image is not computed nor counted`, async (t) => {
+// /v1/infer, and v2 (served by the control plane, where data-plane threads forward it).
+for (const [threads, api] of [['2', 'v1'], ['0', 'v1'], ['2', 'v2'], ['0', 'v2']] as const) {
+  t.test(`FRONT_THREADS=${threads}, ${api}: aborted while queued, an image is not computed nor counted`, async (t) => {
     const tb = await startTestBroker({ FRONT_THREADS: threads, INFER_THREADS: '1', INFER_MAX_PIXELS: String(2000 * 2000), MODEL_VA_PATH: modelPath, MODEL_VB_PATH: modelPath, AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'false' });
     t.teardown(() => tb.close());
     const model = tb.broker.infer!.models.A.manifest.name;
@@ -21,8 +22,12 @@ for (const threads of ['2', '0']) {
     const computed0 = await metricValue(tb.url, 'inference_count_total', { model });
     const N = 16;
     const aborts = Array.from({ length: N }, () => new AbortController());
+    const input = tb.broker.infer!.models.A.manifest.input.name;
+    const route = api === 'v1' ? '/v1/infer' : '/v2/models/:model/infer';
+    const [path, body] = api === 'v1' ? ['/v1/infer', JSON.stringify({ image_b64: big })] : [`/v2/models/${model}/infer`, JSON.stringify({ inputs: [{ name: input, datatype: 'BYTES', shape: [1], data: [big] }] })];
+    const closed0 = await metricValue(tb.url, 'http_requests_errors_total', { route, status: '499' });
     const sent = aborts.map((a) =>
-      fetch(`${tb.url}/v1/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image_b64: big }), signal: a.signal }).then(
+      fetch(`${tb.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal: a.signal }).then(
         (r) => r.status,
         () => 'aborted',
       ),
@@ -49,5 +54,8 @@ for (const threads of ['2', '0']) {
     t.equal((await metricValue(tb.url, 'inference_request_failure_total')) - failure0, 0, 'a client leaving is no failure of the model');
     t.ok(computed - computed0 < N, `images computed: ${computed - computed0} of ${N} (the queued ones of gone clients were dropped)`);
     t.equal(pool.queueSize, 0, 'nothing left queued');
+    // Each gone client is one 499 under its route (a forwarded one too, not as "unmatched").
+    const closed = (await metricValue(tb.url, 'http_requests_errors_total', { route, status: '499' })) - closed0;
+    t.equal(closed, outcomes.filter((o) => o === 'aborted').length, `499s under ${route}: one per client gone`);
   });
 }

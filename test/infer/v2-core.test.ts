@@ -128,6 +128,9 @@ t.test('admission: a request of several items fits whole or is refused whole', (
   t.throws(() => q.reserve(4), { code: 'overloaded' }, 'four items, three places: refused before any is queued');
   t.equal(q.size, 7, 'nothing was queued by the refusal');
   t.equal(q.rejectedFull, 1);
+  // More items than the queue ever holds: no retry could help, so no 503 (with its Retry-After).
+  t.throws(() => q.reserve(11), { code: 'invalid_request', message: /at most 10/ }, 'eleven items, ten places in all');
+  t.equal(q.rejectedFull, 1, 'not counted as the queue being full');
   t.end();
 });
 
@@ -206,6 +209,11 @@ t.test('responses: binary outputs follow the JSON header, its length in Inferenc
   const plain = encodeInferResponse(reply, false);
   t.equal(plain.headers['content-type'], 'application/json');
   t.same(JSON.parse(plain.body as string).outputs[0].data, [1.5, -2.25, 3]);
+  // NaN would be written as null in JSON: such an output is refused there, and served as binary.
+  const broken = { ...reply, outputs: [{ ...reply.outputs[0]!, data: Float32Array.from([1, NaN, Infinity]) }] };
+  t.throws(() => encodeInferResponse(broken, false), { code: 'internal', message: /not finite.*binary/ });
+  const asBinary = encodeInferResponse(broken, true).body as Buffer;
+  t.ok(Number.isNaN(new Float32Array(asBinary.buffer.slice(asBinary.length - 12 + asBinary.byteOffset, asBinary.byteOffset + asBinary.length))[1]), 'binary carries NaN as it is');
   t.end();
 });
 

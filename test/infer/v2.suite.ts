@@ -250,6 +250,16 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
     const c = new V2Client(tb.url, mode);
     for (const [what, inputs, outputs, parameters] of cases) expectError(await c.infer(MODEL, { inputs, ...(outputs ? { outputs } : {}), ...(parameters ? { parameters } : {}) }), 400, 'invalid_request', `${mode}: ${what}`);
   }
+  // Values that are not finite (NaN, or 1e39, finite in JSON but Infinity as float32): a model
+  // given them answers NaN, which JSON cannot carry back (it would read null).
+  const nan = tensorOf(0, 1);
+  nan[100] = NaN;
+  expectError(await new V2Client(tb.url, 'binary').infer(MODEL, { inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], data: nan }] }), 400, 'invalid_request', 'binary: a NaN value');
+  const huge = Array.from(tensorOf(0, 1));
+  huge[7] = 1e39;
+  const overflow = await raw(JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], data: huge }] }));
+  expectError(overflow, 400, 'invalid_request', 'json: a value beyond float32');
+  t.match(overflow.json.error, /value 7 is not finite/);
   // Binary framing errors.
   const head = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', shape: [1], datatype: 'BYTES', parameters: { binary_data_size: 100 } }] }));
   expectError(await raw(Buffer.concat([head, Buffer.alloc(10)]), { 'inference-header-content-length': String(head.length) }), 400, 'invalid_request', 'binary_data_size past the body');
@@ -273,13 +283,13 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
   const big = await fetch(`${tb.url}/v2/models/${MODEL}/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: Buffer.alloc(9 * 1024 * 1024, 32) });
   expectError({ status: big.status, json: await big.json() }, 413, 'payload_too_large', 'a body over MAX_BODY_BYTES');
 
-  // 503: more items in one request than the model's queue holds: refused whole, before any
-  // item is queued, so none of them is computed for a request that already failed.
+  // More items in one request than the model's queue holds: refused whole (400: it never could
+  // fit), before any item is queued, so none of them is computed for a request that failed.
   const computed = () => metricValue(tb.url, 'inference_count_total', { model: MODEL });
   const before = await computed();
   const many = await new V2Client(tb.url, 'binary').infer(MODEL, { inputs: [{ name: 'input', datatype: 'FP32', shape: [64, 1, 28, 28], data: tensorOf(0, 64) }] });
-  expectError(many, 503, 'overloaded', 'queue full');
-  t.equal(many.headers.get('retry-after'), '1');
+  expectError(many, 400, 'invalid_request', 'more items than the queue ever holds');
+  t.equal(many.headers.get('retry-after'), null, 'no Retry-After: no retry could help');
   await new Promise((r) => setTimeout(r, 200));
   t.equal(await computed(), before, 'no item of the refused request was run');
   // A timeout of 1 µs ("do not queue") on an idle model is served: its items never waited.

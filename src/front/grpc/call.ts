@@ -6,6 +6,7 @@ import type { PriorityCeiling } from '../../infer/admission.ts';
 import { performance } from 'node:perf_hooks';
 import { Metadata, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { BrokerError, toBrokerError } from '../../errors.ts';
+import { RequestAbort, type AbortLike } from '../../abort.ts';
 import { requestIdFrom } from '../../obs/request-id.ts';
 import type { RateLimiter } from '../../guard/rate-limit.ts';
 import { clientKeyOf } from '../../guard/rate-limit.ts';
@@ -130,8 +131,11 @@ export interface UnaryDeps {
  * status, trace id in the trailers), the client gone (logged and tracked as cancelled,
  * status 1), or shutdown cutting it (UNAVAILABLE). `api` names its tracking row.
  */
-export function serveUnary<Req, Res>(d: UnaryDeps, call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>, api: string, work: (req: BrokerRequest) => Promise<Res>): void {
+export function serveUnary<Req, Res>(d: UnaryDeps, call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>, api: string, work: (req: BrokerRequest, signal: AbortLike) => Promise<Res>): void {
   const req = brokerRequestOf(call, false, { recorder: d.recorder, api });
+  // The client gone (cancelled, past its deadline): the work behind the call stops (an image leaves the queue).
+  const signal = new RequestAbort();
+  call.on('cancelled', () => signal.abort());
   let done = false;
   const finish = (err: BrokerError | undefined, reply?: Res): void => {
     if (done) return;
@@ -146,7 +150,7 @@ export function serveUnary<Req, Res>(d: UnaryDeps, call: ServerUnaryCall<Req, Re
   const untrack = d.calls.track(() => finish(new BrokerError('shutting_down', 'the broker shut down before the reply was ready')));
   let p: Promise<Res>;
   try {
-    p = work(req);
+    p = work(req, signal);
   } catch (err) {
     return finish(toBrokerError(err));
   }

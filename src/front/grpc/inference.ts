@@ -6,6 +6,7 @@
 import type { ServerDuplexStream, ServerUnaryCall, UntypedServiceImplementation, sendUnaryData } from '@grpc/grpc-js';
 import { once } from 'node:events';
 import { BrokerError, toBrokerError } from '../../errors.ts';
+import { RequestAbort, type AbortLike } from '../../abort.ts';
 import type { Logger } from '../../obs/logger.ts';
 import { requestPriority } from '../../infer/admission.ts';
 import { noteInference, type InferBackend } from '../../infer/routes.ts';
@@ -40,7 +41,7 @@ function optionalInt(v: number | undefined, field: string, min: number, max: num
   return v;
 }
 
-async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequestMsg): Promise<InferResponseMsg> {
+async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequestMsg, signal?: AbortLike): Promise<InferResponseMsg> {
   await checkCall(deps, req);
   const image = m.image;
   if (image === undefined || image.length === 0) throw new BrokerError('invalid_image', 'image is required: the bytes of a PNG, JPEG or WebP file');
@@ -48,7 +49,7 @@ async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequest
   const topK = optionalInt(m.top_k, 'top_k', 1, 1000);
   const arm = m.arm ?? '';
   if (arm !== '' && arm !== 'A' && arm !== 'B') throw new BrokerError('invalid_request', 'arm must be "A", "B" or empty', { details: { field: 'arm' } });
-  return deps.infer.infer({ image, imgSize, topK, cookieArm: arm === '' ? undefined : arm, priority: requestPriority(req.headers, deps.priorityCeiling) }).then((r) => {
+  return deps.infer.infer({ image, imgSize, topK, cookieArm: arm === '' ? undefined : arm, priority: requestPriority(req.headers, deps.priorityCeiling), signal }).then((r) => {
     noteInference(req.facts, r);
     return { ...r, trace_id: req.id };
   });
@@ -56,7 +57,7 @@ async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequest
 
 export function inferenceService(deps: InferenceDeps): UntypedServiceImplementation {
   return {
-    Infer: (call: ServerUnaryCall<InferRequestMsg, InferResponseMsg>, callback: sendUnaryData<InferResponseMsg>) => serveUnary(deps, call, callback, 'grpc.infer', (req) => inferOne(deps, req, call.request)),
+    Infer: (call: ServerUnaryCall<InferRequestMsg, InferResponseMsg>, callback: sendUnaryData<InferResponseMsg>) => serveUnary(deps, call, callback, 'grpc.infer', (req, signal) => inferOne(deps, req, call.request, signal)),
 
     InferStream: (call: ServerDuplexStream<InferRequestMsg, unknown>) => {
       const req = brokerRequestOf(call, true, { recorder: deps.recorder, api: 'grpc.infer_stream' });
@@ -79,7 +80,10 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
       // A write waiting for 'drain' when the call is cancelled must not wait forever.
       let onCancelled: () => void = () => undefined;
       const cancelled = new Promise<void>((r) => (onCancelled = r));
+      // The stream cancelled: its images still queued leave the queue.
+      const signal = new RequestAbort();
       call.on('cancelled', () => {
+        signal.abort();
         onCancelled();
         end(undefined);
       });
@@ -100,7 +104,7 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         }
         let p: Promise<InferResponseMsg>;
         try {
-          p = inferOne(deps, req, m);
+          p = inferOne(deps, req, m, signal);
         } catch (err) {
           p = Promise.reject(err);
         }

@@ -42,7 +42,8 @@ export interface HttpFrontOptions extends Guards {
 }
 
 /** A request handed to the control plane, and its whole reply. */
-export type Forward = (req: BrokerRequest, body: Buffer | undefined) => Promise<ForwardedReply>;
+/** `onAbort`: the client went away before the reply; the other side stops what it does for it. */
+export type Forward = (req: BrokerRequest, body: Buffer | undefined, onAbort: (cb: () => void) => void) => Promise<ForwardedReply>;
 
 export interface ForwardedReply {
   readonly status: number;
@@ -173,10 +174,14 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
 /** Hands a request this thread does not route to the control plane, body and all, and relays the reply. */
 function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBody: BodyReader, sink: UwsSink): void {
   const relay = (body: Buffer | undefined): void => {
-    forward(req, body).then(
+    const replied = forward(req, body, (cb) => sink.onAbort(cb));
+    // A client gone before the reply is recorded when the reply comes: under its route's
+    // name, with the row the control plane opened (the abort stops the route's work there).
+    sink.awaiting = replied;
+    replied.then(
       (reply) => {
         sink.routeName = reply.route;
-        sink.errorCode = reply.errorCode;
+        sink.errorCode ??= reply.errorCode;
         // The control plane opened the facts (it knows the route); this thread records the row, as for its own routes.
         if (reply.facts !== undefined) sink.facts = reply.facts;
         sink.send(reply.status, reply.headers, reply.body);
@@ -213,6 +218,8 @@ class UwsSink implements FrontSink {
   errorCode: ErrorCode | undefined;
   /** Request tracking's facts: the request's own, or those of a forwarded reply. */
   facts: RequestFacts | undefined;
+  /** A forwarded request's reply to come: a client gone meanwhile is recorded once it is here. */
+  awaiting: Promise<unknown> | undefined;
   private status = 0;
   private abortCbs: (() => void)[] | undefined;
   private writableCb: (() => void) | undefined;
@@ -240,7 +247,11 @@ class UwsSink implements FrontSink {
       // for 10 s: the broker's cut (client_too_slow, in http_streams_cut_total), not the client's.
       if (this.readingBody) this.errorCode = 'request_timeout';
       else if (this.started && this.writableCb !== undefined) this.errorCode = 'client_too_slow';
-      this.record(this.status || (this.readingBody ? 408 : 499), true);
+      const status = this.status || (this.readingBody ? 408 : 499);
+      const awaiting = this.awaiting;
+      if (awaiting === undefined) return this.record(status, true);
+      const late = (): void => this.record(status, true);
+      void awaiting.then(late, late);
     });
   }
 
@@ -316,6 +327,8 @@ class UwsSink implements FrontSink {
   /** Reply with the error, or for a stream already started, end it (the route owns in-stream error events). */
   fail(err: BrokerError): void {
     if (err.code === 'internal') this.logger.error({ trace_id: this.req.id, err: err.cause ?? err }, 'internal error');
+    // Gone: the outcome is the client's (a forwarded request's is recorded after this).
+    if (this.aborted) return;
     this.errorCode = err.code;
     if (this.started) return this.end();
     const r = errorReply(err, this.req.id, this.errorShape, this.extraHeaders);

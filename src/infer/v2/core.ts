@@ -108,7 +108,7 @@ export class V2Core {
     const items = input.datatype === 'BYTES' ? imageItems(input) : input.datatype === 'FP32' ? tensorItems(input, manifest) : undefined;
     if (items === undefined) throw bad(`input ${input.name} has datatype ${input.datatype}; the model takes FP32 ${shapeText(manifest)} or BYTES [N] encoded images`);
 
-    const { results } = await service.run(choice, { items: items.buffers, tensor: input.datatype === 'FP32', size: items.size, topK: 0, scores: true, priority, timeoutMs });
+    const { results } = await service.run(choice, { items: items.buffers, tensor: input.datatype === 'FP32', size: items.size, topK: 0, scores: true, priority, timeoutMs, signal: ctx.signal });
     const n = results.length;
     const classes = results[0]!.scores!.length;
     const outputs: OutputTensor[] = wanted.map((o) => {
@@ -252,7 +252,12 @@ function tensorItems(input: InputTensor, manifest: ModelManifest): { buffers: Bu
     // Copied once into ArrayBuffers of their own: aligned for Float32Array, and transferred
     // to a worker as they are (Buffer.from(buffer) would land small ones in Node's shared pool).
     const base = d.bytes.byteOffset;
-    for (let i = 0; i < n; i++) buffers.push(Buffer.from(d.bytes.buffer.slice(base + i * per * 4, base + (i + 1) * per * 4) as ArrayBuffer));
+    for (let i = 0; i < n; i++) {
+      const item = d.bytes.buffer.slice(base + i * per * 4, base + (i + 1) * per * 4) as ArrayBuffer;
+      const at = firstNonFinite(new Float32Array(item));
+      if (at >= 0) throw notFinite(name, i * per + at);
+      buffers.push(Buffer.from(item));
+    }
   } else if (d.kind === 'json') {
     const values = Array.isArray(d.values) ? (d.values as unknown[]).flat(4) : [];
     if (values.length !== total) throw bad(`FP32 input ${name} of shape [${shape.join(',')}] needs ${total} values, got ${values.length}`);
@@ -262,9 +267,22 @@ function tensorItems(input: InputTensor, manifest: ModelManifest): { buffers: Bu
         const v = values[i * per + j];
         if (typeof v !== 'number') throw bad(`FP32 input ${name}: value ${i * per + j} is not a number`);
         item[j] = v;
+        // Checked as float32: 1e39 is finite in JSON and Infinity in the tensor.
+        if (!Number.isFinite(item[j]!)) throw notFinite(name, i * per + j);
       }
       buffers.push(Buffer.from(item.buffer));
     }
   } else throw bad(`FP32 input ${name}: no numeric contents`);
   return { buffers, size: height === null ? h : undefined };
+}
+
+/** The index of the first NaN or ±Infinity, -1 when every value is finite. */
+function firstNonFinite(values: Float32Array): number {
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) return i;
+  return -1;
+}
+
+/** A model given NaN or Infinity answers NaN, which no client can use (and JSON cannot carry). */
+function notFinite(name: string, index: number): BrokerError {
+  return bad(`FP32 input ${name}: value ${index} is not finite (NaN or ±Infinity, or beyond float32's range)`);
 }

@@ -110,11 +110,11 @@ export function addV2GrpcService(server: grpc.Server, deps: V2GrpcDeps): void {
     ServerMetadata: unary(() => core.serverMetadata()),
     ModelMetadata: unary((r: { name: string; version: string }) => core.modelMetadata(r.name, version(r.version))),
     ModelInfer: (call: grpc.ServerUnaryCall<ModelInferRequest, unknown>, callback: grpc.sendUnaryData<unknown>) =>
-      serveUnary({ accessLog: deps.accessLog, calls: deps.calls, recorder: deps.guards.recorder }, call, callback, 'grpc.oip.infer', async (req) => {
+      serveUnary({ accessLog: deps.accessLog, calls: deps.calls, recorder: deps.guards.recorder }, call, callback, 'grpc.oip.infer', async (req, signal) => {
         await checkCall(deps.guards, req);
         const r = call.request;
         if (req.facts !== undefined) req.facts.model = r.model_name;
-        const reply = await core.infer(r.model_name, version(r.model_version), toInferRequest(r), { headerPriority: headerPriority(req.headers['x-broker-priority']), priorityCeiling: deps.guards.priorityCeiling?.(apiKeyOf(req.headers)) });
+        const reply = await core.infer(r.model_name, version(r.model_version), toInferRequest(r), { headerPriority: headerPriority(req.headers['x-broker-priority']), priorityCeiling: deps.guards.priorityCeiling?.(apiKeyOf(req.headers)), signal });
         noteV2Inference(req.facts, reply);
         return {
           model_name: reply.model_name,

@@ -4,6 +4,7 @@
 // Errors are {"error": "message"} (v2ErrorShape) with the status of their code in
 // the one error table. These are control-plane routes: data-plane threads forward /v2
 // requests to the main thread, which owns the models (docs/oip.md says why).
+import { RequestAbort } from '../../abort.ts';
 import { apiKeyOf } from '../../guard/api-key.ts';
 import { BrokerError } from '../../errors.ts';
 import { v2ErrorShape } from '../../front/error-body.ts';
@@ -38,7 +39,10 @@ export function v2Routes(core: V2Core, stickyCookie: string, ceiling?: PriorityC
     const priorityCeiling = ceiling?.(apiKeyOf(req.headers));
     const request = parseInferRequest(ctx.body as Buffer, req.headers[HEADER_LENGTH]);
     if (req.facts !== undefined) req.facts.model = ctx.params['model'];
-    const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority: priority, priorityCeiling });
+    // A client gone while its items wait takes them out of the queue (as on /v1/infer).
+    const signal = new RequestAbort();
+    ctx.sink.onAbort(() => signal.abort());
+    const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority: priority, priorityCeiling, signal });
     noteV2Inference(req.facts, reply);
     const { headers, body } = encodeInferResponse(reply, request.parameters['binary_data_output'] === true);
     // Traffic the A/B policy placed keeps its arm, as on /v1/infer; a named version is the client's choice.
@@ -135,7 +139,13 @@ export function encodeInferResponse(reply: InferResponse, binaryByDefault: boole
     const asked = o.requested?.parameters['binary_data'];
     const binary = typeof asked === 'boolean' ? asked : binaryByDefault;
     const head = { name: o.name, datatype: o.datatype, shape: o.shape };
-    if (!binary) return { ...head, data: o.datatype === 'FP32' ? Array.from(o.data) : o.data };
+    if (!binary) {
+      // JSON has no NaN or Infinity (JSON.stringify writes null): such an output leaves as binary only.
+      if (o.datatype === 'FP32' && !o.data.every(Number.isFinite)) {
+        throw new BrokerError('internal', `output ${o.name} holds values that are not finite (NaN or ±Infinity), which JSON cannot carry: ask for it as binary (parameters.binary_data_output: true)`);
+      }
+      return { ...head, data: o.datatype === 'FP32' ? Array.from(o.data) : o.data };
+    }
     const bytes = o.datatype === 'FP32' ? Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength) : serializeBytes(o.data);
     chunks.push(bytes);
     return { ...head, parameters: { binary_data_size: bytes.length } };

@@ -1,3 +1,4 @@
+import type { AbortLike } from '../../abort.ts';
 // The Open Inference Protocol (KServe v2) as the core sees it, whatever carried it:
 // the REST codec (rest.ts: JSON and Triton's binary tensor extension) and, later, the
 // gRPC service (grpc_predict_v2.proto) both build these and encode what comes back.
@@ -39,6 +40,8 @@ export interface CallContext {
   readonly headerPriority?: number | undefined;
   /** What the caller's API key allows (infer/admission.ts): the request's priority may only be lower. */
   readonly priorityCeiling?: number | undefined;
+  /** The client went away: its items leave the queue, and it counts as neither success nor failure. */
+  readonly signal?: AbortLike | undefined;
 }
 
 export type OutputTensor =
