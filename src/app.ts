@@ -14,10 +14,11 @@ import { obsRoutes } from './obs/routes.ts';
 import { createRateLimiter, rateLimitBuffer, setRateLimitShare } from './guard/rate-limit.ts';
 import { createJwtVerifier } from './guard/jwt.ts';
 import { Identity } from './guard/identity.ts';
-import { createClientAuth } from './guard/client-auth.ts';
+import { createClientAuth, type SessionView } from './guard/client-auth.ts';
 import { AuthThrottle } from './guard/auth-throttle.ts';
 import type { BrokerError } from './errors.ts';
-import { MemoryStore, type StateStore } from './state/store.ts';
+import { MemoryStore, type SessionRecord, type StateStore } from './state/store.ts';
+import type { Caller } from './front/reply.ts';
 import { RedisStore } from './state/redis.ts';
 import { SharedState } from './state/sync.ts';
 import { LeaseKeeper } from './state/leases.ts';
@@ -228,6 +229,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     jwt,
     store,
     sessionTtlMs: config.sessionTtlS * 1000,
+    maxSessionsPerSubject: config.maxSessionsPerSubject,
     failMode: config.authRedisFailMode,
     metrics,
     logger,
@@ -294,10 +296,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   // The gRPC front starts after the HTTP one: not ready until it listens too.
   let grpcListening = false;
   // An inference request's priority may only be lower than its API key's (as an LLM request's).
-  const ceiling = (apiKey: string | undefined): number => governance.priorityCeiling(apiKey);
+  const ceiling = (apiKey: string | undefined, caller?: Caller): number => governance.priorityCeiling(apiKey, caller);
   // A client route's session: its roles, null when it is not live; a rejection when the store
   // cannot say (sessions fail closed), which the client gets as such, not as a dead session.
-  const clientSession = async (id: string): Promise<{ roles: readonly string[] } | null> => sessionRoles(await identity.liveSession(id));
+  const clientSession = async (id: string): Promise<SessionView | null> => sessionView(await identity.liveSession(id));
   const authThrottle = new AuthThrottle(config.adminAuthMaxFailures > 0 ? config.adminAuthMaxFailures : Infinity);
   const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
   const controlRoutes = [
@@ -334,7 +336,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       }
     },
     // Threaded, the client routes are the threads'; this one serves them with FRONT_THREADS=0.
-    client: createClientAuth({ mode: config.authMode, knownKey: (k) => governance.keyPolicy(k) !== undefined, keyRole: (k) => governance.keyPolicy(k)?.role, jwt, session: clientSession, metrics }),
+    client: createClientAuth({ mode: config.authMode, knownKey: (k) => governance.keyPolicy(k) !== undefined, keyRole: (k) => governance.keyPolicy(k)?.role, knownKeyId: (id) => governance.keyPolicyById(id) !== undefined, jwt, session: clientSession, metrics }),
     audit: auditTrail(store, logger, config.replicaId),
     metrics,
     knownKey: (key: string) => governance.keyPolicy(key) !== undefined,
@@ -610,8 +612,9 @@ function startInference(config: Config, metrics: Metrics, logger: Logger, tracer
   });
 }
 
-function sessionRoles(s: { roles: readonly string[] } | undefined): { roles: readonly string[] } | null {
-  return s === undefined ? null : { roles: s.roles };
+/** What a data-plane thread needs of a session: its roles, and whom admission holds it to. */
+function sessionView(s: SessionRecord | undefined): SessionView | null {
+  return s === undefined ? null : { roles: s.roles, subject: s.subject, keyId: s.keyId, tier: s.tier };
 }
 
 function sameSnapshot(a: Omit<Snapshot, 'version'>, b: Omit<Snapshot, 'version'>): boolean {

@@ -78,6 +78,8 @@ export interface Config {
     readonly clockSkewS: number;
   };
   readonly sessionTtlS: number;
+  /** Live sessions one subject may hold (AUTH_MAX_SESSIONS_PER_SUBJECT). */
+  readonly maxSessionsPerSubject: number;
   /** The state store shared by replicas; undefined: in memory, this process alone. */
   readonly redisUrl: string | undefined;
   /** With Redis unreachable: sessions refused (closed) or those last seen valid accepted (open). */
@@ -287,7 +289,7 @@ function otelConfig(env: Env): OtelConfig {
   });
 }
 
-function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | 'redisUrl' | 'authRedisFailMode' | 'replicaId' | 'adminAuthMaxFailures'> {
+function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | 'maxSessionsPerSubject' | 'redisUrl' | 'authRedisFailMode' | 'replicaId' | 'adminAuthMaxFailures'> {
   const jwt = {
     secret: opt(env, 'JWT_SECRET'),
     publicKey: opt(env, 'JWT_PUBLIC_KEY'),
@@ -307,6 +309,7 @@ function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | '
     authMode,
     jwt: Object.freeze(jwt),
     sessionTtlS: int(env, 'SESSION_TTL_S', 3600, 1, 30 * 86_400),
+    maxSessionsPerSubject: int(env, 'AUTH_MAX_SESSIONS_PER_SUBJECT', 1000, 1, 1_000_000),
     redisUrl,
     authRedisFailMode: oneOf(env, 'AUTH_REDIS_FAIL_MODE', 'closed', ['closed', 'open'] as const),
     replicaId: str(env, 'REPLICA_ID', `${hostname()}:${process.pid}`),

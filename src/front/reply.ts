@@ -20,6 +20,19 @@ export interface BrokerRequest {
   readonly span?: Span | undefined;
   /** What request tracking records of it, filled in by the stages; undefined when tracking is off or the route is not tracked. */
   readonly facts?: RequestFacts | undefined;
+  /** Who a session or a JWT speaks for, set by the client routes' credential check (guard/client-auth.ts). */
+  caller?: Caller | undefined;
+}
+
+/**
+ * What a credential other than an API key stands for, in admission: a session is held to the
+ * key it was made from (its quotas, tier, priority, budget), a JWT to its `tier` claim.
+ */
+export interface Caller {
+  /** The id (k_…) of the known API key behind a session. */
+  readonly keyId?: string | undefined;
+  /** The tier a token or session carries (a key's own policy wins). */
+  readonly tier?: string | undefined;
 }
 
 export interface ReplySink {

@@ -6,21 +6,32 @@
 // gets 401 in the client API's own error shape.
 import { BrokerError } from '../errors.ts';
 import type { Metrics } from '../obs/metrics.ts';
-import type { BrokerRequest } from '../front/reply.ts';
+import type { BrokerRequest, Caller } from '../front/reply.ts';
 import { apiKeyOf } from './api-key.ts';
 import { isJwt, type JwtVerifier } from './jwt.ts';
 import { CLIENT_ROLES, isRole } from './rbac.ts';
 
 export type AuthMode = 'open' | 'keys' | 'jwt';
 
-/** What a session lookup returns to a thread: its roles, or null when it is not live. */
-export type SessionLookup = (id: string) => Promise<{ roles: readonly string[] } | null>;
+/** What a thread learns of a live session: its roles, its subject, and what admission holds it to. */
+export interface SessionView {
+  readonly roles: readonly string[];
+  readonly subject?: string | undefined;
+  /** The API key it was made from (k_…): its quotas, tier, priority and budget apply. */
+  readonly keyId?: string | undefined;
+  readonly tier?: string | undefined;
+}
+
+/** What a session lookup returns to a thread: the session, or null when it is not live. */
+export type SessionLookup = (id: string) => Promise<SessionView | null>;
 
 export interface ClientAuthOptions {
   readonly mode: AuthMode;
   readonly knownKey: (key: string) => boolean;
   /** A known key's role, when it has one (made through /api/auth/keys); the fleet file's keys are client keys. */
   readonly keyRole?: (key: string) => string | undefined;
+  /** Whether the key of this id is still known: a session made from a key that left ends with it. */
+  readonly knownKeyId?: (id: string) => boolean;
   readonly jwt: JwtVerifier | undefined;
   readonly session: SessionLookup;
   readonly metrics: Metrics;
@@ -38,9 +49,9 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
   if (o.mode === 'open') return undefined;
   const now = o.now ?? Date.now;
   const cacheMs = o.cacheMs ?? 1000;
-  const cache = new Map<string, { state: SessionState; at: number }>();
+  const cache = new Map<string, { state: SessionState; caller: Caller | undefined; subject: string | undefined; at: number }>();
   // One lookup per session at a time: requests that come while it runs wait for it.
-  const pending = new Map<string, Promise<SessionState>>();
+  const pending = new Map<string, Promise<{ state: SessionState; caller: Caller | undefined; subject: string | undefined }>>();
   // A credential the broker does not take: 401; one it takes whose roles may not call the client APIs: 403.
   const refuse = (reason: string, message: string): never => {
     o.metrics.authFailures.labels(reason).inc();
@@ -49,40 +60,52 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
   const clientRole = (roles: readonly string[]): boolean => roles.some((r) => isRole(r) && CLIENT_ROLES.includes(r));
   const ROLE_MESSAGE = `the session's roles may not call the client APIs; one of ${CLIENT_ROLES.join(', ')} is needed`;
 
-  const lookup = (id: string): Promise<SessionState> => {
+  type Known = { state: SessionState; caller: Caller | undefined; subject: string | undefined };
+  const lookup = (id: string): Promise<Known> => {
     let p = pending.get(id);
     if (p === undefined) {
       p = o.session(id).then(
-        (s): SessionState => {
-          const state: SessionState = s === null ? 'dead' : clientRole(s.roles) ? 'ok' : 'role';
+        (s): Known => {
+          // A session made from a key that was revoked or left the config ends with it.
+          const keyGone = s !== null && s.keyId !== undefined && o.knownKeyId !== undefined && !o.knownKeyId(s.keyId);
+          const state: SessionState = s === null || keyGone ? 'dead' : clientRole(s.roles) ? 'ok' : 'role';
+          const caller = s === null ? undefined : { keyId: s.keyId, tier: s.tier };
+          const known = { state, caller, subject: s?.subject };
           if (cache.size >= CACHE_MAX) cache.clear();
-          cache.set(id, { state, at: now() });
-          return state;
+          cache.set(id, { ...known, at: now() });
+          return known;
         },
         // The store could not say (it is away, sessions fail closed): not cached, not a dead session.
-        (): SessionState => 'unknowable',
+        (): Known => ({ state: 'unknowable', caller: undefined, subject: undefined }),
       );
       pending.set(id, p);
       void p.finally(() => pending.delete(id));
     }
     return p;
   };
-  const judge = (state: SessionState): void => {
-    if (state === 'dead') refuse('session', 'the session is unknown, expired or revoked');
-    if (state === 'role') refuse('role', ROLE_MESSAGE);
-    if (state === 'unknowable') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)');
+  const judge = (req: BrokerRequest, s: Known): void => {
+    if (s.state === 'dead') refuse('session', 'the session is unknown, expired or revoked');
+    if (s.state === 'role') refuse('role', ROLE_MESSAGE);
+    if (s.state === 'unknowable') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)');
+    // Held to its key's quotas, tier, priority and budget (admission), and tracked as that key.
+    req.caller = s.caller;
+    const facts = req.facts;
+    if (facts !== undefined) {
+      if (s.caller?.keyId !== undefined) facts.keyId = s.caller.keyId;
+      if (s.subject !== undefined) facts.subject = s.subject;
+    }
   };
   // A cached answer is given at once (no promise, no async path in dispatch).
-  const bySession = (id: string): void | Promise<void> => {
+  const bySession = (req: BrokerRequest, id: string): void | Promise<void> => {
     const hit = cache.get(id);
-    if (hit !== undefined && now() - hit.at < cacheMs) return judge(hit.state);
-    return lookup(id).then(judge);
+    if (hit !== undefined && now() - hit.at < cacheMs) return judge(req, hit);
+    return lookup(id).then((s) => judge(req, s));
   };
 
   return (req) => {
     const credential = apiKeyOf(req.headers);
     if (credential === undefined) return refuse('missing', `this broker needs credentials (AUTH_MODE=${o.mode}): Authorization: Bearer <${o.mode === 'jwt' ? 'JWT' : 'API key'} or session>, or x-api-key`);
-    if (credential.startsWith('sess_')) return bySession(credential);
+    if (credential.startsWith('sess_')) return bySession(req, credential);
     // A known key first: a key may have the shape of a JWT (`team.prod.key1`).
     if (o.mode === 'keys' && o.knownKey(credential)) {
       const role = o.keyRole?.(credential);
@@ -96,6 +119,8 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
           // Request tracking records who called (the token's subject), never the token.
           if (req.facts !== undefined) req.facts.subject = p.subject;
           if (!clientRole(p.roles)) refuse('role', `the token's roles (${p.roles.join(', ') || 'none'}) may not call the client APIs; one of ${CLIENT_ROLES.join(', ')} is needed`);
+          // Its tier claim holds in admission, as a key's tier does.
+          req.caller = { tier: p.tier };
         },
         (err: BrokerError) => refuse(String(err.details?.reason ?? 'invalid_token'), err.message),
       );

@@ -37,6 +37,8 @@ export interface IdentityOptions {
   readonly jwt: JwtVerifier | undefined;
   readonly store: StateStore;
   readonly sessionTtlMs: number;
+  /** Live sessions a subject (a key, a token's subject) may hold: past it, making one is 429. Default 1000. */
+  readonly maxSessionsPerSubject?: number;
   /** AUTH_REDIS_FAIL_MODE: with the store down, closed refuses sessions, open accepts those last seen valid. */
   readonly failMode: FailMode;
   readonly metrics: Metrics;
@@ -122,6 +124,10 @@ export class Identity {
       tier = runtime?.tier ?? fromFile?.tier;
       runtimeKey = runtime !== undefined;
     }
+    // Bounded per subject: else one key could fill the store with sessions (each lives an hour).
+    const max = this.o.maxSessionsPerSubject ?? 1000;
+    const live = await this.o.store.countSessions(subject).catch(storeDown);
+    if (live >= max) throw new BrokerError('rate_limited', `${subject} has ${live} live sessions, the most one subject may hold (AUTH_MAX_SESSIONS_PER_SUBJECT=${max}): reuse one, or revoke some`);
     const id = 'sess_' + randomBytes(24).toString('base64url');
     const t = this.now();
     const session: SessionRecord = { subject, roles, tier, keyId, ...(runtimeKey ? { runtimeKey } : {}), createdAt: t, expiresAt: Math.min(t + this.o.sessionTtlMs, until) };

@@ -24,7 +24,8 @@
 // (fail closed) rather than not at all.
 import { BrokerError } from '../errors.ts';
 import { take, type Bucket, type BucketLimits } from './token-bucket.ts';
-import { apiKeyOf } from './api-key.ts';
+import { apiKeyOf, keyId } from './api-key.ts';
+import type { Caller } from '../front/reply.ts';
 import { SharedTable, lockCell, unlockCell, type SlotHooks } from '../sched/shared-table.ts';
 
 export interface RateLimiter {
@@ -160,10 +161,15 @@ export function createRateLimiter(rps: number, burst: number, nowOrOpts?: (() =>
   };
 }
 
-/** API key if the client sent one (Authorization bearer or x-api-key), else its address. */
-export function clientKeyOf(headers: Readonly<Record<string, string>>, remoteAddress: string, isKnown: (key: string) => boolean = () => false): string {
+/**
+ * The bucket of a client: its API key's (by the key's id) if it sent one the broker knows, or
+ * the key its session was made from (`caller`, set by client auth: a key and its sessions
+ * share one bucket), else its address.
+ */
+export function clientKeyOf(headers: Readonly<Record<string, string>>, remoteAddress: string, isKnown: (key: string) => boolean = () => false, caller?: Caller): string {
   // Only a key the broker knows gets a bucket of its own: a made-up key per request
   // would otherwise be a fresh bucket per request, and no limit at all.
   const key = apiKeyOf(headers);
-  return key !== undefined && isKnown(key) ? `key:${key}` : `ip:${remoteAddress}`;
+  if (key !== undefined && isKnown(key)) return `key:${keyId(key)}`;
+  return caller?.keyId !== undefined ? `key:${caller.keyId}` : `ip:${remoteAddress}`;
 }

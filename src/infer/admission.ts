@@ -8,6 +8,7 @@ import { apiKeyOf } from '../guard/api-key.ts';
 import { BrokerError } from '../errors.ts';
 import { DEFAULT_SCHEDULER } from '../config/broker-config.ts';
 import { headerPriority } from '../policy/priority.ts';
+import type { BrokerRequest, Caller } from '../front/reply.ts';
 
 export const PRIORITY_LEVELS = 10;
 export const DEFAULT_PRIORITY = 5;
@@ -224,7 +225,7 @@ function msText(ms: number): string {
  * The highest priority a caller may have: its API key's (or its QoS tier's, else 5), as the
  * LLM admission gives it (sched/governance.ts priorityCeiling).
  */
-export type PriorityCeiling = (apiKey: string | undefined) => number;
+export type PriorityCeiling = (apiKey: string | undefined, caller?: Caller) => number;
 
 /**
  * A request's admission priority: what it asks for (x-broker-priority, or a protocol's own
@@ -236,7 +237,7 @@ export function cappedPriority(asked: number | undefined, ceiling: number | unde
   return asked === undefined ? ceiling : Math.min(asked, ceiling);
 }
 
-/** x-broker-priority capped by the caller's key: the priority of an inference request. */
-export function requestPriority(headers: Readonly<Record<string, string>>, ceiling: PriorityCeiling | undefined): number | undefined {
-  return cappedPriority(headerPriority(headers['x-broker-priority']), ceiling?.(apiKeyOf(headers)));
+/** x-broker-priority capped by the caller's key (a session's, its key's): the priority of an inference request. */
+export function requestPriority(req: Pick<BrokerRequest, 'headers' | 'caller'>, ceiling: PriorityCeiling | undefined): number | undefined {
+  return cappedPriority(headerPriority(req.headers['x-broker-priority']), ceiling?.(apiKeyOf(req.headers), req.caller));
 }

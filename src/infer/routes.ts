@@ -41,7 +41,7 @@ export function inferRoutes(service: InferBackend, stickyCookie: string, ceiling
       async handle({ req, body, sink }) {
         const { image, imgSize, topK } = Buffer.isBuffer(body) ? rawInput(body, req.query) : jsonInput(body as Record<string, unknown>);
         const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
-        const priority = requestPriority(req.headers, ceiling);
+        const priority = requestPriority(req, ceiling);
         // A client gone while its image waits: the image leaves the queue, nobody computes it for nothing.
         const signal = new RequestAbort();
         sink.onAbort(() => signal.abort());

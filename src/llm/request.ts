@@ -3,7 +3,7 @@
 // Nothing after this reads the body again except the translators, which map it whole
 // to the provider's API.
 import { BrokerError } from '../errors.ts';
-import type { BrokerRequest } from '../front/reply.ts';
+import type { BrokerRequest, Caller } from '../front/reply.ts';
 import { apiKeyOf } from '../guard/api-key.ts';
 import type { RequestFacts } from '../track/facts.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
@@ -35,6 +35,8 @@ export interface LlmRequest {
   /** OpenAI `n`: completions asked for (quotas reserve n × the output). */
   readonly choices: number;
   readonly apiKey: string | undefined;
+  /** Who a session or JWT speaks for (client auth): admission holds it to that key, that tier. */
+  readonly caller: Caller | undefined;
   /** x-broker-label, x-broker-priority (a digit or low/normal/high/critical), x-broker-qos. */
   readonly label: string | undefined;
   readonly priority: number | undefined;
@@ -117,6 +119,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     maxTokens: maxOutputTokensOf(body, api),
     choices: typeof body.n === 'number' ? body.n : 1,
     apiKey,
+    caller: req.caller,
     label: labelOf(h['x-broker-label']),
     priority: headerPriority(h['x-broker-priority']),
     tier: h['x-broker-qos'],

@@ -14,6 +14,7 @@ import { RequestAbort, type AbortLike } from '../abort.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import type { BrokerRequest } from '../front/reply.ts';
+import type { SessionView } from '../guard/client-auth.ts';
 import type { Learned } from '../sched/governance.ts';
 import { MAX_THREADS } from '../sched/wait-board.ts';
 import type { TrackRow } from '../track/facts.ts';
@@ -38,7 +39,7 @@ export interface PlanesDeps {
   infer(call: InferCall, signal: AbortLike): Promise<InferReply>;
   discover(): Promise<void>;
   /** A session's roles, or null when it is not live. */
-  session(id: string): Promise<{ roles: readonly string[] } | null>;
+  session(id: string): Promise<SessionView | null>;
   learn(events: readonly Learned[]): void;
   /** Request tracking's rows from a thread (absent: tracking is off). */
   track?(rows: readonly TrackRow[]): void;

@@ -24,7 +24,7 @@ import { Router } from '../front/http/router.ts';
 import { startHttpFront, type ForwardedReply } from '../front/http/server.ts';
 import { createRateLimiter } from '../guard/rate-limit.ts';
 import { BrokerError } from '../errors.ts';
-import { createClientAuth } from '../guard/client-auth.ts';
+import { createClientAuth, type SessionView } from '../guard/client-auth.ts';
 import { createJwtVerifier } from '../guard/jwt.ts';
 import { portLogStream } from './port-log.ts';
 import { createTracer } from '../obs/trace/tracer.ts';
@@ -174,7 +174,7 @@ const inference: InferBackend = {
 };
 
 const router = new Router();
-for (const r of [...inferRoutes(inference, config.stickyCookie, (k) => gov.priorityCeiling(k)), ...llmRoutes(fleetSource, gov, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
+for (const r of [...inferRoutes(inference, config.stickyCookie, (k, c) => gov.priorityCeiling(k, c)), ...llmRoutes(fleetSource, gov, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
 
 const front = await startHttpFront({
   host: config.host,
@@ -191,7 +191,8 @@ const front = await startHttpFront({
     knownKey: (key) => gov.keyPolicy(key) !== undefined,
     keyRole: (key) => gov.keyPolicy(key)?.role,
     jwt: createJwtVerifier(config.jwt),
-    session: (session) => call<{ roles: readonly string[] } | null>((id) => ({ t: 'session', id, session })),
+    session: (session) => call<SessionView | null>((id) => ({ t: 'session', id, session })),
+    knownKeyId: (id) => gov.keyPolicyById(id) !== undefined,
     metrics,
   }),
   knownKey: (key) => gov.keyPolicy(key) !== undefined,

@@ -12,6 +12,7 @@ import { resolveTier, type QosConfig, type QosTier } from '../policy/qos.ts';
 import { awaitsTopUp, type QuotaLedger, type Reservation } from '../policy/quota.ts';
 import type { OutputPredictor } from '../policy/prediction.ts';
 import type { BudgetGate } from '../track/budget.ts';
+import type { Caller } from '../front/reply.ts';
 
 /** What admission decided for one request. */
 export interface Admitted {
@@ -42,6 +43,8 @@ export interface AdmissionPolicies {
   readonly flags: FlagSet;
   readonly qos: QosConfig;
   keyPolicy(apiKey: string | undefined): ApiKeyPolicy | undefined;
+  /** A known key's policy by its id: a session is held to the key it was made from. */
+  keyPolicyById(id: string): ApiKeyPolicy | undefined;
   readonly predictor: OutputPredictor;
   readonly quota: QuotaLedger;
   readonly defaultOutputTokens: number;
@@ -61,18 +64,35 @@ export interface AdmissionPolicies {
 export const OTHER_LABEL = 'other';
 
 /**
+ * The known API key a request speaks for, with its id: its own key, or the key its session
+ * was made from (client-auth sets the caller). A session must not escape its key's quotas,
+ * tier, priority or budget.
+ */
+export function knownKeyOf(p: Pick<AdmissionPolicies, 'keyPolicy' | 'keyPolicyById'>, apiKey: string | undefined, caller: Caller | undefined): { policy: ApiKeyPolicy; id: string } | undefined {
+  if (apiKey !== undefined) {
+    const policy = p.keyPolicy(apiKey);
+    if (policy !== undefined) return { policy, id: keyId(apiKey) };
+  }
+  const id = caller?.keyId;
+  if (id === undefined) return undefined;
+  const policy = p.keyPolicyById(id);
+  return policy === undefined ? undefined : { policy, id };
+}
+
+/**
  * Applies the enabled admission policies. Throws forbidden (QoS) or quota_exceeded. A promise
  * only when the key's lease is being topped up (see reserveWhenTopped); else at once.
  */
 export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConfig, opts?: { readonly deferQuota?: boolean }): Admitted | Promise<Admitted> {
   const flags = p.flags;
-  const policy = p.keyPolicy(r.apiKey);
+  const known = knownKeyOf(p, r.apiKey, r.caller);
+  const policy = known?.policy;
   let tier: QosTier | null = null;
   let tierSource: string | null = null;
   let body = r.body;
   let maxTokens = r.maxTokens;
   if (flags.qos_switching) {
-    const t = resolveTier(p.qos, { keyTier: policy?.tier, headerTier: r.tier, group: group.name });
+    const t = resolveTier(p.qos, { keyTier: policy?.tier ?? r.caller?.tier, headerTier: r.tier, group: group.name });
     if (!t.ok) throw new BrokerError('forbidden', t.reason);
     tier = t.tier;
     tierSource = t.source;
@@ -91,18 +111,18 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   // and an unknown key gets no profile of its own.
   const label =
     policy?.label ??
-    (r.label !== undefined ? (policy !== undefined || p.admittedLabel(r.label) ? r.label : OTHER_LABEL) : policy !== undefined ? `key:${keyId(r.apiKey!)}` : `${r.api}:${r.kind}`);
+    (r.label !== undefined ? (known !== undefined || p.admittedLabel(r.label) ? r.label : OTHER_LABEL) : known !== undefined ? `key:${known.id}` : `${r.api}:${r.kind}`);
   // Embeddings produce no tokens: only their input is reserved.
   const predictedOutput = r.kind === 'embed' ? 0 : flags.output_prediction ? p.predictor.predict(label, maxTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
   const facts = r.facts;
   if (facts !== undefined) {
     facts.label = label;
     facts.priority = priority;
-    facts.tier = tier?.name ?? policy?.tier;
+    facts.tier = tier?.name ?? policy?.tier ?? r.caller?.tier;
     if (flags.output_prediction) facts.predictedTokens = predictedOutput;
   }
   // Over its budget, a key is refused before it takes any quota or capacity.
-  if (policy?.budget !== undefined && p.budgets !== undefined) p.budgets.check(keyId(r.apiKey!), policy.budget);
+  if (policy?.budget !== undefined && p.budgets !== undefined) p.budgets.check(known!.id, policy.budget);
   // Only quotas reserve tokens: without them, no need to walk the prompt.
   // Each of n choices is an output of its own.
   const reserveTokens = flags.quota_enforcement ? tokensOfChars(r.promptChars) + predictedOutput * r.choices : 0;
@@ -121,8 +141,8 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     ...(quotaDue !== undefined ? { quotaDue } : {}),
     since: p.now(),
   });
-  if (!(flags.quota_enforcement && r.apiKey !== undefined && (policy?.rpm !== undefined || policy?.tpm !== undefined))) return admitted(null);
-  const subject = `key:${keyId(r.apiKey)}`;
+  if (!(flags.quota_enforcement && known !== undefined && (known.policy.rpm !== undefined || known.policy.tpm !== undefined))) return admitted(null);
+  const subject = `key:${known.id}`;
   if (opts?.deferQuota === true) return admitted(null, { subject, tokens: reserveTokens });
   return reserveFor(p, subject, reserveTokens, admitted);
 }

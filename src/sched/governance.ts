@@ -15,7 +15,8 @@ import { Scheduler, type Lease } from './scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import { PerformanceTracker } from '../policy/performance.ts';
 import { StickyPins } from '../policy/sticky.ts';
-import { admit, reserveQuota, type Admitted, type AdmissionPolicies } from './admission.ts';
+import { admit, knownKeyOf, reserveQuota, type Admitted, type AdmissionPolicies } from './admission.ts';
+import type { Caller } from '../front/reply.ts';
 import { keyId } from '../guard/api-key.ts';
 import { keyHash } from '../guard/identity.ts';
 import type { LlmRequest } from '../llm/request.ts';
@@ -170,6 +171,7 @@ export class Governance implements Leases {
         return gov.config.qos;
       },
       keyPolicy: (apiKey) => this.keyPolicy(apiKey),
+      keyPolicyById: (id) => this.keyPolicyById(id),
       predictor: this.predictor,
       quota: this.quota,
       get defaultOutputTokens() {
@@ -266,15 +268,26 @@ export class Governance implements Leases {
     return this.config.apiKeys.get(apiKey) ?? (this.runtimeKeys.size === 0 ? undefined : this.runtimeKeys.get(keyHash(apiKey)));
   }
 
+  /** A known key's policy by its id (k_…): what a session made from that key is held to. */
+  keyPolicyById(id: string): ApiKeyPolicy | undefined {
+    const keys = this.config.apiKeys;
+    if (this.fileKeysById?.keys !== keys) this.fileKeysById = { keys, byId: new Map([...keys].map(([k, p]) => [keyId(k), p])) };
+    return this.fileKeysById.byId.get(id) ?? this.runtimeKeysById.get(id);
+  }
+
+  /** The file's keys by id, for the config they were read from. */
+  private fileKeysById: { keys: ReadonlyMap<string, ApiKeyPolicy>; byId: Map<string, ApiKeyPolicy> } | undefined;
+  private runtimeKeysById = new Map<string, ApiKeyPolicy>();
+
   /**
    * The highest priority an inference request with this key may have (infer/admission.ts):
    * the key's priority, else its QoS tier's (with qos_switching), else 5, as admit() gives
    * an LLM request; x-broker-priority may only lower it.
    */
-  priorityCeiling(apiKey: string | undefined): number {
-    const policy = this.keyPolicy(apiKey);
+  priorityCeiling(apiKey: string | undefined, caller?: Caller): number {
+    const policy = knownKeyOf(this.admission, apiKey, caller)?.policy;
     if (policy?.priority !== undefined) return policy.priority;
-    if (this.admission.flags.qos_switching) return resolveTier(this.config.qos, { keyTier: policy?.tier }).tier.priority;
+    if (this.admission.flags.qos_switching) return resolveTier(this.config.qos, { keyTier: policy?.tier ?? caller?.tier }).tier.priority;
     return 5;
   }
 
@@ -283,6 +296,7 @@ export class Governance implements Leases {
 
   setRuntimeKeys(keys: readonly { hash: string; id: string; role?: string | undefined; tier: string | undefined; priority: number | undefined; label: string | undefined; rpm: number | undefined; tpm: number | undefined }[]): void {
     this.runtimeKeys = new Map(keys.map((k) => [k.hash, Object.freeze({ role: k.role, tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm })]));
+    this.runtimeKeysById = new Map(keys.map((k) => [k.id, this.runtimeKeys.get(k.hash)!]));
     this.runtimeKeyLimits = new Map(keys.map((k) => [k.id, { rpm: k.rpm, tpm: k.tpm }]));
     // A key's own limits, unless an operator set others since (a key change elsewhere re-reads them all).
     if (this.owner) for (const k of keys) if ((k.rpm !== undefined || k.tpm !== undefined) && !this.operatorQuota.has(`key:${k.id}`)) this.quota.setLimits(`key:${k.id}`, { rpm: k.rpm, tpm: k.tpm });

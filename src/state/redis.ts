@@ -24,6 +24,8 @@ const SET_DOC_IF = "local c = redis.call('HGET', KEYS[1], ARGV[1]) if (c or '') 
 const AUDIT_PAGE = 500;
 
 /** PEXPIRE only to lengthen a key's life (Redis 7's GT, for any version; no TTL counts as shorter). */
+// A subject's live sessions: ids whose session expired are taken out of its set first.
+const COUNT_LIVE = "local n = 0 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do if redis.call('EXISTS', ARGV[1] .. id) == 1 then n = n + 1 else redis.call('SREM', KEYS[1], id) end end return n";
 const EXTEND_TTL = "local t = redis.call('PTTL', KEYS[1]) if t < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return t";
 
 // One round trip per lease, atomic: grant what is left of the limit, up to the ask.
@@ -183,6 +185,10 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     const n = await this.cmd.del(`eb:session:${id}`);
     if (v !== undefined) await this.cmd.srem(`eb:subject:${v.subject}`, id);
     return n > 0;
+  }
+
+  async countSessions(subject: string): Promise<number> {
+    return Number(await this.cmd.eval(COUNT_LIVE, 1, `eb:subject:${subject}`, 'eb:session:'));
   }
 
   async deleteSubjectSessions(subject: string): Promise<number> {

@@ -63,6 +63,8 @@ export interface StateStore {
   getSession(id: string): Promise<SessionRecord | undefined>;
   deleteSession(id: string): Promise<boolean>;
   deleteSubjectSessions(subject: string): Promise<number>;
+  /** The subject's live sessions (expired ones are forgotten on the way). */
+  countSessions(subject: string): Promise<number>;
   putKey(k: KeyRecord): Promise<void>;
   deleteKey(id: string): Promise<boolean>;
   listKeys(): Promise<KeyRecord[]>;
@@ -115,6 +117,13 @@ export class MemoryStore implements StateStore {
   async deleteSubjectSessions(subject: string): Promise<number> {
     let n = 0;
     for (const [id, s] of this.sessions) if (s.subject === subject) (this.sessions.delete(id), n++);
+    return n;
+  }
+
+  async countSessions(subject: string): Promise<number> {
+    let n = 0;
+    const now = this.now();
+    for (const s of this.sessions.values()) if (s.subject === subject && s.expiresAt > now) n++;
     return n;
   }
 

@@ -2,6 +2,7 @@ import t from 'tap';
 import { take, type Bucket } from '../../src/guard/token-bucket.ts';
 import { createRateLimiter, clientKeyOf } from '../../src/guard/rate-limit.ts';
 import { BrokerError } from '../../src/errors.ts';
+import { keyId } from '../../src/guard/api-key.ts';
 
 t.test('token bucket admits a burst, then refills at the rate', async (t) => {
   const limits = { rate: 2, burst: 3 };
@@ -45,8 +46,10 @@ t.test('rate limiter with rps 0 admits everything', async (t) => {
 
 t.test('client key prefers the API key over the address', async (t) => {
   const known = (k: string) => k === 'k1' || k === 'k2';
-  t.equal(clientKeyOf({ 'x-api-key': 'k1' }, '1.2.3.4', known), 'key:k1');
-  t.equal(clientKeyOf({ authorization: 'Bearer k2' }, '1.2.3.4', known), 'key:k2');
+  t.equal(clientKeyOf({ 'x-api-key': 'k1' }, '1.2.3.4', known), `key:${keyId('k1')}`, "by the key's id, never the key");
+  t.equal(clientKeyOf({ authorization: 'Bearer k2' }, '1.2.3.4', known), `key:${keyId('k2')}`);
+  t.equal(clientKeyOf({ authorization: 'Bearer sess_abc' }, '1.2.3.4', known, { keyId: keyId('k1') }), `key:${keyId('k1')}`, "a session shares its key's bucket");
+  t.equal(clientKeyOf({ authorization: 'Bearer sess_abc' }, '1.2.3.4', known, { tier: 'batch' }), 'ip:1.2.3.4', 'a session of no key counts as its address');
   t.equal(clientKeyOf({}, '1.2.3.4', known), 'ip:1.2.3.4');
   t.equal(clientKeyOf({ 'x-api-key': 'made-up' }, '1.2.3.4', known), 'ip:1.2.3.4', 'an unknown key counts as its address');
   t.equal(clientKeyOf({ 'x-api-key': 'k1' }, '1.2.3.4'), 'ip:1.2.3.4', 'no key is known unless said so');

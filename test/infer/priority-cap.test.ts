@@ -17,10 +17,14 @@ t.test('cappedPriority: the header may only lower the ceiling; no header gets th
   t.equal(cappedPriority(undefined, 9), 9);
   t.equal(cappedPriority(9, undefined), 9, 'no ceiling (a bare service): as asked');
   const ceiling = (k: string | undefined) => (k === 'sk-vip' ? 9 : k === 'sk-batch' ? 2 : 5);
-  t.equal(requestPriority({ 'x-broker-priority': 'critical', 'x-api-key': 'sk-batch' }, ceiling), 2);
-  t.equal(requestPriority({ authorization: 'Bearer sk-vip' }, ceiling), 9);
-  t.equal(requestPriority({ 'x-broker-priority': 'low', authorization: 'Bearer sk-vip' }, ceiling), 1);
-  t.equal(requestPriority({ 'x-broker-priority': 'critical' }, ceiling), 5, 'a keyless caller cannot raise itself');
+  const of = (headers: Record<string, string>) => ({ headers, caller: undefined });
+  t.equal(requestPriority(of({ 'x-broker-priority': 'critical', 'x-api-key': 'sk-batch' }), ceiling), 2);
+  t.equal(requestPriority(of({ authorization: 'Bearer sk-vip' }), ceiling), 9);
+  t.equal(requestPriority(of({ 'x-broker-priority': 'low', authorization: 'Bearer sk-vip' }), ceiling), 1);
+  t.equal(requestPriority(of({ 'x-broker-priority': 'critical' }), ceiling), 5, 'a keyless caller cannot raise itself');
+  // A session is held to the key it was made from (client auth sets the caller).
+  const byCaller = (k: string | undefined, c?: { keyId?: string }) => (c?.keyId === 'k_batch' ? 2 : ceiling(k));
+  t.equal(requestPriority({ headers: { 'x-broker-priority': 'critical', authorization: 'Bearer sess_x' }, caller: { keyId: 'k_batch' } }, byCaller), 2, "a session gets its key's ceiling");
 });
 
 t.test('over HTTP: a priority-2 key asking for critical waits behind normal requests; a priority-9 key goes first without asking', async (t) => {

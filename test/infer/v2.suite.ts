@@ -259,7 +259,7 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
   huge[7] = 1e39;
   const overflow = await raw(JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], data: huge }] }));
   expectError(overflow, 400, 'invalid_request', 'json: a value beyond float32');
-  t.match(overflow.json.error, /value 7 is not finite/);
+  t.match((overflow.json as { error: string }).error, /value 7 is not finite/);
   // Binary framing errors.
   const head = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', shape: [1], datatype: 'BYTES', parameters: { binary_data_size: 100 } }] }));
   expectError(await raw(Buffer.concat([head, Buffer.alloc(10)]), { 'inference-header-content-length': String(head.length) }), 400, 'invalid_request', 'binary_data_size past the body');

@@ -12,7 +12,7 @@ const redis = await startRedis(t);
 const up1 = await startMock(t);
 const up2 = await startMock(t);
 const fleet = { modelGroups: { g: { deployments: [{ id: 'd1', provider: 'openai', url: up1.url, model: 'm' }, { id: 'd2', provider: 'openai', url: up2.url, model: 'm' }] } } };
-const env = { INFER_ENABLED: 'false', REDIS_URL: redis.url, AUTH_MODE: 'keys' };
+const env = { INFER_ENABLED: 'false', REDIS_URL: redis.url, AUTH_MODE: 'keys', AUTH_MAX_SESSIONS_PER_SUBJECT: '3' };
 const a: TestBroker = await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'replica-a' });
 const b: TestBroker = await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'replica-b' });
 
@@ -122,6 +122,23 @@ t.test('a session made on A works on B; revoked on A, it is refused on B', async
   t.pass('a key revoked on A is refused on B');
   await until(async () => (await chat(b, fromKey.body.session)).status === 401, "the revoked key's session on B");
   t.equal((await chat(a, fromKey.body.session)).status, 401, "and on A: a session ends with the key it was made from");
+});
+
+t.test('a subject holds at most AUTH_MAX_SESSIONS_PER_SUBJECT live sessions, counted across the replicas', async (t) => {
+  const made = await call(a, 'POST', '/api/auth/keys', { name: 'many-sessions' });
+  const sessions: string[] = [];
+  for (const tb of [a, b, a]) {
+    const s = await call(tb, 'POST', '/api/auth/sessions', { api_key: made.body.key });
+    t.equal(s.status, 201);
+    sessions.push(s.body.session);
+  }
+  const over = await call(b, 'POST', '/api/auth/sessions', { api_key: made.body.key });
+  t.equal(over.status, 429, 'the fourth, on the other replica');
+  t.equal(over.body.error.code, 'rate_limited');
+  t.match(over.body.error.message, /AUTH_MAX_SESSIONS_PER_SUBJECT=3/);
+  t.equal((await call(a, 'DELETE', `/api/auth/sessions/${sessions[0]}`)).status, 200);
+  t.equal((await call(b, 'POST', '/api/auth/sessions', { api_key: made.body.key })).status, 201, 'one revoked: room for one more');
+  t.equal((await chat(b, sessions[1]!)).status, 200, 'the others still live');
 });
 
 t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with no restart', async (t) => {

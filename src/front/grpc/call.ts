@@ -112,7 +112,7 @@ export async function checkCall(g: CallGuards, req: BrokerRequest): Promise<void
 /** The per-client rate limit, as on HTTP routes (RATE_LIMIT_RPS): throws rate_limited with its retry time. */
 export function checkRate(g: CallGuards, req: BrokerRequest): void {
   try {
-    g.rateLimiter.check(clientKeyOf(req.headers, req.remoteAddress, g.knownKey));
+    g.rateLimiter.check(clientKeyOf(req.headers, req.remoteAddress, g.knownKey, req.caller));
   } catch (err) {
     g.metrics.rateLimited.inc();
     throw err;

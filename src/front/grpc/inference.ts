@@ -49,7 +49,7 @@ async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequest
   const topK = optionalInt(m.top_k, 'top_k', 1, 1000);
   const arm = m.arm ?? '';
   if (arm !== '' && arm !== 'A' && arm !== 'B') throw new BrokerError('invalid_request', 'arm must be "A", "B" or empty', { details: { field: 'arm' } });
-  return deps.infer.infer({ image, imgSize, topK, cookieArm: arm === '' ? undefined : arm, priority: requestPriority(req.headers, deps.priorityCeiling), signal }).then((r) => {
+  return deps.infer.infer({ image, imgSize, topK, cookieArm: arm === '' ? undefined : arm, priority: requestPriority(req, deps.priorityCeiling), signal }).then((r) => {
     noteInference(req.facts, r);
     return { ...r, trace_id: req.id };
   });

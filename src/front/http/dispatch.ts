@@ -168,7 +168,7 @@ function guarded(g: Guards, r: Route, params: Record<string, string>, req: Broke
     }
     if (r.rateLimited) {
       try {
-        g.rateLimiter.check(clientKeyOf(req.headers, req.remoteAddress, g.knownKey));
+        g.rateLimiter.check(clientKeyOf(req.headers, req.remoteAddress, g.knownKey, req.caller));
       } catch (err) {
         g.metrics.rateLimited.inc();
         throw err;

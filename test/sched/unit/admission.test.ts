@@ -24,6 +24,7 @@ function policies(quota: QuotaLedger): AdmissionPolicies {
     flags,
     qos: DEFAULT_QOS,
     keyPolicy: (k) => (k === 'sk-a' ? { tier: undefined, priority: undefined, label: undefined, rpm: undefined, tpm: 1000 } : undefined),
+    keyPolicyById: () => undefined,
     predictor: new OutputPredictor(),
     quota,
     defaultOutputTokens: 256,
