@@ -53,6 +53,13 @@ export const ERROR_TABLE = {
 
 export type ErrorCode = keyof typeof ERROR_TABLE;
 
+/** Longest error message a client gets: messages quote what the client sent (a model name), which may be megabytes. */
+export const MAX_ERROR_MESSAGE_CHARS = 1024;
+
+function clipMessage(m: string): string {
+  return m.length <= MAX_ERROR_MESSAGE_CHARS ? m : `${m.slice(0, MAX_ERROR_MESSAGE_CHARS - 1)}…`;
+}
+
 export class BrokerError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
@@ -61,7 +68,7 @@ export class BrokerError extends Error {
   readonly details: Record<string, unknown> | undefined;
 
   constructor(code: ErrorCode, message?: string, opts: { retryAfter?: number; details?: Record<string, unknown>; cause?: unknown } = {}) {
-    super(message ?? ERROR_TABLE[code].message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    super(clipMessage(message ?? ERROR_TABLE[code].message), opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'BrokerError';
     this.code = code;
     this.status = ERROR_TABLE[code].http;

@@ -1,6 +1,6 @@
 // The error table and the one module that turns errors into bodies for every client API.
 import t from 'tap';
-import { BrokerError, ERROR_TABLE, type ErrorCode } from '../src/errors.ts';
+import { BrokerError, ERROR_TABLE, MAX_ERROR_MESSAGE_CHARS, type ErrorCode } from '../src/errors.ts';
 import {
   brokerErrorBody,
   brokerErrorShape,
@@ -150,4 +150,11 @@ t.test('Ollama stream terminal event is one NDJSON line with an `error` string, 
   const part = JSON.parse(lines[0]!) as { error?: unknown };
   t.equal(typeof part.error, 'string');
   t.equal(part.error, msg);
+});
+
+t.test('a message is clipped at MAX_ERROR_MESSAGE_CHARS: it may quote a client value of any size', async (t) => {
+  const e = new BrokerError('model_not_found', `model ${'x'.repeat(5000)} is not served`);
+  t.equal(e.message.length, MAX_ERROR_MESSAGE_CHARS);
+  t.ok(e.message.endsWith('…'));
+  t.equal(new BrokerError('invalid_request', 'short').message, 'short');
 });

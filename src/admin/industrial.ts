@@ -318,6 +318,9 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
         // A key is named by its id everywhere: in the ledger, the reply and the audit line.
         if (subject.startsWith('key:') && !isKeyId(subject.slice(4))) subject = `key:${keyId(subject.slice(4))}`;
         const b = ctx.body as Record<string, unknown>;
+        // The body replaces the subject's limits: a misspelt field ("rmp") would silently clear them.
+        const unknown = Object.keys(b).filter((k) => k !== 'rpm' && k !== 'tpm');
+        if (unknown.length > 0) throw new BrokerError('invalid_request', `unknown field ${unknown[0]!.slice(0, 64)}: the body is {"rpm": n, "tpm": n} (either may be null or left out: no limit)`, { details: { field: unknown[0]!.slice(0, 64) } });
         const lim = (v: unknown, field: string): number | undefined => {
           if (v === undefined || v === null) return undefined;
           if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new BrokerError('invalid_request', `${field} must be a non-negative integer`, { details: { field } });

@@ -250,6 +250,11 @@ t.test('unknown model: 404 model_not_found in each API shape', async (t) => {
   const o = await ollama.chat({ model: 'nope', messages }).catch((e) => e);
   t.equal(o.status_code, 404);
   t.match(o.error, /nope/);
+  // A model name of 50 kB is not echoed back whole: the message is clipped (MAX_ERROR_MESSAGE_CHARS).
+  const huge = await openai.chat.completions.create({ model: 'm'.repeat(50_000), messages }).catch((e) => e);
+  t.equal(huge.status, 404);
+  t.ok(huge.message.length <= 1100, `message of ${huge.message.length} characters`);
+  t.match(huge.message, /…/);
 });
 
 t.test('bad JSON and oversized bodies', async (t) => {

@@ -243,6 +243,11 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
   const usage = await get(tb, '/api/industrial/quota');
   t.ok(usage.subjects[`key:${keyId('sk-small')}`].tpm < 300, 'real usage, not reservations, stays in the window');
   t.notMatch(JSON.stringify(usage), /sk-small/, 'the key itself is never shown, only its id');
+  // A misspelt field is refused, and the limits stay (it would have replaced them with none).
+  const typo = await send(tb, 'PUT', '/api/industrial/quota/key:sk-small', { rmp: 10 });
+  t.equal(typo.status, 400);
+  t.equal(typo.body.error.code, 'invalid_request');
+  t.match(typo.body.error.message, /unknown field rmp/);
   const put = await send(tb, 'PUT', '/api/industrial/quota/key:sk-small', { tpm: 10 });
   t.equal(put.body.subject, `key:${keyId('sk-small')}`, 'addressed by the key, answered by its id');
   await until(async () => tb.logs.some((l) => l.msg === 'request' && String(l.path).includes(keyId('sk-small'))), 'the access line');
