@@ -466,6 +466,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         maxMessageBytes: config.maxBodyBytes,
         keepaliveTimeMs: config.grpcKeepaliveTimeMs,
         keepaliveTimeoutMs: config.grpcKeepaliveTimeoutMs,
+        handshakeTimeoutMs: config.grpcHandshakeTimeoutMs,
         metrics,
         logger,
         accessLog: createAccessLogger(config.logLevel, destination),

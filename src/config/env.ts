@@ -93,6 +93,8 @@ export interface Config {
   readonly grpcTls: { readonly certPath: string; readonly keyPath: string } | undefined;
   readonly grpcKeepaliveTimeMs: number;
   readonly grpcKeepaliveTimeoutMs: number;
+  /** A gRPC connection that has not sent its HTTP/2 preface (SETTINGS) by then is closed. */
+  readonly grpcHandshakeTimeoutMs: number;
   /** OpenTelemetry traces (src/obs/trace/, docs/tracing.md). */
   readonly otel: OtelConfig;
   /** Request tracking in PostgreSQL (docs/tracking.md); undefined when DATABASE_URL is unset. */
@@ -241,6 +243,7 @@ export function loadConfig(env: Env = process.env): Config {
     grpcTls: grpcCert === '' ? undefined : Object.freeze({ certPath: grpcCert, keyPath: grpcKey }),
     grpcKeepaliveTimeMs: int(env, 'GRPC_KEEPALIVE_TIME_MS', 60_000, 1000, 86_400_000),
     grpcKeepaliveTimeoutMs: int(env, 'GRPC_KEEPALIVE_TIMEOUT_MS', 20_000, 100, 3_600_000),
+    grpcHandshakeTimeoutMs: int(env, 'GRPC_HANDSHAKE_TIMEOUT_MS', 10_000, 100, 600_000),
     otel: otelConfig(env),
     tracking: trackingConfig(env),
   });

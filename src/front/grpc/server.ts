@@ -9,6 +9,7 @@
 // interceptor, and its name gets a health status (SERVING once registered).
 import type { PriorityCeiling } from '../../infer/admission.ts';
 import { readFileSync } from 'node:fs';
+import type * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import type { PackageDefinition } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
@@ -57,6 +58,8 @@ export interface GrpcFrontOptions {
   readonly maxMessageBytes: number;
   readonly keepaliveTimeMs: number;
   readonly keepaliveTimeoutMs: number;
+  /** Close a connection that has not sent its HTTP/2 preface (SETTINGS) by then. Default 10 s. */
+  readonly handshakeTimeoutMs?: number;
   readonly metrics: Metrics;
   readonly logger: Logger;
   readonly accessLog: Logger;
@@ -152,6 +155,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
     server.bindAsync(`${host}:${o.port}`, credentials, (err, bound) => (err ? reject(new Error(`gRPC cannot listen on ${host}:${o.port} (GRPC_PORT; 0 turns gRPC off): ${/\[(.*)\]/.exec(err.message)?.[1] ?? err.message}`)) : resolve(bound)));
   });
   o.logger.info({ grpc_port: port, tls: o.tls !== undefined }, 'gRPC listening');
+  if (!deadlineHandshakes(server, o.handshakeTimeoutMs ?? 10_000)) o.logger.warn('gRPC: this grpc-js keeps its HTTP/2 servers elsewhere; connections that never finish their preface stay open');
 
   let closing: Promise<number> | undefined;
   return {
@@ -177,4 +181,26 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
       return closing;
     },
   };
+}
+
+/**
+ * grpc-js keeps a connection that never finishes its HTTP/2 preface open for good: a
+ * slowloris holds a descriptor per connection, as long as it likes (the HTTP front drops an
+ * idle one after 10 s). A session whose peer has not sent its SETTINGS within `ms` is
+ * destroyed. grpc-js gives no hook for it: its HTTP/2 servers are read from the field that
+ * holds them (grpc-js 1.14); false when it is not there.
+ */
+function deadlineHandshakes(server: grpc.Server, ms: number): boolean {
+  const servers = (server as unknown as { http2Servers?: Map<http2.Http2Server | http2.Http2SecureServer, unknown> }).http2Servers;
+  if (!(servers instanceof Map)) return false;
+  for (const s of servers.keys()) {
+    s.on('session', (session: http2.ServerHttp2Session) => {
+      const timer = setTimeout(() => session.destroy(), ms);
+      timer.unref();
+      const done = (): void => clearTimeout(timer);
+      session.once('remoteSettings', done);
+      session.once('close', done);
+    });
+  }
+  return true;
 }
