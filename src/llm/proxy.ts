@@ -384,6 +384,13 @@ export class LlmProxy {
             if (r.ended !== 'complete') upSpan.fail(r.errorCode ?? r.ended, r.errorMessage ?? undefined);
             endAttempt(upSpan, usage.ttftMs, r.promptTokens, r.completionTokens);
           }
+          // Only a stream that completed cleanly is stored; a cut one never is. Stored before the
+          // reply's last byte: the other threads have it (BroadcastChannel) before the client
+          // can repeat the request on a connection another thread serves.
+          if (capture !== undefined && r.ended === 'complete') {
+            const e = capture.entry(api, kind, r.usageFromUpstream ? r.promptTokens : promptEstimate, r.completionTokens);
+            if (e !== null) cache!.put(plan!, group.name, e);
+          }
           // A failed stream ends with its error: gRPC's status, or over HTTP (where the chain
           // wrote the error event into the stream already) only in the front's records.
           if (sink.endWithError !== undefined && r.ended !== 'complete' && r.ended !== 'aborted') {
@@ -399,11 +406,6 @@ export class LlmProxy {
           // of it (4 characters a token), not 0.
           usage.promptTokens = r.usageFromUpstream ? r.promptTokens : promptEstimate;
           usage.completionTokens = r.completionTokens;
-          // Only a stream that completed cleanly is stored; a cut one never is.
-          if (capture !== undefined && r.ended === 'complete') {
-            const e = capture.entry(api, kind, usage.promptTokens, r.completionTokens);
-            if (e !== null) cache!.put(plan!, group.name, e);
-          }
         } else {
           let bytes: Uint8Array;
           try {
@@ -451,15 +453,16 @@ export class LlmProxy {
           // A whole reply's latency is the upstream's, not the time this request queued here.
           usage.ttftMs = headersAt - sentAt;
           if (upSpan !== undefined) endAttempt(upSpan, usage.ttftMs, usage.promptTokens, usage.completionTokens);
-          const overhead = timeline.clientFirstByte();
-          sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) }, reply.body);
-          outcome = 'ok';
-          usage.ok = true;
+          // Stored before the reply leaves, as a stream is: a repeat on another thread's connection hits.
           if (plan !== null && headers['x-broker-fallback'] === undefined) {
             const text = typeof reply.body === 'string' ? reply.body : Buffer.from(reply.body.buffer, reply.body.byteOffset, reply.body.byteLength).toString('utf8');
             const e = withModel(captureWhole(api, kind, text), text);
             if (e !== null) cache!.put(plan, group.name, e);
           }
+          const overhead = timeline.clientFirstByte();
+          sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) }, reply.body);
+          outcome = 'ok';
+          usage.ok = true;
         }
         timeline.observe(m, up.stream);
         this.finish(facts, g, dep, outcome, req.startedAt, up.stream);

@@ -8,7 +8,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request, setGlobalDispatcher } from 'undici';
+import { Agent, Client, request, setGlobalDispatcher } from 'undici';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
@@ -216,6 +216,39 @@ t.test('threads share entries: a repeat hits on any thread, on a new connection 
   }
   t.same(results, Array(8).fill('hit'));
   t.equal(up.stats.total, before);
+});
+
+t.test('a repeat right after the reply, on a connection the other thread serves, hits', async (t) => {
+  // The entry goes to the other threads before the reply's last byte, not after it: a client
+  // that repeats at once on another connection no longer races the store (most of these
+  // missed when the store came after the reply). A request id starts with its thread's prefix.
+  const ask = async (c: Client, content: string, stream: boolean) => {
+    const res = await c.request({ path: '/v1/chat/completions', method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'det', messages: [{ role: 'user', content }], temperature: 0, stream }) });
+    await res.body.text();
+    return { cache: String(res.headers['x-broker-cache']), thread: String(res.headers['x-request-id']).slice(0, 12) };
+  };
+  const conns: { c: Client; thread: string }[] = [];
+  for (let i = 0; i < 40 && conns.length < 2; i++) {
+    const c = new Client(tb.url);
+    const { thread } = await ask(c, `which thread ${i} ${Date.now()}`, false);
+    if (conns.some((x) => x.thread === thread)) await c.close();
+    else conns.push({ c, thread });
+  }
+  t.teardown(() => Promise.all(conns.map((x) => x.c.close())));
+  t.equal(conns.length, 2, 'two connections on two threads');
+  const [a, b] = conns as [{ c: Client; thread: string }, { c: Client; thread: string }];
+  const before = up.stats.total;
+  const results: string[] = [];
+  for (let i = 0; i < 30; i++) {
+    const content = `repeat at once ${i} ${Date.now()}`;
+    const stream = i % 2 === 0;
+    t.equal((await ask(a.c, content, stream)).cache, 'miss');
+    const repeat = await ask(b.c, content, !stream);
+    t.not(repeat.thread, a.thread);
+    results.push(repeat.cache);
+  }
+  t.same(results, Array(30).fill('hit'), 'every repeat on the other thread hit');
+  t.equal(up.stats.total - before, 30, 'only the first of each pair went upstream');
 });
 
 t.test('replicas share entries through Redis, with a TTL', async (t) => {
