@@ -572,10 +572,10 @@ function fallbacksOf(names: readonly string[] | undefined, context: boolean): Fa
 function nextGroup(queue: Fallback[], visited: Set<string>, usable: (g: ModelGroupConfig) => boolean, groups: ReadonlyMap<string, ModelGroupConfig> | undefined): ModelGroupConfig | undefined {
   while (queue.length > 0) {
     const { name } = queue.shift()!;
-    if (visited.has(name)) continue;
     const g = groups?.get(name);
-    if (g === undefined) continue;
-    visited.add(name);
+    // By the group's own name: a chain may name one group twice, by its name and its alias.
+    if (g === undefined || visited.has(g.name)) continue;
+    visited.add(g.name);
     if (usable(g)) return g;
   }
   return undefined;

@@ -90,6 +90,9 @@ const fleet = {
     // Two failing groups that name each other: each tried once.
     'cyc-a': { deployments: [d('cyc-a', 'openai', fail500)], fallbacks: ['cyc-b'] },
     'cyc-b': { deployments: [d('cyc-b', 'openai', fail500)], fallbacks: ['cyc-a'] },
+    // One group named twice in a chain, by its name and by its alias (`twice` for `twice:latest`).
+    'dup-a': { deployments: [d('dup-a', 'openai', fail500)], fallbacks: ['twice:latest', 'twice'] },
+    'twice:latest': { deployments: [d('twice', 'ollama', fail500)] },
     // One slot each: a second request finds the group full.
     busy: { deployments: [d('busy-1', 'openai', slow, { concurrencyLimit: 1 })], fallbacks: ['big'] },
     'busy-alone': { deployments: [d('busy-2', 'openai', slow, { concurrencyLimit: 1 })] },
@@ -184,6 +187,14 @@ t.test('a cycle of fallbacks tries each group once, and counts as the last failu
   t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'cyc-b' }), 1);
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'cyc-b', reason: 'upstream_error' }), 1);
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'cyc-b', reason: 'no_deployment' }), 0);
+});
+
+t.test('a group named twice in a chain, by its name and its alias, is tried once', async (t) => {
+  const err = await openai.chat.completions.create({ model: 'dup-a', messages }).then(() => undefined, (e: unknown) => e as { status: number });
+  t.equal(err?.status, 502);
+  t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'dup-a', to: 'twice:latest' }), 1);
+  t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'twice:latest', to: 'twice:latest' }), 0, 'no move from a group to itself');
+  t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'twice' }), 1);
 });
 
 t.test("a fallback group must be allowed by the request's QoS tier too", async (t) => {
