@@ -195,8 +195,13 @@ t.test('Responses: a function_call_output given as content parts reaches the ups
     const r = await postJson(`${tb.url}/v1/responses`, { model, input });
     t.equal(r.status, 200, model);
     const tool = seen.at(-1)!.body.messages.find((m: any) => m.role === 'tool');
-    t.equal(tool.content, 'sunny, 20C', `${model}: the tool message's text`);
+    t.equal(tool.content, 'sunny, \n20C', `${model}: the tool message's text, one part a line (as Messages' blocks)`);
   }
+  // A message's text parts too: one a line, not run together ("Helloworld").
+  handler = (_p, b, res) => chatReply(b, res, 'ok');
+  const parts = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ role: 'user', content: [{ type: 'input_text', text: 'Hello' }, { type: 'input_text', text: 'world' }] }] });
+  t.equal(parts.status, 200);
+  t.equal(seen.at(-1)!.body.messages.at(-1).content, 'Hello\nworld');
   const image = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [input[0], { ...input[1], output: [{ type: 'input_image', image_url: 'https://x/y.png' }] }] });
   t.equal(image.status, 400, 'an image part is refused, not sent as JSON text');
   t.match(image.body.error, { param: 'input[1].output[0]' });

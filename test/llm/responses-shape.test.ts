@@ -56,6 +56,17 @@ t.test('incomplete says why: max_output_tokens or content_filter', async (t) => 
   t.match(streamed([delta({ text: 'x' }), delta({ finish: 'stop', usage })]).at(-1), { response: { output: [{ type: 'message', status: 'completed' }] } }, 'a whole reply stays completed');
 });
 
+t.test('a function call cut at max_output_tokens is incomplete; the calls before it are complete', async (t) => {
+  const calls = [{ id: 'call_1', name: 'f', arguments: '{"a":1}' }, { id: 'call_2', name: 'g', arguments: '{"city":"Par' }];
+  const whole = response({ text: '', thinking: '', tools: calls, finish: 'length', usage }, ctx) as { output: Array<{ type: string; status: string }> };
+  t.same(whole.output.map((o) => [o.type, o.status]), [['function_call', 'completed'], ['function_call', 'incomplete']]);
+  const evs = streamed([delta({ tools: [{ index: 0, ...calls[0]! }] }), delta({ tools: [{ index: 1, ...calls[1]! }] }), delta({ finish: 'length', usage })]);
+  t.same(evs.filter((e) => e.type === 'response.output_item.done').map((e) => e.item.status), ['completed', 'incomplete'], 'streamed: the done events');
+  t.same((evs.at(-1)!.response.output as Array<{ status: string }>).map((o) => o.status), ['completed', 'incomplete'], 'and the final Response');
+  const done = response({ text: '', thinking: '', tools: calls, finish: 'tool_calls', usage }, ctx) as { output: Array<{ status: string }> };
+  t.same(done.output.map((o) => o.status), ['completed', 'completed'], 'not cut: all complete');
+});
+
 t.test('a call without arguments says {} streamed as in a whole reply', async (t) => {
   const evs = streamed([delta({ tools: [{ index: 0, id: 'call_1', name: 'f' }] }), delta({ finish: 'tool_calls', usage })]);
   const args = evs.filter((e) => e.type === 'response.function_call_arguments.delta').map((e) => e.delta).join('');

@@ -39,7 +39,8 @@ function chatContent(content: unknown, field: string): OpenAIMessage['content'] 
     } else if (t === 'refusal' && typeof p!['refusal'] === 'string') parts.push({ type: 'text', text: p!['refusal'] });
     else throw invalid(`${field}[${i}]`, 'must be an input_text, output_text or input_image (URL) part');
   }
-  return image ? parts : parts.map((p) => p['text'] as string).join('');
+  // Separate parts stay separate for a chat upstream: one per line, as Messages' text blocks.
+  return image ? parts : parts.map((p) => p['text'] as string).join('\n');
 }
 
 function stringOf(v: unknown): string {
@@ -55,7 +56,7 @@ function outputText(output: unknown, field: string): string {
       if ((o?.['type'] === 'input_text' || o?.['type'] === 'output_text') && typeof o['text'] === 'string') return o['text'];
       throw invalid(`${field}[${i}]`, 'must be an input_text part (a chat upstream takes text only in a tool result)');
     })
-    .join('');
+    .join('\n');
 }
 
 /** Responses `input` → chat messages: message items, function_call items (merged into one assistant turn) and their outputs. */
@@ -213,7 +214,7 @@ function textPart(text: string): Record<string, unknown> {
   return { type: 'output_text', text, annotations: [], logprobs: [] };
 }
 
-function callItem(id: string, t: { id: string; name: string; arguments: string }, status: 'in_progress' | 'completed'): Record<string, unknown> {
+function callItem(id: string, t: { id: string; name: string; arguments: string }, status: 'in_progress' | 'completed' | 'incomplete'): Record<string, unknown> {
   return { type: 'function_call', id: 'fc_' + id, call_id: t.id, name: t.name, arguments: t.arguments, status };
 }
 
@@ -223,7 +224,8 @@ export function response(reply: WholeReply, ctx: ReplyContext): Record<string, u
   const output: unknown[] = [];
   const end = ending(reply.finish);
   if (reply.text !== '' || reply.tools.length === 0) output.push(messageItem(ctx.id, reply.text, end.status === 'incomplete' ? 'incomplete' : 'completed'));
-  reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, 'completed')));
+  // Cut at max_output_tokens, the last call's arguments are cut too: that item is incomplete.
+  reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, end.status === 'incomplete' && i === reply.tools.length - 1 ? 'incomplete' : 'completed')));
   return responseShell(ctx.id, ctx.model, Math.floor(Date.now() / 1000), end.status, output, reply.usage, { ...echoOf(ctx.request), ...end });
 }
 
@@ -335,7 +337,11 @@ function outputItems(w: ResponsesWriter, last: ItemStatus): Array<[number, Recor
   if (w.messageIndex !== -1) items.push([w.messageIndex, messageItem(w.id, w.text, w.messageDone ? 'completed' : last)]);
   if (w.lateIndex !== -1) items.push([w.lateIndex, { ...messageItem(w.id, w.lateText, last), id: 'msg_' + w.id + '_late' }]);
   for (const s of w.tools) if (s !== undefined) items.push([s.outputIndex, { ...callItem('', s, 'completed'), id: s.itemId }]);
-  return items.sort((a, b) => a[0] - b[0]);
+  items.sort((a, b) => a[0] - b[0]);
+  // Cut at max_output_tokens, the item open last (a call's arguments too) is incomplete.
+  const final = items[items.length - 1];
+  if (last === 'incomplete' && final !== undefined && final[1]['type'] === 'function_call') final[1] = { ...final[1], status: 'incomplete' };
+  return items;
 }
 
 /** The upstream finished: close the items, then response.completed (or .incomplete) with usage. */
