@@ -32,7 +32,7 @@ function usageJson(prompt: number, n: number): string {
 }
 
 function messageJson(msgId: string, text: string, status: string): string {
-  return `{"type":"message","id":"${msgId}","status":"${status}","role":"assistant","content":[` + (status === 'completed' ? `{"type":"output_text","text":${JSON.stringify(text)},"annotations":[]}` : '') + ']}';
+  return `{"type":"message","id":"${msgId}","status":"${status}","role":"assistant","content":[` + (status !== 'in_progress' ? `{"type":"output_text","text":${JSON.stringify(text)},"annotations":[]}` : '') + ']}';
 }
 
 class ResponsesStream implements StreamEncoder {
@@ -66,7 +66,8 @@ class ResponsesStream implements StreamEncoder {
   tail(): string {
     const msgId = 'msg_' + this.id;
     const text = JSON.stringify(mockText(this.n));
-    const item = messageJson(msgId, mockText(this.n), 'completed');
+    // Cut at max_output_tokens, the message item is incomplete too, as OpenAI's is.
+    const item = messageJson(msgId, mockText(this.n), this.status);
     const done = this.status === 'incomplete' ? 'response.incomplete' : 'response.completed';
     return (
       this.ev('response.output_text.done', `"item_id":"${msgId}","output_index":0,"content_index":0,"text":${text},"logprobs":[]`) +
@@ -90,5 +91,5 @@ export function responses(ex: Exchange, body: Body, knobs: Knobs, defaultModel: 
     streamAnswer(ex, { n, knobs }, SSE_HEADERS, new ResponsesStream(id, model, created, prompt, n, status));
     return;
   }
-  unaryAnswer(ex, { n, knobs }, OPENAI_JSON, () => responseJson(id, model, created, status, '[' + messageJson('msg_' + id, mockText(n), 'completed') + ']', usageJson(prompt, n)));
+  unaryAnswer(ex, { n, knobs }, OPENAI_JSON, () => responseJson(id, model, created, status, '[' + messageJson('msg_' + id, mockText(n), status) + ']', usageJson(prompt, n)));
 }

@@ -80,6 +80,11 @@ t.test('Responses API, not streamed: chat on OpenAI and Ollama deployments, pass
   t.equal(short.status, 'incomplete', 'cut by max_output_tokens');
   t.same(short.incomplete_details, { reason: 'max_output_tokens' });
   t.equal(short.output_text, mockText(3));
+  // Passed through from a Responses upstream (the mock, as OpenAI does): the cut message item says so.
+  const cutNative = await openai.responses.create({ model: 'resp-native', input: 'Hi', max_output_tokens: 3 });
+  t.equal(cutNative.status, 'incomplete');
+  t.match(cutNative.output, [{ type: 'message', status: 'incomplete' }]);
+  t.equal(cutNative.output_text, mockText(3));
 });
 
 t.test('Responses API, streamed: events in order with usage, every provider', async (t) => {
