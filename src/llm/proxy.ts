@@ -23,7 +23,7 @@ import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
 import { clientStreams, streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute, type ClientApi, type Kind } from './translate/index.ts';
 import { clientWantsUsage } from './translate/openai_to_openai.ts';
-import { classifyUpstreamError } from './upstream-class.ts';
+import { classifyUpstreamError, retriable } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
 import { tokensOfChars, type LlmRequest } from './request.ts';
 import { cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
@@ -172,7 +172,7 @@ export class LlmProxy {
       const visited = new Set<string>([group.name]);
       let moveOn = false;
       if (!fits(group)) {
-        lastError = new BrokerError('invalid_request', `the prompt (about ${estimate} tokens with max_tokens) does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: 'messages' } });
+        lastError = new BrokerError('invalid_request', `the prompt (about ${estimate} tokens with max_tokens) does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: promptField(api, kind) } });
         queue = fallbacksOf(group.contextFallbacks, true);
         why = 'context_window';
         moveOn = true;
@@ -328,13 +328,14 @@ export class LlmProxy {
             this.finish(facts, g, dep, 'client_error', req.startedAt, up.stream);
             throw passOn;
           }
-          if (attempt.status === 429 || attempt.status >= 500) {
-            // A 429 says the deployment is busy, not broken: no health penalty.
-            gov.attemptFailed(lease, attempt.status >= 500);
+          if (retriable(cls)) {
+            // A 429 says the deployment is busy, not broken: no health penalty. A 401/403/404
+            // says it cannot serve this (its key, its models): as a 5xx, the next one may.
+            gov.attemptFailed(lease, attempt.status !== 429);
             lease = null;
             if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
             lastError = exhausted(err, attempt.status, attempt.retryAfter);
-            m.llmRetries.labels(g.name, attempt.status === 429 ? 'rate_limited' : 'upstream_5xx').inc();
+            m.llmRetries.labels(g.name, attempt.status === 429 ? 'rate_limited' : attempt.status >= 500 ? 'upstream_5xx' : 'upstream_refused').inc();
             this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, status: attempt.status, class: cls }, 'upstream refused before the first byte');
             continue;
           }
@@ -553,6 +554,11 @@ function writtenAt(attempt: Attempt, sentAt: number): number {
 }
 
 /** Why a request ran out of deployments: how the last one failed (none tried, or only a group too small: no_deployment). */
+/** The request field that holds the prompt, in the client's API: what a context error names. */
+function promptField(api: ClientApi, kind: Kind): string {
+  return api === 'responses' ? 'input' : kind === 'completion' ? 'prompt' : kind === 'embed' ? 'input' : 'messages';
+}
+
 function exhaustedReason(last: BrokerError | undefined, attempted: boolean): string {
   if (!attempted || last === undefined || last.code === 'invalid_request') return 'no_deployment';
   return last.code === 'upstream_timeout' ? 'timeout' : 'upstream_error';

@@ -20,10 +20,15 @@ export type UpstreamErrorClass =
   | 'overloaded'
   /** The request itself is wrong: passed on to the client, never retried. */
   | 'bad_request'
-  /** Any other 5xx (and our credentials refused, 401/403): the deployment failed. */
+  /**
+   * Any other 5xx, our credentials refused (401/403), or a model or route the deployment does
+   * not serve (404): the deployment failed, not the client's request.
+   */
   | 'server_error';
 
-const CONTEXT = /context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long|exceeds? (the )?(max(imum)? )?(context|token)|input length exceeds/i;
+// vLLM words it two ways: "maximum context length is N tokens" and, for a prompt alone too
+// long, "The decoder prompt (length N) is longer than the maximum model length of M".
+const CONTEXT = /context[ _-]?(length|window)|maximum context|maximum model length|too many tokens|prompt is too long|exceeds? (the )?(max(imum)? )?(context|token)|input length exceeds/i;
 const RATE = /rate[ _-]?limit|too many requests|quota/i;
 const BUSY = /overloaded|server busy|maximum pending requests|try again later|capacity/i;
 
@@ -53,7 +58,7 @@ export function classifyUpstreamError(_provider: Api, status: number, text: stri
   if (code === 'context_length_exceeded' || ((status === 400 || status === 413 || status === 422 || status === 500) && CONTEXT.test(said))) return 'context_length';
   if (status === 429) return BUSY.test(said) && !RATE.test(said) ? 'overloaded' : 'rate_limited';
   if (status === 503 || status === 529) return 'overloaded';
-  if (status >= 500 || status === 401 || status === 403 || status === 408) return 'server_error';
+  if (status >= 500 || status === 401 || status === 403 || status === 404 || status === 408) return 'server_error';
   return 'bad_request';
 }
 

@@ -39,6 +39,9 @@ t.test('upstream errors are classified per provider, from the bodies the real se
   t.equal(classifyUpstreamError('openai', 500, 'Internal Server Error'), 'server_error', 'a plain-text 500');
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { message: 'x', code: 'context_length_exceeded' } })), 'context_length', 'OpenAI code alone');
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { message: "This model's maximum context length is 4096 tokens.", type: 'BadRequestError', code: 400 } })), 'context_length', 'vLLM 0.10+ nested shape');
+  t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ object: 'error', message: 'The decoder prompt (length 9000) is longer than the maximum model length of 8192. Make sure that `max_model_len` is no smaller than the number of text tokens.', type: 'BadRequestError', code: 400 })), 'context_length', "vLLM's other wording");
+  t.equal(classifyUpstreamError('openai', 401, JSON.stringify({ error: { message: 'Incorrect API key provided', type: 'invalid_request_error', code: 'invalid_api_key' } })), 'server_error', 'our key refused: the deployment cannot serve');
+  t.equal(classifyUpstreamError('ollama', 404, JSON.stringify({ error: "model 'llama3' not found, try pulling it first" })), 'server_error', 'a model the deployment does not have');
 });
 
 const ok = await mock({});
@@ -52,6 +55,8 @@ const rateVllm = await mock({ fail: 'ratelimit', flavor: 'vllm' });
 const badOpenai = await mock({ fail: 'badrequest' });
 const badOllama = await mock({ fail: 'badrequest' });
 const fail500 = await mock({ fail: 500 });
+const fail401 = await mock({ fail: 401 });
+const fail404 = await mock({ fail: 404 });
 const reset = await mock({ fail: 'reset', failAfter: 3 });
 const coldStart = await mock({ ttftMs: 5_000 });
 const stall = await mock({ fail: 'stall', failAfter: 2 });
@@ -90,6 +95,9 @@ const fleet = {
     // Two failing groups that name each other: each tried once.
     'cyc-a': { deployments: [d('cyc-a', 'openai', fail500)], fallbacks: ['cyc-b'] },
     'cyc-b': { deployments: [d('cyc-b', 'openai', fail500)], fallbacks: ['cyc-a'] },
+    // Deployments that cannot serve (our key refused, the model not pulled): as a 5xx, the next one may.
+    'bad-key': { deployments: [d('bad-key', 'openai', fail401)], fallbacks: ['big'] },
+    'not-pulled': { deployments: [d('not-pulled', 'ollama', fail404)], fallbacks: ['big'] },
     // One group named twice in a chain, by its name and by its alias (`twice` for `twice:latest`).
     'dup-a': { deployments: [d('dup-a', 'openai', fail500)], fallbacks: ['twice:latest', 'twice'] },
     'twice:latest': { deployments: [d('twice', 'ollama', fail500)] },
@@ -187,6 +195,15 @@ t.test('a cycle of fallbacks tries each group once, and counts as the last failu
   t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'cyc-b' }), 1);
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'cyc-b', reason: 'upstream_error' }), 1);
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'cyc-b', reason: 'no_deployment' }), 0);
+});
+
+t.test('a deployment that refuses our key (401) or lacks the model (404) is moved on from, to the fallbacks', async (t) => {
+  for (const model of ['bad-key', 'not-pulled']) {
+    const { data, response } = await openai.chat.completions.create({ model, messages }).withResponse();
+    t.equal(data.choices[0]!.message.content, mockText(8), model);
+    t.equal(response.headers.get('x-broker-fallback'), 'big', `${model}: answered by the fallback`);
+    t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: model, class: 'server_error' }), 1);
+  }
 });
 
 t.test('a group named twice in a chain, by its name and its alias, is tried once', async (t) => {
