@@ -93,14 +93,18 @@ export interface ModelGroupConfig {
   readonly cache?: CacheMode;
 }
 
+/** Who shares a cached reply: every caller, or only the caller (API key, or token subject) that stored it. */
+export type CacheScope = 'shared' | 'key';
+
 export interface CacheSettings {
   readonly mode: CacheMode;
+  readonly scope: CacheScope;
   readonly maxBytes: number;
   readonly ttlSeconds: number;
   readonly maxEntryBytes: number;
 }
 
-export const DEFAULT_CACHE: CacheSettings = Object.freeze({ mode: 'off', maxBytes: 64 * 1024 * 1024, ttlSeconds: 3600, maxEntryBytes: 1024 * 1024 });
+export const DEFAULT_CACHE: CacheSettings = Object.freeze({ mode: 'off', scope: 'shared', maxBytes: 64 * 1024 * 1024, ttlSeconds: 3600, maxEntryBytes: 1024 * 1024 });
 
 export interface RouterConfig {
   /** Consecutive failures after which a deployment is skipped for the cool-down. */

@@ -127,6 +127,8 @@ export const cacheSchema = z.strictObject({
   ttlSeconds: int(1).optional(),
   /** Largest reply stored, bytes. */
   maxEntryBytes: int(1).optional(),
+  /** Who shares an entry: every caller (shared), or only the caller that stored it (key: its API key, session's key or token subject). */
+  scope: z.enum(['shared', 'key'], 'must be shared or key').optional(),
 });
 
 const modelGroupSchema = z.strictObject({

@@ -33,6 +33,8 @@ export interface Caller {
   readonly keyId?: string | undefined;
   /** The tier a token or session carries (a key's own policy wins). */
   readonly tier?: string | undefined;
+  /** A token's subject (or the subject of a session made from one): whom a per-caller cache keys by. */
+  readonly subject?: string | undefined;
 }
 
 export interface ReplySink {

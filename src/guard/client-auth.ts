@@ -69,7 +69,7 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
           // A session made from a key that was revoked or left the config ends with it.
           const keyGone = s !== null && s.keyId !== undefined && o.knownKeyId !== undefined && !o.knownKeyId(s.keyId);
           const state: SessionState = s === null || keyGone ? 'dead' : clientRole(s.roles) ? 'ok' : 'role';
-          const caller = s === null ? undefined : { keyId: s.keyId, tier: s.tier };
+          const caller = s === null ? undefined : { keyId: s.keyId, tier: s.tier, subject: s.subject };
           const known = { state, caller, subject: s?.subject };
           if (cache.size >= CACHE_MAX) cache.clear();
           cache.set(id, { ...known, at: now() });
@@ -120,7 +120,7 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
           if (req.facts !== undefined) req.facts.subject = p.subject;
           if (!clientRole(p.roles)) refuse('role', `the token's roles (${p.roles.join(', ') || 'none'}) may not call the client APIs; one of ${CLIENT_ROLES.join(', ')} is needed`);
           // Its tier claim holds in admission, as a key's tier does.
-          req.caller = { tier: p.tier };
+          req.caller = { tier: p.tier, subject: p.subject };
         },
         (err: BrokerError) => refuse(String(err.details?.reason ?? 'invalid_token'), err.message),
       );

@@ -95,7 +95,7 @@ export class LlmProxy {
     sink.extraHeaders = sink.extraHeaders === undefined ? headers : Object.assign(headers, sink.extraHeaders);
     const cache = req.encoder === 'grpc' ? undefined : this.deps.cache;
     // Keyed on the body that goes upstream: a QoS tier may have capped its max tokens.
-    const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, group.name, admitted.body);
+    const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, group.name, admitted.body, cache.scope);
     if (cache !== undefined) headers['x-broker-cache'] = 'miss';
     if (plan !== null && plan.lookup) {
       // A hit is answered here, before any of an upstream request's bookkeeping is set up.

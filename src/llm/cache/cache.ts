@@ -14,7 +14,8 @@ import { BroadcastChannel } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
 import { Redis } from 'ioredis';
 import { BrokerError } from '../../errors.ts';
-import type { CacheMode, CacheSettings, ModelGroupConfig } from '../../config/broker-config.ts';
+import type { CacheMode, CacheScope, CacheSettings, ModelGroupConfig } from '../../config/broker-config.ts';
+import { keyId } from '../../guard/api-key.ts';
 import type { Logger } from '../../obs/logger.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { LlmRequest } from '../request.ts';
@@ -100,13 +101,26 @@ function temperatureOf(body: Readonly<Record<string, unknown>>): unknown {
  * upstream, which the key is made of (admission may have capped its output tokens for
  * the client's QoS tier: the reply of one tier must not answer another).
  */
-export function cachePlan(mode: CacheMode, r: LlmRequest, group: string, sent: Readonly<Record<string, unknown>> = r.body): CachePlan | null {
+export function cachePlan(mode: CacheMode, r: LlmRequest, group: string, sent: Readonly<Record<string, unknown>> = r.body, scope: CacheScope = 'shared'): CachePlan | null {
   // Replay (replay.ts) speaks the OpenAI and Ollama chat and completion APIs, Responses and Messages; embeddings are not cached.
   if (!REPLAYABLE.has(`${r.api}/${r.kind}`)) return null;
   const d = r.cache;
   if (mode === 'off' || d === 'bypass' || r.choices > 1) return null;
   if (mode === 'deterministic' && d === undefined && temperatureOf(r.body) !== 0) return null;
-  return { key: cacheKey(group, { api: r.api, kind: r.kind, body: sent }), lookup: d !== 'refresh', store: true };
+  const key = cacheKey(group, { api: r.api, kind: r.kind, body: sent });
+  return { key: scope === 'key' ? `${ownerOf(r)}\0${key}` : key, lookup: d !== 'refresh', store: true };
+}
+
+/**
+ * Whose entry a per-caller cache (scope: key) reads and writes: the API key behind the
+ * request (its own, or its session's), else a token's subject, else the key it sent (by
+ * id), else no one in particular: keyless callers share theirs.
+ */
+function ownerOf(r: Pick<LlmRequest, 'apiKey' | 'caller'>): string {
+  const c = r.caller;
+  if (c?.keyId !== undefined) return `key:${c.keyId}`;
+  if (c?.subject !== undefined) return `sub:${c.subject}`;
+  return r.apiKey !== undefined && !r.apiKey.startsWith('sess_') ? `key:${keyId(r.apiKey)}` : 'anyone';
 }
 
 export interface ResponseCacheOptions {
@@ -176,6 +190,11 @@ export class ResponseCache {
   /** Largest reply stored, bytes (a capture past it is dropped). */
   get maxEntryBytes(): number {
     return this.settings.maxEntryBytes;
+  }
+
+  /** Who shares an entry (the file's cache.scope). */
+  get scope(): CacheScope {
+    return this.settings.scope;
   }
 
   /** The mode of a group: its own, or the file's default. */
