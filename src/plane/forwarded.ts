@@ -43,6 +43,7 @@ class BufferSink implements FrontSink {
   private headers: Record<string, string> = {};
   private readonly chunks: (string | Uint8Array)[] = [];
   private errorCode: ErrorCode | undefined;
+  private abortCbs: (() => void)[] | undefined;
 
   constructor(
     private readonly requestId: string,
@@ -52,8 +53,6 @@ class BufferSink implements FrontSink {
   ) {
     this.reply = new Promise((r) => (this.resolve = r));
   }
-
-  private abortCbs: (() => void)[] | undefined;
 
   onAbort(cb: () => void): void {
     if (this.aborted) return cb();

@@ -105,7 +105,7 @@ export type ToControl =
   | { readonly t: 'forward'; readonly id: number; readonly req: BrokerRequest; readonly body: Uint8Array | undefined }
   | { readonly t: 'infer'; readonly id: number; readonly call: InferCall }
   /** The client of infer or forward call `id` went away: its image leaves the queue, its route's work stops. */
-  | { readonly t: 'infer_abort'; readonly id: number }
+  | { readonly t: 'call_abort'; readonly id: number }
   | { readonly t: 'discover'; readonly id: number }
   /** Is this session live, and with which roles (AUTH_MODE on the client routes)? */
   | { readonly t: 'session'; readonly id: number; readonly session: string }

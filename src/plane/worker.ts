@@ -168,7 +168,7 @@ const inference: InferBackend = {
       return { t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm, priority: input.priority, trace: input.trace } };
     }, [image.buffer as ArrayBuffer]);
     // The client gone: the control plane takes its image out of the queue.
-    input.signal?.addEventListener('abort', () => post({ t: 'infer_abort', id: callId }));
+    input.signal?.addEventListener('abort', () => post({ t: 'call_abort', id: callId }));
     return reply;
   },
 };
@@ -211,7 +211,7 @@ const front = await startHttpFront({
       return { t: 'forward', id, req: sent, body };
     }, own ? [body.buffer as ArrayBuffer] : undefined);
     // The client gone: the control plane's route stops its work (a v2 request's items leave the queue).
-    onAbort(() => post({ t: 'infer_abort', id: callId }));
+    onAbort(() => post({ t: 'call_abort', id: callId }));
     return reply;
   },
 });

@@ -41,8 +41,10 @@ export interface HttpFrontOptions extends Guards {
   readonly recorder?: Recorder;
 }
 
-/** A request handed to the control plane, and its whole reply. */
-/** `onAbort`: the client went away before the reply; the other side stops what it does for it. */
+/**
+ * A request handed to the control plane, and its whole reply. `onAbort` registers what runs
+ * when the client goes away before the reply: the other side stops what it does for it.
+ */
 export type Forward = (req: BrokerRequest, body: Buffer | undefined, onAbort: (cb: () => void) => void) => Promise<ForwardedReply>;
 
 export interface ForwardedReply {
