@@ -49,9 +49,11 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
   if (o.mode === 'open') return undefined;
   const now = o.now ?? Date.now;
   const cacheMs = o.cacheMs ?? 1000;
-  const cache = new Map<string, { state: SessionState; caller: Caller | undefined; subject: string | undefined; at: number }>();
+  /** A session as looked up: its state, and whom admission holds it to. */
+  type Known = { state: SessionState; caller: Caller | undefined };
+  const cache = new Map<string, Known & { at: number }>();
   // One lookup per session at a time: requests that come while it runs wait for it.
-  const pending = new Map<string, Promise<{ state: SessionState; caller: Caller | undefined; subject: string | undefined }>>();
+  const pending = new Map<string, Promise<Known>>();
   // A credential the broker does not take: 401; one it takes whose roles may not call the client APIs: 403.
   const refuse = (reason: string, message: string): never => {
     o.metrics.authFailures.labels(reason).inc();
@@ -60,7 +62,6 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
   const clientRole = (roles: readonly string[]): boolean => roles.some((r) => isRole(r) && CLIENT_ROLES.includes(r));
   const ROLE_MESSAGE = `the session's roles may not call the client APIs; one of ${CLIENT_ROLES.join(', ')} is needed`;
 
-  type Known = { state: SessionState; caller: Caller | undefined; subject: string | undefined };
   const lookup = (id: string): Promise<Known> => {
     let p = pending.get(id);
     if (p === undefined) {
@@ -70,13 +71,13 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
           const keyGone = s !== null && s.keyId !== undefined && o.knownKeyId !== undefined && !o.knownKeyId(s.keyId);
           const state: SessionState = s === null || keyGone ? 'dead' : clientRole(s.roles) ? 'ok' : 'role';
           const caller = s === null ? undefined : { keyId: s.keyId, tier: s.tier, subject: s.subject };
-          const known = { state, caller, subject: s?.subject };
+          const known = { state, caller };
           if (cache.size >= CACHE_MAX) cache.clear();
           cache.set(id, { ...known, at: now() });
           return known;
         },
         // The store could not say (it is away, sessions fail closed): not cached, not a dead session.
-        (): Known => ({ state: 'unknowable', caller: undefined, subject: undefined }),
+        (): Known => ({ state: 'unknowable', caller: undefined }),
       );
       pending.set(id, p);
       void p.finally(() => pending.delete(id));
@@ -92,7 +93,7 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
     const facts = req.facts;
     if (facts !== undefined) {
       if (s.caller?.keyId !== undefined) facts.keyId = s.caller.keyId;
-      if (s.subject !== undefined) facts.subject = s.subject;
+      if (s.caller?.subject !== undefined) facts.subject = s.caller.subject;
     }
   };
   // A cached answer is given at once (no promise, no async path in dispatch).
