@@ -81,7 +81,7 @@ t.test('fallbacks, context windows, cache modes and the per-phase timeouts', asy
   t.equal(small.maxContextTokens, 4096);
   t.equal(small.cache, 'on');
   t.equal(c.modelGroups.get('large')!.cache, undefined, 'no mode of its own: the file default applies');
-  t.same(c.cache, { mode: 'deterministic', maxBytes: 1000, ttlSeconds: 3600, maxEntryBytes: 1024 * 1024 });
+  t.same(c.cache, { mode: 'deterministic', scope: 'shared', maxBytes: 1000, ttlSeconds: 3600, maxEntryBytes: 1024 * 1024 });
   const s = small.deployments[0]!;
   t.equal(s.firstTokenTimeoutMs, 90_000);
   t.equal(s.idleChunkTimeoutMs, 5_000);
