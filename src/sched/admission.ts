@@ -141,8 +141,10 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     ...(quotaDue !== undefined ? { quotaDue } : {}),
     since: p.now(),
   });
-  if (!(flags.quota_enforcement && known !== undefined && (known.policy.rpm !== undefined || known.policy.tpm !== undefined))) return admitted(null);
+  if (!(flags.quota_enforcement && known !== undefined)) return admitted(null);
   const subject = `key:${known.id}`;
+  // Limits of its own (the file's, the key's), or ones an operator set at run time (the ledger's).
+  if (known.policy.rpm === undefined && known.policy.tpm === undefined && p.quota.limits(subject) === undefined) return admitted(null);
   if (opts?.deferQuota === true) return admitted(null, { subject, tokens: reserveTokens });
   return reserveFor(p, subject, reserveTokens, admitted);
 }

@@ -201,8 +201,12 @@ t.test('sticky routing: the same prompt prefix lands on the same deployment, and
 t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After; flags switch it at once', async (t) => {
   const m = await mock(t, { tokens: 5 });
   const tb = await broker(t, {
-    apiKeys: { 'sk-small': { tpm: 300, label: 'small-team' } },
-    modelGroups: { g: { deployments: [{ id: 'q-1', provider: 'openai', url: m.url, model: 'm', rpm: 3 }] }, h: { deployments: [{ id: 'q-2', provider: 'openai', url: m.url, model: 'm' }] } },
+    apiKeys: { 'sk-small': { tpm: 300, label: 'small-team' }, 'sk-plain': {} },
+    modelGroups: {
+      g: { deployments: [{ id: 'q-1', provider: 'openai', url: m.url, model: 'm', rpm: 3 }] },
+      h: { deployments: [{ id: 'q-2', provider: 'openai', url: m.url, model: 'm' }] },
+      k: { deployments: [{ id: 'q-3', provider: 'openai', url: m.url, model: 'm' }] },
+    },
   });
   // Off by default: the RPM limit is not enforced.
   for (let i = 0; i < 4; i++) t.equal((await chat(tb, 'g')).status, 200);
@@ -262,6 +266,15 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
   const runtime: number[] = [];
   for (let i = 0; i < 3; i++) runtime.push((await chat(tb, 'h')).status);
   t.same(runtime, [200, 429, 429], 'the run-time RPM limit holds');
+  // A key the file gives no limit gets one at run time: in force at once too.
+  t.equal((await send(tb, 'PUT', '/api/industrial/quota/key:sk-plain', { rpm: 2 })).status, 200);
+  const plain: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await request(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: 'Bearer sk-plain' }, body: JSON.stringify({ model: 'k', messages: messages() }) });
+    await r.body.text();
+    plain.push(r.statusCode);
+  }
+  t.same(plain, [200, 200, 429], "an operator's RPM on a key with none of its own holds");
 
   const off = await send(tb, 'DELETE', '/api/industrial/flags/quota_enforcement');
   t.same(off.body.quota_enforcement, { enabled: false, source: 'default' });
