@@ -119,19 +119,20 @@ export class Identity {
       const fromFile = keyPolicy(credential);
       if (runtime === undefined && fromFile === undefined) this.fail('invalid', new BrokerError('unauthorized', 'the API key is unknown or revoked'));
       keyId = 'k_' + keyHash(credential).slice(0, 12);
-      subject = runtime?.name ?? keyId;
+      // The key's id, unique (key names are not, and a JWT's sub may be any name): what the
+      // per-subject bound counts and a revocation by subject reaches.
+      subject = keyId;
       roles = runtime !== undefined && isRole(runtime.role) ? [runtime.role] : ['agent'];
       tier = runtime?.tier ?? fromFile?.tier;
       runtimeKey = runtime !== undefined;
     }
-    // Bounded per subject: else one key could fill the store with sessions (each lives an hour).
-    const max = this.o.maxSessionsPerSubject ?? 1000;
-    const live = await this.o.store.countSessions(subject).catch(storeDown);
-    if (live >= max) throw new BrokerError('rate_limited', `${subject} has ${live} live sessions, the most one subject may hold (AUTH_MAX_SESSIONS_PER_SUBJECT=${max}): reuse one, or revoke some`);
     const id = 'sess_' + randomBytes(24).toString('base64url');
     const t = this.now();
     const session: SessionRecord = { subject, roles, tier, keyId, ...(runtimeKey ? { runtimeKey } : {}), createdAt: t, expiresAt: Math.min(t + this.o.sessionTtlMs, until) };
-    await this.o.store.putSession(id, session).catch(storeDown);
+    // Bounded per subject: else one key could fill the store with sessions (each lives an hour).
+    const max = this.o.maxSessionsPerSubject ?? 1000;
+    const stored = await this.o.store.putSession(id, session, max).catch(storeDown);
+    if (!stored) throw new BrokerError('rate_limited', `${subject} holds ${max} live sessions, the most one subject may (AUTH_MAX_SESSIONS_PER_SUBJECT=${max}): reuse one, or revoke some`);
     return { id, session };
   }
 

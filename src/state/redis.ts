@@ -24,8 +24,20 @@ const SET_DOC_IF = "local c = redis.call('HGET', KEYS[1], ARGV[1]) if (c or '') 
 const AUDIT_PAGE = 500;
 
 /** PEXPIRE only to lengthen a key's life (Redis 7's GT, for any version; no TTL counts as shorter). */
-// A subject's live sessions: ids whose session expired are taken out of its set first.
-const COUNT_LIVE = "local n = 0 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do if redis.call('EXISTS', ARGV[1] .. id) == 1 then n = n + 1 else redis.call('SREM', KEYS[1], id) end end return n";
+// A session stored unless its subject already holds ARGV[2] live ones (1 stored, 0 refused):
+// the subject's ids whose session expired leave its set first, and the count and the store are
+// one step, so that replicas making sessions at once cannot pass the bound together.
+// KEYS: the subject's set, the session; ARGV: the session key prefix, the bound, the session, its TTL (ms), its id.
+const PUT_WITHIN = `
+local n = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 1 then n = n + 1 else redis.call('SREM', KEYS[1], id) end
+end
+if n >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+redis.call('SADD', KEYS[1], ARGV[5])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return 1`;
 const EXTEND_TTL = "local t = redis.call('PTTL', KEYS[1]) if t < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return t";
 
 // One round trip per lease, atomic: grant what is left of the limit, up to the ask.
@@ -168,11 +180,15 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     for (const l of this.pinListeners) l(pins);
   }
 
-  async putSession(id: string, s: SessionRecord): Promise<void> {
+  async putSession(id: string, s: SessionRecord, maxPerSubject = Infinity): Promise<boolean> {
     const ttl = Math.max(1, s.expiresAt - Date.now());
     // The subject's set lives as long as its longest session: a shorter one made later must not cut
     // it short (its live sessions would then escape a revocation of the subject).
-    await this.cmd.multi().set(`eb:session:${id}`, JSON.stringify(s), 'PX', ttl).sadd(`eb:subject:${s.subject}`, id).eval(EXTEND_TTL, 1, `eb:subject:${s.subject}`, ttl).exec();
+    if (maxPerSubject === Infinity) {
+      await this.cmd.multi().set(`eb:session:${id}`, JSON.stringify(s), 'PX', ttl).sadd(`eb:subject:${s.subject}`, id).eval(EXTEND_TTL, 1, `eb:subject:${s.subject}`, ttl).exec();
+      return true;
+    }
+    return Number(await this.cmd.eval(PUT_WITHIN, 2, `eb:subject:${s.subject}`, `eb:session:${id}`, 'eb:session:', maxPerSubject, JSON.stringify(s), ttl, id)) === 1;
   }
 
   async getSession(id: string): Promise<SessionRecord | undefined> {
@@ -185,10 +201,6 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     const n = await this.cmd.del(`eb:session:${id}`);
     if (v !== undefined) await this.cmd.srem(`eb:subject:${v.subject}`, id);
     return n > 0;
-  }
-
-  async countSessions(subject: string): Promise<number> {
-    return Number(await this.cmd.eval(COUNT_LIVE, 1, `eb:subject:${subject}`, 'eb:session:'));
   }
 
   async deleteSubjectSessions(subject: string): Promise<number> {

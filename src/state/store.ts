@@ -59,12 +59,15 @@ export interface StateStore {
   readonly kind: 'memory' | 'redis';
   /** False while Redis is unreachable (always true in memory). */
   readonly up: boolean;
-  putSession(id: string, s: SessionRecord): Promise<void>;
+  /**
+   * Stores a session unless its subject already holds `maxPerSubject` live ones (then false,
+   * nothing stored): counted and stored in one step, so replicas making sessions at once
+   * cannot pass the bound together.
+   */
+  putSession(id: string, s: SessionRecord, maxPerSubject?: number): Promise<boolean>;
   getSession(id: string): Promise<SessionRecord | undefined>;
   deleteSession(id: string): Promise<boolean>;
   deleteSubjectSessions(subject: string): Promise<number>;
-  /** The subject's live sessions (expired ones are forgotten on the way). */
-  countSessions(subject: string): Promise<number>;
   putKey(k: KeyRecord): Promise<void>;
   deleteKey(id: string): Promise<boolean>;
   listKeys(): Promise<KeyRecord[]>;
@@ -95,10 +98,12 @@ export class MemoryStore implements StateStore {
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  async putSession(id: string, s: SessionRecord): Promise<void> {
+  async putSession(id: string, s: SessionRecord, maxPerSubject = Infinity): Promise<boolean> {
+    if (maxPerSubject !== Infinity && this.liveSessions(s.subject) >= maxPerSubject) return false;
     this.sessions.set(id, s);
     // Expired ones go as new ones come, so the map stays bounded by the live sessions.
     if (this.sessions.size % 256 === 0) for (const [k, v] of this.sessions) if (v.expiresAt <= this.now()) this.sessions.delete(k);
+    return true;
   }
 
   async getSession(id: string): Promise<SessionRecord | undefined> {
@@ -120,7 +125,7 @@ export class MemoryStore implements StateStore {
     return n;
   }
 
-  async countSessions(subject: string): Promise<number> {
+  private liveSessions(subject: string): number {
     let n = 0;
     const now = this.now();
     for (const s of this.sessions.values()) if (s.subject === subject && s.expiresAt > now) n++;

@@ -139,6 +139,11 @@ t.test('a subject holds at most AUTH_MAX_SESSIONS_PER_SUBJECT live sessions, cou
   t.equal((await call(a, 'DELETE', `/api/auth/sessions/${sessions[0]}`)).status, 200);
   t.equal((await call(b, 'POST', '/api/auth/sessions', { api_key: made.body.key })).status, 201, 'one revoked: room for one more');
   t.equal((await chat(b, sessions[1]!)).status, 200, 'the others still live');
+  // At once on both replicas: counted and stored in one step, so together they stop at the bound.
+  const burst = await call(a, 'POST', '/api/auth/keys', { name: 'burst-sessions' });
+  await until(async () => (await chat(b, burst.body.key)).status === 200, 'the key on B');
+  const raced = await Promise.all(Array.from({ length: 10 }, (_, i) => call(i % 2 === 0 ? a : b, 'POST', '/api/auth/sessions', { api_key: burst.body.key })));
+  t.same(raced.map((r) => r.status).sort(), [201, 201, 201, 429, 429, 429, 429, 429, 429, 429], 'three made, seven refused');
 });
 
 t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with no restart', async (t) => {
