@@ -23,11 +23,11 @@ export interface Clients {
   close(): void;
 }
 
-export function clients(port: number, options: grpc.ClientOptions = {}): Clients {
+export function clients(port: number, options: grpc.ClientOptions = {}, credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure()): Clients {
   const def = protoLoader.loadSync([...PROTO_FILES], CLIENT_OPTIONS);
   const pkg = grpc.loadPackageDefinition(def) as any;
   const address = `127.0.0.1:${port}`;
-  const make = (C: Ctor) => new C(address, grpc.credentials.createInsecure(), options);
+  const make = (C: Ctor) => new C(address, credentials, options);
   const c = {
     address,
     inference: make(pkg.edge_broker.v1.InferenceService),

@@ -10,6 +10,8 @@
 import type { PriorityCeiling } from '../../infer/admission.ts';
 import { readFileSync } from 'node:fs';
 import type * as http2 from 'node:http2';
+import * as tls from 'node:tls';
+import { Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { PackageDefinition } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
@@ -194,6 +196,9 @@ function deadlineHandshakes(server: grpc.Server, ms: number): boolean {
   const servers = (server as unknown as { http2Servers?: Map<http2.Http2Server | http2.Http2SecureServer, unknown> }).http2Servers;
   if (!(servers instanceof Map)) return false;
   for (const s of servers.keys()) {
+    // With TLS the HTTP/2 session exists only once the TLS handshake is done: a connection
+    // that never starts it is timed from its TCP accept (Node's own TLS limit is 120 s).
+    if (s instanceof tls.Server) deadlineTls(s, ms);
     s.on('session', (session: http2.ServerHttp2Session) => {
       const timer = setTimeout(() => session.destroy(), ms);
       timer.unref();
@@ -203,4 +208,24 @@ function deadlineHandshakes(server: grpc.Server, ms: number): boolean {
     });
   }
   return true;
+}
+
+/** A TCP connection to a TLS server that has not finished its TLS handshake within `ms` is closed. */
+function deadlineTls(s: tls.Server, ms: number): void {
+  const secured = new WeakSet<Socket>();
+  // A Node whose TLSSocket does not name the socket it wraps: no connection is cut (else every one would be).
+  let blind = false;
+  s.on('secureConnection', (t: tls.TLSSocket) => {
+    // Node's TLSSocket wraps the accepted socket as _parent (not in its typings).
+    const raw = (t as unknown as { _parent?: unknown })._parent;
+    if (raw instanceof Socket) secured.add(raw);
+    else blind = true;
+  });
+  s.on('connection', (raw: Socket) => {
+    const timer = setTimeout(() => {
+      if (!blind && !secured.has(raw)) raw.destroy();
+    }, ms);
+    timer.unref();
+    raw.once('close', () => clearTimeout(timer));
+  });
 }
