@@ -60,7 +60,7 @@ interface Plane {
   stopped?: (unfinished: number) => void;
   readonly calls: Map<number, (v: unknown) => void>;
   /** The thread's infer and forward calls in flight: aborted by its call_abort. */
-  readonly abortable: Map<number, RequestAbort>;
+  readonly aborts: Map<number, RequestAbort>;
 }
 
 const ACK_TIMEOUT_MS = 5000;
@@ -116,7 +116,7 @@ export class DataPlanes {
     const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel, spend: this.deps.spend?.() };
     const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { init });
     const worker = new Worker(filename, { workerData, name: `data-plane-${index}` });
-    const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map(), abortable: new Map() };
+    const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map(), aborts: new Map() };
     return new Promise<number>((resolve, reject) => {
       let listening = false;
       worker.on('message', (m: ToControl) => {
@@ -170,9 +170,9 @@ export class DataPlanes {
   /** A call the thread may abort (its client gone) until it is answered. */
   private abortable<T>(plane: Plane, id: number, run: (abort: RequestAbort) => Promise<T>): Promise<T> {
     const abort = new RequestAbort();
-    plane.abortable.set(id, abort);
+    plane.aborts.set(id, abort);
     const done = run(abort);
-    const forget = (): void => void plane.abortable.delete(id);
+    const forget = (): void => void plane.aborts.delete(id);
     void done.then(forget, forget);
     return done;
   }
@@ -188,7 +188,7 @@ export class DataPlanes {
       case 'infer':
         return this.reply(plane, m.id, this.abortable(plane, m.id, (abort) => this.deps.infer(m.call, abort)));
       case 'call_abort':
-        return plane.abortable.get(m.id)?.abort();
+        return plane.aborts.get(m.id)?.abort();
       case 'discover':
         return this.reply(plane, m.id, this.deps.discover());
       case 'session':

@@ -59,6 +59,14 @@ function call<T>(make: (id: number) => ToControl, transfer?: ArrayBuffer[]): Pro
   });
 }
 
+/** A call the control plane stops when `onAbort` fires (the client gone): call_abort names it. */
+function abortableCall<T>(make: (id: number) => ToControl, transfer: ArrayBuffer[] | undefined, onAbort: (cb: () => void) => void): Promise<T> {
+  let id = 0;
+  const reply = call<T>((n) => make((id = n)), transfer);
+  onAbort(() => post({ t: 'call_abort', id }));
+  return reply;
+}
+
 // What this thread learns is sent to the control plane, which applies it and relays it
 // to the other threads. A port message costs about 20 µs of CPU on each side whatever it
 // holds, so finished requests' statistics ('done') go in one message every LESSON_HAND_MS:
@@ -162,14 +170,12 @@ const inference: InferBackend = {
     // Transfer the bytes when they own their buffer; small ones live in Node's shared pool.
     const own = input.image.byteOffset === 0 && input.image.byteLength === input.image.buffer.byteLength;
     const image = own ? input.image : Uint8Array.prototype.slice.call(input.image);
-    let callId = 0;
-    const reply = call<InferReply>((id) => {
-      callId = id;
-      return { t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm, priority: input.priority, trace: input.trace } };
-    }, [image.buffer as ArrayBuffer]);
     // The client gone: the control plane takes its image out of the queue.
-    input.signal?.addEventListener('abort', () => post({ t: 'call_abort', id: callId }));
-    return reply;
+    return abortableCall<InferReply>(
+      (id) => ({ t: 'infer', id, call: { image, imgSize: input.imgSize, topK: input.topK, cookieArm: input.cookieArm, priority: input.priority, trace: input.trace } }),
+      [image.buffer as ArrayBuffer],
+      (cb) => input.signal?.addEventListener('abort', cb),
+    );
   },
 };
 
@@ -205,14 +211,8 @@ const front = await startHttpFront({
     const own = body !== undefined && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength;
     // A span stays on its thread; the forwarded request is recorded by this thread's span.
     const sent = req.span === undefined ? req : { ...req, span: undefined };
-    let callId = 0;
-    const reply = call<ForwardedReply>((id) => {
-      callId = id;
-      return { t: 'forward', id, req: sent, body };
-    }, own ? [body.buffer as ArrayBuffer] : undefined);
     // The client gone: the control plane's route stops its work (a v2 request's items leave the queue).
-    onAbort(() => post({ t: 'call_abort', id: callId }));
-    return reply;
+    return abortableCall<ForwardedReply>((id) => ({ t: 'forward', id, req: sent, body }), own ? [body.buffer as ArrayBuffer] : undefined, onAbort);
   },
 });
 
