@@ -1,5 +1,6 @@
 // Reads a request body from uWS with a hard byte limit. uWS neuters each chunk's
-// ArrayBuffer after the callback returns, so chunks are copied out at once.
+// ArrayBuffer after the callback returns, so chunks are copied out at once. The whole body
+// is handed on a turn later (see the end of readBody).
 import type { HttpResponse } from 'uWebSockets.js';
 import { BrokerError } from '../../errors.ts';
 
@@ -46,6 +47,12 @@ export function readBody(
     if (exact !== undefined) exact.set(view, received);
     else parts.push(Buffer.from(view)); // Buffer.from(Uint8Array) copies
     received += n;
-    if (isLast) done(undefined, exact !== undefined ? exact.subarray(0, received) : Buffer.concat(parts, received));
+    if (!isLast) return;
+    const body = exact !== undefined ? exact.subarray(0, received) : Buffer.concat(parts, received);
+    // Handled a turn later, outside this callback: uWS corks the socket while its callback
+    // runs, so a reply written in it (a cache hit, an error) would leave only once the
+    // bookkeeping after it (access log, metrics) had run too. Outside, each write's cork
+    // flushes at once, and the bookkeeping follows the bytes.
+    setImmediate(done, undefined, body);
   });
 }
