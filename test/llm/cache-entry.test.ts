@@ -77,6 +77,14 @@ t.test('what is not stored: cut streams, errors, tool calls, several choices', a
   const ndjson = replay('ollama', 'chat', true, entry, ctx).body;
   t.equal(captureStream('ollama', 'chat', ndjson.split('\n').slice(0, 2).join('\n'), { prompt: 0, completion: 0 }), null, 'no done line');
   t.equal(captureWhole('ollama', 'chat', JSON.stringify({ message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'f', arguments: {} } }] }, done: true })), null);
+  // Reasoning: an Ollama model's thinking as an OpenAI client gets it, and vLLM's or DeepSeek's own; a replay would drop it.
+  for (const k of ['reasoning_content', 'reasoning']) {
+    const streamed = `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null,"${k}":"just thinking"},"finish_reason":null}]}\n\ndata: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n`;
+    t.equal(captureStream('openai', 'chat', streamed, { prompt: 0, completion: 0 }), null, `${k}, streamed`);
+    t.equal(captureWhole('openai', 'chat', JSON.stringify({ choices: [{ index: 0, message: { role: 'assistant', content: 'hi', [k]: 'just thinking' }, finish_reason: 'stop' }] })), null, `${k}, whole`);
+  }
+  t.equal(captureWhole('openai', 'chat', JSON.stringify({ choices: [{ index: 0, message: { role: 'assistant', content: 'hi', annotations: [{ type: 'url_citation' }] }, finish_reason: 'stop' }] })), null, 'annotations');
+  t.not(captureWhole('openai', 'chat', JSON.stringify({ choices: [{ index: 0, message: { role: 'assistant', content: 'hi', reasoning_content: null, annotations: [] }, finish_reason: 'stop' }] })), null, 'empty reasoning and annotations are stored');
 });
 
 t.test('capture ⇄ replay: Responses and Messages, streamed and whole, usage says the prompt was cached', async (t) => {

@@ -54,6 +54,9 @@ function openaiChoiceReplayable(c: Json | undefined): boolean {
     if (d['tool_calls'] !== undefined && d['tool_calls'] !== null && !(Array.isArray(d['tool_calls']) && d['tool_calls'].length === 0)) return false;
     if (d['function_call'] !== undefined && d['function_call'] !== null) return false;
     if (typeof d['refusal'] === 'string') return false;
+    // Reasoning: an Ollama model's thinking translated (reasoning_content), vLLM's and DeepSeek's own.
+    for (const k of ['reasoning_content', 'reasoning']) if (typeof d[k] === 'string' && d[k] !== '') return false;
+    if (Array.isArray(d['annotations']) && d['annotations'].length > 0) return false;
   }
   return true;
 }

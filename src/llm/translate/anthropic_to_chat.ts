@@ -180,10 +180,14 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
 
 // ---- the Message ----
 
-/** OpenAI finish reasons → Anthropic stop reasons. */
-export function stopReason(finish: string): string {
+/**
+ * OpenAI finish reasons → Anthropic stop reasons. A reply with tool calls that says `stop`
+ * (OpenAI's own when tool_choice names a function, some vLLM tool parsers) is `tool_use`:
+ * an agent loop runs the tools only on that reason.
+ */
+export function stopReason(finish: string, hadToolCalls = false): string {
   if (finish === 'length') return 'max_tokens';
-  if (finish === 'tool_calls') return 'tool_use';
+  if (finish === 'tool_calls' || (hadToolCalls && finish === 'stop')) return 'tool_use';
   if (finish === 'content_filter') return 'refusal';
   return 'end_turn';
 }
@@ -226,7 +230,7 @@ export function message(reply: WholeReply, ctx: ReplyContext): Record<string, un
     role: 'assistant',
     model: ctx.model,
     content,
-    stop_reason: stopReason(reply.finish),
+    stop_reason: stopReason(reply.finish, reply.tools.length > 0),
     stop_sequence: null,
     usage: usageObject(reply.usage),
   };
@@ -362,8 +366,7 @@ export function anthropicDone(w: AnthropicWriter): string {
   if (w.lateText !== '') out += wholeBlock(w, { type: 'text', text: '' }, { type: 'text_delta', text: w.lateText });
   // An empty reply is one empty text block, as a whole reply's content (and Anthropic's stream) has.
   if (w.block === -1) out += wholeBlock(w, { type: 'text', text: '' }, null);
-  const finish = w.finish ?? (w.toolBlocks.size > 0 ? 'tool_calls' : 'stop');
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
-  out += event('message_delta', { delta: { stop_reason: stopReason(finish), stop_sequence: null }, usage: usageObject(usage) });
+  out += event('message_delta', { delta: { stop_reason: stopReason(w.finish ?? 'stop', w.toolBlocks.size > 0), stop_sequence: null }, usage: usageObject(usage) });
   return out + event('message_stop', {});
 }

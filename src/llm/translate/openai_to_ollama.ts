@@ -267,7 +267,8 @@ export function chatLine(w: SseWriter, line: OllamaChatResponse): string {
       w.tokens++;
     }
   }
-  if (line.done === true) out += closing(w, line, finishFromOllama(line.done_reason, w.toolCalls > 0), '{}');
+  // An empty answer still names its role: the OpenAI SDK's stream helpers refuse a choice without one.
+  if (line.done === true) out += closing(w, line, finishFromOllama(line.done_reason, w.toolCalls > 0), w.roleSent ? '{}' : '{"role":"assistant","content":""}');
   return out;
 }
 
