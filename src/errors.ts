@@ -15,6 +15,8 @@ export type OpenAIErrorType =
 export const ERROR_TABLE = {
   invalid_json: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'request body is not valid JSON' },
   invalid_request: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'request is invalid' },
+  // OpenAI's own code for it: agents compact their history on it (a plain invalid_request hides the cause).
+  context_length_exceeded: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: "the prompt does not fit the model's context window" },
   invalid_image: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'image_b64 is missing or not valid base64' },
   invalid_img_size: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'img_size does not fit the model' },
   unauthorized: { http: 401, grpc: 'UNAUTHENTICATED', openai: 'authentication_error', message: 'missing credentials' },

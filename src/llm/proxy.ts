@@ -164,6 +164,10 @@ export class LlmProxy {
       const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
       // A fallback group is one more group the request uses: its QoS tier must allow it too.
       const usable = (g: ModelGroupConfig): boolean => fits(g) && tierAllows(admitted.tier, g.name);
+      // A group passed over as too small still leads on: its contextFallbacks (larger groups),
+      // then, unless the request is moving for its length, its plain fallbacks. One the tier
+      // may not use leads nowhere (the tier bounds every group the request uses).
+      const beyond = (s: ModelGroupConfig, f: Fallback): Fallback[] => (fits(s) ? [] : [...fallbacksOf(s.contextFallbacks, true), ...(f.context ? [] : fallbacksOf(s.fallbacks, false))]);
       // The fallback groups still to try, by name, each marked by the list it came from
       // (a context error may only go to contextFallbacks), and why the request is moving.
       let queue: Fallback[] = [];
@@ -172,17 +176,17 @@ export class LlmProxy {
       const visited = new Set<string>([group.name]);
       let moveOn = false;
       if (!fits(group)) {
-        lastError = new BrokerError('invalid_request', `the prompt (about ${estimate} tokens with max_tokens) does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: promptField(api, kind) } });
+        lastError = new BrokerError('context_length_exceeded', `the prompt (about ${estimate} tokens with max_tokens) does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: promptField(api, kind) } });
         queue = fallbacksOf(group.contextFallbacks, true);
         why = 'context_window';
         moveOn = true;
       }
       for (;;) {
         if (moveOn) {
-          const next = nextGroup(queue, visited, usable, groups);
+          const next = nextGroup(queue, visited, usable, groups, beyond);
           if (next === undefined) {
             // Out of groups (a cycle of fallbacks ends here too): counted as the last failure.
-            const reason = lastError!.code === 'invalid_request' ? 'client_error' : exhaustedReason(lastError, tried.size > 0);
+            const reason = clientFault(lastError!) ? 'client_error' : exhaustedReason(lastError, tried.size > 0);
             m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
             if (facts !== undefined) facts.outcome = reason;
             throw lastError!;
@@ -200,7 +204,7 @@ export class LlmProxy {
         const waitFrom = performance.now();
         // A full group with a fallback still to try sends the request there rather than queue it
         // (docs/llm.md: "none available ... at capacity"); the last group of the chain queues.
-        const fallbackLeft = ((g.fallbacks?.length ?? 0) > 0 || queue.length > 0) && nextGroup([...fallbacksOf(g.fallbacks, false), ...queue], new Set(visited), usable, groups) !== undefined;
+        const fallbackLeft = ((g.fallbacks?.length ?? 0) > 0 || queue.length > 0) && nextGroup([...fallbacksOf(g.fallbacks, false), ...queue], new Set(visited), usable, groups, beyond) !== undefined;
         try {
           lease = await gov.acquire(admitted, g, tried, abort, !fallbackLeft);
           timeline.queueMs += performance.now() - waitFrom;
@@ -223,7 +227,7 @@ export class LlmProxy {
           if (this.stopped !== undefined) throw this.stopped;
           // Every deployment of the group failed or none can take it: the fallback groups.
           if ((code === 'upstream_unavailable' || code === 'capacity_exhausted') && (queue.length > 0 || (g.fallbacks?.length ?? 0) > 0)) {
-            if (lastError === undefined || lastError.code === 'invalid_request') lastError = err as BrokerError;
+            if (lastError === undefined || clientFault(lastError)) lastError = err as BrokerError;
             queue = [...fallbacksOf(g.fallbacks, false), ...queue];
             why = 'failure';
             moveOn = true;
@@ -232,7 +236,7 @@ export class LlmProxy {
           // A retry that finds no lease (none left, the group full, or the request's queue wait
           // spent by the attempt that failed): the last upstream failure says what happened, not
           // "none left" or "waited 5013 ms for a free deployment".
-          const afterFailure = tried.size > 0 && lastError !== undefined && lastError.code !== 'invalid_request' && (code === 'queue_timeout' || code === 'capacity_exhausted');
+          const afterFailure = tried.size > 0 && lastError !== undefined && !clientFault(lastError) && (code === 'queue_timeout' || code === 'capacity_exhausted');
           const reason = code === 'upstream_unavailable' || afterFailure ? exhaustedReason(lastError, tried.size > 0) : code;
           m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
           if (facts !== undefined) facts.outcome = reason;
@@ -314,7 +318,8 @@ export class LlmProxy {
             // The prompt is too long for this group's models: a larger group may take it.
             gov.attemptFailed(lease, false);
             lease = null;
-            const passOn = new BrokerError('invalid_request', (err.details?.['upstreamMessage'] as string | undefined) || err.message, { details: { ...err.details, class: cls } });
+            // Named in the client's API: its prompt field, not the field the upstream's API blamed.
+            const passOn = new BrokerError('context_length_exceeded', (err.details?.['upstreamMessage'] as string | undefined) || err.message, { details: { ...err.details, class: cls, field: promptField(api, kind) } });
             // Plain fallbacks still queued (from a failure before) do not take it.
             const larger = [...fallbacksOf(g.contextFallbacks, true), ...queue.filter((f) => f.context)];
             if (larger.length > 0) {
@@ -553,14 +558,19 @@ function writtenAt(attempt: Attempt, sentAt: number): number {
   return attempt.timing.writtenAt >= 0 ? attempt.timing.writtenAt : sentAt;
 }
 
-/** Why a request ran out of deployments: how the last one failed (none tried, or only a group too small: no_deployment). */
 /** The request field that holds the prompt, in the client's API: what a context error names. */
 function promptField(api: ClientApi, kind: Kind): string {
   return api === 'responses' ? 'input' : kind === 'completion' ? 'prompt' : kind === 'embed' ? 'input' : 'messages';
 }
 
+/** The client's own fault (a prompt too long for the groups left): never a reason to say the upstreams failed. */
+function clientFault(e: BrokerError): boolean {
+  return e.code === 'invalid_request' || e.code === 'context_length_exceeded';
+}
+
+/** Why a request ran out of deployments: how the last one failed (none tried, or only a group too small: no_deployment). */
 function exhaustedReason(last: BrokerError | undefined, attempted: boolean): string {
-  if (!attempted || last === undefined || last.code === 'invalid_request') return 'no_deployment';
+  if (!attempted || last === undefined || clientFault(last)) return 'no_deployment';
   return last.code === 'upstream_timeout' ? 'timeout' : 'upstream_error';
 }
 
@@ -574,15 +584,26 @@ function fallbacksOf(names: readonly string[] | undefined, context: boolean): Fa
   return names === undefined ? [] : names.map((name) => ({ name, context }));
 }
 
-/** The next fallback group: the first of `queue` not tried yet, known, and large enough for the prompt. */
-function nextGroup(queue: Fallback[], visited: Set<string>, usable: (g: ModelGroupConfig) => boolean, groups: ReadonlyMap<string, ModelGroupConfig> | undefined): ModelGroupConfig | undefined {
+/**
+ * The next fallback group: the first of `queue` not tried yet, known, and usable (large
+ * enough for the prompt, allowed to the client's tier). A group passed over hands on what
+ * `beyond` says of it (its own chain), ahead of the rest of the queue.
+ */
+function nextGroup(
+  queue: Fallback[],
+  visited: Set<string>,
+  usable: (g: ModelGroupConfig) => boolean,
+  groups: ReadonlyMap<string, ModelGroupConfig> | undefined,
+  beyond: (g: ModelGroupConfig, f: Fallback) => Fallback[] = () => [],
+): ModelGroupConfig | undefined {
   while (queue.length > 0) {
-    const { name } = queue.shift()!;
-    const g = groups?.get(name);
+    const f = queue.shift()!;
+    const g = groups?.get(f.name);
     // By the group's own name: a chain may name one group twice, by its name and its alias.
     if (g === undefined || visited.has(g.name)) continue;
     visited.add(g.name);
     if (usable(g)) return g;
+    queue.unshift(...beyond(g, f));
   }
   return undefined;
 }

@@ -72,7 +72,10 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   checkMessages(body.messages);
   if (api === 'anthropic') checkToolResults(body.messages as unknown[]);
   if (kind === 'embed' && api === 'openai') checkOpenAIEmbed(body);
-  const parts = kind === 'embed' ? embedParts(body, limits) : api === 'responses' ? responsesParts(body) : api === 'anthropic' ? anthropicParts(body) : promptParts(body);
+  const own = kind === 'embed' ? embedParts(body, limits) : api === 'responses' ? responsesParts(body) : api === 'anthropic' ? anthropicParts(body) : promptParts(body);
+  // Tool definitions are prompt too (an agent's schemas run to thousands of tokens): counted
+  // against the limit, a group's window and the token quota.
+  const parts: PromptParts = kind === 'embed' || body.tools === undefined ? own : { ...own, tools: body.tools };
   const promptChars = checkSize(parts, limits, api === 'anthropic' ? upstreamMessageCount(body.messages as unknown[]) : (parts.messages?.length ?? 0), api === 'responses' || kind === 'embed' ? 'input' : undefined);
   checkNumber(body.temperature, 'temperature');
   checkNumber(body.top_p, 'top_p');
@@ -133,6 +136,8 @@ export interface PromptParts {
   readonly messages: readonly unknown[] | undefined;
   readonly prompt: string | undefined;
   readonly system: string | undefined;
+  /** The request's tool definitions, as sent. */
+  readonly tools?: unknown;
 }
 
 export function promptParts(body: Readonly<Record<string, unknown>>): PromptParts {
@@ -338,7 +343,8 @@ function charsOf(v: unknown): number {
 
 /**
  * Characters of prompt text: message contents (parts as JSON), an assistant turn's tool
- * calls, Responses' function_call arguments and function_call_output, prompt, system.
+ * calls, Responses' function_call arguments and function_call_output, prompt, system, and
+ * the tool definitions (as JSON).
  */
 export function promptCharsOf(r: PromptParts): number {
   let chars = 0;
@@ -349,7 +355,7 @@ export function promptCharsOf(r: PromptParts): number {
   }
   if (r.prompt !== undefined) chars += r.prompt.length;
   if (r.system !== undefined) chars += r.system.length;
-  return chars;
+  return chars + charsOf(r.tools);
 }
 
 /** Tokens estimated from characters of prompt text (4 per token). */

@@ -73,6 +73,7 @@ const fleet = {
     'small-ollama': { deployments: [d('ctx-ollama', 'ollama', ctxOllama)], contextFallbacks: ['big'] },
     'small-alone': { deployments: [d('ctx-alone', 'openai', ctxOpenai)], fallbacks: ['big'] },
     'small-vllm-alone': { deployments: [d('ctx-vllm-alone', 'openai', ctxVllm)] },
+    'small-ollama-alone': { deployments: [d('ctx-ollama-alone', 'ollama', ctxOllama)] },
     tiny: { deployments: [d('tiny-1', 'openai', ok2)], maxContextTokens: 20, contextFallbacks: ['big'] },
     'over-openai': { deployments: [d('over-openai', 'openai', overOpenai)], fallbacks: ['big'] },
     'over-ollama': { deployments: [d('over-ollama', 'ollama', overOllama)], fallbacks: ['big'] },
@@ -81,6 +82,9 @@ const fleet = {
     'bad-ollama': { deployments: [d('bad-ollama', 'ollama', badOllama)], fallbacks: ['big'] },
     // The chain skips a group whose context window is too small for the prompt.
     down: { deployments: [d('down-1', 'openai', fail500)], fallbacks: ['tiny', 'big'] },
+    // A group passed over as too small still leads on to its own fallbacks: chain-a → (chain-b skipped) → big.
+    'chain-a': { deployments: [d('chain-a', 'openai', fail500)], fallbacks: ['chain-b'] },
+    'chain-b': { deployments: [d('chain-b', 'openai', fail500)], maxContextTokens: 20, fallbacks: ['big'] },
     cut: { deployments: [d('cut-1', 'openai', reset)], fallbacks: ['big'] },
     unreachable: { deployments: [d('hole-1', 'openai', blackhole, { connectTimeoutMs: 200 })], fallbacks: ['big'] },
     'unreachable-alone': { deployments: [d('hole-2', 'openai', blackhole, { connectTimeoutMs: 150 })] },
@@ -145,6 +149,20 @@ t.test('without contextFallbacks a context-length error is the client\'s 400, wi
   t.equal(vllm.status, 400);
   t.match(vllm.message, /^400 This model's maximum context length is \d+ tokens/);
   t.notMatch(vllm.message, /"object"/);
+  // OpenAI's code (agents compact their history on it) and the prompt's field in the client's API.
+  for (const e of [err, vllm]) t.match(e, { code: 'context_length_exceeded', param: 'messages', type: 'invalid_request_error' });
+  const ollama = (await openai.chat.completions.create({ model: 'small-ollama-alone', messages }).then(() => undefined, (e: unknown) => e)) as InstanceType<typeof OpenAI.APIError>;
+  t.match(ollama, { status: 400, code: 'context_length_exceeded', param: 'messages' }, 'an Ollama upstream');
+  for (const [path, body, param] of [
+    ['/v1/completions', { model: 'small-alone', prompt: 'hi' }, 'prompt'],
+    ['/v1/responses', { model: 'small-alone', input: 'hi' }, 'input'],
+  ] as const) {
+    const res = await fetch(`${tb.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    t.equal(res.status, 400, path);
+    t.match(((await res.json()) as { error: unknown }).error, { code: 'context_length_exceeded', param }, path);
+  }
+  const m = await fetch(`${tb.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'small-alone', max_tokens: 8, messages }) });
+  t.match(await m.json(), { type: 'error', error: { type: 'invalid_request_error', code: 'context_length_exceeded' } }, 'Messages');
 });
 
 t.test('a context-length error met on a fallback group is not taken by the plain fallbacks still queued', async (t) => {
@@ -173,6 +191,14 @@ t.test('a group whose maxContextTokens is below prompt + max_tokens is skipped w
   t.equal(ok2.stats.total, before + 1, 'tiny skipped in the chain');
   t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'tiny', to: 'big', reason: 'context_window' }), 1);
   t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'down', to: 'big', reason: 'failure' }), 1);
+  // A group skipped as too small hands on to its own fallbacks.
+  const onward = await openai.chat.completions.create({ model: 'chain-a', messages, max_tokens: 50 }).withResponse();
+  t.equal(onward.response.headers.get('x-broker-fallback'), 'big', "chain-b skipped, its own fallback answers");
+  // Tool definitions count: the same short prompt with a long tool schema does not fit tiny.
+  const tools = [{ type: 'function' as const, function: { name: 'lookup', description: 'x'.repeat(200), parameters: { type: 'object', properties: {} } } }];
+  const withTools = await openai.chat.completions.create({ model: 'tiny', messages, max_tokens: 5, tools }).withResponse();
+  t.equal(withTools.response.headers.get('x-broker-fallback'), 'big', 'the tools made the prompt too long for tiny');
+  t.equal(ok2.stats.total, before + 1, 'tiny not called');
 });
 
 t.test('overloaded and rate-limited groups fall back, streamed and not, OpenAI and Ollama clients', async (t) => {
