@@ -24,7 +24,7 @@ t.test('model is required; labels are short and plain', async (t) => {
   for (const bad of ['x'.repeat(65), 'has space', 'ünïcode', 'a/b', '{}']) {
     t.throws(() => readLlmRequest(req({ 'x-broker-label': bad }), 'openai', 'chat', { model: 'g' }), { code: 'invalid_request' }, bad);
   }
-  t.equal(readLlmRequest(req({ 'x-broker-label': 'x'.repeat(64) }), 'openai', 'chat', { model: 'g' }).label, 'x'.repeat(64));
+  t.equal(readLlmRequest(req({ 'x-broker-label': 'x'.repeat(64) }), 'openai', 'chat', { model: 'g', messages: [{ role: 'user', content: 'hi' }] }).label, 'x'.repeat(64));
 });
 
 t.test('malformed bodies are refused at the front with the field named (400, never 500)', async (t) => {
@@ -45,8 +45,19 @@ t.test('malformed bodies are refused at the front with the field named (400, nev
   t.throws(read({ messages: [{ role: 'user', content: 'hi' }], temperature: JSON.parse('1e309') }), { code: 'invalid_request', message: /temperature must be a number/ });
 });
 
-t.test('output limits and n are checked, not passed on unchecked', async (t) => {
+t.test("an OpenAI chat is a non-empty conversation of OpenAI's roles; tools an array", async (t) => {
   const read = (body: Record<string, unknown>, api: 'openai' | 'ollama' = 'openai') => () => readLlmRequest(req(), api, 'chat', { model: 'g', ...body });
+  t.throws(read({ messages: [] }), { code: 'invalid_request', details: { field: 'messages' } });
+  t.throws(read({}), { code: 'invalid_request', details: { field: 'messages' } });
+  t.throws(read({ messages: [{ role: 'user', content: 'hi' }, { role: 'wizard', content: 'x' }] }), { code: 'invalid_request', details: { field: 'messages[1].role' } });
+  for (const role of ['system', 'developer', 'user', 'assistant', 'tool', 'function']) t.doesNotThrow(read({ messages: [{ role, content: 'x' }] }), role);
+  t.throws(read({ messages: [{ role: 'user', content: 'hi' }], tools: 'x' }), { code: 'invalid_request', details: { field: 'tools' } });
+  t.throws(read({ messages: [{ role: 'user', content: 'hi' }], tools: { name: 'f' } }, 'ollama'), { code: 'invalid_request', details: { field: 'tools' } });
+  t.doesNotThrow(read({ messages: [] }, 'ollama'), "Ollama's empty chat loads the model");
+});
+
+t.test('output limits and n are checked, not passed on unchecked', async (t) => {
+  const read = (body: Record<string, unknown>, api: 'openai' | 'ollama' = 'openai') => () => readLlmRequest(req(), api, 'chat', { model: 'g', messages: [{ role: 'user', content: 'hi' }], ...body });
   for (const bad of [1e308, -5, 0, 2.5, '10']) t.throws(read({ max_tokens: bad }), { code: 'invalid_request', message: /max_tokens must be an integer/ }, String(bad));
   t.throws(read({ max_completion_tokens: -1 }), { code: 'invalid_request' });
   t.throws(read({ n: 500 }), { code: 'invalid_request', message: /n must be an integer between 1 and 128/ });
@@ -79,7 +90,7 @@ t.test("the output limit is read from the fields the client API's upstreams read
 });
 
 t.test('x-broker-priority: digits and the four names only; names of Object (constructor, __proto__) are not priorities', async (t) => {
-  const p = (h: string) => readLlmRequest(req({ 'x-broker-priority': h }), 'openai', 'chat', { model: 'g' }).priority;
+  const p = (h: string) => readLlmRequest(req({ 'x-broker-priority': h }), 'openai', 'chat', { model: 'g', messages: [{ role: 'user', content: 'hi' }] }).priority;
   t.equal(p('critical'), 9);
   t.equal(p('LOW'), 1);
   t.equal(p('7'), 7);

@@ -214,7 +214,7 @@ t.test('admin API: filters, keyset pages, one request, usage; analyst or higher'
   const token = (role: string) => new SignJWT({ roles: [role] }).setProtectedHeader({ alg: 'HS256' }).setSubject(`s-${role}`).setIssuedAt().setExpirationTime('10m').sign(new TextEncoder().encode(SECRET));
   for (let i = 0; i < 5; i++) t.equal((await chat(tb, { 'x-api-key': 'admin-api-key-1', 'x-request-id': `lab-${i}` })).status, 200);
   for (let i = 0; i < 2; i++) t.equal((await chat(tb, { 'x-request-id': `anon-${i}` })).status, 200);
-  t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'nope', messages: [] }, { 'x-request-id': 'miss' })).status, 404);
+  t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'nope', messages: [{ role: 'user', content: 'hi' }] }, { 'x-request-id': 'miss' })).status, 404);
   await until(async () => (await metricValue(tb.url, 'tracking_rows_written_total')) === 8, 'rows written');
 
   const get = async (path: string, auth: Record<string, string> = admin) => {

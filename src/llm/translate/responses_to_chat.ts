@@ -9,8 +9,8 @@
 // A deployment that declares `responses: true` is sent the client's body as is
 // (see responsesUsage for what the broker reads from its replies).
 //
-// The API is stateless here: previous_response_id and conversation need the server to
-// keep responses, which the broker does not, so they answer 400.
+// The API is stateless here: previous_response_id, conversation and a stored `prompt` need
+// the server to keep them, which the broker does not, so they answer 400.
 
 import { BrokerError } from '../../errors.ts';
 import { requireObject } from './common.ts';
@@ -72,10 +72,12 @@ function messagesOf(input: unknown): OpenAIMessage[] {
       if (typeof it['role'] !== 'string') throw invalid(`input[${i}].role`, 'must be a string');
       out.push({ role: it['role'], content: chatContent(it['content'], `input[${i}].content`) });
     } else if (type === 'function_call') {
-      const call: OpenAIToolCall = { id: String(it['call_id'] ?? ''), type: 'function', function: { name: String(it['name'] ?? ''), arguments: stringOf(it['arguments']) } };
+      // A call without arguments has an empty object of them: chat upstreams parse the string.
+      const args = stringOf(it['arguments']);
+      const call: OpenAIToolCall = { id: String(it['call_id'] ?? ''), type: 'function', function: { name: String(it['name'] ?? ''), arguments: args === '' ? '{}' : args } };
       const last = out[out.length - 1];
-      // Parallel calls are one assistant turn in chat.
-      if (last !== undefined && last.role === 'assistant' && Array.isArray(last.tool_calls)) last.tool_calls.push(call);
+      // The text before the calls and parallel calls are one assistant turn in chat, as the model wrote them.
+      if (last !== undefined && last.role === 'assistant' && !Array.isArray(last.content)) (last.tool_calls ??= []).push(call);
       else out.push({ role: 'assistant', content: null, tool_calls: [call] });
     } else if (type === 'function_call_output') {
       out.push({ role: 'tool', tool_call_id: String(it['call_id'] ?? ''), content: outputText(it['output'], `input[${i}].output`) });
@@ -114,6 +116,7 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
   const b = requireObject(body);
   if (b['previous_response_id'] !== undefined && b['previous_response_id'] !== null) throw invalid('previous_response_id', 'is not supported: the broker keeps no responses; send the whole conversation as input');
   if (b['conversation'] !== undefined && b['conversation'] !== null) throw invalid('conversation', 'is not supported: the broker keeps no conversations');
+  if (b['prompt'] !== undefined && b['prompt'] !== null) throw invalid('prompt', 'is not supported: the broker keeps no stored prompts; send them as instructions and input');
   const messages = messagesOf(b['input']);
   if (typeof b['instructions'] === 'string' && b['instructions'] !== '') messages.unshift({ role: 'system', content: b['instructions'] });
   const out: OpenAIChatRequest = { model: String(b['model']), messages, stream: b['stream'] === true };
@@ -391,11 +394,17 @@ export interface ResponseIdentity {
 
 /**
  * A stream that failed after it began: response.failed, whose response carries the
- * error (our code, e.g. upstream_error or upstream_timeout, and the message). The
- * Response so far is not repeated.
+ * error (our code, e.g. upstream_error or upstream_timeout, and the message) and, when the
+ * broker wrote the Response, the output streamed so far as incomplete items (the SDK's
+ * finalResponse() then holds the text the client was sent). A passed-through Response's
+ * output is the upstream's, which the broker does not keep: it is not repeated.
  */
-export function responsesFailed(w: { seq: number; response?: ResponseIdentity | null }, id: string, model: string, code: string, message: string): string {
+export function responsesFailed(w: { seq: number; response?: ResponseIdentity | null } | ResponsesWriter, id: string, model: string, code: string, message: string): string {
+  const ours = 'outputs' in w;
+  const output = ours ? outputItems(w, 'incomplete').map(([, item]) => ({ ...item, status: 'incomplete' })) : [];
   // Passed through, the Response is the upstream's: its id and model, not ours.
-  const shell = responseShell(id, model, Math.floor(Date.now() / 1000), 'failed', [], null, { ...w.response, error: { code, message } });
+  const identity = ours ? { ...w.echo } : { ...w.response };
+  const created = ours ? w.createdAt : Math.floor(Date.now() / 1000);
+  const shell = responseShell(id, model, created, 'failed', output, null, { ...identity, error: { code, message } });
   return event(w, 'response.failed', { response: shell });
 }

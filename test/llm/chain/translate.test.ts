@@ -198,6 +198,33 @@ t.test("Responses → chat: reasoning.effort is chat's reasoning_effort", async 
   t.equal(chat.reasoning, undefined);
 });
 
+t.test('Responses → chat: an assistant message and the calls after it are one assistant turn; a call without arguments has {}', async (t) => {
+  const route = { client: 'responses', provider: 'openai', kind: 'chat' } as const;
+  const input = [
+    { type: 'message', role: 'user', content: 'weather in Oslo and Rome?' },
+    { type: 'message', role: 'assistant', content: [{ type: 'output_text', text: 'Checking both.' }] },
+    { type: 'function_call', call_id: 'c1', name: 'weather', arguments: '{"city":"Oslo"}' },
+    { type: 'function_call', call_id: 'c2', name: 'now', arguments: '' },
+    { type: 'function_call_output', call_id: 'c1', output: 'sunny' },
+    { type: 'function_call_output', call_id: 'c2', output: '12:00' },
+  ];
+  const chat = body(translateRequest(route, { model: 'm', input }, 'up'));
+  t.same(chat.messages, [
+    { role: 'user', content: 'weather in Oslo and Rome?' },
+    {
+      role: 'assistant',
+      content: 'Checking both.',
+      tool_calls: [
+        { id: 'c1', type: 'function', function: { name: 'weather', arguments: '{"city":"Oslo"}' } },
+        { id: 'c2', type: 'function', function: { name: 'now', arguments: '{}' } },
+      ],
+    },
+    { role: 'tool', tool_call_id: 'c1', content: 'sunny' },
+    { role: 'tool', tool_call_id: 'c2', content: '12:00' },
+  ]);
+  t.throws(() => translateRequest(route, { model: 'm', input: 'hi', prompt: { id: 'pmpt_1' } }, 'up'), { code: 'invalid_request', details: { field: 'prompt' } }, 'a stored prompt is refused, not ignored');
+});
+
 t.test('OpenAI → OpenAI keeps every field, replaces model, asks usage when streaming', async (t) => {
   const route = { client: 'openai', provider: 'openai', kind: 'chat' } as const;
   const client = { model: 'my-model', messages: [{ role: 'user', content: 'hi' }], stream: true, logprobs: true, tool_choice: 'auto', stream_options: { foo: 1 } };
