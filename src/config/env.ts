@@ -3,6 +3,7 @@
 // main.ts exits with that message.
 import { accessSync, constants, statSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { FLAG_NAMES, envName, type FlagName } from './flags.ts';
 
 export class ConfigError extends Error {
@@ -11,6 +12,9 @@ export class ConfigError extends Error {
     this.name = 'ConfigError';
   }
 }
+
+/** A model shipped in the package's models/ (this file is src/config/ or dist/config/): found from any working directory. */
+const BUNDLED_MODEL = (file: string): string => fileURLToPath(new URL(`../../models/${file}`, import.meta.url));
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -216,8 +220,8 @@ export function loadConfig(env: Env = process.env): Config {
     canaryLatencyMargin: num(env, 'CANARY_LATENCY_MARGIN', 0.5, 0, 100),
     stickyCookie,
     adminToken,
-    modelVaPath: str(env, 'MODEL_VA_PATH', 'models/vA.onnx'),
-    modelVbPath: str(env, 'MODEL_VB_PATH', 'models/vB.onnx'),
+    modelVaPath: str(env, 'MODEL_VA_PATH', BUNDLED_MODEL('vA.onnx')),
+    modelVbPath: str(env, 'MODEL_VB_PATH', BUNDLED_MODEL('vB.onnx')),
     inferThreads,
     // Workers x intra-op threads must not exceed the cores, or the workers fight each other.
     inferIntraOpThreads: int(env, 'INFER_INTRA_OP_THREADS', Math.max(1, Math.floor(cores / inferThreads)), 1, 64),

@@ -1,12 +1,13 @@
 import t from 'tap';
+import { resolve } from 'node:path';
 import { ConfigError, loadConfig } from '../../src/config/env.ts';
 
 t.test('defaults', async (t) => {
   const c = loadConfig({});
   t.equal(c.port, 8080);
   t.equal(c.maxBodyBytes, 8 * 1024 * 1024);
-  t.equal(c.modelVaPath, 'models/vA.onnx');
-  t.equal(c.modelVbPath, 'models/vB.onnx');
+  t.equal(c.modelVaPath, resolve('models/vA.onnx'), 'the bundled model, by an absolute path: any working directory finds it');
+  t.equal(c.modelVbPath, resolve('models/vB.onnx'));
   t.equal(c.adminToken, undefined);
   t.ok(Object.isFrozen(c));
   t.ok(c.inferThreads * c.inferIntraOpThreads >= 1);

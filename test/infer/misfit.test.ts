@@ -51,6 +51,10 @@ t.test('graphProblem names what does not fit', async (t) => {
   const m = validateManifest(base, 'm.json');
   t.equal(outputProblem(m, [2, 5], 2), null);
   t.match(outputProblem(m, [1, 10], 1), /came out \[1, 10\] for 1 image\(s\); the manifest's 5 labels need 5 scores/);
+  // Classes first ([labels, N], as a graph whose reshape target is computed may give while its
+  // metadata says only ['a', 'b']): the right count, but each image would get its neighbours' scores.
+  t.match(outputProblem(m, [5, 2], 2), /came out \[5, 2\] for 2 images; its first dimension must be the batch/);
+  t.equal(outputProblem(m, [5, 1], 1), null, 'one image: one row whatever the layout');
 });
 
 t.test("a dynamic-size manifest's defaultSize must be a size a request could name", async (t) => {
