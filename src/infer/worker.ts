@@ -189,6 +189,15 @@ async function decodeAndRun(task: BatchTask, startedAt: number, base: Omit<Batch
   };
   const answer = (i: number, scores: Float32Array) => {
     const it = task.items[i]!;
+    // A NaN would turn every softmax score into null: the model's fault, said as such. Raw
+    // scores (v2) go back as they are, and v2 says what its JSON cannot carry.
+    if (!it.scores) {
+      const at = scores.findIndex((v) => !Number.isFinite(v));
+      if (at >= 0) {
+        items[i] = { ok: false, code: 'internal', message: `model ${manifest.name} gave a score that is not a finite number (class ${at})` };
+        return;
+      }
+    }
     const predictions = topK(scores, manifest.labels, it.topK, manifest.output.kind === 'logits');
     items[i] = it.scores ? { ok: true, predictions, scores: scores.slice() } : { ok: true, predictions };
   };

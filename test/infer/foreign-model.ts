@@ -22,7 +22,10 @@ export const FOREIGN = { size: 32, channels: 3, classes: 5, mean: [0.5, 0.4, 0.3
 /** ONNX element types a test may give the scores output (a Cast after the Gemm). */
 const ELEM = { float16: 10, int64: 7 } as const;
 
-export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; outputType?: keyof typeof ELEM; manifest?: Record<string, unknown> } = {}): string {
+// `classesFirst`: the scores transposed ([5, batch]) while the output is declared only as
+// ['a', 'b']: the right count of scores, in the wrong order for splitting by image.
+// `nanScores`: Sqrt of the logits, NaN for the negative ones.
+export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; classesFirst?: boolean; nanScores?: boolean; outputType?: keyof typeof ELEM; manifest?: Record<string, unknown> } = {}): string {
   const rng = mulberry32(424242);
   const rand = (n: number, scale: number) => Float32Array.from({ length: n }, () => (rng() - 0.5) * 2 * scale);
   const F = 8;
@@ -60,6 +63,18 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
   } else if (opts.outputType !== undefined) {
     nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['scores32'], attributes: { transB: attr.int(1) } });
     nodes.push({ opType: 'Cast', inputs: ['scores32'], outputs: ['scores'], attributes: { to: attr.int(ELEM[opts.outputType]) } });
+  } else if (opts.classesFirst === true || opts.nanScores === true) {
+    nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['rows'], attributes: { transB: attr.int(1) } });
+    if (opts.nanScores === true) nodes.push({ opType: 'Sqrt', inputs: ['rows'], outputs: ['scores'] });
+    else {
+      // Reshaped to its own shape, passed through Abs: onnxruntime's metadata no longer knows the dims.
+      nodes.push(
+        { opType: 'Transpose', inputs: ['rows'], outputs: ['cols'], attributes: { perm: attr.ints([1, 0]) } },
+        { opType: 'Shape', inputs: ['cols'], outputs: ['cols.shape'] },
+        { opType: 'Abs', inputs: ['cols.shape'], outputs: ['cols.dims'] },
+        { opType: 'Reshape', inputs: ['cols', 'cols.dims'], outputs: ['scores'] },
+      );
+    }
   } else nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['scores'], attributes: { transB: attr.int(1) } });
   const onnx = encodeModel({
     producerName: 'edge-broker test',
@@ -68,7 +83,7 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
       nodes,
       initializers,
       inputs: [{ name: 'input', shape: ['batch', FOREIGN.size, FOREIGN.size, 3] }],
-      outputs: [{ name: 'scores', shape: ['batch', FOREIGN.classes], ...(opts.outputType !== undefined ? { elemType: ELEM[opts.outputType] } : {}) }],
+      outputs: [{ name: 'scores', shape: opts.classesFirst === true ? ['a', 'b'] : ['batch', FOREIGN.classes], ...(opts.outputType !== undefined ? { elemType: ELEM[opts.outputType] } : {}) }],
     },
   });
   const dir = mkdtempSync(join(tmpdir(), 'eb-foreign-'));

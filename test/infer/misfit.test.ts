@@ -110,6 +110,24 @@ t.test('B whose output does not follow the batch (declared [batch, 5], one row p
   t.ok(replies.every((r) => r.body.error.code === 'model_unavailable'));
 });
 
+t.test('B whose scores come out classes first ([5, batch], declared [a, b]): refused at warm-up, never its neighbours\' answers', async (t) => {
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ classesFirst: true }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  t.teardown(() => tb.close());
+  const line = await logLine(tb, (l) => l['arm'] === 'B' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('does not fit its manifest'));
+  t.match(line?.['msg'], /came out \[5, 8\] for 8 images; its first dimension must be the batch/);
+  const replies = await Promise.all(Array.from({ length: 8 }, () => postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=B' })));
+  t.same(replies.map((r) => r.status), Array(8).fill(503), 'every request to B is refused');
+});
+
+t.test('a model whose scores are NaN: 500 internal naming the model, not a 200 of null scores', async (t) => {
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ nanScores: true }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  t.teardown(() => tb.close());
+  const r = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=B' });
+  t.equal(r.status, 500);
+  t.match(r.body.error, { code: 'internal', message: /gave a score that is not a finite number/ });
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A still serves');
+});
+
 t.test('A does not fit: not ready, and waitReady says why', async (t) => {
   const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', GRPC_PORT: '0', FRONT_THREADS: '0', INFER_THREADS: '1', MODEL_VA_PATH: wrongLabels, MODEL_VB_PATH: good });
   const broker = await startBroker(config);
