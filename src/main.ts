@@ -25,15 +25,23 @@ let stopRequestedAt: number | undefined;
 let stopSignal: NodeJS.Signals | undefined;
 // A signal while starting: the front stops accepting as soon as it is up (startBroker's stopSignal).
 const starting = new AbortController();
+// One close, whoever asks first (a signal, or an A that does not fit): two at once tore the
+// data-plane threads' uWS sockets down twice and aborted the process (exit 134).
+let closing: Promise<void> | undefined;
+let exitCode = 0;
+const closeOnce = (graceMs?: number): void => {
+  if (closing !== undefined) return;
+  // Exit once the last log lines are written: the destination is asynchronous.
+  const exit = (code?: number) => () => broker!.logger.flush(() => process.exit(code ?? exitCode));
+  closing = broker!.close(graceMs).then(exit(), exit(1));
+};
 const stop = (): void => {
   if (broker === undefined) {
     starting.abort();
     return;
   }
   broker.logger.info({ signal: stopSignal }, 'shutting down');
-  // Exit once the last log lines are written: the destination is asynchronous.
-  const exit = (code: number) => () => broker!.logger.flush(() => process.exit(code));
-  broker.close().then(exit(0), exit(1));
+  closeOnce();
 };
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => {
@@ -72,7 +80,8 @@ broker.waitReady().catch((err: unknown) => {
   if (!(err instanceof BrokerError && err.code === 'model_unavailable')) return;
   process.stderr.write(`edge-broker: cannot start: ${err.message}\n`);
   // The data-plane threads hold uWS sockets: exiting under them aborts the process (exit 134),
-  // so they are closed first, with no grace (nothing was served).
-  const exit = (): void => broker!.logger.flush(() => process.exit(1));
-  broker!.close(0).then(exit, exit);
+  // so they are closed first, with no grace (nothing was served), unless a signal's close is
+  // under way already.
+  exitCode = 1;
+  closeOnce(0);
 });

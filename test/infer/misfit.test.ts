@@ -156,6 +156,27 @@ for (const threads of ['0', '1']) t.test(`npm start with an A that does not fit,
   t.notMatch(stderr, /\n\s+at /, 'no stack trace');
 });
 
+t.test('SIGTERM while the broker is stopping for an A that does not fit: still exit 1 with the reason, never an abort', async (t) => {
+  for (let round = 0; round < 3; round++) {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      cwd: root,
+      env: { ...process.env, HOST: '127.0.0.1', PORT: '0', GRPC_PORT: '0', FRONT_THREADS: '1', INFER_THREADS: '1', LOG_LEVEL: 'fatal', MODEL_VA_PATH: wrongChannels, MODEL_VB_PATH: good },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    // The signal the moment the reason is written, while the no-grace close runs (Kubernetes
+    // stops a pod that keeps failing to start).
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (stderr.includes('cannot start')) child.kill('SIGTERM');
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((r) => child.once('exit', (c, s) => (clearTimeout(timer), r([c, s]))));
+    t.same([code, signal], [1, null], `round ${round}: exit 1`);
+    t.notMatch(stderr, /terminate called|Napi::Error/, 'no native abort');
+  }
+});
+
 t.test('float16 scores are read as numbers, not as their bits; an int64 output is refused when the model loads', async (t) => {
   const { halfToFloat, asFloat32 } = await import('../../src/infer/postprocess.ts');
   t.equal(halfToFloat(0x3c00), 1);
