@@ -232,6 +232,21 @@ t.test('a body that stops arriving ends as 408 in the log and metrics, not 499',
   t.equal(line?.error, 'request_timeout');
 });
 
+t.test('a client that closes mid-body at once is its own close: 499 client_closed, not 408 request_timeout', async (t) => {
+  const port = Number(new URL(tb.url).port);
+  const id = 'left-mid-body';
+  await new Promise<void>((resolve) => {
+    const s = connect(port, '127.0.0.1', () => {
+      s.write(`POST /v1/infer HTTP/1.1\r\nHost: x\r\nx-request-id: ${id}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"image_b64":`);
+      setTimeout(() => s.destroy(), 200);
+    });
+    s.on('close', () => resolve());
+    s.on('error', () => resolve());
+  });
+  const line = await logLine(tb, (l) => l.msg === 'request' && l.trace_id === id, 3000);
+  t.match(line, { status: 499, error: 'client_closed', aborted: true });
+});
+
 t.test("a large refused upload: Node's fetch reads the 413 (lingering close), not EPIPE", async (t) => {
   // 40 MiB against MAX_BODY_BYTES=4096: the client is still writing when the broker answers.
   let status: number | string;

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { createMockUpstream } from '../../src/mock-upstream/server.ts';
-import { metricValue, startTestBroker } from '../helpers/broker.ts';
+import { logLine, metricValue, startTestBroker } from '../helpers/broker.ts';
 
 const mock = await createMockUpstream({ tokens: 150_000, tps: 0 });
 const dir = mkdtempSync(join(tmpdir(), 'eb-slow-reader-'));
@@ -61,4 +61,22 @@ t.test('a client that reads nothing for 10 s is cut by the front (uWS idle timeo
     cut = await metricValue(tb.url, 'http_streams_cut_total', { code: 'client_too_slow' });
   }
   t.equal(cut, before + 1, 'http_streams_cut_total{code="client_too_slow"}');
+});
+
+t.test('a client that stops reading and then closes the stream itself is its own close (client_closed), not a slow client the broker cut', async (t) => {
+  const port = Number(new URL(tb.url).port);
+  const body = JSON.stringify({ model: 'g', stream: true, messages: [{ role: 'user', content: 'a long answer' }] });
+  const before = await metricValue(tb.url, 'http_streams_cut_total', { code: 'client_too_slow' });
+  const socket = connect(port, '127.0.0.1');
+  await new Promise((r) => socket.once('connect', r));
+  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-request-id: paused-then-gone\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  await new Promise((r) => socket.once('data', r));
+  socket.pause();
+  socket.on('error', () => undefined);
+  // Long enough for the reply to wait on the client's buffers, far short of the idle cut.
+  await new Promise((r) => setTimeout(r, 1500));
+  socket.destroy();
+  const line = await logLine(tb, (l) => l.msg === 'request' && l.trace_id === 'paused-then-gone', 5000);
+  t.match(line, { status: 200, aborted: true, error: 'client_closed' });
+  t.equal(await metricValue(tb.url, 'http_streams_cut_total', { code: 'client_too_slow' }), before, 'not counted as the broker cutting it');
 });

@@ -71,6 +71,12 @@ export interface HttpFront {
   closeAll(): void;
 }
 
+/**
+ * uWS closes a connection idle for 10 s, checked on a 4 s tick (uSockets' granularity): so
+ * at 8 s at the soonest. An abort after this much silence is taken for that timeout.
+ */
+const IDLE_CUT_MS = 7_500;
+
 const READINESS_PATHS = new Set(['/ready', '/api/ready', '/v2/health/ready']);
 const READY_HEADERS = { 'content-type': 'application/json' };
 const NOT_READY_BODY = JSON.stringify({ ready: false, shutting_down: true });
@@ -138,10 +144,16 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
       sink.readingBody = true;
-      readBody(res, limit, declared === undefined ? undefined : Number(declared), (err, body) => {
-        sink.readingBody = false;
-        cb(err, body);
-      });
+      readBody(
+        res,
+        limit,
+        declared === undefined ? undefined : Number(declared),
+        (err, body) => {
+          sink.readingBody = false;
+          cb(err, body);
+        },
+        () => (sink.activeAt = performance.now()),
+      );
     };
     // Paths are served by one side only: a path this thread knows with another method is a 405 here.
     if (match.kind === 'not_found' && forward !== undefined) return forwardRequest(opts, forward, req, reader, sink);
@@ -215,6 +227,8 @@ class UwsSink implements FrontSink {
   extraHeaders: Record<string, string> | undefined;
   /** True from the first byte of a body read until it is whole. */
   readingBody = false;
+  /** The last sign of life: the request, a body chunk, the reply starting to wait for the client to read. */
+  activeAt = performance.now();
   /** Set while the front shuts down: every reply closes its connection. */
   closeConnection = false;
   errorCode: ErrorCode | undefined;
@@ -243,13 +257,16 @@ class UwsSink implements FrontSink {
       const cbs = this.abortCbs;
       this.abortCbs = undefined;
       if (cbs) for (const cb of cbs) cb();
-      // 408 when the body never finished arriving (uWS drops a connection idle for 10 s);
-      // else 499 as nginx: the client closed the request before the reply ended. A reply
-      // waiting to be drained is cut by that same timeout when the client reads nothing of it
-      // for 10 s: the broker's cut (client_too_slow, in http_streams_cut_total), not the client's.
-      if (this.readingBody) this.errorCode = 'request_timeout';
-      else if (this.started && this.writableCb !== undefined) this.errorCode = 'client_too_slow';
-      const status = this.status || (this.readingBody ? 408 : 499);
+      // uWS drops a connection idle for 10 s: a body that stopped arriving (408
+      // request_timeout), or a reply the client read nothing of (client_too_slow, the
+      // broker's cut, in http_streams_cut_total). An abort sooner after the last sign of
+      // life is the client's own close: 499 (nginx's), client_closed.
+      const idle = performance.now() - this.activeAt >= IDLE_CUT_MS;
+      const bodyTimedOut = this.readingBody && idle;
+      if (bodyTimedOut) this.errorCode = 'request_timeout';
+      else if (this.started && this.writableCb !== undefined && idle) this.errorCode = 'client_too_slow';
+      else this.errorCode ??= 'client_closed';
+      const status = this.status || (bodyTimedOut ? 408 : 499);
       const awaiting = this.awaiting;
       if (awaiting === undefined) return this.record(status, true);
       const late = (): void => this.record(status, true);
@@ -288,6 +305,7 @@ class UwsSink implements FrontSink {
   onWritable(cb: () => void): void {
     if (this.aborted) return;
     if (this.writableCb === undefined) {
+      this.activeAt = performance.now();
       this.res.onWritable(() => {
         const f = this.writableCb;
         this.writableCb = undefined;
