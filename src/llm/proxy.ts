@@ -367,9 +367,10 @@ export class LlmProxy {
           const r = await attempt.pump(targetOf(sink, abort, start, capture));
           streamWaitMs = r.waitedMs;
           if (!started && r.ended === 'failed' && !sink.aborted) {
-            // Nothing reached the client: as a failure before the first byte.
+            // Nothing reached the client: as a failure before the first byte (the broker's own
+            // shutdown is no fault of the upstream's: no health penalty).
             timeline.upstream(sentAt, performance.now());
-            gov.attemptFailed(lease, true);
+            gov.attemptFailed(lease, this.stopped === undefined);
             lease = null;
             lastError = new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? 'upstream stream failed');
             this.countTimeout(dep, lastError, attempt.expired());
@@ -406,7 +407,9 @@ export class LlmProxy {
           }
           if (r.ended === 'failed') this.countTimeout(dep, new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? ''), attempt.expired());
           outcome = this.streamOutcome(r, usage.ttftMs, g, dep, req.id, flags.stream_instrumentation);
-          usage.ok = outcome === 'aborted' ? null : outcome === 'ok';
+          // No verdict on the upstream for a stream the client left, or that the broker's own
+          // shutdown cut: neither may count against its breaker or its performance.
+          usage.ok = outcome === 'aborted' || (r.ended === 'failed' && r.errorCode === 'shutting_down') ? null : outcome === 'ok';
           // Cut, aborted, or from an upstream that sends no usage: the upstream still read the
           // whole prompt, so quotas, budgets and the tracking row count admission's estimate
           // of it (4 characters a token), not 0.
@@ -529,7 +532,8 @@ export class LlmProxy {
     if (r.ended === 'aborted') return 'aborted';
     const reason = r.ended === 'truncated' ? 'truncated' : (r.errorCode ?? 'upstream_error');
     m.llmMidstreamErrors.labels(group.name, dep.config.id, reason).inc();
-    this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, reason, err: r.errorMessage }, 'upstream stream failed after the first byte');
+    if (reason === 'shutting_down') this.deps.logger.info({ trace_id: requestId, deployment: dep.config.id }, 'stream cut by the shutdown after its grace period');
+    else this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, reason, err: r.errorMessage }, 'upstream stream failed after the first byte');
     return reason === 'upstream_timeout' ? 'midstream_timeout' : 'midstream_error';
   }
 

@@ -171,4 +171,8 @@ t.test('shutdown with streams open on both threads: they get the grace period, t
   const refused = await fresh(tb, '/healthz');
   t.equal(refused.status, 0, 'the port is closed');
   t.ok(tb.logs.some((l) => l.msg === 'edge broker stopped'));
+  // The shutdown cut them, not the upstream: no failure blamed on it, no breaker opened.
+  t.notOk(tb.logs.some((l) => l.msg === 'upstream stream failed after the first byte'), 'not logged as the upstream failing');
+  t.notOk(tb.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('circuit breaker open')), 'no breaker opened');
+  t.ok(tb.logs.some((l) => l.msg === 'stream cut by the shutdown after its grace period'));
 });
