@@ -32,6 +32,9 @@ import type { ConversionMode } from './native.ts';
 /** Batches each worker holds at once: one computing, one decoding. */
 export const DEFAULT_TASKS_PER_WORKER = 2;
 
+/** The most input tensor one batch holds (see batchSize). The bundled models' 32 images are 0.1 to 19 MB. */
+export const MAX_BATCH_INPUT_BYTES = 64 * 1024 * 1024;
+
 /**
  * libuv's thread pool against what the inference pool needs. sharp decodes on that pool
  * (one process-wide pool, shared by every worker thread), so it bounds how many images
@@ -283,11 +286,19 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
   }, Math.max(5, Math.min(100, minTimeout / 4)));
   sweep.unref();
 
-  /** How many of the `count` waiting requests to send now, or 0 to wait for more. */
-  function batchSize(key: string, count: number, oldest: number, now: number): number {
-    const { maxBatchSize, preferredBatchSizes, maxQueueDelayUs } = opts.models[key]!.manifest.batching;
+  /**
+   * How many of the `count` waiting requests (of one input size: `size`, or the model's
+   * own) to send now, or 0 to wait for more. A batch holds at most MAX_BATCH_INPUT_BYTES of
+   * input tensor: a dynamic-size model asked for large img_size runs fewer per batch (32
+   * images at 1024² would be 400 MB of input, and the runtime's arena keeps its peak).
+   */
+  function batchSize(key: string, count: number, oldest: number, now: number, size: number | undefined): number {
+    const { batching, input } = opts.models[key]!.manifest;
+    const { preferredBatchSizes, maxQueueDelayUs } = batching;
+    const pixels = size !== undefined ? size * size : (input.height ?? input.defaultSize) * (input.width ?? input.defaultSize);
+    const maxBatchSize = Math.max(1, Math.min(batching.maxBatchSize, Math.floor(MAX_BATCH_INPUT_BYTES / (pixels * input.channels * 4))));
     if (count >= maxBatchSize) return maxBatchSize;
-    for (let i = preferredBatchSizes.length - 1; i >= 0; i--) if (preferredBatchSizes[i]! <= count) return preferredBatchSizes[i]!;
+    for (let i = preferredBatchSizes.length - 1; i >= 0; i--) if (preferredBatchSizes[i]! <= Math.min(count, maxBatchSize)) return preferredBatchSizes[i]!;
     const due = oldest + maxQueueDelayUs / 1000;
     if (now >= due) return count;
     if (due < delayDue) {
@@ -339,7 +350,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       const order = [...queues.entries()].filter(([, q]) => q.size > 0).sort(([, a], [, b]) => b.topScore(now) - a.topScore(now) || a.oldest - b.oldest);
       for (const [key, q] of order) {
         const next = q.nextGroup(now)!;
-        const n = batchSize(key, next.count, q.oldest, now);
+        const n = batchSize(key, next.count, q.oldest, now, next.size);
         if (n === 0) continue;
         const before = q.size;
         const batch = q.take(n, next.size, now, fresh);

@@ -127,3 +127,18 @@ t.test('admission: bounded queue (overloaded, Retry-After), wait timeout, priori
     t.same(done, ['busy', 'high', 'low']);
   });
 });
+
+t.test('a batch holds at most MAX_BATCH_INPUT_BYTES of input: large img_size runs fewer images per batch', async (t) => {
+  const { MAX_BATCH_INPUT_BYTES } = await import('../../src/infer/pool.ts');
+  // A dynamic-size model that would batch 8 (a 200 ms window gathers them all).
+  const dyn = loadManifest(writeForeignModel({ dynamic: true, manifest: { batching: { max_batch_size: 8, max_queue_delay_us: 200_000 } } }));
+  const png = (await fashionPngs(1))[0]!.png;
+  await withPool({ D: dyn }, 1, 1, async (pool) => {
+    const cap = Math.floor(MAX_BATCH_INPUT_BYTES / (1024 * 1024 * 3 * 4));
+    t.equal(cap, 5, '1024² × 3 channels of float32 is 12.6 MB: 5 to a batch');
+    const big = await Promise.all(Array.from({ length: 8 }, () => pool.run('D', copy(png), 1024, 1)));
+    t.ok(Math.max(...big.map((r) => r.batchSize)) <= cap, `at 1024², batches of ${big.map((r) => r.batchSize).join(', ')}`);
+    const small = await Promise.all(Array.from({ length: 8 }, () => pool.run('D', copy(png), 32, 1)));
+    t.equal(Math.max(...small.map((r) => r.batchSize)), 8, 'at 32², the whole 8');
+  });
+});

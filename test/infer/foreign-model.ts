@@ -25,7 +25,8 @@ const ELEM = { float16: 10, int64: 7 } as const;
 // `classesFirst`: the scores transposed ([5, batch]) while the output is declared only as
 // ['a', 'b']: the right count of scores, in the wrong order for splitting by image.
 // `nanScores`: Sqrt of the logits, NaN for the negative ones.
-export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; classesFirst?: boolean; nanScores?: boolean; outputType?: keyof typeof ELEM; manifest?: Record<string, unknown> } = {}): string {
+// `dynamic`: any input size (the Conv and the pooling take any), picked by img_size up to 1024.
+export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; classesFirst?: boolean; nanScores?: boolean; dynamic?: boolean; outputType?: keyof typeof ELEM; manifest?: Record<string, unknown> } = {}): string {
   const rng = mulberry32(424242);
   const rand = (n: number, scale: number) => Float32Array.from({ length: n }, () => (rng() - 0.5) * 2 * scale);
   const F = 8;
@@ -82,7 +83,7 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
       name: 'foreign',
       nodes,
       initializers,
-      inputs: [{ name: 'input', shape: ['batch', FOREIGN.size, FOREIGN.size, 3] }],
+      inputs: [{ name: 'input', shape: opts.dynamic === true ? ['batch', 'h', 'w', 3] : ['batch', FOREIGN.size, FOREIGN.size, 3] }],
       outputs: [{ name: 'scores', shape: opts.classesFirst === true ? ['a', 'b'] : ['batch', FOREIGN.classes], ...(opts.outputType !== undefined ? { elemType: ELEM[opts.outputType] } : {}) }],
     },
   });
@@ -94,7 +95,7 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
     JSON.stringify({
       name: 'foreign-nhwc',
       version: '0.1.0',
-      input: { name: 'input', layout: 'NHWC', channels: 3, height: FOREIGN.size, width: FOREIGN.size, mean: FOREIGN.mean, std: FOREIGN.std },
+      input: { name: 'input', layout: 'NHWC', channels: 3, mean: FOREIGN.mean, std: FOREIGN.std, ...(opts.dynamic === true ? { height: null, width: null, defaultSize: FOREIGN.size, maxSize: 1024 } : { height: FOREIGN.size, width: FOREIGN.size }) },
       output: { name: 'scores', kind: 'logits' },
       labels: FOREIGN.labels,
       batching: { max_batch_size: 8, preferred_batch_sizes: [4, 8], max_queue_delay_us: 2000 },
