@@ -2,7 +2,7 @@
 // scale to [0, 1], normalise by mean/std, lay out as NCHW or NHWC.
 import sharp from 'sharp';
 import type { ModelManifest } from './manifest.ts';
-import { decodeSimplePng } from './png.ts';
+import { decodeSimplePng, pngHeader } from './png.ts';
 import { conversionAddon } from './native.ts';
 
 /** png, jpeg or webp by their signatures; anything else (gif, text...) is refused before sharp sees it. */
@@ -42,7 +42,11 @@ export async function preprocess(
   const plane = width * height;
   const tensor = into !== undefined ? into.subarray(offset, offset + c * plane) : new Float32Array(c * plane);
   const dims = input.layout === 'NCHW' ? [1, c, height, width] : [1, height, width, c];
-  if (format === 'png' && plane <= Math.min(maxPixels, PNG_PATH_MAX_PIXELS) && pngTensor(bytes, manifest, width, height, tensor)) return { ok: true, tensor, dims };
+  if (format === 'png') {
+    const png = pngHeader(bytes);
+    if (png !== undefined && pngWeight(png) > maxPixels) return { ok: false, code: 'image_too_large', message: `image has more than ${maxPixels} pixels (a 16-bit PNG counts twice, an interlaced one twice again)` };
+    if (plane <= Math.min(maxPixels, PNG_PATH_MAX_PIXELS) && pngTensor(bytes, manifest, width, height, tensor)) return { ok: true, tensor, dims };
+  }
   let raw: Buffer;
   try {
     // limitInputPixels guards against decompression bombs: sharp refuses while reading the
@@ -62,6 +66,15 @@ export async function preprocess(
   // sharp's grayscale() may still hand back 3 channels for some inputs; read what it gave.
   toTensor(raw, raw.length / plane, manifest, plane, tensor);
   return { ok: true, tensor, dims };
+}
+
+/**
+ * A PNG's pixels as INFER_MAX_PIXELS weighs them: 16-bit samples take twice the memory and
+ * time of 8-bit ones, and an interlaced image is decoded whole before any resize (a 200 KB
+ * 4096² 16-bit interlaced PNG cost 130 MB and 2 s of CPU against sharp's plain pixel limit).
+ */
+function pngWeight(h: { width: number; height: number; depth: number; interlace: number }): number {
+  return h.width * h.height * (h.depth === 16 ? 2 : 1) * (h.interlace === 1 ? 2 : 1);
 }
 
 /**

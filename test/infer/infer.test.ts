@@ -91,6 +91,18 @@ t.test('too many pixels is 413 before decoding', async (t) => {
   t.equal(res.body.error.code, 'image_too_large');
 });
 
+t.test('a 16-bit interlaced PNG weighs 4 pixels a pixel: 413 under a limit its plain pixel count passes', async (t) => {
+  // 1500² = 2.25 MP, within INFER_MAX_PIXELS (4 MP) as pixels, but 9 MP of 8-bit work decoded whole.
+  const heavy = await sharp({ create: { width: 1500, height: 1500, channels: 4, background: '#123' } }).toColourspace('rgb16').png({ progressive: true }).toBuffer();
+  t.equal(heavy[24], 16, 'the test PNG is 16-bit');
+  t.equal(heavy[28], 1, 'and interlaced');
+  const res = await postJson(url, { image_b64: heavy.toString('base64') });
+  t.equal(res.status, 413);
+  t.match(res.body.error, { code: 'image_too_large', message: /16-bit PNG counts twice/ });
+  const plain = await sharp({ create: { width: 1500, height: 1500, channels: 3, background: '#123' } }).png().toBuffer();
+  t.equal((await postJson(url, { image_b64: plain.toString('base64') })).status, 200, 'the same size in 8 bits, not interlaced, is served');
+});
+
 t.test('accuracy through the HTTP path: 500 Fashion-MNIST PNGs', async (t) => {
   const images = await fashionPngs(500, 1000);
   const results = await mapLimit(images, 8, async (img) => {
