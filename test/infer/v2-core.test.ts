@@ -241,3 +241,21 @@ t.test('no version, A and B with differently named inputs: a request goes to the
   Object.assign(service, { modelProblems: { B: 'refused' } });
   await t.rejects(core.infer(A.manifest.name, undefined, req('pixels')), { code: 'invalid_request' });
 });
+
+t.test('no version, A and B with the same input name but other shapes: an FP32 tensor goes to the arm its shape fits', async (t) => {
+  const { service, runs } = fakeService();
+  // B takes 3-channel NHWC 32x32 under the same input name.
+  const B3 = { ...B, manifest: { ...B.manifest, input: { ...B.manifest.input, layout: 'NHWC' as const, channels: 3 as const, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] } } };
+  Object.assign(service, {
+    models: { A, B: B3 },
+    modelProblems: {},
+    choose: (_cookie: string | undefined, named?: 'A' | 'B'): ArmChoice => ({ arm: named ?? 'A', reason: named ? 'version' : 'weighted', pool: undefined as never, model: named === 'B' ? B3 : A }),
+  });
+  const core = new V2Core(service);
+  const req = (shape: number[]): InferRequest => ({ inputs: [{ name: 'input', datatype: 'FP32', shape, data: { kind: 'raw', bytes: Buffer.alloc(shape.reduce((a, b) => a * b, 1) * 4) } }], parameters: {} });
+  const toB = await core.infer(A.manifest.name, undefined, req([1, 32, 32, 3]));
+  t.equal(toB.arm, 'B', "B's shape reaches B");
+  t.equal(runs.at(-1)!.choice.arm, 'B');
+  t.equal((await core.infer(A.manifest.name, undefined, req([1, 1, 28, 28]))).arm, 'A', "A's shape stays with the split's choice");
+  await t.rejects(core.infer(A.manifest.name, undefined, req([1, 2, 28, 28])), { code: 'invalid_request', message: /must have shape/ }, 'a shape neither takes is reported against the split\'s choice');
+});

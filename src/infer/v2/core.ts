@@ -92,12 +92,13 @@ export class V2Core {
     const timeoutMs = scheduleTimeout(req.parameters['timeout']);
 
     let choice = service.choose(ctx.cookieArm, named);
-    // No version, and A and B take differently named inputs (a split between two models):
-    // the unversioned metadata describes A, so a request the split sent to the arm it does
-    // not fit goes to the one it fits, pinned as if it named its version (no cookie, no shadow).
+    // No version, and A and B take different inputs (a split between two models: another
+    // input name, or FP32 of another shape): the unversioned metadata describes A, so a
+    // request the split sent to the arm it does not fit goes to the one it fits, pinned as if
+    // it named its version (no cookie, no shadow).
     const other: Arm = choice.arm === 'A' ? 'B' : 'A';
-    const inputName = req.inputs[0]?.name;
-    if (named === undefined && req.inputs.length === 1 && inputName !== choice.model.manifest.input.name && inputName === service.models[other].manifest.input.name && service.modelProblems[other] === undefined) {
+    const only = req.inputs.length === 1 ? req.inputs[0] : undefined;
+    if (named === undefined && only !== undefined && !takes(choice.model.manifest, only) && takes(service.models[other].manifest, only) && service.modelProblems[other] === undefined) {
       choice = service.choose(undefined, other);
     }
     const manifest = choice.model.manifest;
@@ -236,13 +237,26 @@ export function splitBytes(raw: Buffer, name: string): Buffer[] {
 }
 
 /** FP32 in the model's own layout: each item's values as one buffer, after the shape is checked. */
+/** An FP32 shape's [N, H, W, C] in the model's layout, when it is 4 positive integers and fits the model's input; else undefined. */
+function tensorDims(shape: readonly number[], manifest: ModelManifest): [number, number, number, number] | undefined {
+  const { channels: c, height, width, layout, maxSize } = manifest.input;
+  if (shape.length !== 4 || !shape.every((d) => Number.isInteger(d) && d >= 1)) return undefined;
+  const [n, h, w, ch] = layout === 'NCHW' ? [shape[0]!, shape[2]!, shape[3]!, shape[1]!] : [shape[0]!, shape[1]!, shape[2]!, shape[3]!];
+  const fits = ch === c && (height !== null ? h === height && w === width : h === w && h >= 8 && h <= maxSize);
+  return fits ? [n, h, w, ch] : undefined;
+}
+
+/** Whether the model takes this input: its name, and for FP32 its shape (images fit any model). */
+function takes(manifest: ModelManifest, input: InputTensor): boolean {
+  return input.name === manifest.input.name && (input.datatype !== 'FP32' || tensorDims(input.shape, manifest) !== undefined);
+}
+
 function tensorItems(input: InputTensor, manifest: ModelManifest): { buffers: Buffer[]; size: number | undefined } {
   const { shape, name } = input;
-  const { channels: c, height, width, layout, maxSize } = manifest.input;
-  const ok = shape.length === 4 && shape.every((d) => Number.isInteger(d) && d >= 1);
-  const [n, h, w, ch] = ok ? (layout === 'NCHW' ? [shape[0]!, shape[2]!, shape[3]!, shape[1]!] : [shape[0]!, shape[1]!, shape[2]!, shape[3]!]) : [0, 0, 0, 0];
-  const fits = ok && ch === c && (height !== null ? h === height && w === width : h === w && h >= 8 && h <= maxSize);
-  if (!fits) throw bad(`FP32 input ${name} must have shape ${shapeText(manifest)}${height === null ? ` with S from 8 to ${maxSize}` : ''}, got [${shape.join(',')}]`);
+  const { channels: c, height, maxSize } = manifest.input;
+  const dims = tensorDims(shape, manifest);
+  const [n, h, w] = dims ?? [0, 0, 0];
+  if (dims === undefined) throw bad(`FP32 input ${name} must have shape ${shapeText(manifest)}${height === null ? ` with S from 8 to ${maxSize}` : ''}, got [${shape.join(',')}]`);
   const per = c * h * w;
   const total = n * per;
   const buffers: Buffer[] = [];
