@@ -2,7 +2,7 @@
 // capacity, performance, QoS, quotas, usage patterns, PTU advice and a combined
 // status. Every route needs the admin credential.
 import type { FleetManager } from '../fleet/manager.ts';
-import { COLD, describeBits } from '../fleet/route-bits.ts';
+import { COLD, HALF_OPEN, describeBits } from '../fleet/route-bits.ts';
 import { BrokerError } from '../errors.ts';
 import type { Route, RouteContext } from '../front/http/router.ts';
 import { FLAG_NAMES, isFlagName, type FlagName, type FlagStore } from '../config/flags.ts';
@@ -88,7 +88,11 @@ export function governanceAdmin(gov: Governance, fleet: Pick<FleetManager, 'drai
     capacity: gov.capacity,
     deployment(id) {
       const d = gov.deployment(id);
-      return d === undefined ? undefined : { group: d.group, draining: fleet.isDrained(id), blockedBy: describeBits(gov.capacity.route(d.slot) & ~COLD) };
+      if (d === undefined) return undefined;
+      // Half-open with a trial permit left is routable (the next request is the trial).
+      let bits = gov.capacity.route(d.slot) & ~COLD;
+      if ((bits & HALF_OPEN) !== 0 && gov.capacity.trials(d.slot) > 0) bits &= ~HALF_OPEN;
+      return { group: d.group, draining: fleet.isDrained(id), blockedBy: describeBits(bits) };
     },
     setLimit(id, limit) {
       if (!gov.scheduler.setLimit(id, limit)) gov.capacity.register(id, limit);

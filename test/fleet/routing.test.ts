@@ -48,6 +48,9 @@ t.test('breakers: trip on failures, a half-open trial closes them once the upstr
   t.equal((await send(tb, 'POST', '/api/orchestrator/circuit-breakers/bad/m/reset')).body.state, 'closed');
   await until(async () => (await used(tb, 'g', 10)).includes('bad'), 'bad back after the reset');
   t.equal((await send(tb, 'POST', '/api/orchestrator/circuit-breakers/bad/m/half-open')).body.state, 'half_open');
+  // Half-open with its trial permits: the capacity view says the next request may go (it is the trial).
+  await until(async () => (await get(tb, '/api/industrial/capacity/bad')).blockedBy !== undefined, 'the capacity view');
+  t.match(await get(tb, '/api/industrial/capacity/bad'), { routable: true, blockedBy: null }, 'half-open with trials left is routable');
   t.equal((await send(tb, 'POST', '/api/orchestrator/circuit-breakers/bad/m/close')).body.state, 'closed');
   t.equal((await send(tb, 'POST', '/api/orchestrator/circuit-breakers/bad/reset')).body.reset, 1);
   // Unknown server or model: 404 from the one error table.
