@@ -13,6 +13,8 @@ export interface ModelManifest {
     readonly height: number | null;
     readonly width: number | null;
     readonly defaultSize: number;
+    /** The img_size range a dynamic-size model takes (a convolution stack has a smallest input). */
+    readonly minSize: number;
     readonly maxSize: number;
     readonly mean: readonly number[];
     readonly std: readonly number[];
@@ -94,8 +96,10 @@ export function validateManifest(raw: unknown, file: string): ModelManifest {
   preferred.sort((a, b) => a - b);
   const defaultSize = size(input.defaultSize, 'input.defaultSize') ?? height ?? 224;
   const maxSize = size(input.maxSize, 'input.maxSize') ?? 1024;
+  const minSize = size(input.minSize, 'input.minSize') ?? 8;
+  if (minSize < 8 || minSize > maxSize) fail('input.minSize', `must be between 8 and input.maxSize (${maxSize}), got ${minSize}`);
   // A dynamic-size model is resized to defaultSize when a request names no img_size, which must be a size it could name.
-  if (height === null && (defaultSize < 8 || defaultSize > maxSize)) fail('input.defaultSize', `must be between 8 and input.maxSize (${maxSize}), got ${defaultSize}`);
+  if (height === null && (defaultSize < minSize || defaultSize > maxSize)) fail('input.defaultSize', `must be between input.minSize (${minSize}) and input.maxSize (${maxSize}), got ${defaultSize}`);
   const queue = obj(m.queue ?? {}, 'queue');
   const maxQueueSize = queue.max_size === undefined || queue.max_size === null ? null : int(queue.max_size, 'queue.max_size', 1, 1_000_000, 1);
 
@@ -109,6 +113,7 @@ export function validateManifest(raw: unknown, file: string): ModelManifest {
       height,
       width,
       defaultSize,
+      minSize,
       maxSize,
       mean: nums(input.mean ?? Array(channels).fill(0), 'input.mean'),
       std,

@@ -401,7 +401,7 @@ export function checkSize(imgSize: number | undefined, model: Pick<LoadedModel, 
     }
     return undefined;
   }
-  if (imgSize < 8 || imgSize > input.maxSize) throw new BrokerError('invalid_img_size', `img_size must be between 8 and ${input.maxSize} for model ${name}, got ${imgSize}`, { details: { field: 'img_size' } });
+  if (imgSize < input.minSize || imgSize > input.maxSize) throw new BrokerError('invalid_img_size', `img_size must be between ${input.minSize} and ${input.maxSize} for model ${name}, got ${imgSize}`, { details: { field: 'img_size' } });
   return imgSize;
 }
 

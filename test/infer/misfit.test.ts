@@ -59,7 +59,7 @@ t.test('graphProblem names what does not fit', async (t) => {
 
 t.test("a dynamic-size manifest's defaultSize must be a size a request could name", async (t) => {
   const dyn = (defaultSize: number, maxSize: number) => () => validateManifest({ ...base, input: { ...base.input, height: null, width: null, defaultSize, maxSize } }, 'm.json');
-  t.throws(dyn(600, 64), /input.defaultSize must be between 8 and input.maxSize \(64\), got 600/);
+  t.throws(dyn(600, 64), /input.defaultSize must be between input.minSize \(8\) and input.maxSize \(64\), got 600/);
   t.throws(dyn(4, 64), /input.defaultSize/);
   t.doesNotThrow(dyn(64, 64));
 });
@@ -214,4 +214,14 @@ t.test('img_size on a fixed-size model: the size itself, and none can name a non
   t.throws(() => checkSize(28, square), { code: 'invalid_img_size', message: /img_size must be 32 for model m \(fixed 32x32 input\), got 28/ });
   const rect = { manifest: validateManifest({ ...base, input: { ...base.input, height: 24, width: 40 } }, 'm.json') };
   t.throws(() => checkSize(24, rect), { code: 'invalid_img_size', message: /fixed 24x40 input \(height x width\), which no square img_size names: leave img_size out/ });
+});
+
+t.test('img_size on a dynamic-size model: from input.minSize (a convolution stack has a smallest input) to input.maxSize', async (t) => {
+  const { checkSize } = await import('../../src/infer/service.ts');
+  const dyn = (input: Record<string, unknown>) => ({ manifest: validateManifest({ ...base, input: { ...base.input, height: null, width: null, defaultSize: 32, ...input } }, 'm.json') });
+  t.throws(() => checkSize(8, dyn({ minSize: 16, maxSize: 64 })), { code: 'invalid_img_size', message: /img_size must be between 16 and 64 for model m, got 8/ }, 'below the model\'s smallest: 400, not the model failing');
+  t.equal(checkSize(16, dyn({ minSize: 16, maxSize: 64 })), 16);
+  t.equal(checkSize(8, dyn({ maxSize: 64 })), 8, 'the default smallest is 8');
+  t.throws(() => dyn({ minSize: 48, maxSize: 64 }), /input.defaultSize must be between input.minSize \(48\) and input.maxSize \(64\), got 32/);
+  t.throws(() => dyn({ minSize: 4 }), /input.minSize/);
 });

@@ -239,10 +239,10 @@ export function splitBytes(raw: Buffer, name: string): Buffer[] {
 /** FP32 in the model's own layout: each item's values as one buffer, after the shape is checked. */
 /** An FP32 shape's [N, H, W, C] in the model's layout, when it is 4 positive integers and fits the model's input; else undefined. */
 function tensorDims(shape: readonly number[], manifest: ModelManifest): [number, number, number, number] | undefined {
-  const { channels: c, height, width, layout, maxSize } = manifest.input;
+  const { channels: c, height, width, layout, minSize, maxSize } = manifest.input;
   if (shape.length !== 4 || !shape.every((d) => Number.isInteger(d) && d >= 1)) return undefined;
   const [n, h, w, ch] = layout === 'NCHW' ? [shape[0]!, shape[2]!, shape[3]!, shape[1]!] : [shape[0]!, shape[1]!, shape[2]!, shape[3]!];
-  const fits = ch === c && (height !== null ? h === height && w === width : h === w && h >= 8 && h <= maxSize);
+  const fits = ch === c && (height !== null ? h === height && w === width : h === w && h >= minSize && h <= maxSize);
   return fits ? [n, h, w, ch] : undefined;
 }
 
@@ -253,10 +253,10 @@ function takes(manifest: ModelManifest, input: InputTensor): boolean {
 
 function tensorItems(input: InputTensor, manifest: ModelManifest): { buffers: Buffer[]; size: number | undefined } {
   const { shape, name } = input;
-  const { channels: c, height, maxSize } = manifest.input;
+  const { channels: c, height, minSize, maxSize } = manifest.input;
   const dims = tensorDims(shape, manifest);
   const [n, h, w] = dims ?? [0, 0, 0];
-  if (dims === undefined) throw bad(`FP32 input ${name} must have shape ${shapeText(manifest)}${height === null ? ` with S from 8 to ${maxSize}` : ''}, got [${shape.join(',')}]`);
+  if (dims === undefined) throw bad(`FP32 input ${name} must have shape ${shapeText(manifest)}${height === null ? ` with S from ${minSize} to ${maxSize}` : ''}, got [${shape.join(',')}]`);
   const per = c * h * w;
   const total = n * per;
   const buffers: Buffer[] = [];
