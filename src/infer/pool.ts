@@ -32,6 +32,9 @@ import type { ConversionMode } from './native.ts';
 /** Batches each worker holds at once: one computing, one decoding. */
 export const DEFAULT_TASKS_PER_WORKER = 2;
 
+/** Failures of one image (its bytes, its run), not of the request's admission or of the pool. */
+const OWN_FAILURES: ReadonlySet<string> = new Set(['invalid_image', 'unsupported_image', 'image_too_large', 'internal']);
+
 /** The most input tensor one batch holds (see batchSize). The bundled models' 32 images are 0.1 to 19 MB. */
 export const MAX_BATCH_INPUT_BYTES = 64 * 1024 * 1024;
 
@@ -471,7 +474,9 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
             results[i] = r;
             if (--left === 0) resolve(results);
           };
-          const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve: done }, size, priority, enqueuedAt, reject: fail, cancelled, ...(deadline !== undefined ? { deadline } : {}) };
+          // An image's own failure names the image: the request fails for one of its N.
+          const own = (err: BrokerError): void => fail(images.length > 1 && OWN_FAILURES.has(err.code) ? new BrokerError(err.code, `item ${i} of ${images.length}: ${err.message}`, { details: { ...err.details, item: i } }) : err);
+          const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve: done }, size, priority, enqueuedAt, reject: own, cancelled, ...(deadline !== undefined ? { deadline } : {}) };
           q.push(p);
           fresh.add(p);
           waiting++;

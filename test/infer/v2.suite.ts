@@ -273,6 +273,10 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
   // Images: bad base64 (400), not an image (415, the table's status for unsupported_image).
   expectError(await raw(JSON.stringify({ inputs: [{ name: 'input', shape: [1], datatype: 'BYTES', data: ['not base64 !!!'] }] })), 400, 'invalid_image', 'bad base64');
   expectError(await json.infer(MODEL, { inputs: [{ ...img, data: [Buffer.from('hello, this is text')] }] }), 415, 'unsupported_image', 'not an image');
+  // One bad image among several: the error names it.
+  const mixed = await json.infer(MODEL, { inputs: [{ ...img, shape: [3], data: [pngs[0]!, Buffer.from('hello, this is text'), pngs[1]!] }] });
+  expectError(mixed, 415, 'unsupported_image', 'one bad image among three');
+  t.match((mixed.json as { error: string }).error, /^item 1 of 3: /, 'the error names the bad item');
   // 405 on the infer path with GET.
   const get = await json.get(`/v2/models/${MODEL}/infer`);
   t.equal(get.status, 405);
