@@ -62,8 +62,8 @@ export function graphProblem(manifest: ModelManifest, inputs: readonly GraphValu
 export function outputProblem(manifest: ModelManifest, dims: readonly number[], batch: number): string | null {
   const total = dims.reduce((a, b) => a * b, 1);
   if (total !== batch * manifest.labels.length) return `output '${manifest.output.name}' came out [${dims.join(', ')}] for ${batch} image(s); the manifest's ${manifest.labels.length} labels need ${batch * manifest.labels.length} scores`;
-  // Rows are split by image: the batch must be the first dimension. A classes-first output
+  // Rows are split by image: the batch must be the first dimension (after any 1s). A classes-first output
   // ([labels, N]) has the right count but would give each image its neighbours' scores.
-  if (batch > 1 && dims[0] !== batch) return `output '${manifest.output.name}' came out [${dims.join(', ')}] for ${batch} images; its first dimension must be the batch (one row of ${manifest.labels.length} scores per image)`;
+  if (batch > 1 && dims.find((d) => d !== 1) !== batch) return `output '${manifest.output.name}' came out [${dims.join(', ')}] for ${batch} images; its first dimension must be the batch (one row of ${manifest.labels.length} scores per image)`;
   return null;
 }

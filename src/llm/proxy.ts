@@ -46,7 +46,7 @@ export interface ProxyDeps {
 
 // A stream cut after its 200 is midstream_*: the availability SLO counts those, while the
 // failures before the first byte (timeout, upstream_error) it counts by their 5xx.
-type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'midstream_timeout' | 'aborted' | 'timeout';
+type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'midstream_timeout' | 'shutting_down' | 'aborted' | 'timeout';
 
 /** llm_requests_total's coarse outcome (seed 001's error-rate query reads outcome="error"); the fine one is its reason. */
 function coarse(reason: string): 'ok' | 'error' | 'client_error' | 'aborted' {
@@ -167,7 +167,7 @@ export class LlmProxy {
       // A group passed over as too small still leads on: its contextFallbacks (larger groups),
       // then, unless the request is moving for its length, its plain fallbacks. One the tier
       // may not use leads nowhere (the tier bounds every group the request uses).
-      const beyond = (s: ModelGroupConfig, f: Fallback): Fallback[] => (fits(s) ? [] : [...fallbacksOf(s.contextFallbacks, true), ...(f.context ? [] : fallbacksOf(s.fallbacks, false))]);
+      const beyond = (s: ModelGroupConfig, f: Fallback): Fallback[] => (fits(s) || !tierAllows(admitted.tier, s.name) ? [] : [...fallbacksOf(s.contextFallbacks, true), ...(f.context ? [] : fallbacksOf(s.fallbacks, false))]);
       // The fallback groups still to try, by name, each marked by the list it came from
       // (a context error may only go to contextFallbacks), and why the request is moving.
       let queue: Fallback[] = [];
@@ -409,7 +409,7 @@ export class LlmProxy {
           outcome = this.streamOutcome(r, usage.ttftMs, g, dep, req.id, flags.stream_instrumentation);
           // No verdict on the upstream for a stream the client left, or that the broker's own
           // shutdown cut: neither may count against its breaker or its performance.
-          usage.ok = outcome === 'aborted' || (r.ended === 'failed' && r.errorCode === 'shutting_down') ? null : outcome === 'ok';
+          usage.ok = outcome === 'aborted' || outcome === 'shutting_down' ? null : outcome === 'ok';
           // Cut, aborted, or from an upstream that sends no usage: the upstream still read the
           // whole prompt, so quotas, budgets and the tracking row count admission's estimate
           // of it (4 characters a token), not 0.
@@ -532,8 +532,12 @@ export class LlmProxy {
     if (r.ended === 'aborted') return 'aborted';
     const reason = r.ended === 'truncated' ? 'truncated' : (r.errorCode ?? 'upstream_error');
     m.llmMidstreamErrors.labels(group.name, dep.config.id, reason).inc();
-    if (reason === 'shutting_down') this.deps.logger.info({ trace_id: requestId, deployment: dep.config.id }, 'stream cut by the shutdown after its grace period');
-    else this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, reason, err: r.errorMessage }, 'upstream stream failed after the first byte');
+    // The broker's own shutdown: its fault (outcome error), under its own reason, not the upstream's.
+    if (reason === 'shutting_down') {
+      this.deps.logger.info({ trace_id: requestId, deployment: dep.config.id }, 'stream cut by the shutdown after its grace period');
+      return 'shutting_down';
+    }
+    this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, reason, err: r.errorMessage }, 'upstream stream failed after the first byte');
     return reason === 'upstream_timeout' ? 'midstream_timeout' : 'midstream_error';
   }
 

@@ -70,9 +70,10 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     if (body.max_tokens === undefined) throw invalidField('max_tokens', 'is required');
   }
   checkMessages(body.messages);
-  // OpenAI's chat requires a conversation of its roles (it answers 400 otherwise); a translating
-  // upstream would take an empty or odd one silently. Ollama's own empty chat loads the model.
-  if (api === 'openai' && kind === 'chat') checkOpenAIChat(body.messages);
+  // OpenAI's chat requires a conversation (it answers 400 otherwise); a translating upstream
+  // would take an empty one silently. Ollama's own empty chat loads the model. Roles are the
+  // upstream's to judge: vLLM's templates take their own (Llama 3.1's ipython).
+  if (api === 'openai' && kind === 'chat' && (!Array.isArray(body.messages) || body.messages.length === 0)) throw invalidField('messages', 'must be a non-empty array');
   if (body.tools !== undefined && body.tools !== null && !Array.isArray(body.tools)) throw invalidField('tools', 'must be an array');
   if (api === 'anthropic') checkToolResults(body.messages as unknown[]);
   if (kind === 'embed' && api === 'openai') checkOpenAIEmbed(body);
@@ -287,16 +288,6 @@ function checkDepth(v: unknown, d = 1): void {
 }
 
 /** The shape every translator relies on: objects with a string role, content a string, null or parts with a type. */
-const OPENAI_ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool', 'function']);
-
-function checkOpenAIChat(messages: unknown): void {
-  if (!Array.isArray(messages) || messages.length === 0) throw invalidField('messages', 'must be a non-empty array');
-  for (let i = 0; i < messages.length; i++) {
-    const role = (messages[i] as { role: string }).role;
-    if (!OPENAI_ROLES.has(role)) throw invalidField(`messages[${i}].role`, `must be one of ${[...OPENAI_ROLES].join(', ')}`);
-  }
-}
-
 function checkMessages(messages: unknown): void {
   if (messages === undefined) return;
   if (!Array.isArray(messages)) throw invalidField('messages', 'must be an array');

@@ -232,6 +232,23 @@ t.test('a body that stops arriving ends as 408 in the log and metrics, not 499',
   t.equal(line?.error, 'request_timeout');
 });
 
+t.test('a body that trickles slower than uWS takes (16 KB/s) is cut while still arriving: 408 request_timeout', async (t) => {
+  const port = Number(new URL(tb.url).port);
+  await new Promise<void>((resolve) => {
+    let every: NodeJS.Timeout | undefined;
+    const s = connect(port, '127.0.0.1', () => {
+      s.write('POST /v1/infer HTTP/1.1\r\nHost: x\r\nx-request-id: trickle\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{"image_b64":"');
+      every = setInterval(() => s.write('A'.repeat(100)), 500);
+    });
+    const end = (): void => (clearInterval(every), resolve());
+    s.on('close', end);
+    s.on('error', end);
+    s.resume();
+  });
+  const line = await logLine(tb, (l) => l.msg === 'request' && l.trace_id === 'trickle', 3000);
+  t.match(line, { status: 408, error: 'request_timeout' });
+});
+
 t.test('a client that closes mid-body at once is its own close: 499 client_closed, not 408 request_timeout', async (t) => {
   const port = Number(new URL(tb.url).port);
   const id = 'left-mid-body';

@@ -55,6 +55,7 @@ t.test('graphProblem names what does not fit', async (t) => {
   // metadata says only ['a', 'b']): the right count, but each image would get its neighbours' scores.
   t.match(outputProblem(m, [5, 2], 2), /came out \[5, 2\] for 2 images; its first dimension must be the batch/);
   t.equal(outputProblem(m, [5, 1], 1), null, 'one image: one row whatever the layout');
+  t.equal(outputProblem(m, [1, 2, 5], 2), null, 'leading 1s before the batch keep the rows in order');
 });
 
 t.test("a dynamic-size manifest's defaultSize must be a size a request could name", async (t) => {

@@ -12,8 +12,8 @@ export function readBody(
   maxBytes: number,
   declaredLength: number | undefined,
   done: (err: BrokerError | undefined, body?: Buffer) => void,
-  /** Each chunk as it comes: the body is still arriving. */
-  onChunk?: () => void,
+  /** Each chunk's bytes as they come: the body is still arriving. */
+  onChunk?: (bytes: number) => void,
 ): void {
   // With a Content-Length we can copy straight into one buffer of the right size.
   const exact = declaredLength !== undefined && Number.isInteger(declaredLength) && declaredLength >= 0 ? Buffer.allocUnsafe(declaredLength) : undefined;
@@ -26,7 +26,7 @@ export function readBody(
   const tooLarge = (): void => done(new BrokerError('payload_too_large', `request body is larger than MAX_BODY_BYTES (${maxBytes} bytes)`));
   res.onData((chunk, isLast) => {
     if (failed) return;
-    onChunk?.();
+    onChunk?.(chunk.byteLength);
     const n = chunk.byteLength;
     if (dropping) {
       received += n;

@@ -76,6 +76,8 @@ export interface HttpFront {
  * at 8 s at the soonest. An abort after this much silence is taken for that timeout.
  */
 const IDLE_CUT_MS = 7_500;
+const BODY_BYTES_PER_TIMEOUT = 16 * 1024 * 10;
+const NEVER_FORCED = Object.freeze({ forced: false });
 
 const READINESS_PATHS = new Set(['/ready', '/api/ready', '/v2/health/ready']);
 const READY_HEADERS = { 'content-type': 'application/json' };
@@ -89,6 +91,8 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const app = uWS.App();
   let inFlight = 0;
   let closing = false;
+  // Shared with every sink: a connection closed by closeAll() is the shutdown's, not its client's.
+  const front = { forced: false };
   const done = (): void => {
     inFlight--;
   };
@@ -125,6 +129,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     inFlight++;
     metrics.httpActive.inc();
     const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
+    sink.front = front;
     if (closing) {
       sink.closeConnection = true;
       // Shutting down is not ready, whatever the models say: the balancer must stop sending work
@@ -152,7 +157,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
           sink.readingBody = false;
           cb(err, body);
         },
-        () => (sink.activeAt = performance.now()),
+        (bytes) => sink.bodyArrived(bytes),
       );
     };
     // Paths are served by one side only: a path this thread knows with another method is a 405 here.
@@ -176,6 +181,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
         },
         closeAll() {
           closing = true;
+          front.forced = true;
           socket = null;
           // In this build (20.30) but not in its typings.
           (app as unknown as { close(): void }).close();
@@ -227,8 +233,23 @@ class UwsSink implements FrontSink {
   extraHeaders: Record<string, string> | undefined;
   /** True from the first byte of a body read until it is whole. */
   readingBody = false;
-  /** The last sign of life: the request, a body chunk, the reply starting to wait for the client to read. */
+  /** The front's state: `forced` once it force-closes every connection (closeAll). */
+  front: { readonly forced: boolean } = NEVER_FORCED;
+  /** When uWS's idle timer last restarted, as far as the broker can tell: the request, 160 KiB of body, the reply starting to wait for the client to read. */
   activeAt = performance.now();
+  private bodyBytesSinceActive = 0;
+
+  /**
+   * uWS restarts a request's timer not on every chunk but on each 160 KiB of body
+   * (HTTP_RECEIVE_THROUGHPUT_BYTES x HTTP_IDLE_TIMEOUT_S): an upload slower than 16 KB/s is
+   * cut 10 s on even while it trickles, and that cut is its request_timeout.
+   */
+  bodyArrived(bytes: number): void {
+    this.bodyBytesSinceActive += bytes;
+    if (this.bodyBytesSinceActive < BODY_BYTES_PER_TIMEOUT) return;
+    this.bodyBytesSinceActive = 0;
+    this.activeAt = performance.now();
+  }
   /** Set while the front shuts down: every reply closes its connection. */
   closeConnection = false;
   errorCode: ErrorCode | undefined;
@@ -265,7 +286,8 @@ class UwsSink implements FrontSink {
       const bodyTimedOut = this.readingBody && idle;
       if (bodyTimedOut) this.errorCode = 'request_timeout';
       else if (this.started && this.writableCb !== undefined && idle) this.errorCode = 'client_too_slow';
-      else this.errorCode ??= 'client_closed';
+      // Connections the shutdown force-closes (past its grace period) are the broker's cut.
+      else this.errorCode ??= this.front.forced ? 'shutting_down' : 'client_closed';
       const status = this.status || (bodyTimedOut ? 408 : 499);
       const awaiting = this.awaiting;
       if (awaiting === undefined) return this.record(status, true);

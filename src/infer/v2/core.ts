@@ -236,7 +236,6 @@ export function splitBytes(raw: Buffer, name: string): Buffer[] {
   return out;
 }
 
-/** FP32 in the model's own layout: each item's values as one buffer, after the shape is checked. */
 /** An FP32 shape's [N, H, W, C] in the model's layout, when it is 4 positive integers and fits the model's input; else undefined. */
 function tensorDims(shape: readonly number[], manifest: ModelManifest): [number, number, number, number] | undefined {
   const { channels: c, height, width, layout, minSize, maxSize } = manifest.input;
@@ -251,6 +250,7 @@ function takes(manifest: ModelManifest, input: InputTensor): boolean {
   return input.name === manifest.input.name && (input.datatype !== 'FP32' || tensorDims(input.shape, manifest) !== undefined);
 }
 
+/** FP32 in the model's own layout: each item's values as one buffer, after the shape is checked. */
 function tensorItems(input: InputTensor, manifest: ModelManifest): { buffers: Buffer[]; size: number | undefined } {
   const { shape, name } = input;
   const { channels: c, height, minSize, maxSize } = manifest.input;

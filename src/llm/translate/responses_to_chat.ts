@@ -401,7 +401,8 @@ export interface ResponseIdentity {
  */
 export function responsesFailed(w: { seq: number; response?: ResponseIdentity | null } | ResponsesWriter, id: string, model: string, code: string, message: string): string {
   const ours = 'outputs' in w;
-  const output = ours ? outputItems(w, 'incomplete').map(([, item]) => ({ ...item, status: 'incomplete' })) : [];
+  // As a cut at max_output_tokens: the items closed before stay completed, the open one is incomplete.
+  const output = ours ? outputItems(w, 'incomplete').map(([, item]) => item) : [];
   // Passed through, the Response is the upstream's: its id and model, not ours.
   const identity = ours ? { ...w.echo } : { ...w.response };
   const created = ours ? w.createdAt : Math.floor(Date.now() / 1000);
