@@ -44,7 +44,8 @@ export async function preprocess(
   const dims = input.layout === 'NCHW' ? [1, c, height, width] : [1, height, width, c];
   if (format === 'png') {
     const png = pngHeader(bytes);
-    if (png !== undefined && pngWeight(png) > maxPixels) return { ok: false, code: 'image_too_large', message: `image has more than ${maxPixels} pixels (a 16-bit PNG counts twice, an interlaced one twice again)` };
+    // Only what the weighting adds: past the plain pixel count, sharp's own check speaks (after its CRC check).
+    if (png !== undefined && png.width * png.height <= maxPixels && pngWeight(png) > maxPixels) return { ok: false, code: 'image_too_large', message: `image has more than ${maxPixels} pixels (a 16-bit PNG counts twice, an interlaced one twice again)` };
     if (plane <= Math.min(maxPixels, PNG_PATH_MAX_PIXELS) && pngTensor(bytes, manifest, width, height, tensor)) return { ok: true, tensor, dims };
   }
   let raw: Buffer;
