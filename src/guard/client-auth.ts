@@ -1,5 +1,6 @@
 // AUTH_MODE on the client routes (LLM and inference), where they are served: on each
-// data-plane thread. `keys`: a known API key (the fleet file's, or one made through
+// data-plane thread. `open`: no credential needed, but a live session stands for its key;
+// `keys`: a known API key (the fleet file's, or one made through
 // /api/auth/keys) or a session; `jwt`: a valid JWT with a client role, or a session.
 // Sessions are looked up on the control plane and cached here for at most a second, so
 // that a revocation is in force everywhere within one. An unknown or revoked credential
@@ -46,7 +47,6 @@ const CACHE_MAX = 50_000;
 type SessionState = 'ok' | 'role' | 'dead' | 'unknowable';
 
 export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) => void | Promise<void>) | undefined {
-  if (o.mode === 'open') return undefined;
   const now = o.now ?? Date.now;
   const cacheMs = o.cacheMs ?? 1000;
   /** A session as looked up: its state, and whom admission holds it to. */
@@ -85,6 +85,8 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
     return p;
   };
   const judge = (req: BrokerRequest, s: Known): void => {
+    // Open: no credential is needed, and one that is not live is no one's (anonymous).
+    if (o.mode === 'open' && s.state !== 'ok') return;
     if (s.state === 'dead') refuse('session', 'the session is unknown, expired or revoked');
     if (s.state === 'role') refuse('role', ROLE_MESSAGE);
     if (s.state === 'unknowable') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)');
@@ -102,6 +104,15 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
     if (hit !== undefined && now() - hit.at < cacheMs) return judge(req, hit);
     return lookup(id).then((s) => judge(req, s));
   };
+
+  // Open: anyone may call, but a live session still stands for its key (quotas, tier, a
+  // per-key cache scope), as in the other modes; keys are read by admission itself.
+  if (o.mode === 'open') {
+    return (req) => {
+      const credential = apiKeyOf(req.headers);
+      if (credential !== undefined && credential.startsWith('sess_')) return bySession(req, credential);
+    };
+  }
 
   return (req) => {
     const credential = apiKeyOf(req.headers);

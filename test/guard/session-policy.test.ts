@@ -77,3 +77,21 @@ t.test("a JWT's tier claim holds, directly and through its session", async (t) =
   t.equal((await chat(s, 'main')).status, 403, 'its session');
   t.equal((await chat(s, 'side')).status, 200);
 });
+
+t.test('AUTH_MODE=open: a live session still stands for its key (tier, cache scope), a dead one is anonymous', async (t) => {
+  const open = await startFleetBroker(t, { ...fleetFile, cache: { mode: 'on', scope: 'key' } }, { INFER_ENABLED: 'false', BROKER_FF_QOS_SWITCHING: 'true' });
+  const call = async (credential: string | undefined, group = 'side', content = 'hi'): Promise<Response> =>
+    fetch(`${open.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(credential !== undefined ? { authorization: `Bearer ${credential}` } : {}) },
+      body: JSON.stringify({ model: group, temperature: 0, messages: [{ role: 'user', content }] }),
+    });
+  const made = await fetch(`${open.url}/api/auth/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ api_key: 'sk-batch' }) });
+  const s = ((await json(made)) as { session: string }).session;
+  t.equal((await call(s, 'main')).status, 403, "its key's tier holds in open mode too");
+  // Cached under the key: the session's reply is the key's, never an anonymous caller's.
+  t.equal((await call(s, 'side', 'scoped')).headers.get('x-broker-cache'), 'miss');
+  t.equal((await call(undefined, 'side', 'scoped')).headers.get('x-broker-cache'), 'miss', 'anonymous: not the session’s entry');
+  t.equal((await call('sk-batch', 'side', 'scoped')).headers.get('x-broker-cache'), 'hit', 'the key: its session’s entry');
+  t.equal((await call('sess_unknown', 'main')).status, 200, 'an unknown session in open mode is anonymous, not refused');
+});
