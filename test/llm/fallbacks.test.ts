@@ -88,6 +88,8 @@ const fleet = {
     cut: { deployments: [d('cut-1', 'openai', reset)], fallbacks: ['big'] },
     unreachable: { deployments: [d('hole-1', 'openai', blackhole, { connectTimeoutMs: 200 })], fallbacks: ['big'] },
     'unreachable-alone': { deployments: [d('hole-2', 'openai', blackhole, { connectTimeoutMs: 150 })] },
+    // A connect that would hang for 20 s, under a 300 ms headers budget: the budget ends it.
+    'slow-connect': { deployments: [d('hole-3', 'openai', blackhole, { connectTimeoutMs: 20_000, headersTimeoutMs: 300 })] },
     cold: { deployments: [d('cold-1', 'openai', coldStart, { firstTokenTimeoutMs: 150 })], fallbacks: ['big'] },
     'cold-alone': { deployments: [d('cold-2', 'ollama', coldStart, { firstTokenTimeoutMs: 150 })] },
     stalled: { deployments: [d('stall-1', 'openai', stall, { idleChunkTimeoutMs: 200 })], fallbacks: ['big'] },
@@ -284,6 +286,15 @@ t.test('connect timeout: the deployment never accepts, the request falls back', 
   const alone = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'unreachable-alone', messages }) });
   t.equal(alone.status, 504);
   t.match(((await alone.json()) as { error: { message: string } }).error.message, /hole-2 did not accept a connection within connectTimeoutMs \(150 ms\)/, 'the phase and its limit named');
+});
+
+t.test('a phase that runs over during a hanging connect ends the attempt then, not when the connect gives up', async (t) => {
+  const started = Date.now();
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'slow-connect', messages }) });
+  t.equal(res.status, 504);
+  t.match(((await res.json()) as { error: { message: string } }).error.message, /hole-3 sent no reply headers within headersTimeoutMs \(300 ms\)/);
+  // An order, not a speed: the 20 s connect timeout must not be what ended it.
+  t.ok(Date.now() - started < 10_000, 'answered long before connectTimeoutMs (20 s) could fire');
 });
 
 t.test('first-token timeout: before the first byte it falls back; alone it is a 504', async (t) => {

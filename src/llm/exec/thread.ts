@@ -8,6 +8,7 @@ import { pumpChain, retryAfterOf, send } from './run.ts';
 import { AttemptDeadline } from './deadline.ts';
 import { timed } from './wire-timing.ts';
 import type { AttemptTiming, Executor, StreamTarget } from './types.ts';
+import type { AbortLike } from '../../abort.ts';
 
 /** An upstream's error text is read up to this much: enough for any message, and the rest is dropped. */
 export const ERROR_BODY_BYTES = 64 * 1024;
@@ -26,7 +27,7 @@ export function threadExecutor(maxBodyBytes: number): Executor {
       };
       let res;
       try {
-        res = await timed(timing, () => send(upstreams, req, deadline.signal));
+        res = await untilAborted(timed(timing, () => send(upstreams, req, deadline.signal)), deadline.signal);
       } catch (err) {
         deadline.done();
         throw deadline.expired !== null ? deadline.signal.reason : err;
@@ -82,6 +83,36 @@ async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Erro
 }
 
 /** The target with the idle timeout paused while it drains: a slow client's wait is not the upstream's silence. */
+/**
+ * `p`, or the signal's reason as soon as it aborts: undici does not give up a connect in
+ * progress on abort, so a phase that ran over (or a client gone) waited for connectTimeoutMs.
+ * A reply that still comes is let go (its body destroyed, the connection freed).
+ */
+function untilAborted<T extends { body: { destroy(): unknown } }>(p: Promise<T>, signal: AbortLike): Promise<T> {
+  if (signal.aborted) {
+    void p.then((r) => r.body.destroy(), () => undefined);
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => {
+      reject(signal.reason);
+      void p.then((r) => r.body.destroy(), () => undefined);
+    };
+    signal.addEventListener('abort', onAbort);
+    p.then(
+      (r) => {
+        signal.removeEventListener('abort', onAbort);
+        if (signal.aborted) r.body.destroy();
+        else resolve(r);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
 function paused(target: StreamTarget, deadline: AttemptDeadline): StreamTarget {
   return {
     write: (chunk) => target.write(chunk),
