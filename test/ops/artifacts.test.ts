@@ -290,7 +290,8 @@ t.test('recording and alert rules', async (t) => {
  */
 function drainSeconds(env: Record<string, string>): number {
   const main = read('src/main.ts');
-  if (!/broker\.close\(\)/.test(main)) throw new Error('src/main.ts no longer calls broker.close() with the default grace: update this test');
+  // The signal's stop: closeOnce() with no grace, i.e. broker.close(undefined), the default.
+  if (!/const stop = [\s\S]*?closeOnce\(\);/.test(main) || !/broker!\.close\(graceMs\)/.test(main)) throw new Error('src/main.ts no longer stops on a signal with the default grace: update this test');
   const def = /'SHUTDOWN_GRACE_S', (\d+)/.exec(read('src/config/env.ts'))?.[1];
   if (def === undefined) throw new Error('src/config/env.ts: no SHUTDOWN_GRACE_S default');
   return Number(env.SHUTDOWN_GRACE_S ?? def) + 1;
