@@ -2,7 +2,7 @@
 // client API, kind and mode.
 import t from 'tap';
 import { cacheKey, cachePlan, cacheDirectiveOf } from '../../src/llm/cache/cache.ts';
-import { captureStream, captureWhole, type CachedReply } from '../../src/llm/cache/entry.ts';
+import { captureStream, captureWhole, entryBytes, fitChunks, type CachedReply } from '../../src/llm/cache/entry.ts';
 import { replay } from '../../src/llm/cache/replay.ts';
 import type { LlmRequest } from '../../src/llm/request.ts';
 
@@ -138,4 +138,18 @@ t.test('Responses and Messages: what is not stored', async (t) => {
   t.equal(captureWhole('anthropic', 'chat', JSON.stringify({ ...msg, content: [...msg.content, { type: 'tool_use', id: 't', name: 'f', input: {} }], stop_reason: 'tool_use' })), null);
   t.equal(captureWhole('anthropic', 'chat', JSON.stringify({ ...msg, stop_reason: 'tool_use' })), null);
   t.equal(captureWhole('anthropic', 'chat', JSON.stringify({ type: 'error', error: { type: 'api_error', message: 'x' } })), null);
+});
+
+t.test('a stream too large only by its chunking is kept with its chunks merged; one whose text is too large is not', async (t) => {
+  const tokens = Array.from({ length: 10_000 }, (_, i) => `w${i % 10} `);
+  const streamed: CachedReply = { v: 1, kind: 'chat', chunks: tokens, finish: 'stop', promptTokens: 3, completionTokens: tokens.length };
+  const whole: CachedReply = { ...streamed, chunks: [tokens.join('')] };
+  const budget = entryBytes(whole) + 1000;
+  t.ok(entryBytes(streamed) > budget, 'as streamed, the chunking alone puts it over');
+  const fitted = fitChunks(streamed, budget);
+  t.ok(entryBytes(fitted) <= budget, 'merged, it fits');
+  t.equal(fitted.chunks.join(''), tokens.join(''), 'the same text');
+  t.ok(fitted.chunks.length > 1 && fitted.chunks.length < tokens.length, `still streamed in chunks (${fitted.chunks.length})`);
+  t.equal(fitChunks(streamed, entryBytes(streamed)), streamed, 'within its budget: as it is');
+  t.equal(fitChunks(streamed, entryBytes(whole) - 10), streamed, 'its text alone too large: as it is (not stored)');
 });

@@ -19,7 +19,7 @@ import { keyId } from '../../guard/api-key.ts';
 import type { Logger } from '../../obs/logger.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { LlmRequest } from '../request.ts';
-import { entryBytes, isCachedReply, type CachedReply } from './entry.ts';
+import { entryBytes, fitChunks, isCachedReply, type CachedReply } from './entry.ts';
 
 /** The client's word on the cache: x-broker-cache. */
 export type CacheDirective = 'use' | 'bypass' | 'refresh';
@@ -231,9 +231,10 @@ export class ResponseCache {
    * (plan.lookup false) also tells the other replicas, which drop the copy they may hold
    * in memory: else each would serve its old one until its TTL ran out.
    */
-  put(plan: CachePlan, group: string, e: CachedReply): void {
+  put(plan: CachePlan, group: string, entry: CachedReply): void {
     // What the memory LRU counts (the key too): past its bounds it would drop the entry unsaid,
     // and a store counted here would then never hit.
+    const e = fitChunks(entry, this.settings.maxEntryBytes - plan.key.length);
     const size = entryBytes(e) + plan.key.length;
     if (size > this.settings.maxEntryBytes) return;
     if (this.o.redisUrl === undefined && size > this.settings.maxBytes) return;

@@ -29,8 +29,28 @@ export interface CachedReply {
 /** Approximate bytes an entry holds (what the LRU's byte bound counts). */
 export function entryBytes(e: CachedReply): number {
   let n = 64 + (e.model?.length ?? 0) * 2;
-  for (const c of e.chunks) n += 16 + c.length * 2;
+  for (const c of e.chunks) n += CHUNK_BYTES + c.length * 2;
   return n;
+}
+
+/** What each chunk costs beyond its text (a string's header and its slot). */
+const CHUNK_BYTES = 16;
+
+/**
+ * The entry within `budget` bytes if its chunking is what makes it too large: its chunks
+ * merged in runs of k (a replay then streams fewer, larger chunks), so that a reply stored
+ * from a stream is kept whenever the same reply stored whole would be. As it is otherwise.
+ */
+export function fitChunks(e: CachedReply, budget: number): CachedReply {
+  const size = entryBytes(e);
+  if (size <= budget || e.chunks.length <= 1) return e;
+  const fixed = size - CHUNK_BYTES * e.chunks.length;
+  const room = Math.floor((budget - fixed) / CHUNK_BYTES);
+  if (room < 1) return e;
+  const k = Math.ceil(e.chunks.length / room);
+  const chunks: string[] = [];
+  for (let i = 0; i < e.chunks.length; i += k) chunks.push(e.chunks.slice(i, i + k).join(''));
+  return { ...e, chunks };
 }
 
 type Json = Record<string, unknown>;
