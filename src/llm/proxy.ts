@@ -359,8 +359,10 @@ export class LlmProxy {
           const start = (): void => {
             if (started) return;
             started = true;
-            timeline.upstream(writtenAt(attempt, sentAt), attempt.timing.firstByteAt < 0 ? performance.now() : attempt.timing.firstByteAt);
-            timeline.firstByteAt = attempt.timing.firstByteAt;
+            // Up to the chunk that gave the client its first byte: keep-alive comments before it are the upstream's wait.
+            const upstreamFirst = attempt.timing.lastChunkAt < 0 ? performance.now() : attempt.timing.lastChunkAt;
+            timeline.upstream(writtenAt(attempt, sentAt), upstreamFirst);
+            timeline.firstByteAt = upstreamFirst;
             const overhead = timeline.clientFirstByte();
             sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) });
           };

@@ -3,6 +3,7 @@
 // with each provider's own error bodies.
 import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
@@ -61,6 +62,19 @@ const reset = await mock({ fail: 'reset', failAfter: 3 });
 const coldStart = await mock({ ttftMs: 5_000 });
 const stall = await mock({ fail: 'stall', failAfter: 2 });
 const slow = await mock({ tokens: 1_000, tps: 20 });
+// An upstream that sends an SSE keep-alive comment at once and its first event 600 ms later
+// (as proxies and some servers do while the model thinks).
+const commenting = createServer((req, res) => {
+  req.resume();
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  res.write(': keep-alive\n\n');
+  setTimeout(() => {
+    res.end(`data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }] })}\n\ndata: [DONE]\n\n`);
+  }, 600);
+});
+await new Promise<void>((r) => commenting.listen(0, '127.0.0.1', r));
+t.teardown(() => new Promise<void>((r) => commenting.close(() => r())));
+const commentingUrl = `http://127.0.0.1:${(commenting.address() as { port: number }).port}`;
 const blackhole = await createBlackhole();
 t.teardown(() => blackhole.close());
 
@@ -94,6 +108,7 @@ const fleet = {
     'cold-alone': { deployments: [d('cold-2', 'ollama', coldStart, { firstTokenTimeoutMs: 150 })] },
     stalled: { deployments: [d('stall-1', 'openai', stall, { idleChunkTimeoutMs: 200 })], fallbacks: ['big'] },
     endless: { deployments: [d('slow-1', 'ollama', slow, { totalTimeoutMs: 400 })], fallbacks: ['big'] },
+    commenting: { deployments: [d('commenting-1', 'openai', { url: commentingUrl })] },
     // QoS tier `narrow` may use this group only, not its fallback.
     'over-narrow': { deployments: [d('over-narrow', 'openai', overOpenai)], fallbacks: ['big'] },
     // Fails, falls back to small-alone, whose context error must not go on to big (a plain fallback still queued).
@@ -328,6 +343,16 @@ t.test('total timeout: a stream still going ends with an error event', async (t)
   t.ok(lines.length > 1, 'tokens came first');
   t.match(lines.at(-1)!.error, /totalTimeoutMs \(400 ms\)/);
   t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'slow-1', phase: 'total' }), 1);
+});
+
+t.test("an upstream's keep-alive comments before its first event: their wait is the upstream's, not the broker's overhead", async (t) => {
+  // Translated (an Ollama client): the comment gives the client nothing, so its first byte waits for the event.
+  const res = await fetch(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'commenting', messages }) });
+  t.equal(res.status, 200);
+  t.match(await res.text(), /"content":"hi"/);
+  const overhead = Number(res.headers.get('x-broker-overhead-ms'));
+  // The upstream waited 600 ms after its comment; none of it may be counted as the broker's.
+  t.ok(overhead >= 0 && overhead < 300, `x-broker-overhead-ms ${overhead} leaves out the upstream's 600 ms`);
 });
 
 t.test('x-broker-overhead-ms on replies, and the phases as histograms', async (t) => {

@@ -20,10 +20,11 @@ export function threadExecutor(maxBodyBytes: number): Executor {
     async attempt(req, signal) {
       // The attempt's own signal: the request's abort, or a phase that ran over (deadline.ts).
       const deadline = new AttemptDeadline(req.deployment, req.stream, signal);
-      const timing: AttemptTiming = { writtenAt: -1, headersAt: -1, wireFirstByteAt: -1, firstByteAt: -1 };
+      const timing: AttemptTiming = { writtenAt: -1, headersAt: -1, wireFirstByteAt: -1, firstByteAt: -1, lastChunkAt: -1 };
       const onChunk = (): void => {
         deadline.chunk();
-        if (timing.firstByteAt < 0) timing.firstByteAt = timing.wireFirstByteAt >= 0 ? timing.wireFirstByteAt : performance.now();
+        if (timing.firstByteAt < 0) timing.lastChunkAt = timing.firstByteAt = timing.wireFirstByteAt >= 0 ? timing.wireFirstByteAt : performance.now();
+        else timing.lastChunkAt = performance.now();
       };
       let res;
       try {

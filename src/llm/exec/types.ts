@@ -68,6 +68,12 @@ export interface AttemptTiming {
   wireFirstByteAt: number;
   /** The upstream's first byte as the proxy counts it: the first body chunk (streamed) or the headers (whole reply); -1 before. */
   firstByteAt: number;
+  /**
+   * The latest body chunk's arrival: when the client's first byte goes out, the chunk that
+   * made it. Not always the first: an upstream's SSE keep-alive comments come before the
+   * model's first event and give the client nothing, and their wait is the upstream's.
+   */
+  lastChunkAt: number;
 }
 
 export interface Attempt {
