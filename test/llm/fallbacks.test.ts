@@ -73,7 +73,6 @@ const commenting = createServer((req, res) => {
   }, 600);
 });
 await new Promise<void>((r) => commenting.listen(0, '127.0.0.1', r));
-t.teardown(() => new Promise<void>((r) => commenting.close(() => r())));
 const commentingUrl = `http://127.0.0.1:${(commenting.address() as { port: number }).port}`;
 const blackhole = await createBlackhole();
 t.teardown(() => blackhole.close());
@@ -136,6 +135,8 @@ const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFE
 t.teardown(async () => {
   await tb.close();
   await Promise.all(mocks.map((m) => m.close()));
+  commenting.closeAllConnections();
+  await new Promise<void>((r) => commenting.close(() => r()));
 });
 
 const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
