@@ -27,13 +27,14 @@ let stopSignal: NodeJS.Signals | undefined;
 const starting = new AbortController();
 // One close, whoever asks first (a signal, or an A that does not fit): two at once tore the
 // data-plane threads' uWS sockets down twice and aborted the process (exit 134).
-let closing: Promise<void> | undefined;
+let closing = false;
 let exitCode = 0;
 const closeOnce = (graceMs?: number): void => {
-  if (closing !== undefined) return;
+  if (closing) return;
+  closing = true;
   // Exit once the last log lines are written: the destination is asynchronous.
   const exit = (code?: number) => () => broker!.logger.flush(() => process.exit(code ?? exitCode));
-  closing = broker!.close(graceMs).then(exit(), exit(1));
+  broker!.close(graceMs).then(exit(), exit(1));
 };
 const stop = (): void => {
   if (broker === undefined) {

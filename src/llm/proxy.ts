@@ -604,7 +604,7 @@ function nextGroup(
   visited: Set<string>,
   usable: (g: ModelGroupConfig) => boolean,
   groups: ReadonlyMap<string, ModelGroupConfig> | undefined,
-  beyond: (g: ModelGroupConfig, f: Fallback) => Fallback[] = () => [],
+  beyond: (g: ModelGroupConfig, f: Fallback) => Fallback[],
 ): ModelGroupConfig | undefined {
   while (queue.length > 0) {
     const f = queue.shift()!;

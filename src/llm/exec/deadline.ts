@@ -44,8 +44,8 @@ export class AttemptDeadline {
     if (!this.stream && this.lastAt < 0) this.chunk();
   }
 
-  /** A body chunk arrived. */
-  chunk(): void {
+  /** A body chunk arrived; returns when (on the deadline's clock). */
+  chunk(): number {
     const first = this.lastAt < 0;
     this.lastAt = this.now();
     // The first phase's timer may be far later than the idle deadline: arm for the idle one.
@@ -53,6 +53,7 @@ export class AttemptDeadline {
       clearTimeout(this.timer);
       this.arm();
     }
+    return this.lastAt;
   }
 
   /** The broker stops reading from the upstream until the client drains: the idle phase waits. */

@@ -22,9 +22,9 @@ export function threadExecutor(maxBodyBytes: number): Executor {
       const deadline = new AttemptDeadline(req.deployment, req.stream, signal);
       const timing: AttemptTiming = { writtenAt: -1, headersAt: -1, wireFirstByteAt: -1, firstByteAt: -1, lastChunkAt: -1 };
       const onChunk = (): void => {
-        deadline.chunk();
-        if (timing.firstByteAt < 0) timing.lastChunkAt = timing.firstByteAt = timing.wireFirstByteAt >= 0 ? timing.wireFirstByteAt : performance.now();
-        else timing.lastChunkAt = performance.now();
+        const at = deadline.chunk();
+        if (timing.firstByteAt < 0) timing.lastChunkAt = timing.firstByteAt = timing.wireFirstByteAt >= 0 ? timing.wireFirstByteAt : at;
+        else timing.lastChunkAt = at;
       };
       let res;
       try {
@@ -83,23 +83,16 @@ async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Erro
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
 }
 
-/** The target with the idle timeout paused while it drains: a slow client's wait is not the upstream's silence. */
 /**
  * `p`, or the signal's reason as soon as it aborts: undici does not give up a connect in
  * progress on abort, so a phase that ran over (or a client gone) waited for connectTimeoutMs.
  * A reply that still comes is let go (its body destroyed, the connection freed).
  */
 function untilAborted<T extends { body: { destroy(): unknown } }>(p: Promise<T>, signal: AbortLike): Promise<T> {
-  if (signal.aborted) {
-    void p.then((r) => r.body.destroy(), () => undefined);
-    return Promise.reject(signal.reason);
-  }
   return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => {
-      reject(signal.reason);
-      void p.then((r) => r.body.destroy(), () => undefined);
-    };
-    signal.addEventListener('abort', onAbort);
+    const onAbort = (): void => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort);
     p.then(
       (r) => {
         signal.removeEventListener('abort', onAbort);
@@ -114,6 +107,7 @@ function untilAborted<T extends { body: { destroy(): unknown } }>(p: Promise<T>,
   });
 }
 
+/** The target with the idle timeout paused while it drains: a slow client's wait is not the upstream's silence. */
 function paused(target: StreamTarget, deadline: AttemptDeadline): StreamTarget {
   return {
     write: (chunk) => target.write(chunk),
