@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import type { Config } from './config/env.ts';
 import { createAccessLogger, createLogger, type Logger } from './obs/logger.ts';
+import { fdLogStream } from './obs/log-stream.ts';
 import { createMetrics, type Metrics } from './obs/metrics.ts';
 import { obsRoutes } from './obs/routes.ts';
 import { createRateLimiter, rateLimitBuffer, setRateLimitShare } from './guard/rate-limit.ts';
@@ -104,7 +105,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const fleetConfig = config.brokerConfigPath === undefined ? undefined : loadBrokerConfigFile(config.brokerConfigPath);
   // So does a port another process serves (uWS would share it with that process, silently).
   await assertPortFree(config.host, config.port);
-  const destination: NodeJS.WritableStream = opts.logDestination ?? (pino.destination({ sync: false }) as unknown as NodeJS.WritableStream);
+  // stdout, written by each thread itself (src/obs/log-stream.ts); pino's asynchronous
+  // destination takes only what a non-blocking stdout refuses.
+  let spill: NodeJS.WritableStream | undefined;
+  const stdout = opts.logDestination === undefined ? fdLogStream({ fd: 1, spill: (text) => (spill ??= pino.destination({ sync: false }) as unknown as NodeJS.WritableStream).write(text) }) : undefined;
+  const destination: NodeJS.WritableStream = opts.logDestination ?? (stdout as unknown as NodeJS.WritableStream);
   const logger = createLogger(config.logLevel, destination);
   const metrics = createMetrics();
   if (config.adminToken === undefined) logger.warn('ADMIN_TOKEN is not set: admin routes are refused');
@@ -364,6 +369,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         snapshot,
         ...(tracking !== undefined ? { spend: () => tracking.ledger.entries() } : {}),
         writeLog: (text) => destination.write(text),
+        ...(stdout !== undefined ? { logFd: 1 } : {}),
         async forward(req, body, signal) {
           // What the threads learned from requests already answered is in what the admin reads.
           if (req.path.startsWith('/api/industrial/') || req.path.startsWith('/api/orchestrator/')) await planes!.flush();

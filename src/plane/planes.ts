@@ -33,6 +33,8 @@ export interface PlanesDeps {
   snapshot(): Snapshot;
   /** Lines logged by a thread, for the process's one log destination. */
   writeLog(text: string): void;
+  /** The descriptor the threads write their lines to themselves (stdout), when the process logs there. */
+  readonly logFd?: number;
   /** `signal`: aborted when the thread says the client went away. */
   forward(req: BrokerRequest, body: Uint8Array | undefined, signal: AbortLike): Promise<ForwardedReply>;
   /** `signal`: aborted when the thread says the client went away. */
@@ -113,7 +115,7 @@ export class DataPlanes {
   }
 
   private spawn(index: number, port: number): Promise<number> {
-    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel, spend: this.deps.spend?.() };
+    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel, spend: this.deps.spend?.(), logFd: this.deps.logFd };
     const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { init });
     const worker = new Worker(filename, { workerData, name: `data-plane-${index}` });
     const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map(), aborts: new Map() };

@@ -58,6 +58,8 @@ export interface PlaneInit {
   readonly cacheChannel?: string;
   /** The budgets' running totals as of the thread's start: in force before it serves its first request. */
   readonly spend?: readonly SpendEntry[];
+  /** The descriptor the thread writes its log lines to itself (stdout); unset, they go through the control plane. */
+  readonly logFd?: number;
 }
 
 /** Inference input crossing to the control plane: the image's buffer is transferred. */
