@@ -115,6 +115,14 @@ export class AdmissionQueue<T> {
     return t;
   }
 
+  /** The earliest own deadline among the waiters (Infinity when none has one). */
+  get firstDeadline(): number {
+    if (this.withDeadline === 0) return Infinity;
+    let t = Infinity;
+    for (const q of this.levels) for (const p of q) if (p.deadline !== undefined && p.deadline < t) t = p.deadline;
+    return t;
+  }
+
   /** The size of the request that goes next, and how many waiting requests share it. */
   nextGroup(now: number): { size: number | undefined; count: number } | undefined {
     const b = this.best(now, null);

@@ -113,7 +113,7 @@ export function decodeImage(value: unknown): Buffer {
   if (bytes.length === expectedBytes(value, start)) return bytes;
   // Whitespace (line-wrapped base64) is allowed, and only then costs more passes.
   const s = value.slice(start).replace(/\s+/g, '');
-  if (!BASE64.test(s) || s.length % 4 === 1) throw new BrokerError('invalid_image', 'image_b64 is not valid base64', { details: { field: 'image_b64' } });
+  if (!BASE64.test(s) || expectedBytes(s, 0) < 0) throw new BrokerError('invalid_image', 'image_b64 is not valid base64', { details: { field: 'image_b64' } });
   return Buffer.from(s, 'base64');
 }
 

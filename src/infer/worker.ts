@@ -189,12 +189,15 @@ async function decodeAndRun(task: BatchTask, startedAt: number, base: Omit<Batch
   };
   const answer = (i: number, scores: Float32Array) => {
     const it = task.items[i]!;
-    // A NaN would turn every softmax score into null: the model's fault, said as such. Raw
-    // scores (v2) go back as they are, and v2 says what its JSON cannot carry.
+    // A NaN would turn every softmax score into null: the model's fault, said as such. A
+    // -Infinity logit is a masked class (its probability 0), as long as one class is not
+    // masked. Raw scores (v2) go back as they are, and v2 says what its JSON cannot carry.
     if (!it.scores) {
-      const at = scores.findIndex((v) => !Number.isFinite(v));
-      if (at >= 0) {
-        items[i] = { ok: false, code: 'internal', message: `model ${manifest.name} gave a score that is not a finite number (class ${at})` };
+      const logits = manifest.output.kind === 'logits';
+      const at = scores.findIndex((v) => !Number.isFinite(v) && !(logits && v === -Infinity));
+      const bad = at >= 0 ? `a score that is not a finite number (class ${at})` : logits && scores.length > 0 && scores.every((v) => v === -Infinity) ? 'only -Infinity logits (every class masked)' : undefined;
+      if (bad !== undefined) {
+        items[i] = { ok: false, code: 'internal', message: `model ${manifest.name} gave ${bad}` };
         return;
       }
     }

@@ -142,3 +142,15 @@ t.test('a batch holds at most MAX_BATCH_INPUT_BYTES of input: large img_size run
     t.equal(Math.max(...small.map((r) => r.batchSize)), 8, 'at 32², the whole 8');
   });
 });
+
+t.test('a request whose own timeout ends before the batch window is not held for the batch to fill', async (t) => {
+  // A 2 s window: a lone request would wait it out; one with a 200 ms timeout goes at once.
+  const slow = loadManifest(writeForeignModel({ manifest: { batching: { max_batch_size: 8, max_queue_delay_us: 2_000_000 } } }));
+  const png = (await fashionPngs(1))[0]!.png;
+  await withPool({ S: slow }, 1, 1, async (pool) => {
+    const res = await Promise.allSettled(Array.from({ length: 3 }, () => pool.run('S', copy(png), undefined, 1, undefined, { timeoutMs: 200 })));
+    t.same(res.map((r) => (r.status === 'fulfilled' ? 'ok' : (r.reason as { code: string }).code)), ['ok', 'ok', 'ok'], 'none timed out waiting for the window');
+    const mixed = await Promise.allSettled([pool.run('S', copy(png), undefined, 1), pool.run('S', copy(png), undefined, 1, undefined, { timeoutMs: 200 })]);
+    t.same(mixed.map((r) => r.status), ['fulfilled', 'fulfilled'], 'one without a deadline goes along with the one that has');
+  });
+});

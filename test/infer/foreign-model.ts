@@ -25,8 +25,9 @@ const ELEM = { float16: 10, int64: 7 } as const;
 // `classesFirst`: the scores transposed ([5, batch]) while the output is declared only as
 // ['a', 'b']: the right count of scores, in the wrong order for splitting by image.
 // `nanScores`: Sqrt of the logits, NaN for the negative ones.
+// `masked`: -Infinity added to the logits of these classes (a masked class).
 // `dynamic`: any input size (the Conv and the pooling take any), picked by img_size up to 1024.
-export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; classesFirst?: boolean; nanScores?: boolean; dynamic?: boolean; outputType?: keyof typeof ELEM; manifest?: Record<string, unknown> } = {}): string {
+export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; classesFirst?: boolean; nanScores?: boolean; masked?: readonly number[]; dynamic?: boolean; outputType?: keyof typeof ELEM; manifest?: Record<string, unknown> } = {}): string {
   const rng = mulberry32(424242);
   const rand = (n: number, scale: number) => Float32Array.from({ length: n }, () => (rng() - 0.5) * 2 * scale);
   const F = 8;
@@ -76,6 +77,10 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
         { opType: 'Reshape', inputs: ['cols', 'cols.dims'], outputs: ['scores'] },
       );
     }
+  } else if (opts.masked !== undefined) {
+    initializers.push({ name: 'mask', dims: [FOREIGN.classes], float32: Float32Array.from({ length: FOREIGN.classes }, (_, c) => (opts.masked!.includes(c) ? -Infinity : 0)) });
+    nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['logits'], attributes: { transB: attr.int(1) } });
+    nodes.push({ opType: 'Add', inputs: ['logits', 'mask'], outputs: ['scores'] });
   } else nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['scores'], attributes: { transB: attr.int(1) } });
   const onnx = encodeModel({
     producerName: 'edge-broker test',

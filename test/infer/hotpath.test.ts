@@ -89,7 +89,7 @@ t.test('one-pass base64 accepts and refuses what the two-pass check did', async 
     t.ok(decodeImage(wrapped).equals(buf), `line-wrapped ${len}`);
     t.ok(decodeImage(`data:image/png;base64,${buf.toString('base64')}`).equals(buf));
   }
-  for (const bad of ['not base64 !!!', 'QUFB!', 'QUF', 'Q', 'QQ==QQ==', 'QUFBé', '====', 'QUFB\u0000']) {
+  for (const bad of ['not base64 !!!', 'QUFB!', 'QUF', 'Q', 'QQ==QQ==', 'QUFBé', '====', 'QUFB\u0000', 'QQ=', 'QUFB=', 'QQ=\n', 'Q Q =']) {
     if (bad === 'QUF') {
       t.equal(decodeImage(bad).toString(), 'AA', 'unpadded is fine');
       continue;

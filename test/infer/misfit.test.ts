@@ -129,6 +129,20 @@ t.test('a model whose scores are NaN: 500 internal naming the model, not a 200 o
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A still serves');
 });
 
+t.test('a model that masks classes with -Infinity logits: probability 0 for them, a 200; every class masked: 500', async (t) => {
+  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel({ masked: [0, 1, 2, 3, 4] }), MODEL_VB_PATH: writeForeignModel({ masked: [1, 3] }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  t.teardown(() => tb.close());
+  const r = await postJson(`${tb.url}/v1/infer`, { image_b64: png, top_k: 5 }, { cookie: 'eb_arm=B' });
+  t.equal(r.status, 200, JSON.stringify(r.body));
+  const preds = r.body.predictions as { index: number; score: number }[];
+  t.same(preds.slice(3).map((p) => p.index).sort(), [1, 3], 'the masked classes rank last');
+  t.same(preds.slice(3).map((p) => p.score), [0, 0], 'with probability 0');
+  t.ok(Math.abs(preds.reduce((a, p) => a + p.score, 0) - 1) < 1e-6, 'the others sum to 1');
+  const all = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' });
+  t.equal(all.status, 500);
+  t.match(all.body.error, { code: 'internal', message: /gave only -Infinity logits \(every class masked\)/ });
+});
+
 t.test('A does not fit: not ready, and waitReady says why', async (t) => {
   const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', GRPC_PORT: '0', FRONT_THREADS: '0', INFER_THREADS: '1', MODEL_VA_PATH: wrongLabels, MODEL_VB_PATH: good });
   const broker = await startBroker(config);

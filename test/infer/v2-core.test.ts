@@ -181,6 +181,10 @@ t.test('binary framing: BYTES elements round-trip; bad framing is invalid_reques
     t.throws(() => parseInferRequest(body, header), { code: 'invalid_request' }, `header ${header}, body of ${body.length}`);
   }
   t.throws(() => parseInferRequest(Buffer.from('[1]'), undefined), { code: 'invalid_json' });
+  // null stands for absent, as pydantic-built clients (MLServer's types) send the optional fields.
+  const nulls = parseInferRequest(Buffer.from(JSON.stringify({ id: null, outputs: null, parameters: null, inputs: [{ name: 'input', shape: [1], datatype: 'FP32', data: [1], parameters: { binary_data_size: null } }] })), undefined);
+  t.same([nulls.id, nulls.outputs, nulls.parameters, nulls.inputs[0]!.data], [undefined, undefined, {}, { kind: 'json', values: [1] }]);
+  t.throws(() => parseInferRequest(Buffer.from(JSON.stringify({ id: 7, inputs: [{ name: 'input', shape: [1], datatype: 'FP32', data: [1] }] })), undefined), { code: 'invalid_request', message: 'id must be a string' });
   t.end();
 });
 

@@ -87,7 +87,8 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
     throw new BrokerError('invalid_json', headerLength === undefined ? 'request body is not valid JSON' : 'the JSON header (Inference-Header-Content-Length bytes) is not valid JSON');
   }
   if (!isObject(raw)) throw new BrokerError('invalid_json', 'request body must be a JSON object');
-  if (raw.id !== undefined && typeof raw.id !== 'string') throw bad('id must be a string');
+  // null stands for absent, as for parameters (pydantic-built clients send `"id": null`).
+  if (raw.id != null && typeof raw.id !== 'string') throw bad('id must be a string');
   const parameters = raw.parameters ?? {};
   if (!isObject(parameters)) throw bad('parameters must be an object');
   if (!Array.isArray(raw.inputs) || raw.inputs.length === 0) throw bad('inputs must be a non-empty array');
@@ -103,7 +104,7 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
     if (!isObject(params)) throw bad(`input ${name}: parameters must be an object`);
     let data: TensorData;
     const size = params['binary_data_size'];
-    if (size !== undefined) {
+    if (size != null) {
       if (typeof size !== 'number' || !Number.isInteger(size) || size < 0) throw bad(`input ${name}: binary_data_size must be a non-negative integer`);
       if (offset + size > body.length) throw bad(`input ${name}: binary_data_size ${size} runs past the body (${body.length - offset} bytes left)`);
       data = { kind: 'raw', bytes: body.subarray(offset, offset + size) };
@@ -117,7 +118,7 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
   if (offset !== body.length) throw bad(`${body.length - offset} bytes after the JSON and the inputs' binary_data_size`);
 
   let outputs: RequestedOutput[] | undefined;
-  if (raw.outputs !== undefined) {
+  if (raw.outputs != null) {
     if (!Array.isArray(raw.outputs)) throw bad('outputs must be an array');
     outputs = raw.outputs.map((o: unknown, i: number) => {
       if (!isObject(o) || typeof o.name !== 'string') throw bad(`outputs[${i}] must be an object with a name`);
@@ -126,7 +127,7 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
       return { name: o.name, parameters: p };
     });
   }
-  return { id: raw.id as string | undefined, inputs, outputs, parameters };
+  return { id: (raw.id ?? undefined) as string | undefined, inputs, outputs, parameters };
 }
 
 /**
