@@ -582,6 +582,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
 function startInference(config: Config, metrics: Metrics, logger: Logger, tracer: Tracer): InferService {
   const uv = libuvPoolSizing(config.inferThreads, config.inferTasksPerWorker, process.env.UV_THREADPOOL_SIZE);
   if (!uv.ok) logger.warn({ uv_threadpool_size: uv.size, wanted: uv.wanted }, `libuv's thread pool (UV_THREADPOOL_SIZE=${uv.size}) decodes fewer images at once than the inference workers hold batches: set UV_THREADPOOL_SIZE=${uv.wanted} in the environment (docs/benchmarks.md, thread sizing rule)`);
+  const models = { A: loadManifest(config.modelVaPath), B: loadManifest(config.modelVbPath) };
+  // The Open Inference Protocol reaches an arm by its manifest version (docs/oip.md).
+  if (models.A.path !== models.B.path && models.A.manifest.version === models.B.manifest.version) {
+    logger.warn({ a: models.A.manifest.name, b: models.B.manifest.name, version: models.A.manifest.version }, `models A and B are different files with the same manifest version ${models.A.manifest.version}: a v2 request cannot name B by its version (/v2/models/{m}/versions/{v} reaches both, the A/B policy picks); give each its own version`);
+  }
   return new InferService({
     initial: {
       abWeightA: config.abWeightA,
@@ -597,7 +602,7 @@ function startInference(config: Config, metrics: Metrics, logger: Logger, tracer
       errorMargin: config.canaryErrorMargin,
       latencyMargin: config.canaryLatencyMargin,
     },
-    models: { A: loadManifest(config.modelVaPath), B: loadManifest(config.modelVbPath) },
+    models,
     makePool: (models) =>
       createInferPool({
         models,

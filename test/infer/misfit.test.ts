@@ -143,6 +143,13 @@ t.test('a model that masks classes with -Infinity logits: probability 0 for them
   t.match(all.body.error, { code: 'internal', message: /gave only -Infinity logits \(every class masked\)/ });
 });
 
+t.test('A and B different files with one manifest version: a start-up warning that v2 cannot tell them apart', async (t) => {
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ masked: [2] }) });
+  t.teardown(() => tb.close());
+  const line = await logLine(tb, (l) => typeof l['msg'] === 'string' && (l['msg'] as string).includes('with the same manifest version'));
+  t.match(line, { level: 40, version: '0.1.0', msg: /cannot name B by its version/ });
+});
+
 t.test('A does not fit: not ready, and waitReady says why', async (t) => {
   const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', GRPC_PORT: '0', FRONT_THREADS: '0', INFER_THREADS: '1', MODEL_VA_PATH: wrongLabels, MODEL_VB_PATH: good });
   const broker = await startBroker(config);
