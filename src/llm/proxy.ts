@@ -341,7 +341,7 @@ export class LlmProxy {
             if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
             lastError = exhausted(err, attempt.status, attempt.retryAfter);
             m.llmRetries.labels(g.name, attempt.status === 429 ? 'rate_limited' : attempt.status >= 500 ? 'upstream_5xx' : 'upstream_refused').inc();
-            this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, status: attempt.status, class: cls }, 'upstream refused before the first byte');
+            this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, status: attempt.status, class: cls, upstream_message: err.details?.['upstreamMessage'] }, 'upstream refused before the first byte');
             continue;
           }
           // The client's own mistake as the upstream saw it: pass it on, no retry.

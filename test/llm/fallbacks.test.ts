@@ -118,6 +118,7 @@ const fleet = {
     // Deployments that cannot serve (our key refused, the model not pulled): as a 5xx, the next one may.
     'bad-key': { deployments: [d('bad-key', 'openai', fail401)], fallbacks: ['big'] },
     'not-pulled': { deployments: [d('not-pulled', 'ollama', fail404)], fallbacks: ['big'] },
+    'not-pulled-alone': { deployments: [d('not-pulled-2', 'openai', fail404)] },
     // One group named twice in a chain, by its name and by its alias (`twice` for `twice:latest`).
     'dup-a': { deployments: [d('dup-a', 'openai', fail500)], fallbacks: ['twice:latest', 'twice'] },
     'twice:latest': { deployments: [d('twice', 'ollama', fail500)] },
@@ -248,6 +249,12 @@ t.test('a deployment that refuses our key (401) or lacks the model (404) is move
     t.equal(response.headers.get('x-broker-fallback'), 'big', `${model}: answered by the fallback`);
     t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: model, class: 'server_error' }), 1);
   }
+});
+
+t.test("a deployment's 404 with no fallback left: 502 naming the provider and status, the upstream's text not passed on", async (t) => {
+  const err = await openai.chat.completions.create({ model: 'not-pulled-alone', messages }).then(() => undefined, (e: unknown) => e as { status: number; error: { code: string; message: string } });
+  t.equal(err?.status, 502);
+  t.match(err?.error, { code: 'upstream_error', message: 'openai upstream replied 404' });
 });
 
 t.test('a group named twice in a chain, by its name and its alias, is tried once', async (t) => {

@@ -30,17 +30,12 @@ function codeForUpstreamStatus(status: number): ErrorCode {
   return 'upstream_error';
 }
 
-/**
- * An upstream non-2xx reply → BrokerError. The client's mistakes (400, 404,
- * 413) keep the upstream message; everything else says which upstream failed
- * without leaking its body to the client (it stays in `details` for the log).
- */
 /** Longest upstream message passed on to a client. */
 export const UPSTREAM_MESSAGE_CHARS = 500;
 
 /**
  * An upstream error body → BrokerError. The upstream's message reaches the client only
- * for the client's own mistakes (400, 404, 413), cut to UPSTREAM_MESSAGE_CHARS and with
+ * for the client's own mistakes (400, 413, 422), cut to UPSTREAM_MESSAGE_CHARS and with
  * `secrets` (what the broker sent upstream: the deployment's API key) masked, since an
  * upstream may echo the request's headers.
  */
@@ -55,7 +50,9 @@ export function upstreamError(provider: Api, status: number, body: string | Uint
   let upstreamMessage = (upstreamErrorMessage(parsed) ?? text).slice(0, UPSTREAM_MESSAGE_CHARS);
   for (const s of secrets) if (s !== '') upstreamMessage = upstreamMessage.split(s).join('[redacted]');
   const code = codeForUpstreamStatus(status);
-  const passOn = code === 'invalid_request' || code === 'model_not_found' || code === 'payload_too_large';
+  // A 404 is the deployment's (a model it has not pulled, a route it does not serve: a
+  // server_error, upstream-class.ts), and its body may be a proxy's HTML page: not passed on.
+  const passOn = code === 'invalid_request' || code === 'payload_too_large';
   const message = passOn && upstreamMessage !== '' ? upstreamMessage : `${provider} upstream replied ${status}`;
   // The field the upstream blamed goes on as the reply's `param` (an OpenAI SDK user reads it) with the message.
   const e = (parsed as { error?: { param?: unknown } } | null)?.error;

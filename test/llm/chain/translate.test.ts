@@ -450,7 +450,9 @@ t.test('upstream errors → BrokerError', async (t) => {
   t.equal(boomField(), undefined);
   const missing = upstreamError('ollama', 404, Buffer.from('{"error":"model \\"llama9\\" not found, try pulling it first"}'));
   t.equal(missing.code, 'model_not_found');
-  t.match(missing.message, /not found/);
+  t.equal(missing.message, 'ollama upstream replied 404', "the deployment's 404 (a server_error) stays in details");
+  t.match(missing.details?.['upstreamMessage'], /not found, try pulling/);
+  t.equal(upstreamError('openai', 404, '<html><body>404 Not Found</body></html>').message, 'openai upstream replied 404', "a proxy's page never reaches the client");
   const boom = upstreamError('openai', 500, '{"error":{"message":"internal secret detail","type":"server_error"}}');
   t.equal(boom.code, 'upstream_error');
   t.equal(boom.message, 'openai upstream replied 500', 'upstream internals stay in details');
