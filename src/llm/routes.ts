@@ -142,6 +142,19 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       },
     },
     {
+      // openai's models.retrieve(): one group, by its name or alias.
+      method: 'GET',
+      path: '/v1/models/:model',
+      errorShape: openaiErrorShape,
+      async handle({ sink, params }) {
+        const fleet = await source.current();
+        const name = params['model']!;
+        const group = fleet?.groups.get(name);
+        if (group === undefined) throw new BrokerError('model_not_found', `model ${name} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+        sink.send(200, JSON_HEADERS, JSON.stringify({ id: group.name, object: 'model', created: 0, owned_by: 'edge-broker' }));
+      },
+    },
+    {
       method: 'GET',
       path: '/api/tags',
       errorShape: ollamaErrorShape,

@@ -279,9 +279,9 @@ t.test('GET /v1/messages and /v1/messages/count_tokens: Anthropic error shape an
 });
 
 t.test("OpenAI's paths the broker does not serve, and a wrong method on its routes: OpenAI's error types", async (t) => {
-  const err: any = await openai.models.retrieve('oa').catch((e: unknown) => e);
+  const err: any = await openai.fineTuning.jobs.retrieve('ft-1').catch((e: unknown) => e);
   t.equal(err.status, 404);
-  t.equal(err.type, 'invalid_request_error', 'models.retrieve: 404 typed as OpenAI types it');
+  t.equal(err.type, 'invalid_request_error', 'fine-tuning jobs: 404 typed as OpenAI types it');
   t.equal(err.code, 'not_found');
   const get = await fetch(`${tb.url}/v1/chat/completions`);
   t.equal(get.status, 405);

@@ -298,6 +298,11 @@ t.test('a compressed body: 415 unsupported_encoding before it is read, in the cl
 t.test('model lists', async (t) => {
   const models = await openai.models.list();
   t.ok(models.data.some((m) => m.id === 'chat-openai'));
+  t.match(await openai.models.retrieve('chat-openai'), { id: 'chat-openai', object: 'model', owned_by: 'edge-broker' }, 'models.retrieve()');
+  const missing: any = await openai.models.retrieve('no-such-model').catch((e: unknown) => e);
+  t.equal(missing.status, 404);
+  t.equal(missing.code, 'model_not_found');
+  t.equal(missing.param, 'model');
   const tags = await ollama.list();
   t.ok(tags.models.some((m) => m.name === 'chat-ollama'));
 });
