@@ -21,7 +21,7 @@ import type { Lease } from '../sched/scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
-import { clientStreams, streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute, type ClientApi, type Kind } from './translate/index.ts';
+import { clientStreams, streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute, upstreamKind, type ClientApi, type Kind } from './translate/index.ts';
 import { clientWantsUsage } from './translate/openai_to_openai.ts';
 import { classifyUpstreamError, retriable } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
@@ -248,7 +248,7 @@ export class LlmProxy {
         tried.add(dep.config.id);
         const provider = dep.config.provider;
         // The (client API, provider, upstream kind) of this attempt: one compiled chain each.
-        const route = upstreamRoute(api, kind, dep.config);
+        const route = upstreamRoute(api, kind, dep.config, body);
         let up: ReturnType<typeof translateRequest>;
         try {
           up = translateRequest(route, body, dep.config.model);
@@ -267,7 +267,7 @@ export class LlmProxy {
           attempt = await this.deps.executor.attempt(
             {
               deployment: dep.config,
-              kind: route.kind,
+              kind: upstreamKind(route),
               body: up.body,
               stream: up.stream,
               chain: { ...route, instrument: flags.stream_instrumentation, countTokens: true, encoder: req.encoder },

@@ -132,6 +132,32 @@ t.test('Ollama client, chat and generate, streaming and not, both providers', as
   t.equal(last.model, 'openai-1-upstream');
 });
 
+t.test("Ollama generate on an OpenAI deployment: chat completions (the templated prompt), /v1/completions only raw or with a suffix", async (t) => {
+  const gen = await ollama.generate({ model: 'chat-openai', system: 'Be brief.', prompt: 'hi', format: 'json', images: ['iVBORw0KGgo='], options: { temperature: 0.5 } });
+  t.equal(gen.response, mockText(8));
+  t.equal(gen.done_reason, 'stop');
+  t.equal(gen.eval_count, 8);
+  t.equal(okOpenai.stats.lastPath, '/v1/chat/completions', "OpenAI's own models answer only on chat");
+  const body = okOpenai.stats.lastBody as Record<string, any>;
+  t.match(body, { model: 'openai-1-upstream', temperature: 0.5, response_format: { type: 'json_object' }, stream: false });
+  t.same(body.messages, [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: [{ type: 'text', text: 'hi' }, { type: 'image_url', image_url: { url: 'data:image/png;base64,iVBORw0KGgo=' } }] }]);
+  let text = '';
+  let done: any;
+  for await (const part of await ollama.generate({ model: 'chat-openai', prompt: 'hi', stream: true })) {
+    text += part.response;
+    if (part.done) done = part;
+  }
+  t.equal(text, mockText(8), 'streamed: chat chunks as generate lines');
+  t.match(done, { done: true, done_reason: 'stop', eval_count: 8 });
+  t.equal(okOpenai.stats.lastPath, '/v1/chat/completions');
+  for (const extra of [{ raw: true }, { suffix: ' the end' }]) {
+    const r = await ollama.generate({ model: 'chat-openai', prompt: 'hi', ...extra });
+    t.equal(r.response, mockText(8));
+    t.equal(okOpenai.stats.lastPath, '/v1/completions', JSON.stringify(extra));
+    t.equal((okOpenai.stats.lastBody as Record<string, any>).prompt, 'hi');
+  }
+});
+
 t.test('a 500 before the first byte is retried on another deployment', async (t) => {
   const before = fail500.stats.total;
   const { data, response } = await openai.chat.completions.create({ model: 'retry-500', messages }).withResponse();

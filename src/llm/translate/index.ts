@@ -37,6 +37,8 @@ export interface Route {
   client: ClientApi;
   provider: Api;
   kind: Kind;
+  /** The upstream is asked on its chat route for this client kind (an Ollama generate on an OpenAI deployment). */
+  viaChat?: boolean;
 }
 
 /**
@@ -44,9 +46,16 @@ export interface Route {
  * A Responses request goes to /v1/responses as it is on a deployment that declares
  * `responses: true`, else to chat.
  */
-export function upstreamRoute(client: ClientApi, kind: Kind, d: Pick<DeploymentConfig, 'provider' | 'responses'>): Route {
+export function upstreamRoute(client: ClientApi, kind: Kind, d: Pick<DeploymentConfig, 'provider' | 'responses'>, body?: unknown): Route {
   if (client === 'responses') return { client, provider: d.provider, kind: d.provider === 'openai' && d.responses ? 'responses' : 'chat' };
+  // An Ollama generate is a templated prompt: chat on an OpenAI deployment, unless raw or fill-in-the-middle.
+  if (client === 'ollama' && kind === 'completion' && d.provider === 'openai' && !ollamaToOpenai.generateWantsCompletions(body)) return { client, provider: d.provider, kind, viaChat: true };
   return { client, provider: d.provider, kind };
+}
+
+/** The upstream route an attempt posts to. */
+export function upstreamKind(route: Route): Kind {
+  return route.viaChat === true ? 'chat' : route.kind;
 }
 
 /** Content type of a streamed reply in the client's API. */
@@ -97,7 +106,7 @@ export function translateRequest(route: Route, body: unknown, upstreamModel: str
     out = kind === 'chat' ? t.chatRequest(body, upstreamModel) : t.completionRequest(body, upstreamModel);
   } else {
     const t = provider === 'openai' ? ollamaToOpenai : ollamaToOllama;
-    out = kind === 'chat' ? t.chatRequest(body, upstreamModel) : t.completionRequest(body, upstreamModel);
+    out = kind === 'chat' ? t.chatRequest(body, upstreamModel) : route.viaChat === true ? ollamaToOpenai.generateChatRequest(body, upstreamModel) : t.completionRequest(body, upstreamModel);
   }
   return {
     body: JSON.stringify(out),
@@ -160,7 +169,8 @@ export function translateResponse(route: Route, upstreamBody: string | Uint8Arra
     const usage = usageFromOpenAI(r['usage'] as OpenAIChatCompletion['usage']);
     const finishReason = openaiChunkFinish(r as unknown as OpenAIChunk);
     if (client === 'openai') return { body: upstreamBody, usage, finishReason };
-    const out = kind === 'chat' ? ollamaToOpenai.chatResponse(r as OpenAIChatCompletion, ctx) : ollamaToOpenai.completionResponse(r as OpenAICompletion, ctx);
+    const out =
+      kind === 'chat' ? ollamaToOpenai.chatResponse(r as OpenAIChatCompletion, ctx) : route.viaChat === true ? ollamaToOpenai.generateFromChat(r as OpenAIChatCompletion, ctx) : ollamaToOpenai.completionResponse(r as OpenAICompletion, ctx);
     return { body: JSON.stringify(out), usage, finishReason };
   }
   const usage = usageFromOllama(r);

@@ -1,6 +1,8 @@
 // An Ollama client served by an OpenAI-compatible provider.
-//   request:  /api/chat body → /v1/chat/completions body, /api/generate body → /v1/completions body
-//   response: chat.completion → /api/chat reply, text_completion → /api/generate reply
+//   request:  /api/chat body → /v1/chat/completions body; /api/generate body → /v1/chat/completions
+//             body (Ollama applies the model's chat template to a prompt, as chat does; OpenAI's
+//             own models answer only there), or → /v1/completions body with `raw` or `suffix`
+//   response: chat.completion → /api/chat or /api/generate reply, text_completion → /api/generate reply
 //   stream:   chat.completion.chunk / text_completion SSE events → /api/chat and /api/generate NDJSON lines
 
 import { BrokerError } from '../../errors.ts';
@@ -95,6 +97,27 @@ export function chatRequest(body: unknown, upstreamModel: string): OpenAIChatReq
   return out;
 }
 
+/**
+ * Whether an /api/generate body goes to /v1/completions: `raw` (no template: the prompt is
+ * the model's input as it is) or `suffix` (fill-in-the-middle) have no chat equivalent.
+ */
+export function generateWantsCompletions(body: unknown): boolean {
+  if (body === null || typeof body !== 'object') return false;
+  const b = body as Record<string, unknown>;
+  return b['raw'] === true || (typeof b['suffix'] === 'string' && b['suffix'] !== '');
+}
+
+/** /api/generate body → /v1/chat/completions body: `system` and `prompt` (with its images) as two messages. */
+export function generateChatRequest(body: unknown, upstreamModel: string): OpenAIChatRequest {
+  const b = requireObject(body);
+  const prompt = b['prompt'] ?? '';
+  if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string', { details: { field: 'prompt' } });
+  const messages: OllamaMessage[] = [];
+  if (typeof b['system'] === 'string' && b['system'] !== '') messages.push({ role: 'system', content: b['system'] });
+  messages.push({ role: 'user', content: prompt, ...(Array.isArray(b['images']) ? { images: b['images'] as string[] } : {}) });
+  return chatRequest({ stream: b['stream'], options: b['options'], format: b['format'], messages }, upstreamModel);
+}
+
 /** /api/generate body → /v1/completions body for `upstreamModel`. `system` is put before the prompt. */
 export function completionRequest(body: unknown, upstreamModel: string): OpenAICompletionRequest {
   const b = requireObject(body);
@@ -164,6 +187,13 @@ export function chatResponse(res: OpenAIChatCompletion, ctx: ReplyContext): Olla
     done: true,
     ...counters(usageFromOpenAI(res.usage)),
   };
+}
+
+/** chat.completion → /api/generate reply (a generate served by chat). */
+export function generateFromChat(res: OpenAIChatCompletion, ctx: ReplyContext): OllamaGenerateResponse {
+  const { message, model, created_at, done_reason, prompt_eval_count, eval_count } = chatResponse(res, ctx);
+  const thinking = message?.thinking;
+  return { model, created_at, response: message?.content ?? '', ...(thinking !== undefined ? { thinking } : {}), done: true, done_reason, prompt_eval_count, eval_count };
 }
 
 /** text_completion → /api/generate reply. */
@@ -245,13 +275,21 @@ export function chatChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
   );
 }
 
-/** One text_completion chunk → its /api/generate line ('' for none). */
+/** One text_completion chunk, or chat.completion.chunk of a generate served by chat → its /api/generate line ('' for none). */
 export function completionChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
   const c = record(w, chunk);
-  const text = c?.text;
-  if (typeof text !== 'string' || text === '') return '';
+  if (c === undefined) return '';
+  let text = c.text;
+  let thinking = '';
+  const d = c.delta;
+  if (typeof text !== 'string' && d !== undefined && d !== null) {
+    text = (typeof d.content === 'string' ? d.content : '') + (typeof d.refusal === 'string' ? d.refusal : '');
+    const r = d.reasoning_content ?? d.reasoning;
+    if (typeof r === 'string') thinking = r;
+  }
+  if ((typeof text !== 'string' || text === '') && thinking === '') return '';
   w.tokens++;
-  return w.head + '"response":' + JSON.stringify(text) + ',"done":false}\n';
+  return w.head + '"response":' + JSON.stringify(text ?? '') + (thinking === '' ? '' : ',"thinking":' + JSON.stringify(thinking)) + ',"done":false}\n';
 }
 
 function counterFields(w: NdjsonWriter): string {
