@@ -118,15 +118,31 @@ t.test('passed-through Responses stream: one malformed event is dropped and the 
 });
 
 t.test("passed-through Responses stream cut mid-way: response.failed names the upstream's response and model", async (t) => {
+  const call = { type: 'function_call', id: 'fc_1', call_id: 'call_1', name: 'f', arguments: '', status: 'in_progress' };
+  const msg = { type: 'message', id: 'msg_1', role: 'assistant', status: 'in_progress', content: [] };
   handler = (_p, _b, res) => {
-    const created = { id: 'resp_up_2', object: 'response', created_at: 1700000000, status: 'in_progress', model: 'up-model', output: [] };
-    sse(res, [responsesEvent('response.created', { response: created }, 0), responsesEvent('response.output_text.delta', { item_id: 'msg_1', output_index: 0, content_index: 0, delta: 'Hi' }, 1)], false);
+    const created = { id: 'resp_up_2', object: 'response', created_at: 1700000000, status: 'in_progress', model: 'up-model', instructions: 'Be terse.', output: [] };
+    sse(res, [
+      responsesEvent('response.created', { response: created }, 0),
+      responsesEvent('response.output_item.added', { output_index: 0, item: call }, 1),
+      responsesEvent('response.function_call_arguments.delta', { item_id: 'fc_1', output_index: 0, delta: '{"a":' }, 2),
+      responsesEvent('response.function_call_arguments.delta', { item_id: 'fc_1', output_index: 0, delta: '1}' }, 3),
+      responsesEvent('response.output_item.done', { output_index: 0, item: { ...call, arguments: '{"a":1}', status: 'completed' } }, 4),
+      responsesEvent('response.output_item.added', { output_index: 1, item: msg }, 5),
+      responsesEvent('response.content_part.added', { item_id: 'msg_1', output_index: 1, content_index: 0, part: { type: 'output_text', text: '', annotations: [] } }, 6),
+      responsesEvent('response.output_text.delta', { item_id: 'msg_1', output_index: 1, content_index: 0, delta: 'Hi' }, 7),
+      responsesEvent('response.output_text.delta', { item_id: 'msg_1', output_index: 1, content_index: 0, delta: ' there' }, 8),
+    ], false);
   };
   const evs = await events(await post('/v1/responses', { model: 'rp', input: 'Hi', stream: true }));
   const failed = evs.at(-1);
   t.equal(failed.type, 'response.failed');
-  t.match(failed.response, { id: 'resp_up_2', model: 'up-model', created_at: 1700000000, status: 'failed', error: { code: 'upstream_error' } });
-  t.equal(failed.sequence_number, 2, 'the sequence runs on from the upstream');
+  t.match(failed.response, { id: 'resp_up_2', model: 'up-model', created_at: 1700000000, status: 'failed', instructions: 'Be terse.', error: { code: 'upstream_error' } });
+  t.same(failed.response.output, [
+    { ...call, arguments: '{"a":1}', status: 'completed' },
+    { ...msg, status: 'incomplete', content: [{ type: 'output_text', text: 'Hi there', annotations: [] }] },
+  ], "the upstream's output so far, the open item incomplete");
+  t.equal(failed.sequence_number, 9, 'the sequence runs on from the upstream');
 });
 
 // ---- 2: tool-call arguments that are not a JSON object, streamed to a Messages client ----

@@ -321,17 +321,47 @@ function errorMessageOf(text: string): string {
 interface PassedThrough {
   seq: number;
   response: ResponseIdentity | null;
+  /** The upstream's output items as streamed so far (a failure's response.failed repeats them). */
+  items: Record<string, unknown>[];
 }
 
-/** The id, model and created_at of the upstream's Response (its response.created), when it sent them. */
+/**
+ * The upstream's Response as its response.created described it (id, model, instructions,
+ * the request's echoes), without what a failure replaces (status, output, usage, error).
+ */
 function responseIdentity(v: unknown): ResponseIdentity | null {
   if (v === null || typeof v !== 'object') return null;
-  const o = v as Record<string, unknown>;
-  if (typeof o['id'] !== 'string') return null;
-  const out: ResponseIdentity = { id: o['id'] };
-  if (typeof o['model'] === 'string') out.model = o['model'];
-  if (typeof o['created_at'] === 'number') out.created_at = o['created_at'];
-  return out;
+  const { status: _s, output: _o, usage: _u, error: _e, incomplete_details: _i, ...rest } = v as Record<string, unknown>;
+  return typeof rest['id'] === 'string' ? (rest as ResponseIdentity) : null;
+}
+
+/** Keeps a passed-through stream's output items up to date with one of its events (already parsed: ours to keep). */
+function trackOutput(items: Record<string, unknown>[], type: string, j: Record<string, unknown>): void {
+  const at = j['output_index'];
+  if (typeof at !== 'number' || at < 0 || at > 1024) return;
+  const obj = (v: unknown): Record<string, unknown> | undefined => (v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined);
+  if (type === 'response.output_item.added' || type === 'response.output_item.done') {
+    const item = obj(j['item']);
+    if (item !== undefined) items[at] = item;
+    return;
+  }
+  const item = items[at];
+  if (item === undefined) return;
+  const delta = j['delta'];
+  if (type === 'response.function_call_arguments.delta' && typeof delta === 'string') {
+    item['arguments'] = (typeof item['arguments'] === 'string' ? item['arguments'] : '') + delta;
+    return;
+  }
+  const ci = j['content_index'];
+  if (typeof ci !== 'number' || ci < 0 || ci > 1024) return;
+  const content = Array.isArray(item['content']) ? (item['content'] as unknown[]) : (item['content'] = []);
+  if (type === 'response.content_part.added' || type === 'response.content_part.done') {
+    const part = obj(j['part']);
+    if (part !== undefined) content[ci] = part;
+  } else if (type === 'response.output_text.delta' && typeof delta === 'string') {
+    const part = obj(content[ci]);
+    if (part !== undefined) part['text'] = (typeof part['text'] === 'string' ? part['text'] : '') + delta;
+  }
 }
 
 /** How a Responses or Messages client's events are written from deltas. */
@@ -438,6 +468,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       if (typeof j['sequence_number'] === 'number') w.seq = j['sequence_number'] + 1;
       const type = j['type'];
       if (type === 'response.created') w.response = responseIdentity(j['response']);
+      else if (typeof type === 'string' && type.startsWith('response.')) trackOutput(w.items, type, j);
       if (type === 'response.completed' || type === 'response.incomplete') {
         r.stats.sawTerminal = true;
         r.stats.finishReason = type === 'response.incomplete' ? 'length' : 'stop';
@@ -463,7 +494,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       r.parts.push(r.raw);
       r.lastKept = true;
     };
-    newWriter = (): PassedThrough => ({ seq: 0, response: null });
+    newWriter = (): PassedThrough => ({ seq: 0, response: null, items: [] });
   } else if (provider === 'openai') {
     if (passthrough) {
       classify = (r) => {

@@ -385,24 +385,25 @@ export function responsesDone(w: ResponsesWriter): string {
   return out + event(w, end.status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: shell });
 }
 
-/** What identifies a Response that is not ours (a passed-through upstream's): overrides responseShell's. */
+/** A Response that is not ours (a passed-through upstream's, as its response.created gave it): overrides responseShell's fields. */
 export interface ResponseIdentity {
   id: string;
   model?: string;
   created_at?: number;
+  [field: string]: unknown;
 }
 
 /**
  * A stream that failed after it began: response.failed, whose response carries the
- * error (our code, e.g. upstream_error or upstream_timeout, and the message) and, when the
- * broker wrote the Response, the output streamed so far as incomplete items (the SDK's
- * finalResponse() then holds the text the client was sent). A passed-through Response's
- * output is the upstream's, which the broker does not keep: it is not repeated.
+ * error (our code, e.g. upstream_error or upstream_timeout, and the message) and the output
+ * streamed so far, the open item incomplete (the SDK's finalResponse() then holds the text
+ * the client was sent): the broker's own items, or a passed-through upstream's as its
+ * events built them (`items`), with the fields of its response.created.
  */
-export function responsesFailed(w: { seq: number; response?: ResponseIdentity | null } | ResponsesWriter, id: string, model: string, code: string, message: string): string {
+export function responsesFailed(w: { seq: number; response?: ResponseIdentity | null; items?: Record<string, unknown>[] } | ResponsesWriter, id: string, model: string, code: string, message: string): string {
   const ours = 'outputs' in w;
   // As a cut at max_output_tokens: the items closed before stay completed, the open one is incomplete.
-  const output = ours ? outputItems(w, 'incomplete').map(([, item]) => item) : [];
+  const output = ours ? outputItems(w, 'incomplete').map(([, item]) => item) : (w.items ?? []).filter((i) => i !== undefined).map((i) => (i['status'] === 'completed' ? i : { ...i, status: 'incomplete' }));
   // Passed through, the Response is the upstream's: its id and model, not ours.
   const identity = ours ? { ...w.echo } : { ...w.response };
   const created = ours ? w.createdAt : Math.floor(Date.now() / 1000);
