@@ -178,6 +178,7 @@ function checkItem(it: Record<string, unknown>, i: number): void {
   if (type !== 'function_call' && type !== 'function_call_output') return;
   if (typeof it.call_id !== 'string' || it.call_id === '') throw invalidField(`input[${i}].call_id`, `is required in a ${type} item: a string`);
   if (type === 'function_call' && (typeof it.name !== 'string' || it.name === '')) throw invalidField(`input[${i}].name`, 'is required in a function_call item: a string');
+  if (type === 'function_call' && it.arguments !== undefined && typeof it.arguments !== 'string') throw invalidField(`input[${i}].arguments`, 'must be a string (the arguments as JSON text)');
   if (type === 'function_call_output' && typeof it.output !== 'string' && !Array.isArray(it.output)) throw invalidField(`input[${i}].output`, 'is required in a function_call_output item: a string or an array of content parts');
 }
 
@@ -312,6 +313,7 @@ function checkMessages(messages: unknown): void {
     for (let j = 0; j < c.length; j++) {
       const part = c[j] as Record<string, unknown> | null;
       if (part === null || typeof part !== 'object' || typeof part.type !== 'string') throw invalidField(`messages[${i}].content[${j}]`, 'must be an object with a string type');
+      if (part.type === 'text' && typeof part.text !== 'string') throw invalidField(`messages[${i}].content[${j}].text`, 'is required in a text part: a string');
     }
   }
 }

@@ -39,6 +39,23 @@ t.test('content: [null] to an Ollama group, and other bad messages: 400 naming t
   }
   const noRole = await postJson(`${tb.url}/v1/chat/completions`, { model: 'oa', messages: [{ content: 'x' }] });
   t.equal(noRole.status, 400);
+  // What the vendors' own APIs refuse with a 400, refused here before any upstream sees it.
+  const refused: Array<[string, Record<string, unknown>, string]> = [
+    ['/v1/chat/completions', { model: 'oa', messages: [{ role: 'user', content: [{ type: 'text' }] }] }, 'messages[0].content[0].text'],
+    ['/v1/messages', { model: 'oa', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], tool_choice: 'bogus' }, 'tool_choice'],
+    ['/v1/messages', { model: 'oa', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], tool_choice: { type: 'bogus' } }, 'tool_choice.type'],
+    ['/v1/messages', { model: 'oa', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], tool_choice: { type: 'tool' } }, 'tool_choice.name'],
+    ['/v1/messages', { model: 'oa', max_tokens: 5, messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: [{ type: 'tool_use', id: 't1', name: 'f', input: 'notobj' }] }] }, 'messages[1].content[0].input'],
+    ['/v1/responses', { model: 'oa', input: [{ type: 'function_call', call_id: 'c1', name: 'f', arguments: { a: 1 } }] }, 'input[0].arguments'],
+    ['/v1/completions', { model: 'ol', prompt: ['a', 'b'] }, 'prompt'],
+  ];
+  for (const [path, body, field] of refused) {
+    const res = await postJson(`${tb.url}${path}`, body);
+    t.equal(res.status, 400, `${path} ${field}`);
+    const e = res.body.error;
+    t.equal(path === '/v1/messages' ? undefined : e.param, path === '/v1/messages' ? undefined : field, `${path}: the field named`);
+    t.match(typeof e === 'string' ? e : e.message, path === '/v1/messages' ? field.split('.')[0] : /./);
+  }
   t.equal(mock.stats.total, 0, 'nothing reached the upstream');
 });
 

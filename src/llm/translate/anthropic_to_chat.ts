@@ -96,9 +96,13 @@ function chatMessages(m: unknown, i: number, last: boolean): OpenAIMessage[] {
         parts.push(imagePart(b, field));
         image = true;
         break;
-      case 'tool_use':
-        calls.push({ id: String(b['id'] ?? ''), type: 'function', function: { name: String(b['name'] ?? ''), arguments: JSON.stringify(b['input'] ?? {}) } });
+      case 'tool_use': {
+        const input = b['input'] ?? {};
+        if (typeof b['name'] !== 'string' || b['name'] === '') throw invalid(`${field}.name`, 'must be a non-empty string');
+        if (typeof input !== 'object' || Array.isArray(input)) throw invalid(`${field}.input`, 'must be an object');
+        calls.push({ id: String(b['id'] ?? ''), type: 'function', function: { name: b['name'], arguments: JSON.stringify(input) } });
         break;
+      }
       case 'tool_result': {
         const r = toolResultOf(b['content'], `${field}.content`);
         // Chat has no error flag on a tool result: the model reads it in the text.
@@ -144,12 +148,22 @@ function noParallel(tc: unknown): boolean {
 }
 
 function toolChoiceOf(tc: unknown): unknown {
-  const o = tc as Record<string, unknown> | null | undefined;
-  if (o === null || o === undefined || typeof o !== 'object') return undefined;
-  if (o['type'] === 'any') return 'required';
-  if (o['type'] === 'tool') return { type: 'function', function: { name: o['name'] } };
-  if (o['type'] === 'none') return 'none';
-  return 'auto';
+  if (tc === null || tc === undefined) return undefined;
+  if (typeof tc !== 'object' || Array.isArray(tc)) throw invalid('tool_choice', 'must be an object: {"type": "auto" | "any" | "tool" | "none"}');
+  const o = tc as Record<string, unknown>;
+  switch (o['type']) {
+    case 'auto':
+      return 'auto';
+    case 'any':
+      return 'required';
+    case 'none':
+      return 'none';
+    case 'tool':
+      if (typeof o['name'] !== 'string' || o['name'] === '') throw invalid('tool_choice.name', 'must name a tool');
+      return { type: 'function', function: { name: o['name'] } };
+    default:
+      throw invalid('tool_choice.type', 'must be auto, any, tool or none');
+  }
 }
 
 /** A Messages body → an OpenAI chat body (model left as sent; the provider translator sets it). */
@@ -167,9 +181,10 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
   if (Array.isArray(b['stop_sequences']) && b['stop_sequences'].length > 0) out.stop = b['stop_sequences'].filter((s): s is string => typeof s === 'string');
   for (const k of ['temperature', 'top_p'] as const) if (typeof b[k] === 'number') out[k] = b[k];
   const tools = toolsOf(b['tools']);
+  // Checked with or without tools, as Anthropic does.
+  const choice = toolChoiceOf(b['tool_choice']);
   if (tools !== undefined && tools.length > 0) {
     out.tools = tools;
-    const choice = toolChoiceOf(b['tool_choice']);
     if (choice !== undefined) out['tool_choice'] = choice;
     if (noParallel(b['tool_choice'])) out['parallel_tool_calls'] = false;
   }

@@ -16,6 +16,6 @@ export function chatRequest(body: unknown, upstreamModel: string): OllamaChatReq
 /** /api/generate body for `upstreamModel`; every other field is kept as sent. */
 export function completionRequest(body: unknown, upstreamModel: string): OllamaGenerateRequest {
   const b = requireObject(body);
-  if (b['prompt'] !== undefined && typeof b['prompt'] !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string');
+  if (b['prompt'] !== undefined && typeof b['prompt'] !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string', { details: { field: 'prompt' } });
   return { ...b, model: upstreamModel } as OllamaGenerateRequest;
 }

@@ -122,7 +122,7 @@ export function generateChatRequest(body: unknown, upstreamModel: string): OpenA
 export function completionRequest(body: unknown, upstreamModel: string): OpenAICompletionRequest {
   const b = requireObject(body);
   const prompt = b['prompt'] ?? '';
-  if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string');
+  if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string', { details: { field: 'prompt' } });
   if (Array.isArray(b['images']) && b['images'].length > 0) {
     throw new BrokerError('invalid_request', 'images are not supported by this model on /api/generate; use /api/chat');
   }

@@ -133,7 +133,7 @@ export function completionRequest(body: unknown, upstreamModel: string): OllamaG
   rejectN(b);
   let prompt = b['prompt'];
   if (Array.isArray(prompt) && prompt.length === 1) prompt = prompt[0];
-  if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string (or an array of one string)');
+  if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string (or an array of one string)', { details: { field: 'prompt' } });
   const out: OllamaGenerateRequest = { model: upstreamModel, prompt, stream: b['stream'] === true };
   if (typeof b['suffix'] === 'string' && b['suffix'] !== '') out.suffix = b['suffix'];
   const options = ollamaOptionsFromOpenAI(b);

@@ -25,7 +25,7 @@ export function chatRequest(body: unknown, upstreamModel: string): OpenAIChatReq
 export function completionRequest(body: unknown, upstreamModel: string): OpenAICompletionRequest {
   const b = requireObject(body);
   const p = b['prompt'];
-  if (typeof p !== 'string' && !Array.isArray(p)) throw new BrokerError('invalid_request', 'prompt must be a string or an array');
+  if (typeof p !== 'string' && !Array.isArray(p)) throw new BrokerError('invalid_request', 'prompt must be a string or an array', { details: { field: 'prompt' } });
   return withUsage({ ...b, model: upstreamModel }) as OpenAICompletionRequest;
 }
 
