@@ -118,7 +118,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   // The cluster scope: Redis shared by the replicas, or memory for this process alone.
   let store: StateStore;
   if (config.redisUrl !== undefined) {
-    const redis = new RedisStore({ url: config.redisUrl, replica: config.replicaId, logger, onUp: (up) => metrics.redisUp.set(up ? 1 : 0) });
+    const redis = new RedisStore({ url: config.redisUrl, replica: config.replicaId, logger, commandTimeoutMs: config.redisCommandTimeoutMs, onUp: (up) => metrics.redisUp.set(up ? 1 : 0) });
     metrics.redisUp.set(0);
     await redis.connect();
     if (!redis.up) logger.warn('redis is unreachable at start: serving from local state, retrying in the background');

@@ -86,6 +86,8 @@ export interface Config {
   readonly maxSessionsPerSubject: number;
   /** The state store shared by replicas; undefined: in memory, this process alone. */
   readonly redisUrl: string | undefined;
+  /** A state-store command with no reply after this long marks Redis hung (down) and fails. */
+  readonly redisCommandTimeoutMs: number;
   /** With Redis unreachable: sessions refused (closed) or those last seen valid accepted (open). */
   readonly authRedisFailMode: 'closed' | 'open';
   /** This replica's name in the audit trail and pub/sub. */
@@ -296,7 +298,7 @@ function otelConfig(env: Env): OtelConfig {
   });
 }
 
-function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | 'maxSessionsPerSubject' | 'redisUrl' | 'authRedisFailMode' | 'replicaId' | 'adminAuthMaxFailures'> {
+function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | 'maxSessionsPerSubject' | 'redisUrl' | 'redisCommandTimeoutMs' | 'authRedisFailMode' | 'replicaId' | 'adminAuthMaxFailures'> {
   const jwt = {
     secret: opt(env, 'JWT_SECRET'),
     publicKey: opt(env, 'JWT_PUBLIC_KEY'),
@@ -318,6 +320,7 @@ function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | '
     sessionTtlS: int(env, 'SESSION_TTL_S', 3600, 1, 30 * 86_400),
     maxSessionsPerSubject: int(env, 'AUTH_MAX_SESSIONS_PER_SUBJECT', 1000, 1, 1_000_000),
     redisUrl,
+    redisCommandTimeoutMs: int(env, 'REDIS_COMMAND_TIMEOUT_MS', 1000, 10, 60_000),
     authRedisFailMode: oneOf(env, 'AUTH_REDIS_FAIL_MODE', 'closed', ['closed', 'open'] as const),
     replicaId: str(env, 'REPLICA_ID', `${hostname()}:${process.pid}`),
     adminAuthMaxFailures: int(env, 'ADMIN_AUTH_MAX_FAILURES', 20, 0, 1_000_000),

@@ -10,7 +10,10 @@
 //   eb:pins                  pub/sub channel: {replica, pins: [[prefix key, deployment|null]]} (src/state/pin-share.ts)
 // A replica that reconnects re-reads every doc (versions, not replay): onChange fires
 // for each kind. Commands fail fast while Redis is down (no offline queue), so callers
-// see the failure and apply their documented fail mode.
+// see the failure and apply their documented fail mode. A Redis that stops answering
+// without closing the connection (a frozen host, a network blackhole) is found by the
+// command timeout: the first command it times out marks the store down and drops the
+// connection, so that the next ones fail at once until a reconnect is ready again.
 import { Redis } from 'ioredis';
 import type { Logger } from '../obs/logger.ts';
 import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyRecord, type SessionRecord, type StateStore } from './store.ts';
@@ -76,7 +79,12 @@ export interface RedisStoreOptions {
   readonly logger: Logger;
   /** Called with the store's state: up or down (metrics redis_up). */
   readonly onUp?: (up: boolean) => void;
+  /** How long a command may wait for its reply before the store counts Redis as hung (REDIS_COMMAND_TIMEOUT_MS). */
+  readonly commandTimeoutMs?: number;
 }
+
+/** The longest connect() waits at start-up: a Redis that accepts connections but never answers must not hold the broker back. */
+const CONNECT_WAIT_MS = 3_000;
 
 export class RedisStore implements StateStore, LeaseBackend, PinChannel {
   readonly kind = 'redis' as const;
@@ -96,8 +104,17 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
       retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
       lazyConnect: true,
     };
-    this.cmd = new Redis(o.url, common);
+    // The command timeout bounds the ready check too: a hung Redis never turns ready.
+    this.cmd = new Redis(o.url, { ...common, commandTimeout: o.commandTimeoutMs ?? 1_000 });
     this.sub = new Redis(o.url, { ...common, enableOfflineQueue: true });
+    const send = this.cmd.sendCommand.bind(this.cmd);
+    this.cmd.sendCommand = ((command: Parameters<Redis['sendCommand']>[0], stream?: Parameters<Redis['sendCommand']>[1]) => {
+      const p = send(command, stream);
+      command.promise.catch((err: Error) => {
+        if (err.message === 'Command timed out') this.hung(command.name);
+      });
+      return p;
+    }) as Redis['sendCommand'];
     this.cmd.on('ready', () => this.setUp(true));
     this.cmd.on('end', () => this.setUp(false));
     this.cmd.on('close', () => this.setUp(false));
@@ -127,9 +144,20 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     });
   }
 
-  /** Connects; resolves even when Redis is down at start (the broker serves on, and retries). */
+  /** Connects; resolves even when Redis is down or hung at start (the broker serves on, and retries). */
   async connect(): Promise<void> {
-    await Promise.all([this.cmd.connect().catch(() => undefined), this.sub.connect().catch(() => undefined)]);
+    let timer: NodeJS.Timeout | undefined;
+    const waited = new Promise<void>((resolve) => (timer = setTimeout(resolve, CONNECT_WAIT_MS)));
+    await Promise.race([Promise.all([this.cmd.connect().catch(() => undefined), this.sub.connect().catch(() => undefined)]), waited]);
+    clearTimeout(timer);
+  }
+
+  /** A command got no reply in time: Redis is hung. Down now, and the connection dropped (once) so that commands fail fast. */
+  private hung(command: string): void {
+    if (this.closed || this.cmd.status !== 'ready') return;
+    this.lastError = `${command} got no reply within ${this.o.commandTimeoutMs ?? 1_000} ms`;
+    this.setUp(false);
+    this.cmd.disconnect(true);
   }
 
   private lastError: string | undefined;

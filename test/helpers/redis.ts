@@ -18,6 +18,10 @@ export interface RedisProcess {
   kill(): Promise<void>;
   /** A fresh redis-server on the same port (empty: no persistence). */
   restart(): Promise<void>;
+  /** SIGSTOP: connections stay open and nothing answers (a frozen host, a network blackhole). */
+  freeze(): void;
+  /** SIGCONT: what was sent while frozen is answered. */
+  thaw(): void;
 }
 
 export async function startRedis(t: Teardown): Promise<RedisProcess> {
@@ -39,5 +43,7 @@ export async function startRedis(t: Teardown): Promise<RedisProcess> {
       await stop();
       await start();
     },
+    freeze: () => void child?.kill('SIGSTOP'),
+    thaw: () => void child?.kill('SIGCONT'),
   };
 }
