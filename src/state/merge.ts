@@ -38,10 +38,16 @@ function mergeValue<T>(base: T, local: T, remote: T): T {
   return same(base, local) ? remote : local;
 }
 
-/** The fleet's operator state. With no base (nothing seen from the store yet), local's changes are all of it. */
-export function mergeOperatorState(base: OperatorState | undefined, local: OperatorState, remote: OperatorState | undefined): OperatorState {
+/**
+ * The fleet's operator state. With no base (nothing seen from the store yet), local's changes
+ * are all of it. Bans that lapsed by `now` count as absent on every side: a replica drops a
+ * lapsed ban itself without writing the doc, and that drop must not read as a removal of the
+ * same target's new ban made elsewhere.
+ */
+export function mergeOperatorState(base: OperatorState | undefined, local: OperatorState, remote: OperatorState | undefined, now: number = Date.now()): OperatorState {
   if (remote === undefined) return local;
   const b = base ?? remote;
+  const live = (bans: OperatorState['bans'] | undefined) => bans?.filter((x) => x.until === null || x.until > now);
   // The running config goes with its revision: one config, not a mix of two.
   const config = mergeValue({ rev: b.rev, raw: b.raw }, { rev: local.rev, raw: local.raw }, { rev: remote.rev, raw: remote.raw });
   return {
@@ -51,7 +57,7 @@ export function mergeOperatorState(base: OperatorState | undefined, local: Opera
     maintenance: mergeLists(b.maintenance, local.maintenance, remote.maintenance, (m) => m.server),
     drainedDeployments: mergeLists(b.drainedDeployments, local.drainedDeployments, remote.drainedDeployments),
     // One ban per target, whichever of Ollama's two names it was made under (as bans.ts compares them).
-    bans: mergeLists(b.bans, local.bans, remote.bans, (x) => `${x.scope}\u0000${x.server ?? ''}\u0000${x.model === null ? '' : modelKey(x.model)}`),
+    bans: mergeLists(live(b.bans), live(local.bans), live(remote.bans), (x) => `${x.scope}\u0000${x.server ?? ''}\u0000${x.model === null ? '' : modelKey(x.model)}`),
     forcedOpen: mergeLists(b.forcedOpen, local.forcedOpen, remote.forcedOpen),
     paused: mergeValue(b.paused, local.paused, remote.paused),
     quotas: mergeLists(b.quotas, local.quotas, remote.quotas, ([subject]) => subject),

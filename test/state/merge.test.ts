@@ -50,3 +50,16 @@ t.test('flags: flag by flag', async (t) => {
 t.test('canonical: the same state whatever the key order', async (t) => {
   t.equal(canonical({ b: 1, a: { d: 2, c: [{ y: 1, x: 2 }] } }), canonical({ a: { c: [{ x: 2, y: 1 }], d: 2 }, b: 1 }));
 });
+
+t.test('a TTL ban made again after the first lapsed survives the merge on a replica that dropped the lapsed one', async (t) => {
+  const now = 10_000;
+  const pair = (since: number, until: number) => ({ scope: 'pair' as const, server: 'fast-1', model: 'm', reason: 'x', since, until });
+  const lapsed = pair(1_000, 3_000);
+  const again = pair(9_000, 11_000);
+  // This replica saw the first ban (its base) and dropped it when it lapsed (its local state);
+  // another replica banned the same pair again (the store's doc).
+  const merged = mergeOperatorState(state({ bans: [lapsed] }), state({ bans: [] }), state({ bans: [again] }), now);
+  t.same(merged.bans, [again], 'the new ban holds');
+  // Lifting the new ban here still wins over the store's copy of it.
+  t.same(mergeOperatorState(state({ bans: [again] }), state({ bans: [] }), state({ bans: [again] }), now).bans, [], 'a live ban lifted here is lifted');
+});
