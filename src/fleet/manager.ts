@@ -22,7 +22,7 @@ import { Bans, modelKey, type Ban, type BanScope } from './bans.ts';
 import { checkServer, type CheckResult } from './health.ts';
 import { RecoveryRecord, recoveryTest, type RecoveryResult } from './recovery.ts';
 import { FleetAnalytics } from './analytics.ts';
-import { BANNED, BREAKER_OPEN, COLD, DRAINING, HALF_OPEN, MAINTENANCE, UNHEALTHY } from './route-bits.ts';
+import { BANNED, BLOCKED, BREAKER_OPEN, COLD, DRAINING, HALF_OPEN, MAINTENANCE, UNHEALTHY } from './route-bits.ts';
 
 /** Server × model pairs per config object. */
 const pairsOf = new WeakMap<BrokerConfig, readonly (readonly [string, string])[]>();
@@ -297,8 +297,10 @@ export class FleetManager {
       if ((bits & HALF_OPEN) !== 0 && (before & HALF_OPEN) === 0) gov.capacity.setTrials(d.slot, b!.trialsNeeded);
       gov.capacity.setRouteWord(d.slot, bits);
       this.words.set(d.slot, bits);
-      const blocking = UNHEALTHY | BANNED | BREAKER_OPEN | DRAINING | MAINTENANCE;
-      if ((before & blocking & ~bits) !== 0 || (bits & HALF_OPEN) !== 0) freed = true;
+      // Waiters try again whenever routability changed: a block lifted, a breaker half-open
+      // or closed again (its waiters were held for the trials' outcome), or a new block (they
+      // fail over, or fail now, rather than wait out their queue time).
+      if (((before ^ bits) & (BLOCKED | HALF_OPEN)) !== 0) freed = true;
     }
     if (freed) {
       gov.scheduler.wakeAll();

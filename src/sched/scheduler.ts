@@ -221,6 +221,10 @@ export class Scheduler {
       const bits = capacity.route(d.slot);
       return (bits & BLOCKED) === 0 && ((bits & HALF_OPEN) === 0 || capacity.trials(d.slot) > 0);
     };
+    const awaitingTrials = (d: DeploymentState): boolean => {
+      const bits = capacity.route(d.slot);
+      return (bits & BLOCKED) === 0 && (bits & HALF_OPEN) !== 0;
+    };
     // A half-open breaker's trial permit is taken with the slot, and given back if the slot is not had.
     const trial = (d: DeploymentState): boolean | null => ((capacity.route(d.slot) & HALF_OPEN) === 0 ? null : capacity.takeTrial(d.slot));
     const take = gating
@@ -300,7 +304,9 @@ export class Scheduler {
     const scan = (a: Admission, states: readonly DeploymentState[]): { open: DeploymentState[] } | { none: undefined } | { full: true } => {
       let candidates: DeploymentState[] = [];
       for (const d of states) if (!a.tried.has(d.config.id) && routable(d)) candidates.push(d);
-      if (candidates.length === 0) return { none: undefined };
+      // A half-open breaker whose trials are all out is full, not gone: its outcome decides
+      // within a request's time, and the close (or the reopen) wakes the queue.
+      if (candidates.length === 0) return states.some((d) => !a.tried.has(d.config.id) && awaitingTrials(d)) ? { full: true } : { none: undefined };
       if (perf !== null) {
         const good = candidates.filter((d) => !perf.avoid(d.config.id));
         if (good.length > 0) candidates = good;

@@ -311,6 +311,38 @@ t.test('route bits: a blocked deployment is never chosen, half-open lets its tri
   await h.finish(t);
 });
 
+t.test('a half-open breaker whose trials are out holds the next requests for its outcome: served when it closes, refused when it reopens', async (t) => {
+  const g = group('g', [dep('a')]);
+  const h = harness([g], { flags: PLAIN });
+  const a = h.s.get('a')!;
+  h.capacity.setRouteWord(a.slot, HALF_OPEN);
+  h.capacity.setTrials(a.slot, 1);
+  const trial = await h.acquire(g);
+  let settled = false;
+  const next = h.acquire(g).finally(() => (settled = true));
+  await new Promise((r) => setTimeout(r, 20));
+  t.notOk(settled, 'not refused while the trial runs: it waits');
+  // The trial succeeded: the breaker closes (the fleet manager clears the bit and wakes the queue).
+  trial.release();
+  h.capacity.setRouteWord(a.slot, 0);
+  h.s.wakeAll();
+  const served = await next;
+  t.equal(served.dep.config.id, 'a', 'served once the breaker closed');
+  served.release();
+
+  h.capacity.setRouteWord(a.slot, HALF_OPEN);
+  h.capacity.setTrials(a.slot, 1);
+  const trial2 = await h.acquire(g);
+  const refused = rejection(h.acquire(g));
+  await new Promise((r) => setTimeout(r, 20));
+  // The trial failed: the breaker opens again.
+  h.capacity.setRouteWord(a.slot, BREAKER_OPEN);
+  trial2.release();
+  h.s.wakeAll();
+  t.equal((await refused).code, 'upstream_unavailable', 'refused once the breaker reopened, not left to its queue timeout');
+  await h.finish(t);
+});
+
 t.test('performance routing: degraded avoided; if all are degraded they still route', async (t) => {
   const g = group('g', [dep('a'), dep('b')]);
   const h = harness([g]);
