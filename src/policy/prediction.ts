@@ -171,8 +171,8 @@ export class OutputPredictor {
     if (!(Number.isInteger(this.#maxLabels) && this.#maxLabels >= 1)) throw new RangeError('maxLabels must be an integer >= 1');
   }
 
-  /** max_tokens that is absent, zero, negative or not a number is ignored. */
-  predict(label: string, maxTokens?: number): Prediction {
+  /** max_tokens that is absent, zero, negative or not a number is ignored. `fallback`: the prediction without history or max_tokens (the scheduler's defaultOutputTokens). */
+  predict(label: string, maxTokens?: number, fallback: number = this.#fallback): Prediction {
     const s = this.#labels.get(label);
     if (s !== undefined) this.#touch(label, s);
     const cap = positive(maxTokens) ? maxTokens : undefined;
@@ -182,7 +182,7 @@ export class OutputPredictor {
       return { tokens: learned, source: 'learned', capped: false };
     }
     if (cap !== undefined) return { tokens: cap, source: 'max_tokens', capped: false };
-    return { tokens: this.#fallback, source: 'fallback', capped: false };
+    return { tokens: fallback, source: 'fallback', capped: false };
   }
 
   /**

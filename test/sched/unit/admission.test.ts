@@ -90,3 +90,21 @@ t.test('with leases (replicas): a request behind a spent lease waits for its top
   t.throws(() => admitAny(p, request({ max_tokens: 100 }), group), { code: 'quota_exceeded' }, 'dry: refused at once');
   t.equal(refused, 2);
 });
+
+t.test('without max_tokens the output guess is defaultOutputTokens, and never more than the key tpm leaves: a small key is not refused for good', async (t) => {
+  const subject = `key:${keyId('sk-a')}`;
+  for (const prediction of [false, true]) {
+    const quota = new QuotaLedger(now);
+    quota.setLimits(subject, { tpm: 400 });
+    const p = { ...policies(quota), flags: { ...flags, output_prediction: prediction } };
+    const a = admit(p, request({}), group);
+    t.equal(a.predictedOutput, 256, `prediction ${prediction ? 'on' : 'off'}, no history: the scheduler's default`);
+    t.equal(a.reserveTokens, 1 + 256);
+  }
+  const quota = new QuotaLedger(now);
+  quota.setLimits(subject, { tpm: 100 });
+  const p = { ...policies(quota), flags: { ...flags, output_prediction: true } };
+  const small = admit(p, request({}), group);
+  t.equal(small.reserveTokens, 100, 'the guess capped at what tpm leaves after the prompt');
+  t.throws(() => admit(p, request({ max_tokens: 500 }), group), { code: 'quota_exceeded', message: /can never fit/ }, "the client's own max_tokens is not a guess");
+});
