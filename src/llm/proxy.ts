@@ -275,6 +275,7 @@ export class LlmProxy {
               model,
               id: req.id,
               includeUsage: up.includeUsage,
+              promptEstimate,
               request: api === 'responses' ? body : undefined,
               // W3C Trace Context for the upstream: this attempt is its parent.
               traceparent: upSpan?.traceparent,

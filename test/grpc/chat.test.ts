@@ -82,3 +82,41 @@ t.test('a fallback reply names the group that answered in the trailers, as HTTP 
   const direct = await serverStream(c.chat, 'Chat', { model: 'up', messages: [{ role: 'user', content: 'hello' }] });
   t.same(direct.status.metadata.get('x-broker-fallback'), [], 'no fallback, no trailer');
 });
+
+t.test('an OpenAI-compatible upstream that sends no usage: the final message counts the prompt by its estimate, as quotas and tracking do', async (t) => {
+  const { createServer } = await import('node:http');
+  // An older OpenAI-compatible server: it ignores stream_options.include_usage.
+  const upstream = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      const chunk = (delta: object, finish: string | null) => `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+      res.end(chunk({ role: 'assistant', content: 'a' }, null) + chunk({ content: 'b' }, null) + chunk({}, 'stop') + 'data: [DONE]\n\n');
+    });
+  });
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  t.teardown(() => upstream.close());
+  const url = `http://127.0.0.1:${(upstream.address() as { port: number }).port}`;
+  const tb = await startGrpcFleetBroker(t, { modelGroups: { old: { deployments: [{ id: 'old-1', provider: 'openai', url, model: 'm' }] } } }, { FRONT_THREADS: '0' });
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  const content = 'x'.repeat(400);
+  const r = await serverStream(c.chat, 'Chat', { model: 'old', messages: [{ role: 'user', content }] });
+  t.equal(r.status.code, 0);
+  const usage = r.messages.at(-1).final.usage;
+  t.equal(usage.completion_tokens, 2, 'one per token event');
+  t.ok(usage.prompt_tokens >= 100, `the prompt estimated (400 characters / 4), not 0: ${usage.prompt_tokens}`);
+  t.equal(usage.total_tokens, usage.prompt_tokens + 2);
+});
+
+t.test('an answer of tool calls over gRPC: finish_reason tool_calls from either provider (chat.proto carries no calls)', async (t) => {
+  const m = await startMock(t, { tokens: 3, toolCalls: 2 });
+  const tb = await startGrpcFleetBroker(t, { modelGroups: { oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: m.url, model: 'mock-model' }] }, ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: m.url, model: 'mock-model' }] } } }, { FRONT_THREADS: '0' });
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  for (const group of ['oa', 'ol']) {
+    const r = await serverStream(c.chat, 'Chat', { model: group, messages: [{ role: 'user', content: 'weather?' }] });
+    t.equal(r.status.code, 0, group);
+    t.equal(r.messages.at(-1).final.finish_reason, 'tool_calls', `${group}: the finish says tool calls`);
+  }
+});

@@ -90,6 +90,8 @@ for (const threads of ['2', '0']) t.test(`health Check and Watch; shutdown: NOT_
   t.equal(await check('edge_broker.v1.ModelService'), 'SERVING');
   t.equal(await check('edge_broker.v1.InferenceService'), 'NOT_SERVING', 'inference is turned off here');
   t.equal(await check('inference.GRPCInferenceService'), 'NOT_SERVING', "so is KServe v2's, which serves the same models");
+  t.equal(await check('grpc.health.v1.Health'), 'SERVING', 'the health service itself, by name');
+  t.equal(await check('grpc.reflection.v1.ServerReflection'), 'SERVING');
   t.equal((await unary(c.health, 'Check', { service: 'no.such.Service' })).error?.code, grpc.status.NOT_FOUND, 'unknown service: NOT_FOUND');
 
   const watch = c.health.Watch({ service: 'edge_broker.v1.ChatService' });

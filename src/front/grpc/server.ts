@@ -136,6 +136,8 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
   // Readiness: the broker ("") and inference once the models are loaded; chat and models at once.
   health.set(SERVICES.chat, SERVING);
   health.set(SERVICES.models, SERVING);
+  // The health and reflection services themselves, by name (a probe configured with one of them).
+  for (const n of ['grpc.health.v1.Health', 'grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection']) health.set(n, SERVING);
   const infer = o.inferService;
   health.set('', infer === undefined || infer.ready ? SERVING : NOT_SERVING);
   for (const n of inferenceNames) health.set(n, infer !== undefined && infer.ready ? SERVING : NOT_SERVING);

@@ -88,6 +88,8 @@ export interface ChainContext {
   id: string;
   /** The OpenAI client asked `stream_options.include_usage` (UpstreamRequest.includeUsage). */
   includeUsage: boolean;
+  /** The prompt's estimated tokens, for a gRPC Final when the upstream reports no usage (chat.proto: "estimated when it did not say"). */
+  promptEstimate?: number;
   /** The client's body, when its reply echoes request fields (Responses). */
   request?: Readonly<Record<string, unknown>>;
   /** Milliseconds, e.g. `() => performance.now()`; read only when instrumenting. */
@@ -206,6 +208,8 @@ class Run {
   gFinal = false;
   /** Ollama tool calls seen, for a Responses or Messages client (their indexes and ids). */
   ot: OllamaToolState | null = null;
+  /** An Ollama line carried tool calls: its done line's `stop` is a tool_calls finish. */
+  ollamaTools = false;
 
   constructor(ctx: ChainContext) {
     this.ctx = ctx;
@@ -408,7 +412,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         if (r.gFinal) {
           r.gFinal = false;
           const s = r.stats;
-          const f = finalMessage(s.finishReason ?? '', s.promptTokens, s.completionTokens);
+          const f = finalMessage(s.finishReason ?? '', s.usageFromUpstream ? s.promptTokens : (r.ctx.promptEstimate ?? s.promptTokens), s.completionTokens);
           out = out === null ? f : Buffer.concat([out, f]);
         }
         return out;
@@ -609,7 +613,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
   } else {
     const markDone = (r: Run, j: Record<string, unknown>): void => {
       r.stats.sawTerminal = true;
-      r.stats.finishReason = finishFromOllama(j['done_reason'] as string | undefined, false);
+      r.stats.finishReason = finishFromOllama(j['done_reason'] as string | undefined, r.ollamaTools);
       r.closed = true;
       const u = usageFromOllama(j);
       if (u !== null) setUsage(r, u.promptTokens, u.completionTokens);
@@ -656,6 +660,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         }
         r.json = j;
         r.hasUsage = false;
+        const calls = (j['message'] as { tool_calls?: unknown } | undefined)?.tool_calls;
+        if (Array.isArray(calls) && calls.length > 0) r.ollamaTools = true;
         if (j['done'] === true) markDone(r, j);
         return true;
       };

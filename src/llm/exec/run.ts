@@ -41,6 +41,7 @@ export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, 
     model: req.model,
     id: req.id,
     includeUsage: req.includeUsage,
+    ...(req.promptEstimate !== undefined ? { promptEstimate: req.promptEstimate } : {}),
     ...(req.request !== undefined ? { request: req.request } : {}),
     now: () => performance.now(),
     onFirstToken: (at) => {

@@ -22,6 +22,8 @@ export interface AttemptRequest {
   readonly model: string;
   readonly id: string;
   readonly includeUsage: boolean;
+  /** The prompt's estimated tokens: what a gRPC Final reports when the upstream sends no usage. */
+  readonly promptEstimate?: number;
   /** The client's body, for reply fields that echo it (a Response's instructions, tools, …); Responses clients only. */
   readonly request?: Readonly<Record<string, unknown>> | undefined;
   /** W3C Trace Context sent upstream when the request is traced (the attempt's span is the parent). */
