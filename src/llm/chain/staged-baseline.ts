@@ -275,6 +275,8 @@ const TRUNCATED = 'upstream stream ended before the response was complete';
 
 class TranslateStage extends Transform {
   finishedUp = false;
+  /** An Ollama line carried tool calls (as the compiled chain's Run.ollamaTools). */
+  private ollamaTools = false;
   truncated = false;
   private lastKept = false;
   private readonly bad = new MalformedRun();
@@ -373,9 +375,11 @@ class TranslateStage extends Transform {
       return cb();
     }
     // Ollama provider
+    const calls = this.passthrough ? undefined : (l.json?.['message'] as { tool_calls?: unknown } | undefined)?.tool_calls;
+    if (Array.isArray(calls) && calls.length > 0) this.ollamaTools = true;
     if (l.type === 'done') {
       this.stats.sawTerminal = true;
-      this.stats.finishReason = finishFromOllama(l.json!['done_reason'] as string | undefined, false);
+      this.stats.finishReason = finishFromOllama(l.json!['done_reason'] as string | undefined, this.ollamaTools);
       this.finishedUp = true;
     }
     if (this.passthrough) {
