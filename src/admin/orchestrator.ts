@@ -57,6 +57,10 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
     });
 
   const addBan = (scope: BanScope) => (ctx: RouteContext) => {
+    // A misspelt field (`ttl`) must not turn a timed ban into a permanent one.
+    const body = ctx.body !== null && typeof ctx.body === 'object' ? Object.keys(ctx.body) : [];
+    const unknown = body.find((k) => k !== 'reason' && k !== 'ttlSeconds');
+    if (unknown !== undefined) throw new BrokerError('invalid_request', `unknown field ${unknown.slice(0, 64)}: the body is {"reason": "…", "ttlSeconds": n} (both optional)`, { details: { field: unknown.slice(0, 64) } });
     const reason = field(ctx.body, 'reason', isReason, 'a string of at most 500 characters') ?? 'banned by an operator';
     const ttl = field(ctx.body, 'ttlSeconds', isTtl, 'a number of seconds > 0 (at most a year)');
     const server = scope === 'model' ? null : ctx.params.id!;

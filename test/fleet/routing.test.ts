@@ -86,6 +86,10 @@ t.test('bans exclude a server; a TTL ban lapses by itself; bans by model and pai
   t.equal((await chat(tb, 'g')).status, 200);
   t.equal((await send(tb, 'POST', '/api/orchestrator/bans/server/ghost', {})).status, 404);
   t.equal((await send(tb, 'POST', '/api/orchestrator/bans/a/m', { ttlSeconds: -1 })).status, 400);
+  const typo = await send(tb, 'POST', '/api/orchestrator/bans/a/m', { ttl: 60 });
+  t.equal(typo.status, 400, 'a misspelt ttlSeconds is refused, not a permanent ban');
+  t.match(typo.body.error, { code: 'invalid_request', param: 'ttl' });
+  t.notOk((await get(tb, '/api/orchestrator/bans')).bans.some((b: { model: string | null; expiresAt: unknown }) => b.model === 'm' && b.expiresAt === null), 'no permanent ban was made');
 });
 
 t.test('drain lets in-flight streams finish while new requests go elsewhere; maintenance shows its reason', async (t) => {
