@@ -59,6 +59,8 @@ export interface GovernanceAdmin {
   readonly qos: QosConfig;
   keyPolicy(apiKey: string | undefined): ApiKeyPolicy | undefined;
   readonly capacity: Pick<CapacityCounters, 'totals' | 'ids' | 'stats'>;
+  /** The capacity ids worth showing: not those of deployments removed from the config whose requests have finished. */
+  capacityIds(): string[];
   /** Its group, whether it drains, and what keeps it from new requests (health, bans, breaker...), '' when nothing. */
   deployment(id: string): { readonly group: string; readonly draining: boolean; readonly blockedBy: string } | undefined;
   /** Registers the id with this limit, or changes its limit. */
@@ -86,6 +88,7 @@ export function governanceAdmin(gov: Governance, fleet: Pick<FleetManager, 'drai
     },
     keyPolicy: (k) => gov.keyPolicy(k),
     capacity: gov.capacity,
+    capacityIds: () => gov.capacityIds(),
     deployment(id) {
       const d = gov.deployment(id);
       if (d === undefined) return undefined;
@@ -153,7 +156,7 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
   };
   const status = async () => {
     const f = flags.flags;
-    const totals = gov.capacity.totals();
+    const totals = gov.capacity.totals(gov.capacityIds());
     const { queue: q, sticky } = await gov.processStats();
     return {
       flags: flags.describe(),
@@ -220,7 +223,7 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
       },
     },
 
-    { method: 'GET', path: `${P}/capacity`, handle: async (ctx) => reply(ctx, { ...gov.capacity.totals(), queue: (await gov.processStats()).queue, deployments: gov.capacity.ids().map(capacityView) }) },
+    { method: 'GET', path: `${P}/capacity`, handle: async (ctx) => reply(ctx, { ...gov.capacity.totals(gov.capacityIds()), queue: (await gov.processStats()).queue, deployments: gov.capacityIds().map(capacityView) }) },
     {
       method: 'GET',
       path: `${P}/capacity/:id`,

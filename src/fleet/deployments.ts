@@ -22,12 +22,15 @@ export function serverSlotId(server: string): string {
 export class Deployments {
   private readonly byId = new Map<string, DeploymentState>();
   private readonly byGroup = new Map<ModelGroupConfig, DeploymentState[]>();
+  /** The ids in the config as of the last register(): the others were removed (kept while their requests finish). */
+  private current = new Set<string>();
 
   constructor(private readonly capacity: CapacityCounters) {}
 
   /** Adds (or updates) the deployments of these groups; slots are kept by id. */
   register(groups: Iterable<ModelGroupConfig>, servers?: ReadonlyMap<string, ServerConfig>): DeploymentConfig[] {
     this.byGroup.clear();
+    this.current = new Set();
     const configs: DeploymentConfig[] = [];
     for (const g of groups) {
       for (const d of g.deployments) {
@@ -36,6 +39,7 @@ export class Deployments {
         // A server with models of its own caps them together; a deployment that is its own server is capped by its slot.
         const serverSlot = server !== undefined && server.declared ? this.capacity.register(serverSlotId(server.id), server.maxConcurrency) : -1;
         this.byId.set(d.id, { config: d, group: g.name, slot, serverSlot });
+        this.current.add(d.id);
         configs.push(d);
       }
     }
@@ -44,6 +48,11 @@ export class Deployments {
 
   get(id: string): DeploymentState | undefined {
     return this.byId.get(id);
+  }
+
+  /** A deployment removed from the config (by a reload, a server's removal): routed to no more. */
+  removed(id: string): boolean {
+    return this.byId.has(id) && !this.current.has(id);
   }
 
   all(): DeploymentState[] {

@@ -173,16 +173,18 @@ export class CapacityCounters {
     return [...this.slots.keys()].filter((id) => !id.startsWith('server:'));
   }
 
-  totals(): { totalInFlight: number; totalRejected: number; totalLimit: number; deployments: number } {
+  /** Sums over `ids` (every deployment slot by default). */
+  totals(ids: readonly string[] = this.ids()): { totalInFlight: number; totalRejected: number; totalLimit: number; deployments: number } {
     let totalInFlight = 0;
     let totalRejected = 0;
     let totalLimit = 0;
-    for (const [id, slot] of this.slots) {
-      if (id.startsWith('server:')) continue;
+    for (const id of ids) {
+      const slot = this.slots.get(id);
+      if (slot === undefined) continue;
       totalInFlight += Atomics.load(this.cells, slot * FIELDS + IN_FLIGHT);
       totalRejected += Atomics.load(this.cells, slot * FIELDS + REJECTED);
       totalLimit += Atomics.load(this.cells, slot * FIELDS + LIMIT);
     }
-    return { totalInFlight, totalRejected, totalLimit, deployments: this.ids().length };
+    return { totalInFlight, totalRejected, totalLimit, deployments: ids.length };
   }
 }

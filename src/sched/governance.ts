@@ -388,12 +388,22 @@ export class Governance implements Leases {
     return this.scheduler.get(id);
   }
 
+  /**
+   * The capacity slots worth showing (metrics, the capacity admin view): every one but a
+   * deployment removed from the config whose last requests have finished (its slot stays,
+   * unused, in the shared table).
+   */
+  capacityIds(): string[] {
+    const d = this.scheduler.deployments;
+    return this.capacity.ids().filter((id) => !d.removed(id) || this.capacity.inFlight(d.get(id)!.slot) > 0);
+  }
+
   private registerMetrics(processGauges: boolean): void {
     const m = this.metrics;
     // Each thread reports its own queue (the exposition sums them); the shared numbers once.
     m.sources.queueDepth = () => this.queue.size;
     if (!processGauges) return;
-    m.sources.capacity = () => this.capacity.ids().map((id) => this.capacity.stats(id)!);
+    m.sources.capacity = () => this.capacityIds().map((id) => this.capacity.stats(id)!);
     m.sources.degraded = () => this.performance.degraded().length;
   }
 }

@@ -42,6 +42,13 @@ t.test('a server added at run time gets traffic (models from its health check); 
   t.match(s.text, /\[DONE\]/, 'the removed server finished its stream');
   t.equal(await server(tb, 'first'), undefined);
   t.equal((await send(tb, 'DELETE', '/api/orchestrator/servers/first')).status, 404);
+  // Gone from the capacity view and the metrics once its stream finished (dead's at once).
+  await until(async () => !(await get(tb, '/api/industrial/capacity')).deployments.some((d: { id: string }) => d.id.startsWith('first:')), 'first leaves the capacity view');
+  const capacity = await get(tb, '/api/industrial/capacity');
+  t.same(capacity.deployments.map((d: { id: string }) => d.id).sort(), ['second:llama3:latest', 'second:qwen:latest'], 'only the servers still configured');
+  t.equal(capacity.totalLimit, capacity.deployments.reduce((n: number, d: { concurrencyLimit: number }) => n + d.concurrencyLimit, 0), 'the total limit is theirs');
+  const metrics = await (await fetch(`${tb.url}/metrics`)).text();
+  t.notMatch(metrics, /broker_capacity_limit\{deployment="(first|dead):/, 'no limit exported for removed deployments');
 });
 
 t.test('warm-first: among eligible servers, the one with the model loaded goes first', async (t) => {
