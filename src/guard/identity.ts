@@ -29,7 +29,8 @@ export type FailMode = 'closed' | 'open';
 
 /** A store call that failed (Redis unreachable): 503 with Retry-After, not a 500. */
 function storeDown(err: Error): never {
-  throw new BrokerError('overloaded', `the state store is unreachable (${err.message}); try again shortly`, { retryAfter: 1 });
+  // The client's message says what it can act on; the driver's words (ioredis internals) stay in the details, for the log.
+  throw new BrokerError('overloaded', 'the state store is unreachable or not answering (Redis); try again shortly', { retryAfter: 1, details: { storeError: err.message } });
 }
 
 export interface IdentityOptions {
