@@ -4,7 +4,7 @@
 // Why not pino's asynchronous destination, or the control plane writing for the
 // data-plane threads: each line then woke another thread (a libuv pool thread for the
 // write, the control plane for the message), and at LOG_LEVEL=info the access log cost
-// 211 µs of CPU per request across threads, against 20 µs written here (docs/benchmarks.md,
+// 211 µs of CPU per request across threads, against about 40 µs written here (docs/benchmarks.md,
 // session 17). A full pipe blocks the writer, as pino's default destination does: the log
 // reader's back-pressure, not memory that grows.
 import { writeSync } from 'node:fs';
@@ -31,6 +31,11 @@ export interface FdLogOptions {
 
 export function fdLogStream(opts: FdLogOptions): LogStream {
   const write = opts.writeSync ?? writeSync;
+  return turnLogStream((text) => writeLines(Buffer.from(text), opts.fd, write, opts.spill));
+}
+
+/** Lines gathered over one event-loop turn, then handed to `sink` at once (one write, one message). */
+export function turnLogStream(sink: (text: string) => void): LogStream {
   let buffered = '';
   let scheduled = false;
   const flush = (cb?: (err?: Error) => void): void => {
@@ -38,7 +43,7 @@ export function fdLogStream(opts: FdLogOptions): LogStream {
     if (buffered !== '') {
       const text = buffered;
       buffered = '';
-      writeLines(Buffer.from(text), opts.fd, write, opts.spill);
+      sink(text);
     }
     cb?.();
   };

@@ -26,8 +26,7 @@ import { createRateLimiter } from '../guard/rate-limit.ts';
 import { BrokerError } from '../errors.ts';
 import { createClientAuth, type SessionView } from '../guard/client-auth.ts';
 import { createJwtVerifier } from '../guard/jwt.ts';
-import { portLogStream } from './port-log.ts';
-import { fdLogStream } from '../obs/log-stream.ts';
+import { fdLogStream, turnLogStream } from '../obs/log-stream.ts';
 import { createTracer } from '../obs/trace/tracer.ts';
 import { fromWire } from './forwarded.ts';
 import { RowRecorder } from '../track/recorder.ts';
@@ -41,9 +40,9 @@ const post = (m: ToControl, transfer?: ArrayBuffer[]): void => port.postMessage(
 
 const metrics = createMetrics({ defaults: false });
 // Lines go to stdout from this thread when the control plane writes there too; else (a
-// destination given in-process, as tests do) through the control plane.
+// destination given in-process, as tests do) through the control plane, one message a turn.
 const toControl = (text: string): void => post({ t: 'log', text });
-const logStream = init.logFd !== undefined ? fdLogStream({ fd: init.logFd, spill: toControl }) : portLogStream(toControl);
+const logStream = init.logFd !== undefined ? fdLogStream({ fd: init.logFd, spill: toControl }) : turnLogStream(toControl);
 const logger = createLogger(config.logLevel, logStream as unknown as NodeJS.WritableStream).child({ plane: init.index });
 const accessLog = createAccessLogger(config.logLevel, logStream as unknown as NodeJS.WritableStream).child({ plane: init.index });
 // Each thread exports its own spans (docs/tracing.md: why not relay them to the control plane).
