@@ -20,10 +20,7 @@ export interface LogStream {
 
 export interface FdLogOptions {
   readonly fd: number;
-  /**
-   * Where the text goes that the descriptor did not take (EAGAIN on a non-blocking
-   * stdout, a partial write, any error): an asynchronous writer that retries.
-   */
+  /** Where the text goes that a descriptor failing for good (EPIPE, EBADF) did not take. */
   readonly spill: (text: string) => void;
   /** The write itself (tests); fs.writeSync by default. */
   readonly writeSync?: (fd: number, buf: Buffer, offset: number, length: number) => number;
@@ -61,10 +58,17 @@ export function turnLogStream(sink: (text: string) => void): LogStream {
   };
 }
 
+/** What a write waits between tries while a non-blocking stdout is full (EAGAIN). */
+const FULL_WAIT_MS = 1;
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
 /**
  * Writes `buf` in pieces of at most PIPE_BUF bytes that end at a line's end (a longer
- * line alone), so that a pipe shared with other threads gets whole lines; whatever the
- * descriptor refuses goes to `spill`.
+ * line alone), so that a pipe shared with other threads gets whole lines, in order. A
+ * full non-blocking stdout (EAGAIN; `process.stdout` or tsx make fd 1 non-blocking for
+ * the whole process) is waited out, as pino's synchronous destination does, and a partial
+ * write is finished before anything else: never a line cut in two. Only a descriptor that
+ * fails for good (EPIPE, EBADF) hands what is left to `spill`.
  */
 export function writeLines(buf: Buffer, fd: number, write: NonNullable<FdLogOptions['writeSync']>, spill: (text: string) => void): void {
   let off = 0;
@@ -78,16 +82,19 @@ export function writeLines(buf: Buffer, fd: number, write: NonNullable<FdLogOpti
         end = next < 0 ? buf.length : next + 1;
       }
     }
-    let n: number;
-    try {
-      n = write(fd, buf, off, end - off);
-    } catch {
-      n = 0;
+    while (off < end) {
+      let n: number;
+      try {
+        n = write(fd, buf, off, end - off);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') {
+          spill(buf.toString('utf8', off));
+          return;
+        }
+        n = 0;
+      }
+      if (n <= 0) Atomics.wait(sleeper, 0, 0, FULL_WAIT_MS);
+      else off += n;
     }
-    if (n <= 0) {
-      spill(buf.toString('utf8', off));
-      return;
-    }
-    off += n;
   }
 }

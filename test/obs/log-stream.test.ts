@@ -22,19 +22,28 @@ t.test('writes in pieces of at most PIPE_BUF bytes that end at a line end; a lon
   t.same(pieces.map((p) => p.length), [lines[0]!.length + lines[1]!.length, lines[2]!.length, lines[3]!.length, lines[4]!.length, lines[5]!.length]);
 });
 
-t.test('what the descriptor refuses (EAGAIN, a partial write) spills, in order, once', async (t) => {
+t.test('a full non-blocking stdout (EAGAIN) is waited out and a partial write finished first: whole lines, in order; only a broken descriptor spills', async (t) => {
   const lines = [line(0, 3000), line(1, 3000), line(2, 3000)];
+  const calls: Array<[number, number]> = [];
+  let n = 0;
   const written: string[] = [];
-  const spilled: string[] = [];
-  let calls = 0;
   writeLines(Buffer.from(lines.join('')), 1, (_fd, buf, off, len) => {
-    calls++;
-    if (calls === 1) return (written.push(buf.toString('utf8', off, off + len)), len);
-    if (calls === 2) return (written.push(buf.toString('utf8', off, off + 100)), 100);
-    throw Object.assign(new Error('EAGAIN'), { code: 'EAGAIN' });
+    n++;
+    calls.push([off, len]);
+    if (n === 2) return (written.push(buf.toString('utf8', off, off + 100)), 100);
+    if (n === 3 || n === 4) throw Object.assign(new Error('EAGAIN'), { code: 'EAGAIN' });
+    return (written.push(buf.toString('utf8', off, off + len)), len);
+  }, () => t.fail('nothing spills on EAGAIN'));
+  t.equal(written.join(''), lines.join(''), 'everything, in order, once');
+  t.same(calls[2], [lines[0]!.length + 100, lines[1]!.length - 100], "after a partial write, the rest of that line's piece goes next");
+  const spilled: string[] = [];
+  const sent: string[] = [];
+  writeLines(Buffer.from(lines.join('')), 1, (_fd, buf, off, len) => {
+    if (sent.length === 1) throw Object.assign(new Error('EPIPE'), { code: 'EPIPE' });
+    sent.push(buf.toString('utf8', off, off + len));
+    return len;
   }, (text) => spilled.push(text));
-  t.equal(spilled.length, 1);
-  t.equal(written.join('') + spilled.join(''), lines.join(''), 'nothing lost, nothing twice');
+  t.same(spilled, [lines.slice(1).join('')], 'a broken descriptor: the rest spills, once');
 });
 
 t.test('lines of one turn go out in one write; flush(cb) writes what is gathered at once', async (t) => {
