@@ -101,6 +101,8 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       connectTimeout: 2_000,
+      // TCP keep-alive: a connection into a network blackhole ends, rather than stay open, silent.
+      keepAlive: 10_000,
       retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
       lazyConnect: true,
     };
@@ -158,6 +160,9 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     this.lastError = `${command} got no reply within ${this.o.commandTimeoutMs ?? 1_000} ms`;
     this.setUp(false);
     this.cmd.disconnect(true);
+    // The subscriber too: its reconnect re-reads every doc (what changed meanwhile, and this
+    // replica's own changes kept locally are merged back), as after a Redis restart.
+    this.sub.disconnect(true);
   }
 
   private lastError: string | undefined;

@@ -25,6 +25,11 @@ t.test('a hung Redis: a command fails after the timeout, the store goes down, th
   await store.connect();
   t.ok(store.up);
   await store.putDoc('flags', { a: 1 });
+  await new Promise((r) => setTimeout(r, 100));
+  const reread = new Set<string>();
+  store.onChange((kind) => reread.add(kind));
+  await new Promise((r) => setTimeout(r, 50));
+  reread.clear();
   redis.freeze();
   try {
     await t.rejects(store.getDoc('flags'), /Command timed out/, 'no reply: the command fails');
@@ -37,6 +42,8 @@ t.test('a hung Redis: a command fails after the timeout, the store goes down, th
   }
   await until('up again', () => store.up);
   t.same(await store.getDoc('flags'), { a: 1 }, 'serves again after a reconnect');
+  await until('every doc re-read after the outage', () => reread.size === 3);
+  t.same([...reread].sort(), ['flags', 'fleet', 'keys'], 'as after a restart: what changed meanwhile is merged');
 });
 
 t.test('a store started while Redis is hung: connect() returns, the store is down, and comes up when Redis answers', async (t) => {
