@@ -224,7 +224,15 @@ export class FleetManager {
 
   private returnTrial(d: DeploymentConfig): void {
     const slot = this.deps.governance.deployment(d.id)?.slot;
-    if (slot !== undefined) this.deps.governance.capacity.returnTrial(slot);
+    if (slot === undefined) return;
+    this.deps.governance.capacity.returnTrial(slot);
+    this.trialsBack();
+  }
+
+  /** A half-open breaker has a trial permit again: the requests held for it try (on every thread). */
+  private trialsBack(): void {
+    this.deps.governance.scheduler.wakeAll();
+    this.deps.onRoutable();
   }
 
   private deployment(id: string): DeploymentConfig | undefined {
@@ -265,7 +273,10 @@ export class FleetManager {
     const cap = this.deps.governance.capacity;
     for (const d of this.deps.governance.scheduler.all()) {
       const b = this.breakers.get(pairKey(d.config.server, d.config.model));
-      if (b?.state === 'half_open' && cap.trials(d.slot) === 0 && cap.inFlight(d.slot) === 0) cap.setTrials(d.slot, b.trialsNeeded);
+      if (b?.state === 'half_open' && cap.trials(d.slot) === 0 && cap.inFlight(d.slot) === 0) {
+        cap.setTrials(d.slot, b.trialsNeeded);
+        this.trialsBack();
+      }
     }
   }
 

@@ -130,7 +130,18 @@ export class Scheduler {
   async acquire(a: Admission): Promise<Lease> {
     let woken: Woken | undefined;
     for (;;) {
-      const lease = this.paused ? undefined : this.tryAcquire(a);
+      let lease: Lease | undefined;
+      try {
+        lease = this.paused ? undefined : this.tryAcquire(a);
+      } catch (err) {
+        // Woken to find nothing routable (a breaker opened again): the next waiter learns it
+        // too, now, rather than at its queue timeout (a wake counts free slots, not waiters).
+        if (woken !== undefined) {
+          woken.round.declined.add(woken.seq);
+          this.deps.queue.wake(a.group.name, this.flags.priority_routing, woken.round);
+        }
+        throw err;
+      }
       if (lease !== undefined) return lease;
       if (!this.paused && (!this.deps.scheduler.queueWhenFull || a.queue === false)) throw new BrokerError('capacity_exhausted', `every deployment of ${a.group.name} is at capacity`, { retryAfter: 1 });
       if (woken !== undefined) {

@@ -340,7 +340,22 @@ t.test('a half-open breaker whose trials are out holds the next requests for its
   trial2.release();
   h.s.wakeAll();
   t.equal((await refused).code, 'upstream_unavailable', 'refused once the breaker reopened, not left to its queue timeout');
+
+  // More waiters than the deployment has slots: every one learns of the reopen, not only as many as there are free slots.
+  const g3 = group('g3', [dep('c', { concurrencyLimit: 3 })]);
+  const h3 = harness([g3], { flags: PLAIN });
+  const c = h3.s.get('c')!;
+  h3.capacity.setRouteWord(c.slot, HALF_OPEN);
+  h3.capacity.setTrials(c.slot, 1);
+  const trial3 = await h3.acquire(g3);
+  const held = Array.from({ length: 8 }, () => rejection(h3.acquire(g3)));
+  await new Promise((r) => setTimeout(r, 20));
+  h3.capacity.setRouteWord(c.slot, BREAKER_OPEN);
+  trial3.release();
+  h3.s.wakeAll();
+  t.same((await Promise.all(held)).map((e) => e.code), Array(8).fill('upstream_unavailable'), 'all 8 refused at the reopen');
   await h.finish(t);
+  await h3.finish(t);
 });
 
 t.test('performance routing: degraded avoided; if all are degraded they still route', async (t) => {
