@@ -114,10 +114,11 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     (r.label !== undefined ? (known !== undefined || p.admittedLabel(r.label) ? r.label : OTHER_LABEL) : known !== undefined ? `key:${known.id}` : `${r.api}:${r.kind}`);
   // Embeddings produce no tokens: only their input is reserved.
   let predictedOutput = r.kind === 'embed' ? 0 : flags.output_prediction ? p.predictor.predict(label, maxTokens, p.defaultOutputTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
-  // A guess (no max_tokens from the client) never reserves past the key's tpm: a key whose
-  // limit is below the guess would be refused as "can never fit" for ever, and never learn
-  // its real output sizes. What it spends beyond is charged when the usage comes back.
-  if (maxTokens === undefined && predictedOutput > 0 && flags.quota_enforcement && known !== undefined) {
+  // A guess (no max_tokens from the client: a QoS tier's cap is no more than a bound) never
+  // reserves past the key's tpm: a key whose limit is below the guess would be refused as
+  // "can never fit" for ever, and never learn its real output sizes. What it spends beyond
+  // is charged when the usage comes back.
+  if (r.maxTokens === undefined && predictedOutput > 0 && flags.quota_enforcement && known !== undefined) {
     const tpm = p.quota.limits(`key:${known.id}`)?.tpm ?? known.policy.tpm;
     if (tpm !== undefined) predictedOutput = Math.min(predictedOutput, Math.max(0, Math.floor((tpm - tokensOfChars(r.promptChars)) / r.choices)));
   }

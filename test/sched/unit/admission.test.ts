@@ -107,4 +107,9 @@ t.test('without max_tokens the output guess is defaultOutputTokens, and never mo
   const small = admit(p, request({}), group);
   t.equal(small.reserveTokens, 100, 'the guess capped at what tpm leaves after the prompt');
   t.throws(() => admit(p, request({ max_tokens: 500 }), group), { code: 'quota_exceeded', message: /can never fit/ }, "the client's own max_tokens is not a guess");
+  // A QoS tier's output cap (realtime: 2,048) bounds the output; it is not the client's max_tokens.
+  const fresh = new QuotaLedger(now);
+  fresh.setLimits(subject, { tpm: 100 });
+  const tiered = admit({ ...policies(fresh), flags: { ...flags, output_prediction: true, qos_switching: true }, qos: { ...DEFAULT_QOS, defaultTier: 'realtime' } }, request({}), group);
+  t.equal(tiered.reserveTokens, 100, "a tier's cap is capped by the tpm too");
 });
