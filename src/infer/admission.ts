@@ -115,7 +115,7 @@ export class AdmissionQueue<T> {
     return t;
   }
 
-  /** The earliest own deadline among the waiters (Infinity when none has one). */
+  /** The earliest own deadline among the waiters (Infinity when none has one); a scan, asked only when a batch would wait to fill. */
   get firstDeadline(): number {
     if (this.withDeadline === 0) return Infinity;
     let t = Infinity;

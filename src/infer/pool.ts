@@ -295,7 +295,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
    * input tensor: a dynamic-size model asked for large img_size runs fewer per batch (32
    * images at 1024² would be 400 MB of input, and the runtime's arena keeps its peak).
    */
-  function batchSize(key: string, count: number, oldest: number, firstDeadline: number, now: number, size: number | undefined): number {
+  function batchSize(key: string, count: number, oldest: number, firstDeadline: () => number, now: number, size: number | undefined): number {
     const { batching, input } = opts.models[key]!.manifest;
     const { preferredBatchSizes, maxQueueDelayUs } = batching;
     const pixels = size !== undefined ? size * size : (input.height ?? input.defaultSize) * (input.width ?? input.defaultSize);
@@ -305,7 +305,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     const due = oldest + maxQueueDelayUs / 1000;
     // Never hold a request for a batch to fill past its own deadline (a v2 timeout shorter
     // than max_queue_delay_us): what waits goes now, as a smaller batch.
-    if (now >= due || firstDeadline <= due) return count;
+    if (now >= due || firstDeadline() <= due) return count;
     if (due < delayDue) {
       clearTimeout(delayTimer);
       delayDue = due;
@@ -355,7 +355,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       const order = [...queues.entries()].filter(([, q]) => q.size > 0).sort(([, a], [, b]) => b.topScore(now) - a.topScore(now) || a.oldest - b.oldest);
       for (const [key, q] of order) {
         const next = q.nextGroup(now)!;
-        const n = batchSize(key, next.count, q.oldest, q.firstDeadline, now, next.size);
+        const n = batchSize(key, next.count, q.oldest, () => q.firstDeadline, now, next.size);
         if (n === 0) continue;
         const before = q.size;
         const batch = q.take(n, next.size, now, fresh);

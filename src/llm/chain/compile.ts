@@ -56,6 +56,7 @@ import { anthropicDelta, anthropicDone, anthropicWriter } from '../translate/ant
 import {
   ERROR_PROBE,
   OLLAMA_DONE_PROBE,
+  OLLAMA_TOOLS_PROBE,
   OLLAMA_TOKEN_PROBE,
   OPENAI_FINISH_PROBE,
   OPENAI_TOKEN_PROBE,
@@ -632,6 +633,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         }
         r.hasUsage = false;
         r.json = null;
+        if (!r.ollamaTools && OLLAMA_TOOLS_PROBE.test(d)) r.ollamaTools = true;
         if (OLLAMA_DONE_PROBE.test(d)) {
           const j = tryParse(d);
           if (j !== null && j['done'] === true) {

@@ -30,6 +30,9 @@ export const OLLAMA_DONE_PROBE = /"done"\s*:\s*true/;
 /** Ollama: generated text in content, response or thinking, or a tool call (cf. ollamaHasToken). */
 export const OLLAMA_TOKEN_PROBE = /"(?:content|response|thinking)"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[\s*\{/;
 
+/** Ollama: maybe a line with tool calls (a probe, as the stats' finish reason needs no more). */
+export const OLLAMA_TOOLS_PROBE = /"tool_calls"\s*:\s*\[\s*\{/;
+
 /** JSON.parse that answers null instead of throwing. */
 export function tryParse(text: string): Record<string, unknown> | null {
   try {

@@ -375,7 +375,7 @@ class TranslateStage extends Transform {
       return cb();
     }
     // Ollama provider
-    const calls = this.passthrough ? undefined : (l.json?.['message'] as { tool_calls?: unknown } | undefined)?.tool_calls;
+    const calls = (l.json?.['message'] as { tool_calls?: unknown } | undefined)?.tool_calls;
     if (Array.isArray(calls) && calls.length > 0) this.ollamaTools = true;
     if (l.type === 'done') {
       this.stats.sawTerminal = true;
