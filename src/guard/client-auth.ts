@@ -89,7 +89,7 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
     if (o.mode === 'open' && s.state !== 'ok') return;
     if (s.state === 'dead') refuse('session', 'the session is unknown, expired or revoked');
     if (s.state === 'role') refuse('role', ROLE_MESSAGE);
-    if (s.state === 'unknowable') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)');
+    if (s.state === 'unknowable') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed, or a session this replica has not seen)');
     // Held to its key's quotas, tier, priority and budget (admission), and tracked as that key.
     req.caller = s.caller;
     const facts = req.facts;

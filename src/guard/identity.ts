@@ -144,8 +144,10 @@ export class Identity {
    */
   async liveSession(id: string): Promise<SessionRecord | undefined> {
     const s = await this.session(id);
-    if (s === undefined && !this.o.store.up && this.o.failMode === 'closed') {
-      throw new BrokerError('unauthorized', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed)', { details: { reason: 'store_unavailable' } });
+    if (s === undefined && !this.o.store.up) {
+      // Failing open, only the sessions this replica saw live pass: another is not "revoked" either.
+      const why = this.o.failMode === 'closed' ? 'AUTH_REDIS_FAIL_MODE=closed' : 'AUTH_REDIS_FAIL_MODE=open accepts only the sessions this replica saw live';
+      throw new BrokerError('unauthorized', `sessions cannot be checked while the shared store is unreachable (${why})`, { details: { reason: 'store_unavailable' } });
     }
     return s;
   }
