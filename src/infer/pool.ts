@@ -230,6 +230,13 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     return p;
   };
   let piscina = makePiscina();
+  /** A new set of workers; the old one is retired (closed: it finishes its batches; destroyed: it is stuck). */
+  const startAnew = (live: number, retire: (old: Piscina) => Promise<void>): void => {
+    opts.onRestart?.(live, opts.threads);
+    const old = piscina;
+    piscina = makePiscina();
+    void retire(old).catch(() => undefined);
+  };
 
   // Piscina replaces a dead worker, except once any worker died before it was ready: from
   // then on it never starts another (its guard against a worker that cannot start), and
@@ -252,10 +259,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
         else supervise(backoffMs); // replacements still loading: look again
         return;
       }
-      opts.onRestart?.(live, opts.threads);
-      const old = piscina;
-      piscina = makePiscina();
-      void old.close().catch(() => undefined);
+      startAnew(live, (old) => old.close());
       const wait = backoffMs;
       backoffMs = Math.min(backoffMs * 2, SUPERVISE_MAX_MS);
       supervise(wait);
@@ -529,10 +533,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
         // pool. Once only: a model that takes that long to load is then given all the time left.
         if (!restarted && Date.now() - since > stuckStartMs && !closing) {
           restarted = true;
-          opts.onRestart?.(readyWorkers(), opts.threads);
-          const old = piscina;
-          piscina = makePiscina();
-          void old.destroy().catch(() => undefined);
+          startAnew(readyWorkers(), (old) => old.destroy());
         }
         await new Promise((r) => setTimeout(r, 20));
       }

@@ -340,11 +340,15 @@ function responseIdentity(v: unknown): ResponseIdentity | null {
   return typeof rest['id'] === 'string' ? (rest as ResponseIdentity) : null;
 }
 
+/** A JSON object, or undefined. */
+function obj(v: unknown): Record<string, unknown> | undefined {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+}
+
 /** Keeps a passed-through stream's output items up to date with one of its events (already parsed: ours to keep). */
 function trackOutput(items: Record<string, unknown>[], type: string, j: Record<string, unknown>): void {
   const at = j['output_index'];
   if (typeof at !== 'number' || at < 0 || at > 1024) return;
-  const obj = (v: unknown): Record<string, unknown> | undefined => (v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined);
   if (type === 'response.output_item.added' || type === 'response.output_item.done') {
     const item = obj(j['item']);
     if (item !== undefined) items[at] = item;
