@@ -300,6 +300,7 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
       method: 'POST',
       path: `${P}/qos/resolve`,
       body: 'json',
+      readOnly: true,
       handle(ctx) {
         const b = ctx.body as Record<string, unknown>;
         const str = (v: unknown, field: string): string | undefined => {

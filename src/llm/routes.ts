@@ -142,9 +142,9 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       },
     },
     {
-      // openai's models.retrieve(): one group, by its name or alias.
+      // openai's models.retrieve(): one group, by its name or alias (openai-node v4 sends `org/name` unencoded).
       method: 'GET',
-      path: '/v1/models/:model',
+      path: '/v1/models/:model*',
       errorShape: openaiErrorShape,
       async handle({ sink, params }) {
         const fleet = await source.current();

@@ -18,3 +18,15 @@ t.test('exact, param, 404 and 405', async (t) => {
   t.equal(router.match('GET', '/flags/%E0%A4%A').kind, 'not_found', 'malformed escapes do not throw');
   t.throws(() => router.add(r('GET', '/a')), /duplicate/);
 });
+
+t.test('a last `:name*` segment takes the rest of the path, slashes and all', async (t) => {
+  const router = new Router().add(r('GET', '/v1/models/:model*'));
+  const m = router.match('GET', '/v1/models/org/some%20model');
+  t.same(m.kind === 'found' && m.params, { model: 'org/some model' });
+  const one = router.match('GET', '/v1/models/plain');
+  t.same(one.kind === 'found' && one.params, { model: 'plain' });
+  t.equal(router.match('GET', '/v1/models').kind, 'not_found', 'the rest may not be empty');
+  t.equal(router.match('GET', '/v1/models/').kind, 'not_found');
+  t.equal(router.match('GET', '/v1/models/a//b').kind, 'not_found', 'no empty segment inside');
+  t.equal(router.match('GET', '/v1/models/a/%E0%A4%A').kind, 'not_found', 'malformed escapes do not throw');
+});

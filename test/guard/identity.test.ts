@@ -154,9 +154,13 @@ t.test('sessions: a key or a JWT for a session id; a revoked session is refused 
 });
 
 t.test('the audit trail: who, what, before and after; readers may read it, clients may not', async (t) => {
-  await call('PUT', '/api/industrial/flags/quota_enforcement', await jwt({ sub: 'carol', roles: ['manager'] }), { enabled: true });
+  const carol = await jwt({ sub: 'carol', roles: ['manager'] });
+  await call('PUT', '/api/industrial/flags/quota_enforcement', carol, { enabled: true });
+  // A POST that only reads is no change: it stays out of the trail.
+  t.equal((await call('POST', '/api/industrial/qos/resolve', carol, { tier: 'standard' })).status, 200);
   const trail = await call('GET', '/api/audit?subject=carol', await jwt({ sub: 'dave', roles: ['analyst'] }));
   t.equal(trail.status, 200);
+  t.same(trail.body.entries.map((x: { action: string }) => x.action), ['PUT /api/industrial/flags/quota_enforcement'], 'the change only, not the query');
   const e = trail.body.entries[0];
   t.equal(e.subject, 'carol');
   t.equal(e.role, 'manager');

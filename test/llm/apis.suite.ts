@@ -185,8 +185,10 @@ t.test('Messages API, streamed: message_start … message_stop with usage, both 
     const types: string[] = [];
     let text = '';
     let delta: Anthropic.MessageDeltaEvent | undefined;
+    let started: Anthropic.MessageStartEvent | undefined;
     for await (const ev of stream) {
       types.push(ev.type);
+      if (ev.type === 'message_start') started = ev;
       if (ev.type === 'content_block_delta' && ev.delta.type === 'text_delta') text += ev.delta.text;
       if (ev.type === 'message_delta') delta = ev;
     }
@@ -198,6 +200,7 @@ t.test('Messages API, streamed: message_start … message_stop with usage, both 
     t.equal(text, mockText(8));
     t.equal(delta?.delta.stop_reason, 'end_turn');
     t.equal(delta?.usage.output_tokens, 8, 'usage on message_delta');
+    t.ok(started!.message.usage.input_tokens > 0, 'message_start names the prompt (an estimate) before the upstream has, as Anthropic names it');
     // The SDK's own accumulator reads the same stream into a whole Message.
     const final = await anthropic.messages.stream({ model, max_tokens: 100, messages: [{ role: 'user', content: 'Hi' }] }).finalMessage();
     t.same(final.content, [{ type: 'text', text: mockText(8) }]);

@@ -42,6 +42,7 @@ const fleet = {
     slow: { deployments: [dep('slow-1', 'ollama', slow)] },
     junk: { deployments: [dep('junk-1', 'openai', junk)] },
     'junk-ollama': { deployments: [dep('junk-2', 'ollama', junk)] },
+    'org/slashed': { deployments: [dep('slashed-1', 'openai', okOpenai)] },
   },
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-llm-'));
@@ -329,6 +330,12 @@ t.test('model lists', async (t) => {
   t.equal(missing.status, 404);
   t.equal(missing.code, 'model_not_found');
   t.equal(missing.param, 'model');
+  // openai-node v4 puts `org/name` in the path as it is; v5 encodes the slash.
+  for (const path of ['org/slashed', 'org%2Fslashed']) {
+    const r = await fetch(`${tb.url}/v1/models/${path}`, { headers: { authorization: 'Bearer sk-test' } });
+    t.equal(r.status, 200, path);
+    t.match(await r.json(), { id: 'org/slashed', object: 'model' });
+  }
   const tags = await ollama.list();
   t.ok(tags.models.some((m) => m.name === 'chat-ollama'));
 });

@@ -203,7 +203,7 @@ function guarded(g: Guards, r: Route, params: Record<string, string>, req: Broke
 function run(g: Guards, route: Route, params: Record<string, string>, body: unknown, req: BrokerRequest, sink: FrontSink, principal: Principal | undefined): void {
   const note: AuditNote = {};
   // Every change through an admin route that succeeds goes to the audit trail.
-  const audited = route.admin && principal !== undefined && req.method !== 'GET' && req.method !== 'HEAD' && g.audit !== undefined;
+  const audited = route.admin && !route.readOnly && principal !== undefined && req.method !== 'GET' && req.method !== 'HEAD' && g.audit !== undefined;
   const done = (): void => {
     if (audited) g.audit!({ principal: principal!, req, params, note });
   };

@@ -1,5 +1,7 @@
 // Route table: exact paths in a map, `:param` paths matched by segments. Built once;
 // a lookup tells apart "no such path" (404) from "path exists, wrong method" (405).
+// A last segment `:name*` takes the rest of the path, slashes included: model names
+// such as `org/model` that some clients send unencoded.
 import type { BrokerRequest, ReplySink } from '../reply.ts';
 import type { Principal } from '../../guard/rbac.ts';
 
@@ -36,6 +38,8 @@ export interface Route {
   readonly rawTypes?: ReadonlySet<string>;
   /** Needs the admin credential. */
   readonly admin?: boolean;
+  /** An admin POST that only reads (a query with a body): left out of the audit trail. */
+  readonly readOnly?: boolean;
   /** Subject to the per-client rate limit. */
   readonly rateLimited?: boolean;
   /** Request tracking records this route's requests under this API name (docs/tracking.md). */
@@ -102,10 +106,20 @@ export class Router {
 }
 
 function matchSegments(pattern: string[], segments: string[]): Record<string, string> | undefined {
-  if (pattern.length !== segments.length) return undefined;
+  const last = pattern.length - 1;
+  const rest = pattern[last]!.endsWith('*');
+  if (rest ? segments.length < pattern.length : pattern.length !== segments.length) return undefined;
   let params: Record<string, string> | undefined;
   for (let i = 0; i < pattern.length; i++) {
     const p = pattern[i]!;
+    if (rest && i === last) {
+      const tail = segments.slice(last);
+      if (tail.includes('')) return undefined;
+      const value = decodeAll(tail);
+      if (value === undefined) return undefined;
+      (params ??= {})[p.slice(1, -1)] = value;
+      break;
+    }
     const s = segments[i]!;
     if (p.startsWith(':')) {
       if (s === '') return undefined;
@@ -119,4 +133,12 @@ function matchSegments(pattern: string[], segments: string[]): Record<string, st
     } else if (p !== s) return undefined;
   }
   return params ?? {};
+}
+
+function decodeAll(segments: string[]): string | undefined {
+  try {
+    return segments.map(decodeURIComponent).join('/');
+  } catch {
+    return undefined;
+  }
 }

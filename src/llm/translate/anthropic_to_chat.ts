@@ -258,6 +258,8 @@ export interface AnthropicWriter {
   readonly model: string;
   /** The prompt's usage when known before the reply (a cache replay): message_start says it, as Anthropic's does. */
   readonly known: Usage | null;
+  /** Else the prompt's estimate, for message_start (message_delta carries the upstream's count). */
+  readonly promptEstimate: number;
   started: boolean;
   /** Index of the block being written, -1 for none; 'text' or the tool call's index. */
   block: number;
@@ -284,7 +286,7 @@ export interface AnthropicWriter {
 }
 
 export function anthropicWriter(ctx: ReplyContext, known: Usage | null = null): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, known, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
 }
 
 function event(type: string, data: Record<string, unknown>): string {
@@ -294,7 +296,7 @@ function event(type: string, data: Record<string, unknown>): string {
 function start(w: AnthropicWriter): string {
   if (w.started) return '';
   w.started = true;
-  const msg = { id: 'msg_' + w.id, type: 'message', role: 'assistant', model: w.model, content: [], stop_reason: null, stop_sequence: null, usage: w.known === null ? { input_tokens: 0, output_tokens: 0 } : usageObject({ ...w.known, completionTokens: 0 }) };
+  const msg = { id: 'msg_' + w.id, type: 'message', role: 'assistant', model: w.model, content: [], stop_reason: null, stop_sequence: null, usage: w.known === null ? { input_tokens: w.promptEstimate, output_tokens: 0 } : usageObject({ ...w.known, completionTokens: 0 }) };
   return event('message_start', { message: msg }) + event('ping', {});
 }
 

@@ -240,6 +240,8 @@ export interface ReplyContext {
   id: string;
   /** The client's body, for reply fields that depend on it (an embeddings encoding_format). */
   request?: Readonly<Record<string, unknown>>;
+  /** The prompt's estimated tokens, for a reply that must name them before the upstream has (Anthropic's message_start). */
+  promptEstimate?: number;
 }
 
 /** Token usage in API-neutral form. */
