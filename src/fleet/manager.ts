@@ -367,6 +367,8 @@ export class FleetManager {
       lastError: s.lastError,
       consecutiveFailures: s.failStreak,
       deployments: deployments.map((d) => d.config.id),
+      // Drained one by one (/api/industrial/capacity/{id}/drain): not routed even when the server is.
+      drainedDeployments: deployments.filter((d) => this.drained.has(d.config.id)).map((d) => d.config.id),
     };
   }
 
@@ -382,6 +384,8 @@ export class FleetManager {
   setDraining(id: string, draining: boolean): Record<string, unknown> {
     const s = this.serverState(id);
     s.draining = draining;
+    // Undraining a server puts all of it back in service, deployments drained one by one too.
+    if (!draining) for (const d of this.deps.governance.scheduler.all()) if (d.config.server === id) this.drained.delete(d.config.id);
     this.applyRoutes();
     this.changed();
     return this.serverView(s);

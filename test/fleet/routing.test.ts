@@ -110,6 +110,13 @@ t.test('drain lets in-flight streams finish while new requests go elsewhere; mai
   t.equal((await get(tb, '/api/industrial/capacity/slow')).draining, true);
   await send(tb, 'POST', '/api/orchestrator/servers/slow/undrain');
   await until(async () => (await used(tb, 'g', 5)).includes('slow'), 'slow back');
+  // A deployment drained alone shows in its server's view, and undraining the server lifts it.
+  t.equal((await send(tb, 'POST', '/api/industrial/capacity/slow/drain', {})).status, 200);
+  t.same((await server(tb, 'slow')).drainedDeployments, ['slow']);
+  t.same(new Set(await used(tb, 'g', 5)), new Set(['other']));
+  t.same((await send(tb, 'POST', '/api/orchestrator/servers/slow/undrain')).body.drainedDeployments, []);
+  t.equal((await get(tb, '/api/industrial/capacity/slow')).draining, false);
+  await until(async () => (await used(tb, 'g', 5)).includes('slow'), 'slow back after the server undrain');
 
   const m = await send(tb, 'POST', '/api/orchestrator/servers/other/maintenance', { enabled: true, reason: 'kernel upgrade' });
   t.equal(m.body.state, 'maintenance');
