@@ -67,3 +67,29 @@ t.test('warm-ups and metadata under load wait for a slot: every request and ever
   t.equal(failures, 0, 'no worker died');
   t.equal(pool.queueSize, 0);
 });
+
+// A start that neither loads nor dies held readiness for good (seen twice in the suite under
+// load). Here the workers load normally but past a 1 ms limit: waitReady starts a new pool
+// once, destroying the first, and that pool is given the time left and serves.
+t.test('a start slower than stuckStartMs: one new pool, which becomes ready and serves', async (t) => {
+  const restarts: [number, number][] = [];
+  const pool = createInferPool({
+    models: { A: loadManifest('models/vA.onnx') },
+    threads: 2,
+    intraOpThreads: 1,
+    maxQueue: 64,
+    maxPixels: 4096 * 4096,
+    stuckStartMs: 1,
+    onRestart: (live, wanted) => restarts.push([live, wanted]),
+  });
+  t.teardown(() => pool.close());
+  const first = new Set(pool.threads);
+  t.ok(first.size > 0, 'the first pool has started its workers');
+  await pool.waitReady();
+  t.equal(restarts.length, 1, 'one restart, not one per look');
+  t.same(restarts[0]![1], 2);
+  t.ok(pool.threads.every((w) => !first.has(w)), 'the workers are those of the new pool');
+  const images = (await fashionPngs(4)).map((i) => Buffer.from(i.b64, 'base64'));
+  const out = await Promise.all(images.map((png) => pool.run('A', new Uint8Array(png).buffer, undefined, 1)));
+  t.ok(out.every((r) => r.predictions.length === 1), 'serves');
+});
