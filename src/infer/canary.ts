@@ -1,5 +1,9 @@
-// Canary judge: compares B's error rate and p99 latency with A's over a sliding
-// window and says when B should be rolled back. Pure: the clock is passed in.
+// Canary judge: compares B's error rate and latency with A's over a sliding window and
+// says when B should be rolled back. Pure: the clock is passed in.
+//
+// Latency needs B slower at its median and at its p99 alike. On p99 alone, with the few
+// tens of samples a canary starts on, p99 is B's one slowest request: a single GC pause or
+// queue spike rolled back a B identical to A (4 rounds in 10 on a 2 ms model).
 
 export interface CanaryThresholds {
   readonly windowMs: number;
@@ -7,7 +11,7 @@ export interface CanaryThresholds {
   readonly minRequests: number;
   /** Rollback when B's error rate exceeds A's by more than this (0.05 = 5 points). */
   readonly errorMargin: number;
-  /** Rollback when B's p99 exceeds A's p99 by more than this fraction (0.5 = 50 %). */
+  /** Rollback when B's p50 and p99 both exceed A's by more than this fraction (0.5 = 50 %). */
   readonly latencyMargin: number;
 }
 
@@ -20,6 +24,7 @@ interface Sample {
 export interface ArmWindow {
   readonly requests: number;
   readonly errorRate: number;
+  readonly p50Ms: number;
   readonly p99Ms: number;
 }
 
@@ -47,7 +52,7 @@ export class CanaryJudge {
     while (drop < list.length && list[drop]!.at < from) drop++;
     if (drop > 0) list.splice(0, drop);
     const n = list.length;
-    if (n === 0) return { requests: 0, errorRate: 0, p99Ms: 0 };
+    if (n === 0) return { requests: 0, errorRate: 0, p50Ms: 0, p99Ms: 0 };
     let errors = 0;
     const ms: number[] = [];
     for (const s of list) {
@@ -55,8 +60,8 @@ export class CanaryJudge {
       else ms.push(s.ms);
     }
     ms.sort((a, b) => a - b);
-    const p99 = ms.length === 0 ? 0 : ms[Math.min(ms.length - 1, Math.ceil(ms.length * 0.99) - 1)]!;
-    return { requests: n, errorRate: errors / n, p99Ms: p99 };
+    const at = (q: number): number => (ms.length === 0 ? 0 : ms[Math.min(ms.length - 1, Math.ceil(ms.length * q) - 1)]!);
+    return { requests: n, errorRate: errors / n, p50Ms: at(0.5), p99Ms: at(0.99) };
   }
 
   /** A reason to roll back, or undefined while B is within its margins. */
@@ -67,8 +72,10 @@ export class CanaryJudge {
     if (b.errorRate - a.errorRate > this.t.errorMargin) {
       return `B error rate ${(b.errorRate * 100).toFixed(1)}% exceeds A's ${(a.errorRate * 100).toFixed(1)}% by more than ${(this.t.errorMargin * 100).toFixed(1)} points`;
     }
-    if (a.requests >= this.t.minRequests && a.p99Ms > 0 && b.p99Ms > a.p99Ms * (1 + this.t.latencyMargin)) {
-      return `B p99 ${b.p99Ms.toFixed(1)} ms exceeds A's ${a.p99Ms.toFixed(1)} ms by more than ${(this.t.latencyMargin * 100).toFixed(0)}%`;
+    const slower = (x: number, y: number): boolean => y > 0 && x > y * (1 + this.t.latencyMargin);
+    if (a.requests >= this.t.minRequests && slower(b.p50Ms, a.p50Ms) && slower(b.p99Ms, a.p99Ms)) {
+      const pct = (this.t.latencyMargin * 100).toFixed(0);
+      return `B latency exceeds A's by more than ${pct}%: p50 ${b.p50Ms.toFixed(1)} ms vs ${a.p50Ms.toFixed(1)} ms, p99 ${b.p99Ms.toFixed(1)} ms vs ${a.p99Ms.toFixed(1)} ms`;
     }
     return undefined;
   }

@@ -38,8 +38,16 @@ t.test('canary judge: error rate and latency margins over a window', async (t) =
   for (let i = 0; i < 10; i++) slow.record('A', true, 10, i);
   for (let i = 0; i < 10; i++) slow.record('B', true, 14, i);
   t.equal(slow.verdict(20), undefined, 'within 50 %');
-  for (let i = 0; i < 10; i++) slow.record('B', true, 40, i);
-  t.match(slow.verdict(20), /p99/);
+  slow.record('B', true, 400, 11);
+  t.equal(slow.verdict(20), undefined, 'one slow request (a GC pause) is no verdict: the median is as A\'s');
+  for (let i = 0; i < 20; i++) slow.record('B', true, 40, i);
+  t.match(slow.verdict(20), /p50 40\.0 ms vs 10\.0 ms, p99 400\.0 ms vs 10\.0 ms/, 'slower at the median and the tail');
+
+  // A B slower at its tail, with its median as A's: no rollback on latency (its errors still count).
+  const tail = new CanaryJudge({ windowMs: 1000, minRequests: 5, errorMargin: 0.1, latencyMargin: 0.5 });
+  for (let i = 0; i < 100; i++) tail.record('A', true, 10, i);
+  for (let i = 0; i < 100; i++) tail.record('B', true, i < 90 ? 10 : 80, i);
+  t.equal(tail.verdict(200), undefined);
 });
 
 t.test('manifest validation names the field', async (t) => {
