@@ -105,6 +105,10 @@ t.test('errors carry the status of their code in the table', async (t) => {
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28] }], raw_input_contents: [Buffer.alloc(10)] }, grpc.status.INVALID_ARGUMENT, 'raw contents short of the shape');
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [] }, grpc.status.INVALID_ARGUMENT, 'no contents');
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], contents: { bytes_contents: [Buffer.from('text')] } }] }, grpc.status.INVALID_ARGUMENT, 'not an image (unsupported_image)');
+  // tritonclient sends priority as Triton's uint64_param: read, not dropped.
+  const prioritised = (priority: number) => ({ model_name: MODEL, parameters: { priority: { uint64_param: priority } }, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [lengthPrefixed([pngs[0]!])] });
+  await fails('ModelInfer', prioritised(11), grpc.status.INVALID_ARGUMENT, 'a priority past the levels, as uint64_param');
+  t.equal((await rpc('ModelInfer', prioritised(1))).outputs.length, 1, 'priority 1 as uint64_param');
   const ok = await rpc('ServerLive', {});
   t.equal(ok.live, true, 'still serving');
 });

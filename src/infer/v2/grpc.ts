@@ -48,10 +48,12 @@ export interface V2GrpcDeps {
 
 // Messages as proto-loader hands them over (keepCase, defaults, oneofs).
 interface InferParameter {
-  readonly parameter_choice?: 'bool_param' | 'int64_param' | 'string_param';
+  readonly parameter_choice?: 'bool_param' | 'int64_param' | 'string_param' | 'double_param' | 'uint64_param';
   readonly bool_param?: boolean;
   readonly int64_param?: number;
   readonly string_param?: string;
+  readonly double_param?: number;
+  readonly uint64_param?: number;
 }
 type Params = Record<string, InferParameter>;
 interface Contents {
@@ -69,7 +71,7 @@ interface ModelInferRequest {
   readonly raw_input_contents: Buffer[];
 }
 
-/** InferParameter map to plain values (bool, int64 as number, string). */
+/** InferParameter map to plain values (bool, int64, uint64 and double as numbers, string). */
 function plain(params: Params | undefined): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, p] of Object.entries(params ?? {})) if (p.parameter_choice !== undefined) out[k] = p[p.parameter_choice];
