@@ -27,7 +27,8 @@ const ELEM = { float16: 10, int64: 7 } as const;
 // `nanScores`: Sqrt of the logits, NaN for the negative ones.
 // `masked`: -Infinity added to the logits of these classes (a masked class).
 // `dynamic`: any input size (the Conv and the pooling take any), picked by img_size up to 1024.
-export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?: boolean; classesFirst?: boolean; nanScores?: boolean; masked?: readonly number[]; dynamic?: boolean; outputType?: keyof typeof ELEM; manifest?: Record<string, unknown> } = {}): string {
+// `convHead`: the scores as a convolutional head gives them, [batch, 5, 1, 1].
+export function writeForeignModel(opts: { convHead?: boolean; failsBatched?: boolean; reducesBatch?: boolean; classesFirst?: boolean; nanScores?: boolean; masked?: readonly number[]; dynamic?: boolean; outputType?: keyof typeof ELEM; manifest?: Record<string, unknown> } = {}): string {
   const rng = mulberry32(424242);
   const rand = (n: number, scale: number) => Float32Array.from({ length: n }, () => (rng() - 0.5) * 2 * scale);
   const F = 8;
@@ -81,6 +82,10 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
     initializers.push({ name: 'mask', dims: [FOREIGN.classes], float32: Float32Array.from({ length: FOREIGN.classes }, (_, c) => (opts.masked!.includes(c) ? -Infinity : 0)) });
     nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['logits'], attributes: { transB: attr.int(1) } });
     nodes.push({ opType: 'Add', inputs: ['logits', 'mask'], outputs: ['scores'] });
+  } else if (opts.convHead === true) {
+    initializers.push({ name: 'head.shape', dims: [4], int64: [0n, BigInt(FOREIGN.classes), 1n, 1n] });
+    nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['rows'], attributes: { transB: attr.int(1) } });
+    nodes.push({ opType: 'Reshape', inputs: ['rows', 'head.shape'], outputs: ['scores'] });
   } else nodes.push({ opType: 'Gemm', inputs: [feat, 'fc.w', 'fc.b'], outputs: ['scores'], attributes: { transB: attr.int(1) } });
   const onnx = encodeModel({
     producerName: 'edge-broker test',
@@ -89,7 +94,7 @@ export function writeForeignModel(opts: { failsBatched?: boolean; reducesBatch?:
       nodes,
       initializers,
       inputs: [{ name: 'input', shape: opts.dynamic === true ? ['batch', 'h', 'w', 3] : ['batch', FOREIGN.size, FOREIGN.size, 3] }],
-      outputs: [{ name: 'scores', shape: opts.classesFirst === true ? ['a', 'b'] : ['batch', FOREIGN.classes], ...(opts.outputType !== undefined ? { elemType: ELEM[opts.outputType] } : {}) }],
+      outputs: [{ name: 'scores', shape: opts.classesFirst === true ? ['a', 'b'] : opts.convHead === true ? ['batch', FOREIGN.classes, 1, 1] : ['batch', FOREIGN.classes], ...(opts.outputType !== undefined ? { elemType: ELEM[opts.outputType] } : {}) }],
     },
   });
   const dir = mkdtempSync(join(tmpdir(), 'eb-foreign-'));

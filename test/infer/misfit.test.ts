@@ -247,3 +247,22 @@ t.test('img_size on a dynamic-size model: from input.minSize (a convolution stac
   t.throws(() => dyn({ minSize: 48, maxSize: 64 }), /input.defaultSize must be between input.minSize \(48\) and input.maxSize \(64\), got 32/);
   t.throws(() => dyn({ minSize: 4 }), /input.minSize/);
 });
+
+t.test('a convolutional head, [batch,5,1,1]: v2 answers the shape its metadata gives, with the values of a direct run', async (t) => {
+  const ort = await import('onnxruntime-node');
+  const path = writeForeignModel({ convHead: true, manifest: { batching: { max_batch_size: 1 } } });
+  const tb = await startTestBroker({ MODEL_VA_PATH: path, MODEL_VB_PATH: path, AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', FRONT_THREADS: '0' });
+  t.teardown(() => tb.close());
+  const meta = (await (await fetch(`${tb.url}/v2/models/foreign-nhwc`)).json()) as { outputs: { name: string; shape: number[] }[] };
+  t.same(meta.outputs[0]!.shape, [-1, FOREIGN.classes, 1, 1]);
+  const n = 2;
+  const x = Float32Array.from({ length: n * FOREIGN.size * FOREIGN.size * 3 }, (_, i) => ((i * 7919) % 255) / 255 - 0.5);
+  const r = await postJson(`${tb.url}/v2/models/foreign-nhwc/infer`, { inputs: [{ name: 'input', datatype: 'FP32', shape: [n, FOREIGN.size, FOREIGN.size, 3], data: Array.from(x) }] });
+  t.equal(r.status, 200, JSON.stringify(r.body));
+  t.same(r.body.outputs[0].shape, [n, FOREIGN.classes, 1, 1], 'the reply keeps the trailing 1s');
+  const session = await ort.InferenceSession.create(path);
+  const direct = (await session.run({ input: new ort.Tensor('float32', x, [n, FOREIGN.size, FOREIGN.size, 3]) })).scores!;
+  t.same(direct.dims, r.body.outputs[0].shape, 'as a direct run gives it');
+  const got = r.body.outputs[0].data as number[];
+  t.ok(Array.from(direct.data as Float32Array).every((v, i) => Math.abs(v - got[i]!) < 1e-6), 'the same values');
+});

@@ -84,6 +84,21 @@ export class V2Core {
     };
   }
 
+  /**
+   * The output's dims past the batch, as the metadata gives them: a convolutional head's
+   * [batch,10,1,1] is answered [N,10,1,1], not [N,10]. [classes] when the graph's dims are
+   * not all known or do not hold the scores (the metadata is one cached task per pool).
+   */
+  private async outputDims(arm: Arm, output: string, classes: number): Promise<number[]> {
+    const sessions = await this.service!.currentPool.metadata().then(
+      (m) => m[arm],
+      () => undefined,
+    );
+    const rest = sessions?.outputs.find((t) => t.name === output)?.shape.slice(1);
+    if (rest === undefined || rest.length <= 1 || !rest.every((d) => Number.isInteger(d) && d >= 1)) return [classes];
+    return rest.reduce((a, b) => a * b, 1) === classes ? [...rest] : [classes];
+  }
+
   async infer(name: string, version: string | undefined, req: InferRequest, ctx: CallContext = {}): Promise<InferResponse> {
     const { named } = this.resolve(name, version);
     const service = this.service!;
@@ -112,12 +127,13 @@ export class V2Core {
     const { results } = await service.run(choice, { items: items.buffers, tensor: input.datatype === 'FP32', size: items.size, topK: 0, scores: true, priority, timeoutMs, signal: ctx.signal });
     const n = results.length;
     const classes = results[0]!.scores!.length;
+    const dims = await this.outputDims(choice.arm, manifest.output.name, classes);
     const outputs: OutputTensor[] = wanted.map((o) => {
       const k = classificationOf(o, classes);
       if (k === undefined) {
         const data = new Float32Array(n * classes);
         results.forEach((r, i) => data.set(r.scores!, i * classes));
-        return { name: manifest.output.name, datatype: 'FP32', shape: [n, classes], data, requested: o };
+        return { name: manifest.output.name, datatype: 'FP32', shape: [n, ...dims], data, requested: o };
       }
       // Triton's classification: the output's own values (not probabilities), best first.
       const data = results.flatMap((r) => topK(r.scores!, manifest.labels, k, false).map((p) => `${p.score}:${p.index}:${p.label}`));
