@@ -19,7 +19,7 @@ import type { Learned } from '../sched/governance.ts';
 import { MAX_THREADS } from '../sched/wait-board.ts';
 import type { TrackRow } from '../track/facts.ts';
 import type { SpendEntry } from '../track/budget.ts';
-import type { ForwardedReply, InferCall, InferReply, PlaneStats, SharedBuffers, Snapshot, ToControl, ToPlane } from './protocol.ts';
+import type { ForwardedReply, InferCall, InferReply, PlaneStats, RouteLabel, SharedBuffers, Snapshot, ToControl, ToPlane } from './protocol.ts';
 
 export interface PlanesDeps {
   readonly config: Config;
@@ -35,6 +35,8 @@ export interface PlanesDeps {
   writeLog(text: string): void;
   /** The descriptor the threads write their lines to themselves (stdout), when the process logs there. */
   readonly logFd?: number;
+  /** The control plane's routes, as labels for requests a thread refuses before forwarding them. */
+  readonly controlRoutes?: readonly RouteLabel[];
   /** `signal`: aborted when the thread says the client went away. */
   forward(req: BrokerRequest, body: Uint8Array | undefined, signal: AbortLike): Promise<ForwardedReply>;
   /** `signal`: aborted when the thread says the client went away. */
@@ -115,7 +117,7 @@ export class DataPlanes {
   }
 
   private spawn(index: number, port: number): Promise<number> {
-    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel, spend: this.deps.spend?.(), logFd: this.deps.logFd };
+    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel, spend: this.deps.spend?.(), logFd: this.deps.logFd, controlRoutes: this.deps.controlRoutes };
     const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { init });
     const worker = new Worker(filename, { workerData, name: `data-plane-${index}` });
     const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map(), aborts: new Map() };

@@ -60,7 +60,12 @@ export interface PlaneInit {
   readonly spend?: readonly SpendEntry[];
   /** The descriptor the thread writes its log lines to itself (stdout); unset, they go through the control plane. */
   readonly logFd?: number;
+  /** The control plane's routes (method, path pattern, name): a forwarded request refused here (its body too large) is counted under its route. */
+  readonly controlRoutes?: readonly RouteLabel[];
 }
+
+/** A route as a label only: enough to name a request in metrics and logs. */
+export type RouteLabel = readonly [method: string, path: string, name: string | undefined];
 
 /** Inference input crossing to the control plane: the image's buffer is transferred. */
 export interface InferCall {

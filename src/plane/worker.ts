@@ -20,7 +20,7 @@ import { buildFleet, type Fleet, type FleetSource } from '../fleet/fleet.ts';
 import { threadExecutor } from '../llm/exec/thread.ts';
 import { inferRoutes, type InferBackend } from '../infer/routes.ts';
 import type { InferReply } from '../infer/service.ts';
-import { Router } from '../front/http/router.ts';
+import { Router, type Method } from '../front/http/router.ts';
 import { startHttpFront, type ForwardedReply } from '../front/http/server.ts';
 import { createRateLimiter } from '../guard/rate-limit.ts';
 import { BrokerError } from '../errors.ts';
@@ -182,6 +182,14 @@ const inference: InferBackend = {
   },
 };
 
+// The control plane's routes, as names only: a request for one that this thread refuses
+// before forwarding it (a body past MAX_BODY_BYTES) is counted under its route, not `unmatched`.
+const forwardedRoutes = new Router();
+const unreachable = (): never => {
+  throw new BrokerError('internal', 'a control-plane route runs on the control plane');
+};
+for (const [method, path, name] of init.controlRoutes ?? []) forwardedRoutes.add({ method: method as Method, path, name: name ?? path, handle: unreachable });
+
 const router = new Router();
 for (const r of [...inferRoutes(inference, config.stickyCookie, (k, c) => gov.priorityCeiling(k, c)), ...llmRoutes(fleetSource, gov, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
 
@@ -210,6 +218,7 @@ const front = await startHttpFront({
   accessLog,
   tracer,
   recorder,
+  forwardedRoutes,
   forward(req, body, onAbort) {
     const own = body !== undefined && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength;
     // A span stays on its thread; the forwarded request is recorded by this thread's span.

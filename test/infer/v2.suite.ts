@@ -284,8 +284,12 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
   // In the v2 shape too (with data-plane threads the 405 is the thread's), and a /v2 path no route serves.
   expectError(get, 405, 'method_not_allowed', 'GET on infer');
   expectError(await json.get('/v2/models'), 404, 'not_found', 'an unserved /v2 path');
+  const tooLarge = () => metricValue(tb.url, 'http_requests_errors_total', { route: '/v2/models/:model/infer', status: '413', code: 'payload_too_large' });
+  const largeBefore = await tooLarge();
   const big = await fetch(`${tb.url}/v2/models/${MODEL}/infer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: Buffer.alloc(9 * 1024 * 1024, 32) });
   expectError({ status: big.status, json: await big.json() }, 413, 'payload_too_large', 'a body over MAX_BODY_BYTES');
+  // Refused by a data-plane thread before it is forwarded: still counted under its route.
+  t.equal((await tooLarge()) - largeBefore, 1, 'counted under the v2 infer route, not unmatched');
 
   // More items in one request than the model's queue holds: refused whole (400: it never could
   // fit), before any item is queued, so none of them is computed for a request that failed.

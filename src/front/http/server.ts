@@ -35,6 +35,8 @@ export interface HttpFrontOptions extends Guards {
   readonly accessLog?: Logger;
   /** Requests for routes this thread does not serve go to the control plane. */
   readonly forward?: Forward;
+  /** The control plane's routes, matched only to name a forwarded request this thread refuses itself (a body too large). */
+  readonly forwardedRoutes?: Router;
   /** OpenTelemetry traces: the request's server span starts and ends here (default: off). */
   readonly tracer?: Tracer;
   /** Request tracking: one row per request on a tracked route (default: off). */
@@ -161,7 +163,11 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       );
     };
     // Paths are served by one side only: a path this thread knows with another method is a 405 here.
-    if (match.kind === 'not_found' && forward !== undefined) return forwardRequest(opts, forward, req, reader, sink);
+    if (match.kind === 'not_found' && forward !== undefined) {
+      const theirs = opts.forwardedRoutes?.match(method, path);
+      if (theirs?.kind === 'found') sink.routeName = theirs.route.name ?? theirs.route.path;
+      return forwardRequest(opts, forward, req, reader, sink);
+    }
     dispatch(opts, match, req, reader, sink);
   });
 
