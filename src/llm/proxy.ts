@@ -69,7 +69,7 @@ export class LlmProxy {
 
   constructor(private readonly deps: ProxyDeps) {}
 
-  /** A request admission refused (a key's quota or budget, its QoS tier): counted in llm_requests_total, deployment none. */
+  /** A request refused before any upstream call (its form, the key's quota or budget, its QoS tier): counted in llm_requests_total, deployment none. */
   refused(group: string, err: BrokerError): void {
     const reason = err.code === 'quota_exceeded' ? 'quota_exceeded' : err.status < 500 ? 'client_error' : err.code;
     this.deps.metrics.llmRequests.labels(group, 'none', coarse(reason), reason).inc();
@@ -154,7 +154,6 @@ export class LlmProxy {
     let lastError: BrokerError | undefined;
     let lease: Lease | null = null;
     const usage: Usage = { ok: false, promptTokens: 0, completionTokens: 0, ttftMs: null };
-    const clientStream = clientStreams(api, body);
     // Request tracking's record, filled in as the request goes (undefined: not tracked).
     const facts = req.facts;
     try {
@@ -256,8 +255,10 @@ export class LlmProxy {
           // The request cannot be written for this upstream (e.g. a content block it has no
           // word for): the client's mistake, which must not count against the deployment
           // (its breaker would open for everyone).
+          // Counted as a refusal (deployment none): no upstream call was made.
           usage.ok = null;
-          this.finish(facts, g, dep, 'client_error', req.startedAt, clientStream);
+          m.llmRequests.labels(g.name, 'none', 'client_error', 'client_error').inc();
+          if (facts !== undefined) facts.outcome = 'client_error';
           throw err;
         }
         const upSpan = span === undefined ? undefined : attemptSpan(span, dep.config, g.name, retry, up.stream);

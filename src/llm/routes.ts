@@ -13,6 +13,7 @@ import { readLlmRequest, type LlmRequest, type PromptLimits } from './request.ts
 import type { Admitted } from '../sched/admission.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
 import type { ReplySink } from '../front/reply.ts';
+import { ollamaLoadReply } from './ollama-load.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 /** The Ollama API release whose routes and fields the broker serves (thinking, tools, /api/embed). */
@@ -84,13 +85,28 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       const known = source.current();
       const fleet = known instanceof Promise ? await known : known;
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
+      if (api === 'ollama' && (kind === 'chat' || kind === 'completion') && legacy === undefined) {
+        // A load or unload (no prompt, no messages): answered as Ollama does, for a model served here.
+        const b = body as Record<string, unknown>;
+        const loaded = typeof b.model === 'string' && fleet.groups.has(b.model) ? ollamaLoadReply(kind, b, new Date()) : undefined;
+        if (loaded !== undefined) return sink.send(200, JSON_HEADERS, loaded);
+      }
       const span = req.span;
       const admitSpan = span?.child('llm.admission');
       let admitted: Admitted;
       let group: ModelGroupConfig | undefined;
       try {
         // Read once, admitted, then proxied: the body is not parsed again past this point.
-        const r = readLlmRequest(req, api, kind, body as Record<string, unknown>, limits);
+        let r: ReturnType<typeof readLlmRequest>;
+        try {
+          r = readLlmRequest(req, api, kind, body as Record<string, unknown>, limits);
+        } catch (err) {
+          // Refused for its form: still one outcome in the group's requests, when it names a group served here.
+          const named = (body as Record<string, unknown>).model;
+          const g = typeof named === 'string' ? fleet.groups.get(named) : undefined;
+          if (g !== undefined) proxy.refused(g.name, toBrokerError(err));
+          throw err;
+        }
         group = fleet.groups.get(r.model);
         if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
         try {

@@ -293,7 +293,16 @@ t.test('Messages API: a block the upstream API has no word for is the client\'s 
     t.ok(err instanceof Anthropic.BadRequestError, `request ${i}: 400`);
     t.match((err as InstanceType<typeof Anthropic.BadRequestError>).error, { error: { type: 'invalid_request_error', message: /document is not supported/ } });
   }
-  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'strict', deployment: 'strict-1', reason: 'client_error' }), 4, 'counted as client errors');
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'strict', deployment: 'none', reason: 'client_error' }), 4, 'counted as client errors, refused before any upstream call');
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'strict', deployment: 'strict-1' }), 0, 'none under the deployment');
+  // Refused for its form before a deployment is chosen: one outcome too, in the group it names.
+  for (const bad of [{ messages: 'Hi' }, { messages: [{ role: 'user', content: 'Hi' }], temperature: 'hot' }]) {
+    const r = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` }, body: JSON.stringify({ model: 'strict', ...bad }) });
+    t.equal(r.status, 400);
+  }
+  const noMax = await anthropic.messages.create({ model: 'strict', messages: [{ role: 'user', content: 'Hi' }] } as unknown as Anthropic.MessageCreateParamsNonStreaming).catch((e: unknown) => e);
+  t.ok(noMax instanceof Anthropic.BadRequestError, 'max_tokens missing');
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'strict', deployment: 'none', reason: 'client_error' }), 7, 'each counted once');
   const ok = await anthropic.messages.create({ model: 'strict', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }] });
   t.equal(ok.stop_reason, 'max_tokens', 'the deployment still serves');
   // The good request's lesson reached the breaker (after the bad ones' on the same connection).

@@ -133,6 +133,25 @@ t.test('Ollama client, chat and generate, streaming and not, both providers', as
   t.equal(last.model, 'openai-1-upstream');
 });
 
+t.test('Ollama load and unload (no prompt, no messages): answered as Ollama does, no upstream call, on either provider', async (t) => {
+  const upstreamCalls = () => Object.values(okOpenai.stats.requests).reduce((a, b) => a + b, 0) + Object.values(okOllama.stats.requests).reduce((a, b) => a + b, 0);
+  const before = upstreamCalls();
+  for (const model of ['chat-openai', 'chat-ollama']) {
+    const gen = await ollama.generate({ model, prompt: '' });
+    t.match(gen, { model, response: '', done: true, done_reason: 'load' }, `${model}: ollama run's preload`);
+    const stop = await ollama.generate({ model, prompt: '', keep_alive: 0 });
+    t.equal(stop.done_reason, 'unload', 'ollama stop');
+    for (const messages of [[], null, undefined]) {
+      const r = await fetch(`${tb.url}/api/chat`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, messages }) });
+      t.equal(r.status, 200);
+      t.match(await r.json(), { model, message: { role: 'assistant', content: '' }, done: true, done_reason: 'load' }, `chat, messages ${JSON.stringify(messages)}`);
+    }
+  }
+  t.equal(upstreamCalls(), before, 'no upstream was asked');
+  const unknown = await fetch(`${tb.url}/api/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'nope' }) });
+  t.equal(unknown.status, 404, 'an unknown model is still 404');
+});
+
 t.test("Ollama generate on an OpenAI deployment: chat completions (the templated prompt), /v1/completions only raw or with a suffix", async (t) => {
   const gen = await ollama.generate({ model: 'chat-openai', system: 'Be brief.', prompt: 'hi', format: 'json', images: ['iVBORw0KGgo='], options: { temperature: 0.5 } });
   t.equal(gen.response, mockText(8));
