@@ -94,6 +94,26 @@ t.test('model metadata matches the ONNX model and the manifests', async (t) => {
   t.equal(versioned.json.inputs[0].name, B.manifest.input.name);
 });
 
+t.test("Triton's model configuration (perf_analyzer reads it): batching and dims past the batch", async (t) => {
+  const c = new V2Client(tb.url, 'json');
+  const cfg = await c.get(`/v2/models/${MODEL}/config`);
+  t.equal(cfg.status, 200);
+  const b = A.manifest.batching;
+  t.match(cfg.json, {
+    name: MODEL,
+    platform: 'onnxruntime_onnx',
+    max_batch_size: b.maxBatchSize,
+    input: [{ name: A.manifest.input.name, data_type: 'TYPE_FP32', format: 'FORMAT_NCHW', dims: [1, 28, 28] }],
+    output: [{ name: A.manifest.output.name, data_type: 'TYPE_FP32', dims: [A.manifest.labels.length] }],
+  });
+  t.ok(b.maxBatchSize > 1, 'the bundled model batches');
+  t.same(cfg.json.dynamic_batching, { preferred_batch_size: [...b.preferredBatchSizes], max_queue_delay_microseconds: b.maxQueueDelayUs });
+  t.equal((await c.get(`/v2/models/${MODEL}/versions/${B.manifest.version}/config`)).json.input[0].name, B.manifest.input.name);
+  const missing = await c.get('/v2/models/nope/config');
+  t.equal(missing.status, 404);
+  t.type(missing.json.error, 'string');
+});
+
 // Logits per mode and input form, for the comparisons below.
 const logits: Record<string, Float32Array> = {};
 const classes = A.manifest.labels.length;

@@ -85,6 +85,33 @@ export class V2Core {
   }
 
   /**
+   * Triton's model configuration (its `config` extension), as perf_analyzer and tritonclient's
+   * get_model_config read it: the batch limit, the input's dims past the batch in the model's
+   * layout (-1 for a dynamic size), the output's, and the dynamic batching settings.
+   */
+  async modelConfig(name: string, version: string | undefined): Promise<Record<string, unknown>> {
+    const { named } = this.resolve(name, version);
+    const service = this.service!;
+    const arm = named ?? 'A';
+    const m = service.models[arm].manifest;
+    if (!service.ready) throw new BrokerError('not_ready', 'inference workers are still loading the models');
+    const { channels: c, layout } = m.input;
+    const h = m.input.height ?? -1;
+    const w = m.input.width ?? -1;
+    const b = m.batching;
+    return {
+      name,
+      platform: 'onnxruntime_onnx',
+      backend: 'onnxruntime',
+      version_policy: { specific: { versions: versionsOf(service.models.A.manifest, service.models.B.manifest) } },
+      max_batch_size: b.maxBatchSize,
+      input: [{ name: m.input.name, data_type: 'TYPE_FP32', format: layout === 'NCHW' ? 'FORMAT_NCHW' : 'FORMAT_NHWC', dims: layout === 'NCHW' ? [c, h, w] : [h, w, c] }],
+      output: [{ name: m.output.name, data_type: 'TYPE_FP32', dims: await this.outputDims(arm, m.output.name, m.labels.length) }],
+      ...(b.maxBatchSize > 1 ? { dynamic_batching: { preferred_batch_size: [...b.preferredBatchSizes], max_queue_delay_microseconds: b.maxQueueDelayUs } } : {}),
+    };
+  }
+
+  /**
    * The output's dims past the batch, as the metadata gives them: a convolutional head's
    * [batch,10,1,1] is answered [N,10,1,1], not [N,10]. [classes] when the graph's dims are
    * not all known or do not hold the scores (the metadata is one cached task per pool).

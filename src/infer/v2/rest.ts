@@ -31,6 +31,7 @@ export function v2Routes(core: V2Core, stickyCookie: string, ceiling?: PriorityC
     json(ctx, ok ? 200 : 503, { name, ...(version(ctx) !== undefined ? { version: version(ctx) } : {}), ready: ok });
   };
   const metadata = async (ctx: RouteContext): Promise<void> => json(ctx, 200, await core.modelMetadata(ctx.params['model']!, version(ctx)));
+  const config = async (ctx: RouteContext): Promise<void> => json(ctx, 200, await core.modelConfig(ctx.params['model']!, version(ctx)));
   const infer: Route['handle'] = async (ctx) => {
     const { req } = ctx;
     // Headers are read before the first await.
@@ -61,6 +62,8 @@ export function v2Routes(core: V2Core, stickyCookie: string, ceiling?: PriorityC
     get('/v2/models/:model', metadata),
     get('/v2/models/:model/versions/:version', metadata),
     get('/v2/models/:model/ready', ready),
+    get('/v2/models/:model/config', config),
+    get('/v2/models/:model/versions/:version/config', config),
     get('/v2/models/:model/versions/:version/ready', ready),
     post('/v2/models/:model/infer'),
     post('/v2/models/:model/versions/:version/infer'),
