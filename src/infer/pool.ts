@@ -178,6 +178,11 @@ const READY_SLOTS = 1024;
 const SUPERVISE_MAX_MS = 30_000;
 
 export function createInferPool(opts: InferPoolOptions): InferPool {
+  // onnxruntime-node's library records telemetry events on disk (~/.cache/Microsoft/
+  // DeveloperTools/.onnxruntime) and may upload them. Off unless the operator set it: the
+  // variable is read by the native library from the process environment, which the
+  // workers' own process.env does not reach, so it is set here before they start.
+  process.env.ORT_DISABLE_TELEMETRY ??= '1';
   // A worker that has loaded and warmed its models writes its thread id here (worker.ts).
   // Ready means that many of the live workers wrote theirs: a dead one no longer counts.
   const readyCounter = new SharedArrayBuffer(4 * READY_SLOTS);

@@ -28,6 +28,7 @@ t.test('a replacement worker killed while it loads: the pool starts anew, is who
   });
   t.teardown(() => pool.close());
   await pool.waitReady();
+  t.equal(process.env.ORT_DISABLE_TELEMETRY, '1', "onnxruntime's telemetry is off unless the operator turned it on");
   const images = (await fashionPngs(8)).map((i) => Buffer.from(i.b64, 'base64'));
   const run = () => Promise.all(images.map((png) => pool.run('A', new Uint8Array(png).buffer, undefined, 1)));
   t.equal((await run()).length, 8, 'serves before');
