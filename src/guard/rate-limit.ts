@@ -22,7 +22,7 @@
 // the 16 is idle, the client is counted in the overflow bucket, which all such
 // clients share: under a flood of distinct keys they are limited together
 // (fail closed) rather than not at all.
-import { BrokerError } from '../errors.ts';
+import { BrokerError, toBrokerError } from '../errors.ts';
 import { take, type Bucket, type BucketLimits } from './token-bucket.ts';
 import { apiKeyOf, keyId } from './api-key.ts';
 import type { Caller } from '../front/reply.ts';
@@ -172,4 +172,23 @@ export function clientKeyOf(headers: Readonly<Record<string, string>>, remoteAdd
   const key = apiKeyOf(headers);
   if (key !== undefined && isKnown(key)) return `key:${keyId(key)}`;
   return caller?.keyId !== undefined ? `key:${caller.keyId}` : `ip:${remoteAddress}`;
+}
+
+/**
+ * A client route's refused credential takes a token of its address's rate limit, as a request
+ * without a key does: else guessing keys would go at any speed (a wrong key has no bucket). Past
+ * the limit the answer is 429 (gRPC RESOURCE_EXHAUSTED), not 401, which says nothing of the key
+ * tried. Rethrows the refusal, or the rate limit's error in its place.
+ */
+export function refusedCredential(g: { readonly rateLimiter: RateLimiter; readonly metrics: { readonly rateLimited: { inc(): void } } }, remoteAddress: string, err: unknown): never {
+  const e = toBrokerError(err);
+  if (e.code === 'unauthorized' || e.code === 'forbidden') {
+    try {
+      g.rateLimiter.check(`ip:${remoteAddress}`);
+    } catch (limited) {
+      g.metrics.rateLimited.inc();
+      throw limited;
+    }
+  }
+  throw e;
 }

@@ -47,3 +47,14 @@ t.test('AUTH_MODE=keys: UNAUTHENTICATED without a known key; a file key and a se
   const keyed = await unary(v2, 'ModelInfer', infer, md({ 'x-api-key': 'sk-grpc-1' }));
   t.same([keyed.error?.code, keyed.error?.metadata.get('x-broker-error-code')], [Status.UNAVAILABLE, ['inference_disabled']], 'ModelInfer with a key');
 });
+
+t.test('refused keys spend the address rate, as on HTTP: guessing keys over gRPC is throttled (RESOURCE_EXHAUSTED)', async (t) => {
+  const m = await startMock(t, { tokens: 3 });
+  const tb = await startGrpcFleetBroker(t, { apiKeys: { 'sk-grpc-1': {} }, modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: m.url, model: 'm' }] } } }, { AUTH_MODE: 'keys', RATE_LIMIT_RPS: '1', RATE_LIMIT_BURST: '3' });
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  const codes: number[] = [];
+  for (let i = 0; i < 6; i++) codes.push((await unary(c.inference, 'Infer', { image: Buffer.from([1, 2, 3]) }, md({ 'x-api-key': `sk-guess-${i}` }))).error!.code);
+  t.same(codes.slice(0, 3), [Status.UNAUTHENTICATED, Status.UNAUTHENTICATED, Status.UNAUTHENTICATED], 'the burst');
+  t.ok(codes.slice(3).every((c) => c === Status.RESOURCE_EXHAUSTED), `then throttled: ${codes.join(',')}`);
+});

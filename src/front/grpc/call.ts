@@ -9,7 +9,7 @@ import { BrokerError, toBrokerError } from '../../errors.ts';
 import { RequestAbort, type AbortLike } from '../../abort.ts';
 import { requestIdFrom } from '../../obs/request-id.ts';
 import type { RateLimiter } from '../../guard/rate-limit.ts';
-import { clientKeyOf } from '../../guard/rate-limit.ts';
+import { clientKeyOf, refusedCredential } from '../../guard/rate-limit.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { Logger } from '../../obs/logger.ts';
 import type { BrokerRequest, ReplySink } from '../reply.ts';
@@ -105,7 +105,14 @@ export interface CallGuards {
 
 /** AUTH_MODE, then the per-client rate limit, as on HTTP routes: throws unauthorized or rate_limited. */
 export async function checkCall(g: CallGuards, req: BrokerRequest): Promise<void> {
-  if (g.client !== undefined) await g.client(req);
+  if (g.client !== undefined) {
+    try {
+      await g.client(req);
+    } catch (err) {
+      // As on HTTP: a refused key spends its address's rate, so keys cannot be guessed at any speed.
+      refusedCredential(g, req.remoteAddress, err);
+    }
+  }
   checkRate(g, req);
 }
 

@@ -5,7 +5,7 @@
 import { BrokerError, toBrokerError } from '../../errors.ts';
 import { authorize, type Principal } from '../../guard/rbac.ts';
 import type { RateLimiter } from '../../guard/rate-limit.ts';
-import { clientKeyOf } from '../../guard/rate-limit.ts';
+import { clientKeyOf, refusedCredential } from '../../guard/rate-limit.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { BrokerRequest, ReplySink } from '../reply.ts';
 import type { AuditNote, Match, Route } from './router.ts';
@@ -110,9 +110,9 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
       try {
         who = g.client(req);
       } catch (err) {
-        refusedCredential(g, req, err);
+        refusedCredential(g, req.remoteAddress, err);
       }
-      if (who instanceof Promise) who = who.catch((err: unknown) => refusedCredential(g, req, err));
+      if (who instanceof Promise) who = who.catch((err: unknown) => refusedCredential(g, req.remoteAddress, err));
     }
     if (who instanceof Promise) {
       // The body is read while the credential is checked: a front like uWS hands it over
@@ -135,24 +135,6 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
   } catch (err) {
     sink.fail(toBrokerError(err));
   }
-}
-
-/**
- * A client route's refused credential takes a token of its address's rate limit, as a request
- * without a key does: else guessing keys would go at any speed (a wrong key has no bucket). Past
- * the limit the answer is 429, not 401, which says nothing of the key tried.
- */
-function refusedCredential(g: Guards, req: BrokerRequest, err: unknown): never {
-  const e = toBrokerError(err);
-  if (e.code === 'unauthorized' || e.code === 'forbidden') {
-    try {
-      g.rateLimiter.check(`ip:${req.remoteAddress}`);
-    } catch (limited) {
-      g.metrics.rateLimited.inc();
-      throw limited;
-    }
-  }
-  throw e;
 }
 
 /** After the credentials: the role, the rate limit, the body, the handler. */
