@@ -23,12 +23,18 @@ writeFileSync(
 const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false' });
 t.teardown(() => tb.close());
 
-t.test('JSON nested 100,000 deep: 400', async (t) => {
+t.test('JSON nested 100,000 deep: 400, refused before it is parsed; 40 deep: after, by the LLM routes\' own limit', async (t) => {
   const body = `{"model":"oa","messages":[{"role":"user","content":"hi"}],"x":${'['.repeat(100_000)}${']'.repeat(100_000)}}`;
   const res = await postJson(`${tb.url}/v1/chat/completions`, body);
   t.equal(res.status, 400);
   t.equal(res.body.error.code, 'invalid_request');
-  t.match(res.body.error.message, /nests deeper/);
+  t.match(res.body.error.message, /nests deeper than 64 levels/, 'the scan before JSON.parse, whose time grows with the depth');
+  for (const path of ['/v1/infer', '/v2/models/m/infer', '/api/industrial/flags/bulk']) {
+    const r = await postJson(`${tb.url}${path}`, `{"x":${'['.repeat(100_000)}${']'.repeat(100_000)}}`, { authorization: 'Bearer test-admin-token' });
+    t.match([r.status, JSON.stringify(r.body)], [400, /nests deeper than 64 levels/], path);
+  }
+  const forty = await postJson(`${tb.url}/v1/chat/completions`, `{"model":"oa","messages":[{"role":"user","content":"[[[[\\\\"}],"x":${'['.repeat(40)}${']'.repeat(40)}}`);
+  t.match([forty.status, forty.body.error.message], [400, /nests deeper than 32 levels/], 'brackets in a string do not count');
 });
 
 t.test('content: [null] to an Ollama group, and other bad messages: 400 naming the field', async (t) => {

@@ -3,6 +3,7 @@
 // then the handler. The uWS front calls it for the routes a thread serves itself;
 // the control plane calls it for the requests a data-plane thread forwards to it.
 import { BrokerError, toBrokerError } from '../../errors.ts';
+import { parseJsonBody } from '../json-depth.ts';
 import { authorize, type Principal } from '../../guard/rbac.ts';
 import type { RateLimiter } from '../../guard/rate-limit.ts';
 import { clientKeyOf, refusedCredential } from '../../guard/rate-limit.ts';
@@ -167,9 +168,9 @@ function guarded(g: Guards, r: Route, params: Record<string, string>, req: Broke
       if (r.body === 'json?' && bytes!.length === 0) body = {};
       else if (r.body !== 'raw' && !sendsRaw(r, req)) {
         try {
-          body = JSON.parse(bytes!.toString('utf8'));
-        } catch {
-          return sink.fail(new BrokerError('invalid_json', 'request body is not valid JSON'));
+          body = parseJsonBody(bytes!);
+        } catch (err) {
+          return sink.fail(err instanceof BrokerError ? err : new BrokerError('invalid_json', 'request body is not valid JSON'));
         }
         if (body === null || typeof body !== 'object' || Array.isArray(body)) {
           return sink.fail(new BrokerError('invalid_json', 'request body must be a JSON object'));

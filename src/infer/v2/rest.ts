@@ -8,6 +8,7 @@ import { RequestAbort } from '../../abort.ts';
 import { apiKeyOf } from '../../guard/api-key.ts';
 import { BrokerError } from '../../errors.ts';
 import { v2ErrorShape } from '../../front/error-body.ts';
+import { parseJsonBody } from '../../front/json-depth.ts';
 import type { Route, RouteContext } from '../../front/http/router.ts';
 import type { PriorityCeiling } from '../admission.ts';
 import { headerPriority } from '../../policy/priority.ts';
@@ -85,8 +86,9 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
   }
   let raw: unknown;
   try {
-    raw = JSON.parse(body.toString('utf8', 0, jsonEnd));
-  } catch {
+    raw = parseJsonBody(body, 0, jsonEnd);
+  } catch (err) {
+    if (err instanceof BrokerError) throw err;
     throw new BrokerError('invalid_json', headerLength === undefined ? 'request body is not valid JSON' : 'the JSON header (Inference-Header-Content-Length bytes) is not valid JSON');
   }
   if (!isObject(raw)) throw new BrokerError('invalid_json', 'request body must be a JSON object');
