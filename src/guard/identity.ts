@@ -60,6 +60,12 @@ export class Identity {
   constructor(private readonly o: IdentityOptions) {
     this.adminHash = o.adminToken === undefined ? undefined : createHash('sha256').update(o.adminToken).digest();
     this.now = o.now ?? Date.now;
+    // Revoked on another replica: not to be accepted here if the store goes away next.
+    o.store.onRevoked((r) => {
+      if ('all' in r) this.lastKnown.clear();
+      else if ('ids' in r) for (const id of r.ids) this.lastKnown.delete(id);
+      else for (const [id, s] of this.lastKnown) if (s.subject === r.subject) this.lastKnown.delete(id);
+    });
   }
 
   private fail(reason: string, err: BrokerError): never {

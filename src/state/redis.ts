@@ -8,6 +8,7 @@
 //   eb:lease:<subject>:<minute>:r|t  requests | tokens leased in that minute (src/state/leases.ts), 2 min TTL
 //   eb:replicas              sorted set: replica → last heartbeat (epoch ms)
 //   eb:pins                  pub/sub channel: {replica, pins: [[prefix key, deployment|null]]} (src/state/pin-share.ts)
+//   eb:revoked               pub/sub channel: {replica, ids: [session id]} or {replica, subject} after a revocation
 // A replica that reconnects re-reads every doc (versions, not replay): onChange fires
 // for each kind. Commands fail fast while Redis is down (no offline queue), so callers
 // see the failure and apply their documented fail mode. A Redis that stops answering
@@ -16,7 +17,7 @@
 // connection, so that the next ones fail at once until a reconnect is ready again.
 import { Redis } from 'ioredis';
 import type { Logger } from '../obs/logger.ts';
-import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyRecord, type SessionRecord, type StateStore } from './store.ts';
+import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyRecord, type Revoked, type SessionRecord, type StateStore } from './store.ts';
 import type { LeaseAmounts, LeaseBackend } from './leases.ts';
 import type { Pin, PinChannel } from './pin-share.ts';
 
@@ -72,6 +73,7 @@ const LEASE_TTL_MS = 120_000;
 const KINDS: readonly DocKind[] = ['flags', 'fleet', 'keys'];
 const CHANNEL = 'eb:changes';
 const PINS = 'eb:pins';
+const REVOKED = 'eb:revoked';
 
 export interface RedisStoreOptions {
   readonly url: string;
@@ -93,6 +95,7 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
   private readonly sub: Redis;
   private readonly listeners: ((kind: DocKind) => void)[] = [];
   private readonly pinListeners: ((pins: readonly Pin[]) => void)[] = [];
+  private readonly revokedListeners: ((r: Revoked) => void)[] = [];
   private closed = false;
 
   constructor(private readonly o: RedisStoreOptions) {
@@ -127,6 +130,7 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     this.sub.on('error', () => undefined);
     this.sub.on('message', (channel, message) => {
       if (channel === PINS) return this.pinsFrom(message);
+      if (channel === REVOKED) return this.revokedFrom(message);
       try {
         const m = JSON.parse(message) as { kind: DocKind; replica: string };
         if (m.replica !== o.replica && KINDS.includes(m.kind)) this.emit(m.kind);
@@ -136,9 +140,10 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     });
     // Every (re)subscription: re-read everything, since changes may have been missed.
     this.sub.on('ready', () => {
-      void this.sub.subscribe(CHANNEL, PINS).then(() => {
+      void this.sub.subscribe(CHANNEL, PINS, REVOKED).then(() => {
         this.subscribed = true;
         for (const k of KINDS) this.emit(k);
+        for (const l of this.revokedListeners) l({ all: true });
       }, () => undefined);
     });
     this.sub.on('close', () => {
@@ -213,6 +218,27 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     for (const l of this.pinListeners) l(pins);
   }
 
+  onRevoked(cb: (r: Revoked) => void): void {
+    this.revokedListeners.push(cb);
+  }
+
+  private revokedFrom(message: string): void {
+    let m: { replica?: unknown; ids?: unknown; subject?: unknown };
+    try {
+      m = JSON.parse(message) as typeof m;
+    } catch {
+      return;
+    }
+    if (m.replica === this.o.replica) return;
+    const r: Revoked | undefined = Array.isArray(m.ids) ? { ids: m.ids.filter((x): x is string => typeof x === 'string') } : typeof m.subject === 'string' ? { subject: m.subject } : undefined;
+    if (r !== undefined) for (const l of this.revokedListeners) l(r);
+  }
+
+  /** Tells the other replicas; a replica that misses it (away from Redis) forgets all it kept when it resubscribes. */
+  private async announceRevoked(r: { ids: string[] } | { subject: string }): Promise<void> {
+    await this.cmd.publish(REVOKED, JSON.stringify({ replica: this.o.replica, ...r })).catch(() => undefined);
+  }
+
   async putSession(id: string, s: SessionRecord, maxPerSubject = Infinity): Promise<boolean> {
     const ttl = Math.max(1, s.expiresAt - Date.now());
     // The subject's set lives as long as its longest session: a shorter one made later must not cut
@@ -233,14 +259,20 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     const v = await this.getSession(id);
     const n = await this.cmd.del(`eb:session:${id}`);
     if (v !== undefined) await this.cmd.srem(`eb:subject:${v.subject}`, id);
+    await this.announceRevoked({ ids: [id] });
     return n > 0;
   }
 
   async deleteSubjectSessions(subject: string): Promise<number> {
     const ids = await this.cmd.smembers(`eb:subject:${subject}`);
-    if (ids.length === 0) return 0;
+    // Announced even when Redis holds none: another replica may keep one it saw for failing open.
+    if (ids.length === 0) {
+      await this.announceRevoked({ subject });
+      return 0;
+    }
     const n = await this.cmd.del(...ids.map((id) => `eb:session:${id}`));
     await this.cmd.del(`eb:subject:${subject}`);
+    await this.announceRevoked({ subject });
     return n;
   }
 

@@ -55,6 +55,9 @@ export interface AuditFilter {
 /** Shared admin state documents: each replaced whole, read back whole on a change or a reconnect. */
 export type DocKind = 'flags' | 'fleet' | 'keys';
 
+/** Sessions revoked elsewhere: by id, all of a subject's, or any (revocations missed while away). */
+export type Revoked = { readonly ids: readonly string[] } | { readonly subject: string } | { readonly all: true };
+
 export interface StateStore {
   readonly kind: 'memory' | 'redis';
   /** False while Redis is unreachable (always true in memory). */
@@ -83,6 +86,12 @@ export interface StateStore {
   updateDoc(kind: DocKind, update: (current: unknown) => unknown): Promise<unknown>;
   /** Another replica changed a doc (or this one reconnected: every kind). */
   onChange(cb: (kind: DocKind) => void): void;
+  /**
+   * Another replica revoked sessions (by id, or all of a subject's), or this one reconnected
+   * (`all`: revocations may have been missed). What a replica keeps for failing open must
+   * forget them: a revoked session accepted during the next outage would be a hole.
+   */
+  onRevoked(cb: (r: Revoked) => void): void;
   close(): Promise<void>;
 }
 
@@ -118,6 +127,9 @@ export class MemoryStore implements StateStore {
   async deleteSession(id: string): Promise<boolean> {
     return this.sessions.delete(id);
   }
+
+  /** One replica: its revocations are its own (Identity forgets them itself). */
+  onRevoked(): void {}
 
   async deleteSubjectSessions(subject: string): Promise<number> {
     let n = 0;

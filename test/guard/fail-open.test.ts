@@ -4,24 +4,42 @@ import t from 'tap';
 import { Identity } from '../../src/guard/identity.ts';
 import { createMetrics } from '../../src/obs/metrics.ts';
 import { createLogger } from '../../src/obs/logger.ts';
-import type { SessionRecord, StateStore } from '../../src/state/store.ts';
+import type { Revoked, SessionRecord, StateStore } from '../../src/state/store.ts';
 
 t.test('fail open: a session seen live passes while the store is away; one never seen says why it is refused', async (t) => {
   const now = Date.now();
   const live: SessionRecord = { subject: 'ann', roles: ['user'], tier: undefined, keyId: undefined, createdAt: now, expiresAt: now + 60_000 };
   let up = true;
+  let revoked: (r: Revoked) => void = () => undefined;
   const store = {
     get up() {
       return up;
     },
     getSession: async (id: string) => {
       if (!up) throw new Error('Connection is closed.');
-      return id === 'sess_seen' ? live : undefined;
+      return id.startsWith('sess_seen') ? live : undefined;
     },
+    onRevoked: (cb: (r: Revoked) => void) => (revoked = cb),
   } as unknown as StateStore;
   const identity = new Identity({ adminToken: undefined, jwt: undefined, store, sessionTtlMs: 60_000, failMode: 'open', metrics: createMetrics({ defaults: false }), logger: createLogger('silent') });
   t.same(await identity.liveSession('sess_seen'), live, 'seen live while the store is up');
   up = false;
   t.same(await identity.liveSession('sess_seen'), live, 'still passes with the store away');
   await t.rejects(identity.liveSession('sess_never'), { code: 'unauthorized', message: /cannot be checked while the shared store is unreachable \(AUTH_REDIS_FAIL_MODE=open accepts only the sessions this replica saw live\)/ });
+
+  // Revoked on another replica before the store went away: forgotten here, so refused now.
+  up = true;
+  for (const id of ['sess_seen', 'sess_seen_2', 'sess_seen_3']) await identity.liveSession(id);
+  revoked({ ids: ['sess_seen'] });
+  revoked({ subject: 'nobody' });
+  up = false;
+  await t.rejects(identity.liveSession('sess_seen'), { code: 'unauthorized' }, 'revoked by id elsewhere');
+  t.same(await identity.liveSession('sess_seen_2'), live, 'the others still pass');
+  revoked({ subject: 'ann' });
+  await t.rejects(identity.liveSession('sess_seen_2'), { code: 'unauthorized' }, "all of a subject's revoked elsewhere");
+  up = true;
+  await identity.liveSession('sess_seen_3');
+  revoked({ all: true });
+  up = false;
+  await t.rejects(identity.liveSession('sess_seen_3'), { code: 'unauthorized' }, 'back from an outage (revocations may have been missed): all forgotten');
 });
