@@ -23,6 +23,8 @@ function fakeService() {
       const arm = named ?? 'A';
       return { arm, reason: named ? 'version' : 'weighted', pool: undefined as never, model: arm === 'A' ? A : B };
     },
+    // The session metadata, as a pool gives it: the output's dims past the batch.
+    currentPool: { metadata: async () => ({ A: { inputs: [], outputs: [{ name: A.manifest.output.name, type: 'float32', shape: [-1, 10] }] }, B: { inputs: [], outputs: [{ name: B.manifest.output.name, type: 'float32', shape: [-1, 10] }] } }) },
     async run(choice: ArmChoice, input: ItemsInput) {
       runs.push({ choice, input });
       return { results: input.items.map((_, i) => ({ predictions: [], scores: new Float32Array(10), queueMs: 1 + i, decodeMs: 0.5, inferMs: 0.25, batchSize: 1 + i })), totalMs: 0 };
