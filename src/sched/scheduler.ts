@@ -15,7 +15,7 @@ import { WaitQueue, type Woken } from './queue.ts';
 import { PerformanceTracker, powerOfTwo } from '../policy/performance.ts';
 import { StickyPins } from '../policy/sticky.ts';
 import { tierCap, type QosTier } from '../policy/qos.ts';
-import type { QuotaLedger, Reservation } from '../policy/quota.ts';
+import { awaitsTopUp, type QuotaLedger, type Reservation } from '../policy/quota.ts';
 import type { AbortLike } from '../abort.ts';
 
 export interface Admission {
@@ -42,6 +42,10 @@ export interface Lease {
 }
 
 type Pick = { lease: Lease } | { full: true } | { none: BrokerError | undefined };
+
+/** How long a request waits for a deployment's quota top-up, looking every 20 ms (as admission does for a key's: sched/admission.ts). */
+const TOP_UP_WAIT_MS = 250;
+const TOP_UP_POLL_MS = 20;
 
 /** Groups larger than this are routed by sampling instead of a scan. */
 const SAMPLE_ABOVE = 16;
@@ -129,11 +133,20 @@ export class Scheduler {
   /** A deployment with a free slot for this request, waiting in the queue if every one is full. */
   async acquire(a: Admission): Promise<Lease> {
     let woken: Woken | undefined;
+    let topUpSince: number | undefined;
     for (;;) {
       let lease: Lease | undefined;
       try {
         lease = this.paused ? undefined : this.tryAcquire(a);
       } catch (err) {
+        // A deployment's quota lease short with its top-up on its way (two requests closer
+        // than the lease keeper's look): wait for it briefly, as a key's quota does at
+        // admission, rather than refuse a request the budget has room for.
+        const now = this.deps.now();
+        if (awaitsTopUp(err) && !a.signal.aborted && now - (topUpSince ??= now) < TOP_UP_WAIT_MS) {
+          await new Promise((r) => setTimeout(r, TOP_UP_POLL_MS));
+          continue;
+        }
         // Woken to find nothing routable (a breaker opened again): the next waiter learns it
         // too, now, rather than at its queue timeout (a wake counts free slots, not waiters).
         if (woken !== undefined) {

@@ -204,6 +204,19 @@ t.test("a burst on a key's fresh lease waits for the top-up: served, not 429 (a 
   t.equal(await metricValue(broker.url, 'broker_quota_rejections_total', { subject: 'api_key' }), 0, 'no refusal counted');
 });
 
+t.test("a burst on a deployment's fresh lease waits for the top-up too: served, not 429", async (t) => {
+  while (Date.now() % MINUTE > 50_000) await new Promise((r) => setTimeout(r, 250));
+  const up = await startMock(t, { tokens: 2 });
+  // An RPM of 7 leases one request at a time: the second and third of a burst find the lease
+  // spent until the control plane's tick (every 50 ms) has topped it up.
+  const fleet = { modelGroups: { g: { deployments: [{ id: 'd-burst', provider: 'openai', url: up.url, model: 'm', rpm: 7 }] } } };
+  const broker = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', REDIS_URL: redis.url, BROKER_FF_QUOTA_ENFORCEMENT: 'true', REPLICA_ID: 'dep-burst' });
+  const ask = () => fetch(`${broker.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+  const replies = await Promise.all([ask(), ask(), ask()]);
+  const bodies = await Promise.all(replies.map((r) => r.text()));
+  t.same(replies.map((r) => r.status), [200, 200, 200], `all served: ${bodies.filter((b) => b.includes('error')).join(' ')}`);
+});
+
 t.test('two brokers, one Redis: a client rate limit is divided among the replicas seen', async (t) => {
   const up = await startMock(t, { tokens: 2 });
   const fleet = { modelGroups: { g: { deployments: [{ id: 'r1', provider: 'openai', url: up.url, model: 'm' }] } } };
