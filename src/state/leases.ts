@@ -10,7 +10,9 @@
 // would save budget, but its next request would then find nothing and be refused.
 //
 // Redis away: each replica spends a local share, the limit ÷ the replicas seen in the
-// last heartbeats, until it is back.
+// last heartbeats, until it is back. What it already leased from Redis in that minute counts
+// against its share: else a replica that went away mid-minute spent its leases and then its
+// whole share again (an RPM of 50 admitted 96 in that minute over 3 replicas).
 import type { QuotaLedger } from '../policy/quota.ts';
 import { leaseBlock } from '../policy/quota.ts';
 
@@ -57,8 +59,10 @@ export class LeaseKeeper {
   private readonly now: () => number;
   private readonly activeMs: number;
   private readonly pending = new Set<string>();
-  /** Per subject: the window and what the local share has granted in it (Redis away). */
+  /** Per subject: the window and what the local share has granted in it (Redis away), Redis's leases of that window included. */
   private readonly local = new Map<string, { window: number; requests: number; tokens: number }>();
+  /** Per subject: what Redis leased it this replica, per window (the current and the next, leased ahead). */
+  private readonly leased = new Map<string, { window: number; requests: number; tokens: number }[]>();
   private replicas = 1;
   private timer: NodeJS.Timeout | undefined;
   private beat: NodeJS.Timeout | undefined;
@@ -132,6 +136,7 @@ export class LeaseKeeper {
         try {
           got = await this.backend.takeLease(subject, window, ask, limit);
           this.o.onLease?.('redis');
+          this.noteLeased(subject, window, got);
         } catch (err) {
           this.o.onError?.(err as Error);
         }
@@ -147,11 +152,21 @@ export class LeaseKeeper {
     }
   }
 
-  /** Redis away: this replica's share of the limit for the window, limit ÷ replicas seen. */
+  private noteLeased(subject: string, window: number, got: LeaseAmounts): void {
+    const list = (this.leased.get(subject) ?? []).filter((w) => w.window >= window - 1);
+    let w = list.find((x) => x.window === window);
+    if (w === undefined) list.push((w = { window, requests: 0, tokens: 0 }));
+    w.requests += got.requests;
+    w.tokens += got.tokens;
+    this.leased.set(subject, list);
+  }
+
+  /** Redis away: this replica's share of the limit for the window, limit ÷ replicas seen, less what Redis leased it for that window. */
   private fromLocalShare(subject: string, window: number, ask: LeaseAmounts, limit: LeaseAmounts): LeaseAmounts {
     let used = this.local.get(subject);
     if (used === undefined || used.window !== window) {
-      used = { window, requests: 0, tokens: 0 };
+      const before = this.leased.get(subject)?.find((w) => w.window === window);
+      used = { window, requests: before?.requests ?? 0, tokens: before?.tokens ?? 0 };
       this.local.set(subject, used);
     }
     const shareR = Math.floor(limit.requests / this.replicas);

@@ -122,9 +122,30 @@ t.test('TPM: a lease is spent by the estimate and gets back what the request did
 t.test('Redis gone: each replica spends limit ÷ replicas seen; Redis back: leases from it again', async (t) => {
   await a.keeper.heartbeat();
   t.equal(a.keeper.replicasSeen, 2, 'the heartbeats saw two replicas');
+  // Half the minute's RPM spent from Redis's leases before it goes away: what each replica
+  // leased counts against its local share, so the minute stays near its limit.
+  const MID = 40;
+  for (const r of [a, b]) r.ledger.setLimits('key:mid', { rpm: MID });
+  let spent = 0;
+  const spend = async (attempts: number): Promise<void> => {
+    for (let i = 0; i < attempts; i++) {
+      const r = i % 2 === 0 ? a : b;
+      try {
+        r.ledger.reserve(['key:mid'], 0).reconcile(0);
+        spent++;
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
+      }
+      await r.keeper.tick();
+    }
+  };
+  await spend(MID / 2);
+  t.equal(spent, MID / 2, 'half the limit, from Redis');
   await redis.kill();
   for (let i = 0; i < 100 && (a.store.up || b.store.up); i++) await new Promise((r) => setTimeout(r, 20));
   t.notOk(a.store.up, 'redis is down');
+  await spend(4 * MID);
+  t.ok(spent <= MID + 2, `${spent} in the minute Redis went away: its limit (${MID}, plus one lent per replica), not its limit and every share again`);
   now += MINUTE;
   const admitted = await drive([a, b], 4 * RPM);
   t.same(admitted, [RPM / 2, RPM / 2], 'each its share of the limit');
