@@ -219,6 +219,25 @@ t.test('Content-Length twice: 400 and the connection closed, so a request hidden
   t.match(alone, /Content-Length appears more than once/);
 });
 
+t.test('a credential header twice is refused, whichever comes first: a proxy in front may take the other', async (t) => {
+  const port = Number(new URL(tb.url).port);
+  const raw = (head: string): Promise<string> =>
+    new Promise<string>((resolve) => {
+      let out = '';
+      const s = connect(port, '127.0.0.1', () => s.write(`GET /v1/models HTTP/1.1\r\nHost: x\r\n${head}Connection: close\r\n\r\n`));
+      s.on('data', (d) => (out += d.toString('latin1')));
+      s.on('close', () => resolve(out));
+      s.on('error', () => resolve(out));
+      setTimeout(() => s.destroy(), 5000).unref();
+    });
+  for (const head of ['Authorization: Bearer a\r\nAuthorization: Bearer b\r\n', 'X-Api-Key: a\r\nx-api-key: b\r\n']) {
+    const text = await raw(head);
+    t.match(text, /^HTTP\/1\.1 400/, JSON.stringify(head));
+    t.match(text, /(authorization|x-api-key) appears more than once/);
+  }
+  t.match(await raw('Authorization: Bearer a\r\nX-Api-Key: b\r\n'), /^HTTP\/1\.1 200/, 'one of each is no conflict here (the route decides which it reads)');
+});
+
 t.test('a body that stops arriving ends as 408 in the log and metrics, not 499', async (t) => {
   const port = Number(new URL(tb.url).port);
   await new Promise<void>((resolve) => {

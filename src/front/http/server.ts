@@ -105,8 +105,12 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     // Content-Length twice: uWS frames the request by the first, a proxy in front may by the
     // last, and the difference is a request smuggled in the body (RFC 9112 §6.3: refuse, close).
     let lengths = 0;
+    // A credential header twice: which one counts would differ between a proxy in front and
+    // the broker (here the last won), so neither is taken.
+    let credentialTwice: string | undefined;
     ureq.forEach((k, v) => {
       if (k === 'content-length') lengths++;
+      else if ((k === 'authorization' || k === 'x-api-key') && headers[k] !== undefined) credentialTwice = k;
       headers[k] = v;
     });
     const method = ureq.getCaseSensitiveMethod().toUpperCase();
@@ -148,6 +152,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       });
       return;
     }
+    if (credentialTwice !== undefined) return sink.fail(new BrokerError('invalid_request', `${credentialTwice} appears more than once`, { details: { field: credentialTwice } }));
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
       sink.readingBody = true;
