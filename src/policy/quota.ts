@@ -539,6 +539,24 @@ export class QuotaLedger {
   }
 
   /** Takes back what is left of this minute's lease (to return it to the cluster). */
+  /**
+   * Takes this minute's unspent tokens past `keep` out of the lease, to give back to the
+   * cluster: what requests reserved as estimates and did not use comes back to the lease of
+   * the replica that served them, where the other replicas cannot spend it.
+   */
+  takeExcessTokens(subject: string, keep: number): { window: number; tokens: number } | undefined {
+    const slot = this.#limits.lockExisting(subject);
+    if (slot < 0) return undefined;
+    const p = this.#limits.payloadOffset(slot) >> 3;
+    const f = this.#f;
+    this.#promote(p, minuteOf(this.#now()));
+    const tokens = Math.max(0, Math.floor(f[p + L_TLEFT]! - keep));
+    f[p + L_TLEFT]! -= tokens;
+    const out = { window: f[p + L_WIN]!, tokens };
+    this.#limits.unlock(slot);
+    return out;
+  }
+
   takeUnused(subject: string): { window: number; requests: number; tokens: number } | undefined {
     const slot = this.#limits.lockExisting(subject);
     if (slot < 0) return undefined;
@@ -770,6 +788,17 @@ export function awaitsTopUp(err: unknown): boolean {
  */
 export function leaseBlock(limit: number): number {
   return Math.max(1, Math.ceil(limit * LEASE_SHARE));
+}
+
+/**
+ * A top-up is due: the lease was flagged low and is still below half a block. What a request
+ * did not use of its estimate comes back after the flag was set; topped up regardless, each
+ * request larger than a block took a block more from the cluster than it spent.
+ */
+export function wantsTopUp(s: LeaseState): boolean {
+  if (!s.low) return false;
+  const { rpm, tpm } = s.limits;
+  return (rpm !== undefined && s.requestsLeft < leaseBlock(rpm) * LOW_SHARE) || (tpm !== undefined && s.tokensLeft < leaseBlock(tpm) * LOW_SHARE);
 }
 
 const LEASE_SHARE = 0.1;

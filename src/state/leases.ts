@@ -14,7 +14,7 @@
 // against its share: else a replica that went away mid-minute spent its leases and then its
 // whole share again (an RPM of 50 admitted 96 in that minute over 3 replicas).
 import type { QuotaLedger } from '../policy/quota.ts';
-import { leaseBlock } from '../policy/quota.ts';
+import { leaseBlock, wantsTopUp } from '../policy/quota.ts';
 
 /** Where leases come from: Redis (RedisStore), one atomic script per call. */
 export interface LeaseBackend {
@@ -115,11 +115,16 @@ export class LeaseKeeper {
       // its client used, with 4 others idle). Its first request lends itself one (quota.ts), and
       // the lease taken then covers that debt.
       const active = s.askedAt > now - this.activeMs;
-      if (s.low && s.dryWindow !== minute && active) {
+      if (wantsTopUp(s) && s.dryWindow !== minute && active) {
         // A debt (a request lent ahead of its lease, usage above the estimate) is taken on top of the block.
         work.push(this.take(subject, minute, { requests: want.requests + Math.max(0, -s.requestsLeft), tokens: want.tokens + Math.max(0, -s.tokensLeft) }, s.limits));
       } else if (late && s.nextWindow !== minute + 1 && active) {
         work.push(this.take(subject, minute + 1, want, s.limits));
+      } else if (want.tokens > 0 && s.window === minute && s.tokensLeft > 2 * want.tokens && this.backend.up) {
+        // Estimates reserved and not used came back here: past a block, they go back to the
+        // cluster, where any replica may lease them (a 1,000-tpm key spread over 3 replicas
+        // admitted 270 tokens a minute, its unused estimates stranded on each).
+        work.push(this.giveExcess(subject, want.tokens));
       }
     }
     await Promise.all(work);
@@ -176,6 +181,22 @@ export class LeaseKeeper {
     used.requests += requests;
     used.tokens += tokens;
     return { requests, tokens };
+  }
+
+  private async giveExcess(subject: string, keep: number): Promise<void> {
+    const u = this.ledger.takeExcessTokens(subject, keep);
+    if (u === undefined || u.tokens === 0) return;
+    this.pending.add(subject);
+    try {
+      await this.backend.returnLease(subject, u.window, { requests: 0, tokens: u.tokens });
+      this.noteLeased(subject, u.window, { requests: 0, tokens: -u.tokens });
+    } catch (err) {
+      // Not given back: still this replica's to spend.
+      this.ledger.grantLease(subject, u.window, 0, u.tokens, false);
+      this.o.onError?.(err as Error);
+    } finally {
+      this.pending.delete(subject);
+    }
   }
 
   private async giveBack(subject: string): Promise<void> {

@@ -119,6 +119,50 @@ t.test('TPM: a lease is spent by the estimate and gets back what the request did
   for (const r of [a, b]) r.ledger.setLimits('key:x', { rpm: RPM, tpm: 10_000 });
 });
 
+t.test('TPM over three replicas, estimates far above use: what comes back past a block returns to the cluster, for any replica', async (t) => {
+  now += MINUTE;
+  // A third replica that sends no heartbeat: the later tests count two.
+  const c = await replica('c', false);
+  const reps = [a, b, c];
+  for (const r of reps) r.ledger.setLimits('key:big', { tpm: 1000 });
+  // Each request reserves 266 (a prompt and no max_tokens) and uses 30, one replica after another.
+  let admitted = 0;
+  for (let i = 0; i < 200; i++) {
+    const r = reps[i % 3]!;
+    try {
+      r.ledger.reserve(['key:big'], 266).reconcile(30);
+      admitted++;
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
+    }
+    await r.keeper.tick();
+  }
+  t.ok(admitted * 30 >= 500, `${admitted} admitted, ${admitted * 30} of 1,000 tokens used: not stranded on the replicas that served them`);
+  t.ok(admitted * 30 <= 1000, 'within the limit');
+
+  // The lease looked at while each request runs (its estimate still reserved, the top-up
+  // covering it): what comes back when it ends, past a block, goes back to Redis.
+  now += MINUTE;
+  admitted = 0;
+  for (let i = 0; i < 200; i++) {
+    const r = reps[i % 3]!;
+    let res: Reservation | undefined;
+    try {
+      res = r.ledger.reserve(['key:big'], 266);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
+    }
+    await r.keeper.tick();
+    if (res !== undefined) {
+      res.reconcile(30);
+      admitted++;
+    }
+    await r.keeper.tick();
+  }
+  t.ok(admitted * 30 >= 500, `${admitted} admitted with the lease topped up mid-request, ${admitted * 30} tokens used`);
+  t.ok(admitted * 30 <= 1000, 'within the limit');
+});
+
 t.test('Redis gone: each replica spends limit ÷ replicas seen; Redis back: leases from it again', async (t) => {
   await a.keeper.heartbeat();
   t.equal(a.keeper.replicasSeen, 2, 'the heartbeats saw two replicas');
