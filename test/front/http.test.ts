@@ -219,6 +219,24 @@ t.test('Content-Length twice: 400 and the connection closed, so a request hidden
   t.match(alone, /Content-Length appears more than once/);
 });
 
+t.test('a transfer coding besides chunked is refused (415 unsupported_encoding), not read as if absent', async (t) => {
+  const port = Number(new URL(tb.url).port);
+  const raw = (te: string): Promise<string> =>
+    new Promise<string>((resolve) => {
+      let out = '';
+      const body = '{"model":"x","messages":[]}';
+      const s = connect(port, '127.0.0.1', () => s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: ${te}\r\nConnection: close\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`));
+      s.on('data', (d) => (out += d.toString('latin1')));
+      s.on('close', () => resolve(out));
+      s.on('error', () => resolve(out));
+      setTimeout(() => s.destroy(), 5000).unref();
+    });
+  const gz = await raw('gzip, chunked');
+  t.match(gz, /^HTTP\/1\.1 415/);
+  t.match(gz, /transfer-encoding \\"gzip, chunked\\" is not supported/);
+  t.notMatch(await raw('chunked'), /^HTTP\/1\.1 415/, 'chunked alone is read');
+});
+
 t.test('a credential header twice is refused, whichever comes first: a proxy in front may take the other', async (t) => {
   const port = Number(new URL(tb.url).port);
   const raw = (head: string): Promise<string> =>

@@ -80,6 +80,11 @@ function checkImageType(r: Route, req: BrokerRequest): void {
  * §15.5.16 asks. `identity` (no coding) is fine.
  */
 function checkEncoding(req: BrokerRequest, sink: FrontSink): void {
+  // A transfer coding besides chunked (gzip, chunked): the body would be read as if it had none.
+  const transfer = req.headers['transfer-encoding'];
+  if (transfer !== undefined && transfer.trim().toLowerCase() !== 'chunked') {
+    throw new BrokerError('unsupported_encoding', `transfer-encoding "${transfer.slice(0, 64)}" is not supported: only chunked`, { details: { field: 'transfer-encoding' } });
+  }
   const coding = req.headers['content-encoding'];
   if (coding === undefined) return;
   const c = coding.trim().toLowerCase();
