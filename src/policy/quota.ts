@@ -538,7 +538,6 @@ export class QuotaLedger {
     this.#limits.unlock(slot);
   }
 
-  /** Takes back what is left of this minute's lease (to return it to the cluster). */
   /**
    * Takes this minute's unspent tokens past `keep` out of the lease, to give back to the
    * cluster: what requests reserved as estimates and did not use comes back to the lease of
@@ -557,6 +556,7 @@ export class QuotaLedger {
     return out;
   }
 
+  /** Takes back what is left of this minute's lease (to return it to the cluster). */
   takeUnused(subject: string): { window: number; requests: number; tokens: number } | undefined {
     const slot = this.#limits.lockExisting(subject);
     if (slot < 0) return undefined;
