@@ -539,17 +539,17 @@ export class QuotaLedger {
   }
 
   /**
-   * Takes this minute's unspent tokens past `keep` out of the lease, to give back to the
+   * Takes this minute's unspent tokens past `keep` (at most `atMost`) out of the lease, to give back to the
    * cluster: what requests reserved as estimates and did not use comes back to the lease of
    * the replica that served them, where the other replicas cannot spend it.
    */
-  takeExcessTokens(subject: string, keep: number): { window: number; tokens: number } | undefined {
+  takeExcessTokens(subject: string, keep: number, atMost = Infinity): { window: number; tokens: number } | undefined {
     const slot = this.#limits.lockExisting(subject);
     if (slot < 0) return undefined;
     const p = this.#limits.payloadOffset(slot) >> 3;
     const f = this.#f;
     this.#promote(p, minuteOf(this.#now()));
-    const tokens = Math.max(0, Math.floor(f[p + L_TLEFT]! - keep));
+    const tokens = Math.max(0, Math.min(atMost, Math.floor(f[p + L_TLEFT]! - keep)));
     f[p + L_TLEFT]! -= tokens;
     const out = { window: f[p + L_WIN]!, tokens };
     this.#limits.unlock(slot);

@@ -163,6 +163,8 @@ export class Scheduler {
         this.deps.queue.wake(a.group.name, this.flags.priority_routing, woken.round);
       }
       const deadline = a.since + (a.tier?.maxQueueWaitMs ?? this.deps.scheduler.maxWaitMs);
+      // A wait for a quota top-up after this one is a new one.
+      topUpSince = undefined;
       woken = await this.deps.queue.wait(a.group.name, a.priority, deadline, a.since, a.signal, woken?.seq);
     }
   }

@@ -59,7 +59,7 @@ export class LeaseKeeper {
   private readonly now: () => number;
   private readonly activeMs: number;
   private readonly pending = new Set<string>();
-  /** Per subject: the window and what the local share has granted in it (Redis away), Redis's leases of that window included. */
+  /** Per subject: the window and what the local share has granted in it (Redis away). */
   private readonly local = new Map<string, { window: number; requests: number; tokens: number }>();
   /** Per subject: what Redis leased it this replica, per window (the current and the next, leased ahead). */
   private readonly leased = new Map<string, { window: number; requests: number; tokens: number }[]>();
@@ -166,25 +166,33 @@ export class LeaseKeeper {
     this.leased.set(subject, list);
   }
 
-  /** Redis away: this replica's share of the limit for the window, limit ÷ replicas seen, less what Redis leased it for that window. */
+  private leasedIn(subject: string, window: number): LeaseAmounts {
+    return this.leased.get(subject)?.find((w) => w.window === window) ?? { requests: 0, tokens: 0 };
+  }
+
+  /** Redis away: this replica's share of the limit for the window, limit ÷ replicas seen, less what Redis leased it for that window (read on every call: Redis may have come and gone within the minute). */
   private fromLocalShare(subject: string, window: number, ask: LeaseAmounts, limit: LeaseAmounts): LeaseAmounts {
-    let used = this.local.get(subject);
-    if (used === undefined || used.window !== window) {
-      const before = this.leased.get(subject)?.find((w) => w.window === window);
-      used = { window, requests: before?.requests ?? 0, tokens: before?.tokens ?? 0 };
-      this.local.set(subject, used);
+    let granted = this.local.get(subject);
+    if (granted === undefined || granted.window !== window) {
+      granted = { window, requests: 0, tokens: 0 };
+      this.local.set(subject, granted);
     }
+    const fromRedis = this.leasedIn(subject, window);
     const shareR = Math.floor(limit.requests / this.replicas);
     const shareT = Math.floor(limit.tokens / this.replicas);
-    const requests = Math.max(0, Math.min(ask.requests, shareR - used.requests));
-    const tokens = Math.max(0, Math.min(ask.tokens, shareT - used.tokens));
-    used.requests += requests;
-    used.tokens += tokens;
+    const requests = Math.max(0, Math.min(ask.requests, shareR - granted.requests - fromRedis.requests));
+    const tokens = Math.max(0, Math.min(ask.tokens, shareT - granted.tokens - fromRedis.tokens));
+    granted.requests += requests;
+    granted.tokens += tokens;
     return { requests, tokens };
   }
 
+  /** Gives back to Redis what the lease holds past `keep`, up to what Redis leased this replica that minute (a local share's grant was never Redis's). */
   private async giveExcess(subject: string, keep: number): Promise<void> {
-    const u = this.ledger.takeExcessTokens(subject, keep);
+    const window = Math.floor(this.now() / 60_000);
+    const fromRedis = this.leasedIn(subject, window).tokens;
+    if (fromRedis <= 0) return;
+    const u = this.ledger.takeExcessTokens(subject, keep, fromRedis);
     if (u === undefined || u.tokens === 0) return;
     this.pending.add(subject);
     try {

@@ -1,0 +1,97 @@
+// The lease keeper's accounting against a backend that keeps Redis's counters in a map
+// (the Lua scripts' arithmetic; test/state/leases.test.ts runs the real Redis): what a
+// replica gives back is only ever what Redis leased it, and its local share (Redis away)
+// counts every Redis lease of the minute, however Redis came and went.
+import t from 'tap';
+import { QuotaLedger } from '../../src/policy/quota.ts';
+import { LeaseKeeper, type LeaseAmounts, type LeaseBackend } from '../../src/state/leases.ts';
+
+const MINUTE = 60_000;
+
+function fakeRedis(replicas: number) {
+  const counters = new Map<string, number>();
+  let fail = false;
+  const backend: LeaseBackend & { up: boolean } = {
+    up: true,
+    async takeLease(s: string, w: number, want: LeaseAmounts, limit: LeaseAmounts) {
+      if (fail || !backend.up) throw new Error('Connection is closed.');
+      const take = (k: string, n: number, max: number): number => {
+        const used = counters.get(k) ?? 0;
+        const g = Math.max(0, Math.min(n, max - used));
+        counters.set(k, used + g);
+        return g;
+      };
+      return { requests: take(`${s}:${w}:r`, want.requests, limit.requests), tokens: take(`${s}:${w}:t`, want.tokens, limit.tokens) };
+    },
+    async returnLease(s: string, w: number, a: LeaseAmounts) {
+      if (!backend.up) throw new Error('Connection is closed.');
+      for (const [kind, n] of [['r', a.requests], ['t', a.tokens]] as const) counters.set(`${s}:${w}:${kind}`, Math.max(0, (counters.get(`${s}:${w}:${kind}`) ?? 0) - n));
+    },
+    async heartbeat() {
+      return replicas;
+    },
+  };
+  return { backend, counters, failing: (f: boolean) => (fail = f) };
+}
+
+t.test('tokens granted from the local share (Redis away) are never given back to Redis as if it had leased them', async (t) => {
+  let now = 1000 * MINUTE + 1_000;
+  const redis = fakeRedis(3);
+  const ledger = new QuotaLedger(() => now);
+  ledger.setCluster(true);
+  ledger.setLimits('key:a', { tpm: 1000 });
+  const keeper = new LeaseKeeper({ ledger, backend: redis.backend, now: () => now });
+  await keeper.heartbeat();
+  const minute = Math.floor(now / MINUTE);
+  redis.counters.set(`key:a:${minute}:t`, 900); // the other replicas' leases
+  redis.backend.up = false;
+  // Redis away: requests reserve 300 and use 10, from the local share.
+  for (let i = 0; i < 10; i++) {
+    now += 100;
+    try {
+      const r = ledger.reserve(['key:a'], 300);
+      await keeper.tick();
+      r.reconcile(10);
+    } catch {
+      await keeper.tick();
+    }
+  }
+  t.ok(ledger.leaseState('key:a')!.tokensLeft > 200, 'unused estimates piled up in the lease');
+  redis.backend.up = true;
+  now += 100;
+  await keeper.tick();
+  t.equal(redis.counters.get(`key:a:${minute}:t`), 900, "Redis's count of the minute is untouched: the other replicas' 900 are not freed again");
+});
+
+t.test('the local share counts every Redis lease of the minute, even after Redis came and went within it', async (t) => {
+  let now = 1000 * MINUTE + 1_000;
+  const redis = fakeRedis(3);
+  const ledger = new QuotaLedger(() => now);
+  ledger.setCluster(true);
+  ledger.setLimits('key:a', { rpm: 60 }); // a block of 6; a local share of 20
+  const keeper = new LeaseKeeper({ ledger, backend: redis.backend, now: () => now });
+  await keeper.heartbeat();
+  let admitted = 0;
+  const run = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) {
+      now += 50;
+      try {
+        ledger.reserve(['key:a'], 0).reconcile(0);
+        admitted++;
+      } catch {
+        // refused
+      }
+      await keeper.tick();
+    }
+  };
+  redis.failing(true);
+  await run(3); // one failed lease: the local share starts counting this minute
+  redis.failing(false);
+  await run(30); // Redis back: leases from it
+  const fromRedis = redis.counters.get(`key:a:${Math.floor(now / MINUTE)}:r`)!;
+  redis.failing(true);
+  redis.backend.up = false;
+  await run(200); // away for the rest of the minute
+  t.ok(fromRedis >= 20, `Redis leased ${fromRedis}, past the local share of 20`);
+  t.ok(admitted <= fromRedis + 8, `${admitted} admitted in the minute: Redis's ${fromRedis} and the first failure's one block (and one lent), not the whole share again`);
+});
