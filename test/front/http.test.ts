@@ -234,6 +234,7 @@ t.test('a transfer coding besides chunked is refused (415 unsupported_encoding),
   const gz = await raw('gzip, chunked');
   t.match(gz, /^HTTP\/1\.1 415/);
   t.match(gz, /transfer-encoding \\"gzip, chunked\\" is not supported/);
+  t.match(await raw('gzip\r\nTransfer-Encoding: chunked'), /^HTTP\/1\.1 415/, 'on two lines: one list, all of it checked');
   t.notMatch(await raw('chunked'), /^HTTP\/1\.1 415/, 'chunked alone is read');
 });
 

@@ -21,3 +21,23 @@ t.test('parseJsonBody: too deep is invalid_request; bad JSON is the parse error'
   t.same(parseJsonBody(b('['.repeat(64) + ']'.repeat(64))) !== undefined, true, '64 levels parse');
   t.throws(() => parseJsonBody(b('{"a":')), SyntaxError);
 });
+
+t.test("a client's tool-call arguments nested past the limit are kept as text, not parsed (Ollama upstream)", async (t) => {
+  const { chatRequest } = await import('../../src/llm/translate/openai_to_ollama.ts');
+  const deep = '['.repeat(5000) + ']'.repeat(5000);
+  const call = (args: string) => ({ model: 'g', messages: [{ role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'f', arguments: args } }] }] });
+  // JSON.parse's time is what a deep text costs: it must not be handed one.
+  const parse = JSON.parse;
+  const parsed: string[] = [];
+  JSON.parse = ((text: string, reviver?: Parameters<typeof JSON.parse>[1]) => (parsed.push(text), parse(text, reviver))) as typeof JSON.parse;
+  let sent: { messages: { tool_calls: { function: { arguments: unknown } }[] }[] };
+  try {
+    sent = chatRequest(call(deep), 'm') as unknown as typeof sent;
+  } finally {
+    JSON.parse = parse;
+  }
+  t.notOk(parsed.includes(deep), 'never given to JSON.parse');
+  t.same(sent.messages[0]!.tool_calls[0]!.function.arguments, { arguments: deep });
+  const ok = chatRequest(call('{"a":[1,{"b":2}]}'), 'm') as unknown as typeof sent;
+  t.same(ok.messages[0]!.tool_calls[0]!.function.arguments, { a: [1, { b: 2 }] }, 'an ordinary object is parsed');
+});

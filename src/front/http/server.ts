@@ -111,6 +111,8 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     ureq.forEach((k, v) => {
       if (k === 'content-length') lengths++;
       else if ((k === 'authorization' || k === 'x-api-key') && headers[k] !== undefined) credentialTwice = k;
+      // Transfer codings on several lines are one list (RFC 9110 §5.3): all are checked, not the last.
+      if (k === 'transfer-encoding' && headers[k] !== undefined) v = `${headers[k]}, ${v}`;
       headers[k] = v;
     });
     const method = ureq.getCaseSensitiveMethod().toUpperCase();
@@ -168,11 +170,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       );
     };
     // Paths are served by one side only: a path this thread knows with another method is a 405 here.
-    if (match.kind === 'not_found' && forward !== undefined) {
-      const theirs = opts.forwardedRoutes?.match(method, path);
-      if (theirs?.kind === 'found') sink.routeName = theirs.route.name ?? theirs.route.path;
-      return forwardRequest(opts, forward, req, reader, sink);
-    }
+    if (match.kind === 'not_found' && forward !== undefined) return forwardRequest(opts, forward, req, reader, sink);
     dispatch(opts, match, req, reader, sink);
   });
 
@@ -203,7 +201,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
 }
 
 /** Hands a request this thread does not route to the control plane, body and all, and relays the reply. */
-function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBody: BodyReader, sink: UwsSink): void {
+function forwardRequest(g: Guards & Pick<HttpFrontOptions, 'forwardedRoutes'>, forward: Forward, req: BrokerRequest, readBody: BodyReader, sink: UwsSink): void {
   const relay = (body: Buffer | undefined): void => {
     const replied = forward(req, body, (cb) => sink.onAbort(cb));
     // A client gone before the reply is recorded when the reply comes: under its route's
@@ -220,13 +218,20 @@ function forwardRequest(g: Guards, forward: Forward, req: BrokerRequest, readBod
       (err: unknown) => sink.fail(toBrokerError(err)),
     );
   };
+  // Refused here, before the control plane sees it: counted under the control plane's route
+  // name, matched only now (the threads know those routes by name only).
+  const refuse = (err: BrokerError): void => {
+    const theirs = g.forwardedRoutes?.match(req.method, req.path);
+    if (theirs?.kind === 'found') sink.routeName = theirs.route.name ?? theirs.route.path;
+    sink.fail(err);
+  };
   const declared = req.headers['content-length'];
   const hasBody = (declared !== undefined && declared !== '0') || req.headers['transfer-encoding'] !== undefined;
   if (!hasBody) return relay(undefined);
-  if (declared !== undefined && Number(declared) > g.maxBodyBytes) return sink.fail(tooLarge(g.maxBodyBytes));
+  if (declared !== undefined && Number(declared) > g.maxBodyBytes) return refuse(tooLarge(g.maxBodyBytes));
   readBody(g.maxBodyBytes, (err, bytes) => {
     if (sink.aborted) return;
-    if (err !== undefined) return sink.fail(err);
+    if (err !== undefined) return refuse(err);
     relay(bytes);
   });
 }

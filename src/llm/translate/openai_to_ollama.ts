@@ -4,6 +4,7 @@
 //   stream:   /api/chat and /api/generate NDJSON lines → chat.completion.chunk / text_completion SSE events
 
 import { BrokerError } from '../../errors.ts';
+import { JSON_MAX_DEPTH, nestsDeeper } from '../../front/json-depth.ts';
 import { SSE_DONE } from '../codec/sse.ts';
 import {
   base64FromImageUrl,
@@ -55,6 +56,8 @@ function parseArguments(args: unknown): Record<string, unknown> {
   if (typeof args === 'object' && !Array.isArray(args)) return args as Record<string, unknown>;
   if (typeof args === 'string') {
     try {
+      // A client's text: JSON.parse's time grows with the nesting, so a deep one is kept as text unparsed.
+      if (args.length > 1024 && nestsDeeper(Buffer.from(args), JSON_MAX_DEPTH)) throw new Error('nested too deep');
       const v: unknown = JSON.parse(args);
       if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
     } catch {
