@@ -17,8 +17,14 @@ export function ollamaLoadReply(kind: 'chat' | 'completion', body: Readonly<Reco
     // A suffix alone is a fill-in-the-middle request, not a load.
     if (typeof body.suffix === 'string' && body.suffix !== '') return undefined;
   }
-  const unload = body.keep_alive === 0 || body.keep_alive === '0' || body.keep_alive === '0s';
+  const unload = zeroDuration(body.keep_alive);
   const head = { model: body.model, created_at: now.toISOString() };
   const done = { done_reason: unload ? 'unload' : 'load', done: true };
   return JSON.stringify(kind === 'chat' ? { ...head, message: { role: 'assistant', content: '' }, ...done } : { ...head, response: '', ...done });
+}
+
+/** keep_alive of zero: a number (seconds) or a Go duration ("0", "0s", "0m", "0h0m0s", "0.0ms"). */
+function zeroDuration(v: unknown): boolean {
+  if (typeof v === 'number') return v === 0;
+  return typeof v === 'string' && /^[+-]?(?:0+(?:\.0*)?(?:ns|us|µs|ms|s|m|h)?)+$/.test(v) && /^[+-]?0/.test(v);
 }

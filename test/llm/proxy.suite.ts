@@ -141,6 +141,11 @@ t.test('Ollama load and unload (no prompt, no messages): answered as Ollama does
     t.match(gen, { model, response: '', done: true, done_reason: 'load' }, `${model}: ollama run's preload`);
     const stop = await ollama.generate({ model, prompt: '', keep_alive: 0 });
     t.equal(stop.done_reason, 'unload', 'ollama stop');
+    // keep_alive is a Go duration: any zero one unloads, any other loads.
+    for (const [keep, reason] of [['0m', 'unload'], ['0h0m0s', 'unload'], ['5m', 'load']] as const) {
+      const r = await fetch(`${tb.url}/api/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, keep_alive: keep }) });
+      t.equal(((await r.json()) as { done_reason: string }).done_reason, reason, `keep_alive ${keep}`);
+    }
     for (const messages of [[], null, undefined]) {
       const r = await fetch(`${tb.url}/api/chat`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, messages }) });
       t.equal(r.status, 200);
