@@ -2,7 +2,7 @@
 // Piscina then stops replacing workers for good, and the pool starts itself anew.
 import t from 'tap';
 import { loadManifest } from '../../src/infer/manifest.ts';
-import { createInferPool } from '../../src/infer/pool.ts';
+import { createInferPool, type InferPoolOptions } from '../../src/infer/pool.ts';
 import { fashionPngs } from '../helpers/images.ts';
 
 const until = async (what: string, ok: () => boolean, timeoutMs = 30_000): Promise<void> => {
@@ -13,15 +13,13 @@ const until = async (what: string, ok: () => boolean, timeoutMs = 30_000): Promi
   }
 };
 
+/** A pool of two workers serving vA, with `o` on top. */
+const twoWorkers = (o: Partial<InferPoolOptions>) => createInferPool({ models: { A: loadManifest('models/vA.onnx') }, threads: 2, intraOpThreads: 1, maxQueue: 64, maxPixels: 4096 * 4096, ...o });
+
 t.test('a replacement worker killed while it loads: the pool starts anew, is whole and serves again', async (t) => {
   let failures = 0;
   const restarts: [number, number][] = [];
-  const pool = createInferPool({
-    models: { A: loadManifest('models/vA.onnx') },
-    threads: 2,
-    intraOpThreads: 1,
-    maxQueue: 64,
-    maxPixels: 4096 * 4096,
+  const pool = twoWorkers({
     superviseMs: 200,
     onWorkerFailure: () => failures++,
     onRestart: (live, wanted) => restarts.push([live, wanted]),
@@ -74,12 +72,7 @@ t.test('warm-ups and metadata under load wait for a slot: every request and ever
 // once, destroying the first, and that pool is given the time left and serves.
 t.test('a start slower than stuckStartMs: one new pool, which becomes ready and serves', async (t) => {
   const restarts: [number, number][] = [];
-  const pool = createInferPool({
-    models: { A: loadManifest('models/vA.onnx') },
-    threads: 2,
-    intraOpThreads: 1,
-    maxQueue: 64,
-    maxPixels: 4096 * 4096,
+  const pool = twoWorkers({
     stuckStartMs: 1,
     onRestart: (live, wanted) => restarts.push([live, wanted]),
   });

@@ -42,17 +42,22 @@ const b = await replica('b');
 const RPM = 50;
 for (const r of [a, b]) r.ledger.setLimits('key:x', { rpm: RPM, tpm: 10_000 });
 
+/** A reservation, or undefined when the quota refuses it (any other error is thrown). */
+function tryReserve(r: Replica, subject: string, tokens: number): Reservation | undefined {
+  try {
+    return r.ledger.reserve([subject], tokens);
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
+    return undefined;
+  }
+}
+
 /** Alternates requests over the replicas, each topping up its lease when it runs dry; counts admissions per replica. */
 async function drive(reps: Replica[], attempts: number, tokens = 0, actual?: number): Promise<number[]> {
   const admitted = reps.map(() => 0);
   for (let i = 0; i < attempts; i++) {
     const k = i % reps.length;
-    let res: Reservation | undefined;
-    try {
-      res = reps[k]!.ledger.reserve(['key:x'], tokens);
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
-    }
+    const res = tryReserve(reps[k]!, 'key:x', tokens);
     if (res !== undefined) {
       admitted[k]!++;
       res.reconcile(actual ?? tokens);
@@ -129,12 +134,9 @@ t.test('TPM over three replicas, estimates far above use: what comes back past a
   let admitted = 0;
   for (let i = 0; i < 200; i++) {
     const r = reps[i % 3]!;
-    try {
-      r.ledger.reserve(['key:big'], 266).reconcile(30);
-      admitted++;
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
-    }
+    const res = tryReserve(r, 'key:big', 266);
+    res?.reconcile(30);
+    if (res !== undefined) admitted++;
     await r.keeper.tick();
   }
   t.ok(admitted * 30 >= 500, `${admitted} admitted, ${admitted * 30} of 1,000 tokens used: not stranded on the replicas that served them`);
@@ -146,12 +148,7 @@ t.test('TPM over three replicas, estimates far above use: what comes back past a
   admitted = 0;
   for (let i = 0; i < 200; i++) {
     const r = reps[i % 3]!;
-    let res: Reservation | undefined;
-    try {
-      res = r.ledger.reserve(['key:big'], 266);
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
-    }
+    const res = tryReserve(r, 'key:big', 266);
     await r.keeper.tick();
     if (res !== undefined) {
       res.reconcile(30);
@@ -174,12 +171,9 @@ t.test('Redis gone: each replica spends limit ÷ replicas seen; Redis back: leas
   const spend = async (attempts: number): Promise<void> => {
     for (let i = 0; i < attempts; i++) {
       const r = i % 2 === 0 ? a : b;
-      try {
-        r.ledger.reserve(['key:mid'], 0).reconcile(0);
-        spent++;
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
-      }
+      const res = tryReserve(r, 'key:mid', 0);
+      res?.reconcile(0);
+      if (res !== undefined) spent++;
       await r.keeper.tick();
     }
   };
@@ -196,15 +190,7 @@ t.test('Redis gone: each replica spends limit ÷ replicas seen; Redis back: leas
   // A small limit, two requests between ticks: once a replica's lease came, a request short
   // of it waits for the next top-up instead of being lent one (RPM 4 gave 3 + 3).
   for (const r of [a, b]) r.ledger.setLimits('key:small', { rpm: 4 });
-  const attempt = (r: Replica): number => {
-    try {
-      r.ledger.reserve(['key:small'], 0);
-      return 1;
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
-      return 0;
-    }
-  };
+  const attempt = (r: Replica): number => (tryReserve(r, 'key:small', 0) === undefined ? 0 : 1);
   const small = [0, 0];
   for (const [k, r] of [a, b].entries()) {
     small[k]! += attempt(r); // no lease yet: lent
