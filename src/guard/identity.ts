@@ -56,12 +56,15 @@ export class Identity {
   private keys = new Map<string, KeyRecord>();
   /** Sessions seen valid, for AUTH_REDIS_FAIL_MODE=open while the store is down. */
   private readonly lastKnown = new Map<string, SessionRecord>();
+  /** Bumped by every revocation: a lookup that a revocation overtook does not refill lastKnown. */
+  private revocations = 0;
 
   constructor(private readonly o: IdentityOptions) {
     this.adminHash = o.adminToken === undefined ? undefined : createHash('sha256').update(o.adminToken).digest();
     this.now = o.now ?? Date.now;
     // Revoked on another replica: not to be accepted here if the store goes away next.
     o.store.onRevoked((r) => {
+      this.revocations++;
       if ('all' in r) this.lastKnown.clear();
       else if ('ids' in r) for (const id of r.ids) this.lastKnown.delete(id);
       else for (const [id, s] of this.lastKnown) if (s.subject === r.subject) this.lastKnown.delete(id);
@@ -160,6 +163,7 @@ export class Identity {
 
   /** A live session, or undefined. With the store down: AUTH_REDIS_FAIL_MODE decides. */
   async session(id: string): Promise<SessionRecord | undefined> {
+    const epoch = this.revocations;
     try {
       const s = await this.o.store.getSession(id);
       // A session made from a key that has since been revoked ends with it.
@@ -167,6 +171,9 @@ export class Identity {
         this.lastKnown.delete(id);
         return undefined;
       }
+      // A revocation that arrived while Redis answered may be this session's: the answer is
+      // served once, but not kept for an outage.
+      if (epoch !== this.revocations) return s;
       if (this.lastKnown.size >= 100_000) this.lastKnown.clear();
       this.lastKnown.set(id, s);
       return s;
@@ -187,11 +194,13 @@ export class Identity {
   }
 
   async revokeSession(id: string): Promise<boolean> {
+    this.revocations++;
     this.lastKnown.delete(id);
     return this.o.store.deleteSession(id).catch(storeDown);
   }
 
   async revokeSubject(subject: string): Promise<number> {
+    this.revocations++;
     for (const [id, s] of this.lastKnown) if (s.subject === subject) this.lastKnown.delete(id);
     return this.o.store.deleteSubjectSessions(subject).catch(storeDown);
   }

@@ -43,3 +43,34 @@ t.test('fail open: a session seen live passes while the store is away; one never
   up = false;
   await t.rejects(identity.liveSession('sess_seen_3'), { code: 'unauthorized' }, 'back from an outage (revocations may have been missed): all forgotten');
 });
+
+t.test('fail open: a revocation that arrives while the session is being looked up is not undone by the lookup', async (t) => {
+  const now = Date.now();
+  const live: SessionRecord = { subject: 'bob', roles: ['user'], tier: undefined, keyId: undefined, createdAt: now, expiresAt: now + 60_000 };
+  let up = true;
+  let revoked: (r: Revoked) => void = () => undefined;
+  // Redis answers "live" for a lookup sent before another replica's revocation reached us.
+  let answer: ((s: SessionRecord) => void) | undefined;
+  const store = {
+    get up() {
+      return up;
+    },
+    getSession: (id: string) => {
+      if (!up) return Promise.reject(new Error('Connection is closed.'));
+      return id === 'sess_slow' ? new Promise<SessionRecord>((resolve) => (answer = resolve)) : Promise.resolve(live);
+    },
+    onRevoked: (cb: (r: Revoked) => void) => (revoked = cb),
+  } as unknown as StateStore;
+  const identity = new Identity({ adminToken: undefined, jwt: undefined, store, sessionTtlMs: 60_000, failMode: 'open', metrics: createMetrics({ defaults: false }), logger: createLogger('silent') });
+  const lookup = identity.liveSession('sess_slow');
+  revoked({ ids: ['sess_slow'] });
+  answer!(live);
+  t.same(await lookup, live, 'the answer Redis gave is served once');
+  up = false;
+  await t.rejects(identity.liveSession('sess_slow'), { code: 'unauthorized' }, 'but not kept for the outage');
+  // A lookup with no revocation in between is kept, as before.
+  up = true;
+  await identity.liveSession('sess_other');
+  up = false;
+  t.same(await identity.liveSession('sess_other'), live);
+});
