@@ -156,12 +156,13 @@ export class Scheduler {
         throw err;
       }
       if (lease !== undefined) return lease;
-      if (!this.paused && (!this.deps.scheduler.queueWhenFull || a.queue === false)) throw new BrokerError('capacity_exhausted', `every deployment of ${a.group.name} is at capacity`, { retryAfter: 1 });
       if (woken !== undefined) {
-        // Woken but the freed slot is no use to this request: hand it on, then wait again.
+        // Woken but the freed slot is no use to this request: hand it on, then wait again
+        // (or, queueing off since the queue was paused, refuse).
         woken.round.declined.add(woken.seq);
         this.deps.queue.wake(a.group.name, this.flags.priority_routing, woken.round);
       }
+      if (!this.paused && (!this.deps.scheduler.queueWhenFull || a.queue === false)) throw new BrokerError('capacity_exhausted', `every deployment of ${a.group.name} is at capacity`, { retryAfter: 1 });
       const deadline = a.since + (a.tier?.maxQueueWaitMs ?? this.deps.scheduler.maxWaitMs);
       // A wait for a quota top-up after this one is a new one.
       topUpSince = undefined;
@@ -327,7 +328,9 @@ export class Scheduler {
     // The full scan, with its fallbacks: if every deployment is degraded, all of them
     // (performance routing never routes nothing). Warm-first: where the servers say
     // which models are loaded, the deployments whose model is warm go first.
-    const scan = (a: Admission, states: readonly DeploymentState[]): { open: DeploymentState[] } | { none: undefined } | { full: true } => {
+    // `someFull`: a candidate was left out only for want of room, so a request that finds
+    // the open ones' quotas spent queues for it rather than being refused.
+    const scan = (a: Admission, states: readonly DeploymentState[]): { open: DeploymentState[]; someFull: boolean } | { none: undefined } | { full: true } => {
       let candidates: DeploymentState[] = [];
       for (const d of states) if (!a.tried.has(d.config.id) && routable(d)) candidates.push(d);
       // A half-open breaker whose trials are all out is full, not gone: its outcome decides
@@ -338,11 +341,12 @@ export class Scheduler {
         if (good.length > 0) candidates = good;
       }
       let open = candidates.filter((d) => room(d, a.tier));
+      const someFull = open.length < candidates.length;
       if (warmFirst && open.length > 1) {
         const warm = open.filter((d) => (capacity.route(d.slot) & COLD) === 0);
         if (warm.length > 0) open = warm;
       }
-      return open.length === 0 ? { full: true } : { open };
+      return open.length === 0 ? { full: true } : { open, someFull };
     };
 
     // Large groups: two random eligible deployments instead of a scan, so routing cost
@@ -386,15 +390,20 @@ export class Scheduler {
       let pool = chosen !== undefined ? [chosen] : states.length > SAMPLE_ABOVE ? sample(a, states) : undefined;
       let scanned = false;
       let quotaError: BrokerError | undefined;
+      // A deployment passed over only because it is full (or its slot went to another thread
+      // first): its quota may have room, so a quota refusal elsewhere is not the last word.
+      let someFull = false;
+      const exhausted = (): Pick => (quotaError !== undefined && !someFull ? { none: quotaError } : { full: true });
       for (;;) {
         if (pool === undefined || pool.length === 0) {
-          if (scanned) return quotaError !== undefined ? { none: quotaError } : { full: true };
+          if (scanned) return exhausted();
           scanned = true;
           const r = scan(a, states);
           if (!('open' in r)) return r;
           pool = r.open;
+          someFull ||= r.someFull;
           if (chosen !== undefined) pool = pool.filter((x) => x !== chosen);
-          if (pool.length === 0) return quotaError !== undefined ? { none: quotaError } : { full: true };
+          if (pool.length === 0) return exhausted();
         }
         const d = pool.length === 1 ? pool[0]! : choose(pool);
         let reservation: Reservation | null = null;
@@ -412,6 +421,7 @@ export class Scheduler {
           }
         }
         if (!take(d, a.tier)) {
+          someFull = true;
           reservation?.release();
           pool = pool.filter((x) => x !== d);
           continue;

@@ -540,6 +540,22 @@ t.test('per-deployment quota moves traffic elsewhere; quota_exceeded once all ar
   await h.finish(t);
 });
 
+t.test("one deployment's quota spent, the other full: the request queues for the full one, not 429", async (t) => {
+  const g = group('g', [dep('a', { rpm: 1, concurrencyLimit: 1 }), dep('b', { concurrencyLimit: 1 })]);
+  const h = harness([g], { flags: { ...PLAIN, quota_enforcement: true } });
+  (await h.acquire(g, { tried: new Set(['b']) })).release(); // a's one request this minute
+  const onB = await h.acquire(g, { tried: new Set(['a']) });
+  const waiting = h.acquire(g);
+  t.notOk(await settled(waiting), 'waits in the queue: b will have room');
+  t.equal(h.queue.size, 1);
+  onB.release();
+  t.equal((await waiting).dep.config.id, 'b', 'served by b once it frees');
+  // Nothing full anywhere: the spent quota is the answer, at once.
+  const e = await rejection(h.acquire(g, { tried: new Set(['b']) }));
+  t.equal(e.code, 'quota_exceeded');
+  await h.finish(t);
+});
+
 t.test("a tier's capacityShare caps its slots on each deployment", async (t) => {
   const g = group('g', [dep('a', { concurrencyLimit: 4 })]);
   const h = harness([g], { flags: PLAIN, scheduler: { queueWhenFull: false } });
@@ -705,6 +721,22 @@ t.test('a freed slot goes to a waiter that can use it, even if the first one wok
   await rejection(waitingBatch);
   if (!got) h.queue.wake('g', false);
   await realtime;
+  await h.finish(t);
+});
+
+t.test('queueing off: a waiter held by a pause that cannot use the slot it is woken for passes it on', async (t) => {
+  const g = group('g', [dep('a', { concurrencyLimit: 2 })]);
+  const h = harness([g], { flags: PLAIN, scheduler: { queueWhenFull: false } });
+  await h.acquire(g, { tier: tier('realtime', 1) });
+  h.s.setPaused(true);
+  const batch = h.acquire(g, { tier: tier('batch', 0.5) }); // first in line, cap 1: full
+  const realtime = h.acquire(g, { tier: tier('realtime', 1) });
+  await ticks();
+  t.equal(h.queue.size, 2, 'both held by the pause');
+  h.s.setPaused(false); // one free slot: one wake, to batch first
+  t.equal((await rejection(batch)).code, 'capacity_exhausted', 'batch cannot use it and queueing is off');
+  t.ok(await settled(realtime), 'realtime got the slot batch passed on');
+  t.equal((await realtime).dep.config.id, 'a');
   await h.finish(t);
 });
 
