@@ -14,6 +14,9 @@ export function sniff(b: Uint8Array): 'png' | 'jpeg' | 'webp' | undefined {
   return undefined;
 }
 
+/** libjpeg's warnings (jerror.h) that mean pixels were lost: premature end, bad entropy code, lost restart marker. */
+const JPEG_LOST_PIXELS = /premature end|bad Huffman code|bad arithmetic code|instead of RST/i;
+
 export type Preprocessed =
   | { ok: true; tensor: Float32Array; dims: number[] }
   | { ok: false; code: 'unsupported_image' | 'image_too_large'; message: string; detail?: string };
@@ -54,9 +57,20 @@ export async function preprocess(
     // header, before decoding. No metadata() first: the format comes from the magic bytes
     // above, and a second pass over the header cost 0.5 ms of a 2.9 ms preprocess of a
     // 256x256 JPEG (docs/benchmarks.md, "Hot path").
-    let p = sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' }).resize(width, height, { fit: 'cover' });
-    p = c === 1 ? p.grayscale() : p.removeAlpha().toColourspace('srgb');
-    raw = await p.raw().toBuffer();
+    const decode = (failOn: 'error' | 'warning'): Promise<Buffer> => {
+      const p = sharp(bytes, { limitInputPixels: maxPixels, failOn }).resize(width, height, { fit: 'cover' });
+      return (c === 1 ? p.grayscale() : p.removeAlpha().toColourspace('srgb')).raw().toBuffer();
+    };
+    if (format !== 'jpeg') raw = await decode('error');
+    else {
+      // libjpeg only warns of missing or corrupt scan data, and fills the gap with gray: a
+      // 200 for a picture the client never sent. Those warnings refuse; others (extraneous
+      // bytes, an unknown JFIF revision) leave the pixels whole, so the image is decoded anyway.
+      raw = await decode('warning').catch((err: Error) => {
+        if (JPEG_LOST_PIXELS.test(err.message)) throw err;
+        return decode('error');
+      });
+    }
   } catch (err) {
     const message = (err as Error).message;
     if (/pixel limit/i.test(message)) return { ok: false, code: 'image_too_large', message: `image has more than ${maxPixels} pixels` };

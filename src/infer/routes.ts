@@ -45,13 +45,11 @@ export function inferRoutes(service: InferBackend, stickyCookie: string, ceiling
         // A client gone while its image waits: the image leaves the queue, nobody computes it for nothing.
         const signal = new RequestAbort();
         sink.onAbort(() => signal.abort());
-        const reply = await service.infer({ image, imgSize, topK, cookieArm, priority, trace: req.span?.context(), signal });
+        const { pinned, ...reply } = await service.infer({ image, imgSize, topK, cookieArm, priority, trace: req.span?.context(), signal });
         noteInference(req.facts, reply);
-        sink.send(
-          200,
-          { ...JSON_HEADERS, 'set-cookie': `${stickyCookie}=${reply.arm}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly` },
-          JSON.stringify({ ...reply, trace_id: req.id }),
-        );
+        // An arm chosen for its size, not by the split, does not pin the client.
+        const cookie: Record<string, string> = pinned === true ? {} : { 'set-cookie': `${stickyCookie}=${reply.arm}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly` };
+        sink.send(200, { ...JSON_HEADERS, ...cookie }, JSON.stringify({ ...reply, trace_id: req.id }));
       },
     },
   ];

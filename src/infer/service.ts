@@ -43,6 +43,8 @@ export interface InferReply {
   readonly timings: { decode_ms: number; queue_ms: number; infer_ms: number; total_ms: number };
   /** Images in the session.run that answered. */
   readonly batch_size: number;
+  /** Served by the only arm that takes the request's img_size: no sticky cookie for it. */
+  readonly pinned?: true;
 }
 
 /** The arm that serves one request, with the pool and model it runs on (pinned across a promote). */
@@ -225,9 +227,19 @@ export class InferService {
   }
 
   async infer(input: InferInput): Promise<InferReply> {
-    const choice = this.choose(input.cookieArm);
+    let choice = this.choose(input.cookieArm);
+    let size: number | undefined;
+    try {
+      size = checkSize(input.imgSize, choice.model);
+    } catch (err) {
+      // A and B take different sizes: an img_size only the other arm takes goes to it, as
+      // if named (no cookie, no shadow), rather than a 400 that depends on the split's draw.
+      const other: Arm = choice.arm === 'A' ? 'B' : 'A';
+      if (this.modelProblems[other] !== undefined || !fitsSize(input.imgSize, this.models[other])) throw err;
+      choice = this.choose(undefined, other);
+      size = checkSize(input.imgSize, choice.model);
+    }
     const { manifest } = choice.model;
-    const size = checkSize(input.imgSize, choice.model);
     const topK = Math.min(input.topK ?? 5, manifest.labels.length);
     const { results, totalMs } = await this.run(choice, { items: [input.image], tensor: false, size, topK, scores: false, priority: input.priority, trace: input.trace, signal: input.signal });
     const result = results[0]!;
@@ -238,6 +250,7 @@ export class InferService {
       predictions: result.predictions,
       timings: { decode_ms: round(result.decodeMs), queue_ms: round(Math.max(0, result.queueMs)), infer_ms: round(result.inferMs), total_ms: round(totalMs) },
       batch_size: result.batchSize,
+      ...(choice.reason === 'version' ? { pinned: true as const } : {}),
     };
   }
 
@@ -403,6 +416,15 @@ export function checkSize(imgSize: number | undefined, model: Pick<LoadedModel, 
   }
   if (imgSize < input.minSize || imgSize > input.maxSize) throw new BrokerError('invalid_img_size', `img_size must be between ${input.minSize} and ${input.maxSize} for model ${name}, got ${imgSize}`, { details: { field: 'img_size' } });
   return imgSize;
+}
+
+function fitsSize(imgSize: number | undefined, model: Pick<LoadedModel, 'manifest'>): boolean {
+  try {
+    checkSize(imgSize, model);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** A's top-1 class: its first prediction, or the largest of its raw scores (v2 asks for no predictions). */

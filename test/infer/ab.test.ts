@@ -121,3 +121,28 @@ t.test('promote: arm A answers with B model, without failing in-flight requests'
   const cfg = await json(await fetch(`${tb.url}/admin/config`, { headers: admin }));
   t.equal(cfg.models.A.name, B.manifest.name);
 });
+
+t.test('A and B of different sizes: an img_size only one arm takes goes to it, whatever the split or cookie draws', async (t) => {
+  const { writeForeignModel } = await import('./foreign-model.ts');
+  // A: the foreign model, fixed 32x32; B: the bundled vB, fixed 28x28. An even split.
+  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel(), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  t.teardown(() => tb.close());
+  const { A, B } = tb.broker.infer!.models;
+  for (const [size, arm, model] of [
+    [28, 'B', B.manifest.name],
+    [32, 'A', A.manifest.name],
+  ] as const) {
+    for (let i = 0; i < 12; i++) {
+      const res = await postJson(`${tb.url}/v1/infer`, { image_b64: img(i), img_size: size }, i % 2 === 0 ? {} : { cookie: `eb_arm=${arm === 'A' ? 'B' : 'A'}` });
+      t.equal(res.status, 200, `img_size ${size}: ${JSON.stringify(res.body.error ?? '')}`);
+      t.equal(res.body.arm, arm);
+      t.equal(res.body.model, model);
+      t.equal(res.body.pinned, undefined, 'not part of the reply');
+      // Chosen for its size by the other arm's draw: the client is not pinned to it.
+      if (res.headers.get('set-cookie') !== null) t.match(res.headers.get('set-cookie'), new RegExp(`^eb_arm=${arm};`), 'a cookie only for the arm the split drew');
+    }
+  }
+  const none = await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 30 });
+  t.equal(none.status, 400, 'a size neither arm takes');
+  t.equal(none.body.error.code, 'invalid_img_size');
+});
