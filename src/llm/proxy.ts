@@ -152,6 +152,10 @@ export class LlmProxy {
     let streamWaitMs = 0;
     const tried = new Set<string>();
     let lastError: BrokerError | undefined;
+    // The deployment that failed last, and its group: a request whose attempts all failed is
+    // counted under it (as a served one is under its deployment), when it ends in that group.
+    let lastTried: { group: string; id: string } | undefined;
+    const failedOn = (group: string): string => (lastTried?.group === group ? lastTried.id : 'none');
     let lease: Lease | null = null;
     const usage: Usage = { ok: false, promptTokens: 0, completionTokens: 0, ttftMs: null };
     // Request tracking's record, filled in as the request goes (undefined: not tracked).
@@ -186,7 +190,7 @@ export class LlmProxy {
           if (next === undefined) {
             // Out of groups (a cycle of fallbacks ends here too): counted as the last failure.
             const reason = clientFault(lastError!) ? 'client_error' : exhaustedReason(lastError, tried.size > 0);
-            m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
+            m.llmRequests.labels(g.name, reason === 'client_error' ? 'none' : failedOn(g.name), coarse(reason), reason).inc();
             if (facts !== undefined) facts.outcome = reason;
             throw lastError!;
           }
@@ -236,8 +240,9 @@ export class LlmProxy {
           // spent by the attempt that failed): the last upstream failure says what happened, not
           // "none left" or "waited 5013 ms for a free deployment".
           const afterFailure = tried.size > 0 && lastError !== undefined && !clientFault(lastError) && (code === 'queue_timeout' || code === 'capacity_exhausted');
-          const reason = code === 'upstream_unavailable' || afterFailure ? exhaustedReason(lastError, tried.size > 0) : code;
-          m.llmRequests.labels(g.name, 'none', coarse(reason), reason).inc();
+          const exhausted = code === 'upstream_unavailable' || afterFailure;
+          const reason = exhausted ? exhaustedReason(lastError, tried.size > 0) : code;
+          m.llmRequests.labels(g.name, exhausted ? failedOn(g.name) : 'none', coarse(reason), reason).inc();
           if (facts !== undefined) facts.outcome = reason;
           if ((code === 'upstream_unavailable' || afterFailure) && lastError !== undefined) throw lastError;
           throw err;
@@ -245,6 +250,7 @@ export class LlmProxy {
         const dep = lease.dep;
         waitSpan?.set('llm.deployment', dep.config.id).end();
         tried.add(dep.config.id);
+        lastTried = { group: g.name, id: dep.config.id };
         const provider = dep.config.provider;
         // The (client API, provider, upstream kind) of this attempt: one compiled chain each.
         const route = upstreamRoute(api, kind, dep.config, body);

@@ -239,6 +239,7 @@ t.test('a cycle of fallbacks tries each group once, and counts as the last failu
   t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'cyc-a' }), 1);
   t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'cyc-b' }), 1);
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'cyc-b', reason: 'upstream_error' }), 1);
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'cyc-b', deployment: 'cyc-b', reason: 'upstream_error' }), 1, "under the deployment that failed last, for per-deployment error rates");
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'cyc-b', reason: 'no_deployment' }), 0);
 });
 
