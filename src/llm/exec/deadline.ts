@@ -66,7 +66,12 @@ export class AttemptDeadline {
     if (!this.paused) return;
     this.paused = false;
     if (this.lastAt >= 0) this.lastAt = this.now();
-    if (this.timer === undefined && !this.signal.aborted) this.arm();
+    if (this.signal.aborted) return;
+    // A timer armed while paused aims at the total deadline (the idle phase did not run):
+    // aim again, at the idle phase that starts now.
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.arm();
   }
 
   /** The attempt is over: no timer left behind. */

@@ -1,0 +1,43 @@
+// AttemptDeadline: the idle phase does not run while the broker itself stops reading (a slow
+// client), and starts over when reading resumes. Small real waits; what is asserted is which
+// phase ended the attempt, not when.
+import t from 'tap';
+import { AttemptDeadline } from '../../src/llm/exec/deadline.ts';
+import { RequestAbort } from '../../src/abort.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const timeouts = { id: 'd', connectTimeoutMs: 1000, firstTokenTimeoutMs: 5000, headersTimeoutMs: 5000, idleChunkTimeoutMs: 40, totalTimeoutMs: 60_000 };
+
+/** The phase that ended the attempt, or 'still running' if none did long before the total limit (60 s). */
+async function expiry(d: AttemptDeadline): Promise<string | null> {
+  // The deadline's timers are unref'd (they never hold the process): this wait holds it.
+  let timer: NodeJS.Timeout | undefined;
+  const ended = await Promise.race([
+    new Promise<boolean>((resolve) => (d.signal.aborted ? resolve(true) : d.signal.addEventListener('abort', () => resolve(true)))),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), 5000))),
+  ]);
+  clearTimeout(timer);
+  return ended ? d.expired : 'still running';
+}
+
+t.test('a pause longer than the idle limit is not a timeout; the upstream silent after resume is, as idle (not at the total limit)', async (t) => {
+  const d = new AttemptDeadline(timeouts, true, new RequestAbort());
+  t.teardown(() => d.done());
+  d.chunk();
+  d.pause();
+  await sleep(120); // three idle limits while the client drains: the timer fires, and aims at the total
+  t.equal(d.signal.aborted, false, 'paused: the silence is the client\'s');
+  d.resume();
+  t.equal(await expiry(d), 'idle', 'the idle phase that started at resume ended it');
+});
+
+t.test('no total limit: a pause arms nothing, resume arms the idle phase', async (t) => {
+  const d = new AttemptDeadline({ ...timeouts, totalTimeoutMs: 0 }, true, new RequestAbort());
+  t.teardown(() => d.done());
+  d.chunk();
+  d.pause();
+  await sleep(120);
+  t.equal(d.signal.aborted, false);
+  d.resume();
+  t.equal(await expiry(d), 'idle');
+});
