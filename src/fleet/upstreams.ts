@@ -13,19 +13,30 @@ export interface UpstreamResponse {
 }
 
 interface Entry {
-  readonly url: string;
+  /** The config it was made for; another object with the same signature keeps the pool. */
+  config: DeploymentConfig;
+  readonly signature: string;
   readonly pool: Pool;
   readonly path: Record<string, string>;
   readonly headers: Record<string, string>;
 }
 
-/** Keep-alive pools by deployment, made on first use (a deployment whose URL changed gets a new one). */
+/**
+ * Keep-alive pools by deployment, made on first use. A deployment changed at run time (its
+ * URL, key, timeouts or pool size) gets a new pool; the old one closes once its requests end.
+ */
 export class Upstreams {
   private readonly pools = new Map<string, Entry>();
 
   private entry(d: DeploymentConfig): Entry {
     const e = this.pools.get(d.id);
-    if (e !== undefined && e.url === d.url) return e;
+    if (e !== undefined && e.config === d) return e;
+    const headers: Record<string, string> = { 'content-type': 'application/json', accept: '*/*', ...PROVIDERS[d.provider].headers(d) };
+    const signature = JSON.stringify([d.url, d.provider, d.concurrencyLimit, d.connectTimeoutMs, d.headersTimeoutMs, d.idleChunkTimeoutMs, d.keepAliveTimeoutMs, headers]);
+    if (e !== undefined && e.signature === signature) {
+      e.config = d;
+      return e;
+    }
     if (e !== undefined) void e.pool.close();
     const chat = upstreamTarget(d, 'chat');
     const pool = new Pool(chat.origin, {
@@ -38,10 +49,11 @@ export class Upstreams {
       pipelining: 1,
     });
     const created: Entry = {
-      url: d.url,
+      config: d,
+      signature,
       pool,
       path: { chat: chat.path, completion: upstreamTarget(d, 'completion').path, embed: upstreamTarget(d, 'embed').path, responses: upstreamTarget(d, 'responses').path, models: upstreamTarget(d, 'models').path },
-      headers: { 'content-type': 'application/json', accept: '*/*', ...PROVIDERS[d.provider].headers(d) },
+      headers,
     };
     this.pools.set(d.id, created);
     return created;

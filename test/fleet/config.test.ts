@@ -135,3 +135,22 @@ t.test('an action refused (an unknown server, 404) leaves no audit line; a done 
   t.equal((await send(tb, 'POST', '/api/orchestrator/servers/r/drain')).status, 200);
   t.ok(audits().includes('drain:r'), 'the drain that was done is audited');
 });
+
+t.test("a deployment's key or timeouts changed at run time are used at once, on every thread (its pool is made again)", async (t) => {
+  const m = await startMock(t);
+  process.env['EB_TEST_KEY_OLD'] = 'key-old';
+  process.env['EB_TEST_KEY_NEW'] = 'key-new';
+  const fleet = (apiKeyEnv: string) => ({ modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: m.url, model: 'm', apiKeyEnv }] } } });
+  const tb = await fleetBroker(t, fleet('EB_TEST_KEY_OLD'), { FRONT_THREADS: '2', FLEET_HEALTH_CHECKS: 'false' });
+  const keys = async (): Promise<Set<unknown>> => {
+    const seen = new Set<unknown>();
+    for (let i = 0; i < 8; i++) {
+      t.equal((await chat(tb, 'g')).status, 200);
+      seen.add(m.stats.lastHeaders?.authorization);
+    }
+    return seen;
+  };
+  t.same([...(await keys())], ['Bearer key-old']);
+  t.equal((await send(tb, 'POST', '/api/orchestrator/config', fleet('EB_TEST_KEY_NEW'))).status, 200);
+  t.same([...(await keys())], ['Bearer key-new'], 'the rotated key, from every thread');
+});

@@ -4,9 +4,10 @@
 import t from 'tap';
 import { AttemptDeadline } from '../../src/llm/exec/deadline.ts';
 import { RequestAbort } from '../../src/abort.ts';
+import { DEFAULT_TIMEOUTS } from '../../src/config/broker-config.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const timeouts = { id: 'd', connectTimeoutMs: 1000, firstTokenTimeoutMs: 5000, headersTimeoutMs: 5000, idleChunkTimeoutMs: 40, totalTimeoutMs: 60_000 };
+const timeouts = { ...DEFAULT_TIMEOUTS, id: 'd', connectTimeoutMs: 1000, firstTokenTimeoutMs: 5000, headersTimeoutMs: 5000, idleChunkTimeoutMs: 40, totalTimeoutMs: 60_000 };
 
 /** The phase that ended the attempt, or 'still running' if none did long before the total limit (60 s). */
 async function expiry(d: AttemptDeadline): Promise<string | null> {
