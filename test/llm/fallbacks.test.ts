@@ -74,6 +74,17 @@ const commenting = createServer((req, res) => {
 });
 await new Promise<void>((r) => commenting.listen(0, '127.0.0.1', r));
 const commentingUrl = `http://127.0.0.1:${(commenting.address() as { port: number }).port}`;
+// A 200 stream that ends before its first event (an upstream that drops the request after
+// its headers): nothing reached the client, so it may still fall back.
+let emptyServed = 0;
+const empty = createServer((req, res) => {
+  req.resume();
+  emptyServed++;
+  res.writeHead(200, { 'content-type': req.url!.startsWith('/api/') ? 'application/x-ndjson' : 'text/event-stream' });
+  res.end();
+});
+await new Promise<void>((r) => empty.listen(0, '127.0.0.1', r));
+const emptyUrl = `http://127.0.0.1:${(empty.address() as { port: number }).port}`;
 const blackhole = await createBlackhole();
 t.teardown(() => blackhole.close());
 
@@ -99,6 +110,8 @@ const fleet = {
     'chain-a': { deployments: [d('chain-a', 'openai', fail500)], fallbacks: ['chain-b'] },
     'chain-b': { deployments: [d('chain-b', 'openai', fail500)], maxContextTokens: 20, fallbacks: ['big'] },
     cut: { deployments: [d('cut-1', 'openai', reset)], fallbacks: ['big'] },
+    empty: { deployments: [d('empty-1', 'openai', { url: emptyUrl })], fallbacks: ['big'] },
+    'empty-ollama': { deployments: [d('empty-2', 'ollama', { url: emptyUrl })], fallbacks: ['big'] },
     unreachable: { deployments: [d('hole-1', 'openai', blackhole, { connectTimeoutMs: 200 })], fallbacks: ['big'] },
     'unreachable-alone': { deployments: [d('hole-2', 'openai', blackhole, { connectTimeoutMs: 150 })] },
     // A connect that would hang for 20 s, under a 300 ms headers budget: the budget ends it.
@@ -138,6 +151,8 @@ t.teardown(async () => {
   await Promise.all(mocks.map((m) => m.close()));
   commenting.closeAllConnections();
   await new Promise<void>((r) => commenting.close(() => r()));
+  empty.closeAllConnections();
+  await new Promise<void>((r) => empty.close(() => r()));
 });
 
 const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
@@ -300,6 +315,24 @@ t.test('never after the first byte: a stream cut mid-way ends with an error even
   t.match(JSON.stringify(events.at(-1)), /error/);
   t.equal(res.headers.get('x-broker-fallback'), null);
   t.equal(ok.stats.total, before, 'big was not asked');
+});
+
+t.test('a 200 stream that ends with no event reached nobody: it falls back, streamed, for each client API', async (t) => {
+  for (const model of ['empty', 'empty-ollama']) {
+    const served = emptyServed;
+    const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model, messages, stream: true }) });
+    t.equal(res.status, 200);
+    const { events, done } = parseSse(await res.text());
+    t.ok(done, `${model}: a whole stream`);
+    t.equal(events.map((e) => (e as { choices?: { delta?: { content?: string } }[] }).choices?.[0]?.delta?.content ?? '').join(''), mockText(8), `${model}: big's answer, no error event`);
+    t.equal(res.headers.get('x-broker-fallback'), 'big');
+    t.equal(emptyServed, served + 1, 'the empty upstream was asked first');
+    const nd = await fetch(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model, messages }) });
+    t.equal(nd.headers.get('x-broker-fallback'), 'big', `${model}: Ollama client too`);
+    const lines = (await nd.text()).trim().split('\n').map((l) => JSON.parse(l) as { done: boolean; error?: string });
+    t.equal(lines.at(-1)!.done, true);
+    t.notOk(lines.some((l) => l.error !== undefined));
+  }
 });
 
 t.test('connect timeout: the deployment never accepts, the request falls back', async (t) => {

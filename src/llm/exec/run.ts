@@ -116,6 +116,12 @@ async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncI
     if (t >= 0) waited += performance.now() - t;
     // end() returns what is still owed: [DONE] or the done line, or the error event of a cut stream.
     const tail = s.end();
+    // A 200 that ended with nothing for the client (an empty body, a cut before the first
+    // event): as a failure before the first byte, the proxy may still try elsewhere.
+    if (target.committed?.() === false && (s.truncated || s.stats.error !== null)) {
+      const r = settle(s, waited, finish);
+      return { ...r, ended: 'failed' };
+    }
     if (tail !== null) target.write(tail);
     return settle(s, waited, finish);
   } catch (err) {
