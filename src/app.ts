@@ -364,7 +364,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         threads: config.frontThreads,
         logger,
         metrics,
-        buffers: { capacity: capacity.buffer, waiters, board, quota: quota.buffer, rateLimit: rateLimiter.buffer },
+        buffers: { capacity: capacity.buffer, capacityHoldings: capacity.holdingsBuffer, waiters, board, quota: quota.buffer, rateLimit: rateLimiter.buffer },
         cacheChannel,
         snapshot,
         ...(tracking !== undefined ? { spend: () => tracking.ledger.entries() } : {}),
@@ -399,6 +399,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           }
         },
         wakeControl: (group) => governance.wake(group),
+        threadExited: (index) => {
+          const slots = governance.reclaimThread(index);
+          if (slots > 0) logger.warn({ plane: index, slots }, 'a data-plane thread died holding capacity slots: given back');
+        },
       });
       port = await planes.start();
       if (tracking !== undefined) planes.spend(tracking.ledger.entries());

@@ -51,6 +51,8 @@ export interface PlanesDeps {
   spend?(): readonly SpendEntry[];
   /** A slot freed on a thread whose next waiter waits on the control plane (its gRPC requests, row CONTROL_PLANE_ROW of the wait board). */
   wakeControl?(group: string): void;
+  /** A thread exited: what it held of the capacity counters comes back (its releases never ran). */
+  threadExited?(index: number): void;
 }
 
 /** The wait-board row of the control plane's own queue (gRPC requests), when FRONT_THREADS leaves it free. */
@@ -142,6 +144,7 @@ export class DataPlanes {
         for (const cb of plane.onAck) cb();
         for (const cb of plane.calls.values()) cb(undefined);
         plane.stopped?.(0);
+        this.deps.threadExited?.(index);
         if (!listening) return reject(new Error(`data-plane thread ${index} exited with code ${code} before it listened`));
         if (this.closing) return;
         // Its requests are lost with it; the other threads carry on, and a new one takes its place.

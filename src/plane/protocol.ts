@@ -40,6 +40,8 @@ export interface Snapshot {
 /** Buffers every thread shares, created once by the control plane. */
 export interface SharedBuffers {
   readonly capacity: SharedArrayBuffer;
+  /** What each thread holds of the capacity counters (sched/capacity.ts): a dead thread's slots come back. */
+  readonly capacityHoldings: SharedArrayBuffer;
   /** One Int32: requests waiting in every thread's queue. */
   readonly waiters: SharedArrayBuffer;
   /** Each thread's best waiter per group (sched/wait-board.ts). */

@@ -108,7 +108,7 @@ const budgets = config.tracking === undefined ? undefined : new BudgetGate(Date.
 if (init.spend !== undefined) budgets?.update(init.spend);
 
 let snapshot: Snapshot = init.snapshot;
-const capacity = new CapacityCounters(undefined, init.buffers.capacity);
+const capacity = new CapacityCounters(undefined, init.buffers.capacity, { buffer: init.buffers.capacityHoldings, row: init.index });
 for (const [id, slot] of snapshot.slots) capacity.bind(id, slot);
 const flags = new FlagStore(config.featureFlags);
 flags.adopt(snapshot.flags);

@@ -10,6 +10,13 @@
 // neighbouring counters hammered by 2 threads at 3.7x the cost of padded ones
 // (33.5 vs 9.0 ns per Atomics.add; 16-byte slots were as slow as adjacent ones).
 
+/**
+ * Holdings: what each data-plane thread holds per slot (one Int32 row per thread index), so
+ * that the control plane can give back the slots of a thread that died with requests in
+ * flight: their releases, due after the abort, never ran.
+ */
+const HOLDER_ROWS = 64;
+
 const FIELDS = 32; // Int32 cells per slot: 128 bytes, two cache lines (adjacent-line prefetch)
 const IN_FLIGHT = 0;
 const LIMIT = 1;
@@ -28,10 +35,49 @@ export class CapacityCounters {
    * data-plane thread) never assigns slots or writes limits: the control plane owns
    * both, and the thread binds the slots it publishes.
    */
-  constructor(readonly maxDeployments = 4096, buffer?: SharedArrayBuffer) {
+  constructor(readonly maxDeployments = 4096, buffer?: SharedArrayBuffer, holder?: { readonly buffer: SharedArrayBuffer; readonly row: number }) {
     this.buffer = buffer ?? new SharedArrayBuffer(maxDeployments * FIELDS * 4);
     this.cells = new Int32Array(this.buffer);
     this.attached = buffer !== undefined;
+    // The control plane's own (new) counters make the table; a thread attaches to its row.
+    this.holdingsBuffer = holder?.buffer ?? new SharedArrayBuffer(buffer === undefined ? HOLDER_ROWS * maxDeployments * 4 : 0);
+    this.holdings = new Int32Array(this.holdingsBuffer);
+    if (holder !== undefined && (holder.row < 0 || holder.row >= HOLDER_ROWS)) throw new RangeError(`holder row ${holder.row} is out of range`);
+    this.row = holder === undefined ? -1 : holder.row * maxDeployments;
+  }
+
+  /** Every thread's holdings, for the data-plane threads to attach to (each its own row). */
+  readonly holdingsBuffer: SharedArrayBuffer;
+  private readonly holdings: Int32Array;
+  /** This thread's row offset in the holdings, -1 for the control plane (which outlives what it holds). */
+  private readonly row: number;
+
+  private hold(slot: number, n: number): void {
+    if (this.row >= 0) Atomics.add(this.holdings, this.row + slot, n);
+  }
+
+  /**
+   * Gives back what the data-plane thread of `row` held (it died with requests in flight):
+   * the slots freed, by slot. Called by the control plane once the thread has exited.
+   */
+  reclaim(row: number): Map<number, number> {
+    const freed = new Map<number, number>();
+    const base = row * this.maxDeployments;
+    for (let slot = 0; slot < this.maxDeployments; slot++) {
+      const n = Atomics.exchange(this.holdings, base + slot, 0);
+      if (n <= 0) continue;
+      const cell = slot * FIELDS + IN_FLIGHT;
+      // Never below 0: a count another thread gave back meanwhile is not taken twice.
+      for (;;) {
+        const cur = Atomics.load(this.cells, cell);
+        const next = Math.max(0, cur - n);
+        if (Atomics.compareExchange(this.cells, cell, cur, next) === cur) {
+          if (cur > next) freed.set(slot, cur - next);
+          break;
+        }
+      }
+    }
+    return freed;
   }
 
   private readonly attached: boolean;
@@ -84,6 +130,7 @@ export class CapacityCounters {
       if (cur >= Math.min(cap, Atomics.load(this.cells, base + LIMIT))) return false;
       if (Atomics.compareExchange(this.cells, base + IN_FLIGHT, cur, cur + 1) === cur) {
         Atomics.add(this.cells, base + ACQUIRED, 1);
+        this.hold(slot, 1);
         return true;
       }
     }
@@ -93,6 +140,7 @@ export class CapacityCounters {
   acquireUngated(slot: number): void {
     Atomics.add(this.cells, slot * FIELDS + IN_FLIGHT, 1);
     Atomics.add(this.cells, slot * FIELDS + ACQUIRED, 1);
+    this.hold(slot, 1);
   }
 
   release(slot: number): void {
@@ -102,6 +150,7 @@ export class CapacityCounters {
       Atomics.add(this.cells, slot * FIELDS + IN_FLIGHT, 1);
       throw new Error(`capacity released more often than acquired (slot ${slot})`);
     }
+    this.hold(slot, -1);
   }
 
   /** Why the deployment may not take new requests (route-bits.ts); 0 when it may. */

@@ -263,6 +263,22 @@ export class Governance implements Leases {
     this.scheduler.handOff(group);
   }
 
+  /**
+   * A data-plane thread died with leases: its slots come back, and as many waiters (on any
+   * thread) as they free try again. Else the deployment stayed "full" until the process
+   * restarted. How many slots came back (deployment and server slots).
+   */
+  reclaimThread(row: number): number {
+    const freed = this.capacity.reclaim(row);
+    let total = 0;
+    for (const n of freed.values()) total += n;
+    for (const d of this.scheduler.all()) {
+      const n = Math.max(freed.get(d.slot) ?? 0, d.serverSlot >= 0 ? (freed.get(d.serverSlot) ?? 0) : 0);
+      for (let i = 0; i < n; i++) this.wake(d.group);
+    }
+    return total;
+  }
+
   keyPolicy(apiKey: string | undefined): ApiKeyPolicy | undefined {
     if (apiKey === undefined) return undefined;
     return this.config.apiKeys.get(apiKey) ?? (this.runtimeKeys.size === 0 ? undefined : this.runtimeKeys.get(keyHash(apiKey)));

@@ -153,6 +153,22 @@ t.test('a data-plane thread that dies is replaced; the other carries on', async 
   t.ok(tb.logs.some((l) => l.msg === 'data-plane thread failed' && l.plane === 0), 'the failure is logged with its thread');
   const after = await Promise.all(Array.from({ length: 12 }, () => chat(tb, false)));
   t.same(after.map((r) => r.status), Array(12).fill(200), 'every request after the replacement succeeds');
+  // Its streams' releases never ran: the control plane gave their slots back.
+  t.equal(await metricValue(tb.url, 'broker_capacity_in_flight', { deployment: 's' }), 0, 'no slot held by the dead thread');
+  t.ok(tb.logs.some((l) => l.msg === 'a data-plane thread died holding capacity slots: given back' && l.plane === 0 && (l.slots as number) === results.length - done.length), "its slots given back, counted");
+});
+
+t.test("a thread that dies holding a full deployment's only slot: the slot comes back, the next request is served", async (t) => {
+  const slow = await mock(t, { tokens: 40, tps: 20 });
+  const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 's', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 1 }] } } });
+  const stream = chat(tb);
+  await until(() => slow.stats.open === 1, 'the stream open');
+  const holder = (await tb.broker.planes!.stats()).findIndex((s) => s.inFlight > 0);
+  await tb.broker.planes!.fail(holder);
+  await stream;
+  await until(async () => (await metricValue(tb.url, 'broker_data_plane_threads')) === 2, 'the replacement to start');
+  const next = await chat(tb, false);
+  t.equal(next.status, 200, `served, not queued until its timeout: ${next.text.slice(0, 120)}`);
 });
 
 t.test('shutdown with streams open on both threads: they get the grace period, then an explicit error event', async (t) => {

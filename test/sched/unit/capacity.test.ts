@@ -221,3 +221,22 @@ t.test('worker threads: concurrent tryAcquire/release never exceed the limit and
   const acquired = results.reduce((n, r) => n + r.acquired, 0);
   t.equal(main.stats('shared')!.acquired, acquired, 'the shared acquired count matches what the threads took');
 });
+
+t.test("reclaim gives back what one thread's counters hold, and nothing of the others'", async (t) => {
+  const owner = new CapacityCounters(8);
+  const a = owner.register('a', 10);
+  const threads = [0, 1].map((row) => new CapacityCounters(8, owner.buffer, { buffer: owner.holdingsBuffer, row }));
+  for (const c of threads) c.bind('a', a);
+  for (let i = 0; i < 3; i++) t.ok(threads[0]!.tryAcquire(a));
+  threads[0]!.acquireUngated(a);
+  threads[0]!.release(a);
+  t.ok(threads[1]!.tryAcquire(a));
+  t.ok(owner.tryAcquire(a), "the control plane's own lease (not a thread's)");
+  t.equal(owner.inFlight(a), 5);
+  t.same([...owner.reclaim(0)], [[a, 3]], "thread 0's three");
+  t.equal(owner.inFlight(a), 2, "thread 1's and the control plane's still held");
+  t.same([...owner.reclaim(0)], [], 'nothing twice');
+  threads[1]!.release(a);
+  t.same([...owner.reclaim(1)], [], 'what a thread gave back is not taken again');
+  t.equal(owner.inFlight(a), 1);
+});
