@@ -187,6 +187,9 @@ t.test('binary framing: BYTES elements round-trip; bad framing is invalid_reques
   const nulls = parseInferRequest(Buffer.from(JSON.stringify({ id: null, outputs: null, parameters: null, inputs: [{ name: 'input', shape: [1], datatype: 'FP32', data: [1], parameters: { binary_data_size: null } }] })), undefined);
   t.same([nulls.id, nulls.outputs, nulls.parameters, nulls.inputs[0]!.data], [undefined, undefined, {}, { kind: 'json', values: [1] }]);
   t.throws(() => parseInferRequest(Buffer.from(JSON.stringify({ id: 7, inputs: [{ name: 'input', shape: [1], datatype: 'FP32', data: [1] }] })), undefined), { code: 'invalid_request', message: 'id must be a string' });
+  // data and binary data for one input: which one counts would be a guess.
+  const both = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', shape: [1], datatype: 'BYTES', data: ['x'], parameters: { binary_data_size: data.length } }] }));
+  t.throws(() => parseInferRequest(Buffer.concat([both, data]), String(both.length)), { code: 'invalid_request', message: /data and parameters.binary_data_size together/ });
   t.end();
 });
 
@@ -264,4 +267,19 @@ t.test('no version, A and B with the same input name but other shapes: an FP32 t
   t.equal(runs.at(-1)!.choice.arm, 'B');
   t.equal((await core.infer(A.manifest.name, undefined, req([1, 1, 28, 28]))).arm, 'A', "A's shape stays with the split's choice");
   await t.rejects(core.infer(A.manifest.name, undefined, req([1, 2, 28, 28])), { code: 'invalid_request', message: /must have shape/ }, 'a shape neither takes is reported against the split\'s choice');
+});
+
+t.test('metadata lists the output the broker serves, not every output of the graph', async (t) => {
+  const { service } = fakeService();
+  const twoOutputs = { inputs: [], outputs: [{ name: 'features', type: 'float32', shape: [-1, 64] }, { name: A.manifest.output.name, type: 'float16', shape: [-1, 10] }] };
+  (service as unknown as { currentPool: unknown }).currentPool = { metadata: async () => ({ A: twoOutputs, B: twoOutputs }) };
+  const meta = await new V2Core(service).modelMetadata(A.manifest.name, undefined);
+  t.same(meta.outputs, [{ name: A.manifest.output.name, datatype: 'FP32', shape: [-1, 10] }], 'asking for every listed output must not be refused');
+});
+
+t.test('one output asked for twice (plain, then as classification): 400, not one of them dropped', async (t) => {
+  const { service, runs } = fakeService();
+  const req = { ...tensor({}), outputs: [{ name: A.manifest.output.name, parameters: {} }, { name: A.manifest.output.name, parameters: { classification: 2 } }] };
+  await t.rejects(new V2Core(service).infer(A.manifest.name, undefined, req), { code: 'invalid_request', message: /more than once/ });
+  t.equal(runs.length, 0, 'nothing computed');
 });

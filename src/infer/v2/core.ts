@@ -76,11 +76,10 @@ export class V2Core {
       versions: versionsOf(models.A.manifest, models.B.manifest),
       platform: 'onnxruntime_onnx',
       inputs: sessions.inputs.map(tensor),
-      // The manifest's output first: it is the one a request gets when it names none.
-      // The manifest's output is served as FP32 whatever the graph's float type (postprocess.ts asFloat32).
-      outputs: [...sessions.outputs]
-        .sort((a, b) => Number(b.name === manifest.output.name) - Number(a.name === manifest.output.name))
-        .map((t) => (t.name === manifest.output.name ? { ...tensor(t), datatype: 'FP32' } : tensor(t))),
+      // The manifest's output only: the one the broker serves (a request naming another is a
+      // 400), as FP32 whatever the graph's float type (postprocess.ts asFloat32). A client
+      // that asks for every output the metadata lists then gets them.
+      outputs: sessions.outputs.filter((t) => t.name === manifest.output.name).map((t) => ({ ...tensor(t), datatype: 'FP32' })),
     };
   }
 
@@ -228,6 +227,8 @@ function outputsOf(requested: readonly RequestedOutput[] | undefined, manifest: 
   for (const o of requested) {
     if (o.name !== manifest.output.name) throw bad(`model ${manifest.name} serves output ${manifest.output.name}, not ${o.name}`);
   }
+  // Asked for twice (plain, then as classification): one would be dropped without a word.
+  if (requested.length > 1) throw bad(`outputs names ${manifest.output.name} more than once: each output may be asked for once`);
   return [...requested];
 }
 

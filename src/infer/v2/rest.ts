@@ -112,6 +112,8 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
     if (size != null) {
       if (typeof size !== 'number' || !Number.isInteger(size) || size < 0) throw bad(`input ${name}: binary_data_size must be a non-negative integer`);
       if (offset + size > body.length) throw bad(`input ${name}: binary_data_size ${size} runs past the body (${body.length - offset} bytes left)`);
+      // Both: which one counts would be a guess (gRPC refuses contents with raw_input_contents too).
+      if (t.data !== undefined) throw bad(`input ${name}: data and parameters.binary_data_size together; send one`);
       data = { kind: 'raw', bytes: body.subarray(offset, offset + size) };
       offset += size;
     } else {
