@@ -277,7 +277,10 @@ export class InferService {
     m.inferArm.labels(arm, choice.reason).inc();
 
     // After a promote A and B are the same model: a shadow run would only run it twice.
-    const shadowing = this.config.shadowEnabled && arm === 'A' && choice.reason !== 'version' && !sameModel(pool) && (!input.tensor || sameInput(pool));
+    const mayShadow = this.config.shadowEnabled && arm === 'A' && choice.reason !== 'version' && !sameModel(pool);
+    const shadowing = mayShadow && (!input.tensor || sameInput(pool));
+    // A tensor made for A's input that B does not take: B cannot shadow it, and says so.
+    if (mayShadow && !shadowing) m.shadowRequests.labels('skipped').inc(input.items.length);
     const shadowCopies = shadowing ? input.items.map((b) => Buffer.from(b)) : undefined;
     const opts = { tensor: input.tensor, scores: input.scores, trace: input.trace, signal: input.signal, ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}) };
     let results: RunResult[];

@@ -146,3 +146,14 @@ t.test('A and B of different sizes: an img_size only one arm takes goes to it, w
   t.equal(none.status, 400, 'a size neither arm takes');
   t.equal(none.body.error.code, 'invalid_img_size');
 });
+
+t.test("shadow on, and a v2 tensor made for A's input, which B does not take: counted as skipped, not lost from the count", async (t) => {
+  const { writeForeignModel } = await import('./foreign-model.ts');
+  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel(), AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'true' });
+  t.teardown(() => tb.close());
+  const { A } = tb.broker.infer!.models;
+  const before = await metricValue(tb.url, 'inference_shadow_requests_total', { outcome: 'skipped' });
+  const res = await postJson(`${tb.url}/v2/models/${A.manifest.name}/infer`, { inputs: [{ name: A.manifest.input.name, datatype: 'FP32', shape: [2, 32, 32, 3], data: Array(2 * 32 * 32 * 3).fill(0.5) }] });
+  t.equal(res.status, 200, JSON.stringify(res.body).slice(0, 200));
+  t.equal(await metricValue(tb.url, 'inference_shadow_requests_total', { outcome: 'skipped' }), before + 2, 'both items');
+});
