@@ -341,3 +341,27 @@ t.test("a large refused chunked upload: Node's fetch reads the 413, not EPIPE", 
   t.same(counts, { 413: 10 });
   t.equal((await fetch(`${tb.url}/healthz`)).status, 200);
 });
+
+for (const threads of ['0', '2']) {
+  t.test(`FRONT_THREADS=${threads}: a Content-Length over the limit with a credential still being checked gets its 413; the refused credential ends nothing`, async (t) => {
+    const nb = await startTestBroker({ FRONT_THREADS: threads, MAX_BODY_BYTES: '4096', AUTH_MODE: 'keys', BROKER_CONFIG: fleet });
+    t.teardown(() => nb.close());
+    const port = Number(new URL(nb.url).port);
+    // A session id not yet known (looked up asynchronously), and an admin route (checked asynchronously) with none.
+    for (const head of ['POST /v1/chat/completions HTTP/1.1\r\nAuthorization: Bearer sess_unknown', 'POST /api/orchestrator/config HTTP/1.1']) {
+      const text = await new Promise<string>((resolve) => {
+        let out = '';
+        const s = connect(port, '127.0.0.1', () => s.write(`${head}\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n`));
+        s.on('data', (d) => (out += d.toString('latin1')));
+        s.on('close', () => resolve(out));
+        s.on('error', () => resolve(out));
+        setTimeout(() => s.destroy(), 3000).unref();
+      });
+      t.match(text, /^HTTP\/1\.1 413/, `${head.split(' ')[1]}: 413`);
+      // The credential's refusal lands after the 413: let it.
+      await new Promise((r) => setTimeout(r, 200));
+      t.equal((await fetch(`${nb.url}/healthz`)).status, 200, 'still serving');
+    }
+    t.equal(await metricValue(nb.url, 'broker_data_plane_restarts_total'), 0, 'no thread died');
+  });
+}

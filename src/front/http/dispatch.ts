@@ -125,7 +125,14 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
       // only to a reader attached now, not after an await.
       let read = readBody;
       if (readsBody(r)) {
-        checkDeclaredLength(req, g.maxBodyBytes);
+        try {
+          checkDeclaredLength(req, g.maxBodyBytes);
+        } catch (err) {
+          // Answered 413 now: the credential's refusal, still to come, must not go unhandled
+          // (an unhandled rejection ends the thread, or with FRONT_THREADS=0 the process).
+          who.catch(() => undefined);
+          throw err;
+        }
         const body = new Promise<[BrokerError | undefined, Buffer | undefined]>((resolve) => readBody(g.maxBodyBytes, (err, bytes) => resolve([err, bytes])));
         read = (_limit, done) => void body.then(([err, bytes]) => done(err, bytes));
       }
