@@ -85,3 +85,18 @@ t.test('ListModels: LLM groups and the image models', async (t) => {
   );
   t.ok(image.every((m: any) => m.id !== '' && m.version !== ''));
 });
+
+t.test('shutdown while an InferStream waits on a client that stopped reading: UNAVAILABLE, and the broker closes cleanly', async (t) => {
+  const nb = await startGrpcBroker();
+  const nc = clients(nb.broker.grpcPort);
+  t.teardown(() => nc.close());
+  const call = nc.inference.InferStream() as ClientDuplexStream<unknown, any>;
+  const ended = new Promise<number>((resolve) => call.on('error', (e: { code: number }) => resolve(e.code)).on('status', (s: { code: number }) => resolve(s.code)));
+  // Never read: results pile up until the server's writes wait for 'drain'.
+  for (let i = 0; i < 800; i++) call.write({ image: images[i % images.length]!.png, top_k: 10 });
+  for (let i = 0; i < 400 && (await metricValue(nb.url, 'inference_request_success_total')) < 600; i++) await new Promise((r) => setTimeout(r, 25));
+  await nb.broker.close(300);
+  call.resume();
+  t.equal(await ended, Status.UNAVAILABLE, 'the stream ends UNAVAILABLE (shutting down)');
+  t.pass('the broker closed: no unhandled rejection from the write waiting for drain');
+});

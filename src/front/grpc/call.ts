@@ -154,7 +154,11 @@ export function serveUnary<Req, Res>(d: UnaryDeps, call: ServerUnaryCall<Req, Re
     if (err !== undefined) callback(grpcStatusOf(err, req.id));
     else callback(null, reply);
   };
-  const untrack = d.calls.track(() => finish(new BrokerError('shutting_down', 'the broker shut down before the reply was ready')));
+  const untrack = d.calls.track(() => {
+    // Answered UNAVAILABLE: the work behind it stops too (an image still queued leaves the queue).
+    signal.abort();
+    finish(new BrokerError('shutting_down', 'the broker shut down before the reply was ready'));
+  });
   let p: Promise<Res>;
   try {
     p = work(req, signal);

@@ -76,12 +76,15 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         if (err === undefined) call.end();
         else call.emit('error', grpcStatusOf(err, req.id));
       };
-      const untrack = deps.calls.track(() => end(new BrokerError('shutting_down', 'the broker shut down before the stream was complete')));
+      // The stream cancelled (or the broker shutting down): its images still queued leave the queue.
+      const signal = new RequestAbort();
+      const untrack = deps.calls.track(() => {
+        signal.abort();
+        end(new BrokerError('shutting_down', 'the broker shut down before the stream was complete'));
+      });
       // A write waiting for 'drain' when the call is cancelled must not wait forever.
       let onCancelled: () => void = () => undefined;
       const cancelled = new Promise<void>((r) => (onCancelled = r));
-      // The stream cancelled: its images still queued leave the queue.
-      const signal = new RequestAbort();
       call.on('cancelled', () => {
         signal.abort();
         onCancelled();
@@ -118,7 +121,9 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         tail = tail.then(async () => {
           const out = await outcome;
           if (over) return;
-          if (!call.write(out)) await Promise.race([once(call, 'drain'), cancelled]);
+          // Ended while waiting (shutdown emits 'error' on the call, which rejects once()): the
+          // chain must not reject, nobody would handle it.
+          if (!call.write(out)) await Promise.race([once(call, 'drain'), cancelled]).catch(() => undefined);
           inFlight--;
           if (paused && inFlight < WINDOW / 2) {
             paused = false;
