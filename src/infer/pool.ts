@@ -444,15 +444,25 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       return new Promise<RunResult>((resolve, reject) => {
         const enqueuedAt = performance.now();
         const deadline = runOpts?.timeoutMs !== undefined ? enqueuedAt + runOpts.timeoutMs : undefined;
-        const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve }, size, priority, enqueuedAt, reject, ...(deadline !== undefined ? { deadline } : {}), ...(signal !== undefined ? { cancelled: () => signal.aborted } : {}) };
-        q.push(p);
-        waiting++;
         // The client gone: still queued, the item is dropped at the queue's next look; already
-        // running, its result is not waited for.
-        signal?.addEventListener('abort', () => {
+        // running, its result is not waited for. Settled, the listener goes: a gRPC stream's
+        // one signal serves every image it sends, and would otherwise hold each one's result.
+        const onAbort = (): void => {
           q.noteCancelled();
           reject(clientGone());
-        });
+        };
+        const ok = (r: RunResult): void => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(r);
+        };
+        const failed = (err: BrokerError): void => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(err);
+        };
+        const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve: ok }, size, priority, enqueuedAt, reject: failed, ...(deadline !== undefined ? { deadline } : {}), ...(signal !== undefined ? { cancelled: () => signal.aborted } : {}) };
+        q.push(p);
+        waiting++;
+        signal?.addEventListener('abort', onAbort);
         // Only an own deadline can expire a request in the turn it came (AdmissionQueue.expire).
         pump(deadline !== undefined ? new Set([p]) : undefined);
       });
@@ -466,7 +476,16 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       } catch (err) {
         return Promise.reject(err as BrokerError);
       }
-      return new Promise<RunResult[]>((resolve, reject) => {
+      return new Promise<RunResult[]>((resolveAll, rejectAll) => {
+        const onAbort = (): void => fail(clientGone());
+        const resolve = (r: RunResult[]): void => {
+          signal?.removeEventListener('abort', onAbort);
+          resolveAll(r);
+        };
+        const reject = (err: BrokerError): void => {
+          signal?.removeEventListener('abort', onAbort);
+          rejectAll(err);
+        };
         const enqueuedAt = performance.now();
         const deadline = runOpts?.timeoutMs !== undefined ? enqueuedAt + runOpts.timeoutMs : undefined;
         const results: RunResult[] = new Array<RunResult>(images.length);
@@ -495,7 +514,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
           fresh.add(p);
           waiting++;
         });
-        signal?.addEventListener('abort', () => fail(clientGone()));
+        signal?.addEventListener('abort', onAbort);
         pump(fresh);
       });
     },

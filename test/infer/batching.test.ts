@@ -154,3 +154,26 @@ t.test('a request whose own timeout ends before the batch window is not held for
     t.same(mixed.map((r) => r.status), ['fulfilled', 'fulfilled'], 'one without a deadline goes along with the one that has');
   });
 });
+
+t.test("one signal for many images (a gRPC stream's): each settled image takes its abort listener with it", async (t) => {
+  const { RequestAbort } = await import('../../src/abort.ts');
+  class Counting extends RequestAbort {
+    live = 0;
+    override addEventListener(type: 'abort', l: () => void): void {
+      this.live++;
+      super.addEventListener(type, l);
+    }
+    override removeEventListener(type: 'abort', l: () => void): void {
+      this.live--;
+      super.removeEventListener(type, l);
+    }
+  }
+  const images = await fashionPngs(12);
+  await withPool({ A: vA }, 1, 2, async (pool) => {
+    const signal = new Counting();
+    await Promise.all(images.map((img) => pool.run('A', copy(img.png), undefined, 1, undefined, { tensor: false, signal })));
+    await pool.runAll('A', images.slice(0, 4).map((img) => copy(img.png)), undefined, 1, undefined, { tensor: false, signal });
+    await pool.run('A', copy(Buffer.from('not an image')), undefined, 1, undefined, { tensor: false, signal }).catch(() => undefined);
+    t.equal(signal.live, 0, 'no listener left behind');
+  });
+});
