@@ -283,3 +283,10 @@ t.test('one output asked for twice (plain, then as classification): 400, not one
   await t.rejects(new V2Core(service).infer(A.manifest.name, undefined, req), { code: 'invalid_request', message: /more than once/ });
   t.equal(runs.length, 0, 'nothing computed');
 });
+
+t.test('a classification count past the classes is refused before any image runs', async (t) => {
+  const { service, runs } = fakeService();
+  const req = { ...tensor({}), outputs: [{ name: A.manifest.output.name, parameters: { classification: A.manifest.labels.length + 1 } }] };
+  await t.rejects(new V2Core(service).infer(A.manifest.name, undefined, req), { code: 'invalid_request', message: /classification/ });
+  t.equal(runs.length, 0, 'nothing computed, nothing counted as served');
+});

@@ -147,6 +147,9 @@ export class V2Core {
     const input = req.inputs[0]!;
     if (input.name !== manifest.input.name) throw bad(`model ${name} has no input ${input.name}; its input is ${manifest.input.name}`);
     const wanted = outputsOf(req.outputs, manifest);
+    // A classification count out of range is the request's fault: said before any image runs
+    // (and counts as served), not after.
+    for (const o of wanted) classificationOf(o, manifest.labels.length);
     const items = input.datatype === 'BYTES' ? imageItems(input) : input.datatype === 'FP32' ? tensorItems(input, manifest) : undefined;
     if (items === undefined) throw bad(`input ${input.name} has datatype ${input.datatype}; the model takes FP32 ${shapeText(manifest)} or BYTES [N] encoded images`);
 
