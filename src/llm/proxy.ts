@@ -12,7 +12,7 @@
 // - A stream cut after tokens were sent ends with an explicit error event.
 import { performance } from 'node:perf_hooks';
 import { errors as undiciErrors } from 'undici';
-import { BrokerError, type ErrorCode } from '../errors.ts';
+import { BrokerError, toBrokerError, type ErrorCode } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import type { ReplySink } from '../front/reply.ts';
@@ -460,7 +460,22 @@ export class LlmProxy {
           // The whole body arriving is the upstream's time too.
           if (attempt.timing.firstByteAt >= 0) timeline.upstream(attempt.timing.firstByteAt, doneAt);
           timeline.firstByteAt = doneAt;
-          const reply = translateResponse(route, bytes, { model, id: req.id, request: body });
+          let reply: ReturnType<typeof translateResponse>;
+          try {
+            reply = translateResponse(route, bytes, { model, id: req.id, request: body });
+          } catch (err) {
+            // A 200 whose body is no reply (empty, not JSON, a failed response): nothing was
+            // sent to the client, so as any failure before the first byte, it may go elsewhere.
+            const e = toBrokerError(err);
+            if (e.code !== 'upstream_error') throw err;
+            upSpan?.fail(e.code, e.message).end();
+            gov.attemptFailed(lease, true);
+            lease = null;
+            lastError = e;
+            m.llmRetries.labels(g.name, e.code).inc();
+            this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, err: e.message }, 'upstream reply unusable');
+            continue;
+          }
           if (reply.usage !== null) {
             this.countTokens(g, reply.usage.promptTokens, reply.usage.completionTokens);
             usage.promptTokens = reply.usage.promptTokens;

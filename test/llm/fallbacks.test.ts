@@ -317,7 +317,7 @@ t.test('never after the first byte: a stream cut mid-way ends with an error even
   t.equal(ok.stats.total, before, 'big was not asked');
 });
 
-t.test('a 200 stream that ends with no event reached nobody: it falls back, streamed, for each client API', async (t) => {
+t.test('a 200 stream that ends with no event, or a 200 with no reply in its body, reached nobody: it falls back, for each client API', async (t) => {
   for (const model of ['empty', 'empty-ollama']) {
     const served = emptyServed;
     const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model, messages, stream: true }) });
@@ -332,6 +332,12 @@ t.test('a 200 stream that ends with no event reached nobody: it falls back, stre
     const lines = (await nd.text()).trim().split('\n').map((l) => JSON.parse(l) as { done: boolean; error?: string });
     t.equal(lines.at(-1)!.done, true);
     t.notOk(lines.some((l) => l.error !== undefined));
+    // Not streamed: a 200 whose body is no reply at all.
+    const served2 = emptyServed;
+    const whole = await openai.chat.completions.create({ model, messages }).withResponse();
+    t.equal(whole.data.choices[0]!.message.content, mockText(8), `${model}: not streamed, big's answer, not a 502`);
+    t.equal(whole.response.headers.get('x-broker-fallback'), 'big');
+    t.equal(emptyServed, served2 + 1);
   }
 });
 
