@@ -43,7 +43,7 @@ export interface InferReply {
   readonly timings: { decode_ms: number; queue_ms: number; infer_ms: number; total_ms: number };
   /** Images in the session.run that answered. */
   readonly batch_size: number;
-  /** Served by the only arm that takes the request's img_size: no sticky cookie for it. */
+  /** Served by the only arm that takes the request's img_size (whichever the split drew): no sticky cookie for it. */
   readonly pinned?: true;
 }
 
@@ -250,7 +250,8 @@ export class InferService {
       predictions: result.predictions,
       timings: { decode_ms: round(result.decodeMs), queue_ms: round(Math.max(0, result.queueMs)), infer_ms: round(result.inferMs), total_ms: round(totalMs) },
       batch_size: result.batchSize,
-      ...(choice.reason === 'version' ? { pinned: true as const } : {}),
+      // Only this arm takes the request's size: its answer says nothing of the split, so no cookie.
+      ...(choice.reason === 'version' || (input.imgSize !== undefined && !fitsSize(input.imgSize, this.models[choice.arm === 'A' ? 'B' : 'A'])) ? { pinned: true as const } : {}),
     };
   }
 
