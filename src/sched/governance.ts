@@ -226,9 +226,11 @@ export class Governance implements Leases {
   private readonly operatorQuota = new Map<string, QuotaLimits>();
 
   setOperatorQuota(subject: string, limits: QuotaLimits): void {
-    if (limits.rpm === undefined && limits.tpm === undefined) this.operatorQuota.delete(subject);
+    const cleared = limits.rpm === undefined && limits.tpm === undefined;
+    if (cleared) this.operatorQuota.delete(subject);
     else this.operatorQuota.set(subject, { rpm: limits.rpm, tpm: limits.tpm });
-    this.quota.setLimits(subject, limits);
+    // Cleared: the subject's own limits (its key record's, the fleet file's) are in force again, not none.
+    this.quota.setLimits(subject, cleared ? this.ownLimits(subject) : limits);
   }
 
   operatorQuotas(): [string, QuotaLimits][] {

@@ -259,6 +259,10 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
   const r4 = await big();
   t.equal(r4.statusCode, 429);
   t.equal(((await r4.body.json()) as any).error.code, 'quota_exceeded');
+  // The override cleared: the key's own limit from the file holds again, not none.
+  t.equal((await send(tb, 'PUT', '/api/industrial/quota/key:sk-small', {})).status, 200);
+  t.same((await get(tb, '/api/industrial/quota')).subjects[`key:${keyId('sk-small')}`].limits, { tpm: 300 }, "the file's tpm 300 again");
+  t.equal((await send(tb, 'PUT', '/api/industrial/quota/key:sk-small', { tpm: 10 })).status, 200);
 
   // A deployment without a quota in the fleet file gets one at run time: in force at once.
   t.equal((await chat(tb, 'h')).status, 200);
