@@ -510,7 +510,8 @@ export class QuotaLedger {
 
   /**
    * Adds a lease granted for `window` (this minute or the next). `dry`: the cluster had
-   * less than was asked, so requests past it wait for the next minute.
+   * less than was asked, so requests past it wait (the keeper asks again a second later;
+   * a lease filled then is not dry any more).
    */
   grantLease(subject: string, window: number, requests: number, tokens: number, dry: boolean): void {
     const slot = this.#limits.lockExisting(subject);
@@ -535,6 +536,8 @@ export class QuotaLedger {
       f[p + L_NEXT_T]! += tokens;
     }
     if (dry) f[p + L_DRY_WIN] = window;
+    // Asked again and filled (budget given back by other replicas): no longer dry.
+    else if (f[p + L_DRY_WIN] === window) f[p + L_DRY_WIN] = NaN;
     this.#limits.unlock(slot);
   }
 

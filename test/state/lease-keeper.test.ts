@@ -95,3 +95,30 @@ t.test('the local share counts every Redis lease of the minute, even after Redis
   t.ok(fromRedis >= 20, `Redis leased ${fromRedis}, past the local share of 20`);
   t.ok(admitted <= fromRedis + 8, `${admitted} admitted in the minute: Redis's ${fromRedis} and the first failure's one block (and one lent), not the whole share again`);
 });
+
+t.test('a lease Redis could not fill is asked again within its minute: budget the other replicas gave back is spent, not left to the next minute', async (t) => {
+  let now = 2000 * MINUTE + 1_000;
+  const redis = fakeRedis(2);
+  const ledger = new QuotaLedger(() => now);
+  ledger.setCluster(true);
+  ledger.setLimits('key:a', { tpm: 400 });
+  const keeper = new LeaseKeeper({ ledger, backend: redis.backend, now: () => now });
+  await keeper.heartbeat();
+  const minute = Math.floor(now / MINUTE);
+  redis.counters.set(`key:a:${minute}:t`, 390); // the other replica holds nearly all of it
+  // The first request is lent its tokens; the top-up (block and debt) finds 10 left: dry.
+  ledger.reserve(['key:a'], 100).reconcile(100);
+  await keeper.tick();
+  t.equal(ledger.leaseState('key:a')!.dryWindow, minute, 'dry');
+  t.throws(() => ledger.reserve(['key:a'], 50), { code: 'quota_exceeded' }, 'nothing left here');
+  // The other replica gives back its unused estimates.
+  redis.counters.set(`key:a:${minute}:t`, 150);
+  now += 200;
+  await keeper.tick();
+  t.throws(() => ledger.reserve(['key:a'], 50), { code: 'quota_exceeded' }, 'not asked again at once');
+  now += 1_000;
+  await keeper.tick();
+  t.not(ledger.leaseState('key:a')!.dryWindow, minute, 'asked again, filled: no longer dry');
+  t.ok(ledger.reserve(['key:a'], 30), 'served from the budget given back');
+  t.ok((redis.counters.get(`key:a:${minute}:t`) ?? 0) <= 400, 'the cluster never leased past the limit');
+});
