@@ -147,7 +147,8 @@ export function authRoutes(d: AuthRoutesDeps): Route[] {
         const since = q.has('since') ? Date.parse(q.get('since')!) : undefined;
         if (since !== undefined && Number.isNaN(since)) throw new BrokerError('invalid_request', 'since must be an ISO date', { details: { field: 'since' } });
         const entries = await d.store.readAudit({ subject: q.get('subject') ?? undefined, action: q.get('action') ?? undefined, since, limit }).catch((err: Error) => {
-          throw new BrokerError('overloaded', `the audit store is unreachable: ${err.message}`, { retryAfter: 1 });
+          // The driver's words (ioredis internals) stay in the details, for the log.
+          throw new BrokerError('overloaded', 'the audit store is unreachable or not answering (Redis); try again shortly', { retryAfter: 1, details: { storeError: err.message } });
         });
         reply(ctx, { entries });
       },

@@ -164,6 +164,9 @@ t.test('Redis killed: state holds, sessions fail closed; Redis back: resync with
   // What needs the store answers 503 with Retry-After, never a 500.
   const noStore = await call(a, 'POST', '/api/auth/keys', { name: 'during-outage' });
   t.same([noStore.status, noStore.body.error.code], [503, 'overloaded']);
+  const noAudit = await call(a, 'GET', '/api/audit');
+  t.same([noAudit.status, noAudit.body.error.code], [503, 'overloaded']);
+  t.match(noAudit.body.error.message, /^the audit store is unreachable or not answering \(Redis\); try again shortly$/, "the client's words, not the driver's");
   // A change made meanwhile stays local (logged), and the replica keeps serving.
   t.equal((await call(a, 'POST', '/api/orchestrator/bans/server/d1', { reason: 'during outage' })).status, 200);
   t.ok((await metricValue(b.url, 'state_sync_lag_seconds')) >= 0);
