@@ -172,7 +172,9 @@ t.test('performance routing: a slow deployment is avoided, and comes back when i
     await chat(tb, 'g', { stream: true });
     return !(await get(tb, '/api/industrial/performance')).degraded.includes('slow');
   }, 'slow to recover');
-  t.equal(await metricValue(tb.url, 'broker_degraded_deployments'), 0, 'nothing degraded once it recovered');
+  // The gauge agrees with the view (on a loaded machine the fast one may itself be judged slow for a moment).
+  await until(async () => (await metricValue(tb.url, 'broker_degraded_deployments')) === (await get(tb, '/api/industrial/performance')).degraded.length, 'the gauge to agree with the view');
+  t.notOk((await get(tb, '/api/industrial/performance')).degraded.includes('slow'), 'the recovered one is not degraded');
   // Under load: with requests in flight on the fast one, the recovered one is cheaper again.
   // (One at a time, a fast one a few ms quicker may rightly keep winning.)
   const back = await Promise.all(Array.from({ length: 20 }, async () => (await chat(tb, 'g', { stream: true })).deployment!));

@@ -126,6 +126,8 @@ t.test('a session made on A works on B; revoked on A, it is refused on B', async
 
 t.test('a subject holds at most AUTH_MAX_SESSIONS_PER_SUBJECT live sessions, counted across the replicas', async (t) => {
   const made = await call(a, 'POST', '/api/auth/keys', { name: 'many-sessions' });
+  // B learns of the key through Redis, a moment later (under load, more than one).
+  await until(async () => (await chat(b, made.body.key)).status === 200, 'the key on B');
   const sessions: string[] = [];
   for (const tb of [a, b, a]) {
     const s = await call(tb, 'POST', '/api/auth/sessions', { api_key: made.body.key });
