@@ -506,7 +506,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     trackingWritten: new Counter({ name: 'tracking_rows_written_total', help: 'Tracking rows written to PostgreSQL', registers: r }),
     trackingDropped: new Counter({
       name: 'tracking_rows_dropped_total',
-      help: 'Tracking rows dropped: overflow (the buffer was full, the oldest went), shutdown (still buffered when the grace period ended)',
+      help: 'Tracking rows dropped: overflow (the buffer was full, the oldest went), shutdown (still buffered when the grace period ended), invalid (refused by the database for their data)',
       labelNames: ['reason'] as const,
       registers: r,
     }),

@@ -48,10 +48,17 @@ const NAMES = COLUMNS.map((c) => c.at(0)).join(', ');
 export const COPY_SQL = `COPY brk_tracking.completion_request (${NAMES}) FROM STDIN`;
 
 // COPY text format: \N is NULL; backslash, tab, newline and carriage return are escaped.
-const SPECIAL = /[\\\t\n\r]/;
+// NUL, which no PostgreSQL text holds, is U+FFFD (storable: a model name a client sent with a
+// NUL in it failed every batch it was in, and the writer retried that batch for ever).
+const SPECIAL = /[\\\t\n\r\0]/;
 function copyText(v: string): string {
   if (!SPECIAL.test(v)) return v;
-  return v.replace(/\\/g, '\\\\').replace(/\t/g, '\\t').replace(/\n/g, '\\n').replace(/\r/g, '\\r');
+  return storable(v).replace(/\\/g, '\\\\').replace(/\t/g, '\\t').replace(/\n/g, '\\n').replace(/\r/g, '\\r');
+}
+
+/** A string PostgreSQL text can hold: NUL as U+FFFD. */
+function storable(v: string): string {
+  return v.includes('\0') ? v.replace(/\0/g, '\uFFFD') : v;
 }
 
 /** The rows as COPY text: one line per row, tab-separated. */
@@ -72,5 +79,10 @@ export const INSERT_SQL = `INSERT INTO brk_tracking.completion_request (${NAMES}
 
 /** One array per column, for INSERT_SQL. */
 export function insertParams(rows: readonly StoredRow[]): unknown[][] {
-  return COLUMNS.map((c) => rows.map((r) => c[2](r)));
+  return COLUMNS.map((c) =>
+    rows.map((r) => {
+      const v = c[2](r);
+      return typeof v === 'string' ? storable(v) : v;
+    }),
+  );
 }

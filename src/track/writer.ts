@@ -32,8 +32,16 @@ export interface WriterDeps {
   /** The budgets' totals changed: pass them to every admission gate. */
   readonly onSpend: (entries: SpendEntry[]) => void;
   readonly now?: () => number;
+  /** How long a write may go unanswered (default WRITE_TIMEOUT_MS). */
+  readonly writeTimeoutMs?: number;
 }
 
+/**
+ * A write with no answer by then is given up (its connection destroyed) and retried on a
+ * new one: a half-open connection (a failover, a NAT timeout) otherwise held the writer, and
+ * every row after it, until the kernel gave up on the socket.
+ */
+const WRITE_TIMEOUT_MS = 15_000;
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5_000;
 const MAINTENANCE_MS = 3_600_000;
@@ -50,6 +58,8 @@ export class TrackingWriter {
   private ready = false;
   private closing = false;
   private flushing: Promise<boolean> | undefined;
+  /** Rows of the batch being written now (out of the buffer until it is written or put back). */
+  private inFlightRows = 0;
   private backoffMs = 0;
   private retryAt = 0;
   private lastErrorLog = 0;
@@ -66,7 +76,7 @@ export class TrackingWriter {
     this.ring = new RowRing(c.bufferRows);
     this.ledger = new SpendLedger(d.budgets, this.now);
     // Both reasons exist from the start at 0: a rate over them, and the alert, see a series.
-    for (const reason of ['overflow', 'shutdown']) d.metrics.trackingDropped.labels(reason).inc(0);
+    for (const reason of ['overflow', 'shutdown', 'invalid']) d.metrics.trackingDropped.labels(reason).inc(0);
     d.metrics.sources.trackingBuffer = () => this.ring.size;
     d.metrics.sources.trackingPool = () => ({ active: this.pool.totalCount - this.pool.idleCount, idle: this.pool.idleCount, waiting: this.pool.waitingCount });
     d.metrics.sources.budgets = () =>
@@ -142,13 +152,21 @@ export class TrackingWriter {
     do {
       const batch = this.ring.take(batchRows);
       const t0 = performance.now();
+      this.inFlightRows = batch.length;
       try {
         await this.write(batch);
       } catch (err) {
+        this.d.metrics.trackingFlushFailures.inc();
+        if (refusedForData(err)) {
+          // The database refused the rows themselves (a data exception, a constraint): written
+          // again they fail again, and would hold back every row behind them. Dropped, counted.
+          this.d.metrics.trackingDropped.labels('invalid').inc(batch.length);
+          this.d.logger.error({ err: (err as Error).message, rows: batch.length }, 'tracking rows refused by the database as invalid: dropped');
+          continue;
+        }
         // Kept, in front of newer rows; the buffer's bound drops the oldest if it must.
         const over = this.ring.putBack(batch);
         if (over > 0) this.d.metrics.trackingDropped.labels('overflow').inc(over);
-        this.d.metrics.trackingFlushFailures.inc();
         this.backoffMs = this.backoffMs === 0 ? BACKOFF_MIN_MS : Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
         this.retryAt = this.now() + this.backoffMs;
         this.warn(err as Error, 'writing tracking rows failed; retrying with backoff');
@@ -163,16 +181,29 @@ export class TrackingWriter {
 
   private async write(rows: readonly StoredRow[]): Promise<void> {
     const client = await this.pool.connect();
+    // Checked out, the pool's listener no longer hears it: a connection that dies while (or
+    // after) a write is given up on must not end the process with an unheard 'error'.
+    const quiet = (): void => undefined;
+    client.on('error', quiet);
     let broken: Error | undefined;
+    let timer: NodeJS.Timeout | undefined;
     try {
-      if (this.d.config.writeMode === 'copy') await pipeline(Readable.from([copyLines(rows)]), client.query(copyFrom(COPY_SQL)));
-      else await client.query(INSERT_SQL, insertParams(rows));
+      const work = this.d.config.writeMode === 'copy' ? pipeline(Readable.from([copyLines(rows)]), client.query(copyFrom(COPY_SQL))) : client.query(INSERT_SQL, insertParams(rows));
+      // Given up on, it may still fail later: nobody is waiting for it then.
+      work.catch(() => undefined);
+      const ms = this.d.writeTimeoutMs ?? WRITE_TIMEOUT_MS;
+      const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer from the tracking database within ${ms} ms`)), ms)));
+      await Promise.race([work, late]);
     } catch (err) {
       broken = err as Error;
       throw err;
     } finally {
-      // A connection a COPY failed on is in no state to reuse.
+      clearTimeout(timer);
+      // A connection a write failed on (or hung on) is in no state to reuse: the pool drops it,
+      // and its socket goes now, not when the kernel gives up on a silent peer.
       client.release(broken);
+      if (broken !== undefined) (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+      else client.off('error', quiet);
     }
   }
 
@@ -219,22 +250,31 @@ export class TrackingWriter {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([this.startPromise?.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - this.now()))))]);
     clearTimeout(timer);
+    // A write in flight is waited on until the deadline, not past it (a hung one held shutdown).
+    const untilDeadline = (p: Promise<unknown> | undefined): Promise<unknown> => {
+      if (p === undefined) return Promise.resolve();
+      let t: NodeJS.Timeout | undefined;
+      return Promise.race([p, new Promise((r) => (t = setTimeout(r, Math.max(0, deadline - this.now()))))]).finally(() => clearTimeout(t));
+    };
     while (this.ready && this.ring.size > 0 && this.now() < deadline) {
-      await this.flushing;
+      await untilDeadline(this.flushing);
+      if (this.now() >= deadline) break;
       if (this.ring.size === 0) break;
       const wait = this.retryAt - this.now();
       if (wait > 0) await new Promise((r) => setTimeout(r, Math.min(wait, Math.max(0, deadline - this.now()))));
       if (this.now() >= deadline) break;
       this.flushing = this.flush().finally(() => (this.flushing = undefined));
-      await this.flushing;
+      await untilDeadline(this.flushing);
     }
-    await this.flushing;
-    const left = this.ring.size;
+    await untilDeadline(this.flushing);
+    // A batch still being written at the deadline is not in the buffer: counted with what is.
+    const left = this.ring.size + (this.flushing !== undefined ? this.inFlightRows : 0);
     if (left > 0) {
       this.d.metrics.trackingDropped.labels('shutdown').inc(left);
       this.d.logger.warn({ rows: left }, 'tracking rows still buffered at the end of the grace period were dropped');
     }
-    await this.pool.end().catch(() => undefined);
+    // A connection still held by a hung write would hold end() too: the process is stopping.
+    await untilDeadline(this.pool.end().catch(() => undefined));
   }
 
   /** At most one line per 10 s: a database that is down would otherwise log at every retry. */
@@ -244,4 +284,10 @@ export class TrackingWriter {
     this.lastErrorLog = now;
     this.d.logger.warn({ err: err.message, buffered: this.ring.size }, msg);
   }
+}
+
+/** PostgreSQL refused the rows themselves (SQLSTATE class 22, data exception, or 23, integrity): no retry helps. */
+function refusedForData(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && /^2[23]/.test(code);
 }
