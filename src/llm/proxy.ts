@@ -131,6 +131,11 @@ export class LlmProxy {
         reserved = r instanceof Promise ? await r : r;
       } catch (err) {
         this.refused(group.name, err as BrokerError);
+        // Checked after the cache lookup, so after llm.admission ended: the refusal has its own span.
+        if (span !== undefined) {
+          const e = toBrokerError(err);
+          span.child('llm.quota').fail(e.code, e.message).end();
+        }
         throw err;
       }
     }

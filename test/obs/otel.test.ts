@@ -34,8 +34,8 @@ for (const FRONT_THREADS of ['2', '0']) {
     const dep = (id: string, url: string, extra: Record<string, unknown> = {}) => ({ id, provider: 'openai', url, model: `${id}-upstream`, ...extra });
     const tb = await startFleetBroker(
       t,
-      { modelGroups: { chat: { deployments: [dep('ok-1', ok.url)] }, retry: { deployments: [dep('broken-1', broken.url, { weight: 1000 }), dep('ok-2', ok.url)] } } },
-      { FRONT_THREADS, INFER_THREADS: '1', OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: `${otlp.url}/`, OTEL_SERVICE_NAME: 'eb-otel-test' },
+      { modelGroups: { chat: { deployments: [dep('ok-1', ok.url)] }, retry: { deployments: [dep('broken-1', broken.url, { weight: 1000 }), dep('ok-2', ok.url)] } }, apiKeys: { 'sk-one-a-minute': { rpm: 1 } } },
+      { FRONT_THREADS, INFER_THREADS: '1', OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: `${otlp.url}/`, OTEL_SERVICE_NAME: 'eb-otel-test', BROKER_FF_QUOTA_ENFORCEMENT: 'true' },
     );
     t.equal(tb.broker.planes?.count ?? 0, Number(FRONT_THREADS));
 
@@ -111,6 +111,19 @@ for (const FRONT_THREADS of ['2', '0']) {
       t.equal(named(spans, 'llm.queue_wait').length, 2, 'a lease per attempt');
       t.equal(broken.stats.lastHeaders?.traceparent, `00-${traceId}-${attempts[0]!.spanId}-01`, 'each attempt sends its own span as parent');
       t.equal(ok.stats.lastHeaders?.traceparent, `00-${traceId}-${attempts[1]!.spanId}-01`);
+    });
+
+    t.test("the key's quota refusing a request: an llm.quota span with quota_exceeded, under the request span", async (t) => {
+      const key = { authorization: 'Bearer sk-one-a-minute' };
+      t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, key)).status, 200);
+      const traceId = newTraceId();
+      const res = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { ...key, traceparent: `00-${traceId}-${newSpanId()}-01` });
+      t.equal(res.status, 429);
+      const spans = byTrace(await otlp.waitFor((s) => named(byTrace(s, traceId), 'POST /v1/chat/completions').length === 1 && named(byTrace(s, traceId), 'llm.quota').length === 1), traceId);
+      const quota = one(spans, 'llm.quota');
+      t.equal(quota.attributes['error.type'], 'quota_exceeded');
+      t.equal(quota.status.code, 2);
+      t.equal(quota.parentSpanId, one(spans, 'POST /v1/chat/completions').spanId);
     });
 
     t.test('no traceparent (or an invalid one): a new trace; an unsampled one: nothing recorded, nothing sent on', async (t) => {
