@@ -108,7 +108,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
           throw err;
         }
         group = fleet.groups.get(r.model);
-        if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
+        if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`, { details: { field: 'model' } });
         try {
           const a = admission.admit(r, group);
           admitted = a instanceof Promise ? await a : a;

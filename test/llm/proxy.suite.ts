@@ -298,6 +298,7 @@ t.test('unknown model: 404 model_not_found in each API shape', async (t) => {
   const err = await openai.chat.completions.create({ model: 'nope', messages }).catch((e) => e);
   t.equal(err.status, 404);
   t.equal(err.code, 'model_not_found');
+  t.equal(err.param, 'model', 'the field at fault, as GET /v1/models/{model} names it');
   const o = await ollama.chat({ model: 'nope', messages }).catch((e) => e);
   t.equal(o.status_code, 404);
   t.match(o.error, /nope/);
