@@ -10,6 +10,7 @@ import { brokerConfigSchema, firstIssue, type RawBrokerConfig } from './schema.t
 import { DEFAULT_BREAKER, type BreakerSettings } from '../fleet/breaker.ts';
 import { DEFAULT_PERFORMANCE, type PerformanceThresholds } from '../policy/performance.ts';
 import { DEFAULT_QOS, type QosConfig, type QosTier } from '../policy/qos.ts';
+import { keyId } from '../guard/api-key.ts';
 
 export type Provider = 'openai' | 'ollama';
 
@@ -256,7 +257,8 @@ function parseQos(raw: RawBrokerConfig): QosConfig {
 function parseApiKeys(raw: RawBrokerConfig, qos: QosConfig, env: Env): Map<string, ApiKeyPolicy> {
   const keys = new Map<string, ApiKeyPolicy>();
   for (const [name, k] of Object.entries(raw.apiKeys ?? {})) {
-    const p = `apiKeys.${name}`;
+    // Without keyEnv the name is the key itself: an error names it by its id, never the secret.
+    const p = `apiKeys.${k.keyEnv === undefined ? keyId(name) : name}`;
     // The key itself comes from env (keyEnv) so that secrets stay out of the file; without keyEnv the name is the key.
     const key = k.keyEnv === undefined ? name : apiKeyOf(k.keyEnv, `${p}.keyEnv`, env)!;
     if (k.tier !== undefined && !qos.tiers.has(k.tier)) throw new BrokerConfigError(`${p}.tier`, `must be one of ${[...qos.tiers.keys()].join(', ')}`);

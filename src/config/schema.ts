@@ -4,6 +4,7 @@
 // defaults and cross-field rules (unique ids, known tiers, env vars that must be set)
 // are applied by parseBrokerConfig on the validated document.
 import { z } from 'zod';
+import { keyId } from '../guard/api-key.ts';
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.int(`must be an integer >= ${min}`).min(min, `must be an integer >= ${min}`).max(max, `must be an integer <= ${max}`);
 const num = (min: number, max: number) => z.number(`must be a number between ${min} and ${max}`).min(min, `must be a number between ${min} and ${max}`).max(max, `must be a number between ${min} and ${max}`);
@@ -216,8 +217,17 @@ export function firstIssue(schema: z.ZodType, doc: unknown): { path: string; mes
   const r = schema.safeParse(doc);
   if (r.success) return undefined;
   const issue = r.error.issues[0]!;
-  if (issue.code === 'unrecognized_keys') return { path: issuePath(issue.path, issue.keys[0]), message: 'unknown field' };
-  return { path: issuePath(issue.path), message: issue.message };
+  const path = secretFree(issue.path, doc);
+  if (issue.code === 'unrecognized_keys') return { path: issuePath(path, issue.keys[0]), message: 'unknown field' };
+  return { path: issuePath(path), message: issue.message };
+}
+
+/** An API key written in the file (no keyEnv) is its own map key: a path through it names its id instead. */
+function secretFree(path: readonly PropertyKey[], doc: unknown): readonly PropertyKey[] {
+  if (path[0] !== 'apiKeys' || typeof path[1] !== 'string') return path;
+  const entry = (doc as { apiKeys?: Record<string, { keyEnv?: unknown } | undefined> } | null)?.apiKeys?.[path[1]];
+  if (typeof entry === 'object' && entry !== null && entry.keyEnv !== undefined) return path;
+  return [path[0], keyId(path[1]), ...path.slice(2)];
 }
 
 /** JSON Schema of the file, for GET /api/orchestrator/config/schema. */

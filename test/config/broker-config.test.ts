@@ -110,3 +110,22 @@ t.test('fallbacks, context windows, cache modes and the per-phase timeouts', asy
   const example = loadBrokerConfigFile('config/broker.example.yaml', { OPENAI_API_KEY: 'sk', TEAM_BATCH_KEY: 'sk-team' });
   t.same(example.modelGroups.get('chat-small')!.fallbacks, ['chat-large'], 'the example shows fallbacks');
 });
+
+t.test('an API key written in the file is never in an error about its entry: named by its id', async (t) => {
+  const { keyId } = await import('../../src/guard/api-key.ts');
+  const groups = { modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: 'http://127.0.0.1:1', model: 'm' }] } } };
+  const secret = 'sk-SUPERSECRET-abc123';
+  for (const entry of [{ tier: 'gold' }, { rpm: 0 }, { colour: 'red' }]) {
+    let caught: BrokerConfigError | undefined;
+    try {
+      parseBrokerConfig({ ...groups, apiKeys: { [secret]: entry } }, 'test', {});
+    } catch (err) {
+      caught = err as BrokerConfigError;
+    }
+    t.ok(caught instanceof BrokerConfigError, `${JSON.stringify(entry)} refused`);
+    t.notMatch(`${caught?.message} ${caught?.path}`, /SUPERSECRET/, `${JSON.stringify(entry)}: the key is not in the error`);
+    t.match(caught?.path, new RegExp(`^apiKeys\\.${keyId(secret)}\\.`), 'named by its id');
+  }
+  // A key from keyEnv has a name that is no secret: that name is kept.
+  t.throws(() => parseBrokerConfig({ ...groups, apiKeys: { 'team-a': { keyEnv: 'TEAM_A', tier: 'gold' } } }, 'test', { TEAM_A: 'sk-x' }), /apiKeys\.team-a\.tier/);
+});
