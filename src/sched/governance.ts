@@ -208,14 +208,21 @@ export class Governance implements Leases {
 
   /** A new fleet (discovery, or a runtime change): its deployments get slots (existing ids keep theirs). */
   adopt(config: BrokerConfig): void {
+    const before = this.config;
     this.config = config;
     this.board?.setGroups(config.modelGroups.keys());
     this.scheduler.register(config.modelGroups.values(), config.servers);
     this.scheduler.configure(config.scheduler);
     this.refreshLabels();
     this.queue.setMaxSize(config.scheduler.maxQueue);
+    if (!this.owner) return;
+    // The file's keys, as the new file has them: a limit changed or added is in force now, and
+    // a key gone from the file (or its limits) has its own others (a key record's), or none.
+    // Before, they kept the limits of the file the broker started with until it restarted.
+    const keys = new Set([...before.apiKeys.keys(), ...config.apiKeys.keys()].map((k) => `key:${keyId(k)}`));
+    for (const subject of keys) if (!this.operatorQuota.has(subject)) this.quota.setLimits(subject, this.ownLimits(subject));
     // The fleet file's deployment limits were set again: an operator's stay on top.
-    if (this.owner) for (const [subject, limits] of this.operatorQuota) this.quota.setLimits(subject, limits);
+    for (const [subject, limits] of this.operatorQuota) this.quota.setLimits(subject, limits);
   }
 
   /**

@@ -154,3 +154,20 @@ t.test("a deployment's key or timeouts changed at run time are used at once, on 
   t.equal((await send(tb, 'POST', '/api/orchestrator/config', fleet('EB_TEST_KEY_NEW'))).status, 200);
   t.same([...(await keys())], ['Bearer key-new'], 'the rotated key, from every thread');
 });
+
+t.test("API keys' rpm and tpm changed at run time are in force at once: lowered, added, removed", async (t) => {
+  const { keyId } = await import('../../src/guard/api-key.ts');
+  const m = await startMock(t);
+  const fleet = (apiKeys: Record<string, unknown>) => ({ modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: m.url, model: 'm' }] } }, apiKeys });
+  const tb = await fleetBroker(t, fleet({ 'sk-runtime-a': { rpm: 60 } }), { FRONT_THREADS: '2', FLEET_HEALTH_CHECKS: 'false', BROKER_FF_QUOTA_ENFORCEMENT: 'true' });
+  const limits = async (key: string) => (await get(tb, '/api/industrial/quota')).subjects[`key:${keyId(key)}`]?.limits;
+  t.match(await limits('sk-runtime-a'), { rpm: 60 });
+  t.equal((await send(tb, 'POST', '/api/orchestrator/config', fleet({ 'sk-runtime-a': { rpm: 2 }, 'sk-runtime-b': { tpm: 700 } }))).status, 200);
+  t.match(await limits('sk-runtime-a'), { rpm: 2 }, 'lowered');
+  t.match(await limits('sk-runtime-b'), { tpm: 700 }, 'a new key has its limit');
+  const statuses: number[] = [];
+  for (let i = 0; i < 3; i++) statuses.push((await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: 'Bearer sk-runtime-a' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) })).status);
+  t.same(statuses, [200, 200, 429], 'the lowered rpm holds on every thread');
+  t.equal((await send(tb, 'POST', '/api/orchestrator/config', fleet({ 'sk-runtime-b': { tpm: 700 } }))).status, 200);
+  t.same((await limits('sk-runtime-a')) ?? {}, {}, 'a key gone from the file has no limits left (its usage may still show)');
+});
