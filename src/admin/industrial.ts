@@ -97,9 +97,7 @@ export function governanceAdmin(gov: Governance, fleet: Pick<FleetManager, 'drai
       if ((bits & HALF_OPEN) !== 0 && gov.capacity.trials(d.slot) > 0) bits &= ~HALF_OPEN;
       return { group: d.group, draining: fleet.isDrained(id), blockedBy: describeBits(bits) };
     },
-    setLimit(id, limit) {
-      if (!gov.scheduler.setLimit(id, limit)) gov.capacity.register(id, limit);
-    },
+    setLimit: (id, limit) => gov.setCapacityLimit(id, limit),
     // One drain for both admin faces: the fleet manager's.
     setDraining: (id, draining) => fleet.drainDeployment(id, draining),
     performance: gov.performance,

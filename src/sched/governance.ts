@@ -215,6 +215,8 @@ export class Governance implements Leases {
     this.scheduler.configure(config.scheduler);
     this.refreshLabels();
     this.queue.setMaxSize(config.scheduler.maxQueue);
+    // A limit set through the admin API holds until restart, over the file's (register() wrote it).
+    for (const [id, limit] of this.capacityLimits) if (!this.scheduler.setLimit(id, limit)) this.capacity.register(id, limit);
     if (!this.owner) return;
     // The file's keys, as the new file has them: a limit changed or added is in force now, and
     // a key gone from the file (or its limits) has its own others (a key record's), or none.
@@ -266,6 +268,15 @@ export class Governance implements Leases {
 
   /** Runtime keys' own limits, by key id (ownLimits). */
   private runtimeKeyLimits = new Map<string, QuotaLimits>();
+
+  /** Concurrency limits set through the admin API (PUT /api/industrial/capacity/:id/limits), by deployment id. */
+  private readonly capacityLimits = new Map<string, number>();
+
+  /** An operator's concurrency limit for a deployment (or a capacity id of its own): in force until restart, whatever the config does meanwhile. */
+  setCapacityLimit(id: string, limit: number): void {
+    this.capacityLimits.set(id, limit);
+    if (!this.scheduler.setLimit(id, limit)) this.capacity.register(id, limit);
+  }
 
   /** Another thread freed a slot of `group` and handed the wake-up here. */
   wake(group: string): void {

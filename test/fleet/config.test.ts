@@ -171,3 +171,13 @@ t.test("API keys' rpm and tpm changed at run time are in force at once: lowered,
   t.equal((await send(tb, 'POST', '/api/orchestrator/config', fleet({ 'sk-runtime-b': { tpm: 700 } }))).status, 200);
   t.same((await limits('sk-runtime-a')) ?? {}, {}, 'a key gone from the file has no limits left (its usage may still show)');
 });
+
+t.test('a concurrency limit set through the admin API outlives a config change (until restart, as documented)', async (t) => {
+  const m = await startMock(t);
+  const tb = await fleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'cap-d', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 4 }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  const limit = async () => (await get(tb, '/api/industrial/capacity/cap-d')).concurrencyLimit;
+  t.equal((await send(tb, 'PUT', '/api/industrial/capacity/cap-d/limits', { concurrencyLimit: 1 })).status, 200);
+  t.equal(await limit(), 1);
+  t.equal((await send(tb, 'PATCH', '/api/orchestrator/config/queue', { maxSize: 500 })).status, 200);
+  t.equal(await limit(), 1, 'still the operator\'s, not the file\'s 4');
+});
