@@ -216,7 +216,7 @@ export class Governance implements Leases {
     this.refreshLabels();
     this.queue.setMaxSize(config.scheduler.maxQueue);
     // A limit set through the admin API holds until restart, over the file's (register() wrote it).
-    for (const [id, limit] of this.capacityLimits) if (!this.scheduler.setLimit(id, limit)) this.capacity.register(id, limit);
+    for (const [id, limit] of this.capacityLimits) this.applyCapacityLimit(id, limit);
     if (!this.owner) return;
     // The file's keys, as the new file has them: a limit changed or added is in force now, and
     // a key gone from the file (or its limits) has its own others (a key record's), or none.
@@ -275,6 +275,11 @@ export class Governance implements Leases {
   /** An operator's concurrency limit for a deployment (or a capacity id of its own): in force until restart, whatever the config does meanwhile. */
   setCapacityLimit(id: string, limit: number): void {
     this.capacityLimits.set(id, limit);
+    this.applyCapacityLimit(id, limit);
+  }
+
+  /** A deployment's limit, or a capacity id of its own (registered, not routed). */
+  private applyCapacityLimit(id: string, limit: number): void {
     if (!this.scheduler.setLimit(id, limit)) this.capacity.register(id, limit);
   }
 

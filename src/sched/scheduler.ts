@@ -393,17 +393,16 @@ export class Scheduler {
       // A deployment passed over only because it is full (or its slot went to another thread
       // first): its quota may have room, so a quota refusal elsewhere is not the last word.
       let someFull = false;
-      const exhausted = (): Pick => (quotaError !== undefined && !someFull ? { none: quotaError } : { full: true });
       for (;;) {
         if (pool === undefined || pool.length === 0) {
-          if (scanned) return exhausted();
+          if (scanned) break;
           scanned = true;
           const r = scan(a, states);
           if (!('open' in r)) return r;
           pool = r.open;
           someFull ||= r.someFull;
           if (chosen !== undefined) pool = pool.filter((x) => x !== chosen);
-          if (pool.length === 0) return exhausted();
+          if (pool.length === 0) break;
         }
         const d = pool.length === 1 ? pool[0]! : choose(pool);
         let reservation: Reservation | null = null;
@@ -432,6 +431,8 @@ export class Scheduler {
         }
         return { lease: lease(d, stickyHit, reservation) };
       }
+      // Every candidate tried: quota-spent only, or some merely full (worth queueing for).
+      return quotaError !== undefined && !someFull ? { none: quotaError } : { full: true };
     };
   }
 }
