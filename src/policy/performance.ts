@@ -51,9 +51,15 @@ export class PerformanceTracker {
   private readonly degradedSet = new Set<string>();
 
   constructor(
-    private readonly t: PerformanceThresholds = DEFAULT_PERFORMANCE,
+    private t: PerformanceThresholds = DEFAULT_PERFORMANCE,
     private readonly now: () => number = Date.now,
   ) {}
+
+  /** New thresholds (a config change at run time): every deployment is judged again by them now. */
+  setThresholds(t: PerformanceThresholds): void {
+    this.t = t;
+    for (const s of this.stats.values()) this.classify(s);
+  }
 
   private get(id: string): DeploymentPerformance {
     let s = this.stats.get(id);
@@ -90,6 +96,10 @@ export class PerformanceTracker {
 
   private judge(s: DeploymentPerformance): void {
     s.lastSampleAt = this.now();
+    this.classify(s);
+  }
+
+  private classify(s: DeploymentPerformance): void {
     let reason: string | null = null;
     if (s.samples >= this.t.minSamples) {
       if (s.errorRate > this.t.errorRateDegraded) reason = `error rate ${s.errorRate.toFixed(2)} > ${this.t.errorRateDegraded}`;

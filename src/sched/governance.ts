@@ -215,6 +215,9 @@ export class Governance implements Leases {
     this.scheduler.configure(config.scheduler);
     this.refreshLabels();
     this.queue.setMaxSize(config.scheduler.maxQueue);
+    this.queue.setAgingMs(config.scheduler.agingMs);
+    this.performance.setThresholds(config.performance);
+    this.syncPtu(config);
     // A limit set through the admin API holds until restart, over the file's (register() wrote it).
     for (const [id, limit] of this.capacityLimits) this.applyCapacityLimit(id, limit);
     if (!this.owner) return;
@@ -225,6 +228,13 @@ export class Governance implements Leases {
     for (const subject of keys) if (!this.operatorQuota.has(subject)) this.quota.setLimits(subject, this.ownLimits(subject));
     // The fleet file's deployment limits were set again: an operator's stay on top.
     for (const [subject, limits] of this.operatorQuota) this.quota.setLimits(subject, limits);
+  }
+
+  /** The PTU registry as the new config has it: deployments gone from it leave, changed ones are replaced. */
+  private syncPtu(config: BrokerConfig): void {
+    const names = new Set(config.ptu.map((d) => d.name));
+    for (const d of this.ptu.list()) if (!names.has(d.name)) this.ptu.unregister(d.name);
+    for (const d of config.ptu) this.ptu.register(d);
   }
 
   /**

@@ -65,7 +65,7 @@ export class WaitQueue {
    */
   constructor(
     private maxSize: number,
-    private readonly agingMs: number,
+    private agingMs: number,
     private readonly now: () => number = Date.now,
     private readonly shared?: Int32Array,
     private readonly board?: WaitBoard,
@@ -106,6 +106,14 @@ export class WaitQueue {
   /** The orchestrator's PATCH /config/queue: takes effect for the next request that would wait. */
   setMaxSize(n: number): void {
     this.maxSize = n;
+  }
+
+  /** A config change at run time (`scheduler.agingMs`): waiters already queued are scored by it too. */
+  setAgingMs(agingMs: number): void {
+    if (agingMs === this.agingMs) return;
+    this.agingMs = agingMs;
+    this.board?.setAgingMs(agingMs);
+    for (const [group, list] of this.byGroup) this.changed(group, list);
   }
 
   get max(): number {

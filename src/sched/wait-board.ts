@@ -32,10 +32,15 @@ export class WaitBoard {
   constructor(
     buffer: SharedArrayBuffer,
     private readonly thread: number,
-    private readonly agingMs: number,
+    private agingMs: number,
   ) {
     if (thread < 0 || thread >= MAX_THREADS) throw new RangeError(`thread ${thread} is out of range (max ${MAX_THREADS})`);
     this.cells = new Float64Array(buffer);
+  }
+
+  /** A config change at run time: the waiters published from now on are scored by it. */
+  setAgingMs(agingMs: number): void {
+    this.agingMs = agingMs;
   }
 
   /** The fleet's group names; groups past MAX_GROUPS are served thread-locally. */

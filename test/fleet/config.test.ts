@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { admin, metricValue, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { startMock } from '../helpers/fleet.ts';
-import { broker as fleetBroker, chat, get, send } from './helpers.ts';
+import { broker as fleetBroker, chat, get, send, until } from './helpers.ts';
 
 const broker = (fleet: Record<string, unknown>, env: Record<string, string> = {}): Promise<TestBroker> => fleetBroker(t, fleet, env);
 
@@ -180,4 +180,34 @@ t.test('a concurrency limit set through the admin API outlives a config change (
   t.equal(await limit(), 1);
   t.equal((await send(tb, 'PATCH', '/api/orchestrator/config/queue', { maxSize: 500 })).status, 200);
   t.equal(await limit(), 1, 'still the operator\'s, not the file\'s 4');
+});
+
+t.test('performance thresholds, scheduler aging and the PTU registry changed at run time are in force at once, on every thread', async (t) => {
+  // Same time to first token (the routing cost), but one streams 20 tokens/s.
+  const fast = await startMock(t);
+  const slow = await startMock(t, { tps: 20 });
+  const fleet = (minTokensPerSecond: number, ptu: unknown[]) => ({
+    performance: { minTokensPerSecond, minSamples: 1, alpha: 1, probeIntervalMs: 600_000 },
+    scheduler: { agingMs: 2_000 },
+    ptu,
+    modelGroups: { g: { deployments: [{ id: 'fast', provider: 'openai', url: fast.url, model: 'm' }, { id: 'slow', provider: 'openai', url: slow.url, model: 'm' }] } },
+  });
+  const tb = await fleetBroker(t, fleet(0, [{ name: 'ptu-a', capacityTpm: 1000 }]), { FRONT_THREADS: '2', FLEET_HEALTH_CHECKS: 'false' });
+  const spread = async () => {
+    const picks = await Promise.all(Array.from({ length: 16 }, async () => (await chat(tb, 'g', { stream: true })).deployment));
+    return picks.filter((d) => d === 'slow').length;
+  };
+  // Both measured (each thread learns every completion); no floor yet, so both take traffic.
+  await until(async () => (await spread()) > 0 && (await get(tb, '/api/industrial/performance')).deployments.length === 2, 'both measured');
+  t.same((await get(tb, '/api/industrial/performance')).degraded, [], 'no tokens/s floor');
+  t.same((await get(tb, '/api/industrial/ptu')).deployments.map((d: any) => d.name), ['ptu-a']);
+
+  t.equal((await send(tb, 'POST', '/api/orchestrator/config', fleet(100, [{ name: 'ptu-b', capacityTpm: 2000 }]))).status, 200);
+  // No new sample needed: the slow one (about 27 tokens/s) is judged by the new floor at once.
+  t.same((await get(tb, '/api/industrial/performance')).degraded, ['slow'], 'degraded by the new floor');
+  t.same((await get(tb, '/api/industrial/ptu')).deployments.map((d: any) => d.name), ['ptu-b'], "the PTU registry is the new file's");
+  // And the data-plane threads route by it. A thread that had not sent the slow one a request
+  // itself may send it one probe (shared with the other thread); the rest go to the fast one.
+  const toSlow = await spread();
+  t.ok(toSlow <= 2, `every thread avoids the degraded one: ${toSlow} of 16 went to it`);
 });

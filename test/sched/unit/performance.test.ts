@@ -210,3 +210,18 @@ t.test('powerOfTwo with two candidates always compares both, so the cheaper alwa
   }
   t.pass('the cheaper every time');
 });
+
+t.test('setThresholds: a config change judges every deployment again at once, without a new sample', async (t) => {
+  const { clock, p } = tracker({ ttftDegradedMs: 1_000, minSamples: 1 });
+  p.succeeded('a', 400, null);
+  p.succeeded('b', 50, null);
+  const sampledAt = p.snapshot('a')!.lastSampleAt;
+  t.same(p.degraded(), []);
+  clock.advance(5_000);
+  p.setThresholds({ ...DEFAULT_PERFORMANCE, alpha: 0.5, minSamples: 1, ttftDegradedMs: 200 });
+  t.same(p.degraded(), ['a'], 'a (400 ms) is over the new 200 ms');
+  t.match(p.snapshot('a')!.degradedReason, /ttft 400 ms > 200 ms/);
+  t.equal(p.snapshot('a')!.lastSampleAt, sampledAt, 'judging again is not a sample: the latency fade keeps its clock');
+  p.setThresholds({ ...DEFAULT_PERFORMANCE, alpha: 0.5, minSamples: 5, ttftDegradedMs: 200 });
+  t.same(p.degraded(), [], 'minSamples raised past what a has: not judged yet');
+});

@@ -207,3 +207,22 @@ t.test('a signal aborted before wait() is rejected at once, not queued', async (
   t.equal(queued, 0, 'never takes a place in the queue');
   t.equal(e.code, 'internal', 'rejected as a client that went away, not as a timeout');
 });
+
+t.test('setAgingMs: a config change reorders the waiters already queued', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(10, 60_000, clock.read);
+  const far = clock.now + 600_000;
+  const sig = new AbortController().signal;
+  const order: string[] = [];
+  const old = q.wait('g', 1, far, clock.now, sig).then(() => order.push('old low'));
+  clock.advance(5_000);
+  const fresh = q.wait('g', 5, far, clock.now, sig).then(() => order.push('new high'));
+  // One level a minute: 5 s of age is not worth 4 levels. One level a second: it is.
+  q.setAgingMs(1_000);
+  q.wake('g', true);
+  await ticks();
+  t.same(order, ['old low'], 'aged by the new agingMs');
+  q.wake('g', true);
+  await Promise.all([old, fresh]);
+  t.same(order, ['old low', 'new high']);
+});
