@@ -85,6 +85,23 @@ const empty = createServer((req, res) => {
 });
 await new Promise<void>((r) => empty.listen(0, '127.0.0.1', r));
 const emptyUrl = `http://127.0.0.1:${(empty.address() as { port: number }).port}`;
+// Keep-alives, then a failure before any event (OpenRouter-style comments while a model
+// thinks): an error event (/error/ in the path) or a cut connection. Nothing reached the
+// client, so it may still fall back, a pass-through client as any other.
+let chattyServed = 0;
+const chatty = createServer((req, res) => {
+  req.resume();
+  chattyServed++;
+  const ndjson = req.url!.startsWith('/api/');
+  res.writeHead(200, { 'content-type': ndjson ? 'application/x-ndjson' : 'text/event-stream' });
+  res.write(ndjson ? '\n\n' : ': keep-alive\n\n: still thinking\n\n');
+  setTimeout(() => {
+    if (req.headers['x-chatty'] === 'error') res.end(ndjson ? `${JSON.stringify({ error: 'model is overloaded' })}\n` : `data: ${JSON.stringify({ error: { message: 'model is overloaded', type: 'server_error' } })}\n\n`);
+    else res.destroy();
+  }, 30);
+});
+await new Promise<void>((r) => chatty.listen(0, '127.0.0.1', r));
+const chattyUrl = `http://127.0.0.1:${(chatty.address() as { port: number }).port}`;
 const blackhole = await createBlackhole();
 t.teardown(() => blackhole.close());
 
@@ -112,6 +129,8 @@ const fleet = {
     cut: { deployments: [d('cut-1', 'openai', reset)], fallbacks: ['big'] },
     empty: { deployments: [d('empty-1', 'openai', { url: emptyUrl })], fallbacks: ['big'] },
     'empty-ollama': { deployments: [d('empty-2', 'ollama', { url: emptyUrl })], fallbacks: ['big'] },
+    chatty: { deployments: [d('chatty-1', 'openai', { url: chattyUrl })], fallbacks: ['big'] },
+    'chatty-ollama': { deployments: [d('chatty-2', 'ollama', { url: chattyUrl })], fallbacks: ['big'] },
     unreachable: { deployments: [d('hole-1', 'openai', blackhole, { connectTimeoutMs: 200 })], fallbacks: ['big'] },
     'unreachable-alone': { deployments: [d('hole-2', 'openai', blackhole, { connectTimeoutMs: 150 })] },
     // A connect that would hang for 20 s, under a 300 ms headers budget: the budget ends it.
@@ -153,6 +172,8 @@ t.teardown(async () => {
   await new Promise<void>((r) => commenting.close(() => r()));
   empty.closeAllConnections();
   await new Promise<void>((r) => empty.close(() => r()));
+  chatty.closeAllConnections();
+  await new Promise<void>((r) => chatty.close(() => r()));
 });
 
 const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
@@ -338,6 +359,27 @@ t.test('a 200 stream that ends with no event, or a 200 with no reply in its body
     t.equal(whole.data.choices[0]!.message.content, mockText(8), `${model}: not streamed, big's answer, not a 502`);
     t.equal(whole.response.headers.get('x-broker-fallback'), 'big');
     t.equal(emptyServed, served2 + 1);
+  }
+});
+
+t.test('keep-alives and then a failure before the first event reached nobody: it falls back, for a pass-through client too', async (t) => {
+  for (const failure of ['error', 'cut']) {
+    // The pass-through pairs (OpenAI client to OpenAI server, Ollama to Ollama) would forward a keep-alive as is.
+    const cases = [
+      { model: 'chatty', path: '/v1/chat/completions', body: { stream: true } },
+      { model: 'chatty-ollama', path: '/api/chat', body: {} },
+    ];
+    for (const c of cases) {
+      const served = chattyServed;
+      const res = await fetch(`${tb.url}${c.path}`, { method: 'POST', headers: { 'x-chatty': failure }, body: JSON.stringify({ model: c.model, messages, ...c.body }) });
+      const text = await res.text();
+      t.equal(res.status, 200);
+      t.equal(res.headers.get('x-broker-fallback'), 'big', `${c.model}, ${failure}: fell back`);
+      t.equal(chattyServed, served + 1, 'the chatty upstream was asked first');
+      t.notMatch(text, /overloaded|"error"|keep-alive/, `${c.model}, ${failure}: only big's answer reached the client`);
+      if (c.path === '/api/chat') t.equal(JSON.parse(text.trim().split('\n').at(-1)!).done, true);
+      else t.ok(parseSse(text).done, 'a whole stream');
+    }
   }
 });
 

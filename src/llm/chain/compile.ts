@@ -732,6 +732,9 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       if (r.closed) return;
       if (ev.data === null) {
         if (!isPlainBlock(ev.raw)) return void drop(r);
+        // Before the first event a keep-alive is not forwarded: it would commit the reply, and a
+        // failure after it could no longer fall back (as in the OpenAI pass-through below).
+        if (r.stats.chunks === 0) return;
         r.parts.push(ev.raw);
         r.lastKept = true;
         return;
@@ -752,8 +755,12 @@ function build(spec: ChainSpec, key: string): ChainFactory {
           if (r.closed) return;
           const data = ev.data;
           if (data === null) {
-            // comment or keep-alive: forwarded as is; a line of garbage without data is not
+            // comment or keep-alive: forwarded as is once the stream has begun; a line of garbage
+            // without data is not. Before the first event one would commit the client's reply
+            // (its status and headers), so that a failure after it (an error event, a cut, a
+            // timeout) could no longer fall back: it stays the upstream's.
             if (!isPlainBlock(ev.raw)) return void drop(r);
+            if (r.stats.chunks === 0) return;
             r.parts.push(ev.raw);
             r.lastKept = true;
             return;
@@ -789,7 +796,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       if (r.closed) return;
       const text = line.text;
       if (text === '' || (text.charCodeAt(0) <= 32 && text.trim() === '')) {
-        if (passthrough) r.parts.push(line.raw);
+        // As an SSE keep-alive: not before the first line, which would commit the reply.
+        if (passthrough && r.stats.chunks > 0) r.parts.push(line.raw);
         return;
       }
       // A last line without LF that is not whole JSON was cut by the end of the
