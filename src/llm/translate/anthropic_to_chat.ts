@@ -8,8 +8,11 @@
 //             A failure after the first byte ends with an `error` event, as Anthropic's own.
 //
 // Blocks are written one at a time, as Anthropic does: a tool call closes the text
-// block before it. A tool call's input is written as one input_json_delta when its
-// block closes, always a JSON object (the same `input` as a whole reply's). Reasoning
+// block before it. A tool call's block closes when what follows it (the next call, text)
+// begins and its arguments are a whole JSON object, so that no fragment of it can follow;
+// else what follows waits, and is written whole at the end. A tool call's input is written
+// as one input_json_delta when its block closes, always a JSON object (the same `input` as
+// a whole reply's). Reasoning
 // text from the upstream is dropped (a thinking block needs a signature the upstream
 // cannot give).
 
@@ -266,6 +269,8 @@ export interface AnthropicWriter {
   open: 'text' | number | null;
   /** Tool call index → its block index, once started. */
   toolBlocks: Map<number, number>;
+  /** Fragments of a call after its block closed whole (a broken upstream): dropped, a block cannot reopen. */
+  strayFragments: number;
   /**
    * The open tool block's arguments so far: written as one input_json_delta when it closes,
    * since only then is it known whether they are a JSON object (a model can write broken
@@ -273,9 +278,9 @@ export interface AnthropicWriter {
    */
   args: string;
   /**
-   * What arrives once a tool block is open but belongs elsewhere: other calls (an upstream
-   * may interleave their fragments) and text. A block cannot be reopened once closed, so
-   * these are written whole at the end instead of being lost.
+   * What arrives once a tool block is open but belongs elsewhere, while the open call is not
+   * whole: other calls (an upstream may interleave their fragments) and text. A block cannot
+   * be reopened once closed, so these are written whole at the end instead of being lost.
    */
   lateTools: Map<number, { id: string | undefined; name: string; args: string }>;
   lateText: string;
@@ -286,7 +291,7 @@ export interface AnthropicWriter {
 }
 
 export function anthropicWriter(ctx: ReplyContext, known: Usage | null = null): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), strayFragments: 0, args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
 }
 
 function event(type: string, data: Record<string, unknown>): string {
@@ -313,7 +318,7 @@ function closeBlock(w: AnthropicWriter): string {
 export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (w.done) return '';
   let out = start(w);
-  if (d.text !== '' && w.toolBlocks.size > 0) {
+  if (d.text !== '' && !movesOn(w)) {
     w.tokens++;
     w.lateText += d.text;
   } else if (d.text !== '') {
@@ -329,9 +334,14 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (d.tools !== null) {
     for (const t of d.tools) {
       let index = w.toolBlocks.get(t.index);
-      // Only one tool block is streamed: the first call. The others stream into lateTools,
-      // since the first call's block must stay open until no fragment of it can follow.
-      if (index === undefined && (w.toolBlocks.size > 0 || w.lateTools.has(t.index))) {
+      if (index !== undefined && w.open !== t.index) {
+        w.strayFragments++;
+        continue;
+      }
+      // One tool block is streamed at a time. A call that begins while it is open and not
+      // whole streams into lateTools, since the open block must stay open until no fragment
+      // of its call can follow.
+      if (index === undefined && (w.lateTools.has(t.index) || !movesOn(w))) {
         let late = w.lateTools.get(t.index);
         if (late === undefined) w.lateTools.set(t.index, (late = { id: t.id, name: t.name ?? '', args: '' }));
         if (t.id !== undefined) late.id ??= t.id;
@@ -358,6 +368,18 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (d.finish !== null) w.finish = d.finish;
   if (d.usage !== null) w.usage = d.usage;
   return out;
+}
+
+/**
+ * Whether the next block may begin now: nothing waits for the end, and no tool block is open
+ * or the open one's arguments are a whole JSON object (a fragment would break it, so none can
+ * follow). Then its block is closed, a call finished before a later failure reaches the
+ * client whole, and its input does not wait for the end of the reply.
+ */
+function movesOn(w: AnthropicWriter): boolean {
+  if (w.lateTools.size > 0 || w.lateText !== '') return false;
+  if (typeof w.open !== 'number') return true;
+  return inputJson(w.args) === w.args && w.args !== '';
 }
 
 /** A block written at once: its start, its one delta (if any), its stop. */

@@ -240,6 +240,11 @@ interface ToolSlot {
   id: string;
   name: string;
   arguments: string;
+  /**
+   * The status its done events gave it, null while open: a call is done when what follows
+   * it begins and it is whole (closeWhole), or when the reply ends.
+   */
+  closed: ItemStatus | null;
 }
 
 export interface ResponsesWriter {
@@ -302,6 +307,7 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   if (w.done) return '';
   let out = open(w);
   if (d.text !== '' && (w.messageDone || w.tools.length > 0)) {
+    out += closeWhole(w);
     w.lateText += d.text;
     w.tokens++;
   } else if (d.text !== '') {
@@ -318,13 +324,16 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
           out += closeMessage(w, 'msg_' + w.id, w.messageIndex, w.text);
           w.messageDone = true;
         }
-        slot = w.tools[t.index] = { outputIndex: w.outputs++, itemId: 'fc_' + w.id + '_' + t.index, id: t.id ?? `call_${w.id}_${t.index}`, name: t.name ?? '', arguments: '' };
+        out += closeWhole(w);
+        slot = w.tools[t.index] = { outputIndex: w.outputs++, itemId: 'fc_' + w.id + '_' + t.index, id: t.id ?? `call_${w.id}_${t.index}`, name: t.name ?? '', arguments: '', closed: null };
         out += event(w, 'response.output_item.added', { output_index: slot.outputIndex, item: { ...callItem('', slot, 'in_progress'), id: slot.itemId } });
       } else if (t.name !== undefined && slot.arguments === '') slot.name += t.name;
       if (t.arguments !== undefined && t.arguments !== '') {
         slot.arguments += t.arguments;
         w.tokens++;
-        out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
+        // A fragment of a call already done whole (a broken upstream) cannot reopen its item:
+        // it is in the final Response's item, not in an event.
+        if (slot.closed === null) out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
       }
     }
   }
@@ -333,17 +342,50 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   return out;
 }
 
+/**
+ * What follows a call began (the next call, text): as in OpenAI's own stream, the open calls
+ * whose arguments are a whole JSON object are done now (a fragment would break them, so none
+ * can follow), so that a call finished before a later failure reaches the client whole. One
+ * not whole stays open beside the next (an upstream may interleave fragments) until the end.
+ */
+function closeWhole(w: ResponsesWriter): string {
+  let out = '';
+  for (const s of w.tools) if (s !== undefined && s.closed === null && wholeObject(s.arguments)) out += closeCall(w, s, 'completed');
+  return out;
+}
+
+function wholeObject(json: string): boolean {
+  if (json === '' || json.charCodeAt(json.length - 1) !== 125) return false; // '}'
+  try {
+    const v: unknown = JSON.parse(json);
+    return v !== null && typeof v === 'object' && !Array.isArray(v);
+  } catch {
+    return false;
+  }
+}
+
+/** A call's done events. One without arguments says {} (as a whole reply does), in a delta too so that deltas add up to it. */
+function closeCall(w: ResponsesWriter, s: ToolSlot, status: ItemStatus): string {
+  let out = '';
+  if (s.arguments === '') {
+    s.arguments = '{}';
+    out += event(w, 'response.function_call_arguments.delta', { item_id: s.itemId, output_index: s.outputIndex, delta: '{}' });
+  }
+  s.closed = status;
+  out += event(w, 'response.function_call_arguments.done', { item_id: s.itemId, output_index: s.outputIndex, name: s.name, arguments: s.arguments });
+  return out + event(w, 'response.output_item.done', { output_index: s.outputIndex, item: { ...callItem('', s, status), id: s.itemId } });
+}
+
 /** `last`: the status of the message items closed at the end (incomplete when the Response is). */
 function outputItems(w: ResponsesWriter, last: ItemStatus): Array<[number, Record<string, unknown>]> {
   const items: Array<[number, Record<string, unknown>]> = [];
   // The message closed early (a function call followed it) was whole.
   if (w.messageIndex !== -1) items.push([w.messageIndex, messageItem(w.id, w.text, w.messageDone ? 'completed' : last)]);
   if (w.lateIndex !== -1) items.push([w.lateIndex, { ...messageItem(w.id, w.lateText, last), id: 'msg_' + w.id + '_late' }]);
-  for (const s of w.tools) if (s !== undefined) items.push([s.outputIndex, { ...callItem('', s, 'completed'), id: s.itemId }]);
+  // A call closed before the end was whole; the one still open shares the Response's fate
+  // (cut at max_output_tokens or by a failure: its arguments may be cut too).
+  for (const s of w.tools) if (s !== undefined) items.push([s.outputIndex, { ...callItem('', s, s.closed ?? last), id: s.itemId }]);
   items.sort((a, b) => a[0] - b[0]);
-  // Cut at max_output_tokens, the item open last (a call's arguments too) is incomplete.
-  const final = items[items.length - 1];
-  if (last === 'incomplete' && final !== undefined && final[1]['type'] === 'function_call') final[1] = { ...final[1], status: 'incomplete' };
   return items;
 }
 
@@ -357,20 +399,9 @@ export function responsesDone(w: ResponsesWriter): string {
   w.done = true;
   // An empty reply is one message item with an empty text, as a whole Response's output.
   if (w.messageIndex === -1 && w.tools.length === 0 && w.lateText === '') out += openMessage(w);
-  // A call without arguments says {} (as a whole reply does), in a delta too so that deltas add up to it.
-  for (const s of w.tools) {
-    if (s === undefined || s.arguments !== '') continue;
-    s.arguments = '{}';
-    out += event(w, 'response.function_call_arguments.delta', { item_id: s.itemId, output_index: s.outputIndex, delta: '{}' });
-  }
-  for (const [index, item] of outputItems(w, last)) {
-    if (item['type'] === 'message') {
-      if (index === w.messageIndex && !w.messageDone) out += closeMessage(w, 'msg_' + w.id, index, w.text, last);
-      continue;
-    }
-    out += event(w, 'response.function_call_arguments.done', { item_id: item['id'], output_index: index, name: item['name'], arguments: item['arguments'] });
-    out += event(w, 'response.output_item.done', { output_index: index, item });
-  }
+  if (w.messageIndex !== -1 && !w.messageDone) out += closeMessage(w, 'msg_' + w.id, w.messageIndex, w.text, last);
+  // The call still open (the last one): done now, with the Response's status.
+  for (const s of w.tools) if (s !== undefined && s.closed === null) out += closeCall(w, s, last);
   // Text that came after a function call: its own message item, whole.
   if (w.lateText !== '') {
     w.lateIndex = w.outputs++;

@@ -11,6 +11,7 @@ import type { ChainSpec } from '../../../src/llm/chain/compile.ts';
 import { createMockUpstream, mockToolArguments } from '../../../src/mock-upstream/server.ts';
 import type { Api, ClientApi } from '../../../src/llm/translate/types.ts';
 import { ctxFor, runChain } from './fixtures.suite.ts';
+import { compileChain } from '../../../src/llm/chain/compile.ts';
 
 const mock = await createMockUpstream();
 
@@ -178,3 +179,36 @@ t.test('interleaved call fragments from an OpenAI upstream reach every client AP
     t.equal(got.finish, FINISH[client], `${client}: finish reason`);
   }
 });
+
+t.test('a call whose arguments are whole is closed when the next begins: it reaches Messages and Responses clients before the end, and whole if the stream is then cut', async (t) => {
+  const chunk = (delta: Record<string, unknown>) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }] }) + '\n\n';
+  const fn = (index: number, args: string, name?: string) => ({ index, ...(name !== undefined ? { id: `call_${index}`, type: 'function', function: { name, arguments: args } } : { function: { arguments: args } }) });
+  const first = Buffer.from(chunk({ role: 'assistant', tool_calls: [fn(0, '', 'f1')] }) + chunk({ tool_calls: [fn(0, '{"a":')] }) + chunk({ tool_calls: [fn(0, '1}')] }));
+  const second = Buffer.from(chunk({ tool_calls: [fn(1, '{"b"', 'f2')] }));
+  // The upstream is cut after the second call began: no [DONE], no finish reason.
+  for (const client of ['anthropic', 'responses'] as const) {
+    const s = compileChainFor(client);
+    const before = s.push(first)?.toString() ?? '';
+    const atSecond = s.push(second)?.toString() ?? '';
+    const tail = s.end()?.toString() ?? '';
+    t.notMatch(before, client === 'anthropic' ? /content_block_stop/ : /function_call_arguments\.done/, `${client}: the first call is open while it may still grow`);
+    const events = sse(atSecond);
+    if (client === 'anthropic') {
+      const names = events.map(([e, d]) => `${e}:${d.delta?.type ?? d.content_block?.type ?? ''}`);
+      t.same(names, ['content_block_delta:input_json_delta', 'content_block_stop:', 'content_block_start:tool_use'], 'the first block closes with its input, then the second opens');
+      t.same(JSON.parse(events[0]![1].delta.partial_json), { a: 1 });
+      t.match(tail, /event: error/, 'the cut ends with an error event');
+    } else {
+      const types = events.map(([, d]) => d.type);
+      t.same(types.slice(0, 3), ['response.function_call_arguments.done', 'response.output_item.done', 'response.output_item.added'], 'the first item is done before the second is added');
+      t.equal(events[1]![1].item.status, 'completed');
+      t.same(JSON.parse(events[1]![1].item.arguments), { a: 1 });
+      const failed = sse(tail).find(([, d]) => d.type === 'response.failed')![1];
+      t.same(failed.response.output.map((i: any) => [i.name, i.status]), [['f1', 'completed'], ['f2', 'incomplete']], 'the finished call completed, the cut one incomplete');
+    }
+  }
+});
+
+function compileChainFor(client: 'anthropic' | 'responses') {
+  return compileChain({ client, provider: 'openai', kind: 'chat', instrument: true, countTokens: true }).open(ctxFor());
+}
