@@ -102,6 +102,21 @@ const chatty = createServer((req, res) => {
 });
 await new Promise<void>((r) => chatty.listen(0, '127.0.0.1', r));
 const chattyUrl = `http://127.0.0.1:${(chatty.address() as { port: number }).port}`;
+// A 200 stream whose first event is an error (an Ollama whose runner died answers so; a
+// vLLM out of memory), or an OpenAI stream that is only [DONE]: no reply reached anybody.
+let brokenServed = 0;
+const broken = createServer((req, res) => {
+  req.resume();
+  brokenServed++;
+  const ndjson = req.url!.startsWith('/api/');
+  res.writeHead(200, { 'content-type': ndjson ? 'application/x-ndjson' : 'text/event-stream' });
+  if (ndjson) res.end(`${JSON.stringify({ error: 'llama runner process has terminated: exit status 2' })}\n`);
+  else if (req.headers['x-broken'] === 'done-only') res.end('data: [DONE]\n\n');
+  // Held open after the error: the broker must not wait for the end of it.
+  else res.write(`data: ${JSON.stringify({ error: { message: 'CUDA out of memory', code: 500 } })}\n\n`);
+});
+await new Promise<void>((r) => broken.listen(0, '127.0.0.1', r));
+const brokenUrl = `http://127.0.0.1:${(broken.address() as { port: number }).port}`;
 const blackhole = await createBlackhole();
 t.teardown(() => blackhole.close());
 
@@ -130,6 +145,10 @@ const fleet = {
     empty: { deployments: [d('empty-1', 'openai', { url: emptyUrl })], fallbacks: ['big'] },
     'empty-ollama': { deployments: [d('empty-2', 'ollama', { url: emptyUrl })], fallbacks: ['big'] },
     chatty: { deployments: [d('chatty-1', 'openai', { url: chattyUrl })], fallbacks: ['big'] },
+    // One deployment per case: three failures in a row would open a shared one's breaker.
+    ...Object.fromEntries([1, 2, 3, 4].map((i) => [`broken-${i}`, { deployments: [d(`broken-${i}`, 'openai', { url: brokenUrl })], fallbacks: ['big'] }])),
+    ...Object.fromEntries([5, 6].map((i) => [`broken-${i}`, { deployments: [d(`broken-${i}`, 'ollama', { url: brokenUrl })], fallbacks: ['big'] }])),
+    'broken-alone': { deployments: [d('broken-7', 'ollama', { url: brokenUrl })] },
     'chatty-ollama': { deployments: [d('chatty-2', 'ollama', { url: chattyUrl })], fallbacks: ['big'] },
     unreachable: { deployments: [d('hole-1', 'openai', blackhole, { connectTimeoutMs: 200 })], fallbacks: ['big'] },
     'unreachable-alone': { deployments: [d('hole-2', 'openai', blackhole, { connectTimeoutMs: 150 })] },
@@ -174,6 +193,8 @@ t.teardown(async () => {
   await new Promise<void>((r) => empty.close(() => r()));
   chatty.closeAllConnections();
   await new Promise<void>((r) => chatty.close(() => r()));
+  broken.closeAllConnections();
+  await new Promise<void>((r) => broken.close(() => r()));
 });
 
 const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
@@ -381,6 +402,31 @@ t.test('keep-alives and then a failure before the first event reached nobody: it
       else t.ok(parseSse(text).done, 'a whole stream');
     }
   }
+});
+
+t.test("an upstream's error as the first event of its 200 stream (or a stream that is only [DONE]) reached nobody: it falls back, in every client API", async (t) => {
+  const cases = [
+    { model: 'broken-1', path: '/v1/chat/completions', body: { stream: true }, mode: 'error' },
+    { model: 'broken-2', path: '/v1/chat/completions', body: { stream: true }, mode: 'done-only' },
+    { model: 'broken-3', path: '/v1/messages', body: { stream: true, max_tokens: 50 }, mode: 'error' },
+    { model: 'broken-4', path: '/v1/responses', body: { stream: true, input: 'hi' }, mode: 'done-only' },
+    { model: 'broken-5', path: '/api/chat', body: {}, mode: 'error' },
+    { model: 'broken-6', path: '/v1/chat/completions', body: { stream: true }, mode: 'error' },
+  ];
+  for (const c of cases) {
+    const served = brokenServed;
+    const res = await fetch(`${tb.url}${c.path}`, { method: 'POST', headers: { 'x-broken': c.mode }, body: JSON.stringify({ model: c.model, messages, ...c.body }) });
+    const text = await res.text();
+    const what = `${c.model} ${c.path} ${c.mode}`;
+    t.equal(res.status, 200, what);
+    t.equal(res.headers.get('x-broker-fallback'), 'big', `${what}: fell back`);
+    t.equal(brokenServed, served + 1, `${what}: the broken upstream was asked first`);
+    t.notMatch(text, /CUDA|llama runner|"error":[{"]|event: error|response\.failed/, `${what}: only big's answer reached the client`);
+  }
+  // With nowhere else to go, the upstream's error is the answer: an error status, not a 200 stream.
+  const alone = await fetch(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'broken-alone', messages }) });
+  t.equal(alone.status, 502);
+  t.match(await alone.text(), /llama runner process has terminated/, 'the upstream\'s own message');
 });
 
 t.test('connect timeout: the deployment never accepts, the request falls back', async (t) => {

@@ -200,6 +200,14 @@ class Run {
   out = '';
   /** SSE pass-through: the last block was forwarded (so is the LF that completes its CRLF). */
   lastKept = false;
+  /** Some output left the chain: the client's reply has begun. */
+  sent = false;
+  /**
+   * The upstream failed before anything was written for the client (an error event or line
+   * first, as an Ollama whose runner died, or a stream with no reply): its error event is held
+   * back until end(), so that a caller that has not answered the client yet may try elsewhere.
+   */
+  held: { message: string; code: string } | null = null;
   /** Malformed upstream events in a row. */
   malformedRun = 0;
   // gRPC encoder: the delta text and role gathered from this chunk, and whether the final is owed.
@@ -302,10 +310,18 @@ type ErrorText = (r: Run, message: string, code: string) => string;
 
 function upstreamFailure(r: Run, emitText: (r: Run, s: string) => void, errorText: ErrorText, message: string): void {
   r.stats.error = { code: 'upstream_error', message };
-  emitText(r, errorText(r, message, 'upstream_error'));
+  if (unsent(r)) r.held = { message, code: 'upstream_error' };
+  else emitText(r, errorText(r, message, 'upstream_error'));
   r.closed = true;
   r.lastKept = false;
 }
+
+/** Nothing has been written for the client, nor is waiting to be. */
+function unsent(r: Run): boolean {
+  return !r.sent && r.parts.length === 0 && r.out === '';
+}
+
+const NO_REPLY = 'upstream ended its stream with no reply ([DONE] before any choice)';
 
 /**
  * A garbage event is dropped and counted, never forwarded: a client's SDK would choke on it.
@@ -768,6 +784,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
           r.stats.chunks++;
           if (ev.event === 'error') return fail(r, errorMessageOf(data));
           if (data === '[DONE]') {
+            if (r.stats.finishReason === null && unsent(r)) return fail(r, NO_REPLY);
             r.stats.sawTerminal = true;
             r.closed = true;
             r.raw = ev.raw;
@@ -783,6 +800,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
           r.stats.chunks++;
           if (ev.event === 'error') return fail(r, errorMessageOf(data));
           if (data === '[DONE]') {
+            // A stream that is only [DONE]: no reply at all, not an empty one (which says its finish reason).
+            if (r.stats.finishReason === null && unsent(r)) return fail(r, NO_REPLY);
             r.stats.sawTerminal = true;
             r.closed = true;
             return onDone(r);
@@ -838,7 +857,12 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       const r = this.r;
       if (r.ended) return null;
       r.framer!.push(chunk);
-      return take(r);
+      return this.taken(take(r));
+    }
+
+    private taken(out: ChainOutput): ChainOutput {
+      if (out !== null) this.r.sent = true;
+      return out;
     }
 
     end(): ChainOutput {
@@ -846,7 +870,10 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       if (r.ended) return null;
       r.ended = true;
       r.framer!.end();
-      if (!r.closed) {
+      if (r.held !== null) {
+        emitText(r, errorText(r, r.held.message, r.held.code));
+        r.held = null;
+      } else if (!r.closed) {
         if (r.stats.sawTerminal) {
           closeAtEnd(r);
         } else {
@@ -856,12 +883,18 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         }
         r.closed = true;
       }
-      return take(r);
+      return this.taken(take(r));
     }
 
     fail(message: string, code: string): string {
       const r = this.r;
       r.ended = true;
+      if (r.held !== null) {
+        // The upstream's own error, held back, is what the client is told.
+        const h = r.held;
+        r.held = null;
+        return errorText(r, h.message, h.code);
+      }
       if (r.closed) return '';
       r.closed = true;
       r.stats.error = { code, message };

@@ -112,6 +112,9 @@ async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncI
       const out = s.push(chunk);
       if (out !== null && !target.write(out)) await target.drained();
       t = performance.now();
+      // The upstream said it failed (an error event): nothing more of it is read. A held
+      // failure (nothing sent yet) is then tried elsewhere at once, not after an idle timeout.
+      if (s.closed && s.stats.error !== null) break;
     }
     if (t >= 0) waited += performance.now() - t;
     // end() returns what is still owed: [DONE] or the done line, or the error event of a cut stream.
