@@ -308,7 +308,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
    * images at 1024² would be 400 MB of input, and the runtime's arena keeps its peak).
    */
   function batchSize(key: string, count: number, oldest: number, firstDeadline: () => number, now: number, size: number | undefined): number {
-    const { batching, input } = opts.models[key]!.manifest;
+    const { batching, input, queue } = opts.models[key]!.manifest;
     const { preferredBatchSizes, maxQueueDelayUs } = batching;
     const pixels = size !== undefined ? size * size : (input.height ?? input.defaultSize) * (input.width ?? input.defaultSize);
     const maxBatchSize = Math.max(1, Math.min(batching.maxBatchSize, Math.floor(MAX_BATCH_INPUT_BYTES / (pixels * input.channels * 4))));
@@ -316,8 +316,9 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     for (let i = preferredBatchSizes.length - 1; i >= 0; i--) if (preferredBatchSizes[i]! <= Math.min(count, maxBatchSize)) return preferredBatchSizes[i]!;
     const due = oldest + maxQueueDelayUs / 1000;
     // Never hold a request for a batch to fill past its own deadline (a v2 timeout shorter
-    // than max_queue_delay_us): what waits goes now, as a smaller batch.
-    if (now >= due || firstDeadline() <= due) return count;
+    // than max_queue_delay_us) or the model's queue.timeout_ms (shorter than the delay, the
+    // oldest would time out waiting on an idle server): what waits goes now, as a smaller batch.
+    if (now >= due || oldest + queue.timeoutMs <= due || firstDeadline() <= due) return count;
     if (due < delayDue) {
       clearTimeout(delayTimer);
       delayDue = due;

@@ -155,6 +155,18 @@ t.test('a request whose own timeout ends before the batch window is not held for
   });
 });
 
+t.test("the model's queue.timeout_ms shorter than the batch window: a lone request goes before it times out, on an idle pool", async (t) => {
+  const hasty = loadManifest(writeForeignModel({ manifest: { batching: { max_batch_size: 16, max_queue_delay_us: 2_000_000 }, queue: { max_size: 3, timeout_ms: 150 } } }));
+  const png = (await fashionPngs(1))[0]!.png;
+  await withPool({ H: hasty }, 1, 1, async (pool, events) => {
+    const lone = await Promise.allSettled([pool.run('H', copy(png), undefined, 1)]);
+    t.same(lone.map((r) => (r.status === 'fulfilled' ? 'ok' : (r.reason as { code: string }).code)), ['ok'], 'not a queue_timeout');
+    const three = await Promise.allSettled(Array.from({ length: 3 }, () => pool.run('H', copy(png), undefined, 1)));
+    t.same(three.map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled']);
+    t.ok(events.length >= 2, 'each went as the batch it could make');
+  });
+});
+
 t.test("one signal for many images (a gRPC stream's): each settled image takes its abort listener with it", async (t) => {
   const { RequestAbort } = await import('../../src/abort.ts');
   class Counting extends RequestAbort {
