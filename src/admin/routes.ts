@@ -74,8 +74,10 @@ export function adminRoutes(service: InferService): Route[] {
       admin: true,
       async handle({ sink }) {
         const t0 = performance.now();
-        const runs = await service.warmup();
-        sink.send(...json(200, { warmed: true, runs, duration_ms: Math.round(performance.now() - t0) }));
+        const { runs, unavailable } = await service.warmup();
+        // warmed: every model ran. One that cannot is named with why, as /ready names it.
+        const warmed = Object.keys(unavailable).length === 0;
+        sink.send(...json(200, { warmed, runs, duration_ms: Math.round(performance.now() - t0), ...(warmed ? {} : { unavailable }) }));
       },
     },
     {

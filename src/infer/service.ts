@@ -359,8 +359,12 @@ export class InferService {
     this.deps.logger.warn({ reason, b_share: shareOfB(this.config) }, 'canary rolled back: B gets no more traffic');
   }
 
-  warmup(): Promise<number> {
-    return this.pool.warmup();
+  /** Every model run once in every worker; `unavailable`: the arms that could not run, and why (their requests answer 503). */
+  async warmup(): Promise<{ runs: number; unavailable: Record<string, string> }> {
+    const pool = this.pool;
+    const runs = await pool.warmup();
+    const problems = await pool.problems();
+    return { runs, unavailable: Object.fromEntries(Object.entries(problems).map(([arm, p]) => [arm, p.message])) };
   }
 
   /**

@@ -92,6 +92,11 @@ t.test('B does not fit: said at start and in /ready, its requests answer 503 mod
   const toA = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' });
   t.equal(toA.status, 200, 'A answers');
 
+  const warm = await fetch(`${tb.url}/admin/warmup`, { method: 'POST', headers: admin });
+  t.equal(warm.status, 200);
+  t.match(await warm.json(), { warmed: false, unavailable: { B: /does not fit its manifest/ } }, 'a warm-up says B did not run');
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A serves after the warm-up');
+
   const promote = await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin });
   t.equal(promote.status, 503, 'promote refused');
   t.match(await promote.json(), { error: { code: 'model_unavailable', message: /B cannot be promoted: model .* does not fit its manifest/ } });
