@@ -62,7 +62,7 @@ export const DEFAULT_PROMPT_LIMITS: PromptLimits = Object.freeze({ maxMessages: 
 
 export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, body: Record<string, unknown>, limits: PromptLimits = DEFAULT_PROMPT_LIMITS): LlmRequest {
   const model = body.model;
-  if (typeof model !== 'string' || model === '') throw new BrokerError('invalid_request', 'model is required and must be a string');
+  if (typeof model !== 'string' || model === '') throw invalidField('model', 'is required and must be a string');
   checkDepth(body);
   if (api === 'anthropic') {
     // As Anthropic's API: both are required there, and a client relying on that learns it here too.
@@ -157,6 +157,8 @@ export function promptParts(body: Readonly<Record<string, unknown>>): PromptPart
 function responsesParts(body: Readonly<Record<string, unknown>>): PromptParts {
   const input = body.input;
   if (typeof input !== 'string' && !Array.isArray(input)) throw invalidField('input', 'is required: a string or an array of items');
+  // No conversation: a chat upstream would be sent none (OpenAI's own answers 400).
+  if (Array.isArray(input) && input.length === 0) throw invalidField('input', 'must not be empty: a string or a non-empty array of items');
   if (Array.isArray(input)) {
     for (let i = 0; i < input.length; i++) {
       const it = input[i] as unknown;

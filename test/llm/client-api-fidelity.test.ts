@@ -235,6 +235,9 @@ t.test('required fields and sampling types: 400 in the client API shape, naming 
     [{ model: 'oa', input: [{ type: 'function_call_output', call_id: 'c' }] }, 'input[0].output'],
     [{ model: 'oa', input: 'x', temperature: 'hot' }, 'temperature'],
     [{ model: 'rp', input: 'x', top_p: '1' }, 'top_p'],
+    [{ model: 'oa', input: [] }, 'input'],
+    [{ model: 'oa', input: [], instructions: 'Be brief.' }, 'input'],
+    [{ model: 5, input: 'x' }, 'model'],
   ];
   for (const [body, param] of responses) {
     const r = await postJson(`${tb.url}/v1/responses`, body);
@@ -277,6 +280,23 @@ t.test('an empty reply is the same streamed and not: one empty text (Responses m
   t.same(msg.content, [{ type: 'text', text: '' }], 'Messages, whole');
   const final = await anthropic.messages.stream(body).finalMessage();
   t.same(final.content.map((c) => c.type === 'text' && c.text), [''], 'Messages, streamed: one empty text block');
+});
+
+t.test("Responses: a developer item is chat's system to the upstream; the Response says reasoning and user as OpenAI's; Messages usage always has its cache fields", async (t) => {
+  handler = (_p, b, res) => chatReply(b, res, 'ok');
+  const before = seen.length;
+  const r = await openai.responses.create({ model: 'oa', input: [{ role: 'developer', content: 'Answer in French.' }, { role: 'user', content: 'Hi' }], user: 'u-7' });
+  t.same(seen[before]!.body.messages.map((m: any) => m.role), ['system', 'user'], 'developer → system');
+  t.same(r.reasoning, { effort: null, summary: null }, 'reasoning, unused');
+  t.equal(r.user, 'u-7');
+  const withEffort = await openai.responses.create({ model: 'oa', input: 'Hi', reasoning: { effort: 'low' } });
+  t.match(withEffort.reasoning, { effort: 'low' }, 'reasoning, as asked');
+  const body = { model: 'oa', max_tokens: 5, messages: [{ role: 'user' as const, content: 'Hi' }] };
+  const msg = await anthropic.messages.create(body);
+  t.same(msg.usage, { input_tokens: 3, cache_creation_input_tokens: 0, cache_read_input_tokens: 0, output_tokens: 2 }, 'a whole Message');
+  const evs = await events(await post('/v1/messages', { ...body, stream: true }));
+  t.match(evs[0].message.usage, { cache_creation_input_tokens: 0, cache_read_input_tokens: 0 }, 'message_start');
+  t.match(evs.find((e) => e.type === 'message_delta').usage, { input_tokens: 3, cache_creation_input_tokens: 0, cache_read_input_tokens: 0, output_tokens: 2 }, 'message_delta');
 });
 
 // ---- 8: errors on /v1/messages paths ----

@@ -210,10 +210,13 @@ export function stopReason(finish: string, hadToolCalls = false): string {
   return 'end_turn';
 }
 
-/** Anthropic counts cache reads apart from input_tokens (the prompt is their sum), unlike OpenAI's cached_tokens, a part of it. */
+/**
+ * Anthropic counts cache reads apart from input_tokens (the prompt is their sum), unlike
+ * OpenAI's cached_tokens, a part of it. Its usage always has both cache fields, 0 when unused.
+ */
 function usageObject(u: Usage): Record<string, number> {
-  if (u.cachedTokens === undefined) return { input_tokens: u.promptTokens, output_tokens: u.completionTokens };
-  return { input_tokens: u.promptTokens - u.cachedTokens, cache_creation_input_tokens: 0, cache_read_input_tokens: u.cachedTokens, output_tokens: u.completionTokens };
+  const cached = u.cachedTokens ?? 0;
+  return { input_tokens: u.promptTokens - cached, cache_creation_input_tokens: 0, cache_read_input_tokens: cached, output_tokens: u.completionTokens };
 }
 
 function parsedInput(args: string): unknown {
@@ -301,7 +304,7 @@ function event(type: string, data: Record<string, unknown>): string {
 function start(w: AnthropicWriter): string {
   if (w.started) return '';
   w.started = true;
-  const msg = { id: 'msg_' + w.id, type: 'message', role: 'assistant', model: w.model, content: [], stop_reason: null, stop_sequence: null, usage: w.known === null ? { input_tokens: w.promptEstimate, output_tokens: 0 } : usageObject({ ...w.known, completionTokens: 0 }) };
+  const msg = { id: 'msg_' + w.id, type: 'message', role: 'assistant', model: w.model, content: [], stop_reason: null, stop_sequence: null, usage: usageObject(w.known === null ? { promptTokens: w.promptEstimate, completionTokens: 0 } : { ...w.known, completionTokens: 0 }) };
   return event('message_start', { message: msg }) + event('ping', {});
 }
 

@@ -70,7 +70,10 @@ function messagesOf(input: unknown): OpenAIMessage[] {
     const type = it['type'] ?? 'message';
     if (type === 'message') {
       if (typeof it['role'] !== 'string') throw invalid(`input[${i}].role`, 'must be a string');
-      out.push({ role: it['role'], content: chatContent(it['content'], `input[${i}].content`) });
+      // Responses' developer role is chat's system to every chat server (vLLM's and llama.cpp's
+      // templates know no developer; OpenAI's chat takes system as developer).
+      const role = it['role'] === 'developer' ? 'system' : it['role'];
+      out.push({ role, content: chatContent(it['content'], `input[${i}].content`) });
     } else if (type === 'function_call') {
       // A call without arguments has an empty object of them: chat upstreams parse the string.
       const args = stringOf(it['arguments']);
@@ -158,7 +161,7 @@ export function responsesUsage(r: Record<string, unknown> | null | undefined): U
 type Status = 'in_progress' | 'completed' | 'incomplete' | 'failed';
 
 /** Request fields a Response repeats, as OpenAI's does: what the client sent, else the defaults in responseShell. */
-const ECHOED = ['instructions', 'max_output_tokens', 'metadata', 'parallel_tool_calls', 'previous_response_id', 'temperature', 'text', 'tool_choice', 'tools', 'top_p', 'truncation'] as const;
+const ECHOED = ['instructions', 'max_output_tokens', 'metadata', 'parallel_tool_calls', 'previous_response_id', 'reasoning', 'temperature', 'text', 'tool_choice', 'tools', 'top_p', 'truncation', 'user'] as const;
 
 function echoOf(request: Readonly<Record<string, unknown>> | undefined): Record<string, unknown> {
   const out: Record<string, unknown> = {};
@@ -193,6 +196,7 @@ function responseShell(id: string, model: string, createdAt: number, status: Sta
     output,
     parallel_tool_calls: true,
     previous_response_id: null,
+    reasoning: { effort: null, summary: null },
     store: false,
     temperature: null,
     text: { format: { type: 'text' } },
