@@ -149,25 +149,41 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       },
     },
     {
+      // OpenAI's list, or Anthropic's to a client that says `anthropic-version` (its SDKs
+      // always do): both APIs list models at this path.
       method: 'GET',
       path: '/v1/models',
-      async handle({ sink }) {
+      async handle({ req, sink }) {
+        const anthropic = req.headers['anthropic-version'] !== undefined;
         const fleet = await source.current();
-        const data = uniqueGroups(fleet).map((g) => ({ id: g.name, object: 'model', created: 0, owned_by: 'edge-broker' }));
+        const groups = uniqueGroups(fleet);
+        if (anthropic) {
+          const data = groups.map((g) => anthropicModel(g.name));
+          sink.send(200, JSON_HEADERS, JSON.stringify({ data, has_more: false, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null }));
+          return;
+        }
+        const data = groups.map((g) => ({ id: g.name, object: 'model', created: 0, owned_by: 'edge-broker' }));
         sink.send(200, JSON_HEADERS, JSON.stringify({ object: 'list', data }));
       },
     },
     {
-      // openai's models.retrieve(): one group, by its name or alias (openai-node v4 sends `org/name` unencoded).
+      // openai's models.retrieve() (Anthropic's models.retrieve() with anthropic-version): one
+      // group, by its name or alias (openai-node v4 sends `org/name` unencoded).
       method: 'GET',
       path: '/v1/models/:model*',
       errorShape: openaiErrorShape,
-      async handle({ sink, params }) {
+      async handle({ req, sink, params }) {
+        const anthropic = req.headers['anthropic-version'] !== undefined;
         const fleet = await source.current();
         const name = params['model']!;
         const group = fleet?.groups.get(name);
-        if (group === undefined) throw new BrokerError('model_not_found', `model ${name} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
-        sink.send(200, JSON_HEADERS, JSON.stringify({ id: group.name, object: 'model', created: 0, owned_by: 'edge-broker' }));
+        if (group === undefined) {
+          const err = new BrokerError('model_not_found', `model ${name} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+          if (!anthropic) throw err;
+          sink.send(404, JSON_HEADERS, JSON.stringify(anthropicErrorShape(err.code, err.message, req.id, 404, 'model')));
+          return;
+        }
+        sink.send(200, JSON_HEADERS, JSON.stringify(anthropic ? anthropicModel(group.name) : { id: group.name, object: 'model', created: 0, owned_by: 'edge-broker' }));
       },
     },
     {
@@ -188,4 +204,9 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       },
     },
   ];
+}
+
+/** A model group as Anthropic's models API lists a model. */
+function anthropicModel(name: string): Record<string, unknown> {
+  return { type: 'model', id: name, display_name: name, created_at: new Date(0).toISOString() };
 }

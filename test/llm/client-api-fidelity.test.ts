@@ -299,6 +299,16 @@ t.test("Responses: a developer item is chat's system to the upstream; the Respon
   t.match(evs.find((e) => e.type === 'message_delta').usage, { input_tokens: 3, cache_creation_input_tokens: 0, cache_read_input_tokens: 0, output_tokens: 2 }, 'message_delta');
 });
 
+t.test("Anthropic's SDK lists and retrieves models in Anthropic's shape; OpenAI's still gets its own", async (t) => {
+  const page = await anthropic.models.list();
+  t.same(page.data.map((m) => [m.type, m.id, m.display_name]).sort(), [['model', 'oa', 'oa'], ['model', 'ol', 'ol'], ['model', 'rp', 'rp']]);
+  t.equal((await anthropic.models.retrieve('ol')).type, 'model');
+  const missing: any = await anthropic.models.retrieve('nope').catch((e: unknown) => e);
+  t.equal(missing.status, 404);
+  t.match(missing.error, { type: 'error', error: { type: 'not_found_error' } }, "Anthropic's error shape");
+  t.same((await openai.models.list()).data.map((m) => m.object), ['model', 'model', 'model'], 'OpenAI clients: unchanged');
+});
+
 // ---- 8: errors on /v1/messages paths ----
 
 t.test('GET /v1/messages and /v1/messages/count_tokens: Anthropic error shape and request-id', async (t) => {
