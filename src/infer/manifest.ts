@@ -97,7 +97,7 @@ export function validateManifest(raw: unknown, file: string): ModelManifest {
   const defaultSize = size(input.defaultSize, 'input.defaultSize') ?? height ?? 224;
   const maxSize = size(input.maxSize, 'input.maxSize') ?? 1024;
   const minSize = size(input.minSize, 'input.minSize') ?? 8;
-  if (minSize < 8 || minSize > maxSize) fail('input.minSize', `must be between 8 and input.maxSize (${maxSize}), got ${minSize}`);
+  if (minSize > maxSize) fail('input.minSize', `must be between 1 and input.maxSize (${maxSize}), got ${minSize}`);
   // A dynamic-size model is resized to defaultSize when a request names no img_size, which must be a size it could name.
   if (height === null && (defaultSize < minSize || defaultSize > maxSize)) fail('input.defaultSize', `must be between input.minSize (${minSize}) and input.maxSize (${maxSize}), got ${defaultSize}`);
   const queue = obj(m.queue ?? {}, 'queue');

@@ -250,7 +250,9 @@ t.test('img_size on a dynamic-size model: from input.minSize (a convolution stac
   t.equal(checkSize(16, dyn({ minSize: 16, maxSize: 64 })), 16);
   t.equal(checkSize(8, dyn({ maxSize: 64 })), 8, 'the default smallest is 8');
   t.throws(() => dyn({ minSize: 48, maxSize: 64 }), /input.defaultSize must be between input.minSize \(48\) and input.maxSize \(64\), got 32/);
-  t.throws(() => dyn({ minSize: 4 }), /input.minSize/);
+  t.throws(() => dyn({ minSize: 128, maxSize: 64 }), /input.minSize must be between 1 and input.maxSize \(64\), got 128/);
+  t.throws(() => dyn({ minSize: 0 }), /input.minSize must be a positive integer/);
+  t.equal(checkSize(4, dyn({ minSize: 4, defaultSize: 4 })), 4, 'a model that runs at 4x4 may say so (the default stays 8)');
 });
 
 t.test('a convolutional head, [batch,5,1,1]: v2 answers the shape its metadata gives, with the values of a direct run', async (t) => {
