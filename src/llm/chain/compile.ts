@@ -318,10 +318,19 @@ function upstreamFailure(r: Run, emitText: (r: Run, s: string) => void, errorTex
 
 /** Nothing has been written for the client, nor is waiting to be. */
 function unsent(r: Run): boolean {
-  return !r.sent && r.parts.length === 0 && r.out === '';
+  return !r.sent && r.parts.length === 0 && r.out === '' && r.gText === '' && r.gRole === '';
 }
 
 const NO_REPLY = 'upstream ended its stream with no reply ([DONE] before any choice)';
+
+/**
+ * [DONE] (counted in chunks) is the stream's first event that was not garbage: no reply at
+ * all, not an empty one (which has its role or finish chunk). Nothing was sent then, so the
+ * caller may still try elsewhere.
+ */
+function onlyDone(r: Run): boolean {
+  return r.stats.chunks - r.stats.malformed === 1 && unsent(r);
+}
 
 /**
  * A garbage event is dropped and counted, never forwarded: a client's SDK would choke on it.
@@ -506,6 +515,11 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         const m = (e as Record<string, unknown> | null | undefined)?.['message'];
         r.stats.error = { code: 'upstream_error', message: typeof m === 'string' ? m : 'upstream response failed' };
         r.closed = true;
+        // Its first event: nothing reached the client, which may still be served elsewhere.
+        if (unsent(r)) {
+          r.held = { message: r.stats.error.message, code: 'upstream_error' };
+          return false;
+        }
       }
       return true;
     };
@@ -750,7 +764,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         if (!isPlainBlock(ev.raw)) return void drop(r);
         // Before the first event a keep-alive is not forwarded: it would commit the reply, and a
         // failure after it could no longer fall back (as in the OpenAI pass-through below).
-        if (r.stats.chunks === 0) return;
+        if (unsent(r)) return;
         r.parts.push(ev.raw);
         r.lastKept = true;
         return;
@@ -776,7 +790,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
             // (its status and headers), so that a failure after it (an error event, a cut, a
             // timeout) could no longer fall back: it stays the upstream's.
             if (!isPlainBlock(ev.raw)) return void drop(r);
-            if (r.stats.chunks === 0) return;
+            if (unsent(r)) return;
             r.parts.push(ev.raw);
             r.lastKept = true;
             return;
@@ -784,7 +798,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
           r.stats.chunks++;
           if (ev.event === 'error') return fail(r, errorMessageOf(data));
           if (data === '[DONE]') {
-            if (r.stats.finishReason === null && unsent(r)) return fail(r, NO_REPLY);
+            if (onlyDone(r)) return fail(r, NO_REPLY);
             r.stats.sawTerminal = true;
             r.closed = true;
             r.raw = ev.raw;
@@ -800,8 +814,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
           r.stats.chunks++;
           if (ev.event === 'error') return fail(r, errorMessageOf(data));
           if (data === '[DONE]') {
-            // A stream that is only [DONE]: no reply at all, not an empty one (which says its finish reason).
-            if (r.stats.finishReason === null && unsent(r)) return fail(r, NO_REPLY);
+            if (onlyDone(r)) return fail(r, NO_REPLY);
             r.stats.sawTerminal = true;
             r.closed = true;
             return onDone(r);
@@ -816,7 +829,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       const text = line.text;
       if (text === '' || (text.charCodeAt(0) <= 32 && text.trim() === '')) {
         // As an SSE keep-alive: not before the first line, which would commit the reply.
-        if (passthrough && r.stats.chunks > 0) r.parts.push(line.raw);
+        if (passthrough && !unsent(r)) r.parts.push(line.raw);
         return;
       }
       // A last line without LF that is not whole JSON was cut by the end of the

@@ -333,11 +333,13 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
         out += event(w, 'response.output_item.added', { output_index: slot.outputIndex, item: { ...callItem('', slot, 'in_progress'), id: slot.itemId } });
       } else if (t.name !== undefined && slot.arguments === '') slot.name += t.name;
       if (t.arguments !== undefined && t.arguments !== '') {
-        slot.arguments += t.arguments;
         w.tokens++;
         // A fragment of a call already done whole (a broken upstream) cannot reopen its item:
-        // it is in the final Response's item, not in an event.
-        if (slot.closed === null) out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
+        // dropped, so that the final Response says what its done event said.
+        if (slot.closed === null) {
+          slot.arguments += t.arguments;
+          out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
+        }
       }
     }
   }

@@ -407,3 +407,32 @@ t.test('the pipeline agrees on truncation and fail()', async (t) => {
     t.equal(p.fail('again', 'internal'), '');
   }
 });
+
+t.test('a failure before anything was written is held back until end(); a real reply with no finish reason is not one', async (t) => {
+  const run = (s: ChainSpec, pushes: string[]) => {
+    const stream = compileChain(s).open(ctxFor());
+    const out = pushes.map((p) => stream.push(Buffer.from(p)));
+    return { out, tail: stream.end(), stats: stream.stats };
+  };
+  const chunk = (delta: Record<string, unknown>) => `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`;
+  // Held: an error first (after garbage and a keep-alive), a Responses upstream's error first, a stream that is only [DONE].
+  const held = run(spec('openai', 'openai', 'chat'), ['data: {not json\n\n', ': keep-alive\n\n', 'data: {"error":{"message":"CUDA out of memory"}}\n\n']);
+  t.same(held.out, [null, null, null], 'nothing written for the client while it may go elsewhere');
+  t.match(toBytes(held.tail).toString(), /CUDA out of memory/, 'end() owes the error event');
+  const resp = run({ client: 'responses', provider: 'openai', kind: 'responses', instrument: false, countTokens: false }, ['event: error\ndata: {"type":"error","message":"overloaded","sequence_number":0}\n\n']);
+  t.same(resp.out, [null], 'Responses pass-through: held too');
+  t.match(toBytes(resp.tail).toString(), /response\.failed[\s\S]*overloaded/);
+  t.match(run(spec('ollama', 'openai', 'chat'), ['data: [DONE]\n\n']).stats.error, { message: /no reply/ }, 'only [DONE]');
+  // Not failures: a reply whose last event shares its chunk with [DONE] (gRPC), tool calls an
+  // Ollama client gets whole at the end, an empty reply: none says its finish reason.
+  const grpc = run({ ...spec('openai', 'openai', 'chat'), encoder: 'grpc' }, [chunk({ role: 'assistant', content: 'Hi' }) + 'data: [DONE]\n\n']);
+  t.equal(grpc.stats.error, null, 'gRPC: content and [DONE] in one chunk');
+  const tools = run(spec('ollama', 'openai', 'chat'), [
+    chunk({ role: 'assistant', tool_calls: [{ index: 0, id: 'c1', type: 'function', function: { name: 'f', arguments: '' } }] }),
+    chunk({ tool_calls: [{ index: 0, function: { arguments: '{"a":1}' } }] }),
+    'data: [DONE]\n\n',
+  ]);
+  t.equal(tools.stats.error, null, 'Ollama client: tool calls with no finish reason');
+  t.match([...tools.out, tools.tail].map((o) => toBytes(o).toString()).join(''), /"tool_calls"/);
+  t.equal(run(spec('ollama', 'openai', 'chat'), [chunk({ role: 'assistant', content: '' }), 'data: [DONE]\n\n']).stats.error, null, 'an empty reply');
+});
