@@ -332,8 +332,12 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
           if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new BrokerError('invalid_request', `${field} must be a non-negative integer`, { details: { field } });
           return v;
         };
+        const limits = { rpm: lim(b.rpm, 'rpm'), tpm: lim(b.tpm, 'tpm') };
+        // A limit on a deployment the fleet does not have (a typo) would hold nothing; clearing one stays possible.
+        const dep = subject.startsWith('deployment:') ? subject.slice('deployment:'.length) : undefined;
+        if (dep !== undefined && gov.deployment(dep) === undefined && (limits.rpm !== undefined || limits.tpm !== undefined)) throw new BrokerError('not_found', `no deployment ${dep.slice(0, 128)}`);
         const before = gov.quota.usage(subject).limits;
-        gov.setQuota(subject, { rpm: lim(b.rpm, 'rpm'), tpm: lim(b.tpm, 'tpm') });
+        gov.setQuota(subject, limits);
         if (ctx.note !== undefined) {
           ctx.note.target = subject;
           ctx.note.before = before;

@@ -272,6 +272,10 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
   const runtime: number[] = [];
   for (let i = 0; i < 3; i++) runtime.push((await chat(tb, 'h')).status);
   t.same(runtime, [200, 429, 429], 'the run-time RPM limit holds');
+  const unknownDep = await send(tb, 'PUT', '/api/industrial/quota/deployment:q-22', { rpm: 1 });
+  t.equal(unknownDep.status, 404, 'a limit on a deployment the fleet does not have is refused');
+  t.equal(unknownDep.body.error.code, 'not_found');
+  t.equal((await send(tb, 'PUT', '/api/industrial/quota/deployment:q-22', { rpm: null })).status, 200, 'clearing one stays possible');
   // A key the file gives no limit gets one at run time: in force at once too.
   t.equal((await send(tb, 'PUT', '/api/industrial/quota/key:sk-plain', { rpm: 2 })).status, 200);
   const plain: number[] = [];
