@@ -429,6 +429,26 @@ t.test("an upstream's error as the first event of its 200 stream (or a stream th
   t.match(await alone.text(), /llama runner process has terminated/, 'the upstream\'s own message');
 });
 
+t.test('with the compiled_chain flag off (the staged pipeline), an error first, [DONE] alone and keep-alives then a failure fall back too', async (t) => {
+  const staged = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', FRONT_THREADS: '0', BROKER_FF_COMPILED_CHAIN: 'false' });
+  t.teardown(() => staged.close());
+  const cases: { model: string; path: string; body: Record<string, unknown>; headers: Record<string, string> }[] = [
+    { model: 'broken-1', path: '/v1/chat/completions', body: { stream: true }, headers: { 'x-broken': 'error' } },
+    { model: 'broken-2', path: '/v1/chat/completions', body: { stream: true }, headers: { 'x-broken': 'done-only' } },
+    { model: 'broken-5', path: '/api/chat', body: {}, headers: {} },
+    { model: 'chatty', path: '/v1/chat/completions', body: { stream: true }, headers: { 'x-chatty': 'error' } },
+    { model: 'chatty-ollama', path: '/api/chat', body: {}, headers: { 'x-chatty': 'cut' } },
+  ];
+  for (const c of cases) {
+    const res = await fetch(`${staged.url}${c.path}`, { method: 'POST', headers: c.headers, body: JSON.stringify({ model: c.model, messages, ...c.body }) });
+    const text = await res.text();
+    t.equal(res.headers.get('x-broker-fallback'), 'big', `${c.model} ${c.path}: fell back`);
+    t.notMatch(text, /CUDA|llama runner|overloaded|"error":[{"]|keep-alive/, `${c.model}: only big's answer reached the client`);
+  }
+  const alone = await fetch(`${staged.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'broken-alone', messages }) });
+  t.equal(alone.status, 502, 'nowhere else: an error status');
+});
+
 t.test('connect timeout: the deployment never accepts, the request falls back', async (t) => {
   const { data, response } = await openai.chat.completions.create({ model: 'unreachable', messages }).withResponse();
   t.equal(data.choices[0]!.message.content, mockText(8));

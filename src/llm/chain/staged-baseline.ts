@@ -272,9 +272,21 @@ class CountStage extends Transform {
 // ---- translate ----
 
 const TRUNCATED = 'upstream stream ended before the response was complete';
+const NO_REPLY = 'upstream ended its stream with no reply ([DONE] before any choice)';
 
 class TranslateStage extends Transform {
   finishedUp = false;
+  /** Something was pushed for the client. */
+  private sent = false;
+  /**
+   * An upstream failure before anything was pushed (as the compiled chain's Run.held): with
+   * `holdFailures`, kept here at the end instead of pushed, for the caller to write or to
+   * try elsewhere; without, pushed at the end.
+   */
+  held: string | null = null;
+  holdFailures = false;
+  /** Called once when the upstream says it failed: nothing more of it needs reading. */
+  onUpstreamFailed: (() => void) | null = null;
   /** An Ollama line carried tool calls (as the compiled chain's Run.ollamaTools). */
   private ollamaTools = false;
   truncated = false;
@@ -297,11 +309,24 @@ class TranslateStage extends Transform {
     return this.spec.client === this.spec.provider;
   }
 
+  override push(chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (chunk !== null) this.sent = true;
+    return super.push(chunk, encoding);
+  }
+
   private failWith(message: string, code: string): string {
     this.finishedUp = true;
     this.lastKept = false;
     this.stats.error = { code, message };
     return streamErrorEvent(this.spec.client as 'openai' | 'ollama', message, code, this.ctx.id);
+  }
+
+  /** The upstream failed: its error event now, or held back while nothing was sent. */
+  private failUp(message: string): void {
+    const text = this.failWith(message, 'upstream_error');
+    if (this.sent) this.push(text);
+    else this.held = text;
+    this.onUpstreamFailed?.();
   }
 
   private openaiDone(): string | Buffer {
@@ -321,10 +346,11 @@ class TranslateStage extends Transform {
       if (this.passthrough && this.spec.provider === 'openai' && !isPlainBlock(up.raw)) {
         this.stats.malformed++;
         this.lastKept = false;
-        if (this.bad.over({ type: 'malformed' })) this.push(this.failWith(MALFORMED_RUN_MESSAGE, 'upstream_error'));
+        if (this.bad.over({ type: 'malformed' })) this.failUp(MALFORMED_RUN_MESSAGE);
         return cb();
       }
-      if (this.passthrough) {
+      // A keep-alive before anything was sent would commit the reply (see compile.ts).
+      if (this.passthrough && this.sent) {
         this.push(up.raw);
         this.lastKept = true;
       }
@@ -336,15 +362,19 @@ class TranslateStage extends Transform {
       // Dropped and counted, never forwarded; a run of them ends the stream.
       this.stats.malformed++;
       this.lastKept = false;
-      if (this.bad.over(l)) this.push(this.failWith(MALFORMED_RUN_MESSAGE, 'upstream_error'));
+      if (this.bad.over(l)) this.failUp(MALFORMED_RUN_MESSAGE);
       return cb();
     }
     this.bad.over(l);
     if (l.type === 'error') {
-      this.push(this.failWith(l.message, 'upstream_error'));
+      this.failUp(l.message);
       return cb();
     }
     if (spec.provider === 'openai') {
+      if (l.type === 'done' && this.stats.chunks - this.stats.malformed === 1 && !this.sent) {
+        this.failUp(NO_REPLY);
+        return cb();
+      }
       if (l.type === 'done') {
         this.stats.sawTerminal = true;
         this.finishedUp = true;
@@ -400,14 +430,23 @@ class TranslateStage extends Transform {
       if (this.stats.sawTerminal) this.push(this.openaiDone());
       else {
         this.truncated = true;
-        this.push(this.failWith(TRUNCATED, 'upstream_error'));
+        this.failUp(TRUNCATED);
       }
       this.finishedUp = true;
+    }
+    if (this.held !== null && !this.holdFailures) {
+      this.push(this.held);
+      this.held = null;
     }
     cb();
   }
 
   fail(message: string, code: string): string {
+    if (this.held !== null) {
+      const h = this.held;
+      this.held = null;
+      return h;
+    }
     if (this.finishedUp) return '';
     return this.failWith(message, code);
   }
@@ -435,6 +474,12 @@ export interface Pipeline {
   readonly stats: ChainStats;
   readonly truncated: boolean;
   fail(message: string, code: string): string;
+  /**
+   * Keep a failure before anything was sent out of the output (`held` has it once the output
+   * ended), and call `onFailed` when the upstream says it failed (the caller stops reading it).
+   */
+  holdFailures(onFailed: () => void): void;
+  readonly held: string | null;
 }
 
 export function createStagedBaseline(spec: ChainSpec, ctx: ChainContext): Pipeline {
@@ -456,6 +501,13 @@ export function createStagedBaseline(spec: ChainSpec, ctx: ChainContext): Pipeli
       return translate.truncated;
     },
     fail: (message, code) => translate.fail(message, code),
+    holdFailures(onFailed) {
+      translate.holdFailures = true;
+      translate.onUpstreamFailed = onFailed;
+    },
+    get held() {
+      return translate.held;
+    },
   };
 }
 

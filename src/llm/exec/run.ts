@@ -5,7 +5,7 @@ import { errors as undiciErrors } from 'undici';
 import { once } from 'node:events';
 import { BrokerError } from '../../errors.ts';
 import { compileChain, type ChainContext, type ChainStats } from '../chain/compile.ts';
-import { createStagedBaseline } from '../chain/staged-baseline.ts';
+import { createStagedBaseline, type Pipeline } from '../chain/staged-baseline.ts';
 import type { Upstreams, UpstreamResponse } from '../../fleet/upstreams.ts';
 import type { AttemptRequest, StreamResult, StreamTarget } from './types.ts';
 import type { AbortLike } from '../../abort.ts';
@@ -134,6 +134,16 @@ async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncI
 
 async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncIterable<Uint8Array>, target: StreamTarget, signal: AbortLike, finish: Finish, onChunk: OnChunk): Promise<StreamResult> {
   const p = createStagedBaseline(req.chain, ctx);
+  // As the compiled chain: a failure before anything reached the client stays out of its reply,
+  // and an upstream that said it failed is read no more (its stages see that a turn later,
+  // when the loop below already waits for a chunk that may never come).
+  let upstreamFailed = false;
+  if (target.committed !== undefined) {
+    p.holdFailures(() => {
+      upstreamFailed = true;
+      (body as { destroy?: () => void }).destroy?.();
+    });
+  }
   p.output.on('data', (b: Buffer) => {
     if (!target.write(b)) {
       p.output.pause();
@@ -153,10 +163,26 @@ async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncI
     if (t >= 0) waited += performance.now() - t;
     p.input.end();
     await ended;
-    return settle(p, waited, finish);
+    return settlePipeline(p, waited, target, finish);
   } catch (err) {
+    // The body destroyed because the upstream said it failed: its own error is the outcome.
+    if (upstreamFailed && !signal.aborted) {
+      p.input.end();
+      await ended;
+      return settlePipeline(p, waited, target, finish);
+    }
     return failed(p, err, waited, target, signal, finish);
   }
+}
+
+/** A pipeline ran out: a failure it held back fails the attempt (nothing reached the client), or is written now. */
+function settlePipeline(p: Pipeline, waited: number, target: StreamTarget, finish: Finish): StreamResult {
+  const held = p.held;
+  if (held !== null) {
+    if (target.committed?.() === false) return { ...settle(p, waited, finish), ended: 'failed' };
+    target.write(held);
+  }
+  return settle(p, waited, finish);
 }
 
 export function describeBodyError(err: unknown): { code: string; message: string } {
