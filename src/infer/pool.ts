@@ -318,7 +318,8 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     // Never hold a request for a batch to fill past its own deadline (a v2 timeout shorter
     // than max_queue_delay_us) or the model's queue.timeout_ms (shorter than the delay, the
     // oldest would time out waiting on an idle server): what waits goes now, as a smaller batch.
-    if (now >= due || oldest + queue.timeoutMs <= due || firstDeadline() <= due) return count;
+    // A margin of a tenth (at most 50 ms): a timer that fires late must not meet the sweep.
+    if (now >= due || oldest + queue.timeoutMs - Math.min(50, queue.timeoutMs / 10) <= due || firstDeadline() <= due) return count;
     if (due < delayDue) {
       clearTimeout(delayTimer);
       delayDue = due;

@@ -363,7 +363,9 @@ export class InferService {
   async warmup(): Promise<{ runs: number; unavailable: Record<string, string> }> {
     const pool = this.pool;
     const runs = await pool.warmup();
-    const problems = await pool.problems();
+    // A worker lost between the two (it is replaced): the warm-up ran; say what the start-up check found.
+    const problems = await pool.problems().catch(() => null);
+    if (problems === null) return { runs, unavailable: { ...this.modelProblems } };
     return { runs, unavailable: Object.fromEntries(Object.entries(problems).map(([arm, p]) => [arm, p.message])) };
   }
 

@@ -290,7 +290,8 @@ t.test("Responses: a developer item is chat's system to the upstream; the Respon
   t.same(r.reasoning, { effort: null, summary: null }, 'reasoning, unused');
   t.equal(r.user, 'u-7');
   const withEffort = await openai.responses.create({ model: 'oa', input: 'Hi', reasoning: { effort: 'low' } });
-  t.match(withEffort.reasoning, { effort: 'low' }, 'reasoning, as asked');
+  t.same(withEffort.reasoning, { effort: 'low', summary: null }, 'reasoning, as asked, both fields');
+  t.equal(withEffort.user, null, 'user, not given');
   const body = { model: 'oa', max_tokens: 5, messages: [{ role: 'user' as const, content: 'Hi' }] };
   const msg = await anthropic.messages.create(body);
   t.same(msg.usage, { input_tokens: 3, cache_creation_input_tokens: 0, cache_read_input_tokens: 0, output_tokens: 2 }, 'a whole Message');
@@ -306,6 +307,7 @@ t.test("Anthropic's SDK lists and retrieves models in Anthropic's shape; OpenAI'
   const missing: any = await anthropic.models.retrieve('nope').catch((e: unknown) => e);
   t.equal(missing.status, 404);
   t.match(missing.error, { type: 'error', error: { type: 'not_found_error' } }, "Anthropic's error shape");
+  t.ok(missing.requestID, 'with its request-id header');
   t.same((await openai.models.list()).data.map((m) => m.object), ['model', 'model', 'model'], 'OpenAI clients: unchanged');
 });
 

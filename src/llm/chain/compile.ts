@@ -202,6 +202,10 @@ class Run {
   lastKept = false;
   /** Some output left the chain: the client's reply has begun. */
   sent = false;
+  /** When the first keep-alive held before the first event came (ctx.now), -1 before. */
+  keepAliveSince = -1;
+  /** An OpenAI upstream sent a chunk with a choice (not only usage): [DONE] then ends a reply. */
+  replied = false;
   /**
    * The upstream failed before anything was written for the client (an error event or line
    * first, as an Ollama whose runner died, or a stream with no reply): its error event is held
@@ -324,12 +328,27 @@ function unsent(r: Run): boolean {
 const NO_REPLY = 'upstream ended its stream with no reply ([DONE] before any choice)';
 
 /**
- * [DONE] (counted in chunks) is the stream's first event that was not garbage: no reply at
- * all, not an empty one (which has its role or finish chunk). Nothing was sent then, so the
- * caller may still try elsewhere.
+ * [DONE] with no chunk of a choice before it: no reply at all, not an empty one (which has its
+ * role or finish chunk). Nothing was sent then, so the caller may still try elsewhere.
  */
 function onlyDone(r: Run): boolean {
-  return r.stats.chunks - r.stats.malformed === 1 && unsent(r);
+  return !r.replied && unsent(r);
+}
+
+/**
+ * How long an upstream's keep-alives (SSE comments, Ollama blank lines) are held back before
+ * its first event. One forwarded commits the client's reply (its status line), after which a
+ * failure can no longer fall back; held for ever, the client sees nothing at all, and a proxy in
+ * front of the broker may cut it for idling (60 s is common). After this long, they pass.
+ */
+export const KEEPALIVE_HOLD_MS = 10_000;
+
+/** Whether a keep-alive is held back: nothing sent yet, and the first one came under KEEPALIVE_HOLD_MS ago. */
+function holdKeepAlive(r: Run): boolean {
+  if (!unsent(r)) return false;
+  const now = r.ctx.now();
+  if (r.keepAliveSince < 0) r.keepAliveSince = now;
+  return now - r.keepAliveSince < KEEPALIVE_HOLD_MS;
 }
 
 /**
@@ -563,6 +582,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
             r.usageOnly = isUsageOnlyChunk(j as unknown as OpenAIChunk);
           }
         }
+        if (!r.usageOnly) r.replied = true;
         return true;
       };
       tokenStage = (r) => {
@@ -593,6 +613,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         }
         r.json = j;
         const chunk = j as unknown as OpenAIChunk;
+        if (!r.replied && Array.isArray(chunk.choices) && chunk.choices.length > 0) r.replied = true;
         const f = openaiChunkFinish(chunk);
         if (f !== null) {
           r.stats.finishReason = f;
@@ -762,9 +783,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       if (r.closed) return;
       if (ev.data === null) {
         if (!isPlainBlock(ev.raw)) return void drop(r);
-        // Before the first event a keep-alive is not forwarded: it would commit the reply, and a
-        // failure after it could no longer fall back (as in the OpenAI pass-through below).
-        if (unsent(r)) return;
+        // Held before the first event (as in the OpenAI pass-through below).
+        if (holdKeepAlive(r)) return;
         r.parts.push(ev.raw);
         r.lastKept = true;
         return;
@@ -790,7 +810,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
             // (its status and headers), so that a failure after it (an error event, a cut, a
             // timeout) could no longer fall back: it stays the upstream's.
             if (!isPlainBlock(ev.raw)) return void drop(r);
-            if (unsent(r)) return;
+            if (holdKeepAlive(r)) return;
             r.parts.push(ev.raw);
             r.lastKept = true;
             return;
@@ -829,7 +849,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       const text = line.text;
       if (text === '' || (text.charCodeAt(0) <= 32 && text.trim() === '')) {
         // As an SSE keep-alive: not before the first line, which would commit the reply.
-        if (passthrough && !unsent(r)) r.parts.push(line.raw);
+        if (passthrough && !holdKeepAlive(r)) r.parts.push(line.raw);
         return;
       }
       // A last line without LF that is not whole JSON was cut by the end of the

@@ -17,7 +17,7 @@ import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
 import type { OllamaChatResponse, OllamaGenerateResponse, OpenAIChunk } from '../translate/types.ts';
-import { newChainStats, type ChainContext, type ChainSpec, type ChainStats } from './compile.ts';
+import { KEEPALIVE_HOLD_MS, newChainStats, type ChainContext, type ChainSpec, type ChainStats } from './compile.ts';
 import { looksLikeObject, MALFORMED_RUN_LIMIT, MALFORMED_RUN_MESSAGE } from './probe.ts';
 
 /** What the parse stage hands on. */
@@ -278,6 +278,9 @@ class TranslateStage extends Transform {
   finishedUp = false;
   /** Something was pushed for the client. */
   private sent = false;
+  /** An OpenAI chunk with a choice came (see compile.ts onlyDone). */
+  private replied = false;
+  private keepAliveSince = -1;
   /**
    * An upstream failure before anything was pushed (as the compiled chain's Run.held): with
    * `holdFailures`, kept here at the end instead of pushed, for the caller to write or to
@@ -321,6 +324,13 @@ class TranslateStage extends Transform {
     return streamErrorEvent(this.spec.client as 'openai' | 'ollama', message, code, this.ctx.id);
   }
 
+  private holdKeepAlive(): boolean {
+    if (this.sent) return false;
+    const now = this.ctx.now();
+    if (this.keepAliveSince < 0) this.keepAliveSince = now;
+    return now - this.keepAliveSince < KEEPALIVE_HOLD_MS;
+  }
+
   /** The upstream failed: its error event now, or held back while nothing was sent. */
   private failUp(message: string): void {
     const text = this.failWith(message, 'upstream_error');
@@ -349,8 +359,8 @@ class TranslateStage extends Transform {
         if (this.bad.over({ type: 'malformed' })) this.failUp(MALFORMED_RUN_MESSAGE);
         return cb();
       }
-      // A keep-alive before anything was sent would commit the reply (see compile.ts).
-      if (this.passthrough && this.sent) {
+      // A keep-alive before anything was sent would commit the reply (see compile.ts holdKeepAlive).
+      if (this.passthrough && !this.holdKeepAlive()) {
         this.push(up.raw);
         this.lastKept = true;
       }
@@ -371,7 +381,7 @@ class TranslateStage extends Transform {
       return cb();
     }
     if (spec.provider === 'openai') {
-      if (l.type === 'done' && this.stats.chunks - this.stats.malformed === 1 && !this.sent) {
+      if (l.type === 'done' && !this.replied && !this.sent) {
         this.failUp(NO_REPLY);
         return cb();
       }
@@ -386,6 +396,7 @@ class TranslateStage extends Transform {
       }
       const chunk = l.json as unknown as OpenAIChunk | null;
       if (chunk !== null) {
+        if (!isUsageOnlyChunk(chunk)) this.replied = true;
         const f = openaiChunkFinish(chunk);
         if (f !== null) {
           this.stats.finishReason = f;

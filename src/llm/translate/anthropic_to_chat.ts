@@ -272,8 +272,6 @@ export interface AnthropicWriter {
   open: 'text' | number | null;
   /** Tool call index → its block index, once started. */
   toolBlocks: Map<number, number>;
-  /** Fragments of a call after its block closed whole (a broken upstream): dropped, a block cannot reopen. */
-  strayFragments: number;
   /**
    * The open tool block's arguments so far: written as one input_json_delta when it closes,
    * since only then is it known whether they are a JSON object (a model can write broken
@@ -294,7 +292,7 @@ export interface AnthropicWriter {
 }
 
 export function anthropicWriter(ctx: ReplyContext, known: Usage | null = null): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), strayFragments: 0, args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
 }
 
 function event(type: string, data: Record<string, unknown>): string {
@@ -337,10 +335,8 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (d.tools !== null) {
     for (const t of d.tools) {
       let index = w.toolBlocks.get(t.index);
-      if (index !== undefined && w.open !== t.index) {
-        w.strayFragments++;
-        continue;
-      }
+      // A fragment of a call whose block closed whole (a broken upstream): dropped, a block cannot reopen.
+      if (index !== undefined && w.open !== t.index) continue;
       // One tool block is streamed at a time. A call that begins while it is open and not
       // whole streams into lateTools, since the open block must stay open until no fragment
       // of its call can follow.

@@ -167,6 +167,8 @@ function echoOf(request: Readonly<Record<string, unknown>> | undefined): Record<
   const out: Record<string, unknown> = {};
   if (request === undefined) return out;
   for (const k of ECHOED) if (request[k] !== undefined && request[k] !== null) out[k] = request[k];
+  // OpenAI's says both reasoning fields, the ones not asked for null.
+  if (out['reasoning'] !== null && typeof out['reasoning'] === 'object') out['reasoning'] = { effort: null, summary: null, ...(out['reasoning'] as Record<string, unknown>) };
   return out;
 }
 
@@ -204,6 +206,7 @@ function responseShell(id: string, model: string, createdAt: number, status: Sta
     tools: [],
     top_p: null,
     truncation: 'disabled',
+    user: null,
     usage: usage === null ? null : usageObject(usage),
     metadata: {},
     ...extra,

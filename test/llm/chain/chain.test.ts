@@ -1,5 +1,5 @@
 import t from 'tap';
-import { chainKey, compileChain, type ChainSpec } from '../../../src/llm/chain/compile.ts';
+import { KEEPALIVE_HOLD_MS, chainKey, compileChain, type ChainSpec } from '../../../src/llm/chain/compile.ts';
 import { createStagedBaseline, runPipeline } from '../../../src/llm/chain/staged-baseline.ts';
 import type { Api, Kind } from '../../../src/llm/translate/types.ts';
 import { GARBAGE, ROUTES, clientText, ctxFor, openaiStream, ollamaStream, runChain, sseData, toBytes, upstreamStream } from './fixtures.suite.ts';
@@ -423,6 +423,12 @@ t.test('a failure before anything was written is held back until end(); a real r
   t.same(resp.out, [null], 'Responses pass-through: held too');
   t.match(toBytes(resp.tail).toString(), /response\.failed[\s\S]*overloaded/);
   t.match(run(spec('ollama', 'openai', 'chat'), ['data: [DONE]\n\n']).stats.error, { message: /no reply/ }, 'only [DONE]');
+  const usageOnly = 'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":0,"total_tokens":3}}\n\n';
+  for (const [name, first] of [['garbage', 'garbage\n\n'], ['a usage-only chunk', usageOnly]] as const) {
+    const r = run(spec('openai', 'openai', 'chat'), [first, 'data: [DONE]\n\n']);
+    t.same(r.out, [null, null], `${name} then [DONE]: nothing written`);
+    t.match(r.stats.error, { message: /no reply/ }, `${name} then [DONE]: no reply`);
+  }
   // Not failures: a reply whose last event shares its chunk with [DONE] (gRPC), tool calls an
   // Ollama client gets whole at the end, an empty reply: none says its finish reason.
   const grpc = run({ ...spec('openai', 'openai', 'chat'), encoder: 'grpc' }, [chunk({ role: 'assistant', content: 'Hi' }) + 'data: [DONE]\n\n']);
@@ -435,4 +441,18 @@ t.test('a failure before anything was written is held back until end(); a real r
   t.equal(tools.stats.error, null, 'Ollama client: tool calls with no finish reason');
   t.match([...tools.out, tools.tail].map((o) => toBytes(o).toString()).join(''), /"tool_calls"/);
   t.equal(run(spec('ollama', 'openai', 'chat'), [chunk({ role: 'assistant', content: '' }), 'data: [DONE]\n\n']).stats.error, null, 'an empty reply');
+});
+
+t.test('keep-alives before the first event are held back for KEEPALIVE_HOLD_MS, then passed on (a proxy in front must not cut an idle wait)', async (t) => {
+  let clock = 0;
+  const ctx = ctxFor({ now: () => clock });
+  for (const [client, provider, ka] of [['openai', 'openai', ': keep-alive\n\n'], ['ollama', 'ollama', '\n']] as const) {
+    clock = 0;
+    const stream = compileChain(spec(client, provider, 'chat')).open(ctx);
+    t.equal(stream.push(Buffer.from(ka)), null, `${client}: held at first`);
+    clock = KEEPALIVE_HOLD_MS - 1;
+    t.equal(stream.push(Buffer.from(ka)), null, `${client}: still held just before the limit`);
+    clock = KEEPALIVE_HOLD_MS;
+    t.equal(toBytes(stream.push(Buffer.from(ka))).toString(), ka, `${client}: passed on after it`);
+  }
 });
