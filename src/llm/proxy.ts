@@ -409,7 +409,9 @@ export class LlmProxy {
           // Only a stream that completed cleanly is stored; a cut one never is. Stored before the
           // reply's last byte: the other threads have it (BroadcastChannel) before the client
           // can repeat the request on a connection another thread serves.
-          if (capture !== undefined && r.ended === 'complete') {
+          // And only one whose upstream said how it finished: a reply that just stopped (a role
+          // chunk then [DONE], say) is served as it came, but is not a reply to repeat.
+          if (capture !== undefined && r.ended === 'complete' && r.finishReason !== null) {
             const e = capture.entry(api, kind, r.usageFromUpstream ? r.promptTokens : promptEstimate, r.completionTokens);
             if (e !== null) cache!.put(plan!, group.name, e);
           }

@@ -41,6 +41,18 @@ const upApis = await mock();
 const upNative = await mock();
 const upTools = await mock({ toolCalls: 2 });
 const cutApis = await mock({ fail: 'reset', failAfter: 3 });
+// An OpenAI-compatible upstream whose streams just stop: text, then [DONE], no finish reason.
+let unfinishedServed = 0;
+const unfinished = createServer((req, res) => {
+  req.resume();
+  unfinishedServed++;
+  const chunk = (delta: Record<string, unknown>) => `data: ${JSON.stringify({ id: 'u', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`;
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  res.end(chunk({ role: 'assistant', content: '' }) + chunk({ content: 'half an' }) + 'data: [DONE]\n\n');
+});
+await new Promise<void>((r) => unfinished.listen(0, '127.0.0.1', r));
+t.teardown(() => unfinished.close());
+const unfinishedUp = { url: `http://127.0.0.1:${(unfinished.address() as AddressInfo).port}` } as MockUpstream;
 const d = (id: string, provider: 'openai' | 'ollama', m: MockUpstream) => ({ id, provider, url: m.url, model: `${id}-up` });
 const fleet = {
   cache: { mode: 'deterministic', maxBytes: 1_000_000, ttlSeconds: 600 },
@@ -58,6 +70,7 @@ const fleet = {
     native: { deployments: [{ ...d('native-1', 'openai', upNative), responses: true }], cache: 'on' },
     'apis-tools': { deployments: [d('tools-1', 'openai', upTools)], cache: 'on' },
     'apis-cut': { deployments: [d('apis-cut-1', 'openai', cutApis)], cache: 'on' },
+    unfinished: { deployments: [d('unfinished-1', 'openai', unfinishedUp)], cache: 'on' },
   },
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-cache-'));
@@ -183,6 +196,25 @@ t.test('per group: off never caches, on caches any temperature', async (t) => {
   await streamed('on', messages, { temperature: 1 });
   t.equal((await streamed('on', messages, { temperature: 1 })).cache, 'hit');
   t.equal(upOn.stats.total, 1);
+});
+
+t.test('a reply whose upstream never said how it finished is served as it came, but never stored, in any client API', async (t) => {
+  const messages = fresh();
+  const calls: Array<[string, Record<string, unknown>]> = [
+    ['/v1/chat/completions', { stream: true }],
+    ['/v1/messages', { stream: true, max_tokens: 50 }],
+    ['/v1/responses', { stream: true, input: messages[0]!.content }],
+    ['/api/chat', {}],
+  ];
+  for (const [path, body] of calls) {
+    for (let i = 0; i < 2; i++) {
+      const served = unfinishedServed;
+      const res = await fetch(`${tb.url}${path}`, { method: 'POST', headers: { 'x-broker-cache': 'use' }, body: JSON.stringify({ model: 'unfinished', messages, ...body }) });
+      t.match(await res.text(), /half an/, `${path}: the text as it came`);
+      t.equal(res.headers.get('x-broker-cache'), 'miss', `${path}, request ${i + 1}: not from the cache`);
+      t.equal(unfinishedServed, served + 1, `${path}, request ${i + 1}: the upstream was asked`);
+    }
+  }
 });
 
 t.test('a cut stream is never stored; an error reply carries x-broker-cache too', async (t) => {

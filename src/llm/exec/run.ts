@@ -63,6 +63,7 @@ export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, 
     interTokenMs: gaps,
     waitedMs: waited,
     malformed: s.stats.malformed,
+    finishReason: s.stats.finishReason,
   });
   // The staged baseline has no gRPC encoder and knows only the OpenAI and Ollama clients:
   // gRPC, Responses and Messages streams always run the compiled chain.

@@ -49,6 +49,8 @@ export interface StreamResult {
   readonly waitedMs: number;
   /** Upstream events that were not JSON objects, dropped. */
   readonly malformed: number;
+  /** The finish reason the upstream gave (a translated reply may say one of its own); null: none. */
+  readonly finishReason: string | null;
 }
 
 /** Where streamed output goes: write returns false when the client is slow. */
