@@ -85,18 +85,25 @@ const empty = createServer((req, res) => {
 });
 await new Promise<void>((r) => empty.listen(0, '127.0.0.1', r));
 const emptyUrl = `http://127.0.0.1:${(empty.address() as { port: number }).port}`;
+/** A scripted upstream: `answer` gets the request's path and the upstream model it names (the deployment's id + '-up'). */
+function scripted(answer: (path: string, model: string, res: import('node:http').ServerResponse) => void) {
+  return createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => answer(req.url!, String((JSON.parse(body || '{}') as { model?: unknown }).model), res));
+  });
+}
 // Keep-alives, then a failure before any event (OpenRouter-style comments while a model
-// thinks): an error event (/error/ in the path) or a cut connection. Nothing reached the
-// client, so it may still fall back, a pass-through client as any other.
+// thinks): an error event (a deployment id with "err") or a cut connection. Nothing reached
+// the client, so it may still fall back, a pass-through client as any other.
 let chattyServed = 0;
-const chatty = createServer((req, res) => {
-  req.resume();
+const chatty = scripted((path, model, res) => {
   chattyServed++;
-  const ndjson = req.url!.startsWith('/api/');
+  const ndjson = path.startsWith('/api/');
   res.writeHead(200, { 'content-type': ndjson ? 'application/x-ndjson' : 'text/event-stream' });
   res.write(ndjson ? '\n\n' : ': keep-alive\n\n: still thinking\n\n');
   setTimeout(() => {
-    if (req.headers['x-chatty'] === 'error') res.end(ndjson ? `${JSON.stringify({ error: 'model is overloaded' })}\n` : `data: ${JSON.stringify({ error: { message: 'model is overloaded', type: 'server_error' } })}\n\n`);
+    if (model.includes('err')) res.end(ndjson ? `${JSON.stringify({ error: 'model is overloaded' })}\n` : `data: ${JSON.stringify({ error: { message: 'model is overloaded', type: 'server_error' } })}\n\n`);
     else res.destroy();
   }, 30);
 });
@@ -105,13 +112,16 @@ const chattyUrl = `http://127.0.0.1:${(chatty.address() as { port: number }).por
 // A 200 stream whose first event is an error (an Ollama whose runner died answers so; a
 // vLLM out of memory), or an OpenAI stream that is only [DONE]: no reply reached anybody.
 let brokenServed = 0;
-const broken = createServer((req, res) => {
-  req.resume();
+// Which: by the deployment (broken-2 and -4 send only [DONE], -8 and -9 a role chunk first).
+const brokenMode = (model: string): string => (/^broken-[24]-up$/.test(model) ? 'done-only' : /^broken-[89]-up$/.test(model) ? 'role-then-error' : 'error');
+const broken = scripted((path, model, res) => {
   brokenServed++;
-  const ndjson = req.url!.startsWith('/api/');
+  const ndjson = path.startsWith('/api/');
   res.writeHead(200, { 'content-type': ndjson ? 'application/x-ndjson' : 'text/event-stream' });
   if (ndjson) res.end(`${JSON.stringify({ error: 'llama runner process has terminated: exit status 2' })}\n`);
-  else if (req.headers['x-broken'] === 'done-only') res.end('data: [DONE]\n\n');
+  else if (brokenMode(model) === 'done-only') res.end('data: [DONE]\n\n');
+  // vLLM's and OpenAI's first chunk says only the role; then the failure.
+  else if (brokenMode(model) === 'role-then-error') res.end(`data: ${JSON.stringify({ id: 'r', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] })}\n\ndata: ${JSON.stringify({ error: { message: 'CUDA out of memory', code: 500 } })}\n\n`);
   // Held open after the error: the broker must not wait for the end of it.
   else res.write(`data: ${JSON.stringify({ error: { message: 'CUDA out of memory', code: 500 } })}\n\n`);
 });
@@ -145,8 +155,10 @@ const fleet = {
     empty: { deployments: [d('empty-1', 'openai', { url: emptyUrl })], fallbacks: ['big'] },
     'empty-ollama': { deployments: [d('empty-2', 'ollama', { url: emptyUrl })], fallbacks: ['big'] },
     chatty: { deployments: [d('chatty-1', 'openai', { url: chattyUrl })], fallbacks: ['big'] },
+    'chatty-err': { deployments: [d('chatty-err-1', 'openai', { url: chattyUrl })], fallbacks: ['big'] },
+    'chatty-err-ollama': { deployments: [d('chatty-err-2', 'ollama', { url: chattyUrl })], fallbacks: ['big'] },
     // One deployment per case: three failures in a row would open a shared one's breaker.
-    ...Object.fromEntries([1, 2, 3, 4].map((i) => [`broken-${i}`, { deployments: [d(`broken-${i}`, 'openai', { url: brokenUrl })], fallbacks: ['big'] }])),
+    ...Object.fromEntries([1, 2, 3, 4, 8, 9].map((i) => [`broken-${i}`, { deployments: [d(`broken-${i}`, 'openai', { url: brokenUrl })], fallbacks: ['big'] }])),
     ...Object.fromEntries([5, 6].map((i) => [`broken-${i}`, { deployments: [d(`broken-${i}`, 'ollama', { url: brokenUrl })], fallbacks: ['big'] }])),
     'broken-alone': { deployments: [d('broken-7', 'ollama', { url: brokenUrl })] },
     'chatty-ollama': { deployments: [d('chatty-2', 'ollama', { url: chattyUrl })], fallbacks: ['big'] },
@@ -387,12 +399,12 @@ t.test('keep-alives and then a failure before the first event reached nobody: it
   for (const failure of ['error', 'cut']) {
     // The pass-through pairs (OpenAI client to OpenAI server, Ollama to Ollama) would forward a keep-alive as is.
     const cases = [
-      { model: 'chatty', path: '/v1/chat/completions', body: { stream: true } },
-      { model: 'chatty-ollama', path: '/api/chat', body: {} },
+      { model: failure === 'error' ? 'chatty-err' : 'chatty', path: '/v1/chat/completions', body: { stream: true } },
+      { model: failure === 'error' ? 'chatty-err-ollama' : 'chatty-ollama', path: '/api/chat', body: {} },
     ];
     for (const c of cases) {
       const served = chattyServed;
-      const res = await fetch(`${tb.url}${c.path}`, { method: 'POST', headers: { 'x-chatty': failure }, body: JSON.stringify({ model: c.model, messages, ...c.body }) });
+      const res = await fetch(`${tb.url}${c.path}`, { method: 'POST', body: JSON.stringify({ model: c.model, messages, ...c.body }) });
       const text = await res.text();
       t.equal(res.status, 200);
       t.equal(res.headers.get('x-broker-fallback'), 'big', `${c.model}, ${failure}: fell back`);
@@ -412,12 +424,16 @@ t.test("an upstream's error as the first event of its 200 stream (or a stream th
     { model: 'broken-4', path: '/v1/responses', body: { stream: true, input: 'hi' }, mode: 'done-only' },
     { model: 'broken-5', path: '/api/chat', body: {}, mode: 'error' },
     { model: 'broken-6', path: '/v1/chat/completions', body: { stream: true }, mode: 'error' },
+    // A role chunk carries nothing: a translated reply has not begun, and may still fall back.
+    { model: 'broken-8', path: '/v1/messages', body: { stream: true, max_tokens: 50 }, mode: 'role-then-error' },
+    { model: 'broken-9', path: '/v1/responses', body: { stream: true, input: 'hi' }, mode: 'role-then-error' },
   ];
   for (const c of cases) {
     const served = brokenServed;
-    const res = await fetch(`${tb.url}${c.path}`, { method: 'POST', headers: { 'x-broken': c.mode }, body: JSON.stringify({ model: c.model, messages, ...c.body }) });
+    const res = await fetch(`${tb.url}${c.path}`, { method: 'POST', body: JSON.stringify({ model: c.model, messages, ...c.body }) });
     const text = await res.text();
     const what = `${c.model} ${c.path} ${c.mode}`;
+    t.equal(brokenMode(`${c.model}-up`), c.mode, `${what}: the upstream answers so`);
     t.equal(res.status, 200, what);
     t.equal(res.headers.get('x-broker-fallback'), 'big', `${what}: fell back`);
     t.equal(brokenServed, served + 1, `${what}: the broken upstream was asked first`);
@@ -433,11 +449,11 @@ t.test('with the compiled_chain flag off (the staged pipeline), an error first, 
   const staged = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', FRONT_THREADS: '0', BROKER_FF_COMPILED_CHAIN: 'false' });
   t.teardown(() => staged.close());
   const cases: { model: string; path: string; body: Record<string, unknown>; headers: Record<string, string> }[] = [
-    { model: 'broken-1', path: '/v1/chat/completions', body: { stream: true }, headers: { 'x-broken': 'error' } },
-    { model: 'broken-2', path: '/v1/chat/completions', body: { stream: true }, headers: { 'x-broken': 'done-only' } },
+    { model: 'broken-1', path: '/v1/chat/completions', body: { stream: true }, headers: {} },
+    { model: 'broken-2', path: '/v1/chat/completions', body: { stream: true }, headers: {} },
     { model: 'broken-5', path: '/api/chat', body: {}, headers: {} },
-    { model: 'chatty', path: '/v1/chat/completions', body: { stream: true }, headers: { 'x-chatty': 'error' } },
-    { model: 'chatty-ollama', path: '/api/chat', body: {}, headers: { 'x-chatty': 'cut' } },
+    { model: 'chatty-err', path: '/v1/chat/completions', body: { stream: true }, headers: {} },
+    { model: 'chatty-ollama', path: '/api/chat', body: {}, headers: {} },
   ];
   for (const c of cases) {
     const res = await fetch(`${staged.url}${c.path}`, { method: 'POST', headers: c.headers, body: JSON.stringify({ model: c.model, messages, ...c.body }) });

@@ -322,7 +322,8 @@ function upstreamFailure(r: Run, emitText: (r: Run, s: string) => void, errorTex
 
 /** Nothing has been written for the client, nor is waiting to be. */
 function unsent(r: Run): boolean {
-  return !r.sent && r.parts.length === 0 && r.out === '' && r.gText === '' && r.gRole === '';
+  // A gRPC role waiting for its text is not output yet (take() keeps it for the first text).
+  return !r.sent && r.parts.length === 0 && r.out === '' && r.gText === '';
 }
 
 const NO_REPLY = 'upstream ended its stream with no reply ([DONE] before any choice)';
@@ -453,7 +454,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
   const take = grpc
     ? (r: Run): ChainOutput => {
         let out: Buffer | null = null;
-        if (r.gText !== '' || r.gRole !== '') {
+        // The role alone waits for the first text (or the final), as a translated reply's first event does.
+        if (r.gText !== '' || (r.gRole !== '' && r.gFinal)) {
           out = deltaMessage(r.gRole, r.gText);
           r.gText = '';
           r.gRole = '';
@@ -647,7 +649,11 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         };
       } else if (events !== null) {
         emit = (r) => {
-          r.out += events.delta(r.w, deltaFromOpenAI(r.json as unknown as OpenAIChunk));
+          const d = deltaFromOpenAI(r.json as unknown as OpenAIChunk);
+          // A chunk that carries nothing (the role chunk OpenAI and vLLM send first) begins no
+          // reply: the first event waits for content, so that a failure before it may fall back.
+          if (d.text === '' && d.thinking === '' && d.tools === null && d.finish === null && d.usage === null) return;
+          r.out += events.delta(r.w, d);
         };
         onDone = (r) => {
           r.out += events.done(r.w);
