@@ -95,3 +95,15 @@ t.test('a truncated stream: no final, the error in stats (the front ends the cal
   t.equal(s.fail('gone', 'upstream_timeout'), '', 'fail() writes nothing into a gRPC stream');
   t.same(s.stats.error, { code: 'upstream_timeout', message: 'gone' });
 });
+
+t.test('an OpenAI answer of tool calls ends with finish_reason tool_calls, whether the upstream said none or stop', async (t) => {
+  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+  const call = chunk({ role: 'assistant', tool_calls: [{ index: 0, id: 'c1', type: 'function', function: { name: 'f', arguments: '{"a":1}' } }] });
+  for (const [said, ending] of [['none', 'data: [DONE]\n\n'], ['stop', chunk({}, 'stop') + 'data: [DONE]\n\n']] as const) {
+    const r = run('openai', 'chat', [Buffer.from(call + ending)]);
+    t.equal(r.error, null, `${said}: no error`);
+    t.equal(r.messages.find((m) => m.event === 'final')?.final.finish_reason, 'tool_calls', `upstream said ${said}`);
+  }
+  const textOnly = run('openai', 'chat', [Buffer.from(chunk({ role: 'assistant', content: 'hi' }) + chunk({}, 'stop') + 'data: [DONE]\n\n')]);
+  t.equal(textOnly.messages.find((m) => m.event === 'final')?.final.finish_reason, 'stop', 'text: the upstream\'s own');
+});

@@ -219,6 +219,8 @@ class Run {
   gRole = '';
   gRoleSent = false;
   gFinal = false;
+  /** gRPC encoder: an OpenAI upstream's chunk carried tool calls (chat.proto carries none; its final says so). */
+  gTools = false;
   /** Ollama tool calls seen, for a Responses or Messages client (their indexes and ids). */
   ot: OllamaToolState | null = null;
   /** An Ollama line carried tool calls: its done line's `stop` is a tool_calls finish. */
@@ -463,7 +465,10 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         if (r.gFinal) {
           r.gFinal = false;
           const s = r.stats;
-          const f = finalMessage(s.finishReason ?? '', s.usageFromUpstream ? s.promptTokens : (r.ctx.promptEstimate ?? s.promptTokens), s.completionTokens);
+          // An answer of tool calls says tool_calls whatever the upstream said (or did not: some
+          // servers send none, or stop), as the other clients' replies do (docs/grpc.md).
+          const finish = r.gTools && (s.finishReason === null || s.finishReason === 'stop') ? 'tool_calls' : (s.finishReason ?? '');
+          const f = finalMessage(finish, s.usageFromUpstream ? s.promptTokens : (r.ctx.promptEstimate ?? s.promptTokens), s.completionTokens);
           out = out === null ? f : Buffer.concat([out, f]);
         }
         return out;
@@ -640,6 +645,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
               r.gRoleSent = true;
             }
             if (typeof d.content === 'string') r.gText += d.content;
+            if (Array.isArray(d.tool_calls) && d.tool_calls.length > 0) r.gTools = true;
           } else if (typeof c.text === 'string') {
             r.gText += c.text;
           }
