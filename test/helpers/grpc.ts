@@ -96,9 +96,24 @@ export function md(values: Record<string, string>): grpc.Metadata {
   return m;
 }
 
+/**
+ * Starts with a free port, again with another if that one was taken before the broker bound it
+ * (freePort's port is free when asked; another test file running alongside may take it first).
+ * A broker that cannot bind its gRPC port has closed everything it had started (src/app.ts).
+ */
+async function onFreeGrpcPort(start: (port: string) => Promise<TestBroker>): Promise<TestBroker> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start(String(await freePort()));
+    } catch (err) {
+      if (attempt >= 5 || !/gRPC cannot listen.*EADDRINUSE/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
 /** A broker with a gRPC front on a free port. */
 export async function startGrpcBroker(env: Record<string, string> = {}): Promise<TestBroker> {
-  return startTestBroker({ GRPC_PORT: String(await freePort()), ...env });
+  return onFreeGrpcPort((port) => startTestBroker({ GRPC_PORT: port, ...env }));
 }
 
 interface Teardown {
@@ -107,7 +122,7 @@ interface Teardown {
 
 /** A broker serving `fleet` with a gRPC front on a free port (and no inference pool unless asked), closed when `t` ends. */
 export async function startGrpcFleetBroker(t: Teardown, fleet: unknown, env: Record<string, string> = {}): Promise<TestBroker> {
-  return startFleetBroker(t, fleet, { GRPC_PORT: String(await freePort()), INFER_ENABLED: 'false', ...env });
+  return onFreeGrpcPort((port) => startFleetBroker(t, fleet, { GRPC_PORT: port, INFER_ENABLED: 'false', ...env }));
 }
 
 const decoders = (() => {
