@@ -328,7 +328,7 @@ function unsent(r: Run): boolean {
   return !r.sent && r.parts.length === 0 && r.out === '' && r.gText === '';
 }
 
-const NO_REPLY = 'upstream ended its stream with no reply ([DONE] before any choice)';
+export const NO_REPLY = 'upstream ended its stream with no reply ([DONE] before any choice)';
 
 /**
  * [DONE] with no chunk of a choice before it: no reply at all, not an empty one (which has its

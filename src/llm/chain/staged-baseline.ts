@@ -17,7 +17,7 @@ import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
 import type { OllamaChatResponse, OllamaGenerateResponse, OpenAIChunk } from '../translate/types.ts';
-import { KEEPALIVE_HOLD_MS, newChainStats, type ChainContext, type ChainSpec, type ChainStats } from './compile.ts';
+import { KEEPALIVE_HOLD_MS, NO_REPLY, newChainStats, type ChainContext, type ChainSpec, type ChainStats } from './compile.ts';
 import { looksLikeObject, MALFORMED_RUN_LIMIT, MALFORMED_RUN_MESSAGE } from './probe.ts';
 
 /** What the parse stage hands on. */
@@ -272,7 +272,6 @@ class CountStage extends Transform {
 // ---- translate ----
 
 const TRUNCATED = 'upstream stream ended before the response was complete';
-const NO_REPLY = 'upstream ended its stream with no reply ([DONE] before any choice)';
 
 class TranslateStage extends Transform {
   finishedUp = false;

@@ -17,7 +17,7 @@
 // cannot give).
 
 import { BrokerError } from '../../errors.ts';
-import { requireObject } from './common.ts';
+import { isWholeJsonObject, requireObject } from './common.ts';
 import type { Delta, WholeReply } from './deltas.ts';
 import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
@@ -378,7 +378,7 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
 function movesOn(w: AnthropicWriter): boolean {
   if (w.lateTools.size > 0 || w.lateText !== '') return false;
   if (typeof w.open !== 'number') return true;
-  return inputJson(w.args) === w.args && w.args !== '';
+  return isWholeJsonObject(w.args);
 }
 
 /** A block written at once: its start, its one delta (if any), its stop. */

@@ -200,3 +200,14 @@ export function requireArray(body: Record<string, unknown>, field: string): unkn
   if (!Array.isArray(v)) throw new BrokerError('invalid_request', `${field} must be an array`, { details: { field } });
   return v;
 }
+
+/** Whether a tool call's arguments text is one whole JSON object (a streamed call may end now). */
+export function isWholeJsonObject(json: string): boolean {
+  if (json === '' || json.charCodeAt(json.length - 1) !== 125) return false; // '}'
+  try {
+    const v: unknown = JSON.parse(json);
+    return v !== null && typeof v === 'object' && !Array.isArray(v);
+  } catch {
+    return false;
+  }
+}

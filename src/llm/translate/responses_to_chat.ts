@@ -13,7 +13,7 @@
 // the server to keep them, which the broker does not, so they answer 400.
 
 import { BrokerError } from '../../errors.ts';
-import { requireObject } from './common.ts';
+import { isWholeJsonObject, requireObject } from './common.ts';
 import type { Delta, WholeReply } from './deltas.ts';
 import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
@@ -359,18 +359,8 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
  */
 function closeWhole(w: ResponsesWriter): string {
   let out = '';
-  for (const s of w.tools) if (s !== undefined && s.closed === null && wholeObject(s.arguments)) out += closeCall(w, s, 'completed');
+  for (const s of w.tools) if (s !== undefined && s.closed === null && isWholeJsonObject(s.arguments)) out += closeCall(w, s, 'completed');
   return out;
-}
-
-function wholeObject(json: string): boolean {
-  if (json === '' || json.charCodeAt(json.length - 1) !== 125) return false; // '}'
-  try {
-    const v: unknown = JSON.parse(json);
-    return v !== null && typeof v === 'object' && !Array.isArray(v);
-  } catch {
-    return false;
-  }
 }
 
 /** A call's done events. One without arguments says {} (as a whole reply does), in a delta too so that deltas add up to it. */
