@@ -72,6 +72,11 @@ export interface ItemsInput {
   readonly timeoutMs?: number | undefined;
   readonly trace?: TraceContext | undefined;
   readonly signal?: AbortLike | undefined;
+  /**
+   * Whether the results can be answered, before they count as a success: a throw fails the
+   * request as the model's failure (v2 JSON cannot carry a non-finite score).
+   */
+  readonly check?: ((results: readonly RunResult[]) => void) | undefined;
 }
 
 export interface ItemsReply {
@@ -290,6 +295,7 @@ export class InferService {
       results = input.items.length === 1
         ? [await pool.run(arm, transferable(input.items[0]!), input.size, input.topK, input.priority, opts)]
         : await pool.runAll(arm, input.items.map(transferable), input.size, input.topK, input.priority, opts);
+      if (input.signal?.aborted !== true) input.check?.(results);
     } catch (err) {
       const e = err as BrokerError;
       // The client left: one outcome, its own (499 at the front); not a failure of the model.

@@ -10,7 +10,7 @@ import { graphProblem, outputProblem, type GraphValue } from '../../src/infer/gr
 import { validateManifest } from '../../src/infer/manifest.ts';
 import { startBroker } from '../../src/app.ts';
 import { loadConfig } from '../../src/config/env.ts';
-import { startTestBroker, postJson, admin, logLine } from '../helpers/broker.ts';
+import { startTestBroker, postJson, admin, logLine, metricValue } from '../helpers/broker.ts';
 import { FOREIGN, writeForeignModel } from './foreign-model.ts';
 import { fashionPngs } from '../helpers/images.ts';
 
@@ -132,6 +132,28 @@ t.test('a model whose scores are NaN: 500 internal naming the model, not a 200 o
   t.equal(r.status, 500);
   t.match(r.body.error, { code: 'internal', message: /gave a score that is not a finite number/ });
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A still serves');
+  // On v2 its scores leave as they are; JSON cannot carry NaN, so that reply is a 500 too, and
+  // counted as one (before: a 500 to the client, a success in the metrics and the canary judge).
+  const counts = async () => ({
+    ok: await metricValue(tb.url, 'inference_request_success_total', { arm: 'B' }),
+    failed: await metricValue(tb.url, 'inference_request_failure_total', { arm: 'B', reason: 'internal' }),
+  });
+  const before = await counts();
+  const v2 = (parameters: Record<string, unknown>) => fetch(`${tb.url}/v2/models/foreign-nhwc/infer`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', cookie: 'eb_arm=B' },
+    body: JSON.stringify({ inputs: [{ name: 'input', shape: [1], datatype: 'BYTES', data: [png] }], parameters }),
+  });
+  const json = await v2({});
+  t.equal(json.status, 500);
+  t.match(await json.json(), { code: 'internal', error: /not finite.*binary/ });
+  t.same(await counts(), { ok: before.ok, failed: before.failed + 1 }, 'a failure in the metrics, not a success');
+  const binary = await v2({ binary_data_output: true });
+  t.equal(binary.status, 200, 'asked for as binary, the scores leave as they are');
+  const buf = Buffer.from(await binary.arrayBuffer());
+  const hl = Number(binary.headers.get('inference-header-content-length'));
+  t.ok(new Float32Array(buf.buffer.slice(buf.byteOffset + hl, buf.byteOffset + buf.length)).some(Number.isNaN), 'NaN carried as it is');
+  t.same(await counts(), { ok: before.ok + 1, failed: before.failed + 1 }, 'and counted a success');
 });
 
 t.test('a model that masks classes with -Infinity logits: probability 0 for them, a 200; every class masked: 500', async (t) => {

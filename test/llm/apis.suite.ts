@@ -144,6 +144,19 @@ t.test('Responses API: bad input is a 400 in OpenAI shape naming the field', asy
   t.ok(stateful instanceof OpenAI.BadRequestError, 'previous_response_id needs stored responses: refused');
   const missing = await openai.responses.create({ model: 'nope', input: 'x' }).catch((e: unknown) => e);
   t.ok(missing instanceof OpenAI.NotFoundError);
+  // A role chat has no message for (a tool result is a function_call_output item), and a
+  // tool_choice that names no function, are refused here rather than passed on to fail upstream.
+  const refused: Array<[string, Record<string, unknown>]> = [
+    ['input[0].role', { input: [{ role: 'tool', content: 'x' }] }],
+    ['tool_choice', { input: 'x', tool_choice: 'bogus' }],
+    ['tool_choice.name', { input: 'x', tool_choice: { type: 'function' } }],
+    ['tool_choice', { input: 'x', tool_choice: { type: 'file_search' } }],
+  ];
+  for (const [param, body] of refused) {
+    const e = await openai.responses.create({ model: 'chat-openai', tools: [{ type: 'function', name: 'f', parameters: {}, strict: false }], ...body } as never).catch((x: unknown) => x);
+    t.ok(e instanceof OpenAI.BadRequestError, `${param}: 400`);
+    t.match((e as InstanceType<typeof OpenAI.BadRequestError>).error, { code: 'invalid_request', param }, `${param}: named`);
+  }
 });
 
 t.test('Messages API, not streamed: system, stop_sequences, max_tokens, both providers', async (t) => {

@@ -153,7 +153,10 @@ export class V2Core {
     const items = input.datatype === 'BYTES' ? imageItems(input) : input.datatype === 'FP32' ? tensorItems(input, manifest) : undefined;
     if (items === undefined) throw bad(`input ${input.name} has datatype ${input.datatype}; the model takes FP32 ${shapeText(manifest)} or BYTES [N] encoded images`);
 
-    const { results } = await service.run(choice, { items: items.buffers, tensor: input.datatype === 'FP32', size: items.size, topK: 0, scores: true, priority, timeoutMs, signal: ctx.signal });
+    const json = ctx.jsonFloats;
+    const asJson = json !== undefined && wanted.some((o) => classificationOf(o, manifest.labels.length) === undefined && !wantsBinary(o, json.binaryByDefault));
+    const check = asJson ? (rs: readonly { scores?: Float32Array | undefined }[]) => finiteForJson(rs, manifest.output.name) : undefined;
+    const { results } = await service.run(choice, { items: items.buffers, tensor: input.datatype === 'FP32', size: items.size, topK: 0, scores: true, priority, timeoutMs, signal: ctx.signal, check });
     const n = results.length;
     const classes = results[0]!.scores!.length;
     const dims = await this.outputDims(choice.arm, manifest.output.name, classes);
@@ -233,6 +236,21 @@ function outputsOf(requested: readonly RequestedOutput[] | undefined, manifest: 
   // Asked for twice (plain, then as classification): one would be dropped without a word.
   if (requested.length > 1) throw bad(`outputs names ${manifest.output.name} more than once: each output may be asked for once`);
   return [...requested];
+}
+
+/** An output leaves as binary when it asks (`binary_data`), else as the request does (`binary_data_output`). */
+export function wantsBinary(o: RequestedOutput | undefined, binaryByDefault: boolean): boolean {
+  const asked = o?.parameters['binary_data'];
+  return typeof asked === 'boolean' ? asked : binaryByDefault;
+}
+
+/** JSON has no NaN or Infinity (JSON.stringify writes null): such an output leaves as binary only. */
+function finiteForJson(results: readonly { scores?: Float32Array | undefined }[], output: string): void {
+  for (const r of results) {
+    if (r.scores !== undefined && !r.scores.every(Number.isFinite)) {
+      throw new BrokerError('internal', `output ${output} holds values that are not finite (NaN or ±Infinity), which JSON cannot carry: ask for it as binary (parameters.binary_data_output: true)`);
+    }
+  }
 }
 
 function classificationOf(o: RequestedOutput | undefined, classes: number): number | undefined {

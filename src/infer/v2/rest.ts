@@ -14,7 +14,7 @@ import type { PriorityCeiling } from '../admission.ts';
 import { headerPriority } from '../../policy/priority.ts';
 import { readCookie } from '../arms.ts';
 import { noteV2Inference } from '../routes.ts';
-import type { V2Core } from './core.ts';
+import { wantsBinary, type V2Core } from './core.ts';
 import type { InferRequest, InferResponse, InputTensor, RequestedOutput, TensorData } from './types.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
@@ -44,9 +44,10 @@ export function v2Routes(core: V2Core, stickyCookie: string, ceiling?: PriorityC
     // A client gone while its items wait takes them out of the queue (as on /v1/infer).
     const signal = new RequestAbort();
     ctx.sink.onAbort(() => signal.abort());
-    const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority: priority, priorityCeiling, signal });
+    const binaryByDefault = request.parameters['binary_data_output'] === true;
+    const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority: priority, priorityCeiling, signal, jsonFloats: { binaryByDefault } });
     noteV2Inference(req.facts, reply);
-    const { headers, body } = encodeInferResponse(reply, request.parameters['binary_data_output'] === true);
+    const { headers, body } = encodeInferResponse(reply, binaryByDefault);
     // Traffic the A/B policy placed keeps its arm, as on /v1/infer; a named version is the client's choice.
     if (!reply.named) headers['set-cookie'] = `${stickyCookie}=${reply.arm}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly`;
     ctx.sink.send(200, headers, body);
@@ -144,14 +145,10 @@ export function parseInferRequest(body: Buffer, headerLength: string | undefined
 export function encodeInferResponse(reply: InferResponse, binaryByDefault: boolean): { headers: Record<string, string>; body: string | Buffer } {
   const chunks: Buffer[] = [];
   const outputs = reply.outputs.map((o) => {
-    const asked = o.requested?.parameters['binary_data'];
-    const binary = typeof asked === 'boolean' ? asked : binaryByDefault;
+    const binary = wantsBinary(o.requested, binaryByDefault);
     const head = { name: o.name, datatype: o.datatype, shape: o.shape };
     if (!binary) {
-      // JSON has no NaN or Infinity (JSON.stringify writes null): such an output leaves as binary only.
-      if (o.datatype === 'FP32' && !o.data.every(Number.isFinite)) {
-        throw new BrokerError('internal', `output ${o.name} holds values that are not finite (NaN or ±Infinity), which JSON cannot carry: ask for it as binary (parameters.binary_data_output: true)`);
-      }
+      // Non-finite FP32 values were refused before the request counted (core's finiteForJson).
       return { ...head, data: o.datatype === 'FP32' ? Array.from(o.data) : o.data };
     }
     const bytes = o.datatype === 'FP32' ? Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength) : serializeBytes(o.data);

@@ -42,6 +42,11 @@ export interface CallContext {
   readonly priorityCeiling?: number | undefined;
   /** The client went away: its items leave the queue, and it counts as neither success nor failure. */
   readonly signal?: AbortLike | undefined;
+  /**
+   * The reply is JSON (REST): an FP32 output not asked for as binary must hold finite values
+   * only, else the request fails as the model's (500 internal, counted as a failure).
+   */
+  readonly jsonFloats?: { readonly binaryByDefault: boolean } | undefined;
 }
 
 export type OutputTensor =

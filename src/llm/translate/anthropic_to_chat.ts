@@ -17,7 +17,7 @@
 // cannot give).
 
 import { BrokerError } from '../../errors.ts';
-import { isWholeJsonObject, requireObject } from './common.ts';
+import { appendToolName, isWholeJsonObject, requireObject } from './common.ts';
 import type { Delta, WholeReply } from './deltas.ts';
 import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
@@ -279,6 +279,12 @@ export interface AnthropicWriter {
    */
   args: string;
   /**
+   * The open tool block's content_block_start, not written yet: it names the call, and a
+   * name may come in pieces (some OpenAI-compatible servers split it), so it waits for the
+   * first piece of the arguments, or for the block to close.
+   */
+  pendingStart: { id: string; name: string } | null;
+  /**
    * What arrives once a tool block is open but belongs elsewhere, while the open call is not
    * whole: other calls (an upstream may interleave their fragments) and text. A block cannot
    * be reopened once closed, so these are written whole at the end instead of being lost.
@@ -292,7 +298,7 @@ export interface AnthropicWriter {
 }
 
 export function anthropicWriter(ctx: ReplyContext, known: Usage | null = null): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', pendingStart: null, lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
 }
 
 function event(type: string, data: Record<string, unknown>): string {
@@ -306,13 +312,22 @@ function start(w: AnthropicWriter): string {
   return event('message_start', { message: msg }) + event('ping', {});
 }
 
+/** The open tool block's content_block_start, if it waits still. */
+function startTool(w: AnthropicWriter): string {
+  const p = w.pendingStart;
+  if (p === null) return '';
+  w.pendingStart = null;
+  return event('content_block_start', { index: w.block, content_block: { type: 'tool_use', id: p.id, name: p.name, input: {} } });
+}
+
 function closeBlock(w: AnthropicWriter): string {
   if (w.open === null) return '';
   const json = w.open === 'text' ? '' : inputJson(w.args);
+  const begin = startTool(w);
   w.open = null;
   w.args = '';
   const delta = json === '' ? '' : event('content_block_delta', { index: w.block, delta: { type: 'input_json_delta', partial_json: json } });
-  return delta + event('content_block_stop', { index: w.block });
+  return begin + delta + event('content_block_stop', { index: w.block });
 }
 
 /** One upstream event → its Messages events. */
@@ -342,9 +357,9 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
       // of its call can follow.
       if (index === undefined && (w.lateTools.has(t.index) || !movesOn(w))) {
         let late = w.lateTools.get(t.index);
-        if (late === undefined) w.lateTools.set(t.index, (late = { id: t.id, name: t.name ?? '', args: '' }));
+        if (late === undefined) w.lateTools.set(t.index, (late = { id: t.id, name: '', args: '' }));
         if (t.id !== undefined) late.id ??= t.id;
-        if (t.name !== undefined && late.name === '') late.name = t.name;
+        late.name = appendToolName(late.name, t.name, late.args);
         if (t.arguments !== undefined && t.arguments !== '') {
           w.tokens++;
           late.args += t.arguments;
@@ -356,9 +371,12 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
         index = ++w.block;
         w.toolBlocks.set(t.index, index);
         w.open = t.index;
-        out += event('content_block_start', { index, content_block: { type: 'tool_use', id: t.id ?? `toolu_${w.id}_${t.index}`, name: t.name ?? '', input: {} } });
+        w.pendingStart = { id: t.id ?? `toolu_${w.id}_${t.index}`, name: t.name ?? '' };
+      } else if (w.pendingStart !== null) {
+        w.pendingStart.name = appendToolName(w.pendingStart.name, t.name, w.args);
       }
       if (t.arguments !== undefined && t.arguments !== '') {
+        out += startTool(w);
         w.tokens++;
         w.args += t.arguments;
       }

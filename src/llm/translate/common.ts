@@ -211,3 +211,22 @@ export function isWholeJsonObject(json: string): boolean {
     return false;
   }
 }
+
+/**
+ * An Ollama tool call's arguments as JSON text. Ollama sends an object; some compatible
+ * servers (and clients, in a history) send the JSON text itself, which is kept as it is
+ * rather than encoded a second time.
+ */
+export function argumentsJsonFromOllama(v: unknown): string {
+  if (typeof v === 'string') return v.trim() === '' ? '{}' : v;
+  return JSON.stringify(v ?? {});
+}
+
+/**
+ * A streamed call's name with the next piece of it. OpenAI sends the name whole in the call's
+ * first fragment; some compatible servers split it, others repeat it in every fragment. So a
+ * piece is appended until the arguments begin, unless it repeats the name so far.
+ */
+export function appendToolName(name: string, piece: unknown, args: string): string {
+  return typeof piece !== 'string' || args !== '' || piece === name ? name : name + piece;
+}

@@ -9,7 +9,7 @@
 // object. Both become indexed ToolDeltas; an Ollama call gets the next free index,
 // a generated id, and its arguments as one JSON fragment.
 
-import { choiceZero, finishFromOllama, usageFromOllama, usageFromOpenAI } from './common.ts';
+import { argumentsJsonFromOllama, choiceZero, finishFromOllama, usageFromOllama, usageFromOpenAI } from './common.ts';
 import type { OllamaChatResponse, OllamaGenerateResponse, OpenAIChatCompletion, OpenAIChunk, OpenAICompletion, Usage } from './types.ts';
 
 export interface ToolDelta {
@@ -89,7 +89,7 @@ export function deltaFromOllama(line: OllamaChatResponse | OllamaGenerateRespons
   if (m !== undefined && m !== null && Array.isArray(m.tool_calls) && m.tool_calls.length > 0) {
     tools = m.tool_calls.map((tc) => {
       const index = st.toolCalls++;
-      return { index, id: typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${st.id}_${index}`, name: str(tc.function?.name), arguments: JSON.stringify(tc.function?.arguments ?? {}) };
+      return { index, id: typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${st.id}_${index}`, name: str(tc.function?.name), arguments: argumentsJsonFromOllama(tc.function?.arguments) };
     });
   }
   const done = line.done === true;

@@ -7,6 +7,8 @@
 
 import { BrokerError } from '../../errors.ts';
 import {
+  appendToolName,
+  argumentsJsonFromOllama,
   choiceZero,
   doneReasonFromOpenAI,
   imageUrlFromBase64,
@@ -63,7 +65,7 @@ function openaiMessage(m: unknown, index: number, pending: PendingCall[]): OpenA
       const name = String(tc.function?.name ?? '');
       const id = typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${index}_${i}`;
       pending.push({ name, id });
-      return { id, type: 'function', function: { name, arguments: JSON.stringify(tc.function?.arguments ?? {}) } };
+      return { id, type: 'function', function: { name, arguments: argumentsJsonFromOllama(tc.function?.arguments) } };
     });
     if (content === '') out.content = null;
   }
@@ -257,7 +259,7 @@ export function chatChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
       const i = typeof tc.index === 'number' ? tc.index : w.tools.length;
       const slot = (w.tools[i] ??= { id: '', name: '', args: '' });
       if (typeof tc.id === 'string') slot.id = tc.id;
-      if (typeof tc.function?.name === 'string') slot.name += tc.function.name;
+      slot.name = appendToolName(slot.name, tc.function?.name, slot.args);
       if (typeof tc.function?.arguments === 'string') slot.args += tc.function.arguments;
     }
   }

@@ -7,6 +7,7 @@ import { BrokerError } from '../../errors.ts';
 import { JSON_MAX_DEPTH, nestsDeeper } from '../../front/json-depth.ts';
 import { SSE_DONE } from '../codec/sse.ts';
 import {
+  argumentsJsonFromOllama,
   base64FromImageUrl,
   finishFromOllama,
   ollamaOptionsFromOpenAI,
@@ -152,7 +153,7 @@ function openaiToolCalls(calls: OllamaToolCall[] | undefined, id: string, first:
     index: first + i,
     id: typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${id}_${first + i}`,
     type: 'function',
-    function: { name: tc.function?.name ?? '', arguments: JSON.stringify(tc.function?.arguments ?? {}) },
+    function: { name: tc.function?.name ?? '', arguments: argumentsJsonFromOllama(tc.function?.arguments) },
   }));
 }
 

@@ -13,7 +13,7 @@
 // the server to keep them, which the broker does not, so they answer 400.
 
 import { BrokerError } from '../../errors.ts';
-import { isWholeJsonObject, requireObject } from './common.ts';
+import { appendToolName, isWholeJsonObject, requireObject } from './common.ts';
 import type { Delta, WholeReply } from './deltas.ts';
 import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
@@ -69,10 +69,11 @@ function messagesOf(input: unknown): OpenAIMessage[] {
     if (it === null || typeof it !== 'object') throw invalid(`input[${i}]`, 'must be an object');
     const type = it['type'] ?? 'message';
     if (type === 'message') {
-      if (typeof it['role'] !== 'string') throw invalid(`input[${i}].role`, 'must be a string');
+      const r = it['role'];
+      if (r !== 'user' && r !== 'assistant' && r !== 'system' && r !== 'developer') throw invalid(`input[${i}].role`, 'must be user, assistant, system or developer (a tool result is a function_call_output item)');
       // Responses' developer role is chat's system to every chat server (vLLM's and llama.cpp's
       // templates know no developer; OpenAI's chat takes system as developer).
-      const role = it['role'] === 'developer' ? 'system' : it['role'];
+      const role = r === 'developer' ? 'system' : r;
       out.push({ role, content: chatContent(it['content'], `input[${i}].content`) });
     } else if (type === 'function_call') {
       // A call without arguments has an empty object of them: chat upstreams parse the string.
@@ -99,7 +100,7 @@ function toolsOf(tools: unknown): unknown[] | undefined {
   if (!Array.isArray(tools)) throw invalid('tools', 'must be an array');
   return tools.map((t, i) => {
     const o = t as Record<string, unknown> | null;
-    if (o?.['type'] !== 'function' || typeof o['name'] !== 'string') throw invalid(`tools[${i}]`, 'must be a function tool with a name (built-in tools are not served here)');
+    if (o?.['type'] !== 'function' || typeof o['name'] !== 'string') throw invalid(`tools[${i}]`, 'must be a function tool with a name (built-in and custom tools have no chat equivalent, and are not served here)');
     const fn: Record<string, unknown> = { name: o['name'] };
     if (typeof o['description'] === 'string') fn['description'] = o['description'];
     if (o['parameters'] !== undefined) fn['parameters'] = o['parameters'];
@@ -108,10 +109,17 @@ function toolsOf(tools: unknown): unknown[] | undefined {
   });
 }
 
+/** Responses tool_choice → chat's: a mode, or one function by name (built-in tools' choices have no chat equivalent). */
 function toolChoiceOf(tc: unknown): unknown {
-  if (typeof tc === 'string') return tc;
-  if (tc !== null && typeof tc === 'object' && (tc as Record<string, unknown>)['type'] === 'function') return { type: 'function', function: { name: (tc as Record<string, unknown>)['name'] } };
-  return undefined;
+  if (tc === undefined || tc === null) return undefined;
+  if (typeof tc === 'string') {
+    if (tc === 'auto' || tc === 'none' || tc === 'required') return tc;
+    throw invalid('tool_choice', 'must be "auto", "none", "required" or {"type": "function", "name": ...}');
+  }
+  const o = tc as Record<string, unknown>;
+  if (typeof tc !== 'object' || Array.isArray(tc) || o['type'] !== 'function') throw invalid('tool_choice', 'must be "auto", "none", "required" or {"type": "function", "name": ...} (built-in tools are not served here)');
+  if (typeof o['name'] !== 'string' || o['name'] === '') throw invalid('tool_choice.name', 'must name a function tool');
+  return { type: 'function', function: { name: o['name'] } };
 }
 
 /** A Responses body → an OpenAI chat body (model left as the client sent it; the provider translator sets it). */
@@ -252,6 +260,11 @@ interface ToolSlot {
    * it begins and it is whole (closeWhole), or when the reply ends.
    */
   closed: ItemStatus | null;
+  /**
+   * Its output_item.added was written. It waits for the first piece of the arguments (or
+   * the call's end), since the item names the call and a name may come in pieces.
+   */
+  announced: boolean;
 }
 
 export interface ResponsesWriter {
@@ -332,14 +345,14 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
           w.messageDone = true;
         }
         out += closeWhole(w);
-        slot = w.tools[t.index] = { outputIndex: w.outputs++, itemId: 'fc_' + w.id + '_' + t.index, id: t.id ?? `call_${w.id}_${t.index}`, name: t.name ?? '', arguments: '', closed: null };
-        out += event(w, 'response.output_item.added', { output_index: slot.outputIndex, item: { ...callItem('', slot, 'in_progress'), id: slot.itemId } });
-      } else if (t.name !== undefined && slot.arguments === '') slot.name += t.name;
+        slot = w.tools[t.index] = { outputIndex: w.outputs++, itemId: 'fc_' + w.id + '_' + t.index, id: t.id ?? `call_${w.id}_${t.index}`, name: t.name ?? '', arguments: '', closed: null, announced: false };
+      } else slot.name = appendToolName(slot.name, t.name, slot.arguments);
       if (t.arguments !== undefined && t.arguments !== '') {
         w.tokens++;
         // A fragment of a call already done whole (a broken upstream) cannot reopen its item:
         // dropped, so that the final Response says what its done event said.
         if (slot.closed === null) {
+          out += announce(w, slot);
           slot.arguments += t.arguments;
           out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
         }
@@ -363,9 +376,21 @@ function closeWhole(w: ResponsesWriter): string {
   return out;
 }
 
+/** The call's output_item.added, and before it those of the calls ahead of it still waiting, so that items are added in output order. */
+function announce(w: ResponsesWriter, s: ToolSlot): string {
+  if (s.announced) return '';
+  let out = '';
+  const waiting = w.tools.filter((o) => o !== undefined && !o.announced && o.outputIndex <= s.outputIndex).sort((a, b) => a.outputIndex - b.outputIndex);
+  for (const o of waiting) {
+    o.announced = true;
+    out += event(w, 'response.output_item.added', { output_index: o.outputIndex, item: { ...callItem('', o, 'in_progress'), id: o.itemId, arguments: '' } });
+  }
+  return out;
+}
+
 /** A call's done events. One without arguments says {} (as a whole reply does), in a delta too so that deltas add up to it. */
 function closeCall(w: ResponsesWriter, s: ToolSlot, status: ItemStatus): string {
-  let out = '';
+  let out = announce(w, s);
   if (s.arguments === '') {
     s.arguments = '{}';
     out += event(w, 'response.function_call_arguments.delta', { item_id: s.itemId, output_index: s.outputIndex, delta: '{}' });

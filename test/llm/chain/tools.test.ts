@@ -212,3 +212,56 @@ t.test('a call whose arguments are whole is closed when the next begins: it reac
 function compileChainFor(client: 'anthropic' | 'responses') {
   return compileChain({ client, provider: 'openai', kind: 'chat', instrument: true, countTokens: true }).open(ctxFor());
 }
+
+// Some OpenAI-compatible servers split a call's name across fragments, others repeat it in
+// every fragment. A Messages block and a Responses item name the call when they open, so
+// they wait for the first piece of the arguments (before: a split name reached a Messages
+// client cut short, "Re" for "Read").
+t.test('a tool name split across fragments, or repeated in each, reaches every translated client API whole', async (t) => {
+  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\n\n';
+  const piece = (fn: Record<string, unknown>, id?: string) => ({ tool_calls: [{ index: 0, ...(id !== undefined ? { id, type: 'function' } : {}), function: fn }] });
+  const split = Buffer.from(
+    chunk({ role: 'assistant', ...piece({ name: 'Re', arguments: '' }, 'call_0') }) +
+      chunk(piece({ name: 'ad', arguments: '' })) +
+      chunk(piece({ arguments: '{"p":' })) +
+      chunk(piece({ arguments: '1}' })) +
+      chunk({}, 'tool_calls') +
+      'data: [DONE]\n\n',
+  );
+  const repeated = Buffer.from(
+    chunk({ role: 'assistant', ...piece({ name: 'Read', arguments: '' }, 'call_0') }) +
+      chunk(piece({ name: 'Read', arguments: '{"p":' })) +
+      chunk(piece({ name: 'Read', arguments: '1}' })) +
+      chunk({}, 'tool_calls') +
+      'data: [DONE]\n\n',
+  );
+  for (const [label, up] of [['split', split], ['repeated', repeated]] as const) {
+    for (const client of ['anthropic', 'responses', 'ollama'] as const) {
+      const out = runChain({ client, provider: 'openai', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [up]).bytes.toString('utf8');
+      const got = assemble(client, out);
+      t.same(got.calls, [{ name: 'Read', args: '{"p":1}' }], `${label} name, ${client}: the whole name in the call's first event`);
+      if (client !== 'ollama') t.notMatch(out, /"name":"Re"[,}]|ReadRead/, `${label} name, ${client}: no event names a piece of it`);
+    }
+  }
+  // The Messages block and the Responses item still open with the first piece of the arguments, not at the end.
+  const s = compileChain({ client: 'anthropic', provider: 'openai', kind: 'chat', instrument: true, countTokens: true }).open(ctxFor());
+  const head = s.push(split.subarray(0, split.indexOf('{\\"p\\":')))?.toString() ?? '';
+  t.notMatch(head, /content_block_start/, 'no block before the name is whole');
+  const more = s.push(split.subarray(split.indexOf('{\\"p\\":'), split.indexOf('1}')))?.toString() ?? '';
+  t.match(more, /"content_block_start".*"name":"Read"/, 'the block opens with the first piece of the arguments');
+});
+
+// Ollama sends a call's arguments as an object; some compatible servers send the JSON text
+// itself. It is that JSON, not a string to encode again (before: input {"arguments": "\"{...}\""}).
+t.test('Ollama tool-call arguments sent as JSON text are not encoded twice', async (t) => {
+  const line = (o: Record<string, unknown>) => JSON.stringify({ model: 'm', created_at: '2026-01-01T00:00:00Z', ...o }) + '\n';
+  const up = Buffer.from(
+    line({ message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'A', arguments: '{"a":1}' } }] }, done: false }) +
+      line({ message: { role: 'assistant', content: '' }, done: true, done_reason: 'stop', prompt_eval_count: 3, eval_count: 2 }),
+  );
+  for (const client of ['anthropic', 'responses', 'openai'] as const) {
+    const out = runChain({ client, provider: 'ollama', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [up]).bytes.toString('utf8');
+    const got = assemble(client, out);
+    t.same(got.calls.map((c) => [c.name, JSON.parse(c.args)]), [['A', { a: 1 }]], `${client}: the arguments object`);
+  }
+});
