@@ -314,12 +314,13 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     const maxBatchSize = Math.max(1, Math.min(batching.maxBatchSize, Math.floor(MAX_BATCH_INPUT_BYTES / (pixels * input.channels * 4))));
     if (count >= maxBatchSize) return maxBatchSize;
     for (let i = preferredBatchSizes.length - 1; i >= 0; i--) if (preferredBatchSizes[i]! <= Math.min(count, maxBatchSize)) return preferredBatchSizes[i]!;
-    const due = oldest + maxQueueDelayUs / 1000;
-    // Never hold a request for a batch to fill past its own deadline (a v2 timeout shorter
-    // than max_queue_delay_us) or the model's queue.timeout_ms (shorter than the delay, the
-    // oldest would time out waiting on an idle server): what waits goes now, as a smaller batch.
-    // A margin of a tenth (at most 50 ms): a timer that fires late must not meet the sweep.
-    if (now >= due || oldest + queue.timeoutMs - Math.min(50, queue.timeoutMs / 10) <= due || firstDeadline() <= due) return count;
+    // Held for a batch to fill up to max_queue_delay_us, but never past a request's own
+    // deadline (a v2 timeout) or the model's queue.timeout_ms (shorter than the delay, the
+    // oldest would time out waiting on an idle server): then what waits goes, as a smaller
+    // batch. A margin of a tenth (at most 50 ms): a timer that fires late must not meet the sweep.
+    const margin = Math.min(50, queue.timeoutMs / 10);
+    const due = Math.min(oldest + maxQueueDelayUs / 1000, oldest + queue.timeoutMs - margin, firstDeadline() - margin);
+    if (now >= due) return count;
     if (due < delayDue) {
       clearTimeout(delayTimer);
       delayDue = due;

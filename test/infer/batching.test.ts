@@ -164,6 +164,8 @@ t.test("the model's queue.timeout_ms shorter than the batch window: a lone reque
     t.same(lone.map((r) => (r.status === 'fulfilled' ? 'ok' : (r.reason as { code: string }).code)), ['ok'], 'not a queue_timeout');
     const three = await Promise.allSettled(Array.from({ length: 3 }, () => pool.run('H', copy(png), undefined, 1)));
     t.same(three.map((r) => (r.status === 'fulfilled' ? 'ok' : (r.reason as { code: string }).code)), ['ok', 'ok', 'ok'], 'three at once: none timed out either');
+    // The window is cut short (to 900 ms), not dropped: the three still fill one batch (before: three batches of 1).
+    t.same(three.map((r) => (r.status === 'fulfilled' ? r.value.batchSize : 0)), [3, 3, 3], 'one batch of three');
   });
 });
 
