@@ -25,7 +25,8 @@ const JSON_HEADERS = { 'content-type': 'application/json' };
  * Any other content type is read as the JSON body, as before.
  */
 export const RAW_IMAGE_TYPES: ReadonlySet<string> = new Set(['image/png', 'image/jpeg', 'image/webp', 'application/octet-stream']);
-const DATA_URL = /^data:image\/[a-z0-9.+-]+;base64,/i;
+// RFC 2397: scheme and media type in any case, parameters (charset=...) before ;base64.
+const DATA_URL = /^data:(?:[a-z0-9.+-]+\/[a-z0-9.+-]+)?(?:;[a-z0-9.+-]+=[^;,]*)*;base64,/i;
 const BASE64 = /^[A-Za-z0-9+/_-]+={0,2}$/;
 
 /** `ceiling`: what a caller's API key allows it (x-broker-priority may only lower it); none in bare tests. */
@@ -103,7 +104,7 @@ export function readyRoute(service: { readonly ready: boolean; readonly modelPro
 export function decodeImage(value: unknown): Buffer {
   if (typeof value !== 'string' || value.length === 0) throw new BrokerError('invalid_image', 'image_b64 is required and must be a base64 string', { details: { field: 'image_b64' } });
   let start = 0;
-  if (value.charCodeAt(0) === 100 /* d */) {
+  if ((value.charCodeAt(0) | 32) === 100 /* d or D */) {
     const prefix = DATA_URL.exec(value);
     if (prefix !== null) start = prefix[0].length;
   }

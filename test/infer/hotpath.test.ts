@@ -89,6 +89,11 @@ t.test('one-pass base64 accepts and refuses what the two-pass check did', async 
     t.ok(decodeImage(wrapped).equals(buf), `line-wrapped ${len}`);
     t.ok(decodeImage(`data:image/png;base64,${buf.toString('base64')}`).equals(buf));
   }
+  // RFC 2397: the scheme and media type in any case, parameters before ;base64, no media type at all.
+  const png = Buffer.from('\x89PNG\r\n\x1a\n', 'latin1');
+  for (const prefix of ['DATA:IMAGE/PNG;BASE64,', 'data:image/png;charset=utf-8;base64,', 'Data:image/jpeg;name=a.jpg;base64,', 'data:;base64,', 'data:application/octet-stream;base64,']) {
+    t.ok(decodeImage(prefix + png.toString('base64')).equals(png), prefix);
+  }
   for (const bad of ['not base64 !!!', 'QUFB!', 'QUF', 'Q', 'QQ==QQ==', 'QUFBé', '====', 'QUFB\u0000', 'QQ=', 'QUFB=', 'QQ=\n', 'Q Q =']) {
     if (bad === 'QUF') {
       t.equal(decodeImage(bad).toString(), 'AA', 'unpadded is fine');
