@@ -355,9 +355,11 @@ export function parseBrokerConfig(doc: unknown, source: string, env: Env = proce
     }));
   }
   // Ollama itself answers `llama3.2` for `llama3.2:latest`; so do we, where no group has that name.
+  // And the other way: an untagged group is also its `:latest` (an Ollama client may add the tag).
   for (const [name, g] of [...modelGroups]) {
     const short = name.endsWith(':latest') ? name.slice(0, -':latest'.length) : undefined;
     if (short !== undefined && !modelGroups.has(short) && g.deployments.every((d) => d.provider === 'ollama')) modelGroups.set(short, g);
+    if (!name.includes(':') && !modelGroups.has(`${name}:latest`)) modelGroups.set(`${name}:latest`, g);
   }
 
   // Fallbacks name groups of this file (or of its servers' models, or an alias clients use), never the group itself.

@@ -108,7 +108,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
           throw err;
         }
         group = fleet.groups.get(r.model);
-        if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`, { details: { field: 'model' } });
+        if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...new Set([...fleet.groups.values()].map((g) => g.name))].join(', ') || 'none'}`, { details: { field: 'model' } });
         try {
           const a = admission.admit(r, group);
           admitted = a instanceof Promise ? await a : a;
@@ -139,6 +139,16 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     completion('openai', 'embed', '/v1/embeddings'),
     completion('ollama', 'embed', '/api/embed'),
     completion('ollama', 'embed', '/api/embeddings', LEGACY_EMBEDDINGS),
+    {
+      // Ollama's root answers this: the `ollama` CLI and clients that check a server is an
+      // Ollama (Continue, Page Assist) ask it before anything else.
+      method: 'GET',
+      path: '/',
+      errorShape: ollamaErrorShape,
+      handle({ sink }) {
+        sink.send(200, { 'content-type': 'text/plain; charset=utf-8' }, 'Ollama is running');
+      },
+    },
     {
       // What Ollama clients ask first (Open WebUI, ollama-js): the Ollama API version spoken here.
       method: 'GET',

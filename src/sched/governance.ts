@@ -126,7 +126,7 @@ export class Governance implements Leases {
     this.prefixBytes = o.stickyPrefixBytes ?? 2048;
     const sched = o.config.scheduler;
     this.board = o.board === undefined ? undefined : new WaitBoard(o.board.buffer, o.board.thread, sched.agingMs);
-    this.board?.setGroups(o.config.modelGroups.keys());
+    this.board?.setGroups(groupNames(o.config.modelGroups));
     this.queue = new WaitQueue(sched.maxQueue, sched.agingMs, this.now, o.waiters, this.board);
     this.performance = new PerformanceTracker(o.config.performance, this.now);
     this.sticky = new StickyPins(o.stickyTtlMs, 100_000, this.now);
@@ -158,7 +158,7 @@ export class Governance implements Leases {
       },
       o.flags.flags,
     );
-    this.scheduler.register(o.config.modelGroups.values(), o.config.servers);
+    this.scheduler.register(new Set(o.config.modelGroups.values()), o.config.servers);
     // Stages are rebuilt once per flag change, never checked per request.
     o.flags.onChange((f) => this.scheduler.setFlags(f));
     this.registerMetrics(this.owner);
@@ -210,8 +210,8 @@ export class Governance implements Leases {
   adopt(config: BrokerConfig): void {
     const before = this.config;
     this.config = config;
-    this.board?.setGroups(config.modelGroups.keys());
-    this.scheduler.register(config.modelGroups.values(), config.servers);
+    this.board?.setGroups(groupNames(config.modelGroups));
+    this.scheduler.register(new Set(config.modelGroups.values()), config.servers);
     this.scheduler.configure(config.scheduler);
     this.refreshLabels();
     this.queue.setMaxSize(config.scheduler.maxQueue);
@@ -457,4 +457,9 @@ export class Governance implements Leases {
     m.sources.capacity = () => this.capacityIds().map((id) => this.capacity.stats(id)!);
     m.sources.degraded = () => this.performance.degraded().length;
   }
+}
+
+/** Each group's own name once: the map also holds other names clients may use for a group (`x:latest` for `x`). */
+function groupNames(groups: ReadonlyMap<string, { readonly name: string }>): string[] {
+  return [...new Set([...groups.values()].map((g) => g.name))];
 }

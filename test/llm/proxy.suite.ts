@@ -123,6 +123,14 @@ t.test('Ollama client, chat and generate, streaming and not, both providers', as
     }
     t.equal(text, mockText(8));
     t.equal(done?.eval_count, 8);
+    // Ollama's durations on every done line (Open WebUI divides eval_count by eval_duration).
+    for (const d of [res, done!]) {
+      t.ok(d.eval_duration > 0 && d.prompt_eval_duration > 0, `${model}: durations`);
+      // Translated, they are the broker's measure; an Ollama upstream's own pass as they are.
+      if (model === 'chat-openai') t.equal(d.total_duration, d.prompt_eval_duration + d.eval_duration, `${model}: they add up`);
+    }
+    // Ollama's name with its tag is the same model (a client may add `:latest`).
+    t.equal((await ollama.chat({ model: `${model}:latest`, messages })).message.content, mockText(8), `${model}:latest`);
     const gen = await ollama.generate({ model, prompt: 'hi' });
     t.equal(gen.response, mockText(8));
     let gtext = '';
@@ -131,6 +139,11 @@ t.test('Ollama client, chat and generate, streaming and not, both providers', as
   }
   const last = okOpenai.stats.lastBody as Record<string, any>;
   t.equal(last.model, 'openai-1-upstream');
+  // The root answers as Ollama's does: the CLI and clients check it before anything else.
+  const root = await fetch(`${tb.url}/`);
+  t.equal(root.status, 200);
+  t.equal(await root.text(), 'Ollama is running');
+  t.equal((await fetch(`${tb.url}/`, { method: 'HEAD' })).status, 200);
 });
 
 t.test('Ollama load and unload (no prompt, no messages): answered as Ollama does, no upstream call, on either provider', async (t) => {
@@ -176,10 +189,13 @@ t.test("Ollama generate on an OpenAI deployment: chat completions (the templated
   t.match(done, { done: true, done_reason: 'stop', eval_count: 8 });
   t.equal(okOpenai.stats.lastPath, '/v1/chat/completions');
   for (const extra of [{ raw: true }, { suffix: ' the end' }]) {
-    const r = await ollama.generate({ model: 'chat-openai', prompt: 'hi', ...extra });
+    // `system` as Ollama takes it there: dropped (a raw prompt is templated already; before a
+    // fill-in-the-middle prefix it would be code). num_predict 0 is Ollama's "no limit".
+    const r = await ollama.generate({ model: 'chat-openai', prompt: 'hi', system: 'Be brief.', options: { num_predict: 0 }, ...extra });
     t.equal(r.response, mockText(8));
     t.equal(okOpenai.stats.lastPath, '/v1/completions', JSON.stringify(extra));
     t.equal((okOpenai.stats.lastBody as Record<string, any>).prompt, 'hi');
+    t.notOk('max_tokens' in (okOpenai.stats.lastBody as Record<string, any>), 'no max_tokens: 0 for an upstream to refuse');
   }
 });
 

@@ -116,7 +116,7 @@ export function chatService(deps: ChatDeps): UntypedServiceImplementation {
       const body = kind === 'chat' ? chatBody(call.request) : completeBody(call.request);
       const r: LlmRequest = { ...readLlmRequest(req, 'openai', kind, body, deps.limits), encoder: 'grpc' };
       const group = fleet.groups.get(r.model);
-      if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...fleet.groups.keys()].join(', ') || 'none'}`);
+      if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...new Set([...fleet.groups.values()].map((g) => g.name))].join(', ') || 'none'}`);
       if (sink.aborted) return;
       const a = deps.admission.admit(r, group);
       const admitted = a instanceof Promise ? await a : a;

@@ -95,6 +95,8 @@ export interface ChainContext {
   request?: Readonly<Record<string, unknown>>;
   /** Milliseconds, e.g. `() => performance.now()`; read only when instrumenting. */
   now: () => number;
+  /** The clock of the durations a translated Ollama done line carries (ReplyContext.durationClock). */
+  durationClock?: () => number;
   onFirstToken?: (at: number) => void;
   /** Every token event; previousAt is null for the first. */
   onToken?: (at: number, previousAt: number | null) => void;

@@ -44,6 +44,7 @@ export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, 
     ...(req.promptEstimate !== undefined ? { promptEstimate: req.promptEstimate } : {}),
     ...(req.request !== undefined ? { request: req.request } : {}),
     now: () => performance.now(),
+    durationClock: () => performance.now(),
     onFirstToken: (at) => {
       firstTokenMs = at - headersAt;
     },

@@ -48,8 +48,13 @@ export function base64FromImageUrl(url: string): string {
   return url.slice(m[0].length);
 }
 
-/** Ollama's bare base64 image → a data: URL, the MIME type sniffed from the first bytes. */
+/**
+ * Ollama's bare base64 image → a data: URL, the MIME type sniffed from the first bytes. One
+ * that is a data: URL already is taken as it is; a web URL is refused (Ollama takes base64 only).
+ */
 export function imageUrlFromBase64(b64: string): string {
+  if (DATA_URL.test(b64)) return b64;
+  if (/^https?:\/\//i.test(b64)) throw new BrokerError('invalid_request', 'images must be base64-encoded image bytes, not URLs', { details: { field: 'images' } });
   let mime = 'image/png';
   if (b64.startsWith('/9j/')) mime = 'image/jpeg';
   else if (b64.startsWith('UklGR')) mime = 'image/webp';
@@ -84,7 +89,7 @@ export function ollamaOptionsFromOpenAI(body: Record<string, unknown>): OllamaOp
   return Object.keys(o).length > 0 ? o : undefined;
 }
 
-/** Ollama `options` → OpenAI sampling fields. num_predict < 0 (-1 unlimited, -2 fill context) means no max_tokens. */
+/** Ollama `options` → OpenAI sampling fields. num_predict ≤ 0 (0 and -1 unlimited, -2 fill context) means no max_tokens. */
 export function openaiSamplingFromOllama(options: unknown): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   if (options === null || typeof options !== 'object') return out;
@@ -94,7 +99,7 @@ export function openaiSamplingFromOllama(options: unknown): Record<string, unkno
   const topP = num(o['top_p']);
   if (topP !== undefined) out['top_p'] = topP;
   const max = num(o['num_predict']);
-  if (max !== undefined && max >= 0) out['max_tokens'] = max;
+  if (max !== undefined && max > 0) out['max_tokens'] = max;
   const stop = o['stop'];
   if (typeof stop === 'string') out['stop'] = [stop];
   else if (Array.isArray(stop) && stop.length > 0) out['stop'] = stop.filter((s): s is string => typeof s === 'string');
@@ -229,4 +234,16 @@ export function argumentsJsonFromOllama(v: unknown): string {
  */
 export function appendToolName(name: string, piece: unknown, args: string): string {
   return typeof piece !== 'string' || args !== '' || piece === name ? name : name + piece;
+}
+
+/**
+ * Ollama's durations (nanoseconds) for a reply translated from an upstream that gives none:
+ * the whole reply, the wait for its first token (prompt evaluation) and the rest (generation),
+ * as the broker saw them. Ollama clients compute tokens/s as eval_count / eval_duration, so
+ * none is 0. Without a first token (a whole reply), 1 ns of prompt evaluation, the rest eval.
+ */
+export function ollamaDurations(totalMs: number, firstTokenMs: number | null): { total_duration: number; load_duration: number; prompt_eval_duration: number; eval_duration: number } {
+  const total = Math.max(2, Math.round(totalMs * 1e6));
+  const prompt = firstTokenMs === null ? 1 : Math.min(total - 1, Math.max(1, Math.round(firstTokenMs * 1e6)));
+  return { total_duration: total, load_duration: 0, prompt_eval_duration: prompt, eval_duration: total - prompt };
 }

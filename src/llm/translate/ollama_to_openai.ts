@@ -10,6 +10,7 @@ import {
   appendToolName,
   argumentsJsonFromOllama,
   choiceZero,
+  ollamaDurations,
   doneReasonFromOpenAI,
   imageUrlFromBase64,
   isoFromUnix,
@@ -120,7 +121,11 @@ export function generateChatRequest(body: unknown, upstreamModel: string): OpenA
   return chatRequest({ stream: b['stream'], options: b['options'], format: b['format'], messages }, upstreamModel);
 }
 
-/** /api/generate body → /v1/completions body for `upstreamModel`. `system` is put before the prompt. */
+/**
+ * /api/generate body → /v1/completions body for `upstreamModel` (a `raw` or `suffix` request).
+ * `system` is dropped, as Ollama drops it there: a raw prompt is already templated, and a
+ * fill-in-the-middle template has no place for it (before the prompt it would be code).
+ */
 export function completionRequest(body: unknown, upstreamModel: string): OpenAICompletionRequest {
   const b = requireObject(body);
   const prompt = b['prompt'] ?? '';
@@ -128,9 +133,8 @@ export function completionRequest(body: unknown, upstreamModel: string): OpenAIC
   if (Array.isArray(b['images']) && b['images'].length > 0) {
     throw new BrokerError('invalid_request', 'images are not supported by this model on /api/generate; use /api/chat');
   }
-  const system = typeof b['system'] === 'string' && b['system'] !== '' ? b['system'] + '\n\n' : '';
   const stream = b['stream'] !== false;
-  const out: OpenAICompletionRequest = { model: upstreamModel, prompt: system + prompt, stream, ...openaiSamplingFromOllama(b['options']) };
+  const out: OpenAICompletionRequest = { model: upstreamModel, prompt, stream, ...openaiSamplingFromOllama(b['options']) };
   if (typeof b['suffix'] === 'string' && b['suffix'] !== '') out.suffix = b['suffix'];
   // Not in OpenAI's own /v1/completions, but the servers an Ollama client reaches through it (vLLM,
   // llama.cpp) take it there too: dropped, the client's JSON would silently not be asked for.
@@ -166,8 +170,10 @@ function ollamaToolCalls(calls: OpenAIToolCall[] | undefined): OllamaToolCall[] 
   return calls.map((tc) => ({ function: { name: tc.function?.name ?? '', arguments: toolArguments(tc.function?.arguments) } }));
 }
 
-function counters(u: Usage | null): { prompt_eval_count: number; eval_count: number } {
-  return { prompt_eval_count: u?.promptTokens ?? 0, eval_count: u?.completionTokens ?? 0 };
+/** The done object's counters and durations, in Ollama's order. */
+function counters(u: Usage | null, ctx: ReplyContext): Record<string, number> {
+  const d = ollamaDurations(ctx.elapsedMs ?? 0, null);
+  return { total_duration: d.total_duration, load_duration: 0, prompt_eval_count: u?.promptTokens ?? 0, prompt_eval_duration: d.prompt_eval_duration, eval_count: u?.completionTokens ?? 0, eval_duration: d.eval_duration };
 }
 
 /** chat.completion → /api/chat reply. */
@@ -187,15 +193,15 @@ export function chatResponse(res: OpenAIChatCompletion, ctx: ReplyContext): Olla
     message,
     done_reason: doneReasonFromOpenAI(choice?.finish_reason ?? null),
     done: true,
-    ...counters(usageFromOpenAI(res.usage)),
+    ...counters(usageFromOpenAI(res.usage), ctx),
   };
 }
 
 /** chat.completion → /api/generate reply (a generate served by chat). */
 export function generateFromChat(res: OpenAIChatCompletion, ctx: ReplyContext): OllamaGenerateResponse {
-  const { message, model, created_at, done_reason, prompt_eval_count, eval_count } = chatResponse(res, ctx);
+  const { message, model, created_at, done_reason, ...done } = chatResponse(res, ctx);
   const thinking = message?.thinking;
-  return { model, created_at, response: message?.content ?? '', ...(thinking !== undefined ? { thinking } : {}), done: true, done_reason, prompt_eval_count, eval_count };
+  return { model, created_at, response: message?.content ?? '', ...(thinking !== undefined ? { thinking } : {}), ...done, done: true, done_reason };
 }
 
 /** text_completion → /api/generate reply. */
@@ -207,7 +213,7 @@ export function completionResponse(res: OpenAICompletion, ctx: ReplyContext): Ol
     response: typeof choice?.text === 'string' ? choice.text : '',
     done: true,
     done_reason: doneReasonFromOpenAI(choice?.finish_reason ?? null),
-    ...counters(usageFromOpenAI(res.usage)),
+    ...counters(usageFromOpenAI(res.usage), ctx),
   };
 }
 
@@ -228,10 +234,23 @@ export interface NdjsonWriter {
   tokens: number;
   tools: Array<{ id: string; name: string; args: string }>;
   done: boolean;
+  /** The clock, when the stream opened, and when its first token came (-1: not yet): the done line's durations. */
+  readonly now: () => number;
+  readonly openAt: number;
+  firstAt: number;
 }
 
+const STILL = (): number => 0;
+
 export function ndjsonWriter(ctx: ReplyContext): NdjsonWriter {
-  return { model: ctx.model, head: '', finish: null, usage: null, tokens: 0, tools: [], done: false };
+  const now = ctx.durationClock ?? STILL;
+  return { model: ctx.model, head: '', finish: null, usage: null, tokens: 0, tools: [], done: false, now, openAt: now(), firstAt: -1 };
+}
+
+/** A token (text, reasoning or a tool call) went by: the first one ends the prompt's evaluation. */
+function token(w: NdjsonWriter): void {
+  w.tokens++;
+  if (w.firstAt < 0) w.firstAt = w.now();
 }
 
 function start(w: NdjsonWriter, created: unknown): void {
@@ -255,6 +274,7 @@ export function chatChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
   const d = c?.delta;
   if (d === undefined || d === null) return '';
   if (Array.isArray(d.tool_calls)) {
+    if (w.firstAt < 0) w.firstAt = w.now();
     for (const tc of d.tool_calls) {
       const i = typeof tc.index === 'number' ? tc.index : w.tools.length;
       const slot = (w.tools[i] ??= { id: '', name: '', args: '' });
@@ -267,7 +287,7 @@ export function chatChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
   const r = d.reasoning_content ?? d.reasoning;
   const thinking = typeof r === 'string' ? r : '';
   if (content === '' && thinking === '') return '';
-  w.tokens++;
+  token(w);
   return (
     w.head +
     '"message":{"role":"assistant","content":' +
@@ -290,13 +310,15 @@ export function completionChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
     if (typeof r === 'string') thinking = r;
   }
   if ((typeof text !== 'string' || text === '') && thinking === '') return '';
-  w.tokens++;
+  token(w);
   return w.head + '"response":' + JSON.stringify(text ?? '') + (thinking === '' ? '' : ',"thinking":' + JSON.stringify(thinking)) + ',"done":false}\n';
 }
 
 function counterFields(w: NdjsonWriter): string {
   const u = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
-  return ',"prompt_eval_count":' + u.promptTokens + ',"eval_count":' + u.completionTokens + '}\n';
+  const end = w.now();
+  const d = ollamaDurations(end - w.openAt, w.firstAt < 0 ? null : w.firstAt - w.openAt);
+  return ',"total_duration":' + d.total_duration + ',"load_duration":0,"prompt_eval_count":' + u.promptTokens + ',"prompt_eval_duration":' + d.prompt_eval_duration + ',"eval_count":' + u.completionTokens + ',"eval_duration":' + d.eval_duration + '}\n';
 }
 
 function ensureHead(w: NdjsonWriter): void {

@@ -242,6 +242,14 @@ export interface ReplyContext {
   request?: Readonly<Record<string, unknown>>;
   /** The prompt's estimated tokens, for a reply that must name them before the upstream has (Anthropic's message_start). */
   promptEstimate?: number;
+  /** Milliseconds since the request arrived, for a whole reply's durations (Ollama's total_duration). */
+  elapsedMs?: number;
+  /**
+   * A clock in milliseconds (performance.now()) for a stream's durations (Ollama's done line),
+   * apart from the chain's own `now` so that reading it moves no instrumented time; absent, a
+   * clock that stands still (tests that compare bytes).
+   */
+  durationClock?: () => number;
 }
 
 /** Token usage in API-neutral form. */

@@ -62,7 +62,10 @@ t.test('Ollama /api/generate stream → OpenAI text_completion events, no usage 
 
 t.test('OpenAI chat.completion.chunk stream → Ollama /api/chat lines', async (t) => {
   const up = openaiStream('chat', { tokens: ['Hé', ' 🎉'], finish: 'length', promptTokens: 9 });
-  const { bytes, stream } = runChain(spec('ollama', 'openai', 'chat'), ctxFor(), [Buffer.from(up)]);
+  // Ollama's durations, as the broker saw them (clients compute tokens/s from eval_duration):
+  // opened at 0 ms, first token at 30, done at 100.
+  const times = [0, 30, 100];
+  const { bytes, stream } = runChain(spec('ollama', 'openai', 'chat'), ctxFor({ durationClock: () => times.shift()! }), [Buffer.from(up)]);
   const head = '{"model":"my-model","created_at":"2024-07-26T13:20:00.000Z",';
   t.equal(
     bytes.toString(),
@@ -71,7 +74,7 @@ t.test('OpenAI chat.completion.chunk stream → Ollama /api/chat lines', async (
       head +
       '"message":{"role":"assistant","content":" 🎉"},"done":false}\n' +
       head +
-      '"message":{"role":"assistant","content":""},"done_reason":"length","done":true,"prompt_eval_count":9,"eval_count":2}\n',
+      '"message":{"role":"assistant","content":""},"done_reason":"length","done":true,"total_duration":100000000,"load_duration":0,"prompt_eval_count":9,"prompt_eval_duration":30000000,"eval_count":2,"eval_duration":70000000}\n',
   );
   t.equal(stream.stats.finishReason, 'length');
   t.equal(stream.stats.chunks, 6, 'role chunk, 2 tokens, finish, usage, [DONE]');
@@ -88,7 +91,7 @@ t.test('OpenAI text_completion stream → Ollama /api/generate lines', async (t)
       head +
       '"response":" sky","done":false}\n' +
       head +
-      '"response":"","done":true,"done_reason":"stop","prompt_eval_count":11,"eval_count":2}\n',
+      '"response":"","done":true,"done_reason":"stop","total_duration":2,"load_duration":0,"prompt_eval_count":11,"prompt_eval_duration":1,"eval_count":2,"eval_duration":1}\n',
   );
 });
 
@@ -214,7 +217,7 @@ t.test('finish and usage but no [DONE]: end() writes the missing terminal', asyn
   t.equal(pass.stream.truncated, false);
   t.ok(pass.bytes.toString().endsWith('data: [DONE]\n\n'));
   const cross = runChain(spec('ollama', 'openai', 'chat'), ctxFor(), [up]);
-  t.match(cross.bytes.toString(), /"done":true,"prompt_eval_count":11,"eval_count":1\}\n$/);
+  t.match(cross.bytes.toString(), /"done":true,"total_duration":2,"load_duration":0,"prompt_eval_count":11,"prompt_eval_duration":1,"eval_count":1,"eval_duration":1\}\n$/);
 });
 
 t.test('fail() mid-stream: OpenAI client gets the error event and no [DONE]; Ollama client the error line', async (t) => {

@@ -153,6 +153,28 @@ t.test('Ollama chat → OpenAI /v1/chat/completions', async (t) => {
   });
 });
 
+t.test('Ollama chat → OpenAI: a history call whose arguments are JSON text, an image given as a data: URL, a web URL refused', async (t) => {
+  const r = translateRequest(
+    { client: 'ollama', provider: 'openai', kind: 'chat' },
+    {
+      model: 'm',
+      messages: [
+        { role: 'user', content: 'look', images: [`data:image/jpeg;base64,${JPEG}`] },
+        { role: 'assistant', content: '', tool_calls: [{ function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] },
+        { role: 'tool', content: '{"temp":21}', tool_name: 'get_weather' },
+      ],
+    },
+    'up',
+  );
+  const messages = body(r)['messages'] as any[];
+  t.same(messages[0].content[1], { type: 'image_url', image_url: { url: `data:image/jpeg;base64,${JPEG}` } }, 'the data: URL as it is, not prefixed twice');
+  t.equal(messages[1].tool_calls[0].function.arguments, '{"city":"Paris"}', 'the JSON text, not encoded a second time');
+  t.throws(
+    () => translateRequest({ client: 'ollama', provider: 'openai', kind: 'chat' }, { model: 'm', messages: [{ role: 'user', content: 'x', images: ['https://example.com/cat.png'] }] }, 'up'),
+    { code: 'invalid_request', message: /base64/ },
+  );
+});
+
 t.test('Ollama chat → OpenAI: stream false, num_predict -1, schema format', async (t) => {
   const r = translateRequest(
     { client: 'ollama', provider: 'openai', kind: 'chat' },
@@ -174,9 +196,10 @@ t.test('Ollama generate → OpenAI /v1/completions', async (t) => {
     { model: 'm', prompt: 'Why is the sky blue?', system: 'Answer in one line.', suffix: '', options: { num_predict: 20, temperature: 0.8 } },
     'gpt-3.5-turbo-instruct',
   );
+  // Only a raw or suffix request runs as a completion: `system` is dropped there, as Ollama drops it.
   t.same(body(r), {
     model: 'gpt-3.5-turbo-instruct',
-    prompt: 'Answer in one line.\n\nWhy is the sky blue?',
+    prompt: 'Why is the sky blue?',
     stream: true,
     temperature: 0.8,
     max_tokens: 20,
@@ -346,15 +369,20 @@ const openaiChatReply = {
 };
 
 t.test('chat.completion → Ollama /api/chat reply', async (t) => {
-  const r = translateResponse({ client: 'ollama', provider: 'openai', kind: 'chat' }, JSON.stringify(openaiChatReply), { model: 'my-model', id: 'r4' });
+  // The durations as the broker saw them (a whole reply: 1 ns of prompt, the rest eval), never 0.
+  const r = translateResponse({ client: 'ollama', provider: 'openai', kind: 'chat' }, JSON.stringify(openaiChatReply), { model: 'my-model', id: 'r4', elapsedMs: 250 });
   t.same(JSON.parse(r.body as string), {
     model: 'my-model',
     created_at: '2025-03-10T01:25:52.000Z',
     message: { role: 'assistant', content: 'Hello! How can I assist you today?' },
     done_reason: 'stop',
     done: true,
+    total_duration: 250_000_000,
+    load_duration: 0,
     prompt_eval_count: 19,
+    prompt_eval_duration: 1,
     eval_count: 10,
+    eval_duration: 249_999_999,
   });
   t.same(r.usage, { promptTokens: 19, completionTokens: 10 });
 });
@@ -387,8 +415,12 @@ t.test('text_completion → Ollama /api/generate reply', async (t) => {
     response: '\n\nThis is indeed a test',
     done: true,
     done_reason: 'length',
+    total_duration: 2,
+    load_duration: 0,
     prompt_eval_count: 5,
+    prompt_eval_duration: 1,
     eval_count: 7,
+    eval_duration: 1,
   });
 });
 
