@@ -14,6 +14,7 @@ import type { Admitted } from '../sched/admission.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
 import type { ReplySink } from '../front/reply.ts';
 import { ollamaLoadReply } from './ollama-load.ts';
+import { showModel } from './ollama-show.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 /** The Ollama API release whose routes and fields the broker serves (thinking, tools, /api/embed). */
@@ -147,6 +148,24 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       errorShape: ollamaErrorShape,
       handle({ sink }) {
         sink.send(200, { 'content-type': 'text/plain; charset=utf-8' }, 'Ollama is running');
+      },
+    },
+    {
+      // What a model is (ollama-show.ts): the `ollama` CLI asks before it runs one.
+      method: 'POST',
+      path: '/api/show',
+      body: 'json',
+      errorShape: ollamaErrorShape,
+      async handle({ body, sink }) {
+        const b = body as Record<string, unknown>;
+        // `name` is the older field (ollama-js before 0.5 and older CLIs send it).
+        const name = typeof b['model'] === 'string' ? b['model'] : b['name'];
+        if (typeof name !== 'string' || name === '') throw new BrokerError('invalid_request', 'model is required', { details: { field: 'model' } });
+        const fleet = await source.current();
+        const group = fleet?.groups.get(name);
+        // Ollama's own words for a model it does not have.
+        if (group === undefined) throw new BrokerError('model_not_found', `model '${name}' not found`, { details: { field: 'model' } });
+        sink.send(200, JSON_HEADERS, JSON.stringify(await showModel(group, name)));
       },
     },
     {

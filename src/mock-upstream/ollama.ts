@@ -206,3 +206,22 @@ export function psBody(models: readonly string[]): string {
 }
 
 export const VERSION_BODY = '{"version":"0.0.0-mock"}';
+
+/**
+ * POST /api/show: Ollama's description of a model (its template, a context length in
+ * model_info). Any name, as the mock's generation routes take any; none is Ollama's 400.
+ */
+export function ollamaShow(ex: Exchange, body: Body): void {
+  const known = typeof body['model'] === 'string' ? body['model'] : body['name'];
+  if (typeof known !== 'string' || known === '') return ollamaError(ex.res, 400, 'model is required');
+  sendBody(ex.res, 200, OLLAMA_JSON, JSON.stringify({
+    license: '',
+    modelfile: `FROM ${tagged(known)}\n`,
+    parameters: 'stop "<|end|>"',
+    template: '{{ .System }}<|user|>{{ .Prompt }}<|end|><|assistant|>',
+    details: MODEL_DETAILS,
+    model_info: { 'general.architecture': 'mock', 'mock.context_length': 4096 },
+    capabilities: ['completion', 'tools'],
+    modified_at: new Date(0).toISOString(),
+  }));
+}

@@ -10,7 +10,7 @@
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { ERROR_CASES, Exchange, resetConnection, sendBody, type ErrorCase, type FailMode, type Knobs, type RawHeaders } from './generate.ts';
-import { OLLAMA_JSON, VERSION_BODY, ollamaChat, ollamaError, ollamaGenerate, psBody, tagsBody } from './ollama.ts';
+import { OLLAMA_JSON, VERSION_BODY, ollamaChat, ollamaError, ollamaGenerate, ollamaShow, psBody, tagsBody } from './ollama.ts';
 import { OPENAI_JSON, chatCompletions, completions, modelsListBody, openaiError } from './openai.ts';
 import { ollamaEmbed, openaiEmbeddings } from './embeddings.ts';
 import { responses } from './responses.ts';
@@ -237,6 +237,7 @@ export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promis
     ['/api/embed', { method: 'POST', api: 'ollama', generate: ollamaEmbed }],
     ['/api/tags', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: tags }) }],
     ['/api/ps', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: psBody(loaded) }) }],
+    ['/api/show', { method: 'POST', api: 'ollama', generate: ollamaShow }],
     ['/api/version', { method: 'GET', api: 'ollama', get: () => ({ contentType: OLLAMA_JSON, body: VERSION_BODY }) }],
     ['/', { method: 'GET', api: 'ollama', get: () => ({ contentType: 'text/plain; charset=utf-8', body: 'Ollama is running' }) }],
   ]);

@@ -144,6 +144,15 @@ t.test('Ollama client, chat and generate, streaming and not, both providers', as
   t.equal(root.status, 200);
   t.equal(await root.text(), 'Ollama is running');
   t.equal((await fetch(`${tb.url}/`, { method: 'HEAD' })).status, 200);
+  // What a model is (the `ollama` CLI asks before it runs one; a 404 makes it pull): an Ollama
+  // group's server describes its own model, another group is described from the fleet file.
+  const shown = await ollama.show({ model: 'chat-ollama' });
+  t.match(shown, { template: /<\|user\|>/, model_info: { 'mock.context_length': 4096 }, capabilities: ['completion', 'tools'] }, "the Ollama server's own description");
+  const made = await ollama.show({ model: 'chat-openai' });
+  t.match(made, { model_info: { 'general.architecture': 'edge-broker' }, capabilities: ['completion', 'tools'], details: { format: '' } }, 'described here');
+  const missing = await fetch(`${tb.url}/api/show`, { method: 'POST', body: JSON.stringify({ model: 'nope' }) });
+  t.equal(missing.status, 404);
+  t.match(await missing.json(), { error: "model 'nope' not found" }, "Ollama's shape and words");
 });
 
 t.test('Ollama load and unload (no prompt, no messages): answered as Ollama does, no upstream call, on either provider', async (t) => {
@@ -412,9 +421,9 @@ t.test('without BROKER_CONFIG, a local Ollama (here the mock) is discovered', as
 });
 
 t.test("an Ollama endpoint the broker does not serve: 404 in Ollama's shape, which the Ollama client reads; the broker's own /api/ routes keep its shape", async (t) => {
-  const err = (await ollama.show({ model: 'chat' }).catch((e: unknown) => e)) as { status_code?: number; error?: string; message?: string };
+  const err = (await ollama.ps().catch((e: unknown) => e)) as { status_code?: number; error?: string; message?: string };
   t.equal(err.status_code, 404);
-  t.match(err.error ?? err.message, /no route for \/api\/show/, 'a message, not [object Object]');
+  t.match(err.error ?? err.message, /no route for \/api\/ps/, 'a message, not [object Object]');
   const own = await fetch(`${tb.url}/api/industrial/no-such-thing`);
   const body = (await own.json()) as { error: { code?: string } };
   t.equal(typeof body.error, 'object', 'admin routes: the broker shape');

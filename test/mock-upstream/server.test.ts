@@ -30,7 +30,7 @@ t.test('unknown paths are 404 in the API shape of their prefix', async (t) => {
   t.equal(openai.status, 404);
   t.same(await json(openai), { error: { message: 'Invalid URL (POST /v1/audio/speech)', type: 'invalid_request_error', param: null, code: null } });
 
-  const ollama = await fetch(mock.url + '/api/show');
+  const ollama = await fetch(mock.url + '/api/pull');
   t.equal(ollama.status, 404);
   t.same(await json(ollama), { error: '404 page not found' });
 

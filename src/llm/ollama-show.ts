@@ -1,0 +1,56 @@
+// Ollama's POST /api/show: what a model is. The `ollama` CLI asks it before `ollama run`
+// (a 404 makes it try to pull the model), Continue reads the context length from it, and
+// ollama-js `show()` throws without it. A group served by an Ollama answers with that
+// server's own description of its model (template, parameters, context length); any other
+// group, or an Ollama that does not answer in time, with one made here from the fleet file.
+import { request } from 'undici';
+import type { ModelGroupConfig } from '../config/broker-config.ts';
+
+/** How long the upstream's own /api/show may take before the broker answers with its own. */
+const UPSTREAM_SHOW_TIMEOUT_MS = 2000;
+
+export async function showModel(group: ModelGroupConfig, name: string): Promise<Record<string, unknown>> {
+  for (const d of group.deployments) {
+    if (d.provider !== 'ollama') continue;
+    const own = await upstreamShow(d.url, d.model, d.apiKey);
+    if (own !== undefined) return own;
+    break;
+  }
+  return described(group, name);
+}
+
+async function upstreamShow(url: string, model: string, apiKey: string | undefined): Promise<Record<string, unknown> | undefined> {
+  try {
+    const res = await request(new URL('/api/show', url), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(apiKey !== undefined ? { authorization: `Bearer ${apiKey}` } : {}) },
+      body: JSON.stringify({ model }),
+      headersTimeout: UPSTREAM_SHOW_TIMEOUT_MS,
+      bodyTimeout: UPSTREAM_SHOW_TIMEOUT_MS,
+      signal: AbortSignal.timeout(UPSTREAM_SHOW_TIMEOUT_MS),
+    });
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      return undefined;
+    }
+    const v: unknown = await res.body.json();
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The group as the fleet file describes it: its context window when it names one, chat and tools. */
+function described(group: ModelGroupConfig, name: string): Record<string, unknown> {
+  const arch = 'edge-broker';
+  return {
+    license: '',
+    modelfile: `# served by Edge Broker: model group ${name}\nFROM ${name}\n`,
+    parameters: '',
+    template: '{{ .Prompt }}',
+    details: { parent_model: '', format: '', family: '', families: null, parameter_size: '', quantization_level: '' },
+    model_info: { 'general.architecture': arch, ...(group.maxContextTokens !== undefined ? { [`${arch}.context_length`]: group.maxContextTokens } : {}) },
+    capabilities: ['completion', 'tools'],
+    modified_at: new Date(0).toISOString(),
+  };
+}
