@@ -1,6 +1,7 @@
 // Process configuration from the environment: parsed and validated once at
 // start-up, then frozen. A bad value throws ConfigError naming the variable, and
 // main.ts exits with that message.
+import { parseCorsOrigins } from '../front/http/cors.ts';
 import { accessSync, constants, statSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -36,6 +37,8 @@ export interface Config {
   readonly canaryErrorMargin: number;
   readonly canaryLatencyMargin: number;
   readonly stickyCookie: string;
+  /** CORS_ORIGINS: [] off, ['*'] any origin, else these origins (src/front/http/cors.ts). */
+  readonly corsOrigins: readonly string[];
   readonly adminToken: string | undefined;
   readonly modelVaPath: string;
   readonly modelVbPath: string;
@@ -202,6 +205,12 @@ export function loadConfig(env: Env = process.env): Config {
   for (const [name, path] of [['GRPC_TLS_CERT', grpcCert], ['GRPC_TLS_KEY', grpcKey]] as const) {
     if (path !== '' && !readable(path)) throw new ConfigError(name, `${path} is not a readable file`);
   }
+  let cors: readonly string[];
+  try {
+    cors = parseCorsOrigins(str(env, 'CORS_ORIGINS', ''));
+  } catch (err) {
+    throw new ConfigError('CORS_ORIGINS', (err as Error).message);
+  }
   const adminToken = env.ADMIN_TOKEN === undefined || env.ADMIN_TOKEN === '' ? undefined : env.ADMIN_TOKEN;
   if (adminToken !== undefined && adminToken.length < 8) throw new ConfigError('ADMIN_TOKEN', 'must be at least 8 characters');
 
@@ -221,6 +230,7 @@ export function loadConfig(env: Env = process.env): Config {
     canaryErrorMargin: num(env, 'CANARY_ERROR_MARGIN', 0.05, 0, 1),
     canaryLatencyMargin: num(env, 'CANARY_LATENCY_MARGIN', 0.5, 0, 100),
     stickyCookie,
+    corsOrigins: cors,
     adminToken,
     modelVaPath: str(env, 'MODEL_VA_PATH', BUNDLED_MODEL('vA.onnx')),
     modelVbPath: str(env, 'MODEL_VB_PATH', BUNDLED_MODEL('vB.onnx')),

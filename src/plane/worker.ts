@@ -197,6 +197,7 @@ const front = await startHttpFront({
   host: config.host,
   port: init.port,
   maxBodyBytes: config.maxBodyBytes,
+  cors: config.corsOrigins,
   router,
   rateLimiter: createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: init.buffers.rateLimit }),
   // Admin routes are the control plane's: forwarded there whole, never matched here.

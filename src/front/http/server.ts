@@ -20,12 +20,15 @@ import { LINGER_BYTES, readBody } from './body.ts';
 import { redactPath } from '../../guard/api-key.ts';
 import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
 import { statusLine } from './status.ts';
+import { corsHeaders, corsOrigins, preflight } from './cors.ts';
 import { TRACING_OFF, type Tracer } from '../../obs/trace/tracer.ts';
 import { endRequestSpan, startRequestSpan } from '../../obs/trace/http.ts';
 import { RECORDER_OFF, type Recorder } from '../../track/recorder.ts';
 import type { RequestFacts } from '../../track/facts.ts';
 
 export interface HttpFrontOptions extends Guards {
+  /** CORS_ORIGINS' entries (cors.ts); empty or absent: no CORS headers. */
+  readonly cors?: readonly string[];
   readonly host: string;
   readonly port: number;
   readonly router: Router;
@@ -90,6 +93,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const accessLog = opts.accessLog ?? logger;
   const tracer = opts.tracer ?? TRACING_OFF;
   const recorder = opts.recorder ?? RECORDER_OFF;
+  const cors = corsOrigins(opts.cors ?? []);
   const app = uWS.App();
   let inFlight = 0;
   let closing = false;
@@ -138,6 +142,11 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     metrics.httpActive.inc();
     const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
     sink.front = front;
+    if (cors !== undefined) {
+      sink.cors = corsHeaders(cors, headers['origin']);
+      const answer = preflight(cors, method, headers);
+      if (answer !== undefined) return sink.send(204, answer, '');
+    }
     if (closing) {
       sink.closeConnection = true;
       // Shutting down is not ready, whatever the models say: the balancer must stop sending work
@@ -268,6 +277,8 @@ class UwsSink implements FrontSink {
   }
   /** Set while the front shuts down: every reply closes its connection. */
   closeConnection = false;
+  /** CORS headers for the request's origin (cors.ts), on every reply. */
+  cors: Record<string, string> | undefined;
   errorCode: ErrorCode | undefined;
   /** Request tracking's facts: the request's own, or those of a forwarded reply. */
   facts: RequestFacts | undefined;
@@ -405,6 +416,7 @@ class UwsSink implements FrontSink {
     this.res.writeHeader('x-request-id', this.req.id);
     if (this.routeName === '/v1/messages' || this.errorShape === anthropicErrorShape) this.res.writeHeader('request-id', this.req.id);
     if (this.closeConnection) this.res.writeHeader('connection', 'close');
+    if (this.cors !== undefined) for (const k in this.cors) this.res.writeHeader(k, this.cors[k]!);
     for (const k in headers) this.res.writeHeader(k, headers[k]!);
   }
 
