@@ -514,6 +514,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   }
   if (infer !== undefined) {
     metrics.sources.inferQueue = () => infer.currentPool.queueSize;
+    metrics.sources.inferPending = () => infer.currentPool.queueSizes;
     metrics.sources.inferWorkers = () => infer.currentPool.threads.length;
   }
   metrics.planeThreads.set(planes?.count ?? 0);

@@ -141,6 +141,8 @@ export interface InferPool {
   waitReady(timeoutMs?: number): Promise<void>;
   /** Requests waiting for a batch slot. */
   readonly queueSize: number;
+  /** The same, per model (A and B by their manifest names: one when they share it). */
+  readonly queueSizes: ReadonlyMap<string, number>;
   /** Worker threads, for tests that kill one. */
   readonly threads: readonly { terminate(): Promise<number> }[];
   /** Fails every request still waiting for a batch, and every later one, with `err` (shutdown past its grace period); started batches finish. */
@@ -568,6 +570,14 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     },
     get queueSize() {
       return waiting;
+    },
+    get queueSizes() {
+      const by = new Map<string, number>();
+      for (const key of queues.keys()) {
+        const name = opts.models[key]!.manifest.name;
+        by.set(name, (by.get(name) ?? 0) + queues.get(key)!.size);
+      }
+      return by;
     },
     get threads() {
       return piscina.threads;

@@ -40,6 +40,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
   const sources = {
     cacheBytes: (): number => 0,
     inferQueue: (): number => 0,
+    inferPending: (): ReadonlyMap<string, number> => new Map(),
     inferWorkers: (): number => 0,
     capacity: (): { id: string; inFlight: number; concurrencyLimit: number }[] => [],
     queueDepth: (): number => 0,
@@ -161,6 +162,17 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       registers: r,
       collect() {
         this.set(sources.inferQueue());
+      },
+    }),
+    inferPending: new Gauge({
+      // Triton's nv_inference_pending_request_count: the queue of each model, where the pool's size is their sum.
+      name: 'inference_pending_requests',
+      help: 'Inference requests waiting in a model\'s admission queue, by model',
+      labelNames: ['model'] as const,
+      registers: r,
+      collect() {
+        this.reset();
+        for (const [model, n] of sources.inferPending()) this.labels(model).set(n);
       },
     }),
     inferWorkers: new Gauge({

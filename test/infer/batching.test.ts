@@ -169,6 +169,18 @@ t.test("the model's queue.timeout_ms shorter than the batch window: a lone reque
   });
 });
 
+t.test('the queue of each model, by its name (inference_pending_requests): the requests held for a batch, then none', async (t) => {
+  const slow = loadManifest(writeForeignModel({ manifest: { name: 'held', batching: { max_batch_size: 16, max_queue_delay_us: 400_000 }, queue: { max_size: 8, timeout_ms: 10_000 } } }));
+  const png = (await fashionPngs(1))[0]!.png;
+  await withPool({ H: slow }, 1, 1, async (pool) => {
+    const runs = Array.from({ length: 3 }, () => pool.run('H', copy(png), undefined, 1));
+    t.same([...pool.queueSizes], [['held', 3]], 'three wait for the batch to fill');
+    t.equal(pool.queueSize, 3, 'the pool total agrees');
+    await Promise.all(runs);
+    t.same([...pool.queueSizes], [['held', 0]], 'none once they ran');
+  });
+});
+
 t.test("one signal for many images (a gRPC stream's): each settled image takes its abort listener with it", async (t) => {
   const { RequestAbort } = await import('../../src/abort.ts');
   class Counting extends RequestAbort {
