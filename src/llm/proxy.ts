@@ -469,7 +469,7 @@ export class LlmProxy {
           timeline.firstByteAt = doneAt;
           let reply: ReturnType<typeof translateResponse>;
           try {
-            reply = translateResponse(route, bytes, { model, id: req.id, request: body, elapsedMs: doneAt - req.startedAt });
+            reply = translateResponse(route, bytes, { model, id: req.id, request: body, elapsedMs: doneAt - req.startedAt, ...(dep.config.apiKey !== undefined ? { secrets: [dep.config.apiKey] } : {}) });
           } catch (err) {
             // A 200 whose body is no reply (empty, not JSON, a failed response): nothing was
             // sent to the client, so as any failure before the first byte, it may go elsewhere.

@@ -127,6 +127,19 @@ const broken = scripted((path, model, res) => {
 });
 await new Promise<void>((r) => broken.listen(0, '127.0.0.1', r));
 const brokenUrl = `http://127.0.0.1:${(broken.address() as { port: number }).port}`;
+// An upstream that echoes the request's Authorization header in an error after its 200.
+const echoing = createServer((req, res) => {
+  req.resume();
+  req.on('end', () => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.write(`data: ${JSON.stringify({ id: 'e', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { role: 'assistant', content: 'Hi' }, finish_reason: null }] })}\n\n`);
+    res.end(`data: ${JSON.stringify({ error: { message: `oops, you sent ${String(req.headers.authorization)}` } })}\n\n`);
+  });
+});
+await new Promise<void>((r) => echoing.listen(0, '127.0.0.1', r));
+const echoingUrl = `http://127.0.0.1:${(echoing.address() as { port: number }).port}`;
+const DEPLOY_KEY = 'sk-DEPLOYSECRET-xyz';
+
 const blackhole = await createBlackhole();
 t.teardown(() => blackhole.close());
 
@@ -190,11 +203,15 @@ const fleet = {
     'busy-alone': { deployments: [d('busy-2', 'openai', slow, { concurrencyLimit: 1 })] },
     // A cold deployment and a full one: the retry after the cold one's timeout finds no slot in time.
     'cold-then-busy': { deployments: [d('cold-3', 'openai', coldStart, { firstTokenTimeoutMs: 150 }), d('busy-3', 'openai', slow, { concurrencyLimit: 1 })] },
+    // One deployment per API: three failures in a row would open a shared one's breaker.
+    ...Object.fromEntries([1, 2, 3, 4].map((i) => [`echo-${i}`, { deployments: [d(`echo-${i}`, 'openai', { url: echoingUrl }, { apiKeyEnv: 'ECHO_DEPLOY_KEY' })] }])),
   },
   qos: { defaultTier: 'standard', tiers: { standard: {}, narrow: { allowedGroups: ['over-narrow'], priority: 1 }, hasty: { maxQueueWaitMs: 100 } } },
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-fallback-'));
 writeFileSync(join(dir, 'broker.yaml'), stringify(fleet));
+// The fleet file's key is read from the process's environment.
+process.env['ECHO_DEPLOY_KEY'] = DEPLOY_KEY;
 const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', FRONT_THREADS: process.env.FRONT_THREADS ?? '0', BROKER_FF_QOS_SWITCHING: 'true' });
 t.teardown(async () => {
   await tb.close();
@@ -207,6 +224,8 @@ t.teardown(async () => {
   await new Promise<void>((r) => chatty.close(() => r()));
   broken.closeAllConnections();
   await new Promise<void>((r) => broken.close(() => r()));
+  echoing.closeAllConnections();
+  await new Promise<void>((r) => echoing.close(() => r()));
 });
 
 const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
@@ -584,4 +603,21 @@ t.test("a retry that finds no slot in what is left of the request's wait answers
   t.equal(res.status, 504);
   t.equal(body.error.code, 'upstream_timeout', 'the cold deployment timed out: that is the answer');
   t.match(body.error.message, /firstTokenTimeoutMs/);
+});
+
+t.test("an upstream's error after its 200 that echoes the deployment's key: the client sees it masked, in every API", async (t) => {
+  const stream = await openai.chat.completions.create({ model: 'echo-1', messages: [{ role: 'user', content: 'hi' }], stream: true });
+  const err = await (async () => {
+    for await (const _ of stream) void _;
+  })().then(() => undefined, (e: unknown) => e as Error);
+  t.match(err?.message, /oops, you sent Bearer \[redacted\]/, 'the OpenAI SDK throws the masked message');
+  for (const [path, body] of [
+    ['/api/chat', { model: 'echo-2', messages: [{ role: 'user', content: 'hi' }] }],
+    ['/v1/messages', { model: 'echo-3', max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'hi' }] }],
+    ['/v1/responses', { model: 'echo-4', input: 'hi', stream: true }],
+  ] as const) {
+    const text = await (await fetch(`${tb.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })).text();
+    t.notMatch(text, /sk-DEPLOY/, `${path}: not in the stream`);
+    t.match(text, /\[redacted\]/, `${path}: masked`);
+  }
 });

@@ -45,7 +45,7 @@ import { SSE_DONE, SseParser, isPlainBlock, type SseEvent } from '../codec/sse.t
 import { choiceZero, finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
 import { streamErrorEvent } from '../../front/error-body.ts';
 import { deltaMessage, finalMessage } from '../../front/grpc/wire.ts';
-import { upstreamErrorMessage } from '../translate/errors.ts';
+import { upstreamErrorMessage, upstreamText } from '../translate/errors.ts';
 import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
@@ -97,6 +97,8 @@ export interface ChainContext {
   now: () => number;
   /** The clock of the durations a translated Ollama done line carries (ReplyContext.durationClock). */
   durationClock?: () => number;
+  /** What the broker sent upstream that an upstream's error may echo (the deployment's API key): masked in error events and logs. */
+  secrets?: readonly string[];
   onFirstToken?: (at: number) => void;
   /** Every token event; previousAt is null for the first. */
   onToken?: (at: number, previousAt: number | null) => void;
@@ -313,10 +315,13 @@ function setUsage(r: Run, prompt: number, completion: number): void {
 
 // ---- the compiler ----
 
+const NO_SECRETS: readonly string[] = [];
+
 /** A stream's terminal error event in the client's framing ('' for gRPC, whose errors are statuses). */
 type ErrorText = (r: Run, message: string, code: string) => string;
 
-function upstreamFailure(r: Run, emitText: (r: Run, s: string) => void, errorText: ErrorText, message: string): void {
+function upstreamFailure(r: Run, emitText: (r: Run, s: string) => void, errorText: ErrorText, upstreamMessage: string): void {
+  const message = upstreamText(upstreamMessage, r.ctx.secrets ?? NO_SECRETS);
   r.stats.error = { code: 'upstream_error', message };
   if (unsent(r)) r.held = { message, code: 'upstream_error' };
   else emitText(r, errorText(r, message, 'upstream_error'));
@@ -541,7 +546,10 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         // The upstream's own failure event reaches the client as it is.
         const e = type === 'error' ? j : (j['response'] as Record<string, unknown> | undefined)?.['error'];
         const m = (e as Record<string, unknown> | null | undefined)?.['message'];
-        r.stats.error = { code: 'upstream_error', message: typeof m === 'string' ? m : 'upstream response failed' };
+        const secrets = r.ctx.secrets ?? NO_SECRETS;
+        r.stats.error = { code: 'upstream_error', message: upstreamText(typeof m === 'string' ? m : 'upstream response failed', secrets) };
+        // Passed on as it came, but never with what the broker sent upstream in it.
+        for (const k of secrets) if (k !== '' && r.data.includes(k)) r.raw = Buffer.from(Buffer.from(r.raw.buffer, r.raw.byteOffset, r.raw.byteLength).toString('utf8').split(k).join('[redacted]'));
         r.closed = true;
         // Its first event: nothing reached the client, which may still be served elsewhere.
         if (unsent(r)) {

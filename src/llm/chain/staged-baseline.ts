@@ -12,7 +12,7 @@ import { SSE_DONE, isPlainBlock } from '../codec/sse.ts';
 import { finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
 import { streamErrorEvent } from '../../front/error-body.ts';
 import { BrokerError } from '../../errors.ts';
-import { upstreamErrorMessage } from '../translate/errors.ts';
+import { upstreamErrorMessage, upstreamText } from '../translate/errors.ts';
 import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
@@ -331,8 +331,8 @@ class TranslateStage extends Transform {
   }
 
   /** The upstream failed: its error event now, or held back while nothing was sent. */
-  private failUp(message: string): void {
-    const text = this.failWith(message, 'upstream_error');
+  private failUp(upstreamMessage: string): void {
+    const text = this.failWith(upstreamText(upstreamMessage, this.ctx.secrets ?? []), 'upstream_error');
     if (this.sent) this.push(text);
     else this.held = text;
     this.onUpstreamFailed?.();

@@ -45,6 +45,7 @@ export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, 
     ...(req.request !== undefined ? { request: req.request } : {}),
     now: () => performance.now(),
     durationClock: () => performance.now(),
+    ...(req.deployment.apiKey !== undefined ? { secrets: [req.deployment.apiKey] } : {}),
     onFirstToken: (at) => {
       firstTokenMs = at - headersAt;
     },

@@ -33,6 +33,28 @@ function codeForUpstreamStatus(status: number): ErrorCode {
 /** Longest upstream message passed on to a client. */
 export const UPSTREAM_MESSAGE_CHARS = 500;
 
+/** Shortest tail of a cut message that is taken for the start of a secret. */
+const SECRET_TAIL_CHARS = 4;
+
+/**
+ * An upstream's message as a client or the log may see it: `secrets` (what the broker sent
+ * upstream: the deployment's API key, which an upstream may echo with the request's headers)
+ * masked, then cut to UPSTREAM_MESSAGE_CHARS. Masked before the cut, so that no cut leaves a
+ * secret's start unmasked, and a tail that could begin one is masked too.
+ */
+export function upstreamText(text: string, secrets: readonly string[]): string {
+  let out = text;
+  for (const s of secrets) if (s !== '' && out.includes(s)) out = out.split(s).join('[redacted]');
+  if (out.length <= UPSTREAM_MESSAGE_CHARS) return out;
+  out = out.slice(0, UPSTREAM_MESSAGE_CHARS);
+  for (const s of secrets) {
+    for (let n = Math.min(s.length - 1, out.length); n >= SECRET_TAIL_CHARS; n--) {
+      if (out.endsWith(s.slice(0, n))) return out.slice(0, out.length - n) + '[redacted]';
+    }
+  }
+  return out;
+}
+
 /**
  * An upstream error body → BrokerError. The upstream's message reaches the client only
  * for the client's own mistakes (400, 413, 422), cut to UPSTREAM_MESSAGE_CHARS and with
@@ -47,8 +69,7 @@ export function upstreamError(provider: Api, status: number, body: string | Uint
   } catch {
     // not JSON: keep the text for the log only
   }
-  let upstreamMessage = (upstreamErrorMessage(parsed) ?? text).slice(0, UPSTREAM_MESSAGE_CHARS);
-  for (const s of secrets) if (s !== '') upstreamMessage = upstreamMessage.split(s).join('[redacted]');
+  const upstreamMessage = upstreamText(upstreamErrorMessage(parsed) ?? text, secrets);
   const code = codeForUpstreamStatus(status);
   // A 404 is the deployment's (a model it has not pulled, a route it does not serve: a
   // server_error, upstream-class.ts), and its body may be a proxy's HTML page: not passed on.
@@ -56,6 +77,6 @@ export function upstreamError(provider: Api, status: number, body: string | Uint
   const message = passOn && upstreamMessage !== '' ? upstreamMessage : `${provider} upstream replied ${status}`;
   // The field the upstream blamed goes on as the reply's `param` (an OpenAI SDK user reads it) with the message.
   const e = (parsed as { error?: { param?: unknown } } | null)?.error;
-  const field = passOn && e !== null && typeof e === 'object' && typeof e.param === 'string' && e.param !== '' ? e.param.slice(0, 100) : undefined;
+  const field = passOn && e !== null && typeof e === 'object' && typeof e.param === 'string' && e.param !== '' ? upstreamText(e.param, secrets).slice(0, 100) : undefined;
   return new BrokerError(code, message, { details: { provider, upstreamStatus: status, upstreamMessage, ...(field !== undefined ? { field } : {}) } });
 }

@@ -7,7 +7,7 @@
 
 import { BrokerError } from '../../errors.ts';
 import { finishFromOllama, openaiChunkFinish, usageFromOllama, usageFromOpenAI } from './common.ts';
-import { upstreamErrorMessage } from './errors.ts';
+import { upstreamErrorMessage, upstreamText } from './errors.ts';
 import * as ollamaToOllama from './ollama_to_ollama.ts';
 import * as ollamaToOpenai from './ollama_to_openai.ts';
 import * as openaiToOllama from './openai_to_ollama.ts';
@@ -123,7 +123,7 @@ export interface ClientReply {
   finishReason: string | null;
 }
 
-function parseUpstream(provider: Api, body: string | Uint8Array): Record<string, unknown> {
+function parseUpstream(provider: Api, body: string | Uint8Array, secrets: readonly string[]): Record<string, unknown> {
   const text = typeof body === 'string' ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8');
   let v: unknown;
   try {
@@ -133,7 +133,8 @@ function parseUpstream(provider: Api, body: string | Uint8Array): Record<string,
   }
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new BrokerError('upstream_error', `${provider} upstream sent an unexpected reply`);
   const r = v as Record<string, unknown>;
-  const message = upstreamErrorMessage(r);
+  const said = upstreamErrorMessage(r);
+  const message = said === null ? null : upstreamText(said, secrets);
   if (message !== null && r['choices'] === undefined && r['done'] === undefined && r['object'] !== 'response') {
     throw new BrokerError('upstream_error', `${provider} upstream failed: ${message}`, { details: { upstreamMessage: message } });
   }
@@ -146,7 +147,8 @@ function parseUpstream(provider: Api, body: string | Uint8Array): Record<string,
  */
 export function translateResponse(route: Route, upstreamBody: string | Uint8Array, ctx: ReplyContext): ClientReply {
   const { client, provider, kind } = route;
-  const r = parseUpstream(provider, upstreamBody);
+  const secrets = ctx.secrets ?? [];
+  const r = parseUpstream(provider, upstreamBody, secrets);
   if (kind === 'embed') {
     const usage = embeddings.embedUsage(r);
     // An OpenAI client's reply passes through only when its encoding is what the upstream sent.
@@ -157,7 +159,7 @@ export function translateResponse(route: Route, upstreamBody: string | Uint8Arra
   if (kind === 'responses') {
     // A Responses deployment answered a Responses client: the bytes as sent.
     const failed = r['status'] === 'failed';
-    if (failed) throw new BrokerError('upstream_error', `openai upstream failed: ${upstreamErrorMessage(r) ?? 'response failed'}`);
+    if (failed) throw new BrokerError('upstream_error', `openai upstream failed: ${upstreamText(upstreamErrorMessage(r) ?? 'response failed', secrets)}`);
     return { body: upstreamBody, usage: responsesToChat.responsesUsage(r), finishReason: r['status'] === 'incomplete' ? 'length' : 'stop' };
   }
   if (client === 'responses' || client === 'anthropic') {

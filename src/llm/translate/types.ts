@@ -250,6 +250,8 @@ export interface ReplyContext {
    * clock that stands still (tests that compare bytes).
    */
   durationClock?: () => number;
+  /** What the broker sent upstream that an upstream's error may echo (the deployment's API key): masked in what the client sees. */
+  secrets?: readonly string[];
 }
 
 /** Token usage in API-neutral form. */

@@ -459,3 +459,32 @@ t.test('keep-alives before the first event are held back for KEEPALIVE_HOLD_MS, 
     t.equal(toBytes(stream.push(Buffer.from(ka))).toString(), ka, `${client}: passed on after it`);
   }
 });
+
+// An upstream may echo the request's headers in an error event after its 200, the
+// deployment's key with them: masked in every client API's error event, both pipelines, and in
+// the stats the log line is made of (before: the key reached the client and the log whole).
+t.test("a mid-stream upstream error echoing the deployment's key: masked for every client and in the stats", async (t) => {
+  const key = 'sk-DEPLOYSECRET-xyz';
+  const data = (o: unknown) => 'data: ' + JSON.stringify(o) + '\n\n';
+  const oa = Buffer.from(data({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { content: 'Hi' }, finish_reason: null }] }) + data({ error: { message: `oops Bearer ${key}` } }));
+  const ol = Buffer.from(JSON.stringify({ model: 'm', created_at: '2026-01-01T00:00:00Z', message: { role: 'assistant', content: 'Hi' }, done: false }) + '\n' + JSON.stringify({ error: `oops Bearer ${key}` }) + '\n');
+  for (const [provider, up] of [['openai', oa], ['ollama', ol]] as const) {
+    for (const client of ['openai', 'ollama', 'anthropic', 'responses'] as const) {
+      const s: ChainSpec = { client, provider, kind: 'chat', instrument: true, countTokens: true };
+      const compiled = runChain(s, ctxFor({ secrets: [key] }), [up]);
+      t.notMatch(compiled.bytes.toString(), /sk-DEPLOY/, `${client} <- ${provider}: not in the stream`);
+      t.match(compiled.bytes.toString(), /\[redacted\]/, `${client} <- ${provider}: masked`);
+      t.match(compiled.stream.stats.error, { code: 'upstream_error', message: 'oops Bearer [redacted]' }, `${client} <- ${provider}: the stats`);
+      if (client === 'anthropic' || client === 'responses') continue;
+      const staged = await runPipeline(s, ctxFor({ secrets: [key] }), [up]);
+      t.notMatch(staged.output.toString(), /sk-DEPLOY/, `${client} <- ${provider}: staged, not in the stream`);
+      t.equal(staged.stats.error?.message, 'oops Bearer [redacted]', `${client} <- ${provider}: staged stats`);
+    }
+  }
+  // A Responses deployment's own failure event, passed on as it came: without the key.
+  const failed = Buffer.from('event: response.created\ndata: ' + JSON.stringify({ type: 'response.created', sequence_number: 0, response: { id: 'resp_1', status: 'in_progress', output: [] } }) + '\n\n' + 'event: response.output_text.delta\ndata: ' + JSON.stringify({ type: 'response.output_text.delta', sequence_number: 1, item_id: 'm', output_index: 0, content_index: 0, delta: 'Hi' }) + '\n\n' + 'event: response.failed\ndata: ' + JSON.stringify({ type: 'response.failed', sequence_number: 2, response: { id: 'resp_1', status: 'failed', error: { code: 'server_error', message: `oops Bearer ${key}` } } }) + '\n\n');
+  const pass = runChain({ client: 'responses', provider: 'openai', kind: 'responses', instrument: true, countTokens: true }, ctxFor({ secrets: [key] }), [failed]);
+  t.notMatch(pass.bytes.toString(), /sk-DEPLOY/, 'a passed-through failure event: not in the stream');
+  t.match(pass.bytes.toString(), /oops Bearer \[redacted\]/);
+  t.equal(pass.stream.stats.error?.message, 'oops Bearer [redacted]');
+});

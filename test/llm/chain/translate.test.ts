@@ -7,6 +7,7 @@ import {
   translateResponse,
   upstreamError,
 } from '../../../src/llm/translate/index.ts';
+import { upstreamText } from '../../../src/llm/translate/errors.ts';
 
 const PNG = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==';
 const JPEG = '/9j/4AAQSkZJRgABAQ==';
@@ -502,6 +503,15 @@ t.test('an upstream message passed on is cut and never carries what the broker s
   t.match(echo.message, /Bearer \[redacted\]/);
   t.ok(echo.message.length <= 500, `cut (${echo.message.length})`);
   t.notMatch(JSON.stringify(echo.details), /sk-upstream-secret/, 'nor in the details that reach the log');
+  // Masked before the cut: a key across the 500th character left its start in the message before.
+  const key = 'sk-DEPLOYSECRET-xyz';
+  const padded = upstreamError('openai', 400, JSON.stringify({ error: { message: 'x'.repeat(485) + `Bearer ${key}`, param: `p ${key}` } }), [key]);
+  t.notMatch(padded.message, /sk-DEPLO/, `no start of the key: ${padded.message.slice(-30)}`);
+  t.notMatch(String(padded.details?.['field']), /sk-DEPLO/, "nor in the upstream's param");
+  // A message the upstream cut itself, ending in the key's start.
+  t.equal(upstreamText('y'.repeat(496) + 'sk-DEPLOYSE' + 'z'.repeat(10), [key]), 'y'.repeat(496) + '[redacted]');
+  // A 200 whose body is an error object.
+  t.throws(() => translateResponse({ client: 'openai', provider: 'openai', kind: 'chat' }, JSON.stringify({ error: { message: `echo ${key}` } }), { model: 'm', id: 'x', secrets: [key] }), { code: 'upstream_error', message: /echo \[redacted\]/ });
 });
 
 t.test("an OpenAI upstream's usage details reach Responses and Messages clients: cached and reasoning tokens", async (t) => {
