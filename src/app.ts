@@ -210,6 +210,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       logger,
       configPath: config.brokerConfigPath,
       healthChecks: config.fleetHealthChecks,
+      upstreamKeyEnvs: config.upstreamKeyEnvs,
       onConfig(next) {
         fleetNow = next;
         responseCache.adopt(next.cache);

@@ -39,6 +39,8 @@ export interface Config {
   readonly stickyCookie: string;
   /** CORS_ORIGINS: [] off, ['*'] any origin, else these origins (src/front/http/cors.ts). */
   readonly corsOrigins: readonly string[];
+  /** UPSTREAM_KEY_ENVS: env vars a fleet change through the API may name for a key, besides the fleet file's own. */
+  readonly upstreamKeyEnvs: readonly string[];
   readonly adminToken: string | undefined;
   readonly modelVaPath: string;
   readonly modelVbPath: string;
@@ -211,6 +213,8 @@ export function loadConfig(env: Env = process.env): Config {
   } catch (err) {
     throw new ConfigError('CORS_ORIGINS', (err as Error).message);
   }
+  const upstreamKeyEnvs = str(env, 'UPSTREAM_KEY_ENVS', '').split(',').map((n) => n.trim()).filter((n) => n !== '');
+  for (const n of upstreamKeyEnvs) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(n)) throw new ConfigError('UPSTREAM_KEY_ENVS', `"${n}" is not an env var name`);
   const adminToken = env.ADMIN_TOKEN === undefined || env.ADMIN_TOKEN === '' ? undefined : env.ADMIN_TOKEN;
   if (adminToken !== undefined && adminToken.length < 8) throw new ConfigError('ADMIN_TOKEN', 'must be at least 8 characters');
 
@@ -231,6 +235,7 @@ export function loadConfig(env: Env = process.env): Config {
     canaryLatencyMargin: num(env, 'CANARY_LATENCY_MARGIN', 0.5, 0, 100),
     stickyCookie,
     corsOrigins: cors,
+    upstreamKeyEnvs,
     adminToken,
     modelVaPath: str(env, 'MODEL_VA_PATH', BUNDLED_MODEL('vA.onnx')),
     modelVbPath: str(env, 'MODEL_VB_PATH', BUNDLED_MODEL('vB.onnx')),

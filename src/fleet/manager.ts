@@ -59,6 +59,11 @@ export interface FleetManagerDeps {
   readonly onRoutable: () => void;
   /** Checks off (tests of routing alone); default from the config. */
   readonly healthChecks?: boolean;
+  /**
+   * UPSTREAM_KEY_ENVS: env vars a change made at run time may name for an upstream key, besides
+   * those the fleet file named at start (runtimeEnvNames).
+   */
+  readonly upstreamKeyEnvs?: readonly string[];
   /** An operator changed something replicas share (drain, maintenance, bans, forced breakers, pause, config). */
   readonly onOperatorChange?: () => void;
 }
@@ -104,6 +109,8 @@ export class FleetManager {
   private readonly now: () => number;
   private readonly startedAt: number;
   private healthTimer: NodeJS.Timeout | undefined;
+  /** The env vars a change through the API may name (runtimeEnvNames); the file's own, once reloaded, join them. */
+  private readonly keyEnvs: Set<string>;
   private tickTimer: NodeJS.Timeout | undefined;
   private stopped = false;
 
@@ -114,6 +121,7 @@ export class FleetManager {
     this.now = deps.now ?? Date.now;
     this.startedAt = this.now();
     this.config = initial;
+    this.keyEnvs = new Set([...envNamesOf(initial.raw), ...(deps.upstreamKeyEnvs ?? [])]);
     this.bans = new Bans(this.now);
     this.analytics = new FleetAnalytics(initial.fleet.historyWindowMinutes, this.now);
     this.syncServers();
@@ -618,9 +626,13 @@ export class FleetManager {
     if (!tags.includes(this.etag) && !tags.includes(String(this.version))) throw new BrokerError('config_conflict', `the config is at version ${this.version}, not ${ifMatch}: GET it again and reapply your change`, { details: { version: this.version } });
   }
 
-  /** Validates a whole document and puts it in force; nothing changes when it is invalid. */
-  private commit(raw: RawBrokerConfig, ifMatch: string | undefined, source = this.config.source): BrokerConfig {
+  /**
+   * Validates a whole document and puts it in force; nothing changes when it is invalid. One
+   * that came through the API (not `fromFile`) may name only the env vars runtimeEnvNames allows.
+   */
+  private commit(raw: RawBrokerConfig, ifMatch: string | undefined, source = this.config.source, fromFile = false): BrokerConfig {
     this.expect(ifMatch);
+    if (!fromFile) this.checkEnvNames(raw);
     let next: BrokerConfig;
     try {
       next = parseBrokerConfig(raw, source, this.deps.env ?? process.env, this.discovered());
@@ -629,9 +641,24 @@ export class FleetManager {
       throw err;
     }
     this.rev = `${this.deps.env?.REPLICA_ID ?? process.pid}-${this.version}-${Math.random().toString(36).slice(2, 8)}`;
+    if (fromFile) for (const name of envNamesOf(raw)) this.keyEnvs.add(name);
     this.adopt(next);
     this.changed();
     return next;
+  }
+
+  /**
+   * An upstream key comes from an env var the config names; the broker then sends it to that
+   * upstream's URL. A change through the API naming any env var would let an admin send the
+   * broker's own secrets (ADMIN_TOKEN, JWT_SECRET, DATABASE_URL, a cloud credential) to a URL
+   * of their choosing. So it may name only the env vars the fleet file named (at start, or
+   * reloaded from disk) and those UPSTREAM_KEY_ENVS lists.
+   */
+  private checkEnvNames(raw: RawBrokerConfig): void {
+    for (const [field, name] of envFieldsOf(raw)) {
+      if (this.keyEnvs.has(name)) continue;
+      throw new BrokerError('forbidden', `${field}: env var ${name} is not one a change through the API may name: only those the fleet file names, or UPSTREAM_KEY_ENVS lists (${[...this.keyEnvs].join(', ') || 'none'})`, { details: { field } });
+    }
   }
 
   private changed(): void {
@@ -663,6 +690,8 @@ export class FleetManager {
   importOperatorState(o: OperatorState): void {
     if (o.rev !== this.rev && o.rev !== 'initial') {
       try {
+        // Another replica's change came through its API: the same rule as ours.
+        this.checkEnvNames(o.raw);
         const next = parseBrokerConfig(o.raw, this.config.source, this.deps.env ?? process.env, this.discovered());
         this.rev = o.rev;
         this.adopt(next);
@@ -799,7 +828,7 @@ export class FleetManager {
     } catch (err) {
       throw new BrokerError('invalid_request', (err as Error).message, { details: { field: 'configPath' } });
     }
-    this.commit(doc as RawBrokerConfig, ifMatch, real);
+    this.commit(doc as RawBrokerConfig, ifMatch, real, true);
     return { path: real, version: this.version };
   }
 
@@ -898,4 +927,25 @@ function withRunningKeys(doc: RawBrokerConfig, running: RawBrokerConfig): RawBro
     }),
   );
   return { ...doc, apiKeys };
+}
+
+/** The env vars a config document names for keys, with the field that names each. */
+function envFieldsOf(raw: RawBrokerConfig): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  (raw.servers ?? []).forEach((s, i) => {
+    if (s.apiKeyEnv !== undefined) out.push([`servers[${i}].apiKeyEnv`, s.apiKeyEnv]);
+  });
+  for (const [name, g] of Object.entries(raw.modelGroups ?? {})) {
+    g.deployments.forEach((d, i) => {
+      if (d.apiKeyEnv !== undefined) out.push([`modelGroups.${name}.deployments[${i}].apiKeyEnv`, d.apiKeyEnv]);
+    });
+  }
+  for (const [name, k] of Object.entries(raw.apiKeys ?? {})) {
+    if (k.keyEnv !== undefined) out.push([`apiKeys.${name}.keyEnv`, k.keyEnv]);
+  }
+  return out;
+}
+
+function envNamesOf(raw: RawBrokerConfig): string[] {
+  return envFieldsOf(raw).map(([, name]) => name);
 }

@@ -141,7 +141,8 @@ t.test("a deployment's key or timeouts changed at run time are used at once, on 
   process.env['EB_TEST_KEY_OLD'] = 'key-old';
   process.env['EB_TEST_KEY_NEW'] = 'key-new';
   const fleet = (apiKeyEnv: string) => ({ modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: m.url, model: 'm', apiKeyEnv }] } } });
-  const tb = await fleetBroker(t, fleet('EB_TEST_KEY_OLD'), { FRONT_THREADS: '2', FLEET_HEALTH_CHECKS: 'false' });
+  // The new key's variable is one the operator allowed (UPSTREAM_KEY_ENVS): the file named only the old one.
+  const tb = await fleetBroker(t, fleet('EB_TEST_KEY_OLD'), { FRONT_THREADS: '2', FLEET_HEALTH_CHECKS: 'false', UPSTREAM_KEY_ENVS: 'EB_TEST_KEY_NEW' });
   const keys = async (): Promise<Set<unknown>> => {
     const seen = new Set<unknown>();
     for (let i = 0; i < 8; i++) {
@@ -153,6 +154,17 @@ t.test("a deployment's key or timeouts changed at run time are used at once, on 
   t.same([...(await keys())], ['Bearer key-old']);
   t.equal((await send(tb, 'POST', '/api/orchestrator/config', fleet('EB_TEST_KEY_NEW'))).status, 200);
   t.same([...(await keys())], ['Bearer key-new'], 'the rotated key, from every thread');
+  // Any other variable (the broker's own secrets first) would be sent to a URL an admin chose: refused, nothing changes.
+  process.env['EB_TEST_OTHER_SECRET'] = 'other-secret';
+  for (const name of ['ADMIN_TOKEN', 'EB_TEST_OTHER_SECRET']) {
+    const refused = await send(tb, 'POST', '/api/orchestrator/config', fleet(name));
+    t.equal(refused.status, 403, name);
+    t.match(refused.body.error, { code: 'forbidden', param: 'modelGroups.g.deployments[0].apiKeyEnv', message: new RegExp(`${name} is not one a change through the API may name`) }, name);
+    const added = await send(tb, 'POST', '/api/orchestrator/servers/add', { id: `evil-${name}`, provider: 'openai', url: m.url, apiKeyEnv: name });
+    t.equal(added.status, 403, `${name}: nor through servers/add`);
+  }
+  t.same([...(await keys())], ['Bearer key-new'], 'the key in force is unchanged');
+  t.notOk(m.stats.lastHeaders?.authorization?.toString().includes('secret') || m.stats.lastHeaders?.authorization?.toString().includes('test-admin-token'), 'no secret reached the upstream');
 });
 
 t.test("API keys' rpm and tpm changed at run time are in force at once: lowered, added, removed", async (t) => {
