@@ -47,12 +47,14 @@ export function createJwtVerifier(s: JwtSettings): JwtVerifier | undefined {
       let payload: JWTPayload;
       try {
         const k = await key;
-        const opts = { algorithms, issuer: s.issuer, audience: s.audience, clockTolerance: s.clockSkewS };
+        // A token with no exp would be good for ever: refused, as a leaked one could never lapse.
+        const opts = { algorithms, issuer: s.issuer, audience: s.audience, clockTolerance: s.clockSkewS, requiredClaims: ['exp'] };
         payload = (typeof k === 'function' ? await jwtVerify(token, k, opts) : await jwtVerify(token, k, opts)).payload;
       } catch (err) {
         const code = (err as { code?: string }).code ?? '';
         const why =
           code === 'ERR_JWT_EXPIRED' ? 'the token has expired'
+          : code === 'ERR_JWT_CLAIM_VALIDATION_FAILED' && (err as { reason?: string }).reason === 'missing' ? `the token has no ${(err as { claim?: string }).claim ?? ''} claim`
           : code === 'ERR_JWT_CLAIM_VALIDATION_FAILED' ? `the token's ${(err as { claim?: string }).claim ?? 'claims'} claim is not accepted here`
           : code === 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED' ? 'the token signature is not valid'
           : 'the token is not valid';

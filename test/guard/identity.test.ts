@@ -9,9 +9,9 @@ import { ROLES, type Role } from '../../src/guard/rbac.ts';
 
 const SECRET = 'a-test-secret-of-at-least-thirty-two-chars!';
 const key = new TextEncoder().encode(SECRET);
-const jwt = (o: { sub?: string; roles?: string[]; aud?: string; iss?: string; exp?: number | string; secret?: Uint8Array } = {}): Promise<string> => {
+const jwt = (o: { sub?: string; roles?: string[]; aud?: string; iss?: string; exp?: number | string | null; secret?: Uint8Array } = {}): Promise<string> => {
   const s = new SignJWT({ roles: o.roles ?? [] }).setProtectedHeader({ alg: 'HS256' }).setSubject(o.sub ?? 'user-1').setIssuer(o.iss ?? 'idp.test').setAudience(o.aud ?? 'edge-broker').setIssuedAt();
-  s.setExpirationTime(o.exp ?? '10m');
+  if (o.exp !== null) s.setExpirationTime(o.exp ?? '10m');
   return s.sign(o.secret ?? key);
 };
 
@@ -66,6 +66,10 @@ t.test('RBAC: every role against routes of every group, and bad tokens', async (
   const expired = await call('GET', '/api/industrial/status', await jwt({ roles: ['admin'], exp: Math.floor(Date.now() / 1000) - 3600 }));
   t.same([expired.status, expired.body.error.code], [401, 'unauthorized']);
   t.match(expired.body.error.message, /expired/);
+  // No exp: good for ever if it leaked, so refused.
+  const endless = await call('GET', '/api/industrial/status', await jwt({ roles: ['admin'], exp: null }));
+  t.same([endless.status, endless.body.error.code], [401, 'unauthorized']);
+  t.match(endless.body.error.message, /has no exp claim/);
   const aud = await call('GET', '/api/industrial/status', await jwt({ roles: ['admin'], aud: 'someone-else' }));
   t.equal(aud.status, 401);
   t.match(aud.body.error.message, /aud/);
