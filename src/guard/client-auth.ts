@@ -90,6 +90,9 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
     if (s.state === 'dead') refuse('session', 'the session is unknown, expired or revoked');
     if (s.state === 'role') refuse('role', ROLE_MESSAGE);
     if (s.state === 'unknowable') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed, or a session this replica has not seen)');
+    // Under AUTH_MODE=jwt a key is no client credential: nor is a session made from one (else
+    // POST /api/auth/sessions would turn any key back into one). Its admin role still holds there.
+    if (o.mode === 'jwt' && s.caller?.keyId !== undefined) refuse('session', 'a session made from an API key is no client credential under AUTH_MODE=jwt: a JWT, or a session made from one, is needed');
     // Held to its key's quotas, tier, priority and budget (admission), and tracked as that key.
     req.caller = s.caller;
     const facts = req.facts;
