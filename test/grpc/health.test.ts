@@ -3,6 +3,7 @@
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import descriptor from 'protobufjs/ext/descriptor/index.js';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { startMock } from '../helpers/fleet.ts';
@@ -55,8 +56,17 @@ t.test('reflection lists the services (v1 and v1alpha); a client built only from
     t.teardown(() => rc.close());
     const list = await reflect(rc, { list_services: '' });
     const names = list.list_services_response.service.map((s: any) => s.name);
-    for (const s of ['edge_broker.v1.InferenceService', 'edge_broker.v1.ChatService', 'edge_broker.v1.ModelService', 'grpc.health.v1.Health', 'inference.GRPCInferenceService']) t.ok(names.includes(s), `${version} lists ${s}`);
+    // The reflection services list themselves too, as a Go or Java server's do.
+    for (const s of ['edge_broker.v1.InferenceService', 'edge_broker.v1.ChatService', 'edge_broker.v1.ModelService', 'grpc.health.v1.Health', 'inference.GRPCInferenceService', 'grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection']) t.ok(names.includes(s), `${version} lists ${s}`);
   }
+  // An `optional` field is served as one (proto3_optional), not as a oneof of its own: what grpcurl describe and protodesc read.
+  const optionals = await reflect(reflectionClient(tb.broker.grpcPort, 'v1'), { file_containing_symbol: 'edge_broker.v1.GenerateOptions' });
+  const fields = optionals.file_descriptor_response.file_descriptor_proto
+    .map((b: Buffer) => descriptor.FileDescriptorProto.decode(b) as any)
+    .flatMap((f: any) => f.messageType ?? [])
+    .find((m: any) => m.name === 'GenerateOptions').field;
+  const byName = Object.fromEntries(fields.map((f: any) => [f.name, f.proto3Optional === true]));
+  t.match(byName, { max_tokens: true, temperature: true, top_p: true, seed: true }, 'each optional field says so');
   const rc = reflectionClient(tb.broker.grpcPort, 'v1');
   t.teardown(() => rc.close());
   const files = await reflect(rc, { file_containing_symbol: 'edge_broker.v1.ChatService' });

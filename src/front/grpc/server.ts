@@ -33,7 +33,7 @@ import { HealthStatus, NOT_SERVING, SERVING } from './health.ts';
 import { inferenceService } from './inference.ts';
 import { metricsInterceptor } from './metrics.ts';
 import { modelService } from './models.ts';
-import { packageDefinition, SERVICES } from './protos.ts';
+import { packageDefinition, reflectedDefinition, SERVICES } from './protos.ts';
 
 /** A service to serve next to the broker's own. */
 export interface GrpcService {
@@ -131,7 +131,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
     else for (const n of s.names) health.set(n, SERVING);
     reflected = { ...reflected, ...s.definition };
   }
-  new ReflectionService(reflected).addToServer(server);
+  new ReflectionService(reflectedDefinition(reflected)).addToServer(server);
 
   // Readiness: the broker ("") and inference once the models are loaded; chat and models at once.
   health.set(SERVICES.chat, SERVING);
