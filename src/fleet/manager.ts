@@ -82,6 +82,12 @@ export interface OperatorState {
   readonly paused: boolean;
   /** Quota limits an operator set at run time: [subject, limits] (absent from older replicas). */
   readonly quotas?: readonly (readonly [string, QuotaLimits])[];
+  /**
+   * The env vars the config's replica may name for keys (its fleet file's, as loaded at start or
+   * reloaded, and its UPSTREAM_KEY_ENVS): the config goes with them, so that one reloaded from a
+   * file on one replica is taken by the others (absent from older replicas).
+   */
+  readonly keyEnvs?: readonly string[];
 }
 
 // A breaker per server × model, whichever of Ollama's names the model goes by (bans.ts modelKey).
@@ -654,9 +660,9 @@ export class FleetManager {
    * of their choosing. So it may name only the env vars the fleet file named (at start, or
    * reloaded from disk) and those UPSTREAM_KEY_ENVS lists.
    */
-  private checkEnvNames(raw: RawBrokerConfig): void {
+  private checkEnvNames(raw: RawBrokerConfig, alsoAllowed: readonly string[] = []): void {
     for (const [field, name] of envFieldsOf(raw)) {
-      if (this.keyEnvs.has(name)) continue;
+      if (this.keyEnvs.has(name) || alsoAllowed.includes(name)) continue;
       throw new BrokerError('forbidden', `${field}: env var ${name} is not one a change through the API may name: only those the fleet file names, or UPSTREAM_KEY_ENVS lists (${[...this.keyEnvs].join(', ') || 'none'})`, { details: { field } });
     }
   }
@@ -678,6 +684,7 @@ export class FleetManager {
       forcedOpen: [...this.breakers].filter(([, b]) => b.forced && b.state === 'open').map(([k]) => k.split('\u0000') as [string, string]),
       paused: this.paused,
       quotas: this.deps.governance.operatorQuotas(),
+      keyEnvs: [...this.keyEnvs].sort(),
     };
   }
 
@@ -690,10 +697,12 @@ export class FleetManager {
   importOperatorState(o: OperatorState): void {
     if (o.rev !== this.rev && o.rev !== 'initial') {
       try {
-        // Another replica's change came through its API: the same rule as ours.
-        this.checkEnvNames(o.raw);
+        // Another replica's change may have come through its API: the same rule as ours, with
+        // the names its own file allowed it (a reload there), which its config brings along.
+        this.checkEnvNames(o.raw, o.keyEnvs);
         const next = parseBrokerConfig(o.raw, this.config.source, this.deps.env ?? process.env, this.discovered());
         this.rev = o.rev;
+        for (const name of o.keyEnvs ?? []) this.keyEnvs.add(name);
         this.adopt(next);
       } catch (err) {
         this.deps.logger.warn({ err: (err as Error).message }, 'a config from another replica does not load here; kept ours');

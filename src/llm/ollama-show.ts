@@ -5,6 +5,7 @@
 // group, or an Ollama that does not answer in time, with one made here from the fleet file.
 import { request } from 'undici';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
+import { upstreamTarget } from './providers.ts';
 
 /** How long the upstream's own /api/show may take before the broker answers with its own. */
 const UPSTREAM_SHOW_TIMEOUT_MS = 2000;
@@ -12,7 +13,9 @@ const UPSTREAM_SHOW_TIMEOUT_MS = 2000;
 export async function showModel(group: ModelGroupConfig, name: string): Promise<Record<string, unknown>> {
   for (const d of group.deployments) {
     if (d.provider !== 'ollama') continue;
-    const own = await upstreamShow(d.url, d.model, d.apiKey);
+    // The deployment's base path kept, as the proxy keeps it (a gateway's /ollama prefix).
+    const { origin, path } = upstreamTarget(d, 'chat');
+    const own = await upstreamShow(origin + path.replace(/\/api\/chat$/, '/api/show'), d.model, d.apiKey);
     if (own !== undefined) return own;
     break;
   }
@@ -21,7 +24,7 @@ export async function showModel(group: ModelGroupConfig, name: string): Promise<
 
 async function upstreamShow(url: string, model: string, apiKey: string | undefined): Promise<Record<string, unknown> | undefined> {
   try {
-    const res = await request(new URL('/api/show', url), {
+    const res = await request(url, {
       method: 'POST',
       headers: { 'content-type': 'application/json', ...(apiKey !== undefined ? { authorization: `Bearer ${apiKey}` } : {}) },
       body: JSON.stringify({ model }),

@@ -155,6 +155,9 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       method: 'POST',
       path: '/api/show',
       body: 'json',
+      // A client route: it calls an upstream with the deployment's key, so it takes the
+      // client's credentials (AUTH_MODE) and spends its rate limit, as a chat does.
+      rateLimited: true,
       errorShape: ollamaErrorShape,
       async handle({ body, sink }) {
         const b = body as Record<string, unknown>;

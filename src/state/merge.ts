@@ -49,10 +49,12 @@ export function mergeOperatorState(base: OperatorState | undefined, local: Opera
   const b = base ?? remote;
   const live = (bans: OperatorState['bans'] | undefined) => bans?.filter((x) => x.until === null || x.until > now);
   // The running config goes with its revision: one config, not a mix of two.
-  const config = mergeValue({ rev: b.rev, raw: b.raw }, { rev: local.rev, raw: local.raw }, { rev: remote.rev, raw: remote.raw });
+  // The config is judged by its revision and document; the env names its replica allowed come with whichever wins.
+  const config = same({ rev: b.rev, raw: b.raw }, { rev: local.rev, raw: local.raw }) ? remote : local;
   return {
     rev: config.rev,
     raw: config.raw,
+    ...(config.keyEnvs !== undefined ? { keyEnvs: config.keyEnvs } : {}),
     draining: mergeLists(b.draining, local.draining, remote.draining),
     maintenance: mergeLists(b.maintenance, local.maintenance, remote.maintenance, (m) => m.server),
     drainedDeployments: mergeLists(b.drainedDeployments, local.drainedDeployments, remote.drainedDeployments),

@@ -42,6 +42,14 @@ for (const threads of ['0', '2']) {
     const read = await fetch(`${tb.url}/healthz`, { headers: { origin: 'https://evil.example' } });
     t.equal(read.status, 200, 'served: CORS is the browser keeping the reply, not a refusal');
     t.equal(read.headers.get('access-control-allow-origin'), null);
+    // No Origin at all (not a browser): no CORS header, but the reply still varies by origin for a cache in between.
+    const plain = await fetch(`${tb.url}/healthz`);
+    t.equal(plain.headers.get('access-control-allow-origin'), null);
+    t.match(plain.headers.get('vary'), /origin/i, 'varies by origin');
+    // A preflight that carries a body (none should): answered, and the connection closed after it.
+    const bodied = await fetch(`${tb.url}/v1/chat/completions`, { method: 'OPTIONS', headers: { origin: APP, 'access-control-request-method': 'POST' }, body: 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n' });
+    t.equal(bodied.status, 204);
+    t.equal(bodied.headers.get('connection'), 'close', 'no bytes after it read as another request');
   });
 }
 

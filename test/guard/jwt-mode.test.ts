@@ -38,6 +38,9 @@ t.test('a JWT with a client role, and its session, call the client routes', asyn
   t.equal((await chat(await session(token))).status, 200, 'its session');
   t.equal((await chat(undefined)).status, 401, 'no credential');
   t.equal((await chat(await jwt(['agent'], null))).status, 401, 'a JWT without exp');
+  // /api/show calls an upstream with the deployment's key: a client route like chat.
+  t.equal((await call('POST', '/api/show', undefined, { model: 'g' })).status, 401, '/api/show without a credential');
+  t.equal((await call('POST', '/api/show', token, { model: 'g' })).status, 200, '/api/show with the JWT');
 });
 
 t.test("keys are no client credential under AUTH_MODE=jwt: nor a session made from one", async (t) => {

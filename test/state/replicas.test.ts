@@ -4,6 +4,8 @@
 // and both resync once it is back, with no broker restart.
 import t from 'tap';
 import { Redis } from 'ioredis';
+import { writeFileSync } from 'node:fs';
+import { stringify } from 'yaml';
 import { ADMIN_TOKEN, json, metricValue, type TestBroker } from '../helpers/broker.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 import { startRedis } from '../helpers/redis.ts';
@@ -257,4 +259,28 @@ t.test('quota limits an operator sets on A are in force on B, and survive a key 
   const trail = await call(a, 'GET', '/api/audit?limit=20');
   const entry = trail.body.entries.find((e: any) => e.action === `PUT /api/industrial/quota/${subject}`);
   t.same([entry?.before, entry?.after], [{ rpm: 20 }, { rpm: 2 }], 'the audit entry says what changed');
+});
+
+// An upstream key's env var named through the API must be one a fleet file named (or
+// UPSTREAM_KEY_ENVS lists). A file reloaded on A may name a new one: B takes that config
+// (its env names come along with it), while an API change naming any other is refused on A,
+// and never reaches B.
+t.test("a key's env var: named by a file reloaded on A, in force on B; named through the API, refused", async (t) => {
+  process.env['EB_REPLICA_ROTATED_KEY'] = 'rotated-key-1';
+  const path = a.broker.config.brokerConfigPath!;
+  const rotated = { modelGroups: { g: { deployments: [{ id: 'd1', provider: 'openai', url: up1.url, model: 'm', apiKeyEnv: 'EB_REPLICA_ROTATED_KEY' }, { id: 'd2', provider: 'openai', url: up2.url, model: 'm' }] } } };
+  writeFileSync(path, stringify(rotated));
+  t.equal((await call(a, 'POST', '/api/orchestrator/config/reload', {})).status, 200, 'reloaded on A');
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/config')).body.modelGroups?.g?.deployments?.[0]?.apiKeyEnv === 'EB_REPLICA_ROTATED_KEY', "A's reloaded config on B");
+  // Through the API, on B: the name its config now carries is allowed, another is not.
+  const other = structuredClone(rotated);
+  other.modelGroups.g.deployments[0]!.apiKeyEnv = 'ADMIN_TOKEN';
+  const refused = await call(b, 'POST', '/api/orchestrator/config', other);
+  t.equal(refused.status, 403, 'ADMIN_TOKEN named through the API: refused');
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal((await call(a, 'GET', '/api/orchestrator/config')).body.modelGroups.g.deployments[0].apiKeyEnv, 'EB_REPLICA_ROTATED_KEY', 'A kept its config');
+  // Back to the start's file, so that the tests after see the fleet they began with.
+  writeFileSync(path, stringify(fleet));
+  t.equal((await call(a, 'POST', '/api/orchestrator/config/reload', {})).status, 200);
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/config')).body.modelGroups?.g?.deployments?.[0]?.apiKeyEnv === undefined, 'the first config on B again');
 });

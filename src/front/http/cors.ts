@@ -44,10 +44,9 @@ const EXPOSED = [
 
 /** The headers every reply to an allowed origin carries. */
 export function corsHeaders(origins: CorsOrigins, origin: string | undefined): Record<string, string> | undefined {
-  if (origin === undefined) return undefined;
-  if (origins === '*') return { 'access-control-allow-origin': '*', 'access-control-expose-headers': EXPOSED };
-  // The reply differs by origin: a cache in between must not give one origin's to another.
-  if (!origins.has(origin)) return { vary: 'origin' };
+  if (origins === '*') return origin === undefined ? undefined : { 'access-control-allow-origin': '*', 'access-control-expose-headers': EXPOSED };
+  // The reply differs by origin (none included): a cache in between must not give one origin's to another.
+  if (origin === undefined || !origins.has(origin)) return { vary: 'origin' };
   return { 'access-control-allow-origin': origin, 'access-control-expose-headers': EXPOSED, vary: 'origin' };
 }
 
@@ -68,5 +67,7 @@ export function preflight(origins: CorsOrigins, method: string, headers: Readonl
     'access-control-allow-methods': 'GET, POST, PUT, PATCH, DELETE, HEAD',
     ...(asked !== undefined && asked.length <= MAX_REQUEST_HEADERS && /^[\w\-, ]*$/.test(asked) ? { 'access-control-allow-headers': asked } : {}),
     'access-control-max-age': '600',
+    // The answer echoes the requested headers: a cache must key on them too.
+    vary: 'access-control-request-headers, access-control-request-method',
   };
 }

@@ -142,11 +142,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     metrics.httpActive.inc();
     const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
     sink.front = front;
-    if (cors !== undefined) {
-      sink.cors = corsHeaders(cors, headers['origin']);
-      const answer = preflight(cors, method, headers);
-      if (answer !== undefined) return sink.send(204, answer, '');
-    }
+    if (cors !== undefined) sink.cors = corsHeaders(cors, headers['origin']);
     if (closing) {
       sink.closeConnection = true;
       // Shutting down is not ready, whatever the models say: the balancer must stop sending work
@@ -164,6 +160,11 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       return;
     }
     if (credentialTwice !== undefined) return sink.fail(new BrokerError('invalid_request', `${credentialTwice} appears more than once`, { details: { field: credentialTwice } }));
+    // A preflight, answered here: after the framing checks above, as any reply is. One with a
+    // body (a preflight has none) closes the connection after its answer, so that no bytes
+    // after it are read as another request.
+    const answer = cors === undefined ? undefined : preflight(cors, method, headers);
+    if (answer !== undefined) return sink.send(204, answer, '', headers['content-length'] !== undefined && headers['content-length'] !== '0' || headers['transfer-encoding'] !== undefined);
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
       sink.readingBody = true;

@@ -230,7 +230,8 @@ export function argumentsJsonFromOllama(v: unknown): string {
 /**
  * A streamed call's name with the next piece of it. OpenAI sends the name whole in the call's
  * first fragment; some compatible servers split it, others repeat it in every fragment. So a
- * piece is appended until the arguments begin, unless it repeats the name so far.
+ * piece is appended until the arguments begin, unless it repeats the name so far (a name split
+ * into two equal halves, `to` + `to`, is then taken for a repeat: the two cannot be told apart).
  */
 export function appendToolName(name: string, piece: unknown, args: string): string {
   return typeof piece !== 'string' || args !== '' || piece === name ? name : name + piece;

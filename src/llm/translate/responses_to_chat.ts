@@ -400,15 +400,18 @@ function closeCall(w: ResponsesWriter, s: ToolSlot, status: ItemStatus): string 
   return out + event(w, 'response.output_item.done', { output_index: s.outputIndex, item: { ...callItem('', s, status), id: s.itemId } });
 }
 
-/** `last`: the status of the message items closed at the end (incomplete when the Response is). */
-function outputItems(w: ResponsesWriter, last: ItemStatus): Array<[number, Record<string, unknown>]> {
+/**
+ * `last`: the status of the message items closed at the end (incomplete when the Response is).
+ * `streamed`: only the calls the stream added (a failed Response lists what its client saw).
+ */
+function outputItems(w: ResponsesWriter, last: ItemStatus, streamed = false): Array<[number, Record<string, unknown>]> {
   const items: Array<[number, Record<string, unknown>]> = [];
   // The message closed early (a function call followed it) was whole.
   if (w.messageIndex !== -1) items.push([w.messageIndex, messageItem(w.id, w.text, w.messageDone ? 'completed' : last)]);
   if (w.lateIndex !== -1) items.push([w.lateIndex, { ...messageItem(w.id, w.lateText, last), id: 'msg_' + w.id + '_late' }]);
   // A call closed before the end was whole; the one still open shares the Response's fate
   // (cut at max_output_tokens or by a failure: its arguments may be cut too).
-  for (const s of w.tools) if (s !== undefined) items.push([s.outputIndex, { ...callItem('', s, s.closed ?? last), id: s.itemId }]);
+  for (const s of w.tools) if (s !== undefined && (!streamed || s.announced)) items.push([s.outputIndex, { ...callItem('', s, s.closed ?? last), id: s.itemId }]);
   items.sort((a, b) => a[0] - b[0]);
   return items;
 }
@@ -458,7 +461,7 @@ export interface ResponseIdentity {
 export function responsesFailed(w: { seq: number; response?: ResponseIdentity | null; items?: Record<string, unknown>[] } | ResponsesWriter, id: string, model: string, code: string, message: string): string {
   const ours = 'outputs' in w;
   // As a cut at max_output_tokens: the items closed before stay completed, the open one is incomplete.
-  const output = ours ? outputItems(w, 'incomplete').map(([, item]) => item) : (w.items ?? []).filter((i) => i !== undefined).map((i) => (i['status'] === 'completed' ? i : { ...i, status: 'incomplete' }));
+  const output = ours ? outputItems(w, 'incomplete', true).map(([, item]) => item) : (w.items ?? []).filter((i) => i !== undefined).map((i) => (i['status'] === 'completed' ? i : { ...i, status: 'incomplete' }));
   // Passed through, the Response is the upstream's: its id and model, not ours.
   const identity = ours ? { ...w.echo } : { ...w.response };
   const created = ours ? w.createdAt : Math.floor(Date.now() / 1000);

@@ -265,3 +265,16 @@ t.test('Ollama tool-call arguments sent as JSON text are not encoded twice', asy
     t.same(got.calls.map((c) => [c.name, JSON.parse(c.args)]), [['A', { a: 1 }]], `${client}: the arguments object`);
   }
 });
+
+// A stream cut after a call's name but before any of its arguments: the call was never added
+// to the Responses stream, so the failed Response does not list it either (before: an item the
+// client had no output_item.added for).
+t.test('a Responses stream cut before a call had arguments: the failed Response lists only what was streamed', async (t) => {
+  const chunk = (delta: Record<string, unknown>) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }] }) + '\n\n';
+  const up = Buffer.from(chunk({ role: 'assistant', content: 'Let me look.' }) + chunk({ tool_calls: [{ index: 0, id: 'call_0', type: 'function', function: { name: 'Read', arguments: '' } }] }));
+  const out = runChain({ client: 'responses', provider: 'openai', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [up]).bytes.toString('utf8');
+  const events = sse(out).map(([, d]) => d);
+  t.notOk(events.some((d) => d.type === 'response.output_item.added' && d.item.type === 'function_call'), 'the call was never added');
+  const failed = events.find((d) => d.type === 'response.failed');
+  t.same(failed.response.output.map((i: any) => i.type), ['message'], 'nor listed when the Response fails');
+});
