@@ -61,7 +61,7 @@ export interface FleetManagerDeps {
   readonly healthChecks?: boolean;
   /**
    * UPSTREAM_KEY_ENVS: env vars a change made at run time may name for an upstream key, besides
-   * those the fleet file named at start (runtimeEnvNames).
+   * those the fleet file named at start (checkEnvNames).
    */
   readonly upstreamKeyEnvs?: readonly string[];
   /** An operator changed something replicas share (drain, maintenance, bans, forced breakers, pause, config). */
@@ -115,7 +115,7 @@ export class FleetManager {
   private readonly now: () => number;
   private readonly startedAt: number;
   private healthTimer: NodeJS.Timeout | undefined;
-  /** The env vars a change through the API may name (runtimeEnvNames); the file's own, once reloaded, join them. */
+  /** The env vars a change through the API may name (checkEnvNames); the file's own, once reloaded, join them. */
   private readonly keyEnvs: Set<string>;
   private tickTimer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -634,7 +634,7 @@ export class FleetManager {
 
   /**
    * Validates a whole document and puts it in force; nothing changes when it is invalid. One
-   * that came through the API (not `fromFile`) may name only the env vars runtimeEnvNames allows.
+   * that came through the API (not `fromFile`) may name only the env vars checkEnvNames allows.
    */
   private commit(raw: RawBrokerConfig, ifMatch: string | undefined, source = this.config.source, fromFile = false): BrokerConfig {
     this.expect(ifMatch);

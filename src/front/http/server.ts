@@ -164,7 +164,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     // body (a preflight has none) closes the connection after its answer, so that no bytes
     // after it are read as another request.
     const answer = cors === undefined ? undefined : preflight(cors, method, headers);
-    if (answer !== undefined) return sink.send(204, answer, '', headers['content-length'] !== undefined && headers['content-length'] !== '0' || headers['transfer-encoding'] !== undefined);
+    if (answer !== undefined) return sink.send(204, answer, '', (headers['content-length'] !== undefined && headers['content-length'] !== '0') || headers['transfer-encoding'] !== undefined);
     const declared = headers['content-length'];
     const reader: BodyReader = (limit, cb) => {
       sink.readingBody = true;
