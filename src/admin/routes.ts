@@ -20,7 +20,8 @@ const FIELDS: Record<string, { key: keyof Patch; kind: 'weight' | 'bool' | 'perc
 export function parseConfigPatch(body: Record<string, unknown>): Patch {
   const patch: Record<string, number | boolean> = {};
   for (const [name, value] of Object.entries(body)) {
-    const f = FIELDS[name];
+    // Own fields only: `constructor` or `__proto__` would find the prototype's, and pass.
+    const f = Object.hasOwn(FIELDS, name) ? FIELDS[name] : undefined;
     if (f === undefined) throw invalid(name, `unknown field ${name}; allowed: ${Object.keys(FIELDS).join(', ')}`);
     if (f.kind === 'bool') {
       if (typeof value !== 'boolean') throw invalid(name, `${name} must be true or false`);

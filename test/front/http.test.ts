@@ -103,6 +103,12 @@ t.test('POST /admin/config validates and names the bad field', async (t) => {
   const unknown = await postJson(`${tb.url}/admin/config`, { nope: 1 }, admin);
   t.equal(unknown.status, 400);
   t.match(unknown.body.error.message, /nope/);
+  // The names every object inherits are unknown fields too (before: 200, and a stray key in the live config).
+  for (const body of ['{"constructor":5}', '{"__proto__":5}', '{"toString":0}', '{"hasOwnProperty":1,"ab_weight_b":3}']) {
+    const inherited = await postJson(`${tb.url}/admin/config`, body, admin);
+    t.equal(inherited.status, 400, body);
+    t.match(inherited.body.error, { code: 'invalid_request', message: /unknown field/ }, body);
+  }
   const pct = await postJson(`${tb.url}/admin/config`, { canary_percent: 101 }, admin);
   t.match(pct.body.error.message, /canary_percent/);
   const ok = await postJson(`${tb.url}/admin/config`, { ab_weight_a: 0.5, ab_weight_b: 0.5, shadow_enabled: true }, admin);
