@@ -98,6 +98,8 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   if (api === 'ollama' && options !== undefined && options !== null && (typeof options !== 'object' || Array.isArray(options))) throw invalidField('options', 'must be an object');
   if (options !== undefined && options !== null && typeof options === 'object') {
     checkInt(options.num_predict, 'options.num_predict', -2, MAX_OUTPUT_TOKENS);
+    // As Ollama answers them (400): a number option that is not one, rather than dropped in translation.
+    for (const k of OLLAMA_NUMBER_OPTIONS) checkNumber(options[k], `options.${k}`);
     if (Array.isArray(options.stop) && options.stop.length > MAX_STOP_SEQUENCES) throw invalidField('options.stop', `has ${options.stop.length} sequences; at most ${MAX_STOP_SEQUENCES}`);
   }
   if (api === 'openai' && kind !== 'embed') {
@@ -110,6 +112,11 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalidField('stream_options', 'must be an object');
   }
   checkInt(body.n, 'n', 1, MAX_CHOICES);
+  if (api === 'ollama') {
+    // Ollama's images are base64 strings in an array; anything else is its 400, not silently dropped.
+    checkImages(body.images, 'images');
+    if (Array.isArray(body.messages)) body.messages.forEach((m: unknown, i: number) => checkImages((m as { images?: unknown } | null)?.images, `messages[${i}].images`));
+  }
   const h = req.headers;
   const apiKey = apiKeyOf(h);
   const facts = req.facts;
@@ -269,6 +276,14 @@ export const MAX_OUTPUT_TOKENS = 1_000_000;
 export const MAX_CHOICES = 128;
 
 /** A sampling number (both vendors answer 400 to `"temperature": "hot"`); null is the API's default. */
+/** Ollama's options that take a number (api/types.go Options, Runner). */
+const OLLAMA_NUMBER_OPTIONS = ['temperature', 'top_p', 'top_k', 'min_p', 'typical_p', 'seed', 'num_ctx', 'num_keep', 'repeat_last_n', 'repeat_penalty', 'presence_penalty', 'frequency_penalty', 'num_batch', 'num_gpu', 'num_thread'] as const;
+
+function checkImages(v: unknown, field: string): void {
+  if (v === undefined || v === null) return;
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw invalidField(field, 'must be an array of base64-encoded images');
+}
+
 function checkNumber(v: unknown, field: string): void {
   if (v === undefined || v === null) return;
   if (typeof v !== 'number' || !Number.isFinite(v)) throw invalidField(field, 'must be a number');

@@ -121,6 +121,15 @@ t.test('stop, stream_options and Ollama options of the wrong type are a 400 nami
   t.throws(ollama('x'), { code: 'invalid_request', details: { field: 'options' } });
   t.throws(ollama([1]), { code: 'invalid_request', details: { field: 'options' } });
   t.doesNotThrow(ollama({ temperature: 0 }));
+  // A number option that is not a number, and images that are not an array of strings: Ollama's 400, not dropped in translation.
+  t.throws(ollama({ temperature: 'hot' }), { code: 'invalid_request', details: { field: 'options.temperature' } });
+  t.throws(ollama({ top_k: '40' }), { code: 'invalid_request', details: { field: 'options.top_k' } });
+  t.doesNotThrow(ollama({ temperature: 0.2, top_k: 40, seed: 7, num_ctx: 8192 }));
+  const images = (body: Record<string, unknown>) => () => readLlmRequest(req(), 'ollama', 'chat', { model: 'g', ...body });
+  t.throws(images({ messages: [{ role: 'user', content: 'hi', images: 'abc' }] }), { code: 'invalid_request', details: { field: 'messages[0].images' } });
+  t.throws(images({ messages: [{ role: 'user', content: 'hi', images: [1] }] }), { code: 'invalid_request', details: { field: 'messages[0].images' } });
+  t.doesNotThrow(images({ messages: [{ role: 'user', content: 'hi', images: ['iVBORw0KGgo='] }] }));
+  t.throws(() => readLlmRequest(req(), 'ollama', 'completion', { model: 'g', prompt: 'x', images: 'abc' }), { code: 'invalid_request', details: { field: 'images' } });
   // At most 64 stop sequences, in each API's field.
   const many = Array.from({ length: 65 }, (_, i) => `s${i}`);
   t.throws(chat({ stop: many }), { code: 'invalid_request', details: { field: 'stop' } });
