@@ -2,6 +2,7 @@
 // readable, the broker's headers exposed); any other origin, or a broker without
 // CORS_ORIGINS, gets no CORS header, and the browser keeps the reply from the page.
 import t from 'tap';
+import { connect } from 'node:net';
 import { ADMIN_TOKEN, startTestBroker } from '../helpers/broker.ts';
 import { loadConfig } from '../../src/config/env.ts';
 import { corsHeaders, corsOrigins, parseCorsOrigins, preflight } from '../../src/front/http/cors.ts';
@@ -50,6 +51,18 @@ for (const threads of ['0', '2']) {
     const bodied = await fetch(`${tb.url}/v1/chat/completions`, { method: 'OPTIONS', headers: { origin: APP, 'access-control-request-method': 'POST' }, body: 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n' });
     t.equal(bodied.status, 204);
     t.equal(bodied.headers.get('connection'), 'close', 'no bytes after it read as another request');
+    // A preflight with Content-Length twice is the smuggling case the front refuses: never a 204
+    // that would let uWS serve what its body hides (before, the preflight was answered first).
+    const raw = await new Promise<string>((resolve) => {
+      const s = connect(Number(new URL(tb.url).port), '127.0.0.1');
+      let got = '';
+      s.on('data', (d) => (got += d.toString()));
+      s.on('close', () => resolve(got));
+      setTimeout(() => s.destroy(), 1500);
+      s.write(`OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: ${APP}\r\nAccess-Control-Request-Method: POST\r\nContent-Length: 0\r\nContent-Length: 39\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n`);
+    });
+    t.notMatch(raw, /204/, 'no preflight answer');
+    t.notMatch(raw, /"ok":true/, 'and the request hidden in the body is not served');
   });
 }
 
