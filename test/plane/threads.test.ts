@@ -153,8 +153,12 @@ t.test('a data-plane thread that dies is replaced; the other carries on', async 
   t.ok(tb.logs.some((l) => l.msg === 'data-plane thread failed' && l.plane === 0), 'the failure is logged with its thread');
   const after = await Promise.all(Array.from({ length: 12 }, () => chat(tb, false)));
   t.same(after.map((r) => r.status), Array(12).fill(200), 'every request after the replacement succeeds');
-  // Its streams' releases never ran: the control plane gave their slots back.
-  t.equal(await metricValue(tb.url, 'broker_capacity_in_flight', { deployment: 's' }), 0, 'no slot held by the dead thread');
+  // Its streams' releases never ran: the control plane gave their slots back. A live thread
+  // releases just after its reply's last byte leaves, so the count is read once it settles;
+  // a slot the dead thread kept would hold it above 0 until the wait gives up.
+  let inFlight = -1;
+  await until(async () => (inFlight = await metricValue(tb.url, 'broker_capacity_in_flight', { deployment: 's' })) === 0, 'the slots to come back').catch(() => undefined);
+  t.equal(inFlight, 0, 'no slot held by the dead thread');
   t.ok(tb.logs.some((l) => l.msg === 'a data-plane thread died holding capacity slots: given back' && l.plane === 0 && (l.slots as number) === results.length - done.length), "its slots given back, counted");
 });
 
