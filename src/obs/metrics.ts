@@ -50,7 +50,12 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     trackingPool: (): { active: number; idle: number; waiting: number } | undefined => undefined,
     budgets: (): readonly { key: string; ratio: number }[] => [],
   };
-  if (opts.defaults ?? true) collectDefaultMetrics({ register: registry });
+  if (opts.defaults ?? true) {
+    collectDefaultMetrics({ register: registry });
+    // prom-client's gauges named like counters fail `promtool check metrics` (an operator's CI
+    // lint); their per-type twins (nodejs_active_handles{type}, ...) sum to the same totals.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+  }
   const r = [registry];
   return withFastLabels({
     registry,

@@ -2,6 +2,7 @@
 // limits, rate limit, admin credential, health, metrics.
 import t from 'tap';
 import { connect } from 'node:net';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -157,6 +158,20 @@ t.test('metrics expose the http metrics', async (t) => {
   t.match(res.headers.get('content-type'), /text\/plain/);
   const text = await res.text();
   for (const name of ['http_request_duration_seconds_bucket', 'http_requests_errors_total', 'http_requests_active', 'process_cpu_seconds_total']) t.match(text, name);
+});
+
+t.test("/metrics passes promtool's lint, as an operator's CI checks it", async (t) => {
+  await postJson(`${tb.url}/v1/infer`, { image_b64: 'bm90IGFuIGltYWdl' });
+  const text = await (await fetch(`${tb.url}/metrics`)).text();
+  let out = '';
+  try {
+    out = execFileSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8', stdio: 'pipe' });
+  } catch (err) {
+    const e = err as { status?: number; stdout?: string; stderr?: string };
+    out = `exit ${e.status}: ${e.stdout ?? ''}${e.stderr ?? ''}`;
+  }
+  t.equal(out.trim(), '', 'no lint finding');
+  t.match(text, /^nodejs_active_handles\{type="/m, 'the per-type handles stay');
 });
 
 t.test('admin refused when ADMIN_TOKEN is not set, with a start-up warning', async (t) => {
