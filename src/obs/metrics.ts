@@ -292,6 +292,11 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       help: 'Response cache entries received from another thread of this process',
       registers: r,
     }),
+    llmCacheRedisErrors: new Counter({
+      name: 'llm_cache_redis_errors_total',
+      help: 'Response cache lookups and stores that Redis failed (an error, or no reply within 250 ms); while it is away or hung, lookups miss without asking it',
+      registers: r,
+    }),
     llmCacheEvictions: new Counter({
       name: 'llm_cache_evictions_total',
       help: 'Entries the in-memory response cache dropped to stay within its byte bound',

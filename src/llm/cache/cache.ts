@@ -145,6 +145,12 @@ export class ResponseCache {
   private readonly origin: string;
   private connecting: Promise<void> = Promise.resolve();
   private redisWarned = false;
+  /**
+   * A command got no reply in time: Redis is hung with its connection open (a frozen host, a
+   * blackhole), and ioredis still says 'ready'. Lookups and stores skip it until it is ready
+   * again on a new connection.
+   */
+  private redisHung = false;
 
   constructor(private readonly o: ResponseCacheOptions) {
     this.settings = o.settings;
@@ -241,11 +247,12 @@ export class ResponseCache {
     this.remember(plan.key, e);
     this.bus?.postMessage({ key: plan.key, entry: e });
     this.o.metrics.llmCacheStores.labels(group).inc();
-    if (this.o.redisUrl !== undefined) {
+    // Redis away, or hung and dropped: the entry stays in this process's memory only.
+    if (this.o.redisUrl !== undefined && this.redisReady()) {
       const r = this.client();
       const stored = r.set(redisKey(plan.key), JSON.stringify(e), 'EX', this.settings.ttlSeconds);
       const told = plan.lookup ? stored : stored.then(() => r.publish(REFRESH_CHANNEL, JSON.stringify({ origin: this.origin, key: plan.key })));
-      told.catch((err: Error) => this.redisFailed(err));
+      told.catch((err: Error) => this.commandFailed(err, r));
     }
   }
 
@@ -266,7 +273,9 @@ export class ResponseCache {
       });
       this.redis.on('error', (err: Error) => this.redisFailed(err));
       this.redis.on('ready', () => {
+        if (this.redisWarned) this.o.logger.info('response cache: redis answers again');
         this.redisWarned = false;
+        this.redisHung = false;
       });
       this.connecting = this.redis.connect().catch(() => undefined);
       this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true });
@@ -293,8 +302,8 @@ export class ResponseCache {
   /** The entry and the ms it has left in Redis (one round trip: the two commands go together). */
   private async fromRedis(key: string): Promise<{ entry: CachedReply; ttlMs: number } | undefined> {
     try {
+      if (!this.redisReady()) return undefined;
       const r = this.client();
-      if (r.status !== 'ready') return undefined;
       const k = redisKey(key);
       const [text, ttlMs] = await Promise.all([r.get(k), r.pttl(k)]);
       if (text === null) return undefined;
@@ -302,9 +311,28 @@ export class ResponseCache {
       // -1: no expiry (a key not set by us): the configured TTL.
       return isCachedReply(v) ? { entry: v, ttlMs: ttlMs === -1 ? this.settings.ttlSeconds * 1000 : ttlMs } : undefined;
     } catch (err) {
-      this.redisFailed(err as Error);
+      this.commandFailed(err as Error, this.redis);
       return undefined;
     }
+  }
+
+  private redisReady(): boolean {
+    return !this.redisHung && this.client().status === 'ready';
+  }
+
+  /**
+   * A lookup or store that Redis failed. No reply in time: Redis is hung, so its connection
+   * is destroyed (ending it politely would wait for a peer that does not answer) and lookups
+   * miss at once until a new one is ready (its ready check is bounded by the same timeout),
+   * instead of each waiting the whole timeout.
+   */
+  private commandFailed(err: Error, r: Redis | undefined): void {
+    this.o.metrics.llmCacheRedisErrors.inc();
+    if (err.message === 'Command timed out' && !this.redisHung) {
+      this.redisHung = true;
+      r?.stream?.destroy();
+    }
+    this.redisFailed(err);
   }
 
   private redisFailed(err: Error): void {
