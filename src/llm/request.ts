@@ -75,6 +75,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   // upstream's to judge: vLLM's templates take their own (Llama 3.1's ipython).
   if (api === 'openai' && kind === 'chat' && (!Array.isArray(body.messages) || body.messages.length === 0)) throw invalidField('messages', 'must be a non-empty array');
   if (body.tools !== undefined && body.tools !== null && !Array.isArray(body.tools)) throw invalidField('tools', 'must be an array');
+  if ((api === 'openai' || api === 'ollama') && kind !== 'embed') checkChatTools(body, api);
   if (api === 'anthropic') checkToolResults(body.messages as unknown[]);
   if (kind === 'embed' && api === 'openai') checkOpenAIEmbed(body);
   const own = kind === 'embed' ? embedParts(body, limits) : api === 'responses' ? responsesParts(body) : api === 'anthropic' ? anthropicParts(body) : promptParts(body);
@@ -110,7 +111,13 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     if (Array.isArray(stop) && stop.length > MAX_STOP_SEQUENCES) throw invalidField('stop', `has ${stop.length} sequences; at most ${MAX_STOP_SEQUENCES}`);
     const so = body.stream_options;
     if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw invalidField('stream_options', 'must be an object');
+    const rf = body.response_format as Record<string, unknown> | null | undefined;
+    if (rf !== undefined && rf !== null && (!isObject(rf) || typeof rf.type !== 'string')) throw invalidField('response_format', 'must be an object with a string type ("text", "json_object", "json_schema")');
+    if (kind === 'completion') checkCompletionPrompt(body.prompt);
   }
+  // Ollama's format: "json" or a JSON Schema.
+  const format = body.format;
+  if (api === 'ollama' && format !== undefined && format !== null && typeof format !== 'string' && !isObject(format)) throw invalidField('format', 'must be "json" or a JSON schema object');
   checkInt(body.n, 'n', 1, MAX_CHOICES);
   if (api === 'ollama') {
     // Ollama's images are base64 strings in an array; anything else is its 400, not silently dropped.
@@ -278,6 +285,49 @@ export const MAX_CHOICES = 128;
 /** A sampling number (both vendors answer 400 to `"temperature": "hot"`); null is the API's default. */
 /** Ollama's options that take a number (api/types.go Options, Runner). */
 const OLLAMA_NUMBER_OPTIONS = ['temperature', 'top_p', 'top_k', 'min_p', 'typical_p', 'seed', 'num_ctx', 'num_keep', 'repeat_last_n', 'repeat_penalty', 'presence_penalty', 'frequency_penalty', 'num_batch', 'num_gpu', 'num_thread'] as const;
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+const TOOL_CHOICE_MODES = ['none', 'auto', 'required'];
+
+/**
+ * OpenAI chat's and Ollama's tools, and OpenAI's tool_choice, as their APIs answer them (400):
+ * a translation reads a function tool's name, and would otherwise send on what the upstream
+ * refuses with its own words, or nothing at all. Tools of other types (OpenAI's custom tools)
+ * pass on to an upstream that may serve them; translated, they are refused there.
+ */
+function checkChatTools(body: Readonly<Record<string, unknown>>, api: 'openai' | 'ollama'): void {
+  const tools = body.tools;
+  if (Array.isArray(tools)) {
+    for (let i = 0; i < tools.length; i++) {
+      const tool: unknown = tools[i];
+      // Ollama reads a tool without a type as a function (its Go struct); OpenAI requires one.
+      if (!isObject(tool) || (api === 'openai' ? typeof tool.type !== 'string' : tool.type !== undefined && typeof tool.type !== 'string')) throw invalidField(`tools[${i}]`, 'must be an object with a string type ("function")');
+      if (tool.type !== 'function' && !(api === 'ollama' && tool.type === undefined)) continue;
+      const fn = tool.function;
+      if (!isObject(fn) || typeof fn.name !== 'string' || fn.name === '') throw invalidField(`tools[${i}].function.name`, 'is required: a string');
+      if (fn.parameters !== undefined && fn.parameters !== null && !isObject(fn.parameters)) throw invalidField(`tools[${i}].function.parameters`, 'must be an object (a JSON Schema)');
+    }
+  }
+  const tc = body.tool_choice;
+  if (api !== 'openai' || tc === undefined || tc === null) return;
+  if (typeof tc === 'string') {
+    if (!TOOL_CHOICE_MODES.includes(tc)) throw invalidField('tool_choice', 'must be "none", "auto", "required" or an object naming a tool');
+    return;
+  }
+  if (!isObject(tc) || typeof tc.type !== 'string') throw invalidField('tool_choice', 'must be "none", "auto", "required" or an object naming a tool');
+  if (tc.type === 'function' && (!isObject(tc.function) || typeof tc.function.name !== 'string' || tc.function.name === '')) throw invalidField('tool_choice.function.name', 'must name a function tool');
+}
+
+/** A completion's prompt, as OpenAI takes it: a string, strings, token ids, or arrays of token ids. */
+function checkCompletionPrompt(prompt: unknown): void {
+  if (prompt === undefined || prompt === null || typeof prompt === 'string') return;
+  const tokens = (v: unknown): boolean => Array.isArray(v) && v.every((x) => Number.isInteger(x));
+  if (Array.isArray(prompt) && prompt.every((p) => typeof p === 'string' || Number.isInteger(p) || tokens(p))) return;
+  throw invalidField('prompt', 'must be a string, an array of strings, or token ids');
+}
 
 function checkImages(v: unknown, field: string): void {
   if (v === undefined || v === null) return;

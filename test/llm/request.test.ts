@@ -137,3 +137,37 @@ t.test('stop, stream_options and Ollama options of the wrong type are a 400 nami
   t.throws(ollama({ stop: many }), { code: 'invalid_request', details: { field: 'options.stop' } });
   t.throws(() => readLlmRequest(req(), 'anthropic', 'chat', { model: 'g', max_tokens: 5, messages: [{ role: 'user', content: 'hi' }], stop_sequences: many }), { code: 'invalid_request', details: { field: 'stop_sequences' } });
 });
+
+t.test('tools, tool_choice, response_format, Ollama format and a completion prompt of the wrong shape: a 400 naming the field, as the vendors answer', async (t) => {
+  const messages = [{ role: 'user', content: 'hi' }];
+  const chat = (body: Record<string, unknown>) => () => readLlmRequest(req(), 'openai', 'chat', { model: 'g', messages, ...body });
+  const fn = { type: 'function', function: { name: 'read', parameters: { type: 'object', properties: {} } } };
+  t.throws(chat({ tools: [{ type: 'function' }] }), { code: 'invalid_request', details: { field: 'tools[0].function.name' } });
+  t.throws(chat({ tools: [fn, null] }), { code: 'invalid_request', details: { field: 'tools[1]' } });
+  t.throws(chat({ tools: [1] }), { code: 'invalid_request', details: { field: 'tools[0]' } });
+  t.throws(chat({ tools: [{ function: { name: 'read' } }] }), { code: 'invalid_request', details: { field: 'tools[0]' } }, 'OpenAI requires the type');
+  t.throws(chat({ tools: [{ type: 'function', function: { name: 5, parameters: 'x' } }] }), { code: 'invalid_request', details: { field: 'tools[0].function.name' } });
+  t.throws(chat({ tools: [{ type: 'function', function: { name: 'read', parameters: 'x' } }] }), { code: 'invalid_request', details: { field: 'tools[0].function.parameters' } });
+  t.doesNotThrow(chat({ tools: [fn, { type: 'function', function: { name: 'bare' } }] }));
+  t.doesNotThrow(chat({ tools: [{ type: 'custom', custom: { name: 'apply_patch' } }] }), 'another type passes on, for an upstream that serves it');
+  t.throws(chat({ tools: [fn], tool_choice: { type: 'function', function: {} } }), { code: 'invalid_request', details: { field: 'tool_choice.function.name' } });
+  t.throws(chat({ tools: [fn], tool_choice: 'sometimes' }), { code: 'invalid_request', details: { field: 'tool_choice' } });
+  t.throws(chat({ tools: [fn], tool_choice: 5 }), { code: 'invalid_request', details: { field: 'tool_choice' } });
+  for (const ok of ['none', 'auto', 'required', { type: 'function', function: { name: 'read' } }, null]) t.doesNotThrow(chat({ tools: [fn], tool_choice: ok }), JSON.stringify(ok));
+  t.throws(chat({ response_format: 'json' }), { code: 'invalid_request', details: { field: 'response_format' } });
+  t.throws(chat({ response_format: {} }), { code: 'invalid_request', details: { field: 'response_format' } });
+  t.doesNotThrow(chat({ response_format: { type: 'json_object' } }));
+
+  const ollama = (body: Record<string, unknown>) => () => readLlmRequest(req(), 'ollama', 'chat', { model: 'g', messages, ...body });
+  t.throws(ollama({ tools: [null, 1] }), { code: 'invalid_request', details: { field: 'tools[0]' } });
+  t.throws(ollama({ tools: [{ type: 'function', function: {} }] }), { code: 'invalid_request', details: { field: 'tools[0].function.name' } });
+  t.doesNotThrow(ollama({ tools: [fn, { function: { name: 'untyped' } }] }), "Ollama takes a tool without a type for a function");
+  t.throws(ollama({ format: 5 }), { code: 'invalid_request', details: { field: 'format' } });
+  t.doesNotThrow(ollama({ format: 'json' }));
+  t.doesNotThrow(ollama({ format: { type: 'object', properties: { a: { type: 'string' } } } }));
+
+  const completion = (prompt: unknown) => () => readLlmRequest(req(), 'openai', 'completion', { model: 'g', prompt });
+  t.throws(completion([1, { a: 1 }]), { code: 'invalid_request', details: { field: 'prompt' } });
+  t.throws(completion(5), { code: 'invalid_request', details: { field: 'prompt' } });
+  for (const ok of ['a', ['a', 'b'], [1, 2, 3], [[1, 2], [3]]]) t.doesNotThrow(completion(ok), JSON.stringify(ok));
+});
