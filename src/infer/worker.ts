@@ -44,13 +44,20 @@ async function open(path: string, manifest: ModelManifest): Promise<Loaded> {
   return { session, manifest };
 }
 
-const models: Record<string, Loaded> = {};
-for (const [key, m] of Object.entries(data.models)) models[key] = await open(m.path, m.manifest);
-
-// A model that cannot run (a manifest that does not fit its graph, say) is marked broken
-// instead of taking the worker down with it: the pool reads why (a 'problems' task), the
-// service logs it and refuses the model, and the other arm keeps serving.
+// A model that cannot run (a file onnxruntime cannot load, a manifest that does not fit its
+// graph) is marked broken instead of taking the worker down with it: the pool reads why (a
+// 'problems' task), the service logs it and refuses the model, and the other arm keeps serving.
 const broken: Record<string, { readonly message: string; readonly detail?: string }> = {};
+
+const models: Record<string, Loaded> = {};
+for (const [key, m] of Object.entries(data.models)) {
+  try {
+    models[key] = await open(m.path, m.manifest);
+  } catch (err) {
+    // Else the worker died at start, its replacement too, for ever (the other arm with them).
+    broken[key] = { message: `model ${m.manifest.name} cannot be loaded by onnxruntime`, detail: (err as Error).message };
+  }
+}
 
 function dimsOf(manifest: ModelManifest, batch: number, height: number, width: number): number[] {
   const c = manifest.input.channels;
@@ -140,10 +147,10 @@ export default async function run(task: BatchTask | WarmupTask | MetadataTask | 
 
 async function runBatch(task: BatchTask, startedAt: number, base: Omit<BatchOutcome, 'items'>): Promise<BatchOutcome> {
   const n = task.items.length;
-  const model = models[task.model];
-  if (model === undefined) return { ...base, items: failAll(n, `worker has no model ${task.model}`) };
   const why = broken[task.model];
   if (why !== undefined) return { ...base, items: failAll(n, why.message, why.detail, 'model_unavailable') };
+  const model = models[task.model];
+  if (model === undefined) return { ...base, items: failAll(n, `worker has no model ${task.model}`) };
   const { manifest } = model;
   const h = manifest.input.height ?? task.size ?? manifest.input.defaultSize;
   const w = manifest.input.width ?? task.size ?? manifest.input.defaultSize;

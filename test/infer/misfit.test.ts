@@ -5,6 +5,9 @@
 // the reason. Before, such a broker said it was ready and answered 500 to every request.
 import t from 'tap';
 import { spawn } from 'node:child_process';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { graphProblem, outputProblem, type GraphValue } from '../../src/infer/graph-check.ts';
 import { validateManifest } from '../../src/infer/manifest.ts';
@@ -175,6 +178,34 @@ t.test('A and B different files with one manifest version: a start-up warning th
   t.teardown(() => tb.close());
   const line = await logLine(tb, (l) => typeof l['msg'] === 'string' && (l['msg'] as string).includes('with the same manifest version'));
   t.match(line, { level: 40, version: '0.1.0', msg: /cannot name B by its version/ });
+});
+
+t.test('a file onnxruntime cannot load (cut short) as B: said at start and in /ready, 503 model_unavailable, A serves; as A: waitReady says why', async (t) => {
+  // Before, the worker died opening it, and its replacement too, for ever: A never served.
+  const dir = mkdtempSync(join(tmpdir(), 'eb-unloadable-'));
+  const cut = join(dir, 'foreign.onnx');
+  writeFileSync(cut, readFileSync(good).subarray(0, 600));
+  copyFileSync(join(dirname(good), 'foreign.json'), join(dir, 'foreign.json'));
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: cut, AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  t.teardown(() => tb.close());
+  const line = await logLine(tb, (l) => l['arm'] === 'B' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('cannot be loaded by onnxruntime'));
+  t.equal(line?.['path'], cut, 'the start-up log names the file');
+  t.match(line?.['err'], /\S/, "and gives the runtime's reason");
+  const ready = await fetch(`${tb.url}/ready`);
+  t.equal(ready.status, 200, 'A serves: the broker is ready');
+  t.match(await ready.json(), { ready: true, model_problems: { B: /cannot be loaded by onnxruntime/ } });
+  const toB = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=B' });
+  t.equal(toB.status, 503);
+  t.equal(toB.body.error.code, 'model_unavailable');
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A answers');
+  t.equal(await metricValue(tb.url, 'inference_worker_failures_total'), 0, 'no worker died');
+
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', GRPC_PORT: '0', FRONT_THREADS: '0', INFER_THREADS: '1', MODEL_VA_PATH: cut, MODEL_VB_PATH: good });
+  const broker = await startBroker(config);
+  t.teardown(() => broker.close(2000));
+  const err = await broker.waitReady().then(() => undefined, (e: unknown) => e as { code?: string; message: string });
+  t.equal(err?.code, 'model_unavailable');
+  t.match(err?.message, /cannot be loaded by onnxruntime/);
 });
 
 t.test('A does not fit: not ready, and waitReady says why', async (t) => {
