@@ -41,7 +41,12 @@ export function graphProblem(manifest: ModelManifest, inputs: readonly GraphValu
     }
     const b = shape[0];
     if (manifest.batching.maxBatchSize > 1 && fixed(b)) return `batching.max_batch_size is ${manifest.batching.maxBatchSize} but the input's batch dimension is fixed at ${b}`;
+    // The broker sends one image at a time when it does not batch: a graph fixed at N > 1 images cannot take it.
+    if (fixed(b) && b !== 1) return `input '${input.name}' is ${dims}: its batch dimension is fixed at ${b}; the broker sends 1 image (or up to batching.max_batch_size with a dynamic batch)`;
   }
+  // The broker feeds the image input alone: another input the graph requires would have no value.
+  const others = inputs.filter((v) => v.name !== input.name);
+  if (others.length > 0) return `the graph has inputs the broker cannot feed besides '${input.name}': ${names(others)} (an image classifier takes one input)`;
   const out = outputs.find((v) => v.name === output.name);
   if (out === undefined) return `output.name is '${output.name}' but the graph's outputs are ${names(outputs)}`;
   if (!out.isTensor) return `output '${output.name}' is not a tensor`;

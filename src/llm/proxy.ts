@@ -23,7 +23,7 @@ import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
 import { clientStreams, streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute, upstreamKind, type ClientApi, type Kind } from './translate/index.ts';
 import { clientWantsUsage } from './translate/openai_to_openai.ts';
-import { classifyUpstreamError, retriable } from './upstream-class.ts';
+import { classifyStreamError, classifyUpstreamError, retriable } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
 import { tokensOfChars, type LlmRequest } from './request.ts';
 import { cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
@@ -389,6 +389,8 @@ export class LlmProxy {
             lease = null;
             lastError = new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? 'upstream stream failed');
             this.countTimeout(dep, lastError, attempt.expired());
+            // An error the upstream said in its 200 (not a cut, not a timeout): counted by class, as a refusal.
+            if (r.upstreamSaid === true) m.llmUpstreamErrors.labels(dep.config.id, classifyStreamError(r.errorMessage ?? '')).inc();
             upSpan?.fail(lastError.code, lastError.message).end();
             if (this.stopped !== undefined) {
               this.finish(facts, g, dep, 'upstream_error', req.startedAt, true);

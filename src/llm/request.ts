@@ -157,13 +157,25 @@ export interface PromptParts {
   readonly system: string | undefined;
   /** The request's tool definitions, as sent. */
   readonly tools?: unknown;
+  /** A completion's suffix (fill-in-the-middle). */
+  readonly suffix?: string;
+  /** Token ids in a completion's prompt (each counts as one token). */
+  readonly promptTokenIds?: number;
 }
 
 export function promptParts(body: Readonly<Record<string, unknown>>): PromptParts {
+  const p = body.prompt;
+  // A completion's prompt may be strings or token ids (OpenAI's, vLLM's): all of it counts
+  // against the limits, a group's window and the token quota, as a string prompt does.
+  const ids = Array.isArray(p) ? p.reduce((n: number, x: unknown) => n + (Number.isInteger(x) ? 1 : Array.isArray(x) ? x.length : 0), 0) : 0;
+  const texts = Array.isArray(p) ? p.filter((x): x is string => typeof x === 'string') : [];
   return {
     messages: Array.isArray(body.messages) ? body.messages : undefined,
-    prompt: typeof body.prompt === 'string' ? body.prompt : undefined,
+    prompt: typeof p === 'string' ? p : texts.length > 0 ? texts.join('\n') : undefined,
     system: typeof body.system === 'string' ? body.system : undefined,
+    // Fill-in-the-middle: the text after the gap is prompt too.
+    ...(typeof body.suffix === 'string' && body.suffix !== '' ? { suffix: body.suffix } : {}),
+    ...(ids > 0 ? { promptTokenIds: ids } : {}),
   };
 }
 
@@ -428,13 +440,18 @@ export function promptCharsOf(r: PromptParts): number {
     chars += charsOf(o.content) + charsOf(o.tool_calls) + charsOf(o.arguments) + charsOf(o.output);
   }
   if (r.prompt !== undefined) chars += r.prompt.length;
+  if (r.suffix !== undefined) chars += r.suffix.length;
+  if (r.promptTokenIds !== undefined) chars += r.promptTokenIds * CHARS_PER_TOKEN;
   if (r.system !== undefined) chars += r.system.length;
   return chars + charsOf(r.tools);
 }
 
 /** Tokens estimated from characters of prompt text (4 per token). */
+/** The estimate's ratio: about 4 characters of English per token. */
+const CHARS_PER_TOKEN = 4;
+
 export function tokensOfChars(chars: number): number {
-  return Math.ceil(chars / 4);
+  return Math.ceil(chars / CHARS_PER_TOKEN);
 }
 
 export function promptTokensOf(r: PromptParts): number {

@@ -9,6 +9,7 @@
 //            (vLLM 0.10+ nests the same fields under "error")
 //   Ollama   {"error":"the input length exceeds the context length"} (400)
 //            {"error":"server busy, please try again.  maximum pending requests exceeded"} (503)
+//   llama.cpp {"error":{"code":400,"message":"the request exceeds the available context size ...","type":"exceed_context_size_error"}}
 import type { Api } from './translate/index.ts';
 
 export type UpstreamErrorClass =
@@ -28,7 +29,7 @@ export type UpstreamErrorClass =
 
 // vLLM words it two ways: "maximum context length is N tokens" and, for a prompt alone too
 // long, "The decoder prompt (length N) is longer than the maximum model length of M".
-const CONTEXT = /context[ _-]?(length|window)|maximum context|maximum model length|too many tokens|prompt is too long|exceeds? (the )?(max(imum)? )?(context|token)|input length exceeds/i;
+const CONTEXT = /context[ _-]?(length|window|size)|available context|maximum context|maximum model length|too many tokens|prompt is too long|exceeds? (the )?(max(imum)? )?(context|token)|input length exceeds/i;
 const RATE = /rate[ _-]?limit|too many requests|quota/i;
 const BUSY = /overloaded|server busy|maximum pending requests|try again later|capacity/i;
 
@@ -60,6 +61,18 @@ export function classifyUpstreamError(_provider: Api, status: number, text: stri
   if (status === 503 || status === 529) return 'overloaded';
   if (status >= 500 || status === 401 || status === 403 || status === 404 || status === 408) return 'server_error';
   return 'bad_request';
+}
+
+/**
+ * Classifies an error an upstream sent inside its 200 (the first event of a stream, an NDJSON
+ * error line): counted by class as the replies above are. Such a failure is retried on the
+ * next deployment like a 5xx, whatever its words (a context error there does not go to
+ * contextFallbacks: vLLM and Ollama refuse a prompt too long before they stream).
+ */
+export function classifyStreamError(message: string): UpstreamErrorClass {
+  if (CONTEXT.test(message)) return 'context_length';
+  if (BUSY.test(message)) return 'overloaded';
+  return 'server_error';
 }
 
 /** Whether a class lets the request move on (another deployment, then the fallback groups). */

@@ -40,6 +40,8 @@ t.test('graphProblem names what does not fit', async (t) => {
   t.equal(problem({ input: { ...base.input, height: null, width: null, defaultSize: 32 } }, [{ name: 'input', isTensor: true, type: 'float32', shape: ['b', 'h', 'w', 3] }]), null, 'a dynamic graph takes any size');
   t.match(problem({}, [{ name: 'input', isTensor: true, type: 'float32', shape: [1, 32, 32, 3] }]), /batch dimension is fixed at 1/);
   t.equal(problem({ batching: { max_batch_size: 1 } }, [{ name: 'input', isTensor: true, type: 'float32', shape: [1, 32, 32, 3] }]), null, 'batch 1 without batching');
+  t.match(problem({ batching: { max_batch_size: 1 } }, [{ name: 'input', isTensor: true, type: 'float32', shape: [2, 32, 32, 3] }]), /batch dimension is fixed at 2; the broker sends 1 image/, 'a batch fixed above 1');
+  t.match(problem({}, [...graphIn, { name: 'bias', isTensor: true, type: 'float32', shape: [5] }]), /inputs the broker cannot feed besides 'input': 'bias'/, 'a second input');
   t.match(problem({}, [{ name: 'input', isTensor: true, type: 'uint8', shape: ['b', 32, 32, 3] }]), /takes uint8; the broker feeds float32/);
   t.match(problem({}, [{ name: 'input', isTensor: true, type: 'float32', shape: ['b', 3, 32] }]), /has 3 dimensions/);
   t.match(problem({ output: { name: 'logits' } }), /output.name is 'logits' but the graph's outputs are 'scores'/);

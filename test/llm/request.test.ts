@@ -171,3 +171,17 @@ t.test('tools, tool_choice, response_format, Ollama format and a completion prom
   t.throws(completion(5), { code: 'invalid_request', details: { field: 'prompt' } });
   for (const ok of ['a', ['a', 'b'], [1, 2, 3], [[1, 2], [3]]]) t.doesNotThrow(completion(ok), JSON.stringify(ok));
 });
+
+t.test("a completion's prompt as strings or token ids, and its suffix, count as a string prompt does (limits, a group's window, the token quota)", async (t) => {
+  const read = (body: Record<string, unknown>, limits = { maxMessages: 10, maxPromptChars: 100 }) => readLlmRequest(req(), 'openai', 'completion', { model: 'g', ...body }, limits);
+  t.equal(promptTokensOf(read({ prompt: 'x'.repeat(40) })), 10);
+  t.equal(promptTokensOf(read({ prompt: ['x'.repeat(20), 'y'.repeat(19)] })), 10, 'strings joined by a newline');
+  t.equal(promptTokensOf(read({ prompt: [5, 6, 7] })), 3, 'a token id is a token');
+  t.equal(promptTokensOf(read({ prompt: [[1, 2], [3]] })), 3);
+  t.equal(promptTokensOf(read({ prompt: 'x'.repeat(20), suffix: 'y'.repeat(20) })), 10, 'the suffix is prompt too');
+  t.throws(() => read({ prompt: ['x'.repeat(101)] }), { code: 'invalid_request', details: { field: 'prompt' } }, 'past LLM_MAX_PROMPT_CHARS as an array too');
+  t.throws(() => read({ prompt: 'a', suffix: 'x'.repeat(101) }), { code: 'invalid_request' }, 'and with a long suffix');
+  t.throws(() => read({ prompt: Array(30).fill(1) }), { code: 'invalid_request' }, 'and in token ids');
+  const ollama = readLlmRequest(req(), 'ollama', 'completion', { model: 'g', prompt: 'x'.repeat(20), suffix: 'y'.repeat(20) });
+  t.equal(promptTokensOf(ollama), 10, "Ollama's suffix too");
+});

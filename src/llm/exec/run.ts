@@ -126,7 +126,7 @@ async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncI
     // event): as a failure before the first byte, the proxy may still try elsewhere.
     if (target.committed?.() === false && (s.truncated || s.stats.error !== null)) {
       const r = settle(s, waited, finish);
-      return { ...r, ended: 'failed' };
+      return { ...r, ended: 'failed', upstreamSaid: !s.truncated };
     }
     if (tail !== null) target.write(tail);
     return settle(s, waited, finish);
@@ -182,7 +182,7 @@ async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncI
 function settlePipeline(p: Pipeline, waited: number, target: StreamTarget, finish: Finish): StreamResult {
   const held = p.held;
   if (held !== null) {
-    if (target.committed?.() === false) return { ...settle(p, waited, finish), ended: 'failed' };
+    if (target.committed?.() === false) return { ...settle(p, waited, finish), ended: 'failed', upstreamSaid: true };
     target.write(held);
   }
   return settle(p, waited, finish);

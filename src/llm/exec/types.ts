@@ -51,6 +51,8 @@ export interface StreamResult {
   readonly malformed: number;
   /** The finish reason the upstream gave (a translated reply may say one of its own); null: none. */
   readonly finishReason: string | null;
+  /** 'failed' on an error the upstream said in its 200 (its first event), not a cut or a timeout. */
+  readonly upstreamSaid?: boolean;
 }
 
 /** Where streamed output goes: write returns false when the client is slow. */
