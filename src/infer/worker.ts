@@ -49,13 +49,20 @@ async function open(path: string, manifest: ModelManifest): Promise<Loaded> {
 // 'problems' task), the service logs it and refuses the model, and the other arm keeps serving.
 const broken: Record<string, { readonly message: string; readonly detail?: string }> = {};
 
+/** Tries to load a model before it is taken for broken: a passing failure (memory, file descriptors, a file mid-rename) is not. */
+const LOAD_TRIES = 3;
+const LOAD_RETRY_MS = 200;
+
 const models: Record<string, Loaded> = {};
 for (const [key, m] of Object.entries(data.models)) {
-  try {
-    models[key] = await open(m.path, m.manifest);
-  } catch (err) {
-    // Else the worker died at start, its replacement too, for ever (the other arm with them).
-    broken[key] = { message: `model ${m.manifest.name} cannot be loaded by onnxruntime`, detail: (err as Error).message };
+  for (let attempt = 1; models[key] === undefined && broken[key] === undefined; attempt++) {
+    try {
+      models[key] = await open(m.path, m.manifest);
+    } catch (err) {
+      if (attempt < LOAD_TRIES) await new Promise((r) => setTimeout(r, LOAD_RETRY_MS));
+      // Else the worker died at start, its replacement too, for ever (the other arm with them).
+      else broken[key] = { message: `model ${m.manifest.name} cannot be loaded by onnxruntime`, detail: (err as Error).message };
+    }
   }
 }
 

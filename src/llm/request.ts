@@ -159,24 +159,42 @@ export interface PromptParts {
   readonly tools?: unknown;
   /** A completion's suffix (fill-in-the-middle). */
   readonly suffix?: string;
-  /** Token ids in a completion's prompt (each counts as one token). */
+  /** Token ids in a completion's prompt (each counts as one token): its longest prompt's. */
   readonly promptTokenIds?: number;
 }
 
 export function promptParts(body: Readonly<Record<string, unknown>>): PromptParts {
   const p = body.prompt;
-  // A completion's prompt may be strings or token ids (OpenAI's, vLLM's): all of it counts
-  // against the limits, a group's window and the token quota, as a string prompt does.
-  const ids = Array.isArray(p) ? p.reduce((n: number, x: unknown) => n + (Number.isInteger(x) ? 1 : Array.isArray(x) ? x.length : 0), 0) : 0;
-  const texts = Array.isArray(p) ? p.filter((x): x is string => typeof x === 'string') : [];
+  const longest = Array.isArray(p) ? longestPrompt(p) : undefined;
   return {
     messages: Array.isArray(body.messages) ? body.messages : undefined,
-    prompt: typeof p === 'string' ? p : texts.length > 0 ? texts.join('\n') : undefined,
+    prompt: typeof p === 'string' ? p : longest?.text,
     system: typeof body.system === 'string' ? body.system : undefined,
     // Fill-in-the-middle: the text after the gap is prompt too.
     ...(typeof body.suffix === 'string' && body.suffix !== '' ? { suffix: body.suffix } : {}),
-    ...(ids > 0 ? { promptTokenIds: ids } : {}),
+    ...(longest?.ids !== undefined ? { promptTokenIds: longest.ids } : {}),
   };
+}
+
+/**
+ * A completion's prompt given as an array (OpenAI's, vLLM's): strings, each a prompt of a
+ * batch; token ids, one prompt; or arrays of token ids, each a prompt. The longest counts, as
+ * one string prompt would (against LLM_MAX_PROMPT_CHARS and a group's window, which each
+ * prompt of a batch must fit alone; the upstream's usage then settles the token quota).
+ */
+function longestPrompt(p: readonly unknown[]): { text?: string; ids?: number } {
+  let text: string | undefined;
+  let ids = 0;
+  let flat = 0;
+  for (const x of p) {
+    if (typeof x === 'string') {
+      if (text === undefined || x.length > text.length) text = x;
+    } else if (Number.isInteger(x)) flat++;
+    else if (Array.isArray(x)) ids = Math.max(ids, x.length);
+  }
+  ids = Math.max(ids, flat);
+  if (ids * CHARS_PER_TOKEN > (text?.length ?? 0)) return { ids };
+  return text === undefined ? {} : { text };
 }
 
 /** A Responses body: `input` (a string, or items whose text counts as messages), `instructions`. */

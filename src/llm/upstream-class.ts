@@ -29,8 +29,10 @@ export type UpstreamErrorClass =
 
 // vLLM words it two ways: "maximum context length is N tokens" and, for a prompt alone too
 // long, "The decoder prompt (length N) is longer than the maximum model length of M".
-const CONTEXT = /context[ _-]?(length|window|size)|available context|maximum context|maximum model length|too many tokens|prompt is too long|exceeds? (the )?(max(imum)? )?(context|token)|input length exceeds/i;
+const CONTEXT = /context[ _-]?(length|window)|maximum context|maximum model length|too many tokens|prompt is too long|exceeds? (the )?(max(imum)? )?(context|token)|input length exceeds/i;
 const RATE = /rate[ _-]?limit|too many requests|quota/i;
+// llama.cpp's server words it so; read in a 4xx only: a runner's 500 may name its context size.
+const CONTEXT_4XX = /context[ _-]?size|available context/i;
 const BUSY = /overloaded|server busy|maximum pending requests|try again later|capacity/i;
 
 /** The upstream's error code and message, from any of the shapes above. */
@@ -57,6 +59,7 @@ export function classifyUpstreamError(_provider: Api, status: number, text: stri
   const { message, code } = upstreamErrorFields(parsed);
   const said = `${code ?? ''} ${message ?? (parsed === null ? text.slice(0, 500) : '')}`;
   if (code === 'context_length_exceeded' || ((status === 400 || status === 413 || status === 422 || status === 500) && CONTEXT.test(said))) return 'context_length';
+  if ((status === 400 || status === 413 || status === 422) && CONTEXT_4XX.test(said)) return 'context_length';
   if (status === 429) return BUSY.test(said) && !RATE.test(said) ? 'overloaded' : 'rate_limited';
   if (status === 503 || status === 529) return 'overloaded';
   if (status >= 500 || status === 401 || status === 403 || status === 404 || status === 408) return 'server_error';
@@ -71,6 +74,7 @@ export function classifyUpstreamError(_provider: Api, status: number, text: stri
  */
 export function classifyStreamError(message: string): UpstreamErrorClass {
   if (CONTEXT.test(message)) return 'context_length';
+  if (RATE.test(message)) return 'rate_limited';
   if (BUSY.test(message)) return 'overloaded';
   return 'server_error';
 }

@@ -5,7 +5,7 @@
 // the reason. Before, such a broker said it was ready and answered 500 to every request.
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -187,7 +187,8 @@ t.test('a file onnxruntime cannot load (cut short) as B: said at start and in /r
   const dir = mkdtempSync(join(tmpdir(), 'eb-unloadable-'));
   const cut = join(dir, 'foreign.onnx');
   writeFileSync(cut, readFileSync(good).subarray(0, 600));
-  copyFileSync(join(dirname(good), 'foreign.json'), join(dir, 'foreign.json'));
+  const manifest = JSON.parse(readFileSync(join(dirname(good), 'foreign.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(dir, 'foreign.json'), JSON.stringify({ ...manifest, version: '0.9.0' }));
   const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: cut, AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
   t.teardown(() => tb.close());
   const line = await logLine(tb, (l) => l['arm'] === 'B' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('cannot be loaded by onnxruntime'));
@@ -201,6 +202,9 @@ t.test('a file onnxruntime cannot load (cut short) as B: said at start and in /r
   t.equal(toB.body.error.code, 'model_unavailable');
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A answers');
   t.equal(await metricValue(tb.url, 'inference_worker_failures_total'), 0, 'no worker died');
+  const meta = await fetch(`${tb.url}/v2/models/foreign-nhwc/versions/0.9.0`);
+  t.equal(meta.status, 503, "v2: B's metadata is unavailable, as B is (not a 500)");
+  t.match(await meta.json(), { error: /cannot be loaded by onnxruntime/ });
 
   const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', GRPC_PORT: '0', FRONT_THREADS: '0', INFER_THREADS: '1', MODEL_VA_PATH: cut, MODEL_VB_PATH: good });
   const broker = await startBroker(config);

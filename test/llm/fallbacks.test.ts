@@ -41,6 +41,7 @@ t.test('upstream errors are classified per provider, from the bodies the real se
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { message: 'x', code: 'context_length_exceeded' } })), 'context_length', 'OpenAI code alone');
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { message: "This model's maximum context length is 4096 tokens.", type: 'BadRequestError', code: 400 } })), 'context_length', 'vLLM 0.10+ nested shape');
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { code: 400, message: 'the request exceeds the available context size, try increasing it', type: 'exceed_context_size_error', n_prompt_tokens: 5000, n_ctx: 4096 } })), 'context_length', "llama.cpp server's");
+  t.equal(classifyUpstreamError('openai', 500, JSON.stringify({ error: { message: 'failed to allocate the context size requested' } })), 'server_error', "a runner's 500 naming its context size is its own failure");
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ object: 'error', message: 'The decoder prompt (length 9000) is longer than the maximum model length of 8192. Make sure that `max_model_len` is no smaller than the number of text tokens.', type: 'BadRequestError', code: 400 })), 'context_length', "vLLM's other wording");
   t.equal(classifyUpstreamError('openai', 401, JSON.stringify({ error: { message: 'Incorrect API key provided', type: 'invalid_request_error', code: 'invalid_api_key' } })), 'server_error', 'our key refused: the deployment cannot serve');
   t.equal(classifyUpstreamError('ollama', 404, JSON.stringify({ error: "model 'llama3' not found, try pulling it first" })), 'server_error', 'a model the deployment does not have');
@@ -459,7 +460,8 @@ t.test("an upstream's error as the first event of its 200 stream (or a stream th
     t.equal(brokenServed, served + 1, `${what}: the broken upstream was asked first`);
     t.notMatch(text, /CUDA|llama runner|"error":[{"]|event: error|response\.failed/, `${what}: only big's answer reached the client`);
     // What the upstream said in its 200 is an upstream error reply, counted by its class.
-    if (c.mode !== 'done-only') t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: c.model, class: 'server_error' }), 1, `${what}: counted`);
+    // (A stream that is only [DONE] is one too: a reply with no output.)
+    t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: c.model, class: 'server_error' }), 1, `${what}: counted`);
   }
   // With nowhere else to go, the upstream's error is the answer: an error status, not a 200 stream.
   const alone = await fetch(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'broken-alone', messages }) });
@@ -476,6 +478,7 @@ t.test('with the compiled_chain flag off (the staged pipeline), an error first, 
     { model: 'broken-5', path: '/api/chat', body: {}, headers: {} },
     { model: 'chatty-err', path: '/v1/chat/completions', body: { stream: true }, headers: {} },
     { model: 'chatty-ollama', path: '/api/chat', body: {}, headers: {} },
+    { model: 'empty', path: '/v1/chat/completions', body: { stream: true }, headers: {} },
   ];
   for (const c of cases) {
     const res = await fetch(`${staged.url}${c.path}`, { method: 'POST', headers: c.headers, body: JSON.stringify({ model: c.model, messages, ...c.body }) });
@@ -483,6 +486,10 @@ t.test('with the compiled_chain flag off (the staged pipeline), an error first, 
     t.equal(res.headers.get('x-broker-fallback'), 'big', `${c.model} ${c.path}: fell back`);
     t.notMatch(text, /CUDA|llama runner|overloaded|"error":[{"]|keep-alive/, `${c.model}: only big's answer reached the client`);
   }
+  // What an upstream said in its 200 is counted by its class; a cut or an empty 200 said nothing.
+  t.equal(await metricValue(staged.url, 'llm_upstream_errors_total', { deployment: 'broken-1', class: 'server_error' }), 1);
+  t.equal(await metricValue(staged.url, 'llm_upstream_errors_total', { deployment: 'chatty-err-1', class: 'overloaded' }), 1);
+  for (const dep of ['chatty-2', 'empty-1']) t.equal(await metricValue(staged.url, 'llm_upstream_errors_total', { deployment: dep }), 0, `${dep}: a cut is no error reply`);
   const alone = await fetch(`${staged.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'broken-alone', messages }) });
   t.equal(alone.status, 502, 'nowhere else: an error status');
 });

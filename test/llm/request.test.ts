@@ -175,9 +175,10 @@ t.test('tools, tool_choice, response_format, Ollama format and a completion prom
 t.test("a completion's prompt as strings or token ids, and its suffix, count as a string prompt does (limits, a group's window, the token quota)", async (t) => {
   const read = (body: Record<string, unknown>, limits = { maxMessages: 10, maxPromptChars: 100 }) => readLlmRequest(req(), 'openai', 'completion', { model: 'g', ...body }, limits);
   t.equal(promptTokensOf(read({ prompt: 'x'.repeat(40) })), 10);
-  t.equal(promptTokensOf(read({ prompt: ['x'.repeat(20), 'y'.repeat(19)] })), 10, 'strings joined by a newline');
+  t.equal(promptTokensOf(read({ prompt: ['x'.repeat(20), 'y'.repeat(40)] })), 10, 'a batch of prompts: its longest, which must fit alone');
   t.equal(promptTokensOf(read({ prompt: [5, 6, 7] })), 3, 'a token id is a token');
-  t.equal(promptTokensOf(read({ prompt: [[1, 2], [3]] })), 3);
+  t.equal(promptTokensOf(read({ prompt: [[1, 2], [3, 4, 5]] })), 3, 'a batch of token prompts: its longest');
+  t.equal(promptTokensOf(read({ prompt: Array(20).fill('x'.repeat(80)) })), 20, 'twenty prompts that each fit are not refused as their sum');
   t.equal(promptTokensOf(read({ prompt: 'x'.repeat(20), suffix: 'y'.repeat(20) })), 10, 'the suffix is prompt too');
   t.throws(() => read({ prompt: ['x'.repeat(101)] }), { code: 'invalid_request', details: { field: 'prompt' } }, 'past LLM_MAX_PROMPT_CHARS as an array too');
   t.throws(() => read({ prompt: 'a', suffix: 'x'.repeat(101) }), { code: 'invalid_request' }, 'and with a long suffix');

@@ -151,6 +151,8 @@ export class ResponseCache {
    * again on a new connection.
    */
   private redisHung = false;
+  /** A PING is asking whether Redis is hung. */
+  private pinging = false;
 
   constructor(private readonly o: ResponseCacheOptions) {
     this.settings = o.settings;
@@ -273,9 +275,8 @@ export class ResponseCache {
       });
       this.redis.on('error', (err: Error) => this.redisFailed(err));
       this.redis.on('ready', () => {
-        if (this.redisWarned) this.o.logger.info('response cache: redis answers again');
-        this.redisWarned = false;
         this.redisHung = false;
+        this.redisAnswered();
       });
       this.connecting = this.redis.connect().catch(() => undefined);
       this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true });
@@ -306,8 +307,15 @@ export class ResponseCache {
       const r = this.client();
       const k = redisKey(key);
       const [text, ttlMs] = await Promise.all([r.get(k), r.pttl(k)]);
+      this.redisAnswered();
       if (text === null) return undefined;
-      const v = JSON.parse(text) as unknown;
+      // A value that is not an entry (not ours, or damaged) is a miss, not a failure of Redis.
+      let v: unknown;
+      try {
+        v = JSON.parse(text);
+      } catch {
+        return undefined;
+      }
       // -1: no expiry (a key not set by us): the configured TTL.
       return isCachedReply(v) ? { entry: v, ttlMs: ttlMs === -1 ? this.settings.ttlSeconds * 1000 : ttlMs } : undefined;
     } catch (err) {
@@ -328,11 +336,39 @@ export class ResponseCache {
    */
   private commandFailed(err: Error, r: Redis | undefined): void {
     this.o.metrics.llmCacheRedisErrors.inc();
-    if (err.message === 'Command timed out' && !this.redisHung) {
-      this.redisHung = true;
-      r?.stream?.destroy();
-    }
+    if (err.message === 'Command timed out' && r !== undefined) this.checkHung(r);
     this.redisFailed(err);
+  }
+
+  /**
+   * One slow reply (a large entry, this thread stalled past the timeout) is not a hung Redis;
+   * a PING after it, answered in order behind it, that gets no reply in time either is. Then
+   * both connections are destroyed: the subscriber's too, which has no command timeout and
+   * would stay on a dead socket (and hear no refresh) after a blackhole heals.
+   */
+  private checkHung(r: Redis): void {
+    if (this.redisHung || this.pinging) return;
+    this.pinging = true;
+    r.ping().then(
+      () => {
+        this.pinging = false;
+        this.redisAnswered();
+      },
+      (e: Error) => {
+        this.pinging = false;
+        if (e.message !== 'Command timed out' || this.redisHung) return;
+        this.redisHung = true;
+        r.stream?.destroy();
+        this.sub?.stream?.destroy();
+      },
+    );
+  }
+
+  /** Redis answered: an outage said in the log is over (the next one is said again). */
+  private redisAnswered(): void {
+    if (!this.redisWarned) return;
+    this.redisWarned = false;
+    this.o.logger.info('response cache: redis answers again');
   }
 
   private redisFailed(err: Error): void {

@@ -182,7 +182,7 @@ async function pumpPipeline(req: AttemptRequest, ctx: ChainContext, body: AsyncI
 function settlePipeline(p: Pipeline, waited: number, target: StreamTarget, finish: Finish): StreamResult {
   const held = p.held;
   if (held !== null) {
-    if (target.committed?.() === false) return { ...settle(p, waited, finish), ended: 'failed', upstreamSaid: true };
+    if (target.committed?.() === false) return { ...settle(p, waited, finish), ended: 'failed', upstreamSaid: !p.truncated };
     target.write(held);
   }
   return settle(p, waited, finish);
