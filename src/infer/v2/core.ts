@@ -69,10 +69,11 @@ export class V2Core {
     const manifest = models[arm].manifest;
     if (!service.ready) throw new BrokerError('not_ready', 'inference workers are still loading the models');
     const sessions = (await service.currentPool.metadata())[arm];
-    // A model onnxruntime could not load has no session to describe: it is unavailable, as its requests are.
-    const problem = service.modelProblems[arm];
-    if (sessions === undefined && problem !== undefined) throw new BrokerError('model_unavailable', problem);
-    if (sessions === undefined) throw new BrokerError('internal', `no session metadata for arm ${arm}`);
+    if (sessions === undefined) {
+      // A model onnxruntime could not load has no session to describe: it is unavailable, as its requests are.
+      const problem = service.modelProblems[arm];
+      throw problem !== undefined ? new BrokerError('model_unavailable', problem) : new BrokerError('internal', `no session metadata for arm ${arm}`);
+    }
     const tensor = (t: { name: string; type: string; shape: readonly number[] }): MetadataTensor => ({ name: t.name, datatype: DATATYPES[t.type] ?? t.type.toUpperCase(), shape: t.shape });
     return {
       name,
