@@ -78,6 +78,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   if ((api === 'openai' || api === 'ollama') && kind !== 'embed') checkChatTools(body, api);
   if (api === 'anthropic') checkToolResults(body.messages as unknown[]);
   if (kind === 'embed' && api === 'openai') checkOpenAIEmbed(body);
+  if (kind === 'embed') checkEmbedInput(body, api);
   const own = kind === 'embed' ? embedParts(body, limits) : api === 'responses' ? responsesParts(body) : api === 'anthropic' ? anthropicParts(body) : promptParts(body);
   // Tool definitions are prompt too (an agent's schemas run to thousands of tokens): counted
   // against the limit, a group's window and the token quota.
@@ -279,6 +280,27 @@ function checkOpenAIEmbed(body: Readonly<Record<string, unknown>>): void {
 }
 
 /** An embeddings body: `input`, a string or a batch (strings, or token arrays for an OpenAI upstream); a batch is bounded like messages. */
+/** Largest `dimensions` an embedding request may ask for. */
+const MAX_DIMENSIONS = 65_536;
+
+/**
+ * Embeddings' input as each vendor takes it: Ollama's a string or strings; OpenAI's a string,
+ * strings, token ids or arrays of token ids, one kind per request. Else the upstream's 400, in
+ * its words, and counted against the deployment; or, translated, sent where it cannot go.
+ */
+function checkEmbedInput(body: Readonly<Record<string, unknown>>, api: ClientApi): void {
+  checkInt(body.dimensions, 'dimensions', 1, MAX_DIMENSIONS);
+  const input = body.input;
+  if (!Array.isArray(input)) return;
+  const kindOf = (v: unknown): string => (typeof v === 'string' ? 'text' : Number.isInteger(v) ? 'id' : Array.isArray(v) && v.every((x) => Number.isInteger(x)) ? 'ids' : 'other');
+  const first = input.length > 0 ? kindOf(input[0]) : 'text';
+  for (let i = 0; i < input.length; i++) {
+    const k = kindOf(input[i]);
+    if (api === 'ollama' && k !== 'text') throw invalidField(`input[${i}]`, 'must be a string (Ollama takes a string or an array of strings)');
+    if (k !== first && k !== 'other') throw invalidField(`input[${i}]`, 'mixes strings and token ids: one kind per request');
+  }
+}
+
 function embedParts(body: Readonly<Record<string, unknown>>, limits: PromptLimits): PromptParts {
   const input = body.input;
   if (typeof input === 'string') return { messages: undefined, prompt: input, system: undefined };

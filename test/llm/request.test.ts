@@ -186,3 +186,24 @@ t.test("a completion's prompt as strings or token ids, and its suffix, count as 
   const ollama = readLlmRequest(req(), 'ollama', 'completion', { model: 'g', prompt: 'x'.repeat(20), suffix: 'y'.repeat(20) });
   t.equal(promptTokensOf(ollama), 10, "Ollama's suffix too");
 });
+
+t.test("embeddings' input as each vendor takes it, and dimensions: a 400 naming the field", async (t) => {
+  const embed = (api: 'openai' | 'ollama', body: Record<string, unknown>) => () => readLlmRequest(req(), api, 'embed', { model: 'g', ...body });
+  t.throws(embed('ollama', { input: [[1, 2, 3], [4, 5]] }), { code: 'invalid_request', details: { field: 'input[0]' } }, 'Ollama takes no token ids');
+  t.throws(embed('ollama', { input: [[]] }), { code: 'invalid_request', details: { field: 'input[0]' } });
+  t.throws(embed('ollama', { input: ['a', 1] }), { code: 'invalid_request', details: { field: 'input[1]' } });
+  t.doesNotThrow(embed('ollama', { input: ['a', 'b'] }));
+  t.throws(embed('openai', { input: [1, 'a'] }), { code: 'invalid_request', details: { field: 'input[1]' } }, 'one kind per request');
+  t.throws(embed('openai', { input: ['a', [1, 2]] }), { code: 'invalid_request', details: { field: 'input[1]' } });
+  for (const ok of [['a', 'b'], [1, 2, 3], [[1, 2], [3]]]) t.doesNotThrow(embed('openai', { input: ok }), JSON.stringify(ok));
+  for (const bad of ['x', 0, 1.5, -1]) t.throws(embed('openai', { input: 'a', dimensions: bad }), { code: 'invalid_request', details: { field: 'dimensions' } }, `dimensions ${JSON.stringify(bad)}`);
+  t.doesNotThrow(embed('openai', { input: 'a', dimensions: 256 }));
+  t.throws(embed('ollama', { input: 'a', dimensions: 'x' }), { code: 'invalid_request', details: { field: 'dimensions' } });
+});
+
+t.test("an Ollama client's empty input is refused before it goes to an OpenAI-compatible upstream (which answers it 400)", async (t) => {
+  const { openaiRequest } = await import('../../src/llm/translate/embeddings.ts');
+  t.throws(() => openaiRequest({ model: 'g', input: '' }, 'm'), { code: 'invalid_request', details: { field: 'input' } });
+  t.throws(() => openaiRequest({ model: 'g', input: ['a', ''] }, 'm'), { code: 'invalid_request', details: { field: 'input' } });
+  t.same(openaiRequest({ model: 'g', input: ['a'], dimensions: 8 }, 'm'), { model: 'm', input: ['a'], encoding_format: 'float', dimensions: 8 });
+});

@@ -31,7 +31,10 @@ export function ollamaRequest(body: unknown, upstreamModel: string): Record<stri
 /** /api/embed body → /v1/embeddings body; floats, since the broker reads them. */
 export function openaiRequest(body: unknown, upstreamModel: string): Record<string, unknown> {
   const b = requireObject(body);
-  const out: Record<string, unknown> = { model: upstreamModel, input: texts(b['input']), encoding_format: 'float' };
+  const input = texts(b['input']);
+  // Ollama embeds an empty string; an OpenAI-compatible server answers it 400.
+  if (input === '' || (Array.isArray(input) && input.includes(''))) throw invalid('input', 'must not be empty for this model (an OpenAI-compatible upstream)');
+  const out: Record<string, unknown> = { model: upstreamModel, input, encoding_format: 'float' };
   if (typeof b['dimensions'] === 'number') out['dimensions'] = b['dimensions'];
   return out;
 }
