@@ -279,7 +279,6 @@ function checkOpenAIEmbed(body: Readonly<Record<string, unknown>>): void {
   if (f !== undefined && f !== null && f !== 'float' && f !== 'base64') throw invalidField('encoding_format', "must be 'float' or 'base64'");
 }
 
-/** An embeddings body: `input`, a string or a batch (strings, or token arrays for an OpenAI upstream); a batch is bounded like messages. */
 /** Largest `dimensions` an embedding request may ask for. */
 const MAX_DIMENSIONS = 65_536;
 
@@ -292,7 +291,7 @@ function checkEmbedInput(body: Readonly<Record<string, unknown>>, api: ClientApi
   checkInt(body.dimensions, 'dimensions', 1, MAX_DIMENSIONS);
   const input = body.input;
   if (!Array.isArray(input)) return;
-  const kindOf = (v: unknown): string => (typeof v === 'string' ? 'text' : Number.isInteger(v) ? 'id' : Array.isArray(v) && v.every((x) => Number.isInteger(x)) ? 'ids' : 'other');
+  const kindOf = (v: unknown): string => (typeof v === 'string' ? 'text' : Number.isInteger(v) ? 'id' : isTokenIds(v) ? 'ids' : 'other');
   const first = input.length > 0 ? kindOf(input[0]) : 'text';
   for (let i = 0; i < input.length; i++) {
     const k = kindOf(input[i]);
@@ -301,6 +300,7 @@ function checkEmbedInput(body: Readonly<Record<string, unknown>>, api: ClientApi
   }
 }
 
+/** An embeddings body: `input`, a string or a batch (strings, or token arrays for an OpenAI upstream); a batch is bounded like messages. */
 function embedParts(body: Readonly<Record<string, unknown>>, limits: PromptLimits): PromptParts {
   const input = body.input;
   if (typeof input === 'string') return { messages: undefined, prompt: input, system: undefined };
@@ -342,6 +342,11 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
+/** A prompt given as token ids (completions, embeddings). */
+function isTokenIds(v: unknown): boolean {
+  return Array.isArray(v) && v.every((x) => Number.isInteger(x));
+}
+
 const TOOL_CHOICE_MODES = ['none', 'auto', 'required'];
 
 /**
@@ -356,8 +361,9 @@ function checkChatTools(body: Readonly<Record<string, unknown>>, api: 'openai' |
     for (let i = 0; i < tools.length; i++) {
       const tool: unknown = tools[i];
       // Ollama reads a tool without a type as a function (its Go struct); OpenAI requires one.
-      if (!isObject(tool) || (api === 'openai' ? typeof tool.type !== 'string' : tool.type !== undefined && typeof tool.type !== 'string')) throw invalidField(`tools[${i}]`, 'must be an object with a string type ("function")');
-      if (tool.type !== 'function' && !(api === 'ollama' && tool.type === undefined)) continue;
+      const type = isObject(tool) ? (tool.type ?? (api === 'ollama' ? 'function' : undefined)) : undefined;
+      if (!isObject(tool) || typeof type !== 'string') throw invalidField(`tools[${i}]`, 'must be an object with a string type ("function")');
+      if (type !== 'function') continue;
       const fn = tool.function;
       if (!isObject(fn) || typeof fn.name !== 'string' || fn.name === '') throw invalidField(`tools[${i}].function.name`, 'is required: a string');
       if (fn.parameters !== undefined && fn.parameters !== null && !isObject(fn.parameters)) throw invalidField(`tools[${i}].function.parameters`, 'must be an object (a JSON Schema)');
@@ -376,8 +382,7 @@ function checkChatTools(body: Readonly<Record<string, unknown>>, api: 'openai' |
 /** A completion's prompt, as OpenAI takes it: a string, strings, token ids, or arrays of token ids. */
 function checkCompletionPrompt(prompt: unknown): void {
   if (prompt === undefined || prompt === null || typeof prompt === 'string') return;
-  const tokens = (v: unknown): boolean => Array.isArray(v) && v.every((x) => Number.isInteger(x));
-  if (Array.isArray(prompt) && prompt.every((p) => typeof p === 'string' || Number.isInteger(p) || tokens(p))) return;
+  if (Array.isArray(prompt) && prompt.every((p) => typeof p === 'string' || Number.isInteger(p) || isTokenIds(p))) return;
   throw invalidField('prompt', 'must be a string, an array of strings, or token ids');
 }
 
@@ -486,10 +491,10 @@ export function promptCharsOf(r: PromptParts): number {
   return chars + charsOf(r.tools);
 }
 
-/** Tokens estimated from characters of prompt text (4 per token). */
 /** The estimate's ratio: about 4 characters of English per token. */
 const CHARS_PER_TOKEN = 4;
 
+/** Tokens estimated from characters of prompt text (4 per token). */
 export function tokensOfChars(chars: number): number {
   return Math.ceil(chars / CHARS_PER_TOKEN);
 }

@@ -328,12 +328,7 @@ export class ResponseCache {
     return !this.redisHung && this.client().status === 'ready';
   }
 
-  /**
-   * A lookup or store that Redis failed. No reply in time: Redis is hung, so its connection
-   * is destroyed (ending it politely would wait for a peer that does not answer) and lookups
-   * miss at once until a new one is ready (its ready check is bounded by the same timeout),
-   * instead of each waiting the whole timeout.
-   */
+  /** A lookup or store that Redis failed: counted, said once per outage, and a timeout asks whether Redis is hung. */
   private commandFailed(err: Error, r: Redis | undefined): void {
     this.o.metrics.llmCacheRedisErrors.inc();
     if (err.message === 'Command timed out' && r !== undefined) this.checkHung(r);
@@ -343,8 +338,10 @@ export class ResponseCache {
   /**
    * One slow reply (a large entry, this thread stalled past the timeout) is not a hung Redis;
    * a PING after it, answered in order behind it, that gets no reply in time either is. Then
-   * both connections are destroyed: the subscriber's too, which has no command timeout and
-   * would stay on a dead socket (and hear no refresh) after a blackhole heals.
+   * both connections are destroyed (ending them politely would wait for a peer that does not
+   * answer), the subscriber's too, which has no command timeout and would stay on a dead
+   * socket (and hear no refresh) after a blackhole heals; lookups miss at once until a new
+   * connection is ready (its ready check is bounded by the same timeout).
    */
   private checkHung(r: Redis): void {
     if (this.redisHung || this.pinging) return;
