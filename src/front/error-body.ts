@@ -107,7 +107,7 @@ const BROKER_API = /^\/api\/(industrial|orchestrator|tracking|auth|audit|health|
 /**
  * The shape of an error on a path no route serves (or not with that method): Ollama's
  * under its /api/ (its clients print `error` as a string: the broker's object showed as
- * "[object Object]"), OpenAI's under the rest of /v1/ but /v1/infer, Anthropic's under /v1/messages (count_tokens, batches: the SDK reads
+ * "[object Object]"), OpenAI's under the rest of /v1/ but /v1/infer, Anthropic's under /v1/messages (batches: the SDK reads
  * its shape; /v1/messages itself with another method than POST), KServe v2's under /v2
  * (its clients read `error` as a string; with data-plane threads a /v2 request is
  * forwarded, so its 405 or 413 is the thread's), the broker's elsewhere.

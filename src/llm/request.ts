@@ -162,6 +162,8 @@ export interface PromptParts {
   readonly suffix?: string;
   /** Token ids in a completion's prompt (each counts as one token): its longest prompt's. */
   readonly promptTokenIds?: number;
+  /** Images beside the prompt (Ollama generate's `images`). */
+  readonly images?: number;
 }
 
 export function promptParts(body: Readonly<Record<string, unknown>>): PromptParts {
@@ -174,6 +176,7 @@ export function promptParts(body: Readonly<Record<string, unknown>>): PromptPart
     // Fill-in-the-middle: the text after the gap is prompt too.
     ...(typeof body.suffix === 'string' && body.suffix !== '' ? { suffix: body.suffix } : {}),
     ...(longest?.ids !== undefined ? { promptTokenIds: longest.ids } : {}),
+    ...(Array.isArray(body.images) && body.images.length > 0 ? { images: body.images.length } : {}),
   };
 }
 
@@ -449,9 +452,10 @@ function checkMessages(messages: unknown): void {
  */
 function checkSize(parts: PromptParts, limits: PromptLimits, count: number, field?: string): number {
   if (count > limits.maxMessages) throw invalidField(field ?? 'messages', `has ${count} messages; at most ${limits.maxMessages} (LLM_MAX_MESSAGES)`);
-  const chars = promptCharsOf(parts);
+  // The limit bounds text a thread translates; an image's bytes are the body limit's.
+  const { chars, images } = promptSize(parts);
   if (chars > limits.maxPromptChars) throw invalidField(field ?? (parts.messages !== undefined ? 'messages' : 'prompt'), `holds ${chars} characters of prompt; at most ${limits.maxPromptChars} (LLM_MAX_PROMPT_CHARS)`);
-  return chars;
+  return chars + images * IMAGE_CHARS;
 }
 
 function invalidField(field: string, what: string): BrokerError {
@@ -473,22 +477,64 @@ function charsOf(v: unknown): number {
 }
 
 /**
- * Characters of prompt text: message contents (parts as JSON), an assistant turn's tool
- * calls, Responses' function_call arguments and function_call_output, prompt, system, and
- * the tool definitions (as JSON).
+ * What an image counts, in characters of prompt: 1,024 tokens whatever its bytes. Vision
+ * models take 256 (Gemma 3) to about 1,600 (Anthropic's largest) tokens an image; counted as
+ * its base64, a 200 KB screenshot was 66,000 tokens, refused by any window and quota.
  */
-export function promptCharsOf(r: PromptParts): number {
-  let chars = 0;
-  for (const m of r.messages ?? []) {
-    const o = m as { content?: unknown; tool_calls?: unknown; arguments?: unknown; output?: unknown } | null;
-    if (o === null || typeof o !== 'object') continue;
-    chars += charsOf(o.content) + charsOf(o.tool_calls) + charsOf(o.arguments) + charsOf(o.output);
+const IMAGE_CHARS = 1024 * 4;
+
+/** An image part or block: OpenAI chat's image_url, Responses' input_image, Anthropic's image. */
+function isImagePart(x: unknown): boolean {
+  if (x === null || typeof x !== 'object') return false;
+  const type = (x as { type?: unknown }).type;
+  return type === 'image_url' || type === 'input_image' || type === 'image';
+}
+
+/** A prompt's size: characters of text (JSON for parts, blocks and tool calls) and images apart. */
+interface PromptSize {
+  chars: number;
+  images: number;
+}
+
+/** A message's content (or a tool's output): its JSON's characters, image parts apart, wherever they are nested (a tool_result's screenshot). */
+function addContent(size: PromptSize, v: unknown): void {
+  if (typeof v === 'string') size.chars += v.length;
+  else if (v !== undefined && v !== null) {
+    size.chars += JSON.stringify(v, (_k, x: unknown) => {
+      if (!isImagePart(x)) return x;
+      size.images++;
+      return 0;
+    }).length;
   }
-  if (r.prompt !== undefined) chars += r.prompt.length;
-  if (r.suffix !== undefined) chars += r.suffix.length;
-  if (r.promptTokenIds !== undefined) chars += r.promptTokenIds * CHARS_PER_TOKEN;
-  if (r.system !== undefined) chars += r.system.length;
-  return chars + charsOf(r.tools);
+}
+
+/**
+ * The prompt's text: message contents (parts as JSON), an assistant turn's tool calls,
+ * Responses' function_call arguments and function_call_output, prompt, system, and the tool
+ * definitions (as JSON); its images (parts, blocks, Ollama's `images`) counted apart.
+ */
+function promptSize(r: PromptParts): PromptSize {
+  const size: PromptSize = { chars: 0, images: r.images ?? 0 };
+  for (const m of r.messages ?? []) {
+    const o = m as { content?: unknown; images?: unknown; tool_calls?: unknown; arguments?: unknown; output?: unknown } | null;
+    if (o === null || typeof o !== 'object') continue;
+    addContent(size, o.content);
+    addContent(size, o.output);
+    if (Array.isArray(o.images)) size.images += o.images.length;
+    size.chars += charsOf(o.tool_calls) + charsOf(o.arguments);
+  }
+  if (r.prompt !== undefined) size.chars += r.prompt.length;
+  if (r.suffix !== undefined) size.chars += r.suffix.length;
+  if (r.promptTokenIds !== undefined) size.chars += r.promptTokenIds * CHARS_PER_TOKEN;
+  if (r.system !== undefined) size.chars += r.system.length;
+  size.chars += charsOf(r.tools);
+  return size;
+}
+
+/** Characters of prompt, as tokens are estimated from them: the text's, and IMAGE_CHARS an image (not its base64). */
+export function promptCharsOf(r: PromptParts): number {
+  const { chars, images } = promptSize(r);
+  return chars + images * IMAGE_CHARS;
 }
 
 /** The estimate's ratio: about 4 characters of English per token. */

@@ -9,7 +9,7 @@ import type { ModelGroupConfig } from '../config/broker-config.ts';
 import type { Fleet, FleetSource } from '../fleet/fleet.ts';
 import { HOW_TO_CONFIGURE } from '../fleet/discovery.ts';
 import type { LlmProxy } from './proxy.ts';
-import { readLlmRequest, type LlmRequest, type PromptLimits } from './request.ts';
+import { readLlmRequest, tokensOfChars, type LlmRequest, type PromptLimits } from './request.ts';
 import type { Admitted } from '../sched/admission.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
 import type { ReplySink } from '../front/reply.ts';
@@ -137,6 +137,26 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     completion('ollama', 'completion', '/api/generate'),
     completion('responses', 'chat', '/v1/responses'),
     completion('anthropic', 'chat', '/v1/messages'),
+    {
+      // Anthropic's token count: Claude Code asks it every turn to manage its context window.
+      // Answered here with the estimate the broker's own window checks and quotas use (no
+      // upstream tokenises a Messages request); the request is checked as /v1/messages checks
+      // it, but max_tokens, which counting does not need.
+      method: 'POST',
+      path: '/v1/messages/count_tokens',
+      body: 'json',
+      rateLimited: true,
+      errorShape: anthropicErrorShape,
+      async handle({ req, body, sink }) {
+        const b = body as Record<string, unknown>;
+        const r = readLlmRequest(req, 'anthropic', 'chat', b.max_tokens === undefined ? { ...b, max_tokens: 1 } : b, limits);
+        const known = source.current();
+        const fleet = known instanceof Promise ? await known : known;
+        if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
+        if (!fleet.groups.has(r.model)) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+        sink.send(200, JSON_HEADERS, JSON.stringify({ input_tokens: tokensOfChars(r.promptChars) }));
+      },
+    },
     completion('openai', 'embed', '/v1/embeddings'),
     completion('ollama', 'embed', '/api/embed'),
     completion('ollama', 'embed', '/api/embeddings', LEGACY_EMBEDDINGS),

@@ -292,9 +292,10 @@ t.test('tool_choice none to an Ollama upstream offers no tools; an unserved /v1/
   t.equal((okOllama.stats.lastBody as Record<string, unknown>).tools, undefined, 'Ollama has no tool_choice: the tools are left out');
   await openai.chat.completions.create({ model: 'chat-ollama', messages: [{ role: 'user', content: 'Hi' }], tools: TOOLS_OPENAI });
   t.ok((okOllama.stats.lastBody as Record<string, unknown>).tools, 'offered otherwise');
-  const err = await anthropic.messages.countTokens({ model: 'chat-openai', messages: [{ role: 'user', content: 'Hi' }] }).catch((e: unknown) => e);
+  const err = await anthropic.messages.batches.list().catch((e: unknown) => e);
   t.ok(err instanceof Anthropic.NotFoundError);
   t.match((err as InstanceType<typeof Anthropic.NotFoundError>).error, { type: 'error', error: { type: 'not_found_error', code: 'not_found' } });
+  t.equal((await anthropic.messages.countTokens({ model: 'chat-openai', messages: [{ role: 'user', content: 'Hi' }] })).input_tokens, 1, 'count_tokens is served');
 });
 
 t.test('Messages API: a block the upstream API has no word for is the client\'s 400, never a failure of the deployment', async (t) => {

@@ -313,17 +313,39 @@ t.test("Anthropic's SDK lists and retrieves models in Anthropic's shape; OpenAI'
 
 // ---- 8: errors on /v1/messages paths ----
 
-t.test('GET /v1/messages and /v1/messages/count_tokens: Anthropic error shape and request-id', async (t) => {
+t.test('GET /v1/messages and /v1/messages/batches: Anthropic error shape and request-id', async (t) => {
   const get = await fetch(`${tb.url}/v1/messages`, { headers: { 'x-request-id': 'fid-1' } });
   t.equal(get.status, 405);
   t.match(await get.json(), { type: 'error', error: { type: 'invalid_request_error' }, request_id: 'fid-1' });
   t.equal(get.headers.get('request-id'), 'fid-1');
-  const count = await fetch(`${tb.url}/v1/messages/count_tokens`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': 'fid-2' }, body: '{}' });
-  t.equal(count.status, 404);
-  t.equal(count.headers.get('request-id'), 'fid-2');
-  const err: any = await anthropic.messages.countTokens({ model: 'oa', messages: [{ role: 'user', content: 'x' }] }, { headers: { 'x-request-id': 'fid-3' } }).catch((e: unknown) => e);
-  t.equal(err.status, 404);
-  t.equal(err.requestID ?? err.request_id, 'fid-3', "the SDK's request id");
+  const batches = await fetch(`${tb.url}/v1/messages/batches`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-request-id': 'fid-2' }, body: '{}' });
+  t.equal(batches.status, 404);
+  t.equal(batches.headers.get('request-id'), 'fid-2');
+  t.match(await batches.json(), { type: 'error', error: { type: 'not_found_error' } });
+});
+
+t.test("count_tokens (Claude Code asks it every turn): the broker's estimate, as its window checks count; nothing sent upstream", async (t) => {
+  const before = seen.length;
+  const tools = [{ name: 'Bash', description: 'Run a command', input_schema: { type: 'object' as const, properties: { command: { type: 'string' } } } }];
+  const base = { model: 'oa', messages: [{ role: 'user' as const, content: 'x'.repeat(40) }] };
+  const plain = await anthropic.messages.countTokens(base);
+  t.equal(plain.input_tokens, 10, '40 characters: 10 tokens');
+  const more = await anthropic.messages.countTokens({ ...base, system: [{ type: 'text', text: 'y'.repeat(40), cache_control: { type: 'ephemeral' } }], tools });
+  t.ok(more.input_tokens > 20, `the system blocks and the tools count too (${more.input_tokens})`);
+  // Claude Code calls the beta path with ?beta=true.
+  const beta = await anthropic.beta.messages.countTokens({ ...base, betas: ['token-counting-2024-11-01'] });
+  t.equal(beta.input_tokens, 10, 'the beta client, ?beta=true');
+  const image = { type: 'image' as const, source: { type: 'base64' as const, media_type: 'image/png' as const, data: 'A'.repeat(300_000) } };
+  const shot = await anthropic.messages.countTokens({ model: 'oa', messages: [{ role: 'user', content: [image] }] });
+  t.ok(shot.input_tokens >= 1024 && shot.input_tokens < 1100, `an image is about 1,024 tokens, not its base64 (${shot.input_tokens})`);
+  t.equal(seen.length, before, 'no upstream call');
+  const missing: any = await anthropic.messages.countTokens({ model: 'nope', messages: base.messages }, { headers: { 'x-request-id': 'fid-3' } }).catch((e: unknown) => e);
+  t.equal(missing.status, 404);
+  t.match(missing.error, { type: 'error', error: { type: 'not_found_error' } });
+  t.equal(missing.requestID ?? missing.request_id, 'fid-3', "the SDK's request id");
+  const bad: any = await anthropic.messages.countTokens({ model: 'oa', messages: [] }).catch((e: unknown) => e);
+  t.equal(bad.status, 400);
+  t.match(bad.error, { type: 'error', error: { type: 'invalid_request_error', message: /messages/ } });
 });
 
 t.test("OpenAI's paths the broker does not serve, and a wrong method on its routes: OpenAI's error types", async (t) => {

@@ -207,3 +207,33 @@ t.test("an Ollama client's empty input is refused before it goes to an OpenAI-co
   t.throws(() => openaiRequest({ model: 'g', input: ['a', ''] }, 'm'), { code: 'invalid_request', details: { field: 'input' } });
   t.same(openaiRequest({ model: 'g', input: ['a'], dimensions: 8 }, 'm'), { model: 'm', input: ['a'], encoding_format: 'float', dimensions: 8 });
 });
+
+t.test('an image counts 1,024 tokens whatever its size, in every client API (not its base64: a screenshot was 66,000 tokens)', async (t) => {
+  const b64 = (n: number): string => 'A'.repeat(n);
+  const counts = (n: number): number[] => {
+    const url = `data:image/png;base64,${b64(n)}`;
+    const image = { type: 'image', source: { type: 'base64', media_type: 'image/png', data: b64(n) } };
+    return [
+      readLlmRequest(req(), 'openai', 'chat', { model: 'g', messages: [{ role: 'user', content: [{ type: 'text', text: 'what' }, { type: 'image_url', image_url: { url } }] }] }),
+      readLlmRequest(req(), 'responses', 'chat', { model: 'g', input: [{ role: 'user', content: [{ type: 'input_text', text: 'what' }, { type: 'input_image', image_url: url }] }] }),
+      readLlmRequest(req(), 'anthropic', 'chat', { model: 'g', max_tokens: 8, messages: [{ role: 'user', content: [image, { type: 'text', text: 'what' }] }] }),
+      // A screenshot tool's result: the image nested in a tool_result block.
+      readLlmRequest(req(), 'anthropic', 'chat', {
+        model: 'g',
+        max_tokens: 8,
+        messages: [
+          { role: 'assistant', content: [{ type: 'tool_use', id: 't1', name: 'shot', input: {} }] },
+          { role: 'user', content: [{ type: 'tool_result', tool_use_id: 't1', content: [image] }] },
+        ],
+      }),
+      readLlmRequest(req(), 'ollama', 'chat', { model: 'g', messages: [{ role: 'user', content: 'what', images: [b64(n)] }] }),
+      readLlmRequest(req(), 'ollama', 'completion', { model: 'g', prompt: 'what', images: [b64(n)] }),
+    ].map((r) => promptTokensOf(r));
+  };
+  const small = counts(4_000);
+  const large = counts(400_000);
+  t.same(large, small, 'the same count for a 100× larger image');
+  for (const n of small) t.ok(n >= 1024 && n < 1100, `about 1,024 tokens (${n})`);
+  const two = readLlmRequest(req(), 'ollama', 'chat', { model: 'g', messages: [{ role: 'user', content: 'what', images: [b64(8), b64(8)] }] });
+  t.equal(promptTokensOf(two), 2048 + 1, 'two images, two counts');
+});
