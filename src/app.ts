@@ -63,6 +63,7 @@ import { RowRecorder } from './track/recorder.ts';
 import { BudgetGate, type Budget } from './track/budget.ts';
 import { trackingRoutes } from './admin/tracking.ts';
 import { keyId } from './guard/api-key.ts';
+import { loadUws } from './front/http/uws.ts';
 
 export interface Broker {
   readonly port: number;
@@ -519,8 +520,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     metrics.sources.inferWorkers = () => infer.currentPool.threads.length;
   }
   metrics.planeThreads.set(planes?.count ?? 0);
+  const uws = loadUws();
+  if (!uws.underscoreHeaders) logger.warn({ why: uws.note }, "uWS unpatched: a request with '_' in a header name (Codex CLI's session_id) gets no answer (docs/operations.md)");
   logger.info(
-    { port, host: config.host, front_threads: config.frontThreads, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, inference: infer !== undefined, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads, ...(infer !== undefined ? pixelConversion(config.inferNative) : {}) },
+    { port, host: config.host, front_threads: config.frontThreads, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, inference: infer !== undefined, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads, underscore_headers: uws.underscoreHeaders, ...(infer !== undefined ? pixelConversion(config.inferNative) : {}) },
     'edge broker listening',
   );
 

@@ -17,7 +17,7 @@ export type Provider = 'openai' | 'ollama';
 export interface Timeouts {
   /** TCP connect. */
   readonly connectTimeoutMs: number;
-  /** Until the upstream's response headers (undici's own bound; firstTokenTimeoutMs is usually the tighter one). */
+  /** Until a non-streamed reply's headers, which come when its generation ends: unset, the level's totalTimeoutMs (0: none); undici's own bound too. */
   readonly headersTimeoutMs: number;
   /** From the request written to the reply's first body byte: long, for cold model loads. */
   readonly firstTokenTimeoutMs: number;
@@ -179,7 +179,8 @@ export class BrokerConfigError extends Error {
 
 export const DEFAULT_TIMEOUTS: Timeouts = Object.freeze({
   connectTimeoutMs: 5_000,
-  headersTimeoutMs: 60_000,
+  // A whole reply's headers come when its generation ends: a long answer is not a hung upstream.
+  headersTimeoutMs: 600_000,
   firstTokenTimeoutMs: 60_000,
   idleChunkTimeoutMs: 30_000,
   idleTimeoutMs: 30_000,
@@ -211,7 +212,8 @@ function timeoutsOf(o: Partial<Timeouts>, base: Timeouts): Timeouts {
   const idle = o.idleChunkTimeoutMs ?? o.idleTimeoutMs ?? base.idleChunkTimeoutMs;
   return {
     connectTimeoutMs: o.connectTimeoutMs ?? base.connectTimeoutMs,
-    headersTimeoutMs: o.headersTimeoutMs ?? base.headersTimeoutMs,
+    // Unset, it follows the attempt's total where this level sets one (0, none, for none).
+    headersTimeoutMs: o.headersTimeoutMs ?? o.totalTimeoutMs ?? base.headersTimeoutMs,
     firstTokenTimeoutMs: o.firstTokenTimeoutMs ?? base.firstTokenTimeoutMs,
     idleChunkTimeoutMs: idle,
     idleTimeoutMs: idle,

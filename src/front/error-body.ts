@@ -72,8 +72,12 @@ export function anthropicErrorType(code: string): string {
   }
 }
 
+/** Anthropic's words for a prompt past the window ("prompt is too long: N tokens > M maximum"): Claude Code reads them to tell the user to compact. */
+const ANTHROPIC_TOO_LONG = 'prompt is too long';
+
 export function anthropicErrorBody(code: string, message: string, requestId: string): AnthropicErrorReplyBody {
-  return { type: 'error', error: { type: anthropicErrorType(code), message, code }, request_id: requestId };
+  const text = code === 'context_length_exceeded' && !message.startsWith(ANTHROPIC_TOO_LONG) ? `${ANTHROPIC_TOO_LONG}: ${message}` : message;
+  return { type: 'error', error: { type: anthropicErrorType(code), message: text, code }, request_id: requestId };
 }
 
 /** OpenAI's error `type` for one of our codes; a code not in the table is a server error. */

@@ -130,6 +130,14 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     },
   });
 
+  /** A counting route's model: a group served here, else the 404 a completion would answer. */
+  const servedGroup = async (model: string): Promise<void> => {
+    const known = source.current();
+    const fleet = known instanceof Promise ? await known : known;
+    if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
+    if (!fleet.groups.has(model)) throw new BrokerError('model_not_found', `model ${model} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+  };
+
   return [
     completion('openai', 'chat', '/v1/chat/completions'),
     completion('openai', 'completion', '/v1/completions'),
@@ -150,13 +158,35 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       async handle({ req, body, sink }) {
         const b = body as Record<string, unknown>;
         const r = readLlmRequest(req, 'anthropic', 'chat', b.max_tokens === undefined ? { ...b, max_tokens: 1 } : b, limits);
-        const known = source.current();
-        const fleet = known instanceof Promise ? await known : known;
-        if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
-        if (!fleet.groups.has(r.model)) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+        await servedGroup(r.model);
         sink.send(200, JSON_HEADERS, JSON.stringify({ input_tokens: tokensOfChars(r.promptChars) }));
       },
     },
+    {
+      // The Responses API's count (`responses.inputTokens.count()`): the same estimate, checked as
+      // /v1/responses checks its body; nothing sent upstream.
+      method: 'POST',
+      path: '/v1/responses/input_tokens',
+      body: 'json',
+      rateLimited: true,
+      errorShape: openaiErrorShape,
+      async handle({ req, body, sink }) {
+        const r = readLlmRequest(req, 'responses', 'chat', body as Record<string, unknown>, limits);
+        await servedGroup(r.model);
+        sink.send(200, JSON_HEADERS, JSON.stringify({ object: 'response.input_tokens', input_tokens: tokensOfChars(r.promptChars) }));
+      },
+    },
+    ...(['GET', 'POST', 'DELETE'] as const).map(
+      (method): Route => ({
+        // retrieve, delete, cancel, input_items, compact: each needs a stored response.
+        method,
+        path: '/v1/responses/:id*',
+        errorShape: openaiErrorShape,
+        handle() {
+          throw new BrokerError('not_found', 'responses are not stored here: the broker keeps no state (no store, background or previous_response_id); send the whole conversation as input');
+        },
+      }),
+    ),
     completion('openai', 'embed', '/v1/embeddings'),
     completion('ollama', 'embed', '/api/embed'),
     completion('ollama', 'embed', '/api/embeddings', LEGACY_EMBEDDINGS),

@@ -87,6 +87,15 @@ t.test('fallbacks, context windows, cache modes and the per-phase timeouts', asy
   t.equal(s.idleChunkTimeoutMs, 5_000);
   t.equal(s.idleTimeoutMs, 5_000, 'the older name reads the same value');
   t.equal(s.totalTimeoutMs, 600_000, 'default total');
+  // A non-streamed reply's headers come when the whole answer is generated: not cut at 60 s.
+  t.equal(s.headersTimeoutMs, 600_000, "a whole reply's headers: as long as the attempt by default");
+  const totals = parseBrokerConfig(base({ upstream: { totalTimeoutMs: 900_000 } }, {}), 'x', {});
+  t.equal(totals.modelGroups.get('small')!.deployments[0]!.headersTimeoutMs, 900_000, 'unset, it follows the total');
+  t.equal(totals.modelGroups.get('large')!.deployments[0]!.headersTimeoutMs, 900_000, 'a deployment inherits it');
+  const none = parseBrokerConfig(base({ upstream: { totalTimeoutMs: 0 } }), 'x', {});
+  t.equal(none.modelGroups.get('small')!.deployments[0]!.headersTimeoutMs, 0, 'no total: no headers limit either');
+  const own = parseBrokerConfig(base({ upstream: { totalTimeoutMs: 900_000, headersTimeoutMs: 20_000 } }), 'x', {});
+  t.equal(own.modelGroups.get('small')!.deployments[0]!.headersTimeoutMs, 20_000, 'set, it is its own');
   const l = c.modelGroups.get('large')!.deployments[0]!;
   t.equal(l.idleChunkTimeoutMs, 700, 'idleTimeoutMs, the older name, still sets the idle-chunk timeout');
   t.equal(parseBrokerConfig(base({}), 'x', {}).cache.mode, 'off', 'the cache is off unless the file says');

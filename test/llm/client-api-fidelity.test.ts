@@ -348,6 +348,24 @@ t.test("count_tokens (Claude Code asks it every turn): the broker's estimate, as
   t.match(bad.error, { type: 'error', error: { type: 'invalid_request_error', message: /messages/ } });
 });
 
+t.test("Responses: input_tokens counts as count_tokens does; a stored response's routes say the broker keeps none", async (t) => {
+  const before = seen.length;
+  const n = await openai.responses.inputTokens.count({ model: 'oa', input: 'x'.repeat(40) });
+  t.equal(n.input_tokens, 10);
+  t.equal((n as any).object, 'response.input_tokens');
+  const withInstructions = await openai.responses.inputTokens.count({ model: 'oa', input: 'x'.repeat(40), instructions: 'y'.repeat(40) });
+  t.equal(withInstructions.input_tokens, 20, 'instructions count');
+  t.equal(seen.length, before, 'no upstream call');
+  const missing: any = await openai.responses.inputTokens.count({ model: 'nope', input: 'x' }).catch((e: unknown) => e);
+  t.equal(missing.status, 404);
+  t.equal(missing.code, 'model_not_found');
+  for (const call of [() => openai.responses.retrieve('resp_1'), () => openai.responses.delete('resp_1'), () => openai.responses.cancel('resp_1'), () => openai.responses.inputItems.list('resp_1')]) {
+    const err: any = await call().then(() => undefined, (e: unknown) => e);
+    t.equal(err?.status, 404);
+    t.match(err?.message, /not stored here/, 'says why');
+  }
+});
+
 t.test("OpenAI's paths the broker does not serve, and a wrong method on its routes: OpenAI's error types", async (t) => {
   const err: any = await openai.fineTuning.jobs.retrieve('ft-1').catch((e: unknown) => e);
   t.equal(err.status, 404);

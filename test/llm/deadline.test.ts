@@ -42,3 +42,12 @@ t.test('no total limit: a pause arms nothing, resume arms the idle phase', async
   d.resume();
   t.equal(await expiry(d), 'idle');
 });
+
+t.test('a whole reply with headersTimeoutMs 0 (a total of 0 makes it so): no first-phase limit, the idle phase after its headers', async (t) => {
+  const d = new AttemptDeadline({ ...timeouts, headersTimeoutMs: 0, totalTimeoutMs: 0 }, false, new RequestAbort());
+  t.teardown(() => d.done());
+  await sleep(100);
+  t.equal(d.signal.aborted, false, 'still waiting for the headers of a long generation');
+  d.headers();
+  t.equal(await expiry(d), 'idle');
+});

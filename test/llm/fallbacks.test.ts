@@ -271,7 +271,8 @@ t.test('without contextFallbacks a context-length error is the client\'s 400, wi
     t.match(((await res.json()) as { error: unknown }).error, { code: 'context_length_exceeded', param }, path);
   }
   const m = await fetch(`${tb.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'small-alone', max_tokens: 8, messages }) });
-  t.match(await m.json(), { type: 'error', error: { type: 'invalid_request_error', code: 'context_length_exceeded' } }, 'Messages');
+  // Anthropic's words, which Claude Code reads to tell its user to compact, before the upstream's.
+  t.match(await m.json(), { type: 'error', error: { type: 'invalid_request_error', code: 'context_length_exceeded', message: /^prompt is too long: .*maximum context length is 8192 tokens/ } }, 'Messages');
 });
 
 t.test('a context-length error met on a fallback group is not taken by the plain fallbacks still queued', async (t) => {

@@ -7,7 +7,8 @@
 // object is stack-allocated); onAborted is registered before anything async;
 // every write after an await happens inside cork; write() returning false means
 // backpressure, and onWritable resumes.
-import uWS from 'uWebSockets.js';
+import type { HttpResponse, us_listen_socket, us_socket } from 'uWebSockets.js';
+import { loadUws } from './uws.ts';
 import { performance } from 'node:perf_hooks';
 import { BrokerError, toBrokerError, type ErrorCode } from '../../errors.ts';
 import type { Logger } from '../../obs/logger.ts';
@@ -94,6 +95,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const tracer = opts.tracer ?? TRACING_OFF;
   const recorder = opts.recorder ?? RECORDER_OFF;
   const cors = corsOrigins(opts.cors ?? []);
+  const uWS = loadUws().uws;
   const app = uWS.App();
   let inFlight = 0;
   let closing = false;
@@ -187,9 +189,9 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   return new Promise((resolve, reject) => {
     app.listen(opts.host, opts.port, (listenSocket) => {
       if (!listenSocket) return reject(new Error(`HTTP cannot listen on ${opts.host}:${opts.port} (HOST, PORT): in use, or not an address of this machine`));
-      let socket: uWS.us_listen_socket | null = listenSocket;
+      let socket: us_listen_socket | null = listenSocket;
       resolve({
-        port: uWS.us_socket_local_port(listenSocket as unknown as uWS.us_socket),
+        port: uWS.us_socket_local_port(listenSocket as unknown as us_socket),
         stopListening() {
           closing = true;
           if (socket) uWS.us_listen_socket_close(socket);
@@ -290,7 +292,7 @@ class UwsSink implements FrontSink {
   private writableCb: (() => void) | undefined;
 
   constructor(
-    private readonly res: uWS.HttpResponse,
+    private readonly res: HttpResponse,
     private readonly req: BrokerRequest,
     public routeName: string,
     private readonly errorShape: ErrorShape,

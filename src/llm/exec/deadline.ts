@@ -32,7 +32,8 @@ export class AttemptDeadline {
   private readonly onParent: () => void;
 
   constructor(private readonly t: Timeouts & { readonly id: string }, private readonly stream: boolean, private readonly parent: AbortLike, private readonly now: () => number = () => performance.now()) {
-    this.firstMs = stream ? t.firstTokenTimeoutMs : t.headersTimeoutMs;
+    // headersTimeoutMs 0: none (it follows a totalTimeoutMs of 0).
+    this.firstMs = stream ? t.firstTokenTimeoutMs : t.headersTimeoutMs > 0 ? t.headersTimeoutMs : Infinity;
     this.onParent = () => this.stop(parent.reason);
     if (parent.aborted) this.signal.abort(parent.reason);
     else parent.addEventListener('abort', this.onParent);
@@ -48,9 +49,10 @@ export class AttemptDeadline {
   chunk(): number {
     const first = this.lastAt < 0;
     this.lastAt = this.now();
-    // The first phase's timer may be far later than the idle deadline: arm for the idle one.
-    if (first && this.timer !== undefined) {
-      clearTimeout(this.timer);
+    // The first phase's timer may be far later than the idle deadline (or none was armed, with
+    // no first-phase or total limit): arm for the idle one.
+    if (first && !this.signal.aborted) {
+      if (this.timer !== undefined) clearTimeout(this.timer);
       this.arm();
     }
     return this.lastAt;

@@ -294,12 +294,17 @@ export interface AnthropicWriter {
   finish: string | null;
   usage: Usage | null;
   tokens: number;
+  /** Upstream events of reasoning only (dropped) since the last ping. */
+  quiet: number;
   done: boolean;
 }
 
 export function anthropicWriter(ctx: ReplyContext, known: Usage | null = null): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', pendingStart: null, lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', pendingStart: null, lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, quiet: 0, done: false };
 }
+
+/** Reasoning-only upstream events between two pings. */
+const QUIET_PING = 32;
 
 function event(type: string, data: Record<string, unknown>): string {
   return 'event: ' + type + '\ndata: ' + JSON.stringify({ type, ...data }) + '\n\n';
@@ -334,6 +339,13 @@ function closeBlock(w: AnthropicWriter): string {
 export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (w.done) return '';
   let out = start(w);
+  // Reasoning is dropped: a ping every QUIET_PING of its events (about a second of a local
+  // model's thinking) tells the client and any proxy between that the stream lives, as
+  // Anthropic's own pings do; a minute of silence is cut by many proxies' read timeouts.
+  if (d.text === '' && d.tools === null && d.thinking !== '' && ++w.quiet >= QUIET_PING) {
+    w.quiet = 0;
+    out += event('ping', {});
+  }
   if (d.text !== '' && !movesOn(w)) {
     w.tokens++;
     w.lateText += d.text;

@@ -1,6 +1,6 @@
 // Anthropic Messages → chat: what an upstream chat API receives.
 import t from 'tap';
-import { chatRequest } from '../../../src/llm/translate/anthropic_to_chat.ts';
+import { anthropicDelta, anthropicWriter, chatRequest } from '../../../src/llm/translate/anthropic_to_chat.ts';
 
 t.test('several text blocks of one turn stay apart (one per line), as the system blocks do', async (t) => {
   const r = chatRequest({
@@ -23,4 +23,17 @@ t.test("empty turns are refused as Anthropic refuses them; an empty final assist
   t.throws(req([{ role: 'assistant', content: '' }, { role: 'user', content: 'Hi' }]), { code: 'invalid_request' }, 'an empty assistant turn before the last');
   const r = chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: '' }] });
   t.same(r.messages, [{ role: 'user', content: 'Hi' }], 'a final empty assistant turn (nothing to prefill) is dropped');
+});
+
+t.test('while the upstream only reasons (dropped), a ping every 32 of its events keeps the stream visibly alive', async (t) => {
+  const w = anthropicWriter({ model: 'm', id: 'r1', promptEstimate: 3 });
+  const thinking = { text: '', thinking: 'hmm ', tools: null, finish: null, usage: null };
+  let out = '';
+  for (let i = 0; i < 64; i++) out += anthropicDelta(w, thinking);
+  const pings = out.split('event: ping\n').length - 1;
+  t.equal(pings, 3, 'the one after message_start, then one per 32 reasoning events');
+  t.notMatch(out, /hmm/, 'the reasoning itself is not sent');
+  const text = anthropicDelta(w, { ...thinking, text: 'Hi', thinking: '' });
+  t.notMatch(text, /ping/, 'text is no reason to ping');
+  t.match(text, /text_delta/);
 });
