@@ -6,6 +6,7 @@
 // scheduler reads it on the next pick; config changes go out as a new fleet in the
 // data-plane snapshot (onConfig). Both admin faces (/api/orchestrator/* and the drain
 // and limits of /api/industrial/capacity/*) act on this one model.
+import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, realpathSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, resolve, sep } from 'node:path';
 import { stringify as toYaml } from 'yaml';
@@ -22,6 +23,7 @@ import { Bans, modelKey, type Ban, type BanScope } from './bans.ts';
 import { checkServer, type CheckResult } from './health.ts';
 import { RecoveryRecord, recoveryTest, type RecoveryResult } from './recovery.ts';
 import { FleetAnalytics } from './analytics.ts';
+import { canonical } from '../state/merge.ts';
 import { BANNED, BLOCKED, BREAKER_OPEN, COLD, DRAINING, HALF_OPEN, MAINTENANCE, UNHEALTHY } from './route-bits.ts';
 
 /** Server × model pairs per config object. */
@@ -88,6 +90,17 @@ export interface OperatorState {
    * file on one replica is taken by the others (absent from older replicas).
    */
   readonly keyEnvs?: readonly string[];
+  /**
+   * The fleet file the running config descends from (fileHashOf its document as read): a
+   * replica that starts with another file (the ConfigMap was edited) puts its own in force
+   * (sync.ts); absent from older replicas.
+   */
+  readonly fileHash?: string;
+}
+
+/** A fleet file's fingerprint: its document as parsed (comments and layout do not count). */
+export function fileHashOf(raw: RawBrokerConfig): string {
+  return createHash('sha256').update(canonical(raw)).digest('hex').slice(0, 16);
 }
 
 // A breaker per server × model, whichever of Ollama's names the model goes by (bans.ts modelKey).
@@ -112,6 +125,8 @@ export class FleetManager {
   private paused = false;
   /** The config revision replicas agree on (a fresh one per change). */
   private rev = 'initial';
+  /** The file the running config descends from (OperatorState.fileHash). */
+  private fileHash: string;
   private readonly now: () => number;
   private readonly startedAt: number;
   private healthTimer: NodeJS.Timeout | undefined;
@@ -127,6 +142,7 @@ export class FleetManager {
     this.now = deps.now ?? Date.now;
     this.startedAt = this.now();
     this.config = initial;
+    this.fileHash = fileHashOf(initial.raw);
     this.keyEnvs = new Set([...envNamesOf(initial.raw), ...(deps.upstreamKeyEnvs ?? [])]);
     this.bans = new Bans(this.now);
     this.analytics = new FleetAnalytics(initial.fleet.historyWindowMinutes, this.now);
@@ -646,11 +662,17 @@ export class FleetManager {
       if (err instanceof BrokerConfigError) throw new BrokerError('invalid_request', err.message, { details: { field: err.path } });
       throw err;
     }
-    this.rev = `${this.deps.env?.REPLICA_ID ?? process.pid}-${this.version}-${Math.random().toString(36).slice(2, 8)}`;
+    this.renewRev();
     if (fromFile) for (const name of envNamesOf(raw)) this.keyEnvs.add(name);
+    if (fromFile) this.fileHash = fileHashOf(raw);
     this.adopt(next);
     this.changed();
     return next;
+  }
+
+  /** A fresh config revision: the other replicas put in force a config whose revision they have not. */
+  renewRev(): void {
+    this.rev = `${this.deps.env?.REPLICA_ID ?? process.pid}-${this.version}-${Math.random().toString(36).slice(2, 8)}`;
   }
 
   /**
@@ -685,6 +707,7 @@ export class FleetManager {
       paused: this.paused,
       quotas: this.deps.governance.operatorQuotas(),
       keyEnvs: [...this.keyEnvs].sort(),
+      fileHash: this.fileHash,
     };
   }
 
@@ -702,6 +725,7 @@ export class FleetManager {
         this.checkEnvNames(o.raw, o.keyEnvs);
         const next = parseBrokerConfig(o.raw, this.config.source, this.deps.env ?? process.env, this.discovered());
         this.rev = o.rev;
+        if (o.fileHash !== undefined) this.fileHash = o.fileHash;
         for (const name of o.keyEnvs ?? []) this.keyEnvs.add(name);
         this.adopt(next);
       } catch (err) {

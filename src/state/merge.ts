@@ -55,6 +55,7 @@ export function mergeOperatorState(base: OperatorState | undefined, local: Opera
     rev: config.rev,
     raw: config.raw,
     ...(config.keyEnvs !== undefined ? { keyEnvs: config.keyEnvs } : {}),
+    ...(config.fileHash !== undefined ? { fileHash: config.fileHash } : {}),
     draining: mergeLists(b.draining, local.draining, remote.draining),
     maintenance: mergeLists(b.maintenance, local.maintenance, remote.maintenance, (m) => m.server),
     drainedDeployments: mergeLists(b.drainedDeployments, local.drainedDeployments, remote.drainedDeployments),

@@ -54,6 +54,8 @@ export class SharedState {
   /** Per doc, the highest version (`v`, one more each write) this replica read or wrote: a store holding less lost what it had. */
   private readonly seen = new Map<DocKind, number>();
   private closed = false;
+  /** The fleet doc was read once since start: a file edited before this start was judged then. */
+  private startRead = false;
 
   constructor(private readonly o: SharedStateOptions) {
     // The state as it starts (the fleet file's, no overrides): what this replica's changes are
@@ -181,6 +183,10 @@ export class SharedState {
     }
     if (doc !== undefined) this.seen.set(kind, versionOf(doc));
     doc = unversioned(doc);
+    if (kind === 'fleet' && !this.startRead && doc !== undefined) {
+      this.startRead = true;
+      if (await this.fileWins(doc as OperatorState)) return;
+    }
     // What changed here since the doc last seen (during an outage, say) is merged back in; a
     // replica that changed nothing takes the store's doc as it is.
     const local = this.snapshot(kind);
@@ -195,6 +201,25 @@ export class SharedState {
     // Nothing shared yet (this replica's state is the first), or changes of ours to merge.
     if (kind === 'flags' && doc === undefined && Object.keys(this.o.flags.overrideMap()).length === 0) return;
     await this.write(kind, local);
+  }
+
+  /**
+   * The shared running config came from another fleet file than the one this replica started
+   * with: the file was edited (a ConfigMap, then a restart), and the edit must not be lost under
+   * the config the others kept running. This file's config goes in force on every replica;
+   * config changes made through the API since are replaced by it (as a reload would), while
+   * drains, maintenance, bans, forced breakers and run-time quotas are kept.
+   */
+  private async fileWins(doc: OperatorState): Promise<boolean> {
+    if (doc.fileHash === undefined || doc.fileHash === this.o.fleet.exportOperatorState().fileHash) return false;
+    this.o.fleet.renewRev();
+    const local = this.o.fleet.exportOperatorState();
+    this.o.logger.warn({ file: local.fileHash, shared: doc.fileHash }, 'the fleet file differs from the one the shared running config came from: this file is put in force on every replica');
+    this.apply('fleet', { ...doc, rev: local.rev, raw: local.raw, keyEnvs: local.keyEnvs, fileHash: local.fileHash });
+    // Measured from the doc read, this replica's config is its change: the write puts it over.
+    this.base.set('fleet', doc);
+    await this.write('fleet', this.snapshot('fleet'));
+    return true;
   }
 
   /**

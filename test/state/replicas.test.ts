@@ -284,3 +284,24 @@ t.test("a key's env var: named by a file reloaded on A, in force on B; named thr
   t.equal((await call(a, 'POST', '/api/orchestrator/config/reload', {})).status, 200);
   await until(async () => (await call(b, 'GET', '/api/orchestrator/config')).body.modelGroups?.g?.deployments?.[0]?.apiKeyEnv === undefined, 'the first config on B again');
 });
+
+// A ConfigMap edited, then the replicas restarted: the edit is in force, not the config the
+// store kept running. A replica restarted with the file the running config came from keeps
+// the changes made through the API since (and the others' drains and bans in any case).
+t.test('a replica started with an edited fleet file puts it in force on every replica; one with the same file keeps the API changes', async (t) => {
+  const queueOf = async (tb: TestBroker): Promise<unknown> => (await call(tb, 'GET', '/api/orchestrator/config')).body.scheduler?.maxQueue;
+  t.equal((await call(a, 'PATCH', '/api/orchestrator/config/queue', { maxSize: 77 })).status, 200);
+  await until(async () => (await queueOf(b)) === 77, 'the API change on B');
+  t.equal((await call(a, 'POST', '/api/orchestrator/servers/d2/drain')).status, 200);
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/servers')).body.servers.find((s: any) => s.id === 'd2').state === 'draining', 'the drain on B');
+  const same = await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'replica-same' });
+  await until(async () => (await queueOf(same)) === 77, 'the API change on a replica started with the same file');
+  t.equal(await queueOf(a), 77, 'nothing changed on A');
+  const edited = { ...fleet, scheduler: { maxQueue: 55 } };
+  const fresh = await startFleetBroker(t, edited, { ...env, REPLICA_ID: 'replica-edited' });
+  for (const tb of [fresh, a, b, same]) await until(async () => (await queueOf(tb)) === 55, 'the edited file on every replica');
+  t.pass('the edited file is in force on all four');
+  t.equal((await call(b, 'GET', '/api/orchestrator/servers')).body.servers.find((s: any) => s.id === 'd2').state, 'draining', 'the drain made before is kept');
+  t.equal((await call(fresh, 'GET', '/api/orchestrator/servers')).body.servers.find((s: any) => s.id === 'd2').state, 'draining', 'and is in force on the new replica');
+  await call(a, 'POST', '/api/orchestrator/servers/d2/undrain');
+});
