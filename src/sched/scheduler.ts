@@ -18,6 +18,13 @@ import { tierCap, type QosTier } from '../policy/qos.ts';
 import { awaitsTopUp, type QuotaLedger, type Reservation } from '../policy/quota.ts';
 import type { AbortLike } from '../abort.ts';
 
+/**
+ * Retry-After of a group with no deployment to try (unhealthy, drained, in maintenance, banned,
+ * breakers open): those last seconds at least (a breaker opens for 10 s, health checks run
+ * every 10 s), and a client told nothing retries at once.
+ */
+const NONE_AVAILABLE_RETRY_S = 5;
+
 export interface Admission {
   readonly group: ModelGroupConfig;
   readonly tried: ReadonlySet<string>;
@@ -126,7 +133,7 @@ export class Scheduler {
   tryAcquire(a: Admission): Lease | undefined {
     const r = this.pick(a);
     if ('lease' in r) return r.lease;
-    if ('none' in r) throw r.none ?? new BrokerError('upstream_unavailable', `no deployment of ${a.group.name} is available${this.why(a)}`);
+    if ('none' in r) throw r.none ?? new BrokerError('upstream_unavailable', `no deployment of ${a.group.name} is available${this.why(a)}`, { retryAfter: NONE_AVAILABLE_RETRY_S });
     return undefined;
   }
 

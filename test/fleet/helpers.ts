@@ -20,7 +20,7 @@ export async function chat(tb: TestBroker, model: string, opts: { stream?: boole
     signal: opts.signal,
   });
   const text = await res.body.text();
-  return { status: res.statusCode, text, deployment: res.headers['x-broker-deployment'] as string | undefined };
+  return { status: res.statusCode, text, deployment: res.headers['x-broker-deployment'] as string | undefined, retryAfter: res.headers['retry-after'] as string | undefined };
 }
 
 export async function get(tb: TestBroker, path: string): Promise<any> {

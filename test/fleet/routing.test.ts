@@ -82,6 +82,7 @@ t.test('bans exclude a server; a TTL ban lapses by itself; bans by model and pai
   const none = await chat(tb, 'g');
   t.equal(none.status, 503, 'every server of the model banned: 503');
   t.match(none.text, /banned/);
+  t.equal(none.retryAfter, '5', 'with Retry-After: a client told nothing retries at once');
   t.equal((await send(tb, 'DELETE', '/api/orchestrator/bans')).body.removed, 1);
   t.equal((await chat(tb, 'g')).status, 200);
   t.equal((await send(tb, 'POST', '/api/orchestrator/bans/server/ghost', {})).status, 404);
