@@ -34,7 +34,9 @@ function chatContent(content: unknown, field: string): OpenAIMessage['content'] 
     const t = p?.['type'];
     if ((t === 'input_text' || t === 'output_text' || t === 'text') && typeof p!['text'] === 'string') parts.push({ type: 'text', text: p!['text'] });
     else if (t === 'input_image' && typeof p!['image_url'] === 'string') {
-      parts.push({ type: 'image_url', image_url: { url: p!['image_url'] } });
+      // detail (low, high, auto) is chat's too: the image's token cost on OpenAI's models.
+      const detail = p!['detail'];
+      parts.push({ type: 'image_url', image_url: typeof detail === 'string' ? { url: p!['image_url'], detail } : { url: p!['image_url'] } });
       image = true;
     } else if (t === 'refusal' && typeof p!['refusal'] === 'string') parts.push({ type: 'text', text: p!['refusal'] });
     else throw invalid(`${field}[${i}]`, 'must be an input_text, output_text or input_image (URL) part');
@@ -132,7 +134,10 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
   if (typeof b['instructions'] === 'string' && b['instructions'] !== '') messages.unshift({ role: 'system', content: b['instructions'] });
   const out: OpenAIChatRequest = { model: String(b['model']), messages, stream: b['stream'] === true };
   if (typeof b['max_output_tokens'] === 'number') out.max_tokens = b['max_output_tokens'];
-  for (const k of ['temperature', 'top_p', 'parallel_tool_calls', 'user']) if (b[k] !== undefined && b[k] !== null) out[k] = b[k];
+  // The same fields in chat (an Ollama deployment's translation leaves out those it has not).
+  for (const k of ['temperature', 'top_p', 'parallel_tool_calls', 'user', 'prompt_cache_key', 'safety_identifier', 'service_tier']) if (b[k] !== undefined && b[k] !== null) out[k] = b[k];
+  const verbosity = (b['text'] as Record<string, unknown> | null | undefined)?.['verbosity'];
+  if (typeof verbosity === 'string') out['verbosity'] = verbosity;
   const effort = (b['reasoning'] as Record<string, unknown> | null | undefined)?.['effort'];
   if (typeof effort === 'string') out['reasoning_effort'] = effort;
   const tools = toolsOf(b['tools']);
