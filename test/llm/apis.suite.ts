@@ -301,11 +301,11 @@ t.test('tool_choice none to an Ollama upstream offers no tools; an unserved /v1/
 t.test('Messages API: a block the upstream API has no word for is the client\'s 400, never a failure of the deployment', async (t) => {
   // Refused while writing the upstream request, after a deployment was chosen: it must not
   // feed that deployment's breaker (3 such requests opened it: every client got 503).
-  const doc = { type: 'document', source: { type: 'text', media_type: 'text/plain', data: 'x' } } as unknown as Anthropic.TextBlockParam;
+  const doc = { type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0xLjQ=' } } as unknown as Anthropic.TextBlockParam;
   for (let i = 0; i < 4; i++) {
     const err = await anthropic.messages.create({ model: 'strict', max_tokens: 5, messages: [{ role: 'user', content: [doc] }] }).catch((e: unknown) => e);
     t.ok(err instanceof Anthropic.BadRequestError, `request ${i}: 400`);
-    t.match((err as InstanceType<typeof Anthropic.BadRequestError>).error, { error: { type: 'invalid_request_error', message: /document is not supported/ } });
+    t.match((err as InstanceType<typeof Anthropic.BadRequestError>).error, { error: { type: 'invalid_request_error', message: /a PDF has no form a chat upstream reads/ } });
   }
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'strict', deployment: 'none', reason: 'client_error' }), 4, 'counted as client errors, refused before any upstream call');
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'strict', deployment: 'strict-1' }), 0, 'none under the deployment');

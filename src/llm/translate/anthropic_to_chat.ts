@@ -117,11 +117,14 @@ function chatMessages(m: unknown, i: number, last: boolean): OpenAIMessage[] {
         }
         break;
       }
+      case 'document':
+        parts.push({ type: 'text', text: documentText(b, field) });
+        break;
       case 'thinking':
       case 'redacted_thinking':
         break;
       default:
-        throw invalid(`${field}.type`, `${String(b['type'])} is not supported (text, image, tool_use, tool_result)`);
+        throw invalid(`${field}.type`, `${String(b['type'])} is not supported (text, image, document with a text source, tool_use, tool_result)`);
     }
   }
   if (parts.length > 0 || calls.length > 0) {
@@ -143,6 +146,25 @@ function toolsOf(tools: unknown): unknown[] | undefined {
     if (typeof o['description'] === 'string') fn['description'] = o['description'];
     return { type: 'function', function: fn };
   });
+}
+
+/**
+ * A document block whose source is text (`{type: "text", data}`, or `content` blocks): its
+ * text for a chat upstream, its title and context first. A PDF (base64 or URL) has no chat
+ * form: refused, naming the block.
+ */
+function documentText(b: Record<string, unknown>, field: string): string {
+  const src = b['source'] as Record<string, unknown> | null | undefined;
+  let text: string | undefined;
+  if (src?.['type'] === 'text' && typeof src['data'] === 'string') text = src['data'];
+  else if (src?.['type'] === 'content') {
+    const c = src['content'];
+    if (typeof c === 'string') text = c;
+    else if (Array.isArray(c)) text = c.map((x) => (typeof (x as { text?: unknown })?.text === 'string' ? (x as { text: string }).text : '')).filter((x) => x !== '').join('\n');
+  }
+  if (text === undefined) throw invalid(`${field}.source`, 'a document is taken with a text source only ({"type": "text", "data": ...} or content blocks): a PDF has no form a chat upstream reads');
+  const head = [b['title'], b['context']].filter((x): x is string => typeof x === 'string' && x !== '');
+  return [...head, text].join('\n');
 }
 
 /** disable_parallel_tool_use: chat's parallel_tool_calls false. */

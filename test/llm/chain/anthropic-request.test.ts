@@ -37,3 +37,23 @@ t.test('while the upstream only reasons (dropped), a ping every 32 of its events
   t.notMatch(text, /ping/, 'text is no reason to ping');
   t.match(text, /text_delta/);
 });
+
+t.test("a document with a text source is its text (title and context first); a PDF is refused naming the block", async (t) => {
+  const r = chatRequest({
+    model: 'm',
+    max_tokens: 5,
+    messages: [
+      {
+        role: 'user',
+        content: [
+          { type: 'document', title: 'notes.txt', source: { type: 'text', media_type: 'text/plain', data: 'line one' } },
+          { type: 'document', source: { type: 'content', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] } },
+          { type: 'text', text: 'Summarise.' },
+        ],
+      },
+    ],
+  });
+  t.same(r.messages, [{ role: 'user', content: 'notes.txt\nline one\na\nb\nSummarise.' }]);
+  const pdf = () => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: [{ type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0=' } }] }] });
+  t.throws(pdf, { code: 'invalid_request', details: { field: 'messages[0].content[0].source' } });
+});
