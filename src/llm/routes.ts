@@ -29,6 +29,16 @@ function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
 export interface Admission {
   /** A promise only while a key's quota lease is being topped up. */
   admit(r: LlmRequest, group: ModelGroupConfig): Admitted | Promise<Admitted>;
+  /** Whether a server of the group has its model in memory now (Ollama's /api/ps). */
+  readonly scheduler?: { loaded(group: ModelGroupConfig): boolean };
+}
+
+/** How long Ollama keeps a model loaded by default: /api/ps's expires_at is this far ahead. */
+const OLLAMA_KEEP_ALIVE_MS = 5 * 60_000;
+
+/** A model group as Ollama's /api/tags and /api/ps describe a model (sizes and digest unknown here). */
+function ollamaModel(name: string): Record<string, unknown> {
+  return { name, model: name, modified_at: new Date(0).toISOString(), size: 0, digest: '', details: { format: '', family: '', families: null, parameter_size: '', quantization_level: '' } };
 }
 
 /** A route's own shape around a standard one (Ollama's legacy /api/embeddings around /api/embed). */
@@ -274,14 +284,25 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       errorShape: ollamaErrorShape,
       async handle({ sink }) {
         const fleet = await source.current();
-        const models = uniqueGroups(fleet).map((g) => ({
-          name: g.name,
-          model: g.name,
-          modified_at: new Date(0).toISOString(),
-          size: 0,
-          digest: '',
-          details: { format: '', family: '', families: null, parameter_size: '', quantization_level: '' },
-        }));
+        const models = uniqueGroups(fleet).map((g) => ollamaModel(g.name));
+        sink.send(200, JSON_HEADERS, JSON.stringify({ models }));
+      },
+    },
+    {
+      // What is loaded now (`ollama ps`, Open WebUI): the groups a server has in memory
+      // (warm-first routing's view: an Ollama's /api/ps, read by the health checks).
+      method: 'GET',
+      path: '/api/ps',
+      errorShape: ollamaErrorShape,
+      async handle({ sink }) {
+        const fleet = await source.current();
+        const expires = new Date(Date.now() + OLLAMA_KEEP_ALIVE_MS).toISOString();
+        const models = uniqueGroups(fleet)
+          .filter((g) => admission.scheduler?.loaded(g) ?? true)
+          .map((g) => {
+            const { modified_at: _m, ...m } = ollamaModel(g.name);
+            return { ...m, expires_at: expires, size_vram: 0 };
+          });
         sink.send(200, JSON_HEADERS, JSON.stringify({ models }));
       },
     },

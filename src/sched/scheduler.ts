@@ -8,7 +8,7 @@
 import { BrokerError } from '../errors.ts';
 import type { ModelGroupConfig, RouterConfig, SchedulerConfig, ServerConfig } from '../config/broker-config.ts';
 import { Deployments, type DeploymentState } from '../fleet/deployments.ts';
-import { BLOCKED, COLD, DRAINING, HALF_OPEN, describeBits } from '../fleet/route-bits.ts';
+import { BLOCKED, COLD, DRAINING, HALF_OPEN, UNHEALTHY, describeBits } from '../fleet/route-bits.ts';
 import type { FlagSet } from '../config/flags.ts';
 import { CapacityCounters } from './capacity.ts';
 import { WaitQueue, type Woken } from './queue.ts';
@@ -186,6 +186,15 @@ export class Scheduler {
       else if (bits !== 0) parts.push(`${d.config.id} (${describeBits(bits & ~COLD) || 'available'})`);
     }
     return parts.length > 0 ? `: ${parts.join(', ')}` : '';
+  }
+
+  /**
+   * Whether a server of the group has its model in memory now: healthy, and not reported cold
+   * (an Ollama's /api/ps lists it; a server that does not load on demand always has it).
+   */
+  loaded(group: ModelGroupConfig): boolean {
+    for (const d of this.deployments.ofGroup(group)) if ((this.deps.capacity.route(d.slot) & (UNHEALTHY | COLD)) === 0) return true;
+    return false;
   }
 
   /** Drains a deployment (route bit DRAINING) or brings it back; in-flight requests finish either way. */

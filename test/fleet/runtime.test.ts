@@ -67,6 +67,20 @@ t.test('warm-first: among eligible servers, the one with the model loaded goes f
   t.pass('both warm: both serve');
 });
 
+t.test("GET /api/ps (`ollama ps`): the models a healthy server has in memory, in Ollama's shape", async (t) => {
+  const a = await startMock(t, { models: ['llama3', 'qwen'], loaded: ['llama3'] });
+  const tb = await broker({ fleet: FAST_CHECKS, servers: [{ id: 'a', provider: 'ollama', url: a.url, models: ['llama3', 'qwen'] }] }, {});
+  await until(async () => (await server(tb, 'a')).loadedModels !== null, 'checked');
+  const ps = async (): Promise<any> => (await fetch(`${tb.url}/api/ps`)).json();
+  const first = await ps();
+  t.same(first.models.map((m: any) => m.name), ['llama3'], 'qwen is not loaded');
+  t.match(first.models[0], { model: 'llama3', size_vram: 0, digest: '', details: { format: '' } });
+  t.ok(Date.parse(first.models[0].expires_at) > Date.now(), 'expires_at ahead, as a kept-alive model');
+  a.setKnobs({ loaded: ['llama3', 'qwen'] });
+  await until(async () => (await ps()).models.length === 2, 'qwen loaded');
+  t.pass('qwen listed once its server loaded it');
+});
+
 t.test('queue pause and resume: requests wait while paused, none is lost', async (t) => {
   const m = await startMock(t);
   const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'q', provider: 'openai', url: m.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
