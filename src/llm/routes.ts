@@ -25,6 +25,11 @@ function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
   return [...new Set(fleet?.groups.values() ?? [])];
 }
 
+/** A model no group serves: 404 naming those that are. */
+function notServed(fleet: Fleet | undefined, model: string): BrokerError {
+  return new BrokerError('model_not_found', `model ${model} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+}
+
 /** Admission, done before the proxy sees the request. */
 export interface Admission {
   /** A promise only while a key's quota lease is being topped up. */
@@ -119,7 +124,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
           throw err;
         }
         group = fleet.groups.get(r.model);
-        if (group === undefined) throw new BrokerError('model_not_found', `model ${r.model} is not served here; available: ${[...new Set([...fleet.groups.values()].map((g) => g.name))].join(', ') || 'none'}`, { details: { field: 'model' } });
+        if (group === undefined) throw notServed(fleet, r.model);
         try {
           const a = admission.admit(r, group);
           admitted = a instanceof Promise ? await a : a;
@@ -145,7 +150,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     const known = source.current();
     const fleet = known instanceof Promise ? await known : known;
     if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
-    if (!fleet.groups.has(model)) throw new BrokerError('model_not_found', `model ${model} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+    if (!fleet.groups.has(model)) throw notServed(fleet, model);
   };
 
   return [
@@ -270,7 +275,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         const name = params['model']!;
         const group = fleet?.groups.get(name);
         if (group === undefined) {
-          const err = new BrokerError('model_not_found', `model ${name} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+          const err = notServed(fleet, name);
           if (!anthropic) throw err;
           sink.send(404, { ...JSON_HEADERS, 'request-id': req.id }, JSON.stringify(anthropicErrorShape(err.code, err.message, req.id, 404, 'model')));
           return;
