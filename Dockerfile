@@ -58,7 +58,7 @@ COPY migrations ./migrations
 
 # Fail the build, not the first start, if a module (uWebSockets.js, sharp, onnxruntime-node, a
 # dependency left in devDependencies) cannot load. loadUws() also writes the patched uWS addon
-# (src/front/http/uws.ts) into node_modules/.cache while the build runs as root: user node reads it.
+# (docs/operations.md, header names) into node_modules/.cache while the build runs as root: user node reads it.
 RUN node --input-type=module -e "await import('./dist/app.js'); (await import('./dist/front/http/uws.js')).loadUws(); await import('sharp'); await import('onnxruntime-node'); const { describeConversion } = await import('./dist/infer/native.js'); const d = describeConversion('auto'); if (d.path !== 'native') throw new Error(d.reason)"
 
 USER node
