@@ -201,6 +201,22 @@ t.test('HEAD works wherever GET does: headers and length, no body', async (t) =>
   const r405 = await fetch(`${tb.url}/healthz`, { method: 'DELETE' });
   t.equal(r405.status, 405);
   t.match(r405.headers.get('allow'), /HEAD/);
+  // The connection goes on after a HEAD (Claude Code sends HEAD / first: its next request on that
+  // keep-alive connection got no answer).
+  const replies = await new Promise<string>((resolve) => {
+    const s = connect(tb.broker.port, '127.0.0.1');
+    let got = '';
+    s.on('data', (c) => {
+      got += c.toString('latin1');
+      if (got.includes('"version"')) s.end();
+    });
+    s.on('close', () => resolve(got));
+    s.write('HEAD / HTTP/1.1\r\nHost: x\r\n\r\n');
+    setTimeout(() => s.write('GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n'), 50);
+    setTimeout(() => s.destroy(), 2000);
+  });
+  t.equal(replies.match(/HTTP\/1\.1 200/g)?.length, 2, 'the GET after a HEAD on one connection is answered');
+  t.match(replies, /content-length: 17\r\n/i, "HEAD / says the length of GET /'s body");
 });
 
 t.test('capacity ids follow the fleet id rule', async (t) => {

@@ -389,9 +389,16 @@ class UwsSink implements FrontSink {
     this.status = status;
     this.res.cork(() => {
       this.writeHead(status, headers);
-      // HEAD: the GET reply's headers and length, without its body.
-      if (this.req.method === 'HEAD') this.res.endWithoutBody(typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength, closeConnection || this.closeConnection);
-      else this.res.end(body, closeConnection || this.closeConnection);
+      const close = closeConnection || this.closeConnection;
+      if (this.req.method !== 'HEAD') this.res.end(body, close);
+      // HEAD: the GET reply's headers and length, without its body. uWS 20.30's endWithoutBody(length)
+      // leaves the reply open (the connection's next request got no answer): the length goes as
+      // a header of ours and the reply ends without one (a closing reply says 0: it is the last).
+      else if (close) this.res.endWithoutBody(0, true);
+      else {
+        this.res.writeHeader('content-length', String(typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength));
+        this.res.endWithoutBody();
+      }
     });
     this.record(status, false);
   }
