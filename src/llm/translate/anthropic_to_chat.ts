@@ -66,12 +66,32 @@ function toolResultOf(c: unknown, field: string): { text: string; images: Array<
   return { text: texts.join('\n'), images };
 }
 
+/** A system message's text: a string or text blocks, one a line; never empty. */
+function systemText(content: unknown, field: string): string {
+  let text: string | undefined;
+  if (typeof content === 'string') text = content;
+  else if (Array.isArray(content)) {
+    text = content
+      .map((b, j) => {
+        const o = b as Record<string, unknown> | null;
+        if (o?.['type'] !== 'text' || typeof o['text'] !== 'string') throw invalid(`${field}[${j}]`, 'must be a text block (a system message holds text only)');
+        return o['text'];
+      })
+      .join('\n');
+  }
+  if (text === undefined || text === '') throw invalid(field, 'a system message needs text: a string or text blocks');
+  return text;
+}
+
 /** One Anthropic message → its chat messages (a user turn with tool results becomes tool messages first). */
 function chatMessages(m: unknown, i: number, last: boolean): OpenAIMessage[] {
   const msg = m as Record<string, unknown>;
   const role = msg['role'];
-  if (role !== 'user' && role !== 'assistant') throw invalid(`messages[${i}].role`, 'must be user or assistant');
   const content = msg['content'];
+  // Claude Code's system messages between the turns (its mid-conversation-system beta): a chat
+  // system message where they stand.
+  if (role === 'system') return [{ role: 'system', content: systemText(content, `messages[${i}].content`) }];
+  if (role !== 'user' && role !== 'assistant') throw invalid(`messages[${i}].role`, 'must be user, assistant or system');
   // Anthropic's rule: every message has content but an optional final assistant one (a
   // prefill, here with nothing to prefill: dropped). Forwarded, an empty turn became a
   // chat request with no prompt, answered 200.

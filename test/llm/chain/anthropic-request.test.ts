@@ -57,3 +57,30 @@ t.test("a document with a text source is its text (title and context first); a P
   const pdf = () => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: [{ type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0=' } }] }] });
   t.throws(pdf, { code: 'invalid_request', details: { field: 'messages[0].content[0].source' } });
 });
+
+t.test("a system message between the turns (Claude Code's mid-conversation-system) is a chat system message where it stands", async (t) => {
+  const r = chatRequest({
+    model: 'm',
+    max_tokens: 5,
+    system: 'You are Claude Code.',
+    messages: [
+      { role: 'user', content: 'Hi' },
+      { role: 'system', content: 'Available agent types for the Agent tool: general.' },
+      { role: 'assistant', content: 'Hello.' },
+      { role: 'system', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] },
+      { role: 'user', content: 'Go on.' },
+    ],
+  });
+  t.same(r.messages.map((m) => [m.role, m.content]), [
+    ['system', 'You are Claude Code.'],
+    ['user', 'Hi'],
+    ['system', 'Available agent types for the Agent tool: general.'],
+    ['assistant', 'Hello.'],
+    ['system', 'a\nb'],
+    ['user', 'Go on.'],
+  ]);
+  const bad = (content: unknown) => () => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'Hi' }, { role: 'system', content }] });
+  t.throws(bad(''), { code: 'invalid_request', details: { field: 'messages[1].content' } }, 'empty');
+  t.throws(bad([{ type: 'image', source: {} }]), { code: 'invalid_request', details: { field: 'messages[1].content[0]' } }, 'not text');
+  t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'tool', content: 'x' }] }), { code: 'invalid_request', details: { field: 'messages[0].role' } }, 'another role');
+});
