@@ -421,9 +421,11 @@ t.test('without BROKER_CONFIG, a local Ollama (here the mock) is discovered', as
 });
 
 t.test("an Ollama endpoint the broker does not serve: 404 in Ollama's shape, which the Ollama client reads; the broker's own /api/ routes keep its shape", async (t) => {
-  const err = (await ollama.ps().catch((e: unknown) => e)) as { status_code?: number; error?: string; message?: string };
+  const err = (await ollama.pull({ model: 'llama3' }).catch((e: unknown) => e)) as { status_code?: number; error?: string; message?: string };
   t.equal(err.status_code, 404);
-  t.match(err.error ?? err.message, /no route for \/api\/ps/, 'a message, not [object Object]');
+  t.match(err.error ?? err.message, /no route for \/api\/pull/, 'a message, not [object Object]');
+  // ps is served: what is loaded (test/fleet/runtime.test.ts has the loaded and cold cases).
+  t.ok(Array.isArray((await ollama.ps()).models), "ollama.ps() reads the broker's answer");
   const own = await fetch(`${tb.url}/api/industrial/no-such-thing`);
   const body = (await own.json()) as { error: { code?: string } };
   t.equal(typeof body.error, 'object', 'admin routes: the broker shape');

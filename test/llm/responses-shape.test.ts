@@ -2,7 +2,7 @@
 // it repeats the request's fields as OpenAI's does, says why it is incomplete (length or
 // content filter), and a call without arguments says {} in both modes.
 import t from 'tap';
-import { response, responsesDelta, responsesDone, responsesWriter } from '../../src/llm/translate/responses_to_chat.ts';
+import { chatRequest, response, responsesDelta, responsesDone, responsesWriter } from '../../src/llm/translate/responses_to_chat.ts';
 import type { Delta } from '../../src/llm/translate/deltas.ts';
 
 const request = {
@@ -122,4 +122,55 @@ t.test('a function call first, then text: the call item is done before the messa
   t.same(final.output.map((o: any) => o.type), ['function_call', 'message']);
   t.equal(final.output[1].content[0].text, 'Calling f.');
   t.same(final.output.map((o: any) => o.id), evs.filter((e) => e.type === 'response.output_item.done').map((e) => e.item.id), 'done in output order');
+});
+
+// Codex CLI's tools (0.171): function tools, a namespace of them (its multi-agent tools, its
+// MCP servers), web_search. Chat has no namespace: flattened upstream, restored in the calls.
+t.test("Codex's namespace tools: flat names upstream, a call reported by its own name and namespace; hosted tools left out", async (t) => {
+  const codex = {
+    model: 'g',
+    input: [
+      { role: 'user', content: 'spawn one' },
+      { type: 'function_call', call_id: 'c0', name: 'wait_agent', namespace: 'multi_agent_v1', arguments: '{}' },
+      { type: 'function_call_output', call_id: 'c0', output: 'done' },
+    ],
+    tools: [
+      { type: 'function', name: 'shell', parameters: { type: 'object' } },
+      { type: 'namespace', name: 'multi_agent_v1', description: 'agents', tools: [{ type: 'function', name: 'spawn_agent', parameters: { type: 'object' } }, { type: 'function', name: 'wait_agent', parameters: { type: 'object' } }] },
+      { type: 'namespace', name: 'mcp__browser__', tools: [{ type: 'function', name: 'navigate' }] },
+      { type: 'web_search', external_web_access: false },
+    ],
+    tool_choice: 'auto',
+  };
+  const chat = chatRequest(codex);
+  t.same((chat.tools as any[]).map((x) => x.function.name), ['shell', 'multi_agent_v1__spawn_agent', 'multi_agent_v1__wait_agent', 'mcp__browser__navigate'], 'flattened; web_search left out');
+  t.equal((chat.messages[1] as any).tool_calls[0].function.name, 'multi_agent_v1__wait_agent', "an earlier turn's namespaced call, as the model was offered it");
+  const ctx2 = { model: 'g', id: 'r9', request: codex };
+  const calls = [{ id: 'call_1', name: 'multi_agent_v1__spawn_agent', arguments: '{"task":"x"}' }, { id: 'call_2', name: 'shell', arguments: '{}' }, { id: 'call_3', name: 'mcp__browser__navigate', arguments: '{}' }];
+  const whole = response({ text: '', thinking: '', tools: calls, finish: 'tool_calls', usage }, ctx2);
+  t.match(whole.output, [
+    { type: 'function_call', name: 'spawn_agent', namespace: 'multi_agent_v1', call_id: 'call_1' },
+    { type: 'function_call', name: 'shell', call_id: 'call_2' },
+    { type: 'function_call', name: 'navigate', namespace: 'mcp__browser__' },
+  ]);
+  t.notOk('namespace' in (whole.output as any[])[1], 'a plain function has no namespace');
+  const w = responsesWriter(ctx2);
+  let out = '';
+  calls.forEach((c, index) => (out += responsesDelta(w, delta({ tools: [{ index, id: c.id, name: c.name, arguments: c.arguments }] }))));
+  const evs = events(out + responsesDone(w));
+  t.match(evs.find((e) => e.type === 'response.output_item.added')?.item, { name: 'spawn_agent', namespace: 'multi_agent_v1' });
+  t.match(evs.find((e) => e.type === 'response.function_call_arguments.done'), { name: 'spawn_agent' });
+  t.match(evs.find((e) => e.type === 'response.output_item.done')?.item, { name: 'spawn_agent', namespace: 'multi_agent_v1' });
+  t.match(evs.at(-1)?.response.output[2], { name: 'navigate', namespace: 'mcp__browser__' });
+  t.throws(() => chatRequest({ model: 'g', input: 'x', tools: [{ type: 'web_search' }], tool_choice: { type: 'web_search' } }), { code: 'invalid_request', details: { field: 'tool_choice' } }, 'a hosted tool forced: 400');
+  t.throws(() => chatRequest({ model: 'g', input: 'x', tools: [{ type: 'custom', name: 'apply_patch' }] }), { code: 'invalid_request', details: { field: 'tools[0]' } }, 'a custom tool: 400');
+});
+
+t.test('while the upstream only reasons (dropped), a keep-alive comment every 32 of its events; no event, no sequence number', async (t) => {
+  const w = responsesWriter(ctx);
+  let out = '';
+  for (let i = 0; i < 64; i++) out += responsesDelta(w, delta({ thinking: 'hmm ' }));
+  t.equal(out.split(': keep-alive\n\n').length - 1, 2);
+  const seqs = events(out + responsesDelta(w, delta({ text: 'ok' })) + responsesDone(w)).map((e) => e.sequence_number);
+  t.same(seqs, seqs.map((_, i) => i), 'sequence numbers run on without gaps');
 });

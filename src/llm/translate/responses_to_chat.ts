@@ -11,6 +11,12 @@
 //
 // The API is stateless here: previous_response_id, conversation and a stored `prompt` need
 // the server to keep them, which the broker does not, so they answer 400.
+//
+// Tools as Codex sends them: a `namespace` tool (its multi-agent and MCP tools) groups
+// function tools, which chat has no word for: each goes upstream as a function named
+// `<namespace>__<name>`, and a call of it comes back as Responses says one: its own `name`
+// and `namespace` (Codex routes by both). Tools the server runs (web_search, tool_search,
+// file_search...) cannot run here: offered, they are left out; forced by tool_choice, 400.
 
 import { BrokerError } from '../../errors.ts';
 import { appendToolName, isWholeJsonObject, requireObject } from './common.ts';
@@ -61,6 +67,33 @@ function outputText(output: unknown, field: string): string {
     .join('\n');
 }
 
+/** A namespace's function as chat names it (`mcp__browser__` + `navigate` → `mcp__browser__navigate`). */
+export function flatToolName(namespace: string, name: string): string {
+  return namespace.endsWith('_') ? namespace + name : `${namespace}__${name}`;
+}
+
+/** A namespaced function's chat name → its namespace and own name, for the calls a Response reports. */
+export type ToolNamespaces = ReadonlyMap<string, { readonly namespace: string; readonly name: string }>;
+
+/** The namespaces of a Responses request's tools (none: undefined, the common case). */
+export function toolNamespaces(request: Readonly<Record<string, unknown>> | undefined): ToolNamespaces | undefined {
+  const tools = request?.['tools'];
+  if (!Array.isArray(tools)) return undefined;
+  let out: Map<string, { namespace: string; name: string }> | undefined;
+  for (const t of tools) {
+    const o = t as Record<string, unknown> | null;
+    if (o?.['type'] !== 'namespace' || typeof o['name'] !== 'string' || !Array.isArray(o['tools'])) continue;
+    for (const inner of o['tools'] as unknown[]) {
+      const name = (inner as Record<string, unknown> | null)?.['name'];
+      if (typeof name === 'string') (out ??= new Map()).set(flatToolName(o['name'], name), { namespace: o['name'], name });
+    }
+  }
+  return out;
+}
+
+/** Tool types the Responses server runs itself (search, files, code, a computer): nothing here runs them. */
+const HOSTED_TOOLS = new Set(['web_search', 'web_search_preview', 'web_search_preview_2025_03_11', 'tool_search', 'file_search', 'code_interpreter', 'computer_use_preview', 'computer_use', 'image_generation', 'mcp', 'local_shell']);
+
 /** Responses `input` → chat messages: message items, function_call items (merged into one assistant turn) and their outputs. */
 function messagesOf(input: unknown): OpenAIMessage[] {
   if (typeof input === 'string') return [{ role: 'user', content: input }];
@@ -80,7 +113,9 @@ function messagesOf(input: unknown): OpenAIMessage[] {
     } else if (type === 'function_call') {
       // A call without arguments has an empty object of them: chat upstreams parse the string.
       const args = stringOf(it['arguments']);
-      const call: OpenAIToolCall = { id: String(it['call_id'] ?? ''), type: 'function', function: { name: String(it['name'] ?? ''), arguments: args === '' ? '{}' : args } };
+      // A namespaced call of an earlier turn: the name the model was offered.
+      const name = typeof it['namespace'] === 'string' && it['namespace'] !== '' ? flatToolName(it['namespace'], String(it['name'] ?? '')) : String(it['name'] ?? '');
+      const call: OpenAIToolCall = { id: String(it['call_id'] ?? ''), type: 'function', function: { name, arguments: args === '' ? '{}' : args } };
       const last = out[out.length - 1];
       // The text before the calls and parallel calls are one assistant turn in chat, as the model wrote them.
       if (last !== undefined && last.role === 'assistant' && !Array.isArray(last.content)) (last.tool_calls ??= []).push(call);
@@ -96,19 +131,36 @@ function messagesOf(input: unknown): OpenAIMessage[] {
   return out;
 }
 
-/** Responses tools ({type:function, name, parameters}) → chat tools. Built-in tools have no chat equivalent. */
+/** A Responses function tool → a chat tool, under `name` (a namespaced one's flat name). */
+function chatTool(o: Record<string, unknown>, name: string): unknown {
+  const fn: Record<string, unknown> = { name };
+  if (typeof o['description'] === 'string') fn['description'] = o['description'];
+  if (o['parameters'] !== undefined) fn['parameters'] = o['parameters'];
+  if (typeof o['strict'] === 'boolean') fn['strict'] = o['strict'];
+  return { type: 'function', function: fn };
+}
+
+/** Responses tools → chat tools: function tools, and those of namespaces (flattened); hosted tools left out; custom tools have no chat equivalent. */
 function toolsOf(tools: unknown): unknown[] | undefined {
   if (tools === undefined || tools === null) return undefined;
   if (!Array.isArray(tools)) throw invalid('tools', 'must be an array');
-  return tools.map((t, i) => {
+  const out: unknown[] = [];
+  tools.forEach((t, i) => {
     const o = t as Record<string, unknown> | null;
-    if (o?.['type'] !== 'function' || typeof o['name'] !== 'string') throw invalid(`tools[${i}]`, 'must be a function tool with a name (built-in and custom tools have no chat equivalent, and are not served here)');
-    const fn: Record<string, unknown> = { name: o['name'] };
-    if (typeof o['description'] === 'string') fn['description'] = o['description'];
-    if (o['parameters'] !== undefined) fn['parameters'] = o['parameters'];
-    if (typeof o['strict'] === 'boolean') fn['strict'] = o['strict'];
-    return { type: 'function', function: fn };
+    const type = o?.['type'];
+    if (typeof type === 'string' && HOSTED_TOOLS.has(type)) return;
+    if (type === 'namespace' && typeof o!['name'] === 'string' && Array.isArray(o!['tools'])) {
+      (o!['tools'] as unknown[]).forEach((inner, j) => {
+        const f = inner as Record<string, unknown> | null;
+        if (f?.['type'] !== 'function' || typeof f['name'] !== 'string') throw invalid(`tools[${i}].tools[${j}]`, 'must be a function tool with a name (a namespace of custom tools has no chat equivalent)');
+        out.push(chatTool(f, flatToolName(o!['name'] as string, f['name'])));
+      });
+      return;
+    }
+    if (type !== 'function' || typeof o!['name'] !== 'string') throw invalid(`tools[${i}]`, 'must be a function tool with a name, or a namespace of them (custom tools have no chat equivalent, and are not served here)');
+    out.push(chatTool(o!, o!['name']));
   });
+  return out;
 }
 
 /** Responses tool_choice → chat's: a mode, or one function by name (built-in tools' choices have no chat equivalent). */
@@ -121,7 +173,8 @@ function toolChoiceOf(tc: unknown): unknown {
   const o = tc as Record<string, unknown>;
   if (typeof tc !== 'object' || Array.isArray(tc) || o['type'] !== 'function') throw invalid('tool_choice', 'must be "auto", "none", "required" or {"type": "function", "name": ...} (built-in tools are not served here)');
   if (typeof o['name'] !== 'string' || o['name'] === '') throw invalid('tool_choice.name', 'must name a function tool');
-  return { type: 'function', function: { name: o['name'] } };
+  const name = typeof o['namespace'] === 'string' && o['namespace'] !== '' ? flatToolName(o['namespace'], o['name']) : o['name'];
+  return { type: 'function', function: { name } };
 }
 
 /** A Responses body → an OpenAI chat body (model left as the client sent it; the provider translator sets it). */
@@ -237,8 +290,10 @@ function textPart(text: string): Record<string, unknown> {
   return { type: 'output_text', text, annotations: [], logprobs: [] };
 }
 
-function callItem(id: string, t: { id: string; name: string; arguments: string }, status: 'in_progress' | 'completed' | 'incomplete'): Record<string, unknown> {
-  return { type: 'function_call', id: 'fc_' + id, call_id: t.id, name: t.name, arguments: t.arguments, status };
+/** A function_call item; a namespaced function's call says its own name and its namespace. */
+function callItem(id: string, t: { id: string; name: string; arguments: string }, status: 'in_progress' | 'completed' | 'incomplete', ns: ToolNamespaces | undefined): Record<string, unknown> {
+  const own = ns?.get(t.name);
+  return { type: 'function_call', id: 'fc_' + id, call_id: t.id, name: own?.name ?? t.name, ...(own !== undefined ? { namespace: own.namespace } : {}), arguments: t.arguments, status };
 }
 
 
@@ -248,7 +303,8 @@ export function response(reply: WholeReply, ctx: ReplyContext): Record<string, u
   const end = ending(reply.finish);
   if (reply.text !== '' || reply.tools.length === 0) output.push(messageItem(ctx.id, reply.text, end.status === 'incomplete' ? 'incomplete' : 'completed'));
   // Cut at max_output_tokens, the last call's arguments are cut too: that item is incomplete.
-  reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, end.status === 'incomplete' && i === reply.tools.length - 1 ? 'incomplete' : 'completed')));
+  const ns = toolNamespaces(ctx.request);
+  reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, end.status === 'incomplete' && i === reply.tools.length - 1 ? 'incomplete' : 'completed', ns)));
   return responseShell(ctx.id, ctx.model, Math.floor(Date.now() / 1000), end.status, output, reply.usage, { ...echoOf(ctx.request), ...end });
 }
 
@@ -294,12 +350,19 @@ export interface ResponsesWriter {
   usage: Usage | null;
   /** Token events: the output count when the upstream sends no usage. */
   tokens: number;
+  /** The request's namespaced functions (their calls are reported by their own names). */
+  readonly namespaces: ToolNamespaces | undefined;
+  /** Upstream events of reasoning only (dropped) since the last keep-alive comment. */
+  quiet: number;
   done: boolean;
 }
 
 export function responsesWriter(ctx: ReplyContext): ResponsesWriter {
-  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, done: false };
+  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, namespaces: toolNamespaces(ctx.request), quiet: 0, done: false };
 }
+
+/** Reasoning-only upstream events between two keep-alive comments (about a second of a local model's thinking). */
+const QUIET_KEEPALIVE = 32;
 
 function event(w: { seq: number }, type: string, fields: Record<string, unknown>): string {
   return 'event: ' + type + '\ndata: ' + JSON.stringify({ type, sequence_number: w.seq++, ...fields }) + '\n\n';
@@ -331,6 +394,12 @@ function openMessage(w: ResponsesWriter): string {
 export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   if (w.done) return '';
   let out = open(w);
+  // Reasoning is dropped: an SSE comment every QUIET_KEEPALIVE of its events (no event, so no
+  // sequence number) shows the client and proxies between that the stream lives.
+  if (d.text === '' && d.tools === null && d.thinking !== '' && ++w.quiet >= QUIET_KEEPALIVE) {
+    w.quiet = 0;
+    out += ': keep-alive\n\n';
+  }
   if (d.text !== '' && (w.messageDone || w.tools.length > 0)) {
     out += closeWhole(w);
     w.lateText += d.text;
@@ -388,7 +457,7 @@ function announce(w: ResponsesWriter, s: ToolSlot): string {
   const waiting = w.tools.filter((o) => o !== undefined && !o.announced && o.outputIndex <= s.outputIndex).sort((a, b) => a.outputIndex - b.outputIndex);
   for (const o of waiting) {
     o.announced = true;
-    out += event(w, 'response.output_item.added', { output_index: o.outputIndex, item: { ...callItem('', o, 'in_progress'), id: o.itemId, arguments: '' } });
+    out += event(w, 'response.output_item.added', { output_index: o.outputIndex, item: { ...callItem('', o, 'in_progress', w.namespaces), id: o.itemId, arguments: '' } });
   }
   return out;
 }
@@ -401,8 +470,8 @@ function closeCall(w: ResponsesWriter, s: ToolSlot, status: ItemStatus): string 
     out += event(w, 'response.function_call_arguments.delta', { item_id: s.itemId, output_index: s.outputIndex, delta: '{}' });
   }
   s.closed = status;
-  out += event(w, 'response.function_call_arguments.done', { item_id: s.itemId, output_index: s.outputIndex, name: s.name, arguments: s.arguments });
-  return out + event(w, 'response.output_item.done', { output_index: s.outputIndex, item: { ...callItem('', s, status), id: s.itemId } });
+  out += event(w, 'response.function_call_arguments.done', { item_id: s.itemId, output_index: s.outputIndex, name: w.namespaces?.get(s.name)?.name ?? s.name, arguments: s.arguments });
+  return out + event(w, 'response.output_item.done', { output_index: s.outputIndex, item: { ...callItem('', s, status, w.namespaces), id: s.itemId } });
 }
 
 /**
@@ -416,7 +485,7 @@ function outputItems(w: ResponsesWriter, last: ItemStatus, streamed = false): Ar
   if (w.lateIndex !== -1) items.push([w.lateIndex, { ...messageItem(w.id, w.lateText, last), id: 'msg_' + w.id + '_late' }]);
   // A call closed before the end was whole; the one still open shares the Response's fate
   // (cut at max_output_tokens or by a failure: its arguments may be cut too).
-  for (const s of w.tools) if (s !== undefined && (!streamed || s.announced)) items.push([s.outputIndex, { ...callItem('', s, s.closed ?? last), id: s.itemId }]);
+  for (const s of w.tools) if (s !== undefined && (!streamed || s.announced)) items.push([s.outputIndex, { ...callItem('', s, s.closed ?? last, w.namespaces), id: s.itemId }]);
   items.sort((a, b) => a[0] - b[0]);
   return items;
 }
