@@ -19,6 +19,8 @@ export interface Timeouts {
   readonly connectTimeoutMs: number;
   /** Until a non-streamed reply's headers, which come when its generation ends: unset, the level's totalTimeoutMs (0: none); undici's own bound too. */
   readonly headersTimeoutMs: number;
+  /** headersTimeoutMs was set at this level or one above (else it follows the level's total). */
+  readonly headersTimeoutSet?: boolean;
   /** From the request written to the reply's first body byte: long, for cold model loads. */
   readonly firstTokenTimeoutMs: number;
   /** Longest silence between two body chunks after the first: a stalled stream ends with upstream_timeout. */
@@ -212,8 +214,9 @@ function timeoutsOf(o: Partial<Timeouts>, base: Timeouts): Timeouts {
   const idle = o.idleChunkTimeoutMs ?? o.idleTimeoutMs ?? base.idleChunkTimeoutMs;
   return {
     connectTimeoutMs: o.connectTimeoutMs ?? base.connectTimeoutMs,
-    // Unset, it follows the attempt's total where this level sets one (0, none, for none).
-    headersTimeoutMs: o.headersTimeoutMs ?? o.totalTimeoutMs ?? base.headersTimeoutMs,
+    // Unset here and above, it follows the attempt's total where this level sets one (0, none, for none).
+    headersTimeoutMs: o.headersTimeoutMs ?? (base.headersTimeoutSet === true ? base.headersTimeoutMs : (o.totalTimeoutMs ?? base.headersTimeoutMs)),
+    headersTimeoutSet: o.headersTimeoutMs !== undefined || base.headersTimeoutSet === true,
     firstTokenTimeoutMs: o.firstTokenTimeoutMs ?? base.firstTokenTimeoutMs,
     idleChunkTimeoutMs: idle,
     idleTimeoutMs: idle,

@@ -125,8 +125,8 @@ export class FleetManager {
   private paused = false;
   /** The config revision replicas agree on (a fresh one per change). */
   private rev = 'initial';
-  /** The file the running config descends from (OperatorState.fileHash). */
-  private fileHash: string;
+  /** The file the running config descends from (OperatorState.fileHash); undefined: unknown. */
+  private fileHash: string | undefined;
   private readonly now: () => number;
   private readonly startedAt: number;
   private healthTimer: NodeJS.Timeout | undefined;
@@ -707,7 +707,7 @@ export class FleetManager {
       paused: this.paused,
       quotas: this.deps.governance.operatorQuotas(),
       keyEnvs: [...this.keyEnvs].sort(),
-      fileHash: this.fileHash,
+      ...(this.fileHash !== undefined ? { fileHash: this.fileHash } : {}),
     };
   }
 
@@ -725,7 +725,8 @@ export class FleetManager {
         this.checkEnvNames(o.raw, o.keyEnvs);
         const next = parseBrokerConfig(o.raw, this.config.source, this.deps.env ?? process.env, this.discovered());
         this.rev = o.rev;
-        if (o.fileHash !== undefined) this.fileHash = o.fileHash;
+        // The adopted config's file (unknown for a doc of an older version).
+        this.fileHash = o.fileHash;
         for (const name of o.keyEnvs ?? []) this.keyEnvs.add(name);
         this.adopt(next);
       } catch (err) {

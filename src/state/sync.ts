@@ -183,9 +183,11 @@ export class SharedState {
     }
     if (doc !== undefined) this.seen.set(kind, versionOf(doc));
     doc = unversioned(doc);
-    if (kind === 'fleet' && !this.startRead && doc !== undefined) {
+    // The first read since start, found or not: a replica that found the store empty wrote the
+    // first doc, and must not judge a later one (another replica's newer file) as its start's.
+    if (kind === 'fleet' && !this.startRead) {
       this.startRead = true;
-      if (await this.fileWins(doc as OperatorState)) return;
+      if (doc !== undefined && (await this.fileWins(doc as OperatorState))) return;
     }
     // What changed here since the doc last seen (during an outage, say) is merged back in; a
     // replica that changed nothing takes the store's doc as it is.
@@ -211,12 +213,17 @@ export class SharedState {
    * drains, maintenance, bans, forced breakers and run-time quotas are kept.
    */
   private async fileWins(doc: OperatorState): Promise<boolean> {
+    // A doc from a version without fingerprints: where its config came from is unknown, so it
+    // is kept (as before); POST /config/reload puts the file in force.
     if (doc.fileHash === undefined || doc.fileHash === this.o.fleet.exportOperatorState().fileHash) return false;
     this.o.fleet.renewRev();
     const local = this.o.fleet.exportOperatorState();
     this.o.logger.warn({ file: local.fileHash, shared: doc.fileHash }, 'the fleet file differs from the one the shared running config came from: this file is put in force on every replica');
-    this.apply('fleet', { ...doc, rev: local.rev, raw: local.raw, keyEnvs: local.keyEnvs, fileHash: local.fileHash });
-    // Measured from the doc read, this replica's config is its change: the write puts it over.
+    // The doc's operator state with this replica's changes since start on top (a drain made
+    // here while Redis was away), and this replica's config.
+    const merged = mergeOperatorState(this.base.get('fleet') as OperatorState | undefined, local, doc);
+    this.apply('fleet', { ...merged, rev: local.rev, raw: local.raw, keyEnvs: local.keyEnvs, fileHash: local.fileHash });
+    // Measured from the doc read, this replica's state is its change: the write puts it over.
     this.base.set('fleet', doc);
     await this.write('fleet', this.snapshot('fleet'));
     return true;

@@ -96,6 +96,10 @@ t.test('fallbacks, context windows, cache modes and the per-phase timeouts', asy
   t.equal(none.modelGroups.get('small')!.deployments[0]!.headersTimeoutMs, 0, 'no total: no headers limit either');
   const own = parseBrokerConfig(base({ upstream: { totalTimeoutMs: 900_000, headersTimeoutMs: 20_000 } }), 'x', {});
   t.equal(own.modelGroups.get('small')!.deployments[0]!.headersTimeoutMs, 20_000, 'set, it is its own');
+  const above = parseBrokerConfig(base({ upstream: { headersTimeoutMs: 20_000 } }, {}), 'x', {});
+  const withTotal = parseBrokerConfig({ ...base({ upstream: { headersTimeoutMs: 20_000 } }), modelGroups: { small: { deployments: [{ id: 's', provider: 'ollama', url: 'http://127.0.0.1:1', model: 'm', totalTimeoutMs: 900_000 }] } } }, 'x', {});
+  t.equal(above.modelGroups.get('small')!.deployments[0]!.headersTimeoutMs, 20_000, 'set above: inherited');
+  t.equal(withTotal.modelGroups.get('small')!.deployments[0]!.headersTimeoutMs, 20_000, "set above, a deployment's own total does not replace it");
   const l = c.modelGroups.get('large')!.deployments[0]!;
   t.equal(l.idleChunkTimeoutMs, 700, 'idleTimeoutMs, the older name, still sets the idle-chunk timeout');
   t.equal(parseBrokerConfig(base({}), 'x', {}).cache.mode, 'off', 'the cache is off unless the file says');

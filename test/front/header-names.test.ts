@@ -3,6 +3,8 @@
 // Raw sockets: fetch would not show a request that gets no answer apart from a slow one.
 import t from 'tap';
 import { connect } from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { startTestBroker } from '../helpers/broker.ts';
 import { loadUws } from '../../src/front/http/uws.ts';
 
@@ -37,6 +39,11 @@ const patchable = process.platform === 'linux' && process.arch === 'x64' && proc
 t.test('the addon in use is the patched build where the patch applies; UWS_HEADER_PATCH=false is the escape hatch', async (t) => {
   t.equal(loadUws().underscoreHeaders, patchable, loadUws().note ?? 'patched');
   t.equal(typeof loadUws().uws.App, 'function');
+  // Another process (the choice is made once per thread): the package as it is.
+  const module = fileURLToPath(new URL('../../src/front/http/uws.ts', import.meta.url));
+  const script = `const { loadUws } = await import(${JSON.stringify(module)}); const u = loadUws(); console.log(JSON.stringify({ patched: u.underscoreHeaders, app: typeof u.uws.App, note: u.note }));`;
+  const out = JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { env: { ...process.env, UWS_HEADER_PATCH: 'false' }, encoding: 'utf8' }).trim().split('\n').at(-1)!);
+  t.same(out, { patched: false, app: 'function', note: 'UWS_HEADER_PATCH=false' });
 });
 
 t.test("a request with '_' in header names is answered; names with other characters are still refused", { skip: patchable ? false : 'the patch applies to Linux x64 on Node 20 only' }, async (t) => {

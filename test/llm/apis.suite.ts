@@ -305,7 +305,7 @@ t.test('Messages API: a block the upstream API has no word for is the client\'s 
   for (let i = 0; i < 4; i++) {
     const err = await anthropic.messages.create({ model: 'strict', max_tokens: 5, messages: [{ role: 'user', content: [doc] }] }).catch((e: unknown) => e);
     t.ok(err instanceof Anthropic.BadRequestError, `request ${i}: 400`);
-    t.match((err as InstanceType<typeof Anthropic.BadRequestError>).error, { error: { type: 'invalid_request_error', message: /a PDF has no form a chat upstream reads/ } });
+    t.match((err as InstanceType<typeof Anthropic.BadRequestError>).error, { error: { type: 'invalid_request_error', message: /a PDF, a URL or a file has no form a chat upstream reads/ } });
   }
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'strict', deployment: 'none', reason: 'client_error' }), 4, 'counted as client errors, refused before any upstream call');
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'strict', deployment: 'strict-1' }), 0, 'none under the deployment');

@@ -9,12 +9,15 @@
 // name by OR-ing 0x20, which makes '_' 0x7f: such a header reaches the front as `session\x7fid`,
 // and no header the broker reads has an '_' (nor can one pose as `x-api-key`).
 //
-// The patch applies only to the file it was made from (its SHA-256), written once to a cache
-// next to the package (or a private temporary folder) and checked again before it is loaded.
-// Any other build, or UWS_HEADER_PATCH=false, loads the package as it is.
+// The patch applies only to the file it was made from (its SHA-256, checked at every start: an
+// upgraded package is loaded as it is), written once to a cache next to the package or to a
+// folder of this user's own in the temporary directory, and hashed again before it is loaded.
+// The cache is only as writable as node_modules is (whoever can write there can replace the
+// addon itself), and the temporary folder only by this user. Any other build, a cache that
+// cannot be written, or UWS_HEADER_PATCH=false loads the package as it is.
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type * as UwsModule from 'uWebSockets.js';
@@ -78,7 +81,7 @@ function load(env: NodeJS.ProcessEnv): LoadedUws {
   const pkg = dirname(require.resolve('uWebSockets.js/package.json'));
   try {
     const path = patchedCopy(patch, join(pkg, 'binaries', file), pkg);
-    if (path === undefined) return plain(`${file} is not the build the patch was made for`);
+    if (path === undefined) return plain(`${file} is not the build the patch was made for, or no folder could hold the patched copy`);
     return { uws: require(path) as Uws, underscoreHeaders: true };
   } catch (err) {
     return plain(`patched copy failed: ${(err as Error).message}`);
@@ -93,15 +96,19 @@ const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex
  * this user's own in the temporary directory (a read-only node_modules, user node).
  */
 function patchedCopy(patch: BinaryPatch, original: string, pkg: string): string | undefined {
+  const bytes = readFileSync(original);
+  if (sha256(bytes) !== patch.sha256) return undefined;
   const name = `uws-${patch.patchedSha256.slice(0, 16)}.node`;
   const dirs = [join(pkg, '..', '.cache', 'edge-broker'), privateTmp()].filter((d): d is string => d !== undefined);
   for (const dir of dirs) {
     const cached = join(dir, name);
     // A copy left by an earlier start is loaded only if it is still exactly the patched build.
-    if (existsSync(cached) && sha256(readFileSync(cached)) === patch.patchedSha256) return cached;
+    try {
+      if (existsSync(cached) && sha256(readFileSync(cached)) === patch.patchedSha256) return cached;
+    } catch {
+      // Unreadable here: the next folder.
+    }
   }
-  const bytes = readFileSync(original);
-  if (sha256(bytes) !== patch.sha256) return undefined;
   for (const [offset, from, to] of patch.edits) {
     const was = Buffer.from(from, 'hex');
     if (!bytes.subarray(offset, offset + was.length).equals(was)) return undefined;
@@ -112,7 +119,7 @@ function patchedCopy(patch: BinaryPatch, original: string, pkg: string): string 
     const path = writeOnce(bytes, dir, name);
     if (path !== undefined) return path;
   }
-  return writeOnce(bytes, mkdtempSync(join(tmpdir(), 'edge-broker-uws-')), name);
+  return undefined;
 }
 
 /** A folder under the temporary directory that only this user can write (none if another owns it). */

@@ -182,7 +182,7 @@ function documentText(b: Record<string, unknown>, field: string): string {
     if (typeof c === 'string') text = c;
     else if (Array.isArray(c)) text = c.map((x) => (typeof (x as { text?: unknown })?.text === 'string' ? (x as { text: string }).text : '')).filter((x) => x !== '').join('\n');
   }
-  if (text === undefined) throw invalid(`${field}.source`, 'a document is taken with a text source only ({"type": "text", "data": ...} or content blocks): a PDF has no form a chat upstream reads');
+  if (text === undefined) throw invalid(`${field}.source`, 'a document is taken with a text source only ({"type": "text", "data": ...} or text content blocks): a PDF, a URL or a file has no form a chat upstream reads');
   const head = [b['title'], b['context']].filter((x): x is string => typeof x === 'string' && x !== '');
   return [...head, text].join('\n');
 }

@@ -188,7 +188,8 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
   const out: OpenAIChatRequest = { model: String(b['model']), messages, stream: b['stream'] === true };
   if (typeof b['max_output_tokens'] === 'number') out.max_tokens = b['max_output_tokens'];
   // The same fields in chat (an Ollama deployment's translation leaves out those it has not).
-  for (const k of ['temperature', 'top_p', 'parallel_tool_calls', 'user', 'prompt_cache_key', 'safety_identifier', 'service_tier']) if (b[k] !== undefined && b[k] !== null) out[k] = b[k];
+  // Not service_tier: it is billed to the deployment's key, the operator's to choose.
+  for (const k of ['temperature', 'top_p', 'parallel_tool_calls', 'user', 'prompt_cache_key', 'safety_identifier']) if (b[k] !== undefined && b[k] !== null) out[k] = b[k];
   const verbosity = (b['text'] as Record<string, unknown> | null | undefined)?.['verbosity'];
   if (typeof verbosity === 'string') out['verbosity'] = verbosity;
   const effort = (b['reasoning'] as Record<string, unknown> | null | undefined)?.['effort'];

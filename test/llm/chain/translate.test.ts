@@ -222,11 +222,11 @@ t.test("Responses → chat: reasoning.effort is chat's reasoning_effort", async 
   t.equal(chat.reasoning, undefined);
 });
 
-t.test("Responses → chat: the fields chat has too go on (an image's detail, verbosity, cache key, safety id, tier); Ollama gets none of them", async (t) => {
+t.test("Responses → chat: the fields chat has too go on (an image's detail, verbosity, cache key, safety id; not the billed tier); Ollama gets none of them", async (t) => {
   const client = { model: 'm', input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'data:image/png;base64,AAAA', detail: 'low' }] }], text: { verbosity: 'low' }, prompt_cache_key: 'k1', safety_identifier: 'u1', service_tier: 'flex' };
   const chat = body(translateRequest({ client: 'responses', provider: 'openai', kind: 'chat' }, client, 'up'));
   t.same((chat as any).messages[0].content, [{ type: 'image_url', image_url: { url: 'data:image/png;base64,AAAA', detail: 'low' } }]);
-  t.same([chat.verbosity, chat.prompt_cache_key, chat.safety_identifier, chat.service_tier], ['low', 'k1', 'u1', 'flex']);
+  t.same([chat.verbosity, chat.prompt_cache_key, chat.safety_identifier, chat.service_tier], ['low', 'k1', 'u1', undefined]);
   const ollama = body(translateRequest({ client: 'responses', provider: 'ollama', kind: 'chat' }, client, 'up'));
   t.same([ollama.verbosity, ollama.prompt_cache_key, ollama.safety_identifier, ollama.service_tier], [undefined, undefined, undefined, undefined]);
   t.same((ollama as any).messages[0].images, ['AAAA']);

@@ -1,0 +1,66 @@
+// The fleet file against the running config Redis keeps (sync.ts fileWins): a replica that
+// starts with an edited file puts it in force on every replica, also when the first replica
+// found the store empty, and keeps what an operator changed on it while Redis was away.
+import t from 'tap';
+import { Redis } from 'ioredis';
+import { ADMIN_TOKEN, json, type TestBroker } from '../helpers/broker.ts';
+import { startFleetBroker, startMock } from '../helpers/fleet.ts';
+import { startRedis } from '../helpers/redis.ts';
+
+const redis = await startRedis(t);
+/** The fleet doc's fingerprint in the store, once a replica wrote one. */
+const storedFileHash = async (): Promise<string | undefined> => {
+  const r = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
+  try {
+    await r.connect();
+    const doc = await r.hget('eb:doc', 'fleet');
+    return doc === null ? undefined : (JSON.parse(doc) as { fileHash?: string }).fileHash;
+  } catch {
+    return undefined;
+  } finally {
+    r.disconnect();
+  }
+};
+const up = await startMock(t);
+const fleetWith = (maxQueue: number) => ({ scheduler: { maxQueue }, modelGroups: { g: { deployments: [{ id: 'd1', provider: 'openai', url: up.url, model: 'm' }, { id: 'd2', provider: 'openai', url: up.url, model: 'm' }] } } });
+const env = { INFER_ENABLED: 'false', REDIS_URL: redis.url, FLEET_HEALTH_CHECKS: 'false' };
+
+async function call(tb: TestBroker, method: string, path: string): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${tb.url}${path}`, { method, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  return { status: res.status, body: await json(res) };
+}
+const queueOf = async (tb: TestBroker): Promise<unknown> => (await call(tb, 'GET', '/api/orchestrator/config')).body.scheduler?.maxQueue;
+const stateOf = async (tb: TestBroker, id: string): Promise<string> => (await call(tb, 'GET', '/api/orchestrator/servers')).body.servers.find((s: any) => s.id === id).state;
+
+async function until(cond: () => Promise<boolean>, what: string, ms = 8000): Promise<void> {
+  const start = Date.now();
+  while (Date.now() - start < ms) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+t.test('the first replica found the store empty; one started with an edited file puts it in force on both', async (t) => {
+  const a = await startFleetBroker(t, fleetWith(10), { ...env, REPLICA_ID: 'a' });
+  await until(async () => (await storedFileHash()) !== undefined, "a's doc in the store");
+  const first = await storedFileHash();
+  const n = await startFleetBroker(t, fleetWith(55), { ...env, REPLICA_ID: 'n' });
+  for (const tb of [n, a]) await until(async () => (await queueOf(tb)) === 55, 'the edited file on both');
+  // It stays so: the first replica does not put its older file back on the next change it reads.
+  await new Promise((r) => setTimeout(r, 300));
+  t.same([await queueOf(a), await queueOf(n)], [55, 55]);
+  t.not(await storedFileHash(), first, "the store's doc names the edited file");
+});
+
+t.test('started with an edited file while Redis hung: the file goes in force when it answers, with the drain made meanwhile', async (t) => {
+  const a = await startFleetBroker(t, fleetWith(55), { ...env, REPLICA_ID: 'a2' });
+  await until(async () => (await queueOf(a)) === 55, 'a2 on the shared config');
+  redis.freeze();
+  t.teardown(() => redis.thaw());
+  const m = await startFleetBroker(t, fleetWith(66), { ...env, REPLICA_ID: 'm' });
+  t.equal((await call(m, 'POST', '/api/orchestrator/servers/d2/drain')).status, 200, 'drained on m while Redis does not answer');
+  redis.thaw();
+  for (const tb of [m, a]) await until(async () => (await queueOf(tb)) === 66 && (await stateOf(tb, 'd2')) === 'draining', "m's file and drain on both", 20000);
+  t.pass("m's file and its drain are in force on both");
+});
