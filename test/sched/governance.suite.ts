@@ -401,7 +401,9 @@ t.test('4,000 requests with random outcomes: every counter returns to 0', async 
         ok: { deployments: [d('r-ok', ok)] },
         err: { deployments: [d('r-err', err)] },
         cut: { deployments: [d('r-cut', cut)] },
-        stall: { deployments: [d('r-stall', stall, { idleTimeoutMs: 30 })] },
+        // A whole reply's headers are waited for as long as the attempt by default (600 s): the
+        // non-streamed requests to the stalled upstream end at 500 ms here.
+        stall: { deployments: [d('r-stall', stall, { idleTimeoutMs: 30, headersTimeoutMs: 500 })] },
         slow: { deployments: [d('r-slow', slow)] },
       },
     },
