@@ -156,16 +156,29 @@ function chatMessages(m: unknown, i: number, last: boolean): OpenAIMessage[] {
   return out;
 }
 
+/** Tools Anthropic's servers run (web search and fetch, code execution, tool search): nothing here runs them. */
+const SERVER_TOOL = /^(web_search|web_fetch|code_execution|tool_search_tool)_/;
+
+/** Whether a tool is one Anthropic's servers run (left out: offered, it cannot be run here). */
+function isServerTool(t: unknown): boolean {
+  const type = (t as Record<string, unknown> | null)?.['type'];
+  return typeof type === 'string' && SERVER_TOOL.test(type);
+}
+
+/** Custom tools → chat functions; server tools left out; tools Anthropic defines the schema of (bash, text editor, computer) have none to send. */
 function toolsOf(tools: unknown): unknown[] | undefined {
   if (tools === undefined || tools === null) return undefined;
   if (!Array.isArray(tools)) throw invalid('tools', 'must be an array');
-  return tools.map((t, i) => {
+  const out: unknown[] = [];
+  tools.forEach((t, i) => {
+    if (isServerTool(t)) return;
     const o = t as Record<string, unknown> | null;
-    if (o === null || typeof o['name'] !== 'string' || o['input_schema'] === undefined) throw invalid(`tools[${i}]`, 'must be a custom tool with a name and an input_schema (server tools are not served here)');
+    if (o === null || typeof o['name'] !== 'string' || o['input_schema'] === undefined) throw invalid(`tools[${i}]`, 'must be a custom tool with a name and an input_schema (server tools are left out; tools whose schema Anthropic defines have none to send a chat upstream)');
     const fn: Record<string, unknown> = { name: o['name'], parameters: o['input_schema'] };
     if (typeof o['description'] === 'string') fn['description'] = o['description'];
-    return { type: 'function', function: fn };
+    out.push({ type: 'function', function: fn });
   });
+  return out;
 }
 
 /**
@@ -228,6 +241,10 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
   const tools = toolsOf(b['tools']);
   // Checked with or without tools, as Anthropic does.
   const choice = toolChoiceOf(b['tool_choice']);
+  const forced = (b['tool_choice'] as Record<string, unknown> | null | undefined)?.['name'];
+  if (typeof forced === 'string' && Array.isArray(b['tools']) && b['tools'].some((t) => isServerTool(t) && (t as Record<string, unknown>)['name'] === forced)) {
+    throw invalid('tool_choice.name', `${forced} is a server tool: nothing here runs it`);
+  }
   if (tools !== undefined && tools.length > 0) {
     out.tools = tools;
     if (choice !== undefined) out['tool_choice'] = choice;

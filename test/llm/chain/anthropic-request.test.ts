@@ -84,3 +84,17 @@ t.test("a system message between the turns (Claude Code's mid-conversation-syste
   t.throws(bad([{ type: 'image', source: {} }]), { code: 'invalid_request', details: { field: 'messages[1].content[0]' } }, 'not text');
   t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'tool', content: 'x' }] }), { code: 'invalid_request', details: { field: 'messages[0].role' } }, 'another role');
 });
+
+t.test("server tools (Claude Code's WebSearch sends web_search_20250305) are left out; forced by tool_choice, 400; a tool with no schema, 400", async (t) => {
+  const tools = [
+    { name: 'Bash', description: 'run', input_schema: { type: 'object' } },
+    { type: 'web_search_20250305', name: 'web_search', max_uses: 8 },
+    { type: 'web_fetch_20250910', name: 'web_fetch' },
+  ];
+  const r = chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'search' }], tools });
+  t.same((r.tools as any[]).map((x) => x.function.name), ['Bash']);
+  const only = chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'search' }], tools: [tools[1]] });
+  t.equal(only.tools, undefined, 'nothing left to offer: no tools');
+  t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], tools, tool_choice: { type: 'tool', name: 'web_search' } }), { code: 'invalid_request', details: { field: 'tool_choice.name' } });
+  t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], tools: [{ type: 'bash_20250124', name: 'bash' }] }), { code: 'invalid_request', details: { field: 'tools[0]' } });
+});
