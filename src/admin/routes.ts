@@ -87,8 +87,10 @@ export function adminRoutes(service: InferService): Route[] {
       admin: true,
       async handle({ sink }) {
         const t0 = performance.now();
-        await service.promote();
-        sink.send(...json(200, { promoted: true, duration_ms: Math.round(performance.now() - t0), ...view(service, service.runtimeConfig) }));
+        const promoted = await service.promote();
+        // Again, after B became A: said so, and no pool rebuilt.
+        const reason = promoted ? {} : { reason: 'A and B are already the same model: load another B to promote again' };
+        sink.send(...json(200, { promoted, duration_ms: Math.round(performance.now() - t0), ...reason, ...view(service, service.runtimeConfig) }));
       },
     },
   ];

@@ -104,7 +104,7 @@ export class InferService {
   private readonly judge: CanaryJudge;
   private readonly now: () => number;
   private readonly random: () => number;
-  private promoting: Promise<void> | undefined;
+  private promoting: Promise<boolean> | undefined;
   private readonly im: InferMetrics;
   /** Models of the current pool that cannot run, and why; null until the workers have checked them. */
   private problems: ModelProblems | null = null;
@@ -379,7 +379,9 @@ export class InferService {
    * B's model becomes A. A new pool loads and warms the new pair while the old one
    * keeps serving; then traffic switches and the old pool finishes what it started.
    */
-  promote(): Promise<void> {
+  promote(): Promise<boolean> {
+    // A and B are one model already (promoted before): nothing to do, no pool to rebuild.
+    if (this.promoting === undefined && sameModel(this.pool)) return Promise.resolve(false);
     this.promoting ??= (async () => {
       try {
         const old = this.pool;
@@ -401,6 +403,7 @@ export class InferService {
         this.config = Object.freeze({ ...this.config, canaryRollback: null });
         this.deps.logger.info({ model: b.manifest.name, version: b.manifest.version }, 'promoted B to A');
         await old.close();
+        return true;
       } finally {
         this.promoting = undefined;
       }

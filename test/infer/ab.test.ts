@@ -57,7 +57,16 @@ t.test('shadow: client sees A, B runs on the same input, agreement is measured',
   t.equal(await metricValue(tb.url, 'inference_request_success_total', { arm: 'B' }), 0, 'shadow runs are not counted as B traffic');
 
   // After a promote A and B are one model: no shadow run (it would only run it twice).
-  t.equal((await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin })).status, 200);
+  const first = await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin });
+  t.equal(first.status, 200);
+  t.equal((await json(first)).promoted, true);
+  // Again: nothing to promote, said so, and the pool is not rebuilt (its workers are the same).
+  const workers = await metricValue(tb.url, 'inference_worker_failures_total');
+  const again = await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin });
+  t.equal(again.status, 200);
+  t.match(await json(again), { promoted: false, reason: /already the same model/ });
+  t.equal(await metricValue(tb.url, 'inference_worker_failures_total'), workers);
+  t.notOk(tb.logs.filter((l) => l.msg === 'promoted B to A').length > 1, 'promoted once');
   const before = await metricValue(tb.url, 'inference_shadow_duration_seconds_count');
   const count = await metricValue(tb.url, 'inference_count_total');
   for (let i = 0; i < 10; i++) t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) })).status, 200);
