@@ -105,6 +105,8 @@ export class InferService {
   private readonly now: () => number;
   private readonly random: () => number;
   private promoting: Promise<boolean> | undefined;
+  /** When a failed shadow run was last logged (SHADOW_WARN_EVERY_MS apart). */
+  private shadowWarnedAt = -Infinity;
   private readonly im: InferMetrics;
   /** Models of the current pool that cannot run, and why; null until the workers have checked them. */
   private problems: ModelProblems | null = null;
@@ -346,8 +348,17 @@ export class InferService {
           else m.shadowDisagreement.inc();
         },
         (err: BrokerError) => {
+          // Shed for load (B's queue full, its wait spent), or cut by a promote that replaced
+          // the pool it ran on: not B failing, so not an error an operator should chase.
+          if (err.code === 'overloaded' || err.code === 'queue_timeout' || err.code === 'shutting_down' || pool !== this.pool) {
+            m.shadowRequests.labels('skipped').inc();
+            return;
+          }
           m.shadowRequests.labels('error').inc();
-          this.deps.logger.debug({ err: err.message }, 'shadow run failed');
+          const now = this.now();
+          if (now - this.shadowWarnedAt < SHADOW_WARN_EVERY_MS) return;
+          this.shadowWarnedAt = now;
+          this.deps.logger.warn({ err: err.message, code: err.code }, 'shadow run failed on B (logged at most once a minute; inference_shadow_requests_total{outcome="error"} counts them)');
         },
       );
     });
@@ -454,6 +465,9 @@ function topIndex(r: RunResult): number | undefined {
   for (let i = 1; i < r.scores.length; i++) if (r.scores[i]! > r.scores[best]!) best = i;
   return best;
 }
+
+/** A failing B fails every shadow run: one log line a minute says so. */
+const SHADOW_WARN_EVERY_MS = 60_000;
 
 /** A tensor made for A's input is fit for B only when B takes the same input (size, layout, normalisation). */
 function sameModel(pool: InferPool): boolean {

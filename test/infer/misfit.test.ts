@@ -102,6 +102,15 @@ t.test('B does not fit: said at start and in /ready, its requests answer 503 mod
   t.match(await warm.json(), { warmed: false, unavailable: { B: /does not fit its manifest/ } }, 'a warm-up says B did not run');
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A serves after the warm-up');
 
+  // Shadowed, every run on B fails: counted, and said in the log once a minute, not per run.
+  const shadowOn = await fetch(`${tb.url}/admin/config`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ shadow_enabled: true }) });
+  t.equal(shadowOn.status, 200);
+  for (let i = 0; i < 3; i++) t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A answers, B shadows it');
+  for (let i = 0; i < 100 && (await metricValue(tb.url, 'inference_shadow_requests_total', { outcome: 'error' })) < 3; i++) await new Promise((r) => setTimeout(r, 50));
+  t.equal(await metricValue(tb.url, 'inference_shadow_requests_total', { outcome: 'error' }), 3, 'three failed shadow runs');
+  t.equal(tb.logs.filter((l) => l['level'] === 40 && typeof l['msg'] === 'string' && (l['msg'] as string).startsWith('shadow run failed on B')).length, 1, 'one warning for the three');
+  await fetch(`${tb.url}/admin/config`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ shadow_enabled: false }) });
+
   const promote = await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin });
   t.equal(promote.status, 503, 'promote refused');
   t.match(await promote.json(), { error: { code: 'model_unavailable', message: /B cannot be promoted: model .* does not fit its manifest/ } });
