@@ -18,7 +18,7 @@
 
 import { BrokerError } from '../../errors.ts';
 import { appendToolName, isWholeJsonObject, requireObject } from './common.ts';
-import type { Delta, WholeReply } from './deltas.ts';
+import { keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
 import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
 // ---- request ----
@@ -68,18 +68,8 @@ function toolResultOf(c: unknown, field: string): { text: string; images: Array<
 
 /** A system message's text: a string or text blocks, one a line; never empty. */
 function systemText(content: unknown, field: string): string {
-  let text: string | undefined;
-  if (typeof content === 'string') text = content;
-  else if (Array.isArray(content)) {
-    text = content
-      .map((b, j) => {
-        const o = b as Record<string, unknown> | null;
-        if (o?.['type'] !== 'text' || typeof o['text'] !== 'string') throw invalid(`${field}[${j}]`, 'must be a text block (a system message holds text only)');
-        return o['text'];
-      })
-      .join('\n');
-  }
-  if (text === undefined || text === '') throw invalid(field, 'a system message needs text: a string or text blocks');
+  const text = textOfBlocks(content, field);
+  if (text === '') throw invalid(field, 'a system message needs text: a string or text blocks');
   return text;
 }
 
@@ -353,7 +343,7 @@ export interface AnthropicWriter {
   finish: string | null;
   usage: Usage | null;
   tokens: number;
-  /** Upstream events of reasoning only (dropped) since the last ping. */
+  /** Upstream events of reasoning only (dropped) since the last ping (keepAliveDue). */
   quiet: number;
   done: boolean;
 }
@@ -361,9 +351,6 @@ export interface AnthropicWriter {
 export function anthropicWriter(ctx: ReplyContext, known: Usage | null = null): AnthropicWriter {
   return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', pendingStart: null, lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, quiet: 0, done: false };
 }
-
-/** Reasoning-only upstream events between two pings. */
-const QUIET_PING = 32;
 
 function event(type: string, data: Record<string, unknown>): string {
   return 'event: ' + type + '\ndata: ' + JSON.stringify({ type, ...data }) + '\n\n';
@@ -398,13 +385,8 @@ function closeBlock(w: AnthropicWriter): string {
 export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (w.done) return '';
   let out = start(w);
-  // Reasoning is dropped: a ping every QUIET_PING of its events (about a second of a local
-  // model's thinking) tells the client and any proxy between that the stream lives, as
-  // Anthropic's own pings do; a minute of silence is cut by many proxies' read timeouts.
-  if (d.text === '' && d.tools === null && d.thinking !== '' && ++w.quiet >= QUIET_PING) {
-    w.quiet = 0;
-    out += event('ping', {});
-  }
+  // Reasoning is dropped: a ping now and then, as Anthropic's own.
+  if (keepAliveDue(w, d)) out += event('ping', {});
   if (d.text !== '' && !movesOn(w)) {
     w.tokens++;
     w.lateText += d.text;

@@ -46,6 +46,20 @@ export interface WholeReply {
   readonly usage: Usage;
 }
 
+/** Reasoning-only upstream events between two keep-alives: about a second of a local model's thinking. */
+const QUIET_EVENTS = 32;
+
+/**
+ * Counts an event that carries only reasoning, which the Messages and Responses writers drop;
+ * true every QUIET_EVENTS of them: time to tell the client, and any proxy between with a read
+ * timeout, that the stream lives (a model can think for a minute).
+ */
+export function keepAliveDue(w: { quiet: number }, d: Delta): boolean {
+  if (d.text !== '' || d.tools !== null || d.thinking === '' || ++w.quiet < QUIET_EVENTS) return false;
+  w.quiet = 0;
+  return true;
+}
+
 function str(v: unknown): string {
   return typeof v === 'string' ? v : '';
 }

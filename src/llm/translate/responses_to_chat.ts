@@ -20,7 +20,7 @@
 
 import { BrokerError } from '../../errors.ts';
 import { appendToolName, isWholeJsonObject, requireObject } from './common.ts';
-import type { Delta, WholeReply } from './deltas.ts';
+import { keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
 import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
 // ---- request ----
@@ -353,7 +353,7 @@ export interface ResponsesWriter {
   tokens: number;
   /** The request's namespaced functions (their calls are reported by their own names). */
   readonly namespaces: ToolNamespaces | undefined;
-  /** Upstream events of reasoning only (dropped) since the last keep-alive comment. */
+  /** Upstream events of reasoning only (dropped) since the last keep-alive comment (keepAliveDue). */
   quiet: number;
   done: boolean;
 }
@@ -361,9 +361,6 @@ export interface ResponsesWriter {
 export function responsesWriter(ctx: ReplyContext): ResponsesWriter {
   return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, namespaces: toolNamespaces(ctx.request), quiet: 0, done: false };
 }
-
-/** Reasoning-only upstream events between two keep-alive comments (about a second of a local model's thinking). */
-const QUIET_KEEPALIVE = 32;
 
 function event(w: { seq: number }, type: string, fields: Record<string, unknown>): string {
   return 'event: ' + type + '\ndata: ' + JSON.stringify({ type, sequence_number: w.seq++, ...fields }) + '\n\n';
@@ -395,12 +392,8 @@ function openMessage(w: ResponsesWriter): string {
 export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   if (w.done) return '';
   let out = open(w);
-  // Reasoning is dropped: an SSE comment every QUIET_KEEPALIVE of its events (no event, so no
-  // sequence number) shows the client and proxies between that the stream lives.
-  if (d.text === '' && d.tools === null && d.thinking !== '' && ++w.quiet >= QUIET_KEEPALIVE) {
-    w.quiet = 0;
-    out += ': keep-alive\n\n';
-  }
+  // Reasoning is dropped: an SSE comment now and then (no event, so no sequence number).
+  if (keepAliveDue(w, d)) out += ': keep-alive\n\n';
   if (d.text !== '' && (w.messageDone || w.tools.length > 0)) {
     out += closeWhole(w);
     w.lateText += d.text;
