@@ -31,6 +31,12 @@ export interface Timeouts {
   readonly totalTimeoutMs: number;
   /** How long an unused keep-alive connection stays open. */
   readonly keepAliveTimeoutMs: number;
+  /**
+   * always: a non-streamed chat or completion request is asked of the upstream as a stream and
+   * assembled here, so that firstTokenTimeoutMs and idleChunkTimeoutMs apply to it (a whole
+   * reply's headers come when its generation ends); client: the upstream streams when the client does.
+   */
+  readonly upstreamStreaming: 'always' | 'client';
 }
 
 export interface DeploymentConfig extends Timeouts {
@@ -188,6 +194,7 @@ export const DEFAULT_TIMEOUTS: Timeouts = Object.freeze({
   idleTimeoutMs: 30_000,
   totalTimeoutMs: 600_000,
   keepAliveTimeoutMs: 30_000,
+  upstreamStreaming: 'always',
 });
 
 export const DEFAULT_ROUTER: RouterConfig = Object.freeze({ failureThreshold: 3, cooldownMs: 10_000 });
@@ -222,6 +229,7 @@ function timeoutsOf(o: Partial<Timeouts>, base: Timeouts): Timeouts {
     idleTimeoutMs: idle,
     totalTimeoutMs: o.totalTimeoutMs ?? base.totalTimeoutMs,
     keepAliveTimeoutMs: o.keepAliveTimeoutMs ?? base.keepAliveTimeoutMs,
+    upstreamStreaming: o.upstreamStreaming ?? base.upstreamStreaming,
   };
 }
 

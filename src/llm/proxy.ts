@@ -261,7 +261,7 @@ export class LlmProxy {
         const route = upstreamRoute(api, kind, dep.config, body);
         let up: ReturnType<typeof translateRequest>;
         try {
-          up = translateRequest(route, body, dep.config.model);
+          up = translateRequest(route, body, dep.config.model, dep.config.upstreamStreaming);
         } catch (err) {
           // The request cannot be written for this upstream (e.g. a content block it has no
           // word for): the client's mistake, which must not count against the deployment
@@ -282,6 +282,7 @@ export class LlmProxy {
               kind: upstreamKind(route),
               body: up.body,
               stream: up.stream,
+              assemble: up.assemble,
               chain: { ...route, instrument: flags.stream_instrumentation, countTokens: true, encoder: req.encoder },
               compiled: flags.compiled_chain,
               model,
@@ -447,7 +448,7 @@ export class LlmProxy {
               return this.finish(facts, g, dep, 'aborted', req.startedAt, false);
             }
             // Nothing was sent to the client yet: a timeout or a cut body may go elsewhere.
-            const e = err instanceof BrokerError ? err : new BrokerError('upstream_error', `upstream failed while sending its reply: ${(err as Error).message}`, { cause: err });
+            const e = err instanceof BrokerError ? err : new BrokerError('upstream_error', `upstream failed while sending its reply: ${cutMessage(err)}`, { cause: err });
             upSpan?.fail(e.code, e.message).end();
             if (this.stopped !== undefined) {
               this.finish(facts, g, dep, 'upstream_error', req.startedAt, false);
@@ -494,7 +495,8 @@ export class LlmProxy {
             usage.promptTokens = promptEstimate;
           }
           // A whole reply's latency is the upstream's, not the time this request queued here.
-          usage.ttftMs = headersAt - sentAt;
+          // Assembled from a stream: to its first chunk (the headers come at once).
+          usage.ttftMs = (up.assemble && attempt.timing.firstByteAt >= 0 ? attempt.timing.firstByteAt : headersAt) - sentAt;
           if (upSpan !== undefined) endAttempt(upSpan, usage.ttftMs, usage.promptTokens, usage.completionTokens);
           // Stored before the reply leaves, as a stream is: a repeat on another thread's connection hits.
           if (plan !== null && headers['x-broker-fallback'] === undefined) {
@@ -745,4 +747,10 @@ function exhausted(err: BrokerError, status: number, retryAfter: string | undefi
   return status === 429
     ? new BrokerError('upstream_unavailable', `every deployment is rate limited (last: ${err.message})`, { retryAfter: seconds })
     : new BrokerError('upstream_error', err.message);
+}
+
+/** undici's words for a connection closed under a reply ('other side closed') in ours. */
+function cutMessage(err: unknown): string {
+  const code = (err as { code?: string }).code;
+  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE' ? 'it closed the connection before the reply was complete' : (err as Error).message;
 }

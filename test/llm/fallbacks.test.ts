@@ -184,6 +184,11 @@ const fleet = {
     cold: { deployments: [d('cold-1', 'openai', coldStart, { firstTokenTimeoutMs: 150 })], fallbacks: ['big'] },
     'cold-alone': { deployments: [d('cold-2', 'ollama', coldStart, { firstTokenTimeoutMs: 150 })] },
     stalled: { deployments: [d('stall-1', 'openai', stall, { idleChunkTimeoutMs: 200 })], fallbacks: ['big'] },
+    // Non-streamed requests to them are streamed from the upstream and assembled (upstreamStreaming: always).
+    'cold-whole': { deployments: [d('cold-4', 'openai', coldStart, { firstTokenTimeoutMs: 150 })], fallbacks: ['big'] },
+    'stalled-whole': { deployments: [d('stall-2', 'openai', stall, { idleChunkTimeoutMs: 200 })], fallbacks: ['big'] },
+    'stalled-whole-alone': { deployments: [d('stall-3', 'ollama', stall, { idleChunkTimeoutMs: 200 })] },
+    'cold-whole-client': { deployments: [d('cold-5', 'openai', coldStart, { firstTokenTimeoutMs: 150, headersTimeoutMs: 300, upstreamStreaming: 'client' })] },
     endless: { deployments: [d('slow-1', 'ollama', slow, { totalTimeoutMs: 400 })], fallbacks: ['big'] },
     commenting: { deployments: [d('commenting-1', 'openai', { url: commentingUrl })] },
     // QoS tier `narrow` may use this group only, not its fallback.
@@ -536,6 +541,26 @@ t.test('idle-chunk timeout after the first byte: the stream ends with an explici
   t.match(last.error?.message, /idleChunkTimeoutMs \(200 ms\)/);
   t.equal(res.headers.get('x-broker-fallback'), null);
   t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'stall-1', phase: 'idle' }), 1);
+});
+
+t.test('a non-streamed request is streamed from its upstream: first-token and idle timeouts apply, and both fall back (nothing reached the client)', async (t) => {
+  const cold = await openai.chat.completions.create({ model: 'cold-whole', messages }).withResponse();
+  t.equal(cold.data.choices[0]!.message.content, mockText(8));
+  t.equal(cold.response.headers.get('x-broker-fallback'), 'big', 'the cold deployment sent no token within firstTokenTimeoutMs');
+  t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'cold-4', phase: 'first_byte' }), 1);
+  const stalled = await openai.chat.completions.create({ model: 'stalled-whole', messages }).withResponse();
+  t.equal(stalled.data.choices[0]!.message.content, mockText(8), 'two tokens then silence: the whole reply comes from the fallback');
+  t.equal(stalled.response.headers.get('x-broker-fallback'), 'big');
+  t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'stall-2', phase: 'idle' }), 1);
+  // Alone, an Ollama client's non-streamed chat: the phase and its limit named.
+  const alone = await fetch(`${tb.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: 'stalled-whole-alone', messages, stream: false }) });
+  t.equal(alone.status, 504);
+  t.match(((await alone.json()) as { error: string }).error, /stall-3 sent nothing for idleChunkTimeoutMs \(200 ms\)/);
+  // upstreamStreaming: client: the upstream answers whole, so only the headers' limit applies.
+  const whole = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'cold-whole-client', messages }) });
+  t.equal(whole.status, 504);
+  t.match(((await whole.json()) as { error: { message: string } }).error.message, /cold-5 sent no reply headers within headersTimeoutMs \(300 ms\)/);
+  t.equal(await metricValue(tb.url, 'llm_upstream_timeouts_total', { deployment: 'cold-5', phase: 'first_byte' }), 1);
 });
 
 t.test('total timeout: a stream still going ends with an error event', async (t) => {

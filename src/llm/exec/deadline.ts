@@ -1,8 +1,9 @@
 // The timeouts of one upstream attempt, per phase (docs/llm.md#timeouts):
 //   connect     TCP connect (undici's connectTimeout, set on the deployment's pool);
 //   first byte  from the request written to the reply's first body byte when streamed
-//               (firstTokenTimeoutMs: long, a cold Ollama loads its model here), to the
-//               headers when not (headersTimeoutMs: a whole reply comes at its end);
+//               (firstTokenTimeoutMs: long, a cold Ollama loads its model here), and its
+//               headers within headersTimeoutMs when that is shorter; to the headers when
+//               not streamed (headersTimeoutMs: a whole reply comes at its end);
 //   idle        between two body chunks after the first (idleChunkTimeoutMs), not counting
 //               the time the broker itself stops reading while a slow client drains
 //               (pause/resume): that silence is the client's, not the upstream's;
@@ -29,11 +30,15 @@ export class AttemptDeadline {
   /** The broker stopped reading (backpressure): the idle phase does not run. */
   private paused = false;
   private readonly firstMs: number;
+  /** Streamed: the headers' own limit, before them (Infinity when none or not shorter). */
+  private headersMs: number;
   private readonly onParent: () => void;
 
   constructor(private readonly t: Timeouts & { readonly id: string }, private readonly stream: boolean, private readonly parent: AbortLike, private readonly now: () => number = () => performance.now()) {
     // headersTimeoutMs 0: none (it follows a totalTimeoutMs of 0).
-    this.firstMs = stream ? t.firstTokenTimeoutMs : t.headersTimeoutMs > 0 ? t.headersTimeoutMs : Infinity;
+    const headersMs = t.headersTimeoutMs > 0 ? t.headersTimeoutMs : Infinity;
+    this.firstMs = stream ? t.firstTokenTimeoutMs : headersMs;
+    this.headersMs = stream && headersMs < t.firstTokenTimeoutMs ? headersMs : Infinity;
     this.onParent = () => this.stop(parent.reason);
     if (parent.aborted) this.signal.abort(parent.reason);
     else parent.addEventListener('abort', this.onParent);
@@ -42,6 +47,7 @@ export class AttemptDeadline {
 
   /** The headers arrived: for a whole reply its first phase is over. */
   headers(): void {
+    this.headersMs = Infinity;
     if (!this.stream && this.lastAt < 0) this.chunk();
   }
 
@@ -93,7 +99,7 @@ export class AttemptDeadline {
     const now = this.now();
     const t = this.t;
     const phase: Phase = this.lastAt < 0 ? 'first_byte' : 'idle';
-    const phaseEnd = this.lastAt < 0 ? this.startedAt + this.firstMs : this.paused ? Infinity : this.lastAt + t.idleChunkTimeoutMs;
+    const phaseEnd = this.lastAt < 0 ? this.startedAt + Math.min(this.firstMs, this.headersMs) : this.paused ? Infinity : this.lastAt + t.idleChunkTimeoutMs;
     const totalEnd = t.totalTimeoutMs > 0 ? this.startedAt + t.totalTimeoutMs : Infinity;
     return totalEnd <= phaseEnd ? { phase: 'total', inMs: totalEnd - now } : { phase, inMs: phaseEnd - now };
   }
@@ -112,7 +118,9 @@ export class AttemptDeadline {
     const { phase, inMs } = this.due();
     if (inMs > 0) return this.arm();
     this.expired = phase;
-    this.stop(new BrokerError('upstream_timeout', timeoutMessage(this.t, phase, this.stream), { details: { phase } }));
+    // Still waiting for the headers, whose own limit was the shorter: that is what ran over.
+    const inHeaders = phase === 'first_byte' && this.headersMs < this.firstMs;
+    this.stop(new BrokerError('upstream_timeout', timeoutMessage(this.t, phase, this.stream && !inHeaders), { details: { phase } }));
   }
 }
 

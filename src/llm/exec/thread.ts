@@ -7,6 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { pumpChain, retryAfterOf, send } from './run.ts';
 import { AttemptDeadline } from './deadline.ts';
 import { timed } from './wire-timing.ts';
+import { ReplyAssembler } from '../translate/assemble.ts';
 import type { AttemptTiming, Executor, StreamTarget } from './types.ts';
 import type { AbortLike } from '../../abort.ts';
 
@@ -19,7 +20,9 @@ export function threadExecutor(maxBodyBytes: number): Executor {
   return {
     async attempt(req, signal) {
       // The attempt's own signal: the request's abort, or a phase that ran over (deadline.ts).
-      const deadline = new AttemptDeadline(req.deployment, req.stream, signal);
+      // An assembled reply streams from the upstream: its phases are a stream's.
+      const streamed = req.stream || req.assemble === true;
+      const deadline = new AttemptDeadline(req.deployment, streamed, signal);
       const timing: AttemptTiming = { writtenAt: -1, headersAt: -1, wireFirstByteAt: -1, firstByteAt: -1, lastChunkAt: -1 };
       const onChunk = (): void => {
         const at = deadline.chunk();
@@ -34,7 +37,9 @@ export function threadExecutor(maxBodyBytes: number): Executor {
         throw deadline.expired !== null ? deadline.signal.reason : err;
       }
       deadline.headers();
-      if (!req.stream) timing.firstByteAt = timing.headersAt >= 0 ? timing.headersAt : performance.now();
+      // An upstream that answered a stream request with one JSON body is read as one.
+      const assembling = req.assemble === true && isStream(res.headers['content-type']);
+      if (!req.stream && !assembling) timing.firstByteAt = timing.headersAt >= 0 ? timing.headersAt : performance.now();
       const settle = <T>(p: Promise<T>): Promise<T> =>
         p.then(
           (v) => {
@@ -52,7 +57,7 @@ export function threadExecutor(maxBodyBytes: number): Executor {
         expired: () => deadline.expired,
         retryAfter: retryAfterOf(res),
         errorText: () => settle(readCapped(res.body, ERROR_BODY_BYTES, false, onChunk).then((b) => Buffer.from(b).toString('utf8'))),
-        bytes: () => settle(readCapped(res.body, maxBodyBytes, true, onChunk)),
+        bytes: () => settle(assembling ? readAssembled(res.body, new ReplyAssembler(req.deployment.provider, req.kind, maxBodyBytes), onChunk) : readCapped(res.body, maxBodyBytes, true, onChunk)),
         pump: (target) => settle(pumpChain(req, res.body, paused(target, deadline), deadline.signal, onChunk)),
       };
     },
@@ -81,6 +86,25 @@ async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Erro
     size += chunk.byteLength;
   }
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+}
+
+/** Reads an upstream's stream into its assembler until the reply is complete; the whole reply's JSON bytes. */
+async function readAssembled(body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown }, a: ReplyAssembler, onChunk: () => void): Promise<Uint8Array> {
+  for await (const chunk of body) {
+    onChunk();
+    try {
+      a.push(chunk);
+    } catch (err) {
+      body.destroy();
+      throw err;
+    }
+  }
+  return Buffer.from(a.end());
+}
+
+function isStream(contentType: string | string[] | undefined): boolean {
+  const t = (Array.isArray(contentType) ? contentType[0] : contentType)?.toLowerCase() ?? '';
+  return t.startsWith('text/event-stream') || t.startsWith('application/x-ndjson');
 }
 
 /**

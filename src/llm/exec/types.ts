@@ -15,6 +15,8 @@ export interface AttemptRequest {
   /** JSON body for the upstream, already translated. */
   readonly body: string;
   readonly stream: boolean;
+  /** Not streamed for the client, but streamed by the upstream: bytes() assembles the whole reply (translate/assemble.ts). */
+  readonly assemble?: boolean;
   readonly chain: ChainSpec;
   /** The compiled_chain flag: fused chain, or one Transform per stage. */
   readonly compiled: boolean;
@@ -90,7 +92,7 @@ export interface Attempt {
   readonly retryAfter: string | undefined;
   /** Non-2xx: the upstream's error body. */
   errorText(): Promise<string>;
-  /** 2xx, not streamed: the whole upstream body. */
+  /** 2xx, not streamed: the whole upstream body (assembled from its stream when `assemble`). */
   bytes(): Promise<Uint8Array>;
   /** 2xx, streamed: pump the chain's output into the target until the stream ends. */
   pump(target: StreamTarget): Promise<StreamResult>;

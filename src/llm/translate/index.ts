@@ -16,6 +16,7 @@ import * as anthropicToChat from './anthropic_to_chat.ts';
 import * as responsesToChat from './responses_to_chat.ts';
 import * as embeddings from './embeddings.ts';
 import { replyFromOllama, replyFromOpenAI } from './deltas.ts';
+import { streamedBody } from './assemble.ts';
 import type { DeploymentConfig } from '../../config/broker-config.ts';
 import type {
   Api,
@@ -24,6 +25,7 @@ import type {
   OllamaChatResponse,
   OllamaGenerateResponse,
   OpenAIChatCompletion,
+  OpenAIChatRequest,
   OpenAIChunk,
   OpenAICompletion,
   ReplyContext,
@@ -75,6 +77,8 @@ export interface UpstreamRequest {
   body: string;
   /** The reply will be a stream (the chain handles it), else one JSON body (translateResponse). */
   stream: boolean;
+  /** Not streamed for the client, but asked of the upstream as a stream, assembled into its whole reply (assemble.ts). */
+  assemble: boolean;
   /** The client asked for the OpenAI usage chunk; pass it to the chain as ctx.includeUsage. */
   includeUsage: boolean;
 }
@@ -84,22 +88,32 @@ export interface UpstreamRequest {
  * replaced by the deployment's upstream name. Throws BrokerError
  * `invalid_request` for a body that cannot be translated.
  */
-export function translateRequest(route: Route, body: unknown, upstreamModel: string): UpstreamRequest {
+export function translateRequest(route: Route, body: unknown, upstreamModel: string, upstreamStreaming: 'always' | 'client' = 'client'): UpstreamRequest {
   const { client, provider, kind } = route;
   let out: unknown;
   if (kind === 'embed') {
     out = client === provider ? embeddings.passRequest(body, upstreamModel) : provider === 'ollama' ? embeddings.ollamaRequest(body, upstreamModel) : embeddings.openaiRequest(body, upstreamModel);
-    return { body: JSON.stringify(out), stream: false, includeUsage: false };
+    return { body: JSON.stringify(out), stream: false, assemble: false, includeUsage: false };
   }
+  const r = chatOrCompletion(route, body, upstreamModel);
+  if (r.stream || upstreamStreaming !== 'always') return { body: JSON.stringify(r.out), stream: r.stream, assemble: false, includeUsage: r.includeUsage };
+  return { body: JSON.stringify(streamedBody(r.out as Record<string, unknown>, provider, upstreamKind(route))), stream: false, assemble: true, includeUsage: false };
+}
+
+function chatOrCompletion(route: Route, body: unknown, upstreamModel: string): { out: unknown; stream: boolean; includeUsage: boolean } {
+  const { client, provider, kind } = route;
+  let out: unknown;
   if (client === 'responses' || client === 'anthropic') {
     const stream = clientStreams(client, body);
     if (kind === 'responses') out = { ...(body as Record<string, unknown>), model: upstreamModel };
     else {
       // The client's API as an OpenAI chat body, then on to the provider as one.
       const chat = client === 'responses' ? responsesToChat.chatRequest(body) : anthropicToChat.chatRequest(body);
-      out = provider === 'openai' ? openaiToOpenai.chatRequest(chat, upstreamModel) : openaiToOllama.chatRequest(chat, upstreamModel);
+      // An Anthropic client's top_k is Ollama's option; OpenAI refuses the field.
+      const { top_k: _topK, ...forOpenai } = chat as OpenAIChatRequest & { top_k?: number };
+      out = provider === 'openai' ? openaiToOpenai.chatRequest(forOpenai, upstreamModel) : openaiToOllama.chatRequest(chat, upstreamModel);
     }
-    return { body: JSON.stringify(out), stream, includeUsage: false };
+    return { out, stream, includeUsage: false };
   }
   if (client === 'openai') {
     const t = provider === 'openai' ? openaiToOpenai : openaiToOllama;
@@ -108,11 +122,7 @@ export function translateRequest(route: Route, body: unknown, upstreamModel: str
     const t = provider === 'openai' ? ollamaToOpenai : ollamaToOllama;
     out = kind === 'chat' ? t.chatRequest(body, upstreamModel) : route.viaChat === true ? ollamaToOpenai.generateChatRequest(body, upstreamModel) : t.completionRequest(body, upstreamModel);
   }
-  return {
-    body: JSON.stringify(out),
-    stream: clientStreams(client, body, kind),
-    includeUsage: client === 'openai' && openaiToOpenai.clientWantsUsage(body),
-  };
+  return { out, stream: clientStreams(client, body, kind), includeUsage: client === 'openai' && openaiToOpenai.clientWantsUsage(body) };
 }
 
 export interface ClientReply {
