@@ -192,6 +192,35 @@ t.test('Messages API, not streamed: system, stop_sequences, max_tokens, both pro
   t.same(short.content, [{ type: 'text', text: mockText(3) }]);
 });
 
+t.test('Messages API structured output (output_config.format, output_format) reaches both providers, top_k Ollama; a bad format is a 400 naming it', async (t) => {
+  const schema = { type: 'object', properties: { name: { type: 'string' } }, required: ['name'], additionalProperties: false };
+  for (const [model, upstream] of [
+    ['chat-openai', okOpenai],
+    ['chat-ollama', okOllama],
+  ] as const) {
+    for (const extra of [{ output_config: { format: { type: 'json_schema', schema } } }, { output_format: { type: 'json_schema', schema } }]) {
+      const res = await fetch(`${tb.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'x-api-key': KEY }, body: JSON.stringify({ model, max_tokens: 50, top_k: 5, messages: [{ role: 'user', content: 'A name?' }], ...extra }) });
+      t.equal(res.status, 200, `${model} ${Object.keys(extra)[0]}`);
+      const up = upstream.stats.lastBody as Record<string, any>;
+      if (model === 'chat-openai') {
+        t.same(up.response_format, { type: 'json_schema', json_schema: { name: 'response', schema } }, 'the schema as response_format');
+        t.equal(up.top_k, undefined, 'top_k: OpenAI refuses it');
+      } else {
+        t.same(up.format, schema, "the schema as Ollama's format");
+        t.equal(up.options.top_k, 5);
+      }
+    }
+  }
+  for (const [format, field] of [
+    [{ output_config: { format: { type: 'text' } } }, 'output_config.format.type'],
+    [{ output_format: { type: 'json_schema', schema: 'x' } }, 'output_format.schema'],
+  ] as const) {
+    const res = await fetch(`${tb.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': KEY }, body: JSON.stringify({ model: 'chat-openai', max_tokens: 50, messages: [{ role: 'user', content: 'A name?' }], ...format }) });
+    t.equal(res.status, 400);
+    t.match(await res.json(), { type: 'error', error: { type: 'invalid_request_error', message: new RegExp(field.replace(/\./g, '\\.')) } });
+  }
+});
+
 t.test('Messages API, streamed: message_start … message_stop with usage, both providers', async (t) => {
   for (const model of ['chat-openai', 'chat-ollama']) {
     const stream = await anthropic.messages.create({ model, max_tokens: 100, stream: true, messages: [{ role: 'user', content: 'Say something.' }] });

@@ -214,6 +214,21 @@ function toolChoiceOf(tc: unknown): unknown {
   }
 }
 
+/**
+ * Structured output: `output_config.format` (and `output_format`, its beta name), a JSON
+ * schema the reply must follow; the SDKs rely on the server to hold the model to it.
+ */
+function outputFormat(b: Record<string, unknown>): Record<string, unknown> | undefined {
+  const cfg = b['output_config'];
+  const [field, f] = cfg !== null && typeof cfg === 'object' && (cfg as Record<string, unknown>)['format'] != null ? ['output_config.format', (cfg as Record<string, unknown>)['format']] : ['output_format', b['output_format']];
+  if (f === undefined || f === null) return undefined;
+  const o = f as Record<string, unknown>;
+  if (typeof f !== 'object' || o['type'] !== 'json_schema') throw invalid(`${field}.type`, 'must be json_schema');
+  const schema = o['schema'];
+  if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) throw invalid(`${field}.schema`, 'must be a JSON schema object');
+  return schema as Record<string, unknown>;
+}
+
 /** A Messages body → an OpenAI chat body (model left as sent; the provider translator sets it). */
 export function chatRequest(body: unknown): OpenAIChatRequest {
   const b = requireObject(body);
@@ -228,6 +243,10 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
   if (typeof b['max_tokens'] === 'number') out.max_tokens = b['max_tokens'];
   if (Array.isArray(b['stop_sequences']) && b['stop_sequences'].length > 0) out.stop = b['stop_sequences'].filter((s): s is string => typeof s === 'string');
   for (const k of ['temperature', 'top_p'] as const) if (typeof b[k] === 'number') out[k] = b[k];
+  // For an Ollama upstream (its options.top_k); OpenAI refuses the field (translate/index.ts leaves it out there).
+  if (typeof b['top_k'] === 'number') out['top_k'] = b['top_k'];
+  const format = outputFormat(b);
+  if (format !== undefined) out.response_format = { type: 'json_schema', json_schema: { name: 'response', schema: format } };
   const tools = toolsOf(b['tools']);
   // Checked with or without tools, as Anthropic does.
   const choice = toolChoiceOf(b['tool_choice']);

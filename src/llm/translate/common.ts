@@ -75,6 +75,9 @@ export function ollamaOptionsFromOpenAI(body: Record<string, unknown>): OllamaOp
   if (temperature !== undefined) o.temperature = temperature;
   const topP = num(body['top_p']);
   if (topP !== undefined) o.top_p = topP;
+  // vLLM's extension of the chat body (and what an Anthropic client's top_k becomes).
+  const topK = num(body['top_k']);
+  if (topK !== undefined) o.top_k = topK;
   const max = num(body['max_completion_tokens']) ?? num(body['max_tokens']);
   if (max !== undefined) o.num_predict = max;
   const stop = body['stop'];
