@@ -67,6 +67,8 @@ export interface GovernanceAdmin {
   setLimit(id: string, limit: number): void;
   /** False when there is no such deployment. */
   setDraining(id: string, draining: boolean): boolean;
+  /** Takes back a capacity id of its own (not a fleet deployment). */
+  unregisterCapacity(id: string): 'removed' | 'deployment' | 'unknown';
   readonly performance: Pick<PerformanceTracker, 'all' | 'degraded' | 'snapshot'>;
   readonly usage: Pick<UsageProfiles, 'summary' | 'profile' | 'labels'>;
   readonly predictor: Pick<OutputPredictor, 'stats' | 'labels'>;
@@ -98,6 +100,7 @@ export function governanceAdmin(gov: Governance, fleet: Pick<FleetManager, 'drai
       return { group: d.group, draining: fleet.isDrained(id), blockedBy: describeBits(bits) };
     },
     setLimit: (id, limit) => gov.setCapacityLimit(id, limit),
+    unregisterCapacity: (id) => gov.unregisterCapacity(id),
     // One drain for both admin faces: the fleet manager's.
     setDraining: (id, draining) => fleet.drainDeployment(id, draining),
     performance: gov.performance,
@@ -148,7 +151,7 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
   };
   const capacityView = (id: string) => {
     const c = gov.capacity.stats(id);
-    if (c === undefined) return undefined;
+    if (c === undefined || !gov.capacityIds().includes(id)) return undefined;
     const d = gov.deployment(id);
     return { ...c, group: d?.group ?? null, draining: d?.draining ?? false, routable: d !== undefined && d.blockedBy === '', blockedBy: d?.blockedBy || null };
   };
@@ -244,6 +247,18 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
       },
     },
     {
+      method: 'DELETE',
+      path: `${P}/capacity/:id`,
+      handle(ctx) {
+        const id = ctx.params.id!;
+        const r = gov.unregisterCapacity(id);
+        if (r === 'deployment') throw new BrokerError('config_conflict', `${id} is a deployment of the fleet: remove it from the fleet config, or drain it`);
+        if (r === 'unknown') throw new BrokerError('not_found', `no capacity id ${id}`);
+        logger.info({ audit: 'capacity', actor: actorOf(ctx), deployment: id }, 'capacity unregistered');
+        reply(ctx, { id, removed: true });
+      },
+    },
+    {
       method: 'PUT',
       path: `${P}/capacity/:id/limits`,
       body: 'json',
@@ -264,7 +279,11 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
         const id = ctx.params.id!;
         const draining = (ctx.body as Record<string, unknown>).draining ?? true;
         if (typeof draining !== 'boolean') throw new BrokerError('invalid_request', 'draining must be true or false', { details: { field: 'draining' } });
-        if (!gov.setDraining(id, draining)) throw new BrokerError('not_found', `no deployment ${id}`);
+        if (!gov.setDraining(id, draining)) {
+          // A capacity id of its own has no requests routed to it to drain.
+          if (capacityView(id) !== undefined) throw new BrokerError('not_found', `${id} is a registered capacity id, not a deployment of the fleet: nothing is routed to it to drain (DELETE /api/industrial/capacity/${id} takes it back)`);
+          throw new BrokerError('not_found', `no deployment ${id}`);
+        }
         logger.info({ audit: 'drain', actor: actorOf(ctx), deployment: id, draining }, draining ? 'deployment draining' : 'deployment back in service');
         reply(ctx, capacityView(id));
       },

@@ -290,7 +290,23 @@ export class Governance implements Leases {
 
   /** A deployment's limit, or a capacity id of its own (registered, not routed). */
   private applyCapacityLimit(id: string, limit: number): void {
+    this.unregistered.delete(id);
     if (!this.scheduler.setLimit(id, limit)) this.capacity.register(id, limit);
+  }
+
+  /** Capacity ids of their own taken back (DELETE /api/industrial/capacity/:id): out of the views and metrics. */
+  private readonly unregistered = new Set<string>();
+
+  /**
+   * Takes back a capacity id registered through the admin API that is no deployment of the
+   * fleet (its slot stays in the shared table, unused, as a removed deployment's does).
+   */
+  unregisterCapacity(id: string): 'removed' | 'deployment' | 'unknown' {
+    if (this.scheduler.get(id) !== undefined && !this.scheduler.deployments.removed(id)) return 'deployment';
+    if (this.capacity.stats(id) === undefined || this.unregistered.has(id)) return 'unknown';
+    this.capacityLimits.delete(id);
+    this.unregistered.add(id);
+    return 'removed';
   }
 
   /** Another thread freed a slot of `group` and handed the wake-up here. */
@@ -446,7 +462,7 @@ export class Governance implements Leases {
    */
   capacityIds(): string[] {
     const d = this.scheduler.deployments;
-    return this.capacity.ids().filter((id) => !d.removed(id) || this.capacity.inFlight(d.get(id)!.slot) > 0);
+    return this.capacity.ids().filter((id) => !this.unregistered.has(id) && (!d.removed(id) || this.capacity.inFlight(d.get(id)!.slot) > 0));
   }
 
   private registerMetrics(processGauges: boolean): void {

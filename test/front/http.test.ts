@@ -227,6 +227,29 @@ t.test('capacity ids follow the fleet id rule', async (t) => {
   t.equal(ok.status, 201);
 });
 
+t.test('a capacity id of its own (no fleet deployment) is said so on drain, and DELETE takes it back from the views and metrics', async (t) => {
+  const H = { ...admin, 'content-type': 'application/json' };
+  const cap = (path = '', init: RequestInit = {}) => fetch(`${tb.url}/api/industrial/capacity${path}`, { headers: H, ...init });
+  t.equal((await cap('/own-1/register', { method: 'POST', body: '{"concurrencyLimit":20}' })).status, 201);
+  t.ok(((await json(await cap())).deployments as { id: string }[]).some((d) => d.id === 'own-1'), 'listed');
+  t.equal(await metricValue(tb.url, 'broker_capacity_limit', { deployment: 'own-1' }), 20);
+  const drain = await cap('/own-1/drain', { method: 'POST', body: '{"draining":true}' });
+  t.equal(drain.status, 404);
+  t.match((await json(drain)).error.message, /registered capacity id, not a deployment of the fleet/);
+  const del = await cap('/own-1', { method: 'DELETE' });
+  t.equal(del.status, 200);
+  t.same(await json(del), { id: 'own-1', removed: true });
+  t.equal((await cap('/own-1')).status, 404, 'gone from its view');
+  t.notOk(((await json(await cap())).deployments as { id: string }[]).some((d) => d.id === 'own-1'), 'and from the list');
+  t.notMatch(await (await fetch(`${tb.url}/metrics`)).text(), /deployment="own-1"/, 'and from the metrics');
+  t.equal((await cap('/own-1', { method: 'DELETE' })).status, 404, 'once');
+  const fleetDep = await cap('/g-1', { method: 'DELETE' });
+  t.equal(fleetDep.status, 409, "a fleet deployment is the fleet config's to remove");
+  t.equal((await json(fleetDep)).error.code, 'config_conflict');
+  t.equal((await cap('/own-1/register', { method: 'POST', body: '{"concurrencyLimit":3}' })).status, 201, 'registered again');
+  t.equal(((await json(await cap('/own-1'))) as { concurrencyLimit: number }).concurrencyLimit, 3);
+});
+
 t.test('Content-Length twice: 400 and the connection closed, so a request hidden in the body is never served', async (t) => {
   const port = Number(new URL(tb.url).port);
   const inner = 'GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Request-ID: smuggled-req\r\nConnection: close\r\n\r\n';
