@@ -478,6 +478,9 @@ export class LlmProxy {
             // sent to the client, so as any failure before the first byte, it may go elsewhere.
             const e = toBrokerError(err);
             if (e.code !== 'upstream_error') throw err;
+            // An error the upstream said in its 200 (an assembled stream's error event too): counted by class, as a stream's.
+            const said = e.details?.['upstreamMessage'];
+            if (typeof said === 'string') m.llmUpstreamErrors.labels(dep.config.id, classifyStreamError(said)).inc();
             upSpan?.fail(e.code, e.message).end();
             gov.attemptFailed(lease, true);
             lease = null;

@@ -188,7 +188,7 @@ export function chatCompletions(ex: Exchange, body: Body, knobs: Knobs, defaultM
     }
     unaryAnswer(ex, plan, OPENAI_JSON, () =>
       `{"id":"${id}","object":"chat.completion","created":${created},"model":${modelJson(model)},${FINGERPRINT},` +
-      `"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":${toolCallsJson(body, calls, n, ex.seq)}},"logprobs":null,"finish_reason":"tool_calls"}],` +
+      `"choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":null,"annotations":[],"tool_calls":${toolCallsJson(body, calls, n, ex.seq)}},"logprobs":null,"finish_reason":"tool_calls"}],` +
       `"usage":${usageJson(prompt, n)}}`,
     );
     return;
@@ -201,7 +201,7 @@ export function chatCompletions(ex: Exchange, body: Body, knobs: Knobs, defaultM
   }
   unaryAnswer(ex, plan, OPENAI_JSON, () =>
     `{"id":"${id}","object":"chat.completion","created":${created},"model":${modelJson(model)},${FINGERPRINT},` +
-    `"choices":[{"index":0,"message":{"role":"assistant","content":${mockTextJson(n)}},"logprobs":null,"finish_reason":"${finish}"}],` +
+    `"choices":[{"index":0,"message":{"role":"assistant","content":${mockTextJson(n)},"refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"${finish}"}],` +
     `"usage":${usageJson(prompt, n)}}`,
   );
 }

@@ -96,8 +96,8 @@ t.test('OpenAI: several choices, logprobs, reasoning, refusal and stream-only fi
     system_fingerprint: 'fp',
     usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7, completion_tokens_details: { reasoning_tokens: 1 } },
     choices: [
-      { index: 0, message: { role: 'assistant', content: 'Hello', reasoning_content: 'think ' }, logprobs: { content: [lp('Hel'), lp('lo')] }, finish_reason: 'stop' },
-      { index: 1, message: { role: 'assistant', content: '', refusal: 'No.' }, logprobs: null, finish_reason: 'stop' },
+      { index: 0, message: { role: 'assistant', content: 'Hello', refusal: null, annotations: [], reasoning_content: 'think ' }, logprobs: { content: [lp('Hel'), lp('lo')] }, finish_reason: 'stop' },
+      { index: 1, message: { role: 'assistant', content: '', refusal: 'No.', annotations: [] }, logprobs: null, finish_reason: 'stop' },
     ],
   });
 });
@@ -112,7 +112,7 @@ t.test('OpenAI tool calls: arguments in pieces by index, or whole calls without 
     '[DONE]',
   );
   const r = assembleEverySplit(t, 'openai', 'chat', byIndex) as any;
-  t.same(r.choices[0].message, { role: 'assistant', content: null, tool_calls: [{ id: 'call_a', type: 'function', function: { name: 'get', arguments: '{"q":1}' } }, { id: 'call_b', type: 'function', function: { name: 'put', arguments: '{}' } }] });
+  t.same(r.choices[0].message, { role: 'assistant', content: null, refusal: null, annotations: [], tool_calls: [{ id: 'call_a', type: 'function', function: { name: 'get', arguments: '{"q":1}' } }, { id: 'call_b', type: 'function', function: { name: 'put', arguments: '{}' } }] });
   t.equal(r.choices[0].finish_reason, 'tool_calls');
   const noIndex = sse(
     { id: 'c', choices: [{ index: 0, delta: { tool_calls: [{ id: 'x1', function: { name: 'a', arguments: '{}' } }, { id: 'x2', function: { name: 'b', arguments: '{"k":' } }] }, finish_reason: null }] },
@@ -120,6 +120,21 @@ t.test('OpenAI tool calls: arguments in pieces by index, or whole calls without 
   );
   const n = assembleEverySplit(t, 'openai', 'chat', noIndex) as any;
   t.same(n.choices[0].message.tool_calls, [{ type: 'function', id: 'x1', function: { name: 'a', arguments: '{}' } }, { type: 'function', id: 'x2', function: { name: 'b', arguments: '{"k":2}' } }], 'complete with a finish on every choice, no [DONE] needed');
+});
+
+t.test('OpenAI: choices in index order whatever order their chunks came in; no usage chunk: the estimate and the events counted', async (t) => {
+  const text = sse(
+    { id: 'c', choices: [{ index: 1, delta: { role: 'assistant', content: 'B1' }, finish_reason: null }] },
+    { id: 'c', choices: [{ index: 0, delta: { role: 'assistant', content: 'A1' }, finish_reason: null }] },
+    { id: 'c', choices: [{ index: 1, delta: { content: ' B2' }, finish_reason: 'length' }] },
+    { id: 'c', choices: [{ index: 0, delta: { content: ' A2' }, finish_reason: 'stop' }] },
+    '[DONE]',
+  );
+  const a = new ReplyAssembler('openai', 'chat', MAX, 11);
+  a.push(Buffer.from(text));
+  const r = JSON.parse(a.end());
+  t.same(r.choices.map((c: any) => [c.index, c.message.content, c.finish_reason]), [[0, 'A1 A2', 'stop'], [1, 'B1 B2', 'length']]);
+  t.same(r.usage, { prompt_tokens: 11, completion_tokens: 4, total_tokens: 15 }, "the upstream said no usage: admission's estimate, one token per event");
 });
 
 t.test('Ollama: thinking and content in pieces, the done line brings counts, reason and context', async (t) => {

@@ -44,7 +44,7 @@ t.test('chat completion, not streamed', async (t) => {
   t.ok(Math.abs(body.created - Date.now() / 1000) < 5, 'created is a unix time in seconds');
   t.equal(body.model, 'gpt-x', 'echoes the model');
   t.same(body.choices, [
-    { index: 0, message: { role: 'assistant', content: 'tok0 tok1 tok2 tok3 tok4 tok5 ' }, logprobs: null, finish_reason: 'stop' },
+    { index: 0, message: { role: 'assistant', content: 'tok0 tok1 tok2 tok3 tok4 tok5 ', refusal: null, annotations: [] }, logprobs: null, finish_reason: 'stop' },
   ]);
   t.same(body.usage, { prompt_tokens: promptTokens, completion_tokens: 6, total_tokens: promptTokens + 6 });
 });

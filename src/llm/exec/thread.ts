@@ -17,11 +17,20 @@ export const ERROR_BODY_BYTES = 64 * 1024;
 /** `maxBodyBytes`: the largest non-streamed upstream reply (UPSTREAM_MAX_BODY_BYTES). */
 export function threadExecutor(maxBodyBytes: number): Executor {
   const upstreams = new Upstreams();
+  /**
+   * Deployments that answered a stream request with one JSON body (a server that cannot
+   * stream): their non-streamed requests are timed as whole replies from then on, since
+   * the first-token limit would cut a reply that comes only when it is generated. Learnt
+   * from a reply that came within the limit: one that comes after it is never seen (the
+   * request is aborted), so such a server whose first replies are all slow needs
+   * `upstreamStreaming: client`.
+   */
+  const answersWhole = new Set<string>();
   return {
     async attempt(req, signal) {
       // The attempt's own signal: the request's abort, or a phase that ran over (deadline.ts).
       // An assembled reply streams from the upstream: its phases are a stream's.
-      const streamed = req.stream || req.assemble === true;
+      const streamed = req.stream || (req.assemble === true && !answersWhole.has(req.deployment.id));
       const deadline = new AttemptDeadline(req.deployment, streamed, signal);
       const timing: AttemptTiming = { writtenAt: -1, headersAt: -1, wireFirstByteAt: -1, firstByteAt: -1, lastChunkAt: -1 };
       const onChunk = (): void => {
@@ -37,8 +46,9 @@ export function threadExecutor(maxBodyBytes: number): Executor {
         throw deadline.expired !== null ? deadline.signal.reason : err;
       }
       deadline.headers();
-      // An upstream that answered a stream request with one JSON body is read as one.
+      // An upstream that answered a stream request with one JSON body is read as one, and timed as one from then on.
       const assembling = req.assemble === true && isStream(res.headers['content-type']);
+      if (req.assemble === true && !assembling && res.statusCode < 300) answersWhole.add(req.deployment.id);
       if (!req.stream && !assembling) timing.firstByteAt = timing.headersAt >= 0 ? timing.headersAt : performance.now();
       const settle = <T>(p: Promise<T>): Promise<T> =>
         p.then(
@@ -57,7 +67,7 @@ export function threadExecutor(maxBodyBytes: number): Executor {
         expired: () => deadline.expired,
         retryAfter: retryAfterOf(res),
         errorText: () => settle(readCapped(res.body, ERROR_BODY_BYTES, false, onChunk).then((b) => Buffer.from(b).toString('utf8'))),
-        bytes: () => settle(assembling ? readAssembled(res.body, new ReplyAssembler(req.deployment.provider, req.kind, maxBodyBytes), onChunk) : readCapped(res.body, maxBodyBytes, true, onChunk)),
+        bytes: () => settle(assembling ? readAssembled(res.body, new ReplyAssembler(req.deployment.provider, req.kind, maxBodyBytes, req.promptEstimate), onChunk) : readCapped(res.body, maxBodyBytes, true, onChunk)),
         pump: (target) => settle(pumpChain(req, res.body, paused(target, deadline), deadline.signal, onChunk)),
       };
     },

@@ -43,7 +43,11 @@ export class ReplyAssembler {
   /** Characters of text and array events merged so far: the bound on what an upstream can make us hold. */
   private size = 0;
 
-  constructor(private readonly provider: Api, private readonly kind: Kind, private readonly maxBytes: number) {
+  /** OpenAI events that carried text or a tool call's piece: the completion's tokens when the upstream reports no usage, as the stream chain counts them. */
+  private tokenEvents = 0;
+
+  /** `promptEstimate`: the prompt's tokens as admission estimated them, for an upstream that reports no usage. */
+  constructor(private readonly provider: Api, private readonly kind: Kind, private readonly maxBytes: number, private readonly promptEstimate = 0) {
     this.parser =
       provider === 'ollama'
         ? new NdjsonParser((l) => {
@@ -76,8 +80,13 @@ export class ReplyAssembler {
       if (!this.done) throw new BrokerError('upstream_error', CUT_MESSAGE);
       return JSON.stringify(this.top);
     }
-    const choices = [...this.choices.values()];
+    // In index order, whatever order their chunks came in.
+    const choices = [...this.choices.values()].sort((a, b) => (a['index'] as number) - (b['index'] as number));
     if (!this.done && (choices.length === 0 || choices.some((c) => c['finish_reason'] === undefined || c['finish_reason'] === null))) throw new BrokerError('upstream_error', CUT_MESSAGE);
+    // A server that ignores stream_options.include_usage: the estimate and the events counted, as
+    // a stream's are (a whole reply without usage would charge no quota and say no tokens).
+    const usage = this.top['usage'];
+    if (usage === undefined || usage === null) this.top['usage'] = { prompt_tokens: this.promptEstimate, completion_tokens: this.tokenEvents, total_tokens: this.promptEstimate + this.tokenEvents };
     return JSON.stringify(this.kind === 'chat' ? this.chatCompletion(choices) : this.textCompletion(choices));
   }
 
@@ -128,6 +137,8 @@ export class ReplyAssembler {
   }
 
   private mergeChoice(c: Json): void {
+    const d = (c['delta'] ?? null) as Json | null;
+    if ((typeof c['text'] === 'string' && c['text'] !== '') || (d !== null && ((typeof d['content'] === 'string' && d['content'] !== '') || Array.isArray(d['tool_calls']) || (typeof d['reasoning_content'] === 'string' && d['reasoning_content'] !== '')))) this.tokenEvents++;
     const i = typeof c['index'] === 'number' ? c['index'] : 0;
     let into = this.choices.get(i);
     if (into === undefined) this.choices.set(i, (into = { index: i }));
@@ -176,7 +187,8 @@ export class ReplyAssembler {
     const out: Json = { ...this.top, object: 'chat.completion' };
     out['choices'] = choices.map((c) => {
       const { delta, ...rest } = c;
-      const message: Json = { role: 'assistant', content: null, ...(delta !== null && typeof delta === 'object' ? (delta as Json) : {}) };
+      // OpenAI's whole message names refusal and annotations even when empty.
+      const message: Json = { role: 'assistant', content: null, refusal: null, annotations: [], ...(delta !== null && typeof delta === 'object' ? (delta as Json) : {}) };
       if (message['content'] === '' && Array.isArray(message['tool_calls'])) message['content'] = null;
       // A whole reply's tool calls carry no index.
       if (Array.isArray(message['tool_calls'])) message['tool_calls'] = (message['tool_calls'] as Json[]).map(({ index: _index, ...t }) => ({ type: 'function', ...t }));

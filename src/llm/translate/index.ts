@@ -169,7 +169,10 @@ export function translateResponse(route: Route, upstreamBody: string | Uint8Arra
   if (kind === 'responses') {
     // A Responses deployment answered a Responses client: the bytes as sent.
     const failed = r['status'] === 'failed';
-    if (failed) throw new BrokerError('upstream_error', `openai upstream failed: ${upstreamText(upstreamErrorMessage(r) ?? 'response failed', secrets)}`);
+    if (failed) {
+      const message = upstreamText(upstreamErrorMessage(r) ?? 'response failed', secrets);
+      throw new BrokerError('upstream_error', `openai upstream failed: ${message}`, { details: { upstreamMessage: message } });
+    }
     return { body: upstreamBody, usage: responsesToChat.responsesUsage(r), finishReason: r['status'] === 'incomplete' ? 'length' : 'stop' };
   }
   if (client === 'responses' || client === 'anthropic') {
