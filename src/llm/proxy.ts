@@ -444,6 +444,8 @@ export class LlmProxy {
             if (sink.aborted) {
               usage.ok = null;
               usage.promptTokens = promptEstimate;
+              // Assembled from a stream: the tokens generated before the client left, as a stream's are charged.
+              usage.completionTokens = attempt.assembled?.().tokens ?? 0;
               upSpan?.fail('client_closed').end();
               return this.finish(facts, g, dep, 'aborted', req.startedAt, false);
             }
@@ -466,6 +468,11 @@ export class LlmProxy {
             continue;
           }
           const doneAt = performance.now();
+          const dropped = attempt.assembled?.().malformed ?? 0;
+          if (dropped > 0) {
+            m.llmUpstreamMalformed.labels(dep.config.id).inc(dropped);
+            this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, events: dropped }, 'upstream sent events that are not JSON objects: dropped');
+          }
           timeline.upstream(writtenAt(attempt, sentAt), attempt.timing.firstByteAt < 0 ? doneAt : attempt.timing.firstByteAt);
           // The whole body arriving is the upstream's time too.
           if (attempt.timing.firstByteAt >= 0) timeline.upstream(attempt.timing.firstByteAt, doneAt);

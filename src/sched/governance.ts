@@ -302,7 +302,9 @@ export class Governance implements Leases {
    * fleet (its slot stays in the shared table, unused, as a removed deployment's does).
    */
   unregisterCapacity(id: string): 'removed' | 'deployment' | 'unknown' {
-    if (this.scheduler.get(id) !== undefined && !this.scheduler.deployments.removed(id)) return 'deployment';
+    const d = this.scheduler.get(id);
+    // A fleet deployment, or one removed from the fleet whose last requests are still running.
+    if (d !== undefined && (!this.scheduler.deployments.removed(id) || this.capacity.inFlight(d.slot) > 0)) return 'deployment';
     if (this.capacity.stats(id) === undefined || this.unregistered.has(id)) return 'unknown';
     this.capacityLimits.delete(id);
     this.unregistered.add(id);
@@ -462,7 +464,8 @@ export class Governance implements Leases {
    */
   capacityIds(): string[] {
     const d = this.scheduler.deployments;
-    return this.capacity.ids().filter((id) => !this.unregistered.has(id) && (!d.removed(id) || this.capacity.inFlight(d.get(id)!.slot) > 0));
+    // A fleet deployment is shown even if its id was once a counter of its own, taken back.
+    return this.capacity.ids().filter((id) => (d.get(id) !== undefined && !d.removed(id)) || (!this.unregistered.has(id) && (!d.removed(id) || this.capacity.inFlight(d.get(id)!.slot) > 0)));
   }
 
   private registerMetrics(processGauges: boolean): void {

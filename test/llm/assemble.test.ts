@@ -58,6 +58,10 @@ for (const c of cases) {
     const streamed = await post(c.path, streamedBody(c.body, c.provider, c.kind), c.headers);
     const got = assembleEverySplit(t, c.provider, c.kind, streamed);
     t.same(stable(got), stable(whole));
+    // Plain text events take a fast path (no JSON.parse); spaced out, every event is parsed and merged: the same reply.
+    const spaced = streamed.replaceAll('"choices":[', '"choices": [').replaceAll('{"model":', '{ "model":');
+    t.not(spaced, streamed);
+    t.same(assemble(c.provider, c.kind, [Buffer.from(spaced)]), got, 'the same reply without the fast path');
     if (c.headers?.['x-mock-tool-calls'] !== undefined) {
       // The calls' ids are the mock's own per reply: the assembled ones are those the stream named.
       const calls = c.provider === 'openai' ? (got as any).choices[0].message.tool_calls : (got as any).message.tool_calls;
@@ -88,6 +92,7 @@ t.test('OpenAI: several choices, logprobs, reasoning, refusal and stream-only fi
     '[DONE]',
   );
   const r = assembleEverySplit(t, 'openai', 'chat', text) as any;
+  t.same(r.usage.completion_tokens, 4, "the upstream's usage, not the events counted");
   t.same(r, {
     id: 'c1',
     object: 'chat.completion',
@@ -159,6 +164,37 @@ t.test('Responses passed through: the final event carries the whole Response', a
     `event: response.completed\ndata: ${JSON.stringify({ type: 'response.completed', response: resp })}\n\n`;
   t.same(assembleEverySplit(t, 'openai', 'responses', text), resp);
   t.throws(() => assemble('openai', 'responses', [Buffer.from(text.slice(0, text.indexOf('event: response.completed')))]), { code: 'upstream_error' }, 'no final event: cut');
+});
+
+t.test('the fast path: escapes decoded, tokens counted, and an event that says more than text is merged in full', async (t) => {
+  const head = { id: 'c', object: 'chat.completion.chunk', created: 1, model: 'up' };
+  const text = sse(
+    { ...head, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] },
+    { ...head, choices: [{ index: 0, delta: { content: 'a "quoted" \\ line\n' }, logprobs: null, finish_reason: null }] },
+    { ...head, choices: [{ index: 0, delta: { content: 'é' }, logprobs: null, finish_reason: null }], usage: { prompt_tokens: 1, completion_tokens: 9, total_tokens: 10 } },
+    { ...head, choices: [{ index: 0, delta: { content: '!' }, logprobs: null, finish_reason: null }] },
+    { ...head, choices: [{ index: 0, delta: {}, logprobs: null, finish_reason: 'stop' }] },
+    '[DONE]',
+  );
+  const r = assembleEverySplit(t, 'openai', 'chat', text) as any;
+  t.equal(r.choices[0].message.content, 'a "quoted" \\ line\né!');
+  t.same(r.usage, { prompt_tokens: 1, completion_tokens: 9, total_tokens: 10 }, 'an event with usage is merged in full');
+  const a = new ReplyAssembler('openai', 'chat', MAX, 2);
+  a.push(Buffer.from(text.replace(/"usage":\{[^}]*\}/, '"usage":null')));
+  t.same(JSON.parse(a.end()).usage, { prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 }, 'text events counted on the fast path too');
+});
+
+t.test('events that are not JSON objects are dropped and counted; a run of them is the reply failing; tokens are counted as they come', async (t) => {
+  const a = new ReplyAssembler('openai', 'chat', MAX);
+  a.push(Buffer.from(sse({ id: 'c', choices: [{ index: 0, delta: { role: 'assistant', content: 'a' }, finish_reason: null }] }, 'hiccup', '[1,2]', { id: 'c', choices: [{ index: 0, delta: { content: 'b' }, finish_reason: null }] })));
+  t.equal(a.malformed, 2);
+  t.equal(a.tokens, 2, 'what a client that leaves now is charged');
+  a.push(Buffer.from(sse({ id: 'c', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] }, '[DONE]')));
+  t.equal(JSON.parse(a.end()).choices[0].message.content, 'ab');
+  const run = new ReplyAssembler('ollama', 'chat', MAX);
+  run.push(Buffer.from('{"model":"m","message":{"role":"assistant","content":"x"},"done":false}\n' + 'junk\n'.repeat(8) + '{"model":"m","message":{"role":"assistant","content":""},"done":true}\n'));
+  t.equal(run.tokens, 1, 'Ollama lines with text count too');
+  t.match(JSON.parse(run.end()), { error: { message: /8 events in a row that are not JSON objects/ } });
 });
 
 t.test('an error event is the upstream error reply; a cut stream is upstream_error; the size is bounded', async (t) => {

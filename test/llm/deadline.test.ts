@@ -51,3 +51,21 @@ t.test('a whole reply with headersTimeoutMs 0 (a total of 0 makes it so): no fir
   d.headers();
   t.equal(await expiry(d), 'idle');
 });
+
+t.test('headersTimeoutMs shorter than the first-token limit: an assembled reply (a non-streamed request streamed upstream) keeps it until its headers; a stream the client asked for does not', async (t) => {
+  const short = { ...timeouts, headersTimeoutMs: 30, firstTokenTimeoutMs: 5000 };
+  const assembled = new AttemptDeadline(short, true, new RequestAbort(), undefined, true);
+  t.teardown(() => assembled.done());
+  t.equal(await expiry(assembled), 'first_byte');
+  t.match((assembled.signal.reason as Error).message, /sent no reply headers within headersTimeoutMs \(30 ms\)/);
+  const streamed = new AttemptDeadline(short, true, new RequestAbort());
+  t.teardown(() => streamed.done());
+  await sleep(100);
+  t.equal(streamed.signal.aborted, false, "a cold Ollama's stream sends its headers with its first line: only firstTokenTimeoutMs");
+  // Headers in time: the first-token phase goes on.
+  const got = new AttemptDeadline(short, true, new RequestAbort(), undefined, true);
+  t.teardown(() => got.done());
+  got.headers();
+  await sleep(100);
+  t.equal(got.signal.aborted, false, 'past headersTimeoutMs, but the headers came');
+});

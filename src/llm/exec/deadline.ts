@@ -1,9 +1,10 @@
 // The timeouts of one upstream attempt, per phase (docs/llm.md#timeouts):
 //   connect     TCP connect (undici's connectTimeout, set on the deployment's pool);
 //   first byte  from the request written to the reply's first body byte when streamed
-//               (firstTokenTimeoutMs: long, a cold Ollama loads its model here), and its
-//               headers within headersTimeoutMs when that is shorter; to the headers when
-//               not streamed (headersTimeoutMs: a whole reply comes at its end);
+//               (firstTokenTimeoutMs: long, a cold Ollama loads its model here; for a reply
+//               assembled from a stream also its headers within headersTimeoutMs when that is
+//               shorter); to the headers when not streamed (headersTimeoutMs: a whole reply
+//               comes at its end);
 //   idle        between two body chunks after the first (idleChunkTimeoutMs), not counting
 //               the time the broker itself stops reading while a slow client drains
 //               (pause/resume): that silence is the client's, not the upstream's;
@@ -30,15 +31,19 @@ export class AttemptDeadline {
   /** The broker stopped reading (backpressure): the idle phase does not run. */
   private paused = false;
   private readonly firstMs: number;
-  /** Streamed: the headers' own limit, before them (Infinity when none or not shorter). */
+  /** An assembled reply: the headers' own limit, before them (Infinity when none, not shorter, or not assembled). */
   private headersMs: number;
   private readonly onParent: () => void;
 
-  constructor(private readonly t: Timeouts & { readonly id: string }, private readonly stream: boolean, private readonly parent: AbortLike, private readonly now: () => number = () => performance.now()) {
+  /**
+   * `assembled`: a non-streamed request streamed from its upstream (translate/assemble.ts),
+   * timed as a stream; its headers keep their own limit too, as they would unstreamed.
+   */
+  constructor(private readonly t: Timeouts & { readonly id: string }, private readonly stream: boolean, private readonly parent: AbortLike, private readonly now: () => number = () => performance.now(), assembled = false) {
     // headersTimeoutMs 0: none (it follows a totalTimeoutMs of 0).
     const headersMs = t.headersTimeoutMs > 0 ? t.headersTimeoutMs : Infinity;
     this.firstMs = stream ? t.firstTokenTimeoutMs : headersMs;
-    this.headersMs = stream && headersMs < t.firstTokenTimeoutMs ? headersMs : Infinity;
+    this.headersMs = stream && assembled && headersMs < t.firstTokenTimeoutMs ? headersMs : Infinity;
     this.onParent = () => this.stop(parent.reason);
     if (parent.aborted) this.signal.abort(parent.reason);
     else parent.addEventListener('abort', this.onParent);

@@ -15,7 +15,7 @@ import type { AbortLike } from '../../abort.ts';
 export const ERROR_BODY_BYTES = 64 * 1024;
 
 /** `maxBodyBytes`: the largest non-streamed upstream reply (UPSTREAM_MAX_BODY_BYTES). */
-export function threadExecutor(maxBodyBytes: number): Executor {
+export function threadExecutor(maxBodyBytes: number, log?: { warn(obj: object, msg: string): void }): Executor {
   const upstreams = new Upstreams();
   /**
    * Deployments that answered a stream request with one JSON body (a server that cannot
@@ -30,8 +30,8 @@ export function threadExecutor(maxBodyBytes: number): Executor {
     async attempt(req, signal) {
       // The attempt's own signal: the request's abort, or a phase that ran over (deadline.ts).
       // An assembled reply streams from the upstream: its phases are a stream's.
-      const streamed = req.stream || (req.assemble === true && !answersWhole.has(req.deployment.id));
-      const deadline = new AttemptDeadline(req.deployment, streamed, signal);
+      const assembled = req.assemble === true && !answersWhole.has(req.deployment.id);
+      const deadline = new AttemptDeadline(req.deployment, req.stream || assembled, signal, undefined, assembled);
       const timing: AttemptTiming = { writtenAt: -1, headersAt: -1, wireFirstByteAt: -1, firstByteAt: -1, lastChunkAt: -1 };
       const onChunk = (): void => {
         const at = deadline.chunk();
@@ -46,10 +46,15 @@ export function threadExecutor(maxBodyBytes: number): Executor {
         throw deadline.expired !== null ? deadline.signal.reason : err;
       }
       deadline.headers();
-      // An upstream that answered a stream request with one JSON body is read as one, and timed as one from then on.
-      const assembling = req.assemble === true && isStream(res.headers['content-type']);
-      if (req.assemble === true && !assembling && res.statusCode < 300) answersWhole.add(req.deployment.id);
-      if (!req.stream && !assembling) timing.firstByteAt = timing.headersAt >= 0 ? timing.headersAt : performance.now();
+      const assembler = req.assemble === true ? new ReplyAssembler(req.deployment.provider, req.kind, maxBodyBytes, req.promptEstimate) : undefined;
+      if (!req.stream && assembler === undefined) timing.firstByteAt = timing.headersAt >= 0 ? timing.headersAt : performance.now();
+      // An OpenAI-compatible upstream that answered a stream request with one JSON body: read as
+      // one, and its whole replies timed as whole replies from then on (said once in the log).
+      const answeredWhole = (): void => {
+        if (answersWhole.has(req.deployment.id)) return;
+        answersWhole.add(req.deployment.id);
+        log?.warn({ deployment: req.deployment.id }, 'deployment answered a stream request with one JSON body: its non-streamed requests wait for whole replies (headersTimeoutMs); set upstreamStreaming: client for it');
+      };
       const settle = <T>(p: Promise<T>): Promise<T> =>
         p.then(
           (v) => {
@@ -67,7 +72,8 @@ export function threadExecutor(maxBodyBytes: number): Executor {
         expired: () => deadline.expired,
         retryAfter: retryAfterOf(res),
         errorText: () => settle(readCapped(res.body, ERROR_BODY_BYTES, false, onChunk).then((b) => Buffer.from(b).toString('utf8'))),
-        bytes: () => settle(assembling ? readAssembled(res.body, new ReplyAssembler(req.deployment.provider, req.kind, maxBodyBytes, req.promptEstimate), onChunk) : readCapped(res.body, maxBodyBytes, true, onChunk)),
+        bytes: () => settle(assembler !== undefined ? readAssembled(res.body, assembler, maxBodyBytes, onChunk, answeredWhole) : readCapped(res.body, maxBodyBytes, true, onChunk)),
+        ...(assembler !== undefined ? { assembled: () => ({ tokens: assembler.tokens, malformed: assembler.malformed }) } : {}),
         pump: (target) => settle(pumpChain(req, res.body, paused(target, deadline), deadline.signal, onChunk)),
       };
     },
@@ -98,23 +104,50 @@ async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Erro
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
 }
 
-/** Reads an upstream's stream into its assembler until the reply is complete; the whole reply's JSON bytes. */
-async function readAssembled(body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown }, a: ReplyAssembler, onChunk: () => void): Promise<Uint8Array> {
-  for await (const chunk of body) {
+/**
+ * Reads an upstream's stream into its assembler; the whole reply's JSON bytes. An
+ * OpenAI-compatible body that begins with `{` is one JSON reply, not an event stream
+ * (whatever its content type says: the stream chain does not read it either): read whole.
+ * An Ollama whole reply is one NDJSON line with `done: true`, which the assembler reads as is.
+ */
+async function readAssembled(body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown }, a: ReplyAssembler, max: number, onChunk: () => void, answeredWhole: () => void): Promise<Uint8Array> {
+  const it = body[Symbol.asyncIterator]();
+  let first: IteratorResult<Uint8Array>;
+  do first = await it.next();
+  while (!first.done && firstByte(first.value) === -1);
+  if (first.done) return Buffer.from(a.end());
+  if (a.provider === 'openai' && firstByte(first.value) === 0x7b) {
+    answeredWhole();
+    return readCapped(prepend(first.value, it), max, true, onChunk);
+  }
+  try {
     onChunk();
-    try {
-      a.push(chunk);
-    } catch (err) {
-      body.destroy();
-      throw err;
+    a.push(first.value);
+    for (let r = await it.next(); !r.done; r = await it.next()) {
+      onChunk();
+      a.push(r.value);
     }
+  } catch (err) {
+    body.destroy();
+    throw err;
   }
   return Buffer.from(a.end());
 }
 
-function isStream(contentType: string | string[] | undefined): boolean {
-  const t = (Array.isArray(contentType) ? contentType[0] : contentType)?.toLowerCase() ?? '';
-  return t.startsWith('text/event-stream') || t.startsWith('application/x-ndjson');
+/** The first byte that is not white space, or -1. */
+function firstByte(b: Uint8Array): number {
+  for (const c of b) if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return c;
+  return -1;
+}
+
+function prepend(first: Uint8Array, rest: AsyncIterator<Uint8Array>): AsyncIterable<Uint8Array> & { destroy(): void } {
+  return {
+    async *[Symbol.asyncIterator]() {
+      yield first;
+      for (let r = await rest.next(); !r.done; r = await rest.next()) yield r.value;
+    },
+    destroy: () => void rest.return?.(),
+  };
 }
 
 /**

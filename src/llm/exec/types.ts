@@ -94,6 +94,8 @@ export interface Attempt {
   errorText(): Promise<string>;
   /** 2xx, not streamed: the whole upstream body (assembled from its stream when `assemble`). */
   bytes(): Promise<Uint8Array>;
+  /** An assembled reply: the tokens read so far and the events dropped as not JSON (0 for a whole body). */
+  readonly assembled?: () => { tokens: number; malformed: number };
   /** 2xx, streamed: pump the chain's output into the target until the stream ends. */
   pump(target: StreamTarget): Promise<StreamResult>;
 }

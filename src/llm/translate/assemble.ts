@@ -19,7 +19,12 @@
 import { BrokerError } from '../../errors.ts';
 import { SseParser } from '../codec/sse.ts';
 import { NdjsonParser } from '../codec/ndjson.ts';
-import type { Api, Kind } from './types.ts';
+import { MAX_EVENT_BYTES } from '../codec/bytes.ts';
+import { appendToolName, ollamaHasToken, openaiChunkHasToken } from './common.ts';
+import { MALFORMED_RUN_LIMIT, MALFORMED_RUN_MESSAGE } from '../chain/probe.ts';
+import { upstreamErrorMessage } from './errors.ts';
+import { withUsage } from './openai_to_openai.ts';
+import type { Api, Kind, OllamaChatResponse, OpenAIChunk } from './types.ts';
 
 type Json = Record<string, unknown>;
 
@@ -29,6 +34,22 @@ const TEXT = new Set(['content', 'refusal', 'reasoning_content', 'reasoning', 't
 const STREAM_ONLY = new Set(['obfuscation']);
 
 export const CUT_MESSAGE = 'upstream closed the stream before the reply was complete';
+
+// The common event, a piece of plain text (choice 0's, on OpenAI routes), in the exact shape
+// the servers write it: its text is appended without a JSON.parse of the event, which was
+// most of an assembled reply's cost (1.35 µs an event). Inside a JSON string every `"` is
+// escaped, so these keys cannot be matched within generated text (chain/probe.ts); any
+// other shape (a tool call, logprobs, a finish, another choice) takes the full merge.
+const STRING = '("(?:[^"\\\\]|\\\\.)*")';
+const OPENAI_TEXT = new RegExp(`"choices":\\[\\{"index":0,"delta":\\{"content":${STRING}\\},"logprobs":null,"finish_reason":null\\}\\]`);
+const OLLAMA_CHAT_TEXT = new RegExp(`^\\{"model":"[^"\\\\]*","created_at":"[^"\\\\]*","message":\\{"role":"assistant","content":${STRING}\\},"done":false\\}$`);
+const OLLAMA_GENERATE_TEXT = new RegExp(`^\\{"model":"[^"\\\\]*","created_at":"[^"\\\\]*","response":${STRING},"done":false\\}$`);
+/** An OpenAI event that says more than its text (checked on the fast path's candidates). */
+const OPENAI_MORE = /"usage"\s*:\s*\{|^\s*\{\s*"error"/;
+
+function stringValue(literal: string): string {
+  return literal.includes('\\') ? (JSON.parse(literal) as string) : literal.slice(1, -1);
+}
 
 /** Accepts the upstream's stream chunk by chunk; `end()` returns the whole reply's JSON text. */
 export class ReplyAssembler {
@@ -40,22 +61,31 @@ export class ReplyAssembler {
   private error: unknown = undefined;
   /** Responses passthrough: the final Response. */
   private response: Json | null = null;
-  /** Characters of text and array events merged so far: the bound on what an upstream can make us hold. */
+  /**
+   * What the reply holds, bounded by UPSTREAM_MAX_BODY_BYTES: the text appended, plus the
+   * whole of each event that adds to an array (logprobs, calls), an upper bound of what it adds.
+   */
   private size = 0;
+  /** The current event's length, charged once if it adds to an array. */
+  private eventBytes = 0;
 
-  /** OpenAI events that carried text or a tool call's piece: the completion's tokens when the upstream reports no usage, as the stream chain counts them. */
+  /** Events that carried text or a tool call's piece: the completion's tokens when the upstream reports no usage, as the stream chain counts them. */
   private tokenEvents = 0;
+  /** Events that were not JSON objects: dropped, and counted as the stream chain counts them. */
+  malformed = 0;
+  private malformedRun = 0;
 
   /** `promptEstimate`: the prompt's tokens as admission estimated them, for an upstream that reports no usage. */
-  constructor(private readonly provider: Api, private readonly kind: Kind, private readonly maxBytes: number, private readonly promptEstimate = 0) {
+  constructor(readonly provider: Api, private readonly kind: Kind, private readonly maxBytes: number, private readonly promptEstimate = 0) {
+    const maxEvent = Math.min(maxBytes, MAX_EVENT_BYTES);
     this.parser =
       provider === 'ollama'
         ? new NdjsonParser((l) => {
             if (l.text.trim() !== '') this.event(l.text);
-          })
+          }, maxEvent)
         : new SseParser((ev) => {
             if (ev.data !== null) this.event(ev.data);
-          });
+          }, maxEvent);
   }
 
   push(chunk: Uint8Array): void {
@@ -64,9 +94,9 @@ export class ReplyAssembler {
     if (this.size > this.maxBytes) throw new BrokerError('upstream_error', `upstream reply is larger than UPSTREAM_MAX_BODY_BYTES (${this.maxBytes} bytes)`);
   }
 
-  /** True once the upstream said its reply is complete (or failed): the rest is not needed. */
-  get finished(): boolean {
-    return this.done || this.error !== undefined;
+  /** Tokens generated so far, one per event (what a request whose client left is charged, as a stream is). */
+  get tokens(): number {
+    return this.tokenEvents;
   }
 
   end(): string {
@@ -82,7 +112,8 @@ export class ReplyAssembler {
     }
     // In index order, whatever order their chunks came in.
     const choices = [...this.choices.values()].sort((a, b) => (a['index'] as number) - (b['index'] as number));
-    if (!this.done && (choices.length === 0 || choices.some((c) => c['finish_reason'] === undefined || c['finish_reason'] === null))) throw new BrokerError('upstream_error', CUT_MESSAGE);
+    // [DONE] with no choice at all is no reply either.
+    if (choices.length === 0 || (!this.done && choices.some((c) => c['finish_reason'] === undefined || c['finish_reason'] === null))) throw new BrokerError('upstream_error', CUT_MESSAGE);
     // A server that ignores stream_options.include_usage: the estimate and the events counted, as
     // a stream's are (a whole reply without usage would charge no quota and say no tokens).
     const usage = this.top['usage'];
@@ -96,27 +127,69 @@ export class ReplyAssembler {
       this.done = true;
       return;
     }
+    if (this.text(data)) {
+      this.malformedRun = 0;
+      return;
+    }
     let j: unknown;
     try {
       j = JSON.parse(data);
     } catch {
-      return; // Not JSON: dropped, as the stream chain drops it.
+      j = null;
     }
-    if (j === null || typeof j !== 'object' || Array.isArray(j)) return;
-    const o = j as Json;
-    if (this.kind === 'responses') return this.responsesEvent(o);
-    if (o['error'] !== undefined && o['error'] !== null) {
-      this.error = o['error'];
+    // Not a JSON object: dropped, as the stream chain drops it; a run of them ends the reply.
+    if (j === null || typeof j !== 'object' || Array.isArray(j)) {
+      this.malformed++;
+      if (++this.malformedRun >= MALFORMED_RUN_LIMIT) this.error = { message: MALFORMED_RUN_MESSAGE, type: 'upstream_error' };
       return;
     }
+    this.malformedRun = 0;
+    const o = j as Json;
+    if (this.kind === 'responses') return this.responsesEvent(o);
+    // {"error": ...}, or vLLM's {"object": "error", "message": ...}.
+    const said = upstreamErrorMessage(o);
+    if (said !== null) {
+      this.error = o['error'] ?? { message: said, type: o['type'] ?? 'error', code: o['code'] ?? null };
+      return;
+    }
+    this.eventBytes = data.length;
     if (this.provider === 'ollama') {
+      if (o['done'] !== true && ollamaHasToken(o as unknown as OllamaChatResponse)) this.tokenEvents++;
       this.merge(this.top, o);
       if (o['done'] === true) this.done = true;
       return;
     }
+    if (openaiChunkHasToken(o as unknown as OpenAIChunk)) this.tokenEvents++;
     const { choices, ...rest } = o;
     this.merge(this.top, rest);
     if (Array.isArray(choices)) for (const c of choices) if (c !== null && typeof c === 'object') this.mergeChoice(c as Json);
+  }
+
+  /** The fast path: a plain text event appended to what an earlier event began; false to merge it in full. */
+  private text(data: string): boolean {
+    let m: RegExpExecArray | null;
+    let into: Json | undefined;
+    let key: string;
+    if (this.provider === 'openai') {
+      if (this.kind !== 'chat' || (m = OPENAI_TEXT.exec(data)) === null || OPENAI_MORE.test(data)) return false;
+      into = this.choices.get(0)?.['delta'] as Json | undefined;
+      key = 'content';
+    } else if (this.kind === 'chat') {
+      if ((m = OLLAMA_CHAT_TEXT.exec(data)) === null) return false;
+      into = this.top['message'] as Json | undefined;
+      key = 'content';
+    } else {
+      if ((m = OLLAMA_GENERATE_TEXT.exec(data)) === null) return false;
+      into = this.top;
+      key = 'response';
+    }
+    if (into === undefined || into === null || typeof into !== 'object') return false;
+    const piece = stringValue(m[1]!);
+    const cur = into[key];
+    into[key] = typeof cur === 'string' ? cur + piece : piece;
+    this.size += piece.length;
+    if (piece !== '') this.tokenEvents++;
+    return true;
   }
 
   private responsesEvent(o: Json): void {
@@ -137,8 +210,6 @@ export class ReplyAssembler {
   }
 
   private mergeChoice(c: Json): void {
-    const d = (c['delta'] ?? null) as Json | null;
-    if ((typeof c['text'] === 'string' && c['text'] !== '') || (d !== null && ((typeof d['content'] === 'string' && d['content'] !== '') || Array.isArray(d['tool_calls']) || (typeof d['reasoning_content'] === 'string' && d['reasoning_content'] !== '')))) this.tokenEvents++;
     const i = typeof c['index'] === 'number' ? c['index'] : 0;
     let into = this.choices.get(i);
     if (into === undefined) this.choices.set(i, (into = { index: i }));
@@ -153,13 +224,16 @@ export class ReplyAssembler {
       if (v === null || v === undefined || v === '') {
         if (!(k in into)) into[k] = v;
       } else if (typeof v === 'string') {
-        if (TEXT.has(k) && typeof cur === 'string') into[k] = cur + v;
-        else into[k] = v;
-        this.size += v.length;
+        // Replaced strings are bounded by their event; only what grows is counted.
+        if (TEXT.has(k) && typeof cur === 'string') {
+          into[k] = cur + v;
+          this.size += v.length;
+        } else into[k] = v;
       } else if (Array.isArray(v)) {
         if (k === 'tool_calls' && this.provider === 'openai') this.mergeToolCalls(into, v);
         else into[k] = Array.isArray(cur) ? cur.concat(v) : v.slice();
-        this.size += v.length * 16;
+        this.size += this.eventBytes;
+        this.eventBytes = 0;
       } else if (typeof v === 'object') {
         const sub = cur !== null && typeof cur === 'object' && !Array.isArray(cur) ? (cur as Json) : {};
         into[k] = sub;
@@ -168,18 +242,33 @@ export class ReplyAssembler {
     }
   }
 
-  /** OpenAI's streamed tool calls: the first delta of a call names it, the rest add to its arguments. */
+  /**
+   * OpenAI's streamed tool calls: the first delta of a call names it, the rest add to its
+   * arguments; a name split in pieces is joined as the stream chain joins it (appendToolName).
+   */
   private mergeToolCalls(into: Json, deltas: unknown[]): void {
     const list = Array.isArray(into['tool_calls']) ? (into['tool_calls'] as Json[]) : (into['tool_calls'] = []);
     for (const d of deltas) {
       if (d === null || typeof d !== 'object') continue;
-      const delta = d as Json;
+      const { function: fn, ...delta } = d as Json;
+      const id = typeof delta['id'] === 'string' && delta['id'] !== '' ? delta['id'] : undefined;
       let call: Json | undefined;
       if (typeof delta['index'] === 'number') call = list.find((t) => t['index'] === delta['index']);
-      // No index (some servers send each call whole): a new call unless it only adds arguments.
-      else if (delta['id'] === undefined && list.length > 0) call = list[list.length - 1];
+      // No index (some servers send each call whole): the call of that id, else the last one when no id.
+      else call = id !== undefined ? list.find((t) => t['id'] === id) : list[list.length - 1];
       if (call === undefined) list.push((call = { index: typeof delta['index'] === 'number' ? delta['index'] : list.length }));
       this.merge(call, delta);
+      if (fn !== null && typeof fn === 'object') {
+        const f = (call['function'] ??= { name: '', arguments: '' }) as Json;
+        const { name, arguments: args, ...more } = fn as Json;
+        const sofar = typeof f['arguments'] === 'string' ? f['arguments'] : '';
+        f['name'] = appendToolName(typeof f['name'] === 'string' ? f['name'] : '', name, sofar);
+        if (typeof args === 'string') {
+          f['arguments'] = sofar + args;
+          this.size += args.length;
+        }
+        this.merge(f, more);
+      }
     }
   }
 
@@ -190,8 +279,13 @@ export class ReplyAssembler {
       // OpenAI's whole message names refusal and annotations even when empty.
       const message: Json = { role: 'assistant', content: null, refusal: null, annotations: [], ...(delta !== null && typeof delta === 'object' ? (delta as Json) : {}) };
       if (message['content'] === '' && Array.isArray(message['tool_calls'])) message['content'] = null;
-      // A whole reply's tool calls carry no index.
-      if (Array.isArray(message['tool_calls'])) message['tool_calls'] = (message['tool_calls'] as Json[]).map(({ index: _index, ...t }) => ({ type: 'function', ...t }));
+      // A whole reply's tool calls carry no index; a call without arguments says `{}`, as OpenAI's do.
+      if (Array.isArray(message['tool_calls'])) {
+        message['tool_calls'] = (message['tool_calls'] as Json[]).map(({ index: _index, ...t }) => {
+          const f = t['function'] as Json | undefined;
+          return { type: 'function', ...t, ...(f !== undefined && f['arguments'] === '' ? { function: { ...f, arguments: '{}' } } : {}) };
+        });
+      }
       return { index: rest['index'], message, logprobs: rest['logprobs'] ?? null, finish_reason: rest['finish_reason'] ?? null, ...rest };
     });
     return out;
@@ -208,7 +302,16 @@ export class ReplyAssembler {
  */
 export function streamedBody(out: Json, provider: Api, kind: Kind): Json {
   if (provider === 'ollama' || kind === 'responses') return { ...out, stream: true };
-  const so = out['stream_options'];
-  const base = so !== null && typeof so === 'object' ? (so as Json) : {};
-  return { ...out, stream: true, stream_options: { ...base, include_usage: true } };
+  return withUsage({ ...out, stream: true });
+}
+
+/**
+ * Whether a request can be asked as a stream and assembled: not OpenAI audio output (its
+ * stream is pcm16 only, in pieces a whole reply does not join) nor a completion's `best_of`
+ * (refused streamed).
+ */
+export function assemblable(out: Json): boolean {
+  const modalities = out['modalities'];
+  if (out['audio'] !== undefined || (Array.isArray(modalities) && modalities.includes('audio'))) return false;
+  return !(typeof out['best_of'] === 'number' && out['best_of'] > 1);
 }

@@ -16,7 +16,7 @@ import * as anthropicToChat from './anthropic_to_chat.ts';
 import * as responsesToChat from './responses_to_chat.ts';
 import * as embeddings from './embeddings.ts';
 import { replyFromOllama, replyFromOpenAI } from './deltas.ts';
-import { streamedBody } from './assemble.ts';
+import { assemblable, streamedBody } from './assemble.ts';
 import type { DeploymentConfig } from '../../config/broker-config.ts';
 import type {
   Api,
@@ -86,7 +86,8 @@ export interface UpstreamRequest {
 /**
  * A client body (already JSON-parsed) → the provider body, with `model`
  * replaced by the deployment's upstream name. Throws BrokerError
- * `invalid_request` for a body that cannot be translated.
+ * `invalid_request` for a body that cannot be translated. `upstreamStreaming`: the
+ * deployment's (the proxy passes it); left out, the upstream streams as the client asked.
  */
 export function translateRequest(route: Route, body: unknown, upstreamModel: string, upstreamStreaming: 'always' | 'client' = 'client'): UpstreamRequest {
   const { client, provider, kind } = route;
@@ -96,7 +97,7 @@ export function translateRequest(route: Route, body: unknown, upstreamModel: str
     return { body: JSON.stringify(out), stream: false, assemble: false, includeUsage: false };
   }
   const r = chatOrCompletion(route, body, upstreamModel);
-  if (r.stream || upstreamStreaming !== 'always') return { body: JSON.stringify(r.out), stream: r.stream, assemble: false, includeUsage: r.includeUsage };
+  if (r.stream || upstreamStreaming !== 'always' || !assemblable(r.out as Record<string, unknown>)) return { body: JSON.stringify(r.out), stream: r.stream, assemble: false, includeUsage: r.includeUsage };
   return { body: JSON.stringify(streamedBody(r.out as Record<string, unknown>, provider, upstreamKind(route))), stream: false, assemble: true, includeUsage: false };
 }
 

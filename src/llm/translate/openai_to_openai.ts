@@ -7,7 +7,8 @@ import { BrokerError } from '../../errors.ts';
 import { requireArray, requireObject } from './common.ts';
 import type { OpenAIChatRequest, OpenAIChunk, OpenAICompletionRequest } from './types.ts';
 
-function withUsage<T extends Record<string, unknown>>(b: T): T {
+/** A streamed body with the usage chunk asked for (stream_options.include_usage). */
+export function withUsage<T extends Record<string, unknown>>(b: T): T {
   if (b['stream'] !== true) return b;
   const so = b['stream_options'];
   const base = so !== null && typeof so === 'object' ? (so as Record<string, unknown>) : {};
