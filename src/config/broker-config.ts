@@ -14,6 +14,8 @@ import { keyId } from '../guard/api-key.ts';
 
 export type Provider = 'openai' | 'ollama';
 
+export type UpstreamStreaming = 'auto' | 'always' | 'client';
+
 export interface Timeouts {
   /** TCP connect. */
   readonly connectTimeoutMs: number;
@@ -34,9 +36,10 @@ export interface Timeouts {
   /**
    * always: a non-streamed chat or completion request is asked of the upstream as a stream and
    * assembled here, so that firstTokenTimeoutMs and idleChunkTimeoutMs apply to it (a whole
-   * reply's headers come when its generation ends); client: the upstream streams when the client does.
+   * reply's headers come when its generation ends); client: the upstream streams when the client
+   * does; auto: always for Ollama (whose whole reply is its stream's last line), client otherwise.
    */
-  readonly upstreamStreaming: 'always' | 'client';
+  readonly upstreamStreaming: UpstreamStreaming;
 }
 
 export interface DeploymentConfig extends Timeouts {
@@ -194,7 +197,7 @@ export const DEFAULT_TIMEOUTS: Timeouts = Object.freeze({
   idleTimeoutMs: 30_000,
   totalTimeoutMs: 600_000,
   keepAliveTimeoutMs: 30_000,
-  upstreamStreaming: 'always',
+  upstreamStreaming: 'auto',
 });
 
 export const DEFAULT_ROUTER: RouterConfig = Object.freeze({ failureThreshold: 3, cooldownMs: 10_000 });

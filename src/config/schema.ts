@@ -40,8 +40,8 @@ const timeouts = {
   totalTimeoutMs: ms(0).optional(),
   /** How long an unused keep-alive connection stays open, ms. */
   keepAliveTimeoutMs: ms(1).optional(),
-  /** always: non-streamed requests stream from the upstream and are assembled by the broker (the phase timeouts apply); client: as the client asked. */
-  upstreamStreaming: z.enum(['always', 'client'], 'must be always or client').optional(),
+  /** always: non-streamed requests stream from the upstream and are assembled by the broker (the phase timeouts apply); client: as the client asked; auto: always for Ollama, client otherwise. */
+  upstreamStreaming: z.enum(['auto', 'always', 'client'], 'must be auto, always or client').optional(),
 };
 
 export const serverSchema = z.strictObject({

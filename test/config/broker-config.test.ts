@@ -102,12 +102,12 @@ t.test('fallbacks, context windows, cache modes and the per-phase timeouts', asy
   t.equal(withTotal.modelGroups.get('small')!.deployments[0]!.headersTimeoutMs, 20_000, "set above, a deployment's own total does not replace it");
   const l = c.modelGroups.get('large')!.deployments[0]!;
   t.equal(l.idleChunkTimeoutMs, 700, 'idleTimeoutMs, the older name, still sets the idle-chunk timeout');
-  t.equal(s.upstreamStreaming, 'always', 'non-streamed requests stream from the upstream unless told');
+  t.equal(s.upstreamStreaming, 'auto', 'non-streamed requests stream from Ollama upstreams, as asked from the others, unless told');
   const streaming = parseBrokerConfig({ ...base({ upstream: { upstreamStreaming: 'client' } }), modelGroups: { small: { deployments: [{ id: 's', provider: 'ollama', url: 'http://127.0.0.1:1', model: 'm' }, { id: 's2', provider: 'ollama', url: 'http://127.0.0.1:3', model: 'm', upstreamStreaming: 'always' }] } } }, 'x', {});
   t.same(streaming.modelGroups.get('small')!.deployments.map((d) => d.upstreamStreaming), ['client', 'always'], 'set above, inherited; a deployment may set its own');
   const streamingBad = t.throws(() => parseBrokerConfig(base({ upstream: { upstreamStreaming: 'sometimes' } }), 'x', {})) as BrokerConfigError;
   t.equal(streamingBad.path, 'upstream.upstreamStreaming');
-  t.match(streamingBad.message, /must be always or client/);
+  t.match(streamingBad.message, /must be auto, always or client/);
   t.equal(parseBrokerConfig(base({}), 'x', {}).cache.mode, 'off', 'the cache is off unless the file says');
   const unknown = t.throws(() => parseBrokerConfig(base({}, { fallbacks: ['nope'] }), 'x', {})) as BrokerConfigError;
   t.equal(unknown.path, 'modelGroups.small.fallbacks[0]');

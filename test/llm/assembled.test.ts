@@ -1,4 +1,5 @@
-// Non-streamed requests assembled from the upstream's stream (upstreamStreaming: always),
+// Non-streamed requests assembled from the upstream's stream (upstreamStreaming: always; the
+// default, auto, does it for Ollama deployments only),
 // against upstreams that do what the mock does not: one that cannot stream (answers a
 // stream request with one JSON body, late), one whose stream says it failed.
 import t from 'tap';
@@ -56,13 +57,13 @@ const tb = await startFleetBroker(
   t,
   {
     modelGroups: {
-      'json-only': { deployments: [{ id: 'json-1', provider: 'openai', url: jsonOnly.url, model: 'm', firstTokenTimeoutMs: 2000 }] },
-      failing: { deployments: [{ id: 'fail-1', provider: 'openai', url: failing.url, model: 'm' }] },
-      mislabelled: { deployments: [{ id: 'plain-1', provider: 'openai', url: mislabelled.url, model: 'm' }] },
-      'garbage-openai': { deployments: [{ id: 'garbage-1', provider: 'openai', url: garbage.url, model: 'm' }] },
-      'garbage-ollama': { deployments: [{ id: 'garbage-2', provider: 'ollama', url: garbage.url, model: 'm' }] },
-      slow: { deployments: [{ id: 'slow-1', provider: 'openai', url: slow.url, model: 'm' }] },
-      cold: { deployments: [{ id: 'cold-1', provider: 'openai', url: cold.url, model: 'm' }] },
+      'json-only': { deployments: [{ id: 'json-1', provider: 'openai', url: jsonOnly.url, model: 'm', firstTokenTimeoutMs: 2000, upstreamStreaming: 'always' }] },
+      failing: { deployments: [{ id: 'fail-1', provider: 'openai', url: failing.url, model: 'm', upstreamStreaming: 'always' }] },
+      mislabelled: { deployments: [{ id: 'plain-1', provider: 'openai', url: mislabelled.url, model: 'm', upstreamStreaming: 'always' }] },
+      'garbage-openai': { deployments: [{ id: 'garbage-1', provider: 'openai', url: garbage.url, model: 'm', upstreamStreaming: 'always' }] },
+      'garbage-ollama': { deployments: [{ id: 'garbage-2', provider: 'ollama', url: garbage.url, model: 'm' }] }, // auto: Ollama's are assembled
+      slow: { deployments: [{ id: 'slow-1', provider: 'openai', url: slow.url, model: 'm', upstreamStreaming: 'always' }] },
+      cold: { deployments: [{ id: 'cold-1', provider: 'openai', url: cold.url, model: 'm', upstreamStreaming: 'always' }] },
     },
     apiKeys: { 'sk-slow': { tpm: 1_000_000 }, 'sk-cold': { tpm: 1_000_000 } },
   },

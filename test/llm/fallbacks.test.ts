@@ -184,9 +184,9 @@ const fleet = {
     cold: { deployments: [d('cold-1', 'openai', coldStart, { firstTokenTimeoutMs: 150 })], fallbacks: ['big'] },
     'cold-alone': { deployments: [d('cold-2', 'ollama', coldStart, { firstTokenTimeoutMs: 150 })] },
     stalled: { deployments: [d('stall-1', 'openai', stall, { idleChunkTimeoutMs: 200 })], fallbacks: ['big'] },
-    // Non-streamed requests to them are streamed from the upstream and assembled (upstreamStreaming: always).
-    'cold-whole': { deployments: [d('cold-4', 'openai', coldStart, { firstTokenTimeoutMs: 150 })], fallbacks: ['big'] },
-    'stalled-whole': { deployments: [d('stall-2', 'openai', stall, { idleChunkTimeoutMs: 200 })], fallbacks: ['big'] },
+    // Non-streamed requests to them are streamed from the upstream and assembled (upstreamStreaming: always; auto for Ollama).
+    'cold-whole': { deployments: [d('cold-4', 'openai', coldStart, { firstTokenTimeoutMs: 150, upstreamStreaming: 'always' })], fallbacks: ['big'] },
+    'stalled-whole': { deployments: [d('stall-2', 'openai', stall, { idleChunkTimeoutMs: 200, upstreamStreaming: 'always' })], fallbacks: ['big'] },
     'stalled-whole-alone': { deployments: [d('stall-3', 'ollama', stall, { idleChunkTimeoutMs: 200 })] },
     'cold-whole-client': { deployments: [d('cold-5', 'openai', coldStart, { firstTokenTimeoutMs: 150, headersTimeoutMs: 300, upstreamStreaming: 'client' })] },
     endless: { deployments: [d('slow-1', 'ollama', slow, { totalTimeoutMs: 400 })], fallbacks: ['big'] },

@@ -17,7 +17,7 @@ import * as responsesToChat from './responses_to_chat.ts';
 import * as embeddings from './embeddings.ts';
 import { replyFromOllama, replyFromOpenAI } from './deltas.ts';
 import { assemblable, streamedBody } from './assemble.ts';
-import type { DeploymentConfig } from '../../config/broker-config.ts';
+import type { DeploymentConfig, UpstreamStreaming } from '../../config/broker-config.ts';
 import type {
   Api,
   Kind,
@@ -89,7 +89,7 @@ export interface UpstreamRequest {
  * `invalid_request` for a body that cannot be translated. `upstreamStreaming`: the
  * deployment's (the proxy passes it); left out, the upstream streams as the client asked.
  */
-export function translateRequest(route: Route, body: unknown, upstreamModel: string, upstreamStreaming: 'always' | 'client' = 'client'): UpstreamRequest {
+export function translateRequest(route: Route, body: unknown, upstreamModel: string, upstreamStreaming: UpstreamStreaming = 'client'): UpstreamRequest {
   const { client, provider, kind } = route;
   let out: unknown;
   if (kind === 'embed') {
@@ -97,7 +97,10 @@ export function translateRequest(route: Route, body: unknown, upstreamModel: str
     return { body: JSON.stringify(out), stream: false, assemble: false, includeUsage: false };
   }
   const r = chatOrCompletion(route, body, upstreamModel);
-  if (r.stream || upstreamStreaming !== 'always' || !assemblable(r.out as Record<string, unknown>)) return { body: JSON.stringify(r.out), stream: r.stream, assemble: false, includeUsage: r.includeUsage };
+  // auto: Ollama's whole reply is its stream's last line, so assembling it costs little and changes
+  // nothing; an OpenAI-compatible server's whole reply is passed on as it comes (its own fields, one parse).
+  const assemble = upstreamStreaming === 'always' || (upstreamStreaming === 'auto' && provider === 'ollama');
+  if (r.stream || !assemble || !assemblable(r.out as Record<string, unknown>)) return { body: JSON.stringify(r.out), stream: r.stream, assemble: false, includeUsage: r.includeUsage };
   return { body: JSON.stringify(streamedBody(r.out as Record<string, unknown>, provider, upstreamKind(route))), stream: false, assemble: true, includeUsage: false };
 }
 
