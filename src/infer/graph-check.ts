@@ -35,7 +35,12 @@ export function graphProblem(manifest: ModelManifest, inputs: readonly GraphValu
     const dims = `[${shape.join(', ')}]`;
     if (fixed(c) && c !== input.channels) return `input '${input.name}' is ${dims}: ${c} channels in ${input.layout}, the manifest says ${input.channels} (check input.channels and input.layout)`;
     if (input.height === null) {
-      if (fixed(h) || fixed(w)) return `input '${input.name}' is ${dims}: a fixed size, but the manifest's input.height and input.width are null (any size)`;
+      if (fixed(h) || fixed(w)) {
+        // A fixed 1 or 3 where the layout puts a side, and sides free where the other layout puts them: the layout is wrong.
+        const other = input.layout === 'NCHW' ? [shape[3], shape[1], shape[2]] : [shape[1], shape[2], shape[3]];
+        const swapped = other[0] === input.channels && !fixed(other[1]) && !fixed(other[2]);
+        return `input '${input.name}' is ${dims}: a fixed size in ${input.layout}, but the manifest's input.height and input.width are null (any size)${swapped ? `; in ${input.layout === 'NCHW' ? 'NHWC' : 'NCHW'} it is ${input.channels} channel${input.channels === 1 ? '' : 's'} of any size: check input.layout` : ''}`;
+      }
     } else if ((fixed(h) && h !== input.height) || (fixed(w) && w !== input.width)) {
       return `input '${input.name}' is ${dims}: not ${input.height}x${input.width} in ${input.layout} as the manifest says`;
     }

@@ -36,7 +36,8 @@ t.test('graphProblem names what does not fit', async (t) => {
   t.match(problem({ input: { ...base.input, channels: 1, mean: [0], std: [1] } }), /3 channels in NHWC, the manifest says 1/);
   t.match(problem({ input: { ...base.input, layout: 'NCHW' } }), /32 channels in NCHW, the manifest says 3/, 'the wrong layout reads the wrong dimension');
   t.match(problem({ input: { ...base.input, height: 28, width: 28 } }), /not 28x28 in NHWC/);
-  t.match(problem({ input: { ...base.input, height: null, width: null, defaultSize: 32, maxSize: 64 } }), /a fixed size, but the manifest's input.height and input.width are null/);
+  t.match(problem({ input: { ...base.input, height: null, width: null, defaultSize: 32, maxSize: 64 } }), /a fixed size in NHWC, but the manifest's input.height and input.width are null \(any size\)$/);
+  t.match(problem({ input: { ...base.input, height: null, width: null, defaultSize: 32, channels: 1, mean: [0], std: [1] } }, [{ name: 'input', isTensor: true, type: 'float32', shape: ['b', 1, 'h', 'w'] }]), /\[b, 1, h, w\]: a fixed size in NHWC.*; in NCHW it is 1 channel of any size: check input.layout/, 'a dynamic NCHW model declared NHWC');
   t.equal(problem({ input: { ...base.input, height: null, width: null, defaultSize: 32 } }, [{ name: 'input', isTensor: true, type: 'float32', shape: ['b', 'h', 'w', 3] }]), null, 'a dynamic graph takes any size');
   t.match(problem({}, [{ name: 'input', isTensor: true, type: 'float32', shape: [1, 32, 32, 3] }]), /batch dimension is fixed at 1/);
   t.equal(problem({ batching: { max_batch_size: 1 } }, [{ name: 'input', isTensor: true, type: 'float32', shape: [1, 32, 32, 3] }]), null, 'batch 1 without batching');

@@ -1,6 +1,6 @@
-// A non-streamed request asked of its upstream as a stream (`upstreamStreaming: always`,
-// docs/llm.md#timeouts): the upstream's stream, read as it comes, assembled back into
-// the whole reply the same upstream would have sent unstreamed. translateResponse then
+// A non-streamed request asked of its upstream as a stream (`upstreamStreaming`: `always`, or
+// `auto` on Ollama deployments; docs/llm.md#timeouts-per-phase): the upstream's stream, read
+// as it comes, assembled back into a whole reply in the upstream's API. translateResponse then
 // reads it as it reads any whole reply, so nothing downstream knows the difference;
 // what changes is that the attempt's first-token and idle-chunk timeouts apply to it
 // (a whole reply's headers come only when its generation ends), and that a stream cut
