@@ -149,9 +149,10 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
       logger.info({ audit: 'flag', actor: actorOf(ctx), flag, old: before[flag].enabled, new: flags.describe()[flag].enabled, action: enabled === null ? 'clear' : 'set', trace_id: ctx.req.id }, 'feature flag changed');
     }
   };
-  const capacityView = (id: string) => {
+  /** `ids`: the ids worth showing, when the caller has them already. */
+  const capacityView = (id: string, ids = gov.capacityIds()) => {
     const c = gov.capacity.stats(id);
-    if (c === undefined || !gov.capacityIds().includes(id)) return undefined;
+    if (c === undefined || !ids.includes(id)) return undefined;
     const d = gov.deployment(id);
     return { ...c, group: d?.group ?? null, draining: d?.draining ?? false, routable: d !== undefined && d.blockedBy === '', blockedBy: d?.blockedBy || null };
   };
@@ -224,7 +225,14 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
       },
     },
 
-    { method: 'GET', path: `${P}/capacity`, handle: async (ctx) => reply(ctx, { ...gov.capacity.totals(gov.capacityIds()), queue: (await gov.processStats()).queue, deployments: gov.capacityIds().map(capacityView) }) },
+    {
+      method: 'GET',
+      path: `${P}/capacity`,
+      handle: async (ctx) => {
+        const ids = gov.capacityIds();
+        reply(ctx, { ...gov.capacity.totals(ids), queue: (await gov.processStats()).queue, deployments: ids.map((id) => capacityView(id, ids)) });
+      },
+    },
     {
       method: 'GET',
       path: `${P}/capacity/:id`,

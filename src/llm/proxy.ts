@@ -25,6 +25,7 @@ import { clientStreams, streamContentType, translateRequest, translateResponse, 
 import { clientWantsUsage } from './translate/openai_to_openai.ts';
 import { classifyStreamError, classifyUpstreamError, retriable } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
+import { closedUnder } from './exec/run.ts';
 import { tokensOfChars, type LlmRequest } from './request.ts';
 import { cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
 import { captureStream, captureWhole, withModel, type CachedReply } from './cache/entry.ts';
@@ -744,7 +745,7 @@ function connectError(err: unknown, dep: DeploymentState): BrokerError {
     return new BrokerError('upstream_timeout', `deployment ${dep.config.id} timed out (${e.code})`, { cause: err });
   }
   // Connected, then cut before the reply's headers: the upstream failed (502), it was not unreachable (503).
-  if (e.code === 'UND_ERR_SOCKET' || e.code === 'ECONNRESET' || e.code === 'EPIPE') {
+  if (closedUnder(e)) {
     return new BrokerError('upstream_error', `deployment ${dep.config.id} closed the connection before replying: ${e.code}`, { cause: err });
   }
   return new BrokerError('upstream_unavailable', `deployment ${dep.config.id} is unreachable: ${e.code ?? e.message}`, { cause: err });
@@ -761,6 +762,5 @@ function exhausted(err: BrokerError, status: number, retryAfter: string | undefi
 
 /** undici's words for a connection closed under a reply ('other side closed') in ours. */
 function cutMessage(err: unknown): string {
-  const code = (err as { code?: string }).code;
-  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE' ? 'it closed the connection before the reply was complete' : (err as Error).message;
+  return closedUnder(err) ? 'it closed the connection before the reply was complete' : (err as Error).message;
 }

@@ -464,8 +464,14 @@ export class Governance implements Leases {
    */
   capacityIds(): string[] {
     const d = this.scheduler.deployments;
-    // A fleet deployment is shown even if its id was once a counter of its own, taken back.
-    return this.capacity.ids().filter((id) => (d.get(id) !== undefined && !d.removed(id)) || (!this.unregistered.has(id) && (!d.removed(id) || this.capacity.inFlight(d.get(id)!.slot) > 0)));
+    return this.capacity.ids().filter((id) => {
+      const dep = d.get(id);
+      // A fleet deployment, even if its id was once a counter of its own, taken back.
+      if (dep !== undefined && !d.removed(id)) return true;
+      if (this.unregistered.has(id)) return false;
+      // A counter of its own, or a removed deployment whose last requests still run.
+      return dep === undefined || this.capacity.inFlight(dep.slot) > 0;
+    });
   }
 
   private registerMetrics(processGauges: boolean): void {

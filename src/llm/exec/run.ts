@@ -188,11 +188,16 @@ function settlePipeline(p: Pipeline, waited: number, target: StreamTarget, finis
   return settle(p, waited, finish);
 }
 
+/** The upstream closed the connection under a reply: one cut, whether undici says UND_ERR_SOCKET or ECONNRESET (by timing). */
+export function closedUnder(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
+}
+
 export function describeBodyError(err: unknown): { code: string; message: string } {
   if (err instanceof BrokerError) return { code: err.code, message: err.message };
   if (err instanceof undiciErrors.BodyTimeoutError) return { code: 'upstream_timeout', message: 'upstream stopped sending (idle timeout)' };
   const e = err as Error & { code?: string };
-  // One cut, one message: undici says UND_ERR_SOCKET or ECONNRESET for the same reset, by timing.
-  if (e.code === 'UND_ERR_SOCKET' || e.code === 'ECONNRESET' || e.code === 'EPIPE') return { code: 'upstream_error', message: 'upstream closed the connection mid-stream' };
+  if (closedUnder(err)) return { code: 'upstream_error', message: 'upstream closed the connection mid-stream' };
   return { code: 'upstream_error', message: `upstream connection failed: ${e.code ?? e.message}` };
 }
