@@ -35,6 +35,19 @@ export function parseConfigPatch(body: Record<string, unknown>): Patch {
   return patch as Patch;
 }
 
+/**
+ * Warmup and promote act on the models loaded (both warmed; B made A): there is nothing to
+ * choose, and a field or query parameter is refused rather than ignored, so that a caller who
+ * meant another model or version learns so before anything changes. Promote takes one
+ * precondition, `version`: B's version, as `GET /admin/config` shows it.
+ */
+function noChoice(action: string, query: string, body: Record<string, unknown>, allowed: readonly string[] = []): void {
+  if (query !== '') throw invalid('query', `${action} takes no query parameters${allowed.length > 0 ? `; send {"${allowed[0]}": …} as the body` : ''}`);
+  for (const name of Object.keys(body)) {
+    if (!allowed.includes(name)) throw invalid(name, `unknown field ${name}: ${action} acts on the models loaded${allowed.length > 0 ? `; allowed: ${allowed.join(', ')}` : ' and takes no fields'}`);
+  }
+}
+
 function invalid(field: string, message: string): BrokerError {
   return new BrokerError('invalid_request', message, { details: { field } });
 }
@@ -73,7 +86,9 @@ export function adminRoutes(service: InferService): Route[] {
       method: 'POST',
       path: '/admin/warmup',
       admin: true,
-      async handle({ sink }) {
+      body: 'json?',
+      async handle({ req, body, sink }) {
+        noChoice('warmup', req.query, body as Record<string, unknown>);
         const t0 = performance.now();
         const { runs, unavailable } = await service.warmup();
         // warmed: every model ran. One that cannot is named with why, as /ready names it.
@@ -85,7 +100,16 @@ export function adminRoutes(service: InferService): Route[] {
       method: 'POST',
       path: '/admin/promote',
       admin: true,
-      async handle({ sink }) {
+      body: 'json?',
+      async handle({ req, body, sink }) {
+        const b = body as Record<string, unknown>;
+        noChoice('promote', req.query, b, ['version']);
+        const expected = b['version'];
+        if (expected !== undefined) {
+          if (typeof expected !== 'string') throw invalid('version', 'version must be a string: the version B must have');
+          const { name, version } = service.models.B.manifest;
+          if (version !== expected) throw new BrokerError('config_conflict', `B is ${name} ${version}, not ${expected}: nothing promoted`, { details: { field: 'version' } });
+        }
         const t0 = performance.now();
         const promoted = await service.promote();
         // Again, after B became A: said so, and no pool rebuilt.

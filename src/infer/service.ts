@@ -222,7 +222,9 @@ export class InferService {
   /** Validated partial update from the admin API. */
   update(patch: Partial<Pick<RuntimeConfig, 'abWeightA' | 'abWeightB' | 'shadowEnabled' | 'canaryEnabled' | 'canaryPercent'>>): RuntimeConfig {
     const next = { ...this.config, ...patch };
-    if (next.abWeightA + next.abWeightB <= 0) throw new BrokerError('invalid_request', 'ab_weight_a + ab_weight_b must be greater than 0', { details: { field: 'ab_weight_a' } });
+    // The field the caller set, when only one was: the one at fault.
+    const field = patch.abWeightA === undefined && patch.abWeightB !== undefined ? 'ab_weight_b' : 'ab_weight_a';
+    if (next.abWeightA + next.abWeightB <= 0) throw new BrokerError('invalid_request', 'ab_weight_a + ab_weight_b must be greater than 0', { details: { field } });
     // Turning the canary on again, or giving it a share, starts a fresh judgement.
     if (patch.canaryEnabled === true || patch.canaryPercent !== undefined) {
       next.canaryRollback = null;

@@ -290,7 +290,7 @@ export class LlmProxy {
               id: req.id,
               includeUsage: up.includeUsage,
               promptEstimate,
-              request: api === 'responses' ? body : undefined,
+              request: api === 'responses' || api === 'anthropic' ? body : undefined,
               // W3C Trace Context for the upstream: this attempt is its parent.
               traceparent: upSpan?.traceparent,
               tracestate: upSpan?.tracestate,
@@ -381,7 +381,20 @@ export class LlmProxy {
             const overhead = timeline.clientFirstByte();
             sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) });
           };
-          const r = await attempt.pump(targetOf(sink, abort, start, capture));
+          // Only a stream that completed cleanly is stored; a cut one never is. Stored as its
+          // terminal chunk goes out, before its last byte and before the upstream ends its
+          // response: a client that repeats the request once it has read the terminal event,
+          // on another connection (another thread, which has the entry by message), hits.
+          // And only one whose upstream said how it finished: a reply that just stopped (a role
+          // chunk then [DONE], say) is served as it came, but is not a reply to repeat.
+          let stored = false;
+          const store = (s: Completed): void => {
+            if (stored || capture === undefined || s.finishReason === null) return;
+            stored = true;
+            const e = capture.entry(api, kind, s.usageFromUpstream ? s.promptTokens : promptEstimate, s.completionTokens);
+            if (e !== null) cache!.put(plan!, group.name, e);
+          };
+          const r = await attempt.pump(targetOf(sink, abort, start, capture, store));
           streamWaitMs = r.waitedMs;
           if (!started && r.ended === 'failed' && !sink.aborted) {
             // Nothing reached the client: as a failure before the first byte (the broker's own
@@ -410,15 +423,8 @@ export class LlmProxy {
             if (r.ended !== 'complete') upSpan.fail(r.errorCode ?? r.ended, r.errorMessage ?? undefined);
             endAttempt(upSpan, usage.ttftMs, r.promptTokens, r.completionTokens);
           }
-          // Only a stream that completed cleanly is stored; a cut one never is. Stored before the
-          // reply's last byte: the other threads have it (BroadcastChannel) before the client
-          // can repeat the request on a connection another thread serves.
-          // And only one whose upstream said how it finished: a reply that just stopped (a role
-          // chunk then [DONE], say) is served as it came, but is not a reply to repeat.
-          if (capture !== undefined && r.ended === 'complete' && r.finishReason !== null) {
-            const e = capture.entry(api, kind, r.usageFromUpstream ? r.promptTokens : promptEstimate, r.completionTokens);
-            if (e !== null) cache!.put(plan!, group.name, e);
-          }
+          // A terminal event that wrote nothing for the client (or the staged baseline, which does not say): stored now.
+          if (r.ended === 'complete') store(r);
           // A failed stream ends with its error: gRPC's status, or over HTTP (where the chain
           // wrote the error event into the stream already) only in the front's records.
           if (sink.endWithError !== undefined && r.ended !== 'complete' && r.ended !== 'aborted') {
@@ -699,12 +705,19 @@ class Capture {
 
 const WIRE_PER_ENTRY_BYTE = 20;
 
-/** The sink as a stream target: a slow client makes the pump wait for its socket to drain. `start` runs before the first write. */
-function targetOf(sink: ReplySink, signal: AbortLike, start: () => void, capture: Capture | undefined): StreamTarget {
+/** What a completed stream's entry needs: its finish and its usage. */
+type Completed = Pick<StreamResult, 'finishReason' | 'usageFromUpstream' | 'promptTokens' | 'completionTokens'>;
+
+/**
+ * The sink as a stream target: a slow client makes the pump wait for its socket to drain. `start`
+ * runs before the first write; `store` with the chunk that completes the stream, before it is written.
+ */
+function targetOf(sink: ReplySink, signal: AbortLike, start: () => void, capture: Capture | undefined, store: (s: Completed) => void): StreamTarget {
   let started = false;
   return {
-    write: (chunk) => {
+    write: (chunk, done) => {
       capture?.push(chunk);
+      if (done !== undefined) store(done);
       if (!started) {
         started = true;
         // The status line and the first chunk in one packet: the client's first byte comes with its headers.

@@ -111,14 +111,36 @@ t.test('promote: arm A answers with B model, without failing in-flight requests'
   const tb = await startTestBroker({ AB_WEIGHT_A: '1', AB_WEIGHT_B: '0' });
   t.teardown(() => tb.close());
   const { B } = tb.broker.infer!.models;
+  const A = { ...tb.broker.infer!.models.A.manifest };
   let stop = false;
   const background = (async () => {
     const statuses: number[] = [];
     for (let i = 0; !stop; i++) statuses.push((await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) })).status);
     return statuses;
   })();
-  const res = await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin });
-  t.equal(res.status, 200);
+  // A promote meant for another version, or with a field it does not take, changes nothing.
+  const post = (path: string, body?: unknown) => fetch(`${tb.url}${path}`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+  const wrong = await post('/admin/promote', { version: '9.9.9' });
+  t.equal(wrong.status, 409);
+  t.match(await json(wrong), { error: { code: 'config_conflict', message: `B is ${B.manifest.name} ${B.manifest.version}, not 9.9.9: nothing promoted` } });
+  for (const [path, body, field] of [
+    ['/admin/promote', { model: 'x' }, 'model'],
+    ['/admin/promote?version=9.9.9', undefined, 'query'],
+    ['/admin/promote', { version: 2 }, 'version'],
+    ['/admin/warmup', { model: 'x' }, 'model'],
+  ] as const) {
+    const r = await post(path, body);
+    t.equal(r.status, 400, `${path} ${JSON.stringify(body)}: 400`);
+    const e = await json(r);
+    t.match(e, { error: { code: 'invalid_request' } });
+    t.equal(e.error.param ?? e.error.field ?? e.error.details?.field, field, `names ${field}`);
+  }
+  t.not(A.version, B.manifest.version);
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(0) })).body.version, A.version, 'A still serves');
+  t.equal((await json(await fetch(`${tb.url}/admin/config`, { headers: admin }))).models.A.version, A.version, 'nothing was promoted');
+  t.equal((await post('/admin/warmup', {})).status, 200, 'warmup with an empty body');
+  const res = await post('/admin/promote', { version: B.manifest.version });
+  t.equal(res.status, 200, "promote naming B's version");
   stop = true;
   const statuses = await background;
   t.ok(statuses.length > 0);

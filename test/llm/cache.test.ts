@@ -53,6 +53,41 @@ const unfinished = createServer((req, res) => {
 await new Promise<void>((r) => unfinished.listen(0, '127.0.0.1', r));
 t.teardown(() => unfinished.close());
 const unfinishedUp = { url: `http://127.0.0.1:${(unfinished.address() as AddressInfo).port}` } as MockUpstream;
+// Upstreams that send a whole reply, terminal event included, then hold the response open:
+// their end comes long after the client has read the reply (as a server that flushes its last
+// event and closes the chunked body later, or a proxy in front of it, may).
+const LINGER_MS = 1500;
+const lingering = (body: (model: string) => string, contentType: string) => {
+  const s = createServer((req, res) => {
+    let raw = '';
+    req.on('data', (c: Buffer) => (raw += c));
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': contentType });
+      res.write(body(String((JSON.parse(raw) as { model?: string }).model)));
+      const timer = setTimeout(() => res.end(), LINGER_MS);
+      res.on('close', () => clearTimeout(timer));
+    });
+  });
+  t.teardown(() => s.closeAllConnections());
+  t.teardown(() => s.close());
+  return s;
+};
+const sseChunk = (delta: Record<string, unknown>, finish: string | null) =>
+  `data: ${JSON.stringify({ id: 'l', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+const lingerSse = lingering(() => sseChunk({ role: 'assistant', content: '' }, null) + sseChunk({ content: 'kept ' }, null) + sseChunk({ content: 'open' }, null) + sseChunk({}, 'stop') + 'data: [DONE]\n\n', 'text/event-stream');
+const lingerNdjson = lingering(
+  (model) =>
+    [
+      { model, created_at: '2026-01-01T00:00:00Z', message: { role: 'assistant', content: 'kept ' }, done: false },
+      { model, created_at: '2026-01-01T00:00:00Z', message: { role: 'assistant', content: 'open' }, done: false },
+      { model, created_at: '2026-01-01T00:00:00Z', message: { role: 'assistant', content: '' }, done: true, done_reason: 'stop', prompt_eval_count: 5, eval_count: 2 },
+    ]
+      .map((l) => JSON.stringify(l) + '\n')
+      .join(''),
+  'application/x-ndjson',
+);
+await Promise.all([lingerSse, lingerNdjson].map((s) => new Promise<void>((r) => s.listen(0, '127.0.0.1', r))));
+const urlOf = (s: ReturnType<typeof createServer>) => ({ url: `http://127.0.0.1:${(s.address() as AddressInfo).port}` }) as MockUpstream;
 const d = (id: string, provider: 'openai' | 'ollama', m: MockUpstream) => ({ id, provider, url: m.url, model: `${id}-up` });
 const fleet = {
   cache: { mode: 'deterministic', maxBytes: 1_000_000, ttlSeconds: 600 },
@@ -71,6 +106,8 @@ const fleet = {
     'apis-tools': { deployments: [d('tools-1', 'openai', upTools)], cache: 'on' },
     'apis-cut': { deployments: [d('apis-cut-1', 'openai', cutApis)], cache: 'on' },
     unfinished: { deployments: [d('unfinished-1', 'openai', unfinishedUp)], cache: 'on' },
+    'linger-sse': { deployments: [d('linger-sse-1', 'openai', urlOf(lingerSse))], cache: 'on' },
+    'linger-ndjson': { deployments: [d('linger-ndjson-1', 'ollama', urlOf(lingerNdjson))], cache: 'on' },
   },
 };
 const dir = mkdtempSync(join(tmpdir(), 'eb-cache-'));
@@ -281,6 +318,38 @@ t.test('a repeat right after the reply, on a connection the other thread serves,
   }
   t.same(results, Array(30).fill('hit'), 'every repeat on the other thread hit');
   t.equal(up.stats.total - before, 30, 'only the first of each pair went upstream');
+});
+
+t.test("a stream is stored at its terminal event, not at the upstream's end: a repeat read as soon as the reply is whole hits", async (t) => {
+  // The client reads until its terminal event ([DONE], the done line) and asks again at once on
+  // a new connection, while the upstream still holds its response open: before, the entry was
+  // stored only when the upstream ended, and every one of these repeats missed.
+  const cases = [
+    { model: 'linger-sse', path: '/v1/chat/completions', terminal: 'data: [DONE]', text: (b: string) => parseSse(b).events.map((e) => (e as { choices?: { delta?: { content?: string } }[] }).choices?.[0]?.delta?.content ?? '').join('') },
+    { model: 'linger-ndjson', path: '/api/chat', terminal: '"done":true', text: (b: string) => b.split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { message?: { content?: string } }).message?.content ?? '').join('') },
+  ];
+  for (const c of cases) {
+    for (let i = 0; i < 3; i++) {
+      const messages = fresh();
+      const first = new Client(tb.url);
+      t.teardown(() => first.close());
+      const res = await first.request({ path: c.path, method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: c.model, messages, stream: true, temperature: 0 }) });
+      t.equal(res.headers['x-broker-cache'], 'miss', `${c.model}: the first goes upstream`);
+      let seen = '';
+      for await (const chunk of res.body) {
+        seen += String(chunk);
+        if (seen.includes(c.terminal)) break;
+      }
+      t.equal(c.text(seen), 'kept open', `${c.model}: the reply is whole`);
+      // The first response is still open (the upstream lingers): the repeat takes a new connection.
+      const again = new Client(tb.url);
+      const rep = await again.request({ path: c.path, method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: c.model, messages, stream: false, temperature: 0 }) });
+      const body = await rep.body.text();
+      await again.close();
+      t.equal(rep.headers['x-broker-cache'], 'hit', `${c.model}: repeat ${i} hits before the upstream has ended`);
+      t.match(body, /kept open/);
+    }
+  }
 });
 
 t.test('replicas share entries through Redis, with a TTL', async (t) => {

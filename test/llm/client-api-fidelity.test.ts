@@ -282,6 +282,114 @@ t.test('an empty reply is the same streamed and not: one empty text (Responses m
   t.same(final.content.map((c) => c.type === 'text' && c.text), [''], 'Messages, streamed: one empty text block');
 });
 
+t.test("Responses: a chat upstream's reasoning is a reasoning item with its text as the summary, whole and streamed, read by the openai SDK's stream helper", async (t) => {
+  const thinking = ['The user ', 'greets me.'];
+  // Ollama: `thinking` lines before the text, or message.thinking in a whole reply.
+  const ollama = (b: any, res: ServerResponse) => {
+    const line = (message: Record<string, unknown>, done = false) =>
+      JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: '', ...message }, done, ...(done ? { done_reason: 'stop', prompt_eval_count: 3, eval_count: 4 } : {}) }) + '\n';
+    if (b.stream === false) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return void res.end(line({ thinking: thinking.join(''), content: 'Hello!' }, true));
+    }
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    res.end(thinking.map((th) => line({ thinking: th })).join('') + line({ content: 'Hello' }) + line({ content: '!' }) + line({}, true));
+  };
+  // OpenAI-compatible (vLLM, DeepSeek): reasoning_content.
+  const openaiStyle = (b: any, res: ServerResponse) => {
+    const usage = { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 };
+    if (b.stream !== true) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return void res.end(JSON.stringify({ id: 'c1', object: 'chat.completion', created: 1, model: 'm', choices: [{ index: 0, message: { role: 'assistant', content: 'Hello!', reasoning_content: thinking.join('') }, finish_reason: 'stop' }], usage }));
+    }
+    const chunk = (delta: unknown, finish: string | null = null) => `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+    sse(res, [chunk({ role: 'assistant', content: '' }), ...thinking.map((th) => chunk({ reasoning_content: th })), chunk({ content: 'Hello' }), chunk({ content: '!' }), chunk({}, 'stop'), `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [], usage })}\n\n`, 'data: [DONE]\n\n']);
+  };
+  const shape = (output: any[]) => output.map((o) => (o.type === 'reasoning' ? ['reasoning', o.summary.map((p: any) => [p.type, p.text])] : [o.type, o.content.map((c: any) => c.text)]));
+  const expected = [['reasoning', [['summary_text', 'The user greets me.']]], ['message', ['Hello!']]];
+  for (const [model, reply] of [['ol', ollama], ['oa', openaiStyle]] as const) {
+    handler = (_p, b, res) => reply(b, res);
+    const whole = await openai.responses.create({ model, input: 'Hi', reasoning: { summary: 'auto' } });
+    t.same(shape(whole.output), expected, `${model}: whole`);
+    t.equal(whole.output_text, 'Hello!', `${model}: output_text is the answer only`);
+    // The SDK's stream helper accumulates every event into the Response: a reasoning event out of
+    // its order (a summary delta before its part was added) would throw here.
+    const stream = openai.responses.stream({ model, input: 'Hi', reasoning: { summary: 'auto' } });
+    const deltas: string[] = [];
+    stream.on('response.reasoning_summary_text.delta', (e) => deltas.push(e.delta));
+    const final = await stream.finalResponse();
+    t.same(shape(final.output), expected, `${model}: streamed, as the SDK accumulated it`);
+    t.same(deltas, thinking, `${model}: one summary delta per reasoning chunk`);
+    const evs = await events(await post('/v1/responses', { model, input: 'Hi', stream: true }));
+    t.same(
+      evs.map((e) => e.type).slice(0, 9),
+      ['response.created', 'response.in_progress', 'response.output_item.added', 'response.reasoning_summary_part.added', 'response.reasoning_summary_text.delta', 'response.reasoning_summary_text.delta', 'response.reasoning_summary_text.done', 'response.reasoning_summary_part.done', 'response.output_item.done'],
+      `${model}: the reasoning item opens, streams and closes before the message item opens`,
+    );
+    t.same(shape(evs.at(-1).response.output), expected, `${model}: response.completed lists both items`);
+    t.same(evs.map((e) => e.output_index ?? null).filter((i) => i !== null).at(-1), 1, `${model}: the message is output 1`);
+    t.same(evs.map((e) => e.sequence_number), evs.map((_, i) => i));
+  }
+});
+
+t.test("Messages: reasoning is a thinking block when the request asks for thinking, dropped when not; Ollama is told think", async (t) => {
+  const thinking = ['The user ', 'greets me.'];
+  handler = (_p, b, res) => {
+    const line = (message: Record<string, unknown>, done = false) =>
+      JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: '', ...message }, done, ...(done ? { done_reason: 'stop', prompt_eval_count: 3, eval_count: 4 } : {}) }) + '\n';
+    if (b.stream === false) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return void res.end(line({ thinking: thinking.join(''), content: 'Hello!' }, true));
+    }
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    res.end(thinking.map((th) => line({ thinking: th })).join('') + line({ content: 'Hello' }) + line({ content: '!' }) + line({}, true));
+  };
+  const body = { model: 'ol', max_tokens: 2048, messages: [{ role: 'user' as const, content: 'Hi' }] };
+  const shape = (content: any[]) => content.map((c) => (c.type === 'thinking' ? ['thinking', c.thinking, c.signature] : [c.type, c.text]));
+  const asked = [['thinking', 'The user greets me.', ''], ['text', 'Hello!']];
+  for (const type of ['enabled', 'adaptive'] as const) {
+    const cfg = type === 'enabled' ? { type, budget_tokens: 1024 } : { type };
+    const before = seen.length;
+    const whole = await anthropic.messages.create({ ...body, thinking: cfg } as any);
+    t.equal(seen[before]!.body.think, true, `${type}: Ollama is asked to think`);
+    t.same(shape(whole.content), asked, `${type}: whole`);
+    const s = anthropic.messages.stream({ ...body, thinking: cfg } as any);
+    const deltas: string[] = [];
+    s.on('thinking', (d) => deltas.push(d));
+    t.same(shape((await s.finalMessage()).content), asked, `${type}: streamed, as the SDK accumulated it`);
+    t.same(deltas, thinking, `${type}: one thinking_delta per reasoning chunk`);
+  }
+  const evs = await events(await post('/v1/messages', { ...body, stream: true, thinking: { type: 'enabled', budget_tokens: 1024 } }));
+  t.same(
+    evs.filter((e) => e.type.startsWith('content_block')).map((e) => [e.type, e.index, e.content_block?.type ?? e.delta?.type ?? null]),
+    [
+      ['content_block_start', 0, 'thinking'],
+      ['content_block_delta', 0, 'thinking_delta'],
+      ['content_block_delta', 0, 'thinking_delta'],
+      ['content_block_stop', 0, null],
+      ['content_block_start', 1, 'text'],
+      ['content_block_delta', 1, 'text_delta'],
+      ['content_block_delta', 1, 'text_delta'],
+      ['content_block_stop', 1, null],
+    ],
+    'the thinking block is closed before the text block opens',
+  );
+  // Not asked (or disabled): no thinking block, as Anthropic's; disabled tells Ollama not to think.
+  const before = seen.length;
+  t.same(shape((await anthropic.messages.create(body)).content), [['text', 'Hello!']], 'not asked: whole');
+  t.notOk('think' in seen[before]!.body, 'not asked: Ollama keeps its default');
+  t.same(shape((await anthropic.messages.stream(body).finalMessage()).content), [['text', 'Hello!']], 'not asked: streamed');
+  await anthropic.messages.create({ ...body, thinking: { type: 'disabled' } });
+  t.equal(seen.at(-1)!.body.think, false, 'disabled: Ollama is told not to think');
+  // An OpenAI-compatible upstream gets no such field.
+  handler = (_p, b, res) => chatReply(b, res, 'ok');
+  await anthropic.messages.create({ ...body, model: 'oa', thinking: { type: 'enabled', budget_tokens: 1024 } } as any);
+  t.notOk('think' in seen.at(-1)!.body, 'OpenAI-compatible: no think field');
+  const bad = await post('/v1/messages', { ...body, thinking: { type: 'sometimes' } });
+  t.equal(bad.status, 400);
+  t.match(await bad.json(), { type: 'error', error: { type: 'invalid_request_error', message: /thinking\.type/ } });
+});
+
 t.test("Responses: a developer item is chat's system to the upstream; the Response says reasoning and user as OpenAI's; Messages usage always has its cache fields", async (t) => {
   handler = (_p, b, res) => chatReply(b, res, 'ok');
   const before = seen.length;

@@ -2,7 +2,7 @@
 // it repeats the request's fields as OpenAI's does, says why it is incomplete (length or
 // content filter), and a call without arguments says {} in both modes.
 import t from 'tap';
-import { chatRequest, response, responsesDelta, responsesDone, responsesWriter } from '../../src/llm/translate/responses_to_chat.ts';
+import { chatRequest, response, responsesDelta, responsesDone, responsesFailed, responsesWriter } from '../../src/llm/translate/responses_to_chat.ts';
 import type { Delta } from '../../src/llm/translate/deltas.ts';
 
 const request = {
@@ -166,11 +166,34 @@ t.test("Codex's namespace tools: flat names upstream, a call reported by its own
   t.throws(() => chatRequest({ model: 'g', input: 'x', tools: [{ type: 'custom', name: 'apply_patch' }] }), { code: 'invalid_request', details: { field: 'tools[0]' } }, 'a custom tool: 400');
 });
 
-t.test('while the upstream only reasons (dropped), a keep-alive comment every 32 of its events; no event, no sequence number', async (t) => {
+t.test('reasoning is the first item; reasoning after the text is dropped, with a keep-alive comment every 32 of its events', async (t) => {
   const w = responsesWriter(ctx);
   let out = '';
-  for (let i = 0; i < 64; i++) out += responsesDelta(w, delta({ thinking: 'hmm ' }));
-  t.equal(out.split(': keep-alive\n\n').length - 1, 2);
-  const seqs = events(out + responsesDelta(w, delta({ text: 'ok' })) + responsesDone(w)).map((e) => e.sequence_number);
+  for (let i = 0; i < 3; i++) out += responsesDelta(w, delta({ thinking: `step ${i}. ` }));
+  out += responsesDelta(w, delta({ text: 'ok' }));
+  // Thinking once the answer began: no item can take it (dropped), the stream kept alive.
+  let late = '';
+  for (let i = 0; i < 64; i++) late += responsesDelta(w, delta({ thinking: 'hmm ' }));
+  t.equal(late.split(': keep-alive\n\n').length - 1, 2);
+  t.equal(late.replaceAll(': keep-alive\n\n', ''), '', 'nothing else');
+  const evs = events(out + late + responsesDone(w));
+  const seqs = evs.map((e) => e.sequence_number);
   t.same(seqs, seqs.map((_, i) => i), 'sequence numbers run on without gaps');
+  t.same(evs.filter((e) => e.type === 'response.reasoning_summary_text.delta').map((e) => e.delta), ['step 0. ', 'step 1. ', 'step 2. ']);
+  t.match(evs.find((e) => e.type === 'response.reasoning_summary_text.done'), { item_id: 'rs_r1', output_index: 0, summary_index: 0, text: 'step 0. step 1. step 2. ' });
+  const final = evs.at(-1)!.response;
+  t.same(final.output[0], { type: 'reasoning', id: 'rs_r1', summary: [{ type: 'summary_text', text: 'step 0. step 1. step 2. ' }] });
+  t.match(final.output[1], { type: 'message', content: [{ text: 'ok' }] });
+  t.equal(final.usage.output_tokens, 4, 'without upstream usage, reasoning events count as output');
+  // Before a function call, and alone (an empty message item follows, as a whole reply has).
+  const calls = streamed([delta({ thinking: 'plan' }), delta({ tools: [{ index: 0, id: 'c1', name: 'f', arguments: '{}' }] }), delta({ finish: 'tool_calls', usage })]);
+  t.same(calls.at(-1)!.response.output.map((o: any) => o.type), ['reasoning', 'function_call']);
+  t.ok(calls.findIndex((e) => e.type === 'response.output_item.done' && e.item.type === 'reasoning') < calls.findIndex((e) => e.type === 'response.output_item.added' && e.item.type === 'function_call'));
+  const alone = streamed([delta({ thinking: 'plan' }), delta({ finish: 'stop', usage })]);
+  t.same(alone.at(-1)!.response.output.map((o: any) => o.type), ['reasoning', 'message']);
+  t.same((response({ text: '', thinking: 'plan', tools: [], finish: 'stop', usage }, ctx) as any).output.map((o: any) => o.type), ['reasoning', 'message'], 'whole: the same items');
+  // A stream that fails while the model reasons lists the reasoning it sent.
+  const wf = responsesWriter(ctx);
+  const failed = events(responsesDelta(wf, delta({ thinking: 'half' })) + responsesFailed(wf, 'r1', 'g', 'upstream_error', 'cut'));
+  t.match(failed.at(-1), { type: 'response.failed', response: { output: [{ type: 'reasoning', summary: [{ text: 'half' }] }] } });
 });

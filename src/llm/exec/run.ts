@@ -113,7 +113,8 @@ async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncI
       onChunk();
       if (t >= 0) waited += performance.now() - t;
       const out = s.push(chunk);
-      if (out !== null && !target.write(out)) await target.drained();
+      // The terminal event closes the client's stream: that chunk says so (see StreamTarget.write).
+      if (out !== null && !target.write(out, s.closed && s.stats.error === null ? s.stats : undefined)) await target.drained();
       t = performance.now();
       // The upstream said it failed (an error event): nothing more of it is read. A held
       // failure (nothing sent yet) is then tried elsewhere at once, not after an idle timeout.
@@ -128,7 +129,7 @@ async function pumpCompiled(req: AttemptRequest, ctx: ChainContext, body: AsyncI
       const r = settle(s, waited, finish);
       return { ...r, ended: 'failed', upstreamSaid: !s.truncated };
     }
-    if (tail !== null) target.write(tail);
+    if (tail !== null) target.write(tail, s.truncated || s.stats.error !== null ? undefined : s.stats);
     return settle(s, waited, finish);
   } catch (err) {
     return failed(s, err, waited, target, signal, finish);

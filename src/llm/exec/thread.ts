@@ -177,7 +177,7 @@ function untilAborted<T extends { body: { destroy(): unknown } }>(p: Promise<T>,
 /** The target with the idle timeout paused while it drains: a slow client's wait is not the upstream's silence. */
 function paused(target: StreamTarget, deadline: AttemptDeadline): StreamTarget {
   return {
-    write: (chunk) => target.write(chunk),
+    write: (chunk, done) => target.write(chunk, done),
     drained: () => {
       deadline.pause();
       return target.drained().finally(() => deadline.resume());

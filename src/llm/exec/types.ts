@@ -5,7 +5,7 @@
 // the main thread with FRONT_THREADS=0. (A Piscina pool of LLM workers, LLM_EXECUTION=pool,
 // was removed: bench:llm measured it losing 9 of 9 measures against FRONT_THREADS=2.)
 import type { DeploymentConfig } from '../../config/broker-config.ts';
-import type { ChainSpec } from '../chain/compile.ts';
+import type { ChainSpec, ChainStats } from '../chain/compile.ts';
 import type { RequestKind } from '../providers.ts';
 import type { AbortLike } from '../../abort.ts';
 
@@ -59,7 +59,12 @@ export interface StreamResult {
 
 /** Where streamed output goes: write returns false when the client is slow. */
 export interface StreamTarget {
-  write(chunk: string | Uint8Array): boolean;
+  /**
+   * `done` comes with the chunk that ends a stream that completed (its terminal event), with
+   * the stream's final stats: the reply is whole before its last byte leaves, and before the
+   * upstream ends its response (which may come later, or never).
+   */
+  write(chunk: string | Uint8Array, done?: ChainStats): boolean;
   /** Resolves when the target can take more (or the request was aborted). */
   drained(): Promise<void>;
   /** Whether anything reached the client yet; a stream that fails before does not write its error event (the proxy may retry). */

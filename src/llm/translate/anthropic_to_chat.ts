@@ -12,9 +12,10 @@
 // begins and its arguments are a whole JSON object, so that no fragment of it can follow;
 // else what follows waits, and is written whole at the end. A tool call's input is written
 // as one input_json_delta when its block closes, always a JSON object (the same `input` as
-// a whole reply's). Reasoning
-// text from the upstream is dropped (a thinking block needs a signature the upstream
-// cannot give).
+// a whole reply's). Reasoning text from the upstream is a thinking block before the
+// answer when the request asked for thinking (`thinking.type` enabled or adaptive), as
+// Anthropic's, with an empty signature (there is none to give; a thinking block sent back
+// in a later turn is not passed on); asked for none, it is dropped.
 
 import { BrokerError } from '../../errors.ts';
 import { appendToolName, isWholeJsonObject, requireObject } from './common.ts';
@@ -230,6 +231,22 @@ function outputFormat(b: Record<string, unknown>): Record<string, unknown> | und
 }
 
 /** A Messages body → an OpenAI chat body (model left as sent; the provider translator sets it). */
+/** `thinking`: true (enabled, adaptive), false (disabled), undefined (not said); anything else is 400. */
+function thinkingOf(b: Record<string, unknown>): boolean | undefined {
+  const t = b['thinking'];
+  if (t === undefined || t === null) return undefined;
+  const type = typeof t === 'object' ? (t as Record<string, unknown>)['type'] : undefined;
+  if (type === 'enabled' || type === 'adaptive') return true;
+  if (type === 'disabled') return false;
+  throw invalid('thinking.type', 'must be enabled, adaptive or disabled');
+}
+
+/** The client asked for thinking blocks (a reply holds them only then, as Anthropic's). */
+function wantsThinking(request: Readonly<Record<string, unknown>> | undefined): boolean {
+  const type = (request?.['thinking'] as Record<string, unknown> | null | undefined)?.['type'];
+  return type === 'enabled' || type === 'adaptive';
+}
+
 export function chatRequest(body: unknown): OpenAIChatRequest {
   const b = requireObject(body);
   if (!Array.isArray(b['messages'])) throw invalid('messages', 'must be an array');
@@ -245,6 +262,9 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
   for (const k of ['temperature', 'top_p'] as const) if (typeof b[k] === 'number') out[k] = b[k];
   // For an Ollama upstream (its options.top_k); OpenAI refuses the field (translate/index.ts leaves it out there).
   if (typeof b['top_k'] === 'number') out['top_k'] = b['top_k'];
+  // Ollama's `think`, as its own Messages API maps it (an OpenAI-compatible server has no such field).
+  const thinking = thinkingOf(b);
+  if (thinking !== undefined) out['think'] = thinking;
   const format = outputFormat(b);
   if (format !== undefined) out.response_format = { type: 'json_schema', json_schema: { name: 'response', schema: format } };
   const tools = toolsOf(b['tools']);
@@ -311,6 +331,7 @@ function inputJson(args: string): string {
 /** A whole chat reply → the Message. */
 export function message(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
   const content: unknown[] = [];
+  if (reply.thinking !== '' && wantsThinking(ctx.request)) content.push(thinkingBlock(reply.thinking));
   if (reply.text !== '' || reply.tools.length === 0) content.push({ type: 'text', text: reply.text });
   for (const t of reply.tools) content.push({ type: 'tool_use', id: t.id, name: t.name, input: parsedInput(t.arguments) });
   return {
@@ -325,6 +346,10 @@ export function message(reply: WholeReply, ctx: ReplyContext): Record<string, un
   };
 }
 
+function thinkingBlock(thinking: string): Record<string, unknown> {
+  return { type: 'thinking', thinking, signature: '' };
+}
+
 // ---- streaming ----
 
 export interface AnthropicWriter {
@@ -337,7 +362,7 @@ export interface AnthropicWriter {
   started: boolean;
   /** Index of the block being written, -1 for none; 'text' or the tool call's index. */
   block: number;
-  open: 'text' | number | null;
+  open: 'thinking' | 'text' | number | null;
   /** Tool call index → its block index, once started. */
   toolBlocks: Map<number, number>;
   /**
@@ -362,13 +387,17 @@ export interface AnthropicWriter {
   finish: string | null;
   usage: Usage | null;
   tokens: number;
-  /** Upstream events of reasoning only (dropped) since the last ping (keepAliveDue). */
+  /** The request asked for thinking: reasoning before the answer is a thinking block. */
+  readonly thinking: boolean;
+  /** The thinking block's index once begun, else -1 (it is always the first block). */
+  thinkingBlock: number;
+  /** Upstream events of reasoning dropped (not asked for, or after the answer began) since the last ping (keepAliveDue). */
   quiet: number;
   done: boolean;
 }
 
 export function anthropicWriter(ctx: ReplyContext, known: Usage | null = null): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', pendingStart: null, lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, quiet: 0, done: false };
+  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', pendingStart: null, lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, thinking: wantsThinking(ctx.request), thinkingBlock: -1, quiet: 0, done: false };
 }
 
 function event(type: string, data: Record<string, unknown>): string {
@@ -392,7 +421,7 @@ function startTool(w: AnthropicWriter): string {
 
 function closeBlock(w: AnthropicWriter): string {
   if (w.open === null) return '';
-  const json = w.open === 'text' ? '' : inputJson(w.args);
+  const json = typeof w.open === 'number' ? inputJson(w.args) : '';
   const begin = startTool(w);
   w.open = null;
   w.args = '';
@@ -404,8 +433,7 @@ function closeBlock(w: AnthropicWriter): string {
 export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (w.done) return '';
   let out = start(w);
-  // Reasoning is dropped: a ping now and then, as Anthropic's own.
-  if (keepAliveDue(w, d)) out += event('ping', {});
+  if (d.thinking !== '') out += think(w, d);
   if (d.text !== '' && !movesOn(w)) {
     w.tokens++;
     w.lateText += d.text;
@@ -460,6 +488,23 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
 }
 
 /**
+ * Reasoning asked for, before the answer began: the thinking block, opened at its first piece.
+ * Else dropped (an answer's block cannot be followed by thinking, as in Anthropic's replies):
+ * a ping now and then, as Anthropic's own while a model thinks.
+ */
+function think(w: AnthropicWriter, d: Delta): string {
+  if (!w.thinking || (w.block !== -1 && w.open !== 'thinking')) return keepAliveDue(w, d) ? event('ping', {}) : '';
+  let out = '';
+  if (w.open !== 'thinking') {
+    w.open = 'thinking';
+    w.thinkingBlock = ++w.block;
+    out += event('content_block_start', { index: w.block, content_block: thinkingBlock('') });
+  }
+  w.tokens++;
+  return out + event('content_block_delta', { index: w.block, delta: { type: 'thinking_delta', thinking: d.thinking } });
+}
+
+/**
  * Whether the next block may begin now: nothing waits for the end, and no tool block is open
  * or the open one's arguments are a whole JSON object (a fragment would break it, so none can
  * follow). Then its block is closed, a call finished before a later failure reaches the
@@ -493,7 +538,7 @@ export function anthropicDone(w: AnthropicWriter): string {
   }
   if (w.lateText !== '') out += wholeBlock(w, { type: 'text', text: '' }, { type: 'text_delta', text: w.lateText });
   // An empty reply is one empty text block, as a whole reply's content (and Anthropic's stream) has.
-  if (w.block === -1) out += wholeBlock(w, { type: 'text', text: '' }, null);
+  if (w.block === w.thinkingBlock) out += wholeBlock(w, { type: 'text', text: '' }, null);
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
   out += event('message_delta', { delta: { stop_reason: stopReason(w.finish ?? 'stop', w.toolBlocks.size > 0), stop_sequence: null }, usage: usageObject(usage) });
   return out + event('message_stop', {});

@@ -113,8 +113,8 @@ function chatOrCompletion(route: Route, body: unknown, upstreamModel: string): {
     else {
       // The client's API as an OpenAI chat body, then on to the provider as one.
       const chat = client === 'responses' ? responsesToChat.chatRequest(body) : anthropicToChat.chatRequest(body);
-      // An Anthropic client's top_k is Ollama's option; OpenAI refuses the field.
-      const { top_k: _topK, ...forOpenai } = chat as OpenAIChatRequest & { top_k?: number };
+      // An Anthropic client's top_k and thinking switch are Ollama's; OpenAI refuses the fields.
+      const { top_k: _topK, think: _think, ...forOpenai } = chat as OpenAIChatRequest & { top_k?: number; think?: boolean };
       out = provider === 'openai' ? openaiToOpenai.chatRequest(forOpenai, upstreamModel) : openaiToOllama.chatRequest(chat, upstreamModel);
     }
     return { out, stream, includeUsage: false };

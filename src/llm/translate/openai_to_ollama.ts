@@ -126,6 +126,8 @@ export function chatRequest(body: unknown, upstreamModel: string): OllamaChatReq
   if (options !== undefined) out.options = options;
   const format = formatFromResponseFormat(b['response_format']);
   if (format !== undefined) out.format = format;
+  // Ollama's own switch for a thinking model (what an Anthropic client's `thinking` becomes).
+  if (typeof b['think'] === 'boolean') out['think'] = b['think'];
   // Ollama has no tool_choice: "none" can only be kept by not offering the tools.
   if (Array.isArray(b['tools']) && b['tools'].length > 0 && b['tool_choice'] !== 'none') out.tools = b['tools'];
   return out;

@@ -291,6 +291,20 @@ function textPart(text: string): Record<string, unknown> {
   return { type: 'output_text', text, annotations: [], logprobs: [] };
 }
 
+/**
+ * A reasoning item: a chat upstream's reasoning text (Ollama's `thinking`, `reasoning_content`)
+ * as its summary, as Ollama's own Responses API gives it and as clients read it (the openai
+ * SDK's stream accumulator, coding agents). No `encrypted_content`: there is none to give, and
+ * a reasoning item sent back in a later turn is not passed to a chat upstream.
+ */
+function reasoningItem(id: string, text: string | null): Record<string, unknown> {
+  return { type: 'reasoning', id: 'rs_' + id, summary: text === null ? [] : [summaryPart(text)] };
+}
+
+function summaryPart(text: string): Record<string, unknown> {
+  return { type: 'summary_text', text };
+}
+
 /** A function_call item; a namespaced function's call says its own name and its namespace. */
 function callItem(id: string, t: { id: string; name: string; arguments: string }, status: 'in_progress' | 'completed' | 'incomplete', ns: ToolNamespaces | undefined): Record<string, unknown> {
   const own = ns?.get(t.name);
@@ -302,6 +316,7 @@ function callItem(id: string, t: { id: string; name: string; arguments: string }
 export function response(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
   const output: unknown[] = [];
   const end = ending(reply.finish);
+  if (reply.thinking !== '') output.push(reasoningItem(ctx.id, reply.thinking));
   if (reply.text !== '' || reply.tools.length === 0) output.push(messageItem(ctx.id, reply.text, end.status === 'incomplete' ? 'incomplete' : 'completed'));
   // Cut at max_output_tokens, the last call's arguments are cut too: that item is incomplete.
   const ns = toolNamespaces(ctx.request);
@@ -353,13 +368,18 @@ export interface ResponsesWriter {
   tokens: number;
   /** The request's namespaced functions (their calls are reported by their own names). */
   readonly namespaces: ToolNamespaces | undefined;
-  /** Upstream events of reasoning only (dropped) since the last keep-alive comment (keepAliveDue). */
+  /** The reasoning item: its output_index once reasoning arrived (always the first item), else -1. */
+  reasoningIndex: number;
+  reasoning: string;
+  /** The reasoning item was closed (what followed it began). */
+  reasoningDone: boolean;
+  /** Reasoning events after the reply's text or calls began (dropped) since the last keep-alive comment (keepAliveDue). */
   quiet: number;
   done: boolean;
 }
 
 export function responsesWriter(ctx: ReplyContext): ResponsesWriter {
-  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, namespaces: toolNamespaces(ctx.request), quiet: 0, done: false };
+  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, namespaces: toolNamespaces(ctx.request), reasoningIndex: -1, reasoning: '', reasoningDone: false, quiet: 0, done: false };
 }
 
 function event(w: { seq: number }, type: string, fields: Record<string, unknown>): string {
@@ -381,10 +401,41 @@ function closeMessage(w: ResponsesWriter, itemId: string, index: number, text: s
   return out + event(w, 'response.output_item.done', { output_index: index, item: { ...messageItem(w.id, text, status), id: itemId } });
 }
 
+/**
+ * Reasoning before the reply's text and calls: the reasoning item, opened at its first piece
+ * with its summary part, as OpenAI streams one. Reasoning after them (an item cannot reopen,
+ * and an item after the reply would put the model's thinking after its answer) is dropped: a
+ * keep-alive comment now and then (no event, so no sequence number).
+ */
+function reason(w: ResponsesWriter, d: Delta): string {
+  if (w.reasoningDone || w.messageIndex !== -1 || w.tools.length > 0) return keepAliveDue(w, d) ? ': keep-alive\n\n' : '';
+  let out = '';
+  const ids = { item_id: 'rs_' + w.id, output_index: w.reasoningIndex, summary_index: 0 };
+  if (w.reasoningIndex === -1) {
+    ids.output_index = w.reasoningIndex = w.outputs++;
+    out += event(w, 'response.output_item.added', { output_index: w.reasoningIndex, item: reasoningItem(w.id, null) });
+    out += event(w, 'response.reasoning_summary_part.added', { ...ids, part: summaryPart('') });
+  }
+  w.reasoning += d.thinking;
+  w.tokens++;
+  return out + event(w, 'response.reasoning_summary_text.delta', { ...ids, delta: d.thinking });
+}
+
+/** The reasoning item's closing events, once what follows it begins (or the reply ends). */
+function closeReasoning(w: ResponsesWriter): string {
+  if (w.reasoningIndex === -1 || w.reasoningDone) return '';
+  w.reasoningDone = true;
+  const ids = { item_id: 'rs_' + w.id, output_index: w.reasoningIndex, summary_index: 0 };
+  let out = event(w, 'response.reasoning_summary_text.done', { ...ids, text: w.reasoning });
+  out += event(w, 'response.reasoning_summary_part.done', { ...ids, part: summaryPart(w.reasoning) });
+  return out + event(w, 'response.output_item.done', { output_index: w.reasoningIndex, item: reasoningItem(w.id, w.reasoning) });
+}
+
 /** The message item's opening events: the item, its text part. */
 function openMessage(w: ResponsesWriter): string {
+  const closed = closeReasoning(w);
   w.messageIndex = w.outputs++;
-  const out = event(w, 'response.output_item.added', { output_index: w.messageIndex, item: messageItem(w.id, '', 'in_progress') });
+  const out = closed + event(w, 'response.output_item.added', { output_index: w.messageIndex, item: messageItem(w.id, '', 'in_progress') });
   return out + event(w, 'response.content_part.added', { item_id: 'msg_' + w.id, output_index: w.messageIndex, content_index: 0, part: textPart('') });
 }
 
@@ -392,8 +443,7 @@ function openMessage(w: ResponsesWriter): string {
 export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   if (w.done) return '';
   let out = open(w);
-  // Reasoning is dropped: an SSE comment now and then (no event, so no sequence number).
-  if (keepAliveDue(w, d)) out += ': keep-alive\n\n';
+  if (d.thinking !== '') out += reason(w, d);
   if (d.text !== '' && (w.messageDone || w.tools.length > 0)) {
     out += closeWhole(w);
     w.lateText += d.text;
@@ -412,7 +462,7 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
           out += closeMessage(w, 'msg_' + w.id, w.messageIndex, w.text);
           w.messageDone = true;
         }
-        out += closeWhole(w);
+        out += closeReasoning(w) + closeWhole(w);
         slot = w.tools[t.index] = { outputIndex: w.outputs++, itemId: 'fc_' + w.id + '_' + t.index, id: t.id ?? `call_${w.id}_${t.index}`, name: t.name ?? '', arguments: '', closed: null, announced: false };
       } else slot.name = appendToolName(slot.name, t.name, slot.arguments);
       if (t.arguments !== undefined && t.arguments !== '') {
@@ -474,6 +524,7 @@ function closeCall(w: ResponsesWriter, s: ToolSlot, status: ItemStatus): string 
  */
 function outputItems(w: ResponsesWriter, last: ItemStatus, streamed = false): Array<[number, Record<string, unknown>]> {
   const items: Array<[number, Record<string, unknown>]> = [];
+  if (w.reasoningIndex !== -1) items.push([w.reasoningIndex, reasoningItem(w.id, w.reasoning)]);
   // The message closed early (a function call followed it) was whole.
   if (w.messageIndex !== -1) items.push([w.messageIndex, messageItem(w.id, w.text, w.messageDone ? 'completed' : last)]);
   if (w.lateIndex !== -1) items.push([w.lateIndex, { ...messageItem(w.id, w.lateText, last), id: 'msg_' + w.id + '_late' }]);
@@ -492,6 +543,7 @@ export function responsesDone(w: ResponsesWriter): string {
   const end = ending(finish);
   const last: ItemStatus = end.status === 'incomplete' ? 'incomplete' : 'completed';
   w.done = true;
+  out += closeReasoning(w);
   // An empty reply is one message item with an empty text, as a whole Response's output.
   if (w.messageIndex === -1 && w.tools.length === 0 && w.lateText === '') out += openMessage(w);
   if (w.messageIndex !== -1 && !w.messageDone) out += closeMessage(w, 'msg_' + w.id, w.messageIndex, w.text, last);
