@@ -327,6 +327,11 @@ t.test("Responses: a chat upstream's reasoning is a reasoning item with its text
       `${model}: the reasoning item opens, streams and closes before the message item opens`,
     );
     t.same(shape(evs.at(-1).response.output), expected, `${model}: response.completed lists both items`);
+    // The next turn sends the output back, reasoning item included (as agents do): accepted, the reasoning not passed on.
+    const before = seen.length;
+    const next = await openai.responses.create({ model, input: [{ role: 'user', content: 'Hi' }, ...(whole.output as any[]), { role: 'user', content: 'And?' }] });
+    t.equal(next.status, 'completed', `${model}: a later turn with the reasoning item`);
+    t.same(seen[before]!.body.messages.map((m: any) => m.role), ['user', 'assistant', 'user'], `${model}: the turns as chat`);
     t.same(evs.map((e) => e.output_index ?? null).filter((i) => i !== null).at(-1), 1, `${model}: the message is output 1`);
     t.same(evs.map((e) => e.sequence_number), evs.map((_, i) => i));
   }
@@ -374,6 +379,11 @@ t.test("Messages: reasoning is a thinking block when the request asks for thinki
     ],
     'the thinking block is closed before the text block opens',
   );
+  // The next turn sends the thinking block back (as Claude Code does): accepted, not passed on.
+  const prior = await anthropic.messages.create({ ...body, thinking: { type: 'enabled', budget_tokens: 1024 } });
+  const nextTurn = await anthropic.messages.create({ ...body, messages: [...body.messages, { role: 'assistant', content: prior.content as any }, { role: 'user', content: 'And?' }] });
+  t.equal(nextTurn.type, 'message', 'a later turn with the thinking block');
+  t.same(seen.at(-1)!.body.messages.map((m: any) => [m.role, m.content]), [['user', 'Hi'], ['assistant', 'Hello!'], ['user', 'And?']], 'the thinking block is not in the chat turns');
   // Not asked (or disabled): no thinking block, as Anthropic's; disabled tells Ollama not to think.
   const before = seen.length;
   t.same(shape((await anthropic.messages.create(body)).content), [['text', 'Hello!']], 'not asked: whole');
