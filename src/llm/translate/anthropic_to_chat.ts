@@ -262,9 +262,10 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
   for (const k of ['temperature', 'top_p'] as const) if (typeof b[k] === 'number') out[k] = b[k];
   // For an Ollama upstream (its options.top_k); OpenAI refuses the field (translate/index.ts leaves it out there).
   if (typeof b['top_k'] === 'number') out['top_k'] = b['top_k'];
-  // Ollama's `think`, as its own Messages API maps it (an OpenAI-compatible server has no such field).
-  const thinking = thinkingOf(b);
-  if (thinking !== undefined) out['think'] = thinking;
+  // Thinking disabled is Ollama's `think: false` (an OpenAI-compatible server has no such field).
+  // Enabled is not `think: true`: Ollama refuses that for a model that cannot think, where
+  // Anthropic's API, and the model's default here, just answer.
+  if (thinkingOf(b) === false) out['think'] = false;
   const format = outputFormat(b);
   if (format !== undefined) out.response_format = { type: 'json_schema', json_schema: { name: 'response', schema: format } };
   const tools = toolsOf(b['tools']);
