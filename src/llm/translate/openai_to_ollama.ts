@@ -126,8 +126,12 @@ export function chatRequest(body: unknown, upstreamModel: string): OllamaChatReq
   if (options !== undefined) out.options = options;
   const format = formatFromResponseFormat(b['response_format']);
   if (format !== undefined) out.format = format;
-  // Ollama's own switch for a thinking model (what an Anthropic client's `thinking` becomes).
+  // Ollama's own switch for a thinking model (what an Anthropic client's disabled `thinking`
+  // becomes). reasoning_effort "none" is think: false, as Ollama's OpenAI API maps it; a level
+  // is not passed on as think (Ollama refuses that for a model that cannot think, and agents
+  // send one whatever the model), so the model keeps its default.
   if (typeof b['think'] === 'boolean') out['think'] = b['think'];
+  else if (b['reasoning_effort'] === 'none') out['think'] = false;
   // Ollama has no tool_choice: "none" can only be kept by not offering the tools.
   if (Array.isArray(b['tools']) && b['tools'].length > 0 && b['tool_choice'] !== 'none') out.tools = b['tools'];
   return out;

@@ -72,6 +72,16 @@ t.test('OpenAI chat → Ollama: non-streaming is said explicitly (Ollama streams
   t.equal(r.includeUsage, false);
 });
 
+t.test("OpenAI chat → Ollama: think passed on; reasoning_effort none is think false, a level leaves the model's default", async (t) => {
+  const ask = (extra: Record<string, unknown>, client: 'openai' | 'responses' = 'openai') =>
+    body(translateRequest({ client, provider: 'ollama', kind: 'chat' }, client === 'openai' ? { model: 'm', messages: [{ role: 'user', content: 'hi' }], ...extra } : { model: 'm', input: 'hi', ...extra }, 'up'));
+  t.equal(ask({ think: true }).think, true);
+  t.equal(ask({ reasoning_effort: 'none' }).think, false);
+  t.equal(ask({ reasoning: { effort: 'none' } }, 'responses').think, false, 'Responses reasoning.effort none');
+  for (const effort of ['minimal', 'low', 'medium', 'high']) t.notOk('think' in ask({ reasoning_effort: effort }), `${effort}: not think`);
+  t.notOk('reasoning_effort' in ask({ reasoning_effort: 'none' }), 'Ollama gets no reasoning_effort');
+});
+
 t.test('OpenAI → Ollama rejects what Ollama cannot do', async (t) => {
   const route = { client: 'openai', provider: 'ollama', kind: 'chat' } as const;
   t.throws(() => translateRequest(route, { model: 'm', messages: [], n: 2 }, 'up'), { code: 'invalid_request' });
