@@ -230,7 +230,6 @@ function outputFormat(b: Record<string, unknown>): Record<string, unknown> | und
   return schema as Record<string, unknown>;
 }
 
-/** A Messages body → an OpenAI chat body (model left as sent; the provider translator sets it). */
 /** `thinking`: true (enabled, adaptive), false (disabled), undefined (not said); anything else is 400. */
 function thinkingOf(b: Record<string, unknown>): boolean | undefined {
   const t = b['thinking'];
@@ -247,6 +246,7 @@ function wantsThinking(request: Readonly<Record<string, unknown>> | undefined): 
   return type === 'enabled' || type === 'adaptive';
 }
 
+/** A Messages body → an OpenAI chat body (model left as sent; the provider translator sets it). */
 export function chatRequest(body: unknown): OpenAIChatRequest {
   const b = requireObject(body);
   if (!Array.isArray(b['messages'])) throw invalid('messages', 'must be an array');
