@@ -118,6 +118,15 @@ t.test('POST /admin/config validates and names the bad field', async (t) => {
   t.equal(ok.body.shadow_enabled, true);
   const read = await json(await fetch(`${tb.url}/admin/config`, { headers: admin }));
   t.equal(read.b_share, 0.5);
+  // Both weights 0: the error names the field the caller sent.
+  const zero = await postJson(`${tb.url}/admin/config`, { ab_weight_a: 0, ab_weight_b: 0 }, admin);
+  t.equal(zero.status, 400);
+  t.equal(zero.body.error.param ?? zero.body.error.details?.field, 'ab_weight_a', 'both sent: the first');
+  t.equal((await postJson(`${tb.url}/admin/config`, { ab_weight_a: 0, ab_weight_b: 1 }, admin)).status, 200);
+  const onlyB = await postJson(`${tb.url}/admin/config`, { ab_weight_b: 0 }, admin);
+  t.equal(onlyB.status, 400);
+  t.equal(onlyB.body.error.param ?? onlyB.body.error.details?.field, 'ab_weight_b', 'B set to 0 while A is 0: names ab_weight_b');
+  t.equal((await postJson(`${tb.url}/admin/config`, { ab_weight_a: 0.5, ab_weight_b: 0.5 }, admin)).status, 200);
   const warm = await fetch(`${tb.url}/admin/warmup`, { method: 'POST', headers: admin });
   t.equal(warm.status, 200);
   t.equal((await json(warm)).warmed, true);
