@@ -1,4 +1,4 @@
-// Admin API for the inference path: runtime config, warmup, promote.
+// Admin API for the inference path: runtime config, warmup, promote, rollback.
 // Every route here needs the admin credential (checked by the front).
 import { BrokerError } from '../errors.ts';
 import type { Route } from '../front/http/router.ts';
@@ -36,8 +36,8 @@ export function parseConfigPatch(body: Record<string, unknown>): Patch {
 }
 
 /**
- * Warmup and promote act on the models loaded (both warmed; B made A): there is nothing to
- * choose, and a field or query parameter is refused rather than ignored, so that a caller who
+ * Warmup, promote and rollback act on the models loaded (both warmed; B made A; the pair a
+ * promote replaced restored): there is nothing to choose, and a field or query parameter is refused rather than ignored, so that a caller who
  * meant another model or version learns so before anything changes. Promote takes one
  * precondition, `version`: B's version, as `GET /admin/config` shows it.
  */
@@ -113,8 +113,21 @@ export function adminRoutes(service: InferService): Route[] {
         const t0 = performance.now();
         const promoted = await service.promote();
         // Again, after B became A: said so, and no pool rebuilt.
-        const reason = promoted ? {} : { reason: 'A and B are already the same model: load another B to promote again' };
+        const reason = promoted ? {} : { reason: 'A and B are already the same model: load another B to promote again, or POST /admin/rollback to undo the promote' };
         sink.send(...json(200, { promoted, duration_ms: Math.round(performance.now() - t0), ...reason, ...view(service, service.runtimeConfig) }));
+      },
+    },
+    {
+      method: 'POST',
+      path: '/admin/rollback',
+      admin: true,
+      body: 'json?',
+      async handle({ req, body, sink }) {
+        noChoice('rollback', req.query, body as Record<string, unknown>);
+        const t0 = performance.now();
+        const rolledBack = await service.rollback();
+        const reason = rolledBack ? {} : { reason: 'no promote to undo: none since the broker started, or it was rolled back already' };
+        sink.send(...json(200, { rolled_back: rolledBack, duration_ms: Math.round(performance.now() - t0), ...reason, ...view(service, service.runtimeConfig) }));
       },
     },
   ];

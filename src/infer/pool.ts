@@ -316,12 +316,17 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     const maxBatchSize = Math.max(1, Math.min(batching.maxBatchSize, Math.floor(MAX_BATCH_INPUT_BYTES / (pixels * input.channels * 4))));
     if (count >= maxBatchSize) return maxBatchSize;
     for (let i = preferredBatchSizes.length - 1; i >= 0; i--) if (preferredBatchSizes[i]! <= Math.min(count, maxBatchSize)) return preferredBatchSizes[i]!;
-    // Held for a batch to fill up to max_queue_delay_us, but never past a request's own
-    // deadline (a v2 timeout) or the model's queue.timeout_ms (shorter than the delay, the
-    // oldest would time out waiting on an idle server): then what waits goes, as a smaller
-    // batch. A margin of a tenth (at most 50 ms): a timer that fires late must not meet the sweep.
+    // Held for a batch to fill up to max_queue_delay_us. A request whose own deadline (a v2
+    // timeout) ends inside that window asked for an answer sooner than a batch would take:
+    // what waits goes now, as a smaller batch (held to just before its deadline, a worker
+    // busy at that moment would turn it into a 504). The model's queue.timeout_ms shorter
+    // than the window cuts it short instead (the oldest would time out waiting on an idle
+    // server), a margin of a tenth (at most 50 ms) early: a timer that fires late must not
+    // meet the sweep.
+    const window = oldest + maxQueueDelayUs / 1000;
+    if (firstDeadline() < window) return count;
     const margin = Math.min(50, queue.timeoutMs / 10);
-    const due = Math.min(oldest + maxQueueDelayUs / 1000, oldest + queue.timeoutMs - margin, firstDeadline() - margin);
+    const due = Math.min(window, oldest + queue.timeoutMs - margin);
     if (now >= due) return count;
     if (due < delayDue) {
       clearTimeout(delayTimer);

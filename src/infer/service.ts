@@ -105,6 +105,10 @@ export class InferService {
   private readonly now: () => number;
   private readonly random: () => number;
   private promoting: Promise<boolean> | undefined;
+  /** The pair the last promote replaced, for a rollback; undefined before any promote, and after a rollback. */
+  private replaced: { A: LoadedModel; B: LoadedModel } | undefined;
+  /** Promotes and rollbacks one at a time: each swaps the pool the one before it left. */
+  private swaps: Promise<unknown> = Promise.resolve();
   /** When a failed shadow run was last logged (SHADOW_WARN_EVERY_MS apart). */
   private shadowWarnedAt = -Infinity;
   private readonly im: InferMetrics;
@@ -395,33 +399,67 @@ export class InferService {
   promote(): Promise<boolean> {
     // A and B are one model already (promoted before): nothing to do, no pool to rebuild.
     if (this.promoting === undefined && sameModel(this.pool)) return Promise.resolve(false);
-    this.promoting ??= (async () => {
+    this.promoting ??= this.oneAtATime(async () => {
       try {
+        if (sameModel(this.pool)) return false;
         const old = this.pool;
         const b = old.models.B!;
-        const next = this.newPool({ A: b, B: b });
-        let problems: ModelProblems;
-        try {
-          problems = await this.check(next, true);
-          // B's model is about to serve everything: it must run.
-          const p = problems['A'];
-          if (p !== undefined) throw new BrokerError('model_unavailable', `B cannot be promoted: ${p.message}`);
-        } catch (err) {
-          await next.close();
-          throw err;
-        }
-        this.pool = next;
-        this.problems = problems;
-        this.judge.reset();
-        this.config = Object.freeze({ ...this.config, canaryRollback: null });
+        await this.swap({ A: b, B: b }, true);
+        this.replaced = { A: old.models.A!, B: b };
         this.deps.logger.info({ model: b.manifest.name, version: b.manifest.version }, 'promoted B to A');
-        await old.close();
         return true;
       } finally {
         this.promoting = undefined;
       }
-    })();
+    });
     return this.promoting;
+  }
+
+  /**
+   * Undoes the last promote: A and B are again the pair it replaced (the old A serving, the
+   * promoted model as B), through a new pool as a promote's. False when there is none to undo
+   * (none since start, or undone already): a process keeps only the pair it replaced last.
+   */
+  rollback(): Promise<boolean> {
+    return this.oneAtATime(async () => {
+      const pair = this.replaced;
+      if (pair === undefined) return false;
+      await this.swap(pair, false);
+      this.replaced = undefined;
+      this.deps.logger.info({ model: pair.A.manifest.name, version: pair.A.manifest.version }, 'rolled back: A serves the model it served before the promote');
+      return true;
+    });
+  }
+
+  private oneAtATime<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.swaps.then(fn, fn);
+    this.swaps = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * A new pool loads and checks `models` while the old one keeps serving; then traffic
+   * switches and the old pool finishes what it started. A's model must run, or nothing changes.
+   * `candidate`: a promote's pool (B's model as both arms), whose problem is said as the promote's.
+   */
+  private async swap(models: { A: LoadedModel; B: LoadedModel }, candidate: boolean): Promise<void> {
+    const old = this.pool;
+    const next = this.newPool(models);
+    let problems: ModelProblems;
+    try {
+      problems = await this.check(next, candidate);
+      // The model about to serve A's traffic must run.
+      const p = problems['A'];
+      if (p !== undefined) throw new BrokerError('model_unavailable', candidate ? `B cannot be promoted: ${p.message}` : `the model to roll back to cannot run: ${p.message}`);
+    } catch (err) {
+      await next.close();
+      throw err;
+    }
+    this.pool = next;
+    this.problems = problems;
+    this.judge.reset();
+    this.config = Object.freeze({ ...this.config, canaryRollback: null });
+    await old.close();
   }
 
   /** Shutdown past its grace period: requests still queued answer 503 shutting_down instead of a closed connection. */

@@ -151,6 +151,29 @@ t.test('promote: arm A answers with B model, without failing in-flight requests'
   t.equal(after.body.version, B.manifest.version);
   const cfg = await json(await fetch(`${tb.url}/admin/config`, { headers: admin }));
   t.equal(cfg.models.A.name, B.manifest.name);
+
+  // Rolled back under load: the pair before the promote serves again, nothing failed.
+  stop = false;
+  const during = (async () => {
+    const statuses: number[] = [];
+    for (let i = 0; !stop; i++) statuses.push((await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) })).status);
+    return statuses;
+  })();
+  const back = await post('/admin/rollback', {});
+  stop = true;
+  t.equal(back.status, 200);
+  const undone = await json(back);
+  t.equal(undone.rolled_back, true);
+  t.same([undone.models.A.version, undone.models.B.version], [A.version, B.manifest.version], 'A and B as before the promote');
+  t.ok((await during).every((s) => s === 200), 'no request failed during the rollback');
+  const served = await postJson(`${tb.url}/v1/infer`, { image_b64: img(0) });
+  t.same([served.body.arm, served.body.model, served.body.version], ['A', A.name, A.version], 'A serves its old model');
+  const twice = await json(await post('/admin/rollback'));
+  t.match(twice, { rolled_back: false, reason: /no promote to undo/ }, 'nothing left to undo');
+  t.equal((await post('/admin/rollback?to=1.0.0')).status, 400, 'a query parameter is refused');
+  // And it can be promoted again.
+  t.equal((await json(await post('/admin/promote'))).promoted, true);
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(0) })).body.version, B.manifest.version);
 });
 
 t.test('A and B of different sizes: an img_size only one arm takes goes to it, whatever the split or cookie draws', async (t) => {

@@ -152,6 +152,10 @@ t.test('a request whose own timeout ends before the batch window is not held for
     t.same(res.map((r) => (r.status === 'fulfilled' ? 'ok' : (r.reason as { code: string }).code)), ['ok', 'ok', 'ok'], 'none timed out waiting for the window');
     const mixed = await Promise.allSettled([pool.run('S', copy(png), undefined, 1), pool.run('S', copy(png), undefined, 1, undefined, { timeoutMs: 200 })]);
     t.same(mixed.map((r) => r.status), ['fulfilled', 'fulfilled'], 'one without a deadline goes along with the one that has');
+    // Not held to just before its deadline either (a worker busy then would make it a 504):
+    // a lone request with 1.5 s to spare waited far less than that (before: about 1.45 s).
+    const lone = await pool.run('S', copy(png), undefined, 1, undefined, { timeoutMs: 1_500 });
+    t.ok(lone.queueMs < 750, `waited ${lone.queueMs.toFixed(1)} ms of its 1,500`);
   });
 });
 
