@@ -3,7 +3,8 @@
 // (x-broker-priority, 0-9) after aging, one level per agingMs waited, ties to the oldest,
 // so a low priority cannot starve. The batcher (pool.ts) takes its batches from here, so
 // this queue is also where a batch fills while the workers are busy. Full: 503 overloaded
-// with Retry-After; waited too long: 504 queue_timeout.
+// with Retry-After, unless a lower priority level waits, whose newest is shed for the
+// newcomer (503 overloaded too); waited too long: 504 queue_timeout.
 import { apiKeyOf } from '../guard/api-key.ts';
 import { BrokerError } from '../errors.ts';
 import { DEFAULT_SCHEDULER } from '../config/broker-config.ts';
@@ -41,6 +42,8 @@ export class AdmissionQueue<T> {
   private cancelledCount = 0;
   timedOut = 0;
   rejectedFull = 0;
+  /** Waiters shed for a request of higher priority that found the queue full. */
+  shedCount = 0;
 
   constructor(
     readonly model: string,
@@ -68,17 +71,43 @@ export class AdmissionQueue<T> {
     throw new BrokerError('overloaded', `inference queue of model ${this.model} has room for ${this.room} of the request's ${n} items (${this.maxSize} places)`, { retryAfter: 1 });
   }
 
-  /** Throws overloaded when full. */
-  push(p: Pending<T>): void {
+  /**
+   * Admits `p`, or throws overloaded when full. Full, the items of requests that ended make
+   * room first; else a request takes the place of the newest waiter of the lowest priority
+   * level below its own, which is shed (503 overloaded, as if it had found the queue full):
+   * under overload the queue keeps the work its callers ranked highest. Returns how many
+   * left the queue to make room (0 or more), for the pool's count of waiters.
+   */
+  push(p: Pending<T>): number {
+    let left = 0;
     if (this.count >= this.maxSize) {
-      this.rejectedFull++;
-      // A full queue drains in about its length over the throughput; a second is a fair guess at
-      // this queue's scale (256 waiting at a few hundred images/s) and what Retry-After can say.
-      throw new BrokerError('overloaded', `inference queue of model ${this.model} is full (${this.maxSize} waiting)`, { retryAfter: 1 });
+      left = this.dropCancelled();
+      if (left === 0 && this.shed(p.priority)) left = 1;
+      if (left === 0) {
+        this.rejectedFull++;
+        // A full queue drains in about its length over the throughput; a second is a fair guess at
+        // this queue's scale (256 waiting at a few hundred images/s) and what Retry-After can say.
+        throw new BrokerError('overloaded', `inference queue of model ${this.model} is full (${this.maxSize} waiting)`, { retryAfter: 1 });
+      }
     }
     this.levels[p.priority]!.push(p);
     this.count++;
     if (p.deadline !== undefined) this.withDeadline++;
+    return left;
+  }
+
+  /** Sheds the newest waiter of the lowest level below `priority`; false when none waits there. */
+  private shed(priority: number): boolean {
+    for (let l = 0; l < priority; l++) {
+      const victim = this.levels[l]!.pop();
+      if (victim === undefined) continue;
+      this.count--;
+      if (victim.deadline !== undefined) this.withDeadline--;
+      this.shedCount++;
+      victim.reject(new BrokerError('overloaded', `inference queue of model ${this.model} is full (${this.maxSize} waiting): this request was shed for one of higher priority`, { retryAfter: 1, details: { shed: true } }));
+      return true;
+    }
+    return false;
   }
 
   private score(p: Pending<T>, now: number): number {

@@ -32,7 +32,7 @@ function create(m: Metrics) {
     }),
     admissionRejected: new Counter({
       name: 'inference_admission_rejections_total',
-      help: 'Requests refused by the admission queue: full (503 overloaded) or waited too long (504 queue_timeout)',
+      help: 'Requests refused by the admission queue: full (503 overloaded), shed from a full queue for a request of higher priority (503 overloaded), or waited too long (504 queue_timeout)',
       labelNames: ['model', 'reason'] as const,
       registers: r,
     }),

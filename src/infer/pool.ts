@@ -470,8 +470,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
           reject(err);
         };
         const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve: ok }, size, priority, enqueuedAt, reject: failed, ...(deadline !== undefined ? { deadline } : {}), ...(signal !== undefined ? { cancelled: () => signal.aborted } : {}) };
-        q.push(p);
-        waiting++;
+        waiting += 1 - q.push(p);
         signal?.addEventListener('abort', onAbort);
         // Only an own deadline can expire a request in the turn it came (AdmissionQueue.expire).
         pump(deadline !== undefined ? new Set([p]) : undefined);
@@ -520,9 +519,8 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
           // An image's own failure names the image: the request fails for one of its N.
           const own = (err: BrokerError): void => fail(images.length > 1 && OWN_FAILURES.has(err.code) ? new BrokerError(err.code, `item ${i} of ${images.length}: ${err.message}`, { details: { ...err.details, item: i } }) : err);
           const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve: done }, size, priority, enqueuedAt, reject: own, cancelled, ...(deadline !== undefined ? { deadline } : {}) };
-          q.push(p);
+          waiting += 1 - q.push(p);
           fresh.add(p);
-          waiting++;
         });
         signal?.addEventListener('abort', onAbort);
         pump(fresh);

@@ -308,7 +308,7 @@ export class InferService {
       const e = err as BrokerError;
       // The client left: one outcome, its own (499 at the front); not a failure of the model.
       if (input.signal?.aborted === true) throw err;
-      if (e.code === 'overloaded' || e.code === 'queue_timeout') this.im.admissionRejected.labels(manifest.name, e.code === 'overloaded' ? 'full' : 'timeout').inc();
+      if (e.code === 'overloaded' || e.code === 'queue_timeout') this.im.admissionRejected.labels(manifest.name, e.code === 'queue_timeout' ? 'timeout' : e.details?.['shed'] === true ? 'shed' : 'full').inc();
       m.inferFailure.labels(manifest.name, manifest.version, arm, e.code ?? 'internal').inc();
       if (e.details?.['decoder'] !== undefined) this.deps.logger.warn({ decoder: e.details['decoder'], model: manifest.name, arm }, 'image decoder refused the bytes');
       // A model refused at load (model_unavailable) was said once then; a run that fails is said each time.

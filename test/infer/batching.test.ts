@@ -125,6 +125,17 @@ t.test('admission: bounded queue (overloaded, Retry-After), wait timeout, priori
     const high = tag('high', pool.run('A', copy(small), undefined, 1, 9));
     await Promise.all([busy, low, high]);
     t.same(done, ['busy', 'high', 'low']);
+
+    // Full: a request of higher priority takes the place of the newest of the lowest level
+    // below its own (shed, 503 overloaded); one of the same or a lower level is refused.
+    const outcome = (p: Promise<RunResult>) => p.then(() => 'ok', (e: { code: string; details?: { shed?: boolean } }) => (e.details?.shed === true ? 'shed' : e.code));
+    const running = outcome(pool.run('A', copy(big), undefined, 1));
+    const older = outcome(pool.run('A', copy(small), undefined, 1, 1));
+    const newer = outcome(pool.run('A', copy(small), undefined, 1, 1));
+    const same = outcome(pool.run('A', copy(small), undefined, 1, 1));
+    const urgent = outcome(pool.run('A', copy(small), undefined, 1, 9));
+    const lower = outcome(pool.run('A', copy(small), undefined, 1, 0));
+    t.same(await Promise.all([running, older, newer, same, urgent, lower]), ['ok', 'ok', 'shed', 'overloaded', 'ok', 'overloaded'], 'the newest low one shed for the urgent one; the same level and a lower one refused');
   });
 });
 
