@@ -76,6 +76,19 @@ function ollamaReply(body: any, res: ServerResponse, content: string): void {
   res.end(JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content }, done: true, done_reason: 'stop', prompt_eval_count: 3, eval_count: 2 }) + '\n');
 }
 
+/** An Ollama thinking model's reply: `thinking` lines before the text, or message.thinking in a whole reply. */
+const THINKING = ['The user ', 'greets me.'];
+function ollamaThinking(b: any, res: ServerResponse): void {
+  const line = (message: Record<string, unknown>, done = false) =>
+    JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: '', ...message }, done, ...(done ? { done_reason: 'stop', prompt_eval_count: 3, eval_count: 4 } : {}) }) + '\n';
+  if (b.stream === false) {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    return void res.end(line({ thinking: THINKING.join(''), content: 'Hello!' }, true));
+  }
+  res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+  res.end(THINKING.map((th) => line({ thinking: th })).join('') + line({ content: 'Hello' }) + line({ content: '!' }) + line({}, true));
+}
+
 // ---- the broker ----
 
 const dir = mkdtempSync(join(tmpdir(), 'eb-fidelity-'));
@@ -283,18 +296,8 @@ t.test('an empty reply is the same streamed and not: one empty text (Responses m
 });
 
 t.test("Responses: a chat upstream's reasoning is a reasoning item with its text as the summary, whole and streamed, read by the openai SDK's stream helper", async (t) => {
-  const thinking = ['The user ', 'greets me.'];
-  // Ollama: `thinking` lines before the text, or message.thinking in a whole reply.
-  const ollama = (b: any, res: ServerResponse) => {
-    const line = (message: Record<string, unknown>, done = false) =>
-      JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: '', ...message }, done, ...(done ? { done_reason: 'stop', prompt_eval_count: 3, eval_count: 4 } : {}) }) + '\n';
-    if (b.stream === false) {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      return void res.end(line({ thinking: thinking.join(''), content: 'Hello!' }, true));
-    }
-    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-    res.end(thinking.map((th) => line({ thinking: th })).join('') + line({ content: 'Hello' }) + line({ content: '!' }) + line({}, true));
-  };
+  const thinking = THINKING;
+  const ollama = ollamaThinking;
   // OpenAI-compatible (vLLM, DeepSeek): reasoning_content.
   const openaiStyle = (b: any, res: ServerResponse) => {
     const usage = { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 };
@@ -338,17 +341,8 @@ t.test("Responses: a chat upstream's reasoning is a reasoning item with its text
 });
 
 t.test("Messages: reasoning is a thinking block when the request asks for thinking, dropped when not; disabled is Ollama's think: false", async (t) => {
-  const thinking = ['The user ', 'greets me.'];
-  handler = (_p, b, res) => {
-    const line = (message: Record<string, unknown>, done = false) =>
-      JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: '', ...message }, done, ...(done ? { done_reason: 'stop', prompt_eval_count: 3, eval_count: 4 } : {}) }) + '\n';
-    if (b.stream === false) {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      return void res.end(line({ thinking: thinking.join(''), content: 'Hello!' }, true));
-    }
-    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-    res.end(thinking.map((th) => line({ thinking: th })).join('') + line({ content: 'Hello' }) + line({ content: '!' }) + line({}, true));
-  };
+  const thinking = THINKING;
+  handler = (_p, b, res) => ollamaThinking(b, res);
   const body = { model: 'ol', max_tokens: 2048, messages: [{ role: 'user' as const, content: 'Hi' }] };
   const shape = (content: any[]) => content.map((c) => (c.type === 'thinking' ? ['thinking', c.thinking, c.signature] : [c.type, c.text]));
   const asked = [['thinking', 'The user greets me.', ''], ['text', 'Hello!']];
