@@ -389,6 +389,18 @@ t.test("Messages: reasoning is a thinking block when the request asks for thinki
   handler = (_p, b, res) => chatReply(b, res, 'ok');
   await anthropic.messages.create({ ...body, model: 'oa', thinking: { type: 'enabled', budget_tokens: 1024 } } as any);
   t.notOk('think' in seen.at(-1)!.body, 'OpenAI-compatible: no think field');
+  // Cut while the model thought: the thinking block alone, no empty text after it (as Anthropic's), streamed and whole.
+  handler = (_p, b, res) => {
+    const line = (message: Record<string, unknown>, done = false) =>
+      JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: '', ...message }, done, ...(done ? { done_reason: 'length', prompt_eval_count: 3, eval_count: 2 } : {}) }) + '\n';
+    res.writeHead(200, { 'content-type': b.stream === false ? 'application/json' : 'application/x-ndjson' });
+    res.end(b.stream === false ? line({ thinking: 'Let me' }, true) : line({ thinking: 'Let me' }) + line({}, true));
+  };
+  const cutBody = { ...body, thinking: { type: 'enabled' as const, budget_tokens: 1024 } };
+  const cutWhole = await anthropic.messages.create(cutBody);
+  t.same([shape(cutWhole.content), cutWhole.stop_reason], [[['thinking', 'Let me', '']], 'max_tokens'], 'cut while thinking: whole');
+  const cutStreamed = await anthropic.messages.stream(cutBody).finalMessage();
+  t.same([shape(cutStreamed.content), cutStreamed.stop_reason], [[['thinking', 'Let me', '']], 'max_tokens'], 'cut while thinking: streamed');
   const bad = await post('/v1/messages', { ...body, thinking: { type: 'sometimes' } });
   t.equal(bad.status, 400);
   t.match(await bad.json(), { type: 'error', error: { type: 'invalid_request_error', message: /thinking\.type/ } });

@@ -185,13 +185,14 @@ t.test('reasoning is the first item; reasoning after the text is dropped, with a
   t.same(final.output[0], { type: 'reasoning', id: 'rs_r1', summary: [{ type: 'summary_text', text: 'step 0. step 1. step 2. ' }] });
   t.match(final.output[1], { type: 'message', content: [{ text: 'ok' }] });
   t.equal(final.usage.output_tokens, 4, 'without upstream usage, reasoning events count as output');
-  // Before a function call, and alone (an empty message item follows, as a whole reply has).
+  // Before a function call, and alone (cut while the model reasoned: no empty message after it, streamed or whole).
   const calls = streamed([delta({ thinking: 'plan' }), delta({ tools: [{ index: 0, id: 'c1', name: 'f', arguments: '{}' }] }), delta({ finish: 'tool_calls', usage })]);
   t.same(calls.at(-1)!.response.output.map((o: any) => o.type), ['reasoning', 'function_call']);
   t.ok(calls.findIndex((e) => e.type === 'response.output_item.done' && e.item.type === 'reasoning') < calls.findIndex((e) => e.type === 'response.output_item.added' && e.item.type === 'function_call'));
   const alone = streamed([delta({ thinking: 'plan' }), delta({ finish: 'stop', usage })]);
-  t.same(alone.at(-1)!.response.output.map((o: any) => o.type), ['reasoning', 'message']);
-  t.same((response({ text: '', thinking: 'plan', tools: [], finish: 'stop', usage }, ctx) as any).output.map((o: any) => o.type), ['reasoning', 'message'], 'whole: the same items');
+  t.same(alone.at(-1)!.response.output.map((o: any) => o.type), ['reasoning']);
+  t.notOk(alone.some((e) => e.type === 'response.output_item.added' && e.item.type === 'message'), 'no message item opened');
+  t.same((response({ text: '', thinking: 'plan', tools: [], finish: 'length', usage }, ctx) as any).output.map((o: any) => o.type), ['reasoning'], 'whole: the same items');
   // A stream that fails while the model reasons lists the reasoning it sent.
   const wf = responsesWriter(ctx);
   const failed = events(responsesDelta(wf, delta({ thinking: 'half' })) + responsesFailed(wf, 'r1', 'g', 'upstream_error', 'cut'));

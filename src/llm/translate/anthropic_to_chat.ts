@@ -333,7 +333,8 @@ function inputJson(args: string): string {
 export function message(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
   const content: unknown[] = [];
   if (reply.thinking !== '' && wantsThinking(ctx.request)) content.push(thinkingBlock(reply.thinking));
-  if (reply.text !== '' || reply.tools.length === 0) content.push({ type: 'text', text: reply.text });
+  // An empty reply is one empty text block; one of thinking only (cut while the model thought) is its thinking block, as Anthropic's.
+  if (reply.text !== '' || (reply.tools.length === 0 && content.length === 0)) content.push({ type: 'text', text: reply.text });
   for (const t of reply.tools) content.push({ type: 'tool_use', id: t.id, name: t.name, input: parsedInput(t.arguments) });
   return {
     id: 'msg_' + ctx.id,
@@ -538,8 +539,8 @@ export function anthropicDone(w: AnthropicWriter): string {
     out += wholeBlock(w, block, json === '' ? null : { type: 'input_json_delta', partial_json: json });
   }
   if (w.lateText !== '') out += wholeBlock(w, { type: 'text', text: '' }, { type: 'text_delta', text: w.lateText });
-  // An empty reply is one empty text block, as a whole reply's content (and Anthropic's stream) has.
-  if (w.block === w.thinkingBlock) out += wholeBlock(w, { type: 'text', text: '' }, null);
+  // An empty reply is one empty text block, as a whole reply's content (and Anthropic's stream) has; one of thinking only is its thinking block.
+  if (w.block === -1) out += wholeBlock(w, { type: 'text', text: '' }, null);
   const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
   out += event('message_delta', { delta: { stop_reason: stopReason(w.finish ?? 'stop', w.toolBlocks.size > 0), stop_sequence: null }, usage: usageObject(usage) });
   return out + event('message_stop', {});

@@ -317,7 +317,8 @@ export function response(reply: WholeReply, ctx: ReplyContext): Record<string, u
   const output: unknown[] = [];
   const end = ending(reply.finish);
   if (reply.thinking !== '') output.push(reasoningItem(ctx.id, reply.thinking));
-  if (reply.text !== '' || reply.tools.length === 0) output.push(messageItem(ctx.id, reply.text, end.status === 'incomplete' ? 'incomplete' : 'completed'));
+  // An empty reply is one empty message; one of reasoning only (cut while the model reasoned) is its reasoning item, as OpenAI's.
+  if (reply.text !== '' || (reply.tools.length === 0 && reply.thinking === '')) output.push(messageItem(ctx.id, reply.text, end.status === 'incomplete' ? 'incomplete' : 'completed'));
   // Cut at max_output_tokens, the last call's arguments are cut too: that item is incomplete.
   const ns = toolNamespaces(ctx.request);
   reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, end.status === 'incomplete' && i === reply.tools.length - 1 ? 'incomplete' : 'completed', ns)));
@@ -544,8 +545,8 @@ export function responsesDone(w: ResponsesWriter): string {
   const last: ItemStatus = end.status === 'incomplete' ? 'incomplete' : 'completed';
   w.done = true;
   out += closeReasoning(w);
-  // An empty reply is one message item with an empty text, as a whole Response's output.
-  if (w.messageIndex === -1 && w.tools.length === 0 && w.lateText === '') out += openMessage(w);
+  // An empty reply is one message item with an empty text, as a whole Response's output (not one of reasoning only).
+  if (w.messageIndex === -1 && w.tools.length === 0 && w.lateText === '' && w.reasoningIndex === -1) out += openMessage(w);
   if (w.messageIndex !== -1 && !w.messageDone) out += closeMessage(w, 'msg_' + w.id, w.messageIndex, w.text, last);
   // The call still open (the last one): done now, with the Response's status.
   for (const s of w.tools) if (s !== undefined && s.closed === null) out += closeCall(w, s, last);
