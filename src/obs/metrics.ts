@@ -2,6 +2,7 @@
 // labels stay consistent. Stages receive this object; nothing registers globally.
 import { readFileSync } from 'node:fs';
 import { totalmem } from 'node:os';
+import { getHeapStatistics } from 'node:v8';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { withFastLabels } from './fast-labels.ts';
 
@@ -33,8 +34,12 @@ function memoryLimitBytes(): number {
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
-/** `defaults`: the process metrics (CPU, memory, GC): once per process, on the control plane. */
-export function createMetrics(opts: { defaults?: boolean } = {}) {
+/**
+ * `defaults`: the process metrics (CPU, memory, GC): once per process, on the control plane.
+ * `thread`: this registry's thread, as broker_thread_heap_bytes names it (`control`, `plane-0`, …).
+ */
+export function createMetrics(opts: { defaults?: boolean; thread?: string } = {}) {
+  const thread = opts.thread ?? 'control';
   const registry = new Registry();
   // Gauges read at scrape time from whoever owns the number.
   const sources = {
@@ -480,6 +485,18 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       help: 'Cluster quota leases this replica took, by source: redis, or local_share while Redis is away',
       labelNames: ['source'] as const,
       registers: r,
+    }),
+    // nodejs_heap_* (the defaults) are the control plane's heap alone: each thread says its own.
+    threadHeap: new Gauge({
+      name: 'broker_thread_heap_bytes',
+      help: "V8 heap of each of the broker's JavaScript threads (the control plane, each data-plane thread): used (live objects and garbage not yet collected) and total (committed); inference workers are not in it",
+      labelNames: ['thread', 'kind'] as const,
+      registers: r,
+      collect() {
+        const h = getHeapStatistics();
+        this.labels(thread, 'used').set(h.used_heap_size);
+        this.labels(thread, 'total').set(h.total_heap_size);
+      },
     }),
     memoryLimit: new Gauge({
       name: 'broker_memory_limit_bytes',

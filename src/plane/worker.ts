@@ -38,7 +38,7 @@ const port = parentPort!;
 const { config } = init;
 const post = (m: ToControl, transfer?: ArrayBuffer[]): void => port.postMessage(m, transfer);
 
-const metrics = createMetrics({ defaults: false });
+const metrics = createMetrics({ defaults: false, thread: `plane-${init.index}` });
 // Lines go to stdout from this thread when the control plane writes there too; else (a
 // destination given in-process, as tests do) through the control plane, one message a turn.
 const toControl = (text: string): void => post({ t: 'log', text });

@@ -105,6 +105,15 @@ t.test('/metrics is one exposition: N requests over both threads read as exactly
   t.equal(await metricValue(tb.url, 'broker_data_plane_threads'), 2);
   const text = await (await fetch(`${tb.url}/metrics`)).text();
   t.equal(text.match(/^process_resident_memory_bytes /gm)?.length, 1, 'process metrics once, not once per thread');
+  // Each JavaScript thread's heap, by name (nodejs_heap_* are the control plane's alone).
+  const heaps = [...text.matchAll(/^broker_thread_heap_bytes\{thread="([^"]+)",kind="(used|total)"\} (\d+)/gm)].map((m) => [m[1], m[2], Number(m[3])] as const);
+  t.same([...new Set(heaps.map(([thread]) => thread))].sort(), ['control', 'plane-0', 'plane-1'], 'the control plane and both data-plane threads');
+  t.ok(heaps.every(([, , bytes]) => bytes > 1_000_000), 'each a real heap');
+  for (const thread of ['plane-0', 'plane-1']) {
+    const used = heaps.find(([n, k]) => n === thread && k === 'used')![2];
+    const total = heaps.find(([n, k]) => n === thread && k === 'total')![2];
+    t.ok(used <= total, `${thread}: used ${used} within total ${total}`);
+  }
 });
 
 t.test('/metrics with threads has process_start_time_seconds once: the process\'s, from the control plane', async (t) => {
