@@ -37,9 +37,10 @@ export function parseConfigPatch(body: Record<string, unknown>): Patch {
 
 /**
  * Warmup, promote and rollback act on the models loaded (both warmed; B made A; the pair a
- * promote replaced restored): there is nothing to choose, and a field or query parameter is refused rather than ignored, so that a caller who
- * meant another model or version learns so before anything changes. Promote takes one
- * precondition, `version`: B's version, as `GET /admin/config` shows it.
+ * promote replaced restored): there is nothing to choose, and a field or query parameter is
+ * refused rather than ignored, so that a caller who meant another model or version learns so
+ * before anything changes. Promote takes one precondition, `version`: B's version, as
+ * `GET /admin/config` shows it.
  */
 function noChoice(action: string, query: string, body: Record<string, unknown>, allowed: readonly string[] = []): void {
   if (query !== '') throw invalid('query', `${action} takes no query parameters${allowed.length > 0 ? `; send {"${allowed[0]}": …} as the body` : ''}`);

@@ -136,6 +136,31 @@ t.test('admission: a request of several items fits whole or is refused whole', (
   t.end();
 });
 
+t.test('admission: full, a higher priority sheds the newest of the lowest level below it; an ended request makes room first', (t) => {
+  const { q, rejected, pending } = admissionQueue(10_000);
+  const at = (value: string, priority: number, cancelled = false): Pending<string> => ({ ...pending(value, 0), priority, ...(cancelled ? { cancelled: () => true } : {}) });
+  for (let i = 0; i < 4; i++) q.push(at(`p1-${i}`, 1));
+  for (let i = 0; i < 3; i++) q.push(at(`p0-${i}`, 0));
+  for (let i = 0; i < 3; i++) q.push(at(`p5-${i}`, 5));
+  t.equal(q.size, 10, 'full');
+  t.equal(q.push(at('urgent', 9)), 1, 'one left to make room');
+  t.same(rejected, ['p0-2:overloaded'], 'the newest of the lowest level');
+  t.equal(q.shedCount, 1);
+  t.throws(() => q.push(at('same', 0)), { code: 'overloaded' }, 'no level below 0: refused');
+  t.equal(q.push(at('mid', 5)), 1);
+  t.same(rejected.at(-1), 'p0-1:overloaded');
+  t.equal(q.rejectedFull, 1);
+  // A request that ended (its item cancelled) leaves its place before anyone is shed.
+  const { q: q2, rejected: r2, pending: p2 } = admissionQueue(10_000);
+  for (let i = 0; i < 9; i++) q2.push({ ...p2(`low-${i}`, 0), priority: 1 });
+  q2.push({ ...p2('gone', 0), priority: 1, cancelled: () => true });
+  q2.noteCancelled();
+  t.equal(q2.push({ ...p2('high', 0), priority: 9 }), 1);
+  t.same(r2, [], 'nobody shed: the ended request made room');
+  t.equal(q2.size, 10);
+  t.end();
+});
+
 t.test("admission: a failed request's items still queued are dropped unsent, without replies of their own", (t) => {
   const { q, rejected, pending } = admissionQueue(10_000);
   let failed = false;
