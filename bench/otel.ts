@@ -74,7 +74,7 @@ function micro(): { make_4_spans_us: number; encode_per_span_us: number; encode_
     const s = startRequestSpan(tracer, headers, 'POST', 'abc123', '127.0.0.1', performance.now())!;
     s.child('llm.admission').set('llm.model_group', 'bench').set('llm.priority', 5).end();
     queueWaitSpan(s, 'bench', 0).set('llm.deployment', 'mock-1').end();
-    const u = attemptSpan(s, dep, 'bench', 0, false);
+    const u = attemptSpan(s, dep, 'bench', 0, false, 'chat');
     const tp = u.traceparent;
     u.set('http.response.status_code', 200).set('llm.ttft_ms', 1.234).set('gen_ai.usage.input_tokens', 10).set('gen_ai.usage.output_tokens', 16).end();
     endRequestSpan(s, '/v1/chat/completions', '/v1/chat/completions', 200, undefined, false);

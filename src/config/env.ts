@@ -303,11 +303,13 @@ function trackingConfig(env: Env): TrackingConfig | undefined {
 
 function otelConfig(env: Env): OtelConfig {
   // The OTel spec's defaults: OTLP/HTTP on localhost:4318, traces at the signal path /v1/traces.
-  const base = url(env, 'OTEL_EXPORTER_OTLP_ENDPOINT', 'http://localhost:4318').replace(/\/+$/, '');
+  // The signal path goes on the base's path, before any query string it has.
+  const base = new URL(url(env, 'OTEL_EXPORTER_OTLP_ENDPOINT', 'http://localhost:4318'));
+  base.pathname = `${base.pathname.replace(/\/+$/, '')}/v1/traces`;
   const full = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
   return Object.freeze({
     enabled: bool(env, 'OTEL_ENABLED', false),
-    tracesUrl: full === undefined || full === '' ? `${base}/v1/traces` : url(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', ''),
+    tracesUrl: full === undefined || full === '' ? base.toString() : url(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', ''),
     serviceName: str(env, 'OTEL_SERVICE_NAME', 'edge-broker'),
     sampleRatio: num(env, 'OTEL_TRACES_SAMPLER_ARG', 1, 0, 1),
   });

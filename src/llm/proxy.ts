@@ -98,11 +98,13 @@ export class LlmProxy {
     // Keyed on the body that goes upstream: a QoS tier may have capped its max tokens.
     const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, group.name, admitted.body, cache.scope);
     if (cache !== undefined) headers['x-broker-cache'] = 'miss';
+    span?.set('broker.cache', plan === null ? 'off' : 'miss');
     if (plan !== null && plan.lookup) {
       // A hit is answered here, before any of an upstream request's bookkeeping is set up.
       const found = cache!.get(plan, group.name);
       const hit = found instanceof Promise ? await found : found;
       if (hit !== undefined || sink.aborted) {
+        if (hit !== undefined) span?.set('broker.cache', 'hit');
         try {
           if (!sink.aborted) this.replayHit(hit!, req, group, sink, headers, timeline, clientStreams(req.api, admitted.body));
           else {
@@ -205,6 +207,7 @@ export class LlmProxy {
           g = next;
           visited.add(g.name);
           headers['x-broker-fallback'] = g.name;
+          span?.set('broker.fallback', g.name);
           if (facts !== undefined) facts.servedGroup = g.name;
           moveOn = false;
         }
@@ -273,7 +276,7 @@ export class LlmProxy {
           if (facts !== undefined) facts.outcome = 'client_error';
           throw err;
         }
-        const upSpan = span === undefined ? undefined : attemptSpan(span, dep.config, g.name, retry, up.stream);
+        const upSpan = span === undefined ? undefined : attemptSpan(span, dep.config, g.name, retry, up.stream, kind);
         const sentAt = performance.now();
         let attempt: Attempt;
         try {
@@ -291,9 +294,9 @@ export class LlmProxy {
               includeUsage: up.includeUsage,
               promptEstimate,
               request: api === 'responses' || api === 'anthropic' ? body : undefined,
-              // W3C Trace Context for the upstream: this attempt is its parent.
-              traceparent: upSpan?.traceparent,
-              tracestate: upSpan?.tracestate,
+              // W3C Trace Context for the upstream: this attempt is its parent; not recorded, the client's as it came.
+              traceparent: upSpan !== undefined ? upSpan.traceparent : req.traceparent,
+              tracestate: upSpan !== undefined ? upSpan.tracestate : req.tracestate,
             },
             abort,
           );
@@ -420,8 +423,10 @@ export class LlmProxy {
           usage.ttftMs = r.firstTokenMs === null ? null : headersAt - sentAt + r.firstTokenMs;
           // The attempt's span ends within the request's, which ends with the reply.
           if (upSpan !== undefined) {
-            if (r.ended !== 'complete') upSpan.fail(r.errorCode ?? r.ended, r.errorMessage ?? undefined);
-            endAttempt(upSpan, usage.ttftMs, r.promptTokens, r.completionTokens);
+            // The client leaving is no failure of the upstream's: said, not an error status.
+            if (r.ended === 'aborted') upSpan.set('broker.aborted', true);
+            else if (r.ended !== 'complete') upSpan.fail(r.errorCode ?? r.ended, r.errorMessage ?? undefined);
+            endAttempt(upSpan, usage.ttftMs, r.usageFromUpstream ? r.promptTokens : undefined, r.completionTokens);
           }
           // A terminal event that wrote nothing for the client (or the staged baseline, which does not say): stored now.
           if (r.ended === 'complete') store(r);
@@ -514,7 +519,7 @@ export class LlmProxy {
           // A whole reply's latency is the upstream's, not the time this request queued here.
           // Assembled from a stream: to its first chunk (the headers come at once).
           usage.ttftMs = (up.assemble && attempt.timing.firstByteAt >= 0 ? attempt.timing.firstByteAt : headersAt) - sentAt;
-          if (upSpan !== undefined) endAttempt(upSpan, usage.ttftMs, usage.promptTokens, usage.completionTokens);
+          if (upSpan !== undefined) endAttempt(upSpan, usage.ttftMs, reply.usage !== null ? usage.promptTokens : undefined, usage.completionTokens);
           // Stored before the reply leaves, as a stream is: a repeat on another thread's connection hits.
           if (plan !== null && headers['x-broker-fallback'] === undefined) {
             const text = typeof reply.body === 'string' ? reply.body : Buffer.from(reply.body.buffer, reply.body.byteOffset, reply.body.byteLength).toString('utf8');
@@ -608,10 +613,11 @@ export class LlmProxy {
   }
 }
 
-/** An attempt that got its reply: TTFT (from the request leaving) and the tokens it used. */
-function endAttempt(span: Span, ttftMs: number | null, promptTokens: number, completionTokens: number): void {
+/** An attempt that got its reply: TTFT (from the request leaving) and the tokens it used; input left out when the upstream did not say it (not 0). */
+function endAttempt(span: Span, ttftMs: number | null, promptTokens: number | undefined, completionTokens: number): void {
   if (ttftMs !== null) span.set('llm.ttft_ms', Math.round(ttftMs * 1000) / 1000);
-  span.set('gen_ai.usage.input_tokens', promptTokens).set('gen_ai.usage.output_tokens', completionTokens).end();
+  if (promptTokens !== undefined) span.set('gen_ai.usage.input_tokens', promptTokens);
+  span.set('gen_ai.usage.output_tokens', completionTokens).end();
 }
 
 /** When the attempt's request reached the socket; before undici said so, when we called it. */

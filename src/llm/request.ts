@@ -9,6 +9,7 @@ import type { RequestFacts } from '../track/facts.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
 import { cacheDirectiveOf, type CacheDirective } from './cache/cache.ts';
 import { headerPriority } from '../policy/priority.ts';
+import { parseTraceparent } from '../obs/trace/context.ts';
 
 export interface LlmRequest {
   readonly id: string;
@@ -47,6 +48,12 @@ export interface LlmRequest {
   readonly encoder?: 'grpc';
   /** Request tracking's record of it (the front's), when tracked. */
   readonly facts?: RequestFacts | undefined;
+  /**
+   * The client's W3C trace context, when valid: passed upstream unchanged when the broker does
+   * not record the trace (sampled out, or tracing off), as a participant that does not trace must.
+   */
+  readonly traceparent?: string | undefined;
+  readonly tracestate?: string | undefined;
 }
 
 /** How large a prompt may be (LLM_MAX_MESSAGES, LLM_MAX_PROMPT_CHARS): a huge body would hold a thread for its translation. */
@@ -148,6 +155,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     tier: h['x-broker-qos'],
     cache: cacheDirectiveOf(h['x-broker-cache']),
     facts,
+    ...(parseTraceparent(h['traceparent']) !== undefined ? { traceparent: h['traceparent']!.trim(), tracestate: h['tracestate'] } : {}),
   };
 }
 

@@ -31,10 +31,15 @@ for (const FRONT_THREADS of ['2', '0']) {
     t.teardown(() => otlp.close());
     const ok = await startMock(t);
     const broken = await startMock(t, { fail: 500 });
+    const cut = await startMock(t, { fail: 'reset', failAfter: 2 });
     const dep = (id: string, url: string, extra: Record<string, unknown> = {}) => ({ id, provider: 'openai', url, model: `${id}-upstream`, ...extra });
     const tb = await startFleetBroker(
       t,
-      { modelGroups: { chat: { deployments: [dep('ok-1', ok.url)] }, retry: { deployments: [dep('broken-1', broken.url, { weight: 1000 }), dep('ok-2', ok.url)] } }, apiKeys: { 'sk-one-a-minute': { rpm: 1 } } },
+      {
+        cache: { mode: 'deterministic' },
+        modelGroups: { chat: { deployments: [dep('ok-1', ok.url)] }, retry: { deployments: [dep('broken-1', broken.url, { weight: 1000 }), dep('ok-2', ok.url)] }, cut: { deployments: [dep('cut-1', cut.url)] } },
+        apiKeys: { 'sk-one-a-minute': { rpm: 1 } },
+      },
       { FRONT_THREADS, INFER_THREADS: '1', OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: `${otlp.url}/`, OTEL_SERVICE_NAME: 'eb-otel-test', BROKER_FF_QUOTA_ENFORCEMENT: 'true' },
     );
     t.equal(tb.broker.planes?.count ?? 0, Number(FRONT_THREADS));
@@ -55,7 +60,8 @@ for (const FRONT_THREADS of ['2', '0']) {
       const server = one(spans, 'POST /v1/chat/completions');
       t.equal(server.kind, SERVER);
       t.equal(server.parentSpanId, callerSpan, "the request span's parent is the caller's span");
-      t.match(server.attributes, { 'http.request.method': 'POST', 'http.route': '/v1/chat/completions', 'http.response.status_code': 200, 'url.path': '/v1/chat/completions' });
+      t.match(server.attributes, { 'http.request.method': 'POST', 'http.route': '/v1/chat/completions', 'http.response.status_code': 200, 'url.path': '/v1/chat/completions', 'url.scheme': 'http', 'broker.cache': 'off' });
+      t.equal(server.status.code ?? 0, 0, 'a whole stream: status unset');
       t.equal(server.attributes['broker.request_id'], requestId, 'the broker request id (Trace-Id) is on the span');
       t.equal(server.resource['service.name'], 'eb-otel-test');
       t.equal(server.resource['broker.thread'], FRONT_THREADS === '0' ? 'main' : server.resource['broker.thread']);
@@ -78,6 +84,8 @@ for (const FRONT_THREADS of ['2', '0']) {
         'llm.retry_index': 0,
         'llm.stream': true,
         'gen_ai.request.model': 'ok-1-upstream',
+        'gen_ai.operation.name': 'chat',
+        'gen_ai.provider.name': 'openai',
         'gen_ai.usage.output_tokens': 4,
       });
       t.type(attempt.attributes['llm.ttft_ms'], 'number', 'TTFT recorded');
@@ -113,6 +121,33 @@ for (const FRONT_THREADS of ['2', '0']) {
       t.equal(ok.stats.lastHeaders?.traceparent, `00-${traceId}-${attempts[1]!.spanId}-01`);
     });
 
+    t.test('a stream cut after its 200: the request span is an error too; a cache hit and a miss say so; an unmatched path is named by its method', async (t) => {
+      const cutTrace = newTraceId();
+      const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', traceparent: `00-${cutTrace}-${newSpanId()}-01` }, body: JSON.stringify({ model: 'cut', messages, stream: true }) });
+      t.equal(res.status, 200);
+      await res.text();
+      const spans = byTrace(await otlp.waitFor((s) => named(byTrace(s, cutTrace), 'POST /v1/chat/completions').length === 1 && named(byTrace(s, cutTrace), 'llm.upstream').length === 1), cutTrace);
+      const server = one(spans, 'POST /v1/chat/completions');
+      t.match(server.attributes, { 'http.response.status_code': 200, 'error.type': 'upstream_error' });
+      t.equal(server.status.code, 2, 'cut after the status line: an error, as the HTTP conventions say');
+      t.notOk('gen_ai.usage.input_tokens' in one(spans, 'llm.upstream').attributes, 'no usage from the upstream: the input count is left out, not 0');
+
+      const ask = async (traceId: string) => {
+        const r = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages: [{ role: 'user', content: `cache me ${cutTrace}` }], temperature: 0 }, { traceparent: `00-${traceId}-${newSpanId()}-01` });
+        t.equal(r.status, 200);
+        const all = await otlp.waitFor((s) => named(byTrace(s, traceId), 'POST /v1/chat/completions').length === 1);
+        return one(byTrace(all, traceId), 'POST /v1/chat/completions').attributes['broker.cache'];
+      };
+      t.equal(await ask(newTraceId()), 'miss');
+      t.equal(await ask(newTraceId()), 'hit');
+
+      const lost = newTraceId();
+      t.equal((await fetch(`${tb.url}/no/such/path`, { headers: { traceparent: `00-${lost}-${newSpanId()}-01` } })).status, 404);
+      const unmatched = byTrace(await otlp.waitFor((s) => byTrace(s, lost).length === 1), lost)[0]!;
+      t.equal(unmatched.name, 'GET');
+      t.notOk('http.route' in unmatched.attributes, 'no route');
+    });
+
     t.test("the key's quota refusing a request: an llm.quota span with quota_exceeded, under the request span", async (t) => {
       const key = { authorization: 'Bearer sk-one-a-minute' };
       t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, key)).status, 200);
@@ -128,9 +163,11 @@ for (const FRONT_THREADS of ['2', '0']) {
 
     t.test('no traceparent (or an invalid one): a new trace; an unsampled one: nothing recorded, nothing sent on', async (t) => {
       const unsampled = newTraceId();
-      const r0 = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { traceparent: `00-${unsampled}-${newSpanId()}-00` });
+      const callerSpan = newSpanId();
+      const r0 = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { traceparent: `00-${unsampled}-${callerSpan}-00`, tracestate: 'vendor=x' });
       t.equal(r0.status, 200);
-      t.equal(ok.stats.lastHeaders?.traceparent, undefined, 'parent-based: a caller that does not sample is followed');
+      t.equal(ok.stats.lastHeaders?.traceparent, `00-${unsampled}-${callerSpan}-00`, 'parent-based: a caller that does not sample is followed, and its context passed on unchanged');
+      t.equal(ok.stats.lastHeaders?.tracestate, 'vendor=x');
 
       const fresh = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { 'x-request-id': 'otel-fresh-1' });
       t.equal(fresh.status, 200);
@@ -185,14 +222,19 @@ for (const FRONT_THREADS of ['2', '0']) {
   });
 }
 
-t.test('OTEL_ENABLED=false: no traceparent upstream, nothing exported', async (t) => {
+t.test("OTEL_ENABLED=false: the client's traceparent passed on unchanged (none of the broker's), nothing exported", async (t) => {
   const otlp = await startOtlpReceiver();
   t.teardown(() => otlp.close());
   const ok = await startMock(t);
   const tb = await startFleetBroker(t, { modelGroups: { chat: { deployments: [{ id: 'ok-1', provider: 'openai', url: ok.url, model: 'm' }] } } }, { INFER_ENABLED: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url });
-  const res = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { traceparent: `00-${newTraceId()}-${newSpanId()}-01` });
+  const incoming = `00-${newTraceId()}-${newSpanId()}-01`;
+  const res = await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { traceparent: incoming });
   t.equal(res.status, 200);
-  t.equal(ok.stats.lastHeaders?.traceparent, undefined);
+  t.equal(ok.stats.lastHeaders?.traceparent, incoming, 'as a proxy that does not trace passes it on');
+  t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { traceparent: 'not-a-traceparent' })).status, 200);
+  t.equal(ok.stats.lastHeaders?.traceparent, undefined, 'an invalid one is not passed on');
+  t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages })).status, 200);
+  t.equal(ok.stats.lastHeaders?.traceparent, undefined, 'none given, none sent');
   await tb.close();
   t.equal(otlp.requests.length, 0, 'nothing reached the receiver, even at shutdown');
 });

@@ -127,6 +127,7 @@ t.test('settings: OTEL_* variables', async (t) => {
   const c = loadConfig({ OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/', OTEL_SERVICE_NAME: 'edge-1', OTEL_TRACES_SAMPLER_ARG: '0.25' }).otel;
   t.same(c, { enabled: true, tracesUrl: 'http://collector:4318/v1/traces', serviceName: 'edge-1', sampleRatio: 0.25 });
   t.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:1', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'https://b/custom/path' }).otel.tracesUrl, 'https://b/custom/path', 'the traces endpoint is a full URL');
+  t.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318/otlp/?tenant=1' }).otel.tracesUrl, 'http://c:4318/otlp/v1/traces?tenant=1', 'the signal path goes before a query string');
   t.throws(() => loadConfig({ OTEL_TRACES_SAMPLER_ARG: '1.5' }), ConfigError);
   t.throws(() => loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'grpc://x:4317' }), ConfigError);
   t.throws(() => loadConfig({ OTEL_ENABLED: 'maybe' }), ConfigError);

@@ -1,6 +1,6 @@
 // The server span of an HTTP request, named and labelled after OpenTelemetry's HTTP
 // semantic conventions (`{method} {route}`, http.request.method, http.route,
-// http.response.status_code, url.path, client.address), plus the broker's request id
+// http.response.status_code, url.path, url.scheme, client.address, user_agent.original), plus the broker's request id
 // (the `Trace-Id` header and the logs' trace_id), so a trace leads to its log lines.
 import { redactPath } from '../../guard/api-key.ts';
 import type { ErrorCode } from '../../errors.ts';
@@ -11,16 +11,27 @@ import type { Tracer } from './tracer.ts';
 export function startRequestSpan(tracer: Tracer, headers: Readonly<Record<string, string>>, method: string, requestId: string, remoteAddress: string, startedAt: number): Span | undefined {
   // Attributes only once the request is sampled: at a low ratio most are not.
   const span = tracer.startServer(method, headers['traceparent'], headers['tracestate'], epochOf(startedAt));
-  return span?.set('http.request.method', method).set('client.address', remoteAddress).set('broker.request_id', requestId);
+  if (span === undefined) return undefined;
+  span.set('http.request.method', method).set('url.scheme', 'http').set('client.address', remoteAddress).set('broker.request_id', requestId);
+  const agent = headers['user-agent'];
+  if (agent !== undefined) span.set('user_agent.original', agent.slice(0, 256));
+  return span;
 }
 
-/** Ends it with what the reply was. 5xx is an error; 4xx (and 499, the client left) is the client's: status unset, as the conventions say. */
+/**
+ * Ends it with what the reply was. 5xx is an error, and so is a 200 whose stream then failed
+ * (its error event: the conventions' "another error" after the status line); 4xx (and 499,
+ * the client left) is the client's: status unset, as the conventions say. A path no route
+ * matched has no http.route, and the span is named by its method alone.
+ */
 export function endRequestSpan(span: Span, path: string, route: string, status: number, errorCode: ErrorCode | undefined, aborted: boolean): void {
-  span.name = `${span.attributes['http.request.method']} ${route}`;
-  span.set('http.route', route).set('url.path', redactPath(path)).set('http.response.status_code', status);
+  const method = span.attributes['http.request.method'];
+  span.name = route === 'unmatched' ? String(method) : `${method} ${route}`;
+  if (route !== 'unmatched') span.set('http.route', route);
+  span.set('url.path', redactPath(path)).set('http.response.status_code', status);
   if (errorCode !== undefined) span.set('error.type', errorCode);
   if (aborted) span.set('broker.aborted', true);
-  if (status >= 500) {
+  if (status >= 500 || (status < 400 && errorCode !== undefined && !aborted)) {
     span.status = StatusCode.ERROR;
     span.statusMessage = errorCode;
   }

@@ -25,10 +25,17 @@ export function queueWaitSpan(parent: Span, group: string, retry: number): Span 
   return parent.child('llm.queue_wait', SpanKind.INTERNAL, undefined, { 'llm.model_group': group, 'llm.retry_index': retry });
 }
 
-export function attemptSpan(parent: Span, dep: DeploymentConfig, group: string, retry: number, stream: boolean): Span {
+/** GenAI's operation name for a request kind (chat, completion, embed, responses). */
+function operationOf(kind: string): string {
+  return kind === 'completion' ? 'text_completion' : kind === 'embed' ? 'embeddings' : 'chat';
+}
+
+export function attemptSpan(parent: Span, dep: DeploymentConfig, group: string, retry: number, stream: boolean, kind: string): Span {
   const { host, port } = serverOf(dep.url);
   return parent.child('llm.upstream', SpanKind.CLIENT, undefined, {
     'http.request.method': 'POST',
+    'gen_ai.operation.name': operationOf(kind),
+    'gen_ai.provider.name': dep.provider,
     'server.address': host,
     'server.port': port,
     'llm.deployment': dep.id,
