@@ -21,8 +21,10 @@ t.test(`FRONT_THREADS=${threads}: Chat and Complete stream deltas then a final m
   const c = clients(tb.broker.grpcPort);
   t.teardown(() => c.close());
   for (const group of ['oa', 'ol']) {
-    const r = await serverStream(c.chat, 'Chat', { model: group, messages: [{ role: 'user', content: 'hello' }] }, md({ 'x-request-id': `chat-${group}` }));
+    const traceparent = `00-${'ab'.repeat(16)}-${'cd'.repeat(8)}-01`;
+    const r = await serverStream(c.chat, 'Chat', { model: group, messages: [{ role: 'user', content: 'hello' }] }, md({ 'x-request-id': `chat-${group}`, traceparent }));
     t.equal(r.status.code, 0, `${group}: OK`);
+    t.equal(m.stats.lastHeaders?.traceparent, traceparent, `${group}: the caller's trace context goes upstream (the gRPC front records no spans)`);
     t.equal(r.metadata?.get('trace-id')[0], `chat-${group}`, `${group}: trace-id in the initial metadata`);
     t.equal(r.status.metadata.get('x-broker-deployment')[0], `${group}-1`, `${group}: deployment in the trailers`);
     const last = r.messages.at(-1);

@@ -20,7 +20,8 @@ import type { Recorder } from '../../track/recorder.ts';
 import { pastDeadline } from './metrics.ts';
 
 /** The request metadata the broker reads; everything else is ignored. */
-const READ = ['authorization', 'x-api-key', 'x-broker-priority', 'x-broker-label', 'x-broker-qos', 'x-request-id'] as const;
+// traceparent and tracestate: the gRPC front records no spans, so the caller's trace context goes upstream as it came.
+const READ = ['authorization', 'x-api-key', 'x-broker-priority', 'x-broker-label', 'x-broker-qos', 'x-request-id', 'traceparent', 'tracestate'] as const;
 
 interface AnyCall {
   readonly metadata: Metadata;
