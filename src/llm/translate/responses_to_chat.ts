@@ -411,22 +411,26 @@ function closeMessage(w: ResponsesWriter, itemId: string, index: number, text: s
 function reason(w: ResponsesWriter, d: Delta): string {
   if (w.reasoningDone || w.messageIndex !== -1 || w.tools.length > 0) return keepAliveDue(w, d) ? ': keep-alive\n\n' : '';
   let out = '';
-  const ids = { item_id: 'rs_' + w.id, output_index: w.reasoningIndex, summary_index: 0 };
   if (w.reasoningIndex === -1) {
-    ids.output_index = w.reasoningIndex = w.outputs++;
+    w.reasoningIndex = w.outputs++;
     out += event(w, 'response.output_item.added', { output_index: w.reasoningIndex, item: reasoningItem(w.id, null) });
-    out += event(w, 'response.reasoning_summary_part.added', { ...ids, part: summaryPart('') });
+    out += event(w, 'response.reasoning_summary_part.added', { ...summaryIds(w), part: summaryPart('') });
   }
   w.reasoning += d.thinking;
   w.tokens++;
-  return out + event(w, 'response.reasoning_summary_text.delta', { ...ids, delta: d.thinking });
+  return out + event(w, 'response.reasoning_summary_text.delta', { ...summaryIds(w), delta: d.thinking });
+}
+
+/** Where the reasoning item's summary events point: the item, its output index, its one summary part. */
+function summaryIds(w: ResponsesWriter): { item_id: string; output_index: number; summary_index: number } {
+  return { item_id: 'rs_' + w.id, output_index: w.reasoningIndex, summary_index: 0 };
 }
 
 /** The reasoning item's closing events, once what follows it begins (or the reply ends). */
 function closeReasoning(w: ResponsesWriter): string {
   if (w.reasoningIndex === -1 || w.reasoningDone) return '';
   w.reasoningDone = true;
-  const ids = { item_id: 'rs_' + w.id, output_index: w.reasoningIndex, summary_index: 0 };
+  const ids = summaryIds(w);
   let out = event(w, 'response.reasoning_summary_text.done', { ...ids, text: w.reasoning });
   out += event(w, 'response.reasoning_summary_part.done', { ...ids, part: summaryPart(w.reasoning) });
   return out + event(w, 'response.output_item.done', { output_index: w.reasoningIndex, item: reasoningItem(w.id, w.reasoning) });
