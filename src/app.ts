@@ -42,7 +42,8 @@ import { loadBrokerConfigFile, EMPTY_FLEET, type BrokerConfig } from './config/b
 import { FlagStore, type FlagSet } from './config/flags.ts';
 import { CapacityCounters } from './sched/capacity.ts';
 import { Governance } from './sched/governance.ts';
-import { waitBoardBuffer } from './sched/wait-board.ts';
+import { clearWaitBoardRow, waitBoardBuffer } from './sched/wait-board.ts';
+import { ShedBoard, waitersBuffer } from './sched/shed-board.ts';
 import { QuotaLedger } from './policy/quota.ts';
 import { governanceAdmin, industrialRoutes } from './admin/industrial.ts';
 import { LlmProxy } from './llm/proxy.ts';
@@ -147,7 +148,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   flags.onChange(checkChain);
   const capacity = new CapacityCounters();
   const quota = new QuotaLedger(Date.now);
-  const waiters = new SharedArrayBuffer(4);
+  const waiters = waitersBuffer();
   const rateLimiter = createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: config.rateLimitRps > 0 ? rateLimitBuffer() : undefined });
   let fleetNow: BrokerConfig | null = fleetConfig ?? null;
   let fleetVersion = 0;
@@ -177,6 +178,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       ? {
           board: { buffer: board, thread: CONTROL_PLANE_ROW },
           wakeElsewhere: (group: string, thread: number) => planes?.wake(thread, group),
+          shedElsewhere: (thread: number, level: number) => planes?.shed(thread, level),
         }
       : {}),
     // What the control plane's own requests (gRPC, or everything with FRONT_THREADS=0) teach:
@@ -401,7 +403,12 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           }
         },
         wakeControl: (group) => governance.wake(group),
+        shedControl: (level) => governance.shed(level),
         threadExited: (index) => {
+          // Its queued requests died with it: out of the queue's count, and off the wait board.
+          const gone = ShedBoard.reclaim(new Int32Array(waiters), index);
+          clearWaitBoardRow(board, index);
+          if (gone > 0) logger.warn({ plane: index, waiters: gone }, 'a data-plane thread died with requests queued: taken out of the queue');
           const slots = governance.reclaimThread(index);
           if (slots > 0) logger.warn({ plane: index, slots }, 'a data-plane thread died holding capacity slots: given back');
         },

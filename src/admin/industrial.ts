@@ -120,6 +120,7 @@ export function governanceAdmin(gov: Governance, fleet: Pick<FleetManager, 'drai
         queue.size += s.queue.size;
         queue.timedOut += s.queue.timedOut;
         queue.rejectedFull += s.queue.rejectedFull;
+        queue.shed += s.queue.shed;
         queue.oldestWaitMs = Math.max(queue.oldestWaitMs, s.queue.oldestWaitMs);
         for (const [g, n] of Object.entries(s.queue.byGroup)) queue.byGroup[g] = (queue.byGroup[g] ?? 0) + n;
         sticky.hits += s.sticky.hits;

@@ -209,7 +209,7 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
     // ---- queue ----
     get('/queue', async () => {
       const q = await d.queueStats();
-      return { depth: q.size, size: q.size, maxSize: fleet.current.scheduler.maxQueue, paused: fleet.queuePaused, oldestWaitMs: q.oldestWaitMs, byGroup: q.byGroup, timedOut: q.timedOut, rejectedFull: q.rejectedFull };
+      return { depth: q.size, size: q.size, maxSize: fleet.current.scheduler.maxQueue, paused: fleet.queuePaused, oldestWaitMs: q.oldestWaitMs, byGroup: q.byGroup, timedOut: q.timedOut, rejectedFull: q.rejectedFull, shed: q.shed };
     }),
     post('/queue/pause', (ctx) => {
       fleet.setPaused(true);

@@ -342,6 +342,12 @@ export function createMetrics(opts: { defaults?: boolean; thread?: string } = {}
       labelNames: ['group', 'code'] as const,
       registers: r,
     }),
+    queueShed: new Counter({
+      name: 'broker_queue_shed_total',
+      help: 'Queued requests refused (capacity_exhausted) to make room for one of higher priority, by group; also in broker_capacity_rejections_total',
+      labelNames: ['group'] as const,
+      registers: r,
+    }),
     queueDepth: new Gauge({
       name: 'broker_queue_depth',
       help: 'Requests waiting for capacity',

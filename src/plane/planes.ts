@@ -51,6 +51,8 @@ export interface PlanesDeps {
   spend?(): readonly SpendEntry[];
   /** A slot freed on a thread whose next waiter waits on the control plane (its gRPC requests, row CONTROL_PLANE_ROW of the wait board). */
   wakeControl?(group: string): void;
+  /** A newcomer on a thread claimed a waiter of `level` queued on the control plane: it is shed. */
+  shedControl?(level: number): void;
   /** A thread exited: what it held of the capacity counters comes back (its releases never ran). */
   threadExited?(index: number): void;
 }
@@ -220,6 +222,13 @@ export class DataPlanes {
         if (to !== undefined) this.send(to, { t: 'wake', group: m.group });
         return;
       }
+      case 'shed': {
+        // A newcomer on `plane` found the queue full and claimed a lower-priority waiter of another thread.
+        if (m.thread === CONTROL_PLANE_ROW && this.deps.threads <= CONTROL_PLANE_ROW) return this.deps.shedControl?.(m.level);
+        const to = this.planes[m.thread];
+        if (to !== undefined) this.send(to, { t: 'shed', level: m.level });
+        return;
+      }
       case 'stopped':
         return plane.stopped?.(m.unfinished);
       case 'listening':
@@ -241,6 +250,12 @@ export class DataPlanes {
   wake(thread: number, group: string): void {
     const to = this.planes[thread];
     if (to !== undefined) this.send(to, { t: 'wake', group });
+  }
+
+  /** A newcomer on the control plane claimed a lower-priority waiter queued on `thread`. */
+  shed(thread: number, level: number): void {
+    const to = this.planes[thread];
+    if (to !== undefined) this.send(to, { t: 'shed', level });
   }
 
   /** Sends the current snapshot to every thread; resolves once each applied it. */

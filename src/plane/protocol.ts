@@ -91,7 +91,7 @@ export interface WireError {
 
 /** The queue and sticky numbers each thread keeps for itself, summed by the control plane. */
 export interface PlaneStats {
-  readonly queue: { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number; oldestWaitMs: number };
+  readonly queue: { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number; shed: number; oldestWaitMs: number };
   readonly sticky: { pins: number; hits: number; misses: number };
   readonly inFlight: number;
 }
@@ -102,6 +102,8 @@ export type ToPlane =
   | { readonly t: 'reply'; readonly id: number; readonly value?: unknown; readonly error?: WireError }
   | { readonly t: 'call'; readonly id: number; readonly name: 'metrics' | 'stats' | 'flush' }
   | { readonly t: 'wake'; readonly group: string }
+  /** Another thread's newcomer claimed one of this thread's queued requests of `level`: shed it. */
+  | { readonly t: 'shed'; readonly level: number }
   /** The budgets' running totals (request tracking): what admission checks keys against. */
   | { readonly t: 'spend'; readonly entries: readonly SpendEntry[] }
   | { readonly t: 'stop'; readonly graceMs: number }
@@ -124,6 +126,7 @@ export type ToControl =
   /** Request tracking: the rows of the requests that ended in one turn of the thread's loop, for the one writer. */
   | { readonly t: 'track'; readonly rows: readonly TrackRow[] }
   | { readonly t: 'wake'; readonly group: string; readonly thread: number }
+  | { readonly t: 'shed'; readonly level: number; readonly thread: number }
   | { readonly t: 'stopped'; readonly unfinished: number };
 
 export type { ForwardedReply, InferReply };

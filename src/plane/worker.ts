@@ -122,6 +122,7 @@ const gov = new Governance({
   waiters: new Int32Array(init.buffers.waiters),
   board: { buffer: init.buffers.board, thread: init.index },
   wakeElsewhere: (group, thread) => post({ t: 'wake', group, thread }),
+  shedElsewhere: (thread, level) => post({ t: 'shed', level, thread }),
   owner: false,
   ...(budgets !== undefined ? { budgets } : {}),
   onLearn: queueLesson,
@@ -265,6 +266,9 @@ port.on('message', (m: ToPlane) => {
       return;
     case 'wake':
       gov.wake(m.group);
+      return;
+    case 'shed':
+      gov.shed(m.level);
       return;
     case 'spend':
       budgets?.update(m.entries);

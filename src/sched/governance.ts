@@ -10,7 +10,7 @@ import { FlagStore } from '../config/flags.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import { CapacityCounters } from './capacity.ts';
 import { WaitQueue } from './queue.ts';
-import { WaitBoard } from './wait-board.ts';
+import { MAX_THREADS, WaitBoard } from './wait-board.ts';
 import { Scheduler, type Lease } from './scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import { PerformanceTracker } from '../policy/performance.ts';
@@ -43,6 +43,8 @@ export interface GovernanceOptions {
   readonly waiters?: Int32Array;
   /** A freed slot whose next waiter waits on another thread: hand the wake-up there. */
   readonly wakeElsewhere?: (group: string, thread: number) => void;
+  /** A newcomer to the full queue claimed a lower-priority waiter of another thread: that thread sheds one of `level`. */
+  readonly shedElsewhere?: (thread: number, level: number) => void;
   /**
    * Whether this instance owns what is shared (default true): it writes the quota
    * limits of the config into the shared ledger and reports the process-wide gauges
@@ -127,7 +129,13 @@ export class Governance implements Leases {
     const sched = o.config.scheduler;
     this.board = o.board === undefined ? undefined : new WaitBoard(o.board.buffer, o.board.thread, sched.agingMs);
     this.board?.setGroups(groupNames(o.config.modelGroups));
-    this.queue = new WaitQueue(sched.maxQueue, sched.agingMs, this.now, o.waiters, this.board);
+    this.queue = new WaitQueue(sched.maxQueue, sched.agingMs, this.now, {
+      shared: o.waiters,
+      board: this.board,
+      // The control plane's own queue (gRPC, or every request with FRONT_THREADS=0) takes the last row.
+      row: o.board?.thread ?? MAX_THREADS - 1,
+      shedElsewhere: o.shedElsewhere,
+    });
     this.performance = new PerformanceTracker(o.config.performance, this.now);
     this.sticky = new StickyPins(o.stickyTtlMs, 100_000, this.now);
     this.quota = o.quota ?? new QuotaLedger(this.now);
@@ -316,6 +324,11 @@ export class Governance implements Leases {
     this.scheduler.handOff(group);
   }
 
+  /** Another thread's newcomer claimed one of this thread's waiters of `level`: it is shed. */
+  shed(level: number): void {
+    this.queue.shed(level);
+  }
+
   /**
    * A data-plane thread died with leases: its slots come back, and as many waiters (on any
    * thread) as they free try again. Else the deployment stayed "full" until the process
@@ -388,6 +401,7 @@ export class Governance implements Leases {
       .acquire({ group, tried, priority: a.priority, tier: a.tier, stickyKey: a.stickyKey, tokens: a.reserveTokens, since: a.since, signal, queue })
       .catch((err: BrokerError) => {
         if (err.code === 'capacity_exhausted' || err.code === 'queue_timeout') this.metrics.capacityRejections.labels(group.name, err.code).inc();
+        if (err.details?.shed === true) this.metrics.queueShed.labels(group.name).inc();
         if (err.code === 'quota_exceeded') this.metrics.quotaRejections.labels('deployment').inc();
         throw err;
       });

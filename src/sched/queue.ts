@@ -1,8 +1,10 @@
 // Bounded wait queue for requests that found every deployment of their group full.
 // Served by priority with aging (so low priority cannot starve), or first-come when
-// priority routing is off. Nothing waits forever: each waiter has a deadline.
+// priority routing is off. Nothing waits forever: each waiter has a deadline. Full, it
+// refuses a newcomer, unless a waiter of a lower priority level is there to shed.
 import { BrokerError } from '../errors.ts';
 import { WaitBoard } from './wait-board.ts';
+import { levelOf, ShedBoard } from './shed-board.ts';
 import type { AbortLike } from '../abort.ts';
 
 export interface Waiter {
@@ -47,8 +49,19 @@ export interface Woken {
 
 interface Entry extends Waiter {
   resolve(round: WakeRound): void;
-  reject(err: BrokerError): void;
+  /** Takes it out of the queue and refuses it; false when it had left already. */
+  refuse(err: BrokerError): boolean;
   timer: NodeJS.Timeout;
+}
+
+export interface WaitQueueOptions {
+  /** Cell 0 counts the waiters of every thread's queue (Atomics); the cells after it are the shed board's. */
+  readonly shared?: Int32Array;
+  readonly board?: WaitBoard;
+  /** This thread's row in the shared cells (the wait board's). */
+  readonly row?: number;
+  /** Asks thread `row` to shed a waiter of `level` that this thread claimed for a newcomer. */
+  readonly shedElsewhere?: (row: number, level: number) => void;
 }
 
 export class WaitQueue {
@@ -57,19 +70,28 @@ export class WaitQueue {
   private total = 0;
   private timedOut = 0;
   private rejectedFull = 0;
+  private shedCount = 0;
+  private readonly shared: Int32Array | undefined;
+  private readonly board: WaitBoard | undefined;
+  private readonly levels: ShedBoard;
+  private readonly shedElsewhere: ((row: number, level: number) => void) | undefined;
 
   /**
-   * `shared`: cell 0 counts the waiters of every thread's queue (Atomics). With it,
-   * maxSize bounds the process, not the thread, and a thread that frees a slot no
-   * waiter of its own wants can tell whether another thread has one.
+   * With `shared`, maxSize bounds the process, not the thread, a thread that frees a slot no
+   * waiter of its own wants can tell whether another thread has one, and a newcomer may shed
+   * a lower-priority waiter of another thread.
    */
   constructor(
     private maxSize: number,
     private agingMs: number,
     private readonly now: () => number = Date.now,
-    private readonly shared?: Int32Array,
-    private readonly board?: WaitBoard,
-  ) {}
+    o: WaitQueueOptions = {},
+  ) {
+    this.shared = o.shared;
+    this.board = o.board;
+    this.levels = new ShedBoard(o.shared, o.row ?? 0);
+    this.shedElsewhere = o.shedElsewhere;
+  }
 
   /**
    * A slot of `group` was freed: wake the waiter that should go next, here or on
@@ -98,8 +120,9 @@ export class WaitQueue {
     return this.shared !== undefined && Atomics.load(this.shared, 0) > this.total;
   }
 
-  private count(delta: number): void {
+  private count(delta: number, priority: number): void {
     this.total += delta;
+    this.levels.add(priority, delta);
     if (this.shared !== undefined) Atomics.add(this.shared, 0, delta);
   }
 
@@ -120,14 +143,14 @@ export class WaitQueue {
     return this.maxSize;
   }
 
-  stats(): { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number; oldestWaitMs: number } {
+  stats(): { size: number; byGroup: Record<string, number>; timedOut: number; rejectedFull: number; shed: number; oldestWaitMs: number } {
     const byGroup: Record<string, number> = {};
     let oldest = Infinity;
     for (const [g, list] of this.byGroup) {
       if (list.length > 0) byGroup[g] = list.length;
       for (const w of list) if (w.enqueuedAt < oldest) oldest = w.enqueuedAt;
     }
-    return { size: this.total, byGroup, timedOut: this.timedOut, rejectedFull: this.rejectedFull, oldestWaitMs: oldest === Infinity ? 0 : Math.max(0, this.now() - oldest) };
+    return { size: this.total, byGroup, timedOut: this.timedOut, rejectedFull: this.rejectedFull, shed: this.shedCount, oldestWaitMs: oldest === Infinity ? 0 : Math.max(0, this.now() - oldest) };
   }
 
   /**
@@ -138,8 +161,15 @@ export class WaitQueue {
   wait(group: string, priority: number, deadline: number, since: number, signal: AbortLike, seq?: number): Promise<Woken> {
     if (signal.aborted) return Promise.reject(new BrokerError('internal', 'client went away before it was queued'));
     if ((this.shared !== undefined ? Atomics.load(this.shared, 0) : this.total) >= this.maxSize) {
-      this.rejectedFull++;
-      return Promise.reject(new BrokerError('capacity_exhausted', `every deployment of ${group} is at capacity and the queue is full (${this.maxSize})`, { retryAfter: 1 }));
+      // Full: the newest waiter of the lowest level below this one's makes room, here or on
+      // another thread (which refuses it when the message arrives). Else this one is refused.
+      const claim = this.levels.claim(priority, this.shedElsewhere !== undefined);
+      if (claim === undefined) {
+        this.rejectedFull++;
+        return Promise.reject(new BrokerError('capacity_exhausted', `every deployment of ${group} is at capacity and the queue is full (${this.maxSize})`, { retryAfter: 1 }));
+      }
+      if (claim.row === this.levels.row) this.shed(claim.level);
+      else this.shedElsewhere!(claim.row, claim.level);
     }
     return new Promise<Woken>((resolve, reject) => {
       const list = this.byGroup.get(group) ?? [];
@@ -148,7 +178,7 @@ export class WaitQueue {
         const i = list.indexOf(entry);
         if (i < 0) return false;
         list.splice(i, 1);
-        this.count(-1);
+        this.count(-1, priority);
         this.changed(group, list);
         clearTimeout(entry.timer);
         signal.removeEventListener('abort', onAbort);
@@ -166,7 +196,11 @@ export class WaitQueue {
           signal.removeEventListener('abort', onAbort);
           resolve({ seq: entry.seq, round });
         },
-        reject,
+        refuse: (err) => {
+          if (!leave()) return false;
+          reject(err);
+          return true;
+        },
         timer: setTimeout(() => {
           if (!leave()) return;
           this.timedOut++;
@@ -174,10 +208,23 @@ export class WaitQueue {
         }, Math.max(0, deadline - this.now())),
       };
       list.push(entry);
-      this.count(1);
+      this.count(1, priority);
       this.changed(group, list);
       signal.addEventListener('abort', onAbort, { once: true });
     });
+  }
+
+  /**
+   * A newcomer of a higher level claimed one of this thread's waiters of `level`: the newest
+   * of them, of any group, is refused. Settles the claim even when none is left (it was woken
+   * or went away meanwhile, which made the room the claim was for).
+   */
+  shed(level: number): void {
+    this.levels.settle(level);
+    let victim: Entry | undefined;
+    for (const list of this.byGroup.values()) for (const e of list) if (levelOf(e.priority) === level && (victim === undefined || e.seq > victim.seq)) victim = e;
+    if (victim === undefined) return;
+    if (victim.refuse(new BrokerError('capacity_exhausted', `shed from the full queue (${this.maxSize}) for a request of higher priority`, { retryAfter: 1, details: { shed: true } }))) this.shedCount++;
   }
 
   /**
@@ -191,7 +238,7 @@ export class WaitQueue {
     if (open.length === 0) return false;
     const entry = open[pickNext(open, this.now(), this.agingMs, byPriority)]!;
     list.splice(list.indexOf(entry), 1);
-    this.count(-1);
+    this.count(-1, entry.priority);
     this.changed(group, list);
     clearTimeout(entry.timer);
     entry.resolve(round);

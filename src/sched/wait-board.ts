@@ -20,6 +20,11 @@ export function waitBoardBuffer(): SharedArrayBuffer {
   return b;
 }
 
+/** A thread died: its row no longer names waiters (else wake-ups were handed to its replacement in vain). */
+export function clearWaitBoardRow(buffer: SharedArrayBuffer, thread: number): void {
+  new Float64Array(buffer, thread * MAX_GROUPS * 2 * 8, MAX_GROUPS * 2).fill(NaN);
+}
+
 export interface BestWaiter {
   readonly base: number;
   readonly oldest: number;

@@ -106,6 +106,44 @@ t.test('priority routing: waiting requests are served by priority', async (t) =>
   t.same(order, ['high', 'normal', 'low']);
 });
 
+t.test('priority routing: a full queue sheds its newest lowest-priority waiter for a higher one', async (t) => {
+  const m = await mock(t, { tokens: 1000, tps: 30 });
+  const tb = await broker(
+    t,
+    { apiKeys: { 'sk-prio': { priority: 9 } }, scheduler: { maxQueue: 3, maxWaitMs: 30_000 }, modelGroups: { g: { deployments: [{ id: 'shed-1', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 1 }] } } },
+    { BROKER_FF_PRIORITY_ROUTING: 'true' },
+  );
+  const release = new AbortController();
+  const blocker = chat(tb, 'g', { stream: true, signal: release.signal }).catch(() => 'released');
+  await until(async () => (await get(tb, '/api/industrial/capacity/shed-1')).inFlight === 1, 'blocker running');
+  const order: string[] = [];
+  const as = (p: string, name: string) => chat(tb, 'g', { maxTokens: 2, headers: { 'x-api-key': 'sk-prio', 'x-broker-priority': p } }).then((r) => (order.push(name), r));
+  const lows: Promise<Awaited<ReturnType<typeof chat>>>[] = [];
+  for (let i = 0; i < 3; i++) {
+    lows.push(as('low', `low${i}`));
+    await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === i + 1, `${i + 1} queued`);
+  }
+  // Full of low ones: another low one is refused, nothing is shed.
+  const refused = await as('low', 'low3');
+  t.equal(refused.status, 429);
+  t.match(JSON.parse(refused.text).error, { code: 'capacity_exhausted', message: /queue is full \(3\)/ });
+  // A high one takes the place of the newest low one, which is refused with the reason.
+  const high = as('9', 'high');
+  const shed = await lows[2]!;
+  t.equal(shed.status, 429, 'the newest low one was shed');
+  t.equal(shed.headers['retry-after'], '1');
+  t.match(JSON.parse(shed.text).error, { code: 'capacity_exhausted', message: /shed from the full queue \(3\) for a request of higher priority/ });
+  t.equal((await get(tb, '/api/industrial/capacity')).queue.size, 3, 'still full: two low and the high one');
+  t.equal(await metricValue(tb.url, 'broker_queue_shed_total', { group: 'g' }), 1);
+  t.equal((await get(tb, '/api/orchestrator/queue')).shed, 1);
+  release.abort();
+  t.equal(await blocker, 'released');
+  const served = await Promise.all([high, lows[0]!, lows[1]!]);
+  t.same(served.map((r) => r.status), [200, 200, 200]);
+  t.same(order, ['low3', 'low2', 'high', 'low0', 'low1'], 'the high one went first, then the low ones in their order');
+  t.equal((await get(tb, '/api/industrial/capacity')).queue.size, 0);
+});
+
 t.test('self-declared identity: headers cannot raise a priority or a tier, nor replace a known key\'s label', async (t) => {
   const m = await mock(t, { tokens: 1000, tps: 30 });
   const tb = await broker(t,

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { WaitQueue, pickNext, type Waiter } from '../../../src/sched/queue.ts';
 import { BrokerError } from '../../../src/errors.ts';
+import { ShedBoard, waitersBuffer } from '../../../src/sched/shed-board.ts';
 import { fakeClock, settled, ticks } from './helpers.ts';
 
 const w = (seq: number, priority: number, enqueuedAt: number): Waiter => ({ group: 'g', seq, priority, enqueuedAt });
@@ -52,7 +53,7 @@ t.test('wait/wake: wake resolves the waiter pickNext chooses, one per wake', asy
   const high = q.wait('g', 8, far, clock.now, sig).then(() => order.push('high'));
   const other = q.wait('h', 9, far, clock.now, sig).then(() => order.push('other'));
   t.equal(q.size, 3);
-  t.same(q.stats(), { size: 3, byGroup: { g: 2, h: 1 }, timedOut: 0, rejectedFull: 0, oldestWaitMs: 0 }, 'the oldest waiter arrived just now');
+  t.same(q.stats(), { size: 3, byGroup: { g: 2, h: 1 }, timedOut: 0, rejectedFull: 0, shed: 0, oldestWaitMs: 0 }, 'the oldest waiter arrived just now');
   clock.advance(250);
   t.equal(q.stats().oldestWaitMs, 250, 'the oldest waiter has waited 250 ms');
 
@@ -71,7 +72,7 @@ t.test('wait/wake: wake resolves the waiter pickNext chooses, one per wake', asy
   q.wake('h', false);
   await Promise.all([low, high, other]);
   t.same(order, ['high', 'low', 'other']);
-  t.same(q.stats(), { size: 0, byGroup: {}, timedOut: 0, rejectedFull: 0, oldestWaitMs: 0 });
+  t.same(q.stats(), { size: 0, byGroup: {}, timedOut: 0, rejectedFull: 0, shed: 0, oldestWaitMs: 0 });
 });
 
 t.test('wake without priority is FIFO; with priority aging is measured on the injected clock', async (t) => {
@@ -225,4 +226,115 @@ t.test('setAgingMs: a config change reorders the waiters already queued', async 
   q.wake('g', true);
   await Promise.all([old, fresh]);
   t.same(order, ['old low', 'new high']);
+});
+
+t.test('full: a newcomer of a higher level sheds the newest waiter of the lowest level below it', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(3, 1_000, clock.read);
+  const far = clock.now + 60_000;
+  const sig = new AbortController().signal;
+  const oldLow = q.wait('g', 2, far, clock.now, sig);
+  const newLow = q.wait('h', 2, far, clock.now, sig);
+  const normal = q.wait('g', 5, far, clock.now, sig);
+  // Equal to the lowest level and below: refused, nothing shed.
+  t.equal((await err(q.wait('g', 2, far, clock.now, sig))).code, 'capacity_exhausted');
+  t.equal((await err(q.wait('g', 1, far, clock.now, sig))).code, 'capacity_exhausted');
+  t.same([await settled(oldLow), await settled(newLow)], [false, false], 'no waiter left the queue');
+  t.equal(q.stats().rejectedFull, 2);
+  // Higher: the newest low one (of another group, even) makes room.
+  const high = q.wait('g', 8, far, clock.now, sig);
+  const shed = await err(newLow);
+  t.equal(shed.code, 'capacity_exhausted');
+  t.equal(shed.retryAfter, 1);
+  t.match(shed.message, /shed from the full queue \(3\) for a request of higher priority/);
+  t.equal(q.size, 3, 'the newcomer took the shed one\'s place');
+  t.same(q.stats().byGroup, { g: 3 });
+  t.equal(q.stats().shed, 1);
+  // A level-3 newcomer may shed the remaining level-2 waiter, but not the normal one.
+  const three = q.wait('g', 3, far, clock.now, sig);
+  t.equal((await err(oldLow)).code, 'capacity_exhausted');
+  t.equal((await err(q.wait('g', 3, far, clock.now, sig))).code, 'capacity_exhausted', 'nothing below level 3 is left');
+  t.equal(q.stats().shed, 2);
+  // The queue still serves in priority order.
+  const order: string[] = [];
+  void high.then(() => order.push('high'));
+  void normal.then(() => order.push('normal'));
+  void three.then(() => order.push('three'));
+  for (let i = 0; i < 3; i++) q.wake('g', true);
+  await ticks();
+  t.same(order, ['high', 'normal', 'three']);
+  t.equal(q.size, 0);
+});
+
+t.test('full: a waiter of another thread is claimed, then shed by its own thread', async (t) => {
+  const clock = fakeClock();
+  const shared = new Int32Array(waitersBuffer());
+  const far = clock.now + 60_000;
+  const sig = new AbortController().signal;
+  const sent: [number, number][] = [];
+  const threads: WaitQueue[] = [];
+  for (const row of [0, 1]) {
+    threads.push(
+      new WaitQueue(2, 1_000, clock.read, {
+        shared,
+        row,
+        shedElsewhere: (to, level) => sent.push([to, level]),
+      }),
+    );
+  }
+  const [a, b] = threads as [WaitQueue, WaitQueue];
+  const low = a.wait('g', 1, far, clock.now, sig);
+  const normal = a.wait('g', 5, far, clock.now, sig);
+  t.equal(shared[0], 2);
+  // Thread b's high newcomer claims a's low waiter and queues at once (one over, until a sheds).
+  const high = b.wait('g', 9, far, clock.now, sig);
+  t.same(sent, [[0, 1]], 'asked thread 0 to shed one of level 1');
+  t.equal(shared[0], 3);
+  // A second newcomer above level 1 only, before the message arrives, finds that waiter claimed: refused.
+  t.equal((await err(b.wait('g', 3, far, clock.now, sig))).code, 'capacity_exhausted');
+  t.equal(sent.length, 1, 'a waiter is claimed once');
+  a.shed(1);
+  t.match((await err(low)).message, /shed/);
+  t.equal(shared[0], 2);
+  t.same([a.size, b.size], [1, 1]);
+  // A claim whose waiter left meanwhile settles without shedding anyone.
+  const low2 = a.wait('g', 1, far, clock.now, sig);
+  t.equal((await err(low2)).code, 'capacity_exhausted', 'full again: refused, as its level is the lowest');
+  a.wake('g', true);
+  await normal;
+  const low3 = a.wait('g', 1, far, clock.now, sig);
+  const high2 = b.wait('g', 9, far, clock.now, sig);
+  t.same(sent.at(-1), [0, 1]);
+  a.wake('g', false);
+  await low3;
+  a.shed(1);
+  t.equal(a.stats().shed, 1, 'nobody was left to shed');
+  t.equal(shared[0], 2);
+  // The claim was settled: a new low waiter can be claimed again.
+  b.wake('g', true);
+  await high;
+  const low5 = a.wait('g', 1, far, clock.now, sig);
+  const high3 = b.wait('g', 9, far, clock.now, sig);
+  t.equal(sent.length, 3, 'claimed again');
+  a.shed(1);
+  t.match((await err(low5)).message, /shed/);
+  b.wake('g', true);
+  b.wake('g', true);
+  await Promise.all([high2, high3]);
+  t.equal(shared[0], 0);
+});
+
+t.test('ShedBoard.reclaim: a dead thread\'s waiters leave the shared count', async (t) => {
+  const clock = fakeClock();
+  const shared = new Int32Array(waitersBuffer());
+  const q = new WaitQueue(10, 1_000, clock.read, { shared, row: 3 });
+  const sig = new AbortController().signal;
+  const far = clock.now + 60_000;
+  const waits = [q.wait('g', 1, far, clock.now, sig), q.wait('g', 7, far, clock.now, sig)];
+  t.equal(shared[0], 2);
+  t.equal(ShedBoard.reclaim(shared, 3), 2);
+  t.equal(shared[0], 0);
+  t.equal(ShedBoard.reclaim(shared, 3), 0, 'once');
+  for (const _ of waits) q.wake('g', true);
+  await Promise.all(waits);
 });
