@@ -29,7 +29,7 @@ import { authRoutes } from './admin/auth.ts';
 import { Router } from './front/http/router.ts';
 import { startHttpFront } from './front/http/server.ts';
 import { assertPortFree } from './front/http/port-free.ts';
-import { loadManifest } from './infer/manifest.ts';
+import { loadCandidate, loadManifest } from './infer/manifest.ts';
 import { createInferPool, libuvPoolSizing } from './infer/pool.ts';
 import { describeConversion, type ConversionMode } from './infer/native.ts';
 import { InferService } from './infer/service.ts';
@@ -599,9 +599,14 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
 function startInference(config: Config, metrics: Metrics, logger: Logger, tracer: Tracer): InferService {
   const uv = libuvPoolSizing(config.inferThreads, config.inferTasksPerWorker, process.env.UV_THREADPOOL_SIZE);
   if (!uv.ok) logger.warn({ uv_threadpool_size: uv.size, wanted: uv.wanted }, `libuv's thread pool (UV_THREADPOOL_SIZE=${uv.size}) decodes fewer images at once than the inference workers hold batches: set UV_THREADPOOL_SIZE=${uv.wanted} in the environment (docs/benchmarks.md, thread sizing rule)`);
-  const models = { A: loadManifest(config.modelVaPath), B: loadManifest(config.modelVbPath) };
+  const a = loadManifest(config.modelVaPath);
+  // A manifest of B's that does not load is said by the model check (its requests answer 503), not fatal.
+  const models = { A: a, B: config.modelVbPath === config.modelVaPath ? a : loadCandidate(config.modelVbPath, a) };
+  for (const [arm, m] of Object.entries(models)) {
+    if (m.ignored !== undefined && (arm === 'A' || m !== a)) logger.warn({ arm, model: m.manifest.name, path: m.path, fields: m.ignored }, `model manifest of ${m.manifest.name}: ${m.ignored.join(', ')} ${m.ignored.length === 1 ? 'is not a field' : 'are not fields'} the broker reads (a typo leaves its setting at the default; models/README.md lists the fields)`);
+  }
   // The Open Inference Protocol reaches an arm by its manifest version (docs/oip.md).
-  if (models.A.path !== models.B.path && models.A.manifest.version === models.B.manifest.version) {
+  if (models.A.path !== models.B.path && models.B.unusable === undefined && models.A.manifest.version === models.B.manifest.version) {
     logger.warn({ a: models.A.manifest.name, b: models.B.manifest.name, version: models.A.manifest.version }, `models A and B are different files with the same manifest version ${models.A.manifest.version}: a v2 request cannot name B by its version (/v2/models/{m}/versions/{v} reaches both, the A/B policy picks); give each its own version`);
   }
   return new InferService({

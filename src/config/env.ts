@@ -70,6 +70,8 @@ export interface Config {
   readonly frontThreads: number;
   /** V8 young-generation semi-space of every worker thread from its start, MiB; 0: V8's own sizing (1 MiB, grown under load). */
   readonly threadSemiSpaceMb: number;
+  /** UWS_HEADER_PATCH: the header-name patch of uWebSockets.js; validated here, applied by src/front/http/uws.ts (every thread loads uWS itself, from the environment). */
+  readonly uwsHeaderPatch: boolean;
   /** Whether the inference pool starts (false: an LLM-only broker, /v1/infer answers 503). */
   readonly inferEnabled: boolean;
   /** How long in-flight requests and streams get to finish after SIGTERM/SIGINT. */
@@ -256,6 +258,7 @@ export function loadConfig(env: Env = process.env): Config {
     upstreamMaxBodyBytes: int(env, 'UPSTREAM_MAX_BODY_BYTES', 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     frontThreads: int(env, 'FRONT_THREADS', Math.min(cores, 64), 0, 64),
     threadSemiSpaceMb: int(env, 'THREAD_SEMI_SPACE_MB', 16, 0, 256),
+    uwsHeaderPatch: bool(env, 'UWS_HEADER_PATCH', true),
     inferEnabled: bool(env, 'INFER_ENABLED', true),
     fleetHealthChecks: env.FLEET_HEALTH_CHECKS === undefined || env.FLEET_HEALTH_CHECKS === '' ? undefined : bool(env, 'FLEET_HEALTH_CHECKS', true),
     shutdownGraceS: num(env, 'SHUTDOWN_GRACE_S', 30, 0, 3600),
@@ -286,11 +289,8 @@ export interface TrackingConfig {
 }
 
 function trackingConfig(env: Env): TrackingConfig | undefined {
-  const databaseUrl = opt(env, 'DATABASE_URL');
-  if (databaseUrl === undefined) return undefined;
-  if (!/^postgres(ql)?:\/\//.test(databaseUrl)) throw new ConfigError('DATABASE_URL', 'must be a postgres:// or postgresql:// URL');
-  return Object.freeze({
-    databaseUrl,
+  // Validated with tracking off too: a bad value is said at this start, not at the one that sets DATABASE_URL.
+  const settings = {
     bufferRows: int(env, 'TRACKING_BUFFER_ROWS', 100_000, 100, 10_000_000),
     batchRows: int(env, 'TRACKING_BATCH_ROWS', 1000, 1, 100_000),
     flushMs: int(env, 'TRACKING_FLUSH_MS', 250, 10, 60_000),
@@ -298,7 +298,11 @@ function trackingConfig(env: Env): TrackingConfig | undefined {
     partitionsAhead: int(env, 'TRACKING_PARTITIONS_AHEAD', 3, 1, 60),
     poolMax: int(env, 'TRACKING_POOL_MAX', 4, 2, 100),
     writeMode: oneOf(env, 'TRACKING_WRITE_MODE', 'copy', ['copy', 'insert'] as const),
-  });
+  };
+  const databaseUrl = opt(env, 'DATABASE_URL');
+  if (databaseUrl === undefined) return undefined;
+  if (!/^postgres(ql)?:\/\//.test(databaseUrl)) throw new ConfigError('DATABASE_URL', 'must be a postgres:// or postgresql:// URL');
+  return Object.freeze({ databaseUrl, ...settings });
 }
 
 function otelConfig(env: Env): OtelConfig {

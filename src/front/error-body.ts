@@ -10,7 +10,8 @@
 // - Ollama: {"error":"message","code","request_id"}; Ollama clients read `error`
 //   as a string, the code and request id ride along.
 // - Anthropic (/v1/messages): {"type":"error","error":{"type","message"},"request_id"},
-//   `type` Anthropic's error type for the code's HTTP status; the code rides along.
+//   `type` Anthropic's error type for the code's HTTP status; the code rides along. An
+//   `overloaded_error` (a 503 code) goes out as 529, Anthropic's status for it.
 // - Open Inference Protocol (KServe v2, /v2/*): {"error":"message","code","request_id"},
 //   the v2 spec's `{"error": $string}` with the same two extra fields as Ollama's.
 //
@@ -165,5 +166,17 @@ export function errorReply(
   const headers: Record<string, string> = { 'content-type': 'application/json', ...extraHeaders };
   if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
   const field = err.details?.field;
-  return { status: err.status, headers, body: JSON.stringify(shape(err.code, err.message, requestId, err.status, typeof field === 'string' ? field : null)) };
+  return { status: wireStatus(err, shape), headers, body: JSON.stringify(shape(err.code, err.message, requestId, err.status, typeof field === 'string' ? field : null)) };
+}
+
+/** Anthropic's status for `overloaded_error`, which its SDKs (OverloadedError) and Claude Code read as such. */
+const ANTHROPIC_OVERLOADED = 529;
+
+/**
+ * The status on the wire: the code's, but on the Messages API an `overloaded_error` (our 503s)
+ * is 529, as Anthropic answers it. The SDKs retry both alike (any 5xx, honouring Retry-After),
+ * and Claude Code reads 529 as Anthropic's overload.
+ */
+function wireStatus(err: BrokerError, shape: ErrorShape): number {
+  return shape === anthropicErrorShape && err.status === 503 ? ANTHROPIC_OVERLOADED : err.status;
 }

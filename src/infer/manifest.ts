@@ -1,6 +1,7 @@
 // A model's manifest sits next to its .onnx file (vA.onnx -> vA.json) and says how
 // to turn an image into the model's input tensor. Validated at load, errors name the field.
 import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
 
 export interface ModelManifest {
   readonly name: string;
@@ -42,6 +43,30 @@ export interface ModelManifest {
 export interface LoadedModel {
   readonly path: string;
   readonly manifest: ModelManifest;
+  /** Why the model cannot serve though the broker runs (B's manifest did not load): its requests answer 503. */
+  readonly unusable?: string;
+  /** Fields of the manifest the broker does not read (a typo leaves its setting at the default): logged at start. */
+  readonly ignored?: readonly string[];
+}
+
+/** Every field the broker reads, by block ('' the top level); `description` and `training` are for humans. */
+const KNOWN_FIELDS: Record<string, readonly string[]> = {
+  '': ['name', 'version', 'description', 'training', 'input', 'output', 'labels', 'batching', 'queue'],
+  input: ['name', 'layout', 'channels', 'height', 'width', 'defaultSize', 'minSize', 'maxSize', 'mean', 'std'],
+  output: ['name', 'kind'],
+  batching: ['max_batch_size', 'preferred_batch_sizes', 'max_queue_delay_us'],
+  queue: ['max_size', 'timeout_ms'],
+};
+
+/** The fields of a (valid) manifest no block knows, dotted: `batching.max_batchsize`. */
+export function unknownManifestFields(raw: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const [block, known] of Object.entries(KNOWN_FIELDS)) {
+    const o = block === '' ? raw : raw[block];
+    if (o === null || typeof o !== 'object' || Array.isArray(o)) continue;
+    for (const k of Object.keys(o)) if (!known.includes(k)) out.push(block === '' ? k : `${block}.${k}`);
+  }
+  return out;
 }
 
 export function manifestPathFor(modelPath: string): string {
@@ -56,7 +81,22 @@ export function loadManifest(modelPath: string): LoadedModel {
   } catch (err) {
     throw new Error(`model manifest ${file}: ${(err as Error).message}`);
   }
-  return { path: modelPath, manifest: validateManifest(raw, file) };
+  const manifest = validateManifest(raw, file);
+  const ignored = unknownManifestFields(raw as Record<string, unknown>);
+  return { path: modelPath, manifest, ...(ignored.length > 0 ? { ignored } : {}) };
+}
+
+/**
+ * B, the candidate: a manifest that does not load must not stop A from serving. B is then a
+ * stand-in (A's input settings, B's file name) that the workers refuse with the reason.
+ */
+export function loadCandidate(modelPath: string, a: LoadedModel): LoadedModel {
+  try {
+    return loadManifest(modelPath);
+  } catch (err) {
+    const name = basename(modelPath).replace(/\.onnx$/i, '') || 'B';
+    return { path: modelPath, manifest: Object.freeze({ ...a.manifest, name, version: 'unloaded' }), unusable: (err as Error).message };
+  }
 }
 
 export function validateManifest(raw: unknown, file: string): ModelManifest {
@@ -77,7 +117,7 @@ export function validateManifest(raw: unknown, file: string): ModelManifest {
   const layout = input.layout ?? 'NCHW';
   if (layout !== 'NCHW' && layout !== 'NHWC') fail('input.layout', 'must be NCHW or NHWC');
   const nums = (v: unknown, field: string): number[] =>
-    Array.isArray(v) && v.length === channels && v.every((x) => typeof x === 'number' && Number.isFinite(x)) ? (v as number[]) : fail(field, `must be ${channels} numbers`);
+    Array.isArray(v) && v.length === channels && v.every((x) => typeof x === 'number' && Number.isFinite(x)) ? (v as number[]) : fail(field, `must be ${channels === 1 ? 'an array of 1 number' : `${channels} numbers`}`);
   const std = nums(input.std ?? Array(channels).fill(1), 'input.std');
   if (std.some((s) => s === 0)) fail('input.std', 'must not contain 0');
   const height = size(input.height, 'input.height');

@@ -133,6 +133,10 @@ export interface InferPool {
   metadata(): Promise<SessionsMetadata>;
   /** Models that cannot run, and why (graph-check.ts), as a worker found them at warm-up. */
   problems(): Promise<ModelProblems>;
+  /** Models whose warm-up at batching.max_batch_size failed, with the runtime's words: they run one image at a time. */
+  unbatchable(): Promise<Record<string, string>>;
+  /** Sends `model` one image at a time from now on: its `models` entry says max_batch_size 1. */
+  unbatch(model: string): void;
   /** Every executed batch, after it ran. */
   onExecute(listener: (e: ExecEvent) => void): void;
   /** Runs every model of every worker once more (after a cold spell, say). */
@@ -200,7 +204,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     return live;
   };
   const data: WorkerData = {
-    models: Object.fromEntries(Object.entries(opts.models).map(([k, m]) => [k, { path: m.path, manifest: m.manifest }])),
+    models: Object.fromEntries(Object.entries(opts.models).map(([k, m]) => [k, { path: m.path, manifest: m.manifest, ...(m.unusable !== undefined ? { unusable: m.unusable } : {}) }])),
     intraOpThreads: opts.intraOpThreads,
     maxPixels: opts.maxPixels,
     native: opts.native ?? 'auto',
@@ -275,6 +279,8 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     superviseTimer.unref();
   }
 
+  // The models as the batcher sees them: unbatch() caps a graph that cannot batch at 1.
+  const models: Record<string, LoadedModel> = { ...opts.models };
   const queues = new Map<string, AdmissionQueue<Waiting>>();
   for (const [key, m] of Object.entries(opts.models)) {
     queues.set(key, new AdmissionQueue<Waiting>(m.manifest.name, m.manifest.queue.maxSize ?? opts.maxQueue, m.manifest.queue.timeoutMs));
@@ -310,7 +316,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
    * images at 1024² would be 400 MB of input, and the runtime's arena keeps its peak).
    */
   function batchSize(key: string, count: number, oldest: number, firstDeadline: () => number, now: number, size: number | undefined): number {
-    const { batching, input, queue } = opts.models[key]!.manifest;
+    const { batching, input, queue } = models[key]!.manifest;
     const { preferredBatchSizes, maxQueueDelayUs } = batching;
     const pixels = size !== undefined ? size * size : (input.height ?? input.defaultSize) * (input.width ?? input.defaultSize);
     const maxBatchSize = Math.max(1, Math.min(batching.maxBatchSize, Math.floor(MAX_BATCH_INPUT_BYTES / (pixels * input.channels * 4))));
@@ -446,7 +452,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
   }
 
   return {
-    models: opts.models,
+    models,
     run(model, image, size, topK, priority = DEFAULT_PRIORITY, runOpts) {
       const q = queueFor(model, runOpts);
       if (q instanceof BrokerError) return Promise.reject(q);
@@ -539,6 +545,16 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       return control<ModelProblems>({ kind: 'problems' }).catch((err: unknown) => {
         throw workerLost('the model check', err);
       });
+    },
+    unbatchable() {
+      return control<Record<string, string>>({ kind: 'unbatchable' }).catch((err: unknown) => {
+        throw workerLost('the model check', err);
+      });
+    },
+    unbatch(model) {
+      const m = models[model];
+      if (m === undefined || m.manifest.batching.maxBatchSize === 1) return;
+      models[model] = { ...m, manifest: Object.freeze({ ...m.manifest, batching: Object.freeze({ maxBatchSize: 1, preferredBatchSizes: Object.freeze([]), maxQueueDelayUs: 0 }) }) };
     },
     onExecute(listener) {
       listeners.push(listener);

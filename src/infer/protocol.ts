@@ -5,7 +5,7 @@ import type { SpanData } from '../obs/trace/span.ts';
 import type { ConversionMode } from './native.ts';
 
 export interface WorkerData {
-  readonly models: Readonly<Record<string, { path: string; manifest: ModelManifest }>>;
+  readonly models: Readonly<Record<string, { path: string; manifest: ModelManifest; unusable?: string }>>;
   readonly intraOpThreads: number;
   readonly maxPixels: number;
   /** INFER_NATIVE: whether the worker may convert pixels with native/'s addon. */
@@ -57,6 +57,11 @@ export interface ProblemsTask {
 }
 
 export type ModelProblems = Readonly<Record<string, { readonly message: string; readonly detail?: string }>>;
+
+/** Models whose warm-up run at batching.max_batch_size failed, by model key, with the runtime's words. */
+export interface UnbatchableTask {
+  readonly kind: 'unbatchable';
+}
 
 export interface TensorMeta {
   readonly name: string;

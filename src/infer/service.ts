@@ -201,13 +201,30 @@ export class InferService {
         const { manifest, path } = pool.models['A']!;
         this.deps.logger.error({ model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `promote refused, A keeps serving: ${p.message}`);
       }
+      await this.unbatchBroken(pool, problems);
       return problems;
     }
     for (const [arm, p] of Object.entries(problems)) {
       const { manifest, path } = pool.models[arm]!;
       this.deps.logger.error({ arm, model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `${p.message}: its requests answer 503 model_unavailable`);
     }
+    await this.unbatchBroken(pool, problems);
     return problems;
+  }
+
+  /**
+   * A model that ran one image at its warm-up but not a batch of max_batch_size: every batch
+   * would fail and run again image by image. It gets batches of 1 (what v2's config then says),
+   * and the operator a warning to fix the manifest or the graph.
+   */
+  private async unbatchBroken(pool: InferPool, problems: ModelProblems): Promise<void> {
+    const found = await pool.unbatchable().catch(() => ({}) as Record<string, string>);
+    for (const [arm, err] of Object.entries(found)) {
+      if (problems[arm] !== undefined) continue;
+      const { manifest, path } = pool.models[arm]!;
+      pool.unbatch(arm);
+      this.deps.logger.warn({ arm, model: manifest.name, version: manifest.version, path, err }, `model ${manifest.name} failed its warm-up run at batching.max_batch_size ${manifest.batching.maxBatchSize}: it runs one image at a time (set max_batch_size to 1, or give the graph a batch dimension it can run)`);
+    }
   }
 
   get currentPool(): InferPool {
@@ -247,8 +264,11 @@ export class InferService {
     } catch (err) {
       // A and B take different sizes: an img_size only the other arm takes goes to it, as
       // if named (no cookie, no shadow), rather than a 400 that depends on the split's draw.
+      // Not to an arm the split gives no traffic (B at weight 0, a canary rolled back).
       const other: Arm = choice.arm === 'A' ? 'B' : 'A';
-      if (this.modelProblems[other] !== undefined || !fitsSize(input.imgSize, this.models[other])) throw err;
+      const share = shareOfB(this.config);
+      const open = other === 'B' ? share > 0 : share < 1;
+      if (!open || this.modelProblems[other] !== undefined || !fitsSize(input.imgSize, this.models[other])) throw err;
       choice = this.choose(undefined, other);
       size = checkSize(input.imgSize, choice.model);
     }

@@ -17,7 +17,7 @@ import { setConversionMode } from './native.ts';
 import { asFloat32, topK } from './postprocess.ts';
 import { workerSpans } from '../obs/trace/infer.ts';
 import type { SpanData } from '../obs/trace/span.ts';
-import type { BatchOutcome, BatchTask, ItemOutcome, MetadataTask, ModelProblems, ProblemsTask, SessionsMetadata, TensorMeta, WorkerData, WarmupTask } from './protocol.ts';
+import type { BatchOutcome, BatchTask, ItemOutcome, MetadataTask, ModelProblems, ProblemsTask, SessionsMetadata, TensorMeta, UnbatchableTask, WorkerData, WarmupTask } from './protocol.ts';
 
 const data = workerData as WorkerData;
 
@@ -48,6 +48,8 @@ async function open(path: string, manifest: ModelManifest): Promise<Loaded> {
 // graph) is marked broken instead of taking the worker down with it: the pool reads why (a
 // 'problems' task), the service logs it and refuses the model, and the other arm keeps serving.
 const broken: Record<string, { readonly message: string; readonly detail?: string }> = {};
+/** Models that failed their warm-up run at batching.max_batch_size, with the runtime's words. */
+const unbatchable: Record<string, string> = {};
 
 /** Tries to load a model before it is taken for broken: a passing failure (memory, file descriptors, a file mid-rename) is not. */
 const LOAD_TRIES = 3;
@@ -55,6 +57,7 @@ const LOAD_RETRY_MS = 200;
 
 const models: Record<string, Loaded> = {};
 for (const [key, m] of Object.entries(data.models)) {
+  if (m.unusable !== undefined) broken[key] = { message: m.unusable };
   for (let attempt = 1; models[key] === undefined && broken[key] === undefined; attempt++) {
     try {
       models[key] = await open(m.path, m.manifest);
@@ -96,11 +99,21 @@ async function warm(): Promise<void> {
       continue;
     }
     // Once at the largest batch too, so that the first full batch does not pay for the
-    // memory arena. A failure here is not fatal: such batches are retried one by one.
+    // memory arena. A graph that runs one image but not a batch (a Reshape to a batch of 1,
+    // say) is not refused: the service sends it one image at a time, and says so.
     // Its output must still be one row per image: a graph whose output has a fixed batch of 1
     // (a reduction over the batch, say) would give wrong answers to batched requests.
     if (maxBatchSize > 1) {
-      const out = await session.run({ [manifest.input.name]: zeros(manifest, maxBatchSize, h, w) }).catch(() => undefined);
+      const out = await session.run({ [manifest.input.name]: zeros(manifest, maxBatchSize, h, w) }).then(
+        (o) => {
+          delete unbatchable[key];
+          return o;
+        },
+        (err: unknown) => {
+          unbatchable[key] = (err as Error).message;
+          return undefined;
+        },
+      );
       const scores = out?.[manifest.output.name];
       const bad = scores === undefined ? null : outputProblem(manifest, scores.dims, maxBatchSize);
       if (bad !== null) broken[key] = { message: `model ${manifest.name} does not fit its manifest: ${bad} (batching.max_batch_size is ${maxBatchSize}; a graph that cannot batch needs 1)` };
@@ -131,12 +144,13 @@ function describe(list: readonly ort.InferenceSession.ValueMetadata[]): TensorMe
   return list.map((m) => (m.isTensor ? { name: m.name, type: m.type, shape: m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : -1)) } : { name: m.name, type: 'non-tensor', shape: [] }));
 }
 
-export default async function run(task: BatchTask | WarmupTask | MetadataTask | ProblemsTask): Promise<BatchOutcome | SessionsMetadata | ModelProblems | { warmed: true }> {
+export default async function run(task: BatchTask | WarmupTask | MetadataTask | ProblemsTask | UnbatchableTask): Promise<BatchOutcome | SessionsMetadata | ModelProblems | Record<string, string> | { warmed: true }> {
   if (task.kind === 'warmup') {
     await warm();
     return { warmed: true };
   }
   if (task.kind === 'problems') return { ...broken };
+  if (task.kind === 'unbatchable') return { ...unbatchable };
   if (task.kind === 'metadata') {
     return Object.fromEntries(Object.entries(models).map(([key, { session }]) => [key, { inputs: describe(session.inputMetadata), outputs: describe(session.outputMetadata) }]));
   }

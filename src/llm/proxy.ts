@@ -70,7 +70,7 @@ export class LlmProxy {
 
   constructor(private readonly deps: ProxyDeps) {}
 
-  /** A request refused before any upstream call (its form, the key's quota or budget, its QoS tier): counted in llm_requests_total, deployment none. */
+  /** A request its group refused before any upstream call (the key's quota or budget, its QoS tier): counted in llm_requests_total, deployment none. */
   refused(group: string, err: BrokerError): void {
     const reason = err.code === 'quota_exceeded' ? 'quota_exceeded' : err.status < 500 ? 'client_error' : err.code;
     this.deps.metrics.llmRequests.labels(group, 'none', coarse(reason), reason).inc();

@@ -27,28 +27,42 @@ function num(name: string, v: string | undefined): number | undefined {
   return n;
 }
 
+const OPTIONS = {
+  port: { type: 'string' },
+  host: { type: 'string' },
+  'ttft-ms': { type: 'string' },
+  tps: { type: 'string' },
+  tokens: { type: 'string' },
+  fail: { type: 'string' },
+  'fail-after': { type: 'string' },
+  'tool-calls': { type: 'string' },
+  flavor: { type: 'string' },
+  models: { type: 'string' },
+  loaded: { type: 'string' },
+  'keep-alive-ms': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const TAKES_VALUE = new Set(Object.entries(OPTIONS).filter(([, o]) => o.type === 'string').map(([name]) => `--${name}`));
+
+/**
+ * `--tokens -3` as `--tokens=-3`: parseArgs takes a value that starts with '-' only after '='
+ * (else "argument is ambiguous", a usage error), but a negative number is a value, refused by
+ * its range as `--tokens=-3` is (exit 1, the same message).
+ */
+function joinNegativeValues(argv: readonly string[]): string[] {
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const next = argv[i + 1];
+    if (TAKES_VALUE.has(argv[i]!) && next !== undefined && /^-\.?\d/.test(next)) args.push(`${argv[i++]}=${next}`);
+    else args.push(argv[i]!);
+  }
+  return args;
+}
+
 /** Parses the flags; throws on an unknown flag or a value that is not a number. `help` is true for --help. */
 export function parseMockUpstreamArgs(argv: readonly string[]): { help: boolean; options: MockUpstreamOptions } {
-  const { values } = parseArgs({
-    args: [...argv],
-    strict: true,
-    allowPositionals: false,
-    options: {
-      port: { type: 'string' },
-      host: { type: 'string' },
-      'ttft-ms': { type: 'string' },
-      tps: { type: 'string' },
-      tokens: { type: 'string' },
-      fail: { type: 'string' },
-      'fail-after': { type: 'string' },
-      'tool-calls': { type: 'string' },
-      flavor: { type: 'string' },
-      models: { type: 'string' },
-      loaded: { type: 'string' },
-      'keep-alive-ms': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
+  const { values } = parseArgs({ args: joinNegativeValues(argv), strict: true, allowPositionals: false, options: OPTIONS });
   const options: MockUpstreamOptions = {};
   const set = <K extends keyof MockUpstreamOptions>(key: K, v: MockUpstreamOptions[K] | undefined): void => {
     if (v !== undefined) options[key] = v;

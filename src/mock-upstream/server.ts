@@ -124,7 +124,7 @@ function knobsFromOptions(o: MockUpstreamOptions): Knobs {
     return n;
   };
   const fail = o.fail === undefined ? 'none' : parseFail(o.fail);
-  if (fail === undefined) throw new RangeError(`mock-upstream: fail must be none, reset, stall, context, ratelimit, overloaded, badrequest or an HTTP status 400-599, got ${String(o.fail)}`);
+  if (fail === undefined) throw new RangeError(`mock-upstream: fail must be none, reset, stall, garbage, context, ratelimit, overloaded, badrequest or an HTTP status 400-599, got ${String(o.fail)}`);
   if (o.flavor !== undefined && o.flavor !== 'openai' && o.flavor !== 'vllm') throw new RangeError(`mock-upstream: flavor must be openai or vllm, got ${String(o.flavor)}`);
   return {
     ttftMs: check('ttftMs', o.ttftMs, 0, false),

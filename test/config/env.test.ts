@@ -32,6 +32,10 @@ t.test('bad values name the variable', async (t) => {
     { ADMIN_TOKEN: 'short' },
     { GRPC_TLS_CERT: '/nonexistent/cert.pem', GRPC_TLS_KEY: '/nonexistent/key.pem' },
     { GRPC_TLS_KEY: '/etc', GRPC_TLS_CERT: 'package.json' },
+    { UWS_HEADER_PATCH: 'nope' },
+    // Without DATABASE_URL too: the start that turns tracking on must not be the first to say so.
+    { TRACKING_WRITE_MODE: 'bogus' },
+    { TRACKING_FLUSH_MS: '5' },
   ];
   for (const env of cases) {
     const name = Object.keys(env)[0]!;
@@ -40,4 +44,20 @@ t.test('bad values name the variable', async (t) => {
     t.equal(err.variable, name);
     t.match(err.message, name);
   }
+});
+
+t.test('UWS_HEADER_PATCH takes the spellings of the other true/false variables', async (t) => {
+  t.equal(loadConfig({}).uwsHeaderPatch, true);
+  for (const v of ['false', 'FALSE', '0', 'off', 'no']) t.equal(loadConfig({ UWS_HEADER_PATCH: v }).uwsHeaderPatch, false, v);
+  for (const v of ['true', 'On', '1', 'yes']) t.equal(loadConfig({ UWS_HEADER_PATCH: v }).uwsHeaderPatch, true, v);
+});
+
+t.test('tracking settings: validated without DATABASE_URL, used with it', async (t) => {
+  t.equal(loadConfig({ TRACKING_WRITE_MODE: 'insert' }).tracking, undefined, 'no DATABASE_URL: tracking is off');
+  const c = loadConfig({ DATABASE_URL: 'postgres://u@db/x', TRACKING_WRITE_MODE: 'insert', TRACKING_FLUSH_MS: '100' }).tracking!;
+  t.equal(c.databaseUrl, 'postgres://u@db/x');
+  t.equal(c.writeMode, 'insert');
+  t.equal(c.flushMs, 100);
+  t.equal(c.bufferRows, 100_000);
+  t.ok(Object.isFrozen(c));
 });

@@ -42,8 +42,10 @@ t.test('the addon in use is the patched build where the patch applies; UWS_HEADE
   // Another process (the choice is made once per thread): the package as it is.
   const module = fileURLToPath(new URL('../../src/front/http/uws.ts', import.meta.url));
   const script = `const { loadUws } = await import(${JSON.stringify(module)}); const u = loadUws(); console.log(JSON.stringify({ patched: u.underscoreHeaders, app: typeof u.uws.App, note: u.note }));`;
-  const out = JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { env: { ...process.env, UWS_HEADER_PATCH: 'false' }, encoding: 'utf8' }).trim().split('\n').at(-1)!);
-  t.same(out, { patched: false, app: 'function', note: 'UWS_HEADER_PATCH=false' });
+  for (const off of ['false', 'Off']) {
+    const out = JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { env: { ...process.env, UWS_HEADER_PATCH: off }, encoding: 'utf8' }).trim().split('\n').at(-1)!);
+    t.same(out, { patched: false, app: 'function', note: `UWS_HEADER_PATCH=${off}` }, `any spelling of false: ${off}`);
+  }
 });
 
 t.test("a request with '_' in header names is answered; names with other characters are still refused", { skip: patchable ? false : 'the patch applies to Linux x64 on Node 20 only' }, async (t) => {

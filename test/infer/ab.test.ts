@@ -199,6 +199,18 @@ t.test('A and B of different sizes: an img_size only one arm takes goes to it, w
   const none = await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 30 });
   t.equal(none.status, 400, 'a size neither arm takes');
   t.equal(none.body.error.code, 'invalid_img_size');
+  // An arm the split gives no traffic is not reached by its size either: B at weight 0 is off.
+  const off = await fetch(`${tb.url}/admin/config`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ ab_weight_a: 1, ab_weight_b: 0 }) });
+  t.equal(off.status, 200);
+  const toB = await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 28 });
+  t.equal(toB.status, 400, 'B at weight 0: its size is refused');
+  t.equal(toB.body.error.code, 'invalid_img_size');
+  t.match(toB.body.error.message, /img_size must be 32/);
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 32 })).body.arm, 'A');
+  // And A, when B takes all of it.
+  await fetch(`${tb.url}/admin/config`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ ab_weight_a: 0, ab_weight_b: 1 }) });
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 32 })).status, 400, 'A at weight 0: its size is refused');
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 28 })).body.arm, 'B');
 });
 
 t.test("shadow on, and a v2 tensor made for A's input, which B does not take: counted as skipped, not lost from the count", async (t) => {

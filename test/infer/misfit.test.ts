@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { graphProblem, outputProblem, type GraphValue } from '../../src/infer/graph-check.ts';
-import { validateManifest } from '../../src/infer/manifest.ts';
+import { loadCandidate, loadManifest, unknownManifestFields, validateManifest } from '../../src/infer/manifest.ts';
 import { startBroker } from '../../src/app.ts';
 import { loadConfig } from '../../src/config/env.ts';
 import { startTestBroker, postJson, admin, logLine, metricValue } from '../helpers/broker.ts';
@@ -62,6 +62,11 @@ t.test('graphProblem names what does not fit', async (t) => {
   t.match(outputProblem(m, [5, 2], 2), /came out \[5, 2\] for 2 images; its first dimension must be the batch/);
   t.equal(outputProblem(m, [5, 1], 1), null, 'one image: one row whatever the layout');
   t.equal(outputProblem(m, [1, 2, 5], 2), null, 'leading 1s before the batch keep the rows in order');
+});
+
+t.test('unknownManifestFields: what no block reads, dotted; the fields for humans are known', async (t) => {
+  t.same(unknownManifestFields({ ...base, description: 'd', training: { seed: 1 } }), []);
+  t.same(unknownManifestFields({ ...base, lables: [], input: { ...base.input, mean_: [0] }, output: { name: 's', kind: 'logits', softmax: true }, batching: { max_batchsize: 4 }, queue: { maxSize: 3 } }), ['lables', 'input.mean_', 'output.softmax', 'batching.max_batchsize', 'queue.maxSize']);
 });
 
 t.test("a dynamic-size manifest's defaultSize must be a size a request could name", async (t) => {
@@ -222,6 +227,64 @@ t.test('a file onnxruntime cannot load (cut short) as B: said at start and in /r
   const err = await broker.waitReady().then(() => undefined, (e: unknown) => e as { code?: string; message: string });
   t.equal(err?.code, 'model_unavailable');
   t.match(err?.message, /cannot be loaded by onnxruntime/);
+});
+
+t.test("B's manifest does not load (bad JSON, missing, a bad field): said at start and in /ready, 503 model_unavailable, A serves, no promote", async (t) => {
+  // Before, the broker refused to start: a typo in the candidate's manifest took A down with it.
+  const dir = mkdtempSync(join(tmpdir(), 'eb-badmanifest-'));
+  const a = loadManifest(good);
+  const cases: Record<string, string | undefined> = {
+    badjson: '{ name: "x", ',
+    missing: undefined,
+    badkind: JSON.stringify({ ...JSON.parse(readFileSync(join(dirname(good), 'foreign.json'), 'utf8')), output: { name: 'scores', kind: 'softmax' } }),
+  };
+  const why: Record<string, RegExp> = { badjson: /model manifest .*badjson\.json: .*JSON/, missing: /model manifest .*missing\.json: ENOENT/, badkind: /output\.kind must be logits or probabilities/ };
+  for (const [name, text] of Object.entries(cases)) {
+    writeFileSync(join(dir, `${name}.onnx`), readFileSync(good));
+    if (text !== undefined) writeFileSync(join(dir, `${name}.json`), text);
+    const b = loadCandidate(join(dir, `${name}.onnx`), a);
+    t.match(b.unusable, why[name]!, `${name}: a stand-in that says why`);
+    t.equal(b.manifest.name, name, 'named for its file');
+  }
+  t.equal(loadCandidate(good, a).unusable, undefined, 'a good one loads as it is');
+  // End to end, once (a broker start is seconds of model loading).
+  const path = join(dir, 'badjson.onnx');
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: path, AB_WEIGHT_A: '1', AB_WEIGHT_B: '1', INFER_THREADS: '1' });
+  t.teardown(() => tb.close());
+  const line = await logLine(tb, (l) => l['arm'] === 'B' && l['path'] === path);
+  t.match(line?.['msg'], why['badjson']!, 'the start-up log says why');
+  const ready = await fetch(`${tb.url}/ready`);
+  t.equal(ready.status, 200, 'A serves, the broker is ready');
+  t.match(await ready.json(), { ready: true, model_problems: { B: why['badjson']! } });
+  const toB = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=B' });
+  t.equal(toB.status, 503);
+  t.equal(toB.body.error.code, 'model_unavailable');
+  t.match(toB.body.error.message, why['badjson']!);
+  t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A answers');
+  const promote = await fetch(`${tb.url}/admin/promote`, { method: 'POST', headers: admin });
+  t.equal(promote.status, 503, 'promote refused');
+  t.match(await promote.json(), { error: { code: 'model_unavailable', message: /B cannot be promoted/ } });
+});
+
+t.test('a model that runs one image but not a batch: a warning at start, then batches of 1 (never a failed batch run again)', async (t) => {
+  // With two fields the broker does not read (typos): said at start too.
+  const unbatchable = writeForeignModel({ failsBatched: true, manifest: { colour: 'red', batching: { max_batch_size: 8, max_queue_delay_us: 20_000, max_batchsize: 4 } } });
+  const tb = await startTestBroker({ MODEL_VA_PATH: unbatchable, MODEL_VB_PATH: unbatchable, INFER_THREADS: '1' });
+  t.teardown(() => tb.close());
+  const line = await logLine(tb, (l) => l['arm'] === 'A' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('failed its warm-up run at batching.max_batch_size 8'));
+  t.equal(line?.['level'], 40, 'a warning');
+  t.match(line?.['msg'], /runs one image at a time/);
+  t.match(line?.['err'], /\S/, "with the runtime's words");
+  t.match(await (await fetch(`${tb.url}/ready`)).json(), { ready: true }, 'the model serves');
+  const typo = tb.logs.find((l) => l['arm'] === 'A' && Array.isArray(l['fields']));
+  t.same(typo?.['fields'], ['colour', 'batching.max_batchsize'], 'the fields it does not read');
+  t.match(typo?.['msg'], /are not fields the broker reads \(a typo leaves its setting at the default/);
+  t.equal(tb.logs.filter((l) => Array.isArray(l['fields'])).length, 1, 'once, though B is the same file');
+  const config = (await (await fetch(`${tb.url}/v2/models/foreign-nhwc/config`)).json()) as { max_batch_size: number };
+  t.equal(config.max_batch_size, 1, 'v2 says what the batcher does');
+  const res = await Promise.all(Array.from({ length: 12 }, () => postJson(`${tb.url}/v1/infer`, { image_b64: png })));
+  t.ok(res.every((r) => r.status === 200), 'every image answered');
+  t.equal(await metricValue(tb.url, 'inference_exec_count_total', { model: 'foreign-nhwc' }), await metricValue(tb.url, 'inference_count_total', { model: 'foreign-nhwc' }), 'one run per image: no batch ran, failed and ran again');
 });
 
 t.test('A does not fit: not ready, and waitReady says why', async (t) => {

@@ -279,7 +279,7 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
   huge[7] = 1e39;
   const overflow = await raw(JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], data: huge }] }));
   expectError(overflow, 400, 'invalid_request', 'json: a value beyond float32');
-  t.match((overflow.json as { error: string }).error, /value 7 is not finite/);
+  t.match((overflow.json as { error: string }).error, /the value at index 7 is not finite/);
   // Binary framing errors.
   const head = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', shape: [1], datatype: 'BYTES', parameters: { binary_data_size: 100 } }] }));
   expectError(await raw(Buffer.concat([head, Buffer.alloc(10)]), { 'inference-header-content-length': String(head.length) }), 400, 'invalid_request', 'binary_data_size past the body');
@@ -353,6 +353,7 @@ t.test('with inference turned off: live, not ready, models answer 503', async (t
   const ready = await c.get('/v2/health/ready');
   t.equal(ready.status, 503);
   t.same(ready.json, { ready: false });
+  t.equal(await metricValue(off.url, 'http_requests_errors_total', { route: '/v2/health/ready', status: '503', code: 'not_ready' }), 1, 'the 503 counted as not_ready, not unknown');
   for (const path of [`/v2/models/${MODEL}`, `/v2/models/${MODEL}/ready`]) {
     const r = await c.get(path);
     t.equal(r.status, 503, path);

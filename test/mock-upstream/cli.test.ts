@@ -27,6 +27,9 @@ t.test('flags map to options', async (t) => {
   t.throws(() => parseMockUpstreamArgs(['--port', '']), /--port must be a number/);
   t.throws(() => parseMockUpstreamArgs(['--verbose']), { code: 'ERR_PARSE_ARGS_UNKNOWN_OPTION' });
   t.throws(() => parseMockUpstreamArgs(['extra']), { code: 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL' });
+  // A negative number after a flag is its value (refused later by its range), not a flag.
+  t.same(parseMockUpstreamArgs(['--tokens', '-3', '--ttft-ms', '-.5', '-h']), { help: true, options: { tokens: -3, ttftMs: -0.5 } });
+  t.throws(() => parseMockUpstreamArgs(['--tokens', '-x']), { code: 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' });
 });
 
 function run(args: string[]) {
@@ -78,7 +81,14 @@ t.test('bad flags exit 2 with the usage', async (t) => {
 t.test('bad option values exit 1', async (t) => {
   const { code, stderr } = await output(run(['--fail', 'sometimes']));
   t.equal(code, 1);
-  t.match(stderr, /fail must be none, reset, stall, context, ratelimit, overloaded, badrequest or an HTTP status/);
+  t.match(stderr, /fail must be none, reset, stall, garbage, context, ratelimit, overloaded, badrequest or an HTTP status/);
+  // --tokens -3 and --tokens=-3 alike: a value out of range, not a bad flag.
+  const spaced = await output(run(['--tokens', '-3']));
+  const joined = await output(run(['--tokens=-3']));
+  t.equal(spaced.code, 1);
+  t.equal(joined.code, 1);
+  t.match(spaced.stderr, /tokens must be a whole number >= 0/);
+  t.equal(spaced.stderr, joined.stderr);
 });
 
 t.test('--help prints the usage', async (t) => {

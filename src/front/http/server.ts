@@ -149,7 +149,10 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       sink.closeConnection = true;
       // Shutting down is not ready, whatever the models say: the balancer must stop sending work
       // now (a probe on a kept-alive connection still reaches this thread).
-      if (READINESS_PATHS.has(path) && (method === 'GET' || method === 'HEAD')) return sink.send(503, READY_HEADERS, NOT_READY_BODY);
+      if (READINESS_PATHS.has(path) && (method === 'GET' || method === 'HEAD')) {
+        sink.errorCode = 'shutting_down';
+        return sink.send(503, READY_HEADERS, NOT_READY_BODY);
+      }
     }
     if (lengths > 1) {
       // Answered a turn later, not now: uWS goes on parsing the bytes after this request in the
@@ -434,6 +437,8 @@ class UwsSink implements FrontSink {
     if (this.finished) return;
     this.finished = true;
     this.onDone();
+    // A readiness probe's 503 is an answer, not a raised error, so it has no code: it is not_ready, not 'unknown'.
+    if (status === 503 && this.errorCode === undefined && !aborted && READINESS_PATHS.has(this.req.path)) this.errorCode = 'not_ready';
     const seconds = (performance.now() - this.req.startedAt) / 1000;
     const span = this.req.span;
     if (span !== undefined) endRequestSpan(span, this.req.path, this.routeName, status, this.errorCode, aborted);

@@ -367,5 +367,5 @@ function firstNonFinite(values: Float32Array): number {
 
 /** A model given NaN or Infinity answers NaN, which no client can use (and JSON cannot carry). */
 function notFinite(name: string, index: number): BrokerError {
-  return bad(`FP32 input ${name}: value ${index} is not finite (NaN or ±Infinity, or beyond float32's range)`);
+  return bad(`FP32 input ${name}: the value at index ${index} is not finite (NaN or ±Infinity, or beyond float32's range)`);
 }

@@ -18,9 +18,9 @@
 // in a later turn is not passed on); asked for none, it is dropped.
 
 import { BrokerError } from '../../errors.ts';
-import { appendToolName, isWholeJsonObject, requireObject } from './common.ts';
+import { appendToolName, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
 import { keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
-import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
+import type { Api, OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
 // ---- request ----
 
@@ -40,11 +40,18 @@ function textOfBlocks(v: unknown, field: string): string {
     .join('\n');
 }
 
-/** An image block → an image_url part (a data URL for base64 sources). */
-function imagePart(b: Record<string, unknown>, field: string): { type: string; [k: string]: unknown } {
+/**
+ * An image block → an image_url part (a data URL for base64 sources). `ollama`: the upstream
+ * takes base64 only, so a URL source is refused here, naming the client's field (past this
+ * point it is chat's image_url).
+ */
+function imagePart(b: Record<string, unknown>, field: string, ollama: boolean): { type: string; [k: string]: unknown } {
   const src = b['source'] as Record<string, unknown> | undefined;
   if (src?.['type'] === 'base64' && typeof src['data'] === 'string') return { type: 'image_url', image_url: { url: `data:${String(src['media_type'] ?? 'image/png')};base64,${src['data']}` } };
-  if (src?.['type'] === 'url' && typeof src['url'] === 'string') return { type: 'image_url', image_url: { url: src['url'] } };
+  if (src?.['type'] === 'url' && typeof src['url'] === 'string') {
+    if (ollama && !isDataUrl(src['url'])) throw invalid(`${field}.source.url`, 'cannot be sent to this model, which Ollama serves: it takes images as base64 only (a base64 source)');
+    return { type: 'image_url', image_url: { url: src['url'] } };
+  }
   throw invalid(`${field}.source`, 'must be a base64 or url image source');
 }
 
@@ -52,7 +59,7 @@ function imagePart(b: Record<string, unknown>, field: string): { type: string; [
  * A tool_result's content: its text for the tool message, and its images (a screenshot
  * tool's, say), which a chat tool message cannot carry: they follow in the user turn.
  */
-function toolResultOf(c: unknown, field: string): { text: string; images: Array<{ type: string; [k: string]: unknown }> } {
+function toolResultOf(c: unknown, field: string, ollama: boolean): { text: string; images: Array<{ type: string; [k: string]: unknown }> } {
   if (c === undefined || c === null) return { text: '', images: [] };
   if (typeof c === 'string') return { text: c, images: [] };
   if (!Array.isArray(c)) throw invalid(field, 'must be a string or an array of text and image blocks');
@@ -61,7 +68,7 @@ function toolResultOf(c: unknown, field: string): { text: string; images: Array<
   c.forEach((b, i) => {
     const o = b as Record<string, unknown> | null;
     if (o?.['type'] === 'text' && typeof o['text'] === 'string') texts.push(o['text']);
-    else if (o?.['type'] === 'image') images.push(imagePart(o, `${field}[${i}]`));
+    else if (o?.['type'] === 'image') images.push(imagePart(o, `${field}[${i}]`, ollama));
     else throw invalid(`${field}[${i}]`, 'must be a text or image block');
   });
   return { text: texts.join('\n'), images };
@@ -75,7 +82,7 @@ function systemText(content: unknown, field: string): string {
 }
 
 /** One Anthropic message → its chat messages (a user turn with tool results becomes tool messages first). */
-function chatMessages(m: unknown, i: number, last: boolean): OpenAIMessage[] {
+function chatMessages(m: unknown, i: number, last: boolean, ollama: boolean): OpenAIMessage[] {
   const msg = m as Record<string, unknown>;
   const role = msg['role'];
   const content = msg['content'];
@@ -107,7 +114,7 @@ function chatMessages(m: unknown, i: number, last: boolean): OpenAIMessage[] {
         parts.push({ type: 'text', text: b['text'] });
         break;
       case 'image':
-        parts.push(imagePart(b, field));
+        parts.push(imagePart(b, field, ollama));
         image = true;
         break;
       case 'tool_use': {
@@ -118,7 +125,7 @@ function chatMessages(m: unknown, i: number, last: boolean): OpenAIMessage[] {
         break;
       }
       case 'tool_result': {
-        const r = toolResultOf(b['content'], `${field}.content`);
+        const r = toolResultOf(b['content'], `${field}.content`, ollama);
         // Chat has no error flag on a tool result: the model reads it in the text.
         const text = b['is_error'] === true ? `Error: ${r.text}` : r.text;
         out.push({ role: 'tool', tool_call_id: String(b['tool_use_id'] ?? ''), content: text });
@@ -246,8 +253,8 @@ function wantsThinking(request: Readonly<Record<string, unknown>> | undefined): 
   return type === 'enabled' || type === 'adaptive';
 }
 
-/** A Messages body → an OpenAI chat body (model left as sent; the provider translator sets it). */
-export function chatRequest(body: unknown): OpenAIChatRequest {
+/** A Messages body → an OpenAI chat body (model left as sent; the provider translator sets it) for `provider`'s upstream. */
+export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChatRequest {
   const b = requireObject(body);
   if (!Array.isArray(b['messages'])) throw invalid('messages', 'must be an array');
   const messages: OpenAIMessage[] = [];
@@ -255,7 +262,7 @@ export function chatRequest(body: unknown): OpenAIChatRequest {
     const system = textOfBlocks(b['system'], 'system');
     if (system !== '') messages.push({ role: 'system', content: system });
   }
-  b['messages'].forEach((m, i, all) => messages.push(...chatMessages(m, i, i === all.length - 1)));
+  b['messages'].forEach((m, i, all) => messages.push(...chatMessages(m, i, i === all.length - 1, provider === 'ollama')));
   const out: OpenAIChatRequest = { model: String(b['model']), messages, stream: b['stream'] === true };
   if (typeof b['max_tokens'] === 'number') out.max_tokens = b['max_tokens'];
   if (Array.isArray(b['stop_sequences']) && b['stop_sequences'].length > 0) out.stop = b['stop_sequences'].filter((s): s is string => typeof s === 'string');
@@ -297,6 +304,23 @@ export function stopReason(finish: string, hadToolCalls = false): string {
   if (finish === 'tool_calls' || (hadToolCalls && finish === 'stop')) return 'tool_use';
   if (finish === 'content_filter') return 'refusal';
   return 'end_turn';
+}
+
+/** The request's stop_sequences (strings only: the rest were refused). */
+function stopSequences(request: Readonly<Record<string, unknown>> | undefined): readonly string[] {
+  const s = request?.['stop_sequences'];
+  return Array.isArray(s) ? s.filter((x): x is string => typeof x === 'string') : [];
+}
+
+/**
+ * stop_reason and stop_sequence. A stop on one of the request's stop_sequences is Anthropic's
+ * `stop_sequence` with the string, when the upstream says which (vLLM's stop_reason; OpenAI
+ * and Ollama do not: then end_turn and null).
+ */
+function stopOf(finish: string, hadToolCalls: boolean, said: string | null | undefined, stops: readonly string[]): { stop_reason: string; stop_sequence: string | null } {
+  const reason = stopReason(finish, hadToolCalls);
+  if (reason === 'end_turn' && typeof said === 'string' && stops.includes(said)) return { stop_reason: 'stop_sequence', stop_sequence: said };
+  return { stop_reason: reason, stop_sequence: null };
 }
 
 /**
@@ -342,8 +366,7 @@ export function message(reply: WholeReply, ctx: ReplyContext): Record<string, un
     role: 'assistant',
     model: ctx.model,
     content,
-    stop_reason: stopReason(reply.finish, reply.tools.length > 0),
-    stop_sequence: null,
+    ...stopOf(reply.finish, reply.tools.length > 0, reply.stopSaid, stopSequences(ctx.request)),
     usage: usageObject(reply.usage),
   };
 }
@@ -387,6 +410,9 @@ export interface AnthropicWriter {
   lateTools: Map<number, { id: string | undefined; name: string; args: string }>;
   lateText: string;
   finish: string | null;
+  /** The stop sequence the upstream said ended the reply (vLLM), and the request's. */
+  stopSaid: string | null;
+  readonly stops: readonly string[];
   usage: Usage | null;
   tokens: number;
   /** The request asked for thinking: reasoning before the answer is a thinking block. */
@@ -399,7 +425,7 @@ export interface AnthropicWriter {
 }
 
 export function anthropicWriter(ctx: ReplyContext, known: Usage | null = null): AnthropicWriter {
-  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', pendingStart: null, lateTools: new Map(), lateText: '', finish: null, usage: null, tokens: 0, thinking: wantsThinking(ctx.request), thinkingBlock: -1, quiet: 0, done: false };
+  return { id: ctx.id, model: ctx.model, known, promptEstimate: ctx.promptEstimate ?? 0, started: false, block: -1, open: null, toolBlocks: new Map(), args: '', pendingStart: null, lateTools: new Map(), lateText: '', finish: null, stopSaid: null, stops: stopSequences(ctx.request), usage: null, tokens: 0, thinking: wantsThinking(ctx.request), thinkingBlock: -1, quiet: 0, done: false };
 }
 
 function event(type: string, data: Record<string, unknown>): string {
@@ -485,6 +511,7 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
     }
   }
   if (d.finish !== null) w.finish = d.finish;
+  if (typeof d.stopSaid === 'string') w.stopSaid = d.stopSaid;
   if (d.usage !== null) w.usage = d.usage;
   return out;
 }
@@ -541,7 +568,9 @@ export function anthropicDone(w: AnthropicWriter): string {
   if (w.lateText !== '') out += wholeBlock(w, { type: 'text', text: '' }, { type: 'text_delta', text: w.lateText });
   // An empty reply is one empty text block, as a whole reply's content (and Anthropic's stream) has; one of thinking only is its thinking block.
   if (w.block === -1) out += wholeBlock(w, { type: 'text', text: '' }, null);
-  const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
-  out += event('message_delta', { delta: { stop_reason: stopReason(w.finish ?? 'stop', w.toolBlocks.size > 0), stop_sequence: null }, usage: usageObject(usage) });
+  // An upstream that sent no usage: message_start's prompt figure again, not 0 (the SDKs keep
+  // message_delta's input_tokens as the final one).
+  const usage = w.usage ?? { ...(w.known ?? { promptTokens: w.promptEstimate }), completionTokens: w.tokens };
+  out += event('message_delta', { delta: stopOf(w.finish ?? 'stop', w.toolBlocks.size > 0, w.stopSaid, w.stops), usage: usageObject(usage) });
   return out + event('message_stop', {});
 }

@@ -39,6 +39,11 @@ export function isoFromUnix(seconds: unknown): string {
 
 const DATA_URL = /^data:([^;,]*)(?:;[^,]*)?,/;
 
+/** Whether an image URL is a data: URL, the only kind an Ollama upstream can take (as base64). */
+export function isDataUrl(url: string): boolean {
+  return DATA_URL.test(url);
+}
+
 /** An OpenAI image_url → the bare base64 Ollama wants. Only data: URLs can be inlined. */
 export function base64FromImageUrl(url: string): string {
   const m = DATA_URL.exec(url);

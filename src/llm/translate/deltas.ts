@@ -29,6 +29,8 @@ export interface Delta {
   /** OpenAI words: stop, length, tool_calls, content_filter; null until the upstream says. */
   finish: string | null;
   usage: Usage | null;
+  /** vLLM's `stop_reason` when a string: the stop sequence that ended the reply (OpenAI says none). */
+  stopSaid?: string | null;
 }
 
 export interface ToolCall {
@@ -44,6 +46,8 @@ export interface WholeReply {
   readonly tools: readonly ToolCall[];
   readonly finish: string;
   readonly usage: Usage;
+  /** As Delta's. */
+  readonly stopSaid?: string | null;
 }
 
 /** Reasoning-only upstream events between two keep-alives: about a second of a local model's thinking. */
@@ -87,7 +91,14 @@ export function deltaFromOpenAI(chunk: OpenAIChunk): Delta {
     tools,
     finish: typeof c?.finish_reason === 'string' ? c.finish_reason : null,
     usage: usageFromOpenAI(chunk.usage),
+    stopSaid: stopSaid(c),
   };
+}
+
+/** vLLM's choices[].stop_reason: the matched stop string (a token id for stop_token_ids, null at EOS: neither is one). */
+function stopSaid(c: unknown): string | null {
+  const r = (c as { stop_reason?: unknown } | undefined)?.stop_reason;
+  return typeof r === 'string' ? r : null;
 }
 
 /** Ollama tool calls seen so far in a stream: their indexes continue across lines. */
@@ -130,7 +141,7 @@ export function replyFromOpenAI(r: OpenAIChatCompletion | OpenAICompletion): Who
   } else text = str(c?.['text']);
   const tools = (m?.tool_calls ?? []).map((tc, i) => ({ id: str(tc.id) || `call_${i}`, name: str(tc.function?.name), arguments: str(tc.function?.arguments) || '{}' }));
   const finish = typeof c?.['finish_reason'] === 'string' ? (c['finish_reason'] as string) : 'stop';
-  return { text, thinking: str(m?.reasoning_content ?? m?.reasoning), tools, finish, usage: usageFromOpenAI(r.usage) ?? NO_USAGE };
+  return { text, thinking: str(m?.reasoning_content ?? m?.reasoning), tools, finish, usage: usageFromOpenAI(r.usage) ?? NO_USAGE, stopSaid: stopSaid(c) };
 }
 
 /** A whole /api/chat (or /api/generate) reply. */

@@ -112,7 +112,7 @@ function chatOrCompletion(route: Route, body: unknown, upstreamModel: string): {
     if (kind === 'responses') out = { ...(body as Record<string, unknown>), model: upstreamModel };
     else {
       // The client's API as an OpenAI chat body, then on to the provider as one.
-      const chat = client === 'responses' ? responsesToChat.chatRequest(body) : anthropicToChat.chatRequest(body);
+      const chat = client === 'responses' ? responsesToChat.chatRequest(body, provider) : anthropicToChat.chatRequest(body, provider);
       // An Anthropic client's top_k and thinking switch are Ollama's; OpenAI refuses the fields.
       const { top_k: _topK, think: _think, ...forOpenai } = chat as OpenAIChatRequest & { top_k?: number; think?: boolean };
       out = provider === 'openai' ? openaiToOpenai.chatRequest(forOpenai, upstreamModel) : openaiToOllama.chatRequest(chat, upstreamModel);

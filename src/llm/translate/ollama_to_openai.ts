@@ -232,6 +232,8 @@ export interface NdjsonWriter {
   usage: Usage | null;
   /** Token events written: eval_count when the upstream sends no usage. */
   tokens: number;
+  /** The prompt's estimated tokens: prompt_eval_count when the upstream sends no usage. */
+  readonly promptEstimate: number;
   tools: Array<{ id: string; name: string; args: string }>;
   done: boolean;
   /** The clock, when the stream opened, and when its first token came (-1: not yet): the done line's durations. */
@@ -244,7 +246,7 @@ const STILL = (): number => 0;
 
 export function ndjsonWriter(ctx: ReplyContext): NdjsonWriter {
   const now = ctx.durationClock ?? STILL;
-  return { model: ctx.model, head: '', finish: null, usage: null, tokens: 0, tools: [], done: false, now, openAt: now(), firstAt: -1 };
+  return { model: ctx.model, head: '', finish: null, usage: null, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, tools: [], done: false, now, openAt: now(), firstAt: -1 };
 }
 
 /** A token (text, reasoning or a tool call) went by: the first one ends the prompt's evaluation. */
@@ -315,7 +317,7 @@ export function completionChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
 }
 
 function counterFields(w: NdjsonWriter): string {
-  const u = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
+  const u = w.usage ?? { promptTokens: w.promptEstimate, completionTokens: w.tokens };
   const end = w.now();
   const d = ollamaDurations(end - w.openAt, w.firstAt < 0 ? null : w.firstAt - w.openAt);
   return ',"total_duration":' + d.total_duration + ',"load_duration":0,"prompt_eval_count":' + u.promptTokens + ',"prompt_eval_duration":' + d.prompt_eval_duration + ',"eval_count":' + u.completionTokens + ',"eval_duration":' + d.eval_duration + '}\n';

@@ -214,6 +214,8 @@ export interface SseWriter {
   roleSent: boolean;
   /** Token events written: the completion count when Ollama gives none. */
   tokens: number;
+  /** The prompt's estimated tokens: the prompt count when Ollama gives none. */
+  readonly promptEstimate: number;
   /** Tool calls written so far (their OpenAI `index`). */
   toolCalls: number;
 }
@@ -224,7 +226,7 @@ export interface StreamContext extends ReplyContext {
 }
 
 export function sseWriter(ctx: StreamContext): SseWriter {
-  return { id: ctx.id, model: ctx.model, includeUsage: ctx.includeUsage, head: '', usageHead: '', roleSent: false, tokens: 0, toolCalls: 0 };
+  return { id: ctx.id, model: ctx.model, includeUsage: ctx.includeUsage, head: '', usageHead: '', roleSent: false, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, toolCalls: 0 };
 }
 
 function start(w: SseWriter, createdAt: unknown, object: string, idPrefix: string, choiceOpen: string): void {
@@ -243,7 +245,7 @@ function finishTail(finish: string): string {
 function closing(w: SseWriter, line: OllamaChatResponse | OllamaGenerateResponse, finish: string, emptyDelta: string): string {
   let out = w.head + emptyDelta + finishTail(finish);
   if (w.includeUsage) {
-    const u = usageFromOllama(line) ?? { promptTokens: 0, completionTokens: w.tokens };
+    const u = usageFromOllama(line) ?? { promptTokens: w.promptEstimate, completionTokens: w.tokens };
     out += w.usageHead + JSON.stringify(openaiUsage(u)) + '}\n\n';
   }
   return out + SSE_DONE;

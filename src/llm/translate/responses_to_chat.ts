@@ -19,9 +19,9 @@
 // file_search...) cannot run here: offered, they are left out; forced by tool_choice, 400.
 
 import { BrokerError } from '../../errors.ts';
-import { appendToolName, isWholeJsonObject, requireObject } from './common.ts';
+import { appendToolName, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
 import { keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
-import type { OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
+import type { Api, OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
 // ---- request ----
 
@@ -29,8 +29,8 @@ function invalid(field: string, what: string): BrokerError {
   return new BrokerError('invalid_request', `${field} ${what}`, { details: { field } });
 }
 
-/** A message item's content → chat content (parts kept when there is an image). */
-function chatContent(content: unknown, field: string): OpenAIMessage['content'] {
+/** A message item's content → chat content (parts kept when there is an image); `ollama`: see imagePart in anthropic_to_chat.ts. */
+function chatContent(content: unknown, field: string, ollama: boolean): OpenAIMessage['content'] {
   if (typeof content === 'string') return content;
   if (!Array.isArray(content)) throw invalid(field, 'must be a string or an array of content parts');
   const parts: Array<{ type: string; [k: string]: unknown }> = [];
@@ -40,6 +40,7 @@ function chatContent(content: unknown, field: string): OpenAIMessage['content'] 
     const t = p?.['type'];
     if ((t === 'input_text' || t === 'output_text' || t === 'text') && typeof p!['text'] === 'string') parts.push({ type: 'text', text: p!['text'] });
     else if (t === 'input_image' && typeof p!['image_url'] === 'string') {
+      if (ollama && !isDataUrl(p!['image_url'])) throw invalid(`${field}[${i}].image_url`, 'must be a data: URL (base64) for this model, which Ollama serves: it takes no image URLs');
       // detail (low, high, auto) is chat's too: the image's token cost on OpenAI's models.
       const detail = p!['detail'];
       parts.push({ type: 'image_url', image_url: typeof detail === 'string' ? { url: p!['image_url'], detail } : { url: p!['image_url'] } });
@@ -95,7 +96,7 @@ export function toolNamespaces(request: Readonly<Record<string, unknown>> | unde
 const HOSTED_TOOLS = new Set(['web_search', 'web_search_preview', 'web_search_preview_2025_03_11', 'tool_search', 'file_search', 'code_interpreter', 'computer_use_preview', 'computer_use', 'image_generation', 'mcp', 'local_shell']);
 
 /** Responses `input` → chat messages: message items, function_call items (merged into one assistant turn) and their outputs. */
-function messagesOf(input: unknown): OpenAIMessage[] {
+function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
   if (typeof input === 'string') return [{ role: 'user', content: input }];
   if (!Array.isArray(input)) throw invalid('input', 'must be a string or an array of items');
   const out: OpenAIMessage[] = [];
@@ -109,7 +110,7 @@ function messagesOf(input: unknown): OpenAIMessage[] {
       // Responses' developer role is chat's system to every chat server (vLLM's and llama.cpp's
       // templates know no developer; OpenAI's chat takes system as developer).
       const role = r === 'developer' ? 'system' : r;
-      out.push({ role, content: chatContent(it['content'], `input[${i}].content`) });
+      out.push({ role, content: chatContent(it['content'], `input[${i}].content`, ollama) });
     } else if (type === 'function_call') {
       // A call without arguments has an empty object of them: chat upstreams parse the string.
       const args = stringOf(it['arguments']);
@@ -177,13 +178,13 @@ function toolChoiceOf(tc: unknown): unknown {
   return { type: 'function', function: { name } };
 }
 
-/** A Responses body → an OpenAI chat body (model left as the client sent it; the provider translator sets it). */
-export function chatRequest(body: unknown): OpenAIChatRequest {
+/** A Responses body → an OpenAI chat body (model left as the client sent it; the provider translator sets it) for `provider`'s upstream. */
+export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChatRequest {
   const b = requireObject(body);
   if (b['previous_response_id'] !== undefined && b['previous_response_id'] !== null) throw invalid('previous_response_id', 'is not supported: the broker keeps no responses; send the whole conversation as input');
   if (b['conversation'] !== undefined && b['conversation'] !== null) throw invalid('conversation', 'is not supported: the broker keeps no conversations');
   if (b['prompt'] !== undefined && b['prompt'] !== null) throw invalid('prompt', 'is not supported: the broker keeps no stored prompts; send them as instructions and input');
-  const messages = messagesOf(b['input']);
+  const messages = messagesOf(b['input'], provider === 'ollama');
   if (typeof b['instructions'] === 'string' && b['instructions'] !== '') messages.unshift({ role: 'system', content: b['instructions'] });
   const out: OpenAIChatRequest = { model: String(b['model']), messages, stream: b['stream'] === true };
   if (typeof b['max_output_tokens'] === 'number') out.max_tokens = b['max_output_tokens'];
@@ -367,6 +368,8 @@ export interface ResponsesWriter {
   usage: Usage | null;
   /** Token events: the output count when the upstream sends no usage. */
   tokens: number;
+  /** The prompt's estimated tokens: the input count when the upstream sends no usage. */
+  readonly promptEstimate: number;
   /** The request's namespaced functions (their calls are reported by their own names). */
   readonly namespaces: ToolNamespaces | undefined;
   /** The reasoning item: its output_index once reasoning arrived (always the first item), else -1. */
@@ -380,7 +383,7 @@ export interface ResponsesWriter {
 }
 
 export function responsesWriter(ctx: ReplyContext): ResponsesWriter {
-  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, namespaces: toolNamespaces(ctx.request), reasoningIndex: -1, reasoning: '', reasoningDone: false, quiet: 0, done: false };
+  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, namespaces: toolNamespaces(ctx.request), reasoningIndex: -1, reasoning: '', reasoningDone: false, quiet: 0, done: false };
 }
 
 function event(w: { seq: number }, type: string, fields: Record<string, unknown>): string {
@@ -563,7 +566,8 @@ export function responsesDone(w: ResponsesWriter): string {
     out += event(w, 'response.output_text.delta', { item_id: itemId, output_index: w.lateIndex, content_index: 0, delta: w.lateText, logprobs: [] });
     out += closeMessage(w, itemId, w.lateIndex, w.lateText, last);
   }
-  const usage = w.usage ?? { promptTokens: 0, completionTokens: w.tokens };
+  // An upstream that sent no usage: the prompt's estimate, as the broker charges it.
+  const usage = w.usage ?? { promptTokens: w.promptEstimate, completionTokens: w.tokens };
   const shell = responseShell(w.id, w.model, w.createdAt, end.status, outputItems(w, last).map(([, item]) => item), usage, { ...w.echo, ...end });
   return out + event(w, end.status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: shell });
 }
