@@ -60,7 +60,7 @@ for (const FRONT_THREADS of ['2', '0']) {
       const server = one(spans, 'POST /v1/chat/completions');
       t.equal(server.kind, SERVER);
       t.equal(server.parentSpanId, callerSpan, "the request span's parent is the caller's span");
-      t.match(server.attributes, { 'http.request.method': 'POST', 'http.route': '/v1/chat/completions', 'http.response.status_code': 200, 'url.path': '/v1/chat/completions', 'url.scheme': 'http', 'broker.cache': 'off' });
+      t.match(server.attributes, { 'http.request.method': 'POST', 'http.route': '/v1/chat/completions', 'http.response.status_code': 200, 'url.path': '/v1/chat/completions', 'url.scheme': 'http', 'broker.cache': 'off', 'server.address': '127.0.0.1', 'server.port': Number(new URL(tb.url).port) });
       t.equal(server.status.code ?? 0, 0, 'a whole stream: status unset');
       t.equal(server.attributes['broker.request_id'], requestId, 'the broker request id (Trace-Id) is on the span');
       t.equal(server.resource['service.name'], 'eb-otel-test');

@@ -9,6 +9,7 @@ import { Tracer, TRACING_OFF } from '../../src/obs/trace/tracer.ts';
 import { SpanKind, type SpanData } from '../../src/obs/trace/span.ts';
 import { loadConfig, ConfigError } from '../../src/config/env.ts';
 import { startOtlpReceiver } from '../helpers/otlp.ts';
+import { hostOf } from '../../src/obs/trace/http.ts';
 
 const TID = '4bf92f3577b34da6a3ce929d0e0e4736';
 const SID = '00f067aa0ba902b7';
@@ -34,6 +35,14 @@ t.test('traceparent: the spec examples parse; malformed ones start a new trace',
     t.equal(parseTraceparent(bad), undefined, String(bad));
   }
   t.equal(formatTraceparent({ traceId: TID, spanId: SID }), `00-${TID}-${SID}-01`);
+});
+
+t.test('hostOf: the Host header as server.address and server.port', async (t) => {
+  t.same(hostOf('api.example.com:8080'), { address: 'api.example.com', port: 8080 });
+  t.same(hostOf('api.example.com'), { address: 'api.example.com' });
+  t.same(hostOf('[::1]:9000'), { address: '::1', port: 9000 });
+  t.same(hostOf('[::1]'), { address: '::1' });
+  for (const bad of [undefined, '', ':80', 'a:b:c', 'host:123456']) t.equal(hostOf(bad), undefined, `${bad}: none`);
 });
 
 t.test('OTLP times: epoch ms floats as exact nanosecond strings', async (t) => {

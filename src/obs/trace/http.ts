@@ -1,6 +1,7 @@
 // The server span of an HTTP request, named and labelled after OpenTelemetry's HTTP
 // semantic conventions (`{method} {route}`, http.request.method, http.route,
-// http.response.status_code, url.path, url.scheme, client.address, user_agent.original), plus the broker's request id
+// http.response.status_code, url.path, url.scheme, client.address, server.address, server.port,
+// user_agent.original), plus the broker's request id
 // (the `Trace-Id` header and the logs' trace_id), so a trace leads to its log lines.
 import { redactPath } from '../../guard/api-key.ts';
 import type { ErrorCode } from '../../errors.ts';
@@ -15,7 +16,21 @@ export function startRequestSpan(tracer: Tracer, headers: Readonly<Record<string
   span.set('http.request.method', method).set('url.scheme', 'http').set('client.address', remoteAddress).set('broker.request_id', requestId);
   const agent = headers['user-agent'];
   if (agent !== undefined) span.set('user_agent.original', agent.slice(0, 256));
+  const host = hostOf(headers['host']);
+  if (host !== undefined) {
+    span.set('server.address', host.address);
+    if (host.port !== undefined) span.set('server.port', host.port);
+  }
   return span;
+}
+
+/** The Host header's name and port (the conventions' server.address and server.port), IPv6 in brackets. */
+export function hostOf(header: string | undefined): { address: string; port?: number } | undefined {
+  if (header === undefined || header === '') return undefined;
+  const m = /^(\[[^\]]*\]|[^:]*)(?::(\d{1,5}))?$/.exec(header.slice(0, 256));
+  if (m === null || m[1] === '') return undefined;
+  const address = m[1]!.startsWith('[') ? m[1]!.slice(1, -1) : m[1]!;
+  return m[2] === undefined ? { address } : { address, port: Number(m[2]) };
 }
 
 /**
