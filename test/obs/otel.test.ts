@@ -204,6 +204,14 @@ for (const FRONT_THREADS of ['2', '0']) {
       // decode and compute come from the worker's own clock, in order.
       t.ok(ns(one(spans, 'infer.decode').endTimeUnixNano) <= ns(one(spans, 'infer.compute').startTimeUnixNano) + 1n, 'compute follows decode');
       t.equal(one(spans, 'infer.decode').resource['broker.thread'], 'main', 'inference spans are exported by the control plane, which owns the pool');
+
+      // An image that does not decode: its decode span says why, and no compute span follows.
+      const badTrace = newTraceId();
+      const bad = await postJson(`${tb.url}/v1/infer`, { image_b64: Buffer.from('not an image at all').toString('base64') }, { traceparent: `00-${badTrace}-${newSpanId()}-01` });
+      t.equal(bad.status, 415);
+      const badSpans = byTrace(await otlp.waitFor((s) => byTrace(s, badTrace).some((x) => x.name === 'infer.decode')), badTrace);
+      t.match(one(badSpans, 'infer.decode').attributes, { 'error.type': 'unsupported_image' });
+      t.equal(badSpans.filter((x) => x.name === 'infer.compute').length, 0, 'no compute span for an image the model never saw');
     });
 
     t.test('the OTLP requests are ExportTraceServiceRequests; spans are counted in /metrics', async (t) => {

@@ -39,10 +39,10 @@ export interface BatchTimes {
 
 /** In the worker: decode and compute spans of one traced image. `failed`: its error code, and where it failed. */
 export function workerSpans(ctx: TraceContext, t: BatchTimes, attributes: Record<string, AttrValue>, failed: { code: string; in: 'decode' | 'compute' } | undefined): SpanData[] {
-  return [
-    span(ctx, 'infer.decode', t.startedAt, t.decodedAt, attributes, failed?.in === 'decode' ? failed.code : undefined),
-    span(ctx, 'infer.compute', t.decodedAt, t.endedAt, attributes, failed?.in === 'compute' ? failed.code : undefined),
-  ];
+  const decode = span(ctx, 'infer.decode', t.startedAt, t.decodedAt, attributes, failed?.in === 'decode' ? failed.code : undefined);
+  // An image that failed to decode never reached the model: no compute span for it.
+  if (failed?.in === 'decode') return [decode];
+  return [decode, span(ctx, 'infer.compute', t.decodedAt, t.endedAt, attributes, failed?.in === 'compute' ? failed.code : undefined)];
 }
 
 /** On the pool's thread: the wait of one traced image, from its queueing to its worker starting the batch. */
