@@ -158,12 +158,14 @@ export class WaitQueue {
    * or when the client leaves. A waiter that comes back after losing a race passes its
    * first `since` and `seq`, so it keeps its age and its place.
    */
-  wait(group: string, priority: number, deadline: number, since: number, signal: AbortLike, seq?: number): Promise<Woken> {
+  wait(group: string, priority: number, deadline: number, since: number, signal: AbortLike, seq?: number, byPriority = true): Promise<Woken> {
     if (signal.aborted) return Promise.reject(new BrokerError('internal', 'client went away before it was queued'));
     if ((this.shared !== undefined ? Atomics.load(this.shared, 0) : this.total) >= this.maxSize) {
-      // Full: the newest waiter of the lowest level below this one's makes room, here or on
-      // another thread (which refuses it when the message arrives). Else this one is refused.
-      const claim = this.levels.claim(priority, this.shedElsewhere !== undefined);
+      // Full: with priority routing on, the newest waiter of the lowest level below this one's
+      // makes room, on this thread first (at once), else on another (which refuses it when the
+      // message arrives). Else this one is refused. Priority routing off (waiters queued before
+      // it went off keep their levels), nobody is shed.
+      const claim = byPriority ? this.levels.claim(priority, this.shedElsewhere !== undefined) : undefined;
       if (claim === undefined) {
         this.rejectedFull++;
         return Promise.reject(new BrokerError('capacity_exhausted', `every deployment of ${group} is at capacity and the queue is full (${this.maxSize})`, { retryAfter: 1 }));

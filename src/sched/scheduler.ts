@@ -173,7 +173,7 @@ export class Scheduler {
       const deadline = a.since + (a.tier?.maxQueueWaitMs ?? this.deps.scheduler.maxWaitMs);
       // A wait for a quota top-up after this one is a new one.
       topUpSince = undefined;
-      woken = await this.deps.queue.wait(a.group.name, a.priority, deadline, a.since, a.signal, woken?.seq);
+      woken = await this.deps.queue.wait(a.group.name, a.priority, deadline, a.since, a.signal, woken?.seq, this.flags.priority_routing);
     }
   }
 

@@ -266,6 +266,19 @@ t.test('full: a newcomer of a higher level sheds the newest waiter of the lowest
   t.equal(q.size, 0);
 });
 
+t.test('full, priority routing off: nobody is shed, whatever the levels queued', async (t) => {
+  const clock = fakeClock();
+  const q = new WaitQueue(1, 1_000, clock.read);
+  const far = clock.now + 60_000;
+  const sig = new AbortController().signal;
+  const low = q.wait('g', 1, far, clock.now, sig);
+  t.equal((await err(q.wait('g', 9, far, clock.now, sig, undefined, false))).code, 'capacity_exhausted');
+  t.equal(await settled(low), false, 'the low one still waits');
+  t.same([q.stats().shed, q.stats().rejectedFull], [0, 1]);
+  q.wake('g', false);
+  await low;
+});
+
 t.test('full: a waiter of another thread is claimed, then shed by its own thread', async (t) => {
   const clock = fakeClock();
   const shared = new Int32Array(waitersBuffer());
