@@ -21,7 +21,7 @@ import { performance } from 'node:perf_hooks';
 import { BrokerError } from '../errors.ts';
 import type { LoadedModel } from './manifest.ts';
 import { AdmissionQueue, DEFAULT_PRIORITY, type Pending } from './admission.ts';
-import type { BatchOutcome, BatchTask, ModelProblems, Prediction, SessionsMetadata, WorkerData } from './protocol.ts';
+import { MAX_BATCH_INPUT_BYTES, type BatchOutcome, type BatchTask, type ModelProblems, type Prediction, type SessionsMetadata, type WorkerData } from './protocol.ts';
 import { workerEntry } from '../workers/entry.ts';
 import type { TraceContext } from '../obs/trace/context.ts';
 import type { AbortLike } from '../abort.ts';
@@ -35,8 +35,7 @@ export const DEFAULT_TASKS_PER_WORKER = 2;
 /** Failures of one image (its bytes, its run), not of the request's admission or of the pool. */
 const OWN_FAILURES: ReadonlySet<string> = new Set(['invalid_image', 'unsupported_image', 'image_too_large', 'internal']);
 
-/** The most input tensor one batch holds (see batchSize). The bundled models' 32 images are 0.1 to 19 MB. */
-export const MAX_BATCH_INPUT_BYTES = 64 * 1024 * 1024;
+export { MAX_BATCH_INPUT_BYTES } from './protocol.ts';
 
 /**
  * libuv's thread pool against what the inference pool needs. sharp decodes on that pool

@@ -58,6 +58,9 @@ export interface ProblemsTask {
 
 export type ModelProblems = Readonly<Record<string, { readonly message: string; readonly detail?: string }>>;
 
+/** The most input tensor one batch holds (the pool's batchSize). The bundled models' 32 images are 0.1 to 19 MB. */
+export const MAX_BATCH_INPUT_BYTES = 64 * 1024 * 1024;
+
 /** Models whose warm-up run at batching.max_batch_size failed, by model key, with the runtime's words. */
 export interface UnbatchableTask {
   readonly kind: 'unbatchable';

@@ -17,7 +17,7 @@ import { setConversionMode } from './native.ts';
 import { asFloat32, topK } from './postprocess.ts';
 import { workerSpans } from '../obs/trace/infer.ts';
 import type { SpanData } from '../obs/trace/span.ts';
-import type { BatchOutcome, BatchTask, ItemOutcome, MetadataTask, ModelProblems, ProblemsTask, SessionsMetadata, TensorMeta, UnbatchableTask, WorkerData, WarmupTask } from './protocol.ts';
+import { MAX_BATCH_INPUT_BYTES, type BatchOutcome, type BatchTask, type ItemOutcome, type MetadataTask, type ModelProblems, type ProblemsTask, type SessionsMetadata, type TensorMeta, type UnbatchableTask, type WorkerData, type WarmupTask } from './protocol.ts';
 
 const data = workerData as WorkerData;
 
@@ -103,8 +103,10 @@ async function warm(): Promise<void> {
     // say) is not refused: the service sends it one image at a time, and says so.
     // Its output must still be one row per image: a graph whose output has a fixed batch of 1
     // (a reduction over the batch, say) would give wrong answers to batched requests.
-    if (maxBatchSize > 1) {
-      const out = await session.run({ [manifest.input.name]: zeros(manifest, maxBatchSize, h, w) }).then(
+    // The largest batch the pool sends at the default size: no more input than it ever holds.
+    const largest = Math.max(1, Math.min(maxBatchSize, Math.floor(MAX_BATCH_INPUT_BYTES / (h * w * manifest.input.channels * 4))));
+    if (largest > 1) {
+      const out = await session.run({ [manifest.input.name]: zeros(manifest, largest, h, w) }).then(
         (o) => {
           delete unbatchable[key];
           return o;
@@ -115,7 +117,7 @@ async function warm(): Promise<void> {
         },
       );
       const scores = out?.[manifest.output.name];
-      const bad = scores === undefined ? null : outputProblem(manifest, scores.dims, maxBatchSize);
+      const bad = scores === undefined ? null : outputProblem(manifest, scores.dims, largest);
       if (bad !== null) broken[key] = { message: `model ${manifest.name} does not fit its manifest: ${bad} (batching.max_batch_size is ${maxBatchSize}; a graph that cannot batch needs 1)` };
     }
   }

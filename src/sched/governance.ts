@@ -10,7 +10,7 @@ import { FlagStore } from '../config/flags.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import { CapacityCounters } from './capacity.ts';
 import { WaitQueue } from './queue.ts';
-import { MAX_THREADS, WaitBoard } from './wait-board.ts';
+import { WaitBoard } from './wait-board.ts';
 import { Scheduler, type Lease } from './scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import { PerformanceTracker } from '../policy/performance.ts';
@@ -132,8 +132,9 @@ export class Governance implements Leases {
     this.queue = new WaitQueue(sched.maxQueue, sched.agingMs, this.now, {
       shared: o.waiters,
       board: this.board,
-      // The control plane's own queue (gRPC, or every request with FRONT_THREADS=0) takes the last row.
-      row: o.board?.thread ?? MAX_THREADS - 1,
+      // Its row of the wait board (a data-plane thread, or the control plane's gRPC queue beside
+      // them); without one (FRONT_THREADS=0, or no row left for the control plane) it sheds its own waiters only.
+      row: o.board?.thread,
       shedElsewhere: o.shedElsewhere,
     });
     this.performance = new PerformanceTracker(o.config.performance, this.now);

@@ -58,7 +58,7 @@ export interface WaitQueueOptions {
   /** Cell 0 counts the waiters of every thread's queue (Atomics); the cells after it are the shed board's. */
   readonly shared?: Int32Array;
   readonly board?: WaitBoard;
-  /** This thread's row in the shared cells (the wait board's). */
+  /** This thread's row in the shared cells (the wait board's); none: the levels are this queue's own. */
   readonly row?: number;
   /** Asks thread `row` to shed a waiter of `level` that this thread claimed for a newcomer. */
   readonly shedElsewhere?: (row: number, level: number) => void;
@@ -89,8 +89,8 @@ export class WaitQueue {
   ) {
     this.shared = o.shared;
     this.board = o.board;
-    this.levels = new ShedBoard(o.shared, o.row ?? 0);
-    this.shedElsewhere = o.shedElsewhere;
+    this.levels = o.row === undefined ? new ShedBoard(undefined, 0) : new ShedBoard(o.shared, o.row);
+    this.shedElsewhere = o.row === undefined ? undefined : o.shedElsewhere;
   }
 
   /**
@@ -222,7 +222,9 @@ export class WaitQueue {
    * or went away meanwhile, which made the room the claim was for).
    */
   shed(level: number): void {
-    this.levels.settle(level);
+    // No claim to settle: a message meant for a thread that died before it arrived (this is its
+    // replacement, whose waiters nobody claimed).
+    if (!this.levels.settle(level)) return;
     let victim: Entry | undefined;
     for (const list of this.byGroup.values()) for (const e of list) if (levelOf(e.priority) === level && (victim === undefined || e.seq > victim.seq)) victim = e;
     if (victim === undefined) return;

@@ -39,6 +39,9 @@ export class ShedBoard {
   ) {
     if (row < 0 || row >= MAX_THREADS) throw new RangeError(`thread ${row} is out of range (max ${MAX_THREADS})`);
     this.cells = cells !== undefined && cells.length >= CELLS ? cells : new Int32Array(CELLS);
+    // A new thread has no waiters: a claim left on its row (one that raced its predecessor's
+    // reclaim) would keep a waiter of that level from ever being shed.
+    for (let level = 0; level < LEVELS; level++) if (Atomics.load(this.cells, count(row, level)) === 0) Atomics.store(this.cells, claims(row, level), 0);
   }
 
   /** This thread's waiters of `priority`'s level changed by `delta`. */
@@ -60,11 +63,11 @@ export class ShedBoard {
     return undefined;
   }
 
-  /** A claim on this thread's `level` was served, or found its waiter gone. */
-  settle(level: number): void {
-    // Never below 0: a claim made on a thread that died was cleared with its row.
+  /** A claim on this thread's `level` was served, or found its waiter gone. False when there was none (it was cleared with a dead thread's row). */
+  settle(level: number): boolean {
     const at = claims(this.row, level);
-    for (let n = Atomics.load(this.cells, at); n > 0; n = Atomics.load(this.cells, at)) if (Atomics.compareExchange(this.cells, at, n, n - 1) === n) return;
+    for (let n = Atomics.load(this.cells, at); n > 0; n = Atomics.load(this.cells, at)) if (Atomics.compareExchange(this.cells, at, n, n - 1) === n) return true;
+    return false;
   }
 
   /**

@@ -337,6 +337,25 @@ t.test('full: a waiter of another thread is claimed, then shed by its own thread
   t.equal(shared[0], 0);
 });
 
+t.test('a shed message with no claim behind it (meant for a dead thread) sheds nobody; a new thread clears a stale claim', async (t) => {
+  const clock = fakeClock();
+  const shared = new Int32Array(waitersBuffer());
+  const far = clock.now + 60_000;
+  const sig = new AbortController().signal;
+  const q = new WaitQueue(10, 1_000, clock.read, { shared, row: 2, shedElsewhere: () => undefined });
+  const low = q.wait('g', 1, far, clock.now, sig);
+  q.shed(1);
+  t.equal(await settled(low), false, 'not shed');
+  t.equal(q.stats().shed, 0);
+  q.wake('g', false);
+  await low;
+  // A claim that raced a reclaim is left on row 4 with no waiter: the thread that takes the row clears it.
+  const claimCell = 1 + (64 + 4) * 10 + 1;
+  shared[claimCell] = 1;
+  new WaitQueue(10, 1_000, clock.read, { shared, row: 4 });
+  t.equal(shared[claimCell], 0, 'cleared when the row was taken');
+});
+
 t.test('ShedBoard.reclaim: a dead thread\'s waiters leave the shared count', async (t) => {
   const clock = fakeClock();
   const shared = new Int32Array(waitersBuffer());
