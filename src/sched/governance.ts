@@ -129,6 +129,7 @@ export class Governance implements Leases {
     const sched = o.config.scheduler;
     this.board = o.board === undefined ? undefined : new WaitBoard(o.board.buffer, o.board.thread, sched.agingMs);
     this.board?.setGroups(groupNames(o.config.modelGroups));
+    this.zeroShed(o.config);
     this.queue = new WaitQueue(sched.maxQueue, sched.agingMs, this.now, {
       shared: o.waiters,
       board: this.board,
@@ -199,6 +200,11 @@ export class Governance implements Leases {
   /** Labels the config names (keys' and PTU deployments'), and runtime keys' labels. */
   private labels = new Set<string>();
 
+  /** Each group's shed count from 0, before any shed: a rate over it is 0, not "no data", and an alert on it can fire on the first. */
+  private zeroShed(config: BrokerConfig): void {
+    for (const name of groupNames(config.modelGroups)) this.metrics.queueShed.labels(name).inc(0);
+  }
+
   private refreshLabels(): void {
     const labels = new Set<string>();
     for (const p of this.config.apiKeys.values()) if (p.label !== undefined) labels.add(p.label);
@@ -220,6 +226,7 @@ export class Governance implements Leases {
     const before = this.config;
     this.config = config;
     this.board?.setGroups(groupNames(config.modelGroups));
+    this.zeroShed(config);
     this.scheduler.register(new Set(config.modelGroups.values()), config.servers);
     this.scheduler.configure(config.scheduler);
     this.refreshLabels();
