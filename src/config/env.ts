@@ -143,7 +143,8 @@ function num(env: Env, name: string, def: number, min: number, max: number): num
   return n;
 }
 
-function bool(env: Env, name: string, def: boolean): boolean {
+/** A true/false variable (1/0, true/false, yes/no, on/off, any case); throws ConfigError naming it on any other value. */
+export function bool(env: Env, name: string, def: boolean): boolean {
   const raw = env[name];
   if (raw === undefined || raw === '') return def;
   const v = raw.trim().toLowerCase();

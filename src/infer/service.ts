@@ -194,6 +194,7 @@ export class InferService {
         await new Promise((r) => setTimeout(r, 250));
       }
     }
+    await this.unbatchBroken(pool, problems);
     // A promote's pool holds B's model as both arms: one problem, said once, about the promote.
     if (candidate) {
       const p = problems['A'];
@@ -201,14 +202,12 @@ export class InferService {
         const { manifest, path } = pool.models['A']!;
         this.deps.logger.error({ model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `promote refused, A keeps serving: ${p.message}`);
       }
-      await this.unbatchBroken(pool, problems);
       return problems;
     }
     for (const [arm, p] of Object.entries(problems)) {
       const { manifest, path } = pool.models[arm]!;
       this.deps.logger.error({ arm, model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `${p.message}: its requests answer 503 model_unavailable`);
     }
-    await this.unbatchBroken(pool, problems);
     return problems;
   }
 

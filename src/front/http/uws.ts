@@ -21,6 +21,7 @@ import { existsSync, lstatSync, mkdirSync, readFileSync, renameSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type * as UwsModule from 'uWebSockets.js';
+import { bool } from '../../config/env.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -74,8 +75,8 @@ export function loadUws(env: NodeJS.ProcessEnv = process.env): LoadedUws {
 
 function load(env: NodeJS.ProcessEnv): LoadedUws {
   const plain = (note: string): LoadedUws => ({ uws: require('uWebSockets.js') as Uws, underscoreHeaders: false, note });
-  // Any spelling of false that config/env.ts accepts (it stopped the start on any other).
-  if (['0', 'false', 'no', 'off'].includes((env['UWS_HEADER_PATCH'] ?? '').trim().toLowerCase())) return plain(`UWS_HEADER_PATCH=${env['UWS_HEADER_PATCH']}`);
+  // Read as loadConfig validated it at start (any spelling of false).
+  if (!bool(env, 'UWS_HEADER_PATCH', true)) return plain(`UWS_HEADER_PATCH=${env['UWS_HEADER_PATCH']}`);
   const file = `uws_${process.platform}_${process.arch}_${process.versions.modules}.node`;
   const patch = HEADER_NAME_PATCHES.find((p) => p.file === file);
   if (patch === undefined) return plain(`no header-name patch for ${file}`);
