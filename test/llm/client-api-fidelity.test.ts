@@ -4,8 +4,7 @@
 // prompt counted, required fields checked, empty replies, the route errors' shape.
 // The upstream is a scripted HTTP server: each test says what it answers.
 import t from 'tap';
-import { createServer, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,24 +12,12 @@ import { stringify } from 'yaml';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import { startTestBroker, postJson } from '../helpers/broker.ts';
+import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
 // ---- the scripted upstream ----
 
-type Handler = (path: string, body: any, res: ServerResponse) => void;
-let handler: Handler = (_p, _b, res) => void res.writeHead(500).end();
-const seen: Array<{ path: string; body: any }> = [];
-const upstream = createServer((req, res) => {
-  let text = '';
-  req.on('data', (c: Buffer) => (text += c.toString('utf8')));
-  req.on('end', () => {
-    const body = text === '' ? {} : JSON.parse(text);
-    seen.push({ path: req.url ?? '', body });
-    handler(req.url ?? '', body, res);
-  });
-});
-await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
-t.teardown(() => upstream.close());
-const upUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+const up = await startScriptedUpstream();
+t.teardown(() => up.close());
 
 function sse(res: ServerResponse, blocks: string[], end = true): void {
   res.writeHead(200, { 'content-type': 'text/event-stream' });
@@ -96,9 +83,9 @@ writeFileSync(
   join(dir, 'broker.yaml'),
   stringify({
     modelGroups: {
-      oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: upUrl, model: 'm' }] },
-      ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: upUrl, model: 'm' }] },
-      rp: { deployments: [{ id: 'rp-1', provider: 'openai', url: upUrl, model: 'm', responses: true }] },
+      oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: up.url, model: 'm' }] },
+      ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: up.url, model: 'm' }] },
+      rp: { deployments: [{ id: 'rp-1', provider: 'openai', url: up.url, model: 'm', responses: true }] },
     },
   }),
 );
@@ -117,7 +104,7 @@ const post = (path: string, body: unknown): Promise<Response> => fetch(`${tb.url
 // ---- 1, 4: passed-through Responses streams ----
 
 t.test('passed-through Responses stream: one malformed event is dropped and the stream goes on', async (t) => {
-  handler = (_p, _b, res) => {
+  up.handler = (_p, _b, res) => {
     const created = { id: 'resp_up_1', object: 'response', status: 'in_progress', model: 'up-model', output: [] };
     sse(res, [
       responsesEvent('response.created', { response: created }, 0),
@@ -133,7 +120,7 @@ t.test('passed-through Responses stream: one malformed event is dropped and the 
 t.test("passed-through Responses stream cut mid-way: response.failed names the upstream's response and model", async (t) => {
   const call = { type: 'function_call', id: 'fc_1', call_id: 'call_1', name: 'f', arguments: '', status: 'in_progress' };
   const msg = { type: 'message', id: 'msg_1', role: 'assistant', status: 'in_progress', content: [] };
-  handler = (_p, _b, res) => {
+  up.handler = (_p, _b, res) => {
     const created = { id: 'resp_up_2', object: 'response', created_at: 1700000000, status: 'in_progress', model: 'up-model', instructions: 'Be terse.', output: [] };
     sse(res, [
       responsesEvent('response.created', { response: created }, 0),
@@ -169,7 +156,7 @@ t.test('Messages: streamed tool input always adds up to the same object as a who
     ['an object in fragments', ['{"city"', ':"Paris"}'], { city: 'Paris' }],
   ];
   for (const [label, args, input] of cases) {
-    handler = (_p, b, res) => chatReply(b, res, '', [{ id: 'call_A', name: 'f1', args }, { id: 'call_B', name: 'f1', args }]);
+    up.handler = (_p, b, res) => chatReply(b, res, '', [{ id: 'call_A', name: 'f1', args }, { id: 'call_B', name: 'f1', args }]);
     const whole = await anthropic.messages.create(body);
     t.same(whole.content.map((c) => c.type === 'tool_use' && c.input), [input, input], `${label}: whole`);
     const stream = anthropic.messages.stream(body);
@@ -181,8 +168,8 @@ t.test('Messages: streamed tool input always adds up to the same object as a who
 // ---- 3: every part of the prompt counts ----
 
 t.test('Responses: function_call_output and function_call arguments count against LLM_MAX_PROMPT_CHARS; limit errors name input', async (t) => {
-  handler = (_p, b, res) => chatReply(b, res, 'ok');
-  const before = seen.length;
+  up.handler = (_p, b, res) => chatReply(b, res, 'ok');
+  const before = up.seen.length;
   const output = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ type: 'function_call_output', call_id: 'c', output: 'a'.repeat(1001) }] });
   t.equal(output.status, 400);
   t.match(output.body.error, { code: 'invalid_request', param: 'input', message: /LLM_MAX_PROMPT_CHARS/ });
@@ -193,21 +180,21 @@ t.test('Responses: function_call_output and function_call arguments count agains
   t.match(text.body.error, { param: 'input', message: /LLM_MAX_PROMPT_CHARS/ }, 'an input string too');
   const many = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: Array.from({ length: 51 }, () => ({ role: 'user', content: 'x' })) });
   t.match(many.body.error, { param: 'input', message: /LLM_MAX_MESSAGES/ });
-  t.equal(seen.length, before, 'nothing reached the upstream');
+  t.equal(up.seen.length, before, 'nothing reached the upstream');
 });
 
 t.test('Messages: a user turn of tool_result blocks counts as the messages it becomes (LLM_MAX_MESSAGES)', async (t) => {
-  handler = (_p, b, res) => chatReply(b, res, 'ok');
+  up.handler = (_p, b, res) => chatReply(b, res, 'ok');
   const turn = (n: number) => [{ role: 'user', content: Array.from({ length: n }, (_, i) => ({ type: 'tool_result', tool_use_id: `t${i}`, content: 'x' })) }];
   const few = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', LLM_MAX_MESSAGES: '3' });
   t.teardown(() => few.close());
-  const before = seen.length;
+  const before = up.seen.length;
   const many = await postJson(`${few.url}/v1/messages`, { model: 'oa', max_tokens: 5, messages: turn(4) });
   t.equal(many.status, 400);
   t.match(many.body, { type: 'error', error: { type: 'invalid_request_error', message: /^messages has 4 messages; at most 3 \(LLM_MAX_MESSAGES\)/ } });
   const mixed = [{ role: 'user', content: [...turn(3)[0]!.content, { type: 'text', text: 'and?' }] }];
   t.match((await postJson(`${few.url}/v1/messages`, { model: 'oa', max_tokens: 5, messages: mixed })).body, { error: { message: /has 4 messages/ } }, 'three results and a text: four');
-  t.equal(seen.length, before, 'nothing reached the upstream');
+  t.equal(up.seen.length, before, 'nothing reached the upstream');
   const fits = await postJson(`${few.url}/v1/messages`, { model: 'oa', max_tokens: 5, messages: turn(3) });
   t.equal(fits.status, 200, 'three tool results are three messages');
 });
@@ -220,17 +207,17 @@ t.test('Responses: a function_call_output given as content parts reaches the ups
     { type: 'function_call_output', call_id: 'c', output: [{ type: 'input_text', text: 'sunny, ' }, { type: 'input_text', text: '20C' }] },
   ];
   for (const model of ['oa', 'ol']) {
-    handler = (_p, b, res) => (model === 'oa' ? chatReply(b, res, 'ok') : ollamaReply(b, res, 'ok'));
+    up.handler = (_p, b, res) => (model === 'oa' ? chatReply(b, res, 'ok') : ollamaReply(b, res, 'ok'));
     const r = await postJson(`${tb.url}/v1/responses`, { model, input });
     t.equal(r.status, 200, model);
-    const tool = seen.at(-1)!.body.messages.find((m: any) => m.role === 'tool');
+    const tool = up.seen.at(-1)!.body.messages.find((m: any) => m.role === 'tool');
     t.equal(tool.content, 'sunny, \n20C', `${model}: the tool message's text, one part a line (as Messages' blocks)`);
   }
   // A message's text parts too: one a line, not run together ("Helloworld").
-  handler = (_p, b, res) => chatReply(b, res, 'ok');
+  up.handler = (_p, b, res) => chatReply(b, res, 'ok');
   const parts = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ role: 'user', content: [{ type: 'input_text', text: 'Hello' }, { type: 'input_text', text: 'world' }] }] });
   t.equal(parts.status, 200);
-  t.equal(seen.at(-1)!.body.messages.at(-1).content, 'Hello\nworld');
+  t.equal(up.seen.at(-1)!.body.messages.at(-1).content, 'Hello\nworld');
   const image = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [input[0], { ...input[1], output: [{ type: 'input_image', image_url: 'https://x/y.png' }] }] });
   t.equal(image.status, 400, 'an image part is refused, not sent as JSON text');
   t.match(image.body.error, { param: 'input[1].output[0]' });
@@ -239,8 +226,8 @@ t.test('Responses: a function_call_output given as content parts reaches the ups
 // ---- 6: required fields and types ----
 
 t.test('required fields and sampling types: 400 in the client API shape, naming the field, nothing forwarded', async (t) => {
-  handler = (_p, b, res) => chatReply(b, res, 'ok');
-  const before = seen.length;
+  up.handler = (_p, b, res) => chatReply(b, res, 'ok');
+  const before = up.seen.length;
   const responses: Array<[unknown, string]> = [
     [{ model: 'oa', input: [{ type: 'function_call_output', output: 'x' }] }, 'input[0].call_id'],
     [{ model: 'rp', input: [{ type: 'function_call_output', output: 'x' }] }, 'input[0].call_id'],
@@ -268,7 +255,7 @@ t.test('required fields and sampling types: 400 in the client API shape, naming 
   }
   const chat = await postJson(`${tb.url}/v1/chat/completions`, { model: 'oa', messages: [{ role: 'user', content: 'x' }], temperature: 'hot' });
   t.match(chat.body.error, { param: 'temperature' }, 'chat completions too');
-  t.equal(seen.length, before, 'nothing reached the upstream');
+  t.equal(up.seen.length, before, 'nothing reached the upstream');
   const err: any = await openai.responses.create({ model: 'oa', input: [{ type: 'function_call_output', output: 'x' } as any] }).catch((e: unknown) => e);
   t.match({ status: err.status, param: err.param }, { status: 400, param: 'input[0].call_id' }, 'the SDK reads it');
 });
@@ -276,7 +263,7 @@ t.test('required fields and sampling types: 400 in the client API shape, naming 
 // ---- 7: an empty reply, streamed and not ----
 
 t.test('an empty reply is the same streamed and not: one empty text (Responses message item, Messages text block)', async (t) => {
-  handler = (_p, b, res) => chatReply(b, res, '');
+  up.handler = (_p, b, res) => chatReply(b, res, '');
   const whole = await openai.responses.create({ model: 'oa', input: 'Hi' });
   const shape = (output: any[]) => output.map((o) => [o.type, o.content.map((c: any) => [c.type, c.text])]);
   t.same(shape(whole.output), [['message', [['output_text', '']]]], 'Responses, whole');
@@ -311,7 +298,7 @@ t.test("Responses: a chat upstream's reasoning is a reasoning item with its text
   const shape = (output: any[]) => output.map((o) => (o.type === 'reasoning' ? ['reasoning', o.summary.map((p: any) => [p.type, p.text])] : [o.type, o.content.map((c: any) => c.text)]));
   const expected = [['reasoning', [['summary_text', 'The user greets me.']]], ['message', ['Hello!']]];
   for (const [model, reply] of [['ol', ollama], ['oa', openaiStyle]] as const) {
-    handler = (_p, b, res) => reply(b, res);
+    up.handler = (_p, b, res) => reply(b, res);
     const whole = await openai.responses.create({ model, input: 'Hi', reasoning: { summary: 'auto' } });
     t.same(shape(whole.output), expected, `${model}: whole`);
     t.equal(whole.output_text, 'Hello!', `${model}: output_text is the answer only`);
@@ -331,10 +318,10 @@ t.test("Responses: a chat upstream's reasoning is a reasoning item with its text
     );
     t.same(shape(evs.at(-1).response.output), expected, `${model}: response.completed lists both items`);
     // The next turn sends the output back, reasoning item included (as agents do): accepted, the reasoning not passed on.
-    const before = seen.length;
+    const before = up.seen.length;
     const next = await openai.responses.create({ model, input: [{ role: 'user', content: 'Hi' }, ...(whole.output as any[]), { role: 'user', content: 'And?' }] });
     t.equal(next.status, 'completed', `${model}: a later turn with the reasoning item`);
-    t.same(seen[before]!.body.messages.map((m: any) => m.role), ['user', 'assistant', 'user'], `${model}: the turns as chat`);
+    t.same(up.seen[before]!.body.messages.map((m: any) => m.role), ['user', 'assistant', 'user'], `${model}: the turns as chat`);
     t.same(evs.map((e) => e.output_index ?? null).filter((i) => i !== null).at(-1), 1, `${model}: the message is output 1`);
     t.same(evs.map((e) => e.sequence_number), evs.map((_, i) => i));
   }
@@ -342,15 +329,15 @@ t.test("Responses: a chat upstream's reasoning is a reasoning item with its text
 
 t.test("Messages: reasoning is a thinking block when the request asks for thinking, dropped when not; disabled is Ollama's think: false", async (t) => {
   const thinking = THINKING;
-  handler = (_p, b, res) => ollamaThinking(b, res);
+  up.handler = (_p, b, res) => ollamaThinking(b, res);
   const body = { model: 'ol', max_tokens: 2048, messages: [{ role: 'user' as const, content: 'Hi' }] };
   const shape = (content: any[]) => content.map((c) => (c.type === 'thinking' ? ['thinking', c.thinking, c.signature] : [c.type, c.text]));
   const asked = [['thinking', 'The user greets me.', ''], ['text', 'Hello!']];
   for (const type of ['enabled', 'adaptive'] as const) {
     const cfg = type === 'enabled' ? { type, budget_tokens: 1024 } : { type };
-    const before = seen.length;
+    const before = up.seen.length;
     const whole = await anthropic.messages.create({ ...body, thinking: cfg } as any);
-    t.notOk('think' in seen[before]!.body, `${type}: Ollama keeps its model's default (think: true is refused by a model that cannot think)`);
+    t.notOk('think' in up.seen[before]!.body, `${type}: Ollama keeps its model's default (think: true is refused by a model that cannot think)`);
     t.same(shape(whole.content), asked, `${type}: whole`);
     const s = anthropic.messages.stream({ ...body, thinking: cfg } as any);
     const deltas: string[] = [];
@@ -377,20 +364,20 @@ t.test("Messages: reasoning is a thinking block when the request asks for thinki
   const prior = await anthropic.messages.create({ ...body, thinking: { type: 'enabled', budget_tokens: 1024 } });
   const nextTurn = await anthropic.messages.create({ ...body, messages: [...body.messages, { role: 'assistant', content: prior.content as any }, { role: 'user', content: 'And?' }] });
   t.equal(nextTurn.type, 'message', 'a later turn with the thinking block');
-  t.same(seen.at(-1)!.body.messages.map((m: any) => [m.role, m.content]), [['user', 'Hi'], ['assistant', 'Hello!'], ['user', 'And?']], 'the thinking block is not in the chat turns');
+  t.same(up.seen.at(-1)!.body.messages.map((m: any) => [m.role, m.content]), [['user', 'Hi'], ['assistant', 'Hello!'], ['user', 'And?']], 'the thinking block is not in the chat turns');
   // Not asked (or disabled): no thinking block, as Anthropic's; disabled tells Ollama not to think.
-  const before = seen.length;
+  const before = up.seen.length;
   t.same(shape((await anthropic.messages.create(body)).content), [['text', 'Hello!']], 'not asked: whole');
-  t.notOk('think' in seen[before]!.body, 'not asked: Ollama keeps its default');
+  t.notOk('think' in up.seen[before]!.body, 'not asked: Ollama keeps its default');
   t.same(shape((await anthropic.messages.stream(body).finalMessage()).content), [['text', 'Hello!']], 'not asked: streamed');
   await anthropic.messages.create({ ...body, thinking: { type: 'disabled' } });
-  t.equal(seen.at(-1)!.body.think, false, 'disabled: Ollama is told not to think');
+  t.equal(up.seen.at(-1)!.body.think, false, 'disabled: Ollama is told not to think');
   // An OpenAI-compatible upstream gets no such field.
-  handler = (_p, b, res) => chatReply(b, res, 'ok');
+  up.handler = (_p, b, res) => chatReply(b, res, 'ok');
   await anthropic.messages.create({ ...body, model: 'oa', thinking: { type: 'enabled', budget_tokens: 1024 } } as any);
-  t.notOk('think' in seen.at(-1)!.body, 'OpenAI-compatible: no think field');
+  t.notOk('think' in up.seen.at(-1)!.body, 'OpenAI-compatible: no think field');
   // Cut while the model thought: the thinking block alone, no empty text after it (as Anthropic's), streamed and whole.
-  handler = (_p, b, res) => {
+  up.handler = (_p, b, res) => {
     const line = (message: Record<string, unknown>, done = false) =>
       JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: '', ...message }, done, ...(done ? { done_reason: 'length', prompt_eval_count: 3, eval_count: 2 } : {}) }) + '\n';
     res.writeHead(200, { 'content-type': b.stream === false ? 'application/json' : 'application/x-ndjson' });
@@ -407,10 +394,10 @@ t.test("Messages: reasoning is a thinking block when the request asks for thinki
 });
 
 t.test("Responses: a developer item is chat's system to the upstream; the Response says reasoning and user as OpenAI's; Messages usage always has its cache fields", async (t) => {
-  handler = (_p, b, res) => chatReply(b, res, 'ok');
-  const before = seen.length;
+  up.handler = (_p, b, res) => chatReply(b, res, 'ok');
+  const before = up.seen.length;
   const r = await openai.responses.create({ model: 'oa', input: [{ role: 'developer', content: 'Answer in French.' }, { role: 'user', content: 'Hi' }], user: 'u-7' });
-  t.same(seen[before]!.body.messages.map((m: any) => m.role), ['system', 'user'], 'developer → system');
+  t.same(up.seen[before]!.body.messages.map((m: any) => m.role), ['system', 'user'], 'developer → system');
   t.same(r.reasoning, { effort: null, summary: null }, 'reasoning, unused');
   t.equal(r.user, 'u-7');
   const withEffort = await openai.responses.create({ model: 'oa', input: 'Hi', reasoning: { effort: 'low' } });
@@ -449,7 +436,7 @@ t.test('GET /v1/messages and /v1/messages/batches: Anthropic error shape and req
 });
 
 t.test("count_tokens (Claude Code asks it every turn): the broker's estimate, as its window checks count; nothing sent upstream", async (t) => {
-  const before = seen.length;
+  const before = up.seen.length;
   const tools = [{ name: 'Bash', description: 'Run a command', input_schema: { type: 'object' as const, properties: { command: { type: 'string' } } } }];
   const base = { model: 'oa', messages: [{ role: 'user' as const, content: 'x'.repeat(40) }] };
   const plain = await anthropic.messages.countTokens(base);
@@ -462,7 +449,7 @@ t.test("count_tokens (Claude Code asks it every turn): the broker's estimate, as
   const image = { type: 'image' as const, source: { type: 'base64' as const, media_type: 'image/png' as const, data: 'A'.repeat(300_000) } };
   const shot = await anthropic.messages.countTokens({ model: 'oa', messages: [{ role: 'user', content: [image] }] });
   t.ok(shot.input_tokens >= 1024 && shot.input_tokens < 1100, `an image is about 1,024 tokens, not its base64 (${shot.input_tokens})`);
-  t.equal(seen.length, before, 'no upstream call');
+  t.equal(up.seen.length, before, 'no upstream call');
   const missing: any = await anthropic.messages.countTokens({ model: 'nope', messages: base.messages }, { headers: { 'x-request-id': 'fid-3' } }).catch((e: unknown) => e);
   t.equal(missing.status, 404);
   t.match(missing.error, { type: 'error', error: { type: 'not_found_error' } });
@@ -473,13 +460,13 @@ t.test("count_tokens (Claude Code asks it every turn): the broker's estimate, as
 });
 
 t.test("Responses: input_tokens counts as count_tokens does; a stored response's routes say the broker keeps none", async (t) => {
-  const before = seen.length;
+  const before = up.seen.length;
   const n = await openai.responses.inputTokens.count({ model: 'oa', input: 'x'.repeat(40) });
   t.equal(n.input_tokens, 10);
   t.equal((n as any).object, 'response.input_tokens');
   const withInstructions = await openai.responses.inputTokens.count({ model: 'oa', input: 'x'.repeat(40), instructions: 'y'.repeat(40) });
   t.equal(withInstructions.input_tokens, 20, 'instructions count');
-  t.equal(seen.length, before, 'no upstream call');
+  t.equal(up.seen.length, before, 'no upstream call');
   const missing: any = await openai.responses.inputTokens.count({ model: 'nope', input: 'x' }).catch((e: unknown) => e);
   t.equal(missing.status, 404);
   t.equal(missing.code, 'model_not_found');
@@ -505,7 +492,7 @@ t.test("OpenAI's paths the broker does not serve, and a wrong method on its rout
 // ---- 9: Ollama mid-stream errors carry the code ----
 
 t.test('Ollama stream cut mid-way: the error line carries code (and the request id)', async (t) => {
-  handler = (_p, _b, res) => {
+  up.handler = (_p, _b, res) => {
     res.writeHead(200, { 'content-type': 'application/x-ndjson' });
     // A clean end without the done line: the broker reports the truncation.
     res.end(JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: 'a' }, done: false }) + '\n');

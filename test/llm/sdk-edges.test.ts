@@ -4,8 +4,7 @@
 // what llm_requests_total counts of a request refused for its form.
 // The upstream is a scripted HTTP server: each test says what it answers.
 import t from 'tap';
-import { createServer, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,26 +12,17 @@ import { stringify } from 'yaml';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import { startTestBroker, metricValue } from '../helpers/broker.ts';
+import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
 // ---- the scripted upstream ----
 
-type Handler = (path: string, body: any, res: ServerResponse) => void;
-let handler: Handler = (_p, _b, res) => void res.writeHead(500).end();
-const seen: Array<{ path: string; body: any }> = [];
-const upstream = createServer((req, res) => {
-  let text = '';
-  req.on('data', (c: Buffer) => (text += c.toString('utf8')));
-  req.on('end', () => {
-    const body = text === '' ? {} : JSON.parse(text);
-    seen.push({ path: req.url ?? '', body });
-    // The busy group's deployment is always rate limited.
-    if (body.model === 'busy') return void res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '1' }).end(JSON.stringify({ error: { message: 'slow down', type: 'requests', code: 'rate_limit_exceeded' } }));
-    handler(req.url ?? '', body, res);
-  });
+// The busy group's deployment is always rate limited.
+const up = await startScriptedUpstream((body, res) => {
+  if (body.model !== 'busy') return false;
+  res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '1' }).end(JSON.stringify({ error: { message: 'slow down', type: 'requests', code: 'rate_limit_exceeded' } }));
+  return true;
 });
-await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
-t.teardown(() => upstream.close());
-const upUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+t.teardown(() => up.close());
 
 const chunk = (choice: Record<string, unknown>, extra: Record<string, unknown> = {}): string =>
   `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, logprobs: null, finish_reason: null, ...choice }], ...extra })}\n\n`;
@@ -63,9 +53,9 @@ writeFileSync(
   join(dir, 'broker.yaml'),
   stringify({
     modelGroups: {
-      oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: upUrl, model: 'm' }] },
-      ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: upUrl, model: 'm' }] },
-      busy: { deployments: [{ id: 'busy-1', provider: 'openai', url: upUrl, model: 'busy' }] },
+      oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: up.url, model: 'm' }] },
+      ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: up.url, model: 'm' }] },
+      busy: { deployments: [{ id: 'busy-1', provider: 'openai', url: up.url, model: 'busy' }] },
     },
   }),
 );
@@ -86,7 +76,7 @@ t.test("a stream whose upstream sends no usage reports the prompt's estimate in 
   const messages = [{ role: 'user' as const, content: PROMPT }];
   const estimate = (await anthropic.messages.countTokens({ model: 'oa', messages })).input_tokens;
   t.equal(estimate, 10, 'the estimate');
-  handler = (_p, b, res) => openaiReply(b, res);
+  up.handler = (_p, b, res) => openaiReply(b, res);
 
   const stream = anthropic.messages.stream({ model: 'oa', max_tokens: 20, messages });
   let started = -1;
@@ -108,7 +98,7 @@ t.test("a stream whose upstream sends no usage reports the prompt's estimate in 
   t.equal(done.eval_count, 2);
 
   // An Ollama-compatible server whose done line has no counters, for an OpenAI client that asked for usage.
-  handler = (_p, _b, res) => {
+  up.handler = (_p, _b, res) => {
     res.writeHead(200, { 'content-type': 'application/x-ndjson' });
     const line = (message: Record<string, unknown>, done = false) => JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: '', ...message }, done, ...(done ? { done_reason: 'stop' } : {}) }) + '\n';
     res.end(line({ content: 'Hel' }) + line({ content: 'lo' }) + line({}, true));
@@ -119,7 +109,7 @@ t.test("a stream whose upstream sends no usage reports the prompt's estimate in 
   t.equal(usage?.completion_tokens, 2);
 
   // The upstream's own figures when it gives them.
-  handler = (_p, b, res) => openaiReply(b, res, { usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } });
+  up.handler = (_p, b, res) => openaiReply(b, res, { usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } });
   t.equal((await anthropic.messages.stream({ model: 'oa', max_tokens: 20, messages }).finalMessage()).usage.input_tokens, 3, "Messages: the upstream's count");
   t.equal((await openai.responses.stream({ model: 'oa', input: PROMPT }).finalResponse()).usage?.input_tokens, 3, "Responses: the upstream's count");
   const last = JSON.parse((await (await post('/api/chat', { model: 'oa', messages })).text()).trim().split('\n').at(-1)!);
@@ -130,18 +120,18 @@ t.test("a stream whose upstream sends no usage reports the prompt's estimate in 
 
 t.test("a stop on one of stop_sequences is stop_reason stop_sequence with the string, when the upstream (vLLM) says which", async (t) => {
   const req = { model: 'oa', max_tokens: 20, stop_sequences: ['###', 'END'], messages: [{ role: 'user' as const, content: 'Hi' }] };
-  handler = (_p, b, res) => openaiReply(b, res, { stopReason: 'END' });
+  up.handler = (_p, b, res) => openaiReply(b, res, { stopReason: 'END' });
   const streamed = await anthropic.messages.stream(req).finalMessage();
   t.equal(streamed.stop_reason, 'stop_sequence', 'streamed');
   t.equal(streamed.stop_sequence, 'END');
-  t.same(seen.at(-1)?.body.stop, ['###', 'END'], 'the stop sequences went upstream');
+  t.same(up.seen.at(-1)?.body.stop, ['###', 'END'], 'the stop sequences went upstream');
   const whole = await anthropic.messages.create(req);
   t.equal(whole.stop_reason, 'stop_sequence', 'whole');
   t.equal(whole.stop_sequence, 'END');
 
   // EOS (null), a stop token id (a number), or a string the request did not ask for: an end_turn.
   for (const stopReason of [null, 128009, 'other']) {
-    handler = (_p, b, res) => openaiReply(b, res, { stopReason });
+    up.handler = (_p, b, res) => openaiReply(b, res, { stopReason });
     const s = await anthropic.messages.stream(req).finalMessage();
     const w = await anthropic.messages.create(req);
     t.same([s.stop_reason, s.stop_sequence, w.stop_reason, w.stop_sequence], ['end_turn', null, 'end_turn', null], `stop_reason ${JSON.stringify(stopReason)}`);
@@ -189,7 +179,7 @@ t.test("an image URL for an Ollama group is refused naming the client's own fiel
   t.ok(rerr instanceof OpenAI.BadRequestError);
   t.equal((rerr as InstanceType<typeof OpenAI.BadRequestError>).param, 'input[0].content[1].image_url', 'Responses: the field, as param');
   // A base64 image still goes.
-  handler = (_p, _b, res) => {
+  up.handler = (_p, _b, res) => {
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: 'A cat' }, done: true, done_reason: 'stop', prompt_eval_count: 3, eval_count: 2 }));
   };
