@@ -469,6 +469,10 @@ export class LlmProxy {
               throw this.stopped;
             }
             if (e.message.includes('UPSTREAM_MAX_BODY_BYTES')) {
+              // A server that answers is not failing: a reply too large for this broker says
+              // nothing of its health, and counted against its breaker, any client asking for
+              // a big reply (a large embeddings batch) would take it from everyone.
+              usage.ok = null;
               this.finish(facts, g, dep, 'upstream_error', req.startedAt, false);
               throw e;
             }

@@ -4,6 +4,8 @@
 // streams for what the mock does not send (several choices, logprobs, calls without an
 // index, errors, cuts); every stream is also fed split at every byte.
 import t from 'tap';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { createMockUpstream } from '../../src/mock-upstream/server.ts';
 import { ReplyAssembler, streamedBody } from '../../src/llm/translate/assemble.ts';
 import { BrokerError } from '../../src/errors.ts';
@@ -209,4 +211,31 @@ t.test('an error event is the upstream error reply; a cut stream is upstream_err
   }
   const big = sse(...Array.from({ length: 50 }, () => ({ id: 'c', choices: [{ index: 0, delta: { content: 'x'.repeat(100) } }] })));
   t.throws(() => assemble('openai', 'chat', [Buffer.from(big)], 1000), { code: 'upstream_error', message: /UPSTREAM_MAX_BODY_BYTES \(1000 bytes\)/ });
+});
+
+// A reply of one-character tokens: V8 would keep the text grown piece by piece as a rope of
+// ~32 bytes a piece, 30 times what UPSTREAM_MAX_BODY_BYTES counts (an independent check saw
+// 105 MB of heap for a 4 MiB cap). The heap the assembler holds must stay near its text.
+t.test('text grown one character an event holds about its own size in the heap, on the fast path and the full merge', async (t) => {
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const N = 100_000;
+  const enc = new TextEncoder();
+  const cases: Array<[string, (i: number) => string, (reply: any) => string]> = [
+    ['content (fast path)', (i) => sse({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { content: 'abcdefghij'[i % 10] }, logprobs: null, finish_reason: null }] }), (r) => r.choices[0].message.content],
+    ['reasoning_content (merge)', (i) => sse({ id: 'c', choices: [{ index: 0, delta: { reasoning_content: 'abcdefghij'[i % 10] } }] }), (r) => r.choices[0].message.reasoning_content],
+    ['tool-call arguments', (i) => sse({ id: 'c', choices: [{ index: 0, delta: { tool_calls: [i === 0 ? { index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '1' } } : { index: 0, function: { arguments: String(i % 10) } }] } }] }), (r) => r.choices[0].message.tool_calls[0].function.arguments],
+  ];
+  for (const [name, event, textOf] of cases) {
+    const a = new ReplyAssembler('openai', 'chat', MAX);
+    a.push(enc.encode(sse({ id: 'c', choices: [{ index: 0, delta: { role: 'assistant', content: '' } }] })));
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    for (let i = 0; i < N; i++) a.push(enc.encode(event(i)));
+    gc();
+    const held = process.memoryUsage().heapUsed - before;
+    t.ok(held < 8 * N, `${name}: ${(held / N).toFixed(1)} bytes of heap per character held (under 8)`);
+    a.push(enc.encode(sse({ id: 'c', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] }) + 'data: [DONE]\n\n'));
+    t.equal(textOf(JSON.parse(a.end())).length, N, `${name}: the whole text`);
+  }
 });

@@ -6,7 +6,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { startTestBroker, postJson } from '../helpers/broker.ts';
+import { startTestBroker, postJson, admin } from '../helpers/broker.ts';
 
 const MiB = 1024 * 1024;
 let sent = 0;
@@ -70,6 +70,12 @@ t.test('a reply past UPSTREAM_MAX_BODY_BYTES: 502 naming the limit', async (t) =
   t.equal(res.body.error.code, 'upstream_error');
   t.match(res.body.error.message, /UPSTREAM_MAX_BODY_BYTES/);
   t.ok(sent >= 3 * MiB, 'the upstream did send it');
+  // Past the breaker's failureThreshold (3): a reply too big for the broker says nothing of the
+  // server's health, so the deployment stays open to everyone.
+  for (let i = 0; i < 4; i++) t.equal((await chat('big')).status, 502, `again (${i + 1})`);
+  const state = await (await fetch(`${tb.url}/api/orchestrator/circuit-breakers`, { headers: admin })).json();
+  t.notMatch(JSON.stringify(state), /"state":"open"/, 'no breaker opened');
+  t.equal((await chat('big')).status, 502, 'still tried, not 503 upstream_unavailable');
 });
 
 t.test('a huge upstream error body reaches the client cut, not whole', async (t) => {

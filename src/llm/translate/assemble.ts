@@ -69,6 +69,9 @@ export class ReplyAssembler {
   /** The current event's length, charged once if it adds to an array. */
   private eventBytes = 0;
 
+  /** The texts being appended to, with the pieces each took since it was last flattened (append). */
+  private readonly ropes: Array<{ into: Json; key: string; pieces: number }> = [];
+
   /** Events that carried text or a tool call's piece: the completion's tokens when the upstream reports no usage, as the stream chain counts them. */
   private tokenEvents = 0;
   /** Events that were not JSON objects: dropped, and counted as the stream chain counts them. */
@@ -186,7 +189,8 @@ export class ReplyAssembler {
     if (into === undefined || into === null || typeof into !== 'object') return false;
     const piece = stringValue(m[1]!);
     const cur = into[key];
-    into[key] = typeof cur === 'string' ? cur + piece : piece;
+    if (typeof cur === 'string') this.append(into, key, cur, piece);
+    else into[key] = piece;
     this.size += piece.length;
     if (piece !== '') this.tokenEvents++;
     return true;
@@ -209,6 +213,24 @@ export class ReplyAssembler {
     }
   }
 
+  /**
+   * `into[key] = cur + piece`. V8 keeps a string grown piece by piece as a rope, one node of
+   * about 32 bytes per piece: a reply of one-character tokens would hold 30 times its text,
+   * far past UPSTREAM_MAX_BODY_BYTES, which counts the text. So once a text's pieces since it
+   * was last copied pass a 32nd of its length, the next piece is joined to it by
+   * Array.prototype.join, which writes one flat string (a search through the rope flattens
+   * it only while it is young). Its nodes stay about the size of its text, and the copies,
+   * each a 32nd longer than the last, add up to about 33 times the text: linear.
+   */
+  private append(into: Json, key: string, cur: string, piece: string): void {
+    let rope = this.ropes.find((r) => r.into === into && r.key === key);
+    if (rope === undefined) this.ropes.push((rope = { into, key, pieces: 0 }));
+    if (++rope.pieces >= 64 && rope.pieces * 32 > cur.length) {
+      into[key] = [cur, piece].join('');
+      rope.pieces = 0;
+    } else into[key] = cur + piece;
+  }
+
   private mergeChoice(c: Json): void {
     const i = typeof c['index'] === 'number' ? c['index'] : 0;
     let into = this.choices.get(i);
@@ -226,7 +248,7 @@ export class ReplyAssembler {
       } else if (typeof v === 'string') {
         // Replaced strings are bounded by their event; only what grows is counted.
         if (TEXT.has(k) && typeof cur === 'string') {
-          into[k] = cur + v;
+          this.append(into, k, cur, v);
           this.size += v.length;
         } else into[k] = v;
       } else if (Array.isArray(v)) {
@@ -264,7 +286,7 @@ export class ReplyAssembler {
         const sofar = typeof f['arguments'] === 'string' ? f['arguments'] : '';
         f['name'] = appendToolName(typeof f['name'] === 'string' ? f['name'] : '', name, sofar);
         if (typeof args === 'string') {
-          f['arguments'] = sofar + args;
+          this.append(f, 'arguments', sofar, args);
           this.size += args.length;
         }
         this.merge(f, more);
