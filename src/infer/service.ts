@@ -255,6 +255,16 @@ export class InferService {
     return this.config;
   }
 
+  /**
+   * Whether a request the split did not send to `arm` may still go there because only it
+   * takes the request's input (an img_size, a v2 tensor's shape): not when the split gives it
+   * no traffic (B at weight 0, a canary rolled back), nor when it cannot serve.
+   */
+  takesTraffic(arm: Arm): boolean {
+    const share = shareOfB(this.config);
+    return (arm === 'B' ? share > 0 : share < 1) && this.modelProblems[arm] === undefined;
+  }
+
   async infer(input: InferInput): Promise<InferReply> {
     let choice = this.choose(input.cookieArm);
     let size: number | undefined;
@@ -265,9 +275,7 @@ export class InferService {
       // if named (no cookie, no shadow), rather than a 400 that depends on the split's draw.
       // Not to an arm the split gives no traffic (B at weight 0, a canary rolled back).
       const other: Arm = choice.arm === 'A' ? 'B' : 'A';
-      const share = shareOfB(this.config);
-      const open = other === 'B' ? share > 0 : share < 1;
-      if (!open || this.modelProblems[other] !== undefined || !fitsSize(input.imgSize, this.models[other])) throw err;
+      if (!this.takesTraffic(other) || !fitsSize(input.imgSize, this.models[other])) throw err;
       choice = this.choose(undefined, other);
       size = checkSize(input.imgSize, choice.model);
     }
@@ -347,13 +355,13 @@ export class InferService {
     m.inferCompute.labels(manifest.name, arm).observe(worst.inferMs / 1000);
     this.observe(arm, true, total);
     if (shadowCopies !== undefined) {
-      for (const [i, copy] of shadowCopies.entries()) this.shadow(copy, input.size, input.tensor, topIndex(results[i]!));
+      for (const [i, copy] of shadowCopies.entries()) this.shadow(copy, input.size, input.tensor, topLabel(results[i]!, manifest.labels));
     }
     return { results, totalMs: total };
   }
 
   /** B runs on a copy after A answered; its result only feeds metrics. */
-  private shadow(image: Buffer, size: number | undefined, tensor: boolean, topA: number | undefined): void {
+  private shadow(image: Buffer, size: number | undefined, tensor: boolean, topA: string | undefined): void {
     const m = this.deps.metrics;
     const pool = this.pool;
     // Shadow traffic must never delay real traffic: skip it when requests are waiting.
@@ -369,7 +377,8 @@ export class InferService {
         (r) => {
           m.shadowLatency.observe((performance.now() - t0) / 1000);
           m.shadowRequests.labels('ok').inc();
-          if (r.predictions[0]?.index === topA) m.shadowAgreement.inc();
+          // By label: a B whose classes come in another order (or more of them) agrees when it names the same one.
+          if (topA !== undefined && topLabel(r, this.models.B.manifest.labels) === topA) m.shadowAgreement.inc();
           else m.shadowDisagreement.inc();
         },
         (err: BrokerError) => {
@@ -517,12 +526,13 @@ function fitsSize(imgSize: number | undefined, model: Pick<LoadedModel, 'manifes
 }
 
 /** A's top-1 class: its first prediction, or the largest of its raw scores (v2 asks for no predictions). */
-function topIndex(r: RunResult): number | undefined {
-  if (r.predictions[0] !== undefined) return r.predictions[0].index;
+/** The label of a run's top class: from its predictions, else its scores with the model's labels. */
+function topLabel(r: RunResult, labels: readonly string[]): string | undefined {
+  if (r.predictions[0] !== undefined) return r.predictions[0].label;
   if (r.scores === undefined || r.scores.length === 0) return undefined;
   let best = 0;
   for (let i = 1; i < r.scores.length; i++) if (r.scores[i]! > r.scores[best]!) best = i;
-  return best;
+  return labels[best];
 }
 
 /** A failing B fails every shadow run: one log line a minute says so. */

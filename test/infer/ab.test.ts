@@ -196,6 +196,8 @@ t.test('A and B of different sizes: an img_size only one arm takes goes to it, w
       t.equal(res.headers.get('set-cookie'), null, 'no sticky cookie');
     }
   }
+  const v2Split = await postJson(`${tb.url}/v2/models/${A.manifest.name}/infer`, { inputs: [{ name: B.manifest.input.name, datatype: 'FP32', shape: [1, 1, 28, 28], data: Array(784).fill(0.5) }] });
+  t.equal(v2Split.body.model_version, B.manifest.version, 'an even split: a v2 tensor only B takes goes to B');
   const none = await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 30 });
   t.equal(none.status, 400, 'a size neither arm takes');
   t.equal(none.body.error.code, 'invalid_img_size');
@@ -206,11 +208,31 @@ t.test('A and B of different sizes: an img_size only one arm takes goes to it, w
   t.equal(toB.status, 400, 'B at weight 0: its size is refused');
   t.equal(toB.body.error.code, 'invalid_img_size');
   t.match(toB.body.error.message, /img_size must be 32/);
+  // Nor by a v2 tensor only B takes (unversioned: the split's to place).
+  const v2B = await postJson(`${tb.url}/v2/models/${A.manifest.name}/infer`, { inputs: [{ name: B.manifest.input.name, datatype: 'FP32', shape: [1, 1, 28, 28], data: Array(784).fill(0.5) }] });
+  t.equal(v2B.status, 400, `B at weight 0: a v2 tensor only B takes is refused (${JSON.stringify(v2B.body).slice(0, 160)})`);
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 32 })).body.arm, 'A');
   // And A, when B takes all of it.
   await fetch(`${tb.url}/admin/config`, { method: 'POST', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ ab_weight_a: 0, ab_weight_b: 1 }) });
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 32 })).status, 400, 'A at weight 0: its size is refused');
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(0), img_size: 28 })).body.arm, 'B');
+});
+
+t.test('shadow agreement is by label: a B whose classes are numbered otherwise agrees when it names the same class', async (t) => {
+  const { writeForeignModel, FOREIGN } = await import('./foreign-model.ts');
+  // The same graph twice; B's labels moved one place (class i is called labels[i+1]): every top
+  // index is the same, no top label is.
+  const rotated = [...FOREIGN.labels.slice(1), FOREIGN.labels[0]];
+  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel(), MODEL_VB_PATH: writeForeignModel({ manifest: { labels: rotated, version: '0.2.0' } }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'true' });
+  t.teardown(() => tb.close());
+  for (let i = 0; i < 6; i++) t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) })).status, 200);
+  let compared = 0;
+  for (let i = 0; i < 100 && compared < 6; i++) {
+    compared = (await metricValue(tb.url, 'inference_shadow_agreement_total')) + (await metricValue(tb.url, 'inference_shadow_disagreement_total'));
+    if (compared < 6) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.equal(compared, 6, 'every request was shadowed and compared');
+  t.equal(await metricValue(tb.url, 'inference_shadow_agreement_total'), 0, 'same index, other label: no agreement');
 });
 
 t.test("shadow on, and a v2 tensor made for A's input, which B does not take: counted as skipped, not lost from the count", async (t) => {

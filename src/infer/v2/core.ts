@@ -140,10 +140,10 @@ export class V2Core {
     // No version, and A and B take different inputs (a split between two models: another
     // input name, or FP32 of another shape): the unversioned metadata describes A, so a
     // request the split sent to the arm it does not fit goes to the one it fits, pinned as if
-    // it named its version (no cookie, no shadow).
+    // it named its version (no cookie, no shadow), unless the split gives that arm no traffic.
     const other: Arm = choice.arm === 'A' ? 'B' : 'A';
     const only = req.inputs.length === 1 ? req.inputs[0] : undefined;
-    if (named === undefined && only !== undefined && !takes(choice.model.manifest, only) && takes(service.models[other].manifest, only) && service.modelProblems[other] === undefined) {
+    if (named === undefined && only !== undefined && !takes(choice.model.manifest, only) && takes(service.models[other].manifest, only) && service.takesTraffic(other)) {
       choice = service.choose(undefined, other);
     }
     const manifest = choice.model.manifest;
