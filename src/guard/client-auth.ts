@@ -1,5 +1,6 @@
 // AUTH_MODE on the client routes (LLM and inference), where they are served: on each
-// data-plane thread. `open`: no credential needed, but a live session stands for its key;
+// data-plane thread. `open`: no credential needed, but a live session stands for its key
+// (one the store cannot check is refused, as in every mode);
 // `keys`: a known API key (the fleet file's, or one made through
 // /api/auth/keys) or a session; `jwt`: a valid JWT with a client role, or a session.
 // Sessions are looked up on the control plane and cached here for at most a second, so
@@ -85,8 +86,10 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
     return p;
   };
   const judge = (req: BrokerRequest, s: Known): void => {
-    // Open: no credential is needed, and one that is not live is no one's (anonymous).
-    if (o.mode === 'open' && s.state !== 'ok') return;
+    // Open: no credential is needed, and one that is not live is no one's (anonymous). One the
+    // store could not check may be live, held to its key's quota and tier: served as anonymous,
+    // it would escape them, so it is refused as in the other modes.
+    if (o.mode === 'open' && (s.state === 'dead' || s.state === 'role')) return;
     if (s.state === 'dead') refuse('session', 'the session is unknown, expired or revoked');
     if (s.state === 'role') refuse('role', ROLE_MESSAGE);
     if (s.state === 'unknowable') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed, or a session this replica has not seen)');
