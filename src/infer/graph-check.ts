@@ -63,6 +63,7 @@ export function graphProblem(manifest: ModelManifest, inputs: readonly GraphValu
   // One row of scores per image: [batch, K], or K spread over fixed dimensions ([batch, K, 1, 1]
   // from a convolutional head, [batch, 1, K]), which the workers split by size alike.
   const rest = os === undefined ? [] : os.length > 1 ? os.slice(1) : os;
+  if (rest.filter((d) => fixed(d) && d !== 1).length > 1) return `output '${output.name}' is [${os!.join(', ')}]: more than one dimension past the batch is above 1 (several heads?); the broker reads one row of scores per image, [batch, K] or K among dimensions of 1`;
   const classes = rest.length > 0 && rest.every(fixed) ? rest.reduce((a, b) => a * b, 1) : os?.[os.length - 1];
   if (fixed(classes) && classes !== labels.length) return `output '${output.name}' is [${os!.join(', ')}]: ${classes} classes per image but the manifest has ${labels.length} labels`;
   return null;
@@ -75,5 +76,8 @@ export function outputProblem(manifest: ModelManifest, dims: readonly number[], 
   // Rows are split by image: the batch must be the first dimension (after any 1s). A classes-first output
   // ([labels, N]) has the right count but would give each image its neighbours' scores.
   if (batch > 1 && dims.find((d) => d !== 1) !== batch) return `output '${manifest.output.name}' came out [${dims.join(', ')}] for ${batch} images; its first dimension must be the batch (one row of ${manifest.labels.length} scores per image)`;
+  // Past the batch, one dimension holds the scores: [N, 2, 5] is two heads, not ten classes.
+  const past = batch > 1 ? dims.slice(dims.indexOf(batch) + 1) : dims;
+  if (past.filter((d) => d !== 1).length > 1) return `output '${manifest.output.name}' came out [${dims.join(', ')}] for ${batch} image(s): more than one dimension past the batch is above 1 (several heads?); the broker reads one row of scores per image`;
   return null;
 }

@@ -49,7 +49,10 @@ t.test('graphProblem names what does not fit', async (t) => {
   t.match(problem({ labels: ['a', 'b'] }), /output 'scores' is \[batch, 5\]: 5 classes per image but the manifest has 2 labels/);
   t.equal(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 5, 1, 1] }]), null, "a convolutional head's [batch, K, 1, 1]");
   t.equal(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 1, 5] }]), null);
-  t.match(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 5, 2, 1] }]), /10 classes per image/);
+  t.match(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 5, 2, 1] }]), /is \[batch, 5, 2, 1\]: more than one dimension past the batch is above 1/);
+  // Two heads of 5 ([batch, 2, 5]) with 10 labels: the count fits, but one softmax over both would be wrong.
+  t.match(problem({ labels: Array.from({ length: 10 }, (_, i) => `c${i}`) }, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 2, 5] }]), /several heads/);
+  t.match(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: ['batch', 10, 1] }]), /10 classes per image but the manifest has 5 labels/);
   t.match(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: [1, 5] }]), /max_batch_size is 8 but output 'scores' is \[1, 5\]: no batch dimension/, "an output with a fixed batch cannot be split by image");
   t.equal(problem({ batching: { max_batch_size: 1 } }, graphIn, [{ name: 'scores', isTensor: true, type: 'float32', shape: [1, 5] }]), null, 'without batching it can');
   t.match(problem({}, graphIn, [{ name: 'scores', isTensor: true, type: 'int64', shape: ['batch', 5] }]), /output 'scores' is int64; the broker reads scores as float32, float64 or float16/);
@@ -62,6 +65,11 @@ t.test('graphProblem names what does not fit', async (t) => {
   t.match(outputProblem(m, [5, 2], 2), /came out \[5, 2\] for 2 images; its first dimension must be the batch/);
   t.equal(outputProblem(m, [5, 1], 1), null, 'one image: one row whatever the layout');
   t.equal(outputProblem(m, [1, 2, 5], 2), null, 'leading 1s before the batch keep the rows in order');
+  // Dims the metadata left symbolic, seen at the warm-up: two heads, whatever the batch.
+  const ten = validateManifest({ ...base, labels: Array.from({ length: 10 }, (_, i) => `c${i}`) }, 'm.json');
+  t.match(outputProblem(ten, [1, 2, 5], 1), /came out \[1, 2, 5\] for 1 image\(s\): more than one dimension past the batch/);
+  t.match(outputProblem(ten, [4, 2, 5], 4), /several heads/);
+  t.equal(outputProblem(ten, [4, 10, 1, 1], 4), null, 'a convolutional head');
 });
 
 t.test('unknownManifestFields: what no block reads, dotted; the fields for humans are known', async (t) => {
