@@ -58,8 +58,9 @@ export async function preprocess(
     // above, and a second pass over the header cost 0.5 ms of a 2.9 ms preprocess of a
     // 256x256 JPEG (docs/benchmarks.md, "Hot path").
     const decode = (failOn: 'error' | 'warning'): Promise<Buffer> => {
-      const p = sharp(bytes, { limitInputPixels: maxPixels, failOn }).resize(width, height, { fit: 'cover' });
-      return (c === 1 ? p.grayscale() : p.removeAlpha().toColourspace('srgb')).raw().toBuffer();
+      // sRGB for a 1-channel model too: sharp's grayscale() weighs linear light (red 127),
+      // not the luma models trained with PIL or OpenCV saw (red 76); see luma601() below.
+      return sharp(bytes, { limitInputPixels: maxPixels, failOn }).resize(width, height, { fit: 'cover' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
     };
     if (format !== 'jpeg') raw = await decode('error');
     else {
@@ -78,9 +79,22 @@ export async function preprocess(
     return { ok: false, code: 'unsupported_image', message: `bytes are not a valid ${format} image`, detail: message };
   }
 
-  // sharp's grayscale() may still hand back 3 channels for some inputs; read what it gave.
-  toTensor(raw, raw.length / plane, manifest, plane, tensor);
+  const got = raw.length / plane;
+  if (c === 1 && got >= 3) toTensor(luma601(raw, got, plane), 1, manifest, plane, tensor);
+  else toTensor(raw, got, manifest, plane, tensor);
   return { ok: true, tensor, dims };
+}
+
+/**
+ * Gray from gamma-encoded RGB (`got` bytes a pixel, alpha ignored) as PIL's convert('L')
+ * computes it, and so torchvision's Grayscale of a PIL image: ITU-R BT.601 luma in 16-bit
+ * fixed point, Convert.c's L24, rounded half up. The weights sum to 65536, so R = G = B = v
+ * stays v. Written over the first `plane` bytes of `raw` (pixel i is read before byte i is
+ * written), so no second buffer.
+ */
+function luma601(raw: Uint8Array, got: number, plane: number): Uint8Array {
+  for (let i = 0, j = 0; i < plane; i++, j += got) raw[i] = (raw[j]! * 19595 + raw[j + 1]! * 38470 + raw[j + 2]! * 7471 + 0x8000) >> 16;
+  return raw.subarray(0, plane);
 }
 
 /**
@@ -102,8 +116,8 @@ export const PNG_PATH_MAX_PIXELS = 256 * 256;
 
 /**
  * A PNG already at the input size, into `tensor` without sharp, when its pixels need no
- * colour conversion: gray (or RGB with R = G = B, which sharp's grayscale() leaves as
- * it is) for a 1-channel model, RGB(A) for a 3-channel one. False: sharp's to do.
+ * colour conversion: gray (or RGB with R = G = B, which luma601() leaves as it is) for
+ * a 1-channel model, RGB(A) for a 3-channel one. False: sharp's to do.
  * See png.ts; test/infer/png.test.ts holds the result to sharp's, bit for bit.
  */
 export function pngTensor(bytes: Uint8Array, manifest: ModelManifest, width: number, height: number, tensor: Float32Array): boolean {

@@ -22,14 +22,17 @@ function manifest(channels: 1 | 3, size: number, layout: 'NCHW' | 'NHWC' = 'NCHW
   } as unknown as ModelManifest;
 }
 
-/** The tensor sharp's pipeline gives (preprocess's sharp branch, verbatim). */
+/**
+ * The tensor sharp's pipeline gives (preprocess's sharp branch): sRGB, and for a gray
+ * model PIL's BT.601 luma of it (test/infer/grayscale.test.ts), written out here.
+ */
 async function viaSharp(bytes: Uint8Array, m: ModelManifest, size: number): Promise<Float32Array> {
-  let p = sharp(bytes, { failOn: 'error' }).resize(size, size, { fit: 'cover' });
-  p = m.input.channels === 1 ? p.grayscale() : p.removeAlpha().toColourspace('srgb');
-  const raw = await p.raw().toBuffer();
+  const raw = await sharp(bytes, { failOn: 'error' }).resize(size, size, { fit: 'cover' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
   const plane = size * size;
+  const got = raw.length / plane;
+  const px = m.input.channels === 1 ? Uint8Array.from({ length: plane }, (_, i) => Math.floor((raw[i * got]! * 19595 + raw[i * got + 1]! * 38470 + raw[i * got + 2]! * 7471 + 32768) / 65536)) : raw;
   const out = new Float32Array(m.input.channels * plane);
-  toTensor(raw, raw.length / plane, m, plane, out);
+  toTensor(px, m.input.channels === 1 ? 1 : got, m, plane, out);
   return out;
 }
 
@@ -82,7 +85,7 @@ t.test('colour types: gray, gray+alpha, RGB, RGBA; NCHW and NHWC', async (t) => 
     const p = sharp(img(channels), { raw: { width: size, height: size, channels } });
     return (channels <= 2 ? p.toColourspace('b-w') : p).png({ adaptiveFiltering: adaptive }).toBuffer();
   };
-  /** RGB(A) whose pixels are gray: sharp's grayscale() keeps them as they are. */
+  /** RGB(A) whose pixels are gray: the luma keeps them as they are. */
   const grayRgb = (channels: 3 | 4) => {
     const px = img(channels);
     for (let i = 0; i < px.length; i += channels) px[i + 1] = px[i + 2] = px[i]!;
@@ -99,7 +102,7 @@ t.test('colour types: gray, gray+alpha, RGB, RGBA; NCHW and NHWC', async (t) => 
   }
   await check(t, await grayRgb(3), manifest(1, size), size, true, 'RGB with R = G = B to a gray model');
   await check(t, await grayRgb(4), manifest(1, size), size, true, 'RGBA with R = G = B to a gray model');
-  // One pixel off gray: sharp's luminance, not the red channel.
+  // One pixel off gray: the luma, not the red channel.
   const almost = await grayRgb(3).then((png) => sharp(png).raw().toBuffer());
   almost[5 * 3 + 1] = (almost[5 * 3 + 1]! + 1) & 0xff;
   await check(t, await sharp(almost, { raw: { width: size, height: size, channels: 3 } }).png().toBuffer(), manifest(1, size), size, false, 'RGB with one pixel not gray');
