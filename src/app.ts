@@ -530,7 +530,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const uws = loadUws();
   if (!uws.underscoreHeaders) logger.warn({ why: uws.note }, "uWS unpatched: a request with '_' in a header name (Codex CLI's session_id) gets no answer (docs/operations.md)");
   logger.info(
-    { port, host: config.host, front_threads: config.frontThreads, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, inference: infer !== undefined, infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads, underscore_headers: uws.underscoreHeaders, ...(infer !== undefined ? pixelConversion(config.inferNative) : {}) },
+    { port, host: config.host, front_threads: config.frontThreads, llm: fleetConfig?.source ?? `ollama discovery at ${config.ollamaUrl}`, inference: infer !== undefined, ...(infer !== undefined ? { models: modelsServed(infer) } : {}), infer_threads: config.inferThreads, intra_op_threads: config.inferIntraOpThreads, underscore_headers: uws.underscoreHeaders, ...(infer !== undefined ? pixelConversion(config.inferNative) : {}) },
     'edge broker listening',
   );
 
@@ -675,6 +675,12 @@ function budgetsOf(config: BrokerConfig): ReadonlyMap<string, Budget> {
     budgetCache.set(config, m);
   }
   return m;
+}
+
+/** The start-up log's word on the model of each arm (whether it fits is said by its own line, after the workers' check). */
+function modelsServed(infer: InferService): Record<'A' | 'B', { model: string; version: string; path: string }> {
+  const arm = (m: { manifest: { name: string; version: string }; path: string }) => ({ model: m.manifest.name, version: m.manifest.version, path: m.path });
+  return { A: arm(infer.models.A), B: arm(infer.models.B) };
 }
 
 /** The start-up log's word on the inference workers' pixel conversion: native/'s addon or JavaScript, and why. */

@@ -206,7 +206,9 @@ export class InferService {
     }
     for (const [arm, p] of Object.entries(problems)) {
       const { manifest, path } = pool.models[arm]!;
-      this.deps.logger.error({ arm, model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `${p.message}: its requests answer 503 model_unavailable`);
+      // A does not serve, so the broker does not start (main.ts); B's requests get the reason.
+      const outcome = arm === 'A' ? 'A serves every request, so the broker cannot start' : 'its requests answer 503 model_unavailable';
+      this.deps.logger.error({ arm, model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `${p.message}; ${outcome}`);
     }
     return problems;
   }

@@ -10,6 +10,7 @@ import { threadId } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { performance } from 'node:perf_hooks';
+import { basename } from 'node:path';
 import type { ModelManifest } from './manifest.ts';
 import { graphProblem, outputProblem } from './graph-check.ts';
 import { preprocess } from './preprocess.ts';
@@ -64,9 +65,18 @@ for (const [key, m] of Object.entries(data.models)) {
     } catch (err) {
       if (attempt < LOAD_TRIES) await new Promise((r) => setTimeout(r, LOAD_RETRY_MS));
       // Else the worker died at start, its replacement too, for ever (the other arm with them).
-      else broken[key] = { message: `model ${m.manifest.name} cannot be loaded by onnxruntime`, detail: (err as Error).message };
+      else broken[key] = { message: `model ${m.manifest.name} cannot be loaded by onnxruntime: ${loadReason((err as Error).message, m.path)}`, detail: (err as Error).message };
     }
   }
+}
+
+/**
+ * The runtime's reason, for /ready and a 503's message as well as the log: its first line, the
+ * model's directory left out (the file's name says which), at most 200 characters.
+ */
+function loadReason(message: string, path: string): string {
+  const line = (message.split('\n')[0] ?? '').split(path).join(basename(path)).trim();
+  return line.length > 200 ? `${line.slice(0, 199)}…` : line || 'no reason given';
 }
 
 function dimsOf(manifest: ModelManifest, batch: number, height: number, width: number): number[] {

@@ -219,10 +219,15 @@ t.test('a file onnxruntime cannot load (cut short) as B: said at start and in /r
   t.match(line?.['err'], /\S/, "and gives the runtime's reason");
   const ready = await fetch(`${tb.url}/ready`);
   t.equal(ready.status, 200, 'A serves: the broker is ready');
-  t.match(await ready.json(), { ready: true, model_problems: { B: /cannot be loaded by onnxruntime/ } });
+  // The runtime's reason is in /ready and the 503 too, with the file's name, not its directory.
+  const problem = ((await ready.json()) as { model_problems: { B: string } }).model_problems.B;
+  t.match(problem, /cannot be loaded by onnxruntime: .*foreign\.onnx/, problem);
+  t.notMatch(problem, dir, 'not the directory');
+  t.match(line?.['msg'], /; its requests answer 503 model_unavailable$/);
   const toB = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=B' });
   t.equal(toB.status, 503);
   t.equal(toB.body.error.code, 'model_unavailable');
+  t.equal(toB.body.error.message, problem, "the 503 gives the runtime's reason");
   t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=A' })).status, 200, 'A answers');
   t.equal(await metricValue(tb.url, 'inference_worker_failures_total'), 0, 'no worker died');
   const meta = await fetch(`${tb.url}/v2/models/foreign-nhwc/versions/0.9.0`);

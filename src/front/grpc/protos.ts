@@ -35,10 +35,12 @@ export const SERVICES = {
 } as const;
 
 /**
- * What reflection serves: the package definition with two things protoc's descriptors have and
+ * What reflection serves: the package definition with what protoc's descriptors have and
  * proto-loader's lack. An `optional` field says so (`proto3_optional`): protobufjs keeps only
- * its synthetic oneof `_<field>`, which tools then show as a real oneof. And the reflection
- * services themselves are listed (`grpcurl list` shows them for a server in Go or Java).
+ * its synthetic oneof `_<field>`, which tools then show as a real oneof. A map field's entry
+ * type is named `<Field>Entry`: protobufjs names it `<Field>`, which Python's descriptor pool
+ * and Go's protodesc reject. And the reflection services themselves are listed (`grpcurl list`
+ * shows them for a server in Go or Java).
  */
 export function reflectedDefinition(defs: protoLoader.PackageDefinition): protoLoader.PackageDefinition {
   const require = createRequire(import.meta.url);
@@ -54,7 +56,7 @@ export function reflectedDefinition(defs: protoLoader.PackageDefinition): protoL
     }
     const bins = (files as Buffer[]).map((b) => {
       let f = fixed.get(b);
-      if (f === undefined) fixed.set(b, (f = withProto3Optional(b)));
+      if (f === undefined) fixed.set(b, (f = withProtocFields(b)));
       return f;
     });
     out[name] = { ...def, fileDescriptorProtos: bins } as protoLoader.PackageDefinition[string];
@@ -64,21 +66,45 @@ export function reflectedDefinition(defs: protoLoader.PackageDefinition): protoL
 
 interface FieldDescriptor {
   name?: string;
+  label?: number;
+  type?: number;
+  typeName?: string;
   oneofIndex?: number;
   proto3Optional?: boolean;
 }
 interface MessageDescriptor {
+  name?: string;
   field?: FieldDescriptor[];
   oneofDecl?: { name?: string }[];
   nestedType?: MessageDescriptor[];
+  options?: { mapEntry?: boolean } | null;
 }
 
-/** A file descriptor whose fields alone in a oneof named `_<field>` are marked proto3_optional, as protoc marks them. */
-function withProto3Optional(bin: Buffer): Buffer {
+/** protoc's name for a map field's entry type: its ToCamelCase, first letter upper, + `Entry` (`my_map` → `MyMapEntry`). */
+function mapEntryName(field: string): string {
+  let out = '';
+  let upper = true;
+  for (const c of field) {
+    if (c === '_') upper = true;
+    else {
+      out += upper ? c.toUpperCase() : c;
+      upper = false;
+    }
+  }
+  return `${out}Entry`;
+}
+
+/**
+ * A file descriptor with its fields as protoc writes them: a field alone in a oneof named
+ * `_<field>` is marked proto3_optional, and a map field's entry type is `<Field>Entry`,
+ * referenced by its full name.
+ */
+function withProtocFields(bin: Buffer): Buffer {
   const FileDescriptorProto = descriptor.FileDescriptorProto;
-  const file = FileDescriptorProto.decode(bin) as unknown as { messageType?: MessageDescriptor[] };
+  const file = FileDescriptorProto.decode(bin) as unknown as { package?: string; messageType?: MessageDescriptor[] };
   let changed = false;
-  const visit = (m: MessageDescriptor): void => {
+  const visit = (m: MessageDescriptor, scope: string): void => {
+    const fullName = `${scope}.${m.name}`;
     const fields = m.field ?? [];
     for (const f of fields) {
       // Decoded messages carry defaults on their prototype: an unset oneofIndex reads 0.
@@ -88,8 +114,17 @@ function withProto3Optional(bin: Buffer): Buffer {
       f.proto3Optional = true;
       changed = true;
     }
-    for (const n of m.nestedType ?? []) visit(n);
+    // protobufjs names the entry after the field (`parameters` → `Parameters`) and refers to it by that relative name.
+    for (const n of m.nestedType ?? []) {
+      if (n.options?.mapEntry !== true) continue;
+      const f = fields.find((x) => x.label === 3 && x.type === 11 && x.typeName === n.name && `${x.name!.charAt(0).toUpperCase()}${x.name!.slice(1)}` === n.name);
+      if (f === undefined) continue;
+      n.name = mapEntryName(f.name!);
+      f.typeName = `${fullName}.${n.name}`;
+      changed = true;
+    }
+    for (const n of m.nestedType ?? []) visit(n, fullName);
   };
-  for (const m of file.messageType ?? []) visit(m);
+  for (const m of file.messageType ?? []) visit(m, file.package ? `.${file.package}` : '');
   return changed ? Buffer.from(FileDescriptorProto.encode(file as never).finish()) : bin;
 }
