@@ -267,7 +267,9 @@ export function loadConfig(env: Env = process.env): Config {
     grpcPort: int(env, 'GRPC_PORT', 50051, 0, 65535),
     grpcTls: grpcCert === '' ? undefined : Object.freeze({ certPath: grpcCert, keyPath: grpcKey }),
     grpcKeepaliveTimeMs: int(env, 'GRPC_KEEPALIVE_TIME_MS', 60_000, 1000, 86_400_000),
-    grpcKeepaliveTimeoutMs: int(env, 'GRPC_KEEPALIVE_TIMEOUT_MS', 20_000, 100, 3_600_000),
+    // At least 5 s: grpc-js's ping to an idle connection can leave a second or two late, and a
+    // shorter timeout then closed every idle client's connection though each acked in time.
+    grpcKeepaliveTimeoutMs: int(env, 'GRPC_KEEPALIVE_TIMEOUT_MS', 20_000, 5000, 3_600_000),
     grpcHandshakeTimeoutMs: int(env, 'GRPC_HANDSHAKE_TIMEOUT_MS', 10_000, 100, 600_000),
     otel: otelConfig(env),
     tracking: trackingConfig(env),
