@@ -69,6 +69,8 @@ interface Plane {
   readonly calls: Map<number, (v: unknown) => void>;
   /** The thread's infer and forward calls in flight: aborted by its call_abort. */
   readonly aborts: Map<number, RequestAbort>;
+  /** Stopped by a start that failed on another thread (retire): its exit is no death. */
+  retired?: boolean;
 }
 
 const ACK_TIMEOUT_MS = 5000;
@@ -108,16 +110,25 @@ export class DataPlanes {
   async start(): Promise<number> {
     for (let tries = 1; ; tries++) {
       this.port = this.deps.config.port === 0 ? await freePort(this.deps.config.host) : this.deps.config.port;
-      try {
-        await this.spawn(0, this.port);
-        break;
-      } catch (err) {
-        if (this.deps.config.port !== 0 || tries >= 5) throw err;
-      }
+      // Every thread at once: each spends most of its start loading its modules, which the
+      // cores can do side by side (one after the other, a start took a thread's time per thread).
+      const started = await Promise.allSettled(this.planes.map((_, i) => this.spawn(i, this.port)));
+      const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed === undefined) break;
+      // One did not listen (a free port taken meanwhile, with PORT=0): those that did stop,
+      // and all start again on another port.
+      await this.retire();
+      if (this.deps.config.port !== 0 || tries >= 5) throw failed.reason;
     }
-    await Promise.all(this.planes.map((_, i) => (i === 0 ? undefined : this.spawn(i, this.port))));
     this.deps.metrics.planeThreads.set(this.count);
     return this.port;
+  }
+
+  /** Stops the threads that listened in a start that failed: not a death (no replacement, no count). */
+  private async retire(): Promise<void> {
+    const up = this.planes.filter((p): p is Plane => p !== undefined);
+    for (const p of up) p.retired = true;
+    await Promise.all(up.map((p) => p.worker.terminate()));
   }
 
   private spawn(index: number, port: number): Promise<number> {
@@ -148,7 +159,7 @@ export class DataPlanes {
         plane.stopped?.(0);
         this.deps.threadExited?.(index);
         if (!listening) return reject(new Error(`data-plane thread ${index} exited with code ${code} before it listened`));
-        if (this.closing) return;
+        if (this.closing || plane.retired === true) return;
         // Its requests are lost with it; the other threads carry on, and a new one takes its place.
         this.deps.metrics.planeRestarts.inc();
         this.deps.metrics.planeThreads.set(this.count);
