@@ -473,6 +473,10 @@ export class LlmProxy {
               // nothing of its health, and counted against its breaker, any client asking for
               // a big reply (a large embeddings batch) would take it from everyone.
               usage.ok = null;
+              // The upstream still read the prompt and generated (what an assembled stream counted):
+              // charged as a cut stream is, not free to repeat.
+              usage.promptTokens = promptEstimate;
+              usage.completionTokens = attempt.assembled?.().tokens ?? 0;
               this.finish(facts, g, dep, 'upstream_error', req.startedAt, false);
               throw e;
             }

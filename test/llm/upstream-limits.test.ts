@@ -60,7 +60,7 @@ writeFileSync(
     },
   }),
 );
-const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), UPSTREAM_MAX_BODY_BYTES: String(MiB), INFER_ENABLED: 'false' });
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), UPSTREAM_MAX_BODY_BYTES: String(MiB), INFER_ENABLED: 'false', BROKER_FF_QUOTA_ENFORCEMENT: 'true' });
 t.teardown(() => tb.close());
 const chat = (model: string) => postJson(`${tb.url}/v1/chat/completions`, { model, messages: [{ role: 'user', content: 'hi' }] });
 
@@ -76,6 +76,12 @@ t.test('a reply past UPSTREAM_MAX_BODY_BYTES: 502 naming the limit', async (t) =
   const state = await (await fetch(`${tb.url}/api/orchestrator/circuit-breakers`, { headers: admin })).json();
   t.notMatch(JSON.stringify(state), /"state":"open"/, 'no breaker opened');
   t.equal((await chat('big')).status, 502, 'still tried, not 503 upstream_unavailable');
+  // Nor free: the prompt the upstream read is charged to the deployment's window, as a cut stream's is.
+  const put = await fetch(`${tb.url}/api/industrial/quota/deployment:big-1`, { method: 'PUT', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ tpm: 1_000_000 }) });
+  t.equal(put.status, 200);
+  t.equal((await chat('big')).status, 502);
+  const quota = await (await fetch(`${tb.url}/api/industrial/quota`, { headers: admin })).json();
+  t.ok(quota.subjects['deployment:big-1'].tpm > 0, `tokens charged: ${JSON.stringify(quota.subjects['deployment:big-1'])}`);
 });
 
 t.test('a huge upstream error body reaches the client cut, not whole', async (t) => {

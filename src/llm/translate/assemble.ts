@@ -47,8 +47,13 @@ const OLLAMA_GENERATE_TEXT = new RegExp(`^\\{"model":"[^"\\\\]*","created_at":"[
 /** An OpenAI event that says more than its text (checked on the fast path's candidates). */
 const OPENAI_MORE = /"usage"\s*:\s*\{|^\s*\{\s*"error"/;
 
+/**
+ * The text of a JSON string literal cut from an event. A slice of 13 characters or more would
+ * be a view of the whole event (V8's sliced strings), keeping it alive as long as the reply:
+ * JSON.parse makes a string of its own.
+ */
 function stringValue(literal: string): string {
-  return literal.includes('\\') ? (JSON.parse(literal) as string) : literal.slice(1, -1);
+  return literal.length > 14 || literal.includes('\\') ? (JSON.parse(literal) as string) : literal.slice(1, -1);
 }
 
 /** Accepts the upstream's stream chunk by chunk; `end()` returns the whole reply's JSON text. */
@@ -69,8 +74,8 @@ export class ReplyAssembler {
   /** The current event's length, charged once if it adds to an array. */
   private eventBytes = 0;
 
-  /** The texts being appended to, with the pieces each took since it was last flattened (append). */
-  private readonly ropes: Array<{ into: Json; key: string; pieces: number }> = [];
+  /** Per object, its texts being appended to, with the pieces each took since it was last copied flat (append). */
+  private readonly ropes = new WeakMap<Json, Map<string, number>>();
 
   /** Events that carried text or a tool call's piece: the completion's tokens when the upstream reports no usage, as the stream chain counts them. */
   private tokenEvents = 0;
@@ -223,12 +228,16 @@ export class ReplyAssembler {
    * each a 32nd longer than the last, add up to about 33 times the text: linear.
    */
   private append(into: Json, key: string, cur: string, piece: string): void {
-    let rope = this.ropes.find((r) => r.into === into && r.key === key);
-    if (rope === undefined) this.ropes.push((rope = { into, key, pieces: 0 }));
-    if (++rope.pieces >= 64 && rope.pieces * 32 > cur.length) {
+    let texts = this.ropes.get(into);
+    if (texts === undefined) this.ropes.set(into, (texts = new Map()));
+    const pieces = (texts.get(key) ?? 0) + 1;
+    if (pieces >= 64 && pieces * 32 > cur.length) {
       into[key] = [cur, piece].join('');
-      rope.pieces = 0;
-    } else into[key] = cur + piece;
+      texts.set(key, 0);
+    } else {
+      into[key] = cur + piece;
+      texts.set(key, pieces);
+    }
   }
 
   private mergeChoice(c: Json): void {
