@@ -45,7 +45,8 @@ export interface ClientAuthOptions {
 const CACHE_MAX = 50_000;
 
 /** A session as a thread last heard of it: live with a client role, live without one, or not live. */
-type SessionState = 'ok' | 'role' | 'dead' | 'unknowable';
+/** `unknowable`: the store could not say (it is away); `failed`: the lookup failed for another reason. */
+type SessionState = 'ok' | 'role' | 'dead' | 'unknowable' | 'failed';
 
 export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) => void | Promise<void>) | undefined {
   const now = o.now ?? Date.now;
@@ -77,8 +78,10 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
           cache.set(id, { ...known, at: now() });
           return known;
         },
-        // The store could not say (it is away, sessions fail closed): not cached, not a dead session.
-        (): Known => ({ state: 'unknowable', caller: undefined }),
+        // The store could not say (it is away, sessions fail closed; the control plane refuses
+        // with 401 store_unavailable, whose code alone crosses threads): not cached, not a dead
+        // session. Any other failure is not cached either.
+        (err: unknown): Known => ({ state: (err as { code?: string } | null)?.code === 'unauthorized' ? 'unknowable' : 'failed', caller: undefined }),
       );
       pending.set(id, p);
       void p.finally(() => pending.delete(id));
@@ -88,11 +91,12 @@ export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) =>
   const judge = (req: BrokerRequest, s: Known): void => {
     // Open: no credential is needed, and one that is not live is no one's (anonymous). One the
     // store could not check may be live, held to its key's quota and tier: served as anonymous,
-    // it would escape them, so it is refused as in the other modes.
-    if (o.mode === 'open' && (s.state === 'dead' || s.state === 'role')) return;
+    // it would escape them, so it is refused as in the other modes. (A lookup that failed for
+    // another reason, an internal error, stays anonymous there.)
+    if (o.mode === 'open' && s.state !== 'ok' && s.state !== 'unknowable') return;
     if (s.state === 'dead') refuse('session', 'the session is unknown, expired or revoked');
     if (s.state === 'role') refuse('role', ROLE_MESSAGE);
-    if (s.state === 'unknowable') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed, or a session this replica has not seen)');
+    if (s.state === 'unknowable' || s.state === 'failed') refuse('store_unavailable', 'sessions cannot be checked while the shared store is unreachable (AUTH_REDIS_FAIL_MODE=closed, or a session this replica has not seen)');
     // Under AUTH_MODE=jwt a key is no client credential: nor is a session made from one (else
     // POST /api/auth/sessions would turn any key back into one). Its admin role still holds there.
     if (o.mode === 'jwt' && s.caller?.keyId !== undefined) refuse('session', 'a session made from an API key is no client credential under AUTH_MODE=jwt: a JWT, or a session made from one, is needed');

@@ -80,7 +80,7 @@ t.test('a reply past UPSTREAM_MAX_BODY_BYTES: 502 naming the limit', async (t) =
   const put = await fetch(`${tb.url}/api/industrial/quota/deployment:big-1`, { method: 'PUT', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ tpm: 1_000_000 }) });
   t.equal(put.status, 200);
   t.equal((await chat('big')).status, 502);
-  const quota = await (await fetch(`${tb.url}/api/industrial/quota`, { headers: admin })).json();
+  const quota = (await (await fetch(`${tb.url}/api/industrial/quota`, { headers: admin })).json()) as { subjects: Record<string, { tpm: number }> };
   t.ok(quota.subjects['deployment:big-1'].tpm > 0, `tokens charged: ${JSON.stringify(quota.subjects['deployment:big-1'])}`);
 });
 
