@@ -182,7 +182,7 @@ export class InferService {
    * in every request's 500.
    */
   /** The pool's model problems, logged as live ones, or (`candidate`) as a promote's, which never served. */
-  private async check(pool: InferPool, candidate = false): Promise<ModelProblems> {
+  private async check(pool: InferPool, use: 'start' | 'promote' | 'rollback' = 'start'): Promise<ModelProblems> {
     await pool.waitReady();
     let problems: ModelProblems | undefined;
     // A worker lost while answering (it is replaced): ask again, a few times.
@@ -196,7 +196,7 @@ export class InferService {
     }
     await this.unbatchBroken(pool, problems);
     // A promote's pool holds B's model as both arms: one problem, said once, about the promote.
-    if (candidate) {
+    if (use === 'promote') {
       const p = problems['A'];
       if (p !== undefined) {
         const { manifest, path } = pool.models['A']!;
@@ -206,8 +206,8 @@ export class InferService {
     }
     for (const [arm, p] of Object.entries(problems)) {
       const { manifest, path } = pool.models[arm]!;
-      // A does not serve, so the broker does not start (main.ts); B's requests get the reason.
-      const outcome = arm === 'A' ? 'A serves every request, so the broker cannot start' : 'its requests answer 503 model_unavailable';
+      // An A that does not run: the broker does not start (main.ts), or the rollback is refused (swap).
+      const outcome = arm !== 'A' ? 'its requests answer 503 model_unavailable' : use === 'start' ? 'A serves every request, so the broker cannot start' : 'rollback refused, the models serving keep serving';
       this.deps.logger.error({ arm, model: manifest.name, version: manifest.version, path, ...(p.detail !== undefined ? { err: p.detail } : {}) }, `${p.message}; ${outcome}`);
     }
     return problems;
@@ -477,7 +477,7 @@ export class InferService {
     const next = this.newPool(models);
     let problems: ModelProblems;
     try {
-      problems = await this.check(next, candidate);
+      problems = await this.check(next, candidate ? 'promote' : 'rollback');
       // The model about to serve A's traffic must run.
       const p = problems['A'];
       if (p !== undefined) throw new BrokerError('model_unavailable', candidate ? `B cannot be promoted: ${p.message}` : `the model to roll back to cannot run: ${p.message}`);

@@ -79,6 +79,8 @@ export class DataPlanes {
   private readonly planes: (Plane | undefined)[];
   private port = 0;
   private closing = false;
+  /** start() is spawning every thread: a death then is the start's failure, not a thread to replace. */
+  private starting = false;
   private nextCall = 1;
 
   constructor(private readonly deps: PlanesDeps) {
@@ -112,13 +114,16 @@ export class DataPlanes {
       this.port = this.deps.config.port === 0 ? await freePort(this.deps.config.host) : this.deps.config.port;
       // Every thread at once: each spends most of its start loading its modules, which the
       // cores can do side by side (one after the other, a start took a thread's time per thread).
+      this.starting = true;
       const started = await Promise.allSettled(this.planes.map((_, i) => this.spawn(i, this.port)));
+      this.starting = false;
       const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed === undefined) break;
+      // A thread that listened and then died while the others started counts as a failed start.
+      if (failed === undefined && this.planes.every((p) => p !== undefined)) break;
       // One did not listen (a free port taken meanwhile, with PORT=0): those that did stop,
       // and all start again on another port.
       await this.retire();
-      if (this.deps.config.port !== 0 || tries >= 5) throw failed.reason;
+      if (this.deps.config.port !== 0 || tries >= 5) throw failed?.reason ?? new Error('a data-plane thread died while the others started');
     }
     this.deps.metrics.planeThreads.set(this.count);
     return this.port;
@@ -157,9 +162,11 @@ export class DataPlanes {
         for (const cb of plane.onAck) cb();
         for (const cb of plane.calls.values()) cb(undefined);
         plane.stopped?.(0);
-        this.deps.threadExited?.(index);
+        // Not when a newer thread already holds the index (its row and slots are its own).
+        if (this.planes[index] === undefined) this.deps.threadExited?.(index);
         if (!listening) return reject(new Error(`data-plane thread ${index} exited with code ${code} before it listened`));
-        if (this.closing || plane.retired === true) return;
+        // In a start, a death fails the start (start() retires the rest), rather than racing it with a replacement.
+        if (this.closing || this.starting || plane.retired === true) return;
         // Its requests are lost with it; the other threads carry on, and a new one takes its place.
         this.deps.metrics.planeRestarts.inc();
         this.deps.metrics.planeThreads.set(this.count);
