@@ -8,7 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
-import { preprocess, toTensorJs, type Preprocessed } from '../../src/infer/preprocess.ts';
+import { luma601, preprocess, toTensorJs, type Preprocessed } from '../../src/infer/preprocess.ts';
 import { topK } from '../../src/infer/postprocess.ts';
 import type { BaselineWorkerData, BaselineMessage, BaselineCommand } from './baseline.ts';
 
@@ -24,12 +24,12 @@ async function plainSharp(bytes: Uint8Array): Promise<Preprocessed> {
   const { input } = manifest;
   const height = input.height ?? input.defaultSize;
   const width = input.width ?? input.defaultSize;
-  let p = sharp(bytes, { limitInputPixels: data.maxPixels, failOn: 'error' }).resize(width, height, { fit: 'cover' });
-  p = input.channels === 1 ? p.grayscale() : p.removeAlpha().toColourspace('srgb');
-  const raw = await p.raw().toBuffer();
+  // The broker's colour step: sRGB, then BT.601 luma for a 1-channel model (preprocess.ts).
+  const raw = await sharp(bytes, { limitInputPixels: data.maxPixels, failOn: 'error' }).resize(width, height, { fit: 'cover' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
   const plane = width * height;
   const tensor = new Float32Array(input.channels * plane);
-  toTensorJs(raw, raw.length / plane, manifest, plane, tensor);
+  if (input.channels === 1) toTensorJs(luma601(raw, raw.length / plane, plane), 1, manifest, plane, tensor);
+  else toTensorJs(raw, raw.length / plane, manifest, plane, tensor);
   return { ok: true, tensor, dims: input.layout === 'NCHW' ? [1, input.channels, height, width] : [1, height, width, input.channels] };
 }
 const decode = data.decoder === 'sharp' ? plainSharp : (b: Uint8Array) => preprocess(b, manifest, undefined, data.maxPixels);

@@ -9,7 +9,7 @@ import sharp from 'sharp';
 import * as ort from 'onnxruntime-node';
 import { performance } from 'node:perf_hooks';
 import type { LoadedModel } from '../../src/infer/manifest.ts';
-import { preprocess, toTensorJs, toTensor } from '../../src/infer/preprocess.ts';
+import { luma601, preprocess, toTensorJs, toTensor } from '../../src/infer/preprocess.ts';
 import { conversionAddon } from '../../src/infer/native.ts';
 import { topK } from '../../src/infer/postprocess.ts';
 
@@ -63,17 +63,18 @@ export async function measureStages(model: LoadedModel, image: Buffer, maxPixels
   sharp.concurrency(1);
   sharp.cache(false);
 
-  const sharpOnly = () => {
-    let p = sharp(image, { limitInputPixels: maxPixels, failOn: 'error' }).resize(w, h, { fit: 'cover' });
-    p = c === 1 ? p.grayscale() : p.removeAlpha().toColourspace('srgb');
-    return p.raw().toBuffer();
-  };
+  // preprocess()'s sharp call: sRGB whatever the model's channels (a 1-channel model's luma is the conversion's).
+  const sharpOnly = () => sharp(image, { limitInputPixels: maxPixels, failOn: 'error' }).resize(w, h, { fit: 'cover' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
   const raw = await sharpOnly();
   const sharpMs = await perCall(sharpOnly, minMs);
   const out = new Float32Array(per);
-  // The conversion of preprocess(), on the raw pixels it gets from sharp.
-  const convertMs = await perCall(() => toTensorJs(raw, raw.length / (w * h), manifest, w * h, out), minMs);
-  const nativeMs = conversionAddon() === undefined ? null : await perCall(() => toTensor(raw, raw.length / (w * h), manifest, w * h, out), minMs);
+  // The conversion of preprocess(), on the raw pixels it gets from sharp (BT.601 luma first for
+  // a 1-channel model, on a copy: luma601 writes over its input).
+  const got = raw.length / (w * h);
+  const scratch = Buffer.alloc(raw.length);
+  const pixels = (): Uint8Array => (c === 1 ? luma601((raw.copy(scratch), scratch), got, w * h) : raw);
+  const convertMs = await perCall(() => toTensorJs(pixels(), c === 1 ? 1 : got, manifest, w * h, out), minMs);
+  const nativeMs = conversionAddon() === undefined ? null : await perCall(() => toTensor(pixels(), c === 1 ? 1 : got, manifest, w * h, out), minMs);
   const preMs = await perCall(() => preprocess(image, manifest, undefined, maxPixels), minMs);
 
   const session = await ort.InferenceSession.create(model.path, { intraOpNumThreads: 1, interOpNumThreads: 1, executionMode: 'sequential', graphOptimizationLevel: 'all' });

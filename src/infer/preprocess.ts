@@ -92,7 +92,7 @@ export async function preprocess(
  * stays v. Written over the first `plane` bytes of `raw` (pixel i is read before byte i is
  * written), so no second buffer.
  */
-function luma601(raw: Uint8Array, got: number, plane: number): Uint8Array {
+export function luma601(raw: Uint8Array, got: number, plane: number): Uint8Array {
   for (let i = 0, j = 0; i < plane; i++, j += got) raw[i] = (raw[j]! * 19595 + raw[j + 1]! * 38470 + raw[j + 2]! * 7471 + 0x8000) >> 16;
   return raw.subarray(0, plane);
 }
