@@ -14,6 +14,33 @@ writeFileSync(fleet, JSON.stringify({ modelGroups: { g: { deployments: [{ id: 'g
 const tb = await startTestBroker({ MAX_BODY_BYTES: '4096', RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '5', BROKER_CONFIG: fleet });
 t.teardown(() => tb.close());
 
+// Two subtests wait out uWS's idle timeout (10 s, on a 4 s tick): 'a body that stops arriving'
+// and 'a body that trickles slower than uWS takes'. Their connections are opened here, before
+// the first subtest, so that these waits run alongside the other subtests instead of one after
+// the other at the end; each subtest awaits its connection's close, then looks its log line up.
+// (They take two tokens of the address's rate-limit bucket, at the start, when it is full.)
+
+/** The body that stops arriving. */
+const stopped = new Promise<void>((resolve) => {
+  const s = connect(tb.broker.port, '127.0.0.1', () => s.write('POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"image_b64":'));
+  s.on('close', () => resolve());
+  s.on('error', () => resolve());
+  s.resume();
+});
+
+/** The trickled body. */
+const trickled = new Promise<void>((resolve) => {
+  let every: NodeJS.Timeout | undefined;
+  const s = connect(tb.broker.port, '127.0.0.1', () => {
+    s.write('POST /v1/infer HTTP/1.1\r\nHost: x\r\nx-request-id: trickle\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{"image_b64":"');
+    every = setInterval(() => s.write('A'.repeat(100)), 500);
+  });
+  const end = (): void => (clearInterval(every), resolve());
+  s.on('close', end);
+  s.on('error', end);
+  s.resume();
+});
+
 t.test("admin credentials with the scheme in lower case: 'bearer' is 'Bearer'", async (t) => {
   const res = await fetch(`${tb.url}/admin/config`, { headers: { authorization: admin.authorization.replace('Bearer', 'bearer') } });
   t.equal(res.status, 200);
@@ -184,7 +211,9 @@ t.test("/metrics passes promtool's lint, as an operator's CI checks it", async (
 });
 
 t.test('admin refused when ADMIN_TOKEN is not set, with a start-up warning', async (t) => {
-  const nb = await startTestBroker({ ADMIN_TOKEN: '' });
+  // Admin routes are the control plane's (data-plane threads forward them there whole), and
+  // no image is sent: no data-plane thread, one inference thread.
+  const nb = await startTestBroker({ ADMIN_TOKEN: '', FRONT_THREADS: '0', INFER_THREADS: '1' });
   t.teardown(() => nb.close());
   const res = await fetch(`${nb.url}/admin/config`, { headers: admin });
   t.equal(res.status, 403);
@@ -327,31 +356,17 @@ t.test('a credential header twice is refused, whichever comes first: a proxy in 
 });
 
 t.test('a body that stops arriving ends as 408 in the log and metrics, not 499', async (t) => {
-  const port = Number(new URL(tb.url).port);
-  await new Promise<void>((resolve) => {
-    const s = connect(port, '127.0.0.1', () => s.write('POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"image_b64":'));
-    s.on('close', () => resolve());
-    s.on('error', () => resolve());
-    s.resume();
-  });
-  const line = await logLine(tb, (l) => l.msg === 'request' && l.status === 408, 3000);
+  // Its connection was opened at the top of the file (see `stopped`).
+  await stopped;
+  // Not the trickled request's line (408 too, its connection opened alongside).
+  const line = await logLine(tb, (l) => l.msg === 'request' && l.status === 408 && l.trace_id !== 'trickle', 3000);
   t.ok(line, 'logged as 408');
   t.equal(line?.error, 'request_timeout');
 });
 
 t.test('a body that trickles slower than uWS takes (16 KB/s) is cut while still arriving: 408 request_timeout', async (t) => {
-  const port = Number(new URL(tb.url).port);
-  await new Promise<void>((resolve) => {
-    let every: NodeJS.Timeout | undefined;
-    const s = connect(port, '127.0.0.1', () => {
-      s.write('POST /v1/infer HTTP/1.1\r\nHost: x\r\nx-request-id: trickle\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{"image_b64":"');
-      every = setInterval(() => s.write('A'.repeat(100)), 500);
-    });
-    const end = (): void => (clearInterval(every), resolve());
-    s.on('close', end);
-    s.on('error', end);
-    s.resume();
-  });
+  // Its connection was opened at the top of the file (see `trickled`).
+  await trickled;
   const line = await logLine(tb, (l) => l.msg === 'request' && l.trace_id === 'trickle', 3000);
   t.match(line, { status: 408, error: 'request_timeout' });
 });
@@ -413,7 +428,8 @@ t.test("a large refused chunked upload: Node's fetch reads the 413, not EPIPE", 
 
 for (const threads of ['0', '2']) {
   t.test(`FRONT_THREADS=${threads}: a Content-Length over the limit with a credential still being checked gets its 413; the refused credential ends nothing`, async (t) => {
-    const nb = await startTestBroker({ FRONT_THREADS: threads, MAX_BODY_BYTES: '4096', AUTH_MODE: 'keys', BROKER_CONFIG: fleet });
+    // No image is sent: one inference thread (the data-plane threads are the point here).
+    const nb = await startTestBroker({ FRONT_THREADS: threads, INFER_THREADS: '1', MAX_BODY_BYTES: '4096', AUTH_MODE: 'keys', BROKER_CONFIG: fleet });
     t.teardown(() => nb.close());
     const port = Number(new URL(nb.url).port);
     // A session id not yet known (looked up asynchronously), and an admin route (checked asynchronously) with none.

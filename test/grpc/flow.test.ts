@@ -4,9 +4,9 @@
 import t from 'tap';
 import { status as Status, type ClientReadableStream } from '@grpc/grpc-js';
 import { startMock } from '../helpers/fleet.ts';
-import { metricValue } from '../helpers/broker.ts';
-import { clients, readAll, serverStream, startGrpcFleetBroker, statusDetailsOf, textOf } from '../helpers/grpc.ts';
-import { mockText } from '../../src/mock-upstream/server.ts';
+import { metricValue, type TestBroker } from '../helpers/broker.ts';
+import { clients, readAll, serverStream, startGrpcFleetBroker, statusDetailsOf, textOf, type Clients } from '../helpers/grpc.ts';
+import { mockText, type MockUpstream } from '../../src/mock-upstream/server.ts';
 
 const hello = { model: 'g', messages: [{ role: 'user', content: 'hello' }] };
 
@@ -19,8 +19,8 @@ async function until(what: string, check: () => Promise<boolean> | boolean, ms =
 }
 
 /** Starts a Chat and resolves once its first message arrived (it holds its capacity slot then). */
-function holding(c: any): Promise<ClientReadableStream<any>> {
-  const call = c.chat.Chat(hello) as ClientReadableStream<any>;
+function holding(c: any, request: unknown = hello): Promise<ClientReadableStream<any>> {
+  const call = c.chat.Chat(request) as ClientReadableStream<any>;
   call.on('error', () => undefined);
   return new Promise((resolve) => call.once('data', () => resolve(call)));
 }
@@ -40,9 +40,13 @@ t.test('capacity: a full queue answers RESOURCE_EXHAUSTED with RetryInfo; a dead
   t.equal(third.status.code, Status.RESOURCE_EXHAUSTED, 'queue full: RESOURCE_EXHAUSTED');
   t.equal(third.status.metadata.get('x-broker-error-code')[0], 'capacity_exhausted');
   t.ok((statusDetailsOf(third.status.metadata)?.retryDelayS ?? 0) > 0, 'with RetryInfo');
+  // The queued request starts upstream once the slot is free: full speed for it (1000 tokens at
+  // 50/s would take 20 s to read), then slow again so that the next holder holds its slot.
+  m.setKnobs({ tps: 0 });
   first.cancel();
   const second = await waiting;
   t.equal(second.status.code, Status.OK, 'the queued request ran once the slot was free');
+  m.setKnobs({ tps: 50 });
 
   // A deadline that expires while queued.
   const holder = await holding(c);
@@ -73,13 +77,41 @@ t.test('queue_timeout (the scheduler maxWaitMs) is DEADLINE_EXCEEDED from the er
   holder.cancel();
 });
 
-t.test('cancel propagation: the mock sees the upstream request closed', async (t) => {
-  for (const provider of ['openai', 'ollama']) {
-    const m = await startMock(t, { tokens: 10_000, tps: 100 });
-    const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: `c-${provider}`, provider, url: m.url, model: 'mock-model' }] } } });
+// The three subtests below (cancel, deadline, slow reader) share one broker, started once with
+// the first of them (no scheduler settings, no capacity limits: nothing one leaves behind
+// reaches another). Each case has a model group of its own with a mock of its own, the one
+// deployment they had each on a broker of their own, so each mock's counts are its case's alone.
+interface Shared {
+  readonly tb: TestBroker;
+  readonly c: Clients;
+  /** Each case's mock, by the name of its model group. */
+  readonly mocks: Record<string, MockUpstream>;
+}
+let shared: Promise<Shared> | undefined;
+function sharedBroker(): Promise<Shared> {
+  shared ??= (async () => {
+    const cases = [
+      { group: 'cancel-openai', id: 'c-openai', provider: 'openai', mock: { tokens: 10_000, tps: 100 } },
+      { group: 'cancel-ollama', id: 'c-ollama', provider: 'ollama', mock: { tokens: 10_000, tps: 100 } },
+      { group: 'deadline', id: 'd-1', provider: 'openai', mock: { tokens: 10_000, tps: 100 } },
+      { group: 'slow', id: 's-1', provider: 'openai', mock: { tokens: 200_000 } },
+    ];
+    const mocks: Record<string, MockUpstream> = {};
+    for (const k of cases) mocks[k.group] = await startMock(t, k.mock);
+    const modelGroups = Object.fromEntries(cases.map((k) => [k.group, { deployments: [{ id: k.id, provider: k.provider, url: mocks[k.group]!.url, model: 'mock-model' }] }]));
+    const tb = await startGrpcFleetBroker(t, { modelGroups });
     const c = clients(tb.broker.grpcPort);
     t.teardown(() => c.close());
-    const call = await holding(c);
+    return { tb, c, mocks };
+  })();
+  return shared;
+}
+
+t.test('cancel propagation: the mock sees the upstream request closed', async (t) => {
+  const { c, mocks } = await sharedBroker();
+  for (const provider of ['openai', 'ollama']) {
+    const m = mocks[`cancel-${provider}`]!;
+    const call = await holding(c, { ...hello, model: `cancel-${provider}` });
     t.equal(m.stats.open, 1, `${provider}: the upstream request is open`);
     call.cancel();
     await m.idle();
@@ -89,11 +121,9 @@ t.test('cancel propagation: the mock sees the upstream request closed', async (t
 });
 
 t.test("a client's deadline bounds the upstream request too", async (t) => {
-  const m = await startMock(t, { tokens: 10_000, tps: 100 });
-  const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'd-1', provider: 'openai', url: m.url, model: 'mock-model' }] } } });
-  const c = clients(tb.broker.grpcPort);
-  t.teardown(() => c.close());
-  const r = await serverStream(c.chat, 'Chat', hello, undefined, { deadline: Date.now() + 500 });
+  const { c, mocks } = await sharedBroker();
+  const m = mocks['deadline']!;
+  const r = await serverStream(c.chat, 'Chat', { ...hello, model: 'deadline' }, undefined, { deadline: Date.now() + 500 });
   t.equal(r.status.code, Status.DEADLINE_EXCEEDED);
   t.ok(r.messages.length > 0, 'tokens arrived before the deadline');
   await m.idle();
@@ -102,11 +132,9 @@ t.test("a client's deadline bounds the upstream request too", async (t) => {
 
 t.test('a slow reader pauses the upstream read, then gets everything', async (t) => {
   const tokens = 200_000;
-  const m = await startMock(t, { tokens });
-  const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 's-1', provider: 'openai', url: m.url, model: 'mock-model' }] } } });
-  const c = clients(tb.broker.grpcPort);
-  t.teardown(() => c.close());
-  const call = c.chat.Chat(hello) as ClientReadableStream<any>;
+  const { c, mocks } = await sharedBroker();
+  const m = mocks['slow']!;
+  const call = c.chat.Chat({ ...hello, model: 'slow' }) as ClientReadableStream<any>;
   const first: any[] = [];
   await new Promise<void>((resolve) =>
     call.once('data', (msg) => {

@@ -80,12 +80,18 @@ t.test('RESOURCE_EXHAUSTED with RetryInfo: per-client rate limit', async (t) => 
 });
 
 t.test('an upstream failure after tokens ends the stream UNAVAILABLE after those tokens, never OK', async (t) => {
-  for (const provider of ['openai', 'ollama']) {
+  // One broker for both providers: a model group of each, with its own mock and deployment.
+  const providers = ['openai', 'ollama'];
+  const modelGroups: Record<string, unknown> = {};
+  for (const provider of providers) {
     const m = await startMock(t, { tokens: 20, fail: 'reset', failAfter: 3 });
-    const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: `cut-${provider}`, provider, url: m.url, model: 'mock-model' }] } } });
-    const c = clients(tb.broker.grpcPort);
-    t.teardown(() => c.close());
-    const r = await serverStream(c.chat, 'Chat', hello('g'));
+    modelGroups[`g-${provider}`] = { deployments: [{ id: `cut-${provider}`, provider, url: m.url, model: 'mock-model' }] };
+  }
+  const tb = await startGrpcFleetBroker(t, { modelGroups });
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  for (const provider of providers) {
+    const r = await serverStream(c.chat, 'Chat', hello(`g-${provider}`));
     t.equal(r.status.code, Status.UNAVAILABLE, `${provider}: UNAVAILABLE`);
     t.equal(textOf(r.messages), mockText(3), `${provider}: the tokens sent before the cut arrived`);
     t.notOk(r.messages.some((x) => x.event === 'final'), `${provider}: no final message`);
@@ -94,7 +100,11 @@ t.test('an upstream failure after tokens ends the stream UNAVAILABLE after those
 });
 
 t.test('calls that grpc-js ends itself (a request that fails to decode, a message over MAX_BODY_BYTES) are counted by their code, not as Canceled', async (t) => {
-  const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: 'http://127.0.0.1:9', model: 'm' }] } } }, { MAX_BODY_BYTES: '2000' });
+  const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: 'http://127.0.0.1:9', model: 'm' }] } } }, {
+    MAX_BODY_BYTES: '2000',
+    // grpc-js ends these calls before the broker's handlers (and the data-plane threads) see them.
+    FRONT_THREADS: '0',
+  });
   const raw = new grpc.Client(`127.0.0.1:${tb.broker.grpcPort}`, grpc.credentials.createInsecure());
   t.teardown(() => raw.close());
   const send = (body: Buffer) =>

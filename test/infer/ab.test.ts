@@ -223,7 +223,8 @@ t.test('shadow agreement is by label: a B whose classes are numbered otherwise a
   // The same graph twice; B's labels moved one place (class i is called labels[i+1]): every top
   // index is the same, no top label is.
   const rotated = [...FOREIGN.labels.slice(1), FOREIGN.labels[0]];
-  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel(), MODEL_VB_PATH: writeForeignModel({ manifest: { labels: rotated, version: '0.2.0' } }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'true' });
+  // Shadow runs are the control plane's, and six images need no second inference thread.
+  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel(), MODEL_VB_PATH: writeForeignModel({ manifest: { labels: rotated, version: '0.2.0' } }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'true', FRONT_THREADS: '0', INFER_THREADS: '1' });
   t.teardown(() => tb.close());
   for (let i = 0; i < 6; i++) t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) })).status, 200);
   let compared = 0;
@@ -237,7 +238,8 @@ t.test('shadow agreement is by label: a B whose classes are numbered otherwise a
 
 t.test("shadow on, and a v2 tensor made for A's input, which B does not take: counted as skipped, not lost from the count", async (t) => {
   const { writeForeignModel } = await import('./foreign-model.ts');
-  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel(), AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'true' });
+  // Shadow runs are the control plane's, and one request needs no second inference thread.
+  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel(), AB_WEIGHT_A: '1', AB_WEIGHT_B: '0', SHADOW_ENABLED: 'true', FRONT_THREADS: '0', INFER_THREADS: '1' });
   t.teardown(() => tb.close());
   const { A } = tb.broker.infer!.models;
   const before = await metricValue(tb.url, 'inference_shadow_requests_total', { outcome: 'skipped' });
