@@ -19,6 +19,11 @@ function fakeService() {
   const service = {
     ready: true,
     models: { A, B },
+    modelProblems: {} as Record<string, string>,
+    // The real one also asks the split for a share (ab.test.ts); here an arm takes traffic unless refused.
+    takesTraffic(this: { modelProblems: Record<string, string> }, arm: 'A' | 'B'): boolean {
+      return this.modelProblems[arm] === undefined;
+    },
     choose(_cookie: string | undefined, named?: 'A' | 'B'): ArmChoice {
       const arm = named ?? 'A';
       return { arm, reason: named ? 'version' : 'weighted', pool: undefined as never, model: arm === 'A' ? A : B };
