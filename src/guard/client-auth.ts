@@ -44,8 +44,10 @@ export interface ClientAuthOptions {
 
 const CACHE_MAX = 50_000;
 
-/** A session as a thread last heard of it: live with a client role, live without one, or not live. */
-/** `unknowable`: the store could not say (it is away); `failed`: the lookup failed for another reason. */
+/**
+ * A session as a thread last heard of it: live with a client role, live without one, not live;
+ * `unknowable`: the store could not say (it is away); `failed`: the lookup failed otherwise.
+ */
 type SessionState = 'ok' | 'role' | 'dead' | 'unknowable' | 'failed';
 
 export function createClientAuth(o: ClientAuthOptions): ((req: BrokerRequest) => void | Promise<void>) | undefined {

@@ -178,10 +178,9 @@ export class InferService {
 
   /**
    * Waits for the pool, then asks a worker which models could not run (graph-check.ts)
-   * and logs each: a manifest that does not fit its graph is said once, at start, not
-   * in every request's 500.
+   * and logs each, as what `use` makes of it (a start's, a promote's, which never served, or
+   * a rollback's): a manifest that does not fit its graph is said once, not in every request's 500.
    */
-  /** The pool's model problems, logged as live ones, or (`candidate`) as a promote's, which never served. */
   private async check(pool: InferPool, use: 'start' | 'promote' | 'rollback' = 'start'): Promise<ModelProblems> {
     await pool.waitReady();
     let problems: ModelProblems | undefined;
@@ -527,8 +526,7 @@ function fitsSize(imgSize: number | undefined, model: Pick<LoadedModel, 'manifes
   }
 }
 
-/** A's top-1 class: its first prediction, or the largest of its raw scores (v2 asks for no predictions). */
-/** The label of a run's top class: from its predictions, else its scores with the model's labels. */
+/** The label of a run's top class: its first prediction's, or its largest raw score's (v2 asks for no predictions). */
 function topLabel(r: RunResult, labels: readonly string[]): string | undefined {
   if (r.predictions[0] !== undefined) return r.predictions[0].label;
   if (r.scores === undefined || r.scores.length === 0) return undefined;
