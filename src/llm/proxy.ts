@@ -468,7 +468,7 @@ export class LlmProxy {
               this.finish(facts, g, dep, 'upstream_error', req.startedAt, false);
               throw this.stopped;
             }
-            if (e.message.includes('UPSTREAM_MAX_BODY_BYTES')) {
+            if (e.details?.['reason'] === 'too_large') {
               // A server that answers is not failing: a reply too large for this broker says
               // nothing of its health, and counted against its breaker, any client asking for
               // a big reply (a large embeddings batch) would take it from everyone.

@@ -4,21 +4,11 @@ import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import descriptor from 'protobufjs/ext/descriptor/index.js';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
 import { startMock } from '../helpers/fleet.ts';
-import { clients, readAll, serverStream, startGrpcFleetBroker, textOf, unary } from '../helpers/grpc.ts';
+import { clients, descriptorSet, readAll, reflectionClient, serverStream, startGrpcFleetBroker, textOf, unary } from '../helpers/grpc.ts';
 import { mockText } from '../../src/mock-upstream/server.ts';
 
 const hello = (model: string) => ({ model, messages: [{ role: 'user', content: 'hello' }] });
-
-/** A reflection client (v1 or v1alpha) from @grpc/reflection's own .proto. */
-function reflectionClient(port: number, version: 'v1' | 'v1alpha'): any {
-  const root = join(dirname(createRequire(import.meta.url).resolve('@grpc/reflection')), '..', 'proto');
-  const def = protoLoader.loadSync(`grpc/reflection/${version}/reflection.proto`, { keepCase: true, includeDirs: [root], oneofs: true, defaults: true });
-  const pkg = grpc.loadPackageDefinition(def) as any;
-  return new pkg.grpc.reflection[version].ServerReflection(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-}
 
 function reflect(client: any, request: unknown): Promise<any> {
   return new Promise((resolve, reject) => {
@@ -30,22 +20,6 @@ function reflect(client: any, request: unknown): Promise<any> {
     call.on('error', reject);
     call.write(request);
   });
-}
-
-/** FileDescriptorProto bytes → a FileDescriptorSet (field 1, repeated). */
-function descriptorSet(files: Buffer[]): Buffer {
-  const parts: Buffer[] = [];
-  for (const f of files) {
-    const len: number[] = [];
-    let n = f.length;
-    while (n >= 0x80) {
-      len.push((n & 0x7f) | 0x80);
-      n >>>= 7;
-    }
-    len.push(n);
-    parts.push(Buffer.from([0x0a, ...len]), f);
-  }
-  return Buffer.concat(parts);
 }
 
 t.test('reflection lists the services (v1 and v1alpha); a client built only from reflection calls Chat', async (t) => {

@@ -2,14 +2,10 @@
 // named as protoc names them (`<Field>Entry`), checked here and by Python's protobuf
 // DescriptorPool, which is what a grpcio client builds from reflection.
 import t from 'tap';
-import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import descriptor from 'protobufjs/ext/descriptor/index.js';
 import { spawnSync } from 'node:child_process';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
 import { startMock } from '../helpers/fleet.ts';
-import { startGrpcFleetBroker } from '../helpers/grpc.ts';
+import { descriptorSet, reflectionClient, startGrpcFleetBroker } from '../helpers/grpc.ts';
 
 const PYTHON = '/usr/bin/python3';
 
@@ -33,13 +29,6 @@ function pythonProtobuf(): string | undefined {
   return r.status === 0 ? undefined : `${PYTHON} cannot import google.protobuf: ${r.stderr.trim().split('\n').at(-1)}`;
 }
 
-function reflectionClient(port: number): any {
-  const root = join(dirname(createRequire(import.meta.url).resolve('@grpc/reflection')), '..', 'proto');
-  const def = protoLoader.loadSync('grpc/reflection/v1/reflection.proto', { keepCase: true, includeDirs: [root], oneofs: true, defaults: true });
-  const pkg = grpc.loadPackageDefinition(def) as any;
-  return new pkg.grpc.reflection.v1.ServerReflection(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-}
-
 /** The FileDescriptorProtos reflection gives for a symbol: its file and what that file depends on. */
 function fileContainingSymbol(client: any, symbol: string): Promise<Buffer[]> {
   return new Promise((resolve, reject) => {
@@ -54,28 +43,21 @@ function fileContainingSymbol(client: any, symbol: string): Promise<Buffer[]> {
   });
 }
 
-/** The files, each after those it imports, as a FileDescriptorSet (field 1, repeated) of the bytes as served. */
+/** The files, each after those it imports, as a FileDescriptorSet of the bytes as served. */
 function orderedSet(bins: Buffer[]): Buffer {
   const byName = new Map(bins.map((b) => [(descriptor.FileDescriptorProto.decode(b) as any).name as string, b]));
   const done = new Set<string>();
-  const parts: Buffer[] = [];
+  const ordered: Buffer[] = [];
   const add = (name: string): void => {
     if (done.has(name)) return;
     done.add(name);
     const b = byName.get(name);
     if (b === undefined) return; // not served: the pool will say so
     for (const d of (descriptor.FileDescriptorProto.decode(b) as any).dependency ?? []) add(d);
-    const len: number[] = [];
-    let n = b.length;
-    while (n >= 0x80) {
-      len.push((n & 0x7f) | 0x80);
-      n >>>= 7;
-    }
-    len.push(n);
-    parts.push(Buffer.from([0x0a, ...len]), b);
+    ordered.push(b);
   };
   for (const name of byName.keys()) add(name);
-  return Buffer.concat(parts);
+  return descriptorSet(ordered);
 }
 
 interface MapField {

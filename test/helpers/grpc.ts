@@ -6,6 +6,8 @@ import { PROTO_FILES, PROTO_ROOT } from '../../src/front/grpc/protos.ts';
 import { startTestBroker, type TestBroker } from './broker.ts';
 import { startFleetBroker } from './fleet.ts';
 import { freePort } from '../../bench/lib/process.ts';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 
 export { freePort };
 
@@ -158,4 +160,28 @@ export function statusDetailsOf(trailers: grpc.Metadata | undefined): StatusDeta
     }
   }
   return { code: s.code, message: s.message, reason, retryDelayS };
+}
+
+/** A reflection client (v1 or v1alpha) from @grpc/reflection's own .proto, as a reflection-only consumer builds it. */
+export function reflectionClient(port: number, version: 'v1' | 'v1alpha' = 'v1'): any {
+  const root = join(dirname(createRequire(import.meta.url).resolve('@grpc/reflection')), '..', 'proto');
+  const def = protoLoader.loadSync(`grpc/reflection/${version}/reflection.proto`, { keepCase: true, includeDirs: [root], oneofs: true, defaults: true });
+  const pkg = grpc.loadPackageDefinition(def) as any;
+  return new pkg.grpc.reflection[version].ServerReflection(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+}
+
+/** FileDescriptorProto bytes, in the order given → a FileDescriptorSet (field 1, repeated). */
+export function descriptorSet(files: Buffer[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const f of files) {
+    const len: number[] = [];
+    let n = f.length;
+    while (n >= 0x80) {
+      len.push((n & 0x7f) | 0x80);
+      n >>>= 7;
+    }
+    len.push(n);
+    parts.push(Buffer.from([0x0a, ...len]), f);
+  }
+  return Buffer.concat(parts);
 }

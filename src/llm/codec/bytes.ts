@@ -19,6 +19,14 @@ export const EMPTY = Buffer.alloc(0);
  */
 export const MAX_EVENT_BYTES = 16 * 1024 * 1024;
 
+/**
+ * A whole upstream reply past UPSTREAM_MAX_BODY_BYTES. Marked so that the proxy can tell it
+ * from a failing upstream: the server answered, so it is no breaker failure.
+ */
+export function tooLarge(max: number): BrokerError {
+  return new BrokerError('upstream_error', `upstream reply is larger than UPSTREAM_MAX_BODY_BYTES (${max} bytes)`, { details: { reason: 'too_large' } });
+}
+
 /** A Buffer view over the same memory; no copy. */
 export function asBuffer(chunk: Uint8Array): Buffer {
   return Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);

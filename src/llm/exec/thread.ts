@@ -1,13 +1,13 @@
 // Upstream attempts on the thread that serves the request, with its own undici pools.
 // Whole bodies are read with a cap: an upstream must not be able to make the broker
 // buffer what it likes (a 64 MiB error body once took it from 190 to 390 MB).
-import { BrokerError } from '../../errors.ts';
 import { Upstreams } from '../../fleet/upstreams.ts';
 import { performance } from 'node:perf_hooks';
 import { pumpChain, retryAfterOf, send } from './run.ts';
 import { AttemptDeadline } from './deadline.ts';
 import { timed } from './wire-timing.ts';
 import { ReplyAssembler } from '../translate/assemble.ts';
+import { tooLarge } from '../codec/bytes.ts';
 import type { AttemptTiming, Executor, StreamTarget } from './types.ts';
 import type { AbortLike } from '../../abort.ts';
 
@@ -93,7 +93,7 @@ async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Erro
     onChunk();
     if (size + chunk.byteLength > max) {
       body.destroy();
-      if (strict) throw new BrokerError('upstream_error', `upstream reply is larger than UPSTREAM_MAX_BODY_BYTES (${max} bytes)`);
+      if (strict) throw tooLarge(max);
       parts.push(chunk.subarray(0, max - size));
       size = max;
       break;

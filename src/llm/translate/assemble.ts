@@ -19,7 +19,7 @@
 import { BrokerError } from '../../errors.ts';
 import { SseParser } from '../codec/sse.ts';
 import { NdjsonParser } from '../codec/ndjson.ts';
-import { MAX_EVENT_BYTES } from '../codec/bytes.ts';
+import { MAX_EVENT_BYTES, tooLarge } from '../codec/bytes.ts';
 import { appendToolName, ollamaHasToken, openaiChunkHasToken } from './common.ts';
 import { MALFORMED_RUN_LIMIT, MALFORMED_RUN_MESSAGE } from '../chain/probe.ts';
 import { upstreamErrorMessage } from './errors.ts';
@@ -99,7 +99,7 @@ export class ReplyAssembler {
   push(chunk: Uint8Array): void {
     if (this.done || this.error !== undefined) return;
     this.parser.push(chunk);
-    if (this.size > this.maxBytes) throw new BrokerError('upstream_error', `upstream reply is larger than UPSTREAM_MAX_BODY_BYTES (${this.maxBytes} bytes)`);
+    if (this.size > this.maxBytes) throw tooLarge(this.maxBytes);
   }
 
   /** Tokens generated so far, one per event (what a request whose client left is charged, as a stream is). */
