@@ -206,15 +206,18 @@ export class AdmissionQueue<T> {
   /**
    * Rejects the requests that waited timeoutMs or more, or past their own deadline, and drops
    * cancelled ones; returns how many left the queue. `fresh`: requests pushed in this same turn,
-   * about to be taken; they never waited, so a deadline shorter than the turn (a v2 timeout of
-   * a few µs: "do not queue") does not expire them.
+   * about to be taken; they never waited, so neither a deadline shorter than the turn (a v2
+   * timeout of a few µs: "do not queue") nor a short queue.timeout_ms expires them (a thread
+   * descheduled for a millisecond between the push and the take once timed out a request
+   * that found its worker idle).
    */
   expire(now: number, fresh?: ReadonlySet<Pending<T>>): number {
     const dropped = this.dropCancelled();
     let n = 0;
     const limit = now - this.timeoutMs;
     for (const q of this.levels) {
-      while (q.length > 0 && q[0]!.enqueuedAt <= limit) {
+      // Fresh requests are the newest: one at the head means nothing older waits in this level.
+      while (q.length > 0 && q[0]!.enqueuedAt <= limit && fresh?.has(q[0]!) !== true) {
         const p = q.shift()!;
         n++;
         p.reject(new BrokerError('queue_timeout', `inference request waited ${Math.round(now - p.enqueuedAt)} ms for model ${this.model} (queue.timeout_ms ${this.timeoutMs})`, { retryAfter: 1 }));

@@ -477,8 +477,8 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
         const p: Pending<Waiting> = { value: { image, topK, opts: runOpts, resolve: ok }, size, priority, enqueuedAt, reject: failed, ...(deadline !== undefined ? { deadline } : {}), ...(signal !== undefined ? { cancelled: () => signal.aborted } : {}) };
         waiting += 1 - q.push(p);
         signal?.addEventListener('abort', onAbort);
-        // Only an own deadline can expire a request in the turn it came (AdmissionQueue.expire).
-        pump(deadline !== undefined ? new Set([p]) : undefined);
+        // No timeout expires a request in the turn it came (AdmissionQueue.expire).
+        pump(new Set([p]));
       });
     },
     runAll(model, images, size, topK, priority = DEFAULT_PRIORITY, runOpts) {

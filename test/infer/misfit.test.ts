@@ -89,6 +89,11 @@ const wrongChannels = writeForeignModel({ manifest: { version: '0.2.0', input: {
 const wrongLabels = writeForeignModel({ manifest: { labels: ['a', 'b'] } });
 const png = (await fashionPngs(1))[0]!.b64;
 
+// One inference thread and no data-plane threads where a test checks only how a model is
+// loaded and judged (the control plane): each thread started is seconds of CPU in the suite.
+// The first test below keeps the defaults, for the data-plane's side of a refused model.
+const LEAN = { FRONT_THREADS: '0', INFER_THREADS: '1' };
+
 t.test('B does not fit: said at start and in /ready, its requests answer 503 model_unavailable, A serves, B cannot be promoted', async (t) => {
   const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: wrongChannels, AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
   t.teardown(() => tb.close());
@@ -135,7 +140,7 @@ t.test('B does not fit: said at start and in /ready, its requests answer 503 mod
 });
 
 t.test('B whose output does not follow the batch (declared [batch, 5], one row per batch in fact): refused at warm-up, never a wrong 200', async (t) => {
-  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ reducesBatch: true }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ reducesBatch: true }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1', ...LEAN });
   t.teardown(() => tb.close());
   const line = await logLine(tb, (l) => l['arm'] === 'B' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('does not fit its manifest'));
   t.match(line?.['msg'], /came out \[1, 5\] for 8 image\(s\).*a graph that cannot batch needs 1/);
@@ -145,7 +150,7 @@ t.test('B whose output does not follow the batch (declared [batch, 5], one row p
 });
 
 t.test('B whose scores come out classes first ([5, batch], declared [a, b]): refused at warm-up, never its neighbours\' answers', async (t) => {
-  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ classesFirst: true }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ classesFirst: true }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1', ...LEAN });
   t.teardown(() => tb.close());
   const line = await logLine(tb, (l) => l['arm'] === 'B' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('does not fit its manifest'));
   t.match(line?.['msg'], /came out \[5, 8\] for 8 images; its first dimension must be the batch/);
@@ -154,7 +159,7 @@ t.test('B whose scores come out classes first ([5, batch], declared [a, b]): ref
 });
 
 t.test('a model whose scores are NaN: 500 internal naming the model, not a 200 of null scores', async (t) => {
-  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ nanScores: true }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ nanScores: true }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1', INFER_THREADS: '1' });
   t.teardown(() => tb.close());
   const r = await postJson(`${tb.url}/v1/infer`, { image_b64: png }, { cookie: 'eb_arm=B' });
   t.equal(r.status, 500);
@@ -185,7 +190,7 @@ t.test('a model whose scores are NaN: 500 internal naming the model, not a 200 o
 });
 
 t.test('a model that masks classes with -Infinity logits: probability 0 for them, a 200; every class masked: 500', async (t) => {
-  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel({ masked: [0, 1, 2, 3, 4] }), MODEL_VB_PATH: writeForeignModel({ masked: [1, 3] }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  const tb = await startTestBroker({ MODEL_VA_PATH: writeForeignModel({ masked: [0, 1, 2, 3, 4] }), MODEL_VB_PATH: writeForeignModel({ masked: [1, 3] }), AB_WEIGHT_A: '1', AB_WEIGHT_B: '1', ...LEAN });
   t.teardown(() => tb.close());
   const r = await postJson(`${tb.url}/v1/infer`, { image_b64: png, top_k: 5 }, { cookie: 'eb_arm=B' });
   t.equal(r.status, 200, JSON.stringify(r.body));
@@ -199,7 +204,7 @@ t.test('a model that masks classes with -Infinity logits: probability 0 for them
 });
 
 t.test('A and B different files with one manifest version: a start-up warning that v2 cannot tell them apart', async (t) => {
-  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ masked: [2] }) });
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: writeForeignModel({ masked: [2] }), ...LEAN });
   t.teardown(() => tb.close());
   const line = await logLine(tb, (l) => typeof l['msg'] === 'string' && (l['msg'] as string).includes('with the same manifest version'));
   t.match(line, { level: 40, version: '0.1.0', msg: /cannot name B by its version/ });
@@ -212,7 +217,7 @@ t.test('a file onnxruntime cannot load (cut short) as B: said at start and in /r
   writeFileSync(cut, readFileSync(good).subarray(0, 600));
   const manifest = JSON.parse(readFileSync(join(dirname(good), 'foreign.json'), 'utf8')) as Record<string, unknown>;
   writeFileSync(join(dir, 'foreign.json'), JSON.stringify({ ...manifest, version: '0.9.0' }));
-  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: cut, AB_WEIGHT_A: '1', AB_WEIGHT_B: '1' });
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: cut, AB_WEIGHT_A: '1', AB_WEIGHT_B: '1', ...LEAN });
   t.teardown(() => tb.close());
   const line = await logLine(tb, (l) => l['arm'] === 'B' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('cannot be loaded by onnxruntime'));
   t.equal(line?.['path'], cut, 'the start-up log names the file');
@@ -262,7 +267,7 @@ t.test("B's manifest does not load (bad JSON, missing, a bad field): said at sta
   t.equal(loadCandidate(good, a).unusable, undefined, 'a good one loads as it is');
   // End to end, once (a broker start is seconds of model loading).
   const path = join(dir, 'badjson.onnx');
-  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: path, AB_WEIGHT_A: '1', AB_WEIGHT_B: '1', INFER_THREADS: '1' });
+  const tb = await startTestBroker({ MODEL_VA_PATH: good, MODEL_VB_PATH: path, AB_WEIGHT_A: '1', AB_WEIGHT_B: '1', ...LEAN });
   t.teardown(() => tb.close());
   const line = await logLine(tb, (l) => l['arm'] === 'B' && l['path'] === path);
   t.match(line?.['msg'], why['badjson']!, 'the start-up log says why');
@@ -282,7 +287,7 @@ t.test("B's manifest does not load (bad JSON, missing, a bad field): said at sta
 t.test('a model that runs one image but not a batch: a warning at start, then batches of 1 (never a failed batch run again)', async (t) => {
   // With two fields the broker does not read (typos): said at start too.
   const unbatchable = writeForeignModel({ failsBatched: true, manifest: { colour: 'red', batching: { max_batch_size: 8, max_queue_delay_us: 20_000, max_batchsize: 4 } } });
-  const tb = await startTestBroker({ MODEL_VA_PATH: unbatchable, MODEL_VB_PATH: unbatchable, INFER_THREADS: '1' });
+  const tb = await startTestBroker({ MODEL_VA_PATH: unbatchable, MODEL_VB_PATH: unbatchable, ...LEAN });
   t.teardown(() => tb.close());
   const line = await logLine(tb, (l) => l['arm'] === 'A' && typeof l['msg'] === 'string' && (l['msg'] as string).includes('failed its warm-up run at batching.max_batch_size 8'));
   t.equal(line?.['level'], 40, 'a warning');

@@ -127,6 +127,22 @@ t.test('admission: a request past its timeout is never taken for a batch, even b
   t.end();
 });
 
+t.test('admission: a request taken in the turn it came never times out, even past a short queue.timeout_ms', (t) => {
+  // The thread descheduled between the push and the take: 2 ms passed on a 1 ms timeout.
+  const { q, rejected, pending } = admissionQueue(1);
+  const older = pending('older', 0);
+  const p = pending('new', 10);
+  q.push(older);
+  q.push(p);
+  t.same(q.take(10, undefined, 12, new Set([p])).map((x) => x.value), ['new'], 'the request pushed this turn is taken');
+  t.same(rejected, ['older:queue_timeout'], 'one that waited before this turn still times out');
+  const again = pending('again', 20);
+  q.push(again);
+  t.same(q.take(10, undefined, 22).map((x) => x.value), [], 'not fresh: it waited, it times out');
+  t.same(rejected, ['older:queue_timeout', 'again:queue_timeout']);
+  t.end();
+});
+
 t.test('admission: a request of several items fits whole or is refused whole', (t) => {
   const { q, pending } = admissionQueue(10_000);
   for (let i = 0; i < 7; i++) q.push(pending(`w${i}`, 0));
