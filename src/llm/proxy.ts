@@ -160,6 +160,8 @@ export class LlmProxy {
     let streamWaitMs = 0;
     const tried = new Set<string>();
     let lastError: BrokerError | undefined;
+    /** The failed attempt whose retry is counted (llm_upstream_retries_total) once another attempt goes. */
+    let pendingRetry: { group: string; reason: string } | undefined;
     // The deployment that failed last, and its group: a request whose attempts all failed is
     // counted under it (as a served one is under its deployment), when it ends in that group.
     let lastTried: { group: string; id: string } | undefined;
@@ -276,6 +278,11 @@ export class LlmProxy {
           if (facts !== undefined) facts.outcome = 'client_error';
           throw err;
         }
+        // Counted when the next attempt goes, not when one fails: a last failure is no retry.
+        if (pendingRetry !== undefined) {
+          m.llmRetries.labels(pendingRetry.group, pendingRetry.reason).inc();
+          pendingRetry = undefined;
+        }
         const upSpan = span === undefined ? undefined : attemptSpan(span, dep.config, g.name, retry, up.stream, kind);
         const sentAt = performance.now();
         let attempt: Attempt;
@@ -318,7 +325,7 @@ export class LlmProxy {
           lastError = connectError(err, dep);
           this.countTimeout(dep, lastError);
           upSpan?.fail(lastError.code, lastError.message).end();
-          m.llmRetries.labels(g.name, lastError.code).inc();
+          pendingRetry = { group: g.name, reason: lastError.code };
           this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, err: lastError.message }, 'upstream failed before the first byte');
           continue;
         }
@@ -358,7 +365,7 @@ export class LlmProxy {
             lease = null;
             if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
             lastError = exhausted(err, attempt.status, attempt.retryAfter);
-            m.llmRetries.labels(g.name, attempt.status === 429 ? 'rate_limited' : attempt.status >= 500 ? 'upstream_5xx' : 'upstream_refused').inc();
+            pendingRetry = { group: g.name, reason: attempt.status === 429 ? 'rate_limited' : attempt.status >= 500 ? 'upstream_5xx' : 'upstream_refused' };
             this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, status: attempt.status, class: cls, upstream_message: err.details?.['upstreamMessage'] }, 'upstream refused before the first byte');
             continue;
           }
@@ -414,7 +421,7 @@ export class LlmProxy {
               this.finish(facts, g, dep, 'upstream_error', req.startedAt, true);
               throw this.stopped;
             }
-            m.llmRetries.labels(g.name, lastError.code).inc();
+            pendingRetry = { group: g.name, reason: lastError.code };
             this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, err: lastError.message }, 'upstream stream failed before the first byte');
             continue;
           }
@@ -484,7 +491,7 @@ export class LlmProxy {
             lease = null;
             lastError = e;
             this.countTimeout(dep, e, attempt.expired());
-            m.llmRetries.labels(g.name, e.code).inc();
+            pendingRetry = { group: g.name, reason: e.code };
             continue;
           }
           const doneAt = performance.now();
@@ -512,7 +519,7 @@ export class LlmProxy {
             gov.attemptFailed(lease, true);
             lease = null;
             lastError = e;
-            m.llmRetries.labels(g.name, e.code).inc();
+            pendingRetry = { group: g.name, reason: e.code };
             this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, err: e.message }, 'upstream reply unusable');
             continue;
           }

@@ -206,7 +206,7 @@ export class WaitQueue {
         timer: setTimeout(() => {
           if (!leave()) return;
           this.timedOut++;
-          reject(new BrokerError('queue_timeout', `waited ${Math.round(this.now() - since)} ms for a free deployment of ${group}`));
+          reject(new BrokerError('queue_timeout', `waited ${Math.round(this.now() - since)} ms for a free deployment of ${group}`, { retryAfter: 1 }));
         }, Math.max(0, deadline - this.now())),
       };
       list.push(entry);

@@ -211,10 +211,13 @@ t.test("Ollama generate on an OpenAI deployment: chat completions (the templated
 
 t.test('a 500 before the first byte is retried on another deployment', async (t) => {
   const before = fail500.stats.total;
+  const retries = () => metricValue(tb.url, 'llm_upstream_retries_total', { group: 'retry-500', reason: 'upstream_5xx' });
+  const retriesBefore = await retries();
   const { data, response } = await openai.chat.completions.create({ model: 'retry-500', messages }).withResponse();
   t.equal(data.choices[0]!.message.content, mockText(8));
   t.equal(response.headers.get('x-broker-deployment'), 'openai-2');
   t.ok(fail500.stats.total > before, 'the broken deployment was tried first');
+  t.equal(await retries(), retriesBefore + (fail500.stats.total - before), 'one retry counted per failed attempt that another followed');
 });
 
 t.test('a 429 is retried on another deployment and counted', async (t) => {
@@ -233,6 +236,8 @@ t.test('out of deployments: 502 with the upstream error, in the client API shape
   const res = await postJson(`${tb.url}/api/chat`, { model: 'all-down', messages });
   t.equal(res.status, 502);
   t.type(res.body.error, 'string');
+  // Nothing was left to retry on: a last failure is no retry (it was counted as one).
+  t.equal(await metricValue(tb.url, 'llm_upstream_retries_total', { group: 'all-down' }), 0, 'no retry counted');
 });
 
 t.test('reset mid-stream: an explicit error event, never a silent end', async (t) => {

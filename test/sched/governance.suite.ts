@@ -81,6 +81,7 @@ t.test('a queued request past its wait limit gets 504 queue_timeout', async (t) 
   const second = await chat(tb, 'g');
   t.equal(second.status, 504);
   t.equal(JSON.parse(second.text).error.code, 'queue_timeout');
+  t.equal(second.headers['retry-after'], '1', 'with Retry-After, as the 429 of a full queue and an inference queue timeout');
   t.equal((await first).status, 200);
   t.ok((await metricValue(tb.url, 'broker_capacity_rejections_total', { code: 'queue_timeout' })) >= 1);
 });
