@@ -5,7 +5,7 @@
 import { BrokerError } from '../errors.ts';
 import type { Route, RouteContext } from '../front/http/router.ts';
 import type { Identity } from '../guard/identity.ts';
-import { apiKeyOf } from '../guard/api-key.ts';
+import { apiKeyOf, isKeyId, keyId } from '../guard/api-key.ts';
 import { isRole, ROLES, type Role } from '../guard/rbac.ts';
 import type { StateStore } from '../state/store.ts';
 import type { QosConfig } from '../policy/qos.ts';
@@ -83,8 +83,11 @@ export function authRoutes(d: AuthRoutesDeps): Route[] {
       path: '/api/auth/keys/:id',
       admin: true,
       async handle(ctx) {
-        const k = await identity.revokeKey(ctx.params.id!);
-        if (k === undefined) throw new BrokerError('not_found', `no API key ${ctx.params.id}`);
+        const id = ctx.params.id!;
+        // Never the value itself in the audit or the reply: it may be the key, pasted for its id.
+        ctx.note!.target = isKeyId(id) ? id : keyId(id);
+        const k = await identity.revokeKey(id);
+        if (k === undefined) throw new BrokerError('not_found', isKeyId(id) ? `no API key ${id}` : 'no API key with that id: give the key\'s id (k_ and 12 hex digits, as GET /api/auth/keys lists them), not the key');
         d.keysChanged();
         ctx.note!.before = view(k);
         reply(ctx, { revoked: k.id });

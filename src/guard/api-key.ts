@@ -44,17 +44,27 @@ export function isKeyId(s: string): boolean {
 }
 
 const QUOTA_KEY = /\/quota\/+(?:k|%6b)(?:e|%65)(?:y|%79)(?::|%3a)/i;
+const KEYS_ROUTE = /\/auth\/+keys\/+/i;
 
-/** A logged path with any API key in it (PUT /api/industrial/quota/key:<key>) replaced by its id. */
+/**
+ * A logged path with any API key in it replaced by its id: PUT /api/industrial/quota/key:<key>,
+ * and DELETE /api/auth/keys/<key> (an operator who pastes the key where its id goes).
+ */
 export function redactPath(path: string): string {
   // Session ids are credentials too (DELETE /api/auth/sessions/sess_…).
   if (path.includes('sess_')) path = path.replace(/sess_[A-Za-z0-9_-]+/g, 'sess_…');
   // Any spelling the router (or a 404) may see: `key%3A`, `%6Bey:`, `KEY:`, `quota//key:`.
-  const m = QUOTA_KEY.exec(path);
+  return redactSegmentAfter(redactSegmentAfter(path, QUOTA_KEY), KEYS_ROUTE);
+}
+
+/** The path segment after `marker`, unless it is a key id, replaced by the id of the key it would be. */
+function redactSegmentAfter(path: string, marker: RegExp): string {
+  const m = marker.exec(path);
   if (m === null) return path;
   const start = m.index + m[0].length;
   const end = path.indexOf('/', start);
   let raw = path.slice(start, end < 0 ? undefined : end);
+  if (raw === '') return path;
   try {
     raw = decodeURIComponent(raw);
   } catch {

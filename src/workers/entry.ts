@@ -14,6 +14,13 @@
 //   new Worker(filename, { workerData, transferList: [port] });
 // The worker reads its data from `workerData` of 'piscina' or 'node:worker_threads' as
 // usual; under tsx it also finds `entry` there, a name the caller's data must not use.
+//
+// WORKERS_FROM_DIST=1 (`npm test` sets it, right after building dist/): run from the
+// sources, a worker of src/ still starts from its compiled .js in dist/. A data-plane thread
+// then starts in about a third of the CPU (1.4 s for two instead of 2.8 s: tsx's hooks
+// resolve every import through a thread of their own), and the threads run the code
+// `npm start` runs. Only for a dist/ built from the same sources: nothing checks that.
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 export interface WorkerEntry<D extends object> {
@@ -37,6 +44,10 @@ export function workerEntry<D extends object = Record<never, never>>(specifier: 
     throw new TypeError('workerData.entry is reserved for the worker entry');
   }
   const { pathname } = new URL(base);
+  if (pathname.endsWith('.ts') && process.env.WORKERS_FROM_DIST === '1') {
+    const compiled = distTwin(new URL(specifier.slice(0, -'.ts'.length) + '.js', base));
+    if (compiled !== undefined) return { filename: compiled, workerData: { ...(workerData as D) } };
+  }
   if (pathname.endsWith('.ts')) {
     const entry = new URL(specifier, base).href;
     return { filename: TS_ENTRY, workerData: { ...(workerData as D), entry } };
@@ -46,4 +57,13 @@ export function workerEntry<D extends object = Record<never, never>>(specifier: 
     return { filename: fileURLToPath(compiled), workerData: { ...(workerData as D) } };
   }
   throw new TypeError(`base must be the URL of a .ts or .js module, got "${base}"`);
+}
+
+/** A module of src/ as compiled in dist/ (tsconfig.build.json: rootDir src, outDir dist), when it exists. */
+function distTwin(url: URL): string | undefined {
+  const path = fileURLToPath(url);
+  const at = path.lastIndexOf('/src/');
+  if (at === -1) return undefined;
+  const compiled = `${path.slice(0, at)}/dist/${path.slice(at + '/src/'.length)}`;
+  return existsSync(compiled) ? compiled : undefined;
 }

@@ -21,6 +21,11 @@ t.test('logged paths carry the id, never the key', async (t) => {
     t.notMatch(redactPath(p), /sk-live|sk%2Dlive/, p);
     t.match(redactPath(p), id, p);
   }
+  // A key pasted where DELETE /api/auth/keys/:id wants its id.
+  t.equal(redactPath('/api/auth/keys/sk-live-123'), `/api/auth/keys/${id}`);
+  t.equal(redactPath('/api/auth//KEYS/sk%2Dlive%2D123/'), `/api/auth//KEYS/${id}/`);
+  t.equal(redactPath(`/api/auth/keys/${id}`), `/api/auth/keys/${id}`, 'an id stays');
+  t.equal(redactPath('/api/auth/keys'), '/api/auth/keys');
   t.equal(redactPath('/api/industrial/quota/deployment:d1'), '/api/industrial/quota/deployment:d1');
   t.equal(redactPath('/v1/chat/completions'), '/v1/chat/completions');
 });

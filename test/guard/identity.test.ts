@@ -3,7 +3,7 @@
 // audit trail, and no secret in logs, config dumps or error bodies.
 import t from 'tap';
 import { SignJWT } from 'jose';
-import { ADMIN_TOKEN, admin, json, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN_TOKEN, admin, json, logLine, type TestBroker } from '../helpers/broker.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 import { ROLES, type Role } from '../../src/guard/rbac.ts';
 
@@ -101,6 +101,14 @@ t.test('API keys: made by an admin, shown once, used by a client, revoked: 401 i
   t.same([byAnalyst.status, byAnalyst.body.error.code], [403, 'forbidden'], "an analyst's key on a client route");
   t.match(byAnalyst.body.error.message, /role \(analyst\) may not call the client APIs/);
   t.equal((await call('GET', '/api/industrial/status', analyst.body.key)).status, 200, 'and still reads the admin APIs');
+  // The key pasted where its id goes: refused, and neither echoed nor logged.
+  const pasted = await call('DELETE', `/api/auth/keys/${analyst.body.key}`, ADMIN_TOKEN);
+  t.equal(pasted.status, 404);
+  t.notOk(JSON.stringify(pasted.body).includes(analyst.body.key), 'the reply does not echo the key');
+  t.match(pasted.body.error.message, /give the key's id/);
+  const pastedLine = await logLine(tb, (l) => typeof l['path'] === 'string' && (l['path'] as string).startsWith('/api/auth/keys/k_') && l['status'] === 404);
+  t.equal(pastedLine?.['path'], `/api/auth/keys/${analyst.body.id}`, "the access log has the key's id in its place");
+  t.notOk(tb.logs.some((l) => JSON.stringify(l).includes(analyst.body.key)), 'no log line has the key');
   t.equal((await call('DELETE', `/api/auth/keys/${made.body.id}`, ADMIN_TOKEN)).status, 200);
   const revoked = await chat(made.body.key);
   t.equal(revoked.status, 401);

@@ -3,7 +3,10 @@
 // A plain worker_threads Worker runs through it (Piscina's path is test/infer).
 import t from 'tap';
 import { Worker } from 'node:worker_threads';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { workerEntry } from '../../src/workers/entry.ts';
 
 t.test('from TypeScript: ts-entry.mjs, with entry beside the caller data', async (t) => {
@@ -36,6 +39,27 @@ t.test('compiled: the .js module itself, the caller data as given', async (t) =>
   t.notOk('entry' in e.workerData);
   t.same(workerEntry('../plane/worker.ts', base).workerData, {});
   t.equal(workerEntry('../plane/worker.ts', base).filename, '/app/dist/plane/worker.js');
+});
+
+t.test('WORKERS_FROM_DIST=1: a worker of src/ starts from its twin in dist/, when there is one', async (t) => {
+  const app = mkdtempSync(join(tmpdir(), 'eb-entry-'));
+  mkdirSync(join(app, 'dist', 'plane'), { recursive: true });
+  writeFileSync(join(app, 'dist', 'plane', 'worker.js'), '');
+  const planes = pathToFileURL(join(app, 'src', 'plane', 'planes.ts')).href;
+  const pool = pathToFileURL(join(app, 'src', 'infer', 'pool.ts')).href;
+  const tsEntry = fileURLToPath(new URL('../../src/workers/ts-entry.mjs', import.meta.url));
+  const saved = process.env.WORKERS_FROM_DIST;
+  t.teardown(() => (saved === undefined ? delete process.env.WORKERS_FROM_DIST : (process.env.WORKERS_FROM_DIST = saved)));
+
+  process.env.WORKERS_FROM_DIST = '1';
+  const e = workerEntry('./worker.ts', planes, { index: 1 });
+  t.equal(e.filename, join(app, 'dist', 'plane', 'worker.js'), 'the compiled twin');
+  t.same(e.workerData, { index: 1 }, 'no entry: nothing of tsx');
+  t.equal(workerEntry('./worker.ts', pool).filename, tsEntry, 'no twin built: from the sources');
+  t.equal(workerEntry('./fixtures/echo-worker.ts', import.meta.url).filename, tsEntry, 'not under src/: from the sources');
+
+  delete process.env.WORKERS_FROM_DIST;
+  t.equal(workerEntry('./worker.ts', planes).filename, tsEntry, 'unset: from the sources');
 });
 
 t.test('refuses what it cannot start', async (t) => {
