@@ -348,6 +348,10 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     return Number(res?.[2]?.[1] ?? 1);
   }
 
+  async leave(): Promise<void> {
+    await this.cmd.zrem('eb:replicas', this.o.replica);
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     this.cmd.disconnect();

@@ -239,6 +239,13 @@ t.test('a replica started after the others adopts the shared flags and operator 
   await until(async () => (await call(c, 'GET', '/api/orchestrator/bans')).body.bans.some((x: any) => x.reason === 'before C'), 'the ban on C');
   await until(async () => JSON.stringify((await call(c, 'GET', '/api/industrial/flags')).body).includes('"priority_routing":{"enabled":true'), 'the flag on C');
   t.pass('C adopted the ban and the flag');
+  // Stopped cleanly, C leaves the heartbeats at once: left there, it would shrink A's and B's
+  // shares of every rate limit for 15 s (through a rolling restart, a client's rate by 1/3).
+  const r = new Redis(redis.url);
+  t.teardown(() => r.disconnect());
+  await until(async () => (await r.zrange('eb:replicas', 0, -1)).includes('replica-c'), 'C in the heartbeats');
+  await c.close();
+  t.same((await r.zrange('eb:replicas', 0, -1)).sort(), ['replica-a', 'replica-b'], 'only A and B are left');
   await call(a, 'DELETE', '/api/orchestrator/bans');
   await call(a, 'DELETE', '/api/industrial/flags/priority_routing');
 });
