@@ -9,9 +9,10 @@ export const USAGE = `usage: npm run mock-upstream -- [flags]
   --ttft-ms MS        delay before the first token (default 0)
   --tps N             tokens per second after the first, 0 = as fast as possible (default 0)
   --tokens N          output length in tokens (default 16)
-  --fail MODE         fail every request: none | 500 | 429 | <4xx/5xx> | reset | stall, or answer
-                      as the real servers do: context | ratelimit | overloaded | badrequest (default none)
-  --fail-after N      tokens written before a reset or stall (default 0)
+  --fail MODE         fail every request: none | 500 | 429 | <4xx/5xx> | reset | stall | garbage
+                      (one event that is not JSON, then the stream goes on), or answer as the
+                      real servers do: context | ratelimit | overloaded | badrequest (default none)
+  --fail-after N      tokens written before a reset, stall or garbage event (default 0)
   --tool-calls N      chat answers are N tool calls instead of text (default 0)
   --flavor F          whose error bodies the OpenAI routes send: openai | vllm (default openai)
   --models A,B        models to list; the first answers requests that name none (default mock-model)

@@ -31,6 +31,7 @@ try {
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
 } catch (err) {
-  process.stderr.write(`mock-upstream: ${(err as Error).message}\n`);
+  // The server's own errors name it already (they are thrown to library callers too).
+  process.stderr.write(`${(err as Error).message.replace(/^(?!mock-upstream: )/, 'mock-upstream: ')}\n`);
   process.exit(1);
 }

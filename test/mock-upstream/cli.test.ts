@@ -81,7 +81,8 @@ t.test('bad flags exit 2 with the usage', async (t) => {
 t.test('bad option values exit 1', async (t) => {
   const { code, stderr } = await output(run(['--fail', 'sometimes']));
   t.equal(code, 1);
-  t.match(stderr, /fail must be none, reset, stall, garbage, context, ratelimit, overloaded, badrequest or an HTTP status/);
+  t.match(stderr, /^mock-upstream: fail must be none, reset, stall, garbage, context, ratelimit, overloaded, badrequest or an HTTP status/);
+  t.notMatch(stderr, /mock-upstream: mock-upstream:/, 'named once');
   // --tokens -3 and --tokens=-3 alike: a value out of range, not a bad flag.
   const spaced = await output(run(['--tokens', '-3']));
   const joined = await output(run(['--tokens=-3']));
