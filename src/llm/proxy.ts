@@ -23,7 +23,7 @@ import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
 import { clientStreams, streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute, upstreamKind, type ClientApi, type Kind } from './translate/index.ts';
 import { clientWantsUsage } from './translate/openai_to_openai.ts';
-import { classifyStreamError, classifyUpstreamError, retriable } from './upstream-class.ts';
+import { classifyStreamError, classifyUpstreamError, retriable, type UpstreamErrorClass } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
 import { closedUnder } from './exec/run.ts';
 import { tokensOfChars, type LlmRequest } from './request.ts';
@@ -364,7 +364,7 @@ export class LlmProxy {
             gov.attemptFailed(lease, attempt.status !== 429);
             lease = null;
             if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
-            lastError = exhausted(err, attempt.status, attempt.retryAfter);
+            lastError = exhausted(err, attempt.status, attempt.retryAfter, cls);
             pendingRetry = { group: g.name, reason: attempt.status === 429 ? 'rate_limited' : attempt.status >= 500 ? 'upstream_5xx' : 'upstream_refused' };
             this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, status: attempt.status, class: cls, upstream_message: err.details?.['upstreamMessage'] }, 'upstream refused before the first byte');
             continue;
@@ -785,13 +785,15 @@ function connectError(err: unknown, dep: DeploymentState): BrokerError {
   return new BrokerError('upstream_unavailable', `deployment ${dep.config.id} is unreachable: ${e.code ?? e.message}`, { cause: err });
 }
 
-function exhausted(err: BrokerError, status: number, retryAfter: string | undefined): BrokerError {
-  // After the last deployment this is what the client sees: 503 for an upstream 429
-  // (with its Retry-After), 502 for an upstream 5xx.
+function exhausted(err: BrokerError, status: number, retryAfter: string | undefined, cls: UpstreamErrorClass): BrokerError {
+  // After the last deployment this is what the client sees: 503 upstream_unavailable with the
+  // upstream's Retry-After for a 429 or an overload (503, 529), which say "later", not
+  // "broken" (529 overloaded_error on /v1/messages; before, a 503 overloaded reached clients
+  // as 502 with no Retry-After, and the SDKs retried at once); 502 for any other 5xx.
   const seconds = retryAfter !== undefined && /^\d+$/.test(retryAfter) ? Number(retryAfter) : 1;
-  return status === 429
-    ? new BrokerError('upstream_unavailable', `every deployment is rate limited (last: ${err.message})`, { retryAfter: seconds })
-    : new BrokerError('upstream_error', err.message);
+  if (status === 429) return new BrokerError('upstream_unavailable', `every deployment is rate limited (last: ${err.message})`, { retryAfter: seconds });
+  if (cls === 'overloaded') return new BrokerError('upstream_unavailable', `every deployment is overloaded (last: ${err.message})`, { retryAfter: seconds });
+  return new BrokerError('upstream_error', err.message);
 }
 
 /** undici's words for a connection closed under a reply ('other side closed') in ours. */

@@ -141,6 +141,14 @@ const echoing = createServer((req, res) => {
 await new Promise<void>((r) => echoing.listen(0, '127.0.0.1', r));
 const echoingUrl = `http://127.0.0.1:${(echoing.address() as { port: number }).port}`;
 const DEPLOY_KEY = 'sk-DEPLOYSECRET-xyz';
+// An overloaded server that says when to come back: 503 with its own Retry-After.
+const overloaded = createServer((req, res) => {
+  req.resume();
+  res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '30' });
+  res.end(JSON.stringify({ error: { message: 'The engine is currently overloaded, please try again later.', type: 'server_error' } }));
+});
+await new Promise<void>((r) => overloaded.listen(0, '127.0.0.1', r));
+const overloadedUrl = `http://127.0.0.1:${(overloaded.address() as { port: number }).port}`;
 
 const blackhole = await createBlackhole();
 t.teardown(() => blackhole.close());
@@ -212,6 +220,7 @@ const fleet = {
     'cold-then-busy': { deployments: [d('cold-3', 'openai', coldStart, { firstTokenTimeoutMs: 150 }), d('busy-3', 'openai', slow, { concurrencyLimit: 1 })] },
     // One deployment per API: three failures in a row would open a shared one's breaker.
     ...Object.fromEntries([1, 2, 3, 4].map((i) => [`echo-${i}`, { deployments: [d(`echo-${i}`, 'openai', { url: echoingUrl }, { apiKeyEnv: 'ECHO_DEPLOY_KEY' })] }])),
+    ...Object.fromEntries([1, 2, 3].map((i) => [`over-alone-${i}`, { deployments: [d(`over-alone-${i}`, 'openai', { url: overloadedUrl })] }])),
   },
   qos: { defaultTier: 'standard', tiers: { standard: {}, narrow: { allowedGroups: ['over-narrow'], priority: 1 }, hasty: { maxQueueWaitMs: 100 } } },
 };
@@ -233,6 +242,8 @@ t.teardown(async () => {
   await new Promise<void>((r) => broken.close(() => r()));
   echoing.closeAllConnections();
   await new Promise<void>((r) => echoing.close(() => r()));
+  overloaded.closeAllConnections();
+  await new Promise<void>((r) => overloaded.close(() => r()));
 });
 
 const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
@@ -329,6 +340,21 @@ t.test('overloaded and rate-limited groups fall back, streamed and not, OpenAI a
   t.equal(await metricValue(tb.url, 'llm_upstream_errors_total', { deployment: 'rate-vllm', class: 'rate_limited' }), 1);
 });
 
+t.test("an overloaded upstream with nowhere else to go: 503 upstream_unavailable with its Retry-After (529 on Messages), not a 502", async (t) => {
+  const err = await openai.chat.completions.create({ model: 'over-alone-1', messages }).then(() => undefined, (e: unknown) => e as InstanceType<typeof OpenAI.APIError>);
+  t.equal(err?.status, 503);
+  t.equal((err?.error as { code?: string } | undefined)?.code, 'upstream_unavailable');
+  t.equal(err?.headers?.get('retry-after'), '30', "the upstream's own Retry-After");
+  t.match(err?.message, /every deployment is overloaded/);
+  const messagesApi = await fetch(`${tb.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'over-alone-2', max_tokens: 5, messages }) });
+  t.equal(messagesApi.status, 529, "Anthropic's overloaded status");
+  t.equal(messagesApi.headers.get('retry-after'), '30');
+  t.match(await messagesApi.json(), { type: 'error', error: { type: 'overloaded_error' } });
+  const ollamaApi = await fetch(`${tb.url}/api/chat`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'over-alone-3', messages, stream: false }) });
+  t.equal(ollamaApi.status, 503);
+  t.equal(ollamaApi.headers.get('retry-after'), '30');
+});
+
 t.test('a cycle of fallbacks tries each group once, and counts as the last failure, not no_deployment', async (t) => {
   const err = await openai.chat.completions.create({ model: 'cyc-a', messages }).then(() => undefined, (e: unknown) => e as { status: number });
   t.equal(err?.status, 502);
@@ -365,8 +391,8 @@ t.test('a group named twice in a chain, by its name and its alias, is tried once
 t.test("a fallback group must be allowed by the request's QoS tier too", async (t) => {
   const before = ok.stats.total;
   const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'x-broker-qos': 'narrow' }, body: JSON.stringify({ model: 'over-narrow', messages }) });
-  t.equal(res.status, 502, 'the group\'s own upstream failure, not an answer from a group the tier may not use');
-  t.match(await res.json(), { error: { code: 'upstream_error' } });
+  t.equal(res.status, 503, 'the group\'s own upstream failure (overloaded), not an answer from a group the tier may not use');
+  t.match(await res.json(), { error: { code: 'upstream_unavailable', message: /every deployment is overloaded/ } });
   t.equal(res.headers.get('x-broker-fallback'), null);
   t.equal(ok.stats.total, before, 'big was not asked');
   // The default tier may use every group: the same request falls back.
