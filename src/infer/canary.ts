@@ -28,40 +28,80 @@ export interface ArmWindow {
   readonly p99Ms: number;
 }
 
+/** The judge needs a few thousand samples per arm; beyond, the oldest go. */
+const MAX_SAMPLES = 10_000;
+
+/**
+ * One arm's window, kept so that a verdict costs O(1) and a sample O(log n) plus a move of
+ * the sorted latencies (a memmove of at most MAX_SAMPLES numbers). Before, every verdict (one
+ * per B request) copied and sorted the whole window of both arms, and a full window shifted
+ * 10,000 samples per request: turning the canary on took /v1/infer from 4,087 to 1,531 req/s,
+ * falling as the window filled.
+ */
+class ArmSamples {
+  /** In arrival order; the window starts at `head`. */
+  private samples: Sample[] = [];
+  private head = 0;
+  private errors = 0;
+  /** The successful samples' latencies in the window, ascending. */
+  private readonly sorted: number[] = [];
+
+  record(ok: boolean, ms: number, at: number): void {
+    this.samples.push({ at, ok, ms });
+    if (ok) this.sorted.splice(lowerBound(this.sorted, ms), 0, ms);
+    else this.errors++;
+    if (this.samples.length - this.head > MAX_SAMPLES) this.dropOldest();
+  }
+
+  /** Drops the samples older than `from`; says what the window holds. */
+  window(from: number): ArmWindow {
+    while (this.head < this.samples.length && this.samples[this.head]!.at < from) this.dropOldest();
+    const n = this.samples.length - this.head;
+    if (n === 0) return { requests: 0, errorRate: 0, p50Ms: 0, p99Ms: 0 };
+    const ms = this.sorted;
+    const at = (q: number): number => (ms.length === 0 ? 0 : ms[Math.min(ms.length - 1, Math.ceil(ms.length * q) - 1)]!);
+    return { requests: n, errorRate: this.errors / n, p50Ms: at(0.5), p99Ms: at(0.99) };
+  }
+
+  private dropOldest(): void {
+    const s = this.samples[this.head++]!;
+    if (s.ok) this.sorted.splice(lowerBound(this.sorted, s.ms), 1);
+    else this.errors--;
+    // The dropped head is let go in one slice once it is half the array.
+    if (this.head > 1024 && this.head * 2 > this.samples.length) {
+      this.samples = this.samples.slice(this.head);
+      this.head = 0;
+    }
+  }
+}
+
+/** The first index of `xs` (ascending) whose value is not below `v`. */
+function lowerBound(xs: readonly number[], v: number): number {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (xs[mid]! < v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 export class CanaryJudge {
-  private readonly samples: Record<'A' | 'B', Sample[]> = { A: [], B: [] };
+  private arms: Record<'A' | 'B', ArmSamples> = { A: new ArmSamples(), B: new ArmSamples() };
 
   constructor(private readonly t: CanaryThresholds) {}
 
   record(arm: 'A' | 'B', ok: boolean, ms: number, now: number): void {
-    const list = this.samples[arm];
-    list.push({ at: now, ok, ms });
-    // Bounded memory: the window only needs its recent part, and judging needs few thousands.
-    if (list.length > 10_000) list.splice(0, list.length - 10_000);
+    this.arms[arm].record(ok, ms, now);
   }
 
   reset(): void {
-    this.samples.A = [];
-    this.samples.B = [];
+    this.arms = { A: new ArmSamples(), B: new ArmSamples() };
   }
 
   window(arm: 'A' | 'B', now: number): ArmWindow {
-    const list = this.samples[arm];
-    const from = now - this.t.windowMs;
-    let drop = 0;
-    while (drop < list.length && list[drop]!.at < from) drop++;
-    if (drop > 0) list.splice(0, drop);
-    const n = list.length;
-    if (n === 0) return { requests: 0, errorRate: 0, p50Ms: 0, p99Ms: 0 };
-    let errors = 0;
-    const ms: number[] = [];
-    for (const s of list) {
-      if (!s.ok) errors++;
-      else ms.push(s.ms);
-    }
-    ms.sort((a, b) => a - b);
-    const at = (q: number): number => (ms.length === 0 ? 0 : ms[Math.min(ms.length - 1, Math.ceil(ms.length * q) - 1)]!);
-    return { requests: n, errorRate: errors / n, p50Ms: at(0.5), p99Ms: at(0.99) };
+    return this.arms[arm].window(now - this.t.windowMs);
   }
 
   /** A reason to roll back, or undefined while B is within its margins. */
