@@ -361,7 +361,17 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     return new Promise<T>((resolve, reject) => controlWaiters.push(() => void start().then(resolve, reject)));
   }
 
-  /** `fresh`: the requests just pushed by the caller, in this same turn (AdmissionQueue.expire). */
+  /**
+   * A request's own deadline, when it asked for less than the model's queue.timeout_ms (a v2
+   * `timeout`). One as long or longer is the model's, which caps it (docs/oip.md): kept as its
+   * own, it cut the batching hold short as a shorter one must (a 500 ms timeout on a 300 ms
+   * model left at once, where one without waited for its batch).
+   */
+  function ownDeadline(model: string, enqueuedAt: number, runOpts: RunOptions | undefined): number | undefined {
+    const t = runOpts?.timeoutMs;
+    return t !== undefined && t < opts.models[model]!.manifest.queue.timeoutMs ? enqueuedAt + t : undefined;
+  }
+
   /** The model's queue, or why a run cannot go in it (no such model, shut down, the client gone). */
   function queueFor(model: string, runOpts: RunOptions | undefined): AdmissionQueue<Waiting> | BrokerError {
     const q = queues.get(model);
@@ -372,6 +382,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     return q;
   }
 
+  /** `fresh`: the requests just pushed by the caller, in this same turn (AdmissionQueue.expire). */
   function pump(fresh?: ReadonlySet<Pending<Waiting>>): void {
     // Waiting control tasks first: there are few, and an operator is waiting on them.
     while (inFlight < capacity && controlWaiters.length > 0) controlWaiters.shift()!();
@@ -458,7 +469,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       const signal = runOpts?.signal;
       return new Promise<RunResult>((resolve, reject) => {
         const enqueuedAt = performance.now();
-        const deadline = runOpts?.timeoutMs !== undefined ? enqueuedAt + runOpts.timeoutMs : undefined;
+        const deadline = ownDeadline(model, enqueuedAt, runOpts);
         // The client gone: still queued, the item is dropped at the queue's next look; already
         // running, its result is not waited for. Settled, the listener goes: a gRPC stream's
         // one signal serves every image it sends, and would otherwise hold each one's result.
@@ -501,7 +512,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
           rejectAll(err);
         };
         const enqueuedAt = performance.now();
-        const deadline = runOpts?.timeoutMs !== undefined ? enqueuedAt + runOpts.timeoutMs : undefined;
+        const deadline = ownDeadline(model, enqueuedAt, runOpts);
         const results: RunResult[] = new Array<RunResult>(images.length);
         let left = images.length;
         let failed = false;

@@ -337,7 +337,9 @@ export class InferService {
       // The client left: one outcome, its own (499 at the front); not a failure of the model.
       if (input.signal?.aborted === true) throw err;
       if (e.code === 'overloaded' || e.code === 'queue_timeout') this.im.admissionRejected.labels(manifest.name, e.code === 'queue_timeout' ? 'timeout' : e.details?.['shed'] === true ? 'shed' : 'full').inc();
-      m.inferFailure.labels(manifest.name, manifest.version, arm, e.code ?? 'internal').inc();
+      // A request the queue could never hold (more items than its places) is the client's to
+      // split: refused for its form, as one refused at the front, not a failure of the model.
+      if (e.code !== 'invalid_request') m.inferFailure.labels(manifest.name, manifest.version, arm, e.code ?? 'internal').inc();
       if (e.details?.['decoder'] !== undefined) this.deps.logger.warn({ decoder: e.details['decoder'], model: manifest.name, arm }, 'image decoder refused the bytes');
       // A model refused at load (model_unavailable) was said once then; a run that fails is said each time.
       else if (e.details?.['runtime'] !== undefined && e.code === 'internal') this.deps.logger.error({ runtime: e.details['runtime'], model: manifest.name, arm }, 'the model failed to run');

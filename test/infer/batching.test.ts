@@ -181,6 +181,10 @@ t.test("the model's queue.timeout_ms shorter than the batch window: a lone reque
     t.same(three.map((r) => (r.status === 'fulfilled' ? 'ok' : (r.reason as { code: string }).code)), ['ok', 'ok', 'ok'], 'three at once: none timed out either');
     // The window is cut short (to 900 ms), not dropped: the three still fill one batch (before: three batches of 1).
     t.same(three.map((r) => (r.status === 'fulfilled' ? r.value.batchSize : 0)), [3, 3, 3], 'one batch of three');
+    // A request's own timeout longer than the model's is capped by it (docs/oip.md): batched as
+    // one without (before: its deadline cut the window, and they went as batches of 1 and 2).
+    const capped = await Promise.allSettled(Array.from({ length: 3 }, () => pool.run('H', copy(png), undefined, 1, undefined, { timeoutMs: 2_000 })));
+    t.same(capped.map((r) => (r.status === 'fulfilled' ? r.value.batchSize : 0)), [3, 3, 3], 'a longer own timeout: one batch of three too');
   });
 });
 

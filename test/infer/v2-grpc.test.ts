@@ -104,6 +104,12 @@ t.test('errors carry the status of their code in the table', async (t) => {
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'pixels', datatype: 'BYTES', shape: [1] }], raw_input_contents: [lengthPrefixed([pngs[0]!])] }, grpc.status.INVALID_ARGUMENT, 'wrong input name');
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28] }], raw_input_contents: [Buffer.alloc(10)] }, grpc.status.INVALID_ARGUMENT, 'raw contents short of the shape');
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [] }, grpc.status.INVALID_ARGUMENT, 'no contents');
+  // Contents of another type: the message names them (before: "needs 784 values, got 0").
+  for (const [datatype, contents, shape] of [['FP32', { int_contents: [1, 2, 3] }, [1, 1, 28, 28]], ['BYTES', { fp32_contents: [0.5] }, [1]]] as const) {
+    const err = await rpc('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype, shape, contents }] }).then(() => undefined, (e: grpc.ServiceError) => e);
+    t.equal(err?.code, grpc.status.INVALID_ARGUMENT, `${datatype} with ${Object.keys(contents)[0]}`);
+    t.match(err?.details, new RegExp(`a ${datatype} input takes ${datatype === 'FP32' ? 'fp32' : 'bytes'}_contents \\(or raw_input_contents\\), not ${Object.keys(contents)[0]}`));
+  }
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], contents: { bytes_contents: [Buffer.from('text')] } }] }, grpc.status.INVALID_ARGUMENT, 'not an image (unsupported_image)');
   // tritonclient sends priority as Triton's uint64_param: read, not dropped.
   const prioritised = (priority: number) => ({ model_name: MODEL, parameters: { priority: { uint64_param: priority } }, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [lengthPrefixed([pngs[0]!])] });

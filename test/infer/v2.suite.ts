@@ -315,11 +315,14 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
   // fit), before any item is queued, so none of them is computed for a request that failed.
   const computed = () => metricValue(tb.url, 'inference_count_total', { model: MODEL });
   const before = await computed();
+  const failures = () => metricValue(tb.url, 'inference_request_failure_total', { model: MODEL });
+  const failedBefore = await failures();
   const many = await new V2Client(tb.url, 'binary').infer(MODEL, { inputs: [{ name: 'input', datatype: 'FP32', shape: [64, 1, 28, 28], data: tensorOf(0, 64) }] });
   expectError(many, 400, 'invalid_request', 'more items than the queue ever holds');
   t.equal(many.headers.get('retry-after'), null, 'no Retry-After: no retry could help');
   await new Promise((r) => setTimeout(r, 200));
   t.equal(await computed(), before, 'no item of the refused request was run');
+  t.equal(await failures(), failedBefore, 'refused for its form: no failure of the model');
   // A timeout of 1 µs ("do not queue") on an idle model is served: its items never waited.
   const now = await json.infer(MODEL, { inputs: [img], parameters: { timeout: 1 } });
   t.equal(now.status, 200, now.error ?? '');

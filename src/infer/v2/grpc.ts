@@ -87,8 +87,15 @@ function toInferRequest(r: ModelInferRequest): InferRequest {
     if (raw.length > 0) {
       if (typed) throw new BrokerError('invalid_request', `input ${t.name}: contents and raw_input_contents together`);
       data = { kind: 'raw', bytes: raw[i]! };
-    } else if (t.datatype === 'BYTES') data = { kind: 'elements', elements: t.contents?.bytes_contents ?? [] };
-    else data = { kind: 'json', values: t.datatype === 'FP32' ? (t.contents?.fp32_contents ?? []) : [] };
+    } else {
+      // Contents of another type (int_contents on an FP32 input) would read as none: "needs 784
+      // values, got 0" without saying why. Named instead.
+      const want = t.datatype === 'BYTES' ? 'bytes_contents' : 'fp32_contents';
+      const other = typed ? Object.entries(t.contents!).find(([k, v]) => k !== want && Array.isArray(v) && v.length > 0)?.[0] : undefined;
+      if (other !== undefined && (t.datatype === 'BYTES' || t.datatype === 'FP32')) throw new BrokerError('invalid_request', `input ${t.name}: a ${t.datatype} input takes ${want} (or raw_input_contents), not ${other}`);
+      if (t.datatype === 'BYTES') data = { kind: 'elements', elements: t.contents?.bytes_contents ?? [] };
+      else data = { kind: 'json', values: t.datatype === 'FP32' ? (t.contents?.fp32_contents ?? []) : [] };
+    }
     return { name: t.name, datatype: t.datatype, shape: t.shape.map(Number), data };
   });
   const outputs: RequestedOutput[] = r.outputs.map((o) => ({ name: o.name, parameters: plain(o.parameters) }));
