@@ -17,7 +17,7 @@
 //
 // WORKERS_FROM_DIST=1 (`npm test` sets it, right after building dist/): run from the
 // sources, a worker of src/ still starts from its compiled .js in dist/. A data-plane thread
-// then starts in about a third of the CPU (1.4 s for two instead of 2.8 s: tsx's hooks
+// then starts in half the CPU (1.4 s for two instead of 2.8 s: tsx's hooks
 // resolve every import through a thread of their own), and the threads run the code
 // `npm start` runs. Only for a dist/ built from the same sources: nothing checks that.
 import { existsSync } from 'node:fs';
