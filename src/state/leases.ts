@@ -74,6 +74,8 @@ export class LeaseKeeper {
   /** Per subject: what Redis leased it this replica, per window (the current and the next, leased ahead). */
   private readonly leased = new Map<string, { window: number; requests: number; tokens: number }[]>();
   private replicas = 1;
+  /** Redis was up at the last tick: its return is seen within a tick, not a heartbeat period. */
+  private wasUp = true;
   private timer: NodeJS.Timeout | undefined;
   private beat: NodeJS.Timeout | undefined;
 
@@ -110,6 +112,10 @@ export class LeaseKeeper {
 
   /** One look at every limited subject: top up, or take the next minute ahead. Returns when the leases it asked for are in. */
   async tick(): Promise<void> {
+    // Back from an outage (a Redis restart loses the heartbeats): say so now. Else, for up to
+    // HEARTBEAT_MS, every other replica counted one fewer and took a larger share of each limit.
+    if (this.backend.up && !this.wasUp) void this.heartbeat();
+    this.wasUp = this.backend.up;
     if (this.o.active !== undefined && !this.o.active()) return;
     const now = this.now();
     const minute = Math.floor(now / 60_000);

@@ -122,3 +122,24 @@ t.test('a lease Redis could not fill is asked again within its minute: budget th
   t.ok(ledger.reserve(['key:a'], 30), 'served from the budget given back');
   t.ok((redis.counters.get(`key:a:${minute}:t`) ?? 0) <= 400, 'the cluster never leased past the limit');
 });
+
+t.test('Redis back from an outage: the heartbeat goes at the next tick, not at the next heartbeat period', async (t) => {
+  const redis = fakeRedis(2);
+  let beats = 0;
+  const heartbeat = redis.backend.heartbeat;
+  redis.backend.heartbeat = async () => (beats++, heartbeat());
+  const ledger = new QuotaLedger(() => 1000 * MINUTE);
+  const keeper = new LeaseKeeper({ ledger, backend: redis.backend, now: () => 1000 * MINUTE, active: () => false });
+  await keeper.tick();
+  t.equal(beats, 0, 'up all along: no extra heartbeat');
+  redis.backend.up = false;
+  await keeper.tick();
+  t.equal(beats, 0, 'away: none');
+  redis.backend.up = true;
+  await keeper.tick();
+  t.equal(beats, 1, 'back: one at once (a restarted Redis has lost every heartbeat)');
+  await keeper.tick();
+  t.equal(beats, 1, 'and only one');
+  await new Promise((r) => setImmediate(r));
+  t.equal(keeper.replicasSeen, 2, 'its answer counted');
+});

@@ -243,7 +243,11 @@ t.test('a replica started after the others adopts the shared flags and operator 
   // shares of every rate limit for 15 s (through a rolling restart, a client's rate by 1/3).
   const r = new Redis(redis.url);
   t.teardown(() => r.disconnect());
-  await until(async () => (await r.zrange('eb:replicas', '0', '-1')).includes('replica-c'), 'C in the heartbeats');
+  const all = ['replica-a', 'replica-b', 'replica-c'];
+  await until(async () => {
+    const members = await r.zrange('eb:replicas', '0', '-1');
+    return all.every((x) => members.includes(x));
+  }, 'A, B and C in the heartbeats', 8000);
   await c.close();
   t.same((await r.zrange('eb:replicas', '0', '-1')).sort(), ['replica-a', 'replica-b'], 'only A and B are left');
   await call(a, 'DELETE', '/api/orchestrator/bans');
