@@ -13,7 +13,7 @@ import { graphProblem, outputProblem, type GraphValue } from '../../src/infer/gr
 import { loadCandidate, loadManifest, unknownManifestFields, validateManifest } from '../../src/infer/manifest.ts';
 import { startBroker } from '../../src/app.ts';
 import { loadConfig } from '../../src/config/env.ts';
-import { startTestBroker, postJson, admin, logLine, metricValue } from '../helpers/broker.ts';
+import { startTestBroker, postJson, admin, logLine, metricValue, type TestBroker } from '../helpers/broker.ts';
 import { FOREIGN, writeForeignModel } from './foreign-model.ts';
 import { fashionPngs } from '../helpers/images.ts';
 
@@ -381,6 +381,10 @@ t.test('float16 scores are read as numbers, not as their bits; an int64 output i
   t.teardown(() => bad.close());
   const ready = await fetch(`${bad.url}/ready`);
   t.match(await ready.text(), /is int64; the broker reads scores as float32, float64 or float16/, "/ready says why B is refused");
+  // Its v2 metadata describes the graph as it is, not as the FP32 a served model answers.
+  const meta = async (tb: TestBroker, version: string) => ((await (await fetch(`${tb.url}/v2/models/foreign-nhwc/versions/${version}`)).json()) as { outputs: { datatype: string }[] }).outputs;
+  t.same((await meta(bad, '0.2.0')).map((o: { datatype: string }) => o.datatype), ['INT64'], "the refused B's output: INT64");
+  t.same((await meta(tb, '0.2.0')).map((o: { datatype: string }) => o.datatype), ['FP32'], 'a float16 output is served, as FP32');
 });
 
 t.test('img_size on a fixed-size model: the size itself, and none can name a non-square input', async (t) => {

@@ -29,6 +29,8 @@ const DATATYPES: Record<string, string> = {
   int8: 'INT8', int16: 'INT16', int32: 'INT32', int64: 'INT64',
   float16: 'FP16', float32: 'FP32', float64: 'FP64', string: 'BYTES',
 };
+/** Output types the broker reads as scores, and serves as FP32. */
+const FLOATS = new Set(['float16', 'float32', 'float64']);
 
 /** What a model name and version reach. */
 interface Target {
@@ -82,8 +84,9 @@ export class V2Core {
       inputs: sessions.inputs.map(tensor),
       // The manifest's output only: the one the broker serves (a request naming another is a
       // 400), as FP32 whatever the graph's float type (postprocess.ts asFloat32). A client
-      // that asks for every output the metadata lists then gets them.
-      outputs: sessions.outputs.filter((t) => t.name === manifest.output.name).map((t) => ({ ...tensor(t), datatype: 'FP32' })),
+      // that asks for every output the metadata lists then gets them. An output of another
+      // type (a model refused for it) keeps its own: FP32 would describe a model that is not there.
+      outputs: sessions.outputs.filter((t) => t.name === manifest.output.name).map((t) => ({ ...tensor(t), ...(FLOATS.has(t.type) ? { datatype: 'FP32' } : {}) })),
     };
   }
 
