@@ -101,6 +101,8 @@ t.test('errors carry the status of their code in the table', async (t) => {
   };
   await fails('ModelMetadata', { name: 'nope' }, grpc.status.NOT_FOUND, 'unknown model');
   await fails('ModelReady', { name: MODEL, version: '9' }, grpc.status.NOT_FOUND, 'unknown version');
+  // The model before the body, as Triton: an unknown model with an empty request is NOT_FOUND.
+  await fails('ModelInfer', { model_name: 'nope', inputs: [] }, grpc.status.NOT_FOUND, 'unknown model, empty request');
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'pixels', datatype: 'BYTES', shape: [1] }], raw_input_contents: [lengthPrefixed([pngs[0]!])] }, grpc.status.INVALID_ARGUMENT, 'wrong input name');
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28] }], raw_input_contents: [Buffer.alloc(10)] }, grpc.status.INVALID_ARGUMENT, 'raw contents short of the shape');
   await fails('ModelInfer', { model_name: MODEL, inputs: [{ name: 'input', datatype: 'BYTES', shape: [1] }], raw_input_contents: [] }, grpc.status.INVALID_ARGUMENT, 'no contents');

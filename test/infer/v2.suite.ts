@@ -247,6 +247,9 @@ t.test('every error status, as {"error": "..."}, and the server keeps serving', 
   }
   expectError(await json.infer('nope', { inputs: [img] }), 404, 'model_not_found', 'infer, unknown model');
   expectError(await json.infer(MODEL, { version: '9.9.9', inputs: [img] }), 404, 'model_not_found', 'infer, unknown version');
+  // The model before the body, as Triton: a body that would be a 400 to a known model.
+  expectError(await json.infer('nope', { inputs: [] }), 404, 'model_not_found', 'infer, unknown model, empty inputs');
+  expectError(await json.infer(MODEL, { version: '9.9.9', inputs: [] }), 404, 'model_not_found', 'infer, unknown version, empty inputs');
 
   // 400: the request does not fit the protocol or the model.
   const raw = (body: string | Buffer, headers: Record<string, string> = {}) =>

@@ -192,6 +192,11 @@ export class V2Core {
     };
   }
 
+  /** Throws as a request to an unknown model or version would: checked before its body, as Triton does (404, not the body's 400). */
+  checkModel(name: string, version: string | undefined): void {
+    this.resolve(name, version);
+  }
+
   private resolve(name: string, version: string | undefined): Target {
     if (this.service === undefined) throw new BrokerError('inference_disabled', 'inference is turned off on this broker (INFER_ENABLED=false)');
     const { A, B } = this.service.models;

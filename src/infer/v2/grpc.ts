@@ -123,6 +123,7 @@ export function addV2GrpcService(server: grpc.Server, deps: V2GrpcDeps): void {
         await checkCall(deps.guards, req);
         const r = call.request;
         if (req.facts !== undefined) req.facts.model = r.model_name;
+        core.checkModel(r.model_name, version(r.model_version));
         const reply = await core.infer(r.model_name, version(r.model_version), toInferRequest(r), { headerPriority: headerPriority(req.headers['x-broker-priority']), priorityCeiling: deps.guards.priorityCeiling?.(apiKeyOf(req.headers), req.caller), signal });
         noteV2Inference(req.facts, reply);
         return {

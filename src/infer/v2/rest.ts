@@ -39,6 +39,7 @@ export function v2Routes(core: V2Core, stickyCookie: string, ceiling?: PriorityC
     const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
     const priority = headerPriority(req.headers['x-broker-priority']);
     const priorityCeiling = ceiling?.(apiKeyOf(req.headers), req.caller);
+    core.checkModel(ctx.params['model']!, version(ctx));
     const request = parseInferRequest(ctx.body as Buffer, req.headers[HEADER_LENGTH]);
     if (req.facts !== undefined) req.facts.model = ctx.params['model'];
     // A client gone while its items wait takes them out of the queue (as on /v1/infer).
