@@ -14,6 +14,7 @@ import { BrokerError } from '../errors.ts';
 import { isKeyId, keyId } from '../guard/api-key.ts';
 import { parseBrokerConfig, readBrokerConfigDocument, BrokerConfigError, type BrokerConfig, type DeploymentConfig, type ServerConfig } from '../config/broker-config.ts';
 import type { RawBrokerConfig, RawServer } from '../config/schema.ts';
+import { hideUrls, redactUrl, restoreUrls } from '../config/secret-url.ts';
 import type { Governance, Learned } from '../sched/governance.ts';
 import type { QuotaLimits } from '../policy/quota.ts';
 import type { Logger } from '../obs/logger.ts';
@@ -383,7 +384,7 @@ export class FleetManager {
     const state = s.maintenance !== null ? 'maintenance' : s.draining ? 'draining' : s.health;
     return {
       id: s.config.id,
-      url: s.config.url,
+      url: redactUrl(s.config.url),
       provider: s.config.provider,
       maxConcurrency: s.config.maxConcurrency,
       state,
@@ -798,14 +799,14 @@ export class FleetManager {
     this.adopt(next);
   }
 
-  /** The running config as GET /config shows it: an API key written in the file shows as its id. */
+  /** The running config as GET /config shows it: an API key written in the file shows as its id, a URL's secrets as ***. */
   configView(): RawBrokerConfig {
-    return withKeyIds(this.config.raw);
+    return hideUrls(withKeyIds(this.config.raw));
   }
 
-  /** POST /config: a backup of configView() names its keys by id, which stand for the running keys. */
+  /** POST /config: a backup of configView() names its keys by id and hides its URLs' secrets; both stand for the running ones. */
   restore(doc: unknown, ifMatch: string | undefined): BrokerConfig {
-    return this.commit(withRunningKeys(doc as RawBrokerConfig, this.config.raw), ifMatch);
+    return this.commit(restoreUrls(withRunningKeys(doc as RawBrokerConfig, this.config.raw), this.config.raw), ifMatch);
   }
 
   /** PATCH one section: `scheduler`-backed queue settings, or the analytics window. */

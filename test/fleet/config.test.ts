@@ -119,6 +119,36 @@ t.test("config: a key written in the fleet file shows by its id, a backup restor
   t.equal(stray.body.error.param, 'apiKeys.k_0123456789ab');
 });
 
+t.test("config: a URL's password and query token are hidden in every view, a backup restores them, the saved file keeps them", async (t) => {
+  const m = await startMock(t);
+  const withPassword = m.url.replace('http://', 'http://ops:s3cret-pw@');
+  const withToken = `${m.url}/?api_key=qs-secret-1&region=eu`;
+  const dir = mkdtempSync(join(tmpdir(), 'eb-cfg-'));
+  const file = join(dir, 'broker.yaml');
+  writeFileSync(file, stringify({ servers: [{ id: 's', provider: 'openai', url: withPassword, models: ['m'] }], modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: withToken, model: 'm' }] } } }));
+  const tb = await startTestBroker({ BROKER_CONFIG: file, INFER_ENABLED: 'false', FLEET_HEALTH_CHECKS: 'false' });
+  t.teardown(() => tb.close());
+  const secrets = /s3cret-pw|qs-secret-1/;
+  const text = await (await fetch(`${tb.url}/api/orchestrator/config`, { headers: admin })).text();
+  t.notMatch(text, secrets, 'not in GET /config');
+  const backup = JSON.parse(text) as { servers: { url: string }[]; modelGroups: { g: { deployments: { url: string }[] } } };
+  t.equal(backup.servers[0]!.url, m.url.replace('http://', 'http://ops:***@') + '/', 'the password shows as ***');
+  t.equal(backup.modelGroups.g.deployments[0]!.url, `${m.url}/?api_key=***&region=eu`, 'the token as ***, the rest as it was');
+  t.notMatch(JSON.stringify(await get(tb, '/api/orchestrator/servers')), secrets, 'not in GET /servers');
+  const restored = await send(tb, 'POST', '/api/orchestrator/config', backup);
+  t.equal(restored.status, 200, 'the backup restores');
+  t.notMatch(JSON.stringify(restored.body), secrets, 'nor in the reply to a change');
+  t.equal((await send(tb, 'POST', '/api/orchestrator/config/save')).status, 200);
+  const saved = readFileSync(file, 'utf8');
+  t.ok(saved.includes(withPassword) && saved.includes(withToken), 'the running URLs were kept: the saved file has them');
+  const moved = structuredClone(backup);
+  moved.servers[0]!.url = 'http://ops:***@127.0.0.1:1/';
+  const refused = await send(tb, 'POST', '/api/orchestrator/config', moved);
+  t.equal(refused.status, 400, 'a hidden secret that stands for no running URL');
+  t.equal(refused.body.error.param, 'servers[0].url');
+  t.notMatch(tb.logs.map((l) => JSON.stringify(l)).join('\n'), secrets, 'nor in the logs');
+});
+
 t.test('an action refused (an unknown server, 404) leaves no audit line; a done one leaves one', async (t) => {
   const m = await startMock(t);
   const tb = await fleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'r', provider: 'openai', url: m.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
