@@ -62,6 +62,9 @@ t.test('capacity: a full queue answers RESOURCE_EXHAUSTED with RetryInfo; a dead
   const logged = tb.logs.filter((l) => l['method'] === 'gRPC' && l['aborted'] === true).map((l) => l['status']);
   t.ok(logged.includes('DeadlineExceeded'), `the access log says DeadlineExceeded too, as the metrics (${logged.join(', ')})`);
   t.ok(logged.includes('Canceled'), 'and Canceled for the calls the client cancelled');
+  const cancelled = tb.logs.filter((l) => l['method'] === 'gRPC' && l['status'] === 'Canceled');
+  t.ok(cancelled.length > 0 && cancelled.every((l) => l['error'] === 'client_closed'), 'with error client_closed, as an HTTP request its client closed');
+  t.notOk(tb.logs.some((l) => l['method'] === 'gRPC' && l['status'] === 'DeadlineExceeded' && l['error'] === 'client_closed'), 'a deadline is not the client closing');
   t.ok((await metricValue(tb.url, 'grpc_server_handled_total', { grpc_method: 'Chat', grpc_code: 'ResourceExhausted' })) >= 1, 'counted as ResourceExhausted');
 });
 

@@ -77,7 +77,9 @@ export function logCall(log: Logger, req: BrokerRequest, err: BrokerError | unde
   // Request tracking's row of a tracked call: status is the gRPC code (1 CANCELLED when the
   // client went away, 4 DEADLINE_EXCEEDED when its deadline ended it, as the metrics say).
   const cut = late ? 4 : 1;
-  if (req.facts !== undefined) recorder?.end(req.facts, req.id, req.startedAt, 'grpc', req.path, aborted ? cut : err === undefined ? 0 : grpcCodeOf(err.code), err?.code, aborted);
+  // A call its client cancelled carries the code an HTTP request the client closed does.
+  const code = err?.code ?? (aborted && !late ? 'client_closed' : undefined);
+  if (req.facts !== undefined) recorder?.end(req.facts, req.id, req.startedAt, 'grpc', req.path, aborted ? cut : err === undefined ? 0 : grpcCodeOf(err.code), code, aborted);
   log.info(
     {
       trace_id: req.id,
@@ -85,7 +87,7 @@ export function logCall(log: Logger, req: BrokerRequest, err: BrokerError | unde
       route: req.path,
       status: aborted ? codeLabel(cut) : err === undefined ? 'OK' : codeLabel(grpcCodeOf(err.code)),
       duration_ms: Math.round((performance.now() - req.startedAt) * 1e3) / 1e3,
-      ...(err !== undefined ? { error: err.code } : {}),
+      ...(code !== undefined ? { error: code } : {}),
       ...(aborted ? { aborted: true } : {}),
     },
     'request',
