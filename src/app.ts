@@ -304,6 +304,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const v2Core = new V2Core(infer);
   // The gRPC front starts after the HTTP one: not ready until it listens too.
   let grpcListening = false;
+  const frontsListening = (): boolean => config.grpcPort === 0 || grpcListening;
   // An inference request's priority may only be lower than its API key's (as an LLM request's).
   const ceiling = (apiKey: string | undefined, caller?: Caller): number => governance.priorityCeiling(apiKey, caller);
   // A client route's session: its roles, null when it is not live; a rejection when the store
@@ -313,13 +314,13 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const admin = governanceAdmin(governance, manager, threaded ? { stats: () => planes!.stats() } : undefined);
   const controlRoutes = [
     ...obsRoutes(metrics, threaded ? async () => planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : undefined),
-    readyRoute(infer, () => config.grpcPort === 0 || grpcListening),
+    readyRoute(infer, frontsListening),
     // Open Inference Protocol (KServe v2): served here, where the models live; data-plane threads forward /v2 (docs/oip.md).
     ...v2Routes(v2Core, config.stickyCookie, ceiling),
     ...(infer !== undefined ? adminRoutes(infer) : []),
     ...industrialRoutes(admin, logger),
     ...trackingRoutes(() => tracking?.pool),
-    ...authRoutes({ identity, store, qos: () => governance.qos, keyPolicy: (k) => governance.keyPolicy(k), keysChanged: () => sharedState.keysChanged(), ready: () => infer?.ready ?? true, replica: config.replicaId, throttle: authThrottle }),
+    ...authRoutes({ identity, store, qos: () => governance.qos, keyPolicy: (k) => governance.keyPolicy(k), keysChanged: () => sharedState.keysChanged(), ready: () => frontsListening() && (infer?.ready ?? true), replica: config.replicaId, throttle: authThrottle }),
     ...orchestratorRoutes({
       fleet: manager,
       logger,

@@ -152,6 +152,7 @@ const recorded = new Set(rules.filter((r) => r.kind === 'record').map((r) => r.n
 const dashboardFiles = walk('grafana', /\.json$/);
 const dashboards = dashboardFiles.map((f) => ({ file: f, json: JSON.parse(read(f)) as Doc }));
 const k8sDocs = yamlDocs('deploy/k8s/edge-broker.yaml');
+const redisDocs = yamlDocs('deploy/k8s/redis.yaml');
 const operations = read('docs/operations.md');
 
 /** Every PromQL expression of a dashboard: panel targets, annotations, variable queries. */
@@ -506,6 +507,27 @@ t.test('Kubernetes manifest', async (t) => {
   }
   // A read-only root filesystem still gets a writable /tmp.
   if (c.securityContext?.readOnlyRootFilesystem) t.ok((c.volumeMounts as Doc[]).some((m) => m.mountPath === '/tmp'), '/tmp is writable');
+
+  // The replicas share a Redis: REDIS_URL names redis.yaml's Service, whose selector finds its
+  // pods; the broker may reach it and only the broker may.
+  const redisKind = new Map<string, Doc>(redisDocs.map((d) => [d.kind, d]));
+  t.same([...redisKind.keys()].sort(), ['Deployment', 'NetworkPolicy', 'Service']);
+  for (const d of redisDocs) t.equal(d.metadata.namespace, ns, `redis ${d.kind} is in namespace ${ns}`);
+  const redisUrl = new URL(env.REDIS_URL!);
+  const svc = redisKind.get('Service');
+  t.equal(redisUrl.hostname, svc.metadata.name, 'REDIS_URL names the Redis Service');
+  t.equal(Number(redisUrl.port), svc.spec.ports[0].port, "and its port");
+  const redisPod = redisKind.get('Deployment').spec.template;
+  const redisLabels = redisPod.metadata.labels;
+  const selects = (sel: Record<string, string>, labels: Record<string, string>) => Object.entries(sel).every(([k, v]) => labels[k] === v);
+  t.ok(selects(svc.spec.selector, redisLabels), 'the Service selects the Redis pods');
+  t.ok(selects(redisKind.get('Deployment').spec.selector.matchLabels, redisLabels), 'the Deployment selects its pods');
+  t.notOk(selects(dep.spec.selector.matchLabels, redisLabels), "the broker's selectors (Service, PDB, NetworkPolicy) do not take the Redis pods");
+  t.equal(redisPod.spec.containers[0].ports[0].containerPort, 6379);
+  t.ok((np.egress as Doc[]).some((r) => (r.to as Doc[] | undefined)?.some((to) => to.podSelector !== undefined && selects(to.podSelector.matchLabels, redisLabels)) && (r.ports as Doc[]).some((p) => Number(p.port) === Number(redisUrl.port))), 'egress allows the Redis pods on its port');
+  const redisNp = redisKind.get('NetworkPolicy').spec;
+  t.ok(selects(redisNp.podSelector.matchLabels, redisLabels), "Redis's NetworkPolicy selects its pods");
+  t.ok((redisNp.ingress as Doc[]).every((r) => (r.from as Doc[] | undefined)?.every((f) => f.podSelector !== undefined && selects(f.podSelector.matchLabels, podLabels))), 'only the broker pods reach Redis');
 });
 
 t.test('k6 scripts only target a local BASE_URL and are bounded', async (t) => {

@@ -194,7 +194,8 @@ export class V2Core {
 
   /** Throws as a request to an unknown model or version would: checked before its body, as Triton does (404, not the body's 400). */
   checkModel(name: string, version: string | undefined): void {
-    this.resolve(name, version);
+    // Inference off: the body is still checked first (a bad one is the client's 400 on any broker).
+    if (this.service !== undefined) this.resolve(name, version);
   }
 
   private resolve(name: string, version: string | undefined): Target {
