@@ -300,7 +300,7 @@ export class LlmProxy {
               id: req.id,
               includeUsage: up.includeUsage,
               promptEstimate,
-              request: api === 'responses' || api === 'anthropic' ? body : undefined,
+              request: api === 'responses' || api === 'anthropic' || api === 'ollama' ? body : undefined,
               // W3C Trace Context for the upstream: this attempt is its parent; not recorded, the client's as it came.
               traceparent: upSpan !== undefined ? upSpan.traceparent : req.traceparent,
               tracestate: upSpan !== undefined ? upSpan.tracestate : req.tracestate,

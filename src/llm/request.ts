@@ -125,7 +125,8 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   }
   // Ollama's format: "json" or a JSON Schema.
   const format = body.format;
-  if (api === 'ollama' && format !== undefined && format !== null && typeof format !== 'string' && !isObject(format)) throw invalidField('format', 'must be "json" or a JSON schema object');
+  // Another string ("xml") is Ollama's 400 too: passed on, it was dropped on the way to an OpenAI upstream.
+  if (api === 'ollama' && format !== undefined && format !== null && !(format === 'json' || format === '' || isObject(format))) throw invalidField('format', 'must be "json" or a JSON schema object');
   checkInt(body.n, 'n', 1, MAX_CHOICES);
   if (api === 'ollama') {
     // Ollama's images are base64 strings in an array; anything else is its 400, not silently dropped.
@@ -397,9 +398,15 @@ function checkCompletionPrompt(prompt: unknown): void {
   throw invalidField('prompt', 'must be a string, an array of strings, or token ids');
 }
 
+/** Base64 of the standard alphabet, as Ollama decodes an image; a `data:` URL of it is taken too (translate/common.ts). */
+const BASE64 = /^(?:data:[\w.+-]+\/[\w.+-]+;base64,)?[A-Za-z0-9+/]*={0,2}$/;
+
 function checkImages(v: unknown, field: string): void {
   if (v === undefined || v === null) return;
   if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw invalidField(field, 'must be an array of base64-encoded images');
+  v.forEach((x: string, i) => {
+    if (x === '' || !BASE64.test(x)) throw invalidField(`${field}[${i}]`, 'is not base64 (an encoded image, or a data: URL of one)');
+  });
 }
 
 function checkNumber(v: unknown, field: string): void {

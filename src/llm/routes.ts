@@ -25,8 +25,9 @@ function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
   return [...new Set(fleet?.groups.values() ?? [])];
 }
 
-/** A model no group serves: 404 naming those that are. */
-function notServed(fleet: Fleet | undefined, model: string): BrokerError {
+/** A model no group serves: 404 naming those that are; on Ollama's routes, Ollama's own words (clients match "not found"). */
+function notServed(fleet: Fleet | undefined, model: string, api?: ClientApi): BrokerError {
+  if (api === 'ollama') return new BrokerError('model_not_found', `model "${model}" not found, try pulling it first`, { details: { field: 'model' } });
   return new BrokerError('model_not_found', `model ${model} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
 }
 
@@ -124,7 +125,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
           throw err;
         }
         group = fleet.groups.get(r.model);
-        if (group === undefined) throw notServed(fleet, r.model);
+        if (group === undefined) throw notServed(fleet, r.model, api);
         try {
           const a = admission.admit(r, group);
           admitted = a instanceof Promise ? await a : a;

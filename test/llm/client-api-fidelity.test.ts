@@ -501,3 +501,37 @@ t.test('Ollama stream cut mid-way: the error line carries code (and the request 
   const lines = (await res.text()).trim().split('\n').map((l) => JSON.parse(l));
   t.match(lines.at(-1), { error: /ended before/, code: 'upstream_error', request_id: 'fid-9' });
 });
+
+t.test("Ollama's think: false on an OpenAI-compatible upstream: its reasoning is not passed on, streamed or whole; left out, it is", async (t) => {
+  up.handler = (_p, b, res) => {
+    const usage = { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 };
+    if (b.stream !== true) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ id: 'c1', object: 'chat.completion', created: 1, model: 'm', choices: [{ index: 0, message: { role: 'assistant', content: 'Hi', reasoning_content: 'hm' }, finish_reason: 'stop' }], usage }));
+      return;
+    }
+    const chunk = (delta: unknown, finish: string | null = null) => `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+    sse(res, [chunk({ role: 'assistant', content: '' }), chunk({ reasoning_content: 'hm' }), chunk({ content: 'Hi' }), chunk({}, 'stop'), 'data: [DONE]\n\n']);
+  };
+  const lines = async (body: Record<string, unknown>) => (await (await post('/api/chat', { model: 'oa', messages: [{ role: 'user', content: 'x' }], ...body })).text()).trim().split('\n').map((l) => JSON.parse(l));
+  const thoughts = (ls: any[]) => ls.map((l) => l.message?.thinking ?? '').join('');
+  for (const stream of [true, false]) {
+    t.equal(thoughts(await lines({ stream })), 'hm', `think left out: the reasoning (stream ${stream})`);
+    const off = await lines({ stream, think: false });
+    t.equal(thoughts(off), '', `think: false: none (stream ${stream})`);
+    t.equal(off.map((l) => l.message?.content ?? '').join(''), 'Hi', `and the answer whole (stream ${stream})`);
+  }
+  const gen = (await (await post('/api/generate', { model: 'oa', prompt: 'x', think: false })).text()).trim().split('\n').map((l) => JSON.parse(l));
+  t.equal(gen.map((l) => l.thinking ?? '').join(''), '', '/api/generate too');
+  t.equal(gen.map((l) => l.response ?? '').join(''), 'Hi');
+});
+
+t.test("an unknown model on Ollama's routes: 404 in Ollama's words (clients look for \"not found\")", async (t) => {
+  for (const [path, body] of [['/api/chat', { messages: [{ role: 'user', content: 'x' }] }], ['/api/generate', { prompt: 'x' }], ['/api/embed', { input: 'x' }]] as const) {
+    const res = await post(path, { model: 'nope', ...body });
+    t.equal(res.status, 404, path);
+    t.match(await res.json(), { error: 'model "nope" not found, try pulling it first' }, path);
+  }
+  const openai = await post('/v1/chat/completions', { model: 'nope', messages: [{ role: 'user', content: 'x' }] });
+  t.match(((await openai.json()) as any).error.message, /model nope is not served here/, "OpenAI's route keeps its own");
+});

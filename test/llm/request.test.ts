@@ -129,6 +129,11 @@ t.test('stop, stream_options and Ollama options of the wrong type are a 400 nami
   t.throws(images({ messages: [{ role: 'user', content: 'hi', images: 'abc' }] }), { code: 'invalid_request', details: { field: 'messages[0].images' } });
   t.throws(images({ messages: [{ role: 'user', content: 'hi', images: [1] }] }), { code: 'invalid_request', details: { field: 'messages[0].images' } });
   t.doesNotThrow(images({ messages: [{ role: 'user', content: 'hi', images: ['iVBORw0KGgo='] }] }));
+  // Ollama's 400 "illegal base64 data": passed on, it reached an OpenAI upstream as a broken data: URL.
+  t.throws(images({ messages: [{ role: 'user', content: 'hi', images: ['not base64!!'] }] }), { code: 'invalid_request', details: { field: 'messages[0].images[0]' } });
+  t.throws(images({ messages: [{ role: 'user', content: 'hi', images: ['iVBORw0KGgo=', 'https://example.com/cat.png'] }] }), { code: 'invalid_request', details: { field: 'messages[0].images[1]' } });
+  t.throws(images({ messages: [{ role: 'user', content: 'hi', images: [''] }] }), { code: 'invalid_request', details: { field: 'messages[0].images[0]' } });
+  t.doesNotThrow(images({ messages: [{ role: 'user', content: 'hi', images: ['data:image/jpeg;base64,/9j/4AAQ'] }] }), 'a data: URL of base64');
   t.throws(() => readLlmRequest(req(), 'ollama', 'completion', { model: 'g', prompt: 'x', images: 'abc' }), { code: 'invalid_request', details: { field: 'images' } });
   // At most 64 stop sequences, in each API's field.
   const many = Array.from({ length: 65 }, (_, i) => `s${i}`);
@@ -164,6 +169,8 @@ t.test('tools, tool_choice, response_format, Ollama format and a completion prom
   t.doesNotThrow(ollama({ tools: [fn, { function: { name: 'untyped' } }] }), "Ollama takes a tool without a type for a function");
   t.throws(ollama({ format: 5 }), { code: 'invalid_request', details: { field: 'format' } });
   t.doesNotThrow(ollama({ format: 'json' }));
+  t.throws(ollama({ format: 'xml' }), { code: 'invalid_request', details: { field: 'format' } }, 'another string: 400, as Ollama');
+  t.doesNotThrow(ollama({ format: '' }), 'empty: no format, as Ollama');
   t.doesNotThrow(ollama({ format: { type: 'object', properties: { a: { type: 'string' } } } }));
 
   const completion = (prompt: unknown) => () => readLlmRequest(req(), 'openai', 'completion', { model: 'g', prompt });

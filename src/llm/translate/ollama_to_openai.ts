@@ -184,7 +184,7 @@ export function chatResponse(res: OpenAIChatCompletion, ctx: ReplyContext): Olla
   const refusal = (m as { refusal?: unknown } | undefined)?.refusal;
   const message: OllamaMessage = { role: 'assistant', content: textOf(m?.content) + (typeof refusal === 'string' ? refusal : '') };
   const thinking = m?.reasoning_content ?? m?.reasoning;
-  if (typeof thinking === 'string' && thinking !== '') message.thinking = thinking;
+  if (typeof thinking === 'string' && thinking !== '' && wantsThinking(ctx)) message.thinking = thinking;
   const tools = ollamaToolCalls(m?.tool_calls);
   if (tools !== undefined) message.tool_calls = tools;
   return {
@@ -240,13 +240,20 @@ export interface NdjsonWriter {
   readonly now: () => number;
   readonly openAt: number;
   firstAt: number;
+  /** The client said `think: false`: an upstream's reasoning is not passed on (Ollama sends none then). */
+  readonly thinking: boolean;
 }
 
 const STILL = (): number => 0;
 
+/** Ollama's `think: false`: no thinking in the reply, whatever an OpenAI-compatible upstream reasons. */
+function wantsThinking(ctx: ReplyContext): boolean {
+  return ctx.request?.['think'] !== false;
+}
+
 export function ndjsonWriter(ctx: ReplyContext): NdjsonWriter {
   const now = ctx.durationClock ?? STILL;
-  return { model: ctx.model, head: '', finish: null, usage: null, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, tools: [], done: false, now, openAt: now(), firstAt: -1 };
+  return { model: ctx.model, head: '', finish: null, usage: null, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, tools: [], done: false, now, openAt: now(), firstAt: -1, thinking: wantsThinking(ctx) };
 }
 
 /** A token (text, reasoning or a tool call) went by: the first one ends the prompt's evaluation. */
@@ -287,7 +294,7 @@ export function chatChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
   }
   const content = (typeof d.content === 'string' ? d.content : '') + (typeof d.refusal === 'string' ? d.refusal : '');
   const r = d.reasoning_content ?? d.reasoning;
-  const thinking = typeof r === 'string' ? r : '';
+  const thinking = typeof r === 'string' && w.thinking ? r : '';
   if (content === '' && thinking === '') return '';
   token(w);
   return (
@@ -309,7 +316,7 @@ export function completionChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
   if (typeof text !== 'string' && d !== undefined && d !== null) {
     text = (typeof d.content === 'string' ? d.content : '') + (typeof d.refusal === 'string' ? d.refusal : '');
     const r = d.reasoning_content ?? d.reasoning;
-    if (typeof r === 'string') thinking = r;
+    if (typeof r === 'string' && w.thinking) thinking = r;
   }
   if ((typeof text !== 'string' || text === '') && thinking === '') return '';
   token(w);
