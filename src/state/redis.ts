@@ -111,7 +111,9 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     };
     // The command timeout bounds the ready check too: a hung Redis never turns ready.
     this.cmd = new Redis(o.url, { ...common, commandTimeout: o.commandTimeoutMs ?? 1_000 });
-    this.sub = new Redis(o.url, { ...common, enableOfflineQueue: true });
+    // Resubscribed by the 'ready' handler below, not by ioredis: its own resubscription has no
+    // rejection handler (ioredis#2187), and a Redis lost again mid-way crashed the process.
+    this.sub = new Redis(o.url, { ...common, enableOfflineQueue: true, autoResubscribe: false });
     const send = this.cmd.sendCommand.bind(this.cmd);
     this.cmd.sendCommand = ((command: Parameters<Redis['sendCommand']>[0], stream?: Parameters<Redis['sendCommand']>[1]) => {
       const p = send(command, stream);

@@ -279,7 +279,8 @@ export class ResponseCache {
         this.redisAnswered();
       });
       this.connecting = this.redis.connect().catch(() => undefined);
-      this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true });
+      // Resubscribed on 'ready' below: ioredis's own resubscription has no rejection handler (ioredis#2187).
+      this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true, autoResubscribe: false });
       this.sub.on('error', () => undefined);
       this.sub.on('message', (_channel: string, message: string) => {
         try {
