@@ -107,23 +107,30 @@ export class DataPlanes {
   /**
    * Starts every thread on PORT. uWS shares a port between sockets (SO_REUSEPORT)
    * only when the port is named, not when the kernel picks it: for PORT=0 the
-   * control plane finds a free port first, and tries another if it was taken meanwhile.
+   * control plane finds a free port once every thread has loaded and waits for it
+   * (a port probed, closed, then left free while threads loaded could be taken by
+   * another process sharing it, whose requests would then reach either), and tries
+   * another if it was taken meanwhile.
    */
   async start(): Promise<number> {
     for (let tries = 1; ; tries++) {
-      this.port = this.deps.config.port === 0 ? await freePort(this.deps.config.host) : this.deps.config.port;
+      const named = this.deps.config.port;
+      const gate = named === 0 ? new ListenGate(this.planes.length, () => freePort(this.deps.config.host)) : undefined;
       // Every thread at once: each spends most of its start loading its modules, which the
       // cores can do side by side (one after the other, a start took a thread's time per thread).
       this.starting = true;
-      const started = await Promise.allSettled(this.planes.map((_, i) => this.spawn(i, this.port)));
+      const started = await Promise.allSettled(this.planes.map((_, i) => this.spawn(i, gate ?? named)));
       this.starting = false;
       const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       // A thread that listened and then died while the others started counts as a failed start.
-      if (failed === undefined && this.planes.every((p) => p !== undefined)) break;
+      if (failed === undefined && this.planes.every((p) => p !== undefined)) {
+        this.port = (started[0] as PromiseFulfilledResult<number>).value;
+        break;
+      }
       // One did not listen (a free port taken meanwhile, with PORT=0): those that did stop,
       // and all start again on another port.
       await this.retire();
-      if (this.deps.config.port !== 0 || tries >= 5) throw failed?.reason ?? new Error('a data-plane thread died while the others started');
+      if (named !== 0 || tries >= 5) throw failed?.reason ?? new Error('a data-plane thread died while the others started');
     }
     this.deps.metrics.planeThreads.set(this.count);
     return this.port;
@@ -136,14 +143,21 @@ export class DataPlanes {
     await Promise.all(up.map((p) => p.worker.terminate()));
   }
 
-  private spawn(index: number, port: number): Promise<number> {
-    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port, cacheChannel: this.deps.cacheChannel, spend: this.deps.spend?.(), logFd: this.deps.logFd, controlRoutes: this.deps.controlRoutes };
+  /** A thread on `port`, or on the port `gate` picks once every thread of a start is ready. */
+  private spawn(index: number, port: number | ListenGate): Promise<number> {
+    const gate = typeof port === 'number' ? undefined : port;
+    const init = { config: this.deps.config, buffers: this.deps.buffers, snapshot: this.deps.snapshot(), index, port: gate === undefined ? port : 0, cacheChannel: this.deps.cacheChannel, spend: this.deps.spend?.(), logFd: this.deps.logFd, controlRoutes: this.deps.controlRoutes };
     const { filename, workerData } = workerEntry('./worker.ts', import.meta.url, { init });
     const worker = new Worker(filename, { workerData, name: `data-plane-${index}` });
     const plane: Plane = { index, worker, acked: init.snapshot.version, onAck: [], calls: new Map(), aborts: new Map() };
-    return new Promise<number>((resolve, reject) => {
+    const started = new Promise<number>((resolve, reject) => {
       let listening = false;
       worker.on('message', (m: ToControl) => {
+        if (m.t === 'ready' && gate !== undefined) {
+          // No port (another thread failed first): this one stops, which fails its spawn too.
+          gate.ready().then((p) => this.send(plane, { t: 'listen', port: p }), () => void worker.terminate());
+          return;
+        }
         if (m.t === 'listening') {
           listening = true;
           this.planes[index] = plane;
@@ -177,6 +191,9 @@ export class DataPlanes {
         );
       });
     });
+    // A thread that fails before it listens fails the whole start: the others stop waiting.
+    if (gate !== undefined) started.catch((err: unknown) => gate.fail(err));
+    return started;
   }
 
   private send(plane: Plane, m: ToPlane): void {
@@ -369,6 +386,37 @@ export class DataPlanes {
  */
 function ownFirst(own: MetricsJson): MetricsJson {
   return own.map((m) => (m.aggregator === 'omit' ? { ...m, aggregator: 'first' as const } : m));
+}
+
+/**
+ * The port of a start with PORT=0, picked when the last of its threads is ready, so
+ * that it stays free for a message's time rather than for the threads' loading.
+ */
+class ListenGate {
+  private left: number;
+  private open!: () => void;
+  private close!: (err: unknown) => void;
+  private readonly port: Promise<number>;
+
+  constructor(threads: number, pick: () => Promise<number>) {
+    this.left = threads;
+    const all = new Promise<void>((resolve, reject) => {
+      this.open = resolve;
+      this.close = reject;
+    });
+    this.port = all.then(pick);
+    this.port.catch(() => undefined);
+  }
+
+  /** One more thread ready: the port, once all are. */
+  ready(): Promise<number> {
+    if (--this.left === 0) this.open();
+    return this.port;
+  }
+
+  fail(err: unknown): void {
+    this.close(err);
+  }
 }
 
 function freePort(host: string): Promise<number> {

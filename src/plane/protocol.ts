@@ -98,6 +98,8 @@ export interface PlaneStats {
 
 export type ToPlane =
   | { readonly t: 'snapshot'; readonly snapshot: Snapshot }
+  /** PORT=0: the port every thread listens on, sent once all of them are `ready`. */
+  | { readonly t: 'listen'; readonly port: number }
   | { readonly t: 'learn'; readonly events: readonly Learned[] }
   | { readonly t: 'reply'; readonly id: number; readonly value?: unknown; readonly error?: WireError }
   | { readonly t: 'call'; readonly id: number; readonly name: 'metrics' | 'stats' | 'flush' }
@@ -111,6 +113,8 @@ export type ToPlane =
   | { readonly t: 'fail' };
 
 export type ToControl =
+  /** PORT=0: loaded and about to listen, waiting for `listen`. */
+  | { readonly t: 'ready' }
   | { readonly t: 'listening'; readonly port: number }
   | { readonly t: 'ack'; readonly version: number }
   | { readonly t: 'forward'; readonly id: number; readonly req: BrokerRequest; readonly body: Uint8Array | undefined }

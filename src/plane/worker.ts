@@ -194,9 +194,23 @@ for (const [method, path, name] of init.controlRoutes ?? []) forwardedRoutes.add
 const router = new Router();
 for (const r of [...inferRoutes(inference, config.stickyCookie, (k, c) => gov.priorityCeiling(k, c)), ...llmRoutes(fleetSource, gov, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
 
+// PORT=0: the control plane picks the port once every thread is loaded (DataPlanes.start).
+const listenPort =
+  init.port !== 0
+    ? init.port
+    : await new Promise<number>((resolve) => {
+        const onListen = (m: ToPlane): void => {
+          if (m.t !== 'listen') return;
+          port.off('message', onListen);
+          resolve(m.port);
+        };
+        port.on('message', onListen);
+        post({ t: 'ready' });
+      });
+
 const front = await startHttpFront({
   host: config.host,
-  port: init.port,
+  port: listenPort,
   maxBodyBytes: config.maxBodyBytes,
   cors: config.corsOrigins,
   router,
