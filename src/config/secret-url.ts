@@ -4,7 +4,7 @@
 // the running config, Redis and the saved file keep them.
 import { BrokerError } from '../errors.ts';
 
-export const HIDDEN = '***';
+const HIDDEN = '***';
 const SECRET_PARAM = /key|token|secret|passw|sig|auth|credential/i;
 
 /** The URL with its secrets shown as ***; a URL without any, exactly as written. */
@@ -36,7 +36,7 @@ export function redactUrl(url: string): string {
  * it. One that hides a secret and names no running URL is refused: restored as written, the
  * upstream would be called with *** for a password.
  */
-export function runningUrl(restored: string, running: string | undefined, field: string): string {
+function runningUrl(restored: string, running: string | undefined, field: string): string {
   if (running !== undefined && restored === redactUrl(running)) return running;
   if (restored.includes(HIDDEN)) throw new BrokerError('invalid_request', `${field} hides a secret (***) and is not the running URL it stood for: give the URL itself`, { details: { field } });
   return restored;
@@ -50,7 +50,10 @@ interface UrlDoc {
 
 /** The config with every URL's secrets hidden: what GET /config shows, and a backup holds. */
 export function hideUrls<T extends UrlDoc>(raw: T): T {
-  const hide = <E extends WithUrl>(e: E): E => (e.url === undefined || redactUrl(e.url) === e.url ? e : { ...e, url: redactUrl(e.url) });
+  const hide = <E extends WithUrl>(e: E): E => {
+    const url = e.url === undefined ? undefined : redactUrl(e.url);
+    return url === e.url ? e : { ...e, url };
+  };
   return {
     ...raw,
     ...(raw.servers !== undefined ? { servers: raw.servers.map(hide) } : {}),

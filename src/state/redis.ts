@@ -15,6 +15,7 @@
 // without closing the connection (a frozen host, a network blackhole) is found by the
 // command timeout: the first command it times out marks the store down and drops the
 // connection, so that the next ones fail at once until a reconnect is ready again.
+import { redactUrl } from '../config/secret-url.ts';
 import { Redis } from 'ioredis';
 import type { Logger } from '../obs/logger.ts';
 import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyRecord, type Revoked, type SessionRecord, type StateStore } from './store.ts';
@@ -361,13 +362,7 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
   }
 }
 
-/** redis://user:secret@host → redis://user:***@host, for logs. */
+/** redis://user:secret@host → redis://user:***@host, for logs (an unparsable one is not shown: it may hold a secret). */
 export function redact(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password !== '') u.password = '***';
-    return u.href;
-  } catch {
-    return 'redis://(unparsable url)';
-  }
+  return URL.canParse(url) ? redactUrl(url) : 'redis://(unparsable url)';
 }
