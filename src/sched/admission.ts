@@ -56,7 +56,7 @@ export interface AdmissionPolicies {
   admittedLabel(label: string): boolean;
   /** Budgets per API key (request tracking on): the cached spend, checked here. */
   readonly budgets?: BudgetGate | undefined;
-  /** How long a request may wait for its key's lease top-up (replicas sharing Redis) before 429; 0: not at all. Default 250 ms. */
+  /** How long a request may wait for its key's lease top-up (replicas sharing Redis) before 429; 0: not at all. Default 1 s (the top-up is a 50 ms tick and a Redis round trip away, more on a busy control plane). */
   readonly leaseWaitMs?: number;
 }
 
@@ -198,7 +198,7 @@ async function reserveWhenTopped(p: AdmissionPolicies, subject: string, tokens: 
 
 /** How often a request waiting for its key's lease looks again (the lease keeper looks every 50 ms), and for how long. */
 const LEASE_POLL_MS = 20;
-const LEASE_WAIT_MS = 250;
+const LEASE_WAIT_MS = 1000;
 
 /** Lowers the output-token limit in the field the client API uses (a copy: the client's body is left alone). */
 function capOutputTokens(body: Readonly<Record<string, unknown>>, cap: number, api: LlmRequest['api']): Record<string, unknown> {

@@ -51,7 +51,7 @@ export interface Lease {
 type Pick = { lease: Lease } | { full: true } | { none: BrokerError | undefined };
 
 /** How long a request waits for a deployment's quota top-up, looking every 20 ms (as admission does for a key's: sched/admission.ts). */
-const TOP_UP_WAIT_MS = 250;
+const TOP_UP_WAIT_MS = 1000;
 const TOP_UP_POLL_MS = 20;
 
 /** Groups larger than this are routed by sampling instead of a scan. */
