@@ -71,9 +71,17 @@ interface Plane {
   readonly aborts: Map<number, RequestAbort>;
   /** Stopped by a start that failed on another thread (retire): its exit is no death. */
   retired?: boolean;
+  /** Its registry as last read: what /metrics shows for it when it is slow to answer, and keeps of it once it dies. */
+  lastMetrics?: MetricsJson;
 }
 
 const ACK_TIMEOUT_MS = 5000;
+/**
+ * How long a call to every thread (metrics, stats, flush) waits for each: a thread busy for
+ * longer (a long synchronous task, a stuck loop) would hold /metrics past Prometheus's scrape
+ * timeout (5 s in ours). Its metrics are then its last ones; its stats and flush are skipped.
+ */
+const CALL_TIMEOUT_MS = 2000;
 
 export class DataPlanes {
   private readonly planes: (Plane | undefined)[];
@@ -82,6 +90,12 @@ export class DataPlanes {
   /** start() is spawning every thread: a death then is the start's failure, not a thread to replace. */
   private starting = false;
   private nextCall = 1;
+  /**
+   * The counters and histograms of threads that died, as last read: kept in the sum, so a
+   * replacement starting from zero does not make the process's counters go down (which
+   * Prometheus reads as a reset, and rate() as the whole count again).
+   */
+  private retiredMetrics: Promise<MetricsJson> = Promise.resolve([]);
 
   constructor(private readonly deps: PlanesDeps) {
     this.planes = new Array<Plane | undefined>(deps.threads).fill(undefined);
@@ -140,7 +154,25 @@ export class DataPlanes {
   private async retire(): Promise<void> {
     const up = this.planes.filter((p): p is Plane => p !== undefined);
     for (const p of up) p.retired = true;
-    await Promise.all(up.map((p) => p.worker.terminate()));
+    await Promise.all(up.map((p) => this.stopPlane(p, 0)));
+  }
+
+  /**
+   * Stops a thread: it closes its sockets, waits up to graceMs for its requests, and says
+   * how many it left unfinished (-1: no answer), then exits. Never terminate() a thread
+   * that listens: uWS's open handles abort the whole process (uv_loop_close).
+   */
+  private async stopPlane(p: Plane, graceMs: number): Promise<number> {
+    const unfinished = await new Promise<number>((resolve) => {
+      const timer = setTimeout(() => resolve(-1), graceMs + 3000);
+      p.stopped = (n) => {
+        clearTimeout(timer);
+        resolve(n);
+      };
+      this.send(p, { t: 'stop', graceMs });
+    });
+    await p.worker.terminate();
+    return unfinished;
   }
 
   /** A thread on `port`, or on the port `gate` picks once every thread of a start is ready. */
@@ -181,6 +213,7 @@ export class DataPlanes {
         if (!listening) return reject(new Error(`data-plane thread ${index} exited with code ${code} before it listened`));
         // In a start, a death fails the start (start() retires the rest), rather than racing it with a replacement.
         if (this.closing || this.starting || plane.retired === true) return;
+        this.keepMetrics(plane);
         // Its requests are lost with it; the other threads carry on, and a new one takes its place.
         this.deps.metrics.planeRestarts.inc();
         this.deps.metrics.planeThreads.set(this.count);
@@ -331,7 +364,15 @@ export class DataPlanes {
         const id = this.nextCall++;
         return [
           new Promise<unknown>((resolve) => {
-            p.calls.set(id, resolve);
+            const timer = setTimeout(() => {
+              p.calls.delete(id);
+              resolve(name === 'metrics' ? p.lastMetrics : undefined);
+            }, CALL_TIMEOUT_MS);
+            p.calls.set(id, (value) => {
+              clearTimeout(timer);
+              if (name === 'metrics' && value !== undefined) p.lastMetrics = value as MetricsJson;
+              resolve(value);
+            });
             this.send(p, { t: 'call', id, name });
           }),
         ];
@@ -339,10 +380,19 @@ export class DataPlanes {
     ).then((values) => values.filter((v) => v !== undefined));
   }
 
-  /** One exposition for the process: the control plane's registry and every thread's, counters summed, histograms merged. */
+  /** One exposition for the process: the control plane's registry, every thread's and the dead threads' counters, summed, histograms merged. */
   async metricsText(own: MetricsJson): Promise<string> {
     const parts = (await this.callAll('metrics')) as MetricsJson[];
-    return AggregatorRegistry.aggregate([ownFirst(own), ...parts] as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
+    return AggregatorRegistry.aggregate([ownFirst(own), ...parts, await this.retiredMetrics] as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
+  }
+
+  /** A dead thread's counters and histograms join the retired ones; its gauges (its heap, its in-flight) went with it. */
+  private keepMetrics(p: Plane): void {
+    const last = p.lastMetrics?.filter((m) => ['counter', 'histogram'].includes(String(m.type)));
+    if (last === undefined || last.length === 0) return;
+    this.retiredMetrics = this.retiredMetrics.then((kept) =>
+      AggregatorRegistry.aggregate([kept, last] as Parameters<typeof AggregatorRegistry.aggregate>[0]).getMetricsAsJSON(),
+    );
   }
 
   async stats(): Promise<PlaneStats[]> {
@@ -359,20 +409,7 @@ export class DataPlanes {
 
   private async closeOnce(graceMs: number): Promise<number> {
     this.closing = true;
-    const counts = await Promise.all(
-      this.planes.map((p) => {
-        if (p === undefined) return 0;
-        return new Promise<number>((resolve) => {
-          const timer = setTimeout(() => resolve(-1), graceMs + 3000);
-          p.stopped = (n) => {
-            clearTimeout(timer);
-            resolve(n);
-          };
-          this.send(p, { t: 'stop', graceMs });
-        });
-      }),
-    );
-    await Promise.all(this.planes.map((p) => p?.worker.terminate()));
+    const counts = await Promise.all(this.planes.map((p) => (p === undefined ? 0 : this.stopPlane(p, graceMs))));
     this.deps.metrics.planeThreads.set(0);
     return counts.reduce((a, n) => a + Math.max(0, n), 0);
   }

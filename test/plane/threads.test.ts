@@ -171,6 +171,25 @@ t.test('a data-plane thread that dies is replaced; the other carries on', async 
   t.ok(tb.logs.some((l) => l.msg === 'a data-plane thread died holding capacity slots: given back' && l.plane === 0 && (l.slots as number) === results.length - done.length), "its slots given back, counted");
 });
 
+t.test("a thread's death does not take its counts out of /metrics: no counter goes down (Prometheus would read a reset)", async (t) => {
+  const m = await mock(t, {});
+  const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 'm1', provider: 'openai', url: m.url, model: 'm' }] } } });
+  const N = 40;
+  const results = await Promise.all(Array.from({ length: N }, () => fresh(tb, '/v1/models')));
+  t.ok(results.every((r) => r.status === 200));
+  await logged(tb, '/v1/models', N);
+  t.same([...planesServing(tb, '/v1/models')].sort(), [0, 1], 'both threads served');
+  const count = () => metricValue(tb.url, 'http_request_duration_seconds_count', { route: '/v1/models' });
+  t.equal(await count(), N, 'scraped once while both threads live');
+  await tb.broker.planes!.fail(0);
+  await until(async () => (await metricValue(tb.url, 'broker_data_plane_threads')) === 2, 'the replacement to start');
+  t.equal(await count(), N, "the dead thread's requests still counted");
+  const more = await Promise.all(Array.from({ length: 10 }, () => fresh(tb, '/v1/models')));
+  t.ok(more.every((r) => r.status === 200));
+  await logged(tb, '/v1/models', N + 10);
+  t.equal(await count(), N + 10, 'and the replacement adds to them');
+});
+
 t.test("a thread that dies holding a full deployment's only slot: the slot comes back, the next request is served", async (t) => {
   const slow = await mock(t, { tokens: 40, tps: 20 });
   const tb = await broker(t, { modelGroups: { g: { deployments: [{ id: 's', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 1 }] } } });
