@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { getHeapStatistics } from 'node:v8';
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { withFastLabels } from './fast-labels.ts';
 
@@ -32,6 +33,12 @@ function memoryLimitBytes(): number {
   return memoryLimit;
 }
 
+function startLoopDelay(): IntervalHistogram {
+  const h = monitorEventLoopDelay({ resolution: 10 });
+  h.enable();
+  return h;
+}
+
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /**
@@ -41,6 +48,8 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 export function createMetrics(opts: { defaults?: boolean; thread?: string } = {}) {
   const thread = opts.thread ?? 'control';
   const registry = new Registry();
+  // Started by the first scrape: a registry never scraped (tests, tools) keeps no timer.
+  let loopDelay: IntervalHistogram | undefined;
   // Gauges read at scrape time from whoever owns the number.
   const sources = {
     cacheBytes: (): number => 0,
@@ -502,6 +511,23 @@ export function createMetrics(opts: { defaults?: boolean; thread?: string } = {}
         const h = getHeapStatistics();
         this.labels(thread, 'used').set(h.used_heap_size);
         this.labels(thread, 'total').set(h.total_heap_size);
+      },
+    }),
+    // nodejs_eventloop_lag_* (the defaults) are the control plane's loop alone: the data-plane
+    // threads, which serve the requests, say their own.
+    threadLoopLag: new Gauge({
+      name: 'broker_thread_event_loop_lag_seconds',
+      help: "Event-loop delay of each of the broker's JavaScript threads since the previous scrape (p50, p99, max): a busy data-plane thread delays every request it holds",
+      labelNames: ['thread', 'stat'] as const,
+      registers: r,
+      collect() {
+        const h = (loopDelay ??= startLoopDelay());
+        // No sample yet (the first scrape, right at start): 0 rather than NaN.
+        const s = (v: number): number => (h.count > 0 && Number.isFinite(v) ? v / 1e9 : 0);
+        this.labels(thread, 'p50').set(s(h.percentile(50)));
+        this.labels(thread, 'p99').set(s(h.percentile(99)));
+        this.labels(thread, 'max').set(s(h.max));
+        h.reset();
       },
     }),
     memoryLimit: new Gauge({
