@@ -37,8 +37,10 @@ export const ERROR_TABLE = {
   unsupported_encoding: { http: 415, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'request bodies are read as sent: send them without a content-encoding (gzip, deflate, br)' },
   rate_limited: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'rate_limit_error', message: 'rate limit exceeded' },
   capacity_exhausted: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'rate_limit_error', message: 'every deployment is at capacity' },
-  budget_exceeded: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'rate_limit_error', message: 'the API key spent its budget for this period' },
-  quota_exceeded: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'insufficient_quota', message: 'quota exceeded' },
+  // OpenAI's insufficient_quota is money spent (clients stop, not retry): a budget; a TPM/RPM
+  // quota is a per-minute limit that Retry-After ends, a rate_limit_error as OpenAI's own.
+  budget_exceeded: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'insufficient_quota', message: 'the API key spent its budget for this period' },
+  quota_exceeded: { http: 429, grpc: 'RESOURCE_EXHAUSTED', openai: 'rate_limit_error', message: 'quota exceeded' },
   internal: { http: 500, grpc: 'INTERNAL', openai: 'server_error', message: 'internal error' },
   upstream_error: { http: 502, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'upstream failed' },
   overloaded: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'server is overloaded' },

@@ -36,11 +36,11 @@ t.test('every code has an HTTP status, a gRPC status, an OpenAI type and a messa
   }
 });
 
-t.test('the OpenAI types follow OpenAI: auth 401, permission 403, rate 429, quota, other 4xx, 5xx', async (t) => {
+t.test('the OpenAI types follow OpenAI: auth 401, permission 403, rate 429 (a spent budget: insufficient_quota), other 4xx, 5xx', async (t) => {
   for (const code of CODES) {
     const { http, openai } = ERROR_TABLE[code];
     const expected =
-      code === 'quota_exceeded'
+      code === 'budget_exceeded'
         ? 'insufficient_quota'
         : http === 401
           ? 'authentication_error'
@@ -72,7 +72,8 @@ t.test('OpenAI shape', async (t) => {
     ['forbidden', 'permission_error'],
     ['model_not_found', 'invalid_request_error'],
     ['rate_limited', 'rate_limit_error'],
-    ['quota_exceeded', 'insufficient_quota'],
+    ['quota_exceeded', 'rate_limit_error'],
+    ['budget_exceeded', 'insufficient_quota'],
     ['upstream_timeout', 'server_error'],
   ];
   for (const [code, type] of cases) {

@@ -477,7 +477,7 @@ t.test('BrokerError in the client error shape', async (t) => {
   const types = (['invalid_request', 'unauthorized', 'forbidden', 'model_not_found', 'quota_exceeded', 'internal', 'upstream_unavailable'] as const).map(
     (c) => (openaiErrorShape(c, 'm', 'r', 500) as { error: { type: string } }).error.type,
   );
-  t.same(types, ['invalid_request_error', 'authentication_error', 'permission_error', 'invalid_request_error', 'insufficient_quota', 'server_error', 'server_error']);
+  t.same(types, ['invalid_request_error', 'authentication_error', 'permission_error', 'invalid_request_error', 'rate_limit_error', 'server_error', 'server_error']);
 });
 
 t.test('mid-stream terminal error events', async (t) => {
