@@ -17,10 +17,14 @@
 // Anthropic's, with an empty signature (there is none to give; a thinking block sent back
 // in a later turn is not passed on); asked for none, it is dropped.
 
+import { createHash } from 'node:crypto';
 import { BrokerError } from '../../errors.ts';
 import { appendToolName, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
-import { keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
+import { QUIET_EVENTS, keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
 import type { Api, OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
+
+/** The longest `user` OpenAI takes. */
+const MAX_USER_CHARS = 64;
 
 // ---- request ----
 
@@ -287,8 +291,10 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
     if (choice !== undefined) out['tool_choice'] = choice;
     if (noParallel(b['tool_choice'])) out['parallel_tool_calls'] = false;
   }
+  // OpenAI refuses a `user` over 64 characters, and Claude Code's user_id is about 150: a
+  // longer one goes as its SHA-256 (64 hex digits), which still tells users apart.
   const user = (b['metadata'] as Record<string, unknown> | undefined)?.['user_id'];
-  if (typeof user === 'string') out['user'] = user;
+  if (typeof user === 'string') out['user'] = user.length <= MAX_USER_CHARS ? user : createHash('sha256').update(user).digest('hex');
   return out;
 }
 
@@ -513,6 +519,13 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (d.finish !== null) w.finish = d.finish;
   if (typeof d.stopSaid === 'string') w.stopSaid = d.stopSaid;
   if (d.usage !== null) w.usage = d.usage;
+  // A tool call's arguments (and what waits behind them) are held until its block closes:
+  // minutes for a whole file written by a local model. A ping now and then meanwhile, so
+  // that the stream is seen alive (a proxy's read timeout cuts a silent one).
+  if (out === '' && (d.text !== '' || d.tools !== null) && ++w.quiet >= QUIET_EVENTS) {
+    w.quiet = 0;
+    out = event('ping', {});
+  }
   return out;
 }
 

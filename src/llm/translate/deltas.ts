@@ -51,7 +51,7 @@ export interface WholeReply {
 }
 
 /** Reasoning-only upstream events between two keep-alives: about a second of a local model's thinking. */
-const QUIET_EVENTS = 32;
+export const QUIET_EVENTS = 32;
 
 /**
  * Counts an event that carries only reasoning, which the Messages and Responses writers drop;

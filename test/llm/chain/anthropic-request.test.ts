@@ -1,6 +1,6 @@
 // Anthropic Messages → chat: what an upstream chat API receives.
 import t from 'tap';
-import { anthropicDelta, anthropicWriter, chatRequest } from '../../../src/llm/translate/anthropic_to_chat.ts';
+import { anthropicDelta, anthropicDone, anthropicWriter, chatRequest } from '../../../src/llm/translate/anthropic_to_chat.ts';
 
 t.test('several text blocks of one turn stay apart (one per line), as the system blocks do', async (t) => {
   const r = chatRequest({
@@ -36,6 +36,29 @@ t.test('while the upstream only reasons (dropped), a ping every 32 of its events
   const text = anthropicDelta(w, { ...thinking, text: 'Hi', thinking: '' });
   t.notMatch(text, /ping/, 'text is no reason to ping');
   t.match(text, /text_delta/);
+});
+
+t.test("while a tool call's arguments are held for its block's end, a ping every 32 fragments keeps the stream visibly alive", async (t) => {
+  const w = anthropicWriter({ model: 'm', id: 'r1', promptEstimate: 3 });
+  const frag = (args: string, first = false) => ({ text: '', thinking: '', tools: [{ index: 0, ...(first ? { id: 'call_1', name: 'write' } : {}), arguments: args }], finish: null, usage: null });
+  let out = anthropicDelta(w, frag('{"text":"', true));
+  for (let i = 0; i < 64; i++) out += anthropicDelta(w, frag('x'));
+  out += anthropicDelta(w, frag('"}'));
+  t.equal(out.split('event: ping\n').length - 1, 3, 'the one after message_start, then one per 32 held fragments');
+  t.notMatch(out, /input_json_delta/, 'the arguments themselves wait for the block to close');
+  const done = anthropicDone(w);
+  const delta = done.split('\n').find((l) => l.includes('input_json_delta'))!;
+  t.same(JSON.parse(JSON.parse(delta.slice('data: '.length)).delta.partial_json), { text: 'x'.repeat(64) }, 'then the whole input, unchanged');
+});
+
+t.test("metadata.user_id is the chat `user`; one past OpenAI's 64 characters (Claude Code's) goes as its SHA-256", async (t) => {
+  const req = (user_id: string) => chatRequest({ model: 'm', max_tokens: 5, metadata: { user_id }, messages: [{ role: 'user', content: 'Hi' }] });
+  t.equal(req('user-1')['user'], 'user-1', 'a short one as it is');
+  const long = 'user_' + 'a'.repeat(64) + '_account__session_' + '0'.repeat(36);
+  const hashed = req(long)['user'] as string;
+  t.match(hashed, /^[0-9a-f]{64}$/, 'exactly 64 characters');
+  t.equal(req(long)['user'], hashed, 'the same user, the same value');
+  t.not(req(long + 'x')['user'], hashed, 'another user, another value');
 });
 
 t.test("a document with a text source is its text (title and context first); a PDF is refused naming the block", async (t) => {
