@@ -15,6 +15,8 @@ import { keyId } from '../guard/api-key.ts';
 export type Provider = 'openai' | 'ollama';
 
 export type UpstreamStreaming = 'auto' | 'always' | 'client';
+/** The chat field an OpenAI-compatible upstream reads the output limit from (auto: by its host). */
+export type MaxTokensField = 'auto' | 'max_tokens' | 'max_completion_tokens';
 
 export interface Timeouts {
   /** TCP connect. */
@@ -40,6 +42,14 @@ export interface Timeouts {
    * does; auto: always for Ollama (whose whole reply is its stream's last line), client otherwise.
    */
   readonly upstreamStreaming: UpstreamStreaming;
+  /**
+   * Where a chat request's output limit goes to an OpenAI-compatible upstream, whichever of the
+   * two the client (or a translated API) gave. OpenAI's reasoning models refuse max_tokens;
+   * llama.cpp before 2026, llamafile and llama-cpp-python ignore max_completion_tokens (the
+   * reply then runs unbounded). auto: max_completion_tokens for api.openai.com and Azure
+   * OpenAI hosts, max_tokens for the rest (vLLM, SGLang, llama.cpp, Ollama's /v1 read it).
+   */
+  readonly maxTokensField: MaxTokensField;
 }
 
 export interface DeploymentConfig extends Timeouts {
@@ -198,6 +208,7 @@ export const DEFAULT_TIMEOUTS: Timeouts = Object.freeze({
   totalTimeoutMs: 600_000,
   keepAliveTimeoutMs: 30_000,
   upstreamStreaming: 'auto',
+  maxTokensField: 'auto',
 });
 
 export const DEFAULT_ROUTER: RouterConfig = Object.freeze({ failureThreshold: 3, cooldownMs: 10_000 });
@@ -233,6 +244,7 @@ function timeoutsOf(o: Partial<Timeouts>, base: Timeouts): Timeouts {
     totalTimeoutMs: o.totalTimeoutMs ?? base.totalTimeoutMs,
     keepAliveTimeoutMs: o.keepAliveTimeoutMs ?? base.keepAliveTimeoutMs,
     upstreamStreaming: o.upstreamStreaming ?? base.upstreamStreaming,
+    maxTokensField: o.maxTokensField ?? base.maxTokensField,
   };
 }
 
@@ -423,6 +435,13 @@ function deploymentOn(server: ServerConfig, id: string, model: string, d: { conc
     responses: d.responses === true && server.provider === 'openai',
     ...timeoutsOf(d, server),
   });
+}
+
+/** The output-limit field an OpenAI-compatible upstream at `url` reads, `auto` resolved by its host. */
+export function maxTokensFieldOf(field: MaxTokensField, url: string): 'max_tokens' | 'max_completion_tokens' {
+  if (field !== 'auto') return field;
+  const host = URL.canParse(url) ? new URL(url).hostname : '';
+  return host === 'api.openai.com' || host.endsWith('.openai.azure.com') ? 'max_completion_tokens' : 'max_tokens';
 }
 
 export function loadBrokerConfigFile(path: string, env?: Readonly<Record<string, string | undefined>>, discovered?: ReadonlyMap<string, readonly string[]>): BrokerConfig {

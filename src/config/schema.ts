@@ -42,6 +42,8 @@ const timeouts = {
   keepAliveTimeoutMs: ms(1).optional(),
   /** always: non-streamed requests stream from the upstream and are assembled by the broker (the phase timeouts apply); client: as the client asked; auto: always for Ollama, client otherwise. */
   upstreamStreaming: z.enum(['auto', 'always', 'client'], 'must be auto, always or client').optional(),
+  /** The chat field an OpenAI-compatible upstream reads the output limit from; auto: max_completion_tokens for api.openai.com and Azure OpenAI, max_tokens for the rest. */
+  maxTokensField: z.enum(['auto', 'max_tokens', 'max_completion_tokens'], 'must be auto, max_tokens or max_completion_tokens').optional(),
 };
 
 export const serverSchema = z.strictObject({

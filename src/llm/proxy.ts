@@ -16,7 +16,7 @@ import { BrokerError, toBrokerError, type ErrorCode } from '../errors.ts';
 import type { Logger } from '../obs/logger.ts';
 import type { Metrics } from '../obs/metrics.ts';
 import type { ReplySink } from '../front/reply.ts';
-import type { ModelGroupConfig } from '../config/broker-config.ts';
+import { maxTokensFieldOf, type ModelGroupConfig } from '../config/broker-config.ts';
 import type { Lease } from '../sched/scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import type { Admitted, Leases } from '../sched/governance.ts';
@@ -267,7 +267,7 @@ export class LlmProxy {
         const route = upstreamRoute(api, kind, dep.config, body);
         let up: ReturnType<typeof translateRequest>;
         try {
-          up = translateRequest(route, body, dep.config.model, dep.config.upstreamStreaming);
+          up = translateRequest(route, body, dep.config.model, dep.config.upstreamStreaming, maxTokensFieldOf(dep.config.maxTokensField, dep.config.url));
         } catch (err) {
           // The request cannot be written for this upstream (e.g. a content block it has no
           // word for): the client's mistake, which must not count against the deployment

@@ -89,7 +89,7 @@ export interface UpstreamRequest {
  * `invalid_request` for a body that cannot be translated. `upstreamStreaming`: the
  * deployment's (the proxy passes it); left out, the upstream streams as the client asked.
  */
-export function translateRequest(route: Route, body: unknown, upstreamModel: string, upstreamStreaming: UpstreamStreaming = 'client'): UpstreamRequest {
+export function translateRequest(route: Route, body: unknown, upstreamModel: string, upstreamStreaming: UpstreamStreaming = 'client', maxTokensField: 'max_tokens' | 'max_completion_tokens' = 'max_tokens'): UpstreamRequest {
   const { client, provider, kind } = route;
   let out: unknown;
   if (kind === 'embed') {
@@ -97,11 +97,24 @@ export function translateRequest(route: Route, body: unknown, upstreamModel: str
     return { body: JSON.stringify(out), stream: false, assemble: false, includeUsage: false };
   }
   const r = chatOrCompletion(route, body, upstreamModel);
+  if (provider === 'openai' && kind === 'chat') r.out = outputLimitIn(r.out as Record<string, unknown>, maxTokensField);
   // auto: Ollama's whole reply is its stream's last line, so assembling it costs little and changes
   // nothing; an OpenAI-compatible server's whole reply is passed on as it comes (its own fields, one parse).
   const assemble = upstreamStreaming === 'always' || (upstreamStreaming === 'auto' && provider === 'ollama');
   if (r.stream || !assemble || !assemblable(r.out as Record<string, unknown>)) return { body: JSON.stringify(r.out), stream: r.stream, assemble: false, includeUsage: r.includeUsage };
   return { body: JSON.stringify(streamedBody(r.out as Record<string, unknown>, provider, upstreamKind(route))), stream: false, assemble: true, includeUsage: false };
+}
+
+/**
+ * The chat body with its output limit in the one field the upstream reads (maxTokensField):
+ * that field's value if the body has it, else the other's. Never both: OpenAI's reasoning
+ * models refuse max_tokens beside max_completion_tokens too.
+ */
+function outputLimitIn(out: Record<string, unknown>, field: 'max_tokens' | 'max_completion_tokens'): Record<string, unknown> {
+  const other = field === 'max_tokens' ? 'max_completion_tokens' : 'max_tokens';
+  if (out[other] === undefined) return out;
+  const { [other]: value, ...rest } = out;
+  return { ...rest, [field]: rest[field] ?? value };
 }
 
 function chatOrCompletion(route: Route, body: unknown, upstreamModel: string): { out: unknown; stream: boolean; includeUsage: boolean } {

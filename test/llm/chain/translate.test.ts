@@ -1,4 +1,5 @@
 import t from 'tap';
+import { maxTokensFieldOf } from '../../../src/config/broker-config.ts';
 import { ollamaErrorShape, openaiErrorShape, streamErrorEvent } from '../../../src/front/error-body.ts';
 import { BrokerError } from '../../../src/errors.ts';
 import {
@@ -597,4 +598,27 @@ t.test('a connection cut mid-stream is one message whatever undici calls it (UND
   t.same(cut('UND_ERR_SOCKET'), cut('ECONNRESET'));
   t.same(cut('ECONNRESET'), { code: 'upstream_error', message: 'upstream closed the connection mid-stream' });
   t.match(cut('EHOSTUNREACH').message, /EHOSTUNREACH/, 'other failures keep their code');
+});
+
+t.test("the output limit goes in the one field the upstream reads: max_completion_tokens for OpenAI's hosts, max_tokens for the rest", async (t) => {
+  t.equal(maxTokensFieldOf('auto', 'https://api.openai.com/v1'), 'max_completion_tokens', "OpenAI's reasoning models refuse max_tokens");
+  t.equal(maxTokensFieldOf('auto', 'https://my-res.openai.azure.com/openai'), 'max_completion_tokens', 'Azure OpenAI too');
+  t.equal(maxTokensFieldOf('auto', 'http://127.0.0.1:8000/v1'), 'max_tokens', 'vLLM, llama.cpp and the like: the field every one of them reads');
+  t.equal(maxTokensFieldOf('max_completion_tokens', 'http://127.0.0.1:8000'), 'max_completion_tokens', 'set by the operator');
+  const sent = (route: Parameters<typeof translateRequest>[0], body: unknown, field: 'max_tokens' | 'max_completion_tokens') => JSON.parse(translateRequest(route, body, 'up', 'client', field).body) as Record<string, unknown>;
+  const anthropic = { client: 'anthropic', provider: 'openai', kind: 'chat' } as const;
+  const claude = { model: 'm', max_tokens: 300, messages: [{ role: 'user', content: 'hi' }] };
+  const toOpenai = sent(anthropic, claude, 'max_completion_tokens');
+  t.equal(toOpenai['max_completion_tokens'], 300, "an Anthropic client's max_tokens to OpenAI");
+  t.notOk('max_tokens' in toOpenai, 'and never both');
+  t.equal(sent(anthropic, claude, 'max_tokens')['max_tokens'], 300, 'to a local server as max_tokens');
+  const responses = sent({ client: 'responses', provider: 'openai', kind: 'chat' }, { model: 'm', input: 'hi', max_output_tokens: 50 }, 'max_completion_tokens');
+  t.equal(responses['max_completion_tokens'], 50, "a Responses client's max_output_tokens to OpenAI");
+  const openai = { client: 'openai', provider: 'openai', kind: 'chat' } as const;
+  const local = sent(openai, { model: 'm', max_completion_tokens: 64, messages: [{ role: 'user', content: 'hi' }] }, 'max_tokens');
+  t.same([local['max_tokens'], 'max_completion_tokens' in local], [64, false], "a client's max_completion_tokens to a server that reads max_tokens (llamafile ignores the other: unbounded)");
+  const both = sent(openai, { model: 'm', max_tokens: 10, max_completion_tokens: 64, messages: [{ role: 'user', content: 'hi' }] }, 'max_completion_tokens');
+  t.same([both['max_completion_tokens'], 'max_tokens' in both], [64, false], "both given: the field's own value, the other dropped");
+  const legacy = sent({ client: 'openai', provider: 'openai', kind: 'completion' }, { model: 'm', prompt: 'hi', max_tokens: 7 }, 'max_completion_tokens');
+  t.equal(legacy['max_tokens'], 7, 'legacy completions have max_tokens only');
 });
