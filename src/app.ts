@@ -423,7 +423,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       proxy = new LlmProxy({ metrics, logger, executor: executor!, leases: governance, cache: responseCache });
       const router = new Router();
       for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie, ceiling), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
-      const front = await startHttpFront({ ...guards, cors: config.corsOrigins, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination), tracer, recorder });
+      const front = await startHttpFront({ ...guards, cors: config.corsOrigins, trustedProxies: config.trustedProxies, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination), tracer, recorder });
       port = front.port;
       stopListening = () => front.stopListening();
       closeAll = () => front.closeAll();

@@ -2,6 +2,7 @@
 // start-up, then frozen. A bad value throws ConfigError naming the variable, and
 // main.ts exits with that message.
 import { parseCorsOrigins } from '../front/http/cors.ts';
+import { parseTrustedProxies } from '../guard/client-address.ts';
 import { accessSync, constants, statSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +40,8 @@ export interface Config {
   readonly stickyCookie: string;
   /** CORS_ORIGINS: [] off, ['*'] any origin, else these origins (src/front/http/cors.ts). */
   readonly corsOrigins: readonly string[];
+  /** TRUSTED_PROXIES: addresses and CIDR blocks whose X-Forwarded-For names the client (src/guard/client-address.ts); '' none. */
+  readonly trustedProxies: string;
   /** UPSTREAM_KEY_ENVS: env vars a fleet change through the API may name for a key, besides the fleet file's own. */
   readonly upstreamKeyEnvs: readonly string[];
   readonly adminToken: string | undefined;
@@ -216,6 +219,12 @@ export function loadConfig(env: Env = process.env): Config {
   } catch (err) {
     throw new ConfigError('CORS_ORIGINS', (err as Error).message);
   }
+  const trustedProxies = str(env, 'TRUSTED_PROXIES', '');
+  try {
+    parseTrustedProxies(trustedProxies);
+  } catch (err) {
+    throw new ConfigError('TRUSTED_PROXIES', (err as Error).message);
+  }
   const upstreamKeyEnvs = str(env, 'UPSTREAM_KEY_ENVS', '').split(',').map((n) => n.trim()).filter((n) => n !== '');
   for (const n of upstreamKeyEnvs) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(n)) throw new ConfigError('UPSTREAM_KEY_ENVS', `"${n}" is not an env var name`);
   const adminToken = env.ADMIN_TOKEN === undefined || env.ADMIN_TOKEN === '' ? undefined : env.ADMIN_TOKEN;
@@ -238,6 +247,7 @@ export function loadConfig(env: Env = process.env): Config {
     canaryLatencyMargin: num(env, 'CANARY_LATENCY_MARGIN', 0.5, 0, 100),
     stickyCookie,
     corsOrigins: cors,
+    trustedProxies,
     upstreamKeyEnvs,
     adminToken,
     modelVaPath: str(env, 'MODEL_VA_PATH', BUNDLED_MODEL('vA.onnx')),

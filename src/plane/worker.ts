@@ -213,6 +213,7 @@ const front = await startHttpFront({
   port: listenPort,
   maxBodyBytes: config.maxBodyBytes,
   cors: config.corsOrigins,
+  trustedProxies: config.trustedProxies,
   router,
   rateLimiter: createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: init.buffers.rateLimit }),
   // Admin routes are the control plane's: forwarded there whole, never matched here.

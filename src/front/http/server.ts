@@ -22,6 +22,7 @@ import { redactPath } from '../../guard/api-key.ts';
 import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
 import { statusLine } from './status.ts';
 import { corsHeaders, corsOrigins, preflight } from './cors.ts';
+import { clientAddress, parseTrustedProxies } from '../../guard/client-address.ts';
 import { TRACING_OFF, type Tracer } from '../../obs/trace/tracer.ts';
 import { endRequestSpan, startRequestSpan } from '../../obs/trace/http.ts';
 import { RECORDER_OFF, type Recorder } from '../../track/recorder.ts';
@@ -30,6 +31,8 @@ import type { RequestFacts } from '../../track/facts.ts';
 export interface HttpFrontOptions extends Guards {
   /** CORS_ORIGINS' entries (cors.ts); empty or absent: no CORS headers. */
   readonly cors?: readonly string[];
+  /** TRUSTED_PROXIES (guard/client-address.ts): whose X-Forwarded-For names the client; absent: none. */
+  readonly trustedProxies?: string;
   readonly host: string;
   readonly port: number;
   readonly router: Router;
@@ -95,6 +98,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const tracer = opts.tracer ?? TRACING_OFF;
   const recorder = opts.recorder ?? RECORDER_OFF;
   const cors = corsOrigins(opts.cors ?? []);
+  const trusted = parseTrustedProxies(opts.trustedProxies ?? '');
   const uWS = loadUws().uws;
   const app = uWS.App();
   let inFlight = 0;
@@ -124,7 +128,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     const method = ureq.getCaseSensitiveMethod().toUpperCase();
     const path = ureq.getUrl();
     const id = requestIdFrom(headers['x-request-id']);
-    const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
+    const remoteAddress = clientAddress(Buffer.from(res.getRemoteAddressAsText()).toString(), headers['x-forwarded-for'], trusted);
     const match = router.match(method, path);
     const route = match.kind === 'found' ? match.route : undefined;
     const req: BrokerRequest = {

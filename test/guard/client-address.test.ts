@@ -1,0 +1,54 @@
+// TRUSTED_PROXIES: behind an ingress every connection comes from the proxy, and its
+// X-Forwarded-For names the client; anyone else's X-Forwarded-For is a claim, not believed.
+import t from 'tap';
+import { clientAddress, parseTrustedProxies } from '../../src/guard/client-address.ts';
+import { startFleetBroker, startMock } from '../helpers/fleet.ts';
+import { ADMIN_TOKEN } from '../helpers/broker.ts';
+
+t.test('the client is the first untrusted hop, read from the right, and only behind a trusted peer', async (t) => {
+  const trusted = parseTrustedProxies('10.0.0.0/8, 192.168.1.7, fd00::/8')!;
+  t.equal(clientAddress('10.1.2.3', '203.0.113.9', trusted), '203.0.113.9', 'one proxy');
+  t.equal(clientAddress('10.1.2.3', '198.51.100.1, 203.0.113.9, 10.9.9.9', trusted), '203.0.113.9', 'past the trusted hops, not the leftmost (a client can write that one)');
+  t.equal(clientAddress('203.0.113.5', '198.51.100.1', trusted), '203.0.113.5', "an untrusted peer's header is ignored");
+  t.equal(clientAddress('10.1.2.3', undefined, trusted), '10.1.2.3', 'no header: the peer');
+  t.equal(clientAddress('::ffff:10.1.2.3', '203.0.113.9', trusted), '203.0.113.9', 'an IPv4 peer as a dual-stack socket reports it');
+  t.equal(clientAddress('fd00::1', '2001:db8::5', trusted), '2001:db8::5', 'IPv6');
+  t.equal(clientAddress('10.1.2.3', '10.2.2.2, 10.3.3.3', trusted), '10.2.2.2', 'every hop trusted: the leftmost');
+  t.equal(clientAddress('10.1.2.3', 'unknown, 10.3.3.3', trusted), '10.3.3.3', 'a hop that is no address: nothing left of it is believed');
+  t.equal(clientAddress('10.1.2.3', '203.0.113.9', undefined), '10.1.2.3', 'TRUSTED_PROXIES unset: the header is never read');
+  t.equal(parseTrustedProxies(' '), undefined);
+  t.throws(() => parseTrustedProxies('10.0.0.0/33'), /prefix length/);
+  t.throws(() => parseTrustedProxies('proxy.local'), /not an IP address/);
+});
+
+t.test('behind a trusted proxy each client has its own rate limit and admin lockout', async (t) => {
+  const m = await startMock(t);
+  const fleet = { modelGroups: { g: { deployments: [{ id: 'd1', provider: 'openai', url: m.url, model: 'm' }] } } };
+  const env = { INFER_ENABLED: 'false', RATE_LIMIT_RPS: '1', RATE_LIMIT_BURST: '3', ADMIN_AUTH_MAX_FAILURES: '3' };
+  const tb = await startFleetBroker(t, fleet, { ...env, TRUSTED_PROXIES: '127.0.0.1,::1' });
+  const models = async (base: string, xff: string) => {
+    const res = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'x-forwarded-for': xff, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+    await res.arrayBuffer();
+    return res.status;
+  };
+  const a = [];
+  for (let i = 0; i < 5; i++) a.push(await models(tb.url, '198.51.100.1'));
+  t.same(a.slice(0, 3), [200, 200, 200]);
+  t.ok(a.slice(3).includes(429), `client A spent its burst: ${a.join(' ')}`);
+  t.equal(await models(tb.url, '198.51.100.2'), 200, 'client B, through the same proxy, still has its own');
+
+  const adminAs = async (xff: string, token: string) => {
+    const res = await fetch(`${tb.url}/api/industrial/flags`, { headers: { 'x-forwarded-for': xff, authorization: `Bearer ${token}` } });
+    await res.arrayBuffer();
+    return res.status;
+  };
+  for (let i = 0; i < 4; i++) await adminAs('198.51.100.66', 'wrong-token-' + i);
+  t.equal(await adminAs('198.51.100.66', 'wrong-token-x'), 429, 'the guesser is locked out');
+  t.equal(await adminAs('198.51.100.7', ADMIN_TOKEN), 200, 'another admin behind the proxy is not');
+
+  // Without TRUSTED_PROXIES the header is a claim: one bucket for the connection's address.
+  const plain = await startFleetBroker(t, fleet, env);
+  const spoofed = [];
+  for (let i = 0; i < 5; i++) spoofed.push(await models(plain.url, `198.51.100.${100 + i}`));
+  t.ok(spoofed.includes(429), `a new X-Forwarded-For per request buys no new bucket: ${spoofed.join(' ')}`);
+});
