@@ -41,6 +41,8 @@ t.test('the request fields come back in the Response, streamed and not', async (
   t.match(evs.at(-1), { type: 'response.completed', response: { status: 'completed', ...echoed } });
   const bare = response({ text: 'ok', thinking: '', tools: [], finish: 'stop', usage }, { model: 'g', id: 'r2' });
   t.match(bare, { instructions: null, tools: [], tool_choice: 'auto', temperature: null }, "without the request: the API's defaults");
+  const verbose = response({ text: 'ok', thinking: '', tools: [], finish: 'stop', usage }, { model: 'g', id: 'r3', request: { ...request, text: { verbosity: 'low' } } });
+  t.same(verbose['text'], { format: { type: 'text' }, verbosity: 'low' }, 'only text.verbosity sent: text.format still there, as OpenAI always says it');
 });
 
 t.test('incomplete says why: max_output_tokens or content_filter', async (t) => {

@@ -237,6 +237,8 @@ function echoOf(request: Readonly<Record<string, unknown>> | undefined): Record<
   for (const k of ECHOED) if (request[k] !== undefined && request[k] !== null) out[k] = request[k];
   // OpenAI's says both reasoning fields, the ones not asked for null.
   if (out['reasoning'] !== null && typeof out['reasoning'] === 'object') out['reasoning'] = { effort: null, summary: null, ...(out['reasoning'] as Record<string, unknown>) };
+  // And always text.format (a client that sent only text.verbosity gets the default beside it).
+  if (out['text'] !== null && typeof out['text'] === 'object') out['text'] = { format: { type: 'text' }, ...(out['text'] as Record<string, unknown>) };
   return out;
 }
 
