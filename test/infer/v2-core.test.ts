@@ -85,7 +85,15 @@ t.test('versions: a named version is that arm, none is the policy, both arms ali
   const promoted = new V2Core(same.service);
   await promoted.infer(B.manifest.name, B.manifest.version, tensor({}));
   t.equal(same.runs.at(-1)!.choice.reason, 'weighted', 'after a promote both arms carry the version: the policy picks');
-  await t.rejects(promoted.infer(A.manifest.name, undefined, tensor({})), { code: 'model_not_found' }, "A's old name is gone after a promote");
+  await t.rejects(promoted.infer(A.manifest.name, undefined, tensor({})), { code: 'model_not_found' }, 'a name this process never served is not one');
+  await t.rejects(core.infer('fashion-typo', undefined, tensor({})), { code: 'model_not_found' });
+  // The same process through a promote: the name its clients used still reaches the model.
+  (service as unknown as { models: unknown }).models = { A: B, B };
+  const before = runs.length;
+  const reply = await core.infer(A.manifest.name, undefined, tensor({}));
+  t.equal(runs.length, before + 1, "A's old name, after a promote, still reaches the model");
+  t.equal(reply.model_name, A.manifest.name, 'named as the request named it');
+  await t.rejects(core.infer(A.manifest.name, A.manifest.version, tensor({})), { code: 'model_not_found' }, 'but not its old version, which no arm carries');
 });
 
 /** A queue with timeout `timeoutMs`, its pending-request maker, and the rejections it records. */

@@ -7,7 +7,8 @@
 // Names and versions (docs/oip.md): the broker serves one v2 model, named after arm A's
 // manifest `name` (B's manifest name is accepted as an alias); its versions are the
 // manifest versions of A and B. A version reaches the arm(s) carrying it; no version
-// follows the A/B policy. After a promote (A = B) the model is B's name and version.
+// follows the A/B policy. After a promote (A = B) the model is B's name and version, and
+// the names served before stay aliases.
 import { readFileSync } from 'node:fs';
 import { BrokerError } from '../../errors.ts';
 import { PRIORITY_LEVELS, cappedPriority } from '../admission.ts';
@@ -39,7 +40,21 @@ interface Target {
 }
 
 export class V2Core {
-  constructor(private readonly service: InferService | undefined) {}
+  /**
+   * Every model name this process has served: after a promote (A = B) A's old name still
+   * reaches the model, as B's name did before it. Triton and KServe clients name the model in
+   * their code; a promote must not be an outage for them. A handful of names at most.
+   */
+  private readonly served = new Set<string>();
+
+  constructor(private readonly service: InferService | undefined) {
+    if (service !== undefined) this.learnNames();
+  }
+
+  private learnNames(): void {
+    const { A, B } = this.service!.models;
+    this.served.add(A.manifest.name).add(B.manifest.name);
+  }
 
   serverMetadata(): ServerMetadata {
     return { name: PACKAGE.name, version: PACKAGE.version, extensions: [...EXTENSIONS] };
@@ -200,8 +215,9 @@ export class V2Core {
 
   private resolve(name: string, version: string | undefined): Target {
     if (this.service === undefined) throw new BrokerError('inference_disabled', 'inference is turned off on this broker (INFER_ENABLED=false)');
+    this.learnNames();
     const { A, B } = this.service.models;
-    if (name !== A.manifest.name && name !== B.manifest.name) throw new BrokerError('model_not_found', `model ${name} is not served; the model is ${A.manifest.name}`);
+    if (!this.served.has(name)) throw new BrokerError('model_not_found', `model ${name} is not served; the model is ${A.manifest.name}`);
     if (version === undefined) return { named: undefined };
     const arms = (['A', 'B'] as const).filter((arm) => this.service!.models[arm].manifest.version === version);
     if (arms.length === 0) throw new BrokerError('model_not_found', `model ${name} has no version ${version}; versions: ${versionsOf(A.manifest, B.manifest).join(', ')}`);
