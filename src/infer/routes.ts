@@ -4,6 +4,7 @@ import { BrokerError } from '../errors.ts';
 import type { Route } from '../front/http/router.ts';
 import { requestPriority, type PriorityCeiling } from './admission.ts';
 import { readCookie } from './arms.ts';
+import { sniff } from './sniff.ts';
 import type { InferInput, InferReply } from './service.ts';
 import type { RequestFacts } from '../track/facts.ts';
 import type { InferResponse } from './v2/types.ts';
@@ -24,7 +25,16 @@ const JSON_HEADERS = { 'content-type': 'application/json' };
  * with top_k and img_size in the query: no base64 (a third fewer bytes) and no JSON to parse.
  * Any other content type is read as the JSON body, as before.
  */
-export const RAW_IMAGE_TYPES: ReadonlySet<string> = new Set(['image/png', 'image/jpeg', 'image/webp', 'application/octet-stream']);
+export const RAW_IMAGE_TYPES: ReadonlySet<string> = new Set(['image/png', 'image/jpeg', 'image/webp', 'application/octet-stream', 'image/jpg', 'image/pjpeg', 'image/x-png']);
+/**
+ * An image sent raw in another media type (`curl --data-binary @cat.jpg` sends it as a form;
+ * the names above are what browsers and old clients say for the same formats): it is raw all
+ * the same, since no JSON body starts with an image's magic bytes.
+ */
+const RAW_SNIFF = {
+  raw: (body: Uint8Array): boolean => sniff(body) !== undefined,
+  multipart: 'multipart/form-data is not taken: send the image itself (content-type image/jpeg, image/png, image/webp or application/octet-stream: curl --data-binary @cat.jpg -H "content-type: image/jpeg"), or JSON {"image_b64": "..."}',
+};
 // RFC 2397: scheme and media type in any case, parameters (charset=...) before ;base64.
 const DATA_URL = /^data:(?:[a-z0-9.+-]+\/[a-z0-9.+-]+)?(?:;[a-z0-9.+-]+=[^;,]*)*;base64,/i;
 const BASE64 = /^[A-Za-z0-9+/_-]+={0,2}$/;
@@ -37,6 +47,7 @@ export function inferRoutes(service: InferBackend, stickyCookie: string, ceiling
       path: '/v1/infer',
       body: 'json',
       rawTypes: RAW_IMAGE_TYPES,
+      rawSniff: RAW_SNIFF,
       rateLimited: true,
       track: 'infer',
       async handle({ req, body, sink }) {

@@ -83,3 +83,29 @@ t.test('an image type the route does not take (image/gif, image/bmp) is 415 unsu
   }
   t.equal((await postRaw('', 'image/png', samples[0]!.png)).status, 200, 'still serving');
 });
+
+t.test("the image's other names (image/jpg, image/pjpeg, image/x-png) and a raw image in curl's default form type are taken", async (t) => {
+  const jpeg = await sharp({ create: { width: 32, height: 32, channels: 3, background: '#406080' } }).jpeg().toBuffer();
+  for (const [type, body] of [['image/jpg', jpeg], ['image/pjpeg', jpeg], ['image/x-png', samples[0]!.png]] as const) {
+    const res = await postRaw('?top_k=1', type, body);
+    t.equal(res.status, 200, type);
+    t.equal(res.body.predictions?.length, 1);
+  }
+  // curl --data-binary @cat.png (no -H): application/x-www-form-urlencoded, the bytes an image.
+  const form = await postRaw('?top_k=2', 'application/x-www-form-urlencoded', samples[0]!.png);
+  t.equal(form.status, 200, 'an image under the form type is the image');
+  t.same(form.body.predictions, (await postRaw('?top_k=2', 'image/png', samples[0]!.png)).body.predictions, 'the same answer');
+  const bare = await fetch(url, { method: 'POST', body: samples[0]!.png });
+  t.equal(bare.status, 200, 'and with no content type at all');
+});
+
+t.test('a multipart upload is 415 saying how to send the image, not "bad JSON"', async (t) => {
+  const form = new FormData();
+  form.append('file', new Blob([samples[0]!.png], { type: 'image/png' }), 'cat.png');
+  const res = await fetch(url, { method: 'POST', body: form, headers: { 'x-request-id': 'multi' } });
+  t.equal(res.status, 415);
+  const body = (await res.json()) as { error: { code: string; message: string; request_id: string } };
+  t.equal(body.error.code, 'unsupported_image');
+  t.match(body.error.message, /multipart\/form-data is not taken: send the image itself/);
+  t.equal(body.error.request_id, 'multi');
+});

@@ -178,10 +178,11 @@ function guarded(g: Guards, r: Route, params: Record<string, string>, req: Broke
       if (err !== undefined) return sink.fail(err);
       let body: unknown = bytes;
       if (r.body === 'json?' && bytes!.length === 0) body = {};
-      else if (r.body !== 'raw' && !sendsRaw(r, req)) {
+      else if (r.body !== 'raw' && !sendsRaw(r, req) && r.rawSniff?.raw(bytes!) !== true) {
         try {
           body = parseJsonBody(bytes!);
         } catch (err) {
+          if (r.rawSniff !== undefined && mediaType(req) === 'multipart/form-data') return sink.fail(new BrokerError('unsupported_image', r.rawSniff.multipart, { details: { field: 'content-type' } }));
           return sink.fail(err instanceof BrokerError ? err : new BrokerError('invalid_json', 'request body is not valid JSON'));
         }
         if (body === null || typeof body !== 'object' || Array.isArray(body)) {

@@ -36,6 +36,12 @@ export interface Route {
   readonly body?: 'json' | 'json?' | 'raw' | 'none';
   /** Media types (lower case, no parameters) whose body is handed over raw (a Buffer), whatever `body` says. */
   readonly rawTypes?: ReadonlySet<string>;
+  /**
+   * A body in another media type (curl's default form type, none at all) that is raw all the
+   * same (an image's magic bytes, which no JSON starts with): handed over raw, not refused as
+   * bad JSON. `multipart`: what a multipart/form-data body is told.
+   */
+  readonly rawSniff?: { readonly raw: (body: Uint8Array) => boolean; readonly multipart: string };
   /** Needs the admin credential. */
   readonly admin?: boolean;
   /** An admin POST that only reads (a query with a body): left out of the audit trail. */
