@@ -109,3 +109,13 @@ t.test('a multipart upload is 415 saying how to send the image, not "bad JSON"',
   t.match(body.error.message, /multipart\/form-data is not taken: send the image itself/);
   t.equal(body.error.request_id, 'multi');
 });
+
+t.test('a JSON field the route does not know (a typo: topk) is 400 naming it, not ignored', async (t) => {
+  const res = await postJson(url, { image_b64: samples[0]!.b64, topk: 1 }, { 'x-request-id': 'typo' });
+  t.equal(res.status, 400);
+  t.equal(res.body.error.code, 'invalid_request');
+  t.match(res.body.error.message, /unknown field "topk": the fields are image_b64, img_size and top_k/);
+  t.equal(res.body.error.param, 'topk');
+  t.equal(res.body.error.request_id, 'typo');
+  t.equal((await postJson(url, { image_b64: samples[0]!.b64, top_k: 1 })).body.predictions.length, 1, 'the right name still works');
+});
