@@ -45,6 +45,10 @@ async function read<T>(work: Promise<T>): Promise<T> {
     return await work;
   } catch (err) {
     if (err instanceof BrokerError) throw err;
+    // A data exception (SQLSTATE class 22: a cursor id past bigint, a year before 4713 BC, a NUL
+    // in a filter) is the parameters' fault, not the database's: 400, not 503 and a retry.
+    const code = (err as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('22')) throw new BrokerError('invalid_request', `a parameter is out of the database's range: ${(err as Error).message}`, { cause: err });
     throw new BrokerError('overloaded', `the tracking database did not answer (${(err as Error).message}); try again shortly`, { retryAfter: 1, cause: err });
   }
 }

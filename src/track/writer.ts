@@ -42,6 +42,15 @@ export interface WriterDeps {
  * every row after it, until the kernel gave up on the socket.
  */
 const WRITE_TIMEOUT_MS = 15_000;
+/**
+ * Every statement of the tracking pool ends server-side by then (statement_timeout, lock waits
+ * included), before the writer gives up on it: a write given up on while the server still
+ * ran it (blocked behind a lock) committed later, and its batch, written again, was stored
+ * twice. The same bound keeps a report or a budget read from hanging on a lock.
+ */
+function statementTimeoutMs(writeTimeoutMs: number): number {
+  return Math.max(50, Math.floor(writeTimeoutMs * 0.8));
+}
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5_000;
 const MAINTENANCE_MS = 3_600_000;
@@ -65,12 +74,13 @@ export class TrackingWriter {
   private lastErrorLog = 0;
   private timers: NodeJS.Timeout[] = [];
   private spendDirty = false;
+  private spendLoading = false;
   private startPromise: Promise<void> | undefined;
 
   constructor(private readonly d: WriterDeps) {
     this.now = d.now ?? Date.now;
     const c = d.config;
-    this.pool = new pg.Pool({ connectionString: c.databaseUrl, max: c.poolMax, connectionTimeoutMillis: 5_000, idleTimeoutMillis: 30_000, application_name: `edge-broker ${d.replica}` });
+    this.pool = new pg.Pool({ connectionString: c.databaseUrl, max: c.poolMax, connectionTimeoutMillis: 5_000, idleTimeoutMillis: 30_000, application_name: `edge-broker ${d.replica}`, statement_timeout: statementTimeoutMs(d.writeTimeoutMs ?? WRITE_TIMEOUT_MS) });
     // An idle connection the server closed (restart, failover) is an event, not a crash.
     this.pool.on('error', (err) => this.warn(err, 'tracking database connection lost'));
     this.ring = new RowRing(c.bufferRows);
@@ -97,6 +107,9 @@ export class TrackingWriter {
    */
   start(): Promise<void> {
     this.timers.push(setInterval(() => this.tick(), this.d.config.flushMs).unref());
+    // From the start, not once the database answers: with it down, the budgets still count
+    // this replica's own spend (without the totals stored before, which it cannot read).
+    this.timers.push(setInterval(() => this.pushSpend(), SPEND_PUSH_MS).unref());
     this.startPromise ??= this.prepare();
     return this.startPromise;
   }
@@ -110,8 +123,7 @@ export class TrackingWriter {
         await this.loadSpend(true);
         this.ready = true;
         this.timers.push(setInterval(() => void this.maintain().catch((err: Error) => this.warn(err, 'tracking partition upkeep failed')), MAINTENANCE_MS).unref());
-        this.timers.push(setInterval(() => void this.loadSpend(false).catch((err: Error) => this.warn(err, 'reading the budgets’ spend failed')), SPEND_REFRESH_MS).unref());
-        this.timers.push(setInterval(() => this.pushSpend(), SPEND_PUSH_MS).unref());
+        this.timers.push(setInterval(() => this.refreshSpend(), SPEND_REFRESH_MS).unref());
         this.pushSpend(true);
         this.tick();
         return;
@@ -205,6 +217,15 @@ export class TrackingWriter {
       if (broken !== undefined) (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
       else client.off('error', quiet);
     }
+  }
+
+  /** The other replicas' spend, unless the last read is still waiting (a slow database: reads would pile up on the pool). */
+  private refreshSpend(): void {
+    if (this.spendLoading) return;
+    this.spendLoading = true;
+    void this.loadSpend(false)
+      .catch((err: Error) => this.warn(err, 'reading the budgets’ spend failed'))
+      .finally(() => (this.spendLoading = false));
   }
 
   /** The budgeted keys' spend in their current period: own at start-up, the other replicas' on every refresh. */

@@ -242,6 +242,11 @@ t.test('admin API: filters, keyset pages, one request, usage; analyst or higher'
   t.equal((await get('/api/tracking/requests?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z')).body.requests.length, 0, 'by time');
   t.equal((await get('/api/tracking/requests?limit=0')).body.error.code, 'invalid_request');
   t.equal((await get('/api/tracking/requests?cursor=garbage')).body.error.code, 'invalid_request');
+  // Values the database cannot take are the parameters' fault: 400, not 503 and a retry.
+  for (const q of ['model=a%00b', 'label=x%00', 'from=-005000-01-01T00:00:00Z']) {
+    const r = await get(`/api/tracking/requests?${q}`);
+    t.same([r.status, r.body.error?.code], [400, 'invalid_request'], q);
+  }
 
   const one = await get('/api/tracking/requests/lab-3', analyst);
   t.match(one.body.request, { broker_request_id: 'lab-3', semantic_label: 'lab-1', outcome: 'ok', completion_tokens: 4, deployment: 'd1' });

@@ -6,6 +6,7 @@ import t from 'tap';
 import { createServer, connect, type Socket } from 'node:net';
 import pg from 'pg';
 import { TrackingWriter } from '../../src/track/writer.ts';
+import { partitionName } from '../../src/track/migrate.ts';
 import { rowOf, type TrackRow } from '../../src/track/facts.ts';
 import { createMetrics } from '../../src/obs/metrics.ts';
 import { createLogger } from '../../src/obs/logger.ts';
@@ -126,4 +127,51 @@ t.test('a write with no answer (a frozen connection) is given up and retried on 
   await w.close(began + 150);
   t.ok(Date.now() - began < 2_000, `close returned at its deadline (${Date.now() - began} ms), not when the write gave up`);
   t.equal(await value('tracking_rows_dropped_total', { reason: 'shutdown' }), 1, 'the row in flight counted as dropped');
+});
+
+for (const writeMode of ['copy', 'insert'] as const) {
+  t.test(`${writeMode}: a write blocked behind a lock past the write timeout is ended by the server, so its retry stores each row once`, async (t) => {
+    const db = await pgc.createDatabase(`locked_${writeMode}`);
+    const { w, value } = writer(db, { batchRows: 3, writeMode }, 600);
+    await w.start();
+    w.accept([row('warm')]);
+    await until(async () => (await rows(db)).length === 1, 'the first row');
+    // Another session holds the table (a partition upkeep queued behind a long report, say)
+    // for longer than the writer waits: the write given up on must not commit afterwards.
+    const locker = new pg.Client({ connectionString: db });
+    await locker.connect();
+    await locker.query('BEGIN');
+    // Today's partition: the statement starts, its rows all sent, and waits there to route them.
+    await locker.query(`LOCK TABLE brk_tracking.${partitionName(Date.now())} IN ACCESS EXCLUSIVE MODE`);
+    w.accept([row('a'), row('b'), row('c')]);
+    await until(async () => (await value('tracking_flush_failures_total')) >= 2, 'the blocked write given up, then tried again');
+    await locker.query('COMMIT');
+    await locker.end();
+    await until(async () => (await rows(db)).length >= 4, 'the rows written once the lock is gone');
+    await new Promise((r) => setTimeout(r, 1000));
+    const stored = (await rows(db)).map((r) => r.id);
+    t.equal(stored.length, new Set(stored).size, `no row stored twice: ${stored.length} rows`);
+    t.equal(stored.length, 4);
+    await w.close(Date.now() + 2000);
+  });
+}
+
+t.test('with the database down from the start, the budgets still count this replica\'s spend', async (t) => {
+  const metrics = createMetrics({ defaults: false });
+  const config: TrackingConfig = { databaseUrl: 'postgres://nobody@127.0.0.1:1/none', bufferRows: 1000, batchRows: 100, flushMs: 20, retentionDays: 30, partitionsAhead: 1, poolMax: 2, writeMode: 'copy' };
+  const pushed: { keyId: string; spent: number }[][] = [];
+  const w = new TrackingWriter({
+    config,
+    replica: 'r',
+    logger: createLogger('silent'),
+    metrics,
+    prices: () => ({ models: new Map([['m', { inputPer1M: 1_000_000, outputPer1M: 1_000_000 }]]), currency: 'USD' }) as never,
+    budgets: () => new Map([['k_1', { limit: 1, period: 'day' as const }]]),
+    onSpend: (entries) => pushed.push(entries.map((e) => ({ keyId: e.keyId, spent: e.spent }))),
+  });
+  void w.start();
+  w.accept([{ ...row('m'), keyId: 'k_1', promptTokens: 2, completionTokens: 3 }]);
+  await until(async () => pushed.some((entries) => entries.some((e) => e.keyId === 'k_1' && e.spent >= 5)), 'the spend pushed to the gates', 3_000);
+  t.pass('pushed although the database never answered: the gates refuse a key past its budget');
+  await w.close(Date.now() + 200);
 });
