@@ -33,10 +33,36 @@ function memoryLimitBytes(): number {
   return memoryLimit;
 }
 
-function startLoopDelay(): IntervalHistogram {
-  const h = monitorEventLoopDelay({ resolution: 10 });
-  h.enable();
-  return h;
+/** How often the event-loop delay starts a new window; a reading covers the last one or two. */
+const LOOP_WINDOW_MS = 15_000;
+
+/**
+ * A thread's event-loop delay over the last 15 to 30 s, the same for every reader: not reset
+ * by a scrape (two Prometheus servers, or the admin API's metrics read, each took the samples
+ * away from the other), and a stall is seen whatever the scrape's timing.
+ */
+class LoopDelay {
+  private readonly h: IntervalHistogram = monitorEventLoopDelay({ resolution: 10 });
+  private last = { p50: 0, p99: 0, max: 0 };
+
+  constructor() {
+    this.h.enable();
+    setInterval(() => {
+      this.last = this.window();
+      this.h.reset();
+    }, LOOP_WINDOW_MS).unref();
+  }
+
+  read(): { p50: number; p99: number; max: number } {
+    const now = this.window();
+    return { p50: Math.max(now.p50, this.last.p50), p99: Math.max(now.p99, this.last.p99), max: Math.max(now.max, this.last.max) };
+  }
+
+  /** Seconds; no sample yet (right at start): 0 rather than NaN. */
+  private window(): { p50: number; p99: number; max: number } {
+    const s = (v: number): number => (this.h.count > 0 && Number.isFinite(v) ? v / 1e9 : 0);
+    return { p50: s(this.h.percentile(50)), p99: s(this.h.percentile(99)), max: s(this.h.max) };
+  }
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -49,7 +75,7 @@ export function createMetrics(opts: { defaults?: boolean; thread?: string } = {}
   const thread = opts.thread ?? 'control';
   const registry = new Registry();
   // Started by the first scrape: a registry never scraped (tests, tools) keeps no timer.
-  let loopDelay: IntervalHistogram | undefined;
+  let loopDelay: LoopDelay | undefined;
   // Gauges read at scrape time from whoever owns the number.
   const sources = {
     cacheBytes: (): number => 0,
@@ -517,17 +543,14 @@ export function createMetrics(opts: { defaults?: boolean; thread?: string } = {}
     // threads, which serve the requests, say their own.
     threadLoopLag: new Gauge({
       name: 'broker_thread_event_loop_lag_seconds',
-      help: "Event-loop delay of each of the broker's JavaScript threads since the previous scrape (p50, p99, max): a busy data-plane thread delays every request it holds",
+      help: "Event-loop delay of each of the broker's JavaScript threads over the last 15 to 30 s (p50, p99, max): a busy data-plane thread delays every request it holds; a thread that does not answer a scrape in 2 s shows at least 2 s",
       labelNames: ['thread', 'stat'] as const,
       registers: r,
       collect() {
-        const h = (loopDelay ??= startLoopDelay());
-        // No sample yet (the first scrape, right at start): 0 rather than NaN.
-        const s = (v: number): number => (h.count > 0 && Number.isFinite(v) ? v / 1e9 : 0);
-        this.labels(thread, 'p50').set(s(h.percentile(50)));
-        this.labels(thread, 'p99').set(s(h.percentile(99)));
-        this.labels(thread, 'max').set(s(h.max));
-        h.reset();
+        const lag = (loopDelay ??= new LoopDelay()).read();
+        this.labels(thread, 'p50').set(lag.p50);
+        this.labels(thread, 'p99').set(lag.p99);
+        this.labels(thread, 'max').set(lag.max);
       },
     }),
     memoryLimit: new Gauge({

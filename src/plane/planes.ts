@@ -366,12 +366,14 @@ export class DataPlanes {
           new Promise<unknown>((resolve) => {
             const timer = setTimeout(() => {
               p.calls.delete(id);
-              resolve(name === 'metrics' ? p.lastMetrics : undefined);
+              resolve(name === 'metrics' ? stalled(p.lastMetrics, CALL_TIMEOUT_MS / 1000) : undefined);
             }, CALL_TIMEOUT_MS);
             p.calls.set(id, (value) => {
               clearTimeout(timer);
               if (name === 'metrics' && value !== undefined) p.lastMetrics = value as MetricsJson;
-              resolve(value);
+              // Gone before it answered (its exit answers every call): its last answer, as its
+              // counters are then kept in retiredMetrics, which this scrape read before.
+              resolve(value ?? (name === 'metrics' ? p.lastMetrics : undefined));
             });
             this.send(p, { t: 'call', id, name });
           }),
@@ -382,17 +384,26 @@ export class DataPlanes {
 
   /** One exposition for the process: the control plane's registry, every thread's and the dead threads' counters, summed, histograms merged. */
   async metricsText(own: MetricsJson): Promise<string> {
+    // The dead threads as of the call: a thread that dies during it is in the answers (its
+    // last one), and joins the retired for the next scrape, never in both.
+    const retired = this.retiredMetrics;
     const parts = (await this.callAll('metrics')) as MetricsJson[];
-    return AggregatorRegistry.aggregate([ownFirst(own), ...parts, await this.retiredMetrics] as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
+    return AggregatorRegistry.aggregate([ownFirst(own), ...parts, await retired] as Parameters<typeof AggregatorRegistry.aggregate>[0]).metrics();
   }
 
   /** A dead thread's counters and histograms join the retired ones; its gauges (its heap, its in-flight) went with it. */
   private keepMetrics(p: Plane): void {
     const last = p.lastMetrics?.filter((m) => ['counter', 'histogram'].includes(String(m.type)));
     if (last === undefined || last.length === 0) return;
-    this.retiredMetrics = this.retiredMetrics.then((kept) =>
-      AggregatorRegistry.aggregate([kept, last] as Parameters<typeof AggregatorRegistry.aggregate>[0]).getMetricsAsJSON(),
-    );
+    this.retiredMetrics = this.retiredMetrics.then(async (kept) => {
+      try {
+        return await AggregatorRegistry.aggregate([kept, last] as Parameters<typeof AggregatorRegistry.aggregate>[0]).getMetricsAsJSON();
+      } catch (err) {
+        // Never a /metrics that fails from now on: those counts are lost instead.
+        this.deps.logger.error({ err, plane: p.index }, "a dead data-plane thread's metrics could not be kept");
+        return kept;
+      }
+    });
   }
 
   async stats(): Promise<PlaneStats[]> {
@@ -423,6 +434,11 @@ export class DataPlanes {
  */
 function ownFirst(own: MetricsJson): MetricsJson {
   return own.map((m) => (m.aggregator === 'omit' ? { ...m, aggregator: 'first' as const } : m));
+}
+
+/** A thread's last metrics, read when it does not answer: its event loop is stuck for at least `seconds`. */
+function stalled(last: MetricsJson | undefined, seconds: number): MetricsJson | undefined {
+  return last?.map((m) => (m.name !== 'broker_thread_event_loop_lag_seconds' ? m : { ...m, values: m.values.map((v) => ({ ...v, value: Math.max(v.value, seconds) })) }));
 }
 
 /**
