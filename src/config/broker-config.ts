@@ -437,11 +437,14 @@ function deploymentOn(server: ServerConfig, id: string, model: string, d: { conc
   });
 }
 
+/** Azure OpenAI's hosts: the classic resource, Cognitive Services and AI Foundry ones. */
+const AZURE_OPENAI_HOSTS = ['.openai.azure.com', '.cognitiveservices.azure.com', '.services.ai.azure.com'];
+
 /** The output-limit field an OpenAI-compatible upstream at `url` reads, `auto` resolved by its host. */
 export function maxTokensFieldOf(field: MaxTokensField, url: string): 'max_tokens' | 'max_completion_tokens' {
   if (field !== 'auto') return field;
   const host = URL.canParse(url) ? new URL(url).hostname : '';
-  return host === 'api.openai.com' || host.endsWith('.openai.azure.com') ? 'max_completion_tokens' : 'max_tokens';
+  return host === 'api.openai.com' || AZURE_OPENAI_HOSTS.some((suffix) => host.endsWith(suffix)) ? 'max_completion_tokens' : 'max_tokens';
 }
 
 export function loadBrokerConfigFile(path: string, env?: Readonly<Record<string, string | undefined>>, discovered?: ReadonlyMap<string, readonly string[]>): BrokerConfig {

@@ -67,12 +67,17 @@ export function inferRoutes(service: InferBackend, stickyCookie: string, ceiling
   ];
 }
 
-const JSON_FIELDS = new Set(['image_b64', 'img_size', 'top_k']);
+const JSON_FIELDS = ['image_b64', 'img_size', 'top_k'] as const;
+/** The fields as a typo may spell them: case, '_' and '-' aside (topK, top-k, imgSize, imageB64). */
+const NEAR_MISSES = new Map(JSON_FIELDS.map((f) => [f.replace(/[_-]/g, ''), f]));
 
 function jsonInput(b: Record<string, unknown>): { image: Buffer; imgSize: number | undefined; topK: number | undefined } {
-  // A field the route does not know is refused, not ignored: `topk` would answer 5 predictions
-  // as if the client had asked for them.
-  for (const k in b) if (!JSON_FIELDS.has(k)) throw new BrokerError('invalid_request', `unknown field ${JSON.stringify(k.slice(0, 64))}: the fields are image_b64, img_size and top_k`, { details: { field: k.slice(0, 64) } });
+  // A misspelt field is refused, not ignored: `topk` would answer 5 predictions as if the
+  // client had asked for them. Other extra fields (a client's own request id, metadata) pass.
+  for (const k in b) {
+    const meant = NEAR_MISSES.get(k.toLowerCase().replace(/[_-]/g, ''));
+    if (meant !== undefined && meant !== k) throw new BrokerError('invalid_request', `unknown field ${JSON.stringify(k)}: did you mean ${meant}? (the fields are image_b64, img_size and top_k)`, { details: { field: k } });
+  }
   return { image: decodeImage(b.image_b64), imgSize: optionalInt(b.img_size, 'img_size', 1, 100_000), topK: optionalInt(b.top_k, 'top_k', 1, 1000) };
 }
 

@@ -106,15 +106,14 @@ export function translateRequest(route: Route, body: unknown, upstreamModel: str
 }
 
 /**
- * The chat body with its output limit in the one field the upstream reads (maxTokensField):
- * that field's value if the body has it, else the other's. Never both: OpenAI's reasoning
- * models refuse max_tokens beside max_completion_tokens too.
+ * The chat body with its output limit in the one field the upstream reads (maxTokensField).
+ * Both given, max_completion_tokens wins, as OpenAI and vLLM read them. Never both: OpenAI's
+ * reasoning models refuse max_tokens beside max_completion_tokens too.
  */
 function outputLimitIn(out: Record<string, unknown>, field: 'max_tokens' | 'max_completion_tokens'): Record<string, unknown> {
-  const other = field === 'max_tokens' ? 'max_completion_tokens' : 'max_tokens';
-  if (out[other] === undefined) return out;
-  const { [other]: value, ...rest } = out;
-  return { ...rest, [field]: rest[field] ?? value };
+  const { max_tokens: legacy, max_completion_tokens: modern, ...rest } = out;
+  const value = modern ?? legacy;
+  return value === undefined ? out : { ...rest, [field]: value };
 }
 
 function chatOrCompletion(route: Route, body: unknown, upstreamModel: string): { out: unknown; stream: boolean; includeUsage: boolean } {

@@ -618,7 +618,10 @@ t.test("the output limit goes in the one field the upstream reads: max_completio
   const local = sent(openai, { model: 'm', max_completion_tokens: 64, messages: [{ role: 'user', content: 'hi' }] }, 'max_tokens');
   t.same([local['max_tokens'], 'max_completion_tokens' in local], [64, false], "a client's max_completion_tokens to a server that reads max_tokens (llamafile ignores the other: unbounded)");
   const both = sent(openai, { model: 'm', max_tokens: 10, max_completion_tokens: 64, messages: [{ role: 'user', content: 'hi' }] }, 'max_completion_tokens');
-  t.same([both['max_completion_tokens'], 'max_tokens' in both], [64, false], "both given: the field's own value, the other dropped");
+  t.same([both['max_completion_tokens'], 'max_tokens' in both], [64, false], 'both given: max_completion_tokens, as OpenAI and vLLM read them');
+  const bothLocal = sent(openai, { model: 'm', max_tokens: 64, max_completion_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }, 'max_tokens');
+  t.same([bothLocal['max_tokens'], 'max_completion_tokens' in bothLocal], [10, false], 'in max_tokens too: the limit the client meant is not loosened');
+  t.equal(maxTokensFieldOf('auto', 'https://x.cognitiveservices.azure.com'), 'max_completion_tokens', "Azure's newer hosts");
   const legacy = sent({ client: 'openai', provider: 'openai', kind: 'completion' }, { model: 'm', prompt: 'hi', max_tokens: 7 }, 'max_completion_tokens');
   t.equal(legacy['max_tokens'], 7, 'legacy completions have max_tokens only');
 });
