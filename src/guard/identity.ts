@@ -78,9 +78,11 @@ export class Identity {
 
   /** The caller of an admin route, or 401/403. */
   async principal(authorization: string | undefined): Promise<Principal> {
+    // Neither ADMIN_TOKEN nor JWT keys: the admin API is off on this replica, for every
+    // credential (an admin key or session in a Redis it shares with other replicas included).
+    if (this.adminHash === undefined && this.o.jwt === undefined) this.fail('disabled', new BrokerError('admin_disabled', 'admin routes are disabled: set ADMIN_TOKEN, or JWT_SECRET / JWT_PUBLIC_KEY / JWT_JWKS_URL'));
     const token = bearerToken(authorization);
     if (token === undefined) {
-      if (this.adminHash === undefined && this.o.jwt === undefined) this.fail('disabled', new BrokerError('admin_disabled'));
       this.fail('missing', new BrokerError('unauthorized', 'admin routes need Authorization: Bearer <token> (ADMIN_TOKEN, a JWT, a session or an API key)'));
     }
     if (this.adminHash !== undefined && timingSafeEqual(createHash('sha256').update(token).digest(), this.adminHash)) return { subject: 'admin-token', roles: ['admin'], via: 'admin_token' };
@@ -99,7 +101,6 @@ export class Identity {
     }
     const k = this.keys.get(keyHash(token));
     if (k !== undefined && isRole(k.role)) return { subject: k.name, roles: [k.role], via: 'api_key' };
-    if (this.adminHash === undefined && this.o.jwt === undefined) this.fail('disabled', new BrokerError('admin_disabled', 'admin routes are disabled: set ADMIN_TOKEN, or JWT_SECRET / JWT_PUBLIC_KEY / JWT_JWKS_URL'));
     return this.fail('invalid', new BrokerError('forbidden', 'credentials are not valid'));
   }
 
