@@ -459,11 +459,27 @@ export function readBrokerConfigDocument(path: string): unknown {
   } catch (err) {
     throw new BrokerConfigError('BROKER_CONFIG', `cannot read ${path}: ${(err as Error).message}`);
   }
+  const yaml = /\.ya?ml$/i.test(path);
   let raw: unknown;
   try {
-    raw = /\.ya?ml$/i.test(path) ? parseYaml(text) : JSON.parse(text);
+    raw = yaml ? parseYaml(text, { prettyErrors: false }) : JSON.parse(text);
   } catch (err) {
-    throw new BrokerConfigError('BROKER_CONFIG', `${path} is not valid ${/\.ya?ml$/i.test(path) ? 'YAML' : 'JSON'}: ${(err as Error).message}`);
+    throw new BrokerConfigError('BROKER_CONFIG', `${path} is not valid ${yaml ? 'YAML' : 'JSON'}: ${syntaxError(err as Error, text)}`);
   }
   return raw;
+}
+
+/**
+ * What is wrong and where (line, column), never the text around it: the parsers quote the
+ * file's lines, and a fleet file holds API keys and URLs with passwords (the error goes to the
+ * start-up output and to the reload API's 400).
+ */
+function syntaxError(err: Error & { pos?: unknown }, text: string): string {
+  const at = Array.isArray(err.pos) && typeof err.pos[0] === 'number' ? err.pos[0] : Number(/at position (\d+)/.exec(err.message)?.[1] ?? NaN);
+  // V8's JSON messages may quote the text (Unexpected token 's', "sk-…" is not valid JSON): not from the double quote on.
+  const what = err.message.split('"')[0]!.replace(/ in JSON at position \d+.*$/, '').replace(/[\s,]+$/, '');
+  if (!Number.isInteger(at)) return what;
+  const before = text.slice(0, at);
+  const line = before.split('\n').length;
+  return `${what} at line ${line}, column ${at - before.lastIndexOf('\n')}`;
 }

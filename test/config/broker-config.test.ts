@@ -148,3 +148,33 @@ t.test('an API key written in the file is never in an error about its entry: nam
   // A key from keyEnv has a name that is no secret: that name is kept.
   t.throws(() => parseBrokerConfig({ ...groups, apiKeys: { 'team-a': { keyEnv: 'TEAM_A', tier: 'gold' } } }, 'test', { TEAM_A: 'sk-x' }), /apiKeys\.team-a\.tier/);
 });
+
+t.test('a fleet file that does not parse: what and where, never its lines (they hold keys and URLs with passwords)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'eb-syntax-'));
+  const yamlPath = join(dir, 'fleet.yaml');
+  writeFileSync(yamlPath, 'apiKeys:\n  sk-very-secret-key-1: {}\nmodelGroups:\n  g: : x\n    url: http://user:hunter2@up:8000\n');
+  const yamlErr = (() => {
+    try {
+      loadBrokerConfigFile(yamlPath);
+    } catch (err) {
+      return err as Error;
+    }
+  })();
+  t.ok(yamlErr instanceof BrokerConfigError);
+  t.match(yamlErr!.message, /is not valid YAML: .+ at line 4, column \d+/);
+  t.notMatch(yamlErr!.message, /sk-very-secret|hunter2/, 'no line of the file quoted');
+  const jsonPath = join(dir, 'fleet.json');
+  for (const text of ['{"apiKeys": {"sk-very-secret-key-2": {}} x}', 'sk-very-secret-key-3']) {
+    writeFileSync(jsonPath, text);
+    const msg = (() => {
+      try {
+        loadBrokerConfigFile(jsonPath);
+      } catch (err) {
+        return (err as Error).message;
+      }
+      return '';
+    })();
+    t.match(msg, /is not valid JSON: /);
+    t.notMatch(msg, /sk-very-secret/, `nothing of ${text.length} chars quoted: ${msg}`);
+  }
+});
