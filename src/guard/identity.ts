@@ -100,7 +100,9 @@ export class Identity {
       return { subject: s.subject, roles: s.roles.filter(isRole), via: 'session', session: token };
     }
     const k = this.keys.get(keyHash(token));
-    if (k !== undefined && isRole(k.role)) return { subject: k.name, roles: [k.role], via: 'api_key' };
+    // By its id, as its sessions are: names are not unique, and a key named `admin-token` would
+    // pass for the break-glass token in the audit trail.
+    if (k !== undefined && isRole(k.role)) return { subject: k.id, roles: [k.role], via: 'api_key' };
     return this.fail('invalid', new BrokerError('forbidden', 'credentials are not valid'));
   }
 

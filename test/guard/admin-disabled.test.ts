@@ -29,3 +29,13 @@ t.test("an admin key from the shared store is refused with admin_disabled where 
   const later = await get(noAdmin.url);
   t.same([later.status, later.body.error?.code], [403, 'admin_disabled'], 'and still once the key is known there');
 });
+
+t.test('a change made with an admin API key is audited under the key\'s id, not its free-text name', async (t) => {
+  const made = await fetch(`${withAdmin.url}/api/auth/keys`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'admin-token', role: 'admin' }) });
+  const { key, id } = (await made.json()) as { key: string; id: string };
+  const change = await fetch(`${withAdmin.url}/api/auth/keys`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'made-by-key', role: 'agent' }) });
+  t.equal(change.status, 201);
+  const trail = (await (await fetch(`${withAdmin.url}/api/audit?subject=${id}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()) as { entries: { subject: string }[] };
+  t.ok(trail.entries.length >= 1, `found under ${id}`);
+  t.ok(trail.entries.every((e) => e.subject === id), 'never as "admin-token", the name it was given');
+});
