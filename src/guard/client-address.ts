@@ -53,7 +53,12 @@ export function clientAddress(peer: string, forwardedFor: string | undefined, tr
   return client;
 }
 
-/** An IPv4 address as IPv6 (::ffff:10.0.0.1, how a dual-stack socket reports it) as IPv4. */
+/**
+ * The address alone: without the port some proxies add (Azure's Application Gateway writes
+ * 203.0.113.9:51234, and [2001:db8::5]:443 for IPv6), and an IPv4 address as IPv6
+ * (::ffff:10.0.0.1, how a dual-stack socket reports it) as IPv4.
+ */
 function plain(address: string): string {
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+  const a = /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/.exec(address)?.[1] ?? /^\[([0-9a-fA-F:.]+)\](?::\d{1,5})?$/.exec(address)?.[1] ?? address;
+  return a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a;
 }

@@ -16,6 +16,8 @@ t.test('the client is the first untrusted hop, read from the right, and only beh
   t.equal(clientAddress('10.1.2.3', '10.2.2.2, 10.3.3.3', trusted), '10.2.2.2', 'every hop trusted: the leftmost');
   t.equal(clientAddress('10.1.2.3', 'unknown, 10.3.3.3', trusted), '10.3.3.3', 'a hop that is no address: nothing left of it is believed');
   t.equal(clientAddress('10.1.2.3', '203.0.113.9', undefined), '10.1.2.3', 'TRUSTED_PROXIES unset: the header is never read');
+  t.equal(clientAddress('10.1.2.3', '203.0.113.9:51234', trusted), '203.0.113.9', 'a hop with its port (Azure Application Gateway)');
+  t.equal(clientAddress('10.1.2.3', '[2001:db8::5]:443, 10.9.9.9:80', trusted), '2001:db8::5', 'an IPv6 hop in brackets, with its port');
   t.equal(parseTrustedProxies(' '), undefined);
   t.throws(() => parseTrustedProxies('10.0.0.0/33'), /prefix length/);
   t.throws(() => parseTrustedProxies('proxy.local'), /not an IP address/);
