@@ -360,12 +360,12 @@ t.test('flags API: list, override, bulk, clear, audit, validation, admin only', 
   t.same(cleared.body.sticky_routing, { enabled: false, source: 'default' });
   const audit = await get(tb, '/api/industrial/flags/audit');
   t.same(audit.entries.map((e: any) => [e.actor, e.flag, e.action, e.old, e.new]), [
-    ['tester', 'sticky_routing', 'set', false, true],
-    ['tester', 'qos_switching', 'set', true, false],
-    ['tester', 'qos_switching', 'clear', false, true],
-    ['tester', 'sticky_routing', 'clear', true, false],
+    ['admin-token (x-actor: tester)', 'sticky_routing', 'set', false, true],
+    ['admin-token (x-actor: tester)', 'qos_switching', 'set', true, false],
+    ['admin-token (x-actor: tester)', 'qos_switching', 'clear', false, true],
+    ['admin-token (x-actor: tester)', 'sticky_routing', 'clear', true, false],
   ]);
-  t.ok(tb.logs.some((l) => l.msg === 'feature flag changed' && l.actor === 'tester'), 'audited in the log');
+  t.ok(tb.logs.some((l) => l.msg === 'feature flag changed' && l.actor === 'admin-token (x-actor: tester)'), 'audited in the log: the caller, and the name it gave beside it');
   t.equal((await fetch(`${tb.url}/api/industrial/flags`)).status, 401, 'admin credential needed');
 });
 
