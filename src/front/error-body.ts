@@ -154,8 +154,8 @@ export interface ErrorReply {
 
 /**
  * A whole error reply for `err`: its status, JSON content type, the route's extra
- * headers (e.g. Allow on a 405), Retry-After when the error carries one, and the
- * body in the route's shape.
+ * headers (e.g. Allow on a 405), Retry-After when the error carries one, WWW-Authenticate
+ * on a 401, and the body in the route's shape.
  */
 export function errorReply(
   err: BrokerError,
@@ -165,6 +165,8 @@ export function errorReply(
 ): ErrorReply {
   const headers: Record<string, string> = { 'content-type': 'application/json', ...extraHeaders };
   if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
+  // RFC 9110 §15.5.2: a 401 names the scheme that would be taken.
+  if (err.status === 401) headers['www-authenticate'] = 'Bearer';
   const field = err.details?.field;
   return { status: wireStatus(err, shape), headers, body: JSON.stringify(shape(err.code, err.message, requestId, err.status, typeof field === 'string' ? field : null)) };
 }

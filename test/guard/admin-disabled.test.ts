@@ -39,3 +39,11 @@ t.test('a change made with an admin API key is audited under the key\'s id, not 
   t.ok(trail.entries.length >= 1, `found under ${id}`);
   t.ok(trail.entries.every((e) => e.subject === id), 'never as "admin-token", the name it was given');
 });
+
+t.test('a 401 names the scheme it takes (WWW-Authenticate, RFC 9110)', async (t) => {
+  const res = await fetch(`${withAdmin.url}/api/auth/keys`);
+  t.equal(res.status, 401);
+  t.equal(res.headers.get('www-authenticate'), 'Bearer');
+  const ok = await fetch(`${withAdmin.url}/api/auth/keys`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  t.equal(ok.headers.get('www-authenticate'), null, 'only on a 401');
+});
