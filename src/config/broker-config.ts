@@ -420,6 +420,7 @@ export function parseBrokerConfig(doc: unknown, source: string, env: Env = proce
 }
 
 function deploymentOn(server: ServerConfig, id: string, model: string, d: { concurrencyLimit?: number; weight?: number; rpm?: number; tpm?: number; responses?: boolean } & Partial<Timeouts>): DeploymentConfig {
+  const timeouts = timeoutsOf(d, server);
   return Object.freeze({
     id,
     server: server.id,
@@ -433,7 +434,9 @@ function deploymentOn(server: ServerConfig, id: string, model: string, d: { conc
     rpm: d.rpm,
     tpm: d.tpm,
     responses: d.responses === true && server.provider === 'openai',
-    ...timeoutsOf(d, server),
+    ...timeouts,
+    // Resolved here, once: not a URL parse per request.
+    maxTokensField: maxTokensFieldOf(timeouts.maxTokensField, server.url),
   });
 }
 
