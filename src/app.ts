@@ -355,7 +355,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   let port: number;
   let proxy: LlmProxy | undefined;
   // Upstream pools live where requests are served: here only with FRONT_THREADS=0.
-  const executor = threaded ? undefined : threadExecutor(config.upstreamMaxBodyBytes, logger);
+  const executor = threaded ? undefined : threadExecutor({ body: config.upstreamMaxBodyBytes, embed: config.upstreamMaxEmbedBytes }, logger);
   let stopListening: () => void;
   let closeAll: () => void;
   let inFlight: () => number;
@@ -476,7 +476,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   // proxy for HTTP: gRPC gets its own, with its own upstream pools, leasing from the
   // control plane's Governance (the same shared capacity, quotas and wait queue).
   let grpc: GrpcFront | undefined;
-  const grpcExecutor = config.grpcPort !== 0 && proxy === undefined ? threadExecutor(config.upstreamMaxBodyBytes, logger) : undefined;
+  const grpcExecutor = config.grpcPort !== 0 && proxy === undefined ? threadExecutor({ body: config.upstreamMaxBodyBytes, embed: config.upstreamMaxEmbedBytes }, logger) : undefined;
   const grpcProxy = proxy ?? (grpcExecutor !== undefined ? new LlmProxy({ metrics, logger, executor: grpcExecutor, leases: governance, cache: responseCache }) : undefined);
   if (config.grpcPort !== 0) {
     try {

@@ -69,6 +69,8 @@ export interface Config {
   readonly llmMaxPromptChars: number;
   /** Largest non-streamed upstream reply the broker reads; past it the client gets 502. */
   readonly upstreamMaxBodyBytes: number;
+  /** The same for an embeddings reply: a batch of vectors is far larger than any text reply. */
+  readonly upstreamMaxEmbedBytes: number;
   /** Data-plane threads serving HTTP on the port; 0 serves on the main thread. */
   readonly frontThreads: number;
   /** V8 young-generation semi-space of every worker thread from its start, MiB; 0: V8's own sizing (1 MiB, grown under load). */
@@ -267,6 +269,7 @@ export function loadConfig(env: Env = process.env): Config {
     llmMaxMessages: int(env, 'LLM_MAX_MESSAGES', 4096, 1, 1_000_000),
     llmMaxPromptChars: int(env, 'LLM_MAX_PROMPT_CHARS', 4_000_000, 1, 1_000_000_000),
     upstreamMaxBodyBytes: int(env, 'UPSTREAM_MAX_BODY_BYTES', 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
+    upstreamMaxEmbedBytes: int(env, 'UPSTREAM_MAX_EMBED_BYTES', 64 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     frontThreads: int(env, 'FRONT_THREADS', Math.min(cores, 64), 0, 64),
     threadSemiSpaceMb: int(env, 'THREAD_SEMI_SPACE_MB', 16, 0, 256),
     uwsHeaderPatch: bool(env, 'UWS_HEADER_PATCH', true),

@@ -165,6 +165,9 @@ export class LlmProxy {
     // The deployment that failed last, and its group: a request whose attempts all failed is
     // counted under it (as a served one is under its deployment), when it ends in that group.
     let lastTried: { group: string; id: string } | undefined;
+    // The request as no deployment tried so far can carry it (translateRequest's refusal): the
+    // client's error when no other deployment is left.
+    let untranslatable: BrokerError | undefined;
     const failedOn = (group: string): string => (lastTried?.group === group ? lastTried.id : 'none');
     let lease: Lease | null = null;
     const usage: Usage = { ok: false, promptTokens: 0, completionTokens: 0, ttftMs: null };
@@ -250,6 +253,13 @@ export class LlmProxy {
           // A retry that finds no lease (none left, the group full, or the request's queue wait
           // spent by the attempt that failed): the last upstream failure says what happened, not
           // "none left" or "waited 5013 ms for a free deployment".
+          if (code === 'upstream_unavailable' && untranslatable !== undefined && lastError === untranslatable) {
+            // Refused, not failed: counted as a refusal (deployment none), no upstream call was made.
+            usage.ok = null;
+            m.llmRequests.labels(g.name, 'none', 'client_error', 'client_error').inc();
+            if (facts !== undefined) facts.outcome = 'client_error';
+            throw untranslatable;
+          }
           const afterFailure = tried.size > 0 && lastError !== undefined && !clientFault(lastError) && (code === 'queue_timeout' || code === 'capacity_exhausted');
           const exhausted = code === 'upstream_unavailable' || afterFailure;
           const reason = exhausted ? exhaustedReason(lastError, tried.size > 0) : code;
@@ -269,14 +279,14 @@ export class LlmProxy {
         try {
           up = translateRequest(route, body, dep.config.model, dep.config.upstreamStreaming, maxTokensFieldOf(dep.config.maxTokensField, dep.config.url));
         } catch (err) {
-          // The request cannot be written for this upstream (e.g. a content block it has no
-          // word for): the client's mistake, which must not count against the deployment
-          // (its breaker would open for everyone).
-          // Counted as a refusal (deployment none): no upstream call was made.
-          usage.ok = null;
-          m.llmRequests.labels(g.name, 'none', 'client_error', 'client_error').inc();
-          if (facts !== undefined) facts.outcome = 'client_error';
-          throw err;
+          // The request cannot be written for this upstream (e.g. token ids for Ollama, a
+          // content block it has no word for): not the deployment's fault (its breaker would
+          // open for everyone). Another deployment of the group may speak a wire format that
+          // carries it: tried next, and the request is refused only when none can.
+          gov.attemptFailed(lease, false);
+          lease = null;
+          if (lastError === undefined || clientFault(lastError)) lastError = untranslatable = err as BrokerError;
+          continue;
         }
         // Counted when the next attempt goes, not when one fails: a last failure is no retry.
         if (pendingRetry !== undefined) {

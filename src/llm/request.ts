@@ -303,12 +303,13 @@ function checkEmbedInput(body: Readonly<Record<string, unknown>>, api: ClientApi
   checkInt(body.dimensions, 'dimensions', 1, MAX_DIMENSIONS);
   const input = body.input;
   if (!Array.isArray(input)) return;
-  const kindOf = (v: unknown): string => (typeof v === 'string' ? 'text' : Number.isInteger(v) ? 'id' : isTokenIds(v) ? 'ids' : 'other');
+  const kindOf = (v: unknown): string => (typeof v === 'string' ? 'text' : isTokenId(v) ? 'id' : isTokenIds(v) && (v as unknown[]).length > 0 ? 'ids' : 'other');
   const first = input.length > 0 ? kindOf(input[0]) : 'text';
   for (let i = 0; i < input.length; i++) {
     const k = kindOf(input[i]);
     if (api === 'ollama' && k !== 'text') throw invalidField(`input[${i}]`, 'must be a string (Ollama takes a string or an array of strings)');
-    if (k !== first && k !== 'other') throw invalidField(`input[${i}]`, 'mixes strings and token ids: one kind per request');
+    if (k === 'other') throw invalidField(`input[${i}]`, 'must be a string, a token id (a whole number >= 0) or a non-empty array of token ids');
+    if (k !== first) throw invalidField(`input[${i}]`, first === 'text' || k === 'text' ? 'mixes strings and token ids: one kind per request' : 'mixes token ids and arrays of them: one kind per request');
   }
 }
 
@@ -355,8 +356,13 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 /** A prompt given as token ids (completions, embeddings). */
+/** A token id: a whole number >= 0 (OpenAI's 400 for anything else, counted against the deployment). */
+function isTokenId(v: unknown): boolean {
+  return Number.isInteger(v) && (v as number) >= 0;
+}
+
 function isTokenIds(v: unknown): boolean {
-  return Array.isArray(v) && v.every((x) => Number.isInteger(x));
+  return Array.isArray(v) && v.every(isTokenId);
 }
 
 const TOOL_CHOICE_MODES = ['none', 'auto', 'required'];
@@ -394,7 +400,7 @@ function checkChatTools(body: Readonly<Record<string, unknown>>, api: 'openai' |
 /** A completion's prompt, as OpenAI takes it: a string, strings, token ids, or arrays of token ids. */
 function checkCompletionPrompt(prompt: unknown): void {
   if (prompt === undefined || prompt === null || typeof prompt === 'string') return;
-  if (Array.isArray(prompt) && prompt.every((p) => typeof p === 'string' || Number.isInteger(p) || isTokenIds(p))) return;
+  if (Array.isArray(prompt) && prompt.every((p) => typeof p === 'string' || isTokenId(p) || isTokenIds(p))) return;
   throw invalidField('prompt', 'must be a string, an array of strings, or token ids');
 }
 

@@ -15,6 +15,7 @@ export const USAGE = `usage: npm run mock-upstream -- [flags]
   --fail-after N      tokens written before a reset, stall or garbage event (default 0)
   --tool-calls N      chat answers are N tool calls instead of text (default 0)
   --flavor F          whose error bodies the OpenAI routes send: openai | vllm (default openai)
+  --embed-floats      /v1/embeddings answers floats even when base64 is asked for
   --models A,B        models to list; the first answers requests that name none (default mock-model)
   --loaded A          models /api/ps reports as loaded (default: all of --models)
   --keep-alive-ms MS  keep-alive timeout of idle connections (default 65000)
@@ -38,6 +39,7 @@ const OPTIONS = {
   'fail-after': { type: 'string' },
   'tool-calls': { type: 'string' },
   flavor: { type: 'string' },
+  'embed-floats': { type: 'boolean' },
   models: { type: 'string' },
   loaded: { type: 'string' },
   'keep-alive-ms': { type: 'string' },
@@ -77,6 +79,7 @@ export function parseMockUpstreamArgs(argv: readonly string[]): { help: boolean;
   set('failAfter', num('fail-after', values['fail-after']));
   set('toolCalls', num('tool-calls', values['tool-calls']));
   set('flavor', values.flavor as MockUpstreamOptions['flavor']);
+  if (values['embed-floats'] === true) options.embedFloats = true;
   set('models', values.models?.split(',').map((m) => m.trim()).filter((m) => m.length > 0));
   set('loaded', values.loaded?.split(',').map((m) => m.trim()).filter((m) => m.length > 0));
   set('keepAliveTimeoutMs', num('keep-alive-ms', values['keep-alive-ms']));

@@ -58,7 +58,7 @@ export function openaiEmbeddings(ex: Exchange, body: Body, knobs: Knobs, default
   const texts = inputs(body.input);
   if (typeof texts === 'string') return openaiError(ex.res, 400, texts);
   const model = pickModel(body, defaultModel);
-  const b64 = body.encoding_format === 'base64';
+  const b64 = body.encoding_format === 'base64' && !knobs.embedFloats;
   const d = dims(body);
   const prompt = promptTokens(texts);
   unaryAnswer(ex, { n: 0, knobs }, OPENAI_JSON, () =>

@@ -35,6 +35,8 @@ export interface Knobs {
   readonly toolCalls: number;
   /** Whose error bodies the OpenAI routes send: api.openai.com's or vLLM's. */
   readonly flavor: 'openai' | 'vllm';
+  /** /v1/embeddings answers floats whatever encoding_format asks, as some OpenAI-compatible servers do. */
+  readonly embedFloats: boolean;
 }
 
 /** One request in flight. The server flips `closed` and clears `timer` when the response closes. */

@@ -39,6 +39,8 @@ export interface MockUpstreamOptions {
   toolCalls?: number;
   /** Whose error bodies the OpenAI routes send for context/ratelimit/overloaded/badrequest: 'openai' (default) or 'vllm'. Header: x-mock-flavor. */
   flavor?: 'openai' | 'vllm';
+  /** /v1/embeddings answers floats even to encoding_format "base64", as some OpenAI-compatible servers (SGLang, Infinity) have. Default false. */
+  embedFloats?: boolean;
   /** Models listed by /v1/models, /api/tags and /api/ps; the first is used when a request names none. Default ['mock-model']. */
   models?: readonly string[];
   /** Models /api/ps reports as loaded now (warm). Default: all of `models`. Changeable with setKnobs. */
@@ -134,6 +136,7 @@ function knobsFromOptions(o: MockUpstreamOptions): Knobs {
     failAfter: check('failAfter', o.failAfter, 0, true),
     toolCalls: check('toolCalls', o.toolCalls, 0, true, MAX_TOOL_CALLS),
     flavor: o.flavor ?? 'openai',
+    embedFloats: o.embedFloats === true,
   };
 }
 

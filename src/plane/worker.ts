@@ -163,7 +163,7 @@ function apply(s: Snapshot): void {
   snapshot = s;
 }
 
-const executor = threadExecutor(config.upstreamMaxBodyBytes, logger);
+const executor = threadExecutor({ body: config.upstreamMaxBodyBytes, embed: config.upstreamMaxEmbedBytes }, logger);
 const cache = new ResponseCache({ settings: (snapshot.fleet ?? EMPTY_FLEET).cache, metrics, logger, redisUrl: config.redisUrl, channel: init.cacheChannel });
 const proxy = new LlmProxy({ metrics, logger, executor, leases: gov, cache });
 // Shared entries are there from the first request (bounded by the connect timeout; down: misses).

@@ -19,6 +19,9 @@ const native = await mock({});
 const reset = await mock({ fail: 'reset', failAfter: 3 });
 const toolsOpenai = await mock({ toolCalls: 2 });
 const toolsOllama = await mock({ toolCalls: 2 });
+const mixedOpenai = await mock({});
+const mixedOllama = await mock({});
+const floatsOnly = await mock({ embedFloats: true });
 
 const KEY = 'sk-apis-test';
 const dep = (id: string, provider: 'openai' | 'ollama', m: MockUpstream, extra: Record<string, unknown> = {}) => ({ id, provider, url: m.url, model: `${id}-upstream`, ...extra });
@@ -34,6 +37,8 @@ const fleet = {
     'tools-openai': { deployments: [dep('tools-1', 'openai', toolsOpenai)] },
     'tools-ollama': { deployments: [dep('tools-2', 'ollama', toolsOllama)] },
     strict: { deployments: [dep('strict-1', 'ollama', okOllama)] },
+    'embed-mixed': { deployments: [dep('mixed-ollama', 'ollama', mixedOllama), dep('mixed-openai', 'openai', mixedOpenai)] },
+    'embed-floats': { deployments: [dep('floats-1', 'openai', floatsOnly)] },
   },
 };
 const FRONT_THREADS = process.env.FRONT_THREADS ?? '2';
@@ -410,6 +415,47 @@ t.test('Embeddings: batched, both clients, both providers, order kept', async (t
   const bad = await openai.embeddings.create({ model: 'chat-openai', input: [] }).catch((e: unknown) => e);
   t.ok(bad instanceof OpenAI.BadRequestError, 'an empty batch is refused');
   t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'chat-ollama', outcome: 'ok' })) > 0, 'counted as LLM requests');
+});
+
+t.test('Embeddings in a group of both providers: each request goes to a deployment that can carry it', async (t) => {
+  const wantIds = [mockEmbedding('1 2 3'), mockEmbedding('4 5')];
+  const before = await metricValue(tb.url, 'llm_requests_total', { group: 'embed-mixed', outcome: 'client_error' });
+  // Token ids reach only an OpenAI upstream: the Ollama deployment is passed over, never a 400 by the draw.
+  for (let i = 0; i < 12; i++) {
+    const r = await openai.embeddings.create({ model: 'embed-mixed', input: [[1, 2, 3], [4, 5]] }).withResponse();
+    t.equal(r.response.headers.get('x-broker-deployment'), 'mixed-openai', `request ${i}: on the OpenAI deployment`);
+    t.same(r.data.data.map((d) => d.embedding), wantIds);
+  }
+  t.equal(mixedOllama.stats.requests['/api/embed'] ?? 0, 0, 'nothing reached the Ollama deployment it cannot go to');
+  // An Ollama client's empty string cannot go to an OpenAI upstream: the Ollama deployment takes it.
+  for (let i = 0; i < 6; i++) {
+    const e = await ollama.embed({ model: 'embed-mixed', input: ['a', ''] });
+    t.same(e.embeddings, [mockEmbedding('a'), mockEmbedding('')], `request ${i}`);
+  }
+  t.equal(mixedOpenai.stats.requests['/v1/embeddings'], 12, 'the OpenAI deployment had only the token ids');
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'embed-mixed', outcome: 'client_error' }), before, 'no refusal counted');
+  // A group none of whose deployments can carry it still refuses it, once, as the client's error.
+  const refusals = { group: 'chat-openai', deployment: 'none', reason: 'client_error' };
+  const refusedBefore = await metricValue(tb.url, 'llm_requests_total', refusals);
+  const refused = await ollama.embed({ model: 'chat-openai', input: ['a', ''] }).catch((e: unknown) => e as { status_code?: number; error?: string });
+  t.equal((refused as { status_code?: number }).status_code, 400);
+  t.match((refused as { error?: string }).error, /input/);
+  t.equal(await metricValue(tb.url, 'llm_requests_total', refusals), refusedBefore + 1, 'one refusal, under no deployment');
+});
+
+t.test('Embeddings from an OpenAI-compatible upstream that ignores encoding_format: the SDK still gets its vectors', async (t) => {
+  const input = ['alpha', 'beta'];
+  const want = input.map((s) => mockEmbedding(s));
+  // The SDK asks base64 and decodes it: floats passed on as they came read as empty vectors.
+  const r = await openai.embeddings.create({ model: 'embed-floats', input });
+  t.same(r.data.map((d) => d.embedding), want, 're-encoded as base64 and decoded by the SDK');
+  t.same((floatsOnly.stats.lastBody as { encoding_format?: string }).encoding_format, 'base64', 'the client asked for base64');
+  const raw = (await (await fetch(`${tb.url}/v1/embeddings`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` }, body: JSON.stringify({ model: 'embed-floats', input, encoding_format: 'base64' }) })).json()) as { data: Array<{ embedding: unknown }> };
+  t.ok(raw.data.every((d) => typeof d.embedding === 'string'), 'base64 strings on the wire, as asked');
+  const floats = await openai.embeddings.create({ model: 'embed-floats', input, encoding_format: 'float' });
+  t.same(floats.data.map((d) => d.embedding), want, 'floats asked, floats passed on');
+  const fromOllama = await ollama.embed({ model: 'chat-openai', input: 'alpha' });
+  t.ok(fromOllama.total_duration > 0, "a translated reply's total_duration is the time waited (clients divide by it)");
 });
 
 /** Tool calls gathered from OpenAI chat chunks by index. */

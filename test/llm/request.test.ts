@@ -202,7 +202,12 @@ t.test("embeddings' input as each vendor takes it, and dimensions: a 400 naming 
   t.doesNotThrow(embed('ollama', { input: ['a', 'b'] }));
   t.throws(embed('openai', { input: [1, 'a'] }), { code: 'invalid_request', details: { field: 'input[1]' } }, 'one kind per request');
   t.throws(embed('openai', { input: ['a', [1, 2]] }), { code: 'invalid_request', details: { field: 'input[1]' } });
-  for (const ok of [['a', 'b'], [1, 2, 3], [[1, 2], [3]]]) t.doesNotThrow(embed('openai', { input: ok }), JSON.stringify(ok));
+  for (const ok of [['a', 'b'], [1, 2, 3], [[1, 2], [3]], [[0]]]) t.doesNotThrow(embed('openai', { input: ok }), JSON.stringify(ok));
+  // Token ids are whole numbers >= 0, one kind per request: else OpenAI's 400, counted against the deployment.
+  for (const [bad, at] of [[[[1.5, 2]], 0], [[[-1, 2]], 0], [[1.5], 0], [[[1, 2], true], 1], [[1, null], 1]] as const) {
+    t.throws(embed('openai', { input: bad }), { code: 'invalid_request', details: { field: `input[${at}]` }, message: /token id/ }, `input ${JSON.stringify(bad)}`);
+  }
+  t.throws(embed('openai', { input: [[1, 2], 3] }), { code: 'invalid_request', details: { field: 'input[1]' }, message: /mixes token ids and arrays of them/ });
   for (const bad of ['x', 0, 1.5, -1]) t.throws(embed('openai', { input: 'a', dimensions: bad }), { code: 'invalid_request', details: { field: 'dimensions' } }, `dimensions ${JSON.stringify(bad)}`);
   t.doesNotThrow(embed('openai', { input: 'a', dimensions: 256 }));
   t.throws(embed('ollama', { input: 'a', dimensions: 'x' }), { code: 'invalid_request', details: { field: 'dimensions' } });

@@ -30,6 +30,14 @@ const upstream: Server = createServer((req, res) => {
       if (!res.destroyed) res.end('"}}]}\n\ndata: [DONE]\n\n');
       return;
     }
+    const embed = /^\/embed(\d+)\//.exec(req.url!);
+    if (embed !== null) {
+      // An embeddings reply of about N MiB: one vector of 0.125s (6 bytes each).
+      const n = Math.floor((Number(embed[1]) * MiB) / 6);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(`{"object":"list","data":[{"object":"embedding","index":0,"embedding":[${Array(n).fill('0.125').join(',')}]}],"model":"m","usage":{"prompt_tokens":1,"total_tokens":1}}`);
+      return;
+    }
     if (req.url!.startsWith('/big/')) {
       res.writeHead(200, { 'content-type': 'application/json' });
       const filler = 'x'.repeat(MiB);
@@ -57,10 +65,12 @@ writeFileSync(
       big: { deployments: [{ id: 'big-1', provider: 'openai', url: `${base}/big`, model: 'm' }] },
       bad: { deployments: [{ id: 'bad-1', provider: 'openai', url: `${base}/bad`, model: 'm' }] },
       endless: { deployments: [{ id: 'endless-1', provider: 'openai', url: `${base}/endless`, model: 'm' }] },
+      embed3: { deployments: [{ id: 'embed3-1', provider: 'openai', url: `${base}/embed3`, model: 'm' }] },
+      embed5: { deployments: [{ id: 'embed5-1', provider: 'openai', url: `${base}/embed5`, model: 'm' }] },
     },
   }),
 );
-const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), UPSTREAM_MAX_BODY_BYTES: String(MiB), INFER_ENABLED: 'false', BROKER_FF_QUOTA_ENFORCEMENT: 'true' });
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), UPSTREAM_MAX_BODY_BYTES: String(MiB), UPSTREAM_MAX_EMBED_BYTES: String(4 * MiB), INFER_ENABLED: 'false', BROKER_FF_QUOTA_ENFORCEMENT: 'true' });
 t.teardown(() => tb.close());
 const chat = (model: string) => postJson(`${tb.url}/v1/chat/completions`, { model, messages: [{ role: 'user', content: 'hi' }] });
 
@@ -82,6 +92,18 @@ t.test('a reply past UPSTREAM_MAX_BODY_BYTES: 502 naming the limit', async (t) =
   t.equal((await chat('big')).status, 502);
   const quota = (await (await fetch(`${tb.url}/api/industrial/quota`, { headers: admin })).json()) as { subjects: Record<string, { tpm: number }> };
   t.ok(quota.subjects['deployment:big-1'].tpm > 0, `tokens charged: ${JSON.stringify(quota.subjects['deployment:big-1'])}`);
+});
+
+t.test('an embeddings reply has its own, larger limit: UPSTREAM_MAX_EMBED_BYTES', async (t) => {
+  const embed = (model: string) => postJson(`${tb.url}/v1/embeddings`, { model, input: 'hi', encoding_format: 'float' });
+  // A batch of vectors is far larger than any text reply: 3 MiB passes where a 1 MiB chat reply may not.
+  const ok = await embed('embed3');
+  t.equal(ok.status, 200);
+  t.ok(ok.body.data[0].embedding.length > 500_000, `the whole vector (${ok.body.data[0].embedding.length} values)`);
+  const big = await embed('embed5');
+  t.equal(big.status, 502);
+  t.equal(big.body.error.code, 'upstream_error');
+  t.match(big.body.error.message, /UPSTREAM_MAX_EMBED_BYTES \(4194304 bytes\): send fewer inputs per request/);
 });
 
 t.test('a huge upstream error body reaches the client cut, not whole', async (t) => {

@@ -123,7 +123,7 @@ t.test('Ollama durations follow the knobs', async (t) => {
 t.test('process-level knobs, overridden per request', async (t) => {
   const slow = await createMockUpstream({ ttftMs: 400, tokens: 3, tps: 0 });
   t.teardown(() => slow.close());
-  t.same(slow.knobs, { ttftMs: 400, tps: 0, tokens: 3, fail: 'none', failAfter: 0, toolCalls: 0, flavor: 'openai' });
+  t.same(slow.knobs, { ttftMs: 400, tps: 0, tokens: 3, fail: 'none', failAfter: 0, toolCalls: 0, flavor: 'openai', embedFloats: false });
 
   let start = performance.now();
   const body = await json(await post(slow.url, '/v1/chat/completions', chat));

@@ -23,8 +23,11 @@ export const MAX_EVENT_BYTES = 16 * 1024 * 1024;
  * A whole upstream reply past UPSTREAM_MAX_BODY_BYTES. Marked so that the proxy can tell it
  * from a failing upstream: the server answered, so it is no breaker failure.
  */
-export function tooLarge(max: number): BrokerError {
-  return new BrokerError('upstream_error', `upstream reply is larger than UPSTREAM_MAX_BODY_BYTES (${max} bytes)`, { details: { reason: 'too_large' } });
+export function tooLarge(max: number, embed = false): BrokerError {
+  const message = embed
+    ? `upstream embeddings reply is larger than UPSTREAM_MAX_EMBED_BYTES (${max} bytes): send fewer inputs per request`
+    : `upstream reply is larger than UPSTREAM_MAX_BODY_BYTES (${max} bytes)`;
+  return new BrokerError('upstream_error', message, { details: { reason: 'too_large' } });
 }
 
 /** A Buffer view over the same memory; no copy. */

@@ -14,8 +14,15 @@ import type { AbortLike } from '../../abort.ts';
 /** An upstream's error text is read up to this much: enough for any message, and the rest is dropped. */
 export const ERROR_BODY_BYTES = 64 * 1024;
 
-/** `maxBodyBytes`: the largest non-streamed upstream reply (UPSTREAM_MAX_BODY_BYTES). */
-export function threadExecutor(maxBodyBytes: number, log?: { warn(obj: object, msg: string): void }): Executor {
+/** The largest non-streamed upstream reply: `body` (UPSTREAM_MAX_BODY_BYTES), `embed` an embeddings reply's (UPSTREAM_MAX_EMBED_BYTES). */
+export interface ReplyLimits {
+  readonly body: number;
+  readonly embed: number;
+}
+
+/** `limits`: the largest whole replies read; a number: one limit for every kind. */
+export function threadExecutor(limits: ReplyLimits | number, log?: { warn(obj: object, msg: string): void }): Executor {
+  const { body: maxReplyBytes, embed: maxEmbedBytes } = typeof limits === 'number' ? { body: limits, embed: limits } : limits;
   const upstreams = new Upstreams();
   /**
    * Deployments that answered a stream request with one JSON body (a server that cannot
@@ -46,6 +53,8 @@ export function threadExecutor(maxBodyBytes: number, log?: { warn(obj: object, m
         throw deadline.expired !== null ? deadline.signal.reason : err;
       }
       deadline.headers();
+      const embed = req.kind === 'embed';
+      const maxBodyBytes = embed ? maxEmbedBytes : maxReplyBytes;
       const assembler = req.assemble === true ? new ReplyAssembler(req.deployment.provider, req.kind, maxBodyBytes, req.promptEstimate) : undefined;
       if (!req.stream && assembler === undefined) timing.firstByteAt = timing.headersAt >= 0 ? timing.headersAt : performance.now();
       // An OpenAI-compatible upstream that answered a stream request with one JSON body: read as
@@ -72,7 +81,7 @@ export function threadExecutor(maxBodyBytes: number, log?: { warn(obj: object, m
         expired: () => deadline.expired,
         retryAfter: retryAfterOf(res),
         errorText: () => settle(readCapped(res.body, ERROR_BODY_BYTES, false, onChunk).then((b) => Buffer.from(b).toString('utf8'))),
-        bytes: () => settle(assembler !== undefined ? readAssembled(res.body, assembler, maxBodyBytes, onChunk, answeredWhole) : readCapped(res.body, maxBodyBytes, true, onChunk)),
+        bytes: () => settle(assembler !== undefined ? readAssembled(res.body, assembler, maxBodyBytes, onChunk, answeredWhole) : readCapped(res.body, maxBodyBytes, true, onChunk, embed)),
         ...(assembler !== undefined ? { assembled: () => ({ tokens: assembler.tokens, malformed: assembler.malformed }) } : {}),
         pump: (target) => settle(pumpChain(req, res.body, paused(target, deadline), deadline.signal, onChunk)),
       };
@@ -86,14 +95,14 @@ export function threadExecutor(maxBodyBytes: number, log?: { warn(obj: object, m
  * worth draining) and, when `strict`, the read fails with upstream_error; otherwise what
  * was read is returned, cut.
  */
-async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown }, max: number, strict: boolean, onChunk: () => void): Promise<Uint8Array> {
+async function readCapped(body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown }, max: number, strict: boolean, onChunk: () => void, embed = false): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   let size = 0;
   for await (const chunk of body) {
     onChunk();
     if (size + chunk.byteLength > max) {
       body.destroy();
-      if (strict) throw tooLarge(max);
+      if (strict) throw tooLarge(max, embed);
       parts.push(chunk.subarray(0, max - size));
       size = max;
       break;

@@ -78,7 +78,33 @@ export function ollamaReply(r: Record<string, unknown>, ctx: ReplyContext): Reco
   const sorted = [...(data as Array<Record<string, unknown>>)].sort((a, b) => Number(a['index'] ?? 0) - Number(b['index'] ?? 0));
   const embeddings = sorted.map((d) => (typeof d['embedding'] === 'string' ? floatsOfBase64(d['embedding']) : (d['embedding'] as number[])));
   const u = embedUsage(r);
-  return { model: ctx.model, embeddings, total_duration: 0, load_duration: 0, prompt_eval_count: u?.promptTokens ?? 0 };
+  // The time the broker waited for it (Ollama's clients divide by total_duration); load_duration is not known.
+  return { model: ctx.model, embeddings, total_duration: Math.max(1, Math.round((ctx.elapsedMs ?? 0) * 1e6)), load_duration: 0, prompt_eval_count: u?.promptTokens ?? 0 };
+}
+
+/**
+ * An OpenAI upstream's reply to an OpenAI client, in the encoding the client asked for, or
+ * undefined when it already is. Some OpenAI-compatible servers ignore encoding_format and
+ * always send floats: passed on as they came, the official SDK (which asks for base64 and
+ * decodes it) read every vector as empty.
+ */
+export function openaiReencoded(r: Record<string, unknown>, ctx: ReplyContext): Record<string, unknown> | undefined {
+  const data = r['data'];
+  if (!Array.isArray(data)) return undefined;
+  const base64 = ctx.request?.['encoding_format'] === 'base64';
+  const wrong = (d: unknown): boolean => {
+    const e = (d as Record<string, unknown> | null)?.['embedding'];
+    return base64 ? Array.isArray(e) : typeof e === 'string';
+  };
+  if (!data.some(wrong)) return undefined;
+  return {
+    ...r,
+    data: (data as Array<Record<string, unknown>>).map((d) => {
+      if (!wrong(d)) return d;
+      const e = d['embedding'];
+      return { ...d, embedding: base64 ? base64OfFloats(e as number[]) : floatsOfBase64(e as string) };
+    }),
+  };
 }
 
 /** Tokens an embeddings reply reports, in either shape. */

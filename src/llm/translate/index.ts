@@ -177,8 +177,11 @@ export function translateResponse(route: Route, upstreamBody: string | Uint8Arra
   const r = parseUpstream(provider, upstreamBody, secrets);
   if (kind === 'embed') {
     const usage = embeddings.embedUsage(r);
-    // An OpenAI client's reply passes through only when its encoding is what the upstream sent.
-    if (client === provider) return { body: upstreamBody, usage, finishReason: null };
+    // A same-API reply passes through, an OpenAI one only when its encoding is what the client asked for.
+    if (client === provider) {
+      const fixed = client === 'openai' ? embeddings.openaiReencoded(r, ctx) : undefined;
+      return { body: fixed === undefined ? upstreamBody : JSON.stringify(fixed), usage, finishReason: null };
+    }
     const out = client === 'openai' ? embeddings.openaiReply(r, ctx) : embeddings.ollamaReply(r, ctx);
     return { body: JSON.stringify(out), usage, finishReason: null };
   }
