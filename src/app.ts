@@ -132,6 +132,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     onOutcome: (outcome, n) => metrics.otelSpans.labels(outcome).inc(n),
     onError: (err) => logger.warn({ err: err.message }, 'OTLP trace export failed (spans dropped; logged at most once a minute)'),
   });
+  if (config.otel.enabled) {
+    for (const note of config.otel.notes) logger.warn(note);
+    // Every outcome from the start at 0, so that increase() sees the first drops.
+    for (const outcome of ['exported', 'dropped_queue_full', 'dropped_export_failed'] as const) metrics.otelSpans.labels(outcome).inc(0);
+  }
   const infer = config.inferEnabled ? startInference(config, metrics, logger, tracer) : undefined;
   const threaded = config.frontThreads > 0;
 

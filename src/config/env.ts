@@ -7,6 +7,7 @@ import { accessSync, constants, statSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { FLAG_NAMES, envName, type FlagName } from './flags.ts';
+import { redactUrl } from './secret-url.ts';
 
 export class ConfigError extends Error {
   constructor(readonly variable: string, message: string) {
@@ -126,6 +127,14 @@ export interface OtelConfig {
   readonly serviceName: string;
   /** Share of new traces recorded (parent-based: a sampled incoming traceparent always is). */
   readonly sampleRatio: number;
+  /** OTEL_TRACES_SAMPLER's parentbased_* (the default): an incoming traceparent's sampled flag decides. */
+  readonly parentBased: boolean;
+  /** Sent with every export: OTEL_EXPORTER_OTLP_(TRACES_)HEADERS, and Basic auth from the endpoint URL's user:password. */
+  readonly headers: Readonly<Record<string, string>>;
+  /** OTEL_RESOURCE_ATTRIBUTES. */
+  readonly resourceAttributes: Readonly<Record<string, string>>;
+  /** What start-up says at warn: a standard OTEL_* setting the broker does not follow. */
+  readonly notes: readonly string[];
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -180,7 +189,8 @@ function url(env: Env, name: string, def: string): string {
   } catch {
     // fall through
   }
-  throw new ConfigError(name, `must be an http(s) URL, got "${raw}"`);
+  // A URL may hold a password: the message quotes it redacted (by hand where it does not parse).
+  throw new ConfigError(name, `must be an http(s) URL, got "${redactUrl(raw).replace(/\/\/[^/?#@\s]*@/, '//***@')}"`);
 }
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -321,17 +331,70 @@ function trackingConfig(env: Env): TrackingConfig | undefined {
   return Object.freeze({ databaseUrl, ...settings });
 }
 
+const SAMPLERS = ['parentbased_traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'traceidratio', 'always_on', 'always_off'] as const;
+
+/**
+ * The OTel spec's key=value list (OTEL_EXPORTER_OTLP_HEADERS, OTEL_RESOURCE_ATTRIBUTES): comma
+ * separated, values percent-decoded. A bad entry is named by its position, never quoted: it
+ * may hold a credential.
+ */
+function keyValues(env: Env, name: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const raw = opt(env, name);
+  if (raw === undefined) return out;
+  const entries = raw.split(',');
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!.trim();
+    if (e === '') continue;
+    const eq = e.indexOf('=');
+    const key = eq > 0 ? e.slice(0, eq).trim() : '';
+    let value: string;
+    try {
+      value = decodeURIComponent(e.slice(eq + 1).trim());
+    } catch {
+      throw new ConfigError(name, `entry ${i + 1} has a value that is not percent-encoded UTF-8`);
+    }
+    if (eq <= 0 || !/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(key)) throw new ConfigError(name, `entry ${i + 1} must be key=value with a token for a key`);
+    out[name.endsWith('HEADERS') ? key.toLowerCase() : key] = value;
+  }
+  return out;
+}
+
 function otelConfig(env: Env): OtelConfig {
   // The OTel spec's defaults: OTLP/HTTP on localhost:4318, traces at the signal path /v1/traces.
   // The signal path goes on the base's path, before any query string it has.
   const base = new URL(url(env, 'OTEL_EXPORTER_OTLP_ENDPOINT', 'http://localhost:4318'));
   base.pathname = `${base.pathname.replace(/\/+$/, '')}/v1/traces`;
   const full = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
+  const traces = new URL(full === undefined || full === '' ? base.toString() : url(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', ''));
+  const headers = { ...keyValues(env, 'OTEL_EXPORTER_OTLP_HEADERS'), ...keyValues(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS') };
+  // user:password in the endpoint: Basic auth (the POST's origin drops them), unless a header says otherwise.
+  if ((traces.username !== '' || traces.password !== '') && headers['authorization'] === undefined) {
+    headers['authorization'] = `Basic ${Buffer.from(`${decodeURIComponent(traces.username)}:${decodeURIComponent(traces.password)}`).toString('base64')}`;
+  }
+  traces.username = '';
+  traces.password = '';
+  const sampler = oneOf(env, 'OTEL_TRACES_SAMPLER', 'parentbased_traceidratio', SAMPLERS);
+  const ratio = num(env, 'OTEL_TRACES_SAMPLER_ARG', 1, 0, 1);
+  const notes: string[] = [];
+  for (const name of ['OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL']) {
+    const p = opt(env, name);
+    if (p !== undefined && p !== 'http/json') notes.push(`${name}=${p} is not spoken: spans go as OTLP/HTTP JSON (http/json), which every OpenTelemetry Collector's otlp receiver takes`);
+  }
+  for (const name of ['OTEL_EXPORTER_OTLP_COMPRESSION', 'OTEL_EXPORTER_OTLP_TRACES_COMPRESSION']) {
+    const c = opt(env, name);
+    if (c !== undefined && c !== 'none') notes.push(`${name}=${c} is not applied: spans go uncompressed`);
+  }
+  const disabled = bool(env, 'OTEL_SDK_DISABLED', false);
   return Object.freeze({
-    enabled: bool(env, 'OTEL_ENABLED', false),
-    tracesUrl: full === undefined || full === '' ? base.toString() : url(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', ''),
+    enabled: bool(env, 'OTEL_ENABLED', false) && !disabled,
+    tracesUrl: traces.toString(),
     serviceName: str(env, 'OTEL_SERVICE_NAME', 'edge-broker'),
-    sampleRatio: num(env, 'OTEL_TRACES_SAMPLER_ARG', 1, 0, 1),
+    sampleRatio: sampler.endsWith('always_on') ? 1 : sampler.endsWith('always_off') ? 0 : ratio,
+    parentBased: sampler.startsWith('parentbased_'),
+    headers: Object.freeze(headers),
+    resourceAttributes: Object.freeze(keyValues(env, 'OTEL_RESOURCE_ATTRIBUTES')),
+    notes: Object.freeze(notes),
   });
 }
 

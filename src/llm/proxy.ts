@@ -234,7 +234,9 @@ export class LlmProxy {
           timeline.queueMs += performance.now() - waitFrom;
           const code = (err as BrokerError).code;
           if (facts !== undefined) facts.queueMs = (facts.queueMs ?? 0) + (performance.now() - waitFrom);
-          waitSpan?.fail(sink.aborted ? 'client_closed' : (code ?? 'internal'), (err as Error).message).end();
+          // A client that left is no failure: broker.aborted, status unset (as on llm.upstream).
+          if (sink.aborted) waitSpan?.set('broker.aborted', true).end();
+          else waitSpan?.fail(code ?? 'internal', (err as Error).message).end();
           if (sink.aborted) {
             // Gone while queued for a lease (or waiting to fall back): one outcome, as any other.
             m.llmRequests.labels(g.name, 'none', 'aborted', 'aborted').inc();
@@ -324,7 +326,7 @@ export class LlmProxy {
           if (sink.aborted) {
             // The request went upstream: its prompt is charged, as a stream's is when cut.
             usage.promptTokens = promptEstimate;
-            upSpan?.fail('client_closed').end();
+            upSpan?.set('broker.aborted', true).end();
             return this.finish(facts, g, dep, 'aborted', req.startedAt, up.stream);
           }
           if (this.stopped !== undefined) {
@@ -475,7 +477,7 @@ export class LlmProxy {
               usage.promptTokens = promptEstimate;
               // Assembled from a stream: the tokens generated before the client left, as a stream's are charged.
               usage.completionTokens = attempt.assembled?.().tokens ?? 0;
-              upSpan?.fail('client_closed').end();
+              upSpan?.set('broker.aborted', true).end();
               return this.finish(facts, g, dep, 'aborted', req.startedAt, false);
             }
             // Nothing was sent to the client yet: a timeout or a cut body may go elsewhere.

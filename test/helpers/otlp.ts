@@ -1,7 +1,7 @@
 // A real OTLP/HTTP receiver for tests: a node:http server taking POST /v1/traces with
 // JSON ExportTraceServiceRequest bodies, flattening what arrives into spans that tests
 // wait for and check.
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 
 export interface ReceivedSpan {
   readonly traceId: string;
@@ -25,6 +25,10 @@ export interface OtlpReceiver {
   readonly requests: unknown[];
   /** Requests refused (wrong path, method or content type). */
   readonly refused: number;
+  /** The headers of every POST, in arrival order. */
+  readonly headers: IncomingHttpHeaders[];
+  /** What the receiver answers from now on (default 200 `{}`); the spans are recorded either way. */
+  reply: { status: number; headers?: Record<string, string>; body?: string };
   /** Waits until `match` holds over the spans received (default 8 s), then returns them. */
   waitFor(match: (spans: ReceivedSpan[]) => boolean, ms?: number): Promise<ReceivedSpan[]>;
   close(): Promise<void>;
@@ -46,7 +50,9 @@ function decode(attrs: { key: string; value: AnyValue }[] | undefined): Record<s
 export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
   const requests: unknown[] = [];
+  const headers: IncomingHttpHeaders[] = [];
   let refused = 0;
+  const state = { reply: { status: 200, body: '{}' } as OtlpReceiver['reply'] };
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -59,13 +65,14 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
       // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the OTLP JSON as received, checked by the tests
       const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as any;
       requests.push(body);
+      headers.push(req.headers);
       for (const rs of body.resourceSpans ?? []) {
         const resource = decode(rs.resource?.attributes);
         for (const ss of rs.scopeSpans ?? []) {
           for (const s of ss.spans ?? []) spans.push({ ...s, attributes: decode(s.attributes), resource, scope: ss.scope });
         }
       }
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      res.writeHead(state.reply.status, { 'content-type': 'application/json', ...state.reply.headers }).end(state.reply.body ?? '{}');
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -74,8 +81,15 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
     url: `http://127.0.0.1:${port}`,
     spans,
     requests,
+    headers,
     get refused() {
       return refused;
+    },
+    get reply() {
+      return state.reply;
+    },
+    set reply(r) {
+      state.reply = r;
     },
     async waitFor(match, ms = 8000) {
       for (const deadline = Date.now() + ms; ; ) {

@@ -246,3 +246,38 @@ t.test("OTEL_ENABLED=false: the client's traceparent passed on unchanged (none o
   await tb.close();
   t.equal(otlp.requests.length, 0, 'nothing reached the receiver, even at shutdown');
 });
+
+t.test('a request the sampler passes over still sends a traceparent upstream, marked not sampled; repeated trace headers as W3C Trace Context says', async (t) => {
+  const otlp = await startOtlpReceiver();
+  t.teardown(() => otlp.close());
+  const ok = await startMock(t);
+  const tb = await startFleetBroker(t, { modelGroups: { chat: { deployments: [{ id: 'ok-1', provider: 'openai', url: ok.url, model: 'm' }] } } }, { INFER_ENABLED: 'false', OTEL_ENABLED: 'true', OTEL_TRACES_SAMPLER_ARG: '0', OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url });
+  const unsampled = /^00-([0-9a-f]{32})-[0-9a-f]{16}-00$/;
+  const sent: string[] = [];
+  for (let i = 0; i < 2; i++) {
+    t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'chat', messages }, { tracestate: 'orphan=1' })).status, 200);
+    const tp = String(ok.stats.lastHeaders?.traceparent);
+    t.match(tp, unsampled, 'a new trace, not sampled: an upstream with a parent-based sampler records nothing either');
+    t.equal(ok.stats.lastHeaders?.tracestate, undefined, 'a tracestate without a traceparent is dropped');
+    sent.push(unsampled.exec(tp)?.[1] ?? '');
+  }
+  t.not(sent[0], sent[1], 'one trace per request');
+  // Raw headers: fetch would join repeated ones itself.
+  const { request } = await import('undici');
+  const post = async (headers: string[]) => {
+    const r = await request(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: ['content-type', 'application/json', ...headers], body: JSON.stringify({ model: 'chat', messages }) });
+    await r.body.text();
+    return r.statusCode;
+  };
+  const caller = `00-${newTraceId()}-${newSpanId()}-00`;
+  t.equal(await post(['traceparent', caller, 'tracestate', 'a=1', 'tracestate', 'b=2']), 200);
+  t.equal(ok.stats.lastHeaders?.traceparent, caller);
+  t.equal(ok.stats.lastHeaders?.tracestate, 'a=1,b=2', 'tracestate on two lines is one list');
+  const other = `00-${newTraceId()}-${newSpanId()}-00`;
+  t.equal(await post(['traceparent', caller, 'traceparent', other]), 200);
+  const tp = String(ok.stats.lastHeaders?.traceparent);
+  t.match(tp, unsampled);
+  t.ok(tp.slice(3, 35) !== caller.slice(3, 35) && tp.slice(3, 35) !== other.slice(3, 35), 'traceparent twice is invalid: a new trace starts');
+  await tb.close();
+  t.equal(otlp.spans.length, 0, 'nothing recorded at ratio 0');
+});

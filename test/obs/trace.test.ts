@@ -80,6 +80,15 @@ t.test('sampling: parent-based, ratio for new traces', async (t) => {
   t.equal(grand.traceId, TID);
   t.equal(grand.parentSpanId, child!.spanId);
   t.equal(grand.traceparent, `00-${TID}-${grand.spanId}-01`);
+  // A sampler that is not parent-based: the ratio decides, in the caller's trace when recorded.
+  const off = new Tracer({ serviceName: 's', url: 'http://127.0.0.1:9/v1/traces', sampleRatio: 0, parentBased: false, thread: 'main' });
+  t.teardown(() => off.shutdown(0));
+  t.equal(off.startServer('GET', `00-${TID}-${SID}-01`, undefined, Date.now()), undefined, 'always_off: not even a sampled parent is recorded');
+  const on = new Tracer({ serviceName: 's', url: 'http://127.0.0.1:9/v1/traces', sampleRatio: 1, parentBased: false, thread: 'main' });
+  t.teardown(() => on.shutdown(0));
+  const kept = on.startServer('GET', `00-${TID}-${SID}-00`, undefined, Date.now());
+  t.equal(kept?.traceId, TID, "always_on: an unsampled parent's request is recorded, in its trace");
+  t.equal(kept?.parentSpanId, SID);
   t.equal(TRACING_OFF.enabled, false);
   t.equal(TRACING_OFF.startServer('GET', `00-${TID}-${SID}-01`, undefined, 0), undefined, 'off: nothing, even for a sampled parent');
 });
@@ -130,11 +139,87 @@ t.test('exporter: batches of maxBatch, everything sent by shutdown', async (t) =
   t.equal(otlp.spans[0]!.resource['service.name'], 'unit');
 });
 
+t.test('exporter: the collector\'s headers; Retry-After on 429 pauses the exports; partialSuccess rejections count as dropped', async (t) => {
+  const otlp = await startOtlpReceiver();
+  t.teardown(() => otlp.close());
+  const outcomes: Record<string, number> = {};
+  const errors: string[] = [];
+  const e = new BatchExporter({
+    url: `${otlp.url}/v1/traces`,
+    resource: {},
+    scope: { name: 'x', version: '0' },
+    headers: { authorization: 'Bearer s3cr3t' },
+    maxQueue: 100,
+    maxBatch: 2,
+    intervalMs: 60_000,
+    timeoutMs: 2000,
+    onOutcome: (o, n) => (outcomes[o] = (outcomes[o] ?? 0) + n),
+    onError: (err) => errors.push(err.message),
+  });
+  t.teardown(() => e.shutdown(0));
+  otlp.reply = { status: 200, body: '{"partialSuccess":{"rejectedSpans":"1","errorMessage":"bad span"}}' };
+  e.push(span(0));
+  e.push(span(1));
+  await e.flush();
+  t.equal(otlp.headers[0]?.authorization, 'Bearer s3cr3t', 'the credentials go with the POST');
+  t.same(outcomes, { exported: 1, dropped_export_failed: 1 }, 'a rejected span is no exported one');
+  t.match(errors, [/rejected 1 of 2 spans/]);
+  otlp.reply = { status: 429, headers: { 'retry-after': '30' } };
+  e.push(span(2));
+  e.push(span(3));
+  await e.flush();
+  t.equal(otlp.requests.length, 2);
+  otlp.reply = { status: 200 };
+  for (let i = 4; i < 8; i++) e.push(span(i));
+  await e.flush();
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(otlp.requests.length, 2, 'nothing sent while the collector asked to wait');
+  t.equal(e.queued, 4, 'the spans wait for it');
+  await e.shutdown(2000);
+  t.equal(otlp.requests.length, 4, 'shutdown offers them once more');
+  t.equal(outcomes.exported, 5);
+});
+
 t.test('settings: OTEL_* variables', async (t) => {
   const d = loadConfig({}).otel;
-  t.same(d, { enabled: false, tracesUrl: 'http://localhost:4318/v1/traces', serviceName: 'edge-broker', sampleRatio: 1 });
+  t.same(d, { enabled: false, tracesUrl: 'http://localhost:4318/v1/traces', serviceName: 'edge-broker', sampleRatio: 1, parentBased: true, headers: {}, resourceAttributes: {}, notes: [] });
   const c = loadConfig({ OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/', OTEL_SERVICE_NAME: 'edge-1', OTEL_TRACES_SAMPLER_ARG: '0.25' }).otel;
-  t.same(c, { enabled: true, tracesUrl: 'http://collector:4318/v1/traces', serviceName: 'edge-1', sampleRatio: 0.25 });
+  t.same(c, { enabled: true, tracesUrl: 'http://collector:4318/v1/traces', serviceName: 'edge-1', sampleRatio: 0.25, parentBased: true, headers: {}, resourceAttributes: {}, notes: [] });
+  // The collector's credentials: the spec's key=value list (percent-decoded), and user:password in the URL as Basic auth.
+  const auth = loadConfig({ OTEL_EXPORTER_OTLP_HEADERS: 'Authorization=Bearer%20s3cr3t, x-scope-orgid=team-a', OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'x-scope-orgid=team-b' }).otel;
+  t.same(auth.headers, { authorization: 'Bearer s3cr3t', 'x-scope-orgid': 'team-b' }, 'the traces list wins over the general one');
+  const basic = loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://user:pa%3Ass@collector:4318' }).otel;
+  t.equal(basic.tracesUrl, 'http://collector:4318/v1/traces', 'the credentials leave the URL');
+  t.same(basic.headers, { authorization: `Basic ${Buffer.from('user:pa:ss').toString('base64')}` });
+  const bad = (() => {
+    try {
+      loadConfig({ OTEL_EXPORTER_OTLP_HEADERS: 'authorization=Bearer ok,s3cr3t-without-a-key' });
+    } catch (e) {
+      return e as Error;
+    }
+  })();
+  t.ok(bad instanceof ConfigError);
+  t.match(bad?.message, /OTEL_EXPORTER_OTLP_HEADERS: entry 2 must be key=value/);
+  t.notMatch(bad?.message, /s3cr3t/, 'a bad entry is named, never quoted');
+  const badUrl = (() => {
+    try {
+      loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://user:pa55word@127.0.0.1:99999' });
+    } catch (e) {
+      return e as Error;
+    }
+  })();
+  t.ok(badUrl instanceof ConfigError);
+  t.notMatch(badUrl?.message, /pa55word/, 'a URL that does not parse is quoted without its password');
+  // Samplers: the spec's six names.
+  t.same(['always_off', 'always_on', 'traceidratio', 'parentbased_always_off', 'parentbased_always_on', 'parentbased_traceidratio'].map((s) => {
+    const o = loadConfig({ OTEL_TRACES_SAMPLER: s, OTEL_TRACES_SAMPLER_ARG: '0.5' }).otel;
+    return [o.sampleRatio, o.parentBased];
+  }), [[0, false], [1, false], [0.5, false], [0, true], [1, true], [0.5, true]]);
+  t.throws(() => loadConfig({ OTEL_TRACES_SAMPLER: 'jaeger_remote' }), ConfigError);
+  t.same(loadConfig({ OTEL_RESOURCE_ATTRIBUTES: 'k8s.pod.name=broker-0,deployment.environment=prod%20eu' }).otel.resourceAttributes, { 'k8s.pod.name': 'broker-0', 'deployment.environment': 'prod eu' });
+  t.equal(loadConfig({ OTEL_ENABLED: 'true', OTEL_SDK_DISABLED: 'true' }).otel.enabled, false, 'OTEL_SDK_DISABLED turns it off');
+  t.match(loadConfig({ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }).otel.notes, [/OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not spoken/], 'a protocol not spoken is said at start-up');
+  t.same(loadConfig({ OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }).otel.notes, []);
   t.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:1', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'https://b/custom/path' }).otel.tracesUrl, 'https://b/custom/path', 'the traces endpoint is a full URL');
   t.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318/otlp/?tenant=1' }).otel.tracesUrl, 'http://c:4318/otlp/v1/traces?tenant=1', 'the signal path goes before a query string');
   t.throws(() => loadConfig({ OTEL_TRACES_SAMPLER_ARG: '1.5' }), ConfigError);

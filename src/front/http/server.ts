@@ -123,6 +123,9 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       else if ((k === 'authorization' || k === 'x-api-key') && headers[k] !== undefined) credentialTwice = k;
       // Transfer codings on several lines are one list (RFC 9110 §5.3): all are checked, not the last.
       if (k === 'transfer-encoding' && headers[k] !== undefined) v = `${headers[k]}, ${v}`;
+      // W3C Trace Context: tracestate on several lines is one list; traceparent twice is invalid (a new trace starts).
+      else if (k === 'tracestate' && headers[k] !== undefined) v = `${headers[k]},${v}`;
+      else if (k === 'traceparent' && headers[k] !== undefined) v = '';
       headers[k] = v;
     });
     const method = ureq.getCaseSensitiveMethod().toUpperCase();

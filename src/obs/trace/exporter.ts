@@ -5,7 +5,10 @@
 // `intervalMs`, one POST at a time. A full queue drops the span and counts it, never blocks
 // a request; an export that fails (collector down, non-2xx, timeout) drops its batch and
 // counts it: no retries, which would only grow the backlog of a collector that is already
-// behind. shutdown() sends what is left, bounded in time.
+// behind. A 429 or 503 with Retry-After (OTLP/HTTP's throttling) pauses the exports that long
+// (at most a minute): spans queue meanwhile, up to `maxQueue`. Spans a collector takes in
+// part (200 with partialSuccess.rejectedSpans) count as dropped. shutdown() sends what is
+// left, bounded in time.
 import { Pool } from 'undici';
 import { encodeSpan, tracesPrefix, TRACES_SUFFIX, type Scope } from './otlp.ts';
 import type { AttrValue, SpanData, SpanSink } from './span.ts';
@@ -15,6 +18,8 @@ export interface ExporterOptions {
   readonly url: string;
   readonly resource: Readonly<Record<string, AttrValue>>;
   readonly scope: Scope;
+  /** Sent with every POST besides content-type (the collector's credentials). */
+  readonly headers?: Readonly<Record<string, string>>;
   /** Spans that may wait; past it new ones are dropped. */
   readonly maxQueue: number;
   /** Spans per POST. */
@@ -54,13 +59,18 @@ export class BatchExporter implements SpanSink {
   private readonly prefix: Buffer;
   private readonly suffix = Buffer.from(TRACES_SUFFIX);
   private lastErrorAt = -Infinity;
+  /** No POST before this (epoch ms): the collector asked to wait. */
+  private pausedUntil = 0;
+  private readonly headers: Record<string, string>;
   private closed = false;
+  private closing = false;
   /** Totals, for tests and the shutdown log line. */
   readonly counts: Record<SpanOutcome, number> = { exported: 0, dropped_queue_full: 0, dropped_export_failed: 0 };
 
   constructor(private readonly o: ExporterOptions) {
     const u = new URL(o.url);
     this.path = `${u.pathname}${u.search}`;
+    this.headers = { ...o.headers, 'content-type': 'application/json' };
     this.prefix = Buffer.from(tracesPrefix(o.resource, o.scope));
     this.buf = Buffer.allocUnsafe(64 * 1024);
     this.pool = new Pool(u.origin, { connections: 1, connectTimeout: o.timeoutMs, headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs, keepAliveTimeout: 30_000 });
@@ -105,7 +115,7 @@ export class BatchExporter implements SpanSink {
 
   /** Starts a POST of the next batch unless one is in flight. */
   private kick(): void {
-    if (this.sending !== undefined) return;
+    if (this.sending !== undefined || (this.pausedUntil > 0 && Date.now() < this.pausedUntil && !this.closing)) return;
     if (this.sealed.length === 0) this.seal();
     const batch = this.sealed.shift();
     if (batch === undefined) return;
@@ -121,22 +131,33 @@ export class BatchExporter implements SpanSink {
       const res = await this.pool.request({
         method: 'POST',
         path: this.path,
-        headers: { 'content-type': 'application/json' },
+        headers: this.headers,
         body: Buffer.concat([this.prefix, batch.bytes, this.suffix]),
         signal: AbortSignal.timeout(this.o.timeoutMs),
       });
       const text = await res.body.text();
+      if (res.statusCode === 429 || res.statusCode === 503) this.pausedUntil = Date.now() + retryAfterMs(res.headers['retry-after']);
       if (res.statusCode < 200 || res.statusCode >= 300) throw new Error(`OTLP endpoint answered ${res.statusCode}: ${text.slice(0, 200)}`);
       this.waiting -= batch.count;
-      this.count_('exported', batch.count);
+      const rejected = Math.min(batch.count, rejectedSpans(text));
+      this.count_('exported', batch.count - rejected);
+      if (rejected > 0) {
+        this.count_('dropped_export_failed', rejected);
+        this.warn(new Error(`OTLP endpoint rejected ${rejected} of ${batch.count} spans: ${text.slice(0, 200)}`));
+      }
     } catch (err) {
       this.waiting -= batch.count;
       this.count_('dropped_export_failed', batch.count);
-      const now = Date.now();
-      if (now - this.lastErrorAt >= 60_000) {
-        this.lastErrorAt = now;
-        this.o.onError?.(err as Error);
-      }
+      this.warn(err as Error);
+    }
+  }
+
+  /** At most once a minute: a down collector must not flood the log. */
+  private warn(err: Error): void {
+    const now = Date.now();
+    if (now - this.lastErrorAt >= 60_000) {
+      this.lastErrorAt = now;
+      this.o.onError?.(err);
     }
   }
 
@@ -157,6 +178,8 @@ export class BatchExporter implements SpanSink {
   /** Stops taking spans, sends what is left within `timeoutMs`, closes the connection. */
   async shutdown(timeoutMs: number): Promise<void> {
     clearInterval(this.timer);
+    // The last spans are offered once more, whatever wait a collector asked for (bounded by timeoutMs).
+    this.closing = true;
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<void>((resolve) => {
       timer = setTimeout(resolve, timeoutMs);
@@ -173,5 +196,25 @@ export class BatchExporter implements SpanSink {
       this.count_('dropped_export_failed', left);
     }
     await this.pool.destroy().catch(() => undefined);
+  }
+}
+
+/** Retry-After (seconds or an HTTP date) in ms, 1 s without one, at most a minute. */
+function retryAfterMs(h: string | string[] | undefined): number {
+  const v = Array.isArray(h) ? h[0] : h;
+  if (v === undefined || v.trim() === '') return 1000;
+  const s = Number(v);
+  const ms = Number.isFinite(s) ? s * 1000 : Date.parse(v) - Date.now();
+  return Number.isFinite(ms) ? Math.min(60_000, Math.max(0, ms)) : 1000;
+}
+
+/** partialSuccess.rejectedSpans of an OTLP reply (int64 as a string or a number in JSON), 0 when absent. */
+function rejectedSpans(text: string): number {
+  if (!text.includes('rejectedSpans')) return 0;
+  try {
+    const n = Number((JSON.parse(text) as { partialSuccess?: { rejectedSpans?: unknown } }).partialSuccess?.rejectedSpans ?? 0);
+    return Number.isFinite(n) && n > 0 ? n : 0;
+  } catch {
+    return 0;
   }
 }

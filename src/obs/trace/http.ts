@@ -7,12 +7,26 @@ import { redactPath } from '../../guard/api-key.ts';
 import type { ErrorCode } from '../../errors.ts';
 import { epochOf, StatusCode, type Span } from './span.ts';
 import type { Tracer } from './tracer.ts';
+import { parseTraceparent } from './context.ts';
+import { newSpanId, newTraceId } from './ids.ts';
 
-/** Starts the request's span from its `traceparent`, or undefined when the trace is not recorded. */
-export function startRequestSpan(tracer: Tracer, headers: Readonly<Record<string, string>>, method: string, requestId: string, remoteAddress: string, startedAt: number): Span | undefined {
+/**
+ * Starts the request's span from its `traceparent`, or undefined when the trace is not recorded.
+ * A new trace the sampler passed over still gets a context, marked not sampled, written into
+ * the request's headers (what goes upstream): an upstream with a parent-based sampler then
+ * records nothing either, instead of starting a trace of its own for each such request.
+ */
+export function startRequestSpan(tracer: Tracer, headers: Record<string, string>, method: string, requestId: string, remoteAddress: string, startedAt: number): Span | undefined {
   // Attributes only once the request is sampled: at a low ratio most are not.
   const span = tracer.startServer(method, headers['traceparent'], headers['tracestate'], epochOf(startedAt));
-  if (span === undefined) return undefined;
+  if (span === undefined) {
+    if (tracer.enabled && parseTraceparent(headers['traceparent']) === undefined) {
+      headers['traceparent'] = `00-${newTraceId()}-${newSpanId()}-00`;
+      // A tracestate without a valid traceparent is dropped (W3C Trace Context §3.3).
+      delete headers['tracestate'];
+    }
+    return undefined;
+  }
   span.set('http.request.method', method).set('url.scheme', 'http').set('client.address', remoteAddress).set('broker.request_id', requestId);
   const agent = headers['user-agent'];
   if (agent !== undefined) span.set('user_agent.original', agent.slice(0, 256));

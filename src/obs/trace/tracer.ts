@@ -1,9 +1,11 @@
 // The tracer: where spans start (a request arriving, or work continuing from another
 // thread's context) and the sampling decision, made once per trace at its root:
 //
-// - parent-based: an incoming `traceparent` decides. Sampled: this request is recorded, on
-//   the caller's trace id, as a child of the caller's span. Not sampled: nothing recorded.
-// - no (valid) `traceparent`: a new trace, recorded with probability `sampleRatio`.
+// - parent-based (OTEL_TRACES_SAMPLER parentbased_*, the default): an incoming `traceparent`
+//   decides. Sampled: this request is recorded, on the caller's trace id, as a child of the
+//   caller's span. Not sampled: nothing recorded.
+// - no (valid) `traceparent`, or a sampler that is not parent-based: recorded with
+//   probability `sampleRatio` (always_on 1, always_off 0), in the caller's trace if any.
 //
 // Every span below the root is recorded when the root is: spans are made only from a
 // recorded parent (Span.child, or startFrom with the context of one).
@@ -28,6 +30,12 @@ export interface TracerOptions {
   readonly url: string;
   /** Share of new traces recorded, 0..1. */
   readonly sampleRatio: number;
+  /** An incoming traceparent's sampled flag decides (default true); false: the ratio decides every trace. */
+  readonly parentBased?: boolean;
+  /** Sent with every export (the collector's credentials). */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** More resource attributes (OTEL_RESOURCE_ATTRIBUTES); the broker's own win. */
+  readonly resourceAttributes?: Readonly<Record<string, string>>;
   /** Which thread exports: `main` or `plane-<n>` (the resource attribute `broker.thread`). */
   readonly thread: string;
   readonly maxQueue?: number;
@@ -45,16 +53,19 @@ export class Tracer {
   private readonly exporter: BatchExporter | undefined;
   private readonly sink: SpanSink;
   private readonly ratio: number;
+  private readonly parentBased: boolean;
 
   constructor(o: TracerOptions | undefined) {
     this.enabled = o !== undefined;
     this.ratio = o?.sampleRatio ?? 0;
+    this.parentBased = o?.parentBased ?? true;
     this.exporter =
       o === undefined
         ? undefined
         : new BatchExporter({
             url: o.url,
             resource: {
+              ...o.resourceAttributes,
               'service.name': o.serviceName,
               'service.instance.id': `${hostname()}:${process.pid}`,
               'telemetry.sdk.name': 'edge-broker',
@@ -62,6 +73,7 @@ export class Tracer {
               'broker.thread': o.thread,
             },
             scope: SCOPE,
+            headers: o.headers ?? {},
             maxQueue: o.maxQueue ?? 2048,
             maxBatch: o.maxBatch ?? 512,
             intervalMs: o.intervalMs ?? 1000,
@@ -79,11 +91,12 @@ export class Tracer {
   startServer(name: string, traceparent: string | undefined, tracestate: string | undefined, startMs: number, attributes?: Record<string, AttrValue>): Span | undefined {
     if (!this.enabled) return undefined;
     const parent = parseTraceparent(traceparent);
-    if (parent !== undefined) {
+    if (parent !== undefined && this.parentBased) {
       if (!parent.sampled) return undefined;
       return new Span(this.sink, parent.traceId, parent.spanId, name, SpanKind.SERVER, startMs, tracestate, attributes);
     }
     if (this.ratio < 1 && Math.random() >= this.ratio) return undefined;
+    if (parent !== undefined) return new Span(this.sink, parent.traceId, parent.spanId, name, SpanKind.SERVER, startMs, tracestate, attributes);
     return new Span(this.sink, newTraceId(), undefined, name, SpanKind.SERVER, startMs, undefined, attributes);
   }
 
@@ -120,5 +133,5 @@ export const TRACING_OFF = new Tracer(undefined);
 export function createTracer(config: Config, thread: string, hooks: Pick<TracerOptions, 'onOutcome' | 'onError'> = {}): Tracer {
   const o = config.otel;
   if (!o.enabled) return TRACING_OFF;
-  return new Tracer({ serviceName: o.serviceName, url: o.tracesUrl, sampleRatio: o.sampleRatio, thread, ...hooks });
+  return new Tracer({ serviceName: o.serviceName, url: o.tracesUrl, sampleRatio: o.sampleRatio, parentBased: o.parentBased, headers: o.headers, resourceAttributes: o.resourceAttributes, thread, ...hooks });
 }
