@@ -62,6 +62,13 @@ t.test('with TLS: a connection that never starts its handshake is closed; one th
   execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost'], { stdio: 'ignore' });
   const secure = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: m.url, model: 'm' }] } } }, { GRPC_HANDSHAKE_TIMEOUT_MS: '300', GRPC_TLS_CERT: cert, GRPC_TLS_KEY: key });
   const tlsPort = secure.broker.grpcPort;
+  // Swapped files: the start fails naming the TLS variables, not the port (grpc-js says it only when binding).
+  const swapped = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: m.url, model: 'm' }] } } }, { GRPC_TLS_CERT: key, GRPC_TLS_KEY: cert }).then(
+    () => undefined,
+    (err: unknown) => err as Error,
+  );
+  t.match(swapped?.message, /GRPC_TLS_CERT .* and GRPC_TLS_KEY .* must be a PEM certificate chain and its private key/);
+  t.notMatch(swapped?.message, /GRPC_PORT/);
   const silent = await Promise.all(
     Array.from({ length: 3 }, () => new Promise<Socket>((resolve) => {
       const s = connect(tlsPort, '127.0.0.1', () => resolve(s));

@@ -45,6 +45,8 @@ t.test('request errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAVAILA
     ['no messages', { model: 'g', messages: [] }, {}, Status.INVALID_ARGUMENT, 'invalid_request'],
     ['no model', { messages: [{ role: 'user', content: 'x' }] }, {}, Status.INVALID_ARGUMENT, 'invalid_request'],
     ['temperature out of range', { ...hello('g'), options: { temperature: 7 } }, {}, Status.INVALID_ARGUMENT, 'invalid_request'],
+    // int64 past 2^53 arrives rounded (above int64's range for this one): refused, not changed on its way.
+    ['a seed a JS number cannot hold', { ...hello('g'), options: { seed: '9223372036854775807' } }, {}, Status.INVALID_ARGUMENT, 'invalid_request'],
     ['bad label', hello('g'), { 'x-broker-label': 'no spaces allowed' }, Status.INVALID_ARGUMENT, 'invalid_request'],
     ['unknown model', hello('nope'), {}, Status.NOT_FOUND, 'model_not_found'],
     ['tier not allowed on the group', hello('premium'), { authorization: 'Bearer sk-batch' }, Status.PERMISSION_DENIED, 'forbidden'],
@@ -115,4 +117,14 @@ t.test('calls that grpc-js ends itself (a request that fails to decode, a messag
   t.equal(await handled('Internal'), 1);
   t.equal(await handled('ResourceExhausted'), 1);
   t.equal(await handled('Canceled'), 0);
+  // And logged, one access-log line each, as a handler would have (docs/grpc.md): malformed traffic shows in the logs.
+  const lines = tb.logs.filter((l) => l.method === 'gRPC' && l.route === '/edge_broker.v1.ModelService/ListModels');
+  t.same(lines.map((l) => l.status).sort(), ['Internal', 'ResourceExhausted']);
+  t.ok(lines.every((l) => typeof l.trace_id === 'string' && typeof l.error === 'string'), 'with a request id and what grpc-js said');
+  // A call that reached its handler is logged once, by it.
+  const md1 = new grpc.Metadata();
+  md1.set('x-request-id', 'list-once');
+  await new Promise<void>((resolve) => raw.makeUnaryRequest('/edge_broker.v1.ModelService/ListModels', (x: Buffer) => x, (x: Buffer) => x, Buffer.alloc(0), md1, () => resolve()));
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(tb.logs.filter((l) => l.trace_id === 'list-once').length, 1);
 });

@@ -72,6 +72,9 @@ function optionsBody(o: OptionsMsg | undefined): Record<string, unknown> {
   set('top_p', range(o.top_p, 'options.top_p', 0, 1));
   set('presence_penalty', range(o.presence_penalty, 'options.presence_penalty', -2, 2));
   set('frequency_penalty', range(o.frequency_penalty, 'options.frequency_penalty', -2, 2));
+  // int64 on the wire, read as a JS number: past 2^53 it arrives rounded (9223372036854775807 would go
+  // upstream as 9223372036854776000, above int64's range), so it is refused rather than changed.
+  if (o.seed !== undefined && !Number.isSafeInteger(o.seed)) throw invalid('options.seed', `must be between ${-Number.MAX_SAFE_INTEGER} and ${Number.MAX_SAFE_INTEGER}`);
   set('seed', o.seed);
   if (o.stop !== undefined && o.stop.length > 0) {
     if (o.stop.length > 4) throw invalid('options.stop', 'holds at most 4 sequences');

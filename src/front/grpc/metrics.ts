@@ -12,6 +12,8 @@
 import type { Counter, Histogram } from 'prom-client';
 import { ServerInterceptingCall, status as Status, type ServerInterceptor } from '@grpc/grpc-js';
 import type { Metrics } from '../../obs/metrics.ts';
+import type { Logger } from '../../obs/logger.ts';
+import { requestIdFrom } from '../../obs/request-id.ts';
 import { codeLabel } from './status.ts';
 
 const DEADLINE_SLACK_MS = 20;
@@ -46,8 +48,13 @@ function codeOf(status: { code: number; details?: string }): number {
   return status.code === Status.UNIMPLEMENTED && status.details?.startsWith('Received no request message') === true ? Status.CANCELLED : status.code;
 }
 
-/** The interceptor that counts every call of the server. */
-export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
+/**
+ * The interceptor that counts every call of the server. With `accessLog`, a unary or
+ * server-streaming call that grpc-js ended before its handler had its request (a message that
+ * does not decode or is over the size limit, a deadline already past, a second message) gets
+ * the access-log line its handler would have written: malformed traffic shows in the logs too.
+ */
+export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): ServerInterceptor {
   const { grpcStarted: started, grpcHandled: handled, grpcReceived: received, grpcSent: sent, grpcHandling: seconds } = metrics;
   // Label children bound once per method: a call costs no label lookups.
   const byPath = new Map<string, MethodMetrics>();
@@ -76,6 +83,9 @@ export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
     m.started.inc();
     const t0 = performance.now();
     let done = false;
+    // The handler of a unary or server-streaming call runs once its one message has arrived.
+    let handled = method.requestStream;
+    let requestId: string | undefined;
     const finish = (code: number): void => {
       if (done) return;
       done = true;
@@ -87,14 +97,28 @@ export function metricsInterceptor(metrics: Metrics): ServerInterceptor {
     // deadline. Count those by their code, not as the cancel that follows them.
     const sendStatus = call.sendStatus.bind(call);
     call.sendStatus = (status) => {
+      const first = !done;
       finish(codeOf(status));
+      if (first && !handled && accessLog !== undefined) {
+        const code = codeOf(status);
+        accessLog.info(
+          { trace_id: requestId ?? requestIdFrom(undefined), method: 'gRPC', route: method.path, status: codeLabel(code), duration_ms: Math.round((performance.now() - t0) * 1e3) / 1e3, error: status.details?.slice(0, 200) },
+          'request',
+        );
+      }
       sendStatus(status);
     };
     return new ServerInterceptingCall(call, {
       start(next) {
         next({
+          onReceiveMetadata(metadata, nextMetadata) {
+            const id = metadata.get('x-request-id')[0];
+            requestId = requestIdFrom(typeof id === 'string' ? id : undefined);
+            nextMetadata(metadata);
+          },
           onReceiveMessage(message, nextMessage) {
             m.received.inc();
+            handled = true;
             nextMessage(message);
           },
           onCancel() {

@@ -109,7 +109,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
     // Clients may ping as often as the server does, calls or not, without being sent GOAWAY.
     'grpc.keepalive_permit_without_calls': 1,
     'grpc.http2.min_ping_interval_without_data_ms': Math.min(o.keepaliveTimeMs, 10_000),
-    interceptors: [metricsInterceptor(o.metrics)],
+    interceptors: [metricsInterceptor(o.metrics, o.accessLog)],
   });
   const health = new HealthStatus();
   const calls = new ActiveCalls();
@@ -151,8 +151,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
     );
   }
 
-  const credentials =
-    o.tls === undefined ? grpc.ServerCredentials.createInsecure() : grpc.ServerCredentials.createSsl(null, [{ cert_chain: readFileSync(o.tls.certPath), private_key: readFileSync(o.tls.keyPath) }], false);
+  const credentials = o.tls === undefined ? grpc.ServerCredentials.createInsecure() : tlsCredentials(o.tls);
   const port = await new Promise<number>((resolve, reject) => {
     const host = o.host.includes(':') ? `[${o.host}]` : o.host;
     // grpc-js words a taken port as "No address added out of total 1 resolved errors: [listen EADDRINUSE ...]".
@@ -230,4 +229,19 @@ function deadlineTls(s: tls.Server, ms: number): void {
     timer.unref();
     raw.once('close', () => clearTimeout(timer));
   });
+}
+
+/**
+ * The server's certificate and key, checked as a pair first: grpc-js reports a bad PEM or a key
+ * that does not match only when it binds, in words that blamed GRPC_PORT.
+ */
+function tlsCredentials(files: { readonly certPath: string; readonly keyPath: string }): grpc.ServerCredentials {
+  const cert = readFileSync(files.certPath);
+  const key = readFileSync(files.keyPath);
+  try {
+    tls.createSecureContext({ cert, key });
+  } catch (err) {
+    throw new Error(`gRPC TLS: GRPC_TLS_CERT (${files.certPath}) and GRPC_TLS_KEY (${files.keyPath}) must be a PEM certificate chain and its private key: ${(err as Error).message}`);
+  }
+  return grpc.ServerCredentials.createSsl(null, [{ cert_chain: cert, private_key: key }], false);
 }
