@@ -115,7 +115,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const logger = createLogger(config.logLevel, destination);
   const metrics = createMetrics();
   if (config.adminToken === undefined) logger.warn('ADMIN_TOKEN is not set: admin routes are refused');
-  else if (config.adminToken.length < 32) logger.warn({ length: config.adminToken.length }, 'ADMIN_TOKEN is shorter than 32 characters: use a long random token');
+  else if (config.adminToken.length < 32) logger.warn({ length: config.adminToken.length }, 'ADMIN_TOKEN is shorter than 32 characters: it is accepted (8 at least), but use a long random token');
 
   // The cluster scope: Redis shared by the replicas, or memory for this process alone.
   let store: StateStore;

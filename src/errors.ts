@@ -25,6 +25,7 @@ export const ERROR_TABLE = {
   not_found: { http: 404, grpc: 'NOT_FOUND', openai: 'invalid_request_error', message: 'no such route' },
   model_not_found: { http: 404, grpc: 'NOT_FOUND', openai: 'invalid_request_error', message: 'no such model' },
   config_conflict: { http: 409, grpc: 'ABORTED', openai: 'invalid_request_error', message: 'the config changed since it was read: read it again (If-Match)' },
+  config_not_writable: { http: 409, grpc: 'FAILED_PRECONDITION', openai: 'invalid_request_error', message: 'the config file cannot be written where it is mounted' },
   request_timeout: { http: 408, grpc: 'DEADLINE_EXCEEDED', openai: 'invalid_request_error', message: 'the request body did not arrive in time' },
   // Never a reply (the connection is gone): how a reply cut for a client that read nothing for 10 s is recorded.
   client_too_slow: { http: 408, grpc: 'DEADLINE_EXCEEDED', openai: 'invalid_request_error', message: 'the client read nothing of the reply for 10 s' },

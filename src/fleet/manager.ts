@@ -7,7 +7,7 @@
 // data-plane snapshot (onConfig). Both admin faces (/api/orchestrator/* and the drain
 // and limits of /api/industrial/capacity/*) act on this one model.
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, realpathSync, renameSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, resolve, sep } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { BrokerError } from '../errors.ts';
@@ -873,13 +873,18 @@ export class FleetManager {
     if (path === undefined) throw new BrokerError('invalid_request', 'no config file to save to: the broker runs on discovery (set BROKER_CONFIG)');
     const text = /\.ya?ml$/i.test(path) ? toYaml(this.config.raw) : `${JSON.stringify(this.config.raw, null, 2)}\n`;
     const tmp = `${path}.tmp-${process.pid}`;
-    writeFileSync(tmp, text, { mode: 0o640 });
     let backup: string | null = null;
-    if (existsSync(path)) {
-      backup = `${path}.bak`;
-      copyFileSync(path, backup);
+    try {
+      writeFileSync(tmp, text, { mode: 0o640 });
+      if (existsSync(path)) {
+        backup = `${path}.bak`;
+        copyFileSync(path, backup);
+      }
+      renameSync(tmp, path);
+    } catch (err) {
+      rmSync(tmp, { force: true });
+      throw notWritable(path, err as NodeJS.ErrnoException);
     }
-    renameSync(tmp, path);
     this.deps.logger.info({ audit: 'config_save', path, version: this.version }, 'config saved');
     return { path, backup, version: this.version };
   }
@@ -983,4 +988,21 @@ function envFieldsOf(raw: RawBrokerConfig): Array<[string, string]> {
 
 function envNamesOf(raw: RawBrokerConfig): string[] {
   return envFieldsOf(raw).map(([, name]) => name);
+}
+
+/**
+ * Why the config file cannot be saved where it is: a read-only mount (a Kubernetes ConfigMap,
+ * a compose `:ro` volume), a directory the process may not write, or a single file mounted
+ * alone (renamed over, it is busy). What the operator does instead is part of the answer.
+ */
+function notWritable(path: string, err: NodeJS.ErrnoException): BrokerError {
+  const why =
+    err.code === 'EROFS' ? 'it is on a read-only file system (a ConfigMap or a :ro mount)'
+    : err.code === 'EACCES' || err.code === 'EPERM' ? 'the broker may not write it or its directory'
+    : err.code === 'EBUSY' || err.code === 'EXDEV' ? 'it is a file mounted on its own, which cannot be replaced'
+    : `writing it failed (${err.code ?? err.message})`;
+  return new BrokerError('config_not_writable', `cannot save ${path}: ${why}. Change the file where it comes from (the ConfigMap, the mounted file) and POST /config/reload, or GET /config to keep what is running`, {
+    details: { path, errno: err.code ?? null },
+    cause: err,
+  });
 }

@@ -1,7 +1,7 @@
 // Fleet management end to end: the running config (get, patch, schema, restore, reload,
 // save, If-Match), the admin credential on every route, and recovery tests.
 import t from 'tap';
-import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -50,6 +50,19 @@ t.test('config: get with a version, patch, schema, invalid and stale changes ref
   t.match(readFileSync(file, 'utf8'), /maxQueue: 2000/, 'written to the configured file');
   t.ok(existsSync(`${file}.bak`), 'the previous file kept as .bak');
   t.notMatch(readFileSync(`${file}.bak`, 'utf8'), /maxQueue/);
+  // A file that cannot be written where it is (here its backup's name is taken by a directory; in a
+  // pod, a read-only ConfigMap): 409 saying what to do instead, not 500, and no temporary file left.
+  const bak = readFileSync(`${file}.bak`);
+  rmSync(`${file}.bak`);
+  mkdirSync(`${file}.bak`);
+  const notSaved = await send(tb, 'POST', '/api/orchestrator/config/save');
+  t.equal(notSaved.status, 409);
+  t.equal(notSaved.body.error.code, 'config_not_writable');
+  t.match(notSaved.body.error.message, /^cannot save .*: writing it failed \(EISDIR\)\. Change the file where it comes from .* POST \/config\/reload/);
+  t.same(readdirSync(dir).filter((f) => f.includes('.tmp-')), [], 'no temporary file left');
+  t.match(readFileSync(file, 'utf8'), /maxQueue: 2000/, 'the file as it was');
+  rmSync(`${file}.bak`, { recursive: true });
+  writeFileSync(`${file}.bak`, bak);
 
   // Edit the file by hand, reload it: in force.
   writeFileSync(file, readFileSync(file, 'utf8').replace('maxQueue: 2000', 'maxQueue: 77'));
