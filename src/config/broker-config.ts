@@ -11,6 +11,7 @@ import { DEFAULT_BREAKER, type BreakerSettings } from '../fleet/breaker.ts';
 import { DEFAULT_PERFORMANCE, type PerformanceThresholds } from '../policy/performance.ts';
 import { DEFAULT_QOS, type QosConfig, type QosTier } from '../policy/qos.ts';
 import { keyId } from '../guard/api-key.ts';
+import { modelKey } from '../fleet/bans.ts';
 
 export type Provider = 'openai' | 'ollama';
 
@@ -349,7 +350,8 @@ export function parseBrokerConfig(doc: unknown, source: string, env: Env = proce
       const id = d.id ?? `${server.id}:${d.model}`;
       if (ids.has(id)) throw new BrokerConfigError(`${p}.id`, `duplicate deployment id ${id}`);
       ids.add(id);
-      routed.add(`${server.id}\u0000${d.model}`);
+      // By Ollama's name of it: a group's llama3.2 is the llama3.2:latest the server lists.
+      routed.add(`${server.id}\u0000${modelKey(d.model)}`);
       return deploymentOn(server, id, d.model, { ...d, ...timeoutsOf(d, server) });
     });
     groups.set(name, deployments);
@@ -360,7 +362,7 @@ export function parseBrokerConfig(doc: unknown, source: string, env: Env = proce
   for (const s of declared) {
     const server = servers.get(s.id)!;
     for (const model of s.models ?? discovered.get(s.id) ?? []) {
-      if (routed.has(`${s.id}\u0000${model}`)) continue;
+      if (routed.has(`${s.id}\u0000${modelKey(model)}`)) continue;
       const id = `${s.id}:${model}`;
       if (ids.has(id)) continue;
       ids.add(id);

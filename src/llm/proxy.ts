@@ -244,6 +244,14 @@ export class LlmProxy {
             return;
           }
           if (this.stopped !== undefined) throw this.stopped;
+          if (code === 'upstream_unavailable' && untranslatable !== undefined && lastError === untranslatable) {
+            // No deployment left could carry it, and none failed: the client's error, no fallback
+            // (which is for failures). Counted as a refusal (deployment none): no upstream call was made.
+            usage.ok = null;
+            m.llmRequests.labels(g.name, 'none', 'client_error', 'client_error').inc();
+            if (facts !== undefined) facts.outcome = 'client_error';
+            throw untranslatable;
+          }
           // Every deployment of the group failed or none can take it: the fallback groups.
           if ((code === 'upstream_unavailable' || code === 'capacity_exhausted') && (queue.length > 0 || (g.fallbacks?.length ?? 0) > 0)) {
             if (lastError === undefined || clientFault(lastError)) lastError = err as BrokerError;
@@ -255,13 +263,6 @@ export class LlmProxy {
           // A retry that finds no lease (none left, the group full, or the request's queue wait
           // spent by the attempt that failed): the last upstream failure says what happened, not
           // "none left" or "waited 5013 ms for a free deployment".
-          if (code === 'upstream_unavailable' && untranslatable !== undefined && lastError === untranslatable) {
-            // Refused, not failed: counted as a refusal (deployment none), no upstream call was made.
-            usage.ok = null;
-            m.llmRequests.labels(g.name, 'none', 'client_error', 'client_error').inc();
-            if (facts !== undefined) facts.outcome = 'client_error';
-            throw untranslatable;
-          }
           const afterFailure = tried.size > 0 && lastError !== undefined && !clientFault(lastError) && (code === 'queue_timeout' || code === 'capacity_exhausted');
           const exhausted = code === 'upstream_unavailable' || afterFailure;
           const reason = exhausted ? exhaustedReason(lastError, tried.size > 0) : code;
@@ -794,7 +795,8 @@ function connectError(err: unknown, dep: DeploymentState): BrokerError {
   if (closedUnder(e)) {
     return new BrokerError('upstream_error', `deployment ${dep.config.id} closed the connection before replying: ${e.code}`, { cause: err });
   }
-  return new BrokerError('upstream_unavailable', `deployment ${dep.config.id} is unreachable: ${e.code ?? e.message}`, { cause: err });
+  // Retry-After 1, as for an upstream's 429 without one (docs/llm.md): the SDKs wait before retrying.
+  return new BrokerError('upstream_unavailable', `deployment ${dep.config.id} is unreachable: ${e.code ?? e.message}`, { cause: err, retryAfter: 1 });
 }
 
 function exhausted(err: BrokerError, status: number, retryAfter: string | undefined, cls: UpstreamErrorClass): BrokerError {

@@ -178,3 +178,19 @@ t.test('a fleet file that does not parse: what and where, never its lines (they 
     t.notMatch(msg, /sk-very-secret/, `nothing of ${text.length} chars quoted: ${msg}`);
   }
 });
+
+t.test("a model a group routes on a declared server is no group of its own, however the server names it (llama3.2 is Ollama's llama3.2:latest)", async (t) => {
+  const doc = {
+    servers: [{ id: 'srv', url: 'http://127.0.0.1:11434', provider: 'ollama' }],
+    modelGroups: { chat: { deployments: [{ server: 'srv', model: 'llama3.2' }, { server: 'srv', model: 'qwen:7b' }] } },
+  };
+  // What the server's health check lists: Ollama's full names, and one model no group routes.
+  const c = parseBrokerConfig(doc, 'x', {}, new Map([['srv', ['llama3.2:latest', 'qwen:7b', 'phi3:latest']]]));
+  // (modelGroups is keyed by every name a group answers to: its name and its :latest alias.)
+  const names = (m: typeof c.modelGroups): string[] => [...new Set([...m.values()].map((g) => g.name))].sort();
+  t.same(names(c.modelGroups), ['chat', 'phi3:latest'], 'only the unrouted model joins a group of its own name');
+  t.same(c.modelGroups.get('chat')!.deployments.map((d) => d.model), ['llama3.2', 'qwen:7b']);
+  // The other way round: the group names the tag, the server lists it bare (an OpenAI-compatible lister).
+  const d = parseBrokerConfig({ ...doc, modelGroups: { chat: { deployments: [{ server: 'srv', model: 'mistral:latest' }] } } }, 'x', {}, new Map([['srv', ['mistral']]]));
+  t.same(names(d.modelGroups), ['chat']);
+});

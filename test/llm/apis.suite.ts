@@ -39,6 +39,7 @@ const fleet = {
     strict: { deployments: [dep('strict-1', 'ollama', okOllama)] },
     'embed-mixed': { deployments: [dep('mixed-ollama', 'ollama', mixedOllama), dep('mixed-openai', 'openai', mixedOpenai)] },
     'embed-floats': { deployments: [dep('floats-1', 'openai', floatsOnly)] },
+    'embed-ollama-fb': { deployments: [dep('fb-ollama', 'ollama', mixedOllama)], fallbacks: ['chat-ollama'] },
   },
 };
 const FRONT_THREADS = process.env.FRONT_THREADS ?? '2';
@@ -441,6 +442,12 @@ t.test('Embeddings in a group of both providers: each request goes to a deployme
   t.equal((refused as { status_code?: number }).status_code, 400);
   t.match((refused as { error?: string }).error, /input/);
   t.equal(await metricValue(tb.url, 'llm_requests_total', refusals), refusedBefore + 1, 'one refusal, under no deployment');
+  // A group with fallbacks: a request none of its deployments can carry is the client's 400, not a
+  // failure to fall back on (it was 503 "no deployment available", and 529 on /v1/messages).
+  const fb = await openai.embeddings.create({ model: 'embed-ollama-fb', input: [[1, 2]] }).catch((e: unknown) => e);
+  t.ok(fb instanceof OpenAI.BadRequestError, `400, got ${String((fb as { status?: number }).status)}`);
+  t.match((fb as InstanceType<typeof OpenAI.BadRequestError>).message, /input/);
+  t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'embed-ollama-fb' }), 0, 'no fallback counted');
 });
 
 t.test('Embeddings from an OpenAI-compatible upstream that ignores encoding_format: the SDK still gets its vectors', async (t) => {

@@ -75,6 +75,13 @@ const commenting = createServer((req, res) => {
   }, 600);
 });
 await new Promise<void>((r) => commenting.listen(0, '127.0.0.1', r));
+// A port nothing listens on: an unreachable deployment (ECONNREFUSED).
+const closedUrl = await new Promise<string>((resolve) => {
+  const s = createServer().listen(0, '127.0.0.1', () => {
+    const url = `http://127.0.0.1:${(s.address() as { port: number }).port}`;
+    s.close(() => resolve(url));
+  });
+});
 const commentingUrl = `http://127.0.0.1:${(commenting.address() as { port: number }).port}`;
 // A 200 stream that ends before its first event (an upstream that drops the request after
 // its headers): nothing reached the client, so it may still fall back.
@@ -221,6 +228,7 @@ const fleet = {
     // One deployment per API: three failures in a row would open a shared one's breaker.
     ...Object.fromEntries([1, 2, 3, 4].map((i) => [`echo-${i}`, { deployments: [d(`echo-${i}`, 'openai', { url: echoingUrl }, { apiKeyEnv: 'ECHO_DEPLOY_KEY' })] }])),
     ...Object.fromEntries([1, 2, 3].map((i) => [`over-alone-${i}`, { deployments: [d(`over-alone-${i}`, 'openai', { url: overloadedUrl })] }])),
+    'dead-alone': { deployments: [d('dead-alone', 'openai', { url: closedUrl })] },
   },
   qos: { defaultTier: 'standard', tiers: { standard: {}, narrow: { allowedGroups: ['over-narrow'], priority: 1 }, hasty: { maxQueueWaitMs: 100 } } },
 };
@@ -353,6 +361,16 @@ t.test("an overloaded upstream with nowhere else to go: 503 upstream_unavailable
   const ollamaApi = await fetch(`${tb.url}/api/chat`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'over-alone-3', messages, stream: false }) });
   t.equal(ollamaApi.status, 503);
   t.equal(ollamaApi.headers.get('retry-after'), '30');
+});
+
+t.test('an unreachable upstream with nowhere else to go: 503 upstream_unavailable with Retry-After 1 (529 on Messages), as docs/llm.md says', async (t) => {
+  const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'dead-alone', messages }) });
+  t.equal(res.status, 503);
+  t.match(await res.json(), { error: { code: 'upstream_unavailable', message: /deployment dead-alone is unreachable: ECONNREFUSED/ } });
+  t.equal(res.headers.get('retry-after'), '1', 'the SDKs wait before they retry');
+  const messagesApi = await fetch(`${tb.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'dead-alone', max_tokens: 5, messages }) });
+  t.equal(messagesApi.status, 529);
+  t.equal(messagesApi.headers.get('retry-after'), '1');
 });
 
 t.test('a cycle of fallbacks tries each group once, and counts as the last failure, not no_deployment', async (t) => {
