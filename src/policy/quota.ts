@@ -358,8 +358,24 @@ export class QuotaLedger {
     const slot = this.#limits.lockKey(subject, this.#limitHooks);
     if (slot < 0) throw new BrokerError('invalid_request', `no room for the limits of ${subject}: the ledger holds limits for at most ${this.#limits.capacity / 2} subjects`);
     const p = this.#limits.payloadOffset(slot) >> 3;
-    this.#f[p + L_RPM] = limits.rpm ?? NaN;
-    this.#f[p + L_TPM] = limits.tpm ?? NaN;
+    const f = this.#f;
+    const rpm = limits.rpm ?? NaN;
+    const tpm = limits.tpm ?? NaN;
+    const raised = raisedLimit(f[p + L_RPM]!, rpm) || raisedLimit(f[p + L_TPM]!, tpm);
+    // Lowered: what this replica leased under the old limit is dropped unspent, and its next
+    // request asks the cluster again, which counts the minute against the new limit (kept,
+    // each replica could spend up to its old lease: 10 admitted for a new rpm of 5 on 2).
+    if (raisedLimit(rpm, f[p + L_RPM]!)) f[p + L_RLEFT] = Math.min(0, f[p + L_RLEFT]!);
+    if (raisedLimit(tpm, f[p + L_TPM]!)) f[p + L_TLEFT] = Math.min(0, f[p + L_TLEFT]!);
+    f[p + L_RPM] = rpm;
+    f[p + L_TPM] = tpm;
+    // Raised: a minute the cluster ran dry under the old limit has room under the new one. Its
+    // dry mark refused every request until the minute ended (Retry-After: 55); now the next
+    // request waits for a top-up instead.
+    if (raised) {
+      f[p + L_DRY_WIN] = NaN;
+      f[p + L_LOW] = 1;
+    }
     this.#limits.unlock(slot);
   }
 
@@ -805,3 +821,8 @@ export function wantsTopUp(s: LeaseState): boolean {
 }
 
 const LEASE_SHARE = 0.1;
+
+/** Whether limit `to` allows more than `from` (NaN: no limit). */
+function raisedLimit(from: number, to: number): boolean {
+  return !Number.isNaN(from) && (Number.isNaN(to) || to > from);
+}

@@ -209,6 +209,61 @@ t.test('Redis gone: each replica spends limit ÷ replicas seen; Redis back: leas
   t.ok(total >= RPM && total <= RPM + 2, `${total}: the cluster limit again, from Redis`);
 });
 
+t.test("an operator's new limit mid-minute: raised, served at once (not refused to the minute's end); lowered, held across the replicas", async (t) => {
+  now += MINUTE;
+  /** Admitted, or the refusal's Retry-After. */
+  const ask = (r: Replica, subject: string): 'ok' | number => {
+    try {
+      r.ledger.reserve([subject], 0).reconcile(0);
+      return 'ok';
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'quota_exceeded') throw err;
+      return (err as { retryAfter: number }).retryAfter;
+    }
+  };
+  for (const r of [a, b]) r.ledger.setLimits('key:raise', { rpm: 3 });
+  const before: Array<'ok' | number> = [];
+  for (let i = 0; i < 6; i++) {
+    before.push(ask(a, 'key:raise'));
+    await a.keeper.tick();
+  }
+  t.equal(before.filter((x) => x === 'ok').length, 3, `rpm 3 spent: ${before.join(' ')}`);
+  t.ok((before.at(-1) as number) > 10, 'then refused to the end of the minute (the cluster is dry)');
+  for (const r of [a, b]) r.ledger.setLimits('key:raise', { rpm: 100 });
+  const first = ask(a, 'key:raise');
+  t.ok(first === 'ok' || first === 1, `the replica that was dry waits for a top-up at most (got ${first}), not the minute's end`);
+  await a.keeper.tick();
+  t.equal(ask(a, 'key:raise'), 'ok', 'and is served from the new limit');
+  // Lowered: each replica had leased under rpm 100; the new rpm 5 holds over both.
+  now += MINUTE;
+  for (const r of [a, b]) r.ledger.setLimits('key:lower', { rpm: 100 });
+  let admitted = 0;
+  for (let i = 0; i < 4; i++) {
+    const r = i % 2 === 0 ? a : b;
+    if (ask(r, 'key:lower') === 'ok') admitted++;
+    await r.keeper.tick();
+  }
+  t.equal(admitted, 4, 'two each under the old limit');
+  for (const r of [a, b]) r.ledger.setLimits('key:lower', { rpm: 5 });
+  for (let i = 0; i < 20; i++) {
+    const r = i % 2 === 0 ? a : b;
+    if (ask(r, 'key:lower') === 'ok') admitted++;
+    await r.keeper.tick();
+  }
+  t.ok(admitted <= 5 + 2, `${admitted} admitted in the minute for the new rpm 5 (plus at most one lent per replica), not each replica's old lease`);
+  // Unchanged limits set again (every key change re-sets them all) move nothing.
+  now += MINUTE;
+  for (const r of [a, b]) r.ledger.setLimits('key:same', { rpm: 6 });
+  let same = 0;
+  for (let i = 0; i < 12; i++) {
+    const r = i % 2 === 0 ? a : b;
+    if (ask(r, 'key:same') === 'ok') same++;
+    for (const x of [a, b]) x.ledger.setLimits('key:same', { rpm: 6 });
+    await r.keeper.tick();
+  }
+  t.ok(same >= 6 && same <= 8, `${same} admitted for rpm 6 with its limits set again between every request`);
+});
+
 t.test('two brokers, one Redis: an RPM quota of N over both admits at most N plus one lease per replica', async (t) => {
   // Not across a minute boundary: a new minute is a new budget.
   while (Date.now() % MINUTE > 45_000) await new Promise((r) => setTimeout(r, 250));
