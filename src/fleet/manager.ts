@@ -470,14 +470,23 @@ export class FleetManager {
     const raw = structuredClone(this.config.raw);
     raw.servers = (raw.servers ?? []).filter((x) => x.id !== id);
     if (raw.servers.length === 0) delete raw.servers;
-    // Deployments on it (or that are it) leave their groups; a group left empty goes.
+    // Deployments on it (or that are it) leave their groups. A group of the file it would leave
+    // empty is refused: the group, its fallbacks and settings went with it, and its clients got
+    // 404 model_not_found (a replacement server joins a group of its model's name, not this one).
     const groups = raw.modelGroups ?? {};
+    const emptied: string[] = [];
     for (const [name, g] of Object.entries(groups)) {
       g.deployments = g.deployments.filter((d) => d.server !== id && d.id !== id);
-      if (g.deployments.length === 0) delete groups[name];
+      if (g.deployments.length === 0) emptied.push(name);
     }
-    if (raw.modelGroups !== undefined && Object.keys(groups).length === 0) delete raw.modelGroups;
-    if (raw.modelGroups === undefined && raw.servers === undefined) throw new BrokerError('invalid_request', `server ${id} is the last one: add another before removing it`);
+    if (emptied.length > 0) {
+      throw new BrokerError(
+        'invalid_request',
+        `server ${id} serves the last deployment of model group ${emptied.join(', ')}: add a deployment on another server to it first (POST /api/orchestrator/config), or stop its traffic with drain or maintenance (its requests then fall back)`,
+        { details: { field: 'id' } },
+      );
+    }
+    if (raw.servers === undefined && raw.modelGroups === undefined) throw new BrokerError('invalid_request', `server ${id} is the last one: add another before removing it`);
     this.commit(raw, undefined);
     for (const key of [...this.breakers.keys()]) {
       if (!key.startsWith(`${id}\u0000`)) continue;
@@ -729,7 +738,14 @@ export class FleetManager {
         // The adopted config's file (unknown for a doc of an older version).
         this.fileHash = o.fileHash;
         for (const name of o.keyEnvs ?? []) this.keyEnvs.add(name);
+        const known = new Set(this.servers.keys());
         this.adopt(next);
+        // A server another replica added: checked here at once, as the adding replica did, so
+        // that the models it lists are served on every replica, not after this one's next
+        // scheduled check (10 s of 404 model_not_found on the others).
+        if (!this.stopped && (this.deps.healthChecks ?? next.fleet.healthCheck.enabled)) {
+          for (const [id, st] of this.servers) if (!known.has(id)) void this.check(st).catch(() => undefined);
+        }
       } catch (err) {
         this.deps.logger.warn({ err: (err as Error).message }, 'a config from another replica does not load here; kept ours');
       }

@@ -408,7 +408,8 @@ export class Governance implements Leases {
     return this.scheduler
       .acquire({ group, tried, priority: a.priority, tier: a.tier, stickyKey: a.stickyKey, tokens: a.reserveTokens, since: a.since, signal, queue })
       .catch((err: BrokerError) => {
-        if (err.code === 'capacity_exhausted' || err.code === 'queue_timeout') this.metrics.capacityRejections.labels(group.name, err.code).inc();
+        // Not queued (`queue` false): the request goes on to a fallback group, refused by none.
+        if (queue && (err.code === 'capacity_exhausted' || err.code === 'queue_timeout')) this.metrics.capacityRejections.labels(group.name, err.code).inc();
         if (err.details?.shed === true) this.metrics.queueShed.labels(group.name).inc();
         if (err.code === 'quota_exceeded') this.metrics.quotaRejections.labels('deployment').inc();
         throw err;

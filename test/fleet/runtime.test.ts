@@ -51,6 +51,25 @@ t.test('a server added at run time gets traffic (models from its health check); 
   t.notMatch(metrics, /broker_capacity_limit\{deployment="(first|dead):/, 'no limit exported for removed deployments');
 });
 
+t.test("removing the server of a group's last deployment is refused, saying what to do: the group and its fallbacks stay", async (t) => {
+  const a = await startMock(t);
+  const b = await startMock(t);
+  const tb = await broker({
+    servers: [{ id: 'srv-a', provider: 'openai', url: a.url, models: ['m'] }, { id: 'srv-b', provider: 'openai', url: b.url, models: ['m'] }],
+    modelGroups: { chat: { deployments: [{ server: 'srv-a', model: 'm' }], fallbacks: ['chat2'] }, chat2: { deployments: [{ server: 'srv-b', model: 'm' }] } },
+  });
+  const refused = await send(tb, 'DELETE', '/api/orchestrator/servers/srv-a');
+  t.equal(refused.status, 400);
+  t.match(refused.body.error.message, /srv-a serves the last deployment of model group chat: add a deployment on another server to it first .* or stop its traffic with drain or maintenance/);
+  t.equal((await chat(tb, 'chat')).status, 200, 'chat is still served');
+  t.ok((await get(tb, '/api/orchestrator/config')).modelGroups.chat, 'and still in the config');
+  // What the message says works: maintenance stops its traffic, and chat falls back to chat2.
+  t.equal((await send(tb, 'POST', '/api/orchestrator/servers/srv-a/maintenance', { enabled: true })).status, 200);
+  const r = await chat(tb, 'chat');
+  t.equal(r.status, 200);
+  t.equal(r.deployment, 'srv-b:m', 'served by the fallback group');
+});
+
 t.test('warm-first: among eligible servers, the one with the model loaded goes first', async (t) => {
   const cold = await startMock(t, { models: ['llama3'], loaded: [] });
   const warm = await startMock(t, { models: ['llama3'], loaded: ['llama3'] });

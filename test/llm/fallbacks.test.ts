@@ -651,6 +651,7 @@ t.test('a full group falls back rather than queue (at capacity is a reason to fa
     t.equal(r.response.headers.get('x-broker-fallback'), 'big', 'served by the fallback at once');
     t.equal(r.data.choices[0]!.message.content, mockText(8));
   }
+  t.equal(await metricValue(tb.url, 'broker_capacity_rejections_total', { group: 'busy' }), 0, 'no refusal counted: both were served');
 });
 
 t.test('a request that leaves while queued for capacity is counted once, as aborted', async (t) => {
