@@ -315,6 +315,29 @@ t.test('Content-Length twice: 400 and the connection closed, so a request hidden
   t.same(alone.match(/HTTP\/1\.1 \d+/g), ['HTTP/1.1 400'], 'no bytes after it: a 400, then the connection closes');
   t.match(alone, /"code":"invalid_request"/);
   t.match(alone, /Content-Length appears more than once/);
+  // An empty (or otherwise not digits) Content-Length: uWS read it as 0 and served the body as the next request.
+  for (const value of ['', '+72', ' 1e2', '0x48']) {
+    const text = await new Promise<string>((resolve) => {
+      let out = '';
+      const s = connect(port, '127.0.0.1', () => s.write(`POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: ${value}\r\n\r\n${inner}`));
+      s.on('data', (d) => (out += d.toString('latin1')));
+      s.on('close', () => resolve(out));
+      s.on('error', () => resolve(out));
+      setTimeout(() => s.destroy(), 5000).unref();
+    });
+    t.notMatch(text, /smuggled-req/, `Content-Length ${JSON.stringify(value)}: the request in the body was not served`);
+    t.notMatch(text, /HTTP\/1\.1 200/);
+  }
+  const empty = await new Promise<string>((resolve) => {
+    let out = '';
+    const s = connect(port, '127.0.0.1', () => s.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n'));
+    s.on('data', (d) => (out += d.toString('latin1')));
+    s.on('close', () => resolve(out));
+    s.on('error', () => resolve(out));
+    setTimeout(() => s.destroy(), 5000).unref();
+  });
+  t.same(empty.match(/HTTP\/1\.1 \d+/g), ['HTTP/1.1 400'], 'alone: a 400 saying why, then the connection closes');
+  t.match(empty, /Content-Length must be a number of bytes/);
 });
 
 t.test('a transfer coding besides chunked is refused (415 unsupported_encoding), not read as if absent', async (t) => {
@@ -347,10 +370,10 @@ t.test('a credential header twice is refused, whichever comes first: a proxy in 
       s.on('error', () => resolve(out));
       setTimeout(() => s.destroy(), 5000).unref();
     });
-  for (const head of ['Authorization: Bearer a\r\nAuthorization: Bearer b\r\n', 'X-Api-Key: a\r\nx-api-key: b\r\n']) {
+  for (const head of ['Authorization: Bearer a\r\nAuthorization: Bearer b\r\n', 'X-Api-Key: a\r\nx-api-key: b\r\n', 'Host: y\r\n']) {
     const text = await raw(head);
     t.match(text, /^HTTP\/1\.1 400/, JSON.stringify(head));
-    t.match(text, /(authorization|x-api-key) appears more than once/);
+    t.match(text, /(authorization|x-api-key|host) appears more than once/);
   }
   t.match(await raw('Authorization: Bearer a\r\nX-Api-Key: b\r\n'), /^HTTP\/1\.1 200/, 'one of each is no conflict here (the route decides which it reads)');
 });
@@ -450,3 +473,14 @@ for (const threads of ['0', '2']) {
     t.equal(await metricValue(nb.url, 'broker_data_plane_restarts_total'), 0, 'no thread died');
   });
 }
+
+t.test('a very long path is logged cut, with its length: one request is one bounded log line', async (t) => {
+  const long = `/v1/${'x'.repeat(70_000)}`;
+  const res = await fetch(`${tb.url}${long}`, { headers: { 'x-request-id': 'long-path' } });
+  t.equal(res.status, 404);
+  await res.arrayBuffer();
+  const line = await logLine(tb, (l) => l.trace_id === 'long-path');
+  t.ok(line, 'logged');
+  t.ok(String(line?.path).length < 2200, `the path logged in ${String(line?.path).length} characters`);
+  t.match(String(line?.path), /…\(70004 characters\)$/);
+});

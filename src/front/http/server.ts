@@ -85,6 +85,13 @@ export interface HttpFront {
  * at 8 s at the soonest. An abort after this much silence is taken for that timeout.
  */
 const IDLE_CUT_MS = 7_500;
+const DIGITS = /^[0-9]+$/;
+/** A path is logged up to this many characters: a 70 KB URL made a 70 KB log line (PIPE_BUF is 4 KiB). */
+const LOG_PATH_CHARS = 2048;
+
+function logPath(p: string): string {
+  return p.length <= LOG_PATH_CHARS ? p : `${p.slice(0, LOG_PATH_CHARS)}…(${p.length} characters)`;
+}
 const BODY_BYTES_PER_TIMEOUT = 16 * 1024 * 10;
 const NEVER_FORCED = Object.freeze({ forced: false });
 
@@ -115,12 +122,17 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     // Content-Length twice: uWS frames the request by the first, a proxy in front may by the
     // last, and the difference is a request smuggled in the body (RFC 9112 §6.3: refuse, close).
     let lengths = 0;
+    // A Content-Length that is not digits: uWS takes an empty one for 0 and parses the body as
+    // the next request (served: a smuggled request); RFC 9112 §6.3: unrecoverable, refuse, close.
+    let badLength = false;
     // A credential header twice: which one counts would differ between a proxy in front and
-    // the broker (here the last won), so neither is taken.
-    let credentialTwice: string | undefined;
+    // the broker (here the last won), so neither is taken. Host twice: RFC 9112 §3.2's 400.
+    let twice: string | undefined;
     ureq.forEach((k, v) => {
-      if (k === 'content-length') lengths++;
-      else if ((k === 'authorization' || k === 'x-api-key') && headers[k] !== undefined) credentialTwice = k;
+      if (k === 'content-length') {
+        lengths++;
+        if (!DIGITS.test(v)) badLength = true;
+      } else if ((k === 'authorization' || k === 'x-api-key' || k === 'host') && headers[k] !== undefined) twice = k;
       // Transfer codings on several lines are one list (RFC 9110 §5.3): all are checked, not the last.
       if (k === 'transfer-encoding' && headers[k] !== undefined) v = `${headers[k]}, ${v}`;
       // W3C Trace Context: tracestate on several lines is one list; traceparent twice is invalid (a new trace starts).
@@ -161,17 +173,18 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
         return sink.send(503, READY_HEADERS, NOT_READY_BODY);
       }
     }
-    if (lengths > 1) {
+    if (lengths > 1 || badLength) {
       // Answered a turn later, not now: uWS goes on parsing the bytes after this request in the
       // same read, and a reply already sent would let it serve what they hide. With this one
       // pending, uWS closes the connection at the next request instead (no reply then).
       sink.closeConnection = true;
+      const why = lengths > 1 ? 'Content-Length appears more than once' : 'Content-Length must be a number of bytes (digits only)';
       setImmediate(() => {
-        if (!sink.aborted) sink.fail(new BrokerError('invalid_request', 'Content-Length appears more than once', { details: { field: 'content-length' } }));
+        if (!sink.aborted) sink.fail(new BrokerError('invalid_request', why, { details: { field: 'content-length' } }));
       });
       return;
     }
-    if (credentialTwice !== undefined) return sink.fail(new BrokerError('invalid_request', `${credentialTwice} appears more than once`, { details: { field: credentialTwice } }));
+    if (twice !== undefined) return sink.fail(new BrokerError('invalid_request', `${twice} appears more than once`, { details: { field: twice } }));
     // A preflight, answered here: after the framing checks above, as any reply is. One with a
     // body (a preflight has none) closes the connection after its answer, so that no bytes
     // after it are read as another request.
@@ -462,7 +475,7 @@ class UwsSink implements FrontSink {
       trace_id: this.req.id,
       method: this.req.method,
       route: this.routeName,
-      path: redactPath(this.req.path),
+      path: logPath(redactPath(this.req.path)),
       status,
       duration_ms: Math.round(seconds * 1e6) / 1e3,
       ...(this.errorCode !== undefined ? { error: this.errorCode } : {}),
