@@ -10,6 +10,8 @@
 //   Ollama   {"error":"the input length exceeds the context length"} (400)
 //            {"error":"server busy, please try again.  maximum pending requests exceeded"} (503)
 //   llama.cpp {"error":{"code":400,"message":"the request exceeds the available context size ...","type":"exceed_context_size_error"}}
+//   TGI      {"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: ...","error_type":"validation"} (422)
+//   FastAPI servers (LM Studio, many wrappers) {"detail":"..."} or {"detail":[{"msg":"..."}]} (422)
 import type { Api } from './translate/index.ts';
 
 export type UpstreamErrorClass =
@@ -32,7 +34,7 @@ export type UpstreamErrorClass =
 const CONTEXT = /context[ _-]?(length|window)|maximum context|maximum model length|too many tokens|prompt is too long|exceeds? (the )?(max(imum)? )?(context|token)|input length exceeds/i;
 const RATE = /rate[ _-]?limit|too many requests|quota/i;
 // llama.cpp's server words it so; read in a 4xx only: a runner's 500 may name its context size.
-const CONTEXT_4XX = /context[ _-]?size|available context/i;
+const CONTEXT_4XX = /context[ _-]?size|available context|tokens \+ `?max_new_tokens`? must be <=/i;
 const BUSY = /overloaded|server busy|maximum pending requests|try again later|capacity/i;
 
 /** The upstream's error code and message, from any of the shapes above. */
@@ -41,6 +43,8 @@ export function upstreamErrorFields(body: unknown): { message: string | null; co
   const b = body as Record<string, unknown>;
   const e = b['error'];
   if (typeof e === 'string') return { message: e, code: null };
+  const detail = detailMessage(b['detail']);
+  if (e === undefined && detail !== null) return { message: detail, code: null };
   const o = e !== null && typeof e === 'object' ? (e as Record<string, unknown>) : b['object'] === 'error' ? b : null;
   if (o === null) return { message: null, code: null };
   const m = o['message'];
@@ -62,7 +66,9 @@ export function classifyUpstreamError(_provider: Api, status: number, text: stri
   if ((status === 400 || status === 413 || status === 422) && CONTEXT_4XX.test(said)) return 'context_length';
   if (status === 429) return BUSY.test(said) && !RATE.test(said) ? 'overloaded' : 'rate_limited';
   if (status === 503 || status === 529) return 'overloaded';
-  if (status >= 500 || status === 401 || status === 403 || status === 404 || status === 408) return 'server_error';
+  // A redirect too: a deployment whose url answers 301/307 (a wrong base path, http in front of
+  // https) is misconfigured, not the client; the next deployment may serve it.
+  if (status >= 500 || status === 401 || status === 403 || status === 404 || status === 408 || (status >= 300 && status < 400)) return 'server_error';
   return 'bad_request';
 }
 
@@ -82,4 +88,14 @@ export function classifyStreamError(message: string): UpstreamErrorClass {
 /** Whether a class lets the request move on (another deployment, then the fallback groups). */
 export function retriable(c: UpstreamErrorClass): boolean {
   return c === 'rate_limited' || c === 'overloaded' || c === 'server_error';
+}
+
+/** FastAPI's error: `detail` as a string, or a list of `{msg}` (its validation errors). */
+export function detailMessage(d: unknown): string | null {
+  if (typeof d === 'string') return d;
+  if (Array.isArray(d)) {
+    const msgs = d.map((x) => (x !== null && typeof x === 'object' && typeof (x as Record<string, unknown>)['msg'] === 'string' ? ((x as Record<string, unknown>)['msg'] as string) : null)).filter((m): m is string => m !== null);
+    return msgs.length > 0 ? msgs.join('; ') : null;
+  }
+  return null;
 }

@@ -45,6 +45,12 @@ t.test('upstream errors are classified per provider, from the bodies the real se
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ object: 'error', message: 'The decoder prompt (length 9000) is longer than the maximum model length of 8192. Make sure that `max_model_len` is no smaller than the number of text tokens.', type: 'BadRequestError', code: 400 })), 'context_length', "vLLM's other wording");
   t.equal(classifyUpstreamError('openai', 401, JSON.stringify({ error: { message: 'Incorrect API key provided', type: 'invalid_request_error', code: 'invalid_api_key' } })), 'server_error', 'our key refused: the deployment cannot serve');
   t.equal(classifyUpstreamError('ollama', 404, JSON.stringify({ error: "model 'llama3' not found, try pulling it first" })), 'server_error', 'a model the deployment does not have');
+  for (const status of [301, 302, 307, 308]) t.equal(classifyUpstreamError('openai', status, ''), 'server_error', `a redirect (${status}): the deployment's url is wrong, the next one may serve`);
+  t.equal(classifyUpstreamError('openai', 422, JSON.stringify({ error: 'Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 200 `max_new_tokens`', error_type: 'validation' })), 'context_length', "TGI's");
+  t.equal(classifyUpstreamError('openai', 422, JSON.stringify({ detail: [{ loc: ['body', 'messages'], msg: 'the prompt is too long for the context window', type: 'value_error' }] })), 'context_length', "a FastAPI server's detail list");
+  const { upstreamErrorMessage } = await import('../../src/llm/translate/errors.ts');
+  t.equal(upstreamErrorMessage({ detail: 'Model not loaded' }), 'Model not loaded', "FastAPI's detail string is the upstream's message, not the raw JSON");
+  t.equal(upstreamErrorMessage({ detail: [{ msg: 'field required' }, { msg: 'value is not a valid float' }] }), 'field required; value is not a valid float');
 });
 
 const ok = await mock({});
@@ -121,14 +127,16 @@ const chattyUrl = `http://127.0.0.1:${(chatty.address() as { port: number }).por
 // A 200 stream whose first event is an error (an Ollama whose runner died answers so; a
 // vLLM out of memory), or an OpenAI stream that is only [DONE]: no reply reached anybody.
 let brokenServed = 0;
-// Which: by the deployment (broken-2 and -4 send only [DONE], -8 and -9 a role chunk first).
-const brokenMode = (model: string): string => (/^broken-[24]-up$/.test(model) ? 'done-only' : /^broken-[89]-up$/.test(model) ? 'role-then-error' : 'error');
+// Which: by the deployment (broken-2 and -4 send only [DONE], -8 and -9 a role chunk first,
+// -10 and -11 vLLM's error shape before 0.10: {"object":"error",...}).
+const brokenMode = (model: string): string => (/^broken-[24]-up$/.test(model) ? 'done-only' : /^broken-[89]-up$/.test(model) ? 'role-then-error' : /^broken-1[01]-up$/.test(model) ? 'vllm-error' : 'error');
 const broken = scripted((path, model, res) => {
   brokenServed++;
   const ndjson = path.startsWith('/api/');
   res.writeHead(200, { 'content-type': ndjson ? 'application/x-ndjson' : 'text/event-stream' });
   if (ndjson) res.end(`${JSON.stringify({ error: 'llama runner process has terminated: exit status 2' })}\n`);
   else if (brokenMode(model) === 'done-only') res.end('data: [DONE]\n\n');
+  else if (brokenMode(model) === 'vllm-error') res.end(`data: ${JSON.stringify({ object: 'error', message: 'CUDA out of memory', type: 'InternalServerError', param: null, code: 500 })}\n\n`);
   // vLLM's and OpenAI's first chunk says only the role; then the failure.
   else if (brokenMode(model) === 'role-then-error') res.end(`data: ${JSON.stringify({ id: 'r', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] })}\n\ndata: ${JSON.stringify({ error: { message: 'CUDA out of memory', code: 500 } })}\n\n`);
   // Held open after the error: the broker must not wait for the end of it.
@@ -188,7 +196,7 @@ const fleet = {
     'chatty-err': { deployments: [d('chatty-err-1', 'openai', { url: chattyUrl })], fallbacks: ['big'] },
     'chatty-err-ollama': { deployments: [d('chatty-err-2', 'ollama', { url: chattyUrl })], fallbacks: ['big'] },
     // One deployment per case: three failures in a row would open a shared one's breaker.
-    ...Object.fromEntries([1, 2, 3, 4, 8, 9].map((i) => [`broken-${i}`, { deployments: [d(`broken-${i}`, 'openai', { url: brokenUrl })], fallbacks: ['big'] }])),
+    ...Object.fromEntries([1, 2, 3, 4, 8, 9, 10, 11].map((i) => [`broken-${i}`, { deployments: [d(`broken-${i}`, 'openai', { url: brokenUrl })], fallbacks: ['big'] }])),
     ...Object.fromEntries([5, 6].map((i) => [`broken-${i}`, { deployments: [d(`broken-${i}`, 'ollama', { url: brokenUrl })], fallbacks: ['big'] }])),
     'broken-alone': { deployments: [d('broken-7', 'ollama', { url: brokenUrl })] },
     'chatty-ollama': { deployments: [d('chatty-2', 'ollama', { url: chattyUrl })], fallbacks: ['big'] },
@@ -498,6 +506,9 @@ t.test("an upstream's error as the first event of its 200 stream (or a stream th
     // A role chunk carries nothing: a translated reply has not begun, and may still fall back.
     { model: 'broken-8', path: '/v1/messages', body: { stream: true, max_tokens: 50 }, mode: 'role-then-error' },
     { model: 'broken-9', path: '/v1/responses', body: { stream: true, input: 'hi' }, mode: 'role-then-error' },
+    // vLLM before 0.10 streams its error as {"object":"error",...}: passed through as a chunk, it lost the fallback.
+    { model: 'broken-10', path: '/v1/chat/completions', body: { stream: true }, mode: 'vllm-error' },
+    { model: 'broken-11', path: '/v1/messages', body: { stream: true, max_tokens: 50 }, mode: 'vllm-error' },
   ];
   for (const c of cases) {
     const served = brokenServed;

@@ -624,7 +624,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         const j = tryParse(r.data);
         if (j === null) return drop(r);
         r.malformedRun = 0;
-        if (j['error'] !== undefined && j['choices'] === undefined) {
+        // {"error": ...}, or vLLM's (before 0.10) {"object": "error", "message": ...}.
+        if ((j['error'] !== undefined || j['object'] === 'error') && j['choices'] === undefined) {
           fail(r, upstreamErrorMessage(j) ?? 'upstream error');
           return false;
         }

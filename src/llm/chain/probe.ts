@@ -12,8 +12,8 @@
 // these answers equal to the parsed ones (translate/common.ts) on every
 // fixture and random stream.
 
-/** An error object instead of a chunk: `{"error": ...}` (confirm with JSON.parse). */
-export const ERROR_PROBE = /^\s*\{\s*"error"\s*:/;
+/** An error object instead of a chunk: `{"error": ...}`, or vLLM's `{"object": "error", ...}` (its first key; confirm with JSON.parse). */
+export const ERROR_PROBE = /^\s*\{\s*"(?:error"\s*:|object"\s*:\s*"error")/;
 
 /** OpenAI: a non-null finish_reason; group 1 is its value. */
 export const OPENAI_FINISH_PROBE = /"finish_reason"\s*:\s*"([^"\\]*)"/;

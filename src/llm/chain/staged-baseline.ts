@@ -55,7 +55,8 @@ function look(spec: ChainSpec, up: Up): Look {
     if (passthrough && !looksLikeObject(up.data)) return { type: 'malformed' };
     const j = parseObject(up.data);
     if (j === null) return passthrough ? { type: 'chunk', json: null } : { type: 'malformed' };
-    if (j['error'] !== undefined && j['choices'] === undefined) return { type: 'error', message: upstreamErrorMessage(j) ?? 'upstream error' };
+    // {"error": ...}, or vLLM's (before 0.10) {"object": "error", "message": ...}.
+    if ((j['error'] !== undefined || j['object'] === 'error') && j['choices'] === undefined) return { type: 'error', message: upstreamErrorMessage(j) ?? 'upstream error' };
     return { type: 'chunk', json: j };
   }
   if (passthrough && !looksLikeObject(up.data)) return { type: 'malformed' };

@@ -3,6 +3,7 @@
 
 import { BrokerError, type ErrorCode } from '../../errors.ts';
 import type { Api } from './types.ts';
+import { detailMessage } from '../upstream-class.ts';
 
 /** The message of an upstream error object of either shape, or null if `body` is not one. */
 export function upstreamErrorMessage(body: unknown): string | null {
@@ -16,7 +17,8 @@ export function upstreamErrorMessage(body: unknown): string | null {
   // vLLM's (and FastChat's) shape: {"object":"error","message":...} at the top level.
   const o = body as Record<string, unknown>;
   if (o['object'] === 'error' && typeof o['message'] === 'string') return o['message'];
-  return null;
+  // FastAPI's (LM Studio, many wrappers): {"detail": "..."} or {"detail": [{"msg": ...}]}.
+  return detailMessage(o['detail']);
 }
 
 function codeForUpstreamStatus(status: number): ErrorCode {
