@@ -353,6 +353,9 @@ function onlyDone(r: Run): boolean {
  */
 export const KEEPALIVE_HOLD_MS = 10_000;
 
+/** An upstream's keep-alive as a translated SSE client gets it (translated output is text): a comment, which every SSE parser skips. */
+const SSE_KEEPALIVE = ': keep-alive\n\n';
+
 /** Whether a keep-alive is held back: nothing sent yet, and the first one came under KEEPALIVE_HOLD_MS ago. */
 function holdKeepAlive(r: Run): boolean {
   if (!unsent(r)) return false;
@@ -443,6 +446,11 @@ function build(spec: ChainSpec, key: string): ChainFactory {
   const { client, provider, kind } = spec;
   const grpc = spec.encoder === 'grpc';
   const passthrough = client === provider && !grpc;
+  // A translated SSE client (Anthropic, Responses, OpenAI from Ollama) gets an upstream's
+  // keep-alives as SSE comments, past the hold, as a pass-through one does: a Claude Code
+  // client behind a 60 s idle timeout otherwise saw nothing while a model thought. NDJSON
+  // (Ollama's clients parse every line) and gRPC have no comment to send.
+  const sseKeepAlive = !passthrough && !grpc && client !== 'ollama';
   // A Responses client on a Responses deployment: its events pass through.
   const responsesPass = kind === 'responses';
   const events = !grpc && (client === 'responses' || client === 'anthropic') && !responsesPass ? EVENT_WRITERS[client] : null;
@@ -852,7 +860,11 @@ function build(spec: ChainSpec, key: string): ChainFactory {
           step(r);
         }
       : (r, ev) => {
-          if (r.closed || ev.data === null) return;
+          if (r.closed) return;
+          if (ev.data === null) {
+            if (sseKeepAlive && !ev.continuation && isPlainBlock(ev.raw) && !holdKeepAlive(r)) r.out += SSE_KEEPALIVE;
+            return;
+          }
           const data = ev.data;
           r.stats.chunks++;
           if (ev.event === 'error') return fail(r, errorMessageOf(data));
@@ -873,6 +885,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       if (text === '' || (text.charCodeAt(0) <= 32 && text.trim() === '')) {
         // As an SSE keep-alive: not before the first line, which would commit the reply.
         if (passthrough && !holdKeepAlive(r)) r.parts.push(line.raw);
+        else if (sseKeepAlive && !holdKeepAlive(r)) r.out += SSE_KEEPALIVE;
         return;
       }
       // A last line without LF that is not whole JSON was cut by the end of the

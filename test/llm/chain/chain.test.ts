@@ -458,6 +458,17 @@ t.test('keep-alives before the first event are held back for KEEPALIVE_HOLD_MS, 
     clock = KEEPALIVE_HOLD_MS;
     t.equal(toBytes(stream.push(Buffer.from(ka))).toString(), ka, `${client}: passed on after it`);
   }
+  // Translated to an SSE client (Claude Code on /v1/messages, a Responses or an OpenAI client of an
+  // Ollama server): a comment, after the same hold. An Ollama client (NDJSON: every line is JSON) gets none.
+  for (const [client, provider, ka] of [['anthropic', 'openai', ': keep-alive\n\n'], ['responses', 'openai', ': ping\n\n'], ['openai', 'ollama', '\n'], ['anthropic', 'ollama', '\n'], ['ollama', 'openai', ': keep-alive\n\n']] as const) {
+    clock = 0;
+    const stream = compileChain({ client, provider, kind: 'chat', instrument: true, countTokens: true }).open(ctx);
+    t.equal(stream.push(Buffer.from(ka)), null, `${client} <- ${provider}: held at first`);
+    clock = KEEPALIVE_HOLD_MS;
+    const out = stream.push(Buffer.from(ka));
+    if (client === 'ollama') t.equal(out, null, `${client} <- ${provider}: nothing an NDJSON client would choke on`);
+    else t.equal(toBytes(out).toString(), ': keep-alive\n\n', `${client} <- ${provider}: an SSE comment after the hold`);
+  }
 });
 
 // An upstream may echo the request's headers in an error event after its 200, the
