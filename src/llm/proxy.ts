@@ -519,7 +519,7 @@ export class LlmProxy {
           timeline.firstByteAt = doneAt;
           let reply: ReturnType<typeof translateResponse>;
           try {
-            reply = translateResponse(route, bytes, { model, id: req.id, request: body, elapsedMs: doneAt - req.startedAt, ...(dep.config.apiKey !== undefined ? { secrets: [dep.config.apiKey] } : {}) });
+            reply = translateResponse(route, bytes, { model, id: req.id, request: body, promptEstimate, elapsedMs: doneAt - req.startedAt, ...(dep.config.apiKey !== undefined ? { secrets: [dep.config.apiKey] } : {}) });
           } catch (err) {
             // A 200 whose body is no reply (empty, not JSON, a failed response): nothing was
             // sent to the client, so as any failure before the first byte, it may go elsewhere.
@@ -541,8 +541,10 @@ export class LlmProxy {
             usage.promptTokens = reply.usage.promptTokens;
             usage.completionTokens = reply.usage.completionTokens;
           } else {
-            // An upstream that reports no usage: the prompt's estimate, as for a stream.
+            // An upstream that reports no usage: the prompt's estimate and the reply's, as for a stream.
             usage.promptTokens = promptEstimate;
+            usage.completionTokens = reply.estimatedCompletionTokens ?? 0;
+            this.countTokens(g, usage.promptTokens, usage.completionTokens);
           }
           // A whole reply's latency is the upstream's, not the time this request queued here.
           // Assembled from a stream: to its first chunk (the headers come at once).

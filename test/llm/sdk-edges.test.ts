@@ -116,6 +116,23 @@ t.test("a stream whose upstream sends no usage reports the prompt's estimate in 
   t.equal(last.prompt_eval_count, 3, "Ollama: the upstream's count");
 });
 
+t.test('a whole reply whose upstream sends no usage: the estimates, for the client (Messages, Responses) and for the token counts, not zeros', async (t) => {
+  const messages = [{ role: 'user' as const, content: PROMPT }];
+  up.handler = (_p, b, res) => openaiReply(b, res);
+  // "Hello": 5 characters, 2 tokens by the estimate; the prompt 10.
+  const msg = await anthropic.messages.create({ model: 'oa', max_tokens: 20, messages });
+  t.same([msg.usage.input_tokens, msg.usage.output_tokens], [10, 2], 'Messages: the estimates');
+  const rs = await openai.responses.create({ model: 'oa', input: PROMPT });
+  t.same([rs.usage?.input_tokens, rs.usage?.output_tokens], [10, 2], 'Responses: the estimates');
+  const counted = (direction: string) => metricValue(tb.url, 'llm_tokens_total', { group: 'oa', direction });
+  const [p0, c0] = [await counted('prompt'), await counted('completion')];
+  const chat = await openai.chat.completions.create({ model: 'oa', messages });
+  t.equal(chat.choices[0]!.message.content, 'Hello');
+  t.equal(chat.usage, undefined, 'passed through as the upstream sent it');
+  t.equal((await counted('prompt')) - p0, 10, 'counted: the prompt estimate');
+  t.equal((await counted('completion')) - c0, 2, 'counted: the reply estimate (quotas and tracking are charged the same), not 0');
+});
+
 // ---- 2: stop sequences ----
 
 t.test("a stop on one of stop_sequences is stop_reason stop_sequence with the string, when the upstream (vLLM) says which", async (t) => {

@@ -147,6 +147,15 @@ export interface ClientReply {
   usage: Usage | null;
   /** OpenAI vocabulary: stop, length, tool_calls, content_filter. */
   finishReason: string | null;
+  /** With `usage` null (an upstream that reports none): the reply's output tokens, estimated from its text, as a stream's are counted. */
+  estimatedCompletionTokens?: number;
+}
+
+/** Output tokens of a whole reply estimated from its text (4 characters a token, as prompts are estimated). */
+function estimatedOutput(reply: { text: string; thinking: string; tools: readonly { name: string; arguments: string }[] }): number {
+  let chars = reply.text.length + reply.thinking.length;
+  for (const t of reply.tools) chars += t.name.length + t.arguments.length;
+  return Math.ceil(chars / 4);
 }
 
 function parseUpstream(provider: Api, body: string | Uint8Array, secrets: readonly string[]): Record<string, unknown> {
@@ -195,25 +204,31 @@ export function translateResponse(route: Route, upstreamBody: string | Uint8Arra
     return { body: upstreamBody, usage: responsesToChat.responsesUsage(r), finishReason: r['status'] === 'incomplete' ? 'length' : 'stop' };
   }
   if (client === 'responses' || client === 'anthropic') {
-    const reply = provider === 'openai' ? replyFromOpenAI(r as unknown as OpenAIChatCompletion) : replyFromOllama(r as unknown as OllamaChatResponse, ctx.id);
+    let reply = provider === 'openai' ? replyFromOpenAI(r as unknown as OpenAIChatCompletion) : replyFromOllama(r as unknown as OllamaChatResponse, ctx.id);
+    // No usage from the upstream: the estimates a stream's client gets, not zeros it would take for "free".
+    if ((provider === 'openai' ? usageFromOpenAI(r['usage'] as OpenAIChatCompletion['usage']) : usageFromOllama(r)) === null) {
+      reply = { ...reply, usage: { promptTokens: ctx.promptEstimate ?? 0, completionTokens: estimatedOutput(reply) } };
+    }
     const out = client === 'responses' ? responsesToChat.response(reply, ctx) : anthropicToChat.message(reply, ctx);
     return { body: JSON.stringify(out), usage: reply.usage, finishReason: reply.finish };
   }
   if (provider === 'openai') {
     const usage = usageFromOpenAI(r['usage'] as OpenAIChatCompletion['usage']);
     const finishReason = openaiChunkFinish(r as unknown as OpenAIChunk);
-    if (client === 'openai') return { body: upstreamBody, usage, finishReason };
+    const estimate = usage === null ? { estimatedCompletionTokens: estimatedOutput(replyFromOpenAI(r as unknown as OpenAIChatCompletion)) } : {};
+    if (client === 'openai') return { body: upstreamBody, usage, finishReason, ...estimate };
     const out =
       kind === 'chat' ? ollamaToOpenai.chatResponse(r as OpenAIChatCompletion, ctx) : route.viaChat === true ? ollamaToOpenai.generateFromChat(r as OpenAIChatCompletion, ctx) : ollamaToOpenai.completionResponse(r as OpenAICompletion, ctx);
-    return { body: JSON.stringify(out), usage, finishReason };
+    return { body: JSON.stringify(out), usage, finishReason, ...estimate };
   }
   const usage = usageFromOllama(r);
   const tools = (r as OllamaChatResponse).message?.tool_calls;
   const finishReason = finishFromOllama(r['done_reason'] as string | undefined, Array.isArray(tools) && tools.length > 0);
-  if (client === 'ollama') return { body: upstreamBody, usage, finishReason };
+  const estimate = usage === null ? { estimatedCompletionTokens: estimatedOutput(replyFromOllama(r as unknown as OllamaChatResponse, ctx.id)) } : {};
+  if (client === 'ollama') return { body: upstreamBody, usage, finishReason, ...estimate };
   const out =
     kind === 'chat' ? openaiToOllama.chatResponse(r as OllamaChatResponse, ctx) : openaiToOllama.completionResponse(r as unknown as OllamaGenerateResponse, ctx);
-  return { body: JSON.stringify(out), usage, finishReason };
+  return { body: JSON.stringify(out), usage, finishReason, ...estimate };
 }
 
 export { upstreamError } from './errors.ts';
