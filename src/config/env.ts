@@ -367,14 +367,33 @@ function otelConfig(env: Env): OtelConfig {
   base.pathname = `${base.pathname.replace(/\/+$/, '')}/v1/traces`;
   const full = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
   const traces = new URL(full === undefined || full === '' ? base.toString() : url(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', ''));
-  const headers = { ...keyValues(env, 'OTEL_EXPORTER_OTLP_HEADERS'), ...keyValues(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS') };
+  const enabled = bool(env, 'OTEL_ENABLED', false) && !bool(env, 'OTEL_SDK_DISABLED', false);
+  // The standard OTEL_* variables are often set for a whole pod or host: with traces off, one
+  // the broker cannot read is ignored, not a reason to refuse to start.
+  const read = <T>(f: () => T, off: T): T => {
+    if (enabled) return f();
+    try {
+      return f();
+    } catch {
+      return off;
+    }
+  };
+  const headers = read(() => ({ ...keyValues(env, 'OTEL_EXPORTER_OTLP_HEADERS'), ...keyValues(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS') }), {} as Record<string, string>);
   // user:password in the endpoint: Basic auth (the POST's origin drops them), unless a header says otherwise.
   if ((traces.username !== '' || traces.password !== '') && headers['authorization'] === undefined) {
-    headers['authorization'] = `Basic ${Buffer.from(`${decodeURIComponent(traces.username)}:${decodeURIComponent(traces.password)}`).toString('base64')}`;
+    let user: string;
+    let password: string;
+    try {
+      user = decodeURIComponent(traces.username);
+      password = decodeURIComponent(traces.password);
+    } catch {
+      throw new ConfigError(full === undefined || full === '' ? 'OTEL_EXPORTER_OTLP_ENDPOINT' : 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'has a user or password that is not percent-encoded UTF-8');
+    }
+    headers['authorization'] = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
   }
   traces.username = '';
   traces.password = '';
-  const sampler = oneOf(env, 'OTEL_TRACES_SAMPLER', 'parentbased_traceidratio', SAMPLERS);
+  const sampler = read(() => oneOf(env, 'OTEL_TRACES_SAMPLER', 'parentbased_traceidratio', SAMPLERS), 'parentbased_traceidratio');
   const ratio = num(env, 'OTEL_TRACES_SAMPLER_ARG', 1, 0, 1);
   const notes: string[] = [];
   for (const name of ['OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL']) {
@@ -385,15 +404,14 @@ function otelConfig(env: Env): OtelConfig {
     const c = opt(env, name);
     if (c !== undefined && c !== 'none') notes.push(`${name}=${c} is not applied: spans go uncompressed`);
   }
-  const disabled = bool(env, 'OTEL_SDK_DISABLED', false);
   return Object.freeze({
-    enabled: bool(env, 'OTEL_ENABLED', false) && !disabled,
+    enabled,
     tracesUrl: traces.toString(),
     serviceName: str(env, 'OTEL_SERVICE_NAME', 'edge-broker'),
     sampleRatio: sampler.endsWith('always_on') ? 1 : sampler.endsWith('always_off') ? 0 : ratio,
     parentBased: sampler.startsWith('parentbased_'),
     headers: Object.freeze(headers),
-    resourceAttributes: Object.freeze(keyValues(env, 'OTEL_RESOURCE_ATTRIBUTES')),
+    resourceAttributes: Object.freeze(read(() => keyValues(env, 'OTEL_RESOURCE_ATTRIBUTES'), {})),
     notes: Object.freeze(notes),
   });
 }

@@ -452,15 +452,21 @@ export class FleetManager {
     raw.servers = [...(raw.servers ?? []), body];
     this.commit(raw, undefined);
     const s = this.serverState(body.id);
+    await this.firstCheck(s);
+    return this.serverView(s);
+  }
+
+  /**
+   * A new server's first health check. One that fails it gets no traffic until it passes its
+   * checks: it was reported healthy, beside the connection error, and sent requests.
+   */
+  private async firstCheck(s: ServerState): Promise<void> {
     await this.check(s);
-    // A server that fails its first check gets no traffic until it passes its checks: it was
-    // reported healthy, beside the connection error, and sent requests.
     if (s.failStreak > 0 && s.health === 'healthy') {
       s.health = 'unhealthy';
       this.applyRoutes();
       this.deps.logger.warn({ server: s.config.id, err: s.lastError }, 'added server failed its first health check: no requests until it passes its checks');
     }
-    return this.serverView(s);
   }
 
   /** Removes a server: no new requests; its in-flight streams finish on their own. */
@@ -744,7 +750,7 @@ export class FleetManager {
         // that the models it lists are served on every replica, not after this one's next
         // scheduled check (10 s of 404 model_not_found on the others).
         if (!this.stopped && (this.deps.healthChecks ?? next.fleet.healthCheck.enabled)) {
-          for (const [id, st] of this.servers) if (!known.has(id)) void this.check(st).catch(() => undefined);
+          for (const [id, st] of this.servers) if (!known.has(id)) void this.firstCheck(st).catch(() => undefined);
         }
       } catch (err) {
         this.deps.logger.warn({ err: (err as Error).message }, 'a config from another replica does not load here; kept ours');
@@ -1017,7 +1023,7 @@ function notWritable(path: string, err: NodeJS.ErrnoException): BrokerError {
     : err.code === 'EACCES' || err.code === 'EPERM' ? 'the broker may not write it or its directory'
     : err.code === 'EBUSY' || err.code === 'EXDEV' ? 'it is a file mounted on its own, which cannot be replaced'
     : `writing it failed (${err.code ?? err.message})`;
-  return new BrokerError('config_not_writable', `cannot save ${path}: ${why}. Change the file where it comes from (the ConfigMap, the mounted file) and POST /config/reload, or GET /config to keep what is running`, {
+  return new BrokerError('config_not_writable', `cannot save ${path}: ${why}. Change the file where it comes from (the ConfigMap, the mounted file) and POST /api/orchestrator/config/reload, or GET /api/orchestrator/config to keep what is running`, {
     details: { path, errno: err.code ?? null },
     cause: err,
   });

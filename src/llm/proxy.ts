@@ -245,12 +245,17 @@ export class LlmProxy {
           }
           if (this.stopped !== undefined) throw this.stopped;
           if (code === 'upstream_unavailable' && untranslatable !== undefined && lastError === untranslatable) {
-            // No deployment left could carry it, and none failed: the client's error, no fallback
-            // (which is for failures). Counted as a refusal (deployment none): no upstream call was made.
-            usage.ok = null;
-            m.llmRequests.labels(g.name, 'none', 'client_error', 'client_error').inc();
-            if (facts !== undefined) facts.outcome = 'client_error';
-            throw untranslatable;
+            if (g.deployments.every((d) => tried.has(d.id))) {
+              // No deployment of the group can carry it, and none failed: the client's error, no
+              // fallback (which is for failures). Counted as a refusal (deployment none): no call was made.
+              usage.ok = null;
+              m.llmRequests.labels(g.name, 'none', 'client_error', 'client_error').inc();
+              if (facts !== undefined) facts.outcome = 'client_error';
+              throw untranslatable;
+            }
+            // One that might carry it is unavailable (breaker open, drained): that is the answer
+            // (503, or the fallbacks'), not the refusal of the one that cannot.
+            lastError = untranslatable = undefined;
           }
           // Every deployment of the group failed or none can take it: the fallback groups.
           if ((code === 'upstream_unavailable' || code === 'capacity_exhausted') && (queue.length > 0 || (g.fallbacks?.length ?? 0) > 0)) {
@@ -274,7 +279,6 @@ export class LlmProxy {
         const dep = lease.dep;
         waitSpan?.set('llm.deployment', dep.config.id).end();
         tried.add(dep.config.id);
-        lastTried = { group: g.name, id: dep.config.id };
         const provider = dep.config.provider;
         // The (client API, provider, upstream kind) of this attempt: one compiled chain each.
         const route = upstreamRoute(api, kind, dep.config, body);
@@ -286,11 +290,13 @@ export class LlmProxy {
           // content block it has no word for): not the deployment's fault (its breaker would
           // open for everyone). Another deployment of the group may speak a wire format that
           // carries it: tried next, and the request is refused only when none can.
-          gov.attemptFailed(lease, false);
+          gov.attemptSkipped(admitted, lease);
           lease = null;
           if (lastError === undefined || clientFault(lastError)) lastError = untranslatable = err as BrokerError;
           continue;
         }
+        // The deployment a failure is counted under: one that was called.
+        lastTried = { group: g.name, id: dep.config.id };
         // Counted when the next attempt goes, not when one fails: a last failure is no retry.
         if (pendingRetry !== undefined) {
           m.llmRetries.labels(pendingRetry.group, pendingRetry.reason).inc();

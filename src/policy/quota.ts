@@ -362,11 +362,16 @@ export class QuotaLedger {
     const rpm = limits.rpm ?? NaN;
     const tpm = limits.tpm ?? NaN;
     const raised = raisedLimit(f[p + L_RPM]!, rpm) || raisedLimit(f[p + L_TPM]!, tpm);
-    // Lowered: what this replica leased under the old limit is dropped unspent, and its next
-    // request asks the cluster again, which counts the minute against the new limit (kept,
-    // each replica could spend up to its old lease: 10 admitted for a new rpm of 5 on 2).
-    if (raisedLimit(rpm, f[p + L_RPM]!)) f[p + L_RLEFT] = Math.min(0, f[p + L_RLEFT]!);
-    if (raisedLimit(tpm, f[p + L_TPM]!)) f[p + L_TLEFT] = Math.min(0, f[p + L_TLEFT]!);
+    // Lowered: what this replica leased under the old limit is dropped unspent (kept, each
+    // replica could spend up to its old lease: 10 admitted for a new rpm of 5 on 2), and its
+    // next request asks the cluster again. Redis counts what was leased this minute, not what
+    // was spent: the rest of the minute may admit less than the new limit, never more.
+    const lowerR = loweredLimit(f[p + L_RPM]!, rpm);
+    const lowerT = loweredLimit(f[p + L_TPM]!, tpm);
+    if (lowerR) f[p + L_RLEFT] = Math.min(0, f[p + L_RLEFT]!);
+    if (lowerT) f[p + L_TLEFT] = Math.min(0, f[p + L_TLEFT]!);
+    // And the next minute's, leased ahead under the old limit: that minute asks again.
+    if (lowerR || lowerT) f[p + L_NEXT_WIN] = NaN;
     f[p + L_RPM] = rpm;
     f[p + L_TPM] = tpm;
     // Raised: a minute the cluster ran dry under the old limit has room under the new one. Its
@@ -825,4 +830,9 @@ const LEASE_SHARE = 0.1;
 /** Whether limit `to` allows more than `from` (NaN: no limit). */
 function raisedLimit(from: number, to: number): boolean {
   return !Number.isNaN(from) && (Number.isNaN(to) || to > from);
+}
+
+/** Whether limit `to` allows less than `from`. */
+function loweredLimit(from: number, to: number): boolean {
+  return raisedLimit(to, from);
 }

@@ -93,6 +93,8 @@ export interface Leases {
   acquire(a: Admitted, group: ModelGroupConfig, tried: ReadonlySet<string>, signal: AbortLike, queue?: boolean): Promise<Lease>;
   /** An attempt failed before the first byte: what it took is given back; counts against the deployment unless the client left. */
   attemptFailed(lease: Lease, countsAgainstDeployment: boolean): void;
+  /** A deployment that cannot carry the request was passed over, no call made: everything it took comes back. */
+  attemptSkipped(a: Admitted, lease: Lease): void;
   /** The request is over. Called exactly once per admitted request. */
   completed(a: Admitted, lease: Lease | null, u: RequestUsage): void;
   /** Reserves the key's quota admission deferred (the cache missed); throws quota_exceeded. A promise only while the key's lease is topped up. */
@@ -158,6 +160,7 @@ export class Governance implements Leases {
         random: o.random ?? Math.random,
         wakeElsewhere: o.wakeElsewhere,
         setsQuotaLimits: o.owner ?? true,
+        quotaOverridden: (subject) => this.operatorQuota.has(subject),
         onProbe: o.onLearn === undefined ? undefined : (dep) => o.onLearn!({ k: 'probe', dep }),
         onPin: o.onLearn === undefined ? undefined : (key, dep) => o.onLearn!({ k: 'pin', key, dep }),
         onStickyLookup: (hit) => {
@@ -414,6 +417,17 @@ export class Governance implements Leases {
         if (err.code === 'quota_exceeded') this.metrics.quotaRejections.labels('deployment').inc();
         throw err;
       });
+  }
+
+  /**
+   * A deployment that cannot carry the request (its wire format has no form for it) was leased
+   * and passed over, no call made: everything it took comes back, the request's count in its
+   * RPM included, and a half-open breaker trial the lease held (no word on its health).
+   */
+  attemptSkipped(a: Admitted, lease: Lease): void {
+    lease.reservation?.cancel();
+    lease.release();
+    this.learned({ k: 'done', dep: lease.dep.config.id, label: a.label, ok: null, ttftMs: null, durationMs: 0, prompt: 0, completion: 0, predicted: a.predictedOutput, predict: false });
   }
 
   /** An attempt on `lease` failed before the first byte: give back what it took. */

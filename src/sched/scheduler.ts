@@ -77,6 +77,8 @@ export interface SchedulerDeps {
   readonly onProbe?: (id: string) => void;
   /** Whether registering deployments writes their quota limits (the owner of the shared ledger does). */
   readonly setsQuotaLimits?: boolean;
+  /** A subject whose limits an operator set: registering leaves them (else each config change set the file's, then the operator's again, and their leases went with the flip). */
+  readonly quotaOverridden?: (subject: string) => boolean;
   /** A sticky pin was set (or dropped: null), for the other threads' copies of the pins. */
   readonly onPin?: (key: string, id: string | null) => void;
 }
@@ -98,7 +100,8 @@ export class Scheduler {
   /** Adds (or updates) the deployments of these groups; capacity slots are kept by id. */
   register(groups: Iterable<ModelGroupConfig>, servers?: ReadonlyMap<string, ServerConfig>): void {
     for (const d of this.deployments.register(groups, servers)) {
-      if ((this.deps.setsQuotaLimits ?? true) && (d.rpm !== undefined || d.tpm !== undefined)) this.deps.quota.setLimits(`deployment:${d.id}`, { rpm: d.rpm, tpm: d.tpm });
+      const subject = `deployment:${d.id}`;
+      if ((this.deps.setsQuotaLimits ?? true) && (d.rpm !== undefined || d.tpm !== undefined) && this.deps.quotaOverridden?.(subject) !== true) this.deps.quota.setLimits(subject, { rpm: d.rpm, tpm: d.tpm });
     }
   }
 

@@ -17,12 +17,20 @@ t.test('a model ban and a forced breaker hold under either of the model\'s names
     await res.arrayBuffer();
     return res.status;
   };
-  for (const model of ['chat', 'llama3', 'llama3:latest']) t.equal(await ask(model), 200, `${model} served before the ban`);
-  const ban = await admin('POST', '/api/orchestrator/bans/model/llama3', { reason: 'bad build' });
-  t.equal(ban.status, 200, await ban.text());
-  for (const model of ['chat', 'llama3', 'llama3:latest']) t.equal(await ask(model), 503, `${model} refused under the ban on llama3`);
-  t.equal((await admin('DELETE', '/api/orchestrator/bans')).status, 200);
-  for (const model of ['chat', 'llama3', 'llama3:latest']) t.equal(await ask(model), 200, `${model} served again`);
-  t.equal((await admin('POST', '/api/orchestrator/circuit-breakers/gpu-1/llama3/open')).status, 200);
-  for (const model of ['chat', 'llama3', 'llama3:latest']) t.equal(await ask(model), 503, `${model} refused with the breaker of gpu-1/llama3 forced open`);
+  t.equal(await ask('chat'), 200, 'served before the ban');
+  // Routed by a group, the server's llama3:latest is no group of its own, under either name (docs/fleet.md).
+  for (const model of ['llama3', 'llama3:latest']) t.equal(await ask(model), 404, `${model}: not a group of its own`);
+  for (const name of ['llama3', 'llama3:latest']) {
+    const ban = await admin('POST', `/api/orchestrator/bans/model/${encodeURIComponent(name)}`, { reason: 'bad build' });
+    t.equal(ban.status, 200, await ban.text());
+    t.equal(await ask('chat'), 503, `refused under the ban on ${name}`);
+    t.equal((await admin('DELETE', '/api/orchestrator/bans')).status, 200);
+    t.equal(await ask('chat'), 200, 'served again');
+  }
+  for (const name of ['llama3', 'llama3:latest']) {
+    t.equal((await admin('POST', `/api/orchestrator/circuit-breakers/gpu-1/${encodeURIComponent(name)}/open`)).status, 200);
+    t.equal(await ask('chat'), 503, `refused with the breaker of gpu-1/${name} forced open`);
+    t.equal((await admin('POST', `/api/orchestrator/circuit-breakers/gpu-1/${encodeURIComponent(name)}/reset`)).status, 200);
+    t.equal(await ask('chat'), 200, 'served again');
+  }
 });

@@ -58,7 +58,7 @@ t.test('config: get with a version, patch, schema, invalid and stale changes ref
   const notSaved = await send(tb, 'POST', '/api/orchestrator/config/save');
   t.equal(notSaved.status, 409);
   t.equal(notSaved.body.error.code, 'config_not_writable');
-  t.match(notSaved.body.error.message, /^cannot save .*: writing it failed \(EISDIR\)\. Change the file where it comes from .* POST \/config\/reload/);
+  t.match(notSaved.body.error.message, /^cannot save .*: writing it failed \(EISDIR\)\. Change the file where it comes from .* POST \/api\/orchestrator\/config\/reload/);
   t.same(readdirSync(dir).filter((f) => f.includes('.tmp-')), [], 'no temporary file left');
   t.match(readFileSync(file, 'utf8'), /maxQueue: 2000/, 'the file as it was');
   rmSync(`${file}.bak`, { recursive: true });

@@ -290,52 +290,34 @@ t.test('a capacity id of its own (no fleet deployment) is said so on drain, and 
 
 t.test('Content-Length twice: 400 and the connection closed, so a request hidden in the body is never served', async (t) => {
   const port = Number(new URL(tb.url).port);
-  const inner = 'GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Request-ID: smuggled-req\r\nConnection: close\r\n\r\n';
-  for (const [first, second] of [[0, inner.length], [inner.length, 0]]) {
-    const text = await new Promise<string>((resolve) => {
+  /** Writes raw bytes on a new connection; what came back by the time it closed (5 s at most). */
+  const exchange = (bytes: string): Promise<string> =>
+    new Promise<string>((resolve) => {
       let out = '';
-      const s = connect(port, '127.0.0.1', () => s.write(`DELETE /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${first}\r\nContent-Length: ${second}\r\n\r\n${inner}`));
+      const s = connect(port, '127.0.0.1', () => s.write(bytes));
       s.on('data', (d) => (out += d.toString('latin1')));
       s.on('close', () => resolve(out));
       s.on('error', () => resolve(out));
       setTimeout(() => s.destroy(), 5000).unref();
     });
+  const inner = 'GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Request-ID: smuggled-req\r\nConnection: close\r\n\r\n';
+  for (const [first, second] of [[0, inner.length], [inner.length, 0]]) {
+    const text = await exchange(`DELETE /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${first}\r\nContent-Length: ${second}\r\n\r\n${inner}`);
     // With bytes after it the connection closes at once (uWS); alone, the 400 says why.
     t.notMatch(text, /HTTP\/1\.1 200/, `Content-Length ${first} then ${second}: nothing served`);
     t.notMatch(text, /smuggled-req/, 'the hidden request was not served');
   }
-  const alone = await new Promise<string>((resolve) => {
-    let out = '';
-    const s = connect(port, '127.0.0.1', () => s.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}'));
-    s.on('data', (d) => (out += d.toString('latin1')));
-    s.on('close', () => resolve(out));
-    s.on('error', () => resolve(out));
-    setTimeout(() => s.destroy(), 5000).unref();
-  });
+  const alone = await exchange('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}');
   t.same(alone.match(/HTTP\/1\.1 \d+/g), ['HTTP/1.1 400'], 'no bytes after it: a 400, then the connection closes');
   t.match(alone, /"code":"invalid_request"/);
   t.match(alone, /Content-Length appears more than once/);
   // An empty (or otherwise not digits) Content-Length: uWS read it as 0 and served the body as the next request.
   for (const value of ['', '+72', ' 1e2', '0x48']) {
-    const text = await new Promise<string>((resolve) => {
-      let out = '';
-      const s = connect(port, '127.0.0.1', () => s.write(`POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: ${value}\r\n\r\n${inner}`));
-      s.on('data', (d) => (out += d.toString('latin1')));
-      s.on('close', () => resolve(out));
-      s.on('error', () => resolve(out));
-      setTimeout(() => s.destroy(), 5000).unref();
-    });
+    const text = await exchange(`POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: ${value}\r\n\r\n${inner}`);
     t.notMatch(text, /smuggled-req/, `Content-Length ${JSON.stringify(value)}: the request in the body was not served`);
     t.notMatch(text, /HTTP\/1\.1 200/);
   }
-  const empty = await new Promise<string>((resolve) => {
-    let out = '';
-    const s = connect(port, '127.0.0.1', () => s.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n'));
-    s.on('data', (d) => (out += d.toString('latin1')));
-    s.on('close', () => resolve(out));
-    s.on('error', () => resolve(out));
-    setTimeout(() => s.destroy(), 5000).unref();
-  });
+  const empty = await exchange('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n');
   t.same(empty.match(/HTTP\/1\.1 \d+/g), ['HTTP/1.1 400'], 'alone: a 400 saying why, then the connection closes');
   t.match(empty, /Content-Length must be a number of bytes/);
 });

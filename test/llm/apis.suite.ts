@@ -435,6 +435,13 @@ t.test('Embeddings in a group of both providers: each request goes to a deployme
   }
   t.equal(mixedOpenai.stats.requests['/v1/embeddings'], 12, 'the OpenAI deployment had only the token ids');
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'embed-mixed', outcome: 'client_error' }), before, 'no refusal counted');
+  // The one that can carry it is down (its breaker forced open): that is the answer, 503, not the other's refusal.
+  const breaker = `${tb.url}/api/orchestrator/circuit-breakers/mixed-openai/mixed-openai-upstream`;
+  t.equal((await fetch(`${breaker}/open`, { method: 'POST', headers: admin })).status, 200);
+  const down = await openai.embeddings.create({ model: 'embed-mixed', input: [[1, 2, 3]] }).catch((e: unknown) => e as { status?: number });
+  t.equal((down as { status?: number }).status, 503, 'no deployment available');
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'embed-mixed', deployment: 'mixed-ollama', outcome: 'error' }), 0, 'no failure counted under the deployment that was passed over');
+  t.equal((await fetch(`${breaker}/reset`, { method: 'POST', headers: admin })).status, 200);
   // A group none of whose deployments can carry it still refuses it, once, as the client's error.
   const refusals = { group: 'chat-openai', deployment: 'none', reason: 'client_error' };
   const refusedBefore = await metricValue(tb.url, 'llm_requests_total', refusals);

@@ -191,23 +191,19 @@ t.test('settings: OTEL_* variables', async (t) => {
   const basic = loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://user:pa%3Ass@collector:4318' }).otel;
   t.equal(basic.tracesUrl, 'http://collector:4318/v1/traces', 'the credentials leave the URL');
   t.same(basic.headers, { authorization: `Basic ${Buffer.from('user:pa:ss').toString('base64')}` });
-  const bad = (() => {
+  const thrown = (env: Record<string, string>): Error | undefined => {
     try {
-      loadConfig({ OTEL_EXPORTER_OTLP_HEADERS: 'authorization=Bearer ok,s3cr3t-without-a-key' });
+      loadConfig(env);
     } catch (e) {
       return e as Error;
     }
-  })();
+    return undefined;
+  };
+  const bad = thrown({ OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_HEADERS: 'authorization=Bearer ok,s3cr3t-without-a-key' });
   t.ok(bad instanceof ConfigError);
   t.match(bad?.message, /OTEL_EXPORTER_OTLP_HEADERS: entry 2 must be key=value/);
   t.notMatch(bad?.message, /s3cr3t/, 'a bad entry is named, never quoted');
-  const badUrl = (() => {
-    try {
-      loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://user:pa55word@127.0.0.1:99999' });
-    } catch (e) {
-      return e as Error;
-    }
-  })();
+  const badUrl = thrown({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://user:pa55word@127.0.0.1:99999' });
   t.ok(badUrl instanceof ConfigError);
   t.notMatch(badUrl?.message, /pa55word/, 'a URL that does not parse is quoted without its password');
   // Samplers: the spec's six names.
@@ -215,7 +211,9 @@ t.test('settings: OTEL_* variables', async (t) => {
     const o = loadConfig({ OTEL_TRACES_SAMPLER: s, OTEL_TRACES_SAMPLER_ARG: '0.5' }).otel;
     return [o.sampleRatio, o.parentBased];
   }), [[0, false], [1, false], [0.5, false], [0, true], [1, true], [0.5, true]]);
-  t.throws(() => loadConfig({ OTEL_TRACES_SAMPLER: 'jaeger_remote' }), ConfigError);
+  t.throws(() => loadConfig({ OTEL_ENABLED: 'true', OTEL_TRACES_SAMPLER: 'jaeger_remote' }), ConfigError);
+  // Traces off: standard variables set for the whole pod that the broker cannot read do not stop it.
+  t.equal(loadConfig({ OTEL_TRACES_SAMPLER: 'jaeger_remote', OTEL_RESOURCE_ATTRIBUTES: 'no-equals', OTEL_EXPORTER_OTLP_HEADERS: '=x' }).otel.enabled, false);
   t.same(loadConfig({ OTEL_RESOURCE_ATTRIBUTES: 'k8s.pod.name=broker-0,deployment.environment=prod%20eu' }).otel.resourceAttributes, { 'k8s.pod.name': 'broker-0', 'deployment.environment': 'prod eu' });
   t.equal(loadConfig({ OTEL_ENABLED: 'true', OTEL_SDK_DISABLED: 'true' }).otel.enabled, false, 'OTEL_SDK_DISABLED turns it off');
   t.match(loadConfig({ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }).otel.notes, [/OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not spoken/], 'a protocol not spoken is said at start-up');

@@ -236,31 +236,29 @@ t.test("an operator's new limit mid-minute: raised, served at once (not refused 
   t.equal(ask(a, 'key:raise'), 'ok', 'and is served from the new limit');
   // Lowered: each replica had leased under rpm 100; the new rpm 5 holds over both.
   now += MINUTE;
+  /** Requests alternating over A and B, each replica's keeper ticking after its own; how many were admitted. */
+  const alternate = async (subject: string, n: number, between: () => void = () => undefined): Promise<number> => {
+    let ok = 0;
+    for (let i = 0; i < n; i++) {
+      const r = i % 2 === 0 ? a : b;
+      if (ask(r, subject) === 'ok') ok++;
+      between();
+      await r.keeper.tick();
+    }
+    return ok;
+  };
   for (const r of [a, b]) r.ledger.setLimits('key:lower', { rpm: 100 });
-  let admitted = 0;
-  for (let i = 0; i < 4; i++) {
-    const r = i % 2 === 0 ? a : b;
-    if (ask(r, 'key:lower') === 'ok') admitted++;
-    await r.keeper.tick();
-  }
+  let admitted = await alternate('key:lower', 4);
   t.equal(admitted, 4, 'two each under the old limit');
   for (const r of [a, b]) r.ledger.setLimits('key:lower', { rpm: 5 });
-  for (let i = 0; i < 20; i++) {
-    const r = i % 2 === 0 ? a : b;
-    if (ask(r, 'key:lower') === 'ok') admitted++;
-    await r.keeper.tick();
-  }
+  admitted += await alternate('key:lower', 20);
   t.ok(admitted <= 5 + 2, `${admitted} admitted in the minute for the new rpm 5 (plus at most one lent per replica), not each replica's old lease`);
   // Unchanged limits set again (every key change re-sets them all) move nothing.
   now += MINUTE;
   for (const r of [a, b]) r.ledger.setLimits('key:same', { rpm: 6 });
-  let same = 0;
-  for (let i = 0; i < 12; i++) {
-    const r = i % 2 === 0 ? a : b;
-    if (ask(r, 'key:same') === 'ok') same++;
+  const same = await alternate('key:same', 12, () => {
     for (const x of [a, b]) x.ledger.setLimits('key:same', { rpm: 6 });
-    await r.keeper.tick();
-  }
+  });
   t.ok(same >= 6 && same <= 8, `${same} admitted for rpm 6 with its limits set again between every request`);
 });
 

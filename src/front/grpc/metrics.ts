@@ -51,7 +51,7 @@ function codeOf(status: { code: number; details?: string }): number {
 /**
  * The interceptor that counts every call of the server. With `accessLog`, a unary or
  * server-streaming call that grpc-js ended before its handler had its request (a message that
- * does not decode or is over the size limit, a deadline already past, a second message) gets
+ * does not decode or is over the size limit, a deadline already past, no message at all) gets
  * the access-log line its handler would have written: malformed traffic shows in the logs too.
  */
 export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): ServerInterceptor {
@@ -85,7 +85,7 @@ export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): Server
     let done = false;
     // The handler of a unary or server-streaming call runs once its one message has arrived.
     let handled = method.requestStream;
-    let requestId: string | undefined;
+    let clientId: string | undefined;
     const finish = (code: number): void => {
       if (done) return;
       done = true;
@@ -102,7 +102,7 @@ export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): Server
       if (first && !handled && accessLog !== undefined) {
         const code = codeOf(status);
         accessLog.info(
-          { trace_id: requestId ?? requestIdFrom(undefined), method: 'gRPC', route: method.path, status: codeLabel(code), duration_ms: Math.round((performance.now() - t0) * 1e3) / 1e3, error: status.details?.slice(0, 200) },
+          { trace_id: requestIdFrom(clientId), method: 'gRPC', route: method.path, status: codeLabel(code), duration_ms: Math.round((performance.now() - t0) * 1e3) / 1e3, error: status.details?.slice(0, 200) },
           'request',
         );
       }
@@ -113,7 +113,7 @@ export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): Server
         next({
           onReceiveMetadata(metadata, nextMetadata) {
             const id = metadata.get('x-request-id')[0];
-            requestId = requestIdFrom(typeof id === 'string' ? id : undefined);
+            if (typeof id === 'string') clientId = id;
             nextMetadata(metadata);
           },
           onReceiveMessage(message, nextMessage) {

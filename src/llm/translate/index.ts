@@ -205,9 +205,13 @@ export function translateResponse(route: Route, upstreamBody: string | Uint8Arra
   }
   if (client === 'responses' || client === 'anthropic') {
     let reply = provider === 'openai' ? replyFromOpenAI(r as unknown as OpenAIChatCompletion) : replyFromOllama(r as unknown as OllamaChatResponse, ctx.id);
-    // No usage from the upstream: the estimates a stream's client gets, not zeros it would take for "free".
+    // No usage from the upstream: the client gets the estimates a stream's client gets, not zeros
+    // it would take for "free"; the broker knows them for estimates (usage null).
     if ((provider === 'openai' ? usageFromOpenAI(r['usage'] as OpenAIChatCompletion['usage']) : usageFromOllama(r)) === null) {
-      reply = { ...reply, usage: { promptTokens: ctx.promptEstimate ?? 0, completionTokens: estimatedOutput(reply) } };
+      const estimated = estimatedOutput(reply);
+      reply = { ...reply, usage: { promptTokens: ctx.promptEstimate ?? 0, completionTokens: estimated } };
+      const out = client === 'responses' ? responsesToChat.response(reply, ctx) : anthropicToChat.message(reply, ctx);
+      return { body: JSON.stringify(out), usage: null, finishReason: reply.finish, estimatedCompletionTokens: estimated };
     }
     const out = client === 'responses' ? responsesToChat.response(reply, ctx) : anthropicToChat.message(reply, ctx);
     return { body: JSON.stringify(out), usage: reply.usage, finishReason: reply.finish };

@@ -23,7 +23,7 @@ export function startRequestSpan(tracer: Tracer, headers: Record<string, string>
     if (tracer.enabled && parseTraceparent(headers['traceparent']) === undefined) {
       headers['traceparent'] = `00-${newTraceId()}-${newSpanId()}-00`;
       // A tracestate without a valid traceparent is dropped (W3C Trace Context §3.3).
-      delete headers['tracestate'];
+      if (headers['tracestate'] !== undefined) delete headers['tracestate'];
     }
     return undefined;
   }
