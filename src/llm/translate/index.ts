@@ -16,6 +16,7 @@ import * as anthropicToChat from './anthropic_to_chat.ts';
 import * as responsesToChat from './responses_to_chat.ts';
 import * as embeddings from './embeddings.ts';
 import { replyFromOllama, replyFromOpenAI } from './deltas.ts';
+import { tokensOfChars } from '../request.ts';
 import { assemblable, streamedBody } from './assemble.ts';
 import type { DeploymentConfig, UpstreamStreaming } from '../../config/broker-config.ts';
 import type {
@@ -151,11 +152,11 @@ export interface ClientReply {
   estimatedCompletionTokens?: number;
 }
 
-/** Output tokens of a whole reply estimated from its text (4 characters a token, as prompts are estimated). */
+/** Output tokens of a whole reply estimated from its text, as prompts are estimated. */
 function estimatedOutput(reply: { text: string; thinking: string; tools: readonly { name: string; arguments: string }[] }): number {
   let chars = reply.text.length + reply.thinking.length;
   for (const t of reply.tools) chars += t.name.length + t.arguments.length;
-  return Math.ceil(chars / 4);
+  return tokensOfChars(chars);
 }
 
 function parseUpstream(provider: Api, body: string | Uint8Array, secrets: readonly string[]): Record<string, unknown> {
@@ -207,14 +208,11 @@ export function translateResponse(route: Route, upstreamBody: string | Uint8Arra
     let reply = provider === 'openai' ? replyFromOpenAI(r as unknown as OpenAIChatCompletion) : replyFromOllama(r as unknown as OllamaChatResponse, ctx.id);
     // No usage from the upstream: the client gets the estimates a stream's client gets, not zeros
     // it would take for "free"; the broker knows them for estimates (usage null).
-    if ((provider === 'openai' ? usageFromOpenAI(r['usage'] as OpenAIChatCompletion['usage']) : usageFromOllama(r)) === null) {
-      const estimated = estimatedOutput(reply);
-      reply = { ...reply, usage: { promptTokens: ctx.promptEstimate ?? 0, completionTokens: estimated } };
-      const out = client === 'responses' ? responsesToChat.response(reply, ctx) : anthropicToChat.message(reply, ctx);
-      return { body: JSON.stringify(out), usage: null, finishReason: reply.finish, estimatedCompletionTokens: estimated };
-    }
+    const said = provider === 'openai' ? usageFromOpenAI(r['usage'] as OpenAIChatCompletion['usage']) : usageFromOllama(r);
+    const estimated = said === null ? estimatedOutput(reply) : undefined;
+    if (estimated !== undefined) reply = { ...reply, usage: { promptTokens: ctx.promptEstimate ?? 0, completionTokens: estimated } };
     const out = client === 'responses' ? responsesToChat.response(reply, ctx) : anthropicToChat.message(reply, ctx);
-    return { body: JSON.stringify(out), usage: reply.usage, finishReason: reply.finish };
+    return { body: JSON.stringify(out), usage: estimated === undefined ? reply.usage : null, finishReason: reply.finish, ...(estimated === undefined ? {} : { estimatedCompletionTokens: estimated }) };
   }
   if (provider === 'openai') {
     const usage = usageFromOpenAI(r['usage'] as OpenAIChatCompletion['usage']);
