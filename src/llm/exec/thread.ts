@@ -8,6 +8,7 @@ import { AttemptDeadline } from './deadline.ts';
 import { timed } from './wire-timing.ts';
 import { ReplyAssembler } from '../translate/assemble.ts';
 import { tooLarge } from '../codec/bytes.ts';
+import { firstByte, streamOfReply } from './sniff.ts';
 import type { AttemptTiming, Executor, StreamTarget } from './types.ts';
 import type { AbortLike } from '../../abort.ts';
 
@@ -58,7 +59,8 @@ export function threadExecutor(limits: ReplyLimits | number, log?: { warn(obj: o
       const assembler = req.assemble === true ? new ReplyAssembler(req.deployment.provider, req.kind, maxBodyBytes, req.promptEstimate) : undefined;
       if (!req.stream && assembler === undefined) timing.firstByteAt = timing.headersAt >= 0 ? timing.headersAt : performance.now();
       // An OpenAI-compatible upstream that answered a stream request with one JSON body: read as
-      // one, and its whole replies timed as whole replies from then on (said once in the log).
+      // one (a streamed client's as its stream), and its whole replies timed as whole replies
+      // from then on (said once in the log).
       const answeredWhole = (): void => {
         if (answersWhole.has(req.deployment.id)) return;
         answersWhole.add(req.deployment.id);
@@ -83,7 +85,8 @@ export function threadExecutor(limits: ReplyLimits | number, log?: { warn(obj: o
         errorText: () => settle(readCapped(res.body, ERROR_BODY_BYTES, false, onChunk).then((b) => Buffer.from(b).toString('utf8'))),
         bytes: () => settle(assembler !== undefined ? readAssembled(res.body, assembler, maxBodyBytes, onChunk, answeredWhole) : readCapped(res.body, maxBodyBytes, true, onChunk, embed)),
         ...(assembler !== undefined ? { assembled: () => ({ tokens: assembler.tokens, malformed: assembler.malformed }) } : {}),
-        pump: (target) => settle(pumpChain(req, res.body, paused(target, deadline), deadline.signal, onChunk)),
+        // An OpenAI-compatible server that ignored `stream: true` answers one JSON body: read as its stream.
+        pump: (target) => settle(pumpChain(req, req.deployment.provider === 'openai' ? streamOfReply(res.body, maxBodyBytes, onChunk, answeredWhole) : res.body, paused(target, deadline), deadline.signal, onChunk)),
       };
     },
     close: () => upstreams.close(),
@@ -141,12 +144,6 @@ async function readAssembled(body: AsyncIterable<Uint8Array> & { destroy(err?: E
     throw err;
   }
   return Buffer.from(a.end());
-}
-
-/** The first byte that is not white space, or -1. */
-function firstByte(b: Uint8Array): number {
-  for (const c of b) if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return c;
-  return -1;
 }
 
 function prepend(first: Uint8Array, rest: AsyncIterator<Uint8Array>): AsyncIterable<Uint8Array> & { destroy(): void } {
