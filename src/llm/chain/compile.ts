@@ -50,7 +50,7 @@ import * as ollamaToOpenai from '../translate/ollama_to_openai.ts';
 import * as openaiToOllama from '../translate/openai_to_ollama.ts';
 import { isUsageOnlyChunk } from '../translate/openai_to_openai.ts';
 import type { Api, ClientApi, Kind, OllamaChatResponse, OllamaGenerateResponse, OpenAIChunk, ReplyContext } from '../translate/types.ts';
-import { deltaFromOllama, deltaFromOpenAI, type Delta, type OllamaToolState } from '../translate/deltas.ts';
+import { deltaFromOllama, deltaFromOpenAI, openaiToolState, type Delta, type OllamaToolState, type OpenAIToolState } from '../translate/deltas.ts';
 import { responsesDelta, responsesDone, responsesFailed, responsesUsage, responsesWriter, type ResponseIdentity } from '../translate/responses_to_chat.ts';
 import { anthropicDelta, anthropicDone, anthropicWriter } from '../translate/anthropic_to_chat.ts';
 import {
@@ -227,6 +227,8 @@ class Run {
   gTools = false;
   /** Ollama tool calls seen, for a Responses or Messages client (their indexes and ids). */
   ot: OllamaToolState | null = null;
+  /** OpenAI tool calls seen, for a Responses or Messages client (calls sent without index). */
+  oat: OpenAIToolState | null = null;
   /** An Ollama line carried tool calls: its done line's `stop` is a tool_calls finish. */
   ollamaTools = false;
 
@@ -674,7 +676,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         };
       } else if (events !== null) {
         emit = (r) => {
-          const d = deltaFromOpenAI(r.json as unknown as OpenAIChunk);
+          const d = deltaFromOpenAI(r.json as unknown as OpenAIChunk, (r.oat ??= openaiToolState()));
           // A chunk that carries nothing (the role chunk OpenAI and vLLM send first) begins no
           // reply: the first event waits for content, so that a failure before it may fall back.
           if (d.text === '' && d.thinking === '' && d.tools === null && d.finish === null && d.usage === null) return;

@@ -73,7 +73,8 @@ function toolResultOf(c: unknown, field: string, ollama: boolean): { text: strin
     const o = b as Record<string, unknown> | null;
     if (o?.['type'] === 'text' && typeof o['text'] === 'string') texts.push(o['text']);
     else if (o?.['type'] === 'image') images.push(imagePart(o, `${field}[${i}]`, ollama));
-    else throw invalid(`${field}[${i}]`, 'must be a text or image block');
+    else if (o?.['type'] === 'document') texts.push(documentText(o, `${field}[${i}]`));
+    else throw invalid(`${field}[${i}]`, 'must be a text, image or document block');
   });
   return { text: texts.join('\n'), images };
 }
@@ -84,6 +85,9 @@ function systemText(content: unknown, field: string): string {
   if (text === '') throw invalid(field, 'a system message needs text: a string or text blocks');
   return text;
 }
+
+/** Blocks of tools Anthropic's servers run: `server_tool_use`, `web_search_tool_result`, `mcp_tool_use`, … */
+const SERVER_TOOL_BLOCK = /^(server_tool_use|mcp_tool_use|mcp_tool_result|container_upload|[a-z_]+_tool_result)$/;
 
 /** One Anthropic message → its chat messages (a user turn with tool results becomes tool messages first). */
 function chatMessages(m: unknown, i: number, last: boolean, ollama: boolean): OpenAIMessage[] {
@@ -146,6 +150,10 @@ function chatMessages(m: unknown, i: number, last: boolean, ollama: boolean): Op
       case 'redacted_thinking':
         break;
       default:
+        // A server tool's call and result in the history of a session begun against Anthropic's
+        // API (web search, web fetch, code execution, MCP): nothing here ran them, and a chat
+        // upstream has no such turns; left out, as server tools in `tools` are.
+        if (typeof b['type'] === 'string' && SERVER_TOOL_BLOCK.test(b['type'])) break;
         throw invalid(`${field}.type`, `${String(b['type'])} is not supported (text, image, document with a text source, tool_use, tool_result)`);
     }
   }
@@ -302,12 +310,12 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
 
 /**
  * OpenAI finish reasons → Anthropic stop reasons. A reply with tool calls that says `stop`
- * (OpenAI's own when tool_choice names a function, some vLLM tool parsers) is `tool_use`:
- * an agent loop runs the tools only on that reason.
+ * (OpenAI's own when tool_choice names a function, some vLLM tool parsers) or the legacy
+ * `function_call` is `tool_use`: an agent loop runs the tools only on that reason.
  */
 export function stopReason(finish: string, hadToolCalls = false): string {
   if (finish === 'length') return 'max_tokens';
-  if (finish === 'tool_calls' || (hadToolCalls && finish === 'stop')) return 'tool_use';
+  if (finish === 'tool_calls' || (hadToolCalls && (finish === 'stop' || finish === 'function_call'))) return 'tool_use';
   if (finish === 'content_filter') return 'refusal';
   return 'end_turn';
 }

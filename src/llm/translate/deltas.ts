@@ -68,8 +68,36 @@ function str(v: unknown): string {
   return typeof v === 'string' ? v : '';
 }
 
-/** One chat.completion.chunk or text_completion chunk; the first choice is the reply. */
-export function deltaFromOpenAI(chunk: OpenAIChunk): Delta {
+/**
+ * A stream's OpenAI tool calls seen so far, for calls sent without `index` (Gemini's endpoint
+ * sends each call whole in its own chunk, index-less): each new id is the next call, a
+ * fragment without id or index continues the last one (as the whole-reply assembler reads them).
+ */
+export interface OpenAIToolState {
+  readonly ids: Map<string, number>;
+  last: number;
+  next: number;
+}
+
+export function openaiToolState(): OpenAIToolState {
+  return { ids: new Map(), last: -1, next: 0 };
+}
+
+/** The index of the `i`th tool call delta of a chunk. */
+export function toolIndex(st: OpenAIToolState, tc: { index?: unknown; id?: unknown }, i: number): number {
+  const id = typeof tc.id === 'string' && tc.id !== '' ? tc.id : undefined;
+  let index: number;
+  if (typeof tc.index === 'number') index = tc.index;
+  else if (id !== undefined) index = st.ids.get(id) ?? st.next;
+  else index = i === 0 && st.last >= 0 ? st.last : st.next;
+  if (id !== undefined && !st.ids.has(id)) st.ids.set(id, index);
+  st.last = index;
+  if (index >= st.next) st.next = index + 1;
+  return index;
+}
+
+/** One chat.completion.chunk or text_completion chunk; the first choice is the reply. `st`: the stream's tool calls so far. */
+export function deltaFromOpenAI(chunk: OpenAIChunk, st: OpenAIToolState = openaiToolState()): Delta {
   const c = choiceZero(chunk.choices);
   const d = c?.delta;
   let tools: ToolDelta[] | null = null;
@@ -77,7 +105,7 @@ export function deltaFromOpenAI(chunk: OpenAIChunk): Delta {
     tools = [];
     for (let i = 0; i < d.tool_calls.length; i++) {
       const tc = d.tool_calls[i]!;
-      const td: { -readonly [K in keyof ToolDelta]: ToolDelta[K] } = { index: typeof tc.index === 'number' ? tc.index : i };
+      const td: { -readonly [K in keyof ToolDelta]: ToolDelta[K] } = { index: toolIndex(st, tc, i) };
       if (typeof tc.id === 'string') td.id = tc.id;
       if (typeof tc.function?.name === 'string') td.name = tc.function.name;
       if (typeof tc.function?.arguments === 'string') td.arguments = tc.function.arguments;

@@ -19,6 +19,7 @@ import {
   requireObject,
   usageFromOpenAI,
 } from './common.ts';
+import { openaiToolState, toolIndex, type OpenAIToolState } from './deltas.ts';
 import type {
   OllamaChatResponse,
   OllamaGenerateResponse,
@@ -235,6 +236,8 @@ export interface NdjsonWriter {
   /** The prompt's estimated tokens: prompt_eval_count when the upstream sends no usage. */
   readonly promptEstimate: number;
   tools: Array<{ id: string; name: string; args: string }>;
+  /** Tool calls sent without index: which call a delta continues. */
+  readonly toolIndexes: OpenAIToolState;
   done: boolean;
   /** The clock, when the stream opened, and when its first token came (-1: not yet): the done line's durations. */
   readonly now: () => number;
@@ -253,7 +256,7 @@ function wantsThinking(ctx: ReplyContext): boolean {
 
 export function ndjsonWriter(ctx: ReplyContext): NdjsonWriter {
   const now = ctx.durationClock ?? STILL;
-  return { model: ctx.model, head: '', finish: null, usage: null, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, tools: [], done: false, now, openAt: now(), firstAt: -1, thinking: wantsThinking(ctx) };
+  return { model: ctx.model, head: '', finish: null, usage: null, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, tools: [], toolIndexes: openaiToolState(), done: false, now, openAt: now(), firstAt: -1, thinking: wantsThinking(ctx) };
 }
 
 /** A token (text, reasoning or a tool call) went by: the first one ends the prompt's evaluation. */
@@ -284,9 +287,9 @@ export function chatChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
   if (d === undefined || d === null) return '';
   if (Array.isArray(d.tool_calls)) {
     if (w.firstAt < 0) w.firstAt = w.now();
-    for (const tc of d.tool_calls) {
-      const i = typeof tc.index === 'number' ? tc.index : w.tools.length;
-      const slot = (w.tools[i] ??= { id: '', name: '', args: '' });
+    for (let n = 0; n < d.tool_calls.length; n++) {
+      const tc = d.tool_calls[n]!;
+      const slot = (w.tools[toolIndex(w.toolIndexes, tc, n)] ??= { id: '', name: '', args: '' });
       if (typeof tc.id === 'string') slot.id = tc.id;
       slot.name = appendToolName(slot.name, tc.function?.name, slot.args);
       if (typeof tc.function?.arguments === 'string') slot.args += tc.function.arguments;

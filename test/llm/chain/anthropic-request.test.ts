@@ -121,3 +121,29 @@ t.test("server tools (Claude Code's WebSearch sends web_search_20250305) are lef
   t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], tools, tool_choice: { type: 'tool', name: 'web_search' } }), { code: 'invalid_request', details: { field: 'tool_choice.name' } });
   t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], tools: [{ type: 'bash_20250124', name: 'bash' }] }), { code: 'invalid_request', details: { field: 'tools[0]' } });
 });
+
+t.test("a document in a tool_result is its text; a server tool's blocks in the history (a session begun against Anthropic) are left out", async (t) => {
+  const r = chatRequest({
+    model: 'm',
+    max_tokens: 5,
+    messages: [
+      { role: 'user', content: 'Search, then read the file.' },
+      {
+        role: 'assistant',
+        content: [
+          { type: 'server_tool_use', id: 'srvtoolu_1', name: 'web_search', input: { query: 'x' } },
+          { type: 'web_search_tool_result', tool_use_id: 'srvtoolu_1', content: [{ type: 'web_search_result', url: 'https://e.x', title: 'E', encrypted_content: 'zz' }] },
+          { type: 'text', text: 'Found it.' },
+          { type: 'tool_use', id: 'toolu_1', name: 'read', input: { p: 1 } },
+        ],
+      },
+      { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: [{ type: 'document', title: 'f.txt', source: { type: 'text', media_type: 'text/plain', data: 'file body' } }] }] },
+    ],
+  });
+  t.same(r.messages, [
+    { role: 'user', content: 'Search, then read the file.' },
+    { role: 'assistant', content: 'Found it.', tool_calls: [{ id: 'toolu_1', type: 'function', function: { name: 'read', arguments: '{"p":1}' } }] },
+    { role: 'tool', tool_call_id: 'toolu_1', content: 'f.txt\nfile body' },
+  ]);
+  t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: [{ type: 'bogus' }] }] }), { code: 'invalid_request', details: { field: 'messages[0].content[0].type' } }, 'an unknown block is still refused');
+});

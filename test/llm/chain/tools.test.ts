@@ -278,3 +278,40 @@ t.test('a Responses stream cut before a call had arguments: the failed Response 
   const failed = events.find((d) => d.type === 'response.failed');
   t.same(failed.response.output.map((i: any) => i.type), ['message'], 'nor listed when the Response fails');
 });
+
+// Gemini's OpenAI-compatible endpoint sends each call whole in its own chunk without `index`
+// (openai-python#2806); other servers fragment an index-less call, its id on the first piece
+// only. Each new id is the next call, a piece without id continues the last (before: every
+// call was index 0, merged into one: the second call's arguments glued onto the first's).
+t.test('tool calls streamed without index reach every translated client API as separate calls', async (t) => {
+  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\n\n';
+  const whole = Buffer.from(
+    chunk({ role: 'assistant', tool_calls: [{ id: 'call_a', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] }) +
+      chunk({ tool_calls: [{ id: 'call_b', type: 'function', function: { name: 'read_file', arguments: '{"path":"/x"}' } }] }) +
+      chunk({}, 'tool_calls') +
+      'data: [DONE]\n\n',
+  );
+  const pieces = Buffer.from(
+    chunk({ role: 'assistant', tool_calls: [{ id: 'call_a', type: 'function', function: { name: 'get_weather', arguments: '{"city":' } }] }) +
+      chunk({ tool_calls: [{ function: { arguments: '"Paris"}' } }] }) +
+      chunk({ tool_calls: [{ id: 'call_b', type: 'function', function: { name: 'read_file', arguments: '{"path":' } }] }) +
+      chunk({ tool_calls: [{ function: { arguments: '"/x"}' } }] }) +
+      chunk({}, 'tool_calls') +
+      'data: [DONE]\n\n',
+  );
+  for (const [label, up] of [['whole', whole], ['in pieces', pieces]] as const) {
+    for (const client of ['anthropic', 'responses', 'ollama'] as const) {
+      const out = runChain({ client, provider: 'openai', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [up]).bytes.toString('utf8');
+      const got = assemble(client, out);
+      t.same(got.calls.map((c) => [c.name, JSON.parse(c.args)]), [['get_weather', { city: 'Paris' }], ['read_file', { path: '/x' }]], `${label}, ${client}: two calls`);
+      t.equal(got.finish, FINISH[client], `${label}, ${client}: finish`);
+    }
+  }
+});
+
+t.test("a legacy finish_reason function_call with tool calls is a Messages client's tool_use", async (t) => {
+  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\n\n';
+  const up = Buffer.from(chunk({ role: 'assistant', tool_calls: [{ index: 0, id: 'call_a', type: 'function', function: { name: 'f', arguments: '{}' } }] }) + chunk({}, 'function_call') + 'data: [DONE]\n\n');
+  const out = runChain({ client: 'anthropic', provider: 'openai', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [up]).bytes.toString('utf8');
+  t.equal(assemble('anthropic', out).finish, 'tool_use');
+});
