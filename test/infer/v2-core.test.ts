@@ -343,3 +343,42 @@ t.test('a classification count past the classes is refused before any image runs
   await t.rejects(new V2Core(service).infer(A.manifest.name, undefined, req), { code: 'invalid_request', message: /classification/ });
   t.equal(runs.length, 0, 'nothing computed, nothing counted as served');
 });
+
+t.test('a classification of an output holding NaN is refused (it cannot be ranked), as JSON of it is', async (t) => {
+  const { service } = fakeService();
+  const scores = Float32Array.from([0.5, NaN, 0.1, 0, 0, 0, 0, 0, 0, 0.2]);
+  (service as unknown as { run: unknown }).run = async (_choice: ArmChoice, input: ItemsInput) => {
+    const results = input.items.map(() => ({ predictions: [], scores, queueMs: 0, decodeMs: 0, inferMs: 0, batchSize: 1 }));
+    input.check?.(results);
+    return { results, totalMs: 0 };
+  };
+  const core = new V2Core(service);
+  const req = (k: number) => ({ ...tensor({}), outputs: [{ name: A.manifest.output.name, parameters: { classification: k } }] });
+  // Before: 200 ["NaN:1:…"] at k=1 (NaN ranked best), a list out of order at larger k.
+  await t.rejects(core.infer(A.manifest.name, undefined, req(1)), { code: 'internal', message: /NaN/ });
+  await t.rejects(core.infer(A.manifest.name, undefined, req(3)), { code: 'internal', message: /NaN/ });
+  // ±Infinity ranks as it is.
+  const inf = Float32Array.from([0.5, Infinity, 0.1, -Infinity, 0, 0, 0, 0, 0, 0.2]);
+  (service as unknown as { run: unknown }).run = async (_choice: ArmChoice, input: ItemsInput) => {
+    const results = input.items.map(() => ({ predictions: [], scores: inf, queueMs: 0, decodeMs: 0, inferMs: 0, batchSize: 1 }));
+    input.check?.(results);
+    return { results, totalMs: 0 };
+  };
+  const reply = await core.infer(A.manifest.name, undefined, req(2));
+  t.same(reply.outputs[0]!.data, [`Infinity:1:${A.manifest.labels[1]}`, `0.5:0:${A.manifest.labels[0]}`]);
+});
+
+t.test('binary_data that is not a boolean is 400, not ignored', async (t) => {
+  const { service, runs } = fakeService();
+  for (const v of ['true', 1, 'yes']) {
+    const req = { ...tensor({}), outputs: [{ name: A.manifest.output.name, parameters: { binary_data: v } }] };
+    await t.rejects(new V2Core(service).infer(A.manifest.name, undefined, req, { jsonFloats: { binaryByDefault: false } } as never), { code: 'invalid_request', message: /binary_data/ }, JSON.stringify(v));
+  }
+  t.equal(runs.length, 0);
+});
+
+t.test("a version that failed its model check has no config to describe: model_unavailable, as its metadata and requests", async (t) => {
+  const { service } = fakeService();
+  (service as unknown as { modelProblems: Record<string, string> }).modelProblems['B'] = 'model B: output label is int64, not a float tensor';
+  await t.rejects(new V2Core(service).modelConfig(A.manifest.name, B.manifest.version), { code: 'model_unavailable', message: /int64/ });
+});

@@ -116,6 +116,9 @@ export class V2Core {
     const arm = named ?? 'A';
     const m = service.models[arm].manifest;
     if (!service.ready) throw new BrokerError('not_ready', 'inference workers are still loading the models');
+    // A model that failed its check is described by none of this (its metadata and requests say so too).
+    const problem = service.modelProblems[arm];
+    if (problem !== undefined) throw new BrokerError('model_unavailable', problem);
     const { channels: c, layout } = m.input;
     const h = m.input.height ?? -1;
     const w = m.input.width ?? -1;
@@ -177,7 +180,9 @@ export class V2Core {
 
     const json = ctx.jsonFloats;
     const asJson = json !== undefined && wanted.some((o) => classificationOf(o, manifest.labels.length) === undefined && !wantsBinary(o, json.binaryByDefault));
-    const check = asJson ? (rs: readonly { scores?: Float32Array | undefined }[]) => finiteForJson(rs, manifest.output.name) : undefined;
+    // A classification ranks the values: NaN has no rank (it came first, or was dropped).
+    const ranks = wanted.some((o) => classificationOf(o, manifest.labels.length) !== undefined);
+    const check = asJson || ranks ? (rs: readonly { scores?: Float32Array | undefined }[]) => finiteOutput(rs, manifest.output.name, asJson) : undefined;
     const { results } = await service.run(choice, { items: items.buffers, tensor: input.datatype === 'FP32', size: items.size, topK: 0, scores: true, priority, timeoutMs, signal: ctx.signal, check });
     const n = results.length;
     const classes = results[0]!.scores!.length;
@@ -270,13 +275,23 @@ function outputsOf(requested: readonly RequestedOutput[] | undefined, manifest: 
 /** An output leaves as binary when it asks (`binary_data`), else as the request does (`binary_data_output`). */
 export function wantsBinary(o: RequestedOutput | undefined, binaryByDefault: boolean): boolean {
   const asked = o?.parameters['binary_data'];
-  return typeof asked === 'boolean' ? asked : binaryByDefault;
+  if (asked === undefined || asked === null) return binaryByDefault;
+  if (typeof asked !== 'boolean') throw bad(`parameters.binary_data of output ${o!.name} must be true or false`);
+  return asked;
 }
 
-/** JSON has no NaN or Infinity (JSON.stringify writes null): such an output leaves as binary only. */
-function finiteForJson(results: readonly { scores?: Float32Array | undefined }[], output: string): void {
+/**
+ * JSON has no NaN or Infinity (JSON.stringify writes null): such an output leaves as binary
+ * only. A classification cannot rank NaN either (`asJson` false: only NaN is refused).
+ */
+function finiteOutput(results: readonly { scores?: Float32Array | undefined }[], output: string, asJson: boolean): void {
   for (const r of results) {
-    if (r.scores !== undefined && !r.scores.every(Number.isFinite)) {
+    if (r.scores === undefined) continue;
+    if (!asJson) {
+      if (r.scores.some(Number.isNaN)) throw new BrokerError('internal', `output ${output} holds NaN values, which a classification cannot rank`);
+      continue;
+    }
+    if (!r.scores.every(Number.isFinite)) {
       throw new BrokerError('internal', `output ${output} holds values that are not finite (NaN or ±Infinity), which JSON cannot carry: ask for it as binary (parameters.binary_data_output: true)`);
     }
   }

@@ -45,7 +45,9 @@ export function v2Routes(core: V2Core, stickyCookie: string, ceiling?: PriorityC
     // A client gone while its items wait takes them out of the queue (as on /v1/infer).
     const signal = new RequestAbort();
     ctx.sink.onAbort(() => signal.abort());
-    const binaryByDefault = request.parameters['binary_data_output'] === true;
+    const asked = request.parameters['binary_data_output'];
+    if (asked !== undefined && asked !== null && typeof asked !== 'boolean') throw bad('parameters.binary_data_output must be true or false');
+    const binaryByDefault = asked === true;
     const reply = await core.infer(ctx.params['model']!, version(ctx), request, { cookieArm, headerPriority: priority, priorityCeiling, signal, jsonFloats: { binaryByDefault } });
     noteV2Inference(req.facts, reply);
     const { headers, body } = encodeInferResponse(reply, binaryByDefault);
