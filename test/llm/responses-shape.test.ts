@@ -200,3 +200,11 @@ t.test('reasoning is the first item; reasoning after the text is dropped, with a
   const failed = events(responsesDelta(wf, delta({ thinking: 'half' })) + responsesFailed(wf, 'r1', 'g', 'upstream_error', 'cut'));
   t.match(failed.at(-1), { type: 'response.failed', response: { output: [{ type: 'reasoning', summary: [{ text: 'half' }] }] } });
 });
+
+t.test('a tool_choice naming a function that is not in tools is 400, as OpenAI answers (a namespaced one by its namespace)', async (t) => {
+  const tools = [{ type: 'function', name: 'read', parameters: { type: 'object' } }, { type: 'namespace', name: 'fs', tools: [{ type: 'function', name: 'write', parameters: { type: 'object' } }] }];
+  t.throws(() => chatRequest({ model: 'm', input: 'x', tools, tool_choice: { type: 'function', name: 'nope' } }), { code: 'invalid_request', details: { field: 'tool_choice.name' } });
+  t.throws(() => chatRequest({ model: 'm', input: 'x', tool_choice: { type: 'function', name: 'read' } }), { code: 'invalid_request', details: { field: 'tool_choice.name' } }, 'no tools at all');
+  t.ok(chatRequest({ model: 'm', input: 'x', tools, tool_choice: { type: 'function', name: 'read' } })['tool_choice'], 'an offered function');
+  t.ok(chatRequest({ model: 'm', input: 'x', tools, tool_choice: { type: 'function', namespace: 'fs', name: 'write' } })['tool_choice'], 'a namespaced one');
+});

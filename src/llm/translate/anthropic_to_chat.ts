@@ -294,6 +294,10 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
   if (typeof forced === 'string' && Array.isArray(b['tools']) && b['tools'].some((t) => isServerTool(t) && (t as Record<string, unknown>)['name'] === forced)) {
     throw invalid('tool_choice.name', `${forced} is a server tool: nothing here runs it`);
   }
+  // A tool forced that is not offered: Anthropic's 400 (forwarded, Ollama dropped it and answered as it liked).
+  if (typeof forced === 'string' && (b['tool_choice'] as Record<string, unknown>)['type'] === 'tool' && !(tools ?? []).some((t) => (t as { function: { name: string } }).function.name === forced)) {
+    throw invalid('tool_choice.name', `${forced} is not one of the tools in tools`);
+  }
   if (tools !== undefined && tools.length > 0) {
     out.tools = tools;
     if (choice !== undefined) out['tool_choice'] = choice;

@@ -198,6 +198,11 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
   const tools = toolsOf(b['tools']);
   if (tools !== undefined && tools.length > 0) out.tools = tools;
   const choice = toolChoiceOf(b['tool_choice']);
+  // A function forced that is not offered: OpenAI's 400 (forwarded, Ollama dropped it and answered as it liked).
+  const forced = (choice as { function?: { name: string } } | undefined)?.function?.name;
+  if (forced !== undefined && !(out.tools ?? []).some((t) => (t as { function: { name: string } }).function.name === forced)) {
+    throw invalid('tool_choice.name', `${forced} is not one of the function tools in tools`);
+  }
   if (choice !== undefined && out.tools !== undefined) out['tool_choice'] = choice;
   const format = (b['text'] as Record<string, unknown> | undefined)?.['format'] as Record<string, unknown> | undefined;
   if (format?.['type'] === 'json_object') out.response_format = { type: 'json_object' };

@@ -147,3 +147,11 @@ t.test("a document in a tool_result is its text; a server tool's blocks in the h
   ]);
   t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: [{ type: 'bogus' }] }] }), { code: 'invalid_request', details: { field: 'messages[0].content[0].type' } }, 'an unknown block is still refused');
 });
+
+t.test('a tool_choice naming a tool that is not in tools is 400, as Anthropic answers', async (t) => {
+  const tools = [{ name: 'read', input_schema: { type: 'object' } }];
+  t.throws(() => chatRequest({ model: 'm', max_tokens: 5, tools, tool_choice: { type: 'tool', name: 'nope' }, messages: [{ role: 'user', content: 'x' }] }), { code: 'invalid_request', details: { field: 'tool_choice.name' } });
+  t.throws(() => chatRequest({ model: 'm', max_tokens: 5, tool_choice: { type: 'tool', name: 'read' }, messages: [{ role: 'user', content: 'x' }] }), { code: 'invalid_request', details: { field: 'tool_choice.name' } }, 'no tools at all');
+  const r = chatRequest({ model: 'm', max_tokens: 5, tools, tool_choice: { type: 'tool', name: 'read' }, messages: [{ role: 'user', content: 'x' }] });
+  t.same(r['tool_choice'], { type: 'function', function: { name: 'read' } });
+});
