@@ -59,8 +59,22 @@ export class Upstreams {
     return created;
   }
 
-  /** POST a JSON body; resolves when the upstream's headers arrive. */
-  post(d: DeploymentConfig, kind: RequestKind, body: string, signal: AbortLike, extraHeaders?: Record<string, string>): Promise<UpstreamResponse> {
+  /**
+   * POST a JSON body; resolves when the upstream's headers arrive. A connection the upstream
+   * closed before any reply is tried once more, on a new one: a kept-alive connection the
+   * server closed as idle (uvicorn, llama.cpp: after 5 s) while the request was on its way
+   * never reached it, and the next attempt of the proxy may find no other deployment.
+   */
+  async post(d: DeploymentConfig, kind: RequestKind, body: string, signal: AbortLike, extraHeaders?: Record<string, string>): Promise<UpstreamResponse> {
+    try {
+      return await this.send(d, kind, body, signal, extraHeaders);
+    } catch (err) {
+      if (signal.aborted || !closedBeforeReply(err)) throw err;
+      return this.send(d, kind, body, signal, extraHeaders);
+    }
+  }
+
+  private send(d: DeploymentConfig, kind: RequestKind, body: string, signal: AbortLike, extraHeaders?: Record<string, string>): Promise<UpstreamResponse> {
     const p = this.entry(d);
     return p.pool.request({
       method: 'POST',
@@ -77,4 +91,10 @@ export class Upstreams {
   async close(): Promise<void> {
     await Promise.all([...this.pools.values()].map((p) => p.pool.close()));
   }
+}
+
+/** The upstream closed the connection under the request (undici says UND_ERR_SOCKET or ECONNRESET, by timing). */
+function closedBeforeReply(err: unknown): boolean {
+  const code = (err as { code?: string } | null)?.code;
+  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
 }
