@@ -85,6 +85,8 @@ export interface HttpFront {
  * at 8 s at the soonest. An abort after this much silence is taken for that timeout.
  */
 const IDLE_CUT_MS = 7_500;
+/** `close` among a Connection header's options. */
+const CLOSE_TOKEN = /(?:^|,)\s*close\s*(?:,|$)/i;
 const DIGITS = /^[0-9]+$/;
 /** A path is logged up to this many characters: a 70 KB URL made a 70 KB log line (PIPE_BUF is 4 KiB). */
 const LOG_PATH_CHARS = 2048;
@@ -164,6 +166,11 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
     sink.front = front;
     if (cors !== undefined) sink.cors = corsHeaders(cors, headers['origin']);
+    // The client's `Connection: close` is answered with one (RFC 9112 §9.6): uWS closes after the
+    // reply anyway, and a client that is not told (Node's http.Agent, Python's requests) may
+    // write its next request on the closing connection, lost unanswered.
+    const connection = headers['connection'];
+    if (connection !== undefined && CLOSE_TOKEN.test(connection)) sink.closeConnection = true;
     if (closing) {
       sink.closeConnection = true;
       // Shutting down is not ready, whatever the models say: the balancer must stop sending work
@@ -394,7 +401,7 @@ class UwsSink implements FrontSink {
   end(chunk?: string | Uint8Array): void {
     if (this.aborted || this.finished) return;
     this.res.cork(() => {
-      this.res.end(chunk);
+      this.res.end(chunk, this.closeConnection);
     });
     this.record(this.status, false);
   }
@@ -416,11 +423,15 @@ class UwsSink implements FrontSink {
       if (this.req.method !== 'HEAD') this.res.end(body, close);
       // HEAD: the GET reply's headers and length, without its body. uWS 20.30's endWithoutBody(length)
       // leaves the reply open (the connection's next request got no answer): the length goes as
-      // a header of ours and the reply ends without one (a closing reply says 0: it is the last).
-      else if (close) this.res.endWithoutBody(0, true);
+      // a header of ours and the reply ends without one; a closing reply is the last, and says it
+      // itself (undici's fetch asks every HEAD with Connection: close).
       else {
-        this.res.writeHeader('content-length', String(typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength));
-        this.res.endWithoutBody();
+        const length = typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength;
+        if (close) this.res.endWithoutBody(length, true);
+        else {
+          this.res.writeHeader('content-length', String(length));
+          this.res.endWithoutBody();
+        }
       }
     });
     this.record(status, false);
