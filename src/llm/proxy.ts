@@ -464,15 +464,15 @@ export class LlmProxy {
             sink.end();
           }
           if (r.ended === 'failed') this.countTimeout(dep, new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? ''), attempt.expired());
-          outcome = this.streamOutcome(r, usage.ttftMs, g, dep, req.id, flags.stream_instrumentation);
+          // Cut, aborted, or from an upstream that sends no usage: the upstream still read the
+          // whole prompt, so quotas, budgets, the tracking row and llm_tokens_total count
+          // admission's estimate of it (4 characters a token), not 0.
+          usage.promptTokens = r.usageFromUpstream ? r.promptTokens : promptEstimate;
+          usage.completionTokens = r.completionTokens;
+          outcome = this.streamOutcome(r, usage.promptTokens, usage.ttftMs, g, dep, req.id, flags.stream_instrumentation);
           // No verdict on the upstream for a stream the client left, or that the broker's own
           // shutdown cut: neither may count against its breaker or its performance.
           usage.ok = outcome === 'aborted' || outcome === 'shutting_down' ? null : outcome === 'ok';
-          // Cut, aborted, or from an upstream that sends no usage: the upstream still read the
-          // whole prompt, so quotas, budgets and the tracking row count admission's estimate
-          // of it (4 characters a token), not 0.
-          usage.promptTokens = r.usageFromUpstream ? r.promptTokens : promptEstimate;
-          usage.completionTokens = r.completionTokens;
         } else {
           let bytes: Uint8Array;
           try {
@@ -484,6 +484,7 @@ export class LlmProxy {
               usage.promptTokens = promptEstimate;
               // Assembled from a stream: the tokens generated before the client left, as a stream's are charged.
               usage.completionTokens = attempt.assembled?.().tokens ?? 0;
+              this.countTokens(g, usage.promptTokens, usage.completionTokens);
               upSpan?.set('broker.aborted', true).end();
               return this.finish(facts, g, dep, 'aborted', req.startedAt, false);
             }
@@ -610,9 +611,10 @@ export class LlmProxy {
     this.deps.metrics.llmTimeouts.labels(dep.config.id, p).inc();
   }
 
-  private streamOutcome(r: StreamResult, ttftMs: number | null, group: ModelGroupConfig, dep: DeploymentState, requestId: string, instrument: boolean): Outcome {
+  /** `promptTokens`: the upstream's usage, else admission's estimate (what the request is charged). */
+  private streamOutcome(r: StreamResult, promptTokens: number, ttftMs: number | null, group: ModelGroupConfig, dep: DeploymentState, requestId: string, instrument: boolean): Outcome {
     const m = this.deps.metrics;
-    this.countTokens(group, r.promptTokens, r.completionTokens);
+    this.countTokens(group, promptTokens, r.completionTokens);
     if (r.malformed > 0) {
       m.llmUpstreamMalformed.labels(dep.config.id).inc(r.malformed);
       this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, events: r.malformed }, 'upstream sent events that are not JSON objects: dropped');
