@@ -403,6 +403,18 @@ t.test('compose.yml', async (t) => {
   t.ok((s.prometheus.command as string[]).includes('--config.file=/etc/prometheus/prometheus.yml'));
 });
 
+// Another app's http_request_duration_seconds (prom-client's and Express's default name) fired
+// the broker's latency and burn-rate alerts: every metric a rule reads is the broker's job's.
+t.test("every rule reads the broker's job only", async (t) => {
+  for (const r of rules) {
+    const names = new Set(promqlMetricNames(r.expr).filter((n) => !recorded.has(n)));
+    for (const m of r.expr.matchAll(/([A-Za-z_:][\w:]*)\s*(\{[^}]*\})?/g)) {
+      if (!names.has(m[1]!)) continue;
+      t.match(m[2] ?? '', /\bjob="edge-broker"/, `${r.file}: ${r.name} reads ${m[1]} of job="edge-broker"`);
+    }
+  }
+});
+
 t.test('Grafana dashboards', async (t) => {
   const uids = new Set<string>();
   for (const { file, json } of dashboards) {
@@ -426,7 +438,11 @@ t.test('Grafana dashboards', async (t) => {
       }
     };
     walkPanels(json.panels);
-    for (const v of vars.filter((v) => v.type === 'query')) t.equal(v.datasource?.uid, '${datasource}', `${file}: variable ${v.name} uses the datasource variable`);
+    for (const v of vars.filter((v) => v.type === 'query')) {
+      t.equal(v.datasource?.uid, '${datasource}', `${file}: variable ${v.name} uses the datasource variable`);
+      // "All" as .* matched every job in Prometheus (its own self-scrape, other apps).
+      if (v.name === 'job' || v.name === 'instance') t.equal(v.allValue, undefined, `${file}: variable ${v.name}'s All is the values it lists, not .*`);
+    }
     // Every $variable a query uses is defined.
     const names = new Set(vars.map((v) => v.name as string));
     for (const expr of dashboardExprs(json)) {
