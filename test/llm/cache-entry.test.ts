@@ -2,7 +2,7 @@
 // client API, kind and mode.
 import t from 'tap';
 import { cacheKey, cachePlan, cacheDirectiveOf } from '../../src/llm/cache/cache.ts';
-import { captureStream, captureWhole, entryBytes, fitChunks, type CachedReply } from '../../src/llm/cache/entry.ts';
+import { captureStream, captureWhole, entryBytes, fitChunks, withModel, type CachedReply } from '../../src/llm/cache/entry.ts';
 import { replay } from '../../src/llm/cache/replay.ts';
 import type { LlmRequest } from '../../src/llm/request.ts';
 
@@ -152,4 +152,12 @@ t.test('a stream too large only by its chunking is kept with its chunks merged; 
   t.ok(fitted.chunks.length > 1 && fitted.chunks.length < tokens.length, `still streamed in chunks (${fitted.chunks.length})`);
   t.equal(fitChunks(streamed, entryBytes(streamed)), streamed, 'within its budget: as it is');
   t.equal(fitChunks(streamed, entryBytes(whole) - 10), streamed, 'its text alone too large: as it is (not stored)');
+});
+
+t.test("the model a hit names is the one its miss gave, whether or not the reply's JSON is indented", async (t) => {
+  const e: CachedReply = { v: 1, kind: 'chat', chunks: ['hi'], finish: 'stop', promptTokens: 1, completionTokens: 1 };
+  t.equal(withModel(e, '{"id":"x","model":"gpt-4o-2024-08-06","choices":[]}')!.model, 'gpt-4o-2024-08-06');
+  // An indented reply (as some servers send it): the group's name was given instead.
+  t.equal(withModel(e, '{\n  "id": "x",\n  "model" : "mock-model",\n  "choices": []\n}')!.model, 'mock-model');
+  t.equal(withModel(e, '{"model":"a\\"b"}')!.model, 'a"b');
 });

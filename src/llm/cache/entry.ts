@@ -326,7 +326,8 @@ function anthropicStream(kind: Kind, text: string, tokens: { prompt: number; com
 
 // The first "model" key of a reply as the client received it: every API writes the top-level
 // model before any content (and text inside content is escaped, so it cannot match).
-const MODEL_FIELD = /"model":"((?:[^"\\]|\\.)*)"/;
+// White space may stand around the colon: some servers (and OpenAI's own API) indent their JSON.
+const MODEL_FIELD = /"model"\s*:\s*"((?:[^"\\]|\\.)*)"/;
 
 /** `e` with the model name the client saw in `text`, when there is one. */
 export function withModel(e: CachedReply | null, text: string): CachedReply | null {
