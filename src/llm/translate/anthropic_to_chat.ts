@@ -526,6 +526,8 @@ export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
         w.tokens++;
         w.args += t.arguments;
       }
+      // A call that came whole (Ollama's) closes now: a cut after it leaves it whole, input and all.
+      if (t.whole === true && w.open === t.index && (w.args === '' || isWholeJsonObject(w.args))) out += closeBlock(w);
     }
   }
   if (d.finish !== null) w.finish = d.finish;

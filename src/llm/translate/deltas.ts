@@ -18,6 +18,8 @@ export interface ToolDelta {
   readonly name?: string;
   /** A fragment of the arguments' JSON text. */
   readonly arguments?: string;
+  /** The whole call (Ollama sends each call whole): its block or item may close at once. */
+  readonly whole?: true;
 }
 
 export interface Delta {
@@ -142,7 +144,7 @@ export function deltaFromOllama(line: OllamaChatResponse | OllamaGenerateRespons
   if (m !== undefined && m !== null && Array.isArray(m.tool_calls) && m.tool_calls.length > 0) {
     tools = m.tool_calls.map((tc) => {
       const index = st.toolCalls++;
-      return { index, id: typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${st.id}_${index}`, name: str(tc.function?.name), arguments: argumentsJsonFromOllama(tc.function?.arguments) };
+      return { index, id: typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${st.id}_${index}`, name: str(tc.function?.name), arguments: argumentsJsonFromOllama(tc.function?.arguments), whole: true };
     });
   }
   const done = line.done === true;

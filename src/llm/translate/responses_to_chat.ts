@@ -490,6 +490,8 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
           out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
         }
       }
+      // A call that came whole (Ollama's) is done now: a cut after it does not leave it incomplete.
+      if (t.whole === true && slot.closed === null && (slot.arguments === '' || isWholeJsonObject(slot.arguments))) out += closeCall(w, slot, 'completed');
     }
   }
   if (d.finish !== null) w.finish = d.finish;

@@ -315,3 +315,19 @@ t.test("a legacy finish_reason function_call with tool calls is a Messages clien
   const out = runChain({ client: 'anthropic', provider: 'openai', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [up]).bytes.toString('utf8');
   t.equal(assemble('anthropic', out).finish, 'tool_use');
 });
+
+// Ollama sends each call whole: its Messages block and Responses item close as it comes, so an
+// upstream cut right after it leaves the client a whole call (before: a Messages tool_use block
+// started with no input, a Responses item marked incomplete).
+t.test('an Ollama call closes as it comes: a cut after it leaves every translated client a whole call', async (t) => {
+  const line = JSON.stringify({ model: 'm', created_at: '2026-01-01T00:00:00Z', message: { role: 'assistant', content: '', tool_calls: [{ function: { name: 'read', arguments: { p: 1 } } }] }, done: false }) + '\n';
+  const a = runChain({ client: 'anthropic', provider: 'ollama', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [Buffer.from(line)]).bytes.toString('utf8');
+  const events = sse(a);
+  const stop = events.findIndex(([e]) => e === 'content_block_stop');
+  t.ok(stop > 0, 'the block is closed');
+  t.same(JSON.parse(events.find(([, d]) => d.delta?.type === 'input_json_delta')![1].delta.partial_json), { p: 1 }, 'with its input');
+  t.ok(events.findIndex(([e]) => e === 'error') > stop, 'before the error event of the cut');
+  const r = runChain({ client: 'responses', provider: 'ollama', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [Buffer.from(line)]).bytes.toString('utf8');
+  const failed = sse(r).find(([, d]) => d.type === 'response.failed')![1];
+  t.same(failed.response.output.map((i: any) => [i.name, i.status, i.arguments]), [['read', 'completed', '{"p":1}']]);
+});
