@@ -119,6 +119,8 @@ export function authRoutes(d: AuthRoutesDeps): Route[] {
       admin: true,
       async handle(ctx) {
         const n = await identity.revokeSubject(ctx.params.subject!);
+        // The keys doc's version moves on: a store later found behind it (an older dump) is put right.
+        d.keysChanged();
         ctx.note!.after = { revoked: n };
         reply(ctx, { subject: ctx.params.subject, revoked: n });
       },
@@ -134,6 +136,7 @@ export function authRoutes(d: AuthRoutesDeps): Route[] {
         if (!own && !p.roles.some((r) => r === 'admin' || r === 'manager')) throw new BrokerError('forbidden', 'only the session itself, a manager or an admin may revoke it');
         const removed = await identity.revokeSession(ctx.params.id!);
         if (!removed) throw new BrokerError('not_found', 'no such session (expired or revoked already)');
+        d.keysChanged();
         reply(ctx, { revoked: true });
       },
     },

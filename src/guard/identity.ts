@@ -58,6 +58,13 @@ export class Identity {
   private readonly lastKnown = new Map<string, SessionRecord>();
   /** Bumped by every revocation: a lookup that a revocation overtook does not refill lastKnown. */
   private revocations = 0;
+  /**
+   * Sessions revoked (here or, through the store's notice, on another replica), by id until
+   * they would have expired, and by subject from when: a store restored from an older dump
+   * holds them again, and they must stay refused.
+   */
+  private readonly revokedIds = new Map<string, number>();
+  private readonly revokedSince = new Map<string, number>();
 
   constructor(private readonly o: IdentityOptions) {
     this.adminHash = o.adminToken === undefined ? undefined : createHash('sha256').update(o.adminToken).digest();
@@ -68,7 +75,35 @@ export class Identity {
       if ('all' in r) this.lastKnown.clear();
       else if ('ids' in r) for (const id of r.ids) this.lastKnown.delete(id);
       else for (const [id, s] of this.lastKnown) if (s.subject === r.subject) this.lastKnown.delete(id);
+      // ('all' says only that a notice may have been missed while unsubscribed: nothing revoked.)
+      if ('ids' in r) for (const id of r.ids) this.remember(this.revokedIds, id, this.now() + o.sessionTtlMs);
+      else if ('subject' in r) this.remember(this.revokedSince, r.subject, this.now());
     });
+  }
+
+  /** Bounded: the oldest entry goes first (a Map keeps insertion order). */
+  private remember(m: Map<string, number>, k: string, v: number): void {
+    m.delete(k);
+    m.set(k, v);
+    if (m.size > 100_000) m.delete(m.keys().next().value!);
+  }
+
+  /** A session revoked since it was made, whatever the store holds now. */
+  private revokedHere(id: string, s: SessionRecord): boolean {
+    const until = this.revokedIds.get(id);
+    if (until !== undefined && until > this.now()) return true;
+    const since = this.revokedSince.get(s.subject);
+    return since !== undefined && s.createdAt <= since;
+  }
+
+  /**
+   * The store was found older than this replica's view (Redis from an older dump): the
+   * sessions revoked by id since are deleted again; the store's notice tells the others.
+   */
+  async revokeAgain(): Promise<number> {
+    let n = 0;
+    for (const [id, until] of this.revokedIds) if (until > this.now() && (await this.o.store.deleteSession(id))) n++;
+    return n;
   }
 
   private fail(reason: string, err: BrokerError): never {
@@ -170,7 +205,7 @@ export class Identity {
     try {
       const s = await this.o.store.getSession(id);
       // A session made from a key that has since been revoked ends with it.
-      if (s === undefined || s.expiresAt <= this.now() || (s.runtimeKey === true && !this.keyAlive(s.keyId))) {
+      if (s === undefined || s.expiresAt <= this.now() || (s.runtimeKey === true && !this.keyAlive(s.keyId)) || this.revokedHere(id, s)) {
         this.lastKnown.delete(id);
         return undefined;
       }
@@ -199,11 +234,13 @@ export class Identity {
   async revokeSession(id: string): Promise<boolean> {
     this.revocations++;
     this.lastKnown.delete(id);
+    this.remember(this.revokedIds, id, this.now() + this.o.sessionTtlMs);
     return this.o.store.deleteSession(id).catch(storeDown);
   }
 
   async revokeSubject(subject: string): Promise<number> {
     this.revocations++;
+    this.remember(this.revokedSince, subject, this.now());
     for (const [id, s] of this.lastKnown) if (s.subject === subject) this.lastKnown.delete(id);
     return this.o.store.deleteSubjectSessions(subject).catch(storeDown);
   }

@@ -80,7 +80,7 @@ export class SharedState {
     if (!this.applying) void this.push('fleet');
   }
 
-  /** API keys made or revoked here: the others re-read them. */
+  /** API keys made or revoked here, or a session revoked here: the others re-read the keys, and the keys doc's version moves on. */
   keysChanged(): void {
     void this.push('keys');
   }
@@ -106,37 +106,62 @@ export class SharedState {
 
   /** Shares this replica's state of `kind`, as it is when the write's turn comes (not when asked: a re-read before it may have changed it). */
   private push(kind: DocKind): Promise<void> {
-    return this.serial(kind, () => this.write(kind, kind === 'keys' ? { at: Date.now(), replica: this.o.replica } : this.snapshot(kind)));
+    return this.serial(kind, () => (kind === 'keys' ? this.writeKeys() : this.write(kind, this.snapshot(kind))));
+  }
+
+  /**
+   * The keys doc says only that the keys changed, with a version: a store behind this replica
+   * (from an older dump) would otherwise bring back keys and sessions revoked since, and lose
+   * keys made since, on every replica. This replica's key set and revocations are then written
+   * back (restoreIdentity).
+   */
+  private async writeKeys(): Promise<void> {
+    try {
+      const seen = this.seen.get('keys') ?? 0;
+      // Put right before the version moves on: the others re-read the keys at its notice.
+      if (versionOf(await this.o.store.getDoc('keys')) < seen) await this.restoreIdentity();
+      const versioned = await this.o.store.updateDoc('keys', (remote) => ({ at: Date.now(), replica: this.o.replica, v: Math.max(versionOf(remote), seen) + 1 }));
+      this.seen.set('keys', versionOf(versioned));
+      this.lastSync = Date.now();
+    } catch (err) {
+      this.o.logger.warn({ kind: 'keys', err: (err as Error).message }, 'state: change kept on this replica only (the store is unreachable)');
+    }
+  }
+
+  /** The store lost key changes every replica had: its keys become this replica's, and the sessions revoked here are revoked again. */
+  private async restoreIdentity(): Promise<void> {
+    const known = this.o.identity.runtimeKeys;
+    const ids = new Set(known.map((k) => k.id));
+    for (const k of await this.o.store.listKeys()) if (!ids.has(k.id)) await this.o.store.deleteKey(k.id);
+    for (const k of known) await this.o.store.putKey(k);
+    const sessions = await this.o.identity.revokeAgain();
+    this.o.logger.warn({ keys: known.length, sessions }, 'state: the store held older API keys and sessions than this replica saw (Redis from an older dump); this replica wrote back its keys and revoked again the sessions it had revoked');
   }
 
   private async write(kind: DocKind, doc: unknown): Promise<void> {
     try {
-      if (kind === 'keys') {
-        await this.o.store.putDoc(kind, doc);
+      const seen = this.seen.get(kind) ?? 0;
+      const versioned = await this.o.store.updateDoc(kind, (remote) => {
+        const rv = versionOf(remote);
+        // A store behind this replica (back empty, or from an older dump) lost changes every
+        // replica had: ours is written back whole; the others then merge theirs on top.
+        const next = rv < seen ? doc : merge3(kind, this.base.get(kind), doc, remote);
+        return { ...(next as object), v: Math.max(rv, seen) + 1 };
+      });
+      this.seen.set(kind, versionOf(versioned));
+      const written = unversioned(versioned);
+      if (canonical(written) === canonical(doc)) {
+        // The base is what was written, not this replica's state now: a change made here
+        // while the write was on its way is still to be shared by its own write.
+        this.base.set(kind, doc);
       } else {
-        const seen = this.seen.get(kind) ?? 0;
-        const versioned = await this.o.store.updateDoc(kind, (remote) => {
-          const rv = versionOf(remote);
-          // A store behind this replica (back empty, or from an older dump) lost changes every
-          // replica had: ours is written back whole; the others then merge theirs on top.
-          const next = rv < seen ? doc : merge3(kind, this.base.get(kind), doc, remote);
-          return { ...(next as object), v: Math.max(rv, seen) + 1 };
-        });
-        this.seen.set(kind, versionOf(versioned));
-        const written = unversioned(versioned);
-        if (canonical(written) === canonical(doc)) {
-          // The base is what was written, not this replica's state now: a change made here
-          // while the write was on its way is still to be shared by its own write.
-          this.base.set(kind, doc);
-        } else {
-          // Another replica's concurrent change came in with the merge: in force here too, the
-          // base read right after it. A change made here meanwhile goes back on top; its own
-          // write (queued behind this one) shares it.
-          const meanwhile = this.snapshot(kind);
-          this.apply(kind, written);
-          this.base.set(kind, this.snapshot(kind));
-          if (canonical(meanwhile) !== canonical(doc)) this.apply(kind, merge3(kind, doc, meanwhile, this.base.get(kind)));
-        }
+        // Another replica's concurrent change came in with the merge: in force here too, the
+        // base read right after it. A change made here meanwhile goes back on top; its own
+        // write (queued behind this one) shares it.
+        const meanwhile = this.snapshot(kind);
+        this.apply(kind, written);
+        this.base.set(kind, this.snapshot(kind));
+        if (canonical(meanwhile) !== canonical(doc)) this.apply(kind, merge3(kind, doc, meanwhile, this.base.get(kind)));
       }
       this.lastSync = Date.now();
     } catch (err) {
@@ -173,7 +198,11 @@ export class SharedState {
     }
     if (kind === 'keys') {
       if (doc === undefined) await this.restoreKeys();
-      else await this.o.identity.reloadKeys().catch((err: Error) => this.o.logger.warn({ kind, err: err.message }, 'state: a shared change could not be applied here'));
+      else if (versionOf(doc) < (this.seen.get(kind) ?? 0)) await this.writeKeys();
+      else {
+        this.seen.set(kind, versionOf(doc));
+        await this.o.identity.reloadKeys().catch((err: Error) => this.o.logger.warn({ kind, err: err.message }, 'state: a shared change could not be applied here'));
+      }
       return;
     }
     if (versionOf(doc) < (this.seen.get(kind) ?? 0)) {
@@ -244,7 +273,7 @@ export class SharedState {
       return;
     }
     this.o.logger.warn({ keys: keys.length }, 'state: the store had no API keys; this replica wrote back the ones it knows');
-    await this.write('keys', { at: Date.now(), replica: this.o.replica });
+    await this.writeKeys();
   }
 
   close(): void {
