@@ -1,7 +1,8 @@
 // QoS tiers: what a class of traffic may do (queue wait, output tokens, model groups,
 // share of each deployment's capacity) and how a request's tier is decided: its API
 // key's tier (a key the broker knows), else the default tier; the x-broker-qos header
-// may only lower it (to a tier of lower or equal priority), never raise it. Pure.
+// may only lower it (to a tier of lower or equal priority), never raise it, nor lift a
+// limit of the assigned tier (its groups, output cap and capacity share still hold). Pure.
 
 export interface QosTier {
   readonly name: string;
@@ -60,7 +61,7 @@ export function resolveTier(cfg: QosConfig, input: QosInput): QosResolution {
     else if (asked.priority > tier.priority) reason = `x-broker-qos cannot raise the tier to ${asked.name}; ${reason}`;
     else {
       reason = `x-broker-qos lowered the tier from ${tier.name} to ${asked.name}`;
-      tier = asked;
+      tier = within(asked, tier);
       source = 'header';
     }
   }
@@ -68,6 +69,17 @@ export function resolveTier(cfg: QosConfig, input: QosInput): QosResolution {
     return { ok: false, tier, source, reason: `tier ${tier.name} may not use model group ${input.group} (allowed: ${tier.allowedGroups.join(', ')})` };
   }
   return { ok: true, tier, source, reason };
+}
+
+/**
+ * The tier a client asked for, within the one it was assigned: its priority and queue wait,
+ * but no group, output token or capacity share the assigned tier does not allow (a free
+ * tier's key asking for `bulk` got bulk's groups and no output cap).
+ */
+function within(asked: QosTier, assigned: QosTier): QosTier {
+  const groups = assigned.allowedGroups.includes('*') ? asked.allowedGroups : asked.allowedGroups.includes('*') ? assigned.allowedGroups : asked.allowedGroups.filter((g) => assigned.allowedGroups.includes(g));
+  const cap = asked.maxOutputTokens === null ? assigned.maxOutputTokens : assigned.maxOutputTokens === null ? asked.maxOutputTokens : Math.min(asked.maxOutputTokens, assigned.maxOutputTokens);
+  return { ...asked, allowedGroups: groups, maxOutputTokens: cap, capacityShare: Math.min(asked.capacityShare, assigned.capacityShare) };
 }
 
 /** Whether a tier may use a model group: the requested one, and every fallback group too. */

@@ -76,3 +76,29 @@ t.test('tierCap: share of the limit, floored, at least one', async (t) => {
   t.equal(tierCap(3, tier('x', { capacityShare: 0.1 })), 1, 'never below one');
   t.equal(tierCap(0, tier('x', { capacityShare: 0.5 })), 1, 'even for a limit of 0 (capacity still gates at the limit)');
 });
+
+// Before: the header's tier replaced the assigned one whole, so a free key asking for a
+// lower-priority tier with every group and no output cap escaped both limits.
+t.test("the header's tier never lifts a limit of the assigned tier: groups, output cap, capacity share", async (t) => {
+  const tiers: QosConfig = {
+    defaultTier: 'free',
+    tiers: new Map([
+      ['free', tier('free', { priority: 3, allowedGroups: ['chat-small'], maxOutputTokens: 3, capacityShare: 0.5, maxQueueWaitMs: 5_000 })],
+      ['bulk', tier('bulk', { priority: 1, allowedGroups: ['*'], maxOutputTokens: null, capacityShare: 1, maxQueueWaitMs: 60_000 })],
+      ['narrow', tier('narrow', { priority: 2, allowedGroups: ['chat-small', 'big'], maxOutputTokens: 100, capacityShare: 0.2 })],
+    ]),
+  };
+  const r = resolveTier(tiers, { keyTier: 'free', headerTier: 'bulk', group: 'big' });
+  t.equal(r.ok, false, "bulk's groups are not free's");
+  t.equal(r.tier.name, 'bulk', 'the tier asked for, lowered');
+  t.same(r.tier.allowedGroups, ['chat-small']);
+  t.equal(r.tier.maxOutputTokens, 3, "free's output cap holds");
+  t.equal(r.tier.capacityShare, 0.5, "free's capacity share holds");
+  t.equal(r.tier.priority, 1, "bulk's lower priority");
+  t.equal(r.tier.maxQueueWaitMs, 60_000, "and bulk's queue wait (a batch class waits longer)");
+  const n = resolveTier(tiers, { keyTier: 'free', headerTier: 'narrow', group: 'chat-small' });
+  t.same([n.ok, n.tier.allowedGroups, n.tier.maxOutputTokens, n.tier.capacityShare], [true, ['chat-small'], 3, 0.2], 'each limit the stricter of the two');
+  // The built-in case the header is for: a realtime key's batch jobs keep realtime's output cap.
+  const b = resolveTier({ defaultTier: 'standard', tiers: new Map([['realtime', tier('realtime', { priority: 8, maxOutputTokens: 2048 })], ['batch', tier('batch', { priority: 1, capacityShare: 0.5 })]]) }, { keyTier: 'realtime', headerTier: 'batch' });
+  t.same([b.tier.name, b.tier.priority, b.tier.maxOutputTokens, b.tier.capacityShare], ['batch', 1, 2048, 0.5]);
+});
