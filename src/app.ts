@@ -346,7 +346,10 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         const code = (err as BrokerError).code;
         // A session the store could not check (Redis away) is no wrong credential: else a
         // dashboard polling through an outage would lock the address, ADMIN_TOKEN included.
-        if ((code === 'unauthorized' || code === 'forbidden') && (err as BrokerError).details?.['reason'] !== 'store_unavailable') authThrottle.failed(req.remoteAddress);
+        // No credential at all guesses nothing (a crawler, a probe): not counted either, or it
+        // would lock the address's ADMIN_TOKEN out for a minute.
+        const guessed = req.headers['authorization'] !== undefined && req.headers['authorization'] !== '';
+        if (guessed && (code === 'unauthorized' || code === 'forbidden') && (err as BrokerError).details?.['reason'] !== 'store_unavailable') authThrottle.failed(req.remoteAddress);
         throw err;
       }
     },

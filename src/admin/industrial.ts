@@ -286,7 +286,10 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
       body: 'json',
       handle(ctx) {
         const id = ctx.params.id!;
-        const draining = (ctx.body as Record<string, unknown>).draining ?? true;
+        const body = ctx.body as Record<string, unknown>;
+        // A misspelt field (`drainig: false`, meant as an undrain) drained: refused instead.
+        for (const k of Object.keys(body)) if (k !== 'draining') throw new BrokerError('invalid_request', `unknown field ${k} (the body is {"draining": true | false})`, { details: { field: k } });
+        const draining = body.draining ?? true;
         if (typeof draining !== 'boolean') throw new BrokerError('invalid_request', 'draining must be true or false', { details: { field: 'draining' } });
         if (!gov.setDraining(id, draining)) {
           // A capacity id of its own has no requests routed to it to drain.

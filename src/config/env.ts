@@ -4,6 +4,7 @@
 import { parseCorsOrigins } from '../front/http/cors.ts';
 import { parseTrustedProxies } from '../guard/client-address.ts';
 import { accessSync, constants, statSync } from 'node:fs';
+import { createPublicKey } from 'node:crypto';
 import { availableParallelism, hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { FLAG_NAMES, envName, type FlagName } from './flags.ts';
@@ -247,7 +248,7 @@ export function loadConfig(env: Env = process.env): Config {
     host: str(env, 'HOST', '0.0.0.0'),
     maxBodyBytes: int(env, 'MAX_BODY_BYTES', 8 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     rateLimitRps: num(env, 'RATE_LIMIT_RPS', 0, 0, 1e9),
-    rateLimitBurst: num(env, 'RATE_LIMIT_BURST', 0, 0, 1e9),
+    rateLimitBurst: burst(env),
     abWeightA,
     abWeightB,
     shadowEnabled: bool(env, 'SHADOW_ENABLED', false),
@@ -427,6 +428,7 @@ function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | '
   };
   if (jwt.secret !== undefined && jwt.secret.length < 32) throw new ConfigError('JWT_SECRET', 'must be at least 32 characters (HS256 needs 256 bits)');
   if ([jwt.secret, jwt.publicKey, jwt.jwksUrl].filter((x) => x !== undefined).length > 1) throw new ConfigError('JWT_SECRET', 'set one of JWT_SECRET, JWT_PUBLIC_KEY and JWT_JWKS_URL');
+  if (jwt.publicKey !== undefined) checkPublicKey(jwt.publicKey);
   if (jwt.jwksUrl !== undefined) url(env, 'JWT_JWKS_URL', jwt.jwksUrl);
   const authMode = oneOf(env, 'AUTH_MODE', 'open', ['open', 'keys', 'jwt'] as const);
   if (authMode === 'jwt' && jwt.secret === undefined && jwt.publicKey === undefined && jwt.jwksUrl === undefined) throw new ConfigError('AUTH_MODE', 'jwt needs JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL');
@@ -443,4 +445,25 @@ function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | '
     replicaId: str(env, 'REPLICA_ID', `${hostname()}:${process.pid}`),
     adminAuthMaxFailures: int(env, 'ADMIN_AUTH_MAX_FAILURES', 20, 0, 1_000_000),
   };
+}
+
+/** A bucket below one token never holds a request: every request would be 429 (0 means the rate itself). */
+function burst(env: Env): number {
+  const b = num(env, 'RATE_LIMIT_BURST', 0, 0, 1e9);
+  if (b > 0 && b < 1) throw new ConfigError('RATE_LIMIT_BURST', `must be 0 (the rate) or at least 1 (a bucket of ${b} token never holds a request), got ${b}`);
+  return b;
+}
+
+/** A key that does not parse refused every token (401) with nothing in the log: said at start instead. */
+function checkPublicKey(pem: string): void {
+  let type: string | undefined;
+  try {
+    const text = pem.replace(/\\n/g, '\n');
+    // SPKI only (what jose imports): a certificate or private key would parse here and fail there.
+    if (!text.includes('-----BEGIN PUBLIC KEY-----')) throw new Error('not SPKI');
+    type = createPublicKey(text).asymmetricKeyType;
+  } catch {
+    throw new ConfigError('JWT_PUBLIC_KEY', 'is not a PEM public key (-----BEGIN PUBLIC KEY-----, SPKI; \\n for line breaks is accepted)');
+  }
+  if (type !== 'rsa' && type !== 'ec') throw new ConfigError('JWT_PUBLIC_KEY', `must be an RSA (RS256) or EC (ES256) public key, got ${type}`);
 }

@@ -63,3 +63,18 @@ t.test('tracking settings: validated without DATABASE_URL, used with it', async 
   t.equal(c.bufferRows, 100_000);
   t.ok(Object.isFrozen(c));
 });
+
+t.test('values that started a broker refusing every request now stop the start', async (t) => {
+  // A bucket below one token: every request was 429, for ever.
+  t.throws(() => loadConfig({ RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '0.5' }), { name: 'ConfigError', message: /RATE_LIMIT_BURST/ });
+  t.equal(loadConfig({ RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '1' }).rateLimitBurst, 1);
+  t.equal(loadConfig({ RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '0' }).rateLimitBurst, 0);
+  // A JWT public key that does not parse: every token was 401 with nothing in the log.
+  const { publicKey } = (await import('node:crypto')).generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const pem = publicKey.export({ type: 'spki', format: 'pem' }).toString();
+  t.equal(loadConfig({ AUTH_MODE: 'jwt', JWT_PUBLIC_KEY: pem }).jwt.publicKey, pem);
+  t.ok(loadConfig({ AUTH_MODE: 'jwt', JWT_PUBLIC_KEY: pem.replace(/\n/g, '\\n') }), 'with \\n for the line breaks');
+  for (const bad of [pem.slice(0, 80), 'garbage', pem.replace('PUBLIC KEY', 'CERTIFICATE')]) {
+    t.throws(() => loadConfig({ AUTH_MODE: 'jwt', JWT_PUBLIC_KEY: bad }), { name: 'ConfigError', message: /JWT_PUBLIC_KEY/ });
+  }
+});

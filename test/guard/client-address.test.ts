@@ -47,6 +47,19 @@ t.test('behind a trusted proxy each client has its own rate limit and admin lock
   for (let i = 0; i < 4; i++) await adminAs('198.51.100.66', 'wrong-token-' + i);
   t.equal(await adminAs('198.51.100.66', 'wrong-token-x'), 429, 'the guesser is locked out');
   t.equal(await adminAs('198.51.100.7', ADMIN_TOKEN), 200, 'another admin behind the proxy is not');
+  // No credential at all guesses nothing (a crawler, a probe): it does not lock the address out.
+  for (let i = 0; i < 6; i++) {
+    const res = await fetch(`${tb.url}/api/industrial/flags`, { headers: { 'x-forwarded-for': '198.51.100.8' } });
+    t.equal(res.status, 401);
+    await res.arrayBuffer();
+  }
+  t.equal(await adminAs('198.51.100.8', ADMIN_TOKEN), 200, 'requests without a credential do not lock out the address');
+  // A misspelt drain body (meant as an undrain) is refused, not read as a drain.
+  const drain = await fetch(`${tb.url}/api/industrial/capacity/d1/drain`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ drainig: false }) });
+  t.equal(drain.status, 400);
+  t.match(await drain.text(), /unknown field drainig/);
+  const cap = await (await fetch(`${tb.url}/api/industrial/capacity/d1`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
+  t.notMatch(JSON.stringify(cap), /"draining":true/, 'd1 is not draining');
 
   // Without TRUSTED_PROXIES the header is a claim: one bucket for the connection's address.
   const plain = await startFleetBroker(t, fleet, env);
