@@ -383,7 +383,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         ...(tracking !== undefined ? { spend: () => tracking.ledger.entries() } : {}),
         writeLog: (text) => destination.write(text),
         ...(stdout !== undefined ? { logFd: 1 } : {}),
-        controlRoutes: controlRoutes.map((r) => [r.method, r.path, r.name] as const),
+        controlRoutes: controlRoutes.map((r) => [r.method, r.path, r.name, r.admin === true ? 'admin' : r.rateLimited === true ? 'client' : undefined] as const),
         async forward(req, body, signal) {
           // What the threads learned from requests already answered is in what the admin reads.
           if (req.path.startsWith('/api/industrial/') || req.path.startsWith('/api/orchestrator/')) await planes!.flush();

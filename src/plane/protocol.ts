@@ -67,7 +67,8 @@ export interface PlaneInit {
 }
 
 /** A route as a label only: enough to name a request in metrics and logs. */
-export type RouteLabel = readonly [method: string, path: string, name: string | undefined];
+/** A control-plane route as the threads know it: its name, and the credential it needs (refused on the thread before its body when absent). */
+export type RouteLabel = readonly [method: string, path: string, name: string | undefined, guard?: 'admin' | 'client'];
 
 /** Inference input crossing to the control plane: the image's buffer is transferred. */
 export interface InferCall {

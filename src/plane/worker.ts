@@ -189,7 +189,7 @@ const forwardedRoutes = new Router();
 const unreachable = (): never => {
   throw new BrokerError('internal', 'a control-plane route runs on the control plane');
 };
-for (const [method, path, name] of init.controlRoutes ?? []) forwardedRoutes.add({ method: method as Method, path, name: name ?? path, handle: unreachable });
+for (const [method, path, name, guard] of init.controlRoutes ?? []) forwardedRoutes.add({ method: method as Method, path, name: name ?? path, handle: unreachable, admin: guard === 'admin', rateLimited: guard === 'client' });
 
 const router = new Router();
 for (const r of [...inferRoutes(inference, config.stickyCookie, (k, c) => gov.priorityCeiling(k, c)), ...llmRoutes(fleetSource, gov, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);

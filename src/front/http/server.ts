@@ -19,6 +19,7 @@ import type { BrokerRequest } from '../reply.ts';
 import type { ErrorShape, Router } from './router.ts';
 import { LINGER_BYTES, readBody } from './body.ts';
 import { redactPath } from '../../guard/api-key.ts';
+import { refusedCredential } from '../../guard/rate-limit.ts';
 import { dispatch, tooLarge, type BodyReader, type FrontSink, type Guards } from './dispatch.ts';
 import { statusLine } from './status.ts';
 import { corsHeaders, corsOrigins, preflight } from './cors.ts';
@@ -271,11 +272,42 @@ function forwardRequest(g: Guards & Pick<HttpFrontOptions, 'forwardedRoutes'>, f
   const hasBody = (declared !== undefined && declared !== '0') || req.headers['transfer-encoding'] !== undefined;
   if (!hasBody) return relay(undefined);
   if (declared !== undefined && Number(declared) > g.maxBodyBytes) return refuse(tooLarge(g.maxBodyBytes));
+  // A caller the control plane will refuse for want of a credential is refused before its body
+  // is read: 30 stalled 8 MB bodies with no credential took a broker from 144 to 373 MiB.
+  const early = credentialRefused(g, req);
+  if (early !== undefined) return refuse(early);
   readBody(g.maxBodyBytes, (err, bytes) => {
     if (sink.aborted) return;
     if (err !== undefined) return refuse(err);
     relay(bytes);
   });
+}
+
+/**
+ * Why a forwarded request with a body is refused at once, or undefined: an admin route with no
+ * Authorization, a client route whose credential the thread's own check refuses as it stands
+ * (none, an unknown key; a session or JWT still to check goes on, and the control plane judges).
+ */
+function credentialRefused(g: Guards & Pick<HttpFrontOptions, 'forwardedRoutes'>, req: BrokerRequest): BrokerError | undefined {
+  const m = g.forwardedRoutes?.match(req.method, req.path);
+  if (m?.kind !== 'found') return undefined;
+  const r = m.route;
+  if (r.admin === true) {
+    return (req.headers['authorization'] ?? '') === '' ? new BrokerError('unauthorized', 'admin routes need Authorization: Bearer <token> (ADMIN_TOKEN, a JWT, a session or an API key)') : undefined;
+  }
+  if (r.rateLimited !== true || g.client === undefined) return undefined;
+  try {
+    const who = g.client(req);
+    if (who instanceof Promise) who.catch(() => undefined);
+    return undefined;
+  } catch (err) {
+    // Charged to the address's rate limit, as the control plane would (refusedCredential throws the answer).
+    try {
+      refusedCredential(g, req.remoteAddress, err);
+    } catch (answer) {
+      return toBrokerError(answer);
+    }
+  }
 }
 
 function lingers(contentLength: string | undefined): boolean {
