@@ -746,10 +746,11 @@ export class FleetManager {
         for (const name of o.keyEnvs ?? []) this.keyEnvs.add(name);
         const known = new Set(this.servers.keys());
         this.adopt(next);
-        // A server another replica added: checked here at once, as the adding replica did, so
-        // that the models it lists are served on every replica, not after this one's next
-        // scheduled check (10 s of 404 model_not_found on the others).
-        if (!this.stopped && (this.deps.healthChecks ?? next.fleet.healthCheck.enabled)) {
+        // A server another replica added: checked here at once, as the adding replica did
+        // (health checks on or off), so that the models it lists are served on every replica,
+        // not after this one's next scheduled check (10 s of 404 model_not_found on the others;
+        // with health checks off, for good).
+        if (!this.stopped) {
           for (const [id, st] of this.servers) if (!known.has(id)) void this.firstCheck(st).catch(() => undefined);
         }
       } catch (err) {

@@ -353,23 +353,28 @@ t.test('a replica started with an edited fleet file puts it in force on every re
   await call(a, 'POST', '/api/orchestrator/servers/d2/undrain');
 });
 
-t.test('a server added on A without its models is served on B as soon as B has checked it, not at its next scheduled check', async (t) => {
-  const slowChecks = { ...fleet, fleet: { healthCheck: { intervalMs: 120_000 } } };
-  const envChecks = { ...env, AUTH_MODE: 'open', FLEET_HEALTH_CHECKS: 'true' };
-  const c = await startFleetBroker(t, slowChecks, { ...envChecks, REPLICA_ID: 'replica-c' });
-  const d = await startFleetBroker(t, slowChecks, { ...envChecks, REPLICA_ID: 'replica-d' });
-  const added = await startMock(t, { models: ['newmodel'] });
-  const ask = async (tb: TestBroker): Promise<number> => {
-    const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'newmodel', messages: [{ role: 'user', content: 'hi' }] }) });
-    await res.arrayBuffer();
-    return res.status;
-  };
-  t.equal(await ask(d), 404, 'not served anywhere yet');
-  const add = await call(c, 'POST', '/api/orchestrator/servers/add', { id: 'srv-new', provider: 'openai', url: added.url });
-  t.equal(add.status, 200);
-  t.same(add.body.models, ['newmodel'], 'found by its first check on C');
-  t.equal(await ask(c), 200);
-  // B's own checks come every 120 s: served well before, from the check it runs when it adopts the server.
-  const ms = await until(async () => (await ask(d)) === 200, 'newmodel served on the other replica');
-  t.pass(`served on D ${ms} ms after the add`);
+t.test('a server added on A without its models is served on B as soon as B has checked it, not at its next scheduled check (or never, with checks off)', async (t) => {
+  for (const checks of ['true', 'false']) {
+    const slowChecks = { ...fleet, fleet: { healthCheck: { intervalMs: 120_000 } } };
+    const envChecks = { ...env, AUTH_MODE: 'open', FLEET_HEALTH_CHECKS: checks };
+    const c = await startFleetBroker(t, slowChecks, { ...envChecks, REPLICA_ID: `replica-c-${checks}` });
+    const d = await startFleetBroker(t, slowChecks, { ...envChecks, REPLICA_ID: `replica-d-${checks}` });
+    const model = `newmodel-${checks}`;
+    const added = await startMock(t, { models: [model] });
+    const ask = async (tb: TestBroker): Promise<number> => {
+      const res = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }] }) });
+      await res.arrayBuffer();
+      return res.status;
+    };
+    t.equal(await ask(d), 404, 'not served anywhere yet');
+    const add = await call(c, 'POST', '/api/orchestrator/servers/add', { id: `srv-new-${checks}`, provider: 'openai', url: added.url });
+    t.equal(add.status, 200);
+    t.same(add.body.models, [model], 'found by its first check on C');
+    t.equal(await ask(c), 200);
+    // D's own checks come every 120 s (or never): served well before, from the check it runs when it adopts the server.
+    const ms = await until(async () => (await ask(d)) === 200, `${model} served on the other replica (health checks ${checks})`);
+    t.pass(`served on D ${ms} ms after the add`);
+    await c.close();
+    await d.close();
+  }
 });
