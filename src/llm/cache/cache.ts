@@ -74,6 +74,9 @@ export function cacheKey(group: string, r: Pick<LlmRequest, 'api' | 'kind' | 'bo
 }
 
 const REDIS_PREFIX = 'eb:cache:';
+/** Refreshes kept while Redis is away, at most (the oldest go first). */
+const REFRESHED_AWAY_MAX = 1_000;
+
 /** Channel of refreshed keys: the other replicas drop their memory copy and read the new entry from Redis. */
 const REFRESH_CHANNEL = 'eb:cache-refresh';
 /** Reconnects after a lost connection: quickly at first, then every 2 s. */
@@ -153,6 +156,8 @@ export class ResponseCache {
   private redisHung = false;
   /** A PING is asking whether Redis is hung. */
   private pinging = false;
+  /** Refreshes made while Redis was away: stored and told to the other replicas once it is back. */
+  private readonly refreshedAway = new Map<string, CachedReply>();
 
   constructor(private readonly o: ResponseCacheOptions) {
     this.settings = o.settings;
@@ -249,13 +254,23 @@ export class ResponseCache {
     this.remember(plan.key, e);
     this.bus?.postMessage({ key: plan.key, entry: e });
     this.o.metrics.llmCacheStores.labels(group).inc();
-    // Redis away, or hung and dropped: the entry stays in this process's memory only.
-    if (this.o.redisUrl !== undefined && this.redisReady()) {
-      const r = this.client();
-      const stored = r.set(redisKey(plan.key), JSON.stringify(e), 'EX', this.settings.ttlSeconds);
-      const told = plan.lookup ? stored : stored.then(() => r.publish(REFRESH_CHANNEL, JSON.stringify({ origin: this.origin, key: plan.key })));
-      told.catch((err: Error) => this.commandFailed(err, r));
+    // Redis away, or hung and dropped: the entry stays in this process's memory only; a
+    // refresh is kept to be shared when Redis is back (else the others served the old reply
+    // until its TTL ran out).
+    if (this.o.redisUrl !== undefined && this.redisReady()) this.share(plan.key, e, !plan.lookup);
+    else if (this.o.redisUrl !== undefined && !plan.lookup) {
+      this.refreshedAway.delete(plan.key);
+      this.refreshedAway.set(plan.key, e);
+      if (this.refreshedAway.size > REFRESHED_AWAY_MAX) this.refreshedAway.delete(this.refreshedAway.keys().next().value!);
     }
+  }
+
+  /** The entry in Redis; a refresh also tells the other replicas to drop their memory copy. */
+  private share(key: string, e: CachedReply, refresh: boolean): void {
+    const r = this.client();
+    const stored = r.set(redisKey(key), JSON.stringify(e), 'EX', this.settings.ttlSeconds);
+    const told = refresh ? stored.then(() => r.publish(REFRESH_CHANNEL, JSON.stringify({ origin: this.origin, key }))) : stored;
+    told.catch((err: Error) => this.commandFailed(err, r));
   }
 
   private remember(key: string, e: CachedReply): void {
@@ -277,6 +292,9 @@ export class ResponseCache {
       this.redis.on('ready', () => {
         this.redisHung = false;
         this.redisAnswered();
+        const away = [...this.refreshedAway];
+        this.refreshedAway.clear();
+        for (const [key, e] of away) this.share(key, e, true);
       });
       this.connecting = this.redis.connect().catch(() => undefined);
       // Resubscribed on 'ready' below: ioredis's own resubscription has no rejection handler (ioredis#2187).
@@ -290,7 +308,12 @@ export class ResponseCache {
           // not ours
         }
       });
-      this.sub.on('ready', () => void this.sub?.subscribe(REFRESH_CHANNEL).catch(() => undefined));
+      // (Re)subscribed: a refresh told while this was not listening is unknown here, so the
+      // memory copies go (they are read again from Redis, which holds the refreshed entries).
+      this.sub.on('ready', () => {
+        this.lru?.clear();
+        void this.sub?.subscribe(REFRESH_CHANNEL).catch(() => undefined);
+      });
       void this.sub.connect().catch(() => undefined);
     }
     return this.redis;
