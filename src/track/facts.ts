@@ -73,6 +73,18 @@ export function outcomeOf(facts: RequestFacts, status: number, errorCode: string
   return errorCode ?? 'error';
 }
 
+/**
+ * A text a client chose, cut to what a row keeps: a 7 MB model name (any client may send one;
+ * its 404 was still a row) made each buffered row megabytes, and a batch too large to encode.
+ */
+function cut(v: string | undefined, max = TEXT_CHARS): string | null {
+  if (v === undefined) return null;
+  return v.length <= max ? v : v.slice(0, max);
+}
+
+/** The longest text a row keeps of a client-chosen value (model names are far shorter). */
+const TEXT_CHARS = 256;
+
 export function rowOf(facts: RequestFacts, id: string, protocol: 'http' | 'grpc', route: string, status: number, errorCode: string | undefined, aborted: boolean, totalMs: number, now: number): TrackRow {
   return {
     id,
@@ -81,14 +93,14 @@ export function rowOf(facts: RequestFacts, id: string, protocol: 'http' | 'grpc'
     protocol,
     api: facts.api,
     route,
-    model: facts.model ?? null,
+    model: cut(facts.model),
     arm: facts.arm ?? null,
     deployment: facts.deployment ?? null,
     servedGroup: facts.servedGroup ?? null,
     keyId: facts.keyId ?? null,
-    subject: facts.subject ?? null,
+    subject: cut(facts.subject),
     tier: facts.tier ?? null,
-    label: facts.label ?? null,
+    label: cut(facts.label),
     priority: facts.priority ?? null,
     outcome: outcomeOf(facts, status, errorCode, aborted, protocol),
     status,

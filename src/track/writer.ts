@@ -309,6 +309,8 @@ export class TrackingWriter {
 
 /** PostgreSQL refused the rows themselves (SQLSTATE class 22, data exception, or 23, integrity): no retry helps. */
 function refusedForData(err: unknown): boolean {
+  // The batch could not even be encoded here (a string past V8's limit): its rows again would fail again.
+  if (err instanceof RangeError) return true;
   const code = (err as { code?: unknown }).code;
   return typeof code === 'string' && /^2[23]/.test(code);
 }

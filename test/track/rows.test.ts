@@ -98,6 +98,9 @@ for (const threads of ['0', '2']) {
     // Open Inference Protocol over REST (served by the control plane; threaded, a forwarded request).
     const v2 = await new V2Client(tb.url, 'json').infer(inf.body.model, { inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], data: [Buffer.from(image!.b64, 'base64')] }], headers: { 'x-request-id': id('oip') } });
     t.equal(v2.status, 200);
+    // An unknown model: its row carries the name the request gave (as on gRPC; it was NULL over REST).
+    const v2unknown = await new V2Client(tb.url, 'json').infer('no-such-model', { inputs: [{ name: 'input', datatype: 'BYTES', shape: [1], data: [Buffer.from(image!.b64, 'base64')] }], headers: { 'x-request-id': id('oip-unknown') } });
+    t.equal(v2unknown.status, 404);
 
     // gRPC: a Chat stream and a unary Infer.
     const c = clients(grpcPort);
@@ -136,7 +139,8 @@ for (const threads of ['0', '2']) {
     await tb.close();
     const rows = await rowsOf(db);
     const byId = new Map(rows.map((r) => [r.broker_request_id, r]));
-    t.equal(rows.length, 13, 'one row per request, every one flushed at shutdown');
+    t.equal(rows.length, 14, 'one row per request, every one flushed at shutdown');
+    t.match(byId.get(id('oip-unknown')), { api: 'oip.infer', status: 404, model: 'no-such-model' });
 
     for (const s of seen) {
       const r = byId.get(s.id);

@@ -183,3 +183,14 @@ t.test('recorder with handEveryMs: the rows of several turns in one hand-over; f
   await new Promise((r) => setTimeout(r, every + 200));
   t.equal(handed.length, 2, 'and the timer it cancelled hands nothing more');
 });
+
+// A 7 MB model name (any client may send one; its 404 is still a row) made each buffered row
+// megabytes and a batch too large to encode: the writer retried it for ever, no row after it written.
+t.test('a row keeps at most 256 characters of a client-chosen text', async (t) => {
+  const huge = 'm'.repeat(7_000_000);
+  const r = rowOf({ api: 'openai.chat', model: huge, subject: huge, label: huge }, 'req-2', 'http', '/v1/chat/completions', 404, 'model_not_found', false, 1, Date.now());
+  t.equal(r.model!.length, 256);
+  t.equal(r.subject!.length, 256);
+  t.equal(r.label!.length, 256);
+  t.equal(rowOf({ api: 'openai.chat', model: 'llama3' }, 'req-3', 'http', '/v1/chat/completions', 200, undefined, false, 1, Date.now()).model, 'llama3', 'a real name as it is');
+});

@@ -39,9 +39,10 @@ export function v2Routes(core: V2Core, stickyCookie: string, ceiling?: PriorityC
     const cookieArm = readCookie(req.headers['cookie'], stickyCookie);
     const priority = headerPriority(req.headers['x-broker-priority']);
     const priorityCeiling = ceiling?.(apiKeyOf(req.headers), req.caller);
+    // The name the request gave, first: an unknown model or a bad body is recorded with it (as on gRPC).
+    if (req.facts !== undefined) req.facts.model = ctx.params['model'];
     core.checkModel(ctx.params['model']!, version(ctx));
     const request = parseInferRequest(ctx.body as Buffer, req.headers[HEADER_LENGTH]);
-    if (req.facts !== undefined) req.facts.model = ctx.params['model'];
     // A client gone while its items wait takes them out of the queue (as on /v1/infer).
     const signal = new RequestAbort();
     ctx.sink.onAbort(() => signal.abort());
