@@ -364,10 +364,6 @@ function keyValues(env: Env, name: string): Record<string, string> {
 function otelConfig(env: Env): OtelConfig {
   // The OTel spec's defaults: OTLP/HTTP on localhost:4318, traces at the signal path /v1/traces.
   // The signal path goes on the base's path, before any query string it has.
-  const base = new URL(url(env, 'OTEL_EXPORTER_OTLP_ENDPOINT', 'http://localhost:4318'));
-  base.pathname = `${base.pathname.replace(/\/+$/, '')}/v1/traces`;
-  const full = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
-  const traces = new URL(full === undefined || full === '' ? base.toString() : url(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', ''));
   const enabled = bool(env, 'OTEL_ENABLED', false) && !bool(env, 'OTEL_SDK_DISABLED', false);
   // The standard OTEL_* variables are often set for a whole pod or host: with traces off, one
   // the broker cannot read is ignored, not a reason to refuse to start.
@@ -379,6 +375,12 @@ function otelConfig(env: Env): OtelConfig {
       return off;
     }
   };
+  const full = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
+  const traces = read(() => {
+    const base = new URL(url(env, 'OTEL_EXPORTER_OTLP_ENDPOINT', 'http://localhost:4318'));
+    base.pathname = `${base.pathname.replace(/\/+$/, '')}/v1/traces`;
+    return new URL(full === undefined || full === '' ? base.toString() : url(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', ''));
+  }, new URL('http://localhost:4318/v1/traces'));
   const headers = read(() => ({ ...keyValues(env, 'OTEL_EXPORTER_OTLP_HEADERS'), ...keyValues(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS') }), {} as Record<string, string>);
   // user:password in the endpoint: Basic auth (the POST's origin drops them), unless a header says otherwise.
   if ((traces.username !== '' || traces.password !== '') && headers['authorization'] === undefined) {
@@ -395,7 +397,7 @@ function otelConfig(env: Env): OtelConfig {
   traces.username = '';
   traces.password = '';
   const sampler = read(() => oneOf(env, 'OTEL_TRACES_SAMPLER', 'parentbased_traceidratio', SAMPLERS), 'parentbased_traceidratio');
-  const ratio = num(env, 'OTEL_TRACES_SAMPLER_ARG', 1, 0, 1);
+  const ratio = read(() => num(env, 'OTEL_TRACES_SAMPLER_ARG', 1, 0, 1), 1);
   const notes: string[] = [];
   for (const name of ['OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL']) {
     const p = opt(env, name);

@@ -46,9 +46,10 @@ export { MAX_BATCH_INPUT_BYTES } from './protocol.ts';
  * time any of its code runs: it can only be set in the environment of the process.
  */
 export function libuvPoolSizing(threads: number, tasksPerWorker: number, env: string | undefined): { size: number; wanted: number; ok: boolean } {
-  // libuv's own reading: unset or invalid is 4, then clamped to 1..1024.
-  const n = Number.parseInt(env ?? '', 10);
-  const size = Number.isFinite(n) && n > 0 ? Math.min(n, 1024) : 4;
+  // libuv's own reading (atoi into an unsigned): unset is 4; set, a value that is not a number
+  // (empty included) is 0, so 1 thread; a negative one wraps round to the 1024 bound.
+  const n = env === undefined ? 4 : Number.parseInt(env, 10);
+  const size = Number.isNaN(n) || n === 0 ? 1 : n < 0 ? 1024 : Math.min(n, 1024);
   const wanted = Math.min(1024, Math.max(4, threads * tasksPerWorker));
   return { size, wanted, ok: size >= wanted };
 }

@@ -78,3 +78,9 @@ t.test('values that started a broker refusing every request now stop the start',
     t.throws(() => loadConfig({ AUTH_MODE: 'jwt', JWT_PUBLIC_KEY: bad }), { name: 'ConfigError', message: /JWT_PUBLIC_KEY/ });
   }
 });
+
+t.test('OTEL_* set for a whole pod do not stop a broker that does not trace; with traces on they do', async (t) => {
+  const pod = { OTEL_TRACES_SAMPLER_ARG: 'endpoint=http://jaeger:14250,initialSamplingRate=0.25', OTEL_EXPORTER_OTLP_ENDPOINT: 'not a url' };
+  t.equal(loadConfig(pod).otel.enabled, false);
+  t.throws(() => loadConfig({ ...pod, OTEL_ENABLED: 'true' }), { name: 'ConfigError' });
+});

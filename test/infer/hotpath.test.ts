@@ -139,7 +139,9 @@ t.test("libuv's pool against the batches the inference workers hold", async (t) 
   t.same(libuvPoolSizing(2, 2, undefined), { size: 4, wanted: 4, ok: true }, '2 cores: the default 4 is enough');
   t.same(libuvPoolSizing(8, 2, undefined), { size: 4, wanted: 16, ok: false }, '8 cores: 4 would cap decoding at 4 cores');
   t.same(libuvPoolSizing(8, 2, '16'), { size: 16, wanted: 16, ok: true });
-  t.same(libuvPoolSizing(1, 1, 'lots'), { size: 4, wanted: 4, ok: true }, 'invalid reads as libuv reads it: 4');
+  // libuv reads it with atoi: set but not a number (empty too) is 0, so 1 thread (the warning was not given).
+  t.same(libuvPoolSizing(1, 1, 'lots'), { size: 1, wanted: 4, ok: false }, 'invalid reads as libuv reads it: 1');
+  t.same(libuvPoolSizing(1, 1, ''), { size: 1, wanted: 4, ok: false }, 'empty: 1');
   t.same(libuvPoolSizing(64, 16, '5000'), { size: 1024, wanted: 1024, ok: true }, 'clamped to 1024 as libuv does');
 });
 

@@ -203,7 +203,7 @@ t.test('settings: OTEL_* variables', async (t) => {
   t.ok(bad instanceof ConfigError);
   t.match(bad?.message, /OTEL_EXPORTER_OTLP_HEADERS: entry 2 must be key=value/);
   t.notMatch(bad?.message, /s3cr3t/, 'a bad entry is named, never quoted');
-  const badUrl = thrown({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://user:pa55word@127.0.0.1:99999' });
+  const badUrl = thrown({ OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://user:pa55word@127.0.0.1:99999' });
   t.ok(badUrl instanceof ConfigError);
   t.notMatch(badUrl?.message, /pa55word/, 'a URL that does not parse is quoted without its password');
   // Samplers: the spec's six names.
@@ -220,7 +220,7 @@ t.test('settings: OTEL_* variables', async (t) => {
   t.same(loadConfig({ OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }).otel.notes, []);
   t.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:1', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'https://b/custom/path' }).otel.tracesUrl, 'https://b/custom/path', 'the traces endpoint is a full URL');
   t.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318/otlp/?tenant=1' }).otel.tracesUrl, 'http://c:4318/otlp/v1/traces?tenant=1', 'the signal path goes before a query string');
-  t.throws(() => loadConfig({ OTEL_TRACES_SAMPLER_ARG: '1.5' }), ConfigError);
-  t.throws(() => loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'grpc://x:4317' }), ConfigError);
+  t.throws(() => loadConfig({ OTEL_ENABLED: 'true', OTEL_TRACES_SAMPLER_ARG: '1.5' }), ConfigError);
+  t.throws(() => loadConfig({ OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'grpc://x:4317' }), ConfigError);
   t.throws(() => loadConfig({ OTEL_ENABLED: 'maybe' }), ConfigError);
 });
