@@ -136,10 +136,28 @@ export class TrackingWriter {
 
   /** Partitions ahead of time, and retention: whole day partitions older than TRACKING_RETENTION_DAYS dropped. */
   async maintain(now = this.now()): Promise<{ created: string[]; dropped: string[] }> {
-    const r = await maintainPartitions(this.pool, now, this.d.config.partitionsAhead, this.d.config.retentionDays);
+    const r = await maintainPartitions(this.pool, now, this.d.config.partitionsAhead, this.keptDays(now));
     if (r.dropped.length > 0) this.d.logger.info({ dropped: r.dropped }, 'tracking partitions past retention dropped');
     return r;
   }
+
+  /**
+   * TRACKING_RETENTION_DAYS, or more while a key has a monthly budget: its spend is read back
+   * from this month's rows (after a restart, on the other replicas), and a retention shorter
+   * than the month so far forgot it (a key over its budget was served again). Said once.
+   */
+  private keptDays(now: number): number {
+    const days = this.d.config.retentionDays;
+    const kept = keptDays(days, [...this.d.budgets().values()].some((b) => b.period === 'month'), now);
+    if (kept === days) return days;
+    if (!this.retentionSaid) {
+      this.retentionSaid = true;
+      this.d.logger.warn({ retentionDays: days, kept }, 'tracking: TRACKING_RETENTION_DAYS is shorter than the month so far, and a key has a monthly budget: this month\'s rows are kept until it ends');
+    }
+    return kept;
+  }
+
+  private retentionSaid = false;
 
   /** One batch of rows from a thread (or the control plane): costed, counted for budgets, buffered. */
   accept(rows: readonly TrackRow[]): void {
@@ -313,4 +331,12 @@ function refusedForData(err: unknown): boolean {
   if (err instanceof RangeError) return true;
   const code = (err as { code?: unknown }).code;
   return typeof code === 'string' && /^2[23]/.test(code);
+}
+
+/** Days of rows retention keeps: `retentionDays`, or with a monthly budget at least the month so far (UTC, today included). */
+export function keptDays(retentionDays: number, monthlyBudget: boolean, now: number): number {
+  if (!monthlyBudget) return retentionDays;
+  const d = new Date(now);
+  const month = Math.floor((now - Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1)) / 86_400_000) + 1;
+  return Math.max(retentionDays, month);
 }

@@ -194,3 +194,14 @@ t.test('a row keeps at most 256 characters of a client-chosen text', async (t) =
   t.equal(r.label!.length, 256);
   t.equal(rowOf({ api: 'openai.chat', model: 'llama3' }, 'req-3', 'http', '/v1/chat/completions', 200, undefined, false, 1, Date.now()).model, 'llama3', 'a real name as it is');
 });
+
+// A monthly budget's spend is read back from this month's rows: a retention shorter than the
+// month so far dropped them, and a key over its budget was served again after a restart.
+t.test('retention keeps at least the month so far while a key has a monthly budget', async (t) => {
+  const { keptDays } = await import('../../src/track/writer.ts');
+  const dec20 = Date.parse('2026-12-20T10:00:00Z');
+  t.equal(keptDays(2, false, dec20), 2, 'no monthly budget: as configured');
+  t.equal(keptDays(2, true, dec20), 20, 'December 1 to 20');
+  t.equal(keptDays(30, true, dec20), 30, 'longer already');
+  t.equal(keptDays(2, true, Date.parse('2026-12-01T00:30:00Z')), 2, 'the 1st: nothing older to keep');
+});
