@@ -12,6 +12,18 @@ import { startTestBroker, postJson, metricValue, admin, json, logLine } from '..
 const fleet = join(mkdtempSync(join(tmpdir(), 'eb-front-')), 'broker.json');
 writeFileSync(fleet, JSON.stringify({ modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: 'http://127.0.0.1:9', model: 'm' }] } }, apiKeys: { 'client-1': {}, 'client-2': {} } }));
 const tb = await startTestBroker({ MAX_BODY_BYTES: '4096', RATE_LIMIT_RPS: '5', RATE_LIMIT_BURST: '5', BROKER_CONFIG: fleet });
+
+/** Writes raw bytes on a new connection; what came back by the time it closed (5 s at most). */
+function exchange(bytes: string): Promise<string> {
+  return new Promise<string>((resolve) => {
+    let out = '';
+    const s = connect(Number(new URL(tb.url).port), '127.0.0.1', () => s.write(bytes));
+    s.on('data', (d) => (out += d.toString('latin1')));
+    s.on('close', () => resolve(out));
+    s.on('error', () => resolve(out));
+    setTimeout(() => s.destroy(), 5000).unref();
+  });
+}
 t.teardown(() => tb.close());
 
 // Two subtests wait out uWS's idle timeout (10 s, on a 4 s tick): 'a body that stops arriving'
@@ -289,17 +301,6 @@ t.test('a capacity id of its own (no fleet deployment) is said so on drain, and 
 });
 
 t.test('Content-Length twice: 400 and the connection closed, so a request hidden in the body is never served', async (t) => {
-  const port = Number(new URL(tb.url).port);
-  /** Writes raw bytes on a new connection; what came back by the time it closed (5 s at most). */
-  const exchange = (bytes: string): Promise<string> =>
-    new Promise<string>((resolve) => {
-      let out = '';
-      const s = connect(port, '127.0.0.1', () => s.write(bytes));
-      s.on('data', (d) => (out += d.toString('latin1')));
-      s.on('close', () => resolve(out));
-      s.on('error', () => resolve(out));
-      setTimeout(() => s.destroy(), 5000).unref();
-    });
   const inner = 'GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Request-ID: smuggled-req\r\nConnection: close\r\n\r\n';
   for (const [first, second] of [[0, inner.length], [inner.length, 0]]) {
     const text = await exchange(`DELETE /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${first}\r\nContent-Length: ${second}\r\n\r\n${inner}`);
@@ -469,15 +470,6 @@ t.test('a very long path is logged cut, with its length: one request is one boun
 
 t.test("a client's Connection: close is answered with one, and the connection closes after the reply", async (t) => {
   const port = Number(new URL(tb.url).port);
-  const exchange = (bytes: string): Promise<string> =>
-    new Promise<string>((resolve) => {
-      let out = '';
-      const s = connect(port, '127.0.0.1', () => s.write(bytes));
-      s.on('data', (d) => (out += d.toString('latin1')));
-      s.on('close', () => resolve(out));
-      s.on('error', () => resolve(out));
-      setTimeout(() => s.destroy(), 5000).unref();
-    });
   for (const value of ['close', 'keep-alive, Close', 'CLOSE']) {
     const text = await exchange(`GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: ${value}\r\n\r\n`);
     t.match(text, /^HTTP\/1\.1 200/, value);

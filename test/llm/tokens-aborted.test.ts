@@ -35,23 +35,25 @@ async function tokens(group: string, direction: string): Promise<number> {
   return metricValue(tb.url, 'llm_tokens_total', { group, direction });
 }
 
+/** The group's prompt tokens once the request's outcome is counted (5 s at most). */
+async function counted(group: string): Promise<number> {
+  for (let i = 0; i < 100; i++) {
+    const n = await tokens(group, 'prompt');
+    if (n > 0) return n;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return 0;
+}
+
 t.test('a stream the client left is counted its prompt estimate and the tokens it was sent', async (t) => {
   await leaveAfterFirstBytes('slow', true);
-  let prompt = 0;
-  for (let i = 0; i < 100 && prompt === 0; i++) {
-    prompt = await tokens('slow', 'prompt');
-    if (prompt === 0) await new Promise((r) => setTimeout(r, 50));
-  }
+  const prompt = await counted('slow');
   t.ok(prompt >= 90, `prompt tokens counted: ${prompt}`);
   t.ok((await tokens('slow', 'completion')) >= 1, 'and the tokens streamed');
 });
 
 t.test('a whole reply (assembled from an Ollama stream) the client left is counted its prompt estimate', async (t) => {
   await leaveAfterFirstBytes('slow-ollama', false);
-  let prompt = 0;
-  for (let i = 0; i < 100 && prompt === 0; i++) {
-    prompt = await tokens('slow-ollama', 'prompt');
-    if (prompt === 0) await new Promise((r) => setTimeout(r, 50));
-  }
+  const prompt = await counted('slow-ollama');
   t.ok(prompt >= 90, `prompt tokens counted: ${prompt}`);
 });
