@@ -69,7 +69,7 @@ export class Upstreams {
     try {
       return await this.send(d, kind, body, signal, extraHeaders);
     } catch (err) {
-      if (signal.aborted || !closedBeforeReply(err)) throw err;
+      if (signal.aborted || !closedUnder(err)) throw err;
       return this.send(d, kind, body, signal, extraHeaders);
     }
   }
@@ -93,8 +93,8 @@ export class Upstreams {
   }
 }
 
-/** The upstream closed the connection under the request (undici says UND_ERR_SOCKET or ECONNRESET, by timing). */
-function closedBeforeReply(err: unknown): boolean {
+/** The upstream closed the connection under a request or a reply: one cut, whether undici says UND_ERR_SOCKET or ECONNRESET (by timing). */
+export function closedUnder(err: unknown): boolean {
   const code = (err as { code?: string } | null)?.code;
   return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
 }

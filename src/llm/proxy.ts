@@ -25,7 +25,7 @@ import { clientStreams, streamContentType, translateRequest, translateResponse, 
 import { clientWantsUsage } from './translate/openai_to_openai.ts';
 import { classifyStreamError, classifyUpstreamError, retriable, type UpstreamErrorClass } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
-import { closedUnder } from './exec/run.ts';
+import { closedUnder } from '../fleet/upstreams.ts';
 import { tokensOfChars, type LlmRequest } from './request.ts';
 import { cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
 import { captureStream, captureWhole, withModel, type CachedReply } from './cache/entry.ts';

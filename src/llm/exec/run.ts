@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import { BrokerError } from '../../errors.ts';
 import { compileChain, type ChainContext, type ChainStats } from '../chain/compile.ts';
 import { createStagedBaseline, type Pipeline } from '../chain/staged-baseline.ts';
-import type { Upstreams, UpstreamResponse } from '../../fleet/upstreams.ts';
+import { closedUnder, type Upstreams, type UpstreamResponse } from '../../fleet/upstreams.ts';
 import type { AttemptRequest, StreamResult, StreamTarget } from './types.ts';
 import type { AbortLike } from '../../abort.ts';
 
@@ -189,11 +189,6 @@ function settlePipeline(p: Pipeline, waited: number, target: StreamTarget, finis
   return settle(p, waited, finish);
 }
 
-/** The upstream closed the connection under a reply: one cut, whether undici says UND_ERR_SOCKET or ECONNRESET (by timing). */
-export function closedUnder(err: unknown): boolean {
-  const code = (err as { code?: string }).code;
-  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
-}
 
 export function describeBodyError(err: unknown): { code: string; message: string } {
   if (err instanceof BrokerError) return { code: err.code, message: err.message };

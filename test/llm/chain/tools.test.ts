@@ -109,6 +109,9 @@ function assemble(api: ClientApi, out: string): { calls: Call[]; finish: unknown
   return { calls, finish, text };
 }
 
+/** One chat.completion.chunk event of a hand-written OpenAI stream. */
+const chunk = (delta: Record<string, unknown>, finish: string | null = null): string => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\n\n';
+
 const FINISH: Record<ClientApi, unknown> = { openai: 'tool_calls', ollama: 'stop', responses: 'completed', anthropic: 'tool_use' };
 const CLIENTS: readonly ClientApi[] = ['openai', 'ollama', 'responses', 'anthropic'];
 // Wall-clock stamps (a Response's created_at) may differ between two runs.
@@ -161,7 +164,6 @@ for (const provider of ['openai', 'ollama'] as const) {
 // block cannot be reopened once closed: the first call streams, the others come whole at
 // the end, none loses a fragment (before, call 0's last fragment was dropped: input {}).
 t.test('interleaved call fragments from an OpenAI upstream reach every client API whole', async (t) => {
-  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\n\n';
   const fn = (index: number, args: string, name?: string) => ({ index, ...(name !== undefined ? { id: `call_${index}`, type: 'function', function: { name, arguments: args } } : { function: { arguments: args } }) });
   const up = Buffer.from(
     chunk({ role: 'assistant', tool_calls: [fn(0, '{"a"', 'f1'), fn(1, '{"b"', 'f2')] }) +
@@ -181,7 +183,6 @@ t.test('interleaved call fragments from an OpenAI upstream reach every client AP
 });
 
 t.test('a call whose arguments are whole is closed when the next begins: it reaches Messages and Responses clients before the end, and whole if the stream is then cut', async (t) => {
-  const chunk = (delta: Record<string, unknown>) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }] }) + '\n\n';
   const fn = (index: number, args: string, name?: string) => ({ index, ...(name !== undefined ? { id: `call_${index}`, type: 'function', function: { name, arguments: args } } : { function: { arguments: args } }) });
   const first = Buffer.from(chunk({ role: 'assistant', tool_calls: [fn(0, '', 'f1')] }) + chunk({ tool_calls: [fn(0, '{"a":')] }) + chunk({ tool_calls: [fn(0, '1}')] }));
   const second = Buffer.from(chunk({ tool_calls: [fn(1, '{"b"', 'f2')] }));
@@ -218,7 +219,6 @@ function compileChainFor(client: 'anthropic' | 'responses') {
 // they wait for the first piece of the arguments (before: a split name reached a Messages
 // client cut short, "Re" for "Read").
 t.test('a tool name split across fragments, or repeated in each, reaches every translated client API whole', async (t) => {
-  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\n\n';
   const piece = (fn: Record<string, unknown>, id?: string) => ({ tool_calls: [{ index: 0, ...(id !== undefined ? { id, type: 'function' } : {}), function: fn }] });
   const split = Buffer.from(
     chunk({ role: 'assistant', ...piece({ name: 'Re', arguments: '' }, 'call_0') }) +
@@ -270,7 +270,6 @@ t.test('Ollama tool-call arguments sent as JSON text are not encoded twice', asy
 // to the Responses stream, so the failed Response does not list it either (before: an item the
 // client had no output_item.added for).
 t.test('a Responses stream cut before a call had arguments: the failed Response lists only what was streamed', async (t) => {
-  const chunk = (delta: Record<string, unknown>) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }] }) + '\n\n';
   const up = Buffer.from(chunk({ role: 'assistant', content: 'Let me look.' }) + chunk({ tool_calls: [{ index: 0, id: 'call_0', type: 'function', function: { name: 'Read', arguments: '' } }] }));
   const out = runChain({ client: 'responses', provider: 'openai', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [up]).bytes.toString('utf8');
   const events = sse(out).map(([, d]) => d);
@@ -284,7 +283,6 @@ t.test('a Responses stream cut before a call had arguments: the failed Response 
 // only. Each new id is the next call, a piece without id continues the last (before: every
 // call was index 0, merged into one: the second call's arguments glued onto the first's).
 t.test('tool calls streamed without index reach every translated client API as separate calls', async (t) => {
-  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\n\n';
   const whole = Buffer.from(
     chunk({ role: 'assistant', tool_calls: [{ id: 'call_a', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] }) +
       chunk({ tool_calls: [{ id: 'call_b', type: 'function', function: { name: 'read_file', arguments: '{"path":"/x"}' } }] }) +
@@ -310,7 +308,6 @@ t.test('tool calls streamed without index reach every translated client API as s
 });
 
 t.test("a legacy finish_reason function_call with tool calls is a Messages client's tool_use", async (t) => {
-  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => 'data: ' + JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\n\n';
   const up = Buffer.from(chunk({ role: 'assistant', tool_calls: [{ index: 0, id: 'call_a', type: 'function', function: { name: 'f', arguments: '{}' } }] }) + chunk({}, 'function_call') + 'data: [DONE]\n\n');
   const out = runChain({ client: 'anthropic', provider: 'openai', kind: 'chat', instrument: true, countTokens: true }, ctxFor(), [up]).bytes.toString('utf8');
   t.equal(assemble('anthropic', out).finish, 'tool_use');
