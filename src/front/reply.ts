@@ -44,8 +44,8 @@ export interface ReplySink {
   readonly started: boolean;
   /** Headers an error reply carries too (HTTP fronts; x-broker-cache, x-broker-fallback). */
   extraHeaders?: Record<string, string> | undefined;
-  /** Called once when the client disconnects before the reply ended. */
-  onAbort(cb: () => void): void;
+  /** Called once when the client disconnects before the reply ended; `reason`, when the broker ended it (shutdown). */
+  onAbort(cb: (reason?: BrokerError) => void): void;
   /** Start a streamed reply. */
   start(status: number, headers: Readonly<Record<string, string>>): void;
   /** Write a chunk of a started reply; false means the client is slow: wait for onWritable before writing more. */

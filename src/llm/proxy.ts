@@ -153,7 +153,7 @@ export class LlmProxy {
     const req = admitted.request;
     const cache = this.deps.cache;
     const abort = new RequestAbort();
-    sink.onAbort(() => abort.abort());
+    sink.onAbort((reason) => abort.abort(reason));
     this.running.add(abort);
     const m = this.deps.metrics;
     // Time a stream spent waiting on its upstream after the first byte (the timeline has the time before), for tracking.
@@ -328,7 +328,8 @@ export class LlmProxy {
           );
         } catch (err) {
           timeline.upstream(sentAt, performance.now());
-          gov.attemptFailed(lease, !sink.aborted);
+          // Neither a client gone nor the broker's shutdown says anything of the deployment's health.
+          gov.attemptFailed(lease, !sink.aborted && this.stopped === undefined);
           lease = null;
           if (sink.aborted) {
             // The request went upstream: its prompt is charged, as a stream's is when cut.
@@ -338,7 +339,7 @@ export class LlmProxy {
           }
           if (this.stopped !== undefined) {
             upSpan?.fail('shutting_down').end();
-            this.finish(facts, g, dep, 'upstream_error', req.startedAt, up.stream);
+            this.cutByShutdown(req, usage, promptEstimate, 0, g, dep, up.stream);
             throw this.stopped;
           }
           lastError = connectError(err, dep);
@@ -492,7 +493,7 @@ export class LlmProxy {
             const e = err instanceof BrokerError ? err : new BrokerError('upstream_error', `upstream failed while sending its reply: ${cutMessage(err)}`, { cause: err });
             upSpan?.fail(e.code, e.message).end();
             if (this.stopped !== undefined) {
-              this.finish(facts, g, dep, 'upstream_error', req.startedAt, false);
+              this.cutByShutdown(req, usage, promptEstimate, attempt.assembled?.().tokens ?? 0, g, dep, false);
               throw this.stopped;
             }
             if (e.details?.['reason'] === 'too_large') {
@@ -635,6 +636,19 @@ export class LlmProxy {
     }
     this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, reason, err: r.errorMessage }, 'upstream stream failed after the first byte');
     return reason === 'upstream_timeout' ? 'midstream_timeout' : 'midstream_error';
+  }
+
+  /**
+   * A request the shutdown cut before its reply left: the broker's fault (reason shutting_down, as a
+   * cut stream's), charged what went upstream as a cut stream is, and not held against the deployment.
+   */
+  private cutByShutdown(req: LlmRequest, usage: Usage, prompt: number, completion: number, group: ModelGroupConfig, dep: DeploymentState, stream: boolean): void {
+    usage.ok = null;
+    usage.promptTokens = prompt;
+    usage.completionTokens = completion;
+    this.countTokens(group, prompt, completion);
+    this.deps.logger.info({ trace_id: req.id, deployment: dep.config.id }, 'request cut by the shutdown after its grace period');
+    this.finish(req.facts, group, dep, 'shutting_down', req.startedAt, stream);
   }
 
   private countTokens(group: ModelGroupConfig, prompt: number, completion: number): void {

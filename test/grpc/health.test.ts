@@ -111,6 +111,8 @@ for (const threads of ['2', '0']) t.test(`health Check and Watch; shutdown: NOT_
   await closing;
   await slow.idle();
   t.equal(slow.stats.clientClosed, 1, 'the cut stream closed its upstream request');
+  // Recorded as the shutdown's cut (llm_requests_total reason shutting_down, tracking's outcome), not as a client's abort.
+  t.ok(tb.logs.some((x) => x['msg'] === 'stream cut by the shutdown after its grace period' && x['deployment'] === 'long-1'), 'the proxy saw the shutdown, not a client gone');
   const after = await unary(c.health, 'Check', { service: '' }, undefined, { deadline: Date.now() + 2000 });
   t.equal(after.error?.code, grpc.status.UNAVAILABLE, 'a stopped broker takes no calls');
 });

@@ -37,6 +37,8 @@ for (const threads of ['0', '2']) {
     t.ok(took < 30_000, `close() returned without waiting for the upstream (${took} ms)`);
     for (let i = 0; i < 200 && slow.stats.open > 0; i++) await new Promise((r) => setTimeout(r, 10));
     t.equal(slow.stats.open, 0, 'the upstream request was aborted');
+    // Counted as the shutdown's cut (llm_requests_total reason shutting_down, tracking's outcome), not the upstream's failure.
+    t.ok(tb.logs.some((l) => l['msg'] === 'request cut by the shutdown after its grace period' && l['deployment'] === 'slow'), 'the proxy recorded the shutdown, not an upstream error');
   });
 }
 

@@ -188,7 +188,8 @@ export class GrpcStreamSink implements ReplySink {
   private ended = false;
   private deployment: string | undefined;
   private fallback: string | undefined;
-  private abortCbs: (() => void)[] | undefined;
+  private abortCbs: ((reason?: BrokerError) => void)[] | undefined;
+  private abortReason: BrokerError | undefined;
 
   constructor(
     private readonly call: ServerWritableStream<unknown, Uint8Array>,
@@ -199,22 +200,23 @@ export class GrpcStreamSink implements ReplySink {
     call.on('cancelled', () => this.cancelled());
   }
 
-  /** The client cancelled, its deadline passed, or shutdown ended the call: stop the work behind it. */
-  cancelled(): void {
+  /** The client cancelled, its deadline passed, or shutdown ended the call (`reason`): stop the work behind it. */
+  cancelled(reason?: BrokerError): void {
     if (this.aborted) return;
     this.aborted = true;
+    this.abortReason = reason;
     if (!this.ended) logCall(this.log, this.req, undefined, true, this.recorder, pastDeadline(this.call.getDeadline()));
     const cbs = this.abortCbs;
     this.abortCbs = undefined;
-    if (cbs !== undefined) for (const cb of cbs) cb();
+    if (cbs !== undefined) for (const cb of cbs) cb(reason);
   }
 
   get finished(): boolean {
     return this.ended;
   }
 
-  onAbort(cb: () => void): void {
-    if (this.aborted) cb();
+  onAbort(cb: (reason?: BrokerError) => void): void {
+    if (this.aborted) cb(this.abortReason);
     else (this.abortCbs ??= []).push(cb);
   }
 

@@ -108,9 +108,11 @@ export function chatService(deps: ChatDeps): UntypedServiceImplementation {
     const req = brokerRequestOf(call, true, { recorder: deps.recorder, api: kind === 'chat' ? 'grpc.chat' : 'grpc.completion' });
     const sink = new GrpcStreamSink(call as ServerWritableStream<unknown, Uint8Array>, req, deps.accessLog, deps.recorder);
     // Past shutdown's grace period: UNAVAILABLE after what was sent, and the upstream request aborted.
+    // The upstream request is aborted with that reason: recorded as the shutdown's cut, not the client's.
     const untrack = deps.calls.track(() => {
-      sink.endWithError(new BrokerError('shutting_down', 'the broker shut down before the reply was complete'));
-      sink.cancelled();
+      const err = new BrokerError('shutting_down', 'the broker shut down before the reply was complete');
+      sink.endWithError(err);
+      sink.cancelled(err);
     });
     try {
       await checkCall(deps, req);
