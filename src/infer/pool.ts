@@ -634,6 +634,11 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       clearInterval(sweep);
       clearTimeout(delayTimer);
       clearTimeout(superviseTimer);
+      // A worker terminated while onnxruntime still loads or warms its models aborts the whole
+      // process (Napi::Error thrown from the native completion into a torn-down thread: exit 134;
+      // a SIGTERM a moment after start did it about once in 12). Its start is let finish, for as
+      // long as a start that hung is given.
+      for (const until = Date.now() + stuckStartMs; readyWorkers() < piscina.threads.length && Date.now() < until; ) await new Promise((r) => setTimeout(r, 20));
       await piscina.close();
     },
   };

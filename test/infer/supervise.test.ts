@@ -87,3 +87,19 @@ t.test('a start slower than stuckStartMs: one new pool, which becomes ready and 
   const out = await Promise.all(images.map((png) => pool.run('A', new Uint8Array(png).buffer, undefined, 1)));
   t.ok(out.every((r) => r.predictions.length === 1), 'serves');
 });
+
+// onnxruntime's native completion, landing in a worker that close() had terminated while it
+// loaded its models, aborted the whole process (Napi::Error, exit 134): a SIGTERM a moment
+// after start did it about once in 12. close() now lets the workers' start finish first.
+t.test('a pool closed while its workers still load lets them finish loading before it terminates them', async (t) => {
+  const pool = twoWorkers({});
+  let sawReady = false;
+  let closed = false;
+  const closing = pool.close().then(() => (closed = true));
+  while (!closed) {
+    sawReady ||= pool.ready;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  await closing;
+  t.ok(sawReady, 'every worker loaded and warmed its models before the pool closed');
+});
