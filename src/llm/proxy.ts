@@ -316,7 +316,8 @@ export class LlmProxy {
               chain: { ...route, instrument: flags.stream_instrumentation, countTokens: true, encoder: req.encoder },
               compiled: flags.compiled_chain,
               model,
-              id: req.id,
+              id: req.replyId,
+              requestId: req.id,
               includeUsage: up.includeUsage,
               promptEstimate,
               request: api === 'responses' || api === 'anthropic' || api === 'ollama' ? body : undefined,
@@ -527,7 +528,7 @@ export class LlmProxy {
           timeline.firstByteAt = doneAt;
           let reply: ReturnType<typeof translateResponse>;
           try {
-            reply = translateResponse(route, bytes, { model, id: req.id, request: body, promptEstimate, elapsedMs: doneAt - req.startedAt, ...(dep.config.apiKey !== undefined ? { secrets: [dep.config.apiKey] } : {}) });
+            reply = translateResponse(route, bytes, { model, id: req.replyId, request: body, promptEstimate, elapsedMs: doneAt - req.startedAt, ...(dep.config.apiKey !== undefined ? { secrets: [dep.config.apiKey] } : {}) });
           } catch (err) {
             // A 200 whose body is no reply (empty, not JSON, a failed response): nothing was
             // sent to the client, so as any failure before the first byte, it may go elsewhere.
@@ -589,7 +590,7 @@ export class LlmProxy {
   private replayHit(hit: CachedReply, req: LlmRequest, group: ModelGroupConfig, sink: ReplySink, headers: Record<string, string>, timeline: Timeline, stream: boolean): void {
     headers['x-broker-cache'] = 'hit';
     // The model name the stored reply gave its client: a hit answers as the miss did.
-    const r = replay(req.api, req.kind, stream, hit, { model: hit.model ?? req.model, id: req.id, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now(), elapsedMs: performance.now() - req.startedAt, request: req.body });
+    const r = replay(req.api, req.kind, stream, hit, { model: hit.model ?? req.model, id: req.replyId, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now(), elapsedMs: performance.now() - req.startedAt, request: req.body });
     const overhead = overheadHeader(timeline.clientFirstByte());
     // A replayed stream is complete at once: one write, with its length, like a whole reply.
     sink.send(200, { 'content-type': r.contentType, ...(stream ? { 'cache-control': 'no-cache' } : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);

@@ -2,6 +2,7 @@
 // admission, the scheduler, the sticky and quota policies and the proxy need, typed.
 // Nothing after this reads the body again except the translators, which map it whole
 // to the provider's API.
+import { requestIdFrom } from '../obs/request-id.ts';
 import { BrokerError } from '../errors.ts';
 import type { BrokerRequest, Caller } from '../front/reply.ts';
 import { apiKeyOf } from '../guard/api-key.ts';
@@ -13,6 +14,12 @@ import { parseTraceparent } from '../obs/trace/context.ts';
 
 export interface LlmRequest {
   readonly id: string;
+  /**
+   * The reply's ids (`chatcmpl-…`, `msg_…`, `resp_…`, made-up tool call ids): the request id when the
+   * broker made it, a fresh one when the client sent its own X-Request-ID (a fixed header gave every
+   * turn of an agent loop the same message and tool-call ids, with the header's characters in them).
+   */
+  readonly replyId: string;
   /** performance.now() when the request arrived. */
   readonly startedAt: number;
   readonly api: ClientApi;
@@ -140,6 +147,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   if (facts !== undefined) facts.model = model;
   return {
     id: req.id,
+    replyId: h['x-request-id'] === req.id ? requestIdFrom(undefined) : req.id,
     startedAt: req.startedAt,
     api,
     kind,

@@ -85,8 +85,10 @@ export interface ChainSpec {
 export interface ChainContext {
   /** The model name the client asked for (written into translated replies). */
   model: string;
-  /** The request id: completion ids (`chatcmpl-<id>`) and error `request_id`. */
+  /** The reply's ids (`chatcmpl-<id>`, LlmRequest.replyId). */
   id: string;
+  /** The request id: error events' `request_id`; `id` when unset. */
+  requestId?: string;
   /** The OpenAI client asked `stream_options.include_usage` (UpstreamRequest.includeUsage). */
   includeUsage: boolean;
   /** The prompt's estimated tokens, for a gRPC Final when the upstream reports no usage (chat.proto: "estimated when it did not say"). */
@@ -517,7 +519,7 @@ function build(spec: ChainSpec, key: string): ChainFactory {
     ? () => ''
     : client === 'responses'
     ? (r, message, code) => responsesFailed(r.w as Parameters<typeof responsesFailed>[0], r.ctx.id, r.ctx.model, code, message)
-    : (r, message, code) => streamErrorEvent(client as 'openai' | 'ollama' | 'anthropic', message, code, r.ctx.id);
+    : (r, message, code) => streamErrorEvent(client as 'openai' | 'ollama' | 'anthropic', message, code, r.ctx.requestId ?? r.ctx.id);
   const fail = (r: Run, message: string): void => upstreamFailure(r, emitText, errorText, message);
   const drop = (r: Run): false => malformed(r, emitText, errorText);
 

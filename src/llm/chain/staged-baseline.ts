@@ -321,7 +321,7 @@ class TranslateStage extends Transform {
     this.finishedUp = true;
     this.lastKept = false;
     this.stats.error = { code, message };
-    return streamErrorEvent(this.spec.client as 'openai' | 'ollama', message, code, this.ctx.id);
+    return streamErrorEvent(this.spec.client as 'openai' | 'ollama', message, code, this.ctx.requestId ?? this.ctx.id);
   }
 
   private holdKeepAlive(): boolean {

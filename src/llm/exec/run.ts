@@ -40,6 +40,7 @@ export function pumpChain(req: AttemptRequest, body: AsyncIterable<Uint8Array>, 
   const ctx: ChainContext = {
     model: req.model,
     id: req.id,
+    requestId: req.requestId,
     includeUsage: req.includeUsage,
     ...(req.promptEstimate !== undefined ? { promptEstimate: req.promptEstimate } : {}),
     ...(req.request !== undefined ? { request: req.request } : {}),

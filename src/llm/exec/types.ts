@@ -22,7 +22,10 @@ export interface AttemptRequest {
   readonly compiled: boolean;
   /** For the chain: the model name the client asked for, the request id, usage wanted. */
   readonly model: string;
+  /** The reply's ids (LlmRequest.replyId). */
   readonly id: string;
+  /** The request id: error events' `request_id`. */
+  readonly requestId: string;
   readonly includeUsage: boolean;
   /** The prompt's estimated tokens: what a gRPC Final reports when the upstream sends no usage. */
   readonly promptEstimate?: number;
