@@ -100,3 +100,27 @@ t.test('shutdown while an InferStream waits on a client that stopped reading: UN
   t.equal(await ended, Status.UNAVAILABLE, 'the stream ends UNAVAILABLE (shutting down)');
   t.pass('the broker closed: no unhandled rejection from the write waiting for drain');
 });
+
+// RATE_LIMIT_RPS is spent per call: an InferStream judged its credentials and rate per image,
+// so under a rate of 1 a stream of 20 images had 19 answered rate_limited under status OK.
+t.test('InferStream spends one rate token for the stream, not one per image; past the bucket the whole stream is refused', async (t) => {
+  const limited = await startGrpcBroker({ RATE_LIMIT_RPS: '1', RATE_LIMIT_BURST: '1' });
+  t.teardown(() => limited.close());
+  const lc = clients(limited.broker.grpcPort);
+  t.teardown(() => lc.close());
+  const stream = async (n: number) => {
+    const call = lc.inference.InferStream() as ClientDuplexStream<unknown, any>;
+    const done = readAll(call);
+    for (let i = 0; i < n; i++) call.write({ image: images[i]!.png, top_k: 1 });
+    call.end();
+    return done;
+  };
+  const first = await stream(20);
+  t.equal(first.status.code, Status.OK);
+  t.equal(first.messages.length, 20);
+  t.same(first.messages.filter((m) => m.outcome !== 'result').map((m) => m.error?.code), [], 'every image answered');
+  const second = await stream(5);
+  t.equal(second.status.code, Status.RESOURCE_EXHAUSTED, 'the next stream, past the bucket: refused as a whole');
+  t.same(second.status.metadata.get('x-broker-error-code'), ['rate_limited']);
+  t.equal(second.messages.length, 0, 'no image answered one by one');
+});

@@ -41,8 +41,9 @@ function optionalInt(v: number | undefined, field: string, min: number, max: num
   return v;
 }
 
-async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequestMsg, signal?: AbortLike): Promise<InferResponseMsg> {
-  await checkCall(deps, req);
+/** One image; `checked`: the call's credentials and rate, judged once for the call (a stream's images spend nothing more). */
+async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequestMsg, checked: Promise<void>, signal?: AbortLike): Promise<InferResponseMsg> {
+  await checked;
   const image = m.image;
   if (image === undefined || image.length === 0) throw new BrokerError('invalid_image', 'image is required: the bytes of a PNG, JPEG or WebP file');
   const imgSize = optionalInt(m.img_size, 'img_size', 1, 100_000);
@@ -57,7 +58,7 @@ async function inferOne(deps: InferenceDeps, req: BrokerRequest, m: InferRequest
 
 export function inferenceService(deps: InferenceDeps): UntypedServiceImplementation {
   return {
-    Infer: (call: ServerUnaryCall<InferRequestMsg, InferResponseMsg>, callback: sendUnaryData<InferResponseMsg>) => serveUnary(deps, call, callback, 'grpc.infer', (req, signal) => inferOne(deps, req, call.request, signal)),
+    Infer: (call: ServerUnaryCall<InferRequestMsg, InferResponseMsg>, callback: sendUnaryData<InferResponseMsg>) => serveUnary(deps, call, callback, 'grpc.infer', (req, signal) => inferOne(deps, req, call.request, checkCall(deps, req), signal)),
 
     InferStream: (call: ServerDuplexStream<InferRequestMsg, unknown>) => {
       const req = brokerRequestOf(call, true, { recorder: deps.recorder, api: 'grpc.infer_stream' });
@@ -90,13 +91,13 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         onCancelled();
         end(undefined);
       });
-      // The credentials are the stream's (its metadata): refused, the whole stream fails with
-      // UNAUTHENTICATED, as an Infer call does, not each image with an OK status at the end.
-      if (deps.client !== undefined) {
-        void Promise.resolve()
-          .then(() => deps.client!(req))
-          .catch((err: unknown) => end(toBrokerError(err)));
-      }
+      // The credentials and the rate limit are the stream's (its metadata), judged once: refused,
+      // the whole stream fails (UNAUTHENTICATED, RESOURCE_EXHAUSTED), as an Infer call does, not
+      // each image with an OK status at the end. Judged per image, a stream spent a rate token per
+      // image (99 of 100 images rate_limited), and one let in failed image by image while its
+      // session could not be checked.
+      const checked = Promise.resolve().then(() => checkCall(deps, req));
+      checked.catch((err: unknown) => end(toBrokerError(err)));
       call.on('data', (m: InferRequestMsg) => {
         if (over) return;
         const i = index++;
@@ -107,7 +108,7 @@ export function inferenceService(deps: InferenceDeps): UntypedServiceImplementat
         }
         let p: Promise<InferResponseMsg>;
         try {
-          p = inferOne(deps, req, m, signal);
+          p = inferOne(deps, req, m, checked, signal);
         } catch (err) {
           p = Promise.reject(err);
         }
