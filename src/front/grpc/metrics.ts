@@ -86,26 +86,25 @@ export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): Server
     // The handler of a unary or server-streaming call runs once its one message has arrived.
     let handled = method.requestStream;
     let clientId: string | undefined;
-    const finish = (code: number): void => {
+    // A call that ends before its handler ran (grpc-js ends it: a request that does not decode,
+    // a message over the size limit, the deadline, a cancel before the message) has no access
+    // line of its own: written here, once, with its count.
+    const finish = (code: number, error?: string, aborted = false): void => {
       if (done) return;
       done = true;
       countHandled(m, code);
       m.seconds.observe((performance.now() - t0) / 1000);
+      if (handled || accessLog === undefined) return;
+      accessLog.info(
+        { trace_id: requestIdFrom(clientId), method: 'gRPC', route: method.path, status: codeLabel(code), duration_ms: Math.round((performance.now() - t0) * 1e3) / 1e3, error: error?.slice(0, 200), ...(aborted ? { aborted: true } : {}) },
+        'request',
+      );
     };
-    // grpc-js ends some calls itself, on the call under this interceptor: a request that
-    // fails to decode (INTERNAL), a message over the size limit (RESOURCE_EXHAUSTED), the
-    // deadline. Count those by their code, not as the cancel that follows them.
+    // grpc-js ends some calls itself, on the call under this interceptor: count those by
+    // their code, not as the cancel that follows them.
     const sendStatus = call.sendStatus.bind(call);
     call.sendStatus = (status) => {
-      const first = !done;
-      finish(codeOf(status));
-      if (first && !handled && accessLog !== undefined) {
-        const code = codeOf(status);
-        accessLog.info(
-          { trace_id: requestIdFrom(clientId), method: 'gRPC', route: method.path, status: codeLabel(code), duration_ms: Math.round((performance.now() - t0) * 1e3) / 1e3, error: status.details?.slice(0, 200) },
-          'request',
-        );
-      }
+      finish(codeOf(status), status.details);
       sendStatus(status);
     };
     return new ServerInterceptingCall(call, {
@@ -122,7 +121,8 @@ export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): Server
             nextMessage(message);
           },
           onCancel() {
-            finish(pastDeadline(call.getDeadline()) ? Status.DEADLINE_EXCEEDED : Status.CANCELLED);
+            const late = pastDeadline(call.getDeadline());
+            finish(late ? Status.DEADLINE_EXCEEDED : Status.CANCELLED, undefined, !late);
           },
         });
       },
@@ -131,7 +131,7 @@ export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): Server
         next(message);
       },
       sendStatus(status, next) {
-        finish(codeOf(status));
+        finish(codeOf(status), status.details);
         next(status);
       },
     });

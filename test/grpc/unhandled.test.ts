@@ -1,0 +1,25 @@
+// A call that ends before its handler runs (cancelled before its one message came, or ended
+// by grpc-js itself) is counted by the metrics interceptor: it gets its access line there too,
+// one per call counted (a RST_STREAM before the message was counted, and not logged).
+import t from 'tap';
+import { connect, constants } from 'node:http2';
+import { metricValue, logLine } from '../helpers/broker.ts';
+import { startMock } from '../helpers/fleet.ts';
+import { startGrpcFleetBroker } from '../helpers/grpc.ts';
+
+t.test('a Chat call cancelled before its request message: counted CANCELLED and logged once', async (t) => {
+  const m = await startMock(t, { tokens: 3 });
+  const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: m.url, model: 'm' }] } } });
+  const session = connect(`http://127.0.0.1:${tb.broker.grpcPort}`);
+  t.teardown(() => session.close());
+  const stream = session.request({ ':method': 'POST', ':path': '/edge_broker.v1.ChatService/Chat', 'content-type': 'application/grpc', te: 'trailers', 'x-request-id': 'cancel-before-message' });
+  stream.on('error', () => undefined);
+  // grpc-js answers nothing before the message: the call is open once its headers were read.
+  await new Promise((r) => setTimeout(r, 200));
+  stream.close(constants.NGHTTP2_CANCEL);
+  const line = await logLine(tb, (l) => l['msg'] === 'request' && l['trace_id'] === 'cancel-before-message');
+  t.match(line, { method: 'gRPC', route: '/edge_broker.v1.ChatService/Chat', status: 'Canceled' }, 'its access line');
+  t.equal(await metricValue(tb.url, 'grpc_server_handled_total', { grpc_method: 'Chat', grpc_code: 'Canceled' }), 1, 'counted once');
+  t.equal(tb.logs.filter((l) => l['trace_id'] === 'cancel-before-message').length, 1, 'one line');
+  t.equal(m.stats.requests['/v1/chat/completions'] ?? 0, 0, 'nothing went upstream');
+});
