@@ -102,7 +102,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   checkNumber(body.top_p, 'top_p');
   // "stream": "yes" read as not streamed would surprise its sender: say so instead (both vendors answer 400).
   if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw invalidField('stream', 'must be a boolean');
-  if (api === 'anthropic' && body.stop_sequences !== undefined && !(Array.isArray(body.stop_sequences) && body.stop_sequences.every((x) => typeof x === 'string'))) {
+  if (api === 'anthropic' && body.stop_sequences !== undefined && body.stop_sequences !== null && !(Array.isArray(body.stop_sequences) && body.stop_sequences.every((x) => typeof x === 'string'))) {
     throw invalidField('stop_sequences', 'must be an array of strings');
   }
   if (api === 'anthropic' && Array.isArray(body.stop_sequences) && body.stop_sequences.length > MAX_STOP_SEQUENCES) throw invalidField('stop_sequences', `has ${body.stop_sequences.length} sequences; at most ${MAX_STOP_SEQUENCES}`);
@@ -239,11 +239,16 @@ function responsesParts(body: Readonly<Record<string, unknown>>): PromptParts {
   };
 }
 
+/** Tool calls and outputs that pair by call_id (a local_shell_call's output may name the call by its id). */
+const CALL_ITEMS = new Set(['function_call', 'function_call_output', 'custom_tool_call', 'custom_tool_call_output', 'local_shell_call', 'local_shell_call_output']);
+
 /** What OpenAI requires of a function call and its output (it answers 400 without them); sent on, they would be ''. */
 function checkItem(it: Record<string, unknown>, i: number): void {
   const type = it.type;
-  if (type !== 'function_call' && type !== 'function_call_output') return;
-  if (typeof it.call_id !== 'string' || it.call_id === '') throw invalidField(`input[${i}].call_id`, `is required in a ${type} item: a string`);
+  if (typeof type !== 'string' || !CALL_ITEMS.has(type)) return;
+  const shell = type === 'local_shell_call' || type === 'local_shell_call_output';
+  if ((typeof it.call_id !== 'string' || it.call_id === '') && !(shell && typeof it.id === 'string' && it.id !== '')) throw invalidField(`input[${i}].call_id`, `is required in a ${type} item: a string`);
+  if (type === 'custom_tool_call' && (typeof it.name !== 'string' || it.name === '')) throw invalidField(`input[${i}].name`, 'is required in a custom_tool_call item: a string');
   if (type === 'function_call' && (typeof it.name !== 'string' || it.name === '')) throw invalidField(`input[${i}].name`, 'is required in a function_call item: a string');
   if (type === 'function_call' && it.arguments !== undefined && typeof it.arguments !== 'string') throw invalidField(`input[${i}].arguments`, 'must be a string (the arguments as JSON text)');
   if (type === 'function_call_output' && typeof it.output !== 'string' && !Array.isArray(it.output)) throw invalidField(`input[${i}].output`, 'is required in a function_call_output item: a string or an array of content parts');
@@ -539,18 +544,19 @@ function addContent(size: PromptSize, v: unknown): void {
 
 /**
  * The prompt's text: message contents (parts as JSON), an assistant turn's tool calls,
- * Responses' function_call arguments and function_call_output, prompt, system, and the tool
+ * Responses' tool call arguments (custom input, shell action) and outputs, prompt, system, and the tool
  * definitions (as JSON); its images (parts, blocks, Ollama's `images`) counted apart.
  */
 function promptSize(r: PromptParts): PromptSize {
   const size: PromptSize = { chars: 0, images: r.images ?? 0 };
   for (const m of r.messages ?? []) {
-    const o = m as { content?: unknown; images?: unknown; tool_calls?: unknown; arguments?: unknown; output?: unknown } | null;
+    const o = m as { content?: unknown; images?: unknown; tool_calls?: unknown; arguments?: unknown; output?: unknown; input?: unknown; action?: unknown } | null;
     if (o === null || typeof o !== 'object') continue;
     addContent(size, o.content);
     addContent(size, o.output);
     if (Array.isArray(o.images)) size.images += o.images.length;
-    size.chars += charsOf(o.tool_calls) + charsOf(o.arguments);
+    // Responses' custom_tool_call input and local_shell_call action go upstream as a call's arguments.
+    size.chars += charsOf(o.tool_calls) + charsOf(o.arguments) + charsOf(o.input) + charsOf(o.action);
   }
   if (r.prompt !== undefined) size.chars += r.prompt.length;
   if (r.suffix !== undefined) size.chars += r.suffix.length;

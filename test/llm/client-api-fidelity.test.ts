@@ -218,9 +218,10 @@ t.test('Responses: a function_call_output given as content parts reaches the ups
   const parts = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ role: 'user', content: [{ type: 'input_text', text: 'Hello' }, { type: 'input_text', text: 'world' }] }] });
   t.equal(parts.status, 200);
   t.equal(up.seen.at(-1)!.body.messages.at(-1).content, 'Hello\nworld');
-  const image = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [input[0], { ...input[1], output: [{ type: 'input_image', image_url: 'https://x/y.png' }] }] });
-  t.equal(image.status, 400, 'an image part is refused, not sent as JSON text');
-  t.match(image.body.error, { param: 'input[1].output[0]' });
+  // Images follow as a user message (translate-fidelity-responses.test.ts); a file has no chat form.
+  const file = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [input[0], { ...input[1], output: [{ type: 'input_file', file_id: 'file-1' }] }] });
+  t.equal(file.status, 400, 'a file part is refused, not sent as JSON text');
+  t.match(file.body.error, { param: 'input[1].output[0]' });
 });
 
 // ---- 6: required fields and types ----

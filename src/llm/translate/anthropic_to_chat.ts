@@ -19,7 +19,7 @@
 
 import { createHash } from 'node:crypto';
 import { BrokerError } from '../../errors.ts';
-import { appendToolName, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
+import { appendToolName, checkSampling, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
 import { QUIET_EVENTS, keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
 import type { Api, OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
@@ -134,8 +134,9 @@ function chatMessages(m: unknown, i: number, last: boolean, ollama: boolean): Op
       }
       case 'tool_result': {
         const r = toolResultOf(b['content'], `${field}.content`, ollama);
-        // Chat has no error flag on a tool result: the model reads it in the text.
-        const text = b['is_error'] === true ? `Error: ${r.text}` : r.text;
+        // Chat has no error flag on a tool result: the model reads it in the text (once: a
+        // tool's own "Error: ..." is not prefixed again).
+        const text = b['is_error'] !== true ? r.text : r.text === '' ? 'Error' : /^error\b/i.test(r.text) ? r.text : `Error: ${r.text}`;
         out.push({ role: 'tool', tool_call_id: String(b['tool_use_id'] ?? ''), content: text });
         if (r.images.length > 0) {
           parts.push(...r.images);
@@ -280,6 +281,7 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
   if (Array.isArray(b['stop_sequences']) && b['stop_sequences'].length > 0) out.stop = b['stop_sequences'].filter((s): s is string => typeof s === 'string');
   for (const k of ['temperature', 'top_p'] as const) if (typeof b[k] === 'number') out[k] = b[k];
   // For an Ollama upstream (its options.top_k); OpenAI refuses the field (translate/index.ts leaves it out there).
+  checkSampling(b, ['top_k']);
   if (typeof b['top_k'] === 'number') out['top_k'] = b['top_k'];
   // Thinking disabled is Ollama's `think: false` (an OpenAI-compatible server has no such field).
   // Enabled is not `think: true`: Ollama refuses that for a model that cannot think, where

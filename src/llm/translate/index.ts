@@ -6,7 +6,7 @@
 // This module picks the right one.
 
 import { BrokerError } from '../../errors.ts';
-import { finishFromOllama, openaiChunkFinish, usageFromOllama, usageFromOpenAI } from './common.ts';
+import { checkForcedFunction, checkSampling, finishFromOllama, openaiChunkFinish, requireObject, usageFromOllama, usageFromOpenAI } from './common.ts';
 import { upstreamErrorMessage, upstreamText } from './errors.ts';
 import * as ollamaToOllama from './ollama_to_ollama.ts';
 import * as ollamaToOpenai from './ollama_to_openai.ts';
@@ -98,7 +98,8 @@ export function translateRequest(route: Route, body: unknown, upstreamModel: str
     return { body: JSON.stringify(out), stream: false, assemble: false, includeUsage: false };
   }
   const r = chatOrCompletion(route, body, upstreamModel);
-  if (provider === 'openai' && kind === 'chat') r.out = outputLimitIn(r.out as Record<string, unknown>, maxTokensField);
+  // Keyed on the upstream's route: an Ollama generate asked on chat reads the limit there too.
+  if (provider === 'openai' && upstreamKind(route) === 'chat') r.out = outputLimitIn(r.out as Record<string, unknown>, maxTokensField);
   // auto: Ollama's whole reply is its stream's last line, so assembling it costs little and changes
   // nothing; an OpenAI-compatible server's whole reply is passed on as it comes (its own fields, one parse).
   const assemble = upstreamStreaming === 'always' || (upstreamStreaming === 'auto' && provider === 'ollama');
@@ -117,6 +118,9 @@ function outputLimitIn(out: Record<string, unknown>, field: 'max_tokens' | 'max_
   return value === undefined ? out : { ...rest, [field]: value };
 }
 
+/** An OpenAI client's sampling numbers besides temperature and top_p (checked at the front); top_k is vLLM's. */
+const OPENAI_SAMPLING = ['seed', 'presence_penalty', 'frequency_penalty', 'top_k'] as const;
+
 function chatOrCompletion(route: Route, body: unknown, upstreamModel: string): { out: unknown; stream: boolean; includeUsage: boolean } {
   const { client, provider, kind } = route;
   let out: unknown;
@@ -133,6 +137,9 @@ function chatOrCompletion(route: Route, body: unknown, upstreamModel: string): {
     return { out, stream, includeUsage: false };
   }
   if (client === 'openai') {
+    const b = requireObject(body);
+    checkSampling(b, OPENAI_SAMPLING);
+    if (kind === 'chat') checkForcedFunction(b);
     const t = provider === 'openai' ? openaiToOpenai : openaiToOllama;
     out = kind === 'chat' ? t.chatRequest(body, upstreamModel) : t.completionRequest(body, upstreamModel);
   } else {

@@ -35,9 +35,29 @@ import type {
 
 // ---- request ----
 
-function rejectN(b: Record<string, unknown>): void {
+function refuse(field: string, what: string): BrokerError {
+  return new BrokerError('invalid_request', `${field} ${what}`, { details: { field } });
+}
+
+/** A field that asks for something: set, and not null or false (nor a top_logprobs of 0). */
+function asks(v: unknown): boolean {
+  return v !== undefined && v !== null && v !== false && v !== 0;
+}
+
+const NO_LOGPROBS = 'is not supported by this model (Ollama gives no log probabilities)';
+
+/**
+ * What Ollama has no word for and its reply would silently lack: several choices, log
+ * probabilities, the prompt echoed. Refused (a mixed group sends it to a deployment that
+ * carries it). A completion's logprobs is a count whose 0 still asks for the sampled tokens'.
+ */
+function rejectUncarried(b: Record<string, unknown>, kind: 'chat' | 'completion'): void {
   const n = b['n'];
-  if (typeof n === 'number' && n > 1) throw new BrokerError('invalid_request', 'n > 1 is not supported by this model');
+  if (typeof n === 'number' && n > 1) throw refuse('n', '> 1 is not supported by this model');
+  const lp = b['logprobs'];
+  if (kind === 'chat' ? asks(lp) : lp !== undefined && lp !== null && lp !== false) throw refuse('logprobs', NO_LOGPROBS);
+  if (kind === 'chat' && asks(b['top_logprobs'])) throw refuse('top_logprobs', NO_LOGPROBS);
+  if (kind === 'completion' && asks(b['echo'])) throw refuse('echo', 'is not supported by this model (Ollama does not repeat the prompt in its reply)');
 }
 
 function formatFromResponseFormat(rf: unknown): OllamaFormat | undefined {
@@ -114,7 +134,7 @@ function ollamaMessage(m: unknown, toolNames: Map<string, string>): OllamaMessag
 export function chatRequest(body: unknown, upstreamModel: string): OllamaChatRequest {
   const b = requireObject(body);
   const messages = requireArray(b, 'messages');
-  rejectN(b);
+  rejectUncarried(b, 'chat');
   const toolNames = new Map<string, string>();
   const out: OllamaChatRequest = {
     model: upstreamModel,
@@ -140,7 +160,7 @@ export function chatRequest(body: unknown, upstreamModel: string): OllamaChatReq
 /** /v1/completions body → /api/generate body for `upstreamModel`. */
 export function completionRequest(body: unknown, upstreamModel: string): OllamaGenerateRequest {
   const b = requireObject(body);
-  rejectN(b);
+  rejectUncarried(b, 'completion');
   let prompt = b['prompt'];
   if (Array.isArray(prompt) && prompt.length === 1) prompt = prompt[0];
   if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string (or an array of one string)', { details: { field: 'prompt' } });
@@ -148,6 +168,9 @@ export function completionRequest(body: unknown, upstreamModel: string): OllamaG
   if (typeof b['suffix'] === 'string' && b['suffix'] !== '') out.suffix = b['suffix'];
   const options = ollamaOptionsFromOpenAI(b);
   if (options !== undefined) out.options = options;
+  // vLLM's and llama.cpp's completions take response_format too; /api/generate's word is format.
+  const format = formatFromResponseFormat(b['response_format']);
+  if (format !== undefined) out.format = format;
   return out;
 }
 

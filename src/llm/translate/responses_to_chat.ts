@@ -40,10 +40,7 @@ function chatContent(content: unknown, field: string, ollama: boolean): OpenAIMe
     const t = p?.['type'];
     if ((t === 'input_text' || t === 'output_text' || t === 'text') && typeof p!['text'] === 'string') parts.push({ type: 'text', text: p!['text'] });
     else if (t === 'input_image' && typeof p!['image_url'] === 'string') {
-      if (ollama && !isDataUrl(p!['image_url'])) throw invalid(`${field}[${i}].image_url`, 'must be a data: URL (base64) for this model, which Ollama serves: it takes no image URLs');
-      // detail (low, high, auto) is chat's too: the image's token cost on OpenAI's models.
-      const detail = p!['detail'];
-      parts.push({ type: 'image_url', image_url: typeof detail === 'string' ? { url: p!['image_url'], detail } : { url: p!['image_url'] } });
+      parts.push(imagePart(p!, `${field}[${i}]`, ollama));
       image = true;
     } else if (t === 'refusal' && typeof p!['refusal'] === 'string') parts.push({ type: 'text', text: p!['refusal'] });
     else throw invalid(`${field}[${i}]`, 'must be an input_text, output_text or input_image (URL) part');
@@ -52,20 +49,34 @@ function chatContent(content: unknown, field: string, ollama: boolean): OpenAIMe
   return image ? parts : parts.map((p) => p['text'] as string).join('\n');
 }
 
+/** An input_image part (its image_url a string) → chat's image_url part. */
+function imagePart(p: Record<string, unknown>, field: string, ollama: boolean): { type: string; [k: string]: unknown } {
+  const url = p['image_url'] as string;
+  if (ollama && !isDataUrl(url)) throw invalid(`${field}.image_url`, 'must be a data: URL (base64) for this model, which Ollama serves: it takes no image URLs');
+  // detail (low, high, auto) is chat's too: the image's token cost on OpenAI's models.
+  const detail = p['detail'];
+  return { type: 'image_url', image_url: typeof detail === 'string' ? { url, detail } : { url } };
+}
+
 function stringOf(v: unknown): string {
   return typeof v === 'string' ? v : JSON.stringify(v ?? '');
 }
 
-/** A function_call_output's output: a string, or content parts whose text a chat tool message carries (as Messages' tool_result). */
-function outputText(output: unknown, field: string): string {
-  if (!Array.isArray(output)) return stringOf(output);
-  return output
-    .map((p, i) => {
-      const o = p as Record<string, unknown> | null;
-      if ((o?.['type'] === 'input_text' || o?.['type'] === 'output_text') && typeof o['text'] === 'string') return o['text'];
-      throw invalid(`${field}[${i}]`, 'must be an input_text part (a chat upstream takes text only in a tool result)');
-    })
-    .join('\n');
+/**
+ * A tool output: a string, or content parts whose text a chat tool message carries and whose
+ * images (a screenshot tool's), which it cannot, follow in a user message (as Messages' tool_result).
+ */
+function outputOf(output: unknown, field: string, ollama: boolean): { text: string; images: Array<{ type: string; [k: string]: unknown }> } {
+  if (!Array.isArray(output)) return { text: stringOf(output), images: [] };
+  const texts: string[] = [];
+  const images: Array<{ type: string; [k: string]: unknown }> = [];
+  output.forEach((p, i) => {
+    const o = p as Record<string, unknown> | null;
+    if ((o?.['type'] === 'input_text' || o?.['type'] === 'output_text') && typeof o['text'] === 'string') texts.push(o['text']);
+    else if (o?.['type'] === 'input_image' && typeof o['image_url'] === 'string') images.push(imagePart(o, `${field}[${i}]`, ollama));
+    else throw invalid(`${field}[${i}]`, 'must be an input_text or input_image (URL) part (a chat upstream takes no files in a tool result)');
+  });
+  return { text: texts.join('\n'), images };
 }
 
 /** A namespace's function as chat names it (`mcp__browser__` + `navigate` → `mcp__browser__navigate`). */
@@ -95,15 +106,43 @@ export function toolNamespaces(request: Readonly<Record<string, unknown>> | unde
 /** Tool types the Responses server runs itself (search, files, code, a computer): nothing here runs them. */
 const HOSTED_TOOLS = new Set(['web_search', 'web_search_preview', 'web_search_preview_2025_03_11', 'tool_search', 'file_search', 'code_interpreter', 'computer_use_preview', 'computer_use', 'image_generation', 'mcp', 'local_shell']);
 
-/** Responses `input` → chat messages: message items, function_call items (merged into one assistant turn) and their outputs. */
+/** The text before the calls and parallel calls are one assistant turn in chat, as the model wrote them. */
+function pushCall(out: OpenAIMessage[], call: OpenAIToolCall): void {
+  const last = out[out.length - 1];
+  if (last !== undefined && last.role === 'assistant' && !Array.isArray(last.content)) (last.tool_calls ??= []).push(call);
+  else out.push({ role: 'assistant', content: null, tool_calls: [call] });
+}
+
+/**
+ * Responses `input` → chat messages: message items, tool calls (merged into one assistant
+ * turn) and their outputs. Calls of Codex's custom and local_shell tools in the history go on
+ * as function calls (`{"input": ...}`, the shell action), paired with their outputs by call id;
+ * items of tools the server ran (web_search_call), references to stored items and compaction
+ * items have no chat form, nor anything here to resolve them: left out.
+ */
 function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
   if (typeof input === 'string') return [{ role: 'user', content: input }];
   if (!Array.isArray(input)) throw invalid('input', 'must be a string or an array of items');
   const out: OpenAIMessage[] = [];
+  // Images of the tool outputs so far: a user message after them, since chat's tool messages
+  // must follow their calls unbroken (OpenAI refuses a user message between two).
+  let images: Array<{ type: string; [k: string]: unknown }> = [];
+  // A local_shell_call's id → its chat call id: an output may name the call by either.
+  const shellCalls = new Map<string, string>();
+  const toolOutput = (callId: string, output: unknown, field: string): void => {
+    const r = outputOf(output, field, ollama);
+    out.push({ role: 'tool', tool_call_id: callId, content: r.text });
+    images.push(...r.images);
+  };
   for (let i = 0; i < input.length; i++) {
     const it = input[i] as Record<string, unknown> | null;
     if (it === null || typeof it !== 'object') throw invalid(`input[${i}]`, 'must be an object');
     const type = it['type'] ?? 'message';
+    const isOutput = type === 'function_call_output' || type === 'custom_tool_call_output' || type === 'local_shell_call_output';
+    if (!isOutput && images.length > 0 && !DROPPED_ITEMS.has(type as string)) {
+      out.push({ role: 'user', content: images });
+      images = [];
+    }
     if (type === 'message') {
       const r = it['role'];
       if (r !== 'user' && r !== 'assistant' && r !== 'system' && r !== 'developer') throw invalid(`input[${i}].role`, 'must be user, assistant, system or developer (a tool result is a function_call_output item)');
@@ -116,21 +155,31 @@ function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
       const args = stringOf(it['arguments']);
       // A namespaced call of an earlier turn: the name the model was offered.
       const name = typeof it['namespace'] === 'string' && it['namespace'] !== '' ? flatToolName(it['namespace'], String(it['name'] ?? '')) : String(it['name'] ?? '');
-      const call: OpenAIToolCall = { id: String(it['call_id'] ?? ''), type: 'function', function: { name, arguments: args === '' ? '{}' : args } };
-      const last = out[out.length - 1];
-      // The text before the calls and parallel calls are one assistant turn in chat, as the model wrote them.
-      if (last !== undefined && last.role === 'assistant' && !Array.isArray(last.content)) (last.tool_calls ??= []).push(call);
-      else out.push({ role: 'assistant', content: null, tool_calls: [call] });
-    } else if (type === 'function_call_output') {
-      out.push({ role: 'tool', tool_call_id: String(it['call_id'] ?? ''), content: outputText(it['output'], `input[${i}].output`) });
-    } else if (type === 'reasoning') {
-      // The model's own reasoning from an earlier turn: chat upstreams take none.
+      pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name, arguments: args === '' ? '{}' : args } });
+    } else if (type === 'custom_tool_call') {
+      // Free-form input, as a function's one argument.
+      pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name: String(it['name'] ?? ''), arguments: JSON.stringify({ input: it['input'] ?? '' }) } });
+    } else if (type === 'local_shell_call') {
+      const id = String(it['call_id'] ?? it['id'] ?? '');
+      if (typeof it['id'] === 'string') shellCalls.set(it['id'], id);
+      pushCall(out, { id, type: 'function', function: { name: 'local_shell', arguments: JSON.stringify(it['action'] ?? {}) } });
+    } else if (type === 'function_call_output' || type === 'custom_tool_call_output') {
+      toolOutput(String(it['call_id'] ?? ''), it['output'], `input[${i}].output`);
+    } else if (type === 'local_shell_call_output') {
+      const id = it['call_id'] ?? it['id'];
+      toolOutput(typeof id === 'string' ? (shellCalls.get(id) ?? id) : '', it['output'], `input[${i}].output`);
+    } else if (type === 'reasoning' || DROPPED_ITEMS.has(type as string)) {
+      // The model's own reasoning from an earlier turn (chat upstreams take none), and the items above.
     } else {
-      throw invalid(`input[${i}].type`, `${String(type)} is not supported (message, function_call, function_call_output)`);
+      throw invalid(`input[${i}].type`, `${String(type)} is not supported (message, function_call, function_call_output, custom_tool_call, local_shell_call and their outputs)`);
     }
   }
+  if (images.length > 0) out.push({ role: 'user', content: images });
   return out;
 }
+
+/** Input items with no chat form: a search the server ran, a reference to a stored item, a compaction. */
+const DROPPED_ITEMS = new Set(['web_search_call', 'item_reference', 'compaction']);
 
 /** A Responses function tool → a chat tool, under `name` (a namespaced one's flat name). */
 function chatTool(o: Record<string, unknown>, name: string): unknown {

@@ -1,0 +1,238 @@
+// Request translation, on edges testers found: what a translation sends for the deployment's
+// output-limit field, what Ollama cannot carry (refused, or sent to a deployment that can),
+// wrong-typed sampling numbers refused rather than dropped, a forced function not offered,
+// a completion's response_format, and a Messages tool_result's error flag.
+// The upstream is a scripted HTTP server answering both wire formats by path.
+import t from 'tap';
+import type { ServerResponse } from 'node:http';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { startTestBroker, postJson } from '../helpers/broker.ts';
+import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
+
+const up = await startScriptedUpstream();
+t.teardown(() => up.close());
+
+/** A one-token reply in the wire format of the path asked, whole or streamed. */
+function answer(path: string, b: any, res: ServerResponse): void {
+  const usage = { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 };
+  if (path.startsWith('/api/')) {
+    const done = { model: 'm', created_at: '2024-01-01T00:00:00Z', done: true, done_reason: 'stop', prompt_eval_count: 3, eval_count: 1 };
+    const line = path === '/api/generate' ? { ...done, response: 'ok' } : { ...done, message: { role: 'assistant', content: 'ok' } };
+    res.writeHead(200, { 'content-type': b.stream === false ? 'application/json' : 'application/x-ndjson' });
+    return void res.end(JSON.stringify(line) + '\n');
+  }
+  const chat = path === '/v1/chat/completions';
+  const choice = chat ? { index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' } : { index: 0, text: 'ok', logprobs: null, finish_reason: 'stop' };
+  const whole = { id: 'c1', object: chat ? 'chat.completion' : 'text_completion', created: 1, model: 'm', choices: [choice], usage };
+  if (b.stream !== true) {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    return void res.end(JSON.stringify(whole));
+  }
+  const delta = chat ? { index: 0, delta: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' } : choice;
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  res.end(`data: ${JSON.stringify({ ...whole, object: chat ? 'chat.completion.chunk' : 'text_completion', choices: [delta], usage: null })}\n\ndata: ${JSON.stringify({ ...whole, choices: [], usage })}\n\ndata: [DONE]\n\n`);
+}
+up.handler = answer;
+
+const dir = mkdtempSync(join(tmpdir(), 'eb-translate-fidelity-'));
+writeFileSync(
+  join(dir, 'broker.yaml'),
+  stringify({
+    modelGroups: {
+      oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: up.url, model: 'm', maxTokensField: 'max_completion_tokens' }] },
+      ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: up.url, model: 'm' }] },
+      // The Ollama one is the heavier: tried first, it must pass on what it cannot carry.
+      mx: {
+        deployments: [
+          { id: 'mx-ol', provider: 'ollama', url: up.url, model: 'm', weight: 4 },
+          { id: 'mx-oa', provider: 'openai', url: up.url, model: 'm', weight: 1 },
+        ],
+      },
+    },
+  }),
+);
+const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false' });
+t.teardown(() => tb.close());
+
+const chat = (model: string, extra: Record<string, unknown> = {}) => ({ model, messages: [{ role: 'user', content: 'Hi' }], ...extra });
+const completion = (model: string, extra: Record<string, unknown> = {}) => ({ model, prompt: 'Hi', ...extra });
+const last = () => up.seen.at(-1)!;
+
+t.test("an Ollama generate run as chat on an OpenAI deployment: num_predict in the deployment's maxTokensField, as /api/chat's", async (t) => {
+  for (const [path, body] of [
+    ['/api/generate', { model: 'oa', prompt: 'Hi', stream: false, options: { num_predict: 7 } }],
+    ['/api/chat', { model: 'oa', messages: [{ role: 'user', content: 'Hi' }], stream: false, options: { num_predict: 7 } }],
+  ] as const) {
+    const r = await postJson(`${tb.url}${path}`, body);
+    t.equal(r.status, 200, path);
+    t.equal(last().path, '/v1/chat/completions', `${path}: asked on chat`);
+    t.equal(last().body.max_completion_tokens, 7, `${path}: max_completion_tokens`);
+    t.notOk('max_tokens' in last().body, `${path}: no max_tokens beside it`);
+  }
+});
+
+t.test('Ollama cannot carry log probabilities or an echoed prompt: refused (400 naming the field), or sent where they can go', async (t) => {
+  const before = up.seen.length;
+  const refused: Array<[string, unknown, string]> = [
+    ['/v1/chat/completions', chat('ol', { logprobs: true }), 'logprobs'],
+    ['/v1/chat/completions', chat('ol', { top_logprobs: 2 }), 'top_logprobs'],
+    ['/v1/chat/completions', chat('ol', { logprobs: true, top_logprobs: 2, stream: true }), 'logprobs'],
+    ['/v1/completions', completion('ol', { logprobs: 1 }), 'logprobs'],
+    ['/v1/completions', completion('ol', { logprobs: 0 }), 'logprobs'],
+    ['/v1/completions', completion('ol', { echo: true }), 'echo'],
+  ];
+  for (const [path, body, field] of refused) {
+    const r = await postJson(`${tb.url}${path}`, body);
+    t.equal(r.status, 400, `${path} ${JSON.stringify(body)}`);
+    t.match(r.body.error, { type: 'invalid_request_error', code: 'invalid_request', param: field, message: new RegExp(`^${field} `) }, `${field}: named as param and in the message`);
+  }
+  t.equal(up.seen.length, before, 'nothing reached the upstream');
+  // Asking for none of it is fine.
+  for (const [path, body] of [
+    ['/v1/chat/completions', chat('ol', { logprobs: false, top_logprobs: null, n: 1 })],
+    ['/v1/completions', completion('ol', { logprobs: null, echo: false })],
+  ] as const) t.equal((await postJson(`${tb.url}${path}`, body)).status, 200, `${path}: ${JSON.stringify(body)}`);
+  // A mixed group: the OpenAI-compatible deployment carries them.
+  for (const [path, body] of [
+    ['/v1/chat/completions', chat('mx', { logprobs: true, top_logprobs: 2 })],
+    ['/v1/completions', completion('mx', { echo: true, logprobs: 1 })],
+    ['/v1/chat/completions', chat('mx', { n: 2 })],
+  ] as const) {
+    const r = await postJson(`${tb.url}${path}`, body);
+    t.equal(r.status, 200, `mx ${path} ${JSON.stringify(body)}`);
+    t.equal(r.headers.get('x-broker-deployment'), 'mx-oa');
+    t.equal(last().path, path, 'asked of the OpenAI-compatible deployment, fields as sent');
+    t.match(last().body, { ...body, model: 'm' });
+  }
+});
+
+t.test('n > 1 to an Ollama deployment: the refusal names n as its param', async (t) => {
+  for (const [path, body] of [
+    ['/v1/chat/completions', chat('ol', { n: 2 })],
+    ['/v1/completions', completion('ol', { n: 3 })],
+  ] as const) {
+    const r = await postJson(`${tb.url}${path}`, body);
+    t.equal(r.status, 400, path);
+    t.match(r.body.error, { code: 'invalid_request', param: 'n', message: 'n > 1 is not supported by this model' });
+  }
+});
+
+t.test('a forced function that is not in tools: 400 on /v1/chat/completions for every provider', async (t) => {
+  const tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }];
+  const before = up.seen.length;
+  for (const model of ['oa', 'ol', 'mx']) {
+    for (const extra of [{ tools, tool_choice: { type: 'function', function: { name: 'g' } } }, { tool_choice: { type: 'function', function: { name: 'g' } } }]) {
+      const r = await postJson(`${tb.url}/v1/chat/completions`, chat(model, extra));
+      t.equal(r.status, 400, `${model}: ${JSON.stringify(extra)}`);
+      t.match(r.body.error, { code: 'invalid_request', param: 'tool_choice.function.name', message: /g is not one of the function tools in tools/ });
+    }
+  }
+  t.equal(up.seen.length, before, 'nothing reached the upstream');
+  const ok = await postJson(`${tb.url}/v1/chat/completions`, chat('oa', { tools, tool_choice: { type: 'function', function: { name: 'f' } } }));
+  t.equal(ok.status, 200, 'one that is offered goes on');
+  t.same(last().body.tool_choice, { type: 'function', function: { name: 'f' } });
+});
+
+t.test('sampling numbers of the wrong type: 400 naming the field, as temperature, not dropped', async (t) => {
+  const before = up.seen.length;
+  const cases: Array<[string, Record<string, unknown>, string, string]> = [
+    ['seed', { seed: '7' }, 'seed', 'seed must be an integer'],
+    ['seed', { seed: 7.5 }, 'seed', 'seed must be an integer'],
+    ['presence_penalty', { presence_penalty: 'high' }, 'presence_penalty', 'presence_penalty must be a number'],
+    ['frequency_penalty', { frequency_penalty: [1] }, 'frequency_penalty', 'frequency_penalty must be a number'],
+    ['top_k', { top_k: '20' }, 'top_k', 'top_k must be a number'],
+  ];
+  for (const model of ['oa', 'ol']) {
+    for (const [name, extra, field, message] of cases) {
+      for (const [path, body] of [
+        ['/v1/chat/completions', chat(model, extra)],
+        ['/v1/completions', completion(model, extra)],
+      ] as const) {
+        const r = await postJson(`${tb.url}${path}`, body);
+        t.equal(r.status, 400, `${model} ${path} ${name}`);
+        t.match(r.body.error, { code: 'invalid_request', param: field, message });
+      }
+    }
+  }
+  for (const model of ['oa', 'ol']) {
+    const r = await postJson(`${tb.url}/v1/messages`, { model, max_tokens: 5, top_k: '20', messages: [{ role: 'user', content: 'Hi' }] });
+    t.equal(r.status, 400, `${model}: Messages top_k`);
+    t.match(r.body, { type: 'error', error: { type: 'invalid_request_error', message: 'top_k must be a number' } });
+  }
+  t.equal(up.seen.length, before, 'nothing reached the upstream');
+  // Right-typed (or null), they go on.
+  const ok = await postJson(`${tb.url}/v1/chat/completions`, chat('ol', { seed: 7, presence_penalty: 0.5, frequency_penalty: null, top_k: 20 }));
+  t.equal(ok.status, 200);
+  t.match(last().body.options, { seed: 7, presence_penalty: 0.5, top_k: 20 });
+  const msg = await postJson(`${tb.url}/v1/messages`, { model: 'ol', max_tokens: 5, top_k: 20, messages: [{ role: 'user', content: 'Hi' }] });
+  t.equal(msg.status, 200);
+  t.equal(last().body.options.top_k, 20);
+});
+
+t.test("a completion's response_format reaches an Ollama deployment as /api/generate's format", async (t) => {
+  const schema = { type: 'object', properties: { a: { type: 'string' } } };
+  for (const [rf, format] of [
+    [{ type: 'json_object' }, 'json'],
+    [{ type: 'json_schema', json_schema: { name: 'x', schema } }, schema],
+  ] as const) {
+    const r = await postJson(`${tb.url}/v1/completions`, completion('ol', { response_format: rf }));
+    t.equal(r.status, 200);
+    t.equal(last().path, '/api/generate');
+    t.same(last().body.format, format, rf.type);
+  }
+  t.equal((await postJson(`${tb.url}/v1/completions`, completion('ol', { response_format: { type: 'text' } }))).status, 200);
+  t.notOk('format' in last().body, 'text: no format');
+});
+
+t.test("a Messages tool_result with is_error: the upstream's tool message says Error once", async (t) => {
+  const turn = (content: unknown) => [
+    { role: 'user', content: 'run it' },
+    { role: 'assistant', content: [{ type: 'tool_use', id: 't1', name: 'run', input: {} }] },
+    { role: 'user', content: [{ type: 'tool_result', tool_use_id: 't1', is_error: true, ...(content === undefined ? {} : { content }) }] },
+  ];
+  for (const model of ['oa', 'ol']) {
+    for (const [content, expected] of [
+      ['Error: exit code 1', 'Error: exit code 1'],
+      ['error: no such file', 'error: no such file'],
+      [[{ type: 'text', text: 'Error: boom' }], 'Error: boom'],
+      ['exit code 1', 'Error: exit code 1'],
+      [undefined, 'Error'],
+      ['', 'Error'],
+    ] as const) {
+      const r = await postJson(`${tb.url}/v1/messages`, { model, max_tokens: 5, messages: turn(content) });
+      t.equal(r.status, 200, `${model}: ${JSON.stringify(content)}`);
+      const tool = last().body.messages.find((m: any) => m.role === 'tool');
+      t.equal(tool.content, expected, `${model}: ${JSON.stringify(content)} → ${expected}`);
+    }
+  }
+});
+
+t.test('Messages: stop_sequences null is the default, as a null temperature or system', async (t) => {
+  const r = await postJson(`${tb.url}/v1/messages`, { model: 'oa', max_tokens: 5, stop_sequences: null, messages: [{ role: 'user', content: 'Hi' }] });
+  t.equal(r.status, 200, JSON.stringify(r.body));
+  t.notOk('stop' in last().body, 'no stop upstream');
+  const bad = await postJson(`${tb.url}/v1/messages`, { model: 'oa', max_tokens: 5, stop_sequences: 'x', messages: [{ role: 'user', content: 'Hi' }] });
+  t.equal(bad.status, 400, 'a string is still refused');
+});
+
+t.test("Responses: a custom or local_shell call item needs its call id (sent on, it would be ''); its input counts toward the prompt", async (t) => {
+  const r = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ type: 'custom_tool_call', name: 'apply_patch', input: 'x' }, { type: 'message', role: 'user', content: 'Hi' }] });
+  t.equal(r.status, 400);
+  t.match(r.body.error, { param: 'input[0].call_id' });
+  const nameless = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ type: 'custom_tool_call', call_id: 'c1', input: 'x' }, { type: 'message', role: 'user', content: 'Hi' }] });
+  t.match(nameless.body.error, { param: 'input[0].name' });
+  // A local_shell_call_output may name its call by the call item's id.
+  const shell = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ type: 'local_shell_call', id: 'lsc_1', action: { type: 'exec', command: ['pwd'] } }, { type: 'local_shell_call_output', id: 'lsc_1', output: '/w' }] });
+  t.equal(shell.status, 200, JSON.stringify(shell.body));
+  // LLM_MAX_PROMPT_CHARS counts a custom call's input, which goes upstream as its arguments.
+  const small = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false', LLM_MAX_PROMPT_CHARS: '1000' });
+  t.teardown(() => small.close());
+  const patch = (n: number) => postJson(`${small.url}/v1/responses`, { model: 'oa', input: [{ type: 'custom_tool_call', call_id: 'c1', name: 'apply_patch', input: 'x'.repeat(n) }, { type: 'custom_tool_call_output', call_id: 'c1', output: 'ok' }] });
+  t.equal((await patch(10)).status, 200);
+  const long = await patch(4000);
+  t.equal(long.status, 400, 'a 4,000-character patch is over 1,000 characters of prompt');
+  t.match(long.body.error.message, /prompt/);
+});
