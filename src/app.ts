@@ -88,6 +88,8 @@ export interface Broker {
    * finish for up to graceMs, end the rest with an explicit error, stop the workers.
    */
   close(graceMs?: number): Promise<void>;
+  /** Cuts a close's grace period short (a second signal): open requests and streams end now with their error. */
+  hurry(): void;
 }
 
 export interface BrokerOptions {
@@ -544,6 +546,8 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   );
 
   let closed: Promise<void> | undefined;
+  // A second signal: the grace period ends now (close() goes on to cut what is open).
+  let hurried = false;
   return {
     port,
     config,
@@ -555,6 +559,12 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     tracking,
     grpcPort: grpc?.port ?? 0,
     waitReady: () => infer?.waitReady() ?? Promise.resolve(),
+    hurry() {
+      hurried = true;
+      infer?.abortQueued();
+      grpc?.hurry();
+      planes?.hurry();
+    },
     close(graceMs = config.shutdownGraceS * 1000) {
       closed ??= (async () => {
         const closeStarted = Date.now();
@@ -575,7 +585,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
           // gRPC shares this thread's proxy: its calls get the grace period too, not only HTTP's.
           let grpcDone = false;
           void grpcClosed.then(() => (grpcDone = true));
-          while ((inFlight() > 0 || !grpcDone) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+          while ((inFlight() > 0 || !grpcDone) && Date.now() < deadline && !hurried) await new Promise((r) => setTimeout(r, 20));
           unfinished = inFlight();
           // Streams still open end with an explicit shutting_down event.
           proxy?.abortAll();

@@ -19,7 +19,9 @@ try {
 // Signals are handled from the start: data-plane threads may answer before startBroker
 // returns, and a signal then must still stop the broker gracefully. A repeat of the
 // signal within a second is the same request (Ctrl-C reaches npm and the broker both);
-// a later one forces the exit.
+// a later one cuts the grace period short: what is open ends now with its error, and the
+// exit code is 1. (process.exit() under the data-plane threads' open uWS sockets aborted
+// the process: exit 134, clients reset with no error event.)
 let broker: Broker | undefined;
 let stopRequestedAt: number | undefined;
 let stopSignal: NodeJS.Signals | undefined;
@@ -48,7 +50,12 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => {
     const now = Date.now();
     if (stopRequestedAt !== undefined) {
-      if (now - stopRequestedAt > 1000) process.exit(1);
+      if (now - stopRequestedAt <= 1000) return;
+      exitCode = 1;
+      if (broker === undefined) process.exit(1);
+      broker.hurry();
+      // Whatever still holds the close: out, a few seconds on.
+      setTimeout(() => process.exit(1), 5000).unref();
       return;
     }
     stopRequestedAt = now;

@@ -410,6 +410,11 @@ export class DataPlanes {
     return (await this.callAll('stats')) as PlaneStats[];
   }
 
+  /** Cuts close()'s grace period short: each thread ends its open requests now. */
+  hurry(): void {
+    for (const p of this.planes) if (p !== undefined) this.send(p, { t: 'hurry' });
+  }
+
   /** Stops accepting on every thread, gives in-flight requests graceMs, then stops the threads. Once: a second call gets the first's result. */
   close(graceMs: number): Promise<number> {
     this.closed ??= this.closeOnce(graceMs);

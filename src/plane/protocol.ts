@@ -110,6 +110,8 @@ export type ToPlane =
   /** The budgets' running totals (request tracking): what admission checks keys against. */
   | { readonly t: 'spend'; readonly entries: readonly SpendEntry[] }
   | { readonly t: 'stop'; readonly graceMs: number }
+  /** The shutdown's grace period cut short (a second signal): open streams end now. */
+  | { readonly t: 'hurry' }
   /** Fault injection: the thread throws, as a bug would make it (tests and drills). */
   | { readonly t: 'fail' };
 

@@ -245,10 +245,13 @@ const front = await startHttpFront({
   },
 });
 
+/** Set by 'hurry': the grace period ends now. */
+let hurried = false;
+
 async function stop(graceMs: number): Promise<void> {
   front.stopListening();
   const deadline = Date.now() + graceMs;
-  while (front.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  while (front.inFlight > 0 && Date.now() < deadline && !hurried) await new Promise((r) => setTimeout(r, 20));
   const unfinished = front.inFlight;
   // Past the grace period: streams still open end with an explicit shutting_down event.
   proxy.abortAll();
@@ -307,6 +310,9 @@ port.on('message', (m: ToPlane) => {
       return;
     case 'stop':
       void stop(m.graceMs);
+      return;
+    case 'hurry':
+      hurried = true;
       return;
     case 'fail':
       // Fault injection (tests, drills): this thread dies as it would on a bug.

@@ -93,6 +93,8 @@ export interface GrpcFront {
    * those still open then end with UNAVAILABLE. Resolves with how many were cut.
    */
   close(graceMs: number): Promise<number>;
+  /** Cuts close()'s grace period short (a second signal): open calls end now. */
+  hurry(): void;
 }
 
 /** Chat and Complete send messages the compiled chain already encoded: bytes pass through. */
@@ -161,18 +163,23 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
   if (!deadlineHandshakes(server, o.handshakeTimeoutMs ?? 10_000)) o.logger.warn('gRPC: this grpc-js keeps its HTTP/2 servers elsewhere; connections that never finish their preface stay open');
 
   let closing: Promise<number> | undefined;
+  let endGrace: () => void = () => undefined;
+  const graceOver = new Promise<void>((r) => (endGrace = r));
   return {
     port,
     health,
     get active() {
       return calls.size;
     },
+    hurry() {
+      endGrace();
+    },
     close(graceMs) {
       closing ??= (async () => {
         health.shutdown();
         const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
         let timer: NodeJS.Timeout | undefined;
-        const late = await Promise.race([drained.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs)))]);
+        const late = await Promise.race([drained.then(() => false), graceOver.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs)))]);
         clearTimeout(timer);
         if (!late) return 0;
         // Streams still open end with UNAVAILABLE (shutting_down) after what they sent.
