@@ -96,7 +96,7 @@ function logPath(p: string): string {
   return p.length <= LOG_PATH_CHARS ? p : `${p.slice(0, LOG_PATH_CHARS)}…(${p.length} characters)`;
 }
 const BODY_BYTES_PER_TIMEOUT = 16 * 1024 * 10;
-const NEVER_FORCED = Object.freeze({ forced: false });
+const NEVER_FORCED = Object.freeze({ forced: false, closing: false });
 
 const READINESS_PATHS = new Set(['/ready', '/api/ready', '/v2/health/ready']);
 const READY_HEADERS = { 'content-type': 'application/json' };
@@ -112,9 +112,9 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
   const uWS = loadUws().uws;
   const app = uWS.App();
   let inFlight = 0;
-  let closing = false;
-  // Shared with every sink: a connection closed by closeAll() is the shutdown's, not its client's.
-  const front = { forced: false };
+  // Shared with every sink: a connection closed by closeAll() is the shutdown's, not its client's;
+  // once the front is closing, every reply closes its connection (one in flight then too).
+  const front = { forced: false, closing: false };
   const done = (): void => {
     inFlight--;
   };
@@ -171,9 +171,8 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     // reply anyway, and a client that is not told (Node's http.Agent, Python's requests) may
     // write its next request on the closing connection, lost unanswered.
     const connection = headers['connection'];
-    if (connection !== undefined && CLOSE_TOKEN.test(connection)) sink.closeConnection = true;
-    if (closing) {
-      sink.closeConnection = true;
+    if (connection !== undefined && CLOSE_TOKEN.test(connection)) sink.clientClose = sink.closeConnection = true;
+    if (front.closing) {
       // Shutting down is not ready, whatever the models say: the balancer must stop sending work
       // now (a probe on a kept-alive connection still reaches this thread).
       if (READINESS_PATHS.has(path) && (method === 'GET' || method === 'HEAD')) {
@@ -224,7 +223,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       resolve({
         port: uWS.us_socket_local_port(listenSocket as unknown as us_socket),
         stopListening() {
-          closing = true;
+          front.closing = true;
           if (socket) uWS.us_listen_socket_close(socket);
           socket = null;
         },
@@ -232,7 +231,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
           return inFlight;
         },
         closeAll() {
-          closing = true;
+          front.closing = true;
           front.forced = true;
           socket = null;
           // In this build (20.30) but not in its typings.
@@ -324,7 +323,7 @@ class UwsSink implements FrontSink {
   /** True from the first byte of a body read until it is whole. */
   readingBody = false;
   /** The front's state: `forced` once it force-closes every connection (closeAll). */
-  front: { readonly forced: boolean } = NEVER_FORCED;
+  front: { readonly forced: boolean; readonly closing: boolean } = NEVER_FORCED;
   /** When uWS's idle timer last restarted, as far as the broker can tell: the request, 160 KiB of body, the reply starting to wait for the client to read. */
   activeAt = performance.now();
   private bodyBytesSinceActive = 0;
@@ -340,8 +339,14 @@ class UwsSink implements FrontSink {
     this.bodyBytesSinceActive = 0;
     this.activeAt = performance.now();
   }
-  /** Set while the front shuts down: every reply closes its connection. */
+  /** This reply closes its connection (the client's Connection: close, a framing error). */
   closeConnection = false;
+  /**
+   * The client sent Connection: close. uWS then closes after the reply without saying so, so the
+   * header is ours; otherwise uWS writes it itself in end(…, true), which must then not be a
+   * stream's: after the headers went out, uWS writes it into the chunked body (its framing broken).
+   */
+  clientClose = false;
   /** CORS headers for the request's origin (cors.ts), on every reply. */
   cors: Record<string, string> | undefined;
   errorCode: ErrorCode | undefined;
@@ -404,6 +409,9 @@ class UwsSink implements FrontSink {
     this.status = status;
     this.res.cork(() => {
       this.writeHead(status, headers);
+      // A stream begun while the front closes: the client is told now (its end cannot say it);
+      // the connection is closed with the others once the streams are done.
+      if (!this.clientClose && (this.closeConnection || this.front.closing)) this.res.writeHeader('connection', 'close');
     });
   }
 
@@ -433,7 +441,8 @@ class UwsSink implements FrontSink {
   end(chunk?: string | Uint8Array): void {
     if (this.aborted || this.finished) return;
     this.res.cork(() => {
-      this.res.end(chunk, this.closeConnection);
+      // Not a stream's own close (see clientClose): uWS closes after it when the client asked.
+      this.res.end(chunk, this.started ? this.clientClose : this.closeConnection || this.front.closing);
     });
     this.record(this.status, false);
   }
@@ -451,7 +460,9 @@ class UwsSink implements FrontSink {
     this.status = status;
     this.res.cork(() => {
       this.writeHead(status, headers);
-      const close = closeConnection || this.closeConnection;
+      // A reply sent while the front closes closes its connection, one to a request that came before
+      // too: told nothing, its client wrote its next request on a connection closed under it (reset).
+      const close = closeConnection || this.closeConnection || this.front.closing;
       if (this.req.method !== 'HEAD') this.res.end(body, close);
       // HEAD: the GET reply's headers and length, without its body. uWS 20.30's endWithoutBody(length)
       // leaves the reply open (the connection's next request got no answer): the length goes as
@@ -491,7 +502,7 @@ class UwsSink implements FrontSink {
     this.res.writeHeader('trace-id', this.req.id);
     this.res.writeHeader('x-request-id', this.req.id);
     if (this.routeName === '/v1/messages' || this.errorShape === anthropicErrorShape) this.res.writeHeader('request-id', this.req.id);
-    if (this.closeConnection) this.res.writeHeader('connection', 'close');
+    if (this.clientClose) this.res.writeHeader('connection', 'close');
     if (this.cors !== undefined) for (const k in this.cors) this.res.writeHeader(k, this.cors[k]!);
     for (const k in headers) this.res.writeHeader(k, headers[k]!);
   }
