@@ -152,6 +152,8 @@ function int(env: Env, name: string, def: number, min: number, max: number): num
 function num(env: Env, name: string, def: number, min: number, max: number): number {
   const raw = env[name];
   if (raw === undefined || raw === '') return def;
+  // Decimal only: Number() reads blanks as 0 (a blank SHUTDOWN_GRACE_S cut every stream at once) and 0x1e as 30.
+  if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(raw.trim())) throw new ConfigError(name, `must be a number, got "${raw}"`);
   const n = Number(raw);
   if (!Number.isFinite(n)) throw new ConfigError(name, `must be a number, got "${raw}"`);
   if (n < min || n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${n}`);
@@ -242,6 +244,9 @@ export function loadConfig(env: Env = process.env): Config {
   for (const n of upstreamKeyEnvs) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(n)) throw new ConfigError('UPSTREAM_KEY_ENVS', `"${n}" is not an env var name`);
   const adminToken = env.ADMIN_TOKEN === undefined || env.ADMIN_TOKEN === '' ? undefined : env.ADMIN_TOKEN;
   if (adminToken !== undefined && adminToken.length < 8) throw new ConfigError('ADMIN_TOKEN', 'must be at least 8 characters');
+  // Model A serves every image: a file that is not there is said by its variable (B's is the model check's, not fatal).
+  const modelA = str(env, 'MODEL_VA_PATH', BUNDLED_MODEL('vA.onnx'));
+  if (bool(env, 'INFER_ENABLED', true) && !readable(modelA)) throw new ConfigError('MODEL_VA_PATH', `${modelA} is not a readable file`);
 
   return Object.freeze({
     port: int(env, 'PORT', 8080, 0, 65535),
@@ -263,7 +268,7 @@ export function loadConfig(env: Env = process.env): Config {
     trustedProxies,
     upstreamKeyEnvs,
     adminToken,
-    modelVaPath: str(env, 'MODEL_VA_PATH', BUNDLED_MODEL('vA.onnx')),
+    modelVaPath: modelA,
     modelVbPath: str(env, 'MODEL_VB_PATH', BUNDLED_MODEL('vB.onnx')),
     inferThreads,
     // Workers x intra-op threads must not exceed the cores, or the workers fight each other.

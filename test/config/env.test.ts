@@ -38,6 +38,12 @@ t.test('bad values name the variable', async (t) => {
     { TRACKING_FLUSH_MS: '5' },
     // Below 5 s, idle gRPC clients were cut though they acked the ping (docs/grpc.md).
     { GRPC_KEEPALIVE_TIMEOUT_MS: '1000' },
+    // Number() reads a blank as 0 and hex as a number: a blank grace period cut every stream at once.
+    { SHUTDOWN_GRACE_S: ' ' },
+    { SHUTDOWN_GRACE_S: '\t' },
+    { AB_WEIGHT_B: ' ' },
+    { SHUTDOWN_GRACE_S: '0x1e' },
+    { MODEL_VA_PATH: '/nonexistent.onnx' },
   ];
   for (const env of cases) {
     const name = Object.keys(env)[0]!;
