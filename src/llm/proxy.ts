@@ -47,6 +47,8 @@ export interface ProxyDeps {
 
 // A stream cut after its 200 is midstream_*: the availability SLO counts those, while the
 // failures before the first byte (timeout, upstream_error) it counts by their 5xx.
+const MALFORMED_WARN_EVERY_MS = 60_000;
+
 type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'midstream_timeout' | 'shutting_down' | 'aborted' | 'timeout';
 
 /** llm_requests_total's coarse outcome (seed 001's error-rate query reads outcome="error"); the fine one is its reason. */
@@ -520,7 +522,7 @@ export class LlmProxy {
           const dropped = attempt.assembled?.().malformed ?? 0;
           if (dropped > 0) {
             m.llmUpstreamMalformed.labels(dep.config.id).inc(dropped);
-            this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, events: dropped }, 'upstream sent events that are not JSON objects: dropped');
+            this.warnMalformed(dep.config.id, req.id, dropped);
           }
           timeline.upstream(writtenAt(attempt, sentAt), attempt.timing.firstByteAt < 0 ? doneAt : attempt.timing.firstByteAt);
           // The whole body arriving is the upstream's time too.
@@ -619,7 +621,7 @@ export class LlmProxy {
     this.countTokens(group, promptTokens, r.completionTokens);
     if (r.malformed > 0) {
       m.llmUpstreamMalformed.labels(dep.config.id).inc(r.malformed);
-      this.deps.logger.warn({ trace_id: requestId, deployment: dep.config.id, events: r.malformed }, 'upstream sent events that are not JSON objects: dropped');
+      this.warnMalformed(dep.config.id, requestId, r.malformed);
     }
     if (instrument) {
       if (ttftMs !== null) m.llmTtft.labels(group.name, dep.config.id).observe(ttftMs / 1000);
@@ -650,6 +652,21 @@ export class LlmProxy {
     this.countTokens(group, prompt, completion);
     this.deps.logger.info({ trace_id: req.id, deployment: dep.config.id }, 'request cut by the shutdown after its grace period');
     this.finish(req.facts, group, dep, 'shutting_down', req.startedAt, stream);
+  }
+
+  /** When each deployment's malformed events were last logged. */
+  private readonly malformedWarnedAt = new Map<string, number>();
+
+  /**
+   * A deployment that sends junk events sends them on every request: one warning a minute each
+   * (4,943 lines in 20 minutes from one), the metric counts them all.
+   */
+  private warnMalformed(deployment: string, requestId: string, events: number): void {
+    const now = performance.now();
+    const last = this.malformedWarnedAt.get(deployment);
+    if (last !== undefined && now - last < MALFORMED_WARN_EVERY_MS) return;
+    this.malformedWarnedAt.set(deployment, now);
+    this.deps.logger.warn({ trace_id: requestId, deployment, events }, 'upstream sent events that are not JSON objects: dropped (logged at most once a minute per deployment; llm_upstream_malformed_events_total counts them)');
   }
 
   private countTokens(group: ModelGroupConfig, prompt: number, completion: number): void {

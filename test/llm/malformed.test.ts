@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { createMockUpstream } from '../../src/mock-upstream/server.ts';
-import { startTestBroker, postJson } from '../helpers/broker.ts';
+import { metricValue, startTestBroker, postJson } from '../helpers/broker.ts';
 
 const mock = await createMockUpstream({ tokens: 3 });
 t.teardown(() => mock.close());
@@ -81,4 +81,21 @@ t.test('LLM_MAX_MESSAGES and LLM_MAX_PROMPT_CHARS refuse oversized prompts befor
   t.equal(long.status, 400);
   t.match(long.body.error, /LLM_MAX_PROMPT_CHARS/);
   t.equal(mock.stats.total, before, 'nothing reached the upstream');
+});
+
+// One junk event in every stream of a deployment was one warning line per request (4,943 in 20
+// minutes from one deployment): once a minute per deployment now, and the metric counts all.
+t.test('a deployment sending junk events: counted every time, logged once a minute', async (t) => {
+  const junk = await createMockUpstream({ tokens: 4, fail: 'garbage', failAfter: 2 });
+  t.teardown(() => junk.close());
+  const d = mkdtempSync(join(tmpdir(), 'eb-junk-'));
+  writeFileSync(join(d, 'broker.yaml'), stringify({ modelGroups: { j: { deployments: [{ id: 'junk-1', provider: 'openai', url: junk.url, model: 'm' }] } } }));
+  const b = await startTestBroker({ BROKER_CONFIG: join(d, 'broker.yaml'), INFER_ENABLED: 'false', FRONT_THREADS: '0' });
+  t.teardown(() => b.close());
+  for (let i = 0; i < 5; i++) {
+    const res = await fetch(`${b.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'j', stream: true, messages: [{ role: 'user', content: 'hi' }] }) });
+    t.match(await res.text(), /\[DONE\]/, 'the stream goes on past the junk');
+  }
+  t.equal(await metricValue(b.url, 'llm_upstream_malformed_events_total', { deployment: 'junk-1' }), 5, 'every junk event counted');
+  t.equal(b.logs.filter((l) => String(l['msg']).startsWith('upstream sent events that are not JSON objects')).length, 1, 'one warning');
 });
