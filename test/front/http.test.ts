@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Agent } from 'undici';
 import { startTestBroker, postJson, metricValue, admin, json, logLine } from '../helpers/broker.ts';
 
 // Two client keys the broker knows (each has its own rate-limit bucket); any other key counts as its address.
@@ -76,6 +77,12 @@ t.test('unknown route 404, wrong method 405 with Allow, both in the error shape'
   t.equal(r405.status, 405);
   t.equal(r405.headers.get('allow'), 'POST');
   t.equal((await json(r405)).error.code, 'method_not_allowed');
+  // Counted and logged under its path's route, not "unmatched": a dashboard shows which route clients misuse.
+  const before = await metricValue(tb.url, 'http_request_duration_seconds_count', { route: '/v1/infer', status: '405' });
+  const again = await fetch(`${tb.url}/v1/infer`, { headers: { 'x-request-id': 'wrong-method-1' } });
+  await again.arrayBuffer();
+  t.equal(await metricValue(tb.url, 'http_request_duration_seconds_count', { route: '/v1/infer', status: '405' }), before + 1, 'http metrics under its route');
+  t.match(await logLine(tb, (l) => l['trace_id'] === 'wrong-method-1'), { route: '/v1/infer', status: 405 }, 'the access line too');
 });
 
 t.test('Trace-Id: the client X-Request-ID when printable and short, else a fresh id', async (t) => {
@@ -459,7 +466,11 @@ for (const threads of ['0', '2']) {
 
 t.test('a very long path is logged cut, with its length: one request is one bounded log line', async (t) => {
   const long = `/v1/${'x'.repeat(70_000)}`;
-  const res = await fetch(`${tb.url}${long}`, { headers: { 'x-request-id': 'long-path' } });
+  // On a connection of its own: the pool's kept-alive one may be the one uWS closes as idle just
+  // then (10 s after the test before used it), and the request failed with it ("fetch failed").
+  const own = new Agent();
+  t.teardown(() => own.close());
+  const res = await fetch(`${tb.url}${long}`, { headers: { 'x-request-id': 'long-path' }, dispatcher: own } as RequestInit);
   t.equal(res.status, 404);
   await res.arrayBuffer();
   const line = await logLine(tb, (l) => l.trace_id === 'long-path');

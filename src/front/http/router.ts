@@ -60,7 +60,8 @@ export type ErrorShape = (code: string, message: string, requestId: string, stat
 
 export type Match =
   | { kind: 'found'; route: Route; params: Record<string, string> }
-  | { kind: 'method_not_allowed'; allowed: string[] }
+  /** `route`: one of the path's routes, whose name labels the 405 (metrics, access log) and whose error shape it takes. */
+  | { kind: 'method_not_allowed'; allowed: string[]; route: Route }
   | { kind: 'not_found' };
 
 interface ParamRoute {
@@ -97,17 +98,19 @@ export class Router {
     if (byMethod !== undefined) {
       const route = byMethod.get(method);
       if (route !== undefined) return { kind: 'found', route, params: {} };
-      return { kind: 'method_not_allowed', allowed: [...byMethod.keys()] };
+      return { kind: 'method_not_allowed', allowed: [...byMethod.keys()], route: byMethod.values().next().value! };
     }
     const segments = path.split('/');
     const allowed: string[] = [];
+    let other: Route | undefined;
     for (const p of this.patterns) {
       const params = matchSegments(p.segments, segments);
       if (params === undefined) continue;
       if (p.route.method === method) return { kind: 'found', route: p.route, params };
       allowed.push(p.route.method);
+      other ??= p.route;
     }
-    return allowed.length > 0 ? { kind: 'method_not_allowed', allowed } : { kind: 'not_found' };
+    return other !== undefined ? { kind: 'method_not_allowed', allowed, route: other } : { kind: 'not_found' };
   }
 }
 

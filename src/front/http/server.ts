@@ -164,7 +164,9 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     };
     inFlight++;
     metrics.httpActive.inc();
-    const sink = new UwsSink(res, req, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
+    // A 405 is counted and shaped as its path's route: GET /v1/chat/completions is that route's client mistake.
+    const named = route ?? (match.kind === 'method_not_allowed' ? match.route : undefined);
+    const sink = new UwsSink(res, req, named?.name ?? named?.path ?? 'unmatched', named?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
     sink.front = front;
     if (cors !== undefined) sink.cors = corsHeaders(cors, headers['origin']);
     // The client's `Connection: close` is answered with one (RFC 9112 §9.6): uWS closes after the
