@@ -20,6 +20,13 @@ t.test('AUTH_MODE=keys: UNAUTHENTICATED without a known key; a file key and a se
   t.same(none.status.metadata.get('x-broker-error-code'), ['unauthorized']);
   t.equal((await serverStream(c.chat, 'Chat', hello, md({ 'x-api-key': 'sk-made-up' }))).status.code, Status.UNAUTHENTICATED, 'an unknown key');
   t.equal(m.stats.requests['/v1/chat/completions'], 0, 'nothing reached the upstream');
+  // The key twice is the client's mistake (HTTP: 400), not an unknown key.
+  const twice = new grpc.Metadata();
+  twice.add('x-api-key', 'sk-grpc-1');
+  twice.add('x-api-key', 'sk-grpc-1');
+  const dup = await serverStream(c.chat, 'Chat', hello, twice);
+  t.equal(dup.status.code, Status.INVALID_ARGUMENT, 'x-api-key twice: INVALID_ARGUMENT');
+  t.match(dup.status.details, /x-api-key appears more than once/);
   const ok = await serverStream(c.chat, 'Chat', hello, md({ authorization: 'Bearer sk-grpc-1' }));
   t.equal(ok.status.code, Status.OK);
   t.ok(textOf(ok.messages).length > 0);

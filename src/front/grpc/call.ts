@@ -23,6 +23,8 @@ import { pastDeadline } from './metrics.ts';
 // traceparent and tracestate: the gRPC front records no spans, so the caller's trace context goes upstream as it came.
 const READ = ['authorization', 'x-api-key', 'x-broker-priority', 'x-broker-label', 'x-broker-qos', 'x-request-id', 'traceparent', 'tracestate'] as const;
 
+const CREDENTIALS = ['authorization', 'x-api-key'] as const;
+
 interface AnyCall {
   readonly metadata: Metadata;
   getPeer(): string;
@@ -37,7 +39,8 @@ interface AnyCall {
 export function brokerRequestOf(call: AnyCall, early = true, track?: { readonly recorder?: Recorder | undefined; readonly api: string }): BrokerRequest {
   const headers: Record<string, string> = {};
   for (const k of READ) {
-    const v = call.metadata.get(k)[0];
+    const vs = call.metadata.get(k);
+    const v = vs.length > 1 ? vs.join(', ') : vs[0];
     if (typeof v === 'string') headers[k] = v;
   }
   const id = requestIdFrom(headers['x-request-id']);
@@ -108,6 +111,11 @@ export interface CallGuards {
 
 /** AUTH_MODE, then the per-client rate limit, as on HTTP routes: throws unauthorized or rate_limited. */
 export async function checkCall(g: CallGuards, req: BrokerRequest): Promise<void> {
+  // A credential sent twice (grpc-js joins the values with ", ", which no key or token holds) is
+  // the client's mistake, as on HTTP (400), not an unknown key.
+  for (const k of CREDENTIALS) {
+    if (req.headers[k]?.includes(', ')) throw new BrokerError('invalid_request', `${k} appears more than once`, { details: { field: k } });
+  }
   if (g.client !== undefined) {
     try {
       await g.client(req);
