@@ -6,7 +6,6 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request } from 'undici';
 import { startTestBroker, postJson, metricValue, admin, json, logLine } from '../helpers/broker.ts';
 
 // Two client keys the broker knows (each has its own rate-limit bucket); any other key counts as its address.
@@ -83,6 +82,10 @@ t.test('unknown route 404, wrong method 405 with Allow, both in the error shape'
   await again.arrayBuffer();
   t.equal(await metricValue(tb.url, 'http_request_duration_seconds_count', { route: '/v1/infer', status: '405' }), before + 1, 'http metrics under its route');
   t.match(await logLine(tb, (l) => l['trace_id'] === 'wrong-method-1'), { route: '/v1/infer', status: 405 }, 'the access line too');
+  // A control-plane route (forwarded by a data-plane thread) too.
+  const audit = await fetch(`${tb.url}/api/audit`, { method: 'PUT', headers: { 'x-request-id': 'wrong-method-2' } });
+  t.equal(audit.status, 405);
+  t.match(await logLine(tb, (l) => l['trace_id'] === 'wrong-method-2'), { route: '/api/audit', status: 405 }, 'a forwarded one under its route');
 });
 
 t.test('Trace-Id: the client X-Request-ID when printable and short, else a fresh id', async (t) => {
@@ -465,18 +468,16 @@ for (const threads of ['0', '2']) {
 }
 
 t.test('a very long path is logged cut, with its length: one request is one bounded log line', async (t) => {
-  const long = `/v1/${'x'.repeat(70_000)}`;
-  // On a connection of its own: the pool's kept-alive one may be the one uWS closes as idle just
-  // then (10 s after the test before used it), and the request failed with it ("fetch failed").
-  const own = new Agent();
-  t.teardown(() => own.close());
-  const res = await request(`${tb.url}${long}`, { headers: { 'x-request-id': 'long-path' }, dispatcher: own });
-  t.equal(res.statusCode, 404);
-  await res.body.arrayBuffer();
+  // Under uWS's 4 KB for a request head that arrives in more than one read (docs/operations.md):
+  // a 70 KB path was served only when the kernel handed it over in one read (else reset).
+  const long = `/v1/${'x'.repeat(3_500)}`;
+  const res = await fetch(`${tb.url}${long}`, { headers: { 'x-request-id': 'long-path' } });
+  t.equal(res.status, 404);
+  await res.arrayBuffer();
   const line = await logLine(tb, (l) => l.trace_id === 'long-path');
   t.ok(line, 'logged');
   t.ok(String(line?.path).length < 2200, `the path logged in ${String(line?.path).length} characters`);
-  t.match(String(line?.path), /…\(70004 characters\)$/);
+  t.match(String(line?.path), /…\(3504 characters\)$/);
 });
 
 t.test("a client's Connection: close is answered with one, and the connection closes after the reply", async (t) => {
