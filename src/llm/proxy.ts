@@ -156,6 +156,8 @@ export class LlmProxy {
     const cache = this.deps.cache;
     const abort = new RequestAbort();
     sink.onAbort((reason) => abort.abort(reason));
+    // The broker's shutdown, past its grace period: every request's (abortAll), or this one's (a gRPC call it ended).
+    const shutDown = (): BrokerError | undefined => this.stopped ?? (abort.reason instanceof BrokerError && abort.reason.code === 'shutting_down' ? abort.reason : undefined);
     this.running.add(abort);
     const m = this.deps.metrics;
     // Time a stream spent waiting on its upstream after the first byte (the timeline has the time before), for tracking.
@@ -239,13 +241,18 @@ export class LlmProxy {
           // A client that left is no failure: broker.aborted, status unset (as on llm.upstream).
           if (sink.aborted) waitSpan?.set('broker.aborted', true).end();
           else waitSpan?.fail(code ?? 'internal', (err as Error).message).end();
-          if (sink.aborted) {
+          const stop = shutDown();
+          if (sink.aborted && stop === undefined) {
             // Gone while queued for a lease (or waiting to fall back): one outcome, as any other.
             m.llmRequests.labels(g.name, 'none', 'aborted', 'aborted').inc();
             if (facts !== undefined) facts.outcome = 'aborted';
             return;
           }
-          if (this.stopped !== undefined) throw this.stopped;
+          if (stop !== undefined) {
+            m.llmRequests.labels(g.name, 'none', coarse('shutting_down'), 'shutting_down').inc();
+            if (facts !== undefined) facts.outcome = 'shutting_down';
+            throw stop;
+          }
           if (code === 'upstream_unavailable' && untranslatable !== undefined && lastError === untranslatable) {
             if (g.deployments.every((d) => tried.has(d.id))) {
               // No deployment of the group can carry it, and none failed: the client's error, no
@@ -332,18 +339,19 @@ export class LlmProxy {
         } catch (err) {
           timeline.upstream(sentAt, performance.now());
           // Neither a client gone nor the broker's shutdown says anything of the deployment's health.
-          gov.attemptFailed(lease, !sink.aborted && this.stopped === undefined);
+          const stop = shutDown();
+          gov.attemptFailed(lease, !sink.aborted && stop === undefined);
           lease = null;
+          if (stop !== undefined) {
+            upSpan?.fail('shutting_down').end();
+            this.cutByShutdown(req, usage, promptEstimate, 0, g, dep, up.stream);
+            throw stop;
+          }
           if (sink.aborted) {
             // The request went upstream: its prompt is charged, as a stream's is when cut.
             usage.promptTokens = promptEstimate;
             upSpan?.set('broker.aborted', true).end();
             return this.finish(facts, g, dep, 'aborted', req.startedAt, up.stream);
-          }
-          if (this.stopped !== undefined) {
-            upSpan?.fail('shutting_down').end();
-            this.cutByShutdown(req, usage, promptEstimate, 0, g, dep, up.stream);
-            throw this.stopped;
           }
           lastError = connectError(err, dep);
           this.countTimeout(dep, lastError);
@@ -483,6 +491,11 @@ export class LlmProxy {
             bytes = await attempt.bytes();
           } catch (err) {
             timeline.upstream(sentAt, performance.now());
+            const stop = shutDown();
+            if (stop !== undefined) {
+              this.cutByShutdown(req, usage, promptEstimate, attempt.assembled?.().tokens ?? 0, g, dep, false);
+              throw stop;
+            }
             if (sink.aborted) {
               usage.ok = null;
               usage.promptTokens = promptEstimate;
@@ -495,10 +508,6 @@ export class LlmProxy {
             // Nothing was sent to the client yet: a timeout or a cut body may go elsewhere.
             const e = err instanceof BrokerError ? err : new BrokerError('upstream_error', `upstream failed while sending its reply: ${cutMessage(err)}`, { cause: err });
             upSpan?.fail(e.code, e.message).end();
-            if (this.stopped !== undefined) {
-              this.cutByShutdown(req, usage, promptEstimate, attempt.assembled?.().tokens ?? 0, g, dep, false);
-              throw this.stopped;
-            }
             if (e.details?.['reason'] === 'too_large') {
               // A server that answers is not failing: a reply too large for this broker says
               // nothing of its health, and counted against its breaker, any client asking for

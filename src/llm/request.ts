@@ -8,6 +8,7 @@ import type { BrokerRequest, Caller } from '../front/reply.ts';
 import { apiKeyOf } from '../guard/api-key.ts';
 import type { RequestFacts } from '../track/facts.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
+import { checkForcedFunction, checkSampling } from './translate/common.ts';
 import { cacheDirectiveOf, type CacheDirective } from './cache/cache.ts';
 import { headerPriority } from '../policy/priority.ts';
 import { parseTraceparent } from '../obs/trace/context.ts';
@@ -74,6 +75,9 @@ export const MAX_STOP_SEQUENCES = 64;
 
 export const DEFAULT_PROMPT_LIMITS: PromptLimits = Object.freeze({ maxMessages: 4096, maxPromptChars: 4_000_000 });
 
+/** An OpenAI client's sampling numbers besides temperature and top_p (checked below); top_k is vLLM's. */
+const OPENAI_SAMPLING = ['seed', 'presence_penalty', 'frequency_penalty', 'top_k'] as const;
+
 export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, body: Record<string, unknown>, limits: PromptLimits = DEFAULT_PROMPT_LIMITS): LlmRequest {
   const model = body.model;
   if (typeof model !== 'string' || model === '') throw invalidField('model', 'is required and must be a string');
@@ -84,6 +88,13 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     if (body.max_tokens === undefined) throw invalidField('max_tokens', 'is required');
   }
   checkMessages(body.messages);
+  // Sampling numbers of the wrong type and a forced function not offered: the client's mistake,
+  // refused here, before admission (in the translators, they waited for a free deployment: a
+  // 504 after the queue's timeout instead of a 400).
+  if (api === 'openai') {
+    checkSampling(body, OPENAI_SAMPLING);
+    if (kind === 'chat') checkForcedFunction(body);
+  } else if (api === 'anthropic') checkSampling(body, ['top_k']);
   // OpenAI's chat requires a conversation (it answers 400 otherwise); a translating upstream
   // would take an empty one silently. Ollama's own empty chat loads the model. Roles are the
   // upstream's to judge: vLLM's templates take their own (Llama 3.1's ipython).

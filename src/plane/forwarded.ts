@@ -24,7 +24,9 @@ export interface ControlFront extends Guards {
 export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8Array | undefined, signal?: AbortLike): Promise<ForwardedReply> {
   const match = f.router.match(req.method, req.path);
   const route = match.kind === 'found' ? match.route : undefined;
-  const sink = new BufferSink(req.id, route?.name ?? route?.path ?? 'unmatched', route?.errorShape ?? unmatchedErrorShape(req.path), f.logger);
+  // A 405 is counted and shaped as its path's route, as on the thread (server.ts).
+  const named = route ?? (match.kind === 'method_not_allowed' ? match.route : undefined);
+  const sink = new BufferSink(req.id, named?.name ?? named?.path ?? 'unmatched', named?.errorShape ?? unmatchedErrorShape(req.path), f.logger);
   signal?.addEventListener('abort', () => sink.abort());
   const bytes = body === undefined ? Buffer.alloc(0) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   const facts = route?.track === undefined ? undefined : f.recorder?.start(route.track, req.headers);

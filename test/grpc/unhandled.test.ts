@@ -5,7 +5,8 @@ import t from 'tap';
 import { connect, constants } from 'node:http2';
 import { metricValue, logLine } from '../helpers/broker.ts';
 import { startMock } from '../helpers/fleet.ts';
-import { startGrpcFleetBroker } from '../helpers/grpc.ts';
+import { status as Status } from '@grpc/grpc-js';
+import { clients, serverStream, startGrpcFleetBroker } from '../helpers/grpc.ts';
 
 t.test('a Chat call cancelled before its request message: counted CANCELLED and logged once', async (t) => {
   const m = await startMock(t, { tokens: 3 });
@@ -23,3 +24,27 @@ t.test('a Chat call cancelled before its request message: counted CANCELLED and 
   t.equal(tb.logs.filter((l) => l['trace_id'] === 'cancel-before-message').length, 1, 'one line');
   t.equal(m.stats.requests['/v1/chat/completions'] ?? 0, 0, 'nothing went upstream');
 });
+
+// A call the shutdown cuts while its upstream has not answered yet: the shutdown's outcome (as a
+// stream cut after its first byte), not a client's abort.
+for (const threads of ['0', '2']) {
+  t.test(`FRONT_THREADS=${threads}: a Chat call cut by the shutdown before its upstream answered is the shutdown's`, async (t) => {
+    const { createServer } = await import('node:http');
+    const silent = createServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    t.teardown(() => {
+      silent.closeAllConnections();
+      silent.close();
+    });
+    const url = `http://127.0.0.1:${(silent.address() as { port: number }).port}`;
+    const tb = await startGrpcFleetBroker(t, { modelGroups: { g: { deployments: [{ id: 'silent', provider: 'openai', url, model: 'm' }] } } }, { FRONT_THREADS: threads });
+    const c = clients(tb.broker.grpcPort);
+    t.teardown(() => c.close());
+    const call = serverStream(c.chat, 'Chat', { model: 'g', messages: [{ role: 'user', content: 'hi' }] });
+    await new Promise((r) => setTimeout(r, 300));
+    await tb.broker.close(300);
+    const r = await call;
+    t.equal(r.status.code, Status.UNAVAILABLE);
+    t.ok(tb.logs.some((l) => l['msg'] === 'request cut by the shutdown after its grace period' && l['deployment'] === 'silent'), 'recorded as the shutdown\'s cut');
+  });
+}

@@ -236,3 +236,21 @@ t.test("Responses: a custom or local_shell call item needs its call id (sent on,
   t.equal(long.status, 400, 'a 4,000-character patch is over 1,000 characters of prompt');
   t.match(long.body.error.message, /prompt/);
 });
+
+// Refused before admission, as temperature is: checked in the translators, a bad seed waited for
+// a free deployment (a 504 after the queue's timeout, a 503 with all of them drained).
+t.test('a wrong-typed seed or a forced function not offered is 400 at once, even with no deployment free', async (t) => {
+  const d = mkdtempSync(join(tmpdir(), 'eb-translate-fidelity-solo-'));
+  writeFileSync(join(d, 'broker.yaml'), stringify({ modelGroups: { solo: { deployments: [{ id: 'solo-1', provider: 'ollama', url: up.url, model: 'm' }] } } }));
+  const solo = await startTestBroker({ BROKER_CONFIG: join(d, 'broker.yaml'), INFER_ENABLED: 'false' });
+  t.teardown(() => solo.close());
+  const drain = await postJson(`${solo.url}/api/industrial/capacity/solo-1/drain`, {}, { authorization: 'Bearer test-admin-token' });
+  t.equal(drain.status, 200);
+  t.equal((await postJson(`${solo.url}/v1/chat/completions`, chat('solo'))).status, 503, 'drained: nothing serves the group');
+  const seed = await postJson(`${solo.url}/v1/chat/completions`, chat('solo', { seed: 'x' }));
+  t.match([seed.status, seed.body.error?.param], [400, 'seed'], 'a bad seed is the client\'s 400, not the 503');
+  const forced = await postJson(`${solo.url}/v1/chat/completions`, chat('solo', { tools: [{ type: 'function', function: { name: 'f' } }], tool_choice: { type: 'function', function: { name: 'g' } } }));
+  t.match([forced.status, forced.body.error?.param], [400, 'tool_choice.function.name']);
+  const topK = await postJson(`${solo.url}/v1/messages`, { model: 'solo', max_tokens: 5, top_k: '20', messages: [{ role: 'user', content: 'Hi' }] });
+  t.equal(topK.status, 400, 'a Messages top_k too');
+});

@@ -40,7 +40,8 @@ export function brokerRequestOf(call: AnyCall, early = true, track?: { readonly 
   const headers: Record<string, string> = {};
   for (const k of READ) {
     const vs = call.metadata.get(k);
-    const v = vs.length > 1 ? vs.join(', ') : vs[0];
+    // A credential sent twice is refused (checkCall): kept joined, to be seen; else the first.
+    const v = vs.length > 1 && (k === 'authorization' || k === 'x-api-key') ? vs.join(', ') : vs[0];
     if (typeof v === 'string') headers[k] = v;
   }
   const id = requestIdFrom(headers['x-request-id']);

@@ -19,7 +19,7 @@
 
 import { createHash } from 'node:crypto';
 import { BrokerError } from '../../errors.ts';
-import { appendToolName, checkSampling, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
+import { appendToolName, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
 import { QUIET_EVENTS, keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
 import type { Api, OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
@@ -281,7 +281,6 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
   if (Array.isArray(b['stop_sequences']) && b['stop_sequences'].length > 0) out.stop = b['stop_sequences'].filter((s): s is string => typeof s === 'string');
   for (const k of ['temperature', 'top_p'] as const) if (typeof b[k] === 'number') out[k] = b[k];
   // For an Ollama upstream (its options.top_k); OpenAI refuses the field (translate/index.ts leaves it out there).
-  checkSampling(b, ['top_k']);
   if (typeof b['top_k'] === 'number') out['top_k'] = b['top_k'];
   // Thinking disabled is Ollama's `think: false` (an OpenAI-compatible server has no such field).
   // Enabled is not `think: true`: Ollama refuses that for a model that cannot think, where

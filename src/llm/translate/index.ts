@@ -6,7 +6,7 @@
 // This module picks the right one.
 
 import { BrokerError } from '../../errors.ts';
-import { checkForcedFunction, checkSampling, finishFromOllama, openaiChunkFinish, requireObject, usageFromOllama, usageFromOpenAI } from './common.ts';
+import { finishFromOllama, openaiChunkFinish, usageFromOllama, usageFromOpenAI } from './common.ts';
 import { upstreamErrorMessage, upstreamText } from './errors.ts';
 import * as ollamaToOllama from './ollama_to_ollama.ts';
 import * as ollamaToOpenai from './ollama_to_openai.ts';
@@ -118,9 +118,6 @@ function outputLimitIn(out: Record<string, unknown>, field: 'max_tokens' | 'max_
   return value === undefined ? out : { ...rest, [field]: value };
 }
 
-/** An OpenAI client's sampling numbers besides temperature and top_p (checked at the front); top_k is vLLM's. */
-const OPENAI_SAMPLING = ['seed', 'presence_penalty', 'frequency_penalty', 'top_k'] as const;
-
 function chatOrCompletion(route: Route, body: unknown, upstreamModel: string): { out: unknown; stream: boolean; includeUsage: boolean } {
   const { client, provider, kind } = route;
   let out: unknown;
@@ -137,9 +134,6 @@ function chatOrCompletion(route: Route, body: unknown, upstreamModel: string): {
     return { out, stream, includeUsage: false };
   }
   if (client === 'openai') {
-    const b = requireObject(body);
-    checkSampling(b, OPENAI_SAMPLING);
-    if (kind === 'chat') checkForcedFunction(b);
     const t = provider === 'openai' ? openaiToOpenai : openaiToOllama;
     out = kind === 'chat' ? t.chatRequest(body, upstreamModel) : t.completionRequest(body, upstreamModel);
   } else {
