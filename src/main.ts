@@ -54,8 +54,9 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       exitCode = 1;
       if (broker === undefined) process.exit(1);
       broker.hurry();
-      // Whatever still holds the close: out, a few seconds on.
-      setTimeout(() => process.exit(1), 5000).unref();
+      // Whatever still holds the close: out, 15 s on (inference workers still loading their
+      // models are let finish first: terminated mid-load, they abort the process).
+      setTimeout(() => process.exit(1), 15_000).unref();
       return;
     }
     stopRequestedAt = now;

@@ -663,7 +663,7 @@ export class LlmProxy {
     this.finish(req.facts, group, dep, 'shutting_down', req.startedAt, stream);
   }
 
-  /** When each deployment's malformed events were last logged. */
+  /** When each deployment's malformed events were last logged (this proxy's: one per thread). */
   private readonly malformedWarnedAt = new Map<string, number>();
 
   /**

@@ -16,7 +16,7 @@ import type { CachedReply } from './entry.ts';
 export interface ReplayContext {
   /** The model name the client asked for. */
   readonly model: string;
-  /** The request id: completion ids are `chatcmpl-<id>` / `cmpl-<id>` (`resp_`, `msg_` for Responses, Messages), as on a live reply. */
+  /** The reply's id (LlmRequest.replyId): completion ids are `chatcmpl-<id>` / `cmpl-<id>` (`resp_`, `msg_` for Responses, Messages), as on a live reply. */
   readonly id: string;
   /** The OpenAI client asked for the usage chunk (stream_options.include_usage). */
   readonly includeUsage: boolean;

@@ -160,7 +160,8 @@ function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
       // Free-form input, as a function's one argument.
       pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name: String(it['name'] ?? ''), arguments: JSON.stringify({ input: it['input'] ?? '' }) } });
     } else if (type === 'local_shell_call') {
-      const id = String(it['call_id'] ?? it['id'] ?? '');
+      // call_id, or (as checkItem allows) the item's id when call_id is empty or missing.
+      const id = String(it['call_id'] || it['id'] || '');
       if (typeof it['id'] === 'string') shellCalls.set(it['id'], id);
       pushCall(out, { id, type: 'function', function: { name: 'local_shell', arguments: JSON.stringify(it['action'] ?? {}) } });
     } else if (type === 'function_call_output' || type === 'custom_tool_call_output') {
