@@ -2,6 +2,7 @@
 // the Responses API), Anthropic's Messages API at /v1/messages, Ollama-native under /api.
 // Errors follow each client API's own shape. Every one goes through the same reading,
 // admission, scheduling and proxy: only the translators and the chain differ.
+import { createHash } from 'node:crypto';
 import { BrokerError, toBrokerError } from '../errors.ts';
 import { anthropicErrorShape, ollamaErrorShape, openaiErrorShape } from '../front/error-body.ts';
 import type { Route } from '../front/http/router.ts';
@@ -42,9 +43,13 @@ export interface Admission {
 /** How long Ollama keeps a model loaded by default: /api/ps's expires_at is this far ahead. */
 const OLLAMA_KEEP_ALIVE_MS = 5 * 60_000;
 
-/** A model group as Ollama's /api/tags and /api/ps describe a model (sizes and digest unknown here). */
+/**
+ * A model group as Ollama's /api/tags and /api/ps describe a model (size unknown here). The
+ * digest is the name's SHA-256, 64 hex digits as Ollama's: `ollama list` and `ollama ps` print
+ * its first 12 and panic on an empty one.
+ */
 function ollamaModel(name: string): Record<string, unknown> {
-  return { name, model: name, modified_at: new Date(0).toISOString(), size: 0, digest: '', details: { format: '', family: '', families: null, parameter_size: '', quantization_level: '' } };
+  return { name, model: name, modified_at: new Date(0).toISOString(), size: 0, digest: createHash('sha256').update(name).digest('hex'), details: { format: '', family: '', families: null, parameter_size: '', quantization_level: '' } };
 }
 
 /** A route's own shape around a standard one (Ollama's legacy /api/embeddings around /api/embed). */
@@ -227,8 +232,9 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       errorShape: ollamaErrorShape,
       async handle({ body, sink }) {
         const b = body as Record<string, unknown>;
-        // `name` is the older field (ollama-js before 0.5 and older CLIs send it).
-        const name = typeof b['model'] === 'string' ? b['model'] : b['name'];
+        // `name` is the older field (ollama-js before 0.5 and older CLIs send it); the Go client
+        // sends both, `model` empty (`ollama run` and `ollama show`), and Ollama then reads `name`.
+        const name = typeof b['model'] === 'string' && b['model'] !== '' ? b['model'] : b['name'];
         if (typeof name !== 'string' || name === '') throw new BrokerError('invalid_request', 'model is required', { details: { field: 'model' } });
         const fleet = await source.current();
         const group = fleet?.groups.get(name);

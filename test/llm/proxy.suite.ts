@@ -153,6 +153,14 @@ t.test('Ollama client, chat and generate, streaming and not, both providers', as
   const missing = await fetch(`${tb.url}/api/show`, { method: 'POST', body: JSON.stringify({ model: 'nope' }) });
   t.equal(missing.status, 404);
   t.match(await missing.json(), { error: "model 'nope' not found" }, "Ollama's shape and words");
+  // The Go client (`ollama run`, `ollama show`) sends `model` empty beside `name`: Ollama reads `name`.
+  const goShow = await fetch(`${tb.url}/api/show`, { method: 'POST', body: JSON.stringify({ model: '', system: '', template: '', verbose: false, options: null, name: 'chat-openai' }) });
+  t.equal(goShow.status, 200, "the Go client's body");
+  // `ollama list` and `ollama ps` print a digest's first 12 characters (an empty one panics them).
+  const tags = (await (await fetch(`${tb.url}/api/tags`)).json()) as { models: { name: string; digest: string }[] };
+  t.ok(tags.models.length > 0 && tags.models.every((m) => /^[0-9a-f]{64}$/.test(m.digest)), 'every listed model has a 64-hex digest');
+  const ps = (await (await fetch(`${tb.url}/api/ps`)).json()) as { models: { digest: string }[] };
+  t.ok(ps.models.every((m) => /^[0-9a-f]{64}$/.test(m.digest)), '/api/ps too');
 });
 
 t.test('Ollama load and unload (no prompt, no messages): answered as Ollama does, no upstream call, on either provider', async (t) => {
