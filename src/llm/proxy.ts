@@ -180,7 +180,8 @@ export class LlmProxy {
     try {
       // The prompt's tokens as admission estimated them (characters / 4): what a request with no usage from its upstream is charged.
       const promptEstimate = tokensOfChars(req.promptChars);
-      const estimate = promptEstimate + (req.maxTokens ?? 0);
+      // What must fit one context window: the prompt and its output, or an embeddings batch's longest input.
+      const estimate = req.contextChars !== undefined ? tokensOfChars(req.contextChars) : promptEstimate + (req.maxTokens ?? 0);
       const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
       // A fallback group is one more group the request uses: its QoS tier must allow it too.
       const usable = (g: ModelGroupConfig): boolean => fits(g) && tierAllows(admitted.tier, g.name);
@@ -196,7 +197,8 @@ export class LlmProxy {
       const visited = new Set<string>([group.name]);
       let moveOn = false;
       if (!fits(group)) {
-        lastError = new BrokerError('context_length_exceeded', `the prompt (about ${estimate} tokens with max_tokens) does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: promptField(api, kind) } });
+        const what = req.contextChars !== undefined ? `an input (about ${estimate} tokens)` : `the prompt (about ${estimate} tokens with max_tokens)`;
+        lastError = new BrokerError('context_length_exceeded', `${what} does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: promptField(api, kind) } });
         queue = fallbacksOf(group.contextFallbacks, true);
         why = 'context_window';
         moveOn = true;

@@ -41,6 +41,12 @@ export interface LlmRequest {
   readonly maxTokens: number | undefined;
   /** Characters of prompt text (messages, prompt, system), counted once at the front. */
   readonly promptChars: number;
+  /**
+   * Characters that must fit one context window (a group's maxContextTokens), when not the whole
+   * prompt: an embeddings batch's longest input (each is embedded on its own; 0 when Ollama
+   * truncates them, its default).
+   */
+  readonly contextChars?: number;
   /** OpenAI `n`: completions asked for (quotas reserve n × the output). */
   readonly choices: number;
   readonly apiKey: string | undefined;
@@ -166,6 +172,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     body,
     ...parts,
     promptChars,
+    ...(kind === 'embed' ? { contextChars: api === 'ollama' && body.truncate !== false ? 0 : longestInput(body.input) } : {}),
     maxTokens: maxOutputTokensOf(body, api),
     choices: typeof body.n === 'number' ? body.n : 1,
     apiKey,
@@ -335,6 +342,15 @@ function checkEmbedInput(body: Readonly<Record<string, unknown>>, api: ClientApi
     if (k === 'other') throw invalidField(`input[${i}]`, 'must be a string, a token id (a whole number >= 0) or a non-empty array of token ids');
     if (k !== first) throw invalidField(`input[${i}]`, first === 'text' || k === 'text' ? 'mixes strings and token ids: one kind per request' : 'mixes token ids and arrays of them: one kind per request');
   }
+}
+
+/** Characters of an embeddings batch's longest input (token ids at 4 characters each, as embedParts counts them). */
+function longestInput(input: unknown): number {
+  const one = (v: unknown): number => (typeof v === 'string' ? v.length : typeof v === 'number' ? 4 : Array.isArray(v) ? 4 * v.length : 0);
+  if (!Array.isArray(input) || (input.length > 0 && typeof input[0] === 'number')) return one(input);
+  let most = 0;
+  for (const v of input) most = Math.max(most, one(v));
+  return most;
 }
 
 /** An embeddings body: `input`, a string or a batch (strings, or token arrays for an OpenAI upstream); a batch is bounded like messages. */

@@ -1,0 +1,32 @@
+// An embeddings batch against a group's maxContextTokens: each input is embedded on its own, so
+// each must fit, not their sum (Open WebUI's and LangChain's batch ingestion was refused on any
+// group that set maxContextTokens); an Ollama client's inputs are truncated by Ollama unless
+// it says truncate: false.
+import t from 'tap';
+import { startFleetBroker, startMock } from '../helpers/fleet.ts';
+import { postJson } from '../helpers/broker.ts';
+
+t.test('embeddings: the longest input must fit the context window, not the batch', async (t) => {
+  const oa = await startMock(t, {});
+  const ol = await startMock(t, {});
+  const tb = await startFleetBroker(t, {
+    modelGroups: {
+      emb: { deployments: [{ id: 'emb-oa', provider: 'openai', url: oa.url, model: 'e' }], maxContextTokens: 100 },
+      oemb: { deployments: [{ id: 'emb-ol', provider: 'ollama', url: ol.url, model: 'e' }], maxContextTokens: 100 },
+    },
+  });
+  const chunk = 'x'.repeat(300); // about 75 tokens
+  const batch = await postJson(`${tb.url}/v1/embeddings`, { model: 'emb', input: [chunk, chunk, chunk, chunk] });
+  t.equal(batch.status, 200, `four inputs of ~75 tokens under a 100-token window: ${JSON.stringify(batch.body).slice(0, 200)}`);
+  t.equal(batch.body.data.length, 4);
+  const long = await postJson(`${tb.url}/v1/embeddings`, { model: 'emb', input: [chunk, 'y'.repeat(1000)] });
+  t.equal(long.status, 400, 'one input of ~250 tokens does not fit');
+  t.match(long.body.error, { code: 'context_length_exceeded', message: /an input \(about 250 tokens\) does not fit/ });
+  const ollamaBatch = await postJson(`${tb.url}/api/embed`, { model: 'oemb', input: [chunk, chunk, chunk] });
+  t.equal(ollamaBatch.status, 200, 'an Ollama batch too');
+  t.equal(ollamaBatch.body.embeddings.length, 3);
+  const truncated = await postJson(`${tb.url}/api/embed`, { model: 'oemb', input: ['y'.repeat(1000)] });
+  t.equal(truncated.status, 200, "an Ollama client's long input: Ollama truncates it (its default)");
+  const strict = await postJson(`${tb.url}/api/embed`, { model: 'oemb', input: ['y'.repeat(1000)], truncate: false });
+  t.equal(strict.status, 400, 'with truncate: false it must fit');
+});
