@@ -72,9 +72,12 @@ function openaiMessage(m: unknown, index: number, pending: PendingCall[]): OpenA
     if (content === '') out.content = null;
   }
   if (role === 'tool') {
-    // OpenAI pairs a tool result with its call by id; Ollama by tool name.
+    // OpenAI pairs a tool result with its call by id; Ollama by tool name, and since 0.12.10 by
+    // `tool_call_id` too: that wins (two calls of one tool answered in another order were swapped).
     const name = typeof msg.tool_name === 'string' ? msg.tool_name : undefined;
-    const at = pending.findIndex((p) => name === undefined || p.name === name);
+    const callId = typeof msg.tool_call_id === 'string' ? msg.tool_call_id : undefined;
+    const byId = callId === undefined ? -1 : pending.findIndex((p) => p.id === callId);
+    const at = byId >= 0 ? byId : pending.findIndex((p) => name === undefined || p.name === name);
     if (at === -1) throw new BrokerError('invalid_request', 'a tool message has no matching tool call before it');
     out.tool_call_id = pending[at]!.id;
     pending.splice(at, 1);

@@ -156,6 +156,8 @@ export interface OllamaMessage {
   images?: string[] | null;
   tool_calls?: OllamaToolCall[];
   tool_name?: string;
+  /** Ollama 0.12.10+: the call a tool result answers. */
+  tool_call_id?: string;
   thinking?: string;
   [k: string]: unknown;
 }

@@ -625,3 +625,24 @@ t.test("the output limit goes in the one field the upstream reads: max_completio
   const legacy = sent({ client: 'openai', provider: 'openai', kind: 'completion' }, { model: 'm', prompt: 'hi', max_tokens: 7 }, 'max_completion_tokens');
   t.equal(legacy['max_tokens'], 7, 'legacy completions have max_tokens only');
 });
+
+// Ollama 0.12.10+ names the call a tool result answers: two calls of one tool answered in another
+// order were paired by name and position, and the results swapped.
+t.test('Ollama chat → OpenAI: a tool result pairs with its call by tool_call_id when it names one', async (t) => {
+  const r = translateRequest(
+    { client: 'ollama', provider: 'openai', kind: 'chat' },
+    {
+      model: 'm',
+      stream: false,
+      messages: [
+        { role: 'user', content: 'two lookups' },
+        { role: 'assistant', content: '', tool_calls: [{ id: 'call_X', function: { name: 'lookup', arguments: { q: 'x' } } }, { id: 'call_Y', function: { name: 'lookup', arguments: { q: 'y' } } }] },
+        { role: 'tool', content: 'result-for-Y', tool_name: 'lookup', tool_call_id: 'call_Y' },
+        { role: 'tool', content: 'result-for-X', tool_name: 'lookup', tool_call_id: 'call_X' },
+      ],
+    },
+    'up',
+  );
+  const msgs = body(r).messages as { content: unknown; tool_call_id?: string }[];
+  t.same(msgs.slice(2).map((m) => [m.content, m.tool_call_id]), [['result-for-Y', 'call_Y'], ['result-for-X', 'call_X']]);
+});
