@@ -113,6 +113,15 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         const loaded = typeof b.model === 'string' && fleet.groups.has(b.model) ? ollamaLoadReply(kind, b, new Date()) : undefined;
         if (loaded !== undefined) return sink.send(200, JSON_HEADERS, loaded);
       }
+      if (api === 'ollama' && kind === 'embed') {
+        // No input (none, "", []): Ollama's "load the model", answered with no embeddings (the
+        // legacy route's empty prompt: {"embedding": []}), without an upstream call.
+        const b = body as Record<string, unknown>;
+        const input = b.input;
+        if (typeof b.model === 'string' && fleet.groups.has(b.model) && (input === undefined || input === null || input === '' || (Array.isArray(input) && input.length === 0))) {
+          return sink.send(200, JSON_HEADERS, JSON.stringify({ model: b.model, embeddings: [] }));
+        }
+      }
       const span = req.span;
       const admitSpan = span?.child('llm.admission');
       let admitted: Admitted;

@@ -30,3 +30,26 @@ t.test('embeddings: the longest input must fit the context window, not the batch
   const strict = await postJson(`${tb.url}/api/embed`, { model: 'oemb', input: ['y'.repeat(1000)], truncate: false });
   t.equal(strict.status, 400, 'with truncate: false it must fit');
 });
+
+// Ollama's "load the model" for embeddings: no input answers no embeddings, not a 400.
+t.test('/api/embed with no input, "" or []: 200 with no embeddings and no upstream call; the legacy route\'s empty prompt too', async (t) => {
+  const ol = await startMock(t, {});
+  const oa = await startMock(t, {});
+  const tb = await startFleetBroker(t, {
+    modelGroups: {
+      oemb: { deployments: [{ id: 'emb-ol', provider: 'ollama', url: ol.url, model: 'e' }] },
+      aemb: { deployments: [{ id: 'emb-oa', provider: 'openai', url: oa.url, model: 'e' }] },
+    },
+  });
+  for (const model of ['oemb', 'aemb']) {
+    for (const input of [undefined, '', []]) {
+      const r = await postJson(`${tb.url}/api/embed`, input === undefined ? { model } : { model, input });
+      t.same([r.status, r.body], [200, { model, embeddings: [] }], `${model}, input ${JSON.stringify(input)}`);
+    }
+    const legacy = await postJson(`${tb.url}/api/embeddings`, { model, prompt: '' });
+    t.same([legacy.status, legacy.body], [200, { embedding: [] }], `${model}: /api/embeddings with an empty prompt`);
+  }
+  t.equal((ol.stats.requests['/api/embed'] ?? 0) + (oa.stats.requests['/v1/embeddings'] ?? 0), 0, 'no upstream call');
+  const missing = await postJson(`${tb.url}/api/embed`, { model: 'nope' });
+  t.not(missing.status, 200, `a model not served is not answered (${missing.status})`);
+});
