@@ -171,7 +171,8 @@ function toolArguments(args: string | undefined): Record<string, unknown> {
 
 function ollamaToolCalls(calls: OpenAIToolCall[] | undefined): OllamaToolCall[] | undefined {
   if (!Array.isArray(calls) || calls.length === 0) return undefined;
-  return calls.map((tc) => ({ function: { name: tc.function?.name ?? '', arguments: toolArguments(tc.function?.arguments) } }));
+  // The upstream's call id, as Ollama 0.12.10+ gives one (its clients send it back as tool_call_id).
+  return calls.map((tc) => ({ ...(typeof tc.id === 'string' && tc.id !== '' ? { id: tc.id } : {}), function: { name: tc.function?.name ?? '', arguments: toolArguments(tc.function?.arguments) } }));
 }
 
 /** The done object's counters and durations, in Ollama's order. */
@@ -349,7 +350,7 @@ export function chatDone(w: NdjsonWriter): string {
   let out = '';
   const tools = w.tools.filter((t) => t !== undefined);
   if (tools.length > 0) {
-    const calls: OllamaToolCall[] = tools.map((t) => ({ function: { name: t.name, arguments: toolArguments(t.args) } }));
+    const calls: OllamaToolCall[] = tools.map((t) => ({ ...(t.id !== '' ? { id: t.id } : {}), function: { name: t.name, arguments: toolArguments(t.args) } }));
     out = w.head + '"message":{"role":"assistant","content":"","tool_calls":' + JSON.stringify(calls) + '},"done":false}\n';
   }
   return (

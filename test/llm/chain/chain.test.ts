@@ -326,7 +326,7 @@ t.test('OpenAI streamed tool-call fragments → one Ollama tool_calls line', asy
     .trim()
     .split('\n')
     .map((l) => JSON.parse(l));
-  t.same(lines[0].message, { role: 'assistant', content: '', tool_calls: [{ function: { name: 'get_weather', arguments: { city: 'Paris' } } }] });
+  t.same(lines[0].message, { role: 'assistant', content: '', tool_calls: [{ id: 'call_1', function: { name: 'get_weather', arguments: { city: 'Paris' } } }] }, "the upstream's call id goes on (Ollama 0.12.10+ clients send it back)");
   t.equal(lines[1].done, true);
   t.equal(stream.stats.finishReason, 'tool_calls');
   t.equal(stream.stats.completionTokens, 2, 'argument fragments are token events');

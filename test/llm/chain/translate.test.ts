@@ -417,7 +417,7 @@ t.test('chat.completion with tool calls → Ollama tool_calls with object argume
     finish_reason: 'tool_calls',
   };
   const r = translateResponse({ client: 'ollama', provider: 'openai', kind: 'chat' }, JSON.stringify(reply), { model: 'm', id: 'r5' });
-  t.same(JSON.parse(r.body as string).message, { role: 'assistant', content: '', tool_calls: [{ function: { name: 'f', arguments: { x: 1 } } }] });
+  t.same(JSON.parse(r.body as string).message, { role: 'assistant', content: '', tool_calls: [{ id: 'call_abc', function: { name: 'f', arguments: { x: 1 } } }] });
 });
 
 t.test('text_completion → Ollama /api/generate reply', async (t) => {
