@@ -4,11 +4,8 @@
 // The upstream is a scripted HTTP server answering both wire formats by path.
 import t from 'tap';
 import type { ServerResponse } from 'node:http';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { stringify } from 'yaml';
-import { startTestBroker, postJson } from '../helpers/broker.ts';
+import { postJson } from '../helpers/broker.ts';
+import { startFleetBroker } from '../helpers/fleet.ts';
 import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
 const up = await startScriptedUpstream();
@@ -23,18 +20,16 @@ up.handler = (path: string, _b: any, res: ServerResponse) => {
   res.end(JSON.stringify({ id: 'c1', object: 'chat.completion', created: 1, model: 'm', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 } }));
 };
 
-const dir = mkdtempSync(join(tmpdir(), 'eb-translate-fidelity-responses-'));
-writeFileSync(
-  join(dir, 'broker.yaml'),
-  stringify({
+const tb = await startFleetBroker(
+  t,
+  {
     modelGroups: {
       oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: up.url, model: 'm' }] },
       ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: up.url, model: 'm' }] },
     },
-  }),
+  },
+  { INFER_ENABLED: 'false' },
 );
-const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), INFER_ENABLED: 'false' });
-t.teardown(() => tb.close());
 
 const sent = () => up.seen.at(-1)!.body.messages as any[];
 
