@@ -250,6 +250,7 @@ function responsesParts(body: Readonly<Record<string, unknown>>): PromptParts {
     }
   }
   if (body.instructions !== undefined && body.instructions !== null && typeof body.instructions !== 'string') throw invalidField('instructions', 'must be a string');
+  checkResponsesFields(body);
   return {
     messages: Array.isArray(input) ? input : undefined,
     prompt: typeof input === 'string' ? input : undefined,
@@ -259,6 +260,21 @@ function responsesParts(body: Readonly<Record<string, unknown>>): PromptParts {
 
 /** Tool calls and outputs that pair by call_id (a local_shell_call's output may name the call by its id). */
 const CALL_ITEMS = new Set(['function_call', 'function_call_output', 'custom_tool_call', 'custom_tool_call_output', 'local_shell_call', 'local_shell_call_output']);
+
+/**
+ * Fields a Response echoes (and some go upstream), of the types OpenAI takes (it answers 400
+ * otherwise): of another type, they broke the Response's schema for typed clients
+ * (`"reasoning": "high"` came back as it was, `"parallel_tool_calls": "yes"` went upstream).
+ */
+function checkResponsesFields(body: Readonly<Record<string, unknown>>): void {
+  const set = (k: string): boolean => body[k] !== undefined && body[k] !== null;
+  for (const k of ['reasoning', 'text', 'metadata']) if (set(k) && !isObject(body[k])) throw invalidField(k, 'must be an object');
+  for (const k of ['user', 'safety_identifier', 'prompt_cache_key', 'service_tier']) if (set(k) && typeof body[k] !== 'string') throw invalidField(k, 'must be a string');
+  for (const k of ['parallel_tool_calls', 'store', 'background']) if (set(k) && typeof body[k] !== 'boolean') throw invalidField(k, 'must be a boolean');
+  if (set('truncation') && body.truncation !== 'auto' && body.truncation !== 'disabled') throw invalidField('truncation', 'must be "auto" or "disabled"');
+  const format = (body.text as Record<string, unknown> | null | undefined)?.['format'];
+  if (format !== undefined && format !== null && !isObject(format)) throw invalidField('text.format', 'must be an object ({"type": "text"}, "json_object" or "json_schema")');
+}
 
 /** What OpenAI requires of a function call and its output (it answers 400 without them); sent on, they would be ''. */
 function checkItem(it: Record<string, unknown>, i: number): void {

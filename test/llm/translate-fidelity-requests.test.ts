@@ -254,3 +254,25 @@ t.test('a wrong-typed seed or a forced function not offered is 400 at once, even
   const topK = await postJson(`${solo.url}/v1/messages`, { model: 'solo', max_tokens: 5, top_k: '20', messages: [{ role: 'user', content: 'Hi' }] });
   t.equal(topK.status, 400, 'a Messages top_k too');
 });
+
+// A Response echoes these fields: of a type OpenAI refuses, they came back as sent (breaking the
+// Response's schema for typed clients) and some went upstream.
+t.test('Responses: reasoning, text, metadata, user, parallel_tool_calls and truncation of the wrong type are 400 naming the field', async (t) => {
+  const cases: [Record<string, unknown>, string][] = [
+    [{ reasoning: 'high' }, 'reasoning'],
+    [{ text: 'x' }, 'text'],
+    [{ text: { format: 'json' } }, 'text.format'],
+    [{ metadata: 'm' }, 'metadata'],
+    [{ user: {} }, 'user'],
+    [{ parallel_tool_calls: 'yes' }, 'parallel_tool_calls'],
+    [{ truncation: 5 }, 'truncation'],
+  ];
+  for (const [extra, param] of cases) {
+    const r = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: 'hi', ...extra });
+    t.match([r.status, r.body.error?.param], [400, param], JSON.stringify(extra));
+  }
+  const ok = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: 'hi', reasoning: null, text: { format: { type: 'text' } }, truncation: 'disabled', parallel_tool_calls: false, user: 'u' });
+  t.equal(ok.status, 200, 'the right types pass');
+  const odd = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ type: { a: 1 }, role: 'user', content: 'hi' }] });
+  t.match(odd.body.error?.message, /^input\[0\]\.type \{"a":1\} is not supported/, 'an object type is named as JSON');
+});

@@ -172,7 +172,7 @@ function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
     } else if (type === 'reasoning' || DROPPED_ITEMS.has(type as string)) {
       // The model's own reasoning from an earlier turn (chat upstreams take none), and the items above.
     } else {
-      throw invalid(`input[${i}].type`, `${String(type)} is not supported (message, function_call, function_call_output, custom_tool_call, local_shell_call and their outputs)`);
+      throw invalid(`input[${i}].type`, `${typeof type === 'string' ? type : JSON.stringify(type)} is not supported (message, function_call, function_call_output, custom_tool_call, local_shell_call and their outputs)`);
     }
   }
   if (images.length > 0) out.push({ role: 'user', content: images });
