@@ -82,7 +82,8 @@ t.test('x-mock-tps paces the tokens', async (t) => {
   const span = tokenAt[4]! - tokenAt[0]!;
   // Measured by the client, so allow for its own event loop being late now and then.
   t.ok(span >= 150 && span < 1500, `5 tokens at 20/s span ~200 ms (${span.toFixed(0)} ms)`);
-  t.ok(new Set(tokenAt).size >= 3, `tokens came in separate writes (${tokenAt.map((x) => x.toFixed(0)).join(', ')} ms)`);
+  // Not all in one write; a client whose event loop was held (a loaded box) reads several together.
+  t.ok(new Set(tokenAt).size >= 2, `tokens came in separate writes (${tokenAt.map((x) => x.toFixed(0)).join(', ')} ms)`);
   const chunks = parseSse(text).events as Array<{ choices: Array<{ delta: { content?: string } }> }>;
   t.equal(chunks.map((c) => c.choices[0]!.delta.content ?? '').join(''), mockText(5));
 
