@@ -639,6 +639,8 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       // a SIGTERM a moment after start did it about once in 12). Its start is let finish, for as
       // long as a start that hung is given.
       for (const until = Date.now() + stuckStartMs; readyWorkers() < piscina.threads.length && Date.now() < until; ) await new Promise((r) => setTimeout(r, 20));
+      // Said by `ready` after the close too (it reads live workers, gone then).
+      started ||= readyWorkers() >= opts.threads;
       await piscina.close();
     },
   };
