@@ -30,7 +30,8 @@ t.test('a Chat call cancelled before its request message: counted CANCELLED and 
 for (const threads of ['0', '2']) {
   t.test(`FRONT_THREADS=${threads}: a Chat call cut by the shutdown before its upstream answered is the shutdown's`, async (t) => {
     const { createServer } = await import('node:http');
-    const silent = createServer(() => undefined);
+    let received = 0;
+    const silent = createServer(() => void received++);
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
     t.teardown(() => {
       silent.closeAllConnections();
@@ -41,7 +42,9 @@ for (const threads of ['0', '2']) {
     const c = clients(tb.broker.grpcPort);
     t.teardown(() => c.close());
     const call = serverStream(c.chat, 'Chat', { model: 'g', messages: [{ role: 'user', content: 'hi' }] });
-    await new Promise((r) => setTimeout(r, 300));
+    // The call has reached its upstream, which does not answer.
+    for (let i = 0; i < 500 && received === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    t.equal(received, 1, 'the upstream has the request');
     await tb.broker.close(300);
     const r = await call;
     t.equal(r.status.code, Status.UNAVAILABLE);
