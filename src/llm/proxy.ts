@@ -72,6 +72,11 @@ export class LlmProxy {
 
   constructor(private readonly deps: ProxyDeps) {}
 
+  /** A request answered here with no upstream call (Ollama's load or unload, an embed of no input): one outcome in its group's requests. */
+  answeredHere(group: string): void {
+    this.deps.metrics.llmRequests.labels(group, 'none', 'ok', 'answered_here').inc();
+  }
+
   /** A request its group refused before any upstream call (the key's quota or budget, its QoS tier): counted in llm_requests_total, deployment none. */
   refused(group: string, err: BrokerError): void {
     const reason = err.code === 'quota_exceeded' ? 'quota_exceeded' : err.status < 500 ? 'client_error' : err.code;

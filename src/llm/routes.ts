@@ -111,7 +111,10 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         // A load or unload (no prompt, no messages): answered as Ollama does, for a model served here.
         const b = body as Record<string, unknown>;
         const loaded = typeof b.model === 'string' && fleet.groups.has(b.model) ? ollamaLoadReply(kind, b, new Date()) : undefined;
-        if (loaded !== undefined) return sink.send(200, JSON_HEADERS, loaded);
+        if (loaded !== undefined) {
+          proxy.answeredHere(fleet.groups.get(b.model as string)!.name);
+          return sink.send(200, JSON_HEADERS, loaded);
+        }
       }
       if (api === 'ollama' && kind === 'embed') {
         // No input (none, "", []): Ollama's "load the model", answered with no embeddings (the
@@ -119,6 +122,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         const b = body as Record<string, unknown>;
         const input = b.input;
         if (typeof b.model === 'string' && fleet.groups.has(b.model) && (input === undefined || input === null || input === '' || (Array.isArray(input) && input.length === 0))) {
+          proxy.answeredHere(fleet.groups.get(b.model)!.name);
           return sink.send(200, JSON_HEADERS, JSON.stringify({ model: b.model, embeddings: [] }));
         }
       }

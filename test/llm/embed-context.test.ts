@@ -4,7 +4,7 @@
 // it says truncate: false.
 import t from 'tap';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
-import { postJson } from '../helpers/broker.ts';
+import { metricValue, postJson } from '../helpers/broker.ts';
 
 t.test('embeddings: the longest input must fit the context window, not the batch', async (t) => {
   const oa = await startMock(t, {});
@@ -50,6 +50,8 @@ t.test('/api/embed with no input, "" or []: 200 with no embeddings and no upstre
     t.same([legacy.status, legacy.body], [200, { embedding: [] }], `${model}: /api/embeddings with an empty prompt`);
   }
   t.equal((ol.stats.requests['/api/embed'] ?? 0) + (oa.stats.requests['/v1/embeddings'] ?? 0), 0, 'no upstream call');
+  // One outcome each in the group's requests, as every LLM request has.
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'oemb', reason: 'answered_here' }), 4, 'counted in llm_requests_total');
   const missing = await postJson(`${tb.url}/api/embed`, { model: 'nope' });
   t.not(missing.status, 200, `a model not served is not answered (${missing.status})`);
 });

@@ -166,6 +166,8 @@ t.test('Ollama client, chat and generate, streaming and not, both providers', as
 t.test('Ollama load and unload (no prompt, no messages): answered as Ollama does, no upstream call, on either provider', async (t) => {
   const upstreamCalls = () => Object.values(okOpenai.stats.requests).reduce((a, b) => a + b, 0) + Object.values(okOllama.stats.requests).reduce((a, b) => a + b, 0);
   const before = upstreamCalls();
+  const counted = () => metricValue(tb.url, 'llm_requests_total', { reason: 'answered_here' });
+  const countedBefore = await counted();
   for (const model of ['chat-openai', 'chat-ollama']) {
     const gen = await ollama.generate({ model, prompt: '' });
     t.match(gen, { model, response: '', done: true, done_reason: 'load' }, `${model}: ollama run's preload`);
@@ -183,6 +185,8 @@ t.test('Ollama load and unload (no prompt, no messages): answered as Ollama does
     }
   }
   t.equal(upstreamCalls(), before, 'no upstream was asked');
+  // 2 models x (2 generates + 3 keep_alives + 3 chats): each one outcome in llm_requests_total.
+  t.equal((await counted()) - countedBefore, 16, 'each counted once in llm_requests_total (reason answered_here)');
   const unknown = await fetch(`${tb.url}/api/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'nope' }) });
   t.equal(unknown.status, 404, 'an unknown model is still 404');
 });
