@@ -45,10 +45,11 @@ export interface ProxyDeps {
   readonly cache?: ResponseCache | undefined;
 }
 
-// A stream cut after its 200 is midstream_*: the availability SLO counts those, while the
-// failures before the first byte (timeout, upstream_error) it counts by their 5xx.
+/** How often a deployment's junk events are logged (the metric counts every one). */
 const MALFORMED_WARN_EVERY_MS = 60_000;
 
+// A stream cut after its 200 is midstream_*: the availability SLO counts those, while the
+// failures before the first byte (timeout, upstream_error) it counts by their 5xx.
 type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'midstream_timeout' | 'shutting_down' | 'aborted' | 'timeout';
 
 /** llm_requests_total's coarse outcome (seed 001's error-rate query reads outcome="error"); the fine one is its reason. */
@@ -537,8 +538,7 @@ export class LlmProxy {
           const doneAt = performance.now();
           const dropped = attempt.assembled?.().malformed ?? 0;
           if (dropped > 0) {
-            m.llmUpstreamMalformed.labels(dep.config.id).inc(dropped);
-            this.warnMalformed(dep.config.id, req.id, dropped);
+            this.countMalformed(dep.config.id, req.id, dropped);
           }
           timeline.upstream(writtenAt(attempt, sentAt), attempt.timing.firstByteAt < 0 ? doneAt : attempt.timing.firstByteAt);
           // The whole body arriving is the upstream's time too.
@@ -636,8 +636,7 @@ export class LlmProxy {
     const m = this.deps.metrics;
     this.countTokens(group, promptTokens, r.completionTokens);
     if (r.malformed > 0) {
-      m.llmUpstreamMalformed.labels(dep.config.id).inc(r.malformed);
-      this.warnMalformed(dep.config.id, requestId, r.malformed);
+      this.countMalformed(dep.config.id, requestId, r.malformed);
     }
     if (instrument) {
       if (ttftMs !== null) m.llmTtft.labels(group.name, dep.config.id).observe(ttftMs / 1000);
@@ -674,10 +673,11 @@ export class LlmProxy {
   private readonly malformedWarnedAt = new Map<string, number>();
 
   /**
-   * A deployment that sends junk events sends them on every request: one warning a minute each
-   * (4,943 lines in 20 minutes from one), the metric counts them all.
+   * Junk events dropped from a reply: all counted; logged once a minute per deployment (one that
+   * sends them sends them on every request: 4,943 lines in 20 minutes from one).
    */
-  private warnMalformed(deployment: string, requestId: string, events: number): void {
+  private countMalformed(deployment: string, requestId: string, events: number): void {
+    this.deps.metrics.llmUpstreamMalformed.labels(deployment).inc(events);
     const now = performance.now();
     const last = this.malformedWarnedAt.get(deployment);
     if (last !== undefined && now - last < MALFORMED_WARN_EVERY_MS) return;

@@ -8,7 +8,6 @@ import type { BrokerRequest, Caller } from '../front/reply.ts';
 import { apiKeyOf } from '../guard/api-key.ts';
 import type { RequestFacts } from '../track/facts.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
-import { checkForcedFunction, checkSampling } from './translate/common.ts';
 import { cacheDirectiveOf, type CacheDirective } from './cache/cache.ts';
 import { headerPriority } from '../policy/priority.ts';
 import { parseTraceparent } from '../obs/trace/context.ts';
@@ -256,6 +255,36 @@ function responsesParts(body: Readonly<Record<string, unknown>>): PromptParts {
     prompt: typeof input === 'string' ? input : undefined,
     system: typeof body.instructions === 'string' ? body.instructions : undefined,
   };
+}
+
+/**
+ * Sampling numbers of the wrong type (seed, the penalties, top_k): refused, as `temperature` is,
+ * not dropped on the way to an upstream that would have refused it. `seed` must be whole. Null
+ * is the API's default.
+ */
+function checkSampling(body: Readonly<Record<string, unknown>>, fields: readonly string[]): void {
+  for (const field of fields) {
+    const v = body[field];
+    if (v === undefined || v === null) continue;
+    const whole = field === 'seed';
+    if (typeof v !== 'number' || !Number.isFinite(v) || (whole && !Number.isInteger(v))) throw invalidField(field, `must be ${whole ? 'an integer' : 'a number'}`);
+  }
+}
+
+/**
+ * An OpenAI chat tool_choice that forces a function must name one in `tools`, as OpenAI
+ * answers (400); an Ollama deployment, which has no tool_choice, dropped it and answered as
+ * it liked (the Responses and Messages routes refuse it the same way).
+ */
+function checkForcedFunction(body: Readonly<Record<string, unknown>>): void {
+  const tc = body.tool_choice as { type?: unknown; function?: { name?: unknown } } | null | undefined;
+  if (tc === null || typeof tc !== 'object' || tc.type !== 'function') return;
+  const forced = tc.function?.name;
+  if (typeof forced !== 'string') return;
+  const tools = Array.isArray(body.tools) ? body.tools : [];
+  if (!tools.some((t) => (t as { function?: { name?: unknown } } | null)?.function?.name === forced)) {
+    throw invalidField('tool_choice.function.name', `${forced} is not one of the function tools in tools`);
+  }
 }
 
 /** Tool calls and outputs that pair by call_id (a local_shell_call's output may name the call by its id). */

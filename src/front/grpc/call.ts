@@ -41,7 +41,7 @@ export function brokerRequestOf(call: AnyCall, early = true, track?: { readonly 
   for (const k of READ) {
     const vs = call.metadata.get(k);
     // A credential sent twice is refused (checkCall): kept joined, to be seen; else the first.
-    const v = vs.length > 1 && (k === 'authorization' || k === 'x-api-key') ? vs.join(', ') : vs[0];
+    const v = vs.length > 1 && (CREDENTIALS as readonly string[]).includes(k) ? vs.join(', ') : vs[0];
     if (typeof v === 'string') headers[k] = v;
   }
   const id = requestIdFrom(headers['x-request-id']);

@@ -214,38 +214,6 @@ export function requireArray(body: Record<string, unknown>, field: string): unkn
   return v;
 }
 
-/**
- * Sampling numbers the translators read (seed, the penalties, top_k): one of the wrong type is
- * refused, as `temperature` is at the front, not dropped on the way to an upstream that would
- * have refused it. `seed` must be whole. Null is the API's default.
- */
-export function checkSampling(body: Record<string, unknown>, fields: readonly string[]): void {
-  for (const field of fields) {
-    const v = body[field];
-    if (v === undefined || v === null) continue;
-    const whole = field === 'seed';
-    if (typeof v !== 'number' || !Number.isFinite(v) || (whole && !Number.isInteger(v))) {
-      throw new BrokerError('invalid_request', `${field} must be ${whole ? 'an integer' : 'a number'}`, { details: { field } });
-    }
-  }
-}
-
-/**
- * An OpenAI chat tool_choice that forces a function must name one in `tools`, as OpenAI
- * answers (400); an Ollama deployment, which has no tool_choice, dropped it and answered as
- * it liked (the Responses and Messages routes refuse it the same way).
- */
-export function checkForcedFunction(body: Record<string, unknown>): void {
-  const tc = body['tool_choice'] as { type?: unknown; function?: { name?: unknown } } | null | undefined;
-  if (tc === null || typeof tc !== 'object' || tc.type !== 'function') return;
-  const forced = tc.function?.name;
-  if (typeof forced !== 'string') return;
-  const tools = Array.isArray(body['tools']) ? body['tools'] : [];
-  if (!tools.some((t) => (t as { type?: unknown; function?: { name?: unknown } } | null)?.function?.name === forced)) {
-    throw new BrokerError('invalid_request', `tool_choice.function.name ${forced} is not one of the function tools in tools`, { details: { field: 'tool_choice.function.name' } });
-  }
-}
-
 /** Whether a tool call's arguments text is one whole JSON object (a streamed call may end now). */
 export function isWholeJsonObject(json: string): boolean {
   if (json === '' || json.charCodeAt(json.length - 1) !== 125) return false; // '}'
