@@ -536,3 +536,50 @@ t.test("an unknown model on Ollama's routes: 404 in Ollama's words (clients look
   const openai = await post('/v1/chat/completions', { model: 'nope', messages: [{ role: 'user', content: 'x' }] });
   t.match(((await openai.json()) as any).error.message, /model nope is not served here/, "OpenAI's route keeps its own");
 });
+
+t.test("Responses: Codex's custom apply_patch tool served by chat upstreams (OpenAI-compatible and Ollama): a function of one string upstream, a custom_tool_call to the SDK, whole and streamed", async (t) => {
+  const PATCH = '*** Begin Patch\n*** Update File: a.ts\n@@\n-x\n+y "q"\n*** End Patch\n';
+  const args = JSON.stringify({ input: PATCH });
+  const seen: any[] = [];
+  up.handler = (_p, b: any, res) => {
+    seen.push(b);
+    if (b.messages === undefined || Array.isArray(b.tools) === false) return chatReply(b, res, 'no tools?');
+    if (_p.startsWith('/api/chat')) {
+      // Ollama: a call comes whole, its arguments an object.
+      const line = (message: Record<string, unknown>, done = false) =>
+        JSON.stringify({ model: 'm', created_at: '2024-01-01T00:00:00Z', message: { role: 'assistant', content: '', ...message }, done, ...(done ? { done_reason: 'stop', prompt_eval_count: 3, eval_count: 4 } : {}) }) + '\n';
+      res.writeHead(200, { 'content-type': b.stream === false ? 'application/json' : 'application/x-ndjson' });
+      const call = { function: { name: 'apply_patch', arguments: { input: PATCH } } };
+      return void res.end(b.stream === false ? line({ tool_calls: [call] }, true) : line({ tool_calls: [call] }) + line({}, true));
+    }
+    chatReply(b, res, '', [{ id: 'call_p', name: 'apply_patch', args: [args.slice(0, 9), args.slice(9, 30), args.slice(30)] }]);
+  };
+  const tools: any[] = [{ type: 'custom', name: 'apply_patch', description: 'Edit files.', format: { type: 'grammar', syntax: 'lark', definition: 'start: begin_patch hunk+ end_patch' } }];
+  for (const model of ['oa', 'ol']) {
+    seen.length = 0;
+    const whole = await openai.responses.create({ model, input: 'fix it', tools });
+    const sent = seen[0];
+    const fn = sent.tools[0].function;
+    t.match(fn, { name: 'apply_patch', parameters: { required: ['input'], properties: { input: { type: 'string' } } } }, `${model}: a function of one string argument upstream`);
+    t.match(whole.output, [{ type: 'custom_tool_call', name: 'apply_patch', input: PATCH, status: 'completed' }], `${model}: whole`);
+    const stream = openai.responses.stream({ model, input: 'fix it', tools });
+    const types: string[] = [];
+    let streamedInput = '';
+    for await (const e of stream) {
+      types.push(e.type);
+      if (e.type === 'response.custom_tool_call_input.delta') streamedInput += e.delta;
+    }
+    const final = await stream.finalResponse();
+    t.match(final.output, [{ type: 'custom_tool_call', name: 'apply_patch', input: PATCH }], `${model}: the SDK's final Response`);
+    t.equal(streamedInput, PATCH, `${model}: the input deltas add up`);
+    t.ok(types.includes('response.custom_tool_call_input.done') && !types.some((x) => x.startsWith('response.function_call_arguments')), `${model}: custom-tool events only`);
+    // The next turn, as Codex sends it: the call and its output go back as the function call it was.
+    seen.length = 0;
+    await openai.responses.create({ model, input: [{ role: 'user', content: 'fix it' }, ...(final.output as any[]), { type: 'custom_tool_call_output', call_id: (final.output[0] as any).call_id, output: 'Done!' }], tools });
+    const history = seen[0].messages;
+    const call = history[1].tool_calls[0].function;
+    t.equal(call.name, 'apply_patch', `${model}: the earlier call goes back by name`);
+    t.same(typeof call.arguments === 'string' ? JSON.parse(call.arguments) : call.arguments, { input: PATCH }, `${model}: with the input it had`);
+    t.match(history[2], { role: 'tool', content: 'Done!' });
+  }
+});

@@ -165,7 +165,64 @@ t.test("Codex's namespace tools: flat names upstream, a call reported by its own
   t.match(evs.find((e) => e.type === 'response.output_item.done')?.item, { name: 'spawn_agent', namespace: 'multi_agent_v1' });
   t.match(evs.at(-1)?.response.output[2], { name: 'navigate', namespace: 'mcp__browser__' });
   t.throws(() => chatRequest({ model: 'g', input: 'x', tools: [{ type: 'web_search' }], tool_choice: { type: 'web_search' } }), { code: 'invalid_request', details: { field: 'tool_choice' } }, 'a hosted tool forced: 400');
-  t.throws(() => chatRequest({ model: 'g', input: 'x', tools: [{ type: 'custom', name: 'apply_patch' }] }), { code: 'invalid_request', details: { field: 'tools[0]' } }, 'a custom tool: 400');
+});
+
+// Codex's apply_patch for GPT-5 models (0.171): a custom tool with a Lark grammar, free-form
+// input. Chat has only functions: it goes up as one of one string argument and its calls come
+// back as custom_tool_call items, whole and streamed.
+t.test('a custom tool: a function of one string argument upstream, its call a custom_tool_call with the input', async (t) => {
+  const PATCH = '*** Begin Patch\n*** Add File: a.txt\n+hi "there"\n*** End Patch';
+  const codex = {
+    model: 'g',
+    input: [
+      { role: 'user', content: 'patch it' },
+      { type: 'custom_tool_call', call_id: 'c0', name: 'apply_patch', input: 'old' },
+      { type: 'custom_tool_call_output', call_id: 'c0', output: 'Success' },
+    ],
+    tools: [
+      { type: 'function', name: 'shell', parameters: { type: 'object' } },
+      { type: 'custom', name: 'apply_patch', description: 'Edit files.', format: { type: 'grammar', syntax: 'lark', definition: 'start: begin_patch hunk+ end_patch' } },
+      { type: 'namespace', name: 'mcp__ed__', tools: [{ type: 'custom', name: 'write' }] },
+    ],
+    tool_choice: { type: 'custom', name: 'apply_patch' },
+  };
+  const chat = chatRequest(codex);
+  const tools = chat.tools as any[];
+  t.same(tools.map((x) => x.function.name), ['shell', 'apply_patch', 'mcp__ed__write']);
+  t.match(tools[1].function, { description: 'Edit files.', parameters: { type: 'object', required: ['input'], properties: { input: { type: 'string' } } } });
+  t.match(tools[1].function.parameters.properties.input.description, /Lark grammar:\nstart: begin_patch hunk\+ end_patch/, 'the grammar is shown to the model');
+  t.same(chat['tool_choice'], { type: 'function', function: { name: 'apply_patch' } }, 'forced as the function it goes up as');
+  t.same((chat.messages[1] as any).tool_calls[0].function, { name: 'apply_patch', arguments: '{"input":"old"}' }, 'an earlier call, as the function was offered');
+  t.throws(() => chatRequest({ ...codex, tools: [{ type: 'custom', name: 'p', format: { type: 'grammar' } }], tool_choice: 'auto' }), { code: 'invalid_request', details: { field: 'tools[0].format.definition' } });
+  t.throws(() => chatRequest({ ...codex, tools: [{ type: 'custom', name: 'p', format: 'lark' }], tool_choice: 'auto' }), { code: 'invalid_request', details: { field: 'tools[0].format' } });
+
+  const ctx2 = { model: 'g', id: 'r9', request: codex };
+  const args = JSON.stringify({ input: PATCH });
+  const calls = [{ id: 'call_1', name: 'apply_patch', arguments: args }, { id: 'call_2', name: 'shell', arguments: '{}' }, { id: 'call_3', name: 'mcp__ed__write', arguments: '{"text":"x"}' }];
+  const whole = response({ text: '', thinking: '', tools: calls, finish: 'tool_calls', usage }, ctx2);
+  t.match(whole.output, [
+    { type: 'custom_tool_call', id: /^ctc_/, call_id: 'call_1', name: 'apply_patch', input: PATCH, status: 'completed' },
+    { type: 'function_call', name: 'shell', call_id: 'call_2' },
+    { type: 'custom_tool_call', name: 'write', namespace: 'mcp__ed__', input: 'x', call_id: 'call_3' },
+  ]);
+  t.notOk('arguments' in (whole.output as any[])[0], 'a custom call has input, not arguments');
+
+  // Streamed in pieces (as a chat upstream streams arguments): the input comes whole at the call's end.
+  const w = responsesWriter(ctx2);
+  let out = responsesDelta(w, delta({ tools: [{ index: 0, id: 'call_1', name: 'apply_patch', arguments: args.slice(0, 7) }] }));
+  out += responsesDelta(w, delta({ tools: [{ index: 0, arguments: args.slice(7) }] }));
+  out += responsesDelta(w, delta({ tools: [{ index: 1, id: 'call_2', name: 'shell', arguments: '{}' }] }));
+  const evs = events(out + responsesDone(w));
+  const custom = evs.filter((e) => e.item_id?.startsWith('ctc_') || e.item?.type === 'custom_tool_call');
+  t.same(custom.map((e) => e.type), ['response.output_item.added', 'response.custom_tool_call_input.delta', 'response.custom_tool_call_input.done', 'response.output_item.done']);
+  t.match(custom[0].item, { type: 'custom_tool_call', name: 'apply_patch', input: '', status: 'in_progress' });
+  t.equal(custom[1].delta, PATCH);
+  t.equal(custom[2].input, PATCH);
+  t.match(custom[3].item, { type: 'custom_tool_call', input: PATCH, status: 'completed', call_id: 'call_1' });
+  t.same(new Set(custom.map((e) => e.item_id ?? e.item.id)).size, 1, 'one item id throughout');
+  t.notOk(evs.some((e) => e.type.startsWith('response.function_call_arguments') && e.item_id === custom[0].item.id), 'no function-call events for it');
+  t.match(evs.at(-1)?.response.output, [{ type: 'custom_tool_call', input: PATCH }, { type: 'function_call', name: 'shell' }]);
+  t.match(evs.find((e) => e.type === 'response.function_call_arguments.done'), { name: 'shell' }, 'a function beside it streams as before');
 });
 
 t.test('reasoning is the first item; reasoning after the text is dropped, with a keep-alive comment every 32 of its events', async (t) => {

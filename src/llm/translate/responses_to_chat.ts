@@ -15,8 +15,12 @@
 // Tools as Codex sends them: a `namespace` tool (its multi-agent and MCP tools) groups
 // function tools, which chat has no word for: each goes upstream as a function named
 // `<namespace>__<name>`, and a call of it comes back as Responses says one: its own `name`
-// and `namespace` (Codex routes by both). Tools the server runs (web_search, tool_search,
-// file_search...) cannot run here: offered, they are left out; forced by tool_choice, 400.
+// and `namespace` (Codex routes by both). A `custom` tool (free-form input, such as Codex's
+// apply_patch with its grammar) goes upstream as a function of one string argument, `input`
+// (the grammar in its description), and its calls come back as custom_tool_call items; their
+// input is streamed whole when the call is done (the upstream's JSON is not decoded piece by
+// piece). Tools the server runs (web_search, tool_search, file_search...) cannot run here:
+// offered, they are left out; forced by tool_choice, 400.
 
 import { BrokerError } from '../../errors.ts';
 import { appendToolName, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
@@ -84,23 +88,52 @@ export function flatToolName(namespace: string, name: string): string {
   return namespace.endsWith('_') ? namespace + name : `${namespace}__${name}`;
 }
 
-/** A namespaced function's chat name → its namespace and own name, for the calls a Response reports. */
-export type ToolNamespaces = ReadonlyMap<string, { readonly namespace: string; readonly name: string }>;
+/** How a Response names a call of a chat function: the tool's own name, its namespace, and whether it is a custom (free-form) tool. */
+export interface ToolIdentity {
+  readonly name: string;
+  readonly namespace?: string;
+  readonly custom?: true;
+}
 
-/** The namespaces of a Responses request's tools (none: undefined, the common case). */
-export function toolNamespaces(request: Readonly<Record<string, unknown>> | undefined): ToolNamespaces | undefined {
+/** Chat function names → the Responses tools they stand for, where the call is reported otherwise than as a function_call of that name. */
+export type ToolNames = ReadonlyMap<string, ToolIdentity>;
+
+/** The namespaced and custom tools of a Responses request (none: undefined, the common case). */
+export function toolNames(request: Readonly<Record<string, unknown>> | undefined): ToolNames | undefined {
   const tools = request?.['tools'];
   if (!Array.isArray(tools)) return undefined;
-  let out: Map<string, { namespace: string; name: string }> | undefined;
+  let out: Map<string, ToolIdentity> | undefined;
   for (const t of tools) {
     const o = t as Record<string, unknown> | null;
+    if (o?.['type'] === 'custom' && typeof o['name'] === 'string') (out ??= new Map()).set(o['name'], { name: o['name'], custom: true });
     if (o?.['type'] !== 'namespace' || typeof o['name'] !== 'string' || !Array.isArray(o['tools'])) continue;
     for (const inner of o['tools'] as unknown[]) {
-      const name = (inner as Record<string, unknown> | null)?.['name'];
-      if (typeof name === 'string') (out ??= new Map()).set(flatToolName(o['name'], name), { namespace: o['name'], name });
+      const f = inner as Record<string, unknown> | null;
+      const name = f?.['name'];
+      if (typeof name === 'string') (out ??= new Map()).set(flatToolName(o['name'], name), { namespace: o['name'], name, ...(f!['type'] === 'custom' ? { custom: true as const } : {}) });
     }
   }
   return out;
+}
+
+/**
+ * A custom tool's call → its free-form input: the `input` argument it was offered, else the
+ * one string argument the model named otherwise, else the arguments as written (a model that
+ * ignored the schema).
+ */
+export function customInput(args: string): string {
+  let v: unknown;
+  try {
+    v = JSON.parse(args);
+  } catch {
+    return args;
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return args;
+  const o = v as Record<string, unknown>;
+  if (typeof o['input'] === 'string') return o['input'];
+  const values = Object.values(o);
+  if (values.length === 0) return '';
+  return values.length === 1 && typeof values[0] === 'string' ? values[0] : args;
 }
 
 /** Tool types the Responses server runs itself (search, files, code, a computer): nothing here runs them. */
@@ -157,8 +190,9 @@ function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
       const name = typeof it['namespace'] === 'string' && it['namespace'] !== '' ? flatToolName(it['namespace'], String(it['name'] ?? '')) : String(it['name'] ?? '');
       pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name, arguments: args === '' ? '{}' : args } });
     } else if (type === 'custom_tool_call') {
-      // Free-form input, as a function's one argument.
-      pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name: String(it['name'] ?? ''), arguments: JSON.stringify({ input: it['input'] ?? '' }) } });
+      // Free-form input, as the function's one argument it was offered as (customTool).
+      const name = typeof it['namespace'] === 'string' && it['namespace'] !== '' ? flatToolName(it['namespace'], String(it['name'] ?? '')) : String(it['name'] ?? '');
+      pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name, arguments: JSON.stringify({ input: it['input'] ?? '' }) } });
     } else if (type === 'local_shell_call') {
       // call_id, or (as checkItem allows) the item's id when call_id is empty or missing.
       const id = String(it['call_id'] || it['id'] || '');
@@ -191,7 +225,29 @@ function chatTool(o: Record<string, unknown>, name: string): unknown {
   return { type: 'function', function: fn };
 }
 
-/** Responses tools → chat tools: function tools, and those of namespaces (flattened); hosted tools left out; custom tools have no chat equivalent. */
+/**
+ * A Responses custom tool → a chat function of one string argument, `input`: chat has no
+ * free-form tools (Ollama's and most servers' chat). A grammar (Lark or a regex) cannot bind
+ * a chat server's output, so the model is shown it in the argument's description.
+ */
+function customTool(o: Record<string, unknown>, name: string, field: string): unknown {
+  const format = o['format'] as Record<string, unknown> | null | undefined;
+  if (format !== undefined && format !== null && (typeof format !== 'object' || (format['type'] !== 'text' && format['type'] !== 'grammar'))) {
+    throw invalid(`${field}.format`, 'must be {"type": "text"} or {"type": "grammar", "syntax": ..., "definition": ...}');
+  }
+  let what = 'The input, as free-form text (not JSON).';
+  if (format?.['type'] === 'grammar') {
+    if (typeof format['definition'] !== 'string') throw invalid(`${field}.format.definition`, 'is required in a grammar format: a string');
+    const syntax = format['syntax'] === 'regex' ? 'this regular expression' : 'this Lark grammar';
+    what = `The input, as free-form text (not JSON) matching ${syntax}:\n${format['definition']}`;
+  }
+  const fn: Record<string, unknown> = { name };
+  if (typeof o['description'] === 'string') fn['description'] = o['description'];
+  fn['parameters'] = { type: 'object', properties: { input: { type: 'string', description: what } }, required: ['input'], additionalProperties: false };
+  return { type: 'function', function: fn };
+}
+
+/** Responses tools → chat tools: function and custom tools, and those of namespaces (flattened); hosted tools left out. */
 function toolsOf(tools: unknown): unknown[] | undefined {
   if (tools === undefined || tools === null) return undefined;
   if (!Array.isArray(tools)) throw invalid('tools', 'must be an array');
@@ -203,13 +259,14 @@ function toolsOf(tools: unknown): unknown[] | undefined {
     if (type === 'namespace' && typeof o!['name'] === 'string' && Array.isArray(o!['tools'])) {
       (o!['tools'] as unknown[]).forEach((inner, j) => {
         const f = inner as Record<string, unknown> | null;
-        if (f?.['type'] !== 'function' || typeof f['name'] !== 'string') throw invalid(`tools[${i}].tools[${j}]`, 'must be a function tool with a name (a namespace of custom tools has no chat equivalent)');
-        out.push(chatTool(f, flatToolName(o!['name'] as string, f['name'])));
+        if ((f?.['type'] !== 'function' && f?.['type'] !== 'custom') || typeof f['name'] !== 'string') throw invalid(`tools[${i}].tools[${j}]`, 'must be a function or custom tool with a name');
+        const flat = flatToolName(o!['name'] as string, f['name']);
+        out.push(f['type'] === 'custom' ? customTool(f, flat, `tools[${i}].tools[${j}]`) : chatTool(f, flat));
       });
       return;
     }
-    if (type !== 'function' || typeof o!['name'] !== 'string') throw invalid(`tools[${i}]`, 'must be a function tool with a name, or a namespace of them (custom tools have no chat equivalent, and are not served here)');
-    out.push(chatTool(o!, o!['name']));
+    if ((type !== 'function' && type !== 'custom') || typeof o!['name'] !== 'string') throw invalid(`tools[${i}]`, 'must be a function or custom tool with a name, or a namespace of them');
+    out.push(type === 'custom' ? customTool(o!, o!['name'], `tools[${i}]`) : chatTool(o!, o!['name']));
   });
   return out;
 }
@@ -219,11 +276,11 @@ function toolChoiceOf(tc: unknown): unknown {
   if (tc === undefined || tc === null) return undefined;
   if (typeof tc === 'string') {
     if (tc === 'auto' || tc === 'none' || tc === 'required') return tc;
-    throw invalid('tool_choice', 'must be "auto", "none", "required" or {"type": "function", "name": ...}');
+    throw invalid('tool_choice', 'must be "auto", "none", "required" or {"type": "function" or "custom", "name": ...}');
   }
   const o = tc as Record<string, unknown>;
-  if (typeof tc !== 'object' || Array.isArray(tc) || o['type'] !== 'function') throw invalid('tool_choice', 'must be "auto", "none", "required" or {"type": "function", "name": ...} (built-in tools are not served here)');
-  if (typeof o['name'] !== 'string' || o['name'] === '') throw invalid('tool_choice.name', 'must name a function tool');
+  if (typeof tc !== 'object' || Array.isArray(tc) || (o['type'] !== 'function' && o['type'] !== 'custom')) throw invalid('tool_choice', 'must be "auto", "none", "required" or {"type": "function" or "custom", "name": ...} (built-in tools are not served here)');
+  if (typeof o['name'] !== 'string' || o['name'] === '') throw invalid('tool_choice.name', `must name a ${o['type']} tool`);
   const name = typeof o['namespace'] === 'string' && o['namespace'] !== '' ? flatToolName(o['namespace'], o['name']) : o['name'];
   return { type: 'function', function: { name } };
 }
@@ -251,7 +308,7 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
   // A function forced that is not offered: OpenAI's 400 (forwarded, Ollama dropped it and answered as it liked).
   const forced = (choice as { function?: { name: string } } | undefined)?.function?.name;
   if (forced !== undefined && !(out.tools ?? []).some((t) => (t as { function: { name: string } }).function.name === forced)) {
-    throw invalid('tool_choice.name', `${forced} is not one of the function tools in tools`);
+    throw invalid('tool_choice.name', `${forced} is not one of the tools in tools`);
   }
   if (choice !== undefined && out.tools !== undefined) out['tool_choice'] = choice;
   const format = (b['text'] as Record<string, unknown> | undefined)?.['format'] as Record<string, unknown> | undefined;
@@ -363,10 +420,15 @@ function summaryPart(text: string): Record<string, unknown> {
   return { type: 'summary_text', text };
 }
 
-/** A function_call item; a namespaced function's call says its own name and its namespace. */
-function callItem(id: string, t: { id: string; name: string; arguments: string }, status: 'in_progress' | 'completed' | 'incomplete', ns: ToolNamespaces | undefined): Record<string, unknown> {
-  const own = ns?.get(t.name);
-  return { type: 'function_call', id: 'fc_' + id, call_id: t.id, name: own?.name ?? t.name, ...(own !== undefined ? { namespace: own.namespace } : {}), arguments: t.arguments, status };
+/**
+ * A function_call item, or a custom tool's custom_tool_call item (its input out of the
+ * arguments); a namespaced tool's call says its own name and its namespace.
+ */
+function callItem(id: string, t: { id: string; name: string; arguments: string }, status: 'in_progress' | 'completed' | 'incomplete', names: ToolNames | undefined): Record<string, unknown> {
+  const own = names?.get(t.name);
+  const ns = own?.namespace !== undefined ? { namespace: own.namespace } : {};
+  if (own?.custom === true) return { type: 'custom_tool_call', id: 'ctc_' + id, call_id: t.id, name: own.name, ...ns, input: customInput(t.arguments), status };
+  return { type: 'function_call', id: 'fc_' + id, call_id: t.id, name: own?.name ?? t.name, ...ns, arguments: t.arguments, status };
 }
 
 
@@ -378,8 +440,8 @@ export function response(reply: WholeReply, ctx: ReplyContext): Record<string, u
   // An empty reply is one empty message; one of reasoning only (cut while the model reasoned) is its reasoning item, as OpenAI's.
   if (reply.text !== '' || (reply.tools.length === 0 && reply.thinking === '')) output.push(messageItem(ctx.id, reply.text, end.status === 'incomplete' ? 'incomplete' : 'completed'));
   // Cut at max_output_tokens, the last call's arguments are cut too: that item is incomplete.
-  const ns = toolNamespaces(ctx.request);
-  reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, end.status === 'incomplete' && i === reply.tools.length - 1 ? 'incomplete' : 'completed', ns)));
+  const names = toolNames(ctx.request);
+  reply.tools.forEach((t, i) => output.push(callItem(`${ctx.id}_${i}`, t, end.status === 'incomplete' && i === reply.tools.length - 1 ? 'incomplete' : 'completed', names)));
   return responseShell(ctx.id, ctx.model, Math.floor(Date.now() / 1000), end.status, output, reply.usage, { ...echoOf(ctx.request), ...end });
 }
 
@@ -427,8 +489,8 @@ export interface ResponsesWriter {
   tokens: number;
   /** The prompt's estimated tokens: the input count when the upstream sends no usage. */
   readonly promptEstimate: number;
-  /** The request's namespaced functions (their calls are reported by their own names). */
-  readonly namespaces: ToolNamespaces | undefined;
+  /** The request's namespaced and custom tools (their calls are reported by their own names, a custom one's as a custom_tool_call). */
+  readonly names: ToolNames | undefined;
   /** The reasoning item: its output_index once reasoning arrived (always the first item), else -1. */
   reasoningIndex: number;
   reasoning: string;
@@ -440,7 +502,7 @@ export interface ResponsesWriter {
 }
 
 export function responsesWriter(ctx: ReplyContext): ResponsesWriter {
-  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, namespaces: toolNamespaces(ctx.request), reasoningIndex: -1, reasoning: '', reasoningDone: false, quiet: 0, done: false };
+  return { id: ctx.id, model: ctx.model, echo: echoOf(ctx.request), createdAt: Math.floor(Date.now() / 1000), seq: 0, started: false, messageIndex: -1, text: '', messageDone: false, lateText: '', lateIndex: -1, tools: [], outputs: 0, finish: null, usage: null, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, names: toolNames(ctx.request), reasoningIndex: -1, reasoning: '', reasoningDone: false, quiet: 0, done: false };
 }
 
 function event(w: { seq: number }, type: string, fields: Record<string, unknown>): string {
@@ -537,7 +599,8 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
         if (slot.closed === null) {
           out += announce(w, slot);
           slot.arguments += t.arguments;
-          out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
+          // A custom tool's input is the string inside these arguments: sent whole at its end.
+          if (w.names?.get(slot.name)?.custom !== true) out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
         }
       }
       // A call that came whole (Ollama's) is done now: a cut after it does not leave it incomplete.
@@ -568,21 +631,35 @@ function announce(w: ResponsesWriter, s: ToolSlot): string {
   const waiting = w.tools.filter((o) => o !== undefined && !o.announced && o.outputIndex <= s.outputIndex).sort((a, b) => a.outputIndex - b.outputIndex);
   for (const o of waiting) {
     o.announced = true;
-    out += event(w, 'response.output_item.added', { output_index: o.outputIndex, item: { ...callItem('', o, 'in_progress', w.namespaces), id: o.itemId, arguments: '' } });
+    // Its name is whole by now (it has arguments, or is done): a custom tool's item is a ctc_.
+    const item = callItem('', { ...o, arguments: '' }, 'in_progress', w.names);
+    if (item['type'] === 'custom_tool_call') o.itemId = 'ctc_' + o.itemId.slice(3);
+    out += event(w, 'response.output_item.added', { output_index: o.outputIndex, item: { ...item, id: o.itemId } });
   }
   return out;
 }
 
-/** A call's done events. One without arguments says {} (as a whole reply does), in a delta too so that deltas add up to it. */
+/**
+ * A call's done events. One without arguments says {} (as a whole reply does), in a delta too
+ * so that deltas add up to it. A custom tool's input goes in one delta, then its done event.
+ */
 function closeCall(w: ResponsesWriter, s: ToolSlot, status: ItemStatus): string {
   let out = announce(w, s);
+  if (w.names?.get(s.name)?.custom === true) {
+    s.closed = status;
+    const input = customInput(s.arguments);
+    const ids = { item_id: s.itemId, output_index: s.outputIndex };
+    if (input !== '') out += event(w, 'response.custom_tool_call_input.delta', { ...ids, delta: input });
+    out += event(w, 'response.custom_tool_call_input.done', { ...ids, input });
+    return out + event(w, 'response.output_item.done', { output_index: s.outputIndex, item: { ...callItem('', s, status, w.names), id: s.itemId } });
+  }
   if (s.arguments === '') {
     s.arguments = '{}';
     out += event(w, 'response.function_call_arguments.delta', { item_id: s.itemId, output_index: s.outputIndex, delta: '{}' });
   }
   s.closed = status;
-  out += event(w, 'response.function_call_arguments.done', { item_id: s.itemId, output_index: s.outputIndex, name: w.namespaces?.get(s.name)?.name ?? s.name, arguments: s.arguments });
-  return out + event(w, 'response.output_item.done', { output_index: s.outputIndex, item: { ...callItem('', s, status, w.namespaces), id: s.itemId } });
+  out += event(w, 'response.function_call_arguments.done', { item_id: s.itemId, output_index: s.outputIndex, name: w.names?.get(s.name)?.name ?? s.name, arguments: s.arguments });
+  return out + event(w, 'response.output_item.done', { output_index: s.outputIndex, item: { ...callItem('', s, status, w.names), id: s.itemId } });
 }
 
 /**
@@ -597,7 +674,7 @@ function outputItems(w: ResponsesWriter, last: ItemStatus, streamed = false): Ar
   if (w.lateIndex !== -1) items.push([w.lateIndex, { ...messageItem(w.id, w.lateText, last), id: 'msg_' + w.id + '_late' }]);
   // A call closed before the end was whole; the one still open shares the Response's fate
   // (cut at max_output_tokens or by a failure: its arguments may be cut too).
-  for (const s of w.tools) if (s !== undefined && (!streamed || s.announced)) items.push([s.outputIndex, { ...callItem('', s, s.closed ?? last, w.namespaces), id: s.itemId }]);
+  for (const s of w.tools) if (s !== undefined && (!streamed || s.announced)) items.push([s.outputIndex, { ...callItem('', s, s.closed ?? last, w.names), id: s.itemId }]);
   items.sort((a, b) => a[0] - b[0]);
   return items;
 }
