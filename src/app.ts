@@ -48,6 +48,7 @@ import { QuotaLedger } from './policy/quota.ts';
 import { governanceAdmin, industrialRoutes } from './admin/industrial.ts';
 import { LlmProxy } from './llm/proxy.ts';
 import { ResponseCache } from './llm/cache/cache.ts';
+import { ResponseStore } from './llm/stored/responses.ts';
 import { llmRoutes } from './llm/routes.ts';
 import { buildFleet, ollamaFleet, type Fleet, type FleetSource } from './fleet/fleet.ts';
 import { FleetManager } from './fleet/manager.ts';
@@ -208,6 +209,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const cacheChannel = `eb-llm-cache-${randomUUID()}`;
   const responseCache = new ResponseCache({ settings: (fleetConfig ?? governance.current).cache, metrics, logger, redisUrl: config.redisUrl, channel: threaded ? cacheChannel : undefined });
   await responseCache.connect();
+  const responseStore = new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.redisUrl, channel: threaded ? `${cacheChannel}-responses` : undefined });
   // Changes the control plane makes on its own (health checks, breakers, discovery) reach the threads too.
   const publish = (): void => void planes?.publish().catch(() => undefined);
   // A flag changed by another replica (through the store) is in force on this one's threads too.
@@ -432,7 +434,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     } else {
       proxy = new LlmProxy({ metrics, logger, executor: executor!, leases: governance, cache: responseCache });
       const router = new Router();
-      for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie, ceiling), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
+      for (const r of [...controlRoutes, ...inferRoutes(infer ?? disabledInference, config.stickyCookie, ceiling), ...llmRoutes(fleet, governance, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars }, responseStore)]) router.add(r);
       const front = await startHttpFront({ ...guards, cors: config.corsOrigins, trustedProxies: config.trustedProxies, host: config.host, port: config.port, router, logger, accessLog: createAccessLogger(config.logLevel, destination), tracer, recorder });
       port = front.port;
       stopListening = () => front.stopListening();
@@ -443,6 +445,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     manager.stop();
     sharedState.close();
     responseCache.close();
+    responseStore.close();
     await Promise.all([infer?.close(), executor?.close(), planes?.close(0), store.close(), tracer.shutdown(0), tracking?.close(0)]);
     throw err;
   }
@@ -599,6 +602,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         recorder?.flush();
         await tracking?.close(Math.max(closeStarted + graceMs, Date.now() + 1000));
         responseCache.close();
+        responseStore.close();
         // Unspent leases go back to the cluster before the store closes.
         pinShare?.close();
         await leases?.close().catch(() => undefined);

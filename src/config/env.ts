@@ -69,6 +69,9 @@ export interface Config {
   /** Largest LLM prompt accepted: messages, and characters of prompt text (400 past them). */
   readonly llmMaxMessages: number;
   readonly llmMaxPromptChars: number;
+  /** Stored Responses (previous_response_id): MiB each serving thread keeps in memory, 0 off. */
+  readonly responsesStoreMb: number;
+  readonly responsesStoreTtlS: number;
   /** Largest non-streamed upstream reply the broker reads; past it the client gets 502. */
   readonly upstreamMaxBodyBytes: number;
   /** The same for an embeddings reply: a batch of vectors is far larger than any text reply. */
@@ -284,6 +287,8 @@ export function loadConfig(env: Env = process.env): Config {
     stickyTtlS: num(env, 'STICKY_TTL_S', 300, 1, 86_400),
     llmMaxMessages: int(env, 'LLM_MAX_MESSAGES', 4096, 1, 1_000_000),
     llmMaxPromptChars: int(env, 'LLM_MAX_PROMPT_CHARS', 4_000_000, 1, 1_000_000_000),
+    responsesStoreMb: int(env, 'RESPONSES_STORE_MB', 64, 0, 65_536),
+    responsesStoreTtlS: int(env, 'RESPONSES_STORE_TTL_S', 86_400, 1, 30 * 86_400),
     upstreamMaxBodyBytes: int(env, 'UPSTREAM_MAX_BODY_BYTES', 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     upstreamMaxEmbedBytes: int(env, 'UPSTREAM_MAX_EMBED_BYTES', 64 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     frontThreads: int(env, 'FRONT_THREADS', Math.min(cores, 64), 0, 64),

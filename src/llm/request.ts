@@ -2,6 +2,7 @@
 // admission, the scheduler, the sticky and quota policies and the proxy need, typed.
 // Nothing after this reads the body again except the translators, which map it whole
 // to the provider's API.
+import { randomUUID } from 'node:crypto';
 import { requestIdFrom } from '../obs/request-id.ts';
 import { BrokerError } from '../errors.ts';
 import type { BrokerRequest, Caller } from '../front/reply.ts';
@@ -163,7 +164,8 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   if (facts !== undefined) facts.model = model;
   return {
     id: req.id,
-    replyId: h['x-request-id'] === req.id ? requestIdFrom(undefined) : req.id,
+    // A Response's id names a stored conversation (stored/responses.ts): not guessable from another's.
+    replyId: api === 'responses' ? randomUUID().replaceAll('-', '') : h['x-request-id'] === req.id ? requestIdFrom(undefined) : req.id,
     startedAt: req.startedAt,
     api,
     kind,

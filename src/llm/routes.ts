@@ -16,6 +16,8 @@ import type { ClientApi, Kind } from './translate/index.ts';
 import type { ReplySink } from '../front/reply.ts';
 import { ollamaLoadReply } from './ollama-load.ts';
 import { showModel } from './ollama-show.ts';
+import type { ResponseStore } from './stored/responses.ts';
+import { continuing, storedRoutes } from './stored/routes.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 /** The Ollama API release whose routes and fields the broker serves (thinking, tools, /api/embed). */
@@ -92,7 +94,7 @@ function reshaped(sink: ReplySink, reply: (body: string | Uint8Array) => string)
   });
 }
 
-export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmProxy, limits?: PromptLimits): Route[] {
+export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmProxy, limits?: PromptLimits, store?: ResponseStore): Route[] {
   const completion = (api: ClientApi, kind: Kind, path: string, legacy?: Legacy): Route => ({
     method: 'POST',
     path,
@@ -103,7 +105,9 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     errorShape: api === 'ollama' ? ollamaErrorShape : api === 'anthropic' ? anthropicErrorShape : openaiErrorShape,
     async handle({ req, body: clientBody, sink: clientSink }) {
       const body = legacy === undefined ? clientBody : legacy.request(clientBody as Record<string, unknown>);
-      const sink = legacy === undefined ? clientSink : reshaped(clientSink, legacy.reply);
+      let sink = legacy === undefined ? clientSink : reshaped(clientSink, legacy.reply);
+      // A Responses request continues a stored conversation, and its Response is kept (stored/).
+      if (api === 'responses' && store?.enabled === true) sink = await continuing(store, req, body as Record<string, unknown>, sink);
       const known = source.current();
       const fleet = known instanceof Promise ? await known : known;
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
@@ -210,17 +214,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         sink.send(200, JSON_HEADERS, JSON.stringify({ object: 'response.input_tokens', input_tokens: tokensOfChars(r.promptChars) }));
       },
     },
-    ...(['GET', 'POST', 'DELETE'] as const).map(
-      (method): Route => ({
-        // retrieve, delete, cancel, input_items, compact: each needs a stored response.
-        method,
-        path: '/v1/responses/:id*',
-        errorShape: openaiErrorShape,
-        handle() {
-          throw new BrokerError('not_found', 'responses are not stored here: the broker keeps no state (no store, background or previous_response_id); send the whole conversation as input');
-        },
-      }),
-    ),
+    ...storedRoutes(store),
     completion('openai', 'embed', '/v1/embeddings'),
     completion('ollama', 'embed', '/api/embed'),
     completion('ollama', 'embed', '/api/embeddings', LEGACY_EMBEDDINGS),

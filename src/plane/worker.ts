@@ -15,6 +15,7 @@ import { Governance, type Learned } from '../sched/governance.ts';
 import { QuotaLedger } from '../policy/quota.ts';
 import { LlmProxy } from '../llm/proxy.ts';
 import { ResponseCache } from '../llm/cache/cache.ts';
+import { ResponseStore } from '../llm/stored/responses.ts';
 import { llmRoutes } from '../llm/routes.ts';
 import { buildFleet, type Fleet, type FleetSource } from '../fleet/fleet.ts';
 import { threadExecutor } from '../llm/exec/thread.ts';
@@ -166,6 +167,7 @@ function apply(s: Snapshot): void {
 const executor = threadExecutor({ body: config.upstreamMaxBodyBytes, embed: config.upstreamMaxEmbedBytes }, logger);
 const cache = new ResponseCache({ settings: (snapshot.fleet ?? EMPTY_FLEET).cache, metrics, logger, redisUrl: config.redisUrl, channel: init.cacheChannel });
 const proxy = new LlmProxy({ metrics, logger, executor, leases: gov, cache });
+const responseStore = new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.redisUrl, channel: init.cacheChannel === undefined ? undefined : `${init.cacheChannel}-responses` });
 // Shared entries are there from the first request (bounded by the connect timeout; down: misses).
 await cache.connect();
 
@@ -192,7 +194,7 @@ const unreachable = (): never => {
 for (const [method, path, name, guard] of init.controlRoutes ?? []) forwardedRoutes.add({ method: method as Method, path, name: name ?? path, handle: unreachable, admin: guard === 'admin', rateLimited: guard === 'client' });
 
 const router = new Router();
-for (const r of [...inferRoutes(inference, config.stickyCookie, (k, c) => gov.priorityCeiling(k, c)), ...llmRoutes(fleetSource, gov, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars })]) router.add(r);
+for (const r of [...inferRoutes(inference, config.stickyCookie, (k, c) => gov.priorityCeiling(k, c)), ...llmRoutes(fleetSource, gov, proxy, { maxMessages: config.llmMaxMessages, maxPromptChars: config.llmMaxPromptChars }, responseStore)]) router.add(r);
 
 // PORT=0: the control plane picks the port once every thread is loaded (DataPlanes.start).
 const listenPort =
@@ -259,6 +261,7 @@ async function stop(graceMs: number): Promise<void> {
   while (front.inFlight > 0 && Date.now() < hard) await new Promise((r) => setTimeout(r, 10));
   await executor.close().catch(() => undefined);
   cache.close();
+  responseStore.close();
   front.closeAll();
   // This thread's last spans leave before it stops (bounded: the control plane waits graceMs + 3 s).
   await tracer.shutdown(1000);

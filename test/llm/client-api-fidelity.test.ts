@@ -460,7 +460,7 @@ t.test("count_tokens (Claude Code asks it every turn): the broker's estimate, as
   t.match(bad.error, { type: 'error', error: { type: 'invalid_request_error', message: /messages/ } });
 });
 
-t.test("Responses: input_tokens counts as count_tokens does; a stored response's routes say the broker keeps none", async (t) => {
+t.test("Responses: input_tokens counts as count_tokens does; an unknown stored response is 404 (test/llm/stored-responses.test.ts has the store)", async (t) => {
   const before = up.seen.length;
   const n = await openai.responses.inputTokens.count({ model: 'oa', input: 'x'.repeat(40) });
   t.equal(n.input_tokens, 10);
@@ -474,8 +474,11 @@ t.test("Responses: input_tokens counts as count_tokens does; a stored response's
   for (const call of [() => openai.responses.retrieve('resp_1'), () => openai.responses.delete('resp_1'), () => openai.responses.cancel('resp_1'), () => openai.responses.inputItems.list('resp_1')]) {
     const err: any = await call().then(() => undefined, (e: unknown) => e);
     t.equal(err?.status, 404);
-    t.match(err?.message, /not stored here/, 'says why');
+    t.match(err?.message, /Response with id 'resp_1' not found/, 'says which');
   }
+  const compact: any = await fetch(`${tb.url}/v1/responses/compact`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+  t.equal(compact.status, 404);
+  t.match((await compact.json()).error.message, /not served here/);
 });
 
 t.test("OpenAI's paths the broker does not serve, and a wrong method on its routes: OpenAI's error types", async (t) => {

@@ -119,7 +119,7 @@ export function cachePlan(mode: CacheMode, r: LlmRequest, group: string, sent: R
  * request (its own, or its session's), else a token's subject, else the key it sent (by
  * id), else no one in particular: keyless callers share theirs.
  */
-function ownerOf(r: Pick<LlmRequest, 'apiKey' | 'caller'>): string {
+export function ownerOf(r: Pick<LlmRequest, 'apiKey' | 'caller'>): string {
   const c = r.caller;
   if (c?.keyId !== undefined) return `key:${c.keyId}`;
   if (c?.subject !== undefined) return `sub:${c.subject}`;

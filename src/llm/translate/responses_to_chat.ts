@@ -9,8 +9,10 @@
 // A deployment that declares `responses: true` is sent the client's body as is
 // (see responsesUsage for what the broker reads from its replies).
 //
-// The API is stateless here: previous_response_id, conversation and a stored `prompt` need
-// the server to keep them, which the broker does not, so they answer 400.
+// Stored responses (stored/responses.ts) are resolved before translation: the route puts a
+// previous response's conversation into `input`, takes previous_response_id out of the body
+// and leaves what the Response says of its state under RESPONSE_STATE. With the store off,
+// previous_response_id answers 400 here; conversation and a stored `prompt` always do.
 //
 // Tools as Codex sends them: a `namespace` tool (its multi-agent and MCP tools) groups
 // function tools, which chat has no word for: each goes upstream as a function named
@@ -288,7 +290,7 @@ function toolChoiceOf(tc: unknown): unknown {
 /** A Responses body → an OpenAI chat body (model left as the client sent it; the provider translator sets it) for `provider`'s upstream. */
 export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChatRequest {
   const b = requireObject(body);
-  if (b['previous_response_id'] !== undefined && b['previous_response_id'] !== null) throw invalid('previous_response_id', 'is not supported: the broker keeps no responses; send the whole conversation as input');
+  if (b['previous_response_id'] !== undefined && b['previous_response_id'] !== null) throw invalid('previous_response_id', 'is not supported: the broker keeps no responses (RESPONSES_STORE_MB=0); send the whole conversation as input');
   if (b['conversation'] !== undefined && b['conversation'] !== null) throw invalid('conversation', 'is not supported: the broker keeps no conversations');
   if (b['prompt'] !== undefined && b['prompt'] !== null) throw invalid('prompt', 'is not supported: the broker keeps no stored prompts; send them as instructions and input');
   const messages = messagesOf(b['input'], provider === 'ollama');
@@ -343,10 +345,28 @@ type Status = 'in_progress' | 'completed' | 'incomplete' | 'failed';
 /** Request fields a Response repeats, as OpenAI's does: what the client sent, else the defaults in responseShell. */
 const ECHOED = ['instructions', 'max_output_tokens', 'metadata', 'parallel_tool_calls', 'previous_response_id', 'reasoning', 'temperature', 'text', 'tool_choice', 'tools', 'top_p', 'truncation', 'user'] as const;
 
+/**
+ * What a Response says of its stored state, set by the route on the request body under a
+ * symbol: copies of the body (admission's capped one) carry it, and neither JSON (what goes
+ * upstream) nor the cache key sees it.
+ */
+export const RESPONSE_STATE = Symbol('responseState');
+export interface ResponseState {
+  /** The previous_response_id the route resolved into input. */
+  readonly previousResponseId: string | null;
+  /** The Response is kept (store not false, and the store on). */
+  readonly stored: boolean;
+}
+
 function echoOf(request: Readonly<Record<string, unknown>> | undefined): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   if (request === undefined) return out;
   for (const k of ECHOED) if (request[k] !== undefined && request[k] !== null) out[k] = request[k];
+  const state = (request as { [RESPONSE_STATE]?: ResponseState })[RESPONSE_STATE];
+  if (state !== undefined) {
+    out['store'] = state.stored;
+    if (state.previousResponseId !== null) out['previous_response_id'] = state.previousResponseId;
+  }
   // OpenAI's says both reasoning fields, the ones not asked for null.
   if (out['reasoning'] !== null && typeof out['reasoning'] === 'object') out['reasoning'] = { effort: null, summary: null, ...(out['reasoning'] as Record<string, unknown>) };
   // And always text.format (a client that sent only text.verbosity gets the default beside it).

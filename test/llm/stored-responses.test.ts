@@ -1,0 +1,162 @@
+// Stored Responses (docs/llm.md#stored-responses): a Response is kept under its id, and a
+// later request continues from it with previous_response_id, as the openai SDK's and the
+// Agents SDK's conversations do: the upstream (a chat server) gets the whole conversation.
+// Read back, listed and deleted; each caller sees only its own; shared by replicas through
+// Redis; store: false keeps nothing; RESPONSES_STORE_MB=0 is the old stateless broker.
+import t from 'tap';
+import type { ServerResponse } from 'node:http';
+import OpenAI from 'openai';
+import { startFleetBroker } from '../helpers/fleet.ts';
+import { startRedis } from '../helpers/redis.ts';
+import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
+
+const up = await startScriptedUpstream();
+t.teardown(() => up.close());
+
+/** What the upstream was sent, in order. */
+const seen: any[] = [];
+let turn = 0;
+/** An OpenAI chat upstream that answers "answer N", whole or streamed; a tool call when asked to call. */
+up.handler = (p: string, b: any, res: ServerResponse) => {
+  seen.push(b);
+  turn++;
+  if (p.startsWith('/v1/responses')) {
+    // A Responses deployment (responses: true): its own Response, under its own id.
+    res.writeHead(200, { 'content-type': 'application/json' });
+    const output = [{ type: 'message', id: `msg_up_${turn}`, status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: `upstream answer ${turn}`, annotations: [] }] }];
+    return void res.end(JSON.stringify({ id: `resp_up_${turn}`, object: 'response', created_at: 1, status: 'completed', model: 'm', output, usage: { input_tokens: 3, output_tokens: 2, total_tokens: 5 } }));
+  }
+  const last = b.messages.at(-1);
+  const call = typeof last?.content === 'string' && last.content.startsWith('call ');
+  const message = call ? { role: 'assistant', content: null, tool_calls: [{ id: `call_${turn}`, type: 'function', function: { name: 'f', arguments: '{"x":1}' } }] } : { role: 'assistant', content: `answer ${turn}` };
+  const finish = call ? 'tool_calls' : 'stop';
+  const usage = { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 };
+  if (b.stream !== true) {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    return void res.end(JSON.stringify({ id: 'c', object: 'chat.completion', created: 1, model: 'm', choices: [{ index: 0, message, finish_reason: finish }], usage }));
+  }
+  const chunk = (delta: unknown, f: string | null = null) => `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: f }] })}\n\n`;
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  const body = call ? chunk({ role: 'assistant', tool_calls: message.tool_calls!.map((c, index) => ({ index, ...c })) }) : chunk({ role: 'assistant', content: message.content });
+  res.end(body + chunk({}, finish) + `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [], usage })}\n\n` + 'data: [DONE]\n\n');
+};
+
+const fleet = {
+  modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: up.url, model: 'm' }] }, rp: { deployments: [{ id: 'rp', provider: 'openai', url: up.url, model: 'm', responses: true }] } },
+  apiKeys: { 'sk-alice': {}, 'sk-bob': {} },
+};
+
+/** The upstream's messages as role: text pairs. */
+const said = (b: any): string[] => b.messages.map((m: any) => `${m.role}: ${typeof m.content === 'string' ? m.content : m.tool_calls ? `calls ${m.tool_calls.map((c: any) => c.function.name).join(',')}` : JSON.stringify(m.content)}`);
+
+t.test('a conversation continued by previous_response_id, whole and streamed, with tools: the upstream gets all of it', async (t) => {
+  const tb = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false' });
+  const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'x', maxRetries: 0 });
+  seen.length = 0;
+  const first = await openai.responses.create({ model: 'g', instructions: 'Be brief.', input: 'Hi, I am Ann.' });
+  t.match(first, { status: 'completed', store: true, previous_response_id: null, output_text: /^answer/ });
+  t.match(first.id, /^resp_[0-9a-f]{32}$/, 'an id no one guesses from another');
+
+  const second = await openai.responses.stream({ model: 'g', previous_response_id: first.id, input: 'What is my name?' }).finalResponse();
+  t.equal(second.previous_response_id, first.id, 'the Response says what it continued');
+  t.same(said(seen[1]), ['user: Hi, I am Ann.', `assistant: ${first.output_text}`, 'user: What is my name?'], "the first turn's input and answer before this one; not its instructions (OpenAI's: they do not carry over)");
+
+  // A function call and its output, as the Agents SDK sends them on the next turn.
+  const third = await openai.responses.create({ model: 'g', previous_response_id: second.id, input: 'call f', tools: [{ type: 'function', name: 'f', parameters: { type: 'object' }, strict: false }] });
+  const call = third.output.find((o) => o.type === 'function_call') as any;
+  t.ok(call, 'a function call');
+  await openai.responses.create({ model: 'g', previous_response_id: third.id, input: [{ type: 'function_call_output', call_id: call.call_id, output: '42' }], tools: [{ type: 'function', name: 'f', parameters: { type: 'object' }, strict: false }] });
+  t.same(said(seen[3]), ['user: Hi, I am Ann.', `assistant: ${first.output_text}`, 'user: What is my name?', `assistant: ${second.output_text}`, 'user: call f', 'assistant: calls f', 'tool: 42']);
+
+  // Read back as its client got it; its input items listed, newest first, then oldest first and paged.
+  t.same(await openai.responses.retrieve(first.id), first, 'retrieve: the stored Response');
+  t.match(await openai.responses.retrieve(second.id), { id: second.id, previous_response_id: first.id, output: [{ type: 'message', content: [{ text: second.output_text }] }] }, 'a streamed one too');
+  const items = await openai.responses.inputItems.list(second.id);
+  t.same(items.data.map((i: any) => i.type === 'message' ? `${i.role}: ${i.content[0].text}` : i.type), ['user: What is my name?', `assistant: ${first.output_text}`, 'user: Hi, I am Ann.'], 'input_items: what the model was given, newest first');
+  t.ok(items.data.every((i: any) => typeof i.id === 'string' && i.id !== ''), 'each item with an id');
+  const page = await openai.responses.inputItems.list(second.id, { order: 'asc', limit: 2 });
+  t.equal(page.data.length, 2);
+  t.equal(page.has_more, true);
+  const rest = await openai.responses.inputItems.list(second.id, { order: 'asc', limit: 2, after: page.data[1]!.id });
+  t.same(rest.data.map((i: any) => i.content[0].text), ['What is my name?']);
+
+  // Deleted: gone for reads and continuations, on every thread.
+  t.match(await openai.responses.delete(first.id), { id: first.id, deleted: true });
+  const gone: any = await openai.responses.retrieve(first.id).catch((e: unknown) => e);
+  t.equal(gone.status, 404);
+  t.match(gone.error, { message: `Response with id '${first.id}' not found.` });
+  const orphan: any = await openai.responses.create({ model: 'g', previous_response_id: second.id, input: 'x' }).catch((e: unknown) => e);
+  t.equal(orphan.status, 400, 'a turn whose earlier turn was deleted cannot be continued');
+  t.match(orphan.error, { param: 'previous_response_id' });
+  const unknown: any = await openai.responses.create({ model: 'g', previous_response_id: 'resp_nope', input: 'x' }).catch((e: unknown) => e);
+  t.equal(unknown.status, 400);
+  t.match(unknown.error, { param: 'previous_response_id', message: "Previous response with id 'resp_nope' not found." });
+  t.equal(seen.length, 4, 'nothing refused went upstream');
+
+  // The AI SDK's OpenAI provider (store on, its default) sends each earlier assistant turn as an item_reference.
+  seen.length = 0;
+  const asked = await openai.responses.create({ model: 'g', input: 'Say hi.' });
+  await openai.responses.create({ model: 'g', input: [{ role: 'user', content: 'Say hi.' }, { type: 'item_reference', id: asked.output[0]!.id } as any, { type: 'item_reference', id: 'msg_notours' } as any, { role: 'user', content: 'Again.' }] });
+  t.same(said(seen[1]), ['user: Say hi.', `assistant: ${asked.output_text}`, 'user: Again.'], "a reference to one of the broker's stored items is that item; one to nothing stored here is left out");
+
+  // store: false keeps nothing.
+  const unstored = await openai.responses.create({ model: 'g', input: 'secret', store: false });
+  t.equal((unstored as any).store, false);
+  t.equal(((await openai.responses.retrieve(unstored.id).catch((e: unknown) => e)) as any).status, 404);
+  const cancel: any = await openai.responses.cancel(second.id).catch((e: unknown) => e);
+  t.equal(cancel.status, 400, 'cancel: only a background response');
+});
+
+t.test("a responses: true deployment's Response is kept under the upstream's id; continued, it is sent the conversation, not an id it may not know", async (t) => {
+  const tb = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false' });
+  const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'x', maxRetries: 0 });
+  seen.length = 0;
+  const first = await openai.responses.create({ model: 'rp', input: 'one' });
+  t.match(first.id, /^resp_up_/);
+  t.equal((await openai.responses.retrieve(first.id)).id, first.id);
+  await openai.responses.create({ model: 'rp', previous_response_id: first.id, input: 'two' });
+  t.notOk('previous_response_id' in seen[1], 'no previous_response_id upstream');
+  t.match(seen[1].input, [{ role: 'user', content: 'one' }, { type: 'message', id: first.output[0]!.id, role: 'assistant' }, { role: 'user', content: 'two' }]);
+});
+
+t.test("each caller's responses are its own: another API key reads, continues and deletes none of them", async (t) => {
+  const tb = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', AUTH_MODE: 'keys' });
+  const alice = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-alice', maxRetries: 0 });
+  const bob = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-bob', maxRetries: 0 });
+  const r = await alice.responses.create({ model: 'g', input: "Alice's secret" });
+  t.equal((await alice.responses.retrieve(r.id)).id, r.id);
+  t.equal(((await bob.responses.retrieve(r.id).catch((e: unknown) => e)) as any).status, 404, 'read: not found');
+  t.equal(((await bob.responses.inputItems.list(r.id).catch((e: unknown) => e)) as any).status, 404, 'input items: not found');
+  t.equal(((await bob.responses.delete(r.id).catch((e: unknown) => e)) as any).status, 404, 'delete: not found');
+  seen.length = 0;
+  t.equal(((await bob.responses.create({ model: 'g', previous_response_id: r.id, input: 'go on' }).catch((e: unknown) => e)) as any).status, 400, 'continued: not found');
+  t.equal(seen.length, 0, "nothing of Alice's went upstream");
+  t.equal((await alice.responses.retrieve(r.id)).id, r.id, 'still there for its owner');
+  const anon: any = await fetch(`${tb.url}/v1/responses/${r.id}`).then((res) => res.status);
+  t.equal(anon, 401, 'no credential: refused as every client route');
+});
+
+t.test('replicas sharing Redis continue each other\'s conversations; RESPONSES_STORE_MB=0 keeps none', async (t) => {
+  const redis = await startRedis(t);
+  const a = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', REDIS_URL: redis.url, FRONT_THREADS: '1' });
+  const b = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', REDIS_URL: redis.url, FRONT_THREADS: '1' });
+  const onA = new OpenAI({ baseURL: `${a.url}/v1`, apiKey: 'x', maxRetries: 0 });
+  const onB = new OpenAI({ baseURL: `${b.url}/v1`, apiKey: 'x', maxRetries: 0 });
+  seen.length = 0;
+  const first = await onA.responses.create({ model: 'g', input: 'one' });
+  const second = await onB.responses.create({ model: 'g', previous_response_id: first.id, input: 'two' });
+  t.same(said(seen[1]), ['user: one', `assistant: ${first.output_text}`, 'user: two'], 'B read A\'s turn from Redis');
+  await onA.responses.create({ model: 'g', previous_response_id: second.id, input: 'three' });
+  t.same(said(seen[2]).length, 5, "and A B's");
+  await onB.responses.delete(first.id);
+  t.equal(((await onA.responses.retrieve(first.id).catch((e: unknown) => e)) as any).status, 404, 'a delete on one replica holds on the other');
+
+  const off = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', RESPONSES_STORE_MB: '0' });
+  const c = new OpenAI({ baseURL: `${off.url}/v1`, apiKey: 'x', maxRetries: 0 });
+  const r = await c.responses.create({ model: 'g', input: 'one' });
+  t.equal((r as any).store, false, 'the Response says it is not kept');
+  const refused: any = await c.responses.create({ model: 'g', previous_response_id: r.id, input: 'two' }).catch((e: unknown) => e);
+  t.equal(refused.status, 400);
+  t.match(refused.error.message, /RESPONSES_STORE_MB=0/);
+  t.equal(((await c.responses.retrieve(r.id).catch((e: unknown) => e)) as any).status, 404);
+});
