@@ -11,6 +11,18 @@ export { sniff };
 /** libjpeg's warnings (jerror.h) that mean pixels were lost: premature end, bad entropy code, lost restart marker. */
 const JPEG_LOST_PIXELS = /premature end|bad Huffman code|bad arithmetic code|instead of RST/i;
 
+function endsWithEoi(b: Uint8Array): boolean {
+  return b.length >= 2 && b[b.length - 2] === 0xff && b[b.length - 1] === 0xd9;
+}
+
+function withEoi(b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(b.length + 2);
+  out.set(b);
+  out[b.length] = 0xff;
+  out[b.length + 1] = 0xd9;
+  return out;
+}
+
 export type Preprocessed =
   | { ok: true; tensor: Float32Array; dims: number[] }
   | { ok: false; code: 'unsupported_image' | 'image_too_large'; message: string; detail?: string };
@@ -51,19 +63,28 @@ export async function preprocess(
     // header, before decoding. No metadata() first: the format comes from the magic bytes
     // above, and a second pass over the header cost 0.5 ms of a 2.9 ms preprocess of a
     // 256x256 JPEG (docs/benchmarks.md, "Hot path").
-    const decode = (failOn: 'error' | 'warning'): Promise<Buffer> => {
+    const decode = (failOn: 'error' | 'warning', src: Uint8Array = bytes): Promise<Buffer> => {
       // sRGB for a 1-channel model too: sharp's grayscale() weighs linear light (red 127),
       // not the luma models trained with PIL or OpenCV saw (red 76); see luma601() below.
-      return sharp(bytes, { limitInputPixels: maxPixels, failOn }).resize(width, height, { fit: 'cover' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
+      return sharp(src, { limitInputPixels: maxPixels, failOn }).resize(width, height, { fit: 'cover' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
     };
+    // libjpeg only warns of missing or corrupt scan data, and fills the gap with gray: a
+    // 200 for a picture the client never sent. Those warnings refuse; others (extraneous
+    // bytes, an unknown JFIF revision) leave the pixels whole, so the image is decoded anyway.
+    const jpeg = (src: Uint8Array): Promise<Buffer> =>
+      decode('warning', src).catch((err: Error) => {
+        if (JPEG_LOST_PIXELS.test(err.message)) throw err;
+        return decode('error', src);
+      });
     if (format !== 'jpeg') raw = await decode('error');
     else {
-      // libjpeg only warns of missing or corrupt scan data, and fills the gap with gray: a
-      // 200 for a picture the client never sent. Those warnings refuse; others (extraneous
-      // bytes, an unknown JFIF revision) leave the pixels whole, so the image is decoded anyway.
-      raw = await decode('warning').catch((err: Error) => {
-        if (JPEG_LOST_PIXELS.test(err.message)) throw err;
-        return decode('error');
+      raw = await jpeg(bytes).catch((err: Error) => {
+        // Whole scan data without the end-of-image marker (some cameras, MJPEG frame grabbers,
+        // streaming encoders write no EOI; browsers show them): libjpeg says "premature end" for
+        // it as for lost data. With the marker put back, such a file decodes clean; one whose
+        // data is cut still warns, and is refused.
+        if (!/premature end/i.test(err.message) || endsWithEoi(bytes)) throw err;
+        return jpeg(withEoi(bytes));
       });
     }
   } catch (err) {

@@ -154,6 +154,18 @@ t.test('a batch holds at most MAX_BATCH_INPUT_BYTES of input: large img_size run
   });
 });
 
+t.test("one image's input tensor is bounded as a batch's: a tiny image asked at a large img_size is 400, not 805 MB of floats", async (t) => {
+  const { MAX_BATCH_INPUT_BYTES } = await import('../../src/infer/pool.ts');
+  const { checkSize } = await import('../../src/infer/service.ts');
+  const base = loadManifest(writeForeignModel({ dynamic: true }));
+  const huge = { manifest: { ...base.manifest, input: { ...base.manifest.input, maxSize: 8192 } } };
+  const most = Math.floor(Math.sqrt(MAX_BATCH_INPUT_BYTES / (4 * 3)));
+  t.equal(most, 2364, '64 MiB of 3-channel float32 is 2364²');
+  t.equal(checkSize(most, huge), most);
+  t.throws(() => checkSize(8192, huge), { code: 'invalid_img_size', message: /between 8 and 2364 .*at most 64 MiB\), got 8192/ });
+  t.throws(() => checkSize(2000, base), { code: 'invalid_img_size', message: /between 8 and 1024 for model foreign-nhwc, got 2000$/ }, "under the bound, the manifest's own maxSize");
+});
+
 t.test('a request whose own timeout ends before the batch window is not held for the batch to fill', async (t) => {
   // A 2 s window: a lone request would wait it out; one with a 200 ms timeout goes at once.
   const slow = loadManifest(writeForeignModel({ manifest: { batching: { max_batch_size: 8, max_queue_delay_us: 2_000_000 } } }));

@@ -51,3 +51,14 @@ t.test('a JPEG with stray bytes before its end marker (a warning that loses no p
   t.ok(clean.ok && warned.ok, 'both decode');
   if (clean.ok && warned.ok) t.same(Array.from(warned.tensor), Array.from(clean.tensor), 'the same tensor');
 });
+
+t.test('a JPEG whose scan data is whole but whose end marker is missing (cameras, MJPEG grabbers): decoded as the whole file; one cut inside its data still 415', async (t) => {
+  t.same([...jpeg.subarray(-2)], [0xff, 0xd9], 'the file ends with EOI');
+  const noEoi = jpeg.subarray(0, jpeg.length - 2);
+  const [clean, open] = await Promise.all([preprocess(jpeg, m, undefined, 1e8), preprocess(noEoi, m, undefined, 1e8)]);
+  t.ok(open.ok, 'decoded');
+  if (clean.ok && open.ok) t.same(Array.from(open.tensor), Array.from(clean.tensor), 'the same tensor');
+  const cut = await preprocess(jpeg.subarray(0, Math.floor(jpeg.length * 0.7)), m, undefined, 1e8);
+  t.equal(cut.ok, false, 'data cut short: refused, EOI or not');
+  if (!cut.ok) t.equal(cut.code, 'unsupported_image');
+});
