@@ -586,3 +586,19 @@ t.test("Responses: Codex's custom apply_patch tool served by chat upstreams (Ope
     t.match(history[2], { role: 'tool', content: 'Done!' });
   }
 });
+
+t.test("an Ollama model's thinking to an OpenAI chat client: reasoning_content and reasoning (Ollama's own /v1, the Agents SDK's chat model), whole and streamed", async (t) => {
+  up.handler = (_p, b, res) => ollamaThinking(b, res);
+  const whole = await openai.chat.completions.create({ model: 'ol', messages: [{ role: 'user', content: 'Hi' }] });
+  t.match(whole.choices[0]!.message, { content: 'Hello!', reasoning_content: THINKING.join(''), reasoning: THINKING.join('') });
+  const stream = await openai.chat.completions.create({ model: 'ol', messages: [{ role: 'user', content: 'Hi' }], stream: true });
+  let viaContent = '';
+  let viaReasoning = '';
+  for await (const c of stream) {
+    const d = c.choices[0]?.delta as any;
+    viaContent += d?.reasoning_content ?? '';
+    viaReasoning += d?.reasoning ?? '';
+  }
+  t.equal(viaContent, THINKING.join(''));
+  t.equal(viaReasoning, THINKING.join(''));
+});

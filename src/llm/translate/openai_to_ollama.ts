@@ -196,7 +196,9 @@ export function chatResponse(res: OllamaChatResponse, ctx: ReplyContext): OpenAI
   const toolCalls = openaiToolCalls(m?.tool_calls, ctx.id, 0);
   const content = typeof m?.content === 'string' ? m.content : '';
   const message: OpenAIMessage = { role: 'assistant', content: toolCalls !== undefined && content === '' ? null : content };
-  if (typeof m?.thinking === 'string' && m.thinking !== '') message.reasoning_content = m.thinking;
+  // Both names: vLLM's and DeepSeek's clients read reasoning_content, Ollama's own /v1 and the
+  // Agents SDK's chat model read reasoning.
+  if (typeof m?.thinking === 'string' && m.thinking !== '') message.reasoning_content = message.reasoning = m.thinking;
   if (toolCalls !== undefined) message.tool_calls = toolCalls.map(({ index: _index, ...tc }) => tc);
   return {
     id: 'chatcmpl-' + ctx.id,
@@ -292,7 +294,7 @@ export function chatLine(w: SseWriter, line: OllamaChatResponse): string {
       const delta: Record<string, unknown> = {};
       if (!w.roleSent) delta['role'] = 'assistant';
       delta['content'] = hasContent ? content : null;
-      if (hasThinking) delta['reasoning_content'] = m.thinking;
+      if (hasThinking) delta['reasoning_content'] = delta['reasoning'] = m.thinking;
       if (hasTools) {
         delta['tool_calls'] = openaiToolCalls(m.tool_calls, w.id, w.toolCalls);
         w.toolCalls += m.tool_calls!.length;
