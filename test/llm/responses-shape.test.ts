@@ -195,6 +195,9 @@ t.test('a custom tool: a function of one string argument upstream, its call a cu
   t.same((chat.messages[1] as any).tool_calls[0].function, { name: 'apply_patch', arguments: '{"input":"old"}' }, 'an earlier call, as the function was offered');
   t.throws(() => chatRequest({ ...codex, tools: [{ type: 'custom', name: 'p', format: { type: 'grammar' } }], tool_choice: 'auto' }), { code: 'invalid_request', details: { field: 'tools[0].format.definition' } });
   t.throws(() => chatRequest({ ...codex, tools: [{ type: 'custom', name: 'p', format: 'lark' }], tool_choice: 'auto' }), { code: 'invalid_request', details: { field: 'tools[0].format' } });
+  // The Agents SDK's shellTool() and applyPatchTool(): their calls are items chat has no word for.
+  for (const type of ['shell', 'apply_patch']) t.throws(() => chatRequest({ model: 'g', input: 'x', tools: [{ type }] }), { code: 'invalid_request', message: `tools[0] a "${type}" tool is not served for a chat upstream: send function, custom or namespace tools (the built-in shell and apply_patch tools: as function or custom tools of your own)` });
+  t.same(chatRequest({ model: 'g', input: 'x', tools: [{ type: 'computer' }, { type: 'computer_use_preview', display_width: 1, display_height: 1, environment: 'linux' }] }).tools, undefined, 'the GA computer tool is left out as its preview is');
 
   const ctx2 = { model: 'g', id: 'r9', request: codex };
   const args = JSON.stringify({ input: PATCH });

@@ -105,6 +105,9 @@ t.test('a conversation continued by previous_response_id, whole and streamed, wi
   t.equal(((await openai.responses.retrieve(unstored.id).catch((e: unknown) => e)) as any).status, 404);
   const cancel: any = await openai.responses.cancel(second.id).catch((e: unknown) => e);
   t.equal(cancel.status, 400, 'cancel: only a background response');
+  const conv: any = await openai.conversations.create({}).catch((e: unknown) => e);
+  t.equal(conv.status, 404);
+  t.match(conv.error.message, /conversations are not served here: continue a conversation with previous_response_id/);
 });
 
 t.test("a responses: true deployment's Response is kept under the upstream's id; continued, it is sent the conversation, not an id it may not know", async (t) => {

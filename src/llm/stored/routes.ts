@@ -91,7 +91,7 @@ function query(req: BrokerRequest): URLSearchParams {
   return new URLSearchParams(req.query);
 }
 
-/** GET, DELETE and POST under /v1/responses/{id}: the stored response, its input items, a delete; cancel and the rest are not served. */
+/** GET, DELETE and POST under /v1/responses/{id}: the stored response, its input items, a delete; cancel and the rest are not served; nor are conversations. */
 export function storedRoutes(store: ResponseStore | undefined): Route[] {
   const off = (): never => {
     throw new BrokerError('not_found', 'responses are not stored here (RESPONSES_STORE_MB=0): send the whole conversation as input');
@@ -163,5 +163,18 @@ export function storedRoutes(store: ResponseStore | undefined): Route[] {
         throw new BrokerError('not_found', `no such route: POST /v1/responses/${params['id']} (background responses and compaction are not served here)`);
       },
     },
+    // The Conversations API (the Agents SDK's OpenAIConversationsSession): not served, said so.
+    ...(['GET', 'POST', 'DELETE'] as const).flatMap((method) =>
+      ['/v1/conversations', '/v1/conversations/:rest*'].map(
+        (path): Route => ({
+          method,
+          path,
+          errorShape: openaiErrorShape,
+          handle() {
+            throw new BrokerError('not_found', 'conversations are not served here: continue a conversation with previous_response_id (stored responses), or send it whole as input');
+          },
+        }),
+      ),
+    ),
   ];
 }

@@ -138,8 +138,12 @@ export function customInput(args: string): string {
   return values.length === 1 && typeof values[0] === 'string' ? values[0] : args;
 }
 
-/** Tool types the Responses server runs itself (search, files, code, a computer): nothing here runs them. */
-const HOSTED_TOOLS = new Set(['web_search', 'web_search_preview', 'web_search_preview_2025_03_11', 'tool_search', 'file_search', 'code_interpreter', 'computer_use_preview', 'computer_use', 'image_generation', 'mcp', 'local_shell']);
+/**
+ * Built-in tool types whose calls chat has no word for: those the Responses server runs itself
+ * (search, files, code, images, MCP), and a computer or local shell the model drives in its own
+ * item types. Offered, they are left out (Codex offers web_search on every turn).
+ */
+const HOSTED_TOOLS = new Set(['web_search', 'web_search_preview', 'web_search_preview_2025_03_11', 'web_search_2025_08_26', 'tool_search', 'file_search', 'code_interpreter', 'computer_use_preview', 'computer_use', 'computer', 'image_generation', 'mcp', 'local_shell']);
 
 /** The text before the calls and parallel calls are one assistant turn in chat, as the model wrote them. */
 function pushCall(out: OpenAIMessage[], call: OpenAIToolCall): void {
@@ -267,7 +271,13 @@ function toolsOf(tools: unknown): unknown[] | undefined {
       });
       return;
     }
-    if ((type !== 'function' && type !== 'custom') || typeof o!['name'] !== 'string') throw invalid(`tools[${i}]`, 'must be a function or custom tool with a name, or a namespace of them');
+    if (type !== 'function' && type !== 'custom') {
+      // The built-in tools whose calls the model makes in their own item types (shell_call,
+      // apply_patch_call): a chat server has no such calls to make. Refused, naming the type.
+      const named = typeof type === 'string' ? `a ${JSON.stringify(type)} tool is not served for a chat upstream` : 'has no type';
+      throw invalid(`tools[${i}]`, `${named}: send function, custom or namespace tools (the built-in shell and apply_patch tools: as function or custom tools of your own)`);
+    }
+    if (typeof o!['name'] !== 'string') throw invalid(`tools[${i}].name`, 'is required: a string');
     out.push(type === 'custom' ? customTool(o!, o!['name'], `tools[${i}]`) : chatTool(o!, o!['name']));
   });
   return out;
