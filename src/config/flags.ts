@@ -41,9 +41,17 @@ export interface AuditEntry {
   readonly new: boolean;
 }
 
+/** Who made a flag's last runtime change (a set or a clear), when, and on which replica: what the replicas share with the overrides. */
+export interface FlagOrigin {
+  readonly actor: string;
+  readonly at: string;
+  readonly replica?: string;
+}
+
 export class FlagStore {
   private readonly base: Record<FlagName, { enabled: boolean; source: 'env' | 'default' }>;
   private readonly overrides = new Map<FlagName, boolean>();
+  private readonly origins = new Map<FlagName, FlagOrigin>();
   private readonly log: AuditEntry[] = [];
   private readonly listeners: ((flags: FlagSet) => void)[] = [];
   private readonly overrideListeners: (() => void)[] = [];
@@ -82,19 +90,25 @@ export class FlagStore {
   }
 
   /** Several overrides as one change: listeners hear about it once. */
-  apply(changes: readonly (readonly [FlagName, boolean | null])[], actor: string): void {
-    const at = new Date(this.now()).toISOString();
+  /** `origins`: who made each change and when, on which replica (another replica's, as its doc says): recorded as theirs; else as `actor`'s, now. */
+  apply(changes: readonly (readonly [FlagName, boolean | null])[], actor: string, origins?: Readonly<Partial<Record<string, FlagOrigin>>>): void {
+    const now = new Date(this.now()).toISOString();
     let overridden = false;
     for (const [flag, enabled] of changes) {
+      const from = origins?.[flag];
+      const at = from?.at ?? now;
+      const by = from === undefined ? actor : from.replica !== undefined ? `${from.actor} via replica:${from.replica}` : from.actor;
+      const had0 = this.overrides.get(flag);
+      if (enabled !== null || had0 !== undefined) this.origins.set(flag, from ?? { actor, at });
       const old = this.current[flag];
       const had = this.overrides.get(flag);
       if (enabled === null) {
         if (had === undefined) continue;
         this.overrides.delete(flag);
-        this.audit({ at, actor, flag, action: 'clear', old, new: this.base[flag].enabled });
+        this.audit({ at, actor: by, flag, action: 'clear', old, new: this.base[flag].enabled });
       } else {
         this.overrides.set(flag, enabled);
-        this.audit({ at, actor, flag, action: 'set', old, new: enabled });
+        this.audit({ at, actor: by, flag, action: 'set', old, new: enabled });
       }
       if (had !== (enabled ?? undefined)) overridden = true;
     }
@@ -124,15 +138,20 @@ export class FlagStore {
     return Object.fromEntries(this.overrides);
   }
 
-  /** Makes the overrides exactly `map` (another replica's), as one change. */
-  replaceOverrides(map: Readonly<Partial<Record<string, boolean>>>, actor: string): void {
+  /** Who made each flag's last runtime change here, for the replicas that share them. */
+  originMap(): Partial<Record<FlagName, FlagOrigin>> {
+    return Object.fromEntries(this.origins);
+  }
+
+  /** Makes the overrides exactly `map` (another replica's), as one change; each recorded as `origins` says who made it and when, else as `actor`'s, now. */
+  replaceOverrides(map: Readonly<Partial<Record<string, boolean>>>, actor: string, origins?: Readonly<Partial<Record<string, FlagOrigin>>>): void {
     const changes: [FlagName, boolean | null][] = [];
     for (const f of FLAG_NAMES) {
       const want = typeof map[f] === 'boolean' ? map[f]! : null;
       const have = this.overrides.get(f) ?? null;
       if (want !== have) changes.push([f, want]);
     }
-    if (changes.length > 0) this.apply(changes, actor);
+    if (changes.length > 0) this.apply(changes, actor, origins);
   }
 
   clear(flag: FlagName, actor: string): void {

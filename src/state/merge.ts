@@ -4,6 +4,7 @@
 // change; the same entry changed on both: the later write wins. Pure.
 import type { OperatorState } from '../fleet/manager.ts';
 import { modelKey } from '../fleet/bans.ts';
+import type { FlagOrigin } from '../config/flags.ts';
 
 type Keyed<T> = ReadonlyMap<string, T>;
 
@@ -69,13 +70,17 @@ export function mergeOperatorState(base: OperatorState | undefined, local: Opera
 
 export interface FlagsDoc {
   readonly overrides: Readonly<Record<string, boolean>>;
+  /** Who made each flag's last change, when, on which replica: what the other replicas' audit trails record (older docs have none). */
+  readonly by?: Readonly<Record<string, FlagOrigin>>;
   readonly replica?: string;
 }
 
-/** Flag overrides, flag by flag. */
+/** Flag overrides, flag by flag; each flag's maker is the later change's. */
 export function mergeFlags(base: FlagsDoc | undefined, local: FlagsDoc, remote: FlagsDoc | undefined): FlagsDoc {
   if (remote === undefined) return local;
   const m = (d: FlagsDoc | undefined) => new Map(Object.entries(d?.overrides ?? {}));
   const overrides = mergeMaps(m(base ?? remote), m(local), m(remote));
-  return { overrides: Object.fromEntries(overrides), replica: local.replica };
+  const by: Record<string, FlagOrigin> = { ...remote.by };
+  for (const [flag, o] of Object.entries(local.by ?? {})) if (by[flag] === undefined || o.at > by[flag]!.at) by[flag] = o;
+  return { overrides: Object.fromEntries(overrides), by, replica: local.replica };
 }

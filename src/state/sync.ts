@@ -91,7 +91,9 @@ export class SharedState {
   }
 
   private localFlags(): FlagsDoc {
-    return { overrides: this.o.flags.overrideMap(), replica: this.o.replica };
+    // A change made here is this replica's; one learnt from another keeps its maker's.
+    const by = Object.fromEntries(Object.entries(this.o.flags.originMap()).map(([f, o]) => [f, o!.replica !== undefined ? o! : { ...o!, replica: this.o.replica }]));
+    return { overrides: this.o.flags.overrideMap(), by, replica: this.o.replica };
   }
 
   /**
@@ -172,7 +174,7 @@ export class SharedState {
   private apply(kind: DocKind, doc: unknown): void {
     this.applying = true;
     try {
-      if (kind === 'flags') this.o.flags.replaceOverrides((doc as FlagsDoc).overrides, `replica:${(doc as FlagsDoc).replica ?? '?'}`);
+      if (kind === 'flags') this.o.flags.replaceOverrides((doc as FlagsDoc).overrides, `replica:${(doc as FlagsDoc).replica ?? '?'}`, (doc as FlagsDoc).by);
       else if (kind === 'fleet') this.o.fleet.importOperatorState(doc as OperatorState);
     } catch (err) {
       this.o.logger.warn({ kind, err: (err as Error).message }, 'state: a shared change could not be applied here');

@@ -267,6 +267,31 @@ t.test("a flag changed on A is in force on B's data-plane threads, with nothing 
   await call(a, 'DELETE', '/api/industrial/flags/quota_enforcement');
 });
 
+t.test("each replica's flag audit names who made a change, when, and on which replica; a replica started later records them so", async (t) => {
+  t.equal((await call(a, 'PUT', '/api/industrial/flags/output_prediction', { enabled: true })).status, 200);
+  await until(async () => JSON.stringify((await call(b, 'GET', '/api/industrial/flags')).body).includes('"output_prediction":{"enabled":true'), 'the flag on B');
+  await new Promise((r) => setTimeout(r, 30));
+  t.equal((await call(b, 'PUT', '/api/industrial/flags/qos_switching', { enabled: true })).status, 200);
+  await until(async () => JSON.stringify((await call(a, 'GET', '/api/industrial/flags')).body).includes('"qos_switching":{"enabled":true'), 'the flag on A');
+  const made = (await call(a, 'GET', '/api/industrial/flags/audit')).body.entries.find((e: any) => e.flag === 'output_prediction' && e.action === 'set');
+  t.equal(made.actor, 'admin-token', 'on A, as made there');
+  const onB = (await call(b, 'GET', '/api/industrial/flags/audit')).body.entries.find((e: any) => e.flag === 'output_prediction' && e.action === 'set');
+  t.same({ actor: onB.actor, at: onB.at }, { actor: 'admin-token via replica:replica-a', at: made.at }, 'on B: its maker, its time, its replica');
+  const later = await startFleetBroker(t, fleet, { ...env, REPLICA_ID: 'replica-d' });
+  let entries: any[] = [];
+  await until(async () => (entries = (await call(later, 'GET', '/api/industrial/flags/audit')).body.entries).some((e: any) => e.flag === 'qos_switching'), 'the flags on D');
+  const byFlag = Object.fromEntries(entries.map((e: any) => [e.flag, e]));
+  t.match(byFlag['output_prediction'], { actor: 'admin-token via replica:replica-a', at: made.at }, "not the last writer's name, nor D's start time");
+  t.match(byFlag['qos_switching'], { actor: 'admin-token via replica:replica-b' });
+  t.ok(byFlag['qos_switching'].at > made.at);
+  await later.close();
+  await call(a, 'DELETE', '/api/industrial/flags/output_prediction');
+  await call(a, 'DELETE', '/api/industrial/flags/qos_switching');
+  await until(async () => (await call(b, 'GET', '/api/industrial/flags/audit')).body.entries.some((e: any) => e.flag === 'qos_switching' && e.action === 'clear'), 'the clear on B');
+  const cleared = (await call(b, 'GET', '/api/industrial/flags/audit')).body.entries.filter((e: any) => e.flag === 'qos_switching' && e.action === 'clear');
+  t.match(cleared.at(-1), { actor: 'admin-token via replica:replica-a' }, 'a clear too');
+});
+
 t.test('a replica started after the others adopts the shared flags and operator state', async (t) => {
   t.equal((await call(a, 'PUT', '/api/industrial/flags/priority_routing', { enabled: true })).status, 200);
   t.equal((await call(a, 'POST', '/api/orchestrator/bans/server/d1', { reason: 'before C' })).status, 200);
