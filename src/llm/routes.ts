@@ -17,7 +17,8 @@ import type { ReplySink } from '../front/reply.ts';
 import { ollamaLoadReply } from './ollama-load.ts';
 import { showModel } from './ollama-show.ts';
 import type { ResponseStore } from './stored/responses.ts';
-import { continuing, storedRoutes } from './stored/routes.ts';
+import { continuing, expand, storedRoutes } from './stored/routes.ts';
+import { RESPONSE_STATE, type ResponseState } from './translate/responses_to_chat.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 /** The Ollama API release whose routes and fields the broker serves (thinking, tools, /api/embed). */
@@ -32,6 +33,13 @@ function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
 function notServed(fleet: Fleet | undefined, model: string, api?: ClientApi): BrokerError {
   if (api === 'ollama') return new BrokerError('model_not_found', `model "${model}" not found, try pulling it first`, { details: { field: 'model' } });
   return new BrokerError('model_not_found', `model ${model} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+}
+
+/** A limit on `input` that the stored conversation a previous_response_id put there passed: said, since the client sent only this turn. */
+function withStoredConversation(err: BrokerError, body: Record<string, unknown>): BrokerError {
+  const previous = (body as { [RESPONSE_STATE]?: ResponseState })[RESPONSE_STATE]?.previousResponseId;
+  if (previous === undefined || previous === null || err.code !== 'invalid_request' || err.details?.['field'] !== 'input') return err;
+  return new BrokerError('invalid_request', `${err.message}, counting the stored conversation of previous_response_id ${previous} (truncation is not applied here: start a new conversation, or send a shorter one as input)`, { details: err.details });
 }
 
 /** Admission, done before the proxy sees the request. */
@@ -143,8 +151,9 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
           // Refused for its form: still one outcome in the group's requests, when it names a group served here.
           const named = (body as Record<string, unknown>).model;
           const g = typeof named === 'string' ? fleet.groups.get(named) : undefined;
-          if (g !== undefined) proxy.refused(g.name, toBrokerError(err));
-          throw err;
+          const e = api === 'responses' ? withStoredConversation(toBrokerError(err), body as Record<string, unknown>) : err;
+          if (g !== undefined) proxy.refused(g.name, toBrokerError(e));
+          throw e;
         }
         group = fleet.groups.get(r.model);
         if (group === undefined) throw notServed(fleet, r.model, api);
@@ -209,6 +218,8 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       rateLimited: true,
       errorShape: openaiErrorShape,
       async handle({ req, body, sink }) {
+        // A continuation counts its stored conversation, as the request would send it.
+        if (store?.enabled === true) await expand(store, req, body as Record<string, unknown>);
         const r = readLlmRequest(req, 'responses', 'chat', body as Record<string, unknown>, limits);
         await servedGroup(r.model);
         sink.send(200, JSON_HEADERS, JSON.stringify({ object: 'response.input_tokens', input_tokens: tokensOfChars(r.promptChars) }));

@@ -6,6 +6,7 @@
 import t from 'tap';
 import type { ServerResponse } from 'node:http';
 import OpenAI from 'openai';
+import { Redis } from 'ioredis';
 import { startFleetBroker } from '../helpers/fleet.ts';
 import { startRedis } from '../helpers/redis.ts';
 import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
@@ -42,7 +43,7 @@ up.handler = (p: string, b: any, res: ServerResponse) => {
 };
 
 const fleet = {
-  modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: up.url, model: 'm' }] }, rp: { deployments: [{ id: 'rp', provider: 'openai', url: up.url, model: 'm', responses: true }] } },
+  modelGroups: { g: { deployments: [{ id: 'd', provider: 'openai', url: up.url, model: 'm' }] }, gc: { cache: 'on', deployments: [{ id: 'dc', provider: 'openai', url: up.url, model: 'm' }] }, rp: { deployments: [{ id: 'rp', provider: 'openai', url: up.url, model: 'm', responses: true }] } },
   apiKeys: { 'sk-alice': {}, 'sk-bob': {} },
 };
 
@@ -90,14 +91,36 @@ t.test('a conversation continued by previous_response_id, whole and streamed, wi
   t.match(orphan.error, { param: 'previous_response_id' });
   const unknown: any = await openai.responses.create({ model: 'g', previous_response_id: 'resp_nope', input: 'x' }).catch((e: unknown) => e);
   t.equal(unknown.status, 400);
-  t.match(unknown.error, { param: 'previous_response_id', message: "Previous response with id 'resp_nope' not found." });
+  t.match(unknown.error, { param: 'previous_response_id', code: 'previous_response_not_found', message: "Previous response with id 'resp_nope' not found." }, "OpenAI's code: clients resend the whole conversation on it");
+  t.equal(orphan.error.code, 'previous_response_not_found');
   t.equal(seen.length, 4, 'nothing refused went upstream');
+  const listedGone: any = await openai.responses.inputItems.list(second.id).catch((e: unknown) => e);
+  t.equal(listedGone.status, 404, "a turn whose earlier turn is gone: its items cannot be listed (it can still be read)");
+  t.equal((await openai.responses.retrieve(second.id)).id, second.id);
 
   // The AI SDK's OpenAI provider (store on, its default) sends each earlier assistant turn as an item_reference.
   seen.length = 0;
   const asked = await openai.responses.create({ model: 'g', input: 'Say hi.' });
   await openai.responses.create({ model: 'g', input: [{ role: 'user', content: 'Say hi.' }, { type: 'item_reference', id: asked.output[0]!.id } as any, { type: 'item_reference', id: 'msg_notours' } as any, { role: 'user', content: 'Again.' }] });
   t.same(said(seen[1]), ['user: Say hi.', `assistant: ${asked.output_text}`, 'user: Again.'], "a reference to one of the broker's stored items is that item; one to nothing stored here is left out");
+
+  // The AI SDK with a previous_response_id (its providerOptions) and store on: the id and references to what it names.
+  seen.length = 0;
+  const base = await openai.responses.create({ model: 'g', input: 'Base.' });
+  const next = await openai.responses.create({ model: 'g', previous_response_id: base.id, input: [{ role: 'user', content: 'Base.' }, { type: 'item_reference', id: base.output[0]!.id } as any, { role: 'user', content: 'More.' }] });
+  t.same(said(seen[1]), ['user: Base.', `assistant: ${base.output_text}`, 'user: Base.', 'user: More.'], 'the referenced answer once, where the conversation has it');
+  const listedNext = await openai.responses.inputItems.list(next.id, { order: 'asc', limit: 100 });
+  t.equal(new Set(listedNext.data.map((i: any) => i.id)).size, listedNext.data.length, 'every listed item has its own id (a cursor names one)');
+  const counted = await openai.responses.inputTokens.count({ model: 'g', previous_response_id: next.id, input: 'x' });
+  const alone = await openai.responses.inputTokens.count({ model: 'g', input: 'x' });
+  t.ok(counted.input_tokens > alone.input_tokens, `input_tokens counts the stored conversation (${counted.input_tokens} > ${alone.input_tokens})`);
+
+  // A streamed cache hit is kept as a live stream is (it is written in one piece).
+  const ask = { model: 'gc', input: 'cached?', stream: true as const };
+  for await (const _ of await openai.responses.create(ask));
+  const hit = await openai.responses.stream({ model: 'gc', input: 'cached?' }).finalResponse();
+  t.equal((await openai.responses.retrieve(hit.id)).id, hit.id, 'the hit is stored');
+  t.match(await openai.responses.create({ model: 'g', previous_response_id: hit.id, input: 'and?' }), { previous_response_id: hit.id });
 
   // store: false keeps nothing.
   const unstored = await openai.responses.create({ model: 'g', input: 'secret', store: false });
@@ -117,8 +140,10 @@ t.test("a responses: true deployment's Response is kept under the upstream's id;
   const first = await openai.responses.create({ model: 'rp', input: 'one' });
   t.match(first.id, /^resp_up_/);
   t.equal((await openai.responses.retrieve(first.id)).id, first.id);
-  await openai.responses.create({ model: 'rp', previous_response_id: first.id, input: 'two' });
+  const second = await openai.responses.create({ model: 'rp', previous_response_id: first.id, input: 'two' });
   t.notOk('previous_response_id' in seen[1], 'no previous_response_id upstream');
+  t.equal(second.previous_response_id, first.id, 'the Response says what it continued, though its upstream did not');
+  t.equal((await openai.responses.retrieve(second.id)).previous_response_id, first.id, 'stored so too');
   t.match(seen[1].input, [{ role: 'user', content: 'one' }, { type: 'message', id: first.output[0]!.id, role: 'assistant' }, { role: 'user', content: 'two' }]);
 });
 
@@ -153,6 +178,17 @@ t.test('replicas sharing Redis continue each other\'s conversations; RESPONSES_S
   t.same(said(seen[2]).length, 5, "and A B's");
   await onB.responses.delete(first.id);
   t.equal(((await onA.responses.retrieve(first.id).catch((e: unknown) => e)) as any).status, 404, 'a delete on one replica holds on the other');
+
+  // Redis restarted empty (no persistence): the replicas write back what they hold.
+  const kept = await onA.responses.create({ model: 'g', input: 'before the restart' });
+  const rc = new Redis(redis.url);
+  t.teardown(() => rc.disconnect());
+  t.equal(await rc.exists(`eb:resp:${kept.id}`), 1);
+  await redis.restart();
+  const deadline = Date.now() + 10_000;
+  while ((await rc.exists(`eb:resp:${kept.id}`).catch(() => 0)) === 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
+  t.equal(await rc.exists(`eb:resp:${kept.id}`), 1, 'written back to the new Redis');
+  t.match(await onB.responses.create({ model: 'g', previous_response_id: kept.id, input: 'after' }), { previous_response_id: kept.id }, 'continued on the other replica');
 
   const off = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', RESPONSES_STORE_MB: '0' });
   const c = new OpenAI({ baseURL: `${off.url}/v1`, apiKey: 'x', maxRetries: 0 });

@@ -39,19 +39,58 @@ function keepable(r: Record<string, unknown> | undefined): r is Record<string, u
   return r !== undefined && typeof r['id'] === 'string' && r['id'] !== '' && (r['status'] === 'completed' || r['status'] === 'incomplete');
 }
 
-/** `sink`, with `keep` called once with the Response a 200 reply carried when it ended cleanly. */
-export function capturing(sink: ReplySink, keep: (response: Record<string, unknown> & { id: string }) => void): ReplySink {
-  let parts: string[] | null = [];
+/** A Response (a whole reply's, or an event's `response`) that does not say `previous`, saying it. */
+function sayPrevious(r: Record<string, unknown>, previous: string): boolean {
+  if (typeof r['previous_response_id'] === 'string' || typeof r['id'] !== 'string') return false;
+  r['previous_response_id'] = previous;
+  return true;
+}
+
+/**
+ * A `responses: true` deployment's reply to a continuation says previous_response_id (it was
+ * sent the conversation, not the id): its Response, or its events' (each SSE data line whose
+ * `response` does not say it). Replies that say it already (the broker's own) pass as they are.
+ */
+function echoPrevious(chunk: string | Uint8Array, previous: string, stream: boolean): string | Uint8Array {
+  const s = text(chunk);
+  if (!s.includes('"response') && !s.includes('"id"')) return chunk;
+  if (!stream) {
+    const r = parseObject(s);
+    return r !== undefined && sayPrevious(r, previous) ? JSON.stringify(r) : chunk;
+  }
+  let changed = false;
+  const lines = s.split('\n').map((line) => {
+    if (!line.startsWith('data: ') || !line.includes('"response"')) return line;
+    const e = parseObject(line.slice(6));
+    const r = e?.['response'];
+    if (r === null || typeof r !== 'object' || !sayPrevious(r as Record<string, unknown>, previous)) return line;
+    changed = true;
+    return 'data: ' + JSON.stringify(e);
+  });
+  return changed ? lines.join('\n') : chunk;
+}
+
+/**
+ * `sink`, with `keep` called once with the Response a 200 reply carried when it ended cleanly
+ * (null when the client said `store: false`: nothing kept). `previous`: the
+ * previous_response_id the route resolved, said where a Response does not (echoPrevious).
+ */
+export function capturing(sink: ReplySink, keep: ((response: Record<string, unknown> & { id: string }) => void) | null, previous: string | null): ReplySink {
+  let parts: string[] | null = keep === null ? null : [];
   let bytes = 0;
   let status = 0;
+  const echo = (chunk: string | Uint8Array, stream: boolean): string | Uint8Array => (previous === null ? chunk : echoPrevious(chunk, previous, stream));
   return new Proxy(sink, {
     get(target, prop) {
       switch (prop) {
         case 'send':
           // Kept before the reply leaves: the client's next turn, on another replica too, finds it.
-          return (s: number, headers: Readonly<Record<string, string>>, body: string | Uint8Array) => {
-            if (s === 200 && !target.aborted) {
-              const r = parseObject(text(body));
+          return (s: number, headers: Readonly<Record<string, string>>, raw: string | Uint8Array) => {
+            const streamed = (headers['content-type'] ?? '').startsWith('text/event-stream');
+            const body = s === 200 ? echo(raw, streamed) : raw;
+            if (keep !== null && s === 200 && !target.aborted) {
+              // A cache hit replays a stream in one write: its terminal event has the Response.
+              const r = streamed ? streamedResponse(text(body)) : parseObject(text(body));
               if (keepable(r)) keep(r);
             }
             target.send(s, headers, body);
@@ -62,7 +101,8 @@ export function capturing(sink: ReplySink, keep: (response: Record<string, unkno
             target.start(s, headers);
           };
         case 'write':
-          return (chunk: string | Uint8Array) => {
+          return (raw: string | Uint8Array) => {
+            const chunk = status === 200 ? echo(raw, true) : raw;
             if (parts !== null) {
               bytes += chunk.length;
               if (bytes > MAX_CAPTURE_BYTES) parts = null;
@@ -71,9 +111,10 @@ export function capturing(sink: ReplySink, keep: (response: Record<string, unkno
             return target.write(chunk);
           };
         case 'end':
-          return (chunk?: string | Uint8Array) => {
+          return (raw?: string | Uint8Array) => {
+            const chunk = raw !== undefined && status === 200 ? echo(raw, true) : raw;
             if (chunk !== undefined && parts !== null) parts.push(text(chunk));
-            if (status === 200 && parts !== null && !target.aborted) {
+            if (keep !== null && status === 200 && parts !== null && !target.aborted) {
               const r = streamedResponse(parts.join(''));
               if (keepable(r)) keep(r);
             }

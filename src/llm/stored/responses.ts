@@ -52,8 +52,8 @@ function isRecord(v: unknown): v is StoredResponse {
 
 function notFound(id: string, field?: string): BrokerError {
   const message = `Response with id '${id}' not found.`;
-  // A continuation from an unknown response is the request's fault (OpenAI's 400); a read of one is a 404.
-  return field === undefined ? new BrokerError('not_found', message) : new BrokerError('invalid_request', `Previous response with id '${id}' not found.`, { details: { field } });
+  // A continuation from an unknown response is the request's fault (OpenAI's 400, and its code); a read of one is a 404.
+  return field === undefined ? new BrokerError('not_found', message) : new BrokerError('previous_response_not_found', `Previous response with id '${id}' not found.`, { details: { field } });
 }
 
 export class ResponseStore {
@@ -61,6 +61,8 @@ export class ResponseStore {
   private readonly bus: BroadcastChannel | undefined;
   private redis: Redis | undefined;
   private redisWarned = false;
+  /** The Redis server's run_id: another one after a reconnect is a restarted (maybe empty) Redis. */
+  private redisRunId: string | undefined;
   /**
    * Responses in memory that Redis may not have: their write has not been acknowledged yet
    * (the client's next turn can come first) or failed (Redis was away). Redis not having
@@ -75,6 +77,8 @@ export class ResponseStore {
             maxSize: o.maxBytes,
             sizeCalculation: (v, k) => v.length + k.length,
             ttl: o.ttlSeconds * 1000,
+            // A turn read (continued, retrieved) lives on: a conversation in use does not expire.
+            updateAgeOnGet: true,
             // lru-cache's default caches the clock behind a timer armed by a lookup.
             ttlResolution: 0,
             dispose: (_v, k) => this.unshared.delete(k),
@@ -116,10 +120,12 @@ export class ResponseStore {
     this.share(id, text);
   }
 
-  private share(id: string, text: string): void {
-    this.client()
-      .set(REDIS_PREFIX + id, text, 'EX', this.o.ttlSeconds)
-      .then(
+  /** `again`: written back after Redis restarted, for what is left of its time, unless Redis has one (NX). */
+  private share(id: string, text: string, again = false): void {
+    const r = this.client();
+    const left = again ? this.lru?.getRemainingTTL(id) : undefined;
+    const written = left !== undefined ? (left > 0 ? r.set(REDIS_PREFIX + id, text, 'PX', Math.ceil(left), 'NX') : Promise.resolve(null)) : r.set(REDIS_PREFIX + id, text, 'EX', this.o.ttlSeconds);
+    written.then(
         () => {
           this.redisAnswered();
           this.unshared.delete(id);
@@ -131,15 +137,23 @@ export class ResponseStore {
 
   /**
    * The records of `ids` as JSON (undefined: none). With Redis, Redis says what exists (a
-   * delete or expiry on another replica holds here), in one round trip; while it does not
-   * answer, this process's own copies serve, and a record without one is a 503.
+   * delete or expiry on another replica holds here), in one round trip, and each one read
+   * lives on (GETEX: its TTL starts again); while it does not answer, this process's own
+   * copies serve (those it made, and those it read), and a record without one is a 503.
    */
   private async texts(ids: readonly string[]): Promise<Array<string | undefined>> {
     const lru = this.lru!;
     if (this.o.redisUrl === undefined) return ids.map((id) => lru.get(id));
     let shared: Array<string | null>;
     try {
-      shared = await this.client().mget(...ids.map((id) => REDIS_PREFIX + id));
+      const p = this.client().pipeline();
+      for (const id of ids) p.getex(REDIS_PREFIX + id, 'EX', this.o.ttlSeconds);
+      const replies = (await p.exec()) ?? [];
+      shared = ids.map((_, i) => {
+        const [err, v] = replies[i] ?? [new Error('no reply'), null];
+        if (err !== null) throw err;
+        return v as string | null;
+      });
       this.redisAnswered();
     } catch (err) {
       this.redisFailed(err as Error);
@@ -149,7 +163,11 @@ export class ResponseStore {
     }
     return ids.map((id, i) => {
       const text = shared[i];
-      if (text !== null && text !== undefined) return text;
+      if (text !== null && text !== undefined) {
+        // Kept here too: served while Redis is away.
+        if (lru.peek(id) !== text) lru.set(id, text);
+        return text;
+      }
       if (!this.unshared.has(id)) return undefined;
       const local = lru.get(id);
       if (local !== undefined) this.share(id, local);
@@ -217,7 +235,7 @@ export class ResponseStore {
     const items: unknown[] = [];
     for (let i = 0; i < last.chain.length; i++) {
       const turn = this.parse(texts[i], owner);
-      if (turn === undefined) throw new BrokerError('invalid_request', `Previous response with id '${id}' cannot be continued: an earlier turn of it (${last.chain[i]!}) is no longer stored.`, { details: { field } });
+      if (turn === undefined) throw new BrokerError('previous_response_not_found', `Previous response with id '${id}' cannot be continued: an earlier turn of it (${last.chain[i]!}) is no longer stored.`, { details: { field } });
       items.push(...turn.input, ...outputOf(turn.response));
     }
     items.push(...last.input, ...outputOf(last.response));
@@ -228,9 +246,31 @@ export class ResponseStore {
     if (this.redis === undefined) {
       this.redis = new Redis(this.o.redisUrl!, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: 1_000, connectTimeout: 2_000, retryStrategy: (n: number) => Math.min(100 * 2 ** Math.min(n, 5), 2_000), lazyConnect: true });
       this.redis.on('error', (err: Error) => this.redisFailed(err));
+      this.redis.on('ready', () => void this.redisReady());
       void this.redis.connect().catch(() => undefined);
     }
     return this.redis;
+  }
+
+  /**
+   * Connected: a Redis restarted since the last connection (persistence off: empty) has lost
+   * the conversations. What this thread holds is written back (without overwriting one Redis
+   * has), and until each write lands Redis not having it is no sign it was deleted.
+   */
+  private async redisReady(): Promise<void> {
+    let runId: string | undefined;
+    try {
+      runId = /run_id:([0-9a-f]+)/.exec(await this.client().info('server'))?.[1];
+    } catch {
+      return;
+    }
+    const restarted = this.redisRunId !== undefined && runId !== this.redisRunId;
+    this.redisRunId = runId;
+    if (!restarted || this.lru === null) return;
+    for (const [id, text] of this.lru.entries()) {
+      this.unshared.add(id);
+      this.share(id, text, true);
+    }
   }
 
   private redisAnswered(): void {

@@ -18,35 +18,58 @@ function ownerOfRequest(req: BrokerRequest): string {
   return ownerOf({ apiKey: apiKeyOf(req.headers), caller: req.caller });
 }
 
+/** What a Responses request continues, once its previous_response_id was put into its input. */
+interface Expanded {
+  readonly owner: string;
+  readonly previousId: string | null;
+  /** The stored turns before this one, oldest first. */
+  readonly chain: string[];
+  /** This turn's own input, as items (references resolved). */
+  readonly own: unknown[];
+}
+
 /**
- * Before the request is read: a previous_response_id becomes the conversation it names, put
- * before this turn's input (the prompt limits and the cache key then see the whole of it),
- * and the reply's sink keeps the Response it carries unless the client sent `store: false`.
+ * A previous_response_id becomes the conversation it names, put before this turn's input (the
+ * prompt limits, the token count and the cache key then see the whole of it); item_reference
+ * items become the stored items they name. An item of this turn's input already in the
+ * conversation (the AI SDK sends both an id and references to what it holds) is there once.
  */
-export async function continuing(store: ResponseStore, req: BrokerRequest, body: Record<string, unknown>, sink: ReplySink): Promise<ReplySink> {
+export async function expand(store: ResponseStore, req: BrokerRequest, body: Record<string, unknown>): Promise<Expanded> {
   const owner = ownerOfRequest(req);
   const previous = body['previous_response_id'];
-  let previousId: string | null = null;
-  let chain: string[] = [];
-  // References to items of stored Responses, resolved in this turn's own input (as it is kept).
   let input = body['input'];
   if (Array.isArray(input)) body['input'] = input = await referenced(store, input, owner);
   // Only with an input the request's own checks accept; they name what is wrong with one that is not.
-  if (previous !== undefined && previous !== null && (typeof input === 'string' || Array.isArray(input))) {
-    if (typeof previous !== 'string' || previous === '') throw new BrokerError('invalid_request', 'previous_response_id must be a response id (a string)', { details: { field: 'previous_response_id' } });
-    if (body['conversation'] !== undefined && body['conversation'] !== null) throw new BrokerError('invalid_request', 'previous_response_id and conversation cannot both be set', { details: { field: 'previous_response_id' } });
-    const context = await store.context(previous, owner, 'previous_response_id');
-    body['input'] = [...context.items, ...inputItems(input)];
-    chain = context.chain;
-    delete body['previous_response_id'];
-    previousId = previous;
-  }
+  if (previous === undefined || previous === null || (typeof input !== 'string' && !Array.isArray(input))) return { owner, previousId: null, chain: [], own: inputItems(input) };
+  if (typeof previous !== 'string' || previous === '') throw new BrokerError('invalid_request', 'previous_response_id must be a response id (a string)', { details: { field: 'previous_response_id' } });
+  if (body['conversation'] !== undefined && body['conversation'] !== null) throw new BrokerError('invalid_request', 'previous_response_id and conversation cannot both be set', { details: { field: 'previous_response_id' } });
+  const context = await store.context(previous, owner, 'previous_response_id');
+  const held = new Set(context.items.map(idOf).filter((id) => id !== undefined));
+  const own = inputItems(input).filter((it) => {
+    const id = idOf(it);
+    return id === undefined || !held.has(id);
+  });
+  body['input'] = [...context.items, ...own];
+  delete body['previous_response_id'];
+  return { owner, previousId: previous, chain: context.chain, own };
+}
+
+function idOf(item: unknown): string | undefined {
+  const id = (item as Record<string, unknown> | null)?.['id'];
+  return typeof id === 'string' && id !== '' ? id : undefined;
+}
+
+/**
+ * Before the request is read: its input expanded (expand), and the reply's sink keeps the
+ * Response it carries unless the client sent `store: false`.
+ */
+export async function continuing(store: ResponseStore, req: BrokerRequest, body: Record<string, unknown>, sink: ReplySink): Promise<ReplySink> {
+  const { owner, previousId, chain, own } = await expand(store, req, body);
   const stored = body['store'] !== false;
   const state: ResponseState = { previousResponseId: previousId, stored };
   (body as { [RESPONSE_STATE]?: ResponseState })[RESPONSE_STATE] = state;
-  if (!stored) return sink;
-  const ownInput = inputItems(input);
-  return capturing(sink, (response) => store.put(response.id, { owner, previous: previousId, chain, input: ownInput, response }));
+  if (!stored && previousId === null) return sink;
+  return capturing(sink, stored ? (response) => store.put(response.id, { owner, previous: previousId, chain, input: own, response }) : null, previousId);
 }
 
 /** The id of the Response an item of one of the broker's own Responses belongs to (msg_<id>, fc_<id>_0, rs_<id>, ctc_<id>_0). */
@@ -116,9 +139,25 @@ export function storedRoutes(store: ResponseStore | undefined): Route[] {
         const owner = ownerOfRequest(req);
         const r = await on.require(id!, owner);
         // What the model was given: the conversation before it, then its own input.
-        const items = [...(r.previous !== null ? (await on.context(r.previous, owner, 'id')).items : []), ...r.input];
+        let before: unknown[] = [];
+        if (r.previous !== null) {
+          before = await on.context(r.previous, owner, 'id').then(
+            (c) => c.items,
+            (err: BrokerError) => {
+              if (err.code !== 'previous_response_not_found') throw err;
+              throw new BrokerError('not_found', `the input items of ${id!} cannot be listed: an earlier turn of its conversation is no longer stored`);
+            },
+          );
+        }
         const base = id!.startsWith('resp_') ? id!.slice(5) : id!;
-        const all = items.map((it, i) => listed(it, typeof (it as Record<string, unknown> | null)?.['id'] === 'string' ? ((it as Record<string, unknown>)['id'] as string) : `item_${base}_${i}`));
+        // Each listed once by its id (a cursor names one): one that repeats an id gets its own.
+        const seen = new Set<string>();
+        const all = [...before, ...r.input].map((it, i) => {
+          const own = idOf(it);
+          const unique = own !== undefined && !seen.has(own) ? own : `item_${base}_${i}`;
+          seen.add(unique);
+          return listed(it, unique);
+        });
         const order = q.get('order') ?? 'desc';
         if (order !== 'asc' && order !== 'desc') throw new BrokerError('invalid_request', 'order must be asc or desc', { details: { field: 'order' } });
         if (order === 'desc') all.reverse();
