@@ -21,8 +21,11 @@ import { continuing, expand, storedRoutes } from './stored/routes.ts';
 import { RESPONSE_STATE, type ResponseState } from './translate/responses_to_chat.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
-/** The Ollama API release whose routes and fields the broker serves (thinking, tools, /api/embed). */
-const OLLAMA_VERSION_BODY = JSON.stringify({ version: '0.9.0' });
+/**
+ * The Ollama API release whose routes and fields the broker serves (thinking, tools, /api/embed,
+ * and the OpenAI Responses API beside them): `codex --oss` refuses a server older than 0.13.4.
+ */
+const OLLAMA_VERSION_BODY = JSON.stringify({ version: '0.13.5' });
 
 /** Groups once each (discovered Ollama models are also reachable without their `:latest` tag). */
 function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {

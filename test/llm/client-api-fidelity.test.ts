@@ -602,3 +602,9 @@ t.test("an Ollama model's thinking to an OpenAI chat client: reasoning_content a
   t.equal(viaContent, THINKING.join(''));
   t.equal(viaReasoning, THINKING.join(''));
 });
+
+t.test('/api/version says an Ollama release with the Responses API: codex --oss refuses one before 0.13.4', async (t) => {
+  const { version } = await (await fetch(`${tb.url}/api/version`)).json();
+  const [major, minor, patch] = version.split('.').map(Number);
+  t.ok(major > 0 || minor > 13 || (minor === 13 && patch >= 4), `version ${version}`);
+});

@@ -268,3 +268,8 @@ t.test('a tool_choice naming a function that is not in tools is 400, as OpenAI a
   t.ok(chatRequest({ model: 'm', input: 'x', tools, tool_choice: { type: 'function', name: 'read' } })['tool_choice'], 'an offered function');
   t.ok(chatRequest({ model: 'm', input: 'x', tools, tool_choice: { type: 'function', namespace: 'fs', name: 'write' } })['tool_choice'], 'a namespaced one');
 });
+
+t.test("an input_image's detail: chat's own values as they are, Responses' original (Codex's view_image) as high", async (t) => {
+  const image = (detail: string) => (chatRequest({ model: 'g', input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'data:image/png;base64,AAAA', detail }] }] }).messages[0]!.content as any[])[0].image_url.detail;
+  t.same(['low', 'high', 'auto', 'original'].map(image), ['low', 'high', 'auto', 'high']);
+});

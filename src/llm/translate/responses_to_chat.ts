@@ -59,8 +59,9 @@ function chatContent(content: unknown, field: string, ollama: boolean): OpenAIMe
 function imagePart(p: Record<string, unknown>, field: string, ollama: boolean): { type: string; [k: string]: unknown } {
   const url = p['image_url'] as string;
   if (ollama && !isDataUrl(url)) throw invalid(`${field}.image_url`, 'must be a data: URL (base64) for this model, which Ollama serves: it takes no image URLs');
-  // detail (low, high, auto) is chat's too: the image's token cost on OpenAI's models.
-  const detail = p['detail'];
+  // detail (low, high, auto) is chat's too: the image's token cost on OpenAI's models. Responses'
+  // `original` (Codex's view_image for GPT-5.5 models) chat has not: its nearest, high.
+  const detail = p['detail'] === 'original' ? 'high' : p['detail'];
   return { type: 'image_url', image_url: typeof detail === 'string' ? { url, detail } : { url } };
 }
 
