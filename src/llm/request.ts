@@ -624,13 +624,15 @@ function addContent(size: PromptSize, v: unknown): void {
 function promptSize(r: PromptParts): PromptSize {
   const size: PromptSize = { chars: 0, images: r.images ?? 0 };
   for (const m of r.messages ?? []) {
-    const o = m as { content?: unknown; images?: unknown; tool_calls?: unknown; arguments?: unknown; output?: unknown; input?: unknown; action?: unknown } | null;
+    const o = m as { content?: unknown; images?: unknown; tool_calls?: unknown; arguments?: unknown; output?: unknown; input?: unknown; action?: unknown; tools?: unknown } | null;
     if (o === null || typeof o !== 'object') continue;
     addContent(size, o.content);
     addContent(size, o.output);
     if (Array.isArray(o.images)) size.images += o.images.length;
     // Responses' custom_tool_call input and local_shell_call action go upstream as a call's arguments.
     size.chars += charsOf(o.tool_calls) + charsOf(o.arguments) + charsOf(o.input) + charsOf(o.action);
+    // Tools offered in the input (Codex's additional_tools, what its tool_search found): definitions as JSON.
+    if (o.tools !== undefined) size.chars += charsOf(o.tools);
   }
   if (r.prompt !== undefined) size.chars += r.prompt.length;
   if (r.suffix !== undefined) size.chars += r.suffix.length;

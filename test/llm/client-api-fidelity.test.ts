@@ -604,7 +604,24 @@ t.test("an Ollama model's thinking to an OpenAI chat client: reasoning_content a
 });
 
 t.test('/api/version says an Ollama release with the Responses API: codex --oss refuses one before 0.13.4', async (t) => {
-  const { version } = await (await fetch(`${tb.url}/api/version`)).json();
+  const { version } = (await (await fetch(`${tb.url}/api/version`)).json()) as any;
   const [major, minor, patch] = version.split('.').map(Number);
   t.ok(major > 0 || minor > 13 || (minor === 13 && patch >= 4), `version ${version}`);
+});
+
+t.test("Responses: Codex's client-run tool_search through the broker, whole and streamed: a tool_search_call the SDK reads; the found tools offered on the next turn", async (t) => {
+  const seenBodies: any[] = [];
+  up.handler = (_p, b, res) => {
+    seenBodies.push(b);
+    chatReply(b, res, '', [{ id: 'call_s', name: 'tool_search', args: ['{"query":', '"notes"}'] }]);
+  };
+  const tools: any[] = [{ type: 'tool_search', execution: 'client', description: 'Find tools.', parameters: { type: 'object', properties: { query: { type: 'string' } } } }];
+  const whole = await openai.responses.create({ model: 'oa', input: 'note it', tools });
+  t.match(whole.output, [{ type: 'tool_search_call', call_id: 'call_s', arguments: { query: 'notes' } }]);
+  const final = await openai.responses.stream({ model: 'oa', input: 'note it', tools }).finalResponse();
+  t.match(final.output, [{ type: 'tool_search_call', call_id: 'call_s', arguments: { query: 'notes' } }]);
+  seenBodies.length = 0;
+  const found = { type: 'namespace', name: 'mcp__notes__', description: 'Notes', tools: [{ type: 'function', name: 'write_note', parameters: { type: 'object' } }] };
+  await openai.responses.create({ model: 'oa', input: [{ role: 'user', content: 'note it' }, ...(final.output as any[]), { type: 'tool_search_output', call_id: 'call_s', execution: 'client', tools: [found] } as any], tools });
+  t.same(seenBodies[0].tools.map((x: any) => x.function.name), ['tool_search', 'mcp__notes__write_note']);
 });

@@ -273,3 +273,39 @@ t.test("an input_image's detail: chat's own values as they are, Responses' origi
   const image = (detail: string) => (chatRequest({ model: 'g', input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'data:image/png;base64,AAAA', detail }] }] }).messages[0]!.content as any[])[0].image_url.detail;
   t.same(['low', 'high', 'auto', 'original'].map(image), ['low', 'high', 'auto', 'high']);
 });
+
+// Codex 0.171 for GPT-5.5 models offers MCP tools through a tool_search it runs itself; for its
+// "lite" models (gpt-5.6, gpt-6) every tool comes in an additional_tools input item.
+t.test("Codex's client-run tool_search and additional_tools: functions upstream, tool_search_call items back, found tools offered from then on", async (t) => {
+  const search = { type: 'tool_search', execution: 'client', description: 'Find MCP tools.', parameters: { type: 'object', properties: { query: { type: 'string' } }, required: ['query'] } };
+  const found = { type: 'namespace', name: 'mcp__notes__', tools: [{ type: 'function', name: 'write_note', parameters: { type: 'object' } }] };
+  const codex = {
+    model: 'g',
+    input: [
+      { role: 'user', content: 'note it' },
+      { type: 'tool_search_call', call_id: 'ts1', execution: 'client', arguments: { query: 'notes' }, status: 'completed' },
+      { type: 'tool_search_output', call_id: 'ts1', execution: 'client', tools: [found] },
+    ],
+    tools: [{ type: 'function', name: 'exec_command', parameters: { type: 'object' } }, search, { type: 'tool_search' }],
+  };
+  const chat = chatRequest(codex);
+  t.same((chat.tools as any[]).map((x) => x.function.name), ['exec_command', 'tool_search', 'mcp__notes__write_note'], 'the client-run search as a function, what it found after; a server-run one left out');
+  t.match((chat.tools as any[])[1].function, { description: 'Find MCP tools.', parameters: search.parameters });
+  t.same(chat.messages.slice(1).map((m: any) => [m.role, m.tool_calls?.[0]?.function ?? m.content]), [['assistant', { name: 'tool_search', arguments: '{"query":"notes"}' }], ['tool', 'Tools loaded: mcp__notes__write_note']]);
+
+  const ctx2 = { model: 'g', id: 'r7', request: codex };
+  const whole = response({ text: '', thinking: '', tools: [{ id: 'c1', name: 'tool_search', arguments: '{"query":"calendar"}' }, { id: 'c2', name: 'mcp__notes__write_note', arguments: '{"text":"x"}' }], finish: 'tool_calls', usage }, ctx2);
+  t.match(whole.output, [{ type: 'tool_search_call', id: /^tsc_/, call_id: 'c1', execution: 'client', arguments: { query: 'calendar' }, status: 'completed' }, { type: 'function_call', name: 'write_note', namespace: 'mcp__notes__', call_id: 'c2' }]);
+  const w = responsesWriter(ctx2);
+  let out = responsesDelta(w, delta({ tools: [{ index: 0, id: 'c1', name: 'tool_search', arguments: '{"query":' }] }));
+  out += responsesDelta(w, delta({ tools: [{ index: 0, arguments: '"calendar"}' }] }));
+  const evs = events(out + responsesDone(w));
+  const mine = evs.filter((e) => e.item?.type === 'tool_search_call' || e.item_id?.startsWith('tsc_'));
+  t.same(mine.map((e) => e.type), ['response.output_item.added', 'response.output_item.done'], 'added and done, no argument events');
+  t.match(mine[1].item, { type: 'tool_search_call', arguments: { query: 'calendar' }, status: 'completed' });
+
+  const lite = chatRequest({ model: 'g', input: [{ type: 'additional_tools', role: 'developer', tools: [{ type: 'function', name: 'exec', parameters: { type: 'object' } }, found] }, { role: 'user', content: 'go' }] });
+  t.same((lite.tools as any[]).map((x) => x.function.name), ['exec', 'mcp__notes__write_note'], "additional_tools' tools offered");
+  t.same(lite.messages.map((m: any) => m.role), ['user'], 'the item is no turn');
+  t.throws(() => chatRequest({ model: 'g', input: [{ type: 'additional_tools', role: 'developer', tools: [{ type: 'shell' }] }] }), { details: { field: 'input[0].tools[0]' } }, 'an error names where the tool came');
+});

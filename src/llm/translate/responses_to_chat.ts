@@ -91,11 +91,38 @@ export function flatToolName(namespace: string, name: string): string {
   return namespace.endsWith('_') ? namespace + name : `${namespace}__${name}`;
 }
 
-/** How a Response names a call of a chat function: the tool's own name, its namespace, and whether it is a custom (free-form) tool. */
+/**
+ * How a Response names a call of a chat function: the tool's own name, its namespace, and
+ * whether it is a custom (free-form) tool or the client-run tool_search (their own item types).
+ */
 export interface ToolIdentity {
   readonly name: string;
   readonly namespace?: string;
   readonly custom?: true;
+  readonly toolSearch?: true;
+}
+
+/** The chat function Codex's client-run tool_search goes upstream as. */
+export const TOOL_SEARCH = 'tool_search';
+
+/** A tool_search the client runs (Codex's, for GPT-5.5 models: it finds MCP tools itself); one OpenAI's server runs is hosted. */
+function clientToolSearch(o: Record<string, unknown> | null): boolean {
+  return o?.['type'] === 'tool_search' && o['execution'] === 'client';
+}
+
+/**
+ * Tools a Responses request offers in its input: an additional_tools item's (Codex's for its
+ * "lite" models), and those a tool_search found (tool_search_output), each with the field
+ * it is named by in errors.
+ */
+function inputTools(input: unknown): Array<[unknown, string]> {
+  if (!Array.isArray(input)) return [];
+  const out: Array<[unknown, string]> = [];
+  input.forEach((it, i) => {
+    const o = it as Record<string, unknown> | null;
+    if ((o?.['type'] === 'additional_tools' || o?.['type'] === 'tool_search_output') && Array.isArray(o['tools'])) (o['tools'] as unknown[]).forEach((t, j) => out.push([t, `input[${i}].tools[${j}]`]));
+  });
+  return out;
 }
 
 /** Chat function names → the Responses tools they stand for, where the call is reported otherwise than as a function_call of that name. */
@@ -103,11 +130,12 @@ export type ToolNames = ReadonlyMap<string, ToolIdentity>;
 
 /** The namespaced and custom tools of a Responses request (none: undefined, the common case). */
 export function toolNames(request: Readonly<Record<string, unknown>> | undefined): ToolNames | undefined {
-  const tools = request?.['tools'];
-  if (!Array.isArray(tools)) return undefined;
+  const own = request?.['tools'];
+  const tools = [...(Array.isArray(own) ? own : []), ...inputTools(request?.['input']).map(([t]) => t)];
   let out: Map<string, ToolIdentity> | undefined;
   for (const t of tools) {
     const o = t as Record<string, unknown> | null;
+    if (clientToolSearch(o)) (out ??= new Map()).set(TOOL_SEARCH, { name: TOOL_SEARCH, toolSearch: true });
     if (o?.['type'] === 'custom' && typeof o['name'] === 'string') (out ??= new Map()).set(o['name'], { name: o['name'], custom: true });
     if (o?.['type'] !== 'namespace' || typeof o['name'] !== 'string' || !Array.isArray(o['tools'])) continue;
     for (const inner of o['tools'] as unknown[]) {
@@ -178,7 +206,7 @@ function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
     const it = input[i] as Record<string, unknown> | null;
     if (it === null || typeof it !== 'object') throw invalid(`input[${i}]`, 'must be an object');
     const type = it['type'] ?? 'message';
-    const isOutput = type === 'function_call_output' || type === 'custom_tool_call_output' || type === 'local_shell_call_output';
+    const isOutput = type === 'function_call_output' || type === 'custom_tool_call_output' || type === 'local_shell_call_output' || type === 'tool_search_output';
     if (!isOutput && images.length > 0 && !DROPPED_ITEMS.has(type as string)) {
       out.push({ role: 'user', content: images });
       images = [];
@@ -205,6 +233,15 @@ function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
       const id = String(it['call_id'] || it['id'] || '');
       if (typeof it['id'] === 'string') shellCalls.set(it['id'], id);
       pushCall(out, { id, type: 'function', function: { name: 'local_shell', arguments: JSON.stringify(it['action'] ?? {}) } });
+    } else if (type === 'tool_search_call') {
+      // The client's own tool search: a call of the function it was offered as.
+      pushCall(out, { id: String(it['call_id'] ?? it['id'] ?? ''), type: 'function', function: { name: TOOL_SEARCH, arguments: typeof it['arguments'] === 'string' ? it['arguments'] : JSON.stringify(it['arguments'] ?? {}) } });
+    } else if (type === 'tool_search_output') {
+      // What it found: offered as tools from now on (chatRequest), named here for the model.
+      const found = Array.isArray(it['tools']) ? (it['tools'] as unknown[]).flatMap((t) => toolLabels(t)) : [];
+      out.push({ role: 'tool', tool_call_id: String(it['call_id'] ?? it['id'] ?? ''), content: found.length > 0 ? `Tools loaded: ${found.join(', ')}` : 'No tools found.' });
+    } else if (type === 'additional_tools') {
+      // Its tools are offered (chatRequest); the item itself is no turn.
     } else if (type === 'function_call_output' || type === 'custom_tool_call_output') {
       toolOutput(String(it['call_id'] ?? ''), it['output'], `input[${i}].output`);
     } else if (type === 'local_shell_call_output') {
@@ -213,11 +250,18 @@ function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
     } else if (type === 'reasoning' || DROPPED_ITEMS.has(type as string)) {
       // The model's own reasoning from an earlier turn (chat upstreams take none), and the items above.
     } else {
-      throw invalid(`input[${i}].type`, `${typeof type === 'string' ? type : JSON.stringify(type)} is not supported (message, function_call, function_call_output, custom_tool_call, local_shell_call and their outputs)`);
+      throw invalid(`input[${i}].type`, `${typeof type === 'string' ? type : JSON.stringify(type)} is not supported (message, function_call, function_call_output, custom_tool_call, local_shell_call, tool_search_call and their outputs, additional_tools)`);
     }
   }
   if (images.length > 0) out.push({ role: 'user', content: images });
   return out;
+}
+
+/** A found tool's names as the model is offered them (a namespace's each flat). */
+function toolLabels(t: unknown): string[] {
+  const o = t as Record<string, unknown> | null;
+  if (o?.['type'] === 'namespace' && typeof o['name'] === 'string' && Array.isArray(o['tools'])) return (o['tools'] as unknown[]).map((f) => flatToolName(o['name'] as string, String((f as Record<string, unknown> | null)?.['name'] ?? '')));
+  return typeof o?.['name'] === 'string' ? [o['name']] : [];
 }
 
 /** Input items with no chat form: a search the server ran, a reference to a stored item, a compaction. */
@@ -254,21 +298,30 @@ function customTool(o: Record<string, unknown>, name: string, field: string): un
   return { type: 'function', function: fn };
 }
 
-/** Responses tools → chat tools: function and custom tools, and those of namespaces (flattened); hosted tools left out. */
-function toolsOf(tools: unknown): unknown[] | undefined {
+/**
+ * Responses tools → chat tools: function and custom tools, and those of namespaces
+ * (flattened), a client-run tool_search as a function; hosted tools left out. `fields`: each
+ * tool's name in errors (tools[i], or the input item it came in).
+ */
+function toolsOf(tools: unknown, fields?: readonly string[]): unknown[] | undefined {
   if (tools === undefined || tools === null) return undefined;
   if (!Array.isArray(tools)) throw invalid('tools', 'must be an array');
   const out: unknown[] = [];
-  tools.forEach((t, i) => {
+  tools.forEach((t, n) => {
     const o = t as Record<string, unknown> | null;
     const type = o?.['type'];
+    const field = fields?.[n] ?? `tools[${n}]`;
+    if (clientToolSearch(o)) {
+      out.push(chatTool({ description: 'Searches for tools to load.', parameters: { type: 'object', properties: { query: { type: 'string' } } }, ...o!, name: TOOL_SEARCH }, TOOL_SEARCH));
+      return;
+    }
     if (typeof type === 'string' && HOSTED_TOOLS.has(type)) return;
     if (type === 'namespace' && typeof o!['name'] === 'string' && Array.isArray(o!['tools'])) {
       (o!['tools'] as unknown[]).forEach((inner, j) => {
         const f = inner as Record<string, unknown> | null;
-        if ((f?.['type'] !== 'function' && f?.['type'] !== 'custom') || typeof f['name'] !== 'string') throw invalid(`tools[${i}].tools[${j}]`, 'must be a function or custom tool with a name');
+        if ((f?.['type'] !== 'function' && f?.['type'] !== 'custom') || typeof f['name'] !== 'string') throw invalid(`${field}.tools[${j}]`, 'must be a function or custom tool with a name');
         const flat = flatToolName(o!['name'] as string, f['name']);
-        out.push(f['type'] === 'custom' ? customTool(f, flat, `tools[${i}].tools[${j}]`) : chatTool(f, flat));
+        out.push(f['type'] === 'custom' ? customTool(f, flat, `${field}.tools[${j}]`) : chatTool(f, flat));
       });
       return;
     }
@@ -276,10 +329,10 @@ function toolsOf(tools: unknown): unknown[] | undefined {
       // The built-in tools whose calls the model makes in their own item types (shell_call,
       // apply_patch_call): a chat server has no such calls to make. Refused, naming the type.
       const named = typeof type === 'string' ? `a ${JSON.stringify(type)} tool is not served for a chat upstream` : 'has no type';
-      throw invalid(`tools[${i}]`, `${named}: send function, custom or namespace tools (the built-in shell and apply_patch tools: as function or custom tools of your own)`);
+      throw invalid(field, `${named}: send function, custom or namespace tools (the built-in shell and apply_patch tools: as function or custom tools of your own)`);
     }
-    if (typeof o!['name'] !== 'string') throw invalid(`tools[${i}].name`, 'is required: a string');
-    out.push(type === 'custom' ? customTool(o!, o!['name'], `tools[${i}]`) : chatTool(o!, o!['name']));
+    if (typeof o!['name'] !== 'string') throw invalid(`${field}.name`, 'is required: a string');
+    out.push(type === 'custom' ? customTool(o!, o!['name'], field) : chatTool(o!, o!['name']));
   });
   return out;
 }
@@ -315,7 +368,10 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
   if (typeof verbosity === 'string') out['verbosity'] = verbosity;
   const effort = (b['reasoning'] as Record<string, unknown> | null | undefined)?.['effort'];
   if (typeof effort === 'string') out['reasoning_effort'] = effort;
-  const tools = toolsOf(b['tools']);
+  const given = inputTools(b['input']);
+  const all = given.length === 0 ? toolsOf(b['tools']) : [...(toolsOf(b['tools']) ?? []), ...(toolsOf(given.map(([t]) => t), given.map(([, f]) => f)) ?? [])];
+  // A tool found again (a second search, an MCP server's tools in two items) is offered once.
+  const tools = given.length === 0 ? all : all!.filter((t, i, a) => a.findIndex((u) => (u as { function: { name: string } }).function.name === (t as { function: { name: string } }).function.name) === i);
   if (tools !== undefined && tools.length > 0) out.tools = tools;
   const choice = toolChoiceOf(b['tool_choice']);
   // A function forced that is not offered: OpenAI's 400 (forwarded, Ollama dropped it and answered as it liked).
@@ -459,9 +515,21 @@ function callItem(id: string, t: { id: string; name: string; arguments: string }
   const own = names?.get(t.name);
   const ns = own?.namespace !== undefined ? { namespace: own.namespace } : {};
   if (own?.custom === true) return { type: 'custom_tool_call', id: 'ctc_' + id, call_id: t.id, name: own.name, ...ns, input: customInput(t.arguments), status };
+  if (own?.toolSearch === true) return { type: 'tool_search_call', id: 'tsc_' + id, call_id: t.id, execution: 'client', arguments: searchArguments(t.arguments), status };
   return { type: 'function_call', id: 'fc_' + id, call_id: t.id, name: own?.name ?? t.name, ...ns, arguments: t.arguments, status };
 }
 
+
+/** A tool_search call's arguments: the JSON object the model wrote, else its text as the query. */
+function searchArguments(args: string): unknown {
+  try {
+    const v = JSON.parse(args) as unknown;
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v;
+  } catch {
+    // not JSON
+  }
+  return args === '' ? {} : { query: args };
+}
 
 /** A whole chat reply → the Response object. */
 export function response(reply: WholeReply, ctx: ReplyContext): Record<string, unknown> {
@@ -631,7 +699,8 @@ export function responsesDelta(w: ResponsesWriter, d: Delta): string {
           out += announce(w, slot);
           slot.arguments += t.arguments;
           // A custom tool's input is the string inside these arguments: sent whole at its end.
-          if (w.names?.get(slot.name)?.custom !== true) out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
+          const own = w.names?.get(slot.name);
+          if (own?.custom !== true && own?.toolSearch !== true) out += event(w, 'response.function_call_arguments.delta', { item_id: slot.itemId, output_index: slot.outputIndex, delta: t.arguments });
         }
       }
       // A call that came whole (Ollama's) is done now: a cut after it does not leave it incomplete.
@@ -665,6 +734,7 @@ function announce(w: ResponsesWriter, s: ToolSlot): string {
     // Its name is whole by now (it has arguments, or is done): a custom tool's item is a ctc_.
     const item = callItem('', { ...o, arguments: '' }, 'in_progress', w.names);
     if (item['type'] === 'custom_tool_call') o.itemId = 'ctc_' + o.itemId.slice(3);
+    else if (item['type'] === 'tool_search_call') o.itemId = 'tsc_' + o.itemId.slice(3);
     out += event(w, 'response.output_item.added', { output_index: o.outputIndex, item: { ...item, id: o.itemId } });
   }
   return out;
@@ -676,6 +746,11 @@ function announce(w: ResponsesWriter, s: ToolSlot): string {
  */
 function closeCall(w: ResponsesWriter, s: ToolSlot, status: ItemStatus): string {
   let out = announce(w, s);
+  if (w.names?.get(s.name)?.toolSearch === true) {
+    // No argument events: the item, done whole.
+    s.closed = status;
+    return out + event(w, 'response.output_item.done', { output_index: s.outputIndex, item: { ...callItem('', s, status, w.names), id: s.itemId } });
+  }
   if (w.names?.get(s.name)?.custom === true) {
     s.closed = status;
     const input = customInput(s.arguments);
