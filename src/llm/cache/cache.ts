@@ -17,6 +17,7 @@ import { BrokerError } from '../../errors.ts';
 import type { CacheMode, CacheScope, CacheSettings, ModelGroupConfig } from '../../config/broker-config.ts';
 import { keyId } from '../../guard/api-key.ts';
 import type { Logger } from '../../obs/logger.ts';
+import { OutageLog } from '../../obs/outage-log.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { LlmRequest } from '../request.ts';
 import { entryBytes, fitChunks, isCachedReply, type CachedReply } from './entry.ts';
@@ -147,7 +148,7 @@ export class ResponseCache {
   /** This broker: its threads share the channel name, and a refreshed entry over it already. */
   private readonly origin: string;
   private connecting: Promise<void> = Promise.resolve();
-  private redisWarned = false;
+  private readonly outage: OutageLog;
   /**
    * A command got no reply in time: Redis is hung with its connection open (a frozen host, a
    * blackhole), and ioredis still says 'ready'. Lookups and stores skip it until it is ready
@@ -160,6 +161,7 @@ export class ResponseCache {
   private readonly refreshedAway = new Map<string, CachedReply>();
 
   constructor(private readonly o: ResponseCacheOptions) {
+    this.outage = new OutageLog(o.logger, 'response cache: redis failed; lookups miss until it is back (logged once per outage)', 'response cache: redis answers again');
     this.settings = o.settings;
     this.origin = o.channel ?? randomUUID();
     this.lru = this.makeLru(o.settings);
@@ -387,15 +389,11 @@ export class ResponseCache {
 
   /** Redis answered: an outage said in the log is over (the next one is said again). */
   private redisAnswered(): void {
-    if (!this.redisWarned) return;
-    this.redisWarned = false;
-    this.o.logger.info('response cache: redis answers again');
+    this.outage.answered();
   }
 
   private redisFailed(err: Error): void {
-    if (this.redisWarned) return;
-    this.redisWarned = true;
-    this.o.logger.warn({ err: err.message }, 'response cache: redis failed; lookups miss until it is back (logged once per outage)');
+    this.outage.failed(err);
   }
 
   close(): void {

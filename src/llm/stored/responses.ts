@@ -20,6 +20,7 @@ import { LRUCache } from 'lru-cache';
 import { Redis } from 'ioredis';
 import { BrokerError } from '../../errors.ts';
 import type { Logger } from '../../obs/logger.ts';
+import { OutageLog } from '../../obs/outage-log.ts';
 
 export interface StoredResponse {
   readonly owner: string;
@@ -60,7 +61,7 @@ export class ResponseStore {
   private readonly lru: LRUCache<string, string> | null;
   private readonly bus: BroadcastChannel | undefined;
   private redis: Redis | undefined;
-  private redisWarned = false;
+  private readonly outage: OutageLog;
   /** The Redis server's run_id: another one after a reconnect is a restarted (maybe empty) Redis. */
   private redisRunId: string | undefined;
   /**
@@ -71,6 +72,7 @@ export class ResponseStore {
   private readonly unshared = new Set<string>();
 
   constructor(private readonly o: ResponseStoreOptions) {
+    this.outage = new OutageLog(o.logger, 'stored responses: redis failed; responses are kept in this process only until it is back (logged once per outage)', 'stored responses: redis answers again');
     this.lru =
       o.maxBytes > 0
         ? new LRUCache<string, string>({
@@ -274,15 +276,11 @@ export class ResponseStore {
   }
 
   private redisAnswered(): void {
-    if (!this.redisWarned) return;
-    this.redisWarned = false;
-    this.o.logger.info('stored responses: redis answers again');
+    this.outage.answered();
   }
 
   private redisFailed(err: Error): void {
-    if (this.redisWarned) return;
-    this.redisWarned = true;
-    this.o.logger.warn({ err: err.message }, 'stored responses: redis failed; responses are kept in this process only until it is back (logged once per outage)');
+    this.outage.failed(err);
   }
 
   close(): void {
