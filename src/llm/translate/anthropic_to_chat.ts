@@ -69,13 +69,17 @@ function toolResultOf(c: unknown, field: string, ollama: boolean): { text: strin
   if (!Array.isArray(c)) throw invalid(field, 'must be a string or an array of text and image blocks');
   const texts: string[] = [];
   const images: Array<{ type: string; [k: string]: unknown }> = [];
+  const loaded: string[] = [];
   c.forEach((b, i) => {
     const o = b as Record<string, unknown> | null;
     if (o?.['type'] === 'text' && typeof o['text'] === 'string') texts.push(o['text']);
+    // What a client-run tool search found (Claude Code's ToolSearch): the tools are offered from now on (toolsOf).
+    else if (o?.['type'] === 'tool_reference' && typeof o['tool_name'] === 'string') loaded.push(o['tool_name']);
     else if (o?.['type'] === 'image') images.push(imagePart(o, `${field}[${i}]`, ollama));
     else if (o?.['type'] === 'document') texts.push(documentText(o, `${field}[${i}]`));
-    else throw invalid(`${field}[${i}]`, 'must be a text, image or document block');
+    else throw invalid(`${field}[${i}]`, 'must be a text, image, document or tool_reference block');
   });
+  if (loaded.length > 0) texts.push(`Tools loaded: ${loaded.join(', ')}`);
   return { text: texts.join('\n'), images };
 }
 
@@ -176,8 +180,27 @@ function isServerTool(t: unknown): boolean {
   return typeof type === 'string' && SERVER_TOOL.test(type);
 }
 
-/** Custom tools → chat functions; server tools left out; tools Anthropic defines the schema of (bash, text editor, computer) have none to send. */
-function toolsOf(tools: unknown): unknown[] | undefined {
+/** The tools a conversation's tool results reference (tool_reference blocks: what a tool search found). */
+function referencedTools(messages: readonly unknown[]): Set<string> {
+  const names = new Set<string>();
+  for (const m of messages) {
+    const content = (m as Record<string, unknown> | null)?.['content'];
+    if (!Array.isArray(content)) continue;
+    for (const b of content) {
+      const r = (b as Record<string, unknown> | null)?.['content'];
+      if ((b as Record<string, unknown> | null)?.['type'] !== 'tool_result' || !Array.isArray(r)) continue;
+      for (const x of r) if ((x as Record<string, unknown> | null)?.['type'] === 'tool_reference' && typeof (x as Record<string, unknown>)['tool_name'] === 'string') names.add((x as Record<string, string>)['tool_name']!);
+    }
+  }
+  return names;
+}
+
+/**
+ * Custom tools → chat functions; server tools left out; tools Anthropic defines the schema of
+ * (bash, text editor, computer) have none to send. A deferred tool (`defer_loading`, for a
+ * client-run tool search) is offered once a tool result references it, as Anthropic loads it.
+ */
+function toolsOf(tools: unknown, referenced: ReadonlySet<string>): unknown[] | undefined {
   if (tools === undefined || tools === null) return undefined;
   if (!Array.isArray(tools)) throw invalid('tools', 'must be an array');
   const out: unknown[] = [];
@@ -185,6 +208,7 @@ function toolsOf(tools: unknown): unknown[] | undefined {
     if (isServerTool(t)) return;
     const o = t as Record<string, unknown> | null;
     if (o === null || typeof o['name'] !== 'string' || o['input_schema'] === undefined) throw invalid(`tools[${i}]`, 'must be a custom tool with a name and an input_schema (server tools are left out; tools whose schema Anthropic defines have none to send a chat upstream)');
+    if (o['defer_loading'] === true && !referenced.has(o['name'])) return;
     const fn: Record<string, unknown> = { name: o['name'], parameters: o['input_schema'] };
     if (typeof o['description'] === 'string') fn['description'] = o['description'];
     out.push({ type: 'function', function: fn });
@@ -288,7 +312,7 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
   if (thinkingOf(b) === false) out['think'] = false;
   const format = outputFormat(b);
   if (format !== undefined) out.response_format = { type: 'json_schema', json_schema: { name: 'response', schema: format } };
-  const tools = toolsOf(b['tools']);
+  const tools = toolsOf(b['tools'], referencedTools(b['messages']));
   // Checked with or without tools, as Anthropic does.
   const choice = toolChoiceOf(b['tool_choice']);
   const forced = (b['tool_choice'] as Record<string, unknown> | null | undefined)?.['name'];

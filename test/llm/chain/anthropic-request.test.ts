@@ -155,3 +155,27 @@ t.test('a tool_choice naming a tool that is not in tools is 400, as Anthropic an
   const r = chatRequest({ model: 'm', max_tokens: 5, tools, tool_choice: { type: 'tool', name: 'read' }, messages: [{ role: 'user', content: 'x' }] });
   t.same(r['tool_choice'], { type: 'function', function: { name: 'read' } });
 });
+
+// Claude Code with ENABLE_TOOL_SEARCH: MCP tools sent deferred, its ToolSearch tool's result
+// references the tools it found (tool_reference blocks), which Anthropic then loads.
+t.test("Claude Code's client-run tool search: a deferred tool is offered once a tool_reference loads it; the reference is a tool message's text", async (t) => {
+  const tools = [
+    { name: 'ToolSearch', description: 'Find tools', input_schema: { type: 'object', properties: { query: { type: 'string' } } } },
+    { name: 'mcp__notes__write_note', description: 'Write a note', input_schema: { type: 'object' }, defer_loading: true },
+    { name: 'mcp__notes__delete_note', input_schema: { type: 'object' }, defer_loading: true },
+  ];
+  const first = chatRequest({ model: 'm', max_tokens: 10, tools, messages: [{ role: 'user', content: 'note it' }] });
+  t.same((first.tools as any[]).map((x) => x.function.name), ['ToolSearch'], 'deferred tools wait to be found');
+  const next = chatRequest({
+    model: 'm',
+    max_tokens: 10,
+    tools,
+    messages: [
+      { role: 'user', content: 'note it' },
+      { role: 'assistant', content: [{ type: 'tool_use', id: 'tu1', name: 'ToolSearch', input: { query: 'notes' } }] },
+      { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'tu1', content: [{ type: 'tool_reference', tool_name: 'mcp__notes__write_note' }] }] },
+    ],
+  });
+  t.same((next.tools as any[]).map((x) => x.function.name), ['ToolSearch', 'mcp__notes__write_note'], 'the one found is offered, with its schema');
+  t.match(next.messages.at(-1), { role: 'tool', tool_call_id: 'tu1', content: 'Tools loaded: mcp__notes__write_note' });
+});
