@@ -309,3 +309,25 @@ t.test("Codex's client-run tool_search and additional_tools: functions upstream,
   t.same(lite.messages.map((m: any) => m.role), ['user'], 'the item is no turn');
   t.throws(() => chatRequest({ model: 'g', input: [{ type: 'additional_tools', role: 'developer', tools: [{ type: 'shell' }] }] }), { code: 'invalid_request', details: { field: 'input[0].tools[0]' } });
 });
+
+t.test('a namespaced tool past 64 characters goes up under a stable short name and its calls map back; a call by its bare or dotted name maps to it when unambiguous', async (t) => {
+  const ns = 'mcp__an_extremely_verbose_server_name_for_notes__';
+  const long = 'write_a_note_to_the_local_filesystem_with_many_extra_words';
+  const req = { model: 'g', input: [{ role: 'user', content: 'x' }, { type: 'function_call', call_id: 'c0', name: long, namespace: ns, arguments: '{}' }, { type: 'function_call_output', call_id: 'c0', output: 'ok' }], tools: [{ type: 'namespace', name: ns, tools: [{ type: 'function', name: long }] }] };
+  const chat = chatRequest(req);
+  const flat = (chat.tools as any[])[0].function.name;
+  t.equal(flat.length, 64, `${flat}: OpenAI's limit`);
+  t.match(flat, /^[a-zA-Z0-9_-]{1,64}$/);
+  t.equal((chat.messages[1] as any).tool_calls[0].function.name, flat, 'the history names it the same way');
+  t.equal((chatRequest(req).tools as any[])[0].function.name, flat, 'every turn');
+  t.match(response({ text: '', thinking: '', tools: [{ id: 'c1', name: flat, arguments: '{}' }], finish: 'tool_calls', usage }, { model: 'g', id: 'r', request: req }).output, [{ type: 'function_call', name: long, namespace: ns }]);
+
+  // Codex's lite models: its prompt calls the tools `exec` or `functions.exec`; offered as functions__exec.
+  const lite = { model: 'g', input: [{ type: 'additional_tools', role: 'developer', tools: [{ type: 'namespace', name: 'functions', tools: [{ type: 'custom', name: 'exec' }, { type: 'function', name: 'wait' }] }, { type: 'namespace', name: 'other', tools: [{ type: 'function', name: 'wait' }] }] }], tools: [{ type: 'function', name: 'shell' }, { type: 'namespace', name: 'x', tools: [{ type: 'function', name: 'shell' }] }] };
+  const reported = (name: string) => (response({ text: '', thinking: '', tools: [{ id: 'c', name, arguments: '{"input":"1+1"}' }], finish: 'tool_calls', usage }, { model: 'g', id: 'r', request: lite }).output as any[])[0];
+  t.match(reported('exec'), { type: 'custom_tool_call', name: 'exec', namespace: 'functions', input: '1+1' }, 'bare');
+  t.match(reported('functions.exec'), { type: 'custom_tool_call', name: 'exec', namespace: 'functions' }, 'dotted');
+  t.match(reported('other.wait'), { type: 'function_call', name: 'wait', namespace: 'other' });
+  t.notOk('namespace' in reported('wait'), 'a bare name two namespaces have: as the model said it');
+  t.notOk('namespace' in reported('shell'), 'a bare name a top-level tool has: that tool');
+});

@@ -24,6 +24,7 @@
 // piece). Tools the server runs (web_search, tool_search, file_search...) cannot run here:
 // offered, they are left out; forced by tool_choice, 400.
 
+import { createHash } from 'node:crypto';
 import { BrokerError } from '../../errors.ts';
 import { appendToolName, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
 import { keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
@@ -86,9 +87,19 @@ function outputOf(output: unknown, field: string, ollama: boolean): { text: stri
   return { text: texts.join('\n'), images };
 }
 
-/** A namespace's function as chat names it (`mcp__browser__` + `navigate` → `mcp__browser__navigate`). */
+/** The longest function name OpenAI's chat (and Azure's, Groq's...) takes: `^[a-zA-Z0-9_-]{1,64}$`. */
+const MAX_FUNCTION_NAME = 64;
+
+/**
+ * A namespace's function as chat names it (`mcp__browser__` + `navigate` →
+ * `mcp__browser__navigate`). Past 64 characters (a verbose MCP server's tool: every turn that
+ * offered it was a 400), its first 55 and 8 hex of its digest: the same every turn, so the
+ * history's calls and a Response's (toolNames) map back.
+ */
 export function flatToolName(namespace: string, name: string): string {
-  return namespace.endsWith('_') ? namespace + name : `${namespace}__${name}`;
+  const flat = namespace.endsWith('_') ? namespace + name : `${namespace}__${name}`;
+  if (flat.length <= MAX_FUNCTION_NAME) return flat;
+  return `${flat.slice(0, MAX_FUNCTION_NAME - 9)}_${createHash('sha256').update(flat).digest('hex').slice(0, 8)}`;
 }
 
 /**
@@ -144,7 +155,25 @@ export function toolNames(request: Readonly<Record<string, unknown>> | undefined
       if (typeof name === 'string') (out ??= new Map()).set(flatToolName(o['name'], name), { namespace: o['name'], name, ...(f!['type'] === 'custom' ? { custom: true as const } : {}) });
     }
   }
-  return out;
+  return out === undefined ? undefined : withAliases(out, tools);
+}
+
+/**
+ * A model that calls a namespaced tool by its own name (`exec`) or as the prompt writes it
+ * (`functions.exec`, Codex's for its "lite" models) rather than as offered (`functions__exec`):
+ * mapped to it when no other tool has that name (else Codex aborted the call: "incompatible payload").
+ */
+function withAliases(names: Map<string, ToolIdentity>, tools: readonly unknown[]): Map<string, ToolIdentity> {
+  const plain = new Set(tools.map((t) => (t as Record<string, unknown> | null)?.['name']).filter((n) => typeof n === 'string'));
+  const bare = new Map<string, ToolIdentity | null>();
+  for (const id of [...names.values()]) {
+    if (id.namespace === undefined) continue;
+    bare.set(id.name, bare.has(id.name) ? null : id);
+    const dotted = `${id.namespace.replace(/_+$/, '')}.${id.name}`;
+    if (!names.has(dotted)) names.set(dotted, id);
+  }
+  for (const [name, id] of bare) if (id !== null && !plain.has(name) && !names.has(name)) names.set(name, id);
+  return names;
 }
 
 /**
