@@ -72,6 +72,8 @@ export interface Config {
   /** Stored Responses (previous_response_id): MiB each serving thread keeps in memory, 0 off. */
   readonly responsesStoreMb: number;
   readonly responsesStoreTtlS: number;
+  /** The Redis the replicas share stored Responses through; unset: each process keeps its own. */
+  readonly responsesStoreRedisUrl: string | undefined;
   /** Largest non-streamed upstream reply the broker reads; past it the client gets 502. */
   readonly upstreamMaxBodyBytes: number;
   /** The same for an embeddings reply: a batch of vectors is far larger than any text reply. */
@@ -289,6 +291,7 @@ export function loadConfig(env: Env = process.env): Config {
     llmMaxPromptChars: int(env, 'LLM_MAX_PROMPT_CHARS', 4_000_000, 1, 1_000_000_000),
     responsesStoreMb: int(env, 'RESPONSES_STORE_MB', 64, 0, 65_536),
     responsesStoreTtlS: int(env, 'RESPONSES_STORE_TTL_S', 86_400, 1, 30 * 86_400),
+    responsesStoreRedisUrl: redisUrlOf(env, 'RESPONSES_STORE_REDIS_URL'),
     upstreamMaxBodyBytes: int(env, 'UPSTREAM_MAX_BODY_BYTES', 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     upstreamMaxEmbedBytes: int(env, 'UPSTREAM_MAX_EMBED_BYTES', 64 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     frontThreads: int(env, 'FRONT_THREADS', Math.min(cores, 64), 0, 64),
@@ -429,6 +432,12 @@ function otelConfig(env: Env): OtelConfig {
   });
 }
 
+function redisUrlOf(env: Env, name: string): string | undefined {
+  const url = opt(env, name);
+  if (url !== undefined && !/^rediss?:\/\//.test(url)) throw new ConfigError(name, 'must be a redis:// or rediss:// URL');
+  return url;
+}
+
 function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | 'maxSessionsPerSubject' | 'redisUrl' | 'redisCommandTimeoutMs' | 'authRedisFailMode' | 'replicaId' | 'adminAuthMaxFailures'> {
   const jwt = {
     secret: opt(env, 'JWT_SECRET'),
@@ -444,8 +453,7 @@ function identity(env: Env): Pick<Config, 'authMode' | 'jwt' | 'sessionTtlS' | '
   if (jwt.jwksUrl !== undefined) url(env, 'JWT_JWKS_URL', jwt.jwksUrl);
   const authMode = oneOf(env, 'AUTH_MODE', 'open', ['open', 'keys', 'jwt'] as const);
   if (authMode === 'jwt' && jwt.secret === undefined && jwt.publicKey === undefined && jwt.jwksUrl === undefined) throw new ConfigError('AUTH_MODE', 'jwt needs JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL');
-  const redisUrl = opt(env, 'REDIS_URL');
-  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) throw new ConfigError('REDIS_URL', 'must be a redis:// or rediss:// URL');
+  const redisUrl = redisUrlOf(env, 'REDIS_URL');
   return {
     authMode,
     jwt: Object.freeze(jwt),

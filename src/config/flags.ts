@@ -89,19 +89,21 @@ export class FlagStore {
     this.apply([[flag, enabled]], actor);
   }
 
-  /** Several overrides as one change: listeners hear about it once. */
-  /** `origins`: who made each change and when, on which replica (another replica's, as its doc says): recorded as theirs; else as `actor`'s, now. */
+  /**
+   * Several overrides as one change: listeners hear about it once. `origins`: who made each
+   * change and when, on which replica (another replica's, as its doc says): recorded as
+   * theirs; else as `actor`'s, now.
+   */
   apply(changes: readonly (readonly [FlagName, boolean | null])[], actor: string, origins?: Readonly<Partial<Record<string, FlagOrigin>>>): void {
     const now = new Date(this.now()).toISOString();
     let overridden = false;
     for (const [flag, enabled] of changes) {
       const from = origins?.[flag];
       const at = from?.at ?? now;
-      const by = from === undefined ? actor : from.replica !== undefined ? `${from.actor} via replica:${from.replica}` : from.actor;
-      const had0 = this.overrides.get(flag);
-      if (enabled !== null || had0 !== undefined) this.origins.set(flag, from ?? { actor, at });
-      const old = this.current[flag];
+      const by = from?.replica !== undefined && from.actor !== `replica:${from.replica}` ? `${from.actor} via replica:${from.replica}` : (from?.actor ?? actor);
       const had = this.overrides.get(flag);
+      if (enabled !== null || had !== undefined) this.origins.set(flag, from ?? { actor, at });
+      const old = this.current[flag];
       if (enabled === null) {
         if (had === undefined) continue;
         this.overrides.delete(flag);

@@ -15,6 +15,24 @@ function endsWithEoi(b: Uint8Array): boolean {
   return b.length >= 2 && b[b.length - 2] === 0xff && b[b.length - 1] === 0xd9;
 }
 
+/** Whether a JPEG's frame is progressive (SOF2, SOF6, SOF10, SOF14): its markers walked up to its first scan. */
+function progressive(b: Uint8Array): boolean {
+  let i = 2;
+  while (i + 3 < b.length && b[i] === 0xff) {
+    const marker = b[i + 1]!;
+    if (marker === 0xc2 || marker === 0xc6 || marker === 0xca || marker === 0xce) return true;
+    // The first scan (SOS): every frame header comes before it.
+    if (marker === 0xda) return false;
+    // Fill bytes, and markers without a length.
+    if (marker === 0xff || marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {
+      i += marker === 0xff ? 1 : 2;
+      continue;
+    }
+    i += 2 + ((b[i + 2]! << 8) | b[i + 3]!);
+  }
+  return false;
+}
+
 function withEoi(b: Uint8Array): Uint8Array {
   const out = new Uint8Array(b.length + 2);
   out.set(b);
@@ -83,7 +101,9 @@ export async function preprocess(
         // streaming encoders write no EOI; browsers show them): libjpeg says "premature end" for
         // it as for lost data. With the marker put back, such a file decodes clean; one whose
         // data is cut still warns, and is refused.
-        if (!/premature end/i.test(err.message) || endsWithEoi(bytes)) throw err;
+        // Not a progressive one: cut between two of its scans, it decodes clean with the marker
+        // put back, its picture the coarse scans' (pixels off by up to 0.64 of the range).
+        if (!/premature end/i.test(err.message) || endsWithEoi(bytes) || progressive(bytes)) throw err;
         return jpeg(withEoi(bytes));
       });
     }

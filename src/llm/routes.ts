@@ -41,8 +41,8 @@ function notServed(fleet: Fleet | undefined, model: string, api?: ClientApi): Br
 /** A limit on `input` that the stored conversation a previous_response_id put there passed: said, since the client sent only this turn. */
 function withStoredConversation(err: BrokerError, body: Record<string, unknown>): BrokerError {
   const previous = (body as { [RESPONSE_STATE]?: ResponseState })[RESPONSE_STATE]?.previousResponseId;
-  if (previous === undefined || previous === null || err.code !== 'invalid_request' || err.details?.['field'] !== 'input') return err;
-  return new BrokerError('invalid_request', `${err.message}, counting the stored conversation of previous_response_id ${previous} (truncation is not applied here: start a new conversation, or send a shorter one as input)`, { details: err.details });
+  if (previous === undefined || previous === null || (err.code !== 'invalid_request' && err.code !== 'context_length_exceeded') || err.details?.['field'] !== 'input') return err;
+  return new BrokerError(err.code, `${err.message}, counting the stored conversation of previous_response_id ${previous} (truncation is not applied here: start a new conversation, or send a shorter one as input)`, { details: err.details });
 }
 
 /** Admission, done before the proxy sees the request. */
@@ -176,7 +176,10 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         throw err;
       }
       admitSpan?.set('llm.model_group', group.name).set('llm.priority', admitted.priority).set('llm.qos_tier', admitted.tier?.name).end();
-      await proxy.run(admitted, group, sink, span, fleet.groups);
+      if (api !== 'responses') return proxy.run(admitted, group, sink, span, fleet.groups);
+      await proxy.run(admitted, group, sink, span, fleet.groups).catch((err: unknown) => {
+        throw err instanceof BrokerError ? withStoredConversation(err, body as Record<string, unknown>) : err;
+      });
     },
   });
 

@@ -75,12 +75,18 @@ export interface FlagsDoc {
   readonly replica?: string;
 }
 
-/** Flag overrides, flag by flag; each flag's maker is the later change's. */
+/** Flag overrides, flag by flag; each flag's maker from the side whose change the merge kept. */
 export function mergeFlags(base: FlagsDoc | undefined, local: FlagsDoc, remote: FlagsDoc | undefined): FlagsDoc {
   if (remote === undefined) return local;
   const m = (d: FlagsDoc | undefined) => new Map(Object.entries(d?.overrides ?? {}));
-  const overrides = mergeMaps(m(base ?? remote), m(local), m(remote));
-  const by: Record<string, FlagOrigin> = { ...remote.by };
-  for (const [flag, o] of Object.entries(local.by ?? {})) if (by[flag] === undefined || o.at > by[flag]!.at) by[flag] = o;
+  const b = base ?? remote;
+  const overrides = mergeMaps(m(b), m(local), m(remote));
+  const by: Record<string, FlagOrigin> = {};
+  for (const flag of new Set([...Object.keys(local.by ?? {}), ...Object.keys(remote.by ?? {})])) {
+    // As mergeMaps decides the value: local's when it changed here (its value, or who last set it).
+    const here = !same(b.overrides[flag], local.overrides[flag]) || !same(b.by?.[flag], local.by?.[flag]);
+    const o = here ? local.by?.[flag] : (remote.by?.[flag] ?? local.by?.[flag]);
+    if (o !== undefined) by[flag] = o;
+  }
   return { overrides: Object.fromEntries(overrides), by, replica: local.replica };
 }

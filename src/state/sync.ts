@@ -174,7 +174,14 @@ export class SharedState {
   private apply(kind: DocKind, doc: unknown): void {
     this.applying = true;
     try {
-      if (kind === 'flags') this.o.flags.replaceOverrides((doc as FlagsDoc).overrides, `replica:${(doc as FlagsDoc).replica ?? '?'}`, (doc as FlagsDoc).by);
+      if (kind === 'flags') {
+        const d = doc as FlagsDoc;
+        const replica = d.replica ?? '?';
+        // A doc an older broker wrote says no maker: the change is its replica's, learnt now.
+        const learnt = { actor: `replica:${replica}`, at: new Date().toISOString(), replica };
+        const by = Object.fromEntries(Object.keys(d.overrides).concat(Object.keys(this.o.flags.overrideMap())).map((f) => [f, d.by?.[f] ?? learnt]));
+        this.o.flags.replaceOverrides(d.overrides, learnt.actor, by);
+      }
       else if (kind === 'fleet') this.o.fleet.importOperatorState(doc as OperatorState);
     } catch (err) {
       this.o.logger.warn({ kind, err: (err as Error).message }, 'state: a shared change could not be applied here');

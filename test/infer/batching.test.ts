@@ -164,6 +164,10 @@ t.test("one image's input tensor is bounded as a batch's: a tiny image asked at 
   t.equal(checkSize(most, huge), most);
   t.throws(() => checkSize(8192, huge), { code: 'invalid_img_size', message: /between 8 and 2364 .*at most 64 MiB\), got 8192/ });
   t.throws(() => checkSize(2000, base), { code: 'invalid_img_size', message: /between 8 and 1024 for model foreign-nhwc, got 2000$/ }, "under the bound, the manifest's own maxSize");
+  // A manifest whose default (or smallest) size is past the bound could never be served as it says.
+  const input = { ...JSON.parse(JSON.stringify(base.manifest.input)), height: null, width: null, maxSize: 8192 };
+  t.throws(() => loadManifest(writeForeignModel({ dynamic: true, manifest: { input: { ...input, name: 'input', defaultSize: 3000 } } })), /input.defaultSize must be at most 2364 with 3 channel\(s\)/);
+  t.throws(() => loadManifest(writeForeignModel({ dynamic: true, manifest: { input: { ...input, name: 'input', minSize: 2400, defaultSize: 2400 } } })), /input.minSize must be at most 2364/);
 });
 
 t.test('a request whose own timeout ends before the batch window is not held for the batch to fill', async (t) => {

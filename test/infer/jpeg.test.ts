@@ -62,3 +62,15 @@ t.test('a JPEG whose scan data is whole but whose end marker is missing (cameras
   t.equal(cut.ok, false, 'data cut short: refused, EOI or not');
   if (!cut.ok) t.equal(cut.code, 'unsupported_image');
 });
+
+t.test('a progressive JPEG cut between two of its scans: still 415 (with the end marker put back it would decode clean, from its coarse scans only)', async (t) => {
+  const progressive = await sharp(noise, { raw: { width: 28, height: 28, channels: 3 } }).jpeg({ quality: 90, progressive: true }).toBuffer();
+  // Each scan starts with SOS (FF DA): cut right before the third.
+  const starts: number[] = [];
+  for (let i = 0; i < progressive.length - 1; i++) if (progressive[i] === 0xff && progressive[i + 1] === 0xda) starts.push(i);
+  t.ok(starts.length >= 3, `${starts.length} scans`);
+  const cut = await preprocess(progressive.subarray(0, starts[2]), m, undefined, 1e8);
+  t.equal(cut.ok, false);
+  const whole = await preprocess(progressive, m, undefined, 1e8);
+  t.ok(whole.ok, 'the whole file decodes');
+});

@@ -7,6 +7,7 @@ import t from 'tap';
 import type { ServerResponse } from 'node:http';
 import OpenAI from 'openai';
 import { Redis } from 'ioredis';
+import { Agent, fetch as undiciFetch, type RequestInit as UndiciInit } from 'undici';
 import { startFleetBroker } from '../helpers/fleet.ts';
 import { startRedis } from '../helpers/redis.ts';
 import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
@@ -111,6 +112,13 @@ t.test('a conversation continued by previous_response_id, whole and streamed, wi
   t.same(said(seen[1]), ['user: Base.', `assistant: ${base.output_text}`, 'user: Base.', 'user: More.'], 'the referenced answer once, where the conversation has it');
   const listedNext = await openai.responses.inputItems.list(next.id, { order: 'asc', limit: 100 });
   t.equal(new Set(listedNext.data.map((i: any) => i.id)).size, listedNext.data.length, 'every listed item has its own id (a cursor names one)');
+  const twice = await openai.responses.create({ model: 'g', input: [{ type: 'message', id: 'm1', role: 'user', content: 'a' }, { type: 'message', id: 'm1', role: 'user', content: 'b' }, { type: 'message', id: 'm1', role: 'user', content: 'c' }] as any });
+  const paged: string[] = [];
+  for await (const item of openai.responses.inputItems.list(twice.id, { order: 'asc', limit: 1 })) {
+    paged.push((item as any).content[0].text);
+    if (paged.length > 5) break;
+  }
+  t.same(paged, ['a', 'b', 'c'], 'items the client sent under one id: each listed once, paging ends');
   const counted = await openai.responses.inputTokens.count({ model: 'g', previous_response_id: next.id, input: 'x' });
   const alone = await openai.responses.inputTokens.count({ model: 'g', input: 'x' });
   t.ok(counted.input_tokens > alone.input_tokens, `input_tokens counts the stored conversation (${counted.input_tokens} > ${alone.input_tokens})`);
@@ -166,8 +174,8 @@ t.test("each caller's responses are its own: another API key reads, continues an
 
 t.test('replicas sharing Redis continue each other\'s conversations; RESPONSES_STORE_MB=0 keeps none', async (t) => {
   const redis = await startRedis(t);
-  const a = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', REDIS_URL: redis.url, FRONT_THREADS: '1' });
-  const b = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', REDIS_URL: redis.url, FRONT_THREADS: '1' });
+  const a = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', RESPONSES_STORE_REDIS_URL: redis.url, FRONT_THREADS: '1' });
+  const b = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', RESPONSES_STORE_REDIS_URL: redis.url, FRONT_THREADS: '1' });
   const onA = new OpenAI({ baseURL: `${a.url}/v1`, apiKey: 'x', maxRetries: 0 });
   const onB = new OpenAI({ baseURL: `${b.url}/v1`, apiKey: 'x', maxRetries: 0 });
   seen.length = 0;
@@ -178,17 +186,26 @@ t.test('replicas sharing Redis continue each other\'s conversations; RESPONSES_S
   t.same(said(seen[2]).length, 5, "and A B's");
   await onB.responses.delete(first.id);
   t.equal(((await onA.responses.retrieve(first.id).catch((e: unknown) => e)) as any).status, 404, 'a delete on one replica holds on the other');
+  const rc = new Redis(redis.url);
+  t.teardown(() => rc.disconnect());
+  const stored = async (id: string): Promise<number> => (await rc.keys(`eb:resp:*:${id}`)).length;
+  t.equal(await stored(first.id), 0, 'gone from Redis');
 
   // Redis restarted empty (no persistence): the replicas write back what they hold.
   const kept = await onA.responses.create({ model: 'g', input: 'before the restart' });
-  const rc = new Redis(redis.url);
-  t.teardown(() => rc.disconnect());
-  t.equal(await rc.exists(`eb:resp:${kept.id}`), 1);
+  // B reads it (and holds a copy), then deletes one of its own that A had read: neither may come back.
+  await onB.responses.retrieve(kept.id);
+  const doomed = await onB.responses.create({ model: 'g', input: 'deleted before the restart' });
+  await onA.responses.retrieve(doomed.id);
+  await onB.responses.delete(doomed.id);
+  t.equal(await stored(kept.id), 1);
   await redis.restart();
   const deadline = Date.now() + 10_000;
-  while ((await rc.exists(`eb:resp:${kept.id}`).catch(() => 0)) === 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
-  t.equal(await rc.exists(`eb:resp:${kept.id}`), 1, 'written back to the new Redis');
+  while ((await stored(kept.id).catch(() => 0)) === 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
+  t.equal(await stored(kept.id), 1, 'written back to the new Redis by the replica that made it');
   t.match(await onB.responses.create({ model: 'g', previous_response_id: kept.id, input: 'after' }), { previous_response_id: kept.id }, 'continued on the other replica');
+  t.equal(((await onA.responses.retrieve(doomed.id).catch((e: unknown) => e)) as any).status, 404, 'a deleted one is not written back by a replica that had read it');
+  t.equal(await stored(doomed.id), 0);
 
   const off = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', RESPONSES_STORE_MB: '0' });
   const c = new OpenAI({ baseURL: `${off.url}/v1`, apiKey: 'x', maxRetries: 0 });
@@ -198,4 +215,39 @@ t.test('replicas sharing Redis continue each other\'s conversations; RESPONSES_S
   t.equal(refused.status, 400);
   t.match(refused.error.message, /RESPONSES_STORE_MB=0/);
   t.equal(((await c.responses.retrieve(r.id).catch((e: unknown) => e)) as any).status, 404);
+});
+
+t.test('a continuation sent the moment a stream ends, on a new connection (another thread): finds it; a stored response seen on every thread; another caller cannot overwrite one', async (t) => {
+  const tb = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', FRONT_THREADS: '2' });
+  // A fresh connection per request: the kernel spreads them over the threads.
+  const fresh = (path: string, init: { method?: string; body?: string; headers?: Record<string, string> } = {}) => undiciFetch(`${tb.url}${path}`, { ...init, headers: { 'content-type': 'application/json', authorization: 'Bearer k', ...init.headers }, dispatcher: new Agent() } satisfies UndiciInit);
+  let failures = 0;
+  for (let i = 0; i < 20; i++) {
+    const res = await fresh('/v1/responses', { method: 'POST', body: JSON.stringify({ model: 'g', input: `turn ${i}`, stream: true }) });
+    const reader = res.body!.getReader();
+    let text = '';
+    let id: string | undefined;
+    // Read until the terminal event, then continue at once (the rest of the body is not waited for).
+    while (id === undefined) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += Buffer.from(value).toString();
+      id = /"type":"response.completed".*?"id":"(resp_[0-9a-f]+)"/.exec(text)?.[1];
+    }
+    void reader.cancel().catch(() => undefined);
+    const next = await fresh('/v1/responses', { method: 'POST', body: JSON.stringify({ model: 'g', input: 'go on', previous_response_id: id }) });
+    if (next.status !== 200) failures++;
+    await next.arrayBuffer();
+    for (let j = 0; j < 3; j++) if ((await fresh(`/v1/responses/${id}`)).status !== 200) failures++;
+  }
+  t.equal(failures, 0, 'every continuation and read found it');
+
+  // A responses: true upstream that repeats ids (resp_up_N from a counter here, the same for two callers).
+  const upTurn = turn;
+  const alice = await fresh('/v1/responses', { method: 'POST', headers: { authorization: 'Bearer alice' }, body: JSON.stringify({ model: 'rp', input: 'mine' }) }).then((r) => r.json() as Promise<any>);
+  turn = upTurn;
+  const bob = await fresh('/v1/responses', { method: 'POST', headers: { authorization: 'Bearer bob' }, body: JSON.stringify({ model: 'rp', input: 'his' }) }).then((r) => r.json() as Promise<any>);
+  t.equal(alice.id, bob.id, 'the upstream gave both the same id');
+  const read = await fresh(`/v1/responses/${alice.id}`, { headers: { authorization: 'Bearer alice' } }).then((r) => r.json() as Promise<any>);
+  t.equal(read.output[0].content[0].text, alice.output[0].content[0].text, "Alice's is still hers");
 });

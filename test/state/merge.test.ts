@@ -63,3 +63,14 @@ t.test('a TTL ban made again after the first lapsed survives the merge on a repl
   // Lifting the new ban here still wins over the store's copy of it.
   t.same(mergeOperatorState(state({ bans: [again] }), state({ bans: [] }), state({ bans: [again] }), now).bans, [], 'a live ban lifted here is lifted');
 });
+
+t.test("flags: each flag's maker comes from the side whose change the merge kept, not the later clock", async (t) => {
+  const base = { overrides: {}, by: {} };
+  const local = { overrides: { sticky_routing: true }, by: { sticky_routing: { actor: 'alice', at: '2026-01-01T00:00:02.000Z', replica: 'a' } }, replica: 'a' };
+  // Bob's change is later by the clock, but the merge keeps the change made here (local wins).
+  const remote = { overrides: { sticky_routing: false, qos_switching: true }, by: { sticky_routing: { actor: 'bob', at: '2026-01-01T00:00:09.000Z', replica: 'b' }, qos_switching: { actor: 'carol', at: '2026-01-01T00:00:05.000Z', replica: 'b' } }, replica: 'b' };
+  const merged = mergeFlags(base, local, remote);
+  t.same(merged.overrides, { sticky_routing: true, qos_switching: true });
+  t.same(merged.by?.['sticky_routing']?.actor, 'alice', 'the value is alice\'s: so is the maker');
+  t.same(merged.by?.['qos_switching']?.actor, 'carol');
+});

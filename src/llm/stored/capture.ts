@@ -4,8 +4,8 @@
 // Responses upstream's passed through, a cache hit's replay), so none of them needs to know.
 import type { ReplySink } from '../../front/reply.ts';
 
-/** Bytes of a stream kept to find its terminal event in; a longer reply is not stored. */
-const MAX_CAPTURE_BYTES = 16 * 1024 * 1024;
+/** The longest event held while it arrives in pieces (a Response's terminal event carries the whole reply). */
+const MAX_EVENT_CHARS = 64 * 1024 * 1024;
 
 const TERMINAL = new Set(['response.completed', 'response.incomplete']);
 
@@ -22,16 +22,28 @@ function parseObject(s: string): Record<string, unknown> | undefined {
   }
 }
 
-/** The Response of a stream: its last data line, when that is a terminal event. A failed stream (response.failed, error) has none. */
+/**
+ * The Response of a stream: its terminal event's (response.completed or .incomplete), when
+ * that is among its last events (after it, at most a `[DONE]` some servers add). A failed
+ * stream (response.failed, error) has none.
+ */
 export function streamedResponse(body: string): Record<string, unknown> | undefined {
-  const at = body.lastIndexOf('\ndata: ');
-  const start = at === -1 ? (body.startsWith('data: ') ? 6 : -1) : at + 7;
-  if (start === -1) return undefined;
-  const end = body.indexOf('\n', start);
-  const event = parseObject(body.slice(start, end === -1 ? undefined : end));
-  if (event === undefined || !TERMINAL.has(event['type'] as string)) return undefined;
-  const r = event['response'];
-  return r !== null && typeof r === 'object' ? (r as Record<string, unknown>) : undefined;
+  let end = body.length;
+  for (let seen = 0; seen < 3; seen++) {
+    const at = body.lastIndexOf('data: ', end - 1);
+    if (at === -1) return undefined;
+    if (at === 0 || body[at - 1] === '\n') {
+      const lineEnd = body.indexOf('\n', at);
+      const event = parseObject(body.slice(at + 6, lineEnd === -1 || lineEnd > end ? end : lineEnd));
+      if (event !== undefined) {
+        if (!TERMINAL.has(event['type'] as string)) return undefined;
+        const r = event['response'];
+        return r !== null && typeof r === 'object' ? (r as Record<string, unknown>) : undefined;
+      }
+    }
+    end = at;
+  }
+  return undefined;
 }
 
 /** A Response that may be continued: one with an id, finished (completed or incomplete). */
@@ -74,54 +86,62 @@ function echoPrevious(chunk: string | Uint8Array, previous: string, stream: bool
  * `sink`, with `keep` called once with the Response a 200 reply carried when it ended cleanly
  * (null when the client said `store: false`: nothing kept). `previous`: the
  * previous_response_id the route resolved, said where a Response does not (echoPrevious).
+ * A stream's Response is kept from the write that carries its terminal event, before that
+ * event reaches the client (which may continue at once, on another connection); only the
+ * text after the last whole event is held between writes.
  */
 export function capturing(sink: ReplySink, keep: ((response: Record<string, unknown> & { id: string }) => void) | null, previous: string | null): ReplySink {
-  let parts: string[] | null = keep === null ? null : [];
-  let bytes = 0;
   let status = 0;
+  let kept = keep === null;
+  /** A stream's unfinished event, from the last writes. */
+  let carry = '';
   const echo = (chunk: string | Uint8Array, stream: boolean): string | Uint8Array => (previous === null ? chunk : echoPrevious(chunk, previous, stream));
+  const look = (chunk: string | Uint8Array): void => {
+    if (kept || status !== 200 || sink.aborted) return;
+    const s = carry + text(chunk);
+    const cut = s.lastIndexOf('\n\n');
+    if (cut !== -1 && (s.includes('"response.completed"') || s.includes('"response.incomplete"'))) {
+      const r = streamedResponse(s.slice(0, cut));
+      if (keepable(r)) {
+        kept = true;
+        keep!(r);
+        return;
+      }
+    }
+    carry = cut === -1 ? s : s.slice(cut + 2);
+    // No event is this long: not a stream to keep.
+    if (carry.length > MAX_EVENT_CHARS) kept = true;
+  };
+  const send = (s: number, headers: Readonly<Record<string, string>>, raw: string | Uint8Array): void => {
+    const streamed = (headers['content-type'] ?? '').startsWith('text/event-stream');
+    const body = s === 200 ? echo(raw, streamed) : raw;
+    // Kept before the reply leaves: the client's next turn, on another replica too, finds it.
+    // A cache hit replays a stream in one write: its terminal event has the Response.
+    if (keep !== null && s === 200 && !sink.aborted) {
+      const r = streamed ? streamedResponse(text(body)) : parseObject(text(body));
+      if (keepable(r)) keep(r);
+    }
+    sink.send(s, headers, body);
+  };
+  const start = (s: number, headers: Readonly<Record<string, string>>): void => {
+    status = s;
+    sink.start(s, headers);
+  };
+  const write = (raw: string | Uint8Array): boolean => {
+    const chunk = status === 200 ? echo(raw, true) : raw;
+    look(chunk);
+    return sink.write(chunk);
+  };
+  const end = (raw?: string | Uint8Array): void => {
+    const chunk = raw !== undefined && status === 200 ? echo(raw, true) : raw;
+    if (chunk !== undefined) look(chunk);
+    carry = '';
+    sink.end(chunk);
+  };
+  const own: Record<string | symbol, unknown> = { send, start, write, end };
   return new Proxy(sink, {
     get(target, prop) {
-      switch (prop) {
-        case 'send':
-          // Kept before the reply leaves: the client's next turn, on another replica too, finds it.
-          return (s: number, headers: Readonly<Record<string, string>>, raw: string | Uint8Array) => {
-            const streamed = (headers['content-type'] ?? '').startsWith('text/event-stream');
-            const body = s === 200 ? echo(raw, streamed) : raw;
-            if (keep !== null && s === 200 && !target.aborted) {
-              // A cache hit replays a stream in one write: its terminal event has the Response.
-              const r = streamed ? streamedResponse(text(body)) : parseObject(text(body));
-              if (keepable(r)) keep(r);
-            }
-            target.send(s, headers, body);
-          };
-        case 'start':
-          return (s: number, headers: Readonly<Record<string, string>>) => {
-            status = s;
-            target.start(s, headers);
-          };
-        case 'write':
-          return (raw: string | Uint8Array) => {
-            const chunk = status === 200 ? echo(raw, true) : raw;
-            if (parts !== null) {
-              bytes += chunk.length;
-              if (bytes > MAX_CAPTURE_BYTES) parts = null;
-              else parts.push(text(chunk));
-            }
-            return target.write(chunk);
-          };
-        case 'end':
-          return (raw?: string | Uint8Array) => {
-            const chunk = raw !== undefined && status === 200 ? echo(raw, true) : raw;
-            if (chunk !== undefined && parts !== null) parts.push(text(chunk));
-            if (keep !== null && status === 200 && parts !== null && !target.aborted) {
-              const r = streamedResponse(parts.join(''));
-              if (keepable(r)) keep(r);
-            }
-            parts = null;
-            target.end(chunk);
-          };
-      }
+      if (prop in own) return own[prop];
       const v = Reflect.get(target, prop, target) as unknown;
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
     },

@@ -2,19 +2,22 @@
 // under its id, so that a client may continue from it (`previous_response_id`), read it
 // back (GET /v1/responses/{id}, .../input_items) or delete it. docs/llm.md#stored-responses.
 //
-// Storage, as the response cache's (cache.ts), in two tiers:
+// Storage, in two tiers:
 // - memory: an LRU of JSON records bounded in bytes, one per serving thread; a store or a
 //   delete is sent to the other threads over a BroadcastChannel, so the next turn finds its
 //   predecessor on whichever thread its connection landed.
-// - Redis, when REDIS_URL is set: shared by every replica, each record with the TTL. Redis
-//   says what exists (a delete on another replica holds everywhere); while it does not
-//   answer, this process's copies serve, and a turn it has none of is a 503 (the
+// - Redis, when RESPONSES_STORE_REDIS_URL is set (its own setting: conversations are data,
+//   which a Redis that carries the replicas' control state, full under noeviction, must not
+//   take in): shared by every replica, each record with the TTL. Redis says what exists (a
+//   delete on another replica holds everywhere, and is announced to their memory); while it
+//   does not answer, this process's copies serve, and a turn it has none of is a 503 (the
 //   conversation exists, it cannot be read now), not a 404.
 //
 // A record is this turn's input items, the ids of the turns before it and the Response as
-// its client got it; a turn's context is those turns' records, then its own.
-// Each record belongs to the caller that made it (cache.ts ownerOf): another one's reads,
-// continuations and deletes are answered as if it did not exist.
+// its client got it; a turn's context is those turns' records, then its own. Each record is
+// kept under its owner and its id (cache.ts ownerOf: the caller that made it): another
+// caller's reads, continuations and deletes find nothing, and cannot overwrite it.
+import { hash } from 'node:crypto';
 import { BroadcastChannel } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
 import { Redis } from 'ioredis';
@@ -39,12 +42,18 @@ export interface ResponseStoreOptions {
   readonly maxBytes: number;
   readonly ttlSeconds: number;
   readonly logger: Logger;
+  /** The Redis the replicas share conversations through (RESPONSES_STORE_REDIS_URL). */
   readonly redisUrl?: string | undefined;
   /** The BroadcastChannel every thread of this process joins. */
   readonly channel?: string | undefined;
 }
 
 const REDIS_PREFIX = 'eb:resp:';
+/** Deletes announced to the other replicas' memory. */
+const DELETED_CHANNEL = 'eb:resp-deleted';
+/** A command's wait for Redis: a continuation waits this long at most on a hung one, then skips it this long. */
+const COMMAND_TIMEOUT_MS = 500;
+const HUNG_SKIP_MS = 2_000;
 
 function isRecord(v: unknown): v is StoredResponse {
   const o = v as Record<string, unknown> | null;
@@ -57,19 +66,31 @@ function notFound(id: string, field?: string): BrokerError {
   return field === undefined ? new BrokerError('not_found', message) : new BrokerError('previous_response_not_found', `Previous response with id '${id}' not found.`, { details: { field } });
 }
 
+/** Where `owner`'s response `id` is kept: its owner's tag (a digest: keys and subjects stay out of Redis's key space) and its id. */
+function keyOf(owner: string, id: string): string {
+  return `${hash('sha256', owner, 'base64url').slice(0, 16)}:${id}`;
+}
+
+type BusMessage = { key: string; text: string } | { key: string; shared: true } | { key: string };
+
 export class ResponseStore {
   private readonly lru: LRUCache<string, string> | null;
   private readonly bus: BroadcastChannel | undefined;
   private redis: Redis | undefined;
+  private sub: Redis | undefined;
   private readonly outage: OutageLog;
   /** The Redis server's run_id: another one after a reconnect is a restarted (maybe empty) Redis. */
   private redisRunId: string | undefined;
+  /** Redis timed out (hung, a blackhole): skipped until then, as if away. */
+  private skipRedisUntil = 0;
   /**
    * Responses in memory that Redis may not have: their write has not been acknowledged yet
    * (the client's next turn can come first) or failed (Redis was away). Redis not having
    * one is no sign it was deleted elsewhere: it is read from memory (and written again).
    */
   private readonly unshared = new Set<string>();
+  /** Responses this process made (not read from Redis): what it writes back to a Redis restarted empty. */
+  private readonly ours = new Set<string>();
 
   constructor(private readonly o: ResponseStoreOptions) {
     this.outage = new OutageLog(o.logger, 'stored responses: redis failed; responses are kept in this process only until it is back (logged once per outage)', 'stored responses: redis answers again');
@@ -83,22 +104,17 @@ export class ResponseStore {
             updateAgeOnGet: true,
             // lru-cache's default caches the clock behind a timer armed by a lookup.
             ttlResolution: 0,
-            dispose: (_v, k) => this.unshared.delete(k),
+            dispose: (_v, k) => this.forget(k),
           })
         : null;
     if (this.lru !== null && o.channel !== undefined) {
       const bus = new BroadcastChannel(o.channel);
       bus.onmessage = (ev) => {
-        const m = (ev as MessageEvent).data as { id?: unknown; text?: unknown; shared?: unknown };
-        if (typeof m?.id !== 'string') return;
-        if (typeof m.text === 'string') {
-          this.lru?.set(m.id, m.text);
-          this.unshared.add(m.id);
-        } else {
-          this.unshared.delete(m.id);
-          // Neither stored nor shared: deleted.
-          if (m.shared !== true) this.lru?.delete(m.id);
-        }
+        const m = (ev as MessageEvent).data as BusMessage;
+        if (typeof m?.key !== 'string') return;
+        if ('text' in m) this.remember(m.key, m.text, this.o.redisUrl !== undefined);
+        else if ('shared' in m) this.unshared.delete(m.key);
+        else this.lru?.delete(m.key);
       };
       bus.unref();
       this.bus = bus;
@@ -111,68 +127,89 @@ export class ResponseStore {
     return this.lru !== null;
   }
 
+  /** In this thread's memory, as this process's own; `unshared` until Redis has it. */
+  private remember(key: string, text: string, unshared: boolean): void {
+    this.lru!.set(key, text);
+    // One past the LRU's bound is not kept: nothing to track.
+    if (!this.lru!.has(key)) return;
+    this.ours.add(key);
+    if (unshared) this.unshared.add(key);
+  }
+
+  private forget(key: string): void {
+    this.unshared.delete(key);
+    this.ours.delete(key);
+  }
+
   /** Keeps a Response here, on the other threads and in Redis. */
   put(id: string, record: StoredResponse): void {
     if (this.lru === null) return;
+    const key = keyOf(record.owner, id);
     const text = JSON.stringify(record);
-    this.lru.set(id, text);
-    this.bus?.postMessage({ id, text });
-    if (this.o.redisUrl === undefined) return;
-    this.unshared.add(id);
-    this.share(id, text);
+    this.remember(key, text, this.o.redisUrl !== undefined);
+    this.bus?.postMessage({ key, text } satisfies BusMessage);
+    if (this.o.redisUrl !== undefined) this.share(key, text);
   }
 
   /** `again`: written back after Redis restarted, for what is left of its time, unless Redis has one (NX). */
-  private share(id: string, text: string, again = false): void {
+  private share(key: string, text: string, again = false): void {
     const r = this.client();
-    const left = again ? this.lru?.getRemainingTTL(id) : undefined;
-    const written = left !== undefined ? (left > 0 ? r.set(REDIS_PREFIX + id, text, 'PX', Math.ceil(left), 'NX') : Promise.resolve(null)) : r.set(REDIS_PREFIX + id, text, 'EX', this.o.ttlSeconds);
+    const left = again ? this.lru?.getRemainingTTL(key) : undefined;
+    const written = left !== undefined ? (left > 0 ? r.set(REDIS_PREFIX + key, text, 'PX', Math.ceil(left), 'NX') : Promise.resolve(null)) : r.set(REDIS_PREFIX + key, text, 'EX', this.o.ttlSeconds);
     written.then(
-        () => {
-          this.redisAnswered();
-          this.unshared.delete(id);
-          this.bus?.postMessage({ id, shared: true });
-        },
-        (err: Error) => this.redisFailed(err),
-      );
+      () => {
+        this.redisAnswered();
+        this.unshared.delete(key);
+        this.bus?.postMessage({ key, shared: true } satisfies BusMessage);
+      },
+      (err: Error) => this.redisFailed(err),
+    );
   }
 
   /**
-   * The records of `ids` as JSON (undefined: none). With Redis, Redis says what exists (a
-   * delete or expiry on another replica holds here), in one round trip, and each one read
-   * lives on (GETEX: its TTL starts again); while it does not answer, this process's own
-   * copies serve (those it made, and those it read), and a record without one is a 503.
+   * The records under `keys` as JSON (undefined: none). With Redis, Redis says what exists (a
+   * delete or expiry on another replica holds here: the copy here goes too), in one round
+   * trip, and each one read lives on (GETEX: its TTL starts again); while it does not answer,
+   * this process's own copies serve (those it made, and those it read), and a record without
+   * one is a 503.
    */
-  private async texts(ids: readonly string[]): Promise<Array<string | undefined>> {
+  private async texts(keys: readonly string[]): Promise<Array<string | undefined>> {
     const lru = this.lru!;
-    if (this.o.redisUrl === undefined) return ids.map((id) => lru.get(id));
+    if (this.o.redisUrl === undefined) return keys.map((k) => lru.get(k));
     let shared: Array<string | null>;
     try {
+      if (Date.now() < this.skipRedisUntil) throw new Error('Redis timed out a moment ago: skipped');
       const p = this.client().pipeline();
-      for (const id of ids) p.getex(REDIS_PREFIX + id, 'EX', this.o.ttlSeconds);
+      for (const k of keys) p.getex(REDIS_PREFIX + k, 'EX', this.o.ttlSeconds);
       const replies = (await p.exec()) ?? [];
-      shared = ids.map((_, i) => {
+      shared = keys.map((_, i) => {
         const [err, v] = replies[i] ?? [new Error('no reply'), null];
         if (err !== null) throw err;
         return v as string | null;
       });
       this.redisAnswered();
     } catch (err) {
+      // A hung Redis (its connection open, nothing answering) would hold every continuation for the timeout.
+      if ((err as Error).message === 'Command timed out') this.skipRedisUntil = Date.now() + HUNG_SKIP_MS;
       this.redisFailed(err as Error);
-      const local = ids.map((id) => lru.get(id));
+      const local = keys.map((k) => lru.get(k));
       if (local.every((v) => v !== undefined)) return local;
       throw new BrokerError('upstream_unavailable', 'stored responses cannot be read now: Redis does not answer; retry', { cause: err });
     }
-    return ids.map((id, i) => {
+    return keys.map((k, i) => {
       const text = shared[i];
       if (text !== null && text !== undefined) {
         // Kept here too: served while Redis is away.
-        if (lru.peek(id) !== text) lru.set(id, text);
+        if (lru.peek(k) !== text) lru.set(k, text);
         return text;
       }
-      if (!this.unshared.has(id)) return undefined;
-      const local = lru.get(id);
-      if (local !== undefined) this.share(id, local);
+      if (!this.unshared.has(k)) {
+        // Deleted or expired in Redis: not here either, nor on the other threads.
+        if (lru.delete(k)) this.bus?.postMessage({ key: k } satisfies BusMessage);
+        return undefined;
+      }
+      const local = lru.get(k);
+      if (local !== undefined) this.share(k, local);
       return local;
     });
   }
@@ -190,14 +227,13 @@ export class ResponseStore {
 
   /** The record of `id` if `owner` made it; undefined when there is none (or it is another's). */
   async get(id: string, owner: string): Promise<StoredResponse | undefined> {
-    if (this.lru === null) return undefined;
-    return this.parse((await this.texts([id]))[0], owner);
+    return (await this.records([id], owner))[0];
   }
 
   /** The records of `ids` that `owner` made (undefined for the others), in one round trip. */
   async records(ids: readonly string[], owner: string): Promise<Array<StoredResponse | undefined>> {
     if (this.lru === null || ids.length === 0) return ids.map(() => undefined);
-    return (await this.texts(ids)).map((text) => this.parse(text, owner));
+    return (await this.texts(ids.map((id) => keyOf(owner, id)))).map((text) => this.parse(text, owner));
   }
 
   /** The record, or the 404 (400 naming `field` for a continuation) a client gets. */
@@ -210,12 +246,15 @@ export class ResponseStore {
   /** Deletes `owner`'s response `id` everywhere; false when there was none of theirs. */
   async delete(id: string, owner: string): Promise<boolean> {
     if ((await this.get(id, owner)) === undefined) return false;
-    this.lru?.delete(id);
-    this.unshared.delete(id);
-    this.bus?.postMessage({ id });
+    const key = keyOf(owner, id);
+    this.lru?.delete(key);
+    this.bus?.postMessage({ key } satisfies BusMessage);
     if (this.o.redisUrl !== undefined) {
       try {
-        await this.client().del(REDIS_PREFIX + id);
+        const r = this.client();
+        await r.del(REDIS_PREFIX + key);
+        // The other replicas' memory: else one would serve it while Redis is away.
+        void r.publish(DELETED_CHANNEL, key).catch(() => undefined);
       } catch (err) {
         this.redisFailed(err as Error);
         throw new BrokerError('upstream_unavailable', 'the stored response cannot be deleted now: Redis does not answer; retry', { cause: err });
@@ -226,17 +265,17 @@ export class ResponseStore {
 
   /**
    * The conversation a continuation of `id` starts from: every turn's input and output
-   * items, oldest first, and the turns' ids (the continuation's chain). Every turn must still be stored and be the caller's (only its
-   * maker could have continued from one); a turn gone (deleted, evicted, expired) leaves a
-   * hole, refused rather than continued without it.
+   * items, oldest first, and the turns' ids (the continuation's chain). Every turn must still
+   * be stored (only its maker could have continued from one, so all are the caller's); a
+   * turn gone (deleted, evicted, expired) leaves a hole, refused rather than continued without it.
    */
   async context(id: string, owner: string, field: string): Promise<{ items: unknown[]; chain: string[] }> {
     const last = await this.get(id, owner);
     if (last === undefined) throw notFound(id, field);
-    const texts = last.chain.length === 0 ? [] : await this.texts(last.chain);
+    const turns = await this.records(last.chain, owner);
     const items: unknown[] = [];
     for (let i = 0; i < last.chain.length; i++) {
-      const turn = this.parse(texts[i], owner);
+      const turn = turns[i];
       if (turn === undefined) throw new BrokerError('previous_response_not_found', `Previous response with id '${id}' cannot be continued: an earlier turn of it (${last.chain[i]!}) is no longer stored.`, { details: { field } });
       items.push(...turn.input, ...outputOf(turn.response));
     }
@@ -246,18 +285,27 @@ export class ResponseStore {
 
   private client(): Redis {
     if (this.redis === undefined) {
-      this.redis = new Redis(this.o.redisUrl!, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: 1_000, connectTimeout: 2_000, retryStrategy: (n: number) => Math.min(100 * 2 ** Math.min(n, 5), 2_000), lazyConnect: true });
+      const retryStrategy = (n: number): number => Math.min(100 * 2 ** Math.min(n, 5), 2_000);
+      this.redis = new Redis(this.o.redisUrl!, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: COMMAND_TIMEOUT_MS, connectTimeout: 2_000, retryStrategy, lazyConnect: true });
       this.redis.on('error', (err: Error) => this.redisFailed(err));
-      this.redis.on('ready', () => void this.redisReady());
+      this.redis.on('ready', () => {
+        this.skipRedisUntil = 0;
+        void this.redisReady();
+      });
       void this.redis.connect().catch(() => undefined);
+      this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true, autoResubscribe: false });
+      this.sub.on('error', () => undefined);
+      this.sub.on('message', (_channel: string, key: string) => this.lru?.delete(key));
+      this.sub.on('ready', () => void this.sub?.subscribe(DELETED_CHANNEL).catch(() => undefined));
+      void this.sub.connect().catch(() => undefined);
     }
     return this.redis;
   }
 
   /**
    * Connected: a Redis restarted since the last connection (persistence off: empty) has lost
-   * the conversations. What this thread holds is written back (without overwriting one Redis
-   * has), and until each write lands Redis not having it is no sign it was deleted.
+   * the conversations. What this process made and holds is written back (not over what Redis
+   * has: NX), and until each write lands Redis not having it is no sign it was deleted.
    */
   private async redisReady(): Promise<void> {
     let runId: string | undefined;
@@ -269,9 +317,11 @@ export class ResponseStore {
     const restarted = this.redisRunId !== undefined && runId !== this.redisRunId;
     this.redisRunId = runId;
     if (!restarted || this.lru === null) return;
-    for (const [id, text] of this.lru.entries()) {
-      this.unshared.add(id);
-      this.share(id, text, true);
+    for (const key of this.ours) {
+      const text = this.lru.peek(key);
+      if (text === undefined) continue;
+      this.unshared.add(key);
+      this.share(key, text, true);
     }
   }
 
@@ -286,6 +336,7 @@ export class ResponseStore {
   close(): void {
     this.bus?.close();
     this.redis?.disconnect();
+    this.sub?.disconnect();
   }
 }
 

@@ -72,8 +72,8 @@ export async function continuing(store: ResponseStore, req: BrokerRequest, body:
   return capturing(sink, stored ? (response) => store.put(response.id, { owner, previous: previousId, chain, input: own, response }) : null, previousId);
 }
 
-/** The id of the Response an item of one of the broker's own Responses belongs to (msg_<id>, fc_<id>_0, rs_<id>, ctc_<id>_0). */
-const OWN_ITEM = /^(?:msg|fc|rs|ctc)_([0-9a-f]{32})(?:_|$)/;
+/** The id of the Response an item of one of the broker's own Responses belongs to (msg_<id>, fc_<id>_0, rs_<id>, ctc_<id>_0, tsc_<id>_0). */
+const OWN_ITEM = /^(?:msg|fc|rs|ctc|tsc)_([0-9a-f]{32})(?:_|$)/;
 
 /**
  * item_reference items → the items they name, from the stored Responses of the broker's own
@@ -101,7 +101,7 @@ async function referenced(store: ResponseStore, input: unknown[], owner: string)
 /** A listed input item, as OpenAI lists them: each with an id, a message's text as content parts. */
 function listed(item: unknown, id: string): Record<string, unknown> {
   const o = (item !== null && typeof item === 'object' ? item : {}) as Record<string, unknown>;
-  const out: Record<string, unknown> = { id, ...o };
+  const out: Record<string, unknown> = { ...o, id };
   if ((o['type'] ?? 'message') === 'message') {
     out['type'] = 'message';
     if (typeof o['content'] === 'string') out['content'] = [{ type: o['role'] === 'assistant' ? 'output_text' : 'input_text', text: o['content'] }];
