@@ -559,11 +559,16 @@ function checkMessages(messages: unknown): void {
  * embeddings' `input`), else messages or prompt.
  */
 function checkSize(parts: PromptParts, limits: PromptLimits, count: number, field?: string): number {
-  if (count > limits.maxMessages) throw invalidField(field ?? 'messages', `has ${count} messages; at most ${limits.maxMessages} (LLM_MAX_MESSAGES)`);
+  if (count > limits.maxMessages) throw overLimit(field ?? 'messages', `has ${count} messages; at most ${limits.maxMessages} (LLM_MAX_MESSAGES)`);
   // The limit bounds text a thread translates; an image's bytes are the body limit's.
   const { chars, images } = promptSize(parts);
-  if (chars > limits.maxPromptChars) throw invalidField(field ?? (parts.messages !== undefined ? 'messages' : 'prompt'), `holds ${chars} characters of prompt; at most ${limits.maxPromptChars} (LLM_MAX_PROMPT_CHARS)`);
+  if (chars > limits.maxPromptChars) throw overLimit(field ?? (parts.messages !== undefined ? 'messages' : 'prompt'), `holds ${chars} characters of prompt; at most ${limits.maxPromptChars} (LLM_MAX_PROMPT_CHARS)`);
   return chars + images * IMAGE_CHARS;
+}
+
+/** A prompt past LLM_MAX_MESSAGES or LLM_MAX_PROMPT_CHARS (details.limit: what a truncation may cure). */
+function overLimit(field: string, what: string): BrokerError {
+  return new BrokerError('invalid_request', `${field} ${what}`, { details: { field, limit: true } });
 }
 
 function invalidField(field: string, what: string): BrokerError {

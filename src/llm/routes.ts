@@ -19,6 +19,7 @@ import { showModel } from './ollama-show.ts';
 import type { ResponseStore } from './stored/responses.ts';
 import { continuing, expand, storedRoutes } from './stored/routes.ts';
 import { RESPONSE_STATE, type ResponseState } from './translate/responses_to_chat.ts';
+import { readTruncated } from './truncation.ts';
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 /**
@@ -42,7 +43,7 @@ function notServed(fleet: Fleet | undefined, model: string, api?: ClientApi): Br
 function withStoredConversation(err: BrokerError, body: Record<string, unknown>): BrokerError {
   const previous = (body as { [RESPONSE_STATE]?: ResponseState })[RESPONSE_STATE]?.previousResponseId;
   if (previous === undefined || previous === null || (err.code !== 'invalid_request' && err.code !== 'context_length_exceeded') || err.details?.['field'] !== 'input') return err;
-  return new BrokerError(err.code, `${err.message}, counting the stored conversation of previous_response_id ${previous} (truncation is not applied here: start a new conversation, or send a shorter one as input)`, { details: err.details });
+  return new BrokerError(err.code, `${err.message}, counting the stored conversation of previous_response_id ${previous} (send truncation: "auto" to drop its oldest turns, or start a new conversation)`, { details: err.details });
 }
 
 /** Admission, done before the proxy sees the request. */
@@ -149,7 +150,9 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         // Read once, admitted, then proxied: the body is not parsed again past this point.
         let r: ReturnType<typeof readLlmRequest>;
         try {
-          r = readLlmRequest(req, api, kind, body as Record<string, unknown>, limits);
+          const b = body as Record<string, unknown>;
+          const read = (): LlmRequest => readLlmRequest(req, api, kind, b, limits);
+          r = api === 'responses' && b['truncation'] === 'auto' ? readTruncated(read, b, typeof b['model'] === 'string' ? fleet.groups.get(b['model']) : undefined) : read();
         } catch (err) {
           // Refused for its form: still one outcome in the group's requests, when it names a group served here.
           const named = (body as Record<string, unknown>).model;

@@ -251,3 +251,20 @@ t.test('a continuation sent the moment a stream ends, on a new connection (anoth
   const read = await fresh(`/v1/responses/${alice.id}`, { headers: { authorization: 'Bearer alice' } }).then((r) => r.json() as Promise<any>);
   t.equal(read.output[0].content[0].text, alice.output[0].content[0].text, "Alice's is still hers");
 });
+
+t.test('a stored conversation past LLM_MAX_PROMPT_CHARS: refused saying it counted the stored turns; with truncation "auto", its oldest turns dropped', async (t) => {
+  const tb = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', LLM_MAX_PROMPT_CHARS: '700' });
+  const openai = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'x', maxRetries: 0 });
+  let last = await openai.responses.create({ model: 'g', input: 'x'.repeat(120) });
+  for (let i = 0; i < 2; i++) last = await openai.responses.create({ model: 'g', previous_response_id: last.id, input: `${i}`.repeat(120) });
+  const refused: any = await openai.responses.create({ model: 'g', previous_response_id: last.id, input: 'y'.repeat(120) }).catch((e: unknown) => e);
+  t.equal(refused.status, 400);
+  t.match(refused.error.message, /counting the stored conversation of previous_response_id .* truncation: "auto"/);
+  seen.length = 0;
+  const cut = await openai.responses.create({ model: 'g', previous_response_id: last.id, input: 'y'.repeat(120), truncation: 'auto' });
+  t.equal(cut.status, 'completed');
+  const sent = said(seen[0]);
+  t.equal(sent.at(-1), `user: ${'y'.repeat(120)}`, 'this turn kept');
+  t.notOk(sent.some((m) => m.includes('x'.repeat(120))), 'the oldest turn dropped');
+  t.ok(sent.length < 7, `${sent.length} messages: fewer than the whole conversation`);
+});
