@@ -18,9 +18,11 @@ export class OutageLog {
     this.logger.warn({ err: err.message }, this.failedLine);
   }
 
-  answered(): void {
-    if (!this.down) return;
+  /** True when this ends an outage. */
+  answered(): boolean {
+    if (!this.down) return false;
     this.down = false;
     this.logger.info(this.backLine);
+    return true;
   }
 }

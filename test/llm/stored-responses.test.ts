@@ -7,6 +7,9 @@ import t from 'tap';
 import type { ServerResponse } from 'node:http';
 import OpenAI from 'openai';
 import { Redis } from 'ioredis';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { ResponseStore } from '../../src/llm/stored/responses.ts';
+import type { Logger } from '../../src/obs/logger.ts';
 import { Agent, fetch as undiciFetch, type RequestInit as UndiciInit } from 'undici';
 import { startFleetBroker } from '../helpers/fleet.ts';
 import { startRedis } from '../helpers/redis.ts';
@@ -26,7 +29,9 @@ up.handler = (p: string, b: any, res: ServerResponse) => {
     // A Responses deployment (responses: true): its own Response, under its own id.
     res.writeHead(200, { 'content-type': 'application/json' });
     const output = [{ type: 'message', id: `msg_up_${turn}`, status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: `upstream answer ${turn}`, annotations: [] }] }];
-    return void res.end(JSON.stringify({ id: `resp_up_${turn}`, object: 'response', created_at: 1, status: 'completed', model: 'm', output, usage: { input_tokens: 3, output_tokens: 2, total_tokens: 5 } }));
+    // Ollama's are short (resp_<up to 6 digits>): asked for "short", one of those.
+    const id = JSON.stringify(b.input).includes('short') ? `resp_${turn}` : `resp_up_${String(turn).padStart(24, '0')}`;
+    return void res.end(JSON.stringify({ id, object: 'response', created_at: 1, status: 'completed', model: 'm', output, usage: { input_tokens: 3, output_tokens: 2, total_tokens: 5 } }));
   }
   const last = b.messages.at(-1);
   const call = typeof last?.content === 'string' && last.content.startsWith('call ');
@@ -152,6 +157,11 @@ t.test("a responses: true deployment's Response is kept under the upstream's id;
   t.notOk('previous_response_id' in seen[1], 'no previous_response_id upstream');
   t.equal(second.previous_response_id, first.id, 'the Response says what it continued, though its upstream did not');
   t.equal((await openai.responses.retrieve(second.id)).previous_response_id, first.id, 'stored so too');
+  // An id too short to name one Response alone (a server that repeats them) is not kept.
+  const short = await openai.responses.create({ model: 'rp', input: 'short one' });
+  t.match(short.id, /^resp_\d+$/);
+  t.equal(((await openai.responses.retrieve(short.id).catch((e: unknown) => e)) as any).status, 404);
+  t.equal(((await openai.responses.create({ model: 'rp', previous_response_id: short.id, input: 'x' }).catch((e: unknown) => e)) as any).error?.code, 'previous_response_not_found');
   t.match(seen[1].input, [{ role: 'user', content: 'one' }, { type: 'message', id: first.output[0]!.id, role: 'assistant' }, { role: 'user', content: 'two' }]);
 });
 
@@ -204,7 +214,13 @@ t.test('replicas sharing Redis continue each other\'s conversations; RESPONSES_S
   while ((await stored(kept.id).catch(() => 0)) === 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
   t.equal(await stored(kept.id), 1, 'written back to the new Redis by the replica that made it');
   t.match(await onB.responses.create({ model: 'g', previous_response_id: kept.id, input: 'after' }), { previous_response_id: kept.id }, 'continued on the other replica');
-  t.equal(((await onA.responses.retrieve(doomed.id).catch((e: unknown) => e)) as any).status, 404, 'a deleted one is not written back by a replica that had read it');
+  // Right after the restart a response Redis lacks may be one still being written back: 503 a while, then the answer.
+  let doomedStatus = 503;
+  for (const until = Date.now() + 15_000; doomedStatus === 503 && Date.now() < until; ) {
+    doomedStatus = ((await onA.responses.retrieve(doomed.id).catch((e: unknown) => e)) as any).status;
+    if (doomedStatus === 503) await new Promise((res) => setTimeout(res, 100));
+  }
+  t.equal(doomedStatus, 404, 'a deleted one is not written back by a replica that had read it');
   t.equal(await stored(doomed.id), 0);
 
   const off = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', RESPONSES_STORE_MB: '0' });
@@ -267,4 +283,44 @@ t.test('a stored conversation past LLM_MAX_PROMPT_CHARS: refused saying it count
   t.equal(sent.at(-1), `user: ${'y'.repeat(120)}`, 'this turn kept');
   t.notOk(sent.some((m) => m.includes('x'.repeat(120))), 'the oldest turn dropped');
   t.ok(sent.length < 7, `${sent.length} messages: fewer than the whole conversation`);
+});
+
+t.test('a response kept while Redis could not be reached (the same Redis, not restarted) is written once it can: the other replicas find it', async (t) => {
+  const redis = await startRedis(t);
+  // A link to Redis this test can cut and restore (a network partition, a proxy's hiccup).
+  const sockets = new Set<Socket>();
+  let cut = false;
+  const link = createServer((c) => {
+    if (cut) return void c.destroy();
+    const r = connect(redis.port, '127.0.0.1');
+    for (const s of [c, r]) {
+      sockets.add(s);
+      s.on('error', () => undefined).on('close', () => sockets.delete(s));
+    }
+    c.pipe(r).pipe(c);
+  });
+  await new Promise<void>((res) => link.listen(0, '127.0.0.1', res));
+  t.teardown(() => link.close());
+  const quiet = { warn() {}, info() {} } as unknown as Logger;
+  const a = new ResponseStore({ maxBytes: 1 << 20, ttlSeconds: 60, logger: quiet, redisUrl: `redis://127.0.0.1:${(link.address() as AddressInfo).port}` });
+  const b = new ResponseStore({ maxBytes: 1 << 20, ttlSeconds: 60, logger: quiet, redisUrl: redis.url });
+  t.teardown(() => (a.close(), b.close()));
+  const id = 'resp_' + 'a1'.repeat(16);
+  const record = { owner: 'anyone', previous: null, chain: [], input: [], response: { id, status: 'completed', output: [] } };
+  for (const until = Date.now() + 10_000; Date.now() < until; ) {
+    if ((await a.get('resp_none', 'anyone').then(() => true, () => false))) break;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  cut = true;
+  for (const s of sockets) s.destroy();
+  a.put(id, record);
+  t.same(await a.get(id, 'anyone').catch(() => 'unavailable'), record, 'A serves it from memory meanwhile');
+  t.equal(await b.get(id, 'anyone'), undefined, 'B cannot know it');
+  cut = false;
+  let found: unknown;
+  for (const until = Date.now() + 15_000; found === undefined && Date.now() < until; ) {
+    found = await b.get(id, 'anyone');
+    if (found === undefined) await new Promise((res) => setTimeout(res, 100));
+  }
+  t.same(found, record, 'written when A reached Redis again');
 });

@@ -389,7 +389,7 @@ export class ResponseCache {
 
   /** Redis answered: an outage said in the log is over (the next one is said again). */
   private redisAnswered(): void {
-    this.outage.answered();
+    void this.outage.answered();
   }
 
   private redisFailed(err: Error): void {

@@ -46,9 +46,16 @@ export function streamedResponse(body: string): Record<string, unknown> | undefi
   return undefined;
 }
 
-/** A Response that may be continued: one with an id, finished (completed or incomplete). */
+/**
+ * An id that names one Response: ours (32 hex), OpenAI's, vLLM's (a UUID's worth). A
+ * `responses: true` server that makes short ones (Ollama's `resp_<up to 6 digits>`) repeats
+ * them: kept under one, a conversation would continue another's.
+ */
+const UNIQUE_ID = /^[A-Za-z0-9_-]{21,}$/;
+
+/** A Response that may be continued: finished (completed or incomplete), with an id that names it alone. */
 function keepable(r: Record<string, unknown> | undefined): r is Record<string, unknown> & { id: string } {
-  return r !== undefined && typeof r['id'] === 'string' && r['id'] !== '' && (r['status'] === 'completed' || r['status'] === 'incomplete');
+  return r !== undefined && typeof r['id'] === 'string' && UNIQUE_ID.test(r['id']) && (r['status'] === 'completed' || r['status'] === 'incomplete');
 }
 
 /** A Response (a whole reply's, or an event's `response`) that does not say `previous`, saying it. */

@@ -54,6 +54,8 @@ const DELETED_CHANNEL = 'eb:resp-deleted';
 /** A command's wait for Redis: a continuation waits this long at most on a hung one, then skips it this long. */
 const COMMAND_TIMEOUT_MS = 500;
 const HUNG_SKIP_MS = 2_000;
+/** After a Redis restart, how long the replicas have to write back what they hold (its reconnect backoff is at most 2 s). */
+const REFILL_MS = 5_000;
 
 function isRecord(v: unknown): v is StoredResponse {
   const o = v as Record<string, unknown> | null;
@@ -83,6 +85,8 @@ export class ResponseStore {
   private redisRunId: string | undefined;
   /** Redis timed out (hung, a blackhole): skipped until then, as if away. */
   private skipRedisUntil = 0;
+  /** Redis came back restarted (empty): until then, one it does not have may be one not yet written back (a 503, not a 404). */
+  private refillingUntil = 0;
   /**
    * Responses in memory that Redis may not have: their write has not been acknowledged yet
    * (the client's next turn can come first) or failed (Redis was away). Redis not having
@@ -199,9 +203,12 @@ export class ResponseStore {
     return keys.map((k, i) => {
       const text = shared[i];
       if (text !== null && text !== undefined) {
-        // Kept here too: served while Redis is away.
-        if (lru.peek(k) !== text) lru.set(k, text);
+        // Kept here too (served while Redis is away), its age started again as Redis's was.
+        lru.set(k, text);
         return text;
+      }
+      if (!this.unshared.has(k) && Date.now() < this.refillingUntil && lru.peek(k) === undefined) {
+        throw new BrokerError('upstream_unavailable', 'stored responses are being written back to a restarted Redis; retry', { retryAfter: 1 });
       }
       if (!this.unshared.has(k)) {
         // Deleted or expired in Redis: not here either, nor on the other threads.
@@ -303,9 +310,12 @@ export class ResponseStore {
   }
 
   /**
-   * Connected: a Redis restarted since the last connection (persistence off: empty) has lost
-   * the conversations. What this process made and holds is written back (not over what Redis
-   * has: NX), and until each write lands Redis not having it is no sign it was deleted.
+   * Connected. What was kept while Redis was away (or whose write failed) is written now; and
+   * a Redis restarted since the last connection (persistence off: empty) has lost the
+   * conversations: what this process made and holds is written back too (not over what Redis
+   * has: NX), and for a while (the other replicas writing theirs back) a response Redis does
+   * not have is a 503, not a 404. Until each write lands, Redis not having it is no sign it
+   * was deleted.
    */
   private async redisReady(): Promise<void> {
     let runId: string | undefined;
@@ -316,17 +326,24 @@ export class ResponseStore {
     }
     const restarted = this.redisRunId !== undefined && runId !== this.redisRunId;
     this.redisRunId = runId;
-    if (!restarted || this.lru === null) return;
-    for (const key of this.ours) {
-      const text = this.lru.peek(key);
-      if (text === undefined) continue;
-      this.unshared.add(key);
-      this.share(key, text, true);
+    if (this.lru === null) return;
+    if (restarted) {
+      this.refillingUntil = Date.now() + REFILL_MS;
+      for (const key of this.ours) this.unshared.add(key);
     }
+    this.shareUnshared();
   }
 
+  /** Redis answers: at the end of an outage (a hung Redis answers again on the same connection, with no 'ready'), what it missed is written. */
   private redisAnswered(): void {
-    this.outage.answered();
+    if (this.outage.answered()) this.shareUnshared();
+  }
+
+  private shareUnshared(): void {
+    for (const key of [...this.unshared]) {
+      const text = this.lru?.peek(key);
+      if (text !== undefined) this.share(key, text, true);
+    }
   }
 
   private redisFailed(err: Error): void {
