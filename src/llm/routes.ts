@@ -118,11 +118,21 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     async handle({ req, body: clientBody, sink: clientSink }) {
       const body = legacy === undefined ? clientBody : legacy.request(clientBody as Record<string, unknown>);
       let sink = legacy === undefined ? clientSink : reshaped(clientSink, legacy.reply);
-      // A Responses request continues a stored conversation, and its Response is kept (stored/).
-      if (api === 'responses' && store?.enabled === true) sink = await continuing(store, req, body as Record<string, unknown>, sink);
       const known = source.current();
       const fleet = known instanceof Promise ? await known : known;
       if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
+      // A Responses request continues a stored conversation, and its Response is kept (stored/).
+      if (api === 'responses' && store?.enabled === true) {
+        try {
+          sink = await continuing(store, req, body as Record<string, unknown>, sink);
+        } catch (err) {
+          // Refused (an unknown previous response, Redis away): one outcome in the group's requests too.
+          const named = (body as Record<string, unknown>).model;
+          const g = typeof named === 'string' ? fleet.groups.get(named) : undefined;
+          if (g !== undefined) proxy.refused(g.name, toBrokerError(err));
+          throw err;
+        }
+      }
       if (api === 'ollama' && (kind === 'chat' || kind === 'completion') && legacy === undefined) {
         // A load or unload (no prompt, no messages): answered as Ollama does, for a model served here.
         const b = body as Record<string, unknown>;

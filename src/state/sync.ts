@@ -181,8 +181,7 @@ export class SharedState {
         const learnt = { actor: `replica:${replica}`, at: new Date().toISOString(), replica };
         const by = Object.fromEntries(Object.keys(d.overrides).concat(Object.keys(this.o.flags.overrideMap())).map((f) => [f, d.by?.[f] ?? learnt]));
         this.o.flags.replaceOverrides(d.overrides, learnt.actor, by);
-      }
-      else if (kind === 'fleet') this.o.fleet.importOperatorState(doc as OperatorState);
+      } else if (kind === 'fleet') this.o.fleet.importOperatorState(doc as OperatorState);
     } catch (err) {
       this.o.logger.warn({ kind, err: (err as Error).message }, 'state: a shared change could not be applied here');
     } finally {

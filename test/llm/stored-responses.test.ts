@@ -12,6 +12,7 @@ import { ResponseStore } from '../../src/llm/stored/responses.ts';
 import type { Logger } from '../../src/obs/logger.ts';
 import { Agent, fetch as undiciFetch, type RequestInit as UndiciInit } from 'undici';
 import { startFleetBroker } from '../helpers/fleet.ts';
+import { metricValue } from '../helpers/broker.ts';
 import { startRedis } from '../helpers/redis.ts';
 import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
@@ -95,7 +96,14 @@ t.test('a conversation continued by previous_response_id, whole and streamed, wi
   const orphan: any = await openai.responses.create({ model: 'g', previous_response_id: second.id, input: 'x' }).catch((e: unknown) => e);
   t.equal(orphan.status, 400, 'a turn whose earlier turn was deleted cannot be continued');
   t.match(orphan.error, { param: 'previous_response_id' });
+  const refusedBefore = await metricValue(tb.url, 'llm_requests_total', { group: 'g', reason: 'client_error' });
   const unknown: any = await openai.responses.create({ model: 'g', previous_response_id: 'resp_nope', input: 'x' }).catch((e: unknown) => e);
+  let refusedAfter = refusedBefore;
+  for (const until = Date.now() + 5_000; refusedAfter === refusedBefore && Date.now() < until; ) {
+    refusedAfter = await metricValue(tb.url, 'llm_requests_total', { group: 'g', reason: 'client_error' });
+    if (refusedAfter === refusedBefore) await new Promise((res) => setTimeout(res, 50));
+  }
+  t.equal(refusedAfter, refusedBefore + 1, "one outcome in the group's requests, as every refusal");
   t.equal(unknown.status, 400);
   t.match(unknown.error, { param: 'previous_response_id', code: 'previous_response_not_found', message: "Previous response with id 'resp_nope' not found." }, "OpenAI's code: clients resend the whole conversation on it");
   t.equal(orphan.error.code, 'previous_response_not_found');
