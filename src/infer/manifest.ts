@@ -2,7 +2,7 @@
 // to turn an image into the model's input tensor. Validated at load, errors name the field.
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import { MAX_BATCH_INPUT_BYTES } from './protocol.ts';
+import { largestImageSize, MAX_BATCH_INPUT_BYTES } from './protocol.ts';
 
 export interface ModelManifest {
   readonly name: string;
@@ -142,7 +142,7 @@ export function validateManifest(raw: unknown, file: string): ModelManifest {
   // A dynamic-size model is resized to defaultSize when a request names no img_size, which must be a size it could name.
   if (height === null && (defaultSize < minSize || defaultSize > maxSize)) fail('input.defaultSize', `must be between input.minSize (${minSize}) and input.maxSize (${maxSize}), got ${defaultSize}`);
   // No request may ask past one image's tensor bound (service.ts checkSize): the sizes it could ask must be under it.
-  const most = Math.floor(Math.sqrt(MAX_BATCH_INPUT_BYTES / (4 * (channels as number))));
+  const most = largestImageSize(channels as number);
   if (height === null && minSize > most) fail('input.minSize', `must be at most ${most} with ${channels} channel(s): one image's input tensor is at most ${MAX_BATCH_INPUT_BYTES / 1024 / 1024} MiB, got ${minSize}`);
   if (height === null && defaultSize > most) fail('input.defaultSize', `must be at most ${most} with ${channels} channel(s): one image's input tensor is at most ${MAX_BATCH_INPUT_BYTES / 1024 / 1024} MiB, got ${defaultSize}`);
   const queue = obj(m.queue ?? {}, 'queue');

@@ -61,6 +61,11 @@ export type ModelProblems = Readonly<Record<string, { readonly message: string; 
 /** The most input tensor one batch holds (the pool's batchSize). The bundled models' 32 images are 0.1 to 19 MB. */
 export const MAX_BATCH_INPUT_BYTES = 64 * 1024 * 1024;
 
+/** The largest square size one image of `channels` may be resized to: its float32 tensor within MAX_BATCH_INPUT_BYTES. */
+export function largestImageSize(channels: number): number {
+  return Math.floor(Math.sqrt(MAX_BATCH_INPUT_BYTES / (4 * channels)));
+}
+
 /** Models whose warm-up run at batching.max_batch_size failed, by model key, with the runtime's words. */
 export interface UnbatchableTask {
   readonly kind: 'unbatchable';

@@ -11,7 +11,7 @@ import type { LoadedModel } from './manifest.ts';
 import { inferMetrics, type InferMetrics } from './metrics.ts';
 import { clientGone, type InferPool, type RunResult } from './pool.ts';
 import type { AbortLike } from '../abort.ts';
-import { MAX_BATCH_INPUT_BYTES, type ModelProblems, type Prediction } from './protocol.ts';
+import { largestImageSize, MAX_BATCH_INPUT_BYTES, type ModelProblems, type Prediction } from './protocol.ts';
 import type { TraceContext } from '../obs/trace/context.ts';
 
 export interface RuntimeConfig extends SplitState {
@@ -517,7 +517,7 @@ export function checkSize(imgSize: number | undefined, model: Pick<LoadedModel, 
   }
   // One image's input tensor is bounded as a batch's is: a 90-byte image resized to a large
   // img_size is as much memory as a huge one (8192² with 3 channels: 805 MB of floats).
-  const most = Math.min(input.maxSize, Math.floor(Math.sqrt(MAX_BATCH_INPUT_BYTES / (4 * input.channels))));
+  const most = Math.min(input.maxSize, largestImageSize(input.channels));
   if (imgSize < input.minSize || imgSize > most) {
     const why = most < input.maxSize ? ` (an image's input tensor is at most ${MAX_BATCH_INPUT_BYTES / 1024 / 1024} MiB)` : '';
     throw new BrokerError('invalid_img_size', `img_size must be between ${input.minSize} and ${most} for model ${name}${why}, got ${imgSize}`, { details: { field: 'img_size' } });

@@ -26,7 +26,7 @@ import { clientWantsUsage } from './translate/openai_to_openai.ts';
 import { classifyStreamError, classifyUpstreamError, retriable, type UpstreamErrorClass } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
 import { closedUnder } from '../fleet/upstreams.ts';
-import { tokensOfChars, type LlmRequest } from './request.ts';
+import { contextTokensOf, tokensOfChars, type LlmRequest } from './request.ts';
 import { cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
 import { captureStream, captureWhole, withModel, type CachedReply } from './cache/entry.ts';
 import { replay } from './cache/replay.ts';
@@ -186,8 +186,7 @@ export class LlmProxy {
     try {
       // The prompt's tokens as admission estimated them (characters / 4): what a request with no usage from its upstream is charged.
       const promptEstimate = tokensOfChars(req.promptChars);
-      // What must fit one context window: the prompt and its output, or an embeddings batch's longest input.
-      const estimate = req.contextChars !== undefined ? tokensOfChars(req.contextChars) : promptEstimate + (req.maxTokens ?? 0);
+      const estimate = contextTokensOf(req);
       const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
       // A fallback group is one more group the request uses: its QoS tier must allow it too.
       const usable = (g: ModelGroupConfig): boolean => fits(g) && tierAllows(admitted.tier, g.name);

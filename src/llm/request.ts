@@ -656,6 +656,11 @@ export function promptCharsOf(r: PromptParts): number {
 /** The estimate's ratio: about 4 characters of English per token. */
 const CHARS_PER_TOKEN = 4;
 
+/** Tokens that must fit one context window (a group's maxContextTokens): the prompt and its output, or an embeddings batch's longest input. */
+export function contextTokensOf(r: Pick<LlmRequest, 'promptChars' | 'contextChars' | 'maxTokens'>): number {
+  return r.contextChars !== undefined ? tokensOfChars(r.contextChars) : tokensOfChars(r.promptChars) + (r.maxTokens ?? 0);
+}
+
 /** Tokens estimated from characters of prompt text (4 per token). */
 export function tokensOfChars(chars: number): number {
   return Math.ceil(chars / CHARS_PER_TOKEN);

@@ -4,12 +4,12 @@
 // previous_response_id grows with every turn; the client cannot trim it).
 import { BrokerError } from '../errors.ts';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
-import { tokensOfChars, type LlmRequest } from './request.ts';
+import { contextTokensOf, type LlmRequest } from './request.ts';
 
 /** The group's context window fits the request (as the proxy estimates it), or it has none. */
 function fits(r: LlmRequest, group: ModelGroupConfig | undefined): boolean {
   const max = group?.maxContextTokens;
-  return max === undefined || tokensOfChars(r.promptChars) + (r.maxTokens ?? 0) <= max;
+  return max === undefined || contextTokensOf(r) <= max;
 }
 
 function isTurnStart(item: unknown): boolean {

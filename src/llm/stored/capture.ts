@@ -3,6 +3,7 @@
 // whole Response). The same for every way a reply is made (a chat upstream's translated, a
 // Responses upstream's passed through, a cache hit's replay), so none of them needs to know.
 import type { ReplySink } from '../../front/reply.ts';
+import { tryParse } from '../chain/probe.ts';
 
 /** The longest event held while it arrives in pieces (a Response's terminal event carries the whole reply). */
 const MAX_EVENT_CHARS = 64 * 1024 * 1024;
@@ -11,15 +12,6 @@ const TERMINAL = new Set(['response.completed', 'response.incomplete']);
 
 function text(chunk: string | Uint8Array): string {
   return typeof chunk === 'string' ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).toString('utf8');
-}
-
-function parseObject(s: string): Record<string, unknown> | undefined {
-  try {
-    const v = JSON.parse(s) as unknown;
-    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /**
@@ -34,8 +26,8 @@ export function streamedResponse(body: string): Record<string, unknown> | undefi
     if (at === -1) return undefined;
     if (at === 0 || body[at - 1] === '\n') {
       const lineEnd = body.indexOf('\n', at);
-      const event = parseObject(body.slice(at + 6, lineEnd === -1 || lineEnd > end ? end : lineEnd));
-      if (event !== undefined) {
+      const event = tryParse(body.slice(at + 6, lineEnd === -1 || lineEnd > end ? end : lineEnd));
+      if (event !== null) {
         if (!TERMINAL.has(event['type'] as string)) return undefined;
         const r = event['response'];
         return r !== null && typeof r === 'object' ? (r as Record<string, unknown>) : undefined;
@@ -74,13 +66,13 @@ function echoPrevious(chunk: string | Uint8Array, previous: string, stream: bool
   const s = text(chunk);
   if (!s.includes('"response') && !s.includes('"id"')) return chunk;
   if (!stream) {
-    const r = parseObject(s);
-    return r !== undefined && sayPrevious(r, previous) ? JSON.stringify(r) : chunk;
+    const r = tryParse(s);
+    return r !== null && sayPrevious(r, previous) ? JSON.stringify(r) : chunk;
   }
   let changed = false;
   const lines = s.split('\n').map((line) => {
     if (!line.startsWith('data: ') || !line.includes('"response"')) return line;
-    const e = parseObject(line.slice(6));
+    const e = tryParse(line.slice(6));
     const r = e?.['response'];
     if (r === null || typeof r !== 'object' || !sayPrevious(r as Record<string, unknown>, previous)) return line;
     changed = true;
@@ -125,7 +117,7 @@ export function capturing(sink: ReplySink, keep: ((response: Record<string, unkn
     // Kept before the reply leaves: the client's next turn, on another replica too, finds it.
     // A cache hit replays a stream in one write: its terminal event has the Response.
     if (keep !== null && s === 200 && !sink.aborted) {
-      const r = streamed ? streamedResponse(text(body)) : parseObject(text(body));
+      const r = streamed ? streamedResponse(text(body)) : (tryParse(text(body)) ?? undefined);
       if (keepable(r)) keep(r);
     }
     sink.send(s, headers, body);

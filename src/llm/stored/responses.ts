@@ -24,6 +24,7 @@ import { Redis } from 'ioredis';
 import { BrokerError } from '../../errors.ts';
 import type { Logger } from '../../obs/logger.ts';
 import { OutageLog } from '../../obs/outage-log.ts';
+import { tryParse } from '../chain/probe.ts';
 
 export interface StoredResponse {
   readonly owner: string;
@@ -222,13 +223,7 @@ export class ResponseStore {
   }
 
   private parse(text: string | undefined, owner: string): StoredResponse | undefined {
-    if (text === undefined) return undefined;
-    let v: unknown;
-    try {
-      v = JSON.parse(text);
-    } catch {
-      return undefined;
-    }
+    const v = text === undefined ? null : tryParse(text);
     return isRecord(v) && v.owner === owner ? v : undefined;
   }
 

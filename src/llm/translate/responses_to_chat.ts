@@ -182,14 +182,8 @@ function withAliases(names: Map<string, ToolIdentity>, tools: readonly unknown[]
  * ignored the schema).
  */
 export function customInput(args: string): string {
-  let v: unknown;
-  try {
-    v = JSON.parse(args);
-  } catch {
-    return args;
-  }
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) return args;
-  const o = v as Record<string, unknown>;
+  const o = argumentsObject(args);
+  if (o === undefined) return args;
   if (typeof o['input'] === 'string') return o['input'];
   const values = Object.values(o);
   if (values.length === 0) return '';
@@ -250,13 +244,10 @@ function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
     } else if (type === 'function_call') {
       // A call without arguments has an empty object of them: chat upstreams parse the string.
       const args = stringOf(it['arguments']);
-      // A namespaced call of an earlier turn: the name the model was offered.
-      const name = typeof it['namespace'] === 'string' && it['namespace'] !== '' ? flatToolName(it['namespace'], String(it['name'] ?? '')) : String(it['name'] ?? '');
-      pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name, arguments: args === '' ? '{}' : args } });
+      pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name: offeredName(it), arguments: args === '' ? '{}' : args } });
     } else if (type === 'custom_tool_call') {
       // Free-form input, as the function's one argument it was offered as (customTool).
-      const name = typeof it['namespace'] === 'string' && it['namespace'] !== '' ? flatToolName(it['namespace'], String(it['name'] ?? '')) : String(it['name'] ?? '');
-      pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name, arguments: JSON.stringify({ input: it['input'] ?? '' }) } });
+      pushCall(out, { id: String(it['call_id'] ?? ''), type: 'function', function: { name: offeredName(it), arguments: JSON.stringify({ input: it['input'] ?? '' }) } });
     } else if (type === 'local_shell_call') {
       // call_id, or (as checkItem allows) the item's id when call_id is empty or missing.
       const id = String(it['call_id'] || it['id'] || '');
@@ -284,6 +275,12 @@ function messagesOf(input: unknown, ollama: boolean): OpenAIMessage[] {
   }
   if (images.length > 0) out.push({ role: 'user', content: images });
   return out;
+}
+
+/** The function an earlier turn's call (or a tool_choice) names, as the model was offered it: a namespaced one's flat name. */
+function offeredName(o: Record<string, unknown>): string {
+  const name = String(o['name'] ?? '');
+  return typeof o['namespace'] === 'string' && o['namespace'] !== '' ? flatToolName(o['namespace'], name) : name;
 }
 
 /** A found tool's names as the model is offered them (a namespace's each flat). */
@@ -376,8 +373,7 @@ function toolChoiceOf(tc: unknown): unknown {
   const o = tc as Record<string, unknown>;
   if (typeof tc !== 'object' || Array.isArray(tc) || (o['type'] !== 'function' && o['type'] !== 'custom')) throw invalid('tool_choice', 'must be "auto", "none", "required" or {"type": "function" or "custom", "name": ...} (built-in tools are not served here)');
   if (typeof o['name'] !== 'string' || o['name'] === '') throw invalid('tool_choice.name', `must name a ${o['type']} tool`);
-  const name = typeof o['namespace'] === 'string' && o['namespace'] !== '' ? flatToolName(o['namespace'], o['name']) : o['name'];
-  return { type: 'function', function: { name } };
+  return { type: 'function', function: { name: offeredName(o) } };
 }
 
 /** A Responses body → an OpenAI chat body (model left as the client sent it; the provider translator sets it) for `provider`'s upstream. */
@@ -551,13 +547,17 @@ function callItem(id: string, t: { id: string; name: string; arguments: string }
 
 /** A tool_search call's arguments: the JSON object the model wrote, else its text as the query. */
 function searchArguments(args: string): unknown {
+  return argumentsObject(args) ?? (args === '' ? {} : { query: args });
+}
+
+/** A call's arguments as the JSON object the model was asked for; undefined when they are not one. */
+function argumentsObject(args: string): Record<string, unknown> | undefined {
   try {
     const v = JSON.parse(args) as unknown;
-    if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v;
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
   } catch {
-    // not JSON
+    return undefined;
   }
-  return args === '' ? {} : { query: args };
 }
 
 /** A whole chat reply → the Response object. */
