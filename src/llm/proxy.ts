@@ -336,7 +336,7 @@ export class LlmProxy {
               requestId: req.id,
               includeUsage: up.includeUsage,
               promptEstimate,
-              request: api === 'responses' || api === 'anthropic' || api === 'ollama' ? body : undefined,
+              request: body,
               // W3C Trace Context for the upstream: this attempt is its parent; not recorded, the client's as it came.
               traceparent: upSpan !== undefined ? upSpan.traceparent : req.traceparent,
               tracestate: upSpan !== undefined ? upSpan.tracestate : req.tracestate,

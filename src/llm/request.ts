@@ -457,8 +457,8 @@ const TOOL_CHOICE_MODES = ['none', 'auto', 'required'];
 /**
  * OpenAI chat's and Ollama's tools, and OpenAI's tool_choice, as their APIs answer them (400):
  * a translation reads a function tool's name, and would otherwise send on what the upstream
- * refuses with its own words, or nothing at all. Tools of other types (OpenAI's custom tools)
- * pass on to an upstream that may serve them; translated, they are refused there.
+ * refuses with its own words, or nothing at all. Tools of other types pass on to an upstream
+ * that may serve them; OpenAI's custom tools are translated for Ollama (openai_to_ollama.ts).
  */
 function checkChatTools(body: Readonly<Record<string, unknown>>, api: 'openai' | 'ollama'): void {
   const tools = body.tools;
@@ -468,6 +468,10 @@ function checkChatTools(body: Readonly<Record<string, unknown>>, api: 'openai' |
       // Ollama reads a tool without a type as a function (its Go struct); OpenAI requires one.
       const type = isObject(tool) ? (tool.type ?? (api === 'ollama' ? 'function' : undefined)) : undefined;
       if (!isObject(tool) || typeof type !== 'string') throw invalidField(`tools[${i}]`, 'must be an object with a string type ("function")');
+      if (type === 'custom' && api === 'openai') {
+        const custom = tool.custom;
+        if (!isObject(custom) || typeof custom.name !== 'string' || custom.name === '') throw invalidField(`tools[${i}].custom.name`, 'is required: a string');
+      }
       if (type !== 'function') continue;
       const fn = tool.function;
       if (!isObject(fn) || typeof fn.name !== 'string' || fn.name === '') throw invalidField(`tools[${i}].function.name`, 'is required: a string');
@@ -482,6 +486,8 @@ function checkChatTools(body: Readonly<Record<string, unknown>>, api: 'openai' |
   }
   if (!isObject(tc) || typeof tc.type !== 'string') throw invalidField('tool_choice', 'must be "none", "auto", "required" or an object naming a tool');
   if (tc.type === 'function' && (!isObject(tc.function) || typeof tc.function.name !== 'string' || tc.function.name === '')) throw invalidField('tool_choice.function.name', 'must name a function tool');
+  if (tc.type === 'custom' && (!isObject(tc.custom) || typeof tc.custom.name !== 'string' || tc.custom.name === '')) throw invalidField('tool_choice.custom.name', 'must name a custom tool');
+  if (tc.type === 'allowed_tools' && (!isObject(tc.allowed_tools) || !Array.isArray(tc.allowed_tools.tools))) throw invalidField('tool_choice.allowed_tools.tools', 'must be an array of tools');
 }
 
 /** A completion's prompt, as OpenAI takes it: a string, strings, token ids, or arrays of token ids. */

@@ -109,6 +109,44 @@ t.test('Ollama cannot carry log probabilities or an echoed prompt: refused (400 
   }
 });
 
+t.test('Ollama cannot carry audio output, file or audio parts, or an unknown response_format: 400 naming the field, or the OpenAI deployment', async (t) => {
+  const before = up.seen.length;
+  const refused: Array<[unknown, string]> = [
+    [chat('ol', { modalities: ['text', 'audio'], audio: { voice: 'alloy', format: 'wav' } }), 'modalities'],
+    [chat('ol', { audio: { voice: 'alloy', format: 'wav' } }), 'audio'],
+    [{ model: 'ol', messages: [{ role: 'user', content: [{ type: 'text', text: 'what?' }, { type: 'file', file: { file_id: 'file-abc' } }] }] }, 'messages[0].content[1].type'],
+    [{ model: 'ol', messages: [{ role: 'user', content: [{ type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } }] }] }, 'messages[0].content[0].type'],
+    [{ model: 'ol', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/a.png' } }] }] }, 'messages[0].content[0].image_url.url'],
+    [chat('ol', { response_format: { type: 'json' } }), 'response_format.type'],
+    [chat('ol', { response_format: { type: 'json_schema', json_schema: { name: 'x', schema: 'nope' } } }), 'response_format.json_schema.schema'],
+  ];
+  for (const [body, field] of refused) {
+    const r = await postJson(`${tb.url}/v1/chat/completions`, body);
+    t.equal(r.status, 400, field);
+    t.match(r.body.error, { code: 'invalid_request', param: field }, `${field}: named as param`);
+    t.ok(r.body.error.request_id ?? r.headers.get('x-request-id'), 'with the request id');
+  }
+  t.equal(up.seen.length, before, 'nothing reached the upstream');
+  for (const [body] of refused.slice(0, 4)) {
+    const r = await postJson(`${tb.url}/v1/chat/completions`, { ...(body as object), model: 'mx' });
+    t.equal(r.status, 200, 'mx');
+    t.equal(r.headers.get('x-broker-deployment'), 'mx-oa', 'a mixed group sends it to its OpenAI deployment');
+  }
+  // An assistant's refusal part is what it said; a json_schema without a schema is JSON.
+  t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'ol', response_format: { type: 'json_schema', json_schema: { name: 'x' } }, messages: [{ role: 'user', content: 'a' }, { role: 'assistant', content: [{ type: 'refusal', refusal: 'I cannot.' }] }, { role: 'user', content: 'b' }] })).status, 200);
+  t.equal(last().body.messages[1].content, 'I cannot.');
+  t.equal(last().body.format, 'json');
+});
+
+t.test('a tool_choice naming one function: Ollama (no tool_choice) is offered only that tool', async (t) => {
+  const fn = (name: string) => ({ type: 'function', function: { name, parameters: { type: 'object' } } });
+  const r = await postJson(`${tb.url}/v1/chat/completions`, chat('ol', { tools: [fn('get_weather'), fn('get_time')], tool_choice: { type: 'function', function: { name: 'get_time' } } }));
+  t.equal(r.status, 200);
+  t.same(last().body.tools.map((x: any) => x.function.name), ['get_time']);
+  await postJson(`${tb.url}/v1/chat/completions`, chat('ol', { tools: [fn('get_weather'), fn('get_time')], tool_choice: 'auto' }));
+  t.same(last().body.tools.map((x: any) => x.function.name), ['get_weather', 'get_time'], 'auto: all of them');
+});
+
 t.test('n > 1 to an Ollama deployment: the refusal names n as its param', async (t) => {
   for (const [path, body] of [
     ['/v1/chat/completions', chat('ol', { n: 2 })],

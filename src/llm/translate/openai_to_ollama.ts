@@ -10,6 +10,7 @@ import {
   argumentsJsonFromOllama,
   base64FromImageUrl,
   finishFromOllama,
+  isDataUrl,
   ollamaOptionsFromOpenAI,
   openaiUsage,
   requireArray,
@@ -32,6 +33,7 @@ import type {
   ReplyContext,
   Usage,
 } from './types.ts';
+import { customInput, customTool } from './responses_to_chat.ts';
 
 // ---- request ----
 
@@ -58,6 +60,9 @@ function rejectUncarried(b: Record<string, unknown>, kind: 'chat' | 'completion'
   if (kind === 'chat' ? asks(lp) : lp !== undefined && lp !== null && lp !== false) throw refuse('logprobs', NO_LOGPROBS);
   if (kind === 'chat' && asks(b['top_logprobs'])) throw refuse('top_logprobs', NO_LOGPROBS);
   if (kind === 'completion' && asks(b['echo'])) throw refuse('echo', 'is not supported by this model (Ollama does not repeat the prompt in its reply)');
+  // Audio output: Ollama answers text only.
+  if (kind === 'chat' && Array.isArray(b['modalities']) && b['modalities'].includes('audio')) throw refuse('modalities', 'with "audio" is not supported by this model (Ollama answers text only)');
+  if (kind === 'chat' && b['audio'] !== undefined && b['audio'] !== null) throw refuse('audio', 'is not supported by this model (Ollama answers text only)');
 }
 
 function formatFromResponseFormat(rf: unknown): OllamaFormat | undefined {
@@ -67,8 +72,12 @@ function formatFromResponseFormat(rf: unknown): OllamaFormat | undefined {
   if (r['type'] === 'json_schema') {
     const js = r['json_schema'] as Record<string, unknown> | undefined;
     const schema = js?.['schema'];
-    return schema !== null && typeof schema === 'object' ? (schema as Record<string, unknown>) : 'json';
+    if (schema === undefined || schema === null) return 'json';
+    if (typeof schema !== 'object' || Array.isArray(schema)) throw refuse('response_format.json_schema.schema', 'must be an object (a JSON Schema)');
+    return schema as Record<string, unknown>;
   }
+  // Dropped, the reply would be free text where the client asked for a format.
+  if (r['type'] !== 'text') throw refuse('response_format.type', `${JSON.stringify(r['type'])} is not supported by this model: "text", "json_object" or "json_schema"`);
   return undefined;
 }
 
@@ -91,7 +100,7 @@ function parseArguments(args: unknown): Record<string, unknown> {
   throw new BrokerError('invalid_request', 'tool_calls[].function.arguments must be a JSON object or a string');
 }
 
-function ollamaMessage(m: unknown, toolNames: Map<string, string>): OllamaMessage {
+function ollamaMessage(m: unknown, toolNames: Map<string, string>, i: number): OllamaMessage {
   if (m === null || typeof m !== 'object') throw new BrokerError('invalid_request', 'messages[] must be objects');
   const msg = m as OpenAIMessage;
   const role = msg.role === 'developer' ? 'system' : String(msg.role);
@@ -102,23 +111,32 @@ function ollamaMessage(m: unknown, toolNames: Map<string, string>): OllamaMessag
   } else if (Array.isArray(c)) {
     const texts: string[] = [];
     const images: string[] = [];
-    for (const part of c) {
+    c.forEach((part, j) => {
+      const field = `messages[${i}].content[${j}]`;
       if (part.type === 'text' && typeof part['text'] === 'string') texts.push(part['text']);
+      // An assistant turn's refusal is what it said.
+      else if (part.type === 'refusal' && typeof part['refusal'] === 'string') texts.push(part['refusal']);
       else if (part.type === 'image_url') {
         const iu = part['image_url'] as string | { url?: unknown } | undefined;
         const url = typeof iu === 'string' ? iu : iu?.url;
-        if (typeof url !== 'string') throw new BrokerError('invalid_request', 'image_url.url must be a string');
+        if (typeof url !== 'string') throw refuse(`${field}.image_url.url`, 'must be a string');
+        if (!isDataUrl(url)) throw refuse(`${field}.image_url.url`, 'must be a data: URL (base64) when the model is served by Ollama');
         images.push(base64FromImageUrl(url));
+      } else {
+        // input_audio, file, ...: left out, the model would answer without what the client sent.
+        throw refuse(`${field}.type`, `${JSON.stringify(part?.type)} is not supported by this model (Ollama takes text and base64 images)`);
       }
-    }
+    });
     out.content = texts.join('\n');
     if (images.length > 0) out.images = images;
   }
   if (Array.isArray(msg.tool_calls) && msg.tool_calls.length > 0) {
     out.tool_calls = msg.tool_calls.map((tc: OpenAIToolCall): OllamaToolCall => {
-      const name = String(tc.function?.name ?? '');
+      // A custom tool's call goes back as the one-string function it was offered as (chatTools).
+      const custom = tc.type === 'custom' ? tc.custom : undefined;
+      const name = String(custom !== undefined ? (custom.name ?? '') : (tc.function?.name ?? ''));
       if (typeof tc.id === 'string') toolNames.set(tc.id, name);
-      return { function: { name, arguments: parseArguments(tc.function?.arguments) } };
+      return { function: { name, arguments: custom !== undefined ? { input: String(custom.input ?? '') } : parseArguments(tc.function?.arguments) } };
     });
   }
   if (role === 'tool') {
@@ -138,7 +156,7 @@ export function chatRequest(body: unknown, upstreamModel: string): OllamaChatReq
   const toolNames = new Map<string, string>();
   const out: OllamaChatRequest = {
     model: upstreamModel,
-    messages: messages.map((m) => ollamaMessage(m, toolNames)),
+    messages: messages.map((m, i) => ollamaMessage(m, toolNames, i)),
     // Ollama streams by default; OpenAI does not.
     stream: b['stream'] === true,
   };
@@ -152,8 +170,55 @@ export function chatRequest(body: unknown, upstreamModel: string): OllamaChatReq
   // send one whatever the model), so the model keeps its default.
   if (typeof b['think'] === 'boolean') out['think'] = b['think'];
   else if (b['reasoning_effort'] === 'none') out['think'] = false;
-  // Ollama has no tool_choice: "none" can only be kept by not offering the tools.
-  if (Array.isArray(b['tools']) && b['tools'].length > 0 && b['tool_choice'] !== 'none') out.tools = b['tools'];
+  const tools = chatTools(b['tools'], b['tool_choice']);
+  if (tools !== undefined) out.tools = tools;
+  return out;
+}
+
+/** A chat tool's name: a function's, or a custom tool's (OpenAI's `{type: "custom", custom: {name}}`). */
+function toolName(t: unknown): string | undefined {
+  if (t === null || typeof t !== 'object') return undefined;
+  const o = t as Record<string, unknown>;
+  const inner = (o['type'] === 'custom' ? o['custom'] : o['function']) as Record<string, unknown> | null | undefined;
+  return typeof inner?.['name'] === 'string' ? inner['name'] : undefined;
+}
+
+/**
+ * The tools Ollama is offered. Ollama has no tool_choice: "none" is kept by offering none, a
+ * named tool or allowed_tools by offering only those. A custom (free-form) tool goes as a
+ * function of one string argument, its calls coming back as custom tool calls (customToolNames).
+ */
+function chatTools(tools: unknown, choice: unknown): unknown[] | undefined {
+  if (!Array.isArray(tools) || tools.length === 0 || choice === 'none') return undefined;
+  let allowed: Set<string> | undefined;
+  const c = choice as Record<string, unknown> | null | undefined;
+  if (c !== null && typeof c === 'object' && c['type'] === 'allowed_tools') {
+    const list = (c['allowed_tools'] as Record<string, unknown> | null | undefined)?.['tools'];
+    if (!Array.isArray(list)) throw refuse('tool_choice.allowed_tools.tools', 'must be an array of tools ({"type": "function", "function": {"name": ...}})');
+    allowed = new Set(list.map(toolName).filter((n): n is string => n !== undefined));
+  } else if (c !== null && typeof c === 'object') {
+    const named = toolName(c);
+    if (named !== undefined) allowed = new Set([named]);
+  }
+  const out: unknown[] = [];
+  tools.forEach((t: unknown, i) => {
+    const name = toolName(t);
+    if (allowed !== undefined && (name === undefined || !allowed.has(name))) return;
+    const o = t as Record<string, unknown>;
+    out.push(o['type'] === 'custom' && name !== undefined ? customTool(o['custom'] as Record<string, unknown>, name, `tools[${i}].custom`) : t);
+  });
+  return out.length > 0 ? out : undefined;
+}
+
+/** The names of a chat request's custom tools: their calls are answered as custom tool calls. */
+function customToolNames(request: Readonly<Record<string, unknown>> | undefined): ReadonlySet<string> | undefined {
+  const tools = request?.['tools'];
+  if (!Array.isArray(tools)) return undefined;
+  let out: Set<string> | undefined;
+  for (const t of tools) {
+    // Only chat's shape: Anthropic's tools say type "custom" too, without a `custom` object.
+    if (t !== null && typeof t === 'object' && t['type'] === 'custom' && typeof t['custom']?.['name'] === 'string') (out ??= new Set()).add(t['custom']['name']);
+  }
   return out;
 }
 
@@ -176,14 +241,16 @@ export function completionRequest(body: unknown, upstreamModel: string): OllamaG
 
 // ---- non-streaming response ----
 
-function openaiToolCalls(calls: OllamaToolCall[] | undefined, id: string, first: number): OpenAIToolCall[] | undefined {
+function openaiToolCalls(calls: OllamaToolCall[] | undefined, id: string, first: number, custom: ReadonlySet<string> | undefined): OpenAIToolCall[] | undefined {
   if (!Array.isArray(calls) || calls.length === 0) return undefined;
-  return calls.map((tc, i) => ({
-    index: first + i,
-    id: typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${id}_${first + i}`,
-    type: 'function',
-    function: { name: tc.function?.name ?? '', arguments: argumentsJsonFromOllama(tc.function?.arguments) },
-  }));
+  return calls.map((tc, i) => {
+    const callId = typeof tc.id === 'string' && tc.id !== '' ? tc.id : `call_${id}_${first + i}`;
+    const name = tc.function?.name ?? '';
+    const args = argumentsJsonFromOllama(tc.function?.arguments);
+    // A custom tool's call carries its free-form input (streamed whole: Ollama sends calls whole).
+    if (custom?.has(name) === true) return { index: first + i, id: callId, type: 'custom', custom: { name, input: customInput(args) } };
+    return { index: first + i, id: callId, type: 'function', function: { name, arguments: args } };
+  });
 }
 
 function usageOf(r: OllamaChatResponse | OllamaGenerateResponse): Usage {
@@ -193,7 +260,7 @@ function usageOf(r: OllamaChatResponse | OllamaGenerateResponse): Usage {
 /** /api/chat reply → chat.completion. */
 export function chatResponse(res: OllamaChatResponse, ctx: ReplyContext): OpenAIChatCompletion {
   const m = res.message;
-  const toolCalls = openaiToolCalls(m?.tool_calls, ctx.id, 0);
+  const toolCalls = openaiToolCalls(m?.tool_calls, ctx.id, 0, customToolNames(ctx.request));
   const content = typeof m?.content === 'string' ? m.content : '';
   const message: OpenAIMessage = { role: 'assistant', content: toolCalls !== undefined && content === '' ? null : content };
   // Both names: vLLM's and DeepSeek's clients read reasoning_content, Ollama's own /v1 and the
@@ -243,6 +310,8 @@ export interface SseWriter {
   readonly promptEstimate: number;
   /** Tool calls written so far (their OpenAI `index`). */
   toolCalls: number;
+  /** The request's custom tools (their calls are custom tool calls); absent: none. */
+  readonly customTools: ReadonlySet<string> | undefined;
 }
 
 export interface StreamContext extends ReplyContext {
@@ -251,7 +320,7 @@ export interface StreamContext extends ReplyContext {
 }
 
 export function sseWriter(ctx: StreamContext): SseWriter {
-  return { id: ctx.id, model: ctx.model, includeUsage: ctx.includeUsage, head: '', usageHead: '', roleSent: false, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, toolCalls: 0 };
+  return { id: ctx.id, model: ctx.model, includeUsage: ctx.includeUsage, head: '', usageHead: '', roleSent: false, tokens: 0, promptEstimate: ctx.promptEstimate ?? 0, toolCalls: 0, customTools: customToolNames(ctx.request) };
 }
 
 function start(w: SseWriter, createdAt: unknown, object: string, idPrefix: string, choiceOpen: string): void {
@@ -296,7 +365,7 @@ export function chatLine(w: SseWriter, line: OllamaChatResponse): string {
       delta['content'] = hasContent ? content : null;
       if (hasThinking) delta['reasoning_content'] = delta['reasoning'] = m.thinking;
       if (hasTools) {
-        delta['tool_calls'] = openaiToolCalls(m.tool_calls, w.id, w.toolCalls);
+        delta['tool_calls'] = openaiToolCalls(m.tool_calls, w.id, w.toolCalls, w.customTools);
         w.toolCalls += m.tool_calls!.length;
       }
       out = w.head + JSON.stringify(delta) + OPEN_TAIL;

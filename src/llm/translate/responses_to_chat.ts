@@ -303,20 +303,23 @@ function chatTool(o: Record<string, unknown>, name: string): unknown {
 }
 
 /**
- * A Responses custom tool → a chat function of one string argument, `input`: chat has no
- * free-form tools (Ollama's and most servers' chat). A grammar (Lark or a regex) cannot bind
+ * A custom tool (Responses', or chat's `custom` object) → a chat function of one string
+ * argument, `input`: Ollama's and most servers' chat have no free-form tools. A grammar (Lark or a regex) cannot bind
  * a chat server's output, so the model is shown it in the argument's description.
  */
-function customTool(o: Record<string, unknown>, name: string, field: string): unknown {
+export function customTool(o: Record<string, unknown>, name: string, field: string): unknown {
   const format = o['format'] as Record<string, unknown> | null | undefined;
   if (format !== undefined && format !== null && (typeof format !== 'object' || (format['type'] !== 'text' && format['type'] !== 'grammar'))) {
-    throw invalid(`${field}.format`, 'must be {"type": "text"} or {"type": "grammar", "syntax": ..., "definition": ...}');
+    throw invalid(`${field}.format`, 'must be {"type": "text"} or a grammar format ({"type": "grammar", ...} with its syntax and definition)');
   }
   let what = 'The input, as free-form text (not JSON).';
   if (format?.['type'] === 'grammar') {
-    if (typeof format['definition'] !== 'string') throw invalid(`${field}.format.definition`, 'is required in a grammar format: a string');
-    const syntax = format['syntax'] === 'regex' ? 'this regular expression' : 'this Lark grammar';
-    what = `The input, as free-form text (not JSON) matching ${syntax}:\n${format['definition']}`;
+    // Responses says syntax and definition in the format; chat in its `grammar` object.
+    const chat = format['grammar'] !== null && typeof format['grammar'] === 'object';
+    const g = (chat ? format['grammar'] : format) as Record<string, unknown>;
+    if (typeof g['definition'] !== 'string') throw invalid(`${field}.format${chat ? '.grammar' : ''}.definition`, 'is required in a grammar format: a string');
+    const syntax = g['syntax'] === 'regex' ? 'this regular expression' : 'this Lark grammar';
+    what = `The input, as free-form text (not JSON) matching ${syntax}:\n${g['definition']}`;
   }
   const fn: Record<string, unknown> = { name };
   if (typeof o['description'] === 'string') fn['description'] = o['description'];

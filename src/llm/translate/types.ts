@@ -34,7 +34,9 @@ export interface OpenAIToolCall {
   id?: string;
   index?: number;
   type?: string;
-  function: { name?: string; arguments?: string };
+  function?: { name?: string; arguments?: string };
+  /** A custom (free-form) tool's call: its name and input, in place of `function`. */
+  custom?: { name?: string; input?: string };
 }
 
 export interface OpenAIMessage {
