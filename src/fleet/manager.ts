@@ -275,7 +275,9 @@ export class FleetManager {
     let b = this.breakers.get(key);
     if (b === undefined) {
       this.breakers.set(key, (b = new CircuitBreaker(this.config.fleet.breaker, this.now)));
-      this.breakerNames.set(key, [server, model]);
+      // Labelled with the name the config routes (circuit_breaker_state's and the API's),
+      // whichever of Ollama's names it was asked by: another replica's forcedOpen says m:latest.
+      this.breakerNames.set(key, this.pairs().find(([s, m]) => s === server && sameModel(m, model)) ?? [server, model]);
     }
     return b;
   }

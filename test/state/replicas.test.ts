@@ -44,6 +44,18 @@ t.test('both replicas see Redis', async (t) => {
   t.same((await call(b, 'GET', '/api/health')).body.store, 'redis');
 });
 
+t.test("a breaker forced open on A and reset on B: B's transitions carry the model name the config routes, as its state gauge", async (t) => {
+  // B has not touched d2's breaker before: it learns of it from A's operator state (m:latest there).
+  t.equal((await call(a, 'POST', '/api/orchestrator/circuit-breakers/d2/m/open')).status, 200);
+  await until(async () => (await call(b, 'GET', '/api/orchestrator/circuit-breakers/d2/m')).body.state === 'open', 'the forced open on B');
+  t.equal((await call(b, 'POST', '/api/orchestrator/circuit-breakers/d2/m/reset')).body.state, 'closed');
+  await until(async () => (await call(a, 'GET', '/api/orchestrator/circuit-breakers/d2/m')).body.state === 'closed', 'the reset on A');
+  const m = await (await fetch(`${b.url}/metrics`)).text();
+  t.match(m, /circuit_breaker_transitions_total\{server="d2",model="m",to="closed"\} 1/);
+  t.notMatch(m, /model="m:latest"/, 'no second name for the one breaker');
+  t.equal(await metricValue(b.url, 'circuit_breaker_state', { server: 'd2', model: 'm' }), 0);
+});
+
 t.test('a flag override, a ban and a drain made on A are in force on B', async (t) => {
   t.equal((await call(a, 'PUT', '/api/industrial/flags/sticky_routing', { enabled: true })).status, 200);
   const ms = await until(async () => JSON.stringify((await call(b, 'GET', '/api/industrial/flags')).body).includes('"sticky_routing":{"enabled":true'), 'the flag on B');
