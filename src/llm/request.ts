@@ -11,7 +11,7 @@ import type { RequestFacts } from '../track/facts.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
 import { cacheDirectiveOf, type CacheDirective } from './cache/cache.ts';
 import { headerPriority } from '../policy/priority.ts';
-import { parseTraceparent } from '../obs/trace/context.ts';
+import { parseTraceparent, validTracestate } from '../obs/trace/context.ts';
 
 export interface LlmRequest {
   readonly id: string;
@@ -183,7 +183,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     tier: h['x-broker-qos'],
     cache: cacheDirectiveOf(h['x-broker-cache']),
     facts,
-    ...(parseTraceparent(h['traceparent']) !== undefined ? { traceparent: h['traceparent']!.trim(), tracestate: h['tracestate'] } : {}),
+    ...(parseTraceparent(h['traceparent']) !== undefined ? { traceparent: h['traceparent']!.trim(), tracestate: validTracestate(h['tracestate']) } : {}),
   };
 }
 

@@ -247,6 +247,42 @@ t.test("OTEL_ENABLED=false: the client's traceparent passed on unchanged (none o
   t.equal(otlp.requests.length, 0, 'nothing reached the receiver, even at shutdown');
 });
 
+// A tracestate undici will not write (a DEL byte) failed every attempt before it was sent and
+// was counted against the deployment: a few such requests opened its breaker for every tenant.
+for (const otel of ['false', 'true']) {
+  t.test(`OTEL_ENABLED=${otel}: a tracestate that is not printable ASCII or is past 512 characters is dropped; the deployment is never blamed`, async (t) => {
+    const otlp = await startOtlpReceiver();
+    t.teardown(() => otlp.close());
+    const ok = await startMock(t);
+    const tb = await startFleetBroker(t, { fleet: { breaker: { failureThreshold: 2 } }, modelGroups: { chat: { deployments: [{ id: 'ok-1', provider: 'openai', url: ok.url, model: 'm' }] } } }, { INFER_ENABLED: 'false', OTEL_ENABLED: otel, OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url });
+    const { connect } = await import('node:net');
+    const body = JSON.stringify({ model: 'chat', messages });
+    // Raw bytes: fetch and undici refuse to send such a header themselves.
+    const raw = (tracestate: string): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const u = new URL(tb.url);
+        const sock = connect(Number(u.port), u.hostname);
+        let got = '';
+        sock.on('data', (d) => {
+          got += d.toString('latin1');
+          if (/\r\n0\r\n\r\n$/.test(got) || (/content-length: (\d+)/i.test(got) && got.length >= got.indexOf('\r\n\r\n') + 4 + Number(/content-length: (\d+)/i.exec(got)![1]))) sock.end();
+        });
+        sock.on('end', () => resolve(got));
+        sock.on('error', reject);
+        sock.write(Buffer.from(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ntraceparent: 00-${newTraceId()}-${newSpanId()}-01\r\ntracestate: ${tracestate}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`, 'latin1'));
+      });
+    for (const bad of ['a=b\x7f', 'a=b\x7f', 'a=b\x7f', `a=${'x'.repeat(600)}`]) {
+      const reply = await raw(bad);
+      t.match(reply, /^HTTP\/1\.1 200 /, `${JSON.stringify(bad.slice(0, 8))}: served`);
+      t.equal(ok.stats.lastHeaders?.tracestate, undefined, 'not passed on');
+      t.ok(ok.stats.lastHeaders?.traceparent, 'the traceparent still is');
+    }
+    t.equal(await metricValue(tb.url, 'circuit_breaker_state', { server: 'ok-1', model: 'm' }), 0, 'the breaker stayed closed');
+    t.match(await raw('vendor=abc'), /^HTTP\/1\.1 200 /);
+    t.equal(ok.stats.lastHeaders?.tracestate, 'vendor=abc', 'a valid one still is');
+  });
+}
+
 t.test('a request the sampler passes over still sends a traceparent upstream, marked not sampled; repeated trace headers as W3C Trace Context says', async (t) => {
   const otlp = await startOtlpReceiver();
   t.teardown(() => otlp.close());

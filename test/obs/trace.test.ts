@@ -2,7 +2,7 @@
 // exporter's bounded queue and failure counting, and the OTEL_* settings.
 import t from 'tap';
 import { createServer } from 'node:http';
-import { formatTraceparent, parseTraceparent } from '../../src/obs/trace/context.ts';
+import { formatTraceparent, parseTraceparent, validTracestate } from '../../src/obs/trace/context.ts';
 import { encodeTraces, otlpObject, unixNanos } from '../../src/obs/trace/otlp.ts';
 import { BatchExporter } from '../../src/obs/trace/exporter.ts';
 import { Tracer, TRACING_OFF } from '../../src/obs/trace/tracer.ts';
@@ -35,6 +35,13 @@ t.test('traceparent: the spec examples parse; malformed ones start a new trace',
     t.equal(parseTraceparent(bad), undefined, String(bad));
   }
   t.equal(formatTraceparent({ traceId: TID, spanId: SID }), `00-${TID}-${SID}-01`);
+});
+
+t.test('tracestate: printable ASCII up to 512 characters goes on; anything else is dropped', async (t) => {
+  t.equal(validTracestate('rojo=00f067aa0ba902b7,congo=t61rcWkgMzE'), 'rojo=00f067aa0ba902b7,congo=t61rcWkgMzE');
+  t.equal(validTracestate(`a=${'x'.repeat(510)}`)?.length, 512);
+  t.equal(validTracestate(undefined), undefined);
+  for (const bad of ['a=b\x7f', 'a=\u00e9', 'a=b\tc', `a=${'x'.repeat(511)}`]) t.equal(validTracestate(bad), undefined, JSON.stringify(bad.slice(0, 6)));
 });
 
 t.test('hostOf: the Host header as server.address and server.port', async (t) => {

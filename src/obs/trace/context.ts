@@ -31,6 +31,18 @@ function isLowerHex(s: string, from: number, to: number): boolean {
   return true;
 }
 
+/**
+ * An incoming `tracestate`, or undefined when it cannot go on to an upstream as it is: W3C
+ * Trace Context §3.3 allows printable ASCII only (list-members `key=value`, 32 at most, 512
+ * characters are what every hop must keep). Anything else (a DEL, a byte above 0x7e, a list
+ * of 60 KB) is dropped: passed on, undici refuses the header (UND_ERR_INVALID_ARG) or the
+ * upstream answers 431, and either would be counted against the deployment.
+ */
+export function validTracestate(header: string | undefined): string | undefined {
+  if (header === undefined || header.length > 512 || !/^[\x20-\x7e]*$/.test(header)) return undefined;
+  return header;
+}
+
 /** The parent a `traceparent` header names, or undefined when it is absent or invalid (then a new trace starts). */
 export function parseTraceparent(header: string | undefined): RemoteParent | undefined {
   if (header === undefined) return undefined;

@@ -19,7 +19,7 @@
 // span.ts, otlp.ts and exporter.ts (docs/tracing.md).
 import { hostname } from 'node:os';
 import type { Config } from '../../config/env.ts';
-import { parseTraceparent, type TraceContext } from './context.ts';
+import { parseTraceparent, validTracestate, type TraceContext } from './context.ts';
 import { BatchExporter, type SpanOutcome } from './exporter.ts';
 import { newTraceId } from './ids.ts';
 import { Span, SpanKind, epochMs, type AttrValue, type SpanData, type SpanSink } from './span.ts';
@@ -93,10 +93,10 @@ export class Tracer {
     const parent = parseTraceparent(traceparent);
     if (parent !== undefined && this.parentBased) {
       if (!parent.sampled) return undefined;
-      return new Span(this.sink, parent.traceId, parent.spanId, name, SpanKind.SERVER, startMs, tracestate, attributes);
+      return new Span(this.sink, parent.traceId, parent.spanId, name, SpanKind.SERVER, startMs, validTracestate(tracestate), attributes);
     }
     if (this.ratio < 1 && Math.random() >= this.ratio) return undefined;
-    if (parent !== undefined) return new Span(this.sink, parent.traceId, parent.spanId, name, SpanKind.SERVER, startMs, tracestate, attributes);
+    if (parent !== undefined) return new Span(this.sink, parent.traceId, parent.spanId, name, SpanKind.SERVER, startMs, validTracestate(tracestate), attributes);
     return new Span(this.sink, newTraceId(), undefined, name, SpanKind.SERVER, startMs, undefined, attributes);
   }
 
