@@ -304,6 +304,20 @@ t.test('no version, A and B with differently named inputs: a request goes to the
   await t.rejects(core.infer(A.manifest.name, undefined, req('pixels')), { code: 'invalid_request' });
 });
 
+t.test('no version, A and B with differently named inputs: a tensor fitting neither is judged by the arm whose input it names', async (t) => {
+  const { service } = fakeService();
+  const B2 = { ...B, manifest: { ...B.manifest, input: { ...B.manifest.input, name: 'pixels' } } };
+  // The split picks B this time; the request names A's input with a shape A does not take.
+  Object.assign(service, {
+    models: { A, B: B2 },
+    modelProblems: {},
+    choose: (_cookie: string | undefined, named?: 'A' | 'B'): ArmChoice => ({ arm: named ?? 'B', reason: named ? 'version' : 'weighted', pool: undefined as never, model: (named ?? 'B') === 'B' ? B2 : A }),
+  });
+  const core = new V2Core(service);
+  const req: InferRequest = { inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 2, 28, 28], data: { kind: 'raw', bytes: Buffer.alloc(2 * 784 * 4) } }], parameters: {} };
+  await t.rejects(core.infer(A.manifest.name, undefined, req), { code: 'invalid_request', message: /FP32 input input must have shape \[N,1,28,28\]/ }, "A's shape error, not 'no input input; its input is pixels'");
+});
+
 t.test('no version, A and B with the same input name but other shapes: an FP32 tensor goes to the arm its shape fits', async (t) => {
   const { service, runs } = fakeService();
   // B takes 3-channel NHWC 32x32 under the same input name.
@@ -377,7 +391,7 @@ t.test('binary_data that is not a boolean is 400, not ignored', async (t) => {
   t.equal(runs.length, 0);
 });
 
-t.test("a version that failed its model check has no config to describe: model_unavailable, as its metadata and requests", async (t) => {
+t.test("a version that failed its model check has no config to describe: model_unavailable, as its requests (its metadata stays readable)", async (t) => {
   const { service } = fakeService();
   (service as unknown as { modelProblems: Record<string, string> }).modelProblems['B'] = 'model B: output label is int64, not a float tensor';
   await t.rejects(new V2Core(service).modelConfig(A.manifest.name, B.manifest.version), { code: 'model_unavailable', message: /int64/ });

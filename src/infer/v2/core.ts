@@ -164,7 +164,11 @@ export class V2Core {
     // it named its version (no cookie, no shadow), unless the split gives that arm no traffic.
     const other: Arm = choice.arm === 'A' ? 'B' : 'A';
     const only = req.inputs.length === 1 ? req.inputs[0] : undefined;
-    if (named === undefined && only !== undefined && !takes(choice.model.manifest, only) && takes(service.models[other].manifest, only) && service.takesTraffic(other)) {
+    // Fitting neither, a request with the other arm's input name (and not this one's) is told what that arm takes,
+    // not that the model it just read the metadata of has no such input.
+    const otherManifest = service.models[other].manifest;
+    const forOther = (i: InputTensor): boolean => takes(otherManifest, i) || (i.name === otherManifest.input.name && i.name !== choice.model.manifest.input.name);
+    if (named === undefined && only !== undefined && !takes(choice.model.manifest, only) && forOther(only) && service.takesTraffic(other)) {
       choice = service.choose(undefined, other);
     }
     const manifest = choice.model.manifest;
