@@ -20,6 +20,10 @@ t.test('parseJsonBody: too deep is invalid_request; bad JSON is the parse error'
   t.throws(() => parseJsonBody(b('['.repeat(65) + ']'.repeat(65))), { code: 'invalid_request', message: /nests deeper than 64 levels/ });
   t.same(parseJsonBody(b('['.repeat(64) + ']'.repeat(64))) !== undefined, true, '64 levels parse');
   t.throws(() => parseJsonBody(b('{"a":')), SyntaxError);
+  const keys = (n: number) => b(`{${Array.from({ length: n }, (_, i) => `"k${i}":[1,2]`).join(',')}}`);
+  t.equal(Object.keys(parseJsonBody(keys(100_000)) as object).length, 100_000, '100,000 keys parse');
+  t.throws(() => parseJsonBody(keys(100_001)), { code: 'invalid_request', message: /more than 100000 object keys/ });
+  t.same(parseJsonBody(b(`{"a":"${':'.repeat(200_000)}","n":[${'1,'.repeat(200_000)}1]}`)) !== undefined, true, 'colons in strings and array values do not count');
 });
 
 t.test("a client's tool-call arguments nested past the limit are kept as text, not parsed (Ollama upstream)", async (t) => {
