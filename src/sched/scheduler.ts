@@ -176,7 +176,13 @@ export class Scheduler {
       const deadline = a.since + (a.tier?.maxQueueWaitMs ?? this.deps.scheduler.maxWaitMs);
       // A wait for a quota top-up after this one is a new one.
       topUpSince = undefined;
-      woken = await this.deps.queue.wait(a.group.name, a.priority, deadline, a.since, a.signal, woken?.seq, this.flags.priority_routing);
+      try {
+        woken = await this.deps.queue.wait(a.group.name, a.priority, deadline, a.since, a.signal, woken?.seq, this.flags.priority_routing);
+      } catch (err) {
+        // Timed out while an operator holds the queue: say so, not "no free deployment".
+        if (this.paused && err instanceof BrokerError && err.code === 'queue_timeout') throw new BrokerError('queue_timeout', `${err.message}: the queue is paused (POST /api/orchestrator/queue/resume)`, { retryAfter: err.retryAfter });
+        throw err;
+      }
     }
   }
 

@@ -118,3 +118,14 @@ t.test('queue pause and resume: requests wait while paused, none is lost', async
   t.equal((await get(tb, '/api/orchestrator/queue')).depth, 0);
 });
 
+t.test('a request that times out while the queue is paused is told the queue is paused', async (t) => {
+  const m = await startMock(t);
+  const tb = await broker({ scheduler: { maxWaitMs: 100 }, modelGroups: { g: { deployments: [{ id: 'q', provider: 'openai', url: m.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  await send(tb, 'POST', '/api/orchestrator/queue/pause');
+  const r = await chat(tb, 'g');
+  t.equal(r.status, 504);
+  t.match(JSON.parse(r.text).error, { code: 'queue_timeout', message: /the queue is paused \(POST \/api\/orchestrator\/queue\/resume\)/ });
+  await send(tb, 'POST', '/api/orchestrator/queue/resume');
+  t.equal((await chat(tb, 'g')).status, 200);
+});
+
