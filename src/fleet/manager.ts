@@ -964,6 +964,7 @@ export class FleetManager {
       breakers: this.pairs().map(([server, model]) => ({ server, model, state: STATE_NUM[this.breakers.get(pairKey(server, model))?.state ?? 'closed'] })),
       servers,
       bans: this.bans.list().length,
+      drainedDeployments: this.drained.size,
       queueMax: this.config.scheduler.maxQueue,
       queuePaused: this.paused,
     };

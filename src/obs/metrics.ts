@@ -12,6 +12,8 @@ export interface FleetGauges {
   readonly breakers: readonly { readonly server: string; readonly model: string; readonly state: 0 | 1 | 2 }[];
   readonly servers: Readonly<Record<'healthy' | 'unhealthy' | 'draining' | 'maintenance', number>>;
   readonly bans: number;
+  /** Deployments drained one by one (POST /api/industrial/capacity/{id}/drain). */
+  readonly drainedDeployments: number;
   readonly queueMax: number;
   readonly queuePaused: boolean;
 }
@@ -476,6 +478,15 @@ export function createMetrics(opts: { defaults?: boolean; thread?: string } = {}
       collect() {
         const f = sources.fleet();
         if (f !== undefined) this.set(f.bans);
+      },
+    }),
+    fleetDrainedDeployments: new Gauge({
+      name: 'fleet_drained_deployments',
+      help: 'Deployments drained one by one through the capacity API (a drained server counts in fleet_servers)',
+      registers: r,
+      collect() {
+        const f = sources.fleet();
+        if (f !== undefined) this.set(f.drainedDeployments);
       },
     }),
     queueMaxSize: new Gauge({

@@ -240,11 +240,14 @@ t.test('sticky routing: the same prompt prefix lands on the same deployment, and
   const pinned = first.deployment!;
   for (let i = 0; i < 10; i++) t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, pinned);
   t.ok((await metricValue(tb.url, 'broker_sticky_lookups_total', { result: 'hit' })) >= 10);
+  t.equal(await metricValue(tb.url, 'fleet_drained_deployments'), 0);
   const drained = await send(tb, 'POST', `/api/industrial/capacity/${pinned}/drain`, { draining: true });
   t.equal(drained.body.draining, true);
+  t.equal(await metricValue(tb.url, 'fleet_drained_deployments'), 1, 'the drain shows in a metric');
   const other = pinned === 'st-a' ? 'st-b' : 'st-a';
   for (let i = 0; i < 5; i++) t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, other, 'moved off the drained one');
   await send(tb, 'POST', `/api/industrial/capacity/${pinned}/drain`, { draining: false });
+  t.equal(await metricValue(tb.url, 'fleet_drained_deployments'), 0);
   t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, other, 'the new pin holds');
   const status = await get(tb, '/api/industrial/status');
   t.equal(status.stickyRouting.enabled, true);
