@@ -19,6 +19,9 @@ export const ERROR_TABLE = {
   context_length_exceeded: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: "the prompt does not fit the model's context window" },
   // OpenAI's code: clients and proxies drop the id and send the whole conversation on it.
   previous_response_not_found: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'the previous response is not stored here' },
+  // Anthropic's message threads (`thread` on /v1/messages): not kept here. Its error_code in
+  // `details` has the SDKs (the tool runner) send the whole conversation without `thread`.
+  thread_unsupported_request: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'message threads are not supported here: send the whole conversation without `thread`' },
   invalid_image: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'image_b64 is missing or not valid base64' },
   invalid_img_size: { http: 400, grpc: 'INVALID_ARGUMENT', openai: 'invalid_request_error', message: 'img_size does not fit the model' },
   unauthorized: { http: 401, grpc: 'UNAUTHENTICATED', openai: 'authentication_error', message: 'missing credentials' },

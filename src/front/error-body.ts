@@ -40,7 +40,7 @@ export interface OllamaErrorReplyBody {
 
 export interface AnthropicErrorReplyBody {
   type: 'error';
-  error: { type: string; message: string; code: string };
+  error: { type: string; message: string; code: string; details?: Record<string, unknown> };
   request_id: string;
 }
 
@@ -78,7 +78,10 @@ const ANTHROPIC_TOO_LONG = 'prompt is too long';
 
 export function anthropicErrorBody(code: string, message: string, requestId: string): AnthropicErrorReplyBody {
   const text = code === 'context_length_exceeded' && !message.startsWith(ANTHROPIC_TOO_LONG) ? `${ANTHROPIC_TOO_LONG}: ${message}` : message;
-  return { type: 'error', error: { type: anthropicErrorType(code), message: text, code }, request_id: requestId };
+  const error: AnthropicErrorReplyBody['error'] = { type: anthropicErrorType(code), message: text, code };
+  // What Anthropic's SDKs read to recover (ThreadState.recoversFrom: error.details.error_code).
+  if (code === 'thread_unsupported_request') error.details = { error_code: 'thread_unsupported_request', unsupported: [] };
+  return { type: 'error', error, request_id: requestId };
 }
 
 /** OpenAI's error `type` for one of our codes; a code not in the table is a server error. */

@@ -89,6 +89,11 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
   if (typeof model !== 'string' || model === '') throw invalidField('model', 'is required and must be a string');
   checkDepth(body);
   if (api === 'anthropic') {
+    // Message threads keep the conversation server-side: a `continue` carries only the new turn
+    // (no history, system or tools). Not kept here: refused, so the SDK resends it whole.
+    if (body.thread !== undefined && body.thread !== null) {
+      throw new BrokerError('thread_unsupported_request', 'message threads (`thread`) are not supported here: send the whole conversation without `thread`', { details: { field: 'thread' } });
+    }
     // As Anthropic's API: both are required there, and a client relying on that learns it here too.
     if (!Array.isArray(body.messages) || body.messages.length === 0) throw invalidField('messages', 'must be a non-empty array');
     if (body.max_tokens === undefined) throw invalidField('max_tokens', 'is required');
