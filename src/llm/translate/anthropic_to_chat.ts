@@ -77,7 +77,8 @@ function toolResultOf(c: unknown, field: string, ollama: boolean): { text: strin
     else if (o?.['type'] === 'tool_reference' && typeof o['tool_name'] === 'string') loaded.push(o['tool_name']);
     else if (o?.['type'] === 'image') images.push(imagePart(o, `${field}[${i}]`, ollama));
     else if (o?.['type'] === 'document') texts.push(documentText(o, `${field}[${i}]`));
-    else throw invalid(`${field}[${i}]`, 'must be a text, image, document or tool_reference block');
+    else if (o?.['type'] === 'search_result') texts.push(searchResultText(o, `${field}[${i}]`));
+    else throw invalid(`${field}[${i}]`, 'must be a text, image, document, search_result or tool_reference block');
   });
   if (loaded.length > 0) texts.push(`Tools loaded: ${loaded.join(', ')}`);
   return { text: texts.join('\n'), images };
@@ -151,6 +152,9 @@ function chatMessages(m: unknown, i: number, last: boolean, ollama: boolean): Op
       case 'document':
         parts.push({ type: 'text', text: documentText(b, field) });
         break;
+      case 'search_result':
+        parts.push({ type: 'text', text: searchResultText(b, field) });
+        break;
       case 'thinking':
       case 'redacted_thinking':
         break;
@@ -159,7 +163,7 @@ function chatMessages(m: unknown, i: number, last: boolean, ollama: boolean): Op
         // API (web search, web fetch, code execution, MCP): nothing here ran them, and a chat
         // upstream has no such turns; left out, as server tools in `tools` are.
         if (typeof b['type'] === 'string' && SERVER_TOOL_BLOCK.test(b['type'])) break;
-        throw invalid(`${field}.type`, `${String(b['type'])} is not supported (text, image, document with a text source, tool_use, tool_result)`);
+        throw invalid(`${field}.type`, `${String(b['type'])} is not supported (text, image, document with a text source, search_result, tool_use, tool_result)`);
     }
   }
   if (parts.length > 0 || calls.length > 0) {
@@ -235,6 +239,17 @@ function documentText(b: Record<string, unknown>, field: string): string {
   return [...head, text].join('\n');
 }
 
+/**
+ * A search_result block (a RAG tool's or the client's retrieved passage, for citations): its
+ * title, source and text blocks for a chat upstream, which has no citations.
+ */
+function searchResultText(b: Record<string, unknown>, field: string): string {
+  const c = b['content'];
+  if (!Array.isArray(c) || !c.every((x) => typeof (x as { text?: unknown } | null)?.text === 'string')) throw invalid(`${field}.content`, 'must be an array of text blocks');
+  const head = [b['title'], b['source']].filter((x): x is string => typeof x === 'string' && x !== '');
+  return [...head, ...c.map((x) => (x as { text: string }).text)].join('\n');
+}
+
 /** disable_parallel_tool_use: chat's parallel_tool_calls false. */
 function noParallel(tc: unknown): boolean {
   return tc !== null && typeof tc === 'object' && (tc as Record<string, unknown>)['disable_parallel_tool_use'] === true;
@@ -279,15 +294,16 @@ function thinkingOf(b: Record<string, unknown>): boolean | undefined {
   const t = b['thinking'];
   if (t === undefined || t === null) return undefined;
   const type = typeof t === 'object' ? (t as Record<string, unknown>)['type'] : undefined;
-  if (type === 'enabled' || type === 'adaptive') return true;
+  // between_tools (SDK 1.17): thinking between tool calls, as adaptive leaves it to the model.
+  if (type === 'enabled' || type === 'adaptive' || type === 'between_tools') return true;
   if (type === 'disabled') return false;
-  throw invalid('thinking.type', 'must be enabled, adaptive or disabled');
+  throw invalid('thinking.type', 'must be enabled, adaptive, between_tools or disabled');
 }
 
 /** The client asked for thinking blocks (a reply holds them only then, as Anthropic's). */
 function wantsThinking(request: Readonly<Record<string, unknown>> | undefined): boolean {
   const type = (request?.['thinking'] as Record<string, unknown> | null | undefined)?.['type'];
-  return type === 'enabled' || type === 'adaptive';
+  return type === 'enabled' || type === 'adaptive' || type === 'between_tools';
 }
 
 /** A Messages body → an OpenAI chat body (model left as sent; the provider translator sets it) for `provider`'s upstream. */

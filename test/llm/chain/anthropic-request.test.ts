@@ -179,3 +179,21 @@ t.test("Claude Code's client-run tool search: a deferred tool is offered once a 
   t.same((next.tools as any[]).map((x) => x.function.name), ['ToolSearch', 'mcp__notes__write_note'], 'the one found is offered, with its schema');
   t.match(next.messages.at(-1), { role: 'tool', tool_call_id: 'tu1', content: 'Tools loaded: mcp__notes__write_note' });
 });
+
+t.test('a search_result block (in a turn or a tool_result) is its title, source and text; thinking between_tools asks for thinking', async (t) => {
+  const sr = { type: 'search_result', source: 'https://docs.example/a', title: 'A', content: [{ type: 'text', text: 'first' }, { type: 'text', text: 'second' }] };
+  const r = chatRequest({
+    model: 'm',
+    max_tokens: 5,
+    thinking: { type: 'between_tools' },
+    messages: [
+      { role: 'user', content: [sr, { type: 'text', text: 'Sum up.' }] },
+      { role: 'assistant', content: [{ type: 'tool_use', id: 't1', name: 'search', input: { q: 'a' } }] },
+      { role: 'user', content: [{ type: 'tool_result', tool_use_id: 't1', content: [sr] }] },
+    ],
+  });
+  t.equal(r.messages[0]!.content, 'A\nhttps://docs.example/a\nfirst\nsecond\nSum up.');
+  t.match(r.messages[2], { role: 'tool', tool_call_id: 't1', content: 'A\nhttps://docs.example/a\nfirst\nsecond' });
+  t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: [{ ...sr, content: 'x' }] }] }), { code: 'invalid_request', details: { field: 'messages[0].content[0].content' } });
+  t.throws(() => chatRequest({ model: 'm', max_tokens: 5, thinking: { type: 'sometimes' }, messages: [{ role: 'user', content: 'x' }] }), { code: 'invalid_request', details: { field: 'thinking.type' } });
+});
