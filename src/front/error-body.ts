@@ -116,12 +116,14 @@ const BROKER_API = /^\/api\/(industrial|orchestrator|tracking|auth|audit|health|
  * The shape of an error on a path no route serves (or not with that method): Ollama's
  * under its /api/ (its clients print `error` as a string: the broker's object showed as
  * "[object Object]"), OpenAI's under the rest of /v1/ but /v1/infer, Anthropic's under /v1/messages (batches: the SDK reads
- * its shape; /v1/messages itself with another method than POST), KServe v2's under /v2
+ * its shape; /v1/messages itself with another method than POST) and for a request that says `anthropic-version`, KServe v2's under /v2
  * (its clients read `error` as a string; with data-plane threads a /v2 request is
  * forwarded, so its 405 or 413 is the thread's), the broker's elsewhere.
  */
-export function unmatchedErrorShape(path: string): ErrorShape {
+export function unmatchedErrorShape(path: string, headers?: Readonly<Record<string, string | undefined>>): ErrorShape {
   if (path === '/v1/messages' || path.startsWith('/v1/messages/')) return anthropicErrorShape;
+  // An Anthropic SDK's call of an API not served here (files, skills...): the shape it reads.
+  if (path.startsWith('/v1/') && headers?.['anthropic-version'] !== undefined) return anthropicErrorShape;
   if (path === '/v2' || path.startsWith('/v2/')) return v2ErrorShape;
   // OpenAI's paths (models.retrieve, files, batches...): its SDKs read `type` as OpenAI types it.
   if (path.startsWith('/v1/') && !path.startsWith('/v1/infer')) return openaiErrorShape;

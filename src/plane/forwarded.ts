@@ -26,7 +26,7 @@ export function serveForwarded(f: ControlFront, req: BrokerRequest, body: Uint8A
   const route = match.kind === 'found' ? match.route : undefined;
   // A 405 is counted and shaped as its path's route, as on the thread (server.ts).
   const named = route ?? (match.kind === 'method_not_allowed' ? match.route : undefined);
-  const sink = new BufferSink(req.id, named?.name ?? named?.path ?? 'unmatched', named?.errorShape ?? unmatchedErrorShape(req.path), f.logger);
+  const sink = new BufferSink(req.id, named?.name ?? named?.path ?? 'unmatched', named?.errorShape ?? unmatchedErrorShape(req.path, req.headers), f.logger);
   signal?.addEventListener('abort', () => sink.abort());
   const bytes = body === undefined ? Buffer.alloc(0) : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   const facts = route?.track === undefined ? undefined : f.recorder?.start(route.track, req.headers);

@@ -217,3 +217,20 @@ t.test('a request refused for a header or field counts once in the HTTP metrics 
   t.equal((await http()) - http0, 2, 'in the HTTP metrics');
   t.equal((await llm()) - llm0, 2, 'in llm_requests_total, as client errors of the group it names');
 });
+
+t.test("an Anthropic SDK's call of an API not served here (files) gets Anthropic's error shape and request-id; models.list says its request id", async (t) => {
+  const err = await anthropic.beta.files.list().then(
+    () => undefined,
+    (e: unknown) => e as InstanceType<typeof Anthropic.APIError>,
+  );
+  t.ok(err instanceof Anthropic.NotFoundError, 'a NotFoundError');
+  t.match(err?.error, { type: 'error', error: { type: 'not_found_error' } }, "Anthropic's shape");
+  t.ok(err?.requestID, 'the request-id header');
+  const page = await anthropic.models.list();
+  t.ok(page.data.some((m) => m.id === 'oa'));
+  const { response } = await anthropic.models.list().withResponse();
+  t.ok(response.headers.get('request-id'), 'request-id on the model list');
+  // An OpenAI client's unknown path keeps OpenAI's shape.
+  const r = await fetch(`${tb.url}/v1/files`);
+  t.match(await r.json(), { error: { type: 'invalid_request_error' } });
+});

@@ -166,7 +166,7 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
     metrics.httpActive.inc();
     // A 405 is counted and shaped as its path's route: GET /v1/chat/completions is that route's client mistake.
     const named = route ?? (match.kind === 'method_not_allowed' ? match.route : undefined);
-    const sink = new UwsSink(res, req, named?.name ?? named?.path ?? 'unmatched', named?.errorShape ?? unmatchedErrorShape(path), done, metrics, logger, accessLog, recorder);
+    const sink = new UwsSink(res, req, named?.name ?? named?.path ?? 'unmatched', named?.errorShape ?? unmatchedErrorShape(path, headers), done, metrics, logger, accessLog, recorder);
     sink.front = front;
     if (cors !== undefined) sink.cors = corsHeaders(cors, headers['origin']);
     // The client's `Connection: close` is answered with one (RFC 9112 §9.6): uWS closes after the
@@ -503,7 +503,7 @@ class UwsSink implements FrontSink {
     // x-request-id, the Anthropic SDKs' `request-id`.
     this.res.writeHeader('trace-id', this.req.id);
     this.res.writeHeader('x-request-id', this.req.id);
-    if (this.routeName === '/v1/messages' || this.errorShape === anthropicErrorShape) this.res.writeHeader('request-id', this.req.id);
+    if (this.routeName === '/v1/messages' || this.errorShape === anthropicErrorShape || this.req.headers['anthropic-version'] !== undefined) this.res.writeHeader('request-id', this.req.id);
     if (this.clientClose) this.res.writeHeader('connection', 'close');
     if (this.cors !== undefined) for (const k in this.cors) this.res.writeHeader(k, this.cors[k]!);
     for (const k in headers) this.res.writeHeader(k, headers[k]!);
