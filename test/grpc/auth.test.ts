@@ -8,6 +8,8 @@ import * as protoLoader from '@grpc/proto-loader';
 import { V2_PROTO } from '../../src/infer/v2/grpc.ts';
 import { startMock } from '../helpers/fleet.ts';
 import { clients, md, serverStream, startGrpcFleetBroker, textOf, unary } from '../helpers/grpc.ts';
+import { PROTO_FILES, PROTO_ROOT } from '../../src/front/grpc/protos.ts';
+import { metricValue } from '../helpers/broker.ts';
 
 t.test('AUTH_MODE=keys: UNAUTHENTICATED without a known key; a file key and a session pass', async (t) => {
   const m = await startMock(t, { tokens: 3 });
@@ -53,6 +55,42 @@ t.test('AUTH_MODE=keys: UNAUTHENTICATED without a known key; a file key and a se
   t.equal((await unary(v2, 'ModelInfer', infer)).error?.code, Status.UNAUTHENTICATED, 'ModelInfer without a key');
   const keyed = await unary(v2, 'ModelInfer', infer, md({ 'x-api-key': 'sk-grpc-1' }));
   t.same([keyed.error?.code, keyed.error?.metadata.get('x-broker-error-code')], [Status.UNAVAILABLE, ['inference_disabled']], 'ModelInfer with a key');
+});
+
+// grpc-js clients refuse to send authorization twice; C-core, Go and Java clients do not, and
+// Node's HTTP/2 layer kept only the first: the call was judged on it. The frames by hand.
+t.test('authorization twice (as a C-core client sends it) is INVALID_ARGUMENT, not judged on the first', async (t) => {
+  const m = await startMock(t, { tokens: 3 });
+  const tb = await startGrpcFleetBroker(t, { apiKeys: { 'sk-grpc-1': {} }, modelGroups: { g: { deployments: [{ id: 'g-1', provider: 'openai', url: m.url, model: 'm' }] } } }, { AUTH_MODE: 'keys' });
+  const { connect } = await import('node:net');
+  const chat = (grpc.loadPackageDefinition(protoLoader.loadSync([...PROTO_FILES], { keepCase: true, includeDirs: [PROTO_ROOT] })) as any).edge_broker.v1.ChatService.service.Chat;
+  const frame = (type: number, flags: number, stream: number, payload: Buffer): Buffer => {
+    const h = Buffer.alloc(9);
+    h.writeUIntBE(payload.length, 0, 3);
+    h[3] = type;
+    h[4] = flags;
+    h.writeUInt32BE(stream, 5);
+    return Buffer.concat([h, payload]);
+  };
+  // HPACK: each field a literal without indexing, new name, no Huffman (lengths under 127).
+  const hpack = (fields: Array<[string, string]>): Buffer => Buffer.concat(fields.flatMap(([k, v]) => [Buffer.from([0, k.length]), Buffer.from(k), Buffer.from([v.length]), Buffer.from(v)]));
+  const call = (auth: string[]): Promise<void> =>
+    new Promise((resolve) => {
+      const sock = connect(tb.broker.grpcPort, '127.0.0.1');
+      const message = chat.requestSerialize({ model: 'g', messages: [{ role: 'user', content: 'hello' }] }) as Buffer;
+      const prefix = Buffer.alloc(5);
+      prefix.writeUInt32BE(message.length, 1);
+      const headers = hpack([[':method', 'POST'], [':scheme', 'http'], [':path', chat.path], [':authority', 'x'], ['content-type', 'application/grpc'], ['te', 'trailers'], ...auth.map((a): [string, string] => ['authorization', a])]);
+      sock.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frame(4, 0, 0, Buffer.alloc(0)), frame(1, 4, 1, headers), frame(0, 1, 1, Buffer.concat([prefix, message]))]));
+      // The reply's trailers are HPACK-coded; what went upstream and the counters say enough.
+      setTimeout(() => (sock.destroy(), resolve()), 1500);
+    });
+  await call(['Bearer sk-grpc-1']);
+  t.equal(m.stats.requests['/v1/chat/completions'], 1, 'the frames by hand make a call: one key passes');
+  await call(['Bearer sk-grpc-1', 'Bearer sk-nope']);
+  await call(['Bearer sk-nope', 'Bearer sk-grpc-1']);
+  t.equal(m.stats.requests['/v1/chat/completions'], 1, 'neither call with two went upstream');
+  t.equal(await metricValue(tb.url, 'grpc_server_handled_total', { grpc_method: 'Chat', grpc_code: 'InvalidArgument' }), 2, 'both refused as the client\'s mistake');
 });
 
 t.test('refused keys spend the address rate, as on HTTP: guessing keys over gRPC is throttled (RESOURCE_EXHAUSTED)', async (t) => {

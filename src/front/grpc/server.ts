@@ -161,6 +161,7 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
   });
   o.logger.info({ grpc_port: port, tls: o.tls !== undefined }, 'gRPC listening');
   if (!deadlineHandshakes(server, o.handshakeTimeoutMs ?? 10_000)) o.logger.warn('gRPC: this grpc-js keeps its HTTP/2 servers elsewhere; connections that never finish their preface stay open');
+  if (!joinRepeatedAuthorization(server)) o.logger.warn('gRPC: this grpc-js keeps its HTTP/2 servers elsewhere; a call with authorization twice is judged on the first');
 
   let closing: Promise<number> | undefined;
   let endGrace: () => void = () => undefined;
@@ -201,9 +202,9 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
  * holds them (grpc-js 1.14); false when it is not there.
  */
 function deadlineHandshakes(server: grpc.Server, ms: number): boolean {
-  const servers = (server as unknown as { http2Servers?: Map<http2.Http2Server | http2.Http2SecureServer, unknown> }).http2Servers;
-  if (!(servers instanceof Map)) return false;
-  for (const s of servers.keys()) {
+  const servers = http2ServersOf(server);
+  if (servers === undefined) return false;
+  for (const s of servers) {
     // With TLS the HTTP/2 session exists only once the TLS handshake is done: a connection
     // that never starts it is timed from its TCP accept (Node's own TLS limit is 120 s).
     if (s instanceof tls.Server) deadlineTls(s, ms);
@@ -213,6 +214,31 @@ function deadlineHandshakes(server: grpc.Server, ms: number): boolean {
       const done = (): void => clearTimeout(timer);
       session.once('remoteSettings', done);
       session.once('close', done);
+    });
+  }
+  return true;
+}
+
+/** grpc-js's HTTP/2 servers (the field that holds them in grpc-js 1.14), or undefined when it is not there. */
+function http2ServersOf(server: grpc.Server): Iterable<http2.Http2Server | http2.Http2SecureServer> | undefined {
+  const servers = (server as unknown as { http2Servers?: Map<http2.Http2Server | http2.Http2SecureServer, unknown> }).http2Servers;
+  return servers instanceof Map ? servers.keys() : undefined;
+}
+
+/**
+ * Node's HTTP/2 layer keeps only the first of several `authorization` fields (a singleton
+ * header) before grpc-js reads them: a C-core, Go or Java client that sends two was judged on
+ * the first alone, where a proxy in front may read the other. Joined here, first, as grpc-js
+ * joins other repeated metadata, so that checkCall refuses it as it does `x-api-key` twice.
+ */
+function joinRepeatedAuthorization(server: grpc.Server): boolean {
+  const servers = http2ServersOf(server);
+  if (servers === undefined) return false;
+  for (const s of servers) {
+    s.prependListener('stream', (_stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, raw: string[]) => {
+      let values: string[] | undefined;
+      for (let i = 0; i + 1 < raw.length; i += 2) if (raw[i]!.toLowerCase() === 'authorization') (values ??= []).push(raw[i + 1]!);
+      if (values !== undefined && values.length > 1) headers['authorization'] = values.join(', ');
     });
   }
   return true;
