@@ -41,6 +41,10 @@ async function open(path: string, manifest: ModelManifest): Promise<Loaded> {
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
+    // onnxruntime writes its warnings (an initializer listed as a graph input, say) to stderr
+    // as coloured lines amid the JSON log: errors only; a model that cannot run is reported by
+    // the broker in its own words (broken, below).
+    logSeverityLevel: 3,
   });
   return { session, manifest };
 }
