@@ -91,6 +91,8 @@ export interface Broker {
   close(graceMs?: number): Promise<void>;
   /** Cuts a close's grace period short (a second signal): open requests and streams end now with their error. */
   hurry(): void;
+  /** Reads BROKER_CONFIG's file again and puts it in force (SIGHUP), as POST /api/orchestrator/config/reload; throws a BrokerError saying why not. */
+  reloadConfig(): { path: string; version: number };
 }
 
 export interface BrokerOptions {
@@ -562,6 +564,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     tracking,
     grpcPort: grpc?.port ?? 0,
     waitReady: () => infer?.waitReady() ?? Promise.resolve(),
+    reloadConfig: () => manager.reload(undefined, undefined),
     hurry() {
       hurried = true;
       infer?.abortQueued();

@@ -65,6 +65,19 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   });
 }
 
+// SIGHUP (a proxy's reload signal; also what a closed terminal sends): the fleet file is read
+// again and put in force, as POST /api/orchestrator/config/reload. Node's default ended the
+// process at once, cutting every stream.
+process.on('SIGHUP', () => {
+  if (broker === undefined || closing) return;
+  try {
+    const r = broker.reloadConfig();
+    broker.logger.info({ audit: 'config', actor: 'signal:SIGHUP', change: '/reload', path: r.path, version: r.version }, 'orchestrator: config');
+  } catch (err) {
+    broker.logger.warn({ signal: 'SIGHUP', err: (err as Error).message }, 'SIGHUP: the fleet file was not reloaded; the running config stays');
+  }
+});
+
 // Worker threads (data planes, inference) start with V8's 1 MiB semi-space, which grows to
 // 16 MiB under load and shrinks again at the first full GCs (about 100 s into a busy run),
 // then regrows: a 40 MiB RSS swing the soak read as growth (operations.md §10). Read by
