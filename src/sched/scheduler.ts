@@ -216,9 +216,20 @@ export class Scheduler {
     return true;
   }
 
-  /** Something became routable (a recovery, an undrain, a lifted ban on any thread): waiters try again. */
+  /**
+   * Routing changed (a recovery, an undrain, a lifted ban; a maintenance, a drain, a ban, on
+   * any thread): waiters try again, as many as there are free slots. A group none of whose
+   * deployments can take a request now has one waiter woken too: it finds nothing routable
+   * and passes that on (acquire), so its waiters learn it now (503, or their fallback), not at
+   * their queue timeout; a full group frees no slot to wake them with.
+   */
   wakeAll(): void {
-    for (const d of this.deployments.all()) this.wakeFree(d);
+    const open = new Map<string, boolean>();
+    for (const d of this.deployments.all()) {
+      this.wakeFree(d);
+      open.set(d.group, open.get(d.group) === true || (this.deps.capacity.route(d.slot) & BLOCKED) === 0);
+    }
+    for (const [group, any] of open) if (!any) this.deps.queue.wake(group, this.flags.priority_routing);
   }
 
   setLimit(id: string, limit: number): boolean {

@@ -118,6 +118,20 @@ t.test('queue pause and resume: requests wait while paused, none is lost', async
   t.equal((await get(tb, '/api/orchestrator/queue')).depth, 0);
 });
 
+t.test("requests waiting for a full group's slot learn at once when the group's every deployment goes into maintenance (503), not at their queue timeout", async (t) => {
+  const m = await startMock(t, { tokens: 60, tps: 20 });
+  const tb = await broker({ scheduler: { maxWaitMs: 60_000 }, modelGroups: { g: { deployments: [{ id: 'full', provider: 'openai', url: m.url, model: 'm', concurrencyLimit: 1 }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  const busy = chat(tb, 'g', { stream: true });
+  await until(async () => (m.stats.requests['/v1/chat/completions'] ?? 0) === 1, 'the slot taken');
+  const waiting = [chat(tb, 'g'), chat(tb, 'g')];
+  await until(async () => (await get(tb, '/api/orchestrator/queue')).depth === 2, 'two waiting');
+  t.equal((await send(tb, 'POST', '/api/orchestrator/servers/full/maintenance', { enabled: true, reason: 'now' })).status, 200);
+  const done = await Promise.all(waiting);
+  t.same(done.map((r) => [r.status, JSON.parse(r.text).error?.code]), [[503, 'upstream_unavailable'], [503, 'upstream_unavailable']], 'both told, long before their 60 s');
+  t.equal((await busy).status, 200, 'the stream in flight finished');
+  t.equal((await get(tb, '/api/orchestrator/queue')).depth, 0);
+});
+
 t.test('a request that times out while the queue is paused is told the queue is paused', async (t) => {
   const m = await startMock(t);
   const tb = await broker({ scheduler: { maxWaitMs: 100 }, modelGroups: { g: { deployments: [{ id: 'q', provider: 'openai', url: m.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
