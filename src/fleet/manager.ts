@@ -203,9 +203,11 @@ export class FleetManager {
     if (r.ok) {
       s.failStreak = 0;
       s.okStreak++;
-      s.lastError = null;
+      // Kept while the server is still unhealthy (its checks passing, not yet enough of them): the reason it is out.
+      if (s.health === 'healthy') s.lastError = null;
       if (s.health === 'unhealthy' && s.okStreak >= h.healthyThreshold) {
         s.health = 'healthy';
+        s.lastError = null;
         routesChanged = true;
         this.deps.logger.info({ server: s.config.id }, 'server healthy again');
       }

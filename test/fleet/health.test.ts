@@ -37,6 +37,27 @@ t.test('a killed server turns unhealthy, traffic goes elsewhere with no client e
   t.pass('a serves again after its restart');
 });
 
+t.test('a server back up but not yet through healthyThreshold checks stays unhealthy with the reason it went out', async (t) => {
+  const a = await spawnMock(t);
+  const b = await spawnMock(t);
+  const checks = { healthCheck: { intervalMs: 150, timeoutMs: 3000, unhealthyThreshold: 2, healthyThreshold: 4 } };
+  const tb = await broker({ fleet: checks, modelGroups: { g: { deployments: [{ id: 'a', provider: 'openai', url: a.url, model: 'm' }, { id: 'b', provider: 'openai', url: b.url, model: 'm' }] } } });
+  await until(async () => (await server(tb, 'a')).lastCheck !== null, 'a first health check');
+  await a.kill();
+  await until(async () => (await server(tb, 'a')).state === 'unhealthy', 'a marked unhealthy');
+  await a.restart();
+  // Its checks pass again (no failures in a row) while it is still out: 3 checks, 450 ms.
+  let between: any;
+  await until(async () => {
+    const s = await server(tb, 'a');
+    if (s.state === 'unhealthy' && s.consecutiveFailures === 0) between ??= s;
+    return s.state === 'healthy';
+  }, 'a healthy again');
+  t.ok(between !== undefined, 'seen passing its checks while still unhealthy');
+  t.match(between?.lastError, /ECONNREFUSED|timed out/, 'with the reason it went out, not null');
+  t.equal((await server(tb, 'a')).lastError, null, 'healthy: no error');
+});
+
 t.test('a 429 and a client that goes away do not trip a breaker', async (t) => {
   const busy = await startMock(t, { fail: '429' });
   const slow = await startMock(t, { ttftMs: 2000 });
