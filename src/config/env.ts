@@ -71,6 +71,8 @@ export interface Config {
   readonly llmMaxPromptChars: number;
   /** Stored Responses (previous_response_id): MiB each serving thread keeps in memory, 0 off. */
   readonly responsesStoreMb: number;
+  /** One owner's (API key's) share: MiB of its records each thread keeps, and it writes to Redis per TTL; 0: no share of its own. */
+  readonly responsesStoreOwnerMb: number;
   readonly responsesStoreTtlS: number;
   /** The Redis the replicas share stored Responses through; unset: each process keeps its own. */
   readonly responsesStoreRedisUrl: string | undefined;
@@ -226,6 +228,7 @@ export function loadConfig(env: Env = process.env): Config {
   if (!COOKIE_NAME.test(stickyCookie)) throw new ConfigError('STICKY_COOKIE', `is not a valid cookie name: "${stickyCookie}"`);
   const logLevel = str(env, 'LOG_LEVEL', 'info') as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError('LOG_LEVEL', `must be one of ${LOG_LEVELS.join(', ')}`);
+  const responsesStoreMb = int(env, 'RESPONSES_STORE_MB', 64, 0, 65_536);
   const grpcCert = str(env, 'GRPC_TLS_CERT', '');
   const grpcKey = str(env, 'GRPC_TLS_KEY', '');
   if ((grpcCert === '') !== (grpcKey === '')) throw new ConfigError(grpcCert === '' ? 'GRPC_TLS_CERT' : 'GRPC_TLS_KEY', 'GRPC_TLS_CERT and GRPC_TLS_KEY go together: set both or neither');
@@ -289,7 +292,9 @@ export function loadConfig(env: Env = process.env): Config {
     stickyTtlS: num(env, 'STICKY_TTL_S', 300, 1, 86_400),
     llmMaxMessages: int(env, 'LLM_MAX_MESSAGES', 4096, 1, 1_000_000),
     llmMaxPromptChars: int(env, 'LLM_MAX_PROMPT_CHARS', 4_000_000, 1, 1_000_000_000),
-    responsesStoreMb: int(env, 'RESPONSES_STORE_MB', 64, 0, 65_536),
+    responsesStoreMb,
+    // Off by default: a single-tenant broker (one key, or none) is one owner, whom a share would only shrink the store for.
+    responsesStoreOwnerMb: num(env, 'RESPONSES_STORE_OWNER_MB', 0, 0, 65_536),
     responsesStoreTtlS: int(env, 'RESPONSES_STORE_TTL_S', 86_400, 1, 30 * 86_400),
     responsesStoreRedisUrl: redisUrlOf(env, 'RESPONSES_STORE_REDIS_URL'),
     upstreamMaxBodyBytes: int(env, 'UPSTREAM_MAX_BODY_BYTES', 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024),

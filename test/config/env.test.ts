@@ -14,6 +14,10 @@ t.test('defaults', async (t) => {
   // Worker threads' young generation is pinned at V8's 16 MiB maximum (main.ts): no shrink-and-regrow under load.
   t.equal(c.threadSemiSpaceMb, 16);
   t.equal(loadConfig({ THREAD_SEMI_SPACE_MB: '0' }).threadSemiSpaceMb, 0);
+  // One caller's share of stored Responses: a quarter of the store unless told.
+  t.equal(c.responsesStoreOwnerMb, 0, 'off by default: one owner (a single-tenant broker) may fill the store');
+  t.equal(loadConfig({ RESPONSES_STORE_OWNER_MB: '16' }).responsesStoreOwnerMb, 16);
+  t.equal(loadConfig({ RESPONSES_STORE_OWNER_MB: '0.25' }).responsesStoreOwnerMb, 0.25, 'fractions');
 });
 
 t.test('bad values name the variable', async (t) => {
@@ -29,6 +33,7 @@ t.test('bad values name the variable', async (t) => {
     { LOG_LEVEL: 'loud' },
     { INFER_THREADS: '0' },
     { THREAD_SEMI_SPACE_MB: '-1' },
+    { RESPONSES_STORE_OWNER_MB: '-1' },
     { ADMIN_TOKEN: 'short' },
     { GRPC_TLS_CERT: '/nonexistent/cert.pem', GRPC_TLS_KEY: '/nonexistent/key.pem' },
     { GRPC_TLS_KEY: '/etc', GRPC_TLS_CERT: 'package.json' },

@@ -332,3 +332,87 @@ t.test('a response kept while Redis could not be reached (the same Redis, not re
   }
   t.same(found, record, 'written when A reached Redis again');
 });
+
+t.test("one caller past its share (RESPONSES_STORE_OWNER_MB) loses its own oldest responses, not another caller's: in each thread's memory", async (t) => {
+  const quiet = { warn() {}, info() {} } as unknown as Logger;
+  // A quarter of the store each: Alice alone writes four times what the store holds.
+  const store = new ResponseStore({ maxBytes: 1 << 20, ownerMaxBytes: 1 << 18, ttlSeconds: 60, logger: quiet });
+  t.teardown(() => store.close());
+  const id = (who: string, i: number): string => `resp_${who}${String(i).padStart(31, '0')}`;
+  const record = (owner: string, rid: string, size: number) => ({ owner, previous: null, chain: [], input: [{ role: 'user', content: 'x'.repeat(size) }], response: { id: rid, status: 'completed', output: [] } });
+  for (let i = 0; i < 3; i++) store.put(id('b', i), record('bob', id('b', i), 1_000));
+  store.put(id('a', 0), record('alice', id('a', 0), 50_000));
+  for (let i = 1; i < 80; i++) {
+    store.put(id('a', i), record('alice', id('a', i), 50_000));
+    // The first turn of a conversation in use (read each turn, as a continuation does) is not among its oldest.
+    t.ok(await store.get(id('a', 0), 'alice'), `alice's turn in use, after ${i} more`);
+  }
+  for (let i = 0; i < 3; i++) t.ok(await store.get(id('b', i), 'bob'), `bob's ${i} is still kept`);
+  const alices = (await store.records(Array.from({ length: 80 }, (_, i) => id('a', i)), 'alice')).map((r) => r !== undefined);
+  t.ok(alices[79] && alices[78], 'alice\'s newest are kept');
+  t.notOk(alices[1], "alice's oldest unused one went");
+  const kept = alices.filter(Boolean).length;
+  t.ok(kept * 50_000 <= 1 << 18 && kept >= 4, `alice keeps about her share: ${kept} of 50 kB`);
+  // One larger than a caller's share is not kept (it would push out all its others).
+  store.put(id('a', 90), record('alice', id('a', 90), 300_000));
+  t.equal(await store.get(id('a', 90), 'alice'), undefined);
+  t.ok(await store.get(id('a', 79), 'alice'), 'and pushed none of hers out');
+});
+
+t.test('RESPONSES_STORE_OWNER_MB: a caller sending large requests keeps a quarter of the store, not the others\' conversations', async (t) => {
+  const tb = await startFleetBroker(t, fleet, { INFER_ENABLED: 'false', AUTH_MODE: 'keys', RESPONSES_STORE_MB: '1', RESPONSES_STORE_OWNER_MB: '0.25' });
+  const alice = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-alice', maxRetries: 0 });
+  const bob = new OpenAI({ baseURL: `${tb.url}/v1`, apiKey: 'sk-bob', maxRetries: 0 });
+  const his = await bob.responses.create({ model: 'g', input: 'mine' });
+  const hers = [];
+  for (let i = 0; i < 12; i++) hers.push(await alice.responses.create({ model: 'g', input: `${i}`.repeat(100_000) }));
+  t.equal((await bob.responses.retrieve(his.id)).id, his.id, "bob's is kept");
+  t.equal(((await alice.responses.retrieve(hers[0]!.id).catch((e: unknown) => e)) as any).status, 404, "alice's oldest went");
+  t.equal((await alice.responses.retrieve(hers[11]!.id)).id, hers[11]!.id, 'her newest is kept');
+});
+
+t.test("one caller past its share writes no more to the shared Redis this window: another caller's are not evicted there; its own are kept in memory meanwhile", async (t) => {
+  const redis = await startRedis(t);
+  const rc = new Redis(redis.url);
+  t.teardown(() => rc.disconnect());
+  // A Redis for conversations alone, as advised: allkeys-lru, little room (1.5 MB past what it uses empty).
+  const used = Number(/used_memory:(\d+)/.exec(await rc.info('memory'))![1]);
+  await rc.config('SET', 'maxmemory', String(used + 1_500_000));
+  await rc.config('SET', 'maxmemory-policy', 'allkeys-lru');
+  const quiet = { warn() {}, info() {} } as unknown as Logger;
+  const a = new ResponseStore({ maxBytes: 64 << 20, ownerMaxBytes: 600_000, ttlSeconds: 60, logger: quiet, redisUrl: redis.url });
+  const b = new ResponseStore({ maxBytes: 64 << 20, ownerMaxBytes: 600_000, ttlSeconds: 60, logger: quiet, redisUrl: redis.url });
+  t.teardown(() => (a.close(), b.close()));
+  for (const s of [a, b]) {
+    for (const until = Date.now() + 10_000; Date.now() < until; ) {
+      if (await s.get('resp_none', 'anyone').then(() => true, () => false)) break;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  }
+  const id = (who: string, i: number): string => `resp_${who}${String(i).padStart(31, '0')}`;
+  const record = (owner: string, rid: string, size: number) => ({ owner, previous: null, chain: [], input: [{ role: 'user', content: 'x'.repeat(size) }], response: { id: rid, status: 'completed', output: [] } });
+  for (let i = 0; i < 3; i++) a.put(id('b', i), record('bob', id('b', i), 1_000));
+  // Alice writes 6 MB, four times what Redis has room for.
+  for (let i = 0; i < 40; i++) a.put(id('a', i), record('alice', id('a', i), 150_000));
+  // Replies come in order: this one's follows every write's.
+  await a.get('resp_none', 'anyone');
+  for (let i = 0; i < 3; i++) t.ok(await b.get(id('b', i), 'bob'), `bob's ${i}: in Redis, read on another replica`);
+  const inRedis = (await rc.keys('eb:resp:*')).length;
+  t.equal(inRedis, 3 + 3, "bob's 3 and alice's first 3 (her 600 kB budget), nothing else");
+  // Under her owner tag (her records' keys say it).
+  const tag = (await rc.keys(`eb:resp:*:${id('a', 0)}`))[0]!.split(':')[2];
+  const counter = `eb:resp-bytes:${tag}`;
+  let written = 0;
+  for (const k of await rc.keys(`eb:resp:${tag}:*`)) written += await rc.strlen(k);
+  t.equal(Number(await rc.get(counter)), written, "alice's bytes written, counted");
+  const window = await rc.pttl(counter);
+  t.ok(window > 0 && window <= 60_000, `for the TTL (${window} ms left)`);
+  t.ok(await b.get(id('a', 0), 'alice'), "alice's first ones: on every replica");
+  t.equal(await b.get(id('a', 39), 'alice'), undefined, 'past her budget: not on another replica');
+  t.ok(await a.get(id('a', 39), 'alice'), 'but on the one that made it, from its memory');
+  // The window over (here: its count gone), what she kept in memory is written when next read.
+  await rc.del(counter);
+  await a.get(id('a', 39), 'alice');
+  await a.get('resp_none', 'anyone');
+  t.ok(await b.get(id('a', 39), 'alice'), 'written once the budget allows');
+});

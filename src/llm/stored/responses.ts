@@ -17,6 +17,14 @@
 // its client got it; a turn's context is those turns' records, then its own. Each record is
 // kept under its owner and its id (cache.ts ownerOf: the caller that made it): another
 // caller's reads, continuations and deletes find nothing, and cannot overwrite it.
+//
+// One owner's share (RESPONSES_STORE_OWNER_MB): so that one caller's many or large
+// conversations do not push every other caller's out, in memory past its share an owner's own
+// least recently used records go (not another's); in Redis (shared by the replicas, where
+// a byte count of what each record holds now would need an index touched on every read) it
+// is a budget of bytes written per TTL: past it, the owner's new records are kept in this
+// process only (the next turn on another replica is 400 previous_response_not_found, as
+// without Redis), until the budget's window ends.
 import { hash } from 'node:crypto';
 import { BroadcastChannel } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
@@ -41,6 +49,8 @@ export interface StoredResponse {
 export interface ResponseStoreOptions {
   /** Bytes of records each thread keeps in memory; 0 turns the store off. */
   readonly maxBytes: number;
+  /** One owner's share: bytes of its records each thread keeps, and it writes to Redis per TTL; 0 (the default): none but maxBytes. */
+  readonly ownerMaxBytes?: number | undefined;
   readonly ttlSeconds: number;
   readonly logger: Logger;
   /** The Redis the replicas share conversations through (RESPONSES_STORE_REDIS_URL). */
@@ -50,6 +60,25 @@ export interface ResponseStoreOptions {
 }
 
 const REDIS_PREFIX = 'eb:resp:';
+/** An owner's bytes written to Redis in this window (`eb:resp-bytes:<owner tag>`, gone after the TTL). */
+const OWNER_BYTES_PREFIX = 'eb:resp-bytes:';
+/**
+ * A record's write, unless its owner's writes this window would pass its budget (-1: not
+ * written, nothing counted). KEYS: the record, its owner's byte count. ARGV: the record, its
+ * PX, the budget (0: none), the window's PX, 'NX' for a write-back (0: Redis has one).
+ */
+const PUT_WITHIN_BUDGET = `
+local size = string.len(ARGV[1])
+local budget = tonumber(ARGV[3])
+if budget > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') + size > budget then return -1 end
+local ok
+if ARGV[5] == 'NX' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') else ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+if not ok then return 0 end
+if budget > 0 then
+  redis.call('INCRBY', KEYS[2], size)
+  if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+end
+return 1`;
 /** Deletes announced to the other replicas' memory. */
 const DELETED_CHANNEL = 'eb:resp-deleted';
 /** A command's wait for Redis: a continuation waits this long at most on a hung one, then skips it this long. */
@@ -74,6 +103,11 @@ function keyOf(owner: string, id: string): string {
   return `${hash('sha256', owner, 'base64url').slice(0, 16)}:${id}`;
 }
 
+/** The owner tag a key starts with. */
+function tagOf(key: string): string {
+  return key.slice(0, key.indexOf(':'));
+}
+
 type BusMessage = { key: string; text: string } | { key: string; shared: true } | { key: string };
 
 export class ResponseStore {
@@ -96,13 +130,24 @@ export class ResponseStore {
   private readonly unshared = new Set<string>();
   /** Responses this process made (not read from Redis): what it writes back to a Redis restarted empty. */
   private readonly ours = new Set<string>();
+  /** One owner's share (0: none). */
+  private readonly ownerMax: number;
+  /**
+   * Each owner's records in this thread's memory and their sizes, least recently used first
+   * (a Map keeps insertion order: one used is put last again), and their sum: past the
+   * owner's share its first ones go.
+   */
+  private readonly owners = new Map<string, { bytes: number; keys: Map<string, number> }>();
 
   constructor(private readonly o: ResponseStoreOptions) {
     this.outage = new OutageLog(o.logger, 'stored responses: redis failed; responses are kept in this process only until it is back (logged once per outage)', 'stored responses: redis answers again');
+    this.ownerMax = Math.max(0, Math.floor(o.ownerMaxBytes ?? 0));
     this.lru =
       o.maxBytes > 0
         ? new LRUCache<string, string>({
             maxSize: o.maxBytes,
+            // One larger than its owner's share is not kept (it would push out all the owner's others, then itself).
+            maxEntrySize: this.ownerMax > 0 ? Math.min(this.ownerMax, o.maxBytes) : o.maxBytes,
             sizeCalculation: (v, k) => v.length + k.length,
             ttl: o.ttlSeconds * 1000,
             // A turn read (continued, retrieved) lives on: a conversation in use does not expire.
@@ -134,16 +179,60 @@ export class ResponseStore {
 
   /** In this thread's memory, as this process's own; `unshared` until Redis has it. */
   private remember(key: string, text: string, unshared: boolean): void {
-    this.lru!.set(key, text);
     // One past the LRU's bound is not kept: nothing to track.
-    if (!this.lru!.has(key)) return;
+    if (!this.keep(key, text)) return;
     this.ours.add(key);
     if (unshared) this.unshared.add(key);
+  }
+
+  /** In this thread's memory (false: too large to be); its owner's most recent. */
+  private keep(key: string, text: string): boolean {
+    this.lru!.set(key, text);
+    if (!this.lru!.has(key)) return false;
+    this.used(key, text.length + key.length);
+    return true;
+  }
+
+  /** From this thread's memory; its owner's most recent. */
+  private local(key: string): string | undefined {
+    const text = this.lru!.get(key);
+    if (text !== undefined) this.used(key);
+    return text;
+  }
+
+  /** `key` (of `size`, when it was just kept) is its owner's most recent: past the owner's share, the owner's least recently used go. */
+  private used(key: string, size?: number): void {
+    if (this.ownerMax === 0) return;
+    const tag = tagOf(key);
+    let o = this.owners.get(tag);
+    const had = o?.keys.get(key);
+    const now = size ?? had;
+    if (now === undefined) return;
+    if (o === undefined) this.owners.set(tag, (o = { bytes: 0, keys: new Map() }));
+    o.keys.delete(key);
+    o.keys.set(key, now);
+    o.bytes += now - (had ?? 0);
+    for (const k of o.keys.keys()) {
+      if (o.bytes <= this.ownerMax) break;
+      // Its dispose (forget) takes it off the owner's.
+      if (!this.lru!.delete(k)) this.unowned(k);
+    }
+  }
+
+  private unowned(key: string): void {
+    const tag = tagOf(key);
+    const o = this.owners.get(tag);
+    const size = o?.keys.get(key);
+    if (o === undefined || size === undefined) return;
+    o.keys.delete(key);
+    o.bytes -= size;
+    if (o.keys.size === 0) this.owners.delete(tag);
   }
 
   private forget(key: string): void {
     this.unshared.delete(key);
     this.ours.delete(key);
+    this.unowned(key);
   }
 
   /** Keeps a Response here, on the other threads and in Redis. */
@@ -159,11 +248,15 @@ export class ResponseStore {
   /** `again`: written back after Redis restarted, for what is left of its time, unless Redis has one (NX). */
   private share(key: string, text: string, again = false): void {
     const r = this.client();
+    const ttl = this.o.ttlSeconds * 1000;
     const left = again ? this.lru?.getRemainingTTL(key) : undefined;
-    const written = left !== undefined ? (left > 0 ? r.set(REDIS_PREFIX + key, text, 'PX', Math.ceil(left), 'NX') : Promise.resolve(null)) : r.set(REDIS_PREFIX + key, text, 'EX', this.o.ttlSeconds);
+    // Expired here meanwhile: nothing to write back.
+    const written = left !== undefined && left <= 0 ? Promise.resolve(1) : r.eval(PUT_WITHIN_BUDGET, 2, REDIS_PREFIX + key, OWNER_BYTES_PREFIX + tagOf(key), text, Math.ceil(left ?? ttl), this.ownerMax, ttl, left !== undefined ? 'NX' : '');
     written.then(
-      () => {
+      (done) => {
         this.redisAnswered();
+        // Past its owner's budget: kept here only (and tried again when read, or when Redis comes back).
+        if (Number(done) < 0) return;
         this.unshared.delete(key);
         this.bus?.postMessage({ key, shared: true } satisfies BusMessage);
       },
@@ -180,7 +273,7 @@ export class ResponseStore {
    */
   private async texts(keys: readonly string[]): Promise<Array<string | undefined>> {
     const lru = this.lru!;
-    if (this.o.redisUrl === undefined) return keys.map((k) => lru.get(k));
+    if (this.o.redisUrl === undefined) return keys.map((k) => this.local(k));
     let shared: Array<string | null>;
     try {
       if (Date.now() < this.skipRedisUntil) throw new Error('Redis timed out a moment ago: skipped');
@@ -197,7 +290,7 @@ export class ResponseStore {
       // A hung Redis (its connection open, nothing answering) would hold every continuation for the timeout.
       if ((err as Error).message === 'Command timed out') this.skipRedisUntil = Date.now() + HUNG_SKIP_MS;
       this.redisFailed(err as Error);
-      const local = keys.map((k) => lru.get(k));
+      const local = keys.map((k) => this.local(k));
       if (local.every((v) => v !== undefined)) return local;
       throw new BrokerError('upstream_unavailable', 'stored responses cannot be read now: Redis does not answer; retry', { cause: err });
     }
@@ -205,7 +298,7 @@ export class ResponseStore {
       const text = shared[i];
       if (text !== null && text !== undefined) {
         // Kept here too (served while Redis is away), its age started again as Redis's was.
-        lru.set(k, text);
+        this.keep(k, text);
         return text;
       }
       if (!this.unshared.has(k) && Date.now() < this.refillingUntil && lru.peek(k) === undefined) {
@@ -216,7 +309,7 @@ export class ResponseStore {
         if (lru.delete(k)) this.bus?.postMessage({ key: k } satisfies BusMessage);
         return undefined;
       }
-      const local = lru.get(k);
+      const local = this.local(k);
       if (local !== undefined) this.share(k, local);
       return local;
     });
