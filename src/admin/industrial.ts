@@ -283,10 +283,11 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
     {
       method: 'POST',
       path: `${P}/capacity/:id/drain`,
-      body: 'json',
+      // No body drains, as the docs say: `curl -X POST .../drain`.
+      body: 'json?',
       handle(ctx) {
         const id = ctx.params.id!;
-        const body = ctx.body as Record<string, unknown>;
+        const body = (ctx.body ?? {}) as Record<string, unknown>;
         // A misspelt field (`drainig: false`, meant as an undrain) drained: refused instead.
         for (const k of Object.keys(body)) if (k !== 'draining') throw new BrokerError('invalid_request', `unknown field ${k} (the body is {"draining": true | false})`, { details: { field: k } });
         const draining = body.draining ?? true;

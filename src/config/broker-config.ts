@@ -253,6 +253,9 @@ function apiKeyOf(name: string | undefined, path: string, env: Env): string | un
   if (name === undefined) return undefined;
   const v = env[name];
   if (v === undefined || v === '') throw new BrokerConfigError(path, `env var ${name} is not set`);
+  // Sent as `Authorization: Bearer <key>`: a control character (a secret file's trailing
+  // newline) makes undici refuse every request to the deployment before it is sent.
+  if (!/^[\x20-\x7e]+$/.test(v)) throw new BrokerConfigError(path, `env var ${name} holds a character an HTTP header cannot carry (a trailing newline?)`);
   return v;
 }
 

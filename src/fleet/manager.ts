@@ -966,7 +966,8 @@ export class FleetManager {
       breakers: this.pairs().map(([server, model]) => ({ server, model, state: STATE_NUM[this.breakers.get(pairKey(server, model))?.state ?? 'closed'] })),
       servers,
       bans: this.bans.list().length,
-      drainedDeployments: this.drained.size,
+      // Those the config still has: a drained one the file since removed is not there to come back.
+      drainedDeployments: [...this.drained].filter((id) => this.deps.governance.deployment(id) !== undefined).length,
       queueMax: this.config.scheduler.maxQueue,
       queuePaused: this.paused,
     };

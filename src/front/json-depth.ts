@@ -25,8 +25,18 @@ export function nestsDeeper(b: Buffer, max: number, start = 0, end = b.length): 
  */
 export const JSON_MAX_KEYS = 100_000;
 
+/**
+ * The object keys of the JSON text in `b` (a `:` outside strings), or undefined when it nests
+ * deeper than JSON_MAX_DEPTH or holds more than `maxKeys`: for JSON a client sends inside a
+ * string (tool-call arguments), which the front's scan of the body does not see.
+ */
+export function keysWithin(b: Buffer, maxKeys: number): number | undefined {
+  let n = 0;
+  return pastLimits(b, JSON_MAX_DEPTH, maxKeys, 0, b.length, (k) => (n = k)) === undefined ? n : undefined;
+}
+
 /** The first limit the JSON text passes: nesting deeper than `maxDepth`, or more than `maxKeys` object keys (a `:` outside strings). */
-function pastLimits(b: Buffer, maxDepth: number, maxKeys: number, start: number, end: number): 'depth' | 'keys' | undefined {
+function pastLimits(b: Buffer, maxDepth: number, maxKeys: number, start: number, end: number, counted?: (keys: number) => void): 'depth' | 'keys' | undefined {
   let depth = 0;
   let keys = 0;
   for (let i = start; i < end; i++) {
@@ -43,6 +53,7 @@ function pastLimits(b: Buffer, maxDepth: number, maxKeys: number, start: number,
       if (++depth > maxDepth) return 'depth';
     } else if (c === 0x5d || c === 0x7d) depth--;
   }
+  counted?.(keys);
   return undefined;
 }
 

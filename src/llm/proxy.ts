@@ -347,10 +347,7 @@ export class LlmProxy {
           timeline.upstream(sentAt, performance.now());
           // Neither a client gone nor the broker's shutdown says anything of the deployment's health.
           const stop = shutDown();
-          // undici refused the request before sending it (a header value it will not write): the
-          // broker's or the client's doing, never the deployment's, and no other deployment fares better.
-          const local = (err as { code?: unknown } | null)?.code === 'UND_ERR_INVALID_ARG';
-          gov.attemptFailed(lease, !sink.aborted && stop === undefined && !local);
+          gov.attemptFailed(lease, !sink.aborted && stop === undefined);
           lease = null;
           if (stop !== undefined) {
             upSpan?.fail('shutting_down').end();
@@ -363,7 +360,6 @@ export class LlmProxy {
             upSpan?.set('broker.aborted', true).end();
             return this.finish(facts, g, dep, 'aborted', req.startedAt, up.stream);
           }
-          if (local) throw new BrokerError('internal', `the request to deployment ${dep.config.id} could not be built: ${(err as Error).message}`, { cause: err });
           lastError = connectError(err, dep);
           this.countTimeout(dep, lastError);
           upSpan?.fail(lastError.code, lastError.message).end();

@@ -321,7 +321,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         if (group === undefined) {
           const err = notServed(fleet, name);
           if (!anthropic) throw err;
-          sink.send(404, { ...JSON_HEADERS, 'request-id': req.id }, JSON.stringify(anthropicErrorShape(err.code, err.message, req.id, 404, 'model')));
+          sink.send(404, JSON_HEADERS, JSON.stringify(anthropicErrorShape(err.code, err.message, req.id, 404, 'model')));
           return;
         }
         sink.send(200, JSON_HEADERS, JSON.stringify(anthropic ? anthropicModel(group.name) : { id: group.name, object: 'model', created: 0, owned_by: 'edge-broker' }));

@@ -25,6 +25,13 @@ t.test('a good config, with defaults and the key read from env', async (t) => {
   t.equal(b!.concurrencyLimit, 64);
 });
 
+t.test("a key env var with a character a header cannot carry (a secret file's trailing newline) stops the start, naming it", async (t) => {
+  // Sent on, undici refused every request to the deployment before it left.
+  const err = t.throws(() => parseBrokerConfig(good, 'x', { MY_KEY: 'sk-1\n' })) as BrokerConfigError;
+  t.equal(err.path, 'modelGroups.chat-small.deployments[1].apiKeyEnv');
+  t.match(err.message, /MY_KEY holds a character an HTTP header cannot carry \(a trailing newline\?\)/);
+});
+
 t.test('errors name the path of the bad field', async (t) => {
   const bad = (mutate: (c: any) => void): unknown => {
     const c = structuredClone(good) as any;

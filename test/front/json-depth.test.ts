@@ -42,6 +42,14 @@ t.test("a client's tool-call arguments nested past the limit are kept as text, n
   }
   t.notOk(parsed.includes(deep), 'never given to JSON.parse');
   t.same(sent.messages[0]!.tool_calls[0]!.function.arguments, { arguments: deep });
+  // Keys count too, over every call of the request: many small ones add up as one large one does.
+  const keys = (n: number) => `{${Array.from({ length: n }, (_, i) => `"k${i}":1`).join(',')}}`;
+  const many = { model: 'g', messages: [{ role: 'assistant', content: null, tool_calls: Array.from({ length: 3 }, (_, i) => ({ id: `c${i}`, type: 'function', function: { name: 'f', arguments: keys(40_000) } })) }] };
+  const split = chatRequest(many, 'm') as unknown as typeof sent;
+  const args = split.messages[0]!.tool_calls.map((c) => c.function.arguments as Record<string, unknown>);
+  t.equal(Object.keys(args[0]!).length, 40_000, 'within the budget: parsed');
+  t.equal(Object.keys(args[1]!).length, 40_000);
+  t.same(args[2], { arguments: keys(40_000) }, 'past 100,000 keys in all: kept as text');
   const ok = chatRequest(call('{"a":[1,{"b":2}]}'), 'm') as unknown as typeof sent;
   t.same(ok.messages[0]!.tool_calls[0]!.function.arguments, { a: [1, { b: 2 }] }, 'an ordinary object is parsed');
 });

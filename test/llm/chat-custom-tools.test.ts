@@ -108,12 +108,15 @@ t.test('allowed_tools: Ollama is offered only the tools it names; "none" offers 
   t.notOk('tools' in up.seen[2]!.body);
 });
 
-t.test('a custom tool without a name, or a tool_choice naming none, is a 400 naming the field', async (t) => {
+t.test('a custom tool without a name, or a tool_choice naming no tool (or none in tools), is a 400 naming the field', async (t) => {
   up.seen.length = 0;
   for (const [body, field] of [
     [{ tools: [{ type: 'custom', custom: { description: 'x' } }] }, 'tools[0].custom.name'],
     [{ tools, tool_choice: { type: 'custom', custom: {} } }, 'tool_choice.custom.name'],
     [{ tools, tool_choice: { type: 'allowed_tools', allowed_tools: { mode: 'auto' } } }, 'tool_choice.allowed_tools.tools'],
+    // Naming no offered tool: sent on, Ollama would get none and answer in text.
+    [{ tools, tool_choice: { type: 'custom', custom: { name: 'zzz' } } }, 'tool_choice'],
+    [{ tools, tool_choice: { type: 'allowed_tools', allowed_tools: { mode: 'required', tools: [] } } }, 'tool_choice.allowed_tools.tools'],
   ] as const) {
     const r = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'ol', messages: [{ role: 'user', content: 'x' }], ...body }) });
     t.equal(r.status, 400, field);

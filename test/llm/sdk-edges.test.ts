@@ -234,3 +234,9 @@ t.test("an Anthropic SDK's call of an API not served here (files) gets Anthropic
   const r = await fetch(`${tb.url}/v1/files`);
   t.match(await r.json(), { error: { type: 'invalid_request_error' } });
 });
+
+t.test("an unknown model asked by an Anthropic client: one request-id header, the SDK's requestID that id", async (t) => {
+  const err = (await anthropic.models.retrieve('zzz').catch((e: unknown) => e)) as InstanceType<typeof Anthropic.APIError>;
+  t.equal(err.status, 404);
+  t.match(err.requestID, /^[0-9a-f]+$/, 'one id, not two joined');
+});

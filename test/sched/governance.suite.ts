@@ -248,6 +248,10 @@ t.test('sticky routing: the same prompt prefix lands on the same deployment, and
   for (let i = 0; i < 5; i++) t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, other, 'moved off the drained one');
   await send(tb, 'POST', `/api/industrial/capacity/${pinned}/drain`, { draining: false });
   t.equal(await metricValue(tb.url, 'fleet_drained_deployments'), 0);
+  const bare = await fetch(`${tb.url}/api/industrial/capacity/${pinned}/drain`, { method: 'POST', headers: admin });
+  t.equal(bare.status, 200, 'no body drains, as documented');
+  t.equal(((await bare.json()) as any).draining, true);
+  await send(tb, 'POST', `/api/industrial/capacity/${pinned}/drain`, { draining: false });
   t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, other, 'the new pin holds');
   const status = await get(tb, '/api/industrial/status');
   t.equal(status.stickyRouting.enabled, true);

@@ -116,7 +116,7 @@ export class V2Core {
     const arm = named ?? 'A';
     const m = service.models[arm].manifest;
     if (!service.ready) throw new BrokerError('not_ready', 'inference workers are still loading the models');
-    // A model that failed its check is described by none of this (its metadata and requests say so too).
+    // A model that failed its check is described by none of this (its requests say so too; its metadata describes the graph as it is).
     const problem = service.modelProblems[arm];
     if (problem !== undefined) throw new BrokerError('model_unavailable', problem);
     const { channels: c, layout } = m.input;

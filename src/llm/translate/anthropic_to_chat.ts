@@ -294,9 +294,10 @@ function thinkingOf(b: Record<string, unknown>): boolean | undefined {
   const t = b['thinking'];
   if (t === undefined || t === null) return undefined;
   const type = typeof t === 'object' ? (t as Record<string, unknown>)['type'] : undefined;
-  // between_tools (SDK 1.17): thinking between tool calls, as adaptive leaves it to the model.
-  if (type === 'enabled' || type === 'adaptive' || type === 'between_tools') return true;
-  if (type === 'disabled') return false;
+  if (type === 'enabled' || type === 'adaptive') return true;
+  // between_tools (SDK 0.129): thinking off, the model's short notes between tool calls coming
+  // back as thinking blocks; the SDK itself degrades it to disabled on fallback hops.
+  if (type === 'disabled' || type === 'between_tools') return false;
   throw invalid('thinking.type', 'must be enabled, adaptive, between_tools or disabled');
 }
 

@@ -4,7 +4,7 @@
 //   stream:   /api/chat and /api/generate NDJSON lines → chat.completion.chunk / text_completion SSE events
 
 import { BrokerError } from '../../errors.ts';
-import { JSON_MAX_DEPTH, nestsDeeper } from '../../front/json-depth.ts';
+import { JSON_MAX_KEYS, keysWithin } from '../../front/json-depth.ts';
 import { SSE_DONE } from '../codec/sse.ts';
 import {
   argumentsJsonFromOllama,
@@ -81,13 +81,22 @@ function formatFromResponseFormat(rf: unknown): OllamaFormat | undefined {
   return undefined;
 }
 
-function parseArguments(args: unknown): Record<string, unknown> {
+/** Object keys the client's tool-call arguments (JSON in strings) may still hold, over the whole request. */
+interface KeyBudget {
+  keys: number;
+}
+
+function parseArguments(args: unknown, budget: KeyBudget): Record<string, unknown> {
   if (args === undefined || args === null || args === '') return {};
   if (typeof args === 'object' && !Array.isArray(args)) return args as Record<string, unknown>;
   if (typeof args === 'string') {
     try {
-      // A client's text: JSON.parse's time grows with the nesting, so a deep one is kept as text unparsed.
-      if (args.length > 1024 && nestsDeeper(Buffer.from(args), JSON_MAX_DEPTH)) throw new Error('nested too deep');
+      // A client's text: JSON.parse's time grows with the nesting and the keys (each is parsed,
+      // then written again for Ollama), so one past the front's limits is kept as text unparsed.
+      // Every call's counts: many small ones add up as one large one does.
+      const keys = keysWithin(Buffer.from(args), budget.keys);
+      if (keys === undefined) throw new Error('past the JSON limits');
+      budget.keys -= keys;
       const v: unknown = JSON.parse(args);
       if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
     } catch {
@@ -100,7 +109,7 @@ function parseArguments(args: unknown): Record<string, unknown> {
   throw new BrokerError('invalid_request', 'tool_calls[].function.arguments must be a JSON object or a string');
 }
 
-function ollamaMessage(m: unknown, toolNames: Map<string, string>, i: number): OllamaMessage {
+function ollamaMessage(m: unknown, toolNames: Map<string, string>, i: number, budget: KeyBudget): OllamaMessage {
   if (m === null || typeof m !== 'object') throw new BrokerError('invalid_request', 'messages[] must be objects');
   const msg = m as OpenAIMessage;
   const role = msg.role === 'developer' ? 'system' : String(msg.role);
@@ -136,7 +145,7 @@ function ollamaMessage(m: unknown, toolNames: Map<string, string>, i: number): O
       const custom = tc.type === 'custom' ? tc.custom : undefined;
       const name = String(custom !== undefined ? (custom.name ?? '') : (tc.function?.name ?? ''));
       if (typeof tc.id === 'string') toolNames.set(tc.id, name);
-      return { function: { name, arguments: custom !== undefined ? { input: String(custom.input ?? '') } : parseArguments(tc.function?.arguments) } };
+      return { function: { name, arguments: custom !== undefined ? { input: String(custom.input ?? '') } : parseArguments(tc.function?.arguments, budget) } };
     });
   }
   if (role === 'tool') {
@@ -154,9 +163,10 @@ export function chatRequest(body: unknown, upstreamModel: string): OllamaChatReq
   const messages = requireArray(b, 'messages');
   rejectUncarried(b, 'chat');
   const toolNames = new Map<string, string>();
+  const budget: KeyBudget = { keys: JSON_MAX_KEYS };
   const out: OllamaChatRequest = {
     model: upstreamModel,
-    messages: messages.map((m, i) => ollamaMessage(m, toolNames, i)),
+    messages: messages.map((m, i) => ollamaMessage(m, toolNames, i, budget)),
     // Ollama streams by default; OpenAI does not.
     stream: b['stream'] === true,
   };
@@ -207,6 +217,8 @@ function chatTools(tools: unknown, choice: unknown): unknown[] | undefined {
     const o = t as Record<string, unknown>;
     out.push(o['type'] === 'custom' && name !== undefined ? customTool(o['custom'] as Record<string, unknown>, name, `tools[${i}].custom`) : t);
   });
+  // A tool_choice that names no offered tool: OpenAI's 400, not a request sent without tools.
+  if (allowed !== undefined && out.length === 0) throw refuse(c!['type'] === 'allowed_tools' ? 'tool_choice.allowed_tools.tools' : 'tool_choice', 'names no tool in tools');
   return out.length > 0 ? out : undefined;
 }
 

@@ -180,7 +180,7 @@ t.test("Claude Code's client-run tool search: a deferred tool is offered once a 
   t.match(next.messages.at(-1), { role: 'tool', tool_call_id: 'tu1', content: 'Tools loaded: mcp__notes__write_note' });
 });
 
-t.test('a search_result block (in a turn or a tool_result) is its title, source and text; thinking between_tools asks for thinking', async (t) => {
+t.test('a search_result block (in a turn or a tool_result) is its title, source and text; thinking between_tools is thinking off (Ollama think: false)', async (t) => {
   const sr = { type: 'search_result', source: 'https://docs.example/a', title: 'A', content: [{ type: 'text', text: 'first' }, { type: 'text', text: 'second' }] };
   const r = chatRequest({
     model: 'm',
@@ -193,6 +193,7 @@ t.test('a search_result block (in a turn or a tool_result) is its title, source 
     ],
   });
   t.equal(r.messages[0]!.content, 'A\nhttps://docs.example/a\nfirst\nsecond\nSum up.');
+  t.equal(r['think'], false, 'between_tools: thinking turned off');
   t.match(r.messages[2], { role: 'tool', tool_call_id: 't1', content: 'A\nhttps://docs.example/a\nfirst\nsecond' });
   t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: [{ ...sr, content: 'x' }] }] }), { code: 'invalid_request', details: { field: 'messages[0].content[0].content' } });
   t.throws(() => chatRequest({ model: 'm', max_tokens: 5, thinking: { type: 'sometimes' }, messages: [{ role: 'user', content: 'x' }] }), { code: 'invalid_request', details: { field: 'thinking.type' } });
