@@ -31,16 +31,26 @@ function isLowerHex(s: string, from: number, to: number): boolean {
   return true;
 }
 
+/** What every hop must keep of a tracestate (W3C Trace Context §3.3.1.5); what the broker passes on at most. */
+const TRACESTATE_MAX = 512;
+
 /**
- * An incoming `tracestate`, or undefined when it cannot go on to an upstream as it is: W3C
- * Trace Context §3.3 allows printable ASCII only (list-members `key=value`, 32 at most, 512
- * characters are what every hop must keep). Anything else (a DEL, a byte above 0x7e, a list
- * of 60 KB) is dropped: passed on, undici refuses the header (UND_ERR_INVALID_ARG) or the
- * upstream answers 431, and either would be counted against the deployment.
+ * An incoming `tracestate` as it may go on to an upstream, or undefined. W3C Trace Context
+ * §3.3 allows printable ASCII (tabs as whitespace around the commas): anything else (a DEL, a
+ * byte above 0x7e) drops it, since undici refuses the header (UND_ERR_INVALID_ARG) and a
+ * request could not leave. Past 512 characters it is truncated as the spec says, members of
+ * more than 128 characters first, then from the end (a 60 KB list made the upstream answer 431).
  */
 export function validTracestate(header: string | undefined): string | undefined {
-  if (header === undefined || header.length > 512 || !/^[\x20-\x7e]*$/.test(header)) return undefined;
-  return header;
+  if (header === undefined || !/^[\t\x20-\x7e]*$/.test(header)) return undefined;
+  if (header.length <= TRACESTATE_MAX) return header;
+  const members = header.split(',').map((m) => m.trim()).filter((m) => m !== '' && m.length <= 128);
+  let out = '';
+  for (const m of members) {
+    if (out.length + (out === '' ? 0 : 1) + m.length > TRACESTATE_MAX) break;
+    out = out === '' ? m : `${out},${m}`;
+  }
+  return out === '' ? undefined : out;
 }
 
 /** The parent a `traceparent` header names, or undefined when it is absent or invalid (then a new trace starts). */
