@@ -68,15 +68,19 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
 // SIGHUP (a proxy's reload signal; also what a closed terminal sends): the fleet file is read
 // again and put in force, as POST /api/orchestrator/config/reload. Node's default ended the
 // process at once, cutting every stream.
-process.on('SIGHUP', () => {
-  if (broker === undefined || closing) return;
+let reloadWhenStarted = false;
+const reload = (): void => {
+  // While starting, the file may have been read before it changed: read again once started.
+  if (broker === undefined) return void (reloadWhenStarted = true);
+  if (closing) return;
   try {
     const r = broker.reloadConfig();
     broker.logger.info({ audit: 'config', actor: 'signal:SIGHUP', change: '/reload', path: r.path, version: r.version }, 'orchestrator: config');
   } catch (err) {
     broker.logger.warn({ signal: 'SIGHUP', err: (err as Error).message }, 'SIGHUP: the fleet file was not reloaded; the running config stays');
   }
-});
+};
+process.on('SIGHUP', reload);
 
 // Worker threads (data planes, inference) start with V8's 1 MiB semi-space, which grows to
 // 16 MiB under load and shrinks again at the first full GCs (about 100 s into a busy run),
@@ -96,6 +100,7 @@ try {
   process.exit(1);
 }
 if (stopRequestedAt !== undefined) stop();
+else if (reloadWhenStarted) reload();
 // The serving model (A) that does not fit its manifest cannot answer anything: say why and stop,
 // rather than run a broker whose every inference fails. (B's problem is logged; A serves.)
 broker.waitReady().catch((err: unknown) => {

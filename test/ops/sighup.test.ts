@@ -34,6 +34,8 @@ t.test('SIGHUP with a stream open: the fleet file is reloaded, the stream finish
     if (res === undefined) await new Promise((r) => setTimeout(r, 100));
   }
   t.equal(res?.status, 200, 'a stream is open', { output });
+  // The data-plane threads serve before the main thread has finished starting (a SIGHUP then is kept for after).
+  for (let i = 0; i < 300 && !output.includes('edge broker listening'); i++) await new Promise((r) => setTimeout(r, 50));
   const body = res!.text();
   t.equal((await chat('h')).status, 404, 'h is not served yet');
 
