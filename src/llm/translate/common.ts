@@ -44,12 +44,10 @@ export function isDataUrl(url: string): boolean {
   return DATA_URL.test(url);
 }
 
-/** An OpenAI image_url → the bare base64 Ollama wants. Only data: URLs can be inlined. */
-export function base64FromImageUrl(url: string): string {
+/** An OpenAI image_url (at `field` of the request) → the bare base64 Ollama wants. Only data: URLs can be inlined. */
+export function base64FromImageUrl(url: string, field: string): string {
   const m = DATA_URL.exec(url);
-  if (m === null) {
-    throw new BrokerError('invalid_request', 'image_url must be a data: URL (base64) when the model is served by Ollama');
-  }
+  if (m === null) throw new BrokerError('invalid_request', `${field} must be a data: URL (base64) when the model is served by Ollama`, { details: { field } });
   return url.slice(m[0].length);
 }
 
@@ -255,4 +253,59 @@ export function ollamaDurations(totalMs: number, firstTokenMs: number | null): {
   const total = Math.max(2, Math.round(totalMs * 1e6));
   const prompt = firstTokenMs === null ? 1 : Math.min(total - 1, Math.max(1, Math.round(firstTokenMs * 1e6)));
   return { total_duration: total, load_duration: 0, prompt_eval_duration: prompt, eval_duration: total - prompt };
+}
+
+// ---- custom (free-form) tools, Responses' and chat's, for chat upstreams that have functions only ----
+
+function invalidField(field: string, what: string): BrokerError {
+  return new BrokerError('invalid_request', `${field} ${what}`, { details: { field } });
+}
+
+/** A call's arguments as the JSON object the model was asked for; undefined when they are not one. */
+export function argumentsObject(args: string): Record<string, unknown> | undefined {
+  try {
+    const v = JSON.parse(args) as unknown;
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A custom tool's call → its free-form input: the `input` argument it was offered, else the
+ * one string argument the model named otherwise, else the arguments as written (a model that
+ * ignored the schema).
+ */
+export function customInput(args: string): string {
+  const o = argumentsObject(args);
+  if (o === undefined) return args;
+  if (typeof o['input'] === 'string') return o['input'];
+  const values = Object.values(o);
+  if (values.length === 0) return '';
+  return values.length === 1 && typeof values[0] === 'string' ? values[0] : args;
+}
+
+/**
+ * A custom tool (Responses', or chat's `custom` object) → a chat function of one string
+ * argument, `input`: Ollama's and most servers' chat have no free-form tools. A grammar (Lark or a regex) cannot bind
+ * a chat server's output, so the model is shown it in the argument's description.
+ */
+export function customTool(o: Record<string, unknown>, name: string, field: string): unknown {
+  const format = o['format'] as Record<string, unknown> | null | undefined;
+  if (format !== undefined && format !== null && (typeof format !== 'object' || (format['type'] !== 'text' && format['type'] !== 'grammar'))) {
+    throw invalidField(`${field}.format`, 'must be {"type": "text"} or a grammar format ({"type": "grammar", ...} with its syntax and definition)');
+  }
+  let what = 'The input, as free-form text (not JSON).';
+  if (format?.['type'] === 'grammar') {
+    // Responses says syntax and definition in the format; chat in its `grammar` object.
+    const chat = format['grammar'] !== null && typeof format['grammar'] === 'object';
+    const g = (chat ? format['grammar'] : format) as Record<string, unknown>;
+    if (typeof g['definition'] !== 'string') throw invalidField(`${field}.format${chat ? '.grammar' : ''}.definition`, 'is required in a grammar format: a string');
+    const syntax = g['syntax'] === 'regex' ? 'this regular expression' : 'this Lark grammar';
+    what = `The input, as free-form text (not JSON) matching ${syntax}:\n${g['definition']}`;
+  }
+  const fn: Record<string, unknown> = { name };
+  if (typeof o['description'] === 'string') fn['description'] = o['description'];
+  fn['parameters'] = { type: 'object', properties: { input: { type: 'string', description: what } }, required: ['input'], additionalProperties: false };
+  return { type: 'function', function: fn };
 }

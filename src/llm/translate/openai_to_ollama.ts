@@ -9,8 +9,9 @@ import { SSE_DONE } from '../codec/sse.ts';
 import {
   argumentsJsonFromOllama,
   base64FromImageUrl,
+  customInput,
+  customTool,
   finishFromOllama,
-  isDataUrl,
   ollamaOptionsFromOpenAI,
   openaiUsage,
   requireArray,
@@ -33,7 +34,6 @@ import type {
   ReplyContext,
   Usage,
 } from './types.ts';
-import { customInput, customTool } from './responses_to_chat.ts';
 
 // ---- request ----
 
@@ -129,8 +129,7 @@ function ollamaMessage(m: unknown, toolNames: Map<string, string>, i: number, bu
         const iu = part['image_url'] as string | { url?: unknown } | undefined;
         const url = typeof iu === 'string' ? iu : iu?.url;
         if (typeof url !== 'string') throw refuse(`${field}.image_url.url`, 'must be a string');
-        if (!isDataUrl(url)) throw refuse(`${field}.image_url.url`, 'must be a data: URL (base64) when the model is served by Ollama');
-        images.push(base64FromImageUrl(url));
+        images.push(base64FromImageUrl(url, `${field}.image_url.url`));
       } else {
         // input_audio, file, ...: left out, the model would answer without what the client sent.
         throw refuse(`${field}.type`, `${JSON.stringify(part?.type)} is not supported by this model (Ollama takes text and base64 images)`);

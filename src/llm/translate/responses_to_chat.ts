@@ -26,7 +26,7 @@
 
 import { createHash } from 'node:crypto';
 import { BrokerError } from '../../errors.ts';
-import { appendToolName, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
+import { appendToolName, argumentsObject, customInput, customTool, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
 import { keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
 import type { Api, OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
@@ -177,20 +177,6 @@ function withAliases(names: Map<string, ToolIdentity>, tools: readonly unknown[]
 }
 
 /**
- * A custom tool's call → its free-form input: the `input` argument it was offered, else the
- * one string argument the model named otherwise, else the arguments as written (a model that
- * ignored the schema).
- */
-export function customInput(args: string): string {
-  const o = argumentsObject(args);
-  if (o === undefined) return args;
-  if (typeof o['input'] === 'string') return o['input'];
-  const values = Object.values(o);
-  if (values.length === 0) return '';
-  return values.length === 1 && typeof values[0] === 'string' ? values[0] : args;
-}
-
-/**
  * Built-in tool types whose calls chat has no word for: those the Responses server runs itself
  * (search, files, code, images, MCP), and a computer or local shell the model drives in its own
  * item types. Offered, they are left out (Codex offers web_search on every turn).
@@ -299,31 +285,6 @@ function chatTool(o: Record<string, unknown>, name: string): unknown {
   if (typeof o['description'] === 'string') fn['description'] = o['description'];
   if (o['parameters'] !== undefined) fn['parameters'] = o['parameters'];
   if (typeof o['strict'] === 'boolean') fn['strict'] = o['strict'];
-  return { type: 'function', function: fn };
-}
-
-/**
- * A custom tool (Responses', or chat's `custom` object) → a chat function of one string
- * argument, `input`: Ollama's and most servers' chat have no free-form tools. A grammar (Lark or a regex) cannot bind
- * a chat server's output, so the model is shown it in the argument's description.
- */
-export function customTool(o: Record<string, unknown>, name: string, field: string): unknown {
-  const format = o['format'] as Record<string, unknown> | null | undefined;
-  if (format !== undefined && format !== null && (typeof format !== 'object' || (format['type'] !== 'text' && format['type'] !== 'grammar'))) {
-    throw invalid(`${field}.format`, 'must be {"type": "text"} or a grammar format ({"type": "grammar", ...} with its syntax and definition)');
-  }
-  let what = 'The input, as free-form text (not JSON).';
-  if (format?.['type'] === 'grammar') {
-    // Responses says syntax and definition in the format; chat in its `grammar` object.
-    const chat = format['grammar'] !== null && typeof format['grammar'] === 'object';
-    const g = (chat ? format['grammar'] : format) as Record<string, unknown>;
-    if (typeof g['definition'] !== 'string') throw invalid(`${field}.format${chat ? '.grammar' : ''}.definition`, 'is required in a grammar format: a string');
-    const syntax = g['syntax'] === 'regex' ? 'this regular expression' : 'this Lark grammar';
-    what = `The input, as free-form text (not JSON) matching ${syntax}:\n${g['definition']}`;
-  }
-  const fn: Record<string, unknown> = { name };
-  if (typeof o['description'] === 'string') fn['description'] = o['description'];
-  fn['parameters'] = { type: 'object', properties: { input: { type: 'string', description: what } }, required: ['input'], additionalProperties: false };
   return { type: 'function', function: fn };
 }
 
@@ -551,16 +512,6 @@ function callItem(id: string, t: { id: string; name: string; arguments: string }
 /** A tool_search call's arguments: the JSON object the model wrote, else its text as the query. */
 function searchArguments(args: string): unknown {
   return argumentsObject(args) ?? (args === '' ? {} : { query: args });
-}
-
-/** A call's arguments as the JSON object the model was asked for; undefined when they are not one. */
-function argumentsObject(args: string): Record<string, unknown> | undefined {
-  try {
-    const v = JSON.parse(args) as unknown;
-    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** A whole chat reply → the Response object. */
