@@ -62,11 +62,17 @@ export class AdmissionQueue<T> {
     return Math.max(0, this.maxSize - this.count);
   }
 
-  /** Throws overloaded unless `n` more fit (counted as one refusal); invalid_request when they never could. */
-  reserve(n: number): void {
-    if (n <= this.room) return;
+  /**
+   * Throws overloaded unless `n` more fit (counted as one refusal); invalid_request when they
+   * never could. Short of room, the items of requests that ended make room first, as in push();
+   * returns how many left the queue that way, for the pool's count of waiters.
+   */
+  reserve(n: number): number {
+    if (n <= this.room) return 0;
     // No retry would help (a 503 with Retry-After would say one might): the client must split it.
     if (n > this.maxSize) throw new BrokerError('invalid_request', `the request has ${n} items; the inference queue of model ${this.model} holds at most ${this.maxSize}: send them in requests of at most ${this.maxSize}`);
+    const left = this.dropCancelled();
+    if (n <= this.room) return left;
     this.rejectedFull++;
     throw new BrokerError('overloaded', `inference queue of model ${this.model} has room for ${this.room} of the request's ${n} items (${this.maxSize} places)`, { retryAfter: 1 });
   }

@@ -498,7 +498,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
       if (q instanceof BrokerError) return Promise.reject(q);
       if (images.length === 0) return Promise.resolve([]);
       try {
-        q.reserve(images.length);
+        waiting -= q.reserve(images.length);
       } catch (err) {
         return Promise.reject(err as BrokerError);
       }

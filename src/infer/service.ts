@@ -344,7 +344,10 @@ export class InferService {
       // A model refused at load (model_unavailable) was said once then; a run that fails is said each time.
       else if (e.details?.['runtime'] !== undefined && e.code === 'internal') this.deps.logger.error({ runtime: e.details['runtime'], model: manifest.name, arm }, 'the model failed to run');
       // Client mistakes say nothing about the model; only server-side failures count against B.
-      if (e.status >= 500) this.observe(arm, false, performance.now() - t0);
+      // Admission outcomes (B's own queue full, a wait past the queue's or the client's own
+      // timeout) say how loaded the arm's queue is, not how the model does: a burst of requests
+      // naming B's version must not roll the canary back.
+      if (e.status >= 500 && e.code !== 'overloaded' && e.code !== 'queue_timeout') this.observe(arm, false, performance.now() - t0);
       throw err;
     }
     const total = performance.now() - t0;
@@ -356,7 +359,9 @@ export class InferService {
     m.inferQueue.labels(manifest.name, arm).observe(worst.queueMs / 1000);
     m.inferDecode.labels(manifest.name, arm).observe(worst.decodeMs / 1000);
     m.inferCompute.labels(manifest.name, arm).observe(worst.inferMs / 1000);
-    this.observe(arm, true, total);
+    // The model's own time (decode and compute), not the queue's: a queue that only B's
+    // callers fill says nothing about B.
+    this.observe(arm, true, worst.decodeMs + worst.inferMs);
     if (shadowCopies !== undefined) {
       for (const [i, copy] of shadowCopies.entries()) this.shadow(copy, input.size, input.tensor, topLabel(results[i]!, manifest.labels));
     }

@@ -26,7 +26,7 @@ import { clientWantsUsage } from './translate/openai_to_openai.ts';
 import { classifyStreamError, classifyUpstreamError, retriable, type UpstreamErrorClass } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
 import { closedUnder } from '../fleet/upstreams.ts';
-import { contextTokensOf, tokensOfChars, type LlmRequest } from './request.ts';
+import { contextTokensOf, maxOutputTokensOf, tokensOfChars, type LlmRequest } from './request.ts';
 import { cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
 import { captureStream, captureWhole, withModel, type CachedReply } from './cache/entry.ts';
 import { replay } from './cache/replay.ts';
@@ -114,7 +114,7 @@ export class LlmProxy {
       if (hit !== undefined || sink.aborted) {
         if (hit !== undefined) span?.set('broker.cache', 'hit');
         try {
-          if (!sink.aborted) this.replayHit(hit!, req, group, sink, headers, timeline, clientStreams(req.api, admitted.body));
+          if (!sink.aborted) this.replayHit(hit!, req, group, sink, headers, timeline, clientStreams(req.api, admitted.body), admitted.body);
           else {
             // Gone while Redis was asked: counted, as a request gone anywhere else.
             this.deps.metrics.llmRequests.labels(group.name, 'none', 'aborted', 'aborted').inc();
@@ -186,7 +186,8 @@ export class LlmProxy {
     try {
       // The prompt's tokens as admission estimated them (characters / 4): what a request with no usage from its upstream is charged.
       const promptEstimate = tokensOfChars(req.promptChars);
-      const estimate = contextTokensOf(req);
+      // The output limit that goes upstream: a QoS tier may have capped the client's.
+      const estimate = contextTokensOf(admitted.body === req.body ? req : { ...req, maxTokens: maxOutputTokensOf(admitted.body, api) });
       const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
       // A fallback group is one more group the request uses: its QoS tier must allow it too.
       const usable = (g: ModelGroupConfig): boolean => fits(g) && tierAllows(admitted.tier, g.name);
@@ -274,7 +275,8 @@ export class LlmProxy {
             lastError = untranslatable = undefined;
           }
           // Every deployment of the group failed or none can take it: the fallback groups.
-          if ((code === 'upstream_unavailable' || code === 'capacity_exhausted') && (queue.length > 0 || (g.fallbacks?.length ?? 0) > 0)) {
+          // A deployment quota spent on every deployment of the group is "none available" too.
+          if ((code === 'upstream_unavailable' || code === 'capacity_exhausted' || code === 'quota_exceeded') && (queue.length > 0 || (g.fallbacks?.length ?? 0) > 0)) {
             if (lastError === undefined || clientFault(lastError)) lastError = err as BrokerError;
             queue = [...fallbacksOf(g.fallbacks, false), ...queue];
             why = 'failure';
@@ -284,7 +286,7 @@ export class LlmProxy {
           // A retry that finds no lease (none left, the group full, or the request's queue wait
           // spent by the attempt that failed): the last upstream failure says what happened, not
           // "none left" or "waited 5013 ms for a free deployment".
-          const afterFailure = tried.size > 0 && lastError !== undefined && !clientFault(lastError) && (code === 'queue_timeout' || code === 'capacity_exhausted');
+          const afterFailure = tried.size > 0 && lastError !== undefined && !clientFault(lastError) && (code === 'queue_timeout' || code === 'capacity_exhausted' || code === 'quota_exceeded');
           const exhausted = code === 'upstream_unavailable' || afterFailure;
           const reason = exhausted ? exhaustedReason(lastError, tried.size > 0) : code;
           m.llmRequests.labels(g.name, exhausted ? failedOn(g.name) : 'none', coarse(reason), reason).inc();
@@ -604,10 +606,10 @@ export class LlmProxy {
   }
 
   /** A cache hit, replayed in the client's API and mode; no upstream, no lease. */
-  private replayHit(hit: CachedReply, req: LlmRequest, group: ModelGroupConfig, sink: ReplySink, headers: Record<string, string>, timeline: Timeline, stream: boolean): void {
+  private replayHit(hit: CachedReply, req: LlmRequest, group: ModelGroupConfig, sink: ReplySink, headers: Record<string, string>, timeline: Timeline, stream: boolean, sent: Readonly<Record<string, unknown>>): void {
     headers['x-broker-cache'] = 'hit';
     // The model name the stored reply gave its client: a hit answers as the miss did.
-    const r = replay(req.api, req.kind, stream, hit, { model: hit.model ?? req.model, id: req.replyId, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now(), elapsedMs: performance.now() - req.startedAt, request: req.body });
+    const r = replay(req.api, req.kind, stream, hit, { model: hit.model ?? req.model, id: req.replyId, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now(), elapsedMs: performance.now() - req.startedAt, request: sent });
     const overhead = overheadHeader(timeline.clientFirstByte());
     // A replayed stream is complete at once: one write, with its length, like a whole reply.
     sink.send(200, { 'content-type': r.contentType, ...(stream ? { 'cache-control': 'no-cache' } : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);

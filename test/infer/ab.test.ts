@@ -107,6 +107,42 @@ t.test('canary rolls itself back when B fails', async (t) => {
   }
 });
 
+t.test('canary: a burst that fills B\'s own queue is not held against B', async (t) => {
+  // B's queue holds 8 items: 8-item v2 requests naming B's version fill it, and the rest are
+  // refused (503 overloaded) before any compute, as are those whose own deadline passes while
+  // queued. Those say how loaded B's queue is; B's model does nothing wrong.
+  const dir = mkdtempSync(join(tmpdir(), 'eb-canary-flood-'));
+  cpSync('models/vB.onnx', join(dir, 'vB.onnx'));
+  const manifest = JSON.parse(readFileSync('models/vB.json', 'utf8'));
+  manifest.queue = { max_size: 8, timeout_ms: 10000 };
+  writeFileSync(join(dir, 'vB.json'), JSON.stringify(manifest));
+  const tb = await startTestBroker({ MODEL_VB_PATH: join(dir, 'vB.onnx'), CANARY_ENABLED: 'true', CANARY_PERCENT: '50', CANARY_MIN_REQUESTS: '10', INFER_THREADS: '1' });
+  t.teardown(() => tb.close());
+  const { A } = tb.broker.infer!.models;
+  const burst = { inputs: [{ name: 'input', datatype: 'BYTES', shape: [8], data: Array.from({ length: 8 }, (_, i) => img(i)) }] };
+  const codes = new Map<string, number>();
+  for (let round = 0; round < 6; round++) {
+    const normal = mapLimit(Array.from({ length: 10 }, (_, i) => i), 2, async (i) => {
+      const res = await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) });
+      return res.status === 200 ? '200' : `${res.status}:${res.body.error?.code}`;
+    });
+    const flood = await mapLimit(Array.from({ length: 30 }, (_, i) => i), 30, async (i) => {
+      const body = i % 2 === 0 ? burst : { ...burst, parameters: { timeout: 1 } };
+      const res = await postJson(`${tb.url}/v2/models/${A.manifest.name}/versions/2.0.0/infer`, body);
+      return res.status === 200 ? '200' : `${res.status}:${res.body.code}`;
+    });
+    for (const c of flood) codes.set(c, (codes.get(c) ?? 0) + 1);
+    // Split to B, normal traffic meets the same full queue: refused, not failed.
+    for (const c of await normal) if (c !== '200' && c !== '503:overloaded') t.fail(`normal traffic: ${c}`);
+  }
+  t.ok((codes.get('503:overloaded') ?? 0) > 0, `B's queue refused some of the burst: ${JSON.stringify([...codes])}`);
+  t.ok((codes.get('504:queue_timeout') ?? 0) > 0, `some waited past their own deadline: ${JSON.stringify([...codes])}`);
+  const cfg = await json(await fetch(`${tb.url}/admin/config`, { headers: admin }));
+  t.equal(cfg.canary_rollback, null, 'no rollback');
+  t.equal(cfg.canary_percent, 50, 'B keeps its share');
+  t.equal(await metricValue(tb.url, 'inference_canary_rollbacks_total'), 0);
+});
+
 t.test('promote: arm A answers with B model, without failing in-flight requests', async (t) => {
   const tb = await startTestBroker({ AB_WEIGHT_A: '1', AB_WEIGHT_B: '0' });
   t.teardown(() => tb.close());

@@ -165,6 +165,20 @@ t.test('admission: a request of several items fits whole or is refused whole', (
   t.end();
 });
 
+t.test('admission: the items of requests that ended make room for a request of several items', (t) => {
+  const { q, pending } = admissionQueue(10_000);
+  let gone = false;
+  for (let i = 0; i < 6; i++) q.push({ ...pending(`ended${i}`, 0), cancelled: () => gone });
+  for (let i = 0; i < 2; i++) q.push(pending(`w${i}`, 0));
+  t.throws(() => q.reserve(4), { code: 'overloaded' }, 'eight waiting: no room for four');
+  gone = true;
+  q.noteCancelled();
+  t.equal(q.reserve(4), 6, 'the six items whose request ended leave, and the four fit');
+  t.equal(q.size, 2);
+  t.equal(q.rejectedFull, 1, 'only the first was refused');
+  t.end();
+});
+
 t.test('admission: full, a higher priority sheds the newest of the lowest level below it; an ended request makes room first', (t) => {
   const { q, rejected, pending } = admissionQueue(10_000);
   const at = (value: string, priority: number, cancelled = false): Pending<string> => ({ ...pending(value, 0), priority, ...(cancelled ? { cancelled: () => true } : {}) });

@@ -24,11 +24,13 @@ export interface CachedReply {
    * entries stored before it was kept: the group's name then.
    */
   readonly model?: string;
+  /** Ollama /api/generate: the done line's `context` (the conversation's tokens, sent back by clients on their next turn). */
+  readonly context?: readonly number[];
 }
 
 /** Approximate bytes an entry holds (what the LRU's byte bound counts). */
 export function entryBytes(e: CachedReply): number {
-  let n = 64 + (e.model?.length ?? 0) * 2;
+  let n = 64 + (e.model?.length ?? 0) * 2 + (e.context?.length ?? 0) * 8;
   for (const c of e.chunks) n += CHUNK_BYTES + c.length * 2;
   return n;
 }
@@ -77,6 +79,10 @@ function openaiChoiceReplayable(c: Json | undefined): boolean {
     // Reasoning: an Ollama model's thinking translated (reasoning_content), vLLM's and DeepSeek's own.
     for (const k of ['reasoning_content', 'reasoning']) if (typeof d[k] === 'string' && d[k] !== '') return false;
     if (Array.isArray(d['annotations']) && d['annotations'].length > 0) return false;
+    // Audio output (gpt-4o-audio: its transcript and data are in delta.audio / message.audio), or
+    // content as parts (Mistral's thinking chunks): replay writes only text content.
+    if (d['audio'] !== undefined && d['audio'] !== null) return false;
+    if (d['content'] !== undefined && d['content'] !== null && typeof d['content'] !== 'string') return false;
   }
   return true;
 }
@@ -89,6 +95,8 @@ function ollamaReplayable(j: Json): boolean {
     if (Array.isArray(m['images']) && m['images'].length > 0) return false;
   }
   if (typeof j['thinking'] === 'string' && j['thinking'] !== '') return false;
+  // Ollama's log-probabilities (logprobs: true): replay does not write them.
+  if (Array.isArray(j['logprobs']) && j['logprobs'].length > 0) return false;
   return true;
 }
 
@@ -108,6 +116,7 @@ export function captureStream(api: ClientApi, kind: Kind, text: string, tokens: 
   let finish: string | null = null;
   let prompt = tokens.prompt;
   let completion = tokens.completion;
+  let context: number[] | undefined;
   if (api === 'openai') {
     let done = false;
     for (const data of sseData(text)) {
@@ -148,12 +157,17 @@ export function captureStream(api: ClientApi, kind: Kind, text: string, tokens: 
         finish = ollamaFinish(j['done_reason']);
         if (typeof j['prompt_eval_count'] === 'number') prompt = j['prompt_eval_count'];
         if (typeof j['eval_count'] === 'number') completion = j['eval_count'];
+        if (isContext(j['context'])) context = j['context'];
       }
     }
     if (!done) return null;
   }
   if (finish === null || finish === 'tool_calls' || finish === 'function_call') return null;
-  return { v: 1, kind, chunks, finish, promptTokens: prompt, completionTokens: completion };
+  return { v: 1, kind, chunks, finish, promptTokens: prompt, completionTokens: completion, ...(context !== undefined ? { context } : {}) };
+}
+
+function isContext(v: unknown): v is number[] {
+  return Array.isArray(v) && v.every((x) => typeof x === 'number');
 }
 
 /** A whole reply as the client received it → an entry; null when a replay could not reproduce it. */
@@ -176,7 +190,7 @@ export function captureWhole(api: ClientApi, kind: Kind, text: string): CachedRe
   if (!ollamaReplayable(j) || j['done'] !== true) return null;
   const t = kind === 'chat' ? (j['message'] as Json | undefined)?.['content'] : j['response'];
   if (typeof t !== 'string') return null;
-  return { v: 1, kind, chunks: [t], finish: ollamaFinish(j['done_reason']), promptTokens: num(j['prompt_eval_count']), completionTokens: num(j['eval_count']) };
+  return { v: 1, kind, chunks: [t], finish: ollamaFinish(j['done_reason']), promptTokens: num(j['prompt_eval_count']), completionTokens: num(j['eval_count']), ...(isContext(j['context']) ? { context: j['context'] } : {}) };
 }
 
 function num(v: unknown): number {
@@ -345,5 +359,5 @@ export function withModel(e: CachedReply | null, text: string): CachedReply | nu
 export function isCachedReply(v: unknown): v is CachedReply {
   if (v === null || typeof v !== 'object') return false;
   const e = v as Record<string, unknown>;
-  return e['v'] === 1 && (e['kind'] === 'chat' || e['kind'] === 'completion') && Array.isArray(e['chunks']) && e['chunks'].every((c) => typeof c === 'string') && typeof e['finish'] === 'string' && typeof e['promptTokens'] === 'number' && typeof e['completionTokens'] === 'number' && (e['model'] === undefined || typeof e['model'] === 'string');
+  return e['v'] === 1 && (e['kind'] === 'chat' || e['kind'] === 'completion') && Array.isArray(e['chunks']) && e['chunks'].every((c) => typeof c === 'string') && typeof e['finish'] === 'string' && typeof e['promptTokens'] === 'number' && typeof e['completionTokens'] === 'number' && (e['model'] === undefined || typeof e['model'] === 'string') && (e['context'] === undefined || isContext(e['context']));
 }

@@ -99,7 +99,7 @@ export function replay(api: ClientApi, kind: Kind, stream: boolean, e: CachedRep
   // The time the hit took, at least 2 ns: nothing was evaluated (1 ns), the rest is eval.
   // Ollama clients compute tokens/s as eval_count / eval_duration: never 0.
   const total = Math.max(2, Math.round((ctx.elapsedMs ?? 0) * 1e6));
-  const tail = '"done_reason":"' + doneReason + '","done":true,"total_duration":' + total + ',"load_duration":0,"prompt_eval_count":' + e.promptTokens + ',"prompt_eval_duration":1,"eval_count":' + e.completionTokens + ',"eval_duration":' + (total - 1) + '}';
+  const tail = '"done_reason":"' + doneReason + '","done":true,"total_duration":' + total + ',"load_duration":0,"prompt_eval_count":' + e.promptTokens + ',"prompt_eval_duration":1,"eval_count":' + e.completionTokens + ',"eval_duration":' + (total - 1) + (e.context !== undefined ? ',"context":' + JSON.stringify(e.context) : '') + '}';
   if (!stream) return { contentType: 'application/json', body: head + piece(JSON.stringify(text)) + tail };
   let out = '';
   for (const q of quotedChunks(e)) out += head + piece(q) + '"done":false}\n';
