@@ -338,6 +338,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       queueStats: async () => (await admin.processStats()).queue,
       inFlight: () => capacity.ids().map((id) => capacity.stats(id)!),
       metricsText: async () => ({ contentType: metrics.registry.contentType, text: threaded ? await planes!.metricsText(await metrics.registry.getMetricsAsJSON()) : await metrics.registry.metrics() }),
+      flushCache: () => responseCache.flush(),
     }),
   ];
   const guards = {

@@ -54,6 +54,7 @@ export const ERROR_TABLE = {
   inference_worker_lost: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'the inference worker running the request died; retry' },
   model_unavailable: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'the model cannot run: it does not fit its manifest' },
   inference_disabled: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'inference is turned off: INFER_ENABLED=false' },
+  state_unavailable: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'the shared state (Redis) did not answer' },
   tracking_disabled: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'request tracking is off: set DATABASE_URL' },
   shutting_down: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'the broker is shutting down' },
   upstream_unavailable: { http: 503, grpc: 'UNAVAILABLE', openai: 'server_error', message: 'no upstream is available' },

@@ -39,6 +39,8 @@ export interface OrchestratorDeps {
   inFlight(): { id: string; inFlight: number; concurrencyLimit: number }[];
   /** The Prometheus text of the whole process (the runbook greps /api/orchestrator/metrics). */
   metricsText(): Promise<{ contentType: string; text: string }>;
+  /** Drops every response-cache entry, of every thread and (with Redis) every replica. */
+  flushCache(): Promise<{ redisKeys: number }>;
 }
 
 export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
@@ -230,6 +232,15 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
       handle: (ctx) => reply(ctx, fleet.configView(), 200, { etag: fleet.etag, 'x-config-version': String(fleet.version) }),
     },
     get('/config/schema', () => brokerConfigJsonSchema()),
+    // ---- response cache ----
+    post('/cache/flush', async (ctx) => {
+      // Every entry or none: a field meant to narrow it (a group) must not flush everything unsaid.
+      const extra = Object.keys((ctx.body ?? {}) as Record<string, unknown>)[0];
+      if (extra !== undefined) throw new BrokerError('invalid_request', `unknown field ${extra.slice(0, 64)}: the flush takes no fields, it drops every entry`, { details: { field: extra.slice(0, 64) } });
+      const r = await d.flushCache();
+      audit(ctx, 'cache_flush', { redisKeys: r.redisKeys });
+      return { flushed: true, redisKeys: r.redisKeys };
+    }),
     configChange('', 'POST', (ctx) => fleet.restore(ctx.body, ctx.req.headers['if-match'])),
     configChange('/queue', 'PATCH', (ctx) => fleet.patch('queue', ctx.body as Record<string, unknown>, ctx.req.headers['if-match'])),
     configChange('/metrics', 'PATCH', (ctx) => fleet.patch('metrics', ctx.body as Record<string, unknown>, ctx.req.headers['if-match'])),

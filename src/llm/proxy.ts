@@ -27,7 +27,7 @@ import { classifyStreamError, classifyUpstreamError, retriable, type UpstreamErr
 import { Timeline, overheadHeader } from './phases.ts';
 import { closedUnder } from '../fleet/upstreams.ts';
 import { contextTokensOf, maxOutputTokensOf, tokensOfChars, type LlmRequest } from './request.ts';
-import { cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
+import { cacheGroupOf, cachePlan, type CachePlan, type ResponseCache } from './cache/cache.ts';
 import { captureStream, captureWhole, withModel, type CachedReply } from './cache/entry.ts';
 import { replay } from './cache/replay.ts';
 import { tierAllows } from '../policy/qos.ts';
@@ -104,7 +104,7 @@ export class LlmProxy {
     sink.extraHeaders = sink.extraHeaders === undefined ? headers : Object.assign(headers, sink.extraHeaders);
     const cache = req.encoder === 'grpc' ? undefined : this.deps.cache;
     // Keyed on the body that goes upstream: a QoS tier may have capped its max tokens.
-    const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, group.name, admitted.body, cache.scope);
+    const plan = cache === undefined ? null : cachePlan(cache.modeOf(group), req, cacheGroupOf(group), admitted.body, cache.scope);
     if (cache !== undefined) headers['x-broker-cache'] = 'miss';
     span?.set('broker.cache', plan === null ? 'off' : 'miss');
     if (plan !== null && plan.lookup) {

@@ -65,7 +65,26 @@ function canonical(v: unknown): string {
   return s + '}';
 }
 
-/** The key of a request, its canonical form: group, client API and kind, and every field that changes the output. */
+const groupKeys = new WeakMap<ModelGroupConfig, string>();
+
+/**
+ * A group as the cache's key names it: its name and the models it serves (provider and the
+ * upstream's model name, sorted, not the servers): a fleet file that gives the group another
+ * model starts it on new entries, where an old reply would answer for a model the group no
+ * longer serves. More servers of the same model keep the entries. One string per group
+ * object: a reload makes new ones.
+ */
+export function cacheGroupOf(g: ModelGroupConfig): string {
+  let k = groupKeys.get(g);
+  if (k === undefined) {
+    const models = [...new Set(g.deployments.map((d) => `${d.provider}/${d.model}`))].sort();
+    k = `${g.name}\0${models.join(',')}`;
+    groupKeys.set(g, k);
+  }
+  return k;
+}
+
+/** The key of a request, its canonical form: group (cacheGroupOf), client API and kind, and every field that changes the output. */
 export function cacheKey(group: string, r: Pick<LlmRequest, 'api' | 'kind' | 'body'>): string {
   let s = `v1\0${group}\0${r.api}\0${r.kind}\0`;
   const body = r.body;
@@ -168,8 +187,9 @@ export class ResponseCache {
     if (o.channel !== undefined) {
       const bus = new BroadcastChannel(o.channel);
       bus.onmessage = (ev) => {
-        const m = (ev as MessageEvent).data as { key?: unknown; entry?: unknown };
-        if (typeof m?.key === 'string' && isCachedReply(m.entry)) {
+        const m = (ev as MessageEvent).data as { key?: unknown; entry?: unknown; flush?: unknown };
+        if (m?.flush === true) this.dropAll();
+        else if (typeof m?.key === 'string' && isCachedReply(m.entry)) {
           this.remember(m.key, m.entry);
           o.metrics.llmCacheReceived.inc();
         }
@@ -275,6 +295,40 @@ export class ResponseCache {
     told.catch((err: Error) => this.commandFailed(err, r));
   }
 
+  /**
+   * Drops every entry (POST /api/orchestrator/cache/flush): this thread's, the other threads'
+   * (over the bus), and with Redis the shared ones, whose replicas are told on the refresh
+   * channel to drop their memory copies. Resolves to the Redis keys deleted; rejects when
+   * Redis does not answer (the memory copies are gone then, the shared entries not).
+   * A reply stored while the flush runs may stay: it is the new reply of a request made now.
+   */
+  async flush(): Promise<{ redisKeys: number }> {
+    this.dropAll();
+    this.bus?.postMessage({ flush: true });
+    if (this.o.redisUrl === undefined) return { redisKeys: 0 };
+    if (!this.redisReady()) throw new BrokerError('state_unavailable', 'the response cache\'s Redis is not connected: memory entries were dropped, the shared ones were not');
+    const r = this.client();
+    let deleted = 0;
+    try {
+      let cursor = '0';
+      do {
+        const [next, keys] = await r.scan(cursor, 'MATCH', `${REDIS_PREFIX}*`, 'COUNT', 1000);
+        cursor = next;
+        if (keys.length > 0) deleted += await r.unlink(...keys);
+      } while (cursor !== '0');
+      await r.publish(REFRESH_CHANNEL, JSON.stringify({ origin: this.origin, flush: true }));
+    } catch (err) {
+      this.commandFailed(err as Error, r);
+      throw new BrokerError('state_unavailable', `the response cache's Redis failed during the flush (${deleted} shared entries deleted): ${(err as Error).message}`, { cause: err });
+    }
+    return { redisKeys: deleted };
+  }
+
+  private dropAll(): void {
+    this.lru?.clear();
+    this.refreshedAway.clear();
+  }
+
   private remember(key: string, e: CachedReply): void {
     this.lru?.set(key, e);
   }
@@ -304,8 +358,10 @@ export class ResponseCache {
       this.sub.on('error', () => undefined);
       this.sub.on('message', (_channel: string, message: string) => {
         try {
-          const m = JSON.parse(message) as { origin?: unknown; key?: unknown };
-          if (m.origin !== this.origin && typeof m.key === 'string') this.lru?.delete(m.key);
+          const m = JSON.parse(message) as { origin?: unknown; key?: unknown; flush?: unknown };
+          if (m.origin === this.origin) return;
+          if (m.flush === true) this.dropAll();
+          else if (typeof m.key === 'string') this.lru?.delete(m.key);
         } catch {
           // not ours
         }
