@@ -237,7 +237,14 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
       // Every entry or none: a field meant to narrow it (a group) must not flush everything unsaid.
       const extra = Object.keys((ctx.body ?? {}) as Record<string, unknown>)[0];
       if (extra !== undefined) throw new BrokerError('invalid_request', `unknown field ${extra.slice(0, 64)}: the flush takes no fields, it drops every entry`, { details: { field: extra.slice(0, 64) } });
-      const r = await d.flushCache();
+      let r: { redisKeys: number };
+      try {
+        r = await d.flushCache();
+      } catch (err) {
+        // Redis away: the memory entries went all the same, which the trail must say.
+        audit(ctx, 'cache_flush', { partial: true, error: (err as BrokerError).code ?? 'internal' });
+        throw err;
+      }
       audit(ctx, 'cache_flush', { redisKeys: r.redisKeys });
       return { flushed: true, redisKeys: r.redisKeys };
     }),

@@ -43,7 +43,7 @@ export const RBAC_TABLE: readonly Row[] = [
   { methods: CHANGE, path: /^\/admin\/(promote|config)$/, roles: ADMINS, what: 'promote a model, change A/B, shadow and canary' },
   // Operators: flags, QoS, quotas, capacity, drain, bans, breakers, queue, maintenance.
   { methods: CHANGE, path: /^\/api\/industrial\//, roles: OPERATORS, what: 'flags, quotas, capacity limits and drain' },
-  { methods: CHANGE, path: /^\/api\/orchestrator\//, roles: OPERATORS, what: 'drain, maintenance, breakers, bans, recovery tests, queue, queue and metrics settings' },
+  { methods: CHANGE, path: /^\/api\/orchestrator\//, roles: OPERATORS, what: 'drain, maintenance, breakers, bans, recovery tests, queue, queue and metrics settings, response cache flush' },
   { methods: CHANGE, path: /^\/admin\/warmup$/, roles: OPERATORS, what: 'warm up the models' },
   { methods: ['DELETE'], path: /^\/api\/auth\/sessions\/subject\//, roles: OPERATORS, what: 'revoke every session of a subject' },
   // Any role: a session revokes itself (the route checks it is its own, or an operator's call).

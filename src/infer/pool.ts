@@ -106,6 +106,8 @@ export interface RunResult {
   readonly inferMs: number;
   /** Images in the session.run that answered this request. */
   readonly batchSize: number;
+  /** Images in the task that ran it: decodeMs and inferMs are the whole task's. */
+  readonly taskImages: number;
 }
 
 /** One batch executed, for metrics. */
@@ -439,6 +441,7 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
               decodeMs: out.decodeMs,
               inferMs: out.inferMs,
               batchSize: out.executions === 1 ? out.executedBatch : 1,
+              taskImages: batch.length,
             });
           } else p.reject(new BrokerError(r.code, r.message, r.detail === undefined ? {} : { details: { [r.code === 'internal' || r.code === 'model_unavailable' ? 'runtime' : 'decoder']: r.detail } }));
         }

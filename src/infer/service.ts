@@ -359,9 +359,10 @@ export class InferService {
     m.inferQueue.labels(manifest.name, arm).observe(worst.queueMs / 1000);
     m.inferDecode.labels(manifest.name, arm).observe(worst.decodeMs / 1000);
     m.inferCompute.labels(manifest.name, arm).observe(worst.inferMs / 1000);
-    // The model's own time (decode and compute), not the queue's: a queue that only B's
-    // callers fill says nothing about B.
-    this.observe(arm, true, worst.decodeMs + worst.inferMs);
+    // The model's own time per image (decode and compute, over the images of the task that
+    // ran it), not the queue's nor the batch's: a burst that only B's callers send fills B's
+    // queue and batches, which says nothing about B.
+    this.observe(arm, true, results.reduce((a, r) => Math.max(a, (r.decodeMs + r.inferMs) / Math.max(1, r.taskImages)), 0));
     if (shadowCopies !== undefined) {
       for (const [i, copy] of shadowCopies.entries()) this.shadow(copy, input.size, input.tensor, topLabel(results[i]!, manifest.labels));
     }

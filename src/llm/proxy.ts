@@ -442,7 +442,7 @@ export class LlmProxy {
             if (stored || capture === undefined || s.finishReason === null) return;
             stored = true;
             const e = capture.entry(api, kind, s.usageFromUpstream ? s.promptTokens : promptEstimate, s.completionTokens);
-            if (e !== null) cache!.put(plan!, group.name, e);
+            if (e !== null) cache!.put(plan!, group.name, e, performance.timeOrigin + req.startedAt);
           };
           const r = await attempt.pump(targetOf(sink, abort, start, capture, store));
           streamWaitMs = r.waitedMs;
@@ -582,7 +582,7 @@ export class LlmProxy {
           if (plan !== null && headers['x-broker-fallback'] === undefined) {
             const text = typeof reply.body === 'string' ? reply.body : Buffer.from(reply.body.buffer, reply.body.byteOffset, reply.body.byteLength).toString('utf8');
             const e = withModel(captureWhole(api, kind, text), text);
-            if (e !== null) cache!.put(plan, group.name, e);
+            if (e !== null) cache!.put(plan, group.name, e, performance.timeOrigin + req.startedAt);
           }
           const overhead = timeline.clientFirstByte();
           sink.send(200, { 'content-type': 'application/json', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) }, reply.body);
@@ -722,8 +722,13 @@ function clientFault(e: BrokerError): boolean {
   return e.code === 'invalid_request' || e.code === 'context_length_exceeded';
 }
 
-/** Why a request ran out of deployments: how the last one failed (none tried, or only a group too small: no_deployment). */
+/**
+ * Why a request ran out of deployments: how the last one failed (none tried, or only a group
+ * too small: no_deployment). A group whose deployments' quotas were spent, or full, then
+ * fallbacks that could not serve either: the client gets that 429, and it is counted so.
+ */
 function exhaustedReason(last: BrokerError | undefined, attempted: boolean): string {
+  if (last?.code === 'quota_exceeded' || last?.code === 'capacity_exhausted') return last.code;
   if (!attempted || last === undefined || clientFault(last)) return 'no_deployment';
   return last.code === 'upstream_timeout' ? 'timeout' : 'upstream_error';
 }

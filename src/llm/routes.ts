@@ -50,6 +50,8 @@ function withStoredConversation(err: BrokerError, body: Record<string, unknown>)
 export interface Admission {
   /** A promise only while a key's quota lease is being topped up. */
   admit(r: LlmRequest, group: ModelGroupConfig): Admitted | Promise<Admitted>;
+  /** The output limit the request's QoS tier will put on it, if any. */
+  outputCap?(r: LlmRequest, group: ModelGroupConfig): number | undefined;
   /** Whether a server of the group has its model in memory now (Ollama's /api/ps). */
   readonly scheduler?: { loaded(group: ModelGroupConfig): boolean };
 }
@@ -162,7 +164,8 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         try {
           const b = body as Record<string, unknown>;
           const read = (): LlmRequest => readLlmRequest(req, api, kind, b, limits);
-          r = api === 'responses' && b['truncation'] === 'auto' ? readTruncated(read, b, typeof b['model'] === 'string' ? fleet.groups.get(b['model']) : undefined) : read();
+          const named = typeof b['model'] === 'string' ? fleet.groups.get(b['model']) : undefined;
+          r = api === 'responses' && b['truncation'] === 'auto' ? readTruncated(read, b, named, named === undefined ? undefined : (x) => admission.outputCap?.(x, named)) : read();
         } catch (err) {
           // Refused for its form: still one outcome in the group's requests, when it names a group served here.
           const named = (body as Record<string, unknown>).model;

@@ -6,10 +6,15 @@ import { BrokerError } from '../errors.ts';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
 import { contextTokensOf, type LlmRequest } from './request.ts';
 
-/** The group's context window fits the request (as the proxy estimates it), or it has none. */
-function fits(r: LlmRequest, group: ModelGroupConfig | undefined): boolean {
+/**
+ * The group's context window fits the request (as the proxy estimates it: with the output
+ * limit its QoS tier caps, `cap`), or it has none.
+ */
+function fits(r: LlmRequest, group: ModelGroupConfig | undefined, cap: number | undefined): boolean {
   const max = group?.maxContextTokens;
-  return max === undefined || contextTokensOf(r) <= max;
+  if (max === undefined) return true;
+  const maxTokens = cap !== undefined && (r.maxTokens === undefined || r.maxTokens > cap) ? cap : r.maxTokens;
+  return contextTokensOf({ ...r, maxTokens }) <= max;
 }
 
 function isTurnStart(item: unknown): boolean {
@@ -42,12 +47,12 @@ export function dropOldestTurn(input: unknown[]): boolean {
  * truncation can cure; as it is when it fits, or when only its last turn is left (then its own
  * error, or the proxy's context_length_exceeded).
  */
-export function readTruncated(read: () => LlmRequest, body: Record<string, unknown>, group: ModelGroupConfig | undefined): LlmRequest {
+export function readTruncated(read: () => LlmRequest, body: Record<string, unknown>, group: ModelGroupConfig | undefined, capOf: (r: LlmRequest) => number | undefined = () => undefined): LlmRequest {
   for (;;) {
     let r: LlmRequest | undefined;
     try {
       r = read();
-      if (fits(r, group)) return r;
+      if (fits(r, group, capOf(r))) return r;
     } catch (err) {
       if (!(err instanceof BrokerError && err.details?.['limit'] === true)) throw err;
     }

@@ -80,6 +80,16 @@ export function knownKeyOf(p: Pick<AdmissionPolicies, 'keyPolicy' | 'keyPolicyBy
 }
 
 /**
+ * The output limit the request's QoS tier puts on it, as admit() will (undefined: none). Says
+ * nothing when the tier refuses the request: admit() does.
+ */
+export function tierOutputCap(p: Pick<AdmissionPolicies, 'flags' | 'qos' | 'keyPolicy' | 'keyPolicyById'>, r: LlmRequest, group: ModelGroupConfig): number | undefined {
+  if (!p.flags.qos_switching || r.kind === 'embed') return undefined;
+  const t = resolveTier(p.qos, { keyTier: knownKeyOf(p, r.apiKey, r.caller)?.policy.tier ?? r.caller?.tier, headerTier: r.tier, group: group.name });
+  return t.ok && t.tier.maxOutputTokens !== null ? t.tier.maxOutputTokens : undefined;
+}
+
+/**
  * Applies the enabled admission policies. Throws forbidden (QoS) or quota_exceeded. A promise
  * only when the key's lease is being topped up (see reserveWhenTopped); else at once.
  */

@@ -15,7 +15,7 @@ import { Scheduler, type Lease } from './scheduler.ts';
 import type { DeploymentState } from '../fleet/deployments.ts';
 import { PerformanceTracker } from '../policy/performance.ts';
 import { StickyPins } from '../policy/sticky.ts';
-import { admit, knownKeyOf, reserveQuota, type Admitted, type AdmissionPolicies } from './admission.ts';
+import { admit, knownKeyOf, reserveQuota, tierOutputCap, type Admitted, type AdmissionPolicies } from './admission.ts';
 import type { Caller } from '../front/reply.ts';
 import { keyId } from '../guard/api-key.ts';
 import { keyHash } from '../guard/identity.ts';
@@ -402,6 +402,11 @@ export class Governance implements Leases {
     return admit(this.admission, r, group, { deferQuota: true });
   }
 
+  /** The output limit the request's QoS tier will put on it (Responses' truncation counts with it). */
+  outputCap(r: LlmRequest, group: ModelGroupConfig): number | undefined {
+    return tierOutputCap(this.admission, r, group);
+  }
+
   reserveQuota(a: Admitted): Admitted | Promise<Admitted> {
     return reserveQuota(this.admission, a);
   }
@@ -414,7 +419,7 @@ export class Governance implements Leases {
         // Not queued (`queue` false): the request goes on to a fallback group, refused by none.
         if (queue && (err.code === 'capacity_exhausted' || err.code === 'queue_timeout')) this.metrics.capacityRejections.labels(group.name, err.code).inc();
         if (err.details?.shed === true) this.metrics.queueShed.labels(group.name).inc();
-        if (err.code === 'quota_exceeded') this.metrics.quotaRejections.labels('deployment').inc();
+        if (queue && err.code === 'quota_exceeded') this.metrics.quotaRejections.labels('deployment').inc();
         throw err;
       });
   }

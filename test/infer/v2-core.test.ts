@@ -376,7 +376,7 @@ t.test('a classification of an output holding NaN is refused (it cannot be ranke
   const { service } = fakeService();
   const scores = Float32Array.from([0.5, NaN, 0.1, 0, 0, 0, 0, 0, 0, 0.2]);
   (service as unknown as { run: unknown }).run = async (_choice: ArmChoice, input: ItemsInput) => {
-    const results = input.items.map(() => ({ predictions: [], scores, queueMs: 0, decodeMs: 0, inferMs: 0, batchSize: 1 }));
+    const results = input.items.map(() => ({ predictions: [], scores, queueMs: 0, decodeMs: 0, inferMs: 0, batchSize: 1, taskImages: 1 }));
     input.check?.(results);
     return { results, totalMs: 0 };
   };
@@ -388,7 +388,7 @@ t.test('a classification of an output holding NaN is refused (it cannot be ranke
   // ±Infinity ranks as it is.
   const inf = Float32Array.from([0.5, Infinity, 0.1, -Infinity, 0, 0, 0, 0, 0, 0.2]);
   (service as unknown as { run: unknown }).run = async (_choice: ArmChoice, input: ItemsInput) => {
-    const results = input.items.map(() => ({ predictions: [], scores: inf, queueMs: 0, decodeMs: 0, inferMs: 0, batchSize: 1 }));
+    const results = input.items.map(() => ({ predictions: [], scores: inf, queueMs: 0, decodeMs: 0, inferMs: 0, batchSize: 1, taskImages: 1 }));
     input.check?.(results);
     return { results, totalMs: 0 };
   };

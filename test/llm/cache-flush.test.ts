@@ -18,12 +18,17 @@ setGlobalDispatcher(new Agent({ connections: 1 }));
 const redis = await startRedis(t);
 const one = await createMockUpstream({ tokens: 4 });
 const two = await createMockUpstream({ tokens: 4 });
-t.teardown(() => Promise.all([one.close(), two.close()]));
+// Its first token after 800 ms: a request still in flight when the flush comes.
+const slow = await createMockUpstream({ tokens: 4, ttftMs: 800 });
+t.teardown(() => Promise.all([one.close(), two.close(), slow.close()]));
 
 const dir = mkdtempSync(join(tmpdir(), 'eb-cache-flush-'));
 const file = join(dir, 'broker.yaml');
 const fleet = (deployments: { id: string; m: MockUpstream; model: string }[]) =>
-  stringify({ cache: { mode: 'on', maxBytes: 1_000_000, ttlSeconds: 600 }, modelGroups: { g: { deployments: deployments.map((d) => ({ id: d.id, provider: 'openai', url: d.m.url, model: d.model })) } } });
+  stringify({
+    cache: { mode: 'on', maxBytes: 1_000_000, ttlSeconds: 600 },
+    modelGroups: { g: { deployments: deployments.map((d) => ({ id: d.id, provider: 'openai', url: d.m.url, model: d.model })) }, slow: { deployments: [{ id: 's', provider: 'openai', url: slow.url, model: 'm' }] } },
+  });
 writeFileSync(file, fleet([{ id: 'a', m: one, model: 'm1' }]));
 const env = { BROKER_CONFIG: file, INFER_ENABLED: 'false', REDIS_URL: redis.url };
 const tb = await startTestBroker({ ...env, FRONT_THREADS: '2' });
@@ -31,8 +36,8 @@ t.teardown(() => tb.close());
 
 let n = 0;
 const fresh = () => [{ role: 'user', content: `flush question ${++n}` }];
-async function ask(url: string, messages: unknown[]) {
-  const res = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'g', messages }) });
+async function ask(url: string, messages: unknown[], model = 'g') {
+  const res = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, messages }) });
   const body = (await res.json()) as { model: string };
   return { cache: res.headers.get('x-broker-cache'), model: body.model };
 }
@@ -101,6 +106,19 @@ t.test('flush: every thread and every replica misses after it, and it is audited
     await res.arrayBuffer();
     t.equal(res.headers.get('x-broker-cache'), 'miss', 'this replica misses');
   }
+});
+
+t.test('a reply whose request began before the flush is not stored after it', async (t) => {
+  // The model changed under its name: a reply begun on the old weights must not outlive the flush.
+  const messages = fresh();
+  const before = slow.stats.total;
+  const pending = ask(tb.url, messages, 'slow');
+  for (let i = 0; i < 500 && slow.stats.total === before; i++) await new Promise((res) => setTimeout(res, 5));
+  t.equal(slow.stats.total, before + 1, 'the request is at its upstream');
+  t.equal((await post(tb.url, '/api/orchestrator/cache/flush')).status, 200);
+  t.equal((await pending).cache, 'miss');
+  t.equal((await ask(tb.url, messages, 'slow')).cache, 'miss', 'not stored: it began before the flush');
+  t.equal((await ask(tb.url, messages, 'slow')).cache, 'hit', 'the reply of a request begun after it is');
 });
 
 t.test('flush with Redis away: memory goes, and the call says the shared entries did not', async (t) => {

@@ -13,6 +13,7 @@ const mixedUp = await startMock(t);
 const keyedUp = await startMock(t);
 const ctxUp = await startMock(t);
 const ctxSmallUp = await startMock(t);
+const loopUp = await startMock(t);
 
 const dep = (id: string, m: { url: string }, extra: Record<string, unknown> = {}) => ({ id, provider: 'openai', url: m.url, model: `${id}-up`, ...extra });
 const tb = await startFleetBroker(
@@ -26,6 +27,9 @@ const tb = await startFleetBroker(
       // One deployment fails, the other's quota is spent: nothing of the group can serve.
       mixed: { deployments: [dep('mixed-500', down), dep('mixed-rpm', mixedUp, { rpm: 1 })], fallbacks: ['big'] },
       keyed: { deployments: [dep('keyed-1', keyedUp)], fallbacks: ['big'] },
+      // Each the other's fallback, one request a minute each: once both are spent, nothing serves.
+      'loop-a': { deployments: [dep('loop-a-1', loopUp, { rpm: 1 })], fallbacks: ['loop-b'] },
+      'loop-b': { deployments: [dep('loop-b-1', loopUp, { rpm: 1 })], fallbacks: ['loop-a'] },
       // The realtime tier caps output at 2,048 tokens: 2,048 + a short prompt fits 4,096, not 1,000.
       ctx: { deployments: [dep('ctx-1', ctxUp)], maxContextTokens: 4096, contextFallbacks: ['big'] },
       'ctx-alone': { deployments: [dep('ctx-alone-1', ctxUp)], maxContextTokens: 4096 },
@@ -54,6 +58,20 @@ t.test("a group whose deployments' quotas are all spent falls back, not a 429", 
   t.equal(spentUp.stats.total, 2, 'no call to a deployment over its rpm');
   t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'spent', to: 'big', reason: 'failure' }), 1, 'counted as a fallback for failure');
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'spent', reason: 'quota_exceeded' }), 0, "no client's quota refusal counted");
+  t.equal(await metricValue(tb.url, 'broker_quota_rejections_total', { subject: 'deployment' }), 0, 'nor a quota rejection: the request was served');
+});
+
+t.test('quotas spent in the group and in its fallbacks: 429 quota_exceeded, counted as such', async (t) => {
+  t.equal((await chat('loop-a')).status, 200);
+  t.equal((await chat('loop-b')).status, 200);
+  const r = await chat('loop-a');
+  t.equal(r.status, 429);
+  t.equal(r.body.error.code, 'quota_exceeded');
+  t.ok(Number(r.headers.get('retry-after')) > 0, 'with Retry-After');
+  t.equal(loopUp.stats.total, 2, 'no call over an rpm');
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { reason: 'quota_exceeded', outcome: 'client_error' }), 1, "a quota refusal, not the broker's failure");
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { reason: 'no_deployment' }), 0);
+  t.equal(await metricValue(tb.url, 'broker_quota_rejections_total', { subject: 'deployment' }), 1, 'one quota rejection');
 });
 
 t.test("one deployment answers 500, the other's quota is spent: the fallback group answers", async (t) => {
@@ -118,4 +136,22 @@ t.test('maxContextTokens is checked against the output limit the QoS tier capped
   t.equal(uncapped.headers.get('x-broker-fallback'), 'big', 'uncapped: the client limit counts');
   t.equal(big.stats.total, bigBefore + 2);
   t.equal(await metricValue(tb.url, 'llm_fallbacks_total', { from: 'ctx', to: 'big', reason: 'context_window' }), 1);
+});
+
+t.test('Responses truncation "auto" keeps the turns that fit with the capped output limit', async (t) => {
+  const rt = { authorization: 'Bearer sk-rt' };
+  // Three turns of about 250 tokens each, 100,000 output tokens asked: uncapped nothing fits
+  // 4,096 but the last turn; with the realtime tier's 2,048 the whole conversation does.
+  const turn = (i: number) => [
+    { role: 'user', content: `${i} `.repeat(500) },
+    { role: 'assistant', content: `answer ${i}` },
+  ];
+  const input = [...turn(1), ...turn(2), { role: 'user', content: 'last '.repeat(200) }];
+  const before = ctxUp.stats.total;
+  const r = await postJson(`${tb.url}/v1/responses`, { model: 'ctx-alone', input, max_output_tokens: 100_000, truncation: 'auto' }, rt);
+  t.equal(r.status, 200);
+  t.equal(ctxUp.stats.total, before + 1);
+  const sent = ctxUp.stats.lastBody as { messages: unknown[]; max_tokens?: number; max_completion_tokens?: number };
+  t.equal(sent.messages.length, 5, 'no turn dropped');
+  t.equal(sent.max_tokens ?? sent.max_completion_tokens, 2048, 'the capped limit went upstream');
 });

@@ -178,6 +178,10 @@ export class ResponseCache {
   private pinging = false;
   /** Refreshes made while Redis was away: stored and told to the other replicas once it is back. */
   private readonly refreshedAway = new Map<string, CachedReply>();
+  /** When the last flush this thread heard of began (epoch ms): replies of requests begun before it are not stored. */
+  private flushedAt = 0;
+  /** Flushes heard of: an entry read from Redis while one ran is not kept in memory. */
+  private flushes = 0;
 
   constructor(private readonly o: ResponseCacheOptions) {
     this.outage = new OutageLog(o.logger, 'response cache: redis failed; lookups miss until it is back (logged once per outage)', 'response cache: redis answers again');
@@ -187,9 +191,10 @@ export class ResponseCache {
     if (o.channel !== undefined) {
       const bus = new BroadcastChannel(o.channel);
       bus.onmessage = (ev) => {
-        const m = (ev as MessageEvent).data as { key?: unknown; entry?: unknown; flush?: unknown };
-        if (m?.flush === true) this.dropAll();
-        else if (typeof m?.key === 'string' && isCachedReply(m.entry)) {
+        const m = (ev as MessageEvent).data as { key?: unknown; entry?: unknown; flush?: unknown; since?: unknown };
+        if (typeof m?.flush === 'number') this.dropAll(m.flush);
+        // A reply whose request began before a flush this thread has heard of: not kept.
+        else if (typeof m?.key === 'string' && isCachedReply(m.entry) && !(typeof m.since === 'number' && m.since < this.flushedAt)) {
           this.remember(m.key, m.entry);
           o.metrics.llmCacheReceived.inc();
         }
@@ -248,10 +253,12 @@ export class ResponseCache {
   get(plan: CachePlan, group: string): CachedReply | undefined | Promise<CachedReply | undefined> {
     const e = this.lru?.get(plan.key);
     if (e !== undefined || this.o.redisUrl === undefined) return this.counted(group, e);
+    const flushes = this.flushes;
     return this.fromRedis(plan.key).then((r) => {
       if (r === undefined) return this.counted(group, undefined);
-      // Kept in memory for what is left of its time in Redis, not a whole TTL more.
-      if (r.ttlMs > 0) this.lru?.set(plan.key, r.entry, { ttl: r.ttlMs });
+      // Kept in memory for what is left of its time in Redis, not a whole TTL more; not at all
+      // when a flush began meanwhile (it may have been read before the flush deleted it).
+      if (r.ttlMs > 0 && flushes === this.flushes) this.lru?.set(plan.key, r.entry, { ttl: r.ttlMs });
       return this.counted(group, r.entry);
     });
   }
@@ -266,7 +273,10 @@ export class ResponseCache {
    * (plan.lookup false) also tells the other replicas, which drop the copy they may hold
    * in memory: else each would serve its old one until its TTL ran out.
    */
-  put(plan: CachePlan, group: string, entry: CachedReply): void {
+  put(plan: CachePlan, group: string, entry: CachedReply, startedAt: number): void {
+    // Its request began before a flush: the reply may come from what the flush meant to drop
+    // (the old weights of a model changed under the same name).
+    if (startedAt < this.flushedAt) return;
     // What the memory LRU counts (the key too): past its bounds it would drop the entry unsaid,
     // and a store counted here would then never hit.
     const e = fitChunks(entry, this.settings.maxEntryBytes - plan.key.length);
@@ -274,7 +284,7 @@ export class ResponseCache {
     if (size > this.settings.maxEntryBytes) return;
     if (this.o.redisUrl === undefined && size > this.settings.maxBytes) return;
     this.remember(plan.key, e);
-    this.bus?.postMessage({ key: plan.key, entry: e });
+    this.bus?.postMessage({ key: plan.key, entry: e, since: startedAt });
     this.o.metrics.llmCacheStores.labels(group).inc();
     // Redis away, or hung and dropped: the entry stays in this process's memory only; a
     // refresh is kept to be shared when Redis is back (else the others served the old reply
@@ -300,11 +310,13 @@ export class ResponseCache {
    * (over the bus), and with Redis the shared ones, whose replicas are told on the refresh
    * channel to drop their memory copies. Resolves to the Redis keys deleted; rejects when
    * Redis does not answer (the memory copies are gone then, the shared entries not).
-   * A reply stored while the flush runs may stay: it is the new reply of a request made now.
+   * Replies of requests begun before the flush are not stored after it, on any thread that
+   * has heard of it; every thread of every replica drops its memory again once Redis is empty.
    */
   async flush(): Promise<{ redisKeys: number }> {
-    this.dropAll();
-    this.bus?.postMessage({ flush: true });
+    const at = Date.now();
+    this.dropAll(at);
+    this.bus?.postMessage({ flush: at });
     if (this.o.redisUrl === undefined) return { redisKeys: 0 };
     if (!this.redisReady()) throw new BrokerError('state_unavailable', 'the response cache\'s Redis is not connected: memory entries were dropped, the shared ones were not');
     const r = this.client();
@@ -316,7 +328,9 @@ export class ResponseCache {
         cursor = next;
         if (keys.length > 0) deleted += await r.unlink(...keys);
       } while (cursor !== '0');
-      await r.publish(REFRESH_CHANNEL, JSON.stringify({ origin: this.origin, flush: true }));
+      // Heard by every thread of every replica, this one's included (an entry read back from
+      // Redis during the SCAN may be in their memory).
+      await r.publish(REFRESH_CHANNEL, JSON.stringify({ origin: this.origin, flush: at }));
     } catch (err) {
       this.commandFailed(err as Error, r);
       throw new BrokerError('state_unavailable', `the response cache's Redis failed during the flush (${deleted} shared entries deleted): ${(err as Error).message}`, { cause: err });
@@ -324,9 +338,11 @@ export class ResponseCache {
     return { redisKeys: deleted };
   }
 
-  private dropAll(): void {
+  private dropAll(at: number): void {
     this.lru?.clear();
     this.refreshedAway.clear();
+    this.flushedAt = Math.max(this.flushedAt, at);
+    this.flushes++;
   }
 
   private remember(key: string, e: CachedReply): void {
@@ -359,9 +375,8 @@ export class ResponseCache {
       this.sub.on('message', (_channel: string, message: string) => {
         try {
           const m = JSON.parse(message) as { origin?: unknown; key?: unknown; flush?: unknown };
-          if (m.origin === this.origin) return;
-          if (m.flush === true) this.dropAll();
-          else if (typeof m.key === 'string') this.lru?.delete(m.key);
+          if (typeof m.flush === 'number') this.dropAll(m.flush);
+          else if (m.origin !== this.origin && typeof m.key === 'string') this.lru?.delete(m.key);
         } catch {
           // not ours
         }
