@@ -1,11 +1,10 @@
 // Without BROKER_CONFIG the broker serves the models of a local Ollama: one model
 // group per model listed by its /api/tags, each with that one deployment.
 import { request } from 'undici';
-import { parseBrokerConfig, type BrokerConfig } from '../config/broker-config.ts';
-
-export const HOW_TO_CONFIGURE =
-  'no LLM upstream is available: no local Ollama answered at OLLAMA_URL, and BROKER_CONFIG is not set. ' +
-  'Start Ollama, or set BROKER_CONFIG to a JSON or YAML file listing modelGroups and their deployments (see config/broker.example.yaml).';
+import type { BrokerConfig } from '../config/broker-config.ts';
+import type { Logger } from '../obs/logger.ts';
+import { buildFleet, type Fleet, type FleetSource } from './fleet.ts';
+import { parseBrokerConfig } from '../config/fleet-file.ts';
 
 export async function discoverOllama(url: string, timeoutMs = 1000): Promise<BrokerConfig | undefined> {
   let tags: unknown;
@@ -37,4 +36,28 @@ export async function discoverOllama(url: string, timeoutMs = 1000): Promise<Bro
 export function discoveredFleet(url: string, models: readonly string[]): BrokerConfig {
   const doc = { servers: [{ id: 'ollama-local', provider: 'ollama' as const, url, maxConcurrency: 4 }] };
   return parseBrokerConfig(doc, `ollama discovery at ${url}`, {}, new Map([['ollama-local', models]]));
+}
+
+/** Local Ollama discovery, retried at most every `retryMs` while nothing answers. */
+export function ollamaFleet(url: string, logger: Logger, onFound: (config: BrokerConfig) => void, retryMs = 10_000): FleetSource {
+  let fleet: Fleet | undefined;
+  let checkedAt = -Infinity;
+  let pending: Promise<Fleet | undefined> | undefined;
+  const refresh = async (): Promise<Fleet | undefined> => {
+    checkedAt = Date.now();
+    const config = await discoverOllama(url);
+    if (config !== undefined) {
+      onFound(config);
+      fleet = buildFleet(config);
+      logger.info({ models: [...config.modelGroups.keys()], url }, 'serving the models of the local Ollama');
+    }
+    return fleet;
+  };
+  return {
+    current() {
+      if (fleet !== undefined || Date.now() - checkedAt < retryMs) return fleet;
+      pending ??= refresh().finally(() => (pending = undefined));
+      return pending;
+    },
+  };
 }

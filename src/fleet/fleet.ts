@@ -1,9 +1,8 @@
-// The model groups the proxy serves, from a BrokerConfig. Replaced whole when local
-// Ollama discovery finds a different set of models; deployment state lives in the
-// scheduler and connection pools in the executor, both keyed by deployment id.
+// The model groups the proxy serves, from a BrokerConfig (local Ollama discovery, which
+// replaces it whole when it finds another set of models, is discovery.ts's). Deployment
+// state lives in the scheduler and connection pools in the executor, both keyed by
+// deployment id.
 import type { BrokerConfig, ModelGroupConfig } from '../config/broker-config.ts';
-import type { Logger } from '../obs/logger.ts';
-import { discoverOllama } from './discovery.ts';
 
 export interface Fleet {
   readonly source: string;
@@ -23,28 +22,4 @@ export interface FleetSource {
 export function staticFleet(config: BrokerConfig): FleetSource {
   const fleet = buildFleet(config);
   return { current: () => fleet };
-}
-
-/** Local Ollama discovery, retried at most every `retryMs` while nothing answers. */
-export function ollamaFleet(url: string, logger: Logger, onFound: (config: BrokerConfig) => void, retryMs = 10_000): FleetSource {
-  let fleet: Fleet | undefined;
-  let checkedAt = -Infinity;
-  let pending: Promise<Fleet | undefined> | undefined;
-  const refresh = async (): Promise<Fleet | undefined> => {
-    checkedAt = Date.now();
-    const config = await discoverOllama(url);
-    if (config !== undefined) {
-      onFound(config);
-      fleet = buildFleet(config);
-      logger.info({ models: [...config.modelGroups.keys()], url }, 'serving the models of the local Ollama');
-    }
-    return fleet;
-  };
-  return {
-    current() {
-      if (fleet !== undefined || Date.now() - checkedAt < retryMs) return fleet;
-      pending ??= refresh().finally(() => (pending = undefined));
-      return pending;
-    },
-  };
 }

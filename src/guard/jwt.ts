@@ -2,7 +2,8 @@
 // (PEM) or JWT_JWKS_URL; issuer, audience and a clock skew checked; roles from the
 // `roles` claim (a list, or one role as a string in `role`). Works the same on the
 // control plane and on data-plane threads.
-import { createRemoteJWKSet, importSPKI, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import type * as Jose from 'jose';
+import type { JWTPayload, JWTVerifyGetKey } from 'jose';
 import { BrokerError } from '../errors.ts';
 import { isRole, type Principal, type Role } from './rbac.ts';
 
@@ -26,7 +27,10 @@ export function isJwt(token: string): boolean {
 
 /** undefined when no key is configured (JWTs are then refused as unknown credentials). */
 export function createJwtVerifier(s: JwtSettings): JwtVerifier | undefined {
-  let key: Promise<Uint8Array | Awaited<ReturnType<typeof importSPKI>> | JWTVerifyGetKey>;
+  if (s.secret === undefined && s.publicKey === undefined && s.jwksUrl === undefined) return undefined;
+  // Loaded when JWTs are configured, not by every thread of every broker (about 70 ms of CPU).
+  const jose = import('jose');
+  let key: Promise<Uint8Array | Awaited<ReturnType<typeof Jose.importSPKI>> | JWTVerifyGetKey>;
   let algorithms: string[];
   if (s.secret !== undefined) {
     key = Promise.resolve(new TextEncoder().encode(s.secret));
@@ -34,19 +38,20 @@ export function createJwtVerifier(s: JwtSettings): JwtVerifier | undefined {
   } else if (s.publicKey !== undefined) {
     const pem = s.publicKey.replace(/\\n/g, '\n');
     // RS256 or ES256: the key itself says which.
-    key = importSPKI(pem, 'RS256', { extractable: false }).catch(() => importSPKI(pem, 'ES256', { extractable: false }));
+    key = jose.then(({ importSPKI }) => importSPKI(pem, 'RS256', { extractable: false }).catch(() => importSPKI(pem, 'ES256', { extractable: false })));
     algorithms = ['RS256', 'ES256'];
-  } else if (s.jwksUrl !== undefined) {
-    key = Promise.resolve(createRemoteJWKSet(new URL(s.jwksUrl)));
+  } else {
+    const url = new URL(s.jwksUrl!);
+    key = jose.then(({ createRemoteJWKSet }) => createRemoteJWKSet(url));
     algorithms = ['RS256', 'ES256'];
-  } else return undefined;
+  }
   key.catch(() => undefined); // reported on first use
 
   return {
     async verify(token) {
       let payload: JWTPayload;
       try {
-        const k = await key;
+        const [{ jwtVerify }, k] = await Promise.all([jose, key]);
         // A token with no exp would be good for ever: refused, as a leaked one could never lapse.
         const opts = { algorithms, issuer: s.issuer, audience: s.audience, clockTolerance: s.clockSkewS, requiredClaims: ['exp'] };
         payload = (typeof k === 'function' ? await jwtVerify(token, k, opts) : await jwtVerify(token, k, opts)).payload;

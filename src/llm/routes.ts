@@ -8,7 +8,7 @@ import { anthropicErrorShape, ollamaErrorShape, openaiErrorShape } from '../fron
 import type { Route } from '../front/http/router.ts';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
 import type { Fleet, FleetSource } from '../fleet/fleet.ts';
-import { HOW_TO_CONFIGURE } from '../fleet/discovery.ts';
+import { HOW_TO_CONFIGURE } from '../config/broker-config.ts';
 import type { LlmProxy } from './proxy.ts';
 import { readLlmRequest, tokensOfChars, type LlmRequest, type PromptLimits } from './request.ts';
 import type { Admitted } from '../sched/admission.ts';

@@ -2,7 +2,8 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BrokerConfigError, loadBrokerConfigFile, parseBrokerConfig } from '../../src/config/broker-config.ts';
+import { BrokerConfigError } from '../../src/config/broker-config.ts';
+import { loadBrokerConfigFile, parseBrokerConfig } from '../../src/config/fleet-file.ts';
 
 const good = {
   upstream: { idleTimeoutMs: 1000 },

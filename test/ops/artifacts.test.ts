@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { parse, parseAllDocuments } from 'yaml';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import { loadConfig } from '../../src/config/env.ts';
-import { parseBrokerConfig } from '../../src/config/broker-config.ts';
+import { parseBrokerConfig } from '../../src/config/fleet-file.ts';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- parsed YAML/JSON, checked field by field
 type Doc = any;

@@ -6,7 +6,7 @@
 import type { ServerWritableStream, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { BrokerError } from '../../errors.ts';
 import type { FleetSource } from '../../fleet/fleet.ts';
-import { HOW_TO_CONFIGURE } from '../../fleet/discovery.ts';
+import { HOW_TO_CONFIGURE } from '../../config/broker-config.ts';
 import type { Logger } from '../../obs/logger.ts';
 import type { LlmProxy } from '../../llm/proxy.ts';
 import type { Admission } from '../../llm/routes.ts';

@@ -12,7 +12,8 @@
 import { hash, randomUUID } from 'node:crypto';
 import { BroadcastChannel } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { newRedis } from '../../state/lazy-redis.ts';
 import { BrokerError } from '../../errors.ts';
 import type { CacheMode, CacheScope, CacheSettings, ModelGroupConfig } from '../../config/broker-config.ts';
 import { keyId } from '../../guard/api-key.ts';
@@ -351,7 +352,7 @@ export class ResponseCache {
 
   private client(): Redis {
     if (this.redis === undefined) {
-      this.redis = new Redis(this.o.redisUrl!, {
+      this.redis = newRedis(this.o.redisUrl!, {
         // A lookup must not hold a request: fail fast, and a slow answer is a miss.
         enableOfflineQueue: false,
         maxRetriesPerRequest: 0,
@@ -370,7 +371,7 @@ export class ResponseCache {
       });
       this.connecting = this.redis.connect().catch(() => undefined);
       // Resubscribed on 'ready' below: ioredis's own resubscription has no rejection handler (ioredis#2187).
-      this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true, autoResubscribe: false });
+      this.sub = newRedis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true, autoResubscribe: false });
       this.sub.on('error', () => undefined);
       this.sub.on('message', (_channel: string, message: string) => {
         try {

@@ -28,7 +28,8 @@
 import { hash } from 'node:crypto';
 import { BroadcastChannel } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { newRedis } from '../../state/lazy-redis.ts';
 import { BrokerError } from '../../errors.ts';
 import type { Logger } from '../../obs/logger.ts';
 import { OutageLog } from '../../obs/outage-log.ts';
@@ -381,14 +382,14 @@ export class ResponseStore {
   private client(): Redis {
     if (this.redis === undefined) {
       const retryStrategy = (n: number): number => Math.min(100 * 2 ** Math.min(n, 5), 2_000);
-      this.redis = new Redis(this.o.redisUrl!, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: COMMAND_TIMEOUT_MS, connectTimeout: 2_000, retryStrategy, lazyConnect: true });
+      this.redis = newRedis(this.o.redisUrl!, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: COMMAND_TIMEOUT_MS, connectTimeout: 2_000, retryStrategy, lazyConnect: true });
       this.redis.on('error', (err: Error) => this.redisFailed(err));
       this.redis.on('ready', () => {
         this.skipRedisUntil = 0;
         void this.redisReady();
       });
       void this.redis.connect().catch(() => undefined);
-      this.sub = new Redis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true, autoResubscribe: false });
+      this.sub = newRedis(this.o.redisUrl!, { connectTimeout: 2_000, retryStrategy, lazyConnect: true, autoResubscribe: false });
       this.sub.on('error', () => undefined);
       this.sub.on('message', (_channel: string, key: string) => this.lru?.delete(key));
       this.sub.on('ready', () => void this.sub?.subscribe(DELETED_CHANNEL).catch(() => undefined));
