@@ -16,7 +16,7 @@ export async function showModel(group: ModelGroupConfig, name: string): Promise<
     // The deployment's base path kept, as the proxy keeps it (a gateway's /ollama prefix).
     const { origin, path } = upstreamTarget(d, 'chat');
     const own = await upstreamShow(origin + path.replace(/\/api\/chat$/, '/api/show'), d.model, d.apiKey);
-    if (own !== undefined) return own;
+    if (own !== undefined) return withGroupWindow(own, group);
     break;
   }
   return described(group, name);
@@ -41,6 +41,26 @@ async function upstreamShow(url: string, model: string, apiKey: string | undefin
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The upstream's description with the group's window: a client that sizes its prompts by
+ * `model_info["<arch>.context_length"]` (Continue, agents) must not be told more than the
+ * broker lets through (maxContextTokens).
+ */
+function withGroupWindow(own: Record<string, unknown>, group: ModelGroupConfig): Record<string, unknown> {
+  const max = group.maxContextTokens;
+  const info = own['model_info'];
+  if (max === undefined || info === null || typeof info !== 'object' || Array.isArray(info)) return own;
+  const clamped: Record<string, unknown> = { ...(info as Record<string, unknown>) };
+  let seen = false;
+  for (const [k, v] of Object.entries(clamped)) {
+    if (!k.endsWith('.context_length')) continue;
+    seen = true;
+    if (typeof v === 'number' && v > max) clamped[k] = max;
+  }
+  if (!seen) clamped[`${String(clamped['general.architecture'] ?? 'edge-broker')}.context_length`] = max;
+  return { ...own, model_info: clamped };
 }
 
 /** The group as the fleet file describes it: its context window when it names one, chat and tools. */

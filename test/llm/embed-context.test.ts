@@ -14,7 +14,7 @@ t.test('embeddings: the longest input must fit the context window, not the batch
       emb: { deployments: [{ id: 'emb-oa', provider: 'openai', url: oa.url, model: 'e' }], maxContextTokens: 100 },
       oemb: { deployments: [{ id: 'emb-ol', provider: 'ollama', url: ol.url, model: 'e' }], maxContextTokens: 100 },
     },
-  });
+  }, { INFER_ENABLED: 'false' });
   const chunk = 'x'.repeat(300); // about 75 tokens
   const batch = await postJson(`${tb.url}/v1/embeddings`, { model: 'emb', input: [chunk, chunk, chunk, chunk] });
   t.equal(batch.status, 200, `four inputs of ~75 tokens under a 100-token window: ${JSON.stringify(batch.body).slice(0, 200)}`);
@@ -40,7 +40,7 @@ t.test('/api/embed with no input, "" or []: 200 with no embeddings and no upstre
       oemb: { deployments: [{ id: 'emb-ol', provider: 'ollama', url: ol.url, model: 'e' }] },
       aemb: { deployments: [{ id: 'emb-oa', provider: 'openai', url: oa.url, model: 'e' }] },
     },
-  });
+  }, { INFER_ENABLED: 'false' });
   for (const model of ['oemb', 'aemb']) {
     for (const input of [undefined, '', []]) {
       const r = await postJson(`${tb.url}/api/embed`, input === undefined ? { model } : { model, input });

@@ -28,8 +28,12 @@ const group = (url: string): ModelGroupConfig =>
 
 t.test("the Ollama's own description, asked at the deployment's base path with its key", async (t) => {
   const shown = await showModel(group(`http://127.0.0.1:${port}/gw`), 'g');
-  t.match(shown, { template: '{{ .Prompt }}<end>', model_info: { 'llama.context_length': 8192 } });
+  // The group lets 4,096 tokens through: a client that sizes its prompts by the window
+  // (Continue) must not be told the model's 8,192.
+  t.match(shown, { template: '{{ .Prompt }}<end>', model_info: { 'llama.context_length': 4096 } });
   t.same(seen.at(-1), { path: '/gw/api/show', auth: 'Bearer sk-ollama-gw', body: JSON.stringify({ model: 'llama3:8b' }) }, "the upstream's own model name, under the prefix");
+  const wide = await showModel({ ...group(`http://127.0.0.1:${port}/gw`), maxContextTokens: 32_768 } as ModelGroupConfig, 'g');
+  t.match(wide, { model_info: { 'llama.context_length': 8192 } }, "a group window above the model's: the model's");
 });
 
 t.test('an Ollama that does not know the path: the description made from the fleet file', async (t) => {

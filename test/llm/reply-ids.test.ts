@@ -15,7 +15,7 @@ t.test('a fixed X-Request-ID: fresh reply and tool-call ids each time, the reque
       tools: { deployments: [{ id: 'ol', provider: 'ollama', url: mock.url, model: 'mock-model' }] },
       cut: { deployments: [{ id: 'cut', provider: 'ollama', url: plain.url, model: 'mock-model' }] },
     },
-  });
+  }, { INFER_ENABLED: 'false' });
   const fixed = 'abc/def:ghi';
   const messages = async (stream: boolean): Promise<{ id: string; toolIds: string[]; requestId: string | null }> => {
     const res = await fetch(`${tb.url}/v1/messages`, {

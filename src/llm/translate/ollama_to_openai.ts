@@ -98,9 +98,14 @@ export function chatRequest(body: unknown, upstreamModel: string): OpenAIChatReq
     ...openaiSamplingFromOllama(b['options']),
   };
   if (stream) out.stream_options = { include_usage: true };
+  const effort = reasoningEffortOf(b['think']);
+  if (effort !== undefined) out.reasoning_effort = effort;
   const rf = responseFormat(b['format']);
   if (rf !== undefined) out.response_format = rf;
-  if (Array.isArray(b['tools']) && b['tools'].length > 0) out.tools = b['tools'];
+  // Ollama lets a tool leave out `type`; OpenAI requires it ("Missing required parameter: 'tools[0].type'").
+  if (Array.isArray(b['tools']) && b['tools'].length > 0) {
+    out.tools = b['tools'].map((t: unknown) => (t !== null && typeof t === 'object' && (t as Record<string, unknown>)['type'] === undefined ? { type: 'function', ...(t as Record<string, unknown>) } : t)) as OpenAIChatRequest['tools'];
+  }
   return out;
 }
 
@@ -122,7 +127,17 @@ export function generateChatRequest(body: unknown, upstreamModel: string): OpenA
   const messages: OllamaMessage[] = [];
   if (typeof b['system'] === 'string' && b['system'] !== '') messages.push({ role: 'system', content: b['system'] });
   messages.push({ role: 'user', content: prompt, ...(Array.isArray(b['images']) ? { images: b['images'] as string[] } : {}) });
-  return chatRequest({ stream: b['stream'], options: b['options'], format: b['format'], messages }, upstreamModel);
+  return chatRequest({ stream: b['stream'], options: b['options'], format: b['format'], think: b['think'], messages }, upstreamModel);
+}
+
+/**
+ * Ollama's `think`: true or false (false also leaves the reply's reasoning out: wantsThinking),
+ * or a level for models that take one (gpt-oss): OpenAI's reasoning_effort of the same name.
+ */
+function reasoningEffortOf(think: unknown): 'low' | 'medium' | 'high' | undefined {
+  if (think === undefined || think === null || typeof think === 'boolean') return undefined;
+  if (think === 'low' || think === 'medium' || think === 'high') return think;
+  throw new BrokerError('invalid_request', 'think must be true, false, "low", "medium" or "high"', { details: { field: 'think' } });
 }
 
 /**

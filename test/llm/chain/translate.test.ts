@@ -202,6 +202,15 @@ t.test('Ollama chat → OpenAI: stream false, num_predict -1, schema format', as
   t.equal(r.stream, false);
 });
 
+t.test("Ollama chat → OpenAI: a tool without type is a function (OpenAI requires the field); think's levels are reasoning_effort", async (t) => {
+  const ask = (extra: Record<string, unknown>) => body(translateRequest({ client: 'ollama', provider: 'openai', kind: 'chat' }, { model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: false, ...extra }, 'up'));
+  const fn = { name: 'f', parameters: { type: 'object' } };
+  t.same(ask({ tools: [{ function: fn }, { type: 'function', function: fn }] }).tools, [{ type: 'function', function: fn }, { type: 'function', function: fn }]);
+  t.equal(ask({ think: 'high' }).reasoning_effort, 'high');
+  for (const think of [true, false]) t.equal(ask({ think }).reasoning_effort, undefined, `think ${think}: the model's default`);
+  t.throws(() => ask({ think: 'bogus' }), { code: 'invalid_request', details: { field: 'think' } });
+});
+
 t.test('Ollama generate → OpenAI /v1/completions', async (t) => {
   const r = translateRequest(
     { client: 'ollama', provider: 'openai', kind: 'completion' },
