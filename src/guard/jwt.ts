@@ -45,7 +45,9 @@ export function createJwtVerifier(s: JwtSettings): JwtVerifier | undefined {
     key = jose.then(({ createRemoteJWKSet }) => createRemoteJWKSet(url));
     algorithms = ['RS256', 'ES256'];
   }
-  key.catch(() => undefined); // reported on first use
+  // Reported on first use.
+  jose.catch(() => undefined);
+  key.catch(() => undefined);
 
   return {
     async verify(token) {

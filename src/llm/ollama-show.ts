@@ -45,22 +45,31 @@ async function upstreamShow(url: string, model: string, apiKey: string | undefin
 
 /**
  * The upstream's description with the group's window: a client that sizes its prompts by
- * `model_info["<arch>.context_length"]` (Continue, agents) must not be told more than the
- * broker lets through (maxContextTokens).
+ * `model_info["<arch>.context_length"]` or by the `num_ctx` of `parameters` (Continue, agents)
+ * must not be told more than the broker lets through (maxContextTokens).
  */
 function withGroupWindow(own: Record<string, unknown>, group: ModelGroupConfig): Record<string, unknown> {
   const max = group.maxContextTokens;
+  if (max === undefined) return own;
+  const over = (v: unknown): boolean => {
+    const n = typeof v === 'string' ? Number(v) : v;
+    return typeof n === 'number' && Number.isFinite(n) && n > max;
+  };
   const info = own['model_info'];
-  if (max === undefined || info === null || typeof info !== 'object' || Array.isArray(info)) return own;
-  const clamped: Record<string, unknown> = { ...(info as Record<string, unknown>) };
+  const clamped: Record<string, unknown> = info !== null && typeof info === 'object' && !Array.isArray(info) ? { ...(info as Record<string, unknown>) } : {};
   let seen = false;
   for (const [k, v] of Object.entries(clamped)) {
     if (!k.endsWith('.context_length')) continue;
     seen = true;
-    if (typeof v === 'number' && v > max) clamped[k] = max;
+    if (over(v)) clamped[k] = max;
   }
   if (!seen) clamped[`${String(clamped['general.architecture'] ?? 'edge-broker')}.context_length`] = max;
-  return { ...own, model_info: clamped };
+  const out: Record<string, unknown> = { ...own, model_info: clamped };
+  // "num_ctx 32768" on a line of its own, as a Modelfile's PARAMETER sets it.
+  const numCtx = (text: string): string => text.replace(/^(\s*(?:PARAMETER\s+)?num_ctx\s+)(\S+)[ \t]*$/gm, (line, head: string, n: string) => (over(n) ? `${head}${max}` : line));
+  if (typeof own['parameters'] === 'string') out['parameters'] = numCtx(own['parameters']);
+  if (typeof own['modelfile'] === 'string') out['modelfile'] = numCtx(own['modelfile']);
+  return out;
 }
 
 /** The group as the fleet file describes it: its context window when it names one, chat and tools. */

@@ -12,6 +12,15 @@ const server = createServer((req, res) => {
   req.on('data', (c: Buffer) => (body += c.toString()));
   req.on('end', () => {
     seen.push({ path: req.url!, auth: req.headers.authorization, body });
+    if (req.url === '/odd/api/show') {
+      // A gateway's shapes: the window as a string, no model_info, num_ctx in the parameters.
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ parameters: 'stop "<end>"\nnum_ctx 32768', modelfile: 'FROM x\nPARAMETER num_ctx 32768\n' }));
+      return;
+    }
+    if (req.url === '/str/api/show') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ model_info: { 'qwen2.context_length': '131072' } }));
+      return;
+    }
     if (req.url !== '/gw/api/show') {
       res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"404 page not found"}');
       return;
@@ -34,6 +43,12 @@ t.test("the Ollama's own description, asked at the deployment's base path with i
   t.same(seen.at(-1), { path: '/gw/api/show', auth: 'Bearer sk-ollama-gw', body: JSON.stringify({ model: 'llama3:8b' }) }, "the upstream's own model name, under the prefix");
   const wide = await showModel({ ...group(`http://127.0.0.1:${port}/gw`), maxContextTokens: 32_768 } as ModelGroupConfig, 'g');
   t.match(wide, { model_info: { 'llama.context_length': 8192 } }, "a group window above the model's: the model's");
+  const odd = await showModel(group(`http://127.0.0.1:${port}/odd`), 'g');
+  t.same(odd.model_info, { 'edge-broker.context_length': 4096 }, 'no model_info: the group window said');
+  t.equal(odd.parameters, 'stop "<end>"\nnum_ctx 4096', 'num_ctx, which Continue reads first');
+  t.equal(odd.modelfile, 'FROM x\nPARAMETER num_ctx 4096\n');
+  const str = await showModel(group(`http://127.0.0.1:${port}/str`), 'g');
+  t.same(str.model_info, { 'qwen2.context_length': 4096 }, 'a window sent as a string');
 });
 
 t.test('an Ollama that does not know the path: the description made from the fleet file', async (t) => {

@@ -104,7 +104,7 @@ export function chatRequest(body: unknown, upstreamModel: string): OpenAIChatReq
   if (rf !== undefined) out.response_format = rf;
   // Ollama lets a tool leave out `type`; OpenAI requires it ("Missing required parameter: 'tools[0].type'").
   if (Array.isArray(b['tools']) && b['tools'].length > 0) {
-    out.tools = b['tools'].map((t: unknown) => (t !== null && typeof t === 'object' && (t as Record<string, unknown>)['type'] === undefined ? { type: 'function', ...(t as Record<string, unknown>) } : t)) as OpenAIChatRequest['tools'];
+    out.tools = b['tools'].map((t: unknown) => (t !== null && typeof t === 'object' && (t as Record<string, unknown>)['type'] == null ? { ...(t as Record<string, unknown>), type: 'function' } : t)) as OpenAIChatRequest['tools'];
   }
   return out;
 }
@@ -132,12 +132,13 @@ export function generateChatRequest(body: unknown, upstreamModel: string): OpenA
 
 /**
  * Ollama's `think`: true or false (false also leaves the reply's reasoning out: wantsThinking),
- * or a level for models that take one (gpt-oss): OpenAI's reasoning_effort of the same name.
+ * or a level for models that take one (gpt-oss's "low", "medium", "high"; newer Ollamas take
+ * others): OpenAI's reasoning_effort, whose upstream says which levels it knows.
  */
-function reasoningEffortOf(think: unknown): 'low' | 'medium' | 'high' | undefined {
+function reasoningEffortOf(think: unknown): string | undefined {
   if (think === undefined || think === null || typeof think === 'boolean') return undefined;
-  if (think === 'low' || think === 'medium' || think === 'high') return think;
-  throw new BrokerError('invalid_request', 'think must be true, false, "low", "medium" or "high"', { details: { field: 'think' } });
+  if (typeof think === 'string' && think !== '') return think;
+  throw new BrokerError('invalid_request', 'think must be true, false or a level ("low", "medium", "high")', { details: { field: 'think' } });
 }
 
 /**

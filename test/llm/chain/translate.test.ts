@@ -205,10 +205,11 @@ t.test('Ollama chat → OpenAI: stream false, num_predict -1, schema format', as
 t.test("Ollama chat → OpenAI: a tool without type is a function (OpenAI requires the field); think's levels are reasoning_effort", async (t) => {
   const ask = (extra: Record<string, unknown>) => body(translateRequest({ client: 'ollama', provider: 'openai', kind: 'chat' }, { model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: false, ...extra }, 'up'));
   const fn = { name: 'f', parameters: { type: 'object' } };
-  t.same(ask({ tools: [{ function: fn }, { type: 'function', function: fn }] }).tools, [{ type: 'function', function: fn }, { type: 'function', function: fn }]);
+  t.same(ask({ tools: [{ function: fn }, { type: null, function: fn }, { type: 'function', function: fn }] }).tools, [{ type: 'function', function: fn }, { type: 'function', function: fn }, { type: 'function', function: fn }]);
   t.equal(ask({ think: 'high' }).reasoning_effort, 'high');
   for (const think of [true, false]) t.equal(ask({ think }).reasoning_effort, undefined, `think ${think}: the model's default`);
-  t.throws(() => ask({ think: 'bogus' }), { code: 'invalid_request', details: { field: 'think' } });
+  t.equal(ask({ think: 'xhigh' }).reasoning_effort, 'xhigh', 'a level the upstream knows, or refuses itself');
+  for (const think of [5, '', {}]) t.throws(() => ask({ think }), { code: 'invalid_request', details: { field: 'think' } }, `think ${JSON.stringify(think)}`);
 });
 
 t.test('Ollama generate → OpenAI /v1/completions', async (t) => {
