@@ -60,12 +60,19 @@ export interface Admission {
 const OLLAMA_KEEP_ALIVE_MS = 5 * 60_000;
 
 /**
+ * When the models were last changed, as far as a client can tell: when this thread began to
+ * serve them. The epoch (what it said before) had Open WebUI and `ollama list` show every
+ * model as "56 years ago".
+ */
+const LISTED_SINCE = new Date().toISOString();
+
+/**
  * A model group as Ollama's /api/tags and /api/ps describe a model (size unknown here). The
  * digest is the name's SHA-256, 64 hex digits as Ollama's: `ollama list` and `ollama ps` print
  * its first 12 and panic on an empty one.
  */
 function ollamaModel(name: string): Record<string, unknown> {
-  return { name, model: name, modified_at: new Date(0).toISOString(), size: 0, digest: createHash('sha256').update(name).digest('hex'), details: { format: '', family: '', families: null, parameter_size: '', quantization_level: '' } };
+  return { name, model: name, modified_at: LISTED_SINCE, size: 0, digest: createHash('sha256').update(name).digest('hex'), details: { format: '', family: '', families: null, parameter_size: '', quantization_level: '' } };
 }
 
 /** A route's own shape around a standard one (Ollama's legacy /api/embeddings around /api/embed). */

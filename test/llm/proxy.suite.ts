@@ -157,8 +157,10 @@ t.test('Ollama client, chat and generate, streaming and not, both providers', as
   const goShow = await fetch(`${tb.url}/api/show`, { method: 'POST', body: JSON.stringify({ model: '', system: '', template: '', verbose: false, options: null, name: 'chat-openai' }) });
   t.equal(goShow.status, 200, "the Go client's body");
   // `ollama list` and `ollama ps` print a digest's first 12 characters (an empty one panics them).
-  const tags = (await (await fetch(`${tb.url}/api/tags`)).json()) as { models: { name: string; digest: string }[] };
+  const tags = (await (await fetch(`${tb.url}/api/tags`)).json()) as { models: { name: string; digest: string; modified_at: string }[] };
   t.ok(tags.models.length > 0 && tags.models.every((m) => /^[0-9a-f]{64}$/.test(m.digest)), 'every listed model has a 64-hex digest');
+  // Not the epoch: model pickers print it as the model's age.
+  t.ok(tags.models.every((m) => Date.now() - Date.parse(m.modified_at) < 86_400_000), 'modified_at is recent');
   const ps = (await (await fetch(`${tb.url}/api/ps`)).json()) as { models: { digest: string }[] };
   t.ok(ps.models.every((m) => /^[0-9a-f]{64}$/.test(m.digest)), '/api/ps too');
 });
