@@ -17,13 +17,28 @@ function invalid(field: string, what: string): BrokerError {
   return new BrokerError('invalid_request', `${field} ${what}`, { details: { field } });
 }
 
+/** The parameter's one value: given twice, the query would silently use one of them. */
+function one(q: URLSearchParams, name: string): string | null {
+  if (q.getAll(name).length > 1) throw invalid(name, 'is given more than once');
+  return q.get(name);
+}
+
+/** A date part that names no day (2026-02-30): Date would roll it over into the next month. */
+function noSuchDay(v: string): boolean {
+  const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(v);
+  if (m === null) return false;
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const day = new Date(Date.UTC(y, mo - 1, d));
+  return day.getUTCMonth() !== mo - 1 || day.getUTCDate() !== d;
+}
+
 /** from/to: ISO 8601 times (default: the last 24 hours, to now). */
 function window(q: URLSearchParams, now: number): { from: Date; to: Date } {
   const time = (name: string, def: number): Date => {
-    const v = q.get(name);
+    const v = one(q, name);
     if (v === null || v === '') return new Date(def);
     const d = new Date(v);
-    if (Number.isNaN(d.getTime())) throw invalid(name, 'must be an ISO 8601 time');
+    if (Number.isNaN(d.getTime()) || noSuchDay(v)) throw invalid(name, 'must be an ISO 8601 time');
     return d;
   };
   const to = time('to', now + 1000);
@@ -33,7 +48,7 @@ function window(q: URLSearchParams, now: number): { from: Date; to: Date } {
 }
 
 function text(q: URLSearchParams, name: string): string | undefined {
-  const v = q.get(name);
+  const v = one(q, name);
   if (v === null || v === '') return undefined;
   if (v.length > 256) throw invalid(name, 'must be at most 256 characters');
   return v;
@@ -67,7 +82,7 @@ export function trackingRoutes(pool: () => pg.Pool | undefined, now: () => numbe
       admin: true,
       async handle(ctx) {
         const q = params(ctx);
-        const limitRaw = q.get('limit');
+        const limitRaw = one(q, 'limit');
         const limit = limitRaw === null ? 100 : Number(limitRaw);
         if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw invalid('limit', `must be an integer between 1 and ${MAX_PAGE}`);
         reply(ctx, await read(listRequests(db(), { ...window(q, now()), label: text(q, 'label'), key: text(q, 'key'), model: text(q, 'model'), deployment: text(q, 'deployment'), outcome: text(q, 'outcome'), limit, cursor: text(q, 'cursor') })));
@@ -89,9 +104,9 @@ export function trackingRoutes(pool: () => pg.Pool | undefined, now: () => numbe
       admin: true,
       async handle(ctx) {
         const q = params(ctx);
-        const groupBy = (q.get('group_by') ?? 'model') as GroupBy;
+        const groupBy = (one(q, 'group_by') ?? 'model') as GroupBy;
         if (!(groupBy in GROUP_BY)) throw invalid('group_by', `must be one of ${Object.keys(GROUP_BY).join(', ')}`);
-        const bucket = q.get('bucket') ?? 'hour';
+        const bucket = one(q, 'bucket') ?? 'hour';
         if (bucket !== 'hour' && bucket !== 'day') throw invalid('bucket', 'must be hour or day');
         const w = window(q, now());
         reply(ctx, { group_by: groupBy, bucket, from: w.from.toISOString(), to: w.to.toISOString(), usage: await read(usage(db(), { ...w, groupBy, bucket })) });

@@ -243,6 +243,12 @@ t.test('admin API: filters, keyset pages, one request, usage; analyst or higher'
   t.equal((await get('/api/tracking/requests?limit=0')).body.error.code, 'invalid_request');
   t.equal((await get('/api/tracking/requests?cursor=garbage')).body.error.code, 'invalid_request');
   // Values the database cannot take are the parameters' fault: 400, not 503 and a retry.
+  // A day that does not exist (Date would roll it into March), a filter given twice (one would be used unsaid).
+  for (const [q, field] of [['from=2026-02-30T00:00:00Z', 'from'], ['to=2026-04-31', 'to'], ['label=a&label=b', 'label'], ['limit=5&limit=500', 'limit']]) {
+    const r = await get(`/api/tracking/requests?${q}`);
+    t.same([r.status, r.body.error?.code, r.body.error?.param], [400, 'invalid_request', field], q);
+  }
+  t.equal((await get('/api/tracking/requests?from=2024-02-29T00:00:00Z&to=2024-03-01T00:00:00%2B02:00')).status, 200, 'a leap day, and an offset');
   for (const q of ['model=a%00b', 'label=x%00', 'from=-005000-01-01T00:00:00Z']) {
     const r = await get(`/api/tracking/requests?${q}`);
     t.same([r.status, r.body.error?.code], [400, 'invalid_request'], q);
