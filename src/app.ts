@@ -213,7 +213,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const cacheChannel = `eb-llm-cache-${randomUUID()}`;
   const responseCache = new ResponseCache({ settings: (fleetConfig ?? governance.current).cache, metrics, logger, redisUrl: config.redisUrl, channel: threaded ? cacheChannel : undefined });
   await responseCache.connect();
-  const responseStore = new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ownerMaxBytes: config.responsesStoreOwnerMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.responsesStoreRedisUrl, channel: threaded ? `${cacheChannel}-responses` : undefined });
+  const responseStore = new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ownerMaxBytes: config.responsesStoreOwnerMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.responsesStoreRedisUrl, channel: threaded ? `${cacheChannel}-responses` : undefined, overOwnerBudget: () => metrics.responsesOverOwnerBudget.inc() });
   // Changes the control plane makes on its own (health checks, breakers, discovery) reach the threads too.
   const publish = (): void => void planes?.publish().catch(() => undefined);
   // A flag changed by another replica (through the store) is in force on this one's threads too.

@@ -339,6 +339,11 @@ export function createMetrics(opts: { defaults?: boolean; thread?: string } = {}
       help: 'Response cache lookups and stores that Redis failed (an error, or no reply within 250 ms); while it is away or hung, lookups miss without asking it',
       registers: r,
     }),
+    responsesOverOwnerBudget: new Counter({
+      name: 'llm_responses_store_over_owner_budget_total',
+      help: 'Stored Responses not written to Redis because their owner spent RESPONSES_STORE_OWNER_MB this window: kept on their replica only (a continuation on another replica is previous_response_not_found)',
+      registers: r,
+    }),
     llmCacheEvictions: new Counter({
       name: 'llm_cache_evictions_total',
       help: 'Entries the in-memory response cache dropped to stay within its byte bound',

@@ -167,7 +167,7 @@ function apply(s: Snapshot): void {
 const executor = threadExecutor({ body: config.upstreamMaxBodyBytes, embed: config.upstreamMaxEmbedBytes }, logger);
 const cache = new ResponseCache({ settings: (snapshot.fleet ?? EMPTY_FLEET).cache, metrics, logger, redisUrl: config.redisUrl, channel: init.cacheChannel });
 const proxy = new LlmProxy({ metrics, logger, executor, leases: gov, cache });
-const responseStore = new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ownerMaxBytes: config.responsesStoreOwnerMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.responsesStoreRedisUrl, channel: init.cacheChannel === undefined ? undefined : `${init.cacheChannel}-responses` });
+const responseStore = new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ownerMaxBytes: config.responsesStoreOwnerMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.responsesStoreRedisUrl, channel: init.cacheChannel === undefined ? undefined : `${init.cacheChannel}-responses`, overOwnerBudget: () => metrics.responsesOverOwnerBudget.inc() });
 // Shared entries are there from the first request (bounded by the connect timeout; down: misses).
 await cache.connect();
 

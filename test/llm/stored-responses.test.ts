@@ -380,7 +380,11 @@ t.test("one caller past its share writes no more to the shared Redis this window
   await rc.config('SET', 'maxmemory', String(used + 1_500_000));
   await rc.config('SET', 'maxmemory-policy', 'allkeys-lru');
   const quiet = { warn() {}, info() {} } as unknown as Logger;
-  const a = new ResponseStore({ maxBytes: 64 << 20, ownerMaxBytes: 600_000, ttlSeconds: 60, logger: quiet, redisUrl: redis.url });
+  // What the operator is told: each record kept out counted, the owner logged once per window.
+  const warned: Record<string, unknown>[] = [];
+  let over = 0;
+  const told = { warn: (o: Record<string, unknown>) => warned.push(o), info() {} } as unknown as Logger;
+  const a = new ResponseStore({ maxBytes: 64 << 20, ownerMaxBytes: 600_000, ttlSeconds: 60, logger: told, redisUrl: redis.url, overOwnerBudget: () => over++ });
   const b = new ResponseStore({ maxBytes: 64 << 20, ownerMaxBytes: 600_000, ttlSeconds: 60, logger: quiet, redisUrl: redis.url });
   t.teardown(() => (a.close(), b.close()));
   for (const s of [a, b]) {
@@ -410,6 +414,8 @@ t.test("one caller past its share writes no more to the shared Redis this window
   t.ok(await b.get(id('a', 0), 'alice'), "alice's first ones: on every replica");
   t.equal(await b.get(id('a', 39), 'alice'), undefined, 'past her budget: not on another replica');
   t.ok(await a.get(id('a', 39), 'alice'), 'but on the one that made it, from its memory');
+  t.equal(over, 37, 'each of the 37 kept out of Redis is counted');
+  t.same(warned.filter((w) => w['owner'] !== undefined).map((w) => w['owner']), [tag], 'and her owner tag logged once');
   // The window over (here: its count gone), what she kept in memory is written when next read.
   await rc.del(counter);
   await a.get(id('a', 39), 'alice');

@@ -58,7 +58,12 @@ export interface ResponseStoreOptions {
   readonly redisUrl?: string | undefined;
   /** The BroadcastChannel every thread of this process joins. */
   readonly channel?: string | undefined;
+  /** A record its owner's Redis budget kept out of Redis (counted in llm_responses_store_over_owner_budget_total). */
+  readonly overOwnerBudget?: () => void;
 }
+
+/** Owners warned about, at most: one more forgets the oldest (which may be warned again). */
+const WARNED_MAX = 10_000;
 
 const REDIS_PREFIX = 'eb:resp:';
 /** An owner's bytes written to Redis in this window (`eb:resp-bytes:<owner tag>`, gone after the TTL). */
@@ -139,6 +144,8 @@ export class ResponseStore {
    * owner's share its first ones go.
    */
   private readonly owners = new Map<string, { bytes: number; keys: Map<string, number> }>();
+  /** Owners whose budget kept a record out of Redis, and when that was logged. */
+  private readonly warned = new Map<string, number>();
 
   constructor(private readonly o: ResponseStoreOptions) {
     this.outage = new OutageLog(o.logger, 'stored responses: redis failed; responses are kept in this process only until it is back (logged once per outage)', 'stored responses: redis answers again');
@@ -257,12 +264,30 @@ export class ResponseStore {
       (done) => {
         this.redisAnswered();
         // Past its owner's budget: kept here only (and tried again when read, or when Redis comes back).
-        if (Number(done) < 0) return;
+        if (Number(done) < 0) {
+          this.overBudget(tagOf(key));
+          return;
+        }
         this.unshared.delete(key);
         this.bus?.postMessage({ key, shared: true } satisfies BusMessage);
       },
       (err: Error) => this.redisFailed(err),
     );
+  }
+
+  /**
+   * Says that an owner's records stay on this replica: counted each time, logged once per owner
+   * and window (else the operator sees only the clients' previous_response_not_found).
+   */
+  private overBudget(tag: string): void {
+    this.o.overOwnerBudget?.();
+    const now = Date.now();
+    const at = this.warned.get(tag);
+    if (at !== undefined && now - at < this.o.ttlSeconds * 1000) return;
+    this.warned.delete(tag);
+    this.warned.set(tag, now);
+    if (this.warned.size > WARNED_MAX) this.warned.delete(this.warned.keys().next().value!);
+    this.o.logger.warn({ owner: tag, owner_max_mb: (this.ownerMax / (1024 * 1024)).toFixed(1), window_s: this.o.ttlSeconds }, 'stored responses: an owner spent its RESPONSES_STORE_OWNER_MB in Redis this window; its new responses stay on this replica (continued on another, previous_response_not_found)');
   }
 
   /**
