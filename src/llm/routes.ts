@@ -168,17 +168,16 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       try {
         // Read once, admitted, then proxied: the body is not parsed again past this point.
         let r: ReturnType<typeof readLlmRequest>;
+        const b = body as Record<string, unknown>;
+        // The group the body names, if served here: truncation fits it, a refusal counts in it.
+        const named = typeof b['model'] === 'string' ? fleet.groups.get(b['model']) : undefined;
         try {
-          const b = body as Record<string, unknown>;
           const read = (): LlmRequest => readLlmRequest(req, api, kind, b, limits);
-          const named = typeof b['model'] === 'string' ? fleet.groups.get(b['model']) : undefined;
           r = api === 'responses' && b['truncation'] === 'auto' ? readTruncated(read, b, named, named === undefined ? undefined : (x) => admission.outputCap?.(x, named)) : read();
         } catch (err) {
           // Refused for its form: still one outcome in the group's requests, when it names a group served here.
-          const named = (body as Record<string, unknown>).model;
-          const g = typeof named === 'string' ? fleet.groups.get(named) : undefined;
-          const e = api === 'responses' ? withStoredConversation(toBrokerError(err), body as Record<string, unknown>) : err;
-          if (g !== undefined) proxy.refused(g.name, toBrokerError(e));
+          const e = api === 'responses' ? withStoredConversation(toBrokerError(err), b) : err;
+          if (named !== undefined) proxy.refused(named.name, toBrokerError(e));
           throw e;
         }
         group = fleet.groups.get(r.model);
