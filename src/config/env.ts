@@ -122,6 +122,12 @@ export interface Config {
   readonly grpcKeepaliveTimeoutMs: number;
   /** A gRPC connection that has not sent its HTTP/2 preface (SETTINGS) by then is closed. */
   readonly grpcHandshakeTimeoutMs: number;
+  /** A unary or server-streaming call whose request (its message and its end) has not arrived by then ends DEADLINE_EXCEEDED request_timeout. */
+  readonly grpcRequestTimeoutMs: number;
+  /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS the gRPC port advertises: open calls per connection. */
+  readonly grpcMaxConcurrentStreams: number;
+  /** Health/Watch streams open at once on this process; more are RESOURCE_EXHAUSTED. */
+  readonly grpcMaxHealthWatchers: number;
   /** OpenTelemetry traces (src/obs/trace/, docs/tracing.md). */
   readonly otel: OtelConfig;
   /** Request tracking in PostgreSQL (docs/tracking.md); undefined when DATABASE_URL is unset. */
@@ -313,6 +319,9 @@ export function loadConfig(env: Env = process.env): Config {
     // shorter timeout then closed every idle client's connection though each acked in time.
     grpcKeepaliveTimeoutMs: int(env, 'GRPC_KEEPALIVE_TIMEOUT_MS', 20_000, 5000, 3_600_000),
     grpcHandshakeTimeoutMs: int(env, 'GRPC_HANDSHAKE_TIMEOUT_MS', 10_000, 100, 600_000),
+    grpcRequestTimeoutMs: int(env, 'GRPC_REQUEST_TIMEOUT_MS', 30_000, 100, 3_600_000),
+    grpcMaxConcurrentStreams: int(env, 'GRPC_MAX_CONCURRENT_STREAMS', 1000, 1, 1_000_000),
+    grpcMaxHealthWatchers: int(env, 'GRPC_MAX_HEALTH_WATCHERS', 1000, 1, 1_000_000),
     otel: otelConfig(env),
     tracking: trackingConfig(env),
   });

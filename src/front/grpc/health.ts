@@ -20,6 +20,9 @@ export class HealthStatus {
   private readonly watchers = new Set<{ service: string; call: ServerWritableStream<CheckRequest, CheckResponse>; last: number }>();
   private stopping = false;
 
+  /** `maxWatchers`: Watch streams open at once; a Watch past it is RESOURCE_EXHAUSTED (each holds a stream and its memory for as long as its client likes). */
+  constructor(private readonly maxWatchers = 1000) {}
+
   /** Sets a service's status ("" for the broker); watchers of it hear the change. Ignored once shutting down. */
   set(service: string, status: number): void {
     if (this.stopping) return;
@@ -56,6 +59,10 @@ export class HealthStatus {
       },
       Watch: (call: ServerWritableStream<CheckRequest, CheckResponse>) => {
         const service = call.request.service ?? '';
+        if (this.watchers.size >= this.maxWatchers) {
+          call.emit('error', { code: Status.RESOURCE_EXHAUSTED, details: `${this.maxWatchers} Watch streams are open already (GRPC_MAX_HEALTH_WATCHERS): use Check, or retry later` });
+          return;
+        }
         const last = this.statuses.get(service) ?? SERVICE_UNKNOWN;
         call.write({ status: last });
         if (this.stopping) {

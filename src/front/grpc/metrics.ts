@@ -9,12 +9,14 @@
 // grpc_code is Go's code name (OK, Canceled, ResourceExhausted, ...). Counted by a
 // server interceptor, so every service on the server is: ours, health, reflection,
 // and any added later.
+import { constants, type ServerHttp2Stream } from 'node:http2';
 import type { Counter, Histogram } from 'prom-client';
 import { ServerInterceptingCall, status as Status, type ServerInterceptor } from '@grpc/grpc-js';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { Logger } from '../../obs/logger.ts';
 import { requestIdFrom } from '../../obs/request-id.ts';
-import { codeLabel } from './status.ts';
+import { BrokerError } from '../../errors.ts';
+import { codeLabel, grpcStatusOf } from './status.ts';
 
 const DEADLINE_SLACK_MS = 20;
 
@@ -48,13 +50,22 @@ function codeOf(status: { code: number; details?: string }): number {
   return status.code === Status.UNIMPLEMENTED && status.details?.startsWith('Received no request message') === true ? Status.CANCELLED : status.code;
 }
 
+/** The services whose handlers write their own access line (ours); health and reflection do not. */
+const logsItself = (path: string): boolean => !path.startsWith('/grpc.');
+
 /**
  * The interceptor that counts every call of the server. With `accessLog`, a unary or
  * server-streaming call that grpc-js ended before its handler had its request (a message that
- * does not decode or is over the size limit, a deadline already past, no message at all) gets
- * the access-log line its handler would have written: malformed traffic shows in the logs too.
+ * does not decode or is over the size limit, a second message, a deadline already past, no
+ * message at all) gets the access-log line its handler would have written: malformed traffic
+ * shows in the logs too; so does every call of the health and reflection services.
+ *
+ * Such a call whose request has not arrived whole (its message and its end) within
+ * `requestTimeoutMs` ends DEADLINE_EXCEEDED `request_timeout`, as an HTTP body that stops
+ * arriving does: grpc-js runs no handler before that, and would hold the call open for good
+ * (a client that answers keepalive pings never lets it go).
  */
-export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): ServerInterceptor {
+export function metricsInterceptor(metrics: Metrics, accessLog?: Logger, requestTimeoutMs = 30_000): ServerInterceptor {
   const { grpcStarted: started, grpcHandled: handled, grpcReceived: received, grpcSent: sent, grpcHandling: seconds } = metrics;
   // Label children bound once per method: a call costs no label lookups.
   const byPath = new Map<string, MethodMetrics>();
@@ -83,15 +94,34 @@ export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): Server
     m.started.inc();
     const t0 = performance.now();
     let done = false;
-    // The handler of a unary or server-streaming call runs once its one message has arrived.
-    let handled = method.requestStream;
+    // The handler of a unary or server-streaming call runs once its one message and the end
+    // of the client's stream have arrived; a streaming request's at once.
+    const own = logsItself(method.path);
+    let handled = own && method.requestStream;
+    let messages = 0;
     let clientId: string | undefined;
+    let waiting: NodeJS.Timeout | undefined;
+    if (!method.requestStream) {
+      waiting = setTimeout(() => {
+        const err = new BrokerError('request_timeout', `the request message did not arrive whole within ${requestTimeoutMs} ms (GRPC_REQUEST_TIMEOUT_MS)`);
+        const st = grpcStatusOf(err, requestIdFrom(clientId));
+        finish(st.code!, err.code);
+        sendStatus({ code: st.code!, details: st.details!, metadata: st.metadata! });
+        // The status ends the server's side only: the stream (and its place among the
+        // connection's concurrent streams) stays until the client ends its own, which this one
+        // does not. RST_STREAM(NO_ERROR) asks it to stop sending (RFC 9113 §8.1), after the status.
+        const stream = (call as { stream?: ServerHttp2Stream }).stream;
+        if (stream !== undefined) setImmediate(() => stream.destroyed || stream.close(constants.NGHTTP2_NO_ERROR));
+      }, requestTimeoutMs);
+      waiting.unref();
+    }
     // A call that ends before its handler ran (grpc-js ends it: a request that does not decode,
     // a message over the size limit, the deadline, a cancel before the message) has no access
     // line of its own: written here, once, with its count.
     const finish = (code: number, error?: string, aborted = false): void => {
       if (done) return;
       done = true;
+      clearTimeout(waiting);
       countHandled(m, code);
       m.seconds.observe((performance.now() - t0) / 1000);
       if (handled || accessLog === undefined) return;
@@ -117,8 +147,14 @@ export function metricsInterceptor(metrics: Metrics, accessLog?: Logger): Server
           },
           onReceiveMessage(message, nextMessage) {
             m.received.inc();
-            handled = true;
+            messages++;
             nextMessage(message);
+          },
+          onReceiveHalfClose(next) {
+            clearTimeout(waiting);
+            // One message, then the end: grpc-js runs the handler, which logs the call itself.
+            if (own && messages === 1) handled = true;
+            next();
           },
           onCancel() {
             const late = pastDeadline(call.getDeadline());

@@ -62,6 +62,12 @@ export interface GrpcFrontOptions {
   readonly keepaliveTimeoutMs: number;
   /** Close a connection that has not sent its HTTP/2 preface (SETTINGS) by then. Default 10 s. */
   readonly handshakeTimeoutMs?: number;
+  /** End a unary or server-streaming call whose request has not arrived whole by then (request_timeout). Default 30 s. */
+  readonly requestTimeoutMs?: number;
+  /** SETTINGS_MAX_CONCURRENT_STREAMS: calls open at once on one connection. Default 1000. */
+  readonly maxConcurrentStreams?: number;
+  /** Health/Watch streams open at once. Default 1000. */
+  readonly maxHealthWatchers?: number;
   readonly metrics: Metrics;
   readonly logger: Logger;
   readonly accessLog: Logger;
@@ -111,9 +117,12 @@ export async function startGrpcFront(o: GrpcFrontOptions): Promise<GrpcFront> {
     // Clients may ping as often as the server does, calls or not, without being sent GOAWAY.
     'grpc.keepalive_permit_without_calls': 1,
     'grpc.http2.min_ping_interval_without_data_ms': Math.min(o.keepaliveTimeMs, 10_000),
-    interceptors: [metricsInterceptor(o.metrics, o.accessLog)],
+    // grpc-js advertises no limit (2^32-1): one connection could hold any number of calls open.
+    // A client past it waits for a slot (its HTTP/2 stack queues the call); it is not refused.
+    'grpc.max_concurrent_streams': o.maxConcurrentStreams ?? 1000,
+    interceptors: [metricsInterceptor(o.metrics, o.accessLog, o.requestTimeoutMs ?? 30_000)],
   });
-  const health = new HealthStatus();
+  const health = new HealthStatus(o.maxHealthWatchers ?? 1000);
   const calls = new ActiveCalls();
   const guards: CallGuards = { rateLimiter: o.rateLimiter, metrics: o.metrics, knownKey: o.knownKey, client: o.client, recorder: o.recorder, priorityCeiling: o.priorityCeiling };
 
