@@ -98,7 +98,16 @@ export interface OperatorState {
    * (sync.ts); absent from older replicas.
    */
   readonly fileHash?: string;
+  /**
+   * Files POST /config/save wrote from this running config since it came from `fileHash`'s file
+   * (their fileHashOf, oldest first, at most SAVED_HASHES): a replica that starts with one of
+   * them (the saved file) is started from the running config, not an edited file.
+   */
+  readonly savedHashes?: readonly string[];
 }
+
+/** How many saved files a running config remembers (OperatorState.savedHashes). */
+const SAVED_HASHES = 16;
 
 /** A fleet file's fingerprint: its document as parsed (comments and layout do not count). */
 export function fileHashOf(raw: RawBrokerConfig): string {
@@ -129,6 +138,8 @@ export class FleetManager {
   private rev = 'initial';
   /** The file the running config descends from (OperatorState.fileHash); undefined: unknown. */
   private fileHash: string | undefined;
+  /** OperatorState.savedHashes. */
+  private savedHashes: readonly string[] = [];
   private readonly now: () => number;
   private readonly startedAt: number;
   private healthTimer: NodeJS.Timeout | undefined;
@@ -685,7 +696,10 @@ export class FleetManager {
     }
     this.renewRev();
     if (fromFile) for (const name of envNamesOf(raw)) this.keyEnvs.add(name);
-    if (fromFile) this.fileHash = fileHashOf(raw);
+    if (fromFile) {
+      this.fileHash = fileHashOf(raw);
+      this.savedHashes = [];
+    }
     this.adopt(next);
     this.changed();
     return next;
@@ -729,7 +743,13 @@ export class FleetManager {
       quotas: this.deps.governance.operatorQuotas(),
       keyEnvs: [...this.keyEnvs].sort(),
       ...(this.fileHash !== undefined ? { fileHash: this.fileHash } : {}),
+      ...(this.savedHashes.length > 0 ? { savedHashes: this.savedHashes } : {}),
     };
+  }
+
+  /** Whether a fleet file (its fileHashOf) is the one the running config came from, or one saved from it since. */
+  descendsFrom(fileHash: string): boolean {
+    return fileHash === this.fileHash || this.savedHashes.includes(fileHash);
   }
 
   /** An operator set quota limits here: the other replicas apply them too. */
@@ -748,6 +768,7 @@ export class FleetManager {
         this.rev = o.rev;
         // The adopted config's file (unknown for a doc of an older version).
         this.fileHash = o.fileHash;
+        this.savedHashes = o.savedHashes ?? [];
         for (const name of o.keyEnvs ?? []) this.keyEnvs.add(name);
         const known = new Set(this.servers.keys());
         this.adopt(next);
@@ -762,6 +783,8 @@ export class FleetManager {
         this.deps.logger.warn({ err: (err as Error).message }, 'a config from another replica does not load here; kept ours');
       }
     }
+    // A save there changes no revision: its file joins this config's saved files here too.
+    if (o.fileHash === this.fileHash) this.savedHashes = o.savedHashes ?? [];
     const draining = new Set(o.draining);
     const maintenance = new Map(o.maintenance.map((m) => [m.server, m]));
     for (const s of this.servers.values()) {
@@ -912,6 +935,13 @@ export class FleetManager {
     } catch (err) {
       rmSync(tmp, { force: true });
       throw notWritable(path, err as NodeJS.ErrnoException);
+    }
+    // The file now holds the running config: a replica that restarts with it takes the running
+    // config as it is then (changes made after the save included), not the file as an edit.
+    const saved = fileHashOf(readBrokerConfigDocument(path) as RawBrokerConfig);
+    if (!this.descendsFrom(saved)) {
+      this.savedHashes = [...this.savedHashes, saved].slice(-SAVED_HASHES);
+      this.changed();
     }
     this.deps.logger.info({ audit: 'config_save', path, version: this.version }, 'config saved');
     return { path, backup, version: this.version };

@@ -57,6 +57,7 @@ export function mergeOperatorState(base: OperatorState | undefined, local: Opera
     raw: config.raw,
     ...(config.keyEnvs !== undefined ? { keyEnvs: config.keyEnvs } : {}),
     ...(config.fileHash !== undefined ? { fileHash: config.fileHash } : {}),
+    ...savedHashesOf(config, local, remote),
     draining: mergeLists(b.draining, local.draining, remote.draining),
     maintenance: mergeLists(b.maintenance, local.maintenance, remote.maintenance, (m) => m.server),
     drainedDeployments: mergeLists(b.drainedDeployments, local.drainedDeployments, remote.drainedDeployments),
@@ -66,6 +67,12 @@ export function mergeOperatorState(base: OperatorState | undefined, local: Opera
     paused: mergeValue(b.paused, local.paused, remote.paused),
     quotas: mergeLists(b.quotas, local.quotas, remote.quotas, ([subject]) => subject),
   };
+}
+
+/** The files saved from the winning config: both sides' when they share its lineage (a save changes no revision), else its own. */
+function savedHashesOf(config: OperatorState, local: OperatorState, remote: OperatorState): { savedHashes?: readonly string[] } {
+  const both = local.fileHash === remote.fileHash ? [...new Set([...(remote.savedHashes ?? []), ...(local.savedHashes ?? [])])] : (config.savedHashes ?? []);
+  return both.length > 0 ? { savedHashes: both } : {};
 }
 
 export interface FlagsDoc {

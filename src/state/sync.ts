@@ -252,14 +252,15 @@ export class SharedState {
   private async fileWins(doc: OperatorState): Promise<boolean> {
     // A doc from a version without fingerprints: where its config came from is unknown, so it
     // is kept (as before); POST /config/reload puts the file in force.
-    if (doc.fileHash === undefined || doc.fileHash === this.o.fleet.exportOperatorState().fileHash) return false;
+    const mine = this.o.fleet.exportOperatorState().fileHash;
+    if (doc.fileHash === undefined || doc.fileHash === mine || (mine !== undefined && doc.savedHashes?.includes(mine) === true)) return false;
     this.o.fleet.renewRev();
     const local = this.o.fleet.exportOperatorState();
     this.o.logger.warn({ file: local.fileHash, shared: doc.fileHash }, 'the fleet file differs from the one the shared running config came from: this file is put in force on every replica');
     // The doc's operator state with this replica's changes since start on top (a drain made
     // here while Redis was away), and this replica's config.
     const merged = mergeOperatorState(this.base.get('fleet') as OperatorState | undefined, local, doc);
-    this.apply('fleet', { ...merged, rev: local.rev, raw: local.raw, keyEnvs: local.keyEnvs, fileHash: local.fileHash });
+    this.apply('fleet', { ...merged, rev: local.rev, raw: local.raw, keyEnvs: local.keyEnvs, fileHash: local.fileHash, savedHashes: [] });
     // Measured from the doc read, this replica's state is its change: the write puts it over.
     this.base.set('fleet', doc);
     await this.write('fleet', this.snapshot('fleet'));

@@ -3,7 +3,7 @@
 // found the store empty, and keeps what an operator changed on it while Redis was away.
 import t from 'tap';
 import { Redis } from 'ioredis';
-import { ADMIN_TOKEN, json, type TestBroker } from '../helpers/broker.ts';
+import { ADMIN_TOKEN, json, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 import { startRedis } from '../helpers/redis.ts';
 
@@ -25,8 +25,8 @@ const up = await startMock(t);
 const fleetWith = (maxQueue: number) => ({ scheduler: { maxQueue }, modelGroups: { g: { deployments: [{ id: 'd1', provider: 'openai', url: up.url, model: 'm' }, { id: 'd2', provider: 'openai', url: up.url, model: 'm' }] } } });
 const env = { INFER_ENABLED: 'false', REDIS_URL: redis.url, FLEET_HEALTH_CHECKS: 'false' };
 
-async function call(tb: TestBroker, method: string, path: string): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${tb.url}${path}`, { method, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+async function call(tb: TestBroker, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${tb.url}${path}`, { method, headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) }, body: body === undefined ? undefined : JSON.stringify(body) });
   return { status: res.status, body: await json(res) };
 }
 const queueOf = async (tb: TestBroker): Promise<unknown> => (await call(tb, 'GET', '/api/orchestrator/config')).body.scheduler?.maxQueue;
@@ -63,4 +63,31 @@ t.test('started with an edited file while Redis hung: the file goes in force whe
   redis.thaw();
   for (const tb of [m, a]) await until(async () => (await queueOf(tb)) === 66 && (await stateOf(tb, 'd2')) === 'draining', "m's file and drain on both", 20000);
   t.pass("m's file and its drain are in force on both");
+});
+
+// POST /config/save writes the running config to the file; a replica restarted with that file
+// is not an edited one: it takes the running config, changes made after the save included (it
+// put the saved config back on every replica, undoing them).
+t.test('a replica restarted with the file /config/save wrote keeps the changes made after the save, on every replica', async (t) => {
+  const a = await startFleetBroker(t, fleetWith(30), { ...env, REPLICA_ID: 'sa' });
+  await until(async () => (await queueOf(a)) === 30, 'a on its file');
+  const b = await startFleetBroker(t, fleetWith(30), { ...env, REPLICA_ID: 'sb' });
+  t.equal((await call(b, 'PATCH', '/api/orchestrator/config/queue', { maxSize: 31 })).status, 200);
+  await until(async () => (await queueOf(a)) === 31, 'the change on a');
+  const saved = await call(a, 'POST', '/api/orchestrator/config/save');
+  t.equal(saved.status, 200, 'saved');
+  t.equal((await call(b, 'PATCH', '/api/orchestrator/config/queue', { maxSize: 32 })).status, 200);
+  await until(async () => (await queueOf(a)) === 32, 'the change after the save on a');
+  const path = a.broker.config.brokerConfigPath!;
+  await a.close();
+  const again = await startTestBroker({ BROKER_CONFIG: path, ...env, REPLICA_ID: 'sa' });
+  t.teardown(() => again.close());
+  await until(async () => (await queueOf(again)) === 32, 'the restarted replica on the running config');
+  await new Promise((r) => setTimeout(r, 300));
+  t.same([await queueOf(again), await queueOf(b)], [32, 32], 'nothing undone on either');
+
+  // The saved file edited by hand is an edit again: it goes in force on both.
+  const edited = await startFleetBroker(t, fleetWith(33), { ...env, REPLICA_ID: 'sc' });
+  for (const tb of [edited, b, again]) await until(async () => (await queueOf(tb)) === 33, 'an edited file on every replica');
+  t.pass('an edited file still wins');
 });
