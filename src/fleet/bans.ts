@@ -54,6 +54,12 @@ export class Bans {
     return undefined;
   }
 
+  /** The ban on a whole server, if one is in force. */
+  onServer(server: string): Ban | undefined {
+    const b = this.bans.get(keyOf('server', server, null));
+    return b !== undefined && (b.until === null || b.until > this.now()) ? b : undefined;
+  }
+
   /** Removes the bans that match; returns how many. */
   remove(match: (b: Ban) => boolean): number {
     let n = 0;

@@ -952,12 +952,19 @@ export class FleetManager {
   health(queue: { size: number }): Record<string, unknown> {
     const servers = [...this.servers.values()];
     const healthy = servers.filter((s) => s.health === 'healthy' && s.maintenance === null).length;
-    const inService = servers.filter((s) => s.maintenance === null);
+    // What can take a request now: a healthy server neither drained, in maintenance nor banned,
+    // and a deployment no block keeps from routing (its route word, as requests see it). An
+    // operator's drains, bans and maintenance count: "healthy" while nothing can serve misled.
+    const available = servers.filter((s) => s.health === 'healthy' && s.maintenance === null && !s.draining && this.bans.onServer(s.config.id) === undefined).length;
+    const deployments = this.deps.governance.scheduler.all();
+    const routable = deployments.filter((d) => ((this.words.get(d.slot) ?? 0) & BLOCKED) === 0).length;
+    const serves = deployments.length > 0 ? routable > 0 : available > 0;
     return {
-      status: inService.length === 0 || healthy > 0 ? 'healthy' : 'unhealthy',
+      status: servers.length === 0 && deployments.length === 0 ? 'healthy' : serves ? 'healthy' : 'unhealthy',
       uptime: Math.round((this.now() - this.startedAt) / 1000),
       version: process.env.npm_package_version ?? '0.1.0',
-      servers: { healthy, total: servers.length },
+      servers: { healthy, available, total: servers.length },
+      deployments: { routable, total: deployments.length },
       queue: { size: queue.size, maxSize: this.config.scheduler.maxQueue, paused: this.paused },
     };
   }

@@ -5,7 +5,7 @@
 import t from 'tap';
 import { metricValue, type TestBroker } from '../helpers/broker.ts';
 import { spawnMock, startMock } from '../helpers/fleet.ts';
-import { FAST_CHECKS, broker as fleetBroker, chat, get, server, until, used } from './helpers.ts';
+import { FAST_CHECKS, broker as fleetBroker, chat, get, send, server, until, used } from './helpers.ts';
 
 const broker = (fleet: Record<string, unknown>, env: Record<string, string> = {}): Promise<TestBroker> => fleetBroker(t, fleet, env);
 
@@ -28,7 +28,7 @@ t.test('a killed server turns unhealthy, traffic goes elsewhere with no client e
   t.ok((await metricValue(tb.url, 'fleet_health_check_failures_total', { server: 'a' })) >= 2);
   t.equal(await metricValue(tb.url, 'fleet_servers', { state: 'unhealthy' }), 1);
   const health = await get(tb, '/api/orchestrator/health');
-  t.same(health.servers, { healthy: 1, total: 2 });
+  t.same(health.servers, { healthy: 1, available: 1, total: 2 });
   t.equal(health.status, 'healthy', 'one healthy server is enough to serve');
 
   await a.restart();
@@ -80,3 +80,28 @@ t.test('a 429 and a client that goes away do not trip a breaker', async (t) => {
   t.same(list.map((b: any) => [b.server, b.state]).sort(), [['busy', 'closed'], ['slow', 'closed']]);
 });
 
+
+// /api/orchestrator/health said "healthy" with one server drained and the other banned, while
+// every chat answered 503: the operator's blocks count, as requests see them.
+t.test('orchestrator health is unhealthy when drains and bans leave nothing to serve, healthy again when one is lifted', async (t) => {
+  const a = await startMock(t);
+  const b = await startMock(t);
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'a', provider: 'openai', url: a.url, model: 'm' }, { id: 'b', provider: 'openai', url: b.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  const before = await get(tb, '/api/orchestrator/health');
+  t.equal(before.status, 'healthy');
+  t.same(before.deployments, { routable: 2, total: 2 });
+  t.equal(before.servers.available, 2);
+  t.equal((await send(tb, 'POST', '/api/orchestrator/servers/a/drain')).status, 200);
+  t.equal((await send(tb, 'POST', '/api/orchestrator/bans/server/b', { reason: 'flaky NIC' })).status, 200);
+  t.equal((await chat(tb, 'g')).status, 503, 'nothing serves');
+  const blocked = await get(tb, '/api/orchestrator/health');
+  t.equal(blocked.status, 'unhealthy', 'and the health says so');
+  t.same(blocked.deployments, { routable: 0, total: 2 });
+  t.equal(blocked.servers.available, 0);
+  t.equal(blocked.servers.total, 2);
+  t.equal((await send(tb, 'DELETE', '/api/orchestrator/bans/server/b')).status, 200);
+  const lifted = await get(tb, '/api/orchestrator/health');
+  t.equal(lifted.status, 'healthy');
+  t.same(lifted.deployments, { routable: 1, total: 2 });
+  t.equal((await chat(tb, 'g')).status, 200);
+});
