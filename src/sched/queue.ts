@@ -71,6 +71,8 @@ export class WaitQueue {
   private timedOut = 0;
   private rejectedFull = 0;
   private shedCount = 0;
+  /** Set by close(): the error every waiter gets from then on. */
+  private closedWith: BrokerError | undefined;
   private readonly shared: Int32Array | undefined;
   private readonly board: WaitBoard | undefined;
   private readonly levels: ShedBoard;
@@ -160,6 +162,7 @@ export class WaitQueue {
    */
   wait(group: string, priority: number, deadline: number, since: number, signal: AbortLike, seq?: number, byPriority = true): Promise<Woken> {
     if (signal.aborted) return Promise.reject(new BrokerError('internal', 'client went away before it was queued'));
+    if (this.closedWith !== undefined) return Promise.reject(this.closedWith);
     if ((this.shared !== undefined ? Atomics.load(this.shared, 0) : this.total) >= this.maxSize) {
       // Full: with priority routing on, the newest waiter of the lowest level below this one's
       // makes room, on this thread first (at once), else on another (which refuses it when the
@@ -217,6 +220,16 @@ export class WaitQueue {
   }
 
   /**
+   * The broker is stopping: every waiter is refused with `err` now, and so is every request
+   * that would wait from now on. A request that never reached an upstream is better retried on
+   * another replica at once than held for the grace period and cut at its end.
+   */
+  close(err: BrokerError): void {
+    this.closedWith = err;
+    for (const list of this.byGroup.values()) for (const e of [...list]) e.refuse(err);
+  }
+
+  /**
    * A newcomer of a higher level claimed one of this thread's waiters of `level`: the newest
    * of them, of any group, is refused. Settles the claim even when none is left (it was woken
    * or went away meanwhile, which made the room the claim was for).
@@ -248,4 +261,9 @@ export class WaitQueue {
     entry.resolve(round);
     return true;
   }
+}
+
+/** What a request still waiting for a deployment gets when the broker stops (WaitQueue.close). */
+export function shutdownRefusal(): BrokerError {
+  return new BrokerError('shutting_down', 'the broker is shutting down and this request had not started: retry it (another replica takes it)', { retryAfter: 1 });
 }

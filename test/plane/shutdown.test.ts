@@ -222,3 +222,50 @@ for (const threads of ['0', '2']) {
     t.match(body ?? '', /data: \[DONE\]/, 'and complete');
   });
 }
+
+// LLM requests still waiting for a deployment when the broker stops: answered at once, 503
+// shutting_down with Retry-After, for the client (or the load balancer) to retry on another
+// replica; before, they waited out the whole grace period and were then cut as if begun.
+for (const threads of ['0', '2']) {
+  t.test(`FRONT_THREADS=${threads}: LLM requests still queued at shutdown answer 503 shutting_down with Retry-After at once; the running stream finishes`, async (t) => {
+    const slow = await createMockUpstream({ tokens: 40, tps: 20 });
+    t.teardown(() => slow.close());
+    const dir = mkdtempSync(join(tmpdir(), 'eb-stop-'));
+    writeFileSync(join(dir, 'broker.yaml'), stringify({ scheduler: { maxWaitMs: 60_000 }, modelGroups: { g: { deployments: [{ id: 'one', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 1 }] } } }));
+    const tb = await startTestBroker({ BROKER_CONFIG: join(dir, 'broker.yaml'), FRONT_THREADS: threads, INFER_ENABLED: 'false' });
+    const events: string[] = [];
+    const chat = (stream: boolean, name: string) =>
+      request(`${tb.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'g', stream, messages: [{ role: 'user', content: name }] }),
+      }).then(async (r) => {
+        const text = await r.body.text();
+        events.push(name);
+        return { status: r.statusCode, retryAfter: r.headers['retry-after'], text };
+      });
+    const running = chat(true, 'running');
+    for (let i = 0; i < 200 && slow.stats.open === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    t.equal(slow.stats.open, 1, 'one stream holds the only place');
+    const queued = [chat(false, 'q1'), chat(true, 'q2'), chat(false, 'q3')];
+    let depth = 0;
+    for (let i = 0; i < 300 && depth < 3; i++) {
+      depth = Number(/^broker_queue_depth(?:\{[^}]*\})? (\d+)/m.exec(await (await fetch(`${tb.url}/metrics`)).text())?.[1] ?? 0);
+      if (depth < 3) await new Promise((r) => setTimeout(r, 10));
+    }
+    t.equal(depth, 3, 'three wait for it');
+    const closing = tb.broker.close(30_000);
+    const refused = await Promise.all(queued);
+    t.same(events.slice(0, 3).sort(), ['q1', 'q2', 'q3'], 'the queued ones are answered before the running stream ends');
+    for (const r of refused) {
+      t.equal(r.status, 503);
+      t.equal(r.retryAfter, '1');
+      t.match(JSON.parse(r.text).error, { code: 'shutting_down', message: /had not started/ });
+    }
+    const done = await running;
+    t.equal(done.status, 200);
+    t.match(done.text, /data: \[DONE\]/, 'the running stream completed within the grace period');
+    await closing;
+    t.equal(slow.stats.requests['/v1/chat/completions'], 1, 'the queued requests never reached the upstream');
+  });
+}
