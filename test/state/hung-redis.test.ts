@@ -91,3 +91,30 @@ t.test('a broker started while Redis is hung: it listens and serves, then finds 
   redis.thaw();
   await until('redis_up 1', async () => (await metricValue(tb!.url, 'redis_up')) === 1);
 });
+
+// A busy host: this thread stalls past the command timeout while Redis has answered. The
+// command's timer fires first after the stall (timers before the poll phase that reads the
+// reply); it was read as a hung Redis (redis_up 0, connections dropped, every doc re-read).
+t.test('this thread stalled past the command timeout, Redis answering: the store stays up and keeps its connection', async (t) => {
+  const ups: boolean[] = [];
+  const store = new RedisStore({ url: redis.url, replica: 'r-stall', logger: createLogger('silent'), commandTimeoutMs: 200, onUp: (up) => ups.push(up) });
+  t.teardown(() => store.close());
+  await store.connect();
+  await store.putDoc('flags', { a: 2 });
+  await new Promise((r) => setTimeout(r, 300));
+  const pending = store.getDoc('flags').then(() => 'read', (err: Error) => err.message);
+  // The thread busy for 3x the timeout in a turn of its own, as a start compiling models or a
+  // long GC would hold it: the next turn runs the expired timers before it reads the reply.
+  await new Promise<void>((r) =>
+    setImmediate(() => {
+      const until = Date.now() + 600;
+      while (Date.now() < until);
+      r();
+    }),
+  );
+  t.equal(await pending, 'Command timed out', "the command's own timer fired first");
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(store.up, true, 'not counted as a hung Redis');
+  t.same(ups, [true], 'never down');
+  t.same(await store.getDoc('flags'), { a: 2 }, 'the next command is answered on the same connection');
+});
