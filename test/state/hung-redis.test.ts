@@ -102,14 +102,15 @@ t.test('this thread stalled past the command timeout, Redis answering: the store
   await store.connect();
   await store.putDoc('flags', { a: 2 });
   await new Promise((r) => setTimeout(r, 300));
-  const pending = store.getDoc('flags').then(() => 'read', (err: Error) => err.message);
-  // The thread busy for 3x the timeout in a turn of its own, as a start compiling models or a
-  // long GC would hold it: the next turn runs the expired timers before it reads the reply.
-  await new Promise<void>((r) =>
+  // Sent, then the thread busy for 3x the timeout, as a start compiling models or a long GC
+  // would hold it; from the check phase, so that the next turn of the loop runs the expired
+  // timers before its poll phase reads the reply.
+  const pending = await new Promise<Promise<string>>((r) =>
     setImmediate(() => {
+      const p = store.getDoc('flags').then(() => 'read', (err: Error) => err.message);
       const until = Date.now() + 600;
       while (Date.now() < until);
-      r();
+      r(p);
     }),
   );
   t.equal(await pending, 'Command timed out', "the command's own timer fired first");
