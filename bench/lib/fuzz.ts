@@ -8,7 +8,7 @@
 import { connect } from 'node:net';
 import { fuzzCases, type FuzzCase } from './fuzz-gen.ts';
 import { startOpsFleet } from './ops-fleet.ts';
-import { startBroker, type Child } from './process.ts';
+import { startBroker, type BrokerRuntime, type Child } from './process.ts';
 import { memoryStatus } from './proc.ts';
 import { fashionPng } from './images.ts';
 import { machine } from './report.ts';
@@ -33,6 +33,8 @@ export interface FuzzOptions {
   readonly concurrency?: number;
   /** FRONT_THREADS of the broker (default 2). */
   readonly frontThreads?: number;
+  /** How the broker runs (default tsx: the sources, as `npm run fuzz` always ran it). */
+  readonly runtime?: BrokerRuntime;
   readonly log?: (line: string) => void;
   /** Idle seconds after the warm-up before the start RSS is read (default 25: once idle heaps have shrunk). */
   readonly idleS?: number;
@@ -201,7 +203,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       BROKER_FF_QUOTA_ENFORCEMENT: 'true',
       BROKER_FF_STICKY_ROUTING: 'true',
       LOG_LEVEL: 'error',
-    });
+    }, [], undefined, o.runtime);
     const b = broker;
     const { png } = await fashionPng(0);
     const pngB64 = png.toString('base64');

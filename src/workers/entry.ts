@@ -15,11 +15,13 @@
 // The worker reads its data from `workerData` of 'piscina' or 'node:worker_threads' as
 // usual; under tsx it also finds `entry` there, a name the caller's data must not use.
 //
-// WORKERS_FROM_DIST=1 (`npm test` sets it, right after building dist/): run from the
-// sources, a worker of src/ still starts from its compiled .js in dist/. A data-plane thread
-// then starts in half the CPU (1.4 s for two instead of 2.8 s: tsx's hooks
+// WORKERS_FROM_DIST=1 (e.g. `npm run build && WORKERS_FROM_DIST=1 npx tap test/x.test.ts`): run
+// from the sources, a worker of src/ still starts from its compiled .js in dist/. A data-plane
+// thread then starts in half the CPU (1.4 s for two instead of 2.8 s: tsx's hooks
 // resolve every import through a thread of their own), and the threads run the code
 // `npm start` runs. Only for a dist/ built from the same sources: nothing checks that.
+// `npm test` has no need of it: it runs the tests compiled (.test-build/), where every
+// caller is a .js module and its threads start from their compiled siblings.
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 

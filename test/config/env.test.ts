@@ -1,13 +1,16 @@
 import t from 'tap';
-import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from '../../src/config/env.ts';
+
+/** A bundled model's absolute path: models/ of the tree this test runs in (the repo, or `npm test`'s .test-build/). */
+const bundled = (file: string): string => fileURLToPath(new URL(`../../models/${file}`, import.meta.url));
 
 t.test('defaults', async (t) => {
   const c = loadConfig({});
   t.equal(c.port, 8080);
   t.equal(c.maxBodyBytes, 8 * 1024 * 1024);
-  t.equal(c.modelVaPath, resolve('models/vA.onnx'), 'the bundled model, by an absolute path: any working directory finds it');
-  t.equal(c.modelVbPath, resolve('models/vB.onnx'));
+  t.equal(c.modelVaPath, bundled('vA.onnx'), 'the bundled model, by an absolute path: any working directory finds it');
+  t.equal(c.modelVbPath, bundled('vB.onnx'));
   t.equal(c.adminToken, undefined);
   t.ok(Object.isFrozen(c));
   t.ok(c.inferThreads * c.inferIntraOpThreads >= 1);

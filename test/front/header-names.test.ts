@@ -6,6 +6,7 @@ import { connect } from 'node:net';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { startTestBroker } from '../helpers/broker.ts';
+import { runTs } from '../helpers/child.ts';
 import { loadUws } from '../../src/front/http/uws.ts';
 
 /** The status line of the reply to `head`, or 'no answer' when none came within a second. */
@@ -40,10 +41,12 @@ t.test('the addon in use is the patched build where the patch applies; UWS_HEADE
   t.equal(loadUws().underscoreHeaders, patchable, loadUws().note ?? 'patched');
   t.equal(typeof loadUws().uws.App, 'function');
   // Another process (the choice is made once per thread): the package as it is.
-  const module = fileURLToPath(new URL('../../src/front/http/uws.ts', import.meta.url));
+  // Compiled (npm test), the module's .js twin, with no tsx: runTs's last argument is the module.
+  const run = runTs(fileURLToPath(new URL('../../src/front/http/uws.ts', import.meta.url)));
+  const module = run.at(-1)!;
   const script = `const { loadUws } = await import(${JSON.stringify(module)}); const u = loadUws(); console.log(JSON.stringify({ patched: u.underscoreHeaders, app: typeof u.uws.App, note: u.note }));`;
   for (const off of ['false', 'Off']) {
-    const out = JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { env: { ...process.env, UWS_HEADER_PATCH: off }, encoding: 'utf8' }).trim().split('\n').at(-1)!);
+    const out = JSON.parse(execFileSync(process.execPath, [...run.slice(0, -1), '--input-type=module', '-e', script], { env: { ...process.env, UWS_HEADER_PATCH: off }, encoding: 'utf8' }).trim().split('\n').at(-1)!);
     t.same(out, { patched: false, app: 'function', note: `UWS_HEADER_PATCH=${off}` }, `any spelling of false: ${off}`);
   }
 });

@@ -3,6 +3,16 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 
 /**
+ * The node arguments that run `file`, a TypeScript module of the repo (an absolute path, or
+ * relative to the child's cwd): through tsx when the tests run from the sources; when they run
+ * compiled (`npm test`: .test-build/, where this module too is .js), its compiled .js twin, with
+ * nothing of tsx.
+ */
+export function runTs(file: string): string[] {
+  return import.meta.url.endsWith('.js') ? [file.replace(/\.ts$/, '.js')] : ['--import', 'tsx', file];
+}
+
+/**
  * Spawns `cmd` and resolves once `ready` finds what it waits for in the stdout so far
  * (its value is returned); rejects with the output's tail if the process exits first.
  */

@@ -1,6 +1,6 @@
 // Mock LLM upstreams and a broker in front of them, from a fleet object, for a test file.
 import type { ChildProcess } from 'node:child_process';
-import { sigkill, spawnReady } from './child.ts';
+import { runTs, sigkill, spawnReady } from './child.ts';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
@@ -45,7 +45,7 @@ export async function spawnMock(t: Teardown, args: string[] = []): Promise<MockP
   const start = async (port: number): Promise<number> => {
     // Its first stdout line says where it listens.
     const firstLine = (out: string): number | undefined => (out.includes('\n') ? (JSON.parse(out.split('\n')[0]!) as { listening: number }).listening : undefined);
-    const s = await spawnReady(process.execPath, ['--import', 'tsx', main, '--port', String(port), '--tokens', '4', ...args], firstLine);
+    const s = await spawnReady(process.execPath, [...runTs(main), '--port', String(port), '--tokens', '4', ...args], firstLine);
     child = s.child;
     return s.value;
   };

@@ -16,6 +16,7 @@ import { loadConfig } from '../../src/config/env.ts';
 import { startTestBroker, postJson, admin, logLine, metricValue, type TestBroker } from '../helpers/broker.ts';
 import { FOREIGN, writeForeignModel } from './foreign-model.ts';
 import { fashionPngs } from '../helpers/images.ts';
+import { runTs } from '../helpers/child.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const base = {
@@ -319,7 +320,7 @@ t.test('A does not fit: not ready, and waitReady says why', async (t) => {
 
 // With data-plane threads too: exiting under their uWS sockets aborted the process (exit 134).
 for (const threads of ['0', '1']) t.test(`npm start with an A that does not fit, FRONT_THREADS=${threads}: exit 1, one line with the reason`, async (t) => {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, runTs('src/main.ts'), {
     cwd: root,
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', GRPC_PORT: '0', FRONT_THREADS: threads, INFER_THREADS: '1', LOG_LEVEL: 'fatal', MODEL_VA_PATH: wrongChannels, MODEL_VB_PATH: good },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -335,7 +336,7 @@ for (const threads of ['0', '1']) t.test(`npm start with an A that does not fit,
 
 t.test('SIGTERM while the broker is stopping for an A that does not fit: still exit 1 with the reason, never an abort', async (t) => {
   for (let round = 0; round < 3; round++) {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    const child = spawn(process.execPath, runTs('src/main.ts'), {
       cwd: root,
       env: { ...process.env, HOST: '127.0.0.1', PORT: '0', GRPC_PORT: '0', FRONT_THREADS: '1', INFER_THREADS: '1', LOG_LEVEL: 'fatal', MODEL_VA_PATH: wrongChannels, MODEL_VB_PATH: good },
       stdio: ['ignore', 'ignore', 'pipe'],

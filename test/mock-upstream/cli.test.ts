@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseMockUpstreamArgs } from '../../src/mock-upstream/args.ts';
 import { mockText } from '../../src/mock-upstream/server.ts';
+import { runTs } from '../helpers/child.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const main = 'src/mock-upstream/main.ts';
@@ -33,7 +34,7 @@ t.test('flags map to options', async (t) => {
 });
 
 function run(args: string[]) {
-  return spawn(process.execPath, ['--import', 'tsx', main, ...args], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawn(process.execPath, [...runTs(main), ...args], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 async function output(child: ReturnType<typeof run>): Promise<{ code: number | null; stdout: string; stderr: string }> {

@@ -5,6 +5,7 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { fdLogStream, PIPE_BUF, writeLines } from '../../src/obs/log-stream.ts';
+import { runTs } from '../helpers/child.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -66,7 +67,7 @@ t.test('lines of one turn go out in one write; flush(cb) writes what is gathered
 // The broker as a process, stdout a pipe: the data-plane threads write their own lines there
 // (not through the control plane), concurrently with each other and the control plane.
 t.test('a broker with two data-plane threads: every stdout line is JSON, one access line per request, from both threads', async (t) => {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, runTs('src/main.ts'), {
     cwd: root,
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', GRPC_PORT: '0', FRONT_THREADS: '2', INFER_ENABLED: 'false', LOG_LEVEL: 'info', RATE_LIMIT_RPS: '0' },
     stdio: ['ignore', 'pipe', 'pipe'],

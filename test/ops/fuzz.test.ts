@@ -6,6 +6,9 @@
 import t from 'tap';
 import { runFuzz, DOCUMENTED_5XX } from '../../bench/lib/fuzz.ts';
 
+// Run compiled (`npm test`, which builds dist/ first), the broker too: dist/main.js, no tsx.
+const RUNTIME = import.meta.url.endsWith('.js') ? 'dist' : 'tsx';
+
 t.test('1,000 malformed requests, seed 20261130', async (t) => {
   // Shorter than npm run fuzz: a 100-request warm-up, the start RSS read at once instead of
   // after 25 s idle, and 20 s at most for RSS to settle. 500 requests may leave the heaps
@@ -13,7 +16,7 @@ t.test('1,000 malformed requests, seed 20261130', async (t) => {
   // RSS at the end must be within 25 % of RSS half way, a guard against leaks of tens of KB
   // per request. npm run fuzz holds the 10 %.
   const started = Date.now();
-  const r = await runFuzz({ seed: 20261130, count: 1000, concurrency: 16, warmup: 100, idleS: 0, rssLimitPct: 25, settleS: 20, log: (l) => t.comment(`${((Date.now() - started) / 1000).toFixed(1)} s: ${l}`) });
+  const r = await runFuzz({ seed: 20261130, count: 1000, concurrency: 16, warmup: 100, idleS: 0, rssLimitPct: 25, settleS: 20, runtime: RUNTIME, log: (l) => t.comment(`${((Date.now() - started) / 1000).toFixed(1)} s: ${l}`) });
   t.same(r.failures, [], 'the run passes');
   t.equal(r.broker_exited, null, 'the broker never exited');
   t.same(r.unexpected, [], 'no undocumented 5xx');

@@ -4,6 +4,7 @@ import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { runTs } from '../helpers/child.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -16,7 +17,7 @@ function run(env: Record<string, string>): Promise<{ code: number | null; stderr
 }
 
 function start(env: Record<string, string>): ChildProcess {
-  return spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { cwd: root, env: { ...process.env, HOST: '127.0.0.1', INFER_ENABLED: 'false', FRONT_THREADS: '0', LOG_LEVEL: 'error', ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  return spawn(process.execPath, runTs('src/main.ts'), { cwd: root, env: { ...process.env, HOST: '127.0.0.1', INFER_ENABLED: 'false', FRONT_THREADS: '0', LOG_LEVEL: 'error', ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
 async function holdPort(t: { teardown(fn: () => unknown): void }): Promise<number> {

@@ -4,14 +4,20 @@
 import t from 'tap';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, realpathSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { workerEntry } from '../../src/workers/entry.ts';
 
+// This test's .ts source, as the base of a caller run from the sources, also when the test
+// runs compiled (`npm test`: .test-build/, where each .ts is linked in next to its .js).
+const HERE = new URL('./entry.test.ts', import.meta.url).href;
+/** A file URL's real path: tsx loads a linked .ts from where the link points. */
+const real = (url: string): string => realpathSync(fileURLToPath(url.split('?')[0]!));
+
 t.test('from TypeScript: ts-entry.mjs, with entry beside the caller data', async (t) => {
   const port = new SharedArrayBuffer(4);
-  const { filename, workerData } = workerEntry('./fixtures/echo-worker.ts', import.meta.url, { greeting: 'hi', port });
+  const { filename, workerData } = workerEntry('./fixtures/echo-worker.ts', HERE, { greeting: 'hi', port });
   t.equal(filename, fileURLToPath(new URL('../../src/workers/ts-entry.mjs', import.meta.url)));
   t.equal(workerData.entry, new URL('./fixtures/echo-worker.ts', import.meta.url).href);
   t.equal(workerData.greeting, 'hi');
@@ -27,7 +33,7 @@ t.test('from TypeScript: ts-entry.mjs, with entry beside the caller data', async
   ])) as [{ workerData: Record<string, unknown>; url: string; greeting: string }];
   await worker.terminate();
   t.equal(msg.greeting, 'HI', 'the TypeScript worker ran');
-  t.equal(msg.url.split('?')[0], workerData.entry, 'tsx loaded the entry (tsImport adds a ?tsx-namespace query)');
+  t.equal(real(msg.url), real(workerData.entry!), 'tsx loaded the entry (tsImport adds a ?tsx-namespace query)');
   t.same(Object.keys(msg.workerData).sort(), ['entry', 'greeting', 'port']);
 });
 
@@ -56,14 +62,14 @@ t.test('WORKERS_FROM_DIST=1: a worker of src/ starts from its twin in dist/, whe
   t.equal(e.filename, join(app, 'dist', 'plane', 'worker.js'), 'the compiled twin');
   t.same(e.workerData, { index: 1 }, 'no entry: nothing of tsx');
   t.equal(workerEntry('./worker.ts', pool).filename, tsEntry, 'no twin built: from the sources');
-  t.equal(workerEntry('./fixtures/echo-worker.ts', import.meta.url).filename, tsEntry, 'not under src/: from the sources');
+  t.equal(workerEntry('./fixtures/echo-worker.ts', HERE).filename, tsEntry, 'not under src/: from the sources');
 
   delete process.env.WORKERS_FROM_DIST;
   t.equal(workerEntry('./worker.ts', planes).filename, tsEntry, 'unset: from the sources');
 });
 
 t.test('refuses what it cannot start', async (t) => {
-  const base = import.meta.url;
+  const base = HERE;
   t.throws(() => workerEntry('./worker.js', base), /relative \.ts specifier/);
   t.throws(() => workerEntry('worker.ts', base), /relative \.ts specifier/);
   t.throws(() => workerEntry('./worker.ts', base, { entry: 'x' }), /reserved/);

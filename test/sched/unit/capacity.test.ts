@@ -139,8 +139,10 @@ t.test('two instances over one buffer see the same numbers', async (t) => {
 const WORKER = `
 const { workerData, parentPort } = require('node:worker_threads');
 (async () => {
-  const { tsImport } = await import(workerData.tsxApi);
-  const { CapacityCounters } = await tsImport(workerData.entry, workerData.parentURL);
+  // Compiled (npm test), the module itself; from the sources, through tsx's API.
+  const { CapacityCounters } = workerData.entry.endsWith('.js')
+    ? await import(workerData.entry)
+    : await (await import(workerData.tsxApi)).tsImport(workerData.entry, workerData.parentURL);
   const c = new CapacityCounters(workerData.maxDeployments, workerData.buffer);
   c.bind('shared', workerData.slot);
   const slot = c.register('shared', workerData.limit);
@@ -186,7 +188,7 @@ t.test('worker threads: concurrent tryAcquire/release never exceed the limit and
   const control = new SharedArrayBuffer(4 * 4);
   const workerData = {
     tsxApi: import.meta.resolve('tsx/esm/api'),
-    entry: new URL('../../../src/sched/capacity.ts', import.meta.url).href,
+    entry: new URL(`../../../src/sched/capacity${import.meta.url.endsWith('.js') ? '.js' : '.ts'}`, import.meta.url).href,
     parentURL: import.meta.url,
     buffer: main.buffer,
     maxDeployments: 4,

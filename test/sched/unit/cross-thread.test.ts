@@ -1,7 +1,7 @@
 // Real worker threads attached to the same SharedArrayBuffers, hammering at once:
 // the totals must be exact, as if one thread had done all the work. Each worker
 // loads the TypeScript modules through shared-worker.mjs (tsx's API), since Node 20
-// does not give worker threads the parent's `--import tsx`.
+// does not give worker threads the parent's `--import tsx` (run compiled, the .js modules).
 import t from 'tap';
 import { Worker } from 'node:worker_threads';
 import { SharedTable } from '../../../src/sched/shared-table.ts';
@@ -9,13 +9,15 @@ import { createRateLimiter, rateLimitBuffer } from '../../../src/guard/rate-limi
 import { QuotaLedger } from '../../../src/policy/quota.ts';
 
 const ENTRY = new URL('./shared-worker.mjs', import.meta.url);
+// Compiled (npm test: .test-build/), the workers import the compiled modules, with no tsx.
+const SRC = import.meta.url.endsWith('.js') ? new URL('../../../src/', import.meta.url).href : undefined;
 const CLOCK = 1_700_000_000_000;
 
 /** Starts one worker per data, releases them together once all are ready, returns what each posted. */
 async function inWorkers<R>(data: Record<string, unknown>[]): Promise<R[]> {
   const start = new SharedArrayBuffer(8);
   const gate = new Int32Array(start);
-  const workers = data.map((d) => new Worker(ENTRY, { workerData: { ...d, start } }));
+  const workers = data.map((d) => new Worker(ENTRY, { workerData: { ...d, start, src: SRC } }));
   const results = workers.map(
     (w) =>
       new Promise<R>((resolve, reject) => {

@@ -4,13 +4,18 @@
 // so this plain-JS entry loads the TypeScript modules through tsx's API, as
 // src/workers/ts-entry.mjs does.
 //
-// workerData: { task, ...args }. The worker waits on `start` (an Int32Array cell
+// workerData: { task, src?, ...args }. The worker waits on `start` (an Int32Array cell
 // over a SharedArrayBuffer) so that all workers begin hammering together, then
-// posts back what it counted.
+// posts back what it counted. With `src`, the URL of a compiled src/ (`npm test` runs
+// the tests compiled, from .test-build/), it imports the compiled .js modules, no tsx.
 import { parentPort, workerData } from 'node:worker_threads';
-import { tsImport } from 'tsx/esm/api';
 
 const { task } = workerData;
+/** A module of src/, named by its path relative to src/ as a .ts file. */
+const load = async (path) =>
+  workerData.src !== undefined
+    ? import(new URL(path.replace(/\.ts$/, '.js'), workerData.src).href)
+    : (await import('tsx/esm/api')).tsImport(`../../../src/${path}`, import.meta.url);
 const gate = new Int32Array(workerData.start);
 
 function waitForStart() {
@@ -19,13 +24,13 @@ function waitForStart() {
 }
 
 if (task === 'slots') {
-  const { SharedTable } = await tsImport('../../../src/sched/shared-table.ts', import.meta.url);
+  const { SharedTable } = await load('sched/shared-table.ts');
   const table = new SharedTable(workerData.capacity, workerData.buffer, workerData.opts);
   waitForStart();
   const slots = workerData.keys.map((k) => table.acquire(k));
   parentPort.postMessage({ slots });
 } else if (task === 'rate') {
-  const { createRateLimiter } = await tsImport('../../../src/guard/rate-limit.ts', import.meta.url);
+  const { createRateLimiter } = await load('guard/rate-limit.ts');
   const now = () => workerData.clock; // frozen clock: no refill during the run, totals are exact
   const rl = createRateLimiter(workerData.rps, workerData.burst, { now, buffer: workerData.buffer });
   waitForStart();
@@ -42,7 +47,7 @@ if (task === 'slots') {
   }
   parentPort.postMessage({ admitted });
 } else if (task === 'quota') {
-  const { QuotaLedger } = await tsImport('../../../src/policy/quota.ts', import.meta.url);
+  const { QuotaLedger } = await load('policy/quota.ts');
   const q = new QuotaLedger(() => workerData.clock, { buffer: workerData.buffer });
   waitForStart();
   let admitted = 0;
