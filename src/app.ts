@@ -43,7 +43,6 @@ import { loadBrokerConfigFile } from './config/fleet-file.ts';
 import { FlagStore, type FlagSet } from './config/flags.ts';
 import { CapacityCounters } from './sched/capacity.ts';
 import { Governance } from './sched/governance.ts';
-import { shutdownRefusal } from './sched/queue.ts';
 import { clearWaitBoardRow, waitBoardBuffer } from './sched/wait-board.ts';
 import { ShedBoard, waitersBuffer } from './sched/shed-board.ts';
 import { QuotaLedger } from './policy/quota.ts';
@@ -589,7 +588,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         sharedState.close();
         // LLM requests still waiting for a deployment (gRPC's, and HTTP's with FRONT_THREADS=0;
         // each data-plane thread answers its own) are answered now, to be retried elsewhere.
-        governance.queue.close(shutdownRefusal());
+        governance.queue.close();
         // gRPC: health NOT_SERVING, no new calls, graceMs for open ones, then UNAVAILABLE.
         const grpcClosed = grpc?.close(graceMs) ?? Promise.resolve(0);
         let unfinished: number;

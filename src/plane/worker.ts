@@ -12,7 +12,6 @@ import { FlagStore } from '../config/flags.ts';
 import { EMPTY_FLEET } from '../config/broker-config.ts';
 import { CapacityCounters } from '../sched/capacity.ts';
 import { Governance, type Learned } from '../sched/governance.ts';
-import { shutdownRefusal } from '../sched/queue.ts';
 import { QuotaLedger } from '../policy/quota.ts';
 import { LlmProxy } from '../llm/proxy.ts';
 import { ResponseCache } from '../llm/cache/cache.ts';
@@ -254,7 +253,7 @@ let hurried = false;
 async function stop(graceMs: number): Promise<void> {
   front.stopListening();
   // Requests still waiting for a deployment are answered now, to be retried elsewhere.
-  gov.queue.close(shutdownRefusal());
+  gov.queue.close();
   const deadline = Date.now() + graceMs;
   while (front.inFlight > 0 && Date.now() < deadline && !hurried) await new Promise((r) => setTimeout(r, 20));
   const unfinished = front.inFlight;

@@ -220,11 +220,12 @@ export class WaitQueue {
   }
 
   /**
-   * The broker is stopping: every waiter is refused with `err` now, and so is every request
-   * that would wait from now on. A request that never reached an upstream is better retried on
-   * another replica at once than held for the grace period and cut at its end.
+   * The broker is stopping: every waiter is refused now (503 shutting_down, Retry-After), and
+   * so is every request that would wait from now on. A request that never reached an upstream
+   * is better retried on another replica at once than held for the grace period and cut at its end.
    */
-  close(err: BrokerError): void {
+  close(): void {
+    const err = new BrokerError('shutting_down', 'the broker is shutting down and this request had not started: retry it (another replica takes it)', { retryAfter: 1 });
     this.closedWith = err;
     for (const list of this.byGroup.values()) for (const e of [...list]) e.refuse(err);
   }
@@ -261,9 +262,4 @@ export class WaitQueue {
     entry.resolve(round);
     return true;
   }
-}
-
-/** What a request still waiting for a deployment gets when the broker stops (WaitQueue.close). */
-export function shutdownRefusal(): BrokerError {
-  return new BrokerError('shutting_down', 'the broker is shutting down and this request had not started: retry it (another replica takes it)', { retryAfter: 1 });
 }
