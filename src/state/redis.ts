@@ -16,6 +16,7 @@
 // command timeout: the first command it times out marks the store down and drops the
 // connection, so that the next ones fail at once until a reconnect is ready again.
 import { redactUrl } from '../config/secret-url.ts';
+import { ThreadStall } from './thread-stall.ts';
 import { Redis } from 'ioredis';
 import type { Logger } from '../obs/logger.ts';
 import { filterAudit, type AuditEntry, type AuditFilter, type DocKind, type KeyRecord, type Revoked, type SessionRecord, type StateStore } from './store.ts';
@@ -85,10 +86,6 @@ export interface RedisStoreOptions {
   /** How long a command may wait for its reply before the store counts Redis as hung (REDIS_COMMAND_TIMEOUT_MS). */
   readonly commandTimeoutMs?: number;
 }
-
-/** The heartbeat that tells a stall of this thread from a hung Redis (RedisStore.hung), and how late it may run. */
-const TICK_MS = 100;
-const STALL_MS = 200;
 
 /** The longest connect() waits at start-up: a Redis that accepts connections but never answers must not hold the broker back. */
 const CONNECT_WAIT_MS = 3_000;
@@ -166,32 +163,15 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
     clearTimeout(timer);
   }
 
-  /**
-   * When this thread last ran its heartbeat, and when it last found itself stalled. A command's
-   * timer fires right after a stall of this thread (a start compiling models, a long GC), in
-   * the timers phase, before the poll phase reads the reply that has been waiting in the socket:
-   * a busy host read as a hung Redis (redis_up 0, the connections dropped, every doc re-read).
-   */
-  private tickAt = performance.now();
-  private stalledAt = -Infinity;
-  private readonly loopTick = setInterval(() => {
-    const now = performance.now();
-    if (now - this.tickAt > TICK_MS + STALL_MS) this.stalledAt = now;
-    this.tickAt = now;
-  }, TICK_MS).unref();
-
-  /** Whether this thread itself stalled within the last command timeout (then a late reply is ours, not Redis's). */
-  private stalled(): boolean {
-    const now = performance.now();
-    return now - this.tickAt > TICK_MS + STALL_MS || now - this.stalledAt < (this.o.commandTimeoutMs ?? 1_000);
-  }
+  /** A command timing out right after this thread stalled is not a hung Redis (thread-stall.ts). */
+  private readonly stall = new ThreadStall();
 
   /** A command got no reply in time: Redis is hung. Down now, and the connection dropped (once) so that commands fail fast. */
   private hung(command: string): void {
     if (this.closed || this.cmd.status !== 'ready') return;
     // The command itself has failed (ioredis's timer); the connection is kept: its reply is
     // likely in the socket already, unread while this thread was busy.
-    if (this.stalled()) {
+    if (this.stall.within(this.o.commandTimeoutMs ?? 1_000)) {
       this.o.logger.debug({ command }, 'redis: a command timed out while this thread was stalled; not counted as a hung Redis');
       return;
     }
@@ -387,7 +367,7 @@ export class RedisStore implements StateStore, LeaseBackend, PinChannel {
 
   async close(): Promise<void> {
     this.closed = true;
-    clearInterval(this.loopTick);
+    this.stall.close();
     this.cmd.disconnect();
     this.sub.disconnect();
   }

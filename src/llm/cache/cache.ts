@@ -14,6 +14,7 @@ import { BroadcastChannel } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
 import type { Redis } from 'ioredis';
 import { newRedis } from '../../state/lazy-redis.ts';
+import { ThreadStall } from '../../state/thread-stall.ts';
 import { BrokerError } from '../../errors.ts';
 import type { CacheMode, CacheScope, CacheSettings, ModelGroupConfig } from '../../config/broker-config.ts';
 import { keyId } from '../../guard/api-key.ts';
@@ -100,6 +101,8 @@ const REFRESHED_AWAY_MAX = 1_000;
 
 /** Channel of refreshed keys: the other replicas drop their memory copy and read the new entry from Redis. */
 const REFRESH_CHANNEL = 'eb:cache-refresh';
+/** A lookup must not hold a request: a slower answer is a miss. */
+const COMMAND_TIMEOUT_MS = 250;
 /** Reconnects after a lost connection: quickly at first, then every 2 s. */
 const retryStrategy = (times: number): number => Math.min(100 * 2 ** Math.min(times, 5), 2_000);
 
@@ -177,6 +180,8 @@ export class ResponseCache {
   private redisHung = false;
   /** A PING is asking whether Redis is hung. */
   private pinging = false;
+  /** A command timing out right after this thread stalled is not an outage (thread-stall.ts). */
+  private readonly stall: ThreadStall | undefined;
   /** Refreshes made while Redis was away: stored and told to the other replicas once it is back. */
   private readonly refreshedAway = new Map<string, CachedReply>();
   /** When the last flush this thread heard of began (epoch ms): replies of requests begun before it are not stored. */
@@ -188,6 +193,7 @@ export class ResponseCache {
     this.outage = new OutageLog(o.logger, 'response cache: redis failed; lookups miss until it is back (logged once per outage)', 'response cache: redis answers again');
     this.settings = o.settings;
     this.origin = o.channel ?? randomUUID();
+    if (o.redisUrl !== undefined) this.stall = new ThreadStall();
     this.lru = this.makeLru(o.settings);
     if (o.channel !== undefined) {
       const bus = new BroadcastChannel(o.channel);
@@ -356,7 +362,7 @@ export class ResponseCache {
         // A lookup must not hold a request: fail fast, and a slow answer is a miss.
         enableOfflineQueue: false,
         maxRetriesPerRequest: 0,
-        commandTimeout: 250,
+        commandTimeout: COMMAND_TIMEOUT_MS,
         connectTimeout: 2_000,
         retryStrategy,
         lazyConnect: true,
@@ -429,7 +435,14 @@ export class ResponseCache {
   /** A lookup or store that Redis failed: counted, said once per outage, and a timeout asks whether Redis is hung. */
   private commandFailed(err: Error, r: Redis | undefined): void {
     this.o.metrics.llmCacheRedisErrors.inc();
-    if (err.message === 'Command timed out' && r !== undefined) this.checkHung(r);
+    if (err.message === 'Command timed out') {
+      // Timed out right after this thread stalled: the reply is likely unread in the socket.
+      if (this.stall?.within(COMMAND_TIMEOUT_MS) === true) {
+        this.o.logger.debug('response cache: a redis command timed out while this thread was stalled; not counted as an outage');
+        return;
+      }
+      if (r !== undefined) this.checkHung(r);
+    }
     this.redisFailed(err);
   }
 
@@ -469,6 +482,7 @@ export class ResponseCache {
   }
 
   close(): void {
+    this.stall?.close();
     this.bus?.close();
     this.redis?.disconnect();
     this.sub?.disconnect();
