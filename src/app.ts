@@ -24,7 +24,7 @@ import { RedisStore } from './state/redis.ts';
 import { SharedState } from './state/sync.ts';
 import { LeaseKeeper } from './state/leases.ts';
 import { PinShare } from './state/pin-share.ts';
-import { auditTrail } from './obs/audit.ts';
+import { auditSignal, auditTrail } from './obs/audit.ts';
 import { authRoutes } from './admin/auth.ts';
 import { Router } from './front/http/router.ts';
 import { startHttpFront } from './front/http/server.ts';
@@ -570,7 +570,11 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     tracking,
     grpcPort: grpc?.port ?? 0,
     waitReady: () => infer?.waitReady() ?? Promise.resolve(),
-    reloadConfig: () => manager.reload(undefined, undefined),
+    reloadConfig: () => {
+      const r = manager.reload(undefined, undefined);
+      auditSignal(store, logger, config.replicaId, 'SIGHUP', '/api/orchestrator/config/reload', r);
+      return r;
+    },
     hurry() {
       hurried = true;
       infer?.abortQueued();

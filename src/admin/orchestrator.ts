@@ -45,7 +45,12 @@ export interface OrchestratorDeps {
 
 export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
   const { fleet, logger } = d;
-  const audit = (ctx: RouteContext, what: string, o: Record<string, unknown>): void => logger.info({ audit: what, actor: actorOf(ctx), trace_id: ctx.req.id, ...o }, `orchestrator: ${what}`);
+  // The log line, and what the audit trail's entry says changed (its route alone read alike
+  // for maintenance on and off, drain and undrain by body).
+  const audit = (ctx: RouteContext, what: string, o: Record<string, unknown>): void => {
+    logger.info({ audit: what, actor: actorOf(ctx), trace_id: ctx.req.id, ...o }, `orchestrator: ${what}`);
+    if (ctx.note !== undefined && ctx.note.after === undefined) ctx.note.after = { change: what, ...o };
+  };
   const get = (path: string, handle: (ctx: RouteContext) => unknown | Promise<unknown>): Route => ({ method: 'GET', path: `${P}${path}`, admin: true, async handle(ctx) { reply(ctx, await handle(ctx)); } });
   const post = (path: string, handle: (ctx: RouteContext) => unknown | Promise<unknown>, method: 'POST' | 'DELETE' | 'PATCH' = 'POST'): Route => ({ method, path: `${P}${path}`, admin: true, body: method === 'DELETE' ? 'none' : 'json?', async handle(ctx) { reply(ctx, await handle(ctx)); } });
 

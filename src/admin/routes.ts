@@ -53,9 +53,15 @@ function invalid(field: string, message: string): BrokerError {
   return new BrokerError('invalid_request', message, { details: { field } });
 }
 
+const model = (m: InferService['models']['A']) => ({ name: m.manifest.name, version: m.manifest.version, path: m.path });
+
+/** What A and B are: the audit trail's before and after of a promote or rollback. */
+function versions(service: InferService) {
+  return { A: model(service.models.A), B: model(service.models.B) };
+}
+
 function view(service: InferService, c: RuntimeConfig) {
   const models = service.models;
-  const model = (m: typeof models.A) => ({ name: m.manifest.name, version: m.manifest.version, path: m.path });
   return {
     ab_weight_a: c.abWeightA,
     ab_weight_b: c.abWeightB,
@@ -102,7 +108,7 @@ export function adminRoutes(service: InferService): Route[] {
       path: '/admin/promote',
       admin: true,
       body: 'json?',
-      async handle({ req, body, sink }) {
+      async handle({ req, body, sink, note }) {
         const b = body as Record<string, unknown>;
         noChoice('promote', req.query, b, ['version']);
         const expected = b['version'];
@@ -112,7 +118,9 @@ export function adminRoutes(service: InferService): Route[] {
           if (version !== expected) throw new BrokerError('config_conflict', `B is ${name} ${version}, not ${expected}: nothing promoted`, { details: { field: 'version' } });
         }
         const t0 = performance.now();
+        const before = versions(service);
         const promoted = await service.promote();
+        if (note !== undefined) Object.assign(note, { before, after: { promoted, ...versions(service) } });
         // Again, after B became A: said so, and no pool rebuilt.
         const reason = promoted ? {} : { reason: 'A and B are already the same model: load another B to promote again, or POST /admin/rollback to undo the promote' };
         sink.send(...json(200, { promoted, duration_ms: Math.round(performance.now() - t0), ...reason, ...view(service, service.runtimeConfig) }));
@@ -123,10 +131,12 @@ export function adminRoutes(service: InferService): Route[] {
       path: '/admin/rollback',
       admin: true,
       body: 'json?',
-      async handle({ req, body, sink }) {
+      async handle({ req, body, sink, note }) {
         noChoice('rollback', req.query, body as Record<string, unknown>);
         const t0 = performance.now();
+        const before = versions(service);
         const rolledBack = await service.rollback();
+        if (note !== undefined) Object.assign(note, { before, after: { rolled_back: rolledBack, ...versions(service) } });
         const reason = rolledBack ? {} : { reason: 'no promote to undo: none since the broker started, or it was rolled back already' };
         sink.send(...json(200, { rolled_back: rolledBack, duration_ms: Math.round(performance.now() - t0), ...reason, ...view(service, service.runtimeConfig) }));
       },

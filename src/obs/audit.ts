@@ -21,9 +21,21 @@ export function auditTrail(store: StateStore, logger: Logger, replica: string): 
       before: c.note.before ?? null,
       after: c.note.after ?? null,
     };
-    logger.info({ audit: 'admin_change', trace_id: c.req.id, ...entry }, 'admin change');
-    // The warning carries the entry: at LOG_LEVEL=warn the info line above is not written, and
-    // the log is then the change's only record.
-    store.appendAudit(entry).catch((err: Error) => logger.warn({ err: err.message, audit: 'admin_change', trace_id: c.req.id, ...entry }, 'audit: the store is unreachable; this change is in the log only'));
+    record(store, logger, entry, c.req.id);
   };
+}
+
+/**
+ * A change made by a signal, not through a route (SIGHUP's reload of the fleet file): the
+ * same entry, its subject the signal (`signal:SIGHUP`), its route the one that does the same.
+ */
+export function auditSignal(store: StateStore, logger: Logger, replica: string, signal: string, route: string, after: unknown): void {
+  record(store, logger, { at: new Date().toISOString(), replica, subject: `signal:${signal}`, role: 'operator', action: signal, route, target: null, before: null, after }, undefined);
+}
+
+function record(store: StateStore, logger: Logger, entry: AuditEntry, traceId: string | undefined): void {
+  logger.info({ audit: 'admin_change', trace_id: traceId, ...entry }, 'admin change');
+  // The warning carries the entry: at LOG_LEVEL=warn the info line above is not written, and
+  // the log is then the change's only record.
+  store.appendAudit(entry).catch((err: Error) => logger.warn({ err: err.message, audit: 'admin_change', trace_id: traceId, ...entry }, 'audit: the store is unreachable; this change is in the log only'));
 }

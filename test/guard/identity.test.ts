@@ -181,6 +181,13 @@ t.test('the audit trail: who, what, before and after; readers may read it, clien
   t.same([e.before, e.after], [false, true], 'the flag before and after');
   t.type(e.replica, 'string');
   t.equal((await call('GET', '/api/audit', await jwt({ roles: ['agent'] }))).status, 403);
+  // A fleet change says what it did: maintenance on and off are told apart.
+  for (const enabled of [true, false]) t.equal((await call('POST', '/api/orchestrator/servers/d1/maintenance', carol, { enabled, reason: 'disk' })).status, 200);
+  const fleet = await call('GET', `/api/audit?subject=carol&action=${encodeURIComponent('POST /api/orchestrator/servers/d1/maintenance')}`, ADMIN_TOKEN);
+  t.same(fleet.body.entries.map((x: { after: unknown }) => x.after), [
+    { change: 'maintenance', server: 'd1', enabled: false, reason: 'disk' },
+    { change: 'maintenance', server: 'd1', enabled: true, reason: 'disk' },
+  ]);
   t.equal((await call('GET', '/api/audit?limit=0', ADMIN_TOKEN)).status, 400);
 });
 

@@ -67,6 +67,18 @@ t.test('shadow: client sees A, B runs on the same input, agreement is measured',
   t.match(await json(again), { promoted: false, reason: /already the same model/ });
   t.equal(await metricValue(tb.url, 'inference_worker_failures_total'), workers);
   t.notOk(tb.logs.filter((l) => l.msg === 'promoted B to A').length > 1, 'promoted once');
+  // The audit trail says what became A, and that the second promote changed nothing.
+  const trail = await json(await fetch(`${tb.url}/api/audit?action=${encodeURIComponent('POST /admin/promote')}`, { headers: admin }));
+  const model = (m: typeof A) => ({ name: m.manifest.name, version: m.manifest.version, path: m.path });
+  const { B } = tb.broker.infer!.models;
+  t.same(
+    trail.entries.map((e: { before: unknown; after: unknown }) => [e.before, e.after]),
+    [
+      [{ A: model(B), B: model(B) }, { promoted: false, A: model(B), B: model(B) }],
+      [{ A: model(A), B: model(B) }, { promoted: true, A: model(B), B: model(B) }],
+    ],
+    'each promote audited with the models before and after, newest first',
+  );
   const before = await metricValue(tb.url, 'inference_shadow_duration_seconds_count');
   const count = await metricValue(tb.url, 'inference_count_total');
   for (let i = 0; i < 10; i++) t.equal((await postJson(`${tb.url}/v1/infer`, { image_b64: img(i) })).status, 200);

@@ -20,7 +20,7 @@ t.test('SIGHUP with a stream open: the fleet file is reloaded, the stream finish
   const fleet = (groups: string[]) => stringify({ modelGroups: Object.fromEntries(groups.map((g) => [g, { deployments: [{ id: `${g}-1`, provider: 'openai', url: slow.url, model: 'm' }] }])) });
   writeFileSync(file, fleet(['g']));
   const port = await freePort();
-  const env: Record<string, string | undefined> = { ...process.env, PORT: String(port), HOST: '127.0.0.1', FRONT_THREADS: '2', INFER_ENABLED: 'false', GRPC_PORT: '0', BROKER_CONFIG: file, LOG_LEVEL: 'info' };
+  const env: Record<string, string | undefined> = { ...process.env, PORT: String(port), HOST: '127.0.0.1', FRONT_THREADS: '2', INFER_ENABLED: 'false', GRPC_PORT: '0', BROKER_CONFIG: file, LOG_LEVEL: 'info', ADMIN_TOKEN: 'sighup-admin-token' };
   for (const k of Object.keys(env)) if (k === 'NODE_OPTIONS' || /^_?TAP/i.test(k)) delete env[k];
   const broker = spawn(process.execPath, ['dist/main.js'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -49,7 +49,9 @@ t.test('SIGHUP with a stream open: the fleet file is reloaded, the stream finish
   t.equal(h, 200, 'the reloaded file is in force', { output });
   t.match(await body, /data: \[DONE\]/, 'the open stream finished');
   t.equal(broker.exitCode, null, 'still running');
-  t.match(output, /"actor":"signal:SIGHUP".*"orchestrator: config"/, 'the reload is audited');
+  t.match(output, /"actor":"signal:SIGHUP".*"orchestrator: config"/, 'the reload is logged');
+  const trail = (await (await fetch(`http://127.0.0.1:${port}/api/audit?subject=signal:SIGHUP`, { headers: { authorization: 'Bearer sighup-admin-token' } })).json()) as { entries: { action: string; route: string; after: { path: string; version: number } }[] };
+  t.match(trail.entries, [{ action: 'SIGHUP', route: '/api/orchestrator/config/reload', after: { path: file, version: Number } }], 'and in the audit trail');
 
   writeFileSync(file, 'modelGroups: [not, a, map');
   broker.kill('SIGHUP');
