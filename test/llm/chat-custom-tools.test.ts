@@ -93,8 +93,8 @@ t.test("a custom call in the history goes back to Ollama as the function call it
     ],
   });
   const messages = up.seen[0]!.body.messages;
-  t.same(messages[1].tool_calls, [{ function: { name: 'apply_patch', arguments: { input: PATCH } } }]);
-  t.match(messages[2], { role: 'tool', tool_name: 'apply_patch', content: 'Done' });
+  t.same(messages[1].tool_calls, [{ id: 'call_1', function: { name: 'apply_patch', arguments: { input: PATCH } } }]);
+  t.match(messages[2], { role: 'tool', tool_name: 'apply_patch', tool_call_id: 'call_1', content: 'Done' });
 });
 
 t.test('allowed_tools: Ollama is offered only the tools it names; "none" offers none', async (t) => {

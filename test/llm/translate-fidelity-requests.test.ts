@@ -314,3 +314,84 @@ t.test('Responses: reasoning, text, metadata, user, parallel_tool_calls and trun
   const odd = await postJson(`${tb.url}/v1/responses`, { model: 'oa', input: [{ type: { a: 1 }, role: 'user', content: 'hi' }] });
   t.match(odd.body.error?.message, /^input\[0\]\.type \{"a":1\} is not supported/, 'an object type is named as JSON');
 });
+
+t.test('tool calls to Ollama keep their ids, and tool results the call they answer (two calls of one tool answered out of order)', async (t) => {
+  const r = await postJson(`${tb.url}/v1/messages`, {
+    model: 'ol',
+    max_tokens: 20,
+    tools: [{ name: 'temp', input_schema: { type: 'object', properties: { city: { type: 'string' } } } }],
+    messages: [
+      { role: 'user', content: 'Paris and Rome?' },
+      { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_A', name: 'temp', input: { city: 'Paris' } }, { type: 'tool_use', id: 'toolu_B', name: 'temp', input: { city: 'Rome' } }] },
+      { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_B', content: '20C' }, { type: 'tool_result', tool_use_id: 'toolu_A', content: '10C' }] },
+    ],
+  });
+  t.equal(r.status, 200);
+  t.equal(last().path, '/api/chat');
+  const [, call, first, second] = last().body.messages;
+  t.same(call.tool_calls.map((c: { id?: string }) => c.id), ['toolu_A', 'toolu_B'], 'the calls carry their ids');
+  t.match([first, second], [{ role: 'tool', content: '20C', tool_call_id: 'toolu_B', tool_name: 'temp' }, { role: 'tool', content: '10C', tool_call_id: 'toolu_A', tool_name: 'temp' }], 'each result names its call');
+});
+
+t.test("what Ollama has no word for: OpenAI's deprecated functions, logit_bias, a data: URL that is not base64 (400 naming the field, or the OpenAI deployment)", async (t) => {
+  const before = up.seen.length;
+  const fn = { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } };
+  const refused: Array<[unknown, string]> = [
+    [chat('ol', { functions: [fn], function_call: 'auto' }), 'functions'],
+    [chat('ol', { function_call: 'none' }), 'function_call'],
+    [{ model: 'ol', messages: [{ role: 'user', content: 'w?' }, { role: 'assistant', content: null, function_call: { name: 'get_weather', arguments: '{}' } }, { role: 'user', content: 'ok' }] }, 'messages[1].function_call'],
+    [{ model: 'ol', messages: [{ role: 'user', content: 'w?' }, { role: 'function', name: 'get_weather', content: '10C' }] }, 'messages[1].role'],
+    [chat('ol', { logit_bias: { '50256': -100 } }), 'logit_bias'],
+    [{ model: 'ol', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/svg+xml,%3Csvg%2F%3E' } }] }] }, 'messages[0].content[0].image_url.url'],
+  ];
+  for (const [body, field] of refused) {
+    const r = await postJson(`${tb.url}/v1/chat/completions`, body);
+    t.equal(r.status, 400, field);
+    t.match(r.body.error, { code: 'invalid_request', param: field }, `${field}: named as param`);
+  }
+  t.equal(up.seen.length, before, 'nothing reached the upstream');
+  for (const [body, field] of refused) {
+    const r = await postJson(`${tb.url}/v1/chat/completions`, { ...(body as object), model: 'mx' });
+    t.equal(r.headers.get('x-broker-deployment'), 'mx-oa', `${field}: a mixed group sends it to its OpenAI deployment`);
+  }
+  // An empty logit_bias asks for nothing.
+  t.equal((await postJson(`${tb.url}/v1/chat/completions`, chat('ol', { logit_bias: {} }))).status, 200);
+});
+
+t.test("an Ollama client to an OpenAI deployment: generate's context and template refused; a tool result's images follow in a user message", async (t) => {
+  for (const [body, field] of [
+    [{ model: 'oa', prompt: 'and then?', context: [1, 2, 3], stream: false }, 'context'],
+    [{ model: 'oa', prompt: 'hi', template: '{{ .Prompt }}', stream: false }, 'template'],
+    [{ model: 'oa', prompt: 'x', raw: true, context: [1, 2], stream: false }, 'context'],
+  ] as const) {
+    const r = await postJson(`${tb.url}/api/generate`, body);
+    t.equal(r.status, 400, field);
+    t.match(r.body, { error: new RegExp(`^${field} `) }, `${field}: said`);
+  }
+  t.equal((await postJson(`${tb.url}/api/generate`, { model: 'oa', prompt: 'hi', context: [], stream: false })).status, 200, 'an empty context asks for nothing');
+  const png = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==';
+  const r = await postJson(`${tb.url}/api/chat`, {
+    model: 'oa',
+    stream: false,
+    messages: [
+      { role: 'user', content: 'look' },
+      { role: 'assistant', content: '', tool_calls: [{ function: { name: 'shot', arguments: {} } }, { function: { name: 'shot', arguments: {} } }] },
+      { role: 'tool', tool_name: 'shot', content: 'here', images: [png] },
+      { role: 'tool', tool_name: 'shot', content: 'and here' },
+      { role: 'user', content: 'what do you see?' },
+    ],
+  });
+  t.equal(r.status, 200);
+  t.match(
+    last().body.messages.map((m: { role: string; content: unknown }) => [m.role, m.content]),
+    [
+      ['user', 'look'],
+      ['assistant', null],
+      ['tool', 'here'],
+      ['tool', 'and here'],
+      ['user', [{ type: 'image_url', image_url: { url: `data:image/png;base64,${png}` } }]],
+      ['user', 'what do you see?'],
+    ],
+    'the tool messages unbroken, their image after them',
+  );
+});

@@ -68,12 +68,12 @@ t.test("Codex's built-in tool items in the history: calls paired with their outp
   t.equal(o.status, 200);
   t.same(sent(), [
     { role: 'user', content: 'fix it' },
-    { role: 'assistant', content: '', tool_calls: [{ function: { name: 'apply_patch', arguments: { input: PATCH } } }] },
-    { role: 'tool', content: 'Success', tool_name: 'apply_patch' },
-    { role: 'assistant', content: '', tool_calls: [{ function: { name: 'local_shell', arguments: LS } }] },
-    { role: 'tool', content: 'a.txt', tool_name: 'local_shell' },
-    { role: 'assistant', content: '', tool_calls: [{ function: { name: 'local_shell', arguments: PWD } }] },
-    { role: 'tool', content: '/w', tool_name: 'local_shell' },
+    { role: 'assistant', content: '', tool_calls: [{ id: 'call_c', function: { name: 'apply_patch', arguments: { input: PATCH } } }] },
+    { role: 'tool', content: 'Success', tool_name: 'apply_patch', tool_call_id: 'call_c' },
+    { role: 'assistant', content: '', tool_calls: [{ id: 'call_s', function: { name: 'local_shell', arguments: LS } }] },
+    { role: 'tool', content: 'a.txt', tool_name: 'local_shell', tool_call_id: 'call_s' },
+    { role: 'assistant', content: '', tool_calls: [{ id: 'call_t', function: { name: 'local_shell', arguments: PWD } }] },
+    { role: 'tool', content: '/w', tool_name: 'local_shell', tool_call_id: 'call_t' },
     { role: 'user', content: 'thanks' },
   ]);
   // Another unknown item type is still refused, naming it.
@@ -107,8 +107,8 @@ t.test('images in a function_call_output: the text stays the tool message, the i
   const o = await postJson(`${tb.url}/v1/responses`, { model: 'ol', input });
   t.equal(o.status, 200);
   t.same(sent().slice(2), [
-    { role: 'tool', content: 'left', tool_name: 'screenshot' },
-    { role: 'tool', content: '', tool_name: 'screenshot' },
+    { role: 'tool', content: 'left', tool_name: 'screenshot', tool_call_id: 'c1' },
+    { role: 'tool', content: '', tool_name: 'screenshot', tool_call_id: 'c2' },
     { role: 'user', content: '', images: [PNG, PNG2] },
     { role: 'user', content: 'and?' },
   ]);

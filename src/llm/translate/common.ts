@@ -47,7 +47,7 @@ export function isDataUrl(url: string): boolean {
 /** An OpenAI image_url (at `field` of the request) → the bare base64 Ollama wants. Only data: URLs can be inlined. */
 export function base64FromImageUrl(url: string, field: string): string {
   const m = DATA_URL.exec(url);
-  if (m === null) throw new BrokerError('invalid_request', `${field} must be a data: URL (base64) when the model is served by Ollama`, { details: { field } });
+  if (m === null || !/;base64,$/i.test(m[0])) throw new BrokerError('invalid_request', `${field} must be a base64 data: URL (data:<type>;base64,...) when the model is served by Ollama`, { details: { field } });
   return url.slice(m[0].length);
 }
 

@@ -56,7 +56,9 @@ function openaiMessage(m: unknown, index: number, pending: PendingCall[]): OpenA
   const role = String(msg.role);
   const content = typeof msg.content === 'string' ? msg.content : '';
   const out: OpenAIMessage = { role, content };
-  if (Array.isArray(msg.images) && msg.images.length > 0) {
+  // A tool result's images (a screenshot tool's) follow in a user message (chatRequest):
+  // OpenAI's chat takes images in user messages only.
+  if (Array.isArray(msg.images) && msg.images.length > 0 && role !== 'tool') {
     const parts: OpenAIContentPart[] = [];
     if (content !== '') parts.push({ type: 'text', text: content });
     for (const img of msg.images) parts.push({ type: 'image_url', image_url: { url: imageUrlFromBase64(String(img)) } });
@@ -85,6 +87,28 @@ function openaiMessage(m: unknown, index: number, pending: PendingCall[]): OpenA
   return out;
 }
 
+/**
+ * The messages, each translated, with the images of tool results in a user message after
+ * the run of tool messages they came in: tool messages must follow their calls unbroken
+ * (OpenAI refuses a user message between two), as Messages' tool_result and Responses' outputs do.
+ */
+function withToolImages(messages: unknown[], one: (m: unknown, i: number) => OpenAIMessage): OpenAIMessage[] {
+  const out: OpenAIMessage[] = [];
+  let images: OpenAIContentPart[] = [];
+  messages.forEach((m, i) => {
+    const o = one(m, i);
+    if (o.role !== 'tool' && images.length > 0) {
+      out.push({ role: 'user', content: images });
+      images = [];
+    }
+    out.push(o);
+    const imgs = o.role === 'tool' ? (m as OllamaMessage).images : undefined;
+    if (Array.isArray(imgs)) for (const img of imgs) images.push({ type: 'image_url', image_url: { url: imageUrlFromBase64(String(img)) } });
+  });
+  if (images.length > 0) out.push({ role: 'user', content: images });
+  return out;
+}
+
 /** /api/chat body → /v1/chat/completions body for `upstreamModel`. Streaming asks for usage. */
 export function chatRequest(body: unknown, upstreamModel: string): OpenAIChatRequest {
   const b = requireObject(body);
@@ -93,7 +117,7 @@ export function chatRequest(body: unknown, upstreamModel: string): OpenAIChatReq
   const pending: PendingCall[] = [];
   const out: OpenAIChatRequest = {
     model: upstreamModel,
-    messages: messages.map((m, i) => openaiMessage(m, i, pending)),
+    messages: withToolImages(messages, (m, i) => openaiMessage(m, i, pending)),
     stream,
     ...openaiSamplingFromOllama(b['options']),
   };
@@ -119,11 +143,22 @@ export function generateWantsCompletions(body: unknown): boolean {
   return b['raw'] === true || (typeof b['suffix'] === 'string' && b['suffix'] !== '');
 }
 
+/**
+ * What an /api/generate body can ask of Ollama alone: its tokens of the conversation so far
+ * (`context`), and its prompt template. A chat server has neither: the reply would come
+ * without the conversation, or in another format.
+ */
+function rejectOllamaOnly(b: Record<string, unknown>, template: boolean): void {
+  if (Array.isArray(b['context']) && b['context'].length > 0) throw new BrokerError('invalid_request', 'context is not supported by this model (an OpenAI-compatible server: send the conversation to /api/chat as messages)', { details: { field: 'context' } });
+  if (template && typeof b['template'] === 'string' && b['template'] !== '') throw new BrokerError('invalid_request', 'template is not supported by this model (an OpenAI-compatible server applies its own)', { details: { field: 'template' } });
+}
+
 /** /api/generate body → /v1/chat/completions body: `system` and `prompt` (with its images) as two messages. */
 export function generateChatRequest(body: unknown, upstreamModel: string): OpenAIChatRequest {
   const b = requireObject(body);
   const prompt = b['prompt'] ?? '';
   if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string', { details: { field: 'prompt' } });
+  rejectOllamaOnly(b, true);
   const messages: OllamaMessage[] = [];
   if (typeof b['system'] === 'string' && b['system'] !== '') messages.push({ role: 'system', content: b['system'] });
   messages.push({ role: 'user', content: prompt, ...(Array.isArray(b['images']) ? { images: b['images'] as string[] } : {}) });
@@ -150,6 +185,8 @@ export function completionRequest(body: unknown, upstreamModel: string): OpenAIC
   const b = requireObject(body);
   const prompt = b['prompt'] ?? '';
   if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string', { details: { field: 'prompt' } });
+  // A raw prompt is templated already, and Ollama ignores `template` with it.
+  rejectOllamaOnly(b, false);
   if (Array.isArray(b['images']) && b['images'].length > 0) {
     throw new BrokerError('invalid_request', 'images are not supported by this model on /api/generate; use /api/chat');
   }

@@ -63,6 +63,10 @@ function rejectUncarried(b: Record<string, unknown>, kind: 'chat' | 'completion'
   // Audio output: Ollama answers text only.
   if (kind === 'chat' && Array.isArray(b['modalities']) && b['modalities'].includes('audio')) throw refuse('modalities', 'with "audio" is not supported by this model (Ollama answers text only)');
   if (kind === 'chat' && b['audio'] !== undefined && b['audio'] !== null) throw refuse('audio', 'is not supported by this model (Ollama answers text only)');
+  // Token biases: Ollama has no such option, and the model would sample the tokens anyway.
+  if (asks(b['logit_bias']) && Object.keys(b['logit_bias'] as object).length > 0) throw refuse('logit_bias', 'is not supported by this model (Ollama has no token biases)');
+  // OpenAI's deprecated function calling: its reply (function_call) has no Ollama form.
+  if (kind === 'chat' && (asks(b['functions']) || asks(b['function_call']))) throw refuse(b['functions'] !== undefined ? 'functions' : 'function_call', 'is not supported by this model (deprecated by OpenAI: send tools and tool_choice)');
 }
 
 function formatFromResponseFormat(rf: unknown): OllamaFormat | undefined {
@@ -112,6 +116,7 @@ function parseArguments(args: unknown, budget: KeyBudget): Record<string, unknow
 function ollamaMessage(m: unknown, toolNames: Map<string, string>, i: number, budget: KeyBudget): OllamaMessage {
   if (m === null || typeof m !== 'object') throw new BrokerError('invalid_request', 'messages[] must be objects');
   const msg = m as OpenAIMessage;
+  if (msg.role === 'function' || msg.function_call !== undefined) throw refuse(`messages[${i}]${msg.role === 'function' ? '.role' : '.function_call'}`, 'is not supported by this model (OpenAI\'s deprecated function calling: send tool_calls and role "tool" messages)');
   const role = msg.role === 'developer' ? 'system' : String(msg.role);
   const out: OllamaMessage = { role, content: '' };
   const c = msg.content;
@@ -144,12 +149,13 @@ function ollamaMessage(m: unknown, toolNames: Map<string, string>, i: number, bu
       const custom = tc.type === 'custom' ? tc.custom : undefined;
       const name = String(custom !== undefined ? (custom.name ?? '') : (tc.function?.name ?? ''));
       if (typeof tc.id === 'string') toolNames.set(tc.id, name);
-      return { function: { name, arguments: custom !== undefined ? { input: String(custom.input ?? '') } : parseArguments(tc.function?.arguments, budget) } };
+      return { ...(typeof tc.id === 'string' && tc.id !== '' ? { id: tc.id } : {}), function: { name, arguments: custom !== undefined ? { input: String(custom.input ?? '') } : parseArguments(tc.function?.arguments, budget) } };
     });
   }
   if (role === 'tool') {
     const name = typeof msg.name === 'string' ? msg.name : toolNames.get(String(msg.tool_call_id));
     if (name !== undefined) out.tool_name = name;
+    if (typeof msg.tool_call_id === 'string' && msg.tool_call_id !== '') out.tool_call_id = msg.tool_call_id;
   }
   const thinking = msg.reasoning_content ?? msg.reasoning;
   if (typeof thinking === 'string' && thinking !== '') out.thinking = thinking;

@@ -56,8 +56,8 @@ t.test('OpenAI chat → Ollama /api/chat', async (t) => {
     messages: [
       { role: 'system', content: 'be brief' },
       { role: 'user', content: 'what is this?', images: [PNG] },
-      { role: 'assistant', content: '', tool_calls: [{ function: { name: 'get_weather', arguments: { city: 'Paris' } } }] },
-      { role: 'tool', content: '{"temp":21}', tool_name: 'get_weather' },
+      { role: 'assistant', content: '', tool_calls: [{ id: 'call_1', function: { name: 'get_weather', arguments: { city: 'Paris' } } }] },
+      { role: 'tool', content: '{"temp":21}', tool_name: 'get_weather', tool_call_id: 'call_1' },
     ],
     stream: true,
     options: { temperature: 0.2, top_p: 0.9, num_predict: 64, stop: ['END'], seed: 7 },
