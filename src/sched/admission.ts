@@ -123,7 +123,12 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     policy?.label ??
     (r.label !== undefined ? (known !== undefined || p.admittedLabel(r.label) ? r.label : OTHER_LABEL) : known !== undefined ? `key:${known.id}` : `${r.api}:${r.kind}`);
   // Embeddings produce no tokens: only their input is reserved.
-  let predictedOutput = r.kind === 'embed' ? 0 : flags.output_prediction ? p.predictor.predict(label, maxTokens, p.defaultOutputTokens).tokens : (maxTokens ?? p.defaultOutputTokens);
+  // The client's own max_tokens (a QoS tier's cap may have lowered it). Sent none, the tier's
+  // cap bounds the guess but is not it: a realtime key reserved its 2,048 where a standard one
+  // reserved defaultOutputTokens.
+  const clientMax = r.maxTokens === undefined ? undefined : maxTokens;
+  let predictedOutput = r.kind === 'embed' ? 0 : flags.output_prediction ? p.predictor.predict(label, clientMax, p.defaultOutputTokens).tokens : (clientMax ?? p.defaultOutputTokens);
+  if (clientMax === undefined && maxTokens !== undefined) predictedOutput = Math.min(predictedOutput, maxTokens);
   // A guess (no max_tokens from the client: a QoS tier's cap is no more than a bound) never
   // reserves past the key's tpm: a key whose limit is below the guess would be refused as
   // "can never fit" for ever, and never learn its real output sizes. What it spends beyond

@@ -112,4 +112,19 @@ t.test('without max_tokens the output guess is defaultOutputTokens, and never mo
   fresh.setLimits(subject, { tpm: 100 });
   const tiered = admit({ ...policies(fresh), flags: { ...flags, output_prediction: true, qos_switching: true }, qos: { ...DEFAULT_QOS, defaultTier: 'realtime' } }, request({}), group);
   t.equal(tiered.reserveTokens, 100, "a tier's cap is capped by the tpm too");
+  // ...and it is no guess: without max_tokens a realtime request reserves defaultOutputTokens
+  // (it reserved the whole 2,048, and a key's third request a minute was refused).
+  for (const prediction of [false, true]) {
+    const roomy = new QuotaLedger(now);
+    roomy.setLimits(subject, { tpm: 5000 });
+    const rt = { ...policies(roomy), flags: { ...flags, output_prediction: prediction, qos_switching: true }, qos: { ...DEFAULT_QOS, defaultTier: 'realtime' } };
+    t.equal(admit(rt, request({}), group).reserveTokens, 1 + 256, `prediction ${prediction ? 'on' : 'off'}: a realtime guess is the default`);
+    t.equal(admit(rt, request({ max_tokens: 4000 }), group).reserveTokens, 1 + 2048, "the client's max_tokens above the cap: the cap");
+  }
+  // A learned output above the tier's cap is bounded by it.
+  const learned = new QuotaLedger(now);
+  learned.setLimits(subject, { tpm: 10_000 });
+  const p2 = { ...policies(learned), flags: { ...flags, output_prediction: true, qos_switching: true }, qos: { ...DEFAULT_QOS, defaultTier: 'realtime' } };
+  for (let i = 0; i < 10; i++) p2.predictor.observe(`key:${keyId('sk-a')}`, 3000, 3000);
+  t.equal(admit(p2, request({}), group).predictedOutput, 2048, 'a learned guess past the cap: the cap');
 });
