@@ -170,6 +170,9 @@ export function errorReply(
 ): ErrorReply {
   const headers: Record<string, string> = { 'content-type': 'application/json', ...extraHeaders };
   if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
+  // What no retry can fix (a request over its quota's whole limit): the OpenAI and Anthropic
+  // SDKs read this header and do not retry (they retry every 429 otherwise).
+  if (err.details?.['retryable'] === false) headers['x-should-retry'] = 'false';
   // RFC 9110 §15.5.2: a 401 names the scheme that would be taken.
   if (err.status === 401) headers['www-authenticate'] = 'Bearer';
   const field = err.details?.field;

@@ -207,11 +207,16 @@ class WindowView {
   }
 }
 
+/** Retry-After when requests in flight hold enough of the window that their end may make room. */
+const RESERVED_RETRY_S = 1;
+
 interface Violation {
   subject: string;
   limit: 'rpm' | 'tpm';
   retryAfter: number;
   message: string;
+  /** The request can never fit the limit: no wait helps (x-should-retry: false, no Retry-After). */
+  never?: boolean;
   /** A short lease whose top-up is on its way (the cluster is not dry this minute): worth a short wait. */
   topUpPending?: boolean;
 }
@@ -440,8 +445,8 @@ export class QuotaLedger {
       if (worst !== undefined) {
         for (const s of held) windows.unlock(s);
         throw new BrokerError('quota_exceeded', worst.message, {
-          retryAfter: worst.retryAfter,
-          details: { subject: worst.subject, limit: worst.limit },
+          retryAfter: worst.never === true ? undefined : worst.retryAfter,
+          details: { subject: worst.subject, limit: worst.limit, ...(worst.never === true ? { retryable: false } : {}) },
         });
       }
       // After a few rounds (only when more subjects than window slots evict each
@@ -774,6 +779,7 @@ export class QuotaLedger {
     const { rpm, tpm } = limits;
     if (rpm !== undefined) {
       if (rpm < 1) {
+        // A limit of 0 suspends the subject: the operator may lift it, so a retry is still asked for.
         consider({ subject, limit: 'rpm', retryAfter: WINDOW_S, message: `quota for ${subject}: rpm limit is ${rpm}, a request can never fit` });
       } else if (used.reqs + 1 > rpm) {
         consider({
@@ -786,13 +792,19 @@ export class QuotaLedger {
     }
     if (tpm !== undefined) {
       if (tokens > tpm) {
-        consider({ subject, limit: 'tpm', retryAfter: WINDOW_S, message: `quota for ${subject}: ${tokens} tokens can never fit the tpm limit ${tpm}` });
+        consider({ subject, limit: 'tpm', retryAfter: WINDOW_S, never: tpm >= 1, message: `quota for ${subject}: ${tokens} tokens can never fit the tpm limit ${tpm}` });
       } else if (used.toks + tokens > tpm) {
+        // Requests in flight hold their guess (prompt + output) in the window until their usage
+        // comes back: what they do not spend is given back then, not 60 s later. When those
+        // reservations alone could make room, the wait is short, not the window's.
+        const excess = used.toks + tokens - tpm;
+        const reserved = p >= 0 ? this.#f[p + W_RESERVED]! : 0;
+        const aged = this.#w.retryAfter(p, W_TOKS, excess, nowMs);
         consider({
           subject,
           limit: 'tpm',
-          retryAfter: this.#w.retryAfter(p, W_TOKS, used.toks + tokens - tpm, nowMs),
-          message: `quota for ${subject}: tpm limit ${tpm} exceeded (${used.toks} tokens in the last 60 s + ${tokens} requested)`,
+          retryAfter: reserved >= excess ? Math.min(aged, RESERVED_RETRY_S) : aged,
+          message: `quota for ${subject}: tpm limit ${tpm} exceeded (${used.toks} tokens in the last 60 s${reserved > 0 ? `, ${reserved} of them reserved by requests in flight` : ''} + ${tokens} requested)`,
         });
       }
     }

@@ -69,9 +69,10 @@ t.test('tpm: retryAfter from token buckets; a request over the limit can never f
   const { clock, q } = ledger(1_700_000_000_000);
   const t0 = clock.now;
   q.setLimits('d', { tpm: 1000 });
-  q.reserve(['d'], 400); // t0
+  // Requests that have finished: their usage is known (reconciled), nothing is in flight.
+  q.reserve(['d'], 400).reconcile(400); // t0
   clock.now = t0 + 5_000;
-  q.reserve(['d'], 400); // t0+5
+  q.reserve(['d'], 400).reconcile(400); // t0+5
   clock.now = t0 + 20_000;
   // 800 used, 700 asked: 500 must leave, i.e. both buckets → t0+65 s, 45 s from now.
   let err = rejected(t, () => q.reserve(['d'], 700));
@@ -79,22 +80,45 @@ t.test('tpm: retryAfter from token buckets; a request over the limit can never f
   t.match(err.message, /tpm/);
   // 300 asked: only 100 must leave → first bucket at t0+60 s.
   t.equal(rejected(t, () => q.reserve(['d'], 300)).retryAfter, 40);
-  q.reserve(['d'], 200); // exactly fits
+  q.reserve(['d'], 200).reconcile(200); // exactly fits
   t.equal(q.usage('d').tpm, 1000);
 
+  // Over the whole limit: no wait helps, so no Retry-After, and the SDKs are told not to retry.
   err = rejected(t, () => q.reserve(['d'], 1001));
-  t.equal(err.retryAfter, 60);
+  t.equal(err.retryAfter, undefined);
+  t.equal(err.details?.['retryable'], false);
   t.match(err.message, /never fit/);
   clock.now = t0 + 120_000;
-  t.equal(rejected(t, () => q.reserve(['d'], 1001)).retryAfter, 60, 'even with an empty window');
+  t.equal(rejected(t, () => q.reserve(['d'], 1001)).details?.['retryable'], false, 'even with an empty window');
   q.reserve(['d'], 1000);
+});
+
+t.test('tpm: tokens held by requests in flight may come back when they finish: a short Retry-After, and the message says so', async (t) => {
+  const { clock, q } = ledger(1_700_000_000_000);
+  q.setLimits('d', { tpm: 600 });
+  const a = q.reserve(['d'], 205);
+  q.reserve(['d'], 205).reconcile(85);
+  clock.now += 2_000;
+  // 290 used, 205 of them reserved by a request in flight; 410 asked: 100 must go.
+  const err = rejected(t, () => q.reserve(['d'], 410));
+  t.equal(err.retryAfter, 1, 'the request in flight may give back enough');
+  t.match(err.message, /290 tokens in the last 60 s, 205 of them reserved by requests in flight \+ 410 requested/);
+  a.reconcile(85);
+  t.equal(q.reserve(['d'], 410).tokens, 410, 'once it has finished, the request fits');
+  // Past what the requests in flight hold: the window's wait.
+  const { clock: c2, q: q2 } = ledger(1_700_000_000_000);
+  q2.setLimits('d', { tpm: 600 });
+  q2.reserve(['d'], 500).reconcile(500);
+  c2.now += 10_000;
+  q2.reserve(['d'], 50);
+  t.equal(rejected(t, () => q2.reserve(['d'], 200)).retryAfter, 50, 'the finished request must leave the window');
 });
 
 t.test('all-or-nothing across subjects', async (t) => {
   const { clock, q } = ledger();
   q.setLimits('key:abc', { tpm: 10_000 });
   q.setLimits('deployment:d1', { tpm: 1000 });
-  q.reserve(['key:abc', 'deployment:d1'], 600);
+  q.reserve(['key:abc', 'deployment:d1'], 600).reconcile(600);
   clock.now = 10_000;
   const err = rejected(t, () => q.reserve(['key:abc', 'deployment:d1'], 600));
   t.match(err.message, /deployment:d1/);

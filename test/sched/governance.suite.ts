@@ -319,6 +319,9 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
   const r4 = await big();
   t.equal(r4.statusCode, 429);
   t.equal(((await r4.body.json()) as any).error.code, 'quota_exceeded');
+  // 121 tokens can never fit a tpm of 10: no Retry-After, and the SDKs are told not to retry.
+  t.equal(r4.headers['x-should-retry'], 'false');
+  t.equal(r4.headers['retry-after'], undefined);
   // The override cleared: the key's own limit from the file holds again, not none.
   t.equal((await send(tb, 'PUT', '/api/industrial/quota/key:sk-small', {})).status, 200);
   t.same((await get(tb, '/api/industrial/quota')).subjects[`key:${keyId('sk-small')}`].limits, { tpm: 300 }, "the file's tpm 300 again");
