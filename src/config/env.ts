@@ -411,15 +411,14 @@ function otelConfig(env: Env): OtelConfig {
   const headers = read(() => ({ ...keyValues(env, 'OTEL_EXPORTER_OTLP_HEADERS'), ...keyValues(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS') }), {} as Record<string, string>);
   // user:password in the endpoint: Basic auth (the POST's origin drops them), unless a header says otherwise.
   if ((traces.username !== '' || traces.password !== '') && headers['authorization'] === undefined) {
-    let user: string;
-    let password: string;
-    try {
-      user = decodeURIComponent(traces.username);
-      password = decodeURIComponent(traces.password);
-    } catch {
-      throw new ConfigError(full === undefined || full === '' ? 'OTEL_EXPORTER_OTLP_ENDPOINT' : 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'has a user or password that is not percent-encoded UTF-8');
-    }
-    headers['authorization'] = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+    const basic = read(() => {
+      try {
+        return `Basic ${Buffer.from(`${decodeURIComponent(traces.username)}:${decodeURIComponent(traces.password)}`).toString('base64')}`;
+      } catch {
+        throw new ConfigError(full === undefined || full === '' ? 'OTEL_EXPORTER_OTLP_ENDPOINT' : 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'has a user or password that is not percent-encoded UTF-8');
+      }
+    }, undefined);
+    if (basic !== undefined) headers['authorization'] = basic;
   }
   traces.username = '';
   traces.password = '';
@@ -434,14 +433,16 @@ function otelConfig(env: Env): OtelConfig {
     const c = opt(env, name);
     if (c !== undefined && c !== 'none') notes.push(`${name}=${c} is not applied: spans go uncompressed`);
   }
+  const resourceAttributes = read(() => keyValues(env, 'OTEL_RESOURCE_ATTRIBUTES'), {} as Record<string, string>);
   return Object.freeze({
     enabled,
     tracesUrl: traces.toString(),
-    serviceName: str(env, 'OTEL_SERVICE_NAME', 'edge-broker'),
+    // The spec's order: OTEL_SERVICE_NAME, else a service.name in OTEL_RESOURCE_ATTRIBUTES.
+    serviceName: str(env, 'OTEL_SERVICE_NAME', resourceAttributes['service.name'] || 'edge-broker'),
     sampleRatio: sampler.endsWith('always_on') ? 1 : sampler.endsWith('always_off') ? 0 : ratio,
     parentBased: sampler.startsWith('parentbased_'),
     headers: Object.freeze(headers),
-    resourceAttributes: Object.freeze(read(() => keyValues(env, 'OTEL_RESOURCE_ATTRIBUTES'), {})),
+    resourceAttributes: Object.freeze(resourceAttributes),
     notes: Object.freeze(notes),
   });
 }

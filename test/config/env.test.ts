@@ -97,4 +97,14 @@ t.test('OTEL_* set for a whole pod do not stop a broker that does not trace; wit
   const pod = { OTEL_TRACES_SAMPLER_ARG: 'endpoint=http://jaeger:14250,initialSamplingRate=0.25', OTEL_EXPORTER_OTLP_ENDPOINT: 'not a url' };
   t.equal(loadConfig(pod).otel.enabled, false);
   t.throws(() => loadConfig({ ...pod, OTEL_ENABLED: 'true' }), { name: 'ConfigError' });
+  // service.name: OTEL_SERVICE_NAME, else OTEL_RESOURCE_ATTRIBUTES', else ours.
+  t.equal(loadConfig({ OTEL_RESOURCE_ATTRIBUTES: 'service.name=payments-gw,k=v' }).otel.serviceName, 'payments-gw');
+  t.equal(loadConfig({ OTEL_RESOURCE_ATTRIBUTES: 'service.name=payments-gw', OTEL_SERVICE_NAME: 'edge-1' }).otel.serviceName, 'edge-1');
+  t.equal(loadConfig({}).otel.serviceName, 'edge-broker');
+  // Nor a password that is not percent-encoded, in either endpoint.
+  for (const name of ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT']) {
+    const bad = { [name]: 'http://u:%ZZ@127.0.0.1:4318' };
+    t.equal(loadConfig(bad).otel.enabled, false, `${name}: traces off, the broker starts`);
+    t.throws(() => loadConfig({ ...bad, OTEL_ENABLED: 'true' }), { name: 'ConfigError', message: new RegExp(`${name}: has a user or password`) });
+  }
 });

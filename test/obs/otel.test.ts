@@ -37,7 +37,7 @@ for (const FRONT_THREADS of ['2', '0']) {
       t,
       {
         cache: { mode: 'deterministic' },
-        modelGroups: { chat: { deployments: [dep('ok-1', ok.url)] }, retry: { deployments: [dep('broken-1', broken.url, { weight: 1000 }), dep('ok-2', ok.url)] }, cut: { deployments: [dep('cut-1', cut.url)] } },
+        modelGroups: { chat: { deployments: [dep('ok-1', ok.url)] }, retry: { deployments: [dep('broken-1', broken.url, { weight: 1000 }), dep('ok-2', ok.url)] }, dead: { deployments: [dep('dead-1', broken.url)] }, cut: { deployments: [dep('cut-1', cut.url)] } },
         apiKeys: { 'sk-one-a-minute': { rpm: 1 } },
       },
       { FRONT_THREADS, INFER_THREADS: '1', OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: `${otlp.url}/`, OTEL_SERVICE_NAME: 'eb-otel-test', BROKER_FF_QUOTA_ENFORCEMENT: 'true' },
@@ -119,6 +119,13 @@ for (const FRONT_THREADS of ['2', '0']) {
       t.equal(named(spans, 'llm.queue_wait').length, 2, 'a lease per attempt');
       t.equal(broken.stats.lastHeaders?.traceparent, `00-${traceId}-${attempts[0]!.spanId}-01`, 'each attempt sends its own span as parent');
       t.equal(ok.stats.lastHeaders?.traceparent, `00-${traceId}-${attempts[1]!.spanId}-01`);
+
+      // Its only deployment failed: the error is the attempt's, not a wait's.
+      const deadTrace = newTraceId();
+      t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'dead', messages }, { traceparent: `00-${deadTrace}-${newSpanId()}-01` })).status, 502);
+      const dead = byTrace(await otlp.waitFor((s) => named(byTrace(s, deadTrace), 'POST /v1/chat/completions').length === 1), deadTrace);
+      t.equal(one(dead, 'llm.upstream').status.code, 2, 'the failed attempt is an error');
+      t.same(named(dead, 'llm.queue_wait').map((w) => w.status.code ?? 0), [0, 0], 'neither wait is (the second found no deployment left)');
     });
 
     t.test('a stream cut after its 200: the request span is an error too; a cache hit and a miss say so; an unmatched path is named by its method', async (t) => {

@@ -5,7 +5,7 @@ import { createServer } from 'node:http';
 import { formatTraceparent, parseTraceparent, validTracestate } from '../../src/obs/trace/context.ts';
 import { encodeTraces, otlpObject, unixNanos } from '../../src/obs/trace/otlp.ts';
 import { BatchExporter } from '../../src/obs/trace/exporter.ts';
-import { Tracer, TRACING_OFF } from '../../src/obs/trace/tracer.ts';
+import { Tracer, TRACING_OFF, sampledAtRatio } from '../../src/obs/trace/tracer.ts';
 import { SpanKind, type SpanData } from '../../src/obs/trace/span.ts';
 import { loadConfig, ConfigError } from '../../src/config/env.ts';
 import { startOtlpReceiver } from '../helpers/otlp.ts';
@@ -104,6 +104,22 @@ t.test('sampling: parent-based, ratio for new traces', async (t) => {
   t.equal(kept?.parentSpanId, SID);
   t.equal(TRACING_OFF.enabled, false);
   t.equal(TRACING_OFF.startServer('GET', `00-${TID}-${SID}-01`, undefined, 0), undefined, 'off: nothing, even for a sampled parent');
+});
+
+t.test('traceidratio decides from the trace id: every request of a trace alike, about the ratio of traces', async (t) => {
+  const half = new Tracer({ serviceName: 's', url: 'http://127.0.0.1:9/v1/traces', sampleRatio: 0.5, parentBased: false, thread: 'main' });
+  t.teardown(() => half.shutdown(0));
+  const low = `${'4bf92f3577b34da6'}${'0'.repeat(16)}`;
+  const high = `${'4bf92f3577b34da6'}${'f'.repeat(16)}`;
+  for (const [id, kept] of [[low, true], [high, false]] as const) {
+    const seen = new Set(Array.from({ length: 20 }, () => half.startServer('GET', `00-${id}-${SID}-01`, undefined, Date.now()) !== undefined));
+    t.same([...seen], [kept], `20 requests of trace ${id.slice(-4)}: ${kept ? 'all' : 'none'} recorded`);
+  }
+  let recorded = 0;
+  for (let i = 0; i < 4000; i++) if (half.startServer('GET', undefined, undefined, Date.now()) !== undefined) recorded++;
+  t.ok(recorded > 1700 && recorded < 2300, `new traces at about the ratio (${recorded} of 4000)`);
+  t.equal(sampledAtRatio(low, 0.001), true);
+  t.equal(sampledAtRatio(high, 0.999), false);
 });
 
 const span = (i: number): SpanData => ({ traceId: TID, spanId: SID, parentSpanId: undefined, name: `s${i}`, kind: 1, startMs: 1, endMs: 2, attributes: { i }, status: 0, statusMessage: undefined });

@@ -95,9 +95,10 @@ export class Tracer {
       if (!parent.sampled) return undefined;
       return new Span(this.sink, parent.traceId, parent.spanId, name, SpanKind.SERVER, startMs, validTracestate(tracestate), attributes);
     }
-    if (this.ratio < 1 && Math.random() >= this.ratio) return undefined;
-    if (parent !== undefined) return new Span(this.sink, parent.traceId, parent.spanId, name, SpanKind.SERVER, startMs, validTracestate(tracestate), attributes);
-    return new Span(this.sink, newTraceId(), undefined, name, SpanKind.SERVER, startMs, undefined, attributes);
+    const traceId = parent?.traceId ?? newTraceId();
+    if (this.ratio < 1 && !sampledAtRatio(traceId, this.ratio)) return undefined;
+    if (parent !== undefined) return new Span(this.sink, traceId, parent.spanId, name, SpanKind.SERVER, startMs, validTracestate(tracestate), attributes);
+    return new Span(this.sink, traceId, undefined, name, SpanKind.SERVER, startMs, undefined, attributes);
   }
 
   /** A span under a context that came from another thread (already sampled there), or undefined without one. */
@@ -124,6 +125,15 @@ export class Tracer {
   get counts(): Readonly<Record<SpanOutcome, number>> | undefined {
     return this.exporter?.counts;
   }
+}
+
+/**
+ * traceidratio's decision, made from the trace id (its last 52 bits, random in W3C ids) and
+ * not by a coin: every request of one trace (an agent's loop, a retry) is recorded or none is,
+ * as by every other service sampling at the same ratio.
+ */
+export function sampledAtRatio(traceId: string, ratio: number): boolean {
+  return Number.parseInt(traceId.slice(-13), 16) < ratio * 2 ** 52;
 }
 
 /** Tracing off: the front's one check finds `enabled` false, nothing else is touched. */
