@@ -757,6 +757,28 @@ export class FleetManager {
     this.changed();
   }
 
+  /**
+   * Says that another replica's config is now in force here: a replica started with another
+   * file (or a PATCH, a reload there) changes this one's model groups and servers, and its
+   * own log was the only place that said so. A warning when groups or servers came or went.
+   */
+  private saidAdopted(groupsBefore: ReadonlySet<string>, serversBefore: ReadonlySet<string>, oldHash: string | undefined): void {
+    const groups = new Set(this.config.modelGroups.keys());
+    const diff = (a: ReadonlySet<string>, b: ReadonlySet<string>) => [...a].filter((x) => !b.has(x));
+    const change = {
+      groups_added: diff(groups, groupsBefore),
+      groups_removed: diff(groupsBefore, groups),
+      servers_added: diff(new Set(this.servers.keys()), serversBefore),
+      servers_removed: diff(serversBefore, new Set(this.servers.keys())),
+      file_hash_before: oldHash ?? null,
+      file_hash: this.fileHash ?? null,
+    };
+    const moved = change.groups_added.length + change.groups_removed.length + change.servers_added.length + change.servers_removed.length > 0;
+    const line = 'a config from another replica (shared through Redis) is in force here';
+    if (moved) this.deps.logger.warn(change, `${line}: its model groups or servers differ from the ones this replica served`);
+    else this.deps.logger.info(change, line);
+  }
+
   /** Another replica's operator state: in force here, without telling the others again. */
   importOperatorState(o: OperatorState): void {
     if (o.rev !== this.rev && o.rev !== 'initial') {
@@ -765,13 +787,16 @@ export class FleetManager {
         // the names its own file allowed it (a reload there), which its config brings along.
         this.checkEnvNames(o.raw, o.keyEnvs);
         const next = parseBrokerConfig(o.raw, this.config.source, this.deps.env ?? process.env, this.discovered());
+        const oldHash = this.fileHash;
         this.rev = o.rev;
         // The adopted config's file (unknown for a doc of an older version).
         this.fileHash = o.fileHash;
         this.savedHashes = o.savedHashes ?? [];
         for (const name of o.keyEnvs ?? []) this.keyEnvs.add(name);
         const known = new Set(this.servers.keys());
+        const before = new Set(this.config.modelGroups.keys());
         this.adopt(next);
+        this.saidAdopted(before, known, oldHash);
         // A server another replica added: checked here at once, as the adding replica did
         // (health checks on or off), so that the models it lists are served on every replica,
         // not after this one's next scheduled check (10 s of 404 model_not_found on the others;

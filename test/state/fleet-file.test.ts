@@ -91,3 +91,18 @@ t.test('a replica restarted with the file /config/save wrote keeps the changes m
   for (const tb of [edited, b, again]) await until(async () => (await queueOf(tb)) === 33, 'an edited file on every replica');
   t.pass('an edited file still wins');
 });
+
+// A replica started with another file replaces the model groups of every other replica: each
+// of them says so (only the replica that put its file in force said anything).
+t.test('a replica whose groups another replica replaced says so, naming what came and went', async (t) => {
+  const groups = (names: string[]) => ({ modelGroups: Object.fromEntries(names.map((g) => [g, { deployments: [{ id: `${g}-1`, provider: 'openai', url: up.url, model: 'm' }] }])) });
+  const a = await startFleetBroker(t, groups(['keep', 'old']), { ...env, REPLICA_ID: 'ga' });
+  await until(async () => (await call(a, 'GET', '/v1/models')).status === 200, 'a serving');
+  const b = await startFleetBroker(t, groups(['keep', 'new']), { ...env, REPLICA_ID: 'gb' });
+  await until(async () => a.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('a config from another replica')), "a's line");
+  const line = a.logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith('a config from another replica'))!;
+  t.equal(line.level, 40, 'a warning: its groups changed');
+  t.match(line, { groups_added: ['new'], groups_removed: ['old'], servers_added: ['new-1'], servers_removed: ['old-1'], file_hash: String });
+  t.not(line.file_hash, line.file_hash_before, 'the file in force is not the one it started with');
+  t.notOk(b.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('a config from another replica')), 'the replica whose file it is says nothing of the kind');
+});
