@@ -139,6 +139,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     onOutcome: (outcome, n) => metrics.otelSpans.labels(outcome).inc(n),
     onError: (err) => logger.warn({ err: err.message }, 'OTLP trace export failed (spans dropped; logged at most once a minute)'),
   });
+  for (const note of config.notes) logger.warn(note);
   if (config.otel.enabled) {
     for (const note of config.otel.notes) logger.warn(note);
     // Every outcome from the start at 0, so that increase() sees the first drops.

@@ -64,6 +64,8 @@ export interface Config {
   readonly ollamaUrl: string;
   /** Feature flags set by BROKER_FF_* (unset ones are absent and take their defaults). */
   readonly featureFlags: Readonly<Partial<Record<FlagName, boolean>>>;
+  /** What in the environment is ignored, said at start without stopping it (a BROKER_FF_* that names no flag). */
+  readonly notes: readonly string[];
   /** How long a sticky-routing pin lasts. */
   readonly stickyTtlS: number;
   /** Largest LLM prompt accepted: messages, and characters of prompt text (400 past them). */
@@ -295,6 +297,7 @@ export function loadConfig(env: Env = process.env): Config {
     brokerConfigPath: env.BROKER_CONFIG === undefined || env.BROKER_CONFIG === '' ? undefined : env.BROKER_CONFIG,
     ollamaUrl: url(env, 'OLLAMA_URL', 'http://127.0.0.1:11434'),
     featureFlags: Object.freeze(Object.fromEntries(FLAG_NAMES.filter((f) => (env[envName(f)] ?? '') !== '').map((f) => [f, bool(env, envName(f), false)]))),
+    notes: Object.freeze(unknownFlagNotes(env)),
     stickyTtlS: num(env, 'STICKY_TTL_S', 300, 1, 86_400),
     llmMaxMessages: int(env, 'LLM_MAX_MESSAGES', 4096, 1, 1_000_000),
     llmMaxPromptChars: int(env, 'LLM_MAX_PROMPT_CHARS', 4_000_000, 1, 1_000_000_000),
@@ -386,6 +389,18 @@ function keyValues(env: Env, name: string): Record<string, string> {
     out[name.endsWith('HEADERS') ? key.toLowerCase() : key] = value;
   }
   return out;
+}
+
+/**
+ * A BROKER_FF_* that names no flag (a typo, or a flag of another version): the flag meant
+ * keeps its default, which only a line at start tells. Not refused: a variable of a newer or
+ * older version must not stop a rolling upgrade.
+ */
+function unknownFlagNotes(env: Env): string[] {
+  const known = new Set(FLAG_NAMES.map(envName));
+  return Object.keys(env)
+    .filter((k) => k.startsWith('BROKER_FF_') && !known.has(k))
+    .map((k) => `${k} names no feature flag and is ignored (flags: ${FLAG_NAMES.map(envName).join(', ')})`);
 }
 
 function otelConfig(env: Env): OtelConfig {

@@ -93,6 +93,14 @@ t.test('values that started a broker refusing every request now stop the start',
   }
 });
 
+t.test('a BROKER_FF_* that names no flag is said at start, not refused (a typo kept its flag at its default unsaid)', async (t) => {
+  const c = loadConfig({ BROKER_FF_CAPACITY_GATNG: 'false', BROKER_FF_STICKY_ROUTING: 'true' });
+  t.same(c.featureFlags, { sticky_routing: true });
+  t.equal(c.notes.length, 1);
+  t.match(c.notes[0], /^BROKER_FF_CAPACITY_GATNG names no feature flag and is ignored \(flags: .*BROKER_FF_CAPACITY_GATING/);
+  t.same(loadConfig({ BROKER_FF_STICKY_ROUTING: 'true' }).notes, []);
+});
+
 t.test('OTEL_* set for a whole pod do not stop a broker that does not trace; with traces on they do', async (t) => {
   const pod = { OTEL_TRACES_SAMPLER_ARG: 'endpoint=http://jaeger:14250,initialSamplingRate=0.25', OTEL_EXPORTER_OTLP_ENDPOINT: 'not a url' };
   t.equal(loadConfig(pod).otel.enabled, false);
