@@ -9,6 +9,7 @@ import { availableParallelism, hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { FLAG_NAMES, envName, type FlagName } from './flags.ts';
 import { redactUrl } from './secret-url.ts';
+import { manifestPathFor } from '../infer/manifest.ts';
 
 export class ConfigError extends Error {
   constructor(readonly variable: string, message: string) {
@@ -263,6 +264,8 @@ export function loadConfig(env: Env = process.env): Config {
   // Model A serves every image: a file that is not there is said by its variable (B's is the model check's, not fatal).
   const modelA = str(env, 'MODEL_VA_PATH', BUNDLED_MODEL('vA.onnx'));
   if (bool(env, 'INFER_ENABLED', true) && !readable(modelA)) throw new ConfigError('MODEL_VA_PATH', `${modelA} is not a readable file`);
+  // Its manifest (input, labels, normalisation) is read at start too: without it A cannot serve.
+  if (bool(env, 'INFER_ENABLED', true) && !readable(manifestPathFor(modelA))) throw new ConfigError('MODEL_VA_PATH', `${modelA} has no readable manifest beside it (${manifestPathFor(modelA)}; see models/README.md)`);
 
   return Object.freeze({
     port: int(env, 'PORT', 8080, 0, 65535),

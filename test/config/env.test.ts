@@ -1,9 +1,14 @@
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
+import { copyFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ConfigError, loadConfig } from '../../src/config/env.ts';
 
 /** A bundled model's absolute path: models/ of the tree this test runs in (the repo, or `npm test`'s .test-build/). */
 const bundled = (file: string): string => fileURLToPath(new URL(`../../models/${file}`, import.meta.url));
+const onnxWithoutManifest = join(mkdtempSync(join(tmpdir(), 'eb-env-')), 'vA.onnx');
+copyFileSync(bundled('vA.onnx'), onnxWithoutManifest);
 
 t.test('defaults', async (t) => {
   const c = loadConfig({});
@@ -52,6 +57,8 @@ t.test('bad values name the variable', async (t) => {
     { AB_WEIGHT_B: ' ' },
     { SHUTDOWN_GRACE_S: '0x1e' },
     { MODEL_VA_PATH: '/nonexistent.onnx' },
+    // A model without its manifest beside it (it stopped the start with exit 1, naming no variable).
+    { MODEL_VA_PATH: onnxWithoutManifest },
   ];
   for (const env of cases) {
     const name = Object.keys(env)[0]!;
