@@ -46,6 +46,8 @@ export interface FlagOrigin {
   readonly actor: string;
   readonly at: string;
   readonly replica?: string;
+  /** The flag's effective value before the change, on the replica that made it (a later replica's own may differ: its env). */
+  readonly old?: boolean;
 }
 
 export class FlagStore {
@@ -102,8 +104,9 @@ export class FlagStore {
       const at = from?.at ?? now;
       const by = from?.replica !== undefined && from.actor !== `replica:${from.replica}` ? `${from.actor} via replica:${from.replica}` : (from?.actor ?? actor);
       const had = this.overrides.get(flag);
-      if (enabled !== null || had !== undefined) this.origins.set(flag, from ?? { actor, at });
-      const old = this.current[flag];
+      // The maker's value before, as its replica had it: this one's may differ (its env).
+      const old = from?.old ?? this.current[flag];
+      if (enabled !== null || had !== undefined) this.origins.set(flag, from ?? { actor, at, old });
       if (enabled === null) {
         if (had === undefined) continue;
         this.overrides.delete(flag);

@@ -183,6 +183,19 @@ t.test('audit: actor, action, old and new values, time from the injected clock',
   t.equal(s.auditLog[0]!.at, '2024-01-02T03:04:05.000Z', 'ISO time of the fake clock, not the wall clock');
 });
 
+t.test("another replica's change is audited with its maker's old value, not this replica's (its env may differ)", async (t) => {
+  // The maker: env qos_switching on, turned off then on again by an operator.
+  const maker = store({ qos_switching: true }).s;
+  maker.set('qos_switching', false, 'admin-token');
+  maker.set('qos_switching', true, 'admin-token');
+  const origins = Object.fromEntries(Object.entries(maker.originMap()).map(([f, o]) => [f, { ...o!, replica: 'A' }]));
+  t.equal(origins['qos_switching']!.old, false, 'the origin carries the value before the change');
+  // A replica started later with the same env learns the override from the shared doc.
+  const late = store({ qos_switching: true }).s;
+  late.replaceOverrides(maker.overrideMap(), 'replica:A', origins);
+  t.match(late.auditLog, [{ actor: 'admin-token via replica:A', flag: 'qos_switching', action: 'set', old: false, new: true }]);
+});
+
 t.test('audit is bounded by maxAudit: the oldest entries go', async (t) => {
   const { clock, s } = store({}, 3);
   for (let i = 0; i < 5; i++) {
