@@ -172,6 +172,7 @@ export function industrialRoutes(gov: GovernanceAdmin, logger: Logger): Route[] 
       outputPrediction: { enabled: f.output_prediction, available: true, trackedLabels: gov.predictor.labels().length },
       streamInstrumentation: { enabled: f.stream_instrumentation, available: true },
       compiledChain: { enabled: f.compiled_chain, available: true },
+      warmFirstRouting: { enabled: f.warm_first_routing, available: true },
       usagePatterns: { enabled: true, available: true, trackedLabels: gov.usage.labels().length },
       ptuAdvisory: { available: gov.ptu.list().length > 0, registeredDeployments: gov.ptu.list().length },
     };

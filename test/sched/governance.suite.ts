@@ -255,6 +255,11 @@ t.test('sticky routing: the same prompt prefix lands on the same deployment, and
   t.equal((await chat(tb, 'g', { content: 'You are a helpful assistant. Conversation 42.' })).deployment, other, 'the new pin holds');
   const status = await get(tb, '/api/industrial/status');
   t.equal(status.stickyRouting.enabled, true);
+  // Every flag has its subsystem's entry (warm_first_routing had none).
+  for (const flag of Object.keys(status.flags)) {
+    const key = flag.replace(/_([a-z])/g, (_: string, c: string) => c.toUpperCase());
+    t.equal(status[key]?.enabled, status.flags[flag].enabled, `${key} says whether ${flag} is on`);
+  }
   t.ok(status.stickyRouting.stats.hits >= 15);
 });
 
