@@ -50,9 +50,6 @@ export interface Lease {
 
 type Pick = { lease: Lease } | { full: true } | { none: BrokerError | undefined };
 
-/** The highest priority level a request can have (0-9): a waiter aged past it outranks any newcomer. */
-const TOP_LEVEL = 9;
-
 /** How long a request waits for a deployment's quota top-up, looking every 20 ms (as admission does for a key's: sched/admission.ts). */
 const TOP_UP_WAIT_MS = 1000;
 const TOP_UP_POLL_MS = 20;
@@ -150,7 +147,7 @@ export class Scheduler {
     for (;;) {
       let lease: Lease | undefined;
       try {
-        lease = this.paused ? undefined : this.tryAcquire(woken === undefined ? a : this.aged(a));
+        lease = this.paused ? undefined : this.tryAcquire(a);
       } catch (err) {
         // A deployment's quota lease short with its top-up on its way (two requests closer
         // than the lease keeper's look): wait for it briefly, as a key's quota does at
@@ -187,19 +184,6 @@ export class Scheduler {
         throw err;
       }
     }
-  }
-
-  /**
-   * A woken waiter that has aged past every priority level takes a slot whatever its tier's
-   * capacity share. A share caps the deployment's whole fill, so under a steady flow of
-   * higher-tier requests a standard or batch waiter could only get a slot when the deployment
-   * was empty: it declined every freed slot and timed out, whatever its age (aging promises
-   * that low priority cannot starve).
-   */
-  private aged(a: Admission): Admission {
-    if (a.tier === null || a.tier.capacityShare >= 1 || !this.flags.priority_routing) return a;
-    const level = a.priority + (this.deps.now() - a.since) / this.deps.scheduler.agingMs;
-    return level > TOP_LEVEL ? { ...a, tier: { ...a.tier, capacityShare: 1 } } : a;
   }
 
   /** ": a (unhealthy), b (breaker open)": why nothing of the group could be chosen. */

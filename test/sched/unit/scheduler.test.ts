@@ -724,33 +724,6 @@ t.test('a freed slot goes to a waiter that can use it, even if the first one wok
   await h.finish(t);
 });
 
-// Regression (was a bug): a tier's share caps the deployment's whole fill, so under a steady
-// flow of realtime requests a standard waiter declined every freed slot (one was always in
-// flight) and timed out however long it had aged. Aged past every priority level, it takes
-// the next freed slot; before that its share holds.
-t.test('a waiter aged past every priority level takes a freed slot whatever its tier share: no starvation under a realtime flow', async (t) => {
-  const g = group('g', [dep('a', { concurrencyLimit: 2 })]);
-  const h = harness([g], { flags: { ...PLAIN, priority_routing: true } });
-  const realtime = { tier: tier('realtime', 1, { priority: 8 }), priority: 8 };
-  const r1 = await h.acquire(g, realtime);
-  const r2 = await h.acquire(g, realtime);
-  const standard = h.acquire(g, { tier: tier('standard', 0.9, { priority: 5 }), priority: 5, since: h.clock.now });
-  h.clock.advance(1_000);
-  const early = h.acquire(g, { ...realtime, since: h.clock.now });
-  await ticks();
-  r1.release(); // level 6 against a fresh 8: the realtime waiter first, and the share holds
-  t.ok(await settled(early), 'the realtime waiter got it');
-  t.notOk(await settled(standard), 'the standard one, at level 6, still waits (one in flight: its share of 2 is 1)');
-  h.clock.advance(4_500);
-  const late = h.acquire(g, { ...realtime, since: h.clock.now });
-  await ticks();
-  r2.release(); // level 10.5: above any a request can have, ahead of the fresh realtime waiter
-  t.ok(await settled(standard), 'aged past every level, the standard waiter takes the freed slot');
-  t.notOk(await settled(late), 'the newer realtime waiter waits for the next one');
-  await h.finish(t);
-  await late;
-});
-
 t.test('queueing off: a waiter held by a pause that cannot use the slot it is woken for passes it on', async (t) => {
   const g = group('g', [dep('a', { concurrencyLimit: 2 })]);
   const h = harness([g], { flags: PLAIN, scheduler: { queueWhenFull: false } });
