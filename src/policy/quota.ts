@@ -117,7 +117,9 @@ const LOW_SHARE = 0.5;
 // window payload, Float64 indexes from the slot's payload start
 const W_RESERVED = 0;
 const W_GEN = 1;
-const W_SECS = 2;
+/** Of W_RESERVED, what may come back when the requests end: their output guesses (a prompt is spent whatever happens). */
+const W_RETURNABLE = 2;
+const W_SECS = 3;
 const W_REQS = W_SECS + WINDOW_S;
 const W_TOKS = W_REQS + WINDOW_S;
 const W_FIELDS = W_TOKS + WINDOW_S;
@@ -149,6 +151,7 @@ class WindowView {
   init(p: number, generation: number): void {
     const f = this.f;
     f[p + W_RESERVED] = 0;
+    f[p + W_RETURNABLE] = 0;
     f[p + W_GEN] = generation;
     f.fill(-Infinity, p + W_SECS, p + W_SECS + WINDOW_S);
     f.fill(0, p + W_REQS, p + W_FIELDS);
@@ -207,7 +210,7 @@ class WindowView {
   }
 }
 
-/** Retry-After when requests in flight hold enough of the window that their end may make room. */
+/** Retry-After when the output guesses of requests in flight cover the shortfall: their end may make room. */
 const RESERVED_RETRY_S = 1;
 
 interface Violation {
@@ -249,11 +252,13 @@ class QuotaReservation implements Reservation {
   /** Window slot per subject (-1: not counted) and the slot's generation then, ascending by slot. */
   readonly #slots: readonly number[];
   readonly #gens: readonly number[];
+  readonly #returnable: number;
   #settled = false;
 
-  constructor(ledger: QuotaLedger, subjects: readonly string[], tokens: number, at: number, sec: number, slots: number[], gens: number[]) {
+  constructor(ledger: QuotaLedger, subjects: readonly string[], tokens: number, at: number, sec: number, slots: number[], gens: number[], returnable: number) {
     this.subjects = subjects;
     this.tokens = tokens;
+    this.#returnable = returnable;
     this.at = at;
     this.#sec = sec;
     this.#ledger = ledger;
@@ -278,7 +283,7 @@ class QuotaReservation implements Reservation {
   #settle(actual: number, uncount = false): void {
     if (this.#settled) return;
     this.#settled = true;
-    this.#ledger._settle(this.#slots, this.#gens, this.tokens, this.#sec, actual, uncount ? -1 : 0);
+    this.#ledger._settle(this.#slots, this.#gens, this.tokens, this.#returnable, this.#sec, actual, uncount ? -1 : 0);
     if (actual !== this.tokens || uncount) this.#ledger._settleLeases(this.subjects, this.at, this.tokens - actual, uncount ? 1 : 0);
   }
 }
@@ -410,10 +415,13 @@ export class QuotaLedger {
    * Counts one request and `tokens` against every subject, or throws
    * quota_exceeded and counts nothing. retryAfter is the longest wait among
    * the subjects over their limits: the request fits only when all do.
-   * Atomic with respect to every thread sharing the buffer.
+   * Atomic with respect to every thread sharing the buffer. `returnable`: the part of
+   * `tokens` its end may give back (the output guess; the prompt is spent whatever happens),
+   * which a refusal's Retry-After counts on.
    */
-  reserve(subjects: string[], tokens: number): Reservation {
+  reserve(subjects: string[], tokens: number, returnable = 0): Reservation {
     if (!(Number.isFinite(tokens) && tokens >= 0)) throw new RangeError(`tokens must be a finite number >= 0, got ${tokens}`);
+    returnable = Math.min(tokens, Math.max(0, Number.isFinite(returnable) ? returnable : 0));
     const nowMs = this.#now();
     const nowSec = Math.floor(nowMs / 1000);
     const unique = [...new Set(subjects)];
@@ -464,11 +472,12 @@ export class QuotaLedger {
           const p = windows.payloadOffset(s) >> 3;
           this.#w.add(p, nowSec, 1, tokens);
           this.#f[p + W_RESERVED]! += tokens;
+          this.#f[p + W_RETURNABLE]! += returnable;
           gens.push(this.#f[p + W_GEN]!);
           windows.touch(s);
         }
         for (const s of held) windows.unlock(s);
-        return new QuotaReservation(this, unique, tokens, nowMs, nowSec, held, gens);
+        return new QuotaReservation(this, unique, tokens, nowMs, nowSec, held, gens, returnable);
       }
       for (const s of held) windows.unlock(s);
       for (let k = 0; k < unique.length; k++) if (slots[k]! < 0) windows.acquire(unique[k]!, this.#windowHooks);
@@ -476,7 +485,7 @@ export class QuotaLedger {
   }
 
   /** @internal Settles a reservation: its slots ascending, each only if it still holds the same window. */
-  _settle(slots: readonly number[], gens: readonly number[], tokens: number, sec: number, actual: number, requests = 0): void {
+  _settle(slots: readonly number[], gens: readonly number[], tokens: number, returnable: number, sec: number, actual: number, requests = 0): void {
     const windows = this.#windows;
     for (const s of slots) windows.lock(s);
     for (let k = 0; k < slots.length; k++) {
@@ -485,6 +494,7 @@ export class QuotaLedger {
       // A window evicted (and the slot given to another subject) since has nothing to correct.
       if (!windows.isLive(s) || this.#f[p + W_GEN] !== gens[k]) continue;
       this.#f[p + W_RESERVED] = Math.max(0, this.#f[p + W_RESERVED]! - tokens);
+      this.#f[p + W_RETURNABLE] = Math.max(0, this.#f[p + W_RETURNABLE]! - returnable);
       // Same bucket as the reservation, so the window reflects when the request was admitted.
       this.#w.adjust(p, sec, actual - tokens, requests);
     }
@@ -792,18 +802,20 @@ export class QuotaLedger {
     }
     if (tpm !== undefined) {
       if (tokens > tpm) {
-        consider({ subject, limit: 'tpm', retryAfter: WINDOW_S, never: tpm >= 1, message: `quota for ${subject}: ${tokens} tokens can never fit the tpm limit ${tpm}` });
+        // Only a key's own limit is final: a deployment's may be another deployment's chance.
+        consider({ subject, limit: 'tpm', retryAfter: WINDOW_S, never: tpm >= 1 && subject.startsWith('key:'), message: `quota for ${subject}: ${tokens} tokens can never fit the tpm limit ${tpm}` });
       } else if (used.toks + tokens > tpm) {
         // Requests in flight hold their guess (prompt + output) in the window until their usage
-        // comes back: what they do not spend is given back then, not 60 s later. When those
-        // reservations alone could make room, the wait is short, not the window's.
+        // comes back: the output they do not spend is given back then, not 60 s later. When
+        // those output guesses alone could make room, the wait is short, not the window's.
         const excess = used.toks + tokens - tpm;
         const reserved = p >= 0 ? this.#f[p + W_RESERVED]! : 0;
+        const returnable = p >= 0 ? this.#f[p + W_RETURNABLE]! : 0;
         const aged = this.#w.retryAfter(p, W_TOKS, excess, nowMs);
         consider({
           subject,
           limit: 'tpm',
-          retryAfter: reserved >= excess ? Math.min(aged, RESERVED_RETRY_S) : aged,
+          retryAfter: returnable >= excess ? Math.min(aged, RESERVED_RETRY_S) : aged,
           message: `quota for ${subject}: tpm limit ${tpm} exceeded (${used.toks} tokens in the last 60 s${reserved > 0 ? `, ${reserved} of them reserved by requests in flight` : ''} + ${tokens} requested)`,
         });
       }

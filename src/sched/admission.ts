@@ -33,7 +33,7 @@ export interface Admitted {
    * The key's quota still to reserve (admit() with deferQuota): the proxy reserves it with
    * reserveQuota() once the response cache missed, so that a hit takes none of it.
    */
-  readonly quotaDue?: { readonly subject: string; readonly tokens: number } | undefined;
+  readonly quotaDue?: { readonly subject: string; readonly tokens: number; readonly returnable: number } | undefined;
   /** Epoch ms of admission: queue age and deadline start here. */
   readonly since: number;
 }
@@ -168,8 +168,10 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   const subject = `key:${known.id}`;
   // Limits of its own (the file's, the key's), or ones an operator set at run time (the ledger's).
   if (known.policy.rpm === undefined && known.policy.tpm === undefined && p.quota.limits(subject) === undefined) return admitted(null);
-  if (opts?.deferQuota === true) return admitted(null, { subject, tokens: reserveTokens });
-  return reserveFor(p, subject, reserveTokens, admitted);
+  // What the request's end may give back: its output guess (the prompt is spent).
+  const returnable = predictedOutput * r.choices;
+  if (opts?.deferQuota === true) return admitted(null, { subject, tokens: reserveTokens, returnable });
+  return reserveFor(p, subject, reserveTokens, returnable, admitted);
 }
 
 /**
@@ -179,29 +181,29 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
 export function reserveQuota(p: AdmissionPolicies, a: Admitted): Admitted | Promise<Admitted> {
   const due = a.quotaDue;
   if (due === undefined) return a;
-  return reserveFor(p, due.subject, due.tokens, (keyReservation) => ({ ...a, keyReservation, quotaDue: undefined }));
+  return reserveFor(p, due.subject, due.tokens, due.returnable, (keyReservation) => ({ ...a, keyReservation, quotaDue: undefined }));
 }
 
-function reserveFor(p: AdmissionPolicies, subject: string, reserveTokens: number, admitted: (r: Reservation) => Admitted): Admitted | Promise<Admitted> {
+function reserveFor(p: AdmissionPolicies, subject: string, reserveTokens: number, returnable: number, admitted: (r: Reservation) => Admitted): Admitted | Promise<Admitted> {
   try {
-    return admitted(p.quota.reserve([subject], reserveTokens));
+    return admitted(p.quota.reserve([subject], reserveTokens, returnable));
   } catch (err) {
     // With replicas, a key's budget comes in leases the control plane tops up every tick: a
     // request right behind another (a key idle until now, a burst) may find the lease spent
     // with the next one on its way. It waits for it, briefly, rather than be refused.
-    if (awaitsTopUp(err) && (p.leaseWaitMs ?? LEASE_WAIT_MS) > 0) return reserveWhenTopped(p, subject, reserveTokens, err).then(admitted);
+    if (awaitsTopUp(err) && (p.leaseWaitMs ?? LEASE_WAIT_MS) > 0) return reserveWhenTopped(p, subject, reserveTokens, returnable, err).then(admitted);
     p.onKeyQuotaRejection();
     throw err;
   }
 }
 
 /** Polls the key's lease until its top-up lands or `leaseWaitMs` runs out; a refusal then is the last one. */
-async function reserveWhenTopped(p: AdmissionPolicies, subject: string, tokens: number, first: unknown): Promise<Reservation> {
+async function reserveWhenTopped(p: AdmissionPolicies, subject: string, tokens: number, returnable: number, first: unknown): Promise<Reservation> {
   let last = first;
   for (let polls = Math.ceil((p.leaseWaitMs ?? LEASE_WAIT_MS) / LEASE_POLL_MS); polls > 0; polls--) {
     await new Promise((resolve) => setTimeout(resolve, LEASE_POLL_MS));
     try {
-      return p.quota.reserve([subject], tokens);
+      return p.quota.reserve([subject], tokens, returnable);
     } catch (err) {
       last = err;
       if (!awaitsTopUp(err)) break;

@@ -83,23 +83,29 @@ t.test('tpm: retryAfter from token buckets; a request over the limit can never f
   q.reserve(['d'], 200).reconcile(200); // exactly fits
   t.equal(q.usage('d').tpm, 1000);
 
-  // Over the whole limit: no wait helps, so no Retry-After, and the SDKs are told not to retry.
+  // Over the whole limit of a deployment: another deployment of its group may take it, so the
+  // refusal stays retryable (the scheduler looks further).
   err = rejected(t, () => q.reserve(['d'], 1001));
-  t.equal(err.retryAfter, undefined);
-  t.equal(err.details?.['retryable'], false);
+  t.equal(err.retryAfter, 60);
+  t.equal(err.details?.['retryable'], undefined);
   t.match(err.message, /never fit/);
+  // Over the whole limit of a key: no wait helps, so no Retry-After, and the SDKs are told not to retry.
+  q.setLimits('key:k', { tpm: 1000 });
+  const key = rejected(t, () => q.reserve(['key:k'], 1001));
+  t.equal(key.retryAfter, undefined);
+  t.equal(key.details?.['retryable'], false);
   clock.now = t0 + 120_000;
-  t.equal(rejected(t, () => q.reserve(['d'], 1001)).details?.['retryable'], false, 'even with an empty window');
+  t.equal(rejected(t, () => q.reserve(['key:k'], 1001)).details?.['retryable'], false, 'even with an empty window');
   q.reserve(['d'], 1000);
 });
 
-t.test('tpm: tokens held by requests in flight may come back when they finish: a short Retry-After, and the message says so', async (t) => {
+t.test('tpm: output guesses of requests in flight may come back when they finish: a short Retry-After, and the message says so', async (t) => {
   const { clock, q } = ledger(1_700_000_000_000);
   q.setLimits('d', { tpm: 600 });
-  const a = q.reserve(['d'], 205);
-  q.reserve(['d'], 205).reconcile(85);
+  const a = q.reserve(['d'], 205, 200); // a 5-token prompt, 200 output tokens guessed
+  q.reserve(['d'], 205, 200).reconcile(85);
   clock.now += 2_000;
-  // 290 used, 205 of them reserved by a request in flight; 410 asked: 100 must go.
+  // 290 used, 205 of them reserved by a request in flight (200 of which may come back); 410 asked: 100 must go.
   const err = rejected(t, () => q.reserve(['d'], 410));
   t.equal(err.retryAfter, 1, 'the request in flight may give back enough');
   t.match(err.message, /290 tokens in the last 60 s, 205 of them reserved by requests in flight \+ 410 requested/);
@@ -112,6 +118,13 @@ t.test('tpm: tokens held by requests in flight may come back when they finish: a
   c2.now += 10_000;
   q2.reserve(['d'], 50);
   t.equal(rejected(t, () => q2.reserve(['d'], 200)).retryAfter, 50, 'the finished request must leave the window');
+  // A request in flight whose reservation is mostly its prompt: that part is spent whatever
+  // happens, so it cannot make room soon.
+  const { clock: c3, q: q3 } = ledger(1_700_000_000_000);
+  q3.setLimits('d', { tpm: 10_000 });
+  q3.reserve(['d'], 8_256, 256);
+  c3.now += 5_000;
+  t.equal(rejected(t, () => q3.reserve(['d'], 3_000, 256)).retryAfter, 55, 'its 256 guessed tokens cannot cover 1,256: the window decides');
 });
 
 t.test('all-or-nothing across subjects', async (t) => {
