@@ -75,7 +75,7 @@ const reload = (): void => {
   if (closing) return;
   try {
     const r = broker.reloadConfig();
-    broker.logger.info({ audit: 'config', actor: 'signal:SIGHUP', change: '/reload', path: r.path, version: r.version }, 'orchestrator: config');
+    broker.logger.info({ audit: 'config', actor: 'signal:SIGHUP', part: '/reload', path: r.path, version: r.version }, 'orchestrator: config');
   } catch (err) {
     broker.logger.warn({ signal: 'SIGHUP', err: (err as Error).message }, 'SIGHUP: the fleet file was not reloaded; the running config stays');
   }

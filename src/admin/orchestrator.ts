@@ -49,7 +49,7 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
   // for maintenance on and off, drain and undrain by body).
   const audit = (ctx: RouteContext, what: string, o: Record<string, unknown>): void => {
     logger.info({ audit: what, actor: actorOf(ctx), trace_id: ctx.req.id, ...o }, `orchestrator: ${what}`);
-    if (ctx.note !== undefined && ctx.note.after === undefined) ctx.note.after = { change: what, ...o };
+    if (ctx.note !== undefined && ctx.note.after === undefined) ctx.note.after = { ...o, change: what };
   };
   const get = (path: string, handle: (ctx: RouteContext) => unknown | Promise<unknown>): Route => ({ method: 'GET', path: `${P}${path}`, admin: true, async handle(ctx) { reply(ctx, await handle(ctx)); } });
   const post = (path: string, handle: (ctx: RouteContext) => unknown | Promise<unknown>, method: 'POST' | 'DELETE' | 'PATCH' = 'POST'): Route => ({ method, path: `${P}${path}`, admin: true, body: method === 'DELETE' ? 'none' : 'json?', async handle(ctx) { reply(ctx, await handle(ctx)); } });
@@ -280,8 +280,10 @@ export function orchestratorRoutes(d: OrchestratorDeps): Route[] {
       admin: true,
       body: path === '/reload' ? 'json?' : 'json',
       handle(ctx) {
-        apply(ctx);
-        audit(ctx, 'config', { change: path || 'restore', version: fleet.version });
+        const done = apply(ctx);
+        // A reload names the file it read, as a SIGHUP's does.
+        const file = path === '/reload' ? { path: (done as { path: string }).path } : {};
+        audit(ctx, 'config', { part: path || 'restore', version: fleet.version, ...file });
         reply(ctx, { version: fleet.version, config: fleet.configView() }, 200, { etag: fleet.etag });
       },
     };

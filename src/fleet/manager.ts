@@ -775,7 +775,9 @@ export class FleetManager {
     };
     const moved = change.groups_added.length + change.groups_removed.length + change.servers_added.length + change.servers_removed.length > 0;
     const line = 'a config from another replica (shared through Redis) is in force here';
-    if (moved) this.deps.logger.warn(change, `${line}: its model groups or servers differ from the ones this replica served`);
+    // A warning for another fleet file that changed what this replica serves; an operator's
+    // change through the API there (a server added) is routine.
+    if (moved && change.file_hash !== change.file_hash_before) this.deps.logger.warn(change, `${line}: its fleet file differs, and so do its model groups or servers`);
     else this.deps.logger.info(change, line);
   }
 

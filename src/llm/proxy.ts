@@ -248,9 +248,9 @@ export class LlmProxy {
           if (facts !== undefined) facts.queueMs = (facts.queueMs ?? 0) + (performance.now() - waitFrom);
           // A client that left is no failure: broker.aborted, status unset (as on llm.upstream).
           if (sink.aborted) waitSpan?.set('broker.aborted', true).end();
-          // No deployment left after the ones tried failed: no wait went wrong (the failures are
-          // on their llm.upstream spans), so not an error here, which alerts on waits would count.
-          else if (code === 'upstream_unavailable' && retry > 0) waitSpan?.set('llm.deployments_left', 0).end();
+          // No deployment left after this group's attempts failed: no wait went wrong (the failures
+          // are on their llm.upstream spans), so not an error here, which alerts on waits would count.
+          else if (code === 'upstream_unavailable' && lastTried?.group === g.name) waitSpan?.set('llm.deployments_left', 0).end();
           else waitSpan?.fail(code ?? 'internal', (err as Error).message).end();
           const stop = shutDown();
           if (sink.aborted && stop === undefined) {

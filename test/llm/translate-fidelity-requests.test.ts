@@ -354,8 +354,9 @@ t.test("what Ollama has no word for: OpenAI's deprecated functions, logit_bias, 
     const r = await postJson(`${tb.url}/v1/chat/completions`, { ...(body as object), model: 'mx' });
     t.equal(r.headers.get('x-broker-deployment'), 'mx-oa', `${field}: a mixed group sends it to its OpenAI deployment`);
   }
-  // An empty logit_bias asks for nothing.
-  t.equal((await postJson(`${tb.url}/v1/chat/completions`, chat('ol', { logit_bias: {} }))).status, 200);
+  // An empty logit_bias asks for nothing; nor do null functions or an assistant message's null function_call (SDKs echo them).
+  t.equal((await postJson(`${tb.url}/v1/chat/completions`, chat('ol', { logit_bias: {}, functions: null }))).status, 200);
+  t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'ol', messages: [{ role: 'user', content: 'a' }, { role: 'assistant', content: 'b', function_call: null }, { role: 'user', content: 'c' }] })).status, 200);
 });
 
 t.test("an Ollama client to an OpenAI deployment: generate's context and template refused; a tool result's images follow in a user message", async (t) => {

@@ -193,7 +193,8 @@ export class ResponseCache {
     this.outage = new OutageLog(o.logger, 'response cache: redis failed; lookups miss until it is back (logged once per outage)', 'response cache: redis answers again');
     this.settings = o.settings;
     this.origin = o.channel ?? randomUUID();
-    if (o.redisUrl !== undefined) this.stall = new ThreadStall();
+    // Seen from a 200 ms gap in the heartbeat: below the 250 ms command timeout.
+    if (o.redisUrl !== undefined) this.stall = new ThreadStall(COMMAND_TIMEOUT_MS - 150);
     this.lru = this.makeLru(o.settings);
     if (o.channel !== undefined) {
       const bus = new BroadcastChannel(o.channel);

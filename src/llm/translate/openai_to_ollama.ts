@@ -66,7 +66,7 @@ function rejectUncarried(b: Record<string, unknown>, kind: 'chat' | 'completion'
   // Token biases: Ollama has no such option, and the model would sample the tokens anyway.
   if (asks(b['logit_bias']) && Object.keys(b['logit_bias'] as object).length > 0) throw refuse('logit_bias', 'is not supported by this model (Ollama has no token biases)');
   // OpenAI's deprecated function calling: its reply (function_call) has no Ollama form.
-  if (kind === 'chat' && (asks(b['functions']) || asks(b['function_call']))) throw refuse(b['functions'] !== undefined ? 'functions' : 'function_call', 'is not supported by this model (deprecated by OpenAI: send tools and tool_choice)');
+  if (kind === 'chat' && (asks(b['functions']) || asks(b['function_call']))) throw refuse(asks(b['functions']) ? 'functions' : 'function_call', 'is not supported by this model (deprecated by OpenAI: send tools and tool_choice)');
 }
 
 function formatFromResponseFormat(rf: unknown): OllamaFormat | undefined {
@@ -116,7 +116,7 @@ function parseArguments(args: unknown, budget: KeyBudget): Record<string, unknow
 function ollamaMessage(m: unknown, toolNames: Map<string, string>, i: number, budget: KeyBudget): OllamaMessage {
   if (m === null || typeof m !== 'object') throw new BrokerError('invalid_request', 'messages[] must be objects');
   const msg = m as OpenAIMessage;
-  if (msg.role === 'function' || msg.function_call !== undefined) throw refuse(`messages[${i}]${msg.role === 'function' ? '.role' : '.function_call'}`, 'is not supported by this model (OpenAI\'s deprecated function calling: send tool_calls and role "tool" messages)');
+  if (msg.role === 'function' || asks(msg.function_call)) throw refuse(`messages[${i}]${msg.role === 'function' ? '.role' : '.function_call'}`, 'is not supported by this model (OpenAI\'s deprecated function calling: send tool_calls and role "tool" messages)');
   const role = msg.role === 'developer' ? 'system' : String(msg.role);
   const out: OllamaMessage = { role, content: '' };
   const c = msg.content;
