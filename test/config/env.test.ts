@@ -1,13 +1,15 @@
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
-import { copyFileSync, mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, loadConfig } from '../../src/config/env.ts';
 
 /** A bundled model's absolute path: models/ of the tree this test runs in (the repo, or `npm test`'s .test-build/). */
 const bundled = (file: string): string => fileURLToPath(new URL(`../../models/${file}`, import.meta.url));
-const onnxWithoutManifest = join(mkdtempSync(join(tmpdir(), 'eb-env-')), 'vA.onnx');
+const scratch = mkdtempSync(join(tmpdir(), 'eb-env-'));
+t.teardown(() => rmSync(scratch, { recursive: true, force: true }));
+const onnxWithoutManifest = join(scratch, 'vA.onnx');
 copyFileSync(bundled('vA.onnx'), onnxWithoutManifest);
 
 t.test('defaults', async (t) => {

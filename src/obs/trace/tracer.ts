@@ -129,8 +129,8 @@ export class Tracer {
 
 /**
  * traceidratio's decision, made from the trace id (its last 52 bits, random in W3C ids) and
- * not by a coin: every request of one trace (an agent's loop, a retry) is recorded or none is,
- * as by every other service sampling at the same ratio.
+ * not by a coin: every request of one trace (an agent's loop, a retry) through this broker is
+ * recorded or none is (other SDKs read other bits of the id: their decisions may differ).
  */
 export function sampledAtRatio(traceId: string, ratio: number): boolean {
   return Number.parseInt(traceId.slice(-13), 16) < ratio * 2 ** 52;
