@@ -983,7 +983,8 @@ export class FleetManager {
     // and a deployment no block keeps from routing (its route word, as requests see it). An
     // operator's drains, bans and maintenance count: "healthy" while nothing can serve misled.
     const available = servers.filter((s) => s.health === 'healthy' && s.maintenance === null && !s.draining && this.bans.onServer(s.config.id) === undefined).length;
-    const deployments = this.deps.governance.scheduler.all();
+    // The running config's: a removed deployment (kept while its requests finish) serves nothing.
+    const deployments = this.deps.governance.scheduler.all().filter((d) => this.inConfig(d.config.id));
     const routable = deployments.filter((d) => ((this.words.get(d.slot) ?? 0) & BLOCKED) === 0).length;
     const serves = deployments.length > 0 ? routable > 0 : available > 0;
     return {

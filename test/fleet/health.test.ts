@@ -105,3 +105,21 @@ t.test('orchestrator health is unhealthy when drains and bans leave nothing to s
   t.same(lifted.deployments, { routable: 1, total: 2 });
   t.equal((await chat(tb, 'g')).status, 200);
 });
+
+// A deployment removed from the running config (its server removed) still counted, as
+// routable: health said "healthy" while every request got 503, and the total only grew.
+t.test("orchestrator health counts the running config's deployments only", async (t) => {
+  const a = await startMock(t);
+  const b = await startMock(t);
+  const c = await startMock(t);
+  const dep = (id: string, url: string) => ({ id, provider: 'openai', url, model: 'm' });
+  const tb = await broker({ modelGroups: { g: { deployments: [dep('a', a.url), dep('b', b.url)] }, h: { deployments: [dep('c', c.url), dep('a2', a.url)] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  t.same((await get(tb, '/api/orchestrator/health')).deployments, { routable: 4, total: 4 });
+  t.equal((await send(tb, 'DELETE', '/api/orchestrator/servers/c')).status, 200);
+  t.same((await get(tb, '/api/orchestrator/health')).deployments, { routable: 3, total: 3 }, 'c is gone from the counts');
+  for (const id of ['a', 'b', 'a2']) t.equal((await send(tb, 'POST', `/api/orchestrator/bans/server/${id}`, { reason: 'drill' })).status, 200);
+  t.equal((await chat(tb, 'h')).status, 503, 'nothing serves');
+  const health = await get(tb, '/api/orchestrator/health');
+  t.equal(health.status, 'unhealthy');
+  t.same(health.deployments, { routable: 0, total: 3 });
+});
