@@ -34,20 +34,18 @@ import { buildDist, startBroker, type BrokerRuntime, type Child } from './lib/pr
 import { startMock } from './llm/procs.ts';
 import { machine, mdTable, writeResults } from './lib/report.ts';
 import { round, sleep, summarize } from './lib/stats.ts';
+import { knownFlags, numberFlag } from './lib/args.ts';
 import { promHistogram } from './llm/stats.ts';
 
-const arg = (name: string, dflt: number): number => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : dflt;
-};
-const REQUESTS = arg('requests', 1500);
+knownFlags(['requests', 'pace-ms', 'tsx', 'dist', 'three-way']);
+const REQUESTS = numberFlag('requests', 1500, { min: 1, integer: true });
 const WARMUP = 200;
 const RUNTIME: BrokerRuntime = process.argv.includes('--tsx') ? 'tsx' : 'dist';
 const TOKENS = 16;
 // --pace-ms N spaces the requests so that each finds the broker idle. Back to back (the
 // default), a request may also wait for the previous one's bookkeeping after its last byte
 // (metrics, completion, learning), which no timestamp of its own can see.
-const PACE_MS = arg('pace-ms', 0);
+const PACE_MS = numberFlag('pace-ms', 0);
 const THREE_WAY = process.argv.includes('--three-way');
 const PHASES = ['admission', 'queue', 'dispatch', 'upstream', 'relay'] as const;
 

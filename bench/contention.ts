@@ -15,9 +15,10 @@ import { performance } from 'node:perf_hooks';
 import { availableParallelism, loadavg } from 'node:os';
 import { machine, writeResults } from './lib/report.ts';
 import { round, table } from './lib/stats.ts';
+import { envNumber } from './lib/args.ts';
 
-const ADDS = Number(process.env['CONTENTION_OPS'] ?? 10_000_000);
-const ROUNDS = Number(process.env['CONTENTION_ROUNDS'] ?? 5);
+const ADDS = envNumber('CONTENTION_OPS', 10_000_000, { min: 1, integer: true });
+const ROUNDS = envNumber('CONTENTION_ROUNDS', 5, { min: 1, integer: true });
 const BUDGET_MS = 20_000;
 const LAYOUTS = [
   { name: 'adjacent (4 B apart)', stride: 4 },

@@ -32,6 +32,7 @@ import { fashionPng } from './lib/images.ts';
 import { machineBusyS, processCpuS, startMock } from './llm/procs.ts';
 import { StreamClient, type StreamRunResult } from './llm/streams.ts';
 import { PROTO_FILES, PROTO_ROOT } from '../src/front/grpc/protos.ts';
+import { envNumber } from './lib/args.ts';
 
 const SCALE = Number(process.env.BENCH_GRPC_SCALE ?? '1');
 if (!(SCALE > 0 && SCALE <= 1)) throw new Error(`BENCH_GRPC_SCALE must be in (0, 1], got "${process.env.BENCH_GRPC_SCALE}"`);
@@ -44,7 +45,7 @@ const SETTINGS = Object.freeze({
   single: { mock: 'short', streams: Math.round(150 * SCALE) + 10, warmup: 10 },
   // As bench:llm's realistic run: 1,000 streams started over one stream's lifetime (4.3 s),
   // replaced as they end; streams started after the ramp are recorded.
-  concurrent: { mock: 'real', concurrency: 1000, ramp_ms: 4300, duration_s: s(10), drain_timeout_ms: 30_000, http_connections: 1100, grpc_channels: Number(process.env.BENCH_GRPC_CHANNELS ?? '2') },
+  concurrent: { mock: 'real', concurrency: 1000, ramp_ms: 4300, duration_s: s(10), drain_timeout_ms: 30_000, http_connections: 1100, grpc_channels: envNumber('BENCH_GRPC_CHANNELS', 2, { min: 1, integer: true }) },
   infer: { concurrency: 16, duration_s: s(8), warmup_s: 2, image: 'Fashion-MNIST t10k #0 as PNG' },
 });
 

@@ -53,11 +53,10 @@ import { endRequestSpan, startRequestSpan } from '../src/obs/trace/http.ts';
 import { attemptSpan, queueWaitSpan } from '../src/obs/trace/llm.ts';
 import type { SpanData } from '../src/obs/trace/span.ts';
 import type { DeploymentConfig } from '../src/config/broker-config.ts';
+import { knownFlags, numberFlag } from './lib/args.ts';
 
-const arg = (name: string, def: number): number => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i < 0 ? def : Number(process.argv[i + 1]);
-};
+knownFlags(['rounds', 'seconds', 'front-threads', 'in-process-rounds', 'paced', 'micro', 'in-process']);
+const arg = (name: string, def: number): number => numberFlag(name, def, { min: name === 'front-threads' ? 0 : 1, integer: name !== 'seconds' });
 /**
  * In this process, no HTTP: what the spans of one traced LLM request cost to make (request,
  * admission, queue wait, upstream attempt, as the broker makes them), and what a span costs
@@ -131,7 +130,7 @@ async function inProcess(rounds: number, requests: number): Promise<Record<'off'
   writeFileSync(join(d, 'fleet.json'), JSON.stringify({ modelGroups: { bench: { deployments: [{ id: 'mock-1', provider: 'openai', url: mock.url, model: 'm', concurrencyLimit: 256 }] } } }));
   const quiet = new Writable({ write: (_c, _e, cb) => cb() });
   const start = (env: Record<string, string>) =>
-    startBrokerInProcess(loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'warn', FRONT_THREADS: '0', INFER_ENABLED: 'false', FLEET_HEALTH_CHECKS: 'false', BROKER_CONFIG: join(d, 'fleet.json'), OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(recv.address() as { port: number }).port}`, ...env }), { logDestination: quiet });
+    startBrokerInProcess(loadConfig({ PORT: '0', GRPC_PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'warn', FRONT_THREADS: '0', INFER_ENABLED: 'false', FLEET_HEALTH_CHECKS: 'false', BROKER_CONFIG: join(d, 'fleet.json'), OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(recv.address() as { port: number }).port}`, ...env }), { logDestination: quiet });
   const body1 = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: 'Say something.' }], max_tokens: 16 });
   const load = async (port: number, n: number): Promise<void> => {
     const pool = new Pool(`http://127.0.0.1:${port}`, { connections: CONNECTIONS });

@@ -3,11 +3,14 @@
 // promote builds a new worker pool (new threads, new onnxruntime sessions) and
 // retires the old one, instead of re-creating sessions inside long-lived threads,
 // because that grows RSS (microsoft/onnxruntime#25325). This bench checks the
-// result: a broker child process with ADMIN_TOKEN, some inference traffic, then
-// PROMOTES x POST /admin/promote with a few inferences after each, reading the
-// child's VmRSS from /proc/<pid>/status after each. Writes bench/results/promote-rss.json.
+// result: a broker child process with ADMIN_TOKEN, A and B two different models, some
+// inference traffic, then PROMOTES pool swaps, POST /admin/promote and POST /admin/rollback
+// in turn (each builds a new pool: a promote between two copies of one model does nothing
+// since B became A), with a few inferences after each, reading the child's VmRSS from
+// /proc/<pid>/status after each. A swap that did not happen stops the bench. Writes
+// bench/results/promote-rss.json.
 //
-// Knobs (env): PROMOTE_MODEL (models/vA.onnx; A and B are both this model),
+// Knobs (env): PROMOTE_MODEL (models/vA.onnx, A), PROMOTE_MODEL_B (models/vB.onnx, B),
 // INFER_THREADS (the broker's default).
 import { randomBytes } from 'node:crypto';
 import { relative, resolve } from 'node:path';
@@ -15,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { loadConfig } from '../src/config/env.ts';
 import { ROOT, startBroker, type Child } from './lib/process.ts';
 import { fashionPng } from './lib/images.ts';
-import { VA_PATH, waitForModel } from './lib/models.ts';
+import { VA_PATH, VB_PATH, waitForModel } from './lib/models.ts';
 import { memoryStatus, type MemoryStatus } from './lib/proc.ts';
 import { machine, writeResults } from './lib/report.ts';
 import { round, sleep, table } from './lib/stats.ts';
@@ -51,6 +54,7 @@ async function main(): Promise<void> {
   const started = performance.now();
   const info = machine();
   const modelPath = resolve(ROOT, process.env.PROMOTE_MODEL ?? VA_PATH);
+  const modelB = resolve(ROOT, process.env.PROMOTE_MODEL_B ?? VB_PATH);
   const threads = loadConfig({ INFER_THREADS: process.env.INFER_THREADS }).inferThreads;
   const model = await waitForModel(modelPath, 20 * 60_000, log);
   const { png } = await fashionPng(0);
@@ -58,10 +62,10 @@ async function main(): Promise<void> {
   const token = randomBytes(18).toString('base64url');
   const auth = { authorization: `Bearer ${token}` };
 
-  log(`node ${info.node}, ${info.cpu_count} cpus; model ${relative(ROOT, modelPath)} as A and B, ${threads} inference threads`);
+  log(`node ${info.node}, ${info.cpu_count} cpus; A ${relative(ROOT, modelPath)}, B ${relative(ROOT, modelB)}, ${threads} inference threads`);
   const broker = await startBroker('broker', {
     MODEL_VA_PATH: modelPath,
-    MODEL_VB_PATH: modelPath,
+    MODEL_VB_PATH: modelB,
     ADMIN_TOKEN: token,
     INFER_THREADS: String(threads),
     RATE_LIMIT_RPS: '0',
@@ -80,9 +84,13 @@ async function main(): Promise<void> {
 
     for (let i = 1; i <= PROMOTES; i++) {
       const t0 = performance.now();
-      const res = await fetch(`${broker.url}/admin/promote`, { method: 'POST', headers: auth });
+      // Promote, then roll back, in turn: each swaps the pool for a new one.
+      const action = i % 2 === 1 ? 'promote' : 'rollback';
+      const res = await fetch(`${broker.url}/admin/${action}`, { method: 'POST', headers: auth });
       const text = await res.text();
-      if (res.status !== 200) throw new Error(`promote ${i} got ${res.status}: ${text}`);
+      if (res.status !== 200) throw new Error(`${action} ${i} got ${res.status}: ${text}`);
+      const done = JSON.parse(text) as { promoted?: boolean; rolled_back?: boolean };
+      if ((done.promoted ?? done.rolled_back) !== true) throw new Error(`${action} ${i} swapped no pool: ${text}`);
       const promoteMs = performance.now() - t0;
       await infer(broker, body, REQUESTS_BETWEEN, threads);
       // Let the retired pool's threads finish exiting before reading RSS.
@@ -103,6 +111,8 @@ async function main(): Promise<void> {
     ...info,
     settings: {
       model: { name: model.manifest.name, version: model.manifest.version, path: relative(ROOT, modelPath) },
+      model_b: relative(ROOT, modelB),
+      swaps: 'promote and rollback in turn',
       infer_threads: threads,
       promotes: PROMOTES,
       warm_requests: WARM_REQUESTS,

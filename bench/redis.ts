@@ -1,5 +1,5 @@
 // `npm run bench:redis`: what Redis (REDIS_URL) costs on the LLM hot path (issue 9: "at
-// 2,000 req/s, Redis adds at most 0.05 ms to the p50 overhead"). Four brokers side by
+// 2,000 req/s, Redis adds at most 0.05 ms to the p50 overhead"). Six brokers side by
 // side in one run, all FRONT_THREADS=2, compiled dist/main.js (built first as
 // `npm run build`), in front of one mock upstream (src/mock-upstream, 16 tokens at once):
 //

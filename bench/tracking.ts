@@ -53,11 +53,10 @@ import { cpuBetween, threadCpu } from './lib/proc.ts';
 import { startMock } from './llm/procs.ts';
 import { machine, mdTable, writeResults } from './lib/report.ts';
 import { round } from './lib/stats.ts';
+import { knownFlags, numberFlag } from './lib/args.ts';
 
-const arg = (name: string, def: number): number => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i < 0 ? def : Number(process.argv[i + 1]);
-};
+knownFlags(['rounds', 'seconds', 'rate', 'rows', 'front-threads', 'in-process-rounds']);
+const arg = (name: string, def: number): number => numberFlag(name, def, { min: name === 'front-threads' ? 0 : 1, integer: name !== 'seconds' });
 const ROUNDS = arg('rounds', 2);
 const SECONDS = arg('seconds', 8);
 const RATE = arg('rate', 2000);

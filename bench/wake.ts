@@ -24,9 +24,10 @@ import { availableParallelism, loadavg } from 'node:os';
 import { machine, writeResults } from './lib/report.ts';
 import { machineBusy } from './lib/proc.ts';
 import { percentile, round, table } from './lib/stats.ts';
+import { envNumber } from './lib/args.ts';
 
-const ROUNDS = Number(process.env['WAKE_ROUNDS'] ?? 2);
-const SCALE = Number(process.env['WAKE_SCALE'] ?? 1);
+const ROUNDS = envNumber('WAKE_ROUNDS', 2, { min: 1, integer: true });
+const SCALE = envNumber('WAKE_SCALE', 1, { min: 0.01 });
 const BUDGET_MS = 30_000;
 const HARD_MS = 55_000;
 const MECHS = ['control', 'atomics', 'port'] as const;

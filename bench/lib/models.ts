@@ -8,6 +8,7 @@ import { ROOT } from './process.ts';
 import { sleep } from './stats.ts';
 
 export const VA_PATH = join(ROOT, 'models', 'vA.onnx');
+export const VB_PATH = join(ROOT, 'models', 'vB.onnx');
 export const HEAVY_PATH = join(ROOT, 'models', 'load', 'heavy.onnx');
 export const WIDE_PATH = join(ROOT, 'models', 'load', 'wide.onnx');
 

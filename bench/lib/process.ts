@@ -49,11 +49,26 @@ export interface SpawnSpec {
   readonly readyTimeoutMs: number;
 }
 
+/**
+ * Variables of the operator's shell that would change what a bench measures without it
+ * saying so (a baseline "without Redis" with REDIS_URL exported, a 401 for every request
+ * with AUTH_MODE=keys): left out of its children's environment; a bench that wants one sets
+ * it in the child's own env.
+ */
+const NOT_INHERITED = /^(REDIS_URL|RESPONSES_STORE_REDIS_URL|DATABASE_URL|TRACKING_.*|AUTH_MODE|JWT_.*|API_KEYS.*|ADMIN_TOKEN|OTEL_.*|BROKER_CONFIG|BROKER_FF_.*|RATE_LIMIT_.*|NODE_OPTIONS)$/;
+
+/** The environment a bench's child starts with: this process's, less NOT_INHERITED, plus `own`. */
+export function childEnv(own: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!NOT_INHERITED.test(k)) env[k] = v;
+  return { ...env, ...own };
+}
+
 /** Spawns `node <args>` in the project root and waits until `spec.ready` resolves its port. */
 export async function startChild(spec: SpawnSpec): Promise<Child> {
   const child = spawn(process.execPath, [...spec.args], {
     cwd: ROOT,
-    env: { ...process.env, ...spec.env },
+    env: childEnv(spec.env),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   live.add(child);

@@ -74,7 +74,15 @@ export async function startPostgres(t: Teardown): Promise<PostgresProcess> {
     run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']);
   };
   await start();
+  // pg_ctl daemonizes the server: a process that exits before its teardown (a bench's Ctrl-C
+  // goes through process.exit) would leave the cluster running, its directory behind.
+  const atExit = (): void => {
+    if (running) spawnSync(root ? 'runuser' : join(bin, 'pg_ctl'), root ? ['-u', 'postgres', '--', join(bin, 'pg_ctl'), '-D', data, '-m', 'immediate', '-w', 'stop'] : ['-D', data, '-m', 'immediate', '-w', 'stop']);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('exit', atExit);
   t.teardown(async () => {
+    process.off('exit', atExit);
     await stop().catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
   });
