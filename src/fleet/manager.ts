@@ -248,10 +248,13 @@ export class FleetManager {
 
   /** A lesson from a finished request or a failed attempt (this thread's or relayed). */
   observe(e: Learned): void {
-    if (e.k !== 'fail' && e.k !== 'done') return;
+    if (e.k !== 'fail' && e.k !== 'done' && e.k !== 'exhausted') return;
     if (e.dep === null) return;
     const d = this.deployment(e.dep);
     if (d === undefined) return;
+    // A request every tried deployment failed before its first byte: an error the client got,
+    // in the analytics of the last one (its breaker heard each attempt already).
+    if (e.k === 'exhausted') return this.analytics.finished(d.server, d.model, false, null, e.durationMs, 0);
     const b = this.breakerOf(d.server, d.model);
     if (e.k === 'fail') {
       this.analytics.attemptFailed(d.server, d.model);

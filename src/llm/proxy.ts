@@ -175,6 +175,13 @@ export class LlmProxy {
     // The deployment that failed last, and its group: a request whose attempts all failed is
     // counted under it (as a served one is under its deployment), when it ends in that group.
     let lastTried: { group: string; id: string } | undefined;
+    // The deployment whose failure (one held against it) was the request's last: its
+    // analytics count the request when no other deployment answers it.
+    let lastFailed: string | undefined;
+    const failed = (l: Lease, counts: boolean): void => {
+      gov.attemptFailed(l, counts);
+      lastFailed = counts ? l.dep.config.id : undefined;
+    };
     // The request as no deployment tried so far can carry it (translateRequest's refusal): the
     // client's error when no other deployment is left.
     let untranslatable: BrokerError | undefined;
@@ -352,7 +359,7 @@ export class LlmProxy {
           timeline.upstream(sentAt, performance.now());
           // Neither a client gone nor the broker's shutdown says anything of the deployment's health.
           const stop = shutDown();
-          gov.attemptFailed(lease, !sink.aborted && stop === undefined);
+          failed(lease, !sink.aborted && stop === undefined);
           lease = null;
           if (stop !== undefined) {
             upSpan?.fail('shutting_down').end();
@@ -384,7 +391,7 @@ export class LlmProxy {
           upSpan?.fail(String(attempt.status), err.message).end();
           if (cls === 'context_length') {
             // The prompt is too long for this group's models: a larger group may take it.
-            gov.attemptFailed(lease, false);
+            failed(lease, false);
             lease = null;
             // Named in the client's API: its prompt field, not the field the upstream's API blamed.
             const passOn = new BrokerError('context_length_exceeded', (err.details?.['upstreamMessage'] as string | undefined) || err.message, { details: { ...err.details, class: cls, field: promptField(api, kind) } });
@@ -404,7 +411,7 @@ export class LlmProxy {
           if (retriable(cls)) {
             // A 429 says the deployment is busy, not broken: no health penalty. A 401/403/404
             // says it cannot serve this (its key, its models): as a 5xx, the next one may.
-            gov.attemptFailed(lease, attempt.status !== 429);
+            failed(lease, attempt.status !== 429);
             lease = null;
             if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
             lastError = exhausted(err, attempt.status, attempt.retryAfter, cls);
@@ -453,7 +460,7 @@ export class LlmProxy {
             // Nothing reached the client: as a failure before the first byte (the broker's own
             // shutdown is no fault of the upstream's: no health penalty).
             timeline.upstream(sentAt, performance.now());
-            gov.attemptFailed(lease, this.stopped === undefined);
+            failed(lease, this.stopped === undefined);
             lease = null;
             lastError = new BrokerError((r.errorCode ?? 'upstream_error') as ErrorCode, r.errorMessage ?? 'upstream stream failed');
             this.countTimeout(dep, lastError, attempt.expired());
@@ -532,7 +539,7 @@ export class LlmProxy {
               this.finish(facts, g, dep, 'upstream_error', req.startedAt, false);
               throw e;
             }
-            gov.attemptFailed(lease, true);
+            failed(lease, true);
             lease = null;
             lastError = e;
             this.countTimeout(dep, e, attempt.expired());
@@ -560,7 +567,7 @@ export class LlmProxy {
             const said = e.details?.['upstreamMessage'];
             if (typeof said === 'string') m.llmUpstreamErrors.labels(dep.config.id, classifyStreamError(said)).inc();
             upSpan?.fail(e.code, e.message).end();
-            gov.attemptFailed(lease, true);
+            failed(lease, true);
             lease = null;
             lastError = e;
             pendingRetry = { group: g.name, reason: e.code };
@@ -604,7 +611,8 @@ export class LlmProxy {
         facts.upstreamMs = timeline.upstreamMs + streamWaitMs;
       }
       this.running.delete(abort);
-      gov.completed(admitted, lease, { ...usage, durationMs: performance.now() - req.startedAt });
+      const failedOn = lease === null && usage.ok === false ? lastFailed : undefined;
+      gov.completed(admitted, lease, { ...usage, durationMs: performance.now() - req.startedAt, ...(failedOn !== undefined ? { failedOn } : {}) });
     }
   }
 

@@ -68,6 +68,8 @@ export interface GovernanceOptions {
 export type Learned =
   | { readonly k: 'done'; readonly dep: string | null; readonly label: string; readonly ok: boolean | null; readonly ttftMs: number | null; readonly durationMs: number; readonly prompt: number; readonly completion: number; readonly predicted: number; readonly predict: boolean }
   | { readonly k: 'fail'; readonly dep: string }
+  /** The request failed on `dep`, its last try, before the first byte: every deployment it tried failed (the fleet's analytics count it as a request in error there). */
+  | { readonly k: 'exhausted'; readonly dep: string; readonly durationMs: number }
   /** A degraded deployment was probed: its probe interval starts again on every thread. */
   | { readonly k: 'probe'; readonly dep: string }
   /** A sticky pin set (dep) or dropped (null). */
@@ -85,6 +87,8 @@ export interface RequestUsage {
   readonly durationMs: number;
   /** Answered by the response cache: the key's quota gets the request back as well as its tokens (docs/governance.md). */
   readonly cached?: boolean;
+  /** No lease left: the deployment whose failure before the first byte ended the request. */
+  readonly failedOn?: string;
 }
 
 /** What the proxy needs once a request is admitted: leases, and their ends. */
@@ -458,7 +462,10 @@ export class Governance implements Leases {
     if (predict) this.metrics.predictionError.observe(a.predictedOutput - u.completionTokens);
     // A request that reached no deployment and used no tokens (a cache hit, a refusal) teaches
     // nothing anywhere: no lesson, and no message to the control plane and the other threads.
-    if (lease === null && used === 0) return;
+    if (lease === null && used === 0) {
+      if (u.failedOn !== undefined) this.learned({ k: 'exhausted', dep: u.failedOn, durationMs: u.durationMs });
+      return;
+    }
     this.learned({ k: 'done', dep: lease?.dep.config.id ?? null, label: a.label, ok: u.ok, ttftMs: u.ttftMs, durationMs: u.durationMs, prompt: u.promptTokens, completion: u.completionTokens, predicted: a.predictedOutput, predict });
   }
 
@@ -478,6 +485,8 @@ export class Governance implements Leases {
       else this.sticky.pin(e.key, e.dep);
       return;
     }
+    // Its failure was learned already, attempt by attempt ('fail').
+    if (e.k === 'exhausted') return;
     // Breakers are the fleet manager's (control plane), fed the same lessons.
     if (e.k === 'fail') {
       this.performance.failed(e.dep);

@@ -123,3 +123,16 @@ t.test("orchestrator health counts the running config's deployments only", async
   t.equal(health.status, 'unhealthy');
   t.same(health.deployments, { routable: 0, total: 3 });
 });
+
+// A request every deployment failed before its first byte was in no request count of the
+// analytics (only failedAttempts): errorRate stayed flat while clients got 502s.
+t.test('analytics count a request that every deployment failed before its first byte as an error of the last one', async (t) => {
+  const bad1 = await startMock(t, { fail: 500 });
+  const bad2 = await startMock(t, { fail: 500 });
+  const tb = await broker({ router: { failureThreshold: 100 }, modelGroups: { g: { deployments: [{ id: 'x', provider: 'openai', url: bad1.url, model: 'm' }, { id: 'y', provider: 'openai', url: bad2.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  for (let i = 0; i < 3; i++) t.equal((await chat(tb, 'g')).status, 502, 'both deployments fail: 502');
+  let summary: any;
+  await until(async () => (summary = await get(tb, '/api/orchestrator/analytics/summary')).requests === 3, 'three requests counted');
+  t.match(summary, { requests: 3, errors: 3, failedAttempts: 6 }, 'each request an error, each attempt a failed attempt');
+  t.equal(summary.errorRate, 1);
+});
