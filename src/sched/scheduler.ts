@@ -181,6 +181,8 @@ export class Scheduler {
       } catch (err) {
         // Timed out while an operator holds the queue: say so, not "no free deployment".
         if (this.paused && err instanceof BrokerError && err.code === 'queue_timeout') throw new BrokerError('queue_timeout', `${err.message}: the queue is paused (POST /api/orchestrator/queue/resume)`, { retryAfter: err.retryAfter });
+        // Full while paused: the deployments may be idle; "at capacity" would send an operator the wrong way.
+        if (this.paused && err instanceof BrokerError && err.code === 'capacity_exhausted' && err.details?.['shed'] !== true) throw new BrokerError('capacity_exhausted', `the queue is paused (POST /api/orchestrator/queue/resume) and full (${this.deps.queue.max})`, { retryAfter: err.retryAfter });
         throw err;
       }
     }
