@@ -414,7 +414,7 @@ export class LlmProxy {
             failed(lease, attempt.status !== 429);
             lease = null;
             if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
-            lastError = exhausted(err, attempt.status, attempt.retryAfter, cls);
+            lastError = exhausted(err, attempt.status, attempt.retryAfter, cls, lastError);
             pendingRetry = { group: g.name, reason: attempt.status === 429 ? 'rate_limited' : attempt.status >= 500 ? 'upstream_5xx' : 'upstream_refused' };
             this.deps.logger.warn({ trace_id: req.id, deployment: dep.config.id, status: attempt.status, class: cls, upstream_message: err.details?.['upstreamMessage'] }, 'upstream refused before the first byte');
             continue;
@@ -874,12 +874,15 @@ function connectError(err: unknown, dep: DeploymentState): BrokerError {
   return new BrokerError('upstream_unavailable', `deployment ${dep.config.id} is unreachable: ${e.code ?? e.message}`, { cause: err, retryAfter: 1 });
 }
 
-function exhausted(err: BrokerError, status: number, retryAfter: string | undefined, cls: UpstreamErrorClass): BrokerError {
+function exhausted(err: BrokerError, status: number, retryAfter: string | undefined, cls: UpstreamErrorClass, previous: BrokerError | undefined): BrokerError {
   // After the last deployment this is what the client sees: 503 upstream_unavailable with the
   // upstream's Retry-After for a 429 or an overload (503, 529), which say "later", not
   // "broken" (529 overloaded_error on /v1/messages; before, a 503 overloaded reached clients
   // as 502 with no Retry-After, and the SDKs retried at once); 502 for any other 5xx.
-  const seconds = retryAfter !== undefined && /^\d+$/.test(retryAfter) ? Number(retryAfter) : 1;
+  // Several such answers: the soonest, when the first deployment is free again (it was the
+  // last one asked's, which may be the latest).
+  const own = retryAfter !== undefined && /^\d+$/.test(retryAfter) ? Number(retryAfter) : 1;
+  const seconds = previous?.code === 'upstream_unavailable' && previous.retryAfter !== undefined ? Math.min(own, previous.retryAfter) : own;
   if (status === 429) return new BrokerError('upstream_unavailable', `every deployment is rate limited (last: ${err.message})`, { retryAfter: seconds });
   if (cls === 'overloaded') return new BrokerError('upstream_unavailable', `every deployment is overloaded (last: ${err.message})`, { retryAfter: seconds });
   return new BrokerError('upstream_error', err.message);

@@ -396,3 +396,14 @@ t.test("an Ollama client to an OpenAI deployment: generate's context and templat
     'the tool messages unbroken, their image after them',
   );
 });
+
+t.test('every deployment rate limited: the Retry-After is the soonest any said, not the last one asked', async (t) => {
+  const before = up.handler;
+  t.teardown(() => void (up.handler = before));
+  up.handler = (path, _b, res) => void res.writeHead(429, { 'content-type': 'application/json', 'retry-after': path.startsWith('/api/') ? '5' : '30' }).end('{"error":"slow down"}');
+  for (let i = 0; i < 5; i++) {
+    const r = await postJson(`${tb.url}/v1/chat/completions`, chat('mx'));
+    t.equal(r.status, 503);
+    t.equal(r.headers.get('retry-after'), '5', 'the Ollama deployment is free again in 5 s, whichever was asked last');
+  }
+});
