@@ -303,7 +303,8 @@ export class FleetManager {
     [server, model] = this.breakerNames.get(pairKey(server, model)) ?? [server, model];
     this.deps.metrics.breakerTransitions.labels(server, model, b.state).inc();
     const log = b.state === 'open' ? 'warn' : 'info';
-    this.deps.logger[log]({ server, model, state: b.state, trips: b.trips, err: b.lastError }, `circuit breaker ${b.state.replace('_', '-')}`);
+    // A closed breaker's last error is history: on its line it read as the reason it closed.
+    this.deps.logger[log]({ server, model, state: b.state, trips: b.trips, ...(b.state === 'closed' ? {} : { err: b.lastError }) }, `circuit breaker ${b.state.replace('_', '-')}`);
     this.applyRoutes();
   }
 
