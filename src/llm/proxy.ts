@@ -48,6 +48,12 @@ export interface ProxyDeps {
 /** How often a deployment's junk events are logged (the metric counts every one). */
 const MALFORMED_WARN_EVERY_MS = 60_000;
 
+/**
+ * A stream's headers besides its type: not cached, and not buffered by nginx in front (it
+ * buffers a backend's reply by default: tokens would come in bursts, or at the end).
+ */
+const STREAM_HEADERS = Object.freeze({ 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
+
 // A stream cut after its 200 is midstream_*: the availability SLO counts those, while the
 // failures before the first byte (timeout, upstream_error) it counts by their 5xx.
 type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'midstream_timeout' | 'shutting_down' | 'aborted' | 'timeout';
@@ -439,7 +445,7 @@ export class LlmProxy {
             timeline.upstream(writtenAt(attempt, sentAt), upstreamFirst);
             timeline.firstByteAt = upstreamFirst;
             const overhead = timeline.clientFirstByte();
-            sink.start(200, { 'content-type': streamContentType(api), 'cache-control': 'no-cache', 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) });
+            sink.start(200, { 'content-type': streamContentType(api), ...STREAM_HEADERS, 'x-broker-deployment': dep.config.id, ...headers, 'x-broker-overhead-ms': overheadHeader(overhead) });
           };
           // Only a stream that completed cleanly is stored; a cut one never is. Stored as its
           // terminal chunk goes out, before its last byte and before the upstream ends its
@@ -623,7 +629,7 @@ export class LlmProxy {
     const r = replay(req.api, req.kind, stream, hit, { model: hit.model ?? req.model, id: req.replyId, includeUsage: req.api === 'openai' && clientWantsUsage(req.body), now: Date.now(), elapsedMs: performance.now() - req.startedAt, request: sent });
     const overhead = overheadHeader(timeline.clientFirstByte());
     // A replayed stream is complete at once: one write, with its length, like a whole reply.
-    sink.send(200, { 'content-type': r.contentType, ...(stream ? { 'cache-control': 'no-cache' } : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);
+    sink.send(200, { 'content-type': r.contentType, ...(stream ? STREAM_HEADERS : {}), ...headers, 'x-broker-overhead-ms': overhead }, r.body);
     timeline.observe(this.deps.metrics, stream, true);
     const m = this.deps.metrics;
     m.llmRequests.labels(group.name, 'cache', 'ok', 'cache_hit').inc();

@@ -90,4 +90,12 @@ t.test('CORS_ORIGINS takes origins only: a bad entry stops the start naming the 
     t.throws(() => loadConfig({ CORS_ORIGINS: `http://localhost:3000,${bad}` }), { name: 'ConfigError', message: /CORS_ORIGINS/ }, bad);
   }
   t.same(loadConfig({ CORS_ORIGINS: 'http://localhost:3000, https://app.example:8443' }).corsOrigins, ['http://localhost:3000', 'https://app.example:8443']);
+  // Origins as browsers send them: a browser extension's or a desktop shell's scheme (refused
+  // before: only * let them in), upper case and a default port written out.
+  t.same(loadConfig({ CORS_ORIGINS: 'chrome-extension://abcdefghijklmnop, tauri://localhost, https://App.Example:443, HTTP://localhost:80' }).corsOrigins, ['chrome-extension://abcdefghijklmnop', 'tauri://localhost', 'https://app.example', 'http://localhost']);
+  for (const bad of ['chrome-extension://abc/popup.html', 'tauri://', 'https://user@app.example']) t.throws(() => parseCorsOrigins(bad), /is not an origin/, bad);
+  const ext = corsOrigins(parseCorsOrigins('chrome-extension://abcdefghijklmnop'))!;
+  t.match(corsHeaders(ext, 'chrome-extension://abcdefghijklmnop'), { 'access-control-allow-origin': 'chrome-extension://abcdefghijklmnop' });
+  // A page's SDK reads x-should-retry (a 429 no retry can fix) only if it is exposed.
+  t.match(corsHeaders(ext, 'chrome-extension://abcdefghijklmnop')?.['access-control-expose-headers'], /x-should-retry/);
 });

@@ -1,6 +1,7 @@
 // TRUSTED_PROXIES: behind an ingress every connection comes from the proxy, and its
 // X-Forwarded-For names the client; anyone else's X-Forwarded-For is a claim, not believed.
 import t from 'tap';
+import { request } from 'undici';
 import { clientAddress, parseTrustedProxies } from '../../src/guard/client-address.ts';
 import { startFleetBroker, startMock } from '../helpers/fleet.ts';
 import { ADMIN_TOKEN } from '../helpers/broker.ts';
@@ -38,6 +39,17 @@ t.test('behind a trusted proxy each client has its own rate limit and admin lock
   t.same(a.slice(0, 3), [200, 200, 200]);
   t.ok(a.slice(3).includes(429), `client A spent its burst: ${a.join(' ')}`);
   t.equal(await models(tb.url, '198.51.100.2'), 200, 'client B, through the same proxy, still has its own');
+  // A proxy that adds its own X-Forwarded-For line (HAProxy) rather than appending: the lines are
+  // one list. The last alone named the proxy, and every client behind it shared one limit.
+  const twoLines = async (client: string): Promise<number> => {
+    const res = await request(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: ['x-forwarded-for', client, 'x-forwarded-for', '127.0.0.1', 'content-type', 'application/json'], body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+    await res.body.arrayBuffer();
+    return res.statusCode;
+  };
+  const c = [];
+  for (let i = 0; i < 5; i++) c.push(await twoLines('203.0.113.7'));
+  t.ok(c.includes(429), `client C spent its burst: ${c.join(' ')}`);
+  t.equal(await twoLines('203.0.113.8'), 200, 'client D, on two lines too, still has its own');
 
   const adminAs = async (xff: string, token: string) => {
     const res = await fetch(`${tb.url}/api/industrial/flags`, { headers: { 'x-forwarded-for': xff, authorization: `Bearer ${token}` } });

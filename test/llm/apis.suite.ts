@@ -260,6 +260,8 @@ t.test('Messages API, streamed: message_start … message_stop with usage, both 
     body: JSON.stringify({ model: 'chat-openai', max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'Hi' }] }),
   });
   t.equal(raw.headers.get('content-type'), 'text/event-stream');
+  t.equal(raw.headers.get('cache-control'), 'no-cache');
+  t.equal(raw.headers.get('x-accel-buffering'), 'no', 'nginx in front does not buffer the stream');
   const body = await raw.text();
   t.match(body, /^event: message_start\ndata: /, 'named SSE events');
   t.match(body, /event: ping\ndata: \{"type":"ping"\}/, 'a ping after message_start, as Anthropic sends');

@@ -11,16 +11,30 @@ export type CorsOrigins = '*' | ReadonlySet<string>;
 export function parseCorsOrigins(value: string): readonly string[] {
   const entries = value.split(',').map((s) => s.trim()).filter((s) => s !== '');
   if (entries.includes('*')) return ['*'];
-  for (const e of entries) {
-    let origin: string | undefined;
+  return entries.map((e) => {
+    const origin = originOf(e);
+    if (origin === undefined) throw new Error(`"${e}" is not an origin (scheme://host[:port], no path or trailing slash) or *`);
+    return origin;
+  });
+}
+
+/**
+ * An entry as browsers write it in Origin: lower case, without the scheme's default port. Any
+ * scheme: a browser extension (chrome-extension://<id>), a desktop or mobile shell
+ * (tauri://localhost, capacitor://localhost) send theirs, which URL's origin reads as "null".
+ */
+function originOf(entry: string): string | undefined {
+  const e = entry.toLowerCase();
+  if (!/^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s]+$/.test(e)) return undefined;
+  if (e.startsWith('http://') || e.startsWith('https://')) {
     try {
-      origin = new URL(e).origin;
+      const u = new URL(e);
+      return u.pathname === '/' && u.search === '' && u.hash === '' ? u.origin : undefined;
     } catch {
-      origin = undefined;
+      return undefined;
     }
-    if (origin !== e) throw new Error(`"${e}" is not an origin (scheme://host[:port], no path or trailing slash) or *`);
   }
-  return entries;
+  return e;
 }
 
 /** The config's entries as the front checks them; undefined when CORS is off. */
@@ -39,6 +53,7 @@ const EXPOSED = [
   'x-broker-fallback',
   'x-broker-cache',
   'x-broker-overhead-ms',
+  'x-should-retry',
   'inference-header-content-length',
 ].join(', ');
 

@@ -141,6 +141,9 @@ export function startHttpFront(opts: HttpFrontOptions): Promise<HttpFront> {
       // W3C Trace Context: tracestate on several lines is one list; traceparent twice is invalid (a new trace starts).
       else if (k === 'tracestate' && headers[k] !== undefined) v = `${headers[k]},${v}`;
       else if (k === 'traceparent' && headers[k] !== undefined) v = '';
+      // X-Forwarded-For on several lines is one list, oldest hop first (HAProxy adds a line):
+      // the last alone named the proxy, and every client shared its rate limit.
+      else if (k === 'x-forwarded-for' && headers[k] !== undefined) v = `${headers[k]}, ${v}`;
       headers[k] = v;
     });
     const method = ureq.getCaseSensitiveMethod().toUpperCase();
