@@ -184,9 +184,9 @@ export class LlmProxy {
     // The deployment whose failure (one held against it) was the request's last: its
     // analytics count the request when no other deployment answers it.
     let lastFailed: string | undefined;
-    const failed = (l: Lease, counts: boolean): void => {
+    const failed = (l: Lease, counts: boolean, clientSees = counts): void => {
       gov.attemptFailed(l, counts);
-      lastFailed = counts ? l.dep.config.id : undefined;
+      lastFailed = clientSees ? l.dep.config.id : undefined;
     };
     // The request as no deployment tried so far can carry it (translateRequest's refusal): the
     // client's error when no other deployment is left.
@@ -417,7 +417,8 @@ export class LlmProxy {
           if (retriable(cls)) {
             // A 429 says the deployment is busy, not broken: no health penalty. A 401/403/404
             // says it cannot serve this (its key, its models): as a 5xx, the next one may.
-            failed(lease, attempt.status !== 429);
+            // A 429 is no fault of the deployment's, but a client that gets it last sees an error.
+            failed(lease, attempt.status !== 429, true);
             lease = null;
             if (attempt.status === 429) m.llmRateLimitHits.labels(dep.config.id).inc();
             lastError = exhausted(err, attempt.status, attempt.retryAfter, cls, lastError);
