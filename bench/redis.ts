@@ -16,7 +16,7 @@
 // commands counted in a window are that broker's alone, and a key made on one broker
 // does not wake the others through pub/sub. The load is bench/llm/paced.ts (open loop,
 // non-streaming POST /v1/chat/completions), in rounds that alternate the order
-// (1 2 3 4, then 4 3 2 1, ...) so that drift on the shared machine hits every config
+// (1 2 ... 6, then 6 5 ... 1, ...) so that drift on the shared machine hits every config
 // alike. Per window: client latency, broker_overhead_seconds{route="llm"} from /metrics
 // deltas, the broker's CPU per request (/proc), and the commands Redis executed
 // (INFO commandstats delta, the INFO calls themselves left out).
@@ -69,7 +69,7 @@ const SETTINGS = Object.freeze({
   warmup_s: 2,
   route: '/v1/chat/completions (non-streaming)',
   broker_runtime: 'node dist/main.js (compiled; built first with tsc -b tsconfig.build.json)',
-  // Inference is off: this bench is about the LLM path, and four brokers with an ONNX
+  // Inference is off: this bench is about the LLM path, and six brokers with an ONNX
   // pool each would only crowd the shared 2-core machine.
   broker_env_common: { FRONT_THREADS: '2', INFER_ENABLED: 'false', RATE_LIMIT_RPS: '0', LOG_LEVEL: 'warn', ADMIN_TOKEN: '<set>', GRPC_PORT: '<a free port each>' },
   broker_env: {

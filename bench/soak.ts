@@ -29,6 +29,7 @@ const measureS = Number(values['measure-s']);
 const share = Number(values.share);
 const closedConcurrency = Number(values.concurrency);
 if (!(minutes > 0) || !(measureS > 0) || !(share > 0 && share <= 1)) throw new Error('--minutes and --measure-s must be > 0, --share in (0, 1]');
+if (!(Number.isInteger(closedConcurrency) && closedConcurrency >= 1)) throw new Error(`--concurrency must be an integer >= 1, got ${JSON.stringify(values.concurrency)}`);
 
 setGlobalDispatcher(new Agent({ connections: 256, keepAliveTimeout: 30_000 }));
 

@@ -988,7 +988,8 @@ export class FleetManager {
     // operator's drains, bans and maintenance count: "healthy" while nothing can serve misled.
     const available = servers.filter((s) => s.health === 'healthy' && s.maintenance === null && !s.draining && this.bans.onServer(s.config.id) === undefined).length;
     // The running config's: a removed deployment (kept while its requests finish) serves nothing.
-    const deployments = this.deps.governance.scheduler.all().filter((d) => this.inConfig(d.config.id));
+    const current = new Set([...this.config.modelGroups.values()].flatMap((g) => g.deployments.map((d) => d.id)));
+    const deployments = this.deps.governance.scheduler.all().filter((d) => current.has(d.config.id));
     const routable = deployments.filter((d) => ((this.words.get(d.slot) ?? 0) & BLOCKED) === 0).length;
     const serves = deployments.length > 0 ? routable > 0 : available > 0;
     return {

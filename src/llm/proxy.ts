@@ -889,9 +889,10 @@ function exhausted(err: BrokerError, status: number, retryAfter: string | undefi
   // Several such answers: the soonest, when the first deployment is free again (it was the
   // last one asked's, which may be the latest).
   const own = retryAfter !== undefined && /^\d+$/.test(retryAfter) ? Number(retryAfter) : 1;
-  const seconds = previous?.code === 'upstream_unavailable' && previous.retryAfter !== undefined ? Math.min(own, previous.retryAfter) : own;
-  if (status === 429) return new BrokerError('upstream_unavailable', `every deployment is rate limited (last: ${err.message})`, { retryAfter: seconds });
-  if (cls === 'overloaded') return new BrokerError('upstream_unavailable', `every deployment is overloaded (last: ${err.message})`, { retryAfter: seconds });
+  // Only another "later" counts (an unreachable one's 1 s says nothing of when this one is free).
+  const seconds = previous?.details?.['later'] === true && previous.retryAfter !== undefined ? Math.min(own, previous.retryAfter) : own;
+  if (status === 429) return new BrokerError('upstream_unavailable', `every deployment is rate limited (last: ${err.message})`, { retryAfter: seconds, details: { later: true } });
+  if (cls === 'overloaded') return new BrokerError('upstream_unavailable', `every deployment is overloaded (last: ${err.message})`, { retryAfter: seconds, details: { later: true } });
   return new BrokerError('upstream_error', err.message);
 }
 

@@ -136,3 +136,13 @@ t.test('analytics count a request that every deployment failed before its first 
   t.match(summary, { requests: 3, errors: 3, failedAttempts: 6 }, 'each request an error, each attempt a failed attempt');
   t.equal(summary.errorRate, 1);
 });
+
+t.test('analytics count a request every deployment rate-limited (a 429 last) as an error too', async (t) => {
+  const busy1 = await startMock(t, { fail: 429 });
+  const busy2 = await startMock(t, { fail: 429 });
+  const tb = await broker({ modelGroups: { g: { deployments: [{ id: 'x', provider: 'openai', url: busy1.url, model: 'm' }, { id: 'y', provider: 'openai', url: busy2.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  for (let i = 0; i < 2; i++) t.equal((await chat(tb, 'g')).status, 503, 'both rate limited: 503');
+  let summary: any;
+  await until(async () => (summary = await get(tb, '/api/orchestrator/analytics/summary')).requests === 2, 'two requests counted');
+  t.match(summary, { requests: 2, errors: 2 });
+});

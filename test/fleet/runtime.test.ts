@@ -146,7 +146,7 @@ t.test('a request that times out while the queue is paused is told the queue is 
 
 t.test('a request that finds the paused queue full is told the queue is paused, not that the deployments are at capacity', async (t) => {
   const m = await startMock(t);
-  const tb = await broker({ scheduler: { maxWaitMs: 5000, maxQueue: 1 }, modelGroups: { g: { deployments: [{ id: 'q', provider: 'openai', url: m.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
+  const tb = await broker({ scheduler: { maxWaitMs: 30_000, maxQueue: 1 }, modelGroups: { g: { deployments: [{ id: 'q', provider: 'openai', url: m.url, model: 'm' }] } } }, { FLEET_HEALTH_CHECKS: 'false' });
   await send(tb, 'POST', '/api/orchestrator/queue/pause');
   const waiting = chat(tb, 'g');
   await until(async () => (await get(tb, '/api/orchestrator/queue')).depth === 1, 'one waiting');

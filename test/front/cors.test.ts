@@ -94,6 +94,8 @@ t.test('CORS_ORIGINS takes origins only: a bad entry stops the start naming the 
   // before: only * let them in), upper case and a default port written out.
   t.same(loadConfig({ CORS_ORIGINS: 'chrome-extension://abcdefghijklmnop, tauri://localhost, https://App.Example:443, HTTP://localhost:80' }).corsOrigins, ['chrome-extension://abcdefghijklmnop', 'tauri://localhost', 'https://app.example', 'http://localhost']);
   for (const bad of ['chrome-extension://abc/popup.html', 'tauri://', 'https://user@app.example']) t.throws(() => parseCorsOrigins(bad), /is not an origin/, bad);
+  // Another scheme's host keeps its case (Safari's extension ids are upper case in Origin).
+  t.same(parseCorsOrigins('Safari-Web-Extension://140BB581-AB12'), ['safari-web-extension://140BB581-AB12']);
   const ext = corsOrigins(parseCorsOrigins('chrome-extension://abcdefghijklmnop'))!;
   t.match(corsHeaders(ext, 'chrome-extension://abcdefghijklmnop'), { 'access-control-allow-origin': 'chrome-extension://abcdefghijklmnop' });
   // A page's SDK reads x-should-retry (a 429 no retry can fix) only if it is exposed.

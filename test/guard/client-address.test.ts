@@ -50,6 +50,15 @@ t.test('behind a trusted proxy each client has its own rate limit and admin lock
   for (let i = 0; i < 5; i++) c.push(await twoLines('203.0.113.7'));
   t.ok(c.includes(429), `client C spent its burst: ${c.join(' ')}`);
   t.equal(await twoLines('203.0.113.8'), 200, 'client D, on two lines too, still has its own');
+  // The lines keep their order: a client's own line (varying, a spoof) is left of the proxy's,
+  // and the proxy's names the client (one fixed address): its limit is spent.
+  const spoofs = [];
+  for (let i = 0; i < 5; i++) {
+    const res = await request(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: ['x-forwarded-for', `203.0.113.${100 + i}`, 'x-forwarded-for', '198.51.100.50', 'content-type', 'application/json'], body: JSON.stringify({ model: 'g', messages: [{ role: 'user', content: 'hi' }] }) });
+    await res.body.arrayBuffer();
+    spoofs.push(res.statusCode);
+  }
+  t.ok(spoofs.includes(429), `a client writing its own first line is still one client: ${spoofs.join(' ')}`);
 
   const adminAs = async (xff: string, token: string) => {
     const res = await fetch(`${tb.url}/api/industrial/flags`, { headers: { 'x-forwarded-for': xff, authorization: `Bearer ${token}` } });

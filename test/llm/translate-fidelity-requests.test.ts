@@ -44,6 +44,8 @@ writeFileSync(
     modelGroups: {
       oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: up.url, model: 'm', maxTokensField: 'max_completion_tokens' }] },
       ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: up.url, model: 'm' }] },
+      // An unreachable deployment (asked first: its weight) beside one that rate-limits.
+      ur: { deployments: [{ id: 'ur-dead', provider: 'openai', url: 'http://127.0.0.1:9', model: 'm', weight: 100 }, { id: 'ur-oa', provider: 'openai', url: up.url, model: 'm' }] },
       // The Ollama one is the heavier: tried first, it must pass on what it cannot carry.
       mx: {
         deployments: [
@@ -406,4 +408,8 @@ t.test('every deployment rate limited: the Retry-After is the soonest any said, 
     t.equal(r.status, 503);
     t.equal(r.headers.get('retry-after'), '5', 'the Ollama deployment is free again in 5 s, whichever was asked last');
   }
+  // An unreachable deployment says nothing of when the other is free: its 30 s stands.
+  const r = await postJson(`${tb.url}/v1/chat/completions`, chat('ur'));
+  t.equal(r.status, 503);
+  t.equal(r.headers.get('retry-after'), '30', 'the rate-limited one said 30');
 });

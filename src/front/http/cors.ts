@@ -19,13 +19,15 @@ export function parseCorsOrigins(value: string): readonly string[] {
 }
 
 /**
- * An entry as browsers write it in Origin: lower case, without the scheme's default port. Any
+ * An entry as browsers write it in Origin: http(s) in lower case, without the default port. Any
  * scheme: a browser extension (chrome-extension://<id>), a desktop or mobile shell
  * (tauri://localhost, capacitor://localhost) send theirs, which URL's origin reads as "null".
  */
 function originOf(entry: string): string | undefined {
-  const e = entry.toLowerCase();
-  if (!/^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s]+$/.test(e)) return undefined;
+  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\/([^/?#@\s]+)$/.exec(entry);
+  if (m === null) return undefined;
+  // The scheme in lower case; another scheme's host as written (Safari's extension ids are upper case).
+  const e = `${m[1]!.toLowerCase()}://${m[2]!}`;
   if (e.startsWith('http://') || e.startsWith('https://')) {
     try {
       const u = new URL(e);
