@@ -152,6 +152,8 @@ export interface OtelConfig {
   readonly resourceAttributes: Readonly<Record<string, string>>;
   /** What start-up says at warn: a standard OTEL_* setting the broker does not follow. */
   readonly notes: readonly string[];
+  /** The batch span processor's settings (OTEL_BSP_*) and the export timeout (OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT). */
+  readonly batch: { readonly maxQueue: number; readonly maxBatch: number; readonly intervalMs: number; readonly timeoutMs: number };
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -451,9 +453,21 @@ function otelConfig(env: Env): OtelConfig {
     const c = opt(env, name);
     if (c !== undefined && c !== 'none') notes.push(`${name}=${c} is not applied: spans go uncompressed`);
   }
+  const exporter = opt(env, 'OTEL_TRACES_EXPORTER');
+  if (exporter !== undefined && exporter !== 'otlp' && exporter !== 'none') notes.push(`OTEL_TRACES_EXPORTER=${exporter} is not spoken: spans go to the OTLP endpoint`);
   const resourceAttributes = read(() => keyValues(env, 'OTEL_RESOURCE_ATTRIBUTES'), {} as Record<string, string>);
+  // The spec's batch span processor settings; its schedule delay defaults to 1 s here (5 s in the spec: spans reach the collector sooner).
+  const timeoutName = opt(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT' : 'OTEL_EXPORTER_OTLP_TIMEOUT';
+  const batch = read(
+    () => {
+      const maxQueue = int(env, 'OTEL_BSP_MAX_QUEUE_SIZE', 2048, 1, 1_000_000);
+      return { maxQueue, maxBatch: Math.min(maxQueue, int(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', 512, 1, 1_000_000)), intervalMs: int(env, 'OTEL_BSP_SCHEDULE_DELAY', 1000, 1, 3_600_000), timeoutMs: int(env, timeoutName, 5000, 1, 600_000) };
+    },
+    { maxQueue: 2048, maxBatch: 512, intervalMs: 1000, timeoutMs: 5000 },
+  );
   return Object.freeze({
-    enabled,
+    // OTEL_TRACES_EXPORTER=none: the spec's way to export nothing.
+    enabled: enabled && exporter !== 'none',
     tracesUrl: traces.toString(),
     // The spec's order: OTEL_SERVICE_NAME, else a service.name in OTEL_RESOURCE_ATTRIBUTES.
     serviceName: str(env, 'OTEL_SERVICE_NAME', resourceAttributes['service.name'] || 'edge-broker'),
@@ -461,6 +475,7 @@ function otelConfig(env: Env): OtelConfig {
     parentBased: sampler.startsWith('parentbased_'),
     headers: Object.freeze(headers),
     resourceAttributes: Object.freeze(resourceAttributes),
+    batch: Object.freeze(batch),
     notes: Object.freeze(notes),
   });
 }

@@ -118,6 +118,15 @@ t.test('OTEL_* set for a whole pod do not stop a broker that does not trace; wit
   t.equal(loadConfig({ OTEL_RESOURCE_ATTRIBUTES: 'service.name=payments-gw,k=v' }).otel.serviceName, 'payments-gw');
   t.equal(loadConfig({ OTEL_RESOURCE_ATTRIBUTES: 'service.name=payments-gw', OTEL_SERVICE_NAME: 'edge-1' }).otel.serviceName, 'edge-1');
   t.equal(loadConfig({}).otel.serviceName, 'edge-broker');
+  // The batch span processor's settings and the export timeout; OTEL_TRACES_EXPORTER=none exports nothing.
+  const on = { OTEL_ENABLED: 'true' };
+  t.same(loadConfig(on).otel.batch, { maxQueue: 2048, maxBatch: 512, intervalMs: 1000, timeoutMs: 5000 });
+  t.same(loadConfig({ ...on, OTEL_BSP_MAX_QUEUE_SIZE: '100', OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '500', OTEL_BSP_SCHEDULE_DELAY: '200', OTEL_EXPORTER_OTLP_TIMEOUT: '3000' }).otel.batch, { maxQueue: 100, maxBatch: 100, intervalMs: 200, timeoutMs: 3000 }, 'a batch no larger than the queue');
+  t.equal(loadConfig({ ...on, OTEL_EXPORTER_OTLP_TIMEOUT: '3000', OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: '7000' }).otel.batch.timeoutMs, 7000, 'the traces-only one wins');
+  t.throws(() => loadConfig({ ...on, OTEL_BSP_SCHEDULE_DELAY: 'soon' }), { name: 'ConfigError', message: /OTEL_BSP_SCHEDULE_DELAY/ });
+  t.equal(loadConfig({ OTEL_BSP_SCHEDULE_DELAY: 'soon' }).otel.enabled, false, 'ignored with traces off');
+  t.equal(loadConfig({ ...on, OTEL_TRACES_EXPORTER: 'none' }).otel.enabled, false, 'OTEL_TRACES_EXPORTER=none: off');
+  t.match(loadConfig({ ...on, OTEL_TRACES_EXPORTER: 'zipkin' }).otel.notes, [/OTEL_TRACES_EXPORTER=zipkin is not spoken/]);
   // Nor a password that is not percent-encoded, in either endpoint.
   for (const name of ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT']) {
     const bad = { [name]: 'http://u:%ZZ@127.0.0.1:4318' };

@@ -211,9 +211,9 @@ t.test('exporter: the collector\'s headers; Retry-After on 429 pauses the export
 
 t.test('settings: OTEL_* variables', async (t) => {
   const d = loadConfig({}).otel;
-  t.same(d, { enabled: false, tracesUrl: 'http://localhost:4318/v1/traces', serviceName: 'edge-broker', sampleRatio: 1, parentBased: true, headers: {}, resourceAttributes: {}, notes: [] });
+  t.same(d, { enabled: false, tracesUrl: 'http://localhost:4318/v1/traces', serviceName: 'edge-broker', sampleRatio: 1, parentBased: true, headers: {}, resourceAttributes: {}, notes: [], batch: { maxQueue: 2048, maxBatch: 512, intervalMs: 1000, timeoutMs: 5000 } });
   const c = loadConfig({ OTEL_ENABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/', OTEL_SERVICE_NAME: 'edge-1', OTEL_TRACES_SAMPLER_ARG: '0.25' }).otel;
-  t.same(c, { enabled: true, tracesUrl: 'http://collector:4318/v1/traces', serviceName: 'edge-1', sampleRatio: 0.25, parentBased: true, headers: {}, resourceAttributes: {}, notes: [] });
+  t.same(c, { enabled: true, tracesUrl: 'http://collector:4318/v1/traces', serviceName: 'edge-1', sampleRatio: 0.25, parentBased: true, headers: {}, resourceAttributes: {}, notes: [], batch: { maxQueue: 2048, maxBatch: 512, intervalMs: 1000, timeoutMs: 5000 } });
   // The collector's credentials: the spec's key=value list (percent-decoded), and user:password in the URL as Basic auth.
   const auth = loadConfig({ OTEL_EXPORTER_OTLP_HEADERS: 'Authorization=Bearer%20s3cr3t, x-scope-orgid=team-a', OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'x-scope-orgid=team-b' }).otel;
   t.same(auth.headers, { authorization: 'Bearer s3cr3t', 'x-scope-orgid': 'team-b' }, 'the traces list wins over the general one');

@@ -143,5 +143,5 @@ export const TRACING_OFF = new Tracer(undefined);
 export function createTracer(config: Config, thread: string, hooks: Pick<TracerOptions, 'onOutcome' | 'onError'> = {}): Tracer {
   const o = config.otel;
   if (!o.enabled) return TRACING_OFF;
-  return new Tracer({ serviceName: o.serviceName, url: o.tracesUrl, sampleRatio: o.sampleRatio, parentBased: o.parentBased, headers: o.headers, resourceAttributes: o.resourceAttributes, thread, ...hooks });
+  return new Tracer({ serviceName: o.serviceName, url: o.tracesUrl, sampleRatio: o.sampleRatio, parentBased: o.parentBased, headers: o.headers, resourceAttributes: o.resourceAttributes, thread, ...o.batch, ...hooks });
 }
