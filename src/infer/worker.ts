@@ -278,7 +278,8 @@ function traced(task: BatchTask, items: ItemOutcome[], pre: readonly { ok: boole
   let spans: SpanData[] | undefined;
   for (const [i, it] of task.items.entries()) {
     if (it.trace === undefined) continue;
-    const attributes = { 'infer.model': manifest.name, 'infer.model_version': manifest.version, 'infer.batch_size': executed, 'infer.executions': executions };
+    // The batch's images, as its queue span says; of them, the ones that reached compute (a bad image's did not).
+    const attributes = { 'infer.model': manifest.name, 'infer.model_version': manifest.version, 'infer.batch_size': task.items.length, 'infer.batch_computed': executed, 'infer.executions': executions };
     const out = items[i]!;
     const failed = out.ok ? undefined : { code: out.code, in: pre[i]!.ok ? ('compute' as const) : ('decode' as const) };
     (spans ??= []).push(...workerSpans(it.trace, times, attributes, failed));

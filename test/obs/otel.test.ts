@@ -217,7 +217,7 @@ for (const FRONT_THREADS of ['2', '0']) {
       const bad = await postJson(`${tb.url}/v1/infer`, { image_b64: Buffer.from('not an image at all').toString('base64') }, { traceparent: `00-${badTrace}-${newSpanId()}-01` });
       t.equal(bad.status, 415);
       const badSpans = byTrace(await otlp.waitFor((s) => byTrace(s, badTrace).some((x) => x.name === 'infer.decode')), badTrace);
-      t.match(one(badSpans, 'infer.decode').attributes, { 'error.type': 'unsupported_image' });
+      t.match(one(badSpans, 'infer.decode').attributes, { 'error.type': 'unsupported_image', 'infer.batch_size': one(badSpans, 'infer.queue').attributes['infer.batch_size'], 'infer.batch_computed': 0 }, 'its batch as the queue span counts it; none of it computed');
       t.equal(badSpans.filter((x) => x.name === 'infer.compute').length, 0, 'no compute span for an image the model never saw');
     });
 
