@@ -48,6 +48,8 @@ export interface FlagOrigin {
   readonly replica?: string;
   /** The flag's effective value before the change, on the replica that made it (a later replica's own may differ: its env). */
   readonly old?: boolean;
+  /** And after it there (a clear falls back to that replica's env or default). */
+  readonly new?: boolean;
 }
 
 export class FlagStore {
@@ -106,11 +108,12 @@ export class FlagStore {
       const had = this.overrides.get(flag);
       // The maker's value before, as its replica had it: this one's may differ (its env).
       const old = from?.old ?? this.current[flag];
-      if (enabled !== null || had !== undefined) this.origins.set(flag, from ?? { actor, at, old });
+      const after = enabled ?? from?.new ?? this.base[flag].enabled;
+      if (enabled !== null || had !== undefined) this.origins.set(flag, from ?? { actor, at, old, new: after });
       if (enabled === null) {
         if (had === undefined) continue;
         this.overrides.delete(flag);
-        this.audit({ at, actor: by, flag, action: 'clear', old, new: this.base[flag].enabled });
+        this.audit({ at, actor: by, flag, action: 'clear', old, new: after });
       } else {
         this.overrides.set(flag, enabled);
         this.audit({ at, actor: by, flag, action: 'set', old, new: enabled });

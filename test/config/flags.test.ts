@@ -194,6 +194,13 @@ t.test("another replica's change is audited with its maker's old value, not this
   const late = store({ qos_switching: true }).s;
   late.replaceOverrides(maker.overrideMap(), 'replica:A', origins);
   t.match(late.auditLog, [{ actor: 'admin-token via replica:A', flag: 'qos_switching', action: 'set', old: false, new: true }]);
+  // A clear there falls back to the maker's env (on), whatever this replica's (off) says.
+  const other = store({ qos_switching: false }).s;
+  other.replaceOverrides(maker.overrideMap(), 'replica:A', origins);
+  maker.clear('qos_switching', 'admin-token');
+  const cleared = Object.fromEntries(Object.entries(maker.originMap()).map(([f, o]) => [f, { ...o!, replica: 'A' }]));
+  other.replaceOverrides(maker.overrideMap(), 'replica:A', cleared);
+  t.match(other.auditLog.at(-1), { flag: 'qos_switching', action: 'clear', old: true, new: true }, "the maker's old and new, not this replica's env");
 });
 
 t.test('audit is bounded by maxAudit: the oldest entries go', async (t) => {
