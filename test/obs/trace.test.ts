@@ -198,6 +198,7 @@ t.test('exporter: the collector\'s headers; Retry-After on 429 pauses the export
   e.push(span(3));
   await e.flush();
   t.equal(otlp.requests.length, 2);
+  t.match(errors, [/rejected 1 of 2 spans/, /answered 429/], 'a failure after a rejection is said too: each kind once a minute');
   otlp.reply = { status: 200 };
   for (let i = 4; i < 8; i++) e.push(span(i));
   await e.flush();

@@ -58,7 +58,7 @@ export class BatchExporter implements SpanSink {
   private readonly path: string;
   private readonly prefix: Buffer;
   private readonly suffix = Buffer.from(TRACES_SUFFIX);
-  private lastErrorAt = -Infinity;
+  private readonly lastWarnAt: { failed?: number; rejected?: number } = {};
   /** No POST before this (epoch ms): the collector asked to wait. */
   private pausedUntil = 0;
   private readonly headers: Record<string, string>;
@@ -143,7 +143,7 @@ export class BatchExporter implements SpanSink {
       this.count_('exported', batch.count - rejected);
       if (rejected > 0) {
         this.count_('dropped_export_failed', rejected);
-        this.warn(new Error(`OTLP endpoint rejected ${rejected} of ${batch.count} spans: ${text.slice(0, 200)}`));
+        this.warn(new Error(`OTLP endpoint rejected ${rejected} of ${batch.count} spans: ${text.slice(0, 200)}`), 'rejected');
       }
     } catch (err) {
       this.waiting -= batch.count;
@@ -152,11 +152,14 @@ export class BatchExporter implements SpanSink {
     }
   }
 
-  /** At most once a minute: a down collector must not flood the log. */
-  private warn(err: Error): void {
+  /**
+   * At most once a minute for each kind: a down collector must not flood the log, and a
+   * collector rejecting spans right after an outage is said too (the outage's line held it back).
+   */
+  private warn(err: Error, kind: 'failed' | 'rejected' = 'failed'): void {
     const now = Date.now();
-    if (now - this.lastErrorAt >= 60_000) {
-      this.lastErrorAt = now;
+    if (now - (this.lastWarnAt[kind] ?? -Infinity) >= 60_000) {
+      this.lastWarnAt[kind] = now;
       this.o.onError?.(err);
     }
   }
