@@ -133,6 +133,7 @@ t.test('logs: one JSON line per request with trace id, route, status, duration; 
   t.equal(line!.route, '/admin/config');
   t.equal(line!.status, 200);
   t.type(line!.duration_ms, 'number');
+  t.match(line!.client, /127\.0\.0\.1$/, 'the client address');
   t.notMatch(JSON.stringify(tb.logs), /test-admin-token/, 'the admin token never appears in logs');
 });
 

@@ -39,6 +39,8 @@ t.test('behind a trusted proxy each client has its own rate limit and admin lock
   t.same(a.slice(0, 3), [200, 200, 200]);
   t.ok(a.slice(3).includes(429), `client A spent its burst: ${a.join(' ')}`);
   t.equal(await models(tb.url, '198.51.100.2'), 200, 'client B, through the same proxy, still has its own');
+  for (let i = 0; i < 100 && !tb.logs.some((l) => l.msg === 'request' && l.client === '198.51.100.2'); i++) await new Promise((r) => setTimeout(r, 20));
+  t.ok(tb.logs.some((l) => l.msg === 'request' && l.client === '198.51.100.2'), "client B's access line names it, not the proxy");
   // A proxy that adds its own X-Forwarded-For line (HAProxy) rather than appending: the lines are
   // one list. The last alone named the proxy, and every client behind it shared one limit.
   const twoLines = async (client: string): Promise<number> => {

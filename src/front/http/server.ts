@@ -537,6 +537,8 @@ class UwsSink implements FrontSink {
       path: logPath(redactPath(this.req.path)),
       status,
       duration_ms: Math.round(seconds * 1e6) / 1e3,
+      // The client as the rate limit sees it: behind TRUSTED_PROXIES, the forwarded address.
+      client: this.req.remoteAddress,
       ...(this.errorCode !== undefined ? { error: this.errorCode } : {}),
       ...(aborted ? { aborted: true } : {}),
     };
