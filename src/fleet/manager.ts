@@ -768,12 +768,13 @@ export class FleetManager {
    */
   private saidAdopted(groupsBefore: ReadonlySet<string>, serversBefore: ReadonlySet<string>, oldHash: string | undefined): void {
     const groups = new Set(this.config.modelGroups.keys());
+    const servers = new Set(this.servers.keys());
     const diff = (a: ReadonlySet<string>, b: ReadonlySet<string>) => [...a].filter((x) => !b.has(x));
     const change = {
       groups_added: diff(groups, groupsBefore),
       groups_removed: diff(groupsBefore, groups),
-      servers_added: diff(new Set(this.servers.keys()), serversBefore),
-      servers_removed: diff(serversBefore, new Set(this.servers.keys())),
+      servers_added: diff(servers, serversBefore),
+      servers_removed: diff(serversBefore, servers),
       file_hash_before: oldHash ?? null,
       file_hash: this.fileHash ?? null,
     };

@@ -77,7 +77,11 @@ export async function startPostgres(t: Teardown): Promise<PostgresProcess> {
   // pg_ctl daemonizes the server: a process that exits before its teardown (a bench's Ctrl-C
   // goes through process.exit) would leave the cluster running, its directory behind.
   const atExit = (): void => {
-    if (running) spawnSync(root ? 'runuser' : join(bin, 'pg_ctl'), root ? ['-u', 'postgres', '--', join(bin, 'pg_ctl'), '-D', data, '-m', 'immediate', '-w', 'stop'] : ['-D', data, '-m', 'immediate', '-w', 'stop']);
+    try {
+      if (running) run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']);
+    } catch {
+      // exiting anyway
+    }
     rmSync(dir, { recursive: true, force: true });
   };
   process.once('exit', atExit);
