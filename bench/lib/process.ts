@@ -2,6 +2,7 @@
 // 127.0.0.1, so the load generator never shares an event loop with it; children still
 // running when the bench exits are killed with it.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { sleep } from './stats.ts';
@@ -27,15 +28,45 @@ export interface Child {
   stop(graceMs?: number): Promise<void>;
 }
 
-/** A port that was free a moment ago (the broker cannot report PORT=0's choice at LOG_LEVEL=warn). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * A port that was free a moment ago, for a child to listen on (the broker cannot report
+ * PORT=0's choice at LOG_LEVEL=warn). Taken below the kernel's ephemeral range: a port the
+ * kernel hands out for listen(0) is one it also hands to outgoing connections, and with
+ * tests side by side one of their client sockets took it in the seconds before the child
+ * listened (gRPC's EADDRINUSE, seen in CI).
+ */
+export async function freePort(): Promise<number> {
+  const below = ephemeralLow();
+  for (let tries = 0; below > LOWEST_PORT + 1000 && tries < 50; tries++) {
+    const port = LOWEST_PORT + Math.floor(Math.random() * (below - LOWEST_PORT));
+    if ((await listenOnce(port)) !== undefined) return port;
+  }
+  const port = await listenOnce(0);
+  if (port === undefined) throw new Error('no free port on 127.0.0.1');
+  return port;
+}
+
+// Above the ports well-known servers take (PostgreSQL 5432, Redis 6379, 8080s, 9090s).
+const LOWEST_PORT = 20_000;
+
+function ephemeralLow(): number {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(low) ? low : 0;
+  } catch {
+    return 0; // not Linux: the kernel's choice
+  }
+}
+
+/** Listens on port (0: the kernel's choice) and closes again: the port, or undefined if taken. */
+function listenOnce(port: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
     const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
+    srv.once('error', () => resolve(undefined));
+    srv.listen(port, '127.0.0.1', () => {
       const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
+      const got = typeof addr === 'object' && addr !== null ? addr.port : undefined;
+      srv.close(() => resolve(got));
     });
   });
 }
