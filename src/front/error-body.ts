@@ -159,7 +159,7 @@ export interface ErrorReply {
 
 /**
  * A whole error reply for `err`: its status, JSON content type, the route's extra
- * headers (e.g. Allow on a 405), Retry-After when the error carries one, WWW-Authenticate
+ * headers (e.g. Allow on a 405), Retry-After and the error's own headers when it carries them, WWW-Authenticate
  * on a 401, and the body in the route's shape.
  */
 export function errorReply(
@@ -170,6 +170,9 @@ export function errorReply(
 ): ErrorReply {
   const headers: Record<string, string> = { 'content-type': 'application/json', ...extraHeaders };
   if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
+  // Headers the error brings (a key's x-ratelimit-* on its quota's 429).
+  const carried = err.details?.['replyHeaders'];
+  if (typeof carried === 'object' && carried !== null) Object.assign(headers, carried);
   // What no retry can fix (a request over its quota's whole limit): the OpenAI and Anthropic
   // SDKs read this header and do not retry (they retry every 429 otherwise).
   if (err.details?.['retryable'] === false) headers['x-should-retry'] = 'false';

@@ -105,7 +105,7 @@ export class LlmProxy {
     if (this.stopped !== undefined) throw this.stopped;
     const req = admitted.request;
     const timeline = new Timeline(req.startedAt);
-    // Reply headers this request adds (x-broker-cache, x-broker-fallback), error replies included.
+    // Reply headers this request adds (x-broker-cache, x-broker-fallback, x-ratelimit-*), error replies included.
     const headers: Record<string, string> = {};
     sink.extraHeaders = sink.extraHeaders === undefined ? headers : Object.assign(headers, sink.extraHeaders);
     const cache = req.encoder === 'grpc' ? undefined : this.deps.cache;
@@ -156,6 +156,7 @@ export class LlmProxy {
         throw err;
       }
     }
+    if (reserved.rateLimitHeaders !== undefined) Object.assign(headers, reserved.rateLimitHeaders);
     return this.proxy(reserved, group, sink, timeline, headers, plan, span, groups);
   }
 

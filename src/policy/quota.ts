@@ -72,6 +72,19 @@ export interface QuotaUsage {
   reservedTokens: number;
 }
 
+/** One limited field of a subject's window (headroom()). */
+export interface HeadroomField {
+  readonly limit: number;
+  readonly remaining: number;
+  /** Milliseconds until the window holds none of the field. */
+  readonly resetMs: number;
+}
+
+export interface Headroom {
+  readonly requests?: HeadroomField;
+  readonly tokens?: HeadroomField;
+}
+
 export interface QuotaLedgerOptions {
   /**
    * Subjects whose windows are kept: the slots of the window table, fixed at
@@ -192,6 +205,14 @@ class WindowView {
     if (this.f[p + W_RESERVED]! > 0) return false;
     for (let i = 0; i < WINDOW_S; i++) if (this.live(p, i, nowSec) && (this.f[p + W_REQS + i]! > 0 || this.f[p + W_TOKS + i]! > 0)) return false;
     return true;
+  }
+
+  /** Milliseconds until no bucket holding any of the field is left in the window (0: none holds any). */
+  drainedIn(p: number, field: number, nowMs: number): number {
+    const nowSec = Math.floor(nowMs / 1000);
+    let newest = -Infinity;
+    for (let i = 0; i < WINDOW_S; i++) if (this.live(p, i, nowSec) && this.f[p + field + i]! > 0) newest = Math.max(newest, this.f[p + W_SECS + i]!);
+    return newest === -Infinity ? 0 : Math.max(0, (newest + WINDOW_S) * 1000 - nowMs);
   }
 
   /** Whole seconds until the oldest buckets holding at least `excess` of the field have left the window. */
@@ -718,6 +739,29 @@ export class QuotaLedger {
     } finally {
       this.#windows.unlock(slot);
     }
+  }
+
+  /**
+   * What a subject's limits leave in its window now, per limited field: the x-ratelimit-*
+   * headers. `resetMs`: until the window holds none of that field (the limit back whole).
+   * This thread's sliding window: with replicas (leases) the cluster may hold less.
+   */
+  headroom(subject: string): Headroom | undefined {
+    const limits = this.limits(subject);
+    if (limits === undefined) return undefined;
+    const nowMs = this.#now();
+    const slot = this.#windows.lockExisting(subject);
+    const out: { requests?: HeadroomField; tokens?: HeadroomField } = {};
+    try {
+      const p = slot >= 0 ? this.#windows.payloadOffset(slot) >> 3 : -1;
+      const used = p >= 0 ? this.#w.totals(p, Math.floor(nowMs / 1000)) : { reqs: 0, toks: 0 };
+      const field = (limit: number, n: number, f: number): HeadroomField => ({ limit, remaining: Math.max(0, Math.floor(limit - n)), resetMs: p >= 0 ? this.#w.drainedIn(p, f, nowMs) : 0 });
+      if (limits.rpm !== undefined) out.requests = field(limits.rpm, used.reqs, W_REQS);
+      if (limits.tpm !== undefined) out.tokens = field(limits.tpm, used.toks, W_TOKS);
+    } finally {
+      if (slot >= 0) this.#windows.unlock(slot);
+    }
+    return out;
   }
 
   /** Usage of every subject with a window and every subject with limits, whichever thread made them. */

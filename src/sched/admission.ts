@@ -10,6 +10,7 @@ import { prefixKey } from '../policy/sticky.ts';
 import { keyId } from '../guard/api-key.ts';
 import { resolveTier, type QosConfig, type QosTier } from '../policy/qos.ts';
 import { awaitsTopUp, type QuotaLedger, type Reservation } from '../policy/quota.ts';
+import { rateLimitHeaders } from '../policy/rate-limit-headers.ts';
 import type { OutputPredictor } from '../policy/prediction.ts';
 import type { BudgetGate } from '../track/budget.ts';
 import type { Caller } from '../front/reply.ts';
@@ -29,6 +30,8 @@ export interface Admitted {
   /** The client body, with max output tokens capped by the tier if needed (a copy then). */
   readonly body: Readonly<Record<string, unknown>>;
   readonly keyReservation: Reservation | null;
+  /** The key's quota after this request, as x-ratelimit-* reply headers (docs/governance.md); none for a request that took none. */
+  readonly rateLimitHeaders?: Readonly<Record<string, string>> | undefined;
   /**
    * The key's quota still to reserve (admit() with deferQuota): the proxy reserves it with
    * reserveQuota() once the response cache missed, so that a hit takes none of it.
@@ -149,7 +152,7 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   // Only quotas reserve tokens: without them, no need to walk the prompt.
   // Each of n choices is an output of its own.
   const reserveTokens = flags.quota_enforcement ? tokensOfChars(r.promptChars) + predictedOutput * r.choices : 0;
-  const admitted = (keyReservation: Reservation | null, quotaDue?: Admitted['quotaDue']): Admitted => ({
+  const admitted = (keyReservation: Reservation | null, headers?: Record<string, string>, quotaDue?: Admitted['quotaDue']): Admitted => ({
     request: r,
     flags,
     tier,
@@ -161,6 +164,7 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
     predictedOutput,
     body,
     keyReservation,
+    ...(headers !== undefined ? { rateLimitHeaders: headers } : {}),
     ...(quotaDue !== undefined ? { quotaDue } : {}),
     since: p.now(),
   });
@@ -170,8 +174,8 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
   if (known.policy.rpm === undefined && known.policy.tpm === undefined && p.quota.limits(subject) === undefined) return admitted(null);
   // What the request's end may give back: its output guess (the prompt is spent).
   const returnable = predictedOutput * r.choices;
-  if (opts?.deferQuota === true) return admitted(null, { subject, tokens: reserveTokens, returnable });
-  return reserveFor(p, subject, reserveTokens, returnable, admitted);
+  if (opts?.deferQuota === true) return admitted(null, undefined, { subject, tokens: reserveTokens, returnable });
+  return reserveFor(p, subject, reserveTokens, returnable, r.api, admitted);
 }
 
 /**
@@ -181,20 +185,34 @@ export function admit(p: AdmissionPolicies, r: LlmRequest, group: ModelGroupConf
 export function reserveQuota(p: AdmissionPolicies, a: Admitted): Admitted | Promise<Admitted> {
   const due = a.quotaDue;
   if (due === undefined) return a;
-  return reserveFor(p, due.subject, due.tokens, due.returnable, (keyReservation) => ({ ...a, keyReservation, quotaDue: undefined }));
+  return reserveFor(p, due.subject, due.tokens, due.returnable, a.request.api, (keyReservation, headers) => ({ ...a, keyReservation, rateLimitHeaders: headers, quotaDue: undefined }));
 }
 
-function reserveFor(p: AdmissionPolicies, subject: string, reserveTokens: number, returnable: number, admitted: (r: Reservation) => Admitted): Admitted | Promise<Admitted> {
+function reserveFor(p: AdmissionPolicies, subject: string, reserveTokens: number, returnable: number, api: LlmRequest['api'], admitted: (r: Reservation, headers: Record<string, string> | undefined) => Admitted): Admitted | Promise<Admitted> {
+  const taken = (r: Reservation): Admitted => admitted(r, headroomHeaders(p, subject, api));
   try {
-    return admitted(p.quota.reserve([subject], reserveTokens, returnable));
+    return taken(p.quota.reserve([subject], reserveTokens, returnable));
   } catch (err) {
     // With replicas, a key's budget comes in leases the control plane tops up every tick: a
     // request right behind another (a key idle until now, a burst) may find the lease spent
     // with the next one on its way. It waits for it, briefly, rather than be refused.
-    if (awaitsTopUp(err) && (p.leaseWaitMs ?? LEASE_WAIT_MS) > 0) return reserveWhenTopped(p, subject, reserveTokens, returnable, err).then(admitted);
+    if (awaitsTopUp(err) && (p.leaseWaitMs ?? LEASE_WAIT_MS) > 0) return reserveWhenTopped(p, subject, reserveTokens, returnable, err).then(taken, (e: unknown) => Promise.reject(withHeadroom(p, subject, api, e)));
     p.onKeyQuotaRejection();
-    throw err;
+    throw withHeadroom(p, subject, api, err);
   }
+}
+
+/** The key's x-ratelimit-* headers as its window stands now. */
+function headroomHeaders(p: AdmissionPolicies, subject: string, api: LlmRequest['api']): Record<string, string> | undefined {
+  const h = p.quota.headroom(subject);
+  return h === undefined ? undefined : rateLimitHeaders(h, p.now(), api === 'anthropic');
+}
+
+/** A key's quota refusal, with the headers a 429 carries as well (errorReply sends them). */
+function withHeadroom(p: AdmissionPolicies, subject: string, api: LlmRequest['api'], err: unknown): unknown {
+  if (!(err instanceof BrokerError) || err.code !== 'quota_exceeded') return err;
+  const headers = headroomHeaders(p, subject, api);
+  return headers === undefined ? err : new BrokerError(err.code, err.message, { retryAfter: err.retryAfter, details: { ...err.details, replyHeaders: headers } });
 }
 
 /** Polls the key's lease until its top-up lands or `leaseWaitMs` runs out; a refusal then is the last one. */

@@ -85,6 +85,26 @@ t.test('a fallback reply names the group that answered in the trailers, as HTTP 
   t.same(direct.status.metadata.get('x-broker-fallback'), [], 'no fallback, no trailer');
 });
 
+t.test("a key's quota in the trailers (x-ratelimit-*), as HTTP sends it in headers; the refusal carries it too", async (t) => {
+  const m = await startMock(t, { tokens: 3 });
+  const tb = await startGrpcFleetBroker(t, { apiKeys: { 'sk-rl': { rpm: 2 } }, modelGroups: { up: { deployments: [{ id: 'up-1', provider: 'openai', url: m.url, model: 'mock-model' }] } } }, { BROKER_FF_QUOTA_ENFORCEMENT: 'true' });
+  const c = clients(tb.broker.grpcPort);
+  t.teardown(() => c.close());
+  const call = () => serverStream(c.chat, 'Chat', { model: 'up', messages: [{ role: 'user', content: 'hello' }] }, md({ authorization: 'Bearer sk-rl' }));
+  const first = await call();
+  t.equal(first.status.code, 0);
+  t.same(first.status.metadata.get('x-ratelimit-limit-requests'), ['2']);
+  t.same(first.status.metadata.get('x-ratelimit-remaining-requests'), ['1']);
+  t.same(first.status.metadata.get('x-ratelimit-limit-tokens'), [], 'no tpm on the key');
+  t.same((await call()).status.metadata.get('x-ratelimit-remaining-requests'), ['0']);
+  const refused = await call();
+  t.equal(refused.status.code, 8, 'RESOURCE_EXHAUSTED');
+  t.same(refused.status.metadata.get('x-ratelimit-remaining-requests'), ['0']);
+  t.match(String(refused.status.metadata.get('x-ratelimit-reset-requests')[0]), /^\d+(\.\d+)?s$/);
+  const keyless = await serverStream(c.chat, 'Chat', { model: 'up', messages: [{ role: 'user', content: 'hello' }] });
+  t.same(keyless.status.metadata.get('x-ratelimit-limit-requests'), [], 'a caller without a limited key: none');
+});
+
 t.test('an OpenAI-compatible upstream that sends no usage: the final message counts the prompt by its estimate, as quotas and tracking do', async (t) => {
   const { createServer } = await import('node:http');
   // An older OpenAI-compatible server: it ignores stream_options.include_usage.

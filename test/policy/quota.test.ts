@@ -280,3 +280,27 @@ t.test('memory stays bounded: LRU subjects and prune', async (t) => {
   t.equal(q.prune(), 1);
   t.equal(q.limits('limited')?.rpm, 10, 'limits survive pruning');
 });
+
+t.test('headroom: what the limits leave in the window, and when the window holds none of it', async (t) => {
+  const { clock, q } = ledger(1_000);
+  t.equal(q.headroom('key:none'), undefined, 'no limits: nothing to say');
+  q.setLimits('key:a', { rpm: 3, tpm: 1000 });
+  t.same(q.headroom('key:a'), { requests: { limit: 3, remaining: 3, resetMs: 0 }, tokens: { limit: 1000, remaining: 1000, resetMs: 0 } }, 'untouched: whole, nothing to reset');
+  q.reserve(['key:a'], 400);
+  clock.now = 11_500;
+  const r = q.reserve(['key:a'], 250);
+  t.same(q.headroom('key:a'), { requests: { limit: 3, remaining: 1, resetMs: 60_000 - 500 }, tokens: { limit: 1000, remaining: 350, resetMs: 60_000 - 500 } }, 'the newest second leaves last');
+  r.reconcile(100);
+  t.equal(q.headroom('key:a')!.tokens!.remaining, 500, 'reconciled to the real usage');
+  clock.now = 61_000;
+  t.same(q.headroom('key:a')!.requests, { limit: 3, remaining: 2, resetMs: 10_000 }, 'the first second left the window');
+  clock.now = 200_000;
+  t.same(q.headroom('key:a')!.tokens, { limit: 1000, remaining: 1000, resetMs: 0 });
+  q.setLimits('key:b', { tpm: 10 });
+  q.reserve(['key:b'], 0);
+  t.same(q.headroom('key:b'), { tokens: { limit: 10, remaining: 10, resetMs: 0 } }, 'only the limited field; no tokens counted, nothing to reset');
+  q.setLimits('key:c', { rpm: 1 });
+  q.reserve(['key:c'], 0);
+  t.throws(() => q.reserve(['key:c'], 0));
+  t.equal(q.headroom('key:c')!.requests!.remaining, 0, 'never negative');
+});

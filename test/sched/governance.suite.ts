@@ -51,8 +51,19 @@ t.test('capacity gating: limit 2, six concurrent streams, the rest queue, counte
   const cap = await get(tb, '/api/industrial/capacity/cap-1');
   t.equal(cap.inFlight, 2, 'two run');
   t.equal(cap.concurrencyLimit, 2);
-  t.equal(slow.stats.open, 2, 'the upstream never sees more than the limit');
+  // Sampled while the streams run (a busy box may not have sent the second upstream request yet when the queue is full).
+  let peak = 0;
+  let running = true;
+  const sampling = (async () => {
+    while (running) {
+      peak = Math.max(peak, slow.stats.open);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  })();
   const results = await Promise.all(runs);
+  running = false;
+  await sampling;
+  t.equal(peak, 2, 'the upstream never sees more than the limit');
   t.same(results.map((r) => r.status), [200, 200, 200, 200, 200, 200]);
   t.ok(results.every((r) => r.text.includes('[DONE]')));
   const after = await get(tb, '/api/industrial/capacity');
@@ -300,12 +311,33 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
         body: JSON.stringify({ model: 'h', messages: messages(), max_tokens: 120 }),
       })
     );
+  t.equal(refused!.headers['x-ratelimit-limit-requests'], undefined, "a deployment's quota is not the client's: no x-ratelimit-*");
   const r1 = await big();
   t.equal(r1.statusCode, 200);
   await r1.body.text();
+  // The key's quota after the request, as OpenAI sends it: the reservation (prompt + max_tokens) counted.
+  t.equal(r1.headers['x-ratelimit-limit-tokens'], '300');
+  const left1 = Number(r1.headers['x-ratelimit-remaining-tokens']);
+  t.ok(left1 >= 0 && left1 <= 300 - 120, `remaining ${left1} counts the reservation`);
+  t.match(r1.headers['x-ratelimit-reset-tokens'], /^\d+(\.\d+)?s$/, 'reset as OpenAI writes it');
+  t.equal(r1.headers['x-ratelimit-limit-requests'], undefined, 'no rpm on the key: nothing said about requests');
+  t.equal(r1.headers['anthropic-ratelimit-tokens-limit'], undefined, "Anthropic's names only on the Messages API");
   const r2 = await big();
   t.equal(r2.statusCode, 200, 'reconciled down to real usage, so a second fits');
   await r2.body.text();
+  // Without the reconcile, two full reservations: 300 - 2 × (300 - left1).
+  t.ok(Number(r2.headers['x-ratelimit-remaining-tokens']) > 2 * left1 - 300, 'the first was reconciled to its real usage before the second counted');
+  t.ok(Number(r2.headers['x-ratelimit-remaining-tokens']) < left1, 'and the second took its share');
+  const messagesApi = await request(`${tb.url}/v1/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-api-key': 'sk-small', 'anthropic-version': '2023-06-01' },
+    body: JSON.stringify({ model: 'h', max_tokens: 5, messages: [{ role: 'user', content: 'hi' }] }),
+  });
+  t.equal(messagesApi.statusCode, 200);
+  await messagesApi.body.text();
+  t.equal(messagesApi.headers['anthropic-ratelimit-tokens-limit'], '300', "the Messages API has Anthropic's names too");
+  t.match(messagesApi.headers['anthropic-ratelimit-tokens-reset'], /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+  t.equal(messagesApi.headers['x-ratelimit-limit-tokens'], '300');
   const r3 = await big();
   t.equal(r3.statusCode, 200);
   await r3.body.text();
@@ -327,6 +359,8 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
   // 121 tokens can never fit a tpm of 10: no Retry-After, and the SDKs are told not to retry.
   t.equal(r4.headers['x-should-retry'], 'false');
   t.equal(r4.headers['retry-after'], undefined);
+  t.equal(r4.headers['x-ratelimit-limit-tokens'], '10', "the refusal carries the key's figures too");
+  t.ok(Number(r4.headers['x-ratelimit-remaining-tokens']) >= 0);
   // The override cleared: the key's own limit from the file holds again, not none.
   t.equal((await send(tb, 'PUT', '/api/industrial/quota/key:sk-small', {})).status, 200);
   t.same((await get(tb, '/api/industrial/quota')).subjects[`key:${keyId('sk-small')}`].limits, { tpm: 300 }, "the file's tpm 300 again");

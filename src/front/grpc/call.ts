@@ -197,6 +197,8 @@ export class GrpcStreamSink implements ReplySink {
   private ended = false;
   private deployment: string | undefined;
   private fallback: string | undefined;
+  /** The key's quota after this call (x-ratelimit-*), sent in the trailers as HTTP sends them in headers. */
+  private rateLimits: [string, string][] = [];
   private abortCbs: ((reason?: BrokerError) => void)[] | undefined;
   private abortReason: BrokerError | undefined;
 
@@ -233,6 +235,7 @@ export class GrpcStreamSink implements ReplySink {
     this.started = true;
     this.deployment = headers['x-broker-deployment'];
     this.fallback = headers['x-broker-fallback'];
+    this.rateLimits = rateLimitsOf(headers);
   }
 
   write(chunk: string | Uint8Array): boolean {
@@ -262,6 +265,9 @@ export class GrpcStreamSink implements ReplySink {
     this.ended = true;
     if (this.aborted) return;
     logCall(this.log, this.req, err, false, this.recorder);
+    // A quota's refusal carries the key's figures; a call refused before it started has no others.
+    const carried = err.details?.['replyHeaders'];
+    if (typeof carried === 'object' && carried !== null) this.rateLimits = rateLimitsOf(carried as Record<string, string>);
     this.call.emit('error', grpcStatusOf(err, this.req.id, this.trailers()));
   }
 
@@ -279,6 +285,11 @@ export class GrpcStreamSink implements ReplySink {
     if (this.deployment !== undefined) md.set('x-broker-deployment', this.deployment);
     // The group that answered when it is not the one asked for, as HTTP's x-broker-fallback.
     if (this.fallback !== undefined) md.set('x-broker-fallback', this.fallback);
+    for (const [k, v] of this.rateLimits) md.set(k, v);
     return md;
   }
+}
+
+function rateLimitsOf(headers: Readonly<Record<string, string>>): [string, string][] {
+  return Object.entries(headers).filter(([k]) => k.startsWith('x-ratelimit-'));
 }

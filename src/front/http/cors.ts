@@ -56,6 +56,7 @@ const EXPOSED = [
   'x-broker-cache',
   'x-broker-overhead-ms',
   'x-should-retry',
+  ...['requests', 'tokens'].flatMap((k) => [`x-ratelimit-limit-${k}`, `x-ratelimit-remaining-${k}`, `x-ratelimit-reset-${k}`]),
   'inference-header-content-length',
 ].join(', ');
 
