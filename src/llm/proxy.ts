@@ -374,8 +374,9 @@ export class LlmProxy {
             throw stop;
           }
           if (sink.aborted) {
-            // The request went upstream: its prompt is charged, as a stream's is when cut.
+            // The request went upstream: its prompt is charged, as a stream's is when cut, and counted.
             usage.promptTokens = promptEstimate;
+            this.countTokens(g, promptEstimate, 0);
             upSpan?.set('broker.aborted', true).end();
             return this.finish(facts, g, dep, 'aborted', req.startedAt, up.stream);
           }

@@ -13,6 +13,7 @@ const tb = await startFleetBroker(
     modelGroups: {
       slow: { deployments: [{ id: 's-1', provider: 'openai', url: mock.url, model: 'm' }] },
       'slow-ollama': { deployments: [{ id: 's-2', provider: 'ollama', url: mock.url, model: 'm' }] },
+      'slow-whole': { deployments: [{ id: 's-3', provider: 'openai', url: mock.url, model: 'm' }] },
     },
   },
   { FRONT_THREADS: '1', INFER_ENABLED: 'false', FLEET_HEALTH_CHECKS: 'false' },
@@ -56,4 +57,11 @@ t.test('a whole reply (assembled from an Ollama stream) the client left is count
   await leaveAfterFirstBytes('slow-ollama', false);
   const prompt = await counted('slow-ollama');
   t.ok(prompt >= 90, `prompt tokens counted: ${prompt}`);
+});
+
+t.test("a whole reply the client left before the upstream's headers (an OpenAI-compatible upstream answers non-streamed requests in one piece) is counted its prompt estimate", async (t) => {
+  await leaveAfterFirstBytes('slow-whole', false);
+  const prompt = await counted('slow-whole');
+  t.ok(prompt >= 90, `prompt tokens counted: ${prompt}`);
+  t.equal(await tokens('slow-whole', 'completion'), 0, 'nothing was sent');
 });
