@@ -94,17 +94,21 @@ export interface UsageRow {
   readonly errors: number;
   readonly prompt_tokens: number;
   readonly completion_tokens: number;
-  readonly cost: number;
+  /** Of the priced rows; null when no row of the bucket was priced (unpriced is not free). */
+  readonly cost: number | null;
+  /** Rows that used tokens with no price for their deployment or group: what `cost` leaves out. */
+  readonly unpriced_requests: number;
   readonly latency_ms: { readonly p50: number | null; readonly p95: number | null; readonly p99: number | null };
 }
 
 export async function usage(pool: pg.Pool, q: UsageQuery): Promise<UsageRow[]> {
   const col = GROUP_BY[q.groupBy];
-  const r = await pool.query<{ bucket: Date; grp: string | null; requests: string; errors: string; prompt: string; completion: string; cost: number; p: (number | null)[] }>(
+  const r = await pool.query<{ bucket: Date; grp: string | null; requests: string; errors: string; prompt: string; completion: string; cost: number | null; unpriced: string; p: (number | null)[] }>(
     `SELECT date_trunc($3, created_at, 'UTC') AS bucket, ${col} AS grp,
             count(*) AS requests, count(*) FILTER (WHERE outcome NOT IN ('ok', 'cache_hit')) AS errors,
             coalesce(sum(prompt_tokens), 0) AS prompt, coalesce(sum(completion_tokens), 0) AS completion,
-            coalesce(sum(cost), 0)::float8 AS cost,
+            sum(cost)::float8 AS cost,
+            count(*) FILTER (WHERE cost IS NULL AND (coalesce(prompt_tokens, 0) > 0 OR coalesce(completion_tokens, 0) > 0)) AS unpriced,
             percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_ms) AS p
        FROM brk_tracking.completion_request
       WHERE created_at >= $1 AND created_at < $2
@@ -120,6 +124,7 @@ export async function usage(pool: pg.Pool, q: UsageQuery): Promise<UsageRow[]> {
     prompt_tokens: Number(x.prompt),
     completion_tokens: Number(x.completion),
     cost: x.cost,
+    unpriced_requests: Number(x.unpriced),
     latency_ms: { p50: ms(x.p[0]), p95: ms(x.p[1]), p99: ms(x.p[2]) },
   }));
 }

@@ -263,10 +263,11 @@ t.test('admin API: filters, keyset pages, one request, usage; analyst or higher'
   t.equal(usage.status, 200);
   const lab = usage.body.usage.find((u: any) => u.group === 'lab-1');
   t.match(lab, { requests: 5, errors: 0, completion_tokens: 20 });
+  t.same([lab.cost, lab.unpriced_requests], [null, 5], 'no price for g: no cost (not 0), and the rows it leaves out');
   t.ok(lab.latency_ms.p50 > 0 && lab.latency_ms.p99 >= lab.latency_ms.p50, 'latency percentiles');
   t.equal(new Date(lab.bucket).getTime() % 3_600_000, 0, 'hour buckets');
   const byModel = (await get('/api/tracking/usage?group_by=model&bucket=day')).body.usage;
-  t.same(byModel.map((u: any) => [u.group, u.requests, u.errors]).sort(), [['g', 7, 0], ['nope', 1, 1]].sort());
+  t.same(byModel.map((u: any) => [u.group, u.requests, u.errors, u.unpriced_requests]).sort(), [['g', 7, 0, 7], ['nope', 1, 1, 0]].sort(), 'a refusal used no tokens: nothing unpriced');
   t.equal((await get('/api/tracking/usage?group_by=nothing')).status, 400);
 
   // RBAC: readers (analyst, manager, admin) yes; client roles no.
