@@ -41,6 +41,7 @@ export const COLUMNS: readonly Col[] = [
   ['upstream_ms', 'real', (r) => r.upstreamMs],
   ['retries', 'smallint', (r) => r.retries],
   ['cost', 'double precision', (r) => r.cost],
+  ['served_group', 'text', (r) => r.servedGroup],
 ];
 
 const NAMES = COLUMNS.map((c) => c.at(0)).join(', ');

@@ -19,7 +19,7 @@ export interface ListFilter {
 }
 
 const ROW_COLUMNS = `id, broker_request_id, created_at, finished_at, replica, protocol, api, route, model, arm, deployment, api_key_id, subject, tier,
-  semantic_label, priority, outcome, status, error_code, prompt_tokens, completion_tokens, predicted_tokens, queue_ms, ttft_ms, total_ms, upstream_ms, retries, cost`;
+  semantic_label, priority, outcome, status, error_code, prompt_tokens, completion_tokens, predicted_tokens, queue_ms, ttft_ms, total_ms, upstream_ms, retries, cost, served_group`;
 
 export interface RequestRow {
   readonly id: string;
@@ -77,7 +77,8 @@ export async function getRequest(pool: pg.Pool, id: string): Promise<Record<stri
   return r.rows.map(shown);
 }
 
-export const GROUP_BY = { key: 'api_key_id', label: 'semantic_label', model: 'model', deployment: 'deployment' } as const;
+// `served`: the group that answered (a fallback's, else the one asked for), as llm_requests_total counts it.
+export const GROUP_BY = { key: 'api_key_id', label: 'semantic_label', model: 'model', served: 'coalesce(served_group, model)', deployment: 'deployment' } as const;
 export type GroupBy = keyof typeof GROUP_BY;
 
 export interface UsageQuery {

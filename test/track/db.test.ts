@@ -52,12 +52,12 @@ t.test('two brokers migrate one empty database at once, without error', async (t
   const pools = [new pg.Pool({ connectionString: db }), new pg.Pool({ connectionString: db })];
   const applied = await Promise.all(pools.map((p) => migrate(p)));
   await Promise.all(pools.map((p) => p.end()));
-  t.same(applied.flat(), ['001_completion_request'], 'one pool applied the migration, the other found it applied');
+  t.same(applied.flat().sort(), ['001_completion_request', '002_served_group'], 'one pool applied the migrations, the other found them applied');
   // ...and two whole brokers starting together on another empty database.
   const db2 = await pgc.createDatabase('race2');
   const [a, b] = await Promise.all([startFleetBroker(t, fleet, { ...env, DATABASE_URL: db2, REPLICA_ID: 'ra' }), startFleetBroker(t, fleet, { ...env, DATABASE_URL: db2, REPLICA_ID: 'rb' })]);
   for (const tb of [a, b]) t.notOk(tb.logs.some((l) => String(l.msg).includes('not ready')), 'no start-up retry');
-  t.same(await query(db2, 'SELECT version FROM brk_tracking.schema_migrations'), [{ version: '001_completion_request' }]);
+  t.same(await query(db2, 'SELECT version FROM brk_tracking.schema_migrations ORDER BY version'), [{ version: '001_completion_request' }, { version: '002_served_group' }]);
   t.equal((await chat(a)).status, 200);
   t.equal((await chat(b)).status, 200);
   await Promise.all([a.close(), b.close()]);
@@ -210,12 +210,16 @@ t.test('a budget per API key is enforced at admission, with its reset time', asy
 t.test('admin API: filters, keyset pages, one request, usage; analyst or higher', async (t) => {
   const db = await pgc.createDatabase('admin');
   const SECRET = 'a-test-secret-of-at-least-thirty-two-chars!';
-  const tb = await startFleetBroker(t, { ...fleet, apiKeys: { 'admin-api-key-1': { label: 'lab-1' } } }, { ...env, DATABASE_URL: db, TRACKING_FLUSH_MS: '20', JWT_SECRET: SECRET });
+  const down = await startMock(t, { fail: 500 });
+  const groups = { ...fleet.modelGroups, down: { deployments: [{ id: 'x1', provider: 'openai', url: down.url, model: 'm' }], fallbacks: ['g'] } };
+  const tb = await startFleetBroker(t, { modelGroups: groups, apiKeys: { 'admin-api-key-1': { label: 'lab-1' } } }, { ...env, DATABASE_URL: db, TRACKING_FLUSH_MS: '20', JWT_SECRET: SECRET, FLEET_HEALTH_CHECKS: 'false' });
   const token = (role: string) => new SignJWT({ roles: [role] }).setProtectedHeader({ alg: 'HS256' }).setSubject(`s-${role}`).setIssuedAt().setExpirationTime('10m').sign(new TextEncoder().encode(SECRET));
   for (let i = 0; i < 5; i++) t.equal((await chat(tb, { 'x-api-key': 'admin-api-key-1', 'x-request-id': `lab-${i}` })).status, 200);
   for (let i = 0; i < 2; i++) t.equal((await chat(tb, { 'x-request-id': `anon-${i}` })).status, 200);
   t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'nope', messages: [{ role: 'user', content: 'hi' }] }, { 'x-request-id': 'miss' })).status, 404);
-  await until(async () => (await metricValue(tb.url, 'tracking_rows_written_total')) === 8, 'rows written');
+  // Asked of down, answered by g: the metrics count it under g.
+  t.equal((await postJson(`${tb.url}/v1/chat/completions`, { model: 'down', messages: [{ role: 'user', content: 'hi' }] }, { 'x-request-id': 'fell' })).status, 200);
+  await until(async () => (await metricValue(tb.url, 'tracking_rows_written_total')) === 9, 'rows written');
 
   const get = async (path: string, auth: Record<string, string> = admin) => {
     const res = await fetch(`${tb.url}${path}`, { headers: auth });
@@ -267,7 +271,12 @@ t.test('admin API: filters, keyset pages, one request, usage; analyst or higher'
   t.ok(lab.latency_ms.p50 > 0 && lab.latency_ms.p99 >= lab.latency_ms.p50, 'latency percentiles');
   t.equal(new Date(lab.bucket).getTime() % 3_600_000, 0, 'hour buckets');
   const byModel = (await get('/api/tracking/usage?group_by=model&bucket=day')).body.usage;
-  t.same(byModel.map((u: any) => [u.group, u.requests, u.errors, u.unpriced_requests]).sort(), [['g', 7, 0, 7], ['nope', 1, 1, 0]].sort(), 'a refusal used no tokens: nothing unpriced');
+  t.same(byModel.map((u: any) => [u.group, u.requests, u.errors, u.unpriced_requests]).sort(), [['down', 1, 0, 1], ['g', 7, 0, 7], ['nope', 1, 1, 0]].sort(), 'a refusal used no tokens: nothing unpriced');
+  const byServed = (await get('/api/tracking/usage?group_by=served&bucket=day')).body.usage;
+  t.same(byServed.map((u: any) => [u.group, u.requests]).sort(), [['g', 8], ['nope', 1]].sort(), 'by the group that answered, as llm_requests_total counts');
+  t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'g', outcome: 'ok' }), 8, 'which the metrics agree with');
+  t.match((await get('/api/tracking/requests/fell')).body.request, { model: 'down', served_group: 'g', deployment: 'd1' });
+  t.equal((await get('/api/tracking/requests/lab-3')).body.request.served_group, null, 'no fallback: none');
   t.equal((await get('/api/tracking/usage?group_by=nothing')).status, 400);
 
   // RBAC: readers (analyst, manager, admin) yes; client roles no.
