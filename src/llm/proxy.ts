@@ -319,7 +319,7 @@ export class LlmProxy {
         const route = upstreamRoute(api, kind, dep.config, body);
         let up: ReturnType<typeof translateRequest>;
         try {
-          up = translateRequest(route, body, dep.config.model, dep.config.upstreamStreaming, maxTokensFieldOf(dep.config.maxTokensField, dep.config.url));
+          up = translateRequest(route, body, dep.config.model, dep.config.upstreamStreaming, maxTokensFieldOf(dep.config.maxTokensField, dep.config.url), g.maxContextTokens);
         } catch (err) {
           // The request cannot be written for this upstream (e.g. token ids for Ollama, a
           // content block it has no word for): not the deployment's fault (its breaker would

@@ -665,7 +665,7 @@ export function promptCharsOf(r: PromptParts): number {
 }
 
 /** The estimate's ratio: about 4 characters of English per token. */
-const CHARS_PER_TOKEN = 4;
+export const CHARS_PER_TOKEN = 4;
 
 /** Tokens that must fit one context window (a group's maxContextTokens): the prompt and its output, or an embeddings batch's longest input. */
 export function contextTokensOf(r: Pick<LlmRequest, 'promptChars' | 'contextChars' | 'maxTokens'>): number {

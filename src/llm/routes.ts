@@ -13,7 +13,7 @@ import type { LlmProxy } from './proxy.ts';
 import { readLlmRequest, tokensOfChars, type LlmRequest, type PromptLimits } from './request.ts';
 import type { Admitted } from '../sched/admission.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
-import type { ReplySink } from '../front/reply.ts';
+import type { BrokerRequest, ReplySink } from '../front/reply.ts';
 import { ollamaLoadReply } from './ollama-load.ts';
 import { showModel } from './ollama-show.ts';
 import type { ResponseStore } from './stored/responses.ts';
@@ -89,8 +89,9 @@ const LEGACY_EMBEDDINGS: Legacy = {
   track: 'ollama.embeddings',
   request(body) {
     const { prompt, ...rest } = body;
-    if (typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string', { details: { field: 'prompt' } });
-    return { ...rest, input: prompt };
+    // None is Ollama's empty prompt: "load the model".
+    if (prompt !== undefined && prompt !== null && typeof prompt !== 'string') throw new BrokerError('invalid_request', 'prompt must be a string', { details: { field: 'prompt' } });
+    return { ...rest, input: prompt ?? '' };
   },
   reply(body) {
     const text = typeof body === 'string' ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8');
@@ -116,6 +117,12 @@ function reshaped(sink: ReplySink, reply: (body: string | Uint8Array) => string)
 }
 
 export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmProxy, limits?: PromptLimits, store?: ResponseStore): Route[] {
+  /** Counted in the group's requests, and its tracking row names the group as any other does. */
+  const answeredHere = (req: BrokerRequest, group: string): void => {
+    proxy.answeredHere(group);
+    if (req.facts !== undefined) req.facts.model = group;
+  };
+
   const completion = (api: ClientApi, kind: Kind, path: string, legacy?: Legacy): Route => ({
     method: 'POST',
     path,
@@ -147,7 +154,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         const b = body as Record<string, unknown>;
         const loaded = typeof b.model === 'string' && fleet.groups.has(b.model) ? ollamaLoadReply(kind, b, new Date()) : undefined;
         if (loaded !== undefined) {
-          proxy.answeredHere(fleet.groups.get(b.model as string)!.name);
+          answeredHere(req, fleet.groups.get(b.model as string)!.name);
           return sink.send(200, JSON_HEADERS, loaded);
         }
       }
@@ -156,8 +163,10 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         // legacy route's empty prompt: {"embedding": []}), without an upstream call.
         const b = body as Record<string, unknown>;
         const input = b.input;
-        if (typeof b.model === 'string' && fleet.groups.has(b.model) && (input === undefined || input === null || input === '' || (Array.isArray(input) && input.length === 0))) {
-          proxy.answeredHere(fleet.groups.get(b.model)!.name);
+        if (typeof b.model === 'string' && (input === undefined || input === null || input === '' || (Array.isArray(input) && input.length === 0))) {
+          // A model not served: Ollama's 404, which clients probing a model with a load expect (not "input is required").
+          if (!fleet.groups.has(b.model)) throw notServed(fleet, b.model, api);
+          answeredHere(req, fleet.groups.get(b.model)!.name);
           return sink.send(200, JSON_HEADERS, JSON.stringify({ model: b.model, embeddings: [] }));
         }
       }

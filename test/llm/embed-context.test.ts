@@ -29,6 +29,15 @@ t.test('embeddings: the longest input must fit the context window, not the batch
   t.equal(truncated.status, 200, "an Ollama client's long input: Ollama truncates it (its default)");
   const strict = await postJson(`${tb.url}/api/embed`, { model: 'oemb', input: ['y'.repeat(1000)], truncate: false });
   t.equal(strict.status, 400, 'with truncate: false it must fit');
+  // An Ollama client on an OpenAI-compatible group: its upstream would refuse what Ollama truncates.
+  const cut = await postJson(`${tb.url}/api/embed`, { model: 'emb', input: ['short', 'y'.repeat(1000), `${'z'.repeat(399)}😀 tail`] });
+  t.equal(cut.status, 200, "an Ollama client's long input on an OpenAI-compatible upstream: cut to the window, as Ollama would");
+  t.equal(cut.body.embeddings.length, 3);
+  t.same(oa.stats.lastBody, { model: 'e', input: ['short', 'y'.repeat(400), 'z'.repeat(399)], encoding_format: 'float' }, '100 tokens of 4 characters each; never half an emoji');
+  const strictOa = await postJson(`${tb.url}/api/embed`, { model: 'emb', input: ['y'.repeat(1000)], truncate: false });
+  t.equal(strictOa.status, 400, 'truncate: false: it must fit there too');
+  const emptyOne = await postJson(`${tb.url}/api/embed`, { model: 'emb', input: ['a', ''] });
+  t.match([emptyOne.status, emptyOne.body.error], [400, /input\[1\] must not be empty/], 'the empty input named by its place');
 });
 
 // Ollama's "load the model" for embeddings: no input answers no embeddings, not a 400.
@@ -52,6 +61,11 @@ t.test('/api/embed with no input, "" or []: 200 with no embeddings and no upstre
   t.equal((ol.stats.requests['/api/embed'] ?? 0) + (oa.stats.requests['/v1/embeddings'] ?? 0), 0, 'no upstream call');
   // One outcome each in the group's requests, as every LLM request has.
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'oemb', reason: 'answered_here' }), 4, 'counted in llm_requests_total');
-  const missing = await postJson(`${tb.url}/api/embed`, { model: 'nope' });
-  t.not(missing.status, 200, `a model not served is not answered (${missing.status})`);
+  for (const body of [{ model: 'nope' }, { model: 'nope', input: [] }, { model: 'nope', input: '' }]) {
+    const missing = await postJson(`${tb.url}/api/embed`, body);
+    t.same([missing.status, missing.body.error], [404, 'model "nope" not found, try pulling it first'], `Ollama's 404 for a model not served, not "input is required": ${JSON.stringify(body)}`);
+  }
+  const noPrompt = await postJson(`${tb.url}/api/embeddings`, { model: 'oemb' });
+  t.same([noPrompt.status, noPrompt.body], [200, { embedding: [] }], 'the legacy route without a prompt: a load, as Ollama takes it');
+  t.equal((await postJson(`${tb.url}/api/embeddings`, { model: 'oemb', prompt: 5 })).status, 400, 'a prompt that is not a string is still refused');
 });

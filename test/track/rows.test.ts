@@ -90,6 +90,8 @@ for (const threads of ['0', '2']) {
     t.equal(missing.status, 404);
     const bad = await postJson(`${tb.url}/v1/chat/completions`, { model: 'g', messages: 'not a list' }, { 'x-request-id': id('bad') });
     t.equal(bad.status, 400);
+    // Ollama's "load the model" (an embed without input), answered without an upstream call.
+    t.equal((await postJson(`${tb.url}/api/embed`, { model: 'llama' }, { 'x-request-id': id('load') })).status, 200);
 
     // Inference over HTTP; a request id with a backslash and a tab-free oddity survives COPY's escaping.
     const inf = await postJson(`${tb.url}/v1/infer`, { image_b64: image!.b64 }, { 'x-request-id': id('infer\\x'), 'x-api-key': KEY });
@@ -139,7 +141,7 @@ for (const threads of ['0', '2']) {
     await tb.close();
     const rows = await rowsOf(db);
     const byId = new Map(rows.map((r) => [r.broker_request_id, r]));
-    t.equal(rows.length, 14, 'one row per request, every one flushed at shutdown');
+    t.equal(rows.length, 15, 'one row per request, every one flushed at shutdown');
     t.match(byId.get(id('oip-unknown')), { api: 'oip.infer', status: 404, model: 'no-such-model' });
 
     for (const s of seen) {
@@ -168,6 +170,7 @@ for (const threads of ['0', '2']) {
     t.equal(gen2.semantic_label, 'ollama:completion', 'a keyless request has its API as label');
     t.match(byId.get(id('missing')), { outcome: 'model_not_found', status: 404, error_code: 'model_not_found', model: 'nope', prompt_tokens: null, cost: null });
     t.match(byId.get(id('bad')), { outcome: 'invalid_request', status: 400, error_code: 'invalid_request' });
+    t.match(byId.get(id('load')), { api: 'ollama.embed', outcome: 'ok', status: 200, model: 'llama', deployment: null }, 'a load answered here names its group');
     const infer = byId.get(id('infer\\x'));
     t.ok(infer, 'the backslash survived COPY');
     t.match(infer, { api: 'infer', outcome: 'ok', status: 200, arm: 'A', model: inf.body.model, route: '/v1/infer', cost: null, api_key_id: keyId(KEY) }, 'an inference names its key id too');

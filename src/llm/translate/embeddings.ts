@@ -7,6 +7,7 @@
 
 import { BrokerError } from '../../errors.ts';
 import { requireObject } from './common.ts';
+import { CHARS_PER_TOKEN } from '../request.ts';
 import type { ReplyContext, Usage } from './types.ts';
 
 function invalid(field: string, what: string): BrokerError {
@@ -17,7 +18,7 @@ function invalid(field: string, what: string): BrokerError {
 function texts(input: unknown): string | string[] {
   if (typeof input === 'string') return input;
   if (Array.isArray(input) && input.every((s) => typeof s === 'string')) return input as string[];
-  throw invalid('input', 'must be a string or an array of strings for this model');
+  throw invalid('input', "must be a string or an array of strings for this model: its upstream (Ollama) takes no token ids (LangChain's OpenAIEmbeddings sends them unless check_embedding_ctx_length is off)");
 }
 
 /** /v1/embeddings body → /api/embed body. */
@@ -28,15 +29,34 @@ export function ollamaRequest(body: unknown, upstreamModel: string): Record<stri
   return out;
 }
 
-/** /api/embed body → /v1/embeddings body; floats, since the broker reads them. */
-export function openaiRequest(body: unknown, upstreamModel: string): Record<string, unknown> {
+/**
+ * /api/embed body → /v1/embeddings body; floats, since the broker reads them. Ollama truncates
+ * an input longer than the model's context unless told `truncate: false`; an OpenAI-compatible
+ * server refuses it: with the group's `contextTokens` known, each input is cut to that many
+ * tokens by the broker's estimate (4 characters a token) first.
+ */
+export function openaiRequest(body: unknown, upstreamModel: string, contextTokens?: number): Record<string, unknown> {
   const b = requireObject(body);
-  const input = texts(b['input']);
+  let input = texts(b['input']);
   // Ollama embeds an empty string; an OpenAI-compatible server answers it 400.
-  if (input === '' || (Array.isArray(input) && input.includes(''))) throw invalid('input', 'must not be empty for this model (an OpenAI-compatible upstream)');
+  if (input === '' || (Array.isArray(input) && input.includes(''))) {
+    const field = Array.isArray(input) ? `input[${input.indexOf('')}]` : 'input';
+    throw invalid(field, 'must not be empty for this model (an OpenAI-compatible upstream)');
+  }
+  if (contextTokens !== undefined && b['truncate'] !== false) {
+    const chars = contextTokens * CHARS_PER_TOKEN;
+    input = typeof input === 'string' ? cut(input, chars) : input.map((s) => cut(s, chars));
+  }
   const out: Record<string, unknown> = { model: upstreamModel, input, encoding_format: 'float' };
   if (typeof b['dimensions'] === 'number') out['dimensions'] = b['dimensions'];
   return out;
+}
+
+/** The first `chars` UTF-16 units of s, never half a surrogate pair. */
+function cut(s: string, chars: number): string {
+  if (s.length <= chars) return s;
+  const end = /[\uD800-\uDBFF]/.test(s[chars - 1] ?? '') ? chars - 1 : chars;
+  return s.slice(0, end);
 }
 
 /** Same API: the body with the deployment's model name; an OpenAI client's encoding_format is kept (the reply passes through). */

@@ -89,12 +89,14 @@ export interface UpstreamRequest {
  * replaced by the deployment's upstream name. Throws BrokerError
  * `invalid_request` for a body that cannot be translated. `upstreamStreaming`: the
  * deployment's (the proxy passes it); left out, the upstream streams as the client asked.
+ * `contextTokens`: the group's maxContextTokens, to which an Ollama client's embedding inputs
+ * are cut for an OpenAI-compatible upstream (Ollama truncates them itself; those refuse).
  */
-export function translateRequest(route: Route, body: unknown, upstreamModel: string, upstreamStreaming: UpstreamStreaming = 'client', maxTokensField: 'max_tokens' | 'max_completion_tokens' = 'max_tokens'): UpstreamRequest {
+export function translateRequest(route: Route, body: unknown, upstreamModel: string, upstreamStreaming: UpstreamStreaming = 'client', maxTokensField: 'max_tokens' | 'max_completion_tokens' = 'max_tokens', contextTokens?: number): UpstreamRequest {
   const { client, provider, kind } = route;
   let out: unknown;
   if (kind === 'embed') {
-    out = client === provider ? embeddings.passRequest(body, upstreamModel) : provider === 'ollama' ? embeddings.ollamaRequest(body, upstreamModel) : embeddings.openaiRequest(body, upstreamModel);
+    out = client === provider ? embeddings.passRequest(body, upstreamModel) : provider === 'ollama' ? embeddings.ollamaRequest(body, upstreamModel) : embeddings.openaiRequest(body, upstreamModel, contextTokens);
     return { body: JSON.stringify(out), stream: false, assemble: false, includeUsage: false };
   }
   const r = chatOrCompletion(route, body, upstreamModel);
