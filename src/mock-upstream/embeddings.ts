@@ -37,15 +37,21 @@ function inputs(input: unknown): string[] | string {
   return out;
 }
 
-function dims(body: Body): number {
+/** Most dimensions the mock's "model" has (OpenAI's text-embedding-3-large: 3072). */
+export const MAX_DIMENSIONS = 4096;
+
+/** The vector length asked for, or an error message (a real server refuses what its model cannot give). */
+function dims(body: Body): number | string {
   const d = body.dimensions;
-  return typeof d === 'number' && Number.isInteger(d) && d > 0 && d <= 4096 ? d : DEFAULT_DIMENSIONS;
+  if (d === undefined || d === null) return DEFAULT_DIMENSIONS;
+  return typeof d === 'number' && Number.isInteger(d) && d > 0 && d <= MAX_DIMENSIONS ? d : `dimensions must be an integer from 1 to ${MAX_DIMENSIONS}`;
 }
 
-function promptTokens(texts: string[]): number {
-  let n = 0;
-  for (const t of texts) n += estimateTokens(t.length);
-  return n;
+/** Tokens of the input: a token array's ids, else the text's estimate. */
+function promptTokens(input: unknown): number {
+  const one = (x: unknown): number => (typeof x === 'string' ? estimateTokens(x.length) : Array.isArray(x) ? x.length : 0);
+  if (Array.isArray(input) && input.length > 0 && input.every((x) => typeof x === 'number')) return input.length;
+  return Array.isArray(input) ? input.reduce((n: number, x) => n + one(x), 0) : one(input);
 }
 
 function base64(vec: number[]): string {
@@ -60,7 +66,8 @@ export function openaiEmbeddings(ex: Exchange, body: Body, knobs: Knobs, default
   const model = pickModel(body, defaultModel);
   const b64 = body.encoding_format === 'base64' && !knobs.embedFloats;
   const d = dims(body);
-  const prompt = promptTokens(texts);
+  if (typeof d === 'string') return openaiError(ex.res, 400, d);
+  const prompt = promptTokens(body.input);
   unaryAnswer(ex, { n: 0, knobs }, OPENAI_JSON, () =>
     `{"object":"list","data":[` +
     texts.map((t, index) => `{"object":"embedding","index":${index},"embedding":${b64 ? JSON.stringify(base64(mockEmbedding(t, d))) : JSON.stringify(mockEmbedding(t, d))}}`).join(',') +
@@ -74,8 +81,9 @@ export function ollamaEmbed(ex: Exchange, body: Body, knobs: Knobs, defaultModel
   if (typeof texts === 'string') return ollamaError(ex.res, 400, texts);
   const model = pickModel(body, defaultModel);
   const d = dims(body);
+  if (typeof d === 'string') return ollamaError(ex.res, 400, d);
   unaryAnswer(ex, { n: 0, knobs }, OLLAMA_JSON, (_first, endedAt) =>
     `{"model":${modelJson(model)},"embeddings":${JSON.stringify(texts.map((t) => mockEmbedding(t, d)))},` +
-    `"total_duration":${Math.max(1, Math.round((endedAt - ex.startedAt) * 1e6))},"load_duration":1000,"prompt_eval_count":${promptTokens(texts)}}`,
+    `"total_duration":${Math.max(1, Math.round((endedAt - ex.startedAt) * 1e6))},"load_duration":1000,"prompt_eval_count":${promptTokens(body.input)}}`,
   );
 }

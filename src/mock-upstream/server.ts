@@ -306,8 +306,9 @@ export async function createMockUpstream(opts: MockUpstreamOptions = {}): Promis
     }
 
     if (route.get !== undefined) {
+      // The error cases are a generation's (a prompt too long, a rate limit on tokens): the
+      // server still lists its models, and a health check against it passes, as a real one's does.
       if (typeof knobs.fail === 'number') injectedFailure(route.api, res, knobs.fail);
-      else if (ERROR_CASES.includes(knobs.fail)) errorCase(route.api, knobs.flavor, res, knobs.fail as ErrorCase);
       else if (knobs.fail === 'reset') resetConnection(ex);
       else if (knobs.fail !== 'stall') {
         const r = route.get();

@@ -199,3 +199,27 @@ t.test('request errors use the OpenAI error shape', async (t) => {
   t.equal(empty.status, 400, 'an empty body is not JSON');
   await empty.arrayBuffer();
 });
+
+t.test('embeddings: token arrays count their ids; dimensions it cannot give are refused, as a real server does', async (t) => {
+  const ids = await json(await post('/v1/embeddings', { model: 'gpt-mock', input: [[1, 2, 3], [4]] }));
+  t.same(ids.usage, { prompt_tokens: 4, total_tokens: 4 }, 'one token per id');
+  t.equal((await json(await post('/v1/embeddings', { model: 'gpt-mock', input: [5, 6, 7] }))).usage.prompt_tokens, 3);
+  t.equal((await json(await post('/v1/embeddings', { model: 'gpt-mock', input: ['abcdefgh', 'abcd'] }))).usage.prompt_tokens, 3, 'texts by the estimate');
+  t.equal((await json(await post('/v1/embeddings', { model: 'gpt-mock', input: 'x', dimensions: 4096 }))).data[0].embedding.length, 4096);
+  for (const dimensions of [4097, 0, 2.5, 'x']) {
+    const r = await post('/v1/embeddings', { model: 'gpt-mock', input: 'x', dimensions });
+    t.equal(r.status, 400, `dimensions ${dimensions}`);
+    t.match((await json(r)).error.message, /dimensions must be an integer from 1 to 4096/);
+  }
+  const ol = await post('/api/embed', { model: 'gpt-mock', input: 'x', dimensions: 5000 });
+  t.equal(ol.status, 400, 'Ollama too');
+});
+
+t.test('a generation error case leaves the listings answering: health checks pass, as against a real server', async (t) => {
+  const m = await createMockUpstream({ fail: 'context' });
+  t.teardown(() => m.close());
+  t.equal((await fetch(`${m.url}/v1/models`)).status, 200);
+  t.equal((await fetch(`${m.url}/api/tags`)).status, 200);
+  const r = await fetch(`${m.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'hi' }] }) });
+  t.equal(r.status, 400, 'the generation still fails as asked');
+});
