@@ -83,6 +83,9 @@ const ACK_TIMEOUT_MS = 5000;
  */
 const CALL_TIMEOUT_MS = 2000;
 
+/** How long a stopped thread has to end by itself (it takes tens of ms) before it is terminated. */
+const SELF_EXIT_WAIT_MS = 3000;
+
 export class DataPlanes {
   private readonly planes: (Plane | undefined)[];
   private port = 0;
@@ -159,10 +162,13 @@ export class DataPlanes {
 
   /**
    * Stops a thread: it closes its sockets, waits up to graceMs for its requests, and says
-   * how many it left unfinished (-1: no answer), then exits. Never terminate() a thread
-   * that listens: uWS's open handles abort the whole process (uv_loop_close).
+   * how many it left unfinished (-1: no answer), then ends by itself once its loop is empty.
+   * Never terminate() a thread that may still hold uWS sockets: their open handles abort the
+   * whole process (uv_loop_close, exit 134): terminated right after 'stopped', a loaded box
+   * had not freed them yet. terminate() only when it does not end by itself.
    */
   private async stopPlane(p: Plane, graceMs: number): Promise<number> {
+    const exited = new Promise<void>((resolve) => p.worker.once('exit', () => resolve()));
     const unfinished = await new Promise<number>((resolve) => {
       const timer = setTimeout(() => resolve(-1), graceMs + 3000);
       p.stopped = (n) => {
@@ -171,7 +177,10 @@ export class DataPlanes {
       };
       this.send(p, { t: 'stop', graceMs });
     });
-    await p.worker.terminate();
+    let timer: NodeJS.Timeout | undefined;
+    const ended = await Promise.race([exited.then(() => true), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), SELF_EXIT_WAIT_MS)))]);
+    clearTimeout(timer);
+    if (!ended) await p.worker.terminate();
     return unfinished;
   }
 

@@ -265,11 +265,6 @@ async function stop(graceMs: number): Promise<void> {
   cache.close();
   responseStore.close();
   front.closeAll();
-  // uWS frees the sockets it closed at the end of its loop's next turn: stopped before that
-  // (the control plane terminates this thread on 'stopped'), their open handles abort the
-  // whole process (uv_loop_close, exit 134; seen on a loaded box with tracing off, when
-  // nothing below waits). A turn or two first.
-  await new Promise((r) => setTimeout(r, 10));
   // This thread's last spans leave before it stops (bounded: the control plane waits graceMs + 3 s).
   await tracer.shutdown(1000);
   if (lessons.length > 0) sendLessons();
@@ -277,6 +272,10 @@ async function stop(graceMs: number): Promise<void> {
   recorder?.flush();
   logStream.flush();
   post({ t: 'stopped', unfinished });
+  // Nothing more to say: the thread ends when its loop is empty, so only after uWS has freed
+  // every socket it closed (the control plane terminating it before, at the end of a loop turn
+  // a loaded box had not reached yet, aborted the whole process: uv_loop_close, exit 134).
+  port.close();
 }
 
 function stats(): PlaneStats {
