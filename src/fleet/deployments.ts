@@ -24,6 +24,8 @@ export class Deployments {
   private readonly byGroup = new Map<ModelGroupConfig, DeploymentState[]>();
   /** The ids in the config as of the last register(): the others were removed (kept while their requests finish). */
   private current = new Set<string>();
+  /** The groups as of the last register(), by name: a request admitted under an older config routes over these. */
+  private groups = new Map<string, ModelGroupConfig>();
 
   constructor(private readonly capacity: CapacityCounters) {}
 
@@ -31,8 +33,10 @@ export class Deployments {
   register(groups: Iterable<ModelGroupConfig>, servers?: ReadonlyMap<string, ServerConfig>): DeploymentConfig[] {
     this.byGroup.clear();
     this.current = new Set();
+    this.groups = new Map();
     const configs: DeploymentConfig[] = [];
     for (const g of groups) {
+      this.groups.set(g.name, g);
       for (const d of g.deployments) {
         const slot = this.capacity.register(d.id, d.concurrencyLimit);
         const server = servers?.get(d.server);
@@ -59,8 +63,13 @@ export class Deployments {
     return [...this.byId.values()];
   }
 
-  /** The group's deployment states in config order, cached per group object. */
-  ofGroup(group: ModelGroupConfig): readonly DeploymentState[] {
+  /**
+   * The group's deployment states in config order, as the current config has the group (a
+   * request queued before a change waits for the deployments it added, not for those it
+   * removed), cached per group object.
+   */
+  ofGroup(asked: ModelGroupConfig): readonly DeploymentState[] {
+    const group = this.groups.get(asked.name) ?? asked;
     let states = this.byGroup.get(group);
     if (states === undefined) {
       states = group.deployments.map((c) => this.byId.get(c.id)).filter((d): d is DeploymentState => d !== undefined);

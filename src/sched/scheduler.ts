@@ -103,6 +103,8 @@ export class Scheduler {
       const subject = `deployment:${d.id}`;
       if ((this.deps.setsQuotaLimits ?? true) && (d.rpm !== undefined || d.tpm !== undefined) && this.deps.quotaOverridden?.(subject) !== true) this.deps.quota.setLimits(subject, { rpm: d.rpm, tpm: d.tpm });
     }
+    // Waiters look again: a deployment added has free slots, one removed will never free its.
+    this.wakeAll();
   }
 
   get(id: string): DeploymentState | undefined {
