@@ -39,6 +39,10 @@ t.test(`FRONT_THREADS=${threads}: Chat and Complete stream deltas then a final m
     t.equal(p.status.code, 0, `${group}: Complete OK`);
     t.equal(textOf(p.messages), mockText(6), `${group}: Complete text`);
     t.equal(p.messages.at(-1).final.usage.completion_tokens, 6);
+    // Fill-in-the-middle, as a code-completion client asks it: the suffix reaches either upstream.
+    const fim = await serverStream(c.chat, 'Complete', { model: group, prompt: 'def add(a, b):\n    ', suffix: '\n    return c' });
+    t.equal(fim.status.code, 0, `${group}: Complete with a suffix OK`);
+    t.match(m.stats.lastBody, { prompt: 'def add(a, b):\n    ', suffix: '\n    return c' }, `${group}: the suffix went upstream (${m.stats.lastPath})`);
   }
   const line = await logLine(tb, (l) => l.trace_id === 'chat-oa' && l.method === 'gRPC');
   t.match(line, { route: '/edge_broker.v1.ChatService/Chat', status: 'OK', duration_ms: Number }, 'one access-log line per call');

@@ -48,6 +48,7 @@ export interface CompleteRequestMsg {
   model?: string;
   prompt?: string;
   options?: OptionsMsg;
+  suffix?: string;
 }
 
 function invalid(field: string, what: string): BrokerError {
@@ -100,7 +101,7 @@ export function chatBody(m: ChatRequestMsg): Record<string, unknown> {
 
 export function completeBody(m: CompleteRequestMsg): Record<string, unknown> {
   if (m.prompt === undefined || m.prompt === '') throw invalid('prompt', 'is required');
-  return { model: m.model ?? '', prompt: m.prompt, stream: true, ...optionsBody(m.options) };
+  return { model: m.model ?? '', prompt: m.prompt, ...(m.suffix !== undefined && m.suffix !== '' ? { suffix: m.suffix } : {}), stream: true, ...optionsBody(m.options) };
 }
 
 export function chatService(deps: ChatDeps): UntypedServiceImplementation {
