@@ -61,7 +61,7 @@ type Outcome = 'ok' | 'client_error' | 'upstream_error' | 'midstream_error' | 'm
 /** llm_requests_total's coarse outcome (seed 001's error-rate query reads outcome="error"); the fine one is its reason. */
 function coarse(reason: string): 'ok' | 'error' | 'client_error' | 'aborted' {
   if (reason === 'ok' || reason === 'client_error' || reason === 'aborted') return reason;
-  return reason === 'quota_exceeded' ? 'client_error' : 'error';
+  return reason === 'quota_exceeded' || reason === 'budget_exceeded' ? 'client_error' : 'error';
 }
 
 interface Usage {
@@ -86,7 +86,8 @@ export class LlmProxy {
 
   /** A request its group refused before any upstream call (the key's quota or budget, its QoS tier): counted in llm_requests_total, deployment none. */
   refused(group: string, err: BrokerError): void {
-    const reason = err.code === 'quota_exceeded' ? 'quota_exceeded' : err.status < 500 ? 'client_error' : err.code;
+    // A key's spend is counted apart: FinOps reads budget refusals from the metrics as from tracking.
+    const reason = err.code === 'quota_exceeded' || err.code === 'budget_exceeded' ? err.code : err.status < 500 ? 'client_error' : err.code;
     this.deps.metrics.llmRequests.labels(group, 'none', coarse(reason), reason).inc();
   }
 

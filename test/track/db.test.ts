@@ -177,6 +177,7 @@ t.test('a budget per API key is enforced at admission, with its reset time', asy
   t.ok(statuses.filter((s) => s === 200).length >= 3, 'at least the budget was served first');
   t.ok((await metricValue(tb.url, 'budget_spend_ratio', { key: keyId(KEY) })) >= 1, 'budget_spend_ratio of the key');
   t.equal(await metricValue(tb.url, 'budget_spend_ratio', { key: keyId(OTHER) }), 0, 'a budgeted key with no spend');
+  t.ok((await metricValue(tb.url, 'llm_requests_total', { group: 'g', outcome: 'client_error', reason: 'budget_exceeded' })) >= 1, 'the metrics count budget refusals apart, as tracking does');
   t.equal((await chat(tb, { 'x-api-key': OTHER })).status, 200, 'another key is not affected');
   t.equal((await chat(tb)).status, 200, 'nor a keyless request');
   await tb.close();
