@@ -105,7 +105,7 @@ export function trackingRoutes(pool: () => pg.Pool | undefined, now: () => numbe
       async handle(ctx) {
         const q = params(ctx);
         const groupBy = (one(q, 'group_by') ?? 'model') as GroupBy;
-        if (!(groupBy in GROUP_BY)) throw invalid('group_by', `must be one of ${Object.keys(GROUP_BY).join(', ')}`);
+        if (!Object.hasOwn(GROUP_BY, groupBy)) throw invalid('group_by', `must be one of ${Object.keys(GROUP_BY).join(', ')}`);
         const bucket = one(q, 'bucket') ?? 'hour';
         if (bucket !== 'hour' && bucket !== 'day') throw invalid('bucket', 'must be hour or day');
         const w = window(q, now());

@@ -77,7 +77,7 @@ export async function getRequest(pool: pg.Pool, id: string): Promise<Record<stri
   return r.rows.map(shown);
 }
 
-// `served`: the group that answered (a fallback's, else the one asked for), as llm_requests_total counts it.
+// `served`: the group a request ended in (a fallback's, else the one asked for), as llm_requests_total counts it.
 export const GROUP_BY = { key: 'api_key_id', label: 'semantic_label', model: 'model', served: 'coalesce(served_group, model)', deployment: 'deployment' } as const;
 export type GroupBy = keyof typeof GROUP_BY;
 
@@ -95,7 +95,7 @@ export interface UsageRow {
   readonly errors: number;
   readonly prompt_tokens: number;
   readonly completion_tokens: number;
-  /** Of the priced rows; null when no row of the bucket was priced (unpriced is not free). */
+  /** Of the priced rows; null when the bucket used tokens and none was priced (unpriced is not free), 0 when it used none. */
   readonly cost: number | null;
   /** Rows that used tokens with no price for their deployment or group: what `cost` leaves out. */
   readonly unpriced_requests: number;
@@ -108,8 +108,9 @@ export async function usage(pool: pg.Pool, q: UsageQuery): Promise<UsageRow[]> {
     `SELECT date_trunc($3, created_at, 'UTC') AS bucket, ${col} AS grp,
             count(*) AS requests, count(*) FILTER (WHERE outcome NOT IN ('ok', 'cache_hit')) AS errors,
             coalesce(sum(prompt_tokens), 0) AS prompt, coalesce(sum(completion_tokens), 0) AS completion,
-            sum(cost)::float8 AS cost,
             count(*) FILTER (WHERE cost IS NULL AND (coalesce(prompt_tokens, 0) > 0 OR coalesce(completion_tokens, 0) > 0)) AS unpriced,
+            -- Null only when tokens were used and none of them priced: nothing spent is 0.
+            coalesce(sum(cost), CASE WHEN count(*) FILTER (WHERE coalesce(prompt_tokens, 0) > 0 OR coalesce(completion_tokens, 0) > 0) > 0 THEN NULL ELSE 0 END)::float8 AS cost,
             percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_ms) AS p
        FROM brk_tracking.completion_request
       WHERE created_at >= $1 AND created_at < $2

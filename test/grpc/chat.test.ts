@@ -91,7 +91,7 @@ t.test('a fallback reply names the group that answered in the trailers, as HTTP 
 
 t.test("a key's quota in the trailers (x-ratelimit-*), as HTTP sends it in headers; the refusal carries it too", async (t) => {
   const m = await startMock(t, { tokens: 3 });
-  const tb = await startGrpcFleetBroker(t, { apiKeys: { 'sk-rl': { rpm: 2 } }, modelGroups: { up: { deployments: [{ id: 'up-1', provider: 'openai', url: m.url, model: 'mock-model' }] } } }, { BROKER_FF_QUOTA_ENFORCEMENT: 'true' });
+  const tb = await startGrpcFleetBroker(t, { apiKeys: { 'sk-rl': { rpm: 2 }, 'sk-many': { rpm: 100 } }, modelGroups: { up: { deployments: [{ id: 'up-1', provider: 'openai', url: m.url, model: 'mock-model' }] }, dead: { deployments: [{ id: 'dead-1', provider: 'openai', url: 'http://127.0.0.1:9', model: 'mock-model' }] } } }, { BROKER_FF_QUOTA_ENFORCEMENT: 'true' });
   const c = clients(tb.broker.grpcPort);
   t.teardown(() => c.close());
   const call = () => serverStream(c.chat, 'Chat', { model: 'up', messages: [{ role: 'user', content: 'hello' }] }, md({ authorization: 'Bearer sk-rl' }));
@@ -107,6 +107,10 @@ t.test("a key's quota in the trailers (x-ratelimit-*), as HTTP sends it in heade
   t.match(String(refused.status.metadata.get('x-ratelimit-reset-requests')[0]), /^\d+(\.\d+)?s$/);
   const keyless = await serverStream(c.chat, 'Chat', { model: 'up', messages: [{ role: 'user', content: 'hello' }] });
   t.same(keyless.status.metadata.get('x-ratelimit-limit-requests'), [], 'a caller without a limited key: none');
+  // Admitted (a request of the key spent), then failed upstream: the figures still say so.
+  const failed = await serverStream(c.chat, 'Chat', { model: 'dead', messages: [{ role: 'user', content: 'hello' }] }, md({ authorization: 'Bearer sk-many' }));
+  t.equal(failed.status.code, 14, 'UNAVAILABLE');
+  t.same(failed.status.metadata.get('x-ratelimit-remaining-requests'), ['99']);
 });
 
 t.test('an OpenAI-compatible upstream that sends no usage: the final message counts the prompt by its estimate, as quotas and tracking do', async (t) => {

@@ -162,8 +162,8 @@ t.test('a data-plane thread that dies is replaced; the other carries on', async 
   const running = await streamsOnBothThreads(tb, slow);
   let ended = 0;
   for (const r of running) void r.then(() => ended++);
-  const onSurvivor = (await tb.broker.planes!.stats())[1]!.inFlight;
   const endedBefore = ended;
+  const onSurvivor = (await tb.broker.planes!.stats())[1]!.inFlight;
   await tb.broker.planes!.fail(0);
   const results = await Promise.all(running);
   const done = results.filter((r) => r.status === 200 && r.text.includes('[DONE]'));

@@ -199,6 +199,8 @@ export class GrpcStreamSink implements ReplySink {
   private fallback: string | undefined;
   /** The key's quota after this call (x-ratelimit-*), sent in the trailers as HTTP sends them in headers. */
   private rateLimits: [string, string][] = [];
+  /** Headers the proxy adds to the reply, an error's included (x-ratelimit-* among them). */
+  extraHeaders: Record<string, string> | undefined;
   private abortCbs: ((reason?: BrokerError) => void)[] | undefined;
   private abortReason: BrokerError | undefined;
 
@@ -265,9 +267,11 @@ export class GrpcStreamSink implements ReplySink {
     this.ended = true;
     if (this.aborted) return;
     logCall(this.log, this.req, err, false, this.recorder);
-    // A quota's refusal carries the key's figures; a call refused before it started has no others.
+    // A call that took the key's quota and then failed has its figures in the proxy's headers; a
+    // refusal by the key's quota, before the proxy ran, carries them itself.
     const carried = err.details?.['replyHeaders'];
     if (typeof carried === 'object' && carried !== null) this.rateLimits = rateLimitsOf(carried as Record<string, string>);
+    else if (this.extraHeaders !== undefined) this.rateLimits = rateLimitsOf(this.extraHeaders);
     this.call.emit('error', grpcStatusOf(err, this.req.id, this.trailers()));
   }
 

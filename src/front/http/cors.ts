@@ -56,7 +56,7 @@ const EXPOSED = [
   'x-broker-cache',
   'x-broker-overhead-ms',
   'x-should-retry',
-  ...['requests', 'tokens'].flatMap((k) => [`x-ratelimit-limit-${k}`, `x-ratelimit-remaining-${k}`, `x-ratelimit-reset-${k}`]),
+  ...['requests', 'tokens'].flatMap((k) => [`x-ratelimit-limit-${k}`, `x-ratelimit-remaining-${k}`, `x-ratelimit-reset-${k}`, `anthropic-ratelimit-${k}-limit`, `anthropic-ratelimit-${k}-remaining`, `anthropic-ratelimit-${k}-reset`]),
   'inference-header-content-length',
 ].join(', ');
 
