@@ -278,7 +278,9 @@ t.test('admin API: filters, keyset pages, one request, usage; analyst or higher'
   t.equal(await metricValue(tb.url, 'llm_requests_total', { group: 'g', outcome: 'ok' }), 8, 'which the metrics agree with');
   t.match((await get('/api/tracking/requests/fell')).body.request, { model: 'down', served_group: 'g', deployment: 'd1' });
   t.equal((await get('/api/tracking/requests/lab-3')).body.request.served_group, null, 'no fallback: none');
+  t.equal(byModel.find((u: any) => u.group === 'nope').cost, 0, 'a bucket that used no tokens spent nothing: 0, not null');
   t.equal((await get('/api/tracking/usage?group_by=nothing')).status, 400);
+  t.equal((await get('/api/tracking/usage?group_by=constructor')).status, 400, "an Object.prototype name is no column either");
 
   // RBAC: readers (analyst, manager, admin) yes; client roles no.
   t.equal((await get('/api/tracking/usage', { authorization: `Bearer ${await token('agent')}` })).status, 403);
