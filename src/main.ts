@@ -31,6 +31,8 @@ const starting = new AbortController();
 // data-plane threads' uWS sockets down twice and aborted the process (exit 134).
 let closing = false;
 let exitCode = 0;
+/** A second signal came while starting: the close that follows the start ends what is open now. */
+let hurryWhenStarted = false;
 const closeOnce = (graceMs?: number): void => {
   if (closing) return;
   closing = true;
@@ -52,11 +54,14 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     if (stopRequestedAt !== undefined) {
       if (now - stopRequestedAt <= 1000) return;
       exitCode = 1;
-      if (broker === undefined) process.exit(1);
-      broker.hurry();
       // Whatever still holds the close: out, 15 s on (inference workers still loading their
       // models are let finish first: terminated mid-load, they abort the process).
       setTimeout(() => process.exit(1), 15_000).unref();
+      // Still starting: its data-plane threads may serve already, and exiting under their uWS
+      // sockets aborts the process (exit 134: seen when a loaded box took long to start). The
+      // close that follows the start is cut short instead.
+      if (broker === undefined) hurryWhenStarted = true;
+      else broker.hurry();
       return;
     }
     stopRequestedAt = now;
@@ -99,8 +104,10 @@ try {
   process.stderr.write(`edge-broker: cannot start: ${(err as Error).message}\n`);
   process.exit(1);
 }
-if (stopRequestedAt !== undefined) stop();
-else if (reloadWhenStarted) reload();
+if (stopRequestedAt !== undefined) {
+  stop();
+  if (hurryWhenStarted) broker.hurry();
+} else if (reloadWhenStarted) reload();
 // The serving model (A) that does not fit its manifest cannot answer anything: say why and stop,
 // rather than run a broker whose every inference fails. (B's problem is logged; A serves.)
 broker.waitReady().catch((err: unknown) => {
