@@ -191,6 +191,9 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         }
         group = fleet.groups.get(r.model);
         if (group === undefined) throw notServed(fleet, r.model, api);
+        // Under the group's own name, not the alias asked (`llama3:latest`): priced, budgeted and
+        // grouped as the group is (an alias's rows had no price, so budgets never saw them).
+        if (req.facts !== undefined) req.facts.model = group.name;
         try {
           const a = admission.admit(r, group);
           admitted = a instanceof Promise ? await a : a;

@@ -60,7 +60,9 @@ export class BudgetGate {
     const resetAt = new Date(end).toISOString();
     throw new BrokerError('budget_exceeded', `API key ${keyId} spent ${round(spent)} ${this.currency()} of its ${budget.limit} ${this.currency()} ${budget.period === 'day' ? 'daily' : 'monthly'} budget; it resets at ${resetAt}`, {
       retryAfter: Math.max(1, Math.ceil((end - now) / 1000)),
-      details: { reset_at: resetAt },
+      // Hours or days off: the OpenAI and Anthropic SDKs would sleep that long in a retry
+      // (x-should-retry: false stops them); the client reads Retry-After and decides.
+      details: { reset_at: resetAt, retryable: false },
     });
   }
 }

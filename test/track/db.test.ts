@@ -174,6 +174,7 @@ t.test('a budget per API key is enforced at admission, with its reset time', asy
   t.match(refused?.body.error.message, tomorrow, 'the message says when it resets (next UTC midnight)');
   const retry = Number(refused?.headers.get('retry-after'));
   t.ok(retry > 0 && retry <= 86_400, 'Retry-After until the reset');
+  t.equal(refused?.headers.get('x-should-retry'), 'false', 'and the SDKs are told not to sleep until then in a retry');
   t.ok(statuses.filter((s) => s === 200).length >= 3, 'at least the budget was served first');
   t.ok((await metricValue(tb.url, 'budget_spend_ratio', { key: keyId(KEY) })) >= 1, 'budget_spend_ratio of the key');
   t.equal(await metricValue(tb.url, 'budget_spend_ratio', { key: keyId(OTHER) }), 0, 'a budgeted key with no spend');

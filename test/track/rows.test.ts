@@ -90,6 +90,8 @@ for (const threads of ['0', '2']) {
     t.equal(missing.status, 404);
     const bad = await postJson(`${tb.url}/v1/chat/completions`, { model: 'g', messages: 'not a list' }, { 'x-request-id': id('bad') });
     t.equal(bad.status, 400);
+    // Ollama's own alias for the group (what its clients send by default): priced as the group.
+    t.equal((await postJson(`${tb.url}/api/chat`, { model: 'llama:latest', stream: false, messages: [{ role: 'user', content: 'hi' }] }, { 'x-request-id': id('alias') })).status, 200);
     // Ollama's "load the model" (an embed without input), answered without an upstream call.
     t.equal((await postJson(`${tb.url}/api/embed`, { model: 'llama' }, { 'x-request-id': id('load') })).status, 200);
 
@@ -141,7 +143,7 @@ for (const threads of ['0', '2']) {
     await tb.close();
     const rows = await rowsOf(db);
     const byId = new Map(rows.map((r) => [r.broker_request_id, r]));
-    t.equal(rows.length, 15, 'one row per request, every one flushed at shutdown');
+    t.equal(rows.length, 16, 'one row per request, every one flushed at shutdown');
     t.match(byId.get(id('oip-unknown')), { api: 'oip.infer', status: 404, model: 'no-such-model' });
 
     for (const s of seen) {
@@ -170,6 +172,9 @@ for (const threads of ['0', '2']) {
     t.equal(gen2.semantic_label, 'ollama:completion', 'a keyless request has its API as label');
     t.match(byId.get(id('missing')), { outcome: 'model_not_found', status: 404, error_code: 'model_not_found', model: 'nope', prompt_tokens: null, cost: null });
     t.match(byId.get(id('bad')), { outcome: 'invalid_request', status: 400, error_code: 'invalid_request' });
+    const alias = byId.get(id('alias'))!;
+    t.equal(alias.model, 'llama', 'an alias is recorded under its group');
+    t.equal(alias.cost, (alias.prompt_tokens * 10 + alias.completion_tokens * 30) / 1e6, "and priced as the group: no spend outside the budgets");
     t.match(byId.get(id('load')), { api: 'ollama.embed', outcome: 'ok', status: 200, model: 'llama', deployment: null }, 'a load answered here names its group');
     const infer = byId.get(id('infer\\x'));
     t.ok(infer, 'the backslash survived COPY');
