@@ -50,6 +50,11 @@ export function resolveTier(cfg: QosConfig, input: QosInput): QosResolution {
     tier = cfg.tiers.get(input.keyTier)!;
     source = 'api_key';
     reason = `the API key is assigned tier ${tier.name}`;
+  } else if (input.keyTier !== undefined) {
+    // A key's tier a config change removed (a runtime key keeps its name): its limits are gone
+    // with it, and the default tier may allow what the key's never did. Closed, not opened.
+    const fallback = cfg.tiers.get(cfg.defaultTier)!;
+    return { ok: false, tier: fallback, source: 'api_key', reason: `the API key's tier ${input.keyTier} is not configured (removed from the QoS tiers?): its requests are refused until the tier is back or the key is given another` };
   } else {
     tier = cfg.tiers.get(cfg.defaultTier)!;
     source = 'default';

@@ -38,10 +38,11 @@ t.test("the key's tier, else the default; the header may only lower it", async (
   t.equal(r.reason, 'default tier standard');
 });
 
-t.test('unknown tiers count for nothing', async (t) => {
+t.test("an unknown header tier counts for nothing; a key's tier that is gone refuses (its default may allow what the key's never did)", async (t) => {
   let r = resolveTier(cfg, { keyTier: 'platinum', headerTier: 'gold' });
-  t.equal(r.tier.name, 'standard', 'an unknown key tier means the default, which the header cannot raise');
-  t.equal(r.source, 'default');
+  t.equal(r.ok, false, "a key whose tier a config change removed is refused, not let through on the default's terms");
+  t.match(r.reason, /tier platinum is not configured/);
+  t.equal(resolveTier(cfg, { keyTier: 'platinum', group: 'tiny' }).ok, false, 'whatever the group');
 
   r = resolveTier(cfg, { headerTier: 'platinum' });
   t.equal(r.ok, true);
