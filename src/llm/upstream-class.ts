@@ -36,6 +36,12 @@ const RATE = /rate[ _-]?limit|too many requests|quota/i;
 // llama.cpp's server words it so; read in a 4xx only: a runner's 500 may name its context size.
 const CONTEXT_4XX = /context[ _-]?size|available context|tokens \+ `?max_new_tokens`? must be <=/i;
 const BUSY = /overloaded|server busy|maximum pending requests|try again later|capacity/i;
+/**
+ * OpenAI's 404 for a model asked on the wrong endpoint ("This is not a chat model and thus not
+ * supported in the v1/chat/completions endpoint"): the request's fault, not the deployment's.
+ * Counted as a server error, three such calls opened the breaker for everyone's embeddings.
+ */
+const WRONG_ENDPOINT = /not a chat model|is a chat model and not supported|not supported in the v1\/[a-z/]+ endpoint/i;
 
 /** The upstream's error code and message, from any of the shapes above. */
 export function upstreamErrorFields(body: unknown): { message: string | null; code: string | null } {
@@ -66,6 +72,7 @@ export function classifyUpstreamError(_provider: Api, status: number, text: stri
   if ((status === 400 || status === 413 || status === 422) && CONTEXT_4XX.test(said)) return 'context_length';
   if (status === 429) return BUSY.test(said) && !RATE.test(said) ? 'overloaded' : 'rate_limited';
   if (status === 503 || status === 529) return 'overloaded';
+  if (status === 404 && WRONG_ENDPOINT.test(said)) return 'bad_request';
   // A redirect too: a deployment whose url answers 301/307 (a wrong base path, http in front of
   // https) is misconfigured, not the client; the next deployment may serve it.
   if (status >= 500 || status === 401 || status === 403 || status === 404 || status === 408 || (status >= 300 && status < 400)) return 'server_error';

@@ -38,6 +38,9 @@ t.test('upstream errors are classified per provider, from the bodies the real se
     }
   }
   t.equal(classifyUpstreamError('openai', 500, 'Internal Server Error'), 'server_error', 'a plain-text 500');
+  const wrongEndpoint = { error: { message: 'This is not a chat model and thus not supported in the v1/chat/completions endpoint. Did you mean to use v1/completions?', type: 'invalid_request_error', param: 'model', code: null } };
+  t.equal(classifyUpstreamError('openai', 404, JSON.stringify(wrongEndpoint)), 'bad_request', "a model asked on the wrong endpoint: the request's fault, not the deployment's (no breaker)");
+  t.equal(classifyUpstreamError('openai', 404, JSON.stringify({ error: { message: 'The model `gpt-5x` does not exist or you do not have access to it.', type: 'invalid_request_error', code: 'model_not_found' } })), 'server_error', "a model the deployment names wrong: the deployment's");
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { message: 'x', code: 'context_length_exceeded' } })), 'context_length', 'OpenAI code alone');
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { message: "This model's maximum context length is 4096 tokens.", type: 'BadRequestError', code: 400 } })), 'context_length', 'vLLM 0.10+ nested shape');
   t.equal(classifyUpstreamError('openai', 400, JSON.stringify({ error: { code: 400, message: 'the request exceeds the available context size, try increasing it', type: 'exceed_context_size_error', n_prompt_tokens: 5000, n_ctx: 4096 } })), 'context_length', "llama.cpp server's");
