@@ -5,6 +5,7 @@
 // the inference pool, metrics aggregation. With FRONT_THREADS > 0, data-plane threads
 // (src/plane/worker.ts) serve HTTP on the port and forward to it what is not theirs;
 // with FRONT_THREADS=0 the main thread serves everything itself.
+import { unenforcedNotes } from './config/unenforced.ts';
 import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import type { Config } from './config/env.ts';
@@ -158,6 +159,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     compiled = f.compiled_chain;
   };
   checkChain(flags.flags);
+  if (fleetConfig !== undefined) for (const note of unenforcedNotes(fleetConfig, flags.flags, config.tracking !== undefined)) logger.warn(note);
   flags.onChange(checkChain);
   const capacity = new CapacityCounters();
   const quota = new QuotaLedger(Date.now);

@@ -95,6 +95,8 @@ function parseApiKeys(raw: RawBrokerConfig, qos: QosConfig, env: Env): Map<strin
     // The key itself comes from env (keyEnv) so that secrets stay out of the file; without keyEnv the name is the key.
     const key = k.keyEnv === undefined ? name : apiKeyOf(k.keyEnv, `${p}.keyEnv`, env)!;
     if (k.tier !== undefined && !qos.tiers.has(k.tier)) throw new BrokerConfigError(`${p}.tier`, `must be one of ${[...qos.tiers.keys()].join(', ')}`);
+    // Two entries with one key (two names, one keyEnv value): the later's limits held for both, unsaid.
+    if (keys.has(key)) throw new BrokerConfigError(k.keyEnv === undefined ? p : `${p}.keyEnv`, `holds the same API key (${keyId(key)}) as another entry of apiKeys: one entry per key`);
     keys.set(key, Object.freeze({ tier: k.tier, priority: k.priority, label: k.label, rpm: k.rpm, tpm: k.tpm, budget: k.budget === undefined ? undefined : Object.freeze({ ...k.budget }) }));
   }
   return keys;

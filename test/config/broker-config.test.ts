@@ -155,6 +155,18 @@ t.test('an API key written in the file is never in an error about its entry: nam
   }
   // A key from keyEnv has a name that is no secret: that name is kept.
   t.throws(() => parseBrokerConfig({ ...groups, apiKeys: { 'team-a': { keyEnv: 'TEAM_A', tier: 'gold' } } }, 'test', { TEAM_A: 'sk-x' }), /apiKeys\.team-a\.tier/);
+  // Two names for one key: the later's limits held for both, silently.
+  const twice = (() => {
+    try {
+      parseBrokerConfig({ ...groups, apiKeys: { 'team-a': { keyEnv: 'TEAM_A', rpm: 100 }, 'team-b': { keyEnv: 'TEAM_B', rpm: 1 } } }, 'test', { TEAM_A: 'sk-same', TEAM_B: 'sk-same' });
+    } catch (err) {
+      return err as { path?: string; message: string };
+    }
+    return undefined;
+  })();
+  t.equal(twice?.path, 'apiKeys.team-b.keyEnv', 'the second entry with the same key is refused');
+  t.match(twice?.message, new RegExp(`same API key \\(${keyId('sk-same')}\\)`));
+  t.notMatch(twice?.message, /sk-same/, 'named by its id');
 });
 
 t.test('a fleet file that does not parse: what and where, never its lines (they hold keys and URLs with passwords)', async (t) => {
