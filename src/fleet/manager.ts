@@ -993,12 +993,18 @@ export class FleetManager {
     const deployments = this.deps.governance.scheduler.all().filter((d) => current.has(d.config.id));
     const routable = deployments.filter((d) => ((this.words.get(d.slot) ?? 0) & BLOCKED) === 0).length;
     const serves = deployments.length > 0 ? routable > 0 : available > 0;
+    // A group none of whose deployments can route: its clients get 503 while the fleet as a whole looks healthy.
+    const canRoute = new Set(deployments.filter((d) => ((this.words.get(d.slot) ?? 0) & BLOCKED) === 0).map((d) => d.group));
+    // Once each: the map holds a group under its aliases too (`llama3:latest`).
+    const groups = [...new Set(this.config.modelGroups.values())].filter((g) => g.deployments.length > 0);
+    const unserved = groups.filter((g) => !canRoute.has(g.name)).map((g) => g.name);
     return {
       status: servers.length === 0 && deployments.length === 0 ? 'healthy' : serves ? 'healthy' : 'unhealthy',
       uptime: Math.round((this.now() - this.startedAt) / 1000),
       version: process.env.npm_package_version ?? '0.1.0',
       servers: { healthy, available, total: servers.length },
       deployments: { routable, total: deployments.length },
+      groups: { serving: groups.length - unserved.length, total: groups.length, unserved },
       queue: { size: queue.size, maxSize: this.config.scheduler.maxQueue, paused: this.paused },
     };
   }

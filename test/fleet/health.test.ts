@@ -97,12 +97,14 @@ t.test('orchestrator health is unhealthy when drains and bans leave nothing to s
   const blocked = await get(tb, '/api/orchestrator/health');
   t.equal(blocked.status, 'unhealthy', 'and the health says so');
   t.same(blocked.deployments, { routable: 0, total: 2 });
+  t.same(blocked.groups, { serving: 0, total: 1, unserved: ['g'] }, 'the group that serves nothing is named');
   t.equal(blocked.servers.available, 0);
   t.equal(blocked.servers.total, 2);
   t.equal((await send(tb, 'DELETE', '/api/orchestrator/bans/server/b')).status, 200);
   const lifted = await get(tb, '/api/orchestrator/health');
   t.equal(lifted.status, 'healthy');
   t.same(lifted.deployments, { routable: 1, total: 2 });
+  t.same(lifted.groups, { serving: 1, total: 1, unserved: [] });
   t.equal((await chat(tb, 'g')).status, 200);
 });
 
