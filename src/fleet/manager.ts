@@ -849,8 +849,11 @@ export class FleetManager {
     this.version++;
     this.deps.governance.adopt(next);
     this.syncServers();
-    this.applyRoutes();
+    // The threads get the new fleet before the route changes that wake their waiters: woken
+    // first, a request queued for a deployment the change replaced found only that one, draining,
+    // and failed 503 while its replacement stood idle.
     this.deps.onConfig(next);
+    this.applyRoutes();
     if (next.fleet.healthCheck.intervalMs !== intervalBefore && this.healthTimer !== undefined) {
       clearTimeout(this.healthTimer);
       this.scheduleChecks();
