@@ -73,7 +73,9 @@ t.test('capacity gating: limit 2, six concurrent streams, the rest queue, counte
 });
 
 t.test('capacity gating without queueing: the extra streams get 429 capacity_exhausted', async (t) => {
-  const slow = await mock(t, { tokens: 10, tps: 40 });
+  // Streams of 4 s: on a loaded box the six requests may arrive over a second or more, and a
+  // stream that ended meanwhile gave its slot to one of them (three 200s).
+  const slow = await mock(t, { tokens: 160, tps: 40 });
   const tb = await broker(t, { scheduler: { queueWhenFull: false }, modelGroups: { g: { deployments: [{ id: 'cap-2', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
   const results = await Promise.all(Array.from({ length: 6 }, () => chat(tb, 'g', { stream: true })));
   const statuses = results.map((r) => r.status).sort();
