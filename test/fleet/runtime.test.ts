@@ -1,6 +1,6 @@
 // Fleet management end to end, runtime changes: servers added and removed, warm-first,
 // and the queue pause.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { metricValue, type TestBroker } from '../helpers/broker.ts';
 import { startMock } from '../helpers/fleet.ts';
 import { FAST_CHECKS, broker as fleetBroker, chat, get, send, server, until, used } from './helpers.ts';
@@ -157,7 +157,8 @@ t.test('a request that finds the paused queue full is told the queue is paused, 
   t.equal((await waiting).status, 200);
 });
 
-t.test('requests queued before a config change route over the group as changed: a deployment added serves them at once', async (t) => {
+/** A group of one deployment held by a 10 s stream, two requests queued behind it, and a fast mock to add. */
+async function twoQueuedBehindOne(t: Test) {
   const busy = await startMock(t, { tokens: 400, tps: 40 }); // 10 s streams: the test ends them
   const spare = await startMock(t, { tokens: 3 });
   const tb = await broker({ modelGroups: { coder: { deployments: [{ id: 'one', provider: 'openai', url: busy.url, model: 'm', concurrencyLimit: 1 }] } } }, { FRONT_THREADS: '2' });
@@ -167,29 +168,28 @@ t.test('requests queued before a config change route over the group as changed: 
   const queued = [chat(tb, 'coder'), chat(tb, 'coder')];
   await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === 2, 'two queued');
   const cfg = await get(tb, '/api/orchestrator/config');
+  const end = async (): Promise<void> => {
+    ctl.abort();
+    await first;
+  };
+  return { busy, spare, tb, queued, cfg, end };
+}
+
+t.test('requests queued before a config change route over the group as changed: a deployment added serves them at once', async (t) => {
+  const { busy, spare, tb, queued, cfg, end } = await twoQueuedBehindOne(t);
   cfg.modelGroups.coder.deployments.push({ id: 'two', provider: 'openai', url: spare.url, model: 'm', concurrencyLimit: 1 });
   t.equal((await send(tb, 'POST', '/api/orchestrator/config', cfg)).status, 200);
   const served = await Promise.all(queued);
   t.same(served.map((r) => [r.status, r.deployment]), [[200, 'two'], [200, 'two']], 'the queued requests went to the deployment added, one after the other');
   t.equal(busy.stats.open, 1, 'while the first stream still held one');
-  ctl.abort();
-  await first;
+  await end();
 });
 
 t.test('requests queued before a config change route over the group as changed: a deployment replaced does not strand them', async (t) => {
-  const busy = await startMock(t, { tokens: 400, tps: 40 });
-  const spare = await startMock(t, { tokens: 3 });
-  const tb = await broker({ modelGroups: { coder: { deployments: [{ id: 'one', provider: 'openai', url: busy.url, model: 'm', concurrencyLimit: 1 }] } } }, { FRONT_THREADS: '2' });
-  const ctl = new AbortController();
-  const first = chat(tb, 'coder', { stream: true, signal: ctl.signal }).catch(() => undefined);
-  await until(async () => busy.stats.open === 1, 'the first stream runs');
-  const queued = [chat(tb, 'coder'), chat(tb, 'coder')];
-  await until(async () => (await get(tb, '/api/industrial/capacity')).queue.size === 2, 'two queued');
-  const cfg = await get(tb, '/api/orchestrator/config');
+  const { spare, tb, queued, cfg, end } = await twoQueuedBehindOne(t);
   cfg.modelGroups.coder.deployments = [{ id: 'three', provider: 'openai', url: spare.url, model: 'm', concurrencyLimit: 2 }];
   t.equal((await send(tb, 'POST', '/api/orchestrator/config', cfg)).status, 200);
   const served = await Promise.all(queued);
   t.same(served.map((r) => [r.status, r.deployment]), [[200, 'three'], [200, 'three']], 'served by the deployment that replaced the one they waited for', { texts: served.map((r) => r.text) });
-  ctl.abort();
-  await first;
+  await end();
 });
