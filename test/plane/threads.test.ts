@@ -68,7 +68,9 @@ async function streamsOnBothThreads(tb: TestBroker, upstream: MockUpstream): Pro
 }
 
 t.test('capacity limits hold across threads: limit 2, every extra stream refused, the upstream never sees 3', async (t) => {
-  const slow = await mock(t, { tokens: 12, tps: 40 });
+  // Streams of 2 s: a round's ten requests arrive while its first two are held (with 0.3 s, a
+  // loaded box spread them over more than a stream: a third was admitted after one ended).
+  const slow = await mock(t, { tokens: 80, tps: 40 });
   const tb = await broker(t, { scheduler: { queueWhenFull: false }, modelGroups: { g: { deployments: [{ id: 'cap', provider: 'openai', url: slow.url, model: 'm', concurrencyLimit: 2 }] } } });
   let maxOpen = 0;
   const sample = setInterval(() => (maxOpen = Math.max(maxOpen, slow.stats.open)), 1);

@@ -324,6 +324,8 @@ t.test('quotas: RPM per deployment and TPM per API key give 429 with Retry-After
   t.match(r1.headers['x-ratelimit-reset-tokens'], /^\d+(\.\d+)?s$/, 'reset as OpenAI writes it');
   t.equal(r1.headers['x-ratelimit-limit-requests'], undefined, 'no rpm on the key: nothing said about requests');
   t.equal(r1.headers['anthropic-ratelimit-tokens-limit'], undefined, "Anthropic's names only on the Messages API");
+  // The reconcile follows the reply's last byte (on a busy box, after the client read it): wait for it.
+  await until(async () => Object.values((await get(tb, '/api/industrial/quota')).subjects as Record<string, { reservedTokens: number }>).every((u) => u.reservedTokens === 0), 'the first request reconciled');
   const r2 = await big();
   t.equal(r2.statusCode, 200, 'reconciled down to real usage, so a second fits');
   await r2.body.text();
