@@ -509,7 +509,8 @@ function checkImages(v: unknown, field: string): void {
   if (v === undefined || v === null) return;
   if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw invalidField(field, 'must be an array of base64-encoded images');
   v.forEach((x: string, i) => {
-    if (x === '' || !BASE64.test(x)) throw invalidField(`${field}[${i}]`, 'is not base64 (an encoded image, or a data: URL of one)');
+    // Unpadded is taken (padded on the way to Ollama); one character past a multiple of 4 is no base64 at all.
+    if (x === '' || !BASE64.test(x) || x.slice(x.indexOf(',') + 1).replace(/=+$/, '').length % 4 === 1) throw invalidField(`${field}[${i}]`, 'is not base64 (an encoded image, or a data: URL of one)');
   });
 }
 
@@ -603,15 +604,32 @@ function charsOf(v: unknown): number {
 /**
  * What an image counts, in characters of prompt: 1,024 tokens whatever its bytes. Vision
  * models take 256 (Gemma 3) to about 1,600 (Anthropic's largest) tokens an image; counted as
- * its base64, a 200 KB screenshot was 66,000 tokens, refused by any window and quota.
+ * its base64, a 200 KB screenshot was 66,000 tokens, refused by any window and quota. Audio
+ * and files (a PDF) count the same: their tokens depend on their length and pages, which
+ * their base64 does not tell (150 KB of PDF read as 50,000 tokens, refused by a 32k window);
+ * the upstream's usage corrects the quota after the reply.
  */
 const IMAGE_CHARS = 1024 * 4;
 
-/** An image part or block: OpenAI chat's image_url, Responses' input_image, Anthropic's image. */
-function isImagePart(x: unknown): boolean {
+/**
+ * An image, audio or file part or block: OpenAI chat's image_url, input_audio and file,
+ * Responses' input_image and input_file, Anthropic's image.
+ */
+function isMediaPart(x: unknown): boolean {
   if (x === null || typeof x !== 'object') return false;
   const type = (x as { type?: unknown }).type;
-  return type === 'image_url' || type === 'input_image' || type === 'image';
+  return type === 'image_url' || type === 'input_image' || type === 'image' || type === 'input_audio' || type === 'file' || type === 'input_file';
+}
+
+/**
+ * Blocks never sent upstream: an earlier turn's Anthropic thinking (text and signature, or
+ * redacted data), which Anthropic leaves out of the context too. Counted, Claude Code's long
+ * sessions with extended thinking reached the window long before their real size.
+ */
+function isDroppedBlock(x: unknown): boolean {
+  if (x === null || typeof x !== 'object') return false;
+  const type = (x as { type?: unknown }).type;
+  return type === 'thinking' || type === 'redacted_thinking';
 }
 
 /** A prompt's size: characters of text (JSON for parts, blocks and tool calls) and images apart. */
@@ -620,15 +638,21 @@ interface PromptSize {
   images: number;
 }
 
-/** A message's content (or a tool's output): its JSON's characters, image parts apart, wherever they are nested (a tool_result's screenshot). */
+/**
+ * A message's content (or a tool's output): its JSON's characters, media parts apart, wherever
+ * they are nested (a tool_result's screenshot), and thinking blocks left out.
+ */
 function addContent(size: PromptSize, v: unknown): void {
   if (typeof v === 'string') size.chars += v.length;
   else if (v !== undefined && v !== null) {
-    size.chars += JSON.stringify(v, (_k, x: unknown) => {
-      if (!isImagePart(x)) return x;
-      size.images++;
-      return 0;
-    }).length;
+    size.chars += (
+      JSON.stringify(v, (_k, x: unknown) => {
+        if (isDroppedBlock(x)) return undefined;
+        if (!isMediaPart(x)) return x;
+        size.images++;
+        return 0;
+      }) ?? ''
+    ).length;
   }
 }
 

@@ -249,3 +249,39 @@ t.test('an image counts 1,024 tokens whatever its size, in every client API (not
   const two = readLlmRequest(req(), 'ollama', 'chat', { model: 'g', messages: [{ role: 'user', content: 'what', images: [b64(8), b64(8)] }] });
   t.equal(promptTokensOf(two), 2048 + 1, 'two images, two counts');
 });
+
+t.test('audio and files count as an image does, and their base64 is not prompt text (a 150 KB PDF was 50,000 tokens; 3 MB was over LLM_MAX_PROMPT_CHARS)', async (t) => {
+  const data = 'A'.repeat(4_400_000); // 3.3 MB of bytes: past the 4,000,000 characters of prompt text
+  const limits = { maxMessages: 4096, maxPromptChars: 4_000_000 };
+  const reqs = [
+    readLlmRequest(req(), 'openai', 'chat', { model: 'g', messages: [{ role: 'user', content: [{ type: 'text', text: 'what' }, { type: 'input_audio', input_audio: { data, format: 'wav' } }] }] }, limits),
+    readLlmRequest(req(), 'openai', 'chat', { model: 'g', messages: [{ role: 'user', content: [{ type: 'text', text: 'what' }, { type: 'file', file: { file_data: `data:application/pdf;base64,${data}`, filename: 'a.pdf' } }] }] }, limits),
+    readLlmRequest(req(), 'responses', 'chat', { model: 'g', input: [{ role: 'user', content: [{ type: 'input_text', text: 'what' }, { type: 'input_file', file_data: `data:application/pdf;base64,${data}`, filename: 'a.pdf' }] }] }, limits),
+  ];
+  for (const r of reqs) t.ok(promptTokensOf(r) >= 1024 && promptTokensOf(r) < 1100, `about 1,024 tokens (${promptTokensOf(r)})`);
+});
+
+t.test("an earlier turn's thinking blocks are not counted: they are never sent upstream (Claude Code's long sessions reached the window early)", async (t) => {
+  const turn = (blocks: unknown[]) =>
+    readLlmRequest(req(), 'anthropic', 'chat', {
+      model: 'g',
+      max_tokens: 8,
+      messages: [
+        { role: 'user', content: 'hi' },
+        { role: 'assistant', content: [...blocks, { type: 'text', text: 'Hello' }] },
+        { role: 'user', content: 'again' },
+      ],
+    });
+  const bare = promptTokensOf(turn([]));
+  // Left out of the JSON counted, a block leaves its place (`null,`): a token at most.
+  t.ok(promptTokensOf(turn([{ type: 'thinking', thinking: 'x'.repeat(7_400), signature: 's'.repeat(400) }])) <= bare + 1, 'thinking');
+  t.ok(promptTokensOf(turn([{ type: 'redacted_thinking', data: 'd'.repeat(7_400) }])) <= bare + 1, 'redacted thinking');
+  t.ok(promptTokensOf(turn([{ type: 'text', text: 'x'.repeat(7_400) }])) > bare + 1_800, 'text of the same length counts');
+});
+
+t.test("an Ollama client's images: unpadded base64 taken, one character past a multiple of four refused", async (t) => {
+  const images = (img: string) => () => readLlmRequest(req(), 'ollama', 'chat', { model: 'g', messages: [{ role: 'user', content: 'hi', images: [img] }] });
+  t.doesNotThrow(images('iVBORw0KGgo'), 'unpadded');
+  t.doesNotThrow(images('data:image/png;base64,iVBORw0KGgo'), 'unpadded, in a data: URL');
+  t.throws(images('iVBORw0KG'), { code: 'invalid_request', details: { field: 'messages[0].images[0]' } });
+});

@@ -19,7 +19,7 @@
 
 import { createHash } from 'node:crypto';
 import { BrokerError } from '../../errors.ts';
-import { appendToolName, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
+import { appendToolName, isBase64DataUrl, isWholeJsonObject, requireObject } from './common.ts';
 import { QUIET_EVENTS, keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
 import type { Api, OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
@@ -53,7 +53,7 @@ function imagePart(b: Record<string, unknown>, field: string, ollama: boolean): 
   const src = b['source'] as Record<string, unknown> | undefined;
   if (src?.['type'] === 'base64' && typeof src['data'] === 'string') return { type: 'image_url', image_url: { url: `data:${String(src['media_type'] ?? 'image/png')};base64,${src['data']}` } };
   if (src?.['type'] === 'url' && typeof src['url'] === 'string') {
-    if (ollama && !isDataUrl(src['url'])) throw invalid(`${field}.source.url`, 'cannot be sent to this model, which Ollama serves: it takes images as base64 only (a base64 source)');
+    if (ollama && !isBase64DataUrl(src['url'])) throw invalid(`${field}.source.url`, 'cannot be sent to this model, which Ollama serves: it takes images as base64 only (a base64 source)');
     return { type: 'image_url', image_url: { url: src['url'] } };
   }
   throw invalid(`${field}.source`, 'must be a base64 or url image source');
@@ -76,7 +76,11 @@ function toolResultOf(c: unknown, field: string, ollama: boolean): { text: strin
     // What a client-run tool search found (Claude Code's ToolSearch): the tools are offered from now on (toolsOf).
     else if (o?.['type'] === 'tool_reference' && typeof o['tool_name'] === 'string') loaded.push(o['tool_name']);
     else if (o?.['type'] === 'image') images.push(imagePart(o, `${field}[${i}]`, ollama));
-    else if (o?.['type'] === 'document') texts.push(documentText(o, `${field}[${i}]`));
+    else if (o?.['type'] === 'document') {
+      const d = documentOf(o, `${field}[${i}]`, ollama);
+      if (d.text !== '') texts.push(d.text);
+      images.push(...d.images);
+    }
     else if (o?.['type'] === 'search_result') texts.push(searchResultText(o, `${field}[${i}]`));
     else throw invalid(`${field}[${i}]`, 'must be a text, image, document, search_result or tool_reference block');
   });
@@ -149,9 +153,15 @@ function chatMessages(m: unknown, i: number, last: boolean, ollama: boolean): Op
         }
         break;
       }
-      case 'document':
-        parts.push({ type: 'text', text: documentText(b, field) });
+      case 'document': {
+        const d = documentOf(b, field, ollama);
+        if (d.text !== '') parts.push({ type: 'text', text: d.text });
+        if (d.images.length > 0) {
+          parts.push(...d.images);
+          image = true;
+        }
         break;
+      }
       case 'search_result':
         parts.push({ type: 'text', text: searchResultText(b, field) });
         break;
@@ -222,21 +232,33 @@ function toolsOf(tools: unknown, referenced: ReadonlySet<string>): unknown[] | u
 
 /**
  * A document block whose source is text (`{type: "text", data}`, or `content` blocks): its
- * text for a chat upstream, its title and context first. A PDF (base64 or URL) has no chat
- * form: refused, naming the block.
+ * text for a chat upstream, its title and context first, and the images among its content
+ * blocks (a content source takes text and image blocks), which go on as image parts. A PDF
+ * (base64 or URL) has no chat form: refused, naming the block.
  */
-function documentText(b: Record<string, unknown>, field: string): string {
+function documentOf(b: Record<string, unknown>, field: string, ollama: boolean): { text: string; images: Array<{ type: string; [k: string]: unknown }> } {
   const src = b['source'] as Record<string, unknown> | null | undefined;
   let text: string | undefined;
+  const images: Array<{ type: string; [k: string]: unknown }> = [];
   if (src?.['type'] === 'text' && typeof src['data'] === 'string') text = src['data'];
   else if (src?.['type'] === 'content') {
     const c = src['content'];
     if (typeof c === 'string') text = c;
-    else if (Array.isArray(c)) text = c.map((x) => (typeof (x as { text?: unknown })?.text === 'string' ? (x as { text: string }).text : '')).filter((x) => x !== '').join('\n');
+    else if (Array.isArray(c)) {
+      const texts: string[] = [];
+      c.forEach((x, k) => {
+        const o = x as Record<string, unknown> | null;
+        if (o?.['type'] === 'text' && typeof o['text'] === 'string') {
+          if (o['text'] !== '') texts.push(o['text']);
+        } else if (o?.['type'] === 'image') images.push(imagePart(o, `${field}.source.content[${k}]`, ollama));
+        else throw invalid(`${field}.source.content[${k}]`, 'must be a text or image block');
+      });
+      text = texts.join('\n');
+    }
   }
-  if (text === undefined) throw invalid(`${field}.source`, 'a document is taken with a text source only ({"type": "text", "data": ...} or text content blocks): a PDF, a URL or a file has no form a chat upstream reads');
+  if (text === undefined) throw invalid(`${field}.source`, 'a document is taken with a text source only ({"type": "text", "data": ...} or text and image content blocks): a PDF, a URL or a file has no form a chat upstream reads');
   const head = [b['title'], b['context']].filter((x): x is string => typeof x === 'string' && x !== '');
-  return [...head, text].join('\n');
+  return { text: [...head, text].filter((x) => x !== '').join('\n'), images };
 }
 
 /**
@@ -294,7 +316,15 @@ function thinkingOf(b: Record<string, unknown>): boolean | undefined {
   const t = b['thinking'];
   if (t === undefined || t === null) return undefined;
   const type = typeof t === 'object' ? (t as Record<string, unknown>)['type'] : undefined;
-  if (type === 'enabled' || type === 'adaptive') return true;
+  if (type === 'enabled') {
+    // Anthropic's 400s: the budget is required, at least 1,024 and below max_tokens.
+    const budget = (t as Record<string, unknown>)['budget_tokens'];
+    if (typeof budget !== 'number' || !Number.isInteger(budget) || budget < 1024) throw invalid('thinking.budget_tokens', 'is required with type "enabled": an integer of at least 1024');
+    const max = b['max_tokens'];
+    if (typeof max === 'number' && budget >= max) throw invalid('thinking.budget_tokens', `must be less than max_tokens (${max})`);
+    return true;
+  }
+  if (type === 'adaptive') return true;
   // between_tools (SDK 0.129): thinking off, the model's short notes between tool calls coming
   // back as thinking blocks; the SDK itself degrades it to disabled on fallback hops.
   if (type === 'disabled' || type === 'between_tools') return false;

@@ -39,9 +39,10 @@ export function isoFromUnix(seconds: unknown): string {
 
 const DATA_URL = /^data:([^;,]*)(?:;[^,]*)?,/;
 
-/** Whether an image URL is a data: URL, the only kind an Ollama upstream can take (as base64). */
-export function isDataUrl(url: string): boolean {
-  return DATA_URL.test(url);
+/** Whether an image URL is a base64 data: URL, the only kind an Ollama upstream can take (as its base64). */
+export function isBase64DataUrl(url: string): boolean {
+  const m = DATA_URL.exec(url);
+  return m !== null && /;base64,$/i.test(m[0]);
 }
 
 /** An OpenAI image_url (at `field` of the request) → the bare base64 Ollama wants. Only data: URLs can be inlined. */
@@ -52,17 +53,42 @@ export function base64FromImageUrl(url: string, field: string): string {
 }
 
 /**
+ * An Ollama client's image as an Ollama upstream decodes it (Go's padded standard base64): a
+ * data: URL's prefix taken off, the padding put back. The broker takes both (request.ts), and
+ * Ollama answered them 400 "illegal base64 data".
+ */
+export function ollamaImage(img: string): string {
+  const m = DATA_URL.exec(img);
+  const b64 = m === null ? img : img.slice(m[0].length);
+  const rest = b64.length % 4;
+  return rest === 0 || b64.endsWith('=') ? b64 : b64 + '='.repeat(4 - rest);
+}
+
+/** An image's MIME type from its first bytes (magic numbers); PNG when none is known. */
+function sniffImage(b64: string): string {
+  const b = Buffer.from(b64.slice(0, 16), 'base64');
+  const ascii = (from: number, to: number): string => b.toString('latin1', from, to);
+  if (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'image/jpeg';
+  if (ascii(0, 4) === 'GIF8') return 'image/gif';
+  if (ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return 'image/webp';
+  if (ascii(0, 2) === 'BM') return 'image/bmp';
+  if (ascii(0, 4) === 'II*\0' || ascii(0, 4) === 'MM\0*') return 'image/tiff';
+  if (ascii(4, 8) === 'ftyp') {
+    const brand = ascii(8, 12);
+    if (brand === 'avif' || brand === 'avis') return 'image/avif';
+    if (brand === 'heic' || brand === 'heix' || brand === 'mif1') return 'image/heic';
+  }
+  return 'image/png';
+}
+
+/**
  * Ollama's bare base64 image → a data: URL, the MIME type sniffed from the first bytes. One
  * that is a data: URL already is taken as it is; a web URL is refused (Ollama takes base64 only).
  */
 export function imageUrlFromBase64(b64: string): string {
   if (DATA_URL.test(b64)) return b64;
   if (/^https?:\/\//i.test(b64)) throw new BrokerError('invalid_request', 'images must be base64-encoded image bytes, not URLs', { details: { field: 'images' } });
-  let mime = 'image/png';
-  if (b64.startsWith('/9j/')) mime = 'image/jpeg';
-  else if (b64.startsWith('UklGR')) mime = 'image/webp';
-  else if (b64.startsWith('R0lGOD')) mime = 'image/gif';
-  return `data:${mime};base64,${b64}`;
+  return `data:${sniffImage(b64)};base64,${b64}`;
 }
 
 // ---- sampling options ----

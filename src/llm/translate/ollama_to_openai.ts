@@ -113,6 +113,7 @@ function withToolImages(messages: unknown[], one: (m: unknown, i: number) => Ope
 export function chatRequest(body: unknown, upstreamModel: string): OpenAIChatRequest {
   const b = requireObject(body);
   const messages = requireArray(b, 'messages');
+  rejectLogprobs(b);
   const stream = b['stream'] !== false;
   const pending: PendingCall[] = [];
   const out: OpenAIChatRequest = {
@@ -144,11 +145,22 @@ export function generateWantsCompletions(body: unknown): boolean {
 }
 
 /**
+ * Log probabilities (Ollama 0.12.11 and later): the broker does not carry an OpenAI-compatible
+ * server's into Ollama's reply, which came without them (200). Refused, so that a mixed group
+ * sends the request to an Ollama deployment, as an OpenAI client's goes the other way.
+ */
+function rejectLogprobs(b: Record<string, unknown>): void {
+  const asked = b['logprobs'] === true ? 'logprobs' : typeof b['top_logprobs'] === 'number' && b['top_logprobs'] > 0 ? 'top_logprobs' : undefined;
+  if (asked !== undefined) throw new BrokerError('invalid_request', `${asked} is not supported by this model (an OpenAI-compatible server: the broker does not translate its log probabilities into Ollama's)`, { details: { field: asked } });
+}
+
+/**
  * What an /api/generate body can ask of Ollama alone: its tokens of the conversation so far
  * (`context`), and its prompt template. A chat server has neither: the reply would come
  * without the conversation, or in another format.
  */
 function rejectOllamaOnly(b: Record<string, unknown>, template: boolean): void {
+  rejectLogprobs(b);
   if (Array.isArray(b['context']) && b['context'].length > 0) throw new BrokerError('invalid_request', 'context is not supported by this model (an OpenAI-compatible server: send the conversation to /api/chat as messages)', { details: { field: 'context' } });
   if (template && typeof b['template'] === 'string' && b['template'] !== '') throw new BrokerError('invalid_request', 'template is not supported by this model (an OpenAI-compatible server applies its own)', { details: { field: 'template' } });
 }

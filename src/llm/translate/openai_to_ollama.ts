@@ -46,7 +46,7 @@ function asks(v: unknown): boolean {
   return v !== undefined && v !== null && v !== false && v !== 0;
 }
 
-const NO_LOGPROBS = 'is not supported by this model (Ollama gives no log probabilities)';
+const NO_LOGPROBS = "is not supported by this model (Ollama's log probabilities are not translated into OpenAI's)";
 
 /**
  * What Ollama has no word for and its reply would silently lack: several choices, log
@@ -59,6 +59,8 @@ function rejectUncarried(b: Record<string, unknown>, kind: 'chat' | 'completion'
   const lp = b['logprobs'];
   if (kind === 'chat' ? asks(lp) : lp !== undefined && lp !== null && lp !== false) throw refuse('logprobs', NO_LOGPROBS);
   if (kind === 'chat' && asks(b['top_logprobs'])) throw refuse('top_logprobs', NO_LOGPROBS);
+  // best_of: the server samples that many and answers the best; Ollama would answer one sample.
+  if (kind === 'completion' && typeof b['best_of'] === 'number' && b['best_of'] > 1) throw refuse('best_of', '> 1 is not supported by this model');
   if (kind === 'completion' && asks(b['echo'])) throw refuse('echo', 'is not supported by this model (Ollama does not repeat the prompt in its reply)');
   // Audio output: Ollama answers text only.
   if (kind === 'chat' && Array.isArray(b['modalities']) && b['modalities'].includes('audio')) throw refuse('modalities', 'with "audio" is not supported by this model (Ollama answers text only)');
@@ -75,7 +77,9 @@ function formatFromResponseFormat(rf: unknown): OllamaFormat | undefined {
   if (r['type'] === 'json_object') return 'json';
   if (r['type'] === 'json_schema') {
     const js = r['json_schema'] as Record<string, unknown> | undefined;
-    const schema = js?.['schema'];
+    // OpenAI's 400 (missing parameter); taken as JSON mode, the schema the client meant was lost.
+    if (js === null || typeof js !== 'object' || Array.isArray(js)) throw refuse('response_format.json_schema', 'is required with type "json_schema": an object with a name and a schema');
+    const schema = js['schema'];
     if (schema === undefined || schema === null) return 'json';
     if (typeof schema !== 'object' || Array.isArray(schema)) throw refuse('response_format.json_schema.schema', 'must be an object (a JSON Schema)');
     return schema as Record<string, unknown>;

@@ -26,7 +26,7 @@
 
 import { createHash } from 'node:crypto';
 import { BrokerError } from '../../errors.ts';
-import { appendToolName, argumentsObject, customInput, customTool, isDataUrl, isWholeJsonObject, requireObject } from './common.ts';
+import { appendToolName, argumentsObject, customInput, customTool, isBase64DataUrl, isWholeJsonObject, requireObject } from './common.ts';
 import { keepAliveDue, type Delta, type WholeReply } from './deltas.ts';
 import type { Api, OpenAIChatRequest, OpenAIMessage, OpenAIToolCall, ReplyContext, Usage } from './types.ts';
 
@@ -49,8 +49,11 @@ function chatContent(content: unknown, field: string, ollama: boolean): OpenAIMe
     else if (t === 'input_image' && typeof p!['image_url'] === 'string') {
       parts.push(imagePart(p!, `${field}[${i}]`, ollama));
       image = true;
+    } else if (t === 'input_file') {
+      parts.push(filePart(p!, `${field}[${i}]`));
+      image = true;
     } else if (t === 'refusal' && typeof p!['refusal'] === 'string') parts.push({ type: 'text', text: p!['refusal'] });
-    else throw invalid(`${field}[${i}]`, 'must be an input_text, output_text or input_image (URL) part');
+    else throw invalid(`${field}[${i}]`, 'must be an input_text, output_text, input_image (URL) or input_file part');
   }
   // Separate parts stay separate for a chat upstream: one per line, as Messages' text blocks.
   return image ? parts : parts.map((p) => p['text'] as string).join('\n');
@@ -59,11 +62,25 @@ function chatContent(content: unknown, field: string, ollama: boolean): OpenAIMe
 /** An input_image part (its image_url a string) → chat's image_url part. */
 function imagePart(p: Record<string, unknown>, field: string, ollama: boolean): { type: string; [k: string]: unknown } {
   const url = p['image_url'] as string;
-  if (ollama && !isDataUrl(url)) throw invalid(`${field}.image_url`, 'must be a data: URL (base64) for this model, which Ollama serves: it takes no image URLs');
+  if (ollama && !isBase64DataUrl(url)) throw invalid(`${field}.image_url`, 'must be a base64 data: URL (data:<type>;base64,...) for this model, which Ollama serves: it takes no image URLs');
   // detail (low, high, auto) is chat's too: the image's token cost on OpenAI's models. Responses'
   // `original` (Codex's view_image for GPT-5.5 models) chat has not: its nearest, high.
   const detail = p['detail'] === 'original' ? 'high' : p['detail'];
   return { type: 'image_url', image_url: typeof detail === 'string' ? { url, detail } : { url } };
+}
+
+/**
+ * An input_file part → chat's file part (its base64 file_data or file_id, with the filename),
+ * which an OpenAI-compatible upstream reads and an Ollama one refuses (as a chat client's).
+ * A file_url has no chat form.
+ */
+function filePart(p: Record<string, unknown>, field: string): { type: string; [k: string]: unknown } {
+  const file: Record<string, unknown> = {};
+  if (typeof p['file_data'] === 'string') file['file_data'] = p['file_data'];
+  else if (typeof p['file_id'] === 'string') file['file_id'] = p['file_id'];
+  else throw invalid(field, 'an input_file is taken with its file_data (base64) or a file_id: a file_url has no form a chat upstream reads');
+  if (typeof p['filename'] === 'string') file['filename'] = p['filename'];
+  return { type: 'file', file };
 }
 
 function stringOf(v: unknown): string {
@@ -369,10 +386,30 @@ export function chatRequest(body: unknown, provider: Api = 'openai'): OpenAIChat
     throw invalid('tool_choice.name', `${forced} is not one of the tools in tools`);
   }
   if (choice !== undefined && out.tools !== undefined) out['tool_choice'] = choice;
-  const format = (b['text'] as Record<string, unknown> | undefined)?.['format'] as Record<string, unknown> | undefined;
+  const format = textFormatOf(b['text']);
   if (format?.['type'] === 'json_object') out.response_format = { type: 'json_object' };
-  else if (format?.['type'] === 'json_schema') out.response_format = { type: 'json_schema', json_schema: { name: String(format['name'] ?? 'response'), schema: format['schema'], strict: format['strict'] } };
+  else if (format?.['type'] === 'json_schema') {
+    const js: Record<string, unknown> = { name: String(format['name'] ?? 'response'), schema: format['schema'], strict: format['strict'] };
+    if (typeof format['description'] === 'string') js['description'] = format['description'];
+    out.response_format = { type: 'json_schema', json_schema: js };
+  }
   return out;
+}
+
+/**
+ * `text.format`: text, json_object or json_schema (with its schema), as OpenAI checks it; any
+ * other type was dropped, the reply free text where the client asked for a format.
+ */
+function textFormatOf(text: unknown): Record<string, unknown> | undefined {
+  if (text === undefined || text === null) return undefined;
+  if (typeof text !== 'object' || Array.isArray(text)) throw invalid('text', 'must be an object');
+  const f = (text as Record<string, unknown>)['format'];
+  if (f === undefined || f === null) return undefined;
+  if (typeof f !== 'object' || Array.isArray(f)) throw invalid('text.format', 'must be an object: {"type": "text" | "json_object" | "json_schema"}');
+  const o = f as Record<string, unknown>;
+  if (o['type'] !== 'text' && o['type'] !== 'json_object' && o['type'] !== 'json_schema') throw invalid('text.format.type', `${JSON.stringify(o['type'])} is not supported: "text", "json_object" or "json_schema"`);
+  if (o['type'] === 'json_schema' && (o['schema'] === null || typeof o['schema'] !== 'object' || Array.isArray(o['schema']))) throw invalid('text.format.schema', 'is required with type "json_schema": a JSON Schema object');
+  return o;
 }
 
 // ---- the Response object ----
