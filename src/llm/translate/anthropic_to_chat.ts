@@ -551,7 +551,11 @@ function closeBlock(w: AnthropicWriter): string {
 export function anthropicDelta(w: AnthropicWriter, d: Delta): string {
   if (w.done) return '';
   let out = start(w);
-  if (d.thinking !== '') out += think(w, d);
+  // Reasoning is output the upstream generated, shown or dropped: counted either way (Anthropic's output_tokens includes thinking).
+  if (d.thinking !== '') {
+    w.tokens++;
+    out += think(w, d);
+  }
   if (d.text !== '' && !movesOn(w)) {
     w.tokens++;
     w.lateText += d.text;
@@ -628,7 +632,6 @@ function think(w: AnthropicWriter, d: Delta): string {
     w.thinkingBlock = ++w.block;
     out += event('content_block_start', { index: w.block, content_block: thinkingBlock('') });
   }
-  w.tokens++;
   return out + event('content_block_delta', { index: w.block, delta: { type: 'thinking_delta', thinking: d.thinking } });
 }
 

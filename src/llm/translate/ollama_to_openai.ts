@@ -367,7 +367,11 @@ export function chatChunk(w: NdjsonWriter, chunk: OpenAIChunk): string {
   const content = (typeof d.content === 'string' ? d.content : '') + (typeof d.refusal === 'string' ? d.refusal : '');
   const r = d.reasoning_content ?? d.reasoning;
   const thinking = typeof r === 'string' && w.thinking ? r : '';
-  if (content === '' && thinking === '') return '';
+  // Reasoning dropped (think: false) was still generated: counted, as the broker charges it.
+  if (content === '' && thinking === '') {
+    if (typeof r === 'string' && r !== '') token(w);
+    return '';
+  }
   token(w);
   return (
     w.head +

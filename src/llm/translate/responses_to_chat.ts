@@ -658,7 +658,6 @@ function reason(w: ResponsesWriter, d: Delta): string {
     out += event(w, 'response.reasoning_summary_part.added', { ...summaryIds(w), part: summaryPart('') });
   }
   w.reasoning += d.thinking;
-  w.tokens++;
   return out + event(w, 'response.reasoning_summary_text.delta', { ...summaryIds(w), delta: d.thinking });
 }
 
@@ -689,7 +688,11 @@ function openMessage(w: ResponsesWriter): string {
 export function responsesDelta(w: ResponsesWriter, d: Delta): string {
   if (w.done) return '';
   let out = open(w);
-  if (d.thinking !== '') out += reason(w, d);
+  // Reasoning is output the upstream generated, shown or dropped (late): counted either way.
+  if (d.thinking !== '') {
+    w.tokens++;
+    out += reason(w, d);
+  }
   if (d.text !== '' && (w.messageDone || w.tools.length > 0)) {
     out += closeWhole(w);
     w.lateText += d.text;

@@ -198,3 +198,32 @@ t.test('a search_result block (in a turn or a tool_result) is its title, source 
   t.throws(() => chatRequest({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: [{ ...sr, content: 'x' }] }] }), { code: 'invalid_request', details: { field: 'messages[0].content[0].content' } });
   t.throws(() => chatRequest({ model: 'm', max_tokens: 5, thinking: { type: 'sometimes' }, messages: [{ role: 'user', content: 'x' }] }), { code: 'invalid_request', details: { field: 'thinking.type' } });
 });
+
+t.test('reasoning a client did not ask for (dropped) is still output the upstream generated: the usage without an upstream figure counts it, in every writer', async (t) => {
+  const { responsesWriter, responsesDelta, responsesDone } = await import('../../../src/llm/translate/responses_to_chat.ts');
+  const { ndjsonWriter, chatChunk, chatDone } = await import('../../../src/llm/translate/ollama_to_openai.ts');
+  const reasoning = { text: '', thinking: 'hmm ', tools: null, finish: null, usage: null };
+  const text = { ...reasoning, text: 'Hi', thinking: '' };
+  // Messages without `thinking`: four reasoning events, three text events, no usage from upstream.
+  const a = anthropicWriter({ model: 'm', id: 'r1', promptEstimate: 3 });
+  let out = '';
+  for (let i = 0; i < 4; i++) out += anthropicDelta(a, reasoning);
+  for (let i = 0; i < 3; i++) out += anthropicDelta(a, text);
+  out += anthropicDone(a);
+  t.notMatch(out, /hmm/, 'the reasoning is not shown');
+  const delta = out.split('\n').find((l) => l.includes('"message_delta"'))!;
+  t.equal(JSON.parse(delta.slice('data: '.length)).usage.output_tokens, 7, 'Messages: 4 + 3');
+  // Responses: reasoning after the text began is dropped, and counted.
+  const r = responsesWriter({ model: 'm', id: 'r2', promptEstimate: 3, request: { model: 'm', input: 'hi' } } as never);
+  let rout = responsesDelta(r, text) + responsesDelta(r, reasoning) + responsesDelta(r, reasoning);
+  rout += responsesDone(r);
+  const completed = rout.split('\n').find((l) => l.includes('"response.completed"'))!;
+  t.equal(JSON.parse(completed.slice('data: '.length)).response.usage.output_tokens, 3, 'Responses: 1 + 2 late');
+  // An Ollama client with think: false: reasoning_content dropped, counted.
+  const o = ndjsonWriter({ model: 'g', id: 'r3', request: { model: 'g', think: false, messages: [] } } as never);
+  const chunk = (delta: Record<string, unknown>) => ({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'up', choices: [{ index: 0, delta, finish_reason: null }] }) as never;
+  let lines = chatChunk(o, chunk({ reasoning_content: 'hmm' })) + chatChunk(o, chunk({ reasoning_content: 'hmm' })) + chatChunk(o, chunk({ content: 'Hi' }));
+  lines += chatDone(o);
+  t.notMatch(lines, /hmm/, 'not shown');
+  t.equal(JSON.parse(lines.trim().split('\n').at(-1)!).eval_count, 3, 'Ollama: 2 + 1');
+});
