@@ -72,6 +72,14 @@ function withGroupWindow(own: Record<string, unknown>, group: ModelGroupConfig):
   return out;
 }
 
+/**
+ * When the models were last changed, as far as a client can tell: when the broker started
+ * (performance.timeOrigin is the process's, the same on every data-plane thread: each thread's
+ * own start time had /api/tags answer two dates by turns). The epoch (what it said before) had
+ * Open WebUI and `ollama list` show every model as "56 years ago".
+ */
+export const LISTED_SINCE = new Date(Math.floor(performance.timeOrigin)).toISOString();
+
 /** The group as the fleet file describes it: its context window when it names one, chat and tools. */
 function described(group: ModelGroupConfig, name: string): Record<string, unknown> {
   const arch = 'edge-broker';
@@ -83,6 +91,6 @@ function described(group: ModelGroupConfig, name: string): Record<string, unknow
     details: { parent_model: '', format: '', family: '', families: null, parameter_size: '', quantization_level: '' },
     model_info: { 'general.architecture': arch, ...(group.maxContextTokens !== undefined ? { [`${arch}.context_length`]: group.maxContextTokens } : {}) },
     capabilities: ['completion', 'tools'],
-    modified_at: new Date(0).toISOString(),
+    modified_at: LISTED_SINCE,
   };
 }

@@ -15,7 +15,7 @@ import type { Admitted } from '../sched/admission.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
 import type { BrokerRequest, ReplySink } from '../front/reply.ts';
 import { ollamaLoadReply } from './ollama-load.ts';
-import { showModel } from './ollama-show.ts';
+import { LISTED_SINCE, showModel } from './ollama-show.ts';
 import type { ResponseStore } from './stored/responses.ts';
 import { continuing, expand, storedRoutes } from './stored/routes.ts';
 import { RESPONSE_STATE, type ResponseState } from './translate/responses_to_chat.ts';
@@ -60,18 +60,15 @@ export interface Admission {
 const OLLAMA_KEEP_ALIVE_MS = 5 * 60_000;
 
 /**
- * When the models were last changed, as far as a client can tell: when this thread began to
- * serve them. The epoch (what it said before) had Open WebUI and `ollama list` show every
- * model as "56 years ago".
- */
-const LISTED_SINCE = new Date().toISOString();
-
-/**
  * A model group as Ollama's /api/tags and /api/ps describe a model (size unknown here). The
  * digest is the name's SHA-256, 64 hex digits as Ollama's: `ollama list` and `ollama ps` print
- * its first 12 and panic on an empty one.
+ * its first 12 and panic on an empty one. An untagged group is listed under its `:latest`
+ * alias, as Ollama lists every model with its tag: Open WebUI adds `:latest` to a bare name and
+ * looks it up in this list, and answered "model not found" for every such group.
  */
-function ollamaModel(name: string): Record<string, unknown> {
+function ollamaModel(fleet: Fleet | undefined, group: ModelGroupConfig): Record<string, unknown> {
+  const tagged = `${group.name}:latest`;
+  const name = !group.name.includes(':') && fleet?.groups.get(tagged) === group ? tagged : group.name;
   return { name, model: name, modified_at: LISTED_SINCE, size: 0, digest: createHash('sha256').update(name).digest('hex'), details: { format: '', family: '', families: null, parameter_size: '', quantization_level: '' } };
 }
 
@@ -354,7 +351,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       errorShape: ollamaErrorShape,
       async handle({ sink }) {
         const fleet = await source.current();
-        const models = uniqueGroups(fleet).map((g) => ollamaModel(g.name));
+        const models = uniqueGroups(fleet).map((g) => ollamaModel(fleet, g));
         sink.send(200, JSON_HEADERS, JSON.stringify({ models }));
       },
     },
@@ -370,7 +367,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         const models = uniqueGroups(fleet)
           .filter((g) => admission.scheduler?.loaded(g) ?? true)
           .map((g) => {
-            const { modified_at: _m, ...m } = ollamaModel(g.name);
+            const { modified_at: _m, ...m } = ollamaModel(fleet, g);
             return { ...m, expires_at: expires, size_vram: 0 };
           });
         sink.send(200, JSON_HEADERS, JSON.stringify({ models }));

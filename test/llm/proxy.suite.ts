@@ -163,6 +163,17 @@ t.test('Ollama client, chat and generate, streaming and not, both providers', as
   t.ok(tags.models.every((m) => Date.now() - Date.parse(m.modified_at) < 86_400_000), 'modified_at is recent');
   const ps = (await (await fetch(`${tb.url}/api/ps`)).json()) as { models: { digest: string }[] };
   t.ok(ps.models.every((m) => /^[0-9a-f]{64}$/.test(m.digest)), '/api/ps too');
+  // Every name with its tag, as Ollama lists them: Open WebUI adds `:latest` to a bare name and
+  // looks it up in this list (a group listed bare was "not found" there), and the name listed works.
+  t.ok(tags.models.every((m) => m.name.includes(':')), `tagged: ${tags.models.map((m) => m.name).join(', ')}`);
+  const listed = tags.models.find((m) => m.name === 'chat-openai:latest');
+  t.ok(listed !== undefined, 'the untagged group chat-openai listed as chat-openai:latest');
+  t.match(await ollama.chat({ model: listed!.name, messages: [{ role: 'user', content: 'hi' }] }), { done: true }, 'and served under that name');
+  // One date whichever thread answers (each thread's own start time made two), and /api/show's too.
+  const dates = new Set<string>();
+  for (let i = 0; i < 8; i++) for (const m of ((await (await fetch(`${tb.url}/api/tags`, { headers: { connection: 'close' } })).json()) as { models: { modified_at: string }[] }).models) dates.add(m.modified_at);
+  t.equal(dates.size, 1, `one modified_at: ${[...dates].join(', ')}`);
+  t.equal((made as unknown as { modified_at: string }).modified_at, [...dates][0], "a group described here: the same date, not the epoch");
 });
 
 t.test('Ollama load and unload (no prompt, no messages): answered as Ollama does, no upstream call, on either provider', async (t) => {
@@ -408,7 +419,7 @@ t.test('model lists', async (t) => {
     t.match(await r.json(), { id: 'org/slashed', object: 'model' });
   }
   const tags = await ollama.list();
-  t.ok(tags.models.some((m) => m.name === 'chat-ollama'));
+  t.ok(tags.models.some((m) => m.name === 'chat-ollama:latest'), 'listed with its tag, as Ollama lists it');
 });
 
 t.test('LLM metrics', async (t) => {
