@@ -11,6 +11,8 @@
 //            {"error":"server busy, please try again.  maximum pending requests exceeded"} (503)
 //   llama.cpp {"error":{"code":400,"message":"the request exceeds the available context size ...","type":"exceed_context_size_error"}}
 //   TGI      {"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: ...","error_type":"validation"} (422)
+//            {"error":"Input validation error: `inputs` must have less than 4095 tokens. Given: 5000","error_type":"validation"} (422; TEI too)
+//            {"error":"Request failed during generation: Server error: CUDA out of memory...","error_type":"generation"} (424)
 //   FastAPI servers (LM Studio, many wrappers) {"detail":"..."} or {"detail":[{"msg":"..."}]} (422)
 import type { Api } from './translate/index.ts';
 
@@ -21,11 +23,12 @@ export type UpstreamErrorClass =
   | 'rate_limited'
   /** The server cannot take more now (503, 529, Ollama's full queue). */
   | 'overloaded'
-  /** The request itself is wrong: passed on to the client, never retried. */
+  /** The request itself is wrong (400, 413, 422 and the like): passed on to the client, never retried. */
   | 'bad_request'
   /**
-   * Any other 5xx, our credentials refused (401/403), or a model or route the deployment does
-   * not serve (404): the deployment failed, not the client's request.
+   * Any other 5xx, our credentials refused (401/403), a model or route the deployment does
+   * not serve (404), or another 4xx that is not about the request (TGI's 424 when a generation
+   * failed, 402, 410, ...): the deployment failed, not the client's request.
    */
   | 'server_error';
 
@@ -34,7 +37,9 @@ export type UpstreamErrorClass =
 const CONTEXT = /context[ _-]?(length|window)|maximum context|maximum model length|too many tokens|prompt is too long|exceeds? (the )?(max(imum)? )?(context|token)|input length exceeds/i;
 const RATE = /rate[ _-]?limit|too many requests|quota/i;
 // llama.cpp's server words it so; read in a 4xx only: a runner's 500 may name its context size.
-const CONTEXT_4XX = /context[ _-]?size|available context|tokens \+ `?max_new_tokens`? must be <=/i;
+const CONTEXT_4XX = /context[ _-]?size|available context|tokens \+ `?max_new_tokens`? must be <=|`?inputs`? must have less than \d+ tokens/i;
+/** The 4xx statuses that say the request is wrong; any other (but 429) says the deployment failed. */
+const REQUEST_4XX = new Set([400, 405, 409, 411, 413, 414, 415, 416, 417, 422]);
 const BUSY = /overloaded|server busy|maximum pending requests|try again later|capacity/i;
 /**
  * OpenAI's 404 for a model asked on the wrong endpoint ("This is not a chat model and thus not
@@ -75,7 +80,7 @@ export function classifyUpstreamError(_provider: Api, status: number, text: stri
   if (status === 404 && WRONG_ENDPOINT.test(said)) return 'bad_request';
   // A redirect too: a deployment whose url answers 301/307 (a wrong base path, http in front of
   // https) is misconfigured, not the client; the next deployment may serve it.
-  if (status >= 500 || status === 401 || status === 403 || status === 404 || status === 408 || (status >= 300 && status < 400)) return 'server_error';
+  if (status >= 300 && !REQUEST_4XX.has(status)) return 'server_error';
   return 'bad_request';
 }
 

@@ -38,6 +38,12 @@ t.test('upstream errors are classified per provider, from the bodies the real se
     }
   }
   t.equal(classifyUpstreamError('openai', 500, 'Internal Server Error'), 'server_error', 'a plain-text 500');
+  // TGI: a generation that failed (a dead shard, CUDA out of memory) is 424, and was taken for the client's fault (no failover, no breaker).
+  t.equal(classifyUpstreamError('openai', 424, JSON.stringify({ error: 'Request failed during generation: Server error: CUDA out of memory', error_type: 'generation' })), 'server_error', "TGI's 424");
+  for (const status of [402, 410, 421, 423, 451]) t.equal(classifyUpstreamError('openai', status, '{}'), 'server_error', `${status}: not about the request`);
+  for (const status of [400, 405, 413, 415, 422]) t.equal(classifyUpstreamError('openai', status, '{}'), 'bad_request', `${status}: the request's fault`);
+  // TGI's (and TEI's) prompt alone past --max-input-tokens.
+  t.equal(classifyUpstreamError('openai', 422, JSON.stringify({ error: 'Input validation error: `inputs` must have less than 4095 tokens. Given: 5000', error_type: 'validation' })), 'context_length', "TGI's inputs wording");
   const wrongEndpoint = { error: { message: 'This is not a chat model and thus not supported in the v1/chat/completions endpoint. Did you mean to use v1/completions?', type: 'invalid_request_error', param: 'model', code: null } };
   t.equal(classifyUpstreamError('openai', 404, JSON.stringify(wrongEndpoint)), 'bad_request', "a model asked on the wrong endpoint: the request's fault, not the deployment's (no breaker)");
   t.equal(classifyUpstreamError('openai', 404, JSON.stringify({ error: { message: 'The model `gpt-5x` does not exist or you do not have access to it.', type: 'invalid_request_error', code: 'model_not_found' } })), 'server_error', "a model the deployment names wrong: the deployment's");
