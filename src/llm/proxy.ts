@@ -23,6 +23,7 @@ import type { Admitted, Leases } from '../sched/governance.ts';
 import type { Attempt, Executor, StreamResult, StreamTarget } from './exec/types.ts';
 import { clientStreams, streamContentType, translateRequest, translateResponse, upstreamError, upstreamRoute, upstreamKind, type ClientApi, type Kind } from './translate/index.ts';
 import { clientWantsUsage } from './translate/openai_to_openai.ts';
+import { abortedFinish } from './translate/common.ts';
 import { classifyStreamError, classifyUpstreamError, retriable, type UpstreamErrorClass } from './upstream-class.ts';
 import { Timeline, overheadHeader } from './phases.ts';
 import { closedUnder } from '../fleet/upstreams.ts';
@@ -459,7 +460,7 @@ export class LlmProxy {
           // chunk then [DONE], say) is served as it came, but is not a reply to repeat.
           let stored = false;
           const store = (s: Completed): void => {
-            if (stored || capture === undefined || s.finishReason === null) return;
+            if (stored || capture === undefined || s.finishReason === null || abortedFinish(s.finishReason)) return;
             stored = true;
             const e = capture.entry(api, kind, s.usageFromUpstream ? s.promptTokens : promptEstimate, s.completionTokens);
             if (e !== null) cache!.put(plan!, group.name, e, performance.timeOrigin + req.startedAt);
@@ -599,7 +600,7 @@ export class LlmProxy {
           usage.ttftMs = (up.assemble && attempt.timing.firstByteAt >= 0 ? attempt.timing.firstByteAt : headersAt) - sentAt;
           if (upSpan !== undefined) endAttempt(upSpan, usage.ttftMs, reply.usage !== null ? usage.promptTokens : undefined, usage.completionTokens);
           // Stored before the reply leaves, as a stream is: a repeat on another thread's connection hits.
-          if (plan !== null && headers['x-broker-fallback'] === undefined) {
+          if (plan !== null && headers['x-broker-fallback'] === undefined && !abortedFinish(reply.finishReason)) {
             const text = typeof reply.body === 'string' ? reply.body : Buffer.from(reply.body.buffer, reply.body.byteOffset, reply.body.byteLength).toString('utf8');
             const e = withModel(captureWhole(api, kind, text), text);
             if (e !== null) cache!.put(plan, group.name, e, performance.timeOrigin + req.startedAt);

@@ -86,6 +86,7 @@ writeFileSync(
       oa: { deployments: [{ id: 'oa-1', provider: 'openai', url: up.url, model: 'm' }] },
       ol: { deployments: [{ id: 'ol-1', provider: 'ollama', url: up.url, model: 'm' }] },
       rp: { deployments: [{ id: 'rp-1', provider: 'openai', url: up.url, model: 'm', responses: true }] },
+      oc: { deployments: [{ id: 'oc-1', provider: 'openai', url: up.url, model: 'm' }], cache: 'on' },
     },
   }),
 );
@@ -414,13 +415,13 @@ t.test("Responses: a developer item is chat's system to the upstream; the Respon
 
 t.test("Anthropic's SDK lists and retrieves models in Anthropic's shape; OpenAI's still gets its own", async (t) => {
   const page = await anthropic.models.list();
-  t.same(page.data.map((m) => [m.type, m.id, m.display_name]).sort(), [['model', 'oa', 'oa'], ['model', 'ol', 'ol'], ['model', 'rp', 'rp']]);
+  t.same(page.data.map((m) => [m.type, m.id, m.display_name]).sort(), [['model', 'oa', 'oa'], ['model', 'oc', 'oc'], ['model', 'ol', 'ol'], ['model', 'rp', 'rp']]);
   t.equal((await anthropic.models.retrieve('ol')).type, 'model');
   const missing: any = await anthropic.models.retrieve('nope').catch((e: unknown) => e);
   t.equal(missing.status, 404);
   t.match(missing.error, { type: 'error', error: { type: 'not_found_error' } }, "Anthropic's error shape");
   t.ok(missing.requestID, 'with its request-id header');
-  t.same((await openai.models.list()).data.map((m) => m.object), ['model', 'model', 'model'], 'OpenAI clients: unchanged');
+  t.same((await openai.models.list()).data.map((m) => m.object), ['model', 'model', 'model', 'model'], 'OpenAI clients: unchanged');
 });
 
 // ---- 8: errors on /v1/messages paths ----
@@ -624,4 +625,44 @@ t.test("Responses: Codex's client-run tool_search through the broker, whole and 
   const found = { type: 'namespace', name: 'mcp__notes__', description: 'Notes', tools: [{ type: 'function', name: 'write_note', parameters: { type: 'object' } }] };
   await openai.responses.create({ model: 'oa', input: [{ role: 'user', content: 'note it' }, ...(final.output as any[]), { type: 'tool_search_output', call_id: 'call_s', execution: 'client', tools: [found] } as any], tools });
   t.same(seenBodies[0].tools.map((x: any) => x.function.name), ['tool_search', 'mcp__notes__write_note']);
+});
+
+t.test("vLLM's and SGLang's finish_reason abort (the server cut the generation): a failure for a translated client, as an OpenAI client's own word, and never cached", async (t) => {
+  let calls = 0;
+  up.handler = (_p, b, res) => {
+    calls++;
+    const chunk = (delta: unknown, finish: string | null = null): string => `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+    if (b.stream !== true) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return void res.end(JSON.stringify({ id: 'c1', object: 'chat.completion', created: 1, model: 'm', choices: [{ index: 0, message: { role: 'assistant', content: 'Hel' }, finish_reason: 'abort' }], usage: { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 } }));
+    }
+    sse(res, [chunk({ role: 'assistant', content: '' }), chunk({ content: 'Hel' }), chunk({}, 'abort'), 'data: [DONE]\n\n']);
+  };
+  const body = { model: 'oa', max_tokens: 16, messages: [{ role: 'user' as const, content: 'Hi' }] };
+  // Messages: streamed, an error event (the SDK throws), no end_turn; whole, no 200.
+  const streamed = await events(await post('/v1/messages', { ...body, stream: true }));
+  t.equal(streamed.at(-1).type, 'error', 'the stream ends with an error event');
+  t.notOk(streamed.some((e) => e.type === 'message_delta' && e.delta?.stop_reason === 'end_turn'), 'not a finished turn');
+  const whole = await post('/v1/messages', body);
+  t.equal(whole.status, 502, 'a whole reply: the upstream failed');
+  // Responses: response.failed, not completed.
+  const resp = await events(await post('/v1/responses', { model: 'oa', input: 'Hi', stream: true }));
+  t.equal(resp.at(-1).type, 'response.failed');
+  // Ollama: an error line, not done_reason stop.
+  const lines = (await (await post('/api/chat', { model: 'oa', messages: [{ role: 'user', content: 'Hi' }] })).text()).trim().split('\n').map((l) => JSON.parse(l));
+  t.ok(lines.at(-1).error !== undefined && lines.every((l) => l.done_reason !== 'stop'), 'an Ollama error line');
+  // An OpenAI client gets vLLM's own word; a cache-on group stores none of it.
+  calls = 0;
+  const chat = { model: 'oc', temperature: 0, messages: [{ role: 'user', content: 'Hi' }] };
+  const first = await post('/v1/chat/completions', { ...chat, stream: true });
+  t.match(await first.text(), /"finish_reason":"abort"/, 'passed on as the upstream said it');
+  const again = await post('/v1/chat/completions', { ...chat, stream: true });
+  await again.text();
+  t.equal(again.headers.get('x-broker-cache'), 'miss', 'a cut stream is not stored');
+  const w1 = await post('/v1/chat/completions', chat);
+  t.equal((await w1.json()).choices[0].finish_reason, 'abort');
+  const w2 = await post('/v1/chat/completions', chat);
+  await w2.text();
+  t.equal(w2.headers.get('x-broker-cache'), 'miss', 'a cut whole reply is not stored');
+  t.equal(calls, 4, 'every one went upstream');
 });

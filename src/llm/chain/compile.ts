@@ -42,7 +42,7 @@ import { BrokerError } from '../../errors.ts';
 import { EMPTY } from '../codec/bytes.ts';
 import { NdjsonParser, type NdjsonLine } from '../codec/ndjson.ts';
 import { SSE_DONE, SseParser, isPlainBlock, type SseEvent } from '../codec/sse.ts';
-import { choiceZero, finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
+import { ABORTED_MESSAGE, abortedFinish, choiceZero, finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
 import { streamErrorEvent } from '../../front/error-body.ts';
 import { deltaMessage, finalMessage } from '../../front/grpc/wire.ts';
 import { upstreamErrorMessage, upstreamText } from '../translate/errors.ts';
@@ -645,6 +645,11 @@ function build(spec: ChainSpec, key: string): ChainFactory {
         const chunk = j as unknown as OpenAIChunk;
         if (!r.replied && Array.isArray(chunk.choices) && chunk.choices.length > 0) r.replied = true;
         const f = openaiChunkFinish(chunk);
+        if (abortedFinish(f)) {
+          // The server cut the generation: the translated client's API has no word for it.
+          fail(r, ABORTED_MESSAGE);
+          return false;
+        }
         if (f !== null) {
           r.stats.finishReason = f;
           r.stats.sawTerminal = true;

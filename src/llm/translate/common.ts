@@ -184,6 +184,18 @@ export function openaiChunkHasToken(chunk: OpenAIChunk): boolean {
 }
 
 /** The first non-null finish_reason among the choices, or null. */
+/**
+ * A finish that says the server cut the generation (vLLM's and SGLang's `abort`: a request
+ * aborted or preempted there): no reply to take for a finished one. Passed on as it is to an
+ * OpenAI client (its own word), a failure for a translated one (which had `end_turn`,
+ * `completed`, `stop`), and never cached.
+ */
+export function abortedFinish(finish: string | null): boolean {
+  return finish === 'abort';
+}
+
+export const ABORTED_MESSAGE = 'the upstream aborted the generation (finish_reason "abort")';
+
 export function openaiChunkFinish(chunk: OpenAIChunk): string | null {
   const choices = chunk.choices;
   if (!Array.isArray(choices)) return null;

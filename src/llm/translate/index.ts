@@ -6,7 +6,7 @@
 // This module picks the right one.
 
 import { BrokerError } from '../../errors.ts';
-import { finishFromOllama, openaiChunkFinish, usageFromOllama, usageFromOpenAI } from './common.ts';
+import { ABORTED_MESSAGE, abortedFinish, finishFromOllama, openaiChunkFinish, usageFromOllama, usageFromOpenAI } from './common.ts';
 import { upstreamErrorMessage, upstreamText } from './errors.ts';
 import * as ollamaToOllama from './ollama_to_ollama.ts';
 import * as ollamaToOpenai from './ollama_to_openai.ts';
@@ -206,6 +206,10 @@ export function translateResponse(route: Route, upstreamBody: string | Uint8Arra
       throw new BrokerError('upstream_error', `openai upstream failed: ${message}`, { details: { upstreamMessage: message } });
     }
     return { body: upstreamBody, usage: responsesToChat.responsesUsage(r), finishReason: r['status'] === 'incomplete' ? 'length' : 'stop' };
+  }
+  // A generation the server cut: a failure before the first byte for a client whose API has no word for it.
+  if (provider === 'openai' && client !== 'openai' && abortedFinish(openaiChunkFinish(r as unknown as OpenAIChunk))) {
+    throw new BrokerError('upstream_error', `openai upstream failed: ${ABORTED_MESSAGE}`, { details: { upstreamMessage: ABORTED_MESSAGE } });
   }
   if (client === 'responses' || client === 'anthropic') {
     let reply = provider === 'openai' ? replyFromOpenAI(r as unknown as OpenAIChatCompletion) : replyFromOllama(r as unknown as OllamaChatResponse, ctx.id);
