@@ -13,7 +13,8 @@ import type { LlmProxy } from './proxy.ts';
 import { readLlmRequest, tokensOfChars, type LlmRequest, type PromptLimits } from './request.ts';
 import type { Admitted } from '../sched/admission.ts';
 import type { ClientApi, Kind } from './translate/index.ts';
-import type { BrokerRequest, ReplySink } from '../front/reply.ts';
+import type { BrokerRequest, Caller, ReplySink } from '../front/reply.ts';
+import { apiKeyOf } from '../guard/api-key.ts';
 import { ollamaLoadReply } from './ollama-load.ts';
 import { LISTED_SINCE, showModel } from './ollama-show.ts';
 import type { ResponseStore } from './stored/responses.ts';
@@ -31,6 +32,21 @@ const OLLAMA_VERSION_BODY = JSON.stringify({ version: '0.13.5' });
 /** Groups once each (discovered Ollama models are also reachable without their `:latest` tag). */
 function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
   return [...new Set(fleet?.groups.values() ?? [])];
+}
+
+/** The groups the caller may use, once each: what its model lists show (QoS tiers, docs/governance.md). */
+function usableGroups(fleet: Fleet | undefined, admission: Admission, req: BrokerRequest): ModelGroupConfig[] {
+  const all = uniqueGroups(fleet);
+  const mayUse = admission.mayUse;
+  if (mayUse === undefined) return all;
+  const key = apiKeyOf(req.headers);
+  return all.filter((g) => mayUse.call(admission, key, req.caller, req.headers['x-broker-qos'], g));
+}
+
+/** The group a listing route names, if the caller may use it (a group it may not is not there for it, as OpenAI's models.retrieve says). */
+function usableGroup(fleet: Fleet | undefined, admission: Admission, req: BrokerRequest, name: string): ModelGroupConfig | undefined {
+  const g = fleet?.groups.get(name);
+  return g === undefined || admission.mayUse === undefined || admission.mayUse(apiKeyOf(req.headers), req.caller, req.headers['x-broker-qos'], g) ? g : undefined;
 }
 
 /** A model no group serves: 404 naming those that are; on Ollama's routes, Ollama's own words (clients match "not found"). */
@@ -54,6 +70,8 @@ export interface Admission {
   outputCap?(r: LlmRequest, group: ModelGroupConfig): number | undefined;
   /** Whether a server of the group has its model in memory now (Ollama's /api/ps). */
   readonly scheduler?: { loaded(group: ModelGroupConfig): boolean };
+  /** Whether the caller's tier may use the group (model lists show only those). */
+  mayUse?(apiKey: string | undefined, caller: Caller | undefined, headerTier: string | undefined, group: ModelGroupConfig): boolean;
 }
 
 /** How long Ollama keeps a model loaded by default: /api/ps's expires_at is this far ahead. */
@@ -285,14 +303,14 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       // client's credentials (AUTH_MODE) and spends its rate limit, as a chat does.
       rateLimited: true,
       errorShape: ollamaErrorShape,
-      async handle({ body, sink }) {
+      async handle({ req, body, sink }) {
         const b = body as Record<string, unknown>;
         // `name` is the older field (ollama-js before 0.5 and older CLIs send it); the Go client
         // sends both, `model` empty (`ollama run` and `ollama show`), and Ollama then reads `name`.
         const name = typeof b['model'] === 'string' && b['model'] !== '' ? b['model'] : b['name'];
         if (typeof name !== 'string' || name === '') throw new BrokerError('invalid_request', 'model is required', { details: { field: 'model' } });
         const fleet = await source.current();
-        const group = fleet?.groups.get(name);
+        const group = usableGroup(fleet, admission, req, name);
         // Ollama's own words for a model it does not have.
         if (group === undefined) throw new BrokerError('model_not_found', `model '${name}' not found`, { details: { field: 'model' } });
         sink.send(200, JSON_HEADERS, JSON.stringify(await showModel(group, name)));
@@ -312,10 +330,11 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       // always do): both APIs list models at this path.
       method: 'GET',
       path: '/v1/models',
+      lists: true,
       async handle({ req, sink }) {
         const anthropic = req.headers['anthropic-version'] !== undefined;
         const fleet = await source.current();
-        const groups = uniqueGroups(fleet);
+        const groups = usableGroups(fleet, admission, req);
         if (anthropic) {
           const data = groups.map((g) => anthropicModel(g.name));
           sink.send(200, JSON_HEADERS, JSON.stringify({ data, has_more: false, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null }));
@@ -330,12 +349,13 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       // group, by its name or alias (openai-node v4 sends `org/name` unencoded).
       method: 'GET',
       path: '/v1/models/:model*',
+      lists: true,
       errorShape: openaiErrorShape,
       async handle({ req, sink, params }) {
         const anthropic = req.headers['anthropic-version'] !== undefined;
         const fleet = await source.current();
         const name = params['model']!;
-        const group = fleet?.groups.get(name);
+        const group = usableGroup(fleet, admission, req, name);
         if (group === undefined) {
           const err = notServed(fleet, name);
           if (!anthropic) throw err;
@@ -348,10 +368,11 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
     {
       method: 'GET',
       path: '/api/tags',
+      lists: true,
       errorShape: ollamaErrorShape,
-      async handle({ sink }) {
+      async handle({ req, sink }) {
         const fleet = await source.current();
-        const models = uniqueGroups(fleet).map((g) => ollamaModel(fleet, g));
+        const models = usableGroups(fleet, admission, req).map((g) => ollamaModel(fleet, g));
         sink.send(200, JSON_HEADERS, JSON.stringify({ models }));
       },
     },
@@ -360,11 +381,12 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       // (warm-first routing's view: an Ollama's /api/ps, read by the health checks).
       method: 'GET',
       path: '/api/ps',
+      lists: true,
       errorShape: ollamaErrorShape,
-      async handle({ sink }) {
+      async handle({ req, sink }) {
         const fleet = await source.current();
         const expires = new Date(Date.now() + OLLAMA_KEEP_ALIVE_MS).toISOString();
-        const models = uniqueGroups(fleet)
+        const models = usableGroups(fleet, admission, req)
           .filter((g) => admission.scheduler?.loaded(g) ?? true)
           .map((g) => {
             const { modified_at: _m, ...m } = ollamaModel(fleet, g);

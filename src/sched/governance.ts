@@ -406,6 +406,17 @@ export class Governance implements Leases {
     return admit(this.admission, r, group, { deferQuota: true });
   }
 
+  /**
+   * Whether the caller may use the group: its key's tier (or its session's or token's), or the
+   * x-broker-qos it sends, allows it (with qos_switching; else every group). Model lists show
+   * only those: a picker built from them offered groups that then answered 403.
+   */
+  mayUse(apiKey: string | undefined, caller: Caller | undefined, headerTier: string | undefined, group: ModelGroupConfig): boolean {
+    if (!this.admission.flags.qos_switching) return true;
+    const policy = knownKeyOf(this.admission, apiKey, caller)?.policy;
+    return resolveTier(this.config.qos, { keyTier: policy?.tier ?? caller?.tier, headerTier, group: group.name }).ok;
+  }
+
   /** The output limit the request's QoS tier will put on it (Responses' truncation counts with it). */
   outputCap(r: LlmRequest, group: ModelGroupConfig): number | undefined {
     return tierOutputCap(this.admission, r, group);

@@ -7,6 +7,7 @@ import { parseJsonBody } from '../json-depth.ts';
 import { authorize, type Principal } from '../../guard/rbac.ts';
 import type { RateLimiter } from '../../guard/rate-limit.ts';
 import { clientKeyOf, refusedCredential } from '../../guard/rate-limit.ts';
+import { apiKeyOf } from '../../guard/api-key.ts';
 import type { Metrics } from '../../obs/metrics.ts';
 import type { BrokerRequest, ReplySink } from '../reply.ts';
 import type { AuditNote, Match, Route } from './router.ts';
@@ -112,7 +113,7 @@ export function dispatch(g: Guards, match: Match, req: BrokerRequest, readBody: 
     // Credentials first: an admin route's caller and role, a client route's key or token.
     let who: ReturnType<Guards['admin']> | ReturnType<NonNullable<Guards['client']>> | undefined;
     if (r.admin) who = g.admin(req);
-    else if (r.rateLimited && g.client !== undefined) {
+    else if (g.client !== undefined && (r.rateLimited === true || (r.lists === true && apiKeyOf(req.headers) !== undefined))) {
       try {
         who = g.client(req);
       } catch (err) {

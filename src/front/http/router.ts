@@ -48,6 +48,12 @@ export interface Route {
   readonly readOnly?: boolean;
   /** Subject to the per-client rate limit. */
   readonly rateLimited?: boolean;
+  /**
+   * A listing open to anyone (model lists: discovery and health checks need them), whose
+   * credential, when one is sent, is checked as a client route's (AUTH_MODE): a mistyped key
+   * is 401 there too, and a live one says whose tier the list is for.
+   */
+  readonly lists?: boolean;
   /** Request tracking records this route's requests under this API name (docs/tracking.md). */
   readonly track?: string;
   /** How errors on this route are shaped (client APIs differ); default is the broker's. */
