@@ -96,9 +96,10 @@ t.test('stats count per path and record the last request', async (t) => {
 
 t.test('open counts requests in flight', async (t) => {
   mock.resetStats();
-  const slow = post('/v1/chat/completions', chat, { 'x-mock-ttft-ms': '300' });
-  const slower = post('/api/chat', chat, { 'x-mock-tps': '10' });
-  await new Promise((r) => setTimeout(r, 100));
+  // Both held for seconds, and polled for (a fixed 100 ms wait missed one on a loaded box).
+  const slow = post('/v1/chat/completions', chat, { 'x-mock-ttft-ms': '3000' });
+  const slower = post('/api/chat', chat, { 'x-mock-tps': '5' });
+  for (let i = 0; i < 250 && mock.stats.open < 2; i++) await new Promise((r) => setTimeout(r, 10));
   t.equal(mock.stats.open, 2);
   await Promise.all([(await slow).text(), (await slower).text()]);
   await mock.idle();
