@@ -219,7 +219,7 @@ export class LlmProxy {
       const visited = new Set<string>([group.name]);
       let moveOn = false;
       if (!fits(group)) {
-        const what = req.contextChars !== undefined ? `an input (about ${estimate} tokens)` : `the prompt (about ${estimate} tokens with max_tokens)`;
+        const what = req.contextChars !== undefined ? `an input (about ${estimate} tokens)` : req.maxTokens !== undefined ? `the prompt (about ${estimate} tokens with max_tokens)` : `the prompt (about ${estimate} tokens)`;
         lastError = new BrokerError('context_length_exceeded', `${what} does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: promptField(api, kind) } });
         queue = fallbacksOf(group.contextFallbacks, true);
         why = 'context_window';

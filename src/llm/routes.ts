@@ -197,7 +197,12 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         const named = typeof b['model'] === 'string' ? fleet.groups.get(b['model']) : undefined;
         try {
           const read = (): LlmRequest => readLlmRequest(req, api, kind, b, limits);
-          r = api === 'responses' && b['truncation'] === 'auto' ? readTruncated(read, b, named, named === undefined ? undefined : (x) => admission.outputCap?.(x, named)) : read();
+          const capOf = named === undefined ? undefined : (x: LlmRequest) => admission.outputCap?.(x, named);
+          if (api === 'responses' && b['truncation'] === 'auto') r = readTruncated(read, b, named, capOf);
+          // An Ollama chat keeps its latest turns that fit, as Ollama does, unless a larger group
+          // is there to take it whole (contextFallbacks) or the client said `truncate: false`.
+          else if (api === 'ollama' && kind === 'chat' && b['truncate'] !== false && (named?.contextFallbacks ?? []).length === 0) r = readTruncated(read, b, named, capOf, 'messages');
+          else r = read();
         } catch (err) {
           // Refused for its form: still one outcome in the group's requests, when it names a group served here.
           const e = api === 'responses' ? withStoredConversation(toBrokerError(err), b) : err;

@@ -1,7 +1,9 @@
 // Responses' `truncation: "auto"`: a conversation past the prompt limits (LLM_MAX_MESSAGES,
 // LLM_MAX_PROMPT_CHARS) or its group's maxContextTokens loses its oldest turns until it fits,
 // as OpenAI "drops items from the beginning of the conversation" (a stored one through
-// previous_response_id grows with every turn; the client cannot trim it).
+// previous_response_id grows with every turn; the client cannot trim it). An Ollama chat too:
+// Ollama never fails a chat for its length, it keeps the system messages and the latest turns
+// that fit (server/prompt.go), and chat frontends (Open WebUI) rely on it.
 import { BrokerError } from '../errors.ts';
 import type { ModelGroupConfig } from '../config/broker-config.ts';
 import { contextTokensOf, type LlmRequest } from './request.ts';
@@ -47,7 +49,7 @@ export function dropOldestTurn(input: unknown[]): boolean {
  * truncation can cure; as it is when it fits, or when only its last turn is left (then its own
  * error, or the proxy's context_length_exceeded).
  */
-export function readTruncated(read: () => LlmRequest, body: Record<string, unknown>, group: ModelGroupConfig | undefined, capOf: (r: LlmRequest) => number | undefined = () => undefined): LlmRequest {
+export function readTruncated(read: () => LlmRequest, body: Record<string, unknown>, group: ModelGroupConfig | undefined, capOf: (r: LlmRequest) => number | undefined = () => undefined, field: 'input' | 'messages' = 'input'): LlmRequest {
   for (;;) {
     let r: LlmRequest | undefined;
     try {
@@ -56,7 +58,7 @@ export function readTruncated(read: () => LlmRequest, body: Record<string, unkno
     } catch (err) {
       if (!(err instanceof BrokerError && err.details?.['limit'] === true)) throw err;
     }
-    const input = body['input'];
+    const input = body[field];
     if (!Array.isArray(input) || !dropOldestTurn(input)) return r ?? read();
   }
 }
