@@ -211,12 +211,15 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
       lessons.push(e);
     },
   });
-  // The response cache of this thread (FRONT_THREADS=0, and the gRPC proxy); threads have theirs,
-  // all joined by one BroadcastChannel so that a reply stored on one is a hit on every one.
+  // The response cache of this thread (FRONT_THREADS=0); threads have theirs, all joined by one
+  // BroadcastChannel so that a reply stored on one is a hit on every one. Threaded, this one
+  // serves nothing (gRPC does not use the cache) and keeps no entries: it flushes them all.
   const cacheChannel = `eb-llm-cache-${randomUUID()}`;
-  const responseCache = new ResponseCache({ settings: (fleetConfig ?? governance.current).cache, metrics, logger, redisUrl: config.redisUrl, channel: threaded ? cacheChannel : undefined });
+  const responseCache = new ResponseCache({ settings: (fleetConfig ?? governance.current).cache, metrics, logger, redisUrl: config.redisUrl, channel: threaded ? cacheChannel : undefined, holdsEntries: !threaded });
   await responseCache.connect();
-  const responseStore = new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ownerMaxBytes: config.responsesStoreOwnerMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.responsesStoreRedisUrl, channel: threaded ? `${cacheChannel}-responses` : undefined, overOwnerBudget: () => metrics.responsesOverOwnerBudget.inc() });
+  // Stored Responses: served where the client APIs are, the threads when threaded (theirs,
+  // joined by a channel of their own); a copy here nothing read grew past 1 GiB with theirs.
+  const responseStore = threaded ? undefined : new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ownerMaxBytes: config.responsesStoreOwnerMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.responsesStoreRedisUrl, channel: threaded ? `${cacheChannel}-responses` : undefined, overOwnerBudget: () => metrics.responsesOverOwnerBudget.inc() });
   // Changes the control plane makes on its own (health checks, breakers, discovery) reach the threads too.
   const publish = (): void => void planes?.publish().catch(() => undefined);
   // A flag changed by another replica (through the store) is in force on this one's threads too.
@@ -453,7 +456,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
     manager.stop();
     sharedState.close();
     responseCache.close();
-    responseStore.close();
+    responseStore?.close();
     await Promise.all([infer?.close(), executor?.close(), planes?.close(0), store.close(), tracer.shutdown(0), tracking?.close(0)]);
     throw err;
   }
@@ -621,7 +624,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
         recorder?.flush();
         await tracking?.close(Math.max(closeStarted + graceMs, Date.now() + 1000));
         responseCache.close();
-        responseStore.close();
+        responseStore?.close();
         // Unspent leases go back to the cluster before the store closes.
         pinShare?.close();
         await leases?.close().catch(() => undefined);
