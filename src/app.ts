@@ -164,7 +164,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   const capacity = new CapacityCounters();
   const quota = new QuotaLedger(Date.now);
   const waiters = waitersBuffer();
-  const rateLimiter = createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: config.rateLimitRps > 0 ? rateLimitBuffer() : undefined });
+  const rateLimiter = createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: config.rateLimitRps > 0 ? rateLimitBuffer() : undefined, onSharedRefusal: () => metrics.rateLimitShared.inc() });
   let fleetNow: BrokerConfig | null = fleetConfig ?? null;
   let fleetVersion = 0;
   let routesVersion = 0;

@@ -48,6 +48,12 @@ export interface RateLimiterOptions {
   buffer?: SharedArrayBuffer;
   /** Bucket slots when no buffer is given. Default 100 000. */
   maxClients?: number;
+  /**
+   * A request refused in the overflow bucket (the table full of busy clients): counted apart,
+   * since every new client then shares that one bucket, a flood of distinct addresses (one
+   * IPv6 /64) locking out every new user until its slots go idle.
+   */
+  onSharedRefusal?: () => void;
 }
 
 const MAX_CLIENTS = 100_000;
@@ -134,6 +140,7 @@ export function createRateLimiter(rps: number, burst: number, nowOrOpts?: (() =>
       t = now();
       current();
       let wait: number;
+      let shared = false;
       const slot = table.lockKey(clientKey, hooks);
       if (slot >= 0) {
         try {
@@ -148,10 +155,13 @@ export function createRateLimiter(rps: number, burst: number, nowOrOpts?: (() =>
         } finally {
           unlockCell(overflowLock, 0);
         }
+        shared = true;
       }
       if (wait > 0) {
         const where = share === 1 ? '' : ` (${limits.rate} on this replica, one of ${share})`;
-        throw new BrokerError('rate_limited', `rate limit of ${full.rate} requests/s exceeded${where}`, { retryAfter: Math.max(1, Math.ceil(wait)) });
+        if (shared) opts.onSharedRefusal?.();
+        const whose = shared ? ', in the bucket clients share while the per-client table is full' : '';
+        throw new BrokerError('rate_limited', `rate limit of ${full.rate} requests/s exceeded${where}${whose}`, { retryAfter: Math.max(1, Math.ceil(wait)) });
       }
     },
     get size() {

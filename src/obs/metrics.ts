@@ -128,6 +128,11 @@ export function createMetrics(opts: { defaults?: boolean; thread?: string } = {}
       help: 'Requests rejected by the per-client rate limit',
       registers: r,
     }),
+    rateLimitShared: new Counter({
+      name: 'rate_limit_shared_rejections_total',
+      help: 'Of those, rejected in the one bucket new clients share while the per-client table is full (a flood of distinct clients)',
+      registers: r,
+    }),
     // Inference metrics follow Triton's names (nv_inference_*), with the arm as an extra label.
     inferSuccess: new Counter({
       name: 'inference_request_success_total',

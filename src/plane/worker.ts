@@ -217,7 +217,7 @@ const front = await startHttpFront({
   cors: config.corsOrigins,
   trustedProxies: config.trustedProxies,
   router,
-  rateLimiter: createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: init.buffers.rateLimit }),
+  rateLimiter: createRateLimiter(config.rateLimitRps, config.rateLimitBurst, { buffer: init.buffers.rateLimit, onSharedRefusal: () => metrics.rateLimitShared.inc() }),
   // Admin routes are the control plane's: forwarded there whole, never matched here.
   admin: () => {
     throw new BrokerError('internal', 'admin routes are served by the control plane');

@@ -38,8 +38,9 @@ t.test('limiters sharing a buffer spend the same buckets', async (t) => {
 
 t.test('a fixed table: idle buckets are taken over, else clients share the overflow bucket', async (t) => {
   let now = 0;
+  let shared = 0;
   // 2 slots: a table no bigger than the probe window, so every key probes both.
-  const rl = createRateLimiter(1, 2, { now: () => now, maxClients: 2 });
+  const rl = createRateLimiter(1, 2, { now: () => now, maxClients: 2, onSharedRefusal: () => shared++ });
   rl.check('a');
   rl.check('b');
   t.equal(rl.size, 2);
@@ -47,7 +48,12 @@ t.test('a fixed table: idle buckets are taken over, else clients share the overf
   t.ok(admitted(() => rl.check('c')));
   t.ok(admitted(() => rl.check('d')));
   t.notOk(admitted(() => rl.check('c')), 'the overflow bucket is spent by c and d together');
+  t.equal(shared, 1, 'a refusal in the shared bucket is told apart (rate_limit_shared_rejections_total)');
+  t.throws(() => rl.check('d'), { message: /in the bucket clients share while the per-client table is full/ });
   t.ok(admitted(() => rl.check('a')), 'a still has its own bucket');
+  t.notOk(admitted(() => rl.check('a')));
+  t.notOk(admitted(() => rl.check('a')));
+  t.equal(shared, 2, 'a refusal in its own bucket is not');
   t.equal(rl.size, 2, 'overflow clients hold no slot');
 
   now = 2_500; // b idle 2.5 s > burst/rate = 2 s: its bucket would be full again, so its slot is free to take
