@@ -666,3 +666,16 @@ t.test("vLLM's and SGLang's finish_reason abort (the server cut the generation):
   t.equal(w2.headers.get('x-broker-cache'), 'miss', 'a cut whole reply is not stored');
   t.equal(calls, 4, 'every one went upstream');
 });
+
+t.test("llama.cpp's older error line (`error: {...}`, an SSE field of its own) is the upstream's error, its message kept, not garbage then a cut", async (t) => {
+  // Group oc: oa's breaker is open after the abort test's failures.
+  up.handler = (_p, _b, res) => {
+    const chunk = (delta: unknown): string => `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`;
+    sse(res, [chunk({ role: 'assistant', content: '' }), chunk({ content: 'Hel' }), 'error: {"code":500,"message":"llama_decode failed: out of memory","type":"server_error"}\n\n']);
+  };
+  const openaiText = await (await post('/v1/chat/completions', { model: 'oc', stream: true, messages: [{ role: 'user', content: 'Hi' }] })).text();
+  t.match(openaiText, /llama_decode failed: out of memory/, "an OpenAI client's error event says it");
+  t.notMatch(openaiText, /\[DONE\]/);
+  const evs = await events(await post('/v1/messages', { model: 'oc', max_tokens: 16, stream: true, messages: [{ role: 'user', content: 'Hi' }] }));
+  t.match(evs.at(-1), { type: 'error', error: { message: /llama_decode failed: out of memory/ } }, "a Messages client's too");
+});

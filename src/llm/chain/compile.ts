@@ -383,6 +383,17 @@ function errorMessageOf(text: string): string {
   return upstreamErrorMessage(tryParse(text)) ?? text;
 }
 
+/**
+ * llama.cpp's server before late 2025 wrote a failure as an `error:` field of its own
+ * (`error: {"code":500,"message":...}`), which SSE ignores: its text, else null. Read as the
+ * upstream's error, not as garbage followed by a cut that lost its message.
+ */
+function errorFieldOf(raw: Uint8Array): string | null {
+  // 'error:' in bytes: no text is made of any other block.
+  if (raw.length < 6 || raw[0] !== 0x65 || raw[1] !== 0x72 || raw[2] !== 0x72 || raw[3] !== 0x6f || raw[4] !== 0x72 || raw[5] !== 0x3a) return null;
+  return Buffer.from(raw.buffer, raw.byteOffset + 6, raw.byteLength - 6).toString('utf8').trim();
+}
+
 /** A passed-through Responses stream's state: the upstream's last sequence number + 1, and its response's identity. */
 interface PassedThrough {
   seq: number;
@@ -845,6 +856,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
           if (r.closed) return;
           const data = ev.data;
           if (data === null) {
+            const said = errorFieldOf(ev.raw);
+            if (said !== null) return fail(r, errorMessageOf(said));
             // comment or keep-alive: forwarded as is once the stream has begun; a line of garbage
             // without data is not. Before the first event one would commit the client's reply
             // (its status and headers), so that a failure after it (an error event, a cut, a
@@ -871,6 +884,8 @@ function build(spec: ChainSpec, key: string): ChainFactory {
       : (r, ev) => {
           if (r.closed) return;
           if (ev.data === null) {
+            const said = errorFieldOf(ev.raw);
+            if (said !== null) return fail(r, errorMessageOf(said));
             if (sseKeepAlive && !ev.continuation && isPlainBlock(ev.raw) && !holdKeepAlive(r)) r.out += SSE_KEEPALIVE;
             return;
           }
