@@ -892,12 +892,21 @@ function exhausted(err: BrokerError, status: number, retryAfter: string | undefi
   // as 502 with no Retry-After, and the SDKs retried at once); 502 for any other 5xx.
   // Several such answers: the soonest, when the first deployment is free again (it was the
   // last one asked's, which may be the latest).
-  const own = retryAfter !== undefined && /^\d+$/.test(retryAfter) ? Number(retryAfter) : 1;
+  const own = retryAfterSeconds(retryAfter);
   // Only another "later" counts (an unreachable one's 1 s says nothing of when this one is free).
   const seconds = previous?.details?.['later'] === true && previous.retryAfter !== undefined ? Math.min(own, previous.retryAfter) : own;
-  if (status === 429) return new BrokerError('upstream_unavailable', `every deployment is rate limited (last: ${err.message})`, { retryAfter: seconds, details: { later: true } });
+  // A 429 that says it is overloaded (TGI's "Model is overloaded") is told as such.
   if (cls === 'overloaded') return new BrokerError('upstream_unavailable', `every deployment is overloaded (last: ${err.message})`, { retryAfter: seconds, details: { later: true } });
+  if (status === 429) return new BrokerError('upstream_unavailable', `every deployment is rate limited (last: ${err.message})`, { retryAfter: seconds, details: { later: true } });
   return new BrokerError('upstream_error', err.message);
+}
+
+/** An upstream's Retry-After in whole seconds, at least 1: delay-seconds or an HTTP-date (RFC 9110 §10.2.3); 1 when absent or unreadable. */
+export function retryAfterSeconds(v: string | undefined, now = Date.now()): number {
+  if (v === undefined) return 1;
+  if (/^\d+$/.test(v)) return Math.max(1, Number(v));
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? 1 : Math.max(1, Math.ceil((at - now) / 1000));
 }
 
 /** undici's words for a connection closed under a reply ('other side closed') in ours. */
