@@ -219,7 +219,7 @@ export async function startBroker(config: Config, opts: BrokerOptions = {}): Pro
   await responseCache.connect();
   // Stored Responses: served where the client APIs are, the threads when threaded (theirs,
   // joined by a channel of their own); a copy here nothing read grew past 1 GiB with theirs.
-  const responseStore = threaded ? undefined : new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ownerMaxBytes: config.responsesStoreOwnerMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.responsesStoreRedisUrl, channel: threaded ? `${cacheChannel}-responses` : undefined, overOwnerBudget: () => metrics.responsesOverOwnerBudget.inc() });
+  const responseStore = threaded ? undefined : new ResponseStore({ maxBytes: config.responsesStoreMb * 1024 * 1024, ownerMaxBytes: config.responsesStoreOwnerMb * 1024 * 1024, ttlSeconds: config.responsesStoreTtlS, logger, redisUrl: config.responsesStoreRedisUrl, overOwnerBudget: () => metrics.responsesOverOwnerBudget.inc() });
   // Changes the control plane makes on its own (health checks, breakers, discovery) reach the threads too.
   const publish = (): void => void planes?.publish().catch(() => undefined);
   // A flag changed by another replica (through the store) is in force on this one's threads too.

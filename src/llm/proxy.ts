@@ -203,7 +203,8 @@ export class LlmProxy {
       // The prompt's tokens as admission estimated them (characters / 4): what a request with no usage from its upstream is charged.
       const promptEstimate = tokensOfChars(req.promptChars);
       // The output limit that goes upstream: a QoS tier may have capped the client's.
-      const estimate = contextTokensOf(admitted.body === req.body ? req : { ...req, maxTokens: maxOutputTokensOf(admitted.body, api) });
+      const outputLimit = admitted.body === req.body ? req.maxTokens : maxOutputTokensOf(admitted.body, api);
+      const estimate = contextTokensOf({ ...req, maxTokens: outputLimit });
       const fits = (g: ModelGroupConfig): boolean => g.maxContextTokens === undefined || estimate <= g.maxContextTokens;
       // A fallback group is one more group the request uses: its QoS tier must allow it too.
       const usable = (g: ModelGroupConfig): boolean => fits(g) && tierAllows(admitted.tier, g.name);
@@ -219,7 +220,8 @@ export class LlmProxy {
       const visited = new Set<string>([group.name]);
       let moveOn = false;
       if (!fits(group)) {
-        const what = req.contextChars !== undefined ? `an input (about ${estimate} tokens)` : req.maxTokens !== undefined ? `the prompt (about ${estimate} tokens with max_tokens)` : `the prompt (about ${estimate} tokens)`;
+        // The output limit in force named: the client's, or the one its QoS tier put on it.
+        const what = req.contextChars !== undefined ? `an input (about ${estimate} tokens)` : outputLimit !== undefined ? `the prompt (about ${promptEstimate} tokens) and its output limit of ${outputLimit} tokens${outputLimit !== req.maxTokens ? ` (its QoS tier's)` : ''}` : `the prompt (about ${estimate} tokens)`;
         lastError = new BrokerError('context_length_exceeded', `${what} does not fit model group ${group.name} (maxContextTokens ${group.maxContextTokens})`, { details: { field: promptField(api, kind) } });
         queue = fallbacksOf(group.contextFallbacks, true);
         why = 'context_window';

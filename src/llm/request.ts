@@ -163,6 +163,7 @@ export function readLlmRequest(req: BrokerRequest, api: ClientApi, kind: Kind, b
     if (Array.isArray(body.messages)) body.messages.forEach((m: unknown, i: number) => checkImages((m as { images?: unknown } | null)?.images, `messages[${i}].images`));
   }
   const h = req.headers;
+  if (api === 'anthropic') checkThinkingBudget(body, h['anthropic-beta']);
   const apiKey = apiKeyOf(h);
   const facts = req.facts;
   // The key's id is the front's (RowRecorder.start).
@@ -512,6 +513,20 @@ function checkImages(v: unknown, field: string): void {
     // Unpadded is taken (padded on the way to Ollama); one character past a multiple of 4 is no base64 at all.
     if (x === '' || !BASE64.test(x) || x.slice(x.indexOf(',') + 1).replace(/=+$/, '').length % 4 === 1) throw invalidField(`${field}[${i}]`, 'is not base64 (an encoded image, or a data: URL of one)');
   });
+}
+
+/**
+ * Anthropic's `thinking: {type: "enabled"}` as Anthropic checks it: a `budget_tokens` integer of
+ * at least 1,024, below the client's own `max_tokens` (read here, before a QoS tier caps it),
+ * unless the interleaved-thinking beta lets the budget span a turn's tool calls.
+ */
+function checkThinkingBudget(body: Readonly<Record<string, unknown>>, beta: string | undefined): void {
+  const t = body.thinking;
+  if (!isObject(t) || t.type !== 'enabled') return;
+  const budget = t.budget_tokens;
+  if (typeof budget !== 'number' || !Number.isInteger(budget) || budget < 1024) throw invalidField('thinking.budget_tokens', 'is required with type "enabled": an integer of at least 1024');
+  const max = body.max_tokens;
+  if (typeof max === 'number' && budget >= max && !(beta ?? '').includes('interleaved-thinking')) throw invalidField('thinking.budget_tokens', `must be less than max_tokens (${max})`);
 }
 
 function checkNumber(v: unknown, field: string): void {

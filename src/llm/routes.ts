@@ -34,25 +34,30 @@ function uniqueGroups(fleet: Fleet | undefined): ModelGroupConfig[] {
   return [...new Set(fleet?.groups.values() ?? [])];
 }
 
+/** Whether the caller may use the group (its QoS tier: Admission.mayUse), every group when nothing says. */
+function mayUse(admission: Admission, req: BrokerRequest, g: ModelGroupConfig): boolean {
+  return admission.mayUse?.(apiKeyOf(req.headers), req.caller, req.headers['x-broker-qos'], g) ?? true;
+}
+
 /** The groups the caller may use, once each: what its model lists show (QoS tiers, docs/governance.md). */
 function usableGroups(fleet: Fleet | undefined, admission: Admission, req: BrokerRequest): ModelGroupConfig[] {
-  const all = uniqueGroups(fleet);
-  const mayUse = admission.mayUse;
-  if (mayUse === undefined) return all;
-  const key = apiKeyOf(req.headers);
-  return all.filter((g) => mayUse.call(admission, key, req.caller, req.headers['x-broker-qos'], g));
+  return uniqueGroups(fleet).filter((g) => mayUse(admission, req, g));
 }
 
 /** The group a listing route names, if the caller may use it (a group it may not is not there for it, as OpenAI's models.retrieve says). */
 function usableGroup(fleet: Fleet | undefined, admission: Admission, req: BrokerRequest, name: string): ModelGroupConfig | undefined {
   const g = fleet?.groups.get(name);
-  return g === undefined || admission.mayUse === undefined || admission.mayUse(apiKeyOf(req.headers), req.caller, req.headers['x-broker-qos'], g) ? g : undefined;
+  return g !== undefined && mayUse(admission, req, g) ? g : undefined;
 }
 
-/** A model no group serves: 404 naming those that are; on Ollama's routes, Ollama's own words (clients match "not found"). */
-function notServed(fleet: Fleet | undefined, model: string, api?: ClientApi): BrokerError {
+/**
+ * A model no group serves (or none the caller may use): 404 naming those it may; on Ollama's
+ * routes, Ollama's own words (clients match "not found"). `usable`: the caller's groups
+ * (usableGroups): naming every group told a tier what its lists hide.
+ */
+function notServed(usable: readonly ModelGroupConfig[], model: string, api?: ClientApi): BrokerError {
   if (api === 'ollama') return new BrokerError('model_not_found', `model "${model}" not found, try pulling it first`, { details: { field: 'model' } });
-  return new BrokerError('model_not_found', `model ${model} is not served here; available: ${uniqueGroups(fleet).map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
+  return new BrokerError('model_not_found', `model ${model} is not served here; available: ${usable.map((g) => g.name).join(', ') || 'none'}`, { details: { field: 'model' } });
 }
 
 /** A limit on `input` that the stored conversation a previous_response_id put there passed: said, since the client sent only this turn. */
@@ -180,7 +185,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         const input = b.input;
         if (typeof b.model === 'string' && (input === undefined || input === null || input === '' || (Array.isArray(input) && input.length === 0))) {
           // A model not served: Ollama's 404, which clients probing a model with a load expect (not "input is required").
-          if (!fleet.groups.has(b.model)) throw notServed(fleet, b.model, api);
+          if (!fleet.groups.has(b.model)) throw notServed(usableGroups(fleet, admission, req), b.model, api);
           answeredHere(req, fleet.groups.get(b.model)!.name);
           return sink.send(200, JSON_HEADERS, JSON.stringify({ model: b.model, embeddings: [] }));
         }
@@ -199,9 +204,10 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
           const read = (): LlmRequest => readLlmRequest(req, api, kind, b, limits);
           const capOf = named === undefined ? undefined : (x: LlmRequest) => admission.outputCap?.(x, named);
           if (api === 'responses' && b['truncation'] === 'auto') r = readTruncated(read, b, named, capOf);
-          // An Ollama chat keeps its latest turns that fit, as Ollama does, unless a larger group
-          // is there to take it whole (contextFallbacks) or the client said `truncate: false`.
-          else if (api === 'ollama' && kind === 'chat' && b['truncate'] !== false && (named?.contextFallbacks ?? []).length === 0) r = readTruncated(read, b, named, capOf, 'messages');
+          // An Ollama chat keeps its latest turns that fit the group's window, as Ollama does,
+          // unless a larger group is there to take it whole (contextFallbacks) or the client said
+          // `truncate: false`; past the broker's own limits (LLM_MAX_*) it is refused, as before.
+          else if (api === 'ollama' && kind === 'chat' && b['truncate'] !== false && (named?.contextFallbacks ?? []).length === 0) r = readTruncated(read, b, named, capOf, 'messages', false);
           else r = read();
         } catch (err) {
           // Refused for its form: still one outcome in the group's requests, when it names a group served here.
@@ -210,7 +216,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
           throw e;
         }
         group = fleet.groups.get(r.model);
-        if (group === undefined) throw notServed(fleet, r.model, api);
+        if (group === undefined) throw notServed(usableGroups(fleet, admission, req), r.model, api);
         // Under the group's own name, not the alias asked (`llama3:latest`): priced, budgeted and
         // grouped as the group is (an alias's rows had no price, so budgets never saw them).
         if (req.facts !== undefined) req.facts.model = group.name;
@@ -238,11 +244,11 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
   });
 
   /** A counting route's model: a group served here, else the 404 a completion would answer. */
-  const servedGroup = async (model: string): Promise<void> => {
+  const servedGroup = async (req: BrokerRequest, model: string): Promise<void> => {
     const known = source.current();
     const fleet = known instanceof Promise ? await known : known;
     if (fleet === undefined) throw new BrokerError('upstream_unavailable', HOW_TO_CONFIGURE);
-    if (!fleet.groups.has(model)) throw notServed(fleet, model);
+    if (!fleet.groups.has(model)) throw notServed(usableGroups(fleet, admission, req), model);
   };
 
   return [
@@ -265,7 +271,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
       async handle({ req, body, sink }) {
         const b = body as Record<string, unknown>;
         const r = readLlmRequest(req, 'anthropic', 'chat', b.max_tokens === undefined ? { ...b, max_tokens: 1 } : b, limits);
-        await servedGroup(r.model);
+        await servedGroup(req, r.model);
         sink.send(200, JSON_HEADERS, JSON.stringify({ input_tokens: tokensOfChars(r.promptChars) }));
       },
     },
@@ -281,7 +287,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         // A continuation counts its stored conversation, as the request would send it.
         if (store?.enabled === true) await expand(store, req, body as Record<string, unknown>);
         const r = readLlmRequest(req, 'responses', 'chat', body as Record<string, unknown>, limits);
-        await servedGroup(r.model);
+        await servedGroup(req, r.model);
         sink.send(200, JSON_HEADERS, JSON.stringify({ object: 'response.input_tokens', input_tokens: tokensOfChars(r.promptChars) }));
       },
     },
@@ -362,7 +368,7 @@ export function llmRoutes(source: FleetSource, admission: Admission, proxy: LlmP
         const name = params['model']!;
         const group = usableGroup(fleet, admission, req, name);
         if (group === undefined) {
-          const err = notServed(fleet, name);
+          const err = notServed(usableGroups(fleet, admission, req), name);
           if (!anthropic) throw err;
           sink.send(404, JSON_HEADERS, JSON.stringify(anthropicErrorShape(err.code, err.message, req.id, 404, 'model')));
           return;

@@ -37,3 +37,17 @@ t.test('a cache that holds no entries keeps none, and its flush empties the othe
   await new Promise((r) => setTimeout(r, 100));
   t.equal(thread.get(plan('a'), 'g'), undefined, "the control plane's flush reached the thread");
 });
+
+t.test('an entry near maxEntryBytes: counted as stored only when the memory LRU holds it (its bookkeeping counted alike)', async (t) => {
+  const metrics = createMetrics();
+  const cache = new ResponseCache({ settings: { ...DEFAULT_CACHE, mode: 'on' as const, maxEntryBytes: 4096 }, metrics, logger: quiet });
+  t.teardown(() => cache.close());
+  const key = 'k'.repeat(100);
+  for (const n of [1500, 1800, 1900, 3000]) {
+    const before = (await metrics.llmCacheStores.get()).values.reduce((a, v) => a + v.value, 0);
+    cache.put({ key: key + n, lookup: true, store: true }, 'g', { ...entry, chunks: ['x'.repeat(n)] }, Date.now());
+    const counted = (await metrics.llmCacheStores.get()).values.reduce((a, v) => a + v.value, 0) - before;
+    const held = cache.get({ key: key + n, lookup: true, store: true }, 'g') !== undefined;
+    t.equal(held, counted === 1, `${n} characters: ${counted === 1 ? 'stored and held' : 'not stored'}`);
+  }
+});

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
-import { startTestBroker, postJson } from '../helpers/broker.ts';
+import { admin, startTestBroker, postJson } from '../helpers/broker.ts';
 import { startScriptedUpstream } from '../helpers/scripted-upstream.ts';
 
 // ---- the scripted upstream ----
@@ -651,6 +651,15 @@ t.test("vLLM's and SGLang's finish_reason abort (the server cut the generation):
   // Ollama: an error line, not done_reason stop.
   const lines = (await (await post('/api/chat', { model: 'oa', messages: [{ role: 'user', content: 'Hi' }] })).text()).trim().split('\n').map((l) => JSON.parse(l));
   t.ok(lines.at(-1).error !== undefined && lines.every((l) => l.done_reason !== 'stop'), 'an Ollama error line');
+  // The staged chain (compiled_chain off, the test oracle) the same.
+  const flag = (enabled: boolean) => fetch(`${tb.url}/api/industrial/flags/compiled_chain`, { method: 'PUT', headers: { ...admin, 'content-type': 'application/json' }, body: JSON.stringify({ enabled }) });
+  t.equal((await flag(false)).status, 200);
+  try {
+    const staged = (await (await post('/api/chat', { model: 'oc', messages: [{ role: 'user', content: 'Hi' }] })).text()).trim().split('\n').map((l) => JSON.parse(l));
+    t.ok(staged.at(-1).error !== undefined && staged.every((l) => l.done_reason !== 'stop'), 'an Ollama error line from the staged chain too');
+  } finally {
+    await flag(true);
+  }
   // An OpenAI client gets vLLM's own word; a cache-on group stores none of it.
   calls = 0;
   const chat = { model: 'oc', temperature: 0, messages: [{ role: 'user', content: 'Hi' }] };

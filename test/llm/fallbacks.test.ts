@@ -722,3 +722,14 @@ t.test("an upstream's error after its 200 that echoes the deployment's key: the 
     t.match(text, /\[redacted\]/, `${path}: masked`);
   }
 });
+
+t.test("an upstream's Retry-After: delay-seconds or an HTTP-date (RFC 9110), at least 1 s", async (t) => {
+  const { retryAfterSeconds } = await import('../../src/llm/proxy.ts');
+  const now = Date.parse('2026-12-05T20:00:00Z');
+  t.equal(retryAfterSeconds('7', now), 7);
+  t.equal(retryAfterSeconds('0', now), 1);
+  t.equal(retryAfterSeconds('Sat, 05 Dec 2026 20:00:30 GMT', now), 30, 'a date 30 s ahead (it was read as 1 s)');
+  t.equal(retryAfterSeconds('Sat, 05 Dec 2026 19:59:00 GMT', now), 1, 'a date past');
+  t.equal(retryAfterSeconds('soon', now), 1);
+  t.equal(retryAfterSeconds(undefined, now), 1);
+});

@@ -31,6 +31,8 @@ for (const FRONT_THREADS of ['2', '0']) {
     const hidden: any = await batch.models.retrieve('large').catch((e: unknown) => e);
     t.equal(hidden.status, 404, 'a group its tier may not use is not there for it');
     t.equal((await batch.models.retrieve('small')).id, 'small');
+    const named = (await (await get('/v1/models/large', BATCH)).json()) as { error: { message: string } };
+    t.match(named.error.message, /available: small$/, 'its 404 names only what it may use (it named every group)');
     const chat: any = await batch.chat.completions.create({ model: 'large', messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
     t.equal(chat.status, 403, 'and a chat with it is refused, as the list said');
 
@@ -57,4 +59,8 @@ t.test('AUTH_MODE=open: an unknown key lists as anyone (no tier of its own), a k
   const ids = async (key: string) => (((await (await fetch(`${tb.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()) as { data: { id: string }[] }).data.map((x) => x.id).sort());
   t.same(await ids('sk-anyone'), ['large', 'small']);
   t.same(await ids(BATCH), ['small']);
+  // Without a credential: the default tier's groups (what such a caller may use).
+  const narrow = await startFleetBroker(t, { ...fleet, qos: { ...fleet.qos, defaultTier: 'batch' } }, { INFER_ENABLED: 'false', BROKER_FF_QOS_SWITCHING: 'true' });
+  const keyless = (await (await fetch(`${narrow.url}/v1/models`)).json()) as { data: { id: string }[] };
+  t.same(keyless.data.map((x) => x.id), ['small'], "no credential: the default tier's groups");
 });

@@ -62,5 +62,25 @@ t.test('a larger group in contextFallbacks takes it whole; truncate: false and o
   const openai = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'small', messages: history(10) }) });
   t.equal(openai.status, 400, 'an OpenAI client is told, as OpenAI would');
   const body = (await openai.json()) as { error: { message: string } };
-  t.notMatch(body.error.message, /with max_tokens/, 'no max_tokens was sent: the message does not name one');
+  t.notMatch(body.error.message, /output limit/, 'no max_tokens was sent: the message does not name one');
+  const limited = await fetch(`${tb.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'small', max_tokens: 50, messages: history(10) }) });
+  t.match(((await limited.json()) as { error: { message: string } }).error.message, /the prompt \(about \d+ tokens\) and its output limit of 50 tokens does not fit/, 'one sent is named, apart from the prompt');
+});
+
+t.test('a long conversation is cut in a few reads, not one per turn (quadratic: seconds of a thread), to the same turns', async (t) => {
+  const { readTruncated } = await import('../../src/llm/truncation.ts');
+  const { readLlmRequest } = await import('../../src/llm/request.ts');
+  const req = { id: 'r', method: 'POST', path: '/api/chat', query: '', headers: {}, remoteAddress: '127.0.0.1', startedAt: 0 };
+  const group = { name: 'small', deployments: [], maxContextTokens: 300 } as never;
+  const body = { model: 'small', messages: history(2_000) } as Record<string, unknown>;
+  const messages = body['messages'] as unknown[];
+  let reads = 0;
+  const r = readTruncated(() => (reads++, readLlmRequest(req, 'ollama', 'chat', body)), body, group, undefined, 'messages', false);
+  t.ok(reads <= 14, `${reads} reads for 2,000 turns`);
+  t.equal(body['messages'], messages, 'cut in place: the body keeps its array');
+  t.ok(r.promptChars / 4 <= 300, 'it fits');
+  // The fewest turns dropped: one more turn kept would not fit.
+  const kept = messages.length;
+  const withOneMore = { model: 'small', messages: [history(2_000)[0], ...history(2_000).slice(-(kept - 1) - 2)] };
+  t.ok(readLlmRequest(req, 'ollama', 'chat', withOneMore).promptChars / 4 > 300 - 0, 'one more turn would not fit');
 });

@@ -285,3 +285,15 @@ t.test("an Ollama client's images: unpadded base64 taken, one character past a m
   t.doesNotThrow(images('data:image/png;base64,iVBORw0KGgo'), 'unpadded, in a data: URL');
   t.throws(images('iVBORw0KG'), { code: 'invalid_request', details: { field: 'messages[0].images[0]' } });
 });
+
+t.test("Anthropic's thinking budget is checked as Anthropic checks it, against the client's own max_tokens (a QoS tier's cap comes later)", async (t) => {
+  const read = (thinking: unknown, max_tokens = 32_000, headers: Record<string, string> = {}) => () =>
+    readLlmRequest(req(headers), 'anthropic', 'chat', { model: 'g', max_tokens, thinking, messages: [{ role: 'user', content: 'hi' }] });
+  t.throws(read({ type: 'enabled' }), { code: 'invalid_request', details: { field: 'thinking.budget_tokens' } }, 'required');
+  t.throws(read({ type: 'enabled', budget_tokens: 'x' }), { code: 'invalid_request', details: { field: 'thinking.budget_tokens' } }, 'an integer');
+  t.throws(read({ type: 'enabled', budget_tokens: 1000 }), { code: 'invalid_request', details: { field: 'thinking.budget_tokens' } }, 'at least 1024');
+  t.throws(read({ type: 'enabled', budget_tokens: 5000 }, 100), { code: 'invalid_request', message: /less than max_tokens \(100\)/ }, 'below max_tokens');
+  t.doesNotThrow(read({ type: 'enabled', budget_tokens: 10_000 }), "below the client's 32,000");
+  t.doesNotThrow(read({ type: 'enabled', budget_tokens: 5000 }, 100, { 'anthropic-beta': 'interleaved-thinking-2025-05-14' }), 'interleaved thinking: the budget may pass max_tokens');
+  t.doesNotThrow(read({ type: 'adaptive' }), 'adaptive has no budget');
+});

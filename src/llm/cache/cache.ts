@@ -174,6 +174,11 @@ export interface ResponseCacheOptions {
  */
 const ENTRY_OVERHEAD_BYTES = 400;
 
+/** What the memory LRU counts for an entry: its reply, its key, its bookkeeping. */
+function lruBytes(e: CachedReply, key: string): number {
+  return entryBytes(e) + key.length + ENTRY_OVERHEAD_BYTES;
+}
+
 
 export class ResponseCache {
   private settings: CacheSettings;
@@ -239,7 +244,7 @@ export class ResponseCache {
       maxSize: s.maxBytes,
       maxEntrySize: Math.min(s.maxEntryBytes, s.maxBytes),
       // The key is the request's canonical form: it counts too.
-      sizeCalculation: (e, key) => entryBytes(e) + key.length + ENTRY_OVERHEAD_BYTES,
+      sizeCalculation: lruBytes,
       ttl: s.ttlSeconds * 1000,
       // lru-cache's default (1 ms) caches the clock behind a setTimeout set on a lookup: a timer per hit.
       ttlResolution: 0,
@@ -301,8 +306,8 @@ export class ResponseCache {
     if (startedAt < this.flushedAt) return;
     // What the memory LRU counts (the key too): past its bounds it would drop the entry unsaid,
     // and a store counted here would then never hit.
-    const e = fitChunks(entry, this.settings.maxEntryBytes - plan.key.length);
-    const size = entryBytes(e) + plan.key.length;
+    const e = fitChunks(entry, this.settings.maxEntryBytes - plan.key.length - ENTRY_OVERHEAD_BYTES);
+    const size = lruBytes(e, plan.key);
     if (size > this.settings.maxEntryBytes) return;
     if (this.o.redisUrl === undefined && size > this.settings.maxBytes) return;
     this.remember(plan.key, e);

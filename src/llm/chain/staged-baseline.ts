@@ -9,7 +9,7 @@
 import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { SSE_DONE, isPlainBlock } from '../codec/sse.ts';
-import { finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
+import { ABORTED_MESSAGE, abortedFinish, finishFromOllama, ollamaHasToken, openaiChunkFinish, openaiChunkHasToken, usageFromOllama, usageFromOpenAI } from '../translate/common.ts';
 import { streamErrorEvent } from '../../front/error-body.ts';
 import { BrokerError } from '../../errors.ts';
 import { upstreamErrorMessage, upstreamText } from '../translate/errors.ts';
@@ -398,6 +398,11 @@ class TranslateStage extends Transform {
       if (chunk !== null) {
         if (!isUsageOnlyChunk(chunk)) this.replied = true;
         const f = openaiChunkFinish(chunk);
+        // The server cut the generation: a translated client's API has no word for it (compile.ts).
+        if (!this.passthrough && abortedFinish(f)) {
+          this.failUp(ABORTED_MESSAGE);
+          return cb();
+        }
         if (f !== null) {
           this.stats.finishReason = f;
           this.stats.sawTerminal = true;

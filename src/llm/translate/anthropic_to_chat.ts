@@ -316,15 +316,8 @@ function thinkingOf(b: Record<string, unknown>): boolean | undefined {
   const t = b['thinking'];
   if (t === undefined || t === null) return undefined;
   const type = typeof t === 'object' ? (t as Record<string, unknown>)['type'] : undefined;
-  if (type === 'enabled') {
-    // Anthropic's 400s: the budget is required, at least 1,024 and below max_tokens.
-    const budget = (t as Record<string, unknown>)['budget_tokens'];
-    if (typeof budget !== 'number' || !Number.isInteger(budget) || budget < 1024) throw invalid('thinking.budget_tokens', 'is required with type "enabled": an integer of at least 1024');
-    const max = b['max_tokens'];
-    if (typeof max === 'number' && budget >= max) throw invalid('thinking.budget_tokens', `must be less than max_tokens (${max})`);
-    return true;
-  }
-  if (type === 'adaptive') return true;
+  // enabled's budget is checked at the front (request.ts), against the client's own max_tokens.
+  if (type === 'enabled' || type === 'adaptive') return true;
   // between_tools (SDK 0.129): thinking off, the model's short notes between tool calls coming
   // back as thinking blocks; the SDK itself degrades it to disabled on fallback hops.
   if (type === 'disabled' || type === 'between_tools') return false;

@@ -59,9 +59,14 @@ export function base64FromImageUrl(url: string, field: string): string {
  */
 export function ollamaImage(img: string): string {
   const m = DATA_URL.exec(img);
-  const b64 = m === null ? img : img.slice(m[0].length);
-  const rest = b64.length % 4;
-  return rest === 0 || b64.endsWith('=') ? b64 : b64 + '='.repeat(4 - rest);
+  return padBase64(m === null ? img : img.slice(m[0].length));
+}
+
+/** Base64 with its `=` padding whole (none, or partial: `ab=`), as strict decoders (Go's, Python's) take it. */
+function padBase64(b64: string): string {
+  const bare = b64.endsWith('=') ? b64.replace(/=+$/, '') : b64;
+  const rest = bare.length % 4;
+  return rest === 0 ? bare : bare + '='.repeat(4 - rest);
 }
 
 /** An image's MIME type from its first bytes (magic numbers); PNG when none is known. */
@@ -76,7 +81,7 @@ function sniffImage(b64: string): string {
   if (ascii(4, 8) === 'ftyp') {
     const brand = ascii(8, 12);
     if (brand === 'avif' || brand === 'avis') return 'image/avif';
-    if (brand === 'heic' || brand === 'heix' || brand === 'mif1') return 'image/heic';
+    if (brand === 'heic' || brand === 'heix') return 'image/heic';
   }
   return 'image/png';
 }
@@ -88,7 +93,8 @@ function sniffImage(b64: string): string {
 export function imageUrlFromBase64(b64: string): string {
   if (DATA_URL.test(b64)) return b64;
   if (/^https?:\/\//i.test(b64)) throw new BrokerError('invalid_request', 'images must be base64-encoded image bytes, not URLs', { details: { field: 'images' } });
-  return `data:${sniffImage(b64)};base64,${b64}`;
+  const padded = padBase64(b64);
+  return `data:${sniffImage(padded)};base64,${padded}`;
 }
 
 // ---- sampling options ----
@@ -183,7 +189,6 @@ export function openaiChunkHasToken(chunk: OpenAIChunk): boolean {
   return false;
 }
 
-/** The first non-null finish_reason among the choices, or null. */
 /**
  * A finish that says the server cut the generation (vLLM's and SGLang's `abort`: a request
  * aborted or preempted there): no reply to take for a finished one. Passed on as it is to an
@@ -196,6 +201,7 @@ export function abortedFinish(finish: string | null): boolean {
 
 export const ABORTED_MESSAGE = 'the upstream aborted the generation (finish_reason "abort")';
 
+/** The first non-null finish_reason among the choices, or null. */
 export function openaiChunkFinish(chunk: OpenAIChunk): string | null {
   const choices = chunk.choices;
   if (!Array.isArray(choices)) return null;
