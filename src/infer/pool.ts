@@ -329,11 +329,11 @@ export function createInferPool(opts: InferPoolOptions): InferPool {
     // what waits goes now, as a smaller batch (held to just before its deadline, a worker
     // busy at that moment would turn it into a 504). The model's queue.timeout_ms shorter
     // than the window cuts it short instead (the oldest would time out waiting on an idle
-    // server), a margin of a tenth (at most 50 ms) early: a timer that fires late must not
-    // meet the sweep.
+    // server), a margin of a tenth (at most 250 ms) early: a timer that fires late must not
+    // meet the sweep (50 ms was not enough on a loaded 2-core host).
     const window = oldest + maxQueueDelayUs / 1000;
     if (firstDeadline() < window) return count;
-    const margin = Math.min(50, queue.timeoutMs / 10);
+    const margin = Math.min(250, queue.timeoutMs / 10);
     const due = Math.min(window, oldest + queue.timeoutMs - margin);
     if (now >= due) return count;
     if (due < delayDue) {

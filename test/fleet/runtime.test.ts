@@ -92,8 +92,9 @@ t.test("GET /api/ps (`ollama ps`): the models a healthy server has in memory, in
   await until(async () => (await server(tb, 'a')).loadedModels !== null, 'checked');
   const ps = async (): Promise<any> => (await fetch(`${tb.url}/api/ps`)).json();
   const first = await ps();
-  t.same(first.models.map((m: any) => m.name), ['llama3'], 'qwen is not loaded');
-  t.match(first.models[0], { model: 'llama3', size_vram: 0, digest: /^[0-9a-f]{64}$/, details: { format: '' } });
+  // Listed with its tag, as Ollama lists every model (docs/llm.md).
+  t.same(first.models.map((m: any) => m.name), ['llama3:latest'], 'qwen is not loaded');
+  t.match(first.models[0], { model: 'llama3:latest', size_vram: 0, digest: /^[0-9a-f]{64}$/, details: { format: '' } });
   t.ok(Date.parse(first.models[0].expires_at) > Date.now(), 'expires_at ahead, as a kept-alive model');
   a.setKnobs({ loaded: ['llama3', 'qwen'] });
   await until(async () => (await ps()).models.length === 2, 'qwen loaded');

@@ -55,8 +55,11 @@ for (const [threads, api] of [['2', 'v1'], ['0', 'v1'], ['2', 'v2'], ['0', 'v2']
     t.ok(computed - computed0 < N, `images computed: ${computed - computed0} of ${N} (the queued ones of gone clients were dropped)`);
     t.equal(pool.queueSize, 0, 'nothing left queued');
     // Each gone client is one 499 under its route (a forwarded one too, not as "unmatched"), but
-    // one that left while its 200 was on the wire, which counted as served (above).
+    // one that left while its 200 was on the wire (served: no 499). A client gone after its
+    // answer was computed, before it was written, is both a success and a 499 (README): so the
+    // gone clients without a 499 are at most the successes the clients did not get.
     const closed = (await metricValue(tb.url, 'http_requests_errors_total', { route, status: '499' })) - closed0;
-    t.equal(closed + (successes - ok), outcomes.filter((o) => o === 'aborted').length, `499s under ${route} (${closed}) and 200s a gone client missed (${successes - ok}): one per client gone`);
+    const gone = outcomes.filter((o) => o === 'aborted').length;
+    t.ok(closed <= gone && gone - closed <= successes - ok, `499s under ${route} (${closed}) for ${gone} gone clients, ${successes - ok} of whose answers were computed`);
   });
 }

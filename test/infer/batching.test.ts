@@ -187,19 +187,19 @@ t.test('a request whose own timeout ends before the batch window is not held for
 });
 
 t.test("the model's queue.timeout_ms shorter than the batch window: a lone request goes before it times out, on an idle pool", async (t) => {
-  // Held for the 5 s window, a lone request would time out at 1 s.
-  const hasty = loadManifest(writeForeignModel({ manifest: { batching: { max_batch_size: 16, max_queue_delay_us: 5_000_000 }, queue: { max_size: 3, timeout_ms: 1_000 } } }));
+  // Held for the 5 s window, a lone request would time out at 3 s.
+  const hasty = loadManifest(writeForeignModel({ manifest: { batching: { max_batch_size: 16, max_queue_delay_us: 5_000_000 }, queue: { max_size: 3, timeout_ms: 3_000 } } }));
   const png = (await fashionPngs(1))[0]!.png;
   await withPool({ H: hasty }, 1, 1, async (pool) => {
     const lone = await Promise.allSettled([pool.run('H', copy(png), undefined, 1)]);
     t.same(lone.map((r) => (r.status === 'fulfilled' ? 'ok' : (r.reason as { code: string }).code)), ['ok'], 'not a queue_timeout');
     const three = await Promise.allSettled(Array.from({ length: 3 }, () => pool.run('H', copy(png), undefined, 1)));
     t.same(three.map((r) => (r.status === 'fulfilled' ? 'ok' : (r.reason as { code: string }).code)), ['ok', 'ok', 'ok'], 'three at once: none timed out either');
-    // The window is cut short (to 900 ms), not dropped: the three still fill one batch (before: three batches of 1).
+    // The window is cut short (to 2,750 ms), not dropped: the three still fill one batch (before: three batches of 1).
     t.same(three.map((r) => (r.status === 'fulfilled' ? r.value.batchSize : 0)), [3, 3, 3], 'one batch of three');
     // A request's own timeout longer than the model's is capped by it (docs/oip.md): batched as
     // one without (before: its deadline cut the window, and they went as batches of 1 and 2).
-    const capped = await Promise.allSettled(Array.from({ length: 3 }, () => pool.run('H', copy(png), undefined, 1, undefined, { timeoutMs: 2_000 })));
+    const capped = await Promise.allSettled(Array.from({ length: 3 }, () => pool.run('H', copy(png), undefined, 1, undefined, { timeoutMs: 4_000 })));
     t.same(capped.map((r) => (r.status === 'fulfilled' ? r.value.batchSize : 0)), [3, 3, 3], 'a longer own timeout: one batch of three too');
   });
 });
