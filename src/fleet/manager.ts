@@ -994,10 +994,11 @@ export class FleetManager {
     // The running config's: a removed deployment (kept while its requests finish) serves nothing.
     const current = new Set([...this.config.modelGroups.values()].flatMap((g) => g.deployments.map((d) => d.id)));
     const deployments = this.deps.governance.scheduler.all().filter((d) => current.has(d.config.id));
-    const routable = deployments.filter((d) => ((this.words.get(d.slot) ?? 0) & BLOCKED) === 0).length;
+    const routableDeps = deployments.filter((d) => ((this.words.get(d.slot) ?? 0) & BLOCKED) === 0);
+    const routable = routableDeps.length;
     const serves = deployments.length > 0 ? routable > 0 : available > 0;
     // A group none of whose deployments can route: its clients get 503 while the fleet as a whole looks healthy.
-    const canRoute = new Set(deployments.filter((d) => ((this.words.get(d.slot) ?? 0) & BLOCKED) === 0).map((d) => d.group));
+    const canRoute = new Set(routableDeps.map((d) => d.group));
     // Once each: the map holds a group under its aliases too (`llama3:latest`).
     const groups = [...new Set(this.config.modelGroups.values())].filter((g) => g.deployments.length > 0);
     const unserved = groups.filter((g) => !canRoute.has(g.name)).map((g) => g.name);
